@@ -1,0 +1,1 @@
+//! Equivariant kernel bases, radial bases and edge encodings.

@@ -1,0 +1,1 @@
+//! Execution of luminal graphs: sessions and compiler passes.

@@ -1,0 +1,1 @@
+//! Equivariant layers, generic over fibers.

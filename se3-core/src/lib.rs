@@ -1,0 +1,25 @@
+//! se3-core: exact SO(3)/O(3) math, degree-typed fibers, equivariant layers and their
+//! compiled execution on luminal graphs.
+//!
+//! Modules, one concept a file:
+//! - [`so3`]: real spherical harmonics, Wigner D, Clebsch-Gordan, parity.
+//! - [`basis`]: the equivariant kernel basis, radial bases and encodings.
+//! - [`fiber`]: the type-level and run-time description of degree-indexed features.
+//! - [`exec`]: sessions and compilers that run luminal graphs on the CPU (and CUDA).
+//! - [`ops`]: graph operators for point clouds (neighbours, gather, scatter, fused edge kernels).
+//! - [`layers`]: equivariant layers generic over fibers.
+
+// Generated code of `#[fiber]` names `::se3::...`; inside this crate that is this crate.
+extern crate self as se3;
+
+pub mod basis;
+pub mod error;
+pub mod exec;
+pub mod fiber;
+pub mod layers;
+pub mod ops;
+pub mod so3;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use error::Error;

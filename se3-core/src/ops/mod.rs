@@ -1,0 +1,1 @@
+//! Graph operators for point clouds, one op a folder.

@@ -1,0 +1,1 @@
+//! The `#[fiber]` attribute macro of se3.

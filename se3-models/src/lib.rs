@@ -1,0 +1,4 @@
+//! The se3 model zoo.
+
+pub mod error;
+pub use error::Error;

@@ -1,0 +1,5 @@
+//! The `se3` command-line program.
+
+fn main() {
+    println!("se3");
+}
