@@ -4,7 +4,6 @@
 //! `#[fiber]` macro, and the model zoo as [`models`].
 
 pub use se3_core::*;
-pub use se3_macros::*;
 pub use se3_models as models;
 
 /// What a model file needs.

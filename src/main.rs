@@ -1,5 +1,40 @@
-//! The `se3` command-line program.
+//! The `se3` command-line program: the model zoo on built-in data (no subcommand),
+//! benchmarks (`se3 bench ...`) and inference on checkpoints (`se3 infer ...`).
 
-fn main() {
-    println!("se3");
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+/// se3: SE(3)/E(3)-equivariant networks on point clouds.
+#[derive(Parser)]
+#[command(name = "se3", version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the model zoo on built-in data and print what each model does (the default).
+    Zoo,
+    /// Benchmarks that print a table of timings and ratios.
+    Bench {
+        #[command(subcommand)]
+        what: cli::bench::BenchTarget,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let result = match args.command.unwrap_or(Command::Zoo) {
+        Command::Zoo => cli::zoo::run(),
+        Command::Bench { what } => cli::bench::run(what),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,20 @@
+//! `se3 bench <target>`: dispatch to the benchmark of each part of the library.
+
+use clap::Subcommand;
+
+/// What to benchmark.
+#[derive(Subcommand, Clone, Copy, Debug)]
+pub enum BenchTarget {
+    /// Spherical harmonics and kernel bases (throughput).
+    Math,
+    /// The luminal execution engine: elementwise, matmul, gather/scatter, kNN, overhead.
+    Engine,
+}
+
+/// Runs one benchmark and prints its table.
+pub fn run(target: BenchTarget) -> Result<(), super::CliError> {
+    match target {
+        BenchTarget::Math => super::bench_math::run(),
+        BenchTarget::Engine => super::bench_engine::run(),
+    }
+}

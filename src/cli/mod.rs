@@ -1,0 +1,9 @@
+//! Subcommands of the `se3` program, one file each.
+
+pub mod bench;
+pub mod bench_engine;
+pub mod bench_math;
+pub mod zoo;
+
+/// Any error a subcommand reports: printed as one line, exit code 1.
+pub type CliError = Box<dyn std::error::Error>;

@@ -1,0 +1,6 @@
+//! `se3` subcommand: zoo (filled in by its issue).
+
+/// Runs it.
+pub fn run() -> Result<(), super::CliError> {
+    Err("not built yet".into())
+}
