@@ -18,7 +18,7 @@ pub mod spherical_harmonics;
 pub mod wigner_d;
 
 pub use clebsch_gordan::{clebsch_gordan, is_coupled, wigner_3j, ClebschGordan};
-pub use edge_align::{equiformer_edge_rotation, equiformer_euler_angles};
+pub use edge_align::{equiformer_edge_rotation, equiformer_edge_wigner_d, equiformer_euler_angles};
 pub use parity::{sh_parity, wigner_d_o3, Parity};
 pub use rotation::{euler_e3nn, euler_zyz, rotation_from_matrix};
 pub use spherical_harmonics::{

@@ -222,15 +222,19 @@ pub fn wigner_d_from_euler(
     wigner_d(l, &euler_e3nn(alpha, beta, gamma))
 }
 
-/// se3-transformer-pytorch's constant matrix `J_l` with `irr_repr = Z(a) J Z(b) J Z(g)`: the D
-/// of the half-turn that swaps the y and z axes of its relabelled frame, i.e. the rotation
-/// `(v0, v1, v2) -> (-v0, v2, v1)` of the input frame.
+/// se3-transformer-pytorch's constant matrix `J_l` with `irr_repr = Z(a) J Z(b) J Z(g)`.
+///
+/// `J_l` is how the harmonics transform under the improper matrix
+/// `M = [[0,-1,0],[-1,0,0],[0,0,1]]` (in its relabelled frame: `y -> -z`, `z -> -y`), i.e.
+/// `Y_l(M v) = J_l Y_l(v)`: `J_l = (-1)^l D^l(-M)` with `-M` the half-turn about `(1, 1, 0)`.
+/// `J_1 = M`.
 ///
 /// # Errors
 /// `DegreeTooHigh` if `l > L_MAX`.
 pub fn se3t_j_matrix(l: usize) -> Result<DMatrix<f64>, Error> {
-    let m = Matrix3::new(-1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0);
-    wigner_d(l, &Rotation3::from_matrix_unchecked(m))
+    let half_turn = Matrix3::new(0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0);
+    let d = wigner_d(l, &Rotation3::from_matrix_unchecked(half_turn))?;
+    Ok(if l % 2 == 0 { d } else { -d })
 }
 
 #[cfg(test)]
