@@ -25,17 +25,18 @@ use crate::so3::spherical_harmonics::{
 };
 use crate::Error;
 
-/// Nonzero entries `(row, m, value)` of `Q_J` for one frequency.
-type Sparse = Vec<(u32, u32, f64)>;
-
-/// Precomputed change-of-basis matrices of one pair of degrees.
+/// Precomputed change-of-basis matrices of one pair of degrees, as a sparse matrix from the
+/// harmonics of all degrees `0..=2 max_degree` to the pair's block (compressed rows: output
+/// entry `idx = (o (2 d_in+1) + i) nf + f` is `sum_t vals[t] * Y[cols[t]]` for
+/// `t in row_ptr[idx]..row_ptr[idx+1]`).
 #[derive(Debug, Clone)]
 struct Pair {
     d_in: usize,
     d_out: usize,
     nf: usize,
-    /// Per frequency f: the offset of `Y_J` (`J^2`) and the sparse `Q_J`.
-    freqs: Vec<(usize, Sparse)>,
+    row_ptr: Vec<u32>,
+    cols: Vec<u32>,
+    vals: Vec<f64>,
 }
 
 /// The kernel basis for all pairs of degrees up to `max_degree`, ready to evaluate on edges.
@@ -97,28 +98,33 @@ impl KernelBasis {
         let mut pairs = Vec::new();
         for d_in in 0..=max_degree {
             for d_out in 0..=max_degree {
-                let nf = 2 * d_in.min(d_out) + 1;
-                let mut freqs = Vec::with_capacity(nf);
-                for f in 0..nf {
-                    let j = d_in.abs_diff(d_out) + f;
-                    let q = q_j(j, d_in, d_out, precision)?;
-                    let mut sparse = Sparse::new();
-                    for r in 0..q.nrows() {
+                let [no, ni, nf] = pair_shape(d_in, d_out);
+                let qs: Vec<_> = (0..nf)
+                    .map(|f| q_j(d_in.abs_diff(d_out) + f, d_in, d_out, precision))
+                    .collect::<Result<_, _>>()?;
+                let mut row_ptr = vec![0u32];
+                let (mut cols, mut vals) = (Vec::new(), Vec::new());
+                for row in 0..no * ni {
+                    for (f, q) in qs.iter().enumerate() {
+                        let j = d_in.abs_diff(d_out) + f;
                         for m in 0..q.ncols() {
-                            let v = q[(r, m)];
+                            let v = q[(row, m)];
                             // Entries below 1e-15 are rounding noise of exact zeros.
                             if v.abs() > 1e-15 {
-                                sparse.push((r as u32, m as u32, v));
+                                cols.push((sh_offset(j) + m) as u32);
+                                vals.push(v);
                             }
                         }
+                        row_ptr.push(cols.len() as u32);
                     }
-                    freqs.push((sh_offset(j), sparse));
                 }
                 pairs.push(Pair {
                     d_in,
                     d_out,
                     nf,
-                    freqs,
+                    row_ptr,
+                    cols,
+                    vals,
                 });
             }
         }
@@ -236,20 +242,17 @@ impl KernelBasis {
                     Normalization::Integral,
                     &mut y,
                 )?;
-                let mut tmp: Vec<f64> = Vec::new();
                 for (p, dst) in self.pairs.iter().zip(slices.iter_mut()) {
                     let per_edge = (2 * p.d_out + 1) * (2 * p.d_in + 1) * p.nf;
-                    tmp.resize(per_edge, 0.0);
                     for (e, d) in dst.chunks_exact_mut(per_edge).enumerate() {
-                        tmp.fill(0.0);
                         let ye = &y[e * len..(e + 1) * len];
-                        for (f, (off, sparse)) in p.freqs.iter().enumerate() {
-                            for &(row, m, q) in sparse {
-                                tmp[row as usize * p.nf + f] += q * ye[off + m as usize];
+                        for (idx, o) in d.iter_mut().enumerate() {
+                            let (a, b) = (p.row_ptr[idx] as usize, p.row_ptr[idx + 1] as usize);
+                            let mut acc = 0.0;
+                            for t in a..b {
+                                acc += p.vals[t] * ye[p.cols[t] as usize];
                             }
-                        }
-                        for (o, &t) in d.iter_mut().zip(tmp.iter()) {
-                            *o = T::from_f64(t);
+                            *o = T::from_f64(acc);
                         }
                     }
                 }

@@ -105,10 +105,10 @@ pub const fn sh_offset(l: usize) -> usize {
 /// Constant tables of the recurrence, computed once.
 struct Tables {
     /// `K_{l,m}` for component normalisation, indexed `l * (L_MAX + 1) + m`.
-    k: Vec<f64>,
+    k: [f64; W * W],
     /// `(2l-1)/(l-m)` and `(l+m-1)/(l-m)` for l >= m + 2, same index.
-    a: Vec<f64>,
-    b: Vec<f64>,
+    a: [f64; W * W],
+    b: [f64; W * W],
 }
 
 const W: usize = L_MAX + 1;
@@ -116,9 +116,9 @@ const W: usize = L_MAX + 1;
 fn tables() -> &'static Tables {
     static T: OnceLock<Tables> = OnceLock::new();
     T.get_or_init(|| {
-        let mut k = vec![0.0; W * W];
-        let mut a = vec![0.0; W * W];
-        let mut b = vec![0.0; W * W];
+        let mut k = [0.0; W * W];
+        let mut a = [0.0; W * W];
+        let mut b = [0.0; W * W];
         for l in 0..=L_MAX {
             for m in 0..=l {
                 // (l-m)!/(l+m)! as a product of reciprocals: no overflow, one rounding each.
@@ -145,20 +145,40 @@ fn tables() -> &'static Tables {
     })
 }
 
-/// Per-degree factor `convention sign * normalisation scale`.
-fn degree_factors(lmax: usize, convention: Convention, normalization: Normalization) -> Vec<f64> {
-    (0..=lmax)
-        .map(|l| convention.sign(l) * normalization.scale(l))
-        .collect()
+/// The recurrence constants for one call: `k` already multiplied by the per-degree factor
+/// `convention sign * normalisation scale`.
+struct Coeffs {
+    k: [f64; W * W],
+    a: &'static [f64; W * W],
+    b: &'static [f64; W * W],
 }
 
-/// Core kernel: component-normalised harmonics of all degrees `0..=lmax` at the polar-frame
-/// point `(x, y, z)` with `r2 = x^2 + y^2 + z^2` used in the recurrence (1 on the sphere),
-/// times `factor[l]`, written to `out[0..(lmax+1)^2]`.
+impl Coeffs {
+    fn new(lmax: usize, convention: Convention, normalization: Normalization) -> Self {
+        let t = tables();
+        let mut k = t.k;
+        for l in 0..=lmax.min(L_MAX) {
+            let f = convention.sign(l) * normalization.scale(l);
+            for m in 0..=l {
+                k[l * W + m] *= f;
+            }
+        }
+        Coeffs {
+            k,
+            a: &t.a,
+            b: &t.b,
+        }
+    }
+}
+
+/// Core kernel: harmonics of all degrees `0..=lmax` at the polar-frame point `(x, y, z)`,
+/// with `r2` used in the recurrence (1 on the sphere, `x^2+y^2+z^2` for the homogeneous
+/// polynomials), written to `out[0..(lmax+1)^2]`. Inlined into callers with a constant
+/// `lmax` so that the loops unroll.
 #[inline(always)]
-fn eval_polar(lmax: usize, x: f64, y: f64, z: f64, r2: f64, factor: &[f64], out: &mut [f64]) {
+fn eval_polar(lmax: usize, x: f64, y: f64, z: f64, r2: f64, c: &Coeffs, out: &mut [f64]) {
     debug_assert!(lmax <= L_MAX && out.len() >= sh_len(lmax));
-    let t = tables();
+    let out = &mut out[..sh_len(lmax)];
     // (x + iy)^m for m = 0..=lmax.
     let mut re = [0.0f64; W];
     let mut im = [0.0f64; W];
@@ -169,26 +189,26 @@ fn eval_polar(lmax: usize, x: f64, y: f64, z: f64, r2: f64, factor: &[f64], out:
     }
     for m in 0..=lmax {
         let mut q_prev = 0.0f64; // q_{l-2,m}
-        let mut q = 1.0f64; // q_{l-1,m} after the first step
+        let mut q = 1.0f64; // q_{l-1,m}
         for l in m..=lmax {
             let q_l = if l == m {
                 1.0
             } else if l == m + 1 {
                 (2 * m + 1) as f64 * z
             } else {
-                t.a[l * W + m] * z * q - t.b[l * W + m] * r2 * q_prev
+                c.a[l * W + m] * z * q - c.b[l * W + m] * r2 * q_prev
             };
             if l > m {
                 q_prev = q;
             }
             q = q_l;
-            let c = t.k[l * W + m] * q_l * factor[l];
+            let kq = c.k[l * W + m] * q_l;
             let base = l * l + l;
             if m == 0 {
-                out[base] = c;
+                out[base] = kq;
             } else {
-                out[base + m] = c * re[m];
-                out[base - m] = c * im[m];
+                out[base + m] = kq * re[m];
+                out[base - m] = kq * im[m];
             }
         }
     }
@@ -216,20 +236,20 @@ fn check_finite(what: &'static str, index: usize, v: &[f64; 3]) -> Result<(), Er
 
 /// Writes the harmonics of all degrees `0..=lmax` of one (checked, finite) vector.
 #[inline(always)]
-fn eval_vector(lmax: usize, v: [f64; 3], convention: Convention, factor: &[f64], out: &mut [f64]) {
+fn eval_vector(lmax: usize, v: [f64; 3], convention: Convention, c: &Coeffs, out: &mut [f64]) {
     let r2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
     if r2 == 0.0 {
         match convention {
             Convention::E3nn => {
                 out[..sh_len(lmax)].fill(0.0);
-                out[0] = factor[0];
+                out[0] = c.k[0];
             }
-            Convention::Se3TransformerPytorch => eval_polar(lmax, 0.0, 0.0, 1.0, 1.0, factor, out),
+            Convention::Se3TransformerPytorch => eval_polar(lmax, 0.0, 0.0, 1.0, 1.0, c, out),
         }
         return;
     }
     let inv = 1.0 / r2.sqrt();
-    eval_polar(lmax, v[2] * inv, v[0] * inv, v[1] * inv, 1.0, factor, out);
+    eval_polar(lmax, v[2] * inv, v[0] * inv, v[1] * inv, 1.0, c, out);
 }
 
 /// Real spherical harmonics of degree `l` at the direction of `v`.
@@ -251,9 +271,9 @@ pub fn spherical_harmonics(
     check_degree(l)?;
     let a = [v.x, v.y, v.z];
     check_finite("vector", 0, &a)?;
-    let factor = degree_factors(l, convention, normalization);
+    let c = Coeffs::new(l, convention, normalization);
     let mut out = vec![0.0; sh_len(l)];
-    eval_vector(l, a, convention, &factor, &mut out);
+    eval_vector(l, a, convention, &c, &mut out);
     Ok(DVector::from_column_slice(&out[sh_offset(l)..]))
 }
 
@@ -269,10 +289,10 @@ pub fn spherical_harmonics_unnormalized(
 ) -> Result<DVector<f64>, Error> {
     check_degree(l)?;
     check_finite("vector", 0, &[v.x, v.y, v.z])?;
-    let factor = degree_factors(l, Convention::E3nn, normalization);
+    let c = Coeffs::new(l, Convention::E3nn, normalization);
     let mut out = vec![0.0; sh_len(l)];
     let r2 = v.norm_squared();
-    eval_polar(l, v.z, v.x, v.y, r2, &factor, &mut out);
+    eval_polar(l, v.z, v.x, v.y, r2, &c, &mut out);
     Ok(DVector::from_column_slice(&out[sh_offset(l)..]))
 }
 
@@ -378,22 +398,159 @@ fn batch_impl<V: Sync, O: Send>(
             found: out.len(),
         });
     }
-    for (i, v) in vectors.iter().enumerate() {
-        check_finite("vectors", i, &load(v))?;
-    }
-    let factor = degree_factors(lmax, convention, normalization);
-    out.par_chunks_mut(CHUNK * len)
+    let c = Coeffs::new(lmax, convention, normalization);
+    let result = out
+        .par_chunks_mut(CHUNK * len)
         .zip(vectors.par_chunks(CHUNK))
-        .for_each(|(o, vs)| {
-            let mut tmp = [0.0f64; W * W];
-            for (v, o) in vs.iter().zip(o.chunks_exact_mut(len)) {
-                eval_vector(lmax, load(v), convention, &factor, &mut tmp);
+        .enumerate()
+        .try_for_each(|(chunk, (o, vs))| {
+            // One copy of the loop per small lmax, so that eval_polar unrolls.
+            match lmax {
+                0 => chunk_kernel(0, vs, o, convention, &c, &load, &store),
+                1 => chunk_kernel(1, vs, o, convention, &c, &load, &store),
+                2 => chunk_kernel(2, vs, o, convention, &c, &load, &store),
+                3 => chunk_kernel(3, vs, o, convention, &c, &load, &store),
+                4 => chunk_kernel(4, vs, o, convention, &c, &load, &store),
+                _ => chunk_kernel(lmax, vs, o, convention, &c, &load, &store),
+            }
+            .map_err(|i| chunk * CHUNK + i)
+        });
+    if result.is_err() {
+        // Report the first non-finite vector (chunks may fail in any order).
+        for (i, v) in vectors.iter().enumerate() {
+            check_finite("vectors", i, &load(v))?;
+        }
+    }
+    Ok(())
+}
+
+/// Vectors evaluated together in [`chunk_kernel`] (structure-of-arrays, so the recurrence
+/// vectorises across vectors).
+const BLOCK: usize = 8;
+
+/// Evaluates one chunk; `Err(i)` names the first non-finite vector of the chunk.
+///
+/// Vectors go in blocks of [`BLOCK`]: the same recurrence as [`eval_polar`], run lane-wise
+/// over the block, then transposed into the vector-major output.
+#[inline(always)]
+fn chunk_kernel<V, O>(
+    lmax: usize,
+    vs: &[V],
+    o: &mut [O],
+    convention: Convention,
+    c: &Coeffs,
+    load: &impl Fn(&V) -> [f64; 3],
+    store: &impl Fn(&mut O, f64),
+) -> Result<(), usize> {
+    let len = sh_len(lmax);
+    for (i, v) in vs.iter().enumerate() {
+        let a = load(v);
+        if !(a[0].is_finite() && a[1].is_finite() && a[2].is_finite()) {
+            return Err(i);
+        }
+    }
+    let mut tmp = [0.0f64; W * W];
+    let full = vs.len() / BLOCK * BLOCK;
+    let mut yb = [[0.0f64; BLOCK]; W * W];
+    for (vb, ob) in vs[..full]
+        .chunks_exact(BLOCK)
+        .zip(o[..full * len].chunks_exact_mut(BLOCK * len))
+    {
+        let mut x = [0.0f64; BLOCK];
+        let mut y = [0.0f64; BLOCK];
+        let mut z = [0.0f64; BLOCK];
+        let mut any_zero = false;
+        for b in 0..BLOCK {
+            let a = load(&vb[b]);
+            let r2 = a[0] * a[0] + a[1] * a[1] + a[2] * a[2];
+            any_zero |= r2 == 0.0;
+            let inv = 1.0 / r2.sqrt();
+            x[b] = a[2] * inv;
+            y[b] = a[0] * inv;
+            z[b] = a[1] * inv;
+        }
+        if any_zero {
+            // Rare: the per-vector path handles the zero vector's convention.
+            for (v, o) in vb.iter().zip(ob.chunks_exact_mut(len)) {
+                eval_vector(lmax, load(v), convention, c, &mut tmp);
                 for (dst, &src) in o.iter_mut().zip(&tmp[..len]) {
                     store(dst, src);
                 }
             }
-        });
+            continue;
+        }
+        eval_block(lmax, &x, &y, &z, c, &mut yb);
+        for (b, o) in ob.chunks_exact_mut(len).enumerate() {
+            for (idx, dst) in o.iter_mut().enumerate() {
+                store(dst, yb[idx][b]);
+            }
+        }
+    }
+    for (v, o) in vs[full..].iter().zip(o[full * len..].chunks_exact_mut(len)) {
+        eval_vector(lmax, load(v), convention, c, &mut tmp);
+        for (dst, &src) in o.iter_mut().zip(&tmp[..len]) {
+            store(dst, src);
+        }
+    }
     Ok(())
+}
+
+/// [`eval_polar`] on [`BLOCK`] unit vectors at once (lane-wise), `out[idx][lane]`.
+#[inline(always)]
+fn eval_block(
+    lmax: usize,
+    x: &[f64; BLOCK],
+    y: &[f64; BLOCK],
+    z: &[f64; BLOCK],
+    c: &Coeffs,
+    out: &mut [[f64; BLOCK]; W * W],
+) {
+    let mut re = [[0.0f64; BLOCK]; W];
+    let mut im = [[0.0f64; BLOCK]; W];
+    re[0] = [1.0; BLOCK];
+    for m in 1..=lmax {
+        for b in 0..BLOCK {
+            re[m][b] = re[m - 1][b] * x[b] - im[m - 1][b] * y[b];
+            im[m][b] = re[m - 1][b] * y[b] + im[m - 1][b] * x[b];
+        }
+    }
+    for m in 0..=lmax {
+        let mut q_prev = [0.0f64; BLOCK];
+        let mut q = [1.0f64; BLOCK];
+        for l in m..=lmax {
+            let mut q_l = [0.0f64; BLOCK];
+            if l == m {
+                q_l = [1.0; BLOCK];
+            } else if l == m + 1 {
+                let f = (2 * m + 1) as f64;
+                for b in 0..BLOCK {
+                    q_l[b] = f * z[b];
+                }
+            } else {
+                let (ca, cb) = (c.a[l * W + m], c.b[l * W + m]);
+                for b in 0..BLOCK {
+                    q_l[b] = ca * z[b] * q[b] - cb * q_prev[b];
+                }
+            }
+            if l > m {
+                q_prev = q;
+            }
+            q = q_l;
+            let k = c.k[l * W + m];
+            let base = l * l + l;
+            if m == 0 {
+                for b in 0..BLOCK {
+                    out[base][b] = k * q_l[b];
+                }
+            } else {
+                for b in 0..BLOCK {
+                    let kq = k * q_l[b];
+                    out[base + m][b] = kq * re[m][b];
+                    out[base - m][b] = kq * im[m][b];
+                }
+            }
+        }
+    }
 }
 
 /// Gradient of [`spherical_harmonics`] of degree `l` with respect to the input vector.
