@@ -325,7 +325,7 @@ fn kernel_basis_frequencies_have_parity_minus_one_to_the_j() -> TestResult {
                 .enumerate()
                 .map(|(idx, &x)| {
                     let j = d_in.abs_diff(d_out) + idx % nf;
-                    if j % 2 == 0 {
+                    if j.is_multiple_of(2) {
                         x
                     } else {
                         -x

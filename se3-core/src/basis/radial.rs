@@ -238,7 +238,7 @@ mod tests {
             let d = (k as f64 + 0.5) * c / n as f64;
             let f: Vec<f64> = (1..=3)
                 .map(|j| {
-                    (2.0 / c as f64).sqrt() * (j as f64 * std::f64::consts::PI * d / c).sin() / d
+                    (2.0 / c).sqrt() * (j as f64 * std::f64::consts::PI * d / c).sin() / d
                 })
                 .collect();
             for a in 0..3 {
@@ -247,10 +247,10 @@ mod tests {
                 }
             }
         }
-        for a in 0..3 {
-            for b in 0..3 {
+        for (a, row) in gram.iter().enumerate() {
+            for (b, g) in row.iter().enumerate() {
                 let want = if a == b { 1.0 } else { 0.0 };
-                assert!((gram[a][b] - want).abs() < 1e-5);
+                assert!((g - want).abs() < 1e-5);
             }
         }
     }

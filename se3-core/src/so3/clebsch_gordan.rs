@@ -188,9 +188,9 @@ fn compute_real(l1: usize, l2: usize, l3: usize) -> ClebschGordan {
         change_of_basis(l3),
     );
     let mut acc = vec![Complex::new(0.0, 0.0); d1 * d2 * d3];
-    for i in 0..d1 {
+    for (i, q1_row) in q1.iter().enumerate() {
         let m1 = i as i64 - l1 as i64;
-        for k in 0..d2 {
+        for (k, q2_row) in q2.iter().enumerate() {
             let m2 = k as i64 - l2 as i64;
             let m3 = m1 + m2;
             if m3.abs() > l3 as i64 {
@@ -213,7 +213,7 @@ fn compute_real(l1: usize, l2: usize, l3: usize) -> ClebschGordan {
             for &j in &cols(l1, i) {
                 for &l in &cols(l2, k) {
                     for &m in &cols(l3, n) {
-                        acc[(j * d2 + l) * d3 + m] += q1[i][j] * q2[k][l] * q3[n][m].conj() * c;
+                        acc[(j * d2 + l) * d3 + m] += q1_row[j] * q2_row[l] * q3[n][m].conj() * c;
                     }
                 }
             }

@@ -42,7 +42,7 @@ impl Parity {
 
 /// The parity of degree-`l` spherical harmonics: `(-1)^l`.
 pub fn sh_parity(l: usize) -> Parity {
-    if l % 2 == 0 {
+    if l.is_multiple_of(2) {
         Parity::Even
     } else {
         Parity::Odd

@@ -82,7 +82,7 @@ impl Convention {
         match self {
             Convention::E3nn => 1.0,
             Convention::Se3TransformerPytorch => {
-                if l % 2 == 0 {
+                if l.is_multiple_of(2) {
                     1.0
                 } else {
                     -1.0

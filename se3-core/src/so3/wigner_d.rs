@@ -36,29 +36,29 @@ struct Grid {
 
 /// Gauss-Legendre nodes and weights on [-1, 1] with `n` nodes (Newton on P_n).
 fn gauss_legendre(n: usize) -> (Vec<f64>, Vec<f64>) {
+    // P_n(x) and P_n'(x) by the three-term recurrence.
+    let legendre = |x: f64| {
+        let (mut p0, mut p1) = (1.0f64, x);
+        for k in 2..=n {
+            let p2 = ((2 * k - 1) as f64 * x * p1 - (k - 1) as f64 * p0) / k as f64;
+            p0 = p1;
+            p1 = p2;
+        }
+        (p1, n as f64 * (x * p1 - p0) / (x * x - 1.0))
+    };
     let mut nodes = vec![0.0; n];
     let mut weights = vec![0.0; n];
     for i in 0..n {
         let mut x = (std::f64::consts::PI * (i as f64 + 0.75) / (n as f64 + 0.5)).cos();
-        let mut dp = 1.0;
         for _ in 0..100 {
-            // P_n(x) and P_n'(x) by the three-term recurrence.
-            let (mut p0, mut p1) = (1.0f64, x);
-            if n == 0 {
-                p1 = 1.0;
-            }
-            for k in 2..=n {
-                let p2 = ((2 * k - 1) as f64 * x * p1 - (k - 1) as f64 * p0) / k as f64;
-                p0 = p1;
-                p1 = p2;
-            }
-            dp = n as f64 * (x * p1 - p0) / (x * x - 1.0);
-            let dx = p1 / dp;
+            let (p, dp) = legendre(x);
+            let dx = p / dp;
             x -= dx;
-            if dx.abs() < 1e-16 {
+            if dx.abs() < 1e-15 {
                 break;
             }
         }
+        let (_, dp) = legendre(x);
         nodes[i] = x;
         weights[i] = 2.0 / ((1.0 - x * x) * dp * dp);
     }
@@ -136,15 +136,23 @@ fn project(g: &Grid, r: &Rotation3<f64>, ls: std::ops::RangeInclusive<usize>) ->
     ls.map(|l| {
         let d = 2 * l + 1;
         let off = sh_offset(l);
+        // Sum ring by ring (points of one latitude), then the rings: two short sums round
+        // less than one long one.
         let mut m = DMatrix::<f64>::zeros(d, d);
-        for k in 0..g.points.len() {
-            let a = &yr[k * len + off..k * len + off + d];
-            let b = &g.weighted[k * len + off..k * len + off + d];
+        let mut ring = DMatrix::<f64>::zeros(d, d);
+        let naz = 2 * lmax + 1;
+        for (k, p) in (0..g.points.len()).enumerate() {
+            let a = &yr[p * len + off..p * len + off + d];
+            let b = &g.weighted[p * len + off..p * len + off + d];
             for i in 0..d {
                 let ai = a[i];
                 for j in 0..d {
-                    m[(i, j)] += ai * b[j];
+                    ring[(i, j)] += ai * b[j];
                 }
+            }
+            if (k + 1) % naz == 0 {
+                m += &ring;
+                ring.fill(0.0);
             }
         }
         m
@@ -234,7 +242,7 @@ pub fn wigner_d_from_euler(
 pub fn se3t_j_matrix(l: usize) -> Result<DMatrix<f64>, Error> {
     let half_turn = Matrix3::new(0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0);
     let d = wigner_d(l, &Rotation3::from_matrix_unchecked(half_turn))?;
-    Ok(if l % 2 == 0 { d } else { -d })
+    Ok(if l.is_multiple_of(2) { d } else { -d })
 }
 
 #[cfg(test)]
@@ -270,5 +278,9 @@ mod tests {
         let (x, w) = gauss_legendre(6);
         let int: f64 = x.iter().zip(&w).map(|(x, w)| w * x.powi(10)).sum();
         assert!((int - 2.0 / 11.0).abs() < 1e-15);
+        for n in 1..=17 {
+            let (_, w) = gauss_legendre(n);
+            assert!((w.iter().sum::<f64>() - 2.0).abs() < 2e-15, "n = {n}");
+        }
     }
 }
