@@ -237,9 +237,7 @@ mod tests {
         for k in 0..n {
             let d = (k as f64 + 0.5) * c / n as f64;
             let f: Vec<f64> = (1..=3)
-                .map(|j| {
-                    (2.0 / c).sqrt() * (j as f64 * std::f64::consts::PI * d / c).sin() / d
-                })
+                .map(|j| (2.0 / c).sqrt() * (j as f64 * std::f64::consts::PI * d / c).sin() / d)
                 .collect();
             for a in 0..3 {
                 for b in 0..3 {
