@@ -10,8 +10,9 @@ use se3_core::so3::spherical_harmonics::spherical_harmonics_batch_into;
 use se3_core::so3::{
     clebsch_gordan, equiformer_edge_rotation, equiformer_edge_wigner_d, sh_polynomial,
     spherical_harmonics, spherical_harmonics_batch, spherical_harmonics_batch_f32,
-    spherical_harmonics_grad, wigner_d, wigner_d_all, wigner_d_from_euler, wigner_d_from_matrix,
-    wigner_d_o3, Convention, Normalization, Parity, L_MAX,
+    spherical_harmonics_grad, spherical_harmonics_grad_batch, wigner_d, wigner_d_all,
+    wigner_d_from_euler, wigner_d_from_matrix, wigner_d_o3, Convention, Normalization, Parity,
+    L_MAX,
 };
 use se3_core::Error;
 
@@ -81,6 +82,15 @@ fn zero_vector_where_a_direction_is_needed_is_an_error() {
     assert!(matches!(
         equiformer_edge_rotation(&zero),
         Err(Error::ZeroVector { .. })
+    ));
+    assert!(matches!(
+        spherical_harmonics_grad_batch(
+            3,
+            &[[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+            Convention::E3nn,
+            Normalization::Component
+        ),
+        Err(Error::ZeroVector { index: 1, .. })
     ));
     assert!(matches!(
         equiformer_edge_wigner_d(1, &zero),

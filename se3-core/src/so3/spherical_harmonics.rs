@@ -553,12 +553,83 @@ fn eval_block(
     }
 }
 
+/// Gradients of the harmonics of all degrees `0..=lmax` at the (finite, nonzero) vector `v`:
+/// `out[idx * 3 + c] = d Y_idx(v/|v|) / d v_c`, `idx = l^2 + m + l`.
+fn grad_all(lmax: usize, v: [f64; 3], c: &Coeffs, out: &mut [f64]) {
+    let r = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
+    let u = Vector3::new(v[0] / r, v[1] / r, v[2] / r);
+    // Polar frame (x, y, z) = (u2, u0, u1).
+    let (x, y, z) = (u.z, u.x, u.y);
+    let mut re = [0.0f64; W];
+    let mut im = [0.0f64; W];
+    re[0] = 1.0;
+    for m in 1..=lmax {
+        re[m] = re[m - 1] * x - im[m - 1] * y;
+        im[m] = re[m - 1] * y + im[m - 1] * x;
+    }
+    // Writes the tangential part of a polar-frame gradient, divided by |v|, in input order.
+    let mut put = |idx: usize, gx: f64, gy: f64, gz: f64| {
+        let g = Vector3::new(gy, gz, gx);
+        let t = (g - u * g.dot(&u)) / r;
+        out[idx * 3..idx * 3 + 3].copy_from_slice(&[t.x, t.y, t.z]);
+    };
+    for m in 0..=lmax {
+        // q_{l,m}(z) and dq/dz by the recurrence with r^2 = 1.
+        let (mut q0, mut d0) = (0.0f64, 0.0f64);
+        let (mut q1, mut d1) = (1.0f64, 0.0f64);
+        for l in m..=lmax {
+            if l > m {
+                let (q2, d2) = if l == m + 1 {
+                    let f = (2 * m + 1) as f64;
+                    (f * z, f)
+                } else {
+                    let (a, b) = (c.a[l * W + m], c.b[l * W + m]);
+                    (a * z * q1 - b * q0, a * (q1 + z * d1) - b * d0)
+                };
+                q0 = q1;
+                d0 = d1;
+                q1 = q2;
+                d1 = d2;
+            }
+            let k = c.k[l * W + m];
+            let base = l * l + l;
+            if m == 0 {
+                put(base, 0.0, 0.0, k * d1);
+            } else {
+                // d Re/dx = m Re_{m-1}, d Re/dy = -m Im_{m-1}; d Im/dx = m Im_{m-1},
+                // d Im/dy = m Re_{m-1}.
+                let mf = m as f64;
+                put(
+                    base + m,
+                    k * q1 * mf * re[m - 1],
+                    -k * q1 * mf * im[m - 1],
+                    k * d1 * re[m],
+                );
+                put(
+                    base - m,
+                    k * q1 * mf * im[m - 1],
+                    k * q1 * mf * re[m - 1],
+                    k * d1 * im[m],
+                );
+            }
+        }
+    }
+}
+
+fn check_direction(what: &'static str, index: usize, v: &[f64; 3]) -> Result<(), Error> {
+    check_finite(what, index, v)?;
+    if v[0] == 0.0 && v[1] == 0.0 && v[2] == 0.0 {
+        return Err(Error::ZeroVector { what, index });
+    }
+    Ok(())
+}
+
 /// Gradient of [`spherical_harmonics`] of degree `l` with respect to the input vector.
 ///
 /// Returns a `(2l+1) x 3` matrix, row `m + l` is `d Y_{l,m}(v/|v|) / d v` in the input's
 /// component order. Because `Y` depends on the direction only, each row is orthogonal to `v`
 /// and scales like `1/|v|`: it is `(I - u u^T) grad p(u) / |v|` with `p` the polynomial of
-/// the module documentation.
+/// the module documentation (differentiated through the same recurrence).
 ///
 /// # Errors
 /// `NonFinite` if `v` holds NaN/inf, `ZeroVector` if `v = 0` (no direction, no gradient),
@@ -570,81 +641,42 @@ pub fn spherical_harmonics_grad(
     normalization: Normalization,
 ) -> Result<nalgebra::DMatrix<f64>, Error> {
     check_degree(l)?;
-    check_finite("vector", 0, &[v.x, v.y, v.z])?;
-    let r = v.norm();
-    if r == 0.0 {
-        return Err(Error::ZeroVector {
-            what: "vector",
-            index: 0,
-        });
+    let a = [v.x, v.y, v.z];
+    check_direction("vector", 0, &a)?;
+    let c = Coeffs::new(l, convention, normalization);
+    let mut out = vec![0.0; sh_len(l) * 3];
+    grad_all(l, a, &c, &mut out);
+    Ok(nalgebra::DMatrix::from_row_slice(
+        2 * l + 1,
+        3,
+        &out[sh_offset(l) * 3..],
+    ))
+}
+
+/// Gradients of the harmonics of all degrees `0..=lmax` for many vectors:
+/// `out[(i * (lmax+1)^2 + l^2 + m + l) * 3 + c] = d Y_{l,m}(v_i/|v_i|) / d v_{i,c}`.
+/// Same values as [`spherical_harmonics_grad`]; computed in parallel.
+///
+/// # Errors
+/// `NonFinite` or `ZeroVector` with the index of the first bad vector, `DegreeTooHigh` if
+/// `lmax > L_MAX`.
+pub fn spherical_harmonics_grad_batch(
+    lmax: usize,
+    vectors: &[[f64; 3]],
+    convention: Convention,
+    normalization: Normalization,
+) -> Result<Vec<f64>, Error> {
+    check_degree(lmax)?;
+    for (i, v) in vectors.iter().enumerate() {
+        check_direction("vectors", i, v)?;
     }
-    let u = v / r;
-    // Polar frame (x, y, z) = (u2, u0, u1).
-    let (x, y, z) = (u.z, u.x, u.y);
-    let t = tables();
-    let scale = convention.sign(l) * normalization.scale(l);
-    let mut grad = nalgebra::DMatrix::<f64>::zeros(2 * l + 1, 3);
-    // (x+iy)^m and its predecessor for the derivatives.
-    let mut re = [0.0f64; W];
-    let mut im = [0.0f64; W];
-    re[0] = 1.0;
-    for m in 1..=l {
-        re[m] = re[m - 1] * x - im[m - 1] * y;
-        im[m] = re[m - 1] * y + im[m - 1] * x;
-    }
-    for m in 0..=l {
-        // q_{l,m}(z) and dq/dz by the recurrence with r^2 = 1.
-        let (mut q0, mut d0) = (0.0f64, 0.0f64);
-        let (mut q1, mut d1) = (1.0f64, 0.0f64);
-        for ll in (m + 1)..=l {
-            let (q2, d2) = if ll == m + 1 {
-                let c = (2 * m + 1) as f64;
-                (c * z, c)
-            } else {
-                let a = t.a[ll * W + m];
-                let b = t.b[ll * W + m];
-                (a * z * q1 - b * q0, a * (q1 + z * d1) - b * d0)
-            };
-            q0 = q1;
-            d0 = d1;
-            q1 = q2;
-            d1 = d2;
-        }
-        let k = t.k[l * W + m] * scale;
-        // Gradient in the polar frame (dx, dy, dz), then back to the input order (u0,u1,u2) =
-        // (y, z, x).
-        let mut rows: Vec<(usize, [f64; 3])> = Vec::with_capacity(2);
-        if m == 0 {
-            rows.push((l, [0.0, 0.0, k * d1]));
-        } else {
-            let mf = m as f64;
-            // d Re/dx = m Re_{m-1}, d Re/dy = -m Im_{m-1}; d Im/dx = m Im_{m-1}, d Im/dy = m Re_{m-1}.
-            rows.push((
-                l + m,
-                [
-                    k * q1 * mf * re[m - 1],
-                    -k * q1 * mf * im[m - 1],
-                    k * d1 * re[m],
-                ],
-            ));
-            rows.push((
-                l - m,
-                [
-                    k * q1 * mf * im[m - 1],
-                    k * q1 * mf * re[m - 1],
-                    k * d1 * im[m],
-                ],
-            ));
-        }
-        for (row, [gx, gy, gz]) in rows {
-            let g = Vector3::new(gy, gz, gx);
-            let tangent = (g - u * g.dot(&u)) / r;
-            for c in 0..3 {
-                grad[(row, c)] = tangent[c];
-            }
-        }
-    }
-    Ok(grad)
+    let c = Coeffs::new(lmax, convention, normalization);
+    let len = sh_len(lmax) * 3;
+    let mut out = vec![0.0; vectors.len() * len];
+    out.par_chunks_mut(len)
+        .zip(vectors.par_iter())
+        .for_each(|(o, v)| grad_all(lmax, *v, &c, o));
+    Ok(out)
 }
 
 /// One monomial `coefficient * x^a * y^b * z^c` of a harmonic, in the input's component order
@@ -824,6 +856,28 @@ mod tests {
                         fd[row],
                         g[(row, c)]
                     );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn batched_gradient_matches_single() -> R {
+        let vs = [[0.1, 0.2, 0.3], [-1.0, 0.5, 2.0]];
+        let g = spherical_harmonics_grad_batch(5, &vs, Convention::E3nn, Normalization::Integral)?;
+        for (i, v) in vs.iter().enumerate() {
+            for l in 0..=5 {
+                let s = spherical_harmonics_grad(
+                    l,
+                    &Vector3::from(*v),
+                    Convention::E3nn,
+                    Normalization::Integral,
+                )?;
+                for row in 0..(2 * l + 1) {
+                    for c in 0..3 {
+                        assert_eq!(g[(i * 36 + l * l + row) * 3 + c], s[(row, c)]);
+                    }
                 }
             }
         }
