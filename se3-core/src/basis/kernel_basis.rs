@@ -81,6 +81,8 @@ pub fn pair_shape(d_in: usize, d_out: usize) -> [usize; 3] {
 
 /// Edges per rayon task.
 const CHUNK: usize = 1024;
+/// Edges evaluated together (structure-of-arrays) inside a task.
+const LANES: usize = 8;
 
 impl KernelBasis {
     /// The basis for every pair of degrees `0..=max_degree`, with `Q_J` exact or rounded to f32
@@ -242,10 +244,43 @@ impl KernelBasis {
                     Normalization::Integral,
                     &mut y,
                 )?;
+                let ne = edges.len();
+                let full = ne / LANES * LANES;
+                // Blocks of LANES edges, harmonics transposed to [idx][lane], so each sparse
+                // term is loaded once and applied lane-wise.
+                let mut yb = vec![[0.0f64; LANES]; len];
+                for e0 in (0..full).step_by(LANES) {
+                    for (lane, ye) in y[e0 * len..(e0 + LANES) * len]
+                        .chunks_exact(len)
+                        .enumerate()
+                    {
+                        for (idx, &v) in ye.iter().enumerate() {
+                            yb[idx][lane] = v;
+                        }
+                    }
+                    for (p, dst) in self.pairs.iter().zip(slices.iter_mut()) {
+                        let per_edge = (2 * p.d_out + 1) * (2 * p.d_in + 1) * p.nf;
+                        let d = &mut dst[e0 * per_edge..(e0 + LANES) * per_edge];
+                        for idx in 0..per_edge {
+                            let (a, b) = (p.row_ptr[idx] as usize, p.row_ptr[idx + 1] as usize);
+                            let mut acc = [0.0f64; LANES];
+                            for (&v, &c) in p.vals[a..b].iter().zip(&p.cols[a..b]) {
+                                let yc = &yb[c as usize];
+                                for lane in 0..LANES {
+                                    acc[lane] += v * yc[lane];
+                                }
+                            }
+                            for (lane, &x) in acc.iter().enumerate() {
+                                d[lane * per_edge + idx] = T::from_f64(x);
+                            }
+                        }
+                    }
+                }
                 for (p, dst) in self.pairs.iter().zip(slices.iter_mut()) {
                     let per_edge = (2 * p.d_out + 1) * (2 * p.d_in + 1) * p.nf;
-                    for (e, d) in dst.chunks_exact_mut(per_edge).enumerate() {
+                    for e in full..ne {
                         let ye = &y[e * len..(e + 1) * len];
+                        let d = &mut dst[e * per_edge..(e + 1) * per_edge];
                         for (idx, o) in d.iter_mut().enumerate() {
                             let (a, b) = (p.row_ptr[idx] as usize, p.row_ptr[idx + 1] as usize);
                             let mut acc = 0.0;
