@@ -234,22 +234,42 @@ fn check_finite(what: &'static str, index: usize, v: &[f64; 3]) -> Result<(), Er
     Ok(())
 }
 
+/// `|v|^2` inside this range is normalised directly; outside it (tiny or huge vectors, where
+/// `|v|^2` under- or overflows) the vector is first scaled by its largest component.
+const SAFE_R2: std::ops::Range<f64> = 1e-280..1e280;
+
+/// The unit vector of a finite `v`, or `None` for the zero vector; exact in range for any
+/// finite input (no under- or overflow of `|v|^2`).
+#[inline]
+fn unit(v: [f64; 3]) -> Option<([f64; 3], f64)> {
+    let r2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
+    if SAFE_R2.contains(&r2) {
+        let r = r2.sqrt();
+        let inv = 1.0 / r;
+        return Some(([v[0] * inv, v[1] * inv, v[2] * inv], r));
+    }
+    let m = v[0].abs().max(v[1].abs()).max(v[2].abs());
+    if m == 0.0 {
+        return None;
+    }
+    let w = [v[0] / m, v[1] / m, v[2] / m];
+    let rw = (w[0] * w[0] + w[1] * w[1] + w[2] * w[2]).sqrt();
+    Some(([w[0] / rw, w[1] / rw, w[2] / rw], m * rw))
+}
+
 /// Writes the harmonics of all degrees `0..=lmax` of one (checked, finite) vector.
 #[inline(always)]
 fn eval_vector(lmax: usize, v: [f64; 3], convention: Convention, c: &Coeffs, out: &mut [f64]) {
-    let r2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
-    if r2 == 0.0 {
-        match convention {
+    match unit(v) {
+        Some((u, _)) => eval_polar(lmax, u[2], u[0], u[1], 1.0, c, out),
+        None => match convention {
             Convention::E3nn => {
                 out[..sh_len(lmax)].fill(0.0);
                 out[0] = c.k[0];
             }
             Convention::Se3TransformerPytorch => eval_polar(lmax, 0.0, 0.0, 1.0, 1.0, c, out),
-        }
-        return;
+        },
     }
-    let inv = 1.0 / r2.sqrt();
-    eval_polar(lmax, v[2] * inv, v[0] * inv, v[1] * inv, 1.0, c, out);
 }
 
 /// Real spherical harmonics of degree `l` at the direction of `v`.
@@ -463,14 +483,15 @@ fn chunk_kernel<V, O>(
         for b in 0..BLOCK {
             let a = load(&vb[b]);
             let r2 = a[0] * a[0] + a[1] * a[1] + a[2] * a[2];
-            any_zero |= r2 == 0.0;
+            any_zero |= !SAFE_R2.contains(&r2);
             let inv = 1.0 / r2.sqrt();
             x[b] = a[2] * inv;
             y[b] = a[0] * inv;
             z[b] = a[1] * inv;
         }
         if any_zero {
-            // Rare: the per-vector path handles the zero vector's convention.
+            // Rare: the per-vector path handles the zero vector's convention and vectors so
+            // small or large that |v|^2 under- or overflows.
             for (v, o) in vb.iter().zip(ob.chunks_exact_mut(len)) {
                 eval_vector(lmax, load(v), convention, c, &mut tmp);
                 for (dst, &src) in o.iter_mut().zip(&tmp[..len]) {
@@ -556,8 +577,11 @@ fn eval_block(
 /// Gradients of the harmonics of all degrees `0..=lmax` at the (finite, nonzero) vector `v`:
 /// `out[idx * 3 + c] = d Y_idx(v/|v|) / d v_c`, `idx = l^2 + m + l`.
 fn grad_all(lmax: usize, v: [f64; 3], c: &Coeffs, out: &mut [f64]) {
-    let r = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
-    let u = Vector3::new(v[0] / r, v[1] / r, v[2] / r);
+    let Some((u, r)) = unit(v) else {
+        debug_assert!(false, "grad_all needs a nonzero vector");
+        return;
+    };
+    let u = Vector3::from(u);
     // Polar frame (x, y, z) = (u2, u0, u1).
     let (x, y, z) = (u.z, u.x, u.y);
     let mut re = [0.0f64; W];
@@ -907,6 +931,28 @@ mod tests {
                     assert!((b32[i * 25 + l * l + k] as f64 - got).abs() < 1e-6);
                 }
             }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn tiny_and_huge_vectors_keep_their_direction() -> R {
+        let d = Vector3::new(0.3, -0.5, 0.8);
+        let want = spherical_harmonics(4, &d, Convention::E3nn, Normalization::Component)?;
+        let g = spherical_harmonics_grad(4, &d, Convention::E3nn, Normalization::Component)?;
+        for s in [1e-170, 1e-300, 1e170, 1e300] {
+            let y = spherical_harmonics(4, &(d * s), Convention::E3nn, Normalization::Component)?;
+            assert!((y - &want).amax() < 1e-14, "scale {s}");
+            let b = spherical_harmonics_batch(
+                4,
+                &[[d.x * s, d.y * s, d.z * s]; 9],
+                Convention::E3nn,
+                Normalization::Component,
+            )?;
+            assert!((b[16 + 8 * 25] - want[0]).abs() < 1e-14 && (b[24] - want[8]).abs() < 1e-14);
+            let gs =
+                spherical_harmonics_grad(4, &(d * s), Convention::E3nn, Normalization::Component)?;
+            assert!((gs * s - &g).amax() < 1e-13, "scale {s}");
         }
         Ok(())
     }
