@@ -22,9 +22,10 @@ pub use edge_align::{equiformer_edge_rotation, equiformer_edge_wigner_d, equifor
 pub use parity::{sh_parity, wigner_d_o3, Parity};
 pub use rotation::{euler_e3nn, euler_zyz, rotation_from_matrix};
 pub use spherical_harmonics::{
-    sh_len, sh_offset, sh_polynomial, spherical_harmonics, spherical_harmonics_batch,
-    spherical_harmonics_batch_f32, spherical_harmonics_grad, spherical_harmonics_grad_batch,
-    spherical_harmonics_unnormalized, Convention, Monomial, Normalization, L_MAX,
+    sh_len, sh_offset, sh_polynomial, sh_polynomials, spherical_harmonics,
+    spherical_harmonics_batch, spherical_harmonics_batch_f32, spherical_harmonics_grad,
+    spherical_harmonics_grad_batch, spherical_harmonics_unnormalized, Convention, Monomial,
+    Normalization, L_MAX,
 };
 pub use wigner_d::{
     wigner_d, wigner_d_all, wigner_d_from_euler, wigner_d_from_matrix, wigner_d_from_quaternion,

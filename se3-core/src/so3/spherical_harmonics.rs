@@ -790,6 +790,25 @@ pub fn sh_polynomial(
     Ok(terms)
 }
 
+/// The polynomials of all harmonics of degrees `0..=lmax`, in buffer order (`l^2 + m + l`).
+///
+/// # Errors
+/// `DegreeTooHigh` if `lmax > L_MAX`.
+pub fn sh_polynomials(
+    lmax: usize,
+    convention: Convention,
+    normalization: Normalization,
+) -> Result<Vec<Vec<Monomial>>, Error> {
+    check_degree(lmax)?;
+    let mut out = Vec::with_capacity(sh_len(lmax));
+    for l in 0..=lmax {
+        for m in -(l as i64)..=(l as i64) {
+            out.push(sh_polynomial(l, m, convention, normalization)?);
+        }
+    }
+    Ok(out)
+}
+
 /// Evaluates monomials (from [`sh_polynomial`]) at `u`.
 pub fn eval_monomials(terms: &[Monomial], u: &Vector3<f64>) -> f64 {
     terms
@@ -825,6 +844,27 @@ mod tests {
             let y = spherical_harmonics(l, &v, Convention::E3nn, Normalization::Component)?;
             let n2 = y.norm_squared();
             assert!((n2 - (2 * l + 1) as f64).abs() < 1e-12 * n2, "l={l}: {n2}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn all_polynomials_come_in_buffer_order() -> R {
+        let u = Vector3::new(-0.6, 0.0, 0.8);
+        let ps = sh_polynomials(
+            5,
+            Convention::Se3TransformerPytorch,
+            Normalization::Integral,
+        )?;
+        let y = spherical_harmonics_batch(
+            5,
+            &[[u.x, u.y, u.z]],
+            Convention::Se3TransformerPytorch,
+            Normalization::Integral,
+        )?;
+        assert_eq!(ps.len(), y.len());
+        for (p, want) in ps.iter().zip(&y) {
+            assert!((eval_monomials(p, &u) - want).abs() < 1e-13);
         }
         Ok(())
     }
