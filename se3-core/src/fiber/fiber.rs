@@ -1,0 +1,112 @@
+//! The `Fiber` trait: the type-level description of a feature type (which degrees, how many
+//! channels each, parity, total dimension), implemented by `#[fiber]` structs.
+
+use std::fmt::Debug;
+use std::marker::PhantomData;
+
+use super::degree::{DegreeMarker, Group, ParityMarker};
+use super::spec::{DegreeSpec, DegreeTable, FiberSpec};
+
+/// A fiber: the per-node feature type of an equivariant network, a direct sum of
+/// `channels` copies of each irrep of degree l (dimension 2l + 1), with a parity per degree
+/// for E(3).
+///
+/// Implemented by `#[fiber(0:32, 1:8)] struct Hidden;`; layers are generic over it
+/// (`Linear<In: Fiber, Out: Fiber>`). Degrees are sorted increasingly and unique; features
+/// of a fiber hold one `[nodes, channels, 2l + 1]` block per degree in that order.
+///
+/// Two views of the degrees:
+/// - run time: [`Fiber::DEGREES`] (a `const` table) and [`Fiber::spec`];
+/// - compile time: [`Fiber::Irreps`], a type-level list of `Irrep<Degree<L>, Parity>`
+///   walked with an [`IrrepVisitor`], and the [`HasDegree`](super::HasDegree) impls.
+pub trait Fiber: Copy + Default + Debug + Send + Sync + 'static {
+    /// The declared name, such as `"Hidden"`.
+    const NAME: &'static str;
+    /// The degrees with their channels and parities, sorted by degree.
+    const DEGREES: DegreeTable;
+    /// The total dimension per node: sum over degrees of channels * (2l + 1).
+    const DIM: usize = Self::DEGREES.dim();
+    /// [`Se3`](super::Se3) if no degree carries a parity, [`E3`](super::E3) otherwise.
+    type Group: Group;
+    /// The degrees and parities as a type-level list `Cons<Irrep<Degree<L>, P>, ...>`:
+    /// two fibers with equal `Irreps` have the same degrees (channels may differ).
+    type Irreps: IrrepList;
+
+    /// The run-time spec (`0:32, 1:8`).
+    fn spec() -> FiberSpec {
+        FiberSpec::from(Self::DEGREES)
+    }
+
+    /// The degrees in increasing order.
+    fn degrees() -> DegreeTable {
+        Self::DEGREES
+    }
+
+    /// The number of channels of degree `l`, `None` if the fiber lacks it.
+    fn channels(l: usize) -> Option<usize> {
+        Self::DEGREES.channels(l)
+    }
+
+    /// The highest degree.
+    fn max_degree() -> usize {
+        Self::DEGREES.max_degree()
+    }
+}
+
+impl IntoIterator for DegreeTable {
+    type Item = DegreeSpec;
+    type IntoIter = std::iter::Take<std::array::IntoIter<DegreeSpec, { super::MAX_DEGREE + 1 }>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        let len = self.len();
+        let mut entries = [DegreeSpec::new(0, 0, None); super::MAX_DEGREE + 1];
+        entries[..len].copy_from_slice(self.as_slice());
+        entries.into_iter().take(len)
+    }
+}
+
+/// One irrep of a fiber at the type level: degree marker `D` and parity marker `P`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Irrep<D, P>(PhantomData<(D, P)>);
+
+/// The end of a type-level irrep list.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Nil;
+
+/// A type-level irrep list: head `H`, tail `T`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cons<H, T>(PhantomData<(H, T)>);
+
+/// Code run once per degree of a fiber, with the degree and parity as types
+/// (compile-time iteration over [`Fiber::Irreps`]).
+pub trait IrrepVisitor {
+    /// Called for the degree at position `index` of the fiber.
+    fn visit<D: DegreeMarker, P: ParityMarker>(&mut self, index: usize);
+}
+
+/// A type-level list of irreps ([`Cons`] / [`Nil`]).
+pub trait IrrepList: Send + Sync + 'static {
+    /// The number of irreps.
+    const LEN: usize;
+
+    /// Visits the irreps in order, numbering them from `start`.
+    fn visit_from<V: IrrepVisitor>(visitor: &mut V, start: usize);
+
+    /// Visits every irrep in order, numbering them from 0.
+    fn for_each<V: IrrepVisitor>(visitor: &mut V) {
+        Self::visit_from(visitor, 0);
+    }
+}
+
+impl IrrepList for Nil {
+    const LEN: usize = 0;
+    fn visit_from<V: IrrepVisitor>(_: &mut V, _: usize) {}
+}
+
+impl<D: DegreeMarker, P: ParityMarker, T: IrrepList> IrrepList for Cons<Irrep<D, P>, T> {
+    const LEN: usize = 1 + T::LEN;
+    fn visit_from<V: IrrepVisitor>(visitor: &mut V, start: usize) {
+        visitor.visit::<D, P>(start);
+        T::visit_from(visitor, start + 1);
+    }
+}
