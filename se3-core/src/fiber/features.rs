@@ -464,3 +464,201 @@ where
     const INDEX: usize = <A as HasDegree<D>>::INDEX;
     type Parity = <A as HasDegree<D>>::Parity;
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::fiber::Degree;
+    use crate::testing::seed;
+    use se3_macros::fiber;
+
+    #[fiber(0:3, 1:2)]
+    struct Small;
+    #[fiber(0:1, 1:4)]
+    struct Other;
+    #[fiber("0e:2, 1o:1")]
+    struct Polar;
+
+    fn random<F: Fiber>(nodes: usize, rng: &mut StdRng) -> Features<F> {
+        Features::from_fn(nodes, |_, _, _, _| rng.gen_range(-1.0..1.0))
+    }
+
+    #[test]
+    fn degree_returns_the_block_of_that_degree() {
+        let h =
+            Features::<Small>::from_fn(2, |d, n, c, m| (d.l * 1000 + n * 100 + c * 10 + m) as f32);
+        assert_eq!(h.degree::<Degree<0>>().shape(), [2, 3, 1]);
+        assert_eq!(h.degree::<Degree<1>>().shape(), [2, 2, 3]);
+        assert_eq!(h.degree::<Degree<1>>().get(1, 1, 2), Some(1112.0));
+        assert_eq!(h.degree::<Degree<0>>().get(1, 2, 0), Some(120.0));
+        assert_eq!(h.block_of(1), Some(h.degree::<Degree<1>>()));
+        assert_eq!(h.block_of(2), None);
+        assert_eq!(h.degree::<Degree<1>>().get(2, 0, 0), None);
+    }
+
+    #[test]
+    fn from_blocks_rejects_wrong_count_shape_and_non_finite() -> Result<(), Error> {
+        let ok = vec![
+            DegreeTensor::zeros([2, 3, 1]),
+            DegreeTensor::zeros([2, 2, 3]),
+        ];
+        assert_eq!(Features::<Small>::from_blocks(ok)?.nodes(), 2);
+        let one = vec![DegreeTensor::zeros([2, 3, 1])];
+        assert!(matches!(
+            Features::<Small>::from_blocks(one),
+            Err(Error::LengthMismatch {
+                expected: 2,
+                found: 1,
+                ..
+            })
+        ));
+        let shape = vec![
+            DegreeTensor::zeros([2, 3, 1]),
+            DegreeTensor::zeros([2, 3, 3]),
+        ];
+        assert!(matches!(
+            Features::<Small>::from_blocks(shape),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        let nodes = vec![
+            DegreeTensor::zeros([2, 3, 1]),
+            DegreeTensor::zeros([1, 2, 3]),
+        ];
+        assert!(matches!(
+            Features::<Small>::from_blocks(nodes),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        let mut nan = DegreeTensor::zeros([2, 2, 3]);
+        nan.data_mut()[4] = f32::NAN;
+        assert!(matches!(
+            Features::<Small>::from_blocks(vec![DegreeTensor::zeros([2, 3, 1]), nan]),
+            Err(Error::NonFinite { index: 4, .. })
+        ));
+        assert!(matches!(
+            DegreeTensor::from_vec([1, 2, 3], vec![0.0; 5]),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn add_sub_and_residual_act_elementwise() -> Result<(), Error> {
+        let mut rng = StdRng::seed_from_u64(seed());
+        let a = random::<Small>(3, &mut rng);
+        let b = random::<Small>(3, &mut rng);
+        let sum = (&a + &b)?;
+        let back = (sum.clone() - b.clone())?;
+        for (x, y) in back.blocks().iter().zip(a.blocks()) {
+            for (u, v) in x.data().iter().zip(y.data()) {
+                assert!((u - v).abs() <= 1e-6 * (1.0 + v.abs()));
+            }
+        }
+        assert_eq!(a.residual(&b)?, sum);
+        assert_eq!((a.clone() + b.clone())?, sum);
+        let short = random::<Small>(2, &mut rng);
+        assert!(matches!(
+            a.residual(&short),
+            Err(Error::LengthMismatch {
+                expected: 3,
+                found: 2,
+                ..
+            })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn concat_stacks_channels_degree_by_degree() -> Result<(), Error> {
+        let a =
+            Features::<Small>::from_fn(2, |d, n, c, m| (d.l * 1000 + n * 100 + c * 10 + m) as f32);
+        let b = Features::<Other>::from_fn(2, |d, n, c, m| {
+            -((d.l * 1000 + n * 100 + c * 10 + m) as f32)
+        });
+        let ab = a.concat(&b)?;
+        assert_eq!(<Cat<Small, Other> as Fiber>::spec().to_string(), "0:4, 1:6");
+        assert_eq!(ab.degree::<Degree<1>>().shape(), [2, 6, 3]);
+        assert_eq!(ab.degree::<Degree<1>>().get(1, 1, 2), Some(1112.0));
+        assert_eq!(ab.degree::<Degree<1>>().get(1, 2, 2), Some(-1102.0));
+        assert_eq!(ab.degree::<Degree<0>>().get(0, 3, 0), Some(-0.0));
+        assert_eq!(<Degree<1> as DegreeOf<Cat<Small, Other>>>::CHANNELS, 6);
+        Ok(())
+    }
+
+    #[test]
+    fn activation_and_bias_touch_only_degree_zero() -> Result<(), Error> {
+        let h = Features::<Small>::from_fn(2, |_, _, c, m| c as f32 - 1.0 + m as f32);
+        let act = h.activate(crate::layers::Relu, Degree::<0>);
+        assert_eq!(act.degree::<Degree<1>>(), h.degree::<Degree<1>>());
+        assert!(act.degree::<Degree<0>>().data().iter().all(|v| *v >= 0.0));
+        assert_eq!(act.degree::<Degree<0>>().get(0, 2, 0), Some(1.0));
+        let biased = h.add_bias::<Degree<0>>(&[1.0, 2.0, 3.0])?;
+        assert_eq!(biased.degree::<Degree<0>>().get(1, 2, 0), Some(4.0));
+        assert_eq!(biased.degree::<Degree<1>>(), h.degree::<Degree<1>>());
+        assert!(matches!(
+            h.add_bias::<Degree<0>>(&[1.0]),
+            Err(Error::LengthMismatch {
+                expected: 3,
+                found: 1,
+                ..
+            })
+        ));
+        Ok(())
+    }
+
+    /// A random orthogonal 3x3 matrix (Gram-Schmidt), possibly with det -1.
+    fn random_orthogonal(rng: &mut StdRng) -> [[f32; 3]; 3] {
+        let mut q = [[0.0f32; 3]; 3];
+        for i in 0..3 {
+            let mut v: [f32; 3] = [
+                rng.gen_range(-1.0..1.0),
+                rng.gen_range(-1.0..1.0),
+                rng.gen_range(-1.0..1.0),
+            ];
+            for row in q.iter().take(i) {
+                let d: f32 = v.iter().zip(row).map(|(a, b)| a * b).sum();
+                for k in 0..3 {
+                    v[k] -= d * row[k];
+                }
+            }
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            q[i] = [v[0] / n, v[1] / n, v[2] / n];
+        }
+        q
+    }
+
+    #[test]
+    fn norms_are_invariant_under_orthogonal_maps_of_each_vector() {
+        let s = seed();
+        let mut rng = StdRng::seed_from_u64(s);
+        let h = random::<Small>(4, &mut rng);
+        let q = random_orthogonal(&mut rng);
+        let mut rotated = h.clone();
+        for chunk in rotated.degree_mut::<Degree<1>>().data_mut().chunks_mut(3) {
+            let v = [chunk[0], chunk[1], chunk[2]];
+            for (out, row) in chunk.iter_mut().zip(&q) {
+                *out = row.iter().zip(&v).map(|(a, b)| a * b).sum();
+            }
+        }
+        let before = h.norms::<Degree<1>>();
+        let after = rotated.norms::<Degree<1>>();
+        assert_eq!(before.shape(), [4, 2]);
+        for (a, b) in before.data().iter().zip(after.data()) {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+                "seed {s}: {a} vs {b}"
+            );
+        }
+    }
+
+    #[test]
+    fn invariant_reads_even_scalars() {
+        let p = Features::<Polar>::from_fn(3, |d, n, c, _| (d.l + n + c) as f32);
+        let e = p.invariant::<Degree<0>>();
+        assert_eq!(e.shape(), [3, 2]);
+        // node n, channel c holds n + c: sum over n < 3, c < 2.
+        assert_eq!(e.sum(), 9.0);
+    }
+}

@@ -110,3 +110,87 @@ impl<D: DegreeMarker, P: ParityMarker, T: IrrepList> IrrepList for Cons<Irrep<D,
         T::visit_from(visitor, start + 1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fiber::{Degree, DegreeOf, Even, HasDegree, NoParity, Odd, Parity, Se3, E3};
+    use se3_macros::fiber;
+    use std::any::TypeId;
+
+    #[fiber(0:32, 1:8)]
+    struct Hidden;
+    #[fiber(0 e:8, 1 o:4)]
+    struct Polar;
+    #[fiber("0e:8, 1o:4")]
+    struct PolarString;
+    /// Documented fiber with every degree.
+    #[fiber(0:1, 1:1, 2:1, 3:1, 4:1, 5:1, 6:1, 7:1, 8:1, 9:1, 10:2)]
+    pub struct Deep;
+
+    #[test]
+    fn macro_fiber_reports_its_degrees_channels_and_dimension() {
+        assert_eq!(Hidden::NAME, "Hidden");
+        assert_eq!(Hidden::spec().to_string(), "0:32, 1:8");
+        assert_eq!(Hidden::DIM, 32 + 8 * 3);
+        assert_eq!(Hidden::channels(1), Some(8));
+        assert_eq!(Hidden::channels(2), None);
+        assert_eq!(Hidden::max_degree(), 1);
+        assert_eq!(<Hidden as HasDegree<Degree<1>>>::INDEX, 1);
+        assert_eq!(<Degree<0> as DegreeOf<Hidden>>::CHANNELS, 32);
+        assert_eq!(<Hidden as Fiber>::Irreps::LEN, 2);
+        assert_eq!(
+            TypeId::of::<<Hidden as Fiber>::Group>(),
+            TypeId::of::<Se3>()
+        );
+        assert_eq!(
+            TypeId::of::<<Hidden as HasDegree<Degree<0>>>::Parity>(),
+            TypeId::of::<NoParity>()
+        );
+    }
+
+    #[test]
+    fn macro_parity_forms_agree() {
+        assert_eq!(Polar::spec(), PolarString::spec());
+        assert_eq!(Polar::spec().to_string(), "0e:8, 1o:4");
+        assert_eq!(Polar::DEGREES.as_slice()[1].parity, Some(Parity::Odd));
+        assert_eq!(TypeId::of::<<Polar as Fiber>::Group>(), TypeId::of::<E3>());
+        assert_eq!(
+            TypeId::of::<<Polar as HasDegree<Degree<0>>>::Parity>(),
+            TypeId::of::<Even>()
+        );
+        assert_eq!(
+            TypeId::of::<<PolarString as HasDegree<Degree<1>>>::Parity>(),
+            TypeId::of::<Odd>()
+        );
+    }
+
+    #[test]
+    fn max_degree_ten_is_declarable() {
+        assert_eq!(Deep::max_degree(), crate::fiber::MAX_DEGREE);
+        assert_eq!(<Deep as HasDegree<Degree<10>>>::CHANNELS, 2);
+        assert_eq!(
+            Deep::DIM,
+            (0..10).map(|l| 2 * l + 1).sum::<usize>() + 2 * 21
+        );
+    }
+
+    struct Collect(Vec<(usize, usize, Option<Parity>)>);
+    impl IrrepVisitor for Collect {
+        fn visit<D: DegreeMarker, P: ParityMarker>(&mut self, index: usize) {
+            self.0.push((index, D::L, P::PARITY));
+        }
+    }
+
+    #[test]
+    fn compile_time_iteration_matches_run_time_degrees() {
+        let mut c = Collect(Vec::new());
+        <Polar as Fiber>::Irreps::for_each(&mut c);
+        let run_time: Vec<_> = Polar::degrees()
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| (i, d.l, d.parity))
+            .collect();
+        assert_eq!(c.0, run_time);
+    }
+}

@@ -98,3 +98,45 @@ impl<A: Fiber, B: Fiber, Out: Fiber> TensorProduct<A, B, Out> {
         &self.paths
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fiber::Degree;
+    use se3_macros::fiber;
+
+    #[fiber("0e:4, 1o:2")]
+    struct Polar;
+    #[fiber("0e:2, 1e:2, 2e:1")]
+    struct EvenOut;
+
+    #[test]
+    fn paths_record_degrees_and_product_parity() {
+        let tp = TensorProduct::<Polar, Polar, EvenOut>::new()
+            .path::<Degree<1>, Degree<1>, Degree<0>>()
+            .path::<Degree<1>, Degree<1>, Degree<1>>()
+            .path::<Degree<1>, Degree<1>, Degree<2>>();
+        let js: Vec<_> = tp
+            .paths()
+            .iter()
+            .map(|p| (p.l1, p.l2, p.j, p.parity))
+            .collect();
+        assert_eq!(
+            js,
+            vec![
+                (1, 1, 0, Some(Parity::Even)),
+                (1, 1, 1, Some(Parity::Even)),
+                (1, 1, 2, Some(Parity::Even))
+            ]
+        );
+        assert_eq!(
+            Path::<Degree<2>, Degree<3>, Degree<1>>::new().spec(),
+            PathSpec {
+                l1: 2,
+                l2: 3,
+                j: 1,
+                parity: None
+            }
+        );
+    }
+}
