@@ -1,4 +1,4 @@
-// rule: layer chaining (FeedsInto) — the output fiber of one layer is not the next input.
+// rule: layer chaining (Follows) — the output fiber of one layer is not the next input.
 use se3::prelude::*;
 
 #[fiber(0:32, 1:8)]

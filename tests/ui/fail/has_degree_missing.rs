@@ -1,4 +1,4 @@
-// rule: has degree (HasDegree) — asking a scalar fiber for its degree-1 block.
+// rule: has degree (DegreeOf, from HasDegree) — asking a scalar fiber for its degree-1 block.
 use se3::prelude::*;
 
 #[fiber(0:16)]

@@ -1,4 +1,4 @@
-// rule: has degree (HasDegree) — a tensor-product path from a degree the input lacks.
+// rule: has degree (DegreeOf, from HasDegree) — a tensor-product path from a degree the input lacks.
 use se3::prelude::*;
 
 #[fiber(0:32, 1:8)]

@@ -1,4 +1,4 @@
-// rule: same degrees (SameDegreesAs) — concatenating fibers whose degrees differ.
+// rule: same degrees (SameDegrees) — concatenating fibers whose degrees differ.
 use se3::prelude::*;
 
 #[fiber(0:16)]

@@ -1,4 +1,4 @@
-// rule: same degrees (SameDegreesAs) — Linear cannot create or drop degrees.
+// rule: same degrees (SameDegrees) — Linear cannot create or drop degrees.
 use se3::prelude::*;
 
 #[fiber(0:16)]

@@ -1,4 +1,4 @@
-// rule: SE(3) vs E(3) (SameGroupAs) — a Linear from an SE(3) fiber to an E(3) fiber.
+// rule: SE(3) vs E(3) (SameGroupAs, caught by SameDegrees in Linear) — SE(3) to E(3).
 use se3::prelude::*;
 
 #[fiber(0:8, 1:4)]
