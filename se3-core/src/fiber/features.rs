@@ -446,6 +446,7 @@ pub struct Cat<A, B>(PhantomData<(A, B)>);
 
 /// A `Fiber` for any `A`, `B`; features of it are only built by [`Features::concat`],
 /// which requires `Cat<A, B>: SameDegrees`.
+#[diagnostic::do_not_recommend]
 impl<A: Fiber, B: Fiber> Fiber for Cat<A, B> {
     const NAME: &'static str = "Cat";
     const DEGREES: DegreeTable = DegreeTable::concat(A::DEGREES, B::DEGREES);

@@ -19,6 +19,11 @@ use super::spec::{DegreeSpec, DegreeTable, FiberSpec};
 /// - run time: [`Fiber::DEGREES`] (a `const` table) and [`Fiber::spec`];
 /// - compile time: [`Fiber::Irreps`], a type-level list of `Irrep<Degree<L>, Parity>`
 ///   walked with an [`IrrepVisitor`], and the [`HasDegree`](super::HasDegree) impls.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a fiber",
+    label = "not declared with `#[fiber(...)]`",
+    note = "declare fibers as `#[fiber(0:32, 1:8)] struct Name;`"
+)]
 pub trait Fiber: Copy + Default + Debug + Send + Sync + 'static {
     /// The declared name, such as `"Hidden"`.
     const NAME: &'static str;
