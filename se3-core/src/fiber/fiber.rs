@@ -21,8 +21,7 @@ use super::spec::{DegreeSpec, DegreeTable, FiberSpec};
 ///   walked with an [`IrrepVisitor`], and the [`HasDegree`](super::HasDegree) impls.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a fiber",
-    label = "not declared with `#[fiber(...)]`",
-    note = "declare fibers as `#[fiber(0:32, 1:8)] struct Name;`"
+    label = "not declared with `#[fiber(...)]`, as in `#[fiber(0:32, 1:8)] struct {Self};`"
 )]
 pub trait Fiber: Copy + Default + Debug + Send + Sync + 'static {
     /// The declared name, such as `"Hidden"`.
