@@ -4,7 +4,7 @@
 //! `#[fiber]` macro, and the model zoo as [`models`].
 
 pub use se3_core::*;
-pub use se3_macros::fiber;
+pub use se3_macros::{fiber, fiber_type};
 
 // The types that appear in fiber-rule messages, at the root so that rustc names them
 // `se3::Degree<1>` rather than through a longer path.
@@ -25,5 +25,5 @@ pub mod prelude {
         Activation, Layer, Linear, Path, Relu, Sigmoid, Silu, Tanh, TensorProduct,
     };
     pub use crate::Error;
-    pub use se3_macros::fiber;
+    pub use se3_macros::{fiber, fiber_type};
 }

@@ -3,7 +3,51 @@
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 
-use crate::validate::{Parity, Spec};
+use crate::validate::{Parity, Spec, MAX_DEGREE};
+
+fn group(spec: &Spec) -> TokenStream {
+    if spec.entries.iter().any(|e| e.parity.is_some()) {
+        quote!(::se3::fiber::E3)
+    } else {
+        quote!(::se3::fiber::Se3)
+    }
+}
+
+fn parity_type(p: Option<Parity>) -> TokenStream {
+    match p {
+        None => quote!(::se3::fiber::NoParity),
+        Some(Parity::Even) => quote!(::se3::fiber::Even),
+        Some(Parity::Odd) => quote!(::se3::fiber::Odd),
+    }
+}
+
+/// The type-level irrep list `Cons<Irrep<Degree<L>, P>, ...>` of the spec.
+fn irreps(spec: &Spec) -> TokenStream {
+    spec.entries
+        .iter()
+        .rev()
+        .fold(quote!(::se3::fiber::Nil), |tail, e| {
+            let l = e.l;
+            let p = parity_type(e.parity);
+            quote!(::se3::fiber::Cons<::se3::fiber::Irrep<::se3::fiber::Degree<#l>, #p>, #tail>)
+        })
+}
+
+/// The anonymous fiber type `::se3::fiber::Inline<G, Irreps, slot 0, ..., slot 10>` of
+/// `fiber_type!(...)`.
+pub fn expand_inline(spec: &Spec) -> TokenStream {
+    let group = group(spec);
+    let irreps = irreps(spec);
+    let slots = (0..=MAX_DEGREE as usize).map(|l| match spec.entries.iter().find(|e| e.l == l) {
+        Some(e) => {
+            let c = e.channels;
+            let p = parity_type(e.parity);
+            quote!(::se3::fiber::Ch<#c, #p>)
+        }
+        None => quote!(::se3::fiber::Absent),
+    });
+    quote!(::se3::fiber::Inline<#group, #irreps, #(#slots),*>)
+}
 
 /// The unit struct (with the user's attributes and visibility) plus `Fiber` and one
 /// `HasDegree<Degree<L>>` impl per degree.
@@ -12,35 +56,17 @@ pub fn expand(item: &syn::ItemStruct, spec: &Spec) -> TokenStream {
     let vis = &item.vis;
     let name = &item.ident;
     let name_str = name.to_string();
-    let has_parity = spec.entries.iter().any(|e| e.parity.is_some());
-    let group = if has_parity {
-        quote!(::se3::fiber::E3)
-    } else {
-        quote!(::se3::fiber::Se3)
-    };
+    let group = group(spec);
     let parity_value = |p: Option<Parity>| match p {
         None => quote!(::core::option::Option::None),
         Some(Parity::Even) => quote!(::core::option::Option::Some(::se3::fiber::Parity::Even)),
         Some(Parity::Odd) => quote!(::core::option::Option::Some(::se3::fiber::Parity::Odd)),
     };
-    let parity_type = |p: Option<Parity>| match p {
-        None => quote!(::se3::fiber::NoParity),
-        Some(Parity::Even) => quote!(::se3::fiber::Even),
-        Some(Parity::Odd) => quote!(::se3::fiber::Odd),
-    };
     let specs = spec.entries.iter().map(|e| {
         let (l, c, p) = (e.l, e.channels, parity_value(e.parity));
         quote!(::se3::fiber::DegreeSpec::new(#l, #c, #p))
     });
-    let irreps = spec
-        .entries
-        .iter()
-        .rev()
-        .fold(quote!(::se3::fiber::Nil), |tail, e| {
-            let l = e.l;
-            let p = parity_type(e.parity);
-            quote!(::se3::fiber::Cons<::se3::fiber::Irrep<::se3::fiber::Degree<#l>, #p>, #tail>)
-        });
+    let irreps = irreps(spec);
     let has_degree = spec.entries.iter().enumerate().map(|(index, e)| {
         let (l, c, p) = (e.l, e.channels, parity_type(e.parity));
         quote! {

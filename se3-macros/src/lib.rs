@@ -63,3 +63,27 @@ pub fn fiber(args: TokenStream, item: TokenStream) -> TokenStream {
     }
     out.into()
 }
+
+/// An anonymous fiber in type position: `fiber_type!(0:32, 1:8)` is a type implementing
+/// `se3::fiber::Fiber` with those degrees, the same grammar and checks as `#[fiber(...)]`.
+///
+/// ```ignore
+/// fn norms(h: &Features<fiber_type!(0:32, 1:8)>) -> Invariants { h.norms::<Degree<1>>() }
+/// ```
+///
+/// It expands to `se3::fiber::Inline<...>` with one slot per degree 0..=10, which is what
+/// compiler messages then show; declare a named fiber with `#[fiber]` for anything used
+/// more than once. Every problem is reported, and the type of the valid entries is still
+/// produced.
+#[proc_macro]
+pub fn fiber_type(args: TokenStream) -> TokenStream {
+    let (spec, error) = validate::validate(parse::parse_spec(args.into()));
+    let ty = expand::expand_inline(&spec);
+    match error {
+        Some(e) => {
+            let errors = e.to_compile_error();
+            quote::quote!(<#ty as ::se3::fiber::inline::WithErrors<{ #errors 0 }>>::Type).into()
+        }
+        None => ty.into(),
+    }
+}
