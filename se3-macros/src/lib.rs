@@ -39,24 +39,9 @@ pub fn fiber(args: TokenStream, item: TokenStream) -> TokenStream {
             return e.to_compile_error().into();
         }
     };
-    let mut errors = Vec::new();
-    if !matches!(item.fields, syn::Fields::Unit) {
-        errors.push(syn::Error::new_spanned(
-            &item.fields,
-            "a fiber is a unit struct (`pub struct Hidden;`): its data lives in `Features<Hidden>`",
-        ));
-    }
-    if !item.generics.params.is_empty() {
-        errors.push(syn::Error::new_spanned(
-            &item.generics,
-            "a fiber takes no generic parameters",
-        ));
-    }
+    let (item, mut errors) = validate::validate_item(item);
     let (spec, error) = validate::validate(parse::parse_spec(args.into()));
     errors.extend(error);
-    let mut item = item;
-    item.fields = syn::Fields::Unit;
-    item.generics = syn::Generics::default();
     let mut out = expand::expand(&item, &spec);
     for e in errors {
         out.extend(e.to_compile_error());

@@ -155,3 +155,34 @@ fn check_parity(
 fn span_of(e: &RawEntry) -> Span {
     e.l_span
 }
+
+/// Checks that `#[fiber]` sits on a unit struct without generics or derives of its own,
+/// returning the struct made so (fields, generics and derives dropped) and the problems.
+pub fn validate_item(mut item: syn::ItemStruct) -> (syn::ItemStruct, Vec<syn::Error>) {
+    let mut errors = Vec::new();
+    if !matches!(item.fields, syn::Fields::Unit) {
+        errors.push(syn::Error::new_spanned(
+            &item.fields,
+            format!(
+                "a fiber is a unit struct (`pub struct {0};`): its data lives in `Features<{0}>`",
+                item.ident
+            ),
+        ));
+    }
+    if !item.generics.params.is_empty() {
+        errors.push(syn::Error::new_spanned(
+            &item.generics,
+            "a fiber takes no generic parameters",
+        ));
+    }
+    for attr in item.attrs.iter().filter(|a| a.path().is_ident("derive")) {
+        errors.push(syn::Error::new_spanned(
+            attr,
+            "a fiber derives Debug, Clone, Copy, Default, PartialEq, Eq and Hash itself: remove this derive",
+        ));
+    }
+    item.attrs.retain(|a| !a.path().is_ident("derive"));
+    item.fields = syn::Fields::Unit;
+    item.generics = syn::Generics::default();
+    (item, errors)
+}
