@@ -16,6 +16,25 @@ pub use se3_models as models;
 
 /// What a model file needs: the `#[fiber]` macro, the fiber traits and value types, the
 /// degree and parity markers, the layers and the error type.
+///
+/// ```
+/// use se3::prelude::*;
+///
+/// #[fiber(0:16, 1:4)]
+/// struct Narrow;
+/// #[fiber(0:32, 1:8)]
+/// struct Hidden;
+///
+/// # fn main() -> Result<(), Error> {
+/// let mut rng = rand::thread_rng();
+/// let x = Features::<Hidden>::zeros(10);
+/// let down = Linear::<Hidden, Narrow>::new(&mut rng);
+/// let y = down.forward(&x);
+/// assert_eq!(y.degree::<Degree<1>>().shape(), [10, 4, 3]);
+/// assert_eq!(Hidden::spec().to_string(), "0:32, 1:8");
+/// # Ok(())
+/// # }
+/// ```
 pub mod prelude {
     pub use crate::fiber::{
         Degree, DegreeMarker, DegreeTensor, Even, Features, Fiber, FiberSpec, HasDegree,

@@ -12,7 +12,7 @@ mod validate;
 /// Declares a fiber: a unit struct implementing `se3::fiber::Fiber`, with one
 /// `HasDegree<Degree<L>>` impl per degree.
 ///
-/// ```ignore
+/// ```text
 /// use se3::prelude::*;
 ///
 /// #[fiber(0:16)]          pub struct Atoms;   // 16 scalar channels (SE(3))
@@ -52,7 +52,7 @@ pub fn fiber(args: TokenStream, item: TokenStream) -> TokenStream {
 /// An anonymous fiber in type position: `fiber_type!(0:32, 1:8)` is a type implementing
 /// `se3::fiber::Fiber` with those degrees, the same grammar and checks as `#[fiber(...)]`.
 ///
-/// ```ignore
+/// ```text
 /// fn norms(h: &Features<fiber_type!(0:32, 1:8)>) -> Invariants { h.norms::<Degree<1>>() }
 /// ```
 ///
