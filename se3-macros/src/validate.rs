@@ -186,3 +186,65 @@ pub fn validate_item(mut item: syn::ItemStruct) -> (syn::ItemStruct, Vec<syn::Er
     item.generics = syn::Generics::default();
     (item, errors)
 }
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::*;
+    use crate::parse::parse_spec;
+
+    fn check(
+        tokens: proc_macro2::TokenStream,
+    ) -> (Vec<(usize, usize, Option<Parity>)>, Vec<String>) {
+        let (spec, error) = validate(parse_spec(tokens));
+        let entries = spec
+            .entries
+            .iter()
+            .map(|e| (e.l, e.channels, e.parity))
+            .collect();
+        let messages =
+            error.map_or_else(Vec::new, |e| e.into_iter().map(|e| e.to_string()).collect());
+        (entries, messages)
+    }
+
+    #[test]
+    fn valid_lists_parse_in_every_form() {
+        let plain = check(quote!(0:32, 1:8,));
+        assert_eq!(plain, (vec![(0, 32, None), (1, 8, None)], vec![]));
+        let spaced = check(quote!(0 e:8, 1 o:4));
+        let glued = check(quote!(0 e:8, 1o:4));
+        let string = check(quote!("0e:8, 1o:4"));
+        let expected = vec![(0, 8, Some(Parity::Even)), (1, 4, Some(Parity::Odd))];
+        assert_eq!(spaced, (expected.clone(), vec![]));
+        assert_eq!(glued, (expected.clone(), vec![]));
+        assert_eq!(string, (expected, vec![]));
+    }
+
+    #[test]
+    fn every_problem_is_collected_and_the_rest_kept() {
+        let (entries, messages) = check(quote!(2:4, 1:0, 2:1, 12:3, 3 x:1, 4:));
+        assert_eq!(messages.len(), 6, "{messages:?}");
+        assert!(messages
+            .iter()
+            .any(|m| m.contains("expected a channel count")));
+        assert!(messages.iter().any(|m| m.contains("degree 3 has a parity")));
+        assert!(messages.iter().any(|m| m.contains("0 channels")));
+        assert!(messages.iter().any(|m| m.contains("listed twice")));
+        assert!(messages
+            .iter()
+            .any(|m| m.contains("above the supported maximum 10")));
+        assert!(messages.iter().any(|m| m.contains("unknown parity `x`")));
+        // The valid entries survive, sorted: degree 2 (first), and 3 (its parity dropped).
+        assert_eq!(entries.iter().map(|e| e.0).collect::<Vec<_>>(), vec![2, 3]);
+    }
+
+    #[test]
+    fn unsorted_and_mixed_parity_and_empty_are_reported() {
+        assert!(check(quote!(1:8, 0:32)).1[0].contains("increasing order: 0 comes after 1"));
+        assert!(check(quote!(0 e:8, 1:4)).1[0].contains("degree 1 has no parity"));
+        assert!(check(quote!(0:8, 1 o:4)).1[0].contains("degree 1 has a parity"));
+        assert!(check(quote!()).1[0].contains("at least one degree"));
+        assert!(check(quote!("0e:8, bad")).1[0].contains("malformed entry `bad`"));
+    }
+}
