@@ -194,9 +194,10 @@ mod tests {
     use super::*;
     use crate::parse::parse_spec;
 
-    fn check(
-        tokens: proc_macro2::TokenStream,
-    ) -> (Vec<(usize, usize, Option<Parity>)>, Vec<String>) {
+    /// The validated entries as (l, channels, parity), and the error messages.
+    type Checked = (Vec<(usize, usize, Option<Parity>)>, Vec<String>);
+
+    fn check(tokens: proc_macro2::TokenStream) -> Checked {
         let (spec, error) = validate(parse_spec(tokens));
         let entries = spec
             .entries
