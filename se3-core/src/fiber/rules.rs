@@ -1,11 +1,11 @@
-//! The type rules of fibers, one marker trait a rule. Each says, when broken, which rule
+//! The type rules of fibers, one marker trait per rule. Each says, when broken, which rule
 //! in words, where and how to fix it (`#[diagnostic::on_unimplemented]`); the impls that
 //! make legal combinations hold carry `#[diagnostic::do_not_recommend]` so that rustc
 //! reports the rule rather than the typenum arithmetic or a list of every legal impl.
 //!
 //! | rule | trait | checked by |
 //! |---|---|---|
-//! | same fiber | [`SameFiber`] | `+`, `-`, `+=`, `Features::residual` |
+//! | same fiber | [`SameFiber`] | `+`, `-`, `Features::residual` |
 //! | layer input | [`FeedsInto`] | `Linear::forward` |
 //! | chaining | [`Follows`] | `Layer::then` |
 //! | same degrees | [`SameDegrees`] | `Linear::new`, `Features::concat` |

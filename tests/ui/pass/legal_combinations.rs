@@ -33,7 +33,10 @@ fn main() -> Result<(), Error> {
     let up = Linear::<Narrow, Hidden>::new(&mut rng);
     let net = down.then(Activation::<Narrow, Relu>::new(Relu)).then(up);
     let out: Features<Hidden> = net.forward(&h);
-    let _cat = out.concat(&Features::<Narrow>::zeros(3))?;
+    let cat = out.concat(&Features::<Narrow>::zeros(3))?;
+    // a concatenation is a fiber of its own: it feeds layers like any other
+    let merge = Linear::<se3::Cat<Hidden, Narrow>, Hidden>::new(&mut rng);
+    let _: Features<Hidden> = merge.forward(&cat);
 
     // scalar-only ops on degree 0
     let _ = h.activate(Silu, Degree::<0>);
