@@ -44,6 +44,13 @@ pub enum Error {
     /// Some degrees of a fiber carry a parity and others do not.
     #[error("degree {l} has no parity but other degrees do (or the reverse); an E(3) fiber gives every degree a parity, an SE(3) fiber none")]
     MixedParity { l: usize },
+    /// A run-time fiber spec (from a config or checkpoint) differs from the compiled fiber.
+    #[error("fiber `{fiber}` is `{expected}`, but the input describes `{found}`")]
+    FiberMismatch {
+        fiber: &'static str,
+        expected: String,
+        found: String,
+    },
     /// Two lengths that must agree do not.
     #[error("{what}: expected length {expected}, found {found}")]
     LengthMismatch {

@@ -41,6 +41,24 @@ pub trait Fiber: Copy + Default + Debug + Send + Sync + 'static {
         FiberSpec::from(Self::DEGREES)
     }
 
+    /// Checks that a run-time spec (from a config or a checkpoint) is this fiber.
+    ///
+    /// # Errors
+    /// `FiberMismatch` naming both specs if they differ in any degree, channel count or
+    /// parity.
+    fn check_spec(spec: &FiberSpec) -> Result<(), crate::Error> {
+        let expected = Self::spec();
+        if &expected == spec {
+            Ok(())
+        } else {
+            Err(crate::Error::FiberMismatch {
+                fiber: Self::NAME,
+                expected: expected.to_string(),
+                found: spec.to_string(),
+            })
+        }
+    }
+
     /// The degrees in increasing order.
     fn degrees() -> DegreeTable {
         Self::DEGREES
@@ -151,6 +169,21 @@ mod tests {
             TypeId::of::<<Hidden as HasDegree<Degree<0>>>::Parity>(),
             TypeId::of::<NoParity>()
         );
+    }
+
+    #[test]
+    fn check_spec_accepts_only_the_same_spec() -> Result<(), crate::Error> {
+        Hidden::check_spec(&"0:32, 1:8".parse()?)?;
+        for other in ["0:32, 1:4", "0:32", "0e:32, 1o:8", "0:32, 2:8"] {
+            assert!(matches!(
+                Hidden::check_spec(&other.parse()?),
+                Err(crate::Error::FiberMismatch {
+                    fiber: "Hidden",
+                    ..
+                })
+            ));
+        }
+        Ok(())
     }
 
     #[test]
