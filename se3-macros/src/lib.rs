@@ -1,5 +1,5 @@
-//! The `#[fiber]` attribute macro of se3: parse ([`parse`]) into raw entries, validate
-//! ([`validate`]) collecting every problem with its span, expand ([`expand`]) into a unit
+//! The `#[fiber]` attribute macro of se3: parse (`parse.rs`) into raw entries, validate
+//! (`validate.rs`) collecting every problem with its span, expand (`expand.rs`) into a unit
 //! struct implementing `se3::fiber::Fiber`. On invalid input the struct is still emitted
 //! (from the valid entries), next to the `compile_error!`s.
 

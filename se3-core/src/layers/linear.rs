@@ -11,7 +11,7 @@ use crate::Error;
 /// Per-degree channel mixing from fiber `In` to fiber `Out`, which have the same degrees
 /// and parities ([`SameDegrees`], so also the same group):
 ///
-/// y_l[n, o, m] = sum_i x_l[n, i, m] W_l[i, o] + [l = 0] b[o]
+/// `y_l[n, o, m] = sum_i x_l[n, i, m] W_l[i, o] + [l = 0] b[o]`
 ///
 /// No mixing across degrees or m components, so it commutes with every D_l(R); the bias is
 /// on degree 0 only. Weights of degree l are `[c_in, c_out]` row-major.
