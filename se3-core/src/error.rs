@@ -22,6 +22,35 @@ pub enum Error {
     /// A Clebsch-Gordan triple that breaks the selection rule |l1 - l2| <= j <= l1 + l2.
     #[error("no Clebsch-Gordan path {l1} x {l2} -> {j}: j must lie in |l1 - l2| ..= l1 + l2")]
     SelectionRule { l1: usize, l2: usize, j: usize },
+    /// A fiber spec entry that is not `l:channels` or `lp:channels`.
+    #[error("fiber spec `{input}`: entry `{entry}` is malformed, expected {expected}")]
+    FiberSyntax {
+        input: String,
+        entry: String,
+        expected: &'static str,
+    },
+    /// A parity letter other than `e` (even) or `o` (odd).
+    #[error("unknown parity `{found}`: expected `e` (even) or `o` (odd)")]
+    UnknownParity { found: String },
+    /// A degree listed twice in a fiber.
+    #[error("degree {l} appears twice in the fiber; list each degree once")]
+    DuplicateDegree { l: usize },
+    /// A degree with zero channels.
+    #[error("degree {l} has 0 channels; give it at least 1 or leave it out")]
+    ZeroChannels { l: usize },
+    /// Degrees not in increasing order.
+    #[error("degrees must increase: {found} comes after {previous}")]
+    UnsortedDegrees { previous: usize, found: usize },
+    /// Some degrees of a fiber carry a parity and others do not.
+    #[error("degree {l} has no parity but other degrees do (or the reverse); an E(3) fiber gives every degree a parity, an SE(3) fiber none")]
+    MixedParity { l: usize },
+    /// A run-time fiber spec (from a config or checkpoint) differs from the compiled fiber.
+    #[error("fiber `{fiber}` is `{expected}`, but the input describes `{found}`")]
+    FiberMismatch {
+        fiber: &'static str,
+        expected: String,
+        found: String,
+    },
     /// Two lengths that must agree do not.
     #[error("{what}: expected length {expected}, found {found}")]
     LengthMismatch {

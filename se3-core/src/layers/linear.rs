@@ -1,0 +1,341 @@
+//! `Linear<In, Out>`: equivariant channel mixing within each degree.
+
+use std::marker::PhantomData;
+
+use rand::Rng;
+
+use super::Layer;
+use crate::fiber::{DegreeTensor, Features, FeedsInto, Fiber, SameDegrees};
+use crate::Error;
+
+/// Per-degree channel mixing from fiber `In` to fiber `Out`, which have the same degrees
+/// and parities ([`SameDegrees`], so also the same group):
+///
+/// `y_l[n, o, m] = sum_i x_l[n, i, m] W_l[i, o] + [l = 0] b[o]`
+///
+/// No mixing across degrees or m components, so it commutes with every D_l(R); the bias is
+/// on degree 0 only. Weights of degree l are `[c_in, c_out]` row-major.
+#[derive(Debug, Clone)]
+pub struct Linear<In, Out> {
+    weights: Vec<Vec<f32>>,
+    bias: Vec<f32>,
+    fibers: PhantomData<fn(In) -> Out>,
+}
+
+impl<In: Fiber, Out: Fiber> Linear<In, Out> {
+    /// A layer with weights drawn uniformly with variance 1 / c_in per degree (so unit-
+    /// variance inputs give unit-variance outputs) and zero bias.
+    #[rustfmt::skip]
+    pub fn new(rng: &mut impl Rng) -> Self where Self: SameDegrees {
+        let weights = In::DEGREES
+            .into_iter()
+            .zip(Out::DEGREES)
+            .map(|(i, o)| {
+                let bound = (3.0 / i.channels as f32).sqrt();
+                (0..i.channels * o.channels)
+                    .map(|_| rng.gen_range(-bound..bound))
+                    .collect()
+            })
+            .collect();
+        Linear {
+            weights,
+            bias: vec![0.0; Out::channels(0).unwrap_or(0)],
+            fibers: PhantomData,
+        }
+    }
+
+    /// A layer with the given weights, one `[c_in, c_out]` row-major matrix per degree in
+    /// degree order, and `bias` (one value per degree-0 output channel; empty if `Out` has
+    /// no degree 0).
+    ///
+    /// # Errors
+    /// `LengthMismatch` if the number of matrices or the bias length is wrong,
+    /// `ShapeMismatch` if a matrix has the wrong size, `NonFinite` for NaN or inf.
+    #[rustfmt::skip]
+    pub fn from_weights(weights: Vec<Vec<f32>>, bias: Vec<f32>) -> Result<Self, Error> where Self: SameDegrees {
+        if weights.len() != In::DEGREES.len() {
+            return Err(Error::LengthMismatch {
+                what: "linear weights (one matrix per degree)",
+                expected: In::DEGREES.len(),
+                found: weights.len(),
+            });
+        }
+        for ((w, i), o) in weights.iter().zip(In::DEGREES).zip(Out::DEGREES) {
+            if w.len() != i.channels * o.channels {
+                return Err(Error::ShapeMismatch {
+                    what: format!("linear weight of degree {}", i.l),
+                    expected: vec![i.channels, o.channels],
+                    found: vec![w.len()],
+                });
+            }
+        }
+        let bias_len = Out::channels(0).unwrap_or(0);
+        if bias.len() != bias_len {
+            return Err(Error::LengthMismatch {
+                what: "linear bias (one value per degree-0 output channel)",
+                expected: bias_len,
+                found: bias.len(),
+            });
+        }
+        let all = weights.iter().flatten().chain(&bias);
+        if let Some((index, v)) = all.enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                what: "linear parameters",
+                index,
+                value: f64::from(*v),
+            });
+        }
+        Ok(Linear {
+            weights,
+            bias,
+            fibers: PhantomData,
+        })
+    }
+
+    /// The `[c_in, c_out]` weight of the degree at position `index`.
+    pub fn weight(&self, index: usize) -> Option<&[f32]> {
+        self.weights.get(index).map(Vec::as_slice)
+    }
+
+    /// The degree-0 bias (empty if `Out` has no degree 0).
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+
+    /// The layer applied to `x`; compiles only if `x` has the input fiber `In`.
+    pub fn forward<X: FeedsInto<In>>(&self, x: &X) -> Features<Out> {
+        let x = X::feed(x);
+        let nodes = x.nodes();
+        let blocks = x
+            .blocks()
+            .iter()
+            .zip(Out::DEGREES)
+            .zip(&self.weights)
+            .map(|((b, o), w)| {
+                let [_, ci, width] = b.shape();
+                let co = o.channels;
+                let mut y = vec![0.0f32; nodes * co * width];
+                let xd = b.data();
+                for n in 0..nodes {
+                    for i in 0..ci {
+                        let xrow = &xd[(n * ci + i) * width..(n * ci + i + 1) * width];
+                        for (oc, wv) in w[i * co..(i + 1) * co].iter().enumerate() {
+                            let yrow = &mut y[(n * co + oc) * width..(n * co + oc + 1) * width];
+                            for (yv, xv) in yrow.iter_mut().zip(xrow) {
+                                *yv += wv * xv;
+                            }
+                        }
+                    }
+                    if o.l == 0 {
+                        for (oc, bv) in self.bias.iter().enumerate() {
+                            y[n * co + oc] += bv;
+                        }
+                    }
+                }
+                DegreeTensor::from_vec([nodes, co, width], y)
+            })
+            .collect::<Result<Vec<_>, _>>();
+        match blocks {
+            Ok(blocks) => Features::from_blocks_unchecked(nodes, blocks),
+            // Shapes are computed from the fibers above; a mismatch is a broken invariant.
+            Err(e) => unreachable!("linear output block shape: {e}"),
+        }
+    }
+}
+
+impl<In: Fiber, Out: Fiber> Layer for Linear<In, Out> {
+    type In = In;
+    type Out = Out;
+
+    fn forward(&self, x: &Features<In>) -> Features<Out> {
+        Linear::forward(self, x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::fiber::Degree;
+    use crate::layers::{Activation, Relu};
+    use crate::testing::seed;
+    use se3_macros::fiber;
+
+    #[fiber(0:3, 1:2, 2:2)]
+    struct In3;
+    #[fiber(0:2, 1:4, 2:1)]
+    struct Out3;
+    #[fiber(1:2)]
+    struct VectorsOnly;
+    #[fiber(1:3)]
+    struct VectorsOut;
+
+    fn random<F: Fiber>(nodes: usize, rng: &mut StdRng) -> Features<F> {
+        Features::from_fn(nodes, |_, _, _, _| rng.gen_range(-1.0..1.0))
+    }
+
+    fn close(a: &Features<impl Fiber>, b: &[Vec<f32>], s: u64) {
+        for (x, y) in a.blocks().iter().zip(b) {
+            for (u, v) in x.data().iter().zip(y) {
+                assert!(
+                    (u - v).abs() <= 1e-5 * (1.0 + v.abs()),
+                    "seed {s}: {u} vs {v}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn linear_follows_its_formula() {
+        let s = seed();
+        let mut rng = StdRng::seed_from_u64(s);
+        let mut layer = Linear::<In3, Out3>::new(&mut rng);
+        layer.bias = vec![0.5, -0.25];
+        let x = random::<In3>(3, &mut rng);
+        let y = layer.forward(&x);
+        // y_l[n, o, m] = sum_i x_l[n, i, m] W_l[i, o] + [l = 0] b[o], looped naively.
+        let expected: Vec<Vec<f32>> = In3::degrees()
+            .into_iter()
+            .zip(Out3::degrees())
+            .enumerate()
+            .map(|(k, (di, d_o))| {
+                let w = layer.weight(k).unwrap_or_default();
+                let xb = &x.blocks()[k];
+                let mut out = Vec::new();
+                for n in 0..3 {
+                    for o in 0..d_o.channels {
+                        for m in 0..di.width() {
+                            let mut acc = if di.l == 0 { layer.bias()[o] } else { 0.0 };
+                            for i in 0..di.channels {
+                                acc +=
+                                    xb.get(n, i, m).unwrap_or(f32::NAN) * w[i * d_o.channels + o];
+                            }
+                            out.push(acc);
+                        }
+                    }
+                }
+                out
+            })
+            .collect();
+        close(&y, &expected, s);
+    }
+
+    #[test]
+    fn linear_commutes_with_any_map_of_the_m_axis() {
+        // Channel mixing never touches m, so L(x M) = L(x) M for any matrix M acting on the
+        // 2l + 1 components of degree l > 0, in particular for D_l(R).
+        let s = seed();
+        let mut rng = StdRng::seed_from_u64(s);
+        let layer = Linear::<In3, Out3>::new(&mut rng);
+        let x = random::<In3>(2, &mut rng);
+        let mix = |f: &mut dyn FnMut(&mut [f32]), blocks: &mut Vec<DegreeTensor>| {
+            for b in blocks.iter_mut().skip(1) {
+                let w = b.shape()[2];
+                for row in b.data_mut().chunks_mut(w) {
+                    f(row);
+                }
+            }
+        };
+        let mats: Vec<Vec<f32>> = (0..2)
+            .map(|_| (0..25).map(|_| rng.gen_range(-1.0..1.0)).collect())
+            .collect();
+        let mut apply = |row: &mut [f32]| {
+            let w = row.len();
+            let m = &mats[w / 2 - 1];
+            let v = row.to_vec();
+            for (i, r) in row.iter_mut().enumerate() {
+                *r = (0..w).map(|j| m[i * 5 + j] * v[j]).sum();
+            }
+        };
+        let mut xb = x.clone().into_blocks();
+        mix(&mut apply, &mut xb);
+        let Ok(xm) = Features::<In3>::from_blocks(xb) else {
+            panic!("mixed blocks keep their shapes")
+        };
+        let left = layer.forward(&xm);
+        let mut right = layer.forward(&x).into_blocks();
+        mix(&mut apply, &mut right);
+        let right: Vec<Vec<f32>> = right.into_iter().map(DegreeTensor::into_vec).collect();
+        close(&left, &right, s);
+    }
+
+    #[test]
+    fn linear_without_scalars_has_no_bias() -> Result<(), Error> {
+        let layer = Linear::<VectorsOnly, VectorsOut>::from_weights(vec![vec![1.0; 6]], vec![])?;
+        assert!(layer.bias().is_empty());
+        let x = Features::<VectorsOnly>::from_fn(1, |_, _, c, m| (c * 3 + m) as f32);
+        let y = layer.forward(&x);
+        assert_eq!(y.degree::<Degree<1>>().get(0, 2, 1), Some(1.0 + 4.0));
+        Ok(())
+    }
+
+    #[test]
+    fn from_weights_rejects_wrong_counts_sizes_and_nan() {
+        type L = Linear<In3, Out3>;
+        let good = || vec![vec![0.0; 6], vec![0.0; 8], vec![0.0; 2]];
+        assert!(L::from_weights(good(), vec![0.0; 2]).is_ok());
+        assert!(matches!(
+            L::from_weights(good()[..2].to_vec(), vec![0.0; 2]),
+            Err(Error::LengthMismatch {
+                expected: 3,
+                found: 2,
+                ..
+            })
+        ));
+        let mut wrong = good();
+        wrong[1].pop();
+        assert!(matches!(
+            L::from_weights(wrong, vec![0.0; 2]),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        assert!(matches!(
+            L::from_weights(good(), vec![0.0; 3]),
+            Err(Error::LengthMismatch {
+                expected: 2,
+                found: 3,
+                ..
+            })
+        ));
+        let mut nan = good();
+        nan[2][1] = f32::INFINITY;
+        assert!(matches!(
+            L::from_weights(nan, vec![0.0; 2]),
+            Err(Error::NonFinite { index: 15, .. })
+        ));
+    }
+
+    #[test]
+    fn chained_layers_equal_sequential_application() {
+        let s = seed();
+        let mut rng = StdRng::seed_from_u64(s);
+        let a = Linear::<In3, Out3>::new(&mut rng);
+        let b = Linear::<Out3, In3>::new(&mut rng);
+        let x = random::<In3>(2, &mut rng);
+        let seq = b.forward(&Activation::<Out3, Relu>::new(Relu).forward(&a.forward(&x)));
+        let net = a.then(Activation::<Out3, Relu>::new(Relu)).then(b);
+        let chained = Layer::forward(&net, &x);
+        let expected: Vec<Vec<f32>> = seq
+            .into_blocks()
+            .into_iter()
+            .map(DegreeTensor::into_vec)
+            .collect();
+        close(&chained, &expected, s);
+    }
+
+    #[test]
+    fn initial_weights_have_variance_one_over_fan_in() {
+        let mut rng = StdRng::seed_from_u64(seed());
+        #[fiber(0:64)]
+        struct Wide;
+        let layer = Linear::<Wide, Wide>::new(&mut rng);
+        let w = layer.weight(0).unwrap_or_default();
+        let var = w.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
+        assert!(
+            (var * 64.0 - 1.0).abs() < 0.1,
+            "variance * fan_in = {}",
+            var * 64.0
+        );
+    }
+}
