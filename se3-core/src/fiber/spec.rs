@@ -11,33 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::degree::MAX_DEGREE;
 use crate::Error;
 
-/// Behaviour of a degree under inversion x -> -x: `Even` features are unchanged, `Odd`
-/// features flip sign (a degree-l irrep of O(3) is l e or l o).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Parity {
-    /// Unchanged under inversion, written `e`.
-    Even,
-    /// Sign flip under inversion, written `o`.
-    Odd,
-}
-
-impl Parity {
-    /// The parity of a product: even x even = odd x odd = even, otherwise odd.
-    pub const fn product(self, other: Parity) -> Parity {
-        match (self, other) {
-            (Parity::Even, Parity::Even) | (Parity::Odd, Parity::Odd) => Parity::Even,
-            _ => Parity::Odd,
-        }
-    }
-
-    /// The letter used in specs: `e` or `o`.
-    pub const fn letter(self) -> char {
-        match self {
-            Parity::Even => 'e',
-            Parity::Odd => 'o',
-        }
-    }
-}
+pub use crate::so3::Parity;
 
 /// One degree of a fiber: degree `l`, `channels` copies of the (2l+1)-dimensional irrep,
 /// and its parity (`None` in SE(3) fibers).

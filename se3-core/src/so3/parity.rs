@@ -13,7 +13,7 @@ use super::wigner_d::wigner_d;
 use crate::Error;
 
 /// Behaviour under inversion `v -> -v`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Parity {
     /// Unchanged under inversion (`p = +1`, e3nn's `e`).
     Even,
@@ -30,12 +30,20 @@ impl Parity {
         }
     }
 
-    /// Parity of a product (tensor product of irreps multiplies parities).
-    pub fn times(self, other: Parity) -> Parity {
-        if self == other {
-            Parity::Even
-        } else {
-            Parity::Odd
+    /// Parity of a product (tensor product of irreps multiplies parities): even x even =
+    /// odd x odd = even, otherwise odd.
+    pub const fn product(self, other: Parity) -> Parity {
+        match (self, other) {
+            (Parity::Even, Parity::Even) | (Parity::Odd, Parity::Odd) => Parity::Even,
+            _ => Parity::Odd,
+        }
+    }
+
+    /// The letter used in fiber specs and e3nn irreps strings: `e` or `o`.
+    pub const fn letter(self) -> char {
+        match self {
+            Parity::Even => 'e',
+            Parity::Odd => 'o',
         }
     }
 }
@@ -88,7 +96,7 @@ mod tests {
 
     #[test]
     fn parities_multiply() {
-        assert_eq!(Parity::Odd.times(Parity::Odd), Parity::Even);
-        assert_eq!(Parity::Odd.times(Parity::Even), Parity::Odd);
+        assert_eq!(Parity::Odd.product(Parity::Odd), Parity::Even);
+        assert_eq!(Parity::Odd.product(Parity::Even), Parity::Odd);
     }
 }
