@@ -1,0 +1,7 @@
+//! se3-transformer-pytorch 0.9's `SE3Transformer`: config, and a plain float64 reference forward pass
+//! (the oracle that graph implementations are tested against).
+
+pub mod basis_stopgap;
+pub mod config;
+
+pub use config::{DimSpec, Se3TransformerConfig, Se3TransformerForward, Se3TransformerShape};
