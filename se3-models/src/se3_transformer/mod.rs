@@ -3,5 +3,10 @@
 
 pub mod basis_stopgap;
 pub mod config;
+pub(crate) mod conv;
+pub mod features;
+pub mod graph;
+pub(crate) mod norm;
+pub(crate) mod radial;
 
 pub use config::{DimSpec, Se3TransformerConfig, Se3TransformerForward, Se3TransformerShape};

@@ -1,0 +1,71 @@
+//! Parity of the float64 oracles with the reference outputs of se3-transformer-pytorch.
+
+use std::path::PathBuf;
+
+use se3_models::checkpoint::StateDict;
+use se3_models::inputs::ModelInputs;
+use se3_models::model_file::ModelFile;
+use se3_models::tfn::{TfnStack, TfnStackConfig};
+use se3_models::Error;
+
+fn dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/models").join(name)
+}
+
+/// Max relative error |a - b| / max(|b|_inf, tiny) and the index of the worst entry.
+fn rel_err(got: &[f64], want: &[f64]) -> (f64, usize) {
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
+    let mut worst = (0.0, 0);
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        let e = (a - b).abs() / scale;
+        if e > worst.0 || e.is_nan() {
+            worst = (e, i);
+        }
+    }
+    worst
+}
+
+fn compare(name: &str, out: &StateDict) -> Result<(f64, f64), Error> {
+    let want = StateDict::load(dir(name).join("outputs.safetensors"))?;
+    let (mut e64, mut e32) = (0.0f64, 0.0f64);
+    for (k, t) in want.iter() {
+        let (base, tol) = if let Some(b) = k.strip_suffix("_f64") {
+            (b, 1e-9)
+        } else if let Some(b) = k.strip_suffix("_f32") {
+            (b, 1e-4)
+        } else {
+            continue;
+        };
+        let got = out.get(base).ok_or(Error::MissingKey {
+            key: format!("{name}: output {base}"),
+            expected: t.shape.clone(),
+        })?;
+        assert_eq!(got.shape, t.shape, "{name}: output {base} shape");
+        let (e, idx) = rel_err(&got.data, &t.data);
+        println!("{name} {k}: max rel err {e:.3e} at {idx}");
+        assert!(
+            e <= tol,
+            "{name}: {k} max relative error {e:.3e} at flat index {idx} (got {}, want {})",
+            got.data[idx],
+            t.data[idx]
+        );
+        if k.ends_with("_f64") {
+            e64 = e64.max(e);
+        } else {
+            e32 = e32.max(e);
+        }
+    }
+    Ok((e64, e32))
+}
+
+#[test]
+fn tfn_stack_matches_reference() -> Result<(), Error> {
+    let file = ModelFile::load(dir("tfn_stack").join("config.json"))?;
+    let cfg = TfnStackConfig::from_kwargs(&file.constructor_kwargs)?;
+    let sd = StateDict::load(dir("tfn_stack").join("weights.safetensors"))?;
+    let model = TfnStack::from_state_dict(&cfg, &sd)?;
+    let inputs = ModelInputs::load(dir("tfn_stack").join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
+    let out = model.forward(&inputs)?;
+    compare("tfn_stack", &out)?;
+    Ok(())
+}
