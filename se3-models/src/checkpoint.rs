@@ -157,11 +157,16 @@ impl StateDict {
     /// # Errors
     /// `Safetensors` if serialisation fails.
     pub fn to_bytes(&self, dtype: SaveDtype) -> Result<Vec<u8>, Error> {
-        let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(self.tensors.len());
+        let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> =
+            Vec::with_capacity(self.tensors.len());
         for (k, t) in &self.tensors {
             let bytes: Vec<u8> = match dtype {
                 SaveDtype::F64 => t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                SaveDtype::F32 => t.data.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect(),
+                SaveDtype::F32 => t
+                    .data
+                    .iter()
+                    .flat_map(|v| (*v as f32).to_le_bytes())
+                    .collect(),
                 SaveDtype::F16 => t
                     .data
                     .iter()
@@ -271,7 +276,11 @@ impl StateDict {
         }
         let known: std::collections::BTreeSet<&str> =
             expected.iter().map(|(k, _)| k.as_str()).collect();
-        if let Some((k, t)) = self.tensors.iter().find(|(k, _)| !known.contains(k.as_str())) {
+        if let Some((k, t)) = self
+            .tensors
+            .iter()
+            .find(|(k, _)| !known.contains(k.as_str()))
+        {
             return Err(Error::UnexpectedKey {
                 key: k.clone(),
                 shape: t.shape.clone(),
@@ -352,7 +361,10 @@ mod tests {
     #[test]
     fn state_dict_round_trips_through_safetensors() -> Result<(), Error> {
         let mut sd = StateDict::new();
-        sd.insert("a.weight", Tensor::new(vec![2, 3], vec![1.0, -2.5, 3.25, 0.0, 1e-3, 7.0])?);
+        sd.insert(
+            "a.weight",
+            Tensor::new(vec![2, 3], vec![1.0, -2.5, 3.25, 0.0, 1e-3, 7.0])?,
+        );
         sd.insert("b", Tensor::new(vec![1], vec![0.1])?);
         let back = StateDict::from_bytes(&sd.to_bytes(SaveDtype::F64)?)?;
         assert_eq!(back, sd);

@@ -121,7 +121,10 @@ impl ModelInputs {
     /// # Errors
     /// `Io`, `Safetensors`, `WrongDtype`, `MissingInput` (no `feats`/`coors`), and the errors of
     /// [`ModelInputs::validate`].
-    pub fn load(path: impl AsRef<Path>, names: &BTreeMap<String, TensorName>) -> Result<Self, Error> {
+    pub fn load(
+        path: impl AsRef<Path>,
+        names: &BTreeMap<String, TensorName>,
+    ) -> Result<Self, Error> {
         let path = path.as_ref();
         let bytes = read_file(path)?;
         let st = SafeTensors::deserialize(&bytes).map_err(|source| Error::Safetensors {
@@ -146,7 +149,9 @@ impl ModelInputs {
             Some(TensorName::PerDegree(map)) => {
                 let mut out = BTreeMap::new();
                 for (deg, tname) in map {
-                    let l: usize = deg.parse().map_err(|_| Error::MissingInput { name: "feats" })?;
+                    let l: usize = deg
+                        .parse()
+                        .map_err(|_| Error::MissingInput { name: "feats" })?;
                     let v = get(&tname).ok_or(Error::MissingInput { name: "feats" })?;
                     out.insert(l, float(&tname, &v)?);
                 }
@@ -168,9 +173,15 @@ impl ModelInputs {
         let (cn, cv) = single("coors").ok_or(Error::MissingInput { name: "coors" })?;
         let coors = float(&cn, &cv)?;
         let mask = single("mask").map(|(n, v)| view_bool(&n, &v)).transpose()?;
-        let adj_mat = single("adj_mat").map(|(n, v)| view_bool(&n, &v)).transpose()?;
-        let neighbor_mask = single("neighbor_mask").map(|(n, v)| view_bool(&n, &v)).transpose()?;
-        let global_feats = single("global_feats").map(|(n, v)| float(&n, &v)).transpose()?;
+        let adj_mat = single("adj_mat")
+            .map(|(n, v)| view_bool(&n, &v))
+            .transpose()?;
+        let neighbor_mask = single("neighbor_mask")
+            .map(|(n, v)| view_bool(&n, &v))
+            .transpose()?;
+        let global_feats = single("global_feats")
+            .map(|(n, v)| float(&n, &v))
+            .transpose()?;
         let edges = match single("edges") {
             Some((n, v)) if is_float(v.dtype()) => Some(EdgeInput::Dense(float(&n, &v)?)),
             Some((n, v)) => Some(EdgeInput::Tokens {
@@ -217,7 +228,10 @@ impl ModelInputs {
             return Err(Error::EmptyGraph { batch: b, nodes: n });
         }
         if let Some(i) = self.coors.data.iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFinite { name: "coors", index: i });
+            return Err(Error::NonFinite {
+                name: "coors",
+                index: i,
+            });
         }
         match &self.feats {
             NodeFeats::Dense(t) => {
@@ -225,7 +239,10 @@ impl ModelInputs {
                     return Err(shape_err("feats", format!("({b}, {n}, dim)"), &t.shape));
                 }
                 if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
-                    return Err(Error::NonFinite { name: "feats", index: i });
+                    return Err(Error::NonFinite {
+                        name: "feats",
+                        index: i,
+                    });
                 }
             }
             NodeFeats::Tokens { shape, .. } => {
@@ -237,10 +254,17 @@ impl ModelInputs {
                 for (l, t) in map {
                     let s = &t.shape;
                     if s.len() != 4 || s[0] != b || s[1] != n || s[3] != 2 * l + 1 {
-                        return Err(shape_err("feats", format!("({b}, {n}, dim, {})", 2 * l + 1), s));
+                        return Err(shape_err(
+                            "feats",
+                            format!("({b}, {n}, dim, {})", 2 * l + 1),
+                            s,
+                        ));
                     }
                     if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
-                        return Err(Error::NonFinite { name: "feats", index: i });
+                        return Err(Error::NonFinite {
+                            name: "feats",
+                            index: i,
+                        });
                     }
                 }
             }
@@ -252,12 +276,20 @@ impl ModelInputs {
         }
         if let Some(a) = &self.adj_mat {
             if a.shape != [n, n] && a.shape != [b, n, n] {
-                return Err(shape_err("adj_mat", format!("({n}, {n}) or ({b}, {n}, {n})"), &a.shape));
+                return Err(shape_err(
+                    "adj_mat",
+                    format!("({n}, {n}) or ({b}, {n}, {n})"),
+                    &a.shape,
+                ));
             }
         }
         if let Some(a) = &self.neighbor_mask {
             if a.shape != [b, n, n] {
-                return Err(shape_err("neighbor_mask", format!("({b}, {n}, {n})"), &a.shape));
+                return Err(shape_err(
+                    "neighbor_mask",
+                    format!("({b}, {n}, {n})"),
+                    &a.shape,
+                ));
             }
         }
         match &self.edges {
@@ -266,17 +298,28 @@ impl ModelInputs {
             }
             Some(EdgeInput::Dense(t)) => {
                 if t.shape.len() != 4 || t.shape[..3] != [b, n, n] {
-                    return Err(shape_err("edges", format!("({b}, {n}, {n}, edge_dim)"), &t.shape));
+                    return Err(shape_err(
+                        "edges",
+                        format!("({b}, {n}, {n}, edge_dim)"),
+                        &t.shape,
+                    ));
                 }
                 if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
-                    return Err(Error::NonFinite { name: "edges", index: i });
+                    return Err(Error::NonFinite {
+                        name: "edges",
+                        index: i,
+                    });
                 }
             }
             _ => {}
         }
         if let Some(g) = &self.global_feats {
             if g.shape.len() != 3 || g.shape[0] != b {
-                return Err(shape_err("global_feats", format!("({b}, m, global_feats_dim)"), &g.shape));
+                return Err(shape_err(
+                    "global_feats",
+                    format!("({b}, m, global_feats_dim)"),
+                    &g.shape,
+                ));
             }
         }
         Ok(())
@@ -288,7 +331,11 @@ impl ModelInputs {
         (0..n)
             .map(|i| {
                 let o = (bi * n + i) * 3;
-                [self.coors.data[o], self.coors.data[o + 1], self.coors.data[o + 2]]
+                [
+                    self.coors.data[o],
+                    self.coors.data[o + 1],
+                    self.coors.data[o + 2],
+                ]
             })
             .collect()
     }

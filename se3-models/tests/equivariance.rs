@@ -8,9 +8,9 @@ use nalgebra::{Matrix3, UnitQuaternion, Vector4};
 use rand::Rng;
 use se3_models::checkpoint::{StateDict, Tensor};
 use se3_models::inputs::{BoolTensor, EdgeInput, ModelInputs, NodeFeats};
+use se3_models::model_file::ModelFile;
 use se3_models::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
 use se3_models::tfn::{TfnStack, TfnStackConfig};
-use se3_models::model_file::ModelFile;
 use se3_models::Error;
 
 /// The library (and so the oracle) rounds Q_J to float32, so the kernel basis itself is only
@@ -46,12 +46,18 @@ fn rotate_rows(t: &Tensor, rot: &Matrix3<f64>, shift: [f64; 3]) -> Tensor {
 
 fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
-    a.iter().zip(b).map(|(x, y)| (x - y).abs() / scale).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / scale)
+        .fold(0.0, f64::max)
 }
 
 /// Replaces coordinates (and float feats) with fresh random values.
 fn refresh_inputs(inp: &mut ModelInputs, r: &mut impl Rng) {
-    inp.coors.data.iter_mut().for_each(|v| *v = r.gen_range(-1.5..1.5));
+    inp.coors
+        .data
+        .iter_mut()
+        .for_each(|v| *v = r.gen_range(-1.5..1.5));
     match &mut inp.feats {
         NodeFeats::Dense(t) => t.data.iter_mut().for_each(|v| *v = r.gen_range(-1.0..1.0)),
         NodeFeats::Degrees(m) => m
@@ -99,7 +105,10 @@ fn check(
             _ => continue,
         };
         let e = rel_err(&got.data, &want.data);
-        assert!(e < TOL, "{what}: output {k} (degree {l}) equivariance error {e:.3e}");
+        assert!(
+            e < TOL,
+            "{what}: output {k} (degree {l}) equivariance error {e:.3e}"
+        );
     }
     Ok(())
 }
@@ -114,10 +123,18 @@ fn se3t_case(
 ) -> Result<(), Error> {
     let model = Se3Transformer::from_state_dict(cfg, weights)?;
     let rot = random_rotation(r);
-    let shift = [r.gen_range(-3.0..3.0), r.gen_range(-3.0..3.0), r.gen_range(-3.0..3.0)];
+    let shift = [
+        r.gen_range(-3.0..3.0),
+        r.gen_range(-3.0..3.0),
+        r.gen_range(-3.0..3.0),
+    ];
     let base = model.forward(inputs, fwd)?;
     let moved = model.forward(&transformed(inputs, &rot, shift), fwd)?;
-    let out_degree = if cfg.output_degrees == Some(1) { 0 } else { fwd.return_type.unwrap_or(0) };
+    let out_degree = if cfg.output_degrees == Some(1) {
+        0
+    } else {
+        fwd.return_type.unwrap_or(0)
+    };
     check(what, &base, &moved, &rot, out_degree)
 }
 
@@ -142,7 +159,14 @@ fn se3t_reference_configs_are_equivariant() -> Result<(), Error> {
             }
         }
         refresh_inputs(&mut l.inputs, &mut r);
-        se3t_case(&format!("{name} (SE3_SEED={seed})"), &l.cfg, &l.fwd, &l.weights, &l.inputs, &mut r)?;
+        se3t_case(
+            &format!("{name} (SE3_SEED={seed})"),
+            &l.cfg,
+            &l.fwd,
+            &l.weights,
+            &l.inputs,
+            &mut r,
+        )?;
     }
     Ok(())
 }
@@ -153,22 +177,29 @@ fn tfn_stack_is_equivariant() -> Result<(), Error> {
     let mut r = rng(seed);
     let file = ModelFile::load(dir("tfn_stack").join("config.json"))?;
     let cfg = TfnStackConfig::from_kwargs(&file.constructor_kwargs)?;
-    let model = TfnStack::from_state_dict(&cfg, &StateDict::load(dir("tfn_stack").join("weights.safetensors"))?)?;
-    let mut inp = ModelInputs::load(dir("tfn_stack").join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
+    let model = TfnStack::from_state_dict(
+        &cfg,
+        &StateDict::load(dir("tfn_stack").join("weights.safetensors"))?,
+    )?;
+    let mut inp = ModelInputs::load(
+        dir("tfn_stack").join("inputs.safetensors"),
+        &file.forward_kwargs.tensors,
+    )?;
     refresh_inputs(&mut inp, &mut r);
     let rot = random_rotation(&mut r);
     let base = model.forward(&inp)?;
     let moved = model.forward(&transformed(&inp, &rot, [0.5, -1.0, 2.0]))?;
     // TFN outputs keep the trailing axis: type0 (b, n, c, 1)
-    check(&format!("tfn_stack (SE3_SEED={seed})"), &base, &moved, &rot, 0)
+    check(
+        &format!("tfn_stack (SE3_SEED={seed})"),
+        &base,
+        &moved,
+        &rot,
+        0,
+    )
 }
 
-fn random_inputs(
-    r: &mut impl Rng,
-    b: usize,
-    n: usize,
-    feats: NodeFeats,
-) -> ModelInputs {
+fn random_inputs(r: &mut impl Rng, b: usize, n: usize, feats: NodeFeats) -> ModelInputs {
     let coors = Tensor {
         shape: vec![b, n, 3],
         data: (0..b * n * 3).map(|_| r.gen_range(-1.5..1.5)).collect(),
@@ -265,7 +296,10 @@ fn unseen_se3t_configs_are_equivariant() -> Result<(), Error> {
                 adj[i * n + i + 1] = true;
                 adj[(i + 1) * n + i] = true;
             }
-            inp.adj_mat = Some(BoolTensor { shape: vec![n, n], data: adj });
+            inp.adj_mat = Some(BoolTensor {
+                shape: vec![n, n],
+                data: adj,
+            });
         }
         if let Some(t) = cfg.num_edge_tokens {
             inp.edges = Some(EdgeInput::Tokens {
@@ -278,7 +312,14 @@ fn unseen_se3t_configs_are_equivariant() -> Result<(), Error> {
         if let Some(g) = cfg.global_feats_dim {
             inp.global_feats = Some(dense(&mut r, vec![b, 2, g]));
         }
-        se3t_case(&format!("{what} (SE3_SEED={seed})"), &cfg, &fwd, &weights, &inp, &mut r)?;
+        se3t_case(
+            &format!("{what} (SE3_SEED={seed})"),
+            &cfg,
+            &fwd,
+            &weights,
+            &inp,
+            &mut r,
+        )?;
     }
     Ok(())
 }

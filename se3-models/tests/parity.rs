@@ -9,7 +9,9 @@ use se3_models::tfn::{TfnStack, TfnStackConfig};
 use se3_models::Error;
 
 fn dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/models").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/reference/models")
+        .join(name)
 }
 
 /// Max relative error |a - b| / max(|b|_inf, tiny) and the index of the worst entry.
@@ -64,21 +66,29 @@ fn tfn_stack_matches_reference() -> Result<(), Error> {
     let cfg = TfnStackConfig::from_kwargs(&file.constructor_kwargs)?;
     let sd = StateDict::load(dir("tfn_stack").join("weights.safetensors"))?;
     let model = TfnStack::from_state_dict(&cfg, &sd)?;
-    let inputs = ModelInputs::load(dir("tfn_stack").join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
+    let inputs = ModelInputs::load(
+        dir("tfn_stack").join("inputs.safetensors"),
+        &file.forward_kwargs.tensors,
+    )?;
     let out = model.forward(&inputs)?;
     compare("tfn_stack", &out)?;
     Ok(())
 }
 
 fn run_se3t(name: &str) -> Result<(f64, f64), Error> {
-    use se3_models::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
+    use se3_models::se3_transformer::{
+        Se3Transformer, Se3TransformerConfig, Se3TransformerForward,
+    };
     let file = ModelFile::load(dir(name).join("config.json"))?;
     let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
     let fwd = Se3TransformerForward::from_literals(&file.forward_kwargs.literals)?;
     let sd = StateDict::load(dir(name).join("weights.safetensors"))?;
     sd.check_keys(&Se3Transformer::expected_keys(&cfg)?)?;
     let model = Se3Transformer::from_state_dict(&cfg, &sd)?;
-    let inputs = ModelInputs::load(dir(name).join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
+    let inputs = ModelInputs::load(
+        dir(name).join("inputs.safetensors"),
+        &file.forward_kwargs.tensors,
+    )?;
     let out = model.forward(&inputs, &fwd)?;
     compare(name, &out)
 }

@@ -48,7 +48,11 @@ impl Rotary {
         let half = rot / 2;
         let orig: Vec<f64> = t[..rot].to_vec();
         for i in 0..rot {
-            let rh = if i < half { -orig[2 * i + 1] } else { orig[2 * (i - half)] };
+            let rh = if i < half {
+                -orig[2 * i + 1]
+            } else {
+                orig[2 * (i - half)]
+            };
             t[i] = orig[i] * freqs[i].cos() + rh * freqs[i].sin();
         }
     }
@@ -120,14 +124,30 @@ impl AttentionSe3 {
         let to_q = LinearSe3::load(src, &format!("{prefix}.to_q"), fiber, &hidden_fiber)?;
         let to_v = ConvSe3::load(src, &format!("{prefix}.to_v"), fiber, &kv_fiber, unpooled)?;
         let to_k = if o.linear_proj_keys {
-            KeyProj::Linear(LinearSe3::load(src, &format!("{prefix}.to_k"), fiber, &kv_fiber)?)
+            KeyProj::Linear(LinearSe3::load(
+                src,
+                &format!("{prefix}.to_k"),
+                fiber,
+                &kv_fiber,
+            )?)
         } else if o.tie_key_values {
             KeyProj::Tied
         } else {
-            KeyProj::Conv(ConvSe3::load(src, &format!("{prefix}.to_k"), fiber, &kv_fiber, unpooled)?)
+            KeyProj::Conv(ConvSe3::load(
+                src,
+                &format!("{prefix}.to_k"),
+                fiber,
+                &kv_fiber,
+                unpooled,
+            )?)
         };
         let to_out = if project_out {
-            Some(LinearSe3::load(src, &format!("{prefix}.to_out"), &hidden_fiber, fiber)?)
+            Some(LinearSe3::load(
+                src,
+                &format!("{prefix}.to_out"),
+                &hidden_fiber,
+                fiber,
+            )?)
         } else {
             None
         };
@@ -139,8 +159,14 @@ impl AttentionSe3 {
                 } else {
                     vec![o.heads, o.dim_head, 2 * l + 1]
                 };
-                null_k.insert(l, src.take(&format!("{prefix}.null_keys.{l}"), &shape)?.data);
-                null_v.insert(l, src.take(&format!("{prefix}.null_values.{l}"), &shape)?.data);
+                null_k.insert(
+                    l,
+                    src.take(&format!("{prefix}.null_keys.{l}"), &shape)?.data,
+                );
+                null_v.insert(
+                    l,
+                    src.take(&format!("{prefix}.null_values.{l}"), &shape)?.data,
+                );
             }
         }
         let self_kv = if o.attend_self {
@@ -217,14 +243,24 @@ impl AttentionSe3 {
                 let gf: Feats = std::iter::once((0, gb.clone())).collect();
                 Some((a.apply(&gf), b.apply(&gf)))
             }
-            (Some(_), None) => return Err(Error::MissingInput { name: "global_feats" }),
-            (None, Some(_)) => return Err(Error::UnexpectedInput { name: "global_feats" }),
+            (Some(_), None) => {
+                return Err(Error::MissingInput {
+                    name: "global_feats",
+                })
+            }
+            (None, Some(_)) => {
+                return Err(Error::UnexpectedInput {
+                    name: "global_feats",
+                })
+            }
             (None, None) => None,
         };
         let mut out = Feats::new();
         for &l in x.keys() {
             let m = 2 * l + 1;
-            let missing = Error::MissingInput { name: "attention features" };
+            let missing = Error::MissingInput {
+                name: "attention features",
+            };
             let (qb, kb, vb) = match (q.get(&l), keys.get(&l), v.get(&l)) {
                 (Some(a), Some(b), Some(c)) => (a, b, c),
                 _ => return Err(missing),
@@ -278,7 +314,11 @@ impl AttentionSe3 {
                 if let (Some((gk, gv)), 0) = (&global_kv, l) {
                     let (gkb, gvb) = match (gk.get(&0), gv.get(&0)) {
                         (Some(a), Some(b)) => (a, b),
-                        _ => return Err(Error::MissingInput { name: "global keys" }),
+                        _ => {
+                            return Err(Error::MissingInput {
+                                name: "global keys",
+                            })
+                        }
                     };
                     for r in 0..gkb.rows() {
                         pre.push((gkb.row(r).to_vec(), gvb.row(r).to_vec(), true));
@@ -301,7 +341,10 @@ impl AttentionSe3 {
                         .iter()
                         .map(|(ks, _, valid)| {
                             if *valid {
-                                qh.iter().zip(&ks[koff..koff + dh * m]).map(|(a, b)| a * b).sum::<f64>()
+                                qh.iter()
+                                    .zip(&ks[koff..koff + dh * m])
+                                    .map(|(a, b)| a * b)
+                                    .sum::<f64>()
                                     * scale
                             } else {
                                 -f64::MAX
@@ -357,7 +400,9 @@ impl AttentionBlock {
         global: Option<&Block>,
         rotary: Option<&Rotary>,
     ) -> Result<Feats, Error> {
-        let y = self.attn.apply(&self.prenorm.apply(x)?, g, global, rotary)?;
+        let y = self
+            .attn
+            .apply(&self.prenorm.apply(x)?, g, global, rotary)?;
         Ok(residual(y, x))
     }
 }
@@ -381,9 +426,25 @@ impl FeedForwardBlock {
         let hidden: FiberDims = fiber.iter().map(|&(l, c)| (l, 4 * c)).collect();
         Ok(Self {
             prenorm: NormSe3::load(src, &format!("{prefix}.prenorm"), fiber, gated, false)?,
-            project_in: LinearSe3::load(src, &format!("{prefix}.feedforward.project_in"), fiber, &hidden)?,
-            nonlin: NormSe3::load(src, &format!("{prefix}.feedforward.nonlin"), &hidden, false, false)?,
-            project_out: LinearSe3::load(src, &format!("{prefix}.feedforward.project_out"), &hidden, fiber)?,
+            project_in: LinearSe3::load(
+                src,
+                &format!("{prefix}.feedforward.project_in"),
+                fiber,
+                &hidden,
+            )?,
+            nonlin: NormSe3::load(
+                src,
+                &format!("{prefix}.feedforward.nonlin"),
+                &hidden,
+                false,
+                false,
+            )?,
+            project_out: LinearSe3::load(
+                src,
+                &format!("{prefix}.feedforward.project_out"),
+                &hidden,
+                fiber,
+            )?,
         })
     }
 

@@ -57,7 +57,8 @@ pub fn sh_se3t(max_l: usize, r: [f64; 3]) -> Vec<Vec<f64>> {
                         base * p[l][0]
                     } else {
                         let n = base
-                            * (2.0 * factorial((l - am) as i64) / factorial((l + am) as i64)).sqrt();
+                            * (2.0 * factorial((l - am) as i64) / factorial((l + am) as i64))
+                                .sqrt();
                         let ang = if m < 0 {
                             (am as f64 * alpha).sin()
                         } else {
@@ -89,10 +90,14 @@ fn su2_cg(j1: i64, m1: i64, j2: i64, m2: i64, j3: i64, m3: i64) -> f64 {
             * factorial(j1 + m1)
             * factorial(j2 - m2)
             * factorial(j2 + m2)))
-        .sqrt();
+    .sqrt();
     let mut s = 0.0;
     for v in vmin..=vmax {
-        let sign = if (v + j2 + m2).rem_euclid(2) == 0 { 1.0 } else { -1.0 };
+        let sign = if (v + j2 + m2).rem_euclid(2) == 0 {
+            1.0
+        } else {
+            -1.0
+        };
         s += sign * factorial(j2 + j3 + m1 - v) * factorial(j1 - m1 + v)
             / (factorial(v)
                 * factorial(j3 - j1 + j2 - v)
@@ -213,7 +218,11 @@ pub fn q_j(j: usize, d_in: usize, d_out: usize) -> Result<Vec<f64>, Error> {
         for d_o in 0..=MAX_BASIS_DEGREE {
             for jj in di.abs_diff(d_o)..=(di + d_o) {
                 if (di, d_o, jj) == (d_in, d_out, j) {
-                    sign = if QJ_SIGNS.as_bytes()[idx] == b'+' { 1.0 } else { -1.0 };
+                    sign = if QJ_SIGNS.as_bytes()[idx] == b'+' {
+                        1.0
+                    } else {
+                        -1.0
+                    };
                     break 'outer;
                 }
                 idx += 1;
@@ -301,16 +310,22 @@ mod tests {
     }
 
     fn get<'a>(sd: &'a StateDict, k: &str) -> Result<&'a [f64], Error> {
-        sd.get(k).map(|t| t.data.as_slice()).ok_or(Error::MissingKey {
-            key: k.into(),
-            expected: vec![],
-        })
+        sd.get(k)
+            .map(|t| t.data.as_slice())
+            .ok_or(Error::MissingKey {
+                key: k.into(),
+                expected: vec![],
+            })
     }
 
     #[test]
     fn sh_se3t_matches_reference_up_to_degree_6() -> Result<(), Error> {
         let sd = math("spherical_harmonics")?;
-        for (vk, prefix) in [("vectors", ""), ("edge_vectors", "edge_"), ("zero_vector", "zero_")] {
+        for (vk, prefix) in [
+            ("vectors", ""),
+            ("edge_vectors", "edge_"),
+            ("zero_vector", "zero_"),
+        ] {
             let v = get(&sd, vk)?;
             for (p, r) in v.chunks(3).enumerate() {
                 let y = sh_se3t(6, [r[0], r[1], r[2]]);
@@ -318,7 +333,10 @@ mod tests {
                     let want = get(&sd, &format!("{prefix}se3t_l{l}"))?;
                     for (m, val) in yl.iter().enumerate() {
                         let w = want[p * (2 * l + 1) + m];
-                        assert!((val - w).abs() < 1e-12, "{vk}[{p}] l={l} m={m}: {val} vs {w}");
+                        assert!(
+                            (val - w).abs() < 1e-12,
+                            "{vk}[{p}] l={l} m={m}: {val} vs {w}"
+                        );
                     }
                 }
             }
@@ -332,7 +350,11 @@ mod tests {
         for (k, t) in sd.iter() {
             let ls: Vec<usize> = k[4..].split('_').filter_map(|s| s.parse().ok()).collect();
             let w = wigner_3j(ls[0], ls[1], ls[2]);
-            let err = w.iter().zip(&t.data).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            let err = w
+                .iter()
+                .zip(&t.data)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
             assert!(err < 1e-12, "{k}: max abs error {err}");
         }
         Ok(())
@@ -351,7 +373,10 @@ mod tests {
                     let k = &b[di * 4 + d_o];
                     let sz = k.len();
                     for (x, w) in k.iter().zip(&want[p * sz..(p + 1) * sz]) {
-                        assert!((x - w).abs() < 1e-12, "pair {di},{d_o} point {p}: {x} vs {w}");
+                        assert!(
+                            (x - w).abs() < 1e-12,
+                            "pair {di},{d_o} point {p}: {x} vs {w}"
+                        );
                     }
                 }
             }

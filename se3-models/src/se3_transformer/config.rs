@@ -330,9 +330,13 @@ impl Se3TransformerConfig {
         let dim_in = self.dim_in.clone().unwrap_or(DimSpec::One(self.dim));
         let mut fiber_in = Vec::new();
         for l in 0..self.input_degrees {
-            let c = dim_in
-                .channels(l)
-                .ok_or_else(|| invalid("dim_in", "one channel count per input degree", format!("{dim_in:?}")))?;
+            let c = dim_in.channels(l).ok_or_else(|| {
+                invalid(
+                    "dim_in",
+                    "one channel count per input degree",
+                    format!("{dim_in:?}"),
+                )
+            })?;
             if c == 0 {
                 return Err(invalid("dim_in", "positive channel counts", 0));
             }
@@ -357,7 +361,11 @@ impl Se3TransformerConfig {
             return Err(invalid("num_degrees", "at least 1", 0));
         }
         let max_degree = num_degrees - 1;
-        let mut output_degrees = if self.use_egnn { None } else { self.output_degrees };
+        let mut output_degrees = if self.use_egnn {
+            None
+        } else {
+            self.output_degrees
+        };
         let fiber_out = if let Some(d) = &self.out_fiber_dict {
             let f = parse_fiber_dict("out_fiber_dict", d)?;
             output_degrees = Some(f.iter().map(|&(l, _)| l).max().unwrap_or(0) + 1);
@@ -370,7 +378,11 @@ impl Se3TransformerConfig {
             let mut f = Vec::new();
             for l in 0..od {
                 let c = dim_out.channels(l).ok_or_else(|| {
-                    invalid("dim_out", "one channel count per output degree", format!("{dim_out:?}"))
+                    invalid(
+                        "dim_out",
+                        "one channel count per output degree",
+                        format!("{dim_out:?}"),
+                    )
                 })?;
                 f.push((l, c));
             }
@@ -379,7 +391,11 @@ impl Se3TransformerConfig {
             None
         };
         if self.use_egnn && fiber_hidden.first().map(|&(l, _)| l) != Some(0) {
-            return Err(invalid("hidden_fiber_dict", "a degree-0 entry with use_egnn", "none"));
+            return Err(invalid(
+                "hidden_fiber_dict",
+                "a degree-0 entry with use_egnn",
+                "none",
+            ));
         }
         let check = |field: &'static str, f: &FiberDims| -> Result<(), Error> {
             for &(l, _) in f {
@@ -409,7 +425,11 @@ impl Se3TransformerConfig {
         } else {
             0
         };
-        let edge_dim = if has_edges { self.edge_dim.unwrap_or(0) } else { 0 } + adj;
+        let edge_dim = if has_edges {
+            self.edge_dim.unwrap_or(0)
+        } else {
+            0
+        } + adj;
         Ok(Se3TransformerShape {
             fiber_in,
             fiber_hidden,

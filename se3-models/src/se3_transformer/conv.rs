@@ -85,7 +85,12 @@ impl ConvSe3 {
             }
         }
         let self_interact = if o.self_interaction {
-            Some(LinearSe3::load(src, &format!("{prefix}.self_interact"), fin, fout)?)
+            Some(LinearSe3::load(
+                src,
+                &format!("{prefix}.self_interact"),
+                fin,
+                fout,
+            )?)
         } else {
             None
         };
@@ -114,7 +119,9 @@ impl ConvSe3 {
             );
             let j = g.nbr[e];
             for p in &self.pairs {
-                let xb = x.get(&p.d_in).ok_or(Error::MissingInput { name: "features of a degree of fiber_in" })?;
+                let xb = x.get(&p.d_in).ok_or(Error::MissingInput {
+                    name: "features of a degree of fiber_in",
+                })?;
                 let (mi, mo) = (2 * p.d_in + 1, 2 * p.d_out + 1);
                 let nf = 2 * p.d_in.min(p.d_out) + 1;
                 let r = p.radial.apply(&input);
@@ -135,7 +142,9 @@ impl ConvSe3 {
                 }
                 let out = &mut per_edge
                     .get_mut(&p.d_out)
-                    .ok_or(Error::MissingInput { name: "output degree" })?
+                    .ok_or(Error::MissingInput {
+                        name: "output degree",
+                    })?
                     .data[e * p.c_out * mo..(e + 1) * p.c_out * mo];
                 for oc in 0..p.c_out {
                     for c in 0..p.c_in {

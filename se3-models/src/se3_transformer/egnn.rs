@@ -50,15 +50,16 @@ impl EgnnLayer {
         hidden: usize,
         clamp: Option<f64>,
     ) -> Result<Self, Error> {
-        let d0 = fiber
-            .iter()
-            .find(|(l, _)| *l == 0)
-            .map(|&(_, c)| c)
-            .ok_or(Error::InvalidConfig {
-                field: "hidden_fiber_dict",
-                expected: "a degree-0 entry with use_egnn",
-                found: "none".into(),
-            })?;
+        let d0 =
+            fiber
+                .iter()
+                .find(|(l, _)| *l == 0)
+                .map(|&(_, c)| c)
+                .ok_or(Error::InvalidConfig {
+                    field: "hidden_fiber_dict",
+                    expected: "a degree-0 entry with use_egnn",
+                    found: "none".into(),
+                })?;
         let htypes: FiberDims = fiber.iter().filter(|(l, _)| *l != 0).cloned().collect();
         let hdims: usize = htypes.iter().map(|&(_, c)| c).sum();
         let e_in = 2 * d0 + hdims + edge_dim + 1;
@@ -68,11 +69,16 @@ impl EgnnLayer {
             htype_norms.insert(
                 l,
                 (
-                    src.take(&format!("{prefix}.htype_norms.{l}.scale"), &[1, 1, 1, c, 1])?.data,
-                    src.take(&format!("{prefix}.htype_norms.{l}.bias"), &[1, 1, 1, c, 1])?.data,
+                    src.take(&format!("{prefix}.htype_norms.{l}.scale"), &[1, 1, 1, c, 1])?
+                        .data,
+                    src.take(&format!("{prefix}.htype_norms.{l}.bias"), &[1, 1, 1, c, 1])?
+                        .data,
                 ),
             );
-            htype_gating.insert(l, Dense::load(src, &format!("{prefix}.htype_gating.{l}"), d0, c)?);
+            htype_gating.insert(
+                l,
+                Dense::load(src, &format!("{prefix}.htype_gating.{l}"), d0, c)?,
+            );
         }
         Ok(Self {
             node_norm: LayerNorm::load(src, &format!("{prefix}.node_norm"), d0)?,
@@ -91,7 +97,9 @@ impl EgnnLayer {
 
     pub(crate) fn apply(&self, x: &Feats, g: &Graph) -> Result<Feats, Error> {
         let (n, k) = (g.n, g.k);
-        let nodes = x.get(&0).ok_or(Error::MissingInput { name: "degree-0 features" })?;
+        let nodes = x.get(&0).ok_or(Error::MissingInput {
+            name: "degree-0 features",
+        })?;
         let d0 = nodes.channels;
         let hidden = self.edge2.n_out;
         let mut new_nodes = Block::zeros(n, d0, 1);
@@ -112,11 +120,15 @@ impl EgnnLayer {
                 inp.extend_from_slice(nodes.row(i));
                 inp.extend_from_slice(nodes.row(j));
                 for &(l, c) in &self.htypes {
-                    let hb = x.get(&l).ok_or(Error::MissingInput { name: "higher-degree features" })?;
+                    let hb = x.get(&l).ok_or(Error::MissingInput {
+                        name: "higher-degree features",
+                    })?;
                     let m = 2 * l + 1;
                     let (hi, hj) = (hb.row(i), hb.row(j));
                     for ch in 0..c {
-                        let s2: f64 = (0..m).map(|q| (hi[ch * m + q] - hj[ch * m + q]).powi(2)).sum();
+                        let s2: f64 = (0..m)
+                            .map(|q| (hi[ch * m + q] - hj[ch * m + q]).powi(2))
+                            .sum();
                         inp.push(s2.sqrt());
                     }
                 }
@@ -136,14 +148,19 @@ impl EgnnLayer {
                 }
                 let mut off = 0;
                 for &(l, c) in &self.htypes {
-                    let hb = x.get(&l).ok_or(Error::MissingInput { name: "higher-degree features" })?;
+                    let hb = x.get(&l).ok_or(Error::MissingInput {
+                        name: "higher-degree features",
+                    })?;
                     let (scale, bias) = &self.htype_norms[&l];
                     let m = 2 * l + 1;
                     let (hi, hj) = (hb.row(i), hb.row(j));
-                    let ub = updates.get_mut(&l).ok_or(Error::MissingInput { name: "update" })?;
+                    let ub = updates
+                        .get_mut(&l)
+                        .ok_or(Error::MissingInput { name: "update" })?;
                     let urow = &mut ub.data[i * c * m..(i + 1) * c * m];
                     for ch in 0..c {
-                        let rel: Vec<f64> = (0..m).map(|q| hi[ch * m + q] - hj[ch * m + q]).collect();
+                        let rel: Vec<f64> =
+                            (0..m).map(|q| hi[ch * m + q] - hj[ch * m + q]).collect();
                         let norm = rel.iter().map(|v| v * v).sum::<f64>().sqrt();
                         let f = norm * scale[ch] + bias[ch];
                         for q in 0..m {
@@ -161,23 +178,33 @@ impl EgnnLayer {
             normed.extend_from_slice(&m_i);
             let h: Vec<f64> = self.node0.apply(&normed).into_iter().map(silu).collect();
             let o = self.node2.apply(&h);
-            for ch in 0..d0 {
-                new_nodes.data[i * d0 + ch] = o[ch] + nodes.row(i)[ch];
+            for ((dst, a), h0) in new_nodes.data[i * d0..(i + 1) * d0]
+                .iter_mut()
+                .zip(&o)
+                .zip(nodes.row(i))
+            {
+                *dst = a + h0;
             }
         }
         let mut out = Feats::new();
         for &(l, c) in &self.htypes {
-            let hb = x.get(&l).ok_or(Error::MissingInput { name: "higher-degree features" })?;
+            let hb = x.get(&l).ok_or(Error::MissingInput {
+                name: "higher-degree features",
+            })?;
             let ub = &updates[&l];
             let gate = &self.htype_gating[&l];
             let m = 2 * l + 1;
             let mut b = Block::zeros(n, c, m);
             for i in 0..n {
-                let gv: Vec<f64> = gate.apply(new_nodes.row(i)).into_iter().map(sigmoid).collect();
-                for ch in 0..c {
+                let gv: Vec<f64> = gate
+                    .apply(new_nodes.row(i))
+                    .into_iter()
+                    .map(sigmoid)
+                    .collect();
+                for (ch, gate_ch) in gv.iter().enumerate() {
                     for q in 0..m {
                         let idx = (i * c + ch) * m + q;
-                        b.data[idx] = (hb.data[idx] + ub.data[idx]) * gv[ch];
+                        b.data[idx] = (hb.data[idx] + ub.data[idx]) * gate_ch;
                     }
                 }
             }
@@ -208,9 +235,21 @@ impl EgnnNetwork {
     ) -> Result<Self, Error> {
         let mut layers = Vec::new();
         for i in 0..depth {
-            let e = EgnnLayer::load(src, &format!("{prefix}.layers.{i}.0"), fiber, edge_dim, hidden, clamp)?;
+            let e = EgnnLayer::load(
+                src,
+                &format!("{prefix}.layers.{i}.0"),
+                fiber,
+                edge_dim,
+                hidden,
+                clamp,
+            )?;
             let ff = if feedforward {
-                Some(FeedForwardBlock::load(src, &format!("{prefix}.layers.{i}.1"), fiber, false)?)
+                Some(FeedForwardBlock::load(
+                    src,
+                    &format!("{prefix}.layers.{i}.1"),
+                    fiber,
+                    false,
+                )?)
             } else {
                 None
             };

@@ -30,11 +30,10 @@ impl Block {
 
     /// Number of rows.
     pub fn rows(&self) -> usize {
-        if self.channels * self.m == 0 {
-            0
-        } else {
-            self.data.len() / (self.channels * self.m)
-        }
+        self.data
+            .len()
+            .checked_div(self.channels * self.m)
+            .unwrap_or(0)
     }
 
     /// The `channels x m` slice of row `r`.
@@ -56,7 +55,12 @@ pub(crate) struct Mat {
 }
 
 impl Mat {
-    pub(crate) fn load(src: &mut dyn WeightSource, key: &str, rows: usize, cols: usize) -> Result<Self, Error> {
+    pub(crate) fn load(
+        src: &mut dyn WeightSource,
+        key: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, Error> {
         Ok(Self {
             rows,
             cols,

@@ -90,7 +90,11 @@ pub fn adjacency_degrees(adj: &[bool], n: usize, num_adj_degrees: usize) -> (Vec
 /// # Errors
 /// `InvalidConfig` when the cap is below that count: the library then subsamples bonds randomly, which
 /// the oracle does not reproduce.
-pub fn sparse_count(adjs: &[Vec<bool>], n: usize, max_sparse: Option<usize>) -> Result<usize, Error> {
+pub fn sparse_count(
+    adjs: &[Vec<bool>],
+    n: usize,
+    max_sparse: Option<usize>,
+) -> Result<usize, Error> {
     let mut max_count = 0;
     for a in adjs {
         for i in 0..n {
@@ -124,9 +128,16 @@ pub fn build_graph(
     table: &QTable,
 ) -> Graph {
     let n = inp.coors.len();
-    let neighbors = p.num_neighbors.unwrap_or(usize::MAX).min(n.saturating_sub(1));
+    let neighbors = p
+        .num_neighbors
+        .unwrap_or(usize::MAX)
+        .min(n.saturating_sub(1));
     let k = (neighbors + num_sparse).min(n.saturating_sub(1));
-    let radius = if p.num_neighbors == Some(0) { 0.0 } else { p.valid_radius };
+    let radius = if p.num_neighbors == Some(0) {
+        0.0
+    } else {
+        p.valid_radius
+    };
     let adj_dim = adj_labels.map_or(0, |(_, _, d)| d);
     let edge_dim = edge_dim_in + adj_dim;
     let mut g = Graph {
@@ -174,12 +185,14 @@ pub fn build_graph(
             g.rel.push(r);
             g.dist.push(d);
             if let Some(ef) = inp.edge_feat {
-                g.edge_feat
-                    .extend_from_slice(&ef[(i * n + j) * edge_dim_in..(i * n + j + 1) * edge_dim_in]);
+                g.edge_feat.extend_from_slice(
+                    &ef[(i * n + j) * edge_dim_in..(i * n + j + 1) * edge_dim_in],
+                );
             }
             if let Some((labels, emb, dim)) = adj_labels {
                 let lab = labels[i * n + j] as usize;
-                g.edge_feat.extend_from_slice(&emb[lab * dim..(lab + 1) * dim]);
+                g.edge_feat
+                    .extend_from_slice(&emb[lab * dim..(lab + 1) * dim]);
             }
             g.basis.push(table.basis(r));
         }

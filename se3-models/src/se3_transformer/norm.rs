@@ -39,9 +39,17 @@ impl NormSe3 {
         let mut params = BTreeMap::new();
         for &(l, c) in fiber {
             let p = if gated {
-                NormParam::Gate(Mat::load(src, &format!("{prefix}.transform.{l}.w_gate"), c, c)?)
+                NormParam::Gate(Mat::load(
+                    src,
+                    &format!("{prefix}.transform.{l}.w_gate"),
+                    c,
+                    c,
+                )?)
             } else {
-                NormParam::Scale(src.take(&format!("{prefix}.transform.{l}.scale"), &[1, 1, c])?.data)
+                NormParam::Scale(
+                    src.take(&format!("{prefix}.transform.{l}.scale"), &[1, 1, c])?
+                        .data,
+                )
             };
             params.insert(l, p);
         }

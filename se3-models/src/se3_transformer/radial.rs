@@ -14,7 +14,12 @@ pub(crate) struct Dense {
 }
 
 impl Dense {
-    pub(crate) fn load(src: &mut dyn WeightSource, prefix: &str, n_in: usize, n_out: usize) -> Result<Self, Error> {
+    pub(crate) fn load(
+        src: &mut dyn WeightSource,
+        prefix: &str,
+        n_in: usize,
+        n_out: usize,
+    ) -> Result<Self, Error> {
         Ok(Self {
             n_in,
             n_out,
@@ -46,7 +51,11 @@ pub(crate) struct LayerNorm {
 }
 
 impl LayerNorm {
-    pub(crate) fn load(src: &mut dyn WeightSource, prefix: &str, dim: usize) -> Result<Self, Error> {
+    pub(crate) fn load(
+        src: &mut dyn WeightSource,
+        prefix: &str,
+        dim: usize,
+    ) -> Result<Self, Error> {
         Ok(Self {
             w: src.take(&format!("{prefix}.weight"), &[dim])?.data,
             b: src.take(&format!("{prefix}.bias"), &[dim])?.data,
@@ -89,7 +98,12 @@ impl RadialFunc {
         Ok(Self {
             l0: Dense::load(src, &format!("{prefix}.net.0"), n_in, RADIAL_HIDDEN)?,
             n1: LayerNorm::load(src, &format!("{prefix}.net.1"), RADIAL_HIDDEN)?,
-            l3: Dense::load(src, &format!("{prefix}.net.3"), RADIAL_HIDDEN, RADIAL_HIDDEN)?,
+            l3: Dense::load(
+                src,
+                &format!("{prefix}.net.3"),
+                RADIAL_HIDDEN,
+                RADIAL_HIDDEN,
+            )?,
             n4: LayerNorm::load(src, &format!("{prefix}.net.4"), RADIAL_HIDDEN)?,
             l6: Dense::load(src, &format!("{prefix}.net.6"), RADIAL_HIDDEN, n_out)?,
         })

@@ -9,11 +9,15 @@ use crate::checkpoint::{KeyRecorder, Loader, StateDict, Tensor, WeightSource};
 use crate::inputs::{EdgeInput, ModelInputs, NodeFeats};
 use crate::se3_transformer::attention::{AttentionBlock, AttnOpts, FeedForwardBlock, Rotary};
 use crate::se3_transformer::basis_stopgap::QTable;
-use crate::se3_transformer::config::{Se3TransformerConfig, Se3TransformerForward, Se3TransformerShape};
+use crate::se3_transformer::config::{
+    Se3TransformerConfig, Se3TransformerForward, Se3TransformerShape,
+};
 use crate::se3_transformer::conv::{ConvOpts, ConvSe3};
 use crate::se3_transformer::egnn::EgnnNetwork;
 use crate::se3_transformer::features::{Block, Feats, LinearSe3, Mat};
-use crate::se3_transformer::graph::{adjacency_degrees, build_graph, sparse_count, PairInputs, SelectionParams};
+use crate::se3_transformer::graph::{
+    adjacency_degrees, build_graph, sparse_count, PairInputs, SelectionParams,
+};
 use crate::se3_transformer::norm::NormSe3;
 use crate::Error;
 
@@ -51,11 +55,7 @@ fn shape_err(name: &'static str, expected: String, found: &[usize]) -> Error {
     }
 }
 
-fn embed(
-    name: &'static str,
-    table: &Mat,
-    ids: &[i64],
-) -> Result<Vec<f64>, Error> {
+fn embed(name: &'static str, table: &Mat, ids: &[i64]) -> Result<Vec<f64>, Error> {
     let mut out = Vec::with_capacity(ids.len() * table.cols);
     for (i, &t) in ids.iter().enumerate() {
         if t < 0 || t as usize >= table.rows {
@@ -101,12 +101,16 @@ impl Se3Transformer {
             _ => None,
         };
         let adj_emb = match cfg.num_adj_degrees {
-            Some(k) if cfg.adj_dim > 0 => Some(Mat::load(src, "adj_emb.weight", k + 1, cfg.adj_dim)?),
+            Some(k) if cfg.adj_dim > 0 => {
+                Some(Mat::load(src, "adj_emb.weight", k + 1, cfg.adj_dim)?)
+            }
             _ => None,
         };
         let conv = ConvOpts {
             edge_dim: shape.edge_dim,
-            fourier: cfg.fourier_encode_dist.then_some(cfg.rel_dist_num_fourier_features),
+            fourier: cfg
+                .fourier_encode_dist
+                .then_some(cfg.rel_dist_num_fourier_features),
             self_interaction: true,
             pool: true,
         };
@@ -115,7 +119,13 @@ impl Se3Transformer {
         for i in 0..cfg.num_conv_layers {
             convs.push((
                 ConvSe3::load(src, &format!("convs.{i}.0"), hidden, hidden, conv)?,
-                NormSe3::load(src, &format!("convs.{i}.1"), hidden, cfg.norm_gated_scale, false)?,
+                NormSe3::load(
+                    src,
+                    &format!("convs.{i}.1"),
+                    hidden,
+                    cfg.norm_gated_scale,
+                    false,
+                )?,
             ));
         }
         let trunk = if cfg.use_egnn {
@@ -144,7 +154,10 @@ impl Se3Transformer {
             let mut blocks = Vec::new();
             for i in 0..cfg.depth {
                 let (pa, pf) = if cfg.reversible {
-                    (format!("net.blocks.{i}.f.net"), format!("net.blocks.{i}.g.net"))
+                    (
+                        format!("net.blocks.{i}.f.net"),
+                        format!("net.blocks.{i}.g.net"),
+                    )
                 } else {
                     (format!("net.blocks.{i}.0"), format!("net.blocks.{i}.1"))
                 };
@@ -229,22 +242,38 @@ impl Se3Transformer {
         match &inp.feats {
             NodeFeats::Dense(t) => {
                 if fin.len() != 1 {
-                    return Err(shape_err("feats", format!("a dict of {} degrees", fin.len()), &t.shape));
+                    return Err(shape_err(
+                        "feats",
+                        format!("a dict of {} degrees", fin.len()),
+                        &t.shape,
+                    ));
                 }
                 if t.shape[2] != d0 {
                     return Err(shape_err("feats", format!("({b}, {n}, {d0})"), &t.shape));
                 }
                 if self.token_emb.is_some() {
-                    return Err(shape_err("feats", format!("({b}, {n}) int64 tokens"), &t.shape));
+                    return Err(shape_err(
+                        "feats",
+                        format!("({b}, {n}) int64 tokens"),
+                        &t.shape,
+                    ));
                 }
                 dense = Some(t.data.clone());
             }
             NodeFeats::Tokens { shape, ids } => {
                 let emb = self.token_emb.as_ref().ok_or_else(|| {
-                    shape_err("feats", format!("({b}, {n}, {d0}) floats (num_tokens is not set)"), shape)
+                    shape_err(
+                        "feats",
+                        format!("({b}, {n}, {d0}) floats (num_tokens is not set)"),
+                        shape,
+                    )
                 })?;
                 if fin.len() != 1 || emb.cols != d0 {
-                    return Err(shape_err("feats", format!("dim_in = dim = {}", emb.cols), shape));
+                    return Err(shape_err(
+                        "feats",
+                        format!("dim_in = dim = {}", emb.cols),
+                        shape,
+                    ));
                 }
                 dense = Some(embed("feats", emb, ids)?);
             }
@@ -271,7 +300,11 @@ impl Se3Transformer {
                         let t = &map[&l];
                         let m = 2 * l + 1;
                         if t.shape[2] != c {
-                            return Err(shape_err("feats", format!("({b}, {n}, {c}, {m})"), &t.shape));
+                            return Err(shape_err(
+                                "feats",
+                                format!("({b}, {n}, {c}, {m})"),
+                                &t.shape,
+                            ));
                         }
                         x.insert(
                             l,
@@ -289,7 +322,11 @@ impl Se3Transformer {
         if let Some(mut data) = dense {
             if let Some(pe) = &self.pos_emb {
                 if n > pe.rows {
-                    return Err(shape_err("feats", format!("at most {} nodes (num_positions)", pe.rows), &[b, n]));
+                    return Err(shape_err(
+                        "feats",
+                        format!("at most {} nodes (num_positions)", pe.rows),
+                        &[b, n],
+                    ));
                 }
                 for bi in 0..b {
                     for i in 0..n {
@@ -325,17 +362,29 @@ impl Se3Transformer {
             (Some(_), false) => Err(Error::UnexpectedInput { name: "edges" }),
             (Some(EdgeInput::Tokens { ids, shape }), true) => {
                 let emb = self.edge_emb.as_ref().ok_or_else(|| {
-                    shape_err("edges", format!("({b}, {n}, {n}, edge_dim) floats (num_edge_tokens is not set)"), shape)
+                    shape_err(
+                        "edges",
+                        format!("({b}, {n}, {n}, edge_dim) floats (num_edge_tokens is not set)"),
+                        shape,
+                    )
                 })?;
                 Ok(Some((embed("edges", emb, ids)?, emb.cols)))
             }
             (Some(EdgeInput::Dense(t)), true) => {
                 let e = self.cfg.edge_dim.unwrap_or(0);
                 if self.edge_emb.is_some() {
-                    return Err(shape_err("edges", format!("({b}, {n}, {n}) int64 edge tokens"), &t.shape));
+                    return Err(shape_err(
+                        "edges",
+                        format!("({b}, {n}, {n}) int64 edge tokens"),
+                        &t.shape,
+                    ));
                 }
                 if t.shape[3] != e {
-                    return Err(shape_err("edges", format!("({b}, {n}, {n}, {e})"), &t.shape));
+                    return Err(shape_err(
+                        "edges",
+                        format!("({b}, {n}, {n}, {e})"),
+                        &t.shape,
+                    ));
                 }
                 Ok(Some((t.data.clone(), e)))
             }
@@ -348,7 +397,11 @@ impl Se3Transformer {
     /// # Errors
     /// Input validation errors (`InputShape`, `NonFinite`, `EmptyGraph`, `MissingInput`,
     /// `UnexpectedInput`, `IndexOutOfRange`), `InvalidConfig` for an unsupported `return_type`.
-    pub fn forward(&self, inp: &ModelInputs, fwd: &Se3TransformerForward) -> Result<StateDict, Error> {
+    pub fn forward(
+        &self,
+        inp: &ModelInputs,
+        fwd: &Se3TransformerForward,
+    ) -> Result<StateDict, Error> {
         inp.validate()?;
         let cfg = &self.cfg;
         let (b, n) = (inp.batch(), inp.nodes());
@@ -393,9 +446,23 @@ impl Se3Transformer {
         };
         let global_dim = match (&inp.global_feats, cfg.global_feats_dim) {
             (Some(g), Some(d)) if g.shape[2] == d => Some(g.shape[1]),
-            (Some(g), Some(d)) => return Err(shape_err("global_feats", format!("({b}, m, {d})"), &g.shape)),
-            (Some(_), None) => return Err(Error::UnexpectedInput { name: "global_feats" }),
-            (None, Some(_)) => return Err(Error::MissingInput { name: "global_feats" }),
+            (Some(g), Some(d)) => {
+                return Err(shape_err(
+                    "global_feats",
+                    format!("({b}, m, {d})"),
+                    &g.shape,
+                ))
+            }
+            (Some(_), None) => {
+                return Err(Error::UnexpectedInput {
+                    name: "global_feats",
+                })
+            }
+            (None, Some(_)) => {
+                return Err(Error::MissingInput {
+                    name: "global_feats",
+                })
+            }
             (None, None) => None,
         };
         let sel = SelectionParams {
@@ -412,7 +479,10 @@ impl Se3Transformer {
         let mut per_batch: Vec<Feats> = Vec::with_capacity(b);
         for (bi, x0) in feats.into_iter().enumerate() {
             let pts = inp.points(bi);
-            let nm = inp.neighbor_mask.as_ref().map(|m| &m.data[bi * n * n..(bi + 1) * n * n]);
+            let nm = inp
+                .neighbor_mask
+                .as_ref()
+                .map(|m| &m.data[bi * n * n..(bi + 1) * n * n]);
             let ef = edges
                 .as_ref()
                 .map(|(d, e)| &d[bi * n * n * e..(bi + 1) * n * n * e]);
@@ -432,7 +502,15 @@ impl Se3Transformer {
             } else {
                 None
             };
-            let g = build_graph(&sel, &pin, sparse, num_sparse, adj_lab, edge_dim_in, &self.table);
+            let g = build_graph(
+                &sel,
+                &pin,
+                sparse,
+                num_sparse,
+                adj_lab,
+                edge_dim_in,
+                &self.table,
+            );
             let global = match (global_dim, &inp.global_feats) {
                 (Some(m), Some(t)) => {
                     let d = t.shape[2];
@@ -449,7 +527,12 @@ impl Se3Transformer {
         self.assemble(per_batch, inp, fwd, b, n)
     }
 
-    fn forward_graph(&self, x0: Feats, g: &crate::se3_transformer::graph::Graph, global: Option<&Block>) -> Result<Feats, Error> {
+    fn forward_graph(
+        &self,
+        x0: Feats,
+        g: &crate::se3_transformer::graph::Graph,
+        global: Option<&Block>,
+    ) -> Result<Feats, Error> {
         let mut x = self.conv_in.apply(&x0, g)?;
         for (conv, norm) in &self.convs {
             x = conv.apply(&norm.apply(&x)?, g)?;

@@ -48,7 +48,11 @@ impl TfnStackConfig {
     /// # Errors
     /// `UnknownKwarg`, `ConfigParse`, `InvalidConfig`.
     pub fn from_kwargs(kwargs: &serde_json::Value) -> Result<Self, Error> {
-        check_known_keys("TFNStack", kwargs, &["fibers", "self_interaction", "splits"])?;
+        check_known_keys(
+            "TFNStack",
+            kwargs,
+            &["fibers", "self_interaction", "splits"],
+        )?;
         let cfg: Self =
             serde_json::from_value(kwargs.clone()).map_err(|source| Error::ConfigParse {
                 path: "constructor_kwargs".into(),
@@ -116,7 +120,13 @@ impl TfnStack {
                 },
             )?);
             if i + 2 < fibers.len() {
-                norms.push(NormSe3::load(src, &format!("norms.{i}"), &fibers[i + 1], false, false)?);
+                norms.push(NormSe3::load(
+                    src,
+                    &format!("norms.{i}"),
+                    &fibers[i + 1],
+                    false,
+                    false,
+                )?);
             }
         }
         Ok(Self {
@@ -215,7 +225,10 @@ impl TfnStack {
         let mut sd = StateDict::new();
         for &(l, c) in last {
             let data = outs.remove(&l).unwrap_or_default();
-            sd.insert(format!("type{l}"), Tensor::new(vec![b, n, c, 2 * l + 1], data)?);
+            sd.insert(
+                format!("type{l}"),
+                Tensor::new(vec![b, n, c, 2 * l + 1], data)?,
+            );
         }
         Ok(sd)
     }

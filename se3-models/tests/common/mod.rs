@@ -69,11 +69,15 @@ pub fn random_weights(cfg: &Se3TransformerConfig, r: &mut impl Rng) -> Result<St
         let n: usize = shape.iter().product();
         let data: Vec<f64> = if k.ends_with("inv_freq") {
             let d = 2 * n;
-            (0..n).map(|i| 1.0 / 10000f64.powf((2 * i) as f64 / d as f64)).collect()
+            (0..n)
+                .map(|i| 1.0 / 10000f64.powf((2 * i) as f64 / d as f64))
+                .collect()
         } else if shape.len() == 1 && k.ends_with(".weight") {
             (0..n).map(|_| 1.0 + 0.2 * r.gen_range(-1.0..1.0)).collect()
         } else {
-            (0..n).map(|_| r.gen_range(-1.0..1.0) / fan.sqrt()).collect()
+            (0..n)
+                .map(|_| r.gen_range(-1.0..1.0) / fan.sqrt())
+                .collect()
         };
         sd.insert(k, Tensor::new(shape, data)?);
     }
