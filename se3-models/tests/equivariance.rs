@@ -272,6 +272,13 @@ fn unseen_se3t_configs_are_equivariant() -> Result<(), Error> {
                 "num_edge_tokens": 3, "edge_dim": 2, "num_neighbors": 5}),
             serde_json::json!({"return_type": 1}),
         ),
+        (
+            "bond subsampling (max_sparse_neighbors below the bond count), adjacency labels",
+            serde_json::json!({"dim": 4, "heads": 2, "dim_head": 2, "depth": 1, "num_degrees": 2,
+                "output_degrees": 2, "num_neighbors": 2, "attend_sparse_neighbors": true,
+                "max_sparse_neighbors": 1, "num_adj_degrees": 2, "adj_dim": 3}),
+            serde_json::json!({}),
+        ),
     ];
     for (what, kwargs, literals) in cases {
         let cfg = Se3TransformerConfig::from_kwargs(&kwargs)?;

@@ -123,3 +123,17 @@ se3t_parity! {
     se3t_tokens_out2_matches_reference => "se3t_tokens_out2",
     se3t_type1_reduce_matches_reference => "se3t_type1_reduce",
 }
+
+#[test]
+fn zoo_infer_runs_every_supported_reference_model() -> Result<(), Error> {
+    for name in ["se3t_global_feats", "tfn_stack"] {
+        let d = dir(name);
+        let out = se3_models::zoo::infer(
+            d.join("config.json"),
+            d.join("weights.safetensors"),
+            d.join("inputs.safetensors"),
+        )?;
+        compare(name, &out)?;
+    }
+    Ok(())
+}

@@ -2,7 +2,6 @@
 //! shares: relative positions, distances, edge features and the kernel basis.
 
 use crate::se3_transformer::basis_stopgap::QTable;
-use crate::Error;
 
 /// The neighbourhood graph of one batch element.
 #[derive(Debug, Clone)]
@@ -84,17 +83,20 @@ pub fn adjacency_degrees(adj: &[bool], n: usize, num_adj_degrees: usize) -> (Vec
     (idx, cur)
 }
 
-/// Number of sparse (bonded) neighbours to fetch: the largest bonded count of any row of any batch
-/// element (self excluded), capped by `max_sparse_neighbors`.
+/// Sparse (bonded) neighbours: how many to fetch, and which pairs are bonded per batch element.
 ///
-/// # Errors
-/// `InvalidConfig` when the cap is below that count: the library then subsamples bonds randomly, which
-/// the oracle does not reproduce.
-pub fn sparse_count(
+/// The count is the largest bonded count of any row of any batch element (self excluded), capped by
+/// `max_sparse_neighbors`. Below the cap every bond is kept. Above it the library adds U(-0.01, 0.01)
+/// noise to the 0/1 adjacency and keeps the top `cap` entries that are bonds, i.e. a uniformly random
+/// subset of each node's bonds; here the noise comes from `seed` (the distribution is the library's,
+/// the draws are not torch's).
+pub fn sparse_selection(
     adjs: &[Vec<bool>],
     n: usize,
     max_sparse: Option<usize>,
-) -> Result<usize, Error> {
+    seed: u64,
+) -> (usize, Vec<Vec<bool>>) {
+    use rand::{Rng, SeedableRng};
     let mut max_count = 0;
     for a in adjs {
         for i in 0..n {
@@ -102,13 +104,36 @@ pub fn sparse_count(
             max_count = max_count.max(c);
         }
     }
+    let strip_self =
+        |a: &Vec<bool>| -> Vec<bool> { (0..n * n).map(|p| p / n != p % n && a[p]).collect() };
     match max_sparse {
-        Some(m) if m < max_count => Err(Error::InvalidConfig {
-            field: "max_sparse_neighbors",
-            expected: "at least the largest number of bonded neighbours (random bond subsampling is not reproduced)",
-            found: format!("{m} < {max_count}"),
-        }),
-        _ => Ok(max_count),
+        Some(cap) if cap < max_count => {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let masks = adjs
+                .iter()
+                .map(|a| {
+                    let mut m = vec![false; n * n];
+                    for i in 0..n {
+                        let mut vals: Vec<(f64, usize)> = (0..n)
+                            .filter(|&j| j != i)
+                            .map(|j| {
+                                (
+                                    f64::from(u8::from(a[i * n + j])) + rng.gen_range(-0.01..0.01),
+                                    j,
+                                )
+                            })
+                            .collect();
+                        vals.sort_by(|x, y| y.0.total_cmp(&x.0));
+                        for &(v, j) in vals.iter().take(cap) {
+                            m[i * n + j] = v > 0.5;
+                        }
+                    }
+                    m
+                })
+                .collect();
+            (cap, masks)
+        }
+        _ => (max_count, adjs.iter().map(strip_self).collect()),
     }
 }
 

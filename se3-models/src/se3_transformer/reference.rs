@@ -16,7 +16,7 @@ use crate::se3_transformer::conv::{ConvOpts, ConvSe3};
 use crate::se3_transformer::egnn::EgnnNetwork;
 use crate::se3_transformer::features::{Block, Feats, LinearSe3, Mat};
 use crate::se3_transformer::graph::{
-    adjacency_degrees, build_graph, sparse_count, PairInputs, SelectionParams,
+    adjacency_degrees, build_graph, sparse_selection, PairInputs, SelectionParams,
 };
 use crate::se3_transformer::norm::NormSe3;
 use crate::Error;
@@ -45,6 +45,7 @@ pub struct Se3Transformer {
     norm: Option<NormSe3>,
     linear_out: Option<LinearSe3>,
     table: QTable,
+    sparse_seed: u64,
 }
 
 fn shape_err(name: &'static str, expected: String, found: &[usize]) -> Error {
@@ -204,6 +205,7 @@ impl Se3Transformer {
             norm,
             linear_out,
             table,
+            sparse_seed: 0,
         })
     }
 
@@ -226,6 +228,12 @@ impl Se3Transformer {
         let m = Self::build(cfg, &mut loader)?;
         loader.finish()?;
         Ok(m)
+    }
+
+    /// Seeds the random bond subsampling used when a node has more bonds than `max_sparse_neighbors`
+    /// (default seed 0; without subsampling the seed has no effect).
+    pub fn set_sparse_sampling_seed(&mut self, seed: u64) {
+        self.sparse_seed = seed;
     }
 
     /// The config the model was built from.
@@ -439,10 +447,10 @@ impl Se3Transformer {
                 sparse_adjs.push(cur);
             }
         }
-        let num_sparse = if cfg.attend_sparse_neighbors {
-            sparse_count(&sparse_adjs, n, cfg.max_sparse_neighbors)?
+        let (num_sparse, sparse_adjs) = if cfg.attend_sparse_neighbors {
+            sparse_selection(&sparse_adjs, n, cfg.max_sparse_neighbors, self.sparse_seed)
         } else {
-            0
+            (0, sparse_adjs)
         };
         let global_dim = match (&inp.global_feats, cfg.global_feats_dim) {
             (Some(g), Some(d)) if g.shape[2] == d => Some(g.shape[1]),
