@@ -8,7 +8,7 @@
 //!   real/complex change of basis with its `(-i)^l` factor, unit Frobenius norm).
 //! * [`q_j`]: se3-transformer's `basis_transformation_Q_J` = sign * wigner_3j(d_out, d_in, J), rounded
 //!   to float32 as the library does (CONVENTIONS 2.3), sign table of `math/se3t_qj_signs.json`.
-//! * [`KernelBasis`]: `get_basis` (CONVENTIONS 2.4) for one relative position.
+//! * [`QTable::basis`]: `get_basis` (CONVENTIONS 2.4) for one relative position.
 
 use crate::Error;
 
