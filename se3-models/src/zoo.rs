@@ -6,6 +6,7 @@ use std::path::Path;
 use crate::checkpoint::StateDict;
 use crate::inputs::ModelInputs;
 use crate::model_file::ModelFile;
+use crate::se3_transformer::basis_stopgap::QjSigns;
 use crate::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
 use crate::tfn::{TfnStack, TfnStackConfig};
 use crate::Error;
@@ -58,6 +59,17 @@ impl Model {
         let file = ModelFile::load(config)?;
         let sd = StateDict::load(weights)?;
         Ok((Self::from_parts(&file, &sd)?, file))
+    }
+
+    /// Replaces the Q_J sign table (see [`QjSigns`]).
+    ///
+    /// # Errors
+    /// `DegreeTooHigh` if the table does not cover the model's degrees.
+    pub fn set_qj_signs(&mut self, signs: &QjSigns) -> Result<(), Error> {
+        match self {
+            Self::Se3Transformer(m, _) => m.set_qj_signs(signs),
+            Self::TfnStack(m) => m.set_qj_signs(signs),
+        }
     }
 
     /// Runs the model; outputs are named as the reference outputs without `_f64`/`_f32`.

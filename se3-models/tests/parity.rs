@@ -137,3 +137,46 @@ fn zoo_infer_runs_every_supported_reference_model() -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// Configs outside tests/reference, generated on a machine whose LAPACK gives other Q_J signs: they
+/// match once the oracle uses that machine's sign table.
+#[test]
+fn extra_references_match_with_their_own_qj_signs() -> Result<(), Error> {
+    use se3_models::se3_transformer::basis_stopgap::QjSigns;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/extra_reference");
+    let signs = QjSigns::load(root.join("qj_signs.json"))?;
+    assert_ne!(signs, QjSigns::reference());
+    let mut count = 0;
+    for name in [
+        "u_egnn_ff_fourier",
+        "u_reversible_tied_rotdist_edges",
+        "u_rotary_pos_onehead_causal_global",
+    ] {
+        let d = root.join(name);
+        let (mut model, file) =
+            se3_models::zoo::Model::load(d.join("config.json"), d.join("weights.safetensors"))?;
+        model.set_qj_signs(&signs)?;
+        let inputs = ModelInputs::load(d.join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
+        let out = model.forward(&inputs)?;
+        let want = StateDict::load(d.join("outputs.safetensors"))?;
+        for (k, t) in want.iter() {
+            let (base, tol) = match k.strip_suffix("_f64") {
+                Some(b) => (b, 1e-12),
+                None => (k.trim_end_matches("_f32"), 1e-5),
+            };
+            let got = out.get(base).ok_or(Error::MissingKey {
+                key: format!("{name}: output {base}"),
+                expected: t.shape.clone(),
+            })?;
+            assert_eq!(got.shape, t.shape, "{name}: {k}");
+            let (e, idx) = rel_err(&got.data, &t.data);
+            assert!(
+                e <= tol,
+                "{name}: {k} max relative error {e:.3e} at flat index {idx}"
+            );
+            count += 1;
+        }
+    }
+    assert!(count >= 6);
+    Ok(())
+}

@@ -7,7 +7,8 @@
 //! * [`wigner_3j`]: e3nn's `wigner_3j(l1, l2, l3)` (complex SU(2) Clebsch-Gordan through e3nn's
 //!   real/complex change of basis with its `(-i)^l` factor, unit Frobenius norm).
 //! * [`q_j`]: se3-transformer's `basis_transformation_Q_J` = sign * wigner_3j(d_out, d_in, J), rounded
-//!   to float32 as the library does (CONVENTIONS 2.3), sign table of `math/se3t_qj_signs.json`.
+//!   to float32 as the library does (CONVENTIONS 2.3), signs from a [`QjSigns`] table (default: the
+//!   reference data's `math/se3t_qj_signs.json`).
 //! * [`QTable::basis`]: `get_basis` (CONVENTIONS 2.4) for one relative position.
 
 use crate::Error;
@@ -15,7 +16,8 @@ use crate::Error;
 /// Highest degree with a known Q_J sign.
 pub const MAX_BASIS_DEGREE: usize = 3;
 
-/// Signs of Q_J for d_in in 0..=3 (outer), d_out in 0..=3, J ascending from |d_in - d_out|.
+/// Signs of Q_J of the reference data for d_in in 0..=3 (outer), d_out in 0..=3, J ascending from
+/// |d_in - d_out| (`math/se3t_qj_signs.json`).
 const QJ_SIGNS: &str = "+--+-+--+-+----+-+++++-+----++-----++--++-+-";
 
 fn factorial(n: i64) -> f64 {
@@ -199,36 +201,111 @@ pub fn wigner_3j(l1: usize, l2: usize, l3: usize) -> Vec<f64> {
     out.iter().map(|v| v / norm).collect()
 }
 
-/// se3-transformer's Q_J(J, d_in, d_out): ((2 d_out+1)(2 d_in+1), 2J+1), rows `o (2 d_in+1) + i`,
-/// values rounded to float32 as the library returns them.
+/// The signs of se3-transformer's Q_J per (J, d_in, d_out).
 ///
-/// # Errors
-/// `DegreeTooHigh` if a degree exceeds [`MAX_BASIS_DEGREE`] (no sign known).
-pub fn q_j(j: usize, d_in: usize, d_out: usize) -> Result<Vec<f64>, Error> {
-    let top = d_in.max(d_out);
-    if top > MAX_BASIS_DEGREE {
-        return Err(Error::DegreeTooHigh {
-            found: top,
-            max: MAX_BASIS_DEGREE,
-        });
-    }
-    let mut idx = 0;
-    let mut sign = 1.0;
-    'outer: for di in 0..=MAX_BASIS_DEGREE {
-        for d_o in 0..=MAX_BASIS_DEGREE {
-            for jj in di.abs_diff(d_o)..=(di + d_o) {
-                if (di, d_o, jj) == (d_in, d_out, j) {
-                    sign = if QJ_SIGNS.as_bytes()[idx] == b'+' {
+/// Q_J is the null vector of a Sylvester system returned by torch's SVD, so its overall sign depends on
+/// the LAPACK build that computed it (CONVENTIONS 2.3); weights are only portable together with the
+/// table. [`QjSigns::reference`] is the table of the reference data; [`QjSigns::load`] reads another
+/// one in the format of `math/se3t_qj_signs.json` (`{"rows": [{"J", "d_in", "d_out", "sign"}, ...]}`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QjSigns {
+    signs: std::collections::BTreeMap<(usize, usize, usize), f64>,
+}
+
+#[derive(serde::Deserialize)]
+struct SignRow {
+    #[serde(rename = "J")]
+    j: usize,
+    d_in: usize,
+    d_out: usize,
+    sign: i32,
+}
+
+#[derive(serde::Deserialize)]
+struct SignFile {
+    rows: Vec<SignRow>,
+}
+
+impl QjSigns {
+    /// The sign table of the reference data (degrees up to [`MAX_BASIS_DEGREE`]).
+    pub fn reference() -> Self {
+        let mut signs = std::collections::BTreeMap::new();
+        let mut idx = 0;
+        for di in 0..=MAX_BASIS_DEGREE {
+            for d_o in 0..=MAX_BASIS_DEGREE {
+                for j in di.abs_diff(d_o)..=(di + d_o) {
+                    let s = if QJ_SIGNS.as_bytes()[idx] == b'+' {
                         1.0
                     } else {
                         -1.0
                     };
-                    break 'outer;
+                    signs.insert((j, di, d_o), s);
+                    idx += 1;
                 }
-                idx += 1;
             }
         }
+        Self { signs }
     }
+
+    /// Parses a sign table in the JSON format of `math/se3t_qj_signs.json`.
+    ///
+    /// # Errors
+    /// `ConfigParse` if the text is not such a table, `InvalidConfig` (field `sign`) for a sign other
+    /// than 1 or -1.
+    pub fn from_json(text: &str, origin: &str) -> Result<Self, Error> {
+        let f: SignFile = serde_json::from_str(text).map_err(|source| Error::ConfigParse {
+            path: origin.to_string(),
+            source,
+        })?;
+        let mut signs = std::collections::BTreeMap::new();
+        for r in f.rows {
+            let s = match r.sign {
+                1 => 1.0,
+                -1 => -1.0,
+                other => {
+                    return Err(Error::InvalidConfig {
+                        field: "sign",
+                        expected: "1 or -1",
+                        found: other.to_string(),
+                    })
+                }
+            };
+            signs.insert((r.j, r.d_in, r.d_out), s);
+        }
+        Ok(Self { signs })
+    }
+
+    /// Reads a sign table file.
+    ///
+    /// # Errors
+    /// `Io`, plus the errors of [`QjSigns::from_json`].
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_json(&text, &path.display().to_string())
+    }
+
+    fn sign(&self, j: usize, d_in: usize, d_out: usize) -> Result<f64, Error> {
+        self.signs
+            .get(&(j, d_in, d_out))
+            .copied()
+            .ok_or(Error::DegreeTooHigh {
+                found: d_in.max(d_out),
+                max: self.signs.keys().map(|k| k.1.max(k.2)).max().unwrap_or(0),
+            })
+    }
+}
+
+/// se3-transformer's Q_J(J, d_in, d_out): ((2 d_out+1)(2 d_in+1), 2J+1), rows `o (2 d_in+1) + i`,
+/// `sign * wigner_3j(d_out, d_in, J)` rounded to float32 as the library returns it.
+///
+/// # Errors
+/// `DegreeTooHigh` if the sign table has no entry for the triple.
+pub fn q_j(j: usize, d_in: usize, d_out: usize, signs: &QjSigns) -> Result<Vec<f64>, Error> {
+    let sign = signs.sign(j, d_in, d_out)?;
     Ok(wigner_3j(d_out, d_in, j)
         .into_iter()
         .map(|v| f64::from((sign * v) as f32))
@@ -244,17 +321,25 @@ pub struct QTable {
 }
 
 impl QTable {
-    /// Q_J for all pairs of degrees `<= max_degree`.
+    /// Q_J for all pairs of degrees `<= max_degree` with the reference sign table.
     ///
     /// # Errors
     /// `DegreeTooHigh` above [`MAX_BASIS_DEGREE`].
     pub fn new(max_degree: usize) -> Result<Self, Error> {
+        Self::with_signs(max_degree, &QjSigns::reference())
+    }
+
+    /// Q_J for all pairs of degrees `<= max_degree` with the given sign table.
+    ///
+    /// # Errors
+    /// `DegreeTooHigh` for a degree the table does not cover.
+    pub fn with_signs(max_degree: usize, signs: &QjSigns) -> Result<Self, Error> {
         let mut q = Vec::new();
         for di in 0..=max_degree {
             for d_o in 0..=max_degree {
                 let mut per = Vec::new();
                 for j in di.abs_diff(d_o)..=(di + d_o) {
-                    per.push(q_j(j, di, d_o)?);
+                    per.push(q_j(j, di, d_o, signs)?);
                 }
                 q.push(per);
             }
@@ -357,6 +442,16 @@ mod tests {
                 .fold(0.0, f64::max);
             assert!(err < 1e-12, "{k}: max abs error {err}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn reference_sign_table_matches_the_json_file() -> Result<(), Error> {
+        let path = format!(
+            "{}/../tests/reference/math/se3t_qj_signs.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        assert_eq!(QjSigns::load(path)?, QjSigns::reference());
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use crate::checkpoint::{KeyRecorder, Loader, StateDict, Tensor, WeightSource};
 use crate::inputs::{EdgeInput, ModelInputs, NodeFeats};
 use crate::se3_transformer::attention::{AttentionBlock, AttnOpts, FeedForwardBlock, Rotary};
-use crate::se3_transformer::basis_stopgap::QTable;
+use crate::se3_transformer::basis_stopgap::{QTable, QjSigns};
 use crate::se3_transformer::config::{
     Se3TransformerConfig, Se3TransformerForward, Se3TransformerShape,
 };
@@ -228,6 +228,16 @@ impl Se3Transformer {
         let m = Self::build(cfg, &mut loader)?;
         loader.finish()?;
         Ok(m)
+    }
+
+    /// Replaces the Q_J sign table (default [`QjSigns::reference`]) by the one of the LAPACK build the
+    /// weights were trained with.
+    ///
+    /// # Errors
+    /// `DegreeTooHigh` if the table does not cover the model's degrees.
+    pub fn set_qj_signs(&mut self, signs: &QjSigns) -> Result<(), Error> {
+        self.table = QTable::with_signs(self.table.max_degree(), signs)?;
+        Ok(())
     }
 
     /// Seeds the random bond subsampling used when a node has more bonds than `max_sparse_neighbors`

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{KeyRecorder, Loader, StateDict, Tensor, WeightSource};
 use crate::inputs::{ModelInputs, NodeFeats};
 use crate::model_file::{check_known_keys, parse_fiber_dict};
-use crate::se3_transformer::basis_stopgap::QTable;
+use crate::se3_transformer::basis_stopgap::{QTable, QjSigns};
 use crate::se3_transformer::config::FiberDims;
 use crate::se3_transformer::conv::{ConvOpts, ConvSe3};
 use crate::se3_transformer::features::{Block, Feats};
@@ -135,6 +135,16 @@ impl TfnStack {
             norms,
             table,
         })
+    }
+
+    /// Replaces the Q_J sign table (default [`QjSigns::reference`]) by the one of the LAPACK build the
+    /// weights were trained with.
+    ///
+    /// # Errors
+    /// `DegreeTooHigh` if the table does not cover the model's degrees.
+    pub fn set_qj_signs(&mut self, signs: &QjSigns) -> Result<(), Error> {
+        self.table = QTable::with_signs(self.table.max_degree(), signs)?;
+        Ok(())
     }
 
     /// Every state-dict key the config needs, with its shape.
