@@ -8,6 +8,9 @@ use crate::se3_transformer::conv::{ConvOpts, ConvSe3};
 use crate::se3_transformer::features::{residual, Block, Feats, LinearSe3};
 use crate::se3_transformer::graph::Graph;
 use crate::se3_transformer::norm::NormSe3;
+use crate::se3_transformer::reassociated::{
+    query_message_logits, weighted_message_sum, Contraction,
+};
 use crate::Error;
 
 /// Rotary embeddings of degree-0 queries, keys and values (`rotary_position`, `rotary_rel_dist`).
@@ -208,6 +211,9 @@ impl AttentionSe3 {
         global: Option<&Block>,
         rotary: Option<&Rotary>,
     ) -> Result<Feats, Error> {
+        if g.contraction == Contraction::Reassociated && rotary.is_none() {
+            return self.apply_reassociated(x, g, global);
+        }
         let (n, k) = (g.n, g.k);
         let (h, dh) = (self.o.heads, self.o.dim_head);
         let kv_c = if self.o.one_headed_kv { dh } else { h * dh };
@@ -237,24 +243,7 @@ impl AttentionSe3 {
             }
             KeyProj::Tied => &v,
         };
-        let self_kv = self.self_kv.as_ref().map(|(a, b)| (a.apply(x), b.apply(x)));
-        let global_kv = match (&self.global_kv, global) {
-            (Some((a, b)), Some(gb)) => {
-                let gf: Feats = std::iter::once((0, gb.clone())).collect();
-                Some((a.apply(&gf), b.apply(&gf)))
-            }
-            (Some(_), None) => {
-                return Err(Error::MissingInput {
-                    name: "global_feats",
-                })
-            }
-            (None, Some(_)) => {
-                return Err(Error::UnexpectedInput {
-                    name: "global_feats",
-                })
-            }
-            (None, None) => None,
-        };
+        let (self_kv, global_kv) = self.extra_kv(x, global)?;
         let mut out = Feats::new();
         for &l in x.keys() {
             let m = 2 * l + 1;
@@ -361,6 +350,169 @@ impl AttentionSe3 {
                             *o += a * vv;
                         }
                     }
+                }
+            }
+            out.insert(l, ob);
+        }
+        Ok(match &self.to_out {
+            Some(lin) => lin.apply(&out),
+            None => out,
+        })
+    }
+}
+
+type KvPair = (Feats, Feats);
+
+impl AttentionSe3 {
+    fn extra_kv(
+        &self,
+        x: &Feats,
+        global: Option<&Block>,
+    ) -> Result<(Option<KvPair>, Option<KvPair>), Error> {
+        let self_kv = self.self_kv.as_ref().map(|(a, b)| (a.apply(x), b.apply(x)));
+        let global_kv = match (&self.global_kv, global) {
+            (Some((a, b)), Some(gb)) => {
+                let gf: Feats = std::iter::once((0, gb.clone())).collect();
+                Some((a.apply(&gf), b.apply(&gf)))
+            }
+            (Some(_), None) => {
+                return Err(Error::MissingInput {
+                    name: "global_feats",
+                })
+            }
+            (None, Some(_)) => {
+                return Err(Error::UnexpectedInput {
+                    name: "global_feats",
+                })
+            }
+            (None, None) => None,
+        };
+        Ok((self_kv, global_kv))
+    }
+
+    /// The same attention with neighbour keys and values never formed per edge: logits through
+    /// [`query_message_logits`], attention-weighted values through [`weighted_message_sum`].
+    fn apply_reassociated(
+        &self,
+        x: &Feats,
+        g: &Graph,
+        global: Option<&Block>,
+    ) -> Result<Feats, Error> {
+        let (n, k) = (g.n, g.k);
+        let (h, dh) = (self.o.heads, self.o.dim_head);
+        let one = self.o.one_headed_kv;
+        let kv_c = if one { dh } else { h * dh };
+        let scale = (dh as f64).powf(-0.5);
+        let q = self.to_q.apply(x);
+        let lin_keys = match &self.to_k {
+            KeyProj::Linear(lin) => Some(lin.apply(x)),
+            _ => None,
+        };
+        let key_conv: Option<&ConvSe3> = match &self.to_k {
+            KeyProj::Conv(c) => Some(c),
+            KeyProj::Tied => Some(&self.to_v),
+            KeyProj::Linear(_) => None,
+        };
+        let (self_kv, global_kv) = self.extra_kv(x, global)?;
+        let missing = || Error::MissingInput {
+            name: "attention features",
+        };
+        let mut out = Feats::new();
+        for &l in x.keys() {
+            let m = 2 * l + 1;
+            let qb = q.get(&l).ok_or_else(missing)?;
+            let mut ob = Block::zeros(n, h * dh, m);
+            for hh in 0..h {
+                let kc = if one { 0 } else { hh * dh };
+                // the head's query, placed on the key channels it meets
+                let mut qh = Block::zeros(n, kv_c, m);
+                for i in 0..n {
+                    let src = &qb.row(i)[hh * dh * m..(hh + 1) * dh * m];
+                    qh.data[(i * kv_c + kc) * m..(i * kv_c + kc + dh) * m].copy_from_slice(src);
+                }
+                let nbr_logits = match (key_conv, &lin_keys) {
+                    (Some(c), _) => query_message_logits(c, x, g, &qh, l, 1)?,
+                    (None, Some(lk)) => {
+                        let kb = lk.get(&l).ok_or_else(missing)?;
+                        (0..n * k)
+                            .map(|e| {
+                                let i = e / k;
+                                qh.row(i)
+                                    .iter()
+                                    .zip(kb.row(g.nbr[e]))
+                                    .map(|(a, b)| a * b)
+                                    .sum()
+                            })
+                            .collect()
+                    }
+                    (None, None) => return Err(missing()),
+                };
+                let mut weights = vec![0.0; n * k];
+                for i in 0..n {
+                    let qrow = &qh.row(i)[kc * m..(kc + dh) * m];
+                    // pre slots: global (degree 0), null, self
+                    let mut pre: Vec<(f64, Vec<f64>)> = Vec::new();
+                    if let (Some((gk, gv)), 0) = (&global_kv, l) {
+                        let (gkb, gvb) = match (gk.get(&0), gv.get(&0)) {
+                            (Some(a), Some(b)) => (a, b),
+                            _ => return Err(missing()),
+                        };
+                        for r in 0..gkb.rows() {
+                            let kr = &gkb.row(r)[kc * m..(kc + dh) * m];
+                            let lg = qrow.iter().zip(kr).map(|(a, b)| a * b).sum::<f64>() * scale;
+                            pre.push((lg, gvb.row(r)[kc * m..(kc + dh) * m].to_vec()));
+                        }
+                    }
+                    if self.o.use_null_kv {
+                        let (nk, nv) = match (self.null_k.get(&l), self.null_v.get(&l)) {
+                            (Some(a), Some(b)) => (a, b),
+                            _ => return Err(missing()),
+                        };
+                        let kr = &nk[kc * m..(kc + dh) * m];
+                        let lg = qrow.iter().zip(kr).map(|(a, b)| a * b).sum::<f64>() * scale;
+                        pre.push((lg, nv[kc * m..(kc + dh) * m].to_vec()));
+                    }
+                    if let Some((sk, sv)) = &self_kv {
+                        let (skb, svb) = match (sk.get(&l), sv.get(&l)) {
+                            (Some(a), Some(b)) => (a, b),
+                            _ => return Err(missing()),
+                        };
+                        let kr = &skb.row(i)[kc * m..(kc + dh) * m];
+                        let lg = qrow.iter().zip(kr).map(|(a, b)| a * b).sum::<f64>() * scale;
+                        pre.push((lg, svb.row(i)[kc * m..(kc + dh) * m].to_vec()));
+                    }
+                    let nl: Vec<f64> = (0..k)
+                        .map(|kk| {
+                            let e = i * k + kk;
+                            if g.valid[e] {
+                                nbr_logits[e] * scale
+                            } else {
+                                -f64::MAX
+                            }
+                        })
+                        .collect();
+                    let mx = pre
+                        .iter()
+                        .map(|p| p.0)
+                        .chain(nl.iter().copied())
+                        .fold(f64::NEG_INFINITY, f64::max);
+                    let tot: f64 = pre.iter().map(|p| (p.0 - mx).exp()).sum::<f64>()
+                        + nl.iter().map(|z| (z - mx).exp()).sum::<f64>();
+                    let orow = &mut ob.data[(i * h + hh) * dh * m..(i * h + hh + 1) * dh * m];
+                    for (lg, v) in &pre {
+                        let a = (lg - mx).exp() / tot;
+                        orow.iter_mut().zip(v).for_each(|(o, vv)| *o += a * vv);
+                    }
+                    for (kk, z) in nl.iter().enumerate() {
+                        weights[i * k + kk] = (z - mx).exp() / tot;
+                    }
+                }
+                let ws = weighted_message_sum(&self.to_v, x, g, &weights, Some(l))?;
+                let wb = ws.get(&l).ok_or_else(missing)?;
+                for i in 0..n {
+                    let src = &wb.row(i)[kc * m..(kc + dh) * m];
+                    let dst = &mut ob.data[(i * h + hh) * dh * m..(i * h + hh + 1) * dh * m];
+                    dst.iter_mut().zip(src).for_each(|(o, v)| *o += v);
                 }
             }
             out.insert(l, ob);

@@ -5,6 +5,7 @@ use crate::se3_transformer::config::FiberDims;
 use crate::se3_transformer::features::{residual, Block, Feats, LinearSe3};
 use crate::se3_transformer::graph::Graph;
 use crate::se3_transformer::radial::RadialFunc;
+use crate::se3_transformer::reassociated::{weighted_message_sum, Contraction};
 use crate::Error;
 
 /// Radial-network input for one edge: `[|r|, edge features]`, or with Fourier encoding
@@ -25,12 +26,36 @@ pub(crate) fn radial_input(dist: f64, edge: &[f64], fourier: Option<usize>) -> V
 }
 
 #[derive(Debug, Clone)]
-struct Pair {
-    d_in: usize,
+pub(crate) struct Pair {
+    pub d_in: usize,
+    pub c_in: usize,
+    pub d_out: usize,
+    pub c_out: usize,
+    pub radial: RadialFunc,
+}
+
+/// `Kx[f, c, p] = sum_q K[p, q, f] x[c, q]`: the basis applied to one neighbour's features.
+pub(crate) fn basis_times_features(
+    kb: &[f64],
+    xj: &[f64],
+    nf: usize,
     c_in: usize,
-    d_out: usize,
-    c_out: usize,
-    radial: RadialFunc,
+    mi: usize,
+    mo: usize,
+) -> Vec<f64> {
+    let mut kx = vec![0.0; nf * c_in * mo];
+    for f in 0..nf {
+        for c in 0..c_in {
+            for o in 0..mo {
+                let mut s = 0.0;
+                for q in 0..mi {
+                    s += kb[(o * mi + q) * nf + f] * xj[c * mi + q];
+                }
+                kx[(f * c_in + c) * mo + o] = s;
+            }
+        }
+    }
+    kx
 }
 
 /// ConvSE3 (fiber_in -> fiber_out): for each output degree, the sum over input degrees of
@@ -103,8 +128,37 @@ impl ConvSe3 {
         })
     }
 
+    /// Degree pairs with their radial networks.
+    pub(crate) fn pairs(&self) -> &[Pair] {
+        &self.pairs
+    }
+
+    /// Output fiber.
+    pub(crate) fn fiber_out(&self) -> &FiberDims {
+        &self.fout
+    }
+
+    /// Fourier features of the distance, if any.
+    pub(crate) fn fourier(&self) -> Option<usize> {
+        self.fourier
+    }
+
     pub(crate) fn apply(&self, x: &Feats, g: &Graph) -> Result<Feats, Error> {
         let (n, k) = (g.n, g.k);
+        if self.pool && g.contraction == Contraction::Reassociated {
+            let mut w = vec![0.0; n * k];
+            for i in 0..n {
+                let cnt = (0..k).filter(|&kk| g.valid[i * k + kk]).count();
+                for kk in (0..k).filter(|&kk| g.valid[i * k + kk]) {
+                    w[i * k + kk] = 1.0 / cnt as f64;
+                }
+            }
+            let pooled = weighted_message_sum(self, x, g, &w, None)?;
+            return match &self.self_interact {
+                Some(si) => Ok(residual(pooled, &si.apply(x))),
+                None => Ok(pooled),
+            };
+        }
         let md = g.max_degree;
         let mut per_edge: Feats = self
             .fout
@@ -127,19 +181,7 @@ impl ConvSe3 {
                 let r = p.radial.apply(&input);
                 let kb = &g.basis[e][p.d_in * (md + 1) + p.d_out];
                 let xj = xb.row(j);
-                // kx[f, c, o] = sum_q K[o, q, f] x[c, q]
-                let mut kx = vec![0.0; nf * p.c_in * mo];
-                for f in 0..nf {
-                    for c in 0..p.c_in {
-                        for o in 0..mo {
-                            let mut s = 0.0;
-                            for q in 0..mi {
-                                s += kb[(o * mi + q) * nf + f] * xj[c * mi + q];
-                            }
-                            kx[(f * p.c_in + c) * mo + o] = s;
-                        }
-                    }
-                }
+                let kx = basis_times_features(kb, xj, nf, p.c_in, mi, mo);
                 let out = &mut per_edge
                     .get_mut(&p.d_out)
                     .ok_or(Error::MissingInput {

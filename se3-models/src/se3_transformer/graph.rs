@@ -2,6 +2,7 @@
 //! shares: relative positions, distances, edge features and the kernel basis.
 
 use crate::se3_transformer::basis_stopgap::QTable;
+use crate::se3_transformer::reassociated::Contraction;
 
 /// The neighbourhood graph of one batch element.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct Graph {
     pub basis: Vec<Vec<Vec<f64>>>,
     /// Highest degree in `basis`.
     pub max_degree: usize,
+    /// How layers contract messages over this graph.
+    pub contraction: Contraction,
 }
 
 /// What neighbour selection needs from the config.
@@ -176,6 +179,7 @@ pub fn build_graph(
         edge_dim,
         basis: Vec::with_capacity(n * k),
         max_degree: table.max_degree(),
+        contraction: Contraction::Direct,
     };
     for i in 0..n {
         let mut cand: Vec<(f64, usize, f64, [f64; 3])> = Vec::with_capacity(n);

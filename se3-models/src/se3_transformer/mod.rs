@@ -10,7 +10,9 @@ pub mod features;
 pub mod graph;
 pub(crate) mod norm;
 pub(crate) mod radial;
+pub mod reassociated;
 pub mod reference;
 
 pub use config::{DimSpec, Se3TransformerConfig, Se3TransformerForward, Se3TransformerShape};
+pub use reassociated::Contraction;
 pub use reference::Se3Transformer;

@@ -9,8 +9,8 @@ use crate::Error;
 pub(crate) struct Dense {
     pub n_in: usize,
     pub n_out: usize,
-    w: Vec<f64>,
-    b: Vec<f64>,
+    pub(crate) w: Vec<f64>,
+    pub(crate) b: Vec<f64>,
 }
 
 impl Dense {
@@ -107,6 +107,22 @@ impl RadialFunc {
             n4: LayerNorm::load(src, &format!("{prefix}.net.4"), RADIAL_HIDDEN)?,
             l6: Dense::load(src, &format!("{prefix}.net.6"), RADIAL_HIDDEN, n_out)?,
         })
+    }
+
+    /// The last hidden activation (after the second GELU), 128 values.
+    pub(crate) fn hidden(&self, x: &[f64]) -> Vec<f64> {
+        let mut h = self.l0.apply(x);
+        self.n1.apply(&mut h);
+        h.iter_mut().for_each(|v| *v = gelu(*v));
+        let mut h = self.l3.apply(&h);
+        self.n4.apply(&mut h);
+        h.iter_mut().for_each(|v| *v = gelu(*v));
+        h
+    }
+
+    /// The last (linear) layer, `R = W h + b`.
+    pub(crate) fn last(&self) -> &Dense {
+        &self.l6
     }
 
     pub(crate) fn apply(&self, x: &[f64]) -> Vec<f64> {

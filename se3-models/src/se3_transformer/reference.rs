@@ -19,6 +19,7 @@ use crate::se3_transformer::graph::{
     adjacency_degrees, build_graph, sparse_selection, PairInputs, SelectionParams,
 };
 use crate::se3_transformer::norm::NormSe3;
+use crate::se3_transformer::reassociated::Contraction;
 use crate::Error;
 
 #[derive(Debug, Clone)]
@@ -46,6 +47,7 @@ pub struct Se3Transformer {
     linear_out: Option<LinearSe3>,
     table: QTable,
     sparse_seed: u64,
+    contraction: Contraction,
 }
 
 fn shape_err(name: &'static str, expected: String, found: &[usize]) -> Error {
@@ -206,6 +208,7 @@ impl Se3Transformer {
             linear_out,
             table,
             sparse_seed: 0,
+            contraction: Contraction::Direct,
         })
     }
 
@@ -238,6 +241,12 @@ impl Se3Transformer {
     pub fn set_qj_signs(&mut self, signs: &QjSigns) -> Result<(), Error> {
         self.table = QTable::with_signs(self.table.max_degree(), signs)?;
         Ok(())
+    }
+
+    /// Chooses how ConvSE3 messages are contracted (default [`Contraction::Direct`], the library's
+    /// order; [`Contraction::Reassociated`] moves the radial network's last layer from edges to nodes).
+    pub fn set_contraction(&mut self, contraction: Contraction) {
+        self.contraction = contraction;
     }
 
     /// Seeds the random bond subsampling used when a node has more bonds than `max_sparse_neighbors`
@@ -520,7 +529,7 @@ impl Se3Transformer {
             } else {
                 None
             };
-            let g = build_graph(
+            let mut g = build_graph(
                 &sel,
                 &pin,
                 sparse,
@@ -529,6 +538,7 @@ impl Se3Transformer {
                 edge_dim_in,
                 &self.table,
             );
+            g.contraction = self.contraction;
             let global = match (global_dim, &inp.global_feats) {
                 (Some(m), Some(t)) => {
                     let d = t.shape[2];
