@@ -62,89 +62,132 @@ fn d_egnn_hidden() -> usize {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Se3TransformerConfig {
+    /// Channels of every hidden degree (and of inputs/outputs unless `dim_in`/`dim_out`).
     pub dim: usize,
+    /// Attention heads.
     #[serde(default = "d_heads")]
     pub heads: usize,
+    /// Channels per head.
     #[serde(default = "d_dim_head")]
     pub dim_head: usize,
+    /// Attention + feed-forward blocks (or EGNN layers).
     #[serde(default = "d_depth")]
     pub depth: usize,
+    /// Input degrees `0..input_degrees` (>1: feats is a per-degree dict).
     #[serde(default = "d_one")]
     pub input_degrees: usize,
+    /// Hidden degrees `0..num_degrees`; also sets the kernel basis (`num_degrees - 1`).
     #[serde(default)]
     pub num_degrees: Option<usize>,
+    /// Output degrees `0..output_degrees` of `conv_out` (`None`: no `conv_out`).
     #[serde(default = "d_output_degrees")]
     pub output_degrees: Option<usize>,
+    /// Neighbours farther than this (after masking) are invalid.
     #[serde(default = "d_radius")]
     pub valid_radius: f64,
+    /// Final LinearSE3 to one channel per degree, squeezed.
     #[serde(default)]
     pub reduce_dim_out: bool,
+    /// Embed int64 node tokens (`token_emb`).
     #[serde(default)]
     pub num_tokens: Option<usize>,
+    /// Learned absolute position embedding added to type-0 feats (`pos_emb`).
     #[serde(default)]
     pub num_positions: Option<usize>,
+    /// Embed int64 edge types (`edge_emb`, width `edge_dim`).
     #[serde(default)]
     pub num_edge_tokens: Option<usize>,
+    /// Edge feature width fed to every radial network.
     #[serde(default)]
     pub edge_dim: Option<usize>,
+    /// Reversible trunk (same forward values up to the m-axis duplication quirk, CONVENTIONS 2.8).
     #[serde(default)]
     pub reversible: bool,
+    /// Keys/values of the node itself join the neighbours.
     #[serde(default = "d_true")]
     pub attend_self: bool,
+    /// Learned null key/value slot per degree.
     #[serde(default)]
     pub use_null_kv: bool,
+    /// Gradients through the basis only; no effect on forward values.
     #[serde(default)]
     pub differentiable_coors: bool,
+    /// Fourier-encode the distance before the radial networks.
     #[serde(default)]
     pub fourier_encode_dist: bool,
+    /// Number of Fourier scales `2^k` of the distance.
     #[serde(default = "d_four")]
     pub rel_dist_num_fourier_features: usize,
+    /// Nearest neighbours by distance (`None` = infinity; 0 = bonded only).
     #[serde(default)]
     pub num_neighbors: Option<usize>,
+    /// Bonded neighbours (`adj_mat`) are ranked first.
     #[serde(default)]
     pub attend_sparse_neighbors: bool,
+    /// Label pairs by bond distance 1..k and embed the label (`adj_dim`).
     #[serde(default)]
     pub num_adj_degrees: Option<usize>,
+    /// Width of the bond-distance embedding.
     #[serde(default)]
     pub adj_dim: usize,
+    /// Cap on bonded neighbours (`None` = infinity; below the bond count bonds are subsampled).
     #[serde(default)]
     pub max_sparse_neighbors: Option<usize>,
+    /// Input channels (per degree with a list).
     #[serde(default)]
     pub dim_in: Option<DimSpec>,
+    /// Output channels (per degree with a list).
     #[serde(default)]
     pub dim_out: Option<DimSpec>,
+    /// NormSE3 with identity nonlinearity after `conv_out`.
     #[serde(default)]
     pub norm_out: bool,
+    /// Extra NormSE3 + ConvSE3 layers before the trunk.
     #[serde(default)]
     pub num_conv_layers: usize,
+    /// Node i only sees j < i (needs `attend_self`).
     #[serde(default)]
     pub causal: bool,
+    /// Memory chunking of the library; no effect on values.
     #[serde(default = "d_four")]
     pub splits: usize,
+    /// Width of global features that join degree-0 keys/values.
     #[serde(default)]
     pub global_feats_dim: Option<usize>,
+    /// Keys by LinearSE3 of the neighbour instead of a ConvSE3.
     #[serde(default)]
     pub linear_proj_keys: bool,
+    /// One key/value head shared by all query heads.
     #[serde(default)]
     pub one_headed_key_values: bool,
+    /// Keys are the values.
     #[serde(default)]
     pub tie_key_values: bool,
+    /// Rotary embedding of node indices on degree-0 q/k/v.
     #[serde(default)]
     pub rotary_position: bool,
+    /// Rotary embedding of `100 |r_ij|` (float32) on degree-0 k/v.
     #[serde(default)]
     pub rotary_rel_dist: bool,
+    /// NormSE3 scales computed from the norms (`w_gate`).
     #[serde(default)]
     pub norm_gated_scale: bool,
+    /// EGNN trunk instead of attention (ignores `output_degrees`).
     #[serde(default)]
     pub use_egnn: bool,
+    /// Message width of the EGNN layers.
     #[serde(default = "d_egnn_hidden")]
     pub egnn_hidden_dim: usize,
+    /// Clamp of the EGNN higher-degree update weights.
     #[serde(default)]
     pub egnn_weights_clamp_value: Option<f64>,
+    /// FeedForwardBlockSE3 after every EGNN layer.
     #[serde(default)]
     pub egnn_feedforward: bool,
+    /// Hidden fiber `{"degree": channels}` (degrees taken in ascending order).
     #[serde(default)]
     pub hidden_fiber_dict: Option<BTreeMap<String, usize>>,
+    /// Output fiber `{"degree": channels}`.
     #[serde(default)]
     pub out_fiber_dict: Option<BTreeMap<String, usize>>,
 }
