@@ -47,6 +47,27 @@ pub enum Error {
     /// A graph or point cloud with nothing in it.
     #[error("{what} is empty")]
     Empty { what: &'static str },
+    /// A matrix that should be a rotation (or, for O(3), orthogonal) is not.
+    #[error(
+        "matrix is not a rotation: |M^T M - I| = {orthogonality_error:e}, det = {determinant}"
+    )]
+    NotARotation {
+        determinant: f64,
+        orthogonality_error: f64,
+    },
+    /// A table or cache has no entry for the degrees asked for.
+    #[error("{what} has no entry for degrees {degrees:?}")]
+    NotTabulated {
+        what: &'static str,
+        degrees: Vec<usize>,
+    },
+    /// A parameter outside its valid range (e.g. a non-positive cutoff).
+    #[error("{what} must be {expected}, found {found}")]
+    InvalidParameter {
+        what: &'static str,
+        expected: &'static str,
+        found: f64,
+    },
     /// CUDA was asked for in a build without the `cuda` feature.
     #[error("se3 was built without CUDA support; rebuild with `--features cuda`")]
     CudaNotCompiled,

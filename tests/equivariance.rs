@@ -1,0 +1,5 @@
+//! Equivariance properties on fresh random rotations and inputs (seed printed; replay with
+//! `SE3_SEED`), one module per area.
+
+#[path = "equivariance/math.rs"]
+mod math;

@@ -1,0 +1,5 @@
+//! Bad input gets a typed error, never a panic: each case asserts the variant with
+//! `matches!`. One module per area.
+
+#[path = "errors/math.rs"]
+mod math;
