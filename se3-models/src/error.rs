@@ -82,7 +82,4 @@ pub enum Error {
         found: i64,
         bound: usize,
     },
-    /// A degree above what the kernel basis supports.
-    #[error("degree {found} is above the supported maximum {max}")]
-    DegreeTooHigh { found: usize, max: usize },
 }

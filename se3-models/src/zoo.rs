@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::checkpoint::StateDict;
 use crate::inputs::ModelInputs;
 use crate::model_file::ModelFile;
-use crate::se3_transformer::basis_stopgap::QjSigns;
+use crate::se3_transformer::basis::QjSigns;
 use crate::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
 use crate::tfn::{TfnStack, TfnStackConfig};
 use crate::Error;
@@ -64,7 +64,7 @@ impl Model {
     /// Replaces the Q_J sign table (see [`QjSigns`]).
     ///
     /// # Errors
-    /// `DegreeTooHigh` if the table does not cover the model's degrees.
+    /// `Core(DegreeTooHigh)` if the degrees exceed the harmonics of se3-core.
     pub fn set_qj_signs(&mut self, signs: &QjSigns) -> Result<(), Error> {
         match self {
             Self::Se3Transformer(m, _) => m.set_qj_signs(signs),

@@ -194,10 +194,14 @@ fn impossible_configs_name_their_field() {
 
 #[test]
 fn degree_above_the_basis_is_a_typed_error() -> Result<(), Error> {
-    let cfg = Se3TransformerConfig::from_kwargs(&serde_json::json!({"dim": 4, "num_degrees": 5}))?;
+    // harmonics up to 2 * max_degree must exist in se3-core (L_MAX = 16)
+    let cfg = Se3TransformerConfig::from_kwargs(&serde_json::json!({"dim": 4, "num_degrees": 10}))?;
     let err = Se3Transformer::expected_keys(&cfg).err();
     assert!(
-        matches!(err, Some(Error::DegreeTooHigh { found: 4, .. })),
+        matches!(
+            err,
+            Some(Error::Core(se3_core::Error::DegreeTooHigh { .. }))
+        ),
         "{err:?}"
     );
     Ok(())

@@ -148,7 +148,7 @@ fn zoo_infer_runs_every_supported_reference_model() -> Result<(), Error> {
 /// match once the oracle uses that machine's sign table.
 #[test]
 fn extra_references_match_with_their_own_qj_signs() -> Result<(), Error> {
-    use se3_models::se3_transformer::basis_stopgap::QjSigns;
+    use se3_models::se3_transformer::basis::QjSigns;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/extra_reference");
     let signs = QjSigns::load(root.join("qj_signs.json"))?;
     assert_ne!(signs, QjSigns::reference());

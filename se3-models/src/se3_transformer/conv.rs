@@ -159,7 +159,6 @@ impl ConvSe3 {
                 None => Ok(pooled),
             };
         }
-        let md = g.max_degree;
         let mut per_edge: Feats = self
             .fout
             .iter()
@@ -179,7 +178,7 @@ impl ConvSe3 {
                 let (mi, mo) = (2 * p.d_in + 1, 2 * p.d_out + 1);
                 let nf = 2 * p.d_in.min(p.d_out) + 1;
                 let r = p.radial.apply(&input);
-                let kb = &g.basis[e][p.d_in * (md + 1) + p.d_out];
+                let kb = g.basis_block(e, p.d_in, p.d_out);
                 let xj = xb.row(j);
                 let kx = basis_times_features(kb, xj, nf, p.c_in, mi, mo);
                 let out = &mut per_edge

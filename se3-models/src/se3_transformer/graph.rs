@@ -1,8 +1,11 @@
 //! Neighbour selection of se3-transformer-pytorch (CONVENTIONS 2.6) and the per-edge data every layer
 //! shares: relative positions, distances, edge features and the kernel basis.
 
-use crate::se3_transformer::basis_stopgap::QTable;
+use se3_core::basis::KernelBasisValues;
+
+use crate::se3_transformer::basis::Se3tBasis;
 use crate::se3_transformer::reassociated::Contraction;
+use crate::Error;
 
 /// The neighbourhood graph of one batch element.
 #[derive(Debug, Clone)]
@@ -23,8 +26,9 @@ pub struct Graph {
     pub edge_feat: Vec<f64>,
     /// Width of `edge_feat` rows.
     pub edge_dim: usize,
-    /// Kernel basis per edge, per degree pair `[d_in * (max_degree + 1) + d_out]`.
-    pub basis: Vec<Vec<Vec<f64>>>,
+    /// Kernel basis of every edge, one block per degree pair `[d_in * (max_degree + 1) + d_out]`,
+    /// layout `[edge][o][i][f]`.
+    pub basis: KernelBasisValues<f64>,
     /// Highest degree in `basis`.
     pub max_degree: usize,
     /// How layers contract messages over this graph.
@@ -146,6 +150,9 @@ pub fn sparse_selection(
 /// at `f64::MAX` and bonded pairs at 0; the `k = min(min(num_neighbors, n-1) + num_sparse, n-1)`
 /// smallest are kept, valid if the modified distance is within the radius (0 when num_neighbors = 0)
 /// and both nodes are unmasked.
+///
+/// # Errors
+/// `Core(NonFinite)` if a relative position is not finite (inputs are validated before).
 pub fn build_graph(
     p: &SelectionParams,
     inp: &PairInputs<'_>,
@@ -153,8 +160,8 @@ pub fn build_graph(
     num_sparse: usize,
     adj_labels: Option<(&[i64], &[f64], usize)>,
     edge_dim_in: usize,
-    table: &QTable,
-) -> Graph {
+    table: &Se3tBasis,
+) -> Result<Graph, Error> {
     let n = inp.coors.len();
     let neighbors = p
         .num_neighbors
@@ -177,7 +184,11 @@ pub fn build_graph(
         dist: Vec::with_capacity(n * k),
         edge_feat: Vec::with_capacity(n * k * edge_dim),
         edge_dim,
-        basis: Vec::with_capacity(n * k),
+        basis: KernelBasisValues {
+            max_degree: table.max_degree(),
+            edges: 0,
+            blocks: Vec::new(),
+        },
         max_degree: table.max_degree(),
         contraction: Contraction::Direct,
     };
@@ -223,8 +234,17 @@ pub fn build_graph(
                 g.edge_feat
                     .extend_from_slice(&emb[lab * dim..(lab + 1) * dim]);
             }
-            g.basis.push(table.basis(r));
         }
     }
-    g
+    g.basis = table.compute(&g.rel)?;
+    Ok(g)
+}
+
+impl Graph {
+    /// Kernel basis block `[o][i][f]` of edge `e` for the pair `(d_in, d_out)`.
+    pub fn basis_block(&self, e: usize, d_in: usize, d_out: usize) -> &[f64] {
+        let size = (2 * d_out + 1) * (2 * d_in + 1) * (2 * d_in.min(d_out) + 1);
+        let block = &self.basis.blocks[d_in * (self.max_degree + 1) + d_out];
+        &block[e * size..(e + 1) * size]
+    }
 }

@@ -2,7 +2,7 @@
 //! (the oracle that graph implementations are tested against).
 
 pub(crate) mod attention;
-pub mod basis_stopgap;
+pub mod basis;
 pub mod config;
 pub(crate) mod conv;
 pub(crate) mod egnn;

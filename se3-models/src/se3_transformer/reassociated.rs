@@ -51,7 +51,7 @@ pub(crate) fn weighted_message_sum(
     w: &[f64],
     only_degree: Option<usize>,
 ) -> Result<Feats, Error> {
-    let (n, k, md) = (g.n, g.k, g.max_degree);
+    let (n, k) = (g.n, g.k);
     let mut out: Feats = conv
         .fiber_out()
         .iter()
@@ -88,7 +88,7 @@ pub(crate) fn weighted_message_sum(
                     continue;
                 }
                 let h = p.radial.hidden(&inputs[e]);
-                let kb = &g.basis[e][p.d_in * (md + 1) + p.d_out];
+                let kb = g.basis_block(e, p.d_in, p.d_out);
                 let kx = basis_times_features(kb, xb.row(g.nbr[e]), nf, p.c_in, mi, mo);
                 for (hh, hv) in h.iter().enumerate() {
                     let s = w[e] * hv;
@@ -136,7 +136,7 @@ pub(crate) fn query_message_logits(
     l: usize,
     groups: usize,
 ) -> Result<Vec<f64>, Error> {
-    let (n, k, md) = (g.n, g.k, g.max_degree);
+    let (n, k) = (g.n, g.k);
     let mut logits = vec![0.0; n * k * groups];
     for p in conv.pairs().iter().filter(|p| p.d_out == l) {
         let xb = x.get(&p.d_in).ok_or_else(missing)?;
@@ -175,7 +175,7 @@ pub(crate) fn query_message_logits(
                         conv.fourier(),
                     );
                     let h = p.radial.hidden(&input);
-                    let kb = &g.basis[e][p.d_in * (md + 1) + p.d_out];
+                    let kb = g.basis_block(e, p.d_in, p.d_out);
                     let kx = basis_times_features(kb, xb.row(g.nbr[e]), nf, p.c_in, mi, mo);
                     let mut s: f64 = kx.iter().zip(&bq).map(|(a, b)| a * b).sum();
                     for (hh, hv) in h.iter().enumerate() {
@@ -197,7 +197,7 @@ pub(crate) fn query_message_logits(
 mod tests {
     use super::*;
     use crate::checkpoint::{KeyRecorder, Loader, StateDict, Tensor, WeightSource};
-    use crate::se3_transformer::basis_stopgap::QTable;
+    use crate::se3_transformer::basis::Se3tBasis;
     use crate::se3_transformer::conv::ConvOpts;
     use crate::se3_transformer::graph::{build_graph, PairInputs, SelectionParams};
     use rand::{Rng, SeedableRng};
@@ -252,7 +252,7 @@ mod tests {
             neighbor_mask: None,
             edge_feat: Some(&edge),
         };
-        let g = build_graph(&sel, &pin, None, 0, None, 2, &QTable::new(2)?);
+        let g = build_graph(&sel, &pin, None, 0, None, 2, &Se3tBasis::new(2)?)?;
         let x: Feats = fin
             .iter()
             .map(|&(l, c)| {

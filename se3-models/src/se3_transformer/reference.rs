@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use crate::checkpoint::{KeyRecorder, Loader, StateDict, Tensor, WeightSource};
 use crate::inputs::{EdgeInput, ModelInputs, NodeFeats};
 use crate::se3_transformer::attention::{AttentionBlock, AttnOpts, FeedForwardBlock, Rotary};
-use crate::se3_transformer::basis_stopgap::{QTable, QjSigns};
+use crate::se3_transformer::basis::{QjSigns, Se3tBasis};
 use crate::se3_transformer::config::{
     Se3TransformerConfig, Se3TransformerForward, Se3TransformerShape,
 };
@@ -45,7 +45,7 @@ pub struct Se3Transformer {
     conv_out: Option<ConvSe3>,
     norm: Option<NormSe3>,
     linear_out: Option<LinearSe3>,
-    table: QTable,
+    table: Se3tBasis,
     sparse_seed: u64,
     contraction: Contraction,
 }
@@ -78,7 +78,7 @@ fn embed(name: &'static str, table: &Mat, ids: &[i64]) -> Result<Vec<f64>, Error
 impl Se3Transformer {
     fn build(cfg: &Se3TransformerConfig, src: &mut dyn WeightSource) -> Result<Self, Error> {
         let shape = cfg.shape()?;
-        let table = QTable::new(shape.max_degree)?;
+        let table = Se3tBasis::new(shape.max_degree)?;
         let hidden = &shape.fiber_hidden;
         let token_emb = match cfg.num_tokens {
             Some(t) => Some(Mat::load(src, "token_emb.weight", t, cfg.dim)?),
@@ -215,7 +215,7 @@ impl Se3Transformer {
     /// Every state-dict key (PyTorch name) the config needs, with its shape, in module order.
     ///
     /// # Errors
-    /// Config errors (`InvalidConfig`, `DegreeTooHigh`).
+    /// Config errors (`InvalidConfig`, `Core(DegreeTooHigh)`).
     pub fn expected_keys(cfg: &Se3TransformerConfig) -> Result<Vec<(String, Vec<usize>)>, Error> {
         let mut rec = KeyRecorder::default();
         Self::build(cfg, &mut rec)?;
@@ -237,9 +237,9 @@ impl Se3Transformer {
     /// weights were trained with.
     ///
     /// # Errors
-    /// `DegreeTooHigh` if the table does not cover the model's degrees.
+    /// `Core(DegreeTooHigh)` if the degrees exceed the harmonics of se3-core.
     pub fn set_qj_signs(&mut self, signs: &QjSigns) -> Result<(), Error> {
-        self.table = QTable::with_signs(self.table.max_degree(), signs)?;
+        self.table = Se3tBasis::with_signs(self.table.max_degree(), signs)?;
         Ok(())
     }
 
@@ -537,7 +537,7 @@ impl Se3Transformer {
                 adj_lab,
                 edge_dim_in,
                 &self.table,
-            );
+            )?;
             g.contraction = self.contraction;
             let global = match (global_dim, &inp.global_feats) {
                 (Some(m), Some(t)) => {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{KeyRecorder, Loader, StateDict, Tensor, WeightSource};
 use crate::inputs::{ModelInputs, NodeFeats};
 use crate::model_file::{check_known_keys, parse_fiber_dict};
-use crate::se3_transformer::basis_stopgap::{QTable, QjSigns};
+use crate::se3_transformer::basis::{QjSigns, Se3tBasis};
 use crate::se3_transformer::config::FiberDims;
 use crate::se3_transformer::conv::{ConvOpts, ConvSe3};
 use crate::se3_transformer::features::{Block, Feats};
@@ -96,14 +96,14 @@ pub struct TfnStack {
     fibers: Vec<FiberDims>,
     convs: Vec<ConvSe3>,
     norms: Vec<NormSe3>,
-    table: QTable,
+    table: Se3tBasis,
 }
 
 impl TfnStack {
     fn build(cfg: &TfnStackConfig, src: &mut dyn WeightSource) -> Result<Self, Error> {
         let fibers = cfg.fiber_dims()?;
         let max_degree = fibers.iter().flatten().map(|&(l, _)| l).max().unwrap_or(0);
-        let table = QTable::new(max_degree)?;
+        let table = Se3tBasis::new(max_degree)?;
         let mut convs = Vec::new();
         let mut norms = Vec::new();
         for i in 0..fibers.len() - 1 {
@@ -141,9 +141,9 @@ impl TfnStack {
     /// weights were trained with.
     ///
     /// # Errors
-    /// `DegreeTooHigh` if the table does not cover the model's degrees.
+    /// `Core(DegreeTooHigh)` if the degrees exceed the harmonics of se3-core.
     pub fn set_qj_signs(&mut self, signs: &QjSigns) -> Result<(), Error> {
-        self.table = QTable::with_signs(self.table.max_degree(), signs)?;
+        self.table = Se3tBasis::with_signs(self.table.max_degree(), signs)?;
         Ok(())
     }
 
@@ -212,7 +212,7 @@ impl TfnStack {
                 neighbor_mask: None,
                 edge_feat: None,
             };
-            let g = build_graph(&sel, &pin, None, 0, None, 0, &self.table);
+            let g = build_graph(&sel, &pin, None, 0, None, 0, &self.table)?;
             let mut x = Feats::new();
             x.insert(
                 0,
