@@ -9,20 +9,21 @@ use crate::se3_transformer::reassociated::{weighted_message_sum, Contraction};
 use crate::Error;
 
 /// Radial-network input for one edge: `[|r|, edge features]`, or with Fourier encoding
-/// `[sin(d / 2^k) (k < K), cos(d / 2^k) (k < K), d, edge features]`.
-pub(crate) fn radial_input(dist: f64, edge: &[f64], fourier: Option<usize>) -> Vec<f64> {
-    let mut v = Vec::new();
-    match fourier {
-        Some(kf) => {
-            let scaled: Vec<f64> = (0..kf).map(|k| dist / 2f64.powi(k as i32)).collect();
-            v.extend(scaled.iter().map(|x| x.sin()));
-            v.extend(scaled.iter().map(|x| x.cos()));
-            v.push(dist);
-        }
-        None => v.push(dist),
-    }
+/// (`se3_core::basis::fourier_encode`) `[sin(d / 2^k) (k < K), cos(d / 2^k) (k < K), d, edge features]`.
+///
+/// # Errors
+/// `Core(NonFinite)` for a non-finite distance.
+pub(crate) fn radial_input(
+    dist: f64,
+    edge: &[f64],
+    fourier: Option<usize>,
+) -> Result<Vec<f64>, Error> {
+    let mut v = match fourier {
+        Some(kf) => se3_core::basis::fourier_encode(dist, kf, true)?,
+        None => vec![dist],
+    };
     v.extend_from_slice(edge);
-    v
+    Ok(v)
 }
 
 #[derive(Debug, Clone)]
@@ -169,7 +170,7 @@ impl ConvSe3 {
                 g.dist[e],
                 &g.edge_feat[e * g.edge_dim..(e + 1) * g.edge_dim],
                 self.fourier,
-            );
+            )?;
             let j = g.nbr[e];
             for p in &self.pairs {
                 let xb = x.get(&p.d_in).ok_or(Error::MissingInput {

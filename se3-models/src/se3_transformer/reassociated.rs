@@ -66,7 +66,7 @@ pub(crate) fn weighted_message_sum(
                 conv.fourier(),
             )
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     for p in conv
         .pairs()
         .iter()
@@ -173,7 +173,7 @@ pub(crate) fn query_message_logits(
                         g.dist[e],
                         &g.edge_feat[e * g.edge_dim..(e + 1) * g.edge_dim],
                         conv.fourier(),
-                    );
+                    )?;
                     let h = p.radial.hidden(&input);
                     let kb = g.basis_block(e, p.d_in, p.d_out);
                     let kx = basis_times_features(kb, xb.row(g.nbr[e]), nf, p.c_in, mi, mo);
