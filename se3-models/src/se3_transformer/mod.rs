@@ -12,6 +12,7 @@ pub(crate) mod norm;
 pub(crate) mod radial;
 pub mod reassociated;
 pub mod reference;
+pub(crate) mod rotary;
 
 pub use config::{DimSpec, Se3TransformerConfig, Se3TransformerForward, Se3TransformerShape};
 pub use reassociated::Contraction;
