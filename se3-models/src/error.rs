@@ -10,11 +10,76 @@ pub enum Error {
     /// A checkpoint lacks a tensor the model needs.
     #[error("checkpoint has no tensor `{key}` (expected shape {expected:?})")]
     MissingKey { key: String, expected: Vec<usize> },
+    /// A checkpoint holds a tensor the model does not use.
+    #[error("checkpoint has a tensor `{key}` of shape {shape:?} that the model does not use")]
+    UnexpectedKey { key: String, shape: Vec<usize> },
     /// A checkpoint tensor has the wrong shape.
     #[error("tensor `{key}` has shape {found:?}, expected {expected:?}")]
     WrongShape {
         key: String,
         expected: Vec<usize>,
         found: Vec<usize>,
+    },
+    /// A tensor has a dtype that cannot be used where it is read.
+    #[error("tensor `{key}` has dtype {found}, expected {expected}")]
+    WrongDtype {
+        key: String,
+        expected: &'static str,
+        found: String,
+    },
+    /// A safetensors file could not be parsed or written.
+    #[error("safetensors file `{path}`: {source}")]
+    Safetensors {
+        path: String,
+        source: safetensors::SafeTensorError,
+    },
+    /// A file could not be read or written.
+    #[error("file `{path}`: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    /// A JSON config could not be parsed (syntax or a value of the wrong type).
+    #[error("config `{path}` is not valid: {source}")]
+    ConfigParse {
+        path: String,
+        source: serde_json::Error,
+    },
+    /// A constructor or forward keyword argument that the model does not have.
+    #[error("unknown keyword argument `{name}` for {model}")]
+    UnknownKwarg { model: &'static str, name: String },
+    /// A config value the model cannot take.
+    #[error("config field `{field}` is invalid: expected {expected}, found {found}")]
+    InvalidConfig {
+        field: &'static str,
+        expected: &'static str,
+        found: String,
+    },
+    /// A model input is missing.
+    #[error("input `{name}` is required by this model configuration")]
+    MissingInput { name: &'static str },
+    /// A model input that this configuration does not accept.
+    #[error("input `{name}` is not accepted by this model configuration")]
+    UnexpectedInput { name: &'static str },
+    /// A model input has the wrong shape.
+    #[error("input `{name}` has shape {found:?}, expected {expected}")]
+    InputShape {
+        name: &'static str,
+        expected: String,
+        found: Vec<usize>,
+    },
+    /// A coordinate or feature input holds NaN or infinity.
+    #[error("input `{name}` holds a non-finite value at flat index {index}")]
+    NonFinite { name: &'static str, index: usize },
+    /// A graph with no nodes (or a batch of size zero).
+    #[error("input graph is empty (batch {batch}, nodes {nodes})")]
+    EmptyGraph { batch: usize, nodes: usize },
+    /// An index input (token or edge type) is out of range.
+    #[error("input `{name}` holds index {found} at flat index {index}, expected 0..{bound}")]
+    IndexOutOfRange {
+        name: &'static str,
+        index: usize,
+        found: i64,
+        bound: usize,
     },
 }

@@ -1,0 +1,388 @@
+//! PyTorch state dicts stored as safetensors: load, save, and check against a model's key list.
+//!
+//! Tensors keep their PyTorch key names (`conv_in.kernel_unary.(0,0).rp.net.0.weight`) and are held in
+//! float64 whatever their stored dtype (f16, bf16, f32, f64 are accepted; integer and bool tensors are
+//! not weights and give `Error::WrongDtype`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::Error;
+
+/// A dense row-major float64 tensor with its shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    /// Extent of every axis, outermost first.
+    pub shape: Vec<usize>,
+    /// Row-major values, `shape.iter().product()` of them.
+    pub data: Vec<f64>,
+}
+
+impl Tensor {
+    /// A tensor of zeros.
+    pub fn zeros(shape: &[usize]) -> Self {
+        Self {
+            shape: shape.to_vec(),
+            data: vec![0.0; shape.iter().product()],
+        }
+    }
+
+    /// A tensor from a shape and row-major data.
+    ///
+    /// # Errors
+    /// `WrongShape` (with key `<data>`) if the data length is not the product of the shape.
+    pub fn new(shape: Vec<usize>, data: Vec<f64>) -> Result<Self, Error> {
+        if shape.iter().product::<usize>() != data.len() {
+            return Err(Error::WrongShape {
+                key: "<data>".into(),
+                expected: shape,
+                found: vec![data.len()],
+            });
+        }
+        Ok(Self { shape, data })
+    }
+}
+
+/// Storage dtype used when saving a state dict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveDtype {
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+    /// float32 (what PyTorch checkpoints of se3-transformer-pytorch use).
+    F32,
+    /// float64.
+    F64,
+}
+
+/// A named collection of float tensors: a PyTorch `state_dict()`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateDict {
+    tensors: BTreeMap<String, Tensor>,
+}
+
+fn dtype_name(d: Dtype) -> String {
+    format!("{d:?}")
+}
+
+/// Reads any float safetensors view into f64 values.
+pub(crate) fn view_to_f64(key: &str, view: &TensorView<'_>) -> Result<Vec<f64>, Error> {
+    let bytes = view.data();
+    let out = match view.dtype() {
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect(),
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        other => {
+            return Err(Error::WrongDtype {
+                key: key.to_string(),
+                expected: "a float dtype (F16, BF16, F32, F64)",
+                found: dtype_name(other),
+            })
+        }
+    };
+    Ok(out)
+}
+
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+impl StateDict {
+    /// An empty state dict.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Loads every tensor of a safetensors file.
+    ///
+    /// # Errors
+    /// `Io` if the file cannot be read, `Safetensors` if it is not a safetensors file, `WrongDtype` for a
+    /// tensor that is not f16/bf16/f32/f64.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let bytes = read_file(path)?;
+        Self::from_bytes(&bytes).map_err(|e| match e {
+            Error::Safetensors { source, .. } => Error::Safetensors {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses a safetensors buffer.
+    ///
+    /// # Errors
+    /// As [`StateDict::load`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        let st = SafeTensors::deserialize(bytes).map_err(|source| Error::Safetensors {
+            path: "<memory>".into(),
+            source,
+        })?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let data = view_to_f64(&name, &view)?;
+            tensors.insert(
+                name,
+                Tensor {
+                    shape: view.shape().to_vec(),
+                    data,
+                },
+            );
+        }
+        Ok(Self { tensors })
+    }
+
+    /// Serialises to safetensors bytes with every tensor stored as `dtype`.
+    ///
+    /// # Errors
+    /// `Safetensors` if serialisation fails.
+    pub fn to_bytes(&self, dtype: SaveDtype) -> Result<Vec<u8>, Error> {
+        let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> =
+            Vec::with_capacity(self.tensors.len());
+        for (k, t) in &self.tensors {
+            let bytes: Vec<u8> = match dtype {
+                SaveDtype::F64 => t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                SaveDtype::F32 => t
+                    .data
+                    .iter()
+                    .flat_map(|v| (*v as f32).to_le_bytes())
+                    .collect(),
+                SaveDtype::F16 => t
+                    .data
+                    .iter()
+                    .flat_map(|v| half::f16::from_f64(*v).to_le_bytes())
+                    .collect(),
+                SaveDtype::Bf16 => t
+                    .data
+                    .iter()
+                    .flat_map(|v| half::bf16::from_f64(*v).to_le_bytes())
+                    .collect(),
+            };
+            buffers.push((k.clone(), t.shape.clone(), bytes));
+        }
+        let st_dtype = match dtype {
+            SaveDtype::F64 => Dtype::F64,
+            SaveDtype::F32 => Dtype::F32,
+            SaveDtype::F16 => Dtype::F16,
+            SaveDtype::Bf16 => Dtype::BF16,
+        };
+        let mut views = Vec::with_capacity(buffers.len());
+        for (k, shape, bytes) in &buffers {
+            let view = TensorView::new(st_dtype, shape.clone(), bytes).map_err(|source| {
+                Error::Safetensors {
+                    path: k.clone(),
+                    source,
+                }
+            })?;
+            views.push((k.clone(), view));
+        }
+        safetensors::tensor::serialize(views, &None).map_err(|source| Error::Safetensors {
+            path: "<memory>".into(),
+            source,
+        })
+    }
+
+    /// Writes the state dict to a safetensors file with every tensor stored as `dtype`.
+    ///
+    /// # Errors
+    /// `Safetensors` if serialisation fails, `Io` if the file cannot be written.
+    pub fn save(&self, path: impl AsRef<Path>, dtype: SaveDtype) -> Result<(), Error> {
+        let path = path.as_ref();
+        let bytes = self.to_bytes(dtype)?;
+        std::fs::write(path, bytes).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// The tensor stored under `key`.
+    pub fn get(&self, key: &str) -> Option<&Tensor> {
+        self.tensors.get(key)
+    }
+
+    /// Stores a tensor under `key`, replacing any previous one.
+    pub fn insert(&mut self, key: impl Into<String>, tensor: Tensor) {
+        self.tensors.insert(key.into(), tensor);
+    }
+
+    /// Removes and returns the tensor stored under `key`.
+    pub fn remove(&mut self, key: &str) -> Option<Tensor> {
+        self.tensors.remove(key)
+    }
+
+    /// Key names in sorted order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// (key, tensor) pairs in sorted key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.tensors.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Whether there are no tensors.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Checks the state dict against a model's expected keys and shapes.
+    ///
+    /// # Errors
+    /// The first problem found, in this order: `MissingKey` (naming the expected shape), `WrongShape`,
+    /// `UnexpectedKey`.
+    pub fn check_keys(&self, expected: &[(String, Vec<usize>)]) -> Result<(), Error> {
+        for (key, shape) in expected {
+            match self.tensors.get(key) {
+                None => {
+                    return Err(Error::MissingKey {
+                        key: key.clone(),
+                        expected: shape.clone(),
+                    })
+                }
+                Some(t) if &t.shape != shape => {
+                    return Err(Error::WrongShape {
+                        key: key.clone(),
+                        expected: shape.clone(),
+                        found: t.shape.clone(),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        let known: std::collections::BTreeSet<&str> =
+            expected.iter().map(|(k, _)| k.as_str()).collect();
+        if let Some((k, t)) = self
+            .tensors
+            .iter()
+            .find(|(k, _)| !known.contains(k.as_str()))
+        {
+            return Err(Error::UnexpectedKey {
+                key: k.clone(),
+                shape: t.shape.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Where a model being built takes its parameters from: a checkpoint, or a recorder of the keys and
+/// shapes the model needs.
+pub(crate) trait WeightSource {
+    /// The tensor `key`, which must have `shape`.
+    fn take(&mut self, key: &str, shape: &[usize]) -> Result<Tensor, Error>;
+}
+
+/// Reads parameters from a state dict, remembering which keys were used.
+pub(crate) struct Loader<'a> {
+    dict: &'a StateDict,
+    used: std::collections::BTreeSet<String>,
+}
+
+impl<'a> Loader<'a> {
+    pub(crate) fn new(dict: &'a StateDict) -> Self {
+        Self {
+            dict,
+            used: Default::default(),
+        }
+    }
+
+    /// `UnexpectedKey` for the first key of the dict that was never taken.
+    pub(crate) fn finish(self) -> Result<(), Error> {
+        if let Some((k, t)) = self.dict.iter().find(|(k, _)| !self.used.contains(*k)) {
+            return Err(Error::UnexpectedKey {
+                key: k.to_string(),
+                shape: t.shape.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl WeightSource for Loader<'_> {
+    fn take(&mut self, key: &str, shape: &[usize]) -> Result<Tensor, Error> {
+        let t = self.dict.get(key).ok_or_else(|| Error::MissingKey {
+            key: key.to_string(),
+            expected: shape.to_vec(),
+        })?;
+        if t.shape != shape {
+            return Err(Error::WrongShape {
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found: t.shape.clone(),
+            });
+        }
+        self.used.insert(key.to_string());
+        Ok(t.clone())
+    }
+}
+
+/// Records the keys and shapes a model asks for and hands out zeros.
+#[derive(Default)]
+pub(crate) struct KeyRecorder {
+    pub(crate) keys: Vec<(String, Vec<usize>)>,
+}
+
+impl WeightSource for KeyRecorder {
+    fn take(&mut self, key: &str, shape: &[usize]) -> Result<Tensor, Error> {
+        self.keys.push((key.to_string(), shape.to_vec()));
+        Ok(Tensor::zeros(shape))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_dict_round_trips_through_safetensors() -> Result<(), Error> {
+        let mut sd = StateDict::new();
+        sd.insert(
+            "a.weight",
+            Tensor::new(vec![2, 3], vec![1.0, -2.5, 3.25, 0.0, 1e-3, 7.0])?,
+        );
+        sd.insert("b", Tensor::new(vec![1], vec![0.1])?);
+        let back = StateDict::from_bytes(&sd.to_bytes(SaveDtype::F64)?)?;
+        assert_eq!(back, sd);
+        let back32 = StateDict::from_bytes(&sd.to_bytes(SaveDtype::F32)?)?;
+        for (k, t) in sd.iter() {
+            let u = back32.get(k).ok_or(Error::MissingKey {
+                key: k.into(),
+                expected: t.shape.clone(),
+            })?;
+            assert_eq!(u.shape, t.shape);
+            for (x, y) in t.data.iter().zip(&u.data) {
+                assert!((x - y).abs() <= 1e-7 * x.abs().max(1.0));
+            }
+        }
+        let back16 = StateDict::from_bytes(&sd.to_bytes(SaveDtype::Bf16)?)?;
+        assert_eq!(back16.get("a.weight").map(|t| t.data[1]), Some(-2.5));
+        let backh = StateDict::from_bytes(&sd.to_bytes(SaveDtype::F16)?)?;
+        assert_eq!(backh.get("a.weight").map(|t| t.data[2]), Some(3.25));
+        Ok(())
+    }
+}

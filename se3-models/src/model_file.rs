@@ -1,0 +1,133 @@
+//! The `config.json` of a reference model: class, constructor kwargs and forward kwargs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::Error;
+
+/// Where a forward parameter comes from in `inputs.safetensors`: one tensor, or one tensor per degree.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum TensorName {
+    /// A single tensor name.
+    One(String),
+    /// Degree (as a string, `"0"`) to tensor name.
+    PerDegree(BTreeMap<String, String>),
+}
+
+/// The `forward_kwargs` object.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ForwardKwargs {
+    /// Forward parameter name to tensor name(s) in the inputs file.
+    #[serde(default)]
+    pub tensors: BTreeMap<String, TensorName>,
+    /// Plain values (`return_type`, `return_pooled`).
+    #[serde(default)]
+    pub literals: serde_json::Value,
+}
+
+/// The library that defined the model.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Library {
+    /// Package name, e.g. `se3-transformer-pytorch`.
+    pub name: String,
+    /// Package version.
+    #[serde(default)]
+    pub version: String,
+}
+
+/// A model config file as written next to reference checkpoints.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ModelFile {
+    /// Folder name of the reference model, if any.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Python class (or description) of the model.
+    pub class: String,
+    /// Library that defined the class.
+    pub library: Library,
+    /// Exactly the kwargs passed to the constructor.
+    pub constructor_kwargs: serde_json::Value,
+    /// How the forward pass was called.
+    #[serde(default)]
+    pub forward_kwargs: ForwardKwargs,
+}
+
+impl ModelFile {
+    /// Reads and parses a `config.json`.
+    ///
+    /// # Errors
+    /// `Io` if unreadable, `ConfigParse` if not a model file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| Error::ConfigParse {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Whether the constructor was se3-transformer-pytorch's `SE3Transformer`.
+    pub fn is_se3_transformer(&self) -> bool {
+        self.class.ends_with("SE3Transformer")
+    }
+
+    /// Whether the model is the TFN stack of ConvSE3 + NormSE3.
+    pub fn is_tfn_stack(&self) -> bool {
+        self.class.starts_with("TFNStack")
+    }
+}
+
+/// Rejects any key of `obj` not in `known` with `UnknownKwarg`.
+pub(crate) fn check_known_keys(
+    model: &'static str,
+    obj: &serde_json::Value,
+    known: &[&str],
+) -> Result<(), Error> {
+    if let Some(map) = obj.as_object() {
+        if let Some(k) = map.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(Error::UnknownKwarg {
+                model,
+                name: k.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Parses a `{"0": 8, "1": 4}` fiber dict into sorted (degree, channels).
+pub(crate) fn parse_fiber_dict(
+    field: &'static str,
+    dict: &BTreeMap<String, usize>,
+) -> Result<Vec<(usize, usize)>, Error> {
+    let mut out = Vec::with_capacity(dict.len());
+    for (k, &c) in dict {
+        let l: usize = k.parse().map_err(|_| Error::InvalidConfig {
+            field,
+            expected: "degree keys that are non-negative integers",
+            found: k.clone(),
+        })?;
+        if c == 0 {
+            return Err(Error::InvalidConfig {
+                field,
+                expected: "a positive channel count per degree",
+                found: format!("{l}: 0"),
+            });
+        }
+        out.push((l, c));
+    }
+    out.sort_unstable();
+    if out.is_empty() {
+        return Err(Error::InvalidConfig {
+            field,
+            expected: "at least one degree",
+            found: "{}".into(),
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,506 @@
+//! The constructor kwargs of se3-transformer-pytorch 0.9's `SE3Transformer`, with its defaults.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model_file::{check_known_keys, parse_fiber_dict};
+use crate::Error;
+
+/// A channel count, the same for every degree or given per degree (a Python tuple).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DimSpec {
+    /// One channel count for every degree.
+    One(usize),
+    /// Channel count of degree 0, 1, ...
+    PerDegree(Vec<usize>),
+}
+
+impl DimSpec {
+    /// Channels of `degree` for a fiber of `num_degrees` degrees (`Fiber.create`).
+    fn channels(&self, degree: usize) -> Option<usize> {
+        match self {
+            Self::One(c) => Some(*c),
+            Self::PerDegree(v) => v.get(degree).copied(),
+        }
+    }
+}
+
+fn d_heads() -> usize {
+    8
+}
+fn d_dim_head() -> usize {
+    24
+}
+fn d_depth() -> usize {
+    2
+}
+fn d_one() -> usize {
+    1
+}
+fn d_output_degrees() -> Option<usize> {
+    Some(1)
+}
+fn d_radius() -> f64 {
+    1e5
+}
+fn d_true() -> bool {
+    true
+}
+fn d_four() -> usize {
+    4
+}
+fn d_egnn_hidden() -> usize {
+    32
+}
+
+/// Every constructor kwarg of `SE3Transformer` (se3-transformer-pytorch 0.9), defaults as the library.
+///
+/// `num_neighbors` and `max_sparse_neighbors` default to infinity in Python; here `None` (JSON `null` or
+/// absent) means infinity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Se3TransformerConfig {
+    /// Channels of every hidden degree (and of inputs/outputs unless `dim_in`/`dim_out`).
+    pub dim: usize,
+    /// Attention heads.
+    #[serde(default = "d_heads")]
+    pub heads: usize,
+    /// Channels per head.
+    #[serde(default = "d_dim_head")]
+    pub dim_head: usize,
+    /// Attention + feed-forward blocks (or EGNN layers).
+    #[serde(default = "d_depth")]
+    pub depth: usize,
+    /// Input degrees `0..input_degrees` (>1: feats is a per-degree dict).
+    #[serde(default = "d_one")]
+    pub input_degrees: usize,
+    /// Hidden degrees `0..num_degrees`; also sets the kernel basis (`num_degrees - 1`).
+    #[serde(default)]
+    pub num_degrees: Option<usize>,
+    /// Output degrees `0..output_degrees` of `conv_out` (`None`: no `conv_out`).
+    #[serde(default = "d_output_degrees")]
+    pub output_degrees: Option<usize>,
+    /// Neighbours farther than this (after masking) are invalid.
+    #[serde(default = "d_radius")]
+    pub valid_radius: f64,
+    /// Final LinearSE3 to one channel per degree, squeezed.
+    #[serde(default)]
+    pub reduce_dim_out: bool,
+    /// Embed int64 node tokens (`token_emb`).
+    #[serde(default)]
+    pub num_tokens: Option<usize>,
+    /// Learned absolute position embedding added to type-0 feats (`pos_emb`).
+    #[serde(default)]
+    pub num_positions: Option<usize>,
+    /// Embed int64 edge types (`edge_emb`, width `edge_dim`).
+    #[serde(default)]
+    pub num_edge_tokens: Option<usize>,
+    /// Edge feature width fed to every radial network.
+    #[serde(default)]
+    pub edge_dim: Option<usize>,
+    /// Reversible trunk (same forward values up to the m-axis duplication quirk, CONVENTIONS 2.8).
+    #[serde(default)]
+    pub reversible: bool,
+    /// Keys/values of the node itself join the neighbours.
+    #[serde(default = "d_true")]
+    pub attend_self: bool,
+    /// Learned null key/value slot per degree.
+    #[serde(default)]
+    pub use_null_kv: bool,
+    /// Gradients through the basis only; no effect on forward values.
+    #[serde(default)]
+    pub differentiable_coors: bool,
+    /// Fourier-encode the distance before the radial networks.
+    #[serde(default)]
+    pub fourier_encode_dist: bool,
+    /// Number of Fourier scales `2^k` of the distance.
+    #[serde(default = "d_four")]
+    pub rel_dist_num_fourier_features: usize,
+    /// Nearest neighbours by distance (`None` = infinity; 0 = bonded only).
+    #[serde(default)]
+    pub num_neighbors: Option<usize>,
+    /// Bonded neighbours (`adj_mat`) are ranked first.
+    #[serde(default)]
+    pub attend_sparse_neighbors: bool,
+    /// Label pairs by bond distance 1..k and embed the label (`adj_dim`).
+    #[serde(default)]
+    pub num_adj_degrees: Option<usize>,
+    /// Width of the bond-distance embedding.
+    #[serde(default)]
+    pub adj_dim: usize,
+    /// Cap on bonded neighbours (`None` = infinity; below the bond count bonds are subsampled).
+    #[serde(default)]
+    pub max_sparse_neighbors: Option<usize>,
+    /// Input channels (per degree with a list).
+    #[serde(default)]
+    pub dim_in: Option<DimSpec>,
+    /// Output channels (per degree with a list).
+    #[serde(default)]
+    pub dim_out: Option<DimSpec>,
+    /// NormSE3 with identity nonlinearity after `conv_out`.
+    #[serde(default)]
+    pub norm_out: bool,
+    /// Extra NormSE3 + ConvSE3 layers before the trunk.
+    #[serde(default)]
+    pub num_conv_layers: usize,
+    /// Node i only sees j < i (needs `attend_self`).
+    #[serde(default)]
+    pub causal: bool,
+    /// Memory chunking of the library; no effect on values.
+    #[serde(default = "d_four")]
+    pub splits: usize,
+    /// Width of global features that join degree-0 keys/values.
+    #[serde(default)]
+    pub global_feats_dim: Option<usize>,
+    /// Keys by LinearSE3 of the neighbour instead of a ConvSE3.
+    #[serde(default)]
+    pub linear_proj_keys: bool,
+    /// One key/value head shared by all query heads.
+    #[serde(default)]
+    pub one_headed_key_values: bool,
+    /// Keys are the values.
+    #[serde(default)]
+    pub tie_key_values: bool,
+    /// Rotary embedding of node indices on degree-0 q/k/v.
+    #[serde(default)]
+    pub rotary_position: bool,
+    /// Rotary embedding of `100 |r_ij|` (float32) on degree-0 k/v.
+    #[serde(default)]
+    pub rotary_rel_dist: bool,
+    /// NormSE3 scales computed from the norms (`w_gate`).
+    #[serde(default)]
+    pub norm_gated_scale: bool,
+    /// EGNN trunk instead of attention (ignores `output_degrees`).
+    #[serde(default)]
+    pub use_egnn: bool,
+    /// Message width of the EGNN layers.
+    #[serde(default = "d_egnn_hidden")]
+    pub egnn_hidden_dim: usize,
+    /// Clamp of the EGNN higher-degree update weights.
+    #[serde(default)]
+    pub egnn_weights_clamp_value: Option<f64>,
+    /// FeedForwardBlockSE3 after every EGNN layer.
+    #[serde(default)]
+    pub egnn_feedforward: bool,
+    /// Hidden fiber `{"degree": channels}` (degrees taken in ascending order).
+    #[serde(default)]
+    pub hidden_fiber_dict: Option<BTreeMap<String, usize>>,
+    /// Output fiber `{"degree": channels}`.
+    #[serde(default)]
+    pub out_fiber_dict: Option<BTreeMap<String, usize>>,
+}
+
+/// Names of every constructor kwarg, for `UnknownKwarg`.
+pub const SE3T_KWARGS: &[&str] = &[
+    "dim",
+    "heads",
+    "dim_head",
+    "depth",
+    "input_degrees",
+    "num_degrees",
+    "output_degrees",
+    "valid_radius",
+    "reduce_dim_out",
+    "num_tokens",
+    "num_positions",
+    "num_edge_tokens",
+    "edge_dim",
+    "reversible",
+    "attend_self",
+    "use_null_kv",
+    "differentiable_coors",
+    "fourier_encode_dist",
+    "rel_dist_num_fourier_features",
+    "num_neighbors",
+    "attend_sparse_neighbors",
+    "num_adj_degrees",
+    "adj_dim",
+    "max_sparse_neighbors",
+    "dim_in",
+    "dim_out",
+    "norm_out",
+    "num_conv_layers",
+    "causal",
+    "splits",
+    "global_feats_dim",
+    "linear_proj_keys",
+    "one_headed_key_values",
+    "tie_key_values",
+    "rotary_position",
+    "rotary_rel_dist",
+    "norm_gated_scale",
+    "use_egnn",
+    "egnn_hidden_dim",
+    "egnn_weights_clamp_value",
+    "egnn_feedforward",
+    "hidden_fiber_dict",
+    "out_fiber_dict",
+];
+
+/// The forward literals of `SE3Transformer.forward`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Se3TransformerForward {
+    /// Return only this degree.
+    #[serde(default)]
+    pub return_type: Option<usize>,
+    /// Masked mean over nodes.
+    #[serde(default)]
+    pub return_pooled: bool,
+}
+
+/// A list of (degree, channels), ascending degrees.
+pub type FiberDims = Vec<(usize, usize)>;
+
+/// The fibers and sizes derived from a validated config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Se3TransformerShape {
+    /// Input fiber (degrees `0..input_degrees`).
+    pub fiber_in: FiberDims,
+    /// Hidden fiber of the trunk.
+    pub fiber_hidden: FiberDims,
+    /// Output fiber of `conv_out` (absent with `use_egnn` or `output_degrees = None`).
+    pub fiber_out: Option<FiberDims>,
+    /// Highest degree of the kernel basis (`num_degrees - 1`).
+    pub max_degree: usize,
+    /// Edge feature width fed to radial networks besides the distance (edge embedding + adjacency
+    /// embedding), before Fourier features.
+    pub edge_dim: usize,
+    /// `output_degrees` after `out_fiber_dict` (`max degree + 1`) and `use_egnn` (None).
+    pub output_degrees: Option<usize>,
+}
+
+fn invalid(field: &'static str, expected: &'static str, found: impl ToString) -> Error {
+    Error::InvalidConfig {
+        field,
+        expected,
+        found: found.to_string(),
+    }
+}
+
+impl Se3TransformerConfig {
+    /// Parses constructor kwargs (a JSON object) and validates them.
+    ///
+    /// # Errors
+    /// `UnknownKwarg` for a kwarg `SE3Transformer` does not have, `ConfigParse` for a value of the wrong
+    /// JSON type, `InvalidConfig` (naming the field) for a combination the library rejects.
+    pub fn from_kwargs(kwargs: &serde_json::Value) -> Result<Self, Error> {
+        check_known_keys("SE3Transformer", kwargs, SE3T_KWARGS)?;
+        let cfg: Self =
+            serde_json::from_value(kwargs.clone()).map_err(|source| Error::ConfigParse {
+                path: "constructor_kwargs".into(),
+                source,
+            })?;
+        cfg.shape()?;
+        Ok(cfg)
+    }
+
+    /// Validates the config and derives its fibers.
+    ///
+    /// # Errors
+    /// `InvalidConfig` naming the first offending field.
+    pub fn shape(&self) -> Result<Se3TransformerShape, Error> {
+        if self.dim == 0 {
+            return Err(invalid("dim", "a positive dimension", 0));
+        }
+        if self.heads == 0 {
+            return Err(invalid("heads", "at least one head", 0));
+        }
+        if self.dim_head == 0 {
+            return Err(invalid("dim_head", "a positive head dimension", 0));
+        }
+        if self.input_degrees == 0 {
+            return Err(invalid("input_degrees", "at least 1", 0));
+        }
+        if self.num_edge_tokens.is_some() && self.edge_dim.is_none() {
+            return Err(invalid(
+                "edge_dim",
+                "an edge dimension when num_edge_tokens is set",
+                "None",
+            ));
+        }
+        if let Some(k) = self.num_adj_degrees {
+            if k < 1 {
+                return Err(invalid("num_adj_degrees", "at least 1", k));
+            }
+        }
+        if self.linear_proj_keys && self.tie_key_values {
+            return Err(invalid(
+                "tie_key_values",
+                "false when linear_proj_keys is true",
+                true,
+            ));
+        }
+        if self.causal && !self.attend_self {
+            return Err(invalid("attend_self", "true when causal is true", false));
+        }
+        if self.reversible && self.global_feats_dim.is_some() {
+            return Err(invalid(
+                "global_feats_dim",
+                "None when reversible is true",
+                format!("{:?}", self.global_feats_dim),
+            ));
+        }
+        if (self.rotary_position || self.rotary_rel_dist) && !self.use_egnn {
+            if !self.attend_self {
+                return Err(invalid(
+                    "attend_self",
+                    "true with rotary embeddings (keys include the node itself)",
+                    false,
+                ));
+            }
+            let num_rot = usize::from(self.rotary_position) + usize::from(self.rotary_rel_dist);
+            if self.dim_head / num_rot < 2 {
+                return Err(invalid(
+                    "dim_head",
+                    "at least 2 per rotary embedding",
+                    self.dim_head,
+                ));
+            }
+        }
+        if self.num_neighbors == Some(0) && !self.attend_sparse_neighbors {
+            return Err(invalid(
+                "num_neighbors",
+                "more than 0 unless attend_sparse_neighbors is true",
+                0,
+            ));
+        }
+        if !self.valid_radius.is_finite() && self.valid_radius != f64::INFINITY {
+            return Err(invalid("valid_radius", "a number", self.valid_radius));
+        }
+        let dim_in = self.dim_in.clone().unwrap_or(DimSpec::One(self.dim));
+        let mut fiber_in = Vec::new();
+        for l in 0..self.input_degrees {
+            let c = dim_in.channels(l).ok_or_else(|| {
+                invalid(
+                    "dim_in",
+                    "one channel count per input degree",
+                    format!("{dim_in:?}"),
+                )
+            })?;
+            if c == 0 {
+                return Err(invalid("dim_in", "positive channel counts", 0));
+            }
+            fiber_in.push((l, c));
+        }
+        let fiber_hidden = match (&self.hidden_fiber_dict, self.num_degrees) {
+            (Some(d), _) => parse_fiber_dict("hidden_fiber_dict", d)?,
+            (None, Some(nd)) if nd > 0 => (0..nd).map(|l| (l, self.dim)).collect(),
+            (None, _) => {
+                return Err(invalid(
+                    "num_degrees",
+                    "a positive number of degrees or a hidden_fiber_dict",
+                    format!("{:?}", self.num_degrees),
+                ))
+            }
+        };
+        let num_degrees = match self.num_degrees {
+            Some(nd) => nd,
+            None => fiber_hidden.iter().map(|&(l, _)| l).max().unwrap_or(0) + 1,
+        };
+        if num_degrees == 0 {
+            return Err(invalid("num_degrees", "at least 1", 0));
+        }
+        let max_degree = num_degrees - 1;
+        let mut output_degrees = if self.use_egnn {
+            None
+        } else {
+            self.output_degrees
+        };
+        let fiber_out = if let Some(d) = &self.out_fiber_dict {
+            let f = parse_fiber_dict("out_fiber_dict", d)?;
+            output_degrees = Some(f.iter().map(|&(l, _)| l).max().unwrap_or(0) + 1);
+            Some(f)
+        } else if let Some(od) = output_degrees {
+            if od == 0 {
+                return Err(invalid("output_degrees", "at least 1 or None", 0));
+            }
+            let dim_out = self.dim_out.clone().unwrap_or(DimSpec::One(self.dim));
+            let mut f = Vec::new();
+            for l in 0..od {
+                let c = dim_out.channels(l).ok_or_else(|| {
+                    invalid(
+                        "dim_out",
+                        "one channel count per output degree",
+                        format!("{dim_out:?}"),
+                    )
+                })?;
+                f.push((l, c));
+            }
+            Some(f)
+        } else {
+            None
+        };
+        if self.use_egnn && fiber_hidden.first().map(|&(l, _)| l) != Some(0) {
+            return Err(invalid(
+                "hidden_fiber_dict",
+                "a degree-0 entry with use_egnn",
+                "none",
+            ));
+        }
+        let check = |field: &'static str, f: &FiberDims| -> Result<(), Error> {
+            for &(l, _) in f {
+                if l > max_degree {
+                    return Err(invalid(
+                        field,
+                        "degrees below num_degrees (the kernel basis)",
+                        l,
+                    ));
+                }
+            }
+            Ok(())
+        };
+        check("input_degrees", &fiber_in)?;
+        check("hidden_fiber_dict", &fiber_hidden)?;
+        if let Some(f) = &fiber_out {
+            check("output_degrees", f)?;
+        }
+        if let Some(g) = self.global_feats_dim {
+            if g == 0 {
+                return Err(invalid("global_feats_dim", "a positive dimension", 0));
+            }
+        }
+        let has_edges = self.edge_dim.is_some_and(|e| e > 0);
+        let adj = if self.num_adj_degrees.is_some() && self.adj_dim > 0 {
+            self.adj_dim
+        } else {
+            0
+        };
+        let edge_dim = if has_edges {
+            self.edge_dim.unwrap_or(0)
+        } else {
+            0
+        } + adj;
+        Ok(Se3TransformerShape {
+            fiber_in,
+            fiber_hidden,
+            fiber_out,
+            max_degree,
+            edge_dim,
+            output_degrees,
+        })
+    }
+}
+
+impl Se3TransformerForward {
+    /// Parses the forward literals.
+    ///
+    /// # Errors
+    /// `UnknownKwarg` for another literal, `ConfigParse` for a wrong type.
+    pub fn from_literals(literals: &serde_json::Value) -> Result<Self, Error> {
+        if literals.is_null() {
+            return Ok(Self::default());
+        }
+        check_known_keys(
+            "SE3Transformer.forward",
+            literals,
+            &["return_type", "return_pooled"],
+        )?;
+        serde_json::from_value(literals.clone()).map_err(|source| Error::ConfigParse {
+            path: "forward_kwargs.literals".into(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,457 @@
+//! The float64 reference forward pass ("oracle") of se3-transformer-pytorch 0.9's `SE3Transformer`.
+//!
+//! Plain Rust, one graph at a time, written for clarity and exactness rather than speed; later graph
+//! implementations are tested against it. Semantics follow tests/reference/CONVENTIONS.md section 2.
+
+use crate::checkpoint::{KeyRecorder, Loader, StateDict, WeightSource};
+use crate::inputs::ModelInputs;
+use crate::se3_transformer::attention::{AttentionBlock, AttnOpts, FeedForwardBlock};
+use crate::se3_transformer::basis::{QjSigns, Se3tBasis};
+use crate::se3_transformer::config::{
+    Se3TransformerConfig, Se3TransformerForward, Se3TransformerShape,
+};
+use crate::se3_transformer::conv::{ConvOpts, ConvSe3};
+use crate::se3_transformer::egnn::EgnnNetwork;
+use crate::se3_transformer::features::{Block, Feats, LinearSe3, Mat};
+use crate::se3_transformer::graph::{
+    adjacency_degrees, build_graph, sparse_selection, PairInputs, SelectionParams,
+};
+use crate::se3_transformer::norm::NormSe3;
+use crate::se3_transformer::reassociated::Contraction;
+use crate::se3_transformer::rotary::Rotary;
+use crate::Error;
+
+mod io;
+
+#[derive(Debug, Clone)]
+enum Trunk {
+    Sequential(Vec<(AttentionBlock, FeedForwardBlock)>),
+    Reversible(Vec<(AttentionBlock, FeedForwardBlock)>),
+    Egnn(EgnnNetwork),
+}
+
+/// An `SE3Transformer` with loaded weights.
+#[derive(Debug, Clone)]
+pub struct Se3Transformer {
+    cfg: Se3TransformerConfig,
+    shape: Se3TransformerShape,
+    token_emb: Option<Mat>,
+    pos_emb: Option<Mat>,
+    edge_emb: Option<Mat>,
+    adj_emb: Option<Mat>,
+    rotary: Option<Rotary>,
+    conv_in: ConvSe3,
+    convs: Vec<(ConvSe3, NormSe3)>,
+    trunk: Trunk,
+    conv_out: Option<ConvSe3>,
+    norm: Option<NormSe3>,
+    linear_out: Option<LinearSe3>,
+    table: Se3tBasis,
+    sparse_seed: u64,
+    contraction: Contraction,
+}
+
+fn shape_err(name: &'static str, expected: String, found: &[usize]) -> Error {
+    Error::InputShape {
+        name,
+        expected,
+        found: found.to_vec(),
+    }
+}
+
+fn embed(name: &'static str, table: &Mat, ids: &[i64]) -> Result<Vec<f64>, Error> {
+    let mut out = Vec::with_capacity(ids.len() * table.cols);
+    for (i, &t) in ids.iter().enumerate() {
+        if t < 0 || t as usize >= table.rows {
+            return Err(Error::IndexOutOfRange {
+                name,
+                index: i,
+                found: t,
+                bound: table.rows,
+            });
+        }
+        let r = t as usize;
+        out.extend_from_slice(&table.data[r * table.cols..(r + 1) * table.cols]);
+    }
+    Ok(out)
+}
+
+impl Se3Transformer {
+    fn build(cfg: &Se3TransformerConfig, src: &mut dyn WeightSource) -> Result<Self, Error> {
+        let shape = cfg.shape()?;
+        let table = Se3tBasis::new(shape.max_degree)?;
+        let hidden = &shape.fiber_hidden;
+        let token_emb = match cfg.num_tokens {
+            Some(t) => Some(Mat::load(src, "token_emb.weight", t, cfg.dim)?),
+            None => None,
+        };
+        let pos_emb = match cfg.num_positions {
+            Some(p) => Some(Mat::load(src, "pos_emb.weight", p, cfg.dim)?),
+            None => None,
+        };
+        let rotary = if cfg.rotary_position || cfg.rotary_rel_dist {
+            let num = usize::from(cfg.rotary_position) + usize::from(cfg.rotary_rel_dist);
+            let d = cfg.dim_head / num;
+            Some(Rotary {
+                inv_freq: src.take("rotary_pos_emb.inv_freq", &[d.div_ceil(2)])?.data,
+                position: cfg.rotary_position,
+                rel_dist: cfg.rotary_rel_dist,
+            })
+        } else {
+            None
+        };
+        let edge_emb = match (cfg.num_edge_tokens, cfg.edge_dim) {
+            (Some(t), Some(e)) => Some(Mat::load(src, "edge_emb.weight", t, e)?),
+            _ => None,
+        };
+        let adj_emb = match cfg.num_adj_degrees {
+            Some(k) if cfg.adj_dim > 0 => {
+                Some(Mat::load(src, "adj_emb.weight", k + 1, cfg.adj_dim)?)
+            }
+            _ => None,
+        };
+        let conv = ConvOpts {
+            edge_dim: shape.edge_dim,
+            fourier: cfg
+                .fourier_encode_dist
+                .then_some(cfg.rel_dist_num_fourier_features),
+            self_interaction: true,
+            pool: true,
+        };
+        let conv_in = ConvSe3::load(src, "conv_in", &shape.fiber_in, hidden, conv)?;
+        let mut convs = Vec::new();
+        for i in 0..cfg.num_conv_layers {
+            convs.push((
+                ConvSe3::load(src, &format!("convs.{i}.0"), hidden, hidden, conv)?,
+                NormSe3::load(
+                    src,
+                    &format!("convs.{i}.1"),
+                    hidden,
+                    cfg.norm_gated_scale,
+                    false,
+                )?,
+            ));
+        }
+        let trunk = if cfg.use_egnn {
+            Trunk::Egnn(EgnnNetwork::load(
+                src,
+                "net",
+                hidden,
+                cfg.depth,
+                shape.edge_dim,
+                cfg.egnn_hidden_dim,
+                cfg.egnn_weights_clamp_value,
+                cfg.egnn_feedforward,
+            )?)
+        } else {
+            let o = AttnOpts {
+                heads: cfg.heads,
+                dim_head: cfg.dim_head,
+                attend_self: cfg.attend_self,
+                use_null_kv: cfg.use_null_kv,
+                global_feats_dim: cfg.global_feats_dim,
+                linear_proj_keys: cfg.linear_proj_keys,
+                tie_key_values: cfg.tie_key_values,
+                one_headed_kv: cfg.one_headed_key_values,
+                conv,
+            };
+            let mut blocks = Vec::new();
+            for i in 0..cfg.depth {
+                let (pa, pf) = if cfg.reversible {
+                    (
+                        format!("net.blocks.{i}.f.net"),
+                        format!("net.blocks.{i}.g.net"),
+                    )
+                } else {
+                    (format!("net.blocks.{i}.0"), format!("net.blocks.{i}.1"))
+                };
+                blocks.push((
+                    AttentionBlock::load(src, &pa, hidden, o, cfg.norm_gated_scale)?,
+                    FeedForwardBlock::load(src, &pf, hidden, cfg.norm_gated_scale)?,
+                ));
+            }
+            if cfg.reversible {
+                Trunk::Reversible(blocks)
+            } else {
+                Trunk::Sequential(blocks)
+            }
+        };
+        let conv_out = match &shape.fiber_out {
+            Some(fo) => Some(ConvSe3::load(src, "conv_out", hidden, fo, conv)?),
+            None => None,
+        };
+        let norm = match &shape.fiber_out {
+            Some(fo) if cfg.norm_out || cfg.reversible => {
+                Some(NormSe3::load(src, "norm", fo, cfg.norm_gated_scale, true)?)
+            }
+            _ => None,
+        };
+        let final_fiber = shape.fiber_out.clone().unwrap_or_else(|| hidden.clone());
+        let linear_out = if cfg.reduce_dim_out {
+            let ones: Vec<(usize, usize)> = final_fiber.iter().map(|&(l, _)| (l, 1)).collect();
+            Some(LinearSe3::load(src, "linear_out", &final_fiber, &ones)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            shape,
+            token_emb,
+            pos_emb,
+            edge_emb,
+            adj_emb,
+            rotary,
+            conv_in,
+            convs,
+            trunk,
+            conv_out,
+            norm,
+            linear_out,
+            table,
+            sparse_seed: 0,
+            contraction: Contraction::Direct,
+        })
+    }
+
+    /// Every state-dict key (PyTorch name) the config needs, with its shape, in module order.
+    ///
+    /// # Errors
+    /// Config errors (`InvalidConfig`, `Core(DegreeTooHigh)`).
+    pub fn expected_keys(cfg: &Se3TransformerConfig) -> Result<Vec<(String, Vec<usize>)>, Error> {
+        let mut rec = KeyRecorder::default();
+        Self::build(cfg, &mut rec)?;
+        Ok(rec.keys)
+    }
+
+    /// Builds the model from a state dict with PyTorch key names.
+    ///
+    /// # Errors
+    /// `MissingKey` / `WrongShape` (naming key and expected shape), `UnexpectedKey`, config errors.
+    pub fn from_state_dict(cfg: &Se3TransformerConfig, sd: &StateDict) -> Result<Self, Error> {
+        let mut loader = Loader::new(sd);
+        let m = Self::build(cfg, &mut loader)?;
+        loader.finish()?;
+        Ok(m)
+    }
+
+    /// Replaces the Q_J sign table (default [`QjSigns::reference`]) by the one of the LAPACK build the
+    /// weights were trained with.
+    ///
+    /// # Errors
+    /// `Core(DegreeTooHigh)` if the degrees exceed the harmonics of se3-core.
+    pub fn set_qj_signs(&mut self, signs: &QjSigns) -> Result<(), Error> {
+        self.table = Se3tBasis::with_signs(self.table.max_degree(), signs)?;
+        Ok(())
+    }
+
+    /// Chooses how ConvSE3 messages are contracted (default [`Contraction::Direct`], the library's
+    /// order; [`Contraction::Reassociated`] moves the radial network's last layer from edges to nodes).
+    pub fn set_contraction(&mut self, contraction: Contraction) {
+        self.contraction = contraction;
+    }
+
+    /// Seeds the random bond subsampling used when a node has more bonds than `max_sparse_neighbors`
+    /// (default seed 0; without subsampling the seed has no effect).
+    pub fn set_sparse_sampling_seed(&mut self, seed: u64) {
+        self.sparse_seed = seed;
+    }
+
+    /// The config the model was built from.
+    pub fn config(&self) -> &Se3TransformerConfig {
+        &self.cfg
+    }
+
+    /// Runs the model. Outputs are named as the reference outputs without their dtype suffix: `out` when
+    /// a single degree is returned (`return_type`, or `output_degrees = 1`), else `type<l>`.
+    ///
+    /// # Errors
+    /// Input validation errors (`InputShape`, `NonFinite`, `EmptyGraph`, `MissingInput`,
+    /// `UnexpectedInput`, `IndexOutOfRange`), `InvalidConfig` for an unsupported `return_type`.
+    pub fn forward(
+        &self,
+        inp: &ModelInputs,
+        fwd: &Se3TransformerForward,
+    ) -> Result<StateDict, Error> {
+        inp.validate()?;
+        let cfg = &self.cfg;
+        let (b, n) = (inp.batch(), inp.nodes());
+        let feats = self.node_feats(inp)?;
+        let edges = self.pair_edges(inp)?;
+        let edge_dim_in = edges.as_ref().map_or(0, |e| e.1);
+        // adjacency per batch element
+        let need_adj = cfg.num_adj_degrees.is_some() || cfg.attend_sparse_neighbors;
+        let adjs: Option<Vec<Vec<bool>>> = match (&inp.adj_mat, need_adj) {
+            (None, true) => return Err(Error::MissingInput { name: "adj_mat" }),
+            (Some(a), true) => Some(
+                (0..b)
+                    .map(|bi| {
+                        if a.shape.len() == 2 {
+                            a.data.clone()
+                        } else {
+                            a.data[bi * n * n..(bi + 1) * n * n].to_vec()
+                        }
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let mut labels: Vec<Option<Vec<i64>>> = vec![None; b];
+        let mut sparse_adjs: Vec<Vec<bool>> = Vec::new();
+        if let Some(adjs) = &adjs {
+            for (bi, a) in adjs.iter().enumerate() {
+                let (lab, cur) = match cfg.num_adj_degrees {
+                    Some(k) => adjacency_degrees(a, n, k),
+                    None => (Vec::new(), a.clone()),
+                };
+                if cfg.num_adj_degrees.is_some() {
+                    labels[bi] = Some(lab);
+                }
+                sparse_adjs.push(cur);
+            }
+        }
+        let (num_sparse, sparse_adjs) = if cfg.attend_sparse_neighbors {
+            sparse_selection(&sparse_adjs, n, cfg.max_sparse_neighbors, self.sparse_seed)
+        } else {
+            (0, sparse_adjs)
+        };
+        let global_dim = match (&inp.global_feats, cfg.global_feats_dim) {
+            (Some(g), Some(d)) if g.shape[2] == d => Some(g.shape[1]),
+            (Some(g), Some(d)) => {
+                return Err(shape_err(
+                    "global_feats",
+                    format!("({b}, m, {d})"),
+                    &g.shape,
+                ))
+            }
+            (Some(_), None) => {
+                return Err(Error::UnexpectedInput {
+                    name: "global_feats",
+                })
+            }
+            (None, Some(_)) => {
+                return Err(Error::MissingInput {
+                    name: "global_feats",
+                })
+            }
+            (None, None) => None,
+        };
+        let sel = SelectionParams {
+            num_neighbors: cfg.num_neighbors,
+            valid_radius: cfg.valid_radius,
+            causal: cfg.causal,
+            attend_sparse: cfg.attend_sparse_neighbors,
+            max_sparse_neighbors: cfg.max_sparse_neighbors,
+            num_adj_degrees: cfg.num_adj_degrees,
+        };
+        if n < 2 {
+            return Err(Error::EmptyGraph { batch: b, nodes: n });
+        }
+        let mut per_batch: Vec<Feats> = Vec::with_capacity(b);
+        for (bi, x0) in feats.into_iter().enumerate() {
+            let pts = inp.points(bi);
+            let nm = inp
+                .neighbor_mask
+                .as_ref()
+                .map(|m| &m.data[bi * n * n..(bi + 1) * n * n]);
+            let ef = edges
+                .as_ref()
+                .map(|(d, e)| &d[bi * n * n * e..(bi + 1) * n * n * e]);
+            let pin = PairInputs {
+                coors: &pts,
+                mask: inp.node_mask(bi),
+                adj: None,
+                neighbor_mask: nm,
+                edge_feat: ef,
+            };
+            let adj_lab = match (&labels[bi], &self.adj_emb) {
+                (Some(l), Some(e)) => Some((l.as_slice(), e.data.as_slice(), e.cols)),
+                _ => None,
+            };
+            let sparse = if cfg.attend_sparse_neighbors {
+                Some(sparse_adjs[bi].as_slice())
+            } else {
+                None
+            };
+            let mut g = build_graph(
+                &sel,
+                &pin,
+                sparse,
+                num_sparse,
+                adj_lab,
+                edge_dim_in,
+                &self.table,
+            )?;
+            g.contraction = self.contraction;
+            let global = match (global_dim, &inp.global_feats) {
+                (Some(m), Some(t)) => {
+                    let d = t.shape[2];
+                    Some(Block {
+                        channels: d,
+                        m: 1,
+                        data: t.data[bi * m * d..(bi + 1) * m * d].to_vec(),
+                    })
+                }
+                _ => None,
+            };
+            per_batch.push(self.forward_graph(x0, &g, global.as_ref())?);
+        }
+        self.assemble(per_batch, inp, fwd, b, n)
+    }
+
+    fn forward_graph(
+        &self,
+        x0: Feats,
+        g: &crate::se3_transformer::graph::Graph,
+        global: Option<&Block>,
+    ) -> Result<Feats, Error> {
+        let mut x = self.conv_in.apply(&x0, g)?;
+        for (conv, norm) in &self.convs {
+            x = conv.apply(&norm.apply(&x)?, g)?;
+        }
+        let rot = self.rotary.as_ref();
+        x = match &self.trunk {
+            Trunk::Sequential(blocks) => {
+                for (a, f) in blocks {
+                    x = a.apply(&x, g, global, rot)?;
+                    x = f.apply(&x)?;
+                }
+                x
+            }
+            Trunk::Reversible(blocks) => {
+                let (mut x1, mut x2) = (x.clone(), x);
+                for (a, f) in blocks {
+                    let mut y1 = a.apply(&x2, g, global, rot)?;
+                    add_into(&mut y1, &x1);
+                    let mut y2 = f.apply(&y1)?;
+                    add_into(&mut y2, &x2);
+                    x1 = y1;
+                    x2 = y2;
+                }
+                add_into(&mut x1, &x2);
+                for blk in x1.values_mut() {
+                    blk.data.iter_mut().for_each(|v| *v /= 2.0);
+                }
+                x1
+            }
+            Trunk::Egnn(net) => net.apply(x, g)?,
+        };
+        if let Some(c) = &self.conv_out {
+            x = c.apply(&x, g)?;
+        }
+        if let Some(nrm) = &self.norm {
+            x = nrm.apply(&x)?;
+        }
+        if let Some(lin) = &self.linear_out {
+            x = lin.apply(&x);
+        }
+        Ok(x)
+    }
+}
+
+fn add_into(a: &mut Feats, b: &Feats) {
+    for (l, blk) in a.iter_mut() {
+        if let Some(o) = b.get(l) {
+            blk.data.iter_mut().zip(&o.data).for_each(|(x, y)| *x += y);
+        }
+    }
+}

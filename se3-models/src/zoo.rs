@@ -1,0 +1,100 @@
+//! Loading any supported reference model from its `config.json` + `weights.safetensors` and running it
+//! on an `inputs.safetensors` (what `se3 infer` needs).
+
+use std::path::Path;
+
+use crate::checkpoint::StateDict;
+use crate::inputs::ModelInputs;
+use crate::model_file::ModelFile;
+use crate::se3_transformer::basis::QjSigns;
+use crate::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
+use crate::tfn::{TfnStack, TfnStackConfig};
+use crate::Error;
+
+/// A loaded model of any supported kind, with its forward literals.
+#[derive(Debug, Clone)]
+pub enum Model {
+    /// se3-transformer-pytorch `SE3Transformer`.
+    Se3Transformer(Box<Se3Transformer>, Se3TransformerForward),
+    /// ConvSE3 + NormSE3 stack.
+    TfnStack(Box<TfnStack>),
+}
+
+impl Model {
+    /// Builds the model described by `file` from `weights`.
+    ///
+    /// # Errors
+    /// `InvalidConfig` (field `class`) for a model kind that is not supported, plus config and
+    /// checkpoint errors.
+    pub fn from_parts(file: &ModelFile, weights: &StateDict) -> Result<Self, Error> {
+        if file.is_se3_transformer() {
+            let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
+            let fwd = Se3TransformerForward::from_literals(&file.forward_kwargs.literals)?;
+            Ok(Self::Se3Transformer(
+                Box::new(Se3Transformer::from_state_dict(&cfg, weights)?),
+                fwd,
+            ))
+        } else if file.is_tfn_stack() {
+            let cfg = TfnStackConfig::from_kwargs(&file.constructor_kwargs)?;
+            Ok(Self::TfnStack(Box::new(TfnStack::from_state_dict(
+                &cfg, weights,
+            )?)))
+        } else {
+            Err(Error::InvalidConfig {
+                field: "class",
+                expected: "SE3Transformer or TFNStack",
+                found: file.class.clone(),
+            })
+        }
+    }
+
+    /// Loads config and weights from files.
+    ///
+    /// # Errors
+    /// As [`ModelFile::load`], [`StateDict::load`] and [`Model::from_parts`].
+    pub fn load(
+        config: impl AsRef<Path>,
+        weights: impl AsRef<Path>,
+    ) -> Result<(Self, ModelFile), Error> {
+        let file = ModelFile::load(config)?;
+        let sd = StateDict::load(weights)?;
+        Ok((Self::from_parts(&file, &sd)?, file))
+    }
+
+    /// Replaces the Q_J sign table (see [`QjSigns`]).
+    ///
+    /// # Errors
+    /// `Core(DegreeTooHigh)` if the degrees exceed the harmonics of se3-core.
+    pub fn set_qj_signs(&mut self, signs: &QjSigns) -> Result<(), Error> {
+        match self {
+            Self::Se3Transformer(m, _) => m.set_qj_signs(signs),
+            Self::TfnStack(m) => m.set_qj_signs(signs),
+        }
+    }
+
+    /// Runs the model; outputs are named as the reference outputs without `_f64`/`_f32`.
+    ///
+    /// # Errors
+    /// Input validation errors.
+    pub fn forward(&self, inputs: &ModelInputs) -> Result<StateDict, Error> {
+        match self {
+            Self::Se3Transformer(m, fwd) => m.forward(inputs, fwd),
+            Self::TfnStack(m) => m.forward(inputs),
+        }
+    }
+}
+
+/// Loads `config`, `weights` and `inputs` (named per the config's `forward_kwargs.tensors`) and runs the
+/// model.
+///
+/// # Errors
+/// Any load, config or input error.
+pub fn infer(
+    config: impl AsRef<Path>,
+    weights: impl AsRef<Path>,
+    inputs: impl AsRef<Path>,
+) -> Result<StateDict, Error> {
+    let (model, file) = Model::load(config, weights)?;
+    let inp = ModelInputs::load(inputs, &file.forward_kwargs.tensors)?;
+    model.forward(&inp)
+}

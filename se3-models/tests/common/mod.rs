@@ -1,0 +1,85 @@
+//! Shared helpers of the se3-models integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use rand::{Rng, SeedableRng};
+use se3_models::checkpoint::{StateDict, Tensor};
+use se3_models::inputs::ModelInputs;
+use se3_models::model_file::ModelFile;
+use se3_models::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
+use se3_models::Error;
+
+pub fn dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/reference/models")
+        .join(name)
+}
+
+/// Every reference model folder made from se3-transformer-pytorch (se3t_* and tfn_stack).
+pub fn se3t_reference_names() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir(""))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("se3t_"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+pub struct Loaded {
+    pub file: ModelFile,
+    pub cfg: Se3TransformerConfig,
+    pub fwd: Se3TransformerForward,
+    pub weights: StateDict,
+    pub inputs: ModelInputs,
+}
+
+pub fn load_se3t(name: &str) -> Result<Loaded, Error> {
+    let file = ModelFile::load(dir(name).join("config.json"))?;
+    let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
+    let fwd = Se3TransformerForward::from_literals(&file.forward_kwargs.literals)?;
+    let weights = StateDict::load(dir(name).join("weights.safetensors"))?;
+    let inputs = ModelInputs::load(
+        dir(name).join("inputs.safetensors"),
+        &file.forward_kwargs.tensors,
+    )?;
+    Ok(Loaded {
+        file,
+        cfg,
+        fwd,
+        weights,
+        inputs,
+    })
+}
+
+pub fn rng(seed: u64) -> rand::rngs::StdRng {
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// Random weights for every key the config needs: U(-1, 1) / sqrt(last axis), LayerNorm-like vectors
+/// around 1 for `.weight` of rank 1.
+pub fn random_weights(cfg: &Se3TransformerConfig, r: &mut impl Rng) -> Result<StateDict, Error> {
+    let mut sd = StateDict::new();
+    for (k, shape) in Se3Transformer::expected_keys(cfg)? {
+        let fan = (*shape.last().unwrap_or(&1)).max(1) as f64;
+        let n: usize = shape.iter().product();
+        let data: Vec<f64> = if k.ends_with("inv_freq") {
+            let d = 2 * n;
+            (0..n)
+                .map(|i| 1.0 / 10000f64.powf((2 * i) as f64 / d as f64))
+                .collect()
+        } else if shape.len() == 1 && k.ends_with(".weight") {
+            (0..n).map(|_| 1.0 + 0.2 * r.gen_range(-1.0..1.0)).collect()
+        } else {
+            (0..n)
+                .map(|_| r.gen_range(-1.0..1.0) / fan.sqrt())
+                .collect()
+        };
+        sd.insert(k, Tensor::new(shape, data)?);
+    }
+    Ok(sd)
+}
