@@ -8,7 +8,7 @@
 //! K[o, i, f](r) = sum_m Q_J[o (2 d_in+1) + i, m] * Y_J(r)[m]
 //! ```
 //!
-//! with `Q_J` of [`super::q_j`] and `Y_J` the harmonics in
+//! with `Q_J` of [`super::q_j()`] and `Y_J` the harmonics in
 //! `Convention::Se3TransformerPytorch` / `Normalization::Integral` (so the zero vector is the
 //! direction `(0, 1, 0)`, as in the library). It is equivariant per frequency:
 //! `K(R r) = D^{d_out}(R) K(r) D^{d_in}(R)^T`.

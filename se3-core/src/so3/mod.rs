@@ -3,9 +3,9 @@
 //! se3-transformer-pytorch (tests/reference/CONVENTIONS.md sections 1-3).
 //!
 //! One concept a file:
-//! - [`spherical_harmonics`]: `Y_l` as polynomials, single, batched (f64/f32), gradients.
-//! - [`wigner_d`]: `D^l(R)` from rotations, quaternions, e3nn Euler angles.
-//! - [`clebsch_gordan`]: e3nn's real `wigner_3j`, cached.
+//! - [`mod@spherical_harmonics`]: `Y_l` as polynomials, single, batched (f64/f32), gradients.
+//! - [`mod@wigner_d`]: `D^l(R)` from rotations, quaternions, e3nn Euler angles.
+//! - [`mod@clebsch_gordan`]: e3nn's real `wigner_3j`, cached.
 //! - [`parity`]: inversion and improper rotations.
 //! - [`rotation`]: Euler-angle conventions and checked rotation matrices.
 //! - [`edge_align`]: equiformer's edge-aligned rotations.

@@ -275,7 +275,7 @@ fn eval_vector(lmax: usize, v: [f64; 3], convention: Convention, c: &Coeffs, out
 /// Real spherical harmonics of degree `l` at the direction of `v`.
 ///
 /// `Y_l(v/|v|)` in R^(2l+1), rows ordered m = -l..=l, equivariant:
-/// `Y_l(R v) = D_l(R) Y_l(v)` with [`crate::so3::wigner_d`]. Convention and scale as in the
+/// `Y_l(R v) = D_l(R) Y_l(v)` with [`crate::so3::wigner_d()`]. Convention and scale as in the
 /// module documentation (`Convention::E3nn` + `Normalization::Component` is e3nn's default;
 /// `Convention::Se3TransformerPytorch` + `Normalization::Integral` is se3-transformer-pytorch).
 /// The zero vector follows the convention (see [`Convention`]).

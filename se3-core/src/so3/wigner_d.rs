@@ -1,7 +1,7 @@
 //! Wigner D matrices: the real representation `D^l(R)` of SO(3) on degree-l harmonics.
 //!
 //! `D^l(R)` is defined by `Y_l(R v) = D^l(R) Y_l(v)` for the harmonics of
-//! [`crate::so3::spherical_harmonics`] (both conventions give the same D: they differ from
+//! [`crate::so3::spherical_harmonics()`] (both conventions give the same D: they differ from
 //! each other by a per-degree scalar). It equals e3nn's `wigner_D(l, alpha, beta, gamma)` for
 //! `R = `[`euler_e3nn`]`(alpha, beta, gamma)` and se3-transformer-pytorch's
 //! `irr_repr(l, alpha, beta, gamma)`; `D^1(R) = R` (e3nn's axis order, CONVENTIONS.md 1.3).
