@@ -9,6 +9,20 @@
 //! - [`parity`]: inversion and improper rotations.
 //! - [`rotation`]: Euler-angle conventions and checked rotation matrices.
 //! - [`edge_align`]: equiformer's edge-aligned rotations.
+//!
+//! ```
+//! use nalgebra::Vector3;
+//! use se3_core::so3::{rotation::euler_e3nn, spherical_harmonics, wigner_d, Convention, Normalization};
+//!
+//! let r = euler_e3nn(0.3, 1.2, -0.7);
+//! let v = Vector3::new(0.5, -1.0, 2.0);
+//! let (conv, norm) = (Convention::E3nn, Normalization::Component);
+//! // Y_l(R v) = D^l(R) Y_l(v)
+//! let lhs = spherical_harmonics(3, &(r * v), conv, norm)?;
+//! let rhs = wigner_d(3, &r)? * spherical_harmonics(3, &v, conv, norm)?;
+//! assert!((lhs - rhs).amax() < 1e-12);
+//! # Ok::<(), se3_core::Error>(())
+//! ```
 
 pub mod clebsch_gordan;
 pub mod edge_align;
