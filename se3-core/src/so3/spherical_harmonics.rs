@@ -431,6 +431,9 @@ fn batch_impl<V: Sync, O: Send>(
                 2 => chunk_kernel(2, vs, o, convention, &c, &load, &store),
                 3 => chunk_kernel(3, vs, o, convention, &c, &load, &store),
                 4 => chunk_kernel(4, vs, o, convention, &c, &load, &store),
+                // The kernel bases of degree <= 3 and <= 4 use harmonics up to 6 and 8.
+                6 => chunk_kernel(6, vs, o, convention, &c, &load, &store),
+                8 => chunk_kernel(8, vs, o, convention, &c, &load, &store),
                 _ => chunk_kernel(lmax, vs, o, convention, &c, &load, &store),
             }
             .map_err(|i| chunk * CHUNK + i)
