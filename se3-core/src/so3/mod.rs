@@ -32,7 +32,10 @@ pub mod spherical_harmonics;
 pub mod wigner_d;
 
 pub use clebsch_gordan::{clebsch_gordan, is_coupled, wigner_3j, ClebschGordan};
-pub use edge_align::{equiformer_edge_rotation, equiformer_edge_wigner_d, equiformer_euler_angles};
+pub use edge_align::{
+    equiformer_edge_rotation, equiformer_edge_wigner_d, equiformer_edge_wigner_d_batch,
+    equiformer_euler_angles,
+};
 pub use parity::{sh_parity, wigner_d_o3, Parity};
 pub use rotation::{euler_e3nn, euler_zyz, rotation_from_matrix};
 pub use spherical_harmonics::{
@@ -42,5 +45,6 @@ pub use spherical_harmonics::{
     Normalization, L_MAX,
 };
 pub use wigner_d::{
-    wigner_d, wigner_d_all, wigner_d_from_euler, wigner_d_from_matrix, wigner_d_from_quaternion,
+    wigner_d, wigner_d_all, wigner_d_batch, wigner_d_from_euler, wigner_d_from_matrix,
+    wigner_d_from_quaternion, wigner_d_len, wigner_d_offset,
 };
