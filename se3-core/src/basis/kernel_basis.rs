@@ -318,7 +318,7 @@ pub trait BasisFloat: Copy + Default + Send + Sync {
     /// To f64.
     fn to_f64(self) -> f64;
     /// Stores `v` to `dst` bypassing the cache where the target allows (the basis is written
-    /// once per forward pass and is larger than the caches); [`stream_fence`] orders it.
+    /// once per forward pass and is larger than the caches); the evaluation fences at the end.
     fn stream(dst: &mut Self, v: Self) {
         *dst = v;
     }
