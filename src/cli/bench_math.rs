@@ -165,17 +165,17 @@ pub fn run() -> Result<(), super::CliError> {
 
     println!("se3 bench math ({threads} rayon threads; median of {RUNS} runs after a warm-up)");
     println!(
-        "{:<42} {:>12} {:>12} {:>16} {:>14}",
-        "case", "median s", "min s", "items/s", "vs e3nn 0.081s"
+        "{:<42} {:>10} {:>10} {:>12} {:>22}",
+        "case", "median s", "min s", "items/s", "e3nn 0.081s / median"
     );
     for r in &rows {
         let s = r.median.as_secs_f64();
         let ratio = r
             .baseline
-            .map(|b| format!("{:.2}x faster", b / s))
+            .map(|b| format!("{:.2}x", b / s))
             .unwrap_or_else(|| "-".to_string());
         println!(
-            "{:<42} {:>12.4} {:>12.4} {:>16.3e} {:>14}",
+            "{:<42} {:>10.4} {:>10.4} {:>12.3e} {:>22}",
             r.case,
             s,
             r.min.as_secs_f64(),
@@ -184,9 +184,15 @@ pub fn run() -> Result<(), super::CliError> {
         );
     }
     println!(
-        "kernel basis: {} values per edge ({} pairs), f32 output",
+        "alloc = fresh output buffer per call (as e3nn); reused = caller's buffer (as a compiled graph)"
+    );
+    println!(
+        "kernel basis: {} values per edge ({} pairs), f32, streamed through a {CHUNK}-edge buffer",
         kb.values_per_edge(),
-        16
+        (kb.max_degree() + 1).pow(2)
+    );
+    println!(
+        "the machine is shared: compare ratios, re-run when idle (tests/reference/BASELINE.md)"
     );
     Ok(())
 }

@@ -5,6 +5,7 @@
 use nalgebra::{DMatrix, DVector, Quaternion, Rotation3, UnitQuaternion, Vector3};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use se3_core::basis::{pair_shape, KernelBasis, QjPrecision};
 use se3_core::so3::{clebsch_gordan, spherical_harmonics, wigner_d_all, Convention, Normalization};
 
 /// One section of the zoo: prints its table, fails with a one-line error.
@@ -14,6 +15,10 @@ type Section = fn(&mut StdRng) -> Result<(), super::CliError>;
 const SECTIONS: &[(&str, Section)] = &[
     ("spherical harmonics and Wigner D", sh_and_wigner_d),
     ("Clebsch-Gordan (e3nn wigner_3j)", clebsch_gordan_checks),
+    (
+        "kernel basis (se3-transformer get_basis)",
+        kernel_basis_checks,
+    ),
 ];
 
 /// Largest degree of the harmonics table.
@@ -161,6 +166,58 @@ fn clebsch_gordan_checks(rng: &mut StdRng) -> Result<(), super::CliError> {
             }
         }
         println!("{:>3} {:>10} {:>14.2e}", l1, count, worst);
+    }
+    Ok(())
+}
+
+fn kernel_basis_checks(rng: &mut StdRng) -> Result<(), super::CliError> {
+    const MAX_DEGREE: usize = 3;
+    const EDGES: usize = 64;
+    let kb = KernelBasis::new(MAX_DEGREE, QjPrecision::Exact)?;
+    let r = random_rotation(rng);
+    let ds = wigner_d_all(MAX_DEGREE, &r)?;
+    let edges: Vec<[f64; 3]> = (0..EDGES)
+        .map(|_| {
+            let v = random_vector(rng);
+            [v.x, v.y, v.z]
+        })
+        .collect();
+    let rotated: Vec<[f64; 3]> = edges
+        .iter()
+        .map(|e| {
+            let v = r * Vector3::from(*e);
+            [v.x, v.y, v.z]
+        })
+        .collect();
+    let (k, kr) = (kb.compute(&edges)?, kb.compute(&rotated)?);
+    println!("max relative error of K(Rr) = D_out K(r) D_in^T over {EDGES} random edges");
+    print!("{:>12}", "d_in \\ d_out");
+    for d_out in 0..=MAX_DEGREE {
+        print!(" {:>10}", d_out);
+    }
+    println!();
+    for d_in in 0..=MAX_DEGREE {
+        print!("{:>12}", d_in);
+        for d_out in 0..=MAX_DEGREE {
+            let [no, ni, nf] = pair_shape(d_in, d_out);
+            let (blk, blk_r) = (k.block(d_in, d_out)?, kr.block(d_in, d_out)?);
+            let (mut lhs, mut rhs) = (Vec::new(), Vec::new());
+            for e in 0..EDGES {
+                for f in 0..nf {
+                    let at = |b: &[f64]| {
+                        DMatrix::from_fn(no, ni, |o, i| b[((e * no + o) * ni + i) * nf + f])
+                    };
+                    lhs.extend(at(blk_r).iter().copied());
+                    rhs.extend(
+                        (&ds[d_out] * at(blk) * ds[d_in].transpose())
+                            .iter()
+                            .copied(),
+                    );
+                }
+            }
+            print!(" {:>10.2e}", rel_err(&lhs, &rhs));
+        }
+        println!();
     }
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! K[o, i, f](r) = sum_m Q_J[o (2 d_in+1) + i, m] * Y_J(r)[m]
 //! ```
 //!
-//! with `Q_J` of [`super::q_j`] and `Y_J` the harmonics in
+//! with `Q_J` of [`super::q_j()`] and `Y_J` the harmonics in
 //! `Convention::Se3TransformerPytorch` / `Normalization::Integral` (so the zero vector is the
 //! direction `(0, 1, 0)`, as in the library). It is equivariant per frequency:
 //! `K(R r) = D^{d_out}(R) K(r) D^{d_in}(R)^T`.
@@ -249,6 +249,7 @@ impl KernelBasis {
                 // Blocks of LANES edges, harmonics transposed to [idx][lane], so each sparse
                 // term is loaded once and applied lane-wise.
                 let mut yb = vec![[0.0f64; LANES]; len];
+                let mut acc = vec![[0.0f64; LANES]; self.max_values_per_edge()];
                 for e0 in (0..full).step_by(LANES) {
                     for (lane, ye) in y[e0 * len..(e0 + LANES) * len]
                         .chunks_exact(len)
@@ -260,18 +261,22 @@ impl KernelBasis {
                     }
                     for (p, dst) in self.pairs.iter().zip(slices.iter_mut()) {
                         let per_edge = (2 * p.d_out + 1) * (2 * p.d_in + 1) * p.nf;
-                        let d = &mut dst[e0 * per_edge..(e0 + LANES) * per_edge];
-                        for idx in 0..per_edge {
+                        for (idx, a_idx) in acc[..per_edge].iter_mut().enumerate() {
                             let (a, b) = (p.row_ptr[idx] as usize, p.row_ptr[idx + 1] as usize);
-                            let mut acc = [0.0f64; LANES];
+                            let mut sum = [0.0f64; LANES];
                             for (&v, &c) in p.vals[a..b].iter().zip(&p.cols[a..b]) {
                                 let yc = &yb[c as usize];
                                 for lane in 0..LANES {
-                                    acc[lane] += v * yc[lane];
+                                    sum[lane] += v * yc[lane];
                                 }
                             }
-                            for (lane, &x) in acc.iter().enumerate() {
-                                d[lane * per_edge + idx] = T::from_f64(x);
+                            *a_idx = sum;
+                        }
+                        // Each edge's block is contiguous: stream it out in order.
+                        let d = &mut dst[e0 * per_edge..(e0 + LANES) * per_edge];
+                        for (lane, de) in d.chunks_exact_mut(per_edge).enumerate() {
+                            for (o, a) in de.iter_mut().zip(&acc[..per_edge]) {
+                                T::stream(o, T::from_f64(a[lane]));
                             }
                         }
                     }
@@ -291,8 +296,18 @@ impl KernelBasis {
                         }
                     }
                 }
+                stream_fence();
                 Ok(())
             })
+    }
+
+    /// The largest block one edge produces for one pair.
+    fn max_values_per_edge(&self) -> usize {
+        self.pairs
+            .iter()
+            .map(|p| (2 * p.d_out + 1) * (2 * p.d_in + 1) * p.nf)
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -302,6 +317,11 @@ pub trait BasisFloat: Copy + Default + Send + Sync {
     fn from_f64(x: f64) -> Self;
     /// To f64.
     fn to_f64(self) -> f64;
+    /// Stores `v` to `dst` bypassing the cache where the target allows (the basis is written
+    /// once per forward pass and is larger than the caches); the evaluation fences at the end.
+    fn stream(dst: &mut Self, v: Self) {
+        *dst = v;
+    }
 }
 
 impl BasisFloat for f64 {
@@ -311,6 +331,19 @@ impl BasisFloat for f64 {
     fn to_f64(self) -> f64 {
         self
     }
+    #[inline(always)]
+    fn stream(dst: &mut Self, v: Self) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `dst` is a valid, exclusive, 8-byte aligned location (a `&mut f64`), which
+        // is all `movnti` needs; SSE2 is part of the x86_64 baseline.
+        unsafe {
+            core::arch::x86_64::_mm_stream_si64((dst as *mut f64).cast::<i64>(), v.to_bits() as i64)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            *dst = v;
+        }
+    }
 }
 
 impl BasisFloat for f32 {
@@ -319,6 +352,28 @@ impl BasisFloat for f32 {
     }
     fn to_f64(self) -> f64 {
         self as f64
+    }
+    #[inline(always)]
+    fn stream(dst: &mut Self, v: Self) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `dst` is a valid, exclusive, 4-byte aligned location (a `&mut f32`), which
+        // is all `movnti` needs; SSE2 is part of the x86_64 baseline.
+        unsafe {
+            core::arch::x86_64::_mm_stream_si32((dst as *mut f32).cast::<i32>(), v.to_bits() as i32)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            *dst = v;
+        }
+    }
+}
+
+/// Orders this thread's streaming stores before what follows (end of a rayon task).
+fn stream_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `sfence` has no preconditions; SSE is part of the x86_64 baseline.
+    unsafe {
+        core::arch::x86_64::_mm_sfence()
     }
 }
 

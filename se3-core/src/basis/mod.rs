@@ -1,10 +1,10 @@
 //! Equivariant kernel bases, radial bases and edge encodings.
 //!
-//! - [`q_j`]: se3-transformer-pytorch's change-of-basis matrices `Q_J` and their sign table.
+//! - [`mod@q_j`]: se3-transformer-pytorch's change-of-basis matrices `Q_J` and their sign table.
 //! - [`kernel_basis`]: `get_basis`: `K[o, i, f](r) = sum_m Q_J[o, i, m] Y_J(r)[m]`.
 //! - [`radial`]: Gaussian and Bessel bases, polynomial envelope, cosine cutoff.
 //! - [`zbasis`]: equiformer's constant z-basis of the edge-aligned tensor product.
-//! - [`fourier_encode`]: `[sin(x/2^k), cos(x/2^k), x]`.
+//! - [`mod@fourier_encode`]: `[sin(x/2^k), cos(x/2^k), x]`.
 
 pub mod fourier_encode;
 pub mod kernel_basis;

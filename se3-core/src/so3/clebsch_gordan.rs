@@ -1,7 +1,7 @@
 //! Clebsch-Gordan coefficients in the real basis: e3nn's `wigner_3j(l1, l2, l3)`, same sign.
 //!
 //! `C` has shape `(2l1+1, 2l2+1, 2l3+1)`, Frobenius norm 1, and is invariant:
-//! `sum_ijk C_ijk D1_il D2_jm D3_kn = C_lmn` for the D of [`crate::so3::wigner_d`]
+//! `sum_ijk C_ijk D1_il D2_jm D3_kn = C_lmn` for the D of [`crate::so3::wigner_d()`]
 //! (equivalently it intertwines `D^{l1} (x) D^{l2}` with `D^{l3}`).
 //!
 //! # How it is computed (e3nn's construction, so that the overall sign is e3nn's)

@@ -9,8 +9,8 @@
 
 use nalgebra::{DMatrix, Matrix3, Rotation3, Vector3};
 
-use super::rotation::euler_zyz;
-use super::wigner_d::wigner_d_from_euler;
+use super::rotation::{euler_e3nn, euler_zyz};
+use super::wigner_d::{wigner_d_batch, wigner_d_from_euler};
 use crate::Error;
 
 /// Below this `|u + e|^2` the edge is taken as antiparallel to `e`.
@@ -78,6 +78,30 @@ pub fn equiformer_edge_wigner_d(l: usize, v: &Vector3<f64>) -> Result<DMatrix<f6
     wigner_d_from_euler(l, a, b, g)
 }
 
+/// [`equiformer_edge_wigner_d`] for many edges and all degrees `0..=lmax`, in the flat layout
+/// of [`wigner_d_batch`].
+///
+/// # Errors
+/// `NonFinite`/`ZeroVector` for a bad edge (first one, with its index), `DegreeTooHigh` if
+/// `lmax > L_MAX`.
+pub fn equiformer_edge_wigner_d_batch(lmax: usize, edges: &[[f64; 3]]) -> Result<Vec<f64>, Error> {
+    let mut rotations = Vec::with_capacity(edges.len());
+    for (i, e) in edges.iter().enumerate() {
+        let r = equiformer_edge_rotation(&Vector3::from(*e)).map_err(|err| match err {
+            Error::NonFinite { what, value, .. } => Error::NonFinite {
+                what,
+                index: i,
+                value,
+            },
+            Error::ZeroVector { what, .. } => Error::ZeroVector { what, index: i },
+            other => other,
+        })?;
+        let [a, b, g] = equiformer_euler_angles(&r);
+        rotations.push(euler_e3nn(a, b, g));
+    }
+    wigner_d_batch(lmax, &rotations)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +116,23 @@ mod tests {
             let r = equiformer_edge_rotation(&v)?;
             assert!((r * v.normalize() - Vector3::y()).amax() < 1e-14);
         }
+        Ok(())
+    }
+
+    #[test]
+    fn batch_matches_single_and_names_bad_edges() -> Result<(), Error> {
+        let edges = [[0.3, -0.2, 0.9], [-1.0, 0.5, 0.1]];
+        let b = equiformer_edge_wigner_d_batch(2, &edges)?;
+        let d = equiformer_edge_wigner_d(2, &Vector3::from(edges[1]))?;
+        for i in 0..5 {
+            for j in 0..5 {
+                assert!((b[35 + 10 + i * 5 + j] - d[(i, j)]).abs() < 1e-14);
+            }
+        }
+        assert!(matches!(
+            equiformer_edge_wigner_d_batch(2, &[[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]),
+            Err(Error::ZeroVector { index: 1, .. })
+        ));
         Ok(())
     }
 

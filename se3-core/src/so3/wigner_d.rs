@@ -1,7 +1,7 @@
 //! Wigner D matrices: the real representation `D^l(R)` of SO(3) on degree-l harmonics.
 //!
 //! `D^l(R)` is defined by `Y_l(R v) = D^l(R) Y_l(v)` for the harmonics of
-//! [`crate::so3::spherical_harmonics`] (both conventions give the same D: they differ from
+//! [`crate::so3::spherical_harmonics()`] (both conventions give the same D: they differ from
 //! each other by a per-degree scalar). It equals e3nn's `wigner_D(l, alpha, beta, gamma)` for
 //! `R = `[`euler_e3nn`]`(alpha, beta, gamma)` and se3-transformer-pytorch's
 //! `irr_repr(l, alpha, beta, gamma)`; `D^1(R) = R` (e3nn's axis order, CONVENTIONS.md 1.3).
@@ -18,6 +18,7 @@
 use std::sync::OnceLock;
 
 use nalgebra::{DMatrix, Matrix3, Rotation3, UnitQuaternion, Vector3};
+use rayon::prelude::*;
 
 use super::rotation::{euler_e3nn, rotation_from_matrix};
 use super::spherical_harmonics::{
@@ -191,6 +192,52 @@ pub fn wigner_d_all(lmax: usize, r: &Rotation3<f64>) -> Result<Vec<DMatrix<f64>>
     Ok(project(grid(lmax), r, 0..=lmax))
 }
 
+/// Offset of degree `l`'s block in the flat layout of [`wigner_d_batch`]:
+/// `sum_{k<l} (2k+1)^2 = l (2l-1) (2l+1) / 3`.
+pub const fn wigner_d_offset(l: usize) -> usize {
+    l * (4 * l * l - 1) / 3
+}
+
+/// Length of all blocks of degrees `0..=lmax` of one rotation in [`wigner_d_batch`].
+pub const fn wigner_d_len(lmax: usize) -> usize {
+    wigner_d_offset(lmax + 1)
+}
+
+/// Wigner D matrices of degrees `0..=lmax` for many rotations, in parallel, flat:
+/// `out[n * wigner_d_len(lmax) + wigner_d_offset(l) + i * (2l+1) + j] = D^l(R_n)[i, j]`
+/// (row-major blocks, degree after degree).
+///
+/// # Errors
+/// `DegreeTooHigh` if `lmax > L_MAX`, `NonFinite` if a rotation holds NaN/inf.
+pub fn wigner_d_batch(lmax: usize, rotations: &[Rotation3<f64>]) -> Result<Vec<f64>, Error> {
+    if lmax > L_MAX {
+        return Err(Error::DegreeTooHigh {
+            l: lmax,
+            max: L_MAX,
+        });
+    }
+    for r in rotations {
+        check_rotation(r)?;
+    }
+    let g = grid(lmax);
+    let len = wigner_d_len(lmax);
+    let mut out = vec![0.0; rotations.len() * len];
+    out.par_chunks_mut(len)
+        .zip(rotations.par_iter())
+        .for_each(|(o, r)| {
+            for (l, d) in project(g, r, 0..=lmax).into_iter().enumerate() {
+                let n = 2 * l + 1;
+                let off = wigner_d_offset(l);
+                for i in 0..n {
+                    for j in 0..n {
+                        o[off + i * n + j] = d[(i, j)];
+                    }
+                }
+            }
+        });
+    Ok(out)
+}
+
 /// [`wigner_d`] of a unit quaternion.
 ///
 /// # Errors
@@ -269,6 +316,27 @@ mod tests {
             let lhs = spherical_harmonics(l, &(r * v), Convention::E3nn, Normalization::Component)?;
             let rhs = d * spherical_harmonics(l, &v, Convention::E3nn, Normalization::Component)?;
             assert!((lhs - rhs).amax() < 1e-12, "l = {l}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn batch_matches_single() -> R {
+        let rs = [euler_e3nn(0.1, 0.2, 0.3), euler_e3nn(-1.0, 2.5, 0.7)];
+        let b = wigner_d_batch(3, &rs)?;
+        assert_eq!(b.len(), 2 * wigner_d_len(3));
+        assert_eq!(wigner_d_len(3), 1 + 9 + 25 + 49);
+        for (n, r) in rs.iter().enumerate() {
+            for l in 0..=3 {
+                let d = wigner_d(l, r)?;
+                let k = 2 * l + 1;
+                for i in 0..k {
+                    for j in 0..k {
+                        let got = b[n * wigner_d_len(3) + wigner_d_offset(l) + i * k + j];
+                        assert!((got - d[(i, j)]).abs() < 1e-14);
+                    }
+                }
+            }
         }
         Ok(())
     }
