@@ -10,13 +10,13 @@ use luminal::prelude::GenericCompiler;
 use super::elementwise::ElementwiseFusion;
 use super::matmul::MatMulPass;
 use super::primitives::NativePrimitives;
-// EDGE use crate::ops::edge_conv::EdgeConvFusion;
+use crate::ops::edge_conv::EdgeConvFusion;
 
 /// The CPU compiler of se3 (see the module documentation).
 pub type CpuCompiler = (
     GenericCompiler,
     MatMulPass,
-    // EDGE EdgeConvFusion,
+    EdgeConvFusion,
     ElementwiseFusion,
     NativePrimitives,
 );

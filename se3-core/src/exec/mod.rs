@@ -11,7 +11,7 @@ pub mod primitives;
 mod safetensors;
 mod session;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub(crate) mod view;
 
 pub use compiler::CpuCompiler;
