@@ -8,11 +8,12 @@ pub mod elementwise;
 mod luminal_regressions;
 pub mod matmul;
 pub mod primitives;
-mod safetensors;
+pub mod safetensors;
 mod session;
 #[cfg(test)]
 pub(crate) mod tests;
 pub(crate) mod view;
 
 pub use compiler::CpuCompiler;
+pub use safetensors::{read_safetensors, write_safetensors, F32Tensor, LoadReport};
 pub use session::{IndexBound, InputKind, Output, Session};
