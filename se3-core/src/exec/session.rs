@@ -491,6 +491,54 @@ impl Session {
         })
     }
 
+    /// Like [`Session::get`], but moves the buffer out of the graph (no copy when the output
+    /// is laid out row-major already); a second `take` before the next run is `NoOutput`.
+    ///
+    /// # Errors
+    /// `UnknownName`, `NoOutput`.
+    pub fn take(&mut self, name: &str) -> Result<Output, Error> {
+        let o = self
+            .outputs
+            .iter()
+            .find(|o| o.name == name)
+            .ok_or_else(|| Error::UnknownName {
+                role: "output",
+                name: name.to_string(),
+            })?;
+        let id = self.ids[o.id];
+        let view = View::new(&o.shape, &self.graph.dyn_map);
+        if self.slots.iter().any(|s| s.id == id) {
+            return self.get(name);
+        }
+        let mut t = self
+            .graph
+            .tensors
+            .remove(&(id, 0))
+            .filter(|_| self.ran)
+            .ok_or_else(|| Error::NoOutput {
+                name: name.to_string(),
+            })?;
+        let Some(buf) = t
+            .data
+            .as_any_mut()
+            .downcast_mut::<Vec<f32>>()
+            .map(std::mem::take)
+        else {
+            return Err(Error::NoOutput {
+                name: name.to_string(),
+            });
+        };
+        let data = if view.plain && buf.len() == view.n {
+            buf
+        } else {
+            view.materialize(&buf).into_owned()
+        };
+        Ok(Output {
+            data,
+            shape: view.shape(),
+        })
+    }
+
     /// Number of nodes in the (compiled) graph.
     pub fn node_count(&self) -> usize {
         self.graph.graph.node_count()

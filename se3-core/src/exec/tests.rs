@@ -371,6 +371,8 @@ fn one_session_runs_many_sizes_with_resident_weights_and_fresh_outputs() -> Resu
             .map(|j| (0..n).map(|i| full[i * 3 + j]).sum())
             .collect();
         assert!(rel_err(&y.data, &want) < 1e-5);
+        assert_eq!(s.take("y")?, y);
+        assert!(matches!(s.take("y"), Err(Error::NoOutput { .. })));
         assert_eq!(s.node_count(), nodes, "graph changed between runs");
     }
     Ok(())

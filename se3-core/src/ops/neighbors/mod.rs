@@ -153,6 +153,32 @@ mod tests {
     }
 
     #[test]
+    fn grid_knn_on_larger_clouds_matches_brute_force() -> Result<(), Error> {
+        let mut r = rng();
+        for round in 0..3 {
+            let n = r.gen_range(400..900);
+            // Round 0: clustered integer grid (ties); 1: a flat sheet; 2: uniform with radius.
+            let x: Vec<f32> = (0..n * 3)
+                .map(|i| match round {
+                    0 => r.gen_range(-4..5) as f32,
+                    1 if i % 3 == 2 => 0.0,
+                    _ => r.gen_range(-5.0f32..5.0),
+                })
+                .collect();
+            let mask: Vec<f32> = (0..n)
+                .map(|_| if r.gen_bool(0.9) { 1.0 } else { 0.0 })
+                .collect();
+            let spec = NeighborSpec {
+                radius: if round == 2 { Some(1.5) } else { None },
+                exclude_self: round != 1,
+            };
+            let (idx, _) = run(&x, &mask, spec)?;
+            assert_eq!(idx, brute(&x, &mask, spec), "round {round}");
+        }
+        Ok(())
+    }
+
+    #[test]
     fn knn_edge_cases_fewer_points_than_k_duplicates_and_self() -> Result<(), Error> {
         let mut r = rng();
         // Two points only: each has one neighbour, the rest is -1.
