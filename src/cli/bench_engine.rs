@@ -120,7 +120,7 @@ fn elementwise(r: &mut StdRng, rows: &mut Vec<Row>) -> Result<()> {
     });
     let mut stock = Session::new();
     build(&mut stock);
-    stock.compile_with(());
+    stock.compile_stock();
     let t = median_ms(1, || {
         stock.set("x", x.clone(), &[n]).ok();
         stock.set("y", y.clone(), &[n]).ok();
@@ -343,7 +343,7 @@ fn overhead(rows: &mut Vec<Row>) -> Result<()> {
         if compiled {
             s.compile();
         } else {
-            s.compile_with(());
+            s.compile_stock();
         }
         let nodes = s.node_count();
         let t = median_ms(9, || {

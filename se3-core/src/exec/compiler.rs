@@ -3,7 +3,8 @@
 //! Order matters: matrix products are matched on the stock `Mul`/`SumReduce` pattern first,
 //! then the fused edge kernel on its unfused pattern, then elementwise chains are fused, then
 //! the remaining reductions and copies get native kernels. Luminal's own `CPUCompiler` is
-//! never used (it computes `Equal` as `<` among other faults, see `luminal_regressions`).
+//! never used (its gather gives wrong results, its matmul passes do not fire and a retrieved
+//! `arange` panics; see `luminal_regressions`).
 
 use luminal::prelude::GenericCompiler;
 

@@ -203,7 +203,8 @@ mod tests {
         let mut r = rng();
         let w = rand_vec(&mut r, 6);
         let b = rand_vec(&mut r, 3);
-        let cases: Vec<(Dtype, Box<dyn Fn(&[f32]) -> Vec<u8>>, f32)> = vec![
+        type Encode = Box<dyn Fn(&[f32]) -> Vec<u8>>;
+        let cases: Vec<(Dtype, Encode, f32)> = vec![
             (
                 Dtype::F32,
                 Box::new(|v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect()),

@@ -96,6 +96,7 @@ pub struct Session {
     ids: Vec<NodeIndex>,
     fixed_dims: FxHashMap<char, usize>,
     compiled: bool,
+    stock: bool,
     ran: bool,
 }
 
@@ -140,12 +141,16 @@ impl Session {
             ids: Vec::new(),
             fixed_dims: FxHashMap::default(),
             compiled: false,
+            stock: false,
             ran: false,
         }
     }
 
     /// The graph, for operations that need it directly (constants, `arange`, custom ops).
+    /// Nodes added after compiling are compiled and scheduled by the next run (luminal alone
+    /// would never run them).
     pub fn graph(&mut self) -> &mut Graph {
+        self.compiled = false;
         &mut self.graph
     }
 
@@ -184,6 +189,7 @@ impl Session {
 
     /// Marks `t` as an output under `name`.
     pub fn output<S: Shape>(&mut self, name: &str, t: GraphTensor<S>) {
+        self.compiled = false;
         t.retrieve();
         self.ids.push(t.id);
         self.outputs.push(OutSlot {
@@ -203,8 +209,15 @@ impl Session {
         self.compile_with(<CpuCompiler>::default());
     }
 
-    /// Compiles with any luminal compiler (`()` keeps luminal's primitive interpreter, which
-    /// tests use as the reference).
+    /// Keeps luminal's primitive interpreter (no passes): the reference that tests compare
+    /// compiled graphs with. Later recompilations (after adding nodes) stay stock.
+    pub fn compile_stock(&mut self) {
+        self.stock = true;
+        self.compile_with(());
+    }
+
+    /// Compiles with any luminal compiler. If nodes are added afterwards, the next run
+    /// recompiles with [`CpuCompiler`] (or stock, after [`Session::compile_stock`]).
     pub fn compile_with<C: Compiler>(&mut self, compiler: C) {
         let refs: Vec<&mut NodeIndex> = self.ids.iter_mut().collect();
         self.graph.compile(compiler, refs);
@@ -342,7 +355,11 @@ impl Session {
     /// a dynamic dimension), `BadIndex` (index out of its bound), `UnsetDim`.
     pub fn run(&mut self) -> Result<(), Error> {
         if !self.compiled {
-            self.compile();
+            if self.stock {
+                self.compile_with(());
+            } else {
+                self.compile();
+            }
         }
         // Dynamic dimensions from the inputs.
         let mut dims: FxHashMap<char, (usize, String)> = FxHashMap::default();

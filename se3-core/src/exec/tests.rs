@@ -54,7 +54,7 @@ pub(crate) fn run_both_dims(
     fast.compile();
     let mut plain = Session::new();
     build(&mut plain);
-    plain.compile_with(());
+    plain.compile_stock();
     for (c, v) in dims {
         plain.set_dim(*c, *v);
     }
@@ -161,10 +161,10 @@ fn views_permute_slice_pad_expand_match_plain_rust() -> Result<(), Error> {
     };
     let at = |i: usize, j: usize, k: usize| x[(i * db + j) * dc + k];
     let mut p = vec![];
-    for k in 0..dc {
+    for (k, vk) in v.iter().enumerate() {
         for i in 0..da {
             for j in 0..db {
-                p.push(at(i, j, k) + v[k]);
+                p.push(at(i, j, k) + vk);
             }
         }
     }

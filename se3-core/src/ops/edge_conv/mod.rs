@@ -127,6 +127,7 @@ mod tests {
     type N = Dyn<'n'>;
     type E = Dyn<'e'>;
 
+    #[allow(clippy::too_many_arguments)]
     fn reference(
         x: &[f32],
         w: &[f32],

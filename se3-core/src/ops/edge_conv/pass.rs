@@ -27,12 +27,15 @@ fn single_consumer(graph: &Graph, n: NodeIndex) -> bool {
     !graph.no_delete.contains(&n) && graph.graph.edges_directed(n, Direction::Outgoing).count() == 1
 }
 
+/// An input edge: source node, its output index, the view.
+type Source = (NodeIndex, u8, ShapeTracker);
+
 /// The gather among the two inputs of `mul`, given the view it must be read through.
 fn split_gather(
     graph: &Graph,
     mul: NodeIndex,
     gather_view_ok: impl Fn(&ShapeTracker) -> bool,
-) -> Option<((NodeIndex, u8, ShapeTracker), (NodeIndex, u8, ShapeTracker))> {
+) -> Option<(Source, Source)> {
     let ms = sources(graph, mul);
     if ms.len() != 2 {
         return None;
