@@ -446,7 +446,7 @@ impl Session {
                     .chain(st.slices.iter().flat_map(|p| [&p.0, &p.1]))
                 {
                     for c in d.to_symbols() {
-                        if c != '-' && !dims.contains_key(&c) {
+                        if !dims.contains_key(&c) {
                             return Err(Error::UnsetDim { dim: c });
                         }
                     }
