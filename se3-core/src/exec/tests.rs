@@ -455,7 +455,8 @@ fn random_step(r: &mut StdRng, pool: &[GraphTensor<D2>]) -> GraphTensor<D2> {
         6 => t.less_than(u),
         7 => t % 0.7,
         // A binary op between two permuted views, permuted back.
-        8 => (t.permute::<(Dyn<'b'>, Dyn<'a'>), _>() * u.permute::<(Dyn<'b'>, Dyn<'a'>), _>() + 0.5)
+        8 => (t.permute::<(Dyn<'b'>, Dyn<'a'>), _>() * u.permute::<(Dyn<'b'>, Dyn<'a'>), _>()
+            + 0.5)
             .permute::<D2, _>(),
         // Row sums broadcast back.
         9 => t.sum_reduce::<(Dyn<'a'>,), _>().expand::<D2, _>() * u,
@@ -491,7 +492,11 @@ fn random_elementwise_programs_with_views_match_the_plain_graph() -> Result<(), 
         };
         let x = rand_vec(&mut r, da * db);
         let y = rand_vec(&mut r, da * db);
-        let (a, b, _) = run_both(build, &[("x", x, vec![da, db]), ("y", y, vec![da, db])], &["out", "mid"])?;
+        let (a, b, _) = run_both(
+            build,
+            &[("x", x, vec![da, db]), ("y", y, vec![da, db])],
+            &["out", "mid"],
+        )?;
         check(&a, &b, &[]);
     }
     Ok(())

@@ -33,7 +33,7 @@ pub mod segment_softmax;
 pub use adjacency::adjacency_degrees;
 pub use edge_conv::{edge_conv, edge_conv_unfused, EdgeWeights};
 pub use gather::gather;
-pub use neighbors::{neighbors, NeighborSpec, Neighbors};
+pub use neighbors::{neighbors, neighbors_in_batches, NeighborSpec, Neighbors};
 pub use relative_positions::{distances, relative_positions};
 pub use scatter_add::scatter_add;
 pub use segment_softmax::segment_softmax;

@@ -10,13 +10,15 @@ use rayon::prelude::*;
 
 use crate::exec::view::{buffer, tensor, View};
 
-/// k-nearest / radius neighbours: inputs `coords (N, 3)` and optionally `mask (N,)`; output
-/// `(N, k)` indices, `-1` where missing.
+/// k-nearest / radius neighbours: inputs `coords (N, 3)`, then `mask (N,)` if `masked`, then
+/// `batch (N,)` if `batched`; output `(N, k)` indices, `-1` where missing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Knn {
     pub k: usize,
     pub radius: Option<f32>,
     pub exclude_self: bool,
+    pub masked: bool,
+    pub batched: bool,
 }
 
 /// Below this many points every pair is compared directly.
@@ -138,6 +140,7 @@ impl Grid {
 pub(crate) fn knn(
     x: &[f32],
     mask: Option<&[f32]>,
+    batch: Option<&[f32]>,
     k: usize,
     radius: Option<f32>,
     exclude_self: bool,
@@ -150,13 +153,30 @@ pub(crate) fn knn(
     if k == 0 || n == 0 {
         return out;
     }
-    let valid: Vec<usize> = (0..n).filter(|&j| on(j)).collect();
+    // Points are searched within their batch item only: one candidate list (and grid) each.
+    let mut group_of = vec![0usize; n];
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut keys: rustc_hash::FxHashMap<u32, usize> = Default::default();
+    for (j, g) in group_of.iter_mut().enumerate() {
+        let key = batch.map(|b| b[j].to_bits()).unwrap_or(0);
+        let next = keys.len();
+        *g = *keys.entry(key).or_insert(next);
+        if *g == groups.len() {
+            groups.push(Vec::new());
+        }
+        if on(j) {
+            groups[*g].push(j);
+        }
+    }
     let dist = |i: usize, j: usize| {
         let (p, q) = (pts[i], pts[j]);
         let (dx, dy, dz) = (q[0] - p[0], q[1] - p[1], q[2] - p[2]);
         dx * dx + dy * dy + dz * dz
     };
-    let grid = (valid.len() > BRUTE_MAX).then(|| Grid::new(&pts, &valid));
+    let grids: Vec<Option<Grid>> = groups
+        .iter()
+        .map(|valid| (valid.len() > BRUTE_MAX).then(|| Grid::new(&pts, valid)))
+        .collect();
     out.par_chunks_mut(k).enumerate().for_each_init(
         || (vec![0.0f32; k], vec![0usize; k]),
         |(bd, bj), (i, row)| {
@@ -177,7 +197,8 @@ pub(crate) fn knn(
                     best.offer(d, j);
                 }
             };
-            match &grid {
+            let valid = &groups[group_of[i]];
+            match &grids[group_of[i]] {
                 None => valid.iter().for_each(|&j| consider(&mut best, j)),
                 Some(g) => {
                     let c = g.cell_of(pts[i]);
@@ -226,12 +247,20 @@ impl Operator for Knn {
         let empty = Default::default();
         let xv = View::new(&inp[0].1, &empty);
         let x = xv.materialize(buffer(&inp[0].0));
-        let mask = inp
-            .get(1)
-            .map(|(t, st)| View::new(st, &empty).materialize(buffer(t)).into_owned());
+        let read = |i: usize| {
+            inp.get(i)
+                .map(|(t, st)| View::new(st, &empty).materialize(buffer(t)).into_owned())
+        };
+        let mask = if self.masked { read(1) } else { None };
+        let batch = if self.batched {
+            read(1 + self.masked as usize)
+        } else {
+            None
+        };
         vec![tensor(knn(
             &x,
             mask.as_deref(),
+            batch.as_deref(),
             self.k,
             self.radius,
             self.exclude_self,

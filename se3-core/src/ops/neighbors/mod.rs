@@ -49,15 +49,29 @@ pub fn neighbors<N: Dimension, const K: usize>(
     mask: Option<GraphTensor<(N,)>>,
     spec: NeighborSpec,
 ) -> Neighbors<N, K> {
+    neighbors_in_batches(coords, mask, None, spec)
+}
+
+/// [`neighbors`] over several point clouds stored one after the other: `batch (N,)` holds
+/// each point's cloud id (any f32 value, compared exactly), and neighbours never cross
+/// clouds. Indices stay global (rows of the stacked `(N, ..)` tensors), ready for `gather`.
+pub fn neighbors_in_batches<N: Dimension, const K: usize>(
+    coords: GraphTensor<(N, Const<3>)>,
+    mask: Option<GraphTensor<(N,)>>,
+    batch: Option<GraphTensor<(N,)>>,
+    spec: NeighborSpec,
+) -> Neighbors<N, K> {
     let dims = [logical_dims(&coords.shape)[0], K.into()];
     let op = Knn {
         k: K,
         radius: spec.radius,
         exclude_self: spec.exclude_self,
+        masked: mask.is_some(),
+        batched: batch.is_some(),
     };
     let mut b = coords.graph().add_op(op).input(coords.id, 0, coords.shape);
-    if let Some(m) = mask {
-        b = b.input(m.id, 0, m.shape);
+    for t in [mask, batch].into_iter().flatten() {
+        b = b.input(t.id, 0, t.shape);
     }
     let id = b.finish();
     let shape = ShapeTracker::new(&dims);
@@ -174,6 +188,50 @@ mod tests {
             };
             let (idx, _) = run(&x, &mask, spec)?;
             assert_eq!(idx, brute(&x, &mask, spec), "round {round}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn batched_neighbours_never_cross_clouds_and_match_per_cloud_brute_force() -> Result<(), Error>
+    {
+        let mut r = rng();
+        let sizes: Vec<usize> = (0..3).map(|_| r.gen_range(1..500)).collect();
+        let n: usize = sizes.iter().sum();
+        // All clouds overlap in space.
+        let x: Vec<f32> = (0..n * 3).map(|_| r.gen_range(-3.0f32..3.0)).collect();
+        let mask: Vec<f32> = (0..n)
+            .map(|_| if r.gen_bool(0.9) { 1.0 } else { 0.0 })
+            .collect();
+        let batch: Vec<f32> = sizes
+            .iter()
+            .enumerate()
+            .flat_map(|(b, &s)| vec![b as f32; s])
+            .collect();
+        let mut s = Session::new();
+        let c = s.input::<(Dyn<'n'>, Const<3>)>("x", InputKind::Coordinates);
+        let m = s.input::<(Dyn<'n'>,)>("m", InputKind::Mask);
+        let b = s.input::<(Dyn<'n'>,)>("b", InputKind::Values);
+        let nb = super::neighbors_in_batches::<_, K>(c, Some(m), Some(b), NeighborSpec::default());
+        s.output("idx", nb.idx);
+        s.set("x", x.clone(), &[n, 3])?;
+        s.set("m", mask.clone(), &[n])?;
+        s.set("b", batch, &[n])?;
+        s.run()?;
+        let idx = s.get("idx")?.data;
+        let mut off = 0;
+        for &size in &sizes {
+            let want = brute(
+                &x[off * 3..(off + size) * 3],
+                &mask[off..off + size],
+                NeighborSpec::default(),
+            );
+            let got: Vec<f32> = idx[off * K..(off + size) * K]
+                .iter()
+                .map(|&i| if i < 0.0 { -1.0 } else { i - off as f32 })
+                .collect();
+            assert_eq!(got, want);
+            off += size;
         }
         Ok(())
     }
