@@ -1,8 +1,8 @@
 //! Fused elementwise kernels: chains of luminal's unary and binary primitives (`Log2`, `Exp2`,
 //! `Sin`, `Sqrt`, `Recip`, `Add`, `Mul`, `Mod`, `LessThan`) executed as one native loop.
 //!
-//! A fused op holds a small register program. It runs over blocks of [`BLOCK`] output
-//! elements: each input is read into a block through its [`View`] (a plain copy when
+//! A fused op holds a small register program. It runs over blocks of `BLOCK` output
+//! elements: each input is read into a block through its `View` (a plain copy when
 //! contiguous), then every instruction is a tight loop over the block, so the chain costs one
 //! pass over memory. Large outputs split blocks over threads (rayon).
 //!

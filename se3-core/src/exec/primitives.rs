@@ -1,5 +1,5 @@
 //! Native kernels for luminal's non-elementwise primitives: `SumReduce`, `MaxReduce` and
-//! `Contiguous`, reading their input through a resolved [`View`] and writing the logical
+//! `Contiguous`, reading their input through a resolved `View` and writing the logical
 //! (row-major) result, as the luminal 0.2 primitives define it.
 
 use luminal::op::{InputTensor, Operator};

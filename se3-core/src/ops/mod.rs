@@ -2,13 +2,13 @@
 //! with its documentation and tests, `cpu.rs` the luminal `Operator` (a `cuda.rs` joins it
 //! when the CUDA backend lands).
 //!
-//! - [`gather`]: rows of a table by index (`(N, C)`, `(E,)` → `(E, C)`).
-//! - [`scatter_add`]: segment sum of rows into destinations (`(E, C)`, `(E,)` → `(N, C)`).
-//! - [`segment_softmax`]: softmax over the edges that share a destination.
-//! - [`relative_positions`], [`distances`]: per-edge geometry.
-//! - [`neighbors`]: exact k-nearest / radius neighbours with masks.
-//! - [`adjacency_degrees`]: N-th degree neighbours of a sparse adjacency.
-//! - [`edge_conv`]: the fused edge kernel (gather · per-edge weights → scatter-add) and the
+//! - [`gather()`]: rows of a table by index (`(N, C)`, `(E,)` → `(E, C)`).
+//! - [`scatter_add()`]: segment sum of rows into destinations (`(E, C)`, `(E,)` → `(N, C)`).
+//! - [`segment_softmax()`]: softmax over the edges that share a destination.
+//! - [`relative_positions()`], [`distances()`]: per-edge geometry.
+//! - [`neighbors()`]: exact k-nearest / radius neighbours with masks.
+//! - [`adjacency_degrees()`]: N-th degree neighbours of a sparse adjacency.
+//! - [`edge_conv()`]: the fused edge kernel (gather · per-edge weights → scatter-add) and the
 //!   compiler pass that swaps it in for the unfused pattern.
 //!
 //! Indices are stored as f32 (luminal tensors are f32), exact below 2^24; `-1` means "no
@@ -32,10 +32,10 @@ pub mod segment_softmax;
 
 pub use adjacency::adjacency_degrees;
 pub use edge_conv::{edge_conv, edge_conv_unfused, EdgeWeights};
-pub use gather::gather;
+pub use gather::{gather, gather3};
 pub use neighbors::{neighbors, neighbors_in_batches, NeighborSpec, Neighbors};
 pub use relative_positions::{distances, relative_positions};
-pub use scatter_add::scatter_add;
+pub use scatter_add::{scatter_add, scatter_add3};
 pub use segment_softmax::segment_softmax;
 
 /// Logical sizes of a view, as luminal's index expression reads them.

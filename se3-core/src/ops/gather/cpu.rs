@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use crate::exec::view::{buffer, tensor, View, PAR_MIN};
 
-/// Gathers rows: inputs `table (N, C)`, `idx (E,)`; output `(E, C)` row-major.
+/// Gathers rows: inputs `table (N, ..)`, `idx (E,)`; output `(E, ..)` row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatherRows;
 
@@ -35,7 +35,8 @@ impl Operator for GatherRows {
     fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
         let empty = Default::default();
         let (tv, iv) = (View::new(&inp[0].1, &empty), View::new(&inp[1].1, &empty));
-        let (n, c) = (tv.axes[0].len, tv.axes[1].len);
+        // Rows are everything after the first axis (rank-2 and rank-3 tables).
+        let (n, c) = (tv.axes[0].len, tv.axes[1..].iter().map(|a| a.len).product());
         let table = tv.materialize(buffer(&inp[0].0));
         let idx = iv.materialize(buffer(&inp[1].0));
         let mut out = vec![0.0; iv.n * c];

@@ -1,5 +1,5 @@
 //! Gather rows by index: `out[e, :] = table[idx[e], :]`, zeros where `idx[e]` is `-1` (or
-//! out of range). Its adjoint is [`scatter_add`](crate::ops::scatter_add) with the same
+//! out of range). Its adjoint is [`scatter_add`](crate::ops::scatter_add()) with the same
 //! indices.
 
 mod cpu;
@@ -18,6 +18,23 @@ pub fn gather<N: Dimension, C: Dimension, E: Dimension>(
     idx: GraphTensor<(E,)>,
 ) -> GraphTensor<(E, C)> {
     let dims = [logical_dims(&idx.shape)[0], logical_dims(&table.shape)[1]];
+    let id = table
+        .graph()
+        .add_op(GatherRows)
+        .input(table.id, 0, table.shape)
+        .input(idx.id, 0, idx.shape)
+        .finish();
+    GraphTensor::from_id(id, ShapeTracker::new(&dims), table.graph_ref)
+}
+
+/// [`gather`] for tables with two trailing axes (e.g. channels x (2l + 1)):
+/// `(N, A, B)`, `(E,)` → `(E, A, B)`.
+pub fn gather3<N: Dimension, A: Dimension, B: Dimension, E: Dimension>(
+    table: GraphTensor<(N, A, B)>,
+    idx: GraphTensor<(E,)>,
+) -> GraphTensor<(E, A, B)> {
+    let t = logical_dims(&table.shape);
+    let dims = [logical_dims(&idx.shape)[0], t[1], t[2]];
     let id = table
         .graph()
         .add_op(GatherRows)

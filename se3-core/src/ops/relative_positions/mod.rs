@@ -1,4 +1,4 @@
-//! Per-edge geometry as graph compositions of [`gather`](crate::ops::gather), so gradients
+//! Per-edge geometry as graph compositions of [`gather()`], so gradients
 //! flow to the coordinates: relative positions `x[center] - x[neighbor]` (the
 //! se3-transformer-pytorch convention, `rel_pos[i, j] = x_i - x_j`) and their lengths.
 

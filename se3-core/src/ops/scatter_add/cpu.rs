@@ -71,7 +71,8 @@ impl Operator for ScatterAdd {
             View::new(&inp[1].1, &empty),
             View::new(&inp[2].1, &empty),
         );
-        let (c, n) = (sv.axes[1].len, nv.axes[0].len);
+        // Rows are everything after the first axis (rank-2 and rank-3 sources).
+        let (c, n) = (sv.axes[1..].iter().map(|a| a.len).product(), nv.axes[0].len);
         let src = sv.materialize(buffer(&inp[0].0));
         let idx = iv.materialize(buffer(&inp[1].0));
         let mut out = vec![0.0; n * c];
