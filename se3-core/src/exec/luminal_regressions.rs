@@ -341,3 +341,48 @@ fn stock_contiguous_of_an_open_ended_slice_of_a_dynamic_axis_keeps_the_unsliced_
     assert_eq!(s.get("c")?.data, vec![1.0, 2.0, 3.0]);
     Ok(())
 }
+
+#[test]
+fn stock_reduce_over_a_permuted_view_scrambles_its_output_and_ours_does_not() -> Result<(), Error> {
+    let x: Vec<f32> = (0..24).map(|v| v as f32).collect();
+    let mut want = vec![];
+    for c in 0..4 {
+        for b in 0..3 {
+            want.push((0..2).map(|a| x[(a * 3 + b) * 4 + c]).sum::<f32>());
+        }
+    }
+    let got = stock(|cx| {
+        let t = cx.tensor::<R3<2, 3, 4>>().set(x.clone());
+        let p = t
+            .permute::<R3<4, 3, 2>, _>()
+            .sum_reduce::<R2<4, 3>, _>()
+            .retrieve();
+        cx.execute();
+        values(p)
+    });
+    assert_ne!(
+        got, want,
+        "stock reduce over a permuted view is correct now: revisit"
+    );
+    let mut s = Session::new();
+    let t = s.input::<(Const<2>, Const<3>, Const<4>)>("x", InputKind::Values);
+    let p = t.permute::<(Const<4>, Const<3>, Const<2>), _>();
+    s.output("sum", p.sum_reduce::<(Const<4>, Const<3>), _>());
+    s.output("max_plus", p.max_reduce::<(Const<4>, Const<3>), _>() + 1.0);
+    s.set("x", x.clone(), &[2, 3, 4])?;
+    s.run()?;
+    assert_eq!(s.get("sum")?.data, want);
+    let mut want_max = vec![];
+    for c in 0..4 {
+        for b in 0..3 {
+            want_max.push(
+                (0..2)
+                    .map(|a| x[(a * 3 + b) * 4 + c])
+                    .fold(f32::MIN, f32::max)
+                    + 1.0,
+            );
+        }
+    }
+    assert_eq!(s.get("max_plus")?.data, want_max);
+    Ok(())
+}

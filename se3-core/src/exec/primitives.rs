@@ -1,6 +1,10 @@
 //! Native kernels for luminal's non-elementwise primitives: `SumReduce`, `MaxReduce` and
-//! `Contiguous`, reading their input through a resolved `View` and writing the logical
-//! (row-major) result, as the luminal 0.2 primitives define it.
+//! `Contiguous`, reading their input through a resolved `View`.
+//!
+//! A reduction's consumers read its output through the input's view minus the reduced axis
+//! (luminal keeps the tracker). luminal 0.2 writes the result in logical order regardless,
+//! which is wrong when that view is permuted (see `luminal_regressions`); [`Reduce`] writes
+//! the result where that view reads it, which is the logical order whenever the view is plain.
 
 use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
@@ -64,13 +68,25 @@ impl Reduce {
 
 impl Operator for Reduce {
     fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
-        let view = View::new(&inp[0].1, &Default::default());
+        let empty = Default::default();
+        let view = View::new(&inp[0].1, &empty);
         let shape = view.shape();
         let x = view.materialize(buffer(&inp[0].0));
         let front: usize = shape[..self.axis].iter().product();
         let len = shape.get(self.axis).copied().unwrap_or(1);
         let back: usize = shape[(self.axis + 1).min(shape.len())..].iter().product();
-        vec![tensor(self.run(&x, front, len, back))]
+        let logical = self.run(&x, front, len, back);
+        let mut rest = inp[0].1;
+        if self.axis < rest.len() {
+            rest.remove_dim(self.axis);
+        }
+        let out_view = View::new(&rest, &empty);
+        if out_view.plain || out_view.n != logical.len() {
+            return vec![tensor(logical)];
+        }
+        let mut out = vec![0.0; out_view.physical_len()];
+        out_view.scatter(&logical, &mut out);
+        vec![tensor(out)]
     }
 }
 

@@ -501,3 +501,71 @@ fn random_elementwise_programs_with_views_match_the_plain_graph() -> Result<(), 
     }
     Ok(())
 }
+
+/// Plain-Rust reduction of a row-major (a, b, c) tensor permuted by `perm`, over permuted
+/// axis `axis`; result row-major over the remaining permuted axes.
+fn permuted_reduce(
+    x: &[f32],
+    dims: [usize; 3],
+    perm: [usize; 3],
+    axis: usize,
+    max: bool,
+) -> Vec<f32> {
+    let pd = perm.map(|p| dims[p]);
+    let keep: Vec<usize> = (0..3).filter(|&k| k != axis).collect();
+    let mut out = vec![];
+    for i in 0..pd[keep[0]] {
+        for j in 0..pd[keep[1]] {
+            let mut acc = if max { f32::MIN } else { 0.0 };
+            for r in 0..pd[axis] {
+                let mut q = [0usize; 3];
+                q[keep[0]] = i;
+                q[keep[1]] = j;
+                q[axis] = r;
+                let mut orig = [0usize; 3];
+                for k in 0..3 {
+                    orig[perm[k]] = q[k];
+                }
+                let v = x[(orig[0] * dims[1] + orig[1]) * dims[2] + orig[2]];
+                acc = if max { acc.max(v) } else { acc + v };
+            }
+            out.push(acc + 1.0);
+        }
+    }
+    out
+}
+
+#[test]
+fn reductions_over_permuted_views_match_plain_rust() -> Result<(), Error> {
+    let mut r = rng();
+    let dims = [r.gen_range(1..5), r.gen_range(1..5), r.gen_range(1..5)];
+    let x = rand_vec(&mut r, dims.iter().product());
+    type A = Dyn<'a'>;
+    type B = Dyn<'b'>;
+    type C = Dyn<'c'>;
+    let mut s = Session::new();
+    let t = s.input::<(A, B, C)>("x", InputKind::Values);
+    let p1 = t.permute::<(C, B, A), _>();
+    s.output("s1", p1.sum_reduce::<(C, B), _>() + 1.0);
+    s.output("m1", p1.max_reduce::<(C, A), _>() + 1.0);
+    let p2 = t.permute::<(B, A, C), _>();
+    s.output("s2", p2.sum_reduce::<(A, C), _>() + 1.0);
+    let p3 = t.permute::<(C, A, B), _>();
+    s.output("s3", p3.sum_reduce::<(C, A), _>() + 1.0);
+    s.output("m3", p3.max_reduce::<(A, B), _>() + 1.0);
+    s.set("x", x.clone(), &dims)?;
+    s.run()?;
+    let cases = [
+        ("s1", [2, 1, 0], 2, false),
+        ("m1", [2, 1, 0], 1, true),
+        ("s2", [1, 0, 2], 0, false),
+        ("s3", [2, 0, 1], 2, false),
+        ("m3", [2, 0, 1], 0, true),
+    ];
+    for (name, perm, axis, max) in cases {
+        let want = permuted_reduce(&x, dims, perm, axis, max);
+        let got = s.get(name)?.data;
+        assert!(rel_err(&got, &want) < 1e-6, "{name}: {got:?} vs {want:?}");
+    }
+    Ok(())
+}

@@ -195,6 +195,53 @@ impl View {
         }
     }
 
+    /// Number of buffer elements the view addresses: the product of its real (non-fake)
+    /// physical dimensions, before padding and slicing.
+    pub fn physical_len(&self) -> usize {
+        self.axes
+            .iter()
+            .filter(|a| !a.fake && a.len > 0)
+            .map(|a| {
+                let last = (a.len as i64 - 1 + a.offset).max(a.hi - 1 + a.offset);
+                (last.max(0) as usize) * a.stride
+            })
+            .sum::<usize>()
+            + 1
+    }
+
+    /// The inverse of [`View::gather`]: writes logical elements `values` (row-major) into
+    /// `out` at the positions the view reads them from; positions the view pads are skipped.
+    pub fn scatter(&self, values: &[f32], out: &mut [f32]) {
+        let rank = self.axes.len();
+        let mut idx = [0usize; 8];
+        for &v in values.iter() {
+            let mut p: i64 = 0;
+            let mut valid = true;
+            for (k, a) in self.axes.iter().enumerate() {
+                if a.fake {
+                    continue;
+                }
+                let q = idx[k] as i64;
+                valid &= q >= a.lo && q < a.hi;
+                p += (q + a.offset) * a.stride as i64;
+            }
+            if valid {
+                if let Some(o) = usize::try_from(p).ok().and_then(|p| out.get_mut(p)) {
+                    *o = v;
+                }
+            }
+            let mut k = rank;
+            while k > 0 {
+                k -= 1;
+                idx[k] += 1;
+                if idx[k] < self.axes[k].len {
+                    break;
+                }
+                idx[k] = 0;
+            }
+        }
+    }
+
     /// The logical elements as a contiguous buffer (borrowed when the view is plain).
     pub fn materialize<'a>(&self, src: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
         if self.plain && src.len() == self.n {
