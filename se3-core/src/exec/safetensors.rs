@@ -153,6 +153,33 @@ impl Session {
         Ok(LoadReport { loaded, unused })
     }
 
+    /// Sets every per-run input of the session from a safetensors buffer (each input by its
+    /// name, converted to f32, checked as [`Session::set`] checks it); returns the file's keys
+    /// that are not inputs.
+    ///
+    /// # Errors
+    /// `InvalidSafetensors`, `UnsupportedDtype`, `MissingInput` (an input absent from the
+    /// file), and the errors of [`Session::set`].
+    pub fn set_inputs_safetensors_bytes(&mut self, bytes: &[u8]) -> Result<Vec<String>, Error> {
+        let st = SafeTensors::deserialize(bytes).map_err(invalid)?;
+        let names = self.input_names();
+        for name in &names {
+            let view = st
+                .tensor(name)
+                .map_err(|_| Error::MissingInput { name: name.clone() })?;
+            let t = tensor_to_f32(name, &view)?;
+            self.set(name, t.data, &t.shape)?;
+        }
+        let mut unused: Vec<String> = st
+            .names()
+            .into_iter()
+            .filter(|k| !names.contains(k))
+            .cloned()
+            .collect();
+        unused.sort();
+        Ok(unused)
+    }
+
     /// [`Session::load_safetensors_bytes`] on a file.
     ///
     /// # Errors
@@ -294,6 +321,35 @@ mod tests {
         let mut s = session();
         s.set("x", vec![0.0; 2], &[1, 2]).ok();
         assert!(matches!(s.run(), Err(Error::MissingInput { .. })));
+    }
+
+    #[test]
+    fn inputs_load_from_safetensors_by_name_with_the_same_checks() -> Result<(), Error> {
+        let f64s = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let mut s = session();
+        s.set_weight("layer.w", vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0], &[2, 3])?;
+        s.set_weight("layer.b", vec![0.0; 3], &[3])?;
+        let ok = file(&[
+            ("x", Dtype::F64, vec![1, 2], f64s(&[3.0, 4.0])),
+            ("note", Dtype::F64, vec![1], f64s(&[0.0])),
+        ]);
+        assert_eq!(
+            s.set_inputs_safetensors_bytes(&ok)?,
+            vec!["note".to_string()]
+        );
+        s.run()?;
+        assert_eq!(s.get("y")?.data, vec![3.0, 4.0, 0.0]);
+        let missing = file(&[("note", Dtype::F64, vec![1], f64s(&[0.0]))]);
+        assert!(matches!(
+            s.set_inputs_safetensors_bytes(&missing),
+            Err(Error::MissingInput { .. })
+        ));
+        let wrong = file(&[("x", Dtype::F64, vec![1, 3], f64s(&[0.0; 3]))]);
+        assert!(matches!(
+            s.set_inputs_safetensors_bytes(&wrong),
+            Err(Error::AxisMismatch { .. })
+        ));
+        Ok(())
     }
 
     #[test]

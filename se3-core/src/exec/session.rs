@@ -234,6 +234,15 @@ impl Session {
             .collect()
     }
 
+    /// Names of the per-run inputs, in declaration order.
+    pub fn input_names(&self) -> Vec<String> {
+        self.slots
+            .iter()
+            .filter(|s| !s.resident)
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
     fn slot_index(&self, name: &str) -> Result<usize, Error> {
         self.slots
             .iter()
