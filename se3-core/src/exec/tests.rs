@@ -569,3 +569,45 @@ fn reductions_over_permuted_views_match_plain_rust() -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[test]
+fn matmul_of_sliced_and_broadcast_operands_runs_on_gemm() -> Result<(), Error> {
+    let mut r = rng();
+    let (bs, m, k, n) = (
+        r.gen_range(1..4),
+        r.gen_range(1..12),
+        r.gen_range(1..12),
+        r.gen_range(1..12),
+    );
+    // `wide` holds two extra columns; the product uses columns 1..=k.
+    let wide = rand_vec(&mut r, bs * m * (k + 2));
+    let w = rand_vec(&mut r, k * n);
+    let build = |s: &mut Session| {
+        let x = s.input::<(Dyn<'z'>, Dyn<'m'>, Dyn<'p'>)>("wide", InputKind::Values);
+        let w = s.input::<(Dyn<'k'>, Dyn<'n'>)>("w", InputKind::Values);
+        let a = x
+            .slice((.., .., Expression::from(1)..Expression::from('k') + 1))
+            .realize::<(Dyn<'z'>, Dyn<'m'>, Dyn<'k'>)>();
+        s.output("c", a.matmul(w));
+    };
+    let mut want = vec![];
+    for z in 0..bs {
+        let a: Vec<f32> = (0..m)
+            .flat_map(|i| (1..=k).map(move |j| (i, j)))
+            .map(|(i, j)| wide[(z * m + i) * (k + 2) + j])
+            .collect();
+        want.extend(naive_matmul(&a, &w, m, k, n));
+    }
+    let (x, y, s) = run_both(
+        build,
+        &[("wide", wide, vec![bs, m, k + 2]), ("w", w, vec![k, n])],
+        &["c"],
+    )?;
+    check(&x, &y, &[want]);
+    assert!(
+        s.op_names().iter().any(|o| o == "MatMul"),
+        "{:?}",
+        s.op_names()
+    );
+    Ok(())
+}
