@@ -1,6 +1,7 @@
-//! CPU kernel of [`scatter_add`](super::scatter_add): edges are bucketed by destination
-//! (a counting sort, O(E)), then each destination sums its edges in edge order, in parallel
-//! over destinations; the result does not depend on the thread count.
+//! CPU kernel of [`scatter_add`](super::scatter_add): small outputs are summed in one serial
+//! pass over the edges; large ones bucket edges by destination (a counting sort, O(E)) and
+//! sum each destination's edges in parallel. Both sum in edge order, so the result does not
+//! depend on the path or the thread count.
 
 use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
@@ -11,6 +12,9 @@ use crate::exec::view::{buffer, tensor, View, PAR_MIN};
 /// Scatter-add: inputs `src (E, C)`, `idx (E,)`, a size carrier `(N,)`; output `(N, C)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScatterAdd;
+
+/// Outputs up to this many elements are summed in one serial pass.
+const SERIAL_MAX: usize = 1 << 18;
 
 /// Edges grouped by destination: `order[start[n]..start[n + 1]]` are the edges into `n`, in
 /// edge order. Invalid indices are left out.
@@ -47,6 +51,21 @@ pub(crate) fn scatter_rows(src: &[f32], c: usize, idx: &[f32], out: &mut [f32]) 
         return;
     }
     let n = out.len() / c;
+    if out.len() <= SERIAL_MAX {
+        // The output stays in cache: one pass in edge order (the same summation order as the
+        // bucketed path, so results do not depend on which path runs).
+        out.fill(0.0);
+        for (e, &i) in idx.iter().enumerate() {
+            if i >= 0.0 && (i as usize) < n {
+                let d = i as usize;
+                out[d * c..(d + 1) * c]
+                    .iter_mut()
+                    .zip(&src[e * c..(e + 1) * c])
+                    .for_each(|(a, s)| *a += s);
+            }
+        }
+        return;
+    }
     let b = buckets(idx, n);
     let row = |(d, o): (usize, &mut [f32])| {
         o.fill(0.0);

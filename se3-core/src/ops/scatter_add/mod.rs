@@ -2,7 +2,7 @@
 //! index `-1` are skipped and destinations without edges get zeros. Summation order is the
 //! edge order (deterministic). Its adjoint is [`gather`](crate::ops::gather()).
 
-mod cpu;
+pub(crate) mod cpu;
 
 pub(crate) use cpu::buckets as cpu_buckets;
 pub use cpu::ScatterAdd;
@@ -101,6 +101,23 @@ mod tests {
             .sum();
         assert!((lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()));
         Ok(())
+    }
+
+    #[test]
+    fn serial_and_bucketed_scatter_paths_agree_bit_for_bit() {
+        let mut r = rng();
+        let (n, c, e) = (600, 512, 3000);
+        let src = rand_vec(&mut r, e * c);
+        let idx: Vec<f32> = (0..e).map(|_| r.gen_range(-1..n as i64) as f32).collect();
+        let mut big = vec![0.0f32; n * c];
+        super::cpu::scatter_rows(&src, c, &idx, &mut big);
+        // The first 8 columns alone fit the serial path.
+        let narrow: Vec<f32> = src.chunks(c).flat_map(|row| row[..8].to_vec()).collect();
+        let mut small = vec![0.0f32; n * 8];
+        super::cpu::scatter_rows(&narrow, 8, &idx, &mut small);
+        for d in 0..n {
+            assert_eq!(&big[d * c..d * c + 8], &small[d * 8..(d + 1) * 8]);
+        }
     }
 
     #[test]
