@@ -445,7 +445,10 @@ type D2 = (Dyn<'a'>, Dyn<'b'>);
 fn random_step(r: &mut StdRng, pool: &[GraphTensor<D2>]) -> GraphTensor<D2> {
     let t = pool[r.gen_range(0..pool.len())];
     let u = pool[r.gen_range(0..pool.len())];
-    match r.gen_range(0..11) {
+    match r.gen_range(0..13) {
+        // Identities that luminal's ArithmeticElimination removes, over permuted views.
+        11 => (t.permute::<(Dyn<'b'>, Dyn<'a'>), _>() + 0.0).permute::<D2, _>() * u,
+        12 => (t.permute::<(Dyn<'b'>, Dyn<'a'>), _>() * 1.0).permute::<D2, _>() + u,
         0 => t.sin(),
         1 => t.sin().exp2(),
         2 => (t * t + 1.0).recip(),
