@@ -327,6 +327,88 @@ fn knn(r: &mut StdRng, rows: &mut Vec<Row>) -> Result<()> {
     Ok(())
 }
 
+fn edge_conv(r: &mut StdRng, rows: &mut Vec<Row>) -> Result<()> {
+    const C: usize = 32;
+    let (n, e) = (512usize, 512 * 16);
+    let x = rand_vec(r, n * C);
+    let w = rand_vec(r, e * C * C);
+    let src: Vec<f32> = (0..e).map(|_| r.gen_range(0..n) as f32).collect();
+    let dst: Vec<f32> = (0..e).map(|k| (k / 16) as f32).collect();
+    let kind = InputKind::Indices {
+        bound: IndexBound::Dim('n'),
+        allow_missing: false,
+    };
+    let mut s = Session::new();
+    let xt = s.input::<(Dyn<'n'>, Const<C>)>("x", InputKind::Values);
+    let wt = s.input::<(Dyn<'e'>, Const<C>, Const<C>)>("w", InputKind::Values);
+    let st = s.input::<(Dyn<'e'>,)>("src", kind);
+    let dt = s.input::<(Dyn<'e'>,)>("dst", kind);
+    // Built unfused; the compiler swaps the fused kernel in.
+    s.output(
+        "y",
+        ops::edge_conv_unfused::<Dyn<'n'>, _, _, _, _>(xt, wt, st, dt),
+    );
+    s.compile();
+    let mut out = vec![];
+    let ours = median_ms_with(
+        7,
+        || (x.clone(), w.clone(), src.clone(), dst.clone()),
+        |(a, b, c, d)| {
+            s.set("x", a, &[n, C]).ok();
+            s.set("w", b, &[e, C, C]).ok();
+            s.set("src", c, &[e]).ok();
+            s.set("dst", d, &[e]).ok();
+            s.run().ok();
+            out = s.take("y").map(|o| o.data).unwrap_or_default();
+        },
+    );
+    let mut y = vec![];
+    let base = median_ms(7, || {
+        // Unfused plain Rust: gather, per-edge matrix-vector product, scatter-add.
+        let mut g = vec![0.0f32; e * C];
+        for k in 0..e {
+            let j = src[k] as usize;
+            g[k * C..(k + 1) * C].copy_from_slice(&x[j * C..(j + 1) * C]);
+        }
+        let mut m = vec![0.0f32; e * C];
+        for k in 0..e {
+            for o in 0..C {
+                let row = &w[(k * C + o) * C..(k * C + o + 1) * C];
+                m[k * C + o] = row
+                    .iter()
+                    .zip(&g[k * C..(k + 1) * C])
+                    .map(|(p, q)| p * q)
+                    .sum();
+            }
+        }
+        y = vec![0.0f32; n * C];
+        for k in 0..e {
+            let d = dst[k] as usize;
+            for o in 0..C {
+                y[d * C + o] += m[k * C + o];
+            }
+        }
+        std::hint::black_box(&y);
+    });
+    let scale = y.iter().fold(1.0f32, |a, v| a.max(v.abs()));
+    let err = out
+        .iter()
+        .zip(&y)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0f32, f32::max)
+        / scale;
+    if err > 1e-4 || out.len() != y.len() {
+        return Err(format!("edge conv differs from plain Rust by {err}").into());
+    }
+    rows.push(Row {
+        name: "fused edge conv N=512 E=8192 32->32".into(),
+        ours,
+        base: Some(("unfused plain Rust".into(), base)),
+        target: "-",
+    });
+    Ok(())
+}
+
 fn overhead(rows: &mut Vec<Row>) -> Result<()> {
     const STEPS: usize = 500;
     let time = |steps: usize, compiled: bool| -> Result<(f64, usize)> {
@@ -385,6 +467,7 @@ pub fn run() -> std::result::Result<(), super::CliError> {
     matmul(&mut r, &mut rows)?;
     gather_scatter(&mut r, &mut rows)?;
     knn(&mut r, &mut rows)?;
+    edge_conv(&mut r, &mut rows)?;
     overhead(&mut rows)?;
     print(&rows);
     Ok(())

@@ -9,7 +9,7 @@ use luminal::prelude::{petgraph::Direction, *};
 use rayon::prelude::*;
 
 use super::elementwise::{is_plain, replace_node, sources};
-use super::view::{buffer, tensor, Axis, View};
+use super::view::{buffer, dot8, tensor, Axis, View};
 
 /// Batched matrix product `C[.., m, n] = sum_k A[.., m, k] B[.., n, k]`; inputs are the
 /// rank-r broadcast views of the matched pattern (A fake on axis r-2, B fake on axis r-3).
@@ -103,7 +103,7 @@ impl Operator for MatMul {
                     va.gather(a, lin(i, 0), &mut row_a);
                     for j in 0..n {
                         vb.gather(b, lin(i, j), &mut row_b);
-                        c[i * n + j] = row_a.iter().zip(&row_b).map(|(x, y)| x * y).sum();
+                        c[i * n + j] = dot8(&row_a, &row_b);
                     }
                 }
             }

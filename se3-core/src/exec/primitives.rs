@@ -11,7 +11,7 @@ use luminal::prelude::*;
 use rayon::prelude::*;
 
 use super::elementwise::{replace_node, sources};
-use super::view::{buffer, tensor, View, PAR_MIN};
+use super::view::{buffer, sum8, tensor, View, PAR_MIN};
 
 /// Which reduction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +45,7 @@ impl Reduce {
             let rows = &x[fi * len * back..(fi + 1) * len * back];
             if back == 1 {
                 o[0] = match f {
-                    ReduceFn::Sum => rows.iter().sum(),
+                    ReduceFn::Sum => sum8(rows),
                     ReduceFn::Max => rows.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)),
                 };
             } else {

@@ -279,3 +279,34 @@ pub(crate) fn buffer<'a>(t: &'a luminal::op::InputTensor<'a>) -> &'a [f32] {
 pub(crate) fn tensor(v: Vec<f32>) -> luminal::prelude::Tensor {
     luminal::prelude::Tensor::new(v)
 }
+
+/// Sum with eight independent accumulators (vectorises; the order differs from a serial sum
+/// by rounding only).
+#[inline]
+pub(crate) fn sum8(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] += c[k];
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// Dot product with eight independent accumulators.
+#[inline]
+pub(crate) fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
+}

@@ -6,7 +6,7 @@ use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
 use rayon::prelude::*;
 
-use crate::exec::view::{buffer, tensor, View, PAR_MIN};
+use crate::exec::view::{buffer, dot8, tensor, View, PAR_MIN};
 use crate::ops::scatter_add::cpu_buckets;
 
 /// Fused gather · weights → scatter-add. Inputs: `x (M, Ci)`, `w (E, Co, Ci)` or `(E, C)`,
@@ -50,7 +50,7 @@ impl Operator for EdgeConv {
                     let xs = &x[s * ci..(s + 1) * ci];
                     let we = &w[e * co * ci..(e + 1) * co * ci];
                     for (a, wr) in acc.iter_mut().zip(we.chunks_exact(ci.max(1))) {
-                        *a += wr.iter().zip(xs).map(|(p, q)| p * q).sum::<f32>();
+                        *a += dot8(wr, xs);
                     }
                 }
             }
