@@ -21,15 +21,6 @@ pub use pass::EdgeConvFusion;
 
 use super::{gather, logical_dims, scatter_add, size_view};
 
-/// Weights of one edge kernel application, for the documentation of the two forms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EdgeWeights {
-    /// A `Co x Ci` matrix per edge.
-    Matrix,
-    /// One scale per edge and channel.
-    Diagonal,
-}
-
 fn add<N: Dimension, Co: Dimension>(
     op: EdgeConv,
     x: (NodeIndex, ShapeTracker),
@@ -39,7 +30,8 @@ fn add<N: Dimension, Co: Dimension>(
     co: luminal::prelude::symbolic::Expression,
     graph_ref: *mut Graph,
 ) -> GraphTensor<(N, Co)> {
-    // SAFETY-free: graph_ref comes from a live GraphTensor of the caller.
+    // SAFETY: `graph_ref` comes from a live `GraphTensor` of the caller, whose graph is alive
+    // and not otherwise borrowed while graph operations are being built.
     let g = unsafe { &mut *graph_ref };
     let dims = [N::const_size(), co];
     let id = g
@@ -197,6 +189,7 @@ mod tests {
                 super::edge_conv_diag_unfused::<N, N, E, _>(xd, wd, src, dst),
             );
             s.output("mf", super::edge_conv::<N, N, E, _, _>(x, w, src, dst));
+            s.output("df", super::edge_conv_diag::<N, N, E, _>(xd, wd, src, dst));
         };
         let inputs = [
             ("x", x.clone(), vec![n, ci]),
@@ -206,11 +199,11 @@ mod tests {
             ("src", src.clone(), vec![e]),
             ("dst", dst.clone(), vec![e]),
         ];
-        let (a, b, s) = run_both(build, &inputs, &["m", "d", "mf"])?;
+        let (a, b, s) = run_both(build, &inputs, &["m", "d", "mf", "df"])?;
         let names = s.op_names();
         assert_eq!(
             names.iter().filter(|o| o.starts_with("EdgeConv")).count(),
-            3,
+            4,
             "{names:?}"
         );
         assert!(
@@ -224,6 +217,7 @@ mod tests {
         assert!(rel_err(&a[0].data, &b[0].data) < 1e-5 && rel_err(&a[0].data, &rm) < 1e-5);
         assert!(rel_err(&a[1].data, &b[1].data) < 1e-5 && rel_err(&a[1].data, &rd) < 1e-5);
         assert!(rel_err(&a[2].data, &rm) < 1e-5);
+        assert!(rel_err(&a[3].data, &rd) < 1e-5);
         Ok(())
     }
 }
