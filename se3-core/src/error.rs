@@ -102,6 +102,9 @@ pub enum Error {
         min: i64,
         len: usize,
     },
+    /// A dynamic dimension was set to zero.
+    #[error("dynamic dimension `{dim}` was set to 0; graphs need at least one element per axis")]
+    EmptyDim { dim: char },
     /// A dynamic dimension was never given a size.
     #[error(
         "dynamic dimension `{dim}` has no size: no input sets it and it was not set explicitly"

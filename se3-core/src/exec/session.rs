@@ -373,6 +373,9 @@ impl Session {
         // Dynamic dimensions from the inputs.
         let mut dims: FxHashMap<char, (usize, String)> = FxHashMap::default();
         for (c, v) in &self.fixed_dims {
+            if *v == 0 {
+                return Err(Error::EmptyDim { dim: *c });
+            }
             dims.insert(*c, (*v, "set_dim".to_string()));
         }
         for slot in &self.slots {

@@ -433,6 +433,12 @@ fn bad_inputs_give_typed_errors() -> Result<(), Error> {
     s.set("idx", vec![2.0], &[1])?;
     assert!(matches!(s.run(), Err(Error::BadIndex { len: 2, .. })));
     s.set("idx", vec![1.0], &[1])?;
+    s.set_dim('z', 0);
+    assert!(matches!(s.run(), Err(Error::EmptyDim { dim: 'z' })));
+    s.set_dim('z', 1);
+    s.set("x", vec![0.0; 6], &[2, 3])?;
+    s.set("mask", vec![1.0; 2], &[2])?;
+    s.set("idx", vec![1.0], &[1])?;
     s.run()?;
     assert_eq!(s.get("i")?.data, vec![1.0]);
     assert!(matches!(s.get("zzz"), Err(Error::UnknownName { .. })));
