@@ -95,6 +95,7 @@ pub struct Session {
     outputs: Vec<OutSlot>,
     ids: Vec<NodeIndex>,
     fixed_dims: FxHashMap<char, usize>,
+    derived_dims: Vec<(char, Expression)>,
     compiled: bool,
     stock: bool,
     ran: bool,
@@ -140,6 +141,7 @@ impl Session {
             outputs: Vec::new(),
             ids: Vec::new(),
             fixed_dims: FxHashMap::default(),
+            derived_dims: Vec::new(),
             compiled: false,
             stock: false,
             ran: false,
@@ -202,6 +204,14 @@ impl Session {
     /// Sets a dynamic dimension that no input determines (e.g. a derived edge count).
     pub fn set_dim(&mut self, dim: char, size: usize) {
         self.fixed_dims.insert(dim, size);
+    }
+
+    /// Declares a dynamic dimension computed from others on every run, e.g. the number of
+    /// edges of a neighbour list: `s.derive_dim('e', Expression::from('n') * 16)`. Luminal's
+    /// binary ops give their outputs the shape of their type, so an edge axis typed
+    /// `Dyn<'e'>` needs `e` known even when the graph carries its size.
+    pub fn derive_dim(&mut self, dim: char, size: impl Into<Expression>) {
+        self.derived_dims.push((dim, size.into()));
     }
 
     /// Compiles with [`CpuCompiler`]; called by the first [`Session::run`] if not done.
@@ -413,6 +423,20 @@ impl Session {
                     }
                 }
             }
+        }
+        // Derived dimensions, in declaration order.
+        for (c, e) in &self.derived_dims {
+            let known: FxHashMap<char, usize> = dims.iter().map(|(k, v)| (*k, v.0)).collect();
+            let Some(v) = e.exec(&known) else {
+                let missing = e.to_symbols().into_iter().find(|s| !known.contains_key(s));
+                return Err(Error::UnsetDim {
+                    dim: missing.unwrap_or(*c),
+                });
+            };
+            if v == 0 {
+                return Err(Error::EmptyDim { dim: *c });
+            }
+            dims.insert(*c, (v, "derive_dim".to_string()));
         }
         // Index bounds.
         for slot in &self.slots {

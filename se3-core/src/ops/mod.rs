@@ -33,7 +33,7 @@ pub mod segment_softmax;
 pub use adjacency::adjacency_degrees;
 pub use edge_conv::{edge_conv, edge_conv_diag, edge_conv_diag_unfused, edge_conv_unfused};
 pub use gather::{gather, gather3};
-pub use neighbors::{neighbors, neighbors_in_batches, NeighborSpec, Neighbors};
+pub use neighbors::{neighbors, neighbors_in_batches, Edges, NeighborSpec, Neighbors};
 pub use relative_positions::{distances, relative_positions};
 pub use scatter_add::{scatter_add, scatter_add3};
 pub use segment_softmax::segment_softmax;

@@ -283,3 +283,24 @@ impl Operator for IndexValid {
         )]
     }
 }
+
+/// Centre index of each flattened neighbour slot: `i` for slot `i * k + j` when that neighbour
+/// is present, `-1` otherwise. Input `idx (N, k)`, output `(N * k,)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeCenters {
+    pub k: usize,
+}
+
+impl Operator for EdgeCenters {
+    fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        let v = View::new(&inp[0].1, &Default::default());
+        let idx = v.materialize(buffer(&inp[0].0));
+        let k = self.k.max(1);
+        vec![tensor(
+            idx.iter()
+                .enumerate()
+                .map(|(p, i)| if *i >= 0.0 { (p / k) as f32 } else { -1.0 })
+                .collect(),
+        )]
+    }
+}

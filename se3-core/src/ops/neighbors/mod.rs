@@ -12,7 +12,7 @@
 
 mod cpu;
 
-pub use cpu::{IndexValid, Knn};
+pub use cpu::{EdgeCenters, IndexValid, Knn};
 use luminal::prelude::*;
 
 use super::logical_dims;
@@ -40,6 +40,37 @@ impl Default for NeighborSpec {
 pub struct Neighbors<N: Dimension, const K: usize> {
     pub idx: GraphTensor<(N, Const<K>)>,
     pub valid: GraphTensor<(N, Const<K>)>,
+}
+
+/// Neighbour lists as a flat edge list of `E = N * K` edges (edge `i * K + k` is the `k`-th
+/// neighbour of `i`): `src` the neighbour, `dst` the centre, `valid` 1/0. Missing neighbours
+/// have `src = dst = -1`, so gathers read zeros and scatters, segment softmaxes and the edge
+/// kernel skip them.
+#[derive(Debug, Clone, Copy)]
+pub struct Edges<E: Dimension> {
+    pub src: GraphTensor<(E,)>,
+    pub dst: GraphTensor<(E,)>,
+    pub valid: GraphTensor<(E,)>,
+}
+
+impl<N: Dimension, const K: usize> Neighbors<N, K> {
+    /// The flat edge list (see [`Edges`]). `E` is the edge dimension type; with a dynamic
+    /// `Dyn<'e'>`, declare its size once: `session.derive_dim('e', Expression::from('n') * K)`
+    /// (luminal's binary ops take output shapes from the type).
+    pub fn edges<E: Dimension>(&self) -> Edges<E> {
+        let e = logical_dims(&self.idx.shape)[0] * K;
+        let flat = |t: GraphTensor<(N, Const<K>)>| t.dyn_reshape::<(E,)>(vec![e]);
+        let g = self.idx.graph();
+        let did = g
+            .add_op(EdgeCenters { k: K })
+            .input(self.idx.id, 0, self.idx.shape)
+            .finish();
+        Edges {
+            src: flat(self.idx),
+            dst: GraphTensor::from_id(did, ShapeTracker::new(&[e]), self.idx.graph_ref),
+            valid: flat(self.valid),
+        }
+    }
 }
 
 /// The `K` nearest neighbours of each point of `coords (N, 3)` (see the module rules);
@@ -89,7 +120,7 @@ pub fn neighbors_in_batches<N: Dimension, const K: usize>(
 
 #[cfg(test)]
 mod tests {
-    use luminal::prelude::*;
+    use luminal::prelude::{symbolic::Expression, *};
     use rand::Rng;
 
     use super::NeighborSpec;
@@ -233,6 +264,64 @@ mod tests {
             assert_eq!(got, want);
             off += size;
         }
+        Ok(())
+    }
+
+    #[test]
+    fn edge_lists_from_neighbours_feed_gather_scatter_and_the_edge_kernel() -> Result<(), Error> {
+        let mut r = rng();
+        let n = r.gen_range(1..30);
+        let x = rand_vec(&mut r, n * 3);
+        let f = rand_vec(&mut r, n * 2);
+        let mask: Vec<f32> = (0..n)
+            .map(|_| if r.gen_bool(0.8) { 1.0 } else { 0.0 })
+            .collect();
+        let mut s = Session::new();
+        let c = s.input::<(Dyn<'n'>, Const<3>)>("x", InputKind::Coordinates);
+        let m = s.input::<(Dyn<'n'>,)>("m", InputKind::Mask);
+        let feats = s.input::<(Dyn<'n'>, Const<2>)>("f", InputKind::Values);
+        let nb = super::neighbors::<_, K>(c, Some(m), NeighborSpec::default());
+        let e = nb.edges::<Dyn<'e'>>();
+        s.derive_dim('e', Expression::from('n') * K);
+        s.output("src", e.src);
+        s.output("dst", e.dst);
+        s.output("valid", e.valid);
+        // Sum of neighbour features per centre, two ways.
+        let ones = (crate::ops::gather(feats, e.src) * 0.0 + 1.0)
+            * e.valid.expand::<(Dyn<'e'>, Const<2>), _>();
+        s.output(
+            "fused",
+            crate::ops::edge_conv_diag::<Dyn<'n'>, _, _, _>(feats, ones, e.src, e.dst),
+        );
+        s.output(
+            "plain",
+            crate::ops::scatter_add::<Dyn<'n'>, _, _>(crate::ops::gather(feats, e.src), e.dst),
+        );
+        s.set("x", x.clone(), &[n, 3])?;
+        s.set("m", mask.clone(), &[n])?;
+        s.set("f", f.clone(), &[n, 2])?;
+        s.run()?;
+        let idx = brute(&x, &mask, NeighborSpec::default());
+        let src = s.get("src")?.data;
+        let dst = s.get("dst")?.data;
+        assert_eq!(src, idx);
+        let want_dst: Vec<f32> = idx
+            .iter()
+            .enumerate()
+            .map(|(p, &j)| if j < 0.0 { -1.0 } else { (p / K) as f32 })
+            .collect();
+        assert_eq!(dst, want_dst);
+        assert_eq!(s.get("valid")?.shape, vec![n * K]);
+        let mut want = vec![0.0f32; n * 2];
+        for (p, &j) in idx.iter().enumerate() {
+            if j >= 0.0 {
+                for a in 0..2 {
+                    want[(p / K) * 2 + a] += f[j as usize * 2 + a];
+                }
+            }
+        }
+        assert!(crate::exec::tests::rel_err(&s.get("fused")?.data, &want) < 1e-6);
+        assert!(crate::exec::tests::rel_err(&s.get("plain")?.data, &want) < 1e-6);
         Ok(())
     }
 
