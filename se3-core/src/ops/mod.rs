@@ -7,6 +7,7 @@
 //! - [`segment_softmax()`]: softmax over the edges that share a destination.
 //! - [`relative_positions()`], [`distances()`]: per-edge geometry.
 //! - [`neighbors()`]: exact k-nearest / radius neighbours with masks.
+//! - [`top_k()`], [`take_along_rows()`]: best `K` entries per row of any score matrix.
 //! - [`adjacency_degrees()`]: N-th degree neighbours of a sparse adjacency.
 //! - [`edge_conv()`]: the fused edge kernel (gather · per-edge weights → scatter-add) and the
 //!   compiler pass that swaps it in for the unfused pattern.
@@ -29,6 +30,7 @@ pub mod neighbors;
 pub mod relative_positions;
 pub mod scatter_add;
 pub mod segment_softmax;
+pub mod top_k;
 
 pub use adjacency::adjacency_degrees;
 pub use edge_conv::{edge_conv, edge_conv_diag, edge_conv_diag_unfused, edge_conv_unfused};
@@ -37,6 +39,7 @@ pub use neighbors::{neighbors, neighbors_in_batches, Edges, NeighborSpec, Neighb
 pub use relative_positions::{distances, relative_positions};
 pub use scatter_add::{scatter_add, scatter_add3};
 pub use segment_softmax::segment_softmax;
+pub use top_k::{take_along_rows, top_k, Selected};
 
 /// Logical sizes of a view, as luminal's index expression reads them.
 pub(crate) fn logical_dims(st: &ShapeTracker) -> Vec<Expression> {
