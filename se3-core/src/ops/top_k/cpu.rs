@@ -48,7 +48,7 @@ impl Operator for TopK {
                 if key.is_nan() {
                     continue;
                 }
-                if best.len() == k && !(key < best[k - 1].0) {
+                if best.len() == k && key >= best[k - 1].0 {
                     continue;
                 }
                 let p = best.partition_point(|(b, _)| *b <= key);
