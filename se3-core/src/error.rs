@@ -97,6 +97,104 @@ pub enum Error {
         expected: &'static str,
         found: f64,
     },
+    /// A session input or output name that the graph does not have.
+    #[error("the graph has no {role} named `{name}`")]
+    UnknownName { role: &'static str, name: String },
+    /// An input of the graph was not given a value before running.
+    #[error("input `{name}` was not set before running the graph")]
+    MissingInput { name: String },
+    /// An input's number of axes differs from the graph's.
+    #[error("input `{name}` has {found} axes, the graph expects {expected}")]
+    RankMismatch {
+        name: String,
+        expected: usize,
+        found: usize,
+    },
+    /// An input's axis has a size that differs from the graph (fixed size) or from another
+    /// input sharing the same dynamic dimension.
+    #[error("input `{name}` axis {axis} has size {found}, expected {expected}")]
+    AxisMismatch {
+        name: String,
+        axis: usize,
+        expected: usize,
+        found: usize,
+    },
+    /// An input's data length does not match the product of its shape.
+    #[error("input `{name}` has {found} values, its shape needs {expected}")]
+    DataLength {
+        name: String,
+        expected: usize,
+        found: usize,
+    },
+    /// An input has an axis of size zero (an empty point cloud or edge list).
+    #[error("input `{name}` is empty along axis {axis}")]
+    EmptyInput { name: String, axis: usize },
+    /// A coordinate or index input holds NaN or an infinity.
+    #[error("input `{name}` holds a non-finite value ({value}) at flat index {index}")]
+    NonFiniteInput {
+        name: String,
+        index: usize,
+        value: f32,
+    },
+    /// A mask input holds a value other than 0 and 1.
+    #[error("mask `{name}` holds {value} at flat index {index}; masks hold 0 or 1")]
+    NotAMask {
+        name: String,
+        index: usize,
+        value: f32,
+    },
+    /// An index input holds a value that is not an integer in range.
+    #[error("index input `{name}` holds {value} at flat index {index}; expected an integer in {min}..{len}")]
+    BadIndex {
+        name: String,
+        index: usize,
+        value: f32,
+        min: i64,
+        len: usize,
+    },
+    /// A dynamic dimension was set to zero.
+    #[error("dynamic dimension `{dim}` was set to 0; graphs need at least one element per axis")]
+    EmptyDim { dim: char },
+    /// A dynamic dimension was never given a size.
+    #[error(
+        "dynamic dimension `{dim}` has no size: no input sets it and it was not set explicitly"
+    )]
+    UnsetDim { dim: char },
+    /// A tensor was asked for that the last run did not produce.
+    #[error("output `{name}` has no value: run the session first")]
+    NoOutput { name: String },
+    /// A checkpoint lacks a tensor the graph needs.
+    #[error("checkpoint has no tensor `{key}` (expected shape {expected:?})")]
+    MissingKey { key: String, expected: Vec<usize> },
+    /// A checkpoint tensor has the wrong shape.
+    #[error("tensor `{key}` has shape {found:?}, expected {expected:?}")]
+    WrongShape {
+        key: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    /// A checkpoint tensor has a dtype that cannot become f32.
+    #[error("tensor `{key}` has dtype {dtype}; supported are f32, f16, bf16, f64")]
+    UnsupportedDtype { key: String, dtype: String },
+    /// A checkpoint tensor holds NaN or an infinity.
+    #[error("tensor `{key}` holds a non-finite value ({value}) at flat index {index}")]
+    NonFiniteWeight {
+        key: String,
+        index: usize,
+        value: f32,
+    },
+    /// The bytes are not a valid safetensors file.
+    #[error("not a valid safetensors file: {reason}")]
+    InvalidSafetensors { reason: String },
+    /// A file could not be read.
+    #[error("cannot read `{path}`: {reason}")]
+    Io { path: String, reason: String },
+    /// A graph operation got arguments it cannot use.
+    #[error("{op}: {problem}")]
+    InvalidOp {
+        op: &'static str,
+        problem: &'static str,
+    },
     /// CUDA was asked for in a build without the `cuda` feature.
     #[error("se3 was built without CUDA support; rebuild with `--features cuda`")]
     CudaNotCompiled,

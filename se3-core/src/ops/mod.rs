@@ -1,1 +1,58 @@
-//! Graph operators for point clouds, one op a folder.
+//! Graph operators for point clouds, one op a folder: `mod.rs` holds the graph-level function
+//! with its documentation and tests, `cpu.rs` the luminal `Operator` (a `cuda.rs` joins it
+//! when the CUDA backend lands).
+//!
+//! - [`gather()`]: rows of a table by index (`(N, C)`, `(E,)` → `(E, C)`).
+//! - [`scatter_add()`]: segment sum of rows into destinations (`(E, C)`, `(E,)` → `(N, C)`).
+//! - [`segment_softmax()`]: softmax over the edges that share a destination.
+//! - [`relative_positions()`], [`distances()`]: per-edge geometry.
+//! - [`neighbors()`]: exact k-nearest / radius neighbours with masks.
+//! - [`top_k()`], [`take_along_rows()`]: best `K` entries per row of any score matrix.
+//! - [`adjacency_degrees()`]: N-th degree neighbours of a sparse adjacency.
+//! - [`edge_conv()`]: the fused edge kernel (gather · per-edge weights → scatter-add) and the
+//!   compiler pass that swaps it in for the unfused pattern.
+//!
+//! Indices are stored as f32 (luminal tensors are f32), exact below 2^24; `-1` means "no
+//! index" (a masked or missing neighbour): gathers read zeros, scatters skip it.
+//!
+//! Gradients (for the training issue): every op here has its adjoint among them, so a
+//! backward pass is another graph of these ops: the vector-Jacobian product of `gather` is
+//! `scatter_add` with the same indices and vice versa; that of `segment_softmax` is
+//! `y * (g - scatter_add(g * y) gathered back)`; that of `edge_conv` is an `edge_conv` with the
+//! transposed weights and `src`/`dst` swapped, plus a per-edge outer product for the weights.
+
+use luminal::prelude::{symbolic::Expression, *};
+
+pub mod adjacency;
+pub mod edge_conv;
+pub mod gather;
+pub mod neighbors;
+pub mod relative_positions;
+pub mod scatter_add;
+pub mod segment_softmax;
+pub mod top_k;
+
+pub use adjacency::adjacency_degrees;
+pub use edge_conv::{edge_conv, edge_conv_diag, edge_conv_diag_unfused, edge_conv_unfused};
+pub use gather::{gather, gather3};
+pub use neighbors::{neighbors, neighbors_in_batches, Edges, NeighborSpec, Neighbors};
+pub use relative_positions::{distances, relative_positions};
+pub use scatter_add::{scatter_add, scatter_add3};
+pub use segment_softmax::segment_softmax;
+pub use top_k::{take_along_rows, top_k, Selected};
+
+/// Logical sizes of a view, as luminal's index expression reads them.
+pub(crate) fn logical_dims(st: &ShapeTracker) -> Vec<Expression> {
+    st.indexes
+        .iter()
+        .map(|&i| {
+            (st.dims[i] + st.padding[i].0 + st.padding[i].1).min(st.slices[i].1) - st.slices[i].0
+        })
+        .collect()
+}
+
+/// An edge that carries only sizes: a view of `carrier` whose axes are all fake with the given
+/// sizes, so an operator learns run-time sizes (resolved dynamic dimensions) without reading data.
+pub(crate) fn size_view(sizes: &[Expression]) -> ShapeTracker {
+    ShapeTracker::fake(sizes)
+}

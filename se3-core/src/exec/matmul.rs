@@ -1,0 +1,188 @@
+//! Matrix products on a real GEMM: the pass finds luminal's matmul pattern (a broadcast `Mul`
+//! of `[.., m, n(fake), k]` and `[.., m(fake), n, k]` summed over `k`) in any rank from 3 to 6,
+//! and replaces it by [`MatMul`], which calls `matrixmultiply::sgemm` on the input buffers with
+//! their strides (permuted, sliced and broadcast inputs need no copy). Batched products run
+//! their batches in parallel.
+
+use luminal::op::{InputTensor, Operator};
+use luminal::prelude::{petgraph::Direction, *};
+use rayon::prelude::*;
+
+use super::elementwise::{is_plain, replace_node, sources};
+use super::view::{buffer, dot8, tensor, Axis, View};
+
+/// Batched matrix product `C[.., m, n] = sum_k A[.., m, k] B[.., n, k]`; inputs are the
+/// rank-r broadcast views of the matched pattern (A fake on axis r-2, B fake on axis r-3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatMul;
+
+fn base_offset(axes: &[Axis], idx: &[usize]) -> i64 {
+    axes.iter()
+        .zip(idx)
+        .filter(|(a, _)| !a.fake)
+        .map(|(a, &i)| (i as i64 + a.offset) * a.stride as i64)
+        .sum()
+}
+
+/// Largest buffer position the view can touch, `None` if some position is negative.
+fn reach(view: &View) -> Option<i64> {
+    let mut lo = 0i64;
+    let mut hi = 0i64;
+    for a in view.axes.iter().filter(|a| !a.fake && a.len > 0) {
+        let first = a.offset * a.stride as i64;
+        let last = (a.len as i64 - 1 + a.offset) * a.stride as i64;
+        lo += first.min(last);
+        hi += first.max(last);
+    }
+    (lo >= 0).then_some(hi)
+}
+
+impl Operator for MatMul {
+    fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        let empty = Default::default();
+        let (va, vb) = (View::new(&inp[0].1, &empty), View::new(&inp[1].1, &empty));
+        let (a, b) = (buffer(&inp[0].0), buffer(&inp[1].0));
+        let r = va.axes.len();
+        let (m, n, k) = (va.axes[r - 3].len, va.axes[r - 2].len, va.axes[r - 1].len);
+        let batch_shape: Vec<usize> = va.axes[..r - 3].iter().map(|a| a.len).collect();
+        let batches: usize = batch_shape.iter().product();
+        let mut out = vec![0.0f32; batches * m * n];
+        if m == 0 || n == 0 || batches == 0 {
+            return vec![tensor(out)];
+        }
+        let in_bounds =
+            |v: &View, buf: &[f32]| reach(v).map(|h| (h as usize) < buf.len()).unwrap_or(false);
+        let no_pad = |v: &View| {
+            v.axes
+                .iter()
+                .all(|x| x.fake || (x.lo <= 0 && x.hi >= x.len as i64))
+        };
+        let fast = k > 0 && in_bounds(&va, a) && in_bounds(&vb, b) && no_pad(&va) && no_pad(&vb);
+        let (am, ak) = (va.axes[r - 3], va.axes[r - 1]);
+        let (bn, bk) = (vb.axes[r - 2], vb.axes[r - 1]);
+        let one = |(bi, c): (usize, &mut [f32])| {
+            let mut idx = vec![0usize; r - 3];
+            let mut rem = bi;
+            for d in (0..r - 3).rev() {
+                idx[d] = rem % batch_shape[d];
+                rem /= batch_shape[d];
+            }
+            if fast {
+                let oa = base_offset(&va.axes[..r - 3], &idx)
+                    + am.offset * am.stride as i64
+                    + ak.offset * ak.stride as i64;
+                let ob = base_offset(&vb.axes[..r - 3], &idx)
+                    + bn.offset * bn.stride as i64
+                    + bk.offset * bk.stride as i64;
+                // SAFETY: `reach` bounded every position the strides address by the buffer
+                // lengths, and no offset is negative; `c` is an m*n row-major block.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        m,
+                        k,
+                        n,
+                        1.0,
+                        a.as_ptr().offset(oa as isize),
+                        am.stride as isize,
+                        ak.stride as isize,
+                        b.as_ptr().offset(ob as isize),
+                        bk.stride as isize,
+                        bn.stride as isize,
+                        0.0,
+                        c.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    );
+                }
+            } else {
+                // Views with padding (or unexpected layouts): gather rows, then dot products.
+                let mut row_a = vec![0.0f32; k];
+                let mut row_b = vec![0.0f32; k];
+                let lin = |i: usize, j: usize| ((bi * m + i) * n + j) * k;
+                for i in 0..m {
+                    va.gather(a, lin(i, 0), &mut row_a);
+                    for j in 0..n {
+                        vb.gather(b, lin(i, j), &mut row_b);
+                        c[i * n + j] = dot8(&row_a, &row_b);
+                    }
+                }
+            }
+        };
+        if batches > 1 {
+            out.par_chunks_mut(m * n).enumerate().for_each(one);
+        } else {
+            one((0, &mut out));
+        }
+        vec![tensor(out)]
+    }
+}
+
+fn logical_fake(st: &ShapeTracker, k: usize) -> bool {
+    st.fake[st.indexes[k]]
+}
+
+/// Compiler pass: `Mul` → `SumReduce(last)` in matmul form becomes [`MatMul`].
+#[derive(Debug, Default)]
+pub struct MatMulPass;
+
+impl Compiler for MatMulPass {
+    fn compile<T: ToIdsMut>(&self, graph: &mut Graph, mut remap: T) {
+        let nodes: Vec<NodeIndex> = graph.graph.node_indices().collect();
+        for red in nodes {
+            let Some(axis) = graph
+                .graph
+                .node_weight(red)
+                .and_then(|o| o.as_any().downcast_ref::<luminal::op::SumReduce>())
+                .map(|s| s.0)
+            else {
+                continue;
+            };
+            let rsrc = sources(graph, red);
+            if rsrc.len() != 1 {
+                continue;
+            }
+            let (mul, _, rst) = rsrc[0];
+            let r = rst.len();
+            if !(3..=6).contains(&r)
+                || axis != r - 1
+                || !is_plain(&rst)
+                || graph.no_delete.contains(&mul)
+            {
+                continue;
+            }
+            if !graph
+                .graph
+                .node_weight(mul)
+                .map(|o| o.as_any().is::<luminal::op::Mul>())
+                .unwrap_or(false)
+            {
+                continue;
+            }
+            if graph.graph.edges_directed(mul, Direction::Outgoing).count() != 1 {
+                continue;
+            }
+            let msrc = sources(graph, mul);
+            if msrc.len() != 2 || msrc.iter().any(|s| s.2.len() != r || s.2.is_padded()) {
+                continue;
+            }
+            let is_a = |st: &ShapeTracker| {
+                logical_fake(st, r - 2) && !logical_fake(st, r - 3) && !logical_fake(st, r - 1)
+            };
+            let is_b = |st: &ShapeTracker| {
+                logical_fake(st, r - 3) && !logical_fake(st, r - 2) && !logical_fake(st, r - 1)
+            };
+            let inputs = if is_a(&msrc[0].2) && is_b(&msrc[1].2) {
+                vec![msrc[0], msrc[1]]
+            } else if is_a(&msrc[1].2) && is_b(&msrc[0].2) {
+                vec![msrc[1], msrc[0]]
+            } else {
+                continue;
+            };
+            replace_node(graph, &mut remap, red, MatMul, &inputs);
+            let remaining = graph.graph.edges_directed(mul, Direction::Outgoing).count();
+            if remaining == 0 {
+                graph.graph.remove_node(mul);
+            }
+        }
+    }
+}

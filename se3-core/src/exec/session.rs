@@ -1,0 +1,610 @@
+//! [`Session`]: a luminal graph that is built once, compiled once with [`CpuCompiler`], and
+//! run many times on inputs of any size.
+//!
+//! The session owns the graph in a `Box`, so the raw pointers luminal keeps into it (every
+//! `GraphTensor` and `Constant` holds one) stay valid for its whole life. Inputs are checked at
+//! the boundary and turned into typed [`Error`]s: names, ranks, fixed and dynamic axis sizes
+//! (one size per dynamic dimension across all inputs), empty axes, non-finite coordinates,
+//! masks that are not 0/1, and indices that are not integers in range. Dynamic dimensions are
+//! set from the inputs on every run, so one compiled graph serves every input size. Weights
+//! are resident: set once, kept across runs. Outputs of the previous run are dropped before
+//! the next one (luminal would otherwise skip the nodes and return stale values).
+//!
+//! ```
+//! use luminal::prelude::*;
+//! use se3_core::exec::{InputKind, Session};
+//! let mut s = Session::new();
+//! let x = s.input::<(Dyn<'n'>, Const<3>)>("x", InputKind::Coordinates);
+//! let w = s.weight::<(Const<3>, Const<2>)>("w");
+//! s.output("y", x.matmul(w) * 2.0);
+//! s.compile();
+//! s.set_weight("w", vec![1.0, 0.0, 0.0, 1.0, 0.0, 0.0], &[3, 2])?;
+//! for n in [1, 5] {
+//!     s.set("x", vec![1.0; 3 * n], &[n, 3])?;
+//!     s.run()?;
+//!     let y = s.get("y")?;
+//!     assert_eq!(y.shape, vec![n, 2]);
+//!     assert_eq!(y.data[..2], [2.0, 2.0]);
+//! }
+//! # Ok::<(), se3_core::Error>(())
+//! ```
+
+use luminal::prelude::{symbolic::Expression, *};
+use rustc_hash::FxHashMap;
+
+use super::compiler::CpuCompiler;
+use super::view::View;
+use crate::Error;
+
+/// What an input holds, which decides how it is checked before a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum InputKind {
+    /// Features: any finite or non-finite f32 values are passed through.
+    Values,
+    /// Coordinates: every value must be finite.
+    Coordinates,
+    /// A mask: every value must be 0 or 1.
+    Mask,
+    /// Integer indices stored as f32 (exact below 2^24), each in `0..bound`, or `-1` for
+    /// "no index" when `allow_missing`.
+    Indices {
+        bound: IndexBound,
+        allow_missing: bool,
+    },
+}
+
+/// The exclusive upper bound of an index input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexBound {
+    /// The current size of a dynamic dimension.
+    Dim(char),
+    /// A fixed size.
+    Fixed(usize),
+}
+
+#[derive(Debug)]
+struct Slot {
+    name: String,
+    id: NodeIndex,
+    dims: Vec<Expression>,
+    kind: InputKind,
+    resident: bool,
+    pending: Option<(Vec<f32>, Vec<usize>)>,
+    loaded: bool,
+}
+
+#[derive(Debug)]
+struct OutSlot {
+    name: String,
+    /// Position in `ids` (node ids move when compilers replace nodes).
+    id: usize,
+    shape: ShapeTracker,
+}
+
+/// An output read back after a run: row-major data and its shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub data: Vec<f32>,
+    pub shape: Vec<usize>,
+}
+
+/// A compiled graph with checked inputs, resident weights and retrievable outputs.
+pub struct Session {
+    graph: Box<Graph>,
+    slots: Vec<Slot>,
+    outputs: Vec<OutSlot>,
+    ids: Vec<NodeIndex>,
+    fixed_dims: FxHashMap<char, usize>,
+    derived_dims: Vec<(char, Expression)>,
+    compiled: bool,
+    stock: bool,
+    ran: bool,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field(
+                "inputs",
+                &self.slots.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            )
+            .field(
+                "outputs",
+                &self.outputs.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            )
+            .field("nodes", &self.graph.graph.node_count())
+            .finish()
+    }
+}
+
+fn fixed(e: &Expression) -> Option<usize> {
+    if e.to_symbols().is_empty() {
+        e.to_usize()
+    } else {
+        None
+    }
+}
+
+impl Session {
+    /// An empty session; build its graph with [`Session::input`], [`Session::weight`] and
+    /// luminal operations on the returned tensors.
+    pub fn new() -> Session {
+        Session {
+            graph: Box::new(Graph::new()),
+            slots: Vec::new(),
+            outputs: Vec::new(),
+            ids: Vec::new(),
+            fixed_dims: FxHashMap::default(),
+            derived_dims: Vec::new(),
+            compiled: false,
+            stock: false,
+            ran: false,
+        }
+    }
+
+    /// The graph, for operations that need it directly (constants, `arange`, custom ops).
+    /// Nodes added after compiling are compiled and scheduled by the next run (luminal alone
+    /// would never run them).
+    pub fn graph(&mut self) -> &mut Graph {
+        self.compiled = false;
+        &mut self.graph
+    }
+
+    fn add_slot<S: Shape>(
+        &mut self,
+        name: &str,
+        kind: InputKind,
+        resident: bool,
+    ) -> GraphTensor<S> {
+        let t = self.graph.named_tensor::<S>(name);
+        if resident {
+            self.graph.keep_tensors(t.id);
+        }
+        self.slots.push(Slot {
+            name: name.to_string(),
+            id: t.id,
+            dims: S::realized_shape(),
+            kind,
+            resident,
+            pending: None,
+            loaded: false,
+        });
+        t
+    }
+
+    /// A per-run input of shape `S` (use `Dyn<'x'>` axes for sizes that change per run).
+    pub fn input<S: Shape>(&mut self, name: &str, kind: InputKind) -> GraphTensor<S> {
+        self.add_slot(name, kind, false)
+    }
+
+    /// A resident weight of shape `S`, set once with [`Session::set_weight`] or
+    /// [`Session::load_safetensors`](crate::exec::Session::load_safetensors).
+    pub fn weight<S: Shape>(&mut self, name: &str) -> GraphTensor<S> {
+        self.add_slot(name, InputKind::Values, true)
+    }
+
+    /// Marks `t` as an output under `name`.
+    pub fn output<S: Shape>(&mut self, name: &str, t: GraphTensor<S>) {
+        self.compiled = false;
+        t.retrieve();
+        self.ids.push(t.id);
+        self.outputs.push(OutSlot {
+            name: name.to_string(),
+            id: self.ids.len() - 1,
+            shape: t.shape,
+        });
+    }
+
+    /// Sets a dynamic dimension that no input determines (e.g. a derived edge count).
+    pub fn set_dim(&mut self, dim: char, size: usize) {
+        self.fixed_dims.insert(dim, size);
+    }
+
+    /// Declares a dynamic dimension computed from others on every run, e.g. the number of
+    /// edges of a neighbour list: `s.derive_dim('e', Expression::from('n') * 16)`. Luminal's
+    /// binary ops give their outputs the shape of their type, so an edge axis typed
+    /// `Dyn<'e'>` needs `e` known even when the graph carries its size.
+    pub fn derive_dim(&mut self, dim: char, size: impl Into<Expression>) {
+        self.derived_dims.push((dim, size.into()));
+    }
+
+    /// Compiles with [`CpuCompiler`]; called by the first [`Session::run`] if not done.
+    pub fn compile(&mut self) {
+        self.compile_with(<CpuCompiler>::default());
+    }
+
+    /// Keeps luminal's primitive interpreter (no passes): the reference that tests compare
+    /// compiled graphs with. Later recompilations (after adding nodes) stay stock.
+    pub fn compile_stock(&mut self) {
+        self.stock = true;
+        self.compile_with(());
+    }
+
+    /// Compiles with any luminal compiler. If nodes are added afterwards, the next run
+    /// recompiles with [`CpuCompiler`] (or stock, after [`Session::compile_stock`]).
+    pub fn compile_with<C: Compiler>(&mut self, compiler: C) {
+        let refs: Vec<&mut NodeIndex> = self.ids.iter_mut().collect();
+        self.graph.compile(compiler, refs);
+        self.compiled = true;
+    }
+
+    /// Names of the weights (resident inputs) and their declared shapes (`None` for a
+    /// dynamic axis).
+    pub fn weights(&self) -> Vec<(String, Vec<Option<usize>>)> {
+        self.slots
+            .iter()
+            .filter(|s| s.resident)
+            .map(|s| (s.name.clone(), s.dims.iter().map(fixed).collect()))
+            .collect()
+    }
+
+    /// Names of the per-run inputs, in declaration order.
+    pub fn input_names(&self) -> Vec<String> {
+        self.slots
+            .iter()
+            .filter(|s| !s.resident)
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    fn slot_index(&self, name: &str) -> Result<usize, Error> {
+        self.slots
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| Error::UnknownName {
+                role: "input or weight",
+                name: name.to_string(),
+            })
+    }
+
+    fn check_shape(slot: &Slot, data: &[f32], shape: &[usize]) -> Result<(), Error> {
+        if shape.len() != slot.dims.len() {
+            return Err(Error::RankMismatch {
+                name: slot.name.clone(),
+                expected: slot.dims.len(),
+                found: shape.len(),
+            });
+        }
+        for (axis, (d, &s)) in slot.dims.iter().zip(shape).enumerate() {
+            if let Some(f) = fixed(d) {
+                if f != s {
+                    return Err(Error::AxisMismatch {
+                        name: slot.name.clone(),
+                        axis,
+                        expected: f,
+                        found: s,
+                    });
+                }
+            }
+            if s == 0 {
+                return Err(Error::EmptyInput {
+                    name: slot.name.clone(),
+                    axis,
+                });
+            }
+        }
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(Error::DataLength {
+                name: slot.name.clone(),
+                expected: n,
+                found: data.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sets the value of input `name` for the next run (row-major `data` of `shape`).
+    ///
+    /// # Errors
+    /// `UnknownName`, `RankMismatch`, `AxisMismatch` (fixed axes), `EmptyInput`, `DataLength`,
+    /// `NonFiniteInput` (coordinates and indices), `NotAMask`, `BadIndex` (not an integer).
+    pub fn set(&mut self, name: &str, data: Vec<f32>, shape: &[usize]) -> Result<(), Error> {
+        let i = self.slot_index(name)?;
+        let slot = &self.slots[i];
+        Self::check_shape(slot, &data, shape)?;
+        match slot.kind {
+            InputKind::Values => {}
+            InputKind::Coordinates => {
+                if let Some((index, &value)) = data.iter().enumerate().find(|(_, v)| !v.is_finite())
+                {
+                    return Err(Error::NonFiniteInput {
+                        name: name.to_string(),
+                        index,
+                        value,
+                    });
+                }
+            }
+            InputKind::Mask => {
+                if let Some((index, &value)) = data
+                    .iter()
+                    .enumerate()
+                    .find(|(_, v)| **v != 0.0 && **v != 1.0)
+                {
+                    return Err(Error::NotAMask {
+                        name: name.to_string(),
+                        index,
+                        value,
+                    });
+                }
+            }
+            InputKind::Indices { allow_missing, .. } => {
+                let min = if allow_missing { -1.0 } else { 0.0 };
+                if let Some((index, &value)) = data.iter().enumerate().find(|(_, v)| {
+                    !v.is_finite() || v.fract() != 0.0 || **v < min || **v >= 16_777_216.0
+                }) {
+                    return Err(Error::BadIndex {
+                        name: name.to_string(),
+                        index,
+                        value,
+                        min: min as i64,
+                        len: 16_777_216,
+                    });
+                }
+            }
+        }
+        self.slots[i].pending = Some((data, shape.to_vec()));
+        Ok(())
+    }
+
+    /// Sets a resident weight; it stays in the graph across runs until set again.
+    ///
+    /// # Errors
+    /// As [`Session::set`]; weights must not have dynamic axes left unknown.
+    pub fn set_weight(&mut self, name: &str, data: Vec<f32>, shape: &[usize]) -> Result<(), Error> {
+        let i = self.slot_index(name)?;
+        let slot = &self.slots[i];
+        Self::check_shape(slot, &data, shape)?;
+        let id = slot.id;
+        self.graph.set_tensor(id, 0, Tensor::new(data));
+        self.slots[i].loaded = true;
+        Ok(())
+    }
+
+    /// Checks every pending input together and runs the graph.
+    ///
+    /// # Errors
+    /// `MissingInput` (input or weight without a value), `AxisMismatch` (two inputs disagree on
+    /// a dynamic dimension), `BadIndex` (index out of its bound), `UnsetDim`.
+    pub fn run(&mut self) -> Result<(), Error> {
+        if !self.compiled {
+            if self.stock {
+                self.compile_with(());
+            } else {
+                self.compile();
+            }
+        }
+        // Dynamic dimensions from the inputs.
+        let mut dims: FxHashMap<char, (usize, String)> = FxHashMap::default();
+        for (c, v) in &self.fixed_dims {
+            if *v == 0 {
+                return Err(Error::EmptyDim { dim: *c });
+            }
+            dims.insert(*c, (*v, "set_dim".to_string()));
+        }
+        for slot in &self.slots {
+            if slot.resident {
+                if !slot.loaded {
+                    return Err(Error::MissingInput {
+                        name: slot.name.clone(),
+                    });
+                }
+                continue;
+            }
+            let Some((_, shape)) = &slot.pending else {
+                return Err(Error::MissingInput {
+                    name: slot.name.clone(),
+                });
+            };
+            for (axis, (d, &s)) in slot.dims.iter().zip(shape).enumerate() {
+                if fixed(d).is_some() {
+                    continue;
+                }
+                if let [c] = d.to_symbols()[..] {
+                    match dims.get(&c) {
+                        Some((v, _)) if *v != s => {
+                            return Err(Error::AxisMismatch {
+                                name: slot.name.clone(),
+                                axis,
+                                expected: *v,
+                                found: s,
+                            })
+                        }
+                        Some(_) => {}
+                        None => {
+                            dims.insert(c, (s, slot.name.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        // Derived dimensions, in declaration order.
+        for (c, e) in &self.derived_dims {
+            let known: FxHashMap<char, usize> = dims.iter().map(|(k, v)| (*k, v.0)).collect();
+            let Some(v) = e.exec(&known) else {
+                let missing = e.to_symbols().into_iter().find(|s| !known.contains_key(s));
+                return Err(Error::UnsetDim {
+                    dim: missing.unwrap_or(*c),
+                });
+            };
+            if v == 0 {
+                return Err(Error::EmptyDim { dim: *c });
+            }
+            dims.insert(*c, (v, "derive_dim".to_string()));
+        }
+        // Index bounds.
+        for slot in &self.slots {
+            let (
+                InputKind::Indices {
+                    bound,
+                    allow_missing,
+                },
+                Some((data, _)),
+            ) = (slot.kind, &slot.pending)
+            else {
+                continue;
+            };
+            let len = match bound {
+                IndexBound::Fixed(n) => n,
+                IndexBound::Dim(c) => dims
+                    .get(&c)
+                    .map(|d| d.0)
+                    .ok_or(Error::UnsetDim { dim: c })?,
+            };
+            let min = if allow_missing { -1.0 } else { 0.0 };
+            if let Some((index, &value)) = data
+                .iter()
+                .enumerate()
+                .find(|(_, v)| **v < min || **v >= len as f32)
+            {
+                return Err(Error::BadIndex {
+                    name: slot.name.clone(),
+                    index,
+                    value,
+                    min: min as i64,
+                    len,
+                });
+            }
+        }
+        // Every symbol the graph's edges use must be known.
+        for e in self.graph.graph.edge_weights() {
+            if let Some((_, _, st)) = e.as_data() {
+                for d in st
+                    .dims
+                    .iter()
+                    .chain(st.padding.iter().flat_map(|p| [&p.0, &p.1]))
+                    .chain(st.slices.iter().flat_map(|p| [&p.0, &p.1]))
+                {
+                    for c in d.to_symbols() {
+                        if !dims.contains_key(&c) {
+                            return Err(Error::UnsetDim { dim: c });
+                        }
+                    }
+                }
+            }
+        }
+        // Commit: dims, fresh outputs, inputs; then run.
+        for (c, (v, _)) in &dims {
+            self.graph.set_dyn_dim(*c, *v);
+        }
+        for o in &self.outputs {
+            let id = self.ids[o.id];
+            if !self.slots.iter().any(|s| s.id == id && s.resident) {
+                self.graph.tensors.remove(&(id, 0));
+            }
+        }
+        for slot in &mut self.slots {
+            if let Some((data, _)) = slot.pending.take() {
+                self.graph.set_tensor(slot.id, 0, Tensor::new(data));
+            }
+        }
+        self.graph.execute();
+        self.ran = true;
+        Ok(())
+    }
+
+    /// The value of output `name` from the last run, row-major.
+    ///
+    /// # Errors
+    /// `UnknownName`, `NoOutput` (not run yet).
+    pub fn get(&self, name: &str) -> Result<Output, Error> {
+        let o = self
+            .outputs
+            .iter()
+            .find(|o| o.name == name)
+            .ok_or_else(|| Error::UnknownName {
+                role: "output",
+                name: name.to_string(),
+            })?;
+        let id = self.ids[o.id];
+        let t = self
+            .graph
+            .get_tensor_ref(id, 0)
+            .filter(|_| self.ran)
+            .ok_or_else(|| Error::NoOutput {
+                name: name.to_string(),
+            })?;
+        let buf = t
+            .data
+            .as_any()
+            .downcast_ref::<Vec<f32>>()
+            .ok_or_else(|| Error::NoOutput {
+                name: name.to_string(),
+            })?;
+        let view = View::new(&o.shape, &self.graph.dyn_map);
+        Ok(Output {
+            data: view.materialize(buf).into_owned(),
+            shape: view.shape(),
+        })
+    }
+
+    /// Like [`Session::get`], but moves the buffer out of the graph (no copy when the output
+    /// is laid out row-major already); a second `take` before the next run is `NoOutput`.
+    ///
+    /// # Errors
+    /// `UnknownName`, `NoOutput`.
+    pub fn take(&mut self, name: &str) -> Result<Output, Error> {
+        let o = self
+            .outputs
+            .iter()
+            .find(|o| o.name == name)
+            .ok_or_else(|| Error::UnknownName {
+                role: "output",
+                name: name.to_string(),
+            })?;
+        let id = self.ids[o.id];
+        let view = View::new(&o.shape, &self.graph.dyn_map);
+        if self.slots.iter().any(|s| s.id == id) {
+            return self.get(name);
+        }
+        let mut t = self
+            .graph
+            .tensors
+            .remove(&(id, 0))
+            .filter(|_| self.ran)
+            .ok_or_else(|| Error::NoOutput {
+                name: name.to_string(),
+            })?;
+        let Some(buf) = t
+            .data
+            .as_any_mut()
+            .downcast_mut::<Vec<f32>>()
+            .map(std::mem::take)
+        else {
+            return Err(Error::NoOutput {
+                name: name.to_string(),
+            });
+        };
+        let data = if view.plain && buf.len() == view.n {
+            buf
+        } else {
+            view.materialize(&buf).into_owned()
+        };
+        Ok(Output {
+            data,
+            shape: view.shape(),
+        })
+    }
+
+    /// Number of nodes in the (compiled) graph.
+    pub fn node_count(&self) -> usize {
+        self.graph.graph.node_count()
+    }
+}
+
+impl Session {
+    /// The debug names of the graph's operators (to check what a compiler produced).
+    pub fn op_names(&self) -> Vec<String> {
+        self.graph
+            .graph
+            .node_weights()
+            .map(|o| format!("{o:?}"))
+            .collect()
+    }
+}

@@ -1,0 +1,312 @@
+//! Strided views: a luminal `ShapeTracker` with its dimensions resolved, turned into per-axis
+//! strides, offsets and valid ranges, so kernels read a producer's buffer with integer arithmetic
+//! instead of interpreting a symbolic index expression per element.
+//!
+//! The reading rule is exactly the one of `ShapeTracker::index_expression` and
+//! `valid_expression` (luminal 0.2): for a logical axis over physical dimension `i` with size `sh`,
+//! padding `(p0, p1)`, slice `(s0, s1)`: length `min(sh + p0 + p1, s1) - s0`, physical index
+//! `q + s0 - min(p0, s0) - p0` for logical index `q`, valid when
+//! `p0 - min(s0, p0) <= q < min(sh + p0, s1)`; invalid elements read as 0. Fake (expanded) axes
+//! have stride 0 and are always valid.
+
+use luminal::prelude::{symbolic::Expression, ShapeTracker};
+use rustc_hash::FxHashMap;
+
+/// One logical axis of a [`View`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Axis {
+    pub len: usize,
+    pub stride: usize,
+    pub offset: i64,
+    pub lo: i64,
+    pub hi: i64,
+    pub fake: bool,
+}
+
+impl Axis {
+    fn always_valid(&self) -> bool {
+        self.fake || (self.lo <= 0 && self.hi >= self.len as i64)
+    }
+}
+
+/// A resolved strided view of a buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct View {
+    pub axes: Vec<Axis>,
+    /// Number of logical elements (product of the axis lengths).
+    pub n: usize,
+    /// The view reads the buffer as is: element `i` is `buf[i]`.
+    pub plain: bool,
+}
+
+fn value(e: &Expression, dyn_map: &FxHashMap<char, usize>) -> i64 {
+    // Dimensions are resolved before kernels run; a symbol left means an unset dynamic
+    // dimension, which the session rules out before execution.
+    e.exec(dyn_map)
+        .map(|v| v as i64)
+        .or_else(|| e.to_usize().map(|v| v as i64))
+        .unwrap_or(0)
+}
+
+/// Converts an expression that may hold `i32::MAX` (luminal's "no upper slice") to i64.
+fn bound(e: &Expression, dyn_map: &FxHashMap<char, usize>) -> i64 {
+    let v = value(e, dyn_map);
+    if v >= i32::MAX as i64 {
+        i64::MAX / 4
+    } else {
+        v
+    }
+}
+
+impl View {
+    /// The view described by `st`, with dynamic dimensions looked up in `dyn_map`.
+    pub fn new(st: &ShapeTracker, dyn_map: &FxHashMap<char, usize>) -> View {
+        let rank = st.dims.len();
+        let mut phys_stride = vec![0usize; rank];
+        let mut acc = 1usize;
+        for i in (0..rank).rev() {
+            phys_stride[i] = acc;
+            if !st.fake[i] {
+                acc *= value(&st.dims[i], dyn_map).max(0) as usize;
+            }
+        }
+        let mut axes = Vec::with_capacity(rank);
+        for k in 0..rank {
+            let i = st.indexes[k];
+            let sh = value(&st.dims[i], dyn_map);
+            let (p0, p1) = (
+                value(&st.padding[i].0, dyn_map),
+                value(&st.padding[i].1, dyn_map),
+            );
+            let (s0, s1) = (
+                value(&st.slices[i].0, dyn_map),
+                bound(&st.slices[i].1, dyn_map),
+            );
+            let len = ((sh + p0 + p1).min(s1) - s0).max(0) as usize;
+            axes.push(Axis {
+                len,
+                stride: phys_stride[i],
+                offset: s0 - p0.min(s0) - p0,
+                lo: p0 - s0.min(p0),
+                hi: (sh + p0).min(s1),
+                fake: st.fake[i],
+            });
+        }
+        let n = axes.iter().map(|a| a.len).product();
+        let mut plain = true;
+        let mut expect = 1usize;
+        for a in axes.iter().rev() {
+            if a.fake || a.offset != 0 || !a.always_valid() || (a.len > 1 && a.stride != expect) {
+                plain = false;
+                break;
+            }
+            expect *= a.len;
+        }
+        View { axes, n, plain }
+    }
+
+    /// Logical shape.
+    pub fn shape(&self) -> Vec<usize> {
+        self.axes.iter().map(|a| a.len).collect()
+    }
+
+    /// Every element reads the same buffer position (all axes fake or of length 1).
+    pub fn is_broadcast_scalar(&self) -> bool {
+        self.axes
+            .iter()
+            .all(|a| (a.fake || a.len == 1) && a.always_valid())
+            && { self.axes.iter().all(|a| a.fake || a.offset == 0) }
+    }
+
+    /// Fills `out` with logical elements `start .. start + out.len()` read from `src`.
+    pub fn gather(&self, src: &[f32], start: usize, out: &mut [f32]) {
+        if out.is_empty() {
+            return;
+        }
+        if self.plain {
+            let end = (start + out.len()).min(src.len());
+            let m = end.saturating_sub(start);
+            out[..m].copy_from_slice(&src[start..end]);
+            out[m..].fill(0.0);
+            return;
+        }
+        let rank = self.axes.len();
+        if rank == 0 {
+            out.fill(src.first().copied().unwrap_or(0.0));
+            return;
+        }
+        let mut idx = [0usize; 8];
+        let mut rem = start;
+        for k in (0..rank).rev() {
+            let len = self.axes[k].len.max(1);
+            idx[k] = rem % len;
+            rem /= len;
+        }
+        let inner = self.axes[rank - 1];
+        let mut pos = 0;
+        while pos < out.len() {
+            let mut base: i64 = 0;
+            let mut valid = true;
+            for (k, a) in self.axes[..rank - 1].iter().enumerate() {
+                if a.fake {
+                    continue;
+                }
+                let q = idx[k] as i64;
+                if q < a.lo || q >= a.hi {
+                    valid = false;
+                }
+                base += (q + a.offset) * a.stride as i64;
+            }
+            let count = (inner.len - idx[rank - 1]).min(out.len() - pos);
+            let dst = &mut out[pos..pos + count];
+            if !valid {
+                dst.fill(0.0);
+            } else if inner.fake {
+                let v = usize::try_from(base)
+                    .ok()
+                    .and_then(|b| src.get(b))
+                    .copied()
+                    .unwrap_or(0.0);
+                dst.fill(v);
+            } else {
+                let s = inner.stride as i64;
+                for (j, d) in dst.iter_mut().enumerate() {
+                    let q = (idx[rank - 1] + j) as i64;
+                    *d = if q >= inner.lo && q < inner.hi {
+                        let p = base + (q + inner.offset) * s;
+                        usize::try_from(p)
+                            .ok()
+                            .and_then(|p| src.get(p))
+                            .copied()
+                            .unwrap_or(0.0)
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            pos += count;
+            idx[rank - 1] += count;
+            let mut k = rank - 1;
+            while idx[k] >= self.axes[k].len && k > 0 {
+                idx[k] = 0;
+                k -= 1;
+                idx[k] += 1;
+            }
+        }
+    }
+
+    /// Number of buffer elements the view addresses: the product of its real (non-fake)
+    /// physical dimensions, before padding and slicing.
+    pub fn physical_len(&self) -> usize {
+        self.axes
+            .iter()
+            .filter(|a| !a.fake && a.len > 0)
+            .map(|a| {
+                let last = (a.len as i64 - 1 + a.offset).max(a.hi - 1 + a.offset);
+                (last.max(0) as usize) * a.stride
+            })
+            .sum::<usize>()
+            + 1
+    }
+
+    /// The inverse of [`View::gather`]: writes logical elements `values` (row-major) into
+    /// `out` at the positions the view reads them from; positions the view pads are skipped.
+    pub fn scatter(&self, values: &[f32], out: &mut [f32]) {
+        let rank = self.axes.len();
+        let mut idx = [0usize; 8];
+        for &v in values.iter() {
+            let mut p: i64 = 0;
+            let mut valid = true;
+            for (k, a) in self.axes.iter().enumerate() {
+                if a.fake {
+                    continue;
+                }
+                let q = idx[k] as i64;
+                valid &= q >= a.lo && q < a.hi;
+                p += (q + a.offset) * a.stride as i64;
+            }
+            if valid {
+                if let Some(o) = usize::try_from(p).ok().and_then(|p| out.get_mut(p)) {
+                    *o = v;
+                }
+            }
+            let mut k = rank;
+            while k > 0 {
+                k -= 1;
+                idx[k] += 1;
+                if idx[k] < self.axes[k].len {
+                    break;
+                }
+                idx[k] = 0;
+            }
+        }
+    }
+
+    /// The logical elements as a contiguous buffer (borrowed when the view is plain).
+    pub fn materialize<'a>(&self, src: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        if self.plain && src.len() == self.n {
+            return std::borrow::Cow::Borrowed(src);
+        }
+        let mut out = vec![0.0; self.n];
+        if self.n >= PAR_MIN {
+            use rayon::prelude::*;
+            out.par_chunks_mut(BLOCK)
+                .enumerate()
+                .for_each(|(c, chunk)| self.gather(src, c * BLOCK, chunk));
+        } else {
+            self.gather(src, 0, &mut out);
+        }
+        std::borrow::Cow::Owned(out)
+    }
+}
+
+/// Elements processed per block by the blocked kernels.
+pub(crate) const BLOCK: usize = 4096;
+/// Element count above which kernels split work across threads.
+pub(crate) const PAR_MIN: usize = 1 << 16;
+
+/// The f32 buffer inside a luminal tensor (all our kernels use `Vec<f32>`).
+pub(crate) fn buffer<'a>(t: &'a luminal::op::InputTensor<'a>) -> &'a [f32] {
+    t.borrowed()
+        .data
+        .as_any()
+        .downcast_ref::<Vec<f32>>()
+        .map(|v| v.as_slice())
+        .unwrap_or(&[])
+}
+
+/// Wraps a buffer as a luminal tensor.
+pub(crate) fn tensor(v: Vec<f32>) -> luminal::prelude::Tensor {
+    luminal::prelude::Tensor::new(v)
+}
+
+/// Sum with eight independent accumulators (vectorises; the order differs from a serial sum
+/// by rounding only).
+#[inline]
+pub(crate) fn sum8(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] += c[k];
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// Dot product with eight independent accumulators.
+#[inline]
+pub(crate) fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
+}
