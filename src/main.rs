@@ -22,6 +22,8 @@ enum Command {
         #[command(subcommand)]
         what: cli::bench::BenchTarget,
     },
+    /// Run a model from its config + weights on an inputs file and write its outputs.
+    Infer(cli::infer::InferArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -29,6 +31,7 @@ fn main() -> std::process::ExitCode {
     let result = match args.command.unwrap_or(Command::Zoo) {
         Command::Zoo => cli::zoo::run(),
         Command::Bench { what } => cli::bench::run(what),
+        Command::Infer(args) => cli::infer::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

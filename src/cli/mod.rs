@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_engine;
 pub mod bench_math;
+pub mod infer;
 pub mod zoo;
 
 /// Any error a subcommand reports: printed as one line, exit code 1.
