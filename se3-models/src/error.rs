@@ -82,4 +82,8 @@ pub enum Error {
         found: i64,
         bound: usize,
     },
+    /// A config option that the compiled graph model does not implement yet (the float64
+    /// oracle runs it).
+    #[error("option `{option}` is not compiled to a graph yet")]
+    NotCompiled { option: &'static str },
 }

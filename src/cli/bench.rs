@@ -3,12 +3,18 @@
 use clap::Subcommand;
 
 /// What to benchmark.
-#[derive(Subcommand, Clone, Copy, Debug)]
+#[derive(Subcommand, Clone, Debug)]
 pub enum BenchTarget {
     /// Spherical harmonics and kernel bases (throughput).
     Math,
     /// The luminal execution engine: elementwise, matmul, gather/scatter, kNN, overhead.
     Engine,
+    /// The SE(3)-Transformer at the sizes of the PyTorch baseline: time, peak memory, ratios.
+    Se3Transformer {
+        /// Run only this case, in this process (used by the benchmark's child processes).
+        #[arg(long, hide = true)]
+        case: Option<String>,
+    },
 }
 
 /// Runs one benchmark and prints its table.
@@ -16,5 +22,6 @@ pub fn run(target: BenchTarget) -> Result<(), super::CliError> {
     match target {
         BenchTarget::Math => super::bench_math::run(),
         BenchTarget::Engine => super::bench_engine::run(),
+        BenchTarget::Se3Transformer { case } => super::bench_se3t::run(case.as_deref()),
     }
 }

@@ -15,7 +15,7 @@ use crate::se3_transformer::rotary::Rotary;
 use crate::Error;
 
 #[derive(Debug, Clone)]
-enum KeyProj {
+pub(crate) enum KeyProj {
     Conv(ConvSe3),
     Linear(LinearSe3),
     Tied,
@@ -41,15 +41,15 @@ pub(crate) struct AttnOpts {
 /// `-f64::MAX`. With `one_headed_kv` keys and values have `dim_head` channels shared by all heads.
 #[derive(Debug, Clone)]
 pub(crate) struct AttentionSe3 {
-    o: AttnOpts,
-    to_q: LinearSe3,
-    to_v: ConvSe3,
-    to_k: KeyProj,
-    to_out: Option<LinearSe3>,
-    null_k: BTreeMap<usize, Vec<f64>>,
-    null_v: BTreeMap<usize, Vec<f64>>,
-    self_kv: Option<(LinearSe3, LinearSe3)>,
-    global_kv: Option<(LinearSe3, LinearSe3)>,
+    pub(crate) o: AttnOpts,
+    pub(crate) to_q: LinearSe3,
+    pub(crate) to_v: ConvSe3,
+    pub(crate) to_k: KeyProj,
+    pub(crate) to_out: Option<LinearSe3>,
+    pub(crate) null_k: BTreeMap<usize, Vec<f64>>,
+    pub(crate) null_v: BTreeMap<usize, Vec<f64>>,
+    pub(crate) self_kv: Option<(LinearSe3, LinearSe3)>,
+    pub(crate) global_kv: Option<(LinearSe3, LinearSe3)>,
 }
 
 impl AttentionSe3 {
@@ -480,8 +480,8 @@ impl AttentionSe3 {
 /// AttentionBlockSE3: `x + Attn(NormSE3(x))`.
 #[derive(Debug, Clone)]
 pub(crate) struct AttentionBlock {
-    prenorm: NormSe3,
-    attn: AttentionSe3,
+    pub(crate) prenorm: NormSe3,
+    pub(crate) attn: AttentionSe3,
 }
 
 impl AttentionBlock {
@@ -515,10 +515,10 @@ impl AttentionBlock {
 /// FeedForwardBlockSE3: `x + LinearSE3(NormSE3(LinearSE3_(x4)(NormSE3(x))))`.
 #[derive(Debug, Clone)]
 pub(crate) struct FeedForwardBlock {
-    prenorm: NormSe3,
-    project_in: LinearSe3,
-    nonlin: NormSe3,
-    project_out: LinearSe3,
+    pub(crate) prenorm: NormSe3,
+    pub(crate) project_in: LinearSe3,
+    pub(crate) nonlin: NormSe3,
+    pub(crate) project_out: LinearSe3,
 }
 
 impl FeedForwardBlock {

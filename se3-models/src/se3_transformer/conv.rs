@@ -66,11 +66,11 @@ pub(crate) fn basis_times_features(
 /// `<prefix>.self_interact.weights.<l>`.
 #[derive(Debug, Clone)]
 pub(crate) struct ConvSe3 {
-    fout: FiberDims,
-    pairs: Vec<Pair>,
-    self_interact: Option<LinearSe3>,
-    pool: bool,
-    fourier: Option<usize>,
+    pub(crate) fout: FiberDims,
+    pub(crate) pairs: Vec<Pair>,
+    pub(crate) self_interact: Option<LinearSe3>,
+    pub(crate) pool: bool,
+    pub(crate) fourier: Option<usize>,
 }
 
 /// Options of a ConvSE3 besides its fibers.

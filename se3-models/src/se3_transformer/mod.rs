@@ -3,6 +3,7 @@
 
 pub(crate) mod attention;
 pub mod basis;
+pub mod compiled;
 pub mod config;
 pub(crate) mod conv;
 pub(crate) mod egnn;
@@ -14,6 +15,7 @@ pub mod reassociated;
 pub mod reference;
 pub(crate) mod rotary;
 
+pub use compiled::CompiledSe3Transformer;
 pub use config::{DimSpec, Se3TransformerConfig, Se3TransformerForward, Se3TransformerShape};
 pub use reassociated::Contraction;
 pub use reference::Se3Transformer;

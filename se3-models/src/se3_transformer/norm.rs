@@ -13,7 +13,7 @@ pub(crate) fn gelu(x: f64) -> f64 {
 }
 
 #[derive(Debug, Clone)]
-enum NormParam {
+pub(crate) enum NormParam {
     Scale(Vec<f64>),
     Gate(Mat),
 }
@@ -24,8 +24,8 @@ enum NormParam {
 /// `f` is exact GELU, or the identity for the output norm. Directions are kept: equivariant.
 #[derive(Debug, Clone)]
 pub(crate) struct NormSe3 {
-    params: BTreeMap<usize, NormParam>,
-    identity: bool,
+    pub(crate) params: BTreeMap<usize, NormParam>,
+    pub(crate) identity: bool,
 }
 
 impl NormSe3 {

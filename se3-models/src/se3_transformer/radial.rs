@@ -46,8 +46,8 @@ impl Dense {
 /// `torch.nn.LayerNorm(dim)` (eps 1e-5, biased variance), keys `.weight`, `.bias`.
 #[derive(Debug, Clone)]
 pub(crate) struct LayerNorm {
-    w: Vec<f64>,
-    b: Vec<f64>,
+    pub(crate) w: Vec<f64>,
+    pub(crate) b: Vec<f64>,
 }
 
 impl LayerNorm {
@@ -81,11 +81,11 @@ pub const RADIAL_HIDDEN: usize = 128;
 /// Keys `<prefix>.net.{0,1,3,4,6}`.
 #[derive(Debug, Clone)]
 pub(crate) struct RadialFunc {
-    l0: Dense,
-    n1: LayerNorm,
-    l3: Dense,
-    n4: LayerNorm,
-    l6: Dense,
+    pub(crate) l0: Dense,
+    pub(crate) n1: LayerNorm,
+    pub(crate) l3: Dense,
+    pub(crate) n4: LayerNorm,
+    pub(crate) l6: Dense,
 }
 
 impl RadialFunc {

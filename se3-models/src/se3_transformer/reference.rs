@@ -24,7 +24,7 @@ use crate::Error;
 mod io;
 
 #[derive(Debug, Clone)]
-enum Trunk {
+pub(crate) enum Trunk {
     Sequential(Vec<(AttentionBlock, FeedForwardBlock)>),
     Reversible(Vec<(AttentionBlock, FeedForwardBlock)>),
     Egnn(EgnnNetwork),
@@ -33,22 +33,32 @@ enum Trunk {
 /// An `SE3Transformer` with loaded weights.
 #[derive(Debug, Clone)]
 pub struct Se3Transformer {
-    cfg: Se3TransformerConfig,
-    shape: Se3TransformerShape,
-    token_emb: Option<Mat>,
-    pos_emb: Option<Mat>,
-    edge_emb: Option<Mat>,
-    adj_emb: Option<Mat>,
-    rotary: Option<Rotary>,
-    conv_in: ConvSe3,
-    convs: Vec<(ConvSe3, NormSe3)>,
-    trunk: Trunk,
-    conv_out: Option<ConvSe3>,
-    norm: Option<NormSe3>,
-    linear_out: Option<LinearSe3>,
-    table: Se3tBasis,
-    sparse_seed: u64,
-    contraction: Contraction,
+    pub(crate) cfg: Se3TransformerConfig,
+    pub(crate) shape: Se3TransformerShape,
+    pub(crate) token_emb: Option<Mat>,
+    pub(crate) pos_emb: Option<Mat>,
+    pub(crate) edge_emb: Option<Mat>,
+    pub(crate) adj_emb: Option<Mat>,
+    pub(crate) rotary: Option<Rotary>,
+    pub(crate) conv_in: ConvSe3,
+    pub(crate) convs: Vec<(ConvSe3, NormSe3)>,
+    pub(crate) trunk: Trunk,
+    pub(crate) conv_out: Option<ConvSe3>,
+    pub(crate) norm: Option<NormSe3>,
+    pub(crate) linear_out: Option<LinearSe3>,
+    pub(crate) table: Se3tBasis,
+    pub(crate) sparse_seed: u64,
+    pub(crate) contraction: Contraction,
+}
+
+/// One batch element ready for the layers (see [`Se3Transformer::prepare`]).
+pub(crate) struct Prepared {
+    /// Embedded node features of `conv_in`'s input fiber.
+    pub x0: Feats,
+    /// Neighbourhood graph with edge features and kernel basis.
+    pub graph: crate::se3_transformer::graph::Graph,
+    /// Global features (`m` rows of `global_feats_dim`), if the config has them.
+    pub global: Option<Block>,
 }
 
 fn shape_err(name: &'static str, expected: String, found: &[usize]) -> Error {
@@ -272,6 +282,21 @@ impl Se3Transformer {
         inp: &ModelInputs,
         fwd: &Se3TransformerForward,
     ) -> Result<StateDict, Error> {
+        let (b, n) = (inp.batch(), inp.nodes());
+        let mut per_batch: Vec<Feats> = Vec::with_capacity(b);
+        for item in self.prepare(inp)? {
+            per_batch.push(self.forward_graph(item.x0, &item.graph, item.global.as_ref())?);
+        }
+        self.assemble(per_batch, inp, fwd, b, n)
+    }
+
+    /// Everything of a forward pass before the layers, per batch element: the embedded node
+    /// features, the neighbourhood graph (selection, edge features, kernel basis) and the global
+    /// features (what a compiled graph of the layers takes as input).
+    ///
+    /// # Errors
+    /// As [`Se3Transformer::forward`].
+    pub(crate) fn prepare(&self, inp: &ModelInputs) -> Result<Vec<Prepared>, Error> {
         inp.validate()?;
         let cfg = &self.cfg;
         let (b, n) = (inp.batch(), inp.nodes());
@@ -346,7 +371,7 @@ impl Se3Transformer {
         if n < 2 {
             return Err(Error::EmptyGraph { batch: b, nodes: n });
         }
-        let mut per_batch: Vec<Feats> = Vec::with_capacity(b);
+        let mut items: Vec<Prepared> = Vec::with_capacity(b);
         for (bi, x0) in feats.into_iter().enumerate() {
             let pts = inp.points(bi);
             let nm = inp
@@ -393,9 +418,13 @@ impl Se3Transformer {
                 }
                 _ => None,
             };
-            per_batch.push(self.forward_graph(x0, &g, global.as_ref())?);
+            items.push(Prepared {
+                x0,
+                graph: g,
+                global,
+            });
         }
-        self.assemble(per_batch, inp, fwd, b, n)
+        Ok(items)
     }
 
     fn forward_graph(

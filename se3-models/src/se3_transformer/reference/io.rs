@@ -170,7 +170,7 @@ impl Se3Transformer {
         }
     }
 
-    pub(super) fn assemble(
+    pub(crate) fn assemble(
         &self,
         per_batch: Vec<Feats>,
         inp: &ModelInputs,

@@ -1,0 +1,542 @@
+//! The layers of the SE(3)-Transformer as luminal graph code: LinearSE3, NormSE3, the radial
+//! network, ConvSE3 with the reassociated contraction (the radial network's last layer applied per
+//! node after the neighbour sum), and AttentionSE3 with the query folded into the key weights.
+//!
+//! Layouts: node features of degree l are `[n, c, 2l + 1]`; per-edge tensors are `[e, ..]` with
+//! `e = n k` (neighbour `kk` of node `i` at row `i k + kk`), viewed as `[n, k, ..]` for per-node
+//! sums. `Kx` of a degree pair is `[n, k, F]` with `F = (p, c, f)`: output order `p`, input channel
+//! `c`, basis index `f`, `Kx[f, c, p] = sum_q K_f[p, q] x_j[c, q]`.
+
+use std::collections::BTreeMap;
+
+use luminal::prelude::{symbolic::Expression, *};
+use se3_core::exec::Session;
+
+use super::tensor::{
+    bmm, bmm_shared, dims, expand_at, gelu, layer_norm, max_axis, mm, permute, reshape, retype,
+    sum_axis, T1, T2, T3, T4, T5, X,
+};
+use crate::se3_transformer::attention::{AttentionSe3, KeyProj};
+use crate::se3_transformer::conv::{ConvSe3, Pair};
+use crate::se3_transformer::features::{LinearSe3, Mat};
+use crate::se3_transformer::norm::{NormParam, NormSe3};
+use crate::se3_transformer::radial::RADIAL_HIDDEN;
+use crate::Error;
+
+/// Node features on the graph, degree -> `[n, c, 2l + 1]`.
+pub(crate) type GFeats = BTreeMap<usize, T3>;
+
+/// What every layer reads: the session (for weights), the graph inputs and the sizes.
+pub(crate) struct Ctx<'a> {
+    pub s: &'a mut Session,
+    next: usize,
+    /// `n`, `k`, `e` as expressions.
+    pub n: Expression,
+    pub k: Expression,
+    pub e: Expression,
+    /// Neighbour index per edge, `[e]`.
+    pub nbr: GraphTensor<(Dyn<'e'>,)>,
+    /// 1 for a valid neighbour, `[n, k]`.
+    pub valid: T2,
+    /// 1 / (valid neighbours) on valid edges, `[n, k]` (mean pooling).
+    pub pool_w: T2,
+    /// Radial network input per edge, `[e, n_in]`.
+    pub radial_in: T2,
+    /// Kernel basis per degree pair `(d_in, d_out)`, `[e, 2 d_out + 1, 2 d_in + 1, nf]`.
+    pub basis: BTreeMap<(usize, usize), T4>,
+    /// Global features `[g, dim]`, if any.
+    pub global: Option<T2>,
+}
+
+impl Ctx<'_> {
+    pub(crate) fn new<'a>(
+        s: &'a mut Session,
+        nbr: GraphTensor<(Dyn<'e'>,)>,
+        valid: T2,
+        pool_w: T2,
+        radial_in: T2,
+        basis: BTreeMap<(usize, usize), T4>,
+        global: Option<T2>,
+    ) -> Ctx<'a> {
+        Ctx {
+            s,
+            next: 0,
+            n: Expression::from('n'),
+            k: Expression::from('k'),
+            e: Expression::from('e'),
+            nbr,
+            valid,
+            pool_w,
+            radial_in,
+            basis,
+            global,
+        }
+    }
+
+    /// A resident constant of `shape` holding `data` (f64 weights rounded to f32).
+    pub(crate) fn constant<S: Shape>(
+        &mut self,
+        data: &[f64],
+        shape: &[usize],
+    ) -> Result<GraphTensor<S>, Error> {
+        let name = format!("w{}", self.next);
+        self.next += 1;
+        let mut t = self.s.weight::<S>(&name);
+        t.shape = ShapeTracker::new(
+            &shape
+                .iter()
+                .map(|&d| Expression::from(d))
+                .collect::<Vec<_>>(),
+        );
+        self.s
+            .set_weight(&name, data.iter().map(|&v| v as f32).collect(), shape)?;
+        Ok(t)
+    }
+}
+
+/// `y[n, o, m] = sum_i x[n, i, m] W[i, o]` for a `[c_in, c_out]` weight on the graph.
+fn linear_block(x: T3, w: T2) -> T3 {
+    permute(bmm_shared(permute(x, &[0, 2, 1]), w), &[0, 2, 1])
+}
+
+/// Columns `cols` of a row-major `[rows, cols_total]` matrix.
+fn columns(m: &Mat, start: usize, count: usize) -> Vec<f64> {
+    (0..m.rows)
+        .flat_map(|r| m.data[r * m.cols + start..r * m.cols + start + count].to_vec())
+        .collect()
+}
+
+/// Rows `start..start + count` of a row-major `[rows, cols]` matrix.
+fn rows(m: &Mat, start: usize, count: usize) -> Vec<f64> {
+    m.data[start * m.cols..(start + count) * m.cols].to_vec()
+}
+
+/// LinearSE3 on the degrees `x` and `lin` share; optionally only output columns
+/// `start..start + count` of every degree.
+pub(crate) fn linear(
+    ctx: &mut Ctx<'_>,
+    lin: &LinearSe3,
+    x: &GFeats,
+    cols: Option<(usize, usize)>,
+) -> Result<GFeats, Error> {
+    let mut out = GFeats::new();
+    for (l, w) in &lin.weights {
+        let Some(&xl) = x.get(l) else { continue };
+        let (start, count) = cols.unwrap_or((0, w.cols));
+        let wt: T2 = ctx.constant(&columns(w, start, count), &[w.rows, count])?;
+        out.insert(*l, linear_block(xl, wt));
+    }
+    Ok(out)
+}
+
+/// LinearSE3 restricted to input rows `start..start + count` (a head's share of `to_out`).
+fn linear_rows(ctx: &mut Ctx<'_>, w: &Mat, x: T3, start: usize, count: usize) -> Result<T3, Error> {
+    let wt: T2 = ctx.constant(&rows(w, start, count), &[count, w.cols])?;
+    Ok(linear_block(x, wt))
+}
+
+/// NormSE3: `y = phi(|x| s) x / |x|` per channel (norm over the 2l + 1 components, floored at
+/// 1e-12), `s` a learned scale or the gate `|x| W`; `phi` GELU (identity for the final norm).
+pub(crate) fn norm(ctx: &mut Ctx<'_>, nrm: &NormSe3, x: &GFeats) -> Result<GFeats, Error> {
+    let mut out = GFeats::new();
+    for (&l, &xl) in x {
+        let p = nrm.params.get(&l).ok_or(Error::MissingKey {
+            key: format!("transform.{l}"),
+            expected: vec![],
+        })?;
+        let d = dims(xl);
+        let norms: T2 = sum_axis::<_, (X, X)>(xl * xl, 2).sqrt().max_f32(1e-12);
+        let z = match p {
+            NormParam::Scale(s) => {
+                let st: T1 = ctx.constant(s, &[s.len()])?;
+                norms * expand_at::<_, (X, X)>(st, 0, d[0])
+            }
+            NormParam::Gate(w) => {
+                let wt: T2 = ctx.constant(&w.data, &[w.rows, w.cols])?;
+                norms * mm(norms, wt)
+            }
+        };
+        let f = if nrm.identity { z } else { gelu(z) };
+        let ratio = f / norms;
+        out.insert(l, xl * expand_at::<_, (X, X, X)>(ratio, 2, d[2]));
+    }
+    Ok(out)
+}
+
+/// `a + b` on the degrees of `a` (ResidualSE3).
+pub(crate) fn residual(a: &GFeats, b: &GFeats) -> GFeats {
+    a.iter()
+        .map(|(&l, &t)| match b.get(&l) {
+            Some(&u) => (l, t + u),
+            None => (l, t),
+        })
+        .collect()
+}
+
+/// One degree pair of a ConvSE3 evaluated up to the radial network's last layer: the hidden
+/// activations `h` (`[n, k, 128]`) and `Kx` (`[n, k, F]`).
+pub(crate) struct PairEdges<'p> {
+    pair: &'p Pair,
+    h: T3,
+    kx: T3,
+    width: usize,
+}
+
+/// `h` and `Kx` of every pair of `conv` (optionally only those with output degree `only`).
+pub(crate) fn pair_edges<'p>(
+    ctx: &mut Ctx<'_>,
+    conv: &'p ConvSe3,
+    x: &GFeats,
+    only: Option<usize>,
+) -> Result<Vec<PairEdges<'p>>, Error> {
+    let (n, k, e) = (ctx.n, ctx.k, ctx.e);
+    let mut out = Vec::new();
+    for p in conv
+        .pairs
+        .iter()
+        .filter(|p| only.is_none_or(|d| d == p.d_out))
+    {
+        let xl = *x.get(&p.d_in).ok_or(Error::MissingInput {
+            name: "features of a degree of fiber_in",
+        })?;
+        let r = &p.radial;
+        let (mi, mo) = (2 * p.d_in + 1, 2 * p.d_out + 1);
+        let nf = 2 * p.d_in.min(p.d_out) + 1;
+        // radial network up to its last layer
+        let w0: T2 = ctx.constant(
+            &transpose(&r.l0.w, r.l0.n_out, r.l0.n_in),
+            &[r.l0.n_in, r.l0.n_out],
+        )?;
+        let b0: T1 = ctx.constant(&r.l0.b, &[r.l0.n_out])?;
+        let g1: T1 = ctx.constant(&r.n1.w, &[RADIAL_HIDDEN])?;
+        let be1: T1 = ctx.constant(&r.n1.b, &[RADIAL_HIDDEN])?;
+        let w3: T2 = ctx.constant(
+            &transpose(&r.l3.w, r.l3.n_out, r.l3.n_in),
+            &[r.l3.n_in, r.l3.n_out],
+        )?;
+        let b3: T1 = ctx.constant(&r.l3.b, &[r.l3.n_out])?;
+        let g4: T1 = ctx.constant(&r.n4.w, &[RADIAL_HIDDEN])?;
+        let be4: T1 = ctx.constant(&r.n4.b, &[RADIAL_HIDDEN])?;
+        let h = mm(ctx.radial_in, w0) + expand_at::<_, (X, X)>(b0, 0, e);
+        let h = gelu(layer_norm(h, g1, be1, RADIAL_HIDDEN));
+        let h = mm(h, w3) + expand_at::<_, (X, X)>(b3, 0, e);
+        let h = gelu(layer_norm(h, g4, be4, RADIAL_HIDDEN));
+        let h3: T3 = reshape(h, &[n, k, RADIAL_HIDDEN.into()]);
+        // Kx[e, p, c, f] = sum_q K[e, p, q, f] x_j[e, c, q]
+        let kb = *ctx
+            .basis
+            .get(&(p.d_in, p.d_out))
+            .ok_or(Error::MissingInput {
+                name: "kernel basis",
+            })?;
+        let xc: T3 = reshape(xl, &[n, p.c_in.into(), mi.into()]);
+        let xj: T3 = retype(se3_core::ops::gather3::<X, X, X, Dyn<'e'>>(xc, ctx.nbr));
+        let k5: T5 = expand_at(kb, 2, p.c_in);
+        let x4: T4 = expand_at(xj, 1, mo);
+        let x5: T5 = expand_at(x4, 4, nf);
+        let kx: T4 = sum_axis(k5 * x5, 3);
+        let width = mo * p.c_in * nf;
+        let kx3: T3 = reshape(kx, &[n, k, width.into()]);
+        out.push(PairEdges {
+            pair: p,
+            h: h3,
+            kx: kx3,
+            width,
+        });
+    }
+    Ok(out)
+}
+
+fn transpose(w: &[f64], r: usize, c: usize) -> Vec<f64> {
+    let mut t = vec![0.0; r * c];
+    for i in 0..r {
+        for j in 0..c {
+            t[j * r + i] = w[i * c + j];
+        }
+    }
+    t
+}
+
+/// The last radial layer of `p` for output channels `c0..c0 + cnt`, as `[(c, f, h), o]` and its
+/// bias as `[(c, f), o]`.
+fn last_layer(p: &Pair, c0: usize, cnt: usize) -> (Vec<f64>, Vec<f64>) {
+    let nf = 2 * p.d_in.min(p.d_out) + 1;
+    let last = &p.radial.l6;
+    let hd = last.n_in;
+    let cf = p.c_in * nf;
+    let mut w = vec![0.0; cf * hd * cnt];
+    let mut b = vec![0.0; cf * cnt];
+    for o in 0..cnt {
+        for j in 0..cf {
+            let row = (c0 + o) * cf + j;
+            for h in 0..hd {
+                w[(j * hd + h) * cnt + o] = last.w[row * hd + h];
+            }
+            b[j * cnt + o] = last.b[row];
+        }
+    }
+    (w, b)
+}
+
+/// `sum_j a_ij m_ij` for output channels `c0..c0 + cnt` of the degree of `pe`, reassociated:
+/// `A_i = sum_j a_ij h_ij (x) Kx_ij` per node, then the last radial layer; `[n, cnt, 2l + 1]`.
+pub(crate) fn weighted_sum(
+    ctx: &mut Ctx<'_>,
+    pe: &PairEdges<'_>,
+    a: T2,
+    c0: usize,
+    cnt: usize,
+) -> Result<T3, Error> {
+    let p = pe.pair;
+    let n = ctx.n;
+    let mo = 2 * p.d_out + 1;
+    let nf = 2 * p.d_in.min(p.d_out) + 1;
+    let cf = p.c_in * nf;
+    let (w, b) = last_layer(p, c0, cnt);
+    let wt: T2 = ctx.constant(&w, &[cf * RADIAL_HIDDEN, cnt])?;
+    let bt: T2 = ctx.constant(&b, &[cf, cnt])?;
+    let wkx = pe.kx * expand_at::<_, (X, X, X)>(a, 2, pe.width);
+    let acc = bmm(permute(pe.h, &[0, 2, 1]), wkx); // [n, 128, F]
+    let acc4: T4 = reshape(acc, &[n, RADIAL_HIDDEN.into(), mo.into(), cf.into()]);
+    let acc3: T3 = reshape(
+        permute(acc4, &[0, 2, 3, 1]),
+        &[n, mo.into(), (cf * RADIAL_HIDDEN).into()],
+    );
+    let bsum: T2 = sum_axis(wkx, 1); // [n, F]
+    let b3: T3 = reshape(bsum, &[n, mo.into(), cf.into()]);
+    let y = bmm_shared(acc3, wt) + bmm_shared(b3, bt); // [n, mo, cnt]
+    Ok(permute(y, &[0, 2, 1]))
+}
+
+/// `sum_{o,p} q_i[o, p] m_ij[c0 + o, p]` per edge, the query folded into the last radial layer:
+/// `[n, k]`.
+pub(crate) fn query_logits(
+    ctx: &mut Ctx<'_>,
+    pe: &PairEdges<'_>,
+    q: T3,
+    c0: usize,
+    cnt: usize,
+) -> Result<T2, Error> {
+    let p = pe.pair;
+    let n = ctx.n;
+    let nf = 2 * p.d_in.min(p.d_out) + 1;
+    let cf = p.c_in * nf;
+    let (w, b) = last_layer(p, c0, cnt);
+    // [o, (c, f, h)] and [o, (c, f)]
+    let wt: T2 = ctx.constant(
+        &transpose(&w, cf * RADIAL_HIDDEN, cnt),
+        &[cnt, cf * RADIAL_HIDDEN],
+    )?;
+    let bt: T2 = ctx.constant(&transpose(&b, cf, cnt), &[cnt, cf])?;
+    let qp = permute(q, &[0, 2, 1]); // [n, p, o]
+    let folded: T3 = reshape(
+        bmm_shared(qp, wt),
+        &[n, pe.width.into(), RADIAL_HIDDEN.into()],
+    ); // [n, F, 128]
+    let t = bmm(pe.kx, folded); // [n, k, 128]
+    let main: T2 = sum_axis(t * pe.h, 2);
+    let fb: T2 = reshape(bmm_shared(qp, bt), &[n, pe.width.into()]); // [n, F]
+    let bias: T2 = sum_axis(pe.kx * expand_at::<_, (X, X, X)>(fb, 1, ctx.k), 2);
+    Ok(main + bias)
+}
+
+/// ConvSE3 with mean pooling over valid neighbours and self-interaction.
+pub(crate) fn conv_pooled(ctx: &mut Ctx<'_>, conv: &ConvSe3, x: &GFeats) -> Result<GFeats, Error> {
+    let pes = pair_edges(ctx, conv, x, None)?;
+    let mut out = GFeats::new();
+    for &(l, c) in &conv.fout {
+        let mut acc: Option<T3> = None;
+        for pe in pes.iter().filter(|pe| pe.pair.d_out == l) {
+            let y = weighted_sum(ctx, pe, ctx.pool_w, 0, c)?;
+            acc = Some(match acc {
+                Some(a) => a + y,
+                None => y,
+            });
+        }
+        if let Some(a) = acc {
+            out.insert(l, a);
+        }
+    }
+    match &conv.self_interact {
+        Some(si) => {
+            let s = linear(ctx, si, x, None)?;
+            Ok(residual(&out, &s))
+        }
+        None => Ok(out),
+    }
+}
+
+/// `sum_{o,p} a[n, o, p] b[n, o, p]`: `[n]`.
+fn inner(a: T3, b: T3) -> T1 {
+    let s: T2 = sum_axis(a * b, 2);
+    sum_axis(s, 1)
+}
+
+/// AttentionSE3 / OneHeadedKVAttentionSE3 (no rotary embeddings): per degree and head, logits of
+/// the neighbours (conv keys with the query folded in, or gathered linear keys), of the self key,
+/// the null key and the global keys; one softmax; values reassociated.
+pub(crate) fn attention(
+    ctx: &mut Ctx<'_>,
+    att: &AttentionSe3,
+    x: &GFeats,
+) -> Result<GFeats, Error> {
+    let o = att.o;
+    let (h, dh) = (o.heads, o.dim_head);
+    let scale = (dh as f32).powf(-0.5);
+    let (n, k) = (ctx.n, ctx.k);
+    let key_conv: Option<&ConvSe3> = match &att.to_k {
+        KeyProj::Conv(c) => Some(c),
+        KeyProj::Tied => Some(&att.to_v),
+        KeyProj::Linear(_) => None,
+    };
+    let mut out = GFeats::new();
+    for (&l, _) in x.iter() {
+        let m = 2 * l + 1;
+        let vpes = pair_edges(ctx, &att.to_v, x, Some(l))?;
+        let kpes = match (key_conv, &att.to_k) {
+            (Some(c), KeyProj::Conv(_)) => pair_edges(ctx, c, x, Some(l))?,
+            _ => Vec::new(),
+        };
+        let mut result: Option<T3> = None;
+        for hh in 0..h {
+            let kc = if o.one_headed_kv { 0 } else { hh * dh };
+            let q = *linear(ctx, &att.to_q, x, Some((hh * dh, dh)))?
+                .get(&l)
+                .ok_or(Error::MissingInput { name: "query" })?;
+            // neighbour logits
+            let mut nl: Option<T2> = None;
+            match &att.to_k {
+                KeyProj::Linear(lin) => {
+                    let kl = *linear(ctx, lin, x, Some((kc, dh)))?
+                        .get(&l)
+                        .ok_or(Error::MissingInput { name: "keys" })?;
+                    let kflat: T2 = reshape(kl, &[n, (dh * m).into()]);
+                    let kj: T2 = retype(se3_core::ops::gather::<X, X, Dyn<'e'>>(kflat, ctx.nbr));
+                    let kj3: T3 = reshape(kj, &[n, k, (dh * m).into()]);
+                    let qf: T2 = reshape(q, &[n, (dh * m).into()]);
+                    nl = Some(sum_axis(kj3 * expand_at::<_, (X, X, X)>(qf, 1, k), 2));
+                }
+                _ => {
+                    let pes = if matches!(att.to_k, KeyProj::Tied) {
+                        &vpes
+                    } else {
+                        &kpes
+                    };
+                    for pe in pes {
+                        let lg = query_logits(ctx, pe, q, kc, dh)?;
+                        nl = Some(match nl {
+                            Some(a) => a + lg,
+                            None => lg,
+                        });
+                    }
+                }
+            }
+            let nl = nl.ok_or(Error::MissingInput { name: "keys" })? * scale;
+            let z = nl * ctx.valid + (ctx.valid + (-1.0)) * f32::MAX;
+            // pre slots: (logits [n, s], values [s, dh, m] or per node [n, dh, m])
+            let mut mx: T1 = max_axis(z, 1);
+            let mut singles: Vec<(T1, T3)> = Vec::new();
+            let mut global: Option<(T2, T2)> = None;
+            if let (Some((gk, gv)), 0, Some(gf)) = (&att.global_kv, l, ctx.global) {
+                let wk = gk.weights.get(&0).ok_or(Error::MissingInput {
+                    name: "global keys",
+                })?;
+                let wv = gv.weights.get(&0).ok_or(Error::MissingInput {
+                    name: "global values",
+                })?;
+                let wkt: T2 = ctx.constant(&columns(wk, kc, dh), &[wk.rows, dh])?;
+                let wvt: T2 = ctx.constant(&columns(wv, kc, dh), &[wv.rows, dh])?;
+                let keys = mm(gf, wkt); // [g, dh]
+                let vals = mm(gf, wvt);
+                let qf: T2 = reshape(q, &[n, dh.into()]);
+                let gl = mm(qf, permute(keys, &[1, 0])) * scale; // [n, g]
+                mx = mx.max(max_axis(gl, 1));
+                global = Some((gl, vals));
+            }
+            if o.use_null_kv {
+                let nk = att
+                    .null_k
+                    .get(&l)
+                    .ok_or(Error::MissingInput { name: "null keys" })?;
+                let nv = att.null_v.get(&l).ok_or(Error::MissingInput {
+                    name: "null values",
+                })?;
+                let nkt: T2 = ctx.constant(&nk[kc * m..(kc + dh) * m], &[dh, m])?;
+                let nvt: T2 = ctx.constant(&nv[kc * m..(kc + dh) * m], &[dh, m])?;
+                let nk3: T3 = expand_at(nkt, 0, n);
+                let nv3: T3 = expand_at(nvt, 0, n);
+                let lg = inner(q, nk3) * scale;
+                mx = mx.max(lg);
+                singles.push((lg, nv3));
+            }
+            if let Some((sk, sv)) = &att.self_kv {
+                let skl = *linear(ctx, sk, x, Some((kc, dh)))?
+                    .get(&l)
+                    .ok_or(Error::MissingInput { name: "self keys" })?;
+                let svl =
+                    *linear(ctx, sv, x, Some((kc, dh)))?
+                        .get(&l)
+                        .ok_or(Error::MissingInput {
+                            name: "self values",
+                        })?;
+                let lg = inner(q, skl) * scale;
+                mx = mx.max(lg);
+                singles.push((lg, svl));
+            }
+            let ex = (z - expand_at::<_, (X, X)>(mx, 1, k)).exp();
+            let mut tot: T1 = sum_axis(ex, 1);
+            let single_ex: Vec<(T1, T3)> = singles
+                .iter()
+                .map(|&(lg, v)| ((lg - mx).exp(), v))
+                .collect();
+            for (e1, _) in &single_ex {
+                tot = tot + *e1;
+            }
+            let global_ex = global.map(|(gl, vals)| {
+                let g = dims(gl)[1];
+                ((gl - expand_at::<_, (X, X)>(mx, 1, g)).exp(), vals)
+            });
+            if let Some((ge, _)) = &global_ex {
+                tot = tot + sum_axis::<_, (X,)>(*ge, 1);
+            }
+            let inv = tot.recip();
+            let a = ex * expand_at::<_, (X, X)>(inv, 1, k);
+            let mut oh: Option<T3> = None;
+            for pe in &vpes {
+                let y = weighted_sum(ctx, pe, a, kc, dh)?;
+                oh = Some(match oh {
+                    Some(t) => t + y,
+                    None => y,
+                });
+            }
+            let mut oh = oh.ok_or(Error::MissingInput { name: "values" })?;
+            for (e1, v) in single_ex {
+                let w = e1 * inv;
+                let w3: T3 = expand_at(expand_at::<_, (X, X)>(w, 1, dh), 2, m);
+                oh = oh + w3 * v;
+            }
+            if let Some((ge, vals)) = global_ex {
+                let g = dims(ge)[1];
+                let w = ge * expand_at::<_, (X, X)>(inv, 1, g);
+                let gsum = mm(w, vals); // [n, dh]
+                oh = oh + reshape::<_, (X, X, X)>(gsum, &[n, dh.into(), 1.into()]);
+            }
+            let proj = match &att.to_out {
+                Some(lin) => {
+                    let w = lin
+                        .weights
+                        .get(&l)
+                        .ok_or(Error::MissingInput { name: "to_out" })?;
+                    linear_rows(ctx, w, oh, hh * dh, dh)?
+                }
+                None => oh,
+            };
+            result = Some(match result {
+                Some(r) => r + proj,
+                None => proj,
+            });
+        }
+        out.insert(l, result.ok_or(Error::MissingInput { name: "heads" })?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,340 @@
+//! The SE(3)-Transformer compiled to one luminal graph: the layers of
+//! [`Se3Transformer`](crate::se3_transformer::Se3Transformer) (conv_in, conv/norm stacks, the
+//! attention + feed-forward trunk, sequential or reversible, conv_out, final norm, linear_out) as
+//! graph operations in float32, built once per config and run on any number of nodes.
+//!
+//! Neighbour selection (CONVENTIONS 2.6: kNN within `valid_radius`, masks, sparse adjacency,
+//! adjacency degrees, causal), the edge features and the kernel basis are prepared per batch
+//! element by the same code as the float64 oracle and fed to the graph as inputs (`nbr [e]`,
+//! `valid [n, k]`, radial input `[e, n_in]`, one basis block per degree pair); everything after
+//! runs in the graph. ConvSE3 messages use the reassociated contraction
+//! ([`Contraction::Reassociated`](crate::se3_transformer::Contraction)): neighbour sums (mean
+//! pooling, attention-weighted values) are taken of `h_ij (x) Kx_ij` before the radial network's
+//! last layer, and attention logits fold the query into that layer, so per-edge radial weights are
+//! never formed.
+//!
+//! Not compiled yet (typed error [`Error::NotCompiled`]): rotary embeddings and the EGNN trunk;
+//! those configs run on the oracle.
+
+mod blocks;
+mod tensor;
+
+use std::collections::BTreeMap;
+
+use luminal::prelude::{symbolic::Expression, *};
+use se3_core::exec::{IndexBound, InputKind, Session};
+
+use self::blocks::{attention, conv_pooled, linear, norm, residual, Ctx, GFeats};
+use self::tensor::{reshape, T2, T3, T4};
+use crate::checkpoint::StateDict;
+use crate::inputs::ModelInputs;
+use crate::se3_transformer::conv::radial_input;
+use crate::se3_transformer::reference::{Prepared, Trunk};
+use crate::se3_transformer::{Se3Transformer, Se3TransformerForward};
+use crate::Error;
+
+/// A flat per-run input typed by one of a fixed set of dynamic dimensions (the session checks
+/// dimension names across inputs, so each flat input gets its own).
+fn flat_input(s: &mut Session, name: &str, slot: usize) -> Result<GraphTensor<(Dyn<'-'>,)>, Error> {
+    macro_rules! pick {
+        ($($i:literal => $c:literal),*) => {
+            match slot {
+                $($i => { let t = s.input::<(Dyn<$c>,)>(name, InputKind::Values); GraphTensor::from_id(t.id, t.shape, t.graph_ref) })*
+                _ => return Err(Error::NotCompiled { option: "more than 40 degree pairs" }),
+            }
+        };
+    }
+    Ok(
+        pick!(0 => 'A', 1 => 'B', 2 => 'C', 3 => 'D', 4 => 'E', 5 => 'F', 6 => 'G', 7 => 'H',
+        8 => 'I', 9 => 'J', 10 => 'K', 11 => 'L', 12 => 'M', 13 => 'N', 14 => 'O', 15 => 'P',
+        16 => 'Q', 17 => 'R', 18 => 'S', 19 => 'T', 20 => 'U', 21 => 'V', 22 => 'W', 23 => 'X',
+        24 => 'Y', 25 => 'Z', 26 => 'a', 27 => 'b', 28 => 'c', 29 => 'd', 30 => 'f', 31 => 'h',
+        32 => 'i', 33 => 'j', 34 => 'l', 35 => 'm', 36 => 'o', 37 => 'p', 38 => 'q', 39 => 'r'),
+    )
+}
+
+/// The SE(3)-Transformer as one compiled luminal graph (module doc).
+pub struct CompiledSe3Transformer {
+    model: Se3Transformer,
+    session: Session,
+    in_degrees: Vec<(usize, usize)>,
+    pairs: Vec<(usize, usize)>,
+    out_degrees: Vec<(usize, usize)>,
+    radial_width: usize,
+    fourier: Option<usize>,
+    global_dim: Option<usize>,
+}
+
+impl std::fmt::Debug for CompiledSe3Transformer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledSe3Transformer")
+            .field("session", &self.session)
+            .finish()
+    }
+}
+
+impl CompiledSe3Transformer {
+    /// Builds and compiles the graph of `model`'s layers (weights rounded to float32).
+    ///
+    /// # Errors
+    /// `NotCompiled` for rotary embeddings or the EGNN trunk; weight errors of the session.
+    pub fn new(model: &Se3Transformer) -> Result<Self, Error> {
+        if model.rotary.is_some() {
+            return Err(Error::NotCompiled {
+                option: "rotary_position / rotary_rel_dist",
+            });
+        }
+        if matches!(model.trunk, Trunk::Egnn(_)) {
+            return Err(Error::NotCompiled { option: "use_egnn" });
+        }
+        let cfg = &model.cfg;
+        let shape = &model.shape;
+        let mut s = Session::new();
+        let mut slot = 0;
+        let n = Expression::from('n');
+        let k = Expression::from('k');
+        let e = Expression::from('e');
+        s.derive_dim('e', n * k);
+        let nbr = s.input::<(Dyn<'e'>,)>(
+            "nbr",
+            InputKind::Indices {
+                bound: IndexBound::Dim('n'),
+                allow_missing: false,
+            },
+        );
+        let valid_t = s.input::<(Dyn<'n'>, Dyn<'k'>)>("valid", InputKind::Mask);
+        let valid: T2 = GraphTensor::from_id(valid_t.id, valid_t.shape, valid_t.graph_ref);
+        let pool_t = s.input::<(Dyn<'n'>, Dyn<'k'>)>("pool_w", InputKind::Values);
+        let pool_w: T2 = GraphTensor::from_id(pool_t.id, pool_t.shape, pool_t.graph_ref);
+        let fourier = model.conv_in.fourier;
+        let radial_width = 1 + shape.edge_dim + fourier.map_or(0, |f| 2 * f);
+        let rin = flat_input(&mut s, "radial_in", slot)?;
+        slot += 1;
+        let radial_in: T2 = reshape(rin, &[e, radial_width.into()]);
+        let mut pairs = Vec::new();
+        let mut basis = BTreeMap::new();
+        for d_in in 0..=shape.max_degree {
+            for d_out in 0..=shape.max_degree {
+                let t = flat_input(&mut s, &format!("basis.{d_in}.{d_out}"), slot)?;
+                slot += 1;
+                let nf = 2 * d_in.min(d_out) + 1;
+                let b: T4 = reshape(
+                    t,
+                    &[e, (2 * d_out + 1).into(), (2 * d_in + 1).into(), nf.into()],
+                );
+                basis.insert((d_in, d_out), b);
+                pairs.push((d_in, d_out));
+            }
+        }
+        let global_dim = cfg.global_feats_dim;
+        let global = match global_dim {
+            Some(gd) => {
+                let t = flat_input(&mut s, "global", slot)?;
+                slot += 1;
+                Some(reshape::<_, (Dyn<'-'>, Dyn<'-'>)>(
+                    t,
+                    &[Expression::from('g'), gd.into()],
+                ))
+            }
+            None => None,
+        };
+        let mut x = GFeats::new();
+        let in_degrees = shape.fiber_in.clone();
+        for &(l, c) in &in_degrees {
+            let t = flat_input(&mut s, &format!("x.{l}"), slot)?;
+            slot += 1;
+            let x3: T3 = reshape(t, &[n, c.into(), (2 * l + 1).into()]);
+            x.insert(l, x3);
+        }
+        let mut ctx = Ctx::new(&mut s, nbr, valid, pool_w, radial_in, basis, global);
+        let mut x = conv_pooled(&mut ctx, &model.conv_in, &x)?;
+        for (conv, nrm) in &model.convs {
+            let y = norm(&mut ctx, nrm, &x)?;
+            x = conv_pooled(&mut ctx, conv, &y)?;
+        }
+        x = match &model.trunk {
+            Trunk::Sequential(blocks) => {
+                for (a, f) in blocks {
+                    x = attention_block(&mut ctx, a, &x)?;
+                    x = ff_block(&mut ctx, f, &x)?;
+                }
+                x
+            }
+            Trunk::Reversible(blocks) => {
+                let (mut x1, mut x2) = (x.clone(), x);
+                for (a, f) in blocks {
+                    // the blocks keep their own residual inside (as the oracle)
+                    let y1 = residual(&attention_block(&mut ctx, a, &x2)?, &x1);
+                    let y2 = residual(&ff_block(&mut ctx, f, &y1)?, &x2);
+                    x1 = y1;
+                    x2 = y2;
+                }
+                residual(&x1, &x2)
+                    .into_iter()
+                    .map(|(l, t)| (l, t * 0.5))
+                    .collect()
+            }
+            Trunk::Egnn(_) => return Err(Error::NotCompiled { option: "use_egnn" }),
+        };
+        if let Some(c) = &model.conv_out {
+            x = conv_pooled(&mut ctx, c, &x)?;
+        }
+        if let Some(nrm) = &model.norm {
+            x = norm(&mut ctx, nrm, &x)?;
+        }
+        if let Some(lin) = &model.linear_out {
+            x = linear(&mut ctx, lin, &x, None)?;
+        }
+        drop(ctx);
+        let mut out_degrees = Vec::new();
+        for (&l, &t) in &x {
+            let d = tensor::dims(t);
+            let c = d[1].to_usize().unwrap_or(0);
+            let flat: T3 = reshape(t.contiguous(), &d);
+            s.output(&format!("out.{l}"), flat);
+            out_degrees.push((l, c));
+        }
+        s.compile();
+        Ok(Self {
+            model: model.clone(),
+            session: s,
+            in_degrees,
+            pairs,
+            out_degrees,
+            radial_width,
+            fourier,
+            global_dim,
+        })
+    }
+
+    /// The model whose layers were compiled.
+    pub fn model(&self) -> &Se3Transformer {
+        &self.model
+    }
+
+    /// Runs the model on `inp`: neighbour selection and basis as the oracle, the layers on the
+    /// graph; outputs named as [`Se3Transformer::forward`]'s.
+    ///
+    /// # Errors
+    /// The input errors of [`Se3Transformer::forward`]; session errors.
+    pub fn forward(
+        &mut self,
+        inp: &ModelInputs,
+        fwd: &Se3TransformerForward,
+    ) -> Result<StateDict, Error> {
+        let (b, n) = (inp.batch(), inp.nodes());
+        let items = self.model.prepare(inp)?;
+        let mut per_batch = Vec::with_capacity(b);
+        for item in items {
+            per_batch.push(self.run_one(&item)?);
+        }
+        self.model.assemble(per_batch, inp, fwd, b, n)
+    }
+
+    fn run_one(
+        &mut self,
+        item: &Prepared,
+    ) -> Result<crate::se3_transformer::features::Feats, Error> {
+        let g = &item.graph;
+        let (n, k) = (g.n, g.k);
+        let s = &mut self.session;
+        let f32v = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        s.set("nbr", g.nbr.iter().map(|&j| j as f32).collect(), &[n * k])?;
+        s.set(
+            "valid",
+            g.valid.iter().map(|&v| f32::from(u8::from(v))).collect(),
+            &[n, k],
+        )?;
+        let mut pool = vec![0.0f32; n * k];
+        for i in 0..n {
+            let cnt = (0..k).filter(|&kk| g.valid[i * k + kk]).count();
+            for kk in (0..k).filter(|&kk| g.valid[i * k + kk]) {
+                pool[i * k + kk] = 1.0 / cnt as f32;
+            }
+        }
+        s.set("pool_w", pool, &[n, k])?;
+        let mut rin = Vec::with_capacity(n * k * self.radial_width);
+        for e in 0..n * k {
+            let v = radial_input(
+                g.dist[e],
+                &g.edge_feat[e * g.edge_dim..(e + 1) * g.edge_dim],
+                self.fourier,
+            )?;
+            rin.extend(v.iter().map(|&x| x as f32));
+        }
+        let len = rin.len();
+        s.set("radial_in", rin, &[len])?;
+        for &(d_in, d_out) in &self.pairs {
+            let block = g.basis.block(d_in, d_out)?;
+            s.set(
+                &format!("basis.{d_in}.{d_out}"),
+                f32v(block),
+                &[block.len()],
+            )?;
+        }
+        if self.global_dim.is_some() {
+            let gb = item.global.as_ref().ok_or(Error::MissingInput {
+                name: "global_feats",
+            })?;
+            s.set_dim('g', gb.rows());
+            s.set("global", f32v(&gb.data), &[gb.data.len()])?;
+        }
+        for &(l, _) in &self.in_degrees {
+            let blk = item
+                .x0
+                .get(&l)
+                .ok_or(Error::MissingInput { name: "feats" })?;
+            s.set(&format!("x.{l}"), f32v(&blk.data), &[blk.data.len()])?;
+        }
+        s.run()?;
+        let mut out = crate::se3_transformer::features::Feats::new();
+        for &(l, c) in &self.out_degrees {
+            let o = s.get(&format!("out.{l}"))?;
+            out.insert(
+                l,
+                crate::se3_transformer::features::Block {
+                    channels: c,
+                    m: 2 * l + 1,
+                    data: o.data.iter().map(|&v| f64::from(v)).collect(),
+                },
+            );
+        }
+        Ok(out)
+    }
+}
+
+fn attention_block_raw(
+    ctx: &mut Ctx<'_>,
+    a: &crate::se3_transformer::attention::AttentionBlock,
+    x: &GFeats,
+) -> Result<GFeats, Error> {
+    let y = norm(ctx, &a.prenorm, x)?;
+    attention(ctx, &a.attn, &y)
+}
+
+fn attention_block(
+    ctx: &mut Ctx<'_>,
+    a: &crate::se3_transformer::attention::AttentionBlock,
+    x: &GFeats,
+) -> Result<GFeats, Error> {
+    Ok(residual(&attention_block_raw(ctx, a, x)?, x))
+}
+
+fn ff_block_raw(
+    ctx: &mut Ctx<'_>,
+    f: &crate::se3_transformer::attention::FeedForwardBlock,
+    x: &GFeats,
+) -> Result<GFeats, Error> {
+    let y = norm(ctx, &f.prenorm, x)?;
+    let y = linear(ctx, &f.project_in, &y, None)?;
+    let y = norm(ctx, &f.nonlin, &y)?;
+    linear(ctx, &f.project_out, &y, None)
+}
+
+fn ff_block(
+    ctx: &mut Ctx<'_>,
+    f: &crate::se3_transformer::attention::FeedForwardBlock,
+    x: &GFeats,
+) -> Result<GFeats, Error> {
+    Ok(residual(&ff_block_raw(ctx, f, x)?, x))
+}

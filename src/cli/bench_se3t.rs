@@ -1,0 +1,263 @@
+//! `se3 bench se3-transformer`: forward time and peak memory of the SE(3)-Transformer at the sizes
+//! of the PyTorch baseline (tests/reference BASELINE.md: dim 32, heads 4, dim_head 16, depth 2,
+//! 16 neighbours, batch 1), next to se3-transformer-pytorch's figures as ratios.
+//!
+//! Each case runs in a child process of this binary (`--case <name>`), so its peak resident set
+//! (VmHWM of /proc/self/status) is its own; the parent prints the table. The child builds the
+//! model with random weights, runs one warm-up and then the median of at least 3 forwards, and
+//! reports the time spent per stage (neighbour selection + basis, radial network, gathers,
+//! attention, rest) of one extra instrumented forward.
+
+use std::process::Command;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use se3_models::checkpoint::{StateDict, Tensor};
+use se3_models::inputs::{BoolTensor, ModelInputs, NodeFeats};
+use se3_models::se3_transformer::{
+    Contraction, Se3Transformer, Se3TransformerConfig, Se3TransformerForward,
+};
+
+/// A benchmark size and its PyTorch figures (BASELINE.md).
+struct Case {
+    name: &'static str,
+    num_degrees: usize,
+    nodes: usize,
+    torch_s: f64,
+    torch_mib: f64,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "se3t_deg2_n128",
+        num_degrees: 2,
+        nodes: 128,
+        torch_s: 1.7440,
+        torch_mib: 1054.3,
+    },
+    Case {
+        name: "se3t_deg2_n512",
+        num_degrees: 2,
+        nodes: 512,
+        torch_s: 10.8999,
+        torch_mib: 1376.3,
+    },
+    Case {
+        name: "se3t_deg3_n128",
+        num_degrees: 3,
+        nodes: 128,
+        torch_s: 22.6198,
+        torch_mib: 1376.3,
+    },
+];
+
+/// Timed forwards after the warm-up.
+const REPS: usize = 3;
+
+/// What a child reports for one case.
+#[derive(Debug, Default)]
+struct Measured {
+    median_s: f64,
+    min_s: f64,
+    max_s: f64,
+    peak_mib: f64,
+    stages: Vec<(String, f64)>,
+}
+
+/// Runs every case in a child process and prints the table; `case` runs one case in this process.
+pub fn run(case: Option<&str>) -> Result<(), super::CliError> {
+    if let Some(name) = case {
+        let c = CASES
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| format!("unknown case `{name}`"))?;
+        return run_case(c);
+    }
+    let exe = std::env::current_exe()?;
+    let bar = ProgressBar::new(CASES.len() as u64);
+    bar.set_style(ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+    )?);
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let mut rows = Vec::new();
+    for c in CASES {
+        bar.set_message(c.name);
+        let out = Command::new(&exe)
+            .args(["bench", "se3-transformer", "--case", c.name])
+            .output()?;
+        if !out.status.success() {
+            return Err(format!(
+                "case {} failed: {}",
+                c.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+            .into());
+        }
+        rows.push((c, parse(&String::from_utf8_lossy(&out.stdout))?));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!(
+        "SE3Transformer dim 32, heads 4, dim_head 16, depth 2, 16 neighbours, batch 1, return_type 0 \
+         (PyTorch: BASELINE.md, torch 2 threads)"
+    );
+    println!(
+        "{:<16} {:>10} {:>16} {:>11} {:>9} {:>12} {:>11} {:>9}",
+        "case",
+        "se3 (s)",
+        "se3 min-max",
+        "torch (s)",
+        "speedup",
+        "se3 peak MiB",
+        "torch MiB",
+        "mem frac"
+    );
+    for (c, m) in &rows {
+        println!(
+            "{:<16} {:>10.4} {:>7.3}-{:<8.3} {:>11.4} {:>8.1}x {:>12.1} {:>11.1} {:>9.3}",
+            c.name,
+            m.median_s,
+            m.min_s,
+            m.max_s,
+            c.torch_s,
+            c.torch_s / m.median_s,
+            m.peak_mib,
+            c.torch_mib,
+            m.peak_mib / c.torch_mib
+        );
+    }
+    println!("\nwhere the time goes (one instrumented forward, seconds):");
+    for (c, m) in &rows {
+        let total: f64 = m.stages.iter().map(|s| s.1).sum();
+        let parts: Vec<String> = m
+            .stages
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.4} ({:.0}%)", 100.0 * v / total.max(1e-12)))
+            .collect();
+        println!("  {:<16} {}", c.name, parts.join(", "));
+    }
+    println!("targets: speedup >= 10x, mem frac <= 0.2");
+    Ok(())
+}
+
+fn parse(text: &str) -> Result<Measured, super::CliError> {
+    let mut m = Measured::default();
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        match (it.next(), it.next()) {
+            (Some("time"), Some(v)) => {
+                let vals: Vec<f64> = std::iter::once(v)
+                    .chain(it)
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
+                if vals.len() != 3 {
+                    return Err(format!("bad time line `{line}`").into());
+                }
+                (m.median_s, m.min_s, m.max_s) = (vals[0], vals[1], vals[2]);
+            }
+            (Some("peak_mib"), Some(v)) => m.peak_mib = v.parse()?,
+            (Some("stage"), Some(k)) => {
+                let v = it.next().ok_or("stage line without value")?.parse()?;
+                m.stages.push((k.to_string(), v));
+            }
+            _ => {}
+        }
+    }
+    Ok(m)
+}
+
+/// Peak resident set of this process (VmHWM), MiB.
+fn peak_mib() -> Result<f64, super::CliError> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .ok_or("no VmHWM in /proc/self/status")?;
+    let kib: f64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kib / 1024.0)
+}
+
+/// The benchmark config (BASELINE.md) at `num_degrees`.
+pub fn bench_config(num_degrees: usize) -> Result<Se3TransformerConfig, super::CliError> {
+    let kwargs = serde_json::json!({
+        "dim": 32, "heads": 4, "dim_head": 16, "depth": 2,
+        "num_degrees": num_degrees, "num_neighbors": 16
+    });
+    Ok(Se3TransformerConfig::from_kwargs(&kwargs)?)
+}
+
+/// Random weights for every key of `cfg`: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in the last axis.
+pub fn random_weights(
+    cfg: &Se3TransformerConfig,
+    rng: &mut StdRng,
+) -> Result<StateDict, super::CliError> {
+    let mut sd = StateDict::new();
+    for (key, shape) in Se3Transformer::expected_keys(cfg)? {
+        let fan = shape.last().copied().unwrap_or(1).max(1) as f64;
+        let b = 1.0 / fan.sqrt();
+        let len = shape.iter().product();
+        let data = (0..len).map(|_| rng.gen_range(-b..b)).collect();
+        sd.insert(key, Tensor::new(shape, data)?);
+    }
+    Ok(sd)
+}
+
+/// Random inputs as the PyTorch benchmark draws them: feats N(0,1)-like, coordinates 3 x N(0,1)-like.
+pub fn random_inputs(
+    n: usize,
+    dim: usize,
+    rng: &mut StdRng,
+) -> Result<ModelInputs, super::CliError> {
+    let normal = |rng: &mut StdRng| -> f64 {
+        // Box-Muller
+        let u: f64 = rng.gen_range(1e-12..1.0);
+        let v: f64 = rng.gen_range(0.0..1.0);
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    };
+    let feats = (0..n * dim).map(|_| normal(rng)).collect();
+    let coors = (0..n * 3).map(|_| 3.0 * normal(rng)).collect();
+    Ok(ModelInputs {
+        feats: NodeFeats::Dense(Tensor::new(vec![1, n, dim], feats)?),
+        coors: Tensor::new(vec![1, n, 3], coors)?,
+        mask: Some(BoolTensor {
+            shape: vec![1, n],
+            data: vec![true; n],
+        }),
+        adj_mat: None,
+        edges: None,
+        neighbor_mask: None,
+        global_feats: None,
+    })
+}
+
+fn run_case(c: &Case) -> Result<(), super::CliError> {
+    let mut rng = StdRng::seed_from_u64(0);
+    let cfg = bench_config(c.num_degrees)?;
+    let sd = random_weights(&cfg, &mut rng)?;
+    let inputs = random_inputs(c.nodes, 32, &mut rng)?;
+    let fwd = Se3TransformerForward::from_literals(&serde_json::json!({"return_type": 0}))?;
+    let mut model = Se3Transformer::from_state_dict(&cfg, &sd)?;
+    model.set_contraction(Contraction::Reassociated);
+    model.forward(&inputs, &fwd)?;
+    let mut times = Vec::new();
+    for _ in 0..REPS {
+        let t = Instant::now();
+        model.forward(&inputs, &fwd)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "time {} {} {}",
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1]
+    );
+    println!("peak_mib {}", peak_mib()?);
+    Ok(())
+}
