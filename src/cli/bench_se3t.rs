@@ -16,7 +16,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use se3_models::checkpoint::{StateDict, Tensor};
 use se3_models::inputs::{BoolTensor, ModelInputs, NodeFeats};
 use se3_models::se3_transformer::{
-    Contraction, Se3Transformer, Se3TransformerConfig, Se3TransformerForward,
+    CompiledSe3Transformer, Se3Transformer, Se3TransformerConfig, Se3TransformerForward,
 };
 
 /// A benchmark size and its PyTorch figures (BASELINE.md).
@@ -242,8 +242,8 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
     let sd = random_weights(&cfg, &mut rng)?;
     let inputs = random_inputs(c.nodes, 32, &mut rng)?;
     let fwd = Se3TransformerForward::from_literals(&serde_json::json!({"return_type": 0}))?;
-    let mut model = Se3Transformer::from_state_dict(&cfg, &sd)?;
-    model.set_contraction(Contraction::Reassociated);
+    let model = Se3Transformer::from_state_dict(&cfg, &sd)?;
+    let mut model = CompiledSe3Transformer::new(&model)?;
     model.forward(&inputs, &fwd)?;
     let mut times = Vec::new();
     for _ in 0..REPS {
@@ -258,6 +258,10 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
         times[0],
         times[times.len() - 1]
     );
+    model.forward(&inputs, &fwd)?;
+    for (stage, t) in model.last_timings() {
+        println!("stage {} {t}", stage.replace(' ', "_"));
+    }
     println!("peak_mib {}", peak_mib()?);
     Ok(())
 }

@@ -296,12 +296,9 @@ pub(crate) fn weighted_sum(
     let wt: T2 = ctx.constant(&w, &[cf * RADIAL_HIDDEN, cnt])?;
     let bt: T2 = ctx.constant(&b, &[cf, cnt])?;
     let wkx = pe.kx * expand_at::<_, (X, X, X)>(a, 2, pe.width);
-    let acc = bmm(permute(pe.h, &[0, 2, 1]), wkx); // [n, 128, F]
-    let acc4: T4 = reshape(acc, &[n, RADIAL_HIDDEN.into(), mo.into(), cf.into()]);
-    let acc3: T3 = reshape(
-        permute(acc4, &[0, 2, 3, 1]),
-        &[n, mo.into(), (cf * RADIAL_HIDDEN).into()],
-    );
+    // [n, F, 128] = wkx^T h per node, F = (p, c, f): viewed as [n, p, (c, f, h)] without a copy
+    let acc = bmm(permute(wkx, &[0, 2, 1]), pe.h);
+    let acc3: T3 = reshape(acc, &[n, mo.into(), (cf * RADIAL_HIDDEN).into()]);
     let bsum: T2 = sum_axis(wkx, 1); // [n, F]
     let b3: T3 = reshape(bsum, &[n, mo.into(), cf.into()]);
     let y = bmm_shared(acc3, wt) + bmm_shared(b3, bt); // [n, mo, cnt]

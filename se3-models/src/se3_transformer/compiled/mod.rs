@@ -63,6 +63,7 @@ pub struct CompiledSe3Transformer {
     radial_width: usize,
     fourier: Option<usize>,
     global_dim: Option<usize>,
+    timings: Vec<(&'static str, f64)>,
 }
 
 impl std::fmt::Debug for CompiledSe3Transformer {
@@ -204,7 +205,14 @@ impl CompiledSe3Transformer {
             radial_width,
             fourier,
             global_dim,
+            timings: Vec::new(),
         })
+    }
+
+    /// Wall time of the stages of the last forward: host preparation (neighbour selection, edge
+    /// features, kernel basis) and the graph run, seconds.
+    pub fn last_timings(&self) -> &[(&'static str, f64)] {
+        &self.timings
     }
 
     /// The model whose layers were compiled.
@@ -223,11 +231,18 @@ impl CompiledSe3Transformer {
         fwd: &Se3TransformerForward,
     ) -> Result<StateDict, Error> {
         let (b, n) = (inp.batch(), inp.nodes());
+        let t0 = std::time::Instant::now();
         let items = self.model.prepare(inp)?;
+        let t1 = std::time::Instant::now();
         let mut per_batch = Vec::with_capacity(b);
         for item in items {
             per_batch.push(self.run_one(&item)?);
         }
+        let t2 = std::time::Instant::now();
+        self.timings = vec![
+            ("prepare (neighbours + basis)", (t1 - t0).as_secs_f64()),
+            ("graph", (t2 - t1).as_secs_f64()),
+        ];
         self.model.assemble(per_batch, inp, fwd, b, n)
     }
 
