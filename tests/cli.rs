@@ -88,6 +88,11 @@ fn infer_reproduces_se3t_type1_outputs() -> TestResult {
 }
 
 #[test]
+fn infer_reproduces_se3t_egnn_outputs_through_the_oracle_fallback() -> TestResult {
+    infer_matches_reference("se3t_egnn")
+}
+
+#[test]
 fn infer_reproduces_tfn_stack_outputs() -> TestResult {
     infer_matches_reference("tfn_stack")
 }

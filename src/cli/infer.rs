@@ -7,6 +7,10 @@
 //! `forward_kwargs.tensors` (as in the reference `inputs.safetensors`) and validated (shapes,
 //! NaN coordinates, empty graphs, mask/length mismatches). Outputs are named as the reference
 //! outputs without their `_f64`/`_f32` suffix (`out`, `type0`, `type1`, ...).
+//!
+//! An SE(3)-Transformer runs on its compiled float32 graph by default (`--engine graph`; options
+//! not compiled yet, rotary embeddings and the EGNN trunk, fall back to the float64 oracle with a
+//! note on stderr) or on the oracle (`--engine oracle`).
 
 use std::path::PathBuf;
 
@@ -14,6 +18,7 @@ use clap::{Args, ValueEnum};
 use se3_models::checkpoint::SaveDtype;
 use se3_models::inputs::ModelInputs;
 use se3_models::model_file::ModelFile;
+use se3_models::se3_transformer::CompiledSe3Transformer;
 use se3_models::zoo::Model;
 
 /// The libraries whose models `se3 infer` runs.
@@ -37,6 +42,19 @@ pub struct InferArgs {
     /// Storage dtype of the outputs.
     #[arg(long, value_enum, default_value_t = OutputDtype::F32)]
     pub dtype: OutputDtype,
+    /// How to run an SE(3)-Transformer: the compiled float32 graph (falling back to the oracle
+    /// for options not compiled yet), or the float64 oracle.
+    #[arg(long, value_enum, default_value_t = Engine::Graph)]
+    pub engine: Engine,
+}
+
+/// Which implementation runs an SE(3)-Transformer.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The luminal graph (float32), oracle fallback for options it does not compile.
+    Graph,
+    /// The plain float64 reference implementation.
+    Oracle,
 }
 
 /// Storage dtype of the written outputs.
@@ -78,7 +96,19 @@ pub fn run(args: &InferArgs) -> Result<(), super::CliError> {
     let weights = se3_models::checkpoint::StateDict::load(&args.weights)?;
     let model = Model::from_parts(&file, &weights)?;
     let inputs = ModelInputs::load(&args.inputs, &file.forward_kwargs.tensors)?;
-    let outputs = model.forward(&inputs)?;
+    let outputs = match (&model, args.engine) {
+        (Model::Se3Transformer(m, fwd), Engine::Graph) => match CompiledSe3Transformer::new(m) {
+            Ok(mut compiled) => compiled.forward(&inputs, fwd)?,
+            Err(se3_models::Error::NotCompiled { option }) => {
+                eprintln!(
+                    "note: option `{option}` is not compiled yet; running the float64 oracle"
+                );
+                model.forward(&inputs)?
+            }
+            Err(e) => return Err(e.into()),
+        },
+        _ => model.forward(&inputs)?,
+    };
     let dtype = match args.dtype {
         OutputDtype::F32 => SaveDtype::F32,
         OutputDtype::F64 => SaveDtype::F64,
