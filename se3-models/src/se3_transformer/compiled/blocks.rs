@@ -487,14 +487,14 @@ pub(crate) fn attention(
                 .map(|&(lg, v)| ((lg - mx).exp(), v))
                 .collect();
             for (e1, _) in &single_ex {
-                tot = tot + *e1;
+                tot += *e1;
             }
             let global_ex = global.map(|(gl, vals)| {
                 let g = dims(gl)[1];
                 ((gl - expand_at::<_, (X, X)>(mx, 1, g)).exp(), vals)
             });
             if let Some((ge, _)) = &global_ex {
-                tot = tot + sum_axis::<_, (X,)>(*ge, 1);
+                tot += sum_axis::<_, (X,)>(*ge, 1);
             }
             let inv = tot.recip();
             let a = ex * expand_at::<_, (X, X)>(inv, 1, k);
@@ -510,13 +510,13 @@ pub(crate) fn attention(
             for (e1, v) in single_ex {
                 let w = e1 * inv;
                 let w3: T3 = expand_at(expand_at::<_, (X, X)>(w, 1, dh), 2, m);
-                oh = oh + w3 * v;
+                oh += w3 * v;
             }
             if let Some((ge, vals)) = global_ex {
                 let g = dims(ge)[1];
                 let w = ge * expand_at::<_, (X, X)>(inv, 1, g);
                 let gsum = mm(w, vals); // [n, dh]
-                oh = oh + reshape::<_, (X, X, X)>(gsum, &[n, dh.into(), 1.into()]);
+                oh += reshape::<_, (X, X, X)>(gsum, &[n, dh.into(), 1.into()]);
             }
             let proj = match &att.to_out {
                 Some(lin) => {
