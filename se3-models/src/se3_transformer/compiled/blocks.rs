@@ -295,11 +295,14 @@ pub(crate) fn weighted_sum(
     let (w, b) = last_layer(p, c0, cnt);
     let wt: T2 = ctx.constant(&w, &[cf * RADIAL_HIDDEN, cnt])?;
     let bt: T2 = ctx.constant(&b, &[cf, cnt])?;
-    let wkx = pe.kx * expand_at::<_, (X, X, X)>(a, 2, pe.width);
-    // [n, F, 128] = wkx^T h per node, F = (p, c, f): viewed as [n, p, (c, f, h)] without a copy
-    let acc = bmm(permute(wkx, &[0, 2, 1]), pe.h);
+    // the weights go on the 128 hidden values (fewer than the F entries of Kx for most pairs)
+    let ah = pe.h * expand_at::<_, (X, X, X)>(a, 2, RADIAL_HIDDEN);
+    let kxt = permute(pe.kx, &[0, 2, 1]); // [n, F, k]
+                                          // [n, F, 128] = Kx^T (a h) per node, F = (p, c, f): viewed as [n, p, (c, f, h)] without a copy
+    let acc = bmm(kxt, ah);
     let acc3: T3 = reshape(acc, &[n, mo.into(), (cf * RADIAL_HIDDEN).into()]);
-    let bsum: T2 = sum_axis(wkx, 1); // [n, F]
+    let a3: T3 = reshape(a, &[n, ctx.k, 1.into()]);
+    let bsum = bmm(kxt, a3); // [n, F, 1]
     let b3: T3 = reshape(bsum, &[n, mo.into(), cf.into()]);
     let y = bmm_shared(acc3, wt) + bmm_shared(b3, bt); // [n, mo, cnt]
     Ok(permute(y, &[0, 2, 1]))
@@ -332,8 +335,8 @@ pub(crate) fn query_logits(
     ); // [n, F, 128]
     let t = bmm(pe.kx, folded); // [n, k, 128]
     let main: T2 = sum_axis(t * pe.h, 2);
-    let fb: T2 = reshape(bmm_shared(qp, bt), &[n, pe.width.into()]); // [n, F]
-    let bias: T2 = sum_axis(pe.kx * expand_at::<_, (X, X, X)>(fb, 1, ctx.k), 2);
+    let fb: T3 = reshape(bmm_shared(qp, bt), &[n, pe.width.into(), 1.into()]); // [n, F, 1]
+    let bias: T2 = reshape(bmm(pe.kx, fb), &[n, ctx.k]);
     Ok(main + bias)
 }
 
