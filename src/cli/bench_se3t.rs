@@ -62,6 +62,7 @@ struct Measured {
     min_s: f64,
     max_s: f64,
     peak_mib: f64,
+    build_peak_mib: f64,
     stages: Vec<(String, f64)>,
 }
 
@@ -127,6 +128,13 @@ pub fn run(case: Option<&str>) -> Result<(), super::CliError> {
             m.peak_mib / c.torch_mib
         );
     }
+    println!(
+        "\npeak memory after building + compiling the graph (before any forward), MiB: {}",
+        rows.iter()
+            .map(|(c, m)| format!("{} {:.1}", c.name, m.build_peak_mib))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("\nwhere the time goes (one instrumented forward, seconds):");
     for (c, m) in &rows {
         let total: f64 = m.stages.iter().map(|s| s.1).sum();
@@ -157,6 +165,7 @@ fn parse(text: &str) -> Result<Measured, super::CliError> {
                 (m.median_s, m.min_s, m.max_s) = (vals[0], vals[1], vals[2]);
             }
             (Some("peak_mib"), Some(v)) => m.peak_mib = v.parse()?,
+            (Some("build_peak_mib"), Some(v)) => m.build_peak_mib = v.parse()?,
             (Some("stage"), Some(k)) => {
                 let v = it.next().ok_or("stage line without value")?.parse()?;
                 m.stages.push((k.to_string(), v));
@@ -244,6 +253,7 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
     let fwd = Se3TransformerForward::from_literals(&serde_json::json!({"return_type": 0}))?;
     let model = Se3Transformer::from_state_dict(&cfg, &sd)?;
     let mut model = CompiledSe3Transformer::new(&model)?;
+    println!("build_peak_mib {}", peak_mib()?);
     model.forward(&inputs, &fwd)?;
     let mut times = Vec::new();
     for _ in 0..REPS {
