@@ -1,12 +1,13 @@
-//! `se3 bench se3-transformer`: forward time and peak memory of the SE(3)-Transformer at the sizes
-//! of the PyTorch baseline (tests/reference BASELINE.md: dim 32, heads 4, dim_head 16, depth 2,
-//! 16 neighbours, batch 1), next to se3-transformer-pytorch's figures as ratios.
+//! `se3 bench se3-transformer`: forward time and peak memory of the compiled SE(3)-Transformer
+//! ([`CompiledSe3Transformer`]: float32 luminal graph, reassociated contraction) at the sizes of the
+//! PyTorch baseline (BASELINE.md: dim 32, heads 4, dim_head 16, depth 2, 16 neighbours, batch 1,
+//! random weights and inputs), next to se3-transformer-pytorch's figures as ratios.
 //!
 //! Each case runs in a child process of this binary (`--case <name>`), so its peak resident set
-//! (VmHWM of /proc/self/status) is its own; the parent prints the table. The child builds the
-//! model with random weights, runs one warm-up and then the median of at least 3 forwards, and
-//! reports the time spent per stage (neighbour selection + basis, radial network, gathers,
-//! attention, rest) of one extra instrumented forward.
+//! (VmHWM of /proc/self/status) is its own: reported after building + compiling the graph and after
+//! the forwards. The child runs one warm-up and then the median of 3 forwards, and splits one more
+//! forward into host preparation (neighbour selection, edge features, kernel basis) and the graph
+//! run (radial networks, gathers, convolutions, attention).
 
 use std::process::Command;
 use std::time::Instant;
