@@ -13,6 +13,10 @@
 //! last layer, and attention logits fold the query into that layer, so per-edge radial weights are
 //! never formed.
 //!
+//! The radial networks of all degree pairs of all convolutions read the same per-edge input, so
+//! they run together up to their last layer (one GEMM per layer over `[P, e, 128]`, one grouped
+//! LayerNorm + GELU), which keeps the graph small and its compilation fast.
+//!
 //! Not compiled yet (typed error [`Error::NotCompiled`]): rotary embeddings and the EGNN trunk;
 //! those configs run on the oracle.
 
@@ -148,6 +152,7 @@ impl CompiledSe3Transformer {
             x.insert(l, x3);
         }
         let mut ctx = Ctx::new(&mut s, nbr, valid, pool_w, radial_in, basis, global);
+        ctx.radial_bank(&model_pairs(model))?;
         let mut x = conv_pooled(&mut ctx, &model.conv_in, &x)?;
         for (conv, nrm) in &model.convs {
             let y = norm(&mut ctx, nrm, &x)?;
@@ -316,6 +321,28 @@ impl CompiledSe3Transformer {
         }
         Ok(out)
     }
+}
+
+/// Every ConvSE3 degree pair of the model (conv_in, conv stacks, attention keys and values,
+/// conv_out), in module order.
+fn model_pairs(model: &Se3Transformer) -> Vec<&crate::se3_transformer::conv::Pair> {
+    use crate::se3_transformer::attention::KeyProj;
+    let mut convs = vec![&model.conv_in];
+    convs.extend(model.convs.iter().map(|(c, _)| c));
+    let blocks = match &model.trunk {
+        Trunk::Sequential(b) | Trunk::Reversible(b) => b.as_slice(),
+        Trunk::Egnn(_) => &[],
+    };
+    for (a, _) in blocks {
+        if let KeyProj::Conv(c) = &a.attn.to_k {
+            convs.push(c);
+        }
+        convs.push(&a.attn.to_v);
+    }
+    if let Some(c) = &model.conv_out {
+        convs.push(c);
+    }
+    convs.iter().flat_map(|c| c.pairs.iter()).collect()
 }
 
 fn attention_block_raw(
