@@ -253,7 +253,8 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
     let inputs = random_inputs(c.nodes, 32, &mut rng)?;
     let fwd = Se3TransformerForward::from_literals(&serde_json::json!({"return_type": 0}))?;
     let model = Se3Transformer::from_state_dict(&cfg, &sd)?;
-    let mut model = CompiledSe3Transformer::new(&model)?;
+    drop(sd);
+    let mut model = CompiledSe3Transformer::from_model(model)?;
     println!("build_peak_mib {}", peak_mib()?);
     model.forward(&inputs, &fwd)?;
     let mut times = Vec::new();

@@ -59,7 +59,9 @@ fn flat_input(s: &mut Session, name: &str, slot: usize) -> Result<GraphTensor<(D
 
 /// The SE(3)-Transformer as one compiled luminal graph (module doc).
 pub struct CompiledSe3Transformer {
-    model: Se3Transformer,
+    /// The host part (embeddings, neighbour selection, basis table, output assembly); `None` only
+    /// while building.
+    model: Option<Se3Transformer>,
     session: Session,
     in_degrees: Vec<(usize, usize)>,
     pairs: Vec<(usize, usize)>,
@@ -84,6 +86,30 @@ impl CompiledSe3Transformer {
     /// # Errors
     /// `NotCompiled` for rotary embeddings or the EGNN trunk; weight errors of the session.
     pub fn new(model: &Se3Transformer) -> Result<Self, Error> {
+        Self::from_model(model.clone())
+    }
+
+    /// As [`CompiledSe3Transformer::new`], taking the model: its float64 layer weights are dropped
+    /// once they are in the graph (only embeddings and the basis table stay on the host).
+    ///
+    /// # Errors
+    /// As [`CompiledSe3Transformer::new`].
+    pub fn from_model(model: Se3Transformer) -> Result<Self, Error> {
+        let mut compiled = Self::build(&model)?;
+        let mut host = model;
+        host.conv_in.pairs.clear();
+        host.conv_in.self_interact = None;
+        host.convs.clear();
+        host.trunk = Trunk::Sequential(Vec::new());
+        if let Some(c) = &mut host.conv_out {
+            c.pairs.clear();
+            c.self_interact = None;
+        }
+        compiled.model = Some(host);
+        Ok(compiled)
+    }
+
+    fn build(model: &Se3Transformer) -> Result<Self, Error> {
         if model.rotary.is_some() {
             return Err(Error::NotCompiled {
                 option: "rotary_position / rotary_rel_dist",
@@ -202,7 +228,7 @@ impl CompiledSe3Transformer {
         }
         s.compile();
         Ok(Self {
-            model: model.clone(),
+            model: None,
             session: s,
             in_degrees,
             pairs,
@@ -220,11 +246,6 @@ impl CompiledSe3Transformer {
         &self.timings
     }
 
-    /// The model whose layers were compiled.
-    pub fn model(&self) -> &Se3Transformer {
-        &self.model
-    }
-
     /// Runs the model on `inp`: neighbour selection and basis as the oracle, the layers on the
     /// graph; outputs named as [`Se3Transformer::forward`]'s.
     ///
@@ -237,7 +258,7 @@ impl CompiledSe3Transformer {
     ) -> Result<StateDict, Error> {
         let (b, n) = (inp.batch(), inp.nodes());
         let t0 = std::time::Instant::now();
-        let items = self.model.prepare(inp)?;
+        let items = self.host()?.prepare(inp)?;
         let t1 = std::time::Instant::now();
         let mut per_batch = Vec::with_capacity(b);
         for item in items {
@@ -248,7 +269,13 @@ impl CompiledSe3Transformer {
             ("prepare (neighbours + basis)", (t1 - t0).as_secs_f64()),
             ("graph", (t2 - t1).as_secs_f64()),
         ];
-        self.model.assemble(per_batch, inp, fwd, b, n)
+        self.host()?.assemble(per_batch, inp, fwd, b, n)
+    }
+
+    fn host(&self) -> Result<&Se3Transformer, Error> {
+        self.model.as_ref().ok_or(Error::NotCompiled {
+            option: "a model whose build did not finish",
+        })
     }
 
     fn run_one(
