@@ -102,7 +102,7 @@ compiled_parity! {
     compiled_se3t_neighbor_mask_matches_reference => "se3t_neighbor_mask", compiled: true,
     compiled_se3t_one_headed_kv_matches_reference => "se3t_one_headed_kv", compiled: true,
     compiled_se3t_reversible_matches_reference => "se3t_reversible", compiled: true,
-    compiled_se3t_rotary_nullkv_is_not_compiled_yet => "se3t_rotary_nullkv", compiled: false,
+    compiled_se3t_rotary_nullkv_matches_reference => "se3t_rotary_nullkv", compiled: true,
     compiled_se3t_sparse_adj_matches_reference => "se3t_sparse_adj", compiled: true,
     compiled_se3t_tie_kv_matches_reference => "se3t_tie_kv", compiled: true,
     compiled_se3t_tokens_out2_matches_reference => "se3t_tokens_out2", compiled: true,

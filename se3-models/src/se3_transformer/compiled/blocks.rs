@@ -48,6 +48,60 @@ pub(crate) struct Ctx<'a> {
     pub global: Option<T2>,
     /// Radial hidden activations of every pair of the model, computed together.
     bank: Option<RadialBank>,
+    /// Rotary embedding inputs (degree-0 attention), if the model has them.
+    pub rotary: Option<RotaryInputs>,
+}
+
+/// Rotary embeddings as graph inputs: per channel of a head, `cos` and `sin` of the angle
+/// (1 and 0 past the rotated channels) for queries and self keys (`[n, dh]`, position `i`, distance
+/// 0) and for neighbour keys and values (`[e, dh]`, position `j`, distance `|r_ij|`); `half` maps
+/// `t` to the library's `rotate_half(t)` (`[dh, dh]`, zero past the rotated channels).
+#[derive(Clone, Copy)]
+pub(crate) struct RotaryInputs {
+    pub node_cos: T2,
+    pub node_sin: T2,
+    pub edge_cos: T2,
+    pub edge_sin: T2,
+    pub half: T2,
+}
+
+/// `t cos + rotate_half(t) sin` on rows of `[rows, dh]`.
+fn rotate(t: T2, cos: T2, sin: T2, half: T2) -> T2 {
+    t * cos + mm(t, half) * sin
+}
+
+/// Per-edge degree-0 messages of a pair with output degree 0, formed directly (radial weights per
+/// edge), for output channels `c0..c0 + cnt`: `[e, cnt]`. Used where a per-edge rotation sits
+/// between the message and the neighbour sum (rotary embeddings).
+fn direct_message(
+    ctx: &mut Ctx<'_>,
+    pe: &PairEdges<'_>,
+    c0: usize,
+    cnt: usize,
+) -> Result<T2, Error> {
+    let p = pe.pair;
+    let e = ctx.e;
+    let cf = pe.width; // d_out = 0: one basis function, one output component
+    let last = &p.radial.l6;
+    let hd = last.n_in;
+    let mut w = vec![0.0; hd * cnt * cf];
+    let mut b = vec![0.0; cnt * cf];
+    for o in 0..cnt {
+        for j in 0..cf {
+            let row = (c0 + o) * cf + j;
+            for h in 0..hd {
+                w[h * cnt * cf + o * cf + j] = last.w[row * hd + h];
+            }
+            b[o * cf + j] = last.b[row];
+        }
+    }
+    let wt: T2 = ctx.constant(&w, &[hd, cnt * cf])?;
+    let bt: T1 = ctx.constant(&b, &[cnt * cf])?;
+    let h2: T2 = reshape(pe.h, &[e, hd.into()]);
+    let r = mm(h2, wt) + expand_at::<_, (X, X)>(bt, 0, e);
+    let r3: T3 = reshape(r, &[e, cnt.into(), cf.into()]);
+    let kx2: T2 = reshape(pe.kx, &[e, cf.into()]);
+    Ok(sum_axis(r3 * expand_at::<_, (X, X, X)>(kx2, 1, cnt), 2))
 }
 
 /// The radial networks of every degree pair of every ConvSE3 of the model up to their last layer,
@@ -99,6 +153,7 @@ impl Ctx<'_> {
             basis,
             global,
             bank: None,
+            rotary: None,
         }
     }
 
@@ -520,9 +575,52 @@ pub(crate) fn attention(
             let q = *linear(ctx, &att.to_q, x, Some((hh * dh, dh)))?
                 .get(&l)
                 .ok_or(Error::MissingInput { name: "query" })?;
+            let rot = if l == 0 { ctx.rotary } else { None };
+            let q = match rot {
+                Some(r) => {
+                    let qf: T2 = reshape(q, &[n, dh.into()]);
+                    reshape(
+                        rotate(qf, r.node_cos, r.node_sin, r.half),
+                        &[n, dh.into(), 1.into()],
+                    )
+                }
+                None => q,
+            };
             // neighbour logits
             let mut nl: Option<T2> = None;
             match &att.to_k {
+                _ if rot.is_some() => {
+                    let r = rot.ok_or(Error::MissingInput { name: "rotary" })?;
+                    let keys: T2 = match &att.to_k {
+                        KeyProj::Linear(lin) => {
+                            let kl = *linear(ctx, lin, x, Some((kc, dh)))?
+                                .get(&l)
+                                .ok_or(Error::MissingInput { name: "keys" })?;
+                            let kflat: T2 = reshape(kl, &[n, dh.into()]);
+                            retype(se3_core::ops::gather::<X, X, Dyn<'e'>>(kflat, ctx.nbr))
+                        }
+                        _ => {
+                            let pes = if matches!(att.to_k, KeyProj::Tied) {
+                                &vpes
+                            } else {
+                                &kpes
+                            };
+                            let mut acc: Option<T2> = None;
+                            for pe in pes {
+                                let mk = direct_message(ctx, pe, kc, dh)?;
+                                acc = Some(match acc {
+                                    Some(a) => a + mk,
+                                    None => mk,
+                                });
+                            }
+                            acc.ok_or(Error::MissingInput { name: "keys" })?
+                        }
+                    };
+                    let kr = rotate(keys, r.edge_cos, r.edge_sin, r.half);
+                    let k3: T3 = reshape(kr, &[n, k, dh.into()]);
+                    let qf: T2 = reshape(q, &[n, dh.into()]);
+                    nl = Some(sum_axis(k3 * expand_at::<_, (X, X, X)>(qf, 1, k), 2));
+                }
                 KeyProj::Linear(lin) => {
                     let kl = *linear(ctx, lin, x, Some((kc, dh)))?
                         .get(&l)
@@ -596,6 +694,19 @@ pub(crate) fn attention(
                         .ok_or(Error::MissingInput {
                             name: "self values",
                         })?;
+                let (skl, svl) = match rot {
+                    Some(r) => {
+                        let f = |t: T3| -> T3 {
+                            let t2: T2 = reshape(t, &[n, dh.into()]);
+                            reshape(
+                                rotate(t2, r.node_cos, r.node_sin, r.half),
+                                &[n, dh.into(), 1.into()],
+                            )
+                        };
+                        (f(skl), f(svl))
+                    }
+                    None => (skl, svl),
+                };
                 let lg = inner(q, skl) * scale;
                 mx = mx.max(lg);
                 singles.push((lg, svl));
@@ -619,12 +730,28 @@ pub(crate) fn attention(
             let inv = tot.recip();
             let a = ex * expand_at::<_, (X, X)>(inv, 1, k);
             let mut oh: Option<T3> = None;
-            for pe in &vpes {
-                let y = weighted_sum(ctx, pe, a, kc, dh)?;
-                oh = Some(match oh {
-                    Some(t) => t + y,
-                    None => y,
-                });
+            if let Some(r) = rot {
+                let mut acc: Option<T2> = None;
+                for pe in &vpes {
+                    let mv = direct_message(ctx, pe, kc, dh)?;
+                    acc = Some(match acc {
+                        Some(t) => t + mv,
+                        None => mv,
+                    });
+                }
+                let vals = acc.ok_or(Error::MissingInput { name: "values" })?;
+                let vr = rotate(vals, r.edge_cos, r.edge_sin, r.half);
+                let v3: T3 = reshape(vr, &[n, k, dh.into()]);
+                let a3: T3 = reshape(a, &[n, 1.into(), k]);
+                oh = Some(reshape(bmm(a3, v3), &[n, dh.into(), 1.into()]));
+            } else {
+                for pe in &vpes {
+                    let y = weighted_sum(ctx, pe, a, kc, dh)?;
+                    oh = Some(match oh {
+                        Some(t) => t + y,
+                        None => y,
+                    });
+                }
             }
             let mut oh = oh.ok_or(Error::MissingInput { name: "values" })?;
             for (e1, v) in single_ex {

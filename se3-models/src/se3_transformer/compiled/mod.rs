@@ -17,8 +17,12 @@
 //! they run together up to their last layer (one GEMM per layer over `[P, e, 128]`, one grouped
 //! LayerNorm + GELU), which keeps the graph small and its compilation fast.
 //!
-//! Not compiled yet (typed error [`Error::NotCompiled`]): rotary embeddings and the EGNN trunk;
-//! those configs run on the oracle.
+//! Rotary embeddings rotate degree-0 keys and values per edge, which the reassociated sum cannot
+//! carry, so with rotary the degree-0 attention forms its messages per edge (degree 0 is the cheap
+//! part); the angles are inputs computed on the host.
+//!
+//! Not compiled yet (typed error [`Error::NotCompiled`]): the EGNN trunk (`use_egnn`), which runs
+//! on the oracle.
 
 mod blocks;
 mod tensor;
@@ -69,6 +73,7 @@ pub struct CompiledSe3Transformer {
     radial_width: usize,
     fourier: Option<usize>,
     global_dim: Option<usize>,
+    dim_head: usize,
     timings: Vec<(&'static str, f64)>,
 }
 
@@ -110,11 +115,6 @@ impl CompiledSe3Transformer {
     }
 
     fn build(model: &Se3Transformer) -> Result<Self, Error> {
-        if model.rotary.is_some() {
-            return Err(Error::NotCompiled {
-                option: "rotary_position / rotary_rel_dist",
-            });
-        }
         if matches!(model.trunk, Trunk::Egnn(_)) {
             return Err(Error::NotCompiled { option: "use_egnn" });
         }
@@ -177,7 +177,49 @@ impl CompiledSe3Transformer {
             let x3: T3 = reshape(t, &[n, c.into(), (2 * l + 1).into()]);
             x.insert(l, x3);
         }
+        let dh = cfg.dim_head;
+        let rotary = match &model.rotary {
+            Some(rot) => {
+                let mut inputs = Vec::new();
+                for name in [
+                    "rot_node_cos",
+                    "rot_node_sin",
+                    "rot_edge_cos",
+                    "rot_edge_sin",
+                ] {
+                    let t = flat_input(&mut s, name, slot)?;
+                    slot += 1;
+                    let rows = if name.starts_with("rot_node") { n } else { e };
+                    inputs.push(reshape::<_, (Dyn<'-'>, Dyn<'-'>)>(t, &[rows, dh.into()]));
+                }
+                let rot_len = (2
+                    * rot.inv_freq.len()
+                    * (usize::from(rot.position) + usize::from(rot.rel_dist)))
+                .min(dh);
+                let half_len = rot_len / 2;
+                let mut pm = vec![0.0f32; dh * dh];
+                for i in 0..rot_len {
+                    if i < half_len {
+                        pm[(2 * i + 1) * dh + i] = -1.0;
+                    } else {
+                        pm[2 * (i - half_len) * dh + i] = 1.0;
+                    }
+                }
+                let mut half = s.weight::<(Dyn<'-'>, Dyn<'-'>)>("rot_half");
+                half.shape = ShapeTracker::new(&[dh.into(), dh.into()]);
+                s.set_weight("rot_half", pm, &[dh, dh])?;
+                Some(blocks::RotaryInputs {
+                    node_cos: inputs[0],
+                    node_sin: inputs[1],
+                    edge_cos: inputs[2],
+                    edge_sin: inputs[3],
+                    half,
+                })
+            }
+            None => None,
+        };
         let mut ctx = Ctx::new(&mut s, nbr, valid, pool_w, radial_in, basis, global);
+        ctx.rotary = rotary;
         ctx.radial_bank(&model_pairs(model))?;
         let mut x = conv_pooled(&mut ctx, &model.conv_in, &x)?;
         for (conv, nrm) in &model.convs {
@@ -236,6 +278,7 @@ impl CompiledSe3Transformer {
             radial_width,
             fourier,
             global_dim,
+            dim_head: cfg.dim_head,
             timings: Vec::new(),
         })
     }
@@ -284,6 +327,7 @@ impl CompiledSe3Transformer {
     ) -> Result<crate::se3_transformer::features::Feats, Error> {
         let g = &item.graph;
         let (n, k) = (g.n, g.k);
+        let host_rotary = self.model.as_ref().and_then(|m| m.rotary.clone());
         let s = &mut self.session;
         let f32v = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
         s.set("nbr", g.nbr.iter().map(|&j| j as f32).collect(), &[n * k])?;
@@ -325,6 +369,44 @@ impl CompiledSe3Transformer {
             })?;
             s.set_dim('g', gb.rows());
             s.set("global", f32v(&gb.data), &[gb.data.len()])?;
+        }
+        if let Some(rot) = &host_rotary {
+            let dh = self.dim_head;
+            let fill = |pos: usize, dist: f64, cos: &mut Vec<f32>, sin: &mut Vec<f32>| {
+                let f = rot.freqs(pos, dist);
+                for c in 0..dh {
+                    match f.get(c) {
+                        Some(&a) => {
+                            cos.push(a.cos() as f32);
+                            sin.push(a.sin() as f32);
+                        }
+                        None => {
+                            cos.push(1.0);
+                            sin.push(0.0);
+                        }
+                    }
+                }
+            };
+            let (mut nc, mut ns) = (Vec::with_capacity(n * dh), Vec::with_capacity(n * dh));
+            for i in 0..n {
+                fill(i, 0.0, &mut nc, &mut ns);
+            }
+            let (mut ec, mut es) = (
+                Vec::with_capacity(n * k * dh),
+                Vec::with_capacity(n * k * dh),
+            );
+            for e in 0..n * k {
+                fill(g.nbr[e], g.dist[e], &mut ec, &mut es);
+            }
+            for (name, v) in [
+                ("rot_node_cos", nc),
+                ("rot_node_sin", ns),
+                ("rot_edge_cos", ec),
+                ("rot_edge_sin", es),
+            ] {
+                let len = v.len();
+                s.set(name, v, &[len])?;
+            }
         }
         for &(l, _) in &self.in_degrees {
             let blk = item
