@@ -88,7 +88,7 @@ fn infer_reproduces_se3t_type1_outputs() -> TestResult {
 }
 
 #[test]
-fn infer_reproduces_se3t_egnn_outputs_through_the_oracle_fallback() -> TestResult {
+fn infer_reproduces_se3t_egnn_outputs() -> TestResult {
     infer_matches_reference("se3t_egnn")
 }
 

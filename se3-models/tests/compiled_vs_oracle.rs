@@ -178,6 +178,20 @@ fn unseen_cases() -> Vec<(&'static str, serde_json::Value, serde_json::Value)> {
             serde_json::json!({}),
         ),
         (
+            "egnn with feedforward, clamp, fourier-encoded float edges, three degrees",
+            serde_json::json!({"dim": 6, "depth": 2, "num_neighbors": 5, "use_egnn": true,
+                "hidden_fiber_dict": {"0": 6, "1": 3, "2": 2}, "egnn_hidden_dim": 8,
+                "egnn_feedforward": true, "egnn_weights_clamp_value": 0.5, "edge_dim": 3,
+                "fourier_encode_dist": true, "rel_dist_num_fourier_features": 3}),
+            serde_json::json!({}),
+        ),
+        (
+            "egnn with edge tokens and radius",
+            serde_json::json!({"dim": 4, "depth": 1, "num_degrees": 2, "use_egnn": true,
+                "num_edge_tokens": 3, "edge_dim": 2, "valid_radius": 1.5, "num_neighbors": 4}),
+            serde_json::json!({}),
+        ),
+        (
             "edge tokens with adjacency labels, bond subsampling",
             serde_json::json!({"dim": 4, "heads": 2, "dim_head": 2, "depth": 1, "num_degrees": 2,
                 "output_degrees": 2, "num_neighbors": 2, "attend_sparse_neighbors": true,
@@ -333,18 +347,5 @@ fn compiled_rejects_bad_input_with_typed_errors() -> Result<(), Error> {
     ));
     // still usable after errors
     compiled.forward(&good, &fwd)?;
-    Ok(())
-}
-
-#[test]
-fn egnn_configs_say_not_compiled() -> Result<(), Error> {
-    let mut r = rng(se3_core::testing::seed());
-    let kwargs = serde_json::json!({"dim": 4, "depth": 1, "num_degrees": 2, "use_egnn": true});
-    let cfg = Se3TransformerConfig::from_kwargs(&kwargs)?;
-    let model = Se3Transformer::from_state_dict(&cfg, &random_weights(&cfg, &mut r)?)?;
-    assert!(matches!(
-        CompiledSe3Transformer::new(&model),
-        Err(Error::NotCompiled { .. })
-    ));
     Ok(())
 }

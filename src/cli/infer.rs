@@ -8,9 +8,9 @@
 //! NaN coordinates, empty graphs, mask/length mismatches). Outputs are named as the reference
 //! outputs without their `_f64`/`_f32` suffix (`out`, `type0`, `type1`, ...).
 //!
-//! An SE(3)-Transformer runs on its compiled float32 graph by default (`--engine graph`; options
-//! not compiled yet, the EGNN trunk, fall back to the float64 oracle with a note on stderr) or on
-//! the oracle (`--engine oracle`).
+//! An SE(3)-Transformer runs on its compiled float32 graph by default (`--engine graph`; an
+//! option the graph does not compile would fall back to the float64 oracle with a note on stderr)
+//! or on the oracle (`--engine oracle`).
 
 use std::path::PathBuf;
 

@@ -28,17 +28,17 @@ fn sigmoid(x: f64) -> f64 {
 /// reach the higher-degree updates.
 #[derive(Debug, Clone)]
 pub(crate) struct EgnnLayer {
-    htypes: FiberDims,
-    node_norm: LayerNorm,
-    edge0: Dense,
-    edge2: Dense,
-    htype_norms: BTreeMap<usize, (Vec<f64>, Vec<f64>)>,
-    htype_gating: BTreeMap<usize, Dense>,
-    hmlp0: Dense,
-    hmlp2: Dense,
-    node0: Dense,
-    node2: Dense,
-    clamp: Option<f64>,
+    pub(crate) htypes: FiberDims,
+    pub(crate) node_norm: LayerNorm,
+    pub(crate) edge0: Dense,
+    pub(crate) edge2: Dense,
+    pub(crate) htype_norms: BTreeMap<usize, (Vec<f64>, Vec<f64>)>,
+    pub(crate) htype_gating: BTreeMap<usize, Dense>,
+    pub(crate) hmlp0: Dense,
+    pub(crate) hmlp2: Dense,
+    pub(crate) node0: Dense,
+    pub(crate) node2: Dense,
+    pub(crate) clamp: Option<f64>,
 }
 
 impl EgnnLayer {
@@ -218,7 +218,7 @@ impl EgnnLayer {
 /// EGnnNetwork: `depth` EGNN layers, each optionally followed by a FeedForwardBlockSE3.
 #[derive(Debug, Clone)]
 pub(crate) struct EgnnNetwork {
-    layers: Vec<(EgnnLayer, Option<FeedForwardBlock>)>,
+    pub(crate) layers: Vec<(EgnnLayer, Option<FeedForwardBlock>)>,
 }
 
 impl EgnnNetwork {

@@ -21,8 +21,9 @@
 //! carry, so with rotary the degree-0 attention forms its messages per edge (degree 0 is the cheap
 //! part); the angles are inputs computed on the host.
 //!
-//! Not compiled yet (typed error [`Error::NotCompiled`]): the EGNN trunk (`use_egnn`), which runs
-//! on the oracle.
+//! The EGNN trunk (`use_egnn`) is compiled too (edge MLP over the self slot and the neighbours,
+//! higher degrees moved along `h_i - h_j`), so every option of the oracle runs on the graph;
+//! [`Error::NotCompiled`] stays for options added to the oracle later.
 
 mod blocks;
 mod tensor;
@@ -74,6 +75,7 @@ pub struct CompiledSe3Transformer {
     fourier: Option<usize>,
     global_dim: Option<usize>,
     dim_head: usize,
+    egnn: bool,
     timings: Vec<(&'static str, f64)>,
 }
 
@@ -115,9 +117,6 @@ impl CompiledSe3Transformer {
     }
 
     fn build(model: &Se3Transformer) -> Result<Self, Error> {
-        if matches!(model.trunk, Trunk::Egnn(_)) {
-            return Err(Error::NotCompiled { option: "use_egnn" });
-        }
         let cfg = &model.cfg;
         let shape = &model.shape;
         let mut s = Session::new();
@@ -177,6 +176,24 @@ impl CompiledSe3Transformer {
             let x3: T3 = reshape(t, &[n, c.into(), (2 * l + 1).into()]);
             x.insert(l, x3);
         }
+        let egnn_in = if matches!(model.trunk, Trunk::Egnn(_)) {
+            let t = flat_input(&mut s, "egnn_dist", slot)?;
+            slot += 1;
+            let dist: T2 = reshape(t, &[e, 1.into()]);
+            let edge_feat = if shape.edge_dim > 0 {
+                let t = flat_input(&mut s, "egnn_edge", slot)?;
+                slot += 1;
+                Some(reshape::<_, (Dyn<'-'>, Dyn<'-'>)>(
+                    t,
+                    &[e, shape.edge_dim.into()],
+                ))
+            } else {
+                None
+            };
+            Some((dist, edge_feat))
+        } else {
+            None
+        };
         let dh = cfg.dim_head;
         let rotary = match &model.rotary {
             Some(rot) => {
@@ -248,7 +265,18 @@ impl CompiledSe3Transformer {
                     .map(|(l, t)| (l, t * 0.5))
                     .collect()
             }
-            Trunk::Egnn(_) => return Err(Error::NotCompiled { option: "use_egnn" }),
+            Trunk::Egnn(net) => {
+                let (dist, edge_feat) = egnn_in.ok_or(Error::MissingInput {
+                    name: "egnn inputs",
+                })?;
+                for (layer, ff) in &net.layers {
+                    x = blocks::egnn_layer(&mut ctx, layer, &x, dist, edge_feat)?;
+                    if let Some(f) = ff {
+                        x = ff_block(&mut ctx, f, &x)?;
+                    }
+                }
+                x
+            }
         };
         if let Some(c) = &model.conv_out {
             x = conv_pooled(&mut ctx, c, &x)?;
@@ -279,6 +307,7 @@ impl CompiledSe3Transformer {
             fourier,
             global_dim,
             dim_head: cfg.dim_head,
+            egnn: matches!(model.trunk, Trunk::Egnn(_)),
             timings: Vec::new(),
         })
     }
@@ -369,6 +398,16 @@ impl CompiledSe3Transformer {
             })?;
             s.set_dim('g', gb.rows());
             s.set("global", f32v(&gb.data), &[gb.data.len()])?;
+        }
+        if self.egnn {
+            s.set(
+                "egnn_dist",
+                g.dist.iter().map(|&d| d as f32).collect(),
+                &[n * k],
+            )?;
+            if g.edge_dim > 0 {
+                s.set("egnn_edge", f32v(&g.edge_feat), &[g.edge_feat.len()])?;
+            }
         }
         if let Some(rot) = &host_rotary {
             let dh = self.dim_head;
