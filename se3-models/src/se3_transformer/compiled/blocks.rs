@@ -839,7 +839,7 @@ pub(crate) fn egnn_layer(
     let mut off = 0;
     let mut h_edge = dense(ctx, &layer.edge0, xi, Some((0, d0)), true)?;
     let h_self_a = dense(ctx, &layer.edge0, nodes, Some((0, d0)), true)?;
-    h_edge = h_edge + dense(ctx, &layer.edge0, xj, Some((d0, d0)), false)?;
+    h_edge += dense(ctx, &layer.edge0, xj, Some((d0, d0)), false)?;
     let h_self = h_self_a + dense(ctx, &layer.edge0, nodes, Some((d0, d0)), false)?;
     off += 2 * d0;
     let mut rels: Vec<(usize, usize, T3, T2)> = Vec::new();
@@ -856,15 +856,15 @@ pub(crate) fn egnn_layer(
         let hj: T3 = retype(se3_core::ops::gather3::<X, X, X, Dyn<'e'>>(hc, ctx.nbr));
         let rel = hi - hj;
         let norm: T2 = sum_axis::<_, (X, X)>(rel * rel, 2).sqrt();
-        h_edge = h_edge + dense(ctx, &layer.edge0, norm, Some((off, c)), false)?;
+        h_edge += dense(ctx, &layer.edge0, norm, Some((off, c)), false)?;
         off += c;
         rels.push((l, c, rel, norm));
     }
-    h_edge = h_edge + dense(ctx, &layer.edge0, dist, Some((off, 1)), false)?;
+    h_edge += dense(ctx, &layer.edge0, dist, Some((off, 1)), false)?;
     off += 1;
     if let Some(ef) = edge_feat {
         let w = dims(ef)[1].to_usize().unwrap_or(0);
-        h_edge = h_edge + dense(ctx, &layer.edge0, ef, Some((off, w)), false)?;
+        h_edge += dense(ctx, &layer.edge0, ef, Some((off, w)), false)?;
     }
     let m_edge = silu(dense(ctx, &layer.edge2, silu(h_edge), None, true)?); // [e, hidden]
     let m_self = silu(dense(ctx, &layer.edge2, silu(h_self), None, true)?); // [n, hidden]
