@@ -46,3 +46,8 @@ pub mod prelude {
     pub use crate::Error;
     pub use se3_macros::{fiber, fiber_type};
 }
+
+/// The README's code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
