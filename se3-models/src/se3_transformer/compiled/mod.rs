@@ -25,7 +25,11 @@
 //! higher degrees moved along `h_i - h_j`), so every option of the oracle runs on the graph;
 //! [`Error::NotCompiled`] stays for options added to the oracle later.
 
-mod blocks;
+mod attention;
+mod conv;
+mod ctx;
+mod egnn;
+mod node;
 mod tensor;
 
 use std::collections::BTreeMap;
@@ -33,7 +37,11 @@ use std::collections::BTreeMap;
 use luminal::prelude::{symbolic::Expression, *};
 use se3_core::exec::{IndexBound, InputKind, Session};
 
-use self::blocks::{attention, conv_pooled, linear, norm, residual, Ctx, GFeats};
+use self::attention::{attention, RotaryInputs};
+use self::conv::conv_pooled;
+use self::ctx::{Ctx, GFeats};
+use self::egnn::egnn_layer;
+use self::node::{linear, norm, residual};
 use self::tensor::{reshape, T2, T3, T4};
 use crate::checkpoint::StateDict;
 use crate::inputs::ModelInputs;
@@ -225,7 +233,7 @@ impl CompiledSe3Transformer {
                 let mut half = s.weight::<(Dyn<'-'>, Dyn<'-'>)>("rot_half");
                 half.shape = ShapeTracker::new(&[dh.into(), dh.into()]);
                 s.set_weight("rot_half", pm, &[dh, dh])?;
-                Some(blocks::RotaryInputs {
+                Some(RotaryInputs {
                     node_cos: inputs[0],
                     node_sin: inputs[1],
                     edge_cos: inputs[2],
@@ -270,7 +278,7 @@ impl CompiledSe3Transformer {
                     name: "egnn inputs",
                 })?;
                 for (layer, ff) in &net.layers {
-                    x = blocks::egnn_layer(&mut ctx, layer, &x, dist, edge_feat)?;
+                    x = egnn_layer(&mut ctx, layer, &x, dist, edge_feat)?;
                     if let Some(f) = ff {
                         x = ff_block(&mut ctx, f, &x)?;
                     }

@@ -1,0 +1,282 @@
+//! AttentionSE3 / OneHeadedKVAttentionSE3 on the graph: per degree and head, logits of the
+//! neighbours (conv keys with the query folded in, or gathered linear keys), of the self key, the
+//! null key and the global keys; one softmax over all slots; values reassociated. Rotary
+//! embeddings (degree 0) rotate keys and values per edge, so that degree forms its messages per
+//! edge.
+
+use luminal::prelude::*;
+
+use super::conv::{direct_message, pair_edges, query_logits, weighted_sum};
+use super::ctx::{Ctx, GFeats};
+use super::node::{columns, linear, linear_rows};
+use super::tensor::{
+    bmm, dims, expand_at, max_axis, mm, permute, reshape, retype, sum_axis, T1, T2, T3, X,
+};
+use crate::se3_transformer::attention::{AttentionSe3, KeyProj};
+use crate::se3_transformer::conv::ConvSe3;
+use crate::Error;
+
+/// Rotary embeddings as graph inputs: per channel of a head, `cos` and `sin` of the angle
+/// (1 and 0 past the rotated channels) for queries and self keys (`[n, dh]`, position `i`, distance
+/// 0) and for neighbour keys and values (`[e, dh]`, position `j`, distance `|r_ij|`); `half` maps
+/// `t` to the library's `rotate_half(t)` (`[dh, dh]`, zero past the rotated channels).
+#[derive(Clone, Copy)]
+pub(crate) struct RotaryInputs {
+    pub node_cos: T2,
+    pub node_sin: T2,
+    pub edge_cos: T2,
+    pub edge_sin: T2,
+    pub half: T2,
+}
+
+/// `t cos + rotate_half(t) sin` on rows of `[rows, dh]`.
+pub(crate) fn rotate(t: T2, cos: T2, sin: T2, half: T2) -> T2 {
+    t * cos + mm(t, half) * sin
+}
+
+/// `sum_{o,p} a[n, o, p] b[n, o, p]`: `[n]`.
+pub(crate) fn inner(a: T3, b: T3) -> T1 {
+    let s: T2 = sum_axis(a * b, 2);
+    sum_axis(s, 1)
+}
+
+/// AttentionSE3 / OneHeadedKVAttentionSE3 (no rotary embeddings): per degree and head, logits of
+/// the neighbours (conv keys with the query folded in, or gathered linear keys), of the self key,
+/// the null key and the global keys; one softmax; values reassociated.
+pub(crate) fn attention(
+    ctx: &mut Ctx<'_>,
+    att: &AttentionSe3,
+    x: &GFeats,
+) -> Result<GFeats, Error> {
+    let o = att.o;
+    let (h, dh) = (o.heads, o.dim_head);
+    let scale = (dh as f32).powf(-0.5);
+    let (n, k) = (ctx.n, ctx.k);
+    let key_conv: Option<&ConvSe3> = match &att.to_k {
+        KeyProj::Conv(c) => Some(c),
+        KeyProj::Tied => Some(&att.to_v),
+        KeyProj::Linear(_) => None,
+    };
+    let mut out = GFeats::new();
+    for (&l, _) in x.iter() {
+        let m = 2 * l + 1;
+        let vpes = pair_edges(ctx, &att.to_v, x, Some(l))?;
+        let kpes = match (key_conv, &att.to_k) {
+            (Some(c), KeyProj::Conv(_)) => pair_edges(ctx, c, x, Some(l))?,
+            _ => Vec::new(),
+        };
+        let mut result: Option<T3> = None;
+        for hh in 0..h {
+            let kc = if o.one_headed_kv { 0 } else { hh * dh };
+            let q = *linear(ctx, &att.to_q, x, Some((hh * dh, dh)))?
+                .get(&l)
+                .ok_or(Error::MissingInput { name: "query" })?;
+            let rot = if l == 0 { ctx.rotary } else { None };
+            let q = match rot {
+                Some(r) => {
+                    let qf: T2 = reshape(q, &[n, dh.into()]);
+                    reshape(
+                        rotate(qf, r.node_cos, r.node_sin, r.half),
+                        &[n, dh.into(), 1.into()],
+                    )
+                }
+                None => q,
+            };
+            // neighbour logits
+            let mut nl: Option<T2> = None;
+            match &att.to_k {
+                _ if rot.is_some() => {
+                    let r = rot.ok_or(Error::MissingInput { name: "rotary" })?;
+                    let keys: T2 = match &att.to_k {
+                        KeyProj::Linear(lin) => {
+                            let kl = *linear(ctx, lin, x, Some((kc, dh)))?
+                                .get(&l)
+                                .ok_or(Error::MissingInput { name: "keys" })?;
+                            let kflat: T2 = reshape(kl, &[n, dh.into()]);
+                            retype(se3_core::ops::gather::<X, X, Dyn<'e'>>(kflat, ctx.nbr))
+                        }
+                        _ => {
+                            let pes = if matches!(att.to_k, KeyProj::Tied) {
+                                &vpes
+                            } else {
+                                &kpes
+                            };
+                            let mut acc: Option<T2> = None;
+                            for pe in pes {
+                                let mk = direct_message(ctx, pe, kc, dh)?;
+                                acc = Some(match acc {
+                                    Some(a) => a + mk,
+                                    None => mk,
+                                });
+                            }
+                            acc.ok_or(Error::MissingInput { name: "keys" })?
+                        }
+                    };
+                    let kr = rotate(keys, r.edge_cos, r.edge_sin, r.half);
+                    let k3: T3 = reshape(kr, &[n, k, dh.into()]);
+                    let qf: T2 = reshape(q, &[n, dh.into()]);
+                    nl = Some(sum_axis(k3 * expand_at::<_, (X, X, X)>(qf, 1, k), 2));
+                }
+                KeyProj::Linear(lin) => {
+                    let kl = *linear(ctx, lin, x, Some((kc, dh)))?
+                        .get(&l)
+                        .ok_or(Error::MissingInput { name: "keys" })?;
+                    let kflat: T2 = reshape(kl, &[n, (dh * m).into()]);
+                    let kj: T2 = retype(se3_core::ops::gather::<X, X, Dyn<'e'>>(kflat, ctx.nbr));
+                    let kj3: T3 = reshape(kj, &[n, k, (dh * m).into()]);
+                    let qf: T2 = reshape(q, &[n, (dh * m).into()]);
+                    nl = Some(sum_axis(kj3 * expand_at::<_, (X, X, X)>(qf, 1, k), 2));
+                }
+                _ => {
+                    let pes = if matches!(att.to_k, KeyProj::Tied) {
+                        &vpes
+                    } else {
+                        &kpes
+                    };
+                    for pe in pes {
+                        let lg = query_logits(ctx, pe, q, kc, dh)?;
+                        nl = Some(match nl {
+                            Some(a) => a + lg,
+                            None => lg,
+                        });
+                    }
+                }
+            }
+            let nl = nl.ok_or(Error::MissingInput { name: "keys" })? * scale;
+            let z = nl * ctx.valid + (ctx.valid + (-1.0)) * f32::MAX;
+            // pre slots: (logits [n, s], values [s, dh, m] or per node [n, dh, m])
+            let mut mx: T1 = max_axis(z, 1);
+            let mut singles: Vec<(T1, T3)> = Vec::new();
+            let mut global: Option<(T2, T2)> = None;
+            if let (Some((gk, gv)), 0, Some(gf)) = (&att.global_kv, l, ctx.global) {
+                let wk = gk.weights.get(&0).ok_or(Error::MissingInput {
+                    name: "global keys",
+                })?;
+                let wv = gv.weights.get(&0).ok_or(Error::MissingInput {
+                    name: "global values",
+                })?;
+                let wkt: T2 = ctx.constant(&columns(wk, kc, dh), &[wk.rows, dh])?;
+                let wvt: T2 = ctx.constant(&columns(wv, kc, dh), &[wv.rows, dh])?;
+                let keys = mm(gf, wkt); // [g, dh]
+                let vals = mm(gf, wvt);
+                let qf: T2 = reshape(q, &[n, dh.into()]);
+                let gl = mm(qf, permute(keys, &[1, 0])) * scale; // [n, g]
+                mx = mx.max(max_axis(gl, 1));
+                global = Some((gl, vals));
+            }
+            if o.use_null_kv {
+                let nk = att
+                    .null_k
+                    .get(&l)
+                    .ok_or(Error::MissingInput { name: "null keys" })?;
+                let nv = att.null_v.get(&l).ok_or(Error::MissingInput {
+                    name: "null values",
+                })?;
+                let nkt: T2 = ctx.constant(&nk[kc * m..(kc + dh) * m], &[dh, m])?;
+                let nvt: T2 = ctx.constant(&nv[kc * m..(kc + dh) * m], &[dh, m])?;
+                let nk3: T3 = expand_at(nkt, 0, n);
+                let nv3: T3 = expand_at(nvt, 0, n);
+                let lg = inner(q, nk3) * scale;
+                mx = mx.max(lg);
+                singles.push((lg, nv3));
+            }
+            if let Some((sk, sv)) = &att.self_kv {
+                let skl = *linear(ctx, sk, x, Some((kc, dh)))?
+                    .get(&l)
+                    .ok_or(Error::MissingInput { name: "self keys" })?;
+                let svl =
+                    *linear(ctx, sv, x, Some((kc, dh)))?
+                        .get(&l)
+                        .ok_or(Error::MissingInput {
+                            name: "self values",
+                        })?;
+                let (skl, svl) = match rot {
+                    Some(r) => {
+                        let f = |t: T3| -> T3 {
+                            let t2: T2 = reshape(t, &[n, dh.into()]);
+                            reshape(
+                                rotate(t2, r.node_cos, r.node_sin, r.half),
+                                &[n, dh.into(), 1.into()],
+                            )
+                        };
+                        (f(skl), f(svl))
+                    }
+                    None => (skl, svl),
+                };
+                let lg = inner(q, skl) * scale;
+                mx = mx.max(lg);
+                singles.push((lg, svl));
+            }
+            let ex = (z - expand_at::<_, (X, X)>(mx, 1, k)).exp();
+            let mut tot: T1 = sum_axis(ex, 1);
+            let single_ex: Vec<(T1, T3)> = singles
+                .iter()
+                .map(|&(lg, v)| ((lg - mx).exp(), v))
+                .collect();
+            for (e1, _) in &single_ex {
+                tot += *e1;
+            }
+            let global_ex = global.map(|(gl, vals)| {
+                let g = dims(gl)[1];
+                ((gl - expand_at::<_, (X, X)>(mx, 1, g)).exp(), vals)
+            });
+            if let Some((ge, _)) = &global_ex {
+                tot += sum_axis::<_, (X,)>(*ge, 1);
+            }
+            let inv = tot.recip();
+            let a = ex * expand_at::<_, (X, X)>(inv, 1, k);
+            let mut oh: Option<T3> = None;
+            if let Some(r) = rot {
+                let mut acc: Option<T2> = None;
+                for pe in &vpes {
+                    let mv = direct_message(ctx, pe, kc, dh)?;
+                    acc = Some(match acc {
+                        Some(t) => t + mv,
+                        None => mv,
+                    });
+                }
+                let vals = acc.ok_or(Error::MissingInput { name: "values" })?;
+                let vr = rotate(vals, r.edge_cos, r.edge_sin, r.half);
+                let v3: T3 = reshape(vr, &[n, k, dh.into()]);
+                let a3: T3 = reshape(a, &[n, 1.into(), k]);
+                oh = Some(reshape(bmm(a3, v3), &[n, dh.into(), 1.into()]));
+            } else {
+                for pe in &vpes {
+                    let y = weighted_sum(ctx, pe, a, kc, dh)?;
+                    oh = Some(match oh {
+                        Some(t) => t + y,
+                        None => y,
+                    });
+                }
+            }
+            let mut oh = oh.ok_or(Error::MissingInput { name: "values" })?;
+            for (e1, v) in single_ex {
+                let w = e1 * inv;
+                let w3: T3 = expand_at(expand_at::<_, (X, X)>(w, 1, dh), 2, m);
+                oh += w3 * v;
+            }
+            if let Some((ge, vals)) = global_ex {
+                let g = dims(ge)[1];
+                let w = ge * expand_at::<_, (X, X)>(inv, 1, g);
+                let gsum = mm(w, vals); // [n, dh]
+                oh += reshape::<_, (X, X, X)>(gsum, &[n, dh.into(), 1.into()]);
+            }
+            let proj = match &att.to_out {
+                Some(lin) => {
+                    let w = lin
+                        .weights
+                        .get(&l)
+                        .ok_or(Error::MissingInput { name: "to_out" })?;
+                    linear_rows(ctx, w, oh, hh * dh, dh)?
+                }
+                None => oh,
+            };
+            result = Some(match result {
+                Some(r) => r + proj,
+                None => proj,
+            });
+        }
+        out.insert(l, result.ok_or(Error::MissingInput { name: "heads" })?);
+    }
+    Ok(out)
+}
