@@ -53,6 +53,35 @@ pub struct ModelFile {
     /// How the forward pass was called.
     #[serde(default)]
     pub forward_kwargs: ForwardKwargs,
+    /// The outputs the reference run produced, by name (`out`, `type0`, ...).
+    #[serde(default)]
+    pub outputs: BTreeMap<String, OutputSpec>,
+}
+
+/// One output of a reference run: its shape and how it transforms under a rotation.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct OutputSpec {
+    /// Shape of the output tensor.
+    #[serde(default)]
+    pub shape: Vec<usize>,
+    /// In words, e.g. `invariant (type 0)` or `degree 1: rotates by D_1(R)`.
+    #[serde(default)]
+    pub transforms_as: String,
+}
+
+impl OutputSpec {
+    /// Whether the output is a rotation invariant (degree 0).
+    pub fn is_invariant(&self) -> bool {
+        self.transforms_as.starts_with("invariant")
+    }
+
+    /// Whether the output rotates as a degree-1 feature (`f -> f R^T` on its last axis): the
+    /// reference configs say `type 1 ...`, `degree 1 ...` or `... rotates by R`.
+    pub fn is_vector(&self) -> bool {
+        let t = &self.transforms_as;
+        !self.is_invariant()
+            && (t.starts_with("type 1") || t.starts_with("degree 1") || t.contains("rotates by R"))
+    }
 }
 
 impl ModelFile {

@@ -12,7 +12,7 @@ use se3_models::se3_transformer::{
 use se3_models::Error;
 
 /// Float32 parity bound (relative to the largest reference magnitude of each output).
-const TOL: f64 = 1e-4;
+const TOL: f64 = 1e-5;
 
 fn dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -6,6 +6,7 @@ pub mod bench_math;
 pub mod bench_se3t;
 pub mod infer;
 pub mod zoo;
+pub mod zoo_models;
 
 /// Any error a subcommand reports: printed as one line, exit code 1.
 pub type CliError = Box<dyn std::error::Error>;

@@ -19,6 +19,7 @@ const SECTIONS: &[(&str, Section)] = &[
         "kernel basis (se3-transformer get_basis)",
         kernel_basis_checks,
     ),
+    ("model zoo", super::zoo_models::models),
 ];
 
 /// Largest degree of the harmonics table.
