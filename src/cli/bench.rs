@@ -9,6 +9,8 @@ pub enum BenchTarget {
     Math,
     /// The luminal execution engine: elementwise, matmul, gather/scatter, kNN, overhead.
     Engine,
+    /// The graph layers: Conv (0:32, 1:16, 2:8) on 512 nodes x 16 neighbours.
+    Layers,
 }
 
 /// Runs one benchmark and prints its table.
@@ -16,5 +18,6 @@ pub fn run(target: BenchTarget) -> Result<(), super::CliError> {
     match target {
         BenchTarget::Math => super::bench_math::run(),
         BenchTarget::Engine => super::bench_engine::run(),
+        BenchTarget::Layers => super::bench_layers::run(),
     }
 }
