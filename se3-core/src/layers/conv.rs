@@ -8,7 +8,8 @@ use rand::Rng;
 
 use super::edges::{EdgeBasis, EdgeGraph};
 use super::graph::{
-    bmm, dims, expand_at, reshape, FeatureTensors, GraphFeatures, ParamSource, E, N, X,
+    bmm, dims, expand_at, mm, permute, reshape, retype, transpose, FeatureTensors, GraphFeatures,
+    ParamSource, E, N, X,
 };
 use super::linear::{LinearLayer, LinearLayout};
 use super::radial::RadialMlp;
@@ -218,6 +219,34 @@ impl ConvLayer {
         Ok(())
     }
 
+    /// The message of one degree pair on every edge, `(E, c_out, 2 d_out + 1)`, with the
+    /// per-edge radial weights formed.
+    #[allow(clippy::too_many_arguments)]
+    fn pair_message(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        p: &PairKernel,
+        xl: GraphTensor<(N, X, X)>,
+        edges: &EdgeGraph,
+        basis: &EdgeBasis,
+        input: GraphTensor<(E, X)>,
+    ) -> Result<GraphTensor<(X, X, X)>, Error> {
+        let e = dims(edges.dist)[0];
+        let (mo, nf) = (2 * p.d_out + 1, 2 * p.d_in.min(p.d_out) + 1);
+        let r = p.radial.build(
+            s,
+            &format!("{prefix}kernel_unary.({},{}).rp.", p.d_in, p.d_out),
+            input,
+        )?;
+        let r: GraphTensor<(X, X, X)> = reshape(r, &[e, p.c_out.into(), (p.c_in * nf).into()]);
+        let xs: GraphTensor<(X, X, X)> = retype(gather3::<N, X, X, E>(xl, edges.src));
+        // Kx[e, c, (f, o)] = sum_q x[src e, c, q] K[e, q, (f, o)]
+        let kx = bmm(xs, retype(basis.block(p.d_in, p.d_out)?));
+        let kx: GraphTensor<(X, X, X)> = reshape(kx, &[e, (p.c_in * nf).into(), mo.into()]);
+        Ok(bmm(r, kx))
+    }
+
     /// Per-edge messages `m_e` (`(E, c_out, 2 d_out + 1)` per output degree), before pooling
     /// and self-interaction (the keys and values of attention).
     ///
@@ -233,39 +262,17 @@ impl ConvLayer {
         basis: &EdgeBasis,
     ) -> Result<FeatureTensors<E>, Error> {
         self.check_input(x, basis)?;
-        let found = edges
-            .edge_features
-            .map_or(0, |f| dims(f)[1].to_usize().unwrap_or(0));
-        if found != self.options.edge_dim {
-            return Err(Error::LengthMismatch {
-                what: "edge features per edge (the conv's edge_dim)",
-                expected: self.options.edge_dim,
-                found,
-            });
-        }
+        self.check_edge_dim(edges)?;
         let input = edges.radial_input(s, self.options.fourier)?;
-        let e = dims(edges.dist)[0];
         let mut out: Vec<Option<GraphTensor<(E, X, X)>>> =
             vec![None; self.fiber_out.degrees().len()];
         for p in &self.pairs {
-            let (mo, nf) = (2 * p.d_out + 1, 2 * p.d_in.min(p.d_out) + 1);
             let xl = x.degree(p.d_in).ok_or(Error::FiberMismatch {
                 fiber: "convolution input",
                 expected: self.fiber_in.to_string(),
                 found: x.spec().to_string(),
             })?;
-            let r = p.radial.build(
-                s,
-                &format!("{prefix}kernel_unary.({},{}).rp.", p.d_in, p.d_out),
-                input,
-            )?;
-            let r: GraphTensor<(X, X, X)> = reshape(r, &[e, p.c_out.into(), (p.c_in * nf).into()]);
-            let xs: GraphTensor<(X, X, X)> =
-                super::graph::retype(gather3::<N, X, X, E>(xl, edges.src));
-            // Kx[e, c, (f, o)] = sum_q x[src e, c, q] K[e, q, (f, o)]
-            let kx = bmm(xs, super::graph::retype(basis.block(p.d_in, p.d_out)?));
-            let kx: GraphTensor<(X, X, X)> = reshape(kx, &[e, (p.c_in * nf).into(), mo.into()]);
-            let m = bmm(r, kx);
+            let m = self.pair_message(s, prefix, p, xl, edges, basis, input)?;
             let slot = self
                 .fiber_out
                 .degrees()
@@ -273,8 +280,8 @@ impl ConvLayer {
                 .position(|d| d.l == p.d_out)
                 .unwrap_or(0);
             out[slot] = Some(match out[slot] {
-                None => super::graph::retype(m),
-                Some(acc) => acc + super::graph::retype(m),
+                None => retype(m),
+                Some(acc) => acc + retype(m),
             });
         }
         let degrees = out
@@ -288,8 +295,126 @@ impl ConvLayer {
         Ok(FeatureTensors::from_parts(self.fiber_out.clone(), degrees))
     }
 
+    /// The weighted sums `sum_e w_e m_e` into each node, reassociated around the radial
+    /// network's last (linear) layer `R = W h + b` (edges grouped by destination, `k` per node):
+    ///
+    /// `out_i[o, p] = sum_{c,f,h} W[(o,c,f), h] A_i[h, (c,f), p] + sum_{c,f} b[(o,c,f)] B_i[(c,f), p]`,
+    /// `A_i = sum_e w_e h_e (x) Kx_e`, `B_i = sum_e w_e Kx_e`,
+    ///
+    /// so the per-edge weights `R_e` (c_out c_in nf values per edge and pair) are never formed
+    /// and the GEMM with `W` runs per node instead of per edge.
+    #[allow(clippy::too_many_arguments)]
+    fn pooled_reassociated(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        x: &FeatureTensors<N>,
+        edges: &EdgeGraph,
+        basis: &EdgeBasis,
+        w: GraphTensor<(E,)>,
+        k: luminal::prelude::symbolic::Expression,
+    ) -> Result<Vec<GraphTensor<(N, X, X)>>, Error> {
+        self.check_input(x, basis)?;
+        self.check_edge_dim(edges)?;
+        let input = edges.radial_input(s, self.options.fourier)?;
+        let e = dims(edges.dist)[0];
+        let n = dims(x.tensors()[0])[0];
+        let hd = super::radial::RADIAL_HIDDEN;
+        let mut out: Vec<Option<GraphTensor<(X, X, X)>>> =
+            vec![None; self.fiber_out.degrees().len()];
+        for p in &self.pairs {
+            let (mo, nf) = (2 * p.d_out + 1, 2 * p.d_in.min(p.d_out) + 1);
+            let cf = p.c_in * nf;
+            let xl = x.degree(p.d_in).ok_or(Error::FiberMismatch {
+                fiber: "convolution input",
+                expected: self.fiber_in.to_string(),
+                found: x.spec().to_string(),
+            })?;
+            // Reassociate only where it moves less data: per node, A' holds (2 d_out + 1) c_in nf
+            // x 128 values against k c_out c_in nf per-edge weights.
+            let k_est = k.to_usize().unwrap_or(16);
+            if mo * hd >= k_est * p.c_out {
+                let m = self.pair_message(s, prefix, p, xl, edges, basis, input)?;
+                let w3: GraphTensor<(X, X)> = expand_at(retype::<_, (X,)>(w), 1, p.c_out);
+                let mw = m * expand_at::<_, (X, X, X)>(w3, 2, mo);
+                let mw: GraphTensor<(X, X, X, X)> = reshape(mw, &[n, k, p.c_out.into(), mo.into()]);
+                let y: GraphTensor<(X, X, X)> = mw.sum_reduce::<(X, X, X), Axis<1>>();
+                let slot = self
+                    .fiber_out
+                    .degrees()
+                    .iter()
+                    .position(|d| d.l == p.d_out)
+                    .unwrap_or(0);
+                out[slot] = Some(match out[slot] {
+                    None => y,
+                    Some(acc) => acc + y,
+                });
+                continue;
+            }
+            let (h, wl, bl) = p.radial.build_hidden(
+                s,
+                &format!("{prefix}kernel_unary.({},{}).rp.", p.d_in, p.d_out),
+                input,
+            )?;
+            let xs: GraphTensor<(X, X, X)> = retype(gather3::<N, X, X, E>(xl, edges.src));
+            // Kx[e, c, (f, p)] -> weighted, laid out (E, p, (c, f)) -> (N, k, mo cf)
+            let kx = bmm(xs, retype(basis.block(p.d_in, p.d_out)?));
+            let kx: GraphTensor<(X, X, X)> = reshape(kx, &[e, cf.into(), mo.into()]);
+            let kx = permute(kx, &[0, 2, 1]);
+            let w3: GraphTensor<(X, X)> = expand_at(retype::<_, (X,)>(w), 1, mo);
+            let kxw = kx * expand_at::<_, (X, X, X)>(w3, 2, cf);
+            let kxw: GraphTensor<(X, X, X)> = reshape(kxw, &[n, k, (mo * cf).into()]);
+            // A'[i, (p, c, f), h] = sum_kk Kxw[i, kk, (p, c, f)] h[i, kk, h]: rows (i, p), columns
+            // ((c, f), h) of one GEMM with W viewed as ((c, f, h), o).
+            let hk: GraphTensor<(X, X, X)> = reshape(h, &[n, k, hd.into()]);
+            let a = bmm(permute(kxw, &[0, 2, 1]), hk);
+            let a: GraphTensor<(X, X)> = reshape(a, &[n * mo, (cf * hd).into()]);
+            let w2 = transpose(reshape(wl, &[p.c_out.into(), (cf * hd).into()]));
+            let bsum: GraphTensor<(X, X)> = kxw.sum_reduce::<(X, X), Axis<1>>();
+            let bsum: GraphTensor<(X, X)> = reshape(bsum, &[n * mo, cf.into()]);
+            let b2 = transpose(reshape(bl, &[p.c_out.into(), cf.into()]));
+            let y2 = mm(a, w2) + mm(bsum, b2);
+            let y: GraphTensor<(X, X, X)> =
+                permute(reshape(y2, &[n, mo.into(), p.c_out.into()]), &[0, 2, 1]);
+            let slot = self
+                .fiber_out
+                .degrees()
+                .iter()
+                .position(|d| d.l == p.d_out)
+                .unwrap_or(0);
+            out[slot] = Some(match out[slot] {
+                None => y,
+                Some(acc) => acc + y,
+            });
+        }
+        out.into_iter()
+            .map(|t| {
+                t.map(retype).ok_or(Error::Empty {
+                    what: "convolution input fiber",
+                })
+            })
+            .collect()
+    }
+
+    fn check_edge_dim(&self, edges: &EdgeGraph) -> Result<(), Error> {
+        let found = edges
+            .edge_features
+            .map_or(0, |f| dims(f)[1].to_usize().unwrap_or(0));
+        if found != self.options.edge_dim {
+            return Err(Error::LengthMismatch {
+                what: "edge features per edge (the conv's edge_dim)",
+                expected: self.options.edge_dim,
+                found,
+            });
+        }
+        Ok(())
+    }
+
     /// The convolution: messages pooled into their destinations, plus self-interaction.
-    /// Weights are session weights named `<prefix>` + their checkpoint keys.
+    /// Weights are session weights named `<prefix>` + their checkpoint keys. If the edges are
+    /// grouped by destination ([`EdgeGraph::per_node`]) the pooled sums are reassociated
+    /// around the radial network's last layer (same values up to rounding, per-edge radial
+    /// weights never formed); otherwise messages are formed per edge and scatter-added.
     ///
     /// # Errors
     /// As [`ConvLayer::messages`].
@@ -301,17 +426,23 @@ impl ConvLayer {
         edges: &EdgeGraph,
         basis: &EdgeBasis,
     ) -> Result<FeatureTensors<N>, Error> {
-        let msgs = self.messages(s, prefix, x, edges, basis)?;
         let w = match self.options.pool {
             Pool::Mean => edges.mean_weights(),
             Pool::Sum => edges.valid,
         };
-        let mut pooled = Vec::new();
-        for (t, d) in msgs.tensors().iter().zip(self.fiber_out.degrees()) {
-            let w2: GraphTensor<(E, X)> = expand_at(w, 1, d.channels);
-            let w3: GraphTensor<(E, X, X)> = expand_at(w2, 2, d.width());
-            pooled.push(scatter_add3::<N, X, X, E>(*t * w3, edges.dst));
-        }
+        let pooled = match edges.per_node {
+            Some(k) => self.pooled_reassociated(s, prefix, x, edges, basis, w, k)?,
+            None => {
+                let msgs = self.messages(s, prefix, x, edges, basis)?;
+                let mut pooled = Vec::new();
+                for (t, d) in msgs.tensors().iter().zip(self.fiber_out.degrees()) {
+                    let w2: GraphTensor<(E, X)> = expand_at(w, 1, d.channels);
+                    let w3: GraphTensor<(E, X, X)> = expand_at(w2, 2, d.width());
+                    pooled.push(scatter_add3::<N, X, X, E>(*t * w3, edges.dst));
+                }
+                pooled
+            }
+        };
         let out = FeatureTensors::from_parts(self.fiber_out.clone(), pooled);
         match &self.self_interact {
             Some(si) => {

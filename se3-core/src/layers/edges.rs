@@ -26,6 +26,10 @@ pub struct EdgeGraph {
     pub rel: GraphTensor<(E, Const<3>)>,
     pub dist: GraphTensor<(E,)>,
     pub edge_features: Option<GraphTensor<(E, X)>>,
+    /// `Some(k)` if the edges are grouped by destination, `k` per node: edge `i k + kk` has
+    /// `dst = i` or is missing (the layout of [`crate::ops::Neighbors::edges`]). Pooled
+    /// convolutions then take the reassociated path (see [`super::ConvLayer::build`]).
+    pub per_node: Option<Expression>,
 }
 
 /// A tensor of the shape of `t` filled with `v`.
@@ -59,7 +63,25 @@ impl EdgeGraph {
             rel,
             dist,
             edge_features,
+            per_node: None,
         }
+    }
+
+    /// The edges of a neighbour list (`k` per node, grouped by destination).
+    pub fn from_neighbors<const K: usize>(
+        coords: GraphTensor<(N, Const<3>)>,
+        neighbors: &crate::ops::Neighbors<N, K>,
+        edge_features: Option<GraphTensor<(E, X)>>,
+    ) -> EdgeGraph {
+        let e = neighbors.edges::<E>();
+        EdgeGraph::new(coords, e.src, e.dst, Some(e.valid), edge_features).grouped(K)
+    }
+
+    /// Declares that the edges are grouped by destination with `k` per node (edge `i k + kk`
+    /// has `dst = i` or `-1`); `k` may be a dynamic dimension such as `'k'`.
+    pub fn grouped(mut self, k: impl Into<Expression>) -> EdgeGraph {
+        self.per_node = Some(k.into());
+        self
     }
 
     /// Edge inputs `<name>.src`, `<name>.dst` (indices into the nodes, `-1` allowed) declared on

@@ -144,7 +144,7 @@ impl TfnGraph {
     }
 
     /// Compiles the graph: inputs `coords (b n, 3)`, `x.0 (b n, d0, 1)`, `edges.src`,
-    /// `edges.dst` (`(E,)`); outputs `out.<l>`.
+    /// `edges.dst` (`(E,)`, `E = b n k`), dimension `k` (edges per node); outputs `out.<l>`.
     ///
     /// # Errors
     /// Layer build errors (none for a model built by [`TfnGraph::from_state_dict`]).
@@ -152,7 +152,9 @@ impl TfnGraph {
         let mut s = Session::new();
         let coords = s.input::<(Dyn<'n'>, Const<3>)>("coords", InputKind::Coordinates);
         let mut x = FeatureTensors::input(&mut s, "x", &self.fibers[0]);
-        let edges = EdgeGraph::input(&mut s, "edges", coords);
+        // Host edges are grouped by destination, k = max(n - 1, 1) per node: the pooled
+        // convolutions take the reassociated path.
+        let edges = EdgeGraph::input(&mut s, "edges", coords).grouped('k');
         let basis = EdgeBasis::new(&mut s, "", &edges, self.max_degree)?;
         for (i, conv) in self.convs.iter().enumerate() {
             x = conv.build(&mut s, &format!("convs.{i}."), &x, &edges, &basis)?;
@@ -215,6 +217,7 @@ impl TfnSession {
         let e = src.len();
         self.s.set("edges.src", src, &[e])?;
         self.s.set("edges.dst", dst, &[e])?;
+        self.s.set_dim('k', n.saturating_sub(1).max(1));
         self.s.run()?;
         let mut sd = StateDict::new();
         let last = &self.fibers[self.fibers.len() - 1];
