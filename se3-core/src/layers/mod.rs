@@ -32,18 +32,22 @@
 pub mod activation;
 pub mod conv;
 pub mod edges;
+pub mod gate;
 pub mod graph;
 pub mod linear;
 pub mod norm;
+pub mod pool;
 pub mod radial;
 pub mod tensor_product;
 
 pub use activation::{Activation, Relu, ScalarActivation, Sigmoid, Silu, Tanh};
 pub use conv::{Conv, ConvLayer, ConvOptions, Pool};
 pub use edges::{EdgeBasis, EdgeGraph};
+pub use gate::GateLayer;
 pub use graph::{FeatureTensors, GraphFeatures, Param, ParamSource};
 pub use linear::{Linear, LinearLayer, LinearLayout};
 pub use norm::{Norm, NormActivation, NormLayer, NormScale};
+pub use pool::{pool_nodes, NodePool};
 pub use radial::{RadialMlp, RADIAL_HIDDEN};
 pub use tensor_product::{Path, PathSpec, TensorProduct};
 
