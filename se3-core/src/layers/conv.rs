@@ -8,8 +8,8 @@ use rand::Rng;
 
 use super::edges::{EdgeBasis, EdgeGraph};
 use super::graph::{
-    bmm, dims, expand_at, mm, permute, reshape, retype, transpose, FeatureTensors, GraphFeatures,
-    ParamSource, E, N, X,
+    bmm, dims, expand_at, mm, permute, reshape, retype, transpose, DegreeGraphTensor,
+    FeatureTensors, GraphFeatures, ParamSource, E, N, X,
 };
 use super::linear::{LinearLayer, LinearLayout};
 use super::radial::RadialMlp;
@@ -313,7 +313,7 @@ impl ConvLayer {
         basis: &EdgeBasis,
         w: GraphTensor<(E,)>,
         k: luminal::prelude::symbolic::Expression,
-    ) -> Result<Vec<GraphTensor<(N, X, X)>>, Error> {
+    ) -> Result<Vec<DegreeGraphTensor>, Error> {
         self.check_input(x, basis)?;
         self.check_edge_dim(edges)?;
         let input = edges.radial_input(s, self.options.fourier)?;
@@ -512,5 +512,142 @@ impl<In: Fiber, Out: Fiber> Conv<In, Out> {
             edges,
             basis,
         )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use luminal::prelude::symbolic::Expression;
+    use rand::Rng;
+
+    use super::*;
+    use crate::exec::InputKind;
+    use crate::layers::Linear;
+    use crate::ops::{neighbors, NeighborSpec};
+    use crate::testing::{rel_error, rng};
+
+    #[test]
+    fn reassociated_pooling_matches_per_edge_messages() -> Result<(), Error> {
+        const K: usize = 6;
+        let (mut r, seed) = rng();
+        let fin: FiberSpec = "0:3, 1:2, 2:1".parse()?;
+        // degree 0 with 40 channels: 128 (2 * 0 + 1) < 6 * 40, so those pairs reassociate
+        let fout: FiberSpec = "0:40, 1:2".parse()?;
+        for pool in [Pool::Mean, Pool::Sum] {
+            let opts = ConvOptions {
+                pool,
+                ..ConvOptions::default()
+            };
+            let conv = ConvLayer::new(&fin, &fout, opts, &mut r)?;
+            let mut s = Session::new();
+            let coords = s.input::<(N, Const<3>)>("coords", InputKind::Coordinates);
+            let mask = s.input::<(N,)>("mask", InputKind::Mask);
+            let x = FeatureTensors::input(&mut s, "x", &fin);
+            let nb = neighbors::<_, K>(coords, Some(mask), NeighborSpec::default());
+            s.derive_dim('e', Expression::from('n') * K);
+            let grouped = EdgeGraph::from_neighbors(coords, &nb, None);
+            let plain = EdgeGraph {
+                per_node: None,
+                ..grouped
+            };
+            let basis = EdgeBasis::new(&mut s, "", &grouped, 2)?;
+            conv.build(&mut s, "a.", &x, &grouped, &basis)?
+                .output(&mut s, "re");
+            conv.build(&mut s, "b.", &x, &plain, &basis)?
+                .output(&mut s, "di");
+            let n = r.gen_range(5..20);
+            let pts: Vec<f32> = (0..n * 3).map(|_| r.gen_range(-2.0..2.0)).collect();
+            let m: Vec<f32> = (0..n).map(|i| f32::from(u8::from(i % 4 != 1))).collect();
+            s.set("coords", pts, &[n, 3])?;
+            s.set("mask", m, &[n])?;
+            for d in fin.degrees() {
+                let v = (0..n * d.dim()).map(|_| r.gen_range(-1.0..1.0)).collect();
+                s.set(&format!("x.{}", d.l), v, &[n, d.channels, d.width()])?;
+            }
+            s.run()?;
+            for d in fout.degrees() {
+                let a: Vec<f64> = s
+                    .get(&format!("re.{}", d.l))?
+                    .data
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .collect();
+                let b: Vec<f64> = s
+                    .get(&format!("di.{}", d.l))?
+                    .data
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .collect();
+                let err = rel_error(&a, &b);
+                assert!(err < 1e-5, "seed {seed} {pool:?} degree {}: {err}", d.l);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn graph_linear_matches_the_eager_layer_and_loads_e3nn_layout() -> Result<(), Error> {
+        use crate::fiber::Features;
+        #[se3_macros::fiber(0:3, 1:2)]
+        struct A;
+        #[se3_macros::fiber(0:2, 1:4)]
+        struct B;
+        let (mut r, seed) = rng();
+        let lin = Linear::<A, B>::new(&mut r);
+        let n = 5;
+        let x = Features::<A>::from_fn(n, |_, _, _, _| r.gen_range(-1.0..1.0));
+        let want = lin.forward(&x);
+        let mut s = Session::new();
+        let gx = GraphFeatures::<A>::input(&mut s, "x");
+        lin.build(&mut s, "lin.", &gx)?.output(&mut s, "y");
+        // e3nn layout: flat weight, scaled by 1/sqrt(c_in) at load
+        let mut src = std::collections::HashMap::new();
+        let mut flat = Vec::new();
+        for (k, d) in A::spec().degrees().iter().enumerate() {
+            let w = lin.weight(k).unwrap_or_default();
+            flat.extend(w.iter().map(|v| v * (d.channels as f32).sqrt()));
+        }
+        src.insert(
+            "w.weight".to_string(),
+            crate::exec::F32Tensor {
+                shape: vec![flat.len()],
+                data: flat,
+            },
+        );
+        src.insert(
+            "w.bias".to_string(),
+            crate::exec::F32Tensor {
+                shape: vec![2],
+                data: lin.bias().to_vec(),
+            },
+        );
+        let e3 = LinearLayer::load(
+            &mut src,
+            "w.",
+            &A::spec(),
+            &B::spec(),
+            LinearLayout::E3nn,
+            true,
+        )?;
+        e3.build(&mut s, "e3.", gx.untyped())?.output(&mut s, "z");
+        for (k, b) in x.blocks().iter().enumerate() {
+            let l = A::spec().degrees()[k].l;
+            s.set(&format!("x.{l}"), b.data().to_vec(), &b.shape())?;
+        }
+        s.run()?;
+        for (k, b) in want.blocks().iter().enumerate() {
+            let l = B::spec().degrees()[k].l;
+            let w: Vec<f64> = b.data().iter().map(|&v| f64::from(v)).collect();
+            for name in ["y", "z"] {
+                let g: Vec<f64> = s
+                    .get(&format!("{name}.{l}"))?
+                    .data
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .collect();
+                assert!(rel_error(&g, &w) < 1e-5, "seed {seed} {name} degree {l}");
+            }
+        }
+        Ok(())
     }
 }
