@@ -49,7 +49,7 @@ pub use linear::{Linear, LinearLayer, LinearLayout};
 pub use norm::{Norm, NormActivation, NormLayer, NormScale};
 pub use pool::{pool_nodes, NodePool};
 pub use radial::{RadialMlp, RADIAL_HIDDEN};
-pub use tensor_product::{Path, PathSpec, TensorProduct};
+pub use tensor_product::{Path, PathSpec, ProductMode, TensorProduct, TensorProductLayer};
 
 use crate::fiber::{Features, Fiber, Follows};
 
