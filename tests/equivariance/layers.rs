@@ -256,3 +256,104 @@ fn graph_layers_are_permutation_equivariant_over_nodes() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn attention_block_is_equivariant_with_and_without_self_attention() -> TestResult {
+    use se3_core::layers::{AttentionBlock, AttentionOptions};
+    let (mut r, seed) = rng();
+    let fiber: FiberSpec = "0:4, 1:3, 2:2".parse()?;
+    for attend_self in [true, false] {
+        let opts = AttentionOptions {
+            heads: 2,
+            dim_head: 3,
+            attend_self,
+            ..AttentionOptions::default()
+        };
+        let block = AttentionBlock::new(&fiber, opts, attend_self, &mut r)?;
+        let mut s = Session::new();
+        let coords = s.input::<(Dyn<'n'>, Const<3>)>("coords", InputKind::Coordinates);
+        let mask = s.input::<(Dyn<'n'>,)>("mask", InputKind::Mask);
+        let x = FeatureTensors::input(&mut s, "x", &fiber);
+        let nb = neighbors::<_, K>(coords, Some(mask), NeighborSpec::default());
+        s.derive_dim('e', luminal::prelude::symbolic::Expression::from('n') * K);
+        let edges = EdgeGraph::from_neighbors(coords, &nb, None);
+        let basis = EdgeBasis::new(&mut s, "", &edges, 2)?;
+        block
+            .build(&mut s, "blk.", &x, &edges, &basis)?
+            .output(&mut s, "y");
+        s.compile();
+        let mut net = Net {
+            s,
+            fin: fiber.clone(),
+            fout: fiber.clone(),
+        };
+        let c = cloud(&mut r, &net.fin);
+        let base = run_y(&mut net, &c)?;
+        let rot = random_rotation(&mut r);
+        let t = random_vector(&mut r, 3.0);
+        let moved = Cloud {
+            n: c.n,
+            coords: c
+                .coords
+                .iter()
+                .map(|p| {
+                    let q = rot * nalgebra::Vector3::from(*p) + t;
+                    [q.x, q.y, q.z]
+                })
+                .collect(),
+            mask: c.mask.clone(),
+            x: net
+                .fin
+                .degrees()
+                .iter()
+                .zip(&c.x)
+                .map(|(d, x)| rotate(x, d.l, &rot))
+                .collect::<Result<_, _>>()?,
+        };
+        let got = run_y(&mut net, &moved)?;
+        // the attention branch must contribute, or the residual alone would pass
+        for (i, x) in c.x.iter().enumerate() {
+            let change = se3_core::testing::rel_error(&base[i], x);
+            assert!(change > 1e-3, "seed {seed}: attention adds almost nothing ({change})");
+        }
+        for (i, d) in fiber.degrees().iter().enumerate() {
+            let want = rotate(&base[i], d.l, &rot)?;
+            let err = assert_equivariant(
+                &format!(
+                    "attention block (self {attend_self}) degree {} (seed {seed})",
+                    d.l
+                ),
+                &got[i],
+                &want,
+                TOL_F32,
+            )?;
+            println!("attention block degree {}: max rel err {err:.2e}", d.l);
+        }
+    }
+    Ok(())
+}
+
+fn run_y(net: &mut Net, c: &Cloud) -> Result<Vec<Vec<f64>>, Box<dyn std::error::Error>> {
+    let flat: Vec<f32> = c.coords.iter().flatten().map(|&v| v as f32).collect();
+    net.s.set("coords", flat, &[c.n, 3])?;
+    net.s.set("mask", c.mask.clone(), &[c.n])?;
+    for (d, x) in net.fin.degrees().iter().zip(&c.x) {
+        let v: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        net.s
+            .set(&format!("x.{}", d.l), v, &[c.n, d.channels, d.width()])?;
+    }
+    net.s.run()?;
+    net.fout
+        .degrees()
+        .iter()
+        .map(|d| {
+            Ok(net
+                .s
+                .get(&format!("y.{}", d.l))?
+                .data
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect())
+        })
+        .collect()
+}

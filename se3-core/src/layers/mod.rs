@@ -30,6 +30,7 @@
 //! or edges (`Dyn<'e'>`); missing edges are `-1` in `src`/`dst` and contribute nothing.
 
 pub mod activation;
+pub mod attention;
 pub mod conv;
 pub mod edges;
 pub mod gate;
@@ -41,6 +42,7 @@ pub mod radial;
 pub mod tensor_product;
 
 pub use activation::{Activation, Relu, ScalarActivation, Sigmoid, Silu, Tanh};
+pub use attention::{AttentionBlock, AttentionLayer, AttentionOptions, FeedForwardBlock};
 pub use conv::{Conv, ConvLayer, ConvOptions, Pool};
 pub use edges::{EdgeBasis, EdgeGraph};
 pub use gate::GateLayer;
