@@ -15,6 +15,12 @@
 //! | [`LinearLayer`]           | [`Linear<In, Out>`]  | [`FeatureTensors`] / [`GraphFeatures<F>`]    |
 //! | [`ConvLayer`]             | [`Conv<In, Out>`]    | node features + [`EdgeGraph`] + [`EdgeBasis`]|
 //! | [`NormLayer`]             | [`Norm<F>`]          | features of one fiber                        |
+//! | [`TensorProductLayer`]    | [`TensorProduct<A, B, Out>`] (`layer`, `build`) | two inputs, same rows |
+//! | [`GateLayer`]             | -                    | `0:(s+G), l:c..` -> `0:s, l:c..`             |
+//! | [`EquivariantLayerNorm`]  | -                    | features of one fiber                        |
+//! | -                         | [`Activation<F, A>`] (`build`) | degree 0 only (type-checked)       |
+//! | [`AttentionLayer`], [`AttentionBlock`], [`FeedForwardBlock`] | - | SE(3)-Transformer blocks (grouped edges) |
+//! | [`pool_nodes`]            | -                    | node readout, mean (any degree) / max (degree 0) |
 //!
 //! Usage: declare inputs (`FeatureTensors::input(&mut s, "x", &spec)`, coordinates
 //! `s.input::<(Dyn<'n'>, Const<3>)>(..)`, edges `EdgeGraph::input(&mut s, "edges", coords)`),
@@ -35,6 +41,7 @@ pub mod conv;
 pub mod edges;
 pub mod gate;
 pub mod graph;
+pub mod layer_norm;
 pub mod linear;
 pub mod norm;
 pub mod pool;
@@ -47,6 +54,7 @@ pub use conv::{Conv, ConvLayer, ConvOptions, Pool};
 pub use edges::{EdgeBasis, EdgeGraph};
 pub use gate::GateLayer;
 pub use graph::{FeatureTensors, GraphFeatures, Param, ParamSource};
+pub use layer_norm::EquivariantLayerNorm;
 pub use linear::{Linear, LinearLayer, LinearLayout};
 pub use norm::{Norm, NormActivation, NormLayer, NormScale};
 pub use pool::{pool_nodes, NodePool};
