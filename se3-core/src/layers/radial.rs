@@ -1,9 +1,12 @@
 //! The radial network of a convolution: se3-transformer-pytorch's `RadialFunc`.
 
-use luminal::prelude::*;
+use luminal::prelude::{symbolic::Expression, *};
 use rand::Rng;
 
-use super::graph::{dims, expand_at, gelu, layer_norm, mm, transpose, Param, ParamSource, E, X};
+use super::edges::concat_columns;
+use super::graph::{
+    add_views, dims, expand_at, gelu, layer_norm, mm, reshape, transpose, Param, ParamSource, E, X,
+};
 use crate::exec::Session;
 use crate::Error;
 
@@ -157,8 +160,21 @@ impl RadialMlp {
     ) -> Result<GraphTensor<(E, X)>, Error> {
         let (h, w, b) = self.build_hidden(s, prefix, input)?;
         let rows = dims(h)[0];
-        let y: GraphTensor<(E, X)> =
-            super::graph::retype(mm(super::graph::retype(h), transpose(w)));
-        Ok(y + expand_at::<_, (E, X)>(b, 0, rows))
+        // The bias rides in the GEMM, `[h, 1] [W^T; b]`, instead of an elementwise pass over the
+        // (E, n_out) result, which is the largest tensor of a convolution.
+        let one = h.graph().constant(1.0);
+        let ones: GraphTensor<(E, X)> = expand_at(expand_at::<_, (E,)>(one, 0, rows), 1, 1);
+        let h1 = concat_columns(&[h, ones]);
+        let wt: GraphTensor<(X, X)> = transpose(w).contiguous();
+        let n_out: Expression = self.n_out.into();
+        let wt: GraphTensor<(X, X)> =
+            wt.pad::<(X, X), Expression, Expression>(&[(0.into(), 1.into()), (0.into(), 0.into())]);
+        let b1: GraphTensor<(X, X)> = reshape(b, &[1.into(), n_out]);
+        let b1: GraphTensor<(X, X)> = b1.pad::<(X, X), Expression, Expression>(&[
+            (RADIAL_HIDDEN.into(), 0.into()),
+            (0.into(), 0.into()),
+        ]);
+        let w1 = add_views(wt, b1);
+        Ok(super::graph::retype(mm(super::graph::retype(h1), w1)))
     }
 }
