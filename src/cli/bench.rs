@@ -18,11 +18,6 @@ pub fn run(target: BenchTarget) -> Result<(), super::CliError> {
     match target {
         BenchTarget::Math => super::bench_math::run(),
         BenchTarget::Engine => super::bench_engine::run(),
-        BenchTarget::Layers => {
-            if std::env::var("SE3_DEBUG_OPS").is_ok() {
-                super::bench_layers::op_counts()?;
-            }
-            super::bench_layers::run()
-        }
+        BenchTarget::Layers => super::bench_layers::run(),
     }
 }
