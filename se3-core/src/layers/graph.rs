@@ -395,7 +395,9 @@ pub(crate) fn gelu<S: Shape>(x: GraphTensor<S>) -> GraphTensor<S> {
 }
 
 /// `torch.nn.LayerNorm` over the last axis of `[rows, width]` (biased variance, `eps`),
-/// followed by the affine `gamma`, `beta` (`[width]`).
+/// followed by the affine `gamma`, `beta` (`[width]`). The unfused reference of
+/// `ops::layer_norm_gelu`. The width must be a number (not a dynamic dimension).
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn layer_norm(
     x: GraphTensor<(X, X)>,
     gamma: GraphTensor<(X,)>,
@@ -403,6 +405,7 @@ pub(crate) fn layer_norm(
     eps: f32,
 ) -> GraphTensor<(X, X)> {
     let d = dims(x);
+    debug_assert!(d[1].to_usize().is_some(), "layer_norm width must be fixed");
     let w = d[1].to_usize().unwrap_or(1) as f32;
     let mean: GraphTensor<(X,)> = x.sum_reduce::<(X,), Axis<1>>() * (1.0 / w);
     let centered = x - expand_at::<_, (X, X)>(mean, 1, d[1]);

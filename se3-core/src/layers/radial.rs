@@ -4,10 +4,9 @@ use luminal::prelude::{symbolic::Expression, *};
 use rand::Rng;
 
 use super::edges::concat_columns;
-use super::graph::{
-    add_views, dims, expand_at, gelu, layer_norm, mm, reshape, transpose, Param, ParamSource, E, X,
-};
+use super::graph::{add_views, dims, expand_at, mm, reshape, transpose, Param, ParamSource, E, X};
 use crate::exec::Session;
+use crate::ops::layer_norm_gelu;
 use crate::Error;
 
 /// Hidden width of se3-transformer-pytorch's radial network.
@@ -125,26 +124,15 @@ impl RadialMlp {
         let v = |i: usize, s: &mut Session| -> Result<GraphTensor<(X,)>, Error> {
             self.params[i].declare(s, prefix)
         };
-        let dense = |x: GraphTensor<(E, X)>, w: GraphTensor<(X, X)>, b: GraphTensor<(X,)>| {
-            let rows = dims(x)[0];
-            let y: GraphTensor<(E, X)> =
-                super::graph::retype(mm(super::graph::retype(x), transpose(w)));
-            y + expand_at::<_, (E, X)>(b, 0, rows)
+        // Linear without its bias, then bias + LayerNorm + GELU in one fused row kernel
+        // (`ops::layer_norm_gelu`; the unfused graph is `graph::layer_norm` + `graph::gelu`).
+        let linear = |x: GraphTensor<(E, X)>, w: GraphTensor<(X, X)>| -> GraphTensor<(E, X)> {
+            super::graph::retype(mm(super::graph::retype(x), transpose(w)))
         };
-        let h = dense(input, p(0, s)?, v(1, s)?);
-        let h = gelu(super::graph::retype(layer_norm(
-            super::graph::retype(h),
-            v(2, s)?,
-            v(3, s)?,
-            1e-5,
-        )));
-        let h = dense(h, p(4, s)?, v(5, s)?);
-        let h: GraphTensor<(E, X)> = gelu(super::graph::retype(layer_norm(
-            super::graph::retype(h),
-            v(6, s)?,
-            v(7, s)?,
-            1e-5,
-        )));
+        let h = linear(input, p(0, s)?);
+        let h = layer_norm_gelu(h, v(1, s)?, v(2, s)?, v(3, s)?, 1e-5);
+        let h = linear(h, p(4, s)?);
+        let h = layer_norm_gelu(h, v(5, s)?, v(6, s)?, v(7, s)?, 1e-5);
         Ok((h, p(8, s)?, v(9, s)?))
     }
 
