@@ -234,17 +234,22 @@ impl ConvLayer {
     ) -> Result<GraphTensor<(X, X, X)>, Error> {
         let e = dims(edges.dist)[0];
         let (mo, nf) = (2 * p.d_out + 1, 2 * p.d_in.min(p.d_out) + 1);
-        let r = p.radial.build(
+        // R = W h + b: the per-edge part W h, and the bias applied to Kx as one broadcast
+        // product b Kx (no pass over the (E, c_out c_in nf) weights to add it).
+        let (h, w, b) = p.radial.build_hidden(
             s,
             &format!("{prefix}kernel_unary.({},{}).rp.", p.d_in, p.d_out),
             input,
         )?;
-        let r: GraphTensor<(X, X, X)> = reshape(r, &[e, p.c_out.into(), (p.c_in * nf).into()]);
+        let r = mm(retype(h), transpose(w));
+        let cf = p.c_in * nf;
+        let r: GraphTensor<(X, X, X)> = reshape(r, &[e, p.c_out.into(), cf.into()]);
         let xs: GraphTensor<(X, X, X)> = retype(gather3::<N, X, X, E>(xl, edges.src));
         // Kx[e, c, (f, o)] = sum_q x[src e, c, q] K[e, q, (f, o)]
         let kx = bmm(xs, retype(basis.block(p.d_in, p.d_out)?));
-        let kx: GraphTensor<(X, X, X)> = reshape(kx, &[e, (p.c_in * nf).into(), mo.into()]);
-        Ok(bmm(r, kx))
+        let kx: GraphTensor<(X, X, X)> = reshape(kx, &[e, cf.into(), mo.into()]);
+        let b2: GraphTensor<(X, X)> = reshape(b, &[p.c_out.into(), cf.into()]);
+        Ok(bmm(r, kx) + bmm(expand_at(b2, 0, e), kx))
     }
 
     /// Per-edge messages `m_e` (`(E, c_out, 2 d_out + 1)` per output degree), before pooling
