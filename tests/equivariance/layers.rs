@@ -314,7 +314,10 @@ fn attention_block_is_equivariant_with_and_without_self_attention() -> TestResul
         // the attention branch must contribute, or the residual alone would pass
         for (i, x) in c.x.iter().enumerate() {
             let change = se3_core::testing::rel_error(&base[i], x);
-            assert!(change > 1e-3, "seed {seed}: attention adds almost nothing ({change})");
+            assert!(
+                change > 1e-3,
+                "seed {seed}: attention adds almost nothing ({change})"
+            );
         }
         for (i, d) in fiber.degrees().iter().enumerate() {
             let want = rotate(&base[i], d.l, &rot)?;
