@@ -56,7 +56,9 @@ impl Default for AttentionOptions {
 /// Keys as se3-transformer-pytorch (`to_q.weights.<l>`, `to_k.kernel_unary...`,
 /// `to_v.kernel_unary...`, `to_self_k.weights.<l>`, `to_out.weights.<l>`). The edges must be
 /// grouped by destination ([`EdgeGraph::per_node`], e.g. [`EdgeGraph::from_neighbors`]);
-/// missing edges take no part (a node with no valid candidate gets 0 before `to_out`).
+/// missing edges take no part (a node with no valid candidate gets 0 before `to_out`, where
+/// se3-transformer-pytorch averages the values of its masked neighbours uniformly; with
+/// `attend_self` every node has a valid candidate and both agree).
 #[derive(Debug, Clone)]
 pub struct AttentionLayer {
     fiber: FiberSpec,
