@@ -21,6 +21,7 @@
 //! | -                         | [`Activation<F, A>`] (`build`) | degree 0 only (type-checked)       |
 //! | [`AttentionLayer`], [`AttentionBlock`], [`FeedForwardBlock`] | - | SE(3)-Transformer blocks (grouped edges) |
 //! | [`pool_nodes`]            | -                    | node readout, mean (any degree) / max (degree 0) |
+//! | [`RadialBank`]            | -                    | the hidden layers of many [`RadialMlp`]s on one edge input |
 //!
 //! Usage: declare inputs (`FeatureTensors::input(&mut s, "x", &spec)`, coordinates
 //! `s.input::<(Dyn<'n'>, Const<3>)>(..)`, edges `EdgeGraph::input(&mut s, "edges", coords)`),
@@ -58,7 +59,7 @@ pub use layer_norm::EquivariantLayerNorm;
 pub use linear::{Linear, LinearLayer, LinearLayout};
 pub use norm::{Norm, NormActivation, NormLayer, NormScale};
 pub use pool::{pool_nodes, NodePool};
-pub use radial::{RadialMlp, RADIAL_HIDDEN};
+pub use radial::{RadialBank, RadialMlp, RADIAL_HIDDEN};
 pub use tensor_product::{Path, PathSpec, ProductMode, TensorProduct, TensorProductLayer};
 
 use crate::fiber::{Features, Fiber, Follows};

@@ -129,20 +129,6 @@ pub(crate) fn mm(a: T2, b: T2) -> T2 {
     sum_axis(a3 * b3, 2)
 }
 
-/// Exact (erf) GELU as `torch.nn.GELU()`: `(x + |x| erf(|x| / sqrt 2)) / 2`, erf by Abramowitz &
-/// Stegun 7.1.26 (absolute error below 1.5e-7).
-pub(crate) fn gelu<S: Shape>(x: GraphTensor<S>) -> GraphTensor<S> {
-    let a = x.abs();
-    let z = a * std::f32::consts::FRAC_1_SQRT_2;
-    let t = (z * 0.327_591_1 + 1.0).recip();
-    // (t - c written as t + (-c): luminal's scalar subtraction leaves unresolved axes)
-    let poly = ((((t * 1.061_405_4 + (-1.453_152_1)) * t + 1.421_413_8) * t + (-0.284_496_74)) * t
-        + 0.254_829_6)
-        * t;
-    let erf = -(poly * (-(z * z)).exp()) + 1.0;
-    (x + a * erf) * 0.5
-}
-
 /// `torch.nn.LayerNorm(width)` over the last axis of `[rows, width]` (biased variance, eps 1e-5)
 /// with affine `gamma`, `beta`.
 pub(crate) fn layer_norm(x: T2, gamma: T1, beta: T1, width: usize) -> T2 {
