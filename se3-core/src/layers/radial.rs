@@ -127,6 +127,11 @@ impl RadialMlp {
         })
     }
 
+    /// The last layer's weight `(n_out, 128)` and bias `(n_out,)`, row-major.
+    pub fn last_layer(&self) -> (&[f32], &[f32]) {
+        (&self.params[8].data, &self.params[9].data)
+    }
+
     /// Input width.
     pub fn n_in(&self) -> usize {
         self.n_in

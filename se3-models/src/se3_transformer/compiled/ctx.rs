@@ -190,13 +190,3 @@ impl Ctx<'_> {
         Ok(t)
     }
 }
-
-pub(crate) fn transpose(w: &[f64], r: usize, c: usize) -> Vec<f64> {
-    let mut t = vec![0.0; r * c];
-    for i in 0..r {
-        for j in 0..c {
-            t[j * r + i] = w[i * c + j];
-        }
-    }
-    t
-}

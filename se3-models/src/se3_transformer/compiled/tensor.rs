@@ -20,8 +20,6 @@ pub(crate) type T2 = GraphTensor<(X, X)>;
 pub(crate) type T3 = GraphTensor<(X, X, X)>;
 /// `[a, b, c, d]`.
 pub(crate) type T4 = GraphTensor<(X, X, X, X)>;
-/// `[a, b, c, d, e]`.
-pub(crate) type T5 = GraphTensor<(X, X, X, X, X)>;
 
 /// Logical sizes of `t`.
 pub(crate) fn dims<S: Shape>(t: GraphTensor<S>) -> Vec<Expression> {
@@ -110,14 +108,6 @@ pub(crate) fn bmm(a: T3, b: T3) -> T3 {
     let bt = permute(b, &[0, 2, 1]);
     let b4: T4 = expand_at(bt, 1, da[1]);
     sum_axis(a4 * b4, 3)
-}
-
-/// `[b, m, k] x [k, n] -> [b, m, n]`: a weight matrix shared by the batch, computed as one GEMM
-/// of `b m` rows (a batch of `b` tiny GEMMs wastes most of the time packing).
-pub(crate) fn bmm_shared(a: T3, w: T2) -> T3 {
-    let (da, dw) = (dims(a), dims(w));
-    let flat: T2 = reshape(a, &[da[0] * da[1], da[2]]);
-    reshape(mm(flat, w), &[da[0], da[1], dw[1]])
 }
 
 /// Matrix product `[m, k] x [k, n] -> [m, n]`.
