@@ -360,6 +360,18 @@ pub(crate) fn bmm(a: GraphTensor<(X, X, X)>, b: GraphTensor<(X, X, X)>) -> Graph
     (a4 * b4).sum_reduce::<(X, X, X), Axis<3>>()
 }
 
+/// `[b, m, k] x [k, n] -> [b, m, n]` for a weight matrix shared by the batch, computed as one
+/// GEMM over `b m` rows (a batch of `b` tiny GEMMs against a broadcast weight spends most of its
+/// time packing).
+pub(crate) fn bmm_shared(
+    a: GraphTensor<(X, X, X)>,
+    w: GraphTensor<(X, X)>,
+) -> GraphTensor<(X, X, X)> {
+    let (da, dw) = (dims(a), dims(w));
+    let flat: GraphTensor<(X, X)> = reshape(a, &[da[0] * da[1], da[2]]);
+    reshape(mm(flat, w), &[da[0], da[1], dw[1]])
+}
+
 /// Matrix product `[m, k] x [k, n] -> [m, n]` (either side may be a permuted view).
 pub(crate) fn mm(a: GraphTensor<(X, X)>, b: GraphTensor<(X, X)>) -> GraphTensor<(X, X)> {
     let (da, db) = (dims(a), dims(b));

@@ -7,7 +7,7 @@ use rand::Rng;
 use luminal::prelude::*;
 
 use super::graph::{
-    bmm, expand_at, permute, retype, FeatureTensors, GraphFeatures, Param, ParamSource, X,
+    bmm_shared, expand_at, permute, retype, FeatureTensors, GraphFeatures, Param, ParamSource, X,
 };
 use super::Layer;
 use crate::exec::Session;
@@ -102,6 +102,49 @@ impl LinearLayer {
             weights,
             bias,
         })
+    }
+
+    /// A layer from given values: `weights` holds one row-major `[c_in, c_out]` matrix per
+    /// degree both fibers have, in degree order; `bias` (degree-0 outputs) only if both fibers
+    /// have degree 0. For models whose weights are already in memory (e.g. one head's share of
+    /// a layer).
+    ///
+    /// # Errors
+    /// `LengthMismatch` for a wrong number of matrices, `WrongShape` or `NonFiniteWeight` for a
+    /// bad matrix or bias, `Empty` if the fibers share no degree.
+    pub fn from_values(
+        fiber_in: &FiberSpec,
+        fiber_out: &FiberSpec,
+        weights: Vec<Vec<f32>>,
+        bias: Option<Vec<f32>>,
+    ) -> Result<Self, Error> {
+        let pairs = common(fiber_in, fiber_out);
+        if weights.len() != pairs.len() {
+            return Err(Error::LengthMismatch {
+                what: "linear weights (one per common degree)",
+                expected: pairs.len(),
+                found: weights.len(),
+            });
+        }
+        let weights = pairs
+            .iter()
+            .zip(weights)
+            .map(|((i, o), data)| {
+                Ok((
+                    i.l,
+                    Param::new(
+                        format!("weights.{}", i.l),
+                        vec![i.channels, o.channels],
+                        data,
+                    )?,
+                ))
+            })
+            .collect::<Result<_, Error>>()?;
+        let bias = match (bias, pairs.iter().find(|(i, _)| i.l == 0)) {
+            (Some(b), Some((_, o))) => Some(Param::new("bias".into(), vec![o.channels], b)?),
+            _ => None,
+        };
+        Self::assemble(fiber_in, fiber_out, weights, bias)
     }
 
     /// Loads the weights stored under `prefix` (e.g. `"convs.0.self_interact."`) in `layout`.
@@ -204,10 +247,9 @@ impl LinearLayer {
             };
             let rows = super::graph::dims(t)[0];
             let wt: GraphTensor<(X, X)> = w.declare(s, prefix)?;
-            // [r, m, ci] x [r(fake), ci, co] -> [r, m, co] -> view [r, co, m]
+            // [r, m, ci] x [ci, co] as one GEMM over r m rows -> [r, m, co] -> view [r, co, m]
             let xt: GraphTensor<(X, X, X)> = retype(permute(t, &[0, 2, 1]));
-            let wb: GraphTensor<(X, X, X)> = expand_at(wt, 0, rows);
-            let mut y: GraphTensor<(X, X, X)> = permute(bmm(xt, wb), &[0, 2, 1]);
+            let mut y: GraphTensor<(X, X, X)> = permute(bmm_shared(xt, wt), &[0, 2, 1]);
             if *l == 0 {
                 if let Some(b) = &self.bias {
                     let bt: GraphTensor<(X,)> = b.declare(s, prefix)?;

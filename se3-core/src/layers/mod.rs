@@ -21,6 +21,8 @@
 //! | -                         | [`Activation<F, A>`] (`build`) | degree 0 only (type-checked)       |
 //! | [`AttentionLayer`], [`AttentionBlock`], [`FeedForwardBlock`] | - | SE(3)-Transformer blocks (grouped edges) |
 //! | [`pool_nodes`]            | -                    | node readout, mean (any degree) / max (degree 0) |
+//! | [`conv_grouped`] ([`PairEdges`]) | -        | reassociated ConvSE3 sums / logits on grouped edges |
+//! | [`RadialBank`]            | -                    | the hidden layers of many [`RadialMlp`]s on one edge input |
 //!
 //! Usage: declare inputs (`FeatureTensors::input(&mut s, "x", &spec)`, coordinates
 //! `s.input::<(Dyn<'n'>, Const<3>)>(..)`, edges `EdgeGraph::input(&mut s, "edges", coords)`),
@@ -38,6 +40,7 @@
 pub mod activation;
 pub mod attention;
 pub mod conv;
+pub mod conv_grouped;
 pub mod edges;
 pub mod gate;
 pub mod graph;
@@ -51,6 +54,7 @@ pub mod tensor_product;
 pub use activation::{Activation, Relu, ScalarActivation, Sigmoid, Silu, Tanh};
 pub use attention::{AttentionBlock, AttentionLayer, AttentionOptions, FeedForwardBlock};
 pub use conv::{Conv, ConvLayer, ConvOptions, Pool};
+pub use conv_grouped::PairEdges;
 pub use edges::{EdgeBasis, EdgeGraph};
 pub use gate::GateLayer;
 pub use graph::{FeatureTensors, GraphFeatures, Param, ParamSource};
@@ -58,7 +62,7 @@ pub use layer_norm::EquivariantLayerNorm;
 pub use linear::{Linear, LinearLayer, LinearLayout};
 pub use norm::{Norm, NormActivation, NormLayer, NormScale};
 pub use pool::{pool_nodes, NodePool};
-pub use radial::{RadialMlp, RADIAL_HIDDEN};
+pub use radial::{RadialBank, RadialMlp, RADIAL_HIDDEN};
 pub use tensor_product::{Path, PathSpec, ProductMode, TensorProduct, TensorProductLayer};
 
 use crate::fiber::{Features, Fiber, Follows};

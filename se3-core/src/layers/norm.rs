@@ -84,6 +84,49 @@ impl NormLayer {
         }
     }
 
+    /// A layer from given values, one per degree of `fiber` in degree order: `c` scales
+    /// (`PerChannel`) or a row-major `[c, c]` gate matrix (`Gated`).
+    ///
+    /// # Errors
+    /// `LengthMismatch` for a wrong number of degrees, `WrongShape` or `NonFiniteWeight` for a
+    /// bad value.
+    pub fn from_values(
+        fiber: &FiberSpec,
+        scale: NormScale,
+        activation: NormActivation,
+        values: Vec<Vec<f32>>,
+    ) -> Result<Self, Error> {
+        if values.len() != fiber.degrees().len() {
+            return Err(Error::LengthMismatch {
+                what: "norm parameters (one per degree)",
+                expected: fiber.degrees().len(),
+                found: values.len(),
+            });
+        }
+        let params = fiber
+            .degrees()
+            .iter()
+            .zip(values)
+            .map(|(d, data)| {
+                let c = d.channels;
+                let (key, shape) = match scale {
+                    NormScale::PerChannel => (format!("transform.{}.scale", d.l), vec![1, 1, c]),
+                    NormScale::Gated => (format!("transform.{}.w_gate", d.l), vec![c, c]),
+                };
+                Ok(DegreeParam {
+                    l: d.l,
+                    scale,
+                    p: Param::new(key, shape, data)?,
+                })
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(NormLayer {
+            fiber: fiber.clone(),
+            activation,
+            params,
+        })
+    }
+
     /// Loads a `NormSE3` checkpoint under `prefix` (e.g. `"norms.0."`).
     ///
     /// # Errors

@@ -4,7 +4,10 @@ use luminal::prelude::{symbolic::Expression, *};
 use rand::Rng;
 
 use super::edges::concat_columns;
-use super::graph::{add_views, dims, expand_at, mm, reshape, transpose, Param, ParamSource, E, X};
+use super::graph::{
+    add_views, bmm, constant, dims, expand_at, gelu, mm, permute, reshape, transpose, Param,
+    ParamSource, E, X,
+};
 use crate::exec::Session;
 use crate::ops::layer_norm_gelu;
 use crate::Error;
@@ -96,6 +99,39 @@ impl RadialMlp {
         })
     }
 
+    /// A network from given values, in the order of its keys (`net.0.weight` `(128, n_in)`,
+    /// `net.0.bias`, `net.1.weight`, `net.1.bias`, `net.3.weight` `(128, 128)`, `net.3.bias`,
+    /// `net.4.weight`, `net.4.bias`, `net.6.weight` `(n_out, 128)`, `net.6.bias`), row-major.
+    ///
+    /// # Errors
+    /// `LengthMismatch` for a wrong number of tensors, `WrongShape` or `NonFiniteWeight` for a
+    /// bad one.
+    pub fn from_values(n_in: usize, n_out: usize, values: Vec<Vec<f32>>) -> Result<Self, Error> {
+        let keys = keys(n_in, n_out);
+        if values.len() != keys.len() {
+            return Err(Error::LengthMismatch {
+                what: "radial network tensors",
+                expected: keys.len(),
+                found: values.len(),
+            });
+        }
+        let params = keys
+            .into_iter()
+            .zip(values)
+            .map(|((key, shape), data)| Param::new(key, shape, data))
+            .collect::<Result<_, Error>>()?;
+        Ok(RadialMlp {
+            n_in,
+            n_out,
+            params,
+        })
+    }
+
+    /// The last layer's weight `(n_out, 128)` and bias `(n_out,)`, row-major.
+    pub fn last_layer(&self) -> (&[f32], &[f32]) {
+        (&self.params[8].data, &self.params[9].data)
+    }
+
     /// Input width.
     pub fn n_in(&self) -> usize {
         self.n_in
@@ -164,5 +200,186 @@ impl RadialMlp {
         ]);
         let w1 = add_views(wt, b1);
         Ok(super::graph::retype(mm(super::graph::retype(h1), w1)))
+    }
+}
+
+/// The radial networks of several degree pairs (of one or many convolutions) that read the same
+/// per-edge input, evaluated together up to their last layer: one GEMM `(E, n_in) x (n_in, P
+/// 128)` for the first layer of all `P` networks, one batched GEMM `(P, E, 128) x (P, 128, 128)`
+/// for the second, each followed by one grouped LayerNorm + GELU over `(E, P, 128)`. The same
+/// values as [`RadialMlp::build_hidden`] per network, in a graph of a handful of nodes instead
+/// of a chain per pair (faster to compile and to run for the many small pairs of a model).
+#[derive(Debug, Clone, Copy)]
+pub struct RadialBank {
+    /// Hidden activations after the second GELU, `(P, E, 128)`.
+    all: GraphTensor<(X, E, X)>,
+    count: usize,
+}
+
+/// LayerNorm (eps 1e-5) over the last axis of `(a, b, 128)` with an affine `gamma`, `beta`
+/// already broadcast to the shape of `x` (one affine per network of a bank).
+fn layer_norm_last(
+    x: GraphTensor<(X, X, X)>,
+    gamma: GraphTensor<(X, X, X)>,
+    beta: GraphTensor<(X, X, X)>,
+) -> GraphTensor<(X, X, X)> {
+    let d = dims(x);
+    let inv_w = 1.0 / RADIAL_HIDDEN as f32;
+    let mean: GraphTensor<(X, X)> = x.sum_reduce::<(X, X), Axis<2>>() * inv_w;
+    let centered = x - expand_at::<_, (X, X, X)>(mean, 2, d[2]);
+    let var: GraphTensor<(X, X)> = (centered * centered).sum_reduce::<(X, X), Axis<2>>() * inv_w;
+    let inv = (var + 1e-5).sqrt().recip();
+    centered * expand_at::<_, (X, X, X)>(inv, 2, d[2]) * gamma + beta
+}
+
+impl RadialBank {
+    /// The hidden activations of every network of `nets` on `input (E, n_in)`; weights are
+    /// session weights `<prefix>bank.*`.
+    ///
+    /// # Errors
+    /// `Empty` for no network, `LengthMismatch` if the networks' input widths differ, those of
+    /// `Session::set_weight`.
+    pub fn build(
+        s: &mut Session,
+        prefix: &str,
+        nets: &[&RadialMlp],
+        input: GraphTensor<(E, X)>,
+    ) -> Result<Self, Error> {
+        let np = nets.len();
+        let first = nets.first().ok_or(Error::Empty {
+            what: "radial bank",
+        })?;
+        let n_in = first.n_in;
+        if let Some(bad) = nets.iter().find(|r| r.n_in != n_in) {
+            return Err(Error::LengthMismatch {
+                what: "radial network input width (shared by a bank)",
+                expected: n_in,
+                found: bad.n_in,
+            });
+        }
+        let hd = RADIAL_HIDDEN;
+        let mut w0 = vec![0.0; n_in * np * hd];
+        let mut w3 = vec![0.0; np * hd * hd];
+        let mut rows: [Vec<f32>; 6] = Default::default();
+        for (pi, r) in nets.iter().enumerate() {
+            let (l0, l3) = (&r.params[0].data, &r.params[4].data);
+            for j in 0..hd {
+                for i in 0..n_in {
+                    w0[i * np * hd + pi * hd + j] = l0[j * n_in + i];
+                }
+                for i in 0..hd {
+                    w3[(pi * hd + i) * hd + j] = l3[j * hd + i];
+                }
+            }
+            for (row, idx) in rows.iter_mut().zip([1, 2, 3, 5, 6, 7]) {
+                row.extend_from_slice(&r.params[idx].data);
+            }
+        }
+        let [b0, g1, be1, b3, g4, be4] = rows;
+        let name = |k: &str| format!("{prefix}bank.{k}");
+        let w0t: GraphTensor<(X, X)> = constant(s, &name("w0"), w0, &[n_in, np * hd])?;
+        let b0t: GraphTensor<(X,)> = constant(s, &name("b0"), b0, &[np * hd])?;
+        let g1t: GraphTensor<(X, X)> = constant(s, &name("g1"), g1, &[np, hd])?;
+        let be1t: GraphTensor<(X, X)> = constant(s, &name("be1"), be1, &[np, hd])?;
+        let w3t: GraphTensor<(X, X, X)> = constant(s, &name("w3"), w3, &[np, hd, hd])?;
+        let b3t: GraphTensor<(X, X)> = constant(s, &name("b3"), b3, &[np, hd])?;
+        let g4t: GraphTensor<(X, X)> = constant(s, &name("g4"), g4, &[np, hd])?;
+        let be4t: GraphTensor<(X, X)> = constant(s, &name("be4"), be4, &[np, hd])?;
+        let e = dims(input)[0];
+        let h = mm(super::graph::retype(input), w0t) + expand_at::<_, (X, X)>(b0t, 0, e);
+        let h3: GraphTensor<(X, X, X)> = reshape(h, &[e, np.into(), hd.into()]); // (E, P, 128)
+        let h3 = gelu(layer_norm_last(
+            h3,
+            expand_at(g1t, 0, e),
+            expand_at(be1t, 0, e),
+        ));
+        // (P, E, 128)
+        let h2 = bmm(permute(h3, &[1, 0, 2]), w3t) + expand_at::<_, (X, X, X)>(b3t, 1, e);
+        let all = gelu(layer_norm_last(
+            h2,
+            expand_at(g4t, 1, e),
+            expand_at(be4t, 1, e),
+        ));
+        Ok(RadialBank {
+            all: super::graph::retype(all),
+            count: np,
+        })
+    }
+
+    /// The number of networks.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether the bank holds no network (never, once built).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The hidden activations `(E, 128)` of network `i` (in the order given to `build`), as
+    /// [`RadialMlp::build_hidden`] computes them; a contiguous copy of its slice of the bank.
+    ///
+    /// # Errors
+    /// `LengthMismatch` if `i` is not a network of the bank.
+    pub fn hidden(&self, i: usize) -> Result<GraphTensor<(E, X)>, Error> {
+        if i >= self.count {
+            return Err(Error::LengthMismatch {
+                what: "radial bank index (networks in the bank)",
+                expected: self.count,
+                found: i,
+            });
+        }
+        let d = dims(self.all);
+        let mut st = self.all.shape;
+        st.slice(&[
+            (Expression::from(i), Expression::from(i + 1)),
+            (0.into(), i32::MAX.into()),
+            (0.into(), i32::MAX.into()),
+        ]);
+        let sliced: GraphTensor<(X, E, X)> =
+            GraphTensor::from_id(self.all.id, st, self.all.graph_ref);
+        Ok(reshape(sliced.contiguous(), &[d[1], d[2]]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::InputKind;
+    use crate::testing::rng;
+
+    #[test]
+    fn bank_hidden_matches_each_network_alone() -> Result<(), Error> {
+        let (mut r, seed) = rng();
+        let (n_in, edges) = (3, 7);
+        let nets: Vec<RadialMlp> = (0..3)
+            .map(|i| RadialMlp::new(n_in, 4 + i, &mut r))
+            .collect();
+        let mut s = Session::new();
+        let input =
+            s.input_with_shape::<(E, X)>("in", InputKind::Values, &['e'.into(), n_in.into()]);
+        let refs: Vec<&RadialMlp> = nets.iter().collect();
+        let bank = RadialBank::build(&mut s, "b.", &refs, input)?;
+        for (i, net) in nets.iter().enumerate() {
+            s.output(&format!("bank{i}"), bank.hidden(i)?);
+            let (h, _, _) = net.build_hidden(&mut s, &format!("n{i}."), input)?;
+            s.output(&format!("alone{i}"), h);
+        }
+        let x: Vec<f32> = (0..edges * n_in).map(|_| r.gen_range(-2.0..2.0)).collect();
+        s.set("in", x, &[edges, n_in])?;
+        s.run()?;
+        for i in 0..nets.len() {
+            let a = s.get(&format!("bank{i}"))?;
+            let b = s.get(&format!("alone{i}"))?;
+            assert_eq!(a.shape, vec![edges, RADIAL_HIDDEN], "seed {seed}");
+            assert_eq!(a.shape, b.shape, "seed {seed}");
+            for (x, y) in a.data.iter().zip(&b.data) {
+                assert!(
+                    (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                    "seed {seed}: net {i}: {x} vs {y}"
+                );
+            }
+        }
+        Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! What every compiled layer reads: [`Ctx`] holds the session (weights become resident
 //! constants), the per-run graph inputs (neighbour indices, validity, pooling weights, radial input,
 //! kernel basis blocks, global features, rotary angles) and the radial networks of the whole model
-//! evaluated together ([`Ctx::radial_bank`]).
+//! evaluated together as an se3-core `RadialBank` ([`Ctx::radial_bank`]).
 //!
 //! Layouts: node features of degree l are `[n, c, 2l + 1]`; per-edge tensors are `[e, ..]` with
 //! `e = n k` (neighbour `kk` of node `i` at row `i k + kk`), viewed as `[n, k, ..]` for per-node
@@ -12,12 +12,12 @@ use std::collections::BTreeMap;
 use luminal::prelude::{symbolic::Expression, *};
 use se3_core::exec::Session;
 
+use se3_core::layers::{RadialBank, RadialMlp};
+
 use super::attention::RotaryInputs;
-use super::tensor::{
-    bmm, dims, expand_at, gelu, layer_norm, mm, permute, reshape, sum_axis, T1, T2, T3, T4, X,
-};
+use super::tensor::{reshape, retype, T2, T3, T4};
 use crate::se3_transformer::conv::Pair;
-use crate::se3_transformer::radial::RADIAL_HIDDEN;
+use crate::se3_transformer::radial::{RadialFunc, RADIAL_HIDDEN};
 use crate::Error;
 
 /// Node features on the graph, degree -> `[n, c, 2l + 1]`.
@@ -44,18 +44,17 @@ pub(crate) struct Ctx<'a> {
     /// Global features `[g, dim]`, if any.
     pub global: Option<T2>,
     /// Radial hidden activations of every pair of the model, computed together.
-    bank: Option<RadialBank>,
+    bank: Option<ModelRadials>,
     /// Rotary embedding inputs (degree-0 attention), if the model has them.
     pub rotary: Option<RotaryInputs>,
 }
 
 /// The radial networks of every degree pair of every ConvSE3 of the model up to their last layer,
-/// evaluated together (they all read the same radial input): `[P, e, 128]`, one row block per
-/// pair, so the whole model runs two GEMMs and one grouped LayerNorm + GELU per layer instead of
-/// one chain per pair.
-pub(crate) struct RadialBank {
+/// evaluated together as one se3-core [`RadialBank`] (they all read the same radial input), and
+/// which bank row belongs to which pair.
+pub(crate) struct ModelRadials {
     index: std::collections::HashMap<usize, usize>,
-    all: T3,
+    bank: RadialBank,
     cache: std::collections::HashMap<usize, T3>,
 }
 
@@ -63,16 +62,28 @@ pub(crate) fn pair_key(p: &Pair) -> usize {
     p as *const Pair as usize
 }
 
-/// LayerNorm over the last axis of `[a, b, 128]` with per-block affine `[.., 128]` given already
-/// broadcast to the shape of `x`.
-pub(crate) fn layer_norm_last(x: T3, gamma: T3, beta: T3) -> T3 {
-    let d = dims(x);
-    let inv_w = 1.0 / RADIAL_HIDDEN as f32;
-    let mean: T2 = sum_axis::<_, (X, X)>(x, 2) * inv_w;
-    let centered = x - expand_at::<_, (X, X, X)>(mean, 2, d[2]);
-    let var: T2 = sum_axis::<_, (X, X)>(centered * centered, 2) * inv_w;
-    let inv = (var + 1e-5).sqrt().recip();
-    centered * expand_at::<_, (X, X, X)>(inv, 2, d[2]) * gamma + beta
+fn f32s(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+/// The float64 RadialFunc of a pair as an se3-core [`RadialMlp`] (weights rounded to f32).
+pub(crate) fn radial_mlp(r: &RadialFunc) -> Result<RadialMlp, Error> {
+    Ok(RadialMlp::from_values(
+        r.l0.n_in,
+        r.l6.n_out,
+        vec![
+            f32s(&r.l0.w),
+            f32s(&r.l0.b),
+            f32s(&r.n1.w),
+            f32s(&r.n1.b),
+            f32s(&r.l3.w),
+            f32s(&r.l3.b),
+            f32s(&r.n4.w),
+            f32s(&r.n4.b),
+            f32s(&r.l6.w),
+            f32s(&r.l6.b),
+        ],
+    )?)
 }
 
 impl Ctx<'_> {
@@ -102,112 +113,61 @@ impl Ctx<'_> {
         }
     }
 
-    /// Evaluates the radial networks of `pairs` (every pair of the model) together; later
-    /// [`pair_edges`] calls take their hidden activations from here.
+    /// Evaluates the radial networks of `pairs` (every pair of the model) together (an se3-core
+    /// [`RadialBank`]); later [`Ctx::radial_hidden`] calls take their hidden activations from
+    /// here.
     ///
     /// # Errors
     /// Weight errors of the session.
     pub(crate) fn radial_bank(&mut self, pairs: &[&Pair]) -> Result<(), Error> {
-        let np = pairs.len();
-        if np == 0 {
+        if pairs.is_empty() {
             return Ok(());
         }
-        let hd = RADIAL_HIDDEN;
-        let n_in = pairs[0].radial.l0.n_in;
-        let mut w0 = vec![0.0; n_in * np * hd];
-        let (mut b0, mut g1, mut be1) = (Vec::new(), Vec::new(), Vec::new());
-        let mut w3 = vec![0.0; np * hd * hd];
-        let (mut b3, mut g4, mut be4) = (Vec::new(), Vec::new(), Vec::new());
-        let mut index = std::collections::HashMap::new();
-        for (pi, p) in pairs.iter().enumerate() {
-            let r = &p.radial;
-            for j in 0..hd {
-                for i in 0..n_in {
-                    w0[i * np * hd + pi * hd + j] = r.l0.w[j * n_in + i];
-                }
-                for i in 0..hd {
-                    w3[(pi * hd + i) * hd + j] = r.l3.w[j * hd + i];
-                }
-            }
-            b0.extend_from_slice(&r.l0.b);
-            g1.extend_from_slice(&r.n1.w);
-            be1.extend_from_slice(&r.n1.b);
-            b3.extend_from_slice(&r.l3.b);
-            g4.extend_from_slice(&r.n4.w);
-            be4.extend_from_slice(&r.n4.b);
-            index.insert(pair_key(p), pi);
-        }
-        let e = self.e;
-        let w0t: T2 = self.constant(&w0, &[n_in, np * hd])?;
-        let b0t: T1 = self.constant(&b0, &[np * hd])?;
-        let g1t: T2 = self.constant(&g1, &[np, hd])?;
-        let be1t: T2 = self.constant(&be1, &[np, hd])?;
-        let w3t: T3 = self.constant(&w3, &[np, hd, hd])?;
-        let b3t: T2 = self.constant(&b3, &[np, hd])?;
-        let g4t: T2 = self.constant(&g4, &[np, hd])?;
-        let be4t: T2 = self.constant(&be4, &[np, hd])?;
-        let h = mm(self.radial_in, w0t) + expand_at::<_, (X, X)>(b0t, 0, e);
-        let h3: T3 = reshape(h, &[e, np.into(), hd.into()]); // [e, P, 128]
-        let h3 = gelu(layer_norm_last(
-            h3,
-            expand_at(g1t, 0, e),
-            expand_at(be1t, 0, e),
-        ));
-        let h2 = bmm(permute(h3, &[1, 0, 2]), w3t) + expand_at::<_, (X, X, X)>(b3t, 1, e); // [P, e, 128]
-        let all = gelu(layer_norm_last(
-            h2,
-            expand_at(g4t, 1, e),
-            expand_at(be4t, 1, e),
-        ));
-        self.bank = Some(RadialBank {
+        let nets = pairs
+            .iter()
+            .map(|p| radial_mlp(&p.radial))
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&RadialMlp> = nets.iter().collect();
+        let prefix = self.prefix();
+        let bank = RadialBank::build(self.s, &prefix, &refs, retype(self.radial_in))?;
+        let index = pairs
+            .iter()
+            .enumerate()
+            .map(|(pi, p)| (pair_key(p), pi))
+            .collect();
+        self.bank = Some(ModelRadials {
             index,
-            all,
+            bank,
             cache: std::collections::HashMap::new(),
         });
         Ok(())
     }
 
     /// The radial hidden activations of pair `p` as `[n, k, 128]`: from the bank if it holds `p`,
-    /// else evaluated for `p` alone.
+    /// else evaluated for `p` alone ([`RadialMlp::build_hidden`]).
     pub(crate) fn radial_hidden(&mut self, p: &Pair) -> Result<T3, Error> {
-        let (n, k, e) = (self.n, self.k, self.e);
-        if let Some(bank) = &mut self.bank {
-            if let Some(&pi) = bank.index.get(&pair_key(p)) {
-                if let Some(&h) = bank.cache.get(&pair_key(p)) {
+        let (n, k) = (self.n, self.k);
+        if let Some(m) = &mut self.bank {
+            if let Some(&pi) = m.index.get(&pair_key(p)) {
+                if let Some(&h) = m.cache.get(&pair_key(p)) {
                     return Ok(h);
                 }
-                let mut st = bank.all.shape;
-                st.slice(&[
-                    (Expression::from(pi), Expression::from(pi + 1)),
-                    (0.into(), i32::MAX.into()),
-                    (0.into(), i32::MAX.into()),
-                ]);
-                let sliced: T3 = GraphTensor::from_id(bank.all.id, st, bank.all.graph_ref);
-                let h: T3 = reshape(sliced.contiguous(), &[n, k, RADIAL_HIDDEN.into()]);
-                bank.cache.insert(pair_key(p), h);
+                let h: T3 = reshape(m.bank.hidden(pi)?, &[n, k, RADIAL_HIDDEN.into()]);
+                m.cache.insert(pair_key(p), h);
                 return Ok(h);
             }
         }
-        let r = &p.radial;
-        let w0: T2 = self.constant(
-            &transpose(&r.l0.w, r.l0.n_out, r.l0.n_in),
-            &[r.l0.n_in, r.l0.n_out],
-        )?;
-        let b0: T1 = self.constant(&r.l0.b, &[r.l0.n_out])?;
-        let g1: T1 = self.constant(&r.n1.w, &[RADIAL_HIDDEN])?;
-        let be1: T1 = self.constant(&r.n1.b, &[RADIAL_HIDDEN])?;
-        let w3: T2 = self.constant(
-            &transpose(&r.l3.w, r.l3.n_out, r.l3.n_in),
-            &[r.l3.n_in, r.l3.n_out],
-        )?;
-        let b3: T1 = self.constant(&r.l3.b, &[r.l3.n_out])?;
-        let g4: T1 = self.constant(&r.n4.w, &[RADIAL_HIDDEN])?;
-        let be4: T1 = self.constant(&r.n4.b, &[RADIAL_HIDDEN])?;
-        let h = mm(self.radial_in, w0) + expand_at::<_, (X, X)>(b0, 0, e);
-        let h = gelu(layer_norm(h, g1, be1, RADIAL_HIDDEN));
-        let h = mm(h, w3) + expand_at::<_, (X, X)>(b3, 0, e);
-        let h = gelu(layer_norm(h, g4, be4, RADIAL_HIDDEN));
+        let net = radial_mlp(&p.radial)?;
+        let prefix = self.prefix();
+        let (h, _, _) = net.build_hidden(self.s, &prefix, retype(self.radial_in))?;
         Ok(reshape(h, &[n, k, RADIAL_HIDDEN.into()]))
+    }
+
+    /// A fresh weight-name prefix `u<i>.` for an se3-core layer built on the session.
+    pub(crate) fn prefix(&mut self) -> String {
+        let p = format!("u{}.", self.next);
+        self.next += 1;
+        p
     }
 
     /// A resident constant of `shape` holding `data` (f64 weights rounded to f32).
@@ -229,14 +189,4 @@ impl Ctx<'_> {
             .set_weight(&name, data.iter().map(|&v| v as f32).collect(), shape)?;
         Ok(t)
     }
-}
-
-pub(crate) fn transpose(w: &[f64], r: usize, c: usize) -> Vec<f64> {
-    let mut t = vec![0.0; r * c];
-    for i in 0..r {
-        for j in 0..c {
-            t[j * r + i] = w[i * c + j];
-        }
-    }
-    t
 }

@@ -1,16 +1,15 @@
-//! Node-wise layers on the graph: LinearSE3 (per degree, optionally a block of its output or input
-//! channels), NormSE3, the residual, and `torch.nn.Linear` / SiLU for the EGNN MLPs.
+//! Node-wise layers on the graph: LinearSE3 and NormSE3 as the se3-core [`LinearLayer`] and
+//! [`NormLayer`] (optionally one head's block of a linear layer's output or input channels), the
+//! residual, and `torch.nn.Linear` / SiLU for the EGNN MLPs.
+
+use se3_core::fiber::{DegreeSpec, FiberSpec};
+use se3_core::layers::{FeatureTensors, LinearLayer, NormActivation, NormLayer, NormScale};
 
 use super::ctx::{Ctx, GFeats};
-use super::tensor::{bmm_shared, dims, expand_at, gelu, mm, permute, sum_axis, T1, T2, T3, X};
+use super::tensor::{dims, expand_at, mm, T1, T2, T3, X};
 use crate::se3_transformer::features::{LinearSe3, Mat};
 use crate::se3_transformer::norm::{NormParam, NormSe3};
 use crate::Error;
-
-/// `y[n, o, m] = sum_i x[n, i, m] W[i, o]` for a `[c_in, c_out]` weight on the graph.
-pub(crate) fn linear_block(x: T3, w: T2) -> T3 {
-    permute(bmm_shared(permute(x, &[0, 2, 1]), w), &[0, 2, 1])
-}
 
 /// Columns `cols` of a row-major `[rows, cols_total]` matrix.
 pub(crate) fn columns(m: &Mat, start: usize, count: usize) -> Vec<f64> {
@@ -24,25 +23,75 @@ pub(crate) fn rows(m: &Mat, start: usize, count: usize) -> Vec<f64> {
     m.data[start * m.cols..(start + count) * m.cols].to_vec()
 }
 
-/// LinearSE3 on the degrees `x` and `lin` share; optionally only output columns
-/// `start..start + count` of every degree.
+/// The run-time fiber of graph features (channels and degrees read from the tensor shapes).
+fn spec_of(x: &GFeats) -> Result<FiberSpec, Error> {
+    let degrees = x
+        .iter()
+        .map(|(&l, &t)| {
+            let channels = dims(t)[1].to_usize().ok_or(Error::NotCompiled {
+                option: "a channel count that is not a number",
+            })?;
+            Ok(DegreeSpec::new(l, channels, None))
+        })
+        .collect::<Result<_, Error>>()?;
+    Ok(FiberSpec::new(degrees)?)
+}
+
+/// `x` as se3-core feature tensors (rows are nodes or edges, `[rows, c, 2l + 1]`).
+fn to_tensors(x: &GFeats) -> Result<FeatureTensors<X>, Error> {
+    Ok(FeatureTensors::new(
+        spec_of(x)?,
+        x.values().copied().collect(),
+    )?)
+}
+
+/// se3-core feature tensors back as a degree map.
+fn from_tensors(f: &FeatureTensors<X>) -> GFeats {
+    f.spec()
+        .degrees()
+        .iter()
+        .zip(f.tensors())
+        .map(|(d, &t)| (d.l, t))
+        .collect()
+}
+
+fn f32s(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+/// LinearSE3 on the degrees `x` and `lin` share, as an se3-core [`LinearLayer`]; optionally only
+/// output columns `start..start + count` of every degree (one head's share).
 pub(crate) fn linear(
     ctx: &mut Ctx<'_>,
     lin: &LinearSe3,
     x: &GFeats,
     cols: Option<(usize, usize)>,
 ) -> Result<GFeats, Error> {
-    let mut out = GFeats::new();
+    let (mut fin, mut fout, mut weights) = (Vec::new(), Vec::new(), Vec::new());
+    let mut xs = GFeats::new();
     for (l, w) in &lin.weights {
         let Some(&xl) = x.get(l) else { continue };
         let (start, count) = cols.unwrap_or((0, w.cols));
-        let wt: T2 = ctx.constant(&columns(w, start, count), &[w.rows, count])?;
-        out.insert(*l, linear_block(xl, wt));
+        fin.push(DegreeSpec::new(*l, w.rows, None));
+        fout.push(DegreeSpec::new(*l, count, None));
+        weights.push(f32s(&columns(w, start, count)));
+        xs.insert(*l, xl);
     }
-    Ok(out)
+    if xs.is_empty() {
+        return Ok(GFeats::new());
+    }
+    let layer =
+        LinearLayer::from_values(&FiberSpec::new(fin)?, &FiberSpec::new(fout)?, weights, None)?;
+    let prefix = ctx.prefix();
+    Ok(from_tensors(&layer.build(
+        ctx.s,
+        &prefix,
+        &to_tensors(&xs)?,
+    )?))
 }
 
-/// LinearSE3 restricted to input rows `start..start + count` (a head's share of `to_out`).
+/// LinearSE3 of one degree restricted to input rows `start..start + count` (a head's share of
+/// `to_out`), as an se3-core [`LinearLayer`].
 pub(crate) fn linear_rows(
     ctx: &mut Ctx<'_>,
     w: &Mat,
@@ -50,36 +99,51 @@ pub(crate) fn linear_rows(
     start: usize,
     count: usize,
 ) -> Result<T3, Error> {
-    let wt: T2 = ctx.constant(&rows(w, start, count), &[count, w.cols])?;
-    Ok(linear_block(x, wt))
+    let l = dims(x)[2].to_usize().map_or(0, |m| m / 2);
+    let layer = LinearLayer::from_values(
+        &FiberSpec::new(vec![DegreeSpec::new(l, count, None)])?,
+        &FiberSpec::new(vec![DegreeSpec::new(l, w.cols, None)])?,
+        vec![f32s(&rows(w, start, count))],
+        None,
+    )?;
+    let prefix = ctx.prefix();
+    let input = FeatureTensors::new(layer.fiber_in().clone(), vec![x])?;
+    Ok(layer.build(ctx.s, &prefix, &input)?.tensors()[0])
 }
 
-/// NormSE3: `y = phi(|x| s) x / |x|` per channel (norm over the 2l + 1 components, floored at
-/// 1e-12), `s` a learned scale or the gate `|x| W`; `phi` GELU (identity for the final norm).
+/// NormSE3 as an se3-core [`NormLayer`]: `y = phi(|x| s) x / |x|` per channel, `s` a learned
+/// scale or the gate `|x| W`; `phi` GELU (identity for the final norm).
 pub(crate) fn norm(ctx: &mut Ctx<'_>, nrm: &NormSe3, x: &GFeats) -> Result<GFeats, Error> {
-    let mut out = GFeats::new();
-    for (&l, &xl) in x {
-        let p = nrm.params.get(&l).ok_or(Error::MissingKey {
-            key: format!("transform.{l}"),
-            expected: vec![],
-        })?;
-        let d = dims(xl);
-        let norms: T2 = sum_axis::<_, (X, X)>(xl * xl, 2).sqrt().max_f32(1e-12);
-        let z = match p {
-            NormParam::Scale(s) => {
-                let st: T1 = ctx.constant(s, &[s.len()])?;
-                norms * expand_at::<_, (X, X)>(st, 0, d[0])
+    let spec = spec_of(x)?;
+    let mut scale = NormScale::PerChannel;
+    let mut values = Vec::new();
+    for &l in x.keys() {
+        match nrm.params.get(&l) {
+            Some(NormParam::Scale(s)) => values.push(f32s(s)),
+            Some(NormParam::Gate(w)) => {
+                scale = NormScale::Gated;
+                values.push(f32s(&w.data));
             }
-            NormParam::Gate(w) => {
-                let wt: T2 = ctx.constant(&w.data, &[w.rows, w.cols])?;
-                norms * mm(norms, wt)
+            None => {
+                return Err(Error::MissingKey {
+                    key: format!("transform.{l}"),
+                    expected: vec![],
+                })
             }
-        };
-        let f = if nrm.identity { z } else { gelu(z) };
-        let ratio = f / norms;
-        out.insert(l, xl * expand_at::<_, (X, X, X)>(ratio, 2, d[2]));
+        }
     }
-    Ok(out)
+    let activation = if nrm.identity {
+        NormActivation::Identity
+    } else {
+        NormActivation::Gelu
+    };
+    let layer = NormLayer::from_values(&spec, scale, activation, values)?;
+    let prefix = ctx.prefix();
+    Ok(from_tensors(&layer.build(
+        ctx.s,
+        &prefix,
+        &to_tensors(x)?,
+    )?))
 }
 
 /// `a + b` on the degrees of `a` (ResidualSE3).

@@ -20,8 +20,6 @@ pub(crate) type T2 = GraphTensor<(X, X)>;
 pub(crate) type T3 = GraphTensor<(X, X, X)>;
 /// `[a, b, c, d]`.
 pub(crate) type T4 = GraphTensor<(X, X, X, X)>;
-/// `[a, b, c, d, e]`.
-pub(crate) type T5 = GraphTensor<(X, X, X, X, X)>;
 
 /// Logical sizes of `t`.
 pub(crate) fn dims<S: Shape>(t: GraphTensor<S>) -> Vec<Expression> {
@@ -112,14 +110,6 @@ pub(crate) fn bmm(a: T3, b: T3) -> T3 {
     sum_axis(a4 * b4, 3)
 }
 
-/// `[b, m, k] x [k, n] -> [b, m, n]`: a weight matrix shared by the batch, computed as one GEMM
-/// of `b m` rows (a batch of `b` tiny GEMMs wastes most of the time packing).
-pub(crate) fn bmm_shared(a: T3, w: T2) -> T3 {
-    let (da, dw) = (dims(a), dims(w));
-    let flat: T2 = reshape(a, &[da[0] * da[1], da[2]]);
-    reshape(mm(flat, w), &[da[0], da[1], dw[1]])
-}
-
 /// Matrix product `[m, k] x [k, n] -> [m, n]`.
 pub(crate) fn mm(a: T2, b: T2) -> T2 {
     let (da, db) = (dims(a), dims(b));
@@ -127,20 +117,6 @@ pub(crate) fn mm(a: T2, b: T2) -> T2 {
     let bt = permute(b, &[1, 0]);
     let b3: T3 = expand_at(bt, 0, da[0]);
     sum_axis(a3 * b3, 2)
-}
-
-/// Exact (erf) GELU as `torch.nn.GELU()`: `(x + |x| erf(|x| / sqrt 2)) / 2`, erf by Abramowitz &
-/// Stegun 7.1.26 (absolute error below 1.5e-7).
-pub(crate) fn gelu<S: Shape>(x: GraphTensor<S>) -> GraphTensor<S> {
-    let a = x.abs();
-    let z = a * std::f32::consts::FRAC_1_SQRT_2;
-    let t = (z * 0.327_591_1 + 1.0).recip();
-    // (t - c written as t + (-c): luminal's scalar subtraction leaves unresolved axes)
-    let poly = ((((t * 1.061_405_4 + (-1.453_152_1)) * t + 1.421_413_8) * t + (-0.284_496_74)) * t
-        + 0.254_829_6)
-        * t;
-    let erf = -(poly * (-(z * z)).exp()) + 1.0;
-    (x + a * erf) * 0.5
 }
 
 /// `torch.nn.LayerNorm(width)` over the last axis of `[rows, width]` (biased variance, eps 1e-5)

@@ -1,0 +1,306 @@
+//! The reassociated ConvSE3 contraction on edges grouped by destination node (`k` edges per
+//! node, edge `i k + kk` is neighbour `kk` of node `i`), for attention and pooling.
+//!
+//! Per degree pair `(d_in, d_out)`: the radial network's hidden activations `h` (`[n, k, 128]`,
+//! from [`RadialMlp::build_hidden`] or a [`RadialBank`](super::RadialBank)) and `Kx` (`[n, k,
+//! F]`, `F = (p, c, f)`: output order `p`, input channel `c`, basis index `f`, `Kx[f, c, p] =
+//! sum_q K_f[p, q] x_j[c, q]`), held by [`PairEdges`]. The radial network's last layer `R = W h +
+//! b` is linear, so
+//! - neighbour sums `sum_j a_ij m_ij` (mean pooling, attention-weighted values) are taken of
+//!   `a_ij h_ij (x) Kx_ij` per node before multiplying by `W` ([`weighted_sum`]), and
+//! - attention logits `q_i . m_ij` fold the query into `W` first ([`query_logits`]),
+//!
+//! so the per-edge weights `R_ij` (c_out c_in nf values per edge and pair) are never formed and
+//! the big GEMM runs per node. [`direct_message`] forms degree-0 messages per edge, for where a
+//! per-edge map sits between message and sum (rotary embeddings).
+
+use luminal::prelude::{symbolic::Expression, *};
+
+use super::graph::{bmm, bmm_shared, constant, dims, expand_at, mm, permute, reshape, retype, X};
+use super::radial::{RadialMlp, RADIAL_HIDDEN};
+use crate::exec::Session;
+use crate::ops::gather3;
+use crate::Error;
+
+/// One degree pair of a convolution on grouped edges, evaluated up to the radial network's last
+/// layer (module doc).
+#[derive(Debug, Clone, Copy)]
+pub struct PairEdges {
+    /// Input degree.
+    pub d_in: usize,
+    /// Output degree.
+    pub d_out: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Radial hidden activations, `[n, k, 128]`.
+    pub h: GraphTensor<(X, X, X)>,
+    /// `Kx`, `[n, k, F]`, `F = (2 d_out + 1) c_in nf`.
+    pub kx: GraphTensor<(X, X, X)>,
+    n: Expression,
+    k: Expression,
+}
+
+impl PairEdges {
+    /// `h` and `Kx` of the pair from node features `x` (`[n, c_in, 2 d_in + 1]`), neighbour
+    /// indices `nbr` (`[n k]`, grouped by node), the kernel basis block `basis` (`[n k, 2 d_out +
+    /// 1, 2 d_in + 1, nf]`) and the radial hidden activations `h` (`[n k, 128]`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new<E: Dimension>(
+        d_in: usize,
+        d_out: usize,
+        x: GraphTensor<(X, X, X)>,
+        nbr: GraphTensor<(E,)>,
+        basis: GraphTensor<(X, X, X, X)>,
+        h: GraphTensor<(X, X)>,
+        n: Expression,
+        k: Expression,
+    ) -> Self {
+        let mo = 2 * d_out + 1;
+        let nf = 2 * d_in.min(d_out) + 1;
+        let c_in = dims(x)[1].to_usize().unwrap_or(1);
+        let xj: GraphTensor<(X, X, X)> = retype(gather3::<X, X, X, E>(x, nbr));
+        // Kx[e, p, c, f] = sum_q K[e, p, q, f] x_j[e, c, q]
+        let k5: GraphTensor<(X, X, X, X, X)> = expand_at(basis, 2, c_in);
+        let x4: GraphTensor<(X, X, X, X)> = expand_at(xj, 1, mo);
+        let x5: GraphTensor<(X, X, X, X, X)> = expand_at(x4, 4, nf);
+        let kx: GraphTensor<(X, X, X, X)> = (k5 * x5).sum_reduce::<_, Axis<3>>();
+        let width = mo * c_in * nf;
+        PairEdges {
+            d_in,
+            d_out,
+            c_in,
+            h: reshape(h, &[n, k, RADIAL_HIDDEN.into()]),
+            kx: reshape(kx, &[n, k, width.into()]),
+            n,
+            k,
+        }
+    }
+
+    fn nf(&self) -> usize {
+        2 * self.d_in.min(self.d_out) + 1
+    }
+
+    /// `F`, the width of `Kx`.
+    pub fn width(&self) -> usize {
+        (2 * self.d_out + 1) * self.c_in * self.nf()
+    }
+}
+
+/// The last layer of `radial` for output channels `c0..c0 + cnt` of a pair with `cf = c_in nf`,
+/// as `[(c, f, h), o]` and its bias as `[(c, f), o]`.
+fn last_layer(radial: &RadialMlp, cf: usize, c0: usize, cnt: usize) -> (Vec<f32>, Vec<f32>) {
+    let (lw, lb) = radial.last_layer();
+    let hd = RADIAL_HIDDEN;
+    let mut w = vec![0.0; cf * hd * cnt];
+    let mut b = vec![0.0; cf * cnt];
+    for o in 0..cnt {
+        for j in 0..cf {
+            let row = (c0 + o) * cf + j;
+            for h in 0..hd {
+                w[(j * hd + h) * cnt + o] = lw[row * hd + h];
+            }
+            b[j * cnt + o] = lb[row];
+        }
+    }
+    (w, b)
+}
+
+fn transposed(w: &[f32], r: usize, c: usize) -> Vec<f32> {
+    let mut t = vec![0.0; r * c];
+    for i in 0..r {
+        for j in 0..c {
+            t[j * r + i] = w[i * c + j];
+        }
+    }
+    t
+}
+
+/// `sum_j a_ij m_ij` for output channels `c0..c0 + cnt` of the pair, reassociated: `A_i = sum_j
+/// a_ij h_ij (x) Kx_ij` per node, then the last radial layer; `[n, cnt, 2 d_out + 1]`. `a` is
+/// `[n, k]`; weights are session weights `<prefix>w`, `<prefix>b`.
+///
+/// # Errors
+/// Those of `Session::set_weight`.
+pub fn weighted_sum(
+    s: &mut Session,
+    prefix: &str,
+    radial: &RadialMlp,
+    pe: &PairEdges,
+    a: GraphTensor<(X, X)>,
+    c0: usize,
+    cnt: usize,
+) -> Result<GraphTensor<(X, X, X)>, Error> {
+    let n = pe.n;
+    let mo = 2 * pe.d_out + 1;
+    let cf = pe.c_in * pe.nf();
+    let (w, b) = last_layer(radial, cf, c0, cnt);
+    let wt: GraphTensor<(X, X)> =
+        constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, cnt])?;
+    let bt: GraphTensor<(X, X)> = constant(s, &format!("{prefix}b"), b, &[cf, cnt])?;
+    // the weights go on the 128 hidden values (fewer than the F entries of Kx for most pairs)
+    let ah = pe.h * expand_at::<_, (X, X, X)>(a, 2, RADIAL_HIDDEN);
+    let kxt = permute(pe.kx, &[0, 2, 1]); // [n, F, k]
+                                          // [n, F, 128] = Kx^T (a h) per node, F = (p, c, f): viewed as [n, p, (c, f, h)]
+    let acc = bmm(kxt, ah);
+    let acc3: GraphTensor<(X, X, X)> = reshape(acc, &[n, mo.into(), (cf * RADIAL_HIDDEN).into()]);
+    let a3: GraphTensor<(X, X, X)> = reshape(a, &[n, pe.k, 1.into()]);
+    let bsum = bmm(kxt, a3); // [n, F, 1]
+    let b3: GraphTensor<(X, X, X)> = reshape(bsum, &[n, mo.into(), cf.into()]);
+    let y = bmm_shared(acc3, wt) + bmm_shared(b3, bt); // [n, mo, cnt]
+    Ok(permute(y, &[0, 2, 1]))
+}
+
+/// `sum_{o,p} q_i[o, p] m_ij[c0 + o, p]` per edge, the query (`[n, cnt, 2 d_out + 1]`) folded
+/// into the last radial layer: `[n, k]`.
+///
+/// # Errors
+/// Those of `Session::set_weight`.
+pub fn query_logits(
+    s: &mut Session,
+    prefix: &str,
+    radial: &RadialMlp,
+    pe: &PairEdges,
+    q: GraphTensor<(X, X, X)>,
+    c0: usize,
+    cnt: usize,
+) -> Result<GraphTensor<(X, X)>, Error> {
+    let n = pe.n;
+    let cf = pe.c_in * pe.nf();
+    let (w, b) = last_layer(radial, cf, c0, cnt);
+    // [o, (c, f, h)] and [o, (c, f)]
+    let wt: GraphTensor<(X, X)> = constant(
+        s,
+        &format!("{prefix}w"),
+        transposed(&w, cf * RADIAL_HIDDEN, cnt),
+        &[cnt, cf * RADIAL_HIDDEN],
+    )?;
+    let bt: GraphTensor<(X, X)> = constant(
+        s,
+        &format!("{prefix}b"),
+        transposed(&b, cf, cnt),
+        &[cnt, cf],
+    )?;
+    let qp = permute(q, &[0, 2, 1]); // [n, p, o]
+    let folded: GraphTensor<(X, X, X)> = reshape(
+        bmm_shared(qp, wt),
+        &[n, pe.width().into(), RADIAL_HIDDEN.into()],
+    ); // [n, F, 128]
+    let t = bmm(pe.kx, folded); // [n, k, 128]
+    let main: GraphTensor<(X, X)> = (t * pe.h).sum_reduce::<_, Axis<2>>();
+    let fb: GraphTensor<(X, X, X)> = reshape(bmm_shared(qp, bt), &[n, pe.width().into(), 1.into()]); // [n, F, 1]
+    let bias: GraphTensor<(X, X)> = reshape(bmm(pe.kx, fb), &[n, pe.k]);
+    Ok(main + bias)
+}
+
+/// Per-edge messages of a pair with output degree 0, formed directly (radial weights per edge),
+/// for output channels `c0..c0 + cnt`: `[n k, cnt]`.
+///
+/// # Errors
+/// `DegreeTooHigh` if the pair's output degree is not 0; those of `Session::set_weight`.
+pub fn direct_message(
+    s: &mut Session,
+    prefix: &str,
+    radial: &RadialMlp,
+    pe: &PairEdges,
+    c0: usize,
+    cnt: usize,
+) -> Result<GraphTensor<(X, X)>, Error> {
+    if pe.d_out != 0 {
+        return Err(Error::DegreeTooHigh {
+            l: pe.d_out,
+            max: 0,
+        });
+    }
+    let e = pe.n * pe.k;
+    let cf = pe.width(); // d_out = 0: one basis function, one output component
+    let (lw, lb) = radial.last_layer();
+    let hd = RADIAL_HIDDEN;
+    let mut w = vec![0.0; hd * cnt * cf];
+    let mut b = vec![0.0; cnt * cf];
+    for o in 0..cnt {
+        for j in 0..cf {
+            let row = (c0 + o) * cf + j;
+            for h in 0..hd {
+                w[h * cnt * cf + o * cf + j] = lw[row * hd + h];
+            }
+            b[o * cf + j] = lb[row];
+        }
+    }
+    let wt: GraphTensor<(X, X)> = constant(s, &format!("{prefix}w"), w, &[hd, cnt * cf])?;
+    let bt: GraphTensor<(X,)> = constant(s, &format!("{prefix}b"), b, &[cnt * cf])?;
+    let h2: GraphTensor<(X, X)> = reshape(pe.h, &[e, hd.into()]);
+    let r = mm(h2, wt) + expand_at::<_, (X, X)>(bt, 0, e);
+    let r3: GraphTensor<(X, X, X)> = reshape(r, &[e, cnt.into(), cf.into()]);
+    let kx2: GraphTensor<(X, X)> = reshape(pe.kx, &[e, cf.into()]);
+    Ok((r3 * expand_at::<_, (X, X, X)>(kx2, 1, cnt)).sum_reduce::<_, Axis<2>>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::rng;
+    use rand::Rng;
+
+    fn random(r: &mut impl Rng, len: usize) -> Vec<f32> {
+        (0..len).map(|_| r.gen_range(-1.0..1.0)).collect()
+    }
+
+    /// The reassociated neighbour sum and query logits against the per-edge messages formed
+    /// directly (`R_ij = W h_ij + b` per edge), on a degree pair 1 -> 0.
+    #[test]
+    fn reassociated_sums_and_logits_match_direct_messages() -> Result<(), Error> {
+        let (mut r, seed) = rng();
+        let (n, k, c_in, c_out) = (4usize, 3usize, 2usize, 3usize);
+        let e = n * k;
+        let radial = RadialMlp::new(1, c_out * c_in, &mut r);
+        let mut s = Session::new();
+        let x: GraphTensor<(X, X, X)> =
+            constant(&mut s, "x", random(&mut r, n * c_in * 3), &[n, c_in, 3])?;
+        let idx: Vec<f32> = (0..e).map(|_| r.gen_range(0..n) as f32).collect();
+        let nbr: GraphTensor<(X,)> = constant(&mut s, "nbr", idx, &[e])?;
+        let basis: GraphTensor<(X, X, X, X)> =
+            constant(&mut s, "basis", random(&mut r, e * 3), &[e, 1, 3, 1])?;
+        let h: GraphTensor<(X, X)> = constant(
+            &mut s,
+            "h",
+            random(&mut r, e * RADIAL_HIDDEN),
+            &[e, RADIAL_HIDDEN],
+        )?;
+        let a_data = random(&mut r, n * k);
+        let q_data = random(&mut r, n * c_out);
+        let a: GraphTensor<(X, X)> = constant(&mut s, "a", a_data.clone(), &[n, k])?;
+        let q: GraphTensor<(X, X, X)> = constant(&mut s, "q", q_data.clone(), &[n, c_out, 1])?;
+        let pe = PairEdges::new(1, 0, x, nbr, basis, h, n.into(), k.into());
+        let direct = direct_message(&mut s, "d.", &radial, &pe, 0, c_out)?;
+        let sum = weighted_sum(&mut s, "s.", &radial, &pe, a, 0, c_out)?;
+        let logits = query_logits(&mut s, "l.", &radial, &pe, q, 0, c_out)?;
+        s.output("direct", direct);
+        s.output("sum", sum);
+        s.output("logits", logits);
+        s.run()?;
+        let direct = s.get("direct")?.data; // [e, c_out]
+        let sum = s.get("sum")?.data; // [n, c_out, 1]
+        let logits = s.get("logits")?.data; // [n, k]
+        let close = |got: f32, want: f32, what: &str| {
+            assert!(
+                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "seed {seed}: {what}: reassociated {got}, direct {want}"
+            );
+        };
+        for i in 0..n {
+            for o in 0..c_out {
+                let want: f32 = (0..k)
+                    .map(|kk| a_data[i * k + kk] * direct[(i * k + kk) * c_out + o])
+                    .sum();
+                close(sum[i * c_out + o], want, "weighted sum");
+            }
+            for kk in 0..k {
+                let want: f32 = (0..c_out)
+                    .map(|o| q_data[i * c_out + o] * direct[(i * k + kk) * c_out + o])
+                    .sum();
+                close(logits[i * k + kk], want, "query logits");
+            }
+        }
+        Ok(())
+    }
+}
