@@ -3,3 +3,6 @@
 
 #[path = "equivariance/math.rs"]
 mod math;
+
+#[path = "equivariance/layers.rs"]
+mod layers;

@@ -3,3 +3,6 @@
 
 #[path = "errors/math.rs"]
 mod math;
+
+#[path = "errors/layers.rs"]
+mod layers;

@@ -6,3 +6,6 @@ mod reference;
 
 #[path = "parity/math.rs"]
 mod math;
+
+#[path = "parity/layers.rs"]
+mod layers;

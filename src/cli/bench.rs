@@ -15,6 +15,8 @@ pub enum BenchTarget {
         #[arg(long, hide = true)]
         case: Option<String>,
     },
+    /// The graph layers: Conv (0:32, 1:16, 2:8) on 512 nodes x 16 neighbours.
+    Layers,
 }
 
 /// Runs one benchmark and prints its table.
@@ -23,5 +25,6 @@ pub fn run(target: BenchTarget) -> Result<(), super::CliError> {
         BenchTarget::Math => super::bench_math::run(),
         BenchTarget::Engine => super::bench_engine::run(),
         BenchTarget::Se3Transformer { case } => super::bench_se3t::run(case.as_deref()),
+        BenchTarget::Layers => super::bench_layers::run(),
     }
 }

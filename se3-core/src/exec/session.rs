@@ -178,6 +178,39 @@ impl Session {
         t
     }
 
+    /// Like [`Session::input`], with the axis sizes given at run time (`shape`, fixed numbers
+    /// or dynamic symbols) instead of by the type: for layers whose channel counts come from
+    /// a run-time fiber (type those axes `Dyn<'-'>`).
+    pub fn input_with_shape<S: Shape>(
+        &mut self,
+        name: &str,
+        kind: InputKind,
+        shape: &[Expression],
+    ) -> GraphTensor<S> {
+        let mut t = self.add_slot::<S>(name, kind, false);
+        self.set_slot_shape(&mut t, shape);
+        t
+    }
+
+    /// Like [`Session::weight`], with the axis sizes given at run time (see
+    /// [`Session::input_with_shape`]).
+    pub fn weight_with_shape<S: Shape>(
+        &mut self,
+        name: &str,
+        shape: &[Expression],
+    ) -> GraphTensor<S> {
+        let mut t = self.add_slot::<S>(name, InputKind::Values, true);
+        self.set_slot_shape(&mut t, shape);
+        t
+    }
+
+    fn set_slot_shape<S: Shape>(&mut self, t: &mut GraphTensor<S>, shape: &[Expression]) {
+        t.shape = ShapeTracker::new(shape);
+        if let Some(slot) = self.slots.last_mut() {
+            slot.dims = shape.to_vec();
+        }
+    }
+
     /// A per-run input of shape `S` (use `Dyn<'x'>` axes for sizes that change per run).
     pub fn input<S: Shape>(&mut self, name: &str, kind: InputKind) -> GraphTensor<S> {
         self.add_slot(name, kind, false)

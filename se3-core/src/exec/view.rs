@@ -29,6 +29,18 @@ impl Axis {
     }
 }
 
+/// The buffer range `(start, len)` of `count` elements of a unit-stride innermost axis from
+/// logical index `q0`, if they are all inside its valid (unpadded) range.
+fn contiguous_run(inner: Axis, q0: usize, count: usize, base: i64) -> Option<(usize, usize)> {
+    let (q0, q1) = (q0 as i64, (q0 + count) as i64);
+    if inner.stride != 1 || q0 < inner.lo || q1 > inner.hi {
+        return None;
+    }
+    usize::try_from(base + q0 + inner.offset)
+        .ok()
+        .map(|p| (p, count))
+}
+
 /// A resolved strided view of a buffer.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct View {
@@ -119,6 +131,9 @@ impl View {
     }
 
     /// Fills `out` with logical elements `start .. start + out.len()` read from `src`.
+    ///
+    /// Rows whose innermost axis has unit stride and lies inside the view's valid range are
+    /// copied in one piece; other rows are read element by element.
     pub fn gather(&self, src: &[f32], start: usize, out: &mut [f32]) {
         if out.is_empty() {
             return;
@@ -168,6 +183,11 @@ impl View {
                     .copied()
                     .unwrap_or(0.0);
                 dst.fill(v);
+            } else if let Some(row) = contiguous_run(inner, idx[rank - 1], count, base)
+                .and_then(|(p, c)| src.get(p..p + c))
+            {
+                // a unit-stride run fully inside the view and the buffer: one copy
+                dst.copy_from_slice(row);
             } else {
                 let s = inner.stride as i64;
                 for (j, d) in dst.iter_mut().enumerate() {

@@ -3,6 +3,9 @@
 
 use std::marker::PhantomData;
 
+use luminal::prelude::*;
+
+use super::graph::{retype, FeatureTensors, GraphFeatures, X};
 use super::Layer;
 use crate::fiber::{Degree, DegreeOf, Features, Fiber, ScalarOnly, ScalarOp};
 
@@ -11,6 +14,9 @@ use crate::fiber::{Degree, DegreeOf, Features, Fiber, ScalarOnly, ScalarOp};
 pub trait ScalarActivation: ScalarOp {
     /// f(x).
     fn apply(&self, x: f32) -> f32;
+
+    /// f applied elementwise as graph operations.
+    fn graph(&self, x: GraphTensor<(X, X, X)>) -> GraphTensor<(X, X, X)>;
 }
 
 /// max(x, 0).
@@ -46,20 +52,33 @@ impl ScalarActivation for Relu {
     fn apply(&self, x: f32) -> f32 {
         x.max(0.0)
     }
+    fn graph(&self, x: GraphTensor<(X, X, X)>) -> GraphTensor<(X, X, X)> {
+        x.relu()
+    }
 }
 impl ScalarActivation for Silu {
     fn apply(&self, x: f32) -> f32 {
         x / (1.0 + (-x).exp())
+    }
+    fn graph(&self, x: GraphTensor<(X, X, X)>) -> GraphTensor<(X, X, X)> {
+        x.swish()
     }
 }
 impl ScalarActivation for Sigmoid {
     fn apply(&self, x: f32) -> f32 {
         1.0 / (1.0 + (-x).exp())
     }
+    fn graph(&self, x: GraphTensor<(X, X, X)>) -> GraphTensor<(X, X, X)> {
+        x.sigmoid()
+    }
 }
 impl ScalarActivation for Tanh {
     fn apply(&self, x: f32) -> f32 {
         x.tanh()
+    }
+    fn graph(&self, x: GraphTensor<(X, X, X)>) -> GraphTensor<(X, X, X)> {
+        // luminal's `tanh` subtracts an unsized constant; add the negated value instead
+        (x * 2.0).sigmoid() * 2.0 + (-1.0)
     }
 }
 
@@ -82,6 +101,32 @@ impl<F: Fiber, A: ScalarActivation, D> Activation<F, A, D> {
     }
 }
 
+impl<F, A, D> Activation<F, A, D>
+where
+    F: Fiber,
+    A: ScalarActivation,
+    D: ScalarOnly<A> + DegreeOf<F>,
+{
+    /// Adds the activation to a graph: `A` on the degree-0 tensor of `x`, other degrees
+    /// passed through (no weights).
+    pub fn build<R: Dimension>(&self, x: &GraphFeatures<F, R>) -> GraphFeatures<F, R> {
+        let spec = F::spec();
+        let degrees = spec
+            .degrees()
+            .iter()
+            .zip(x.untyped().tensors())
+            .map(|(d, t)| {
+                if d.l == D::L {
+                    retype(self.act.graph(retype(*t)))
+                } else {
+                    *t
+                }
+            })
+            .collect();
+        GraphFeatures::wrap(FeatureTensors::from_parts(spec, degrees))
+    }
+}
+
 impl<F, A, D> Layer for Activation<F, A, D>
 where
     F: Fiber,
@@ -93,5 +138,54 @@ where
 
     fn forward(&self, x: &Features<F>) -> Features<F> {
         x.activate(self.act, D::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::Rng;
+
+    use super::*;
+    use crate::exec::Session;
+    use crate::testing::rng;
+    use se3_macros::fiber;
+
+    #[fiber(0:3, 1:2)]
+    struct F;
+
+    #[test]
+    fn graph_activations_match_the_eager_ones_and_leave_higher_degrees_alone(
+    ) -> Result<(), crate::Error> {
+        let (mut r, seed) = rng();
+        let x = Features::<F>::from_fn(4, |_, _, _, _| r.gen_range(-3.0..3.0));
+        fn one<A: ScalarActivation>(
+            act: A,
+            x: &Features<F>,
+            seed: u64,
+        ) -> Result<(), crate::Error> {
+            let layer = Activation::<F, A>::new(act);
+            let want = Layer::forward(&layer, x);
+            let mut s = Session::new();
+            let gx = GraphFeatures::<F>::input(&mut s, "x");
+            layer.build(&gx).output(&mut s, "y");
+            for (k, b) in x.blocks().iter().enumerate() {
+                let l = F::spec().degrees()[k].l;
+                s.set(&format!("x.{l}"), b.data().to_vec(), &b.shape())?;
+            }
+            s.run()?;
+            for (k, b) in want.blocks().iter().enumerate() {
+                let l = F::spec().degrees()[k].l;
+                let got = s.get(&format!("y.{l}"))?.data;
+                for (g, w) in got.iter().zip(b.data()) {
+                    assert!((g - w).abs() < 1e-5, "seed {seed} {}: {g} vs {w}", A::NAME);
+                }
+            }
+            Ok(())
+        }
+        one(Relu, &x, seed)?;
+        one(Silu, &x, seed)?;
+        one(Sigmoid, &x, seed)?;
+        one(Tanh, &x, seed)?;
+        Ok(())
     }
 }

@@ -4,9 +4,223 @@ use std::marker::PhantomData;
 
 use rand::Rng;
 
+use luminal::prelude::*;
+
+use super::graph::{
+    bmm, expand_at, permute, retype, FeatureTensors, GraphFeatures, Param, ParamSource, X,
+};
 use super::Layer;
-use crate::fiber::{DegreeTensor, Features, FeedsInto, Fiber, SameDegrees};
+use crate::exec::Session;
+use crate::fiber::{DegreeSpec, DegreeTensor, Features, FeedsInto, Fiber, FiberSpec, SameDegrees};
 use crate::Error;
+
+/// Where a linear layer's weights come from, and how they are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinearLayout {
+    /// se3-transformer-pytorch `LinearSE3`: keys `<prefix>weights.<l>` of shape
+    /// `(c_in, c_out)`, used as is; no bias.
+    Se3TransformerPytorch,
+    /// e3nn `o3.Linear` between fibers of one entry per degree: key `<prefix>weight`, the flat
+    /// concatenation of the `(c_in, c_out)` blocks in degree order, scaled by
+    /// `1 / sqrt(c_in)` (path normalisation "element"); key `<prefix>bias` (degree-0 outputs)
+    /// if the layer has a bias.
+    E3nn,
+}
+
+/// Run-time per-degree channel mixing, the graph form of [`Linear`]:
+///
+/// `y_l[r, o, m] = sum_i x_l[r, i, m] W_l[i, o] + [l = 0] b[o]`
+///
+/// for every degree `l` of both `fiber_in` and `fiber_out` (se3-transformer-pytorch's
+/// `LinearSE3` keeps only those; the output fiber is `fiber_out` restricted to them).
+/// Equivariant: it never mixes degrees or m components.
+#[derive(Debug, Clone)]
+pub struct LinearLayer {
+    fiber_in: FiberSpec,
+    fiber_out: FiberSpec,
+    /// `(l, [c_in, c_out] weight)` per common degree.
+    weights: Vec<(usize, Param)>,
+    bias: Option<Param>,
+}
+
+fn common(fin: &FiberSpec, fout: &FiberSpec) -> Vec<(DegreeSpec, DegreeSpec)> {
+    fin.degrees()
+        .iter()
+        .filter_map(|i| fout.degrees().iter().find(|o| o.l == i.l).map(|o| (*i, *o)))
+        .collect()
+}
+
+impl LinearLayer {
+    /// A layer with uniform weights of variance `1 / c_in` and zero bias (if `bias`).
+    ///
+    /// # Errors
+    /// `Empty` if the fibers share no degree.
+    pub fn new(
+        fiber_in: &FiberSpec,
+        fiber_out: &FiberSpec,
+        bias: bool,
+        rng: &mut impl Rng,
+    ) -> Result<Self, Error> {
+        let pairs = common(fiber_in, fiber_out);
+        let weights = pairs
+            .iter()
+            .map(|(i, o)| {
+                let bound = (3.0 / i.channels as f32).sqrt();
+                (
+                    i.l,
+                    Param::uniform(
+                        format!("weights.{}", i.l),
+                        vec![i.channels, o.channels],
+                        bound,
+                        rng,
+                    ),
+                )
+            })
+            .collect();
+        let bias = match pairs.iter().find(|(i, _)| i.l == 0) {
+            Some((_, o)) if bias => Some(Param::new(
+                "bias".into(),
+                vec![o.channels],
+                vec![0.0; o.channels],
+            )?),
+            _ => None,
+        };
+        Self::assemble(fiber_in, fiber_out, weights, bias)
+    }
+
+    fn assemble(
+        fiber_in: &FiberSpec,
+        fiber_out: &FiberSpec,
+        weights: Vec<(usize, Param)>,
+        bias: Option<Param>,
+    ) -> Result<Self, Error> {
+        let pairs = common(fiber_in, fiber_out);
+        let out = FiberSpec::new(pairs.iter().map(|p| p.1).collect())?;
+        Ok(LinearLayer {
+            fiber_in: fiber_in.clone(),
+            fiber_out: out,
+            weights,
+            bias,
+        })
+    }
+
+    /// Loads the weights stored under `prefix` (e.g. `"convs.0.self_interact."`) in `layout`.
+    ///
+    /// # Errors
+    /// `MissingKey`, `WrongShape`, `NonFiniteWeight` from `src`; `Empty` if the fibers share no
+    /// degree.
+    pub fn load(
+        src: &mut dyn ParamSource,
+        prefix: &str,
+        fiber_in: &FiberSpec,
+        fiber_out: &FiberSpec,
+        layout: LinearLayout,
+        bias: bool,
+    ) -> Result<Self, Error> {
+        let pairs = common(fiber_in, fiber_out);
+        let mut weights = Vec::new();
+        match layout {
+            LinearLayout::Se3TransformerPytorch => {
+                for (i, o) in &pairs {
+                    let p = Param::load(
+                        src,
+                        format!("{prefix}weights.{}", i.l),
+                        vec![i.channels, o.channels],
+                    )?;
+                    weights.push((
+                        i.l,
+                        Param {
+                            key: format!("weights.{}", i.l),
+                            ..p
+                        },
+                    ));
+                }
+            }
+            LinearLayout::E3nn => {
+                let total: usize = pairs.iter().map(|(i, o)| i.channels * o.channels).sum();
+                let flat = Param::load(src, format!("{prefix}weight"), vec![total])?;
+                let mut at = 0;
+                for (i, o) in &pairs {
+                    let n = i.channels * o.channels;
+                    let scale = 1.0 / (i.channels as f32).sqrt();
+                    let data = flat.data[at..at + n].iter().map(|v| v * scale).collect();
+                    at += n;
+                    weights.push((
+                        i.l,
+                        Param::new(
+                            format!("weights.{}", i.l),
+                            vec![i.channels, o.channels],
+                            data,
+                        )?,
+                    ));
+                }
+            }
+        }
+        let bias = match pairs.iter().find(|(i, _)| i.l == 0) {
+            Some((_, o)) if bias => {
+                let p = Param::load(src, format!("{prefix}bias"), vec![o.channels])?;
+                Some(Param {
+                    key: "bias".into(),
+                    ..p
+                })
+            }
+            _ => None,
+        };
+        Self::assemble(fiber_in, fiber_out, weights, bias)
+    }
+
+    /// The input fiber.
+    pub fn fiber_in(&self) -> &FiberSpec {
+        &self.fiber_in
+    }
+
+    /// The output fiber (the degrees of both fibers, with the output channels).
+    pub fn fiber_out(&self) -> &FiberSpec {
+        &self.fiber_out
+    }
+
+    /// Adds the layer to `s`: weights become session weights `<prefix>weights.<l>` (and
+    /// `<prefix>bias`), set to this layer's values.
+    ///
+    /// # Errors
+    /// `FiberMismatch` if `x` lacks a degree of the layer or has other channel counts.
+    pub fn build<R: Dimension>(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        x: &FeatureTensors<R>,
+    ) -> Result<FeatureTensors<R>, Error> {
+        let mut out = Vec::new();
+        for (l, w) in &self.weights {
+            let t = match x.degree(*l) {
+                Some(t) if x.spec().channels(*l) == Some(w.shape[0]) => t,
+                _ => {
+                    return Err(Error::FiberMismatch {
+                        fiber: "linear layer input",
+                        expected: self.fiber_in.to_string(),
+                        found: x.spec().to_string(),
+                    })
+                }
+            };
+            let rows = super::graph::dims(t)[0];
+            let wt: GraphTensor<(X, X)> = w.declare(s, prefix)?;
+            // [r, m, ci] x [r(fake), ci, co] -> [r, m, co] -> view [r, co, m]
+            let xt: GraphTensor<(X, X, X)> = retype(permute(t, &[0, 2, 1]));
+            let wb: GraphTensor<(X, X, X)> = expand_at(wt, 0, rows);
+            let mut y: GraphTensor<(X, X, X)> = permute(bmm(xt, wb), &[0, 2, 1]);
+            if *l == 0 {
+                if let Some(b) = &self.bias {
+                    let bt: GraphTensor<(X,)> = b.declare(s, prefix)?;
+                    let b3: GraphTensor<(X, X)> = expand_at(bt, 0, rows);
+                    let b3: GraphTensor<(X, X, X)> = expand_at(b3, 2, 1);
+                    y += b3;
+                }
+            }
+            out.push(retype(y));
+        }
+        Ok(FeatureTensors::from_parts(self.fiber_out.clone(), out))
+    }
+}
 
 /// Per-degree channel mixing from fiber `In` to fiber `Out`, which have the same degrees
 /// and parities ([`SameDegrees`], so also the same group):
@@ -140,6 +354,56 @@ impl<In: Fiber, Out: Fiber> Linear<In, Out> {
             // Shapes are computed from the fibers above; a mismatch is a broken invariant.
             Err(e) => unreachable!("linear output block shape: {e}"),
         }
+    }
+}
+
+impl<In: Fiber, Out: Fiber> Linear<In, Out> {
+    /// The run-time form of this layer (same weights, `<prefix>weights.<l>` and `bias`).
+    pub fn to_layer(&self) -> LinearLayer {
+        let weights = In::DEGREES
+            .into_iter()
+            .zip(Out::DEGREES)
+            .zip(&self.weights)
+            .map(|((i, o), w)| {
+                (
+                    i.l,
+                    Param {
+                        key: format!("weights.{}", i.l),
+                        shape: vec![i.channels, o.channels],
+                        data: w.clone(),
+                    },
+                )
+            })
+            .collect();
+        let bias = (!self.bias.is_empty()).then(|| Param {
+            key: "bias".into(),
+            shape: vec![self.bias.len()],
+            data: self.bias.clone(),
+        });
+        LinearLayer {
+            fiber_in: In::spec(),
+            fiber_out: Out::spec(),
+            weights,
+            bias,
+        }
+    }
+
+    /// Adds the layer to a graph (see [`LinearLayer::build`]); weights are named
+    /// `<prefix>weights.<l>` and `<prefix>bias`.
+    ///
+    /// # Errors
+    /// Those of [`Session::set_weight`] (none for a well-formed layer).
+    pub fn build<R: Dimension>(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        x: &GraphFeatures<In, R>,
+    ) -> Result<GraphFeatures<Out, R>, Error> {
+        Ok(GraphFeatures::wrap(self.to_layer().build(
+            s,
+            prefix,
+            x.untyped(),
+        )?))
     }
 }
 

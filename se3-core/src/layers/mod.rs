@@ -4,14 +4,62 @@
 //! [`Layer`]; [`Layer::then`] chains two layers and compiles only if the first one's output
 //! fiber is the second one's input fiber ([`Follows`]). Every other connection rule is a
 //! bound on the layer's constructor (see [`crate::fiber::rules`]).
+//!
+//! # Graph layers
+//! Layers also build luminal graph operations on a [`Session`](crate::exec::Session). Each
+//! has a run-time form configured by [`FiberSpec`](crate::fiber::FiberSpec)s (for models
+//! read from JSON) and a typed form that is a thin wrapper over it:
+//!
+//! | run-time                  | typed                | graph value in / out                         |
+//! |---------------------------|----------------------|----------------------------------------------|
+//! | [`LinearLayer`]           | [`Linear<In, Out>`]  | [`FeatureTensors`] / [`GraphFeatures<F>`]    |
+//! | [`ConvLayer`]             | [`Conv<In, Out>`]    | node features + [`EdgeGraph`] + [`EdgeBasis`]|
+//! | [`NormLayer`]             | [`Norm<F>`]          | features of one fiber                        |
+//! | [`TensorProductLayer`]    | [`TensorProduct<A, B, Out>`] (`layer`, `build`) | two inputs, same rows |
+//! | [`GateLayer`]             | -                    | `0:(s+G), l:c..` -> `0:s, l:c..`             |
+//! | [`EquivariantLayerNorm`]  | -                    | features of one fiber                        |
+//! | -                         | [`Activation<F, A>`] (`build`) | degree 0 only (type-checked)       |
+//! | [`AttentionLayer`], [`AttentionBlock`], [`FeedForwardBlock`] | - | SE(3)-Transformer blocks (grouped edges) |
+//! | [`pool_nodes`]            | -                    | node readout, mean (any degree) / max (degree 0) |
+//!
+//! Usage: declare inputs (`FeatureTensors::input(&mut s, "x", &spec)`, coordinates
+//! `s.input::<(Dyn<'n'>, Const<3>)>(..)`, edges `EdgeGraph::input(&mut s, "edges", coords)`),
+//! build the kernel basis once per graph (`EdgeBasis::new(&mut s, "", &edges, max_degree)`),
+//! then `layer.build(&mut s, "prefix.", &x, ..)` per layer: each layer declares its weights as
+//! session weights `<prefix><checkpoint key>` and sets them to its values, so the session is
+//! ready to run. Layers are created fresh (`new`) or loaded from a [`ParamSource`] (`load`)
+//! in se3-transformer-pytorch's key layout (`kernel_unary.(i,o).rp.net.*`,
+//! `self_interact.weights.<l>`, `transform.<l>.scale|w_gate`) or e3nn's for linear layers
+//! ([`LinearLayout`]).
+//!
+//! Feature tensors are `[rows, channels, 2l + 1]` per degree; rows are nodes (`Dyn<'n'>`)
+//! or edges (`Dyn<'e'>`); missing edges are `-1` in `src`/`dst` and contribute nothing.
 
 pub mod activation;
+pub mod attention;
+pub mod conv;
+pub mod edges;
+pub mod gate;
+pub mod graph;
+pub mod layer_norm;
 pub mod linear;
+pub mod norm;
+pub mod pool;
+pub mod radial;
 pub mod tensor_product;
 
 pub use activation::{Activation, Relu, ScalarActivation, Sigmoid, Silu, Tanh};
-pub use linear::Linear;
-pub use tensor_product::{Path, PathSpec, TensorProduct};
+pub use attention::{AttentionBlock, AttentionLayer, AttentionOptions, FeedForwardBlock};
+pub use conv::{Conv, ConvLayer, ConvOptions, Pool};
+pub use edges::{EdgeBasis, EdgeGraph};
+pub use gate::GateLayer;
+pub use graph::{FeatureTensors, GraphFeatures, Param, ParamSource};
+pub use layer_norm::EquivariantLayerNorm;
+pub use linear::{Linear, LinearLayer, LinearLayout};
+pub use norm::{Norm, NormActivation, NormLayer, NormScale};
+pub use pool::{pool_nodes, NodePool};
+pub use radial::{RadialMlp, RADIAL_HIDDEN};
+pub use tensor_product::{Path, PathSpec, ProductMode, TensorProduct, TensorProductLayer};
 
 use crate::fiber::{Features, Fiber, Follows};
 

@@ -9,6 +9,7 @@
 //! - [`neighbors()`]: exact k-nearest / radius neighbours with masks.
 //! - [`top_k()`], [`take_along_rows()`]: best `K` entries per row of any score matrix.
 //! - [`adjacency_degrees()`]: N-th degree neighbours of a sparse adjacency.
+//! - [`layer_norm_gelu()`]: bias + LayerNorm + exact GELU per row in one pass (radial networks).
 //! - [`edge_conv()`]: the fused edge kernel (gather · per-edge weights → scatter-add) and the
 //!   compiler pass that swaps it in for the unfused pattern.
 //!
@@ -26,6 +27,7 @@ use luminal::prelude::{symbolic::Expression, *};
 pub mod adjacency;
 pub mod edge_conv;
 pub mod gather;
+pub mod layer_norm_gelu;
 pub mod neighbors;
 pub mod relative_positions;
 pub mod scatter_add;
@@ -35,6 +37,7 @@ pub mod top_k;
 pub use adjacency::adjacency_degrees;
 pub use edge_conv::{edge_conv, edge_conv_diag, edge_conv_diag_unfused, edge_conv_unfused};
 pub use gather::{gather, gather3};
+pub use layer_norm_gelu::layer_norm_gelu;
 pub use neighbors::{neighbors, neighbors_in_batches, Edges, NeighborSpec, Neighbors};
 pub use relative_positions::{distances, relative_positions};
 pub use scatter_add::{scatter_add, scatter_add3};

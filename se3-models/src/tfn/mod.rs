@@ -6,6 +6,10 @@
 //! radius), pooling is a masked mean over `mask[i] & mask[j]`. Outputs `type<l>` of shape
 //! (b, n, channels, 2l+1) for every degree of the last fiber.
 
+#[cfg(test)]
+mod attention_parity;
+pub mod graph;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,461 @@
+//! SE(3)-Transformer equivariant attention (se3-transformer-pytorch's `AttentionSE3`) and its
+//! pre-norm residual blocks, as graph builders.
+
+use luminal::prelude::{symbolic::Expression, *};
+use rand::Rng;
+
+use super::conv::{ConvLayer, ConvOptions, Pool};
+use super::edges::{EdgeBasis, EdgeGraph};
+use super::graph::{
+    add_views, dims, expand_at, reshape, retype, FeatureTensors, ParamSource, E, N, X,
+};
+use super::linear::{LinearLayer, LinearLayout};
+use super::norm::{NormActivation, NormLayer, NormScale};
+use crate::exec::Session;
+use crate::fiber::{DegreeSpec, FiberSpec};
+use crate::ops::gather3;
+use crate::Error;
+
+/// Options of an attention layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionOptions {
+    /// Number of heads.
+    pub heads: usize,
+    /// Channels per head and degree.
+    pub dim_head: usize,
+    /// Let every node attend to itself too (keys/values `to_self_k`, `to_self_v`).
+    pub attend_self: bool,
+    /// Width of edge features fed to the key/value convolutions' radial networks.
+    pub edge_dim: usize,
+    /// Fourier features of the distance for the radial networks.
+    pub fourier: Option<usize>,
+}
+
+impl Default for AttentionOptions {
+    fn default() -> Self {
+        AttentionOptions {
+            heads: 4,
+            dim_head: 16,
+            attend_self: true,
+            edge_dim: 0,
+            fourier: None,
+        }
+    }
+}
+
+/// Equivariant multi-head attention over each node's neighbourhood, per degree `l`:
+///
+/// - queries `q_i = to_q(x_i)` (a [`LinearLayer`]), keys `k_e` and values `v_e` per edge from
+///   unpooled convolutions `to_k`, `to_v` ([`ConvLayer::messages`]); with `attend_self`, the
+///   node's own `to_self_k(x_i)`, `to_self_v(x_i)` join its candidates;
+/// - logits `a_e = sum_{c in head, m} q_i[c, m] k_e[c, m] / sqrt(dim_head)` (invariant: an
+///   inner product of two degree-l features), softmax over the node's valid candidates;
+/// - `out_i = to_out(sum_e a_e v_e)` (`to_out` only if `heads > 1` or the fiber's channels
+///   differ from `dim_head`, as the library).
+///
+/// Keys as se3-transformer-pytorch (`to_q.weights.<l>`, `to_k.kernel_unary...`,
+/// `to_v.kernel_unary...`, `to_self_k.weights.<l>`, `to_out.weights.<l>`). The edges must be
+/// grouped by destination ([`EdgeGraph::per_node`], e.g. [`EdgeGraph::from_neighbors`]);
+/// missing edges take no part (a node with no valid candidate gets 0 before `to_out`, where
+/// se3-transformer-pytorch averages the values of its masked neighbours uniformly; with
+/// `attend_self` every node has a valid candidate and both agree).
+#[derive(Debug, Clone)]
+pub struct AttentionLayer {
+    fiber: FiberSpec,
+    options: AttentionOptions,
+    to_q: LinearLayer,
+    to_k: ConvLayer,
+    to_v: ConvLayer,
+    self_kv: Option<(LinearLayer, LinearLayer)>,
+    to_out: Option<LinearLayer>,
+}
+
+fn hidden_fiber(fiber: &FiberSpec, c: usize) -> Result<FiberSpec, Error> {
+    FiberSpec::new(
+        fiber
+            .degrees()
+            .iter()
+            .map(|d| DegreeSpec::new(d.l, c, d.parity))
+            .collect(),
+    )
+}
+
+fn projects_out(fiber: &FiberSpec, o: &AttentionOptions) -> bool {
+    !(o.heads == 1 && fiber.degrees().iter().all(|d| d.channels == o.dim_head))
+}
+
+impl AttentionLayer {
+    /// A layer with fresh weights.
+    ///
+    /// # Errors
+    /// `ZeroChannels` for `heads * dim_head = 0`.
+    pub fn new(
+        fiber: &FiberSpec,
+        options: AttentionOptions,
+        rng: &mut impl Rng,
+    ) -> Result<Self, Error> {
+        let hidden = hidden_fiber(fiber, options.heads * options.dim_head)?;
+        let conv = ConvOptions {
+            edge_dim: options.edge_dim,
+            fourier: options.fourier,
+            self_interaction: false,
+            pool: Pool::Sum,
+        };
+        Ok(AttentionLayer {
+            fiber: fiber.clone(),
+            options,
+            to_q: LinearLayer::new(fiber, &hidden, false, rng)?,
+            to_k: ConvLayer::new(fiber, &hidden, conv, rng)?,
+            to_v: ConvLayer::new(fiber, &hidden, conv, rng)?,
+            self_kv: if options.attend_self {
+                Some((
+                    LinearLayer::new(fiber, &hidden, false, rng)?,
+                    LinearLayer::new(fiber, &hidden, false, rng)?,
+                ))
+            } else {
+                None
+            },
+            to_out: if projects_out(fiber, &options) {
+                Some(LinearLayer::new(&hidden, fiber, false, rng)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Loads an `AttentionSE3` checkpoint under `prefix` (e.g. `"net.0.0.attn."`).
+    ///
+    /// # Errors
+    /// `MissingKey`, `WrongShape`, `NonFiniteWeight`.
+    pub fn load(
+        src: &mut dyn ParamSource,
+        prefix: &str,
+        fiber: &FiberSpec,
+        options: AttentionOptions,
+    ) -> Result<Self, Error> {
+        let hidden = hidden_fiber(fiber, options.heads * options.dim_head)?;
+        let conv = ConvOptions {
+            edge_dim: options.edge_dim,
+            fourier: options.fourier,
+            self_interaction: false,
+            pool: Pool::Sum,
+        };
+        let se3t = LinearLayout::Se3TransformerPytorch;
+        let lin = |src: &mut dyn ParamSource, name: &str, a: &FiberSpec, b: &FiberSpec| {
+            LinearLayer::load(src, &format!("{prefix}{name}."), a, b, se3t, false)
+        };
+        Ok(AttentionLayer {
+            fiber: fiber.clone(),
+            options,
+            to_q: lin(src, "to_q", fiber, &hidden)?,
+            to_v: ConvLayer::load(src, &format!("{prefix}to_v."), fiber, &hidden, conv)?,
+            to_k: ConvLayer::load(src, &format!("{prefix}to_k."), fiber, &hidden, conv)?,
+            self_kv: if options.attend_self {
+                Some((
+                    lin(src, "to_self_k", fiber, &hidden)?,
+                    lin(src, "to_self_v", fiber, &hidden)?,
+                ))
+            } else {
+                None
+            },
+            to_out: if projects_out(fiber, &options) {
+                Some(lin(src, "to_out", &hidden, fiber)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// The fiber (input and output).
+    pub fn fiber(&self) -> &FiberSpec {
+        &self.fiber
+    }
+
+    /// Adds the attention to `s`.
+    ///
+    /// # Errors
+    /// `FiberMismatch` for another input fiber; `InvalidOp` if the edges are not grouped by
+    /// destination; those of the convolutions.
+    pub fn build(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        x: &FeatureTensors<N>,
+        edges: &EdgeGraph,
+        basis: &EdgeBasis,
+    ) -> Result<FeatureTensors<N>, Error> {
+        let k: Expression = edges.per_node.ok_or(Error::InvalidOp {
+            op: "attention",
+            problem: "the edges must be grouped by destination (EdgeGraph::per_node)",
+        })?;
+        if x.spec() != &self.fiber {
+            return Err(Error::FiberMismatch {
+                fiber: "attention input",
+                expected: self.fiber.to_string(),
+                found: x.spec().to_string(),
+            });
+        }
+        let (h, dh) = (self.options.heads, self.options.dim_head);
+        let scale = 1.0 / (dh as f32).sqrt();
+        let q = self.to_q.build(s, &format!("{prefix}to_q."), x)?;
+        let keys = self
+            .to_k
+            .messages(s, &format!("{prefix}to_k."), x, edges, basis)?;
+        let values = self
+            .to_v
+            .messages(s, &format!("{prefix}to_v."), x, edges, basis)?;
+        let selfkv = match &self.self_kv {
+            Some((sk, sv)) => Some((
+                sk.build(s, &format!("{prefix}to_self_k."), x)?,
+                sv.build(s, &format!("{prefix}to_self_v."), x)?,
+            )),
+            None => None,
+        };
+        let n = dims(x.tensors()[0])[0];
+        let valid: GraphTensor<(X, X)> = reshape(edges.valid, &[n, k]);
+        let mut out = Vec::new();
+        for (i, d) in self.fiber.degrees().iter().enumerate() {
+            let m = d.width();
+            let qn: GraphTensor<(N, X, X)> = q.tensors()[i];
+            let qe: GraphTensor<(X, X, X)> = retype(gather3::<N, X, X, E>(qn, edges.dst));
+            let ke: GraphTensor<(X, X, X)> = retype(keys.tensors()[i]);
+            // logits (N, k, h)
+            let prod: GraphTensor<(X, X, X, X)> =
+                reshape(qe * ke, &[n, k, h.into(), (dh * m).into()]);
+            let logits: GraphTensor<(X, X, X)> = prod.sum_reduce::<(X, X, X), Axis<3>>() * scale;
+            let vmask: GraphTensor<(X, X, X)> = expand_at(valid, 2, h);
+            let logits = logits + (vmask + (-1.0)) * 1e30;
+            let mut all = logits;
+            if let Some((sk, _)) = &selfkv {
+                let qs: GraphTensor<(X, X, X)> = retype(qn);
+                let ks: GraphTensor<(X, X, X)> = retype(sk.tensors()[i]);
+                let ps: GraphTensor<(X, X, X)> = reshape(qs * ks, &[n, h.into(), (dh * m).into()]);
+                let ls: GraphTensor<(X, X, X)> =
+                    expand_at(ps.sum_reduce::<(X, X), Axis<2>>() * scale, 1, 1);
+                // candidates [self, neighbours]: (N, 1 + k, h)
+                let a: GraphTensor<(X, X, X)> =
+                    ls.contiguous().pad::<(X, X, X), Expression, Expression>(&[
+                        (0.into(), 0.into()),
+                        (0.into(), k),
+                        (0.into(), 0.into()),
+                    ]);
+                let b: GraphTensor<(X, X, X)> = logits
+                    .contiguous()
+                    .pad::<(X, X, X), Expression, Expression>(&[
+                        (0.into(), 0.into()),
+                        (1.into(), 0.into()),
+                        (0.into(), 0.into()),
+                    ]);
+                all = add_views(a, b);
+            }
+            let kk = dims(all)[1];
+            let mx: GraphTensor<(X, X)> = all.max_reduce::<(X, X), Axis<1>>();
+            let ex = (all - expand_at::<_, (X, X, X)>(mx, 1, kk)).exp();
+            let den: GraphTensor<(X, X)> = ex.sum_reduce::<(X, X), Axis<1>>();
+            let att = ex * expand_at::<_, (X, X, X)>(den.recip(), 1, kk);
+            // weighted values of the neighbours
+            let (att_self, att_nb) = if selfkv.is_some() {
+                (Some(slice1(att, 0, 1.into())), slice1(att, 1, kk))
+            } else {
+                (None, att)
+            };
+            let ve: GraphTensor<(X, X, X, X)> =
+                reshape(values.tensors()[i], &[n, k, h.into(), (dh * m).into()]);
+            let w4: GraphTensor<(X, X, X, X)> = expand_at(att_nb, 3, dh * m);
+            let mut o: GraphTensor<(X, X, X)> = (ve * w4).sum_reduce::<(X, X, X), Axis<1>>();
+            if let (Some(a0), Some((_, sv))) = (att_self, &selfkv) {
+                let vs: GraphTensor<(X, X, X)> =
+                    reshape(sv.tensors()[i], &[n, h.into(), (dh * m).into()]);
+                let a2: GraphTensor<(X, X)> = reshape(a0, &[n, h.into()]);
+                o += vs * expand_at::<_, (X, X, X)>(a2, 2, dh * m);
+            }
+            out.push(retype(reshape::<_, (X, X, X)>(
+                o,
+                &[n, (h * dh).into(), m.into()],
+            )));
+        }
+        let hidden = hidden_fiber(&self.fiber, h * dh)?;
+        let y = FeatureTensors::from_parts(hidden, out);
+        match &self.to_out {
+            Some(lin) => lin.build(s, &format!("{prefix}to_out."), &y),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Rows `start..end` of axis 1, contiguous.
+fn slice1(t: GraphTensor<(X, X, X)>, start: usize, end: Expression) -> GraphTensor<(X, X, X)> {
+    let d = dims(t);
+    let mut sh = t.shape;
+    sh.slice(&[(0.into(), d[0]), (start.into(), end), (0.into(), d[2])]);
+    GraphTensor::<(X, X, X)>::from_id(t.id, sh, t.graph_ref).contiguous()
+}
+
+/// `AttentionBlockSE3`: `x + Attention(NormSE3(x))` (keys `prenorm.*`, `attn.*`).
+#[derive(Debug, Clone)]
+pub struct AttentionBlock {
+    prenorm: NormLayer,
+    attn: AttentionLayer,
+}
+
+impl AttentionBlock {
+    /// A block with fresh weights.
+    ///
+    /// # Errors
+    /// As [`AttentionLayer::new`].
+    pub fn new(
+        fiber: &FiberSpec,
+        options: AttentionOptions,
+        gated: bool,
+        rng: &mut impl Rng,
+    ) -> Result<Self, Error> {
+        let scale = if gated {
+            NormScale::Gated
+        } else {
+            NormScale::PerChannel
+        };
+        Ok(AttentionBlock {
+            prenorm: NormLayer::new(fiber, scale, NormActivation::Gelu),
+            attn: AttentionLayer::new(fiber, options, rng)?,
+        })
+    }
+
+    /// Loads an `AttentionBlockSE3` under `prefix`.
+    ///
+    /// # Errors
+    /// As [`AttentionLayer::load`] and [`NormLayer::load`].
+    pub fn load(
+        src: &mut dyn ParamSource,
+        prefix: &str,
+        fiber: &FiberSpec,
+        options: AttentionOptions,
+        gated: bool,
+    ) -> Result<Self, Error> {
+        let scale = if gated {
+            NormScale::Gated
+        } else {
+            NormScale::PerChannel
+        };
+        Ok(AttentionBlock {
+            attn: AttentionLayer::load(src, &format!("{prefix}attn."), fiber, options)?,
+            prenorm: NormLayer::load(
+                src,
+                &format!("{prefix}prenorm."),
+                fiber,
+                scale,
+                NormActivation::Gelu,
+            )?,
+        })
+    }
+
+    /// Adds the block to `s`.
+    ///
+    /// # Errors
+    /// As [`AttentionLayer::build`].
+    pub fn build(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        x: &FeatureTensors<N>,
+        edges: &EdgeGraph,
+        basis: &EdgeBasis,
+    ) -> Result<FeatureTensors<N>, Error> {
+        let y = self.prenorm.build(s, &format!("{prefix}prenorm."), x)?;
+        let y = self
+            .attn
+            .build(s, &format!("{prefix}attn."), &y, edges, basis)?;
+        Ok(y.residual(x))
+    }
+}
+
+/// `FeedForwardBlockSE3`: `x + Linear(NormSE3(Linear_(4x)(NormSE3(x))))` (keys `prenorm.*`,
+/// `feedforward.project_in.*`, `feedforward.nonlin.*`, `feedforward.project_out.*`).
+#[derive(Debug, Clone)]
+pub struct FeedForwardBlock {
+    prenorm: NormLayer,
+    project_in: LinearLayer,
+    nonlin: NormLayer,
+    project_out: LinearLayer,
+}
+
+impl FeedForwardBlock {
+    /// Loads a `FeedForwardBlockSE3` under `prefix`.
+    ///
+    /// # Errors
+    /// `MissingKey`, `WrongShape`, `NonFiniteWeight`.
+    pub fn load(
+        src: &mut dyn ParamSource,
+        prefix: &str,
+        fiber: &FiberSpec,
+        gated: bool,
+    ) -> Result<Self, Error> {
+        let scale = if gated {
+            NormScale::Gated
+        } else {
+            NormScale::PerChannel
+        };
+        let hidden = FiberSpec::new(
+            fiber
+                .degrees()
+                .iter()
+                .map(|d| DegreeSpec::new(d.l, 4 * d.channels, d.parity))
+                .collect(),
+        )?;
+        let se3t = LinearLayout::Se3TransformerPytorch;
+        Ok(FeedForwardBlock {
+            prenorm: NormLayer::load(
+                src,
+                &format!("{prefix}prenorm."),
+                fiber,
+                scale,
+                NormActivation::Gelu,
+            )?,
+            project_in: LinearLayer::load(
+                src,
+                &format!("{prefix}feedforward.project_in."),
+                fiber,
+                &hidden,
+                se3t,
+                false,
+            )?,
+            nonlin: NormLayer::load(
+                src,
+                &format!("{prefix}feedforward.nonlin."),
+                &hidden,
+                NormScale::PerChannel,
+                NormActivation::Gelu,
+            )?,
+            project_out: LinearLayer::load(
+                src,
+                &format!("{prefix}feedforward.project_out."),
+                &hidden,
+                fiber,
+                se3t,
+                false,
+            )?,
+        })
+    }
+
+    /// Adds the block to `s`.
+    ///
+    /// # Errors
+    /// `FiberMismatch` for another input fiber.
+    pub fn build(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        x: &FeatureTensors<N>,
+    ) -> Result<FeatureTensors<N>, Error> {
+        let y = self.prenorm.build(s, &format!("{prefix}prenorm."), x)?;
+        let y = self
+            .project_in
+            .build(s, &format!("{prefix}feedforward.project_in."), &y)?;
+        let y = self
+            .nonlin
+            .build(s, &format!("{prefix}feedforward.nonlin."), &y)?;
+        let y = self
+            .project_out
+            .build(s, &format!("{prefix}feedforward.project_out."), &y)?;
+        Ok(y.residual(x))
+    }
+}

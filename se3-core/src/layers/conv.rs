@@ -1,0 +1,658 @@
+//! The Tensor Field Network convolution (se3-transformer-pytorch's `ConvSE3`) as a graph
+//! builder: run-time [`ConvLayer`] and the typed [`Conv<In, Out>`] over it.
+
+use std::marker::PhantomData;
+
+use luminal::prelude::*;
+use rand::Rng;
+
+use super::edges::{EdgeBasis, EdgeGraph};
+use super::graph::{
+    bmm, dims, expand_at, mm, permute, reshape, retype, transpose, DegreeGraphTensor,
+    FeatureTensors, GraphFeatures, ParamSource, E, N, X,
+};
+use super::linear::{LinearLayer, LinearLayout};
+use super::radial::RadialMlp;
+use crate::exec::Session;
+use crate::fiber::{Fiber, FiberSpec};
+use crate::ops::{gather3, scatter_add3};
+use crate::Error;
+
+/// How messages of a node's edges are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    /// Mean over the node's valid edges (0 for a node without any), as `ConvSE3(pool=True)`.
+    Mean,
+    /// Sum over the node's valid edges.
+    Sum,
+}
+
+/// Options of a convolution besides its fibers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvOptions {
+    /// Width of the per-edge features fed to the radial network next to the distance.
+    pub edge_dim: usize,
+    /// Fourier-encode the distance with this many frequencies (`fourier_encode`).
+    pub fourier: Option<usize>,
+    /// Add a `LinearSE3` of the node's own features (keys `self_interact.weights.<l>`).
+    pub self_interaction: bool,
+    /// Pooling of messages into nodes.
+    pub pool: Pool,
+}
+
+impl Default for ConvOptions {
+    fn default() -> Self {
+        ConvOptions {
+            edge_dim: 0,
+            fourier: None,
+            self_interaction: true,
+            pool: Pool::Mean,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PairKernel {
+    d_in: usize,
+    c_in: usize,
+    d_out: usize,
+    c_out: usize,
+    radial: RadialMlp,
+}
+
+/// The TFN / SE(3)-Transformer convolution from `fiber_in` to `fiber_out`:
+///
+/// `m_e[o, p] = sum_{d_in} sum_{c, f} R_f(|r_e|, a_e)[o, c] sum_q K_f(r_e)[p, q] x_{src e}[c, q]`
+///
+/// for every output degree, with `K_f` the kernel basis ([`EdgeBasis`]) and `R` a radial
+/// network per degree pair ([`RadialMlp`], fed the distance and optional edge features
+/// `a_e`), then pooled into `dst e` (mean or sum over valid edges) and plus an optional
+/// self-interaction `LinearSE3(x)`. Equivariant because `K_f(R r) = D^{d_out}(R) K_f(r)
+/// D^{d_in}(R)^T` and `R` sees only invariants. Weights and keys as se3-transformer-pytorch
+/// (`kernel_unary.(d_in,d_out).rp.net.*`, `self_interact.weights.<l>`), so `ConvSE3`
+/// checkpoints load.
+#[derive(Debug, Clone)]
+pub struct ConvLayer {
+    fiber_in: FiberSpec,
+    fiber_out: FiberSpec,
+    options: ConvOptions,
+    pairs: Vec<PairKernel>,
+    self_interact: Option<LinearLayer>,
+}
+
+/// Whether the fibers have a degree in common (else self-interaction has no weights).
+fn shares_degree(a: &FiberSpec, b: &FiberSpec) -> bool {
+    a.degrees().iter().any(|d| b.channels(d.l).is_some())
+}
+
+fn radial_in(o: &ConvOptions) -> usize {
+    1 + o.edge_dim + o.fourier.map_or(0, |k| 2 * k)
+}
+
+impl ConvLayer {
+    /// A convolution with freshly initialised weights (self-interaction, if asked for, on the
+    /// degrees both fibers have; none if they share no degree).
+    ///
+    /// # Errors
+    /// None for valid fiber specs.
+    pub fn new(
+        fiber_in: &FiberSpec,
+        fiber_out: &FiberSpec,
+        options: ConvOptions,
+        rng: &mut impl Rng,
+    ) -> Result<Self, Error> {
+        let mut pairs = Vec::new();
+        for i in fiber_in.degrees() {
+            for o in fiber_out.degrees() {
+                let nf = 2 * i.l.min(o.l) + 1;
+                pairs.push(PairKernel {
+                    d_in: i.l,
+                    c_in: i.channels,
+                    d_out: o.l,
+                    c_out: o.channels,
+                    radial: RadialMlp::new(radial_in(&options), nf * i.channels * o.channels, rng),
+                });
+            }
+        }
+        let self_interact = if options.self_interaction && shares_degree(fiber_in, fiber_out) {
+            Some(LinearLayer::new(fiber_in, fiber_out, false, rng)?)
+        } else {
+            None
+        };
+        Ok(ConvLayer {
+            fiber_in: fiber_in.clone(),
+            fiber_out: fiber_out.clone(),
+            options,
+            pairs,
+            self_interact,
+        })
+    }
+
+    /// Loads a `ConvSE3` checkpoint stored under `prefix` (e.g. `"convs.0."`).
+    ///
+    /// # Errors
+    /// `MissingKey`, `WrongShape`, `NonFiniteWeight`.
+    pub fn load(
+        src: &mut dyn ParamSource,
+        prefix: &str,
+        fiber_in: &FiberSpec,
+        fiber_out: &FiberSpec,
+        options: ConvOptions,
+    ) -> Result<Self, Error> {
+        let mut pairs = Vec::new();
+        for i in fiber_in.degrees() {
+            for o in fiber_out.degrees() {
+                let nf = 2 * i.l.min(o.l) + 1;
+                let radial = RadialMlp::load(
+                    src,
+                    &format!("{prefix}kernel_unary.({},{}).rp.", i.l, o.l),
+                    radial_in(&options),
+                    nf * i.channels * o.channels,
+                )?;
+                pairs.push(PairKernel {
+                    d_in: i.l,
+                    c_in: i.channels,
+                    d_out: o.l,
+                    c_out: o.channels,
+                    radial,
+                });
+            }
+        }
+        let self_interact = if options.self_interaction && shares_degree(fiber_in, fiber_out) {
+            Some(LinearLayer::load(
+                src,
+                &format!("{prefix}self_interact."),
+                fiber_in,
+                fiber_out,
+                LinearLayout::Se3TransformerPytorch,
+                false,
+            )?)
+        } else {
+            None
+        };
+        Ok(ConvLayer {
+            fiber_in: fiber_in.clone(),
+            fiber_out: fiber_out.clone(),
+            options,
+            pairs,
+            self_interact,
+        })
+    }
+
+    /// The input fiber.
+    pub fn fiber_in(&self) -> &FiberSpec {
+        &self.fiber_in
+    }
+
+    /// The output fiber.
+    pub fn fiber_out(&self) -> &FiberSpec {
+        &self.fiber_out
+    }
+
+    /// The options.
+    pub fn options(&self) -> ConvOptions {
+        self.options
+    }
+
+    fn check_input(&self, x: &FeatureTensors<N>, basis: &EdgeBasis) -> Result<(), Error> {
+        if x.spec() != &self.fiber_in {
+            return Err(Error::FiberMismatch {
+                fiber: "convolution input",
+                expected: self.fiber_in.to_string(),
+                found: x.spec().to_string(),
+            });
+        }
+        let need = self
+            .fiber_in
+            .degrees()
+            .iter()
+            .chain(self.fiber_out.degrees())
+            .map(|d| d.l)
+            .max()
+            .unwrap_or(0);
+        if need > basis.max_degree() {
+            return Err(Error::DegreeTooHigh {
+                l: need,
+                max: basis.max_degree(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The message of one degree pair on every edge, `(E, c_out, 2 d_out + 1)`, with the
+    /// per-edge radial weights formed.
+    #[allow(clippy::too_many_arguments)]
+    fn pair_message(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        p: &PairKernel,
+        xl: GraphTensor<(N, X, X)>,
+        edges: &EdgeGraph,
+        basis: &EdgeBasis,
+        input: GraphTensor<(E, X)>,
+    ) -> Result<GraphTensor<(X, X, X)>, Error> {
+        let e = dims(edges.dist)[0];
+        let (mo, nf) = (2 * p.d_out + 1, 2 * p.d_in.min(p.d_out) + 1);
+        // R = W h + b: the per-edge part W h, and the bias applied to Kx as one broadcast
+        // product b Kx (no pass over the (E, c_out c_in nf) weights to add it).
+        let (h, w, b) = p.radial.build_hidden(
+            s,
+            &format!("{prefix}kernel_unary.({},{}).rp.", p.d_in, p.d_out),
+            input,
+        )?;
+        let r = mm(retype(h), transpose(w));
+        let cf = p.c_in * nf;
+        let r: GraphTensor<(X, X, X)> = reshape(r, &[e, p.c_out.into(), cf.into()]);
+        let xs: GraphTensor<(X, X, X)> = retype(gather3::<N, X, X, E>(xl, edges.src));
+        // Kx[e, c, (f, o)] = sum_q x[src e, c, q] K[e, q, (f, o)]
+        let kx = bmm(xs, retype(basis.block(p.d_in, p.d_out)?));
+        let kx: GraphTensor<(X, X, X)> = reshape(kx, &[e, cf.into(), mo.into()]);
+        let b2: GraphTensor<(X, X)> = reshape(b, &[p.c_out.into(), cf.into()]);
+        Ok(bmm(r, kx) + bmm(expand_at(b2, 0, e), kx))
+    }
+
+    /// Per-edge messages `m_e` (`(E, c_out, 2 d_out + 1)` per output degree), before pooling
+    /// and self-interaction (the keys and values of attention).
+    ///
+    /// # Errors
+    /// `FiberMismatch` if `x` is not `fiber_in`, `DegreeTooHigh` if `basis` is too small,
+    /// `LengthMismatch` if the edge features' width is not `edge_dim`.
+    pub fn messages(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        x: &FeatureTensors<N>,
+        edges: &EdgeGraph,
+        basis: &EdgeBasis,
+    ) -> Result<FeatureTensors<E>, Error> {
+        self.check_input(x, basis)?;
+        self.check_edge_dim(edges)?;
+        let input = edges.radial_input(s, self.options.fourier)?;
+        let mut out: Vec<Option<GraphTensor<(E, X, X)>>> =
+            vec![None; self.fiber_out.degrees().len()];
+        for p in &self.pairs {
+            let xl = x.degree(p.d_in).ok_or(Error::FiberMismatch {
+                fiber: "convolution input",
+                expected: self.fiber_in.to_string(),
+                found: x.spec().to_string(),
+            })?;
+            let m = self.pair_message(s, prefix, p, xl, edges, basis, input)?;
+            let slot = self
+                .fiber_out
+                .degrees()
+                .iter()
+                .position(|d| d.l == p.d_out)
+                .unwrap_or(0);
+            out[slot] = Some(match out[slot] {
+                None => retype(m),
+                Some(acc) => acc + retype(m),
+            });
+        }
+        let degrees = out
+            .into_iter()
+            .map(|t| {
+                t.ok_or(Error::Empty {
+                    what: "convolution input fiber",
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(FeatureTensors::from_parts(self.fiber_out.clone(), degrees))
+    }
+
+    /// The weighted sums `sum_e w_e m_e` into each node, reassociated around the radial
+    /// network's last (linear) layer `R = W h + b` (edges grouped by destination, `k` per node):
+    ///
+    /// `out_i[o, p] = sum_{c,f,h} W[(o,c,f), h] A_i[h, (c,f), p] + sum_{c,f} b[(o,c,f)] B_i[(c,f), p]`,
+    /// `A_i = sum_e w_e h_e (x) Kx_e`, `B_i = sum_e w_e Kx_e`,
+    ///
+    /// so the per-edge weights `R_e` (c_out c_in nf values per edge and pair) are never formed
+    /// and the GEMM with `W` runs per node instead of per edge.
+    #[allow(clippy::too_many_arguments)]
+    fn pooled_reassociated(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        x: &FeatureTensors<N>,
+        edges: &EdgeGraph,
+        basis: &EdgeBasis,
+        w: GraphTensor<(E,)>,
+        k: luminal::prelude::symbolic::Expression,
+    ) -> Result<Vec<DegreeGraphTensor>, Error> {
+        self.check_input(x, basis)?;
+        self.check_edge_dim(edges)?;
+        let input = edges.radial_input(s, self.options.fourier)?;
+        let e = dims(edges.dist)[0];
+        let n = dims(x.tensors()[0])[0];
+        let hd = super::radial::RADIAL_HIDDEN;
+        let mut out: Vec<Option<GraphTensor<(X, X, X)>>> =
+            vec![None; self.fiber_out.degrees().len()];
+        for p in &self.pairs {
+            let (mo, nf) = (2 * p.d_out + 1, 2 * p.d_in.min(p.d_out) + 1);
+            let cf = p.c_in * nf;
+            let xl = x.degree(p.d_in).ok_or(Error::FiberMismatch {
+                fiber: "convolution input",
+                expected: self.fiber_in.to_string(),
+                found: x.spec().to_string(),
+            })?;
+            // Reassociate only where it moves less data: per node, A' holds (2 d_out + 1) c_in nf
+            // x 128 values against k c_out c_in nf per-edge weights.
+            let k_est = k.to_usize().unwrap_or(16);
+            if mo * hd >= k_est * p.c_out {
+                let m = self.pair_message(s, prefix, p, xl, edges, basis, input)?;
+                let w3: GraphTensor<(X, X)> = expand_at(retype::<_, (X,)>(w), 1, p.c_out);
+                let mw = m * expand_at::<_, (X, X, X)>(w3, 2, mo);
+                let mw: GraphTensor<(X, X, X, X)> = reshape(mw, &[n, k, p.c_out.into(), mo.into()]);
+                let y: GraphTensor<(X, X, X)> = mw.sum_reduce::<(X, X, X), Axis<1>>();
+                let slot = self
+                    .fiber_out
+                    .degrees()
+                    .iter()
+                    .position(|d| d.l == p.d_out)
+                    .unwrap_or(0);
+                out[slot] = Some(match out[slot] {
+                    None => y,
+                    Some(acc) => acc + y,
+                });
+                continue;
+            }
+            let (h, wl, bl) = p.radial.build_hidden(
+                s,
+                &format!("{prefix}kernel_unary.({},{}).rp.", p.d_in, p.d_out),
+                input,
+            )?;
+            let xs: GraphTensor<(X, X, X)> = retype(gather3::<N, X, X, E>(xl, edges.src));
+            // Kx[e, c, (f, p)] -> weighted, laid out (E, p, (c, f)) -> (N, k, mo cf)
+            let kx = bmm(xs, retype(basis.block(p.d_in, p.d_out)?));
+            let kx: GraphTensor<(X, X, X)> = reshape(kx, &[e, cf.into(), mo.into()]);
+            let kx = permute(kx, &[0, 2, 1]);
+            let w3: GraphTensor<(X, X)> = expand_at(retype::<_, (X,)>(w), 1, mo);
+            let kxw = kx * expand_at::<_, (X, X, X)>(w3, 2, cf);
+            let kxw: GraphTensor<(X, X, X)> = reshape(kxw, &[n, k, (mo * cf).into()]);
+            // A'[i, (p, c, f), h] = sum_kk Kxw[i, kk, (p, c, f)] h[i, kk, h]: rows (i, p), columns
+            // ((c, f), h) of one GEMM with W viewed as ((c, f, h), o).
+            let hk: GraphTensor<(X, X, X)> = reshape(h, &[n, k, hd.into()]);
+            let a = bmm(permute(kxw, &[0, 2, 1]), hk);
+            let a: GraphTensor<(X, X)> = reshape(a, &[n * mo, (cf * hd).into()]);
+            let w2 = transpose(reshape(wl, &[p.c_out.into(), (cf * hd).into()]));
+            let bsum: GraphTensor<(X, X)> = kxw.sum_reduce::<(X, X), Axis<1>>();
+            let bsum: GraphTensor<(X, X)> = reshape(bsum, &[n * mo, cf.into()]);
+            let b2 = transpose(reshape(bl, &[p.c_out.into(), cf.into()]));
+            let y2 = mm(a, w2) + mm(bsum, b2);
+            let y: GraphTensor<(X, X, X)> =
+                permute(reshape(y2, &[n, mo.into(), p.c_out.into()]), &[0, 2, 1]);
+            let slot = self
+                .fiber_out
+                .degrees()
+                .iter()
+                .position(|d| d.l == p.d_out)
+                .unwrap_or(0);
+            out[slot] = Some(match out[slot] {
+                None => y,
+                Some(acc) => acc + y,
+            });
+        }
+        out.into_iter()
+            .map(|t| {
+                t.map(retype).ok_or(Error::Empty {
+                    what: "convolution input fiber",
+                })
+            })
+            .collect()
+    }
+
+    fn check_edge_dim(&self, edges: &EdgeGraph) -> Result<(), Error> {
+        let found = edges
+            .edge_features
+            .map_or(0, |f| dims(f)[1].to_usize().unwrap_or(0));
+        if found != self.options.edge_dim {
+            return Err(Error::LengthMismatch {
+                what: "edge features per edge (the conv's edge_dim)",
+                expected: self.options.edge_dim,
+                found,
+            });
+        }
+        Ok(())
+    }
+
+    /// The convolution: messages pooled into their destinations, plus self-interaction.
+    /// Weights are session weights named `<prefix>` + their checkpoint keys. If the edges are
+    /// grouped by destination ([`EdgeGraph::per_node`]) the pooled sums are reassociated
+    /// around the radial network's last layer (same values up to rounding, per-edge radial
+    /// weights never formed); otherwise messages are formed per edge and scatter-added.
+    ///
+    /// # Errors
+    /// As [`ConvLayer::messages`].
+    pub fn build(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        x: &FeatureTensors<N>,
+        edges: &EdgeGraph,
+        basis: &EdgeBasis,
+    ) -> Result<FeatureTensors<N>, Error> {
+        let w = match self.options.pool {
+            Pool::Mean => edges.mean_weights(),
+            Pool::Sum => edges.valid,
+        };
+        let pooled = match edges.per_node {
+            Some(k) => self.pooled_reassociated(s, prefix, x, edges, basis, w, k)?,
+            None => {
+                let msgs = self.messages(s, prefix, x, edges, basis)?;
+                let mut pooled = Vec::new();
+                for (t, d) in msgs.tensors().iter().zip(self.fiber_out.degrees()) {
+                    let w2: GraphTensor<(E, X)> = expand_at(w, 1, d.channels);
+                    let w3: GraphTensor<(E, X, X)> = expand_at(w2, 2, d.width());
+                    pooled.push(scatter_add3::<N, X, X, E>(*t * w3, edges.dst));
+                }
+                pooled
+            }
+        };
+        let out = FeatureTensors::from_parts(self.fiber_out.clone(), pooled);
+        match &self.self_interact {
+            Some(si) => {
+                let r = si.build(s, &format!("{prefix}self_interact."), x)?;
+                Ok(out.residual(&r))
+            }
+            None => Ok(out),
+        }
+    }
+}
+
+/// [`ConvLayer`] typed by its fibers.
+#[derive(Debug, Clone)]
+pub struct Conv<In: Fiber, Out: Fiber> {
+    layer: ConvLayer,
+    fibers: PhantomData<fn(In) -> Out>,
+}
+
+impl<In: Fiber, Out: Fiber> Conv<In, Out> {
+    /// A convolution with fresh weights.
+    ///
+    /// # Errors
+    /// As [`ConvLayer::new`].
+    pub fn new(options: ConvOptions, rng: &mut impl Rng) -> Result<Self, Error> {
+        Ok(Conv {
+            layer: ConvLayer::new(&In::spec(), &Out::spec(), options, rng)?,
+            fibers: PhantomData,
+        })
+    }
+
+    /// Loads a `ConvSE3` checkpoint under `prefix`.
+    ///
+    /// # Errors
+    /// As [`ConvLayer::load`].
+    pub fn load(
+        src: &mut dyn ParamSource,
+        prefix: &str,
+        options: ConvOptions,
+    ) -> Result<Self, Error> {
+        Ok(Conv {
+            layer: ConvLayer::load(src, prefix, &In::spec(), &Out::spec(), options)?,
+            fibers: PhantomData,
+        })
+    }
+
+    /// The run-time layer.
+    pub fn layer(&self) -> &ConvLayer {
+        &self.layer
+    }
+
+    /// Adds the convolution to a graph (see [`ConvLayer::build`]).
+    ///
+    /// # Errors
+    /// As [`ConvLayer::build`].
+    pub fn build(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        x: &GraphFeatures<In>,
+        edges: &EdgeGraph,
+        basis: &EdgeBasis,
+    ) -> Result<GraphFeatures<Out>, Error> {
+        Ok(GraphFeatures::wrap(self.layer.build(
+            s,
+            prefix,
+            x.untyped(),
+            edges,
+            basis,
+        )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use luminal::prelude::symbolic::Expression;
+    use rand::Rng;
+
+    use super::*;
+    use crate::exec::InputKind;
+    use crate::layers::Linear;
+    use crate::ops::{neighbors, NeighborSpec};
+    use crate::testing::{rel_error, rng};
+
+    #[test]
+    fn reassociated_pooling_matches_per_edge_messages() -> Result<(), Error> {
+        const K: usize = 6;
+        let (mut r, seed) = rng();
+        let fin: FiberSpec = "0:3, 1:2, 2:1".parse()?;
+        // degree 0 with 40 channels: 128 (2 * 0 + 1) < 6 * 40, so those pairs reassociate
+        let fout: FiberSpec = "0:40, 1:2".parse()?;
+        for pool in [Pool::Mean, Pool::Sum] {
+            let opts = ConvOptions {
+                pool,
+                ..ConvOptions::default()
+            };
+            let conv = ConvLayer::new(&fin, &fout, opts, &mut r)?;
+            let mut s = Session::new();
+            let coords = s.input::<(N, Const<3>)>("coords", InputKind::Coordinates);
+            let mask = s.input::<(N,)>("mask", InputKind::Mask);
+            let x = FeatureTensors::input(&mut s, "x", &fin);
+            let nb = neighbors::<_, K>(coords, Some(mask), NeighborSpec::default());
+            s.derive_dim('e', Expression::from('n') * K);
+            let grouped = EdgeGraph::from_neighbors(coords, &nb, None);
+            let plain = EdgeGraph {
+                per_node: None,
+                ..grouped
+            };
+            let basis = EdgeBasis::new(&mut s, "", &grouped, 2)?;
+            conv.build(&mut s, "a.", &x, &grouped, &basis)?
+                .output(&mut s, "re");
+            conv.build(&mut s, "b.", &x, &plain, &basis)?
+                .output(&mut s, "di");
+            let n = r.gen_range(5..20);
+            let pts: Vec<f32> = (0..n * 3).map(|_| r.gen_range(-2.0..2.0)).collect();
+            let m: Vec<f32> = (0..n).map(|i| f32::from(u8::from(i % 4 != 1))).collect();
+            s.set("coords", pts, &[n, 3])?;
+            s.set("mask", m, &[n])?;
+            for d in fin.degrees() {
+                let v = (0..n * d.dim()).map(|_| r.gen_range(-1.0..1.0)).collect();
+                s.set(&format!("x.{}", d.l), v, &[n, d.channels, d.width()])?;
+            }
+            s.run()?;
+            for d in fout.degrees() {
+                let a: Vec<f64> = s
+                    .get(&format!("re.{}", d.l))?
+                    .data
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .collect();
+                let b: Vec<f64> = s
+                    .get(&format!("di.{}", d.l))?
+                    .data
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .collect();
+                let err = rel_error(&a, &b);
+                assert!(err < 1e-5, "seed {seed} {pool:?} degree {}: {err}", d.l);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn graph_linear_matches_the_eager_layer_and_loads_e3nn_layout() -> Result<(), Error> {
+        use crate::fiber::Features;
+        #[se3_macros::fiber(0:3, 1:2)]
+        struct A;
+        #[se3_macros::fiber(0:2, 1:4)]
+        struct B;
+        let (mut r, seed) = rng();
+        let lin = Linear::<A, B>::new(&mut r);
+        let n = 5;
+        let x = Features::<A>::from_fn(n, |_, _, _, _| r.gen_range(-1.0..1.0));
+        let want = lin.forward(&x);
+        let mut s = Session::new();
+        let gx = GraphFeatures::<A>::input(&mut s, "x");
+        lin.build(&mut s, "lin.", &gx)?.output(&mut s, "y");
+        // e3nn layout: flat weight, scaled by 1/sqrt(c_in) at load
+        let mut src = std::collections::HashMap::new();
+        let mut flat = Vec::new();
+        for (k, d) in A::spec().degrees().iter().enumerate() {
+            let w = lin.weight(k).unwrap_or_default();
+            flat.extend(w.iter().map(|v| v * (d.channels as f32).sqrt()));
+        }
+        src.insert(
+            "w.weight".to_string(),
+            crate::exec::F32Tensor {
+                shape: vec![flat.len()],
+                data: flat,
+            },
+        );
+        src.insert(
+            "w.bias".to_string(),
+            crate::exec::F32Tensor {
+                shape: vec![2],
+                data: lin.bias().to_vec(),
+            },
+        );
+        let e3 = LinearLayer::load(
+            &mut src,
+            "w.",
+            &A::spec(),
+            &B::spec(),
+            LinearLayout::E3nn,
+            true,
+        )?;
+        e3.build(&mut s, "e3.", gx.untyped())?.output(&mut s, "z");
+        for (k, b) in x.blocks().iter().enumerate() {
+            let l = A::spec().degrees()[k].l;
+            s.set(&format!("x.{l}"), b.data().to_vec(), &b.shape())?;
+        }
+        s.run()?;
+        for (k, b) in want.blocks().iter().enumerate() {
+            let l = B::spec().degrees()[k].l;
+            let w: Vec<f64> = b.data().iter().map(|&v| f64::from(v)).collect();
+            for name in ["y", "z"] {
+                let g: Vec<f64> = s
+                    .get(&format!("{name}.{l}"))?
+                    .data
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .collect();
+                assert!(rel_error(&g, &w) < 1e-5, "seed {seed} {name} degree {l}");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,408 @@
+//! The TFN stack compiled to a luminal graph from se3-core's graph layers
+//! ([`se3_core::layers::ConvLayer`] and [`se3_core::layers::NormLayer`]), float32, same
+//! semantics and checkpoint keys as the float64 oracle [`super::TfnStack`].
+//!
+//! The graph takes every batch element's nodes stacked (`b n` rows) and an edge list built on
+//! the host: for node `i`, every `j != i` of the same element in ascending order, missing
+//! (`-1`) unless both are unmasked; so one compiled graph serves every batch and node count.
+
+use std::collections::BTreeSet;
+
+use luminal::prelude::*;
+use se3_core::exec::{InputKind, Session};
+use se3_core::fiber::{DegreeSpec, FiberSpec};
+use se3_core::layers::{
+    ConvLayer, ConvOptions, EdgeBasis, EdgeGraph, FeatureTensors, NormActivation, NormLayer,
+    NormScale, ParamSource, Pool,
+};
+
+use super::TfnStackConfig;
+use crate::checkpoint::{StateDict, Tensor};
+use crate::inputs::{ModelInputs, NodeFeats};
+use crate::Error;
+
+/// A [`ParamSource`] over a [`StateDict`] (values rounded to f32) that remembers the keys it
+/// handed out, so that unused keys can be reported.
+#[derive(Debug)]
+pub struct StateDictSource<'a> {
+    dict: &'a StateDict,
+    used: BTreeSet<String>,
+}
+
+impl<'a> StateDictSource<'a> {
+    /// A source reading `dict`.
+    pub fn new(dict: &'a StateDict) -> Self {
+        StateDictSource {
+            dict,
+            used: BTreeSet::new(),
+        }
+    }
+
+    /// `UnexpectedKey` for the first key of the dict that was never read.
+    ///
+    /// # Errors
+    /// As above.
+    pub fn finish(self) -> Result<(), Error> {
+        if let Some((k, t)) = self.dict.iter().find(|(k, _)| !self.used.contains(*k)) {
+            return Err(Error::UnexpectedKey {
+                key: k.to_string(),
+                shape: t.shape.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl ParamSource for StateDictSource<'_> {
+    fn get(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, se3_core::Error> {
+        let t = self
+            .dict
+            .get(key)
+            .ok_or_else(|| se3_core::Error::MissingKey {
+                key: key.to_string(),
+                expected: shape.to_vec(),
+            })?;
+        if t.shape != shape {
+            return Err(se3_core::Error::WrongShape {
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found: t.shape.clone(),
+            });
+        }
+        self.used.insert(key.to_string());
+        Ok(t.data.iter().map(|&v| v as f32).collect())
+    }
+}
+
+/// The TFN stack as graph layers (float32).
+#[derive(Debug, Clone)]
+pub struct TfnGraph {
+    fibers: Vec<FiberSpec>,
+    convs: Vec<ConvLayer>,
+    norms: Vec<NormLayer>,
+    max_degree: usize,
+}
+
+fn spec_of(f: &[(usize, usize)]) -> Result<FiberSpec, Error> {
+    Ok(FiberSpec::new(
+        f.iter()
+            .map(|&(l, c)| DegreeSpec::new(l, c, None))
+            .collect(),
+    )?)
+}
+
+impl TfnGraph {
+    /// Builds the layers from a state dict with the keys of [`super::TfnStack`].
+    ///
+    /// # Errors
+    /// `Core(MissingKey | WrongShape | NonFiniteWeight)`, `UnexpectedKey`, config errors.
+    pub fn from_state_dict(cfg: &TfnStackConfig, sd: &StateDict) -> Result<Self, Error> {
+        let fibers: Vec<FiberSpec> = cfg
+            .fiber_dims()?
+            .iter()
+            .map(|f| spec_of(f))
+            .collect::<Result<_, _>>()?;
+        let mut src = StateDictSource::new(sd);
+        let mut convs = Vec::new();
+        let mut norms = Vec::new();
+        let opts = ConvOptions {
+            edge_dim: 0,
+            fourier: None,
+            self_interaction: cfg.self_interaction,
+            pool: Pool::Mean,
+        };
+        for i in 0..fibers.len() - 1 {
+            convs.push(ConvLayer::load(
+                &mut src,
+                &format!("convs.{i}."),
+                &fibers[i],
+                &fibers[i + 1],
+                opts,
+            )?);
+            if i + 2 < fibers.len() {
+                norms.push(NormLayer::load(
+                    &mut src,
+                    &format!("norms.{i}."),
+                    &fibers[i + 1],
+                    NormScale::PerChannel,
+                    NormActivation::Gelu,
+                )?);
+            }
+        }
+        src.finish()?;
+        let max_degree = fibers
+            .iter()
+            .flat_map(|f| f.degrees().iter().map(|d| d.l))
+            .max()
+            .unwrap_or(0);
+        Ok(TfnGraph {
+            fibers,
+            convs,
+            norms,
+            max_degree,
+        })
+    }
+
+    /// Compiles the graph: inputs `coords (b n, 3)`, `x.0 (b n, d0, 1)`, `edges.src`,
+    /// `edges.dst` (`(E,)`, `E = b n k`), dimension `k` (edges per node); outputs `out.<l>`.
+    ///
+    /// # Errors
+    /// Layer build errors (none for a model built by [`TfnGraph::from_state_dict`]).
+    pub fn compile(&self) -> Result<TfnSession, Error> {
+        let mut s = Session::new();
+        let coords = s.input::<(Dyn<'n'>, Const<3>)>("coords", InputKind::Coordinates);
+        let mut x = FeatureTensors::input(&mut s, "x", &self.fibers[0]);
+        // Host edges are grouped by destination, k = max(n - 1, 1) per node: the pooled
+        // convolutions take the reassociated path.
+        let edges = EdgeGraph::input(&mut s, "edges", coords).grouped('k');
+        let basis = EdgeBasis::new(&mut s, "", &edges, self.max_degree)?;
+        for (i, conv) in self.convs.iter().enumerate() {
+            x = conv.build(&mut s, &format!("convs.{i}."), &x, &edges, &basis)?;
+            if let Some(norm) = self.norms.get(i) {
+                x = norm.build(&mut s, &format!("norms.{i}."), &x)?;
+            }
+        }
+        x.output(&mut s, "out");
+        s.compile();
+        Ok(TfnSession {
+            s,
+            fibers: self.fibers.clone(),
+        })
+    }
+}
+
+/// A compiled TFN graph, run on [`ModelInputs`].
+#[derive(Debug)]
+pub struct TfnSession {
+    s: Session,
+    fibers: Vec<FiberSpec>,
+}
+
+impl TfnSession {
+    /// The session (to inspect the compiled graph).
+    pub fn session(&self) -> &Session {
+        &self.s
+    }
+
+    /// Forward pass; outputs `type<l>` of shape `(b, n, c, 2l + 1)`, as [`super::TfnStack`].
+    ///
+    /// # Errors
+    /// Input validation errors; `InputShape` if feats are not `(b, n, d0)` floats.
+    pub fn forward(&mut self, inp: &ModelInputs) -> Result<StateDict, Error> {
+        inp.validate()?;
+        let d0 = self.fibers[0].degrees()[0].channels;
+        let (b, n) = (inp.batch(), inp.nodes());
+        let feats = match &inp.feats {
+            NodeFeats::Dense(t) if t.shape.len() == 3 && t.shape[2] == d0 => t,
+            NodeFeats::Dense(t) => {
+                return Err(Error::InputShape {
+                    name: "feats",
+                    expected: format!("({b}, {n}, {d0})"),
+                    found: t.shape.clone(),
+                })
+            }
+            _ => {
+                return Err(Error::InputShape {
+                    name: "feats",
+                    expected: format!("({b}, {n}, {d0}) floats"),
+                    found: vec![],
+                })
+            }
+        };
+        let coords: Vec<f32> = inp.coors.data.iter().map(|&v| v as f32).collect();
+        let x: Vec<f32> = feats.data.iter().map(|&v| v as f32).collect();
+        let (src, dst) = all_pairs_edges(b, n, |bi, i| inp.node_mask(bi).is_none_or(|m| m[i]));
+        self.s.set("coords", coords, &[b * n, 3])?;
+        self.s.set("x.0", x, &[b * n, d0, 1])?;
+        let e = src.len();
+        self.s.set("edges.src", src, &[e])?;
+        self.s.set("edges.dst", dst, &[e])?;
+        self.s.set_dim('k', n.saturating_sub(1).max(1));
+        self.s.run()?;
+        let mut sd = StateDict::new();
+        let last = &self.fibers[self.fibers.len() - 1];
+        for d in last.degrees() {
+            let o = self.s.get(&format!("out.{}", d.l))?;
+            sd.insert(
+                format!("type{}", d.l),
+                Tensor::new(
+                    vec![b, n, d.channels, d.width()],
+                    o.data.iter().map(|&v| f64::from(v)).collect(),
+                )?,
+            );
+        }
+        Ok(sd)
+    }
+}
+
+/// Edges `j -> i` for every `j != i` of the same batch element (ascending `j`), `-1` unless
+/// both ends are valid; rows stacked as `bi * n + i`.
+pub fn all_pairs_edges(
+    b: usize,
+    n: usize,
+    valid: impl Fn(usize, usize) -> bool,
+) -> (Vec<f32>, Vec<f32>) {
+    let cap = b * n * n.saturating_sub(1).max(1);
+    let (mut src, mut dst) = (Vec::with_capacity(cap), Vec::with_capacity(cap));
+    for bi in 0..b {
+        for i in 0..n {
+            if n == 1 {
+                src.push(-1.0);
+                dst.push(-1.0);
+            }
+            for j in (0..n).filter(|&j| j != i) {
+                if valid(bi, i) && valid(bi, j) {
+                    src.push((bi * n + j) as f32);
+                    dst.push((bi * n + i) as f32);
+                } else {
+                    src.push(-1.0);
+                    dst.push(-1.0);
+                }
+            }
+        }
+    }
+    (src, dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model_file::ModelFile;
+    use crate::tfn::TfnStack;
+
+    fn dir() -> String {
+        format!(
+            "{}/../tests/reference/models/tfn_stack",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    }
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
+        let scale = b.data.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+        a.data
+            .iter()
+            .zip(&b.data)
+            .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+            / scale
+    }
+
+    #[test]
+    fn graph_tfn_matches_the_reference_stack_and_the_oracle() -> Result<(), Error> {
+        let file = ModelFile::load(format!("{}/config.json", dir()))?;
+        let cfg = TfnStackConfig::from_kwargs(&file.constructor_kwargs)?;
+        let sd = StateDict::load(format!("{}/weights.safetensors", dir()))?;
+        let inp = ModelInputs::load(
+            format!("{}/inputs.safetensors", dir()),
+            &file.forward_kwargs.tensors,
+        )?;
+        let want = StateDict::load(format!("{}/outputs.safetensors", dir()))?;
+        let oracle = TfnStack::from_state_dict(&cfg, &sd)?.forward(&inp)?;
+        let mut g = TfnGraph::from_state_dict(&cfg, &sd)?.compile()?;
+        let got = g.forward(&inp)?;
+        for (k, t) in got.iter() {
+            let o = oracle.get(k).ok_or(Error::MissingInput {
+                name: "oracle output",
+            })?;
+            let r = want
+                .get(&format!("{k}_f64"))
+                .or_else(|| want.get(k))
+                .ok_or(Error::MissingInput {
+                    name: "reference output",
+                })?;
+            let (eo, er) = (max_rel(t, o), max_rel(t, r));
+            println!("tfn_stack {k}: max rel err vs oracle {eo:.2e}, vs reference {er:.2e}");
+            assert!(er < 1e-4 && eo < 1e-4, "{k}: {er} / {eo}");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod oracle_tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::inputs::BoolTensor;
+    use crate::tfn::TfnStack;
+
+    /// Random weights for `cfg` (LayerNorm and scales near 1), random points and features.
+    fn compare(fibers: serde_json::Value, b: usize, n: usize, masked: bool) -> Result<f64, Error> {
+        let seed = se3_core::testing::seed();
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        let cfg = TfnStackConfig::from_kwargs(&serde_json::json!({ "fibers": fibers }))?;
+        let mut sd = StateDict::new();
+        for (k, shape) in TfnStack::expected_keys(&cfg)? {
+            let len = shape.iter().product();
+            let near_one =
+                k.contains("net.1.weight") || k.contains("net.4.weight") || k.contains("scale");
+            let data = (0..len)
+                .map(|_| {
+                    let v: f64 = r.gen_range(-0.5..0.5);
+                    if near_one {
+                        1.0 + 0.2 * v
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            sd.insert(k, Tensor::new(shape, data)?);
+        }
+        let d0 = cfg.fiber_dims()?[0][0].1;
+        let inp = ModelInputs {
+            feats: NodeFeats::Dense(Tensor::new(
+                vec![b, n, d0],
+                (0..b * n * d0).map(|_| r.gen_range(-1.0..1.0)).collect(),
+            )?),
+            coors: Tensor::new(
+                vec![b, n, 3],
+                (0..b * n * 3).map(|_| r.gen_range(-2.0..2.0)).collect(),
+            )?,
+            mask: masked.then(|| BoolTensor {
+                shape: vec![b, n],
+                data: (0..b * n).map(|i| i % 5 != 3).collect(),
+            }),
+            adj_mat: None,
+            edges: None,
+            neighbor_mask: None,
+            global_feats: None,
+        };
+        let want = TfnStack::from_state_dict(&cfg, &sd)?.forward(&inp)?;
+        let got = TfnGraph::from_state_dict(&cfg, &sd)?
+            .compile()?
+            .forward(&inp)?;
+        let mut worst = 0.0f64;
+        for (k, t) in got.iter() {
+            let o = want.get(k).ok_or(Error::MissingInput {
+                name: "oracle output",
+            })?;
+            let scale = o.data.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+            let err = t
+                .data
+                .iter()
+                .zip(&o.data)
+                .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+                / scale;
+            println!("seed {seed} {k}: max rel err {err:.2e}");
+            worst = worst.max(err);
+        }
+        Ok(worst)
+    }
+
+    #[test]
+    fn graph_tfn_matches_the_oracle_on_random_stacks_with_masks() -> Result<(), Error> {
+        use serde_json::json;
+        for (f, b, n) in [
+            (json!([{"0": 3}, {"1": 2}]), 1, 5),
+            (json!([{"0": 3}, {"0": 2, "2": 2}, {"1": 2}]), 2, 17),
+            (
+                json!([{"0": 2}, {"0": 3, "1": 2, "3": 1}, {"0": 2, "1": 1}]),
+                1,
+                14,
+            ),
+        ] {
+            let err = compare(f.clone(), b, n, true)?;
+            assert!(err < 1e-4, "{f}: max rel err {err}");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,221 @@
+//! `se3 bench layers`: forward time of the graph `Conv` (TFN / ConvSE3) with fibers
+//! `(0:32, 1:16, 2:8) -> same` on 512 random points x 16 nearest neighbours, next to
+//! se3-transformer-pytorch's `ConvSE3` at the same size (measured on this machine with
+//! torch 2.15, 2 threads: pass `SE3_CONVSE3_MS` to override), and a breakdown of where the
+//! time goes, from sessions that stop after each stage: neighbours + kernel basis; + the
+//! radial networks' hidden layers; + the radial networks' per-edge outputs; the full
+//! convolution in its default form (pairs into degree 0 reassociated around the radial
+//! network's last layer, the others per edge) and fully per edge. Times are medians; a run
+//! covers setting the inputs, checking them, running and taking the outputs.
+
+use std::time::Instant;
+
+use luminal::prelude::{symbolic::Expression, *};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use se3_core::exec::{InputKind, Session};
+use se3_core::fiber::FiberSpec;
+use se3_core::layers::{ConvLayer, ConvOptions, EdgeBasis, EdgeGraph, FeatureTensors, RadialMlp};
+use se3_core::ops;
+
+type Result<T> = std::result::Result<T, super::CliError>;
+
+const NODES: usize = 512;
+const K: usize = 16;
+/// se3-transformer-pytorch 0.9 `ConvSE3((0:32,1:16,2:8), same, self_interaction, pool)` forward
+/// on 512 x 16 edges incl. kNN (`cdist` + `topk`) and `get_basis`, torch 2.15 CPU, 2 threads,
+/// `no_grad`, median of 5, measured on this project's machine (three runs: 324, 349, 411 ms;
+/// the machine is shared and noisy, so re-measure with `SE3_CONVSE3_MS` for a fair ratio).
+const CONVSE3_MS: f64 = 349.1;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Stage {
+    Basis,
+    Radial,
+    Conv,
+    Direct,
+    Hidden,
+}
+
+fn build(
+    stage: Stage,
+    spec: &FiberSpec,
+    conv: &ConvLayer,
+    radial: &[RadialMlp],
+) -> Result<Session> {
+    let mut s = Session::new();
+    let coords = s.input::<(Dyn<'n'>, Const<3>)>("coords", InputKind::Coordinates);
+    let nb = ops::neighbors::<_, K>(coords, None, ops::NeighborSpec::default());
+    s.derive_dim('e', Expression::from('n') * K);
+    let grouped = EdgeGraph::from_neighbors(coords, &nb, None);
+    let edges = if stage == Stage::Direct {
+        EdgeGraph {
+            per_node: None,
+            ..grouped
+        }
+    } else {
+        grouped
+    };
+    let basis = EdgeBasis::new(&mut s, "", &edges, 2)?;
+    match stage {
+        Stage::Basis => {
+            for (i, l) in [
+                (0, 0),
+                (1, 1),
+                (2, 2),
+                (0, 2),
+                (2, 0),
+                (1, 2),
+                (2, 1),
+                (0, 1),
+                (1, 0),
+            ]
+            .iter()
+            .enumerate()
+            {
+                s.output(&format!("b{i}"), basis.block(l.0, l.1)?);
+            }
+        }
+        Stage::Hidden => {
+            basis_outputs_sum(&mut s, &basis)?;
+            let input = edges.radial_input(&mut s, None)?;
+            for (i, r) in radial.iter().enumerate() {
+                let (h, _, _) = r.build_hidden(&mut s, &format!("r{i}."), input)?;
+                s.output(&format!("h{i}"), h);
+            }
+        }
+        Stage::Radial => {
+            basis_outputs_sum(&mut s, &basis)?;
+            let input = edges.radial_input(&mut s, None)?;
+            for (i, r) in radial.iter().enumerate() {
+                let y = r.build(&mut s, &format!("r{i}."), input)?;
+                s.output(&format!("r{i}"), y);
+            }
+        }
+        Stage::Conv | Stage::Direct => {
+            let x = FeatureTensors::input(&mut s, "x", spec);
+            let y = conv.build(&mut s, "conv.", &x, &edges, &basis)?;
+            y.output(&mut s, "y");
+        }
+    }
+    s.compile();
+    Ok(s)
+}
+
+fn basis_outputs_sum(s: &mut Session, basis: &EdgeBasis) -> Result<()> {
+    for d_in in 0..=2 {
+        for d_out in 0..=2 {
+            s.output(&format!("b{d_in}{d_out}"), basis.block(d_in, d_out)?);
+        }
+    }
+    Ok(())
+}
+
+fn median_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut t = Vec::new();
+    for _ in 0..reps {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+/// Runs the benchmark and prints its table.
+pub fn run() -> Result<()> {
+    let mut r = StdRng::seed_from_u64(7);
+    let spec: FiberSpec = "0:32, 1:16, 2:8".parse()?;
+    let conv = ConvLayer::new(&spec, &spec, ConvOptions::default(), &mut r)?;
+    let radial: Vec<RadialMlp> = spec
+        .degrees()
+        .iter()
+        .flat_map(|i| spec.degrees().iter().map(move |o| (*i, *o)))
+        .map(|(i, o)| RadialMlp::new(1, (2 * i.l.min(o.l) + 1) * i.channels * o.channels, &mut r))
+        .collect();
+    let coords: Vec<f32> = (0..NODES * 3).map(|_| r.gen_range(-3.0..3.0)).collect();
+    let feats: Vec<(usize, Vec<f32>)> = spec
+        .degrees()
+        .iter()
+        .map(|d| {
+            (
+                d.l,
+                (0..NODES * d.dim())
+                    .map(|_| r.gen_range(-1.0..1.0))
+                    .collect(),
+            )
+        })
+        .collect();
+    let mut times = Vec::new();
+    for stage in [
+        Stage::Basis,
+        Stage::Radial,
+        Stage::Conv,
+        Stage::Direct,
+        Stage::Hidden,
+    ] {
+        let mut s = build(stage, &spec, &conv, &radial)?;
+        let t = median_ms(5, || {
+            s.set("coords", coords.clone(), &[NODES, 3])?;
+            if matches!(stage, Stage::Conv | Stage::Direct) {
+                for ((l, x), d) in feats.iter().zip(spec.degrees()) {
+                    s.set(
+                        &format!("x.{l}"),
+                        x.clone(),
+                        &[NODES, d.channels, d.width()],
+                    )?;
+                }
+            }
+            s.run()?;
+            if matches!(stage, Stage::Conv | Stage::Direct) {
+                for (l, _) in &feats {
+                    std::hint::black_box(s.take(&format!("y.{l}"))?);
+                }
+            }
+            Ok(())
+        })?;
+        times.push(t);
+    }
+    let base = std::env::var("SE3_CONVSE3_MS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(CONVSE3_MS);
+    println!("Conv (0:32, 1:16, 2:8) -> same, {NODES} nodes x {K} neighbours, f32, CPU");
+    println!("{:<52} {:>10}", "stage (cumulative session)", "ms");
+    println!(
+        "{:<52} {:>10.1}",
+        "kNN + relative positions + kernel basis", times[0]
+    );
+    println!(
+        "{:<52} {:>10.1}",
+        "  + radial networks (9 pairs, per-edge weights)", times[1]
+    );
+    println!(
+        "{:<52} {:>10.1}",
+        "  (basis + hidden layers of the radial networks only)", times[4]
+    );
+    println!(
+        "{:<52} {:>10.1}",
+        "full Conv, reassociated (default)", times[2]
+    );
+    println!(
+        "{:<52} {:>10.1}",
+        "full Conv, direct (per-edge radial weights)", times[3]
+    );
+    println!(
+        "direct form: basis {:.0} %, radial networks {:.0} %, messages + pooling {:.0} %",
+        100.0 * times[0] / times[3],
+        100.0 * (times[1] - times[0]).max(0.0) / times[3],
+        100.0 * (times[3] - times[1]).max(0.0) / times[3]
+    );
+    if base.is_finite() {
+        println!(
+            "se3-transformer-pytorch ConvSE3 (incl. get_basis): {base:.1} ms; ratio se3 / pytorch = {:.3} ({:.1}x faster)",
+            times[2] / base,
+            base / times[2]
+        );
+    } else {
+        println!("se3-transformer-pytorch ConvSE3: not measured (set SE3_CONVSE3_MS)");
+    }
+    Ok(())
+}
