@@ -7,7 +7,10 @@ use crate::checkpoint::StateDict;
 use crate::inputs::ModelInputs;
 use crate::model_file::ModelFile;
 use crate::se3_transformer::basis::QjSigns;
-use crate::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
+use crate::se3_transformer::{
+    CompiledSe3Transformer, Se3Transformer, Se3TransformerConfig, Se3TransformerForward,
+};
+use crate::tfn::graph::{TfnGraph, TfnSession};
 use crate::tfn::{TfnStack, TfnStackConfig};
 use crate::Error;
 
@@ -97,4 +100,43 @@ pub fn infer(
     let (model, file) = Model::load(config, weights)?;
     let inp = ModelInputs::load(inputs, &file.forward_kwargs.tensors)?;
     model.forward(&inp)
+}
+
+/// A zoo model compiled to a luminal graph (float32): what `se3 infer` and the zoo run by default.
+pub enum CompiledModel {
+    /// The SE(3)-Transformer graph with its forward literals.
+    Se3Transformer(Box<CompiledSe3Transformer>, Se3TransformerForward),
+    /// The ConvSE3 + NormSE3 stack as a graph session.
+    TfnStack(Box<TfnSession>),
+}
+
+impl CompiledModel {
+    /// Compiles the model described by `file` from `weights`.
+    ///
+    /// # Errors
+    /// As [`Model::from_parts`]; `NotCompiled` for an option the graph does not compile yet.
+    pub fn from_parts(file: &ModelFile, weights: &StateDict) -> Result<Self, Error> {
+        match Model::from_parts(file, weights)? {
+            Model::Se3Transformer(m, fwd) => Ok(Self::Se3Transformer(
+                Box::new(CompiledSe3Transformer::from_model(*m)?),
+                fwd,
+            )),
+            Model::TfnStack(_) => {
+                let cfg = TfnStackConfig::from_kwargs(&file.constructor_kwargs)?;
+                let graph = TfnGraph::from_state_dict(&cfg, weights)?;
+                Ok(Self::TfnStack(Box::new(graph.compile()?)))
+            }
+        }
+    }
+
+    /// Runs the graph; outputs are named as the reference outputs without `_f64`/`_f32`.
+    ///
+    /// # Errors
+    /// Input validation errors.
+    pub fn forward(&mut self, inputs: &ModelInputs) -> Result<StateDict, Error> {
+        match self {
+            Self::Se3Transformer(m, fwd) => m.forward(inputs, fwd),
+            Self::TfnStack(s) => s.forward(inputs),
+        }
+    }
 }

@@ -9,14 +9,14 @@ pub enum BenchTarget {
     Math,
     /// The luminal execution engine: elementwise, matmul, gather/scatter, kNN, overhead.
     Engine,
+    /// The graph layers: Conv (0:32, 1:16, 2:8) on 512 nodes x 16 neighbours.
+    Layers,
     /// The SE(3)-Transformer at the sizes of the PyTorch baseline: time, peak memory, ratios.
     Se3Transformer {
         /// Run only this case, in this process (used by the benchmark's child processes).
         #[arg(long, hide = true)]
         case: Option<String>,
     },
-    /// The graph layers: Conv (0:32, 1:16, 2:8) on 512 nodes x 16 neighbours.
-    Layers,
 }
 
 /// Runs one benchmark and prints its table.
@@ -24,7 +24,7 @@ pub fn run(target: BenchTarget) -> Result<(), super::CliError> {
     match target {
         BenchTarget::Math => super::bench_math::run(),
         BenchTarget::Engine => super::bench_engine::run(),
-        BenchTarget::Se3Transformer { case } => super::bench_se3t::run(case.as_deref()),
         BenchTarget::Layers => super::bench_layers::run(),
+        BenchTarget::Se3Transformer { case } => super::bench_se3t::run(case.as_deref()),
     }
 }

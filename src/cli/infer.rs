@@ -8,7 +8,7 @@
 //! NaN coordinates, empty graphs, mask/length mismatches). Outputs are named as the reference
 //! outputs without their `_f64`/`_f32` suffix (`out`, `type0`, `type1`, ...).
 //!
-//! An SE(3)-Transformer runs on its compiled float32 graph by default (`--engine graph`; an
+//! A model runs on its compiled float32 graph by default (`--engine graph`; an
 //! option the graph does not compile would fall back to the float64 oracle with a note on stderr)
 //! or on the oracle (`--engine oracle`).
 
@@ -18,8 +18,7 @@ use clap::{Args, ValueEnum};
 use se3_models::checkpoint::SaveDtype;
 use se3_models::inputs::ModelInputs;
 use se3_models::model_file::ModelFile;
-use se3_models::se3_transformer::CompiledSe3Transformer;
-use se3_models::zoo::Model;
+use se3_models::zoo::{CompiledModel, Model};
 
 /// The libraries whose models `se3 infer` runs.
 const SUPPORTED_LIBRARIES: &[&str] = &["se3-transformer-pytorch"];
@@ -94,20 +93,19 @@ pub fn run(args: &InferArgs) -> Result<(), super::CliError> {
         .into());
     }
     let weights = se3_models::checkpoint::StateDict::load(&args.weights)?;
-    let model = Model::from_parts(&file, &weights)?;
     let inputs = ModelInputs::load(&args.inputs, &file.forward_kwargs.tensors)?;
-    let outputs = match (&model, args.engine) {
-        (Model::Se3Transformer(m, fwd), Engine::Graph) => match CompiledSe3Transformer::new(m) {
-            Ok(mut compiled) => compiled.forward(&inputs, fwd)?,
+    let outputs = match args.engine {
+        Engine::Graph => match CompiledModel::from_parts(&file, &weights) {
+            Ok(mut compiled) => compiled.forward(&inputs)?,
             Err(se3_models::Error::NotCompiled { option }) => {
                 eprintln!(
                     "note: option `{option}` is not compiled yet; running the float64 oracle"
                 );
-                model.forward(&inputs)?
+                Model::from_parts(&file, &weights)?.forward(&inputs)?
             }
             Err(e) => return Err(e.into()),
         },
-        _ => model.forward(&inputs)?,
+        Engine::Oracle => Model::from_parts(&file, &weights)?.forward(&inputs)?,
     };
     let dtype = match args.dtype {
         OutputDtype::F32 => SaveDtype::F32,

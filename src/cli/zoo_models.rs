@@ -13,8 +13,7 @@ use se3_core::so3::wigner_d;
 use se3_models::checkpoint::StateDict;
 use se3_models::inputs::{ModelInputs, NodeFeats};
 use se3_models::model_file::ModelFile;
-use se3_models::se3_transformer::CompiledSe3Transformer;
-use se3_models::zoo::Model;
+use se3_models::zoo::{CompiledModel, Model};
 
 /// Where the built-in checkpoints and inputs live.
 fn models_dir() -> PathBuf {
@@ -23,24 +22,21 @@ fn models_dir() -> PathBuf {
 
 /// A model of the zoo ready to run: the compiled graph where one exists, else the oracle.
 enum Runner {
-    Compiled(Box<CompiledSe3Transformer>, Box<Model>),
+    Compiled(Box<CompiledModel>),
     Oracle(Box<Model>),
 }
 
 impl Runner {
     fn engine(&self) -> &'static str {
         match self {
-            Runner::Compiled(..) => "graph f32",
+            Runner::Compiled(_) => "graph f32",
             Runner::Oracle(_) => "oracle f64",
         }
     }
 
     fn forward(&mut self, inputs: &ModelInputs) -> Result<StateDict, super::CliError> {
         Ok(match self {
-            Runner::Compiled(graph, model) => match model.as_ref() {
-                Model::Se3Transformer(_, fwd) => graph.forward(inputs, fwd)?,
-                other => other.forward(inputs)?,
-            },
+            Runner::Compiled(graph) => graph.forward(inputs)?,
             Runner::Oracle(model) => model.forward(inputs)?,
         })
     }
@@ -49,14 +45,12 @@ impl Runner {
 fn load(dir: &Path) -> Result<(Runner, ModelFile), super::CliError> {
     let file = ModelFile::load(dir.join("config.json"))?;
     let weights = StateDict::load(dir.join("weights.safetensors"))?;
-    let model = Model::from_parts(&file, &weights)?;
-    let runner = match &model {
-        Model::Se3Transformer(m, _) => match CompiledSe3Transformer::new(m) {
-            Ok(g) => Runner::Compiled(Box::new(g), Box::new(model)),
-            Err(se3_models::Error::NotCompiled { .. }) => Runner::Oracle(Box::new(model)),
-            Err(e) => return Err(e.into()),
-        },
-        _ => Runner::Oracle(Box::new(model)),
+    let runner = match CompiledModel::from_parts(&file, &weights) {
+        Ok(g) => Runner::Compiled(Box::new(g)),
+        Err(se3_models::Error::NotCompiled { .. }) => {
+            Runner::Oracle(Box::new(Model::from_parts(&file, &weights)?))
+        }
+        Err(e) => return Err(e.into()),
     };
     Ok((runner, file))
 }

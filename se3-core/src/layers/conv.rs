@@ -527,7 +527,6 @@ mod tests {
 
     use super::*;
     use crate::exec::InputKind;
-    use crate::layers::Linear;
     use crate::ops::{neighbors, NeighborSpec};
     use crate::testing::{rel_error, rng};
 
@@ -585,72 +584,6 @@ mod tests {
                     .collect();
                 let err = rel_error(&a, &b);
                 assert!(err < 1e-5, "seed {seed} {pool:?} degree {}: {err}", d.l);
-            }
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn graph_linear_matches_the_eager_layer_and_loads_e3nn_layout() -> Result<(), Error> {
-        use crate::fiber::Features;
-        #[se3_macros::fiber(0:3, 1:2)]
-        struct A;
-        #[se3_macros::fiber(0:2, 1:4)]
-        struct B;
-        let (mut r, seed) = rng();
-        let lin = Linear::<A, B>::new(&mut r);
-        let n = 5;
-        let x = Features::<A>::from_fn(n, |_, _, _, _| r.gen_range(-1.0..1.0));
-        let want = lin.forward(&x);
-        let mut s = Session::new();
-        let gx = GraphFeatures::<A>::input(&mut s, "x");
-        lin.build(&mut s, "lin.", &gx)?.output(&mut s, "y");
-        // e3nn layout: flat weight, scaled by 1/sqrt(c_in) at load
-        let mut src = std::collections::HashMap::new();
-        let mut flat = Vec::new();
-        for (k, d) in A::spec().degrees().iter().enumerate() {
-            let w = lin.weight(k).unwrap_or_default();
-            flat.extend(w.iter().map(|v| v * (d.channels as f32).sqrt()));
-        }
-        src.insert(
-            "w.weight".to_string(),
-            crate::exec::F32Tensor {
-                shape: vec![flat.len()],
-                data: flat,
-            },
-        );
-        src.insert(
-            "w.bias".to_string(),
-            crate::exec::F32Tensor {
-                shape: vec![2],
-                data: lin.bias().to_vec(),
-            },
-        );
-        let e3 = LinearLayer::load(
-            &mut src,
-            "w.",
-            &A::spec(),
-            &B::spec(),
-            LinearLayout::E3nn,
-            true,
-        )?;
-        e3.build(&mut s, "e3.", gx.untyped())?.output(&mut s, "z");
-        for (k, b) in x.blocks().iter().enumerate() {
-            let l = A::spec().degrees()[k].l;
-            s.set(&format!("x.{l}"), b.data().to_vec(), &b.shape())?;
-        }
-        s.run()?;
-        for (k, b) in want.blocks().iter().enumerate() {
-            let l = B::spec().degrees()[k].l;
-            let w: Vec<f64> = b.data().iter().map(|&v| f64::from(v)).collect();
-            for name in ["y", "z"] {
-                let g: Vec<f64> = s
-                    .get(&format!("{name}.{l}"))?
-                    .data
-                    .iter()
-                    .map(|&v| f64::from(v))
-                    .collect();
-                assert!(rel_error(&g, &w) < 1e-5, "seed {seed} {name} degree {l}");
             }
         }
         Ok(())

@@ -10,6 +10,12 @@
 //! tracker, so one code path serves every fiber without a dynamic dimension per channel
 //! count. Node and edge axes are `Dyn<'n'>` and `Dyn<'e'>`, set by the session from the
 //! inputs (`Session::derive_dim('e', ..)` when the edge count is computed).
+//!
+//! Luminal 0.2 traps with `Dyn<'-'>` axes (each met while building these layers): `t - 1.0`
+//! leaves its constant unsized (write `t + (-1.0)`); `a + b` with a padded operand takes the
+//! unpadded sizes (use [`add_views`]); reshaping a broadcast view must copy it first
+//! ([`reshape`] does); inputs and weights of run-time sizes need
+//! `Session::input_with_shape` / `weight_with_shape`.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
