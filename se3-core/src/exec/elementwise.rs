@@ -20,7 +20,7 @@ use luminal::prelude::{
 };
 use rayon::prelude::*;
 
-use super::view::{buffer, tensor, View, BLOCK, PAR_MIN};
+use super::view::{buffer, View, BLOCK, PAR_MIN};
 
 /// A unary elementwise function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,40 +83,61 @@ fn apply_unary(op: UnaryFn, x: &[f32], out: &mut [f32]) {
 }
 
 #[inline]
-fn apply_binary(op: BinaryFn, a: &[f32], b: &[f32], out: &mut [f32]) {
-    let it = out.iter_mut().zip(a.iter().zip(b));
+fn apply_binary(op: BinaryFn, a: Operand, b: Operand, out: &mut [f32]) {
+    macro_rules! each {
+        ($f:expr) => {
+            match (a, b) {
+                (Operand::Slice(a), Operand::Slice(b)) => out
+                    .iter_mut()
+                    .zip(a.iter().zip(b))
+                    .for_each(|(o, (&x, &y))| *o = $f(x, y)),
+                (Operand::Slice(a), Operand::Scalar(y)) => {
+                    out.iter_mut().zip(a).for_each(|(o, &x)| *o = $f(x, y))
+                }
+                (Operand::Scalar(x), Operand::Slice(b)) => {
+                    out.iter_mut().zip(b).for_each(|(o, &y)| *o = $f(x, y))
+                }
+                (Operand::Scalar(x), Operand::Scalar(y)) => out.fill($f(x, y)),
+            }
+        };
+    }
     match op {
-        BinaryFn::Add => it.for_each(|(o, (a, b))| *o = a + b),
-        BinaryFn::Mul => it.for_each(|(o, (a, b))| *o = a * b),
-        BinaryFn::Mod => it.for_each(|(o, (a, b))| *o = a % b),
-        BinaryFn::LessThan => it.for_each(|(o, (a, b))| *o = if a < b { 1.0 } else { 0.0 }),
+        BinaryFn::Add => each!(|x: f32, y: f32| x + y),
+        BinaryFn::Mul => each!(|x: f32, y: f32| x * y),
+        BinaryFn::Mod => each!(|x: f32, y: f32| x % y),
+        BinaryFn::LessThan => each!(|x: f32, y: f32| if x < y { 1.0 } else { 0.0 }),
     }
 }
 
 impl FusedElementwise {
     /// Runs the program for output elements `start .. start + out.len()`.
-    fn run_block(
+    ///
+    /// Each instruction's value lives where it is cheapest: a slice of an input buffer (plain
+    /// inputs are read in place, not copied), a scalar (constants, broadcast scalars and
+    /// anything computed from scalars only), or a register; the output instruction, when it
+    /// is the last one, writes straight into `out`.
+    fn run_block<'a>(
         &self,
-        inputs: &[(&[f32], View)],
+        inputs: &[(&'a [f32], View)],
         start: usize,
         out: &mut [f32],
         regs: &mut Vec<Vec<f32>>,
+        locs: &mut Vec<Loc<'a>>,
     ) {
         let len = out.len();
+        let last = self.program.len().saturating_sub(1);
         if regs.len() < self.program.len() {
             regs.resize_with(self.program.len(), Vec::new);
         }
-        for r in regs.iter_mut() {
-            r.resize(len, 0.0);
-        }
+        locs.clear();
         for (r, ins) in self.program.iter().enumerate() {
             let (before, rest) = regs.split_at_mut(r);
-            let dst = &mut rest[0][..len];
-            match *ins {
+            let direct = r == self.output && r == last;
+            let loc = match *ins {
                 Instr::Input(i) => {
                     let (buf, view) = &inputs[i];
-                    if self.raw {
-                        dst.copy_from_slice(&buf[start..start + len]);
+                    if self.raw || (view.plain && start + len <= buf.len()) {
+                        Loc::Slice(&buf[start..start + len])
                     } else if view.is_broadcast_scalar() {
                         let base: i64 = view
                             .axes
@@ -124,25 +145,119 @@ impl FusedElementwise {
                             .filter(|a| !a.fake)
                             .map(|a| a.offset * a.stride as i64)
                             .sum();
-                        dst.fill(
+                        Loc::Scalar(
                             usize::try_from(base)
                                 .ok()
                                 .and_then(|b| buf.get(b))
                                 .copied()
                                 .unwrap_or(0.0),
-                        );
+                        )
                     } else {
+                        let dst = register(&mut rest[0], len, direct, out);
                         view.gather(buf, start, dst);
+                        Loc::Reg
                     }
                 }
-                Instr::Const(c) => dst.fill(c),
-                Instr::Unary(op, a) => apply_unary(op, &before[a][..len], dst),
+                Instr::Const(c) => Loc::Scalar(c),
+                Instr::Unary(op, a) => match operand(locs[a], before, a, len) {
+                    Operand::Scalar(x) => Loc::Scalar(unary_scalar(op, x)),
+                    Operand::Slice(x) => {
+                        apply_unary(op, x, register(&mut rest[0], len, direct, out));
+                        Loc::Reg
+                    }
+                },
                 Instr::Binary(op, a, b) => {
-                    apply_binary(op, &before[a][..len], &before[b][..len], dst)
+                    let (x, y) = (
+                        operand(locs[a], before, a, len),
+                        operand(locs[b], before, b, len),
+                    );
+                    if let (Operand::Scalar(x), Operand::Scalar(y)) = (x, y) {
+                        Loc::Scalar(binary_scalar(op, x, y))
+                    } else {
+                        apply_binary(op, x, y, register(&mut rest[0], len, direct, out));
+                        Loc::Reg
+                    }
                 }
+            };
+            locs.push(loc);
+        }
+        let o = self.output;
+        match locs[o] {
+            Loc::Reg if o == last => {}
+            Loc::Reg => out.copy_from_slice(&regs[o][..len]),
+            Loc::Slice(x) => out.copy_from_slice(x),
+            Loc::Scalar(c) => out.fill(c),
+        }
+    }
+}
+
+/// Where an instruction's value for the current block lives.
+#[derive(Debug, Clone, Copy)]
+enum Loc<'a> {
+    /// Its register (or `out`, for the output instruction written in place).
+    Reg,
+    /// A slice of an input buffer.
+    Slice(&'a [f32]),
+    /// One value for the whole block.
+    Scalar(f32),
+}
+
+/// An instruction's value as read by a later one.
+#[derive(Debug, Clone, Copy)]
+enum Operand<'s> {
+    Slice(&'s [f32]),
+    Scalar(f32),
+}
+
+fn operand<'s>(loc: Loc<'s>, regs: &'s [Vec<f32>], r: usize, len: usize) -> Operand<'s> {
+    match loc {
+        Loc::Reg => Operand::Slice(&regs[r][..len]),
+        Loc::Slice(x) => Operand::Slice(x),
+        Loc::Scalar(c) => Operand::Scalar(c),
+    }
+}
+
+/// The destination of an instruction: `out` itself for the output instruction, else its
+/// register grown to `len`.
+fn register<'r>(
+    reg: &'r mut Vec<f32>,
+    len: usize,
+    direct: bool,
+    out: &'r mut [f32],
+) -> &'r mut [f32] {
+    if direct {
+        out
+    } else {
+        if reg.len() < len {
+            reg.resize(len, 0.0);
+        }
+        &mut reg[..len]
+    }
+}
+
+fn unary_scalar(op: UnaryFn, a: f32) -> f32 {
+    match op {
+        UnaryFn::Log2 => a.log2(),
+        UnaryFn::Exp2 => a.exp2(),
+        UnaryFn::Sin => a.sin(),
+        UnaryFn::Sqrt => a.sqrt(),
+        UnaryFn::Recip => 1.0 / a,
+    }
+}
+
+#[inline(always)]
+fn binary_scalar(op: BinaryFn, a: f32, b: f32) -> f32 {
+    match op {
+        BinaryFn::Add => a + b,
+        BinaryFn::Mul => a * b,
+        BinaryFn::Mod => a % b,
+        BinaryFn::LessThan => {
+            if a < b {
+                1.0
+            } else {
+                0.0
             }
         }
-        out.copy_from_slice(&regs[self.output][..len]);
     }
 }
 
@@ -158,20 +273,19 @@ impl Operator for FusedElementwise {
         } else {
             inputs.first().map(|(_, v)| v.n).unwrap_or(1)
         };
-        let mut out = vec![0.0f32; n];
+        let mut out = super::pool::take(n);
         if n >= PAR_MIN {
-            out.par_chunks_mut(BLOCK)
-                .enumerate()
-                .for_each_init(Vec::new, |regs, (c, chunk)| {
-                    self.run_block(&inputs, c * BLOCK, chunk, regs)
-                });
+            out.par_chunks_mut(BLOCK).enumerate().for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(regs, locs), (c, chunk)| self.run_block(&inputs, c * BLOCK, chunk, regs, locs),
+            );
         } else {
-            let mut regs = Vec::new();
+            let (mut regs, mut locs) = (Vec::new(), Vec::new());
             for (c, chunk) in out.chunks_mut(BLOCK).enumerate() {
-                self.run_block(&inputs, c * BLOCK, chunk, &mut regs);
+                self.run_block(&inputs, c * BLOCK, chunk, &mut regs, &mut locs);
             }
         }
-        vec![tensor(out)]
+        super::pool::finish(inp, out)
     }
 }
 

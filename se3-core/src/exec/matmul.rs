@@ -9,7 +9,10 @@ use luminal::prelude::{petgraph::Direction, *};
 use rayon::prelude::*;
 
 use super::elementwise::{is_plain, replace_node, sources};
-use super::view::{buffer, dot8, tensor, Axis, View};
+use super::view::{buffer, dot8, Axis, View};
+
+/// Multiply-adds above which a matmul is split across threads.
+const PAR_FLOPS: usize = 1 << 18;
 
 /// Batched matrix product `C[.., m, n] = sum_k A[.., m, k] B[.., n, k]`; inputs are the
 /// rank-r broadcast views of the matched pattern (A fake on axis r-2, B fake on axis r-3).
@@ -46,9 +49,9 @@ impl Operator for MatMul {
         let (m, n, k) = (va.axes[r - 3].len, va.axes[r - 2].len, va.axes[r - 1].len);
         let batch_shape: Vec<usize> = va.axes[..r - 3].iter().map(|a| a.len).collect();
         let batches: usize = batch_shape.iter().product();
-        let mut out = vec![0.0f32; batches * m * n];
+        let mut out = super::pool::take(batches * m * n);
         if m == 0 || n == 0 || batches == 0 {
-            return vec![tensor(out)];
+            return super::pool::finish(inp, out);
         }
         let in_bounds =
             |v: &View, buf: &[f32]| reach(v).map(|h| (h as usize) < buf.len()).unwrap_or(false);
@@ -60,42 +63,8 @@ impl Operator for MatMul {
         let fast = k > 0 && in_bounds(&va, a) && in_bounds(&vb, b) && no_pad(&va) && no_pad(&vb);
         let (am, ak) = (va.axes[r - 3], va.axes[r - 1]);
         let (bn, bk) = (vb.axes[r - 2], vb.axes[r - 1]);
-        let one = |(bi, c): (usize, &mut [f32])| {
-            let mut idx = vec![0usize; r - 3];
-            let mut rem = bi;
-            for d in (0..r - 3).rev() {
-                idx[d] = rem % batch_shape[d];
-                rem /= batch_shape[d];
-            }
-            if fast {
-                let oa = base_offset(&va.axes[..r - 3], &idx)
-                    + am.offset * am.stride as i64
-                    + ak.offset * ak.stride as i64;
-                let ob = base_offset(&vb.axes[..r - 3], &idx)
-                    + bn.offset * bn.stride as i64
-                    + bk.offset * bk.stride as i64;
-                // SAFETY: `reach` bounded every position the strides address by the buffer
-                // lengths, and no offset is negative; `c` is an m*n row-major block.
-                unsafe {
-                    matrixmultiply::sgemm(
-                        m,
-                        k,
-                        n,
-                        1.0,
-                        a.as_ptr().offset(oa as isize),
-                        am.stride as isize,
-                        ak.stride as isize,
-                        b.as_ptr().offset(ob as isize),
-                        bk.stride as isize,
-                        bn.stride as isize,
-                        0.0,
-                        c.as_mut_ptr(),
-                        n as isize,
-                        1,
-                    );
-                }
-            } else {
-                // Views with padding (or unexpected layouts): gather rows, then dot products.
+        if !fast {
+            let run = |(bi, c): (usize, &mut [f32])| {
                 let mut row_a = vec![0.0f32; k];
                 let mut row_b = vec![0.0f32; k];
                 let lin = |i: usize, j: usize| ((bi * m + i) * n + j) * k;
@@ -106,14 +75,84 @@ impl Operator for MatMul {
                         c[i * n + j] = dot8(&row_a, &row_b);
                     }
                 }
+            };
+            if batches > 1 && batches * m * n * k >= PAR_FLOPS {
+                out.par_chunks_mut(m * n).enumerate().for_each(run);
+            } else {
+                out.chunks_mut(m * n).enumerate().for_each(run);
+            }
+            return super::pool::finish(inp, out);
+        }
+        // Fold trailing batch axes over which B is broadcast into the rows of A: one GEMM of
+        // (batch x m) rows instead of many small ones (each of which would pack B again).
+        let mut outer = r - 3;
+        let (mut rows, mut row_stride) = (m, am.stride);
+        while outer > 0 {
+            let (xa, xb) = (va.axes[outer - 1], vb.axes[outer - 1]);
+            if !(xb.fake || xb.len == 1) {
+                break;
+            }
+            if xa.len == 1 {
+            } else if xa.fake {
+                break;
+            } else if rows == 1 {
+                (rows, row_stride) = (xa.len, xa.stride);
+            } else if xa.stride == rows * row_stride {
+                rows *= xa.len;
+            } else {
+                break;
+            }
+            outer -= 1;
+        }
+        let outer_shape = &batch_shape[..outer];
+        let gemm = |bi: usize, c: &mut [f32]| {
+            let mut idx = vec![0usize; r - 3];
+            let mut rem = bi;
+            for d in (0..outer).rev() {
+                idx[d] = rem % outer_shape[d];
+                rem /= outer_shape[d];
+            }
+            let oa = base_offset(&va.axes[..r - 3], &idx)
+                + am.offset * am.stride as i64
+                + ak.offset * ak.stride as i64;
+            let ob = base_offset(&vb.axes[..r - 3], &idx)
+                + bn.offset * bn.stride as i64
+                + bk.offset * bk.stride as i64;
+            let rows_here = c.len() / n;
+            // SAFETY: `fast` checked that every element the views address lies inside the
+            // buffers; the folded rows step through A with the stride of the merged axes.
+            unsafe {
+                matrixmultiply::sgemm(
+                    rows_here,
+                    k,
+                    n,
+                    1.0,
+                    a.as_ptr().offset(oa as isize),
+                    row_stride as isize,
+                    ak.stride as isize,
+                    b.as_ptr().offset(ob as isize),
+                    bk.stride as isize,
+                    bn.stride as isize,
+                    0.0,
+                    c.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
             }
         };
-        if batches > 1 {
-            out.par_chunks_mut(m * n).enumerate().for_each(one);
+        let outer_batches: usize = outer_shape.iter().product();
+        let work = batches * m * n * k;
+        if outer_batches > 1 && work >= PAR_FLOPS {
+            out.par_chunks_mut(rows * n)
+                .enumerate()
+                .for_each(|(bi, c)| gemm(bi, c));
         } else {
-            one((0, &mut out));
+            // one GEMM (matrixmultiply threads it when large) or small ones in a row
+            for (bi, c) in out.chunks_mut(rows * n).enumerate() {
+                gemm(bi, c);
+            }
         }
-        vec![tensor(out)]
+        super::pool::finish(inp, out)
     }
 }
 

@@ -22,6 +22,7 @@ pub mod elementwise;
 #[cfg(test)]
 mod luminal_regressions;
 pub mod matmul;
+pub mod pool;
 pub mod primitives;
 pub mod safetensors;
 mod session;

@@ -84,9 +84,9 @@ impl Operator for Reduce {
         if out_view.plain || out_view.n != logical.len() {
             return vec![tensor(logical)];
         }
-        let mut out = vec![0.0; out_view.physical_len()];
+        let mut out = super::pool::take(out_view.physical_len());
         out_view.scatter(&logical, &mut out);
-        vec![tensor(out)]
+        super::pool::finish(inp, out)
     }
 }
 
@@ -98,7 +98,7 @@ impl Operator for Materialize {
     fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
         let view = View::new(&inp[0].1, &Default::default());
         let out = view.materialize(buffer(&inp[0].0)).into_owned();
-        vec![tensor(out)]
+        super::pool::finish(inp, out)
     }
 }
 

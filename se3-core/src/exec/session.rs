@@ -538,6 +538,8 @@ impl Session {
             }
         }
         self.graph.execute();
+        // Intermediates are dead now: give the pooled buffers back to the allocator.
+        super::pool::clear();
         self.ran = true;
         Ok(())
     }

@@ -620,3 +620,81 @@ fn matmul_of_sliced_and_broadcast_operands_runs_on_gemm() -> Result<(), Error> {
     );
     Ok(())
 }
+
+#[test]
+fn pooled_buffers_never_alias_live_data_across_repeated_runs() -> Result<(), Error> {
+    // Tensors above the pool's minimum size, so outputs come from recycled buffers: every run
+    // (fresh inputs each time) must still match the plain graph.
+    let mut r = rng();
+    let (da, db) = (r.gen_range(160..200), r.gen_range(110..140));
+    let program_seed: u64 = r.gen();
+    let build = |s: &mut Session| {
+        let mut pr = StdRng::seed_from_u64(program_seed);
+        let x = s.input::<D2>("x", InputKind::Values);
+        let y = s.input::<D2>("y", InputKind::Values);
+        let mut pool = vec![x, y];
+        for _ in 0..12 {
+            let t = random_step(&mut pr, &pool);
+            pool.push(t);
+        }
+        let last = *pool.last().unwrap_or(&x);
+        s.output("out", last);
+        s.output("mid", pool[pool.len() / 2]);
+    };
+    let mut fast = Session::new();
+    build(&mut fast);
+    fast.compile();
+    let mut plain = Session::new();
+    build(&mut plain);
+    plain.compile_stock();
+    for _ in 0..3 {
+        let (x, y) = (rand_vec(&mut r, da * db), rand_vec(&mut r, da * db));
+        for s in [&mut fast, &mut plain] {
+            s.set("x", x.clone(), &[da, db])?;
+            s.set("y", y.clone(), &[da, db])?;
+            s.run()?;
+        }
+        for o in ["out", "mid"] {
+            let (a, b) = (fast.get(o)?, plain.get(o)?);
+            assert_eq!(a.shape, b.shape);
+            let e = rel_err(&a.data, &b.data);
+            assert!(e < 1e-5, "{o}: compiled vs plain graph rel err {e}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn matmul_folds_broadcast_weight_batches_and_keeps_strided_ones_apart() -> Result<(), Error> {
+    let mut r = rng();
+    let (z, m, k, n) = (
+        r.gen_range(2..40),
+        r.gen_range(2..12),
+        r.gen_range(1..20),
+        r.gen_range(1..20),
+    );
+    let (a, w) = (rand_vec(&mut r, z * (m + 1) * k), rand_vec(&mut r, k * n));
+    let build = |s: &mut Session| {
+        let a = s.input::<(Dyn<'z'>, Dyn<'m'>, Dyn<'k'>)>("a", InputKind::Values);
+        let w = s.input::<(Dyn<'k'>, Dyn<'n'>)>("w", InputKind::Values);
+        // contiguous batches fold into one GEMM; sliced rows leave a gap between batches
+        s.output("whole", a.matmul(w));
+        let cut = a.slice((.., ..Expression::from(m), ..));
+        s.output("cut", cut.matmul(w));
+    };
+    let mut whole = vec![];
+    let mut cut = vec![];
+    let rows = m + 1;
+    for b in 0..z {
+        let batch = &a[b * rows * k..(b + 1) * rows * k];
+        whole.extend(naive_matmul(batch, &w, rows, k, n));
+        cut.extend(naive_matmul(&batch[..m * k], &w, m, k, n));
+    }
+    let (x, y, _) = run_both(
+        build,
+        &[("a", a, vec![z, rows, k]), ("w", w, vec![k, n])],
+        &["whole", "cut"],
+    )?;
+    check(&x, &y, &[whole, cut]);
+    Ok(())
+}

@@ -6,7 +6,7 @@ use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
 use rayon::prelude::*;
 
-use crate::exec::view::{buffer, dot8, tensor, View, PAR_MIN};
+use crate::exec::view::{buffer, dot8, View, PAR_MIN};
 use crate::ops::scatter_add::cpu_buckets;
 
 /// Fused gather · weights → scatter-add. Inputs: `x (M, Ci)`, `w (E, Co, Ci)` or `(E, C)`,
@@ -29,9 +29,9 @@ impl Operator for EdgeConv {
         let src = views[2].materialize(buffer(&inp[2].0));
         let dst = views[3].materialize(buffer(&inp[3].0));
         let b = cpu_buckets(&dst, n);
-        let mut out = vec![0.0f32; n * co];
+        let mut out = crate::exec::pool::take(n * co);
         if co == 0 {
-            return vec![tensor(out)];
+            return crate::exec::pool::finish(inp, out);
         }
         let diagonal = self.diagonal;
         let row = |(d, acc): (usize, &mut [f32])| {
@@ -60,6 +60,6 @@ impl Operator for EdgeConv {
         } else {
             out.chunks_mut(co).enumerate().for_each(row);
         }
-        vec![tensor(out)]
+        crate::exec::pool::finish(inp, out)
     }
 }

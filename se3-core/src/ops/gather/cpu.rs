@@ -4,7 +4,7 @@ use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
 use rayon::prelude::*;
 
-use crate::exec::view::{buffer, tensor, View, PAR_MIN};
+use crate::exec::view::{buffer, View, PAR_MIN};
 
 /// Gathers rows: inputs `table (N, ..)`, `idx (E,)`; output `(E, ..)` row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,8 +39,8 @@ impl Operator for GatherRows {
         let (n, c) = (tv.axes[0].len, tv.axes[1..].iter().map(|a| a.len).product());
         let table = tv.materialize(buffer(&inp[0].0));
         let idx = iv.materialize(buffer(&inp[1].0));
-        let mut out = vec![0.0; iv.n * c];
+        let mut out = crate::exec::pool::take(iv.n * c);
         gather_rows(&table, n, c, &idx, &mut out);
-        vec![tensor(out)]
+        crate::exec::pool::finish(inp, out)
     }
 }

@@ -4,7 +4,7 @@ use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
 use rayon::prelude::*;
 
-use crate::exec::view::{buffer, tensor, View};
+use crate::exec::view::{buffer, View};
 
 /// `gelu(LayerNorm(x + bias) * gamma + beta)` per row: inputs `x (R, W)`, `bias (W,)`,
 /// `gamma (W,)`, `beta (W,)`; output `(R, W)`.
@@ -41,7 +41,7 @@ impl Operator for LayerNormGelu {
         };
         let (bias, gamma, beta) = (vec_of(1), vec_of(2), vec_of(3));
         let eps = self.eps;
-        let mut out = vec![0.0f32; x.len()];
+        let mut out = crate::exec::pool::take(x.len());
         out.par_chunks_mut(w)
             .zip(x.par_chunks(w))
             .with_min_len(64)
@@ -62,6 +62,6 @@ impl Operator for LayerNormGelu {
                     *ov = gelu(y);
                 }
             });
-        vec![tensor(out)]
+        crate::exec::pool::finish(inp, out)
     }
 }

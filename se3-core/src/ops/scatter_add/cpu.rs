@@ -7,7 +7,7 @@ use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
 use rayon::prelude::*;
 
-use crate::exec::view::{buffer, tensor, View, PAR_MIN};
+use crate::exec::view::{buffer, View, PAR_MIN};
 
 /// Scatter-add: inputs `src (E, C)`, `idx (E,)`, a size carrier `(N,)`; output `(N, C)`.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,8 +94,8 @@ impl Operator for ScatterAdd {
         let (c, n) = (sv.axes[1..].iter().map(|a| a.len).product(), nv.axes[0].len);
         let src = sv.materialize(buffer(&inp[0].0));
         let idx = iv.materialize(buffer(&inp[1].0));
-        let mut out = vec![0.0; n * c];
+        let mut out = crate::exec::pool::take(n * c);
         scatter_rows(&src, c, &idx, &mut out);
-        vec![tensor(out)]
+        crate::exec::pool::finish(inp, out)
     }
 }

@@ -4,7 +4,7 @@ use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
 use rayon::prelude::*;
 
-use crate::exec::view::{buffer, tensor, View, PAR_MIN};
+use crate::exec::view::{buffer, View, PAR_MIN};
 use crate::ops::scatter_add::cpu_buckets;
 
 /// Segment softmax: inputs `logits (E, H)`, `seg (E,)`, size carrier `(N,)`; output `(E, H)`.
@@ -23,7 +23,7 @@ impl Operator for SegmentSoftmax {
         let x = xv.materialize(buffer(&inp[0].0));
         let seg = sv.materialize(buffer(&inp[1].0));
         let b = cpu_buckets(&seg, n);
-        let mut out = vec![0.0f32; e * h];
+        let mut out = crate::exec::pool::take(e * h);
         let per_segment = |d: usize| -> Vec<(usize, f32)> {
             let edges = &b.order[b.start[d]..b.start[d + 1]];
             let mut res = Vec::with_capacity(edges.len() * h);
@@ -47,6 +47,6 @@ impl Operator for SegmentSoftmax {
         for (p, v) in parts.into_iter().flatten() {
             out[p] = v;
         }
-        vec![tensor(out)]
+        crate::exec::pool::finish(inp, out)
     }
 }
