@@ -1,7 +1,8 @@
 //! The compiled (luminal graph, float32) SE(3)-Transformer against the reference float64 outputs
 //! of se3-transformer-pytorch, one test per reference config (every one compiles).
 
-use std::path::PathBuf;
+mod common;
+use common::*;
 
 use se3_models::checkpoint::StateDict;
 use se3_models::inputs::ModelInputs;
@@ -13,24 +14,6 @@ use se3_models::Error;
 
 /// Float32 parity bound (relative to the largest reference magnitude of each output).
 const TOL: f64 = 1e-5;
-
-fn dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/reference/models")
-        .join(name)
-}
-
-fn rel_err(got: &[f64], want: &[f64]) -> (f64, usize) {
-    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
-    let mut worst = (0.0, 0);
-    for (i, (a, b)) in got.iter().zip(want).enumerate() {
-        let e = (a - b).abs() / scale;
-        if e > worst.0 || e.is_nan() {
-            worst = (e, i);
-        }
-    }
-    worst
-}
 
 /// Runs the compiled model on a reference folder; returns the max relative error over the `_f64`
 /// outputs, or None when the config has an option that is not compiled.
@@ -63,7 +46,7 @@ fn run_compiled(name: &str) -> Result<Option<f64>, Error> {
             expected: t.shape.clone(),
         })?;
         assert_eq!(got.shape, t.shape, "{name}: output {base} shape");
-        let (e, idx) = rel_err(&got.data, &t.data);
+        let (e, idx) = rel_error_at(&got.data, &t.data);
         println!("{name} {base}: compiled max rel err {e:.3e} at {idx}");
         assert!(
             e <= TOL,

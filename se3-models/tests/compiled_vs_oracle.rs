@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use nalgebra::{Matrix3, UnitQuaternion, Vector4};
 use rand::Rng;
 use se3_models::checkpoint::{StateDict, Tensor};
 use se3_models::inputs::{BoolTensor, EdgeInput, ModelInputs, NodeFeats};
@@ -19,43 +18,6 @@ use se3_models::Error;
 const TOL_ORACLE: f64 = 1e-4;
 /// Equivariance of the float32 graph.
 const TOL_EQUIV: f64 = 1e-4;
-
-fn rel_err(a: &[f64], b: &[f64]) -> f64 {
-    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs() / scale)
-        .fold(
-            0.0,
-            |m, e| if e.is_nan() { f64::INFINITY } else { m.max(e) },
-        )
-}
-
-fn random_rotation(r: &mut impl Rng) -> Matrix3<f64> {
-    loop {
-        let q = Vector4::new(
-            r.gen_range(-1.0..1.0),
-            r.gen_range(-1.0..1.0),
-            r.gen_range(-1.0..1.0),
-            r.gen_range(-1.0..1.0),
-        );
-        if q.norm() > 0.1 {
-            return UnitQuaternion::from_quaternion(nalgebra::Quaternion::from_vector(q))
-                .to_rotation_matrix()
-                .into_inner();
-        }
-    }
-}
-
-fn rotate_rows(t: &Tensor, rot: &Matrix3<f64>, shift: [f64; 3]) -> Tensor {
-    let mut out = t.clone();
-    for (o, v) in out.data.chunks_mut(3).zip(t.data.chunks(3)) {
-        for a in 0..3 {
-            o[a] = (0..3).map(|b| rot[(a, b)] * v[b]).sum::<f64>() + shift[a];
-        }
-    }
-    out
-}
 
 fn dense(r: &mut impl Rng, shape: Vec<usize>) -> Tensor {
     let n = shape.iter().product();
@@ -210,7 +172,7 @@ fn worst_diff(what: &str, got: &StateDict, want: &StateDict) -> Result<f64, Erro
             expected: t.shape.clone(),
         })?;
         assert_eq!(g.shape, t.shape, "{what}: shape of {k}");
-        worst = worst.max(rel_err(&g.data, &t.data));
+        worst = worst.max(rel_error(&g.data, &t.data));
     }
     Ok(worst)
 }
@@ -302,7 +264,7 @@ fn compiled_is_equivariant_on_every_option_group() -> Result<(), Error> {
                 key: k.into(),
                 expected: t.shape.clone(),
             })?;
-            let e = rel_err(&got.data, &want.data);
+            let e = rel_error(&got.data, &want.data);
             println!("{what}: output {k} (degree {l}) equivariance error {e:.3e}");
             assert!(
                 e < TOL_EQUIV,

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use nalgebra::{Matrix3, UnitQuaternion, Vector4};
+use nalgebra::Matrix3;
 use rand::Rng;
 use se3_models::checkpoint::{StateDict, Tensor};
 use se3_models::inputs::{BoolTensor, EdgeInput, ModelInputs, NodeFeats};
@@ -16,41 +16,6 @@ use se3_models::Error;
 /// The library (and so the oracle) rounds Q_J to float32, so the kernel basis itself is only
 /// equivariant to ~1e-8 relative (CONVENTIONS 2.3); exact math would reach ~1e-14.
 const TOL: f64 = 1e-6;
-
-fn random_rotation(r: &mut impl Rng) -> Matrix3<f64> {
-    loop {
-        let q = Vector4::new(
-            r.gen_range(-1.0..1.0),
-            r.gen_range(-1.0..1.0),
-            r.gen_range(-1.0..1.0),
-            r.gen_range(-1.0..1.0),
-        );
-        if q.norm() > 0.1 {
-            return UnitQuaternion::from_quaternion(nalgebra::Quaternion::from_vector(q))
-                .to_rotation_matrix()
-                .into_inner();
-        }
-    }
-}
-
-/// Rotates every trailing 3-vector of `t` by `rot` (rows times R^T), then adds `shift`.
-fn rotate_rows(t: &Tensor, rot: &Matrix3<f64>, shift: [f64; 3]) -> Tensor {
-    let mut out = t.clone();
-    for (o, v) in out.data.chunks_mut(3).zip(t.data.chunks(3)) {
-        for a in 0..3 {
-            o[a] = (0..3).map(|b| rot[(a, b)] * v[b]).sum::<f64>() + shift[a];
-        }
-    }
-    out
-}
-
-fn rel_err(a: &[f64], b: &[f64]) -> f64 {
-    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs() / scale)
-        .fold(0.0, f64::max)
-}
 
 /// Replaces coordinates (and float feats) with fresh random values.
 fn refresh_inputs(inp: &mut ModelInputs, r: &mut impl Rng) {
@@ -104,7 +69,7 @@ fn check(
             1 => rotate_rows(t, rot, [0.0; 3]),
             _ => continue,
         };
-        let e = rel_err(&got.data, &want.data);
+        let e = rel_error(&got.data, &want.data);
         assert!(
             e < TOL,
             "{what}: output {k} (degree {l}) equivariance error {e:.3e}"

@@ -1,5 +1,8 @@
 //! Parity of the float64 oracles with the reference outputs of se3-transformer-pytorch.
 
+mod common;
+use common::*;
+
 use std::path::PathBuf;
 
 use se3_models::checkpoint::StateDict;
@@ -7,25 +10,6 @@ use se3_models::inputs::ModelInputs;
 use se3_models::model_file::ModelFile;
 use se3_models::tfn::{TfnStack, TfnStackConfig};
 use se3_models::Error;
-
-fn dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/reference/models")
-        .join(name)
-}
-
-/// Max relative error |a - b| / max(|b|_inf, tiny) and the index of the worst entry.
-fn rel_err(got: &[f64], want: &[f64]) -> (f64, usize) {
-    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
-    let mut worst = (0.0, 0);
-    for (i, (a, b)) in got.iter().zip(want).enumerate() {
-        let e = (a - b).abs() / scale;
-        if e > worst.0 || e.is_nan() {
-            worst = (e, i);
-        }
-    }
-    worst
-}
 
 fn compare(name: &str, out: &StateDict) -> Result<(f64, f64), Error> {
     let folder = name.split(' ').next().unwrap_or(name);
@@ -44,7 +28,7 @@ fn compare(name: &str, out: &StateDict) -> Result<(f64, f64), Error> {
             expected: t.shape.clone(),
         })?;
         assert_eq!(got.shape, t.shape, "{name}: output {base} shape");
-        let (e, idx) = rel_err(&got.data, &t.data);
+        let (e, idx) = rel_error_at(&got.data, &t.data);
         println!("{name} {k}: max rel err {e:.3e} at {idx}");
         assert!(
             e <= tol,
@@ -175,7 +159,7 @@ fn extra_references_match_with_their_own_qj_signs() -> Result<(), Error> {
                 expected: t.shape.clone(),
             })?;
             assert_eq!(got.shape, t.shape, "{name}: {k}");
-            let (e, idx) = rel_err(&got.data, &t.data);
+            let (e, idx) = rel_error_at(&got.data, &t.data);
             assert!(
                 e <= tol,
                 "{name}: {k} max relative error {e:.3e} at flat index {idx}"

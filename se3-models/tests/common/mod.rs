@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
+use nalgebra::Matrix3;
 use rand::{Rng, SeedableRng};
+#[allow(unused_imports)]
+pub use se3_core::testing::{rel_error, rel_error_at};
 use se3_models::checkpoint::{StateDict, Tensor};
 use se3_models::inputs::ModelInputs;
 use se3_models::model_file::ModelFile;
@@ -82,4 +85,20 @@ pub fn random_weights(cfg: &Se3TransformerConfig, r: &mut impl Rng) -> Result<St
         sd.insert(k, Tensor::new(shape, data)?);
     }
     Ok(sd)
+}
+
+/// A Haar-random rotation matrix.
+pub fn random_rotation(r: &mut impl Rng) -> Matrix3<f64> {
+    se3_core::testing::random_rotation(r).into_inner()
+}
+
+/// Rotates every trailing 3-vector of `t` by `rot` (rows times R^T), then adds `shift`.
+pub fn rotate_rows(t: &Tensor, rot: &Matrix3<f64>, shift: [f64; 3]) -> Tensor {
+    let mut out = t.clone();
+    for (o, v) in out.data.chunks_mut(3).zip(t.data.chunks(3)) {
+        for a in 0..3 {
+            o[a] = (0..3).map(|b| rot[(a, b)] * v[b]).sum::<f64>() + shift[a];
+        }
+    }
+    out
 }
