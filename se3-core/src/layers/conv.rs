@@ -15,7 +15,7 @@ use super::linear::{LinearLayer, LinearLayout};
 use super::radial::RadialMlp;
 use crate::exec::Session;
 use crate::fiber::{Fiber, FiberSpec};
-use crate::ops::{gather3, scatter_add3};
+use crate::ops::{edge_conv, gather3, scatter_add3};
 use crate::Error;
 
 /// How messages of a node's edges are combined.
@@ -51,6 +51,19 @@ impl Default for ConvOptions {
     }
 }
 
+/// How the direct (per-edge radial weights) pooled path of [`ConvLayer::build`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DirectPath {
+    /// Per-edge weight matrices `W_e = w_e sum_f R_f(e) (x) K_f(e)`, flattened to
+    /// `(E, c_out (2 d_out + 1), c_in (2 d_in + 1))`, applied to the source rows and
+    /// scatter-added into destinations by the fused [`edge_conv`] op (default).
+    #[default]
+    EdgeConv,
+    /// Per-edge messages from batched GEMMs (`R_e (K_e x_src)`), weighted, then summed per
+    /// node (grouped edges) or scatter-added.
+    Gemm,
+}
+
 #[derive(Debug, Clone)]
 struct PairKernel {
     d_in: usize,
@@ -78,6 +91,7 @@ pub struct ConvLayer {
     options: ConvOptions,
     pairs: Vec<PairKernel>,
     self_interact: Option<LinearLayer>,
+    direct: DirectPath,
 }
 
 /// Whether the fibers have a degree in common (else self-interaction has no weights).
@@ -125,6 +139,7 @@ impl ConvLayer {
             options,
             pairs,
             self_interact,
+            direct: DirectPath::default(),
         })
     }
 
@@ -176,6 +191,7 @@ impl ConvLayer {
             options,
             pairs,
             self_interact,
+            direct: DirectPath::default(),
         })
     }
 
@@ -192,6 +208,110 @@ impl ConvLayer {
     /// The options.
     pub fn options(&self) -> ConvOptions {
         self.options
+    }
+
+    /// The same layer with the direct pooled path run as `direct`.
+    #[must_use]
+    pub fn with_direct_path(mut self, direct: DirectPath) -> Self {
+        self.direct = direct;
+        self
+    }
+
+    /// How the direct pooled path runs.
+    pub fn direct_path(&self) -> DirectPath {
+        self.direct
+    }
+
+    /// The pooled message of one degree pair through the fused edge op:
+    /// `out[n, (o, p)] = sum_{e: dst e = n} sum_{(c, q)} W_e[(o, p), (c, q)] x[src e, (c, q)]` with
+    /// `W_e[(o, p), (c, q)] = w_e sum_f R_e[o, c, f] K_e[q, f, p]` (`w_e` the pooling weight),
+    /// `(N, c_out, 2 d_out + 1)`.
+    #[allow(clippy::too_many_arguments)]
+    fn pair_pooled_edge_conv(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        p: &PairKernel,
+        xl: GraphTensor<(N, X, X)>,
+        edges: &EdgeGraph,
+        basis: &EdgeBasis,
+        input: GraphTensor<(E, X)>,
+        w: GraphTensor<(E,)>,
+    ) -> Result<GraphTensor<(X, X, X)>, Error> {
+        let e = dims(edges.dist)[0];
+        let n = dims(xl)[0];
+        let (di, mo, nf) = (2 * p.d_in + 1, 2 * p.d_out + 1, 2 * p.d_in.min(p.d_out) + 1);
+        let (h, wl, b) = p.radial.build_hidden(
+            s,
+            &format!("{prefix}kernel_unary.({},{}).rp.", p.d_in, p.d_out),
+            input,
+        )?;
+        let width = p.c_out * p.c_in * nf;
+        let r = mm(retype(h), transpose(wl)) + expand_at::<_, (X, X)>(retype::<_, (X,)>(b), 0, e);
+        let r = r * expand_at::<_, (X, X)>(retype::<_, (X,)>(w), 1, width);
+        let r: GraphTensor<(X, X, X)> = reshape(r, &[e, (p.c_out * p.c_in).into(), nf.into()]);
+        // K[e, q, (f, p)] -> (E, f, (q, p))
+        let k: GraphTensor<(X, X, X, X)> = reshape(
+            basis.block(p.d_in, p.d_out)?,
+            &[e, di.into(), nf.into(), mo.into()],
+        );
+        let k: GraphTensor<(X, X, X)> =
+            reshape(permute(k, &[0, 2, 1, 3]), &[e, nf.into(), (di * mo).into()]);
+        // RK[e, (o, c), (q, p)] -> W[e, (o, p), (c, q)]
+        let rk: GraphTensor<(X, X, X, X, X)> = reshape(
+            bmm(r, k),
+            &[e, p.c_out.into(), p.c_in.into(), di.into(), mo.into()],
+        );
+        let wm: GraphTensor<(E, X, X)> = reshape(
+            permute(rk, &[0, 1, 4, 2, 3]),
+            &[e, (p.c_out * mo).into(), (p.c_in * di).into()],
+        );
+        let x2: GraphTensor<(N, X)> = reshape(xl, &[n, (p.c_in * di).into()]);
+        let y = edge_conv::<N, N, E, X, X>(x2, wm, edges.src, edges.dst);
+        Ok(reshape(y, &[n, p.c_out.into(), mo.into()]))
+    }
+
+    /// The pooled sums of every degree pair through [`edge_conv`] (see
+    /// [`DirectPath::EdgeConv`]).
+    fn pooled_edge_conv(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        x: &FeatureTensors<N>,
+        edges: &EdgeGraph,
+        basis: &EdgeBasis,
+        w: GraphTensor<(E,)>,
+    ) -> Result<Vec<DegreeGraphTensor>, Error> {
+        self.check_input(x, basis)?;
+        self.check_edge_dim(edges)?;
+        let input = edges.radial_input(s, self.options.fourier)?;
+        let mut out: Vec<Option<GraphTensor<(X, X, X)>>> =
+            vec![None; self.fiber_out.degrees().len()];
+        for p in &self.pairs {
+            let xl = x.degree(p.d_in).ok_or(Error::FiberMismatch {
+                fiber: "convolution input",
+                expected: self.fiber_in.to_string(),
+                found: x.spec().to_string(),
+            })?;
+            let y = self.pair_pooled_edge_conv(s, prefix, p, xl, edges, basis, input, w)?;
+            let slot = self
+                .fiber_out
+                .degrees()
+                .iter()
+                .position(|d| d.l == p.d_out)
+                .unwrap_or(0);
+            out[slot] = Some(match out[slot] {
+                None => y,
+                Some(acc) => acc + y,
+            });
+        }
+        out.into_iter()
+            .map(|t| {
+                t.map(retype).ok_or(Error::Empty {
+                    what: "convolution input fiber",
+                })
+            })
+            .collect()
     }
 
     fn check_input(&self, x: &FeatureTensors<N>, basis: &EdgeBasis) -> Result<(), Error> {
@@ -338,6 +458,20 @@ impl ConvLayer {
             // Reassociate only where it moves less data: per node, A' holds (2 d_out + 1) c_in nf
             // x 128 values against k c_out c_in nf per-edge weights.
             let k_est = k.to_usize().unwrap_or(16);
+            if mo * hd >= k_est * p.c_out && self.direct == DirectPath::EdgeConv {
+                let y = self.pair_pooled_edge_conv(s, prefix, p, xl, edges, basis, input, w)?;
+                let slot = self
+                    .fiber_out
+                    .degrees()
+                    .iter()
+                    .position(|d| d.l == p.d_out)
+                    .unwrap_or(0);
+                out[slot] = Some(match out[slot] {
+                    None => y,
+                    Some(acc) => acc + y,
+                });
+                continue;
+            }
             if mo * hd >= k_est * p.c_out {
                 let m = self.pair_message(s, prefix, p, xl, edges, basis, input)?;
                 let w3: GraphTensor<(X, X)> = expand_at(retype::<_, (X,)>(w), 1, p.c_out);
@@ -419,7 +553,9 @@ impl ConvLayer {
     /// Weights are session weights named `<prefix>` + their checkpoint keys. If the edges are
     /// grouped by destination ([`EdgeGraph::per_node`]) the pooled sums are reassociated
     /// around the radial network's last layer (same values up to rounding, per-edge radial
-    /// weights never formed); otherwise messages are formed per edge and scatter-added.
+    /// weights never formed) for the degree pairs where that moves less data; the other pairs,
+    /// and all pairs of ungrouped edges, take the direct path ([`DirectPath`], by default the
+    /// fused [`edge_conv`] op on per-edge weight matrices).
     ///
     /// # Errors
     /// As [`ConvLayer::messages`].
@@ -437,6 +573,9 @@ impl ConvLayer {
         };
         let pooled = match edges.per_node {
             Some(k) => self.pooled_reassociated(s, prefix, x, edges, basis, w, k)?,
+            None if self.direct == DirectPath::EdgeConv => {
+                self.pooled_edge_conv(s, prefix, x, edges, basis, w)?
+            }
             None => {
                 let msgs = self.messages(s, prefix, x, edges, basis)?;
                 let mut pooled = Vec::new();
@@ -584,6 +723,77 @@ mod tests {
                     .collect();
                 let err = rel_error(&a, &b);
                 assert!(err < 1e-5, "seed {seed} {pool:?} degree {}: {err}", d.l);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn edge_conv_direct_path_matches_gemm_path_and_compiles_to_fused_op() -> Result<(), Error> {
+        const K: usize = 5;
+        let (mut r, seed) = rng();
+        let fin: FiberSpec = "0:3, 1:2, 2:2".parse()?;
+        let fout: FiberSpec = "0:2, 1:3, 2:1".parse()?;
+        for pool in [Pool::Mean, Pool::Sum] {
+            let opts = ConvOptions {
+                pool,
+                ..ConvOptions::default()
+            };
+            let fused = ConvLayer::new(&fin, &fout, opts, &mut r)?;
+            assert_eq!(fused.direct_path(), DirectPath::EdgeConv);
+            let gemm = fused.clone().with_direct_path(DirectPath::Gemm);
+            let mut s = Session::new();
+            let coords = s.input::<(N, Const<3>)>("coords", InputKind::Coordinates);
+            let mask = s.input::<(N,)>("mask", InputKind::Mask);
+            let x = FeatureTensors::input(&mut s, "x", &fin);
+            let nb = neighbors::<_, K>(coords, Some(mask), NeighborSpec::default());
+            s.derive_dim('e', Expression::from('n') * K);
+            let grouped = EdgeGraph::from_neighbors(coords, &nb, None);
+            let plain = EdgeGraph {
+                per_node: None,
+                ..grouped
+            };
+            let basis = EdgeBasis::new(&mut s, "", &grouped, 2)?;
+            // the same weights under four prefixes (a session name holds one tensor)
+            fused
+                .build(&mut s, "a.", &x, &plain, &basis)?
+                .output(&mut s, "fp");
+            fused
+                .build(&mut s, "b.", &x, &grouped, &basis)?
+                .output(&mut s, "fg");
+            gemm.build(&mut s, "c.", &x, &plain, &basis)?
+                .output(&mut s, "gp");
+            gemm.build(&mut s, "d.", &x, &grouped, &basis)?
+                .output(&mut s, "gg");
+            let n = r.gen_range(6..24);
+            let pts: Vec<f32> = (0..n * 3).map(|_| r.gen_range(-2.0..2.0)).collect();
+            let m: Vec<f32> = (0..n).map(|i| f32::from(u8::from(i % 5 != 2))).collect();
+            s.set("coords", pts, &[n, 3])?;
+            s.set("mask", m, &[n])?;
+            for d in fin.degrees() {
+                let v = (0..n * d.dim()).map(|_| r.gen_range(-1.0..1.0)).collect();
+                s.set(&format!("x.{}", d.l), v, &[n, d.channels, d.width()])?;
+            }
+            s.run()?;
+            let names = s.op_names();
+            assert!(
+                names.iter().any(|o| o.starts_with("EdgeConv")),
+                "no fused edge op in {names:?}"
+            );
+            let get = |s: &Session, k: &str| -> Result<Vec<f64>, Error> {
+                Ok(s.get(k)?.data.iter().map(|&v| f64::from(v)).collect())
+            };
+            for d in fout.degrees() {
+                for (a, b) in [("fp", "gp"), ("fg", "gg"), ("fp", "gg")] {
+                    let ea = get(&s, &format!("{a}.{}", d.l))?;
+                    let eb = get(&s, &format!("{b}.{}", d.l))?;
+                    let err = rel_error(&ea, &eb);
+                    assert!(
+                        err < 1e-5,
+                        "seed {seed} {pool:?} degree {} {a} vs {b}: {err}",
+                        d.l
+                    );
+                }
             }
         }
         Ok(())

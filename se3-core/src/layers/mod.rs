@@ -53,7 +53,7 @@ pub mod tensor_product;
 
 pub use activation::{Activation, Relu, ScalarActivation, Sigmoid, Silu, Tanh};
 pub use attention::{AttentionBlock, AttentionLayer, AttentionOptions, FeedForwardBlock};
-pub use conv::{Conv, ConvLayer, ConvOptions, Pool};
+pub use conv::{Conv, ConvLayer, ConvOptions, DirectPath, Pool};
 pub use conv_grouped::PairEdges;
 pub use edges::{EdgeBasis, EdgeGraph};
 pub use gate::GateLayer;
