@@ -176,7 +176,8 @@ fn pair_freqs(
 /// self-interaction `LinearSE3(x)`. Equivariant because `K_f(R r) = D^{d_out}(R) K_f(r)
 /// D^{d_in}(R)^T` and `R` sees only invariants. Weights and keys as se3-transformer-pytorch
 /// (`kernel_unary.(d_in,d_out).rp.net.*`, `self_interact.weights.<l>`), so `ConvSE3`
-/// checkpoints load.
+/// checkpoints load. For E(3) fibers (every degree with a parity) only the frequencies `J`
+/// with `p_in (-1)^J = p_out` are kept, so the layer is also equivariant under reflections.
 #[derive(Debug, Clone)]
 pub struct ConvLayer {
     fiber_in: FiberSpec,
