@@ -57,11 +57,13 @@ impl Default for ConvOptions {
 pub enum DirectPath {
     /// Per-edge weight matrices `W_e = w_e sum_f R_f(e) (x) K_f(e)`, flattened to
     /// `(E, c_out (2 d_out + 1), c_in (2 d_in + 1))`, applied to the source rows and
-    /// scatter-added into destinations by the fused [`edge_conv`] op (default).
-    #[default]
+    /// scatter-added into destinations by the fused [`edge_conv()`] op. Forms
+    /// `(2 l_out + 1)(2 l_in + 1) / nf` times more per-edge values than [`DirectPath::Gemm`]:
+    /// slower on CPU today (`se3 bench layers`: 1049 ms against 302 ms fully per edge).
     EdgeConv,
     /// Per-edge messages from batched GEMMs (`R_e (K_e x_src)`), weighted, then summed per
-    /// node (grouped edges) or scatter-added.
+    /// node (grouped edges) or scatter-added (default, the faster one on CPU).
+    #[default]
     Gemm,
 }
 
@@ -382,7 +384,7 @@ impl ConvLayer {
         Ok(reshape(y, &[n, p.c_out.into(), mo.into()]))
     }
 
-    /// The pooled sums of every degree pair through [`edge_conv`] (see
+    /// The pooled sums of every degree pair through [`edge_conv()`] (see
     /// [`DirectPath::EdgeConv`]).
     fn pooled_edge_conv(
         &self,
@@ -665,8 +667,8 @@ impl ConvLayer {
     /// grouped by destination ([`EdgeGraph::per_node`]) the pooled sums are reassociated
     /// around the radial network's last layer (same values up to rounding, per-edge radial
     /// weights never formed) for the degree pairs where that moves less data; the other pairs,
-    /// and all pairs of ungrouped edges, take the direct path ([`DirectPath`], by default the
-    /// fused [`edge_conv`] op on per-edge weight matrices).
+    /// and all pairs of ungrouped edges, take the direct path ([`DirectPath`]: batched GEMMs by
+    /// default, or the fused [`edge_conv()`] op on per-edge weight matrices).
     ///
     /// # Errors
     /// As [`ConvLayer::messages`].
@@ -850,9 +852,9 @@ mod tests {
                 pool,
                 ..ConvOptions::default()
             };
-            let fused = ConvLayer::new(&fin, &fout, opts, &mut r)?;
-            assert_eq!(fused.direct_path(), DirectPath::EdgeConv);
-            let gemm = fused.clone().with_direct_path(DirectPath::Gemm);
+            let gemm = ConvLayer::new(&fin, &fout, opts, &mut r)?;
+            assert_eq!(gemm.direct_path(), DirectPath::Gemm);
+            let fused = gemm.clone().with_direct_path(DirectPath::EdgeConv);
             let mut s = Session::new();
             let coords = s.input::<(N, Const<3>)>("coords", InputKind::Coordinates);
             let mask = s.input::<(N,)>("mask", InputKind::Mask);
