@@ -36,6 +36,19 @@
 //!
 //! Feature tensors are `[rows, channels, 2l + 1]` per degree; rows are nodes (`Dyn<'n'>`)
 //! or edges (`Dyn<'e'>`); missing edges are `-1` in `src`/`dst` and contribute nothing.
+//!
+//! # Convolution paths and E(3)
+//! [`ConvLayer::build`] reassociates pooled sums around the radial network's last layer where
+//! that moves less data (edges grouped by node); the other degree pairs take the direct path:
+//! by default ([`DirectPath::Gemm`]) batched-GEMM messages, or ([`DirectPath::EdgeConv`],
+//! via [`ConvLayer::with_direct_path`]) per-edge weight matrices
+//! `W_e[(o, p), (c, q)] = w_e sum_f R_f(e)[o, c] K_f(e)[p, q]` (`(E, c_out (2 l_out + 1),
+//! c_in (2 l_in + 1))`) applied to the source rows and scatter-added by the fused
+//! [`crate::ops::edge_conv()`] op (same values; slower on CPU today, as it forms more
+//! per-edge values).
+//! Fibers with parities (E(3)) keep a kernel frequency `J` of `(l_in, p_in) -> (l_out, p_out)`
+//! only if `p_in (-1)^J = p_out` (spherical harmonics of degree `J` have parity `(-1)^J`);
+//! pairs without any are dropped, and self-interaction needs equal parities on shared degrees.
 
 pub mod activation;
 pub mod attention;
@@ -53,7 +66,7 @@ pub mod tensor_product;
 
 pub use activation::{Activation, Relu, ScalarActivation, Sigmoid, Silu, Tanh};
 pub use attention::{AttentionBlock, AttentionLayer, AttentionOptions, FeedForwardBlock};
-pub use conv::{Conv, ConvLayer, ConvOptions, Pool};
+pub use conv::{Conv, ConvLayer, ConvOptions, DirectPath, Pool};
 pub use conv_grouped::PairEdges;
 pub use edges::{EdgeBasis, EdgeGraph};
 pub use gate::GateLayer;
