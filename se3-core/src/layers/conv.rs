@@ -219,6 +219,40 @@ fn radial_in(o: &ConvOptions) -> usize {
 }
 
 impl ConvLayer {
+    /// The input tensor of degree `l`.
+    ///
+    /// # Errors
+    /// `FiberMismatch` if the input fiber lacks degree `l`.
+    fn input_degree<R: Dimension>(
+        &self,
+        x: &FeatureTensors<R>,
+        l: usize,
+    ) -> Result<DegreeGraphTensor<R>, Error> {
+        x.degree(l).ok_or(Error::FiberMismatch {
+            fiber: "convolution input",
+            expected: self.fiber_in.to_string(),
+            found: x.spec().to_string(),
+        })
+    }
+
+    /// Adds one degree pair's contribution `y` into the output slot of degree `d_out`.
+    fn accumulate<S: Shape>(
+        &self,
+        out: &mut [Option<GraphTensor<S>>],
+        d_out: usize,
+        y: GraphTensor<S>,
+    ) {
+        let slot = self
+            .fiber_out
+            .degrees()
+            .iter()
+            .position(|d| d.l == d_out)
+            .unwrap_or(0);
+        out[slot] = Some(match out[slot] {
+            None => y,
+            Some(acc) => acc + y,
+        });
+    }
     /// A convolution with freshly initialised weights (self-interaction, if asked for, on the
     /// degrees both fibers have; none if they share no degree).
     ///
@@ -401,30 +435,11 @@ impl ConvLayer {
         let mut out: Vec<Option<GraphTensor<(X, X, X)>>> =
             vec![None; self.fiber_out.degrees().len()];
         for p in &self.pairs {
-            let xl = x.degree(p.d_in).ok_or(Error::FiberMismatch {
-                fiber: "convolution input",
-                expected: self.fiber_in.to_string(),
-                found: x.spec().to_string(),
-            })?;
+            let xl = self.input_degree(x, p.d_in)?;
             let y = self.pair_pooled_edge_conv(s, prefix, p, xl, edges, basis, input, w)?;
-            let slot = self
-                .fiber_out
-                .degrees()
-                .iter()
-                .position(|d| d.l == p.d_out)
-                .unwrap_or(0);
-            out[slot] = Some(match out[slot] {
-                None => y,
-                Some(acc) => acc + y,
-            });
+            self.accumulate(&mut out, p.d_out, y);
         }
-        out.into_iter()
-            .map(|t| {
-                t.map(retype).ok_or(Error::Empty {
-                    what: "convolution input fiber",
-                })
-            })
-            .collect()
+        Ok(collect_degrees(out)?.into_iter().map(retype).collect())
     }
 
     fn check_input(&self, x: &FeatureTensors<N>, basis: &EdgeBasis) -> Result<(), Error> {
@@ -505,31 +520,11 @@ impl ConvLayer {
         let mut out: Vec<Option<GraphTensor<(E, X, X)>>> =
             vec![None; self.fiber_out.degrees().len()];
         for p in &self.pairs {
-            let xl = x.degree(p.d_in).ok_or(Error::FiberMismatch {
-                fiber: "convolution input",
-                expected: self.fiber_in.to_string(),
-                found: x.spec().to_string(),
-            })?;
+            let xl = self.input_degree(x, p.d_in)?;
             let m = self.pair_message(s, prefix, p, xl, edges, basis, input)?;
-            let slot = self
-                .fiber_out
-                .degrees()
-                .iter()
-                .position(|d| d.l == p.d_out)
-                .unwrap_or(0);
-            out[slot] = Some(match out[slot] {
-                None => retype(m),
-                Some(acc) => acc + retype(m),
-            });
+            self.accumulate(&mut out, p.d_out, retype(m));
         }
-        let degrees = out
-            .into_iter()
-            .map(|t| {
-                t.ok_or(Error::Empty {
-                    what: "convolution input fiber",
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let degrees = collect_degrees(out)?;
         Ok(FeatureTensors::from_parts(self.fiber_out.clone(), degrees))
     }
 
@@ -563,26 +558,13 @@ impl ConvLayer {
         for p in &self.pairs {
             let (mo, nf) = (2 * p.d_out + 1, p.nf());
             let cf = p.c_in * nf;
-            let xl = x.degree(p.d_in).ok_or(Error::FiberMismatch {
-                fiber: "convolution input",
-                expected: self.fiber_in.to_string(),
-                found: x.spec().to_string(),
-            })?;
+            let xl = self.input_degree(x, p.d_in)?;
             // Reassociate only where it moves less data: per node, A' holds (2 d_out + 1) c_in nf
             // x 128 values against k c_out c_in nf per-edge weights.
             let k_est = k.to_usize().unwrap_or(16);
             if mo * hd >= k_est * p.c_out && self.direct == DirectPath::EdgeConv {
                 let y = self.pair_pooled_edge_conv(s, prefix, p, xl, edges, basis, input, w)?;
-                let slot = self
-                    .fiber_out
-                    .degrees()
-                    .iter()
-                    .position(|d| d.l == p.d_out)
-                    .unwrap_or(0);
-                out[slot] = Some(match out[slot] {
-                    None => y,
-                    Some(acc) => acc + y,
-                });
+                self.accumulate(&mut out, p.d_out, y);
                 continue;
             }
             if mo * hd >= k_est * p.c_out {
@@ -591,16 +573,7 @@ impl ConvLayer {
                 let mw = m * expand_at::<_, (X, X, X)>(w3, 2, mo);
                 let mw: GraphTensor<(X, X, X, X)> = reshape(mw, &[n, k, p.c_out.into(), mo.into()]);
                 let y: GraphTensor<(X, X, X)> = mw.sum_reduce::<(X, X, X), Axis<1>>();
-                let slot = self
-                    .fiber_out
-                    .degrees()
-                    .iter()
-                    .position(|d| d.l == p.d_out)
-                    .unwrap_or(0);
-                out[slot] = Some(match out[slot] {
-                    None => y,
-                    Some(acc) => acc + y,
-                });
+                self.accumulate(&mut out, p.d_out, y);
                 continue;
             }
             let (h, wl, bl) = p.radial.build_hidden(
@@ -628,24 +601,9 @@ impl ConvLayer {
             let y2 = mm(a, w2) + mm(bsum, b2);
             let y: GraphTensor<(X, X, X)> =
                 permute(reshape(y2, &[n, mo.into(), p.c_out.into()]), &[0, 2, 1]);
-            let slot = self
-                .fiber_out
-                .degrees()
-                .iter()
-                .position(|d| d.l == p.d_out)
-                .unwrap_or(0);
-            out[slot] = Some(match out[slot] {
-                None => y,
-                Some(acc) => acc + y,
-            });
+            self.accumulate(&mut out, p.d_out, y);
         }
-        out.into_iter()
-            .map(|t| {
-                t.map(retype).ok_or(Error::Empty {
-                    what: "convolution input fiber",
-                })
-            })
-            .collect()
+        Ok(collect_degrees(out)?.into_iter().map(retype).collect())
     }
 
     fn check_edge_dim(&self, edges: &EdgeGraph) -> Result<(), Error> {
@@ -716,6 +674,22 @@ impl ConvLayer {
 pub struct Conv<In: Fiber, Out: Fiber> {
     layer: ConvLayer,
     fibers: PhantomData<fn(In) -> Out>,
+}
+
+/// The per-degree outputs, each of which some degree pair must have reached.
+///
+/// # Errors
+/// `Empty` if an output degree got no contribution.
+fn collect_degrees<S: Shape>(
+    out: Vec<Option<GraphTensor<S>>>,
+) -> Result<Vec<GraphTensor<S>>, Error> {
+    out.into_iter()
+        .map(|t| {
+            t.ok_or(Error::Empty {
+                what: "convolution input fiber",
+            })
+        })
+        .collect()
 }
 
 impl<In: Fiber, Out: Fiber> Conv<In, Out> {
