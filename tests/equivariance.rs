@@ -6,3 +6,6 @@ mod math;
 
 #[path = "equivariance/layers.rs"]
 mod layers;
+
+#[path = "equivariance/layers_typed.rs"]
+mod layers_typed;

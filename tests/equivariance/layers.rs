@@ -259,7 +259,7 @@ fn graph_layers_are_permutation_equivariant_over_nodes() -> TestResult {
 
 #[test]
 fn attention_block_is_equivariant_with_and_without_self_attention() -> TestResult {
-    use se3_core::layers::{AttentionBlock, AttentionOptions};
+    use se3_core::layers::{AttentionBlockLayer as AttentionBlock, AttentionOptions};
     let (mut r, seed) = rng();
     let fiber: FiberSpec = "0:4, 1:3, 2:2".parse()?;
     for attend_self in [true, false] {

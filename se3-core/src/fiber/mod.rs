@@ -35,8 +35,8 @@ pub use features::{Cat, DegreeTensor, Features, Invariants};
 pub use fiber::{Cons, Fiber, Irrep, IrrepList, IrrepVisitor, Nil};
 pub use inline::{Absent, Ch, Inline, Slot};
 pub use rules::{
-    AsFeatures, Bias, ConservesParity, CouplesTo, DegreeOf, FeedsInto, Follows, HasDegree,
-    Invariant, InvariantParity, SameDegrees, SameFiber, SameGroupAs, ScalarOnly, ScalarOp,
-    Triangle,
+    AsFeatures, AsGraphFeatures, Bias, ConservesParity, CouplesTo, DegreeOf, FeedsGraph, FeedsInto,
+    Follows, GateFibers, HasDegree, Invariant, InvariantParity, SameDegrees, SameFiber,
+    SameGroupAs, ScalarOnly, ScalarOp, Triangle,
 };
 pub use spec::{DegreeSpec, DegreeTable, FiberSpec, Parity};

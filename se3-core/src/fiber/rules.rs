@@ -14,7 +14,9 @@
 //! | parity | [`ConservesParity`] | `TensorProduct::path` |
 //! | SE(3) vs E(3) | [`SameGroupAs`] (and [`SameDegrees`]) | `TensorProduct::new` (`Linear::new`) |
 //! | scalar-only ops | [`ScalarOnly`] | `Features::activate`, `Features::add_bias`, `Activation::new` |
-//! | invariant output | [`Invariant`] | `Features::invariant` |
+//! | invariant output | [`Invariant`] | `Features::invariant`, `MaxPool::new` |
+//! | graph layer input | [`FeedsGraph`] | `build` of `Gate`, `LayerNorm`, `Attention`, the blocks, pools |
+//! | gate fibers | [`GateFibers`] (+ a channel count check at build time) | `Gate::new` |
 //!
 //! The fiber-level rules take `Features<F>` or the layer as `Self` (not the user's fiber
 //! struct), which keeps rustc's message short.
@@ -23,11 +25,13 @@ use std::ops::Add;
 
 use typenum::{IsLessOrEqual, Sum, B1, U0};
 
+use super::degree::Degree;
 use super::degree::{DegreeMarker, Even, Group, NoParity, Odd, ParityMarker};
 use super::features::Cat;
 use super::features::Features;
-use super::fiber::Fiber;
-use crate::layers::{Layer, Linear};
+use super::fiber::{Cons, Fiber, Irrep, IrrepList};
+use crate::layers::{Gate, GraphFeatures, Layer, Linear};
+use luminal::prelude::Dimension;
 
 /// Rule 1: `Self` is `Features<F>`, so it can be added to, subtracted from or joined by a
 /// residual connection with features of fiber `F`.
@@ -271,3 +275,66 @@ impl<F: Fiber, D: DegreeOf<F> + DegreeMarker<Typenum = U0>> Invariant<F> for D w
 pub trait InvariantParity: ParityMarker {}
 impl InvariantParity for Even {}
 impl InvariantParity for NoParity {}
+
+/// A value that is `GraphFeatures<Self::Fiber, Self::Rows>` (implemented by `GraphFeatures`
+/// only); [`FeedsGraph`] is stated through it.
+pub trait AsGraphFeatures {
+    /// The fiber of the features.
+    type Fiber: Fiber;
+    /// The row axis (nodes or edges).
+    type Rows: Dimension;
+    /// The features themselves.
+    fn as_graph_features(&self) -> &GraphFeatures<Self::Fiber, Self::Rows>;
+}
+
+impl<F: Fiber, R: Dimension> AsGraphFeatures for GraphFeatures<F, R> {
+    type Fiber = F;
+    type Rows = R;
+    fn as_graph_features(&self) -> &GraphFeatures<F, R> {
+        self
+    }
+}
+
+/// Rule 10: `Self` is `GraphFeatures<In, _>`, so it may be given to a graph layer whose
+/// input fiber is `In` (the graph form of [`FeedsInto`]).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot feed a graph layer whose input fiber is `{In}`",
+    label = "expected graph features of fiber `{In}`",
+    note = "a layer's input fiber must equal the fiber of the features it is given; map them to `{In}` first (a `Linear` or a `Conv`)"
+)]
+pub trait FeedsGraph<In: Fiber> {
+    /// The row axis of the features.
+    type Rows: Dimension;
+    /// The features, seen as the layer's input (the identity).
+    fn feed_graph(x: &Self) -> &GraphFeatures<In, Self::Rows>;
+}
+
+#[diagnostic::do_not_recommend]
+impl<In: Fiber, X: AsGraphFeatures<Fiber = In>> FeedsGraph<In> for X {
+    type Rows = X::Rows;
+    fn feed_graph(x: &X) -> &GraphFeatures<In, X::Rows> {
+        x.as_graph_features()
+    }
+}
+
+/// Rule 11: the gate `Self` (a `Gate<In, Out>`) maps `0:(s + g), l1:c1, ..` to
+/// `0:s, l1:c1, ..`: both fibers start with invariant scalars (degree 0, `0e` in E(3)) and
+/// list the same higher degrees with the same parities. The channel count
+/// `c0(In) = c0(Out) + sum_{l > 0} c_l` (one gate per gated channel) is checked when
+/// `Gate::new` is instantiated (a constant evaluated at build time; `cargo check` skips it).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a gate: its fibers need degree 0 and the same higher degrees",
+    label = "the input and output fibers of a gate differ in their degrees (or lack invariant scalars)",
+    note = "a gate maps `0:(s + g), 1:c1, 2:c2` to `0:s, 1:c1, 2:c2` (g = c1 + c2, one gate per gated channel); both fibers list degree 0 (`0` or `0e`) and the same higher degrees"
+)]
+pub trait GateFibers {}
+
+#[diagnostic::do_not_recommend]
+impl<In, Out, P, T> GateFibers for Gate<In, Out>
+where
+    In: Fiber<Irreps = Cons<Irrep<Degree<0>, P>, T>>,
+    Out: Fiber<Irreps = Cons<Irrep<Degree<0>, P>, T>>,
+    P: InvariantParity,
+    T: IrrepList,
+{
+}

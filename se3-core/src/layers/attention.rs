@@ -1,18 +1,21 @@
 //! SE(3)-Transformer equivariant attention (se3-transformer-pytorch's `AttentionSE3`) and its
 //! pre-norm residual blocks, as graph builders.
 
+use std::marker::PhantomData;
+
 use luminal::prelude::{symbolic::Expression, *};
 use rand::Rng;
 
 use super::conv::{ConvLayer, ConvOptions, Pool};
 use super::edges::{EdgeBasis, EdgeGraph};
 use super::graph::{
-    add_views, dims, expand_at, reshape, retype, FeatureTensors, ParamSource, E, N, X,
+    add_views, dims, expand_at, reshape, retype, FeatureTensors, GraphFeatures, ParamSource, E, N,
+    X,
 };
 use super::linear::{LinearLayer, LinearLayout};
 use super::norm::{NormActivation, NormLayer, NormScale};
 use crate::exec::Session;
-use crate::fiber::{DegreeSpec, FiberSpec};
+use crate::fiber::{DegreeSpec, FeedsGraph, Fiber, FiberSpec};
 use crate::ops::gather3;
 use crate::Error;
 
@@ -293,12 +296,12 @@ fn slice1(t: GraphTensor<(X, X, X)>, start: usize, end: Expression) -> GraphTens
 
 /// `AttentionBlockSE3`: `x + Attention(NormSE3(x))` (keys `prenorm.*`, `attn.*`).
 #[derive(Debug, Clone)]
-pub struct AttentionBlock {
+pub struct AttentionBlockLayer {
     prenorm: NormLayer,
     attn: AttentionLayer,
 }
 
-impl AttentionBlock {
+impl AttentionBlockLayer {
     /// A block with fresh weights.
     ///
     /// # Errors
@@ -309,12 +312,8 @@ impl AttentionBlock {
         gated: bool,
         rng: &mut impl Rng,
     ) -> Result<Self, Error> {
-        let scale = if gated {
-            NormScale::Gated
-        } else {
-            NormScale::PerChannel
-        };
-        Ok(AttentionBlock {
+        let scale = norm_scale(gated);
+        Ok(AttentionBlockLayer {
             prenorm: NormLayer::new(fiber, scale, NormActivation::Gelu),
             attn: AttentionLayer::new(fiber, options, rng)?,
         })
@@ -331,12 +330,8 @@ impl AttentionBlock {
         options: AttentionOptions,
         gated: bool,
     ) -> Result<Self, Error> {
-        let scale = if gated {
-            NormScale::Gated
-        } else {
-            NormScale::PerChannel
-        };
-        Ok(AttentionBlock {
+        let scale = norm_scale(gated);
+        Ok(AttentionBlockLayer {
             attn: AttentionLayer::load(src, &format!("{prefix}attn."), fiber, options)?,
             prenorm: NormLayer::load(
                 src,
@@ -346,6 +341,11 @@ impl AttentionBlock {
                 NormActivation::Gelu,
             )?,
         })
+    }
+
+    /// The fiber (input and output).
+    pub fn fiber(&self) -> &FiberSpec {
+        self.attn.fiber()
     }
 
     /// Adds the block to `s`.
@@ -371,14 +371,52 @@ impl AttentionBlock {
 /// `FeedForwardBlockSE3`: `x + Linear(NormSE3(Linear_(4x)(NormSE3(x))))` (keys `prenorm.*`,
 /// `feedforward.project_in.*`, `feedforward.nonlin.*`, `feedforward.project_out.*`).
 #[derive(Debug, Clone)]
-pub struct FeedForwardBlock {
+pub struct FeedForwardBlockLayer {
     prenorm: NormLayer,
     project_in: LinearLayer,
     nonlin: NormLayer,
     project_out: LinearLayer,
 }
 
-impl FeedForwardBlock {
+fn norm_scale(gated: bool) -> NormScale {
+    if gated {
+        NormScale::Gated
+    } else {
+        NormScale::PerChannel
+    }
+}
+
+fn ff_hidden(fiber: &FiberSpec) -> Result<FiberSpec, Error> {
+    FiberSpec::new(
+        fiber
+            .degrees()
+            .iter()
+            .map(|d| DegreeSpec::new(d.l, 4 * d.channels, d.parity))
+            .collect(),
+    )
+}
+
+impl FeedForwardBlockLayer {
+    /// A block with fresh linear weights (variance `1 / c_in`) and unit norm scales (identity
+    /// gates if `gated`).
+    ///
+    /// # Errors
+    /// `ZeroChannels` for an empty fiber.
+    pub fn new(fiber: &FiberSpec, gated: bool, rng: &mut impl Rng) -> Result<Self, Error> {
+        let hidden = ff_hidden(fiber)?;
+        Ok(FeedForwardBlockLayer {
+            prenorm: NormLayer::new(fiber, norm_scale(gated), NormActivation::Gelu),
+            project_in: LinearLayer::new(fiber, &hidden, false, rng)?,
+            nonlin: NormLayer::new(&hidden, NormScale::PerChannel, NormActivation::Gelu),
+            project_out: LinearLayer::new(&hidden, fiber, false, rng)?,
+        })
+    }
+
+    /// The fiber (input and output).
+    pub fn fiber(&self) -> &FiberSpec {
+        self.prenorm.fiber()
+    }
+
     /// Loads a `FeedForwardBlockSE3` under `prefix`.
     ///
     /// # Errors
@@ -389,20 +427,10 @@ impl FeedForwardBlock {
         fiber: &FiberSpec,
         gated: bool,
     ) -> Result<Self, Error> {
-        let scale = if gated {
-            NormScale::Gated
-        } else {
-            NormScale::PerChannel
-        };
-        let hidden = FiberSpec::new(
-            fiber
-                .degrees()
-                .iter()
-                .map(|d| DegreeSpec::new(d.l, 4 * d.channels, d.parity))
-                .collect(),
-        )?;
+        let scale = norm_scale(gated);
+        let hidden = ff_hidden(fiber)?;
         let se3t = LinearLayout::Se3TransformerPytorch;
-        Ok(FeedForwardBlock {
+        Ok(FeedForwardBlockLayer {
             prenorm: NormLayer::load(
                 src,
                 &format!("{prefix}prenorm."),
@@ -457,5 +485,187 @@ impl FeedForwardBlock {
             .project_out
             .build(s, &format!("{prefix}feedforward.project_out."), &y)?;
         Ok(y.residual(x))
+    }
+}
+
+/// [`AttentionLayer`] typed by its fiber: `Attention<F>` maps features of `F` to features of
+/// `F` (fiber-preserving), over edges grouped by destination.
+#[derive(Debug, Clone)]
+pub struct Attention<F: Fiber> {
+    layer: AttentionLayer,
+    fiber: PhantomData<F>,
+}
+
+impl<F: Fiber> Attention<F> {
+    /// An attention layer with fresh weights.
+    ///
+    /// # Errors
+    /// As [`AttentionLayer::new`].
+    pub fn new(options: AttentionOptions, rng: &mut impl Rng) -> Result<Self, Error> {
+        Ok(Attention {
+            layer: AttentionLayer::new(&F::spec(), options, rng)?,
+            fiber: PhantomData,
+        })
+    }
+
+    /// Loads an `AttentionSE3` checkpoint under `prefix`.
+    ///
+    /// # Errors
+    /// As [`AttentionLayer::load`].
+    pub fn load(
+        src: &mut dyn ParamSource,
+        prefix: &str,
+        options: AttentionOptions,
+    ) -> Result<Self, Error> {
+        Ok(Attention {
+            layer: AttentionLayer::load(src, prefix, &F::spec(), options)?,
+            fiber: PhantomData,
+        })
+    }
+
+    /// The run-time layer.
+    pub fn layer(&self) -> &AttentionLayer {
+        &self.layer
+    }
+
+    /// Adds the attention to a graph (see [`AttentionLayer::build`]).
+    ///
+    /// # Errors
+    /// As [`AttentionLayer::build`].
+    pub fn build<X: FeedsGraph<F, Rows = N>>(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        x: &X,
+        edges: &EdgeGraph,
+        basis: &EdgeBasis,
+    ) -> Result<GraphFeatures<F>, Error> {
+        let x = X::feed_graph(x);
+        Ok(GraphFeatures::wrap(self.layer.build(
+            s,
+            prefix,
+            x.untyped(),
+            edges,
+            basis,
+        )?))
+    }
+}
+
+/// [`AttentionBlockLayer`] typed by its fiber: `x + Attention(NormSE3(x))`, from `F` to `F`.
+#[derive(Debug, Clone)]
+pub struct AttentionBlock<F: Fiber> {
+    layer: AttentionBlockLayer,
+    fiber: PhantomData<F>,
+}
+
+impl<F: Fiber> AttentionBlock<F> {
+    /// A block with fresh weights; `gated` selects the pre-norm's gated scale
+    /// (`norm_gated_scale`).
+    ///
+    /// # Errors
+    /// As [`AttentionLayer::new`].
+    pub fn new(options: AttentionOptions, gated: bool, rng: &mut impl Rng) -> Result<Self, Error> {
+        Ok(AttentionBlock {
+            layer: AttentionBlockLayer::new(&F::spec(), options, gated, rng)?,
+            fiber: PhantomData,
+        })
+    }
+
+    /// Loads an `AttentionBlockSE3` checkpoint under `prefix` (keys `prenorm.*`, `attn.*`).
+    ///
+    /// # Errors
+    /// As [`AttentionBlockLayer::load`].
+    pub fn load(
+        src: &mut dyn ParamSource,
+        prefix: &str,
+        options: AttentionOptions,
+        gated: bool,
+    ) -> Result<Self, Error> {
+        Ok(AttentionBlock {
+            layer: AttentionBlockLayer::load(src, prefix, &F::spec(), options, gated)?,
+            fiber: PhantomData,
+        })
+    }
+
+    /// The run-time layer.
+    pub fn layer(&self) -> &AttentionBlockLayer {
+        &self.layer
+    }
+
+    /// Adds the block to a graph (see [`AttentionBlockLayer::build`]).
+    ///
+    /// # Errors
+    /// As [`AttentionLayer::build`].
+    pub fn build<X: FeedsGraph<F, Rows = N>>(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        x: &X,
+        edges: &EdgeGraph,
+        basis: &EdgeBasis,
+    ) -> Result<GraphFeatures<F>, Error> {
+        let x = X::feed_graph(x);
+        Ok(GraphFeatures::wrap(self.layer.build(
+            s,
+            prefix,
+            x.untyped(),
+            edges,
+            basis,
+        )?))
+    }
+}
+
+/// [`FeedForwardBlockLayer`] typed by its fiber:
+/// `x + Linear(NormSE3(Linear_(4x)(NormSE3(x))))`, from `F` to `F`.
+#[derive(Debug, Clone)]
+pub struct FeedForwardBlock<F: Fiber> {
+    layer: FeedForwardBlockLayer,
+    fiber: PhantomData<F>,
+}
+
+impl<F: Fiber> FeedForwardBlock<F> {
+    /// A block with fresh weights (see [`FeedForwardBlockLayer::new`]).
+    ///
+    /// # Errors
+    /// As [`FeedForwardBlockLayer::new`].
+    pub fn new(gated: bool, rng: &mut impl Rng) -> Result<Self, Error> {
+        Ok(FeedForwardBlock {
+            layer: FeedForwardBlockLayer::new(&F::spec(), gated, rng)?,
+            fiber: PhantomData,
+        })
+    }
+
+    /// Loads a `FeedForwardBlockSE3` checkpoint under `prefix`.
+    ///
+    /// # Errors
+    /// As [`FeedForwardBlockLayer::load`].
+    pub fn load(src: &mut dyn ParamSource, prefix: &str, gated: bool) -> Result<Self, Error> {
+        Ok(FeedForwardBlock {
+            layer: FeedForwardBlockLayer::load(src, prefix, &F::spec(), gated)?,
+            fiber: PhantomData,
+        })
+    }
+
+    /// The run-time layer.
+    pub fn layer(&self) -> &FeedForwardBlockLayer {
+        &self.layer
+    }
+
+    /// Adds the block to a graph (see [`FeedForwardBlockLayer::build`]).
+    ///
+    /// # Errors
+    /// Those of [`Session::set_weight`] (none for a well-formed block).
+    pub fn build<X: FeedsGraph<F, Rows = N>>(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        x: &X,
+    ) -> Result<GraphFeatures<F>, Error> {
+        let x = X::feed_graph(x);
+        Ok(GraphFeatures::wrap(self.layer.build(
+            s,
+            prefix,
+            x.untyped(),
+        )?))
     }
 }

@@ -1,10 +1,12 @@
 //! The gate nonlinearity of e3nn (`nn.Gate`) as a graph builder.
 
+use std::marker::PhantomData;
+
 use luminal::prelude::{symbolic::Expression, *};
 
-use super::graph::{dims, expand_at, reshape, retype, FeatureTensors, X};
+use super::graph::{dims, expand_at, reshape, retype, FeatureTensors, GraphFeatures, X};
 use crate::exec::Session;
-use crate::fiber::{DegreeSpec, FiberSpec};
+use crate::fiber::{DegreeSpec, DegreeTable, FeedsGraph, Fiber, FiberSpec, GateFibers, MAX_DEGREE};
 use crate::Error;
 
 /// Channels `start..end` of axis 1 of `t`, as a contiguous tensor.
@@ -116,5 +118,109 @@ impl GateLayer {
         }
         debug_assert_eq!(off, c0);
         Ok(FeatureTensors::from_parts(self.fiber_out.clone(), out))
+    }
+}
+
+/// [`GateLayer`] typed by its fibers: `Gate<In, Out>` maps `0:(s + g), l1:c1, ..` to
+/// `0:s, l1:c1, ..` with `g = c1 + c2 + ..` (one gate per gated channel):
+///
+/// `y_0 = silu(x_0[:s])`, `y_l[c] = sigmoid(g_{l,c}) x_l[c]`.
+///
+/// Checked at compile time: the degrees ([`GateFibers`]: both fibers have invariant scalars
+/// and the same higher degrees, a trait bound with its own message) and the channel counts
+/// (`c0(In) = c0(Out) + sum_{l > 0} c_l(In)`, `c_l(In) = c_l(Out)`: a constant evaluated when
+/// `Gate::<In, Out>::new` is instantiated, so `cargo build` reports it and `cargo check`
+/// does not).
+#[derive(Debug, Clone)]
+pub struct Gate<In, Out> {
+    layer: GateLayer,
+    fibers: PhantomData<fn(In) -> Out>,
+}
+
+/// Whether `o` is the gate output of `i` (see [`Gate`]); degrees above 0 must agree.
+const fn gate_channels_match(i: DegreeTable, o: DegreeTable) -> bool {
+    let mut gates = 0;
+    let mut l = 1;
+    while l <= MAX_DEGREE {
+        match (i.channels(l), o.channels(l)) {
+            (Some(a), Some(b)) => {
+                if a != b {
+                    return false;
+                }
+                gates += a;
+            }
+            (None, None) => {}
+            _ => return false,
+        }
+        l += 1;
+    }
+    match (i.channels(0), o.channels(0)) {
+        (Some(a), Some(b)) => a == b + gates,
+        _ => false,
+    }
+}
+
+impl<In: Fiber, Out: Fiber> Gate<In, Out> {
+    const CHANNELS: () = assert!(
+        gate_channels_match(In::DEGREES, Out::DEGREES),
+        "Gate<In, Out>: the degree-0 channels of `In` must be the degree-0 channels of `Out` plus one gate per channel of every higher degree (`0:(s + g), l:c..` -> `0:s, l:c..`, g = sum of c), and the higher degrees keep their channels"
+    );
+
+    /// The gate from `In` to `Out` (no weights).
+    ///
+    /// # Errors
+    /// None for fibers that pass the compile-time checks; `LengthMismatch` is kept from
+    /// [`GateLayer::new`] for completeness.
+    #[rustfmt::skip]
+    pub fn new() -> Result<Self, Error> where Self: GateFibers {
+        #[allow(clippy::let_unit_value)]
+        let () = Self::CHANNELS;
+        Ok(Gate {
+            layer: GateLayer::new(&In::spec())?,
+            fibers: PhantomData,
+        })
+    }
+
+    /// The run-time layer.
+    pub fn layer(&self) -> &GateLayer {
+        &self.layer
+    }
+
+    /// Adds the gate to a graph (see [`GateLayer::build`]; no weights).
+    ///
+    /// # Errors
+    /// None for typed features (the fibers are checked by the types).
+    pub fn build<X: FeedsGraph<In>>(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        x: &X,
+    ) -> Result<GraphFeatures<Out, X::Rows>, Error> {
+        let x = X::feed_graph(x);
+        Ok(GraphFeatures::wrap(self.layer.build(
+            s,
+            prefix,
+            x.untyped(),
+        )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use se3_macros::fiber;
+
+    #[fiber(0:7, 1:3, 2:2)]
+    struct In;
+    #[fiber(0:2, 1:3, 2:2)]
+    struct Out;
+
+    #[test]
+    fn typed_gate_has_the_run_time_output_fiber() -> Result<(), Error> {
+        let g = Gate::<In, Out>::new()?;
+        assert_eq!(g.layer().fiber_out(), &Out::spec());
+        assert!(gate_channels_match(In::DEGREES, Out::DEGREES));
+        assert!(!gate_channels_match(Out::DEGREES, Out::DEGREES));
+        Ok(())
     }
 }

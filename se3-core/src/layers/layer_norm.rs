@@ -1,10 +1,12 @@
 //! An equivariant layer norm (Equiformer's `EquivariantLayerNormV2` form) as a graph builder.
 
+use std::marker::PhantomData;
+
 use luminal::prelude::*;
 
-use super::graph::{dims, expand_at, retype, FeatureTensors, Param, X};
+use super::graph::{dims, expand_at, retype, FeatureTensors, GraphFeatures, Param, ParamSource, X};
 use crate::exec::Session;
-use crate::fiber::FiberSpec;
+use crate::fiber::{FeedsGraph, Fiber, FiberSpec};
 use crate::Error;
 
 /// Per node and degree:
@@ -47,6 +49,29 @@ impl EquivariantLayerNorm {
             beta,
             eps: 1e-5,
         }
+    }
+
+    /// Loads the affine parameters under `prefix` (`<prefix>affine_weight.<l>` of shape
+    /// `[c_l]` per degree, `<prefix>affine_bias` of shape `[c_0]` if the fiber has degree 0).
+    ///
+    /// # Errors
+    /// `MissingKey`, `WrongShape`, `NonFiniteWeight`.
+    pub fn load(src: &mut dyn ParamSource, prefix: &str, fiber: &FiberSpec) -> Result<Self, Error> {
+        let mut ln = Self::new(fiber);
+        for g in &mut ln.gamma {
+            *g = Param::load(src, format!("{prefix}{}", g.key), g.shape.clone())?;
+            g.key = g.key[prefix.len()..].to_string();
+        }
+        if let Some(b) = &mut ln.beta {
+            *b = Param::load(src, format!("{prefix}{}", b.key), b.shape.clone())?;
+            b.key = b.key[prefix.len()..].to_string();
+        }
+        Ok(ln)
+    }
+
+    /// The fiber (input and output).
+    pub fn fiber(&self) -> &FiberSpec {
+        &self.fiber
     }
 
     /// Adds the layer to `s` (weights `<prefix>affine_*`).
@@ -104,6 +129,63 @@ impl EquivariantLayerNorm {
             out.push(retype(y));
         }
         Ok(FeatureTensors::from_parts(self.fiber.clone(), out))
+    }
+}
+
+/// [`EquivariantLayerNorm`] typed by its fiber (input and output `F`).
+#[derive(Debug, Clone)]
+pub struct LayerNorm<F: Fiber> {
+    layer: EquivariantLayerNorm,
+    fiber: PhantomData<F>,
+}
+
+impl<F: Fiber> Default for LayerNorm<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<F: Fiber> LayerNorm<F> {
+    /// A layer norm with `gamma = 1`, `beta = 0`.
+    pub fn new() -> Self {
+        LayerNorm {
+            layer: EquivariantLayerNorm::new(&F::spec()),
+            fiber: PhantomData,
+        }
+    }
+
+    /// Loads the affine parameters under `prefix` (see [`EquivariantLayerNorm::load`]).
+    ///
+    /// # Errors
+    /// As [`EquivariantLayerNorm::load`].
+    pub fn load(src: &mut dyn ParamSource, prefix: &str) -> Result<Self, Error> {
+        Ok(LayerNorm {
+            layer: EquivariantLayerNorm::load(src, prefix, &F::spec())?,
+            fiber: PhantomData,
+        })
+    }
+
+    /// The run-time layer.
+    pub fn layer(&self) -> &EquivariantLayerNorm {
+        &self.layer
+    }
+
+    /// Adds the layer to a graph (weights `<prefix>affine_*`).
+    ///
+    /// # Errors
+    /// Those of [`Session::set_weight`] (none for a well-formed layer).
+    pub fn build<X: FeedsGraph<F>>(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        x: &X,
+    ) -> Result<GraphFeatures<F, X::Rows>, Error> {
+        let x = X::feed_graph(x);
+        Ok(GraphFeatures::wrap(self.layer.build(
+            s,
+            prefix,
+            x.untyped(),
+        )?))
     }
 }
 

@@ -16,13 +16,17 @@
 //! | [`ConvLayer`]             | [`Conv<In, Out>`]    | node features + [`EdgeGraph`] + [`EdgeBasis`]|
 //! | [`NormLayer`]             | [`Norm<F>`]          | features of one fiber                        |
 //! | [`TensorProductLayer`]    | [`TensorProduct<A, B, Out>`] (`layer`, `build`) | two inputs, same rows |
-//! | [`GateLayer`]             | -                    | `0:(s+G), l:c..` -> `0:s, l:c..`             |
-//! | [`EquivariantLayerNorm`]  | -                    | features of one fiber                        |
+//! | [`GateLayer`]             | [`Gate<In, Out>`]    | `0:(s+G), l:c..` -> `0:s, l:c..` (degrees and channels type-checked) |
+//! | [`EquivariantLayerNorm`]  | [`LayerNorm<F>`]     | features of one fiber                        |
 //! | -                         | [`Activation<F, A>`] (`build`) | degree 0 only (type-checked)       |
-//! | [`AttentionLayer`], [`AttentionBlock`], [`FeedForwardBlock`] | - | SE(3)-Transformer blocks (grouped edges) |
-//! | [`pool_nodes`]            | -                    | node readout, mean (any degree) / max (degree 0) |
+//! | [`AttentionLayer`], [`AttentionBlockLayer`], [`FeedForwardBlockLayer`] | [`Attention<F>`], [`AttentionBlock<F>`], [`FeedForwardBlock<F>`] | SE(3)-Transformer blocks (grouped edges), fiber-preserving |
+//! | [`pool_nodes`]            | [`MeanPool<F>`], [`MaxPool<F>`] | node readout, mean (any degree) / max (invariant degree 0, type-checked) |
 //! | [`conv_grouped`] ([`PairEdges`]) | -        | reassociated ConvSE3 sums / logits on grouped edges |
 //! | [`RadialBank`]            | -                    | the hidden layers of many [`RadialMlp`]s on one edge input |
+//!
+//! The typed forms of fiber-preserving layers take any `X: FeedsGraph<F>` (only
+//! `GraphFeatures<F, _>` qualifies), so a wrong fiber is a compile error that names the rule
+//! ([`crate::fiber::FeedsGraph`]).
 //!
 //! Usage: declare inputs (`FeatureTensors::input(&mut s, "x", &spec)`, coordinates
 //! `s.input::<(Dyn<'n'>, Const<3>)>(..)`, edges `EdgeGraph::input(&mut s, "edges", coords)`),
@@ -65,16 +69,19 @@ pub mod radial;
 pub mod tensor_product;
 
 pub use activation::{Activation, Relu, ScalarActivation, Sigmoid, Silu, Tanh};
-pub use attention::{AttentionBlock, AttentionLayer, AttentionOptions, FeedForwardBlock};
+pub use attention::{
+    Attention, AttentionBlock, AttentionBlockLayer, AttentionLayer, AttentionOptions,
+    FeedForwardBlock, FeedForwardBlockLayer,
+};
 pub use conv::{Conv, ConvLayer, ConvOptions, DirectPath, Pool};
 pub use conv_grouped::PairEdges;
 pub use edges::{EdgeBasis, EdgeGraph};
-pub use gate::GateLayer;
+pub use gate::{Gate, GateLayer};
 pub use graph::{FeatureTensors, GraphFeatures, Param, ParamSource};
-pub use layer_norm::EquivariantLayerNorm;
+pub use layer_norm::{EquivariantLayerNorm, LayerNorm};
 pub use linear::{Linear, LinearLayer, LinearLayout};
 pub use norm::{Norm, NormActivation, NormLayer, NormScale};
-pub use pool::{pool_nodes, NodePool};
+pub use pool::{pool_nodes, MaxPool, MeanPool, NodePool};
 pub use radial::{RadialBank, RadialMlp, RADIAL_HIDDEN};
 pub use tensor_product::{Path, PathSpec, ProductMode, TensorProduct, TensorProductLayer};
 

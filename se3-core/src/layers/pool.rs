@@ -1,9 +1,12 @@
 //! Pooling over the nodes of a graph (readout), with masks.
 
+use std::marker::PhantomData;
+
 use luminal::prelude::*;
 
 use super::edges::full_like;
-use super::graph::{dims, expand_at, retype, FeatureTensors, N, X};
+use super::graph::{dims, expand_at, reshape, retype, FeatureTensors, GraphFeatures, N, X};
+use crate::fiber::{Degree, DegreeMarker, FeedsGraph, Fiber, Invariant};
 use crate::Error;
 
 /// How node features are pooled.
@@ -74,4 +77,73 @@ fn ones_like_rows(t: GraphTensor<(N, X, X)>) -> GraphTensor<(X,)> {
     let d = dims(t);
     let c = t.graph().constant(1.0);
     expand_at(c, 0, d[0])
+}
+
+/// Typed mean pooling over the nodes: features of fiber `F` on `n` nodes to features of `F`
+/// on one row (`Const<1>`), the mean over the unmasked nodes (0 if none). Equivariant for
+/// every degree (a mean of degree-l features is a degree-l feature).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MeanPool<F>(PhantomData<F>);
+
+impl<F: Fiber> MeanPool<F> {
+    /// The pooling layer.
+    pub fn new() -> Self {
+        MeanPool(PhantomData)
+    }
+
+    /// Adds the pooling to a graph; `mask (N,)` is 1 for real nodes.
+    ///
+    /// # Errors
+    /// None for typed features (kept for the shared signature of [`pool_nodes`]).
+    pub fn build<X2: FeedsGraph<F, Rows = N>>(
+        &self,
+        x: &X2,
+        mask: Option<GraphTensor<(N,)>>,
+    ) -> Result<GraphFeatures<F, Const<1>>, Error> {
+        let x = X2::feed_graph(x);
+        let pooled = pool_nodes(x.untyped(), mask, NodePool::Mean)?;
+        let degrees = F::spec()
+            .degrees()
+            .iter()
+            .zip(pooled)
+            .map(|(d, t)| reshape(t, &[1.into(), d.channels.into(), d.width().into()]))
+            .collect();
+        Ok(GraphFeatures::wrap(FeatureTensors::from_parts(
+            F::spec(),
+            degrees,
+        )))
+    }
+}
+
+/// Typed max pooling over the nodes (the SE(3)-Transformer's `GMaxPooling`): per channel, the
+/// maximum of degree `D` over the unmasked nodes (0 if none), as a `(channels, 1)` tensor.
+/// Only invariant degrees may be pooled this way ([`Invariant`]: `Degree<0>`, even or without
+/// parity); a component-wise maximum of a vector does not rotate with it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MaxPool<F, D = Degree<0>>(PhantomData<(F, D)>);
+
+impl<F: Fiber, D: DegreeMarker> MaxPool<F, D> {
+    /// The pooling layer.
+    #[rustfmt::skip]
+    pub fn new() -> Self where D: Invariant<F> {
+        MaxPool(PhantomData)
+    }
+}
+
+impl<F: Fiber, D: Invariant<F>> MaxPool<F, D> {
+    /// Adds the pooling to a graph; `mask (N,)` is 1 for real nodes.
+    ///
+    /// # Errors
+    /// None for typed features (kept for the shared signature of [`pool_nodes`]).
+    pub fn build<X2: FeedsGraph<F, Rows = N>>(
+        &self,
+        x: &X2,
+        mask: Option<GraphTensor<(N,)>>,
+    ) -> Result<GraphTensor<(X, X)>, Error> {
+        let x = X2::feed_graph(x);
+        let pooled = pool_nodes(x.untyped(), mask, NodePool::Max)?;
+        pooled.into_iter().next().ok_or(Error::Empty {
+            what: "max pooling output",
+        })
+    }
 }

@@ -5,7 +5,9 @@
 use luminal::prelude::*;
 use rand::{Rng, SeedableRng};
 use se3_core::exec::{InputKind, Session};
-use se3_core::layers::{AttentionBlock, AttentionOptions, EdgeBasis, EdgeGraph, FeatureTensors};
+use se3_core::layers::{
+    AttentionBlockLayer as AttentionBlock, AttentionOptions, EdgeBasis, EdgeGraph, FeatureTensors,
+};
 
 use super::graph::StateDictSource;
 use crate::checkpoint::{KeyRecorder, Loader, StateDict, Tensor, WeightSource};
