@@ -86,4 +86,8 @@ pub enum Error {
     /// oracle runs it).
     #[error("option `{option}` is not compiled to a graph yet")]
     NotCompiled { option: &'static str },
+    /// A config option that the typed SE(3)-Transformer assembly
+    /// ([`crate::se3_transformer::typed`]) does not have (`CompiledSe3Transformer` runs it).
+    #[error("option `{option}` is not available in the typed SE(3)-Transformer assembly; use CompiledSe3Transformer")]
+    NotTyped { option: &'static str },
 }

@@ -6,6 +6,10 @@
 //! * [`tfn`]: a Tensor Field Network stack of ConvSE3 + NormSE3.
 //! * [`zoo`]: load any supported reference model from config + weights and run it.
 
+// `#[fiber]` expands to `::se3::` paths; unit tests declare fibers with it.
+#[cfg(test)]
+extern crate se3_core as se3;
+
 pub mod checkpoint;
 pub mod error;
 pub mod inputs;

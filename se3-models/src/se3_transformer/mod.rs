@@ -14,8 +14,10 @@ pub(crate) mod radial;
 pub mod reassociated;
 pub mod reference;
 pub(crate) mod rotary;
+pub mod typed;
 
 pub use compiled::CompiledSe3Transformer;
 pub use config::{DimSpec, Se3TransformerConfig, Se3TransformerForward, Se3TransformerShape};
 pub use reassociated::Contraction;
 pub use reference::Se3Transformer;
+pub use typed::{knn_edges, TypedOptions, TypedSe3Transformer, TypedSession};

@@ -1,0 +1,483 @@
+//! The SE(3)-Transformer assembled by hand from typed se3-core layers: a user declares the
+//! fibers with `#[fiber]` and gets `conv_in -> depth x (AttentionBlock, FeedForwardBlock) ->
+//! conv_out` as one luminal graph, loadable from a se3-transformer-pytorch state dict.
+//!
+//! ```ignore
+//! #[fiber(0:8)]        struct Atoms;   // input: type-0 features (`feats (b, n, 8)`)
+//! #[fiber(0:8, 1:8)]   struct Hidden;  // dim = 8, num_degrees = 2
+//! #[fiber(0:8)]        struct Readout; // output_degrees = 1
+//!
+//! let model = TypedSe3Transformer::<Atoms, Hidden, Readout>::load(&state_dict, options)?;
+//! let mut run = model.compile()?;
+//! let y: Features<Readout> = run.forward(&coords, batch, Some(&mask), &x)?;
+//! ```
+//!
+//! The graph is [`TypedSe3Transformer::build`]: each layer is a typed se3-core layer
+//! ([`Conv<In, Hidden>`], [`AttentionBlock<Hidden>`], [`FeedForwardBlock<Hidden>`],
+//! [`Conv<Hidden, Out>`]), so a fiber that does not connect is a compile error, and the session
+//! weights are named as the checkpoint keys (`conv_in.kernel_unary.(0,1).rp.net.0.weight`,
+//! `net.blocks.0.0.attn.to_q.weights.1`, ...).
+//!
+//! Semantics are the library's for the options this assembly has ([`TypedOptions`]):
+//! neighbours are the `num_neighbors` nearest other nodes of the same cloud (ties by index),
+//! valid if within `valid_radius` and both nodes are unmasked; ConvSE3 layers mean-pool with
+//! self-interaction; attention over the valid neighbours (and the node itself with
+//! `attend_self`). The neighbour lists are computed on the host and fed to the graph with the
+//! coordinates; the kernel basis is built in the graph from the coordinates. Batches run as
+//! one graph of `b n` stacked nodes. Options outside this set (tokens, edges, global
+//! features, EGNN, ...) are [`Error::NotTyped`]; [`CompiledSe3Transformer`] runs them.
+//!
+//! [`CompiledSe3Transformer`]: crate::se3_transformer::CompiledSe3Transformer
+
+use std::marker::PhantomData;
+
+use luminal::prelude::*;
+use rand::Rng;
+use se3_core::exec::{InputKind, Session};
+use se3_core::fiber::{DegreeTensor, Features, Fiber, FiberSpec};
+use se3_core::layers::{
+    AttentionBlock, AttentionOptions, Conv, ConvOptions, EdgeBasis, EdgeGraph, FeedForwardBlock,
+    GraphFeatures, Pool,
+};
+
+use crate::checkpoint::StateDict;
+use crate::se3_transformer::config::Se3TransformerConfig;
+use crate::tfn::graph::StateDictSource;
+use crate::Error;
+
+/// The options of a typed SE(3)-Transformer besides its fibers (se3-transformer-pytorch
+/// kwargs of the same names).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TypedOptions {
+    /// Number of (attention, feed-forward) block pairs.
+    pub depth: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Channels per head and degree.
+    pub dim_head: usize,
+    /// Nodes attend to themselves too.
+    pub attend_self: bool,
+    /// `norm_gated_scale` of the blocks' pre-norms.
+    pub norm_gated_scale: bool,
+    /// Nearest neighbours per node (the graph fixes this number; clouds with fewer other
+    /// nodes get missing edges).
+    pub num_neighbors: usize,
+    /// Neighbours farther than this are not valid.
+    pub valid_radius: f64,
+}
+
+impl TypedOptions {
+    /// The options of `cfg`, after checking that `In`, `Hidden`, `Out` are its fibers.
+    ///
+    /// # Errors
+    /// `NotTyped` naming the first option the typed assembly does not have (tokens, edges,
+    /// Fourier features, sparse neighbours, global features, causal, rotary, null key/values,
+    /// key/value variants, EGNN, reversible, conv layers, output norm or reduction, infinite
+    /// `num_neighbors`); `Core(FiberMismatch)` if a fiber differs from the config's.
+    pub fn from_config<In: Fiber, Hidden: Fiber, Out: Fiber>(
+        cfg: &Se3TransformerConfig,
+    ) -> Result<Self, Error> {
+        let unsupported = [
+            ("num_tokens", cfg.num_tokens.is_some()),
+            ("num_positions", cfg.num_positions.is_some()),
+            ("num_edge_tokens", cfg.num_edge_tokens.is_some()),
+            ("edge_dim", cfg.edge_dim.is_some()),
+            ("fourier_encode_dist", cfg.fourier_encode_dist),
+            ("attend_sparse_neighbors", cfg.attend_sparse_neighbors),
+            ("num_adj_degrees", cfg.num_adj_degrees.is_some()),
+            ("global_feats_dim", cfg.global_feats_dim.is_some()),
+            ("causal", cfg.causal),
+            ("rotary_position", cfg.rotary_position),
+            ("rotary_rel_dist", cfg.rotary_rel_dist),
+            ("use_null_kv", cfg.use_null_kv),
+            ("linear_proj_keys", cfg.linear_proj_keys),
+            ("one_headed_key_values", cfg.one_headed_key_values),
+            ("tie_key_values", cfg.tie_key_values),
+            ("use_egnn", cfg.use_egnn),
+            ("reversible", cfg.reversible),
+            ("num_conv_layers", cfg.num_conv_layers > 0),
+            ("norm_out", cfg.norm_out),
+            ("reduce_dim_out", cfg.reduce_dim_out),
+        ];
+        if let Some((option, _)) = unsupported.iter().find(|(_, on)| *on) {
+            return Err(Error::NotTyped { option });
+        }
+        let num_neighbors = cfg.num_neighbors.ok_or(Error::NotTyped {
+            option: "num_neighbors = infinity",
+        })?;
+        let shape = cfg.shape()?;
+        let spec = |dims: &[(usize, usize)]| -> Result<FiberSpec, Error> {
+            let text: Vec<String> = dims.iter().map(|(l, c)| format!("{l}:{c}")).collect();
+            Ok(text.join(", ").parse()?)
+        };
+        In::check_spec(&spec(&shape.fiber_in)?)?;
+        Hidden::check_spec(&spec(&shape.fiber_hidden)?)?;
+        let out = shape.fiber_out.as_deref().ok_or(Error::NotTyped {
+            option: "output_degrees = None",
+        })?;
+        Out::check_spec(&spec(out)?)?;
+        Ok(TypedOptions {
+            depth: cfg.depth,
+            heads: cfg.heads,
+            dim_head: cfg.dim_head,
+            attend_self: cfg.attend_self,
+            norm_gated_scale: cfg.norm_gated_scale,
+            num_neighbors,
+            valid_radius: cfg.valid_radius,
+        })
+    }
+
+    fn attention(&self) -> AttentionOptions {
+        AttentionOptions {
+            heads: self.heads,
+            dim_head: self.dim_head,
+            attend_self: self.attend_self,
+            edge_dim: 0,
+            fourier: None,
+        }
+    }
+}
+
+/// `ConvSE3` as `SE3Transformer` builds `conv_in` and `conv_out`: mean pooling and
+/// self-interaction, the distance as the only radial input.
+const CONV: ConvOptions = ConvOptions {
+    edge_dim: 0,
+    fourier: None,
+    self_interaction: true,
+    pool: Pool::Mean,
+};
+
+/// An SE(3)-Transformer of typed layers from fiber `In` through `Hidden` to `Out` (module
+/// doc): `conv_in: Conv<In, Hidden>`, `depth` pairs of `AttentionBlock<Hidden>` and
+/// `FeedForwardBlock<Hidden>`, `conv_out: Conv<Hidden, Out>`.
+#[derive(Debug, Clone)]
+pub struct TypedSe3Transformer<In: Fiber, Hidden: Fiber, Out: Fiber> {
+    /// `conv_in` (keys `conv_in.*`).
+    pub conv_in: Conv<In, Hidden>,
+    /// The trunk (keys `net.blocks.<i>.0.*`, `net.blocks.<i>.1.*`).
+    pub blocks: Vec<(AttentionBlock<Hidden>, FeedForwardBlock<Hidden>)>,
+    /// `conv_out` (keys `conv_out.*`).
+    pub conv_out: Conv<Hidden, Out>,
+    options: TypedOptions,
+}
+
+impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> {
+    /// A model with fresh weights.
+    ///
+    /// # Errors
+    /// Those of the layers' constructors (`ZeroChannels` for `heads * dim_head = 0`).
+    pub fn new(options: TypedOptions, rng: &mut impl Rng) -> Result<Self, Error> {
+        let conv_in = Conv::new(CONV, rng)?;
+        let blocks = (0..options.depth)
+            .map(|_| {
+                Ok((
+                    AttentionBlock::new(options.attention(), options.norm_gated_scale, rng)?,
+                    FeedForwardBlock::new(options.norm_gated_scale, rng)?,
+                ))
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(TypedSe3Transformer {
+            conv_in,
+            blocks,
+            conv_out: Conv::new(CONV, rng)?,
+            options,
+        })
+    }
+
+    /// Loads a se3-transformer-pytorch `SE3Transformer` state dict (values rounded to f32).
+    ///
+    /// # Errors
+    /// `Core(MissingKey)` / `Core(WrongShape)` naming the key and its expected shape (a fiber
+    /// or option that differs from the checkpoint's shows here), `Core(NonFiniteWeight)`, and
+    /// `UnexpectedKey` for a tensor of the dict that no layer reads.
+    pub fn load(sd: &StateDict, options: TypedOptions) -> Result<Self, Error> {
+        let mut src = StateDictSource::new(sd);
+        let conv_in = Conv::load(&mut src, "conv_in.", CONV)?;
+        let mut blocks = Vec::with_capacity(options.depth);
+        for i in 0..options.depth {
+            blocks.push((
+                AttentionBlock::load(
+                    &mut src,
+                    &format!("net.blocks.{i}.0."),
+                    options.attention(),
+                    options.norm_gated_scale,
+                )?,
+                FeedForwardBlock::load(
+                    &mut src,
+                    &format!("net.blocks.{i}.1."),
+                    options.norm_gated_scale,
+                )?,
+            ));
+        }
+        let conv_out = Conv::load(&mut src, "conv_out.", CONV)?;
+        src.finish()?;
+        Ok(TypedSe3Transformer {
+            conv_in,
+            blocks,
+            conv_out,
+            options,
+        })
+    }
+
+    /// The options.
+    pub fn options(&self) -> &TypedOptions {
+        &self.options
+    }
+
+    /// The highest degree of the kernel basis the layers need.
+    pub fn max_degree() -> usize {
+        In::max_degree()
+            .max(Hidden::max_degree())
+            .max(Out::max_degree())
+    }
+
+    /// Adds the layers to `s` on node features `x`, over `edges` (grouped by destination,
+    /// `num_neighbors` per node) with their kernel `basis`; weights are named as the
+    /// checkpoint keys.
+    ///
+    /// # Errors
+    /// Those of the layers' `build` (`InvalidOp` for ungrouped edges).
+    pub fn build(
+        &self,
+        s: &mut Session,
+        x: &GraphFeatures<In>,
+        edges: &EdgeGraph,
+        basis: &EdgeBasis,
+    ) -> Result<GraphFeatures<Out>, Error> {
+        let mut h: GraphFeatures<Hidden> = self.conv_in.build(s, "conv_in.", x, edges, basis)?;
+        for (i, (attention, feed_forward)) in self.blocks.iter().enumerate() {
+            h = attention.build(s, &format!("net.blocks.{i}.0."), &h, edges, basis)?;
+            h = feed_forward.build(s, &format!("net.blocks.{i}.1."), &h)?;
+        }
+        Ok(self.conv_out.build(s, "conv_out.", &h, edges, basis)?)
+    }
+
+    /// The whole forward pass as one compiled session: inputs `coords (N, 3)`, `x.<l>`
+    /// (`[N, c, 2l + 1]`), `edges.src`, `edges.dst` (`N * num_neighbors`, `-1` for missing
+    /// edges); outputs `y.<l>`.
+    ///
+    /// # Errors
+    /// As [`TypedSe3Transformer::build`].
+    pub fn compile(&self) -> Result<TypedSession<In, Out>, Error> {
+        let mut s = Session::new();
+        let coords = s.input::<(Dyn<'n'>, Const<3>)>("coords", InputKind::Coordinates);
+        let x = GraphFeatures::<In>::input(&mut s, "x");
+        let edges = EdgeGraph::input(&mut s, "edges", coords).grouped(self.options.num_neighbors);
+        let basis = EdgeBasis::new(&mut s, "", &edges, Self::max_degree())?;
+        self.build(&mut s, &x, &edges, &basis)?.output(&mut s, "y");
+        s.compile();
+        Ok(TypedSession {
+            session: s,
+            num_neighbors: self.options.num_neighbors,
+            valid_radius: self.options.valid_radius,
+            fibers: PhantomData,
+        })
+    }
+}
+
+/// A compiled [`TypedSe3Transformer`], ready to run on batches of point clouds.
+#[derive(Debug)]
+pub struct TypedSession<In: Fiber, Out: Fiber> {
+    session: Session,
+    num_neighbors: usize,
+    valid_radius: f64,
+    fibers: PhantomData<fn(In) -> Out>,
+}
+
+impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
+    /// The session (inputs and outputs named as in [`TypedSe3Transformer::compile`]).
+    pub fn session(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    /// Runs `batch` clouds of `n` nodes each, stacked: `coords` and `x` hold `batch * n` rows,
+    /// `mask` (if any) one flag per row.
+    ///
+    /// # Errors
+    /// `EmptyGraph` for no nodes or fewer than 2 per cloud, `InputShape` if the row counts do
+    /// not agree or are not a multiple of `batch`, `NonFinite` for NaN or infinite
+    /// coordinates; errors of the session.
+    pub fn forward(
+        &mut self,
+        coords: &[[f64; 3]],
+        batch: usize,
+        mask: Option<&[bool]>,
+        x: &Features<In>,
+    ) -> Result<Features<Out>, Error> {
+        let rows = coords.len();
+        if batch == 0 || rows == 0 || rows / batch < 2 {
+            return Err(Error::EmptyGraph {
+                batch,
+                nodes: rows.checked_div(batch).unwrap_or(0),
+            });
+        }
+        if rows % batch != 0 || x.nodes() != rows || mask.is_some_and(|m| m.len() != rows) {
+            return Err(Error::InputShape {
+                name: "coords / x / mask",
+                expected: format!("{batch} clouds of equal size, one row per node in each"),
+                found: vec![rows, x.nodes(), mask.map_or(rows, <[bool]>::len)],
+            });
+        }
+        if let Some(index) = coords.iter().flatten().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                name: "coords",
+                index,
+            });
+        }
+        let (src, dst) = knn_edges(coords, batch, mask, self.num_neighbors, self.valid_radius);
+        let s = &mut self.session;
+        let flat: Vec<f32> = coords.iter().flatten().map(|&v| v as f32).collect();
+        s.set("coords", flat, &[rows, 3])?;
+        let e = src.len();
+        s.set("edges.src", src, &[e])?;
+        s.set("edges.dst", dst, &[e])?;
+        for (d, b) in In::degrees().into_iter().zip(x.blocks()) {
+            s.set(&format!("x.{}", d.l), b.data().to_vec(), &b.shape())?;
+        }
+        s.run()?;
+        let blocks = Out::degrees()
+            .into_iter()
+            .map(|d| {
+                let y = s.get(&format!("y.{}", d.l))?;
+                Ok(DegreeTensor::from_vec(
+                    [rows, d.channels, d.width()],
+                    y.data,
+                )?)
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(Features::from_blocks(blocks)?)
+    }
+}
+
+/// se3-transformer-pytorch's neighbour selection on `batch` stacked clouds, as the edge inputs
+/// of a typed graph: for node `i`, the other nodes `j` of its cloud ranked by distance (ties by
+/// index), the first `min(k, n - 1)` kept, valid if `|x_i - x_j| <= valid_radius` and both are
+/// unmasked. Edge `i k + kk` has `dst = i`, `src = j`; invalid and padding edges are `-1`.
+/// Returns `(src, dst)`.
+pub fn knn_edges(
+    coords: &[[f64; 3]],
+    batch: usize,
+    mask: Option<&[bool]>,
+    k: usize,
+    valid_radius: f64,
+) -> (Vec<f32>, Vec<f32>) {
+    let rows = coords.len();
+    let n = rows.checked_div(batch).unwrap_or(0);
+    let (mut src, mut dst) = (vec![-1.0; rows * k], vec![-1.0; rows * k]);
+    let unmasked = |i: usize| mask.is_none_or(|m| m[i]);
+    for bi in 0..batch {
+        let base = bi * n;
+        for i in base..base + n {
+            let mut cand: Vec<(f64, usize)> = (base..base + n)
+                .filter(|&j| j != i)
+                .map(|j| {
+                    let d2: f64 = (0..3).map(|a| (coords[i][a] - coords[j][a]).powi(2)).sum();
+                    (d2.sqrt(), j)
+                })
+                .collect();
+            cand.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            for (kk, &(d, j)) in cand.iter().take(k).enumerate() {
+                if d <= valid_radius && unmasked(i) && unmasked(j) {
+                    src[i * k + kk] = j as f32;
+                    dst[i * k + kk] = i as f32;
+                }
+            }
+        }
+    }
+    (src, dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use se3_core::testing::{random_rotation, random_vector, rel_error, rng, TOL_F32};
+    use se3_macros::fiber;
+
+    use super::*;
+    use crate::inputs::{ModelInputs, NodeFeats};
+    use crate::model_file::ModelFile;
+
+    #[fiber(0:8)]
+    struct Atoms;
+    #[fiber(0:8, 1:8)]
+    struct Hidden;
+    #[fiber(0:8)]
+    struct Readout;
+
+    fn reference(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/reference/models")
+            .join(name)
+    }
+
+    #[test]
+    fn typed_assembly_of_se3t_basic_matches_the_reference_and_is_invariant() -> Result<(), Error> {
+        let dir = reference("se3t_basic");
+        let file = ModelFile::load(dir.join("config.json"))?;
+        let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
+        let options = TypedOptions::from_config::<Atoms, Hidden, Readout>(&cfg)?;
+        let sd = StateDict::load(dir.join("weights.safetensors"))?;
+        let model = TypedSe3Transformer::<Atoms, Hidden, Readout>::load(&sd, options)?;
+        let inputs = ModelInputs::load(dir.join("inputs.safetensors"), &BTreeMap::new())?;
+        let (b, n) = (inputs.batch(), inputs.nodes());
+        let NodeFeats::Dense(feats) = &inputs.feats else {
+            return Err(Error::MissingInput { name: "feats" });
+        };
+        let x = Features::<Atoms>::from_fn(b * n, |_, node, c, _| feats.data[node * 8 + c] as f32);
+        let coords: Vec<[f64; 3]> = (0..b).flat_map(|bi| inputs.points(bi)).collect();
+        let mask = inputs.mask.as_ref().map(|m| m.data.clone());
+        let mut run = model.compile()?;
+        let y = run.forward(&coords, b, mask.as_deref(), &x)?;
+        let got: Vec<f64> = y.blocks()[0].data().iter().map(|&v| f64::from(v)).collect();
+        let want = StateDict::load(dir.join("outputs.safetensors"))?;
+        let want = want
+            .get("out_f64")
+            .ok_or(Error::MissingInput { name: "out_f64" })?;
+        let err = rel_error(&got, &want.data);
+        println!("typed se3t_basic vs reference out_f64: max rel err {err:.2e}");
+        assert!(err < TOL_F32, "typed se3t_basic off by {err:.2e}");
+
+        // invariance of the type-0 output under a fresh rotation and translation
+        let (mut r, seed) = rng();
+        let rot = random_rotation(&mut r);
+        let t = random_vector(&mut r, 2.0);
+        let moved: Vec<[f64; 3]> = coords
+            .iter()
+            .map(|p| {
+                let q = rot * nalgebra::Vector3::from(*p) + t;
+                [q.x, q.y, q.z]
+            })
+            .collect();
+        let y2 = run.forward(&moved, b, mask.as_deref(), &x)?;
+        let got2: Vec<f64> = y2.blocks()[0]
+            .data()
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect();
+        let inv = rel_error(&got2, &got);
+        println!("seed {seed}: typed se3t_basic invariance error {inv:.2e}");
+        assert!(inv < TOL_F32, "seed {seed}: invariance error {inv:.2e}");
+        Ok(())
+    }
+
+    #[test]
+    fn typed_options_reject_other_fibers_and_untyped_options() -> Result<(), Error> {
+        let file = ModelFile::load(reference("se3t_basic").join("config.json"))?;
+        let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
+        assert!(matches!(
+            TypedOptions::from_config::<Atoms, Readout, Readout>(&cfg),
+            Err(Error::Core(se3_core::Error::FiberMismatch { .. }))
+        ));
+        let mut reversible = cfg.clone();
+        reversible.reversible = true;
+        assert!(matches!(
+            TypedOptions::from_config::<Atoms, Hidden, Readout>(&reversible),
+            Err(Error::NotTyped {
+                option: "reversible"
+            })
+        ));
+        Ok(())
+    }
+}
