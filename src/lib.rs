@@ -11,7 +11,10 @@ pub use se3_macros::{fiber, fiber_type};
 pub use se3_core::fiber::{
     Bias, Cat, Degree, DegreeTensor, Even, Features, FiberSpec, Invariants, NoParity, Odd, Se3, E3,
 };
-pub use se3_core::layers::{Activation, Linear, Path, Relu, Sigmoid, Silu, Tanh, TensorProduct};
+pub use se3_core::layers::{
+    Activation, Attention, AttentionBlock, Conv, FeedForwardBlock, Gate, GraphFeatures, LayerNorm,
+    Linear, MaxPool, MeanPool, Norm, Path, Relu, Sigmoid, Silu, Tanh, TensorProduct,
+};
 pub use se3_models as models;
 
 /// What a model file needs: the `#[fiber]` macro, the fiber traits and value types, the
@@ -41,7 +44,8 @@ pub mod prelude {
         Invariants, NoParity, Odd, Se3, E3,
     };
     pub use crate::layers::{
-        Activation, Layer, Linear, Path, Relu, Sigmoid, Silu, Tanh, TensorProduct,
+        Activation, Attention, AttentionBlock, Conv, FeedForwardBlock, Gate, GraphFeatures, Layer,
+        LayerNorm, Linear, MaxPool, MeanPool, Norm, Path, Relu, Sigmoid, Silu, Tanh, TensorProduct,
     };
     pub use crate::Error;
     pub use se3_macros::{fiber, fiber_type};

@@ -61,7 +61,8 @@ impl GateLayer {
                 found: c0,
             });
         }
-        let mut out = vec![DegreeSpec::new(0, c0 - gates, None)];
+        let parity0 = fiber_in.degrees().first().and_then(|d| d.parity);
+        let mut out = vec![DegreeSpec::new(0, c0 - gates, parity0)];
         out.extend(fiber_in.degrees().iter().filter(|d| d.l > 0).copied());
         Ok(GateLayer {
             fiber_in: fiber_in.clone(),
@@ -163,7 +164,7 @@ const fn gate_channels_match(i: DegreeTable, o: DegreeTable) -> bool {
 impl<In: Fiber, Out: Fiber> Gate<In, Out> {
     const CHANNELS: () = assert!(
         gate_channels_match(In::DEGREES, Out::DEGREES),
-        "Gate<In, Out>: the degree-0 channels of `In` must be the degree-0 channels of `Out` plus one gate per channel of every higher degree (`0:(s + g), l:c..` -> `0:s, l:c..`, g = sum of c), and the higher degrees keep their channels"
+        "Gate<In, Out> needs c0(In) = c0(Out) + one gate per channel of each degree l > 0, and equal channels for l > 0"
     );
 
     /// The gate from `In` to `Out` (no weights).
@@ -214,6 +215,10 @@ mod tests {
     struct In;
     #[fiber(0:2, 1:3, 2:2)]
     struct Out;
+    #[fiber("0e:5, 1o:3")]
+    struct PolarIn;
+    #[fiber("0e:2, 1o:3")]
+    struct Polar;
 
     #[test]
     fn typed_gate_has_the_run_time_output_fiber() -> Result<(), Error> {
@@ -221,6 +226,9 @@ mod tests {
         assert_eq!(g.layer().fiber_out(), &Out::spec());
         assert!(gate_channels_match(In::DEGREES, Out::DEGREES));
         assert!(!gate_channels_match(Out::DEGREES, Out::DEGREES));
+        // E(3): the scalars keep their parity
+        let p = Gate::<PolarIn, Polar>::new()?;
+        assert_eq!(p.layer().fiber_out(), &Polar::spec());
         Ok(())
     }
 }
