@@ -2,8 +2,9 @@
 //! `AttentionBlock<F>`, `FeedForwardBlock<F>`, `MeanPool<F>`, `MaxPool<F>`), assembled with
 //! `#[fiber]` types on one session: a random cloud with a mask, rotated and translated (input
 //! features rotated by D_l(R)); every intermediate output must rotate with D_l(R), pooled
-//! means rotate, pooled maxima are invariant. Fresh seed every run (printed; replay with
-//! `SE3_SEED`), relative error < `TOL_F32`.
+//! means rotate, pooled maxima are invariant; a permutation of the nodes permutes every node
+//! output and leaves the pooled ones. Fresh seed every run (printed; replay with `SE3_SEED`),
+//! relative error < `TOL_F32`.
 
 use luminal::prelude::{symbolic::Expression, *};
 use nalgebra::{Rotation3, Vector3};
@@ -199,6 +200,48 @@ fn typed_gate_layer_norm_attention_blocks_and_pools_are_equivariant() -> TestRes
                 assert_equivariant(&format!("typed {name} (seed {seed})"), g, &want, TOL_F32)?;
             println!("typed {name}: max rel err {err:.2e}");
         }
+    }
+    Ok(())
+}
+
+/// The rows of `x` (`rows` of equal width) in the order `perm`.
+fn permute_rows(x: &[f64], rows: usize, perm: &[usize]) -> Vec<f64> {
+    let w = x.len() / rows;
+    perm.iter()
+        .flat_map(|&i| x[i * w..(i + 1) * w].iter().copied())
+        .collect()
+}
+
+#[test]
+fn typed_layers_are_permutation_equivariant() -> TestResult {
+    let (mut r, seed) = rng();
+    let mut s = build_net(&mut r)?;
+    let c = cloud(&mut r);
+    let base = run(&mut s, &c)?;
+    let mut perm: Vec<usize> = (0..c.n).collect();
+    for i in (1..c.n).rev() {
+        perm.swap(i, r.gen_range(0..=i));
+    }
+    let shuffled = Cloud {
+        n: c.n,
+        coords: perm.iter().map(|&i| c.coords[i]).collect(),
+        mask: perm.iter().map(|&i| c.mask[i]).collect(),
+        x: c.x.iter().map(|x| permute_rows(x, c.n, &perm)).collect(),
+    };
+    let got = run(&mut s, &shuffled)?;
+    for ((name, _, b), (_, _, g)) in base.iter().zip(&got) {
+        let want = if name.starts_with("mean") || name == "max" {
+            b.clone()
+        } else {
+            permute_rows(b, c.n, &perm)
+        };
+        let err = assert_equivariant(
+            &format!("typed {name} under a node permutation (seed {seed})"),
+            g,
+            &want,
+            TOL_F32,
+        )?;
+        println!("typed {name} permuted: max rel err {err:.2e}");
     }
     Ok(())
 }
