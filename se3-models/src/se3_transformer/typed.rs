@@ -311,7 +311,8 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
                 nodes: rows.checked_div(batch).unwrap_or(0),
             });
         }
-        if rows % batch != 0 || x.nodes() != rows || mask.is_some_and(|m| m.len() != rows) {
+        if !rows.is_multiple_of(batch) || x.nodes() != rows || mask.is_some_and(|m| m.len() != rows)
+        {
             return Err(Error::InputShape {
                 name: "coords / x / mask",
                 expected: format!("{batch} clouds of equal size, one row per node in each"),
