@@ -393,12 +393,15 @@ mod tests {
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
+    use rand::Rng;
     use se3_core::testing::{random_rotation, random_vector, rel_error, rng, TOL_F32};
     use se3_macros::fiber;
 
     use super::*;
-    use crate::inputs::{ModelInputs, NodeFeats};
+    use crate::checkpoint::Tensor;
+    use crate::inputs::{BoolTensor, ModelInputs, NodeFeats};
     use crate::model_file::ModelFile;
+    use crate::se3_transformer::{CompiledSe3Transformer, Se3Transformer, Se3TransformerForward};
 
     #[fiber(0:8)]
     struct Atoms;
@@ -406,6 +409,13 @@ mod tests {
     struct Hidden;
     #[fiber(0:8)]
     struct Readout;
+
+    #[fiber(0:6)]
+    struct Scalars;
+    #[fiber(0:6, 1:6, 2:6)]
+    struct Wide;
+    #[fiber(0:6, 1:6)]
+    struct Vectors;
 
     fn reference(name: &str) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -479,6 +489,124 @@ mod tests {
                 option: "reversible"
             })
         ));
+        Ok(())
+    }
+
+    /// A config the reference folders do not have (degree 2 hidden, type-1 output, gated
+    /// pre-norms, depth 2, a radius that cuts edges), random weights, random masked
+    /// clouds: the typed assembly gives the outputs of `CompiledSe3Transformer`.
+    #[test]
+    fn typed_assembly_equals_the_compiled_model_on_random_clouds() -> Result<(), Error> {
+        let (mut r, seed) = rng();
+        let kwargs = serde_json::json!({
+            "dim": 6, "heads": 2, "dim_head": 3, "depth": 2, "num_degrees": 3,
+            "output_degrees": 2, "num_neighbors": 5, "valid_radius": 2.5,
+            "norm_gated_scale": true, "attend_self": true
+        });
+        let cfg = Se3TransformerConfig::from_kwargs(&kwargs)?;
+        let mut sd = StateDict::new();
+        for (key, shape) in Se3Transformer::expected_keys(&cfg)? {
+            let len = shape.iter().product();
+            let near_one = key.contains("net.1.weight") || key.contains("net.4.weight");
+            let data = (0..len)
+                .map(|_| {
+                    let v: f64 = r.gen_range(-0.5..0.5);
+                    if near_one {
+                        1.0 + 0.2 * v
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            sd.insert(key, Tensor::new(shape, data)?);
+        }
+        let options = TypedOptions::from_config::<Scalars, Wide, Vectors>(&cfg)?;
+        let mut typed =
+            TypedSe3Transformer::<Scalars, Wide, Vectors>::load(&sd, options)?.compile()?;
+        let mut compiled =
+            CompiledSe3Transformer::new(&Se3Transformer::from_state_dict(&cfg, &sd)?)?;
+        let (b, n) = (2, r.gen_range(7..14));
+        let coords: Vec<[f64; 3]> = (0..b * n)
+            .map(|_| {
+                let v = random_vector(&mut r, 1.5);
+                [v.x, v.y, v.z]
+            })
+            .collect();
+        let mask: Vec<bool> = (0..b * n).map(|i| i % n < 2 || r.gen_bool(0.8)).collect();
+        let feats: Vec<f64> = (0..b * n * 6).map(|_| r.gen_range(-1.0..1.0)).collect();
+        let inputs = ModelInputs {
+            feats: NodeFeats::Dense(Tensor::new(vec![b, n, 6], feats.clone())?),
+            coors: Tensor::new(vec![b, n, 3], coords.iter().flatten().copied().collect())?,
+            mask: Some(BoolTensor {
+                shape: vec![b, n],
+                data: mask.clone(),
+            }),
+            adj_mat: None,
+            edges: None,
+            neighbor_mask: None,
+            global_feats: None,
+        };
+        let want = compiled.forward(&inputs, &Se3TransformerForward::default())?;
+        let x = Features::<Scalars>::from_fn(b * n, |_, node, c, _| feats[node * 6 + c] as f32);
+        let y = typed.forward(&coords, b, Some(&mask), &x)?;
+        for (d, block) in Vectors::degrees().into_iter().zip(y.blocks()) {
+            let key = format!("type{}", d.l);
+            let w = want
+                .get(&key)
+                .ok_or(Error::MissingInput { name: "typeN" })?;
+            let got: Vec<f64> = block.data().iter().map(|&v| f64::from(v)).collect();
+            let err = rel_error(&got, &w.data);
+            println!("seed {seed}: typed vs compiled {key}: max rel err {err:.2e}");
+            assert!(err < TOL_F32, "seed {seed}: {key} off by {err:.2e}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn typed_forward_rejects_bad_clouds_with_typed_errors() -> Result<(), Error> {
+        let (mut r, _) = rng();
+        let options = TypedOptions {
+            depth: 1,
+            heads: 1,
+            dim_head: 2,
+            attend_self: true,
+            norm_gated_scale: false,
+            num_neighbors: 3,
+            valid_radius: 10.0,
+        };
+        let mut run =
+            TypedSe3Transformer::<Atoms, Hidden, Readout>::new(options, &mut r)?.compile()?;
+        let pts = |n: usize| -> Vec<[f64; 3]> { (0..n).map(|i| [i as f64, 0.5, -0.25]).collect() };
+        let x = Features::<Atoms>::zeros(8);
+        let mut nan = pts(8);
+        nan[3][1] = f64::NAN;
+        assert!(matches!(
+            run.forward(&nan, 1, None, &x),
+            Err(Error::NonFinite { name: "coords", .. })
+        ));
+        assert!(matches!(
+            run.forward(&pts(7), 1, None, &x),
+            Err(Error::InputShape { .. })
+        ));
+        assert!(matches!(
+            run.forward(&pts(8), 3, None, &x),
+            Err(Error::InputShape { .. })
+        ));
+        assert!(matches!(
+            run.forward(&pts(8), 1, Some(&[true; 5]), &x),
+            Err(Error::InputShape { .. })
+        ));
+        assert!(matches!(
+            run.forward(&pts(8), 8, None, &x),
+            Err(Error::EmptyGraph { .. })
+        ));
+        assert!(matches!(
+            run.forward(&[], 1, None, &Features::<Atoms>::zeros(0)),
+            Err(Error::EmptyGraph { .. })
+        ));
+        // a cloud with fewer nodes than num_neighbors and all but one node masked: finite
+        let y = run.forward(&pts(3), 1, Some(&[true, false, false]), &Features::zeros(3))?;
+        assert!(y.blocks()[0].data().iter().all(|v| v.is_finite()));
         Ok(())
     }
 }
