@@ -47,16 +47,24 @@ fn assemble(
     x: &GraphFeatures<Atoms>,
     edges: &EdgeGraph,
     basis: &EdgeBasis,
-    conv_in: &Conv<Atoms, Hidden>,
-    blocks: &[(AttentionBlock<Hidden>, FeedForwardBlock<Hidden>)],
-    conv_out: &Conv<Hidden, Readout>,
+    model: &TypedSe3Transformer<Atoms, Hidden, Readout>,
 ) -> Result<GraphFeatures<Readout>, Error> {
-    let mut h = conv_in.build(s, "conv_in.", x, edges, basis)?;
+    let conv_in: &Conv<Atoms, Hidden> = &model.conv_in;
+    let mut h: GraphFeatures<Hidden> = conv_in.build(s, "conv_in.", x, edges, basis)?;
+    for (i, (norm, conv)) in model.convs.iter().enumerate() {
+        h = norm.build(s, &format!("convs.{i}.1."), &h)?;
+        h = conv.build(s, &format!("convs.{i}.0."), &h, edges, basis)?;
+    }
+    let blocks: &[(AttentionBlock<Hidden>, FeedForwardBlock<Hidden>)] = &model.blocks;
     for (i, (attention, feed_forward)) in blocks.iter().enumerate() {
         h = attention.build(s, &format!("net.blocks.{i}.0."), &h, edges, basis)?;
         h = feed_forward.build(s, &format!("net.blocks.{i}.1."), &h)?;
     }
-    conv_out.build(s, "conv_out.", &h, edges, basis)
+    let y = model.conv_out.build(s, "conv_out.", &h, edges, basis)?;
+    match &model.norm {
+        Some(norm) => norm.build(s, "norm.", &y),
+        None => Ok(y),
+    }
 }
 
 /// Runs the session on `batch` stacked clouds: coordinates, the library's kNN edges
@@ -106,6 +114,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         norm_gated_scale: false,
         num_neighbors: 6,
         valid_radius: 1e5,
+        num_conv_layers: 0,
+        norm_out: false,
     };
     let model = match std::env::args().nth(1) {
         Some(dir) => {
@@ -127,15 +137,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let x_in = GraphFeatures::<Atoms>::input(&mut s, "x");
     let edges = EdgeGraph::input(&mut s, "edges", coords_in).grouped(options.num_neighbors);
     let basis = EdgeBasis::new(&mut s, "", &edges, Hidden::max_degree())?;
-    let y = assemble(
-        &mut s,
-        &x_in,
-        &edges,
-        &basis,
-        &model.conv_in,
-        &model.blocks,
-        &model.conv_out,
-    )?;
+    let y = assemble(&mut s, &x_in, &edges, &basis, &model)?;
     y.output(&mut s, "y");
     s.compile();
 

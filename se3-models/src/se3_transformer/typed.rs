@@ -1,6 +1,8 @@
 //! The SE(3)-Transformer assembled by hand from typed se3-core layers: a user declares the
 //! fibers with `#[fiber]` and gets `conv_in -> depth x (AttentionBlock, FeedForwardBlock) ->
-//! conv_out` as one luminal graph, loadable from a se3-transformer-pytorch state dict.
+//! conv_out` (optionally with `num_conv_layers` NormSE3 + ConvSE3 pairs after `conv_in` and
+//! the output NormSE3 of `norm_out`) as one luminal graph, loadable from a
+//! se3-transformer-pytorch state dict.
 //!
 //! ```ignore
 //! #[fiber(0:8)]        struct Atoms;   // input: type-0 features (`feats (b, n, 8)`)
@@ -37,7 +39,7 @@ use se3_core::exec::{InputKind, Session};
 use se3_core::fiber::{DegreeTensor, Features, Fiber, FiberSpec};
 use se3_core::layers::{
     AttentionBlock, AttentionOptions, Conv, ConvOptions, EdgeBasis, EdgeGraph, FeedForwardBlock,
-    GraphFeatures, Pool,
+    GraphFeatures, Norm, NormActivation, NormScale, Pool,
 };
 
 use crate::checkpoint::StateDict;
@@ -64,6 +66,10 @@ pub struct TypedOptions {
     pub num_neighbors: usize,
     /// Neighbours farther than this are not valid.
     pub valid_radius: f64,
+    /// `num_conv_layers`: (NormSE3, ConvSE3) pairs on the hidden fiber after `conv_in`.
+    pub num_conv_layers: usize,
+    /// `norm_out`: a NormSE3 without nonlinearity after `conv_out`.
+    pub norm_out: bool,
 }
 
 impl TypedOptions {
@@ -72,8 +78,8 @@ impl TypedOptions {
     /// # Errors
     /// `NotTyped` naming the first option the typed assembly does not have (tokens, edges,
     /// Fourier features, sparse neighbours, global features, causal, rotary, null key/values,
-    /// key/value variants, EGNN, reversible, conv layers, output norm or reduction, infinite
-    /// `num_neighbors`); `Core(FiberMismatch)` if a fiber differs from the config's.
+    /// key/value variants, EGNN, reversible, output reduction, infinite `num_neighbors`);
+    /// `Core(FiberMismatch)` if a fiber differs from the config's.
     pub fn from_config<In: Fiber, Hidden: Fiber, Out: Fiber>(
         cfg: &Se3TransformerConfig,
     ) -> Result<Self, Error> {
@@ -95,8 +101,6 @@ impl TypedOptions {
             ("tie_key_values", cfg.tie_key_values),
             ("use_egnn", cfg.use_egnn),
             ("reversible", cfg.reversible),
-            ("num_conv_layers", cfg.num_conv_layers > 0),
-            ("norm_out", cfg.norm_out),
             ("reduce_dim_out", cfg.reduce_dim_out),
         ];
         if let Some((option, _)) = unsupported.iter().find(|(_, on)| *on) {
@@ -124,7 +128,17 @@ impl TypedOptions {
             norm_gated_scale: cfg.norm_gated_scale,
             num_neighbors,
             valid_radius: cfg.valid_radius,
+            num_conv_layers: cfg.num_conv_layers,
+            norm_out: cfg.norm_out,
         })
+    }
+
+    fn norm_scale(&self) -> NormScale {
+        if self.norm_gated_scale {
+            NormScale::Gated
+        } else {
+            NormScale::PerChannel
+        }
     }
 
     fn attention(&self) -> AttentionOptions {
@@ -148,16 +162,22 @@ const CONV: ConvOptions = ConvOptions {
 };
 
 /// An SE(3)-Transformer of typed layers from fiber `In` through `Hidden` to `Out` (module
-/// doc): `conv_in: Conv<In, Hidden>`, `depth` pairs of `AttentionBlock<Hidden>` and
-/// `FeedForwardBlock<Hidden>`, `conv_out: Conv<Hidden, Out>`.
+/// doc): `conv_in: Conv<In, Hidden>`, `num_conv_layers` pairs of `Norm<Hidden>` and
+/// `Conv<Hidden, Hidden>`, `depth` pairs of `AttentionBlock<Hidden>` and
+/// `FeedForwardBlock<Hidden>`, `conv_out: Conv<Hidden, Out>`, with `norm_out` a `Norm<Out>`.
 #[derive(Debug, Clone)]
 pub struct TypedSe3Transformer<In: Fiber, Hidden: Fiber, Out: Fiber> {
     /// `conv_in` (keys `conv_in.*`).
     pub conv_in: Conv<In, Hidden>,
+    /// `convs` (keys `convs.<i>.1.*` for the norm, `convs.<i>.0.*` for the convolution,
+    /// applied norm first).
+    pub convs: Vec<(Norm<Hidden>, Conv<Hidden, Hidden>)>,
     /// The trunk (keys `net.blocks.<i>.0.*`, `net.blocks.<i>.1.*`).
     pub blocks: Vec<(AttentionBlock<Hidden>, FeedForwardBlock<Hidden>)>,
     /// `conv_out` (keys `conv_out.*`).
     pub conv_out: Conv<Hidden, Out>,
+    /// `norm` (keys `norm.*`), present with `norm_out`.
+    pub norm: Option<Norm<Out>>,
     options: TypedOptions,
 }
 
@@ -168,6 +188,14 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
     /// Those of the layers' constructors (`ZeroChannels` for `heads * dim_head = 0`).
     pub fn new(options: TypedOptions, rng: &mut impl Rng) -> Result<Self, Error> {
         let conv_in = Conv::new(CONV, rng)?;
+        let convs = (0..options.num_conv_layers)
+            .map(|_| {
+                Ok((
+                    Norm::new(options.norm_scale(), NormActivation::Gelu),
+                    Conv::new(CONV, rng)?,
+                ))
+            })
+            .collect::<Result<_, Error>>()?;
         let blocks = (0..options.depth)
             .map(|_| {
                 Ok((
@@ -178,8 +206,12 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             .collect::<Result<_, Error>>()?;
         Ok(TypedSe3Transformer {
             conv_in,
+            convs,
             blocks,
             conv_out: Conv::new(CONV, rng)?,
+            norm: options
+                .norm_out
+                .then(|| Norm::new(options.norm_scale(), NormActivation::Identity)),
             options,
         })
     }
@@ -193,6 +225,18 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
     pub fn load(sd: &StateDict, options: TypedOptions) -> Result<Self, Error> {
         let mut src = StateDictSource::new(sd);
         let conv_in = Conv::load(&mut src, "conv_in.", CONV)?;
+        let mut convs = Vec::with_capacity(options.num_conv_layers);
+        for i in 0..options.num_conv_layers {
+            convs.push((
+                Norm::load(
+                    &mut src,
+                    &format!("convs.{i}.1."),
+                    options.norm_scale(),
+                    NormActivation::Gelu,
+                )?,
+                Conv::load(&mut src, &format!("convs.{i}.0."), CONV)?,
+            ));
+        }
         let mut blocks = Vec::with_capacity(options.depth);
         for i in 0..options.depth {
             blocks.push((
@@ -210,11 +254,23 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             ));
         }
         let conv_out = Conv::load(&mut src, "conv_out.", CONV)?;
+        let norm = if options.norm_out {
+            Some(Norm::load(
+                &mut src,
+                "norm.",
+                options.norm_scale(),
+                NormActivation::Identity,
+            )?)
+        } else {
+            None
+        };
         src.finish()?;
         Ok(TypedSe3Transformer {
             conv_in,
+            convs,
             blocks,
             conv_out,
+            norm,
             options,
         })
     }
@@ -245,11 +301,19 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
         basis: &EdgeBasis,
     ) -> Result<GraphFeatures<Out>, Error> {
         let mut h: GraphFeatures<Hidden> = self.conv_in.build(s, "conv_in.", x, edges, basis)?;
+        for (i, (norm, conv)) in self.convs.iter().enumerate() {
+            h = norm.build(s, &format!("convs.{i}.1."), &h)?;
+            h = conv.build(s, &format!("convs.{i}.0."), &h, edges, basis)?;
+        }
         for (i, (attention, feed_forward)) in self.blocks.iter().enumerate() {
             h = attention.build(s, &format!("net.blocks.{i}.0."), &h, edges, basis)?;
             h = feed_forward.build(s, &format!("net.blocks.{i}.1."), &h)?;
         }
-        Ok(self.conv_out.build(s, "conv_out.", &h, edges, basis)?)
+        let y = self.conv_out.build(s, "conv_out.", &h, edges, basis)?;
+        Ok(match &self.norm {
+            Some(norm) => norm.build(s, "norm.", &y)?,
+            None => y,
+        })
     }
 
     /// The whole forward pass as one compiled session: inputs `coords (N, 3)`, `x.<l>`
@@ -390,7 +454,6 @@ pub fn knn_edges(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::path::PathBuf;
 
     use rand::Rng;
@@ -423,32 +486,102 @@ mod tests {
             .join(name)
     }
 
-    #[test]
-    fn typed_assembly_of_se3t_basic_matches_the_reference_and_is_invariant() -> Result<(), Error> {
-        let dir = reference("se3t_basic");
+    /// The typed assembly of reference folder `name` with fibers `In`, `Hidden`, `Out`, loaded
+    /// from its weights and run on its inputs; returns the max relative error over its
+    /// float64 outputs (pooled on the host for `return_pooled`) and the run with its inputs.
+    #[allow(clippy::type_complexity)]
+    fn reference_parity<In: Fiber, Hidden: Fiber, Out: Fiber>(
+        name: &str,
+    ) -> Result<
+        (
+            f64,
+            TypedSession<In, Out>,
+            Vec<[f64; 3]>,
+            usize,
+            Option<Vec<bool>>,
+            Features<In>,
+        ),
+        Error,
+    > {
+        let dir = reference(name);
         let file = ModelFile::load(dir.join("config.json"))?;
         let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
-        let options = TypedOptions::from_config::<Atoms, Hidden, Readout>(&cfg)?;
+        let fwd = Se3TransformerForward::from_literals(&file.forward_kwargs.literals)?;
+        let options = TypedOptions::from_config::<In, Hidden, Out>(&cfg)?;
         let sd = StateDict::load(dir.join("weights.safetensors"))?;
-        let model = TypedSe3Transformer::<Atoms, Hidden, Readout>::load(&sd, options)?;
-        let inputs = ModelInputs::load(dir.join("inputs.safetensors"), &BTreeMap::new())?;
+        let model = TypedSe3Transformer::<In, Hidden, Out>::load(&sd, options)?;
+        let inputs =
+            ModelInputs::load(dir.join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
         let (b, n) = (inputs.batch(), inputs.nodes());
-        let NodeFeats::Dense(feats) = &inputs.feats else {
-            return Err(Error::MissingInput { name: "feats" });
+        let x = match &inputs.feats {
+            NodeFeats::Dense(t) => {
+                let c = t.shape[2];
+                Features::<In>::from_fn(b * n, |_, node, ch, _| t.data[node * c + ch] as f32)
+            }
+            NodeFeats::Degrees(map) => {
+                let mut missing = false;
+                let x = Features::<In>::from_fn(b * n, |d, node, ch, m| match map.get(&d.l) {
+                    Some(t) => t.data[(node * d.channels + ch) * d.width() + m] as f32,
+                    None => {
+                        missing = true;
+                        0.0
+                    }
+                });
+                if missing {
+                    return Err(Error::MissingInput { name: "feats" });
+                }
+                x
+            }
+            NodeFeats::Tokens { .. } => return Err(Error::UnexpectedInput { name: "feats" }),
         };
-        let x = Features::<Atoms>::from_fn(b * n, |_, node, c, _| feats.data[node * 8 + c] as f32);
         let coords: Vec<[f64; 3]> = (0..b).flat_map(|bi| inputs.points(bi)).collect();
         let mask = inputs.mask.as_ref().map(|m| m.data.clone());
         let mut run = model.compile()?;
         let y = run.forward(&coords, b, mask.as_deref(), &x)?;
-        let got: Vec<f64> = y.blocks()[0].data().iter().map(|&v| f64::from(v)).collect();
         let want = StateDict::load(dir.join("outputs.safetensors"))?;
-        let want = want
-            .get("out_f64")
-            .ok_or(Error::MissingInput { name: "out_f64" })?;
-        let err = rel_error(&got, &want.data);
-        println!("typed se3t_basic vs reference out_f64: max rel err {err:.2e}");
+        let single = Out::degrees().len() == 1;
+        let mut worst = 0.0f64;
+        for (d, block) in Out::degrees().into_iter().zip(y.blocks()) {
+            let key = match fwd.return_type {
+                Some(r) if r != d.l => continue,
+                Some(_) => "out".to_string(),
+                None if single => "out".to_string(),
+                None => format!("type{}", d.l),
+            };
+            let mut got: Vec<f64> = block.data().iter().map(|&v| f64::from(v)).collect();
+            if fwd.return_pooled {
+                let w = d.dim();
+                got = (0..b)
+                    .flat_map(|bi| {
+                        let rows: Vec<usize> = (bi * n..(bi + 1) * n)
+                            .filter(|&i| mask.as_ref().is_none_or(|m| m[i]))
+                            .collect();
+                        let got = &got;
+                        (0..w).map(move |k| {
+                            rows.iter().map(|&i| got[i * w + k]).sum::<f64>()
+                                / rows.len().max(1) as f64
+                        })
+                    })
+                    .collect();
+            }
+            let t = want.get(&format!("{key}_f64")).ok_or(Error::MissingKey {
+                key: format!("{name}: {key}_f64"),
+                expected: vec![],
+            })?;
+            let err = rel_error(&got, &t.data);
+            println!("typed {name} vs reference {key}_f64: max rel err {err:.2e}");
+            worst = worst.max(err);
+        }
+        Ok((worst, run, coords, b, mask, x))
+    }
+
+    #[test]
+    fn typed_assembly_of_se3t_basic_matches_the_reference_and_is_invariant() -> Result<(), Error> {
+        let (err, mut run, coords, b, mask, x) =
+            reference_parity::<Atoms, Hidden, Readout>("se3t_basic")?;
         assert!(err < TOL_F32, "typed se3t_basic off by {err:.2e}");
+        let y = run.forward(&coords, b, mask.as_deref(), &x)?;
+        let got: Vec<f64> = y.blocks()[0].data().iter().map(|&v| f64::from(v)).collect();
 
         // invariance of the type-0 output under a fresh rotation and translation
         let (mut r, seed) = rng();
@@ -470,6 +603,27 @@ mod tests {
         let inv = rel_error(&got2, &got);
         println!("seed {seed}: typed se3t_basic invariance error {inv:.2e}");
         assert!(inv < TOL_F32, "seed {seed}: invariance error {inv:.2e}");
+        Ok(())
+    }
+
+    #[fiber(0:8, 1:8)]
+    struct ScalarsVectors;
+    #[fiber(0:4, 1:2)]
+    struct Small;
+
+    #[test]
+    fn typed_assembly_matches_the_reference_with_vector_inputs_conv_layers_and_norm_out(
+    ) -> Result<(), Error> {
+        // input_degrees 2: feats of degrees 0 and 1 in, type0 and type1 out
+        let (err, ..) =
+            reference_parity::<ScalarsVectors, Hidden, ScalarsVectors>("se3t_input_degrees2")?;
+        assert!(err < TOL_F32, "typed se3t_input_degrees2 off by {err:.2e}");
+        // num_conv_layers 1, gated norms, norm_out, no self-attention, out_fiber_dict, pooled
+        let (err, ..) = reference_parity::<Atoms, Hidden, Small>("se3t_convs_gated_pooled")?;
+        assert!(
+            err < TOL_F32,
+            "typed se3t_convs_gated_pooled off by {err:.2e}"
+        );
         Ok(())
     }
 
@@ -573,6 +727,8 @@ mod tests {
             norm_gated_scale: false,
             num_neighbors: 3,
             valid_radius: 10.0,
+            num_conv_layers: 1,
+            norm_out: true,
         };
         let mut run =
             TypedSe3Transformer::<Atoms, Hidden, Readout>::new(options, &mut r)?.compile()?;
