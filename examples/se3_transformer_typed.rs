@@ -48,7 +48,11 @@ fn assemble(
     edges: &EdgeGraph,
     basis: &EdgeBasis,
     model: &TypedSe3Transformer<Atoms, Hidden, Readout>,
-) -> Result<GraphFeatures<Readout>, Error> {
+) -> Result<GraphFeatures<Readout>, se3::models::Error> {
+    if model.options().reversible {
+        // the two-stream reversible trunk is written out in `TypedSe3Transformer::build`
+        return model.build(s, x, edges, basis);
+    }
     let conv_in: &Conv<Atoms, Hidden> = &model.conv_in;
     let mut h: GraphFeatures<Hidden> = conv_in.build(s, "conv_in.", x, edges, basis)?;
     for (i, (norm, conv)) in model.convs.iter().enumerate() {
@@ -61,10 +65,10 @@ fn assemble(
         h = feed_forward.build(s, &format!("net.blocks.{i}.1."), &h)?;
     }
     let y = model.conv_out.build(s, "conv_out.", &h, edges, basis)?;
-    match &model.norm {
-        Some(norm) => norm.build(s, "norm.", &y),
-        None => Ok(y),
-    }
+    Ok(match &model.norm {
+        Some(norm) => norm.build(s, "norm.", &y)?,
+        None => y,
+    })
 }
 
 /// Runs the session on `batch` stacked clouds: coordinates, the library's kNN edges
@@ -116,6 +120,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         valid_radius: 1e5,
         num_conv_layers: 0,
         norm_out: false,
+        reversible: false,
     };
     let model = match std::env::args().nth(1) {
         Some(dir) => {

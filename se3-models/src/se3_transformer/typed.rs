@@ -38,8 +38,8 @@ use rand::Rng;
 use se3_core::exec::{InputKind, Session};
 use se3_core::fiber::{DegreeTensor, Features, Fiber, FiberSpec};
 use se3_core::layers::{
-    AttentionBlock, AttentionOptions, Conv, ConvOptions, EdgeBasis, EdgeGraph, FeedForwardBlock,
-    GraphFeatures, Norm, NormActivation, NormScale, Pool,
+    AttentionBlock, AttentionOptions, Conv, ConvOptions, EdgeBasis, EdgeGraph, FeatureTensors,
+    FeedForwardBlock, GraphFeatures, Norm, NormActivation, NormScale, Pool,
 };
 
 use crate::checkpoint::StateDict;
@@ -70,6 +70,11 @@ pub struct TypedOptions {
     pub num_conv_layers: usize,
     /// `norm_out`: a NormSE3 without nonlinearity after `conv_out`.
     pub norm_out: bool,
+    /// `reversible`: the trunk runs two streams `x1 = x2 = x`, `y1 = x1 + A(x2)`,
+    /// `y2 = x2 + F(y1)` per block pair (each block has its own residual too) and returns
+    /// `(x1 + x2) / 2`; keys `net.blocks.<i>.f.net.*` and `net.blocks.<i>.g.net.*`. The library
+    /// switches `norm_out` on with it (as [`TypedOptions::from_config`] does).
+    pub reversible: bool,
 }
 
 impl TypedOptions {
@@ -78,7 +83,7 @@ impl TypedOptions {
     /// # Errors
     /// `NotTyped` naming the first option the typed assembly does not have (tokens, edges,
     /// Fourier features, sparse neighbours, global features, causal, rotary, null key/values,
-    /// key/value variants, EGNN, reversible, output reduction, infinite `num_neighbors`);
+    /// key/value variants, EGNN, output reduction, infinite `num_neighbors`);
     /// `Core(FiberMismatch)` if a fiber differs from the config's.
     pub fn from_config<In: Fiber, Hidden: Fiber, Out: Fiber>(
         cfg: &Se3TransformerConfig,
@@ -100,7 +105,6 @@ impl TypedOptions {
             ("one_headed_key_values", cfg.one_headed_key_values),
             ("tie_key_values", cfg.tie_key_values),
             ("use_egnn", cfg.use_egnn),
-            ("reversible", cfg.reversible),
             ("reduce_dim_out", cfg.reduce_dim_out),
         ];
         if let Some((option, _)) = unsupported.iter().find(|(_, on)| *on) {
@@ -129,7 +133,8 @@ impl TypedOptions {
             num_neighbors,
             valid_radius: cfg.valid_radius,
             num_conv_layers: cfg.num_conv_layers,
-            norm_out: cfg.norm_out,
+            norm_out: cfg.norm_out || cfg.reversible,
+            reversible: cfg.reversible,
         })
     }
 
@@ -138,6 +143,18 @@ impl TypedOptions {
             NormScale::Gated
         } else {
             NormScale::PerChannel
+        }
+    }
+
+    /// The checkpoint prefixes of block pair `i`.
+    fn block_prefixes(&self, i: usize) -> (String, String) {
+        if self.reversible {
+            (
+                format!("net.blocks.{i}.f.net."),
+                format!("net.blocks.{i}.g.net."),
+            )
+        } else {
+            (format!("net.blocks.{i}.0."), format!("net.blocks.{i}.1."))
         }
     }
 
@@ -239,18 +256,10 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
         }
         let mut blocks = Vec::with_capacity(options.depth);
         for i in 0..options.depth {
+            let (pa, pf) = options.block_prefixes(i);
             blocks.push((
-                AttentionBlock::load(
-                    &mut src,
-                    &format!("net.blocks.{i}.0."),
-                    options.attention(),
-                    options.norm_gated_scale,
-                )?,
-                FeedForwardBlock::load(
-                    &mut src,
-                    &format!("net.blocks.{i}.1."),
-                    options.norm_gated_scale,
-                )?,
+                AttentionBlock::load(&mut src, &pa, options.attention(), options.norm_gated_scale)?,
+                FeedForwardBlock::load(&mut src, &pf, options.norm_gated_scale)?,
             ));
         }
         let conv_out = Conv::load(&mut src, "conv_out.", CONV)?;
@@ -305,9 +314,21 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             h = norm.build(s, &format!("convs.{i}.1."), &h)?;
             h = conv.build(s, &format!("convs.{i}.0."), &h, edges, basis)?;
         }
-        for (i, (attention, feed_forward)) in self.blocks.iter().enumerate() {
-            h = attention.build(s, &format!("net.blocks.{i}.0."), &h, edges, basis)?;
-            h = feed_forward.build(s, &format!("net.blocks.{i}.1."), &h)?;
+        if self.options.reversible {
+            let (mut x1, mut x2) = (h.clone(), h);
+            for (i, (attention, feed_forward)) in self.blocks.iter().enumerate() {
+                let (pa, pf) = self.options.block_prefixes(i);
+                let y1 = attention.build(s, &pa, &x2, edges, basis)?.residual(&x1);
+                let y2 = feed_forward.build(s, &pf, &y1)?.residual(&x2);
+                (x1, x2) = (y1, y2);
+            }
+            h = mean_of(&x1, &x2)?;
+        } else {
+            for (i, (attention, feed_forward)) in self.blocks.iter().enumerate() {
+                let (pa, pf) = self.options.block_prefixes(i);
+                h = attention.build(s, &pa, &h, edges, basis)?;
+                h = feed_forward.build(s, &pf, &h)?;
+            }
         }
         let y = self.conv_out.build(s, "conv_out.", &h, edges, basis)?;
         Ok(match &self.norm {
@@ -337,6 +358,24 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             fibers: PhantomData,
         })
     }
+}
+
+/// `(a + b) / 2`, degree by degree.
+fn mean_of<F: Fiber>(
+    a: &GraphFeatures<F>,
+    b: &GraphFeatures<F>,
+) -> Result<GraphFeatures<F>, Error> {
+    let tensors = a
+        .untyped()
+        .tensors()
+        .iter()
+        .zip(b.untyped().tensors())
+        .map(|(x, y)| (*x + *y) * 0.5)
+        .collect();
+    Ok(GraphFeatures::new(FeatureTensors::new(
+        F::spec(),
+        tensors,
+    )?)?)
 }
 
 /// A compiled [`TypedSe3Transformer`], ready to run on batches of point clouds.
@@ -612,7 +651,7 @@ mod tests {
     struct Small;
 
     #[test]
-    fn typed_assembly_matches_the_reference_with_vector_inputs_conv_layers_and_norm_out(
+    fn typed_assembly_matches_the_reference_with_vector_inputs_conv_layers_norm_out_reversible(
     ) -> Result<(), Error> {
         // input_degrees 2: feats of degrees 0 and 1 in, type0 and type1 out
         let (err, ..) =
@@ -624,6 +663,9 @@ mod tests {
             err < TOL_F32,
             "typed se3t_convs_gated_pooled off by {err:.2e}"
         );
+        // reversible trunk (two streams, output norm switched on)
+        let (err, ..) = reference_parity::<Atoms, Hidden, Hidden>("se3t_reversible")?;
+        assert!(err < TOL_F32, "typed se3t_reversible off by {err:.2e}");
         Ok(())
     }
 
@@ -635,13 +677,11 @@ mod tests {
             TypedOptions::from_config::<Atoms, Readout, Readout>(&cfg),
             Err(Error::Core(se3_core::Error::FiberMismatch { .. }))
         ));
-        let mut reversible = cfg.clone();
-        reversible.reversible = true;
+        let mut egnn = cfg.clone();
+        egnn.use_egnn = true;
         assert!(matches!(
-            TypedOptions::from_config::<Atoms, Hidden, Readout>(&reversible),
-            Err(Error::NotTyped {
-                option: "reversible"
-            })
+            TypedOptions::from_config::<Atoms, Hidden, Readout>(&egnn),
+            Err(Error::NotTyped { option: "use_egnn" })
         ));
         Ok(())
     }
@@ -729,6 +769,7 @@ mod tests {
             valid_radius: 10.0,
             num_conv_layers: 1,
             norm_out: true,
+            reversible: false,
         };
         let mut run =
             TypedSe3Transformer::<Atoms, Hidden, Readout>::new(options, &mut r)?.compile()?;
