@@ -252,4 +252,29 @@ mod tests {
         }
         Ok(())
     }
+
+    #[test]
+    fn layer_norm_loads_its_affine_keys_and_names_a_missing_one() -> Result<(), Error> {
+        use crate::exec::F32Tensor;
+        use std::collections::HashMap;
+        let fiber: FiberSpec = "0:3, 1:2".parse()?;
+        let mut src: HashMap<String, F32Tensor> = HashMap::new();
+        let t = |v: Vec<f32>| F32Tensor {
+            shape: vec![v.len()],
+            data: v,
+        };
+        src.insert("ln.affine_weight.0".into(), t(vec![2.0, 3.0, 4.0]));
+        src.insert("ln.affine_weight.1".into(), t(vec![5.0, 6.0]));
+        src.insert("ln.affine_bias".into(), t(vec![0.5, 0.5, 0.5]));
+        let ln = EquivariantLayerNorm::load(&mut src, "ln.", &fiber)?;
+        assert_eq!(ln.gamma[1].key, "affine_weight.1");
+        assert_eq!(ln.gamma[1].data, vec![5.0, 6.0]);
+        assert_eq!(ln.beta.as_ref().map(|b| b.data.clone()), Some(vec![0.5; 3]));
+        src.remove("ln.affine_bias");
+        assert!(matches!(
+            EquivariantLayerNorm::load(&mut src, "ln.", &fiber),
+            Err(Error::MissingKey { key, .. }) if key == "ln.affine_bias"
+        ));
+        Ok(())
+    }
 }
