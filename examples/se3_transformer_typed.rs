@@ -121,6 +121,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         num_conv_layers: 0,
         norm_out: false,
         reversible: false,
+        edge_dim: 0,
+        fourier: None,
     };
     let model = match std::env::args().nth(1) {
         Some(dir) => {

@@ -123,12 +123,14 @@ impl EdgeGraph {
         let mut cols: Vec<GraphTensor<(E, X)>> = Vec::new();
         if let Some(k) = fourier.filter(|&k| k > 0) {
             let scales: Vec<f32> = (0..k).map(|i| 1.0 / (1u64 << i) as f32).collect();
-            let sc: GraphTensor<(X,)> = constant(
-                s,
-                &format!("fourier_scales.{k}.{}", self.dist.id.index()),
-                scales,
-                &[k],
-            )?;
+            // one weight per call (several layers read the same edges; a name declared twice
+            // would leave the first declaration without a value)
+            let name = format!(
+                "fourier_scales.{k}.{}.{}",
+                self.dist.id.index(),
+                s.weights().len()
+            );
+            let sc: GraphTensor<(X,)> = constant(s, &name, scales, &[k])?;
             let de: GraphTensor<(E, X)> = expand_at(self.dist, 1, k);
             let scaled = de * expand_at::<_, (E, X)>(sc, 0, e);
             cols.push(scaled.sin());

@@ -26,8 +26,10 @@
 //! self-interaction; attention over the valid neighbours (and the node itself with
 //! `attend_self`). The neighbour lists are computed on the host and fed to the graph with the
 //! coordinates; the kernel basis is built in the graph from the coordinates. Batches run as
-//! one graph of `b n` stacked nodes. Options outside this set (tokens, edges, global
+//! one graph of `b n` stacked nodes. Options outside this set (atom or edge tokens, global
 //! features, EGNN, ...) are [`Error::NotTyped`]; [`CompiledSe3Transformer`] runs them.
+//! Continuous edge features (`edge_dim`) and Fourier-encoded distances feed every radial
+//! network ([`TypedSession::forward_with_edges`]).
 //!
 //! [`CompiledSe3Transformer`]: crate::se3_transformer::CompiledSe3Transformer
 
@@ -75,6 +77,12 @@ pub struct TypedOptions {
     /// `(x1 + x2) / 2`; keys `net.blocks.<i>.f.net.*` and `net.blocks.<i>.g.net.*`. The library
     /// switches `norm_out` on with it (as [`TypedOptions::from_config`] does).
     pub reversible: bool,
+    /// `edge_dim`: width of continuous edge features `(b, n, n, edge_dim)` fed to every radial
+    /// network next to the distance (0 for none).
+    pub edge_dim: usize,
+    /// `fourier_encode_dist` with `rel_dist_num_fourier_features`: the distance also enters
+    /// the radial networks as `sin(d / 2^k)`, `cos(d / 2^k)`, `k < K`.
+    pub fourier: Option<usize>,
 }
 
 impl TypedOptions {
@@ -82,7 +90,7 @@ impl TypedOptions {
     ///
     /// # Errors
     /// `NotTyped` naming the first option the typed assembly does not have (tokens, edges,
-    /// Fourier features, sparse neighbours, global features, causal, rotary, null key/values,
+    /// sparse neighbours, global features, causal, rotary, null key/values,
     /// key/value variants, EGNN, output reduction, infinite `num_neighbors`);
     /// `Core(FiberMismatch)` if a fiber differs from the config's.
     pub fn from_config<In: Fiber, Hidden: Fiber, Out: Fiber>(
@@ -92,8 +100,6 @@ impl TypedOptions {
             ("num_tokens", cfg.num_tokens.is_some()),
             ("num_positions", cfg.num_positions.is_some()),
             ("num_edge_tokens", cfg.num_edge_tokens.is_some()),
-            ("edge_dim", cfg.edge_dim.is_some()),
-            ("fourier_encode_dist", cfg.fourier_encode_dist),
             ("attend_sparse_neighbors", cfg.attend_sparse_neighbors),
             ("num_adj_degrees", cfg.num_adj_degrees.is_some()),
             ("global_feats_dim", cfg.global_feats_dim.is_some()),
@@ -135,6 +141,10 @@ impl TypedOptions {
             num_conv_layers: cfg.num_conv_layers,
             norm_out: cfg.norm_out || cfg.reversible,
             reversible: cfg.reversible,
+            edge_dim: shape.edge_dim,
+            fourier: cfg
+                .fourier_encode_dist
+                .then_some(cfg.rel_dist_num_fourier_features),
         })
     }
 
@@ -163,20 +173,22 @@ impl TypedOptions {
             heads: self.heads,
             dim_head: self.dim_head,
             attend_self: self.attend_self,
-            edge_dim: 0,
-            fourier: None,
+            edge_dim: self.edge_dim,
+            fourier: self.fourier,
+        }
+    }
+
+    /// `ConvSE3` as `SE3Transformer` builds `conv_in`, `convs` and `conv_out`: mean pooling
+    /// and self-interaction, the distance (and edge features) as the radial input.
+    fn conv(&self) -> ConvOptions {
+        ConvOptions {
+            edge_dim: self.edge_dim,
+            fourier: self.fourier,
+            self_interaction: true,
+            pool: Pool::Mean,
         }
     }
 }
-
-/// `ConvSE3` as `SE3Transformer` builds `conv_in` and `conv_out`: mean pooling and
-/// self-interaction, the distance as the only radial input.
-const CONV: ConvOptions = ConvOptions {
-    edge_dim: 0,
-    fourier: None,
-    self_interaction: true,
-    pool: Pool::Mean,
-};
 
 /// An SE(3)-Transformer of typed layers from fiber `In` through `Hidden` to `Out` (module
 /// doc): `conv_in: Conv<In, Hidden>`, `num_conv_layers` pairs of `Norm<Hidden>` and
@@ -204,12 +216,12 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
     /// # Errors
     /// Those of the layers' constructors (`ZeroChannels` for `heads * dim_head = 0`).
     pub fn new(options: TypedOptions, rng: &mut impl Rng) -> Result<Self, Error> {
-        let conv_in = Conv::new(CONV, rng)?;
+        let conv_in = Conv::new(options.conv(), rng)?;
         let convs = (0..options.num_conv_layers)
             .map(|_| {
                 Ok((
                     Norm::new(options.norm_scale(), NormActivation::Gelu),
-                    Conv::new(CONV, rng)?,
+                    Conv::new(options.conv(), rng)?,
                 ))
             })
             .collect::<Result<_, Error>>()?;
@@ -225,7 +237,7 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             conv_in,
             convs,
             blocks,
-            conv_out: Conv::new(CONV, rng)?,
+            conv_out: Conv::new(options.conv(), rng)?,
             norm: options
                 .norm_out
                 .then(|| Norm::new(options.norm_scale(), NormActivation::Identity)),
@@ -241,7 +253,7 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
     /// `UnexpectedKey` for a tensor of the dict that no layer reads.
     pub fn load(sd: &StateDict, options: TypedOptions) -> Result<Self, Error> {
         let mut src = StateDictSource::new(sd);
-        let conv_in = Conv::load(&mut src, "conv_in.", CONV)?;
+        let conv_in = Conv::load(&mut src, "conv_in.", options.conv())?;
         let mut convs = Vec::with_capacity(options.num_conv_layers);
         for i in 0..options.num_conv_layers {
             convs.push((
@@ -251,7 +263,7 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
                     options.norm_scale(),
                     NormActivation::Gelu,
                 )?,
-                Conv::load(&mut src, &format!("convs.{i}.0."), CONV)?,
+                Conv::load(&mut src, &format!("convs.{i}.0."), options.conv())?,
             ));
         }
         let mut blocks = Vec::with_capacity(options.depth);
@@ -262,7 +274,7 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
                 FeedForwardBlock::load(&mut src, &pf, options.norm_gated_scale)?,
             ));
         }
-        let conv_out = Conv::load(&mut src, "conv_out.", CONV)?;
+        let conv_out = Conv::load(&mut src, "conv_out.", options.conv())?;
         let norm = if options.norm_out {
             Some(Norm::load(
                 &mut src,
@@ -339,7 +351,8 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
 
     /// The whole forward pass as one compiled session: inputs `coords (N, 3)`, `x.<l>`
     /// (`[N, c, 2l + 1]`), `edges.src`, `edges.dst` (`N * num_neighbors`, `-1` for missing
-    /// edges); outputs `y.<l>`.
+    /// edges), with `edge_dim > 0` also `edges.features` (`[N * num_neighbors, edge_dim]`);
+    /// outputs `y.<l>`.
     ///
     /// # Errors
     /// As [`TypedSe3Transformer::build`].
@@ -347,7 +360,15 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
         let mut s = Session::new();
         let coords = s.input::<(Dyn<'n'>, Const<3>)>("coords", InputKind::Coordinates);
         let x = GraphFeatures::<In>::input(&mut s, "x");
-        let edges = EdgeGraph::input(&mut s, "edges", coords).grouped(self.options.num_neighbors);
+        let mut edges =
+            EdgeGraph::input(&mut s, "edges", coords).grouped(self.options.num_neighbors);
+        if self.options.edge_dim > 0 {
+            edges.edge_features = Some(s.input_with_shape::<(Dyn<'e'>, Dyn<'-'>)>(
+                "edges.features",
+                InputKind::Values,
+                &['e'.into(), self.options.edge_dim.into()],
+            ));
+        }
         let basis = EdgeBasis::new(&mut s, "", &edges, Self::max_degree())?;
         self.build(&mut s, &x, &edges, &basis)?.output(&mut s, "y");
         s.compile();
@@ -355,6 +376,7 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             session: s,
             num_neighbors: self.options.num_neighbors,
             valid_radius: self.options.valid_radius,
+            edge_dim: self.options.edge_dim,
             fibers: PhantomData,
         })
     }
@@ -384,6 +406,7 @@ pub struct TypedSession<In: Fiber, Out: Fiber> {
     session: Session,
     num_neighbors: usize,
     valid_radius: f64,
+    edge_dim: usize,
     fibers: PhantomData<fn(In) -> Out>,
 }
 
@@ -394,18 +417,36 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
     }
 
     /// Runs `batch` clouds of `n` nodes each, stacked: `coords` and `x` hold `batch * n` rows,
-    /// `mask` (if any) one flag per row.
+    /// `mask` (if any) one flag per row. For a model without edge features.
     ///
     /// # Errors
-    /// `EmptyGraph` for no nodes or fewer than 2 per cloud, `InputShape` if the row counts do
-    /// not agree or are not a multiple of `batch`, `NonFinite` for NaN or infinite
-    /// coordinates; errors of the session.
+    /// As [`TypedSession::forward_with_edges`].
     pub fn forward(
         &mut self,
         coords: &[[f64; 3]],
         batch: usize,
         mask: Option<&[bool]>,
         x: &Features<In>,
+    ) -> Result<Features<Out>, Error> {
+        self.forward_with_edges(coords, batch, mask, x, None)
+    }
+
+    /// As [`TypedSession::forward`], with the continuous edge features of every ordered pair
+    /// of each cloud, `(batch, n, n, edge_dim)` row-major (the library's `edges` input).
+    ///
+    /// # Errors
+    /// `EmptyGraph` for no nodes or fewer than 2 per cloud, `InputShape` if the row counts do
+    /// not agree or are not a multiple of `batch` or the edge features are not
+    /// `batch n n edge_dim` values, `MissingInput` / `UnexpectedInput` for edge features the
+    /// model needs / does not take, `NonFinite` for NaN or infinite coordinates or edge
+    /// features; errors of the session.
+    pub fn forward_with_edges(
+        &mut self,
+        coords: &[[f64; 3]],
+        batch: usize,
+        mask: Option<&[bool]>,
+        x: &Features<In>,
+        edge_features: Option<&[f64]>,
     ) -> Result<Features<Out>, Error> {
         let rows = coords.len();
         if batch == 0 || rows == 0 || rows / batch < 2 {
@@ -429,7 +470,33 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
             });
         }
         let (src, dst) = knn_edges(coords, batch, mask, self.num_neighbors, self.valid_radius);
+        let features = match (edge_features, self.edge_dim) {
+            (None, 0) => None,
+            (Some(_), 0) => return Err(Error::UnexpectedInput { name: "edges" }),
+            (None, _) => return Err(Error::MissingInput { name: "edges" }),
+            (Some(f), ed) => {
+                let n = rows / batch;
+                if f.len() != rows * n * ed {
+                    return Err(Error::InputShape {
+                        name: "edges",
+                        expected: format!("({batch}, {n}, {n}, {ed})"),
+                        found: vec![f.len()],
+                    });
+                }
+                if let Some(index) = f.iter().position(|v| !v.is_finite()) {
+                    return Err(Error::NonFinite {
+                        name: "edges",
+                        index,
+                    });
+                }
+                Some(gather_edge_features(f, &src, &dst, n, ed))
+            }
+        };
         let s = &mut self.session;
+        if let Some(fe) = features {
+            let rows_e = fe.len() / self.edge_dim;
+            s.set("edges.features", fe, &[rows_e, self.edge_dim])?;
+        }
         let flat: Vec<f32> = coords.iter().flatten().map(|&v| v as f32).collect();
         s.set("coords", flat, &[rows, 3])?;
         let e = src.len();
@@ -451,6 +518,27 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
             .collect::<Result<_, Error>>()?;
         Ok(Features::from_blocks(blocks)?)
     }
+}
+
+/// The features `(b, n, n, d)` of each valid edge `src -> dst` (global row indices), zeros
+/// for missing edges: `[E, d]` row-major.
+fn gather_edge_features(f: &[f64], src: &[f32], dst: &[f32], n: usize, d: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; src.len() * d];
+    for (q, (&j, &i)) in src.iter().zip(dst).enumerate() {
+        if j < 0.0 || i < 0.0 {
+            continue;
+        }
+        let (i, j) = (i as usize, j as usize);
+        // same cloud: row i = b n + i_l, j = b n + j_l -> pair (b, i_l, j_l) = i n + j_l
+        let pair = i * n + j % n;
+        for (o, v) in out[q * d..(q + 1) * d]
+            .iter_mut()
+            .zip(&f[pair * d..(pair + 1) * d])
+        {
+            *o = *v as f32;
+        }
+    }
+    out
 }
 
 /// se3-transformer-pytorch's neighbour selection on `batch` stacked clouds, as the edge inputs
@@ -501,7 +589,7 @@ mod tests {
 
     use super::*;
     use crate::checkpoint::Tensor;
-    use crate::inputs::{BoolTensor, ModelInputs, NodeFeats};
+    use crate::inputs::{BoolTensor, EdgeInput, ModelInputs, NodeFeats};
     use crate::model_file::ModelFile;
     use crate::se3_transformer::{CompiledSe3Transformer, Se3Transformer, Se3TransformerForward};
 
@@ -576,7 +664,12 @@ mod tests {
         let coords: Vec<[f64; 3]> = (0..b).flat_map(|bi| inputs.points(bi)).collect();
         let mask = inputs.mask.as_ref().map(|m| m.data.clone());
         let mut run = model.compile()?;
-        let y = run.forward(&coords, b, mask.as_deref(), &x)?;
+        let edges = match &inputs.edges {
+            Some(EdgeInput::Dense(t)) => Some(t.data.as_slice()),
+            Some(EdgeInput::Tokens { .. }) => return Err(Error::UnexpectedInput { name: "edges" }),
+            None => None,
+        };
+        let y = run.forward_with_edges(&coords, b, mask.as_deref(), &x, edges)?;
         let want = StateDict::load(dir.join("outputs.safetensors"))?;
         let single = Out::degrees().len() == 1;
         let mut worst = 0.0f64;
@@ -651,7 +744,7 @@ mod tests {
     struct Small;
 
     #[test]
-    fn typed_assembly_matches_the_reference_with_vector_inputs_conv_layers_norm_out_reversible(
+    fn typed_assembly_matches_the_references_with_vector_inputs_convs_norm_out_edges_reversible(
     ) -> Result<(), Error> {
         // input_degrees 2: feats of degrees 0 and 1 in, type0 and type1 out
         let (err, ..) =
@@ -663,6 +756,9 @@ mod tests {
             err < TOL_F32,
             "typed se3t_convs_gated_pooled off by {err:.2e}"
         );
+        // continuous edge features and Fourier-encoded distances in every radial network
+        let (err, ..) = reference_parity::<Atoms, Hidden, Readout>("se3t_fourier_edges")?;
+        assert!(err < TOL_F32, "typed se3t_fourier_edges off by {err:.2e}");
         // reversible trunk (two streams, output norm switched on)
         let (err, ..) = reference_parity::<Atoms, Hidden, Hidden>("se3t_reversible")?;
         assert!(err < TOL_F32, "typed se3t_reversible off by {err:.2e}");
@@ -770,6 +866,8 @@ mod tests {
             num_conv_layers: 1,
             norm_out: true,
             reversible: false,
+            edge_dim: 0,
+            fourier: None,
         };
         let mut run =
             TypedSe3Transformer::<Atoms, Hidden, Readout>::new(options, &mut r)?.compile()?;
@@ -800,6 +898,10 @@ mod tests {
         assert!(matches!(
             run.forward(&[], 1, None, &Features::<Atoms>::zeros(0)),
             Err(Error::EmptyGraph { .. })
+        ));
+        assert!(matches!(
+            run.forward_with_edges(&pts(8), 1, None, &x, Some(&[0.0; 64])),
+            Err(Error::UnexpectedInput { name: "edges" })
         ));
         // a cloud with fewer nodes than num_neighbors and all but one node masked: finite
         let y = run.forward(&pts(3), 1, Some(&[true, false, false]), &Features::zeros(3))?;
