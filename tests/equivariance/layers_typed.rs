@@ -5,7 +5,8 @@
 //! means rotate, pooled maxima are invariant; a permutation of the nodes permutes every node
 //! output and leaves the pooled ones; with E(3) fibers (`0e, 1o`) the same under
 //! reflections (inversion times a rotation, features times their parity). Fresh seed every run
-//! (printed; replay with `SE3_SEED`), relative error < `TOL_F32`.
+//! (printed; replay with `SE3_SEED`), relative error < `TOL_F32`. Coincident points and fully
+//! masked clouds give finite values (pools of no node are 0).
 
 use luminal::prelude::{symbolic::Expression, *};
 use nalgebra::{Matrix3, Rotation3, Vector3};
@@ -305,6 +306,40 @@ fn typed_layers_are_permutation_equivariant() -> TestResult {
             TOL_F32,
         )?;
         println!("typed {name} permuted: max rel err {err:.2e}");
+    }
+    Ok(())
+}
+
+#[test]
+fn typed_layers_stay_finite_on_coincident_points_and_all_masked_nodes() -> TestResult {
+    let (mut r, seed) = rng();
+    let mut s = build_net::<Hidden, Gated>(&mut r)?;
+    let mut c = cloud(&mut r, &Hidden::spec());
+    let p = c.coords[0];
+    for (i, q) in c.coords.iter_mut().enumerate() {
+        // half the points on top of each other, the rest on a second point
+        *q = if i % 2 == 0 {
+            p
+        } else {
+            [p[0] + 0.5, p[1], p[2]]
+        };
+    }
+    for all_masked in [false, true] {
+        if all_masked {
+            c.mask.iter_mut().for_each(|m| *m = 0.0);
+        }
+        for (name, _, v) in run(&mut s, &c)? {
+            assert!(
+                v.iter().all(|x| x.is_finite()),
+                "seed {seed}: {name} not finite (all masked: {all_masked})"
+            );
+            if all_masked && (name.starts_with("mean") || name == "max") {
+                assert!(
+                    v.iter().all(|x| *x == 0.0),
+                    "seed {seed}: {name} of no nodes"
+                );
+            }
+        }
     }
     Ok(())
 }
