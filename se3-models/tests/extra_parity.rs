@@ -1,0 +1,114 @@
+//! Generality check: configs of se3-transformer-pytorch 0.9 outside tests/reference (made by
+//! tests/data/extra_reference/generate_general.py on the machine of `qj_signs.json`), each run through
+//! the float64 oracle (direct and reassociated contraction) and the compiled float32 graph.
+//!
+//! `SE3_EXTRA_DIR=<folder of config folders>` runs another set (e.g. the full local output of the
+//! generator) instead of the committed one.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+
+use se3_models::checkpoint::StateDict;
+use se3_models::inputs::ModelInputs;
+use se3_models::model_file::ModelFile;
+use se3_models::se3_transformer::basis::QjSigns;
+use se3_models::se3_transformer::{
+    CompiledSe3Transformer, Contraction, Se3Transformer, Se3TransformerConfig,
+    Se3TransformerForward,
+};
+use se3_models::Error;
+
+/// Oracle (float64) against torch float64.
+const TOL_F64: f64 = 1e-10;
+/// Oracle against torch float32, and the compiled float32 graph against torch float64.
+const TOL_F32: f64 = 1e-5;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/extra_reference")
+}
+
+/// Worst relative error of `out` over the outputs of `want` with suffix `suffix`.
+fn worst(out: &StateDict, want: &StateDict, suffix: &str) -> Result<f64, String> {
+    let mut w = 0.0f64;
+    for (k, t) in want.iter() {
+        let Some(base) = k.strip_suffix(suffix) else {
+            continue;
+        };
+        let got = out.get(base).ok_or(format!("missing output {base}"))?;
+        if got.shape != t.shape {
+            return Err(format!(
+                "output {base} shape {:?}, want {:?}",
+                got.shape, t.shape
+            ));
+        }
+        w = w.max(rel_error_at(&got.data, &t.data).0);
+    }
+    Ok(w)
+}
+
+/// Runs one config folder; returns a one-line report, or the failure.
+fn run(d: &Path, signs: &QjSigns) -> Result<String, String> {
+    let e = |x: Error| x.to_string();
+    let file = ModelFile::load(d.join("config.json")).map_err(e)?;
+    let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs).map_err(e)?;
+    let fwd = Se3TransformerForward::from_literals(&file.forward_kwargs.literals).map_err(e)?;
+    let sd = StateDict::load(d.join("weights.safetensors")).map_err(e)?;
+    sd.check_keys(&Se3Transformer::expected_keys(&cfg).map_err(e)?)
+        .map_err(e)?;
+    let mut model = Se3Transformer::from_state_dict(&cfg, &sd).map_err(e)?;
+    model.set_qj_signs(signs).map_err(e)?;
+    let inputs =
+        ModelInputs::load(d.join("inputs.safetensors"), &file.forward_kwargs.tensors).map_err(e)?;
+    let want = StateDict::load(d.join("outputs.safetensors")).map_err(e)?;
+    let out = model.forward(&inputs, &fwd).map_err(e)?;
+    let o64 = worst(&out, &want, "_f64")?;
+    let o32 = worst(&out, &want, "_f32")?;
+    model.set_contraction(Contraction::Reassociated);
+    let ra = worst(&model.forward(&inputs, &fwd).map_err(e)?, &want, "_f64")?;
+    model.set_contraction(Contraction::Direct);
+    let mut compiled = CompiledSe3Transformer::new(&model).map_err(e)?;
+    let c = worst(&compiled.forward(&inputs, &fwd).map_err(e)?, &want, "_f64")?;
+    let line =
+        format!("oracle {o64:.2e} (vs f32 {o32:.2e}), reassociated {ra:.2e}, compiled {c:.2e}");
+    if o64 > TOL_F64 || ra > TOL_F64 || o32 > TOL_F32 || c > TOL_F32 {
+        return Err(line);
+    }
+    Ok(line)
+}
+
+#[test]
+fn generated_configs_match_torch_in_oracle_and_compiled_graph() -> Result<(), Error> {
+    let signs = QjSigns::load(root().join("qj_signs.json"))?;
+    let (set, committed) = match std::env::var("SE3_EXTRA_DIR") {
+        Ok(d) => (PathBuf::from(d), false),
+        Err(_) => (root().join("general"), true),
+    };
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&set)
+        .map_err(|source| Error::Io {
+            path: set.display().to_string(),
+            source,
+        })?
+        .filter_map(|r| r.ok().map(|e| e.path()))
+        .filter(|p| p.join("config.json").exists())
+        .collect();
+    names.sort();
+    let mut failures = Vec::new();
+    for d in &names {
+        let name = d.file_name().map(|s| s.to_string_lossy().into_owned());
+        let name = name.unwrap_or_default();
+        match run(d, &signs) {
+            Ok(line) => println!("ok   {name}: {line}"),
+            Err(why) => {
+                println!("FAIL {name}: {why}");
+                failures.push(name);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "failed: {failures:?}");
+    if committed {
+        assert!(names.len() >= 10, "only {} configs", names.len());
+    }
+    Ok(())
+}
