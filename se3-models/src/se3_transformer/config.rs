@@ -82,8 +82,12 @@ pub struct Se3TransformerConfig {
     /// Output degrees `0..output_degrees` of `conv_out` (`None`: no `conv_out`).
     #[serde(default = "d_output_degrees")]
     pub output_degrees: Option<usize>,
-    /// Neighbours farther than this (after masking) are invalid.
-    #[serde(default = "d_radius")]
+    /// Neighbours farther than this (after masking) are invalid (`Infinity` or `"inf"` allowed).
+    #[serde(
+        default = "d_radius",
+        deserialize_with = "py_num::float",
+        serialize_with = "py_num::ser_float"
+    )]
     pub valid_radius: f64,
     /// Final LinearSE3 to one channel per degree, squeezed.
     #[serde(default)]
@@ -119,7 +123,7 @@ pub struct Se3TransformerConfig {
     #[serde(default = "d_four")]
     pub rel_dist_num_fourier_features: usize,
     /// Nearest neighbours by distance (`None` = infinity; 0 = bonded only).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "py_num::count_or_inf")]
     pub num_neighbors: Option<usize>,
     /// Bonded neighbours (`adj_mat`) are ranked first.
     #[serde(default)]
@@ -131,7 +135,7 @@ pub struct Se3TransformerConfig {
     #[serde(default)]
     pub adj_dim: usize,
     /// Cap on bonded neighbours (`None` = infinity; below the bond count bonds are subsampled).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "py_num::count_or_inf")]
     pub max_sparse_neighbors: Option<usize>,
     /// Input channels (per degree with a list).
     #[serde(default)]
@@ -179,7 +183,11 @@ pub struct Se3TransformerConfig {
     #[serde(default = "d_egnn_hidden")]
     pub egnn_hidden_dim: usize,
     /// Clamp of the EGNN higher-degree update weights.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "py_num::opt_float",
+        serialize_with = "py_num::ser_opt_float"
+    )]
     pub egnn_weights_clamp_value: Option<f64>,
     /// FeedForwardBlockSE3 after every EGNN layer.
     #[serde(default)]
@@ -190,6 +198,86 @@ pub struct Se3TransformerConfig {
     /// Output fiber `{"degree": channels}`.
     #[serde(default)]
     pub out_fiber_dict: Option<BTreeMap<String, usize>>,
+}
+
+/// Numbers as Python writes them: `float('inf')` in the library's defaults comes out of `json.dump` as
+/// `Infinity` (turned into the string `"Infinity"` by [`crate::model_file::python_json_to_strict`]),
+/// and counts may be written as integral floats (`8.0`).
+mod py_num {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Num {
+        Int(u64),
+        Float(f64),
+        Text(String),
+    }
+
+    fn to_f64<E: serde::de::Error>(v: Num) -> Result<f64, E> {
+        match v {
+            Num::Int(i) => Ok(i as f64),
+            Num::Float(f) => Ok(f),
+            Num::Text(t) => match t.as_str() {
+                "Infinity" | "inf" => Ok(f64::INFINITY),
+                "-Infinity" | "-inf" => Ok(f64::NEG_INFINITY),
+                "NaN" | "nan" => Ok(f64::NAN),
+                other => Err(E::custom(format!("expected a number, found \"{other}\""))),
+            },
+        }
+    }
+
+    /// A count, or infinity (`None`): null, `Infinity`, `"inf"`, an integer or an integral float.
+    pub(super) fn count_or_inf<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+        let Some(v) = Option::<Num>::deserialize(d)? else {
+            return Ok(None);
+        };
+        if let Num::Int(i) = v {
+            return usize::try_from(i).map(Some).map_err(D::Error::custom);
+        }
+        let f = to_f64::<D::Error>(v)?;
+        if f == f64::INFINITY {
+            Ok(None)
+        } else if f >= 0.0 && f.fract() == 0.0 && f < 2f64.powi(53) {
+            Ok(Some(f as usize))
+        } else {
+            Err(D::Error::custom(format!(
+                "expected a non-negative count or infinity, found {f}"
+            )))
+        }
+    }
+
+    /// A float, `Infinity`/`"inf"` included.
+    pub(super) fn float<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        to_f64(Num::deserialize(d)?)
+    }
+
+    /// An optional float, `Infinity`/`"inf"` included.
+    pub(super) fn opt_float<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        Option::<Num>::deserialize(d)?.map(to_f64).transpose()
+    }
+
+    /// Writes a non-finite float as the string `"Infinity"` / `"-Infinity"` / `"NaN"`.
+    pub(super) fn ser_float<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else if v.is_nan() {
+            s.serialize_str("NaN")
+        } else if *v > 0.0 {
+            s.serialize_str("Infinity")
+        } else {
+            s.serialize_str("-Infinity")
+        }
+    }
+
+    /// As [`ser_float`], None as null.
+    pub(super) fn ser_opt_float<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(f) => ser_float(f, s),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 /// Names of every constructor kwarg, for `UnknownKwarg`.

@@ -184,6 +184,37 @@ CASES = [
          tie_key_values=True, global_feats_dim=2, num_neighbors=3), dict(return_type=0), b=1, n=6, n_global=1),
     case("h_splits_gt_n", dict(dim=4, heads=2, dim_head=2, depth=1, num_degrees=1, splits=10,
          num_neighbors=3), dict(return_type=0), b=1, n=4),
+    # third round
+    case("i_no_mask", dict(dim=4, heads=2, dim_head=2, depth=1, num_degrees=1, num_neighbors=3),
+         dict(return_type=0), b=2, n=6, no_mask=True),
+    case("i_rt1_forced_type0", dict(dim=4, heads=2, dim_head=2, depth=1, num_degrees=2, output_degrees=1,
+         num_neighbors=3), dict(return_type=1), b=1, n=6),
+    case("i_output_degrees_none_reduce", dict(dim=3, heads=2, dim_head=2, depth=1, num_degrees=2,
+         output_degrees=None, reduce_dim_out=True, num_neighbors=3), {}, b=1, n=6),
+    case("i_max_sparse_zero", dict(dim=4, heads=2, dim_head=2, depth=1, num_degrees=1, num_neighbors=2,
+         attend_sparse_neighbors=True, max_sparse_neighbors=0), dict(return_type=0), b=1, n=7, adj="chain"),
+    case("i_adj1_emb_directed", dict(dim=4, heads=2, dim_head=2, depth=1, num_degrees=1, num_neighbors=2,
+         attend_sparse_neighbors=True, num_adj_degrees=3, adj_dim=2), dict(return_type=0), b=1, n=8,
+         adj="directed"),
+    case("i_adj_degree1_emb", dict(dim=4, heads=2, dim_head=2, depth=1, num_degrees=1, num_neighbors=3,
+         num_adj_degrees=1, adj_dim=3), dict(return_type=0), b=1, n=7, adj="chain"),
+    case("i_linear_global_nullkv", dict(dim=4, heads=2, dim_head=3, depth=1, num_degrees=2, output_degrees=2,
+         linear_proj_keys=True, global_feats_dim=2, use_null_kv=True, num_neighbors=3), {}, b=1, n=6,
+         n_global=2),
+    case("i_coincident_points", dict(dim=3, heads=2, dim_head=2, depth=1, num_degrees=2, output_degrees=2,
+         num_neighbors=3), {}, b=1, n=6, dup=True),
+    case("i_egnn_coincident", dict(dim=4, depth=1, use_egnn=True, num_degrees=2, egnn_hidden_dim=4,
+         num_neighbors=3), {}, b=1, n=6, dup=True),
+    case("i_egnn_noself_nbrmask", dict(dim=4, depth=1, use_egnn=True, num_degrees=2, egnn_hidden_dim=4,
+         attend_self=False, num_neighbors=3), {}, b=1, n=7, nbr_mask=0.2),
+    case("i_sparse_inf_neighbors", dict(dim=4, heads=2, dim_head=2, depth=1, num_degrees=1,
+         attend_sparse_neighbors=True, valid_radius=1.0), dict(return_type=0), b=1, n=6, adj="chain"),
+    case("i_python_infinities", dict(dim=4, heads=2, dim_head=2, depth=1, num_degrees=1,
+         num_neighbors=float("inf"), valid_radius=float("inf"), max_sparse_neighbors=float("inf"),
+         attend_sparse_neighbors=True, egnn_weights_clamp_value=float("inf")), dict(return_type=0), b=1, n=6,
+         adj="chain", nbr_mask=0.5),
+    case("i_egnn_big_n_partial_sort_ties", dict(dim=2, depth=1, use_egnn=True, num_degrees=2, egnn_hidden_dim=2,
+         causal=True, num_neighbors=1), {}, b=1, n=70),
 ]
 
 
@@ -205,6 +236,12 @@ def make_adj(kind, b, n, g):
         a = torch.rand(b, n, n, generator=g) > 0.7
         a = a | a.transpose(1, 2)
         a[:, torch.arange(n), torch.arange(n)] = True
+        return a
+    if kind == "directed":  # i -> i + 1 and 0 -> 3 only
+        a = torch.zeros(n, n, dtype=torch.bool)
+        for i in range(n - 1):
+            a[i, i + 1] = True
+        a[0, 3] = True
         return a
     raise ValueError(kind)
 
@@ -230,7 +267,10 @@ def make_inputs(kw, o, g):
     mask = torch.ones(b, n, dtype=torch.bool)
     if o.get("pad"):
         mask[-1, n - o["pad"]:] = False
-    inp["mask"] = mask; names["mask"] = "mask"
+    if o.get("dup"):  # node 1 on top of node 0
+        inp["coors"][:, 1] = inp["coors"][:, 0]
+    if not o.get("no_mask"):
+        inp["mask"] = mask; names["mask"] = "mask"
     if o.get("adj"):
         inp["adj_mat"] = make_adj(o["adj"], b, n, g); names["adj_mat"] = "adj_mat"
     if kw.get("num_edge_tokens"):
