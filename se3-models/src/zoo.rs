@@ -129,6 +129,32 @@ impl CompiledModel {
         }
     }
 
+    /// Compiles an already built `model` whose Q_J sign table was replaced by `signs` (see
+    /// [`Model::set_qj_signs`]); `file` and `weights` are those it was built from.
+    ///
+    /// # Errors
+    /// As [`CompiledModel::from_parts`]; `NotCompiled` for the TFN stack with a sign table other
+    /// than the reference one (its graph computes the reference basis).
+    pub fn from_model(
+        model: Model,
+        signs: Option<&QjSigns>,
+        file: &ModelFile,
+        weights: &StateDict,
+    ) -> Result<Self, Error> {
+        match model {
+            Model::Se3Transformer(m, fwd) => Ok(Self::Se3Transformer(
+                Box::new(CompiledSe3Transformer::from_model(*m)?),
+                fwd,
+            )),
+            Model::TfnStack(_) if signs.is_some_and(|s| *s != QjSigns::reference()) => {
+                Err(Error::NotCompiled {
+                    option: "a Q_J sign table other than the reference one (TFN stack graph)",
+                })
+            }
+            Model::TfnStack(_) => Self::from_parts(file, weights),
+        }
+    }
+
     /// Runs the graph; outputs are named as the reference outputs without `_f64`/`_f32`.
     ///
     /// # Errors
