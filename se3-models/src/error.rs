@@ -83,6 +83,10 @@ pub enum Error {
         found: i64,
         bound: usize,
     },
+    /// Neighbour selection found nothing to fetch: `num_neighbors = 0` and `adj_mat` holds no bond
+    /// (se3-transformer-pytorch asserts that at least one neighbour is fetched).
+    #[error("no neighbours to fetch: num_neighbors is 0 and adj_mat holds no bond between distinct nodes")]
+    NoNeighbors,
     /// A config option that the compiled graph model does not implement yet (the float64
     /// oracle runs it).
     #[error("option `{option}` is not compiled to a graph yet")]

@@ -112,3 +112,52 @@ fn generated_configs_match_torch_in_oracle_and_compiled_graph() -> Result<(), Er
     }
     Ok(())
 }
+
+/// Combinations that se3-transformer-pytorch rejects (by an assert or a failing broadcast) are typed
+/// errors here, never outputs.
+#[test]
+fn combinations_the_library_rejects_are_typed_errors() -> Result<(), Error> {
+    // rotary channels wider than a head: SinusoidalEmbeddings(5) has 3 frequencies -> 6 channels
+    for (dim_head, both) in [(5, false), (6, true), (10, true), (3, false)] {
+        let kw = serde_json::json!({"dim": 4, "num_degrees": 1, "dim_head": dim_head,
+            "rotary_position": true, "rotary_rel_dist": both});
+        match Se3TransformerConfig::from_kwargs(&kw) {
+            Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "dim_head"),
+            other => panic!("dim_head {dim_head}: {other:?}"),
+        }
+    }
+    // ... and the sizes the library runs are accepted (9 = 2 * 4 + 1 pass-through channel; 1 = no
+    // rotary channel at all)
+    for dim_head in [9, 12, 1] {
+        let kw = serde_json::json!({"dim": 4, "num_degrees": 1, "dim_head": dim_head,
+            "rotary_position": true, "rotary_rel_dist": true});
+        Se3TransformerConfig::from_kwargs(&kw)?;
+    }
+    // num_neighbors = 0 with an adjacency without bonds: nothing to fetch
+    let d = root().join("general/h_causal_sparse_k0");
+    let file = ModelFile::load(d.join("config.json"))?;
+    let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
+    let fwd = Se3TransformerForward::from_literals(&file.forward_kwargs.literals)?;
+    let model =
+        Se3Transformer::from_state_dict(&cfg, &StateDict::load(d.join("weights.safetensors"))?)?;
+    let mut inputs = ModelInputs::load(d.join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
+    model.forward(&inputs, &fwd)?;
+    if let Some(a) = &mut inputs.adj_mat {
+        // self bonds only: removed with the diagonal, as in the library
+        let n = a.shape[a.shape.len() - 1];
+        a.data
+            .iter_mut()
+            .enumerate()
+            .for_each(|(p, v)| *v = p % (n + 1) == 0);
+    }
+    assert!(matches!(
+        model.forward(&inputs, &fwd),
+        Err(Error::NoNeighbors)
+    ));
+    let mut compiled = CompiledSe3Transformer::new(&model)?;
+    assert!(matches!(
+        compiled.forward(&inputs, &fwd),
+        Err(Error::NoNeighbors)
+    ));
+    Ok(())
+}

@@ -439,11 +439,14 @@ impl Se3TransformerConfig {
                     false,
                 ));
             }
+            // each embedding has SinusoidalEmbeddings(dim_head // num_rot): ceil(d / 2) frequencies,
+            // each used twice; together they must fit in a head (else the library fails to broadcast)
             let num_rot = usize::from(self.rotary_position) + usize::from(self.rotary_rel_dist);
-            if self.dim_head / num_rot < 2 {
+            let d = self.dim_head / num_rot;
+            if num_rot * 2 * d.div_ceil(2) > self.dim_head {
                 return Err(invalid(
                     "dim_head",
-                    "at least 2 per rotary embedding",
+                    "room for the rotary channels (num_rotaries * 2 * ceil((dim_head / num_rotaries) / 2) <= dim_head)",
                     self.dim_head,
                 ));
             }

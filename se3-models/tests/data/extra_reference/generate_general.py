@@ -215,6 +215,10 @@ CASES = [
          adj="chain", nbr_mask=0.5),
     case("i_egnn_big_n_partial_sort_ties", dict(dim=2, depth=1, use_egnn=True, num_degrees=2, egnn_hidden_dim=2,
          causal=True, num_neighbors=1), {}, b=1, n=70),
+    case("i_rotary_zero_width", dict(dim=4, heads=2, dim_head=1, depth=1, num_degrees=1, rotary_position=True,
+         rotary_rel_dist=True, num_neighbors=3), dict(return_type=0), b=1, n=6),
+    case("i_rotary_odd_rejected", dict(dim=4, heads=2, dim_head=5, depth=1, num_degrees=1, rotary_position=True,
+         num_neighbors=3), dict(return_type=0), b=1, n=6),
 ]
 
 
