@@ -219,6 +219,24 @@ CASES = [
          rotary_rel_dist=True, num_neighbors=3), dict(return_type=0), b=1, n=6),
     case("i_rotary_odd_rejected", dict(dim=4, heads=2, dim_head=5, depth=1, num_degrees=1, rotary_position=True,
          num_neighbors=3), dict(return_type=0), b=1, n=6),
+    # fourth round: everything at once, larger degrees (local only: big weights)
+    case("j_deg5", dict(dim=2, heads=1, dim_head=2, depth=1, num_degrees=5, output_degrees=5,
+         num_neighbors=3), {}, b=1, n=5),
+    case("j_kitchen_sink", dict(dim=4, heads=3, dim_head=5, depth=2, num_degrees=3, input_degrees=2,
+         dim_in=(3, 2), output_degrees=3, dim_out=(2, 2, 1), num_edge_tokens=3, edge_dim=2,
+         fourier_encode_dist=True, rel_dist_num_fourier_features=2, num_adj_degrees=2, adj_dim=2,
+         attend_sparse_neighbors=True, num_neighbors=3, global_feats_dim=2, use_null_kv=True,
+         one_headed_key_values=True, norm_gated_scale=True, num_conv_layers=1, norm_out=True,
+         valid_radius=2.0), {}, b=2, n=10, pad=2, adj="batch", n_global=2, nbr_mask=0.8),
+    case("j_kitchen_sink_rev_rotary", dict(dim=4, heads=2, dim_head=9, depth=2, num_degrees=2, output_degrees=2,
+         reversible=True, rotary_position=True, rotary_rel_dist=True, tie_key_values=True, causal=True,
+         num_edge_tokens=2, edge_dim=1, num_neighbors=4, reduce_dim_out=True), dict(return_pooled=True),
+         b=2, n=12, pad=3),
+    case("j_egnn_sink", dict(dim=4, depth=2, use_egnn=True, hidden_fiber_dict={0: 5, 1: 2, 3: 1}, num_degrees=4,
+         egnn_hidden_dim=6, egnn_feedforward=True, egnn_weights_clamp_value=0.3, edge_dim=2,
+         num_adj_degrees=3, adj_dim=2, attend_sparse_neighbors=True, num_neighbors=2, causal=True,
+         out_fiber_dict={0: 2, 1: 1, 3: 1}, norm_out=True, norm_gated_scale=True, reduce_dim_out=True),
+         {}, b=2, n=9, pad=1, adj="chain", nbr_mask=0.6),
 ]
 
 
