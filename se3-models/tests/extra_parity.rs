@@ -161,3 +161,28 @@ fn combinations_the_library_rejects_are_typed_errors() -> Result<(), Error> {
     ));
     Ok(())
 }
+
+/// Python forms of the kwargs that the library accepts: a per-degree `dim` tuple (defaults of
+/// `dim_in`, `dim_out` and the hidden fiber, zipped with the degrees) and a `dim_out` tuple shorter
+/// than `output_degrees` (fewer output degrees).
+#[test]
+fn tuple_dims_zip_with_degrees_as_in_the_library() -> Result<(), Error> {
+    let cfg = Se3TransformerConfig::from_kwargs(&serde_json::json!({
+        "dim": [4, 2], "num_degrees": 3, "output_degrees": 3, "input_degrees": 2}))?;
+    let shape = cfg.shape()?;
+    assert_eq!(shape.fiber_hidden, vec![(0, 4), (1, 2)]);
+    assert_eq!(shape.fiber_in, vec![(0, 4), (1, 2)]);
+    assert_eq!(shape.fiber_out, Some(vec![(0, 4), (1, 2)]));
+    assert_eq!(shape.max_degree, 2);
+    assert_eq!(shape.output_degrees, Some(3));
+    let cfg = Se3TransformerConfig::from_kwargs(&serde_json::json!({
+        "dim": 3, "dim_out": [2], "num_degrees": 2, "output_degrees": 2}))?;
+    assert_eq!(cfg.shape()?.fiber_out, Some(vec![(0, 2)]));
+    match Se3TransformerConfig::from_kwargs(&serde_json::json!({
+        "dim": [4, 2], "num_degrees": 2, "num_tokens": 5}))
+    {
+        Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "dim"),
+        other => panic!("tuple dim with tokens: {other:?}"),
+    }
+    Ok(())
+}

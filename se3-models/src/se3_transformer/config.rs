@@ -368,6 +368,53 @@ fn invalid(field: &'static str, expected: &'static str, found: impl ToString) ->
     }
 }
 
+/// `dim` may be a tuple in the library (`Fiber.create` takes per-degree channels), where it is the
+/// default of `dim_in`, `dim_out` and (with `num_degrees`) of the hidden fiber, which zip it with
+/// `range(num_degrees)` (a shorter tuple gives fewer degrees). The kwargs are rewritten into that
+/// explicit form with `dim` its first entry; token and position embeddings need an integer `dim`.
+fn tuple_dim_to_fibers(kwargs: &serde_json::Value) -> Result<serde_json::Value, Error> {
+    use serde_json::Value;
+    let Some(Value::Array(dims)) = kwargs.get("dim") else {
+        return Ok(kwargs.clone());
+    };
+    let dims = dims.clone();
+    let first = dims
+        .first()
+        .cloned()
+        .ok_or_else(|| invalid("dim", "an integer or a non-empty tuple", "[]"))?;
+    let mut out = kwargs.clone();
+    let Some(obj) = out.as_object_mut() else {
+        return Ok(out);
+    };
+    for field in ["num_tokens", "num_positions"] {
+        if obj.get(field).is_some_and(|v| !v.is_null()) {
+            return Err(invalid(
+                "dim",
+                "an integer with num_tokens or num_positions (nn.Embedding(n, dim))",
+                Value::Array(dims.clone()),
+            ));
+        }
+    }
+    for field in ["dim_in", "dim_out"] {
+        if obj.get(field).is_none_or(Value::is_null) {
+            obj.insert(field.into(), Value::Array(dims.clone()));
+        }
+    }
+    if obj.get("hidden_fiber_dict").is_none_or(Value::is_null) {
+        if let Some(nd) = obj.get("num_degrees").and_then(Value::as_u64) {
+            let fiber: serde_json::Map<String, Value> = dims
+                .iter()
+                .take(nd as usize)
+                .enumerate()
+                .map(|(l, c)| (l.to_string(), c.clone()))
+                .collect();
+            obj.insert("hidden_fiber_dict".into(), Value::Object(fiber));
+        }
+    }
+    obj.insert("dim".into(), first);
+    Ok(out)
+}
+
 impl Se3TransformerConfig {
     /// Parses constructor kwargs (a JSON object) and validates them.
     ///
@@ -376,6 +423,7 @@ impl Se3TransformerConfig {
     /// JSON type, `InvalidConfig` (naming the field) for a combination the library rejects.
     pub fn from_kwargs(kwargs: &serde_json::Value) -> Result<Self, Error> {
         check_known_keys("SE3Transformer", kwargs, SE3T_KWARGS)?;
+        let kwargs = &tuple_dim_to_fibers(kwargs)?;
         let cfg: Self =
             serde_json::from_value(kwargs.clone()).map_err(|source| Error::ConfigParse {
                 path: "constructor_kwargs".into(),
@@ -508,17 +556,18 @@ impl Se3TransformerConfig {
             if od == 0 {
                 return Err(invalid("output_degrees", "at least 1 or None", 0));
             }
+            // `Fiber.create` zips `range(output_degrees)` with a tuple: a shorter `dim_out` gives
+            // fewer output degrees (while `output_degrees` keeps its value)
             let dim_out = self.dim_out.clone().unwrap_or(DimSpec::One(self.dim));
-            let mut f = Vec::new();
-            for l in 0..od {
-                let c = dim_out.channels(l).ok_or_else(|| {
-                    invalid(
-                        "dim_out",
-                        "one channel count per output degree",
-                        format!("{dim_out:?}"),
-                    )
-                })?;
-                f.push((l, c));
+            let f: FiberDims = (0..od)
+                .map_while(|l| dim_out.channels(l).map(|c| (l, c)))
+                .collect();
+            if f.is_empty() {
+                return Err(invalid(
+                    "dim_out",
+                    "at least one output channel count",
+                    format!("{dim_out:?}"),
+                ));
             }
             Some(f)
         } else {

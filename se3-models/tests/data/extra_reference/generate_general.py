@@ -237,6 +237,14 @@ CASES = [
          num_adj_degrees=3, adj_dim=2, attend_sparse_neighbors=True, num_neighbors=2, causal=True,
          out_fiber_dict={0: 2, 1: 1, 3: 1}, norm_out=True, norm_gated_scale=True, reduce_dim_out=True),
          {}, b=2, n=9, pad=1, adj="chain", nbr_mask=0.6),
+    case("k_dim_tuple", dict(dim=(4, 2, 3), heads=2, dim_head=2, depth=1, num_degrees=3, output_degrees=3,
+         num_neighbors=3), {}, b=1, n=6),
+    case("k_dim_tuple_short_hidden", dict(dim=(4, 2), heads=2, dim_head=2, depth=1, num_degrees=3,
+         output_degrees=2, input_degrees=2, num_neighbors=3), {}, b=1, n=6),
+    case("k_dim_out_short", dict(dim=3, dim_out=(2,), heads=2, dim_head=2, depth=1, num_degrees=2,
+         output_degrees=2, num_neighbors=3), {}, b=1, n=6),
+    case("k_egnn_dim_tuple", dict(dim=(4, 2), depth=1, use_egnn=True, num_degrees=3, egnn_hidden_dim=3,
+         num_neighbors=3), {}, b=2, n=6, pad=1),
 ]
 
 
