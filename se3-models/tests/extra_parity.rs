@@ -48,8 +48,42 @@ fn worst(out: &StateDict, want: &StateDict, suffix: &str) -> Result<f64, String>
     Ok(w)
 }
 
+/// A folder with `torch_error.txt` holds a combination torch rejects (in the constructor, then without
+/// weights, or in the forward pass): here too it must end in a typed error, in the oracle and the
+/// compiled graph, never in outputs.
+fn run_rejected(d: &Path, signs: &QjSigns) -> Result<String, String> {
+    let file = ModelFile::load(d.join("config.json")).map_err(|e| e.to_string())?;
+    let cfg = match Se3TransformerConfig::from_kwargs(&file.constructor_kwargs) {
+        Err(e) => return Ok(format!("rejected as torch: {e}")),
+        Ok(c) => c,
+    };
+    if !d.join("weights.safetensors").exists() {
+        return Err("torch's constructor failed, the config was accepted".into());
+    }
+    let oracle = (|| -> Result<StateDict, Error> {
+        let fwd = Se3TransformerForward::from_literals(&file.forward_kwargs.literals)?;
+        let sd = StateDict::load(d.join("weights.safetensors"))?;
+        let mut model = Se3Transformer::from_state_dict(&cfg, &sd)?;
+        model.set_qj_signs(signs)?;
+        let inputs = ModelInputs::load(d.join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
+        let out = model.forward(&inputs, &fwd);
+        if out.is_ok() {
+            let mut compiled = CompiledSe3Transformer::new(&model)?;
+            compiled.forward(&inputs, &fwd)?;
+        }
+        out
+    })();
+    match oracle {
+        Err(e) => Ok(format!("rejected as torch: {e}")),
+        Ok(_) => Err("torch failed, se3 gave outputs".into()),
+    }
+}
+
 /// Runs one config folder; returns a one-line report, or the failure.
 fn run(d: &Path, signs: &QjSigns) -> Result<String, String> {
+    if d.join("torch_error.txt").exists() {
+        return run_rejected(d, signs);
+    }
     let e = |x: Error| x.to_string();
     let file = ModelFile::load(d.join("config.json")).map_err(e)?;
     let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs).map_err(e)?;

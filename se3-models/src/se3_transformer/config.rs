@@ -524,6 +524,14 @@ impl Se3TransformerConfig {
             }
             fiber_in.push((l, c));
         }
+        if self.num_positions.is_some() && fiber_in[0].1 != self.dim && self.dim != 1 {
+            // `feats += pos_emb(arange(n))` adds (n, dim) to (b, n, dim_in) in place
+            return Err(invalid(
+                "num_positions",
+                "None unless dim_in equals dim (or dim is 1): the position embedding is added to the features",
+                format!("dim_in {} with dim {}", fiber_in[0].1, self.dim),
+            ));
+        }
         let fiber_hidden = match (&self.hidden_fiber_dict, self.num_degrees) {
             (Some(d), _) => parse_fiber_dict("hidden_fiber_dict", d)?,
             (None, Some(nd)) if nd > 0 => (0..nd).map(|l| (l, self.dim)).collect(),

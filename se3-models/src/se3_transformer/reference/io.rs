@@ -110,7 +110,10 @@ impl Se3Transformer {
                 for bi in 0..b {
                     for i in 0..n {
                         for c in 0..d0 {
-                            data[(bi * n + i) * d0 + c] += pe.data[i * pe.cols + c];
+                            // `feats += pos_emb` broadcasts a width-1 embedding (dim = 1) over
+                            // dim_in channels; other widths equal dim_in (checked by the config)
+                            let at = if pe.cols == 1 { i } else { i * pe.cols + c };
+                            data[(bi * n + i) * d0 + c] += pe.data[at];
                         }
                     }
                 }

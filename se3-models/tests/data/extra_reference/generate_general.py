@@ -245,6 +245,10 @@ CASES = [
          output_degrees=2, num_neighbors=3), {}, b=1, n=6),
     case("k_egnn_dim_tuple", dict(dim=(4, 2), depth=1, use_egnn=True, num_degrees=3, egnn_hidden_dim=3,
          num_neighbors=3), {}, b=2, n=6, pad=1),
+    case("k_positions_broadcast_dim1", dict(dim=1, dim_in=3, heads=2, dim_head=2, depth=1, num_degrees=1,
+         num_positions=8, num_neighbors=3), dict(return_type=0), b=2, n=6),
+    case("k_positions_dim_in_mismatch", dict(dim=3, dim_in=2, heads=2, dim_head=2, depth=1, num_degrees=1,
+         num_positions=8, num_neighbors=3), dict(return_type=0), b=1, n=6),
 ]
 
 
@@ -271,7 +275,7 @@ def make_adj(kind, b, n, g):
         a = torch.zeros(n, n, dtype=torch.bool)
         for i in range(n - 1):
             a[i, i + 1] = True
-        a[0, 3] = True
+        a[0, min(3, n - 1)] = True
         return a
     raise ValueError(kind)
 
@@ -336,10 +340,37 @@ def js(v):
     return v
 
 
+def write_config(d, name, kw, lits, names):
+    cfg = {"name": name, "class": "se3_transformer_pytorch.SE3Transformer",
+           "library": {"name": "se3-transformer-pytorch", "version": "0.9.0", "torch": torch.__version__},
+           "constructor_kwargs": {k: js(v) for k, v in kw.items()},
+           "forward_kwargs": {"tensors": names, "literals": lits},
+           "notes": "generate_general.py: parameters rounded to float16 before the forward passes"}
+    with open(os.path.join(d, "config.json"), "w") as fh:
+        json.dump(cfg, fh, indent=1)
+
+
+def rejected(name, kw, lits, err, sd=None, inp=None, names=None):
+    """A combination torch rejects: the folder holds `torch_error.txt` (and the weights and inputs when
+    the constructor passed), and the Rust side must give a typed error too."""
+    d = os.path.join(OUT, name)
+    os.makedirs(d, exist_ok=True)
+    write_config(d, name, kw, lits, names or {})
+    if sd is not None:
+        save_file(sd, os.path.join(d, "weights.safetensors"))
+        save_file({k: v.contiguous() for k, v in inp.items()}, os.path.join(d, "inputs.safetensors"))
+    with open(os.path.join(d, "torch_error.txt"), "w") as fh:
+        fh.write(f"{type(err).__name__}: {err}\n")
+    print(f"{name}: torch error {type(err).__name__}: {err}")
+
+
 def run_case(name, kw, lits, o):
     seed = zlib.crc32(name.encode())
     torch.manual_seed(seed)
-    m = SE3Transformer(**kw).eval()
+    try:
+        m = SE3Transformer(**kw).eval()
+    except Exception as e:
+        return rejected(name, kw, lits, e)
     pnames = {k for k, _ in m.named_parameters()}
     with torch.no_grad():
         for p in m.parameters():
@@ -354,8 +385,11 @@ def run_case(name, kw, lits, o):
     for dt, suf in [(torch.float64, "_f64"), (torch.float32, "_f32")]:
         mm = m.double() if dt == torch.float64 else m.float()
         f, rest = forward_args(feats, inp, dt)
-        with torch.no_grad():
-            r = mm(f, **rest, **lits)
+        try:
+            with torch.no_grad():
+                r = mm(f, **rest, **lits)
+        except Exception as e:
+            return rejected(name, kw, lits, e, sd, inp, names)
         if torch.is_tensor(r):
             outs["out" + suf] = r
         else:
@@ -366,21 +400,122 @@ def run_case(name, kw, lits, o):
     save_file(sd, os.path.join(d, "weights.safetensors"))
     save_file({k: v.contiguous() for k, v in inp.items()}, os.path.join(d, "inputs.safetensors"))
     save_file({k: v.contiguous() for k, v in outs.items()}, os.path.join(d, "outputs.safetensors"))
-    cfg = {"name": name, "class": "se3_transformer_pytorch.SE3Transformer",
-           "library": {"name": "se3-transformer-pytorch", "version": "0.9.0", "torch": torch.__version__},
-           "constructor_kwargs": {k: js(v) for k, v in kw.items()},
-           "forward_kwargs": {"tensors": names, "literals": lits},
-           "notes": "generate_general.py: parameters rounded to float16 before the forward passes"}
-    with open(os.path.join(d, "config.json"), "w") as fh:
-        json.dump(cfg, fh, indent=1)
+    write_config(d, name, kw, lits, names)
     size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
     print(f"{name}: {size // 1024} KiB", {k: tuple(v.shape) for k, v in outs.items() if k.endswith("_f64")})
 
 
+def random_case(i, rng):
+    """A random combination of options (the `--random N` mode): sizes small, torch's asserts respected
+    where cheap (the rest is skipped when torch raises)."""
+    r = rng.random
+    ch = rng.choice
+    kw = dict(dim=ch([2, 3, 4]), heads=ch([1, 2, 3]), dim_head=ch([1, 2, 3, 4, 5]), depth=ch([1, 1, 2]))
+    egnn = r() < 0.2
+    if r() < 0.2:
+        degs = sorted(rng.sample([0, 1, 2], ch([1, 2])) + ([0] if egnn else []))
+        kw["hidden_fiber_dict"] = {d: ch([1, 2, 3]) for d in set(degs)}
+        nd = max(kw["hidden_fiber_dict"]) + 1
+    else:
+        nd = ch([1, 2, 2, 3])
+        kw["num_degrees"] = nd
+    ideg = ch([1, 1, min(2, nd)])
+    kw["input_degrees"] = ideg
+    if r() < 0.3:
+        kw["dim_in"] = tuple(ch([1, 2, 3]) for _ in range(ideg))
+    if egnn:
+        kw.update(use_egnn=True, egnn_hidden_dim=ch([2, 4]), egnn_feedforward=r() < 0.5)
+        if r() < 0.4:
+            kw["egnn_weights_clamp_value"] = ch([0.05, 0.5])
+    elif r() < 0.25:
+        kw["out_fiber_dict"] = {d: ch([1, 2]) for d in rng.sample(range(nd), ch([1, min(2, nd)]))}
+    else:
+        kw["output_degrees"] = ch([1, nd, None]) if nd > 1 else 1
+        if r() < 0.3 and kw["output_degrees"]:
+            kw["dim_out"] = tuple(ch([1, 2, 3]) for _ in range(kw["output_degrees"]))
+    kw["attend_self"] = r() < 0.7
+    if kw["attend_self"] and r() < 0.3:
+        kw["causal"] = True
+    sparse = r() < 0.3
+    if sparse:
+        kw["attend_sparse_neighbors"] = True
+        if r() < 0.3:
+            kw["max_sparse_neighbors"] = ch([0, 3, 6])
+    kw["num_neighbors"] = ch(([0] if sparse else []) + [1, 2, 3, 5, float("inf")])
+    if r() < 0.3:
+        kw["valid_radius"] = ch([0.7, 1.2, 2.0])
+    if r() < 0.25:
+        kw["num_adj_degrees"] = ch([1, 2, 3])
+        kw["adj_dim"] = ch([0, 2])
+    e = r()
+    if e < 0.2:
+        kw.update(num_edge_tokens=3, edge_dim=ch([1, 2]))
+    elif e < 0.35:
+        kw["edge_dim"] = ch([1, 2])
+    if r() < 0.25:
+        kw.update(fourier_encode_dist=True, rel_dist_num_fourier_features=ch([1, 2, 4]))
+    rev = not egnn and r() < 0.15
+    if rev:
+        kw["reversible"] = True
+    elif r() < 0.2:
+        kw["global_feats_dim"] = ch([1, 3])
+    if not egnn:
+        a = r()
+        if a < 0.2:
+            kw["linear_proj_keys"] = True
+        elif a < 0.4:
+            kw["tie_key_values"] = True
+        if r() < 0.3:
+            kw["one_headed_key_values"] = True
+        if kw["attend_self"] and r() < 0.25:
+            kw["rotary_position"] = r() < 0.7
+            kw["rotary_rel_dist"] = not kw["rotary_position"] or r() < 0.5
+            nrot = int(kw["rotary_position"]) + int(kw["rotary_rel_dist"])
+            kw["dim_head"] = ch([4, 6, 8, 9]) if nrot == 2 else ch([2, 4, 5, 6])
+        if r() < 0.3:
+            kw["use_null_kv"] = True
+    for f, p in [("norm_gated_scale", 0.25), ("norm_out", 0.2), ("reduce_dim_out", 0.2),
+                 ("differentiable_coors", 0.1)]:
+        if r() < p:
+            kw[f] = True
+    if r() < 0.2:
+        kw["num_conv_layers"] = 1
+    if r() < 0.2:
+        kw["splits"] = ch([1, 3, 7])
+    n = ch([2, 3, 5, 6, 8, 9])
+    o = dict(b=ch([1, 2]), n=n)
+    if ideg == 1 and "dim_in" not in kw and r() < 0.15:
+        kw["num_tokens"] = 5
+    if ideg == 1 and r() < 0.1:
+        kw["num_positions"] = 10
+    if r() < 0.4:
+        o["pad"] = ch([1, 2])
+    if r() < 0.2:
+        o["nbr_mask"] = ch([0.3, 0.7])
+    if sparse or kw.get("num_adj_degrees"):
+        o["adj"] = ch(["chain", "batch", "directed"])
+    if kw.get("global_feats_dim"):
+        o["n_global"] = ch([1, 2])
+    if r() < 0.1:
+        o["dup"] = True
+    if r() < 0.1:
+        o["no_mask"] = True
+    lits = {}
+    outd = None if egnn and "out_fiber_dict" not in kw else kw.get("output_degrees", "dict")
+    if r() < 0.3:
+        lits["return_type"] = 0
+    if r() < 0.2:
+        lits["return_pooled"] = True
+    return case(f"r{i:03d}", kw, lits, **o)
+
+
+if ONLY and ONLY[0] == "--random":
+    import random as _random
+    _rng = _random.Random(int(ONLY[2]) if len(ONLY) > 2 else 0)
+    CASES = [random_case(i, _rng) for i in range(int(ONLY[1]))]
+    ONLY = []
+
 for name, kw, lits, o in CASES:
     if ONLY and not any(s in name for s in ONLY):
         continue
-    try:
-        run_case(name, kw, lits, o)
-    except Exception as e:  # a combination the library itself rejects
-        print(f"{name}: torch error {type(e).__name__}: {e}")
+    run_case(name, kw, lits, o)
