@@ -171,6 +171,26 @@ fn combinations_the_library_rejects_are_typed_errors() -> Result<(), Error> {
             "rotary_position": true, "rotary_rel_dist": true});
         Se3TransformerConfig::from_kwargs(&kw)?;
     }
+    // reversible concatenates the degrees (equal channels needed); global keys/values are sized by
+    // the degree-0 hidden channels
+    for (kw, field) in [
+        (
+            serde_json::json!({"dim": 3, "hidden_fiber_dict": {"0": 2, "2": 3}, "reversible": true}),
+            "reversible",
+        ),
+        (
+            serde_json::json!({"dim": 3, "hidden_fiber_dict": {"1": 2}, "global_feats_dim": 3}),
+            "global_feats_dim",
+        ),
+    ] {
+        match Se3TransformerConfig::from_kwargs(&kw) {
+            Err(Error::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{kw}: {other:?}"),
+        }
+    }
+    // rotary embeddings only touch degree 0: without it any dim_head runs, as in the library
+    Se3TransformerConfig::from_kwargs(&serde_json::json!({"dim": 2, "dim_head": 5,
+        "hidden_fiber_dict": {"2": 1}, "rotary_position": true}))?;
     // num_neighbors = 0 with an adjacency without bonds: nothing to fetch
     let d = root().join("general/h_causal_sparse_k0");
     let file = ModelFile::load(d.join("config.json"))?;

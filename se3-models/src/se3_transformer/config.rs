@@ -479,26 +479,6 @@ impl Se3TransformerConfig {
                 format!("{:?}", self.global_feats_dim),
             ));
         }
-        if (self.rotary_position || self.rotary_rel_dist) && !self.use_egnn {
-            if !self.attend_self {
-                return Err(invalid(
-                    "attend_self",
-                    "true with rotary embeddings (keys include the node itself)",
-                    false,
-                ));
-            }
-            // each embedding has SinusoidalEmbeddings(dim_head // num_rot): ceil(d / 2) frequencies,
-            // each used twice; together they must fit in a head (else the library fails to broadcast)
-            let num_rot = usize::from(self.rotary_position) + usize::from(self.rotary_rel_dist);
-            let d = self.dim_head / num_rot;
-            if num_rot * 2 * d.div_ceil(2) > self.dim_head {
-                return Err(invalid(
-                    "dim_head",
-                    "room for the rotary channels (num_rotaries * 2 * ceil((dim_head / num_rotaries) / 2) <= dim_head)",
-                    self.dim_head,
-                ));
-            }
-        }
         if self.num_neighbors == Some(0) && !self.attend_sparse_neighbors {
             return Err(invalid(
                 "num_neighbors",
@@ -543,6 +523,47 @@ impl Se3TransformerConfig {
                 ))
             }
         };
+        let has_degree0 = fiber_hidden.first().is_some_and(|&(l, _)| l == 0);
+        // rotary embeddings only touch degree-0 attention: without a degree-0 hidden fiber nothing fails
+        if (self.rotary_position || self.rotary_rel_dist) && !self.use_egnn && has_degree0 {
+            if !self.attend_self {
+                return Err(invalid(
+                    "attend_self",
+                    "true with rotary embeddings (keys include the node itself)",
+                    false,
+                ));
+            }
+            // each embedding has SinusoidalEmbeddings(dim_head // num_rot): ceil(d / 2) frequencies,
+            // each used twice; together they must fit in a head (else the library fails to broadcast)
+            let num_rot = usize::from(self.rotary_position) + usize::from(self.rotary_rel_dist);
+            let d = self.dim_head / num_rot;
+            if num_rot * 2 * d.div_ceil(2) > self.dim_head {
+                return Err(invalid(
+                    "dim_head",
+                    "room for the rotary channels (num_rotaries * 2 * ceil((dim_head / num_rotaries) / 2) <= dim_head)",
+                    self.dim_head,
+                ));
+            }
+        }
+        if self.global_feats_dim.is_some() && !self.use_egnn && !has_degree0 {
+            // the global key/value projections are sized by hidden_fiber[0]
+            return Err(invalid(
+                "global_feats_dim",
+                "None unless the hidden fiber has degree 0",
+                format!("{:?}", self.global_feats_dim),
+            ));
+        }
+        if self.reversible && !self.use_egnn {
+            // ReversibleSequence concatenates every degree along the last axis
+            let c0 = fiber_hidden.first().map(|&(_, c)| c);
+            if fiber_hidden.iter().any(|&(_, c)| Some(c) != c0) {
+                return Err(invalid(
+                    "reversible",
+                    "false unless every hidden degree has the same channel count",
+                    format!("{fiber_hidden:?}"),
+                ));
+            }
+        }
         let num_degrees = match self.num_degrees {
             Some(nd) => nd,
             None => fiber_hidden.iter().map(|&(l, _)| l).max().unwrap_or(0) + 1,
