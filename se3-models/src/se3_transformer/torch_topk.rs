@@ -117,7 +117,7 @@ fn adjust_heap(a: &mut [Elem], first: usize, mut hole: usize, len: usize, val: E
         a[first + hole] = a[first + second];
         hole = second;
     }
-    if len % 2 == 0 && len >= 2 && second == (len - 2) / 2 {
+    if len.is_multiple_of(2) && len >= 2 && second == (len - 2) / 2 {
         second = 2 * (second + 1);
         a[first + hole] = a[first + second - 1];
         hole = second - 1;

@@ -500,10 +500,11 @@ def random_case(i, rng):
         o["dup"] = True
     if r() < 0.1:
         o["no_mask"] = True
+    if r() < 0.1 and not kw.get("num_tokens") and not kw.get("num_positions") and "num_degrees" in kw:
+        kw["dim"] = tuple(ch([2, 3]) for _ in range(ch([1, nd])))
     lits = {}
-    outd = None if egnn and "out_fiber_dict" not in kw else kw.get("output_degrees", "dict")
     if r() < 0.3:
-        lits["return_type"] = 0
+        lits["return_type"] = ch([0, 0, 1, 2])
     if r() < 0.2:
         lits["return_pooled"] = True
     return case(f"r{i:03d}", kw, lits, **o)
