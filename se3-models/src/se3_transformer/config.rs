@@ -490,19 +490,20 @@ impl Se3TransformerConfig {
             return Err(invalid("valid_radius", "a number", self.valid_radius));
         }
         let dim_in = self.dim_in.clone().unwrap_or(DimSpec::One(self.dim));
-        let mut fiber_in = Vec::new();
-        for l in 0..self.input_degrees {
-            let c = dim_in.channels(l).ok_or_else(|| {
-                invalid(
-                    "dim_in",
-                    "one channel count per input degree",
-                    format!("{dim_in:?}"),
-                )
-            })?;
-            if c == 0 {
-                return Err(invalid("dim_in", "positive channel counts", 0));
-            }
-            fiber_in.push((l, c));
+        // `Fiber.create` zips `range(input_degrees)` with a tuple: a shorter `dim_in` leaves the
+        // higher input degrees out of conv_in (the feats dict still holds every degree)
+        let fiber_in: FiberDims = (0..self.input_degrees)
+            .map_while(|l| dim_in.channels(l).map(|c| (l, c)))
+            .collect();
+        if fiber_in.is_empty() {
+            return Err(invalid(
+                "dim_in",
+                "at least one input channel count",
+                format!("{dim_in:?}"),
+            ));
+        }
+        if fiber_in.iter().any(|&(_, c)| c == 0) {
+            return Err(invalid("dim_in", "positive channel counts", 0));
         }
         if self.num_positions.is_some() && fiber_in[0].1 != self.dim && self.dim != 1 {
             // `feats += pos_emb(arange(n))` adds (n, dim) to (b, n, dim_in) in place

@@ -249,6 +249,8 @@ CASES = [
          num_positions=8, num_neighbors=3), dict(return_type=0), b=2, n=6),
     case("k_positions_dim_in_mismatch", dict(dim=3, dim_in=2, heads=2, dim_head=2, depth=1, num_degrees=1,
          num_positions=8, num_neighbors=3), dict(return_type=0), b=1, n=6),
+    case("k_dim_in_short", dict(dim=3, dim_in=(2,), input_degrees=2, heads=2, dim_head=2, depth=1,
+         num_degrees=1, num_neighbors=3), dict(return_type=0), b=1, n=6),
 ]
 
 
@@ -285,12 +287,14 @@ def make_inputs(kw, o, g):
     inp, names = {}, {}
     dim_in = kw.get("dim_in", kw["dim"])
     ideg = kw.get("input_degrees", 1)
-    dim_in = dim_in if isinstance(dim_in, tuple) else (dim_in,) * ideg
+    dim_in = tuple(dim_in) if isinstance(dim_in, (tuple, list)) else (dim_in,) * ideg
     if kw.get("num_tokens"):
         feats = torch.randint(0, kw["num_tokens"], (b, n), generator=g)
         inp["feats"] = feats; names["feats"] = "feats"
     elif ideg > 1 or o.get("dict_feats"):
-        feats = {str(l): torch.randn(b, n, dim_in[l], 2 * l + 1, generator=g) for l in range(ideg)}
+        # a dim_in tuple shorter than input_degrees: the extra degrees are passed but unused
+        feats = {str(l): torch.randn(b, n, dim_in[l] if l < len(dim_in) else 2, 2 * l + 1, generator=g)
+                 for l in range(ideg)}
         for l, t in feats.items():
             inp[f"feats_type{l}"] = t
         names["feats"] = {l: f"feats_type{l}" for l in feats}
