@@ -149,8 +149,8 @@ pub fn sparse_selection(
 ///
 /// Self is excluded; pairs are ranked by distance with neighbor_mask-excluded and causal (j > i) pairs
 /// at `f64::MAX` and bonded pairs at 0; the `k = min(min(num_neighbors, n-1) + num_sparse, n-1)`
-/// smallest are kept (ties picked as PyTorch's CPU `topk` picks them, see `torch_topk`), valid if the modified distance is within the radius (0 when num_neighbors = 0)
-/// and both nodes are unmasked.
+/// smallest are kept (ties picked as PyTorch's CPU `topk` picks them, see `torch_topk`), valid if
+/// the modified distance is within the radius (0 when num_neighbors = 0) and both nodes are unmasked.
 ///
 /// # Errors
 /// `Core(NonFinite)` if a relative position is not finite (inputs are validated before).

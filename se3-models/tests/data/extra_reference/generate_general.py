@@ -495,7 +495,7 @@ def random_case(i, rng):
         kw["num_conv_layers"] = 1
     if r() < 0.2:
         kw["splits"] = ch([1, 3, 7])
-    n = ch([2, 3, 5, 6, 8, 9])
+    n = ch([2, 3, 5, 6, 8, 9, 10, 12])
     o = dict(b=ch([1, 2]), n=n)
     if ideg == 1 and "dim_in" not in kw and r() < 0.15:
         kw["num_tokens"] = 5
