@@ -75,6 +75,15 @@ impl Model {
         }
     }
 
+    /// Seeds the bond subsampling of an SE(3)-Transformer whose nodes have more bonds than
+    /// `max_sparse_neighbors` (see [`Se3Transformer::set_sparse_sampling_seed`]); no effect on other
+    /// models.
+    pub fn set_sparse_sampling_seed(&mut self, seed: u64) {
+        if let Self::Se3Transformer(m, _) = self {
+            m.set_sparse_sampling_seed(seed);
+        }
+    }
+
     /// Runs the model; outputs are named as the reference outputs without `_f64`/`_f32`.
     ///
     /// # Errors

@@ -54,6 +54,10 @@ pub struct InferArgs {
     /// PyTorch made the weights, when its LAPACK differs from the reference one.
     #[arg(long)]
     pub qj_signs: Option<PathBuf>,
+    /// Seed of the bond subsampling when a node has more bonds than `max_sparse_neighbors` (the
+    /// library draws them at random; without subsampling the seed has no effect).
+    #[arg(long, default_value_t = 0)]
+    pub sparse_seed: u64,
 }
 
 /// Which implementation runs an SE(3)-Transformer.
@@ -111,6 +115,7 @@ pub fn run(args: &InferArgs) -> Result<(), super::CliError> {
     if let Some(s) = &signs {
         model.set_qj_signs(s)?;
     }
+    model.set_sparse_sampling_seed(args.sparse_seed);
     let outputs = match args.engine {
         Engine::Graph => {
             match CompiledModel::from_model(model.clone(), signs.as_ref(), &file, &weights) {
