@@ -163,3 +163,239 @@ fn infer_says_other_libraries_are_not_supported_yet() -> TestResult {
     assert_one_line_failure(&run, "not supported yet");
     Ok(())
 }
+
+fn extra(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("se3-models/tests/data/extra_reference")
+        .join(name)
+}
+
+/// One tensor of an inputs file: name, dtype, shape, little-endian bytes.
+type RawTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// Copies the inputs of `dir` to `out`, passing every tensor through `edit` (None drops it).
+fn rewrite_inputs(
+    dir: &Path,
+    out: &Path,
+    edit: impl Fn(RawTensor) -> Option<RawTensor>,
+) -> TestResult {
+    let bytes = std::fs::read(dir.join("inputs.safetensors"))?;
+    let st = SafeTensors::deserialize(&bytes)?;
+    let owned: Vec<RawTensor> = st
+        .tensors()
+        .into_iter()
+        .filter_map(|(name, v)| edit((name, v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+        .collect();
+    let views = owned
+        .iter()
+        .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    safetensors::serialize_to_file(views, &None, out)?;
+    Ok(())
+}
+
+/// Keeps the first `keep` nodes of every (b, n, ...) input (and of both node axes of (b, n, n, ...)).
+fn first_nodes(t: RawTensor, n: usize, keep: usize) -> RawTensor {
+    let (name, dtype, shape, data) = t;
+    if shape.len() < 2 || shape[1] != n {
+        return (name, dtype, shape, data);
+    }
+    let pair = shape.len() >= 3 && shape[2] == n;
+    let inner: usize = shape[if pair { 3 } else { 2 }..].iter().product();
+    let item = data.len() / shape.iter().product::<usize>().max(1);
+    let mut out = Vec::new();
+    for bi in 0..shape[0] {
+        for i in 0..keep {
+            if pair {
+                for j in 0..keep {
+                    let at = ((bi * n + i) * n + j) * inner * item;
+                    out.extend_from_slice(&data[at..at + inner * item]);
+                }
+            } else {
+                let at = (bi * n + i) * inner * item;
+                out.extend_from_slice(&data[at..at + inner * item]);
+            }
+        }
+    }
+    let mut s = shape.clone();
+    s[1] = keep;
+    if pair {
+        s[2] = keep;
+    }
+    (name, dtype, s, out)
+}
+
+#[test]
+fn infer_rejects_a_graph_of_one_node_with_one_line() -> TestResult {
+    let dir = reference("se3t_basic");
+    let bad = scratch("one_node.safetensors")?;
+    rewrite_inputs(&dir, &bad, |t| Some(first_nodes(t, 12, 1)))?;
+    let run = infer(&dir, &bad, &scratch("one_node_out.safetensors")?)?;
+    assert_one_line_failure(&run, "empty");
+    Ok(())
+}
+
+#[test]
+fn infer_rejects_a_mask_of_the_wrong_length_with_one_line() -> TestResult {
+    let dir = reference("se3t_basic");
+    let bad = scratch("short_mask.safetensors")?;
+    rewrite_inputs(&dir, &bad, |t| {
+        Some(if t.0 == "mask" {
+            first_nodes(t, 12, 11)
+        } else {
+            t
+        })
+    })?;
+    let run = infer(&dir, &bad, &scratch("short_mask_out.safetensors")?)?;
+    assert_one_line_failure(&run, "mask");
+    Ok(())
+}
+
+#[test]
+fn infer_rejects_a_misnamed_input_with_one_line() -> TestResult {
+    let dir = reference("se3t_basic");
+    let bad = scratch("misnamed.safetensors")?;
+    rewrite_inputs(&dir, &bad, |(name, d, s, b)| {
+        let name = if name == "coors" {
+            "coords".into()
+        } else {
+            name
+        };
+        Some((name, d, s, b))
+    })?;
+    let run = infer(&dir, &bad, &scratch("misnamed_out.safetensors")?)?;
+    assert_one_line_failure(&run, "coors");
+    Ok(())
+}
+
+#[test]
+fn infer_rejects_features_of_the_wrong_width_with_one_line() -> TestResult {
+    let dir = reference("se3t_basic");
+    let bad = scratch("narrow_feats.safetensors")?;
+    // keep 7 of the 8 channels of feats (b, n, 8), float32
+    rewrite_inputs(&dir, &bad, |(name, d, s, b)| {
+        if name != "feats" {
+            return Some((name, d, s, b));
+        }
+        let rows: Vec<u8> = b.chunks(8 * 4).flat_map(|r| r[..7 * 4].to_vec()).collect();
+        Some((name, d, vec![s[0], s[1], 7], rows))
+    })?;
+    let run = infer(&dir, &bad, &scratch("narrow_feats_out.safetensors")?)?;
+    assert_one_line_failure(&run, "feats");
+    Ok(())
+}
+
+#[test]
+fn infer_rejects_coordinates_of_the_wrong_shape_with_one_line() -> TestResult {
+    let dir = reference("se3t_basic");
+    let bad = scratch("coors_2d.safetensors")?;
+    rewrite_inputs(&dir, &bad, |(name, d, s, b)| {
+        if name != "coors" {
+            return Some((name, d, s, b));
+        }
+        // (b, n, 3) -> (b, n, 2): drop z
+        let xy: Vec<u8> = b.chunks(3 * 4).flat_map(|p| p[..2 * 4].to_vec()).collect();
+        Some((name, d, vec![s[0], s[1], 2], xy))
+    })?;
+    let run = infer(&dir, &bad, &scratch("coors_2d_out.safetensors")?)?;
+    assert_one_line_failure(&run, "coors");
+    Ok(())
+}
+
+/// A generated config (tests/data/extra_reference/general) whose PyTorch ran on a LAPACK with other
+/// Q_J signs: `se3 infer --qj-signs` matches its outputs, on the graph and on the oracle.
+#[test]
+fn infer_with_the_machines_qj_signs_reproduces_a_generated_config() -> TestResult {
+    let dir = extra("general/g_egnn_both_reduce_edges");
+    let signs = extra("qj_signs.json");
+    let want = StateDict::load(dir.join("outputs.safetensors"))?;
+    for engine in ["graph", "oracle"] {
+        let out_path = scratch(&format!("qj_{engine}.safetensors"))?;
+        let run = Command::new(env!("CARGO_BIN_EXE_se3"))
+            .arg("infer")
+            .arg("--config")
+            .arg(dir.join("config.json"))
+            .arg("--weights")
+            .arg(dir.join("weights.safetensors"))
+            .arg("--inputs")
+            .arg(dir.join("inputs.safetensors"))
+            .arg("--output")
+            .arg(&out_path)
+            .args(["--engine", engine, "--dtype", "f64", "--qj-signs"])
+            .arg(&signs)
+            .output()?;
+        assert!(
+            run.status.success(),
+            "{engine}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let got = StateDict::load(&out_path)?;
+        let mut compared = 0;
+        for (key, w) in want.iter() {
+            let Some(base) = key.strip_suffix("_f64") else {
+                continue;
+            };
+            let g = got
+                .get(base)
+                .ok_or_else(|| format!("output `{base}` missing"))?;
+            assert_eq!(g.shape, w.shape, "{engine}: shape of `{base}`");
+            let (e, at) = se3_core::testing::rel_error_at(&g.data, &w.data);
+            println!("{engine}/{base}: max rel error {e:.2e}");
+            assert!(e < 1e-5, "{engine}/{base}: max rel error {e:.2e} at {at}");
+            compared += 1;
+        }
+        assert_eq!(compared, 3);
+    }
+    Ok(())
+}
+
+/// With more bonds than `max_sparse_neighbors` the bonds kept are drawn at random (as the library
+/// does): `--sparse-seed` makes the draw reproducible, and other seeds draw other bonds.
+#[test]
+fn infer_sparse_seed_makes_bond_subsampling_reproducible() -> TestResult {
+    let dir = extra("general/g_sparse_cap_eq_plus_knn");
+    let inputs = scratch("star8.safetensors")?;
+    // node 0 bonded to all 8 others (max_sparse_neighbors is 3)
+    rewrite_inputs(&dir, &inputs, |(name, d, s, mut b)| {
+        if name == "adj_mat" {
+            let n = s[s.len() - 1];
+            for j in 1..n {
+                b[j] = 1;
+                b[j * n] = 1;
+            }
+        }
+        Some((name, d, s, b))
+    })?;
+    let run = |seed: u64, tag: &str| -> Result<StateDict, Box<dyn std::error::Error>> {
+        let out = scratch(&format!("star8_{tag}.safetensors"))?;
+        let r = Command::new(env!("CARGO_BIN_EXE_se3"))
+            .arg("infer")
+            .arg("--config")
+            .arg(dir.join("config.json"))
+            .arg("--weights")
+            .arg(dir.join("weights.safetensors"))
+            .arg("--inputs")
+            .arg(&inputs)
+            .arg("--output")
+            .arg(&out)
+            .args(["--qj-signs"])
+            .arg(extra("qj_signs.json"))
+            .args(["--sparse-seed", &seed.to_string()])
+            .output()?;
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        Ok(StateDict::load(&out)?)
+    };
+    let a = run(1, "a")?;
+    let again = run(1, "again")?;
+    assert_eq!(
+        a.get("out").map(|t| &t.data),
+        again.get("out").map(|t| &t.data)
+    );
+    let mut differs = false;
+    for seed in 2..6 {
+        let other = run(seed, &format!("s{seed}"))?;
+        differs |= a.get("out").map(|t| &t.data) != other.get("out").map(|t| &t.data);
+    }
+    assert!(differs, "every seed drew the same bonds");
+    Ok(())
+}

@@ -71,8 +71,9 @@ pub enum Error {
     /// A coordinate or feature input holds NaN or infinity.
     #[error("input `{name}` holds a non-finite value at flat index {index}")]
     NonFinite { name: &'static str, index: usize },
-    /// A graph with no nodes (or a batch of size zero).
-    #[error("input graph is empty (batch {batch}, nodes {nodes})")]
+    /// A graph with no nodes (or a batch of size zero), or a single node where the model needs
+    /// neighbours.
+    #[error("input graph is empty (batch {batch}, nodes {nodes}; at least 2 nodes are needed for neighbours)")]
     EmptyGraph { batch: usize, nodes: usize },
     /// An index input (token or edge type) is out of range.
     #[error("input `{name}` holds index {found} at flat index {index}, expected 0..{bound}")]
@@ -82,6 +83,10 @@ pub enum Error {
         found: i64,
         bound: usize,
     },
+    /// Neighbour selection found nothing to fetch: `num_neighbors = 0` and `adj_mat` holds no bond
+    /// (se3-transformer-pytorch asserts that at least one neighbour is fetched).
+    #[error("no neighbours to fetch: num_neighbors is 0 and adj_mat holds no bond between distinct nodes")]
+    NoNeighbors,
     /// A config option that the compiled graph model does not implement yet (the float64
     /// oracle runs it).
     #[error("option `{option}` is not compiled to a graph yet")]

@@ -95,7 +95,7 @@ impl ModelFile {
             path: path.display().to_string(),
             source,
         })?;
-        serde_json::from_str(&text).map_err(|source| Error::ConfigParse {
+        serde_json::from_str(&python_json_to_strict(&text)).map_err(|source| Error::ConfigParse {
             path: path.display().to_string(),
             source,
         })
@@ -110,6 +110,45 @@ impl ModelFile {
     pub fn is_tfn_stack(&self) -> bool {
         self.class.starts_with("TFNStack")
     }
+}
+
+/// Python's `json.dump` writes `float('inf')` and `float('nan')` as the bare tokens `Infinity`,
+/// `-Infinity` and `NaN`, which strict JSON (and serde_json) rejects: a config dumped with
+/// `num_neighbors = float('inf')` (the library's default) would not load. Outside string literals
+/// those tokens become the strings `"Infinity"`, `"-Infinity"` and `"NaN"`, which the config fields
+/// that may be infinite accept.
+pub fn python_json_to_strict(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else {
+            let token = ["-Infinity", "Infinity", "NaN"]
+                .into_iter()
+                .find(|t| rest.starts_with(t));
+            if let Some(t) = token {
+                out.push('"');
+                out.push_str(t);
+                out.push('"');
+                rest = &rest[t.len()..];
+                continue;
+            }
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
 }
 
 /// Rejects any key of `obj` not in `known` with `UnknownKwarg`.
@@ -159,4 +198,60 @@ pub(crate) fn parse_fiber_dict(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::python_json_to_strict;
+    use crate::se3_transformer::Se3TransformerConfig;
+
+    #[test]
+    fn python_infinities_become_strings_outside_string_literals() {
+        let text = r#"{"a": Infinity, "b": -Infinity, "c": NaN, "d": "NaN \" Infinity", "e": 1.5}"#;
+        let strict = python_json_to_strict(text);
+        assert_eq!(
+            strict,
+            r#"{"a": "Infinity", "b": "-Infinity", "c": "NaN", "d": "NaN \" Infinity", "e": 1.5}"#
+        );
+        assert!(serde_json::from_str::<serde_json::Value>(&strict).is_ok());
+    }
+
+    #[test]
+    fn infinite_defaults_written_by_python_load_as_the_library_defaults() -> Result<(), crate::Error>
+    {
+        let text = r#"{"dim": 4, "num_neighbors": Infinity, "valid_radius": Infinity,
+            "max_sparse_neighbors": 8.0, "egnn_weights_clamp_value": Infinity, "num_degrees": 2}"#;
+        let v: serde_json::Value =
+            serde_json::from_str(&python_json_to_strict(text)).map_err(|e| {
+                crate::Error::InvalidConfig {
+                    field: "test",
+                    expected: "json",
+                    found: e.to_string(),
+                }
+            })?;
+        let cfg = Se3TransformerConfig::from_kwargs(&v)?;
+        assert_eq!(cfg.num_neighbors, None);
+        assert_eq!(cfg.max_sparse_neighbors, Some(8));
+        assert_eq!(cfg.valid_radius, f64::INFINITY);
+        assert_eq!(cfg.egnn_weights_clamp_value, Some(f64::INFINITY));
+        // a config with infinities survives a serde round trip
+        let back = serde_json::to_value(&cfg).map_err(|e| crate::Error::InvalidConfig {
+            field: "test",
+            expected: "serialisable",
+            found: e.to_string(),
+        })?;
+        assert_eq!(Se3TransformerConfig::from_kwargs(&back)?, cfg);
+        // a negative or fractional count is a typed parse error
+        for bad in [
+            r#"{"dim": 4, "num_degrees": 1, "num_neighbors": -1}"#,
+            r#"{"dim": 4, "num_degrees": 1, "num_neighbors": 2.5}"#,
+        ] {
+            let v: serde_json::Value = serde_json::from_str(bad).unwrap_or_default();
+            assert!(matches!(
+                Se3TransformerConfig::from_kwargs(&v),
+                Err(crate::Error::ConfigParse { .. })
+            ));
+        }
+        Ok(())
+    }
 }

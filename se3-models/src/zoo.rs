@@ -75,6 +75,15 @@ impl Model {
         }
     }
 
+    /// Seeds the bond subsampling of an SE(3)-Transformer whose nodes have more bonds than
+    /// `max_sparse_neighbors` (see [`Se3Transformer::set_sparse_sampling_seed`]); no effect on other
+    /// models.
+    pub fn set_sparse_sampling_seed(&mut self, seed: u64) {
+        if let Self::Se3Transformer(m, _) = self {
+            m.set_sparse_sampling_seed(seed);
+        }
+    }
+
     /// Runs the model; outputs are named as the reference outputs without `_f64`/`_f32`.
     ///
     /// # Errors
@@ -126,6 +135,32 @@ impl CompiledModel {
                 let graph = TfnGraph::from_state_dict(&cfg, weights)?;
                 Ok(Self::TfnStack(Box::new(graph.compile()?)))
             }
+        }
+    }
+
+    /// Compiles an already built `model` whose Q_J sign table was replaced by `signs` (see
+    /// [`Model::set_qj_signs`]); `file` and `weights` are those it was built from.
+    ///
+    /// # Errors
+    /// As [`CompiledModel::from_parts`]; `NotCompiled` for the TFN stack with a sign table other
+    /// than the reference one (its graph computes the reference basis).
+    pub fn from_model(
+        model: Model,
+        signs: Option<&QjSigns>,
+        file: &ModelFile,
+        weights: &StateDict,
+    ) -> Result<Self, Error> {
+        match model {
+            Model::Se3Transformer(m, fwd) => Ok(Self::Se3Transformer(
+                Box::new(CompiledSe3Transformer::from_model(*m)?),
+                fwd,
+            )),
+            Model::TfnStack(_) if signs.is_some_and(|s| *s != QjSigns::reference()) => {
+                Err(Error::NotCompiled {
+                    option: "a Q_J sign table other than the reference one (TFN stack graph)",
+                })
+            }
+            Model::TfnStack(_) => Self::from_parts(file, weights),
         }
     }
 

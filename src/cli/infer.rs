@@ -8,6 +8,10 @@
 //! NaN coordinates, empty graphs, mask/length mismatches). Outputs are named as the reference
 //! outputs without their `_f64`/`_f32` suffix (`out`, `type0`, `type1`, ...).
 //!
+//! `--qj-signs FILE` loads the Q_J sign table of the machine the weights were trained on (see
+//! `QjSigns`; another LAPACK build can return the basis change matrices with other signs, and the
+//! weights are only right together with their signs).
+//!
 //! A model runs on its compiled float32 graph by default (`--engine graph`; an
 //! option the graph does not compile would fall back to the float64 oracle with a note on stderr)
 //! or on the oracle (`--engine oracle`).
@@ -18,6 +22,7 @@ use clap::{Args, ValueEnum};
 use se3_models::checkpoint::SaveDtype;
 use se3_models::inputs::ModelInputs;
 use se3_models::model_file::ModelFile;
+use se3_models::se3_transformer::basis::QjSigns;
 use se3_models::zoo::{CompiledModel, Model};
 
 /// The libraries whose models `se3 infer` runs.
@@ -45,6 +50,14 @@ pub struct InferArgs {
     /// for options not compiled yet), or the float64 oracle.
     #[arg(long, value_enum, default_value_t = Engine::Graph)]
     pub engine: Engine,
+    /// Q_J sign table (JSON `{"rows": [{"J", "d_in", "d_out", "sign"}]}`) of the machine whose
+    /// PyTorch made the weights, when its LAPACK differs from the reference one.
+    #[arg(long)]
+    pub qj_signs: Option<PathBuf>,
+    /// Seed of the bond subsampling when a node has more bonds than `max_sparse_neighbors` (the
+    /// library draws them at random; without subsampling the seed has no effect).
+    #[arg(long, default_value_t = 0)]
+    pub sparse_seed: u64,
 }
 
 /// Which implementation runs an SE(3)-Transformer.
@@ -94,18 +107,29 @@ pub fn run(args: &InferArgs) -> Result<(), super::CliError> {
     }
     let weights = se3_models::checkpoint::StateDict::load(&args.weights)?;
     let inputs = ModelInputs::load(&args.inputs, &file.forward_kwargs.tensors)?;
+    let signs = match &args.qj_signs {
+        Some(p) => Some(QjSigns::load(p)?),
+        None => None,
+    };
+    let mut model = Model::from_parts(&file, &weights)?;
+    if let Some(s) = &signs {
+        model.set_qj_signs(s)?;
+    }
+    model.set_sparse_sampling_seed(args.sparse_seed);
     let outputs = match args.engine {
-        Engine::Graph => match CompiledModel::from_parts(&file, &weights) {
-            Ok(mut compiled) => compiled.forward(&inputs)?,
-            Err(se3_models::Error::NotCompiled { option }) => {
-                eprintln!(
-                    "note: option `{option}` is not compiled yet; running the float64 oracle"
-                );
-                Model::from_parts(&file, &weights)?.forward(&inputs)?
+        Engine::Graph => {
+            match CompiledModel::from_model(model.clone(), signs.as_ref(), &file, &weights) {
+                Ok(mut compiled) => compiled.forward(&inputs)?,
+                Err(se3_models::Error::NotCompiled { option }) => {
+                    eprintln!(
+                        "note: option `{option}` is not compiled yet; running the float64 oracle"
+                    );
+                    model.forward(&inputs)?
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
-        },
-        Engine::Oracle => Model::from_parts(&file, &weights)?.forward(&inputs)?,
+        }
+        Engine::Oracle => model.forward(&inputs)?,
     };
     let dtype = match args.dtype {
         OutputDtype::F32 => SaveDtype::F32,

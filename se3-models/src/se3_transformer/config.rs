@@ -82,8 +82,12 @@ pub struct Se3TransformerConfig {
     /// Output degrees `0..output_degrees` of `conv_out` (`None`: no `conv_out`).
     #[serde(default = "d_output_degrees")]
     pub output_degrees: Option<usize>,
-    /// Neighbours farther than this (after masking) are invalid.
-    #[serde(default = "d_radius")]
+    /// Neighbours farther than this (after masking) are invalid (`Infinity` or `"inf"` allowed).
+    #[serde(
+        default = "d_radius",
+        deserialize_with = "py_num::float",
+        serialize_with = "py_num::ser_float"
+    )]
     pub valid_radius: f64,
     /// Final LinearSE3 to one channel per degree, squeezed.
     #[serde(default)]
@@ -119,7 +123,7 @@ pub struct Se3TransformerConfig {
     #[serde(default = "d_four")]
     pub rel_dist_num_fourier_features: usize,
     /// Nearest neighbours by distance (`None` = infinity; 0 = bonded only).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "py_num::count_or_inf")]
     pub num_neighbors: Option<usize>,
     /// Bonded neighbours (`adj_mat`) are ranked first.
     #[serde(default)]
@@ -131,7 +135,7 @@ pub struct Se3TransformerConfig {
     #[serde(default)]
     pub adj_dim: usize,
     /// Cap on bonded neighbours (`None` = infinity; below the bond count bonds are subsampled).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "py_num::count_or_inf")]
     pub max_sparse_neighbors: Option<usize>,
     /// Input channels (per degree with a list).
     #[serde(default)]
@@ -179,7 +183,11 @@ pub struct Se3TransformerConfig {
     #[serde(default = "d_egnn_hidden")]
     pub egnn_hidden_dim: usize,
     /// Clamp of the EGNN higher-degree update weights.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "py_num::opt_float",
+        serialize_with = "py_num::ser_opt_float"
+    )]
     pub egnn_weights_clamp_value: Option<f64>,
     /// FeedForwardBlockSE3 after every EGNN layer.
     #[serde(default)]
@@ -190,6 +198,86 @@ pub struct Se3TransformerConfig {
     /// Output fiber `{"degree": channels}`.
     #[serde(default)]
     pub out_fiber_dict: Option<BTreeMap<String, usize>>,
+}
+
+/// Numbers as Python writes them: `float('inf')` in the library's defaults comes out of `json.dump` as
+/// `Infinity` (turned into the string `"Infinity"` by [`crate::model_file::python_json_to_strict`]),
+/// and counts may be written as integral floats (`8.0`).
+mod py_num {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Num {
+        Int(u64),
+        Float(f64),
+        Text(String),
+    }
+
+    fn to_f64<E: serde::de::Error>(v: Num) -> Result<f64, E> {
+        match v {
+            Num::Int(i) => Ok(i as f64),
+            Num::Float(f) => Ok(f),
+            Num::Text(t) => match t.as_str() {
+                "Infinity" | "inf" => Ok(f64::INFINITY),
+                "-Infinity" | "-inf" => Ok(f64::NEG_INFINITY),
+                "NaN" | "nan" => Ok(f64::NAN),
+                other => Err(E::custom(format!("expected a number, found \"{other}\""))),
+            },
+        }
+    }
+
+    /// A count, or infinity (`None`): null, `Infinity`, `"inf"`, an integer or an integral float.
+    pub(super) fn count_or_inf<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+        let Some(v) = Option::<Num>::deserialize(d)? else {
+            return Ok(None);
+        };
+        if let Num::Int(i) = v {
+            return usize::try_from(i).map(Some).map_err(D::Error::custom);
+        }
+        let f = to_f64::<D::Error>(v)?;
+        if f == f64::INFINITY {
+            Ok(None)
+        } else if f >= 0.0 && f.fract() == 0.0 && f < 2f64.powi(53) {
+            Ok(Some(f as usize))
+        } else {
+            Err(D::Error::custom(format!(
+                "expected a non-negative count or infinity, found {f}"
+            )))
+        }
+    }
+
+    /// A float, `Infinity`/`"inf"` included.
+    pub(super) fn float<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        to_f64(Num::deserialize(d)?)
+    }
+
+    /// An optional float, `Infinity`/`"inf"` included.
+    pub(super) fn opt_float<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        Option::<Num>::deserialize(d)?.map(to_f64).transpose()
+    }
+
+    /// Writes a non-finite float as the string `"Infinity"` / `"-Infinity"` / `"NaN"`.
+    pub(super) fn ser_float<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else if v.is_nan() {
+            s.serialize_str("NaN")
+        } else if *v > 0.0 {
+            s.serialize_str("Infinity")
+        } else {
+            s.serialize_str("-Infinity")
+        }
+    }
+
+    /// As [`ser_float`], None as null.
+    pub(super) fn ser_opt_float<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(f) => ser_float(f, s),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 /// Names of every constructor kwarg, for `UnknownKwarg`.
@@ -280,6 +368,53 @@ fn invalid(field: &'static str, expected: &'static str, found: impl ToString) ->
     }
 }
 
+/// `dim` may be a tuple in the library (`Fiber.create` takes per-degree channels), where it is the
+/// default of `dim_in`, `dim_out` and (with `num_degrees`) of the hidden fiber, which zip it with
+/// `range(num_degrees)` (a shorter tuple gives fewer degrees). The kwargs are rewritten into that
+/// explicit form with `dim` its first entry; token and position embeddings need an integer `dim`.
+fn tuple_dim_to_fibers(kwargs: &serde_json::Value) -> Result<serde_json::Value, Error> {
+    use serde_json::Value;
+    let Some(Value::Array(dims)) = kwargs.get("dim") else {
+        return Ok(kwargs.clone());
+    };
+    let dims = dims.clone();
+    let first = dims
+        .first()
+        .cloned()
+        .ok_or_else(|| invalid("dim", "an integer or a non-empty tuple", "[]"))?;
+    let mut out = kwargs.clone();
+    let Some(obj) = out.as_object_mut() else {
+        return Ok(out);
+    };
+    for field in ["num_tokens", "num_positions"] {
+        if obj.get(field).is_some_and(|v| !v.is_null()) {
+            return Err(invalid(
+                "dim",
+                "an integer with num_tokens or num_positions (nn.Embedding(n, dim))",
+                Value::Array(dims.clone()),
+            ));
+        }
+    }
+    for field in ["dim_in", "dim_out"] {
+        if obj.get(field).is_none_or(Value::is_null) {
+            obj.insert(field.into(), Value::Array(dims.clone()));
+        }
+    }
+    if obj.get("hidden_fiber_dict").is_none_or(Value::is_null) {
+        if let Some(nd) = obj.get("num_degrees").and_then(Value::as_u64) {
+            let fiber: serde_json::Map<String, Value> = dims
+                .iter()
+                .take(nd as usize)
+                .enumerate()
+                .map(|(l, c)| (l.to_string(), c.clone()))
+                .collect();
+            obj.insert("hidden_fiber_dict".into(), Value::Object(fiber));
+        }
+    }
+    obj.insert("dim".into(), first);
+    Ok(out)
+}
+
 impl Se3TransformerConfig {
     /// Parses constructor kwargs (a JSON object) and validates them.
     ///
@@ -288,6 +423,7 @@ impl Se3TransformerConfig {
     /// JSON type, `InvalidConfig` (naming the field) for a combination the library rejects.
     pub fn from_kwargs(kwargs: &serde_json::Value) -> Result<Self, Error> {
         check_known_keys("SE3Transformer", kwargs, SE3T_KWARGS)?;
+        let kwargs = &tuple_dim_to_fibers(kwargs)?;
         let cfg: Self =
             serde_json::from_value(kwargs.clone()).map_err(|source| Error::ConfigParse {
                 path: "constructor_kwargs".into(),
@@ -343,23 +479,6 @@ impl Se3TransformerConfig {
                 format!("{:?}", self.global_feats_dim),
             ));
         }
-        if (self.rotary_position || self.rotary_rel_dist) && !self.use_egnn {
-            if !self.attend_self {
-                return Err(invalid(
-                    "attend_self",
-                    "true with rotary embeddings (keys include the node itself)",
-                    false,
-                ));
-            }
-            let num_rot = usize::from(self.rotary_position) + usize::from(self.rotary_rel_dist);
-            if self.dim_head / num_rot < 2 {
-                return Err(invalid(
-                    "dim_head",
-                    "at least 2 per rotary embedding",
-                    self.dim_head,
-                ));
-            }
-        }
         if self.num_neighbors == Some(0) && !self.attend_sparse_neighbors {
             return Err(invalid(
                 "num_neighbors",
@@ -371,19 +490,28 @@ impl Se3TransformerConfig {
             return Err(invalid("valid_radius", "a number", self.valid_radius));
         }
         let dim_in = self.dim_in.clone().unwrap_or(DimSpec::One(self.dim));
-        let mut fiber_in = Vec::new();
-        for l in 0..self.input_degrees {
-            let c = dim_in.channels(l).ok_or_else(|| {
-                invalid(
-                    "dim_in",
-                    "one channel count per input degree",
-                    format!("{dim_in:?}"),
-                )
-            })?;
-            if c == 0 {
-                return Err(invalid("dim_in", "positive channel counts", 0));
-            }
-            fiber_in.push((l, c));
+        // `Fiber.create` zips `range(input_degrees)` with a tuple: a shorter `dim_in` leaves the
+        // higher input degrees out of conv_in (the feats dict still holds every degree)
+        let fiber_in: FiberDims = (0..self.input_degrees)
+            .map_while(|l| dim_in.channels(l).map(|c| (l, c)))
+            .collect();
+        if fiber_in.is_empty() {
+            return Err(invalid(
+                "dim_in",
+                "at least one input channel count",
+                format!("{dim_in:?}"),
+            ));
+        }
+        if fiber_in.iter().any(|&(_, c)| c == 0) {
+            return Err(invalid("dim_in", "positive channel counts", 0));
+        }
+        if self.num_positions.is_some() && fiber_in[0].1 != self.dim && self.dim != 1 {
+            // `feats += pos_emb(arange(n))` adds (n, dim) to (b, n, dim_in) in place
+            return Err(invalid(
+                "num_positions",
+                "None unless dim_in equals dim (or dim is 1): the position embedding is added to the features",
+                format!("dim_in {} with dim {}", fiber_in[0].1, self.dim),
+            ));
         }
         let fiber_hidden = match (&self.hidden_fiber_dict, self.num_degrees) {
             (Some(d), _) => parse_fiber_dict("hidden_fiber_dict", d)?,
@@ -396,6 +524,47 @@ impl Se3TransformerConfig {
                 ))
             }
         };
+        let has_degree0 = fiber_hidden.first().is_some_and(|&(l, _)| l == 0);
+        // rotary embeddings only touch degree-0 attention: without a degree-0 hidden fiber nothing fails
+        if (self.rotary_position || self.rotary_rel_dist) && !self.use_egnn && has_degree0 {
+            if !self.attend_self {
+                return Err(invalid(
+                    "attend_self",
+                    "true with rotary embeddings (keys include the node itself)",
+                    false,
+                ));
+            }
+            // each embedding has SinusoidalEmbeddings(dim_head // num_rot): ceil(d / 2) frequencies,
+            // each used twice; together they must fit in a head (else the library fails to broadcast)
+            let num_rot = usize::from(self.rotary_position) + usize::from(self.rotary_rel_dist);
+            let d = self.dim_head / num_rot;
+            if num_rot * 2 * d.div_ceil(2) > self.dim_head {
+                return Err(invalid(
+                    "dim_head",
+                    "room for the rotary channels (num_rotaries * 2 * ceil((dim_head / num_rotaries) / 2) <= dim_head)",
+                    self.dim_head,
+                ));
+            }
+        }
+        if self.global_feats_dim.is_some() && !self.use_egnn && !has_degree0 {
+            // the global key/value projections are sized by hidden_fiber[0]
+            return Err(invalid(
+                "global_feats_dim",
+                "None unless the hidden fiber has degree 0",
+                format!("{:?}", self.global_feats_dim),
+            ));
+        }
+        if self.reversible && !self.use_egnn {
+            // ReversibleSequence concatenates every degree along the last axis
+            let c0 = fiber_hidden.first().map(|&(_, c)| c);
+            if fiber_hidden.iter().any(|&(_, c)| Some(c) != c0) {
+                return Err(invalid(
+                    "reversible",
+                    "false unless every hidden degree has the same channel count",
+                    format!("{fiber_hidden:?}"),
+                ));
+            }
+        }
         let num_degrees = match self.num_degrees {
             Some(nd) => nd,
             None => fiber_hidden.iter().map(|&(l, _)| l).max().unwrap_or(0) + 1,
@@ -417,17 +586,18 @@ impl Se3TransformerConfig {
             if od == 0 {
                 return Err(invalid("output_degrees", "at least 1 or None", 0));
             }
+            // `Fiber.create` zips `range(output_degrees)` with a tuple: a shorter `dim_out` gives
+            // fewer output degrees (while `output_degrees` keeps its value)
             let dim_out = self.dim_out.clone().unwrap_or(DimSpec::One(self.dim));
-            let mut f = Vec::new();
-            for l in 0..od {
-                let c = dim_out.channels(l).ok_or_else(|| {
-                    invalid(
-                        "dim_out",
-                        "one channel count per output degree",
-                        format!("{dim_out:?}"),
-                    )
-                })?;
-                f.push((l, c));
+            let f: FiberDims = (0..od)
+                .map_while(|l| dim_out.channels(l).map(|c| (l, c)))
+                .collect();
+            if f.is_empty() {
+                return Err(invalid(
+                    "dim_out",
+                    "at least one output channel count",
+                    format!("{dim_out:?}"),
+                ));
             }
             Some(f)
         } else {

@@ -5,6 +5,7 @@ use se3_core::basis::KernelBasisValues;
 
 use crate::se3_transformer::basis::Se3tBasis;
 use crate::se3_transformer::reassociated::Contraction;
+use crate::se3_transformer::torch_topk::topk_smallest;
 use crate::Error;
 
 /// The neighbourhood graph of one batch element.
@@ -148,8 +149,8 @@ pub fn sparse_selection(
 ///
 /// Self is excluded; pairs are ranked by distance with neighbor_mask-excluded and causal (j > i) pairs
 /// at `f64::MAX` and bonded pairs at 0; the `k = min(min(num_neighbors, n-1) + num_sparse, n-1)`
-/// smallest are kept, valid if the modified distance is within the radius (0 when num_neighbors = 0)
-/// and both nodes are unmasked.
+/// smallest are kept (ties picked as PyTorch's CPU `topk` picks them, see `torch_topk`), valid if
+/// the modified distance is within the radius (0 when num_neighbors = 0) and both nodes are unmasked.
 ///
 /// # Errors
 /// `Core(NonFinite)` if a relative position is not finite (inputs are validated before).
@@ -217,8 +218,8 @@ pub fn build_graph(
             }
             cand.push((md, j, d, r));
         }
-        cand.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        for &(md, j, d, r) in cand.iter().take(k) {
+        let md_row: Vec<f64> = cand.iter().map(|c| c.0).collect();
+        for &(md, j, d, r) in topk_smallest(&md_row, k).into_iter().map(|p| &cand[p]) {
             let masked = inp.mask.is_some_and(|m| !(m[i] && m[j]));
             g.nbr.push(j);
             g.valid.push(md <= radius && !masked);

@@ -14,6 +14,7 @@ pub(crate) mod radial;
 pub mod reassociated;
 pub mod reference;
 pub(crate) mod rotary;
+pub(crate) mod torch_topk;
 pub mod typed;
 
 pub use compiled::CompiledSe3Transformer;

@@ -371,6 +371,9 @@ impl Se3Transformer {
         if n < 2 {
             return Err(Error::EmptyGraph { batch: b, nodes: n });
         }
+        if cfg.num_neighbors == Some(0) && num_sparse == 0 {
+            return Err(Error::NoNeighbors);
+        }
         let mut items: Vec<Prepared> = Vec::with_capacity(b);
         for (bi, x0) in feats.into_iter().enumerate() {
             let pts = inp.points(bi);

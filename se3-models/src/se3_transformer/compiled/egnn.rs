@@ -65,13 +65,19 @@ pub(crate) fn egnn_layer(
     let m3: T3 = reshape(m_edge, &[n, k, hidden.into()]);
     let valid3: T3 = expand_at(ctx.valid, 2, hidden);
     let m_i: T2 = sum_axis::<_, (X, X)>(m3 * valid3, 1) + m_self;
-    // higher-degree updates from the neighbour slots (the self slot has h_i - h_i = 0)
-    let w1 = silu(dense(ctx, &layer.hmlp0, m_edge, None, true)?);
-    let mut w = dense(ctx, &layer.hmlp2, w1, None, true)?; // [e, hdims]
-    if let Some(cv) = layer.clamp {
-        // (luminal 0.2's `clip(min, max)` applies the bounds the wrong way round)
-        w = w.max_f32(-cv as f32).min_f32(cv as f32);
-    }
+    // higher-degree updates from the neighbour slots (the self slot has h_i - h_i = 0); without
+    // higher degrees the htypes MLP has no outputs (a zero-width weight) and is not built
+    let w = if layer.htypes.is_empty() {
+        None
+    } else {
+        let w1 = silu(dense(ctx, &layer.hmlp0, m_edge, None, true)?);
+        let mut w = dense(ctx, &layer.hmlp2, w1, None, true)?; // [e, hdims]
+        if let Some(cv) = layer.clamp {
+            // (luminal 0.2's `clip(min, max)` applies the bounds the wrong way round)
+            w = w.max_f32(-cv as f32).min_f32(cv as f32);
+        }
+        Some(w)
+    };
     // node update
     let gamma: T1 = ctx.constant(&layer.node_norm.w, &[d0])?;
     let beta: T1 = ctx.constant(&layer.node_norm.b, &[d0])?;
@@ -82,6 +88,7 @@ pub(crate) fn egnn_layer(
     let mut out = GFeats::new();
     let mut woff = 0;
     for (l, c, rel, norm) in rels {
+        let Some(w) = w else { break };
         let m = 2 * l + 1;
         let (scale, bias) = layer.htype_norms.get(&l).ok_or(Error::MissingInput {
             name: "htype norms",

@@ -20,10 +20,10 @@ impl Se3Transformer {
         let mut out = Vec::with_capacity(b);
         match &inp.feats {
             NodeFeats::Dense(t) => {
-                if fin.len() != 1 {
+                if self.cfg.input_degrees != 1 {
                     return Err(shape_err(
                         "feats",
-                        format!("a dict of {} degrees", fin.len()),
+                        format!("a dict of {} degrees", self.cfg.input_degrees),
                         &t.shape,
                     ));
                 }
@@ -47,7 +47,7 @@ impl Se3Transformer {
                         shape,
                     )
                 })?;
-                if fin.len() != 1 || emb.cols != d0 {
+                if self.cfg.input_degrees != 1 || emb.cols != d0 {
                     return Err(shape_err(
                         "feats",
                         format!("dim_in = dim = {}", emb.cols),
@@ -64,8 +64,10 @@ impl Se3Transformer {
                         found: "set".into(),
                     });
                 }
+                // the dict holds degrees 0..input_degrees (the library asserts it); degrees beyond a
+                // short dim_in tuple are not read
                 let degrees: Vec<usize> = map.keys().copied().collect();
-                let want: Vec<usize> = fin.iter().map(|&(l, _)| l).collect();
+                let want: Vec<usize> = (0..self.cfg.input_degrees).collect();
                 if degrees != want {
                     return Err(Error::InputShape {
                         name: "feats",
@@ -110,7 +112,10 @@ impl Se3Transformer {
                 for bi in 0..b {
                     for i in 0..n {
                         for c in 0..d0 {
-                            data[(bi * n + i) * d0 + c] += pe.data[i * pe.cols + c];
+                            // `feats += pos_emb` broadcasts a width-1 embedding (dim = 1) over
+                            // dim_in channels; other widths equal dim_in (checked by the config)
+                            let at = if pe.cols == 1 { i } else { i * pe.cols + c };
+                            data[(bi * n + i) * d0 + c] += pe.data[at];
                         }
                     }
                 }
