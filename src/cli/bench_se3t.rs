@@ -270,7 +270,30 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
         times[0],
         times[times.len() - 1]
     );
+    model.instrument();
+    se3_core::exec::profile::reset();
     model.forward(&inputs, &fwd)?;
+    let recs = se3_core::exec::profile::records();
+    if std::env::var_os("SE3_PROFILE").is_some() {
+        let mut shapes: Vec<(String, f64, usize)> = Vec::new();
+        for r in &recs {
+            let key = format!("{} {:?}", r.kind, r.shapes);
+            match shapes.iter_mut().find(|a| a.0 == key) {
+                Some(a) => {
+                    a.1 += r.seconds;
+                    a.2 += 1;
+                }
+                None => shapes.push((key, r.seconds, 1)),
+            }
+        }
+        shapes.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (k, t, c) in shapes.iter().take(40) {
+            eprintln!("{t:.4} {c:4} {k}");
+        }
+        for (k, t, c) in se3_core::exec::profile::by_kind(&recs) {
+            eprintln!("KIND {t:.4} {c:4} {k}");
+        }
+    }
     for (stage, t) in model.last_timings() {
         println!("stage {} {t}", stage.replace(' ', "_"));
     }

@@ -16,10 +16,10 @@
 
 use luminal::prelude::{symbolic::Expression, *};
 
-use super::graph::{bmm, bmm_shared, constant, dims, expand_at, mm, permute, reshape, retype, X};
+use super::graph::{constant, dims, expand_at, mm, reshape, retype, X};
 use super::radial::{RadialMlp, RADIAL_HIDDEN};
 use crate::exec::Session;
-use crate::ops::gather3;
+use crate::ops::{edge_contract_logits, edge_contract_sum, gather3};
 use crate::Error;
 
 /// One degree pair of a convolution on grouped edges, evaluated up to the radial network's last
@@ -34,8 +34,13 @@ pub struct PairEdges {
     pub c_in: usize,
     /// Radial hidden activations, `[n, k, 128]`.
     pub h: GraphTensor<(X, X, X)>,
-    /// `Kx`, `[n, k, F]`, `F = (2 d_out + 1) c_in nf`.
+    /// `Kx`, `[n, k, F]`, `F = (2 d_out + 1) c_in nf` (graph nodes built on first use only:
+    /// [`weighted_sum`] and [`query_logits`] run the fused [`edge_contract`](crate::ops::edge_contract)
+    /// kernel on `x`, `nbr` and the basis instead; unused nodes are dropped by the compiler).
     pub kx: GraphTensor<(X, X, X)>,
+    x: GraphTensor<(X, X, X)>,
+    nbr: GraphTensor<(X,)>,
+    basis: GraphTensor<(X, X, X, X)>,
     n: Expression,
     k: Expression,
 }
@@ -71,6 +76,9 @@ impl PairEdges {
             c_in,
             h: reshape(h, &[n, k, RADIAL_HIDDEN.into()]),
             kx: reshape(kx, &[n, k, width.into()]),
+            x,
+            nbr: retype(nbr),
+            basis,
             n,
             k,
         }
@@ -105,16 +113,6 @@ fn last_layer(radial: &RadialMlp, cf: usize, c0: usize, cnt: usize) -> (Vec<f32>
     (w, b)
 }
 
-fn transposed(w: &[f32], r: usize, c: usize) -> Vec<f32> {
-    let mut t = vec![0.0; r * c];
-    for i in 0..r {
-        for j in 0..c {
-            t[j * r + i] = w[i * c + j];
-        }
-    }
-    t
-}
-
 /// `sum_j a_ij m_ij` for output channels `c0..c0 + cnt` of the pair, reassociated: `A_i = sum_j
 /// a_ij h_ij (x) Kx_ij` per node, then the last radial layer; `[n, cnt, 2 d_out + 1]`. `a` is
 /// `[n, k]`; weights are session weights `<prefix>w`, `<prefix>b`.
@@ -130,24 +128,17 @@ pub fn weighted_sum(
     c0: usize,
     cnt: usize,
 ) -> Result<GraphTensor<(X, X, X)>, Error> {
-    let n = pe.n;
-    let mo = 2 * pe.d_out + 1;
     let cf = pe.c_in * pe.nf();
     let (w, b) = last_layer(radial, cf, c0, cnt);
     let wt: GraphTensor<(X, X)> =
         constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, cnt])?;
     let bt: GraphTensor<(X, X)> = constant(s, &format!("{prefix}b"), b, &[cf, cnt])?;
-    // the weights go on the 128 hidden values (fewer than the F entries of Kx for most pairs)
-    let ah = pe.h * expand_at::<_, (X, X, X)>(a, 2, RADIAL_HIDDEN);
-    let kxt = permute(pe.kx, &[0, 2, 1]); // [n, F, k]
-                                          // [n, F, 128] = Kx^T (a h) per node, F = (p, c, f): viewed as [n, p, (c, f, h)]
-    let acc = bmm(kxt, ah);
-    let acc3: GraphTensor<(X, X, X)> = reshape(acc, &[n, mo.into(), (cf * RADIAL_HIDDEN).into()]);
-    let a3: GraphTensor<(X, X, X)> = reshape(a, &[n, pe.k, 1.into()]);
-    let bsum = bmm(kxt, a3); // [n, F, 1]
-    let b3: GraphTensor<(X, X, X)> = reshape(bsum, &[n, mo.into(), cf.into()]);
-    let y = bmm_shared(acc3, wt) + bmm_shared(b3, bt); // [n, mo, cnt]
-    Ok(permute(y, &[0, 2, 1]))
+    if std::env::var_os("SE3_EDGE_UNFUSED").is_some() {
+        return Ok(crate::ops::edge_contract_sum_unfused(
+            pe.x, pe.nbr, pe.basis, pe.h, a, wt, bt,
+        ));
+    }
+    Ok(edge_contract_sum(pe.x, pe.nbr, pe.basis, pe.h, a, wt, bt))
 }
 
 /// `sum_{o,p} q_i[o, p] m_ij[c0 + o, p]` per edge, the query (`[n, cnt, 2 d_out + 1]`) folded
@@ -164,32 +155,19 @@ pub fn query_logits(
     c0: usize,
     cnt: usize,
 ) -> Result<GraphTensor<(X, X)>, Error> {
-    let n = pe.n;
     let cf = pe.c_in * pe.nf();
     let (w, b) = last_layer(radial, cf, c0, cnt);
-    // [o, (c, f, h)] and [o, (c, f)]
-    let wt: GraphTensor<(X, X)> = constant(
-        s,
-        &format!("{prefix}w"),
-        transposed(&w, cf * RADIAL_HIDDEN, cnt),
-        &[cnt, cf * RADIAL_HIDDEN],
-    )?;
-    let bt: GraphTensor<(X, X)> = constant(
-        s,
-        &format!("{prefix}b"),
-        transposed(&b, cf, cnt),
-        &[cnt, cf],
-    )?;
-    let qp = permute(q, &[0, 2, 1]); // [n, p, o]
-    let folded: GraphTensor<(X, X, X)> = reshape(
-        bmm_shared(qp, wt),
-        &[n, pe.width().into(), RADIAL_HIDDEN.into()],
-    ); // [n, F, 128]
-    let t = bmm(pe.kx, folded); // [n, k, 128]
-    let main: GraphTensor<(X, X)> = (t * pe.h).sum_reduce::<_, Axis<2>>();
-    let fb: GraphTensor<(X, X, X)> = reshape(bmm_shared(qp, bt), &[n, pe.width().into(), 1.into()]); // [n, F, 1]
-    let bias: GraphTensor<(X, X)> = reshape(bmm(pe.kx, fb), &[n, pe.k]);
-    Ok(main + bias)
+    let wt: GraphTensor<(X, X)> =
+        constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, cnt])?;
+    let bt: GraphTensor<(X, X)> = constant(s, &format!("{prefix}b"), b, &[cf, cnt])?;
+    if std::env::var_os("SE3_EDGE_UNFUSED").is_some() {
+        return Ok(crate::ops::edge_contract_logits_unfused(
+            pe.x, pe.nbr, pe.basis, pe.h, q, wt, bt,
+        ));
+    }
+    Ok(edge_contract_logits(
+        pe.x, pe.nbr, pe.basis, pe.h, q, wt, bt, pe.k,
+    ))
 }
 
 /// Per-edge messages of a pair with output degree 0, formed directly (radial weights per edge),
