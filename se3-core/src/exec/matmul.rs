@@ -156,6 +156,76 @@ impl Operator for MatMul {
     }
 }
 
+/// Largest `m k + k n` for which `matrixmultiply` stays on the calling thread (its threading
+/// heuristic); the kernel runs inside rayon workers, so nested threads would only contend.
+const SINGLE_THREAD_SIZE: usize = (1 << 15) - 1;
+
+/// `C (m x n) = A (m x k) B (k x n) + beta C` on strided slices (row stride, column stride),
+/// split along `k` into products small enough to stay single-threaded.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_single(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    c: &mut [f32],
+    beta: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c[..m * n].iter_mut().for_each(|v| *v *= beta);
+        return;
+    }
+    // every addressed element lies inside the slices
+    assert!((m - 1) * rsa + (k - 1) * csa < a.len());
+    assert!((k - 1) * rsb + (n - 1) * csb < b.len());
+    assert!(m * n <= c.len());
+    // columns first (small k, wide n: the query fold), then the inner dimension
+    let nc = if m * k + k * n <= SINGLE_THREAD_SIZE {
+        n
+    } else {
+        (SINGLE_THREAD_SIZE.saturating_sub(m * k) / k).clamp(64, n.max(64))
+    };
+    let mut n0 = 0;
+    while n0 < n {
+        let ncur = nc.min(n - n0);
+        let chunk = (SINGLE_THREAD_SIZE / (m + ncur)).max(1);
+        let mut k0 = 0;
+        let mut beta = beta;
+        while k0 < k {
+            let kc = chunk.min(k - k0);
+            // SAFETY: the strides address elements inside `a`, `b` and `c` (asserted above);
+            // `c` is a distinct mutable slice.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    kc,
+                    ncur,
+                    1.0,
+                    a.as_ptr().add(k0 * csa),
+                    rsa as isize,
+                    csa as isize,
+                    b.as_ptr().add(k0 * rsb + n0 * csb),
+                    rsb as isize,
+                    csb as isize,
+                    beta,
+                    c.as_mut_ptr().add(n0),
+                    n as isize,
+                    1,
+                );
+            }
+            beta = 1.0;
+            k0 += kc;
+        }
+        n0 += ncur;
+    }
+}
+
 fn logical_fake(st: &ShapeTracker, k: usize) -> bool {
     st.fake[st.indexes[k]]
 }

@@ -41,6 +41,8 @@ pub struct PairEdges {
     x: GraphTensor<(X, X, X)>,
     nbr: GraphTensor<(X,)>,
     basis: GraphTensor<(X, X, X, X)>,
+    /// `h` as given (any view of `[e, 128]` in row-major order), read by the fused kernel.
+    h_view: GraphTensor<(X, X, X)>,
     n: Expression,
     k: Expression,
 }
@@ -60,6 +62,24 @@ impl PairEdges {
         n: Expression,
         k: Expression,
     ) -> Self {
+        Self::with_hidden_view(d_in, d_out, x, nbr, basis, h, n, k)
+    }
+
+    /// As [`PairEdges::new`], with the radial hidden activations given as any view whose
+    /// logical elements are `[n k, 128]` in row-major order (e.g. one network's slice of a
+    /// stacked `[P, n k, 128]` tensor from [`radial_hidden`](crate::ops::radial_hidden)): the
+    /// fused kernel reads it in place.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_hidden_view<E: Dimension, S: Shape>(
+        d_in: usize,
+        d_out: usize,
+        x: GraphTensor<(X, X, X)>,
+        nbr: GraphTensor<(E,)>,
+        basis: GraphTensor<(X, X, X, X)>,
+        h: GraphTensor<S>,
+        n: Expression,
+        k: Expression,
+    ) -> Self {
         let mo = 2 * d_out + 1;
         let nf = 2 * d_in.min(d_out) + 1;
         let c_in = dims(x)[1].to_usize().unwrap_or(1);
@@ -76,6 +96,7 @@ impl PairEdges {
             c_in,
             h: reshape(h, &[n, k, RADIAL_HIDDEN.into()]),
             kx: reshape(kx, &[n, k, width.into()]),
+            h_view: retype(h),
             x,
             nbr: retype(nbr),
             basis,
@@ -138,7 +159,9 @@ pub fn weighted_sum(
             pe.x, pe.nbr, pe.basis, pe.h, a, wt, bt,
         ));
     }
-    Ok(edge_contract_sum(pe.x, pe.nbr, pe.basis, pe.h, a, wt, bt))
+    Ok(edge_contract_sum(
+        pe.x, pe.nbr, pe.basis, pe.h_view, a, wt, bt,
+    ))
 }
 
 /// `sum_{o,p} q_i[o, p] m_ij[c0 + o, p]` per edge, the query (`[n, cnt, 2 d_out + 1]`) folded
@@ -166,7 +189,7 @@ pub fn query_logits(
         ));
     }
     Ok(edge_contract_logits(
-        pe.x, pe.nbr, pe.basis, pe.h, q, wt, bt, pe.k,
+        pe.x, pe.nbr, pe.basis, pe.h_view, q, wt, bt, pe.k,
     ))
 }
 

@@ -13,6 +13,8 @@
 //! - [`edge_contract_sum()`], [`edge_contract_logits()`]: the fused, reassociated ConvSE3
 //!   contraction on edges grouped by node (neighbour sums and query logits without per-edge
 //!   radial weights or whole-graph intermediates).
+//! - [`radial_hidden()`]: the hidden layers (Linear, LayerNorm, GELU twice) of many radial
+//!   networks on one edge input, per edge block in cache.
 //! - [`edge_conv()`]: the fused edge kernel (gather · per-edge weights → scatter-add) and the
 //!   compiler pass that swaps it in for the unfused pattern.
 //!
@@ -33,6 +35,7 @@ pub mod edge_conv;
 pub mod gather;
 pub mod layer_norm_gelu;
 pub mod neighbors;
+pub mod radial_hidden;
 pub mod relative_positions;
 pub mod scatter_add;
 pub mod segment_softmax;
@@ -47,6 +50,7 @@ pub use edge_conv::{edge_conv, edge_conv_diag, edge_conv_diag_unfused, edge_conv
 pub use gather::{gather, gather3};
 pub use layer_norm_gelu::layer_norm_gelu;
 pub use neighbors::{neighbors, neighbors_in_batches, Edges, NeighborSpec, Neighbors};
+pub use radial_hidden::{radial_hidden, radial_hidden_unfused, RadialHiddenWeights};
 pub use relative_positions::{distances, relative_positions};
 pub use scatter_add::{scatter_add, scatter_add3};
 pub use segment_softmax::segment_softmax;

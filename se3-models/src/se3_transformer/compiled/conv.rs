@@ -10,7 +10,6 @@ use super::ctx::{radial_mlp, Ctx, GFeats};
 use super::node::{linear, residual};
 use super::tensor::{reshape, T2, T3};
 use crate::se3_transformer::conv::{ConvSe3, Pair};
-use crate::se3_transformer::radial::RADIAL_HIDDEN;
 use crate::Error;
 
 /// One degree pair of a ConvSE3 up to the radial network's last layer: the se3-core
@@ -60,8 +59,7 @@ pub(crate) fn pair_edges<'p>(
                 name: "kernel basis",
             })?;
         let xc: T3 = reshape(xl, &[n, p.c_in.into(), (2 * p.d_in + 1).into()]);
-        let h2: T2 = reshape(h3, &[n * k, RADIAL_HIDDEN.into()]);
-        let edges = CorePairEdges::new(p.d_in, p.d_out, xc, ctx.nbr, kb, h2, n, k);
+        let edges = CorePairEdges::with_hidden_view(p.d_in, p.d_out, xc, ctx.nbr, kb, h3, n, k);
         out.push(PairEdges {
             pair: p,
             edges,
