@@ -177,6 +177,16 @@ fn parse(text: &str) -> Result<Measured, super::CliError> {
     Ok(m)
 }
 
+/// CPU time (user + system, all threads) of this process so far, seconds (clock ticks of
+/// /proc/self/stat, 100 Hz).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (u, s): (f64, f64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+    Some((u + s) / 100.0)
+}
+
 /// Peak resident set of this process (VmHWM), MiB.
 fn peak_mib() -> Result<f64, super::CliError> {
     let status = std::fs::read_to_string("/proc/self/status")?;
@@ -258,10 +268,14 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
     println!("build_peak_mib {}", peak_mib()?);
     model.forward(&inputs, &fwd)?;
     let mut times = Vec::new();
+    let cpu0 = cpu_seconds();
     for _ in 0..REPS {
         let t = Instant::now();
         model.forward(&inputs, &fwd)?;
         times.push(t.elapsed().as_secs_f64());
+    }
+    if let (Some(a), Some(b)) = (cpu0, cpu_seconds()) {
+        println!("cpu_s {}", (b - a) / REPS as f64);
     }
     times.sort_by(f64::total_cmp);
     println!(

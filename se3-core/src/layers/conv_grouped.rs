@@ -19,7 +19,10 @@ use luminal::prelude::{symbolic::Expression, *};
 use super::graph::{constant, dims, expand_at, mm, reshape, retype, X};
 use super::radial::{RadialMlp, RADIAL_HIDDEN};
 use crate::exec::Session;
-use crate::ops::{edge_contract_logits, edge_contract_sum, gather3};
+use crate::ops::{
+    edge_contract_logits, edge_contract_logits_heads, edge_contract_sum, edge_contract_sum_heads,
+    gather3,
+};
 use crate::Error;
 
 /// One degree pair of a convolution on grouped edges, evaluated up to the radial network's last
@@ -189,6 +192,100 @@ pub fn query_logits(
         ));
     }
     Ok(edge_contract_logits(
+        pe.x, pe.nbr, pe.basis, pe.h_view, q, wt, bt, pe.k,
+    ))
+}
+
+/// The last layer of `radial` for output channels `c0 .. c0 + cnt` of every `c0` of `c0s`, side
+/// by side: `[(c, f, h), (head, o)]` and `[(c, f), (head, o)]`.
+fn last_layer_heads(
+    radial: &RadialMlp,
+    cf: usize,
+    c0s: &[usize],
+    cnt: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let heads = c0s.len();
+    let all = heads * cnt;
+    let hd = RADIAL_HIDDEN;
+    let mut w = vec![0.0; cf * hd * all];
+    let mut b = vec![0.0; cf * all];
+    for (t, &c0) in c0s.iter().enumerate() {
+        let (wt, bt) = last_layer(radial, cf, c0, cnt);
+        for r in 0..cf * hd {
+            w[r * all + t * cnt..r * all + (t + 1) * cnt]
+                .copy_from_slice(&wt[r * cnt..(r + 1) * cnt]);
+        }
+        for r in 0..cf {
+            b[r * all + t * cnt..r * all + (t + 1) * cnt]
+                .copy_from_slice(&bt[r * cnt..(r + 1) * cnt]);
+        }
+    }
+    (w, b)
+}
+
+/// [`weighted_sum`] for several heads at once on one fused kernel (one `Kx` for all): head `t`
+/// sums with weights `a[t]` (`[n, k]`) over output channels `c0s[t] .. c0s[t] + cnt`; the result
+/// is `[n, H cnt, 2 d_out + 1]`, head `t` at channels `t cnt .. (t + 1) cnt`.
+///
+/// # Errors
+/// `LengthMismatch` if `a` and `c0s` differ in length; those of `Session::set_weight`.
+#[allow(clippy::too_many_arguments)]
+pub fn weighted_sum_heads(
+    s: &mut Session,
+    prefix: &str,
+    radial: &RadialMlp,
+    pe: &PairEdges,
+    a: &[GraphTensor<(X, X)>],
+    c0s: &[usize],
+    cnt: usize,
+) -> Result<GraphTensor<(X, X, X)>, Error> {
+    if a.len() != c0s.len() {
+        return Err(Error::LengthMismatch {
+            what: "attention weights (one per head)",
+            expected: c0s.len(),
+            found: a.len(),
+        });
+    }
+    let cf = pe.c_in * pe.nf();
+    let all = c0s.len() * cnt;
+    let (w, b) = last_layer_heads(radial, cf, c0s, cnt);
+    let wt: GraphTensor<(X, X)> =
+        constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, all])?;
+    let bt: GraphTensor<(X, X)> = constant(s, &format!("{prefix}b"), b, &[cf, all])?;
+    Ok(edge_contract_sum_heads(
+        pe.x, pe.nbr, pe.basis, pe.h_view, a, wt, bt,
+    ))
+}
+
+/// [`query_logits`] for several heads at once on one fused kernel: head `t` with query `q[t]`
+/// (`[n, cnt, 2 d_out + 1]`) over output channels `c0s[t] .. c0s[t] + cnt`; `[H, n, k]`.
+///
+/// # Errors
+/// `LengthMismatch` if `q` and `c0s` differ in length; those of `Session::set_weight`.
+#[allow(clippy::too_many_arguments)]
+pub fn query_logits_heads(
+    s: &mut Session,
+    prefix: &str,
+    radial: &RadialMlp,
+    pe: &PairEdges,
+    q: &[GraphTensor<(X, X, X)>],
+    c0s: &[usize],
+    cnt: usize,
+) -> Result<GraphTensor<(X, X, X)>, Error> {
+    if q.len() != c0s.len() {
+        return Err(Error::LengthMismatch {
+            what: "queries (one per head)",
+            expected: c0s.len(),
+            found: q.len(),
+        });
+    }
+    let cf = pe.c_in * pe.nf();
+    let all = c0s.len() * cnt;
+    let (w, b) = last_layer_heads(radial, cf, c0s, cnt);
+    let wt: GraphTensor<(X, X)> =
+        constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, all])?;
+    let bt: GraphTensor<(X, X)> = constant(s, &format!("{prefix}b"), b, &[cf, all])?;
+    Ok(edge_contract_logits_heads(
         pe.x, pe.nbr, pe.basis, pe.h_view, q, wt, bt, pe.k,
     ))
 }

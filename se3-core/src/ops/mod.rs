@@ -43,8 +43,8 @@ pub mod top_k;
 
 pub use adjacency::adjacency_degrees;
 pub use edge_contract::{
-    edge_contract_logits, edge_contract_logits_unfused, edge_contract_sum,
-    edge_contract_sum_unfused,
+    edge_contract_logits, edge_contract_logits_heads, edge_contract_logits_unfused,
+    edge_contract_sum, edge_contract_sum_heads, edge_contract_sum_unfused,
 };
 pub use edge_conv::{edge_conv, edge_conv_diag, edge_conv_diag_unfused, edge_conv_unfused};
 pub use gather::{gather, gather3};

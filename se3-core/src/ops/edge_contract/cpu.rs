@@ -10,14 +10,16 @@ use luminal::prelude::*;
 use rayon::prelude::*;
 
 use crate::exec::matmul::gemm_single as gemm;
-use crate::exec::view::{buffer, View};
+use crate::exec::view::{buffer, dot8, View};
 
 /// Which quantity the kernel computes (see the module doc of `edge_contract`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContractKind {
-    /// `y_i = sum_j a_ij m_ij`: inputs `x, nbr, basis, h, a, w, b`; output `[n, cnt, mo]`.
+    /// `y_i = sum_j a_ij m_ij` per head: inputs `x, nbr, basis, h, w, b, a_0 .. a_{H-1}`;
+    /// output `[n, H cnt, mo]`.
     Sum,
-    /// `l_ij = q_i . m_ij`: inputs `x, nbr, basis, h, q, w, b`; output `[n, k]`.
+    /// `l_ij = q_i . m_ij` per head: inputs `x, nbr, basis, h, w, b, q_0 .. q_{H-1}`; output
+    /// `[H, n, k]`.
     Logits,
 }
 
@@ -40,7 +42,9 @@ struct Sizes {
     mo: usize,
     nf: usize,
     hd: usize,
+    /// Output channels per head.
     cnt: usize,
+    heads: usize,
 }
 
 impl Sizes {
@@ -50,12 +54,21 @@ impl Sizes {
     fn width(&self) -> usize {
         self.mo * self.cf()
     }
+    /// Columns of `w` and `b`.
+    fn cols(&self) -> usize {
+        self.cnt * self.heads
+    }
 }
 
-/// Nodes per block: enough rows for the last-layer GEMM, scratch small enough for L2.
+/// Nodes per block: 16 (so that `16 mo` rows fill whole GEMM tiles) unless the per-head
+/// scratch `[nodes, F, hidden]` would pass 4 MiB.
 fn block_nodes(s: &Sizes) -> usize {
     let per_node = s.width() * s.hd * 4;
-    (1_500_000 / per_node.max(1)).clamp(1, 16)
+    let mut nb = 16;
+    while nb > 1 && nb * per_node > 4 << 20 {
+        nb /= 2;
+    }
+    nb
 }
 
 /// `Kx` of the edges of node `i`: `kx[kk, p, c, f] = sum_q basis[e, p, q, f] x[j, c, q]`
@@ -105,129 +118,187 @@ fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     &mut v[..n]
 }
 
-/// Inputs of one call, as contiguous buffers.
+/// Inputs of one call, as contiguous buffers; `per_head` holds `a_h [n, k]` or
+/// `q_h [n, cnt, mo]`.
 struct Data<'a> {
     x: &'a [f32],
     nbr: &'a [f32],
     basis: &'a [f32],
     h: &'a [f32],
-    aq: &'a [f32],
     w: &'a [f32],
     b: &'a [f32],
+    per_head: Vec<&'a [f32]>,
 }
 
-/// Weighted sums of one block of nodes `i0..i0 + nb`: `out` is `[nb, cnt, mo]`.
+/// `Kx` of the nodes `i0..i0 + nb`, `[nb, k, F]`.
+fn kx_block<'s>(s: &Sizes, d: &Data, i0: usize, nb: usize, buf: &'s mut Vec<f32>) -> &'s mut [f32] {
+    let kfw = s.k * s.width();
+    let kx = grow(buf, nb * kfw);
+    for bi in 0..nb {
+        kx_node(
+            s,
+            i0 + bi,
+            d.x,
+            d.nbr,
+            d.basis,
+            &mut kx[bi * kfw..(bi + 1) * kfw],
+        );
+    }
+    kx
+}
+
+/// Weighted sums of one block of nodes `i0..i0 + nb` for every head: `out` is
+/// `[nb, H cnt, mo]`.
 fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mut Scratch) {
-    let (k, hd, mo, cf, cnt) = (s.k, s.hd, s.mo, s.cf(), s.cnt);
+    let (k, hd, mo, cf, cnt, cols) = (s.k, s.hd, s.mo, s.cf(), s.cnt, s.cols());
     let fw = s.width();
-    let kx = grow(&mut sc.kx, k * fw);
-    // acc[b][p][(cf, hd)] = sum_kk a kx[kk][p, cf] h[kk][hd]; bsum[b][p][cf] = sum_kk a kx
-    let acc = grow(&mut sc.big, nb * fw * hd);
-    let bsum = grow(&mut sc.small, nb * fw);
-    for bi in 0..nb {
-        let i = i0 + bi;
-        kx_node(s, i, d.x, d.nbr, d.basis, kx);
-        let a = &d.aq[i * k..(i + 1) * k];
-        for (kk, &av) in a.iter().enumerate() {
-            kx[kk * fw..(kk + 1) * fw].iter_mut().for_each(|v| *v *= av);
-        }
-        let bs = &mut bsum[bi * fw..(bi + 1) * fw];
-        bs.fill(0.0);
-        for kk in 0..k {
-            for (o, v) in bs.iter_mut().zip(&kx[kk * fw..(kk + 1) * fw]) {
-                *o += v;
+    let Scratch {
+        kx: kxb,
+        big,
+        small,
+        rows,
+    } = sc;
+    let kx = kx_block(s, d, i0, nb, kxb);
+    // per head: acc[b][(p, cf, hd)] = sum_kk a kx[kk][p, cf] h[kk][hd] and
+    // bsum[b][(p, cf)] = sum_kk a kx[kk][p, cf]; then y = acc W_h + bsum b_h
+    let acc = grow(big, nb * fw * hd);
+    let scratch = grow(small, nb * fw + k * fw);
+    let (bsum, akx) = scratch.split_at_mut(nb * fw);
+    let y = grow(rows, nb * mo * cnt);
+    for (hh, a_all) in d.per_head.iter().enumerate() {
+        for bi in 0..nb {
+            let i = i0 + bi;
+            let a = &a_all[i * k..(i + 1) * k];
+            let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
+            let bs = &mut bsum[bi * fw..(bi + 1) * fw];
+            bs.fill(0.0);
+            for (kk, &av) in a.iter().enumerate() {
+                let src = &kxn[kk * fw..(kk + 1) * fw];
+                let dst = &mut akx[kk * fw..(kk + 1) * fw];
+                for ((o, v), t) in dst.iter_mut().zip(src).zip(bs.iter_mut()) {
+                    *o = av * v;
+                    *t += *o;
+                }
             }
+            // acc[b] (fw x hd) = (a kx)^T (fw x k) h_i (k x hd)
+            let h = &d.h[i * k * hd..(i + 1) * k * hd];
+            gemm(
+                fw,
+                k,
+                hd,
+                akx,
+                (1, fw),
+                h,
+                (hd, 1),
+                &mut acc[bi * fw * hd..(bi + 1) * fw * hd],
+                0.0,
+            );
         }
-        // acc[b] (fw x hd) = (a kx)^T (fw x k) h_i (k x hd)
-        let h = &d.h[i * k * hd..(i + 1) * k * hd];
+        // y[(b, p), o] = acc[(b, p), (cf, hd)] w[(cf, hd), o] + bsum[(b, p), cf] bias[cf, o]
+        let c0 = hh * cnt;
         gemm(
-            fw,
-            k,
-            hd,
-            kx,
-            (1, fw),
-            h,
-            (hd, 1),
-            &mut acc[bi * fw * hd..(bi + 1) * fw * hd],
+            nb * mo,
+            cf * hd,
+            cnt,
+            acc,
+            (cf * hd, 1),
+            &d.w[c0..],
+            (cols, 1),
+            y,
             0.0,
         );
-    }
-    // y[(b, p), o] = acc[(b, p), (cf, hd)] w[(cf, hd), o] + bsum[(b, p), cf] bias[cf, o]
-    let rows = grow(&mut sc.rows, nb * mo * cnt);
-    gemm(
-        nb * mo,
-        cf * hd,
-        cnt,
-        acc,
-        (cf * hd, 1),
-        d.w,
-        (cnt, 1),
-        rows,
-        0.0,
-    );
-    gemm(nb * mo, cf, cnt, bsum, (cf, 1), d.b, (cnt, 1), rows, 1.0);
-    for bi in 0..nb {
-        for p in 0..mo {
-            for o in 0..cnt {
-                out[(bi * cnt + o) * mo + p] = rows[(bi * mo + p) * cnt + o];
+        gemm(
+            nb * mo,
+            cf,
+            cnt,
+            bsum,
+            (cf, 1),
+            &d.b[c0..],
+            (cols, 1),
+            y,
+            1.0,
+        );
+        for bi in 0..nb {
+            for p in 0..mo {
+                for o in 0..cnt {
+                    out[(bi * cols + c0 + o) * mo + p] = y[(bi * mo + p) * cnt + o];
+                }
             }
         }
     }
 }
 
-/// Logits of one block of nodes `i0..i0 + nb`: `out` is `[nb, k]`.
+/// Logits of one block of nodes `i0..i0 + nb` for every head: `out` is `[H, nb, k]`.
 fn logits_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mut Scratch) {
-    let (k, hd, mo, cf, cnt) = (s.k, s.hd, s.mo, s.cf(), s.cnt);
+    let (k, hd, mo, cf, cnt, cols) = (s.k, s.hd, s.mo, s.cf(), s.cnt, s.cols());
     let fw = s.width();
-    // q rows [(b, p), o]
-    let qr = grow(&mut sc.rows, nb * mo * cnt + k * hd);
-    for bi in 0..nb {
-        let q = &d.aq[(i0 + bi) * cnt * mo..(i0 + bi + 1) * cnt * mo];
-        for p in 0..mo {
-            for o in 0..cnt {
-                qr[(bi * mo + p) * cnt + o] = q[o * mo + p];
+    let Scratch {
+        kx: kxb,
+        big,
+        small,
+        rows,
+    } = sc;
+    let kx = kx_block(s, d, i0, nb, kxb);
+    let folded = grow(big, nb * fw * hd);
+    let buf = grow(rows, nb * mo * cnt + k * hd);
+    let (qr, g) = buf.split_at_mut(nb * mo * cnt);
+    let fb = grow(small, nb * fw);
+    for (hh, q_all) in d.per_head.iter().enumerate() {
+        // q rows [(b, p), o]
+        for bi in 0..nb {
+            let q = &q_all[(i0 + bi) * cnt * mo..(i0 + bi + 1) * cnt * mo];
+            for p in 0..mo {
+                for o in 0..cnt {
+                    qr[(bi * mo + p) * cnt + o] = q[o * mo + p];
+                }
             }
         }
-    }
-    let (qr, g) = qr.split_at_mut(nb * mo * cnt);
-    // folded[(b, p), (cf, hd)] = sum_o q[(b, p), o] w[(cf, hd), o]; fb likewise with the bias
-    let folded = grow(&mut sc.big, nb * fw * hd);
-    gemm(
-        nb * mo,
-        cnt,
-        cf * hd,
-        qr,
-        (cnt, 1),
-        d.w,
-        (1, cnt),
-        folded,
-        0.0,
-    );
-    let fb = grow(&mut sc.small, nb * fw);
-    gemm(nb * mo, cnt, cf, qr, (cnt, 1), d.b, (1, cnt), fb, 0.0);
-    let kx = grow(&mut sc.kx, k * fw);
-    for bi in 0..nb {
-        let i = i0 + bi;
-        kx_node(s, i, d.x, d.nbr, d.basis, kx);
-        // g (k x hd) = kx (k x fw) folded[b] (fw x hd)
+        // folded[(b, p), (cf, hd)] = sum_o q[(b, p), o] w[(cf, hd), o]; fb likewise, bias
+        let c0 = hh * cnt;
         gemm(
-            k,
-            fw,
-            hd,
-            kx,
-            (fw, 1),
-            &folded[bi * fw * hd..(bi + 1) * fw * hd],
-            (hd, 1),
-            g,
+            nb * mo,
+            cnt,
+            cf * hd,
+            qr,
+            (cnt, 1),
+            &d.w[c0..],
+            (1, cols),
+            folded,
             0.0,
         );
-        let h = &d.h[i * k * hd..(i + 1) * k * hd];
-        let fbb = &fb[bi * fw..(bi + 1) * fw];
-        for kk in 0..k {
-            let main =
-                crate::exec::view::dot8(&g[kk * hd..(kk + 1) * hd], &h[kk * hd..(kk + 1) * hd]);
-            let bias = crate::exec::view::dot8(&kx[kk * fw..(kk + 1) * fw], fbb);
-            out[bi * k + kk] = main + bias;
+        gemm(
+            nb * mo,
+            cnt,
+            cf,
+            qr,
+            (cnt, 1),
+            &d.b[c0..],
+            (1, cols),
+            fb,
+            0.0,
+        );
+        for bi in 0..nb {
+            let i = i0 + bi;
+            let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
+            // g (k x hd) = kx (k x fw) folded[b] (fw x hd)
+            gemm(
+                k,
+                fw,
+                hd,
+                kxn,
+                (fw, 1),
+                &folded[bi * fw * hd..(bi + 1) * fw * hd],
+                (hd, 1),
+                g,
+                0.0,
+            );
+            let h = &d.h[i * k * hd..(i + 1) * k * hd];
+            let fbb = &fb[bi * fw..(bi + 1) * fw];
+            for kk in 0..k {
+                let main = dot8(&g[kk * hd..(kk + 1) * hd], &h[kk * hd..(kk + 1) * hd]);
+                let bias = dot8(&kxn[kk * fw..(kk + 1) * fw], fbb);
+                out[(hh * nb + bi) * k + kk] = main + bias;
+            }
         }
     }
 }
@@ -241,12 +312,13 @@ impl Operator for EdgeContract {
             .zip(&views)
             .map(|((t, _), v)| v.borrow_or_copy(buffer(t)))
             .collect();
-        let (xs, bs, ws) = (views[0].shape(), views[2].shape(), views[5].shape());
+        let (xs, bs, ws) = (views[0].shape(), views[2].shape(), views[4].shape());
         let (n, c_in, mi) = (xs[0], xs[1], xs[2]);
         let e = bs[0];
         let (mo, nf) = (bs[1], bs[3]);
         let k = e.checked_div(n).unwrap_or(0);
-        let cnt = ws.get(1).copied().unwrap_or(0);
+        let heads = mats.len().saturating_sub(6).max(1);
+        let cnt = ws.get(1).copied().unwrap_or(0) / heads;
         let s = Sizes {
             n,
             k,
@@ -256,35 +328,57 @@ impl Operator for EdgeContract {
             nf,
             hd: self.hidden,
             cnt,
+            heads,
         };
         let d = Data {
             x: &mats[0],
             nbr: &mats[1],
             basis: &mats[2],
             h: &mats[3],
-            aq: &mats[4],
-            w: &mats[5],
-            b: &mats[6],
+            w: &mats[4],
+            b: &mats[5],
+            per_head: mats[6..].iter().map(|m| m.as_ref()).collect(),
         };
-        let per_node = match self.kind {
-            ContractKind::Sum => cnt * mo,
-            ContractKind::Logits => k,
-        };
-        let mut out = crate::exec::pool::take(n * per_node);
-        if per_node > 0 && k > 0 {
-            let nb = block_nodes(&s);
-            out.par_chunks_mut(nb * per_node).enumerate().for_each_init(
-                Scratch::default,
-                |sc, (blk, o)| {
-                    let i0 = blk * nb;
-                    let cnt_here = o.len() / per_node;
-                    match self.kind {
-                        ContractKind::Sum => sum_block(&s, &d, i0, cnt_here, o, sc),
-                        ContractKind::Logits => logits_block(&s, &d, i0, cnt_here, o, sc),
+        let nb = block_nodes(&s);
+        let blocks = n.div_ceil(nb);
+        let out = match self.kind {
+            ContractKind::Sum => {
+                let per_node = s.cols() * mo;
+                let mut out = crate::exec::pool::take(n * per_node);
+                if per_node > 0 && k > 0 {
+                    out.par_chunks_mut(nb * per_node)
+                        .enumerate()
+                        .for_each_init(Scratch::default, |sc, (blk, o)| {
+                            sum_block(&s, &d, blk * nb, o.len() / per_node, o, sc)
+                        });
+                }
+                out
+            }
+            ContractKind::Logits => {
+                let mut out = crate::exec::pool::take(heads * n * k);
+                if k > 0 && cnt > 0 {
+                    let parts: Vec<Vec<f32>> = (0..blocks)
+                        .into_par_iter()
+                        .map_init(Scratch::default, |sc, blk| {
+                            let i0 = blk * nb;
+                            let m = nb.min(n - i0);
+                            let mut o = vec![0.0; heads * m * k];
+                            logits_block(&s, &d, i0, m, &mut o, sc);
+                            o
+                        })
+                        .collect();
+                    for (blk, part) in parts.iter().enumerate() {
+                        let (i0, m) = (blk * nb, nb.min(n - blk * nb));
+                        for hh in 0..heads {
+                            out[(hh * n + i0) * k..(hh * n + i0 + m) * k]
+                                .copy_from_slice(&part[hh * m * k..(hh + 1) * m * k]);
+                        }
                     }
-                },
-            );
-        }
+                }
+                out
+            }
+        };
+        drop(d);
         drop(mats);
         crate::exec::pool::finish(inp, out)
     }

@@ -34,26 +34,34 @@ use luminal::prelude::*;
 use super::logical_dims;
 use crate::layers::graph::{bmm, bmm_shared, expand_at, permute, reshape, retype, X};
 
-fn add_op<S: Shape>(
+#[allow(clippy::too_many_arguments)]
+fn add_op<SX: Shape, SN: Shape, SB: Shape, SH: Shape, SP: Shape>(
     kind: ContractKind,
-    inputs: [(NodeIndex, ShapeTracker); 7],
-    dims: &[symbolic::Expression],
-    like: GraphTensor<S>,
-    hidden: usize,
-) -> GraphTensor<(X, X, X)> {
-    let mut op = like.graph().add_op(EdgeContract { kind, hidden });
-    for (id, st) in inputs {
-        op = op.input(id, 0, st);
-    }
-    let id = op.finish();
-    GraphTensor::from_id(id, ShapeTracker::new(dims), like.graph_ref)
-}
-
-fn hidden_of<S: Shape>(h: GraphTensor<S>) -> usize {
-    logical_dims(&h.shape)
+    x: GraphTensor<SX>,
+    nbr: GraphTensor<SN>,
+    basis: GraphTensor<SB>,
+    h: GraphTensor<SH>,
+    w: GraphTensor<(X, X)>,
+    b: GraphTensor<(X, X)>,
+    per_head: &[GraphTensor<SP>],
+) -> NodeIndex {
+    let hidden = logical_dims(&h.shape)
         .last()
         .and_then(|d| d.to_usize())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let mut op = x
+        .graph()
+        .add_op(EdgeContract { kind, hidden })
+        .input(x.id, 0, x.shape)
+        .input(nbr.id, 0, nbr.shape)
+        .input(basis.id, 0, basis.shape)
+        .input(h.id, 0, h.shape)
+        .input(w.id, 0, w.shape)
+        .input(b.id, 0, b.shape);
+    for t in per_head {
+        op = op.input(t.id, 0, t.shape);
+    }
+    op.finish()
 }
 
 /// `y_i[o, p] = sum_kk a_ik m_{ik}[o, p]` (module doc): `[n, cnt, mo]`.
@@ -70,26 +78,28 @@ pub fn edge_contract_sum<SX: Shape, SN: Shape, SB: Shape, SH: Shape, SA: Shape>(
     w: GraphTensor<(X, X)>,
     b: GraphTensor<(X, X)>,
 ) -> GraphTensor<(X, X, X)> {
+    edge_contract_sum_heads(x, nbr, basis, h, &[a], w, b)
+}
+
+/// [`edge_contract_sum`] for `H` heads at once (one `Kx` for all): head `t` sums with weights
+/// `a[t] [n, k]` and output channels `t cnt .. (t + 1) cnt` of `w [c_in nf hidden, H cnt]` and
+/// `b [c_in nf, H cnt]`; the result is `[n, H cnt, mo]`.
+pub fn edge_contract_sum_heads<SX: Shape, SN: Shape, SB: Shape, SH: Shape, SA: Shape>(
+    x: GraphTensor<SX>,
+    nbr: GraphTensor<SN>,
+    basis: GraphTensor<SB>,
+    h: GraphTensor<SH>,
+    a: &[GraphTensor<SA>],
+    w: GraphTensor<(X, X)>,
+    b: GraphTensor<(X, X)>,
+) -> GraphTensor<(X, X, X)> {
     let dims = [
         logical_dims(&x.shape)[0],
         logical_dims(&w.shape)[1],
         logical_dims(&basis.shape)[1],
     ];
-    add_op(
-        ContractKind::Sum,
-        [
-            (x.id, x.shape),
-            (nbr.id, nbr.shape),
-            (basis.id, basis.shape),
-            (h.id, h.shape),
-            (a.id, a.shape),
-            (w.id, w.shape),
-            (b.id, b.shape),
-        ],
-        &dims,
-        x,
-        hidden_of(h),
-    )
+    let id = add_op(ContractKind::Sum, x, nbr, basis, h, w, b, a);
+    GraphTensor::from_id(id, ShapeTracker::new(&dims), x.graph_ref)
 }
 
 /// `l_ik = sum_{o, p} q_i[o, p] m_{ik}[o, p]` (module doc): `[n, k]`, `k` the neighbours per
@@ -105,22 +115,29 @@ pub fn edge_contract_logits<SX: Shape, SN: Shape, SB: Shape, SH: Shape, SQ: Shap
     b: GraphTensor<(X, X)>,
     k: impl Into<symbolic::Expression>,
 ) -> GraphTensor<(X, X)> {
-    let dims = [logical_dims(&x.shape)[0], k.into()];
-    retype(add_op(
-        ContractKind::Logits,
-        [
-            (x.id, x.shape),
-            (nbr.id, nbr.shape),
-            (basis.id, basis.shape),
-            (h.id, h.shape),
-            (q.id, q.shape),
-            (w.id, w.shape),
-            (b.id, b.shape),
-        ],
-        &dims,
-        x,
-        hidden_of(h),
-    ))
+    let t = edge_contract_logits_heads(x, nbr, basis, h, &[q], w, b, k);
+    // one head: the buffer is [n, k]
+    let d = logical_dims(&t.shape);
+    GraphTensor::from_id(t.id, ShapeTracker::new(&[d[1], d[2]]), t.graph_ref)
+}
+
+/// [`edge_contract_logits`] for `H` heads at once (one `Kx` for all): head `t` with query
+/// `q[t] [n, cnt, mo]` and output channels `t cnt .. (t + 1) cnt` of `w`, `b` (as
+/// [`edge_contract_sum_heads`]); the result is `[H, n, k]`.
+#[allow(clippy::too_many_arguments)]
+pub fn edge_contract_logits_heads<SX: Shape, SN: Shape, SB: Shape, SH: Shape, SQ: Shape>(
+    x: GraphTensor<SX>,
+    nbr: GraphTensor<SN>,
+    basis: GraphTensor<SB>,
+    h: GraphTensor<SH>,
+    q: &[GraphTensor<SQ>],
+    w: GraphTensor<(X, X)>,
+    b: GraphTensor<(X, X)>,
+    k: impl Into<symbolic::Expression>,
+) -> GraphTensor<(X, X, X)> {
+    let dims = [q.len().into(), logical_dims(&x.shape)[0], k.into()];
+    let id = add_op(ContractKind::Logits, x, nbr, basis, h, w, b, q);
+    GraphTensor::from_id(id, ShapeTracker::new(&dims), x.graph_ref)
 }
 
 /// `Kx` of every edge from luminal primitives: `[n, k, mo c_in nf]`.
@@ -204,17 +221,23 @@ mod tests {
     use crate::layers::graph::{constant, reshape, X};
     use crate::Error;
 
-    /// One random problem: sizes and both results (fused, unfused) of sum and logits.
-    fn fused_and_unfused(
+    fn cols(data: &[f32], rows: usize, all: usize, c0: usize, cnt: usize) -> Vec<f32> {
+        (0..rows)
+            .flat_map(|r| data[r * all + c0..r * all + c0 + cnt].to_vec())
+            .collect()
+    }
+
+    /// Errors of one random problem with `H` heads: per head, the fused multi-head sum and
+    /// logits against the unfused graph of that head alone.
+    fn fused_vs_unfused(
         r: &mut rand::rngs::StdRng,
         d_in: usize,
         d_out: usize,
-    ) -> Result<[(Vec<f32>, Vec<f32>); 2], Error> {
-        let (n, k) = (r.gen_range(1..24), r.gen_range(1..9));
+    ) -> Result<(f64, f64), Error> {
+        let (n, k, heads) = (r.gen_range(1..40), r.gen_range(1..9), r.gen_range(1..4));
         let (c_in, cnt, hidden) = (r.gen_range(1..6), r.gen_range(1..7), r.gen_range(1..20));
         let (mi, mo, nf) = (2 * d_in + 1, 2 * d_out + 1, 2 * d_in.min(d_out) + 1);
-        let e = n * k;
-        let cf = c_in * nf;
+        let (e, cf, all) = (n * k, c_in * nf, heads * cnt);
         let mut s = Session::new();
         let x: GraphTensor<(X, X, X)> =
             constant(&mut s, "x", rand_vec(r, n * c_in * mi), &[n, c_in, mi])?;
@@ -236,48 +259,79 @@ mod tests {
             &[e, mo, mi, nf],
         )?;
         let h: GraphTensor<(X, X)> = constant(&mut s, "h", rand_vec(r, e * hidden), &[e, hidden])?;
-        let a: GraphTensor<(X, X)> = constant(&mut s, "a", rand_vec(r, e), &[n, k])?;
-        let q: GraphTensor<(X, X, X)> =
-            constant(&mut s, "q", rand_vec(r, n * cnt * mo), &[n, cnt, mo])?;
-        let w: GraphTensor<(X, X)> = constant(
-            &mut s,
-            "w",
-            rand_vec(r, cf * hidden * cnt),
-            &[cf * hidden, cnt],
-        )?;
-        let b: GraphTensor<(X, X)> = constant(&mut s, "b", rand_vec(r, cf * cnt), &[cf, cnt])?;
         let h3: GraphTensor<(X, X, X)> = reshape(h, &[n.into(), k.into(), hidden.into()]);
-        s.output("sum", super::edge_contract_sum(x, nbr, basis, h, a, w, b));
+        let (wd, bd) = (rand_vec(r, cf * hidden * all), rand_vec(r, cf * all));
+        let w: GraphTensor<(X, X)> = constant(&mut s, "w", wd.clone(), &[cf * hidden, all])?;
+        let b: GraphTensor<(X, X)> = constant(&mut s, "b", bd.clone(), &[cf, all])?;
+        let mut a = Vec::new();
+        let mut q = Vec::new();
+        for t in 0..heads {
+            a.push(constant::<(X, X)>(
+                &mut s,
+                &format!("a{t}"),
+                rand_vec(r, e),
+                &[n, k],
+            )?);
+            q.push(constant::<(X, X, X)>(
+                &mut s,
+                &format!("q{t}"),
+                rand_vec(r, n * cnt * mo),
+                &[n, cnt, mo],
+            )?);
+            let wt: GraphTensor<(X, X)> = constant(
+                &mut s,
+                &format!("w{t}"),
+                cols(&wd, cf * hidden, all, t * cnt, cnt),
+                &[cf * hidden, cnt],
+            )?;
+            let bt: GraphTensor<(X, X)> = constant(
+                &mut s,
+                &format!("b{t}"),
+                cols(&bd, cf, all, t * cnt, cnt),
+                &[cf, cnt],
+            )?;
+            s.output(
+                &format!("sum{t}"),
+                super::edge_contract_sum_unfused(x, nbr, basis, h3, a[t], wt, bt),
+            );
+            s.output(
+                &format!("logits{t}"),
+                super::edge_contract_logits_unfused(x, nbr, basis, h3, q[t], wt, bt),
+            );
+        }
         s.output(
-            "sum_unfused",
-            super::edge_contract_sum_unfused(x, nbr, basis, h3, a, w, b),
+            "sum",
+            super::edge_contract_sum_heads(x, nbr, basis, h, &a, w, b),
         );
         s.output(
             "logits",
-            super::edge_contract_logits(x, nbr, basis, h, q, w, b, k),
-        );
-        s.output(
-            "logits_unfused",
-            super::edge_contract_logits_unfused(x, nbr, basis, h3, q, w, b),
+            super::edge_contract_logits_heads(x, nbr, basis, h, &q, w, b, k),
         );
         s.run()?;
-        let got = |name: &str| s.get(name).map(|o| o.data);
-        Ok([
-            (got("sum")?, got("sum_unfused")?),
-            (got("logits")?, got("logits_unfused")?),
-        ])
+        let (sum, lg) = (s.get("sum")?.data, s.get("logits")?.data);
+        let (mut es, mut el) = (0.0f64, 0.0f64);
+        for t in 0..heads {
+            let want = s.get(&format!("sum{t}"))?.data;
+            let got: Vec<f32> = (0..n)
+                .flat_map(|i| {
+                    sum[(i * all + t * cnt) * mo..(i * all + (t + 1) * cnt) * mo].to_vec()
+                })
+                .collect();
+            es = es.max(rel_err(&got, &want));
+            let want = s.get(&format!("logits{t}"))?.data;
+            el = el.max(rel_err(&lg[t * n * k..(t + 1) * n * k], &want));
+        }
+        Ok((es, el))
     }
 
-    /// The fused kernel against the unfused luminal graph, on every degree pair up to 2 with
-    /// random sizes and missing neighbours.
+    /// The fused kernel (several heads at once) against the unfused luminal graph of each head,
+    /// on every degree pair up to 2 with random sizes and missing neighbours.
     #[test]
     fn fused_contraction_matches_the_unfused_graph_with_missing_neighbours() -> Result<(), Error> {
         let mut r = rng();
         for d_in in 0..3 {
             for d_out in 0..3 {
-                let [(sum, sum_un), (lg, lg_un)] = fused_and_unfused(&mut r, d_in, d_out)?;
-                assert!(!sum.is_empty() && !lg.is_empty());
-                let (es, el) = (rel_err(&sum, &sum_un), rel_err(&lg, &lg_un));
+                let (es, el) = fused_vs_unfused(&mut r, d_in, d_out)?;
                 assert!(
                     es < 1e-5 && el < 1e-5,
                     "seed {}: pair {d_in}->{d_out}: sum rel err {es:e}, logits rel err {el:e}",

@@ -117,7 +117,7 @@ mod tests {
             r.gen_range(2..40),
         );
         let mut s = Session::new();
-        let mut c2 = |s: &mut Session, name: &str, r: &mut rand::rngs::StdRng| {
+        let c2 = |s: &mut Session, name: &str, r: &mut rand::rngs::StdRng| {
             constant::<(X, X)>(s, name, rand_vec(r, np * hd), &[np, hd])
         };
         let w = RadialHiddenWeights {
