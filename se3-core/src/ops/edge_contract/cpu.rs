@@ -9,7 +9,7 @@ use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
 use rayon::prelude::*;
 
-use crate::exec::matmul::gemm_single as gemm;
+use crate::exec::matmul::{gemm_rows, gemm_single as gemm};
 use crate::exec::view::{buffer, dot8, View};
 
 /// Which quantity the kernel computes (see the module doc of `edge_contract`).
@@ -171,53 +171,45 @@ fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mu
             let a = &a_all[i * k..(i + 1) * k];
             let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
             let bs = &mut bsum[bi * fw..(bi + 1) * fw];
-            bs.fill(0.0);
-            for (kk, &av) in a.iter().enumerate() {
-                let src = &kxn[kk * fw..(kk + 1) * fw];
-                let dst = &mut akx[kk * fw..(kk + 1) * fw];
-                for ((o, v), t) in dst.iter_mut().zip(src).zip(bs.iter_mut()) {
-                    *o = av * v;
-                    *t += *o;
+            // akx[r, kk] = a_kk kx[kk, r] (transposed: rows of A contiguous); bs = its row sums
+            for (r, (row, t)) in akx.chunks_mut(k).zip(bs.iter_mut()).enumerate() {
+                let mut sum = 0.0;
+                for (kk, (o, &av)) in row.iter_mut().zip(a).enumerate() {
+                    *o = av * kxn[kk * fw + r];
+                    sum += *o;
                 }
+                *t = sum;
             }
-            // acc[b] (fw x hd) = (a kx)^T (fw x k) h_i (k x hd)
+            // acc[b] (fw x hd) = akx (fw x k) h_i (k x hd)
             let h = &d.h[i * k * hd..(i + 1) * k * hd];
-            gemm(
+            gemm_rows(
                 fw,
                 k,
                 hd,
                 akx,
-                (1, fw),
+                k,
                 h,
-                (hd, 1),
+                hd,
                 &mut acc[bi * fw * hd..(bi + 1) * fw * hd],
+                hd,
                 0.0,
             );
         }
         // y[(b, p), o] = acc[(b, p), (cf, hd)] w[(cf, hd), o] + bsum[(b, p), cf] bias[cf, o]
         let c0 = hh * cnt;
-        gemm(
+        gemm_rows(
             nb * mo,
             cf * hd,
             cnt,
             acc,
-            (cf * hd, 1),
+            cf * hd,
             &d.w[c0..],
-            (cols, 1),
+            cols,
             y,
+            cnt,
             0.0,
         );
-        gemm(
-            nb * mo,
-            cf,
-            cnt,
-            bsum,
-            (cf, 1),
-            &d.b[c0..],
-            (cols, 1),
-            y,
-            1.0,
-        );
+        gemm_rows(nb * mo, cf, cnt, bsum, cf, &d.b[c0..], cols, y, cnt, 1.0);
         for bi in 0..nb {
             for p in 0..mo {
                 for o in 0..cnt {
@@ -281,15 +273,16 @@ fn logits_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: 
             let i = i0 + bi;
             let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
             // g (k x hd) = kx (k x fw) folded[b] (fw x hd)
-            gemm(
+            gemm_rows(
                 k,
                 fw,
                 hd,
                 kxn,
-                (fw, 1),
+                fw,
                 &folded[bi * fw * hd..(bi + 1) * fw * hd],
-                (hd, 1),
+                hd,
                 g,
+                hd,
                 0.0,
             );
             let h = &d.h[i * k * hd..(i + 1) * k * hd];
