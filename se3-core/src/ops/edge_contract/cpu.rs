@@ -60,15 +60,10 @@ impl Sizes {
     }
 }
 
-/// Nodes per block: 16 (so that `16 mo` rows fill whole GEMM tiles) unless the per-head
-/// scratch `[nodes, F, hidden]` would pass 4 MiB.
-fn block_nodes(s: &Sizes) -> usize {
-    let per_node = s.width() * s.hd * 4;
-    let mut nb = 16;
-    while nb > 1 && nb * per_node > 4 << 20 {
-        nb /= 2;
-    }
-    nb
+/// Nodes per block: 16, so that `16 mo` rows fill whole GEMM tiles and each chunk of `W` is
+/// read once for many rows.
+fn block_nodes(_s: &Sizes) -> usize {
+    16
 }
 
 /// `Kx` of the edges of node `i`: `kx[kk, p, c, f] = sum_q basis[e, p, q, f] x[j, c, q]`
@@ -147,8 +142,16 @@ fn kx_block<'s>(s: &Sizes, d: &Data, i0: usize, nb: usize, buf: &'s mut Vec<f32>
     kx
 }
 
+/// Input channels `c f` per chunk: the per-chunk scratch `[nb mo, chunk, hidden]` stays near
+/// 256 KiB, so the products of a chunk and its rows of `W` run in cache.
+fn cf_chunk(s: &Sizes, nb: usize) -> usize {
+    (65_536 / (nb * s.mo * s.hd).max(1)).clamp(1, s.cf().max(1))
+}
+
 /// Weighted sums of one block of nodes `i0..i0 + nb` for every head: `out` is
-/// `[nb, H cnt, mo]`.
+/// `[nb, H cnt, mo]`. Reassociated and chunked over `(c, f)`: per chunk and head,
+/// `acc[(b, p), (cf, hd)] = sum_kk a kx[kk][p, cf] h[kk][hd]` then `y_h += acc W_h[chunk]`
+/// (and the bias term likewise), so neither `acc` of the block nor `W` leaves the cache.
 fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mut Scratch) {
     let (k, hd, mo, cf, cnt, cols) = (s.k, s.hd, s.mo, s.cf(), s.cnt, s.cols());
     let fw = s.width();
@@ -159,71 +162,101 @@ fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mu
         rows,
     } = sc;
     let kx = kx_block(s, d, i0, nb, kxb);
-    // per head: acc[b][(p, cf, hd)] = sum_kk a kx[kk][p, cf] h[kk][hd] and
-    // bsum[b][(p, cf)] = sum_kk a kx[kk][p, cf]; then y = acc W_h + bsum b_h
-    let acc = grow(big, nb * fw * hd);
-    let scratch = grow(small, nb * fw + k * fw);
-    let (bsum, akx) = scratch.split_at_mut(nb * fw);
-    let y = grow(rows, nb * mo * cnt);
-    for (hh, a_all) in d.per_head.iter().enumerate() {
-        for bi in 0..nb {
-            let i = i0 + bi;
-            let a = &a_all[i * k..(i + 1) * k];
-            let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
-            let bs = &mut bsum[bi * fw..(bi + 1) * fw];
-            // akx[r, kk] = a_kk kx[kk, r] (transposed: rows of A contiguous); bs = its row sums
-            for (r, (row, t)) in akx.chunks_mut(k).zip(bs.iter_mut()).enumerate() {
-                let mut sum = 0.0;
-                for (kk, (o, &av)) in row.iter_mut().zip(a).enumerate() {
-                    *o = av * kxn[kk * fw + r];
-                    sum += *o;
+    let cfc = cf_chunk(s, nb);
+    let accc = grow(big, nb * mo * cfc * hd);
+    let scratch = grow(small, cfc * k + nb * mo * cfc);
+    let (akx, bsc) = scratch.split_at_mut(cfc * k);
+    let y = grow(rows, s.heads * nb * mo * cnt);
+    y.fill(0.0);
+    let mut cf0 = 0;
+    while cf0 < cf {
+        let cc = cfc.min(cf - cf0);
+        for (hh, a_all) in d.per_head.iter().enumerate() {
+            for bi in 0..nb {
+                let i = i0 + bi;
+                let a = &a_all[i * k..(i + 1) * k];
+                let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
+                let h = &d.h[i * k * hd..(i + 1) * k * hd];
+                for p in 0..mo {
+                    let col0 = p * cf + cf0;
+                    let row = (bi * mo + p) * cc;
+                    // akx[r, kk] = a_kk kx[kk, (p, cf0 + r)]; bsc = its sums over kk
+                    for (r, (ar, t)) in akx
+                        .chunks_mut(k)
+                        .zip(bsc[row..row + cc].iter_mut())
+                        .enumerate()
+                    {
+                        let mut sum = 0.0;
+                        for (kk, (o, &av)) in ar.iter_mut().zip(a).enumerate() {
+                            *o = av * kxn[kk * fw + col0 + r];
+                            sum += *o;
+                        }
+                        *t = sum;
+                    }
+                    gemm_rows(
+                        cc,
+                        k,
+                        hd,
+                        akx,
+                        k,
+                        h,
+                        hd,
+                        &mut accc[row * hd..(row + cc) * hd],
+                        hd,
+                        0.0,
+                    );
                 }
-                *t = sum;
             }
-            // acc[b] (fw x hd) = akx (fw x k) h_i (k x hd)
-            let h = &d.h[i * k * hd..(i + 1) * k * hd];
+            let c0 = hh * cnt;
+            let yh = &mut y[hh * nb * mo * cnt..(hh + 1) * nb * mo * cnt];
             gemm_rows(
-                fw,
-                k,
-                hd,
-                akx,
-                k,
-                h,
-                hd,
-                &mut acc[bi * fw * hd..(bi + 1) * fw * hd],
-                hd,
-                0.0,
+                nb * mo,
+                cc * hd,
+                cnt,
+                &accc[..nb * mo * cc * hd],
+                cc * hd,
+                &d.w[cf0 * hd * cols + c0..],
+                cols,
+                yh,
+                cnt,
+                1.0,
+            );
+            gemm_rows(
+                nb * mo,
+                cc,
+                cnt,
+                &bsc[..nb * mo * cc],
+                cc,
+                &d.b[cf0 * cols + c0..],
+                cols,
+                yh,
+                cnt,
+                1.0,
             );
         }
-        // y[(b, p), o] = acc[(b, p), (cf, hd)] w[(cf, hd), o] + bsum[(b, p), cf] bias[cf, o]
+        cf0 += cc;
+    }
+    for hh in 0..s.heads {
         let c0 = hh * cnt;
-        gemm_rows(
-            nb * mo,
-            cf * hd,
-            cnt,
-            acc,
-            cf * hd,
-            &d.w[c0..],
-            cols,
-            y,
-            cnt,
-            0.0,
-        );
-        gemm_rows(nb * mo, cf, cnt, bsum, cf, &d.b[c0..], cols, y, cnt, 1.0);
+        let yh = &y[hh * nb * mo * cnt..(hh + 1) * nb * mo * cnt];
         for bi in 0..nb {
             for p in 0..mo {
                 for o in 0..cnt {
-                    out[(bi * cols + c0 + o) * mo + p] = y[(bi * mo + p) * cnt + o];
+                    out[(bi * cols + c0 + o) * mo + p] = yh[(bi * mo + p) * cnt + o];
                 }
             }
         }
     }
 }
 
-/// Logits of one block of nodes `i0..i0 + nb` for every head: `out` is `[H, nb, k]`.
+/// Logits of one block of nodes `i0..i0 + nb` for every head: `out` is `[H, nb, k]`. Chunked
+/// over `(c, f)` like [`sum_block`]: per chunk and head the query is folded into the chunk's
+/// rows of `W` (`[(b, p), (cf, hd)]`), then `g[b][kk] += kx[kk][p, chunk] folded[(b, p)]`;
+/// finally `l = g . h + bias`.
 fn logits_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mut Scratch) {
     let (k, hd, mo, cf, cnt, cols) = (s.k, s.hd, s.mo, s.cf(), s.cnt, s.cols());
     let fw = s.width();
+    let heads = s.heads;
     let Scratch {
         kx: kxb,
         big,
@@ -231,66 +264,93 @@ fn logits_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: 
         rows,
     } = sc;
     let kx = kx_block(s, d, i0, nb, kxb);
-    let folded = grow(big, nb * fw * hd);
-    let buf = grow(rows, nb * mo * cnt + k * hd);
-    let (qr, g) = buf.split_at_mut(nb * mo * cnt);
-    let fb = grow(small, nb * fw);
+    let cfc = cf_chunk(s, nb);
+    let foldc = grow(big, nb * mo * cfc * hd);
+    let buf = grow(
+        rows,
+        heads * nb * mo * cnt + heads * nb * k * hd + heads * nb * k,
+    );
+    let (qr, rest) = buf.split_at_mut(heads * nb * mo * cnt);
+    let (g, bl) = rest.split_at_mut(heads * nb * k * hd);
+    g.fill(0.0);
+    bl.fill(0.0);
+    let fbc = grow(small, nb * mo * cfc);
+    // q rows [h][(b, p), o]
     for (hh, q_all) in d.per_head.iter().enumerate() {
-        // q rows [(b, p), o]
         for bi in 0..nb {
             let q = &q_all[(i0 + bi) * cnt * mo..(i0 + bi + 1) * cnt * mo];
             for p in 0..mo {
                 for o in 0..cnt {
-                    qr[(bi * mo + p) * cnt + o] = q[o * mo + p];
+                    qr[((hh * nb + bi) * mo + p) * cnt + o] = q[o * mo + p];
                 }
             }
         }
-        // folded[(b, p), (cf, hd)] = sum_o q[(b, p), o] w[(cf, hd), o]; fb likewise, bias
-        let c0 = hh * cnt;
-        gemm(
-            nb * mo,
-            cnt,
-            cf * hd,
-            qr,
-            (cnt, 1),
-            &d.w[c0..],
-            (1, cols),
-            folded,
-            0.0,
-        );
-        gemm(
-            nb * mo,
-            cnt,
-            cf,
-            qr,
-            (cnt, 1),
-            &d.b[c0..],
-            (1, cols),
-            fb,
-            0.0,
-        );
-        for bi in 0..nb {
-            let i = i0 + bi;
-            let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
-            // g (k x hd) = kx (k x fw) folded[b] (fw x hd)
-            gemm_rows(
-                k,
-                fw,
-                hd,
-                kxn,
-                fw,
-                &folded[bi * fw * hd..(bi + 1) * fw * hd],
-                hd,
-                g,
-                hd,
+    }
+    let mut cf0 = 0;
+    while cf0 < cf {
+        let cc = cfc.min(cf - cf0);
+        for hh in 0..heads {
+            let c0 = hh * cnt;
+            let qh = &qr[hh * nb * mo * cnt..(hh + 1) * nb * mo * cnt];
+            // folded[(b, p), (r, hd)] = sum_o q[(b, p), o] w[((cf0 + r), hd), o]
+            gemm(
+                nb * mo,
+                cnt,
+                cc * hd,
+                qh,
+                (cnt, 1),
+                &d.w[cf0 * hd * cols + c0..],
+                (1, cols),
+                foldc,
                 0.0,
             );
+            gemm(
+                nb * mo,
+                cnt,
+                cc,
+                qh,
+                (cnt, 1),
+                &d.b[cf0 * cols + c0..],
+                (1, cols),
+                fbc,
+                0.0,
+            );
+            for bi in 0..nb {
+                let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
+                let gb = &mut g[(hh * nb + bi) * k * hd..(hh * nb + bi + 1) * k * hd];
+                let blb = &mut bl[(hh * nb + bi) * k..(hh * nb + bi + 1) * k];
+                for p in 0..mo {
+                    let col0 = p * cf + cf0;
+                    let row = (bi * mo + p) * cc;
+                    gemm_rows(
+                        k,
+                        cc,
+                        hd,
+                        &kxn[col0..],
+                        fw,
+                        &foldc[row * hd..(row + cc) * hd],
+                        hd,
+                        gb,
+                        hd,
+                        1.0,
+                    );
+                    let fb = &fbc[row..row + cc];
+                    for (kk, t) in blb.iter_mut().enumerate() {
+                        *t += dot8(&kxn[kk * fw + col0..kk * fw + col0 + cc], fb);
+                    }
+                }
+            }
+        }
+        cf0 += cc;
+    }
+    for hh in 0..heads {
+        for bi in 0..nb {
+            let i = i0 + bi;
             let h = &d.h[i * k * hd..(i + 1) * k * hd];
-            let fbb = &fb[bi * fw..(bi + 1) * fw];
             for kk in 0..k {
-                let main = dot8(&g[kk * hd..(kk + 1) * hd], &h[kk * hd..(kk + 1) * hd]);
-                let bias = dot8(&kxn[kk * fw..(kk + 1) * fw], fbb);
-                out[(hh * nb + bi) * k + kk] = main + bias;
+                let gi = ((hh * nb + bi) * k + kk) * hd;
+                out[(hh * nb + bi) * k + kk] =
+                    dot8(&g[gi..gi + hd], &h[kk * hd..(kk + 1) * hd]) + bl[(hh * nb + bi) * k + kk];
             }
         }
     }

@@ -33,7 +33,11 @@ fn exp_neg(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from the bits of n + 1.5 * 2^23 (its low mantissa bits hold n): integer operations
+    // only, which vectorise (a saturating `as i32` does not)
+    let t = n + 12_582_912.0;
+    let e = t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127);
+    let scale = f32::from_bits(e << 23);
     p * scale
 }
 
