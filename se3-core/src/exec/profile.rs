@@ -39,11 +39,37 @@ pub struct Record {
 }
 
 static RECORDS: Mutex<Vec<Record>> = Mutex::new(Vec::new());
+static DETAILS: Mutex<Vec<(&'static str, f64)>> = Mutex::new(Vec::new());
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether some graph was instrumented (fused kernels then also report [`detail`] timings).
+pub fn enabled() -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Adds `seconds` of thread time to the named part of a fused kernel (e.g. the gathers inside
+/// `edge_contract`); summed over threads, so compare parts by their shares.
+pub fn detail(name: &'static str, seconds: f64) {
+    if let Ok(mut d) = DETAILS.lock() {
+        match d.iter_mut().find(|x| x.0 == name) {
+            Some(x) => x.1 += seconds,
+            None => d.push((name, seconds)),
+        }
+    }
+}
+
+/// The [`detail`] totals since the last [`reset`].
+pub fn details() -> Vec<(&'static str, f64)> {
+    DETAILS.lock().map(|d| d.clone()).unwrap_or_default()
+}
 
 /// Clears the recorded timings.
 pub fn reset() {
     if let Ok(mut r) = RECORDS.lock() {
         r.clear();
+    }
+    if let Ok(mut d) = DETAILS.lock() {
+        d.clear();
     }
 }
 
@@ -129,6 +155,7 @@ pub struct Instrument;
 
 impl Compiler for Instrument {
     fn compile<T: ToIdsMut>(&self, graph: &mut Graph, _remap: T) {
+        ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
         let nodes: Vec<NodeIndex> = graph.graph.node_indices().collect();
         for id in nodes {
             if let Some(w) = graph.graph.node_weight_mut(id) {

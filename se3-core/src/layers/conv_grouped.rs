@@ -11,7 +11,10 @@
 //! - attention logits `q_i . m_ij` fold the query into `W` first ([`query_logits`]),
 //!
 //! so the per-edge weights `R_ij` (c_out c_in nf values per edge and pair) are never formed and
-//! the big GEMM runs per node. [`direct_message`] forms degree-0 messages per edge, for where a
+//! the big GEMM runs per node. Both run on the fused [`edge_contract`](crate::ops::edge_contract)
+//! kernel (gather, `Kx`, the products and the last layer per block of nodes in cache, never `Kx`
+//! or `A_i` of the whole graph); [`weighted_sum_heads`] and [`query_logits_heads`] do several
+//! attention heads in one call (one `Kx` for all). [`direct_message`] forms degree-0 messages per edge, for where a
 //! per-edge map sits between message and sum (rotary embeddings).
 
 use luminal::prelude::{symbolic::Expression, *};
@@ -157,11 +160,6 @@ pub fn weighted_sum(
     let wt: GraphTensor<(X, X)> =
         constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, cnt])?;
     let bt: GraphTensor<(X, X)> = constant(s, &format!("{prefix}b"), b, &[cf, cnt])?;
-    if std::env::var_os("SE3_EDGE_UNFUSED").is_some() {
-        return Ok(crate::ops::edge_contract_sum_unfused(
-            pe.x, pe.nbr, pe.basis, pe.h, a, wt, bt,
-        ));
-    }
     Ok(edge_contract_sum(
         pe.x, pe.nbr, pe.basis, pe.h_view, a, wt, bt,
     ))
@@ -186,11 +184,6 @@ pub fn query_logits(
     let wt: GraphTensor<(X, X)> =
         constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, cnt])?;
     let bt: GraphTensor<(X, X)> = constant(s, &format!("{prefix}b"), b, &[cf, cnt])?;
-    if std::env::var_os("SE3_EDGE_UNFUSED").is_some() {
-        return Ok(crate::ops::edge_contract_logits_unfused(
-            pe.x, pe.nbr, pe.basis, pe.h, q, wt, bt,
-        ));
-    }
     Ok(edge_contract_logits(
         pe.x, pe.nbr, pe.basis, pe.h_view, q, wt, bt, pe.k,
     ))

@@ -127,6 +127,7 @@ struct Data<'a> {
 
 /// `Kx` of the nodes `i0..i0 + nb`, `[nb, k, F]`.
 fn kx_block<'s>(s: &Sizes, d: &Data, i0: usize, nb: usize, buf: &'s mut Vec<f32>) -> &'s mut [f32] {
+    let t0 = crate::exec::profile::enabled().then(std::time::Instant::now);
     let kfw = s.k * s.width();
     let kx = grow(buf, nb * kfw);
     for bi in 0..nb {
@@ -138,6 +139,9 @@ fn kx_block<'s>(s: &Sizes, d: &Data, i0: usize, nb: usize, buf: &'s mut Vec<f32>
             d.basis,
             &mut kx[bi * kfw..(bi + 1) * kfw],
         );
+    }
+    if let Some(t0) = t0 {
+        crate::exec::profile::detail("edge_contract.gather_kx", t0.elapsed().as_secs_f64());
     }
     kx
 }
@@ -399,11 +403,19 @@ impl Operator for EdgeContract {
                 let per_node = s.cols() * mo;
                 let mut out = crate::exec::pool::take(n * per_node);
                 if per_node > 0 && k > 0 {
-                    out.par_chunks_mut(nb * per_node)
-                        .enumerate()
-                        .for_each_init(Scratch::default, |sc, (blk, o)| {
-                            sum_block(&s, &d, blk * nb, o.len() / per_node, o, sc)
-                        });
+                    out.par_chunks_mut(nb * per_node).enumerate().for_each_init(
+                        Scratch::default,
+                        |sc, (blk, o)| {
+                            let t0 = crate::exec::profile::enabled().then(std::time::Instant::now);
+                            sum_block(&s, &d, blk * nb, o.len() / per_node, o, sc);
+                            if let Some(t0) = t0 {
+                                crate::exec::profile::detail(
+                                    "edge_contract.all",
+                                    t0.elapsed().as_secs_f64(),
+                                );
+                            }
+                        },
+                    );
                 }
                 out
             }
@@ -416,7 +428,14 @@ impl Operator for EdgeContract {
                             let i0 = blk * nb;
                             let m = nb.min(n - i0);
                             let mut o = vec![0.0; heads * m * k];
+                            let t0 = crate::exec::profile::enabled().then(std::time::Instant::now);
                             logits_block(&s, &d, i0, m, &mut o, sc);
+                            if let Some(t0) = t0 {
+                                crate::exec::profile::detail(
+                                    "edge_contract.all",
+                                    t0.elapsed().as_secs_f64(),
+                                );
+                            }
                             o
                         })
                         .collect();
