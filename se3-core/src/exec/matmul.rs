@@ -351,7 +351,9 @@ mod rows_avx512 {
     use std::arch::x86_64::*;
 
     /// One tile: rows `MR`, `NV` vectors of 16 columns (`masks` for the partial last one).
+    /// Index loops over the const sizes keep the tile in registers.
     #[inline(always)]
+    #[allow(clippy::needless_range_loop)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile<const MR: usize, const NV: usize>(
         k: usize,
