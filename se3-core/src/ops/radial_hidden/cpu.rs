@@ -78,15 +78,26 @@ fn ln_gelu_impl(row: &mut [f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps:
 }
 
 #[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn ln_gelu_avx512(row: &mut [f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    ln_gelu_impl(row, bias, gamma, beta, eps)
+}
+
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn ln_gelu_avx2(row: &mut [f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
     ln_gelu_impl(row, bias, gamma, beta, eps)
 }
 
-/// `row <- gelu(LayerNorm(row + bias) gamma + beta)`, on AVX2 when the CPU has it.
+/// `row <- gelu(LayerNorm(row + bias) gamma + beta)`, on AVX-512 or AVX2 when the CPU has it.
 fn ln_gelu(row: &mut [f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            unsafe { ln_gelu_avx512(row, bias, gamma, beta, eps) };
+            return;
+        }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU supports the features the function is compiled for.
