@@ -73,7 +73,7 @@ impl PairEdges {
 
     /// As [`PairEdges::new`], with the radial hidden activations given as any view whose
     /// logical elements are `[n k, 128]` in row-major order (e.g. one network's slice of a
-    /// stacked `[P, n k, 128]` tensor from [`radial_hidden`](crate::ops::radial_hidden)): the
+    /// stacked `[P, n k, 128]` tensor from [`radial_hidden`](crate::ops::radial_hidden())): the
     /// fused kernel reads it in place.
     #[allow(clippy::too_many_arguments)]
     pub fn with_hidden_view<E: Dimension, S: Shape>(

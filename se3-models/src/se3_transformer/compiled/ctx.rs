@@ -55,7 +55,7 @@ pub(crate) struct Ctx<'a> {
 /// which bank row belongs to which pair.
 pub(crate) struct ModelRadials {
     index: std::collections::HashMap<usize, usize>,
-    /// `[P, e, 128]` from se3-core's fused [`radial_hidden`](se3_core::ops::radial_hidden).
+    /// `[P, e, 128]` from se3-core's fused [`radial_hidden`](se3_core::ops::radial_hidden()).
     all: T3,
 }
 
