@@ -121,16 +121,27 @@ impl PairEdges {
     }
 }
 
-/// The last layer of `radial` for output channels `c0..c0 + cnt` of a pair with `cf = c_in nf`,
-/// as `[(c, f, h), o]` and its bias as `[(c, f), o]`.
-fn last_layer(radial: &RadialMlp, cf: usize, c0: usize, cnt: usize) -> (Vec<f32>, Vec<f32>) {
+/// The last layer of `radial` for output channels `c0..c0 + cnt` of a pair with `cf = c_in nf`
+/// (channel, basis function) rows, as `[(f, c, h), o]` and its bias as `[(f, c), o]` (the order of
+/// [`edge_contract`](crate::ops::edge_contract); the radial network's own output order is
+/// `(o, c, f)`).
+fn last_layer(
+    radial: &RadialMlp,
+    cf: usize,
+    nf: usize,
+    c0: usize,
+    cnt: usize,
+) -> (Vec<f32>, Vec<f32>) {
     let (lw, lb) = radial.last_layer();
     let hd = RADIAL_HIDDEN;
+    let c_in = cf / nf.max(1);
     let mut w = vec![0.0; cf * hd * cnt];
     let mut b = vec![0.0; cf * cnt];
     for o in 0..cnt {
         for j in 0..cf {
-            let row = (c0 + o) * cf + j;
+            // j = f c_in + c here; the network's row of (o, c, f) is (o cf + c nf + f)
+            let (f, c) = (j / c_in, j % c_in);
+            let row = (c0 + o) * cf + c * nf + f;
             for h in 0..hd {
                 w[(j * hd + h) * cnt + o] = lw[row * hd + h];
             }
@@ -156,7 +167,7 @@ pub fn weighted_sum(
     cnt: usize,
 ) -> Result<GraphTensor<(X, X, X)>, Error> {
     let cf = pe.c_in * pe.nf();
-    let (w, b) = last_layer(radial, cf, c0, cnt);
+    let (w, b) = last_layer(radial, cf, pe.nf(), c0, cnt);
     let wt: GraphTensor<(X, X)> =
         constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, cnt])?;
     let bt: GraphTensor<(X, X)> = constant(s, &format!("{prefix}b"), b, &[cf, cnt])?;
@@ -180,7 +191,7 @@ pub fn query_logits(
     cnt: usize,
 ) -> Result<GraphTensor<(X, X)>, Error> {
     let cf = pe.c_in * pe.nf();
-    let (w, b) = last_layer(radial, cf, c0, cnt);
+    let (w, b) = last_layer(radial, cf, pe.nf(), c0, cnt);
     let wt: GraphTensor<(X, X)> =
         constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, cnt])?;
     let bt: GraphTensor<(X, X)> = constant(s, &format!("{prefix}b"), b, &[cf, cnt])?;
@@ -194,6 +205,7 @@ pub fn query_logits(
 fn last_layer_heads(
     radial: &RadialMlp,
     cf: usize,
+    nf: usize,
     c0s: &[usize],
     cnt: usize,
 ) -> (Vec<f32>, Vec<f32>) {
@@ -203,7 +215,7 @@ fn last_layer_heads(
     let mut w = vec![0.0; cf * hd * all];
     let mut b = vec![0.0; cf * all];
     for (t, &c0) in c0s.iter().enumerate() {
-        let (wt, bt) = last_layer(radial, cf, c0, cnt);
+        let (wt, bt) = last_layer(radial, cf, nf, c0, cnt);
         for r in 0..cf * hd {
             w[r * all + t * cnt..r * all + (t + 1) * cnt]
                 .copy_from_slice(&wt[r * cnt..(r + 1) * cnt]);
@@ -241,7 +253,7 @@ pub fn weighted_sum_heads(
     }
     let cf = pe.c_in * pe.nf();
     let all = c0s.len() * cnt;
-    let (w, b) = last_layer_heads(radial, cf, c0s, cnt);
+    let (w, b) = last_layer_heads(radial, cf, pe.nf(), c0s, cnt);
     let wt: GraphTensor<(X, X)> =
         constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, all])?;
     let bt: GraphTensor<(X, X)> = constant(s, &format!("{prefix}b"), b, &[cf, all])?;
@@ -274,7 +286,7 @@ pub fn query_logits_heads(
     }
     let cf = pe.c_in * pe.nf();
     let all = c0s.len() * cnt;
-    let (w, b) = last_layer_heads(radial, cf, c0s, cnt);
+    let (w, b) = last_layer_heads(radial, cf, pe.nf(), c0s, cnt);
     let wt: GraphTensor<(X, X)> =
         constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, all])?;
     let bt: GraphTensor<(X, X)> = constant(s, &format!("{prefix}b"), b, &[cf, all])?;

@@ -66,9 +66,11 @@ fn block_nodes(_s: &Sizes) -> usize {
     16
 }
 
-/// `Kx` of the edges of node `i`: `kx[kk, p, c, f] = sum_q basis[e, p, q, f] x[j, c, q]`
-/// (`j = nbr[e]`, zeros for `-1`).
-fn kx_node(s: &Sizes, i: usize, x: &[f32], nbr: &[f32], basis: &[f32], kx: &mut [f32]) {
+/// `Kx` of the edges of node `i`: `kx[kk, p, f, c] = sum_q basis[e, p, q, f] x[j, c, q]`
+/// (`j = nbr[e]`, zeros for `-1`), from `xt [n, mi, c_in]` (the node features transposed so the
+/// inner loop runs over channels).
+#[inline(always)]
+fn kx_node_impl(s: &Sizes, i: usize, xt: &[f32], nbr: &[f32], basis: &[f32], kx: &mut [f32]) {
     let (mi, mo, nf, c_in) = (s.mi, s.mo, s.nf, s.c_in);
     let f_w = s.width();
     let bsz = mo * mi * nf;
@@ -80,22 +82,47 @@ fn kx_node(s: &Sizes, i: usize, x: &[f32], nbr: &[f32], basis: &[f32], kx: &mut 
             row.fill(0.0);
             continue;
         }
-        let xj = &x[j as usize * c_in * mi..(j as usize + 1) * c_in * mi];
+        let xj = &xt[j as usize * c_in * mi..(j as usize + 1) * c_in * mi];
         let b = &basis[e * bsz..(e + 1) * bsz];
         for p in 0..mo {
-            for c in 0..c_in {
-                let xr = &xj[c * mi..(c + 1) * mi];
-                let out = &mut row[(p * c_in + c) * nf..(p * c_in + c + 1) * nf];
-                for (f, o) in out.iter_mut().enumerate() {
-                    let mut acc = 0.0f32;
-                    for (q, xv) in xr.iter().enumerate() {
-                        acc += b[(p * mi + q) * nf + f] * xv;
+            for f in 0..nf {
+                let out = &mut row[(p * nf + f) * c_in..(p * nf + f + 1) * c_in];
+                out.fill(0.0);
+                for q in 0..mi {
+                    let coef = b[(p * mi + q) * nf + f];
+                    for (o, xv) in out.iter_mut().zip(&xj[q * c_in..(q + 1) * c_in]) {
+                        *o += coef * xv;
                     }
-                    *o = acc;
                 }
             }
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn kx_node_avx512(
+    s: &Sizes,
+    i: usize,
+    xt: &[f32],
+    nbr: &[f32],
+    basis: &[f32],
+    kx: &mut [f32],
+) {
+    kx_node_impl(s, i, xt, nbr, basis, kx)
+}
+
+/// [`kx_node_impl`] on AVX-512 when the CPU has it.
+fn kx_node(s: &Sizes, i: usize, xt: &[f32], nbr: &[f32], basis: &[f32], kx: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            unsafe { kx_node_avx512(s, i, xt, nbr, basis, kx) };
+            return;
+        }
+    }
+    kx_node_impl(s, i, xt, nbr, basis, kx)
 }
 
 #[derive(Default)]
@@ -153,7 +180,7 @@ fn cf_chunk(s: &Sizes, nb: usize) -> usize {
 }
 
 /// Weighted sums of one block of nodes `i0..i0 + nb` for every head: `out` is
-/// `[nb, H cnt, mo]`. Reassociated and chunked over `(c, f)`: per chunk and head,
+/// `[nb, H cnt, mo]`. Reassociated and chunked over `(f, c)`: per chunk and head,
 /// `acc[(b, p), (cf, hd)] = sum_kk a kx[kk][p, cf] h[kk][hd]` then `y_h += acc W_h[chunk]`
 /// (and the bias term likewise), so neither `acc` of the block nor `W` leaves the cache.
 fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mut Scratch) {
@@ -254,7 +281,7 @@ fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mu
 }
 
 /// Logits of one block of nodes `i0..i0 + nb` for every head: `out` is `[H, nb, k]`. Chunked
-/// over `(c, f)` like [`sum_block`]: per chunk and head the query is folded into the chunk's
+/// over `(f, c)` like [`sum_block`]: per chunk and head the query is folded into the chunk's
 /// rows of `W` (`[(b, p), (cf, hd)]`), then `g[b][kk] += kx[kk][p, chunk] folded[(b, p)]`;
 /// finally `l = g . h + bias`.
 fn logits_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mut Scratch) {
@@ -387,8 +414,17 @@ impl Operator for EdgeContract {
             cnt,
             heads,
         };
+        // node features transposed to [n, mi, c_in]
+        let mut xt = vec![0.0; n * mi * c_in];
+        for (src, dst) in mats[0].chunks(c_in * mi).zip(xt.chunks_mut(c_in * mi)) {
+            for c in 0..c_in {
+                for q in 0..mi {
+                    dst[q * c_in + c] = src[c * mi + q];
+                }
+            }
+        }
         let d = Data {
-            x: &mats[0],
+            x: &xt,
             nbr: &mats[1],
             basis: &mats[2],
             h: &mats[3],
@@ -451,6 +487,7 @@ impl Operator for EdgeContract {
             }
         };
         drop(d);
+        drop(xt);
         drop(mats);
         crate::exec::pool::finish(inp, out)
     }

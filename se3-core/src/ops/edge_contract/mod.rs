@@ -2,12 +2,13 @@
 //! (`k` edges per node, edge `e = i k + kk` is neighbour `kk` of node `i`), for one degree pair
 //! `d_in -> d_out` and output channels `0..cnt` of the weights given:
 //!
-//! - `Kx_e[p, c, f] = sum_q K_e[p, q, f] x_{j(e)}[c, q]` (`x [n, c_in, 2 d_in + 1]`, neighbour
+//! - `Kx_e[p, f, c] = sum_q K_e[p, q, f] x_{j(e)}[c, q]` (`x [n, c_in, 2 d_in + 1]`, neighbour
 //!   `j(e) = nbr[e]`, kernel basis `K [e, mo, mi, nf]`, `mo = 2 d_out + 1`); a missing neighbour
 //!   (`nbr = -1`) has `Kx = 0`;
-//! - the radial network's last layer `R_e[o, (c, f)] = sum_h W[(c, f, h), o] h_e[h] + b[(c, f), o]`
-//!   (`h [e, hidden]`, `W [c_in nf hidden, cnt]`, `b [c_in nf, cnt]`), never formed;
-//! - the message `m_e[o, p] = sum_{c, f} R_e[o, (c, f)] Kx_e[p, c, f]`.
+//! - the radial network's last layer `R_e[o, (f, c)] = sum_h W[(f, c, h), o] h_e[h] + b[(f, c), o]`
+//!   (`h [e, hidden]`, `W [nf c_in hidden, cnt]`, `b [nf c_in, cnt]`; rows ordered basis function
+//!   first, so that `Kx` is computed with the channels innermost), never formed;
+//! - the message `m_e[o, p] = sum_{f, c} R_e[o, (f, c)] Kx_e[p, f, c]`.
 //!
 //! [`edge_contract_sum`] gives `y_i[o, p] = sum_kk a_ik m_{ik}[o, p]` (`a [n, k]`: mean-pooling
 //! or attention weights), computed as `A_i = sum_kk a_ik Kx_ik (x) h_ik` per node then `A_i W`;
@@ -68,7 +69,8 @@ fn add_op<SX: Shape, SN: Shape, SB: Shape, SH: Shape, SP: Shape>(
 ///
 /// Shapes: `x [n, c_in, mi]`, `nbr [e]` (`e = n k`, grouped by node), `basis [e, mo, mi, nf]`,
 /// `h [e, hidden]` (any view of that many elements in row-major order), `a [n, k]`,
-/// `w [c_in nf hidden, cnt]`, `b [c_in nf, cnt]`; `hidden` must be a fixed number.
+/// `w [nf c_in hidden, cnt]`, `b [nf c_in, cnt]` (rows `(f, c, h)`, `(f, c)`); `hidden` must be a
+/// fixed number.
 pub fn edge_contract_sum<SX: Shape, SN: Shape, SB: Shape, SH: Shape, SA: Shape>(
     x: GraphTensor<SX>,
     nbr: GraphTensor<SN>,
@@ -82,8 +84,8 @@ pub fn edge_contract_sum<SX: Shape, SN: Shape, SB: Shape, SH: Shape, SA: Shape>(
 }
 
 /// [`edge_contract_sum`] for `H` heads at once (one `Kx` for all): head `t` sums with weights
-/// `a[t] [n, k]` and output channels `t cnt .. (t + 1) cnt` of `w [c_in nf hidden, H cnt]` and
-/// `b [c_in nf, H cnt]`; the result is `[n, H cnt, mo]`.
+/// `a[t] [n, k]` and output channels `t cnt .. (t + 1) cnt` of `w [nf c_in hidden, H cnt]` and
+/// `b [nf c_in, H cnt]`; the result is `[n, H cnt, mo]`.
 pub fn edge_contract_sum_heads<SX: Shape, SN: Shape, SB: Shape, SH: Shape, SA: Shape>(
     x: GraphTensor<SX>,
     nbr: GraphTensor<SN>,
@@ -155,8 +157,8 @@ fn kx_unfused<E: Dimension>(
     let k5: GraphTensor<(X, X, X, X, X)> = expand_at(basis, 2, c_in);
     let x4: GraphTensor<(X, X, X, X)> = expand_at(xj, 1, mo);
     let x5: GraphTensor<(X, X, X, X, X)> = expand_at(x4, 4, nf);
-    let kx: GraphTensor<(X, X, X, X)> = (k5 * x5).sum_reduce::<_, Axis<3>>();
-    reshape(kx, &[n, k, mo * c_in * nf])
+    let kx: GraphTensor<(X, X, X, X)> = (k5 * x5).sum_reduce::<_, Axis<3>>(); // [e, p, c, f]
+    reshape(permute(kx, &[0, 1, 3, 2]), &[n, k, mo * nf * c_in]) // F = (p, f, c)
 }
 
 /// [`edge_contract_sum`] from luminal primitives (`k` neighbours per node, `h [n, k, hidden]`):
@@ -201,8 +203,8 @@ pub fn edge_contract_logits_unfused<E: Dimension>(
     let kx = kx_unfused(x, nbr, basis, k);
     let width = logical_dims(&kx.shape)[2];
     let qp = permute(q, &[0, 2, 1]); // [n, p, o]
-    let wt = permute(w, &[1, 0]); // [o, (c, f, h)]
-    let bt = permute(b, &[1, 0]); // [o, (c, f)]
+    let wt = permute(w, &[1, 0]); // [o, (f, c, h)]
+    let bt = permute(b, &[1, 0]); // [o, (f, c)]
     let folded: GraphTensor<(X, X, X)> = reshape(bmm_shared(qp, wt), &[n, width, hidden]);
     let t = bmm(kx, folded); // [n, k, hidden]
     let main: GraphTensor<(X, X)> = (t * h).sum_reduce::<_, Axis<2>>();
@@ -236,7 +238,7 @@ mod tests {
     ) -> Result<(f64, f64), Error> {
         let (n, k, heads) = (r.gen_range(1..40), r.gen_range(1..9), r.gen_range(1..4));
         let (c_in, cnt) = (r.gen_range(1..6), r.gen_range(1..7));
-        // the model's hidden width half of the time: the kernel then works in several chunks of (c, f)
+        // the model's hidden width half of the time: the kernel then works in several chunks of (f, c)
         let hidden = if r.gen_bool(0.5) {
             128
         } else {
