@@ -5,9 +5,10 @@
 //!
 //! Each case runs in a child process of this binary (`--case <name>`), so its peak resident set
 //! (VmHWM of /proc/self/status) is its own: reported after building + compiling the graph and after
-//! the forwards. The child runs one warm-up and then the median of 3 forwards, and splits one more
-//! forward into host preparation (neighbour selection, edge features, kernel basis) and the graph
-//! run (radial networks, gathers, convolutions, attention).
+//! the forwards. The child runs one warm-up and then the median of 3 forwards (and their CPU time),
+//! and times one more forward per operator (`se3_core::exec::profile`) to say where the time goes:
+//! host preparation (neighbours, kernel basis), radial networks, gathers + `Kx`, the fused
+//! contractions, attention and node operations. `SE3_PROFILE=1` also lists the heaviest operators.
 
 use std::process::Command;
 use std::time::Instant;
@@ -64,6 +65,7 @@ struct Measured {
     max_s: f64,
     peak_mib: f64,
     build_peak_mib: f64,
+    cpu_s: f64,
     stages: Vec<(String, f64)>,
 }
 
@@ -105,10 +107,11 @@ pub fn run(case: Option<&str>) -> Result<(), super::CliError> {
          (PyTorch: BASELINE.md, torch 2 threads)"
     );
     println!(
-        "{:<16} {:>10} {:>16} {:>11} {:>9} {:>12} {:>11} {:>9}",
+        "{:<16} {:>10} {:>16} {:>9} {:>11} {:>9} {:>12} {:>11} {:>9}",
         "case",
         "se3 (s)",
         "se3 min-max",
+        "cpu (s)",
         "torch (s)",
         "speedup",
         "se3 peak MiB",
@@ -117,11 +120,12 @@ pub fn run(case: Option<&str>) -> Result<(), super::CliError> {
     );
     for (c, m) in &rows {
         println!(
-            "{:<16} {:>10.4} {:>7.3}-{:<8.3} {:>11.4} {:>8.1}x {:>12.1} {:>11.1} {:>9.3}",
+            "{:<16} {:>10.4} {:>7.3}-{:<8.3} {:>9.3} {:>11.4} {:>8.1}x {:>12.1} {:>11.1} {:>9.3}",
             c.name,
             m.median_s,
             m.min_s,
             m.max_s,
+            m.cpu_s,
             c.torch_s,
             c.torch_s / m.median_s,
             m.peak_mib,
@@ -146,6 +150,10 @@ pub fn run(case: Option<&str>) -> Result<(), super::CliError> {
             .collect();
         println!("  {:<16} {}", c.name, parts.join(", "));
     }
+    println!(
+        "cpu (s): CPU time (all threads) per forward; on a loaded machine the wall time of a \
+         forward is at least cpu / threads"
+    );
     println!("targets: speedup >= 10x, mem frac <= 0.2");
     Ok(())
 }
@@ -166,6 +174,7 @@ fn parse(text: &str) -> Result<Measured, super::CliError> {
                 (m.median_s, m.min_s, m.max_s) = (vals[0], vals[1], vals[2]);
             }
             (Some("peak_mib"), Some(v)) => m.peak_mib = v.parse()?,
+            (Some("cpu_s"), Some(v)) => m.cpu_s = v.parse()?,
             (Some("build_peak_mib"), Some(v)) => m.build_peak_mib = v.parse()?,
             (Some("stage"), Some(k)) => {
                 let v = it.next().ok_or("stage line without value")?.parse()?;
@@ -175,6 +184,54 @@ fn parse(text: &str) -> Result<Measured, super::CliError> {
         }
     }
     Ok(m)
+}
+
+/// Where one forward's time goes: host preparation (neighbour selection and kernel basis), the
+/// radial networks' hidden layers (`RadialHidden`), the fused edge contractions (`EdgeContract`)
+/// split into their gathers + `Kx = basis . x_j` and the rest (products with the radial hidden
+/// values, last radial layer, neighbour sums and query logits) by the kernel's own thread-time
+/// shares, and everything else on the graph (attention softmax, linear layers, norms, copies).
+fn stages(
+    recs: &[se3_core::exec::profile::Record],
+    host: &[(&'static str, f64)],
+) -> Vec<(&'static str, f64)> {
+    let kind = |k: &str| -> f64 { recs.iter().filter(|r| r.kind == k).map(|r| r.seconds).sum() };
+    let total: f64 = recs.iter().map(|r| r.seconds).sum();
+    let (radial, contract) = (kind("RadialHidden"), kind("EdgeContract"));
+    let details = se3_core::exec::profile::details();
+    let part = |name: &str| {
+        details
+            .iter()
+            .find(|d| d.0 == name)
+            .map(|d| d.1)
+            .unwrap_or(0.0)
+    };
+    let share = part("edge_contract.gather_kx") / part("edge_contract.all").max(1e-12);
+    let prep = host
+        .iter()
+        .filter(|h| !h.0.starts_with("graph"))
+        .map(|h| h.1)
+        .sum();
+    vec![
+        ("host:neighbours+basis", prep),
+        ("radial-network", radial),
+        ("gathers+Kx", contract * share),
+        (
+            "contractions(last-layer,sums,logits)",
+            contract * (1.0 - share),
+        ),
+        ("attention+node-ops", total - radial - contract),
+    ]
+}
+
+/// CPU time (user + system, all threads) of this process so far, seconds (clock ticks of
+/// /proc/self/stat, 100 Hz).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (u, s): (f64, f64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+    Some((u + s) / 100.0)
 }
 
 /// Peak resident set of this process (VmHWM), MiB.
@@ -258,10 +315,14 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
     println!("build_peak_mib {}", peak_mib()?);
     model.forward(&inputs, &fwd)?;
     let mut times = Vec::new();
+    let cpu0 = cpu_seconds();
     for _ in 0..REPS {
         let t = Instant::now();
         model.forward(&inputs, &fwd)?;
         times.push(t.elapsed().as_secs_f64());
+    }
+    if let (Some(a), Some(b)) = (cpu0, cpu_seconds()) {
+        println!("cpu_s {}", (b - a) / REPS as f64);
     }
     times.sort_by(f64::total_cmp);
     println!(
@@ -270,9 +331,31 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
         times[0],
         times[times.len() - 1]
     );
+    // one more forward with every operator timed: the stages
+    model.instrument();
+    se3_core::exec::profile::reset();
     model.forward(&inputs, &fwd)?;
-    for (stage, t) in model.last_timings() {
-        println!("stage {} {t}", stage.replace(' ', "_"));
+    let recs = se3_core::exec::profile::records();
+    for (stage, t) in stages(&recs, model.last_timings()) {
+        println!("stage {stage} {t}");
+    }
+    if std::env::var_os("SE3_PROFILE").is_some() {
+        // the heaviest operators with their input shapes, on stderr
+        let mut shapes: Vec<(String, f64, usize)> = Vec::new();
+        for r in &recs {
+            let key = format!("{} {:?}", r.kind, r.shapes);
+            match shapes.iter_mut().find(|a| a.0 == key) {
+                Some(a) => {
+                    a.1 += r.seconds;
+                    a.2 += 1;
+                }
+                None => shapes.push((key, r.seconds, 1)),
+            }
+        }
+        shapes.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (k, t, c) in shapes.iter().take(30) {
+            eprintln!("{t:.4} {c:4} {k}");
+        }
     }
     println!("peak_mib {}", peak_mib()?);
     Ok(())

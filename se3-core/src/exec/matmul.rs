@@ -156,6 +156,76 @@ impl Operator for MatMul {
     }
 }
 
+/// Largest `m k + k n` for which `matrixmultiply` stays on the calling thread (its threading
+/// heuristic); the kernel runs inside rayon workers, so nested threads would only contend.
+const SINGLE_THREAD_SIZE: usize = (1 << 15) - 1;
+
+/// `C (m x n) = A (m x k) B (k x n) + beta C` on strided slices (row stride, column stride),
+/// split along `k` into products small enough to stay single-threaded.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_single(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    c: &mut [f32],
+    beta: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c[..m * n].iter_mut().for_each(|v| *v *= beta);
+        return;
+    }
+    // every addressed element lies inside the slices
+    assert!((m - 1) * rsa + (k - 1) * csa < a.len());
+    assert!((k - 1) * rsb + (n - 1) * csb < b.len());
+    assert!(m * n <= c.len());
+    // columns first (small k, wide n: the query fold), then the inner dimension
+    let nc = if m * k + k * n <= SINGLE_THREAD_SIZE {
+        n
+    } else {
+        (SINGLE_THREAD_SIZE.saturating_sub(m * k) / k).clamp(64, n.max(64))
+    };
+    let mut n0 = 0;
+    while n0 < n {
+        let ncur = nc.min(n - n0);
+        let chunk = (SINGLE_THREAD_SIZE / (m + ncur)).max(1);
+        let mut k0 = 0;
+        let mut beta = beta;
+        while k0 < k {
+            let kc = chunk.min(k - k0);
+            // SAFETY: the strides address elements inside `a`, `b` and `c` (asserted above);
+            // `c` is a distinct mutable slice.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    kc,
+                    ncur,
+                    1.0,
+                    a.as_ptr().add(k0 * csa),
+                    rsa as isize,
+                    csa as isize,
+                    b.as_ptr().add(k0 * rsb + n0 * csb),
+                    rsb as isize,
+                    csb as isize,
+                    beta,
+                    c.as_mut_ptr().add(n0),
+                    n as isize,
+                    1,
+                );
+            }
+            beta = 1.0;
+            k0 += kc;
+        }
+        n0 += ncur;
+    }
+}
+
 fn logical_fake(st: &ShapeTracker, k: usize) -> bool {
     st.fake[st.indexes[k]]
 }
@@ -222,6 +292,199 @@ impl Compiler for MatMulPass {
             if remaining == 0 {
                 graph.graph.remove_node(mul);
             }
+        }
+    }
+}
+
+/// `C (m x n) = A (m x k) B (k x n) + beta C` for row-contiguous operands (`A[i, l]` at
+/// `a[i * lda + l]`, `B[l, j]` at `b[l * ldb + j]`, `C[i, j]` at `c[i * ldc + j]`) without packing:
+/// AVX-512 register tiles read `A` by broadcast and `B` by rows, for products where one operand
+/// is used by few rows or columns (packing would cost as much as the product). Falls back to
+/// [`gemm_single`] without AVX-512.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_rows(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    beta: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(k == 0 || ((m - 1) * lda + k <= a.len() && (k - 1) * ldb + n <= b.len()));
+    assert!((m - 1) * ldc + n <= c.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F; the asserts above bound every access.
+            unsafe { rows_avx512::gemm(m, k, n, a, lda, b, ldb, c, ldc, beta) };
+            return;
+        }
+    }
+    if ldc == n {
+        gemm_single(m, k, n, a, (lda, 1), b, (ldb, 1), c, beta);
+    } else {
+        for i in 0..m {
+            gemm_single(
+                1,
+                k,
+                n,
+                &a[i * lda..],
+                (lda, 1),
+                b,
+                (ldb, 1),
+                &mut c[i * ldc..],
+                beta,
+            );
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod rows_avx512 {
+    use std::arch::x86_64::*;
+
+    /// One tile: rows `MR`, `NV` vectors of 16 columns (`masks` for the partial last one).
+    /// Index loops over the const sizes keep the tile in registers.
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const MR: usize, const NV: usize>(
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        beta: f32,
+        masks: [__mmask16; NV],
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        for l in 0..k {
+            let brow = b.add(l * ldb);
+            let mut bv = [_mm512_setzero_ps(); NV];
+            for v in 0..NV {
+                bv[v] = _mm512_maskz_loadu_ps(masks[v], brow.add(16 * v));
+            }
+            for r in 0..MR {
+                let av = _mm512_set1_ps(*a.add(r * lda + l));
+                for v in 0..NV {
+                    acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+                }
+            }
+        }
+        for r in 0..MR {
+            for v in 0..NV {
+                let p = c.add(r * ldc + 16 * v);
+                let mut x = acc[r][v];
+                if beta != 0.0 {
+                    let old = _mm512_maskz_loadu_ps(masks[v], p);
+                    x = _mm512_fmadd_ps(_mm512_set1_ps(beta), old, x);
+                }
+                _mm512_mask_storeu_ps(p, masks[v], x);
+            }
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows<const MR: usize, const NV: usize>(
+        m: usize,
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        beta: f32,
+        masks: [__mmask16; NV],
+    ) {
+        let mut i = 0;
+        while i + MR <= m {
+            tile::<MR, NV>(
+                k,
+                a.add(i * lda),
+                lda,
+                b,
+                ldb,
+                c.add(i * ldc),
+                ldc,
+                beta,
+                masks,
+            );
+            i += MR;
+        }
+        while i < m {
+            tile::<1, NV>(
+                k,
+                a.add(i * lda),
+                lda,
+                b,
+                ldb,
+                c.add(i * ldc),
+                ldc,
+                beta,
+                masks,
+            );
+            i += 1;
+        }
+    }
+
+    fn mask(cols: usize) -> __mmask16 {
+        if cols >= 16 {
+            0xffff
+        } else {
+            ((1u32 << cols) - 1) as __mmask16
+        }
+    }
+
+    /// See [`super::gemm_rows`].
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        beta: f32,
+    ) {
+        let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        let mut j = 0;
+        while j < n {
+            let rem = n - j;
+            let (bj, cj) = (b.add(j), c.add(j));
+            let m1 = |v: usize| mask(rem.saturating_sub(16 * v));
+            match rem.div_ceil(16) {
+                1 => rows::<8, 1>(m, k, a, lda, bj, ldb, cj, ldc, beta, [m1(0)]),
+                2 => rows::<6, 2>(m, k, a, lda, bj, ldb, cj, ldc, beta, [m1(0), m1(1)]),
+                3 => rows::<4, 3>(m, k, a, lda, bj, ldb, cj, ldc, beta, [m1(0), m1(1), m1(2)]),
+                _ => rows::<4, 4>(
+                    m,
+                    k,
+                    a,
+                    lda,
+                    bj,
+                    ldb,
+                    cj,
+                    ldc,
+                    beta,
+                    [m1(0), m1(1), m1(2), m1(3)],
+                ),
+            }
+            j += 64;
         }
     }
 }

@@ -24,6 +24,7 @@ mod luminal_regressions;
 pub mod matmul;
 pub mod pool;
 pub mod primitives;
+pub mod profile;
 pub mod safetensors;
 mod session;
 #[cfg(test)]

@@ -262,6 +262,34 @@ impl View {
         }
     }
 
+    /// The logical elements as a slice of `src` when the view reads one contiguous row-major
+    /// range of it (plain views, and slices along the outer axes such as one network of a
+    /// stacked `[P, e, hidden]` tensor), else a contiguous copy.
+    pub fn borrow_or_copy<'a>(&self, src: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        let mut expect = 1usize;
+        let mut ok = true;
+        let mut base = 0i64;
+        for a in self.axes.iter().rev() {
+            if a.len > 1 && (a.fake || a.stride != expect || !a.always_valid()) {
+                ok = false;
+                break;
+            }
+            if !a.fake {
+                base += a.offset * a.stride as i64;
+            }
+            expect *= a.len;
+        }
+        if ok {
+            if let Some(s) = usize::try_from(base)
+                .ok()
+                .and_then(|b| src.get(b..b + self.n))
+            {
+                return std::borrow::Cow::Borrowed(s);
+            }
+        }
+        self.materialize(src)
+    }
+
     /// The logical elements as a contiguous buffer (borrowed when the view is plain).
     pub fn materialize<'a>(&self, src: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
         if self.plain && src.len() == self.n {

@@ -11,15 +11,21 @@
 //! - attention logits `q_i . m_ij` fold the query into `W` first ([`query_logits`]),
 //!
 //! so the per-edge weights `R_ij` (c_out c_in nf values per edge and pair) are never formed and
-//! the big GEMM runs per node. [`direct_message`] forms degree-0 messages per edge, for where a
+//! the big GEMM runs per node. Both run on the fused [`edge_contract`](crate::ops::edge_contract)
+//! kernel (gather, `Kx`, the products and the last layer per block of nodes in cache, never `Kx`
+//! or `A_i` of the whole graph); [`weighted_sum_heads`] and [`query_logits_heads`] do several
+//! attention heads in one call (one `Kx` for all). [`direct_message`] forms degree-0 messages per edge, for where a
 //! per-edge map sits between message and sum (rotary embeddings).
 
 use luminal::prelude::{symbolic::Expression, *};
 
-use super::graph::{bmm, bmm_shared, constant, dims, expand_at, mm, permute, reshape, retype, X};
+use super::graph::{constant, dims, expand_at, mm, reshape, retype, X};
 use super::radial::{RadialMlp, RADIAL_HIDDEN};
 use crate::exec::Session;
-use crate::ops::gather3;
+use crate::ops::{
+    edge_contract_logits, edge_contract_logits_heads, edge_contract_sum, edge_contract_sum_heads,
+    gather3,
+};
 use crate::Error;
 
 /// One degree pair of a convolution on grouped edges, evaluated up to the radial network's last
@@ -34,8 +40,15 @@ pub struct PairEdges {
     pub c_in: usize,
     /// Radial hidden activations, `[n, k, 128]`.
     pub h: GraphTensor<(X, X, X)>,
-    /// `Kx`, `[n, k, F]`, `F = (2 d_out + 1) c_in nf`.
+    /// `Kx`, `[n, k, F]`, `F = (2 d_out + 1) c_in nf` (graph nodes built on first use only:
+    /// [`weighted_sum`] and [`query_logits`] run the fused [`edge_contract`](crate::ops::edge_contract)
+    /// kernel on `x`, `nbr` and the basis instead; unused nodes are dropped by the compiler).
     pub kx: GraphTensor<(X, X, X)>,
+    x: GraphTensor<(X, X, X)>,
+    nbr: GraphTensor<(X,)>,
+    basis: GraphTensor<(X, X, X, X)>,
+    /// `h` as given (any view of `[e, 128]` in row-major order), read by the fused kernel.
+    h_view: GraphTensor<(X, X, X)>,
     n: Expression,
     k: Expression,
 }
@@ -55,6 +68,24 @@ impl PairEdges {
         n: Expression,
         k: Expression,
     ) -> Self {
+        Self::with_hidden_view(d_in, d_out, x, nbr, basis, h, n, k)
+    }
+
+    /// As [`PairEdges::new`], with the radial hidden activations given as any view whose
+    /// logical elements are `[n k, 128]` in row-major order (e.g. one network's slice of a
+    /// stacked `[P, n k, 128]` tensor from [`radial_hidden`](crate::ops::radial_hidden())): the
+    /// fused kernel reads it in place.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_hidden_view<E: Dimension, S: Shape>(
+        d_in: usize,
+        d_out: usize,
+        x: GraphTensor<(X, X, X)>,
+        nbr: GraphTensor<(E,)>,
+        basis: GraphTensor<(X, X, X, X)>,
+        h: GraphTensor<S>,
+        n: Expression,
+        k: Expression,
+    ) -> Self {
         let mo = 2 * d_out + 1;
         let nf = 2 * d_in.min(d_out) + 1;
         let c_in = dims(x)[1].to_usize().unwrap_or(1);
@@ -71,6 +102,10 @@ impl PairEdges {
             c_in,
             h: reshape(h, &[n, k, RADIAL_HIDDEN.into()]),
             kx: reshape(kx, &[n, k, width.into()]),
+            h_view: retype(h),
+            x,
+            nbr: retype(nbr),
+            basis,
             n,
             k,
         }
@@ -86,16 +121,27 @@ impl PairEdges {
     }
 }
 
-/// The last layer of `radial` for output channels `c0..c0 + cnt` of a pair with `cf = c_in nf`,
-/// as `[(c, f, h), o]` and its bias as `[(c, f), o]`.
-fn last_layer(radial: &RadialMlp, cf: usize, c0: usize, cnt: usize) -> (Vec<f32>, Vec<f32>) {
+/// The last layer of `radial` for output channels `c0..c0 + cnt` of a pair with `cf = c_in nf`
+/// (channel, basis function) rows, as `[(f, c, h), o]` and its bias as `[(f, c), o]` (the order of
+/// [`edge_contract`](crate::ops::edge_contract); the radial network's own output order is
+/// `(o, c, f)`).
+fn last_layer(
+    radial: &RadialMlp,
+    cf: usize,
+    nf: usize,
+    c0: usize,
+    cnt: usize,
+) -> (Vec<f32>, Vec<f32>) {
     let (lw, lb) = radial.last_layer();
     let hd = RADIAL_HIDDEN;
+    let c_in = cf / nf.max(1);
     let mut w = vec![0.0; cf * hd * cnt];
     let mut b = vec![0.0; cf * cnt];
     for o in 0..cnt {
         for j in 0..cf {
-            let row = (c0 + o) * cf + j;
+            // j = f c_in + c here; the network's row of (o, c, f) is (o cf + c nf + f)
+            let (f, c) = (j / c_in, j % c_in);
+            let row = (c0 + o) * cf + c * nf + f;
             for h in 0..hd {
                 w[(j * hd + h) * cnt + o] = lw[row * hd + h];
             }
@@ -103,16 +149,6 @@ fn last_layer(radial: &RadialMlp, cf: usize, c0: usize, cnt: usize) -> (Vec<f32>
         }
     }
     (w, b)
-}
-
-fn transposed(w: &[f32], r: usize, c: usize) -> Vec<f32> {
-    let mut t = vec![0.0; r * c];
-    for i in 0..r {
-        for j in 0..c {
-            t[j * r + i] = w[i * c + j];
-        }
-    }
-    t
 }
 
 /// `sum_j a_ij m_ij` for output channels `c0..c0 + cnt` of the pair, reassociated: `A_i = sum_j
@@ -130,24 +166,14 @@ pub fn weighted_sum(
     c0: usize,
     cnt: usize,
 ) -> Result<GraphTensor<(X, X, X)>, Error> {
-    let n = pe.n;
-    let mo = 2 * pe.d_out + 1;
     let cf = pe.c_in * pe.nf();
-    let (w, b) = last_layer(radial, cf, c0, cnt);
+    let (w, b) = last_layer(radial, cf, pe.nf(), c0, cnt);
     let wt: GraphTensor<(X, X)> =
         constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, cnt])?;
     let bt: GraphTensor<(X, X)> = constant(s, &format!("{prefix}b"), b, &[cf, cnt])?;
-    // the weights go on the 128 hidden values (fewer than the F entries of Kx for most pairs)
-    let ah = pe.h * expand_at::<_, (X, X, X)>(a, 2, RADIAL_HIDDEN);
-    let kxt = permute(pe.kx, &[0, 2, 1]); // [n, F, k]
-                                          // [n, F, 128] = Kx^T (a h) per node, F = (p, c, f): viewed as [n, p, (c, f, h)]
-    let acc = bmm(kxt, ah);
-    let acc3: GraphTensor<(X, X, X)> = reshape(acc, &[n, mo.into(), (cf * RADIAL_HIDDEN).into()]);
-    let a3: GraphTensor<(X, X, X)> = reshape(a, &[n, pe.k, 1.into()]);
-    let bsum = bmm(kxt, a3); // [n, F, 1]
-    let b3: GraphTensor<(X, X, X)> = reshape(bsum, &[n, mo.into(), cf.into()]);
-    let y = bmm_shared(acc3, wt) + bmm_shared(b3, bt); // [n, mo, cnt]
-    Ok(permute(y, &[0, 2, 1]))
+    Ok(edge_contract_sum(
+        pe.x, pe.nbr, pe.basis, pe.h_view, a, wt, bt,
+    ))
 }
 
 /// `sum_{o,p} q_i[o, p] m_ij[c0 + o, p]` per edge, the query (`[n, cnt, 2 d_out + 1]`) folded
@@ -164,32 +190,109 @@ pub fn query_logits(
     c0: usize,
     cnt: usize,
 ) -> Result<GraphTensor<(X, X)>, Error> {
-    let n = pe.n;
     let cf = pe.c_in * pe.nf();
-    let (w, b) = last_layer(radial, cf, c0, cnt);
-    // [o, (c, f, h)] and [o, (c, f)]
-    let wt: GraphTensor<(X, X)> = constant(
-        s,
-        &format!("{prefix}w"),
-        transposed(&w, cf * RADIAL_HIDDEN, cnt),
-        &[cnt, cf * RADIAL_HIDDEN],
-    )?;
-    let bt: GraphTensor<(X, X)> = constant(
-        s,
-        &format!("{prefix}b"),
-        transposed(&b, cf, cnt),
-        &[cnt, cf],
-    )?;
-    let qp = permute(q, &[0, 2, 1]); // [n, p, o]
-    let folded: GraphTensor<(X, X, X)> = reshape(
-        bmm_shared(qp, wt),
-        &[n, pe.width().into(), RADIAL_HIDDEN.into()],
-    ); // [n, F, 128]
-    let t = bmm(pe.kx, folded); // [n, k, 128]
-    let main: GraphTensor<(X, X)> = (t * pe.h).sum_reduce::<_, Axis<2>>();
-    let fb: GraphTensor<(X, X, X)> = reshape(bmm_shared(qp, bt), &[n, pe.width().into(), 1.into()]); // [n, F, 1]
-    let bias: GraphTensor<(X, X)> = reshape(bmm(pe.kx, fb), &[n, pe.k]);
-    Ok(main + bias)
+    let (w, b) = last_layer(radial, cf, pe.nf(), c0, cnt);
+    let wt: GraphTensor<(X, X)> =
+        constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, cnt])?;
+    let bt: GraphTensor<(X, X)> = constant(s, &format!("{prefix}b"), b, &[cf, cnt])?;
+    Ok(edge_contract_logits(
+        pe.x, pe.nbr, pe.basis, pe.h_view, q, wt, bt, pe.k,
+    ))
+}
+
+/// The last layer of `radial` for output channels `c0 .. c0 + cnt` of every `c0` of `c0s`, side
+/// by side: `[(c, f, h), (head, o)]` and `[(c, f), (head, o)]`.
+fn last_layer_heads(
+    radial: &RadialMlp,
+    cf: usize,
+    nf: usize,
+    c0s: &[usize],
+    cnt: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let heads = c0s.len();
+    let all = heads * cnt;
+    let hd = RADIAL_HIDDEN;
+    let mut w = vec![0.0; cf * hd * all];
+    let mut b = vec![0.0; cf * all];
+    for (t, &c0) in c0s.iter().enumerate() {
+        let (wt, bt) = last_layer(radial, cf, nf, c0, cnt);
+        for r in 0..cf * hd {
+            w[r * all + t * cnt..r * all + (t + 1) * cnt]
+                .copy_from_slice(&wt[r * cnt..(r + 1) * cnt]);
+        }
+        for r in 0..cf {
+            b[r * all + t * cnt..r * all + (t + 1) * cnt]
+                .copy_from_slice(&bt[r * cnt..(r + 1) * cnt]);
+        }
+    }
+    (w, b)
+}
+
+/// [`weighted_sum`] for several heads at once on one fused kernel (one `Kx` for all): head `t`
+/// sums with weights `a[t]` (`[n, k]`) over output channels `c0s[t] .. c0s[t] + cnt`; the result
+/// is `[n, H cnt, 2 d_out + 1]`, head `t` at channels `t cnt .. (t + 1) cnt`.
+///
+/// # Errors
+/// `LengthMismatch` if `a` and `c0s` differ in length; those of `Session::set_weight`.
+#[allow(clippy::too_many_arguments)]
+pub fn weighted_sum_heads(
+    s: &mut Session,
+    prefix: &str,
+    radial: &RadialMlp,
+    pe: &PairEdges,
+    a: &[GraphTensor<(X, X)>],
+    c0s: &[usize],
+    cnt: usize,
+) -> Result<GraphTensor<(X, X, X)>, Error> {
+    if a.len() != c0s.len() {
+        return Err(Error::LengthMismatch {
+            what: "attention weights (one per head)",
+            expected: c0s.len(),
+            found: a.len(),
+        });
+    }
+    let cf = pe.c_in * pe.nf();
+    let all = c0s.len() * cnt;
+    let (w, b) = last_layer_heads(radial, cf, pe.nf(), c0s, cnt);
+    let wt: GraphTensor<(X, X)> =
+        constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, all])?;
+    let bt: GraphTensor<(X, X)> = constant(s, &format!("{prefix}b"), b, &[cf, all])?;
+    Ok(edge_contract_sum_heads(
+        pe.x, pe.nbr, pe.basis, pe.h_view, a, wt, bt,
+    ))
+}
+
+/// [`query_logits`] for several heads at once on one fused kernel: head `t` with query `q[t]`
+/// (`[n, cnt, 2 d_out + 1]`) over output channels `c0s[t] .. c0s[t] + cnt`; `[H, n, k]`.
+///
+/// # Errors
+/// `LengthMismatch` if `q` and `c0s` differ in length; those of `Session::set_weight`.
+#[allow(clippy::too_many_arguments)]
+pub fn query_logits_heads(
+    s: &mut Session,
+    prefix: &str,
+    radial: &RadialMlp,
+    pe: &PairEdges,
+    q: &[GraphTensor<(X, X, X)>],
+    c0s: &[usize],
+    cnt: usize,
+) -> Result<GraphTensor<(X, X, X)>, Error> {
+    if q.len() != c0s.len() {
+        return Err(Error::LengthMismatch {
+            what: "queries (one per head)",
+            expected: c0s.len(),
+            found: q.len(),
+        });
+    }
+    let cf = pe.c_in * pe.nf();
+    let all = c0s.len() * cnt;
+    let (w, b) = last_layer_heads(radial, cf, pe.nf(), c0s, cnt);
+    let wt: GraphTensor<(X, X)> =
+        constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, all])?;
+    let bt: GraphTensor<(X, X)> = constant(s, &format!("{prefix}b"), b, &[cf, all])?;
+    Ok(edge_contract_logits_heads(
+        pe.x, pe.nbr, pe.basis, pe.h_view, q, wt, bt, pe.k,
+    ))
 }
 
 /// Per-edge messages of a pair with output degree 0, formed directly (radial weights per edge),

@@ -10,6 +10,11 @@
 //! - [`top_k()`], [`take_along_rows()`]: best `K` entries per row of any score matrix.
 //! - [`adjacency_degrees()`]: N-th degree neighbours of a sparse adjacency.
 //! - [`layer_norm_gelu()`]: bias + LayerNorm + exact GELU per row in one pass (radial networks).
+//! - [`edge_contract_sum()`], [`edge_contract_logits()`]: the fused, reassociated ConvSE3
+//!   contraction on edges grouped by node (neighbour sums and query logits without per-edge
+//!   radial weights or whole-graph intermediates).
+//! - [`radial_hidden()`]: the hidden layers (Linear, LayerNorm, GELU twice) of many radial
+//!   networks on one edge input, per edge block in cache.
 //! - [`edge_conv()`]: the fused edge kernel (gather · per-edge weights → scatter-add) and the
 //!   compiler pass that swaps it in for the unfused pattern.
 //!
@@ -25,20 +30,27 @@
 use luminal::prelude::{symbolic::Expression, *};
 
 pub mod adjacency;
+pub mod edge_contract;
 pub mod edge_conv;
 pub mod gather;
 pub mod layer_norm_gelu;
 pub mod neighbors;
+pub mod radial_hidden;
 pub mod relative_positions;
 pub mod scatter_add;
 pub mod segment_softmax;
 pub mod top_k;
 
 pub use adjacency::adjacency_degrees;
+pub use edge_contract::{
+    edge_contract_logits, edge_contract_logits_heads, edge_contract_logits_unfused,
+    edge_contract_sum, edge_contract_sum_heads, edge_contract_sum_unfused,
+};
 pub use edge_conv::{edge_conv, edge_conv_diag, edge_conv_diag_unfused, edge_conv_unfused};
 pub use gather::{gather, gather3};
 pub use layer_norm_gelu::layer_norm_gelu;
 pub use neighbors::{neighbors, neighbors_in_batches, Edges, NeighborSpec, Neighbors};
+pub use radial_hidden::{radial_hidden, radial_hidden_unfused, RadialHiddenWeights};
 pub use relative_positions::{distances, relative_positions};
 pub use scatter_add::{scatter_add, scatter_add3};
 pub use segment_softmax::segment_softmax;

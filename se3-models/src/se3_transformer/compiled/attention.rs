@@ -4,9 +4,9 @@
 //! embeddings (degree 0) rotate keys and values per edge, so that degree forms its messages per
 //! edge.
 
-use luminal::prelude::*;
+use luminal::prelude::{symbolic::Expression, *};
 
-use super::conv::{direct_message, pair_edges, query_logits, weighted_sum};
+use super::conv::{direct_message, pair_edges, query_logits_heads, weighted_sum_heads};
 use super::ctx::{Ctx, GFeats};
 use super::node::{columns, linear, linear_rows};
 use super::tensor::{
@@ -65,14 +65,17 @@ pub(crate) fn attention(
             (Some(c), KeyProj::Conv(_)) => pair_edges(ctx, c, x, Some(l))?,
             _ => Vec::new(),
         };
-        let mut result: Option<T3> = None;
+        let rot = if l == 0 { ctx.rotary } else { None };
+        let kcs: Vec<usize> = (0..h)
+            .map(|hh| if o.one_headed_kv { 0 } else { hh * dh })
+            .collect();
+        // queries of every head
+        let mut qs: Vec<T3> = Vec::with_capacity(h);
         for hh in 0..h {
-            let kc = if o.one_headed_kv { 0 } else { hh * dh };
             let q = *linear(ctx, &att.to_q, x, Some((hh * dh, dh)))?
                 .get(&l)
                 .ok_or(Error::MissingInput { name: "query" })?;
-            let rot = if l == 0 { ctx.rotary } else { None };
-            let q = match rot {
+            qs.push(match rot {
                 Some(r) => {
                     let qf: T2 = reshape(q, &[n, dh.into()]);
                     reshape(
@@ -81,9 +84,29 @@ pub(crate) fn attention(
                     )
                 }
                 None => q,
-            };
+            });
+        }
+        // neighbour logits of every head from conv keys: one fused kernel per degree pair
+        let conv_keys = match &att.to_k {
+            KeyProj::Tied => Some(&vpes),
+            KeyProj::Conv(_) => Some(&kpes),
+            KeyProj::Linear(_) => None,
+        };
+        let mut nl_all: Option<T3> = None;
+        if let (None, Some(pes)) = (rot, conv_keys) {
+            for pe in pes {
+                let lg = query_logits_heads(ctx, pe, &qs, &kcs, dh)?;
+                nl_all = Some(match nl_all {
+                    Some(a) => a + lg,
+                    None => lg,
+                });
+            }
+        }
+        let mut heads: Vec<HeadWeights> = Vec::with_capacity(h);
+        for (hh, &q) in qs.iter().enumerate() {
+            let kc = kcs[hh];
             // neighbour logits
-            let mut nl: Option<T2> = None;
+            let nl: Option<T2>;
             match &att.to_k {
                 _ if rot.is_some() => {
                     let r = rot.ok_or(Error::MissingInput { name: "rotary" })?;
@@ -128,18 +151,7 @@ pub(crate) fn attention(
                     nl = Some(sum_axis(kj3 * expand_at::<_, (X, X, X)>(qf, 1, k), 2));
                 }
                 _ => {
-                    let pes = if matches!(att.to_k, KeyProj::Tied) {
-                        &vpes
-                    } else {
-                        &kpes
-                    };
-                    for pe in pes {
-                        let lg = query_logits(ctx, pe, q, kc, dh)?;
-                        nl = Some(match nl {
-                            Some(a) => a + lg,
-                            None => lg,
-                        });
-                    }
+                    nl = nl_all.map(|t| slice_rows(t, hh, n, k));
                 }
             }
             let nl = nl.ok_or(Error::MissingInput { name: "keys" })? * scale;
@@ -209,22 +221,45 @@ pub(crate) fn attention(
             }
             let ex = (z - expand_at::<_, (X, X)>(mx, 1, k)).exp();
             let mut tot: T1 = sum_axis(ex, 1);
-            let single_ex: Vec<(T1, T3)> = singles
+            let singles: Vec<(T1, T3)> = singles
                 .iter()
                 .map(|&(lg, v)| ((lg - mx).exp(), v))
                 .collect();
-            for (e1, _) in &single_ex {
+            for (e1, _) in &singles {
                 tot += *e1;
             }
-            let global_ex = global.map(|(gl, vals)| {
+            let global = global.map(|(gl, vals)| {
                 let g = dims(gl)[1];
                 ((gl - expand_at::<_, (X, X)>(mx, 1, g)).exp(), vals)
             });
-            if let Some((ge, _)) = &global_ex {
+            if let Some((ge, _)) = &global {
                 tot += sum_axis::<_, (X,)>(*ge, 1);
             }
             let inv = tot.recip();
             let a = ex * expand_at::<_, (X, X)>(inv, 1, k);
+            heads.push(HeadWeights {
+                a,
+                inv,
+                singles,
+                global,
+            });
+        }
+        // values of every head: one fused kernel per degree pair (rotary: per edge, per head)
+        let mut values_all: Option<T3> = None;
+        if rot.is_none() {
+            let weights: Vec<T2> = heads.iter().map(|hw| hw.a).collect();
+            for pe in &vpes {
+                let y = weighted_sum_heads(ctx, pe, &weights, &kcs, dh)?;
+                values_all = Some(match values_all {
+                    Some(t) => t + y,
+                    None => y,
+                });
+            }
+        }
+        let mut result: Option<T3> = None;
+        for (hh, hw) in heads.into_iter().enumerate() {
+            let kc = kcs[hh];
+            let a = hw.a;
             let mut oh: Option<T3> = None;
             if let Some(r) = rot {
                 let mut acc: Option<T2> = None;
@@ -240,24 +275,18 @@ pub(crate) fn attention(
                 let v3: T3 = reshape(vr, &[n, k, dh.into()]);
                 let a3: T3 = reshape(a, &[n, 1.into(), k]);
                 oh = Some(reshape(bmm(a3, v3), &[n, dh.into(), 1.into()]));
-            } else {
-                for pe in &vpes {
-                    let y = weighted_sum(ctx, pe, a, kc, dh)?;
-                    oh = Some(match oh {
-                        Some(t) => t + y,
-                        None => y,
-                    });
-                }
+            } else if let Some(v) = values_all {
+                oh = Some(slice_channels(v, hh * dh, dh, n, m));
             }
             let mut oh = oh.ok_or(Error::MissingInput { name: "values" })?;
-            for (e1, v) in single_ex {
-                let w = e1 * inv;
+            for (e1, v) in hw.singles {
+                let w = e1 * hw.inv;
                 let w3: T3 = expand_at(expand_at::<_, (X, X)>(w, 1, dh), 2, m);
                 oh += w3 * v;
             }
-            if let Some((ge, vals)) = global_ex {
+            if let Some((ge, vals)) = hw.global {
                 let g = dims(ge)[1];
-                let w = ge * expand_at::<_, (X, X)>(inv, 1, g);
+                let w = ge * expand_at::<_, (X, X)>(hw.inv, 1, g);
                 let gsum = mm(w, vals); // [n, dh]
                 oh += reshape::<_, (X, X, X)>(gsum, &[n, dh.into(), 1.into()]);
             }
@@ -279,4 +308,38 @@ pub(crate) fn attention(
         out.insert(l, result.ok_or(Error::MissingInput { name: "heads" })?);
     }
     Ok(out)
+}
+
+/// What the value sum of one head needs: attention weights over the neighbours (`[n, k]`), the
+/// softmax normaliser `1 / sum`, and the single (null / self) and global slots' exponentials
+/// with their values.
+struct HeadWeights {
+    a: T2,
+    inv: T1,
+    singles: Vec<(T1, T3)>,
+    global: Option<(T2, T2)>,
+}
+
+/// Row block `t` of `[H, n, k]` as a contiguous `[n, k]`.
+fn slice_rows(all: T3, t: usize, n: Expression, k: Expression) -> T2 {
+    let mut st = all.shape;
+    st.slice(&[(t.into(), (t + 1).into()), (0.into(), n), (0.into(), k)]);
+    reshape(
+        GraphTensor::<(X, X, X)>::from_id(all.id, st, all.graph_ref),
+        &[n, k],
+    )
+}
+
+/// Channels `c0 .. c0 + cnt` of `[n, C, m]` as a contiguous `[n, cnt, m]`.
+fn slice_channels(all: T3, c0: usize, cnt: usize, n: Expression, m: usize) -> T3 {
+    let mut st = all.shape;
+    st.slice(&[
+        (0.into(), n),
+        (c0.into(), (c0 + cnt).into()),
+        (0.into(), m.into()),
+    ]);
+    reshape(
+        GraphTensor::<(X, X, X)>::from_id(all.id, st, all.graph_ref),
+        &[n, cnt.into(), m.into()],
+    )
 }

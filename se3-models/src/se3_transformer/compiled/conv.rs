@@ -10,7 +10,6 @@ use super::ctx::{radial_mlp, Ctx, GFeats};
 use super::node::{linear, residual};
 use super::tensor::{reshape, T2, T3};
 use crate::se3_transformer::conv::{ConvSe3, Pair};
-use crate::se3_transformer::radial::RADIAL_HIDDEN;
 use crate::Error;
 
 /// One degree pair of a ConvSE3 up to the radial network's last layer: the se3-core
@@ -60,8 +59,7 @@ pub(crate) fn pair_edges<'p>(
                 name: "kernel basis",
             })?;
         let xc: T3 = reshape(xl, &[n, p.c_in.into(), (2 * p.d_in + 1).into()]);
-        let h2: T2 = reshape(h3, &[n * k, RADIAL_HIDDEN.into()]);
-        let edges = CorePairEdges::new(p.d_in, p.d_out, xc, ctx.nbr, kb, h2, n, k);
+        let edges = CorePairEdges::with_hidden_view(p.d_in, p.d_out, xc, ctx.nbr, kb, h3, n, k);
         out.push(PairEdges {
             pair: p,
             edges,
@@ -86,18 +84,35 @@ pub(crate) fn weighted_sum(
     )?)
 }
 
-/// Attention logits with the query folded into the last radial layer
-/// ([`conv_grouped::query_logits`]): `[n, k]`.
-pub(crate) fn query_logits(
+/// [`weighted_sum`] for several heads on one fused kernel
+/// ([`conv_grouped::weighted_sum_heads`]): `[n, H cnt, 2l + 1]`, head `t` (weights `a[t]`,
+/// channels `c0s[t]..`) at channels `t cnt..`.
+pub(crate) fn weighted_sum_heads(
     ctx: &mut Ctx<'_>,
     pe: &PairEdges<'_>,
-    q: T3,
-    c0: usize,
+    a: &[T2],
+    c0s: &[usize],
     cnt: usize,
-) -> Result<T2, Error> {
+) -> Result<T3, Error> {
     let prefix = ctx.prefix();
-    Ok(conv_grouped::query_logits(
-        ctx.s, &prefix, &pe.radial, &pe.edges, q, c0, cnt,
+    Ok(conv_grouped::weighted_sum_heads(
+        ctx.s, &prefix, &pe.radial, &pe.edges, a, c0s, cnt,
+    )?)
+}
+
+/// Attention logits of several heads with each query folded into the last radial layer, on one
+/// fused kernel
+/// ([`conv_grouped::query_logits_heads`]): `[H, n, k]`.
+pub(crate) fn query_logits_heads(
+    ctx: &mut Ctx<'_>,
+    pe: &PairEdges<'_>,
+    q: &[T3],
+    c0s: &[usize],
+    cnt: usize,
+) -> Result<T3, Error> {
+    let prefix = ctx.prefix();
+    Ok(conv_grouped::query_logits_heads(
+        ctx.s, &prefix, &pe.radial, &pe.edges, q, c0s, cnt,
     )?)
 }
 

@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use luminal::prelude::{symbolic::Expression, *};
 use se3_core::exec::Session;
 
-use se3_core::layers::{RadialBank, RadialMlp};
+use se3_core::layers::RadialMlp;
+use se3_core::ops::{radial_hidden, RadialHiddenWeights};
 
 use super::attention::RotaryInputs;
 use super::tensor::{reshape, retype, T2, T3, T4};
@@ -54,8 +55,8 @@ pub(crate) struct Ctx<'a> {
 /// which bank row belongs to which pair.
 pub(crate) struct ModelRadials {
     index: std::collections::HashMap<usize, usize>,
-    bank: RadialBank,
-    cache: std::collections::HashMap<usize, T3>,
+    /// `[P, e, 128]` from se3-core's fused [`radial_hidden`](se3_core::ops::radial_hidden()).
+    all: T3,
 }
 
 pub(crate) fn pair_key(p: &Pair) -> usize {
@@ -113,54 +114,81 @@ impl Ctx<'_> {
         }
     }
 
-    /// Evaluates the radial networks of `pairs` (every pair of the model) together (an se3-core
-    /// [`RadialBank`]); later [`Ctx::radial_hidden`] calls take their hidden activations from
-    /// here.
+    /// Evaluates the radial networks of `pairs` (every pair of the model) together up to their
+    /// last layer (se3-core's fused [`radial_hidden`]: one op, `[P, e, 128]`); later
+    /// [`Ctx::radial_hidden`] calls take their hidden activations from here.
     ///
     /// # Errors
-    /// Weight errors of the session.
+    /// Weight errors of the session; `MissingInput` if the networks' input widths differ.
     pub(crate) fn radial_bank(&mut self, pairs: &[&Pair]) -> Result<(), Error> {
-        if pairs.is_empty() {
+        let Some(first) = pairs.first() else {
             return Ok(());
+        };
+        let (np, hd) = (pairs.len(), RADIAL_HIDDEN);
+        let n_in = first.radial.l0.n_in;
+        if pairs.iter().any(|p| p.radial.l0.n_in != n_in) {
+            return Err(Error::MissingInput {
+                name: "radial networks of one input width",
+            });
         }
-        let nets = pairs
-            .iter()
-            .map(|p| radial_mlp(&p.radial))
-            .collect::<Result<Vec<_>, _>>()?;
-        let refs: Vec<&RadialMlp> = nets.iter().collect();
-        let prefix = self.prefix();
-        let bank = RadialBank::build(self.s, &prefix, &refs, retype(self.radial_in))?;
+        let mut w0 = Vec::with_capacity(np * n_in * hd);
+        let mut w3 = Vec::with_capacity(np * hd * hd);
+        let mut rows: [Vec<f64>; 6] = Default::default();
+        for p in pairs {
+            let r = &p.radial;
+            // torch Linear weights are (out, in): store (in, out)
+            for i in 0..n_in {
+                w0.extend((0..hd).map(|j| r.l0.w[j * n_in + i]));
+            }
+            for i in 0..hd {
+                w3.extend((0..hd).map(|j| r.l3.w[j * hd + i]));
+            }
+            for (row, v) in rows
+                .iter_mut()
+                .zip([&r.l0.b, &r.n1.w, &r.n1.b, &r.l3.b, &r.n4.w, &r.n4.b])
+            {
+                row.extend_from_slice(v);
+            }
+        }
+        let [b0, g1, be1, b3, g4, be4] = rows;
+        let w = RadialHiddenWeights {
+            w0: self.constant(&w0, &[np, n_in, hd])?,
+            b0: self.constant(&b0, &[np, hd])?,
+            g1: self.constant(&g1, &[np, hd])?,
+            be1: self.constant(&be1, &[np, hd])?,
+            w3: self.constant(&w3, &[np, hd, hd])?,
+            b3: self.constant(&b3, &[np, hd])?,
+            g4: self.constant(&g4, &[np, hd])?,
+            be4: self.constant(&be4, &[np, hd])?,
+        };
+        let all = radial_hidden(self.radial_in, &w, 1e-5);
         let index = pairs
             .iter()
             .enumerate()
             .map(|(pi, p)| (pair_key(p), pi))
             .collect();
-        self.bank = Some(ModelRadials {
-            index,
-            bank,
-            cache: std::collections::HashMap::new(),
-        });
+        self.bank = Some(ModelRadials { index, all });
         Ok(())
     }
 
-    /// The radial hidden activations of pair `p` as `[n, k, 128]`: from the bank if it holds `p`,
-    /// else evaluated for `p` alone ([`RadialMlp::build_hidden`]).
+    /// The radial hidden activations of pair `p`, `[1, e, 128]` (row-major `[e, 128]`): a view
+    /// of the bank if it holds `p`, else evaluated for `p` alone ([`RadialMlp::build_hidden`]).
     pub(crate) fn radial_hidden(&mut self, p: &Pair) -> Result<T3, Error> {
-        let (n, k) = (self.n, self.k);
-        if let Some(m) = &mut self.bank {
+        if let Some(m) = &self.bank {
             if let Some(&pi) = m.index.get(&pair_key(p)) {
-                if let Some(&h) = m.cache.get(&pair_key(p)) {
-                    return Ok(h);
-                }
-                let h: T3 = reshape(m.bank.hidden(pi)?, &[n, k, RADIAL_HIDDEN.into()]);
-                m.cache.insert(pair_key(p), h);
-                return Ok(h);
+                let mut st = m.all.shape;
+                st.slice(&[
+                    (Expression::from(pi), Expression::from(pi + 1)),
+                    (0.into(), i32::MAX.into()),
+                    (0.into(), i32::MAX.into()),
+                ]);
+                return Ok(GraphTensor::from_id(m.all.id, st, m.all.graph_ref));
             }
         }
         let net = radial_mlp(&p.radial)?;
         let prefix = self.prefix();
         let (h, _, _) = net.build_hidden(self.s, &prefix, retype(self.radial_in))?;
-        Ok(reshape(h, &[n, k, RADIAL_HIDDEN.into()]))
+        Ok(reshape(h, &[1.into(), self.e, RADIAL_HIDDEN.into()]))
     }
 
     /// A fresh weight-name prefix `u<i>.` for an se3-core layer built on the session.

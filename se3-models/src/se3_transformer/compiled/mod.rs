@@ -320,6 +320,13 @@ impl CompiledSe3Transformer {
         })
     }
 
+    /// Wraps every operator of the compiled graph in a timer ([`se3_core::exec::profile`]), so
+    /// later forwards record per-operator timings (benchmarks only: it adds a clock read per op).
+    pub fn instrument(&mut self) {
+        self.session
+            .compile_with(se3_core::exec::profile::Instrument);
+    }
+
     /// Wall time of the stages of the last forward: host preparation (neighbour selection, edge
     /// features, kernel basis) and the graph run, seconds.
     pub fn last_timings(&self) -> &[(&'static str, f64)] {

@@ -1,0 +1,494 @@
+//! CPU kernel of [`edge_contract_sum`](super::edge_contract_sum) and
+//! [`edge_contract_logits`](super::edge_contract_logits): rayon-parallel over blocks of
+//! destination nodes; per block, `Kx` of its edges, the per-node products with the radial
+//! hidden values and the last-layer GEMM run on thread-local scratch that stays in cache.
+//! Inner products use `matrixmultiply::sgemm` on strided slices of that scratch (no copies of
+//! the weights).
+
+use luminal::op::{InputTensor, Operator};
+use luminal::prelude::*;
+use rayon::prelude::*;
+
+use crate::exec::matmul::{gemm_rows, gemm_single as gemm};
+use crate::exec::view::{buffer, dot8, View};
+
+/// Which quantity the kernel computes (see the module doc of `edge_contract`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContractKind {
+    /// `y_i = sum_j a_ij m_ij` per head: inputs `x, nbr, basis, h, w, b, a_0 .. a_{H-1}`;
+    /// output `[n, H cnt, mo]`.
+    Sum,
+    /// `l_ij = q_i . m_ij` per head: inputs `x, nbr, basis, h, w, b, q_0 .. q_{H-1}`; output
+    /// `[H, n, k]`.
+    Logits,
+}
+
+/// The fused edge contraction operator (inputs in the order of the graph functions).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeContract {
+    /// Sum or logits.
+    pub kind: ContractKind,
+    /// Width of the radial hidden layer.
+    pub hidden: usize,
+}
+
+/// Sizes of one call, read from the input views.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    n: usize,
+    k: usize,
+    c_in: usize,
+    mi: usize,
+    mo: usize,
+    nf: usize,
+    hd: usize,
+    /// Output channels per head.
+    cnt: usize,
+    heads: usize,
+}
+
+impl Sizes {
+    fn cf(&self) -> usize {
+        self.c_in * self.nf
+    }
+    fn width(&self) -> usize {
+        self.mo * self.cf()
+    }
+    /// Columns of `w` and `b`.
+    fn cols(&self) -> usize {
+        self.cnt * self.heads
+    }
+}
+
+/// Nodes per block: 16, so that `16 mo` rows fill whole GEMM tiles and each chunk of `W` is
+/// read once for many rows.
+fn block_nodes(_s: &Sizes) -> usize {
+    16
+}
+
+/// `Kx` of the edges of node `i`: `kx[kk, p, f, c] = sum_q basis[e, p, q, f] x[j, c, q]`
+/// (`j = nbr[e]`, zeros for `-1`), from `xt [n, mi, c_in]` (the node features transposed so the
+/// inner loop runs over channels).
+#[inline(always)]
+fn kx_node_impl(s: &Sizes, i: usize, xt: &[f32], nbr: &[f32], basis: &[f32], kx: &mut [f32]) {
+    let (mi, mo, nf, c_in) = (s.mi, s.mo, s.nf, s.c_in);
+    let f_w = s.width();
+    let bsz = mo * mi * nf;
+    for kk in 0..s.k {
+        let e = i * s.k + kk;
+        let row = &mut kx[kk * f_w..(kk + 1) * f_w];
+        let j = nbr[e];
+        if !(j >= 0.0 && (j as usize) < s.n) {
+            row.fill(0.0);
+            continue;
+        }
+        let xj = &xt[j as usize * c_in * mi..(j as usize + 1) * c_in * mi];
+        let b = &basis[e * bsz..(e + 1) * bsz];
+        for p in 0..mo {
+            for f in 0..nf {
+                let out = &mut row[(p * nf + f) * c_in..(p * nf + f + 1) * c_in];
+                out.fill(0.0);
+                for q in 0..mi {
+                    let coef = b[(p * mi + q) * nf + f];
+                    for (o, xv) in out.iter_mut().zip(&xj[q * c_in..(q + 1) * c_in]) {
+                        *o += coef * xv;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn kx_node_avx512(
+    s: &Sizes,
+    i: usize,
+    xt: &[f32],
+    nbr: &[f32],
+    basis: &[f32],
+    kx: &mut [f32],
+) {
+    kx_node_impl(s, i, xt, nbr, basis, kx)
+}
+
+/// [`kx_node_impl`] on AVX-512 when the CPU has it.
+fn kx_node(s: &Sizes, i: usize, xt: &[f32], nbr: &[f32], basis: &[f32], kx: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            unsafe { kx_node_avx512(s, i, xt, nbr, basis, kx) };
+            return;
+        }
+    }
+    kx_node_impl(s, i, xt, nbr, basis, kx)
+}
+
+#[derive(Default)]
+struct Scratch {
+    kx: Vec<f32>,
+    big: Vec<f32>,
+    small: Vec<f32>,
+    rows: Vec<f32>,
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// Inputs of one call, as contiguous buffers; `per_head` holds `a_h [n, k]` or
+/// `q_h [n, cnt, mo]`.
+struct Data<'a> {
+    x: &'a [f32],
+    nbr: &'a [f32],
+    basis: &'a [f32],
+    h: &'a [f32],
+    w: &'a [f32],
+    b: &'a [f32],
+    per_head: Vec<&'a [f32]>,
+}
+
+/// `Kx` of the nodes `i0..i0 + nb`, `[nb, k, F]`.
+fn kx_block<'s>(s: &Sizes, d: &Data, i0: usize, nb: usize, buf: &'s mut Vec<f32>) -> &'s mut [f32] {
+    let t0 = crate::exec::profile::enabled().then(std::time::Instant::now);
+    let kfw = s.k * s.width();
+    let kx = grow(buf, nb * kfw);
+    for bi in 0..nb {
+        kx_node(
+            s,
+            i0 + bi,
+            d.x,
+            d.nbr,
+            d.basis,
+            &mut kx[bi * kfw..(bi + 1) * kfw],
+        );
+    }
+    if let Some(t0) = t0 {
+        crate::exec::profile::detail("edge_contract.gather_kx", t0.elapsed().as_secs_f64());
+    }
+    kx
+}
+
+/// Input channels `c f` per chunk: the per-chunk scratch `[nb mo, chunk, hidden]` stays near
+/// 256 KiB, so the products of a chunk and its rows of `W` run in cache.
+fn cf_chunk(s: &Sizes, nb: usize) -> usize {
+    (65_536 / (nb * s.mo * s.hd).max(1)).clamp(1, s.cf().max(1))
+}
+
+/// Weighted sums of one block of nodes `i0..i0 + nb` for every head: `out` is
+/// `[nb, H cnt, mo]`. Reassociated and chunked over `(f, c)`: per chunk and head,
+/// `acc[(b, p), (cf, hd)] = sum_kk a kx[kk][p, cf] h[kk][hd]` then `y_h += acc W_h[chunk]`
+/// (and the bias term likewise), so neither `acc` of the block nor `W` leaves the cache.
+fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mut Scratch) {
+    let (k, hd, mo, cf, cnt, cols) = (s.k, s.hd, s.mo, s.cf(), s.cnt, s.cols());
+    let fw = s.width();
+    let Scratch {
+        kx: kxb,
+        big,
+        small,
+        rows,
+    } = sc;
+    let kx = kx_block(s, d, i0, nb, kxb);
+    let cfc = cf_chunk(s, nb);
+    let accc = grow(big, nb * mo * cfc * hd);
+    let scratch = grow(small, cfc * k + nb * mo * cfc);
+    let (akx, bsc) = scratch.split_at_mut(cfc * k);
+    let y = grow(rows, s.heads * nb * mo * cnt);
+    y.fill(0.0);
+    let mut cf0 = 0;
+    while cf0 < cf {
+        let cc = cfc.min(cf - cf0);
+        for (hh, a_all) in d.per_head.iter().enumerate() {
+            for bi in 0..nb {
+                let i = i0 + bi;
+                let a = &a_all[i * k..(i + 1) * k];
+                let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
+                let h = &d.h[i * k * hd..(i + 1) * k * hd];
+                for p in 0..mo {
+                    let col0 = p * cf + cf0;
+                    let row = (bi * mo + p) * cc;
+                    // akx[r, kk] = a_kk kx[kk, (p, cf0 + r)]; bsc = its sums over kk
+                    for (r, (ar, t)) in akx
+                        .chunks_mut(k)
+                        .zip(bsc[row..row + cc].iter_mut())
+                        .enumerate()
+                    {
+                        let mut sum = 0.0;
+                        for (kk, (o, &av)) in ar.iter_mut().zip(a).enumerate() {
+                            *o = av * kxn[kk * fw + col0 + r];
+                            sum += *o;
+                        }
+                        *t = sum;
+                    }
+                    gemm_rows(
+                        cc,
+                        k,
+                        hd,
+                        akx,
+                        k,
+                        h,
+                        hd,
+                        &mut accc[row * hd..(row + cc) * hd],
+                        hd,
+                        0.0,
+                    );
+                }
+            }
+            let c0 = hh * cnt;
+            let yh = &mut y[hh * nb * mo * cnt..(hh + 1) * nb * mo * cnt];
+            gemm_rows(
+                nb * mo,
+                cc * hd,
+                cnt,
+                &accc[..nb * mo * cc * hd],
+                cc * hd,
+                &d.w[cf0 * hd * cols + c0..],
+                cols,
+                yh,
+                cnt,
+                1.0,
+            );
+            gemm_rows(
+                nb * mo,
+                cc,
+                cnt,
+                &bsc[..nb * mo * cc],
+                cc,
+                &d.b[cf0 * cols + c0..],
+                cols,
+                yh,
+                cnt,
+                1.0,
+            );
+        }
+        cf0 += cc;
+    }
+    for hh in 0..s.heads {
+        let c0 = hh * cnt;
+        let yh = &y[hh * nb * mo * cnt..(hh + 1) * nb * mo * cnt];
+        for bi in 0..nb {
+            for p in 0..mo {
+                for o in 0..cnt {
+                    out[(bi * cols + c0 + o) * mo + p] = yh[(bi * mo + p) * cnt + o];
+                }
+            }
+        }
+    }
+}
+
+/// Logits of one block of nodes `i0..i0 + nb` for every head: `out` is `[H, nb, k]`. Chunked
+/// over `(f, c)` like [`sum_block`]: per chunk and head the query is folded into the chunk's
+/// rows of `W` (`[(b, p), (cf, hd)]`), then `g[b][kk] += kx[kk][p, chunk] folded[(b, p)]`;
+/// finally `l = g . h + bias`.
+fn logits_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mut Scratch) {
+    let (k, hd, mo, cf, cnt, cols) = (s.k, s.hd, s.mo, s.cf(), s.cnt, s.cols());
+    let fw = s.width();
+    let heads = s.heads;
+    let Scratch {
+        kx: kxb,
+        big,
+        small,
+        rows,
+    } = sc;
+    let kx = kx_block(s, d, i0, nb, kxb);
+    let cfc = cf_chunk(s, nb);
+    let foldc = grow(big, nb * mo * cfc * hd);
+    let buf = grow(
+        rows,
+        heads * nb * mo * cnt + heads * nb * k * hd + heads * nb * k,
+    );
+    let (qr, rest) = buf.split_at_mut(heads * nb * mo * cnt);
+    let (g, bl) = rest.split_at_mut(heads * nb * k * hd);
+    g.fill(0.0);
+    bl.fill(0.0);
+    let fbc = grow(small, nb * mo * cfc);
+    // q rows [h][(b, p), o]
+    for (hh, q_all) in d.per_head.iter().enumerate() {
+        for bi in 0..nb {
+            let q = &q_all[(i0 + bi) * cnt * mo..(i0 + bi + 1) * cnt * mo];
+            for p in 0..mo {
+                for o in 0..cnt {
+                    qr[((hh * nb + bi) * mo + p) * cnt + o] = q[o * mo + p];
+                }
+            }
+        }
+    }
+    let mut cf0 = 0;
+    while cf0 < cf {
+        let cc = cfc.min(cf - cf0);
+        for hh in 0..heads {
+            let c0 = hh * cnt;
+            let qh = &qr[hh * nb * mo * cnt..(hh + 1) * nb * mo * cnt];
+            // folded[(b, p), (r, hd)] = sum_o q[(b, p), o] w[((cf0 + r), hd), o]
+            gemm(
+                nb * mo,
+                cnt,
+                cc * hd,
+                qh,
+                (cnt, 1),
+                &d.w[cf0 * hd * cols + c0..],
+                (1, cols),
+                foldc,
+                0.0,
+            );
+            gemm(
+                nb * mo,
+                cnt,
+                cc,
+                qh,
+                (cnt, 1),
+                &d.b[cf0 * cols + c0..],
+                (1, cols),
+                fbc,
+                0.0,
+            );
+            for bi in 0..nb {
+                let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
+                let gb = &mut g[(hh * nb + bi) * k * hd..(hh * nb + bi + 1) * k * hd];
+                let blb = &mut bl[(hh * nb + bi) * k..(hh * nb + bi + 1) * k];
+                for p in 0..mo {
+                    let col0 = p * cf + cf0;
+                    let row = (bi * mo + p) * cc;
+                    gemm_rows(
+                        k,
+                        cc,
+                        hd,
+                        &kxn[col0..],
+                        fw,
+                        &foldc[row * hd..(row + cc) * hd],
+                        hd,
+                        gb,
+                        hd,
+                        1.0,
+                    );
+                    let fb = &fbc[row..row + cc];
+                    for (kk, t) in blb.iter_mut().enumerate() {
+                        *t += dot8(&kxn[kk * fw + col0..kk * fw + col0 + cc], fb);
+                    }
+                }
+            }
+        }
+        cf0 += cc;
+    }
+    for hh in 0..heads {
+        for bi in 0..nb {
+            let i = i0 + bi;
+            let h = &d.h[i * k * hd..(i + 1) * k * hd];
+            for kk in 0..k {
+                let gi = ((hh * nb + bi) * k + kk) * hd;
+                out[(hh * nb + bi) * k + kk] =
+                    dot8(&g[gi..gi + hd], &h[kk * hd..(kk + 1) * hd]) + bl[(hh * nb + bi) * k + kk];
+            }
+        }
+    }
+}
+
+impl Operator for EdgeContract {
+    fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        let empty = Default::default();
+        let views: Vec<View> = inp.iter().map(|(_, st)| View::new(st, &empty)).collect();
+        let mats: Vec<std::borrow::Cow<[f32]>> = inp
+            .iter()
+            .zip(&views)
+            .map(|((t, _), v)| v.borrow_or_copy(buffer(t)))
+            .collect();
+        let (xs, bs, ws) = (views[0].shape(), views[2].shape(), views[4].shape());
+        let (n, c_in, mi) = (xs[0], xs[1], xs[2]);
+        let e = bs[0];
+        let (mo, nf) = (bs[1], bs[3]);
+        let k = e.checked_div(n).unwrap_or(0);
+        let heads = mats.len().saturating_sub(6).max(1);
+        let cnt = ws.get(1).copied().unwrap_or(0) / heads;
+        let s = Sizes {
+            n,
+            k,
+            c_in,
+            mi,
+            mo,
+            nf,
+            hd: self.hidden,
+            cnt,
+            heads,
+        };
+        // node features transposed to [n, mi, c_in]
+        let mut xt = vec![0.0; n * mi * c_in];
+        for (src, dst) in mats[0].chunks(c_in * mi).zip(xt.chunks_mut(c_in * mi)) {
+            for c in 0..c_in {
+                for q in 0..mi {
+                    dst[q * c_in + c] = src[c * mi + q];
+                }
+            }
+        }
+        let d = Data {
+            x: &xt,
+            nbr: &mats[1],
+            basis: &mats[2],
+            h: &mats[3],
+            w: &mats[4],
+            b: &mats[5],
+            per_head: mats[6..].iter().map(|m| m.as_ref()).collect(),
+        };
+        let nb = block_nodes(&s);
+        let blocks = n.div_ceil(nb);
+        let out = match self.kind {
+            ContractKind::Sum => {
+                let per_node = s.cols() * mo;
+                let mut out = crate::exec::pool::take(n * per_node);
+                if per_node > 0 && k > 0 {
+                    out.par_chunks_mut(nb * per_node).enumerate().for_each_init(
+                        Scratch::default,
+                        |sc, (blk, o)| {
+                            let t0 = crate::exec::profile::enabled().then(std::time::Instant::now);
+                            sum_block(&s, &d, blk * nb, o.len() / per_node, o, sc);
+                            if let Some(t0) = t0 {
+                                crate::exec::profile::detail(
+                                    "edge_contract.all",
+                                    t0.elapsed().as_secs_f64(),
+                                );
+                            }
+                        },
+                    );
+                }
+                out
+            }
+            ContractKind::Logits => {
+                let mut out = crate::exec::pool::take(heads * n * k);
+                if k > 0 && cnt > 0 {
+                    let parts: Vec<Vec<f32>> = (0..blocks)
+                        .into_par_iter()
+                        .map_init(Scratch::default, |sc, blk| {
+                            let i0 = blk * nb;
+                            let m = nb.min(n - i0);
+                            let mut o = vec![0.0; heads * m * k];
+                            let t0 = crate::exec::profile::enabled().then(std::time::Instant::now);
+                            logits_block(&s, &d, i0, m, &mut o, sc);
+                            if let Some(t0) = t0 {
+                                crate::exec::profile::detail(
+                                    "edge_contract.all",
+                                    t0.elapsed().as_secs_f64(),
+                                );
+                            }
+                            o
+                        })
+                        .collect();
+                    for (blk, part) in parts.iter().enumerate() {
+                        let (i0, m) = (blk * nb, nb.min(n - blk * nb));
+                        for hh in 0..heads {
+                            out[(hh * n + i0) * k..(hh * n + i0 + m) * k]
+                                .copy_from_slice(&part[hh * m * k..(hh + 1) * m * k]);
+                        }
+                    }
+                }
+                out
+            }
+        };
+        drop(d);
+        drop(xt);
+        drop(mats);
+        crate::exec::pool::finish(inp, out)
+    }
+}
