@@ -1,12 +1,14 @@
 //! `se3 bench layers`: forward time of the graph `Conv` (TFN / ConvSE3) with fibers
 //! `(0:32, 1:16, 2:8) -> same` on 512 random points x 16 nearest neighbours, next to
 //! se3-transformer-pytorch's `ConvSE3` at the same size (measured on this machine with
-//! torch 2.15, 2 threads: pass `SE3_CONVSE3_MS` to override), and a breakdown of where the
-//! time goes, from sessions that stop after each stage: neighbours + kernel basis; + the
-//! radial networks' hidden layers; + the radial networks' per-edge outputs; the full
-//! convolution in its default form (pairs into degree 0 reassociated around the radial
-//! network's last layer, the others per edge) and fully per edge. Times are medians; a run
-//! covers setting the inputs, checking them, running and taking the outputs.
+//! torch 2.15, 2 threads: pass `SE3_CONVSE3_MS` to override), and where the time goes, from
+//! sessions that stop after each stage: neighbours + kernel basis; + the radial networks'
+//! hidden layers (what the default fused path consumes); + their per-edge outputs (what the
+//! Gemm and EdgeConv paths consume); the per-edge messages of the Gemm path; and the full
+//! convolution through each [`ConvPath`] (Fused, the default; Grouped; Gemm; EdgeConv). The
+//! sessions run interleaved round by round (`SE3_BENCH_REPS` rounds, default 5), so machine
+//! noise hits all alike; times are medians; a run covers setting the inputs, checking them,
+//! running and taking the outputs.
 
 use std::time::Instant;
 

@@ -21,8 +21,8 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const K: usize = 8;
 
-/// A small network of every graph layer: Conv (grouped kNN edges, mean pool, reassociated
-/// on the degree-0 pairs) -> gated Norm -> Linear -> Gate -> Conv (same edges as a plain edge
+/// A small network of every graph layer: Conv (grouped kNN edges, mean pool, default fused
+/// radial edge path) -> gated Norm -> Linear -> Gate -> Conv (same edges as a plain edge
 /// list, sum pool, no self-interaction) -> pooled node mean/max.
 struct Net {
     s: Session,

@@ -113,6 +113,8 @@ struct Scratch {
     b: Vec<f32>,
     /// One edge's radial weights `[(o, c, f)]` (direct mode).
     r: Vec<f32>,
+    /// `Kx` of one input channel, `[(f, p)]`.
+    t: Vec<f32>,
 }
 
 /// The few vector operations of the kernel, one implementation per instruction set. The
@@ -377,22 +379,31 @@ impl Kernel<'_> {
         if deg == 0 {
             return;
         }
-        // 1. Kx rows, [(p, c, f)]
+        // 1. Kx rows, [(p, c, f)]: per input channel c, t[(f, p)] = w_e sum_q x[c, q] K[q, (f, p)]
+        // (contiguous multiply-adds over (f, p)), then placed at (p, c, f)
         sc.kx.clear();
         sc.kx.resize(deg * width, 0.0);
         sc.hoff.clear();
-        let kw = di * nf * mo;
+        let fm = nf * mo;
+        let kw = di * fm;
+        sc.t.clear();
+        sc.t.resize(fm, 0.0);
         for (j, &(e, sv, we)) in sc.edges.iter().enumerate() {
             sc.hoff.push(e * hd);
             let xs = &self.x[sv * ci * di..(sv + 1) * ci * di];
             let kb = &self.basis[e * kw..(e + 1) * kw];
             let row = &mut sc.kx[j * width..(j + 1) * width];
             for c in 0..ci {
-                let xc = &xs[c * di..(c + 1) * di];
+                sc.t.fill(0.0);
+                for (q, kq) in kb.chunks_exact(fm).enumerate() {
+                    let xv = we * xs[c * di + q];
+                    for (tv, kv) in sc.t.iter_mut().zip(kq) {
+                        *tv += xv * kv;
+                    }
+                }
                 for f in 0..nf {
                     for p in 0..mo {
-                        let acc: f32 = (0..di).map(|q| xc[q] * kb[(q * nf + f) * mo + p]).sum();
-                        row[(p * ci + c) * nf + f] = we * acc;
+                        row[(p * ci + c) * nf + f] = sc.t[f * mo + p];
                     }
                 }
             }
