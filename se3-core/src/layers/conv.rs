@@ -66,7 +66,7 @@ pub enum ConvPath {
     #[default]
     Fused,
     /// The reassociated contraction of the compiled SE(3)-Transformer on edges grouped by node
-    /// ([`conv_grouped::weighted_sum`](super::conv_grouped::weighted_sum) per pair, built from
+    /// ([`conv_grouped::weighted_sum`] per pair, built from
     /// graph GEMMs). Needs grouped edges ([`EdgeGraph::per_node`]).
     Grouped,
     /// Per-edge messages from batched GEMMs (`R_e (K_e x_src)`, per-edge radial weights
@@ -676,15 +676,14 @@ impl ConvLayer {
     }
 
     /// The convolution: messages pooled into their destinations, plus self-interaction.
-    /// Weights are session weights named `<prefix>` + their checkpoint keys. If the edges are
-    /// grouped by destination ([`EdgeGraph::per_node`]) the pooled sums are reassociated
-    /// around the radial network's last layer (same values up to rounding, per-edge radial
-    /// weights never formed) for the degree pairs where that moves less data; the other pairs,
-    /// and all pairs of ungrouped edges, take the direct path ([`DirectPath`]: batched GEMMs by
-    /// default, or the fused [`edge_conv()`] op on per-edge weight matrices).
+    /// Weights are session weights named `<prefix>` + their checkpoint keys. The pooled sums
+    /// of each degree pair are computed by [`ConvLayer::path`] (default [`ConvPath::Fused`],
+    /// the fused radial edge op on any edge layout; the paths give the same values up to
+    /// rounding).
     ///
     /// # Errors
-    /// As [`ConvLayer::messages`].
+    /// As [`ConvLayer::messages`]; `InvalidOp` for [`ConvPath::Grouped`] on edges not grouped
+    /// by node.
     pub fn build(
         &self,
         s: &mut Session,
