@@ -1,12 +1,14 @@
 //! `se3 bench layers`: forward time of the graph `Conv` (TFN / ConvSE3) with fibers
 //! `(0:32, 1:16, 2:8) -> same` on 512 random points x 16 nearest neighbours, next to
 //! se3-transformer-pytorch's `ConvSE3` at the same size (measured on this machine with
-//! torch 2.15, 2 threads: pass `SE3_CONVSE3_MS` to override), and a breakdown of where the
-//! time goes, from sessions that stop after each stage: neighbours + kernel basis; + the
-//! radial networks' hidden layers; + the radial networks' per-edge outputs; the full
-//! convolution in its default form (pairs into degree 0 reassociated around the radial
-//! network's last layer, the others per edge) and fully per edge. Times are medians; a run
-//! covers setting the inputs, checking them, running and taking the outputs.
+//! torch 2.15, 2 threads: pass `SE3_CONVSE3_MS` to override), and where the time goes, from
+//! sessions that stop after each stage: neighbours + kernel basis; + the radial networks'
+//! hidden layers (what the default fused path consumes); + their per-edge outputs (what the
+//! Gemm and EdgeConv paths consume); the per-edge messages of the Gemm path; and the full
+//! convolution through each [`ConvPath`] (Fused, the default; Grouped; Gemm; EdgeConv). The
+//! sessions run interleaved round by round (`SE3_BENCH_REPS` rounds, default 5), so machine
+//! noise hits all alike; times are medians; a run covers setting the inputs, checking them,
+//! running and taking the outputs.
 
 use std::time::Instant;
 
@@ -14,7 +16,9 @@ use luminal::prelude::{symbolic::Expression, *};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use se3_core::exec::{InputKind, Session};
 use se3_core::fiber::FiberSpec;
-use se3_core::layers::{ConvLayer, ConvOptions, EdgeBasis, EdgeGraph, FeatureTensors, RadialMlp};
+use se3_core::layers::{
+    ConvLayer, ConvOptions, ConvPath, EdgeBasis, EdgeGraph, FeatureTensors, RadialMlp,
+};
 use se3_core::ops;
 
 type Result<T> = std::result::Result<T, super::CliError>;
@@ -29,11 +33,16 @@ const CONVSE3_MS: f64 = 349.1;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Stage {
+    /// kNN, relative positions, kernel basis.
     Basis,
-    Radial,
-    Conv,
-    Direct,
+    /// + the radial networks' hidden layers (what the fused path consumes).
     Hidden,
+    /// + the radial networks' per-edge outputs (what the Gemm and EdgeConv paths consume).
+    Radial,
+    /// The per-edge messages of the Gemm path, before pooling.
+    Messages,
+    /// The full convolution through one path.
+    Conv(ConvPath),
 }
 
 fn build(
@@ -46,37 +55,12 @@ fn build(
     let coords = s.input::<(Dyn<'n'>, Const<3>)>("coords", InputKind::Coordinates);
     let nb = ops::neighbors::<_, K>(coords, None, ops::NeighborSpec::default());
     s.derive_dim('e', Expression::from('n') * K);
-    let grouped = EdgeGraph::from_neighbors(coords, &nb, None);
-    let edges = if stage == Stage::Direct {
-        EdgeGraph {
-            per_node: None,
-            ..grouped
-        }
-    } else {
-        grouped
-    };
+    let edges = EdgeGraph::from_neighbors(coords, &nb, None);
     let basis = EdgeBasis::new(&mut s, "", &edges, 2)?;
     match stage {
-        Stage::Basis => {
-            for (i, l) in [
-                (0, 0),
-                (1, 1),
-                (2, 2),
-                (0, 2),
-                (2, 0),
-                (1, 2),
-                (2, 1),
-                (0, 1),
-                (1, 0),
-            ]
-            .iter()
-            .enumerate()
-            {
-                s.output(&format!("b{i}"), basis.block(l.0, l.1)?);
-            }
-        }
+        Stage::Basis => basis_outputs(&mut s, &basis)?,
         Stage::Hidden => {
-            basis_outputs_sum(&mut s, &basis)?;
+            basis_outputs(&mut s, &basis)?;
             let input = edges.radial_input(&mut s, None)?;
             for (i, r) in radial.iter().enumerate() {
                 let (h, _, _) = r.build_hidden(&mut s, &format!("r{i}."), input)?;
@@ -84,16 +68,24 @@ fn build(
             }
         }
         Stage::Radial => {
-            basis_outputs_sum(&mut s, &basis)?;
+            basis_outputs(&mut s, &basis)?;
             let input = edges.radial_input(&mut s, None)?;
             for (i, r) in radial.iter().enumerate() {
                 let y = r.build(&mut s, &format!("r{i}."), input)?;
                 s.output(&format!("r{i}"), y);
             }
         }
-        Stage::Conv | Stage::Direct => {
+        Stage::Messages => {
             let x = FeatureTensors::input(&mut s, "x", spec);
-            let y = conv.build(&mut s, "conv.", &x, &edges, &basis)?;
+            let y = conv.messages(&mut s, "conv.", &x, &edges, &basis)?;
+            y.output(&mut s, "y");
+        }
+        Stage::Conv(path) => {
+            let x = FeatureTensors::input(&mut s, "x", spec);
+            let y = conv
+                .clone()
+                .with_path(path)
+                .build(&mut s, "conv.", &x, &edges, &basis)?;
             y.output(&mut s, "y");
         }
     }
@@ -101,7 +93,7 @@ fn build(
     Ok(s)
 }
 
-fn basis_outputs_sum(s: &mut Session, basis: &EdgeBasis) -> Result<()> {
+fn basis_outputs(s: &mut Session, basis: &EdgeBasis) -> Result<()> {
     for d_in in 0..=2 {
         for d_out in 0..=2 {
             s.output(&format!("b{d_in}{d_out}"), basis.block(d_in, d_out)?);
@@ -146,73 +138,104 @@ pub fn run() -> Result<()> {
             )
         })
         .collect();
-    let mut times = Vec::new();
-    for stage in [
-        Stage::Basis,
-        Stage::Radial,
-        Stage::Conv,
-        Stage::Direct,
-        Stage::Hidden,
-    ] {
-        let mut s = build(stage, &spec, &conv, &radial)?;
-        let t = median_ms(5, || {
-            s.set("coords", coords.clone(), &[NODES, 3])?;
-            if matches!(stage, Stage::Conv | Stage::Direct) {
-                for ((l, x), d) in feats.iter().zip(spec.degrees()) {
-                    s.set(
-                        &format!("x.{l}"),
-                        x.clone(),
-                        &[NODES, d.channels, d.width()],
-                    )?;
+    let paths = [
+        ConvPath::Fused,
+        ConvPath::Grouped,
+        ConvPath::Gemm,
+        ConvPath::EdgeConv,
+    ];
+    let mut stages = vec![Stage::Basis, Stage::Hidden, Stage::Radial, Stage::Messages];
+    stages.extend(paths.iter().map(|p| Stage::Conv(*p)));
+    let reps = std::env::var("SE3_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(5)
+        .max(1);
+    let mut sessions = stages
+        .iter()
+        .map(|st| build(*st, &spec, &conv, &radial))
+        .collect::<Result<Vec<_>>>()?;
+    // stages interleaved round by round, so machine noise hits all of them alike
+    let mut samples = vec![Vec::new(); stages.len()];
+    for _ in 0..reps {
+        for ((stage, s), t) in stages.iter().zip(&mut sessions).zip(&mut samples) {
+            let with_x = matches!(stage, Stage::Messages | Stage::Conv(_));
+            t.push(median_ms(1, || {
+                s.set("coords", coords.clone(), &[NODES, 3])?;
+                if with_x {
+                    for ((l, x), d) in feats.iter().zip(spec.degrees()) {
+                        s.set(
+                            &format!("x.{l}"),
+                            x.clone(),
+                            &[NODES, d.channels, d.width()],
+                        )?;
+                    }
                 }
-            }
-            s.run()?;
-            if matches!(stage, Stage::Conv | Stage::Direct) {
-                for (l, _) in &feats {
-                    std::hint::black_box(s.take(&format!("y.{l}"))?);
+                s.run()?;
+                if with_x {
+                    for (l, _) in &feats {
+                        std::hint::black_box(s.take(&format!("y.{l}"))?);
+                    }
                 }
-            }
-            Ok(())
-        })?;
-        times.push(t);
+                Ok(())
+            })?);
+        }
     }
+    let times: Vec<f64> = samples
+        .iter_mut()
+        .map(|t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect();
+    let [basis, hidden, radial_out, messages, fused, grouped, gemm, edge_conv] = times[..] else {
+        return Ok(());
+    };
     let base = std::env::var("SE3_CONVSE3_MS")
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(CONVSE3_MS);
-    println!("Conv (0:32, 1:16, 2:8) -> same, {NODES} nodes x {K} neighbours, f32, CPU");
-    println!("{:<52} {:>10}", "stage (cumulative session)", "ms");
     println!(
-        "{:<52} {:>10.1}",
-        "kNN + relative positions + kernel basis", times[0]
+        "Conv (0:32, 1:16, 2:8) -> same, {NODES} nodes x {K} neighbours, f32, CPU, median of {reps}"
+    );
+    println!("{:<58} {:>10}", "session", "ms");
+    let row = |name: &str, t: f64| println!("{name:<58} {t:>10.1}");
+    row("kNN + relative positions + kernel basis", basis);
+    row("  + radial networks, hidden layers (9 pairs)", hidden);
+    row("  + radial networks, per-edge outputs", radial_out);
+    row("per-edge messages (Gemm path, before pooling)", messages);
+    row("full Conv, ConvPath::Fused (default)", fused);
+    row(
+        "full Conv, ConvPath::Grouped (conv_grouped::weighted_sum)",
+        grouped,
+    );
+    row("full Conv, ConvPath::Gemm", gemm);
+    row("full Conv, ConvPath::EdgeConv", edge_conv);
+    let pct = |t: f64, of: f64| 100.0 * t.max(0.0) / of;
+    println!(
+        "where the time goes, Fused: basis {:.0} %, radial hidden layers {:.0} %, fused contraction + last radial layer + scatter + self-interaction {:.0} %",
+        pct(basis, fused),
+        pct(hidden - basis, fused),
+        pct(fused - hidden, fused)
     );
     println!(
-        "{:<52} {:>10.1}",
-        "  + radial networks (9 pairs, per-edge weights)", times[1]
+        "where the time goes, Gemm: basis {:.0} %, radial network (per-edge weights) {:.0} %, contraction {:.0} %, scatter + self-interaction {:.0} %",
+        pct(basis, gemm),
+        pct(radial_out - basis, gemm),
+        pct(messages - radial_out, gemm),
+        pct(gemm - messages, gemm)
     );
     println!(
-        "{:<52} {:>10.1}",
-        "  (basis + hidden layers of the radial networks only)", times[4]
-    );
-    println!(
-        "{:<52} {:>10.1}",
-        "full Conv, reassociated (default)", times[2]
-    );
-    println!(
-        "{:<52} {:>10.1}",
-        "full Conv, direct (per-edge radial weights)", times[3]
-    );
-    println!(
-        "direct form: basis {:.0} %, radial networks {:.0} %, messages + pooling {:.0} %",
-        100.0 * times[0] / times[3],
-        100.0 * (times[1] - times[0]).max(0.0) / times[3],
-        100.0 * (times[3] - times[1]).max(0.0) / times[3]
+        "Fused against the other paths: Grouped / Fused = {:.2}, Gemm / Fused = {:.2}, EdgeConv / Fused = {:.2}",
+        grouped / fused,
+        gemm / fused,
+        edge_conv / fused
     );
     if base.is_finite() {
         println!(
             "se3-transformer-pytorch ConvSE3 (incl. get_basis): {base:.1} ms; ratio se3 / pytorch = {:.3} ({:.1}x faster)",
-            times[2] / base,
-            base / times[2]
+            fused / base,
+            base / fused
         );
     } else {
         println!("se3-transformer-pytorch ConvSE3: not measured (set SE3_CONVSE3_MS)");

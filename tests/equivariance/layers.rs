@@ -1,7 +1,8 @@
 //! Equivariance of the graph layers (`Conv`, `Norm`, `Linear`, `Gate`, pooling) on random
 //! point clouds with masks: rotations and translations of the points (and rotation of the
 //! input features), permutations of the nodes; degree-0 outputs invariant. Fresh seed every
-//! run (printed; replay with `SE3_SEED`), relative error < `TOL_F32`.
+//! run (printed; replay with `SE3_SEED`), relative error < `TOL_F32`; E(3) convolutions also
+//! under reflections and the inversion.
 
 use luminal::prelude::*;
 use nalgebra::Rotation3;
@@ -21,8 +22,8 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const K: usize = 8;
 
-/// A small network of every graph layer: Conv (grouped kNN edges, mean pool, reassociated
-/// on the degree-0 pairs) -> gated Norm -> Linear -> Gate -> Conv (same edges as a plain edge
+/// A small network of every graph layer: Conv (grouped kNN edges, mean pool, default fused
+/// radial edge path) -> gated Norm -> Linear -> Gate -> Conv (same edges as a plain edge
 /// list, sum pool, no self-interaction) -> pooled node mean/max.
 struct Net {
     s: Session,
@@ -359,4 +360,106 @@ fn run_y(net: &mut Net, c: &Cloud) -> Result<Vec<Vec<f64>>, Box<dyn std::error::
                 .collect())
         })
         .collect()
+}
+
+/// An E(3) convolution whose output changes parity at degrees 1 and 2 (so self-interaction
+/// only connects `0e -> 0e`), on grouped kNN edges with a mask, under the default (fused) path
+/// and the Gemm path: outputs transform with `D^l(M) det(M)^{p}` for a fresh random rotation,
+/// reflection and the inversion, each with a random translation.
+#[test]
+fn e3_conv_changing_parity_is_equivariant_under_rotations_reflections_and_translations(
+) -> TestResult {
+    use se3_core::layers::ConvPath;
+    use se3_core::so3::{wigner_d_o3, Parity};
+    use se3_core::testing::{random_reflection, rotate_rows, transform_points};
+    let (mut r, seed) = rng();
+    let fin: FiberSpec = "0e:3, 1o:2, 2e:2".parse()?;
+    let fout: FiberSpec = "0e:2, 1e:3, 2o:2".parse()?;
+    let conv = ConvLayer::new(&fin, &fout, ConvOptions::default(), &mut r)?;
+    let mut s = Session::new();
+    let coords = s.input::<(Dyn<'n'>, Const<3>)>("coords", InputKind::Coordinates);
+    let mask = s.input::<(Dyn<'n'>,)>("mask", InputKind::Mask);
+    let x = FeatureTensors::input(&mut s, "x", &fin);
+    let nb = neighbors::<_, K>(coords, Some(mask), NeighborSpec::default());
+    s.derive_dim('e', luminal::prelude::symbolic::Expression::from('n') * K);
+    let edges = EdgeGraph::from_neighbors(coords, &nb, None);
+    let basis = EdgeBasis::new(&mut s, "", &edges, 2)?;
+    conv.build(&mut s, "a.", &x, &edges, &basis)?
+        .output(&mut s, "y");
+    conv.clone()
+        .with_path(ConvPath::Gemm)
+        .build(&mut s, "b.", &x, &edges, &basis)?
+        .output(&mut s, "g");
+    let c = cloud(&mut r, &fin);
+    let mut run =
+        |pts: &[[f64; 3]], x: &[Vec<f64>]| -> Result<Vec<Vec<f64>>, Box<dyn std::error::Error>> {
+            let flat: Vec<f32> = pts.iter().flatten().map(|&v| v as f32).collect();
+            s.set("coords", flat, &[c.n, 3])?;
+            s.set("mask", c.mask.clone(), &[c.n])?;
+            for (d, v) in fin.degrees().iter().zip(x) {
+                let v32: Vec<f32> = v.iter().map(|&a| a as f32).collect();
+                s.set(&format!("x.{}", d.l), v32, &[c.n, d.channels, d.width()])?;
+            }
+            s.run()?;
+            let mut out = Vec::new();
+            for name in ["y", "g"] {
+                for d in fout.degrees() {
+                    let t = s.get(&format!("{name}.{}", d.l))?;
+                    out.push(t.data.iter().map(|&v| f64::from(v)).collect());
+                }
+            }
+            Ok(out)
+        };
+    let base = run(&c.coords, &c.x)?;
+    let nd = fout.degrees().len();
+    for (i, v) in base.iter().enumerate() {
+        let size = v.iter().fold(0.0f64, |m, a| m.max(a.abs()));
+        assert!(size > 1e-3, "seed {seed}: output {i} is trivially small");
+    }
+    for i in 0..nd {
+        assert_equivariant(
+            "fused path against Gemm path",
+            &base[i],
+            &base[nd + i],
+            TOL_F32,
+        )?;
+    }
+    let parity = |p: Option<Parity>| p.unwrap_or(Parity::Even);
+    for m in [
+        random_rotation(&mut r).into_inner(),
+        random_reflection(&mut r),
+        -nalgebra::Matrix3::identity(),
+    ] {
+        let t = random_vector(&mut r, 3.0);
+        let moved: Vec<[f64; 3]> = transform_points(&m, &c.coords)
+            .into_iter()
+            .map(|p| [p[0] + t.x, p[1] + t.y, p[2] + t.z])
+            .collect();
+        let xt = fin
+            .degrees()
+            .iter()
+            .zip(&c.x)
+            .map(|(d, v)| Ok(rotate_rows(&wigner_d_o3(d.l, parity(d.parity), &m)?, v)))
+            .collect::<Result<Vec<_>, Box<dyn std::error::Error>>>()?;
+        let got = run(&moved, &xt)?;
+        for (k, d) in fout.degrees().iter().cycle().take(2 * nd).enumerate() {
+            let want = rotate_rows(&wigner_d_o3(d.l, parity(d.parity), &m)?, &base[k]);
+            let err = assert_equivariant(
+                &format!(
+                    "E(3) conv output {k} (degree {}), det {:+.0}, seed {seed}",
+                    d.l,
+                    m.determinant()
+                ),
+                &got[k],
+                &want,
+                TOL_F32,
+            )?;
+            println!(
+                "det {:+.0} output {k} degree {}: max rel err {err:.2e}",
+                m.determinant(),
+                d.l
+            );
+        }
+    }
+    Ok(())
 }

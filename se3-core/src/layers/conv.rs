@@ -6,16 +6,17 @@ use std::marker::PhantomData;
 use luminal::prelude::*;
 use rand::Rng;
 
+use super::conv_grouped::{self, PairEdges};
 use super::edges::{EdgeBasis, EdgeGraph};
 use super::graph::{
-    bmm, dims, expand_at, mm, permute, reshape, retype, transpose, DegreeGraphTensor,
+    bmm, constant, dims, expand_at, mm, permute, reshape, retype, transpose, DegreeGraphTensor,
     FeatureTensors, GraphFeatures, ParamSource, E, N, X,
 };
 use super::linear::{LinearLayer, LinearLayout};
-use super::radial::RadialMlp;
+use super::radial::{RadialMlp, RADIAL_HIDDEN};
 use crate::exec::Session;
 use crate::fiber::{DegreeSpec, Fiber, FiberSpec};
-use crate::ops::{edge_conv, gather3, scatter_add3};
+use crate::ops::{edge_conv, gather3, radial_edge_conv, scatter_add3, PairShape, RadialMode};
 use crate::Error;
 use luminal::prelude::symbolic::Expression;
 
@@ -52,19 +53,29 @@ impl Default for ConvOptions {
     }
 }
 
-/// How the direct (per-edge radial weights) pooled path of [`ConvLayer::build`] runs.
+/// How [`ConvLayer::build`] computes the pooled sums `sum_e w_e m_e` of each degree pair (the
+/// same values up to rounding; all four are tested against each other).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DirectPath {
+pub enum ConvPath {
+    /// The fused radial edge op ([`radial_edge_conv()`], default): from the radial network's
+    /// hidden activations `h_e`, one kernel per degree pair contracts the kernel basis, the
+    /// gathered source rows and the radial network's last layer per destination node in cache,
+    /// reassociated (`A_n = sum_e w_e Kx_e (x) h_e`, then the last layer once per node) or,
+    /// for nodes with few edges, per edge; per-edge radial weights are never materialised.
+    /// Any edge layout. The fastest on CPU (`se3 bench layers`).
+    #[default]
+    Fused,
+    /// The reassociated contraction of the compiled SE(3)-Transformer on edges grouped by node
+    /// ([`conv_grouped::weighted_sum`] per pair, built from
+    /// graph GEMMs). Needs grouped edges ([`EdgeGraph::per_node`]).
+    Grouped,
+    /// Per-edge messages from batched GEMMs (`R_e (K_e x_src)`, per-edge radial weights
+    /// materialised), weighted and scatter-added.
+    Gemm,
     /// Per-edge weight matrices `W_e = w_e sum_f R_f(e) (x) K_f(e)`, flattened to
     /// `(E, c_out (2 d_out + 1), c_in (2 d_in + 1))`, applied to the source rows and
-    /// scatter-added into destinations by the fused [`edge_conv()`] op. Forms
-    /// `(2 l_out + 1)(2 l_in + 1) / nf` times more per-edge values than [`DirectPath::Gemm`]:
-    /// slower on CPU today (`se3 bench layers`: 1049 ms against 302 ms fully per edge).
+    /// scatter-added by the fused [`edge_conv()`] op (the most per-edge values of all).
     EdgeConv,
-    /// Per-edge messages from batched GEMMs (`R_e (K_e x_src)`), weighted, then summed per
-    /// node (grouped edges) or scatter-added (default, the faster one on CPU).
-    #[default]
-    Gemm,
 }
 
 #[derive(Debug, Clone)]
@@ -107,30 +118,72 @@ fn allowed_freqs(i: &DegreeSpec, o: &DegreeSpec) -> Vec<usize> {
 }
 
 /// The basis block of pair `p` restricted to its kept frequencies, `(E, 2 d_in + 1, nf (2 d_out
-/// + 1))` with `nf` kept frequencies.
-fn pair_block(basis: &EdgeBasis, p: &PairKernel) -> Result<GraphTensor<(E, X, X)>, Error> {
+/// + 1))` with `nf` kept frequencies: the full block times a constant 0/1 selection matrix
+/// (exact; a chain of luminal slices and concatenations gave wrong values for three or more
+/// kept frequencies). The selection is a session constant `<prefix>kernel_unary.(i,o).freqs`.
+fn pair_block(
+    s: &mut Session,
+    prefix: &str,
+    basis: &EdgeBasis,
+    p: &PairKernel,
+) -> Result<GraphTensor<(E, X, X)>, Error> {
     let block = basis.block(p.d_in, p.d_out)?;
     let full = 2 * p.d_in.min(p.d_out) + 1;
     if p.nf() == full {
         return Ok(block);
     }
     let e = dims(block)[0];
-    let (di, mo) = (2 * p.d_in + 1, 2 * p.d_out + 1);
-    let b4: GraphTensor<(X, X, X, X)> = reshape(block, &[e, di.into(), full.into(), mo.into()]);
-    let mut kept: Option<GraphTensor<(X, X, X, X)>> = None;
-    for &f in &p.freqs {
-        let one: GraphTensor<(X, X, X, X)> = b4
-            .slice((.., .., Expression::from(f)..Expression::from(f + 1), ..))
-            .contiguous();
-        kept = Some(match kept {
-            None => one,
-            Some(acc) => acc.concat_along::<(X, X, X, X), Axis<2>, _>(one),
-        });
+    let (di, mo, nf) = (2 * p.d_in + 1, 2 * p.d_out + 1, p.nf());
+    let mut sel = vec![0.0; full * mo * nf * mo];
+    for (kept, &f) in p.freqs.iter().enumerate() {
+        for m in 0..mo {
+            sel[(f * mo + m) * nf * mo + kept * mo + m] = 1.0;
+        }
     }
-    let kept = kept.ok_or(Error::Empty {
-        what: "kernel frequencies of a degree pair",
-    })?;
-    Ok(reshape(kept, &[e, di.into(), (p.nf() * mo).into()]))
+    let sel: GraphTensor<(X, X)> = constant(
+        s,
+        &format!("{prefix}kernel_unary.({},{}).freqs", p.d_in, p.d_out),
+        sel,
+        &[full * mo, nf * mo],
+    )?;
+    let rows: GraphTensor<(X, X)> = reshape(block, &[e * di, (full * mo).into()]);
+    Ok(reshape(mm(rows, sel), &[e, di.into(), (nf * mo).into()]))
+}
+
+/// The radial network of pair `p` with its last layer spread over all `full` frequencies of
+/// the pair (zero rows at the dropped ones), for [`conv_grouped::weighted_sum`], which reads
+/// only the last layer and every frequency; the hidden layers are placeholders (the hidden
+/// activations come from `p.radial` itself).
+///
+/// # Errors
+/// None for a consistent pair (those of [`RadialMlp::from_values`]).
+fn all_frequencies(p: &PairKernel, full: usize) -> Result<RadialMlp, Error> {
+    let (lw, lb) = p.radial.last_layer();
+    let hd = RADIAL_HIDDEN;
+    let (nf, n_in) = (p.nf(), p.radial.n_in());
+    let rows = p.c_out * p.c_in * full;
+    let mut w = vec![0.0; rows * hd];
+    let mut b = vec![0.0; rows];
+    for oc in 0..p.c_out * p.c_in {
+        for (kept, &f) in p.freqs.iter().enumerate() {
+            let (from, to) = (oc * nf + kept, oc * full + f);
+            w[to * hd..(to + 1) * hd].copy_from_slice(&lw[from * hd..(from + 1) * hd]);
+            b[to] = lb[from];
+        }
+    }
+    let values = vec![
+        vec![0.0; hd * n_in],
+        vec![0.0; hd],
+        vec![1.0; hd],
+        vec![0.0; hd],
+        vec![0.0; hd * hd],
+        vec![0.0; hd],
+        vec![1.0; hd],
+        vec![0.0; hd],
+        w,
+        b,
+    ];
+    RadialMlp::from_values(n_in, rows, values)
 }
 
 /// The degree pairs of a convolution with their kept frequencies (pairs without any dropped).
@@ -179,7 +232,10 @@ fn pair_freqs(
 /// D^{d_in}(R)^T` and `R` sees only invariants. Weights and keys as se3-transformer-pytorch
 /// (`kernel_unary.(d_in,d_out).rp.net.*`, `self_interact.weights.<l>`), so `ConvSE3`
 /// checkpoints load. For E(3) fibers (every degree with a parity) only the frequencies `J`
-/// with `p_in (-1)^J = p_out` are kept, so the layer is also equivariant under reflections.
+/// with `p_in (-1)^J = p_out` are kept, so the layer is also equivariant under reflections;
+/// self-interaction ([`LinearLayer`]) then connects only entries of equal degree and parity:
+/// an output degree whose parity differs from the input's at that degree simply gets no
+/// self-interaction term (e3nn's rule for linear maps), only its convolution sum.
 #[derive(Debug, Clone)]
 pub struct ConvLayer {
     fiber_in: FiberSpec,
@@ -187,31 +243,17 @@ pub struct ConvLayer {
     options: ConvOptions,
     pairs: Vec<PairKernel>,
     self_interact: Option<LinearLayer>,
-    direct: DirectPath,
+    path: ConvPath,
 }
 
-/// Whether the fibers have a degree in common (else self-interaction has no weights).
+/// Whether the fibers have an entry in common, same degree and parity (else self-interaction
+/// has no weights).
 fn shares_degree(a: &FiberSpec, b: &FiberSpec) -> bool {
-    a.degrees().iter().any(|d| b.channels(d.l).is_some())
-}
-
-/// Self-interaction maps degree l to degree l, so on E(3) fibers it needs equal parities there.
-///
-/// # Errors
-/// `InvalidOp` if a degree both fibers have differs in parity and self-interaction is on.
-fn check_self_parity(a: &FiberSpec, b: &FiberSpec, options: &ConvOptions) -> Result<(), Error> {
-    let clash = a.degrees().iter().any(|d| {
+    a.degrees().iter().any(|d| {
         b.degrees()
             .iter()
-            .any(|o| o.l == d.l && o.parity != d.parity)
-    });
-    if options.self_interaction && clash {
-        return Err(Error::InvalidOp {
-            op: "convolution self-interaction",
-            problem: "a degree of both fibers has different parities; turn self_interaction off",
-        });
-    }
-    Ok(())
+            .any(|o| o.l == d.l && o.parity == d.parity)
+    })
 }
 
 fn radial_in(o: &ConvOptions) -> usize {
@@ -276,7 +318,6 @@ impl ConvLayer {
                 radial: RadialMlp::new(radial_in(&options), nf * i.channels * o.channels, rng),
             });
         }
-        check_self_parity(fiber_in, fiber_out, &options)?;
         let self_interact = if options.self_interaction && shares_degree(fiber_in, fiber_out) {
             Some(LinearLayer::new(fiber_in, fiber_out, false, rng)?)
         } else {
@@ -288,7 +329,7 @@ impl ConvLayer {
             options,
             pairs,
             self_interact,
-            direct: DirectPath::default(),
+            path: ConvPath::default(),
         })
     }
 
@@ -321,7 +362,6 @@ impl ConvLayer {
                 radial,
             });
         }
-        check_self_parity(fiber_in, fiber_out, &options)?;
         let self_interact = if options.self_interaction && shares_degree(fiber_in, fiber_out) {
             Some(LinearLayer::load(
                 src,
@@ -340,7 +380,7 @@ impl ConvLayer {
             options,
             pairs,
             self_interact,
-            direct: DirectPath::default(),
+            path: ConvPath::default(),
         })
     }
 
@@ -359,16 +399,59 @@ impl ConvLayer {
         self.options
     }
 
-    /// The same layer with the direct pooled path run as `direct`.
+    /// The same layer with its pooled sums computed by `path`.
     #[must_use]
-    pub fn with_direct_path(mut self, direct: DirectPath) -> Self {
-        self.direct = direct;
+    pub fn with_path(mut self, path: ConvPath) -> Self {
+        self.path = path;
         self
     }
 
-    /// How the direct pooled path runs.
-    pub fn direct_path(&self) -> DirectPath {
-        self.direct
+    /// How the pooled sums are computed.
+    pub fn path(&self) -> ConvPath {
+        self.path
+    }
+
+    /// The pooled sum of one degree pair through the fused radial edge op
+    /// ([`ConvPath::Fused`]), `(N, c_out, 2 d_out + 1)`.
+    #[allow(clippy::too_many_arguments)]
+    fn pair_pooled_fused(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        p: &PairKernel,
+        xl: GraphTensor<(N, X, X)>,
+        edges: &EdgeGraph,
+        basis: &EdgeBasis,
+        input: GraphTensor<(E, X)>,
+        w: GraphTensor<(E,)>,
+    ) -> Result<GraphTensor<(X, X, X)>, Error> {
+        let n = dims(xl)[0];
+        let (h, wl, bl) = p.radial.build_hidden(
+            s,
+            &format!("{prefix}kernel_unary.({},{}).rp.", p.d_in, p.d_out),
+            input,
+        )?;
+        let shape = PairShape {
+            c_in: p.c_in,
+            d_in: p.d_in,
+            nf: p.nf(),
+            c_out: p.c_out,
+            d_out: p.d_out,
+        };
+        let x2: GraphTensor<(N, X)> = reshape(xl, &[n, (p.c_in * shape.di()).into()]);
+        let y = radial_edge_conv::<N, N, E>(
+            shape,
+            RadialMode::Auto,
+            x2,
+            pair_block(s, prefix, basis, p)?,
+            h,
+            wl,
+            bl,
+            w,
+            edges.src,
+            edges.dst,
+        );
+        Ok(reshape(y, &[n, p.c_out.into(), shape.mo().into()]))
     }
 
     /// The pooled message of one degree pair through the fused edge op:
@@ -400,8 +483,10 @@ impl ConvLayer {
         let r = r * expand_at::<_, (X, X)>(retype::<_, (X,)>(w), 1, width);
         let r: GraphTensor<(X, X, X)> = reshape(r, &[e, (p.c_out * p.c_in).into(), nf.into()]);
         // K[e, q, (f, p)] -> (E, f, (q, p))
-        let k: GraphTensor<(X, X, X, X)> =
-            reshape(pair_block(basis, p)?, &[e, di.into(), nf.into(), mo.into()]);
+        let k: GraphTensor<(X, X, X, X)> = reshape(
+            pair_block(s, prefix, basis, p)?,
+            &[e, di.into(), nf.into(), mo.into()],
+        );
         let k: GraphTensor<(X, X, X)> =
             reshape(permute(k, &[0, 2, 1, 3]), &[e, nf.into(), (di * mo).into()]);
         // RK[e, (o, c), (q, p)] -> W[e, (o, p), (c, q)]
@@ -418,16 +503,21 @@ impl ConvLayer {
         Ok(reshape(y, &[n, p.c_out.into(), mo.into()]))
     }
 
-    /// The pooled sums of every degree pair through [`edge_conv()`] (see
-    /// [`DirectPath::EdgeConv`]).
-    fn pooled_edge_conv(
+    /// The pooled sums of every degree pair, each from `pair(self, s, p, x_{d_in}, radial
+    /// input)`, accumulated per output degree.
+    fn pooled_pairs(
         &self,
         s: &mut Session,
-        prefix: &str,
         x: &FeatureTensors<N>,
         edges: &EdgeGraph,
         basis: &EdgeBasis,
-        w: GraphTensor<(E,)>,
+        mut pair: impl FnMut(
+            &Self,
+            &mut Session,
+            &PairKernel,
+            GraphTensor<(N, X, X)>,
+            GraphTensor<(E, X)>,
+        ) -> Result<GraphTensor<(X, X, X)>, Error>,
     ) -> Result<Vec<DegreeGraphTensor>, Error> {
         self.check_input(x, basis)?;
         self.check_edge_dim(edges)?;
@@ -436,7 +526,7 @@ impl ConvLayer {
             vec![None; self.fiber_out.degrees().len()];
         for p in &self.pairs {
             let xl = self.input_degree(x, p.d_in)?;
-            let y = self.pair_pooled_edge_conv(s, prefix, p, xl, edges, basis, input, w)?;
+            let y = pair(self, s, p, xl, input)?;
             self.accumulate(&mut out, p.d_out, y);
         }
         Ok(collect_degrees(out)?.into_iter().map(retype).collect())
@@ -494,7 +584,7 @@ impl ConvLayer {
         let r: GraphTensor<(X, X, X)> = reshape(r, &[e, p.c_out.into(), cf.into()]);
         let xs: GraphTensor<(X, X, X)> = retype(gather3::<N, X, X, E>(xl, edges.src));
         // Kx[e, c, (f, o)] = sum_q x[src e, c, q] K[e, q, (f, o)]
-        let kx = bmm(xs, retype(pair_block(basis, p)?));
+        let kx = bmm(xs, retype(pair_block(s, prefix, basis, p)?));
         let kx: GraphTensor<(X, X, X)> = reshape(kx, &[e, cf.into(), mo.into()]);
         let b2: GraphTensor<(X, X)> = reshape(b, &[p.c_out.into(), cf.into()]);
         Ok(bmm(r, kx) + bmm(expand_at(b2, 0, e), kx))
@@ -528,82 +618,47 @@ impl ConvLayer {
         Ok(FeatureTensors::from_parts(self.fiber_out.clone(), degrees))
     }
 
-    /// The weighted sums `sum_e w_e m_e` into each node, reassociated around the radial
-    /// network's last (linear) layer `R = W h + b` (edges grouped by destination, `k` per node):
-    ///
-    /// `out_i[o, p] = sum_{c,f,h} W[(o,c,f), h] A_i[h, (c,f), p] + sum_{c,f} b[(o,c,f)] B_i[(c,f), p]`,
-    /// `A_i = sum_e w_e h_e (x) Kx_e`, `B_i = sum_e w_e Kx_e`,
-    ///
-    /// so the per-edge weights `R_e` (c_out c_in nf values per edge and pair) are never formed
-    /// and the GEMM with `W` runs per node instead of per edge.
+    /// The pooled sum of one degree pair on edges grouped by node (`k` per node) through the
+    /// shared reassociated contraction [`conv_grouped::weighted_sum`] ([`ConvPath::Grouped`]):
+    /// `out_i[o, p] = sum_{c,f,h} W[(o,c,f), h] A_i[h, (c,f), p] + sum_{c,f} b[(o,c,f)]
+    /// B_i[(c,f), p]`, `A_i = sum_e w_e h_e (x) Kx_e`, `B_i = sum_e w_e Kx_e`.
+    /// `weighted_sum` reads every frequency of the pair, so for E(3) pairs with dropped
+    /// frequencies the last layer is handed over with zero rows at the dropped ones.
     #[allow(clippy::too_many_arguments)]
-    fn pooled_reassociated(
+    fn pair_pooled_grouped(
         &self,
         s: &mut Session,
         prefix: &str,
-        x: &FeatureTensors<N>,
+        p: &PairKernel,
+        xl: GraphTensor<(N, X, X)>,
         edges: &EdgeGraph,
         basis: &EdgeBasis,
+        input: GraphTensor<(E, X)>,
         w: GraphTensor<(E,)>,
-        k: luminal::prelude::symbolic::Expression,
-    ) -> Result<Vec<DegreeGraphTensor>, Error> {
-        self.check_input(x, basis)?;
-        self.check_edge_dim(edges)?;
-        let input = edges.radial_input(s, self.options.fourier)?;
+        k: Expression,
+    ) -> Result<GraphTensor<(X, X, X)>, Error> {
+        let key = format!("{prefix}kernel_unary.({},{}).", p.d_in, p.d_out);
+        let (h, _, _) = p.radial.build_hidden(s, &format!("{key}rp."), input)?;
+        let n = dims(xl)[0];
         let e = dims(edges.dist)[0];
-        let n = dims(x.tensors()[0])[0];
-        let hd = super::radial::RADIAL_HIDDEN;
-        let mut out: Vec<Option<GraphTensor<(X, X, X)>>> =
-            vec![None; self.fiber_out.degrees().len()];
-        for p in &self.pairs {
-            let (mo, nf) = (2 * p.d_out + 1, p.nf());
-            let cf = p.c_in * nf;
-            let xl = self.input_degree(x, p.d_in)?;
-            // Reassociate only where it moves less data: per node, A' holds (2 d_out + 1) c_in nf
-            // x 128 values against k c_out c_in nf per-edge weights.
-            let k_est = k.to_usize().unwrap_or(16);
-            if mo * hd >= k_est * p.c_out && self.direct == DirectPath::EdgeConv {
-                let y = self.pair_pooled_edge_conv(s, prefix, p, xl, edges, basis, input, w)?;
-                self.accumulate(&mut out, p.d_out, y);
-                continue;
-            }
-            if mo * hd >= k_est * p.c_out {
-                let m = self.pair_message(s, prefix, p, xl, edges, basis, input)?;
-                let w3: GraphTensor<(X, X)> = expand_at(retype::<_, (X,)>(w), 1, p.c_out);
-                let mw = m * expand_at::<_, (X, X, X)>(w3, 2, mo);
-                let mw: GraphTensor<(X, X, X, X)> = reshape(mw, &[n, k, p.c_out.into(), mo.into()]);
-                let y: GraphTensor<(X, X, X)> = mw.sum_reduce::<(X, X, X), Axis<1>>();
-                self.accumulate(&mut out, p.d_out, y);
-                continue;
-            }
-            let (h, wl, bl) = p.radial.build_hidden(
-                s,
-                &format!("{prefix}kernel_unary.({},{}).rp.", p.d_in, p.d_out),
-                input,
-            )?;
-            let xs: GraphTensor<(X, X, X)> = retype(gather3::<N, X, X, E>(xl, edges.src));
-            // Kx[e, c, (f, p)] -> weighted, laid out (E, p, (c, f)) -> (N, k, mo cf)
-            let kx = bmm(xs, retype(pair_block(basis, p)?));
-            let kx: GraphTensor<(X, X, X)> = reshape(kx, &[e, cf.into(), mo.into()]);
-            let kx = permute(kx, &[0, 2, 1]);
-            let w3: GraphTensor<(X, X)> = expand_at(retype::<_, (X,)>(w), 1, mo);
-            let kxw = kx * expand_at::<_, (X, X, X)>(w3, 2, cf);
-            let kxw: GraphTensor<(X, X, X)> = reshape(kxw, &[n, k, (mo * cf).into()]);
-            // A'[i, (p, c, f), h] = sum_kk Kxw[i, kk, (p, c, f)] h[i, kk, h]: rows (i, p), columns
-            // ((c, f), h) of one GEMM with W viewed as ((c, f, h), o).
-            let hk: GraphTensor<(X, X, X)> = reshape(h, &[n, k, hd.into()]);
-            let a = bmm(permute(kxw, &[0, 2, 1]), hk);
-            let a: GraphTensor<(X, X)> = reshape(a, &[n * mo, (cf * hd).into()]);
-            let w2 = transpose(reshape(wl, &[p.c_out.into(), (cf * hd).into()]));
-            let bsum: GraphTensor<(X, X)> = kxw.sum_reduce::<(X, X), Axis<1>>();
-            let bsum: GraphTensor<(X, X)> = reshape(bsum, &[n * mo, cf.into()]);
-            let b2 = transpose(reshape(bl, &[p.c_out.into(), cf.into()]));
-            let y2 = mm(a, w2) + mm(bsum, b2);
-            let y: GraphTensor<(X, X, X)> =
-                permute(reshape(y2, &[n, mo.into(), p.c_out.into()]), &[0, 2, 1]);
-            self.accumulate(&mut out, p.d_out, y);
-        }
-        Ok(collect_degrees(out)?.into_iter().map(retype).collect())
+        let (di, mo) = (2 * p.d_in + 1, 2 * p.d_out + 1);
+        let full = 2 * p.d_in.min(p.d_out) + 1;
+        // [e, q, (f, p)] -> [e, p, q, f], the layout PairEdges reads
+        let b4: GraphTensor<(X, X, X, X)> = reshape(
+            basis.block(p.d_in, p.d_out)?,
+            &[e, di.into(), full.into(), mo.into()],
+        );
+        let kb = permute(b4, &[0, 3, 1, 2]);
+        let pe = PairEdges::new(p.d_in, p.d_out, retype(xl), edges.src, kb, retype(h), n, k);
+        let padded;
+        let radial = if p.nf() == full {
+            &p.radial
+        } else {
+            padded = all_frequencies(p, full)?;
+            &padded
+        };
+        let a: GraphTensor<(X, X)> = reshape(w, &[n, k]);
+        conv_grouped::weighted_sum(s, &format!("{key}grouped."), radial, &pe, a, 0, p.c_out)
     }
 
     fn check_edge_dim(&self, edges: &EdgeGraph) -> Result<(), Error> {
@@ -621,15 +676,14 @@ impl ConvLayer {
     }
 
     /// The convolution: messages pooled into their destinations, plus self-interaction.
-    /// Weights are session weights named `<prefix>` + their checkpoint keys. If the edges are
-    /// grouped by destination ([`EdgeGraph::per_node`]) the pooled sums are reassociated
-    /// around the radial network's last layer (same values up to rounding, per-edge radial
-    /// weights never formed) for the degree pairs where that moves less data; the other pairs,
-    /// and all pairs of ungrouped edges, take the direct path ([`DirectPath`]: batched GEMMs by
-    /// default, or the fused [`edge_conv()`] op on per-edge weight matrices).
+    /// Weights are session weights named `<prefix>` + their checkpoint keys. The pooled sums
+    /// of each degree pair are computed by [`ConvLayer::path`] (default [`ConvPath::Fused`],
+    /// the fused radial edge op on any edge layout; the paths give the same values up to
+    /// rounding).
     ///
     /// # Errors
-    /// As [`ConvLayer::messages`].
+    /// As [`ConvLayer::messages`]; `InvalidOp` for [`ConvPath::Grouped`] on edges not grouped
+    /// by node.
     pub fn build(
         &self,
         s: &mut Session,
@@ -642,12 +696,26 @@ impl ConvLayer {
             Pool::Mean => edges.mean_weights(),
             Pool::Sum => edges.valid,
         };
-        let pooled = match edges.per_node {
-            Some(k) => self.pooled_reassociated(s, prefix, x, edges, basis, w, k)?,
-            None if self.direct == DirectPath::EdgeConv => {
-                self.pooled_edge_conv(s, prefix, x, edges, basis, w)?
+        let pooled = match self.path {
+            // hidden layers per pair (RadialMlp::build_hidden): its fused LayerNorm + GELU row
+            // kernel is faster on CPU than RadialBank's grouped elementwise one
+            ConvPath::Fused => self.pooled_pairs(s, x, edges, basis, |c, s, p, xl, input| {
+                c.pair_pooled_fused(s, prefix, p, xl, edges, basis, input, w)
+            })?,
+            ConvPath::EdgeConv => self.pooled_pairs(s, x, edges, basis, |c, s, p, xl, input| {
+                c.pair_pooled_edge_conv(s, prefix, p, xl, edges, basis, input, w)
+            })?,
+            ConvPath::Grouped => {
+                let k = edges.per_node.ok_or(Error::InvalidOp {
+                    op: "convolution (ConvPath::Grouped)",
+                    problem:
+                        "needs edges grouped by node (EdgeGraph::per_node); use ConvPath::Fused",
+                })?;
+                self.pooled_pairs(s, x, edges, basis, |c, s, p, xl, input| {
+                    c.pair_pooled_grouped(s, prefix, p, xl, edges, basis, input, w, k)
+                })?
             }
-            None => {
+            ConvPath::Gemm => {
                 let msgs = self.messages(s, prefix, x, edges, basis)?;
                 let mut pooled = Vec::new();
                 for (t, d) in msgs.tensors().iter().zip(self.fiber_out.degrees()) {
@@ -756,133 +824,121 @@ mod tests {
     use crate::ops::{neighbors, NeighborSpec};
     use crate::testing::{rel_error, rng};
 
+    /// Runs `conv` under every path on grouped and ungrouped edges of one random cloud and
+    /// checks that all agree; returns the op names of the session.
+    fn all_paths_agree(
+        conv: &ConvLayer,
+        r: &mut rand::rngs::StdRng,
+        seed: u64,
+        max_degree: usize,
+    ) -> Result<Vec<String>, Error> {
+        const K: usize = 5;
+        let (fin, fout) = (conv.fiber_in().clone(), conv.fiber_out().clone());
+        let mut s = Session::new();
+        let coords = s.input::<(N, Const<3>)>("coords", InputKind::Coordinates);
+        let mask = s.input::<(N,)>("mask", InputKind::Mask);
+        let x = FeatureTensors::input(&mut s, "x", &fin);
+        let nb = neighbors::<_, K>(coords, Some(mask), NeighborSpec::default());
+        s.derive_dim('e', Expression::from('n') * K);
+        let grouped = EdgeGraph::from_neighbors(coords, &nb, None);
+        let plain = EdgeGraph {
+            per_node: None,
+            ..grouped
+        };
+        let basis = EdgeBasis::new(&mut s, "", &grouped, max_degree)?;
+        let mut names = Vec::new();
+        for (i, path) in [
+            ConvPath::Fused,
+            ConvPath::Grouped,
+            ConvPath::Gemm,
+            ConvPath::EdgeConv,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let c = conv.clone().with_path(path);
+            // the same weights under distinct prefixes (a session name holds one tensor)
+            for (edges, tag) in [(&grouped, "g"), (&plain, "p")] {
+                if path == ConvPath::Grouped && tag == "p" {
+                    assert!(matches!(
+                        c.build(&mut s, "z.", &x, edges, &basis),
+                        Err(Error::InvalidOp { .. })
+                    ));
+                    continue;
+                }
+                let name = format!("{path:?}{tag}");
+                c.build(&mut s, &format!("{i}{tag}."), &x, edges, &basis)?
+                    .output(&mut s, &name);
+                names.push(name);
+            }
+        }
+        let n = r.gen_range(6..24);
+        let pts: Vec<f32> = (0..n * 3).map(|_| r.gen_range(-2.0..2.0)).collect();
+        // masked nodes, and with n < 2 K some nodes have fewer than K valid neighbours
+        let m: Vec<f32> = (0..n).map(|i| f32::from(u8::from(i % 5 != 2))).collect();
+        s.set("coords", pts, &[n, 3])?;
+        s.set("mask", m, &[n])?;
+        for d in fin.degrees() {
+            let v = (0..n * d.dim()).map(|_| r.gen_range(-1.0..1.0)).collect();
+            s.set(&format!("x.{}", d.l), v, &[n, d.channels, d.width()])?;
+        }
+        s.run()?;
+        let get = |k: &str| -> Result<Vec<f64>, Error> {
+            Ok(s.get(k)?.data.iter().map(|&v| f64::from(v)).collect())
+        };
+        for d in fout.degrees() {
+            let want = get(&format!("Gemmp.{}", d.l))?;
+            assert!(
+                want.iter().any(|v| v.abs() > 1e-6),
+                "seed {seed}: zero output"
+            );
+            for name in &names {
+                let err = rel_error(&get(&format!("{name}.{}", d.l))?, &want);
+                assert!(
+                    err < 1e-5,
+                    "seed {seed} degree {}: {name} vs Gemmp: {err}",
+                    d.l
+                );
+            }
+        }
+        Ok(s.op_names())
+    }
+
     #[test]
-    fn reassociated_pooling_matches_per_edge_messages() -> Result<(), Error> {
-        const K: usize = 6;
+    fn every_conv_path_gives_the_same_pooled_sums_and_fused_is_the_default() -> Result<(), Error> {
         let (mut r, seed) = rng();
-        let fin: FiberSpec = "0:3, 1:2, 2:1".parse()?;
-        // degree 0 with 40 channels: 128 (2 * 0 + 1) < 6 * 40, so those pairs reassociate
-        let fout: FiberSpec = "0:40, 1:2".parse()?;
+        let fin: FiberSpec = "0:3, 1:2, 2:2".parse()?;
+        // degree 0 with 40 channels: the fused kernel reassociates those nodes, the others
+        // (few output channels) go per edge
+        let fout: FiberSpec = "0:40, 1:3, 2:1".parse()?;
         for pool in [Pool::Mean, Pool::Sum] {
             let opts = ConvOptions {
                 pool,
                 ..ConvOptions::default()
             };
             let conv = ConvLayer::new(&fin, &fout, opts, &mut r)?;
-            let mut s = Session::new();
-            let coords = s.input::<(N, Const<3>)>("coords", InputKind::Coordinates);
-            let mask = s.input::<(N,)>("mask", InputKind::Mask);
-            let x = FeatureTensors::input(&mut s, "x", &fin);
-            let nb = neighbors::<_, K>(coords, Some(mask), NeighborSpec::default());
-            s.derive_dim('e', Expression::from('n') * K);
-            let grouped = EdgeGraph::from_neighbors(coords, &nb, None);
-            let plain = EdgeGraph {
-                per_node: None,
-                ..grouped
-            };
-            let basis = EdgeBasis::new(&mut s, "", &grouped, 2)?;
-            conv.build(&mut s, "a.", &x, &grouped, &basis)?
-                .output(&mut s, "re");
-            conv.build(&mut s, "b.", &x, &plain, &basis)?
-                .output(&mut s, "di");
-            let n = r.gen_range(5..20);
-            let pts: Vec<f32> = (0..n * 3).map(|_| r.gen_range(-2.0..2.0)).collect();
-            let m: Vec<f32> = (0..n).map(|i| f32::from(u8::from(i % 4 != 1))).collect();
-            s.set("coords", pts, &[n, 3])?;
-            s.set("mask", m, &[n])?;
-            for d in fin.degrees() {
-                let v = (0..n * d.dim()).map(|_| r.gen_range(-1.0..1.0)).collect();
-                s.set(&format!("x.{}", d.l), v, &[n, d.channels, d.width()])?;
-            }
-            s.run()?;
-            for d in fout.degrees() {
-                let a: Vec<f64> = s
-                    .get(&format!("re.{}", d.l))?
-                    .data
-                    .iter()
-                    .map(|&v| f64::from(v))
-                    .collect();
-                let b: Vec<f64> = s
-                    .get(&format!("di.{}", d.l))?
-                    .data
-                    .iter()
-                    .map(|&v| f64::from(v))
-                    .collect();
-                let err = rel_error(&a, &b);
-                assert!(err < 1e-5, "seed {seed} {pool:?} degree {}: {err}", d.l);
+            assert_eq!(conv.path(), ConvPath::Fused);
+            let names = all_paths_agree(&conv, &mut r, seed, 2)?;
+            for op in ["RadialEdgeConv", "EdgeConv"] {
+                assert!(
+                    names.iter().any(|o| o.starts_with(op)),
+                    "no {op} in {names:?}"
+                );
             }
         }
         Ok(())
     }
 
     #[test]
-    fn edge_conv_direct_path_matches_gemm_path_and_compiles_to_fused_op() -> Result<(), Error> {
-        const K: usize = 5;
+    fn every_conv_path_agrees_on_e3_fibers_with_dropped_frequencies() -> Result<(), Error> {
         let (mut r, seed) = rng();
-        let fin: FiberSpec = "0:3, 1:2, 2:2".parse()?;
-        let fout: FiberSpec = "0:2, 1:3, 2:1".parse()?;
-        for pool in [Pool::Mean, Pool::Sum] {
-            let opts = ConvOptions {
-                pool,
-                ..ConvOptions::default()
-            };
-            let gemm = ConvLayer::new(&fin, &fout, opts, &mut r)?;
-            assert_eq!(gemm.direct_path(), DirectPath::Gemm);
-            let fused = gemm.clone().with_direct_path(DirectPath::EdgeConv);
-            let mut s = Session::new();
-            let coords = s.input::<(N, Const<3>)>("coords", InputKind::Coordinates);
-            let mask = s.input::<(N,)>("mask", InputKind::Mask);
-            let x = FeatureTensors::input(&mut s, "x", &fin);
-            let nb = neighbors::<_, K>(coords, Some(mask), NeighborSpec::default());
-            s.derive_dim('e', Expression::from('n') * K);
-            let grouped = EdgeGraph::from_neighbors(coords, &nb, None);
-            let plain = EdgeGraph {
-                per_node: None,
-                ..grouped
-            };
-            let basis = EdgeBasis::new(&mut s, "", &grouped, 2)?;
-            // the same weights under four prefixes (a session name holds one tensor)
-            fused
-                .build(&mut s, "a.", &x, &plain, &basis)?
-                .output(&mut s, "fp");
-            fused
-                .build(&mut s, "b.", &x, &grouped, &basis)?
-                .output(&mut s, "fg");
-            gemm.build(&mut s, "c.", &x, &plain, &basis)?
-                .output(&mut s, "gp");
-            gemm.build(&mut s, "d.", &x, &grouped, &basis)?
-                .output(&mut s, "gg");
-            let n = r.gen_range(6..24);
-            let pts: Vec<f32> = (0..n * 3).map(|_| r.gen_range(-2.0..2.0)).collect();
-            let m: Vec<f32> = (0..n).map(|i| f32::from(u8::from(i % 5 != 2))).collect();
-            s.set("coords", pts, &[n, 3])?;
-            s.set("mask", m, &[n])?;
-            for d in fin.degrees() {
-                let v = (0..n * d.dim()).map(|_| r.gen_range(-1.0..1.0)).collect();
-                s.set(&format!("x.{}", d.l), v, &[n, d.channels, d.width()])?;
-            }
-            s.run()?;
-            let names = s.op_names();
-            assert!(
-                names.iter().any(|o| o.starts_with("EdgeConv")),
-                "no fused edge op in {names:?}"
-            );
-            let get = |s: &Session, k: &str| -> Result<Vec<f64>, Error> {
-                Ok(s.get(k)?.data.iter().map(|&v| f64::from(v)).collect())
-            };
-            for d in fout.degrees() {
-                for (a, b) in [("fp", "gp"), ("fg", "gg"), ("fp", "gg")] {
-                    let ea = get(&s, &format!("{a}.{}", d.l))?;
-                    let eb = get(&s, &format!("{b}.{}", d.l))?;
-                    let err = rel_error(&ea, &eb);
-                    assert!(
-                        err < 1e-5,
-                        "seed {seed} {pool:?} degree {} {a} vs {b}: {err}",
-                        d.l
-                    );
-                }
-            }
-        }
+        let conv = ConvLayer::new(
+            &InE3::spec(),
+            &OutE3::spec(),
+            ConvOptions::default(),
+            &mut r,
+        )?;
+        all_paths_agree(&conv, &mut r, seed, 2)?;
         Ok(())
     }
 
@@ -892,8 +948,8 @@ mod tests {
     struct OutE3;
 
     /// One E(3) convolution run on `points` and features `x` (per input degree).
-    fn run_e3(
-        conv: &Conv<InE3, OutE3>,
+    fn run_e3<I: Fiber, O: Fiber>(
+        conv: &Conv<I, O>,
         points: &[[f64; 3]],
         mask: &[f32],
         x: &[Vec<f64>],
@@ -903,7 +959,7 @@ mod tests {
         let mut s = Session::new();
         let coords = s.input::<(N, Const<3>)>("coords", InputKind::Coordinates);
         let m = s.input::<(N,)>("mask", InputKind::Mask);
-        let gx = GraphFeatures::<InE3>::input(&mut s, "x");
+        let gx = GraphFeatures::<I>::input(&mut s, "x");
         let nb = neighbors::<_, K>(coords, Some(m), NeighborSpec::default());
         s.derive_dim('e', Expression::from('n') * K);
         let edges = EdgeGraph::from_neighbors(coords, &nb, None);
@@ -914,12 +970,12 @@ mod tests {
         let flat: Vec<f32> = points.iter().flatten().map(|&v| v as f32).collect();
         s.set("coords", flat, &[n, 3])?;
         s.set("mask", mask.to_vec(), &[n])?;
-        for (d, v) in InE3::spec().degrees().iter().zip(x) {
+        for (d, v) in I::spec().degrees().iter().zip(x) {
             let v32 = v.iter().map(|&a| a as f32).collect();
             s.set(&format!("x.{}", d.l), v32, &[n, d.channels, d.width()])?;
         }
         s.run()?;
-        OutE3::spec()
+        O::spec()
             .degrees()
             .iter()
             .map(|d| {
@@ -932,40 +988,36 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn e3_conv_is_equivariant_under_rotations_reflections_and_translations() -> Result<(), Error> {
+    /// `conv` on fresh random points and features, against the same under a random rotation,
+    /// a random reflection and the inversion, each with a random translation; returns the
+    /// outputs of the untransformed run.
+    fn check_e3_equivariance<I: Fiber, O: Fiber>(
+        conv: &Conv<I, O>,
+        r: &mut rand::rngs::StdRng,
+        seed: u64,
+    ) -> Result<Vec<Vec<f64>>, Error> {
         use crate::so3::{wigner_d_o3, Parity};
         use crate::testing::{
             random_reflection, random_rotation, random_vector, random_vectors, rotate_rows,
             transform_points,
         };
-        let (mut r, seed) = rng();
-        let fin = InE3::spec();
-        let fout = OutE3::spec();
-        // parity filtering: (1e -> 0o) keeps J = 1, (2o -> 0o) J = 2, (0e -> 0o) nothing
-        let conv = Conv::<InE3, OutE3>::new(
-            ConvOptions {
-                self_interaction: false,
-                ..ConvOptions::default()
-            },
-            &mut r,
-        )?;
+        let (fin, fout) = (I::spec(), O::spec());
         let n = r.gen_range(6..16);
-        let pts = random_vectors(&mut r, n, 2.0);
+        let pts = random_vectors(r, n, 2.0);
         let mask: Vec<f32> = (0..n).map(|i| f32::from(u8::from(i % 5 != 3))).collect();
         let x: Vec<Vec<f64>> = fin
             .degrees()
             .iter()
             .map(|d| (0..n * d.dim()).map(|_| r.gen_range(-1.0..1.0)).collect())
             .collect();
-        let y = run_e3(&conv, &pts, &mask, &x)?;
+        let y = run_e3(conv, &pts, &mask, &x)?;
         let mats = [
-            random_rotation(&mut r).into_inner(),
-            random_reflection(&mut r),
+            random_rotation(r).into_inner(),
+            random_reflection(r),
             -nalgebra::Matrix3::identity(),
         ];
         for m in mats {
-            let t = random_vector(&mut r, 3.0);
+            let t = random_vector(r, 3.0);
             let moved: Vec<[f64; 3]> = transform_points(&m, &pts)
                 .into_iter()
                 .map(|p| [p[0] + t.x, p[1] + t.y, p[2] + t.z])
@@ -979,7 +1031,7 @@ mod tests {
                     Ok(rotate_rows(&dm, v))
                 })
                 .collect::<Result<Vec<_>, Error>>()?;
-            let yt = run_e3(&conv, &moved, &mask, &xt)?;
+            let yt = run_e3(conv, &moved, &mask, &xt)?;
             for ((d, a), b) in fout.degrees().iter().zip(&y).zip(&yt) {
                 let dm = wigner_d_o3(d.l, d.parity.unwrap_or(Parity::Even), &m)?;
                 let expected = rotate_rows(&dm, a);
@@ -997,11 +1049,107 @@ mod tests {
                 );
             }
         }
+        Ok(y)
+    }
+
+    #[test]
+    fn e3_conv_is_equivariant_under_rotations_reflections_and_translations() -> Result<(), Error> {
+        let (mut r, seed) = rng();
+        // parity filtering: (1e -> 0o) keeps J = 1, (2o -> 0o) J = 2, (0e -> 0o) nothing;
+        // no entry of equal degree and parity, so no self-interaction
+        let conv = Conv::<InE3, OutE3>::new(ConvOptions::default(), &mut r)?;
+        assert!(conv.layer().self_interact.is_none());
+        let y = check_e3_equivariance(&conv, &mut r, seed)?;
         // the pseudoscalar output really is fed (by 1e through J = 1), not zero
         assert!(
             y[0].iter().any(|v| v.abs() > 1e-6),
             "seed {seed}: 0o output is zero"
         );
+        Ok(())
+    }
+
+    #[se3_macros::fiber(0 e:3, 1 o:2, 2 e:2)]
+    struct InMixed;
+    #[se3_macros::fiber(0 e:2, 1 e:3, 2 e:2)]
+    struct OutMixed;
+
+    #[test]
+    fn e3_self_interaction_connects_equal_parities_only_and_stays_equivariant() -> Result<(), Error>
+    {
+        let (mut r, seed) = rng();
+        // 0e -> 0e and 2e -> 2e get self-interaction; degree 1 changes parity (1o -> 1e) and
+        // gets none
+        let conv = Conv::<InMixed, OutMixed>::new(ConvOptions::default(), &mut r)?;
+        let si = conv.layer().self_interact.as_ref().ok_or(Error::Empty {
+            what: "self-interaction",
+        })?;
+        let kept: Vec<usize> = si.fiber_out().degrees().iter().map(|d| d.l).collect();
+        assert_eq!(kept, vec![0, 2]);
+        let with = check_e3_equivariance(&conv, &mut r, seed)?;
+        // the term is really there: switching it off changes degrees 0 and 2, not degree 1
+        let mut off = conv.clone();
+        off.layer.self_interact = None;
+        let without = check_e3_equivariance_same_input(&conv, &off, &mut r)?;
+        assert!(
+            rel_error(&without.0[0], &without.1[0]) > 1e-3,
+            "seed {seed}: 0e unchanged"
+        );
+        assert!(
+            rel_error(&without.0[2], &without.1[2]) > 1e-3,
+            "seed {seed}: 2e unchanged"
+        );
+        assert!(
+            rel_error(&without.0[1], &without.1[1]) < 1e-6,
+            "seed {seed}: 1e changed"
+        );
+        assert_eq!(with.len(), 3);
+        Ok(())
+    }
+
+    /// Two convolutions of the same fibers on the same random input.
+    #[allow(clippy::type_complexity)]
+    fn check_e3_equivariance_same_input<I: Fiber, O: Fiber>(
+        a: &Conv<I, O>,
+        b: &Conv<I, O>,
+        r: &mut rand::rngs::StdRng,
+    ) -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>), Error> {
+        let n = r.gen_range(6..16);
+        let pts = crate::testing::random_vectors(r, n, 2.0);
+        let mask = vec![1.0; n];
+        let x: Vec<Vec<f64>> = I::spec()
+            .degrees()
+            .iter()
+            .map(|d| (0..n * d.dim()).map(|_| r.gen_range(-1.0..1.0)).collect())
+            .collect();
+        Ok((run_e3(a, &pts, &mask, &x)?, run_e3(b, &pts, &mask, &x)?))
+    }
+
+    #[se3_macros::fiber(1 o:1)]
+    struct T1o;
+    #[se3_macros::fiber(2 e:1)]
+    struct T2e;
+    #[se3_macros::fiber(0 e:1)]
+    struct T0e;
+    #[se3_macros::fiber(1 e:1)]
+    struct T1e;
+    #[se3_macros::fiber(2 o:1)]
+    struct T2o;
+
+    #[test]
+    fn e3_single_pairs_into_2e_are_equivariant_whatever_frequencies_they_keep() -> Result<(), Error>
+    {
+        // kept frequencies J: 0e -> 2e {2}, 1e -> 2e {2}, 1o -> 2e {1, 3}, 2o -> 2e {1, 3},
+        // 2e -> 2e {0, 2, 4} (three slices of the basis block)
+        let (mut r, seed) = rng();
+        let o = ConvOptions {
+            self_interaction: false,
+            ..ConvOptions::default()
+        };
+        check_e3_equivariance(&Conv::<T0e, T2e>::new(o, &mut r)?, &mut r, seed)?;
+        check_e3_equivariance(&Conv::<T1e, T2e>::new(o, &mut r)?, &mut r, seed)?;
+        check_e3_equivariance(&Conv::<T1o, T2e>::new(o, &mut r)?, &mut r, seed)?;
+        check_e3_equivariance(&Conv::<T2o, T2e>::new(o, &mut r)?, &mut r, seed)?;
+        check_e3_equivariance(&Conv::<T2e, T2e>::new(o, &mut r)?, &mut r, seed)?;
         Ok(())
     }
 
@@ -1044,15 +1192,14 @@ mod tests {
             ConvLayer::new(&se3, &unreachable, opts, &mut r),
             Err(Error::InvalidOp { .. })
         ));
-        assert!(matches!(
-            ConvLayer::new(
-                &InE3::spec(),
-                &OutE3::spec(),
-                ConvOptions::default(),
-                &mut r
-            ),
-            Err(Error::InvalidOp { .. })
-        ));
+        // self-interaction on, but no entry of equal degree and parity: built without it
+        let conv = ConvLayer::new(
+            &InE3::spec(),
+            &OutE3::spec(),
+            ConvOptions::default(),
+            &mut r,
+        )?;
+        assert!(conv.self_interact.is_none());
         Ok(())
     }
 }

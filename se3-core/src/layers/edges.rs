@@ -27,8 +27,8 @@ pub struct EdgeGraph {
     pub dist: GraphTensor<(E,)>,
     pub edge_features: Option<GraphTensor<(E, X)>>,
     /// `Some(k)` if the edges are grouped by destination, `k` per node: edge `i k + kk` has
-    /// `dst = i` or is missing (the layout of [`crate::ops::Neighbors::edges`]). Pooled
-    /// convolutions then take the reassociated path (see [`super::ConvLayer::build`]).
+    /// `dst = i` or is missing (the layout of [`crate::ops::Neighbors::edges`]). Needed by
+    /// [`super::ConvPath::Grouped`] (see [`super::ConvLayer::build`]).
     pub per_node: Option<Expression>,
 }
 

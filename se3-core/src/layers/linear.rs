@@ -34,6 +34,12 @@ pub enum LinearLayout {
 /// for every degree `l` of both `fiber_in` and `fiber_out` (se3-transformer-pytorch's
 /// `LinearSE3` keeps only those; the output fiber is `fiber_out` restricted to them).
 /// Equivariant: it never mixes degrees or m components.
+///
+/// E(3) fibers (parities): only entries with the same degree **and** parity are connected
+/// (e3nn's `o3.Linear` rule: a map `1e -> 1o` would not commute with inversion); an entry
+/// whose parity differs from the other fiber's at that degree gets no term (it is dropped
+/// from the output fiber). The bias goes on even (or parity-less) scalars only, as e3nn's:
+/// a constant on `0o` would not flip sign under inversion.
 #[derive(Debug, Clone)]
 pub struct LinearLayer {
     fiber_in: FiberSpec,
@@ -43,11 +49,25 @@ pub struct LinearLayer {
     bias: Option<Param>,
 }
 
+/// The entries both fibers have: same degree and same parity (`None` for SE(3) fibers).
 fn common(fin: &FiberSpec, fout: &FiberSpec) -> Vec<(DegreeSpec, DegreeSpec)> {
     fin.degrees()
         .iter()
-        .filter_map(|i| fout.degrees().iter().find(|o| o.l == i.l).map(|o| (*i, *o)))
+        .filter_map(|i| {
+            fout.degrees()
+                .iter()
+                .find(|o| o.l == i.l && o.parity == i.parity)
+                .map(|o| (*i, *o))
+        })
         .collect()
+}
+
+/// The output entry that may carry a bias: degree 0, even or without parity.
+fn bias_entry(pairs: &[(DegreeSpec, DegreeSpec)]) -> Option<DegreeSpec> {
+    pairs
+        .iter()
+        .find(|(i, _)| i.l == 0 && i.parity != Some(crate::so3::Parity::Odd))
+        .map(|(_, o)| *o)
 }
 
 impl LinearLayer {
@@ -77,8 +97,8 @@ impl LinearLayer {
                 )
             })
             .collect();
-        let bias = match pairs.iter().find(|(i, _)| i.l == 0) {
-            Some((_, o)) if bias => Some(Param::new(
+        let bias = match bias_entry(&pairs) {
+            Some(o) if bias => Some(Param::new(
                 "bias".into(),
                 vec![o.channels],
                 vec![0.0; o.channels],
@@ -140,8 +160,8 @@ impl LinearLayer {
                 ))
             })
             .collect::<Result<_, Error>>()?;
-        let bias = match (bias, pairs.iter().find(|(i, _)| i.l == 0)) {
-            (Some(b), Some((_, o))) => Some(Param::new("bias".into(), vec![o.channels], b)?),
+        let bias = match (bias, bias_entry(&pairs)) {
+            (Some(b), Some(o)) => Some(Param::new("bias".into(), vec![o.channels], b)?),
             _ => None,
         };
         Self::assemble(fiber_in, fiber_out, weights, bias)
@@ -199,8 +219,8 @@ impl LinearLayer {
                 }
             }
         }
-        let bias = match pairs.iter().find(|(i, _)| i.l == 0) {
-            Some((_, o)) if bias => {
+        let bias = match bias_entry(&pairs) {
+            Some(o) if bias => {
                 let p = Param::load(src, format!("{prefix}bias"), vec![o.channels])?;
                 Some(Param {
                     key: "bias".into(),
@@ -235,8 +255,14 @@ impl LinearLayer {
     ) -> Result<FeatureTensors<R>, Error> {
         let mut out = Vec::new();
         for (l, w) in &self.weights {
+            let parity = |f: &FiberSpec| f.degrees().iter().find(|d| d.l == *l).map(|d| d.parity);
             let t = match x.degree(*l) {
-                Some(t) if x.spec().channels(*l) == Some(w.shape[0]) => t,
+                Some(t)
+                    if x.spec().channels(*l) == Some(w.shape[0])
+                        && parity(x.spec()) == parity(&self.fiber_in) =>
+                {
+                    t
+                }
                 _ => {
                     return Err(Error::FiberMismatch {
                         fiber: "linear layer input",
@@ -643,6 +669,35 @@ mod tests {
             "variance * fan_in = {}",
             var * 64.0
         );
+    }
+
+    #[test]
+    fn e3_linear_mixes_only_equal_degree_and_parity_and_biases_even_scalars_only(
+    ) -> Result<(), Error> {
+        use crate::exec::Session;
+        let mut r = StdRng::seed_from_u64(seed());
+        let fin: FiberSpec = "0o:3, 1e:2, 2o:2".parse()?;
+        let fout: FiberSpec = "0o:2, 1o:3, 2o:1".parse()?;
+        // 1e -> 1o would not commute with inversion: no term; no bias on the pseudoscalars
+        let odd = LinearLayer::new(&fin, &fout, true, &mut r)?;
+        assert_eq!(odd.fiber_out(), &"0o:2, 2o:1".parse::<FiberSpec>()?);
+        assert!(odd.bias.is_none());
+        let even = LinearLayer::new(&"0e:3, 1o:2".parse()?, &"0e:2, 1e:2".parse()?, true, &mut r)?;
+        assert_eq!(even.fiber_out(), &"0e:2".parse::<FiberSpec>()?);
+        assert!(even.bias.is_some());
+        assert!(matches!(
+            LinearLayer::new(&"1o:2".parse()?, &"1e:2".parse()?, false, &mut r),
+            Err(Error::Empty { .. })
+        ));
+        // features of the right degrees and channels but another parity are refused
+        let mut s = Session::new();
+        let wrong: FiberSpec = "0e:3, 1e:2, 2e:2".parse()?;
+        let x = FeatureTensors::<crate::layers::graph::N>::input(&mut s, "x", &wrong);
+        assert!(matches!(
+            odd.build(&mut s, "l.", &x),
+            Err(Error::FiberMismatch { .. })
+        ));
+        Ok(())
     }
 
     #[test]

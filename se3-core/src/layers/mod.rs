@@ -42,17 +42,28 @@
 //! or edges (`Dyn<'e'>`); missing edges are `-1` in `src`/`dst` and contribute nothing.
 //!
 //! # Convolution paths and E(3)
-//! [`ConvLayer::build`] reassociates pooled sums around the radial network's last layer where
-//! that moves less data (edges grouped by node); the other degree pairs take the direct path:
-//! by default ([`DirectPath::Gemm`]) batched-GEMM messages, or ([`DirectPath::EdgeConv`],
-//! via [`ConvLayer::with_direct_path`]) per-edge weight matrices
-//! `W_e[(o, p), (c, q)] = w_e sum_f R_f(e)[o, c] K_f(e)[p, q]` (`(E, c_out (2 l_out + 1),
-//! c_in (2 l_in + 1))`) applied to the source rows and scatter-added by the fused
-//! [`crate::ops::edge_conv()`] op (same values; slower on CPU today, as it forms more
-//! per-edge values).
+//! [`ConvLayer::build`] computes the pooled sums of every degree pair by one of four paths
+//! ([`ConvPath`], chosen with [`ConvLayer::with_path`]; all give the same values up to rounding
+//! and are tested against each other). The default, [`ConvPath::Fused`], is the engine's fused
+//! radial edge op [`crate::ops::radial_edge_conv()`]: from the radial network's hidden
+//! activations it contracts the kernel basis, the gathered source rows and the radial network's
+//! last layer per destination node in cache (`A_n = sum_e w_e Kx_e (x) h_e`, then the last layer
+//! once per node; per edge for nodes with few edges), parallel over nodes without atomics, so
+//! the per-edge radial weights `(E, c_out c_in nf)` (the largest tensor of the other paths) are
+//! never formed. It is the default because it is the fastest on CPU (`se3 bench layers` prints
+//! all four and where the time goes) and takes any edge layout. The others:
+//! [`ConvPath::Grouped`], the reassociated contraction the compiled SE(3)-Transformer uses
+//! ([`conv_grouped::weighted_sum`], graph GEMMs, edges grouped by node);
+//! [`ConvPath::Gemm`], per-edge messages from batched GEMMs, scatter-added; and
+//! [`ConvPath::EdgeConv`], per-edge weight matrices `W_e[(o, p), (c, q)] = w_e sum_f R_f(e)[o, c]
+//! K_f(e)[p, q]` applied by the fused [`crate::ops::edge_conv()`] op (the most per-edge values,
+//! the slowest).
+//!
 //! Fibers with parities (E(3)) keep a kernel frequency `J` of `(l_in, p_in) -> (l_out, p_out)`
 //! only if `p_in (-1)^J = p_out` (spherical harmonics of degree `J` have parity `(-1)^J`);
-//! pairs without any are dropped, and self-interaction needs equal parities on shared degrees.
+//! pairs without any are dropped. Self-interaction and [`LinearLayer`] connect only entries of
+//! equal degree **and** parity (e3nn's rule): where the input and output parities differ at a
+//! degree, that degree gets no self-interaction term, and biases go on even scalars only.
 
 pub mod activation;
 pub mod attention;
@@ -73,7 +84,7 @@ pub use attention::{
     Attention, AttentionBlock, AttentionBlockLayer, AttentionLayer, AttentionOptions,
     FeedForwardBlock, FeedForwardBlockLayer,
 };
-pub use conv::{Conv, ConvLayer, ConvOptions, DirectPath, Pool};
+pub use conv::{Conv, ConvLayer, ConvOptions, ConvPath, Pool};
 pub use conv_grouped::PairEdges;
 pub use edges::{EdgeBasis, EdgeGraph};
 pub use gate::{Gate, GateLayer};

@@ -16,7 +16,8 @@
 //! - [`radial_hidden()`]: the hidden layers (Linear, LayerNorm, GELU twice) of many radial
 //!   networks on one edge input, per edge block in cache.
 //! - [`edge_conv()`]: the fused edge kernel (gather · per-edge weights → scatter-add) and the
-//!   compiler pass that swaps it in for the unfused pattern.
+//!   compiler pass that swaps it in for the unfused pattern; [`radial_edge_conv()`]: one degree
+//!   pair of a TFN convolution fused from the radial network's hidden layer to the pooled sums.
 //!
 //! Indices are stored as f32 (luminal tensors are f32), exact below 2^24; `-1` means "no
 //! index" (a masked or missing neighbour): gathers read zeros, scatters skip it.
@@ -46,7 +47,10 @@ pub use edge_contract::{
     edge_contract_logits, edge_contract_logits_heads, edge_contract_logits_unfused,
     edge_contract_sum, edge_contract_sum_heads, edge_contract_sum_unfused,
 };
-pub use edge_conv::{edge_conv, edge_conv_diag, edge_conv_diag_unfused, edge_conv_unfused};
+pub use edge_conv::{
+    edge_conv, edge_conv_diag, edge_conv_diag_unfused, edge_conv_unfused, radial_edge_conv,
+    radial_edge_conv_unfused, PairShape, RadialMode,
+};
 pub use gather::{gather, gather3};
 pub use layer_norm_gelu::layer_norm_gelu;
 pub use neighbors::{neighbors, neighbors_in_batches, Edges, NeighborSpec, Neighbors};
