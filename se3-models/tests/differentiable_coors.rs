@@ -14,8 +14,9 @@ use se3_models::se3_transformer::basis::QjSigns;
 use se3_models::se3_transformer::{CompiledSe3Transformer, Se3Transformer, Se3TransformerConfig};
 use se3_models::Error;
 
-/// In-graph basis against the host basis (both float32 graphs), relative to the largest output.
-const TOL_PATHS: f64 = 1e-6;
+/// In-graph geometry against the host basis (both float32 graphs), relative to the largest output
+/// (observed up to 9e-7 over the reference configs).
+const TOL_PATHS: f64 = 2e-6;
 /// Float32 graph against the reference float64 outputs.
 const TOL_REFERENCE: f64 = 1e-5;
 /// Equivariance of the float32 graph.
@@ -75,18 +76,14 @@ fn check_reference(name: &str) -> Result<(), Error> {
 }
 
 #[test]
-fn in_graph_basis_matches_host_basis_and_reference_se3t_basic() -> Result<(), Error> {
-    check_reference("se3t_basic")
-}
-
-#[test]
-fn in_graph_basis_matches_host_basis_and_reference_up_to_degree_3() -> Result<(), Error> {
-    check_reference("se3t_deg4_radius")
-}
-
-#[test]
-fn in_graph_radial_input_matches_host_with_fourier_and_edge_features() -> Result<(), Error> {
-    check_reference("se3t_fourier_edges")
+fn in_graph_geometry_matches_host_basis_and_reference_on_every_se3t_config() -> Result<(), Error> {
+    // basic, degree 3 (se3t_deg4_radius), Fourier + edge features, edge tokens, EGNN, rotary, ...
+    let names = se3t_reference_names();
+    assert!(names.len() >= 18, "reference folders found: {names:?}");
+    for name in names {
+        check_reference(&name)?;
+    }
+    Ok(())
 }
 
 #[test]

@@ -8,7 +8,8 @@
 //! element by the same code as the float64 oracle and fed to the graph as inputs (`nbr [e]`,
 //! `valid [n, k]`, radial input `[e, n_in]`, one basis block per degree pair); everything after
 //! runs in the graph. With `differentiable_coors` the graph instead takes the coordinates and
-//! builds the relative positions, distances, radial input and kernel basis itself (`compiled/coors.rs`).
+//! builds the relative positions, distances, radial input and kernel basis itself
+//! (`compiled/coors.rs`).
 //! ConvSE3 messages use the reassociated contraction
 //! ([`Contraction::Reassociated`](crate::se3_transformer::Contraction)): neighbour sums (mean
 //! pooling, attention-weighted values) are taken of `h_ij (x) Kx_ij` before the radial network's
