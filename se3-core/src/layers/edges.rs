@@ -118,30 +118,46 @@ impl EdgeGraph {
         s: &mut Session,
         fourier: Option<usize>,
     ) -> Result<GraphTensor<(E, X)>, Error> {
-        let e = dims(self.dist)[0];
-        let d: GraphTensor<(E, X)> = reshape(self.dist, &[e, 1.into()]);
-        let mut cols: Vec<GraphTensor<(E, X)>> = Vec::new();
-        if let Some(k) = fourier.filter(|&k| k > 0) {
-            let scales: Vec<f32> = (0..k).map(|i| 1.0 / (1u64 << i) as f32).collect();
-            // one weight per call (several layers read the same edges; a name declared twice
-            // would leave the first declaration without a value)
-            let name = format!(
-                "fourier_scales.{k}.{}.{}",
-                self.dist.id.index(),
-                s.weights().len()
-            );
-            let sc: GraphTensor<(X,)> = constant(s, &name, scales, &[k])?;
-            let de: GraphTensor<(E, X)> = expand_at(self.dist, 1, k);
-            let scaled = de * expand_at::<_, (E, X)>(sc, 0, e);
-            cols.push(scaled.sin());
-            cols.push(scaled.cos());
-        }
-        cols.push(d);
-        if let Some(f) = self.edge_features {
-            cols.push(f);
-        }
-        Ok(concat_columns(&cols))
+        radial_features(s, self.dist, self.edge_features, fourier)
     }
+}
+
+/// The radial network's input per edge from the distances `dist (E,)` and optional features
+/// `(E, d)`: `[|r|, edge features]`, or with `fourier = Some(K)`
+/// `[sin(|r| / 2^k) (k < K), cos(|r| / 2^k) (k < K), |r|, edge features]`
+/// (`crate::basis::fourier_encode` order). [`EdgeGraph::radial_input`] on given distances.
+///
+/// # Errors
+/// Those of `Session::set_weight` (for the Fourier scale table).
+pub fn radial_features(
+    s: &mut Session,
+    dist: GraphTensor<(E,)>,
+    edge_features: Option<GraphTensor<(E, X)>>,
+    fourier: Option<usize>,
+) -> Result<GraphTensor<(E, X)>, Error> {
+    let e = dims(dist)[0];
+    let d: GraphTensor<(E, X)> = reshape(dist, &[e, 1.into()]);
+    let mut cols: Vec<GraphTensor<(E, X)>> = Vec::new();
+    if let Some(k) = fourier.filter(|&k| k > 0) {
+        let scales: Vec<f32> = (0..k).map(|i| 1.0 / (1u64 << i) as f32).collect();
+        // one weight per call (several layers read the same edges; a name declared twice
+        // would leave the first declaration without a value)
+        let name = format!(
+            "fourier_scales.{k}.{}.{}",
+            dist.id.index(),
+            s.weights().len()
+        );
+        let sc: GraphTensor<(X,)> = constant(s, &name, scales, &[k])?;
+        let de: GraphTensor<(E, X)> = expand_at(dist, 1, k);
+        let scaled = de * expand_at::<_, (E, X)>(sc, 0, e);
+        cols.push(scaled.sin());
+        cols.push(scaled.cos());
+    }
+    cols.push(d);
+    if let Some(f) = edge_features {
+        cols.push(f);
+    }
+    Ok(concat_columns(&cols))
 }
 
 /// Concatenates `(E, c_i)` tensors along axis 1.
@@ -199,14 +215,35 @@ impl EdgeBasis {
         edges: &EdgeGraph,
         max_degree: usize,
     ) -> Result<EdgeBasis, Error> {
+        EdgeBasis::from_geometry(s, prefix, edges.rel, edges.dist, max_degree, &[])
+    }
+
+    /// The basis at relative positions `rel (E, 3)` with lengths `dist = |rel|` (`(E,)`), up
+    /// to `max_degree`, with the Q_J of every `(J, d_in, d_out)` listed in `sign_flips`
+    /// negated relative to se3-core's ([`crate::basis::q_j`], whose signs are those of the
+    /// reference data; Q_J is an SVD null vector, so another LAPACK build may return `-Q_J`).
+    /// A flip negates frequency `f = J - |d_in - d_out|` of block `(d_in, d_out)`; triples
+    /// outside `0..=max_degree` or with `J` out of range are ignored. Constants are weights
+    /// named `<prefix>basis.<d_in>.<d_out>`.
+    ///
+    /// # Errors
+    /// `DegreeTooHigh` beyond the harmonics of se3-core.
+    pub fn from_geometry(
+        s: &mut Session,
+        prefix: &str,
+        rel: GraphTensor<(E, Const<3>)>,
+        dist: GraphTensor<(E,)>,
+        max_degree: usize,
+        sign_flips: &[(usize, usize, usize)],
+    ) -> Result<EdgeBasis, Error> {
         let dmax = 2 * max_degree;
         let p = dmax + 1;
-        let e = dims(edges.dist)[0];
+        let e = dims(dist)[0];
         // Unit direction, (0, 1, 0) for zero-length edges.
-        let d = edges.dist;
+        let d = dist;
         let zero = d.less_than(full_like(d, 1e-30));
         let inv = d.max(full_like(d, 1e-30)).recip() * (-zero + 1.0);
-        let rel: GraphTensor<(E, X)> = retype(edges.rel);
+        let rel: GraphTensor<(E, X)> = retype(rel);
         let u = rel * expand_at::<_, (E, X)>(inv, 1, 3);
         let ey: GraphTensor<(X,)> = constant(
             s,
@@ -246,7 +283,7 @@ impl EdgeBasis {
         let mut blocks = Vec::new();
         for d_in in 0..=max_degree {
             for d_out in 0..=max_degree {
-                let table = basis_table(d_in, d_out, p)?;
+                let table = basis_table(d_in, d_out, p, sign_flips)?;
                 let (mi, mo, nf) = (2 * d_in + 1, 2 * d_out + 1, 2 * d_in.min(d_out) + 1);
                 let c: GraphTensor<(X, X)> = constant(
                     s,
@@ -283,13 +320,23 @@ impl EdgeBasis {
 }
 
 /// The constant `(p^3, mi nf mo)` matrix from monomials to the pair's basis block.
-fn basis_table(d_in: usize, d_out: usize, p: usize) -> Result<Vec<f32>, Error> {
+fn basis_table(
+    d_in: usize,
+    d_out: usize,
+    p: usize,
+    sign_flips: &[(usize, usize, usize)],
+) -> Result<Vec<f32>, Error> {
     let (mi, mo, nf) = (2 * d_in + 1, 2 * d_out + 1, 2 * d_in.min(d_out) + 1);
     let cols = mi * nf * mo;
     let mut t = vec![0.0f64; p * p * p * cols];
     for f in 0..nf {
         let j = d_in.abs_diff(d_out) + f;
         let q = q_j(j, d_in, d_out, QjPrecision::RoundedF32)?;
+        let sign = if sign_flips.contains(&(j, d_in, d_out)) {
+            -1.0
+        } else {
+            1.0
+        };
         for m in 0..(2 * j + 1) {
             let poly = sh_polynomial(
                 j,
@@ -307,7 +354,7 @@ fn basis_table(d_in: usize, d_out: usize, p: usize) -> Result<Vec<f32>, Error> {
                     for term in &poly {
                         let [a, b, c] = term.powers;
                         let row = (a as usize * p + b as usize) * p + c as usize;
-                        t[row * cols + col] += qv * term.coefficient;
+                        t[row * cols + col] += sign * qv * term.coefficient;
                     }
                 }
             }
@@ -383,6 +430,49 @@ mod tests {
                 }
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_sign_flip_negates_exactly_that_frequency_of_the_graph_basis() -> Result<(), Error> {
+        let (mut r, seed) = rng();
+        let max_degree = 2;
+        let e = 5;
+        let rel: Vec<f32> = (0..e * 3).map(|_| r.gen_range(-2.0..2.0)).collect();
+        let flips = [(2, 1, 1), (1, 0, 1)];
+        let mut s = Session::new();
+        let rel_t = s.input::<(E, Const<3>)>("rel", InputKind::Values);
+        let dist = crate::ops::distances(rel_t);
+        let plain = EdgeBasis::from_geometry(&mut s, "a.", rel_t, dist, max_degree, &[])?;
+        let flipped = EdgeBasis::from_geometry(&mut s, "b.", rel_t, dist, max_degree, &flips)?;
+        for d_in in 0..=max_degree {
+            for d_out in 0..=max_degree {
+                s.output(&format!("a{d_in}{d_out}"), plain.block(d_in, d_out)?);
+                s.output(&format!("b{d_in}{d_out}"), flipped.block(d_in, d_out)?);
+            }
+        }
+        s.set("rel", rel, &[e, 3])?;
+        s.run()?;
+        let mut negated = 0;
+        for d_in in 0..=max_degree {
+            for d_out in 0..=max_degree {
+                let a = s.get(&format!("a{d_in}{d_out}"))?.data;
+                let b = s.get(&format!("b{d_in}{d_out}"))?.data;
+                let (mo, nf) = (2 * d_out + 1, 2 * d_in.min(d_out) + 1);
+                for (idx, (x, y)) in a.iter().zip(&b).enumerate() {
+                    let f = (idx / mo) % nf;
+                    let j = d_in.abs_diff(d_out) + f;
+                    let want = if flips.contains(&(j, d_in, d_out)) {
+                        negated += 1;
+                        -x
+                    } else {
+                        *x
+                    };
+                    assert_eq!(*y, want, "seed {seed}: pair ({d_in},{d_out}) entry {idx}");
+                }
+            }
+        }
+        assert!(negated > 0, "no entry was flipped");
         Ok(())
     }
 }

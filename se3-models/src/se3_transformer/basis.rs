@@ -144,6 +144,19 @@ impl Se3tBasis {
         })
     }
 
+    /// The `(J, d_in, d_out)` whose Q_J sign differs from se3-core's (the argument of
+    /// `se3_core::layers::EdgeBasis::from_geometry` that builds this basis in a graph).
+    pub fn sign_flips(&self) -> Vec<(usize, usize, usize)> {
+        let m = self.basis.max_degree() + 1;
+        self.flips
+            .iter()
+            .map(|&(pair, f, _)| {
+                let (d_in, d_out) = (pair / m, pair % m);
+                (d_in.abs_diff(d_out) + f, d_in, d_out)
+            })
+            .collect()
+    }
+
     /// Highest degree.
     pub fn max_degree(&self) -> usize {
         self.basis.max_degree()

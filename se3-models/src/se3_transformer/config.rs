@@ -113,7 +113,8 @@ pub struct Se3TransformerConfig {
     /// Learned null key/value slot per degree.
     #[serde(default)]
     pub use_null_kv: bool,
-    /// Gradients through the basis only; no effect on forward values.
+    /// Gradients through the basis only; no effect on forward values. The compiled graph then
+    /// builds relative positions, radial input and kernel basis from `coors` itself.
     #[serde(default)]
     pub differentiable_coors: bool,
     /// Fourier-encode the distance before the radial networks.

@@ -7,7 +7,10 @@
 //! adjacency degrees, causal), the edge features and the kernel basis are prepared per batch
 //! element by the same code as the float64 oracle and fed to the graph as inputs (`nbr [e]`,
 //! `valid [n, k]`, radial input `[e, n_in]`, one basis block per degree pair); everything after
-//! runs in the graph. ConvSE3 messages use the reassociated contraction
+//! runs in the graph. With `differentiable_coors` the graph instead takes the coordinates and
+//! builds the relative positions, distances, radial input and kernel basis itself
+//! (`compiled/coors.rs`).
+//! ConvSE3 messages use the reassociated contraction
 //! ([`Contraction::Reassociated`](crate::se3_transformer::Contraction)): neighbour sums (mean
 //! pooling, attention-weighted values) are taken of `h_ij (x) Kx_ij` before the radial network's
 //! last layer, and attention logits fold the query into that layer, so per-edge radial weights are
@@ -27,6 +30,7 @@
 
 mod attention;
 mod conv;
+mod coors;
 mod ctx;
 mod egnn;
 mod node;
@@ -84,6 +88,8 @@ pub struct CompiledSe3Transformer {
     global_dim: Option<usize>,
     dim_head: usize,
     egnn: bool,
+    /// `differentiable_coors`: geometry built in the graph from `coors` (`coors.rs`).
+    coors: Option<coors::CoorsInputs>,
     timings: Vec<(&'static str, f64)>,
 }
 
@@ -146,20 +152,42 @@ impl CompiledSe3Transformer {
         let pool_w: T2 = GraphTensor::from_id(pool_t.id, pool_t.shape, pool_t.graph_ref);
         let fourier = model.conv_in.fourier;
         let radial_width = 1 + shape.edge_dim + fourier.map_or(0, |f| 2 * f);
-        let rin = flat_input(&mut s, "radial_in", slot)?;
-        slot += 1;
-        let radial_in: T2 = reshape(rin, &[e, radial_width.into()]);
+        let geometry = if cfg.differentiable_coors {
+            Some(coors::InGraphGeometry::declare(
+                &mut s,
+                nbr,
+                &model.table,
+                fourier,
+                shape.edge_dim,
+                &mut slot,
+            )?)
+        } else {
+            None
+        };
+        let radial_in: T2 = match &geometry {
+            Some(geo) => geo.radial_in,
+            None => {
+                let rin = flat_input(&mut s, "radial_in", slot)?;
+                slot += 1;
+                reshape(rin, &[e, radial_width.into()])
+            }
+        };
         let mut pairs = Vec::new();
         let mut basis = BTreeMap::new();
         for d_in in 0..=shape.max_degree {
             for d_out in 0..=shape.max_degree {
-                let t = flat_input(&mut s, &format!("basis.{d_in}.{d_out}"), slot)?;
-                slot += 1;
-                let nf = 2 * d_in.min(d_out) + 1;
-                let b: T4 = reshape(
-                    t,
-                    &[e, (2 * d_out + 1).into(), (2 * d_in + 1).into(), nf.into()],
-                );
+                let b: T4 = match &geometry {
+                    Some(geo) => geo.block(d_in, d_out)?,
+                    None => {
+                        let t = flat_input(&mut s, &format!("basis.{d_in}.{d_out}"), slot)?;
+                        slot += 1;
+                        let nf = 2 * d_in.min(d_out) + 1;
+                        reshape(
+                            t,
+                            &[e, (2 * d_out + 1).into(), (2 * d_in + 1).into(), nf.into()],
+                        )
+                    }
+                };
                 basis.insert((d_in, d_out), b);
                 pairs.push((d_in, d_out));
             }
@@ -316,6 +344,7 @@ impl CompiledSe3Transformer {
             global_dim,
             dim_head: cfg.dim_head,
             egnn: matches!(model.trunk, Trunk::Egnn(_)),
+            coors: geometry.as_ref().map(coors::InGraphGeometry::inputs),
             timings: Vec::new(),
         })
     }
@@ -348,8 +377,8 @@ impl CompiledSe3Transformer {
         let items = self.host()?.prepare(inp)?;
         let t1 = std::time::Instant::now();
         let mut per_batch = Vec::with_capacity(b);
-        for item in items {
-            per_batch.push(self.run_one(&item)?);
+        for (bi, item) in items.iter().enumerate() {
+            per_batch.push(self.run_one(item, &inp.points(bi))?);
         }
         let t2 = std::time::Instant::now();
         self.timings = vec![
@@ -368,6 +397,7 @@ impl CompiledSe3Transformer {
     fn run_one(
         &mut self,
         item: &Prepared,
+        points: &[[f64; 3]],
     ) -> Result<crate::se3_transformer::features::Feats, Error> {
         let g = &item.graph;
         let (n, k) = (g.n, g.k);
@@ -388,24 +418,28 @@ impl CompiledSe3Transformer {
             }
         }
         s.set("pool_w", pool, &[n, k])?;
-        let mut rin = Vec::with_capacity(n * k * self.radial_width);
-        for e in 0..n * k {
-            let v = radial_input(
-                g.dist[e],
-                &g.edge_feat[e * g.edge_dim..(e + 1) * g.edge_dim],
-                self.fourier,
-            )?;
-            rin.extend(v.iter().map(|&x| x as f32));
-        }
-        let len = rin.len();
-        s.set("radial_in", rin, &[len])?;
-        for &(d_in, d_out) in &self.pairs {
-            let block = g.basis.block(d_in, d_out)?;
-            s.set(
-                &format!("basis.{d_in}.{d_out}"),
-                f32v(block),
-                &[block.len()],
-            )?;
+        if let Some(c) = &self.coors {
+            c.set(s, points, g)?;
+        } else {
+            let mut rin = Vec::with_capacity(n * k * self.radial_width);
+            for e in 0..n * k {
+                let v = radial_input(
+                    g.dist[e],
+                    &g.edge_feat[e * g.edge_dim..(e + 1) * g.edge_dim],
+                    self.fourier,
+                )?;
+                rin.extend(v.iter().map(|&x| x as f32));
+            }
+            let len = rin.len();
+            s.set("radial_in", rin, &[len])?;
+            for &(d_in, d_out) in &self.pairs {
+                let block = g.basis.block(d_in, d_out)?;
+                s.set(
+                    &format!("basis.{d_in}.{d_out}"),
+                    f32v(block),
+                    &[block.len()],
+                )?;
+            }
         }
         if self.global_dim.is_some() {
             let gb = item.global.as_ref().ok_or(Error::MissingInput {
