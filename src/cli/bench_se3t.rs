@@ -274,6 +274,11 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
     for (stage, t) in model.last_timings() {
         println!("stage {} {t}", stage.replace(' ', "_"));
     }
+    let mem = model.memory_stats();
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    println!("mem_weights_mib {}", mib(mem.resident));
+    println!("mem_intermediates_mib {}", mib(mem.peak_intermediates));
+    println!("mem_pooled_mib {}", mib(mem.pooled_at_peak));
     println!("peak_mib {}", peak_mib()?);
     Ok(())
 }

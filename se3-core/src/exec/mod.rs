@@ -25,6 +25,7 @@ pub mod matmul;
 pub mod pool;
 pub mod primitives;
 pub mod safetensors;
+mod schedule;
 mod session;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -32,4 +33,5 @@ pub(crate) mod view;
 
 pub use compiler::CpuCompiler;
 pub use safetensors::{read_safetensors, write_safetensors, F32Tensor, LoadReport};
+pub use schedule::MemoryStats;
 pub use session::{IndexBound, InputKind, Output, Session};

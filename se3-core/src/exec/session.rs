@@ -33,6 +33,7 @@ use luminal::prelude::{symbolic::Expression, *};
 use rustc_hash::FxHashMap;
 
 use super::compiler::CpuCompiler;
+use super::schedule::{self, MemoryStats, Schedule};
 use super::view::View;
 use crate::Error;
 
@@ -99,6 +100,11 @@ pub struct Session {
     compiled: bool,
     stock: bool,
     ran: bool,
+    /// The memory-aware execution order for the last dimension sizes ([`Schedule`]).
+    schedule: Option<Schedule>,
+    /// Run in luminal's own order instead (for comparisons).
+    luminal_order: bool,
+    memory: MemoryStats,
 }
 
 impl Default for Session {
@@ -145,6 +151,9 @@ impl Session {
             compiled: false,
             stock: false,
             ran: false,
+            schedule: None,
+            luminal_order: false,
+            memory: MemoryStats::default(),
         }
     }
 
@@ -265,6 +274,20 @@ impl Session {
         let refs: Vec<&mut NodeIndex> = self.ids.iter_mut().collect();
         self.graph.compile(compiler, refs);
         self.compiled = true;
+        self.schedule = None;
+    }
+
+    /// Runs in luminal's own node order (`petgraph::toposort`) instead of the memory-aware
+    /// order of [`Schedule`](super::schedule) (same values, usually a higher peak memory).
+    pub fn set_luminal_order(&mut self, on: bool) {
+        self.luminal_order = on;
+    }
+
+    /// Memory figures of the last run: resident weights, the peak of inputs and intermediates
+    /// alive at once, the pool's free bytes at that peak (zero in luminal's order, which is not
+    /// measured).
+    pub fn memory_stats(&self) -> MemoryStats {
+        self.memory
     }
 
     /// Names of the weights (resident inputs) and their declared shapes (`None` for a
@@ -537,7 +560,17 @@ impl Session {
                 self.graph.set_tensor(slot.id, 0, Tensor::new(data));
             }
         }
-        self.graph.execute();
+        if self.luminal_order {
+            self.graph.execute();
+            self.memory = MemoryStats::default();
+        } else {
+            if !self.schedule.as_ref().is_some_and(|s| s.fits(&self.graph)) {
+                self.schedule = Some(Schedule::new(&self.graph));
+            }
+            if let Some(order) = &self.schedule {
+                self.memory = schedule::execute(&mut self.graph, order)?;
+            }
+        }
         // Intermediates are dead now: give the pooled buffers back to the allocator.
         super::pool::clear();
         self.ran = true;

@@ -43,18 +43,23 @@ pub(crate) struct Ctx<'a> {
     pub basis: BTreeMap<(usize, usize), T4>,
     /// Global features `[g, dim]`, if any.
     pub global: Option<T2>,
-    /// Radial hidden activations of every pair of the model, computed together.
-    bank: Option<ModelRadials>,
+    /// Radial hidden activations of the pairs of the model, computed together by layer.
+    bank: ModelRadials<'a>,
     /// Rotary embedding inputs (degree-0 attention), if the model has them.
     pub rotary: Option<RotaryInputs>,
 }
 
-/// The radial networks of every degree pair of every ConvSE3 of the model up to their last layer,
-/// evaluated together as one se3-core [`RadialBank`] (they all read the same radial input), and
-/// which bank row belongs to which pair.
-pub(crate) struct ModelRadials {
-    index: std::collections::HashMap<usize, usize>,
-    bank: RadialBank,
+/// The radial networks of the degree pairs of the model up to their last layer, evaluated
+/// together by group (a layer) as se3-core [`RadialBank`]s (they all read the same radial input),
+/// and which bank row belongs to which pair. A group's bank is added to the graph when its first
+/// pair is asked for, so the graph's build order (which the memory-aware schedule follows among
+/// equals) has it next to its layer.
+#[derive(Default)]
+pub(crate) struct ModelRadials<'a> {
+    /// pair -> (group, row of the group's bank)
+    index: std::collections::HashMap<usize, (usize, usize)>,
+    groups: Vec<Vec<&'a Pair>>,
+    banks: Vec<Option<RadialBank>>,
     cache: std::collections::HashMap<usize, T3>,
 }
 
@@ -86,8 +91,29 @@ pub(crate) fn radial_mlp(r: &RadialFunc) -> Result<RadialMlp, Error> {
     )?)
 }
 
-impl Ctx<'_> {
-    pub(crate) fn new<'a>(
+/// The float64 RadialFunc of a pair up to its last layer as an se3-core [`RadialMlp`] (weights
+/// rounded to f32; the last layer, the bulk of the weights, is left empty).
+fn radial_mlp_hidden(r: &RadialFunc) -> Result<RadialMlp, Error> {
+    Ok(RadialMlp::from_values(
+        r.l0.n_in,
+        0,
+        vec![
+            f32s(&r.l0.w),
+            f32s(&r.l0.b),
+            f32s(&r.n1.w),
+            f32s(&r.n1.b),
+            f32s(&r.l3.w),
+            f32s(&r.l3.b),
+            f32s(&r.n4.w),
+            f32s(&r.n4.b),
+            Vec::new(),
+            Vec::new(),
+        ],
+    )?)
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(
         s: &'a mut Session,
         nbr: GraphTensor<(Dyn<'e'>,)>,
         valid: T2,
@@ -108,54 +134,61 @@ impl Ctx<'_> {
             radial_in,
             basis,
             global,
-            bank: None,
+            bank: ModelRadials::default(),
             rotary: None,
         }
     }
 
-    /// Evaluates the radial networks of `pairs` (every pair of the model) together (an se3-core
-    /// [`RadialBank`]); later [`Ctx::radial_hidden`] calls take their hidden activations from
-    /// here.
+    /// Registers the radial networks of `pairs` (one layer) to be evaluated together (an
+    /// se3-core [`RadialBank`], added to the graph when [`Ctx::radial_hidden`] first asks for one
+    /// of them).
+    pub(crate) fn radial_bank(&mut self, pairs: &[&'a Pair]) {
+        if pairs.is_empty() {
+            return;
+        }
+        let m = &mut self.bank;
+        let gi = m.groups.len();
+        m.groups.push(pairs.to_vec());
+        m.banks.push(None);
+        for (pi, p) in pairs.iter().enumerate() {
+            m.index.insert(pair_key(p), (gi, pi));
+        }
+    }
+
+    /// The radial hidden activations of pair `p` as `[n, k, 128]`: from its group's bank if it
+    /// was registered ([`Ctx::radial_bank`]), else evaluated for `p` alone
+    /// ([`RadialMlp::build_hidden`]).
     ///
     /// # Errors
     /// Weight errors of the session.
-    pub(crate) fn radial_bank(&mut self, pairs: &[&Pair]) -> Result<(), Error> {
-        if pairs.is_empty() {
-            return Ok(());
-        }
-        let nets = pairs
-            .iter()
-            .map(|p| radial_mlp(&p.radial))
-            .collect::<Result<Vec<_>, _>>()?;
-        let refs: Vec<&RadialMlp> = nets.iter().collect();
-        let prefix = self.prefix();
-        let bank = RadialBank::build(self.s, &prefix, &refs, retype(self.radial_in))?;
-        let index = pairs
-            .iter()
-            .enumerate()
-            .map(|(pi, p)| (pair_key(p), pi))
-            .collect();
-        self.bank = Some(ModelRadials {
-            index,
-            bank,
-            cache: std::collections::HashMap::new(),
-        });
-        Ok(())
-    }
-
-    /// The radial hidden activations of pair `p` as `[n, k, 128]`: from the bank if it holds `p`,
-    /// else evaluated for `p` alone ([`RadialMlp::build_hidden`]).
     pub(crate) fn radial_hidden(&mut self, p: &Pair) -> Result<T3, Error> {
         let (n, k) = (self.n, self.k);
-        if let Some(m) = &mut self.bank {
-            if let Some(&pi) = m.index.get(&pair_key(p)) {
-                if let Some(&h) = m.cache.get(&pair_key(p)) {
-                    return Ok(h);
-                }
-                let h: T3 = reshape(m.bank.hidden(pi)?, &[n, k, RADIAL_HIDDEN.into()]);
-                m.cache.insert(pair_key(p), h);
-                return Ok(h);
+        if let Some(&h) = self.bank.cache.get(&pair_key(p)) {
+            return Ok(h);
+        }
+        if let Some(&(gi, pi)) = self.bank.index.get(&pair_key(p)) {
+            if self.bank.banks.get(gi).is_some_and(Option::is_none) {
+                let nets = self.bank.groups[gi]
+                    .iter()
+                    .map(|q| radial_mlp_hidden(&q.radial))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let refs: Vec<&RadialMlp> = nets.iter().collect();
+                let prefix = self.prefix();
+                let bank = RadialBank::build(self.s, &prefix, &refs, retype(self.radial_in))?;
+                self.bank.banks[gi] = Some(bank);
             }
+            let bank = self
+                .bank
+                .banks
+                .get(gi)
+                .copied()
+                .flatten()
+                .ok_or(Error::MissingInput {
+                    name: "radial bank",
+                })?;
+            let h: T3 = reshape(bank.hidden(pi)?, &[n, k, RADIAL_HIDDEN.into()]);
+            self.bank.cache.insert(pair_key(p), h);
+            return Ok(h);
         }
         let net = radial_mlp(&p.radial)?;
         let prefix = self.prefix();

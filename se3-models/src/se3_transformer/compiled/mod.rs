@@ -13,9 +13,12 @@
 //! last layer, and attention logits fold the query into that layer, so per-edge radial weights are
 //! never formed.
 //!
-//! The radial networks of all degree pairs of all convolutions read the same per-edge input, so
-//! they run together up to their last layer (one GEMM per layer over `[P, e, 128]`, one grouped
-//! LayerNorm + GELU), which keeps the graph small and its compilation fast.
+//! The radial networks of the degree pairs of a layer (a convolution, or the keys and values of an
+//! attention block) read the same per-edge input, so they run together up to their last layer
+//! (one GEMM per radial layer over `[P, e, 128]`, one grouped LayerNorm + GELU), which keeps the
+//! graph small and its compilation fast. One bank per layer rather than one for the whole model
+//! keeps only the running layer's hidden activations alive (the session runs the graph in a
+//! memory-aware order, se3-core `exec::MemoryStats`).
 //!
 //! Rotary embeddings rotate degree-0 keys and values per edge, which the reassociated sum cannot
 //! carry, so with rotary the degree-0 attention forms its messages per edge (degree 0 is the cheap
@@ -245,7 +248,9 @@ impl CompiledSe3Transformer {
         };
         let mut ctx = Ctx::new(&mut s, nbr, valid, pool_w, radial_in, basis, global);
         ctx.rotary = rotary;
-        ctx.radial_bank(&model_pairs(model))?;
+        for group in model_pair_groups(model) {
+            ctx.radial_bank(&group);
+        }
         let mut x = conv_pooled(&mut ctx, &model.conv_in, &x)?;
         for (conv, nrm) in &model.convs {
             let y = norm(&mut ctx, nrm, &x)?;
@@ -318,6 +323,12 @@ impl CompiledSe3Transformer {
             egnn: matches!(model.trunk, Trunk::Egnn(_)),
             timings: Vec::new(),
         })
+    }
+
+    /// Memory figures of the last graph run (resident weights, peak intermediates; se3-core
+    /// [`MemoryStats`](se3_core::exec::MemoryStats)).
+    pub fn memory_stats(&self) -> se3_core::exec::MemoryStats {
+        self.session.memory_stats()
     }
 
     /// Wall time of the stages of the last forward: host preparation (neighbour selection, edge
@@ -479,26 +490,29 @@ impl CompiledSe3Transformer {
     }
 }
 
-/// Every ConvSE3 degree pair of the model (conv_in, conv stacks, attention keys and values,
-/// conv_out), in module order.
-fn model_pairs(model: &Se3Transformer) -> Vec<&crate::se3_transformer::conv::Pair> {
+/// The ConvSE3 degree pairs of the model by layer (conv_in, each conv of the stack, the keys and
+/// values of each attention block, conv_out), in module order: one radial bank each, so only the
+/// hidden activations of the layer being run are alive.
+fn model_pair_groups(model: &Se3Transformer) -> Vec<Vec<&crate::se3_transformer::conv::Pair>> {
     use crate::se3_transformer::attention::KeyProj;
-    let mut convs = vec![&model.conv_in];
-    convs.extend(model.convs.iter().map(|(c, _)| c));
+    let mut groups = vec![model.conv_in.pairs.iter().collect::<Vec<_>>()];
+    groups.extend(model.convs.iter().map(|(c, _)| c.pairs.iter().collect()));
     let blocks = match &model.trunk {
         Trunk::Sequential(b) | Trunk::Reversible(b) => b.as_slice(),
         Trunk::Egnn(_) => &[],
     };
     for (a, _) in blocks {
+        let mut g: Vec<_> = a.attn.to_v.pairs.iter().collect();
         if let KeyProj::Conv(c) = &a.attn.to_k {
-            convs.push(c);
+            g.splice(0..0, c.pairs.iter());
         }
-        convs.push(&a.attn.to_v);
+        groups.push(g);
     }
     if let Some(c) = &model.conv_out {
-        convs.push(c);
+        groups.push(c.pairs.iter().collect());
     }
-    convs.iter().flat_map(|c| c.pairs.iter()).collect()
+    groups.retain(|g| !g.is_empty());
+    groups
 }
 
 fn attention_block_raw(
