@@ -247,14 +247,13 @@ pub fn random_inputs(
 }
 
 fn run_case(c: &Case) -> Result<(), super::CliError> {
+    se3_core::exec::pool::pin_mmap_threshold();
     let mut rng = StdRng::seed_from_u64(0);
     let cfg = bench_config(c.num_degrees)?;
     let sd = random_weights(&cfg, &mut rng)?;
     let inputs = random_inputs(c.nodes, 32, &mut rng)?;
     let fwd = Se3TransformerForward::from_literals(&serde_json::json!({"return_type": 0}))?;
-    let model = Se3Transformer::from_state_dict(&cfg, &sd)?;
-    drop(sd);
-    let mut model = CompiledSe3Transformer::from_model(model)?;
+    let mut model = CompiledSe3Transformer::from_state_dict(&cfg, sd)?;
     println!("build_peak_mib {}", peak_mib()?);
     model.forward(&inputs, &fwd)?;
     let mut times = Vec::new();

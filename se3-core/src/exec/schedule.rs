@@ -175,10 +175,17 @@ impl Schedule {
 }
 
 /// Runs `graph` in the order of `schedule` (module doc); returns what was alive at the peak.
+/// `high_water` is the most bytes of intermediates alive at once so far (raised by this run):
+/// before each operator the buffer pool may keep only the headroom below it
+/// ([`super::pool::set_budget`]), so pooled idle buffers never lift the peak above it.
 ///
 /// # Errors
 /// `MissingIntermediate` if a node's input was not produced (a schedule of another graph).
-pub(crate) fn execute(graph: &mut Graph, schedule: &Schedule) -> Result<MemoryStats, Error> {
+pub(crate) fn execute(
+    graph: &mut Graph,
+    schedule: &Schedule,
+    high_water: &mut usize,
+) -> Result<MemoryStats, Error> {
     let Graph {
         tensors,
         dyn_map,
@@ -208,6 +215,7 @@ pub(crate) fn execute(graph: &mut Graph, schedule: &Schedule) -> Result<MemorySt
         if tensors.contains_key(&(*node, 0)) {
             continue;
         }
+        super::pool::set_budget(high_water.saturating_sub(live));
         let mut owned: Vec<Option<Tensor>> = Vec::with_capacity(src_ids.len());
         for (id, _) in src_ids {
             let last = consumers.get(id) == Some(&1) && !no_delete.contains(&id.0);
@@ -272,6 +280,7 @@ pub(crate) fn execute(graph: &mut Graph, schedule: &Schedule) -> Result<MemorySt
                 );
             }
         }
+        *high_water = (*high_water).max(live + made);
         live = (live + made).saturating_sub(freed);
         for (i, t) in outs.into_iter().enumerate() {
             tensors.insert((*node, i as u8), t);

@@ -29,6 +29,7 @@
 //! # Ok::<(), se3_core::Error>(())
 //! ```
 
+use luminal::op::Operator;
 use luminal::prelude::{symbolic::Expression, *};
 use rustc_hash::FxHashMap;
 
@@ -104,6 +105,10 @@ pub struct Session {
     schedule: Option<Schedule>,
     /// Run in luminal's own order instead (for comparisons).
     luminal_order: bool,
+    /// Whether luminal's linearization is current (only luminal's order uses it).
+    linearized: bool,
+    /// The most bytes of intermediates alive at once in any run (bounds the buffer pool).
+    high_water: usize,
     memory: MemoryStats,
 }
 
@@ -153,6 +158,8 @@ impl Session {
             ran: false,
             schedule: None,
             luminal_order: false,
+            linearized: false,
+            high_water: 0,
             memory: MemoryStats::default(),
         }
     }
@@ -272,8 +279,12 @@ impl Session {
     /// recompiles with [`CpuCompiler`] (or stock, after [`Session::compile_stock`]).
     pub fn compile_with<C: Compiler>(&mut self, compiler: C) {
         let refs: Vec<&mut NodeIndex> = self.ids.iter_mut().collect();
-        self.graph.compile(compiler, refs);
+        // the compiler alone: `Graph::compile` would also keep a luminal linearization (a copy
+        // of every edge's 5 KiB shape) that only luminal's own order uses
+        compiler.compile(&mut self.graph, refs);
+        compact(&mut self.graph.graph);
         self.compiled = true;
+        self.linearized = false;
         self.schedule = None;
     }
 
@@ -561,6 +572,11 @@ impl Session {
             }
         }
         if self.luminal_order {
+            if !self.linearized {
+                // no pass: refreshes luminal's linearization for `execute`
+                self.graph.compile((), Vec::<&mut NodeIndex>::new());
+                self.linearized = true;
+            }
             self.graph.execute();
             self.memory = MemoryStats::default();
         } else {
@@ -568,7 +584,7 @@ impl Session {
                 self.schedule = Some(Schedule::new(&self.graph));
             }
             if let Some(order) = &self.schedule {
-                self.memory = schedule::execute(&mut self.graph, order)?;
+                self.memory = schedule::execute(&mut self.graph, order, &mut self.high_water)?;
             }
         }
         // Intermediates are dead now: give the pooled buffers back to the allocator.
@@ -664,6 +680,44 @@ impl Session {
     pub fn node_count(&self) -> usize {
         self.graph.graph.node_count()
     }
+}
+
+/// The placeholder of a vacant node slot while [`compact`] rebuilds a graph (never run).
+#[derive(Debug, PartialEq)]
+struct Vacant;
+
+impl Operator for Vacant {
+    fn process(&mut self, _: Vec<(luminal::op::InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        Vec::new()
+    }
+}
+
+/// Rebuilds `g` without the vacant edge slots that compiler passes leave behind (petgraph's
+/// `StableGraph` keeps a slot, with its 5 KiB shape, for every removed edge: most of a compiled
+/// model's edge storage), keeping every node index.
+fn compact(g: &mut MainGraph) {
+    let bound = g.node_indices().map(|n| n.index() + 1).max().unwrap_or(0);
+    let mut out = MainGraph::with_capacity(bound, g.edge_count());
+    for i in 0..bound {
+        let w: Box<dyn Operator> = match g.node_weight_mut(NodeIndex::new(i)) {
+            Some(w) => std::mem::replace(w, Box::new(Vacant)),
+            None => Box::new(Vacant),
+        };
+        out.add_node(w);
+    }
+    let mut edges: Vec<_> = g.edge_indices().collect();
+    edges.sort_unstable();
+    for e in edges {
+        if let (Some((a, b)), Some(w)) = (g.edge_endpoints(e), g.edge_weight(e)) {
+            out.add_edge(a, b, *w);
+        }
+    }
+    for i in 0..bound {
+        if !g.contains_node(NodeIndex::new(i)) {
+            out.remove_node(NodeIndex::new(i));
+        }
+    }
+    *g = out;
 }
 
 impl Session {

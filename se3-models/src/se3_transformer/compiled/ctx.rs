@@ -45,6 +45,9 @@ pub(crate) struct Ctx<'a> {
     pub global: Option<T2>,
     /// Radial hidden activations of the pairs of the model, computed together by layer.
     bank: ModelRadials<'a>,
+    /// The float32 radial networks of the pairs (converted once from the float64 model, whose
+    /// last layers are then dropped), until their layer is built ([`Ctx::release`]).
+    pub(crate) nets: RadialNets,
     /// Rotary embedding inputs (degree-0 attention), if the model has them.
     pub rotary: Option<RotaryInputs>,
 }
@@ -70,6 +73,9 @@ pub(crate) fn pair_key(p: &Pair) -> usize {
 fn f32s(v: &[f64]) -> Vec<f32> {
     v.iter().map(|&x| x as f32).collect()
 }
+
+/// Float32 radial networks by pair ([`pair_key`]).
+pub(crate) type RadialNets = std::collections::HashMap<usize, std::rc::Rc<RadialMlp>>;
 
 /// The float64 RadialFunc of a pair as an se3-core [`RadialMlp`] (weights rounded to f32).
 pub(crate) fn radial_mlp(r: &RadialFunc) -> Result<RadialMlp, Error> {
@@ -135,6 +141,7 @@ impl<'a> Ctx<'a> {
             basis,
             global,
             bank: ModelRadials::default(),
+            nets: RadialNets::new(),
             rotary: None,
         }
     }
@@ -190,10 +197,30 @@ impl<'a> Ctx<'a> {
             self.bank.cache.insert(pair_key(p), h);
             return Ok(h);
         }
-        let net = radial_mlp(&p.radial)?;
+        let net = self.radial_net(p)?;
         let prefix = self.prefix();
         let (h, _, _) = net.build_hidden(self.s, &prefix, retype(self.radial_in))?;
         Ok(reshape(h, &[n, k, RADIAL_HIDDEN.into()]))
+    }
+
+    /// The float32 radial network of pair `p`: the one converted ahead ([`Ctx::nets`]), else
+    /// converted from the float64 model now.
+    ///
+    /// # Errors
+    /// `WrongShape` if the float64 last layer was dropped and no converted network is held.
+    pub(crate) fn radial_net(&mut self, p: &Pair) -> Result<std::rc::Rc<RadialMlp>, Error> {
+        match self.nets.get(&pair_key(p)) {
+            Some(net) => Ok(net.clone()),
+            None => Ok(std::rc::Rc::new(radial_mlp(&p.radial)?)),
+        }
+    }
+
+    /// Drops the converted radial networks of `pairs` (their layer is built; the session holds
+    /// their weights).
+    pub(crate) fn release(&mut self, pairs: &[Pair]) {
+        for p in pairs {
+            self.nets.remove(&pair_key(p));
+        }
     }
 
     /// A fresh weight-name prefix `u<i>.` for an se3-core layer built on the session.

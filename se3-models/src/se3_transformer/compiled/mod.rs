@@ -42,7 +42,7 @@ use se3_core::exec::{IndexBound, InputKind, Session};
 
 use self::attention::{attention, RotaryInputs};
 use self::conv::conv_pooled;
-use self::ctx::{Ctx, GFeats};
+use self::ctx::{pair_key, radial_mlp, Ctx, GFeats, RadialNets};
 use self::egnn::egnn_layer;
 use self::node::{linear, norm, residual};
 use self::tensor::{reshape, T2, T3, T4};
@@ -108,13 +108,17 @@ impl CompiledSe3Transformer {
     }
 
     /// As [`CompiledSe3Transformer::new`], taking the model: its float64 layer weights are dropped
-    /// once they are in the graph (only embeddings and the basis table stay on the host).
+    /// as they go into the graph, so the weights are held about once (the radial networks' last
+    /// layers, the bulk, are converted to float32 first and their float64 copies dropped; each
+    /// float32 copy is dropped once its layer is built; only embeddings and the basis table stay
+    /// on the host).
     ///
     /// # Errors
     /// As [`CompiledSe3Transformer::new`].
     pub fn from_model(model: Se3Transformer) -> Result<Self, Error> {
-        let mut compiled = Self::build(&model)?;
         let mut host = model;
+        let nets = convert_radials(&mut host)?;
+        let mut compiled = Self::build(&host, nets)?;
         host.conv_in.pairs.clear();
         host.conv_in.self_interact = None;
         host.convs.clear();
@@ -127,7 +131,20 @@ impl CompiledSe3Transformer {
         Ok(compiled)
     }
 
-    fn build(model: &Se3Transformer) -> Result<Self, Error> {
+    /// Loads a state dict with PyTorch key names (moving its tensors, [`Se3Transformer::
+    /// from_state_dict_owned`]) and compiles it ([`CompiledSe3Transformer::from_model`]): the
+    /// weights are never held twice in float64.
+    ///
+    /// # Errors
+    /// Those of [`Se3Transformer::from_state_dict`] and [`CompiledSe3Transformer::new`].
+    pub fn from_state_dict(
+        cfg: &crate::se3_transformer::Se3TransformerConfig,
+        sd: StateDict,
+    ) -> Result<Self, Error> {
+        Self::from_model(Se3Transformer::from_state_dict_owned(cfg, sd)?)
+    }
+
+    fn build(model: &Se3Transformer, nets: RadialNets) -> Result<Self, Error> {
         let cfg = &model.cfg;
         let shape = &model.shape;
         let mut s = Session::new();
@@ -248,18 +265,22 @@ impl CompiledSe3Transformer {
         };
         let mut ctx = Ctx::new(&mut s, nbr, valid, pool_w, radial_in, basis, global);
         ctx.rotary = rotary;
+        ctx.nets = nets;
         for group in model_pair_groups(model) {
             ctx.radial_bank(&group);
         }
         let mut x = conv_pooled(&mut ctx, &model.conv_in, &x)?;
+        ctx.release(&model.conv_in.pairs);
         for (conv, nrm) in &model.convs {
             let y = norm(&mut ctx, nrm, &x)?;
             x = conv_pooled(&mut ctx, conv, &y)?;
+            ctx.release(&conv.pairs);
         }
         x = match &model.trunk {
             Trunk::Sequential(blocks) => {
                 for (a, f) in blocks {
                     x = attention_block(&mut ctx, a, &x)?;
+                    release_attention(&mut ctx, a);
                     x = ff_block(&mut ctx, f, &x)?;
                 }
                 x
@@ -269,6 +290,7 @@ impl CompiledSe3Transformer {
                 for (a, f) in blocks {
                     // the blocks keep their own residual inside (as the oracle)
                     let y1 = residual(&attention_block(&mut ctx, a, &x2)?, &x1);
+                    release_attention(&mut ctx, a);
                     let y2 = residual(&ff_block(&mut ctx, f, &y1)?, &x2);
                     x1 = y1;
                     x2 = y2;
@@ -530,6 +552,48 @@ fn attention_block(
     x: &GFeats,
 ) -> Result<GFeats, Error> {
     Ok(residual(&attention_block_raw(ctx, a, x)?, x))
+}
+
+/// Drops the converted radial networks of an attention block's keys and values (built).
+fn release_attention(ctx: &mut Ctx<'_>, a: &crate::se3_transformer::attention::AttentionBlock) {
+    use crate::se3_transformer::attention::KeyProj;
+    if let KeyProj::Conv(c) = &a.attn.to_k {
+        ctx.release(&c.pairs);
+    }
+    ctx.release(&a.attn.to_v.pairs);
+}
+
+/// Converts the radial networks of every pair of the model's layers to float32 (the networks the
+/// graph build reads, [`Ctx::radial_net`]) and drops the float64 last layers, one pair at a time,
+/// so the model's bulk is never held twice.
+///
+/// # Errors
+/// `WrongShape` for a malformed network (none in a loaded model).
+fn convert_radials(model: &mut Se3Transformer) -> Result<RadialNets, Error> {
+    use crate::se3_transformer::attention::KeyProj;
+    let mut nets = RadialNets::new();
+    let mut convs: Vec<&mut crate::se3_transformer::conv::ConvSe3> = vec![&mut model.conv_in];
+    convs.extend(model.convs.iter_mut().map(|(c, _)| c));
+    if let Trunk::Sequential(blocks) | Trunk::Reversible(blocks) = &mut model.trunk {
+        for (a, _) in blocks.iter_mut() {
+            if let KeyProj::Conv(c) = &mut a.attn.to_k {
+                convs.push(c);
+            }
+            convs.push(&mut a.attn.to_v);
+        }
+    }
+    if let Some(c) = &mut model.conv_out {
+        convs.push(c);
+    }
+    for conv in convs {
+        for p in &mut conv.pairs {
+            let net = radial_mlp(&p.radial)?;
+            p.radial.l6.w = Vec::new();
+            p.radial.l6.b = Vec::new();
+            nets.insert(pair_key(p), std::rc::Rc::new(net));
+        }
+    }
+    Ok(nets)
 }
 
 fn ff_block_raw(
