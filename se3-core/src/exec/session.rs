@@ -10,6 +10,11 @@
 //! are resident: set once, kept across runs. Outputs of the previous run are dropped before
 //! the next one (luminal would otherwise skip the nodes and return stale values).
 //!
+//! Memory: a run executes the nodes in a memory-aware order (`schedule`: net-releasing nodes
+//! first, else build order) instead of luminal's, which bounds the buffer pool by the run's high
+//! water, and reports [`MemoryStats`] ([`Session::memory_stats`]); compiling rebuilds the graph
+//! without the vacant edge slots compiler passes leave (5 KiB each).
+//!
 //! ```
 //! use luminal::prelude::*;
 //! use se3_core::exec::{InputKind, Session};

@@ -614,3 +614,68 @@ fn ff_block(
 ) -> Result<GFeats, Error> {
     Ok(residual(&ff_block_raw(ctx, f, x)?, x))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::checkpoint::Tensor;
+    use crate::model_file::ModelFile;
+    use crate::se3_transformer::Se3TransformerConfig;
+
+    fn reference(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/reference/models")
+            .join(name)
+    }
+
+    /// Config, forward options, weights and inputs of a reference model.
+    fn load(
+        name: &str,
+    ) -> Result<
+        (
+            Se3TransformerConfig,
+            Se3TransformerForward,
+            StateDict,
+            ModelInputs,
+        ),
+        Error,
+    > {
+        let file = ModelFile::load(reference(name).join("config.json"))?;
+        let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
+        let fwd = Se3TransformerForward::from_literals(&file.forward_kwargs.literals)?;
+        let sd = StateDict::load(reference(name).join("weights.safetensors"))?;
+        let inputs = ModelInputs::load(
+            reference(name).join("inputs.safetensors"),
+            &file.forward_kwargs.tensors,
+        )?;
+        Ok((cfg, fwd, sd, inputs))
+    }
+
+    #[test]
+    fn moving_the_state_dict_in_gives_the_outputs_of_the_copying_build() -> Result<(), Error> {
+        // tied keys/values read the same converted radial networks twice
+        for name in ["se3t_basic", "se3t_tie_kv", "se3t_reversible"] {
+            let (cfg, fwd, sd, inputs) = load(name)?;
+            let copied = Se3Transformer::from_state_dict(&cfg, &sd)?;
+            let want = CompiledSe3Transformer::new(&copied)?.forward(&inputs, &fwd)?;
+            let got = CompiledSe3Transformer::from_state_dict(&cfg, sd)?.forward(&inputs, &fwd)?;
+            assert_eq!(got, want, "{name}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn moving_loader_names_an_unexpected_key() -> Result<(), Error> {
+        let (cfg, _, mut sd, _) = load("se3t_basic")?;
+        sd.insert("not.a.weight", Tensor::new(vec![2], vec![1.0, 2.0])?);
+        match CompiledSe3Transformer::from_state_dict(&cfg, sd) {
+            Err(Error::UnexpectedKey { key, shape }) => {
+                assert_eq!((key.as_str(), shape), ("not.a.weight", vec![2]));
+                Ok(())
+            }
+            other => panic!("expected UnexpectedKey, got {other:?}"),
+        }
+    }
+}
