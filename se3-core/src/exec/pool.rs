@@ -15,6 +15,8 @@
 //! ([`set_budget`]): to the headroom below the most bytes a run has held alive (its high water)
 //! minus what is alive now, plus a small slack ([`SLACK_BYTES`]), so idle pooled bytes raise the
 //! peak resident memory by at most that slack above the high water.
+//! The pool and its budget are process-wide: sessions running at once on several threads share
+//! them (which only costs reuse, never correctness).
 
 use std::sync::Mutex;
 
