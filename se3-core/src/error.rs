@@ -160,6 +160,10 @@ pub enum Error {
         "dynamic dimension `{dim}` has no size: no input sets it and it was not set explicitly"
     )]
     UnsetDim { dim: char },
+    /// The execution order reached a graph node before one of its inputs was computed (a broken
+    /// schedule: an internal error).
+    #[error("graph node {node} was needed before it was computed")]
+    MissingIntermediate { node: usize },
     /// A tensor was asked for that the last run did not produce.
     #[error("output `{name}` has no value: run the session first")]
     NoOutput { name: String },

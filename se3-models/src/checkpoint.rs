@@ -297,23 +297,42 @@ pub(crate) trait WeightSource {
     fn take(&mut self, key: &str, shape: &[usize]) -> Result<Tensor, Error>;
 }
 
-/// Reads parameters from a state dict, remembering which keys were used.
+/// Reads parameters from a state dict, remembering which keys were used: a borrowed dict hands out
+/// copies, an owned one ([`Loader::owned`]) moves its tensors out (no second copy of the weights
+/// while a model is built).
 pub(crate) struct Loader<'a> {
-    dict: &'a StateDict,
+    dict: Dict<'a>,
     used: std::collections::BTreeSet<String>,
+}
+
+enum Dict<'a> {
+    Borrowed(&'a StateDict),
+    Owned(StateDict),
 }
 
 impl<'a> Loader<'a> {
     pub(crate) fn new(dict: &'a StateDict) -> Self {
         Self {
-            dict,
+            dict: Dict::Borrowed(dict),
+            used: Default::default(),
+        }
+    }
+
+    /// A loader that moves the tensors out of `dict` (each key can be taken once).
+    pub(crate) fn owned(dict: StateDict) -> Loader<'static> {
+        Loader {
+            dict: Dict::Owned(dict),
             used: Default::default(),
         }
     }
 
     /// `UnexpectedKey` for the first key of the dict that was never taken.
     pub(crate) fn finish(self) -> Result<(), Error> {
-        if let Some((k, t)) = self.dict.iter().find(|(k, _)| !self.used.contains(*k)) {
+        let dict = match &self.dict {
+            Dict::Borrowed(d) => *d,
+            Dict::Owned(d) => d,
+        };
+        if let Some((k, t)) = dict.iter().find(|(k, _)| !self.used.contains(*k)) {
             return Err(Error::UnexpectedKey {
                 key: k.to_string(),
                 shape: t.shape.clone(),
@@ -325,7 +344,11 @@ impl<'a> Loader<'a> {
 
 impl WeightSource for Loader<'_> {
     fn take(&mut self, key: &str, shape: &[usize]) -> Result<Tensor, Error> {
-        let t = self.dict.get(key).ok_or_else(|| Error::MissingKey {
+        let dict = match &self.dict {
+            Dict::Borrowed(d) => *d,
+            Dict::Owned(d) => d,
+        };
+        let t = dict.get(key).ok_or_else(|| Error::MissingKey {
             key: key.to_string(),
             expected: shape.to_vec(),
         })?;
@@ -337,7 +360,14 @@ impl WeightSource for Loader<'_> {
             });
         }
         self.used.insert(key.to_string());
-        Ok(t.clone())
+        match &mut self.dict {
+            Dict::Borrowed(d) => d.get(key).cloned(),
+            Dict::Owned(d) => d.remove(key),
+        }
+        .ok_or_else(|| Error::MissingKey {
+            key: key.to_string(),
+            expected: shape.to_vec(),
+        })
     }
 }
 

@@ -5,9 +5,14 @@
 //!
 //! Each case runs in a child process of this binary (`--case <name>`), so its peak resident set
 //! (VmHWM of /proc/self/status) is its own: reported after building + compiling the graph and after
-//! the forwards. The child runs one warm-up and then the median of 3 forwards (and their CPU time),
-//! and times one more forward per operator (`se3_core::exec::profile`) to say where the time goes:
-//! host preparation (neighbours, kernel basis), radial networks, gathers + `Kx`, the fused
+//! the forwards, with where it goes (resident after the build, graph weights, the most
+//! intermediates alive at once in a forward, idle pooled buffers: se3-core `exec::MemoryStats`).
+//! The weights are moved from the state dict into the model and converted to float32 as the graph
+//! is built ([`CompiledSe3Transformer::from_state_dict`]), and the child pins glibc's mmap
+//! threshold (`exec::pool::pin_mmap_threshold`) so freed large buffers leave the resident set.
+//! The child runs one warm-up and then the median of 3 forwards (and their CPU time), and times
+//! one more forward per operator (`se3_core::exec::profile`) to say where the time goes: host
+//! preparation (neighbours, kernel basis), radial networks, gathers + `Kx`, the fused
 //! contractions, attention and node operations. `SE3_PROFILE=1` also lists the heaviest operators.
 
 use std::process::Command;
@@ -66,6 +71,11 @@ struct Measured {
     peak_mib: f64,
     build_peak_mib: f64,
     cpu_s: f64,
+    /// Resident after the build (weights, graph, host model, program).
+    build_rss_mib: f64,
+    weights_mib: f64,
+    intermediates_mib: f64,
+    pooled_mib: f64,
     stages: Vec<(String, f64)>,
 }
 
@@ -134,12 +144,28 @@ pub fn run(case: Option<&str>) -> Result<(), super::CliError> {
         );
     }
     println!(
-        "\npeak memory after building + compiling the graph (before any forward), MiB: {}",
-        rows.iter()
-            .map(|(c, m)| format!("{} {:.1}", c.name, m.build_peak_mib))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "\nwhere the memory goes (MiB): build peak = while loading + compiling (weights once in \
+         f64 while moved in); after build = resident before any forward (f32 weights, compiled \
+         graph, host model, program); weights = resident graph weights; intermediates = most \
+         tensors alive at once in a forward (memory-aware order); pooled = idle pooled buffers \
+         then"
     );
+    println!(
+        "  {:<16} {:>10} {:>11} {:>9} {:>13} {:>7} {:>10}",
+        "case", "build peak", "after build", "weights", "intermediates", "pooled", "peak"
+    );
+    for (c, m) in &rows {
+        println!(
+            "  {:<16} {:>10.1} {:>11.1} {:>9.1} {:>13.1} {:>7.1} {:>10.1}",
+            c.name,
+            m.build_peak_mib,
+            m.build_rss_mib,
+            m.weights_mib,
+            m.intermediates_mib,
+            m.pooled_mib,
+            m.peak_mib
+        );
+    }
     println!("\nwhere the time goes (one instrumented forward, seconds):");
     for (c, m) in &rows {
         let total: f64 = m.stages.iter().map(|s| s.1).sum();
@@ -176,6 +202,10 @@ fn parse(text: &str) -> Result<Measured, super::CliError> {
             (Some("peak_mib"), Some(v)) => m.peak_mib = v.parse()?,
             (Some("cpu_s"), Some(v)) => m.cpu_s = v.parse()?,
             (Some("build_peak_mib"), Some(v)) => m.build_peak_mib = v.parse()?,
+            (Some("build_rss_mib"), Some(v)) => m.build_rss_mib = v.parse()?,
+            (Some("mem_weights_mib"), Some(v)) => m.weights_mib = v.parse()?,
+            (Some("mem_intermediates_mib"), Some(v)) => m.intermediates_mib = v.parse()?,
+            (Some("mem_pooled_mib"), Some(v)) => m.pooled_mib = v.parse()?,
             (Some("stage"), Some(k)) => {
                 let v = it.next().ok_or("stage line without value")?.parse()?;
                 m.stages.push((k.to_string(), v));
@@ -236,13 +266,18 @@ fn cpu_seconds() -> Option<f64> {
 
 /// Peak resident set of this process (VmHWM), MiB.
 fn peak_mib() -> Result<f64, super::CliError> {
+    status_mib("VmHWM:")
+}
+
+/// A memory figure of /proc/self/status (`VmHWM:` peak, `VmRSS:` now), MiB.
+fn status_mib(field: &str) -> Result<f64, super::CliError> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .ok_or("no VmHWM in /proc/self/status")?;
+        .find(|l| l.starts_with(field))
+        .ok_or_else(|| format!("no {field} in /proc/self/status"))?;
     let kib: f64 = line
-        .trim_start_matches("VmHWM:")
+        .trim_start_matches(field)
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -304,15 +339,15 @@ pub fn random_inputs(
 }
 
 fn run_case(c: &Case) -> Result<(), super::CliError> {
+    se3_core::exec::pool::pin_mmap_threshold();
     let mut rng = StdRng::seed_from_u64(0);
     let cfg = bench_config(c.num_degrees)?;
     let sd = random_weights(&cfg, &mut rng)?;
     let inputs = random_inputs(c.nodes, 32, &mut rng)?;
     let fwd = Se3TransformerForward::from_literals(&serde_json::json!({"return_type": 0}))?;
-    let model = Se3Transformer::from_state_dict(&cfg, &sd)?;
-    drop(sd);
-    let mut model = CompiledSe3Transformer::from_model(model)?;
+    let mut model = CompiledSe3Transformer::from_state_dict(&cfg, sd)?;
     println!("build_peak_mib {}", peak_mib()?);
+    println!("build_rss_mib {}", status_mib("VmRSS:")?);
     model.forward(&inputs, &fwd)?;
     let mut times = Vec::new();
     let cpu0 = cpu_seconds();
@@ -357,6 +392,11 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
             eprintln!("{t:.4} {c:4} {k}");
         }
     }
+    let mem = model.memory_stats();
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    println!("mem_weights_mib {}", mib(mem.resident));
+    println!("mem_intermediates_mib {}", mib(mem.peak_intermediates));
+    println!("mem_pooled_mib {}", mib(mem.pooled_at_peak));
     println!("peak_mib {}", peak_mib()?);
     Ok(())
 }

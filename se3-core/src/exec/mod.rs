@@ -26,6 +26,7 @@ pub mod pool;
 pub mod primitives;
 pub mod profile;
 pub mod safetensors;
+mod schedule;
 mod session;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -33,4 +34,5 @@ pub(crate) mod view;
 
 pub use compiler::CpuCompiler;
 pub use safetensors::{read_safetensors, write_safetensors, F32Tensor, LoadReport};
+pub use schedule::MemoryStats;
 pub use session::{IndexBound, InputKind, Output, Session};

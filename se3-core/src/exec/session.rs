@@ -10,6 +10,11 @@
 //! are resident: set once, kept across runs. Outputs of the previous run are dropped before
 //! the next one (luminal would otherwise skip the nodes and return stale values).
 //!
+//! Memory: a run executes the nodes in a memory-aware order (`schedule`: net-releasing nodes
+//! first, else build order) instead of luminal's, which bounds the buffer pool by the run's high
+//! water, and reports [`MemoryStats`] ([`Session::memory_stats`]); compiling rebuilds the graph
+//! without the vacant edge slots compiler passes leave (5 KiB each).
+//!
 //! ```
 //! use luminal::prelude::*;
 //! use se3_core::exec::{InputKind, Session};
@@ -29,10 +34,12 @@
 //! # Ok::<(), se3_core::Error>(())
 //! ```
 
+use luminal::op::Operator;
 use luminal::prelude::{symbolic::Expression, *};
 use rustc_hash::FxHashMap;
 
 use super::compiler::CpuCompiler;
+use super::schedule::{self, MemoryStats, Schedule};
 use super::view::View;
 use crate::Error;
 
@@ -99,6 +106,15 @@ pub struct Session {
     compiled: bool,
     stock: bool,
     ran: bool,
+    /// The memory-aware execution order for the last dimension sizes ([`Schedule`]).
+    schedule: Option<Schedule>,
+    /// Run in luminal's own order instead (for comparisons).
+    luminal_order: bool,
+    /// Whether luminal's linearization is current (only luminal's order uses it).
+    linearized: bool,
+    /// The most bytes of intermediates alive at once in any run (bounds the buffer pool).
+    high_water: usize,
+    memory: MemoryStats,
 }
 
 impl Default for Session {
@@ -145,6 +161,11 @@ impl Session {
             compiled: false,
             stock: false,
             ran: false,
+            schedule: None,
+            luminal_order: false,
+            linearized: false,
+            high_water: 0,
+            memory: MemoryStats::default(),
         }
     }
 
@@ -263,8 +284,26 @@ impl Session {
     /// recompiles with [`CpuCompiler`] (or stock, after [`Session::compile_stock`]).
     pub fn compile_with<C: Compiler>(&mut self, compiler: C) {
         let refs: Vec<&mut NodeIndex> = self.ids.iter_mut().collect();
-        self.graph.compile(compiler, refs);
+        // the compiler alone: `Graph::compile` would also keep a luminal linearization (a copy
+        // of every edge's 5 KiB shape) that only luminal's own order uses
+        compiler.compile(&mut self.graph, refs);
+        compact(&mut self.graph.graph);
         self.compiled = true;
+        self.linearized = false;
+        self.schedule = None;
+    }
+
+    /// Runs in luminal's own node order (`petgraph::toposort`) instead of the memory-aware
+    /// order of [`Schedule`](super::schedule) (same values, usually a higher peak memory).
+    pub fn set_luminal_order(&mut self, on: bool) {
+        self.luminal_order = on;
+    }
+
+    /// Memory figures of the last run: resident weights, the peak of inputs and intermediates
+    /// alive at once, the pool's free bytes at that peak (zero in luminal's order, which is not
+    /// measured).
+    pub fn memory_stats(&self) -> MemoryStats {
+        self.memory
     }
 
     /// Names of the weights (resident inputs) and their declared shapes (`None` for a
@@ -537,7 +576,22 @@ impl Session {
                 self.graph.set_tensor(slot.id, 0, Tensor::new(data));
             }
         }
-        self.graph.execute();
+        if self.luminal_order {
+            if !self.linearized {
+                // no pass: refreshes luminal's linearization for `execute`
+                self.graph.compile((), Vec::<&mut NodeIndex>::new());
+                self.linearized = true;
+            }
+            self.graph.execute();
+            self.memory = MemoryStats::default();
+        } else {
+            if !self.schedule.as_ref().is_some_and(|s| s.fits(&self.graph)) {
+                self.schedule = Some(Schedule::new(&self.graph));
+            }
+            if let Some(order) = &self.schedule {
+                self.memory = schedule::execute(&mut self.graph, order, &mut self.high_water)?;
+            }
+        }
         // Intermediates are dead now: give the pooled buffers back to the allocator.
         super::pool::clear();
         self.ran = true;
@@ -631,6 +685,44 @@ impl Session {
     pub fn node_count(&self) -> usize {
         self.graph.graph.node_count()
     }
+}
+
+/// The placeholder of a vacant node slot while [`compact`] rebuilds a graph (never run).
+#[derive(Debug, PartialEq)]
+struct Vacant;
+
+impl Operator for Vacant {
+    fn process(&mut self, _: Vec<(luminal::op::InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        Vec::new()
+    }
+}
+
+/// Rebuilds `g` without the vacant edge slots that compiler passes leave behind (petgraph's
+/// `StableGraph` keeps a slot, with its 5 KiB shape, for every removed edge: most of a compiled
+/// model's edge storage), keeping every node index.
+fn compact(g: &mut MainGraph) {
+    let bound = g.node_indices().map(|n| n.index() + 1).max().unwrap_or(0);
+    let mut out = MainGraph::with_capacity(bound, g.edge_count());
+    for i in 0..bound {
+        let w: Box<dyn Operator> = match g.node_weight_mut(NodeIndex::new(i)) {
+            Some(w) => std::mem::replace(w, Box::new(Vacant)),
+            None => Box::new(Vacant),
+        };
+        out.add_node(w);
+    }
+    let mut edges: Vec<_> = g.edge_indices().collect();
+    edges.sort_unstable();
+    for e in edges {
+        if let (Some((a, b)), Some(w)) = (g.edge_endpoints(e), g.edge_weight(e)) {
+            out.add_edge(a, b, *w);
+        }
+    }
+    for i in 0..bound {
+        if !g.contains_node(NodeIndex::new(i)) {
+            out.remove_node(NodeIndex::new(i));
+        }
+    }
+    *g = out;
 }
 
 impl Session {

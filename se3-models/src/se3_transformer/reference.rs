@@ -244,6 +244,18 @@ impl Se3Transformer {
         Ok(m)
     }
 
+    /// As [`Se3Transformer::from_state_dict`], moving the tensors out of `sd` instead of copying
+    /// them, so the weights are held once while the model is built (for large models).
+    ///
+    /// # Errors
+    /// As [`Se3Transformer::from_state_dict`].
+    pub fn from_state_dict_owned(cfg: &Se3TransformerConfig, sd: StateDict) -> Result<Self, Error> {
+        let mut loader = Loader::owned(sd);
+        let m = Self::build(cfg, &mut loader)?;
+        loader.finish()?;
+        Ok(m)
+    }
+
     /// Replaces the Q_J sign table (default [`QjSigns::reference`]) by the one of the LAPACK build the
     /// weights were trained with.
     ///

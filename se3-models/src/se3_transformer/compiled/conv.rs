@@ -6,7 +6,7 @@
 use se3_core::layers::conv_grouped::{self, PairEdges as CorePairEdges};
 use se3_core::layers::RadialMlp;
 
-use super::ctx::{radial_mlp, Ctx, GFeats};
+use super::ctx::{Ctx, GFeats};
 use super::node::{linear, residual};
 use super::tensor::{reshape, T2, T3};
 use crate::se3_transformer::conv::{ConvSe3, Pair};
@@ -17,7 +17,7 @@ use crate::Error;
 pub(crate) struct PairEdges<'p> {
     pub(crate) pair: &'p Pair,
     edges: CorePairEdges,
-    radial: RadialMlp,
+    radial: std::rc::Rc<RadialMlp>,
 }
 
 /// Per-edge degree-0 messages of a pair with output degree 0 for output channels
@@ -63,7 +63,7 @@ pub(crate) fn pair_edges<'p>(
         out.push(PairEdges {
             pair: p,
             edges,
-            radial: radial_mlp(&p.radial)?,
+            radial: ctx.radial_net(p)?,
         });
     }
     Ok(out)

@@ -1,7 +1,7 @@
 //! What every compiled layer reads: [`Ctx`] holds the session (weights become resident
 //! constants), the per-run graph inputs (neighbour indices, validity, pooling weights, radial input,
 //! kernel basis blocks, global features, rotary angles) and the radial networks of the whole model
-//! evaluated together as an se3-core `RadialBank` ([`Ctx::radial_bank`]).
+//! evaluated together by layer with se3-core's fused `radial_hidden` ([`Ctx::radial_bank`]).
 //!
 //! Layouts: node features of degree l are `[n, c, 2l + 1]`; per-edge tensors are `[e, ..]` with
 //! `e = n k` (neighbour `kk` of node `i` at row `i k + kk`), viewed as `[n, k, ..]` for per-node
@@ -44,19 +44,26 @@ pub(crate) struct Ctx<'a> {
     pub basis: BTreeMap<(usize, usize), T4>,
     /// Global features `[g, dim]`, if any.
     pub global: Option<T2>,
-    /// Radial hidden activations of every pair of the model, computed together.
-    bank: Option<ModelRadials>,
+    /// Radial hidden activations of the pairs of the model, computed together by layer.
+    bank: ModelRadials<'a>,
+    /// The float32 radial networks of the pairs (converted once from the float64 model, whose
+    /// last layers are then dropped), until their layer is built ([`Ctx::release`]).
+    pub(crate) nets: RadialNets,
     /// Rotary embedding inputs (degree-0 attention), if the model has them.
     pub rotary: Option<RotaryInputs>,
 }
 
-/// The radial networks of every degree pair of every ConvSE3 of the model up to their last layer,
-/// evaluated together as one se3-core [`RadialBank`] (they all read the same radial input), and
-/// which bank row belongs to which pair.
-pub(crate) struct ModelRadials {
-    index: std::collections::HashMap<usize, usize>,
-    /// `[P, e, 128]` from se3-core's fused [`radial_hidden`](se3_core::ops::radial_hidden()).
-    all: T3,
+/// The radial networks of the degree pairs of the model up to their last layer, evaluated
+/// together by group (a layer) with se3-core's fused [`radial_hidden`] (they all read the same
+/// radial input; `[P, e, 128]` per group), and which row belongs to which pair. A group's op is
+/// added to the graph when its first pair is asked for, so the graph's build order (which the
+/// memory-aware schedule follows among equals) has it next to its layer.
+#[derive(Default)]
+pub(crate) struct ModelRadials<'a> {
+    /// pair -> (group, row of the group's bank)
+    index: std::collections::HashMap<usize, (usize, usize)>,
+    groups: Vec<Vec<&'a Pair>>,
+    banks: Vec<Option<T3>>,
 }
 
 pub(crate) fn pair_key(p: &Pair) -> usize {
@@ -66,6 +73,9 @@ pub(crate) fn pair_key(p: &Pair) -> usize {
 fn f32s(v: &[f64]) -> Vec<f32> {
     v.iter().map(|&x| x as f32).collect()
 }
+
+/// Float32 radial networks by pair ([`pair_key`]).
+pub(crate) type RadialNets = std::collections::HashMap<usize, std::rc::Rc<RadialMlp>>;
 
 /// The float64 RadialFunc of a pair as an se3-core [`RadialMlp`] (weights rounded to f32).
 pub(crate) fn radial_mlp(r: &RadialFunc) -> Result<RadialMlp, Error> {
@@ -87,8 +97,8 @@ pub(crate) fn radial_mlp(r: &RadialFunc) -> Result<RadialMlp, Error> {
     )?)
 }
 
-impl Ctx<'_> {
-    pub(crate) fn new<'a>(
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(
         s: &'a mut Session,
         nbr: GraphTensor<(Dyn<'e'>,)>,
         valid: T2,
@@ -109,20 +119,70 @@ impl Ctx<'_> {
             radial_in,
             basis,
             global,
-            bank: None,
+            bank: ModelRadials::default(),
+            nets: RadialNets::new(),
             rotary: None,
         }
     }
 
-    /// Evaluates the radial networks of `pairs` (every pair of the model) together up to their
-    /// last layer (se3-core's fused [`radial_hidden`]: one op, `[P, e, 128]`); later
-    /// [`Ctx::radial_hidden`] calls take their hidden activations from here.
+    /// Registers the radial networks of `pairs` (one layer) to be evaluated together (one fused
+    /// [`radial_hidden`] op, added to the graph when [`Ctx::radial_hidden`] first asks for one of
+    /// them).
+    pub(crate) fn radial_bank(&mut self, pairs: &[&'a Pair]) {
+        if pairs.is_empty() {
+            return;
+        }
+        let m = &mut self.bank;
+        let gi = m.groups.len();
+        m.groups.push(pairs.to_vec());
+        m.banks.push(None);
+        for (pi, p) in pairs.iter().enumerate() {
+            m.index.insert(pair_key(p), (gi, pi));
+        }
+    }
+
+    /// The radial hidden activations of pair `p`, `[1, e, 128]` (row-major `[e, 128]`): a view of
+    /// its group's fused output if it was registered ([`Ctx::radial_bank`]), else evaluated for
+    /// `p` alone ([`RadialMlp::build_hidden`]).
     ///
     /// # Errors
-    /// Weight errors of the session; `MissingInput` if the networks' input widths differ.
-    pub(crate) fn radial_bank(&mut self, pairs: &[&Pair]) -> Result<(), Error> {
+    /// Weight errors of the session; `MissingInput` if a group's input widths differ.
+    pub(crate) fn radial_hidden(&mut self, p: &Pair) -> Result<T3, Error> {
+        if let Some(&(gi, pi)) = self.bank.index.get(&pair_key(p)) {
+            if self.bank.banks.get(gi).is_some_and(Option::is_none) {
+                let group = self.bank.groups[gi].clone();
+                let all = self.group_hidden(&group)?;
+                self.bank.banks[gi] = Some(all);
+            }
+            let all = self
+                .bank
+                .banks
+                .get(gi)
+                .copied()
+                .flatten()
+                .ok_or(Error::MissingInput {
+                    name: "radial bank",
+                })?;
+            let mut st = all.shape;
+            st.slice(&[
+                (Expression::from(pi), Expression::from(pi + 1)),
+                (0.into(), i32::MAX.into()),
+                (0.into(), i32::MAX.into()),
+            ]);
+            return Ok(GraphTensor::from_id(all.id, st, all.graph_ref));
+        }
+        let net = self.radial_net(p)?;
+        let prefix = self.prefix();
+        let (h, _, _) = net.build_hidden(self.s, &prefix, retype(self.radial_in))?;
+        Ok(reshape(h, &[1.into(), self.e, RADIAL_HIDDEN.into()]))
+    }
+
+    /// The hidden layers of the radial networks of `pairs` as one fused op, `[P, e, 128]`.
+    fn group_hidden(&mut self, pairs: &[&Pair]) -> Result<T3, Error> {
         let Some(first) = pairs.first() else {
-            return Ok(());
+            return Err(Error::MissingInput {
+                name: "radial networks of a layer",
+            });
         };
         let (np, hd) = (pairs.len(), RADIAL_HIDDEN);
         let n_in = first.radial.l0.n_in;
@@ -161,34 +221,27 @@ impl Ctx<'_> {
             g4: self.constant(&g4, &[np, hd])?,
             be4: self.constant(&be4, &[np, hd])?,
         };
-        let all = radial_hidden(self.radial_in, &w, 1e-5);
-        let index = pairs
-            .iter()
-            .enumerate()
-            .map(|(pi, p)| (pair_key(p), pi))
-            .collect();
-        self.bank = Some(ModelRadials { index, all });
-        Ok(())
+        Ok(radial_hidden(self.radial_in, &w, 1e-5))
     }
 
-    /// The radial hidden activations of pair `p`, `[1, e, 128]` (row-major `[e, 128]`): a view
-    /// of the bank if it holds `p`, else evaluated for `p` alone ([`RadialMlp::build_hidden`]).
-    pub(crate) fn radial_hidden(&mut self, p: &Pair) -> Result<T3, Error> {
-        if let Some(m) = &self.bank {
-            if let Some(&pi) = m.index.get(&pair_key(p)) {
-                let mut st = m.all.shape;
-                st.slice(&[
-                    (Expression::from(pi), Expression::from(pi + 1)),
-                    (0.into(), i32::MAX.into()),
-                    (0.into(), i32::MAX.into()),
-                ]);
-                return Ok(GraphTensor::from_id(m.all.id, st, m.all.graph_ref));
-            }
+    /// The float32 radial network of pair `p`: the one converted ahead ([`Ctx::nets`]), else
+    /// converted from the float64 model now.
+    ///
+    /// # Errors
+    /// `WrongShape` if the float64 last layer was dropped and no converted network is held.
+    pub(crate) fn radial_net(&mut self, p: &Pair) -> Result<std::rc::Rc<RadialMlp>, Error> {
+        match self.nets.get(&pair_key(p)) {
+            Some(net) => Ok(net.clone()),
+            None => Ok(std::rc::Rc::new(radial_mlp(&p.radial)?)),
         }
-        let net = radial_mlp(&p.radial)?;
-        let prefix = self.prefix();
-        let (h, _, _) = net.build_hidden(self.s, &prefix, retype(self.radial_in))?;
-        Ok(reshape(h, &[1.into(), self.e, RADIAL_HIDDEN.into()]))
+    }
+
+    /// Drops the converted radial networks of `pairs` (their layer is built; the session holds
+    /// their weights).
+    pub(crate) fn release(&mut self, pairs: &[Pair]) {
+        for p in pairs {
+            self.nets.remove(&pair_key(p));
+        }
     }
 
     /// A fresh weight-name prefix `u<i>.` for an se3-core layer built on the session.

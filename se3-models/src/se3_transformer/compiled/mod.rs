@@ -16,9 +16,12 @@
 //! last layer, and attention logits fold the query into that layer, so per-edge radial weights are
 //! never formed.
 //!
-//! The radial networks of all degree pairs of all convolutions read the same per-edge input, so
-//! they run together up to their last layer (one GEMM per layer over `[P, e, 128]`, one grouped
-//! LayerNorm + GELU), which keeps the graph small and its compilation fast.
+//! The radial networks of the degree pairs of a layer (a convolution, or the keys and values of an
+//! attention block) read the same per-edge input, so they run together up to their last layer
+//! (one GEMM per radial layer over `[P, e, 128]`, one grouped LayerNorm + GELU), which keeps the
+//! graph small and its compilation fast. One bank per layer rather than one for the whole model
+//! keeps only the running layer's hidden activations alive (the session runs the graph in a
+//! memory-aware order, se3-core `exec::MemoryStats`).
 //!
 //! Rotary embeddings rotate degree-0 keys and values per edge, which the reassociated sum cannot
 //! carry, so with rotary the degree-0 attention forms its messages per edge (degree 0 is the cheap
@@ -43,7 +46,7 @@ use se3_core::exec::{IndexBound, InputKind, Session};
 
 use self::attention::{attention, RotaryInputs};
 use self::conv::conv_pooled;
-use self::ctx::{Ctx, GFeats};
+use self::ctx::{pair_key, radial_mlp, Ctx, GFeats, RadialNets};
 use self::egnn::egnn_layer;
 use self::node::{linear, norm, residual};
 use self::tensor::{reshape, T2, T3, T4};
@@ -111,13 +114,17 @@ impl CompiledSe3Transformer {
     }
 
     /// As [`CompiledSe3Transformer::new`], taking the model: its float64 layer weights are dropped
-    /// once they are in the graph (only embeddings and the basis table stay on the host).
+    /// as they go into the graph, so the weights are held about once (the radial networks' last
+    /// layers, the bulk, are converted to float32 first and their float64 copies dropped; each
+    /// float32 copy is dropped once its layer is built; only embeddings and the basis table stay
+    /// on the host).
     ///
     /// # Errors
     /// As [`CompiledSe3Transformer::new`].
     pub fn from_model(model: Se3Transformer) -> Result<Self, Error> {
-        let mut compiled = Self::build(&model)?;
         let mut host = model;
+        let nets = convert_radials(&mut host)?;
+        let mut compiled = Self::build(&host, nets)?;
         host.conv_in.pairs.clear();
         host.conv_in.self_interact = None;
         host.convs.clear();
@@ -130,7 +137,20 @@ impl CompiledSe3Transformer {
         Ok(compiled)
     }
 
-    fn build(model: &Se3Transformer) -> Result<Self, Error> {
+    /// Loads a state dict with PyTorch key names (moving its tensors, [`Se3Transformer::
+    /// from_state_dict_owned`]) and compiles it ([`CompiledSe3Transformer::from_model`]): the
+    /// weights are never held twice in float64.
+    ///
+    /// # Errors
+    /// Those of [`Se3Transformer::from_state_dict`] and [`CompiledSe3Transformer::new`].
+    pub fn from_state_dict(
+        cfg: &crate::se3_transformer::Se3TransformerConfig,
+        sd: StateDict,
+    ) -> Result<Self, Error> {
+        Self::from_model(Se3Transformer::from_state_dict_owned(cfg, sd)?)
+    }
+
+    fn build(model: &Se3Transformer, nets: RadialNets) -> Result<Self, Error> {
         let cfg = &model.cfg;
         let shape = &model.shape;
         let mut s = Session::new();
@@ -273,16 +293,22 @@ impl CompiledSe3Transformer {
         };
         let mut ctx = Ctx::new(&mut s, nbr, valid, pool_w, radial_in, basis, global);
         ctx.rotary = rotary;
-        ctx.radial_bank(&model_pairs(model))?;
+        ctx.nets = nets;
+        for group in model_pair_groups(model) {
+            ctx.radial_bank(&group);
+        }
         let mut x = conv_pooled(&mut ctx, &model.conv_in, &x)?;
+        ctx.release(&model.conv_in.pairs);
         for (conv, nrm) in &model.convs {
             let y = norm(&mut ctx, nrm, &x)?;
             x = conv_pooled(&mut ctx, conv, &y)?;
+            ctx.release(&conv.pairs);
         }
         x = match &model.trunk {
             Trunk::Sequential(blocks) => {
                 for (a, f) in blocks {
                     x = attention_block(&mut ctx, a, &x)?;
+                    release_attention(&mut ctx, a);
                     x = ff_block(&mut ctx, f, &x)?;
                 }
                 x
@@ -292,6 +318,7 @@ impl CompiledSe3Transformer {
                 for (a, f) in blocks {
                     // the blocks keep their own residual inside (as the oracle)
                     let y1 = residual(&attention_block(&mut ctx, a, &x2)?, &x1);
+                    release_attention(&mut ctx, a);
                     let y2 = residual(&ff_block(&mut ctx, f, &y1)?, &x2);
                     x1 = y1;
                     x2 = y2;
@@ -354,6 +381,12 @@ impl CompiledSe3Transformer {
     pub fn instrument(&mut self) {
         self.session
             .compile_with(se3_core::exec::profile::Instrument);
+    }
+
+    /// Memory figures of the last graph run (resident weights, peak intermediates; se3-core
+    /// [`MemoryStats`](se3_core::exec::MemoryStats)).
+    pub fn memory_stats(&self) -> se3_core::exec::MemoryStats {
+        self.session.memory_stats()
     }
 
     /// Wall time of the stages of the last forward: host preparation (neighbour selection, edge
@@ -520,26 +553,29 @@ impl CompiledSe3Transformer {
     }
 }
 
-/// Every ConvSE3 degree pair of the model (conv_in, conv stacks, attention keys and values,
-/// conv_out), in module order.
-fn model_pairs(model: &Se3Transformer) -> Vec<&crate::se3_transformer::conv::Pair> {
+/// The ConvSE3 degree pairs of the model by layer (conv_in, each conv of the stack, the keys and
+/// values of each attention block, conv_out), in module order: one radial bank each, so only the
+/// hidden activations of the layer being run are alive.
+fn model_pair_groups(model: &Se3Transformer) -> Vec<Vec<&crate::se3_transformer::conv::Pair>> {
     use crate::se3_transformer::attention::KeyProj;
-    let mut convs = vec![&model.conv_in];
-    convs.extend(model.convs.iter().map(|(c, _)| c));
+    let mut groups = vec![model.conv_in.pairs.iter().collect::<Vec<_>>()];
+    groups.extend(model.convs.iter().map(|(c, _)| c.pairs.iter().collect()));
     let blocks = match &model.trunk {
         Trunk::Sequential(b) | Trunk::Reversible(b) => b.as_slice(),
         Trunk::Egnn(_) => &[],
     };
     for (a, _) in blocks {
+        let mut g: Vec<_> = a.attn.to_v.pairs.iter().collect();
         if let KeyProj::Conv(c) = &a.attn.to_k {
-            convs.push(c);
+            g.splice(0..0, c.pairs.iter());
         }
-        convs.push(&a.attn.to_v);
+        groups.push(g);
     }
     if let Some(c) = &model.conv_out {
-        convs.push(c);
+        groups.push(c.pairs.iter().collect());
     }
-    convs.iter().flat_map(|c| c.pairs.iter()).collect()
+    groups.retain(|g| !g.is_empty());
+    groups
 }
 
 fn attention_block_raw(
@@ -559,6 +595,48 @@ fn attention_block(
     Ok(residual(&attention_block_raw(ctx, a, x)?, x))
 }
 
+/// Drops the converted radial networks of an attention block's keys and values (built).
+fn release_attention(ctx: &mut Ctx<'_>, a: &crate::se3_transformer::attention::AttentionBlock) {
+    use crate::se3_transformer::attention::KeyProj;
+    if let KeyProj::Conv(c) = &a.attn.to_k {
+        ctx.release(&c.pairs);
+    }
+    ctx.release(&a.attn.to_v.pairs);
+}
+
+/// Converts the radial networks of every pair of the model's layers to float32 (the networks the
+/// graph build reads, [`Ctx::radial_net`]) and drops the float64 last layers, one pair at a time,
+/// so the model's bulk is never held twice.
+///
+/// # Errors
+/// `WrongShape` for a malformed network (none in a loaded model).
+fn convert_radials(model: &mut Se3Transformer) -> Result<RadialNets, Error> {
+    use crate::se3_transformer::attention::KeyProj;
+    let mut nets = RadialNets::new();
+    let mut convs: Vec<&mut crate::se3_transformer::conv::ConvSe3> = vec![&mut model.conv_in];
+    convs.extend(model.convs.iter_mut().map(|(c, _)| c));
+    if let Trunk::Sequential(blocks) | Trunk::Reversible(blocks) = &mut model.trunk {
+        for (a, _) in blocks.iter_mut() {
+            if let KeyProj::Conv(c) = &mut a.attn.to_k {
+                convs.push(c);
+            }
+            convs.push(&mut a.attn.to_v);
+        }
+    }
+    if let Some(c) = &mut model.conv_out {
+        convs.push(c);
+    }
+    for conv in convs {
+        for p in &mut conv.pairs {
+            let net = radial_mlp(&p.radial)?;
+            p.radial.l6.w = Vec::new();
+            p.radial.l6.b = Vec::new();
+            nets.insert(pair_key(p), std::rc::Rc::new(net));
+        }
+    }
+    Ok(nets)
+}
+
 fn ff_block_raw(
     ctx: &mut Ctx<'_>,
     f: &crate::se3_transformer::attention::FeedForwardBlock,
@@ -576,4 +654,69 @@ fn ff_block(
     x: &GFeats,
 ) -> Result<GFeats, Error> {
     Ok(residual(&ff_block_raw(ctx, f, x)?, x))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::checkpoint::Tensor;
+    use crate::model_file::ModelFile;
+    use crate::se3_transformer::Se3TransformerConfig;
+
+    fn reference(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/reference/models")
+            .join(name)
+    }
+
+    /// Config, forward options, weights and inputs of a reference model.
+    fn load(
+        name: &str,
+    ) -> Result<
+        (
+            Se3TransformerConfig,
+            Se3TransformerForward,
+            StateDict,
+            ModelInputs,
+        ),
+        Error,
+    > {
+        let file = ModelFile::load(reference(name).join("config.json"))?;
+        let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
+        let fwd = Se3TransformerForward::from_literals(&file.forward_kwargs.literals)?;
+        let sd = StateDict::load(reference(name).join("weights.safetensors"))?;
+        let inputs = ModelInputs::load(
+            reference(name).join("inputs.safetensors"),
+            &file.forward_kwargs.tensors,
+        )?;
+        Ok((cfg, fwd, sd, inputs))
+    }
+
+    #[test]
+    fn moving_the_state_dict_in_gives_the_outputs_of_the_copying_build() -> Result<(), Error> {
+        // tied keys/values read the same converted radial networks twice
+        for name in ["se3t_basic", "se3t_tie_kv", "se3t_reversible"] {
+            let (cfg, fwd, sd, inputs) = load(name)?;
+            let copied = Se3Transformer::from_state_dict(&cfg, &sd)?;
+            let want = CompiledSe3Transformer::new(&copied)?.forward(&inputs, &fwd)?;
+            let got = CompiledSe3Transformer::from_state_dict(&cfg, sd)?.forward(&inputs, &fwd)?;
+            assert_eq!(got, want, "{name}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn moving_loader_names_an_unexpected_key() -> Result<(), Error> {
+        let (cfg, _, mut sd, _) = load("se3t_basic")?;
+        sd.insert("not.a.weight", Tensor::new(vec![2], vec![1.0, 2.0])?);
+        match CompiledSe3Transformer::from_state_dict(&cfg, sd) {
+            Err(Error::UnexpectedKey { key, shape }) => {
+                assert_eq!((key.as_str(), shape), ("not.a.weight", vec![2]));
+                Ok(())
+            }
+            other => panic!("expected UnexpectedKey, got {other:?}"),
+        }
+    }
 }
