@@ -13,7 +13,7 @@ use super::graph::{
     FeatureTensors, GraphFeatures, ParamSource, E, N, X,
 };
 use super::linear::{LinearLayer, LinearLayout};
-use super::radial::{RadialMlp, RADIAL_HIDDEN};
+use super::radial::{RadialBank, RadialMlp, RADIAL_HIDDEN};
 use crate::exec::Session;
 use crate::fiber::{DegreeSpec, Fiber, FiberSpec};
 use crate::ops::{edge_conv, gather3, radial_edge_conv, scatter_add3, PairShape, RadialMode};
@@ -412,7 +412,8 @@ impl ConvLayer {
     }
 
     /// The pooled sum of one degree pair through the fused radial edge op
-    /// ([`ConvPath::Fused`]), `(N, c_out, 2 d_out + 1)`.
+    /// ([`ConvPath::Fused`]) from its radial hidden activations `h (E, 128)`,
+    /// `(N, c_out, 2 d_out + 1)`.
     #[allow(clippy::too_many_arguments)]
     fn pair_pooled_fused(
         &self,
@@ -422,14 +423,13 @@ impl ConvLayer {
         xl: GraphTensor<(N, X, X)>,
         edges: &EdgeGraph,
         basis: &EdgeBasis,
-        input: GraphTensor<(E, X)>,
+        h: GraphTensor<(E, X)>,
         w: GraphTensor<(E,)>,
     ) -> Result<GraphTensor<(X, X, X)>, Error> {
         let n = dims(xl)[0];
-        let (h, wl, bl) = p.radial.build_hidden(
+        let (wl, bl) = p.radial.declare_last_layer(
             s,
             &format!("{prefix}kernel_unary.({},{}).rp.", p.d_in, p.d_out),
-            input,
         )?;
         let shape = PairShape {
             c_in: p.c_in,
@@ -503,8 +503,8 @@ impl ConvLayer {
         Ok(reshape(y, &[n, p.c_out.into(), mo.into()]))
     }
 
-    /// The pooled sums of every degree pair, each from `pair(self, s, p, x_{d_in}, radial
-    /// input)`, accumulated per output degree.
+    /// The pooled sums of every degree pair, each from `pair(self, s, index of p, p, x_{d_in},
+    /// radial input)`, accumulated per output degree.
     fn pooled_pairs(
         &self,
         s: &mut Session,
@@ -514,6 +514,7 @@ impl ConvLayer {
         mut pair: impl FnMut(
             &Self,
             &mut Session,
+            usize,
             &PairKernel,
             GraphTensor<(N, X, X)>,
             GraphTensor<(E, X)>,
@@ -524,9 +525,9 @@ impl ConvLayer {
         let input = edges.radial_input(s, self.options.fourier)?;
         let mut out: Vec<Option<GraphTensor<(X, X, X)>>> =
             vec![None; self.fiber_out.degrees().len()];
-        for p in &self.pairs {
+        for (i, p) in self.pairs.iter().enumerate() {
             let xl = self.input_degree(x, p.d_in)?;
-            let y = pair(self, s, p, xl, input)?;
+            let y = pair(self, s, i, p, xl, input)?;
             self.accumulate(&mut out, p.d_out, y);
         }
         Ok(collect_degrees(out)?.into_iter().map(retype).collect())
@@ -697,21 +698,36 @@ impl ConvLayer {
             Pool::Sum => edges.valid,
         };
         let pooled = match self.path {
-            // hidden layers per pair (RadialMlp::build_hidden): its fused LayerNorm + GELU row
-            // kernel is faster on CPU than RadialBank's grouped elementwise one
-            ConvPath::Fused => self.pooled_pairs(s, x, edges, basis, |c, s, p, xl, input| {
-                c.pair_pooled_fused(s, prefix, p, xl, edges, basis, input, w)
-            })?,
-            ConvPath::EdgeConv => self.pooled_pairs(s, x, edges, basis, |c, s, p, xl, input| {
-                c.pair_pooled_edge_conv(s, prefix, p, xl, edges, basis, input, w)
-            })?,
+            // the hidden layers of every pair in one fused op (RadialBank), each pair's
+            // activations a view of it
+            ConvPath::Fused => {
+                let mut bank: Option<RadialBank> = None;
+                let nets: Vec<&RadialMlp> = self.pairs.iter().map(|p| &p.radial).collect();
+                self.pooled_pairs(s, x, edges, basis, |c, s, i, p, xl, input| {
+                    let b = match bank {
+                        Some(b) => b,
+                        None => *bank.insert(RadialBank::build(
+                            s,
+                            &format!("{prefix}radial."),
+                            &nets,
+                            input,
+                        )?),
+                    };
+                    c.pair_pooled_fused(s, prefix, p, xl, edges, basis, b.hidden(i)?, w)
+                })?
+            }
+            ConvPath::EdgeConv => {
+                self.pooled_pairs(s, x, edges, basis, |c, s, _, p, xl, input| {
+                    c.pair_pooled_edge_conv(s, prefix, p, xl, edges, basis, input, w)
+                })?
+            }
             ConvPath::Grouped => {
                 let k = edges.per_node.ok_or(Error::InvalidOp {
                     op: "convolution (ConvPath::Grouped)",
                     problem:
                         "needs edges grouped by node (EdgeGraph::per_node); use ConvPath::Fused",
                 })?;
-                self.pooled_pairs(s, x, edges, basis, |c, s, p, xl, input| {
+                self.pooled_pairs(s, x, edges, basis, |c, s, _, p, xl, input| {
                     c.pair_pooled_grouped(s, prefix, p, xl, edges, basis, input, w, k)
                 })?
             }

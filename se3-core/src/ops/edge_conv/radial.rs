@@ -592,7 +592,7 @@ impl Operator for RadialEdgeConv {
         let hd = views[2].axes.get(1).map_or(0, |a| a.len);
         let n = views[8].axes[0].len;
         let row = s.c_out * s.mo();
-        let mat = |i: usize| views[i].materialize(buffer(&inp[i].0));
+        let mat = |i: usize| views[i].borrow_or_copy(buffer(&inp[i].0));
         let (x, basis, h, weight, bias) = (mat(0), mat(1), mat(2), mat(3), mat(4));
         let (w, src, dst) = (mat(5), mat(6), mat(7));
         let b = cpu_buckets(&dst, n);
