@@ -27,6 +27,7 @@ pub mod primitives;
 pub mod profile;
 pub mod safetensors;
 mod session;
+pub(crate) mod simd;
 #[cfg(test)]
 pub(crate) mod tests;
 pub(crate) mod view;
