@@ -95,6 +95,17 @@ impl PairKernel {
     fn nf(&self) -> usize {
         self.freqs.len()
     }
+
+    /// Its weights' prefix, `<prefix>kernel_unary.(d_in,d_out).` ([`pair_key`]).
+    fn key(&self, prefix: &str) -> String {
+        pair_key(prefix, self.d_in, self.d_out)
+    }
+}
+
+/// The checkpoint prefix of the kernel from degree `d_in` to `d_out` (se3-transformer-pytorch's
+/// `ConvSE3.kernel_unary["(d_in,d_out)"]`): `<prefix>kernel_unary.(d_in,d_out).`.
+fn pair_key(prefix: &str, d_in: usize, d_out: usize) -> String {
+    format!("{prefix}kernel_unary.({d_in},{d_out}).")
 }
 
 /// The frequencies `f` (of `J = |l_in - l_out| + f`) a kernel from `i` to `o` may use: all for
@@ -142,7 +153,7 @@ fn pair_block(
     }
     let sel: GraphTensor<(X, X)> = constant(
         s,
-        &format!("{prefix}kernel_unary.({},{}).freqs", p.d_in, p.d_out),
+        &format!("{}freqs", p.key(prefix)),
         sel,
         &[full * mo, nf * mo],
     )?;
@@ -349,7 +360,7 @@ impl ConvLayer {
             let nf = freqs.len();
             let radial = RadialMlp::load(
                 src,
-                &format!("{prefix}kernel_unary.({},{}).rp.", i.l, o.l),
+                &format!("{}rp.", pair_key(prefix, i.l, o.l)),
                 radial_in(&options),
                 nf * i.channels * o.channels,
             )?;
@@ -427,10 +438,9 @@ impl ConvLayer {
         w: GraphTensor<(E,)>,
     ) -> Result<GraphTensor<(X, X, X)>, Error> {
         let n = dims(xl)[0];
-        let (wl, bl) = p.radial.declare_last_layer(
-            s,
-            &format!("{prefix}kernel_unary.({},{}).rp.", p.d_in, p.d_out),
-        )?;
+        let (wl, bl) = p
+            .radial
+            .declare_last_layer(s, &format!("{}rp.", p.key(prefix)))?;
         let shape = PairShape {
             c_in: p.c_in,
             d_in: p.d_in,
@@ -473,11 +483,9 @@ impl ConvLayer {
         let e = dims(edges.dist)[0];
         let n = dims(xl)[0];
         let (di, mo, nf) = (2 * p.d_in + 1, 2 * p.d_out + 1, p.nf());
-        let (h, wl, b) = p.radial.build_hidden(
-            s,
-            &format!("{prefix}kernel_unary.({},{}).rp.", p.d_in, p.d_out),
-            input,
-        )?;
+        let (h, wl, b) = p
+            .radial
+            .build_hidden(s, &format!("{}rp.", p.key(prefix)), input)?;
         let width = p.c_out * p.c_in * nf;
         let r = mm(retype(h), transpose(wl)) + expand_at::<_, (X, X)>(retype::<_, (X,)>(b), 0, e);
         let r = r * expand_at::<_, (X, X)>(retype::<_, (X,)>(w), 1, width);
@@ -575,11 +583,9 @@ impl ConvLayer {
         let (mo, nf) = (2 * p.d_out + 1, p.nf());
         // R = W h + b: the per-edge part W h, and the bias applied to Kx as one broadcast
         // product b Kx (no pass over the (E, c_out c_in nf) weights to add it).
-        let (h, w, b) = p.radial.build_hidden(
-            s,
-            &format!("{prefix}kernel_unary.({},{}).rp.", p.d_in, p.d_out),
-            input,
-        )?;
+        let (h, w, b) = p
+            .radial
+            .build_hidden(s, &format!("{}rp.", p.key(prefix)), input)?;
         let r = mm(retype(h), transpose(w));
         let cf = p.c_in * nf;
         let r: GraphTensor<(X, X, X)> = reshape(r, &[e, p.c_out.into(), cf.into()]);
@@ -638,7 +644,7 @@ impl ConvLayer {
         w: GraphTensor<(E,)>,
         k: Expression,
     ) -> Result<GraphTensor<(X, X, X)>, Error> {
-        let key = format!("{prefix}kernel_unary.({},{}).", p.d_in, p.d_out);
+        let key = p.key(prefix);
         let (h, _, _) = p.radial.build_hidden(s, &format!("{key}rp."), input)?;
         let n = dims(xl)[0];
         let e = dims(edges.dist)[0];
