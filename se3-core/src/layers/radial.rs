@@ -136,6 +136,7 @@ impl RadialMlp {
     ///
     /// # Errors
     /// Those of `Session::set_weight`.
+    #[allow(clippy::type_complexity)]
     pub fn declare_last_layer(
         &self,
         s: &mut Session,
