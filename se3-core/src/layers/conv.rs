@@ -57,8 +57,9 @@ impl Default for ConvOptions {
 /// same values up to rounding; all four are tested against each other).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConvPath {
-    /// The fused radial edge op ([`radial_edge_conv()`], default): from the radial network's
-    /// hidden activations `h_e`, one kernel per degree pair contracts the kernel basis, the
+    /// The fused radial edge op ([`radial_edge_conv()`], default): the hidden layers of every
+    /// pair's radial network in one fused op ([`RadialBank`], `ops::radial_hidden`); from
+    /// those hidden activations `h_e`, one kernel per degree pair contracts the kernel basis, the
     /// gathered source rows and the radial network's last layer per destination node in cache,
     /// reassociated (`A_n = sum_e w_e Kx_e (x) h_e`, then the last layer once per node) or,
     /// for nodes with few edges, per edge; per-edge radial weights are never materialised.
