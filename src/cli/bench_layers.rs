@@ -3,7 +3,7 @@
 //! se3-transformer-pytorch's `ConvSE3` at the same size (measured on this machine with
 //! torch 2.15, 2 threads: pass `SE3_CONVSE3_MS` to override), and where the time goes, from
 //! sessions that stop after each stage: neighbours + kernel basis; + the radial networks'
-//! hidden layers (what the default fused path consumes); + their per-edge outputs (what the
+//! hidden layers, all pairs in one `RadialBank` op (what the default fused path consumes); + their per-edge outputs (what the
 //! Gemm and EdgeConv paths consume); the per-edge messages of the Gemm path; and the full
 //! convolution through each [`ConvPath`] (Fused, the default; Grouped; Gemm; EdgeConv). The
 //! sessions run interleaved round by round (`SE3_BENCH_REPS` rounds, default 5), so machine
@@ -17,7 +17,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use se3_core::exec::{InputKind, Session};
 use se3_core::fiber::FiberSpec;
 use se3_core::layers::{
-    ConvLayer, ConvOptions, ConvPath, EdgeBasis, EdgeGraph, FeatureTensors, RadialMlp,
+    ConvLayer, ConvOptions, ConvPath, EdgeBasis, EdgeGraph, FeatureTensors, RadialBank, RadialMlp,
 };
 use se3_core::ops;
 
@@ -62,10 +62,10 @@ fn build(
         Stage::Hidden => {
             basis_outputs(&mut s, &basis)?;
             let input = edges.radial_input(&mut s, None)?;
-            for (i, r) in radial.iter().enumerate() {
-                let (h, _, _) = r.build_hidden(&mut s, &format!("r{i}."), input)?;
-                s.output(&format!("h{i}"), h);
-            }
+            // as the fused path evaluates them: every pair in one op
+            let nets: Vec<&RadialMlp> = radial.iter().collect();
+            let bank = RadialBank::build(&mut s, "r.", &nets, input)?;
+            s.output("h", bank.all());
         }
         Stage::Radial => {
             basis_outputs(&mut s, &basis)?;

@@ -321,7 +321,7 @@ pub(crate) fn gemm_rows(
     assert!((m - 1) * ldc + n <= c.len());
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if super::simd::isa() == super::simd::Isa::Avx512 {
             // SAFETY: the CPU has AVX-512F; the asserts above bound every access.
             unsafe { rows_avx512::gemm(m, k, n, a, lda, b, ldb, c, ldc, beta) };
             return;

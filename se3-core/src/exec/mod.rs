@@ -28,6 +28,7 @@ pub mod profile;
 pub mod safetensors;
 mod schedule;
 mod session;
+pub(crate) mod simd;
 #[cfg(test)]
 pub(crate) mod tests;
 pub(crate) mod view;

@@ -13,7 +13,7 @@ use super::graph::{
     FeatureTensors, GraphFeatures, ParamSource, E, N, X,
 };
 use super::linear::{LinearLayer, LinearLayout};
-use super::radial::{RadialMlp, RADIAL_HIDDEN};
+use super::radial::{RadialBank, RadialMlp, RADIAL_HIDDEN};
 use crate::exec::Session;
 use crate::fiber::{DegreeSpec, Fiber, FiberSpec};
 use crate::ops::{edge_conv, gather3, radial_edge_conv, scatter_add3, PairShape, RadialMode};
@@ -57,8 +57,9 @@ impl Default for ConvOptions {
 /// same values up to rounding; all four are tested against each other).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConvPath {
-    /// The fused radial edge op ([`radial_edge_conv()`], default): from the radial network's
-    /// hidden activations `h_e`, one kernel per degree pair contracts the kernel basis, the
+    /// The fused radial edge op ([`radial_edge_conv()`], default): the hidden layers of every
+    /// pair's radial network in one fused op ([`RadialBank`], `ops::radial_hidden`); from
+    /// those hidden activations `h_e`, one kernel per degree pair contracts the kernel basis, the
     /// gathered source rows and the radial network's last layer per destination node in cache,
     /// reassociated (`A_n = sum_e w_e Kx_e (x) h_e`, then the last layer once per node) or,
     /// for nodes with few edges, per edge; per-edge radial weights are never materialised.
@@ -95,6 +96,17 @@ impl PairKernel {
     fn nf(&self) -> usize {
         self.freqs.len()
     }
+
+    /// Its weights' prefix, `<prefix>kernel_unary.(d_in,d_out).` ([`pair_key`]).
+    fn key(&self, prefix: &str) -> String {
+        pair_key(prefix, self.d_in, self.d_out)
+    }
+}
+
+/// The checkpoint prefix of the kernel from degree `d_in` to `d_out` (se3-transformer-pytorch's
+/// `ConvSE3.kernel_unary["(d_in,d_out)"]`): `<prefix>kernel_unary.(d_in,d_out).`.
+fn pair_key(prefix: &str, d_in: usize, d_out: usize) -> String {
+    format!("{prefix}kernel_unary.({d_in},{d_out}).")
 }
 
 /// The frequencies `f` (of `J = |l_in - l_out| + f`) a kernel from `i` to `o` may use: all for
@@ -142,7 +154,7 @@ fn pair_block(
     }
     let sel: GraphTensor<(X, X)> = constant(
         s,
-        &format!("{prefix}kernel_unary.({},{}).freqs", p.d_in, p.d_out),
+        &format!("{}freqs", p.key(prefix)),
         sel,
         &[full * mo, nf * mo],
     )?;
@@ -349,7 +361,7 @@ impl ConvLayer {
             let nf = freqs.len();
             let radial = RadialMlp::load(
                 src,
-                &format!("{prefix}kernel_unary.({},{}).rp.", i.l, o.l),
+                &format!("{}rp.", pair_key(prefix, i.l, o.l)),
                 radial_in(&options),
                 nf * i.channels * o.channels,
             )?;
@@ -412,7 +424,8 @@ impl ConvLayer {
     }
 
     /// The pooled sum of one degree pair through the fused radial edge op
-    /// ([`ConvPath::Fused`]), `(N, c_out, 2 d_out + 1)`.
+    /// ([`ConvPath::Fused`]) from its radial hidden activations `h (E, 128)`,
+    /// `(N, c_out, 2 d_out + 1)`.
     #[allow(clippy::too_many_arguments)]
     fn pair_pooled_fused(
         &self,
@@ -422,15 +435,13 @@ impl ConvLayer {
         xl: GraphTensor<(N, X, X)>,
         edges: &EdgeGraph,
         basis: &EdgeBasis,
-        input: GraphTensor<(E, X)>,
+        h: GraphTensor<(E, X)>,
         w: GraphTensor<(E,)>,
     ) -> Result<GraphTensor<(X, X, X)>, Error> {
         let n = dims(xl)[0];
-        let (h, wl, bl) = p.radial.build_hidden(
-            s,
-            &format!("{prefix}kernel_unary.({},{}).rp.", p.d_in, p.d_out),
-            input,
-        )?;
+        let (wl, bl) = p
+            .radial
+            .declare_last_layer(s, &format!("{}rp.", p.key(prefix)))?;
         let shape = PairShape {
             c_in: p.c_in,
             d_in: p.d_in,
@@ -473,11 +484,9 @@ impl ConvLayer {
         let e = dims(edges.dist)[0];
         let n = dims(xl)[0];
         let (di, mo, nf) = (2 * p.d_in + 1, 2 * p.d_out + 1, p.nf());
-        let (h, wl, b) = p.radial.build_hidden(
-            s,
-            &format!("{prefix}kernel_unary.({},{}).rp.", p.d_in, p.d_out),
-            input,
-        )?;
+        let (h, wl, b) = p
+            .radial
+            .build_hidden(s, &format!("{}rp.", p.key(prefix)), input)?;
         let width = p.c_out * p.c_in * nf;
         let r = mm(retype(h), transpose(wl)) + expand_at::<_, (X, X)>(retype::<_, (X,)>(b), 0, e);
         let r = r * expand_at::<_, (X, X)>(retype::<_, (X,)>(w), 1, width);
@@ -503,8 +512,8 @@ impl ConvLayer {
         Ok(reshape(y, &[n, p.c_out.into(), mo.into()]))
     }
 
-    /// The pooled sums of every degree pair, each from `pair(self, s, p, x_{d_in}, radial
-    /// input)`, accumulated per output degree.
+    /// The pooled sums of every degree pair, each from `pair(self, s, index of p, p, x_{d_in},
+    /// radial input)`, accumulated per output degree.
     fn pooled_pairs(
         &self,
         s: &mut Session,
@@ -514,6 +523,7 @@ impl ConvLayer {
         mut pair: impl FnMut(
             &Self,
             &mut Session,
+            usize,
             &PairKernel,
             GraphTensor<(N, X, X)>,
             GraphTensor<(E, X)>,
@@ -524,9 +534,9 @@ impl ConvLayer {
         let input = edges.radial_input(s, self.options.fourier)?;
         let mut out: Vec<Option<GraphTensor<(X, X, X)>>> =
             vec![None; self.fiber_out.degrees().len()];
-        for p in &self.pairs {
+        for (i, p) in self.pairs.iter().enumerate() {
             let xl = self.input_degree(x, p.d_in)?;
-            let y = pair(self, s, p, xl, input)?;
+            let y = pair(self, s, i, p, xl, input)?;
             self.accumulate(&mut out, p.d_out, y);
         }
         Ok(collect_degrees(out)?.into_iter().map(retype).collect())
@@ -574,11 +584,9 @@ impl ConvLayer {
         let (mo, nf) = (2 * p.d_out + 1, p.nf());
         // R = W h + b: the per-edge part W h, and the bias applied to Kx as one broadcast
         // product b Kx (no pass over the (E, c_out c_in nf) weights to add it).
-        let (h, w, b) = p.radial.build_hidden(
-            s,
-            &format!("{prefix}kernel_unary.({},{}).rp.", p.d_in, p.d_out),
-            input,
-        )?;
+        let (h, w, b) = p
+            .radial
+            .build_hidden(s, &format!("{}rp.", p.key(prefix)), input)?;
         let r = mm(retype(h), transpose(w));
         let cf = p.c_in * nf;
         let r: GraphTensor<(X, X, X)> = reshape(r, &[e, p.c_out.into(), cf.into()]);
@@ -637,7 +645,7 @@ impl ConvLayer {
         w: GraphTensor<(E,)>,
         k: Expression,
     ) -> Result<GraphTensor<(X, X, X)>, Error> {
-        let key = format!("{prefix}kernel_unary.({},{}).", p.d_in, p.d_out);
+        let key = p.key(prefix);
         let (h, _, _) = p.radial.build_hidden(s, &format!("{key}rp."), input)?;
         let n = dims(xl)[0];
         let e = dims(edges.dist)[0];
@@ -697,21 +705,36 @@ impl ConvLayer {
             Pool::Sum => edges.valid,
         };
         let pooled = match self.path {
-            // hidden layers per pair (RadialMlp::build_hidden): its fused LayerNorm + GELU row
-            // kernel is faster on CPU than RadialBank's grouped elementwise one
-            ConvPath::Fused => self.pooled_pairs(s, x, edges, basis, |c, s, p, xl, input| {
-                c.pair_pooled_fused(s, prefix, p, xl, edges, basis, input, w)
-            })?,
-            ConvPath::EdgeConv => self.pooled_pairs(s, x, edges, basis, |c, s, p, xl, input| {
-                c.pair_pooled_edge_conv(s, prefix, p, xl, edges, basis, input, w)
-            })?,
+            // the hidden layers of every pair in one fused op (RadialBank), each pair's
+            // activations a view of it
+            ConvPath::Fused => {
+                let mut bank: Option<RadialBank> = None;
+                let nets: Vec<&RadialMlp> = self.pairs.iter().map(|p| &p.radial).collect();
+                self.pooled_pairs(s, x, edges, basis, |c, s, i, p, xl, input| {
+                    let b = match bank {
+                        Some(b) => b,
+                        None => *bank.insert(RadialBank::build(
+                            s,
+                            &format!("{prefix}radial."),
+                            &nets,
+                            input,
+                        )?),
+                    };
+                    c.pair_pooled_fused(s, prefix, p, xl, edges, basis, b.hidden(i)?, w)
+                })?
+            }
+            ConvPath::EdgeConv => {
+                self.pooled_pairs(s, x, edges, basis, |c, s, _, p, xl, input| {
+                    c.pair_pooled_edge_conv(s, prefix, p, xl, edges, basis, input, w)
+                })?
+            }
             ConvPath::Grouped => {
                 let k = edges.per_node.ok_or(Error::InvalidOp {
                     op: "convolution (ConvPath::Grouped)",
                     problem:
                         "needs edges grouped by node (EdgeGraph::per_node); use ConvPath::Fused",
                 })?;
-                self.pooled_pairs(s, x, edges, basis, |c, s, p, xl, input| {
+                self.pooled_pairs(s, x, edges, basis, |c, s, _, p, xl, input| {
                     c.pair_pooled_grouped(s, prefix, p, xl, edges, basis, input, w, k)
                 })?
             }

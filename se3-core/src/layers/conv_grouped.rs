@@ -228,6 +228,30 @@ fn last_layer_heads(
     (w, b)
 }
 
+/// The last layer of `radial` for the heads' output channels (`c0s[t] .. c0s[t] + cnt` for
+/// head `t`) as session constants `<prefix>w` `[(c, f) 128, H cnt]` and `<prefix>b`
+/// `[(c, f), H cnt]` ([`last_layer_heads`]), as the fused edge contractions read them.
+///
+/// # Errors
+/// Those of `Session::set_weight`.
+#[allow(clippy::type_complexity)]
+fn head_weights(
+    s: &mut Session,
+    prefix: &str,
+    radial: &RadialMlp,
+    pe: &PairEdges,
+    c0s: &[usize],
+    cnt: usize,
+) -> Result<(GraphTensor<(X, X)>, GraphTensor<(X, X)>), Error> {
+    let cf = pe.c_in * pe.nf();
+    let all = c0s.len() * cnt;
+    let (w, b) = last_layer_heads(radial, cf, pe.nf(), c0s, cnt);
+    Ok((
+        constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, all])?,
+        constant(s, &format!("{prefix}b"), b, &[cf, all])?,
+    ))
+}
+
 /// [`weighted_sum`] for several heads at once on one fused kernel (one `Kx` for all): head `t`
 /// sums with weights `a[t]` (`[n, k]`) over output channels `c0s[t] .. c0s[t] + cnt`; the result
 /// is `[n, H cnt, 2 d_out + 1]`, head `t` at channels `t cnt .. (t + 1) cnt`.
@@ -251,12 +275,7 @@ pub fn weighted_sum_heads(
             found: a.len(),
         });
     }
-    let cf = pe.c_in * pe.nf();
-    let all = c0s.len() * cnt;
-    let (w, b) = last_layer_heads(radial, cf, pe.nf(), c0s, cnt);
-    let wt: GraphTensor<(X, X)> =
-        constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, all])?;
-    let bt: GraphTensor<(X, X)> = constant(s, &format!("{prefix}b"), b, &[cf, all])?;
+    let (wt, bt) = head_weights(s, prefix, radial, pe, c0s, cnt)?;
     Ok(edge_contract_sum_heads(
         pe.x, pe.nbr, pe.basis, pe.h_view, a, wt, bt,
     ))
@@ -284,12 +303,7 @@ pub fn query_logits_heads(
             found: q.len(),
         });
     }
-    let cf = pe.c_in * pe.nf();
-    let all = c0s.len() * cnt;
-    let (w, b) = last_layer_heads(radial, cf, pe.nf(), c0s, cnt);
-    let wt: GraphTensor<(X, X)> =
-        constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, all])?;
-    let bt: GraphTensor<(X, X)> = constant(s, &format!("{prefix}b"), b, &[cf, all])?;
+    let (wt, bt) = head_weights(s, prefix, radial, pe, c0s, cnt)?;
     Ok(edge_contract_logits_heads(
         pe.x, pe.nbr, pe.basis, pe.h_view, q, wt, bt, pe.k,
     ))

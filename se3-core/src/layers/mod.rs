@@ -45,8 +45,8 @@
 //! [`ConvLayer::build`] computes the pooled sums of every degree pair by one of four paths
 //! ([`ConvPath`], chosen with [`ConvLayer::with_path`]; all give the same values up to rounding
 //! and are tested against each other). The default, [`ConvPath::Fused`], is the engine's fused
-//! radial edge op [`crate::ops::radial_edge_conv()`]: from the radial network's hidden
-//! activations it contracts the kernel basis, the gathered source rows and the radial network's
+//! radial edge op [`crate::ops::radial_edge_conv()`]: from the radial networks' hidden
+//! activations (all pairs' in one [`RadialBank`] op) it contracts the kernel basis, the gathered source rows and the radial network's
 //! last layer per destination node in cache (`A_n = sum_e w_e Kx_e (x) h_e`, then the last layer
 //! once per node; per edge for nodes with few edges), parallel over nodes without atomics, so
 //! the per-edge radial weights `(E, c_out c_in nf)` (the largest tensor of the other paths) are

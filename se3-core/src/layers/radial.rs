@@ -5,11 +5,10 @@ use rand::Rng;
 
 use super::edges::concat_columns;
 use super::graph::{
-    add_views, bmm, constant, dims, expand_at, gelu, mm, permute, reshape, transpose, Param,
-    ParamSource, E, X,
+    add_views, constant, dims, expand_at, mm, reshape, transpose, Param, ParamSource, E, X,
 };
 use crate::exec::Session;
-use crate::ops::layer_norm_gelu;
+use crate::ops::{layer_norm_gelu, radial_hidden, RadialHiddenWeights};
 use crate::Error;
 
 /// Hidden width of se3-transformer-pytorch's radial network.
@@ -132,6 +131,23 @@ impl RadialMlp {
         (&self.params[8].data, &self.params[9].data)
     }
 
+    /// The last layer's weight `(n_out, 128)` and bias `(n_out,)` as graph tensors (weights
+    /// `<prefix>net.6.*`), for hidden activations taken from a [`RadialBank`].
+    ///
+    /// # Errors
+    /// Those of `Session::set_weight`.
+    #[allow(clippy::type_complexity)]
+    pub fn declare_last_layer(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+    ) -> Result<(GraphTensor<(X, X)>, GraphTensor<(X,)>), Error> {
+        Ok((
+            self.params[8].declare(s, prefix)?,
+            self.params[9].declare(s, prefix)?,
+        ))
+    }
+
     /// Input width.
     pub fn n_in(&self) -> usize {
         self.n_in
@@ -204,32 +220,16 @@ impl RadialMlp {
 }
 
 /// The radial networks of several degree pairs (of one or many convolutions) that read the same
-/// per-edge input, evaluated together up to their last layer: one GEMM `(E, n_in) x (n_in, P
-/// 128)` for the first layer of all `P` networks, one batched GEMM `(P, E, 128) x (P, 128, 128)`
-/// for the second, each followed by one grouped LayerNorm + GELU over `(E, P, 128)`. The same
-/// values as [`RadialMlp::build_hidden`] per network, in a graph of a handful of nodes instead
-/// of a chain per pair (faster to compile and to run for the many small pairs of a model).
+/// per-edge input, evaluated together up to their last layer by one fused op
+/// ([`ops::radial_hidden`](crate::ops::radial_hidden())): per network and block of edges, both
+/// hidden layers with their LayerNorm + GELU in cache. The same values as
+/// [`RadialMlp::build_hidden`] per network, in one graph node instead of a chain per pair
+/// (faster to compile and to run for the many small pairs of a model).
 #[derive(Debug, Clone, Copy)]
 pub struct RadialBank {
     /// Hidden activations after the second GELU, `(P, E, 128)`.
-    all: GraphTensor<(X, E, X)>,
+    all: GraphTensor<(X, X, X)>,
     count: usize,
-}
-
-/// LayerNorm (eps 1e-5) over the last axis of `(a, b, 128)` with an affine `gamma`, `beta`
-/// already broadcast to the shape of `x` (one affine per network of a bank).
-fn layer_norm_last(
-    x: GraphTensor<(X, X, X)>,
-    gamma: GraphTensor<(X, X, X)>,
-    beta: GraphTensor<(X, X, X)>,
-) -> GraphTensor<(X, X, X)> {
-    let d = dims(x);
-    let inv_w = 1.0 / RADIAL_HIDDEN as f32;
-    let mean: GraphTensor<(X, X)> = x.sum_reduce::<(X, X), Axis<2>>() * inv_w;
-    let centered = x - expand_at::<_, (X, X, X)>(mean, 2, d[2]);
-    let var: GraphTensor<(X, X)> = (centered * centered).sum_reduce::<(X, X), Axis<2>>() * inv_w;
-    let inv = (var + 1e-5).sqrt().recip();
-    centered * expand_at::<_, (X, X, X)>(inv, 2, d[2]) * gamma + beta
 }
 
 impl RadialBank {
@@ -258,18 +258,17 @@ impl RadialBank {
             });
         }
         let hd = RADIAL_HIDDEN;
-        let mut w0 = vec![0.0; n_in * np * hd];
-        let mut w3 = vec![0.0; np * hd * hd];
+        // torch Linear weights are (out, in); the fused op reads (in, out) per network
+        let mut w0 = Vec::with_capacity(np * n_in * hd);
+        let mut w3 = Vec::with_capacity(np * hd * hd);
         let mut rows: [Vec<f32>; 6] = Default::default();
-        for (pi, r) in nets.iter().enumerate() {
+        for r in nets {
             let (l0, l3) = (&r.params[0].data, &r.params[4].data);
-            for j in 0..hd {
-                for i in 0..n_in {
-                    w0[i * np * hd + pi * hd + j] = l0[j * n_in + i];
-                }
-                for i in 0..hd {
-                    w3[(pi * hd + i) * hd + j] = l3[j * hd + i];
-                }
+            for i in 0..n_in {
+                w0.extend((0..hd).map(|j| l0[j * n_in + i]));
+            }
+            for i in 0..hd {
+                w3.extend((0..hd).map(|j| l3[j * hd + i]));
             }
             for (row, idx) in rows.iter_mut().zip([1, 2, 3, 5, 6, 7]) {
                 row.extend_from_slice(&r.params[idx].data);
@@ -277,33 +276,26 @@ impl RadialBank {
         }
         let [b0, g1, be1, b3, g4, be4] = rows;
         let name = |k: &str| format!("{prefix}bank.{k}");
-        let w0t: GraphTensor<(X, X)> = constant(s, &name("w0"), w0, &[n_in, np * hd])?;
-        let b0t: GraphTensor<(X,)> = constant(s, &name("b0"), b0, &[np * hd])?;
-        let g1t: GraphTensor<(X, X)> = constant(s, &name("g1"), g1, &[np, hd])?;
-        let be1t: GraphTensor<(X, X)> = constant(s, &name("be1"), be1, &[np, hd])?;
-        let w3t: GraphTensor<(X, X, X)> = constant(s, &name("w3"), w3, &[np, hd, hd])?;
-        let b3t: GraphTensor<(X, X)> = constant(s, &name("b3"), b3, &[np, hd])?;
-        let g4t: GraphTensor<(X, X)> = constant(s, &name("g4"), g4, &[np, hd])?;
-        let be4t: GraphTensor<(X, X)> = constant(s, &name("be4"), be4, &[np, hd])?;
-        let e = dims(input)[0];
-        let h = mm(super::graph::retype(input), w0t) + expand_at::<_, (X, X)>(b0t, 0, e);
-        let h3: GraphTensor<(X, X, X)> = reshape(h, &[e, np.into(), hd.into()]); // (E, P, 128)
-        let h3 = gelu(layer_norm_last(
-            h3,
-            expand_at(g1t, 0, e),
-            expand_at(be1t, 0, e),
-        ));
-        // (P, E, 128)
-        let h2 = bmm(permute(h3, &[1, 0, 2]), w3t) + expand_at::<_, (X, X, X)>(b3t, 1, e);
-        let all = gelu(layer_norm_last(
-            h2,
-            expand_at(g4t, 1, e),
-            expand_at(be4t, 1, e),
-        ));
+        let row = |s: &mut Session, k: &str, v: Vec<f32>| constant(s, &name(k), v, &[np, hd]);
+        let w = RadialHiddenWeights {
+            w0: constant(s, &name("w0"), w0, &[np, n_in, hd])?,
+            b0: row(s, "b0", b0)?,
+            g1: row(s, "g1", g1)?,
+            be1: row(s, "be1", be1)?,
+            w3: constant(s, &name("w3"), w3, &[np, hd, hd])?,
+            b3: row(s, "b3", b3)?,
+            g4: row(s, "g4", g4)?,
+            be4: row(s, "be4", be4)?,
+        };
         Ok(RadialBank {
-            all: super::graph::retype(all),
+            all: radial_hidden(input, &w, 1e-5),
             count: np,
         })
+    }
+
+    /// The hidden activations of every network, `(P, E, 128)`.
+    pub fn all(&self) -> GraphTensor<(X, X, X)> {
+        self.all
     }
 
     /// The number of networks.
@@ -317,7 +309,8 @@ impl RadialBank {
     }
 
     /// The hidden activations `(E, 128)` of network `i` (in the order given to `build`), as
-    /// [`RadialMlp::build_hidden`] computes them; a contiguous copy of its slice of the bank.
+    /// [`RadialMlp::build_hidden`] computes them: a view of rows `i E .. (i + 1) E` of the
+    /// bank, no copy.
     ///
     /// # Errors
     /// `LengthMismatch` if `i` is not a network of the bank.
@@ -330,15 +323,10 @@ impl RadialBank {
             });
         }
         let d = dims(self.all);
-        let mut st = self.all.shape;
-        st.slice(&[
-            (Expression::from(i), Expression::from(i + 1)),
-            (0.into(), i32::MAX.into()),
-            (0.into(), i32::MAX.into()),
-        ]);
-        let sliced: GraphTensor<(X, E, X)> =
-            GraphTensor::from_id(self.all.id, st, self.all.graph_ref);
-        Ok(reshape(sliced.contiguous(), &[d[1], d[2]]))
+        let flat: GraphTensor<(X, X)> = reshape(self.all, &[d[0] * d[1], d[2]]);
+        let mut st = flat.shape;
+        st.slice(&[(d[1] * i, d[1] * (i + 1)), (0.into(), i32::MAX.into())]);
+        Ok(GraphTensor::from_id(flat.id, st, flat.graph_ref))
     }
 }
 

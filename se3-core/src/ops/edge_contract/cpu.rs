@@ -10,6 +10,8 @@ use luminal::prelude::*;
 use rayon::prelude::*;
 
 use crate::exec::matmul::{gemm_rows, gemm_single as gemm};
+#[cfg(target_arch = "x86_64")]
+use crate::exec::simd::{self, Isa};
 use crate::exec::view::{buffer, dot8, View};
 
 /// Which quantity the kernel computes (see the module doc of `edge_contract`).
@@ -100,7 +102,7 @@ fn kx_node_impl(s: &Sizes, i: usize, xt: &[f32], nbr: &[f32], basis: &[f32], kx:
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,fma")]
 unsafe fn kx_node_avx512(
     s: &Sizes,
     i: usize,
@@ -116,7 +118,7 @@ unsafe fn kx_node_avx512(
 fn kx_node(s: &Sizes, i: usize, xt: &[f32], nbr: &[f32], basis: &[f32], kx: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if simd::isa() == Isa::Avx512 {
             // SAFETY: the CPU supports the features the function is compiled for.
             unsafe { kx_node_avx512(s, i, xt, nbr, basis, kx) };
             return;

@@ -21,6 +21,7 @@ use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
 use rayon::prelude::*;
 
+use crate::exec::simd::{self, Isa, Plain, Simd};
 use crate::exec::view::{buffer, View};
 use crate::ops::scatter_add::cpu_buckets;
 
@@ -115,152 +116,6 @@ struct Scratch {
     r: Vec<f32>,
     /// `Kx` of one input channel, `[(f, p)]`.
     t: Vec<f32>,
-}
-
-/// The few vector operations of the kernel, one implementation per instruction set. The
-/// functions are `#[inline(always)]` and only ever called (inlined) inside the
-/// `#[target_feature]` entry points below, after the features were detected at run time.
-trait Simd: Copy {
-    /// Lanes per vector.
-    const W: usize;
-    type V: Copy;
-    fn zero() -> Self::V;
-    fn splat(x: f32) -> Self::V;
-    /// Loads `W` values from `s[at..]` (`at + W <= s.len()`, checked).
-    fn load(s: &[f32], at: usize) -> Self::V;
-    fn store(v: Self::V, s: &mut [f32], at: usize);
-    /// `a b + c`.
-    fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    fn add(a: Self::V, b: Self::V) -> Self::V;
-    fn sum(v: Self::V) -> f32;
-}
-
-/// Portable fallback: 8 lanes as an array (vectorised by the compiler for the baseline ISA).
-#[derive(Clone, Copy)]
-struct Plain;
-
-impl Simd for Plain {
-    const W: usize = 8;
-    type V = [f32; 8];
-    #[inline(always)]
-    fn zero() -> [f32; 8] {
-        [0.0; 8]
-    }
-    #[inline(always)]
-    fn splat(x: f32) -> [f32; 8] {
-        [x; 8]
-    }
-    #[inline(always)]
-    fn load(s: &[f32], at: usize) -> [f32; 8] {
-        std::array::from_fn(|k| s[at + k])
-    }
-    #[inline(always)]
-    fn store(v: [f32; 8], s: &mut [f32], at: usize) {
-        s[at..at + 8].copy_from_slice(&v);
-    }
-    #[inline(always)]
-    fn fmadd(a: [f32; 8], b: [f32; 8], c: [f32; 8]) -> [f32; 8] {
-        std::array::from_fn(|k| a[k] * b[k] + c[k])
-    }
-    #[inline(always)]
-    fn add(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
-        std::array::from_fn(|k| a[k] + b[k])
-    }
-    #[inline(always)]
-    fn sum(v: [f32; 8]) -> f32 {
-        v.iter().sum()
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    use super::Simd;
-
-    /// AVX2 + FMA, 8 lanes.
-    #[derive(Clone, Copy)]
-    pub(super) struct Avx2;
-
-    // SAFETY (every `unsafe` block of both impls): the kernel only runs these inside
-    // `#[target_feature(enable = "avx2,fma")]` / `"avx512f,fma"` functions called after
-    // `is_x86_feature_detected!` confirmed the features; loads and stores are bounds-checked
-    // on the slice first.
-    impl Simd for Avx2 {
-        const W: usize = 8;
-        type V = __m256;
-        #[inline(always)]
-        fn zero() -> __m256 {
-            unsafe { _mm256_setzero_ps() }
-        }
-        #[inline(always)]
-        fn splat(x: f32) -> __m256 {
-            unsafe { _mm256_set1_ps(x) }
-        }
-        #[inline(always)]
-        fn load(s: &[f32], at: usize) -> __m256 {
-            let s = &s[at..at + 8];
-            unsafe { _mm256_loadu_ps(s.as_ptr()) }
-        }
-        #[inline(always)]
-        fn store(v: __m256, s: &mut [f32], at: usize) {
-            let s = &mut s[at..at + 8];
-            unsafe { _mm256_storeu_ps(s.as_mut_ptr(), v) }
-        }
-        #[inline(always)]
-        fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
-            unsafe { _mm256_fmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        fn add(a: __m256, b: __m256) -> __m256 {
-            unsafe { _mm256_add_ps(a, b) }
-        }
-        #[inline(always)]
-        fn sum(v: __m256) -> f32 {
-            let mut t = [0.0f32; 8];
-            unsafe { _mm256_storeu_ps(t.as_mut_ptr(), v) };
-            t.iter().sum()
-        }
-    }
-
-    /// AVX-512F + FMA, 16 lanes.
-    #[derive(Clone, Copy)]
-    pub(super) struct Avx512;
-
-    impl Simd for Avx512 {
-        const W: usize = 16;
-        type V = __m512;
-        #[inline(always)]
-        fn zero() -> __m512 {
-            unsafe { _mm512_setzero_ps() }
-        }
-        #[inline(always)]
-        fn splat(x: f32) -> __m512 {
-            unsafe { _mm512_set1_ps(x) }
-        }
-        #[inline(always)]
-        fn load(s: &[f32], at: usize) -> __m512 {
-            let s = &s[at..at + 16];
-            unsafe { _mm512_loadu_ps(s.as_ptr()) }
-        }
-        #[inline(always)]
-        fn store(v: __m512, s: &mut [f32], at: usize) {
-            let s = &mut s[at..at + 16];
-            unsafe { _mm512_storeu_ps(s.as_mut_ptr(), v) }
-        }
-        #[inline(always)]
-        fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
-            unsafe { _mm512_fmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        fn add(a: __m512, b: __m512) -> __m512 {
-            unsafe { _mm512_add_ps(a, b) }
-        }
-        #[inline(always)]
-        fn sum(v: __m512) -> f32 {
-            unsafe { _mm512_reduce_add_ps(v) }
-        }
-    }
 }
 
 /// `dot(x[..len], w[off..off + len])`, four vector accumulators (independent chains).
@@ -533,38 +388,16 @@ impl Kernel<'_> {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Isa {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Plain,
-}
-
-fn isa() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
-            return Isa::Avx512;
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return Isa::Avx2;
-        }
-    }
-    Isa::Plain
-}
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 fn node_avx512(k: &Kernel<'_>, i: usize, out: &mut [f32], sc: &mut Scratch) {
-    k.node::<x86::Avx512>(i, out, sc);
+    k.node::<simd::x86::Avx512>(i, out, sc);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn node_avx2(k: &Kernel<'_>, i: usize, out: &mut [f32], sc: &mut Scratch) {
-    k.node::<x86::Avx2>(i, out, sc);
+    k.node::<simd::x86::Avx2>(i, out, sc);
 }
 
 fn node_plain(k: &Kernel<'_>, i: usize, out: &mut [f32], sc: &mut Scratch) {
@@ -573,7 +406,7 @@ fn node_plain(k: &Kernel<'_>, i: usize, out: &mut [f32], sc: &mut Scratch) {
 
 fn run_node(isa: Isa, k: &Kernel<'_>, i: usize, out: &mut [f32], sc: &mut Scratch) {
     match isa {
-        // SAFETY: `isa()` detected these features on this CPU.
+        // SAFETY: `simd::isa()` detected these features on this CPU.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { node_avx512(k, i, out, sc) },
         // SAFETY: as above.
@@ -592,7 +425,7 @@ impl Operator for RadialEdgeConv {
         let hd = views[2].axes.get(1).map_or(0, |a| a.len);
         let n = views[8].axes[0].len;
         let row = s.c_out * s.mo();
-        let mat = |i: usize| views[i].materialize(buffer(&inp[i].0));
+        let mat = |i: usize| views[i].borrow_or_copy(buffer(&inp[i].0));
         let (x, basis, h, weight, bias) = (mat(0), mat(1), mat(2), mat(3), mat(4));
         let (w, src, dst) = (mat(5), mat(6), mat(7));
         let b = cpu_buckets(&dst, n);
@@ -616,7 +449,7 @@ impl Operator for RadialEdgeConv {
             start: &b.start,
             order: &b.order,
         };
-        let isa = isa();
+        let isa = simd::isa();
         let work = b.order.len() * s.cf() * s.mo() * hd.max(1);
         if work >= PAR_WORK {
             out.par_chunks_mut(row)

@@ -1,11 +1,14 @@
-//! CPU kernel of [`layer_norm_gelu`](super::layer_norm_gelu), parallel over rows. The row
-//! loop has no calls (exp by range reduction and a polynomial), so it vectorises; it is
-//! compiled for AVX-512 / AVX2 + FMA as well as the baseline and picked at run time.
+//! CPU kernel of [`layer_norm_gelu`](super::layer_norm_gelu), parallel over blocks of rows,
+//! and the row kernel itself ([`layer_norm_gelu_rows`]), which
+//! [`radial_hidden`](crate::ops::radial_hidden()) shares. The row loop has no calls (exp by
+//! range reduction and a polynomial), so it vectorises; it is compiled for AVX-512 / AVX2 +
+//! FMA as well as the baseline and picked at run time.
 
 use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
 use rayon::prelude::*;
 
+use crate::exec::simd::{self, Isa};
 use crate::exec::view::{buffer, View};
 
 /// `gelu(LayerNorm(x + bias) * gamma + beta)` per row: inputs `x (R, W)`, `bias (W,)`,
@@ -33,8 +36,8 @@ fn exp_neg(x: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// erf by Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7), the formula the unfused graph
-/// uses, so both give the same values.
+/// Exact GELU `x Phi(x)`, erf by Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7), the
+/// formula the unfused graph uses, so both give the same values.
 #[inline(always)]
 fn gelu(x: f32) -> f32 {
     let a = x.abs();
@@ -47,60 +50,78 @@ fn gelu(x: f32) -> f32 {
     0.5 * (x + a * erf)
 }
 
-/// `sum_k f(x[k], b[k])` in 16 independent lanes (vectorisable), then across the lanes.
+/// `sum_k f(x[k])` in 16 independent lanes (vectorisable), then across the lanes.
 #[inline(always)]
-fn lane_sum(x: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0.0f32; 16];
-    let (cx, cb) = (x.chunks_exact(16), b.chunks_exact(16));
-    let (rx, rb) = (cx.remainder(), cb.remainder());
-    for (xc, bc) in cx.zip(cb) {
+    let cx = x.chunks_exact(16);
+    let rx = cx.remainder();
+    for xc in cx {
         for k in 0..16 {
-            acc[k] += f(xc[k], bc[k]);
+            acc[k] += f(xc[k]);
         }
     }
-    acc.iter().sum::<f32>() + rx.iter().zip(rb).map(|(v, w)| f(*v, *w)).sum::<f32>()
+    acc.iter().sum::<f32>() + rx.iter().map(|v| f(*v)).sum::<f32>()
 }
 
-/// One row: `o = gelu(LayerNorm(x + bias) * gamma + beta)`.
+/// Rows of width `bias.len()` in place: `v <- gelu(LayerNorm(v + bias) * gamma + beta)`.
 #[inline(always)]
-fn row(o: &mut [f32], xr: &[f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
-    let w = o.len();
-    let mean = lane_sum(xr, bias, |v, b| v + b) / w as f32;
-    let var = lane_sum(xr, bias, |v, b| {
-        let c = v + b - mean;
-        c * c
-    });
-    let inv = 1.0 / (var / w as f32 + eps).sqrt();
-    for ((((ov, x), b), g), be) in o.iter_mut().zip(xr).zip(bias).zip(gamma).zip(beta) {
-        *ov = gelu((x + b - mean) * inv * g + be);
+fn rows_impl(rows: &mut [f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    let w = bias.len().max(1);
+    let inv_w = 1.0 / w as f32;
+    for v in rows.chunks_mut(w) {
+        for (x, b) in v.iter_mut().zip(bias) {
+            *x += b;
+        }
+        let mean = lane_sum(v, |x| x) * inv_w;
+        let var = lane_sum(v, |x| {
+            let c = x - mean;
+            c * c
+        });
+        let inv = 1.0 / (var * inv_w + eps).sqrt();
+        for ((x, g), be) in v.iter_mut().zip(gamma).zip(beta) {
+            *x = gelu((*x - mean) * inv * g + be);
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-fn row_avx512(o: &mut [f32], xr: &[f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
-    row(o, xr, bias, gamma, beta, eps);
+fn rows_avx512(rows: &mut [f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    rows_impl(rows, bias, gamma, beta, eps);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn row_avx2(o: &mut [f32], xr: &[f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
-    row(o, xr, bias, gamma, beta, eps);
+fn rows_avx2(rows: &mut [f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    rows_impl(rows, bias, gamma, beta, eps);
 }
 
-/// Instruction set of the row kernel: 2 = AVX-512, 1 = AVX2 + FMA, 0 = baseline.
-fn isa() -> u8 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
-            return 2;
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return 1;
-        }
+/// The row kernel of radial networks, shared by [`layer_norm_gelu`](super::layer_norm_gelu)
+/// and [`radial_hidden`](crate::ops::radial_hidden()): each row of `rows` (width
+/// `bias.len()`), in place, `v <- gelu(LayerNorm(v + bias) * gamma + beta)`, on the best
+/// instruction set of the CPU ([`simd::isa`]).
+pub(crate) fn layer_norm_gelu_rows(
+    rows: &mut [f32],
+    bias: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
+    debug_assert!(gamma.len() == bias.len() && beta.len() == bias.len());
+    match simd::isa() {
+        // SAFETY: `simd::isa()` detected these features on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { rows_avx512(rows, bias, gamma, beta, eps) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { rows_avx2(rows, bias, gamma, beta, eps) },
+        Isa::Plain => rows_impl(rows, bias, gamma, beta, eps),
     }
-    0
 }
+
+/// Rows per parallel task.
+const ROWS_PER_TASK: usize = 64;
 
 impl Operator for LayerNormGelu {
     fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
@@ -117,18 +138,11 @@ impl Operator for LayerNormGelu {
         let (bias, gamma, beta) = (vec_of(1), vec_of(2), vec_of(3));
         let eps = self.eps;
         let mut out = crate::exec::pool::take(x.len());
-        let level = isa();
-        out.par_chunks_mut(w)
-            .zip(x.par_chunks(w))
-            .with_min_len(64)
-            .for_each(|(o, xr)| match level {
-                // SAFETY: `isa()` detected these features on this CPU.
-                #[cfg(target_arch = "x86_64")]
-                2 => unsafe { row_avx512(o, xr, &bias, &gamma, &beta, eps) },
-                // SAFETY: as above.
-                #[cfg(target_arch = "x86_64")]
-                1 => unsafe { row_avx2(o, xr, &bias, &gamma, &beta, eps) },
-                _ => row(o, xr, &bias, &gamma, &beta, eps),
+        out.par_chunks_mut(w * ROWS_PER_TASK)
+            .zip(x.par_chunks(w * ROWS_PER_TASK))
+            .for_each(|(o, xr)| {
+                o.copy_from_slice(xr);
+                layer_norm_gelu_rows(o, &bias, &gamma, &beta, eps);
             });
         crate::exec::pool::finish(inp, out)
     }

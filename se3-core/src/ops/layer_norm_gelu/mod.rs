@@ -8,6 +8,7 @@
 
 mod cpu;
 
+pub(crate) use cpu::layer_norm_gelu_rows;
 pub use cpu::LayerNormGelu;
 use luminal::prelude::*;
 

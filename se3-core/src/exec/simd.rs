@@ -1,0 +1,186 @@
+//! The instruction set of the CPU kernels that are compiled several times (AVX-512 + FMA,
+//! AVX2 + FMA, portable) and picked at run time: one detection, cached, for every kernel.
+//!
+//! A kernel writes its body once as an `#[inline(always)]` function, wraps it in one
+//! `#[target_feature]` function per instruction set, and dispatches on [`isa()`]; the
+//! wrappers may only be called on the instruction set [`isa()`] reported.
+
+use std::sync::OnceLock;
+
+/// Instruction sets a kernel can be compiled for, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// AVX-512F with FMA.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// AVX2 with FMA.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// The baseline of the target.
+    Plain,
+}
+
+fn detect() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+            return Isa::Avx512;
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Plain
+}
+
+/// The best instruction set of this CPU (detected once).
+pub(crate) fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(detect)
+}
+
+/// The few vector operations of hand-vectorised kernels, one implementation per instruction
+/// set. The functions are `#[inline(always)]` and may only be called (inlined) inside
+/// `#[target_feature]` functions of the matching instruction set, after [`isa()`] reported it.
+pub(crate) trait Simd: Copy {
+    /// Lanes per vector.
+    const W: usize;
+    type V: Copy;
+    fn zero() -> Self::V;
+    fn splat(x: f32) -> Self::V;
+    /// Loads `W` values from `s[at..]` (`at + W <= s.len()`, checked).
+    fn load(s: &[f32], at: usize) -> Self::V;
+    fn store(v: Self::V, s: &mut [f32], at: usize);
+    /// `a b + c`.
+    fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    fn add(a: Self::V, b: Self::V) -> Self::V;
+    fn sum(v: Self::V) -> f32;
+}
+
+/// Portable fallback: 8 lanes as an array (vectorised by the compiler for the baseline ISA).
+#[derive(Clone, Copy)]
+pub(crate) struct Plain;
+
+impl Simd for Plain {
+    const W: usize = 8;
+    type V = [f32; 8];
+    #[inline(always)]
+    fn zero() -> [f32; 8] {
+        [0.0; 8]
+    }
+    #[inline(always)]
+    fn splat(x: f32) -> [f32; 8] {
+        [x; 8]
+    }
+    #[inline(always)]
+    fn load(s: &[f32], at: usize) -> [f32; 8] {
+        std::array::from_fn(|k| s[at + k])
+    }
+    #[inline(always)]
+    fn store(v: [f32; 8], s: &mut [f32], at: usize) {
+        s[at..at + 8].copy_from_slice(&v);
+    }
+    #[inline(always)]
+    fn fmadd(a: [f32; 8], b: [f32; 8], c: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|k| a[k] * b[k] + c[k])
+    }
+    #[inline(always)]
+    fn add(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|k| a[k] + b[k])
+    }
+    #[inline(always)]
+    fn sum(v: [f32; 8]) -> f32 {
+        v.iter().sum()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::Simd;
+
+    /// AVX2 + FMA, 8 lanes.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx2;
+
+    // SAFETY (every `unsafe` block of both impls): kernels only run these inside
+    // `#[target_feature(enable = "avx2,fma")]` / `"avx512f,fma"` functions called after
+    // `isa()` confirmed the features; loads and stores are bounds-checked
+    // on the slice first.
+    impl Simd for Avx2 {
+        const W: usize = 8;
+        type V = __m256;
+        #[inline(always)]
+        fn zero() -> __m256 {
+            unsafe { _mm256_setzero_ps() }
+        }
+        #[inline(always)]
+        fn splat(x: f32) -> __m256 {
+            unsafe { _mm256_set1_ps(x) }
+        }
+        #[inline(always)]
+        fn load(s: &[f32], at: usize) -> __m256 {
+            let s = &s[at..at + 8];
+            unsafe { _mm256_loadu_ps(s.as_ptr()) }
+        }
+        #[inline(always)]
+        fn store(v: __m256, s: &mut [f32], at: usize) {
+            let s = &mut s[at..at + 8];
+            unsafe { _mm256_storeu_ps(s.as_mut_ptr(), v) }
+        }
+        #[inline(always)]
+        fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+            unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        fn add(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_add_ps(a, b) }
+        }
+        #[inline(always)]
+        fn sum(v: __m256) -> f32 {
+            let mut t = [0.0f32; 8];
+            unsafe { _mm256_storeu_ps(t.as_mut_ptr(), v) };
+            t.iter().sum()
+        }
+    }
+
+    /// AVX-512F + FMA, 16 lanes.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx512;
+
+    impl Simd for Avx512 {
+        const W: usize = 16;
+        type V = __m512;
+        #[inline(always)]
+        fn zero() -> __m512 {
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        fn splat(x: f32) -> __m512 {
+            unsafe { _mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        fn load(s: &[f32], at: usize) -> __m512 {
+            let s = &s[at..at + 16];
+            unsafe { _mm512_loadu_ps(s.as_ptr()) }
+        }
+        #[inline(always)]
+        fn store(v: __m512, s: &mut [f32], at: usize) {
+            let s = &mut s[at..at + 16];
+            unsafe { _mm512_storeu_ps(s.as_mut_ptr(), v) }
+        }
+        #[inline(always)]
+        fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        fn add(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_add_ps(a, b) }
+        }
+        #[inline(always)]
+        fn sum(v: __m512) -> f32 {
+            unsafe { _mm512_reduce_add_ps(v) }
+        }
+    }
+}
