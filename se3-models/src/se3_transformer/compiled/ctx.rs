@@ -1,7 +1,7 @@
 //! What every compiled layer reads: [`Ctx`] holds the session (weights become resident
 //! constants), the per-run graph inputs (neighbour indices, validity, pooling weights, radial input,
 //! kernel basis blocks, global features, rotary angles) and the radial networks of the whole model
-//! evaluated together by layer with se3-core's fused `radial_hidden` ([`Ctx::radial_bank`]).
+//! evaluated together by layer as se3-core `RadialBank`s ([`Ctx::radial_bank`]).
 //!
 //! Layouts: node features of degree l are `[n, c, 2l + 1]`; per-edge tensors are `[e, ..]` with
 //! `e = n k` (neighbour `kk` of node `i` at row `i k + kk`), viewed as `[n, k, ..]` for per-node
@@ -12,8 +12,7 @@ use std::collections::BTreeMap;
 use luminal::prelude::{symbolic::Expression, *};
 use se3_core::exec::Session;
 
-use se3_core::layers::RadialMlp;
-use se3_core::ops::{radial_hidden, RadialHiddenWeights};
+use se3_core::layers::{RadialBank, RadialMlp};
 
 use super::attention::RotaryInputs;
 use super::tensor::{reshape, retype, T2, T3, T4};
@@ -54,8 +53,8 @@ pub(crate) struct Ctx<'a> {
 }
 
 /// The radial networks of the degree pairs of the model up to their last layer, evaluated
-/// together by group (a layer) with se3-core's fused [`radial_hidden`] (they all read the same
-/// radial input; `[P, e, 128]` per group), and which row belongs to which pair. A group's op is
+/// together by group (a layer) as an se3-core [`RadialBank`] (they all read the same radial
+/// input; `[P, e, 128]` per group), and which row belongs to which pair. A group's bank is
 /// added to the graph when its first pair is asked for, so the graph's build order (which the
 /// memory-aware schedule follows among equals) has it next to its layer.
 #[derive(Default)]
@@ -97,6 +96,27 @@ pub(crate) fn radial_mlp(r: &RadialFunc) -> Result<RadialMlp, Error> {
     )?)
 }
 
+/// The float64 RadialFunc of a pair up to its last layer as an se3-core [`RadialMlp`] (weights
+/// rounded to f32; the last layer, the bulk of the weights, is left empty).
+fn radial_mlp_hidden(r: &RadialFunc) -> Result<RadialMlp, Error> {
+    Ok(RadialMlp::from_values(
+        r.l0.n_in,
+        0,
+        vec![
+            f32s(&r.l0.w),
+            f32s(&r.l0.b),
+            f32s(&r.n1.w),
+            f32s(&r.n1.b),
+            f32s(&r.l3.w),
+            f32s(&r.l3.b),
+            f32s(&r.n4.w),
+            f32s(&r.n4.b),
+            Vec::new(),
+            Vec::new(),
+        ],
+    )?)
+}
+
 impl<'a> Ctx<'a> {
     pub(crate) fn new(
         s: &'a mut Session,
@@ -125,8 +145,8 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Registers the radial networks of `pairs` (one layer) to be evaluated together (one fused
-    /// [`radial_hidden`] op, added to the graph when [`Ctx::radial_hidden`] first asks for one of
+    /// Registers the radial networks of `pairs` (one layer) to be evaluated together (a
+    /// [`RadialBank`], added to the graph when [`Ctx::radial_hidden`] first asks for one of
     /// them).
     pub(crate) fn radial_bank(&mut self, pairs: &[&'a Pair]) {
         if pairs.is_empty() {
@@ -177,51 +197,17 @@ impl<'a> Ctx<'a> {
         Ok(reshape(h, &[1.into(), self.e, RADIAL_HIDDEN.into()]))
     }
 
-    /// The hidden layers of the radial networks of `pairs` as one fused op, `[P, e, 128]`.
+    /// The hidden layers of the radial networks of `pairs` as one se3-core [`RadialBank`] (one
+    /// fused [`radial_hidden`](se3_core::ops::radial_hidden()) op), `[P, e, 128]`.
     fn group_hidden(&mut self, pairs: &[&Pair]) -> Result<T3, Error> {
-        let Some(first) = pairs.first() else {
-            return Err(Error::MissingInput {
-                name: "radial networks of a layer",
-            });
-        };
-        let (np, hd) = (pairs.len(), RADIAL_HIDDEN);
-        let n_in = first.radial.l0.n_in;
-        if pairs.iter().any(|p| p.radial.l0.n_in != n_in) {
-            return Err(Error::MissingInput {
-                name: "radial networks of one input width",
-            });
-        }
-        let mut w0 = Vec::with_capacity(np * n_in * hd);
-        let mut w3 = Vec::with_capacity(np * hd * hd);
-        let mut rows: [Vec<f64>; 6] = Default::default();
-        for p in pairs {
-            let r = &p.radial;
-            // torch Linear weights are (out, in): store (in, out)
-            for i in 0..n_in {
-                w0.extend((0..hd).map(|j| r.l0.w[j * n_in + i]));
-            }
-            for i in 0..hd {
-                w3.extend((0..hd).map(|j| r.l3.w[j * hd + i]));
-            }
-            for (row, v) in rows
-                .iter_mut()
-                .zip([&r.l0.b, &r.n1.w, &r.n1.b, &r.l3.b, &r.n4.w, &r.n4.b])
-            {
-                row.extend_from_slice(v);
-            }
-        }
-        let [b0, g1, be1, b3, g4, be4] = rows;
-        let w = RadialHiddenWeights {
-            w0: self.constant(&w0, &[np, n_in, hd])?,
-            b0: self.constant(&b0, &[np, hd])?,
-            g1: self.constant(&g1, &[np, hd])?,
-            be1: self.constant(&be1, &[np, hd])?,
-            w3: self.constant(&w3, &[np, hd, hd])?,
-            b3: self.constant(&b3, &[np, hd])?,
-            g4: self.constant(&g4, &[np, hd])?,
-            be4: self.constant(&be4, &[np, hd])?,
-        };
-        Ok(radial_hidden(self.radial_in, &w, 1e-5))
+        let nets = pairs
+            .iter()
+            .map(|q| radial_mlp_hidden(&q.radial))
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&RadialMlp> = nets.iter().collect();
+        let prefix = self.prefix();
+        let bank = RadialBank::build(self.s, &prefix, &refs, retype(self.radial_in))?;
+        Ok(bank.all())
     }
 
     /// The float32 radial network of pair `p`: the one converted ahead ([`Ctx::nets`]), else
