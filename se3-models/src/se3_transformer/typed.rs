@@ -4,7 +4,10 @@
 //! the output NormSE3 of `norm_out`) as one luminal graph, loadable from a
 //! se3-transformer-pytorch state dict.
 //!
-//! ```ignore
+//! A sketch (the README and `examples/se3_transformer_typed.rs` have the whole program,
+//! compiled and run):
+//!
+//! ```text
 //! #[fiber(0:8)]        struct Atoms;   // input: type-0 features (`feats (b, n, 8)`)
 //! #[fiber(0:8, 1:8)]   struct Hidden;  // dim = 8, num_degrees = 2
 //! #[fiber(0:8)]        struct Readout; // output_degrees = 1

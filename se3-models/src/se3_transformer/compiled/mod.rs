@@ -1,5 +1,5 @@
 //! The SE(3)-Transformer compiled to one luminal graph: the layers of
-//! [`Se3Transformer`](crate::se3_transformer::Se3Transformer) (conv_in, conv/norm stacks, the
+//! [`Se3Transformer`] (conv_in, conv/norm stacks, the
 //! attention + feed-forward trunk, sequential or reversible, conv_out, final norm, linear_out) as
 //! graph operations in float32, built once per config and run on any number of nodes.
 //!
