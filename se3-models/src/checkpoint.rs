@@ -107,6 +107,33 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, Error> {
 }
 
 impl StateDict {
+    /// Random weights for `keys` in unit tests: `U(-0.5, 0.5)`, with LayerNorm gains
+    /// (`net.1.weight`, `net.4.weight` of the radial networks) and scales at `1 + 0.2 U(-0.5,
+    /// 0.5)`, so that deep random stacks stay well scaled.
+    #[cfg(test)]
+    pub(crate) fn random_near_one(
+        keys: impl IntoIterator<Item = (String, Vec<usize>)>,
+        r: &mut impl rand::Rng,
+    ) -> Result<Self, Error> {
+        let mut sd = StateDict::new();
+        for (k, shape) in keys {
+            let near_one =
+                k.contains("net.1.weight") || k.contains("net.4.weight") || k.contains("scale");
+            let data = (0..shape.iter().product())
+                .map(|_| {
+                    let v: f64 = r.gen_range(-0.5..0.5);
+                    if near_one {
+                        1.0 + 0.2 * v
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            sd.insert(k, Tensor::new(shape, data)?);
+        }
+        Ok(sd)
+    }
+
     /// An empty state dict.
     pub fn new() -> Self {
         Self::default()

@@ -325,6 +325,20 @@ impl ModelInputs {
         Ok(())
     }
 
+    /// The dense type-0 features `(b, n, dim)` of a validated input, for models that take nothing
+    /// else.
+    ///
+    /// # Errors
+    /// `InputShape` naming `feats` if they are tokens, degree dicts or of another width.
+    pub fn dense_feats(&self, dim: usize) -> Result<&Tensor, Error> {
+        let (b, n) = (self.batch(), self.nodes());
+        match &self.feats {
+            NodeFeats::Dense(t) if t.shape == [b, n, dim] => Ok(t),
+            NodeFeats::Dense(t) => Err(shape_err("feats", format!("({b}, {n}, {dim})"), &t.shape)),
+            _ => Err(shape_err("feats", format!("({b}, {n}, {dim}) floats"), &[])),
+        }
+    }
+
     /// Coordinates of batch element `bi` as points.
     pub fn points(&self, bi: usize) -> Vec<[f64; 3]> {
         let n = self.nodes();
@@ -344,5 +358,41 @@ impl ModelInputs {
     pub fn node_mask(&self, bi: usize) -> Option<&[bool]> {
         let n = self.nodes();
         self.mask.as_ref().map(|m| &m.data[bi * n..(bi + 1) * n])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cloud(feats: NodeFeats) -> ModelInputs {
+        ModelInputs {
+            feats,
+            coors: Tensor::zeros(&[1, 2, 3]),
+            mask: None,
+            adj_mat: None,
+            edges: None,
+            neighbor_mask: None,
+            global_feats: None,
+        }
+    }
+
+    #[test]
+    fn dense_feats_takes_only_dense_features_of_the_asked_width() -> Result<(), Error> {
+        let inp = cloud(NodeFeats::Dense(Tensor::zeros(&[1, 2, 4])));
+        assert_eq!(inp.dense_feats(4)?.shape, vec![1, 2, 4]);
+        assert!(matches!(
+            inp.dense_feats(3),
+            Err(Error::InputShape { name: "feats", .. })
+        ));
+        let tokens = cloud(NodeFeats::Tokens {
+            shape: vec![1, 2],
+            ids: vec![0, 1],
+        });
+        assert!(matches!(
+            tokens.dense_feats(4),
+            Err(Error::InputShape { name: "feats", .. })
+        ));
+        Ok(())
     }
 }

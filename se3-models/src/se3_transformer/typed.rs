@@ -797,22 +797,7 @@ mod tests {
             "norm_gated_scale": true, "attend_self": true
         });
         let cfg = Se3TransformerConfig::from_kwargs(&kwargs)?;
-        let mut sd = StateDict::new();
-        for (key, shape) in Se3Transformer::expected_keys(&cfg)? {
-            let len = shape.iter().product();
-            let near_one = key.contains("net.1.weight") || key.contains("net.4.weight");
-            let data = (0..len)
-                .map(|_| {
-                    let v: f64 = r.gen_range(-0.5..0.5);
-                    if near_one {
-                        1.0 + 0.2 * v
-                    } else {
-                        v
-                    }
-                })
-                .collect();
-            sd.insert(key, Tensor::new(shape, data)?);
-        }
+        let sd = StateDict::random_near_one(Se3Transformer::expected_keys(&cfg)?, &mut r)?;
         let options = TypedOptions::from_config::<Scalars, Wide, Vectors>(&cfg)?;
         let mut typed =
             TypedSe3Transformer::<Scalars, Wide, Vectors>::load(&sd, options)?.compile()?;

@@ -10,7 +10,7 @@ use se3_core::layers::{
 };
 
 use super::graph::StateDictSource;
-use crate::checkpoint::{KeyRecorder, Loader, StateDict, Tensor, WeightSource};
+use crate::checkpoint::{KeyRecorder, Loader, StateDict, WeightSource};
 use crate::se3_transformer::attention::{AttentionBlock as OracleBlock, AttnOpts};
 use crate::se3_transformer::basis::Se3tBasis;
 use crate::se3_transformer::conv::ConvOpts;
@@ -54,23 +54,7 @@ fn graph_attention_block_matches_the_oracle() -> Result<(), Error> {
         };
         let mut rec = KeyRecorder::default();
         OracleBlock::load(&mut rec as &mut dyn WeightSource, "blk", &dims, oo, false)?;
-        let mut sd = StateDict::new();
-        for (k, shape) in rec.keys {
-            let len = shape.iter().product();
-            let near_one =
-                k.contains("net.1.weight") || k.contains("net.4.weight") || k.contains("scale");
-            let data = (0..len)
-                .map(|_| {
-                    let v: f64 = r.gen_range(-0.5..0.5);
-                    if near_one {
-                        1.0 + 0.2 * v
-                    } else {
-                        v
-                    }
-                })
-                .collect();
-            sd.insert(k, Tensor::new(shape, data)?);
-        }
+        let sd = StateDict::random_near_one(rec.keys, &mut r)?;
         let oracle = OracleBlock::load(&mut Loader::new(&sd), "blk", &dims, oo, false)?;
         let opts = AttentionOptions {
             heads,

@@ -18,7 +18,7 @@ use se3_core::layers::{
 
 use super::TfnStackConfig;
 use crate::checkpoint::{StateDict, Tensor};
-use crate::inputs::{ModelInputs, NodeFeats};
+use crate::inputs::ModelInputs;
 use crate::Error;
 
 /// A [`ParamSource`] over a [`StateDict`] (values rounded to f32) that remembers the keys it
@@ -192,23 +192,7 @@ impl TfnSession {
         inp.validate()?;
         let d0 = self.fibers[0].degrees()[0].channels;
         let (b, n) = (inp.batch(), inp.nodes());
-        let feats = match &inp.feats {
-            NodeFeats::Dense(t) if t.shape.len() == 3 && t.shape[2] == d0 => t,
-            NodeFeats::Dense(t) => {
-                return Err(Error::InputShape {
-                    name: "feats",
-                    expected: format!("({b}, {n}, {d0})"),
-                    found: t.shape.clone(),
-                })
-            }
-            _ => {
-                return Err(Error::InputShape {
-                    name: "feats",
-                    expected: format!("({b}, {n}, {d0}) floats"),
-                    found: vec![],
-                })
-            }
-        };
+        let feats = inp.dense_feats(d0)?;
         let coords: Vec<f32> = inp.coors.data.iter().map(|&v| v as f32).collect();
         let x: Vec<f32> = feats.data.iter().map(|&v| v as f32).collect();
         let (src, dst) = all_pairs_edges(b, n, |bi, i| inp.node_mask(bi).is_none_or(|m| m[i]));
@@ -322,7 +306,7 @@ mod oracle_tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::inputs::BoolTensor;
+    use crate::inputs::{BoolTensor, NodeFeats};
     use crate::tfn::TfnStack;
 
     /// Random weights for `cfg` (LayerNorm and scales near 1), random points and features.
@@ -330,23 +314,7 @@ mod oracle_tests {
         let seed = se3_core::testing::seed();
         let mut r = rand::rngs::StdRng::seed_from_u64(seed);
         let cfg = TfnStackConfig::from_kwargs(&serde_json::json!({ "fibers": fibers }))?;
-        let mut sd = StateDict::new();
-        for (k, shape) in TfnStack::expected_keys(&cfg)? {
-            let len = shape.iter().product();
-            let near_one =
-                k.contains("net.1.weight") || k.contains("net.4.weight") || k.contains("scale");
-            let data = (0..len)
-                .map(|_| {
-                    let v: f64 = r.gen_range(-0.5..0.5);
-                    if near_one {
-                        1.0 + 0.2 * v
-                    } else {
-                        v
-                    }
-                })
-                .collect();
-            sd.insert(k, Tensor::new(shape, data)?);
-        }
+        let sd = StateDict::random_near_one(TfnStack::expected_keys(&cfg)?, &mut r)?;
         let d0 = cfg.fiber_dims()?[0][0].1;
         let inp = ModelInputs {
             feats: NodeFeats::Dense(Tensor::new(

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{KeyRecorder, Loader, StateDict, Tensor, WeightSource};
-use crate::inputs::{ModelInputs, NodeFeats};
+use crate::inputs::ModelInputs;
 use crate::model_file::{check_known_keys, parse_fiber_dict};
 use crate::se3_transformer::basis::{QjSigns, Se3tBasis};
 use crate::se3_transformer::config::FiberDims;
@@ -180,23 +180,7 @@ impl TfnStack {
         inp.validate()?;
         let d0 = self.fibers[0][0].1;
         let (b, n) = (inp.batch(), inp.nodes());
-        let feats = match &inp.feats {
-            NodeFeats::Dense(t) if t.shape[2] == d0 => t,
-            NodeFeats::Dense(t) => {
-                return Err(Error::InputShape {
-                    name: "feats",
-                    expected: format!("({b}, {n}, {d0})"),
-                    found: t.shape.clone(),
-                })
-            }
-            _ => {
-                return Err(Error::InputShape {
-                    name: "feats",
-                    expected: format!("({b}, {n}, {d0}) floats"),
-                    found: vec![],
-                })
-            }
-        };
+        let feats = inp.dense_feats(d0)?;
         let sel = SelectionParams {
             num_neighbors: None,
             valid_radius: f64::INFINITY,

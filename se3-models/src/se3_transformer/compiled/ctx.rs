@@ -78,43 +78,27 @@ pub(crate) type RadialNets = std::collections::HashMap<usize, std::rc::Rc<Radial
 
 /// The float64 RadialFunc of a pair as an se3-core [`RadialMlp`] (weights rounded to f32).
 pub(crate) fn radial_mlp(r: &RadialFunc) -> Result<RadialMlp, Error> {
-    Ok(RadialMlp::from_values(
-        r.l0.n_in,
-        r.l6.n_out,
-        vec![
-            f32s(&r.l0.w),
-            f32s(&r.l0.b),
-            f32s(&r.n1.w),
-            f32s(&r.n1.b),
-            f32s(&r.l3.w),
-            f32s(&r.l3.b),
-            f32s(&r.n4.w),
-            f32s(&r.n4.b),
-            f32s(&r.l6.w),
-            f32s(&r.l6.b),
-        ],
-    )?)
+    radial_mlp_values(r, true)
 }
 
 /// The float64 RadialFunc of a pair up to its last layer as an se3-core [`RadialMlp`] (weights
 /// rounded to f32; the last layer, the bulk of the weights, is left empty).
 fn radial_mlp_hidden(r: &RadialFunc) -> Result<RadialMlp, Error> {
-    Ok(RadialMlp::from_values(
-        r.l0.n_in,
-        0,
-        vec![
-            f32s(&r.l0.w),
-            f32s(&r.l0.b),
-            f32s(&r.n1.w),
-            f32s(&r.n1.b),
-            f32s(&r.l3.w),
-            f32s(&r.l3.b),
-            f32s(&r.n4.w),
-            f32s(&r.n4.b),
-            Vec::new(),
-            Vec::new(),
-        ],
-    )?)
+    radial_mlp_values(r, false)
+}
+
+fn radial_mlp_values(r: &RadialFunc, with_last: bool) -> Result<RadialMlp, Error> {
+    let (n_out, w6, b6) = if with_last {
+        (r.l6.n_out, f32s(&r.l6.w), f32s(&r.l6.b))
+    } else {
+        (0, Vec::new(), Vec::new())
+    };
+    let hidden = [
+        &r.l0.w, &r.l0.b, &r.n1.w, &r.n1.b, &r.l3.w, &r.l3.b, &r.n4.w, &r.n4.b,
+    ];
+    let mut values: Vec<Vec<f32>> = hidden.iter().map(|v| f32s(v)).collect();
+    values.extend([w6, b6]);
+    Ok(RadialMlp::from_values(r.l0.n_in, n_out, values)?)
 }
 
 impl<'a> Ctx<'a> {
