@@ -473,7 +473,7 @@ mod tests {
 
     use super::*;
     use crate::fiber::Degree;
-    use crate::testing::seed;
+    use crate::testing::{random_rotation, seed};
     use se3_macros::fiber;
 
     #[fiber(0:3, 1:2)]
@@ -609,25 +609,12 @@ mod tests {
         Ok(())
     }
 
-    /// A random orthogonal 3x3 matrix (Gram-Schmidt), possibly with det -1.
+    /// A random orthogonal 3x3 matrix: a Haar-random rotation ([`random_rotation`], exact in
+    /// f64), times -1 half of the time (det -1).
     fn random_orthogonal(rng: &mut StdRng) -> [[f32; 3]; 3] {
-        let mut q = [[0.0f32; 3]; 3];
-        for i in 0..3 {
-            let mut v: [f32; 3] = [
-                rng.gen_range(-1.0..1.0),
-                rng.gen_range(-1.0..1.0),
-                rng.gen_range(-1.0..1.0),
-            ];
-            for row in q.iter().take(i) {
-                let d: f32 = v.iter().zip(row).map(|(a, b)| a * b).sum();
-                for k in 0..3 {
-                    v[k] -= d * row[k];
-                }
-            }
-            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            q[i] = [v[0] / n, v[1] / n, v[2] / n];
-        }
-        q
+        let r = random_rotation(rng);
+        let sign = if rng.gen_bool(0.5) { -1.0 } else { 1.0 };
+        std::array::from_fn(|i| std::array::from_fn(|j| (sign * r[(i, j)]) as f32))
     }
 
     #[test]
