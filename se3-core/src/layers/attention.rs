@@ -191,13 +191,7 @@ impl AttentionLayer {
             op: "attention",
             problem: "the edges must be grouped by destination (EdgeGraph::per_node)",
         })?;
-        if x.spec() != &self.fiber {
-            return Err(Error::FiberMismatch {
-                fiber: "attention input",
-                expected: self.fiber.to_string(),
-                found: x.spec().to_string(),
-            });
-        }
+        x.expect_fiber(&self.fiber, "attention input")?;
         let (h, dh) = (self.options.heads, self.options.dim_head);
         let scale = 1.0 / (dh as f32).sqrt();
         let q = self.to_q.build(s, &format!("{prefix}to_q."), x)?;

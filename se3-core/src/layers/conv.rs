@@ -543,13 +543,7 @@ impl ConvLayer {
     }
 
     fn check_input(&self, x: &FeatureTensors<N>, basis: &EdgeBasis) -> Result<(), Error> {
-        if x.spec() != &self.fiber_in {
-            return Err(Error::FiberMismatch {
-                fiber: "convolution input",
-                expected: self.fiber_in.to_string(),
-                found: x.spec().to_string(),
-            });
-        }
+        x.expect_fiber(&self.fiber_in, "convolution input")?;
         let need = self
             .fiber_in
             .degrees()

@@ -91,13 +91,7 @@ impl GateLayer {
         _prefix: &str,
         x: &FeatureTensors<R>,
     ) -> Result<FeatureTensors<R>, Error> {
-        if x.spec() != &self.fiber_in {
-            return Err(Error::FiberMismatch {
-                fiber: "gate input",
-                expected: self.fiber_in.to_string(),
-                found: x.spec().to_string(),
-            });
-        }
+        x.expect_fiber(&self.fiber_in, "gate input")?;
         let x0: GraphTensor<(X, X, X)> = retype(x.tensors()[0]);
         let c0 = self.fiber_in.channels(0).unwrap_or(0);
         let s = channel_slice(x0, 0, self.scalars);

@@ -83,6 +83,21 @@ impl<R: Dimension> FeatureTensors<R> {
         &self.spec
     }
 
+    /// Checks that these features are of fiber `expected`, the input fiber of a layer.
+    ///
+    /// # Errors
+    /// `FiberMismatch` naming `what` (e.g. `"norm input"`), the expected and the found fiber.
+    pub fn expect_fiber(&self, expected: &FiberSpec, what: &'static str) -> Result<(), Error> {
+        if &self.spec == expected {
+            return Ok(());
+        }
+        Err(Error::FiberMismatch {
+            fiber: what,
+            expected: expected.to_string(),
+            found: self.spec.to_string(),
+        })
+    }
+
     /// The tensors, one per degree in degree order.
     pub fn tensors(&self) -> &[DegreeGraphTensor<R>] {
         &self.degrees

@@ -84,13 +84,7 @@ impl EquivariantLayerNorm {
         prefix: &str,
         x: &FeatureTensors<R>,
     ) -> Result<FeatureTensors<R>, Error> {
-        if x.spec() != &self.fiber {
-            return Err(Error::FiberMismatch {
-                fiber: "layer norm input",
-                expected: self.fiber.to_string(),
-                found: x.spec().to_string(),
-            });
-        }
+        x.expect_fiber(&self.fiber, "layer norm input")?;
         let mut out = Vec::new();
         for ((d, t), g) in self
             .fiber

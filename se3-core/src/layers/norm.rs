@@ -177,13 +177,7 @@ impl NormLayer {
         prefix: &str,
         x: &FeatureTensors<R>,
     ) -> Result<FeatureTensors<R>, Error> {
-        if x.spec() != &self.fiber {
-            return Err(Error::FiberMismatch {
-                fiber: "norm input",
-                expected: self.fiber.to_string(),
-                found: x.spec().to_string(),
-            });
-        }
+        x.expect_fiber(&self.fiber, "norm input")?;
         let mut out = Vec::new();
         for (t, dp) in x.tensors().iter().zip(&self.params) {
             let d = dims(*t);

@@ -261,18 +261,8 @@ impl TensorProductLayer {
         a: &FeatureTensors<R>,
         b: &FeatureTensors<R>,
     ) -> Result<FeatureTensors<R>, Error> {
-        for (x, want, what) in [
-            (a, &self.a, "tensor product input a"),
-            (b, &self.b, "tensor product input b"),
-        ] {
-            if x.spec() != want {
-                return Err(Error::FiberMismatch {
-                    fiber: what,
-                    expected: want.to_string(),
-                    found: x.spec().to_string(),
-                });
-            }
-        }
+        a.expect_fiber(&self.a, "tensor product input a")?;
+        b.expect_fiber(&self.b, "tensor product input b")?;
         let rows = dims(a.tensors()[0])[0];
         let mut out: Vec<Option<GraphTensor<(X, X, X)>>> = vec![None; self.out.degrees().len()];
         for (i, (p, w)) in self.paths.iter().zip(&self.weights).enumerate() {
