@@ -97,27 +97,6 @@ fn infer_reproduces_tfn_stack_outputs() -> TestResult {
     infer_matches_reference("tfn_stack")
 }
 
-/// Copies `inputs.safetensors` of a reference folder with `coors[0, 0, 0]` set to NaN.
-fn inputs_with_nan_coordinate(dir: &Path, out: &Path) -> TestResult {
-    let bytes = std::fs::read(dir.join("inputs.safetensors"))?;
-    let st = SafeTensors::deserialize(&bytes)?;
-    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, view) in st.tensors() {
-        let mut data = view.data().to_vec();
-        if name == "coors" {
-            assert_eq!(view.dtype(), Dtype::F32);
-            data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
-        }
-        owned.push((name, view.dtype(), view.shape().to_vec(), data));
-    }
-    let views = owned
-        .iter()
-        .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?)))
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    safetensors::serialize_to_file(views, &None, out)?;
-    Ok(())
-}
-
 fn assert_one_line_failure(run: &std::process::Output, needle: &str) {
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success(), "expected failure, got success");
@@ -125,14 +104,31 @@ fn assert_one_line_failure(run: &std::process::Output, needle: &str) {
     assert!(err.contains(needle), "message lacks `{needle}`: {err}");
 }
 
+/// `se3 infer` on the inputs of `se3t_basic` passed through `edit` ([`rewrite_inputs`]) fails
+/// with one line that contains `needle`.
+fn infer_rejects_edited_inputs(
+    tag: &str,
+    needle: &str,
+    edit: impl Fn(RawTensor) -> Option<RawTensor>,
+) -> TestResult {
+    let dir = reference("se3t_basic");
+    let bad = scratch(&format!("{tag}.safetensors"))?;
+    rewrite_inputs(&dir, &bad, edit)?;
+    let run = infer(&dir, &bad, &scratch(&format!("{tag}_out.safetensors"))?)?;
+    assert_one_line_failure(&run, needle);
+    Ok(())
+}
+
 #[test]
 fn infer_rejects_nan_coordinates_with_one_line() -> TestResult {
-    let dir = reference("se3t_basic");
-    let bad = scratch("nan_coors.safetensors")?;
-    inputs_with_nan_coordinate(&dir, &bad)?;
-    let run = infer(&dir, &bad, &scratch("nan_out.safetensors")?)?;
-    assert_one_line_failure(&run, "non-finite");
-    Ok(())
+    // coors[0, 0, 0] = NaN (float32)
+    infer_rejects_edited_inputs("nan_coors", "non-finite", |(name, d, s, mut b)| {
+        if name == "coors" {
+            assert_eq!(d, Dtype::F32);
+            b[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+        Some((name, d, s, b))
+    })
 }
 
 #[test]
@@ -227,79 +223,54 @@ fn first_nodes(t: RawTensor, n: usize, keep: usize) -> RawTensor {
 
 #[test]
 fn infer_rejects_a_graph_of_one_node_with_one_line() -> TestResult {
-    let dir = reference("se3t_basic");
-    let bad = scratch("one_node.safetensors")?;
-    rewrite_inputs(&dir, &bad, |t| Some(first_nodes(t, 12, 1)))?;
-    let run = infer(&dir, &bad, &scratch("one_node_out.safetensors")?)?;
-    assert_one_line_failure(&run, "empty");
-    Ok(())
+    infer_rejects_edited_inputs("one_node", "empty", |t| Some(first_nodes(t, 12, 1)))
 }
 
 #[test]
 fn infer_rejects_a_mask_of_the_wrong_length_with_one_line() -> TestResult {
-    let dir = reference("se3t_basic");
-    let bad = scratch("short_mask.safetensors")?;
-    rewrite_inputs(&dir, &bad, |t| {
+    infer_rejects_edited_inputs("short_mask", "mask", |t| {
         Some(if t.0 == "mask" {
             first_nodes(t, 12, 11)
         } else {
             t
         })
-    })?;
-    let run = infer(&dir, &bad, &scratch("short_mask_out.safetensors")?)?;
-    assert_one_line_failure(&run, "mask");
-    Ok(())
+    })
 }
 
 #[test]
 fn infer_rejects_a_misnamed_input_with_one_line() -> TestResult {
-    let dir = reference("se3t_basic");
-    let bad = scratch("misnamed.safetensors")?;
-    rewrite_inputs(&dir, &bad, |(name, d, s, b)| {
+    infer_rejects_edited_inputs("misnamed", "coors", |(name, d, s, b)| {
         let name = if name == "coors" {
             "coords".into()
         } else {
             name
         };
         Some((name, d, s, b))
-    })?;
-    let run = infer(&dir, &bad, &scratch("misnamed_out.safetensors")?)?;
-    assert_one_line_failure(&run, "coors");
-    Ok(())
+    })
 }
 
 #[test]
 fn infer_rejects_features_of_the_wrong_width_with_one_line() -> TestResult {
-    let dir = reference("se3t_basic");
-    let bad = scratch("narrow_feats.safetensors")?;
     // keep 7 of the 8 channels of feats (b, n, 8), float32
-    rewrite_inputs(&dir, &bad, |(name, d, s, b)| {
+    infer_rejects_edited_inputs("narrow_feats", "feats", |(name, d, s, b)| {
         if name != "feats" {
             return Some((name, d, s, b));
         }
         let rows: Vec<u8> = b.chunks(8 * 4).flat_map(|r| r[..7 * 4].to_vec()).collect();
         Some((name, d, vec![s[0], s[1], 7], rows))
-    })?;
-    let run = infer(&dir, &bad, &scratch("narrow_feats_out.safetensors")?)?;
-    assert_one_line_failure(&run, "feats");
-    Ok(())
+    })
 }
 
 #[test]
 fn infer_rejects_coordinates_of_the_wrong_shape_with_one_line() -> TestResult {
-    let dir = reference("se3t_basic");
-    let bad = scratch("coors_2d.safetensors")?;
-    rewrite_inputs(&dir, &bad, |(name, d, s, b)| {
+    // (b, n, 3) -> (b, n, 2): drop z
+    infer_rejects_edited_inputs("coors_2d", "coors", |(name, d, s, b)| {
         if name != "coors" {
             return Some((name, d, s, b));
         }
-        // (b, n, 3) -> (b, n, 2): drop z
         let xy: Vec<u8> = b.chunks(3 * 4).flat_map(|p| p[..2 * 4].to_vec()).collect();
         Some((name, d, vec![s[0], s[1], 2], xy))
-    })?;
-    let run = infer(&dir, &bad, &scratch("coors_2d_out.safetensors")?)?;
-    assert_one_line_failure(&run, "coors");
-    Ok(())
+    })
 }
 
 /// A generated config (tests/data/extra_reference/general) whose PyTorch ran on a LAPACK with other
