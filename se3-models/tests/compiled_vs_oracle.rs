@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use rand::Rng;
 use se3_models::checkpoint::{StateDict, Tensor};
-use se3_models::inputs::{BoolTensor, EdgeInput, ModelInputs, NodeFeats};
+use se3_models::inputs::{BoolTensor, ModelInputs, NodeFeats};
 use se3_models::se3_transformer::{
     CompiledSe3Transformer, Se3Transformer, Se3TransformerConfig, Se3TransformerForward,
 };
@@ -23,14 +23,6 @@ const TOL_ORACLE: f64 = 1e-4;
 const TOL_ORACLE_EGNN: f64 = 1e-3;
 /// Equivariance of the float32 graph.
 const TOL_EQUIV: f64 = 1e-4;
-
-fn dense(r: &mut impl Rng, shape: Vec<usize>) -> Tensor {
-    let n = shape.iter().product();
-    Tensor {
-        shape,
-        data: (0..n).map(|_| r.gen_range(-1.0..1.0)).collect(),
-    }
-}
 
 /// Random inputs for `cfg`: features of its input fiber, coordinates, a mask with the last node of
 /// the second graph masked, a chain adjacency, edge tokens or values, global features.
@@ -72,28 +64,7 @@ fn inputs_for(
         neighbor_mask: None,
         global_feats: None,
     };
-    if cfg.attend_sparse_neighbors || cfg.num_adj_degrees.is_some() {
-        let mut adj = vec![false; n * n];
-        for i in 0..n - 1 {
-            adj[i * n + i + 1] = true;
-            adj[(i + 1) * n + i] = true;
-        }
-        inp.adj_mat = Some(BoolTensor {
-            shape: vec![n, n],
-            data: adj,
-        });
-    }
-    if let Some(t) = cfg.num_edge_tokens {
-        inp.edges = Some(EdgeInput::Tokens {
-            shape: vec![b, n, n],
-            ids: (0..b * n * n).map(|_| r.gen_range(0..t as i64)).collect(),
-        });
-    } else if let Some(e) = cfg.edge_dim {
-        inp.edges = Some(EdgeInput::Dense(dense(r, vec![b, n, n, e])));
-    }
-    if let Some(g) = cfg.global_feats_dim {
-        inp.global_feats = Some(dense(r, vec![b, 2, g]));
-    }
+    add_optional_inputs(cfg, &mut inp, r, b, n);
     Ok(inp)
 }
 

@@ -7,7 +7,7 @@ use common::*;
 use nalgebra::Matrix3;
 use rand::Rng;
 use se3_models::checkpoint::{StateDict, Tensor};
-use se3_models::inputs::{BoolTensor, EdgeInput, ModelInputs, NodeFeats};
+use se3_models::inputs::{BoolTensor, ModelInputs, NodeFeats};
 use se3_models::model_file::ModelFile;
 use se3_models::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
 use se3_models::tfn::{TfnStack, TfnStackConfig};
@@ -184,14 +184,6 @@ fn random_inputs(r: &mut impl Rng, b: usize, n: usize, feats: NodeFeats) -> Mode
     }
 }
 
-fn dense(r: &mut impl Rng, shape: Vec<usize>) -> Tensor {
-    let n = shape.iter().product();
-    Tensor {
-        shape,
-        data: (0..n).map(|_| r.gen_range(-1.0..1.0)).collect(),
-    }
-}
-
 /// Configurations not among the reference folders, with random weights: option combinations the
 /// oracle must handle generally.
 #[test]
@@ -262,28 +254,7 @@ fn unseen_se3t_configs_are_equivariant() -> Result<(), Error> {
             )
         };
         let mut inp = random_inputs(&mut r, b, n, feats);
-        if cfg.attend_sparse_neighbors || cfg.num_adj_degrees.is_some() {
-            let mut adj = vec![false; n * n];
-            for i in 0..n - 1 {
-                adj[i * n + i + 1] = true;
-                adj[(i + 1) * n + i] = true;
-            }
-            inp.adj_mat = Some(BoolTensor {
-                shape: vec![n, n],
-                data: adj,
-            });
-        }
-        if let Some(t) = cfg.num_edge_tokens {
-            inp.edges = Some(EdgeInput::Tokens {
-                shape: vec![b, n, n],
-                ids: (0..b * n * n).map(|_| r.gen_range(0..t as i64)).collect(),
-            });
-        } else if let Some(e) = cfg.edge_dim {
-            inp.edges = Some(EdgeInput::Dense(dense(&mut r, vec![b, n, n, e])));
-        }
-        if let Some(g) = cfg.global_feats_dim {
-            inp.global_feats = Some(dense(&mut r, vec![b, 2, g]));
-        }
+        add_optional_inputs(&cfg, &mut inp, &mut r, b, n);
         se3t_case(
             &format!("{what} (SE3_SEED={seed})"),
             &cfg,

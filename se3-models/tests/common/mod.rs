@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 #[allow(unused_imports)]
 pub use se3_core::testing::{rel_error, rel_error_at};
 use se3_models::checkpoint::{StateDict, Tensor};
-use se3_models::inputs::ModelInputs;
+use se3_models::inputs::{BoolTensor, EdgeInput, ModelInputs};
 use se3_models::model_file::ModelFile;
 use se3_models::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
 use se3_models::Error;
@@ -101,4 +101,47 @@ pub fn rotate_rows(t: &Tensor, rot: &Matrix3<f64>, shift: [f64; 3]) -> Tensor {
         }
     }
     out
+}
+
+/// A tensor of `shape` drawn from U(-1, 1).
+pub fn dense(r: &mut impl Rng, shape: Vec<usize>) -> Tensor {
+    let n = shape.iter().product();
+    Tensor {
+        shape,
+        data: (0..n).map(|_| r.gen_range(-1.0..1.0)).collect(),
+    }
+}
+
+/// Adds the inputs `cfg` asks for besides features and coordinates: a chain adjacency (node i
+/// bonded to i + 1) for sparse neighbours or adjacency degrees, random edge tokens or edge
+/// features, two random global nodes.
+pub fn add_optional_inputs(
+    cfg: &Se3TransformerConfig,
+    inp: &mut ModelInputs,
+    r: &mut impl Rng,
+    b: usize,
+    n: usize,
+) {
+    if cfg.attend_sparse_neighbors || cfg.num_adj_degrees.is_some() {
+        let mut adj = vec![false; n * n];
+        for i in 0..n - 1 {
+            adj[i * n + i + 1] = true;
+            adj[(i + 1) * n + i] = true;
+        }
+        inp.adj_mat = Some(BoolTensor {
+            shape: vec![n, n],
+            data: adj,
+        });
+    }
+    if let Some(t) = cfg.num_edge_tokens {
+        inp.edges = Some(EdgeInput::Tokens {
+            shape: vec![b, n, n],
+            ids: (0..b * n * n).map(|_| r.gen_range(0..t as i64)).collect(),
+        });
+    } else if let Some(e) = cfg.edge_dim {
+        inp.edges = Some(EdgeInput::Dense(dense(r, vec![b, n, n, e])));
+    }
+    if let Some(g) = cfg.global_feats_dim {
+        inp.global_feats = Some(dense(r, vec![b, 2, g]));
+    }
 }
