@@ -85,6 +85,35 @@ struct Cloud {
     x: Vec<Vec<f64>>,
 }
 
+impl Cloud {
+    /// The cloud moved by `x -> rot x + t`, its features (of fiber `fin`) rotated by D(rot).
+    fn moved(
+        &self,
+        fin: &FiberSpec,
+        rot: &Rotation3<f64>,
+        t: nalgebra::Vector3<f64>,
+    ) -> Result<Cloud, Box<dyn std::error::Error>> {
+        Ok(Cloud {
+            n: self.n,
+            coords: self
+                .coords
+                .iter()
+                .map(|p| {
+                    let q = rot * nalgebra::Vector3::from(*p) + t;
+                    [q.x, q.y, q.z]
+                })
+                .collect(),
+            mask: self.mask.clone(),
+            x: fin
+                .degrees()
+                .iter()
+                .zip(&self.x)
+                .map(|(d, x)| rotate(x, d.l, rot))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
 fn cloud(r: &mut StdRng, fin: &FiberSpec) -> Cloud {
     let n = r.gen_range(10..30);
     let coords = (0..n)
@@ -155,25 +184,7 @@ fn graph_layers_are_equivariant_to_rotations_and_translations_with_masks() -> Te
         let base = run(&mut net, &c)?;
         let rot = random_rotation(&mut r);
         let t = random_vector(&mut r, 3.0);
-        let moved = Cloud {
-            n: c.n,
-            coords: c
-                .coords
-                .iter()
-                .map(|p| {
-                    let q = rot * nalgebra::Vector3::from(*p) + t;
-                    [q.x, q.y, q.z]
-                })
-                .collect(),
-            mask: c.mask.clone(),
-            x: net
-                .fin
-                .degrees()
-                .iter()
-                .zip(&c.x)
-                .map(|(d, x)| rotate(x, d.l, &rot))
-                .collect::<Result<_, _>>()?,
-        };
+        let moved = c.moved(&net.fin, &rot, t)?;
         let got = run(&mut net, &moved)?;
         for (i, v) in base.iter().enumerate() {
             let size = v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
@@ -292,25 +303,7 @@ fn attention_block_is_equivariant_with_and_without_self_attention() -> TestResul
         let base = run_y(&mut net, &c)?;
         let rot = random_rotation(&mut r);
         let t = random_vector(&mut r, 3.0);
-        let moved = Cloud {
-            n: c.n,
-            coords: c
-                .coords
-                .iter()
-                .map(|p| {
-                    let q = rot * nalgebra::Vector3::from(*p) + t;
-                    [q.x, q.y, q.z]
-                })
-                .collect(),
-            mask: c.mask.clone(),
-            x: net
-                .fin
-                .degrees()
-                .iter()
-                .zip(&c.x)
-                .map(|(d, x)| rotate(x, d.l, &rot))
-                .collect::<Result<_, _>>()?,
-        };
+        let moved = c.moved(&net.fin, &rot, t)?;
         let got = run_y(&mut net, &moved)?;
         // the attention branch must contribute, or the residual alone would pass
         for (i, x) in c.x.iter().enumerate() {
