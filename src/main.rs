@@ -27,6 +27,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // freed large graph buffers leave the resident set at once (every command runs graphs)
+    se3_core::exec::pool::pin_mmap_threshold();
     let args = Args::parse();
     let result = match args.command.unwrap_or(Command::Zoo) {
         Command::Zoo => cli::zoo::run(),

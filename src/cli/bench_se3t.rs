@@ -8,8 +8,9 @@
 //! the forwards, with where it goes (resident after the build, graph weights, the most
 //! intermediates alive at once in a forward, idle pooled buffers: se3-core `exec::MemoryStats`).
 //! The weights are moved from the state dict into the model and converted to float32 as the graph
-//! is built ([`CompiledSe3Transformer::from_state_dict`]), and the child pins glibc's mmap
-//! threshold (`exec::pool::pin_mmap_threshold`) so freed large buffers leave the resident set.
+//! is built ([`CompiledSe3Transformer::from_state_dict`]); the `se3` program (so the child too)
+//! pins glibc's mmap threshold (`exec::pool::pin_mmap_threshold`) so freed large buffers leave
+//! the resident set.
 //! The child runs one warm-up and then the median of 3 forwards (and their CPU time), and times
 //! one more forward per operator (`se3_core::exec::profile`) to say where the time goes: host
 //! preparation (neighbours, kernel basis), radial networks, gathers + `Kx`, the fused
@@ -339,7 +340,6 @@ pub fn random_inputs(
 }
 
 fn run_case(c: &Case) -> Result<(), super::CliError> {
-    se3_core::exec::pool::pin_mmap_threshold();
     let mut rng = StdRng::seed_from_u64(0);
     let cfg = bench_config(c.num_degrees)?;
     let sd = random_weights(&cfg, &mut rng)?;
