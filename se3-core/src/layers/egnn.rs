@@ -1,0 +1,412 @@
+//! `EgnnLayer`: the E(n)-equivariant graph layer of Satorras et al. (2021) as egnn-pytorch
+//! 0.2.8's `EGNN` computes it.
+//!
+//! For node `i` with neighbours `j` (its `k` selected edges, see [`EgnnNeighborhood`]):
+//!
+//! ```text
+//! r_ij  = x_i - x_j,   d_ij = |r_ij|^2                      (squared distance)
+//! m_ij  = SiLU(W2 SiLU(W1 [h_i, h_j, phi(d_ij), e_ij] + b1) + b2)
+//! m_ij *= sigmoid(w_g . m_ij + b_g)                         (soft_edges)
+//! w_ij  = clamp(v_ij * (W4 SiLU(W3 m_ij + b3) + b4), -c, c) (v_ij: edge validity, c: clamp)
+//! x_i'  = x_i + sum_j w_ij * s r_ij / max(|r_ij|, 1e-8)      (norm_coors, scale s; else r_ij)
+//! m_i   = sum_j v_ij m_ij  (sum)  or  that / max(sum_j v_ij, 1e-8)  (mean)
+//! h_i'  = h_i + W6 SiLU(W5 [LayerNorm(h_i), m_i] + b5) + b6  (LayerNorm only with norm_feats)
+//! ```
+//!
+//! `phi(d) = d`, or with `F` Fourier features `[sin(d / 2^f) (f < F), cos(d / 2^f) (f < F), d]`.
+//! Checkpoint keys are egnn-pytorch's: `edge_mlp.{0,3}`, `edge_gate.0`, `node_norm`,
+//! `coors_norm.scale`, `node_mlp.{0,3}`, `coors_mlp.{0,3}` (`weight` `(out, in)`, `bias`).
+//! Dropout is the identity (inference).
+//!
+//! E(n) equivariance: the messages see only invariants (features, squared distances, edge
+//! features), so `x' -> R x' + t` when `x -> R x + t` for any orthogonal `R` (reflections
+//! included) and `h'` is invariant; permuting nodes (and their neighbour indices) permutes
+//! the outputs.
+//!
+//! The concatenations are never formed: `W1 [a, b, ..]` is computed as `W1_a a + W1_b b + ..`
+//! with the column blocks of `W1`, and the node terms `W1_a h_i`, `W1_b h_j` once per node.
+
+use luminal::prelude::*;
+
+use super::dense::DenseLinear;
+use super::graph::{constant, dims, expand_at, layer_norm, reshape, Param, ParamSource, X};
+use crate::exec::Session;
+use crate::ops::gather;
+use crate::Error;
+
+/// How `EgnnLayer` pools the messages of a node (`m_pool_method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessagePool {
+    /// Sum over valid edges.
+    Sum,
+    /// Mean over valid edges (0 for a node without any).
+    Mean,
+}
+
+/// The constructor options of egnn-pytorch's `EGNN` that shape the layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EgnnOptions {
+    /// Node feature width `dim`.
+    pub dim: usize,
+    /// Width of the edge features (`edge_dim`, embedded or dense, adjacency embedding included).
+    pub edge_dim: usize,
+    /// Message width `m_dim`.
+    pub m_dim: usize,
+    /// Fourier features of the squared distance (`fourier_features`).
+    pub fourier_features: usize,
+    /// LayerNorm of the features before the node MLP (`norm_feats`).
+    pub norm_feats: bool,
+    /// Unit relative vectors times a learned scale (`norm_coors`).
+    pub norm_coors: bool,
+    /// Update features (`update_feats`).
+    pub update_feats: bool,
+    /// Update coordinates (`update_coors`).
+    pub update_coors: bool,
+    /// Gate messages by a sigmoid of themselves (`soft_edges`).
+    pub soft_edges: bool,
+    /// Pooling of messages (`m_pool_method`).
+    pub m_pool: MessagePool,
+    /// Clamp of the coordinate weights (`coor_weights_clamp_value`).
+    pub coor_weights_clamp: Option<f32>,
+}
+
+impl EgnnOptions {
+    /// Width of `phi(d)`: `2 F + 1`.
+    pub fn distance_width(&self) -> usize {
+        2 * self.fourier_features + 1
+    }
+
+    /// Width of the edge MLP input `[h_i, h_j, phi(d), e]`.
+    pub fn edge_input_width(&self) -> usize {
+        2 * self.dim + self.distance_width() + self.edge_dim
+    }
+}
+
+/// One extra edge input of [`EgnnNeighborhood`], in the order of the edge features.
+#[derive(Debug, Clone, Copy)]
+pub enum EdgeFeature {
+    /// Per-edge values `[rows * k, width]`.
+    Dense(GraphTensor<(X, X)>),
+    /// Rows of an embedding table `[vocab, width]` picked per edge by `ids` `[rows * k]`.
+    Embedded {
+        table: GraphTensor<(X, X)>,
+        ids: GraphTensor<(X,)>,
+    },
+}
+
+/// The neighbourhoods of all nodes: node `r` owns edges `r k .. (r + 1) k`.
+#[derive(Debug, Clone)]
+pub struct EgnnNeighborhood {
+    /// Edges per node.
+    pub k: usize,
+    /// Row of the neighbour `j` of every edge, `[rows * k]` (f32 integers).
+    pub src: GraphTensor<(X,)>,
+    /// 1 for an edge that counts in the masks of the layer, 0 otherwise, `[rows, k]`.
+    pub valid: GraphTensor<(X, X)>,
+    /// Edge features, concatenated in this order (total width `edge_dim`).
+    pub edge_features: Vec<EdgeFeature>,
+}
+
+/// egnn-pytorch's `EGNN` layer in run-time form (see the module doc for the formula).
+#[derive(Debug, Clone)]
+pub struct EgnnLayer {
+    options: EgnnOptions,
+    /// The checkpoint prefix the layer was loaded from (names its constants).
+    key_prefix: String,
+    edge_in: DenseLinear,
+    edge_out: DenseLinear,
+    edge_gate: Option<DenseLinear>,
+    node_norm: Option<(Param, Param)>,
+    coors_scale: Option<Param>,
+    node_in: Option<DenseLinear>,
+    node_out: Option<DenseLinear>,
+    coors_in: Option<DenseLinear>,
+    coors_out: Option<DenseLinear>,
+}
+
+/// The features and coordinates an [`EgnnLayer`] returns, `[rows, dim]` and `[rows, 3]`.
+#[derive(Debug, Clone, Copy)]
+pub struct EgnnOutput {
+    pub feats: GraphTensor<(X, X)>,
+    pub coors: GraphTensor<(X, X)>,
+}
+
+impl EgnnLayer {
+    /// Reads the layer's parameters under `prefix` (egnn-pytorch's keys).
+    ///
+    /// # Errors
+    /// `Empty` if the layer updates neither features nor coordinates (the library asserts);
+    /// `MissingKey`, `WrongShape`, `NonFiniteWeight` from `src`.
+    pub fn load(
+        src: &mut dyn ParamSource,
+        prefix: &str,
+        options: &EgnnOptions,
+    ) -> Result<Self, Error> {
+        if !options.update_feats && !options.update_coors {
+            return Err(Error::Empty {
+                what: "EGNN layer that updates neither features nor coordinates",
+            });
+        }
+        let (dim, m) = (options.dim, options.m_dim);
+        let e_in = options.edge_input_width();
+        let p = |name: &str| format!("{prefix}{name}");
+        let edge_in = DenseLinear::load(src, &p("edge_mlp.0."), e_in, 2 * e_in, true)?;
+        let edge_out = DenseLinear::load(src, &p("edge_mlp.3."), 2 * e_in, m, true)?;
+        let edge_gate = options
+            .soft_edges
+            .then(|| DenseLinear::load(src, &p("edge_gate.0."), m, 1, true))
+            .transpose()?;
+        let node_norm = if options.norm_feats && options.update_feats {
+            Some((
+                Param::load(src, p("node_norm.weight"), vec![dim])?,
+                Param::load(src, p("node_norm.bias"), vec![dim])?,
+            ))
+        } else {
+            None
+        };
+        // The library creates `node_norm` whenever `norm_feats`, used or not.
+        if options.norm_feats && !options.update_feats {
+            Param::load(src, p("node_norm.weight"), vec![dim])?;
+            Param::load(src, p("node_norm.bias"), vec![dim])?;
+        }
+        let coors_scale = options
+            .norm_coors
+            .then(|| Param::load(src, p("coors_norm.scale"), vec![1]))
+            .transpose()?;
+        let (node_in, node_out) = if options.update_feats {
+            (
+                Some(DenseLinear::load(
+                    src,
+                    &p("node_mlp.0."),
+                    dim + m,
+                    2 * dim,
+                    true,
+                )?),
+                Some(DenseLinear::load(
+                    src,
+                    &p("node_mlp.3."),
+                    2 * dim,
+                    dim,
+                    true,
+                )?),
+            )
+        } else {
+            (None, None)
+        };
+        let (coors_in, coors_out) = if options.update_coors {
+            (
+                Some(DenseLinear::load(src, &p("coors_mlp.0."), m, 4 * m, true)?),
+                Some(DenseLinear::load(src, &p("coors_mlp.3."), 4 * m, 1, true)?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(EgnnLayer {
+            options: options.clone(),
+            key_prefix: prefix.to_string(),
+            edge_in,
+            edge_out,
+            edge_gate,
+            node_norm,
+            coors_scale,
+            node_in,
+            node_out,
+            coors_in,
+            coors_out,
+        })
+    }
+
+    /// The options the layer was loaded with.
+    pub fn options(&self) -> &EgnnOptions {
+        &self.options
+    }
+
+    /// `phi(d)` for squared distances `d` `[edges]`: `[edges, 2 F + 1]`.
+    fn distance_features(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        d: GraphTensor<(X,)>,
+    ) -> Result<GraphTensor<(X, X)>, Error> {
+        let f = self.options.fourier_features;
+        let w = self.options.distance_width();
+        let edges = dims(d)[0];
+        let d2: GraphTensor<(X, X)> = expand_at(d, 1, w);
+        if f == 0 {
+            return Ok(d2);
+        }
+        // sin(d s + phase) on the first 2F columns (cos x = sin(x + pi/2)), d on the last.
+        let mut scale = vec![0.0f32; w];
+        let mut phase = vec![0.0f32; w];
+        let mut trig = vec![0.0f32; w];
+        let mut linear = vec![0.0f32; w];
+        for q in 0..f {
+            let sc = 0.5f32.powi(q as i32);
+            scale[q] = sc;
+            scale[f + q] = sc;
+            phase[f + q] = std::f32::consts::FRAC_PI_2;
+            trig[q] = 1.0;
+            trig[f + q] = 1.0;
+        }
+        linear[2 * f] = 1.0;
+        let mut row = |name: &str, v: Vec<f32>| -> Result<GraphTensor<(X, X)>, Error> {
+            let t: GraphTensor<(X,)> = constant(
+                s,
+                &format!("{prefix}{}fourier.{name}", self.key_prefix),
+                v,
+                &[w],
+            )?;
+            Ok(expand_at(t, 0, edges))
+        };
+        let (scale, phase, trig, linear) = (
+            row("scale", scale)?,
+            row("phase", phase)?,
+            row("trig", trig)?,
+            row("linear", linear)?,
+        );
+        Ok(((d2 * scale + phase).contiguous().sin() * trig) + d2 * linear)
+    }
+
+    /// Builds the layer on `feats` `[rows, dim]` and `coors` `[rows, 3]` with the
+    /// neighbourhoods `nb`; weights become session weights `<prefix><key>`.
+    ///
+    /// # Errors
+    /// `ShapeMismatch` if the feature or edge widths differ from the options; session errors.
+    pub fn build(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        feats: GraphTensor<(X, X)>,
+        coors: GraphTensor<(X, X)>,
+        nb: &EgnnNeighborhood,
+    ) -> Result<EgnnOutput, Error> {
+        let o = &self.options;
+        let (dim, k) = (o.dim, nb.k);
+        let rows = dims(feats)[0];
+        let edges = rows * k;
+        let per_edge = |t: GraphTensor<(X, X)>| -> GraphTensor<(X, X)> {
+            let w = dims(t)[1];
+            let t3: GraphTensor<(X, X, X)> = expand_at(t, 1, k);
+            reshape(t3, &[edges, w])
+        };
+        let per_node = |t: GraphTensor<(X, X)>| -> GraphTensor<(X, X)> {
+            let w = dims(t)[1];
+            let t3: GraphTensor<(X, X, X)> = reshape(t, &[rows, k.into(), w]);
+            t3.sum_reduce::<(X, X), Axis<1>>()
+        };
+
+        // Geometry of every edge.
+        let x_i = per_edge(coors);
+        let x_j: GraphTensor<(X, X)> = gather(coors, nb.src);
+        let rel = x_i - x_j;
+        let d: GraphTensor<(X,)> = (rel * rel).sum_reduce::<(X,), Axis<1>>();
+
+        // Edge MLP input layer, block by block.
+        let (d_w, e_w) = (o.distance_width(), o.edge_dim);
+        let first = 2 * dim + d_w;
+        let mut at = first;
+        let w_i = self.edge_in.columns(0, dim)?;
+        let w_i = DenseLinear {
+            weight: w_i.weight,
+            bias: self.edge_in.bias.clone(),
+        };
+        let h_i = w_i.build(s, prefix, feats)?;
+        let h_j = self
+            .edge_in
+            .columns(dim, 2 * dim)?
+            .build(s, prefix, feats)?;
+        let phi = self.distance_features(s, prefix, d)?;
+        let mut pre = per_edge(h_i)
+            + gather::<X, X, X>(h_j, nb.src)
+            + self
+                .edge_in
+                .columns(2 * dim, first)?
+                .build(s, prefix, phi)?;
+        for feature in &nb.edge_features {
+            let term = match *feature {
+                EdgeFeature::Dense(t) => {
+                    let w = dims(t)[1].to_usize().unwrap_or(0);
+                    let block = self.edge_in.columns(at, at + w)?;
+                    at += w;
+                    block.build(s, prefix, t)?
+                }
+                EdgeFeature::Embedded { table, ids } => {
+                    let w = dims(table)[1].to_usize().unwrap_or(0);
+                    let block = self.edge_in.columns(at, at + w)?;
+                    at += w;
+                    let projected = block.build(s, prefix, table)?;
+                    gather::<X, X, X>(projected, ids)
+                }
+            };
+            pre = pre + term;
+        }
+        if at != first + e_w {
+            return Err(Error::ShapeMismatch {
+                what: format!("edge features of `{prefix}`"),
+                expected: vec![e_w],
+                found: vec![at - first],
+            });
+        }
+        let hidden = pre.swish();
+        let mut m = self.edge_out.build(s, prefix, hidden)?.swish();
+        if let Some(gate) = &self.edge_gate {
+            let g = gate.build(s, prefix, m)?.sigmoid();
+            m = m * expand_at::<_, (X, X)>(reshape::<_, (X,)>(g, &[edges]), 1, o.m_dim);
+        }
+        let valid: GraphTensor<(X,)> = reshape(nb.valid, &[edges]);
+
+        let coors_new = match (&self.coors_in, &self.coors_out) {
+            (Some(c_in), Some(c_out)) => {
+                let hidden = c_in.build(s, prefix, m)?.swish();
+                let w = c_out.build(s, prefix, hidden)?;
+                let mut w: GraphTensor<(X,)> = reshape::<_, (X,)>(w, &[edges]) * valid;
+                if let Some(c) = o.coor_weights_clamp {
+                    w = w.max_f32(-c).min_f32(c);
+                }
+                let dir = match &self.coors_scale {
+                    Some(scale) => {
+                        let sc: GraphTensor<(X,)> = scale.declare(s, prefix)?;
+                        let sc: GraphTensor<(X,)> =
+                            reshape(expand_at::<_, (X, X)>(sc, 0, edges), &[edges]);
+                        let inv = d.sqrt().max_f32(1e-8).recip() * sc;
+                        rel * expand_at::<_, (X, X)>(inv, 1, 3)
+                    }
+                    None => rel,
+                };
+                coors + per_node(dir * expand_at::<_, (X, X)>(w, 1, 3))
+            }
+            _ => coors,
+        };
+
+        let feats_new = match (&self.node_in, &self.node_out) {
+            (Some(n_in), Some(n_out)) => {
+                let mut pooled = per_node(m * expand_at::<_, (X, X)>(valid, 1, o.m_dim));
+                if o.m_pool == MessagePool::Mean {
+                    let count: GraphTensor<(X,)> = nb.valid.sum_reduce::<(X,), Axis<1>>();
+                    let inv = count.max_f32(1e-8).recip();
+                    pooled = pooled * expand_at::<_, (X, X)>(inv, 1, o.m_dim);
+                }
+                let normed = match &self.node_norm {
+                    Some((gamma, beta)) => {
+                        let g: GraphTensor<(X,)> = gamma.declare(s, prefix)?;
+                        let b: GraphTensor<(X,)> = beta.declare(s, prefix)?;
+                        layer_norm(feats, g, b, 1e-5)
+                    }
+                    None => feats,
+                };
+                let a = DenseLinear {
+                    weight: n_in.columns(0, dim)?.weight,
+                    bias: n_in.bias.clone(),
+                }
+                .build(s, prefix, normed)?;
+                let b = n_in.columns(dim, dim + o.m_dim)?.build(s, prefix, pooled)?;
+                n_out.build(s, prefix, (a + b).swish())? + feats
+            }
+            _ => feats,
+        };
+        Ok(EgnnOutput {
+            feats: feats_new,
+            coors: coors_new,
+        })
+    }
+}

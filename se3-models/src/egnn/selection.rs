@@ -1,0 +1,177 @@
+//! Neighbour selection of egnn-pytorch 0.2.8's `EGNN.forward`, computed on the host from the
+//! current coordinates before each layer's graph runs (CONVENTIONS 5).
+//!
+//! Without `num_nearest_neighbors` or `only_sparse_neighbors` every node `j` (itself included)
+//! is a neighbour of `i`, valid if both are unmasked. Otherwise pairs are ranked by squared
+//! distance, with masked pairs at `1e5` and, when an adjacency is given, the node itself at
+//! `-1` and bonded nodes at `0` (in that order of overwriting); the `k` smallest are kept in the
+//! order PyTorch's CPU `topk` returns them (ties included). `k` is `num_nearest_neighbors`, or
+//! with `only_sparse_neighbors` and an adjacency the largest row sum of the adjacency (diagonal
+//! included) with the radius forced to 0. A kept edge is valid if both nodes are unmasked and
+//! its rank is at most `valid_radius`; **without a mask every kept edge is valid** (the library
+//! applies the radius through the mask only).
+
+use crate::se3_transformer::torch_topk::topk_smallest;
+use crate::Error;
+
+/// How one layer selects neighbours.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SelectionRule {
+    /// `num_nearest_neighbors`.
+    pub num_nearest: usize,
+    /// `only_sparse_neighbors`.
+    pub only_sparse: bool,
+    /// `valid_radius` (squared distance).
+    pub valid_radius: f64,
+}
+
+/// The neighbour lists of a batch: node `r = b n + i` owns edges `r k .. (r + 1) k`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    /// Edges per node.
+    pub k: usize,
+    /// `(b, i, j)` of every edge (`j` the neighbour).
+    pub pairs: Vec<(usize, usize, usize)>,
+    /// Whether the edge counts.
+    pub valid: Vec<bool>,
+}
+
+impl SelectionRule {
+    /// Whether neighbours are ranked at all.
+    pub fn uses_nearest(&self) -> bool {
+        self.num_nearest > 0 || self.only_sparse
+    }
+
+    /// Selects the neighbours of every node of `coors` (`b` blocks of `n` points), with an
+    /// optional node `mask` (`b n`) and adjacency (`b n n`, after the network's degree loop).
+    ///
+    /// # Errors
+    /// `InvalidConfig` (`num_nearest_neighbors`) if more neighbours than nodes are asked for
+    /// (`topk` fails in PyTorch); `NoNeighbors` if `k` is 0.
+    pub fn select(
+        &self,
+        coors: &[[f64; 3]],
+        (b, n): (usize, usize),
+        mask: Option<&[bool]>,
+        adj: Option<&[bool]>,
+    ) -> Result<Selection, Error> {
+        let m = |bi: usize, i: usize| mask.is_none_or(|m| m[bi * n + i]);
+        if !self.uses_nearest() {
+            let mut sel = Selection {
+                k: n,
+                pairs: Vec::with_capacity(b * n * n),
+                valid: Vec::with_capacity(b * n * n),
+            };
+            for bi in 0..b {
+                for i in 0..n {
+                    for j in 0..n {
+                        sel.pairs.push((bi, i, j));
+                        sel.valid.push(m(bi, i) && m(bi, j));
+                    }
+                }
+            }
+            return Ok(sel);
+        }
+        let (k, radius) = match adj {
+            Some(a) if self.only_sparse => {
+                let most = a
+                    .chunks_exact(n.max(1))
+                    .map(|row| row.iter().filter(|&&x| x).count())
+                    .max()
+                    .unwrap_or(0);
+                (most, 0.0)
+            }
+            _ => (self.num_nearest, self.valid_radius),
+        };
+        if k > n {
+            return Err(Error::InvalidConfig {
+                field: "num_nearest_neighbors",
+                expected: "at most the number of nodes (torch.topk fails otherwise)",
+                found: format!("{k} neighbours for {n} nodes"),
+            });
+        }
+        if k == 0 {
+            return Err(Error::NoNeighbors);
+        }
+        let mut sel = Selection {
+            k,
+            pairs: Vec::with_capacity(b * n * k),
+            valid: Vec::with_capacity(b * n * k),
+        };
+        let mut rank = vec![0.0f64; n];
+        for bi in 0..b {
+            for i in 0..n {
+                let xi = coors[bi * n + i];
+                for (j, r) in rank.iter_mut().enumerate() {
+                    let xj = coors[bi * n + j];
+                    let d = [xi[0] - xj[0], xi[1] - xj[1], xi[2] - xj[2]];
+                    *r = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+                    if mask.is_some() && !(m(bi, i) && m(bi, j)) {
+                        *r = 1e5;
+                    }
+                }
+                if let Some(a) = adj {
+                    rank[i] = -1.0;
+                    for (j, r) in rank.iter_mut().enumerate() {
+                        if j != i && a[(bi * n + i) * n + j] {
+                            *r = 0.0;
+                        }
+                    }
+                }
+                for j in topk_smallest(&rank, k) {
+                    sel.pairs.push((bi, i, j));
+                    sel.valid
+                        .push(mask.is_none() || (m(bi, i) && m(bi, j) && rank[j] <= radius));
+                }
+            }
+        }
+        Ok(sel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_neighbors_rank_self_then_bonds_and_fill_with_nearest() -> Result<(), Error> {
+        // 4 points on a line, bonds 0-3 only; k = largest row sum = 1 + diag.
+        let coors = [
+            [0.0, 0.0, 0.0],
+            [1.0, 0.0, 0.0],
+            [2.0, 0.0, 0.0],
+            [3.0, 0.0, 0.0],
+        ];
+        let mut adj = vec![false; 16];
+        adj[3] = true;
+        adj[12] = true;
+        adj[0] = true; // diagonal of node 0 counts in the row sum
+        let rule = SelectionRule {
+            num_nearest: 0,
+            only_sparse: true,
+            valid_radius: f64::INFINITY,
+        };
+        let mask = [true; 4];
+        let sel = rule.select(&coors, (1, 4), Some(&mask), Some(&adj))?;
+        assert_eq!(sel.k, 2);
+        // node 0: itself (-1) then its bond 3 (0); node 1: itself, then nearest (invalid: r > 0).
+        assert_eq!(sel.pairs[0], (0, 0, 0));
+        assert_eq!(sel.pairs[1], (0, 0, 3));
+        assert_eq!(&sel.valid[..4], &[true, true, true, false]);
+        Ok(())
+    }
+
+    #[test]
+    fn too_many_neighbors_is_an_error() {
+        let coors = [[0.0; 3]; 3];
+        let rule = SelectionRule {
+            num_nearest: 4,
+            only_sparse: false,
+            valid_radius: f64::INFINITY,
+        };
+        assert!(matches!(
+            rule.select(&coors, (1, 3), None, None),
+            Err(Error::InvalidConfig { .. })
+        ));
+    }
+}
