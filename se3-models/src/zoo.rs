@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use crate::checkpoint::StateDict;
+use crate::egnn::{CompiledEgnn, Egnn};
 use crate::inputs::ModelInputs;
 use crate::model_file::ModelFile;
 use crate::se3_transformer::basis::QjSigns;
@@ -21,6 +22,8 @@ pub enum Model {
     Se3Transformer(Box<Se3Transformer>, Se3TransformerForward),
     /// ConvSE3 + NormSE3 stack.
     TfnStack(Box<TfnStack>),
+    /// egnn-pytorch `EGNN` or `EGNN_Network` (runs its compiled graphs; no float64 oracle).
+    Egnn(Box<Egnn>),
 }
 
 impl Model {
@@ -30,7 +33,9 @@ impl Model {
     /// `InvalidConfig` (field `class`) for a model kind that is not supported, plus config and
     /// checkpoint errors.
     pub fn from_parts(file: &ModelFile, weights: &StateDict) -> Result<Self, Error> {
-        if file.is_se3_transformer() {
+        if Egnn::handles(file) {
+            Ok(Self::Egnn(Box::new(Egnn::from_parts(file, weights)?)))
+        } else if file.is_se3_transformer() {
             let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
             let fwd = Se3TransformerForward::from_literals(&file.forward_kwargs.literals)?;
             Ok(Self::Se3Transformer(
@@ -72,6 +77,7 @@ impl Model {
         match self {
             Self::Se3Transformer(m, _) => m.set_qj_signs(signs),
             Self::TfnStack(m) => m.set_qj_signs(signs),
+            Self::Egnn(_) => Ok(()),
         }
     }
 
@@ -92,6 +98,7 @@ impl Model {
         match self {
             Self::Se3Transformer(m, fwd) => m.forward(inputs, fwd),
             Self::TfnStack(m) => m.forward(inputs),
+            Self::Egnn(m) => m.forward(inputs),
         }
     }
 }
@@ -117,6 +124,8 @@ pub enum CompiledModel {
     Se3Transformer(Box<CompiledSe3Transformer>, Se3TransformerForward),
     /// The ConvSE3 + NormSE3 stack as a graph session.
     TfnStack(Box<TfnSession>),
+    /// egnn-pytorch `EGNN` / `EGNN_Network` graphs.
+    Egnn(Box<CompiledEgnn>),
 }
 
 impl CompiledModel {
@@ -135,6 +144,7 @@ impl CompiledModel {
                 let graph = TfnGraph::from_state_dict(&cfg, weights)?;
                 Ok(Self::TfnStack(Box::new(graph.compile()?)))
             }
+            Model::Egnn(m) => Ok(Self::Egnn(Box::new(CompiledEgnn::new(*m)))),
         }
     }
 
@@ -161,6 +171,7 @@ impl CompiledModel {
                 })
             }
             Model::TfnStack(_) => Self::from_parts(file, weights),
+            Model::Egnn(m) => Ok(Self::Egnn(Box::new(CompiledEgnn::new(*m)))),
         }
     }
 
@@ -172,6 +183,7 @@ impl CompiledModel {
         match self {
             Self::Se3Transformer(m, fwd) => m.forward(inputs, fwd),
             Self::TfnStack(s) => s.forward(inputs),
+            Self::Egnn(m) => m.forward(inputs),
         }
     }
 }

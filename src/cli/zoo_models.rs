@@ -119,6 +119,12 @@ fn equivariance_error(
         let mut want = want.data.clone();
         if spec.is_vector() {
             rotate_rows(&mut want, &r);
+        } else if spec.transforms_as.contains("rotates and translates") {
+            // Points (EGNN coordinates): x -> R x + t.
+            rotate_rows(&mut want, &r);
+            for row in want.chunks_exact_mut(3) {
+                row.iter_mut().zip(t.iter()).for_each(|(a, b)| *a += b);
+            }
         } else if !spec.is_invariant() {
             continue;
         }
@@ -145,7 +151,7 @@ pub fn models(rng: &mut StdRng) -> Result<(), super::CliError> {
     for name in names {
         let dir = models_dir().join(&name);
         let file = ModelFile::load(dir.join("config.json"))?;
-        if file.library.name != "se3-transformer-pytorch" {
+        if !["se3-transformer-pytorch", "egnn-pytorch"].contains(&file.library.name.as_str()) {
             skipped.push(name);
             continue;
         }
