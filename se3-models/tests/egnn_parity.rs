@@ -75,8 +75,33 @@ fn egnn_net_edges_matches_reference() -> Result<(), Error> {
     check(&dir("egnn_net_edges"))
 }
 
+/// The committed random cases, or the folder named by `SE3_EGNN_CASES` (a generator run).
 fn extra_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/extra_reference/egnn")
+    match std::env::var_os("SE3_EGNN_CASES") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/extra_reference/egnn"),
+    }
+}
+
+/// Loading and running a case the library rejects must fail with a typed error.
+fn rejected(folder: &Path) -> Result<Error, String> {
+    let run = || -> Result<(), Error> {
+        let file = ModelFile::load(folder.join("config.json"))?;
+        let weights = StateDict::load(folder.join("weights.safetensors")).unwrap_or_default();
+        let inputs = ModelInputs::load(
+            folder.join("inputs.safetensors"),
+            &file.forward_kwargs.tensors,
+        )?;
+        CompiledEgnn::new(Egnn::from_parts(&file, &weights)?).forward(&inputs)?;
+        Ok(())
+    };
+    match run() {
+        Err(e) => Ok(e),
+        Ok(()) => Err(format!(
+            "{}: torch rejects it, se3 ran it",
+            folder.display()
+        )),
+    }
 }
 
 #[test]
@@ -90,12 +115,32 @@ fn egnn_random_configs_match_reference() -> Result<(), Error> {
         .filter(|p| p.join("config.json").exists())
         .collect();
     cases.sort();
-    assert!(!cases.is_empty(), "no committed random EGNN cases");
-    for case in cases {
+    assert!(!cases.is_empty(), "no random EGNN cases");
+    let (mut worst, mut refused) = (0.0f64, 0);
+    for case in &cases {
         if case.join("expect_error.txt").exists() {
+            let e = rejected(case).map_err(|msg| Error::InvalidConfig {
+                field: "case",
+                expected: "a typed error",
+                found: msg,
+            })?;
+            println!("{}: refused: {e}", case.display());
+            refused += 1;
             continue;
         }
-        check(&case)?;
+        for (name, e) in parity(case)? {
+            println!("{} {name}: max rel err {e:.3e}", case.display());
+            worst = worst.max(e);
+            assert!(
+                e <= TOL,
+                "{}: {name} relative error {e:.3e}",
+                case.display()
+            );
+        }
     }
+    println!(
+        "{} cases ({refused} refused as torch refuses them), worst rel err {worst:.3e}",
+        cases.len()
+    );
     Ok(())
 }
