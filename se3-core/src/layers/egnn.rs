@@ -83,6 +83,8 @@ impl EgnnOptions {
 }
 
 /// One extra edge input of [`EgnnNeighborhood`], in the order of the edge features.
+// Graph tensors carry their shape trackers (kilobytes); a layer has a handful of these.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy)]
 pub enum EdgeFeature {
     /// Per-edge values `[rows * k, width]`.
@@ -338,7 +340,7 @@ impl EgnnLayer {
                     gather::<X, X, X>(projected, ids)
                 }
             };
-            pre = pre + term;
+            pre += term;
         }
         if at != first + e_w {
             return Err(Error::ShapeMismatch {
@@ -351,7 +353,7 @@ impl EgnnLayer {
         let mut m = self.edge_out.build(s, prefix, hidden)?.swish();
         if let Some(gate) = &self.edge_gate {
             let g = gate.build(s, prefix, m)?.sigmoid();
-            m = m * expand_at::<_, (X, X)>(reshape::<_, (X,)>(g, &[edges]), 1, o.m_dim);
+            m *= expand_at::<_, (X, X)>(reshape::<_, (X,)>(g, &[edges]), 1, o.m_dim);
         }
         let valid: GraphTensor<(X,)> = reshape(nb.valid, &[edges]);
 
@@ -384,7 +386,7 @@ impl EgnnLayer {
                 if o.m_pool == MessagePool::Mean {
                     let count: GraphTensor<(X,)> = nb.valid.sum_reduce::<(X,), Axis<1>>();
                     let inv = count.max_f32(1e-8).recip();
-                    pooled = pooled * expand_at::<_, (X, X)>(inv, 1, o.m_dim);
+                    pooled *= expand_at::<_, (X, X)>(inv, 1, o.m_dim);
                 }
                 let normed = match &self.node_norm {
                     Some((gamma, beta)) => {

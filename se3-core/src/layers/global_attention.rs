@@ -34,6 +34,9 @@ struct InducedAttention {
     to_out: DenseLinear,
 }
 
+/// New node features `[batch * nodes, dim]` and global tokens `[batch * tokens, dim]`.
+pub type NodesAndTokens = (GraphTensor<(X, X)>, GraphTensor<(X, X)>);
+
 /// A LayerNorm's affine parameters `(weight, bias)`.
 type Affine = (Param, Param);
 
@@ -195,7 +198,7 @@ impl GlobalLinearAttention {
         x: GraphTensor<(X, X)>,
         queries: GraphTensor<(X, X)>,
         mask: Option<GraphTensor<(X, X)>>,
-    ) -> Result<(GraphTensor<(X, X)>, GraphTensor<(X, X)>), Error> {
+    ) -> Result<NodesAndTokens, Error> {
         for (what, t) in [("node features", x), ("global tokens", queries)] {
             if dims(t)[1].to_usize() != Some(self.dim) {
                 return Err(Error::ShapeMismatch {

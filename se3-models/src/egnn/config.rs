@@ -183,7 +183,10 @@ impl EgnnConfig {
                 found: "NaN".into(),
             });
         }
-        if self.coor_weights_clamp_value.is_some_and(|c| !(c >= 0.0)) {
+        if self
+            .coor_weights_clamp_value
+            .is_some_and(|c| c.is_nan() || c < 0.0)
+        {
             return Err(Error::InvalidConfig {
                 field: "coor_weights_clamp_value",
                 expected: "a non-negative clamp",
@@ -361,6 +364,6 @@ impl EgnnNetworkConfig {
     /// Whether layer `index` is preceded by a global attention block.
     pub fn is_global_layer(&self, index: usize) -> bool {
         let every = self.net.global_linear_attn_every;
-        every > 0 && index % every == 0
+        every > 0 && index.is_multiple_of(every)
     }
 }

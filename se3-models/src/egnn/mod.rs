@@ -477,7 +477,7 @@ impl CompiledEgnn {
                     },
                     &[rows.into()],
                 );
-                x = x + se3_core::ops::gather(t, ids);
+                x += se3_core::ops::gather(t, ids);
             }
             s.output("feats", x);
             self.embed.insert(key, s);
