@@ -149,12 +149,32 @@ fn infer_rejects_missing_weights_file_with_one_line() -> TestResult {
 }
 
 #[test]
+fn infer_reproduces_egnn_layer_outputs() -> TestResult {
+    infer_matches_reference("egnn_layer_coors_only")
+}
+
+#[test]
+fn infer_reproduces_egnn_network_outputs() -> TestResult {
+    infer_matches_reference("egnn_net_adj_global")
+}
+
+#[test]
 fn infer_says_other_libraries_are_not_supported_yet() -> TestResult {
+    // A reference folder whose config names a library se3 does not have.
     let dir = reference("egnn_net_edges");
+    let fake = scratch("unknown_library")?;
+    std::fs::create_dir_all(&fake)?;
+    let config = std::fs::read_to_string(dir.join("config.json"))?
+        .replace("\"egnn-pytorch\"", "\"no-such-library\"");
+    std::fs::write(fake.join("config.json"), config)?;
+    std::fs::copy(
+        dir.join("weights.safetensors"),
+        fake.join("weights.safetensors"),
+    )?;
     let run = infer(
-        &dir,
+        &fake,
         &dir.join("inputs.safetensors"),
-        &scratch("egnn.safetensors")?,
+        &scratch("unknown_library.safetensors")?,
     )?;
     assert_one_line_failure(&run, "not supported yet");
     Ok(())

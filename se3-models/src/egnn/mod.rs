@@ -596,7 +596,8 @@ impl CompiledEgnn {
     /// # Errors
     /// Input errors (`InputShape`, `MissingInput`, `UnexpectedInput`, `IndexOutOfRange`,
     /// `NonFinite`, `EmptyGraph`), `InvalidConfig` for more neighbours than nodes,
-    /// `NoNeighbors` for an empty selection, session errors.
+    /// `NoNeighbors` when no node has a neighbour, messages are mean-pooled and there is no mask
+    /// (PyTorch returns NaN features); session errors.
     pub fn forward(&mut self, inputs: &ModelInputs) -> Result<StateDict, Error> {
         let p = self.prepare(inputs)?;
         let (b, n) = (p.batch, p.nodes);
@@ -612,6 +613,15 @@ impl CompiledEgnn {
         let depth = self.model.layers.len();
         for li in 0..depth {
             let sel = rule.select(&coors, (b, n), p.mask.as_deref(), p.adj.as_deref())?;
+            let cfg = self.model.layer_config();
+            if sel.valid.iter().all(|v| !v)
+                && p.mask.is_none()
+                && cfg.update_feats
+                && cfg.m_pool() == Some(se3_core::layers::MessagePool::Mean)
+            {
+                // torch takes the mean of an empty set of messages: NaN features.
+                return Err(Error::NoNeighbors);
+            }
             let layout = Layout {
                 batch: b,
                 nodes: n,

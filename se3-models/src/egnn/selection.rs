@@ -47,7 +47,8 @@ impl SelectionRule {
     ///
     /// # Errors
     /// `InvalidConfig` (`num_nearest_neighbors`) if more neighbours than nodes are asked for
-    /// (`topk` fails in PyTorch); `NoNeighbors` if `k` is 0.
+    /// (`topk` fails in PyTorch). With `k = 0` (sparse neighbours without any bond) every node
+    /// gets one invalid self-edge, which contributes nothing.
     pub fn select(
         &self,
         coors: &[[f64; 3]],
@@ -91,7 +92,16 @@ impl SelectionRule {
             });
         }
         if k == 0 {
-            return Err(Error::NoNeighbors);
+            // The library's messages are then an empty sum: coordinates unchanged, pooled
+            // messages 0. One invalid self-edge per node gives exactly that.
+            let pairs: Vec<_> = (0..b)
+                .flat_map(|bi| (0..n).map(move |i| (bi, i, i)))
+                .collect();
+            return Ok(Selection {
+                k: 1,
+                valid: vec![false; pairs.len()],
+                pairs,
+            });
         }
         let mut sel = Selection {
             k,
@@ -158,6 +168,21 @@ mod tests {
         assert_eq!(sel.pairs[0], (0, 0, 0));
         assert_eq!(sel.pairs[1], (0, 0, 3));
         assert_eq!(&sel.valid[..4], &[true, true, true, false]);
+        Ok(())
+    }
+
+    #[test]
+    fn no_bond_at_all_gives_one_invalid_self_edge_per_node() -> Result<(), Error> {
+        let coors = [[0.0; 3], [1.0, 0.0, 0.0]];
+        let rule = SelectionRule {
+            num_nearest: 0,
+            only_sparse: true,
+            valid_radius: f64::INFINITY,
+        };
+        let sel = rule.select(&coors, (1, 2), None, Some(&[false; 4]))?;
+        assert_eq!(sel.k, 1);
+        assert_eq!(sel.pairs, vec![(0, 0, 0), (0, 1, 1)]);
+        assert_eq!(sel.valid, vec![false, false]);
         Ok(())
     }
 

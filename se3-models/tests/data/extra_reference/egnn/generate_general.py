@@ -3,6 +3,7 @@
 # (config.json, weights.safetensors, inputs.safetensors, outputs.safetensors with `_f64` outputs).
 #
 #   /tmp/se3-refenv/bin/python generate_general.py OUT_DIR COUNT [SEED]
+#   /tmp/se3-refenv/bin/python generate_general.py OUT_DIR fixed      (the hand-picked corner cases)
 #
 # Case i uses seed SEED * 100003 + i (Python `random` for the config, torch for values), so a rerun
 # writes the same files. Weights: the library's init, then every Linear weight redrawn as
@@ -17,8 +18,25 @@ from torch import nn
 from safetensors.torch import save_file
 from egnn_pytorch import EGNN, EGNN_Network
 
-OUT, COUNT = sys.argv[1], int(sys.argv[2])
+OUT = sys.argv[1]
+FIXED_ONLY = sys.argv[2] == "fixed"
+COUNT = 0 if FIXED_ONLY else int(sys.argv[2])
 SEED = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+
+# Corner cases: (network, kwargs, inputs). `adj="none"`: no bond at all (k = 0 neighbours);
+# `mask="last_graph"`: every node of the last graph masked (uniform global attention);
+# `adj="chain"` with only_sparse_neighbors and no degree loop: the self rank -1 plus two bonds at 0
+# exceed k = 2, so PyTorch's topk tie order decides which bond is kept.
+FIXED = {
+    "egnn_fixed_sparse_no_bonds": (False, dict(dim=6, m_dim=4, only_sparse_neighbors=True,
+                                   m_pool_method="mean"), dict(b=2, n=5, mask=True, adj="none")),
+    "egnn_fixed_masked_graph_global": (True, dict(dim=6, depth=2, m_dim=4, num_nearest_neighbors=3,
+                                       global_linear_attn_every=1, global_linear_attn_heads=2,
+                                       global_linear_attn_dim_head=3, num_global_tokens=2),
+                                       dict(b=2, n=5, mask="last_graph", adj=None)),
+    "egnn_fixed_sparse_bond_ties": (True, dict(dim=5, depth=2, m_dim=3, only_sparse_neighbors=True),
+                                    dict(b=1, n=9, mask=False, adj="chain")),
+}
 
 
 def layer_kwargs(r, network):
@@ -104,6 +122,8 @@ def perturb(model):
 
 
 def adjacency(kind, b, n, g):
+    if kind == "none":
+        return torch.zeros(n, n, dtype=torch.bool)
     if kind == "chain":
         i = torch.arange(n)
         return (i[:, None] - i[None, :]).abs() == 1
@@ -114,12 +134,12 @@ def adjacency(kind, b, n, g):
     return a | a.transpose(1, 2)
 
 
-def run_case(i):
-    name = f"egnn_rand_{SEED}_{i:03d}"
+def run_case(i, fixed=None):
+    name = fixed or f"egnn_rand_{SEED}_{i:03d}"
     r = random.Random(SEED * 100003 + i)
     torch.manual_seed(SEED * 100003 + i)
     g = torch.Generator().manual_seed(SEED * 100003 + i)
-    network, kw, spec = draw(r)
+    network, kw, spec = FIXED[fixed] if fixed else draw(r)
     b, n = spec["b"], spec["n"]
     cls = "egnn_pytorch.EGNN_Network" if network else "egnn_pytorch.EGNN"
     inputs = {}
@@ -130,7 +150,10 @@ def run_case(i):
     inputs["coors"] = (torch.randn(b, n, 3, generator=g) * r.choice([0.5, 1.0, 2.0])).float()
     if spec["mask"]:
         m = torch.ones(b, n, dtype=torch.bool)
-        m[-1, n - r.randint(1, max(1, n // 2)):] = False
+        if spec["mask"] == "last_graph":
+            m[-1] = False
+        else:
+            m[-1, n - r.randint(1, max(1, n // 2)):] = False
         inputs["mask"] = m
     if spec["adj"]:
         inputs["adj_mat"] = adjacency(spec["adj"], b, n, g)
@@ -174,5 +197,8 @@ def run_case(i):
 
 if __name__ == "__main__":
     torch.set_grad_enabled(False)
+    if FIXED_ONLY:
+        for i, name in enumerate(FIXED):
+            print(*run_case(i, name))
     for i in range(COUNT):
         print(*run_case(i))
