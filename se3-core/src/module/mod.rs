@@ -40,7 +40,7 @@ pub use cloud::{Cloud, Neighbors};
 pub use compiled::Compiled;
 pub use context::GraphCtx;
 
-use rand::RngCore;
+pub use rand::RngCore;
 
 use crate::fiber::{Fiber, FiberSpec};
 use crate::layers::{GraphFeatures, Param, ParamSource};
@@ -206,20 +206,42 @@ pub fn init_repeat<T: Init>(rng: &mut dyn RngCore, n: usize) -> Result<Vec<T>, E
     (0..n).map(|_| T::init(rng)).collect()
 }
 
-/// A field of a `#[derive(Module)]` struct: a module (checked per field, so an unsupported
-/// field type is reported at the field with its name, `Field` being a marker named after it).
+/// A field of a `#[derive(Module)]` struct: a module with fresh weights (checked per field, so
+/// an unsupported field type is reported at the field with its name, `Field` being a marker
+/// named after it). The derive reaches every field through it.
 #[diagnostic::on_unimplemented(
     message = "field `{Field}` of a `#[derive(Module)]` struct has type `{Self}`, which is not a module",
     label = "not a layer or module",
-    note = "fields must be layers (`Conv<In, Out>`, `Norm<F>`, `Linear<In, Out>`, …), `#[derive(Module)]` structs, or a `Vec`, array, `Option` or `Box` of them"
+    note = "fields must be layers (`Conv<In, Out>`, `Norm<F>`, `Linear<In, Out>`, ..), `#[derive(Module)]` structs, or a `Vec`, array, `Option` or `Box` of them"
 )]
-pub trait ModuleField<Field> {}
+pub trait ModuleField<Field> {
+    /// The field as a module.
+    fn as_module(&self) -> &dyn Module;
+    /// The field as a mutable module.
+    fn as_module_mut(&mut self) -> &mut dyn Module;
+    /// The field with fresh weights.
+    ///
+    /// # Errors
+    /// Those of its constructor.
+    fn init_field(rng: &mut dyn RngCore) -> Result<Self, Error>
+    where
+        Self: Sized;
+}
 
 #[diagnostic::do_not_recommend]
-impl<Field, T: Module> ModuleField<Field> for T {}
+impl<Field, T: Module + Init> ModuleField<Field> for T {
+    fn as_module(&self) -> &dyn Module {
+        self
+    }
 
-/// Checks at compile time that `T` may be the field `Field` (used by the derive).
-pub const fn assert_module_field<Field, T: ModuleField<Field>>() {}
+    fn as_module_mut(&mut self) -> &mut dyn Module {
+        self
+    }
+
+    fn init_field(rng: &mut dyn RngCore) -> Result<Self, Error> {
+        T::init(rng)
+    }
+}
 
 impl<T: Module> Module for Vec<T> {
     fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param)) {
