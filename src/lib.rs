@@ -47,7 +47,7 @@ pub mod prelude {
         Activation, Attention, AttentionBlock, Conv, FeedForwardBlock, Gate, GraphFeatures, Layer,
         LayerNorm, Linear, MaxPool, MeanPool, Norm, Path, Relu, Sigmoid, Silu, Tanh, TensorProduct,
     };
-    pub use crate::module::{Cloud, Compiled, Forward, GraphCtx, Init, Module, Neighbors};
+    pub use crate::module::{Cloud, Compiled, Forward, GraphCtx, Init, Module, Neighbors, Result};
     pub use crate::Error;
     pub use se3_macros::{fiber, fiber_type, Module};
 }

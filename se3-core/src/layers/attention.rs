@@ -9,8 +9,8 @@ use rand::Rng;
 use super::conv::{ConvLayer, ConvOptions, Pool};
 use super::edges::{EdgeBasis, EdgeGraph};
 use super::graph::{
-    add_views, dims, expand_at, reshape, retype, FeatureTensors, GraphFeatures, Param, ParamSource, E, N,
-    X,
+    add_views, dims, expand_at, reshape, retype, FeatureTensors, GraphFeatures, Param, ParamSource,
+    E, N, X,
 };
 use super::linear::{LinearLayer, LinearLayout};
 use super::norm::{NormActivation, NormLayer, NormScale};

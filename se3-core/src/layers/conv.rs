@@ -1226,7 +1226,8 @@ impl ConvLayer {
     /// (`kernel_unary.(d_in,d_out).rp.net.*`), then the self-interaction (`self_interact.*`).
     pub fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(&str, &super::graph::Param)) {
         for pair in &self.pairs {
-            pair.radial.visit_params(&format!("{}rp.", pair.key(prefix)), f);
+            pair.radial
+                .visit_params(&format!("{}rp.", pair.key(prefix)), f);
         }
         if let Some(si) = &self.self_interact {
             si.visit_params(&format!("{prefix}self_interact."), f);

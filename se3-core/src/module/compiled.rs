@@ -70,7 +70,11 @@ impl<M: Forward> Compiled<M> {
     /// # Errors
     /// `CloudInput` if `x` has another node count than `cloud`, or the cloud's edges do not
     /// fit it; those of the session (non-finite coordinates).
-    pub fn forward(&mut self, cloud: &Cloud, x: &Features<M::In>) -> Result<Features<M::Out>, Error> {
+    pub fn forward(
+        &mut self,
+        cloud: &Cloud,
+        x: &Features<M::In>,
+    ) -> Result<Features<M::Out>, Error> {
         let n = cloud.len();
         if x.nodes() != n {
             return Err(Error::CloudInput {

@@ -13,7 +13,11 @@ use crate::Error;
 
 /// The entry of a leaf layer at `prefix` (`"conv1."` gives the path `conv1`) with the fibers
 /// of the types `In`, `Out`.
-fn typed_entry<T, In: Fiber, Out: Fiber>(layer: &T, prefix: &str, kind: &'static str) -> LayerEntry {
+fn typed_entry<T, In: Fiber, Out: Fiber>(
+    layer: &T,
+    prefix: &str,
+    kind: &'static str,
+) -> LayerEntry {
     LayerEntry {
         path: prefix.strip_suffix('.').unwrap_or(prefix).to_string(),
         kind,

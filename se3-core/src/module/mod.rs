@@ -46,6 +46,10 @@ use crate::fiber::{Fiber, FiberSpec};
 use crate::layers::{GraphFeatures, Param, ParamSource};
 use crate::Error;
 
+/// `Result` with se3's [`Error`] by default (in `se3::prelude`, so a forward reads
+/// `-> Result<GraphFeatures<Out>>`; other error types still work as the second parameter).
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
 /// One layer of a module tree: where it sits, what it is and its fibers (the metadata saved
 /// beside the weights).
 #[derive(Debug, Clone, PartialEq, Eq)]
