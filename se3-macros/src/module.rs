@@ -132,8 +132,7 @@ fn fields(input: &DeriveInput, errors: &mut Vec<syn::Error>) -> Vec<Field> {
                 errors.push(syn::Error::new(
                     f.ty.span(),
                     format!(
-                        "field `{}` of a `#[derive(Module)]` struct has type `{what}`, which is not a layer or module; \
-                         fields are layers (`Conv<In, Out>`, `Norm<F>`, `Linear<In, Out>`, ..), modules, or a `Vec`, array, `Option` or `Box` of them \
+                        "field `{}` of a `#[derive(Module)]` struct has type `{what}`, which is not a layer or module \
                          (mark a field that is not part of the network `#[module(skip)]`)",
                         field.marker
                     ),

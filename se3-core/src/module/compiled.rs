@@ -12,7 +12,7 @@ use crate::Error;
 /// A module with its forward built as one graph: coordinates, edges and input features in,
 /// output features out; node and edge counts are set per run, so one compiled module serves
 /// clouds of every size.
-pub struct Compiled<M: Forward> {
+pub struct Compiled<M> {
     module: M,
     session: Session,
     neighbors: Neighbors,
