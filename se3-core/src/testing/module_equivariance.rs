@@ -149,7 +149,11 @@ pub fn assert_module_equivariant<M: Forward, R: Rng + ?Sized>(
     tol: f64,
 ) -> Result<EquivarianceReport, EquivarianceFailure> {
     let report = module_equivariance(net, rng, nodes)?;
-    match report.degrees.iter().find(|d| !(d.error <= tol)) {
+    match report
+        .degrees
+        .iter()
+        .find(|d| d.error > tol || d.error.is_nan())
+    {
         Some(d) => Err(EquivarianceFailure::Exceeds {
             l: d.l,
             error: d.error,
