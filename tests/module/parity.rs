@@ -189,3 +189,27 @@ fn se3_transformer_module_loads_the_reference_by_field_names_and_reproduces_it()
     compare("se3t_basic", &net.forward(&cloud, &x)?, &["out_f64"])?;
     Ok(())
 }
+
+#[test]
+fn typed_se3_transformer_is_a_module_with_the_checkpoint_names() -> TestResult {
+    use se3::models::checkpoint::StateDict;
+    use se3::models::se3_transformer::TypedSe3Transformer;
+    let dir = reference_path("models/se3t_basic");
+    let file = ModelFile::load(dir.join("config.json"))?;
+    let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
+    let options = TypedOptions::from_config::<Atoms, Hidden, Readout>(&cfg)?;
+    let sd = StateDict::load(dir.join("weights.safetensors"))?;
+    let model = TypedSe3Transformer::<Atoms, Hidden, Readout>::load(&sd, options)?;
+    // every parameter of the module is the checkpoint's tensor of that name
+    for (key, p) in model.parameters() {
+        let t = sd
+            .get(&key)
+            .ok_or_else(|| format!("no `{key}` in se3t_basic"))?;
+        let want: Vec<f32> = t.data.iter().map(|&v| v as f32).collect();
+        assert_eq!(p.data, want, "{key}");
+    }
+    let (cloud, x) = reference_inputs("se3t_basic")?;
+    let mut net = model.compile(Neighbors::knn(options.num_neighbors))?;
+    compare("se3t_basic", &net.forward(&cloud, &x)?, &["out_f64"])?;
+    Ok(())
+}
