@@ -70,6 +70,8 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> Module for TypedSe3Transformer<In, Hi
     }
 }
 
+// not listed in the message for a module without a forward
+#[diagnostic::do_not_recommend]
 impl<In: Fiber, Hidden: Fiber, Out: Fiber> Forward for TypedSe3Transformer<In, Hidden, Out> {
     type In = In;
     type Out = Out;
