@@ -209,7 +209,8 @@ fn typed_se3_transformer_is_a_module_with_the_checkpoint_names() -> TestResult {
         assert_eq!(p.data, want, "{key}");
     }
     let (cloud, x) = reference_inputs("se3t_basic")?;
-    let mut net = model.compile(Neighbors::knn(options.num_neighbors))?;
+    // the inherent `compile()` (TypedSession) comes first; the module's is `Module::compile`
+    let mut net = Module::compile(&model, Neighbors::knn(options.num_neighbors))?;
     compare("se3t_basic", &net.forward(&cloud, &x)?, &["out_f64"])?;
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! A module compiled once to a graph and run on point clouds of any size.
 
+use std::marker::PhantomData;
+
 use luminal::prelude::Const;
 
 use super::{Cloud, Forward, GraphCtx, Neighbors};
@@ -12,10 +14,13 @@ use crate::Error;
 /// A module with its forward built as one graph: coordinates, edges and input features in,
 /// output features out; node and edge counts are set per run, so one compiled module serves
 /// clouds of every size.
+///
+/// The layers' weights are copied into the graph when it is built; the compiled module does
+/// not borrow the module (compile again after changing its weights).
 pub struct Compiled<M> {
-    module: M,
     session: Session,
     neighbors: Neighbors,
+    module: PhantomData<fn(M)>,
 }
 
 impl<M: Forward> std::fmt::Debug for Compiled<M> {
@@ -33,7 +38,7 @@ impl<M: Forward> Compiled<M> {
     ///
     /// # Errors
     /// Those of the forward; `DegreeTooHigh` for the kernel basis.
-    pub(crate) fn new(module: M, neighbors: Neighbors) -> Result<Self, Error> {
+    pub(crate) fn new(module: &M, neighbors: Neighbors) -> Result<Self, Error> {
         let layers = module.layers();
         let max_degree = neighbors.max_degree_set().unwrap_or_else(|| {
             layers
@@ -59,9 +64,9 @@ impl<M: Forward> Compiled<M> {
         y.output(&mut s, "y");
         s.compile();
         Ok(Compiled {
-            module,
             session: s,
             neighbors,
+            module: PhantomData,
         })
     }
 
@@ -103,16 +108,6 @@ impl<M: Forward> Compiled<M> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Features::from_blocks(blocks)
-    }
-
-    /// The module.
-    pub fn module(&self) -> &M {
-        &self.module
-    }
-
-    /// The module back (to change its weights and compile again).
-    pub fn into_module(self) -> M {
-        self.module
     }
 
     /// The neighbour graph it was compiled for.

@@ -145,11 +145,12 @@ pub trait Module {
     }
 
     /// Builds the graph of [`Forward::forward`] once, on the neighbour graph `neighbors`, and
-    /// returns the module ready to run on clouds of any size.
+    /// returns the module ready to run on clouds of any size (its weights copied into the
+    /// graph). Takes `&self`, so an inherent `compile(&self)` of a type is still found first.
     ///
     /// # Errors
     /// Those of the forward (graph build) and `DegreeTooHigh` for the kernel basis.
-    fn compile(self, neighbors: Neighbors) -> Result<Compiled<Self>, Error>
+    fn compile(&self, neighbors: Neighbors) -> Result<Compiled<Self>, Error>
     where
         Self: Forward + Sized,
     {

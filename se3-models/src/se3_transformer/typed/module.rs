@@ -1,8 +1,9 @@
 //! [`TypedSe3Transformer`] as a module: its parameters under the checkpoint keys
 //! (`conv_in.*`, `convs.<i>.1.*` / `convs.<i>.0.*`, `net.blocks.<i>.0.*` / `.1.*` or
 //! `net.blocks.<i>.f.net.*` / `.g.net.*` when reversible, `conv_out.*`, `norm.*`), and its
-//! forward written with the layers' `apply`, so `model.compile(Neighbors::knn(k))` runs it
-//! like any `#[derive(Module)]` network.
+//! forward written with the layers' `apply`, so `Module::compile(&model, Neighbors::knn(k))`
+//! runs it like any `#[derive(Module)]` network (`model.compile()` is still the inherent
+//! [`TypedSe3Transformer::compile`]).
 
 use se3_core::fiber::Fiber;
 use se3_core::layers::{FeatureTensors, GraphFeatures, Param};
