@@ -100,3 +100,40 @@ fn one_compiled_module_runs_clouds_of_any_size_and_batches_them() -> TestResult 
     ));
     Ok(())
 }
+
+#[test]
+fn given_edges_and_a_wide_radius_give_the_knn_outputs_of_a_complete_graph() -> TestResult {
+    let s = seed();
+    let mut rng = StdRng::seed_from_u64(s);
+    let model = PolarNet::new(&mut rng)?;
+    let n = 6;
+    let (src, dst): (Vec<usize>, Vec<usize>) = (0..n)
+        .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (j, i)))
+        .unzip();
+    let cloud = Cloud::new(random_vectors(&mut rng, n, 2.0)).with_edges(src, dst)?;
+    let x = Features::<Polar>::from_fn(n, |_, _, _, _| rng.gen_range(-1.0..1.0));
+    let knn = model.compile(Neighbors::knn(n - 1))?.forward(&cloud, &x)?;
+    let radius = model
+        .compile(Neighbors::radius(1e9, n - 1))?
+        .forward(&cloud, &x)?;
+    let mut given_net = model.compile(Neighbors::given())?;
+    let given = given_net.forward(&cloud, &x)?;
+    for (k, want) in knn.blocks().iter().enumerate() {
+        for (what, y) in [("radius", &radius), ("given edges", &given)] {
+            let err = y.blocks()[k]
+                .data()
+                .iter()
+                .zip(want.data())
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0f32, f32::max);
+            assert!(err < 1e-5, "seed {s}: {what}, block {k}: {err}");
+        }
+    }
+    // a cloud without edges cannot run on given edges
+    let bare = Cloud::new(random_vectors(&mut rng, n, 2.0));
+    assert!(matches!(
+        given_net.forward(&bare, &x),
+        Err(Error::CloudInput { .. })
+    ));
+    Ok(())
+}
