@@ -4,7 +4,7 @@
 //! `#[fiber]` macro, and the model zoo as [`models`].
 
 pub use se3_core::*;
-pub use se3_macros::{fiber, fiber_type};
+pub use se3_macros::{fiber, fiber_type, Module};
 
 // The types that appear in fiber-rule messages, at the root so that rustc names them
 // `se3::Degree<1>` rather than through a longer path.
@@ -47,8 +47,9 @@ pub mod prelude {
         Activation, Attention, AttentionBlock, Conv, FeedForwardBlock, Gate, GraphFeatures, Layer,
         LayerNorm, Linear, MaxPool, MeanPool, Norm, Path, Relu, Sigmoid, Silu, Tanh, TensorProduct,
     };
+    pub use crate::module::{Cloud, Compiled, Forward, GraphCtx, Init, Module, Neighbors, Result};
     pub use crate::Error;
-    pub use se3_macros::{fiber, fiber_type};
+    pub use se3_macros::{fiber, fiber_type, Module};
 }
 
 /// The README's code blocks, compiled and run as doctests.

@@ -199,6 +199,25 @@ pub enum Error {
         op: &'static str,
         problem: &'static str,
     },
+    /// A checkpoint says one of its layers has other fibers than the module's field of that
+    /// name (fiber metadata written by `Module::save`).
+    #[error("checkpoint field `{field}` holds a {layer} {found}, but the module's `{field}` is a {layer} {expected}")]
+    CheckpointFibers {
+        field: String,
+        layer: String,
+        expected: String,
+        found: String,
+    },
+    /// A checkpoint's fiber metadata (`se3.fibers`) is not what `Module::save` writes.
+    #[error("checkpoint fiber metadata `se3.fibers` is malformed: {reason}")]
+    CheckpointMetadata { reason: String },
+    /// An input to a compiled module does not fit the cloud it is run on.
+    #[error("{what}: expected {expected}, found {found}")]
+    CloudInput {
+        what: &'static str,
+        expected: String,
+        found: String,
+    },
     /// CUDA was asked for in a build without the `cuda` feature.
     #[error("se3 was built without CUDA support; rebuild with `--features cuda`")]
     CudaNotCompiled,

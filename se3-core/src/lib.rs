@@ -8,6 +8,7 @@
 //! - [`exec`]: sessions and compilers that run luminal graphs on the CPU (and CUDA).
 //! - [`ops`]: graph operators for point clouds (neighbours, gather, scatter, fused edge kernels).
 //! - [`layers`]: equivariant layers generic over fibers.
+//! - [`module`]: networks as structs of layers (`#[derive(Module)]`), typed forward, compile, run.
 
 // Generated code of `#[fiber]` names `::se3::...`; inside this crate that is this crate.
 extern crate self as se3;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod exec;
 pub mod fiber;
 pub mod layers;
+pub mod module;
 pub mod ops;
 pub mod so3;
 #[cfg(any(test, feature = "testing"))]

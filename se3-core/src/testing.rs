@@ -5,6 +5,13 @@
 //! `SE3_SEED=<n>`), and compares by the relative error of [`rel_error`]: the largest absolute
 //! difference divided by the largest magnitude of the expected values.
 
+mod module_equivariance;
+
+pub use module_equivariance::{
+    assert_module_equivariant, module_equivariance, DegreeError, EquivarianceFailure,
+    EquivarianceReport,
+};
+
 use nalgebra::{DMatrix, Matrix3, Quaternion, Rotation3, UnitQuaternion, Vector3};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

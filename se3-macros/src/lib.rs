@@ -6,6 +6,7 @@
 use proc_macro::TokenStream;
 
 mod expand;
+mod module;
 mod parse;
 mod validate;
 
@@ -70,5 +71,36 @@ pub fn fiber_type(args: TokenStream) -> TokenStream {
             quote::quote!(<#ty as ::se3::fiber::inline::WithErrors<{ #errors 0 }>>::Type).into()
         }
         None => ty.into(),
+    }
+}
+
+/// Makes a struct of layers a module: implements `se3::module::Module` (parameters named by
+/// field path in PyTorch state-dict form, `conv1.…`, `blocks.0.attn.…`; load, save, the
+/// parameter list, the layers' fibers), `se3::module::Init` and an inherent
+/// `fn new(rng) -> Result<Self, se3::Error>` (fresh weights).
+///
+/// ```text
+/// #[derive(Module)]
+/// struct Net {
+///     conv1: Conv<Atoms, Hidden>,
+///     norm: Norm<Hidden>,
+///     #[module(repeat = 2)]
+///     blocks: Vec<Block>,
+///     #[module(init = |rng| Conv::new(ConvOptions { pool: Pool::Sum, ..Default::default() }, rng))]
+///     conv2: Conv<Hidden, Out>,
+/// }
+/// ```
+///
+/// Fields are layers, `#[derive(Module)]` structs, or a `Vec`, array, `Option` or `Box` of
+/// them; a tuple struct's fields are named `0`, `1`, …. Options: `#[module(rename = "net")]`
+/// (its state-dict name), `#[module(init = |rng| ..)]` (a closure returning
+/// `Result<T, se3::Error>`), `#[module(repeat = n)]` (`n` fresh modules in a `Vec`),
+/// `#[module(skip)]` (not part of the network; `Default::default()`). A field of another
+/// type is a compile error that names it.
+#[proc_macro_derive(Module, attributes(module))]
+pub fn derive_module(item: TokenStream) -> TokenStream {
+    match syn::parse::<syn::DeriveInput>(item) {
+        Ok(input) => module::derive(input).into(),
+        Err(e) => e.to_compile_error().into(),
     }
 }

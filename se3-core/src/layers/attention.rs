@@ -9,8 +9,8 @@ use rand::Rng;
 use super::conv::{ConvLayer, ConvOptions, Pool};
 use super::edges::{EdgeBasis, EdgeGraph};
 use super::graph::{
-    add_views, dims, expand_at, reshape, retype, FeatureTensors, GraphFeatures, ParamSource, E, N,
-    X,
+    add_views, dims, expand_at, reshape, retype, FeatureTensors, GraphFeatures, Param, ParamSource,
+    E, N, X,
 };
 use super::linear::{LinearLayer, LinearLayout};
 use super::norm::{NormActivation, NormLayer, NormScale};
@@ -661,5 +661,120 @@ impl<F: Fiber> FeedForwardBlock<F> {
             prefix,
             x.untyped(),
         )?))
+    }
+}
+
+impl AttentionLayer {
+    /// Visits every parameter as `(<prefix><key>, param)`: `to_q.*`, `to_k.*`, `to_v.*`,
+    /// `to_self_k.*`, `to_self_v.*`, `to_out.*` (those the layer has).
+    pub fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param)) {
+        self.to_q.visit_params(&format!("{prefix}to_q."), f);
+        self.to_k.visit_params(&format!("{prefix}to_k."), f);
+        self.to_v.visit_params(&format!("{prefix}to_v."), f);
+        if let Some((k, v)) = &self.self_kv {
+            k.visit_params(&format!("{prefix}to_self_k."), f);
+            v.visit_params(&format!("{prefix}to_self_v."), f);
+        }
+        if let Some(o) = &self.to_out {
+            o.visit_params(&format!("{prefix}to_out."), f);
+        }
+    }
+
+    /// Visits every parameter mutably, as [`AttentionLayer::visit_params`].
+    ///
+    /// # Errors
+    /// The first error of `f`.
+    pub fn visit_params_mut(
+        &mut self,
+        prefix: &str,
+        f: &mut dyn FnMut(&str, &mut Param) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        self.to_q.visit_params_mut(&format!("{prefix}to_q."), f)?;
+        self.to_k.visit_params_mut(&format!("{prefix}to_k."), f)?;
+        self.to_v.visit_params_mut(&format!("{prefix}to_v."), f)?;
+        if let Some((k, v)) = &mut self.self_kv {
+            k.visit_params_mut(&format!("{prefix}to_self_k."), f)?;
+            v.visit_params_mut(&format!("{prefix}to_self_v."), f)?;
+        }
+        if let Some(o) = &mut self.to_out {
+            o.visit_params_mut(&format!("{prefix}to_out."), f)?;
+        }
+        Ok(())
+    }
+}
+
+impl AttentionBlockLayer {
+    /// Visits every parameter as `(<prefix><key>, param)`: `prenorm.*`, then `attn.*`.
+    pub fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param)) {
+        self.prenorm.visit_params(&format!("{prefix}prenorm."), f);
+        self.attn.visit_params(&format!("{prefix}attn."), f);
+    }
+
+    /// Visits every parameter mutably, as [`AttentionBlockLayer::visit_params`].
+    ///
+    /// # Errors
+    /// The first error of `f`.
+    pub fn visit_params_mut(
+        &mut self,
+        prefix: &str,
+        f: &mut dyn FnMut(&str, &mut Param) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        self.prenorm
+            .visit_params_mut(&format!("{prefix}prenorm."), f)?;
+        self.attn.visit_params_mut(&format!("{prefix}attn."), f)
+    }
+}
+
+impl FeedForwardBlockLayer {
+    /// Visits every parameter as `(<prefix><key>, param)`: `prenorm.*`,
+    /// `feedforward.project_in.*`, `feedforward.nonlin.*`, `feedforward.project_out.*`.
+    pub fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param)) {
+        self.prenorm.visit_params(&format!("{prefix}prenorm."), f);
+        self.project_in
+            .visit_params(&format!("{prefix}feedforward.project_in."), f);
+        self.nonlin
+            .visit_params(&format!("{prefix}feedforward.nonlin."), f);
+        self.project_out
+            .visit_params(&format!("{prefix}feedforward.project_out."), f);
+    }
+
+    /// Visits every parameter mutably, as [`FeedForwardBlockLayer::visit_params`].
+    ///
+    /// # Errors
+    /// The first error of `f`.
+    pub fn visit_params_mut(
+        &mut self,
+        prefix: &str,
+        f: &mut dyn FnMut(&str, &mut Param) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        self.prenorm
+            .visit_params_mut(&format!("{prefix}prenorm."), f)?;
+        self.project_in
+            .visit_params_mut(&format!("{prefix}feedforward.project_in."), f)?;
+        self.nonlin
+            .visit_params_mut(&format!("{prefix}feedforward.nonlin."), f)?;
+        self.project_out
+            .visit_params_mut(&format!("{prefix}feedforward.project_out."), f)
+    }
+}
+
+impl<F: Fiber> Attention<F> {
+    /// The run-time layer, for the module parameter visitors.
+    pub(crate) fn layer_mut(&mut self) -> &mut AttentionLayer {
+        &mut self.layer
+    }
+}
+
+impl<F: Fiber> AttentionBlock<F> {
+    /// The run-time layer, for the module parameter visitors.
+    pub(crate) fn layer_mut(&mut self) -> &mut AttentionBlockLayer {
+        &mut self.layer
+    }
+}
+
+impl<F: Fiber> FeedForwardBlock<F> {
+    /// The run-time layer, for the module parameter visitors.
+    pub(crate) fn layer_mut(&mut self) -> &mut FeedForwardBlockLayer {
+        &mut self.layer
     }
 }

@@ -831,6 +831,46 @@ impl<In: Fiber, Out: Fiber> Conv<In, Out> {
     }
 }
 
+impl ConvLayer {
+    /// Visits every parameter as `(<prefix><key>, param)`: the radial networks
+    /// (`kernel_unary.(d_in,d_out).rp.net.*`), then the self-interaction (`self_interact.*`).
+    pub fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(&str, &super::graph::Param)) {
+        for pair in &self.pairs {
+            pair.radial
+                .visit_params(&format!("{}rp.", pair.key(prefix)), f);
+        }
+        if let Some(si) = &self.self_interact {
+            si.visit_params(&format!("{prefix}self_interact."), f);
+        }
+    }
+
+    /// Visits every parameter mutably, as [`ConvLayer::visit_params`].
+    ///
+    /// # Errors
+    /// The first error of `f`.
+    pub fn visit_params_mut(
+        &mut self,
+        prefix: &str,
+        f: &mut dyn FnMut(&str, &mut super::graph::Param) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        for pair in &mut self.pairs {
+            let key = format!("{}rp.", pair.key(prefix));
+            pair.radial.visit_params_mut(&key, f)?;
+        }
+        if let Some(si) = &mut self.self_interact {
+            si.visit_params_mut(&format!("{prefix}self_interact."), f)?;
+        }
+        Ok(())
+    }
+}
+
+impl<In: Fiber, Out: Fiber> Conv<In, Out> {
+    /// The run-time layer, for the module parameter visitors.
+    pub(crate) fn layer_mut(&mut self) -> &mut ConvLayer {
+        &mut self.layer
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use luminal::prelude::symbolic::Expression;

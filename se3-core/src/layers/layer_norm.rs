@@ -183,6 +183,37 @@ impl<F: Fiber> LayerNorm<F> {
     }
 }
 
+impl EquivariantLayerNorm {
+    /// Visits every parameter as `(<prefix><key>, param)` (`affine_weight.<l>`, `affine_bias`).
+    pub fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param)) {
+        for p in self.gamma.iter().chain(&self.beta) {
+            f(&format!("{prefix}{}", p.key), p);
+        }
+    }
+
+    /// Visits every parameter mutably, as [`EquivariantLayerNorm::visit_params`].
+    ///
+    /// # Errors
+    /// The first error of `f`.
+    pub fn visit_params_mut(
+        &mut self,
+        prefix: &str,
+        f: &mut dyn FnMut(&str, &mut Param) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        for p in self.gamma.iter_mut().chain(&mut self.beta) {
+            f(&format!("{prefix}{}", p.key), p)?;
+        }
+        Ok(())
+    }
+}
+
+impl<F: Fiber> LayerNorm<F> {
+    /// The run-time layer, for the module parameter visitors.
+    pub(crate) fn layer_mut(&mut self) -> &mut EquivariantLayerNorm {
+        &mut self.layer
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rand::Rng;

@@ -484,6 +484,44 @@ impl<In: Fiber, Out: Fiber> Layer for Linear<In, Out> {
     }
 }
 
+impl LinearLayer {
+    /// Visits every parameter as `(<prefix><key>, param)` (`weights.<l>`, then `bias`).
+    pub fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param)) {
+        for (_, p) in &self.weights {
+            f(&format!("{prefix}{}", p.key), p);
+        }
+        if let Some(b) = &self.bias {
+            f(&format!("{prefix}{}", b.key), b);
+        }
+    }
+
+    /// Visits every parameter mutably, as [`LinearLayer::visit_params`].
+    ///
+    /// # Errors
+    /// The first error of `f`.
+    pub fn visit_params_mut(
+        &mut self,
+        prefix: &str,
+        f: &mut dyn FnMut(&str, &mut Param) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        for (_, p) in &mut self.weights {
+            f(&format!("{prefix}{}", p.key), p)?;
+        }
+        if let Some(b) = &mut self.bias {
+            f(&format!("{prefix}{}", b.key), b)?;
+        }
+        Ok(())
+    }
+}
+
+impl<In: Fiber, Out: Fiber> Linear<In, Out> {
+    /// The weights (`[c_in, c_out]` per degree) and the degree-0 bias, for the module
+    /// parameter visitors.
+    pub(crate) fn values_mut(&mut self) -> (&mut [Vec<f32>], &mut Vec<f32>) {
+        (&mut self.weights, &mut self.bias)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rand::rngs::StdRng;

@@ -264,3 +264,35 @@ impl<F: Fiber> Norm<F> {
         )?))
     }
 }
+
+impl NormLayer {
+    /// Visits every parameter as `(<prefix><key>, param)` (`transform.<l>.scale` or
+    /// `transform.<l>.w_gate`).
+    pub fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param)) {
+        for d in &self.params {
+            f(&format!("{prefix}{}", d.p.key), &d.p);
+        }
+    }
+
+    /// Visits every parameter mutably, as [`NormLayer::visit_params`].
+    ///
+    /// # Errors
+    /// The first error of `f`.
+    pub fn visit_params_mut(
+        &mut self,
+        prefix: &str,
+        f: &mut dyn FnMut(&str, &mut Param) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        for d in &mut self.params {
+            f(&format!("{prefix}{}", d.p.key), &mut d.p)?;
+        }
+        Ok(())
+    }
+}
+
+impl<F: Fiber> Norm<F> {
+    /// The run-time layer, for the module parameter visitors.
+    pub(crate) fn layer_mut(&mut self) -> &mut NormLayer {
+        &mut self.layer
+    }
+}

@@ -330,6 +330,30 @@ impl RadialBank {
     }
 }
 
+impl RadialMlp {
+    /// Visits every parameter as `(<prefix><key>, param)` in checkpoint order.
+    pub fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param)) {
+        for p in &self.params {
+            f(&format!("{prefix}{}", p.key), p);
+        }
+    }
+
+    /// Visits every parameter mutably, as [`RadialMlp::visit_params`].
+    ///
+    /// # Errors
+    /// The first error of `f`.
+    pub fn visit_params_mut(
+        &mut self,
+        prefix: &str,
+        f: &mut dyn FnMut(&str, &mut Param) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        for p in &mut self.params {
+            f(&format!("{prefix}{}", p.key), p)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

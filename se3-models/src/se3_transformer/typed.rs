@@ -52,6 +52,8 @@ use crate::se3_transformer::config::Se3TransformerConfig;
 use crate::tfn::graph::StateDictSource;
 use crate::Error;
 
+mod module;
+
 /// The options of a typed SE(3)-Transformer besides its fibers (se3-transformer-pytorch
 /// kwargs of the same names).
 #[derive(Debug, Clone, Copy, PartialEq)]
