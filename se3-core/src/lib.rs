@@ -13,6 +13,7 @@
 extern crate self as se3;
 
 pub mod basis;
+pub mod device;
 pub mod error;
 pub mod exec;
 pub mod fiber;
@@ -22,4 +23,5 @@ pub mod so3;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use device::{Device, Location};
 pub use error::Error;

@@ -115,6 +115,8 @@ pub struct Session {
     /// The most bytes of intermediates alive at once in any run (bounds the buffer pool).
     high_water: usize,
     memory: MemoryStats,
+    /// The backend whose compiler passes lower the graph (CPU unless [`Session::on`] chose).
+    device: crate::Device,
 }
 
 impl Default for Session {
@@ -166,7 +168,26 @@ impl Session {
             linearized: false,
             high_water: 0,
             memory: MemoryStats::default(),
+            device: crate::Device::Cpu,
         }
+    }
+
+    /// An empty session whose graph runs on `device`: the CPU compiler's passes, then the
+    /// device backend's pass that swaps in its kernels and the copies between host and device.
+    ///
+    /// # Errors
+    /// `CudaNotCompiled` (CUDA asked for without the `cuda` feature), `CudaUnavailable` (the
+    /// driver library, NVRTC library, cuBLAS library or the device is missing).
+    pub fn on(device: crate::Device) -> Result<Session, Error> {
+        device.check()?;
+        let mut s = Session::new();
+        s.device = device;
+        Ok(s)
+    }
+
+    /// The device this session's kernels run on.
+    pub fn device(&self) -> crate::Device {
+        self.device
     }
 
     /// The graph, for operations that need it directly (constants, `arange`, custom ops).
@@ -270,7 +291,22 @@ impl Session {
 
     /// Compiles with [`CpuCompiler`]; called by the first [`Session::run`] if not done.
     pub fn compile(&mut self) {
-        self.compile_with(<CpuCompiler>::default());
+        match self.device {
+            crate::Device::Cpu => self.compile_with(<CpuCompiler>::default()),
+            #[cfg(feature = "cuda")]
+            crate::Device::Cuda { ordinal } => {
+                // `Session::on` opened the device; opening again hits the backend's cache
+                match super::cuda::CudaBackend::open(ordinal) {
+                    Ok(backend) => self.compile_with((
+                        <CpuCompiler>::default(),
+                        super::cuda::CudaCompiler::new(backend),
+                    )),
+                    Err(_) => self.compile_with(<CpuCompiler>::default()),
+                }
+            }
+            #[cfg(not(feature = "cuda"))]
+            crate::Device::Cuda { .. } => self.compile_with(<CpuCompiler>::default()),
+        }
     }
 
     /// Keeps luminal's primitive interpreter (no passes): the reference that tests compare
