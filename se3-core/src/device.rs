@@ -206,12 +206,11 @@ mod tests {
     fn kernel_handed_a_host_buffer_for_the_device_is_wrong_device() {
         let mut s = Session::new();
         let x = s.input::<(Dyn<'n'>,)>("x", InputKind::Values);
-        let id = s
-            .graph()
-            .add_op(ReadsCuda)
-            .input(x.id, 0, x.shape)
-            .finish();
-        s.output("y", GraphTensor::<(Dyn<'n'>,)>::from_id(id, x.shape, x.graph_ref));
+        let id = s.graph().add_op(ReadsCuda).input(x.id, 0, x.shape).finish();
+        s.output(
+            "y",
+            GraphTensor::<(Dyn<'n'>,)>::from_id(id, x.shape, x.graph_ref),
+        );
         let n = rand::thread_rng().gen_range(1..50);
         let set = s.set("x", vec![1.0; n], &[n]);
         assert!(set.is_ok());

@@ -204,9 +204,7 @@ pub enum Error {
     CudaNotCompiled,
     /// CUDA is compiled in but cannot run on this machine.
     #[error("CUDA is not available: {missing} was not found")]
-    CudaUnavailable {
-        missing: crate::device::CudaMissing,
-    },
+    CudaUnavailable { missing: crate::device::CudaMissing },
     /// A CUDA library call failed.
     #[error("CUDA call `{call}` failed: {reason}")]
     CudaCall { call: &'static str, reason: String },

@@ -117,6 +117,9 @@ pub struct Session {
     memory: MemoryStats,
     /// The backend whose compiler passes lower the graph (CPU unless [`Session::on`] chose).
     device: crate::Device,
+    /// The opened device of a CUDA session.
+    #[cfg(feature = "cuda")]
+    cuda: Option<std::sync::Arc<super::cuda::CudaBackend>>,
 }
 
 impl Default for Session {
@@ -169,6 +172,8 @@ impl Session {
             high_water: 0,
             memory: MemoryStats::default(),
             device: crate::Device::Cpu,
+            #[cfg(feature = "cuda")]
+            cuda: None,
         }
     }
 
@@ -182,6 +187,10 @@ impl Session {
         device.check()?;
         let mut s = Session::new();
         s.device = device;
+        #[cfg(feature = "cuda")]
+        if let crate::Device::Cuda { ordinal } = device {
+            s.cuda = Some(super::cuda::CudaBackend::open(ordinal)?);
+        }
         Ok(s)
     }
 
@@ -289,24 +298,16 @@ impl Session {
         self.derived_dims.push((dim, size.into()));
     }
 
-    /// Compiles with [`CpuCompiler`]; called by the first [`Session::run`] if not done.
+    /// Compiles with [`CpuCompiler`] (then, on a CUDA device, the CUDA pass); called by the
+    /// first [`Session::run`] if not done.
     pub fn compile(&mut self) {
-        match self.device {
-            crate::Device::Cpu => self.compile_with(<CpuCompiler>::default()),
-            #[cfg(feature = "cuda")]
-            crate::Device::Cuda { ordinal } => {
-                // `Session::on` opened the device; opening again hits the backend's cache
-                match super::cuda::CudaBackend::open(ordinal) {
-                    Ok(backend) => self.compile_with((
-                        <CpuCompiler>::default(),
-                        super::cuda::CudaCompiler::new(backend),
-                    )),
-                    Err(_) => self.compile_with(<CpuCompiler>::default()),
-                }
-            }
-            #[cfg(not(feature = "cuda"))]
-            crate::Device::Cuda { .. } => self.compile_with(<CpuCompiler>::default()),
+        #[cfg(feature = "cuda")]
+        if let Some(backend) = &self.cuda {
+            let pass = super::cuda::CudaCompiler::new(backend.clone());
+            self.compile_with((<CpuCompiler>::default(), pass));
+            return;
         }
+        self.compile_with(<CpuCompiler>::default());
     }
 
     /// Keeps luminal's primitive interpreter (no passes): the reference that tests compare
@@ -630,6 +631,10 @@ impl Session {
         }
         // Intermediates are dead now: give the pooled buffers back to the allocator.
         super::pool::clear();
+        #[cfg(feature = "cuda")]
+        if let Some(backend) = &self.cuda {
+            backend.take_fault()?;
+        }
         self.ran = true;
         Ok(())
     }
