@@ -116,6 +116,49 @@ impl std::fmt::Display for CudaMissing {
     }
 }
 
+/// One CUDA device as the driver describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub memory_bytes: usize,
+    pub compute_capability: (i32, i32),
+}
+
+/// What this machine offers the CUDA backend (for `se3 doctor`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CudaReport {
+    /// The driver's CUDA version (e.g. 12040 for 12.4), if the driver library loads.
+    pub driver: Option<i32>,
+    /// NVRTC's version (major, minor), if the NVRTC library loads.
+    pub nvrtc: Option<(i32, i32)>,
+    /// Whether the cuBLAS library loads.
+    pub cublas: bool,
+    pub devices: Vec<DeviceInfo>,
+    /// Why devices could not be listed, if the driver is there but refused.
+    pub device_error: Option<String>,
+}
+
+/// Looks for the CUDA driver, NVRTC, cuBLAS and devices without failing on their absence.
+///
+/// # Errors
+/// `CudaNotCompiled` in a build without the `cuda` feature.
+pub fn probe_cuda() -> Result<CudaReport, Error> {
+    #[cfg(feature = "cuda")]
+    {
+        Ok(crate::exec::cuda::probe())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err(Error::CudaNotCompiled)
+    }
+}
+
+/// The instruction set the CPU kernels use on this machine (detected once at run time).
+pub fn cpu_instruction_set() -> &'static str {
+    crate::exec::simd::isa().describe()
+}
+
 /// The `Operator::custom` key a kernel answers with `Option<Location>`: where it reads its
 /// inputs (`None`: anywhere, for copies between devices).
 pub const LOCATION_KEY: &str = "se3.location";

@@ -10,7 +10,7 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use luminal::prelude::Tensor;
 
 use super::buffer::CudaBuffer;
-use crate::device::CudaMissing;
+use crate::device::{CudaMissing, CudaReport, DeviceInfo};
 use crate::exec::kernels::{source_of, ViewDesc};
 use crate::Error;
 
@@ -249,29 +249,6 @@ impl CudaBackend {
             None => call("cuStreamSynchronize", self.stream.synchronize()),
         }
     }
-}
-
-/// One CUDA device as the driver describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceInfo {
-    pub ordinal: usize,
-    pub name: String,
-    pub memory_bytes: usize,
-    pub compute_capability: (i32, i32),
-}
-
-/// What this machine offers the CUDA backend (for `se3 doctor`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct CudaReport {
-    /// The driver's CUDA version (e.g. 12040 for 12.4), if the driver library loads.
-    pub driver: Option<i32>,
-    /// NVRTC's version (major, minor), if the NVRTC library loads.
-    pub nvrtc: Option<(i32, i32)>,
-    /// Whether the cuBLAS library loads.
-    pub cublas: bool,
-    pub devices: Vec<DeviceInfo>,
-    /// Why devices could not be listed, if the driver is there but refused.
-    pub device_error: Option<String>,
 }
 
 /// Looks for the driver, NVRTC, cuBLAS and the devices, without failing.

@@ -25,7 +25,7 @@ mod compiler;
 mod primitives;
 mod transfer;
 
-pub use backend::{probe, CudaBackend, CudaReport, DeviceInfo};
+pub use backend::{probe, CudaBackend};
 pub use buffer::CudaBuffer;
 pub use compiler::{CudaCompiler, LowerCtx, Lowering, ScatterMode, LOWERINGS};
 pub use primitives::{CudaElementwise, CudaMatMul, CudaReduce, ViewCopy};
