@@ -9,6 +9,7 @@
 #include "ops/relative_positions/relative_positions.cu"
 #include "ops/layer_norm_gelu/layer_norm_gelu.cu"
 #include "ops/top_k/top_k.cu"
+#include "ops/edge_conv/edge_conv.cu"
 #include "exec/cuda/view_copy.cu"
 #include "exec/cuda/reduce.cu"
 #include "exec/cuda/elementwise.cu"
@@ -71,3 +72,8 @@ SHIM_LAUNCH(elementwise_program,
             P(const Instr* prog, unsigned len, const float* const* inputs, const int* scalar,
               unsigned out_reg, float* out, unsigned long long total),
             (prog, len, inputs, scalar, out_reg, out, total))
+SHIM_LAUNCH(edge_conv_sorted,
+            P(const float* x, const float* w, const float* src, const unsigned* start,
+              const unsigned* order, float* out, unsigned m, unsigned ci, unsigned co,
+              unsigned n, int diagonal),
+            (x, w, src, start, order, out, m, ci, co, n, diagonal))

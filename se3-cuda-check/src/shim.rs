@@ -119,6 +119,21 @@ mod ffi {
             k: c_uint,
             largest: c_int,
         );
+        pub fn shim_edge_conv_sorted(
+            g: c_uint,
+            b: c_uint,
+            x: *const f32,
+            w: *const f32,
+            src: *const f32,
+            start: *const c_uint,
+            order: *const c_uint,
+            out: *mut f32,
+            m: c_uint,
+            ci: c_uint,
+            co: c_uint,
+            n: c_uint,
+            diagonal: c_int,
+        );
         pub fn shim_view_copy(
             g: c_uint,
             b: c_uint,
@@ -473,6 +488,47 @@ pub fn elementwise(
             u(out_reg),
             out.as_mut_ptr(),
             total as u64,
+        )
+    };
+    out
+}
+
+/// `edge_conv_sorted`: `out (n, co)` from `x (m, ci)`, `w (e, co, ci)` (or `(e, co)` when
+/// `diagonal`, with `ci = co`), `src`, `dst (e,)`.
+#[allow(clippy::too_many_arguments)]
+pub fn edge_conv(
+    l: Launch,
+    x: &[f32],
+    w: &[f32],
+    src: &[f32],
+    dst: &[f32],
+    n: usize,
+    ci: usize,
+    co: usize,
+    diagonal: bool,
+) -> Vec<f32> {
+    let e = src.len();
+    assert_eq!(dst.len(), e);
+    assert_eq!(w.len(), if diagonal { e * co } else { e * co * ci });
+    assert!(ci > 0 && x.len().is_multiple_of(ci));
+    let (start, order) = buckets(l, dst, n);
+    let mut out = vec![f32::NAN; n * co];
+    // SAFETY: reads x rows below m, w rows of edges below e; writes out[..n co].
+    unsafe {
+        ffi::shim_edge_conv_sorted(
+            l.grid,
+            l.block,
+            x.as_ptr(),
+            w.as_ptr(),
+            src.as_ptr(),
+            start.as_ptr(),
+            order.as_ptr(),
+            out.as_mut_ptr(),
+            u(x.len() / ci),
+            u(ci),
+            u(co),
+            u(n),
+            i32::from(diagonal),
         )
     };
     out

@@ -373,3 +373,62 @@ fn elementwise_program_matches_cpu_chain() -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[test]
+fn edge_conv_matrix_and_diagonal_match_cpu() -> Result<(), Error> {
+    let mut r = rng();
+    let (n, m, e) = (
+        r.gen_range(4..40),
+        r.gen_range(3..40),
+        r.gen_range(300..600),
+    );
+    let (ci, co) = (r.gen_range(1..9), r.gen_range(1..7));
+    let x = rand_vec(&mut r, m * ci);
+    let xd = rand_vec(&mut r, m * co);
+    let (w, wd) = (rand_vec(&mut r, e * co * ci), rand_vec(&mut r, e * co));
+    let (src, dst) = (rand_idx(&mut r, e, m), rand_idx(&mut r, e, n));
+    let mut s = Session::new();
+    s.set_dim('n', n);
+    let xt = s.input::<(Dyn<'m'>, Dyn<'i'>)>("x", InputKind::Values);
+    let xdt = s.input::<(Dyn<'m'>, Dyn<'o'>)>("xd", InputKind::Values);
+    let wt = s.input::<(Dyn<'e'>, Dyn<'o'>, Dyn<'i'>)>("w", InputKind::Values);
+    let wdt = s.input::<(Dyn<'e'>, Dyn<'o'>)>("wd", InputKind::Values);
+    let st = s.input::<(Dyn<'e'>,)>(
+        "src",
+        InputKind::Indices {
+            bound: IndexBound::Dim('m'),
+            allow_missing: true,
+        },
+    );
+    let dt = s.input::<(Dyn<'e'>,)>("dst", indices('n'));
+    s.output(
+        "mat",
+        se3_core::ops::edge_conv::<Dyn<'n'>, _, _, _, _>(xt, wt, st, dt),
+    );
+    s.output(
+        "diag",
+        se3_core::ops::edge_conv_diag::<Dyn<'n'>, _, _, _>(xdt, wdt, st, dt),
+    );
+    s.set("x", x.clone(), &[m, ci])?;
+    s.set("xd", xd.clone(), &[m, co])?;
+    s.set("w", w.clone(), &[e, co, ci])?;
+    s.set("wd", wd.clone(), &[e, co])?;
+    s.set("src", src.clone(), &[e])?;
+    s.set("dst", dst.clone(), &[e])?;
+    s.run()?;
+    let (want_mat, want_diag) = (s.get("mat")?.data, s.get("diag")?.data);
+    for l in LAUNCHES {
+        let em = max_err(
+            &shim::edge_conv(l, &x, &w, &src, &dst, n, ci, co, false),
+            &want_mat,
+        );
+        let ed = max_err(
+            &shim::edge_conv(l, &xd, &wd, &src, &dst, n, co, co, true),
+            &want_diag,
+        );
+        println!("edge_conv_sorted {l:?}: max error matrix {em:e}, diagonal {ed:e}");
+        assert!(em < 1e-5, "edge_conv error {em}");
+        assert_eq!(ed, 0.0);
+    }
+    Ok(())
+}

@@ -64,6 +64,11 @@ pub const SOURCES: &[KernelSource] = &[
         kernels: &[("top_k_rows", Hot::No)],
     },
     KernelSource {
+        file: "ops/edge_conv/edge_conv.cu",
+        source: include_str!("../ops/edge_conv/edge_conv.cu"),
+        kernels: &[("edge_conv_sorted", Hot::Yes)],
+    },
+    KernelSource {
         file: "exec/cuda/view_copy.cu",
         source: include_str!("cuda/view_copy.cu"),
         kernels: &[("view_copy", Hot::Yes)],
