@@ -3,9 +3,10 @@
 //! 1. Every op with a CUDA kernel is swapped for it in place (ids stay): the lowerings are
 //!    listed in [`LOWERINGS`], one function per op folder (`ops/<op>/cuda.rs`) plus the
 //!    primitives of `exec/cuda/primitives.rs`.
-//! 2. Every edge whose producer and consumer live on different sides gets a copy
+//! 2. Every edge whose producer writes on one side and whose consumer reads on the other gets a copy
 //!    ([`ToDevice`] or [`ToHost`], one per producer output and direction); edges that read no
-//!    data (size carriers: all axes fake) need none.
+//!    data (size carriers: all axes fake) need none. Running the pass again (a recompile after
+//!    adding nodes) adds nothing twice: copies count as writing on their target side.
 //! 3. Retrieved device results get a [`ToHost`] that takes over their id, so
 //!    `Session::get` reads host memory.
 
@@ -74,16 +75,21 @@ impl CudaCompiler {
     }
 }
 
-fn on_device(graph: &mut Graph, n: NodeIndex) -> bool {
-    graph
+/// Where node `n` reads its inputs and where it leaves its output (`true`: on the device).
+/// Copies read on one side and write on the other; every other op writes where it reads.
+fn sides(graph: &mut Graph, n: NodeIndex) -> (bool, bool) {
+    let reads = graph
         .graph
         .node_weight_mut(n)
         .and_then(|op| expected_location(op.as_mut()))
-        .is_some_and(|l| matches!(l, Location::Cuda { .. }))
-        && !graph
-            .graph
-            .node_weight(n)
-            .is_some_and(|op| op.as_any().is::<ToHost>())
+        .is_some_and(|l| matches!(l, Location::Cuda { .. }));
+    let op = graph.graph.node_weight(n).map(|op| op.as_any());
+    let writes = match op {
+        Some(a) if a.is::<ToDevice>() => true,
+        Some(a) if a.is::<ToHost>() => false,
+        _ => reads,
+    };
+    (reads, writes)
 }
 
 impl Compiler for CudaCompiler {
@@ -104,8 +110,8 @@ impl Compiler for CudaCompiler {
                 }
             }
         }
-        let device: FxHashMap<NodeIndex, bool> =
-            nodes.iter().map(|&n| (n, on_device(graph, n))).collect();
+        let side: FxHashMap<NodeIndex, (bool, bool)> =
+            nodes.iter().map(|&n| (n, sides(graph, n))).collect();
         // 2. copies on crossing edges
         let mut copies: FxHashMap<(NodeIndex, u8, bool), NodeIndex> = FxHashMap::default();
         let edges: Vec<_> = (&graph.graph)
@@ -117,7 +123,9 @@ impl Compiler for CudaCompiler {
             })
             .collect();
         for (id, src, dst, (input, output, st)) in edges {
-            let (from, to) = (device[&src], device[&dst]);
+            let (Some(&(_, from)), Some(&(to, _))) = (side.get(&src), side.get(&dst)) else {
+                continue;
+            };
             if from == to || reads_no_data(&st) {
                 continue;
             }
@@ -146,7 +154,7 @@ impl Compiler for CudaCompiler {
             .to_retrieve
             .iter()
             .copied()
-            .filter(|n| device.get(n).copied().unwrap_or(false))
+            .filter(|n| side.get(n).is_some_and(|s| s.1))
             .collect();
         for n in retrieved {
             let st = graph
