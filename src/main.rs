@@ -24,6 +24,8 @@ enum Command {
     },
     /// Run a model from its config + weights on an inputs file and write its outputs.
     Infer(cli::infer::InferArgs),
+    /// Print what this build and machine offer (CPU kernels, CUDA libraries and devices).
+    Doctor,
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +36,7 @@ fn main() -> std::process::ExitCode {
         Command::Zoo => cli::zoo::run(),
         Command::Bench { what } => cli::bench::run(what),
         Command::Infer(args) => cli::infer::run(&args),
+        Command::Doctor => cli::doctor::run(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -221,4 +221,18 @@ pub enum Error {
     /// CUDA was asked for in a build without the `cuda` feature.
     #[error("se3 was built without CUDA support; rebuild with `--features cuda`")]
     CudaNotCompiled,
+    /// CUDA is compiled in but cannot run on this machine.
+    #[error("CUDA is not available: {missing} was not found")]
+    CudaUnavailable { missing: crate::device::CudaMissing },
+    /// A CUDA library call failed.
+    #[error("CUDA call `{call}` failed: {reason}")]
+    CudaCall { call: &'static str, reason: String },
+    /// A kernel was handed a buffer that lives on another device (a broken lowering pass).
+    #[error("kernel {op} reads input {input} from {expected}, but the buffer is in {found}")]
+    WrongDevice {
+        op: String,
+        input: usize,
+        expected: crate::device::Location,
+        found: crate::device::Location,
+    },
 }

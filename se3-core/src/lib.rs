@@ -14,6 +14,7 @@
 extern crate self as se3;
 
 pub mod basis;
+pub mod device;
 pub mod error;
 pub mod exec;
 pub mod fiber;
@@ -24,4 +25,5 @@ pub mod so3;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use device::{Device, Location};
 pub use error::Error;

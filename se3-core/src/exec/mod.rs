@@ -18,7 +18,10 @@
 //! axes; use [`crate::ops::gather()`] rather than luminal's one-hot `gather`.
 
 mod compiler;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod elementwise;
+pub mod kernels;
 #[cfg(test)]
 mod luminal_regressions;
 pub mod matmul;

@@ -243,6 +243,7 @@ pub(crate) fn execute(
         let op = g
             .node_weight_mut(*node)
             .ok_or(Error::MissingIntermediate { node: node.index() })?;
+        crate::device::check_inputs(op.as_mut(), srcs.iter().map(|(t, st)| (t.borrowed(), st)))?;
         let outs = op.process(srcs);
         let made: usize = outs.iter().map(tensor_bytes).sum();
         if live + made > stats.peak_intermediates {

@@ -115,6 +115,11 @@ pub struct Session {
     /// The most bytes of intermediates alive at once in any run (bounds the buffer pool).
     high_water: usize,
     memory: MemoryStats,
+    /// The backend whose compiler passes lower the graph (CPU unless [`Session::on`] chose).
+    device: crate::Device,
+    /// The opened device of a CUDA session.
+    #[cfg(feature = "cuda")]
+    cuda: Option<std::sync::Arc<super::cuda::CudaBackend>>,
 }
 
 impl Default for Session {
@@ -166,7 +171,32 @@ impl Session {
             linearized: false,
             high_water: 0,
             memory: MemoryStats::default(),
+            device: crate::Device::Cpu,
+            #[cfg(feature = "cuda")]
+            cuda: None,
         }
+    }
+
+    /// An empty session whose graph runs on `device`: the CPU compiler's passes, then the
+    /// device backend's pass that swaps in its kernels and the copies between host and device.
+    ///
+    /// # Errors
+    /// `CudaNotCompiled` (CUDA asked for without the `cuda` feature), `CudaUnavailable` (the
+    /// driver library, NVRTC library, cuBLAS library or the device is missing).
+    pub fn on(device: crate::Device) -> Result<Session, Error> {
+        device.check()?;
+        let mut s = Session::new();
+        s.device = device;
+        #[cfg(feature = "cuda")]
+        if let crate::Device::Cuda { ordinal } = device {
+            s.cuda = Some(super::cuda::CudaBackend::open(ordinal)?);
+        }
+        Ok(s)
+    }
+
+    /// The device this session's kernels run on.
+    pub fn device(&self) -> crate::Device {
+        self.device
     }
 
     /// The graph, for operations that need it directly (constants, `arange`, custom ops).
@@ -268,8 +298,15 @@ impl Session {
         self.derived_dims.push((dim, size.into()));
     }
 
-    /// Compiles with [`CpuCompiler`]; called by the first [`Session::run`] if not done.
+    /// Compiles with [`CpuCompiler`] (then, on a CUDA device, the CUDA pass); called by the
+    /// first [`Session::run`] if not done.
     pub fn compile(&mut self) {
+        #[cfg(feature = "cuda")]
+        if let Some(backend) = &self.cuda {
+            let pass = super::cuda::CudaCompiler::new(backend.clone());
+            self.compile_with((<CpuCompiler>::default(), pass));
+            return;
+        }
         self.compile_with(<CpuCompiler>::default());
     }
 
@@ -594,6 +631,10 @@ impl Session {
         }
         // Intermediates are dead now: give the pooled buffers back to the allocator.
         super::pool::clear();
+        #[cfg(feature = "cuda")]
+        if let Some(backend) = &self.cuda {
+            backend.take_fault()?;
+        }
         self.ran = true;
         Ok(())
     }

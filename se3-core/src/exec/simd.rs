@@ -33,6 +33,19 @@ fn detect() -> Isa {
     Isa::Plain
 }
 
+impl Isa {
+    /// What the kernels use, in words.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => "AVX-512F + FMA",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => "AVX2 + FMA",
+            Isa::Plain => "the target's baseline (no AVX2/AVX-512 kernels)",
+        }
+    }
+}
+
 /// The best instruction set of this CPU (detected once).
 pub(crate) fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();

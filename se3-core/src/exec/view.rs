@@ -313,7 +313,9 @@ pub(crate) const BLOCK: usize = 4096;
 /// Element count above which kernels split work across threads.
 pub(crate) const PAR_MIN: usize = 1 << 16;
 
-/// The f32 buffer inside a luminal tensor (all our kernels use `Vec<f32>`).
+/// The f32 buffer inside a host tensor (all CPU kernels use `Vec<f32>`). The executor checks
+/// buffer locations before a kernel runs (`device::check_inputs`), so a device buffer never
+/// reaches here; the empty slice is unreachable in a run.
 pub(crate) fn buffer<'a>(t: &'a luminal::op::InputTensor<'a>) -> &'a [f32] {
     t.borrowed()
         .data

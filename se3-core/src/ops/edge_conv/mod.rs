@@ -19,6 +19,8 @@
 //! computation from plain graph operations (per-edge radial weights and messages).
 
 mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 mod pass;
 mod radial;
 

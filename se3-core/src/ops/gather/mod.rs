@@ -3,6 +3,8 @@
 //! indices.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 pub use cpu::GatherRows;
 use luminal::prelude::*;

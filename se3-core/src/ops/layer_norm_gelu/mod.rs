@@ -7,6 +7,8 @@
 //! graph of `layers::graph` (`layer_norm`, `gelu`) is the reference it is tested against.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 pub(crate) use cpu::layer_norm_gelu_rows;
 pub use cpu::LayerNormGelu;

@@ -3,6 +3,8 @@
 //! edge order (deterministic). Its adjoint is [`gather`](crate::ops::gather()).
 
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 pub(crate) use cpu::buckets as cpu_buckets;
 pub use cpu::ScatterAdd;

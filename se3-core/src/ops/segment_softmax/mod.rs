@@ -6,6 +6,8 @@
 //! Adjoint: `dx = y * (g - gather(scatter_add(g * y, seg), seg))`.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 pub use cpu::SegmentSoftmax;
 use luminal::prelude::*;

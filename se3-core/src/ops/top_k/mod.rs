@@ -6,6 +6,8 @@
 //! entries (or any `(N, M)` values) back: `out[i, k] = values[i, idx[i, k]]`, 0 for `-1`.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 pub use cpu::{TakeAlongRows, TopK};
 use luminal::prelude::*;

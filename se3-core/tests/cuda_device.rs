@@ -1,0 +1,193 @@
+//! Every op with a CUDA kernel run on CUDA device 0 against the CPU backend on random inputs
+//! (1e-5 relative), with CPU and GPU times per op. Runs with `--features cuda`
+//! (`scripts/gpu-check`); without a device it prints a skip line, or fails when
+//! `SE3_REQUIRE_GPU` is set.
+#![cfg(feature = "cuda")]
+
+use std::time::Instant;
+
+use luminal::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use se3_core::exec::{IndexBound, InputKind, Session};
+use se3_core::{Device, Error};
+
+type Build = fn(&mut Session);
+type Inputs = Vec<(&'static str, Vec<f32>, Vec<usize>)>;
+
+fn idx(r: &mut StdRng, e: usize, n: usize) -> Vec<f32> {
+    (0..e)
+        .map(|_| {
+            if r.gen_bool(0.1) {
+                -1.0
+            } else {
+                r.gen_range(0..n) as f32
+            }
+        })
+        .collect()
+}
+
+fn vals(r: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| r.gen_range(-2.0f32..2.0)).collect()
+}
+
+const IDX: InputKind = InputKind::Indices {
+    bound: IndexBound::Dim('n'),
+    allow_missing: true,
+};
+
+/// (op, graph, inputs, size of `n` or 0) at sizes where the device should matter.
+fn cases(r: &mut StdRng) -> Vec<(&'static str, Build, Inputs, usize)> {
+    let (n, e, c) = (20_000, 400_000, 32);
+    vec![
+        (
+            "gather",
+            |s| {
+                let t = s.input::<(Dyn<'n'>, Dyn<'c'>)>("t", InputKind::Values);
+                let i = s.input::<(Dyn<'e'>,)>("i", IDX);
+                s.output("y", se3_core::ops::gather(t, i));
+            },
+            vec![
+                ("t", vals(r, n * c), vec![n, c]),
+                ("i", idx(r, e, n), vec![e]),
+            ],
+            0,
+        ),
+        (
+            "scatter_add",
+            |s| {
+                let x = s.input::<(Dyn<'e'>, Dyn<'c'>)>("x", InputKind::Values);
+                let i = s.input::<(Dyn<'e'>,)>("i", IDX);
+                s.output("y", se3_core::ops::scatter_add::<Dyn<'n'>, _, _>(x, i));
+            },
+            vec![
+                ("x", vals(r, e * c), vec![e, c]),
+                ("i", idx(r, e, n), vec![e]),
+            ],
+            n,
+        ),
+        (
+            "segment_softmax",
+            |s| {
+                let x = s.input::<(Dyn<'e'>, Dyn<'h'>)>("x", InputKind::Values);
+                let i = s.input::<(Dyn<'e'>,)>("i", IDX);
+                s.output("y", se3_core::ops::segment_softmax::<Dyn<'n'>, _, _>(x, i));
+            },
+            vec![
+                ("x", vals(r, e * 8), vec![e, 8]),
+                ("i", idx(r, e, n), vec![e]),
+            ],
+            n,
+        ),
+        (
+            "layer_norm_gelu",
+            |s| {
+                let x = s.input::<(Dyn<'r'>, Dyn<'w'>)>("x", InputKind::Values);
+                let b = s.input::<(Dyn<'w'>,)>("b", InputKind::Values);
+                let g = s.input::<(Dyn<'w'>,)>("g", InputKind::Values);
+                let be = s.input::<(Dyn<'w'>,)>("be", InputKind::Values);
+                s.output("y", se3_core::ops::layer_norm_gelu(x, b, g, be, 1e-5));
+            },
+            vec![
+                ("x", vals(r, e * c), vec![e, c]),
+                ("b", vals(r, c), vec![c]),
+                ("g", vals(r, c), vec![c]),
+                ("be", vals(r, c), vec![c]),
+            ],
+            0,
+        ),
+        (
+            "top_k",
+            |s| {
+                let x = s.input::<(Dyn<'a'>, Dyn<'m'>)>("x", InputKind::Values);
+                s.output("y", se3_core::ops::top_k::<_, _, 16>(x, None, false).idx);
+            },
+            vec![("x", vals(r, 2000 * 2000), vec![2000, 2000])],
+            0,
+        ),
+        (
+            "matmul + elementwise + reduce",
+            |s| {
+                let a = s.input::<(Dyn<'a'>, Dyn<'k'>)>("a", InputKind::Values);
+                let b = s.input::<(Dyn<'k'>, Dyn<'m'>)>("b", InputKind::Values);
+                let y = (a.matmul(b) * 0.5 + 1.0).sin();
+                s.output("y", y);
+                s.output("s", y.sum_reduce::<(Dyn<'a'>,), _>());
+            },
+            vec![
+                ("a", vals(r, 1024 * 512), vec![1024, 512]),
+                ("b", vals(r, 512 * 768), vec![512, 768]),
+            ],
+            0,
+        ),
+    ]
+}
+
+/// Outputs `y` (and `s` if present) and the median time of three runs.
+fn run(
+    device: Device,
+    build: Build,
+    inputs: &Inputs,
+    n: usize,
+) -> Result<(Vec<Vec<f32>>, f64), Error> {
+    let mut s = Session::on(device)?;
+    if n > 0 {
+        s.set_dim('n', n);
+    }
+    build(&mut s);
+    let mut times = Vec::new();
+    let mut outs = Vec::new();
+    for _ in 0..3 {
+        for (name, data, shape) in inputs {
+            s.set(name, data.clone(), shape)?;
+        }
+        let t = Instant::now();
+        s.run()?;
+        times.push(t.elapsed().as_secs_f64());
+        outs = ["y", "s"]
+            .iter()
+            .filter_map(|o| s.get(o).ok())
+            .map(|o| o.data)
+            .collect();
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((outs, times[1]))
+}
+
+#[test]
+fn every_cuda_op_matches_the_cpu_backend() -> Result<(), Error> {
+    if let Err(e) = Session::on(Device::CUDA0) {
+        assert!(
+            std::env::var_os("SE3_REQUIRE_GPU").is_none(),
+            "SE3_REQUIRE_GPU is set but no CUDA device opens: {e}"
+        );
+        println!("skip: no CUDA device ({e})");
+        return Ok(());
+    }
+    let mut r = StdRng::seed_from_u64(rand::thread_rng().gen());
+    println!(
+        "{:<32} {:>10} {:>10} {:>12}",
+        "op", "cpu ms", "gpu ms", "max rel err"
+    );
+    let mut worst = 0.0f32;
+    for (name, build, inputs, n) in cases(&mut r) {
+        let (want, cpu) = run(Device::Cpu, build, &inputs, n)?;
+        let (got, gpu) = run(Device::CUDA0, build, &inputs, n)?;
+        assert_eq!(want.len(), got.len(), "{name}: outputs differ in number");
+        let err = want
+            .iter()
+            .zip(&got)
+            .flat_map(|(a, b)| a.iter().zip(b))
+            .map(|(a, b)| (a - b).abs() / a.abs().max(1.0))
+            .fold(0.0f32, f32::max);
+        println!(
+            "{name:<32} {:>10.2} {:>10.2} {err:>12.2e}",
+            cpu * 1e3,
+            gpu * 1e3
+        );
+        worst = worst.max(err);
+        assert!(err < 1e-5, "{name}: device differs from CPU by {err}");
+    }
+    println!("largest relative error: {worst:.2e}");
+    Ok(())
+}

@@ -1,0 +1,79 @@
+// Host entry points of the CPU shim: every se3 CUDA kernel source compiled as C++ over
+// cuda_shim.h, and one `shim_<kernel>` launcher per kernel taking the grid and block sizes and
+// the kernel's arguments. Tests only (see se3-cuda-check/src/shim.rs).
+#include "cuda_shim.h"
+
+#include "ops/gather/gather.cu"
+#include "ops/scatter_add/scatter_add.cu"
+#include "ops/segment_softmax/segment_softmax.cu"
+#include "ops/relative_positions/relative_positions.cu"
+#include "ops/layer_norm_gelu/layer_norm_gelu.cu"
+#include "ops/top_k/top_k.cu"
+#include "ops/edge_conv/edge_conv.cu"
+#include "exec/cuda/view_copy.cu"
+#include "exec/cuda/reduce.cu"
+#include "exec/cuda/elementwise.cu"
+
+#define SHIM_LAUNCH(name, params, args)                                               \
+    extern "C" void shim_##name(unsigned int grid, unsigned int block, params) {       \
+        cuda_shim::launch(dim3(grid), dim3(block), [&] { name args; });              \
+    }
+#define P(...) __VA_ARGS__
+
+SHIM_LAUNCH(gather_rows,
+            P(const float* table, const float* idx, float* out, unsigned n, unsigned c,
+              unsigned e),
+            (table, idx, out, n, c, e))
+SHIM_LAUNCH(scatter_add_atomic,
+            P(const float* src, const float* idx, float* out, unsigned n, unsigned c,
+              unsigned e),
+            (src, idx, out, n, c, e))
+SHIM_LAUNCH(bucket_count, P(const float* idx, unsigned* counts, unsigned n, unsigned e),
+            (idx, counts, n, e))
+SHIM_LAUNCH(bucket_scan,
+            P(const unsigned* counts, unsigned* start, unsigned* cursor, unsigned n),
+            (counts, start, cursor, n))
+SHIM_LAUNCH(bucket_fill,
+            P(const float* idx, unsigned* cursor, unsigned* order, unsigned n, unsigned e),
+            (idx, cursor, order, n, e))
+SHIM_LAUNCH(bucket_sort, P(const unsigned* start, unsigned* order, unsigned n),
+            (start, order, n))
+SHIM_LAUNCH(scatter_add_sorted,
+            P(const float* src, const unsigned* start, const unsigned* order, float* out,
+              unsigned n, unsigned c),
+            (src, start, order, out, n, c))
+SHIM_LAUNCH(segment_softmax_sorted,
+            P(const float* x, const unsigned* start, const unsigned* order, float* out,
+              unsigned n, unsigned h),
+            (x, start, order, out, n, h))
+SHIM_LAUNCH(relative_positions,
+            P(const float* coords, const float* center, const float* neighbor, float* rel,
+              float* dist, unsigned n, unsigned e),
+            (coords, center, neighbor, rel, dist, n, e))
+SHIM_LAUNCH(layer_norm_gelu_rows,
+            P(const float* x, const float* bias, const float* gamma, const float* beta,
+              float* out, unsigned rows, unsigned w, float eps),
+            (x, bias, gamma, beta, out, rows, w, eps))
+SHIM_LAUNCH(top_k_rows,
+            P(const float* scores, const float* mask, float* keys, float* out, unsigned n,
+              unsigned m, unsigned k, int largest),
+            (scores, mask, keys, out, n, m, k, largest))
+SHIM_LAUNCH(view_copy,
+            P(const float* src, unsigned long long src_len, float* out,
+              unsigned long long total, const ViewDesc* v),
+            (src, src_len, out, total, *v))
+SHIM_LAUNCH(reduce_sum, P(const float* x, float* out, unsigned outer, unsigned len,
+                          unsigned inner),
+            (x, out, outer, len, inner))
+SHIM_LAUNCH(reduce_max, P(const float* x, float* out, unsigned outer, unsigned len,
+                          unsigned inner),
+            (x, out, outer, len, inner))
+SHIM_LAUNCH(elementwise_program,
+            P(const Instr* prog, unsigned len, const float* const* inputs, const int* scalar,
+              unsigned out_reg, float* out, unsigned long long total),
+            (prog, len, inputs, scalar, out_reg, out, total))
+SHIM_LAUNCH(edge_conv_sorted,
+            P(const float* x, const float* w, const float* src, const unsigned* start,
+              const unsigned* order, float* out, unsigned m, unsigned ci, unsigned co,
+              unsigned n, int diagonal),
+            (x, w, src, start, order, out, m, ci, co, n, diagonal))

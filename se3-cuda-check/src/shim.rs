@@ -1,0 +1,535 @@
+//! Safe launchers of the CPU-shim build of every CUDA kernel: each checks the slice lengths
+//! the kernel will touch, then runs it over a grid of `grid` blocks of `block` threads (the
+//! kernels are grid-stride, so a small grid exercises their loops).
+
+use std::os::raw::c_uint;
+
+pub use se3_core::exec::kernels::{DeviceInstr as Instr, ViewDesc};
+
+mod ffi {
+    use std::os::raw::{c_int, c_uint, c_ulonglong};
+
+    use super::{Instr, ViewDesc};
+
+    extern "C" {
+        pub fn shim_gather_rows(
+            g: c_uint,
+            b: c_uint,
+            table: *const f32,
+            idx: *const f32,
+            out: *mut f32,
+            n: c_uint,
+            c: c_uint,
+            e: c_uint,
+        );
+        pub fn shim_scatter_add_atomic(
+            g: c_uint,
+            b: c_uint,
+            src: *const f32,
+            idx: *const f32,
+            out: *mut f32,
+            n: c_uint,
+            c: c_uint,
+            e: c_uint,
+        );
+        pub fn shim_bucket_count(
+            g: c_uint,
+            b: c_uint,
+            idx: *const f32,
+            counts: *mut c_uint,
+            n: c_uint,
+            e: c_uint,
+        );
+        pub fn shim_bucket_scan(
+            g: c_uint,
+            b: c_uint,
+            counts: *const c_uint,
+            start: *mut c_uint,
+            cursor: *mut c_uint,
+            n: c_uint,
+        );
+        pub fn shim_bucket_fill(
+            g: c_uint,
+            b: c_uint,
+            idx: *const f32,
+            cursor: *mut c_uint,
+            order: *mut c_uint,
+            n: c_uint,
+            e: c_uint,
+        );
+        pub fn shim_bucket_sort(
+            g: c_uint,
+            b: c_uint,
+            start: *const c_uint,
+            order: *mut c_uint,
+            n: c_uint,
+        );
+        pub fn shim_scatter_add_sorted(
+            g: c_uint,
+            b: c_uint,
+            src: *const f32,
+            start: *const c_uint,
+            order: *const c_uint,
+            out: *mut f32,
+            n: c_uint,
+            c: c_uint,
+        );
+        pub fn shim_segment_softmax_sorted(
+            g: c_uint,
+            b: c_uint,
+            x: *const f32,
+            start: *const c_uint,
+            order: *const c_uint,
+            out: *mut f32,
+            n: c_uint,
+            h: c_uint,
+        );
+        pub fn shim_relative_positions(
+            g: c_uint,
+            b: c_uint,
+            coords: *const f32,
+            center: *const f32,
+            neighbor: *const f32,
+            rel: *mut f32,
+            dist: *mut f32,
+            n: c_uint,
+            e: c_uint,
+        );
+        pub fn shim_layer_norm_gelu_rows(
+            g: c_uint,
+            b: c_uint,
+            x: *const f32,
+            bias: *const f32,
+            gamma: *const f32,
+            beta: *const f32,
+            out: *mut f32,
+            rows: c_uint,
+            w: c_uint,
+            eps: f32,
+        );
+        pub fn shim_top_k_rows(
+            g: c_uint,
+            b: c_uint,
+            scores: *const f32,
+            mask: *const f32,
+            keys: *mut f32,
+            out: *mut f32,
+            n: c_uint,
+            m: c_uint,
+            k: c_uint,
+            largest: c_int,
+        );
+        pub fn shim_edge_conv_sorted(
+            g: c_uint,
+            b: c_uint,
+            x: *const f32,
+            w: *const f32,
+            src: *const f32,
+            start: *const c_uint,
+            order: *const c_uint,
+            out: *mut f32,
+            m: c_uint,
+            ci: c_uint,
+            co: c_uint,
+            n: c_uint,
+            diagonal: c_int,
+        );
+        pub fn shim_view_copy(
+            g: c_uint,
+            b: c_uint,
+            src: *const f32,
+            src_len: c_ulonglong,
+            out: *mut f32,
+            total: c_ulonglong,
+            v: *const ViewDesc,
+        );
+        pub fn shim_reduce_sum(
+            g: c_uint,
+            b: c_uint,
+            x: *const f32,
+            out: *mut f32,
+            outer: c_uint,
+            len: c_uint,
+            inner: c_uint,
+        );
+        pub fn shim_reduce_max(
+            g: c_uint,
+            b: c_uint,
+            x: *const f32,
+            out: *mut f32,
+            outer: c_uint,
+            len: c_uint,
+            inner: c_uint,
+        );
+        pub fn shim_elementwise_program(
+            g: c_uint,
+            b: c_uint,
+            prog: *const Instr,
+            len: c_uint,
+            inputs: *const *const f32,
+            scalar: *const c_int,
+            out_reg: c_uint,
+            out: *mut f32,
+            total: c_ulonglong,
+        );
+    }
+}
+
+/// A launch shape: `grid` blocks of `block` threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Launch {
+    pub grid: u32,
+    pub block: u32,
+}
+
+fn u(x: usize) -> c_uint {
+    c_uint::try_from(x).expect("shim sizes fit in 32 bits")
+}
+
+/// `gather_rows`: `out (E, C)` from `table (N, C)` at `idx (E,)`.
+pub fn gather_rows(l: Launch, table: &[f32], idx: &[f32], c: usize) -> Vec<f32> {
+    assert!(c == 0 || table.len().is_multiple_of(c));
+    let n = table.len().checked_div(c).unwrap_or(0);
+    let mut out = vec![f32::NAN; idx.len() * c];
+    // SAFETY: the kernel reads table[..n c], idx[..e] and writes out[..e c], all in bounds.
+    unsafe {
+        ffi::shim_gather_rows(
+            l.grid,
+            l.block,
+            table.as_ptr(),
+            idx.as_ptr(),
+            out.as_mut_ptr(),
+            u(n),
+            u(c),
+            u(idx.len()),
+        )
+    };
+    out
+}
+
+/// `scatter_add_atomic` into a zeroed `(n, C)` output.
+pub fn scatter_add_atomic(l: Launch, src: &[f32], idx: &[f32], n: usize, c: usize) -> Vec<f32> {
+    assert_eq!(src.len(), idx.len() * c);
+    let mut out = vec![0.0; n * c];
+    // SAFETY: reads src[..e c], idx[..e]; writes out rows below n only.
+    unsafe {
+        ffi::shim_scatter_add_atomic(
+            l.grid,
+            l.block,
+            src.as_ptr(),
+            idx.as_ptr(),
+            out.as_mut_ptr(),
+            u(n),
+            u(c),
+            u(idx.len()),
+        )
+    };
+    out
+}
+
+/// Destination buckets of `idx` over `n` segments (the four bucket kernels):
+/// `(start (n + 1), order)`.
+pub fn buckets(l: Launch, idx: &[f32], n: usize) -> (Vec<u32>, Vec<u32>) {
+    let e = idx.len();
+    let mut counts = vec![0u32; n];
+    let mut start = vec![u32::MAX; n + 1];
+    let mut cursor = vec![0u32; n.max(1)];
+    // SAFETY: each kernel touches counts/cursor[..n], start[..n + 1], order[..valid edges]
+    // (at most e), idx[..e].
+    unsafe {
+        ffi::shim_bucket_count(
+            l.grid,
+            l.block,
+            idx.as_ptr(),
+            counts.as_mut_ptr(),
+            u(n),
+            u(e),
+        );
+        ffi::shim_bucket_scan(
+            1,
+            1024,
+            counts.as_ptr(),
+            start.as_mut_ptr(),
+            cursor.as_mut_ptr(),
+            u(n),
+        );
+    }
+    let mut order = vec![u32::MAX; start[n] as usize];
+    // SAFETY: as above; order has start[n] = number of valid edges slots.
+    unsafe {
+        ffi::shim_bucket_fill(
+            l.grid,
+            l.block,
+            idx.as_ptr(),
+            cursor.as_mut_ptr(),
+            order.as_mut_ptr(),
+            u(n),
+            u(e),
+        );
+        ffi::shim_bucket_sort(l.grid, l.block, start.as_ptr(), order.as_mut_ptr(), u(n));
+    }
+    (start, order)
+}
+
+/// Deterministic scatter-add: buckets, then `scatter_add_sorted`.
+pub fn scatter_add_sorted(l: Launch, src: &[f32], idx: &[f32], n: usize, c: usize) -> Vec<f32> {
+    assert_eq!(src.len(), idx.len() * c);
+    let (start, order) = buckets(l, idx, n);
+    let mut out = vec![f32::NAN; n * c];
+    // SAFETY: order holds edge ids below e; out has n c elements.
+    unsafe {
+        ffi::shim_scatter_add_sorted(
+            l.grid,
+            l.block,
+            src.as_ptr(),
+            start.as_ptr(),
+            order.as_ptr(),
+            out.as_mut_ptr(),
+            u(n),
+            u(c),
+        )
+    };
+    out
+}
+
+/// `segment_softmax_sorted` over `seg` with `n` segments, `x (E, H)`; masked edges give 0.
+pub fn segment_softmax(l: Launch, x: &[f32], seg: &[f32], n: usize, h: usize) -> Vec<f32> {
+    assert_eq!(x.len(), seg.len() * h);
+    let (start, order) = buckets(l, seg, n);
+    let mut out = vec![0.0; x.len()];
+    // SAFETY: as scatter_add_sorted.
+    unsafe {
+        ffi::shim_segment_softmax_sorted(
+            l.grid,
+            l.block,
+            x.as_ptr(),
+            start.as_ptr(),
+            order.as_ptr(),
+            out.as_mut_ptr(),
+            u(n),
+            u(h),
+        )
+    };
+    out
+}
+
+/// `relative_positions`: `(rel (E, 3), dist (E,))`.
+pub fn relative_positions(
+    l: Launch,
+    coords: &[f32],
+    center: &[f32],
+    neighbor: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    assert_eq!(coords.len() % 3, 0);
+    assert_eq!(center.len(), neighbor.len());
+    let e = center.len();
+    let (mut rel, mut dist) = (vec![f32::NAN; 3 * e], vec![f32::NAN; e]);
+    // SAFETY: reads coords rows below n, center/neighbor[..e]; writes rel[..3e], dist[..e].
+    unsafe {
+        ffi::shim_relative_positions(
+            l.grid,
+            l.block,
+            coords.as_ptr(),
+            center.as_ptr(),
+            neighbor.as_ptr(),
+            rel.as_mut_ptr(),
+            dist.as_mut_ptr(),
+            u(coords.len() / 3),
+            u(e),
+        )
+    };
+    (rel, dist)
+}
+
+/// `layer_norm_gelu_rows` over rows of width `bias.len()`.
+pub fn layer_norm_gelu(
+    l: Launch,
+    x: &[f32],
+    bias: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) -> Vec<f32> {
+    let w = bias.len();
+    assert!(w > 0 && x.len().is_multiple_of(w) && gamma.len() == w && beta.len() == w);
+    assert_eq!(l.block % 32, 0, "layer_norm_gelu_rows runs a warp per row");
+    let mut out = vec![f32::NAN; x.len()];
+    // SAFETY: rows x w elements read and written.
+    unsafe {
+        ffi::shim_layer_norm_gelu_rows(
+            l.grid,
+            l.block,
+            x.as_ptr(),
+            bias.as_ptr(),
+            gamma.as_ptr(),
+            beta.as_ptr(),
+            out.as_mut_ptr(),
+            u(x.len() / w),
+            u(w),
+            eps,
+        )
+    };
+    out
+}
+
+/// `top_k_rows` over `scores (N, M)` with an optional mask of the same shape.
+pub fn top_k(
+    l: Launch,
+    scores: &[f32],
+    mask: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    largest: bool,
+) -> Vec<f32> {
+    assert!(m > 0 && scores.len().is_multiple_of(m));
+    if let Some(mk) = mask {
+        assert_eq!(mk.len(), scores.len());
+    }
+    let n = scores.len() / m;
+    let (mut keys, mut out) = (vec![0.0; n * k], vec![f32::NAN; n * k]);
+    // SAFETY: reads scores/mask[..n m]; writes keys/out[..n k].
+    unsafe {
+        ffi::shim_top_k_rows(
+            l.grid,
+            l.block,
+            scores.as_ptr(),
+            mask.map_or(std::ptr::null(), |m| m.as_ptr()),
+            keys.as_mut_ptr(),
+            out.as_mut_ptr(),
+            u(n),
+            u(m),
+            u(k),
+            i32::from(largest),
+        )
+    };
+    out
+}
+
+/// `view_copy` of `total` logical elements of `src` through `v`.
+pub fn view_copy(l: Launch, src: &[f32], v: &ViewDesc) -> Vec<f32> {
+    let total = v.elements();
+    let mut out = vec![f32::NAN; total];
+    // SAFETY: the kernel bounds-checks reads against src_len; writes out[..total].
+    unsafe {
+        ffi::shim_view_copy(
+            l.grid,
+            l.block,
+            src.as_ptr(),
+            src.len() as u64,
+            out.as_mut_ptr(),
+            total as u64,
+            v,
+        )
+    };
+    out
+}
+
+/// `reduce_sum` (or `reduce_max` if `max`) of `x (outer, len, inner)` over its middle axis.
+pub fn reduce(l: Launch, x: &[f32], outer: usize, len: usize, inner: usize, max: bool) -> Vec<f32> {
+    assert_eq!(x.len(), outer * len * inner);
+    let mut out = vec![f32::NAN; outer * inner];
+    let f = if max {
+        ffi::shim_reduce_max
+    } else {
+        ffi::shim_reduce_sum
+    };
+    // SAFETY: reads x[..outer len inner], writes out[..outer inner].
+    unsafe {
+        f(
+            l.grid,
+            l.block,
+            x.as_ptr(),
+            out.as_mut_ptr(),
+            u(outer),
+            u(len),
+            u(inner),
+        )
+    };
+    out
+}
+
+/// `elementwise_program` over `total` elements with output register `out_reg`; `inputs`
+/// each of length `total` or 1 (a scalar).
+pub fn elementwise(
+    l: Launch,
+    prog: &[Instr],
+    out_reg: usize,
+    inputs: &[&[f32]],
+    total: usize,
+) -> Vec<f32> {
+    assert!(out_reg < prog.len());
+    for (r, ins) in prog.iter().enumerate() {
+        match ins.op {
+            0 => assert!((ins.a as usize) < inputs.len()),
+            2..=6 => assert!((ins.a as usize) < r),
+            7..=10 => assert!((ins.a as usize) < r && (ins.b as usize) < r),
+            _ => {}
+        }
+    }
+    assert!(prog.len() <= 64);
+    let ptrs: Vec<*const f32> = inputs.iter().map(|s| s.as_ptr()).collect();
+    let scalar: Vec<i32> = inputs
+        .iter()
+        .map(|s| {
+            assert!(s.len() == total || s.len() == 1);
+            i32::from(s.len() == 1 && total != 1)
+        })
+        .collect();
+    let mut out = vec![f32::NAN; total];
+    // SAFETY: operands index registers already written; inputs have total or 1 elements.
+    unsafe {
+        ffi::shim_elementwise_program(
+            l.grid,
+            l.block,
+            prog.as_ptr(),
+            u(prog.len()),
+            ptrs.as_ptr(),
+            scalar.as_ptr(),
+            u(out_reg),
+            out.as_mut_ptr(),
+            total as u64,
+        )
+    };
+    out
+}
+
+/// `edge_conv_sorted`: `out (n, co)` from `x (m, ci)`, `w (e, co, ci)` (or `(e, co)` when
+/// `diagonal`, with `ci = co`), `src`, `dst (e,)`.
+#[allow(clippy::too_many_arguments)]
+pub fn edge_conv(
+    l: Launch,
+    x: &[f32],
+    w: &[f32],
+    src: &[f32],
+    dst: &[f32],
+    n: usize,
+    ci: usize,
+    co: usize,
+    diagonal: bool,
+) -> Vec<f32> {
+    let e = src.len();
+    assert_eq!(dst.len(), e);
+    assert_eq!(w.len(), if diagonal { e * co } else { e * co * ci });
+    assert!(ci > 0 && x.len().is_multiple_of(ci));
+    let (start, order) = buckets(l, dst, n);
+    let mut out = vec![f32::NAN; n * co];
+    // SAFETY: reads x rows below m, w rows of edges below e; writes out[..n co].
+    unsafe {
+        ffi::shim_edge_conv_sorted(
+            l.grid,
+            l.block,
+            x.as_ptr(),
+            w.as_ptr(),
+            src.as_ptr(),
+            start.as_ptr(),
+            order.as_ptr(),
+            out.as_mut_ptr(),
+            u(x.len() / ci),
+            u(ci),
+            u(co),
+            u(n),
+            i32::from(diagonal),
+        )
+    };
+    out
+}

@@ -1,0 +1,434 @@
+//! Every CUDA kernel executed on the CPU through the shim (`shim/cuda_shim.h`) and compared
+//! with se3's CPU backend (a `Session` running the same op) on fresh random inputs: sizes that
+//! are not multiples of the block size, small grids (the grid-stride loops wrap), empty
+//! segments, masked (-1) indices and duplicate indices. Each test prints its largest error.
+
+use luminal::prelude::{symbolic::Expression, *};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use se3_core::exec::kernels::{DeviceInstr, ViewDesc};
+use se3_core::exec::{IndexBound, InputKind, Session};
+use se3_core::Error;
+use se3_cuda_check::shim::{self, Launch};
+
+/// Launch shapes: one small grid of odd-sized blocks and one of a warp multiple.
+const LAUNCHES: [Launch; 2] = [
+    Launch { grid: 3, block: 96 },
+    Launch {
+        grid: 2,
+        block: 160,
+    },
+];
+
+fn rng() -> StdRng {
+    StdRng::seed_from_u64(rand::thread_rng().gen())
+}
+
+fn rand_vec(r: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| r.gen_range(-2.0f32..2.0)).collect()
+}
+
+/// Indices in `-1..n` with duplicates; some of `0..n` unused (empty segments).
+fn rand_idx(r: &mut StdRng, e: usize, n: usize) -> Vec<f32> {
+    (0..e)
+        .map(|_| {
+            if r.gen_bool(0.15) {
+                -1.0
+            } else {
+                // the upper quarter of the destinations stays empty
+                r.gen_range(0..(3 * n / 4).max(1)) as f32
+            }
+        })
+        .collect()
+}
+
+/// max |a - b| / max(1, |b|) (0 for equal NaN positions); fails on a length mismatch.
+fn max_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            if x.is_nan() && y.is_nan() {
+                0.0
+            } else {
+                (x - y).abs() / y.abs().max(1.0)
+            }
+        })
+        .fold(
+            0.0,
+            |m: f32, e| if e.is_nan() { f32::INFINITY } else { m.max(e) },
+        )
+}
+
+fn indices(n: char) -> InputKind {
+    InputKind::Indices {
+        bound: IndexBound::Dim(n),
+        allow_missing: true,
+    }
+}
+
+#[test]
+fn gather_rows_matches_cpu() -> Result<(), Error> {
+    let mut r = rng();
+    let (n, c, e) = (r.gen_range(2..40), r.gen_range(1..9), r.gen_range(300..700));
+    let (table, idx) = (rand_vec(&mut r, n * c), rand_idx(&mut r, e, n));
+    let mut s = Session::new();
+    let t = s.input::<(Dyn<'n'>, Dyn<'c'>)>("t", InputKind::Values);
+    let i = s.input::<(Dyn<'e'>,)>("i", indices('n'));
+    s.output("g", se3_core::ops::gather(t, i));
+    s.set("t", table.clone(), &[n, c])?;
+    s.set("i", idx.clone(), &[e])?;
+    s.run()?;
+    let want = s.get("g")?.data;
+    for l in LAUNCHES {
+        let err = max_err(&shim::gather_rows(l, &table, &idx, c), &want);
+        println!("gather_rows {l:?}: max error {err:e}");
+        assert_eq!(err, 0.0);
+    }
+    Ok(())
+}
+
+fn cpu_scatter(src: &[f32], idx: &[f32], n: usize, c: usize) -> Result<Vec<f32>, Error> {
+    let mut s = Session::new();
+    s.set_dim('n', n);
+    let x = s.input::<(Dyn<'e'>, Dyn<'c'>)>("x", InputKind::Values);
+    let i = s.input::<(Dyn<'e'>,)>("i", indices('n'));
+    s.output("s", se3_core::ops::scatter_add::<Dyn<'n'>, _, _>(x, i));
+    s.set("x", src.to_vec(), &[idx.len(), c])?;
+    s.set("i", idx.to_vec(), &[idx.len()])?;
+    s.run()?;
+    Ok(s.get("s")?.data)
+}
+
+#[test]
+fn scatter_add_atomic_and_deterministic_match_cpu() -> Result<(), Error> {
+    let mut r = rng();
+    let (n, c, e) = (r.gen_range(4..50), r.gen_range(1..7), r.gen_range(300..900));
+    let (src, idx) = (rand_vec(&mut r, e * c), rand_idx(&mut r, e, n));
+    let want = cpu_scatter(&src, &idx, n, c)?;
+    for l in LAUNCHES {
+        let det = max_err(&shim::scatter_add_sorted(l, &src, &idx, n, c), &want);
+        let atomic = max_err(&shim::scatter_add_atomic(l, &src, &idx, n, c), &want);
+        println!("scatter_add {l:?}: deterministic max error {det:e}, atomic {atomic:e}");
+        // the deterministic mode sums in edge order, as the CPU kernel: bit for bit
+        assert_eq!(det, 0.0);
+        assert!(atomic < 1e-5, "atomic scatter-add error {atomic}");
+    }
+    Ok(())
+}
+
+#[test]
+fn buckets_are_stable_counting_sort_with_empty_segments() {
+    let mut r = rng();
+    let (n, e) = (r.gen_range(5..60), r.gen_range(200..500));
+    let idx = rand_idx(&mut r, e, n);
+    let (start, order) = shim::buckets(LAUNCHES[0], &idx, n);
+    let mut want_start = vec![0u32; n + 1];
+    let mut want_order = Vec::new();
+    for d in 0..n {
+        let into: Vec<u32> = (0..e as u32)
+            .filter(|&j| idx[j as usize] == d as f32)
+            .collect();
+        want_start[d + 1] = want_start[d] + into.len() as u32;
+        want_order.extend(into);
+    }
+    assert_eq!(start, want_start);
+    assert_eq!(order, want_order);
+    assert!(
+        (0..n).any(|d| start[d] == start[d + 1]),
+        "no empty segment drawn"
+    );
+}
+
+#[test]
+fn segment_softmax_matches_cpu() -> Result<(), Error> {
+    let mut r = rng();
+    let (n, h, e) = (r.gen_range(4..40), r.gen_range(1..5), r.gen_range(300..700));
+    let (x, seg) = (rand_vec(&mut r, e * h), rand_idx(&mut r, e, n));
+    let mut s = Session::new();
+    s.set_dim('n', n);
+    let xt = s.input::<(Dyn<'e'>, Dyn<'h'>)>("x", InputKind::Values);
+    let st = s.input::<(Dyn<'e'>,)>("s", indices('n'));
+    s.output(
+        "y",
+        se3_core::ops::segment_softmax::<Dyn<'n'>, _, _>(xt, st),
+    );
+    s.set("x", x.clone(), &[e, h])?;
+    s.set("s", seg.clone(), &[e])?;
+    s.run()?;
+    let want = s.get("y")?.data;
+    for l in LAUNCHES {
+        let err = max_err(&shim::segment_softmax(l, &x, &seg, n, h), &want);
+        println!("segment_softmax_sorted {l:?}: max error {err:e}");
+        assert!(err < 1e-6, "segment softmax error {err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn relative_positions_match_cpu() -> Result<(), Error> {
+    let mut r = rng();
+    let (n, e) = (r.gen_range(3..40), r.gen_range(300..700));
+    let coords = rand_vec(&mut r, n * 3);
+    let (a, b) = (rand_idx(&mut r, e, n), rand_idx(&mut r, e, n));
+    let mut s = Session::new();
+    let x = s.input::<(Dyn<'n'>, Const<3>)>("x", InputKind::Coordinates);
+    let ct = s.input::<(Dyn<'e'>,)>("a", indices('n'));
+    let nt = s.input::<(Dyn<'e'>,)>("b", indices('n'));
+    let rel = se3_core::ops::relative_positions(x, ct, nt);
+    s.output("rel", rel);
+    s.output("dist", se3_core::ops::distances(rel));
+    s.set("x", coords.clone(), &[n, 3])?;
+    s.set("a", a.clone(), &[e])?;
+    s.set("b", b.clone(), &[e])?;
+    s.run()?;
+    let (want_rel, want_dist) = (s.get("rel")?.data, s.get("dist")?.data);
+    for l in LAUNCHES {
+        let (rel, dist) = shim::relative_positions(l, &coords, &a, &b);
+        let (e1, e2) = (max_err(&rel, &want_rel), max_err(&dist, &want_dist));
+        println!("relative_positions {l:?}: max error rel {e1:e}, dist {e2:e}");
+        assert_eq!(e1, 0.0);
+        assert!(e2 < 1e-6, "distance error {e2}");
+    }
+    Ok(())
+}
+
+#[test]
+fn layer_norm_gelu_matches_cpu() -> Result<(), Error> {
+    let mut r = rng();
+    let (rows, w) = (r.gen_range(20..90), r.gen_range(2..80));
+    let x = rand_vec(&mut r, rows * w);
+    let (b, g, be) = (
+        rand_vec(&mut r, w),
+        rand_vec(&mut r, w),
+        rand_vec(&mut r, w),
+    );
+    let mut s = Session::new();
+    let xt = s.input::<(Dyn<'r'>, Dyn<'w'>)>("x", InputKind::Values);
+    let bt = s.input::<(Dyn<'w'>,)>("b", InputKind::Values);
+    let gt = s.input::<(Dyn<'w'>,)>("g", InputKind::Values);
+    let et = s.input::<(Dyn<'w'>,)>("e", InputKind::Values);
+    s.output("y", se3_core::ops::layer_norm_gelu(xt, bt, gt, et, 1e-5));
+    s.set("x", x.clone(), &[rows, w])?;
+    s.set("b", b.clone(), &[w])?;
+    s.set("g", g.clone(), &[w])?;
+    s.set("e", be.clone(), &[w])?;
+    s.run()?;
+    let want = s.get("y")?.data;
+    for l in [
+        Launch { grid: 2, block: 64 },
+        Launch {
+            grid: 3,
+            block: 128,
+        },
+    ] {
+        let err = max_err(&shim::layer_norm_gelu(l, &x, &b, &g, &be, 1e-5), &want);
+        println!("layer_norm_gelu_rows {l:?}: max error {err:e}");
+        assert!(err < 1e-5, "layer_norm_gelu error {err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn top_k_matches_cpu_with_masks_nan_and_ties() -> Result<(), Error> {
+    const K: usize = 5;
+    let mut r = rng();
+    let (n, m) = (r.gen_range(100..300), r.gen_range(2..12));
+    // values on a coarse grid give ties; some NaN; a mask drops entries
+    let mut scores: Vec<f32> = (0..n * m).map(|_| r.gen_range(0..6) as f32).collect();
+    for v in scores.iter_mut() {
+        if r.gen_bool(0.05) {
+            *v = f32::NAN;
+        }
+    }
+    let mask: Vec<f32> = (0..n * m).map(|_| f32::from(r.gen_bool(0.8))).collect();
+    for largest in [false, true] {
+        let mut s = Session::new();
+        let st = s.input::<(Dyn<'n'>, Dyn<'m'>)>("s", InputKind::Values);
+        let mt = s.input::<(Dyn<'n'>, Dyn<'m'>)>("m", InputKind::Mask);
+        s.output(
+            "k",
+            se3_core::ops::top_k::<_, _, K>(st, Some(mt), largest).idx,
+        );
+        s.set("s", scores.clone(), &[n, m])?;
+        s.set("m", mask.clone(), &[n, m])?;
+        s.run()?;
+        let want = s.get("k")?.data;
+        for l in LAUNCHES {
+            let got = shim::top_k(l, &scores, Some(&mask), m, K, largest);
+            println!(
+                "top_k_rows {l:?} largest={largest}: max error {:e}",
+                max_err(&got, &want)
+            );
+            assert_eq!(got, want);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn reductions_match_cpu() -> Result<(), Error> {
+    let mut r = rng();
+    let (a, b, c) = (r.gen_range(2..20), r.gen_range(1..30), r.gen_range(2..20));
+    let x = rand_vec(&mut r, a * b * c);
+    let mut s = Session::new();
+    let xt = s.input::<(Dyn<'a'>, Dyn<'b'>, Dyn<'c'>)>("x", InputKind::Values);
+    s.output("sum", xt.sum_reduce::<(Dyn<'a'>, Dyn<'c'>), _>());
+    s.output("max", xt.max_reduce::<(Dyn<'a'>, Dyn<'c'>), _>());
+    s.set("x", x.clone(), &[a, b, c])?;
+    s.run()?;
+    let (want_sum, want_max) = (s.get("sum")?.data, s.get("max")?.data);
+    for l in LAUNCHES {
+        let es = max_err(&shim::reduce(l, &x, a, b, c, false), &want_sum);
+        let em = max_err(&shim::reduce(l, &x, a, b, c, true), &want_max);
+        println!("reduce_sum/reduce_max {l:?}: max error {es:e} / {em:e}");
+        assert!(es < 1e-5, "sum error {es}");
+        assert_eq!(em, 0.0);
+    }
+    Ok(())
+}
+
+#[test]
+fn view_copy_reads_permuted_sliced_padded_and_expanded_views_as_cpu() -> Result<(), Error> {
+    let mut r = rng();
+    let (a, b) = (r.gen_range(3..20), r.gen_range(3..20));
+    let x = rand_vec(&mut r, a * b);
+    let mut s = Session::new();
+    s.set_dim('p', b + 3);
+    s.set_dim('q', a - 1);
+    let xt = s.input::<(Dyn<'a'>, Dyn<'b'>)>("x", InputKind::Values);
+    // a permuted view, a sliced + padded one, and one with an expanded (fake) axis
+    let views: Vec<(ShapeTracker, GraphTensor<(Dyn<'b'>, Dyn<'a'>)>)> = {
+        let p = xt.permute::<(Dyn<'b'>, Dyn<'a'>), _>();
+        vec![(p.shape, p)]
+    };
+    let sliced = xt
+        .slice((Expression::from(1)..Expression::from('a'), ..))
+        .pad::<(Dyn<'q'>, Dyn<'p'>), _, _>(&[(0, 0), (2, 1)]);
+    let expanded = xt.expand::<(Dyn<'a'>, Const<4>, Dyn<'b'>), _>();
+    s.output("perm", views[0].1.contiguous());
+    s.output("sliced", sliced.contiguous());
+    s.output("expanded", expanded.contiguous());
+    s.set("x", x.clone(), &[a, b])?;
+    s.run()?;
+    let dims: rustc_hash::FxHashMap<char, usize> = [('a', a), ('b', b), ('p', b + 3), ('q', a - 1)]
+        .into_iter()
+        .collect();
+    for (name, st) in [
+        ("perm", views[0].0),
+        ("sliced", sliced.shape),
+        ("expanded", expanded.shape),
+    ] {
+        let want = s.get(name)?.data;
+        let desc = ViewDesc::new(&st, &dims);
+        for l in LAUNCHES {
+            let err = max_err(&shim::view_copy(l, &x, &desc), &want);
+            println!("view_copy {name} {l:?}: max error {err:e}");
+            assert_eq!(err, 0.0);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn elementwise_program_matches_cpu_chain() -> Result<(), Error> {
+    use se3_core::exec::elementwise::{BinaryFn, Instr, UnaryFn};
+    let mut r = rng();
+    let n = r.gen_range(300..800);
+    let (x, y) = (rand_vec(&mut r, n), rand_vec(&mut r, n));
+    let mut s = Session::new();
+    let xt = s.input::<(Dyn<'n'>,)>("x", InputKind::Values);
+    let yt = s.input::<(Dyn<'n'>,)>("y", InputKind::Values);
+    // sqrt(x * y + 3) * sin(x) + exp2(y) % 0.7, and 1 / (x < y)
+    s.output("f", ((xt * yt + 3.0).sqrt() * xt.sin() + yt.exp2()) % 0.7);
+    s.output("lt", xt.less_than(yt));
+    s.set("x", x.clone(), &[n])?;
+    s.set("y", y.clone(), &[n])?;
+    s.run()?;
+    let (want_f, want_lt) = (s.get("f")?.data, s.get("lt")?.data);
+    let prog = [
+        Instr::Input(0),
+        Instr::Input(1),
+        Instr::Binary(BinaryFn::Mul, 0, 1),
+        Instr::Const(3.0),
+        Instr::Binary(BinaryFn::Add, 2, 3),
+        Instr::Unary(UnaryFn::Sqrt, 4),
+        Instr::Unary(UnaryFn::Sin, 0),
+        Instr::Binary(BinaryFn::Mul, 5, 6),
+        Instr::Unary(UnaryFn::Exp2, 1),
+        Instr::Binary(BinaryFn::Add, 7, 8),
+        Instr::Input(2),
+        Instr::Binary(BinaryFn::Mod, 9, 10),
+        Instr::Binary(BinaryFn::LessThan, 0, 1),
+    ];
+    let dev: Vec<DeviceInstr> = prog.iter().map(DeviceInstr::encode).collect();
+    let seven = [0.7f32];
+    for l in LAUNCHES {
+        let f = shim::elementwise(l, &dev, 11, &[&x, &y, &seven], n);
+        let lt = shim::elementwise(l, &dev, 12, &[&x, &y, &seven], n);
+        let (ef, el) = (max_err(&f, &want_f), max_err(&lt, &want_lt));
+        println!("elementwise_program {l:?}: max error {ef:e} (chain), {el:e} (less-than)");
+        assert!(ef < 1e-5, "elementwise chain error {ef}");
+        assert_eq!(el, 0.0);
+    }
+    Ok(())
+}
+
+#[test]
+fn edge_conv_matrix_and_diagonal_match_cpu() -> Result<(), Error> {
+    let mut r = rng();
+    let (n, m, e) = (
+        r.gen_range(4..40),
+        r.gen_range(3..40),
+        r.gen_range(300..600),
+    );
+    let (ci, co) = (r.gen_range(1..9), r.gen_range(1..7));
+    let x = rand_vec(&mut r, m * ci);
+    let xd = rand_vec(&mut r, m * co);
+    let (w, wd) = (rand_vec(&mut r, e * co * ci), rand_vec(&mut r, e * co));
+    let (src, dst) = (rand_idx(&mut r, e, m), rand_idx(&mut r, e, n));
+    let mut s = Session::new();
+    s.set_dim('n', n);
+    let xt = s.input::<(Dyn<'m'>, Dyn<'i'>)>("x", InputKind::Values);
+    let xdt = s.input::<(Dyn<'m'>, Dyn<'o'>)>("xd", InputKind::Values);
+    let wt = s.input::<(Dyn<'e'>, Dyn<'o'>, Dyn<'i'>)>("w", InputKind::Values);
+    let wdt = s.input::<(Dyn<'e'>, Dyn<'o'>)>("wd", InputKind::Values);
+    let st = s.input::<(Dyn<'e'>,)>(
+        "src",
+        InputKind::Indices {
+            bound: IndexBound::Dim('m'),
+            allow_missing: true,
+        },
+    );
+    let dt = s.input::<(Dyn<'e'>,)>("dst", indices('n'));
+    s.output(
+        "mat",
+        se3_core::ops::edge_conv::<Dyn<'n'>, _, _, _, _>(xt, wt, st, dt),
+    );
+    s.output(
+        "diag",
+        se3_core::ops::edge_conv_diag::<Dyn<'n'>, _, _, _>(xdt, wdt, st, dt),
+    );
+    s.set("x", x.clone(), &[m, ci])?;
+    s.set("xd", xd.clone(), &[m, co])?;
+    s.set("w", w.clone(), &[e, co, ci])?;
+    s.set("wd", wd.clone(), &[e, co])?;
+    s.set("src", src.clone(), &[e])?;
+    s.set("dst", dst.clone(), &[e])?;
+    s.run()?;
+    let (want_mat, want_diag) = (s.get("mat")?.data, s.get("diag")?.data);
+    for l in LAUNCHES {
+        let em = max_err(
+            &shim::edge_conv(l, &x, &w, &src, &dst, n, ci, co, false),
+            &want_mat,
+        );
+        let ed = max_err(
+            &shim::edge_conv(l, &xd, &wd, &src, &dst, n, co, co, true),
+            &want_diag,
+        );
+        println!("edge_conv_sorted {l:?}: max error matrix {em:e}, diagonal {ed:e}");
+        assert!(em < 1e-5, "edge_conv error {em}");
+        assert_eq!(ed, 0.0);
+    }
+    Ok(())
+}
