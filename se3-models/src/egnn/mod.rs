@@ -292,6 +292,8 @@ fn check_ids(name: &'static str, ids: &[i64], bound: usize) -> Result<(), Error>
 /// An [`Egnn`] with its compiled graphs, one set per input layout.
 pub struct CompiledEgnn {
     model: Egnn,
+    /// Wrap every operator in a timer ([`se3_core::exec::profile`]).
+    profile: bool,
     embed: HashMap<(usize, usize, bool), Session>,
     layers: HashMap<Layout, Vec<Session>>,
 }
@@ -309,9 +311,16 @@ impl CompiledEgnn {
     pub fn new(model: Egnn) -> Self {
         CompiledEgnn {
             model,
+            profile: false,
             embed: HashMap::new(),
             layers: HashMap::new(),
         }
+    }
+
+    /// Times every operator of the layer graphs compiled from now on (records in
+    /// [`se3_core::exec::profile`]; for benchmarks).
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on;
     }
 
     /// The model.
@@ -637,7 +646,14 @@ impl CompiledEgnn {
             let o = layer.build(&mut s, "", feats, coors, &nb)?;
             s.output("feats", o.feats);
             s.output("coors", o.coors);
-            s.compile();
+            if self.profile {
+                s.compile_with((
+                    se3_core::exec::CpuCompiler::default(),
+                    se3_core::exec::profile::Instrument,
+                ));
+            } else {
+                s.compile();
+            }
             out.push(s);
         }
         Ok(out)
