@@ -164,3 +164,39 @@ fn features_of_the_wrong_kind_are_refused() {
         "{e:?}"
     );
 }
+
+#[test]
+fn expected_keys_are_exactly_the_reference_checkpoints() -> Result<(), Error> {
+    use se3_models::egnn::EgnnKind;
+    let mut dirs: Vec<_> = [
+        "egnn_layer_coors_only",
+        "egnn_layer_feats_only",
+        "egnn_net_adj_global",
+        "egnn_net_edges",
+    ]
+    .iter()
+    .map(|n| dir(n))
+    .collect();
+    let extra = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/extra_reference/egnn");
+    for e in std::fs::read_dir(&extra).map_err(|source| Error::Io {
+        path: extra.display().to_string(),
+        source,
+    })? {
+        let p = e
+            .map_err(|source| Error::Io {
+                path: extra.display().to_string(),
+                source,
+            })?
+            .path();
+        if p.join("weights.safetensors").exists() {
+            dirs.push(p);
+        }
+    }
+    for d in dirs {
+        let file = ModelFile::load(d.join("config.json"))?;
+        let weights = StateDict::load(d.join("weights.safetensors"))?;
+        weights.check_keys(&Egnn::expected_keys(&EgnnKind::from_file(&file)?))?;
+    }
+    Ok(())
+}

@@ -11,6 +11,8 @@ pub enum BenchTarget {
     Engine,
     /// The graph layers: Conv (0:32, 1:16, 2:8) on 512 nodes x 16 neighbours.
     Layers,
+    /// The EGNN_Network of egnn-pytorch at the sizes of the PyTorch baseline (512 nodes).
+    Egnn,
     /// The SE(3)-Transformer at the sizes of the PyTorch baseline: time, peak memory, ratios.
     Se3Transformer {
         /// Run only this case, in this process (used by the benchmark's child processes).
@@ -25,6 +27,7 @@ pub fn run(target: BenchTarget) -> Result<(), super::CliError> {
         BenchTarget::Math => super::bench_math::run(),
         BenchTarget::Engine => super::bench_engine::run(),
         BenchTarget::Layers => super::bench_layers::run(),
+        BenchTarget::Egnn => super::bench_egnn::run(),
         BenchTarget::Se3Transformer { case } => super::bench_se3t::run(case.as_deref()),
     }
 }

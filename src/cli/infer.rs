@@ -2,8 +2,9 @@
 //! `inputs.safetensors`, writing its outputs to a safetensors file.
 //!
 //! The model kind comes from the config's `library` field (and `class`): se3-transformer-pytorch's
-//! `SE3Transformer` and the ConvSE3 + NormSE3 TFN stack run; other libraries of the zoo give a
-//! one-line "not supported yet" error. Inputs are read under the names of the config's
+//! `SE3Transformer`, the ConvSE3 + NormSE3 TFN stack and egnn-pytorch's `EGNN` / `EGNN_Network`
+//! (compiled graphs only; `--engine oracle` runs them on the same graphs) run; other libraries of
+//! the zoo give a one-line "not supported yet" error. Inputs are read under the names of the config's
 //! `forward_kwargs.tensors` (as in the reference `inputs.safetensors`) and validated (shapes,
 //! NaN coordinates, empty graphs, mask/length mismatches). Outputs are named as the reference
 //! outputs without their `_f64`/`_f32` suffix (`out`, `type0`, `type1`, ...).

@@ -119,3 +119,66 @@ impl DenseLinear {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::InputKind;
+    use crate::testing::rng;
+    use rand::Rng;
+
+    #[test]
+    fn column_blocks_sum_to_the_whole_layer() -> Result<(), Error> {
+        let (mut r, seed) = rng();
+        let (rows, a, b, out) = (5, 3, 4, 6);
+        let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| r.gen_range(-1.0..1.0)).collect() };
+        let layer = DenseLinear {
+            weight: Param::new("w".into(), vec![out, a + b], draw(out * (a + b)))?,
+            bias: Some(Param::new("b".into(), vec![out], draw(out))?),
+        };
+        let x = draw(rows * (a + b));
+        let (xa, xb): (Vec<f32>, Vec<f32>) = (
+            x.chunks(a + b).flat_map(|c| c[..a].to_vec()).collect(),
+            x.chunks(a + b).flat_map(|c| c[a..].to_vec()).collect(),
+        );
+        let mut s = Session::new();
+        let t =
+            s.input_with_shape::<(X, X)>("x", InputKind::Values, &[rows.into(), (a + b).into()]);
+        let ta = s.input_with_shape::<(X, X)>("xa", InputKind::Values, &[rows.into(), a.into()]);
+        let tb = s.input_with_shape::<(X, X)>("xb", InputKind::Values, &[rows.into(), b.into()]);
+        let whole = layer.build(&mut s, "", t)?;
+        let first = DenseLinear {
+            weight: layer.columns(0, a)?.weight,
+            bias: layer.bias.clone(),
+        };
+        // A session weight is declared once per name: the second use gets its own prefix.
+        let parts =
+            first.build(&mut s, "p.", ta)? + layer.columns(a, a + b)?.build(&mut s, "p.", tb)?;
+        s.output("whole", whole);
+        s.output("parts", parts);
+        s.set("x", x.clone(), &[rows, a + b])?;
+        s.set("xa", xa, &[rows, a])?;
+        s.set("xb", xb, &[rows, b])?;
+        s.run()?;
+        let (w, p) = (s.get("whole")?.data, s.get("parts")?.data);
+        for i in 0..rows {
+            for o in 0..out {
+                let want: f32 = (0..a + b)
+                    .map(|c| x[i * (a + b) + c] * layer.weight.data[o * (a + b) + c])
+                    .sum::<f32>()
+                    + layer.bias.as_ref().map_or(0.0, |b| b.data[o]);
+                let (gw, gp) = (w[i * out + o], p[i * out + o]);
+                assert!(
+                    (gw - want).abs() < 1e-5,
+                    "seed {seed}: x W^T + b ({gw} vs {want})"
+                );
+                assert!(
+                    (gp - want).abs() < 1e-5,
+                    "seed {seed}: column blocks ({gp} vs {want})"
+                );
+            }
+        }
+        assert!(layer.columns(2, 9).is_err());
+        Ok(())
+    }
+}

@@ -29,7 +29,7 @@
 use luminal::prelude::*;
 
 use super::dense::DenseLinear;
-use super::graph::{constant, dims, expand_at, layer_norm, reshape, Param, ParamSource, X};
+use super::graph::{dims, expand_at, layer_norm, reshape, Param, ParamSource, X};
 use crate::exec::Session;
 use crate::ops::gather;
 use crate::Error;
@@ -113,8 +113,6 @@ pub struct EgnnNeighborhood {
 #[derive(Debug, Clone)]
 pub struct EgnnLayer {
     options: EgnnOptions,
-    /// The checkpoint prefix the layer was loaded from (names its constants).
-    key_prefix: String,
     edge_in: DenseLinear,
     edge_out: DenseLinear,
     edge_gate: Option<DenseLinear>,
@@ -205,7 +203,6 @@ impl EgnnLayer {
         };
         Ok(EgnnLayer {
             options: options.clone(),
-            key_prefix: prefix.to_string(),
             edge_in,
             edge_out,
             edge_gate,
@@ -223,50 +220,48 @@ impl EgnnLayer {
         &self.options
     }
 
-    /// `phi(d)` for squared distances `d` `[edges]`: `[edges, 2 F + 1]`.
-    fn distance_features(
+    /// The columns of `phi(d)` for squared distances `d` `[edges]`: `2 F + 1` tensors
+    /// `[edges]`, `sin(d / 2^f)`, then `cos(d / 2^f)` (as `sin(d / 2^f + pi / 2)`), then `d`.
+    fn distance_features(&self, d: GraphTensor<(X,)>) -> Vec<GraphTensor<(X,)>> {
+        let f = self.options.fourier_features;
+        let mut cols = Vec::with_capacity(2 * f + 1);
+        for phase in [0.0, std::f32::consts::FRAC_PI_2] {
+            for q in 0..f {
+                let scale = 0.5f32.powi(q as i32);
+                cols.push((d * scale + phase).sin());
+            }
+        }
+        cols.push(d);
+        cols
+    }
+
+    /// `sum_c x_c W[:, c]` for narrow inputs given as columns `x_c` `[edges]` and the matching
+    /// input columns `start..` of `layer` (`[edges, out]`), as broadcast products (a matrix
+    /// product with an inner size of a few columns is all overhead).
+    fn narrow_product(
         &self,
         s: &mut Session,
         prefix: &str,
-        d: GraphTensor<(X,)>,
+        layer: &DenseLinear,
+        start: usize,
+        cols: &[GraphTensor<(X,)>],
     ) -> Result<GraphTensor<(X, X)>, Error> {
-        let f = self.options.fourier_features;
-        let w = self.options.distance_width();
-        let edges = dims(d)[0];
-        let d2: GraphTensor<(X, X)> = expand_at(d, 1, w);
-        if f == 0 {
-            return Ok(d2);
+        let out = layer.output();
+        let mut acc: Option<GraphTensor<(X, X)>> = None;
+        for (c, x) in cols.iter().enumerate() {
+            let block = layer.columns(start + c, start + c + 1)?;
+            let w = Param::new(block.weight.key.clone(), vec![out], block.weight.data)?;
+            let w: GraphTensor<(X,)> = w.declare(s, prefix)?;
+            let edges = dims(*x)[0];
+            let term = expand_at::<_, (X, X)>(*x, 1, out) * expand_at::<_, (X, X)>(w, 0, edges);
+            acc = Some(match acc {
+                Some(a) => a + term,
+                None => term,
+            });
         }
-        // sin(d s + phase) on the first 2F columns (cos x = sin(x + pi/2)), d on the last.
-        let mut scale = vec![0.0f32; w];
-        let mut phase = vec![0.0f32; w];
-        let mut trig = vec![0.0f32; w];
-        let mut linear = vec![0.0f32; w];
-        for q in 0..f {
-            let sc = 0.5f32.powi(q as i32);
-            scale[q] = sc;
-            scale[f + q] = sc;
-            phase[f + q] = std::f32::consts::FRAC_PI_2;
-            trig[q] = 1.0;
-            trig[f + q] = 1.0;
-        }
-        linear[2 * f] = 1.0;
-        let mut row = |name: &str, v: Vec<f32>| -> Result<GraphTensor<(X, X)>, Error> {
-            let t: GraphTensor<(X,)> = constant(
-                s,
-                &format!("{prefix}{}fourier.{name}", self.key_prefix),
-                v,
-                &[w],
-            )?;
-            Ok(expand_at(t, 0, edges))
-        };
-        let (scale, phase, trig, linear) = (
-            row("scale", scale)?,
-            row("phase", phase)?,
-            row("trig", trig)?,
-            row("linear", linear)?,
-        );
-        Ok(((d2 * scale + phase).contiguous().sin() * trig) + d2 * linear)
+        acc.ok_or(Error::Empty {
+            what: "distance features",
+        })
     }
 
     /// Builds the layer on `feats` `[rows, dim]` and `coors` `[rows, 3]` with the
@@ -286,10 +281,16 @@ impl EgnnLayer {
         let (dim, k) = (o.dim, nb.k);
         let rows = dims(feats)[0];
         let edges = rows * k;
-        let per_edge = |t: GraphTensor<(X, X)>| -> GraphTensor<(X, X)> {
+        // Edge tensors are built as [rows, k, width] (a node term is a broadcast view, a
+        // per-edge term a free reshape) and flattened to [rows * k, width] once summed.
+        let node_term = |t: GraphTensor<(X, X)>| -> GraphTensor<(X, X, X)> { expand_at(t, 1, k) };
+        let edge_term = |t: GraphTensor<(X, X)>| -> GraphTensor<(X, X, X)> {
             let w = dims(t)[1];
-            let t3: GraphTensor<(X, X, X)> = expand_at(t, 1, k);
-            reshape(t3, &[edges, w])
+            reshape(t, &[rows, k.into(), w])
+        };
+        let flat = |t: GraphTensor<(X, X, X)>| -> GraphTensor<(X, X)> {
+            let w = dims(t)[2];
+            reshape(t, &[edges, w])
         };
         let per_node = |t: GraphTensor<(X, X)>| -> GraphTensor<(X, X)> {
             let w = dims(t)[1];
@@ -298,9 +299,8 @@ impl EgnnLayer {
         };
 
         // Geometry of every edge.
-        let x_i = per_edge(coors);
         let x_j: GraphTensor<(X, X)> = gather(coors, nb.src);
-        let rel = x_i - x_j;
+        let rel = flat(node_term(coors) - edge_term(x_j));
         let d: GraphTensor<(X,)> = (rel * rel).sum_reduce::<(X,), Axis<1>>();
 
         // Edge MLP input layer, block by block.
@@ -317,13 +317,10 @@ impl EgnnLayer {
             .edge_in
             .columns(dim, 2 * dim)?
             .build(s, prefix, feats)?;
-        let phi = self.distance_features(s, prefix, d)?;
-        let mut pre = per_edge(h_i)
-            + gather::<X, X, X>(h_j, nb.src)
-            + self
-                .edge_in
-                .columns(2 * dim, first)?
-                .build(s, prefix, phi)?;
+        let phi = self.distance_features(d);
+        let mut pre = node_term(h_i)
+            + edge_term(gather::<X, X, X>(h_j, nb.src))
+            + edge_term(self.narrow_product(s, prefix, &self.edge_in, 2 * dim, &phi)?);
         for feature in &nb.edge_features {
             let term = match *feature {
                 EdgeFeature::Dense(t) => {
@@ -340,7 +337,7 @@ impl EgnnLayer {
                     gather::<X, X, X>(projected, ids)
                 }
             };
-            pre += term;
+            pre += edge_term(term);
         }
         if at != first + e_w {
             return Err(Error::ShapeMismatch {
@@ -349,7 +346,7 @@ impl EgnnLayer {
                 found: vec![at - first],
             });
         }
-        let hidden = pre.swish();
+        let hidden = flat(pre).swish();
         let mut m = self.edge_out.build(s, prefix, hidden)?.swish();
         if let Some(gate) = &self.edge_gate {
             let g = gate.build(s, prefix, m)?.sigmoid();

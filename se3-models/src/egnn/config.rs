@@ -367,3 +367,92 @@ impl EgnnNetworkConfig {
         every > 0 && index.is_multiple_of(every)
     }
 }
+
+/// `(key, shape)` of one parameter.
+pub type KeyShape = (String, Vec<usize>);
+
+impl EgnnConfig {
+    /// The state-dict keys and shapes of one `EGNN` layer under `prefix`, whose edge features are
+    /// `edge_dim` wide in total.
+    pub fn expected_keys(&self, prefix: &str, edge_dim: usize) -> Vec<KeyShape> {
+        let o = self.options(edge_dim);
+        let (dim, m, e) = (o.dim, o.m_dim, o.edge_input_width());
+        let mut keys = Vec::new();
+        let mut linear = |name: &str, input: usize, output: usize| {
+            keys.push((format!("{prefix}{name}.weight"), vec![output, input]));
+            keys.push((format!("{prefix}{name}.bias"), vec![output]));
+        };
+        linear("edge_mlp.0", e, 2 * e);
+        linear("edge_mlp.3", 2 * e, m);
+        if o.soft_edges {
+            linear("edge_gate.0", m, 1);
+        }
+        if o.update_feats {
+            linear("node_mlp.0", dim + m, 2 * dim);
+            linear("node_mlp.3", 2 * dim, dim);
+        }
+        if o.update_coors {
+            linear("coors_mlp.0", m, 4 * m);
+            linear("coors_mlp.3", 4 * m, 1);
+        }
+        if o.norm_feats {
+            keys.push((format!("{prefix}node_norm.weight"), vec![dim]));
+            keys.push((format!("{prefix}node_norm.bias"), vec![dim]));
+        }
+        if o.norm_coors {
+            keys.push((format!("{prefix}coors_norm.scale"), vec![1]));
+        }
+        keys
+    }
+}
+
+impl EgnnNetworkConfig {
+    /// The state-dict keys and shapes of the network (egnn-pytorch's names).
+    pub fn expected_keys(&self) -> Vec<KeyShape> {
+        let (net, dim) = (&self.net, self.layer.dim);
+        let mut keys = Vec::new();
+        let mut table = |key: &str, rows: Option<usize>, width: usize| {
+            if let Some(r) = rows {
+                keys.push((key.to_string(), vec![r, width]));
+            }
+        };
+        table("token_emb.weight", net.num_tokens, dim);
+        table("pos_emb.weight", net.num_positions, dim);
+        table("edge_emb.weight", net.num_edge_tokens, self.layer.edge_dim);
+        table(
+            "adj_emb.weight",
+            net.num_adj_degrees
+                .filter(|_| net.adj_dim > 0)
+                .map(|d| d + 1),
+            net.adj_dim,
+        );
+        if net.global_linear_attn_every > 0 {
+            keys.push(("global_tokens".into(), vec![net.num_global_tokens, dim]));
+        }
+        let inner = net.global_linear_attn_heads * net.global_linear_attn_dim_head;
+        for i in 0..net.depth {
+            if self.is_global_layer(i) {
+                let p = format!("layers.{i}.0.");
+                for norm in ["norm_seq", "norm_queries", "ff.0"] {
+                    keys.push((format!("{p}{norm}.weight"), vec![dim]));
+                    keys.push((format!("{p}{norm}.bias"), vec![dim]));
+                }
+                for attn in ["attn1", "attn2"] {
+                    keys.push((format!("{p}{attn}.to_q.weight"), vec![inner, dim]));
+                    keys.push((format!("{p}{attn}.to_kv.weight"), vec![2 * inner, dim]));
+                    keys.push((format!("{p}{attn}.to_out.weight"), vec![dim, inner]));
+                    keys.push((format!("{p}{attn}.to_out.bias"), vec![dim]));
+                }
+                keys.push((format!("{p}ff.1.weight"), vec![4 * dim, dim]));
+                keys.push((format!("{p}ff.1.bias"), vec![4 * dim]));
+                keys.push((format!("{p}ff.3.weight"), vec![dim, 4 * dim]));
+                keys.push((format!("{p}ff.3.bias"), vec![dim]));
+            }
+            keys.extend(self.layer.expected_keys(
+                &format!("layers.{i}.1."),
+                self.layer.edge_dim + self.adj_width(),
+            ));
+        }
+        keys
+    }
+}

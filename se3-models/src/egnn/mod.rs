@@ -23,7 +23,7 @@ use se3_core::layers::{
     EdgeFeature, EgnnLayer, EgnnNeighborhood, GlobalLinearAttention, GlobalSizes, Param,
 };
 
-pub use config::{EgnnConfig, EgnnNetworkConfig, NetworkKwargs};
+pub use config::{EgnnConfig, EgnnNetworkConfig, KeyShape, NetworkKwargs};
 use selection::{Selection, SelectionRule};
 
 use crate::checkpoint::{StateDict, Tensor};
@@ -71,6 +71,30 @@ struct Layout {
     adj_labels: bool,
 }
 
+impl EgnnKind {
+    /// The class named by `file` with its parsed constructor kwargs.
+    ///
+    /// # Errors
+    /// `InvalidConfig` (`class`) for another class; the config errors.
+    pub fn from_file(file: &ModelFile) -> Result<Self, Error> {
+        if file.class.ends_with("EGNN_Network") {
+            Ok(EgnnKind::Network(EgnnNetworkConfig::from_kwargs(
+                &file.constructor_kwargs,
+            )?))
+        } else if file.class.ends_with("EGNN") {
+            Ok(EgnnKind::Layer(EgnnConfig::from_kwargs(
+                &file.constructor_kwargs,
+            )?))
+        } else {
+            Err(Error::InvalidConfig {
+                field: "class",
+                expected: "egnn_pytorch.EGNN or egnn_pytorch.EGNN_Network",
+                found: file.class.clone(),
+            })
+        }
+    }
+}
+
 impl Egnn {
     /// Whether `file` is an egnn-pytorch model.
     pub fn handles(file: &ModelFile) -> bool {
@@ -86,18 +110,7 @@ impl Egnn {
     /// `InvalidConfig` (`class`) for another class; config errors; `MissingKey`, `WrongShape`,
     /// `UnexpectedKey` for a checkpoint that is not the model's.
     pub fn from_parts(file: &ModelFile, weights: &StateDict) -> Result<Self, Error> {
-        let kind = if file.class.ends_with("EGNN_Network") {
-            EgnnKind::Network(EgnnNetworkConfig::from_kwargs(&file.constructor_kwargs)?)
-        } else if file.class.ends_with("EGNN") {
-            EgnnKind::Layer(EgnnConfig::from_kwargs(&file.constructor_kwargs)?)
-        } else {
-            return Err(Error::InvalidConfig {
-                field: "class",
-                expected: "egnn_pytorch.EGNN or egnn_pytorch.EGNN_Network",
-                found: file.class.clone(),
-            });
-        };
-        Self::load(kind, weights)
+        Self::load(EgnnKind::from_file(file)?, weights)
     }
 
     /// Builds the model of `kind` from `weights` (egnn-pytorch's state-dict keys).
@@ -167,6 +180,45 @@ impl Egnn {
         }
         src.finish()?;
         Ok(model)
+    }
+
+    /// The state-dict keys and shapes of `kind` (egnn-pytorch's names).
+    pub fn expected_keys(kind: &EgnnKind) -> Vec<config::KeyShape> {
+        match kind {
+            EgnnKind::Layer(c) => c.expected_keys("", c.edge_dim),
+            EgnnKind::Network(c) => c.expected_keys(),
+        }
+    }
+
+    /// A model of `kind` with random weights: matrices `U(-1, 1) / sqrt(fan_in)`, vectors
+    /// `1 + U(-0.1, 0.1)` (LayerNorm weights) or `U(-0.1, 0.1)`, embeddings `U(-1, 1)`.
+    ///
+    /// # Errors
+    /// As [`Egnn::load`] (none for a config that parsed).
+    pub fn random(kind: EgnnKind, rng: &mut impl rand::Rng) -> Result<Self, Error> {
+        let mut sd = StateDict::new();
+        for (key, shape) in Self::expected_keys(&kind) {
+            let n: usize = shape.iter().product();
+            let data = match shape.as_slice() {
+                [_, fan] if !key.contains("emb") && key != "global_tokens" => {
+                    let s = 1.0 / (*fan.max(&1) as f64).sqrt();
+                    (0..n).map(|_| s * rng.gen_range(-1.0..1.0)).collect()
+                }
+                [_] if key.ends_with("norm_seq.weight")
+                    || key.ends_with("norm_queries.weight")
+                    || key.ends_with("ff.0.weight")
+                    || key.ends_with("node_norm.weight") =>
+                {
+                    (0..n)
+                        .map(|_| 1.0 + 0.1 * rng.gen_range(-1.0..1.0))
+                        .collect()
+                }
+                [_] => (0..n).map(|_| 0.1 * rng.gen_range(-1.0..1.0)).collect(),
+                _ => (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect(),
+            };
+            sd.insert(key, Tensor::new(shape, data)?);
+        }
+        Self::load(kind, &sd)
     }
 
     /// The class and its config.
@@ -240,6 +292,8 @@ fn check_ids(name: &'static str, ids: &[i64], bound: usize) -> Result<(), Error>
 /// An [`Egnn`] with its compiled graphs, one set per input layout.
 pub struct CompiledEgnn {
     model: Egnn,
+    /// Wrap every operator in a timer ([`se3_core::exec::profile`]).
+    profile: bool,
     embed: HashMap<(usize, usize, bool), Session>,
     layers: HashMap<Layout, Vec<Session>>,
 }
@@ -257,9 +311,16 @@ impl CompiledEgnn {
     pub fn new(model: Egnn) -> Self {
         CompiledEgnn {
             model,
+            profile: false,
             embed: HashMap::new(),
             layers: HashMap::new(),
         }
+    }
+
+    /// Times every operator of the layer graphs compiled from now on (records in
+    /// [`se3_core::exec::profile`]; for benchmarks).
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on;
     }
 
     /// The model.
@@ -585,7 +646,14 @@ impl CompiledEgnn {
             let o = layer.build(&mut s, "", feats, coors, &nb)?;
             s.output("feats", o.feats);
             s.output("coors", o.coors);
-            s.compile();
+            if self.profile {
+                s.compile_with((
+                    se3_core::exec::CpuCompiler::default(),
+                    se3_core::exec::profile::Instrument,
+                ));
+            } else {
+                s.compile();
+            }
             out.push(s);
         }
         Ok(out)
