@@ -38,12 +38,42 @@ pub use relu::VnRelu;
 
 use luminal::prelude::{symbolic::Expression, *};
 
-use super::graph::{dims, expand_at, mm, reshape, transpose, Param, X};
+use super::graph::{add_views, dims, expand_at, mm, reshape, transpose, Param, X};
 use crate::exec::Session;
 use crate::Error;
 
 /// VN features on a graph: `[batch, nodes, components, channels]`.
 pub type VnTensor = GraphTensor<(X, X, X, X)>;
+
+/// Coordinates `[b, n, 3]` and optional invariant features `[b, n, F]` as one VN channel of
+/// `3 + F` components, `[b, n, 3 + F, 1]` (the library's `cat((coors, feats), -1)` followed by
+/// `'... c -> ... 1 c'`). Rotating the coordinates rotates the first three components.
+pub fn lift_points(
+    coors: GraphTensor<(X, X, X)>,
+    feats: Option<GraphTensor<(X, X, X)>>,
+) -> VnTensor {
+    let d = dims(coors);
+    let x = match feats {
+        None => coors.contiguous(),
+        Some(f) => {
+            let w = dims(f)[2];
+            let zero: Expression = 0.into();
+            let a: GraphTensor<(X, X, X)> = coors
+                .contiguous()
+                .pad::<(X, X, X), Expression, Expression>(&[(zero, zero), (zero, zero), (zero, w)]);
+            let b: GraphTensor<(X, X, X)> = f
+                .contiguous()
+                .pad::<(X, X, X), Expression, Expression>(&[
+                    (zero, zero),
+                    (zero, zero),
+                    (d[2], zero),
+                ]);
+            add_views(a, b)
+        }
+    };
+    let k = dims(x)[2];
+    reshape(x, &[d[0], d[1], k, 1.into()])
+}
 
 /// `y[.., o] = sum_i w[o, i] x[.., i]` over the channel (last) axis of `x`, `w` declared as the
 /// session weight `<prefix><key of w>`.
