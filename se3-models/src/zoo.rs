@@ -12,6 +12,7 @@ use crate::se3_transformer::{
 };
 use crate::tfn::graph::{TfnGraph, TfnSession};
 use crate::tfn::{TfnStack, TfnStackConfig};
+use crate::vn_transformer::{VnSession, VnTransformer, VnTransformerConfig};
 use crate::Error;
 
 /// A loaded model of any supported kind, with its forward literals.
@@ -21,6 +22,8 @@ pub enum Model {
     Se3Transformer(Box<Se3Transformer>, Se3TransformerForward),
     /// ConvSE3 + NormSE3 stack.
     TfnStack(Box<TfnStack>),
+    /// VN-transformer `VNTransformer` (runs as a compiled float32 graph; there is no oracle).
+    VnTransformer(Box<VnTransformer>),
 }
 
 impl Model {
@@ -42,10 +45,15 @@ impl Model {
             Ok(Self::TfnStack(Box::new(TfnStack::from_state_dict(
                 &cfg, weights,
             )?)))
+        } else if file.is_vn_transformer() {
+            let cfg = VnTransformerConfig::from_kwargs(&file.constructor_kwargs)?;
+            Ok(Self::VnTransformer(Box::new(
+                VnTransformer::from_state_dict(&cfg, weights)?,
+            )))
         } else {
             Err(Error::InvalidConfig {
                 field: "class",
-                expected: "SE3Transformer or TFNStack",
+                expected: "SE3Transformer, TFNStack or VNTransformer",
                 found: file.class.clone(),
             })
         }
@@ -72,6 +80,7 @@ impl Model {
         match self {
             Self::Se3Transformer(m, _) => m.set_qj_signs(signs),
             Self::TfnStack(m) => m.set_qj_signs(signs),
+            Self::VnTransformer(_) => Ok(()),
         }
     }
 
@@ -92,6 +101,7 @@ impl Model {
         match self {
             Self::Se3Transformer(m, fwd) => m.forward(inputs, fwd),
             Self::TfnStack(m) => m.forward(inputs),
+            Self::VnTransformer(m) => m.forward(inputs),
         }
     }
 }
@@ -117,6 +127,8 @@ pub enum CompiledModel {
     Se3Transformer(Box<CompiledSe3Transformer>, Se3TransformerForward),
     /// The ConvSE3 + NormSE3 stack as a graph session.
     TfnStack(Box<TfnSession>),
+    /// The VN-Transformer with its graphs.
+    VnTransformer(Box<VnSession>),
 }
 
 impl CompiledModel {
@@ -135,6 +147,7 @@ impl CompiledModel {
                 let graph = TfnGraph::from_state_dict(&cfg, weights)?;
                 Ok(Self::TfnStack(Box::new(graph.compile()?)))
             }
+            Model::VnTransformer(m) => Ok(Self::VnTransformer(Box::new(m.compile()))),
         }
     }
 
@@ -161,6 +174,7 @@ impl CompiledModel {
                 })
             }
             Model::TfnStack(_) => Self::from_parts(file, weights),
+            Model::VnTransformer(m) => Ok(Self::VnTransformer(Box::new(m.compile()))),
         }
     }
 
@@ -172,6 +186,7 @@ impl CompiledModel {
         match self {
             Self::Se3Transformer(m, fwd) => m.forward(inputs, fwd),
             Self::TfnStack(s) => s.forward(inputs),
+            Self::VnTransformer(s) => s.forward(inputs),
         }
     }
 }
