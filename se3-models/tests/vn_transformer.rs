@@ -51,7 +51,13 @@ fn parity(folder: &Path) -> Result<f64, Error> {
         })?;
         assert_eq!(g.shape, t.shape, "{}: output {base}", folder.display());
         let e = max_rel(&g.data, &t.data);
-        println!("{} {base}: max rel err {e:.2e}", folder.display());
+        let torch_f32 = want
+            .get(&format!("{base}_f32"))
+            .map_or(f64::NAN, |w| max_rel(&w.data, &t.data));
+        println!(
+            "{} {base}: max rel err {e:.2e} (torch float32: {torch_f32:.2e})",
+            folder.display()
+        );
         worst = worst.max(e);
         seen += 1;
     }
@@ -65,5 +71,82 @@ fn vn_transformer_matches_the_reference_models() -> Result<(), Error> {
         let e = parity(&reference_dir(name))?;
         assert!(e < 1e-4, "{name}: max rel err {e:.3e}");
     }
+    Ok(())
+}
+
+/// The generated cases: `SE3_VN_EXTRA_DIR` (a full local run of `generate.py`) or the committed
+/// ones.
+fn extra_dir() -> PathBuf {
+    std::env::var_os("SE3_VN_EXTRA_DIR").map_or_else(
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/extra_reference/vn_transformer/cases")
+        },
+        PathBuf::from,
+    )
+}
+
+#[test]
+fn vn_transformer_matches_random_configs_of_every_option() -> Result<(), Error> {
+    let dir = extra_dir();
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|source| Error::Io {
+            path: dir.display().to_string(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("config.json").is_file())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 5, "generated cases in {}", dir.display());
+    let mut worst = (0.0f64, String::new());
+    let mut failed = Vec::new();
+    for case in &cases {
+        let e = parity(case)?;
+        if e > worst.0 {
+            worst = (e, case.display().to_string());
+        }
+        if e >= 1e-4 {
+            failed.push(format!("{}: {e:.2e}", case.display()));
+        }
+    }
+    println!("{} cases, worst max rel err {:.2e} ({})", cases.len(), worst.0, worst.1);
+    assert!(failed.is_empty(), "max rel err >= 1e-4: {failed:?}");
+    Ok(())
+}
+
+#[test]
+fn configs_the_library_rejects_are_typed_errors() -> Result<(), Error> {
+    let path = extra_dir().join("rejected.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&text).map_err(|source| Error::ConfigParse {
+            path: path.display().to_string(),
+            source,
+        })?;
+    assert!(!list.is_empty());
+    for entry in &list {
+        let kw = &entry["constructor_kwargs"];
+        let err = VnTransformerConfig::from_kwargs(kw);
+        println!("{kw} -> {err:?} (torch: {})", entry["torch_error"]);
+        assert!(
+            matches!(
+                err,
+                Err(Error::InvalidConfig { .. }
+                    | Error::UnknownKwarg { .. }
+                    | Error::ConfigParse { .. })
+            ),
+            "{kw}: {err:?}"
+        );
+    }
+    // and what se3 cannot take although the library does
+    let three_d = serde_json::json!({"dim": 4, "depth": 1, "dim_coor": 2});
+    assert!(matches!(
+        VnTransformerConfig::from_kwargs(&three_d),
+        Err(Error::InvalidConfig { field: "dim_coor", .. })
+    ));
     Ok(())
 }

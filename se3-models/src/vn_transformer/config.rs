@@ -50,7 +50,9 @@ pub struct VnTransformerConfig {
     /// Attention logits from negative squared distances (ties `to_k` to `to_q`).
     #[serde(default)]
     pub l2_dist_attn: bool,
-    /// PyTorch's fused attention kernel: the same softmax attention.
+    /// PyTorch's fused attention kernel: the same softmax attention, except that a node whose
+    /// keys are all masked gets a zero attention output (torch's `scaled_dot_product_attention`)
+    /// instead of the uniform average of the library's own path.
     #[serde(default)]
     pub flash_attn: bool,
     /// Subtract the coordinates' mean (over batch and nodes) and add it back to the output.

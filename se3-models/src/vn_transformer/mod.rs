@@ -91,6 +91,8 @@ impl VnTransformer {
         let proj_in = VnLinear::load(&mut src, "vn_proj_in.1.", 1, dim, eps)?;
         let kind = if cfg.l2_dist_attn {
             VnAttentionKind::L2Distance
+        } else if cfg.flash_attn {
+            VnAttentionKind::FusedDotProduct
         } else {
             VnAttentionKind::DotProduct
         };

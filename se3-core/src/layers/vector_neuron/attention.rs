@@ -11,8 +11,13 @@ use crate::Error;
 /// `dim_head x components` block of a head, flattened) with `s = (dim_head * components)^-1/2`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VnAttentionKind {
-    /// `s <q_i, k_j>` (also the library's `flash = True`: the same softmax attention).
+    /// `s <q_i, k_j>`; a query whose keys are all masked attends uniformly to every key (the
+    /// library's `-finfo.max` fill).
     DotProduct,
+    /// `s <q_i, k_j>` as PyTorch's fused `scaled_dot_product_attention` (the library's
+    /// `flash = True`): the same softmax attention, except that a query whose keys are all
+    /// masked gets a zero output (torch 2.15 CPU).
+    FusedDotProduct,
     /// `2 s <q_i, k_j> - |q_i|^2 - |k_j|^2` (`l2_dist_attn`; the scale multiplies the dot
     /// product only), with `to_k` tied to `to_q`.
     L2Distance,
@@ -23,7 +28,8 @@ pub enum VnAttentionKind {
 /// `Q = to_q(x)`, `K = to_k(x)`, `V = to_v(x)` are [`VnLinear`] maps `dim -> heads * dim_head`;
 /// channel `h * dim_head + d` belongs to head `h` (`(h d) c -> h (d c)`). Per head, logits
 /// `L_ij` as [`VnAttentionKind`], keys `j` with `mask_j = 0` get `-1e30` (so a row with every
-/// key masked attends uniformly, as the library's `-finfo.max` fill), `A = softmax_j(L)`,
+/// key masked attends uniformly, as the library's `-finfo.max` fill, or gets zero weights with
+/// [`VnAttentionKind::FusedDotProduct`]), `A = softmax_j(L)`,
 /// `out_i = sum_j A_ij V_j`, heads concatenated and mapped by `to_out` (`heads * dim_head -> dim`).
 /// Equivariant: logits are inner products of component vectors. Keys `to_q.*`, `to_k.*`,
 /// `to_v.*`, `to_out.*` (with `L2Distance` the library ties `to_k` to `to_q`: both keys are in
@@ -64,7 +70,7 @@ impl VnAttention {
         let to_q = VnLinear::load(src, &format!("{prefix}to_q."), dim, inner, bias_epsilon)?;
         let to_k = VnLinear::load(src, &format!("{prefix}to_k."), dim, inner, bias_epsilon)?;
         let (to_q, to_k) = match kind {
-            VnAttentionKind::DotProduct => (to_q, Some(to_k)),
+            VnAttentionKind::DotProduct | VnAttentionKind::FusedDotProduct => (to_q, Some(to_k)),
             VnAttentionKind::L2Distance => (to_k, None),
         };
         Ok(VnAttention {
@@ -117,7 +123,7 @@ impl VnAttention {
         let v = self.split_heads(v_full);
         let dot = bmm(q, permute(kh, &[0, 2, 1]));
         let logits = match self.kind {
-            VnAttentionKind::DotProduct => dot * scale,
+            VnAttentionKind::DotProduct | VnAttentionKind::FusedDotProduct => dot * scale,
             VnAttentionKind::L2Distance => {
                 let qq: GraphTensor<(X, X)> = (q * q).sum_reduce::<(X, X), Axis<2>>();
                 let kk: GraphTensor<(X, X)> = (kh * kh).sum_reduce::<(X, X), Axis<2>>();
@@ -134,7 +140,15 @@ impl VnAttention {
         let mx: GraphTensor<(X, X)> = logits.max_reduce::<(X, X), Axis<2>>();
         let ex = (logits - expand_at::<_, (X, X, X)>(mx, 2, n)).exp();
         let den: GraphTensor<(X, X)> = ex.sum_reduce::<(X, X), Axis<2>>();
-        let att = ex * expand_at::<_, (X, X, X)>(den.recip(), 2, n);
+        let mut att = ex * expand_at::<_, (X, X, X)>(den.recip(), 2, n);
+        if self.kind == VnAttentionKind::FusedDotProduct {
+            // 1 if the batch element has any unmasked key, else 0
+            let any: GraphTensor<(X,)> = mask.max_reduce::<(X,), Axis<1>>();
+            let per_head: GraphTensor<(X,)> =
+                reshape(expand_at::<_, (X, X)>(any, 1, h), &[b * h]);
+            let rows: GraphTensor<(X, X)> = expand_at(per_head, 1, n);
+            att = att * expand_at::<_, (X, X, X)>(rows, 2, n);
+        }
         let o = bmm(att, v); // [b h, n, k d]
         let o5: GraphTensor<(X, X, X, X, X)> = reshape(o, &[b, h.into(), n, k, dh.into()]);
         let merged: VnTensor = reshape(permute(o5, &[0, 2, 3, 1, 4]), &[b, n, k, (h * dh).into()]);
