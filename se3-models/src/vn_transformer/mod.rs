@@ -64,7 +64,11 @@ pub struct VnTransformer {
     proj_out: Option<(VnLayerNorm, VnLinear)>,
 }
 
-fn expand_axis<S: Shape, D: Shape>(t: GraphTensor<S>, axis: usize, size: Expression) -> GraphTensor<D> {
+fn expand_axis<S: Shape, D: Shape>(
+    t: GraphTensor<S>,
+    axis: usize,
+    size: Expression,
+) -> GraphTensor<D> {
     let mut sh = t.shape;
     sh.expand(axis, size);
     GraphTensor::from_id(t.id, sh, t.graph_ref)
@@ -157,11 +161,9 @@ impl VnTransformer {
         };
         let feats: Option<GraphTensor<(X, X, X)>> = match kind {
             FeatKind::Absent => None,
-            FeatKind::Dense(f) => Some(s.input_with_shape(
-                "feats",
-                InputKind::Values,
-                &[b, n, f.into()],
-            )),
+            FeatKind::Dense(f) => {
+                Some(s.input_with_shape("feats", InputKind::Values, &[b, n, f.into()]))
+            }
             FeatKind::Tokens => {
                 let emb = self
                     .token_emb
@@ -204,7 +206,11 @@ impl VnTransformer {
         }
         // x: [b, n, k, c] (c = 1 with reduce_dim_out)
         if let (Some(mean), true) = (mean, self.cfg.translation_equivariance) {
-            let c = if self.cfg.reduce_dim_out { 1 } else { self.cfg.dim };
+            let c = if self.cfg.reduce_dim_out {
+                1
+            } else {
+                self.cfg.dim
+            };
             let padded: GraphTensor<(X,)> = mean
                 .contiguous()
                 .pad::<(X,), Expression, Expression>(&[(0.into(), feat_width.into())]);

@@ -144,8 +144,7 @@ impl VnAttention {
         if self.kind == VnAttentionKind::FusedDotProduct {
             // 1 if the batch element has any unmasked key, else 0
             let any: GraphTensor<(X,)> = mask.max_reduce::<(X,), Axis<1>>();
-            let per_head: GraphTensor<(X,)> =
-                reshape(expand_at::<_, (X, X)>(any, 1, h), &[b * h]);
+            let per_head: GraphTensor<(X,)> = reshape(expand_at::<_, (X, X)>(any, 1, h), &[b * h]);
             let rows: GraphTensor<(X, X)> = expand_at(per_head, 1, n);
             att = att * expand_at::<_, (X, X, X)>(rows, 2, n);
         }

@@ -52,7 +52,7 @@ impl VnInvariant {
     ) -> Result<GraphTensor<(X, X, X)>, Error> {
         let frame = self.lin.build(s, &format!("{prefix}mlp.0."), x)?;
         let m = self.relu.build(s, &format!("{prefix}mlp.1."), frame)?; // [b, n, i, o]
-        // sum over channels c of x[b, n, i, c], then contract components i with m[b, n, i, o]
+                                                                        // sum over channels c of x[b, n, i, c], then contract components i with m[b, n, i, o]
         let xs: GraphTensor<(X, X, X)> = x.sum_reduce::<(X, X, X), Axis<3>>(); // [b, n, i]
         let x4: VnTensor = expand_at(xs, 3, self.lin.dim_out());
         Ok((x4 * m).sum_reduce::<(X, X, X), Axis<2>>())

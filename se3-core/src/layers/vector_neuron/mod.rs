@@ -61,9 +61,8 @@ pub fn lift_points(
             let a: GraphTensor<(X, X, X)> = coors
                 .contiguous()
                 .pad::<(X, X, X), Expression, Expression>(&[(zero, zero), (zero, zero), (zero, w)]);
-            let b: GraphTensor<(X, X, X)> = f
-                .contiguous()
-                .pad::<(X, X, X), Expression, Expression>(&[
+            let b: GraphTensor<(X, X, X)> =
+                f.contiguous().pad::<(X, X, X), Expression, Expression>(&[
                     (zero, zero),
                     (zero, zero),
                     (d[2], zero),
@@ -106,4 +105,3 @@ fn load_param(
     p.key = key.to_string();
     Ok(p)
 }
-
