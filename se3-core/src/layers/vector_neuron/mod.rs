@@ -105,3 +105,6 @@ fn load_param(
     p.key = key.to_string();
     Ok(p)
 }
+
+#[cfg(test)]
+mod tests;
