@@ -217,7 +217,7 @@ impl VnTransformer {
             let p2: GraphTensor<(X, X)> = expand_axis(padded.contiguous(), 1, c.into());
             let p3: GraphTensor<(X, X, X)> = expand_axis(p2, 0, n);
             let p4: VnTensor = expand_axis(p3, 0, b);
-            x = x + p4;
+            x += p4;
         }
         s.output("x", x);
         s.compile();

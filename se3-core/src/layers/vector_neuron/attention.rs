@@ -146,7 +146,7 @@ impl VnAttention {
             let any: GraphTensor<(X,)> = mask.max_reduce::<(X,), Axis<1>>();
             let per_head: GraphTensor<(X,)> = reshape(expand_at::<_, (X, X)>(any, 1, h), &[b * h]);
             let rows: GraphTensor<(X, X)> = expand_at(per_head, 1, n);
-            att = att * expand_at::<_, (X, X, X)>(rows, 2, n);
+            att *= expand_at::<_, (X, X, X)>(rows, 2, n);
         }
         let o = bmm(att, v); // [b h, n, k d]
         let o5: GraphTensor<(X, X, X, X, X)> = reshape(o, &[b, h.into(), n, k, dh.into()]);

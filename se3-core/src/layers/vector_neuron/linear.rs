@@ -114,7 +114,7 @@ impl VnLinear {
             let unit = bt * expand_at::<_, (X,)>(inv, 0, o);
             let b2: GraphTensor<(X, X)> = expand_at(unit, 0, d[2]);
             let b3: GraphTensor<(X, X, X)> = expand_at(b2, 0, d[1]);
-            y = y + expand_at::<_, (X, X, X, X)>(b3, 0, d[0]);
+            y += expand_at::<_, (X, X, X, X)>(b3, 0, d[0]);
         }
         Ok(y)
     }
