@@ -22,7 +22,8 @@ use luminal::prelude::{symbolic::Expression, *};
 use se3_core::exec::{IndexBound, InputKind, Session};
 use se3_core::layers::vector_neuron::lift_points;
 use se3_core::layers::{
-    Param, VnAttention, VnAttentionKind, VnFeedForward, VnLayerNorm, VnLinear, VnTensor,
+    Param, ParamSource, VnAttention, VnAttentionKind, VnFeedForward, VnLayerNorm, VnLinear,
+    VnTensor,
 };
 
 pub use config::VnTransformerConfig;
@@ -54,6 +55,19 @@ enum FeatKind {
     Tokens,
 }
 
+/// A [`ParamSource`] that records the keys asked for and answers zeros of their shape.
+#[derive(Default)]
+struct KeyRecorder {
+    keys: Vec<(String, Vec<usize>)>,
+}
+
+impl ParamSource for KeyRecorder {
+    fn get(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, se3_core::Error> {
+        self.keys.push((key.to_string(), shape.to_vec()));
+        Ok(vec![0.0; shape.iter().product()])
+    }
+}
+
 /// A loaded `VNTransformer`: its config and layers.
 #[derive(Debug, Clone)]
 pub struct VnTransformer {
@@ -82,17 +96,30 @@ impl VnTransformer {
     /// does not use.
     pub fn from_state_dict(cfg: &VnTransformerConfig, sd: &StateDict) -> Result<Self, Error> {
         let mut src = StateDictSource::new(sd);
+        let model = Self::load(cfg, &mut src)?;
+        src.finish()?;
+        Ok(model)
+    }
+
+    /// The checkpoint keys of `cfg` with their shapes, in loading order.
+    ///
+    /// # Errors
+    /// `Core(InvalidParameter)` for zero heads or head width.
+    pub fn expected_keys(cfg: &VnTransformerConfig) -> Result<Vec<(String, Vec<usize>)>, Error> {
+        let mut rec = KeyRecorder::default();
+        Self::load(cfg, &mut rec)?;
+        Ok(rec.keys)
+    }
+
+    /// The layers of `cfg` with their parameters read from `src`.
+    fn load(cfg: &VnTransformerConfig, src: &mut dyn ParamSource) -> Result<Self, Error> {
         let eps = cfg.effective_bias_epsilon();
         let dim = cfg.dim;
         let token_emb = match cfg.num_tokens {
-            Some(t) => Some(Param::load(
-                &mut src,
-                "token_emb.weight".into(),
-                vec![t, dim],
-            )?),
+            Some(t) => Some(Param::load(src, "token_emb.weight".into(), vec![t, dim])?),
             None => None,
         };
-        let proj_in = VnLinear::load(&mut src, "vn_proj_in.1.", 1, dim, eps)?;
+        let proj_in = VnLinear::load(src, "vn_proj_in.1.", 1, dim, eps)?;
         let kind = if cfg.l2_dist_attn {
             VnAttentionKind::L2Distance
         } else if cfg.flash_attn {
@@ -105,7 +132,7 @@ impl VnTransformer {
             let p = format!("encoder.layers.{i}.");
             layers.push(EncoderLayer {
                 attn: VnAttention::load(
-                    &mut src,
+                    src,
                     &format!("{p}0."),
                     dim,
                     cfg.heads,
@@ -113,20 +140,19 @@ impl VnTransformer {
                     eps,
                     kind,
                 )?,
-                attn_norm: VnLayerNorm::load(&mut src, &format!("{p}1."), dim)?,
-                ff: VnFeedForward::load(&mut src, &format!("{p}2."), dim, cfg.ff_inner(), eps)?,
-                ff_norm: VnLayerNorm::load(&mut src, &format!("{p}3."), dim)?,
+                attn_norm: VnLayerNorm::load(src, &format!("{p}1."), dim)?,
+                ff: VnFeedForward::load(src, &format!("{p}2."), dim, cfg.ff_inner(), eps)?,
+                ff_norm: VnLayerNorm::load(src, &format!("{p}3."), dim)?,
             });
         }
         let proj_out = if cfg.reduce_dim_out {
             Some((
-                VnLayerNorm::load(&mut src, "vn_proj_out.0.", dim)?,
-                VnLinear::load(&mut src, "vn_proj_out.1.", dim, 1, eps)?,
+                VnLayerNorm::load(src, "vn_proj_out.0.", dim)?,
+                VnLinear::load(src, "vn_proj_out.1.", dim, 1, eps)?,
             ))
         } else {
             None
         };
-        src.finish()?;
         Ok(VnTransformer {
             cfg: cfg.clone(),
             token_emb,
