@@ -5,7 +5,8 @@
 //! Each case runs in a child process of this binary (`--case <name>`), so its peak resident set
 //! (VmHWM of /proc/self/status) is its own. The child builds the model from random weights
 //! (U(-1/sqrt(fan_in), 1/sqrt(fan_in))) and random inputs, runs one warm-up forward and reports
-//! the median, min and max of [`REPS`] timed forwards and its CPU time per forward.
+//! the median, min and max of [`REPS`] timed forwards and its CPU time per forward;
+//! `SE3_PROFILE=1` (with `--case`) also lists the heaviest operators of an instrumented forward.
 //!
 //! The PyTorch column comes from running `bench_pytorch.py --only <case>` with the python of the
 //! reference environment (`--python PATH`, or the environment variable `SE3_REFENV`: the venv
@@ -64,6 +65,9 @@ fn vn_transformer_n512() -> Result<Forward, CliError> {
     inputs.mask = None;
     let mut model = VnTransformer::from_state_dict(&cfg, &sd)?.compile();
     drop(sd);
+    if std::env::var_os("SE3_PROFILE").is_some() {
+        model.instrument();
+    }
     Ok(Box::new(move || {
         model.forward(&inputs)?;
         Ok(())
@@ -213,6 +217,26 @@ fn run_case(c: &ZooCase) -> Result<(), CliError> {
         times[times.len() - 1]
     );
     println!("peak_mib {}", peak_mib()?);
+    if std::env::var_os("SE3_PROFILE").is_some() {
+        // the heaviest operators of one more forward, on stderr
+        se3_core::exec::profile::reset();
+        forward()?;
+        let recs = se3_core::exec::profile::records();
+        let mut by_shape: Vec<(String, f64, usize)> = Vec::new();
+        for r in &recs {
+            let key = format!("{} {:?}", r.kind, r.shapes);
+            match by_shape.iter_mut().find(|a| a.0 == key) {
+                Some(a) => (a.1, a.2) = (a.1 + r.seconds, a.2 + 1),
+                None => by_shape.push((key, r.seconds, 1)),
+            }
+        }
+        by_shape.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let total: f64 = recs.iter().map(|r| r.seconds).sum();
+        eprintln!("{total:.4} s in {} operator calls", recs.len());
+        for (k, t, n) in by_shape.iter().take(30) {
+            eprintln!("{t:.4} {n:4} {k}");
+        }
+    }
     Ok(())
 }
 

@@ -170,7 +170,7 @@ impl VnTransformer {
     /// The graph for features of `kind`: inputs `coors` `(b, n, 3)`, `mask` `(b, n)`, and
     /// `feats` `(b, n, F)` or `tokens` `(b n)`; output `x` `(b, n, 3 + F)` or
     /// `(b, n, 3 + F, dim)`.
-    fn graph(&self, kind: FeatKind) -> Result<Session, Error> {
+    fn graph(&self, kind: FeatKind, instrumented: bool) -> Result<Session, Error> {
         let mut s = Session::new();
         let (b, n): (Expression, Expression) = ('b'.into(), 'n'.into());
         let coors: GraphTensor<(X, X, X)> =
@@ -246,7 +246,14 @@ impl VnTransformer {
             x += p4;
         }
         s.output("x", x);
-        s.compile();
+        if instrumented {
+            s.compile_with((
+                se3_core::exec::CpuCompiler::default(),
+                se3_core::exec::profile::Instrument,
+            ));
+        } else {
+            s.compile();
+        }
         Ok(s)
     }
 
@@ -255,6 +262,7 @@ impl VnTransformer {
         VnSession {
             model: self,
             graphs: Vec::new(),
+            instrumented: false,
         }
     }
 
@@ -272,12 +280,20 @@ impl VnTransformer {
 pub struct VnSession {
     model: VnTransformer,
     graphs: Vec<(FeatKind, Session)>,
+    instrumented: bool,
 }
 
 impl VnSession {
     /// The model.
     pub fn model(&self) -> &VnTransformer {
         &self.model
+    }
+
+    /// Times every operator of the graphs compiled from now on (`se3_core::exec::profile`);
+    /// drops the graphs compiled so far.
+    pub fn instrument(&mut self) {
+        self.instrumented = true;
+        self.graphs.clear();
     }
 
     /// Forward pass; outputs named as the reference (`coors` and `feats`, or `out`).
@@ -348,7 +364,8 @@ impl VnSession {
         let pos = match self.graphs.iter().position(|(k, _)| *k == kind) {
             Some(p) => p,
             None => {
-                self.graphs.push((kind, self.model.graph(kind)?));
+                self.graphs
+                    .push((kind, self.model.graph(kind, self.instrumented)?));
                 self.graphs.len() - 1
             }
         };

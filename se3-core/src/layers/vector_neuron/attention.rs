@@ -4,7 +4,8 @@ use luminal::prelude::*;
 
 use super::{VnLinear, VnTensor};
 use crate::exec::Session;
-use crate::layers::graph::{bmm, dims, expand_at, permute, reshape, ParamSource, X};
+use crate::layers::graph::{dims, ParamSource, X};
+use crate::ops::{head_attention, HeadLogits};
 use crate::Error;
 
 /// How the attention logits are formed from query and key head vectors `q_i`, `k_j` (each the
@@ -31,6 +32,7 @@ pub enum VnAttentionKind {
 /// key masked attends uniformly, as the library's `-finfo.max` fill, or gets zero weights with
 /// [`VnAttentionKind::FusedDotProduct`]), `A = softmax_j(L)`,
 /// `out_i = sum_j A_ij V_j`, heads concatenated and mapped by `to_out` (`heads * dim_head -> dim`).
+/// One fused op ([`head_attention`]) from the projections to the merged heads.
 /// Equivariant: logits are inner products of component vectors. Keys `to_q.*`, `to_k.*`,
 /// `to_v.*`, `to_out.*` (with `L2Distance` the library ties `to_k` to `to_q`: both keys are in
 /// its state dict; loading copies `to_k` last, so its values are the ones used).
@@ -84,15 +86,6 @@ impl VnAttention {
         })
     }
 
-    /// `[b, n, k, h d] -> [b h, n, k d]`.
-    fn split_heads(&self, t: VnTensor) -> GraphTensor<(X, X, X)> {
-        let d = dims(t);
-        let (h, dh) = (self.heads, self.dim_head);
-        let t5: GraphTensor<(X, X, X, X, X)> = reshape(t, &[d[0], d[1], d[2], h.into(), dh.into()]);
-        let p = permute(t5, &[0, 3, 1, 2, 4]);
-        reshape(p, &[d[0] * h, d[1], d[2] * dh])
-    }
-
     /// Adds the layer to `s`; `x` is `[b, n, k, dim]`, `mask` `[b, n]` (1 = attend to this key).
     ///
     /// # Errors
@@ -104,53 +97,29 @@ impl VnAttention {
         x: VnTensor,
         mask: GraphTensor<(X, X)>,
     ) -> Result<VnTensor, Error> {
-        let d = dims(x);
-        let (b, n, k) = (d[0], d[1], d[2]);
-        let (h, dh) = (self.heads, self.dim_head);
-        let scale = ((dh * k.to_usize().unwrap_or(1)) as f32).powf(-0.5);
+        let k = dims(x)[2];
+        let scale = ((self.dim_head * k.to_usize().unwrap_or(1)) as f32).powf(-0.5);
         let q_full = self.to_q.build(s, &format!("{prefix}to_q."), x)?;
         let k_full = match &self.to_k {
             Some(l) => l.build(s, &format!("{prefix}to_k."), x)?,
             None => q_full,
         };
         let v_full = self.to_v.build(s, &format!("{prefix}to_v."), x)?;
-        let q = self.split_heads(q_full);
-        let kh = if self.to_k.is_some() {
-            self.split_heads(k_full)
-        } else {
-            q
+        let (logits, zero_if_all_masked) = match self.kind {
+            VnAttentionKind::DotProduct => (HeadLogits::Dot, false),
+            VnAttentionKind::FusedDotProduct => (HeadLogits::Dot, true),
+            VnAttentionKind::L2Distance => (HeadLogits::L2Distance, false),
         };
-        let v = self.split_heads(v_full);
-        let dot = bmm(q, permute(kh, &[0, 2, 1]));
-        let logits = match self.kind {
-            VnAttentionKind::DotProduct | VnAttentionKind::FusedDotProduct => dot * scale,
-            VnAttentionKind::L2Distance => {
-                let qq: GraphTensor<(X, X)> = (q * q).sum_reduce::<(X, X), Axis<2>>();
-                let kk: GraphTensor<(X, X)> = (kh * kh).sum_reduce::<(X, X), Axis<2>>();
-                dot * (2.0 * scale)
-                    - expand_at::<_, (X, X, X)>(qq, 2, n)
-                    - expand_at::<_, (X, X, X)>(kk, 1, n)
-            }
-        };
-        // key mask [b, n] -> [b h, n_i, n_j]
-        let m3: GraphTensor<(X, X, X)> = expand_at(mask, 1, n);
-        let m4: GraphTensor<(X, X, X, X)> = expand_at(m3, 1, h);
-        let m: GraphTensor<(X, X, X)> = reshape(m4, &[b * h, n, n]);
-        let logits = logits * m + (m * 1e30 + (-1e30));
-        let mx: GraphTensor<(X, X)> = logits.max_reduce::<(X, X), Axis<2>>();
-        let ex = (logits - expand_at::<_, (X, X, X)>(mx, 2, n)).exp();
-        let den: GraphTensor<(X, X)> = ex.sum_reduce::<(X, X), Axis<2>>();
-        let mut att = ex * expand_at::<_, (X, X, X)>(den.recip(), 2, n);
-        if self.kind == VnAttentionKind::FusedDotProduct {
-            // 1 if the batch element has any unmasked key, else 0
-            let any: GraphTensor<(X,)> = mask.max_reduce::<(X,), Axis<1>>();
-            let per_head: GraphTensor<(X,)> = reshape(expand_at::<_, (X, X)>(any, 1, h), &[b * h]);
-            let rows: GraphTensor<(X, X)> = expand_at(per_head, 1, n);
-            att *= expand_at::<_, (X, X, X)>(rows, 2, n);
-        }
-        let o = bmm(att, v); // [b h, n, k d]
-        let o5: GraphTensor<(X, X, X, X, X)> = reshape(o, &[b, h.into(), n, k, dh.into()]);
-        let merged: VnTensor = reshape(permute(o5, &[0, 2, 3, 1, 4]), &[b, n, k, (h * dh).into()]);
+        let merged = head_attention(
+            q_full,
+            k_full,
+            v_full,
+            mask,
+            self.heads,
+            scale,
+            logits,
+            zero_if_all_masked,
+        );
         self.to_out.build(s, &format!("{prefix}to_out."), merged)
     }
 }
