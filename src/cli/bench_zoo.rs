@@ -81,6 +81,8 @@ struct Measured {
     min_s: f64,
     max_s: f64,
     peak_mib: f64,
+    /// CPU time (all threads) per forward, se3 only.
+    cpu_s: f64,
 }
 
 /// Runs every case (or those of `only`) in child processes and prints the Markdown table;
@@ -165,9 +167,9 @@ fn find(name: &str) -> Result<&'static ZooCase, CliError> {
 
 fn print_table(rows: &[(&ZooCase, Measured, Option<Measured>)]) {
     println!(
-        "| case | se3 median (s) | se3 min-max (s) | PyTorch median (s) | speedup | se3 peak (MiB) | PyTorch peak (MiB) | memory ratio |"
+        "| case | se3 median (s) | se3 min-max (s) | se3 CPU (s) | PyTorch median (s) | speedup | se3 peak (MiB) | PyTorch peak (MiB) | memory ratio |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (c, o, t) in rows {
         let (tt, speed, tm, frac) = match t {
             Some(t) => (
@@ -179,8 +181,8 @@ fn print_table(rows: &[(&ZooCase, Measured, Option<Measured>)]) {
             None => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
         println!(
-            "| {} | {:.4} | {:.4}-{:.4} | {tt} | {speed} | {:.1} | {tm} | {frac} |",
-            c.name, o.median_s, o.min_s, o.max_s, o.peak_mib
+            "| {} | {:.4} | {:.4}-{:.4} | {:.3} | {tt} | {speed} | {:.1} | {tm} | {frac} |",
+            c.name, o.median_s, o.min_s, o.max_s, o.cpu_s, o.peak_mib
         );
     }
     println!();
@@ -189,7 +191,9 @@ fn print_table(rows: &[(&ZooCase, Measured, Option<Measured>)]) {
     }
     println!(
         "- time: median of {REPS} forwards after one warm-up, both sides; peak: VmHWM of the se3 \
-         child process, ru_maxrss of the python process; memory ratio = se3 / PyTorch"
+         child process, ru_maxrss of the python process; memory ratio = se3 / PyTorch; se3 CPU: \
+         CPU time of all threads per forward (on a loaded machine the wall time is at least \
+         CPU / threads)"
     );
     println!("- targets (issue #13): speedup >= 3x, memory ratio <= 0.2");
 }
@@ -249,6 +253,7 @@ fn parse_child(text: &str) -> Result<Measured, CliError> {
                 (m.median_s, m.min_s, m.max_s) = (a.parse()?, b.parse()?, c.parse()?)
             }
             ["peak_mib", v] => m.peak_mib = v.parse()?,
+            ["cpu_s", v] => m.cpu_s = v.parse()?,
             _ => {}
         }
     }
@@ -292,5 +297,6 @@ fn run_pytorch(python: &Path, script: &Path, case: &str) -> Result<Measured, Cli
         min_s: num("min_s")?,
         max_s: num("max_s")?,
         peak_mib: num("peak_rss_mib")?,
+        cpu_s: f64::NAN,
     })
 }

@@ -15,7 +15,7 @@ use crate::exec::view::{buffer, View};
 use crate::ops::layer_norm_gelu::exp_neg;
 
 /// Query rows per task.
-const ROWS: usize = 32;
+const ROWS: usize = 64;
 
 /// Multi-head softmax attention over all key nodes on channel-last inputs: `q`, `k`, `v`
 /// `(b, n, c, heads * dh)`, key mask `(b, n)` (non-zero = attend); output `(b, n, c, heads * dh)`.
