@@ -28,11 +28,11 @@ pub enum VnAttentionKind {
 ///
 /// `Q = to_q(x)`, `K = to_k(x)`, `V = to_v(x)` are [`VnLinear`] maps `dim -> heads * dim_head`;
 /// channel `h * dim_head + d` belongs to head `h` (`(h d) c -> h (d c)`). Per head, logits
-/// `L_ij` as [`VnAttentionKind`], keys `j` with `mask_j = 0` get `-1e30` (so a row with every
-/// key masked attends uniformly, as the library's `-finfo.max` fill, or gets zero weights with
-/// [`VnAttentionKind::FusedDotProduct`]), `A = softmax_j(L)`,
+/// `L_ij` as [`VnAttentionKind`], keys `j` with `mask_j = 0` left out of the softmax (a row
+/// with every key masked attends uniformly, as the library's `-finfo.max` fill, or gets zero
+/// weights with [`VnAttentionKind::FusedDotProduct`]), `A = softmax_j(L)`,
 /// `out_i = sum_j A_ij V_j`, heads concatenated and mapped by `to_out` (`heads * dim_head -> dim`).
-/// One fused op ([`head_attention`]) from the projections to the merged heads.
+/// Logits to merged heads are one fused op ([`head_attention`]).
 /// Equivariant: logits are inner products of component vectors. Keys `to_q.*`, `to_k.*`,
 /// `to_v.*`, `to_out.*` (with `L2Distance` the library ties `to_k` to `to_q`: both keys are in
 /// its state dict; loading copies `to_k` last, so its values are the ones used).
