@@ -97,6 +97,14 @@ fn infer_reproduces_tfn_stack_outputs() -> TestResult {
     infer_matches_reference("tfn_stack")
 }
 
+#[test]
+fn infer_reproduces_the_vn_transformer_references() -> TestResult {
+    for name in ["vn_feat_eps0", "vn_feat_eps1e-6", "vn_l2dist_transl"] {
+        infer_matches_reference(name)?;
+    }
+    Ok(())
+}
+
 fn assert_one_line_failure(run: &std::process::Output, needle: &str) {
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success(), "expected failure, got success");

@@ -145,6 +145,8 @@ impl ModelInputs {
                 _ => None,
             }
         };
+        let (cn, cv) = single("coors").ok_or(Error::MissingInput { name: "coors" })?;
+        let coors = float(&cn, &cv)?;
         let feats = match name_of("feats") {
             Some(TensorName::PerDegree(map)) => {
                 let mut out = BTreeMap::new();
@@ -168,10 +170,15 @@ impl ModelInputs {
                     }
                 }
             }
+            // A config that passes no `feats` (VN-Transformer on coordinates only): zero-width
+            // dense features, which models that need features reject by width.
+            None if !names.is_empty() => {
+                let b = coors.shape.first().copied().unwrap_or(0);
+                let n = coors.shape.get(1).copied().unwrap_or(0);
+                NodeFeats::Dense(Tensor::zeros(&[b, n, 0]))
+            }
             None => return Err(Error::MissingInput { name: "feats" }),
         };
-        let (cn, cv) = single("coors").ok_or(Error::MissingInput { name: "coors" })?;
-        let coors = float(&cn, &cv)?;
         let mask = single("mask").map(|(n, v)| view_bool(&n, &v)).transpose()?;
         let adj_mat = single("adj_mat")
             .map(|(n, v)| view_bool(&n, &v))

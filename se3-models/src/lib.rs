@@ -5,6 +5,7 @@
 //! * [`inputs`]: model inputs named as in the reference `inputs.safetensors`.
 //! * [`se3_transformer`]: se3-transformer-pytorch 0.9's `SE3Transformer` config and float64 oracle.
 //! * [`tfn`]: a Tensor Field Network stack of ConvSE3 + NormSE3.
+//! * [`vn_transformer`]: VN-transformer 0.1's `VNTransformer` (vector neurons), a compiled graph.
 //! * [`zoo`]: load any supported reference model from config + weights and run it.
 
 // `#[fiber]` expands to `::se3::` paths; unit tests declare fibers with it.
@@ -18,6 +19,7 @@ pub mod inputs;
 pub mod model_file;
 pub mod se3_transformer;
 pub mod tfn;
+pub mod vn_transformer;
 pub mod zoo;
 
 pub use error::Error;

@@ -106,6 +106,11 @@ impl ModelFile {
         self.class.ends_with("SE3Transformer")
     }
 
+    /// Whether the constructor was VN-transformer's `VNTransformer`.
+    pub fn is_vn_transformer(&self) -> bool {
+        self.class.ends_with("VNTransformer")
+    }
+
     /// Whether the model is the TFN stack of ConvSE3 + NormSE3.
     pub fn is_tfn_stack(&self) -> bool {
         self.class.starts_with("TFNStack")

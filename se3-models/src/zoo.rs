@@ -13,6 +13,7 @@ use crate::se3_transformer::{
 };
 use crate::tfn::graph::{TfnGraph, TfnSession};
 use crate::tfn::{TfnStack, TfnStackConfig};
+use crate::vn_transformer::{VnSession, VnTransformer, VnTransformerConfig};
 use crate::Error;
 
 /// A loaded model of any supported kind, with its forward literals.
@@ -24,6 +25,8 @@ pub enum Model {
     TfnStack(Box<TfnStack>),
     /// egnn-pytorch `EGNN` or `EGNN_Network` (runs its compiled graphs; no float64 oracle).
     Egnn(Box<Egnn>),
+    /// VN-transformer `VNTransformer` (runs as a compiled float32 graph; there is no oracle).
+    VnTransformer(Box<VnTransformer>),
 }
 
 impl Model {
@@ -47,10 +50,15 @@ impl Model {
             Ok(Self::TfnStack(Box::new(TfnStack::from_state_dict(
                 &cfg, weights,
             )?)))
+        } else if file.is_vn_transformer() {
+            let cfg = VnTransformerConfig::from_kwargs(&file.constructor_kwargs)?;
+            Ok(Self::VnTransformer(Box::new(
+                VnTransformer::from_state_dict(&cfg, weights)?,
+            )))
         } else {
             Err(Error::InvalidConfig {
                 field: "class",
-                expected: "SE3Transformer or TFNStack",
+                expected: "SE3Transformer, TFNStack, EGNN, EGNN_Network or VNTransformer",
                 found: file.class.clone(),
             })
         }
@@ -78,6 +86,7 @@ impl Model {
             Self::Se3Transformer(m, _) => m.set_qj_signs(signs),
             Self::TfnStack(m) => m.set_qj_signs(signs),
             Self::Egnn(_) => Ok(()),
+            Self::VnTransformer(_) => Ok(()),
         }
     }
 
@@ -99,6 +108,7 @@ impl Model {
             Self::Se3Transformer(m, fwd) => m.forward(inputs, fwd),
             Self::TfnStack(m) => m.forward(inputs),
             Self::Egnn(m) => m.forward(inputs),
+            Self::VnTransformer(m) => m.forward(inputs),
         }
     }
 }
@@ -126,6 +136,8 @@ pub enum CompiledModel {
     TfnStack(Box<TfnSession>),
     /// egnn-pytorch `EGNN` / `EGNN_Network` graphs.
     Egnn(Box<CompiledEgnn>),
+    /// The VN-Transformer with its graphs.
+    VnTransformer(Box<VnSession>),
 }
 
 impl CompiledModel {
@@ -145,6 +157,7 @@ impl CompiledModel {
                 Ok(Self::TfnStack(Box::new(graph.compile()?)))
             }
             Model::Egnn(m) => Ok(Self::Egnn(Box::new(CompiledEgnn::new(*m)))),
+            Model::VnTransformer(m) => Ok(Self::VnTransformer(Box::new(m.compile()))),
         }
     }
 
@@ -172,6 +185,7 @@ impl CompiledModel {
             }
             Model::TfnStack(_) => Self::from_parts(file, weights),
             Model::Egnn(m) => Ok(Self::Egnn(Box::new(CompiledEgnn::new(*m)))),
+            Model::VnTransformer(m) => Ok(Self::VnTransformer(Box::new(m.compile()))),
         }
     }
 
@@ -184,6 +198,7 @@ impl CompiledModel {
             Self::Se3Transformer(m, fwd) => m.forward(inputs, fwd),
             Self::TfnStack(s) => s.forward(inputs),
             Self::Egnn(m) => m.forward(inputs),
+            Self::VnTransformer(s) => s.forward(inputs),
         }
     }
 }

@@ -19,6 +19,22 @@ pub enum BenchTarget {
         #[arg(long, hide = true)]
         case: Option<String>,
     },
+    /// The model zoo at the sizes of `bench_pytorch.py`, next to PyTorch run in the same session.
+    Zoo {
+        /// Run only this case, in this process (used by the benchmark's child processes).
+        #[arg(long, hide = true)]
+        case: Option<String>,
+        /// Only these cases (comma-separated `bench_pytorch.py` names).
+        #[arg(long)]
+        only: Option<String>,
+        /// Python of the reference environment (`../shared/reference/setup_refenv.sh`) for the
+        /// PyTorch column; default: env `SE3_REFENV` (venv dir or python), else no PyTorch column.
+        #[arg(long)]
+        python: Option<std::path::PathBuf>,
+        /// Path of `bench_pytorch.py` (default: `../shared/reference/` beside the repository).
+        #[arg(long)]
+        script: Option<std::path::PathBuf>,
+    },
 }
 
 /// Runs one benchmark and prints its table.
@@ -29,5 +45,11 @@ pub fn run(target: BenchTarget) -> Result<(), super::CliError> {
         BenchTarget::Layers => super::bench_layers::run(),
         BenchTarget::Egnn => super::bench_egnn::run(),
         BenchTarget::Se3Transformer { case } => super::bench_se3t::run(case.as_deref()),
+        BenchTarget::Zoo {
+            case,
+            only,
+            python,
+            script,
+        } => super::bench_zoo::run(case.as_deref(), only.as_deref(), python, script),
     }
 }

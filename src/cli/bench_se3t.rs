@@ -257,7 +257,7 @@ fn stages(
 
 /// CPU time (user + system, all threads) of this process so far, seconds (clock ticks of
 /// /proc/self/stat, 100 Hz).
-fn cpu_seconds() -> Option<f64> {
+pub(super) fn cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -266,12 +266,12 @@ fn cpu_seconds() -> Option<f64> {
 }
 
 /// Peak resident set of this process (VmHWM), MiB.
-fn peak_mib() -> Result<f64, super::CliError> {
+pub(super) fn peak_mib() -> Result<f64, super::CliError> {
     status_mib("VmHWM:")
 }
 
 /// A memory figure of /proc/self/status (`VmHWM:` peak, `VmRSS:` now), MiB.
-fn status_mib(field: &str) -> Result<f64, super::CliError> {
+pub(super) fn status_mib(field: &str) -> Result<f64, super::CliError> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let line = status
         .lines()
@@ -300,8 +300,16 @@ pub fn random_weights(
     cfg: &Se3TransformerConfig,
     rng: &mut StdRng,
 ) -> Result<StateDict, super::CliError> {
+    uniform_weights(Se3Transformer::expected_keys(cfg)?, rng)
+}
+
+/// A state dict with `keys`, each entry U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in its last axis.
+pub fn uniform_weights(
+    keys: Vec<(String, Vec<usize>)>,
+    rng: &mut StdRng,
+) -> Result<StateDict, super::CliError> {
     let mut sd = StateDict::new();
-    for (key, shape) in Se3Transformer::expected_keys(cfg)? {
+    for (key, shape) in keys {
         let fan = shape.last().copied().unwrap_or(1).max(1) as f64;
         let b = 1.0 / fan.sqrt();
         let len = shape.iter().product();

@@ -7,6 +7,7 @@ pub mod bench_layers;
 pub mod bench_math;
 pub mod bench_se3t;
 pub mod doctor;
+pub mod bench_zoo;
 pub mod infer;
 pub mod zoo;
 pub mod zoo_models;

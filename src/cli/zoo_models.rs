@@ -92,7 +92,14 @@ fn equivariance_error(
     rng: &mut StdRng,
 ) -> Result<Option<f64>, super::CliError> {
     let r = random_rotation(rng).into_inner();
-    let t = Vector3::new(rng.gen_range(-2.0..2.0), rng.gen_range(-2.0..2.0), 1.5);
+    let mut t = Vector3::new(rng.gen_range(-2.0..2.0), rng.gen_range(-2.0..2.0), 1.5);
+    // A VN-Transformer promises translations only with translation_equivariance/_invariant.
+    let vn_translates = ["translation_equivariance", "translation_invariant"]
+        .iter()
+        .any(|k| file.constructor_kwargs.get(k) == Some(&serde_json::Value::Bool(true)));
+    if file.is_vn_transformer() && !vn_translates {
+        t = Vector3::zeros();
+    }
     let mut moved = inputs.clone();
     for row in moved.coors.data.chunks_exact_mut(3) {
         let v = r * Vector3::new(row[0], row[1], row[2]) + t;
@@ -117,13 +124,13 @@ fn equivariance_error(
             continue;
         };
         let mut want = want.data.clone();
-        if spec.is_vector() {
+        let translates = spec.transforms_as.contains("rotates and translates");
+        if spec.is_vector() || translates {
             rotate_rows(&mut want, &r);
-        } else if spec.transforms_as.contains("rotates and translates") {
-            // Points (EGNN coordinates): x -> R x + t.
-            rotate_rows(&mut want, &r);
-            for row in want.chunks_exact_mut(3) {
-                row.iter_mut().zip(t.iter()).for_each(|(a, b)| *a += b);
+            if translates {
+                for row in want.chunks_exact_mut(3) {
+                    row.iter_mut().zip(t.iter()).for_each(|(w, s)| *w += s);
+                }
             }
         } else if !spec.is_invariant() {
             continue;
@@ -151,7 +158,7 @@ pub fn models(rng: &mut StdRng) -> Result<(), super::CliError> {
     for name in names {
         let dir = models_dir().join(&name);
         let file = ModelFile::load(dir.join("config.json"))?;
-        if !["se3-transformer-pytorch", "egnn-pytorch"].contains(&file.library.name.as_str()) {
+        if !["se3-transformer-pytorch", "egnn-pytorch", "VN-transformer"].contains(&file.library.name.as_str()) {
             skipped.push(name);
             continue;
         }

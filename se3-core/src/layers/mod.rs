@@ -23,6 +23,7 @@
 //! | [`pool_nodes`]            | [`MeanPool<F>`], [`MaxPool<F>`] | node readout, mean (any degree) / max (invariant degree 0, type-checked) |
 //! | [`conv_grouped`] ([`PairEdges`]) | -        | reassociated ConvSE3 sums / logits on grouped edges |
 //! | [`RadialBank`]            | -                    | the hidden layers of many [`RadialMlp`]s on one edge input |
+//! | [`VnLinear`], [`VnRelu`], [`VnLayerNorm`], [`VnAttention`], [`VnFeedForward`], [`VnInvariant`] | - | vector-neuron features `[b, n, components, channels]` ([`vector_neuron`]) |
 //!
 //! The typed forms of fiber-preserving layers take any `X: FeedsGraph<F>` (only
 //! `GraphFeatures<F, _>` qualifies), so a wrong fiber is a compile error that names the rule
@@ -81,6 +82,7 @@ pub mod norm;
 pub mod pool;
 pub mod radial;
 pub mod tensor_product;
+pub mod vector_neuron;
 
 pub use activation::{Activation, Relu, ScalarActivation, Sigmoid, Silu, Tanh};
 pub use attention::{
@@ -101,6 +103,10 @@ pub use norm::{Norm, NormActivation, NormLayer, NormScale};
 pub use pool::{pool_nodes, MaxPool, MeanPool, NodePool};
 pub use radial::{RadialBank, RadialMlp, RADIAL_HIDDEN};
 pub use tensor_product::{Path, PathSpec, ProductMode, TensorProduct, TensorProductLayer};
+pub use vector_neuron::{
+    VnAttention, VnAttentionKind, VnFeedForward, VnInvariant, VnLayerNorm, VnLinear, VnRelu,
+    VnTensor,
+};
 
 use crate::fiber::{Features, Fiber, Follows};
 

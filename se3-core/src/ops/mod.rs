@@ -9,6 +9,7 @@
 //! - [`neighbors()`]: exact k-nearest / radius neighbours with masks.
 //! - [`top_k()`], [`take_along_rows()`]: best `K` entries per row of any score matrix.
 //! - [`adjacency_degrees()`]: N-th degree neighbours of a sparse adjacency.
+//! - [`head_attention()`]: multi-head softmax attention over all pairs, per block of query rows.
 //! - [`layer_norm_gelu()`]: bias + LayerNorm + exact GELU per row in one pass (radial networks).
 //! - [`edge_contract_sum()`], [`edge_contract_logits()`]: the fused, reassociated ConvSE3
 //!   contraction on edges grouped by node (neighbour sums and query logits without per-edge
@@ -34,6 +35,7 @@ pub mod adjacency;
 pub mod edge_contract;
 pub mod edge_conv;
 pub mod gather;
+pub mod head_attention;
 pub mod layer_norm_gelu;
 pub mod neighbors;
 pub mod radial_hidden;
@@ -52,6 +54,7 @@ pub use edge_conv::{
     radial_edge_conv_unfused, PairShape, RadialMode,
 };
 pub use gather::{gather, gather3};
+pub use head_attention::{head_attention, HeadLogits};
 pub use layer_norm_gelu::layer_norm_gelu;
 pub use neighbors::{neighbors, neighbors_in_batches, Edges, NeighborSpec, Neighbors};
 pub use radial_hidden::{radial_hidden, radial_hidden_unfused, RadialHiddenWeights};

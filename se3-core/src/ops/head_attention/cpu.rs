@@ -1,0 +1,239 @@
+//! CPU kernel of [`head_attention`](super::head_attention): per batch element the heads are
+//! packed into contiguous `(n, c * dh)` matrices once, then each task takes a block of query
+//! rows of one batch element and, head by head, forms the logits block with one GEMM, the
+//! softmax in place (exp without library calls, vectorised on AVX2 / AVX-512), and the output
+//! block with a second GEMM, written straight into the channel-last output. The `n x n`
+//! attention matrix never exists whole: a block of [`ROWS`] rows at a time per task.
+
+use luminal::op::{InputTensor, Operator};
+use luminal::prelude::*;
+use rayon::prelude::*;
+
+use super::HeadLogits;
+use crate::exec::simd::{self, Isa};
+use crate::exec::view::{buffer, View};
+use crate::ops::layer_norm_gelu::exp_neg;
+
+/// Query rows per task.
+const ROWS: usize = 64;
+
+/// Multi-head softmax attention over all key nodes on channel-last inputs: `q`, `k`, `v`
+/// `(b, n, c, heads * dh)`, key mask `(b, n)` (non-zero = attend); output `(b, n, c, heads * dh)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadAttention {
+    /// Number of heads `H` (the last axis is `H * dh`, head-major).
+    pub heads: usize,
+    /// Scale `s` of the dot products.
+    pub scale: f32,
+    /// How logits are formed.
+    pub logits: HeadLogits,
+    /// A batch element whose keys are all masked gets zero outputs (else uniform weights).
+    pub zero_if_all_masked: bool,
+}
+
+/// `x (b, n, c, H * dh)` as `(b, H, n, c * dh)`: each head's vectors contiguous per node.
+fn pack_heads(x: &[f32], n: usize, c: usize, heads: usize, dh: usize) -> Vec<f32> {
+    let w = heads * dh;
+    let mut out = vec![0.0f32; x.len()];
+    out.par_chunks_mut(n * c * dh)
+        .enumerate()
+        .for_each(|(g, dst)| {
+            let (bi, h) = (g / heads, g % heads);
+            for j in 0..n {
+                for cc in 0..c {
+                    let src = ((bi * n + j) * c + cc) * w + h * dh;
+                    let to = (j * c + cc) * dh;
+                    dst[to..to + dh].copy_from_slice(&x[src..src + dh]);
+                }
+            }
+        });
+    out
+}
+
+/// Row-wise softmax of `logits (rows, n)` in place over the keys with `keep[j]`, the others
+/// getting weight 0.
+#[inline(always)]
+fn softmax_rows_impl(logits: &mut [f32], n: usize, keep: &[bool]) {
+    for row in logits.chunks_mut(n) {
+        let mut mx = f32::NEG_INFINITY;
+        for (v, &k) in row.iter_mut().zip(keep) {
+            if !k {
+                *v = f32::NEG_INFINITY;
+            }
+            mx = mx.max(*v);
+        }
+        let mut sum = 0.0f32;
+        for v in row.iter_mut() {
+            let e = if *v == f32::NEG_INFINITY {
+                0.0
+            } else {
+                exp_neg(*v - mx)
+            };
+            *v = e;
+            sum += e;
+        }
+        let inv = 1.0 / sum;
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+fn softmax_rows_avx512(logits: &mut [f32], n: usize, keep: &[bool]) {
+    softmax_rows_impl(logits, n, keep);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_rows_avx2(logits: &mut [f32], n: usize, keep: &[bool]) {
+    softmax_rows_impl(logits, n, keep);
+}
+
+fn softmax_rows(logits: &mut [f32], n: usize, keep: &[bool]) {
+    match simd::isa() {
+        // SAFETY: `simd::isa()` detected these features on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { softmax_rows_avx512(logits, n, keep) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { softmax_rows_avx2(logits, n, keep) },
+        Isa::Plain => softmax_rows_impl(logits, n, keep),
+    }
+}
+
+/// `c (m, n) = alpha a (m, k) b (k, n)` with row/column strides.
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    (m, k, n): (usize, usize, usize),
+    alpha: f32,
+    a: &[f32],
+    (rsa, csa): (isize, isize),
+    b: &[f32],
+    (rsb, csb): (isize, isize),
+    c: &mut [f32],
+) {
+    debug_assert!(c.len() >= m * n);
+    // SAFETY: every index `r * rs + q * cs` read is within `a` / `b` (callers pass the
+    // slices of exactly the matrices described), `c` holds `m * n` values, row-major.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr(),
+            rsa,
+            csa,
+            b.as_ptr(),
+            rsb,
+            csb,
+            0.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+impl Operator for HeadAttention {
+    fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        let empty = Default::default();
+        let qv = View::new(&inp[0].1, &empty);
+        let shape = qv.shape();
+        let (b, n, c, w) = (shape[0], shape[1], shape[2], shape[3]);
+        let heads = self.heads.max(1);
+        let dh = w / heads;
+        let d = c * dh;
+        let pack = |i: usize| {
+            let x = View::new(&inp[i].1, &empty).materialize(buffer(&inp[i].0));
+            pack_heads(&x, n, c, heads, dh)
+        };
+        let (q, k, v) = (pack(0), pack(1), pack(2));
+        let mask = View::new(&inp[3].1, &empty).materialize(buffer(&inp[3].0));
+        let keep: Vec<bool> = mask.iter().map(|&m| m != 0.0).collect();
+        // |k_j|^2 per (batch, head, node) for L2 logits
+        let sq = |x: &[f32]| -> Vec<f32> {
+            x.chunks(d).map(|r| r.iter().map(|v| v * v).sum()).collect()
+        };
+        let (qq, kk) = match self.logits {
+            HeadLogits::L2Distance => (sq(&q), sq(&k)),
+            HeadLogits::Dot => (Vec::new(), Vec::new()),
+        };
+        let alpha = match self.logits {
+            HeadLogits::Dot => self.scale,
+            HeadLogits::L2Distance => 2.0 * self.scale,
+        };
+        let zero_if_all_masked = self.zero_if_all_masked;
+        let mut out = crate::exec::pool::take(b * n * c * w);
+        out.par_chunks_mut((n * c * w).max(1))
+            .enumerate()
+            .flat_map(|(bi, batch)| {
+                batch
+                    .par_chunks_mut((ROWS * c * w).max(1))
+                    .enumerate()
+                    .map(move |(blk, dst)| (bi, blk, dst))
+            })
+            .for_each(|(bi, blk, dst)| {
+                let i0 = blk * ROWS;
+                let rows = dst.len() / (c * w);
+                let keys = &keep[bi * n..(bi + 1) * n];
+                let any = keys.iter().any(|&k| k);
+                if !any && zero_if_all_masked {
+                    dst.fill(0.0);
+                    return;
+                }
+                let all = vec![true; n];
+                let keys = if any { keys } else { &all[..] };
+                let mut logits = vec![0.0f32; rows * n];
+                let mut o = vec![0.0f32; rows * d];
+                for h in 0..heads {
+                    let g = (bi * heads + h) * n;
+                    let (qg, kg, vg) = (
+                        &q[(g + i0) * d..(g + i0 + rows) * d],
+                        &k[g * d..(g + n) * d],
+                        &v[g * d..(g + n) * d],
+                    );
+                    gemm(
+                        (rows, d, n),
+                        alpha,
+                        qg,
+                        (d as isize, 1),
+                        kg,
+                        (1, d as isize),
+                        &mut logits,
+                    );
+                    if !any {
+                        // every key masked: equal logits, uniform weights
+                        logits.fill(0.0);
+                    } else if let HeadLogits::L2Distance = self.logits {
+                        for (r, row) in logits.chunks_mut(n).enumerate() {
+                            let qi = qq[g + i0 + r];
+                            for (x, kj) in row.iter_mut().zip(&kk[g..g + n]) {
+                                *x -= qi + kj;
+                            }
+                        }
+                    }
+                    softmax_rows(&mut logits, n, keys);
+                    gemm(
+                        (rows, n, d),
+                        1.0,
+                        &logits,
+                        (n as isize, 1),
+                        vg,
+                        (d as isize, 1),
+                        &mut o,
+                    );
+                    for r in 0..rows {
+                        for cc in 0..c {
+                            let to = (r * c + cc) * w + h * dh;
+                            let from = (r * c + cc) * dh;
+                            dst[to..to + dh].copy_from_slice(&o[from..from + dh]);
+                        }
+                    }
+                }
+            });
+        crate::exec::pool::finish(inp, out)
+    }
+}

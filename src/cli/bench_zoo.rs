@@ -1,0 +1,302 @@
+//! `se3 bench zoo`: forward time and peak memory of the model zoo at the sizes of
+//! `bench_pytorch.py` (the reference benchmark beside the repository, `../shared/reference/`),
+//! next to the PyTorch libraries measured in the same session.
+//!
+//! Each case runs in a child process of this binary (`--case <name>`), so its peak resident set
+//! (VmHWM of /proc/self/status) is its own. The child builds the model from random weights
+//! (U(-1/sqrt(fan_in), 1/sqrt(fan_in))) and random inputs, runs one warm-up forward and reports
+//! the median, min and max of [`REPS`] timed forwards and its CPU time per forward;
+//! `SE3_PROFILE=1` (with `--case`) also lists the heaviest operators of an instrumented forward.
+//!
+//! The PyTorch column comes from running `bench_pytorch.py --only <case>` with the python of the
+//! reference environment (`--python PATH`, or the environment variable `SE3_REFENV`: the venv
+//! directory or its python), built by `../shared/reference/setup_refenv.sh`. Without it the
+//! table has the se3 column only and says how to get the other. The PyTorch peak is that
+//! script's `ru_maxrss` (the whole python process, libraries included), as se3's is the whole
+//! child process.
+//!
+//! A case is one entry of [`CASES`]: its `bench_pytorch.py` name, a description and the
+//! function that builds the model and returns one forward as a closure. Another model needs
+//! only its function and its entry.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use rand::{rngs::StdRng, SeedableRng};
+use se3_models::vn_transformer::{VnTransformer, VnTransformerConfig};
+
+use super::bench_se3t::{cpu_seconds, peak_mib, random_inputs, uniform_weights};
+use super::CliError;
+
+/// Timed forwards after the warm-up (as `bench_pytorch.py`'s default).
+pub const REPS: usize = 5;
+
+/// One forward of a built model.
+type Forward = Box<dyn FnMut() -> Result<(), CliError>>;
+
+/// A benchmark case: the name `bench_pytorch.py --only` takes, what it runs, how se3 builds it.
+struct ZooCase {
+    name: &'static str,
+    config: &'static str,
+    build: fn() -> Result<Forward, CliError>,
+}
+
+/// The cases, in table order.
+// Equiformer (equiformer_deg2_n512, equiformer_deg3_n512) and EGNN (egnn_network_n512,
+// egnn_network_dense_n512) join here, each with its build function below.
+const CASES: &[ZooCase] = &[ZooCase {
+    name: "vn_transformer_n512",
+    config:
+        "VNTransformer dim 32, depth 2, heads 4, dim_head 16, dim_feat 8, n 512, full attention",
+    build: vn_transformer_n512,
+}];
+
+/// VN-Transformer as `bench_pytorch.py`: `VNTransformer(dim=32, depth=2, dim_head=16, heads=4,
+/// dim_feat=8)`, coordinates `(1, 512, 3)` and features `(1, 512, 8)`, no mask.
+fn vn_transformer_n512() -> Result<Forward, CliError> {
+    let n = 512;
+    let cfg = VnTransformerConfig::from_kwargs(&serde_json::json!({
+        "dim": 32, "depth": 2, "dim_head": 16, "heads": 4, "dim_feat": 8
+    }))?;
+    let mut rng = StdRng::seed_from_u64(0);
+    let sd = uniform_weights(VnTransformer::expected_keys(&cfg)?, &mut rng)?;
+    let mut inputs = random_inputs(n, 8, &mut rng)?;
+    inputs.mask = None;
+    let mut model = VnTransformer::from_state_dict(&cfg, &sd)?.compile();
+    drop(sd);
+    if std::env::var_os("SE3_PROFILE").is_some() {
+        model.instrument();
+    }
+    Ok(Box::new(move || {
+        model.forward(&inputs)?;
+        Ok(())
+    }))
+}
+
+/// What one side measured for a case.
+#[derive(Debug, Clone, Copy, Default)]
+struct Measured {
+    median_s: f64,
+    min_s: f64,
+    max_s: f64,
+    peak_mib: f64,
+    /// CPU time (all threads) per forward, se3 only.
+    cpu_s: f64,
+}
+
+/// Runs every case (or those of `only`) in child processes and prints the Markdown table;
+/// `case` runs one case in this process. `python` (else `SE3_REFENV`) gives the PyTorch column,
+/// `script` the path of `bench_pytorch.py` (default: `../shared/reference/` beside the repo).
+pub fn run(
+    case: Option<&str>,
+    only: Option<&str>,
+    python: Option<PathBuf>,
+    script: Option<PathBuf>,
+) -> Result<(), CliError> {
+    if let Some(name) = case {
+        return run_case(find(name)?);
+    }
+    let wanted: Vec<&ZooCase> = match only {
+        Some(list) => list.split(',').map(find).collect::<Result<_, _>>()?,
+        None => CASES.iter().collect(),
+    };
+    let python = python.or_else(|| std::env::var_os("SE3_REFENV").map(PathBuf::from));
+    let python = python.map(|p| {
+        if p.is_dir() {
+            p.join("bin").join("python")
+        } else {
+            p
+        }
+    });
+    let script = script.unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/bench_pytorch.py")
+    });
+    if let Some(py) = &python {
+        if !script.is_file() {
+            return Err(format!(
+                "no {} (give --script PATH to bench_pytorch.py)",
+                script.display()
+            )
+            .into());
+        }
+        eprintln!("PyTorch column: {} {}", py.display(), script.display());
+    }
+    let exe = std::env::current_exe()?;
+    let mut rows = Vec::new();
+    for c in wanted {
+        eprintln!("se3 {} ...", c.name);
+        let out = Command::new(&exe)
+            .args(["bench", "zoo", "--case", c.name])
+            .output()?;
+        if !out.status.success() {
+            return Err(format!(
+                "case {} failed: {}",
+                c.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+            .into());
+        }
+        let ours = parse_child(&String::from_utf8_lossy(&out.stdout))?;
+        let torch = match &python {
+            Some(py) => {
+                eprintln!("PyTorch {} ...", c.name);
+                Some(run_pytorch(py, &script, c.name)?)
+            }
+            None => None,
+        };
+        rows.push((c, ours, torch));
+    }
+    print_table(&rows);
+    if python.is_none() {
+        println!(
+            "\nno PyTorch column: build the reference environment with \
+             `../shared/reference/setup_refenv.sh` and run `se3 bench zoo --python \
+             /tmp/se3-refenv/bin/python` (or set SE3_REFENV)"
+        );
+    }
+    Ok(())
+}
+
+fn find(name: &str) -> Result<&'static ZooCase, CliError> {
+    CASES.iter().find(|c| c.name == name).ok_or_else(|| {
+        let names: Vec<&str> = CASES.iter().map(|c| c.name).collect();
+        format!("unknown case `{name}` (cases: {})", names.join(", ")).into()
+    })
+}
+
+fn print_table(rows: &[(&ZooCase, Measured, Option<Measured>)]) {
+    println!(
+        "| case | se3 median (s) | se3 min-max (s) | se3 CPU (s) | PyTorch median (s) | speedup | se3 peak (MiB) | PyTorch peak (MiB) | memory ratio |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (c, o, t) in rows {
+        let (tt, speed, tm, frac) = match t {
+            Some(t) => (
+                format!("{:.4}", t.median_s),
+                format!("{:.1}x", t.median_s / o.median_s),
+                format!("{:.1}", t.peak_mib),
+                format!("{:.3}", o.peak_mib / t.peak_mib),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "| {} | {:.4} | {:.4}-{:.4} | {:.3} | {tt} | {speed} | {:.1} | {tm} | {frac} |",
+            c.name, o.median_s, o.min_s, o.max_s, o.cpu_s, o.peak_mib
+        );
+    }
+    println!();
+    for (c, _, _) in rows {
+        println!("- {}: {}", c.name, c.config);
+    }
+    println!(
+        "- time: median of {REPS} forwards after one warm-up, both sides; peak: VmHWM of the se3 \
+         child process, ru_maxrss of the python process; memory ratio = se3 / PyTorch; se3 CPU: \
+         CPU time of all threads per forward (on a loaded machine the wall time is at least \
+         CPU / threads)"
+    );
+    println!("- targets (issue #13): speedup >= 3x, memory ratio <= 0.2");
+}
+
+/// Builds the case, times its forwards and prints `time <median> <min> <max>`, `cpu_s` and
+/// `peak_mib` lines for the parent.
+fn run_case(c: &ZooCase) -> Result<(), CliError> {
+    let mut forward = (c.build)()?;
+    forward()?;
+    let cpu0 = cpu_seconds();
+    let mut times = Vec::with_capacity(REPS);
+    for _ in 0..REPS {
+        let t = Instant::now();
+        forward()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    if let (Some(a), Some(b)) = (cpu0, cpu_seconds()) {
+        println!("cpu_s {}", (b - a) / REPS as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "time {} {} {}",
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1]
+    );
+    println!("peak_mib {}", peak_mib()?);
+    if std::env::var_os("SE3_PROFILE").is_some() {
+        // the heaviest operators of one more forward, on stderr
+        se3_core::exec::profile::reset();
+        forward()?;
+        let recs = se3_core::exec::profile::records();
+        let mut by_shape: Vec<(String, f64, usize)> = Vec::new();
+        for r in &recs {
+            let key = format!("{} {:?}", r.kind, r.shapes);
+            match by_shape.iter_mut().find(|a| a.0 == key) {
+                Some(a) => (a.1, a.2) = (a.1 + r.seconds, a.2 + 1),
+                None => by_shape.push((key, r.seconds, 1)),
+            }
+        }
+        by_shape.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let total: f64 = recs.iter().map(|r| r.seconds).sum();
+        eprintln!("{total:.4} s in {} operator calls", recs.len());
+        for (k, t, n) in by_shape.iter().take(30) {
+            eprintln!("{t:.4} {n:4} {k}");
+        }
+    }
+    Ok(())
+}
+
+fn parse_child(text: &str) -> Result<Measured, CliError> {
+    let mut m = Measured::default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["time", a, b, c] => {
+                (m.median_s, m.min_s, m.max_s) = (a.parse()?, b.parse()?, c.parse()?)
+            }
+            ["peak_mib", v] => m.peak_mib = v.parse()?,
+            ["cpu_s", v] => m.cpu_s = v.parse()?,
+            _ => {}
+        }
+    }
+    if m.median_s <= 0.0 || m.peak_mib <= 0.0 {
+        return Err(format!("case output without time/peak lines: `{text}`").into());
+    }
+    Ok(m)
+}
+
+/// Runs `python script --only case` and reads its JSON line (`median_s`, `min_s`, `max_s`,
+/// `peak_rss_mib`).
+fn run_pytorch(python: &Path, script: &Path, case: &str) -> Result<Measured, CliError> {
+    let out = Command::new(python)
+        .arg(script)
+        .args(["--only", case])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} {} --only {case} failed: {}",
+            python.display(),
+            script.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or_else(|| format!("bench_pytorch.py printed no JSON line for {case}"))?;
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    let num = |k: &str| -> Result<f64, CliError> {
+        v.get(k)
+            .and_then(serde_json::Value::as_f64)
+            .ok_or_else(|| format!("bench_pytorch.py output without `{k}`: {line}").into())
+    };
+    Ok(Measured {
+        median_s: num("median_s")?,
+        min_s: num("min_s")?,
+        max_s: num("max_s")?,
+        peak_mib: num("peak_rss_mib")?,
+        cpu_s: f64::NAN,
+    })
+}
