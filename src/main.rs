@@ -24,6 +24,11 @@ enum Command {
     },
     /// Run a model from its config + weights on an inputs file and write its outputs.
     Infer(cli::infer::InferArgs),
+    /// Generate a physics data set (safetensors): nbody, dynamics or lj.
+    Data {
+        #[command(subcommand)]
+        what: cli::data::DataTarget,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +39,7 @@ fn main() -> std::process::ExitCode {
         Command::Zoo => cli::zoo::run(),
         Command::Bench { what } => cli::bench::run(what),
         Command::Infer(args) => cli::infer::run(&args),
+        Command::Data { what } => cli::data::run(what),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

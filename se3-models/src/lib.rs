@@ -2,6 +2,7 @@
 //!
 //! * [`checkpoint`]: PyTorch state dicts as safetensors (load, save, key checks).
 //! * [`inputs`]: model inputs named as in the reference `inputs.safetensors`.
+//! * [`physics`]: simulators, data sets, batching and metrics for learning physics.
 //! * [`se3_transformer`]: se3-transformer-pytorch 0.9's `SE3Transformer` config and float64 oracle.
 //! * [`tfn`]: a Tensor Field Network stack of ConvSE3 + NormSE3.
 //! * [`zoo`]: load any supported reference model from config + weights and run it.
@@ -14,6 +15,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod inputs;
 pub mod model_file;
+pub mod physics;
 pub mod se3_transformer;
 pub mod tfn;
 pub mod zoo;

@@ -5,6 +5,7 @@ pub mod bench_engine;
 pub mod bench_layers;
 pub mod bench_math;
 pub mod bench_se3t;
+pub mod data;
 pub mod infer;
 pub mod zoo;
 pub mod zoo_models;
