@@ -381,3 +381,33 @@ fn equivariance_metric_separates_equivariant_models() -> Result<(), Error> {
     );
     Ok(())
 }
+
+/// NRI-compatible numerics clip each force component to 0.1/dt: an opposite-charge pair at
+/// distance 0.05 (force 400) gains at most 100 · dt per component in the first step, while the
+/// exact default gains more.
+#[test]
+fn nri_compatible_nbody_clips_forces() -> Result<(), Error> {
+    let state = ParticleState {
+        positions: vec![Vector3::zeros(), Vector3::new(0.05, 0.0, 0.0)],
+        velocities: vec![Vector3::zeros(); 2],
+    };
+    let charges = vec![1.0, -1.0];
+    let one_step = |config: NBodyConfig| -> Result<f64, Error> {
+        let config = NBodyConfig {
+            particles: 2,
+            sample_every: 1,
+            ..config
+        };
+        let t = config.simulate_from(state.clone(), charges.clone(), 2)?;
+        Ok(t.frames[1].velocities[0].x)
+    };
+    let nri = NBodyConfig::nri_compatible();
+    let clipped = one_step(nri.clone())?;
+    let limit = nri.force_clip.unwrap_or(0.0) * nri.dt;
+    assert!(
+        clipped > 0.0 && clipped <= limit * (1.0 + 1e-12),
+        "clipped {clipped}, limit {limit}"
+    );
+    assert!(one_step(NBodyConfig::default())? > 2.0 * limit);
+    Ok(())
+}

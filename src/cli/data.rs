@@ -41,6 +41,10 @@ pub struct DataArgs {
     /// Test trajectories (default: the protocol's).
     #[arg(long)]
     pub test: Option<usize>,
+    /// nbody only: NRI's numerics (force components clipped to 0.1/dt, fixed steps, no energy
+    /// check), for comparison with published numbers.
+    #[arg(long)]
+    pub nri_clipping: bool,
 }
 
 fn progress_bar(total: usize) -> Result<ProgressBar, super::CliError> {
@@ -89,7 +93,11 @@ pub fn run(target: DataTarget) -> Result<(), super::CliError> {
     let start = std::time::Instant::now();
     match target {
         DataTarget::Nbody(args) => {
-            let mut config = NBodyConfig::default();
+            let mut config = if args.nri_clipping {
+                NBodyConfig::nri_compatible()
+            } else {
+                NBodyConfig::default()
+            };
             (config.train, config.val, config.test) =
                 sizes(&args, (config.train, config.val, config.test));
             let bar = progress_bar(config.train + config.val + config.test)?;

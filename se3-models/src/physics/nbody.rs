@@ -18,6 +18,8 @@
 //!   Coulomb dynamics and stay equivariant. A trajectory whose total energy still leaves its initial value by more than
 //!   [`NBodyConfig::max_energy_error`] at a recorded frame is redrawn from the same random stream
 //!   (rare; counted), so the generator stays deterministic for a seed.
+//! * [`NBodyConfig::nri_compatible`] keeps NRI's clipping and fixed steps instead, for
+//!   comparison with published numbers (`se3 data nbody --nri-clipping`).
 //! * **Frames after the target are not simulated**: the data set uses frames 30 and 40 only.
 //! * **Synchronous velocities.** Velocity Verlet keeps v at the time of x; NRI stores the velocity
 //!   half a step earlier.
@@ -49,6 +51,9 @@ pub struct NBodyConfig {
     /// η of the close-encounter sub-steps: each sub-step is at most η r_min^(3/2) (0 disables
     /// sub-stepping).
     pub substep_factor: f64,
+    /// NRI compatibility: clip every force component to ±this value (NRI uses 0.1/dt = 100).
+    /// Not rotation-equivariant and not energy-conserving; `None` (the default) is exact Coulomb.
+    pub force_clip: Option<f64>,
     /// Largest |E(frame) − E(0)| accepted for a trajectory (energy units); larger ones are redrawn.
     pub max_energy_error: f64,
     pub train: usize,
@@ -68,6 +73,7 @@ impl Default for NBodyConfig {
             input_frame: 30,
             target_frame: 40,
             substep_factor: 0.005,
+            force_clip: None,
             max_energy_error: 1e-3,
             train: 3000,
             val: 2000,
@@ -86,6 +92,19 @@ pub struct NBodyTrajectory {
 }
 
 impl NBodyConfig {
+    /// The NRI generator's numerics on the EGNN protocol, for comparison with published numbers:
+    /// force components clipped to ±0.1/dt, fixed steps (no sub-steps), no energy check.
+    /// Everything else as [`NBodyConfig::default`]; the walls of NRI's box are still left out.
+    pub fn nri_compatible() -> Self {
+        let base = NBodyConfig::default();
+        NBodyConfig {
+            substep_factor: 0.0,
+            force_clip: Some(0.1 / base.dt),
+            max_energy_error: f64::INFINITY,
+            ..base
+        }
+    }
+
     fn check(&self) -> Result<(), Error> {
         let invalid = |name, expected, found: String| {
             Err(Error::InvalidParameter {
@@ -192,7 +211,16 @@ impl NBodyConfig {
             });
         }
         let potential = self.potential();
-        let mut field = |x: &[Vector3<f64>]| Ok(energy_and_forces(&potential, x, &charges));
+        let clip = self.force_clip;
+        let mut field = |x: &[Vector3<f64>]| {
+            let (u, mut f) = energy_and_forces(&potential, x, &charges);
+            if let Some(c) = clip {
+                for v in &mut f {
+                    v.apply(|c_i| *c_i = c_i.clamp(-c, c));
+                }
+            }
+            Ok((u, f))
+        };
         let mut state = state;
         let mut verlet = VelocityVerlet::new(self.dt, &state, &mut field)?;
         let mut out = NBodyTrajectory {
