@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use se3_models::physics::baselines::Baseline;
+use se3_models::physics::baselines::{fit_horizon, Baseline};
 use se3_models::physics::dataset::DatasetFile;
 use se3_models::physics::dynamics::DynamicsConfig;
 use se3_models::physics::lj_clusters::LjClusterConfig;
@@ -84,6 +84,13 @@ fn print_baselines(file: &DatasetFile, horizon: f64) -> Result<(), super::CliErr
         let linear = Baseline::ConstantVelocity { horizon }.mse(test)?;
         println!("test MSE, static positions (x̂ = x):           {still:.6}");
         println!("test MSE, constant velocity (x̂ = x + {horizon} v): {linear:.6}");
+        if let Some(train) = file.split("train").filter(|d| !d.samples.is_empty()) {
+            let fitted = fit_horizon(train)?;
+            let mse = Baseline::ConstantVelocity { horizon: fitted }.mse(test)?;
+            println!(
+                "test MSE, constant velocity with T fitted on train (T = {fitted:.4}): {mse:.6}"
+            );
+        }
     }
     Ok(())
 }

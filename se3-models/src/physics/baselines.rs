@@ -11,8 +11,45 @@ use crate::Error;
 pub enum Baseline {
     /// x̂ = x: nothing moves.
     Static,
-    /// x̂ = x + T v: straight-line motion over the horizon T (no interaction).
+    /// x̂ = x + T v: straight-line motion over the horizon T (no interaction). The EGNN paper's
+    /// "Linear" baseline learns T; [`fit_horizon`] gives that T in closed form.
     ConstantVelocity { horizon: f64 },
+}
+
+/// The least-squares horizon of the constant-velocity baseline on `data`:
+/// T* = argmin_T Σ |x + T v − y|² = Σ (y − x)·v / Σ |v|².
+///
+/// # Errors
+/// `MissingInput` without velocities or targets; `InvalidParameter` if every velocity is zero.
+pub fn fit_horizon(data: &Dataset) -> Result<f64, Error> {
+    let (mut num, mut den) = (0.0, 0.0);
+    for s in &data.samples {
+        if s.target_positions.len() != s.positions.len() {
+            return Err(Error::MissingInput {
+                name: "target_positions",
+            });
+        }
+        if s.velocities.len() != s.positions.len() {
+            return Err(Error::MissingInput { name: "velocities" });
+        }
+        for ((x, v), y) in s
+            .positions
+            .iter()
+            .zip(&s.velocities)
+            .zip(&s.target_positions)
+        {
+            num += (y - x).dot(v);
+            den += v.norm_squared();
+        }
+    }
+    if den <= 0.0 {
+        return Err(Error::InvalidParameter {
+            name: "velocities",
+            expected: "at least one non-zero velocity",
+            found: "all zero".into(),
+        });
+    }
+    Ok(num / den)
 }
 
 impl Baseline {
