@@ -258,13 +258,13 @@ fn generators_are_deterministic_per_seed() -> Result<(), Error> {
         decode(&files(seed)?)?,
         decode(&files(seed.wrapping_add(1))?)?,
     );
-    for k in 0..3 {
+    for (k, ((first, again), other)) in da.iter().zip(&db).zip(&dc).enumerate() {
         assert_eq!(
-            da[k], db[k],
+            first, again,
             "seed {seed}: generator {k} is not deterministic"
         );
         assert_ne!(
-            da[k].splits, dc[k].splits,
+            first.splits, other.splits,
             "seed {seed}: generator {k} ignores the seed"
         );
     }

@@ -139,7 +139,7 @@ impl GraphBatch {
             if let Some(e) = s.energy {
                 b.energy.push(e as f32);
             }
-            b.graph_ids.extend(std::iter::repeat(g).take(s.len()));
+            b.graph_ids.extend(std::iter::repeat_n(g, s.len()));
             b.offsets.push(b.graph_ids.len());
         }
         Ok(b)
@@ -185,7 +185,7 @@ impl PaddedBatch {
             for s in samples {
                 let v = get(s);
                 push_vectors(&mut out, v);
-                out.extend(std::iter::repeat(0.0).take((n - v.len()) * 3));
+                out.extend(std::iter::repeat_n(0.0, (n - v.len()) * 3));
             }
             out
         };
@@ -193,7 +193,7 @@ impl PaddedBatch {
         if p.features {
             for s in samples {
                 features.extend(s.features.iter().map(|&f| f as f32));
-                features.extend(std::iter::repeat(0.0).take((n - s.len()) * feature_dim));
+                features.extend(std::iter::repeat_n(0.0, (n - s.len()) * feature_dim));
             }
         }
         Ok(PaddedBatch {

@@ -125,7 +125,7 @@ impl DatasetFile {
     /// or has another length than its positions; `InvalidParameter` for an empty or dotted split
     /// name; `Safetensors` if serialisation fails.
     pub fn to_bytes(&self) -> Result<Vec<u8>, Error> {
-        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut tensors: Vec<EncodedTensor> = Vec::new();
         for (name, data) in &self.splits {
             if name.is_empty() || name.contains('.') || name.contains(',') {
                 return Err(Error::InvalidParameter {
@@ -241,6 +241,12 @@ impl DatasetFile {
     }
 }
 
+/// A tensor read back: its shape and its values as f64.
+type ShapedValues = (Vec<usize>, Vec<f64>);
+
+/// A tensor ready to serialise: key, dtype, shape, little-endian bytes.
+type EncodedTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
 fn f32_bytes(values: impl Iterator<Item = f64>) -> Vec<u8> {
     values.flat_map(|v| (v as f32).to_le_bytes()).collect()
 }
@@ -272,11 +278,7 @@ fn uniform_part(
     Ok(present.unwrap_or(false))
 }
 
-fn encode_split(
-    name: &str,
-    data: &Dataset,
-    out: &mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
-) -> Result<(), Error> {
+fn encode_split(name: &str, data: &Dataset, out: &mut Vec<EncodedTensor>) -> Result<(), Error> {
     let b = data.samples.len();
     let n = data.samples.iter().map(Sample::len).max().unwrap_or(0);
     let f = data.feature_dim;
@@ -401,7 +403,7 @@ fn read_field(
     st: &SafeTensors<'_>,
     split: &str,
     field: &str,
-) -> Result<Option<(Vec<usize>, Vec<f64>)>, Error> {
+) -> Result<Option<ShapedValues>, Error> {
     let key = format!("{split}.{field}");
     match st.tensor(&key) {
         Ok(view) => Ok(Some((view.shape().to_vec(), view_to_f64(&key, &view)?))),

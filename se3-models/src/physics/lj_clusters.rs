@@ -96,7 +96,8 @@ impl LjClusterConfig {
                 found: format!("{:?}", self.sizes),
             });
         }
-        if self.temperatures.is_empty() || self.temperatures.iter().any(|&t| !(t >= 0.0)) {
+        if self.temperatures.is_empty() || self.temperatures.iter().any(|&t| t.is_nan() || t < 0.0)
+        {
             return Err(Error::InvalidParameter {
                 name: "temperatures",
                 expected: "a non-empty list of non-negative temperatures",

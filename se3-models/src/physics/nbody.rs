@@ -126,7 +126,7 @@ impl NBodyConfig {
                 format!("input {} target {}", self.input_frame, self.target_frame),
             );
         }
-        if !(self.max_energy_error > 0.0) {
+        if self.max_energy_error.is_nan() || self.max_energy_error <= 0.0 {
             return invalid(
                 "max_energy_error",
                 "a positive tolerance",
