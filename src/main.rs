@@ -26,6 +26,11 @@ enum Command {
     Infer(cli::infer::InferArgs),
     /// Print what this build and machine offer (CPU kernels, CUDA libraries and devices).
     Doctor,
+    /// Generate a physics data set (safetensors): nbody, dynamics or lj.
+    Data {
+        #[command(subcommand)]
+        what: cli::data::DataTarget,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +42,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench { what } => cli::bench::run(what),
         Command::Infer(args) => cli::infer::run(&args),
         Command::Doctor => cli::doctor::run(),
+        Command::Data { what } => cli::data::run(what),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

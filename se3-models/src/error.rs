@@ -95,4 +95,17 @@ pub enum Error {
     /// ([`crate::se3_transformer::typed`]) does not have (`CompiledSe3Transformer` runs it).
     #[error("option `{option}` is not available in the typed SE(3)-Transformer assembly; use CompiledSe3Transformer")]
     NotTyped { option: &'static str },
+    /// A physics simulator, data set or batching parameter out of range.
+    #[error("parameter `{name}` is invalid: expected {expected}, found {found}")]
+    InvalidParameter {
+        name: &'static str,
+        expected: &'static str,
+        found: String,
+    },
+    /// A simulation produced non-finite energies or forces (particles collided or blew up).
+    #[error("simulation diverged: non-finite energy or forces at step {step}")]
+    SimulationDiverged { step: usize },
+    /// A safetensors file that is not an se3 physics data set of the supported format version.
+    #[error("`{path}` is not an se3 physics data set: metadata `format` is {found:?}, expected \"se3-physics-v1\"")]
+    DatasetFormat { path: String, found: Option<String> },
 }

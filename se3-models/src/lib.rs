@@ -3,6 +3,7 @@
 //! * [`checkpoint`]: PyTorch state dicts as safetensors (load, save, key checks).
 //! * [`egnn`]: egnn-pytorch 0.2.8's `EGNN` layer and `EGNN_Network`, compiled graphs.
 //! * [`inputs`]: model inputs named as in the reference `inputs.safetensors`.
+//! * [`physics`]: simulators, data sets, batching and metrics for learning physics.
 //! * [`se3_transformer`]: se3-transformer-pytorch 0.9's `SE3Transformer` config and float64 oracle.
 //! * [`tfn`]: a Tensor Field Network stack of ConvSE3 + NormSE3.
 //! * [`vn_transformer`]: VN-transformer 0.1's `VNTransformer` (vector neurons), a compiled graph.
@@ -17,6 +18,7 @@ pub mod egnn;
 pub mod error;
 pub mod inputs;
 pub mod model_file;
+pub mod physics;
 pub mod se3_transformer;
 pub mod tfn;
 pub mod vn_transformer;

@@ -1,0 +1,25 @@
+//! Learning physics: simulators, data sets, batching and evaluation.
+//!
+//! * [`potential`]: pair potentials (Coulomb, spring, Lennard-Jones, Morse), energies and forces.
+//! * [`integrator`]: velocity Verlet and Langevin BAOAB for any [`integrator::ForceField`].
+//! * [`nbody`]: the charged N-body benchmark of the EGNN paper.
+//! * [`dynamics`]: particle dynamics in blocks of steps (iterative SE(3)-Transformer study).
+//! * [`lj_clusters`]: Lennard-Jones clusters with energies and forces at several temperatures.
+//! * [`dataset`]: samples, splits and the `se3-physics-v1` safetensors format.
+//! * [`batch`]: concatenated graph batches with graph ids, and padded batches with masks.
+//! * [`metrics`]: position MSE, energy/force MAE, equivariance error of a model.
+//! * [`md`]: molecular dynamics with any force field, reporting energy drift.
+//! * [`baselines`]: gradient-free reference predictors (constant velocity).
+//! * [`random`]: seeded normal variates and uniform rotations.
+
+pub mod baselines;
+pub mod batch;
+pub mod dataset;
+pub mod dynamics;
+pub mod integrator;
+pub mod lj_clusters;
+pub mod md;
+pub mod metrics;
+pub mod nbody;
+pub mod potential;
+pub mod random;
