@@ -8,10 +8,12 @@
 //! - [`exec`]: sessions and compilers that run luminal graphs on the CPU (and CUDA).
 //! - [`ops`]: graph operators for point clouds (neighbours, gather, scatter, fused edge kernels).
 //! - [`layers`]: equivariant layers generic over fibers.
+//! - [`autodiff`]: reverse-mode gradients of luminal graphs, emitted as graph ops.
 
 // Generated code of `#[fiber]` names `::se3::...`; inside this crate that is this crate.
 extern crate self as se3;
 
+pub mod autodiff;
 pub mod basis;
 pub mod error;
 pub mod exec;

@@ -1,0 +1,104 @@
+//! Emitting graph ops on untyped tensors (`GraphTensor<()>` carrying a run-time shape): the
+//! building blocks of the backward graph, each output a fresh row-major buffer whose shape is
+//! the logical shape of its inputs.
+
+use luminal::op::{self, Constant, ConstantValue, Operator};
+use luminal::prelude::{symbolic::Expression, *};
+
+use crate::ops::logical_dims;
+
+/// A tensor of the backward graph: node, view and graph, shape known at run time.
+pub type Tensor = GraphTensor<()>;
+
+/// A row-major tensor of node `id` with logical `dims`.
+pub(crate) fn plain(id: NodeIndex, dims: &[Expression], graph_ref: *mut Graph) -> Tensor {
+    GraphTensor::from_id(id, ShapeTracker::new(dims), graph_ref)
+}
+
+/// Logical sizes of `t`'s view.
+pub(crate) fn dims(t: &Tensor) -> Vec<Expression> {
+    logical_dims(&t.shape)
+}
+
+/// Whether a view reads its node's buffer as it is (no permute, broadcast, pad or slice).
+pub(crate) fn is_plain(st: &ShapeTracker) -> bool {
+    st.is_contiguous() && !st.is_sliced() && !st.is_padded()
+}
+
+/// `op(a)` elementwise.
+pub(crate) fn unary<O: Operator + 'static>(o: O, a: Tensor) -> Tensor {
+    let d = dims(&a);
+    let id = a.graph().add_op(o).input(a.id, 0, a.shape).finish();
+    plain(id, &d, a.graph_ref)
+}
+
+/// `op(a, b)` elementwise; both views have the same logical shape.
+pub(crate) fn binary<O: Operator + 'static>(o: O, a: Tensor, b: Tensor) -> Tensor {
+    debug_assert_eq!(a.shape.len(), b.shape.len(), "binary op on different ranks");
+    let d = dims(&a);
+    let id = a
+        .graph()
+        .add_op(o)
+        .input(a.id, 0, a.shape)
+        .input(b.id, 0, b.shape)
+        .finish();
+    plain(id, &d, a.graph_ref)
+}
+
+/// `a + b`.
+pub(crate) fn add(a: Tensor, b: Tensor) -> Tensor {
+    binary(op::Add, a, b)
+}
+
+/// `a * b`.
+pub(crate) fn mul(a: Tensor, b: Tensor) -> Tensor {
+    binary(op::Mul, a, b)
+}
+
+/// The constant `v` broadcast to `dims` (a view, no buffer).
+pub(crate) fn filled(graph_ref: *mut Graph, v: f32, dims: &[Expression]) -> Tensor {
+    // SAFETY: graph_ref comes from a live GraphTensor of the graph being differentiated.
+    let g = unsafe { &mut *graph_ref };
+    let dyn_map = &g.dyn_map as *const _;
+    let id = g
+        .add_op(Constant(ConstantValue::Float(v), dyn_map))
+        .finish();
+    GraphTensor::from_id(id, ShapeTracker::fake(dims), graph_ref)
+}
+
+/// `a * v` for a constant `v`.
+pub(crate) fn scale(a: Tensor, v: f32) -> Tensor {
+    let c = filled(a.graph_ref, v, &dims(&a));
+    mul(a, c)
+}
+
+/// A row-major copy of `a` (returns `a` if its view is already plain).
+pub(crate) fn contiguous(a: Tensor) -> Tensor {
+    if is_plain(&a.shape) {
+        return a;
+    }
+    unary(op::Contiguous, a)
+}
+
+/// Zeros of logical `dims` as a row-major buffer.
+pub(crate) fn zeros(graph_ref: *mut Graph, dims: &[Expression]) -> Tensor {
+    unary(op::Contiguous, filled(graph_ref, 0.0, dims))
+}
+
+/// Sum over logical axis `axis` (removed).
+pub(crate) fn sum_axis(a: Tensor, axis: usize) -> Tensor {
+    let mut d = dims(&a);
+    d.remove(axis);
+    let id = a
+        .graph()
+        .add_op(op::SumReduce(axis))
+        .input(a.id, 0, a.shape)
+        .finish();
+    plain(id, &d, a.graph_ref)
+}
+
+/// `a` broadcast along a new logical axis `axis` of `size` (a view).
+pub(crate) fn expand(mut a: Tensor, axis: usize, size: Expression) -> Tensor {
+    a.shape.expand(axis, size);
+    a
+}

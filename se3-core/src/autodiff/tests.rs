@@ -1,0 +1,255 @@
+//! Gradient checks of the backward pass on random shapes: every luminal primitive and view,
+//! and the graph ops with backward rules, against central finite differences.
+
+use luminal::prelude::*;
+use rand::{rngs::StdRng, Rng};
+
+use super::check::{check_gradients, Built, Input};
+use super::{gradients, grad};
+use crate::exec::tests::{rand_vec, rng};
+use crate::exec::{IndexBound, InputKind, Session};
+use crate::Error;
+
+/// Largest accepted |analytic - finite difference| / max(1, max |analytic|): f32 central
+/// differences with h = 1e-2 are good to ~1e-4; a wrong rule is off by O(1).
+const TOL: f64 = 2e-3;
+const H: f32 = 1e-2;
+
+fn assert_close(worst: &[super::check::Worst], what: &str) {
+    for w in worst {
+        println!("{what}: d/d{} worst error {:.2e}", w.name, w.error);
+        assert!(
+            w.error < TOL,
+            "{what}: gradient of `{}` off by {:.3e} (seed {})",
+            w.name,
+            w.error,
+            crate::testing::seed()
+        );
+    }
+}
+
+fn positive(r: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| r.gen_range(0.5f32..2.0)).collect()
+}
+
+#[test]
+fn unary_and_binary_primitives_match_finite_differences() -> Result<(), Error> {
+    let mut r = rng();
+    let (n, c) = (r.gen_range(1..6), r.gen_range(1..5));
+    let inputs: Vec<Input> = vec![
+        ("x", rand_vec(&mut r, n * c), vec![n, c]),
+        ("p", positive(&mut r, n * c), vec![n, c]),
+    ];
+    let build = |s: &mut Session| -> Built {
+        let x = s.input::<(Dyn<'n'>, Dyn<'c'>)>("x", InputKind::Values);
+        let p = s.input::<(Dyn<'n'>, Dyn<'c'>)>("p", InputKind::Values);
+        let a = x.exp() * p.ln() + x.sin() * p.sqrt() - p.recip() * x;
+        let b = (x * x).cos() + p.log2() * x.exp2() + x.sigmoid() * x.tanh();
+        let outs = vec![a.no_shape(), b.no_shape(), (x * 3.0 + p).no_shape()];
+        (vec![("x", x.no_shape()), ("p", p.no_shape())], outs)
+    };
+    assert_close(
+        &check_gradients(build, &inputs, H, 64, &mut r)?,
+        "unary/binary",
+    );
+    Ok(())
+}
+
+#[test]
+fn reductions_broadcasts_permutes_and_matmul_match_finite_differences() -> Result<(), Error> {
+    let mut r = rng();
+    let (n, k, m) = (r.gen_range(1..6), r.gen_range(1..5), r.gen_range(1..5));
+    let inputs: Vec<Input> = vec![
+        ("x", rand_vec(&mut r, n * k), vec![n, k]),
+        ("w", rand_vec(&mut r, k * m), vec![k, m]),
+        ("b", rand_vec(&mut r, m), vec![m]),
+    ];
+    let build = |s: &mut Session| -> Built {
+        let x = s.input::<(Dyn<'n'>, Dyn<'k'>)>("x", InputKind::Values);
+        let w = s.input::<(Dyn<'k'>, Dyn<'m'>)>("w", InputKind::Values);
+        let b = s.input::<(Dyn<'m'>,)>("b", InputKind::Values);
+        // y = x w + b (broadcast), a softmax over rows (max, exp, sum), a permuted copy
+        let y = x.matmul(w) + b.expand::<(Dyn<'n'>, Dyn<'m'>), _>();
+        let soft = y.softmax::<1>();
+        let t = y.permute::<(Dyn<'m'>, Dyn<'n'>), _>();
+        let col = (t * t).sum_reduce::<(Dyn<'m'>,), _>() + b;
+        let mean = x.mean_reduce::<(Dyn<'n'>,), _>();
+        let wt = w.permute::<(Dyn<'m'>, Dyn<'k'>), _>().contiguous();
+        let outs = vec![
+            soft.no_shape(),
+            col.no_shape(),
+            mean.no_shape(),
+            (wt * wt).no_shape(),
+            x.max_reduce::<(Dyn<'n'>,), _>().no_shape(),
+            y.relu().no_shape(),
+        ];
+        let wrt = vec![("x", x.no_shape()), ("w", w.no_shape()), ("b", b.no_shape())];
+        (wrt, outs)
+    };
+    assert_close(
+        &check_gradients(build, &inputs, H, 64, &mut r)?,
+        "reduce/broadcast/permute/matmul",
+    );
+    Ok(())
+}
+
+#[test]
+fn slices_pads_reshapes_and_concat_match_finite_differences() -> Result<(), Error> {
+    let mut r = rng();
+    let (n, c) = (r.gen_range(3..7), r.gen_range(2..5));
+    let inputs: Vec<Input> = vec![
+        ("x", rand_vec(&mut r, n * c), vec![n, c]),
+        ("y", rand_vec(&mut r, n * 2), vec![n, 2]),
+    ];
+    let build = move |s: &mut Session| -> Built {
+        let x = s.input::<(Dyn<'n'>, Dyn<'c'>)>("x", InputKind::Values);
+        let y = s.input::<(Dyn<'n'>, Const<2>)>("y", InputKind::Values);
+        let cat = x.concat_along::<(Dyn<'n'>, Dyn<'d'>), LAxis<1>, _>(y);
+        let sl = x.slice((1.., ..1)).contiguous();
+        let padded = y.pad::<(Dyn<'n'>, Dyn<'q'>), _, _>(&[(0, 0), (1, 2)]);
+        let flat = x.reshape::<(Dyn<'f'>,)>();
+        let outs = vec![
+            (cat * cat).no_shape(),
+            (sl * 2.0).no_shape(),
+            (padded.contiguous() + 1.0).exp().no_shape(),
+            (flat * flat).no_shape(),
+        ];
+        (vec![("x", x.no_shape()), ("y", y.no_shape())], outs)
+    };
+    let dims = [('d', c + 2), ('q', 5), ('f', n * c)];
+    let mut fixed = Vec::new();
+    for (d, v) in dims {
+        fixed.push((d, v));
+    }
+    let with_dims = move |s: &mut Session| -> Built {
+        for (d, v) in &fixed {
+            s.set_dim(*d, *v);
+        }
+        build(s)
+    };
+    assert_close(
+        &check_gradients(with_dims, &inputs, H, 64, &mut r)?,
+        "slice/pad/reshape/concat",
+    );
+    Ok(())
+}
+
+fn index_kind(bound: char, allow_missing: bool) -> InputKind {
+    InputKind::Indices {
+        bound: IndexBound::Dim(bound),
+        allow_missing,
+    }
+}
+
+#[test]
+fn gather_scatter_and_segment_softmax_match_finite_differences() -> Result<(), Error> {
+    let mut r = rng();
+    let (n, e, c) = (r.gen_range(2..7), r.gen_range(2..16), r.gen_range(1..4));
+    let idx: Vec<f32> = (0..e).map(|_| r.gen_range(-1..n as i64) as f32).collect();
+    let inputs: Vec<Input> = vec![
+        ("t", rand_vec(&mut r, n * c), vec![n, c]),
+        ("v", rand_vec(&mut r, e * c), vec![e, c]),
+        ("i", idx, vec![e]),
+    ];
+    let build = |s: &mut Session| -> Built {
+        let t = s.input::<(Dyn<'n'>, Dyn<'c'>)>("t", InputKind::Values);
+        let v = s.input::<(Dyn<'e'>, Dyn<'c'>)>("v", InputKind::Values);
+        let i = s.input::<(Dyn<'e'>,)>("i", index_kind('n', true));
+        let g = crate::ops::gather(t, i);
+        let soft = crate::ops::segment_softmax::<Dyn<'n'>, _, _>(g * v * 3.0, i);
+        let sc = crate::ops::scatter_add::<Dyn<'n'>, _, _>(v * soft, i);
+        // a permuted table: the gather reads a view
+        let tt = t
+            .permute::<(Dyn<'c'>, Dyn<'n'>), _>()
+            .contiguous()
+            .permute::<(Dyn<'n'>, Dyn<'c'>), _>();
+        let outs = vec![
+            sc.no_shape(),
+            (crate::ops::gather(tt, i) * v).no_shape(),
+            soft.no_shape(),
+        ];
+        (vec![("t", t.no_shape()), ("v", v.no_shape())], outs)
+    };
+    assert_close(
+        &check_gradients(build, &inputs, H, 64, &mut r)?,
+        "gather/scatter/segment_softmax",
+    );
+    Ok(())
+}
+
+#[test]
+fn relative_positions_and_distances_match_finite_differences() -> Result<(), Error> {
+    let mut r = rng();
+    let (n, e) = (r.gen_range(2..8), r.gen_range(1..20));
+    let ci: Vec<f32> = (0..e).map(|_| r.gen_range(0..n) as f32).collect();
+    // neighbours differ from centres: |x_i - x_j| has no derivative at 0
+    let ni: Vec<f32> = ci
+        .iter()
+        .map(|&c| ((c as usize + r.gen_range(1..n)) % n) as f32)
+        .collect();
+    let inputs: Vec<Input> = vec![
+        ("x", rand_vec(&mut r, n * 3), vec![n, 3]),
+        ("c", ci, vec![e]),
+        ("nb", ni, vec![e]),
+    ];
+    let build = |s: &mut Session| -> Built {
+        let x = s.input::<(Dyn<'n'>, Const<3>)>("x", InputKind::Coordinates);
+        let c = s.input::<(Dyn<'e'>,)>("c", index_kind('n', false));
+        let nb = s.input::<(Dyn<'e'>,)>("nb", index_kind('n', false));
+        let rel = crate::ops::relative_positions(x, c, nb);
+        let d = crate::ops::distances(rel);
+        (
+            vec![("x", x.no_shape())],
+            vec![rel.no_shape(), d.no_shape()],
+        )
+    };
+    assert_close(
+        &check_gradients(build, &inputs, 1e-3, 64, &mut r)?,
+        "relative positions/distances",
+    );
+    Ok(())
+}
+
+#[test]
+fn scalar_loss_gradient_and_unreached_inputs_get_zeros() -> Result<(), Error> {
+    let mut r = rng();
+    let n = r.gen_range(1..10);
+    let xs = rand_vec(&mut r, n * 3);
+    let mut s = Session::new();
+    let x = s.input::<(Dyn<'n'>, Const<3>)>("x", InputKind::Values);
+    let unused = s.weight::<(Const<2>,)>("unused");
+    let loss = (x * x * x).sum_reduce::<R0, _>();
+    let g = grad(loss.no_shape(), &[x.no_shape(), unused.no_shape()])?;
+    s.output("dx", g[0]);
+    s.output("du", g[1]);
+    s.set_weight("unused", vec![5.0, -1.0], &[2])?;
+    s.set("x", xs.clone(), &[n, 3])?;
+    s.run()?;
+    let dx = s.get("dx")?;
+    assert_eq!(dx.shape, vec![n, 3]);
+    for (d, x) in dx.data.iter().zip(&xs) {
+        assert!((d - 3.0 * x * x).abs() < 1e-5, "d/dx x³ = {d}, want {}", 3.0 * x * x);
+    }
+    assert_eq!(s.get("du")?.data, vec![0.0, 0.0]);
+    Ok(())
+}
+
+#[test]
+fn fused_ops_without_backward_and_views_as_targets_are_typed_errors() {
+    let mut s = Session::new();
+    let x = s.input::<(Dyn<'e'>, Const<4>)>("x", InputKind::Values);
+    let b = s.weight::<(Const<4>,)>("b");
+    let gamma = s.weight::<(Const<4>,)>("g");
+    let beta = s.weight::<(Const<4>,)>("beta");
+    let y = crate::ops::layer_norm_gelu(x, b, gamma, beta, 1e-5);
+    let loss = y.sum_reduce::<R0, _>();
+    assert!(matches!(
+        grad(loss.no_shape(), &[x.no_shape()]),
+        Err(Error::NoGradient { .. })
+    ));
+    let view = x.permute::<(Const<4>, Dyn<'e'>), _>();
+    assert!(matches!(
+        gradients(&[(loss.no_shape(), loss.no_shape())], &[view.no_shape()]),
+        Err(Error::GradientOfView { index: 0 })
+    ));
+}
