@@ -25,8 +25,9 @@ pub(crate) fn is_plain(st: &ShapeTracker) -> bool {
     st.is_contiguous() && !st.is_sliced() && !st.is_padded()
 }
 
-/// `op(a)` elementwise.
+/// `op(a)` elementwise on a plain `a` (luminal's unary primitives map buffers, not views).
 pub(crate) fn unary<O: Operator + 'static>(o: O, a: Tensor) -> Tensor {
+    debug_assert!(is_plain(&a.shape), "unary primitive on a view");
     let d = dims(&a);
     let id = a.graph().add_op(o).input(a.id, 0, a.shape).finish();
     plain(id, &d, a.graph_ref)
@@ -77,16 +78,30 @@ pub(crate) fn contiguous(a: Tensor) -> Tensor {
     if is_plain(&a.shape) {
         return a;
     }
-    unary(op::Contiguous, a)
+    copy(a)
 }
 
 /// Zeros of logical `dims` as a row-major buffer.
 pub(crate) fn zeros(graph_ref: *mut Graph, dims: &[Expression]) -> Tensor {
-    unary(op::Contiguous, filled(graph_ref, 0.0, dims))
+    copy(filled(graph_ref, 0.0, dims))
 }
 
-/// Sum over logical axis `axis` (removed).
+/// A row-major copy of the view `a` (always a new node).
+pub(crate) fn copy(a: Tensor) -> Tensor {
+    let d = dims(&a);
+    let id = a.graph().add_op(op::Contiguous).input(a.id, 0, a.shape).finish();
+    plain(id, &d, a.graph_ref)
+}
+
+/// Sum over logical axis `axis` (removed), as a row-major buffer.
+///
+/// se3's compiled reduction writes its result where the input's view minus `axis` reads it
+/// (see `exec::primitives`), luminal's interpreter in logical order; the two agree when that
+/// view is plain, so any other input is copied first.
 pub(crate) fn sum_axis(a: Tensor, axis: usize) -> Tensor {
+    let mut rest = a.shape;
+    rest.remove_dim(axis);
+    let a = if is_plain(&rest) { a } else { copy(a) };
     let mut d = dims(&a);
     d.remove(axis);
     let id = a

@@ -49,7 +49,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 pub use emit::Tensor;
 use emit::{add, dims, filled, is_plain, plain, zeros};
-use primitives::Primitive;
+use primitives::{InputGrad, Primitive};
 
 use crate::ops::{gather, scatter_add, segment_softmax};
 use crate::Error;
@@ -156,18 +156,25 @@ pub fn gradients(cotangents: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<
             .iter()
             .map(|&(s, _, st)| GraphTensor::from_id(s, st, gref))
             .collect();
-        let input_grads = match op_rule {
-            Some(Rule::Primitive(p)) => primitives::vjp(p, y, &inputs, g.id, &wanted),
-            Some(Rule::Gather) => gather::backward::vjp(&inputs, g.id, &wanted),
-            Some(Rule::ScatterAdd) => scatter_add::backward::vjp(&inputs, g.id, &wanted),
+        let as_views = |v: Vec<Option<Tensor>>| v.into_iter().map(|d| d.map(InputGrad::View));
+        let input_grads: Vec<Option<InputGrad>> = match op_rule {
+            Some(Rule::Primitive(p)) => primitives::vjp(p, y, &inputs, g, &wanted)?,
+            Some(Rule::Gather) => as_views(gather::backward::vjp(&inputs, g.id, &wanted)).collect(),
+            Some(Rule::ScatterAdd) => {
+                as_views(scatter_add::backward::vjp(&inputs, g.id, &wanted)).collect()
+            }
             Some(Rule::SegmentSoftmax) => {
-                segment_softmax::backward::vjp(&inputs, y, g.id, &wanted)
+                as_views(segment_softmax::backward::vjp(&inputs, y, g.id, &wanted)).collect()
             }
             None => return Err(Error::NoGradient { op: op_name }),
         };
         for ((&(s, _, st), w), d) in sources.iter().zip(&wanted).zip(input_grads) {
-            if let (true, Some(d)) = (*w, d) {
-                accumulate(&mut grads, s, view::unview(d, &st));
+            match (*w, d) {
+                (true, Some(InputGrad::View(d))) => {
+                    accumulate(&mut grads, s, view::unview(d, &st))
+                }
+                (true, Some(InputGrad::Buffer(d))) => accumulate(&mut grads, s, d),
+                _ => {}
             }
         }
     }

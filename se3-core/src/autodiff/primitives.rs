@@ -1,9 +1,11 @@
 //! Vector-Jacobian products of luminal's primitive operators.
 //!
-//! For `y = op(x...)` and the gradient `g` of `y` (logical shape of `y`), each rule gives the
-//! gradient of every input *view* (logical shape of that view); the pass then undoes the view
-//! ([`unview`](super::view::unview)). Inputs are re-read through their original views, so a
-//! broadcast operand is never materialised:
+//! For `y = op(x...)` and the gradient `g` of `y`, each rule gives the gradient of every input
+//! *view* (logical shape of that view), which the pass then takes through the view's adjoint
+//! ([`unview`](super::view::unview)); inputs are re-read through their original views, so a
+//! broadcast operand is never materialised. Luminal's unary primitives are the exception: they
+//! map their input's buffer element by element whatever its view (the output keeps the view),
+//! so their rules give the gradient of the input buffer directly:
 //! - `a + b`: `g`, `g`; `a * b`: `g b`, `g a`;
 //! - `exp2 x`: `g y ln 2`; `log2 x`: `g / (x ln 2)`; `sin x`: `g cos x = g sin(x + π/2)`;
 //!   `sqrt x`: `g / (2 y)`; `1 / x`: `-g y²`; `contiguous`: `g`;
@@ -12,7 +14,9 @@
 //! - `x mod y`, `x < y`: piecewise constant, no gradient.
 
 use luminal::op::{self, Operator};
-use luminal::prelude::{symbolic::Expression, *};
+use luminal::prelude::*;
+
+use crate::Error;
 
 use super::emit::{add, binary, dims, expand, filled, mul, plain, scale, unary, Tensor};
 
@@ -63,55 +67,88 @@ pub(crate) fn classify(o: &dyn Operator) -> Option<Primitive> {
     })
 }
 
-/// Logical shape of the output of `p` applied to views `inputs`.
-fn output_dims(p: Primitive, inputs: &[Tensor]) -> Vec<Expression> {
-    let mut d = dims(&inputs[0]);
-    if let Primitive::SumReduce(axis) | Primitive::MaxReduce(axis) = p {
-        d.remove(axis);
-    }
-    d
+/// The gradient an operator sends to one input.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum InputGrad {
+    /// With respect to the input's view (its logical shape); the pass undoes the view.
+    View(Tensor),
+    /// With respect to the input's buffer (row-major, its element count).
+    Buffer(Tensor),
 }
 
-/// Gradients of the input views of `y = p(inputs)` from `g_id`, the row-major gradient buffer
-/// of `y`; `None` where no gradient flows or `wanted` is false.
+/// Whether `p` maps its input's buffer element by element, ignoring the view: luminal's unary
+/// primitives do (their output keeps the input's view), everything else reads the view.
+fn buffer_wise(p: Primitive) -> bool {
+    matches!(
+        p,
+        Primitive::Exp2 | Primitive::Log2 | Primitive::Sin | Primitive::Sqrt | Primitive::Recip
+    )
+}
+
+/// Gradients of the inputs of `y = p(inputs)` from `g`, the row-major gradient buffer of `y`;
+/// `None` where no gradient flows or `wanted` is false.
+///
+/// Unary primitives work on buffers: `y_buf[i] = f(x_buf[i])`, so `dx_buf = g ⊙ f'(x_buf)`
+/// with `g`, `x` and `y` all read as plain buffers of `g`'s shape.
 pub(crate) fn vjp(
     p: Primitive,
     y: NodeIndex,
     inputs: &[Tensor],
-    g_id: NodeIndex,
+    g: Tensor,
     wanted: &[bool],
-) -> Vec<Option<Tensor>> {
+) -> Result<Vec<Option<InputGrad>>, Error> {
     let gref = inputs[0].graph_ref;
-    let out = output_dims(p, inputs);
-    let g = plain(g_id, &out, gref);
-    let yv = plain(y, &out, gref);
-    let x = inputs[0];
-    let one = |t: Tensor| vec![Some(t)];
-    match p {
-        Primitive::Add => wanted.iter().map(|&w| w.then_some(g)).collect(),
-        Primitive::Mul => vec![
-            wanted[0].then(|| mul(g, inputs[1])),
-            wanted[1].then(|| mul(g, inputs[0])),
-        ],
-        Primitive::Exp2 => one(scale(mul(g, yv), std::f32::consts::LN_2)),
-        Primitive::Log2 => one(scale(
-            mul(g, unary(op::Recip, x)),
-            std::f32::consts::LOG2_E,
-        )),
-        Primitive::Sin => {
-            let shifted = add(x, filled(gref, std::f32::consts::FRAC_PI_2, &dims(&x)));
-            one(mul(g, unary(op::Sin, shifted)))
+    if buffer_wise(p) {
+        let shape = dims(&g);
+        let (x, yv) = (plain(inputs[0].id, &shape, gref), plain(y, &shape, gref));
+        let d = match p {
+            Primitive::Exp2 => scale(mul(g, yv), std::f32::consts::LN_2),
+            Primitive::Log2 => scale(mul(g, unary(op::Recip, x)), std::f32::consts::LOG2_E),
+            Primitive::Sin => {
+                let shifted = add(x, filled(gref, std::f32::consts::FRAC_PI_2, &shape));
+                mul(g, unary(op::Sin, shifted))
+            }
+            Primitive::Sqrt => scale(mul(g, unary(op::Recip, yv)), 0.5),
+            _ => scale(mul(g, mul(yv, yv)), -1.0),
+        };
+        return Ok(vec![Some(InputGrad::Buffer(d))]);
+    }
+    let mut out = dims(&inputs[0]);
+    // a reduction's buffer is laid out as its input's view minus the axis reads it
+    // (`exec::primitives::Reduce`), so its gradient and value are read through that view
+    let mut result_view = ShapeTracker::new(&out);
+    if let Primitive::SumReduce(axis) | Primitive::MaxReduce(axis) = p {
+        out.remove(axis);
+        result_view = inputs[0].shape;
+        result_view.remove_dim(axis);
+        if result_view.fake.iter().any(|&f| f) {
+            return Err(Error::NoGradient {
+                op: format!("{p:?} of a broadcast view"),
+            });
         }
-        Primitive::Sqrt => one(scale(mul(g, unary(op::Recip, yv)), 0.5)),
-        Primitive::Recip => one(scale(mul(g, mul(yv, yv)), -1.0)),
+    }
+    let g = GraphTensor::from_id(g.id, result_view, gref);
+    let x = inputs[0];
+    let one = |t: Tensor| vec![Some(InputGrad::View(t))];
+    Ok(match p {
+        Primitive::Add => wanted
+            .iter()
+            .map(|&w| w.then_some(InputGrad::View(g)))
+            .collect(),
+        Primitive::Mul => vec![
+            wanted[0].then(|| InputGrad::View(mul(g, inputs[1]))),
+            wanted[1].then(|| InputGrad::View(mul(g, inputs[0]))),
+        ],
         Primitive::Contiguous => one(g),
         Primitive::SumReduce(axis) => one(expand(g, axis, dims(&x)[axis])),
         Primitive::MaxReduce(axis) => {
             let size = dims(&x)[axis];
+            let yv = GraphTensor::from_id(y, result_view, gref);
             let below = binary(op::LessThan, x, expand(yv, axis, size));
             let at_max = add(scale(below, -1.0), filled(gref, 1.0, &dims(&x)));
             one(mul(expand(g, axis, size), at_max))
         }
-        Primitive::Constantwise => vec![None; inputs.len()],
-    }
+        _ => vec![None; inputs.len()],
+    })
 }
+

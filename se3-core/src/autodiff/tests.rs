@@ -1,11 +1,11 @@
 //! Gradient checks of the backward pass on random shapes: every luminal primitive and view,
 //! and the graph ops with backward rules, against central finite differences.
 
-use luminal::prelude::*;
+use luminal::prelude::{symbolic::Expression, *};
 use rand::{rngs::StdRng, Rng};
 
 use super::check::{check_gradients, Built, Input};
-use super::{gradients, grad};
+use super::{emit, gradients, grad};
 use crate::exec::tests::{rand_vec, rng};
 use crate::exec::{IndexBound, InputKind, Session};
 use crate::Error;
@@ -45,7 +45,14 @@ fn unary_and_binary_primitives_match_finite_differences() -> Result<(), Error> {
         let p = s.input::<(Dyn<'n'>, Dyn<'c'>)>("p", InputKind::Values);
         let a = x.exp() * p.ln() + x.sin() * p.sqrt() - p.recip() * x;
         let b = (x * x).cos() + p.log2() * x.exp2() + x.sigmoid() * x.tanh();
-        let outs = vec![a.no_shape(), b.no_shape(), (x * 3.0 + p).no_shape()];
+        // unary primitives on views map the buffer and keep the view
+        let pt = p.permute::<(Dyn<'c'>, Dyn<'n'>), _>().sqrt();
+        let outs = vec![
+            a.no_shape(),
+            b.no_shape(),
+            (x * 3.0 + p).no_shape(),
+            (pt * pt.log2()).no_shape(),
+        ];
         (vec![("x", x.no_shape()), ("p", p.no_shape())], outs)
     };
     assert_close(
@@ -53,6 +60,15 @@ fn unary_and_binary_primitives_match_finite_differences() -> Result<(), Error> {
         "unary/binary",
     );
     Ok(())
+}
+
+/// Values at least 0.1 apart (shuffled), so a max has no near-tie within a finite-difference step.
+fn separated(r: &mut StdRng, n: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..n).map(|i| i as f32 * 0.1 - 0.5).collect();
+    for i in (1..n).rev() {
+        v.swap(i, r.gen_range(0..=i));
+    }
+    v
 }
 
 #[test]
@@ -63,11 +79,19 @@ fn reductions_broadcasts_permutes_and_matmul_match_finite_differences() -> Resul
         ("x", rand_vec(&mut r, n * k), vec![n, k]),
         ("w", rand_vec(&mut r, k * m), vec![k, m]),
         ("b", rand_vec(&mut r, m), vec![m]),
+        ("s", separated(&mut r, n * k), vec![n, k]),
+        ("z", rand_vec(&mut r, n * k * m), vec![n, k, m]),
     ];
     let build = |s: &mut Session| -> Built {
         let x = s.input::<(Dyn<'n'>, Dyn<'k'>)>("x", InputKind::Values);
         let w = s.input::<(Dyn<'k'>, Dyn<'m'>)>("w", InputKind::Values);
         let b = s.input::<(Dyn<'m'>,)>("b", InputKind::Values);
+        let sep = s.input::<(Dyn<'n'>, Dyn<'k'>)>("s", InputKind::Values);
+        let z = s.input::<(Dyn<'n'>, Dyn<'k'>, Dyn<'m'>)>("z", InputKind::Values);
+        // a reduction of a permuted view whose result is itself a permuted view
+        let zr = z
+            .permute::<(Dyn<'m'>, Dyn<'n'>, Dyn<'k'>), _>()
+            .sum_reduce::<(Dyn<'m'>, Dyn<'n'>), _>();
         // y = x w + b (broadcast), a softmax over rows (max, exp, sum), a permuted copy
         let y = x.matmul(w) + b.expand::<(Dyn<'n'>, Dyn<'m'>), _>();
         let soft = y.softmax::<1>();
@@ -80,10 +104,16 @@ fn reductions_broadcasts_permutes_and_matmul_match_finite_differences() -> Resul
             col.no_shape(),
             mean.no_shape(),
             (wt * wt).no_shape(),
-            x.max_reduce::<(Dyn<'n'>,), _>().no_shape(),
-            y.relu().no_shape(),
+            sep.max_reduce::<(Dyn<'n'>,), _>().no_shape(),
+            (zr * zr).no_shape(),
         ];
-        let wrt = vec![("x", x.no_shape()), ("w", w.no_shape()), ("b", b.no_shape())];
+        let wrt = vec![
+            ("x", x.no_shape()),
+            ("w", w.no_shape()),
+            ("b", b.no_shape()),
+            ("s", sep.no_shape()),
+            ("z", z.no_shape()),
+        ];
         (wrt, outs)
     };
     assert_close(
@@ -104,19 +134,35 @@ fn slices_pads_reshapes_and_concat_match_finite_differences() -> Result<(), Erro
     let build = move |s: &mut Session| -> Built {
         let x = s.input::<(Dyn<'n'>, Dyn<'c'>)>("x", InputKind::Values);
         let y = s.input::<(Dyn<'n'>, Const<2>)>("y", InputKind::Values);
-        let cat = x.concat_along::<(Dyn<'n'>, Dyn<'d'>), LAxis<1>, _>(y);
-        let sl = x.slice((1.., ..1)).contiguous();
-        let padded = y.pad::<(Dyn<'n'>, Dyn<'q'>), _, _>(&[(0, 0), (1, 2)]);
+        let cat = x.concat_along::<(Dyn<'n'>, Dyn<'d'>), Axis<1>, _>(y);
+        // views built directly, so their logical sizes are exact: rows 1.. and columns ..1
+        // of x; y padded by 1 and 2 columns; then x sliced after a permute
+        let mut sl = x.no_shape();
+        sl.shape.slice(&[
+            (Expression::from(1), Expression::from(i32::MAX)),
+            (Expression::from(0), Expression::from(1)),
+        ]);
+        let mut padded = y.no_shape();
+        padded.shape.pad(&[
+            (Expression::from(0), Expression::from(0)),
+            (Expression::from(1), Expression::from(2)),
+        ]);
+        let mut cols = x.permute::<(Dyn<'c'>, Dyn<'n'>), _>().no_shape();
+        cols.shape.slice(&[
+            (Expression::from(1), Expression::from(2)),
+            (Expression::from(0), Expression::from(i32::MAX)),
+        ]);
         let flat = x.reshape::<(Dyn<'f'>,)>();
         let outs = vec![
             (cat * cat).no_shape(),
-            (sl * 2.0).no_shape(),
-            (padded.contiguous() + 1.0).exp().no_shape(),
+            emit::scale(sl, 2.0),
+            emit::mul(padded, padded),
+            emit::mul(cols, cols),
             (flat * flat).no_shape(),
         ];
         (vec![("x", x.no_shape()), ("y", y.no_shape())], outs)
     };
-    let dims = [('d', c + 2), ('q', 5), ('f', n * c)];
+    let dims = [('d', c + 2), ('f', n * c)];
     let mut fixed = Vec::new();
     for (d, v) in dims {
         fixed.push((d, v));
@@ -253,3 +299,5 @@ fn fused_ops_without_backward_and_views_as_targets_are_typed_errors() {
         Err(Error::GradientOfView { index: 0 })
     ));
 }
+
+

@@ -3,15 +3,15 @@
 //!
 //! A luminal view (`ShapeTracker`) reads a row-major buffer of physical `dims` through a
 //! permutation (`indexes`), broadcasts (`fake` dims, stride 0), padding (zeros) and slices.
-//! Its adjoint, applied to a gradient of the view's logical shape: permute back to physical
-//! order, sum over every broadcast axis, and for a padded/sliced axis pad the gradient by the
+//! Its adjoint, applied to a gradient of the view's logical shape: sum over every broadcast
+//! axis, permute the rest back to physical order, and for a padded/sliced axis pad the gradient by the
 //! slice start and end and drop the padding (a slice of `[p0, p0 + dim)`), so that buffer
 //! element `i` receives the gradient of every logical element that read it. Reshapes need
 //! nothing: the result is a row-major buffer of the node's element count.
 
 use luminal::prelude::{symbolic::Expression, *};
 
-use super::emit::{contiguous, dims, sum_axis, Tensor};
+use super::emit::{contiguous, copy, dims, sum_axis, Tensor};
 
 fn is_zero(e: &Expression) -> bool {
     e.to_usize() == Some(0)
@@ -25,17 +25,21 @@ fn is_unbounded(e: &Expression) -> bool {
 /// shape of `st`); returned row-major with the non-broadcast physical dims of `st`.
 pub(crate) fn unview(grad: Tensor, st: &ShapeTracker) -> Tensor {
     let n = st.len();
-    let mut back = vec![0usize; n];
-    for (logical, &physical) in st.indexes.iter().enumerate() {
-        back[physical] = logical;
-    }
     let mut cur = grad;
-    cur.shape.permute(&back);
-    for d in (0..n).rev() {
-        if st.fake[d] {
-            cur = sum_axis(cur, d);
+    // sum the broadcast axes first (in logical order, so the sums read plain buffers)
+    for k in (0..n).rev() {
+        if st.fake[st.indexes[k]] {
+            cur = sum_axis(cur, k);
         }
     }
+    // then permute the remaining logical axes into physical order
+    let physical: Vec<usize> = (0..n)
+        .map(|k| st.indexes[k])
+        .filter(|&d| !st.fake[d])
+        .collect();
+    let mut order: Vec<usize> = (0..physical.len()).collect();
+    order.sort_by_key(|&k| physical[k]);
+    cur.shape.permute(&order);
     let kept = (0..n).filter(|&d| !st.fake[d]);
     for (axis, d) in kept.enumerate() {
         let ((p0, p1), (s0, s1)) = (st.padding[d], st.slices[d]);
@@ -52,7 +56,7 @@ pub(crate) fn unview(grad: Tensor, st: &ShapeTracker) -> Tensor {
         slices[axis] = (p0, p0 + st.dims[d]);
         cur.shape.slice(&slices);
         // materialise before the next axis: luminal cannot pad a sliced view
-        cur = super::emit::unary(luminal::op::Contiguous, cur);
+        cur = copy(cur);
     }
     let d = dims(&cur);
     let out = contiguous(cur);
