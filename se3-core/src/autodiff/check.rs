@@ -33,7 +33,12 @@ fn loss(s: &Session, n_out: usize, cot: &[Vec<f32>]) -> Result<f64, Error> {
     let mut l = 0.0f64;
     for (k, c) in cot.iter().enumerate().take(n_out) {
         let o = s.get(&format!("out{k}"))?;
-        l += o.data.iter().zip(c).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
+        l += o
+            .data
+            .iter()
+            .zip(c)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum::<f64>();
     }
     Ok(l)
 }
@@ -58,7 +63,11 @@ pub(crate) fn check_gradients(
     let mut cot = vec![];
     for k in 0..outs.len() {
         let n = fwd.get(&format!("out{k}"))?.data.len();
-        cot.push((0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect::<Vec<_>>());
+        cot.push(
+            (0..n)
+                .map(|_| rng.gen_range(-1.0f32..1.0))
+                .collect::<Vec<_>>(),
+        );
     }
     let mut bwd = Session::new();
     let (wrt, outs) = build(&mut bwd);
@@ -89,12 +98,18 @@ pub(crate) fn check_gradients(
             });
         };
         let (_, data, shape) = &inputs[pos];
-        assert_eq!(analytic.len(), data.len(), "gradient of `{name}` has the wrong size");
+        assert_eq!(
+            analytic.len(),
+            data.len(),
+            "gradient of `{name}` has the wrong size"
+        );
         let scale = analytic.iter().fold(1.0f64, |m, v| m.max(v.abs() as f64));
         let probes: Vec<usize> = if data.len() <= max_probes {
             (0..data.len()).collect()
         } else {
-            (0..max_probes).map(|_| rng.gen_range(0..data.len())).collect()
+            (0..max_probes)
+                .map(|_| rng.gen_range(0..data.len()))
+                .collect()
         };
         let mut error = 0.0f64;
         for i in probes {

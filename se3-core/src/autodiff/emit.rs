@@ -83,13 +83,19 @@ pub(crate) fn contiguous(a: Tensor) -> Tensor {
 
 /// Zeros of logical `dims` as a row-major buffer.
 pub(crate) fn zeros(graph_ref: *mut Graph, dims: &[Expression]) -> Tensor {
-    copy(filled(graph_ref, 0.0, dims))
+    // a product of broadcast constants (a copy of a broadcast constant is not reliable
+    // through every compiler pass)
+    mul(filled(graph_ref, 0.0, dims), filled(graph_ref, 0.0, dims))
 }
 
 /// A row-major copy of the view `a` (always a new node).
 pub(crate) fn copy(a: Tensor) -> Tensor {
     let d = dims(&a);
-    let id = a.graph().add_op(op::Contiguous).input(a.id, 0, a.shape).finish();
+    let id = a
+        .graph()
+        .add_op(op::Contiguous)
+        .input(a.id, 0, a.shape)
+        .finish();
     plain(id, &d, a.graph_ref)
 }
 
@@ -116,4 +122,36 @@ pub(crate) fn sum_axis(a: Tensor, axis: usize) -> Tensor {
 pub(crate) fn expand(mut a: Tensor, axis: usize, size: Expression) -> Tensor {
     a.shape.expand(axis, size);
     a
+}
+
+/// The run-time value of `e` (e.g. a dynamic width) broadcast to `dims`.
+pub(crate) fn filled_expr(graph_ref: *mut Graph, e: Expression, dims: &[Expression]) -> Tensor {
+    // SAFETY: as in `filled`.
+    let g = unsafe { &mut *graph_ref };
+    let dyn_map = &g.dyn_map as *const _;
+    let id = g
+        .add_op(Constant(ConstantValue::Expression(e.into()), dyn_map))
+        .finish();
+    GraphTensor::from_id(id, ShapeTracker::fake(dims), graph_ref)
+}
+
+/// `a + v` for a constant `v`.
+pub(crate) fn shift(a: Tensor, v: f32) -> Tensor {
+    let c = filled(a.graph_ref, v, &dims(&a));
+    add(a, c)
+}
+
+/// `e^a` (as luminal: `2^(a log2 e)`).
+pub(crate) fn exp(a: Tensor) -> Tensor {
+    unary(op::Exp2, scale(a, std::f32::consts::LOG2_E))
+}
+
+/// `1 / a`.
+pub(crate) fn recip(a: Tensor) -> Tensor {
+    unary(op::Recip, contiguous(a))
+}
+
+/// `[a < b]` (1 or 0).
+pub(crate) fn less_than(a: Tensor, b: Tensor) -> Tensor {
+    binary(op::LessThan, a, b)
 }

@@ -15,7 +15,7 @@
 //! Differentiable: luminal's primitives (add, mul, sum/max reduce, exp2, log2, sin, sqrt,
 //! recip, contiguous; mod and less-than carry no gradient), and the ops gather, scatter-add
 //! and segment softmax (so relative positions and distances, built from gather and
-//! primitives, too); indices (neighbour lists, top-k) are constants of the backward pass.
+//! primitives, too), and the fused row kernel layer norm + GELU; indices (neighbour lists, top-k) are constants of the backward pass.
 //! A fused op without a backward gives [`Error::NoGradient`]: build that layer unfused.
 //!
 //! ```
@@ -51,7 +51,7 @@ pub use emit::Tensor;
 use emit::{add, dims, filled, is_plain, plain, zeros};
 use primitives::{InputGrad, Primitive};
 
-use crate::ops::{gather, scatter_add, segment_softmax};
+use crate::ops::{gather, layer_norm_gelu, scatter_add, segment_softmax};
 use crate::Error;
 
 /// The backward rule of an operator.
@@ -61,6 +61,7 @@ enum Rule {
     Gather,
     ScatterAdd,
     SegmentSoftmax,
+    LayerNormGelu { eps: f32 },
 }
 
 fn rule(o: &dyn Operator) -> Option<Rule> {
@@ -74,6 +75,8 @@ fn rule(o: &dyn Operator) -> Option<Rule> {
         Some(Rule::ScatterAdd)
     } else if a.is::<segment_softmax::SegmentSoftmax>() {
         Some(Rule::SegmentSoftmax)
+    } else if let Some(op) = a.downcast_ref::<layer_norm_gelu::LayerNormGelu>() {
+        Some(Rule::LayerNormGelu { eps: op.eps })
     } else {
         None
     }
@@ -143,7 +146,11 @@ pub fn gradients(cotangents: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<
         let (sources, op_rule, op_name) = {
             let graph = unsafe { &*gref };
             let node = &graph.graph[y];
-            (graph.get_sources(y), rule(node.as_ref()), format!("{node:?}"))
+            (
+                graph.get_sources(y),
+                rule(node.as_ref()),
+                format!("{node:?}"),
+            )
         };
         let wanted: Vec<bool> = sources.iter().map(|(s, ..)| live.contains(s)).collect();
         if !wanted.iter().any(|&w| w) {
@@ -166,13 +173,14 @@ pub fn gradients(cotangents: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<
             Some(Rule::SegmentSoftmax) => {
                 as_views(segment_softmax::backward::vjp(&inputs, y, g.id, &wanted)).collect()
             }
+            Some(Rule::LayerNormGelu { eps }) => {
+                as_views(layer_norm_gelu::backward::vjp(&inputs, eps, g.id, &wanted)).collect()
+            }
             None => return Err(Error::NoGradient { op: op_name }),
         };
         for ((&(s, _, st), w), d) in sources.iter().zip(&wanted).zip(input_grads) {
             match (*w, d) {
-                (true, Some(InputGrad::View(d))) => {
-                    accumulate(&mut grads, s, view::unview(d, &st))
-                }
+                (true, Some(InputGrad::View(d))) => accumulate(&mut grads, s, view::unview(d, &st)),
                 (true, Some(InputGrad::Buffer(d))) => accumulate(&mut grads, s, d),
                 _ => {}
             }

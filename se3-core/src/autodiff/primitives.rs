@@ -151,4 +151,3 @@ pub(crate) fn vjp(
         _ => vec![None; inputs.len()],
     })
 }
-

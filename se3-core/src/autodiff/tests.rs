@@ -5,7 +5,7 @@ use luminal::prelude::{symbolic::Expression, *};
 use rand::{rngs::StdRng, Rng};
 
 use super::check::{check_gradients, Built, Input};
-use super::{emit, gradients, grad};
+use super::{emit, grad, gradients};
 use crate::exec::tests::{rand_vec, rng};
 use crate::exec::{IndexBound, InputKind, Session};
 use crate::Error;
@@ -18,6 +18,8 @@ const H: f32 = 1e-2;
 fn assert_close(worst: &[super::check::Worst], what: &str) {
     for w in worst {
         println!("{what}: d/d{} worst error {:.2e}", w.name, w.error);
+    }
+    for w in worst {
         assert!(
             w.error < TOL,
             "{what}: gradient of `{}` off by {:.3e} (seed {})",
@@ -274,30 +276,118 @@ fn scalar_loss_gradient_and_unreached_inputs_get_zeros() -> Result<(), Error> {
     let dx = s.get("dx")?;
     assert_eq!(dx.shape, vec![n, 3]);
     for (d, x) in dx.data.iter().zip(&xs) {
-        assert!((d - 3.0 * x * x).abs() < 1e-5, "d/dx x³ = {d}, want {}", 3.0 * x * x);
+        assert!(
+            (d - 3.0 * x * x).abs() < 1e-5,
+            "d/dx x³ = {d}, want {}",
+            3.0 * x * x
+        );
     }
     assert_eq!(s.get("du")?.data, vec![0.0, 0.0]);
     Ok(())
 }
 
 #[test]
-fn fused_ops_without_backward_and_views_as_targets_are_typed_errors() {
+fn layer_norm_gelu_matches_finite_differences() -> Result<(), Error> {
+    let mut r = rng();
+    // width >= 4: a row of two nearly equal values makes LayerNorm a near-step (its
+    // derivative ~ eps / |x1 - x2|³), which no finite difference resolves
+    let (rows, w) = (r.gen_range(1..6), r.gen_range(4..9));
+    let inputs: Vec<Input> = vec![
+        ("x", rand_vec(&mut r, rows * w), vec![rows, w]),
+        ("b", rand_vec(&mut r, w), vec![w]),
+        ("g", positive(&mut r, w), vec![w]),
+        ("beta", rand_vec(&mut r, w), vec![w]),
+    ];
+    let build = move |s: &mut Session| -> Built {
+        let x = s.input::<(Dyn<'r'>, Dyn<'w'>)>("x", InputKind::Values);
+        let b = s.input::<(Dyn<'w'>,)>("b", InputKind::Values);
+        let g = s.input::<(Dyn<'w'>,)>("g", InputKind::Values);
+        let beta = s.input::<(Dyn<'w'>,)>("beta", InputKind::Values);
+        let y = crate::ops::layer_norm_gelu(x, b, g, beta, 1e-5);
+        let wrt = vec![
+            ("x", x.no_shape()),
+            ("b", b.no_shape()),
+            ("g", g.no_shape()),
+            ("beta", beta.no_shape()),
+        ];
+        (wrt, vec![y.no_shape()])
+    };
+    assert_close(
+        &check_gradients(build, &inputs, 1e-3, 64, &mut r)?,
+        "layer_norm_gelu",
+    );
+    Ok(())
+}
+
+#[test]
+fn ops_without_backward_and_views_as_targets_are_typed_errors() {
     let mut s = Session::new();
-    let x = s.input::<(Dyn<'e'>, Const<4>)>("x", InputKind::Values);
-    let b = s.weight::<(Const<4>,)>("b");
-    let gamma = s.weight::<(Const<4>,)>("g");
-    let beta = s.weight::<(Const<4>,)>("beta");
-    let y = crate::ops::layer_norm_gelu(x, b, gamma, beta, 1e-5);
+    let x = s.input::<(Dyn<'n'>, Const<4>)>("x", InputKind::Values);
+    let idx = s.input::<(Dyn<'n'>, Const<2>)>("i", index_kind('n', false));
+    let y = crate::ops::take_along_rows(x, idx);
     let loss = y.sum_reduce::<R0, _>();
     assert!(matches!(
         grad(loss.no_shape(), &[x.no_shape()]),
         Err(Error::NoGradient { .. })
     ));
-    let view = x.permute::<(Const<4>, Dyn<'e'>), _>();
+    let view = x.permute::<(Const<4>, Dyn<'n'>), _>();
     assert!(matches!(
         gradients(&[(loss.no_shape(), loss.no_shape())], &[view.no_shape()]),
         Err(Error::GradientOfView { index: 0 })
     ));
 }
 
-
+#[test]
+fn layer_norm_gelu_backward_matches_the_gradient_of_its_unfused_graph() -> Result<(), Error> {
+    use crate::layers::graph::{gelu, layer_norm, X};
+    let mut r = rng();
+    let (rows, w) = (r.gen_range(1..9), r.gen_range(2..9));
+    let xs = rand_vec(&mut r, rows * w);
+    let vs: Vec<Vec<f32>> = (0..3).map(|_| rand_vec(&mut r, w)).collect();
+    let cot = rand_vec(&mut r, rows * w);
+    let mut got = vec![];
+    for fused in [true, false] {
+        let mut s = Session::new();
+        let shape = [Expression::from(rows), Expression::from(w)];
+        let x = s.input_with_shape::<(X, X)>("x", InputKind::Values, &shape);
+        let vecs: Vec<GraphTensor<(X,)>> = ["b", "g", "beta"]
+            .iter()
+            .map(|n| s.input_with_shape::<(X,)>(n, InputKind::Values, &shape[1..]))
+            .collect();
+        let c = s.input_with_shape::<(X, X)>("c", InputKind::Values, &shape);
+        let y = if fused {
+            crate::ops::layer_norm_gelu(x, vecs[0], vecs[1], vecs[2], 1e-5)
+        } else {
+            let h = x + crate::layers::graph::expand_at::<_, (X, X)>(vecs[0], 0, shape[0]);
+            gelu(layer_norm(h, vecs[1], vecs[2], 1e-5))
+        };
+        let mut wrt = vec![x.no_shape()];
+        wrt.extend(vecs.iter().map(|v| v.no_shape()));
+        let gs = gradients(&[(y.no_shape(), c.no_shape())], &wrt)?;
+        for (k, g) in gs.iter().enumerate() {
+            s.output(&format!("g{k}"), *g);
+        }
+        s.set("x", xs.clone(), &[rows, w])?;
+        for (n, v) in ["b", "g", "beta"].iter().zip(&vs) {
+            s.set(n, v.clone(), &[w])?;
+        }
+        s.set("c", cot.clone(), &[rows, w])?;
+        s.run()?;
+        got.push(
+            (0..4)
+                .map(|k| s.get(&format!("g{k}")).map(|o| o.data))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+    }
+    for k in 0..4 {
+        let e = crate::exec::tests::rel_err(&got[0][k], &got[1][k]);
+        println!("layer_norm_gelu fused vs unfused gradient {k}: {e:.2e}");
+        assert!(
+            e < 1e-4,
+            "gradient {k}: fused {:?} unfused {:?}",
+            got[0][k],
+            got[1][k]
+        );
+    }
+    Ok(())
+}
