@@ -177,6 +177,13 @@ pub enum Error {
         output: usize,
         cotangent: usize,
     },
+    /// A gradient handed to an optimizer holds NaN or an infinity.
+    #[error("gradient of `{name}` holds a non-finite value ({value}) at flat index {index}")]
+    NonFiniteGradient {
+        name: String,
+        index: usize,
+        value: f64,
+    },
     /// The graph has a cycle, so it has no reverse order to differentiate in.
     #[error("the graph has a cycle through node {node}")]
     CyclicGraph { node: usize },

@@ -9,6 +9,7 @@
 //! - [`ops`]: graph operators for point clouds (neighbours, gather, scatter, fused edge kernels).
 //! - [`layers`]: equivariant layers generic over fibers.
 //! - [`autodiff`]: reverse-mode gradients of luminal graphs, emitted as graph ops.
+//! - [`train`]: optimizers (SGD, Adam, AdamW as PyTorch), clipping, schedules.
 
 // Generated code of `#[fiber]` names `::se3::...`; inside this crate that is this crate.
 extern crate self as se3;
@@ -23,5 +24,6 @@ pub mod ops;
 pub mod so3;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod train;
 
 pub use error::Error;
