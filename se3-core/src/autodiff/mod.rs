@@ -75,10 +75,9 @@ fn rule(o: &dyn Operator) -> Option<Rule> {
         Some(Rule::ScatterAdd)
     } else if a.is::<segment_softmax::SegmentSoftmax>() {
         Some(Rule::SegmentSoftmax)
-    } else if let Some(op) = a.downcast_ref::<layer_norm_gelu::LayerNormGelu>() {
-        Some(Rule::LayerNormGelu { eps: op.eps })
     } else {
-        None
+        a.downcast_ref::<layer_norm_gelu::LayerNormGelu>()
+            .map(|op| Rule::LayerNormGelu { eps: op.eps })
     }
 }
 

@@ -379,14 +379,12 @@ fn layer_norm_gelu_backward_matches_the_gradient_of_its_unfused_graph() -> Resul
                 .collect::<Result<Vec<_>, _>>()?,
         );
     }
-    for k in 0..4 {
-        let e = crate::exec::tests::rel_err(&got[0][k], &got[1][k]);
+    for (k, (fused, unfused)) in got[0].iter().zip(&got[1]).enumerate() {
+        let e = crate::exec::tests::rel_err(fused, unfused);
         println!("layer_norm_gelu fused vs unfused gradient {k}: {e:.2e}");
         assert!(
             e < 1e-4,
-            "gradient {k}: fused {:?} unfused {:?}",
-            got[0][k],
-            got[1][k]
+            "gradient {k}: fused {fused:?} unfused {unfused:?}"
         );
     }
     Ok(())
