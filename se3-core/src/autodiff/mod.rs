@@ -34,6 +34,7 @@
 //! ```
 
 pub(crate) mod emit;
+mod forces;
 pub(crate) mod primitives;
 mod view;
 
@@ -49,6 +50,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 pub use emit::Tensor;
 use emit::{add, dims, filled, is_plain, plain, zeros};
+pub use forces::forces;
 use primitives::{InputGrad, Primitive};
 
 use crate::ops::{gather, layer_norm_gelu, scatter_add, segment_softmax};

@@ -5,6 +5,7 @@ use luminal::prelude::{symbolic::Expression, *};
 use rand::{rngs::StdRng, Rng};
 
 use super::check::{check_gradients, Built, Input};
+use super::Tensor;
 use super::{emit, grad, gradients};
 use crate::exec::tests::{rand_vec, rng};
 use crate::exec::{IndexBound, InputKind, Session};
@@ -387,5 +388,115 @@ fn layer_norm_gelu_backward_matches_the_gradient_of_its_unfused_graph() -> Resul
             "gradient {k}: fused {fused:?} unfused {unfused:?}"
         );
     }
+    Ok(())
+}
+
+/// A small invariant energy of a point cloud: pair terms of every ordered pair `i != j`
+/// through a layer norm + GELU row, `E = Σ_e Σ_k w_k gelu(LN(d_e a + b))_k e^{-d_e}`.
+fn pair_energy(s: &mut Session) -> (Tensor, Tensor) {
+    let x = s.input::<(Dyn<'n'>, Const<3>)>("x", InputKind::Coordinates);
+    let c = s.input::<(Dyn<'e'>,)>("c", index_kind('n', false));
+    let nb = s.input::<(Dyn<'e'>,)>("nb", index_kind('n', false));
+    let a = s.weight::<(Const<4>,)>("a");
+    let b = s.weight::<(Const<4>,)>("b");
+    let w = s.weight::<(Const<4>,)>("w");
+    let d = crate::ops::distances(crate::ops::relative_positions(x, c, nb));
+    let rows = d.expand::<(Dyn<'e'>, Const<4>), _>() * a.expand::<(Dyn<'e'>, Const<4>), _>();
+    let zero = s.graph().constant(0.0).expand::<(Const<4>,), _>();
+    let one = s.graph().constant(1.0).expand::<(Const<4>,), _>();
+    let h = crate::ops::layer_norm_gelu(rows, b, one, zero, 1e-5);
+    let per_edge = (h * w.expand::<(Dyn<'e'>, Const<4>), _>()).sum_reduce::<(Dyn<'e'>,), _>()
+        * (d * -1.0).exp();
+    let energy = per_edge.sum_reduce::<R0, _>();
+    (energy.no_shape(), x.no_shape())
+}
+
+fn all_pairs(n: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut c = vec![];
+    let mut nb = vec![];
+    for i in 0..n {
+        for j in (0..n).filter(|&j| j != i) {
+            c.push(i as f32);
+            nb.push(j as f32);
+        }
+    }
+    (c, nb)
+}
+
+#[test]
+fn forces_are_minus_the_energy_gradient_and_equivariant() -> Result<(), Error> {
+    let (mut r, _) = crate::testing::rng();
+    let n = r.gen_range(2..7);
+    let (c, nb) = all_pairs(n);
+    let e = c.len();
+    let params: Vec<Vec<f32>> = (0..3).map(|_| rand_vec(&mut r, 4)).collect();
+    let pts = crate::testing::random_vectors(&mut r, n, 1.0);
+    let rot = crate::testing::random_rotation(&mut r);
+    let shift = crate::testing::random_vector(&mut r, 2.0);
+    let moved: Vec<[f64; 3]> = pts
+        .iter()
+        .map(|p| {
+            let v = rot * nalgebra::Vector3::new(p[0], p[1], p[2]) + shift;
+            [v.x, v.y, v.z]
+        })
+        .collect();
+    let mut s = Session::new();
+    let (energy, x) = pair_energy(&mut s);
+    let f = super::forces(energy, x)?;
+    s.output("E", energy);
+    s.output("F", f);
+    for (k, name) in ["a", "b", "w"].iter().enumerate() {
+        s.set_weight(name, params[k].clone(), &[4])?;
+    }
+    let mut run = |p: &[[f64; 3]]| -> Result<(f32, Vec<f64>), Error> {
+        let flat: Vec<f32> = p.iter().flat_map(|v| v.iter().map(|&q| q as f32)).collect();
+        s.set("x", flat, &[n, 3])?;
+        s.set("c", c.clone(), &[e])?;
+        s.set("nb", nb.clone(), &[e])?;
+        s.run()?;
+        let f = s.get("F")?.data.iter().map(|&v| f64::from(v)).collect();
+        Ok((s.get("E")?.data[0], f))
+    };
+    let (e0, f0) = run(&pts)?;
+    let (e1, f1) = run(&moved)?;
+    assert!(
+        (e0 - e1).abs() <= 1e-5 * e0.abs().max(1.0),
+        "energy not invariant: {e0} vs {e1}"
+    );
+    // F(x Rᵀ + t) = F(x) Rᵀ, row by row
+    let mut want = vec![];
+    for row in f0.chunks(3) {
+        let v = rot * nalgebra::Vector3::new(row[0], row[1], row[2]);
+        want.extend([v.x, v.y, v.z]);
+    }
+    let err = crate::testing::rel_error(&f1, &want);
+    println!("forces equivariance error {err:.2e}");
+    assert!(
+        err < 1e-5,
+        "forces not equivariant: relative error {err:.3e}"
+    );
+    // and -F is the energy's gradient (finite differences)
+    let inputs: Vec<Input> = vec![
+        (
+            "x",
+            pts.iter()
+                .flat_map(|v| v.iter().map(|&q| q as f32))
+                .collect(),
+            vec![n, 3],
+        ),
+        ("c", c.clone(), vec![e]),
+        ("nb", nb.clone(), vec![e]),
+    ];
+    let build = move |s: &mut Session| -> Built {
+        let (energy, x) = pair_energy(s);
+        for (k, name) in ["a", "b", "w"].iter().enumerate() {
+            let _ = s.set_weight(name, params[k].clone(), &[4]);
+        }
+        (vec![("x", x)], vec![energy])
+    };
+    assert_close(
+        &check_gradients(build, &inputs, 1e-3, 64, &mut r)?,
+        "energy",
+    );
     Ok(())
 }
