@@ -8,7 +8,7 @@
 //! so their rules give the gradient of the input buffer directly:
 //! - `a + b`: `g`, `g`; `a * b`: `g b`, `g a`;
 //! - `exp2 x`: `g y ln 2`; `log2 x`: `g / (x ln 2)`; `sin x`: `g cos x = g sin(x + π/2)`;
-//!   `sqrt x`: `g / (2 y)`; `1 / x`: `-g y²`; `contiguous`: `g`;
+//!   `sqrt x`: `g / (2 y)` (0 where `y = 0`); `1 / x`: `-g y²`; `contiguous`: `g`;
 //! - `sum_i x` over an axis: `g` broadcast back along it; `max_i x`: `g` broadcast back, times
 //!   `[x = y]` (every tied maximum receives `g`; PyTorch's `amax` splits it among ties);
 //! - `x mod y`, `x < y`: piecewise constant, no gradient.
@@ -18,7 +18,7 @@ use luminal::prelude::*;
 
 use crate::Error;
 
-use super::emit::{add, binary, dims, expand, filled, mul, plain, scale, unary, Tensor};
+use super::emit::{add, binary, dims, expand, filled, mul, plain, scale, shift, unary, Tensor};
 
 /// Which primitive a node is, with its axis for reductions.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -108,7 +108,13 @@ pub(crate) fn vjp(
                 let shifted = add(x, filled(gref, std::f32::consts::FRAC_PI_2, &shape));
                 mul(g, unary(op::Sin, shifted))
             }
-            Primitive::Sqrt => scale(mul(g, unary(op::Recip, yv)), 0.5),
+            Primitive::Sqrt => {
+                // 1 / (2 y) where y > 0, and 0 at y = 0 (a zero norm or length has no
+                // direction; `torch` clamps such norms, which zeroes the same gradient)
+                let positive = binary(op::LessThan, filled(gref, 0.0, &shape), yv);
+                let safe = add(yv, shift(scale(positive, -1.0), 1.0));
+                mul(scale(mul(g, unary(op::Recip, safe)), 0.5), positive)
+            }
             _ => scale(mul(g, mul(yv, yv)), -1.0),
         };
         return Ok(vec![Some(InputGrad::Buffer(d))]);
