@@ -236,6 +236,11 @@ impl TfnSession {
         &self.s
     }
 
+    /// The session, mutably (e.g. to set updated weights during training).
+    pub fn session_mut(&mut self) -> &mut Session {
+        &mut self.s
+    }
+
     /// Forward pass; outputs `type<l>` of shape `(b, n, c, 2l + 1)`, as [`super::TfnStack`].
     ///
     /// # Errors
@@ -251,6 +256,19 @@ impl TfnSession {
         inp: &ModelInputs,
         cotangents: &StateDict,
     ) -> Result<StateDict, Error> {
+        Ok(self.forward_and_gradients(inp, cotangents)?.1)
+    }
+
+    /// The outputs (as [`TfnSession::forward`]) and the gradients (as
+    /// [`TfnSession::gradients`]) of one run.
+    ///
+    /// # Errors
+    /// As [`TfnSession::gradients`].
+    pub fn forward_and_gradients(
+        &mut self,
+        inp: &ModelInputs,
+        cotangents: &StateDict,
+    ) -> Result<(StateDict, StateDict), Error> {
         let (b, n) = (inp.batch(), inp.nodes());
         let last = self.fibers[self.fibers.len() - 1].clone();
         for d in last.degrees() {
@@ -266,7 +284,7 @@ impl TfnSession {
                 &[b * n, d.channels, d.width()],
             )?;
         }
-        self.forward(inp)?;
+        let outputs = self.forward(inp)?;
         let mut sd = StateDict::new();
         for (name, shape) in self.s.weights() {
             let g = self.s.get(&format!("grad.{name}"))?;
@@ -285,7 +303,7 @@ impl TfnSession {
                 gx.data.iter().map(|&v| f64::from(v)).collect(),
             )?,
         );
-        Ok(sd)
+        Ok((outputs, sd))
     }
 
     pub fn forward(&mut self, inp: &ModelInputs) -> Result<StateDict, Error> {
