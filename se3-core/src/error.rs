@@ -164,6 +164,29 @@ pub enum Error {
     /// schedule: an internal error).
     #[error("graph node {node} was needed before it was computed")]
     MissingIntermediate { node: usize },
+    /// Reverse-mode differentiation met an operator that has no vector-Jacobian product.
+    #[error("cannot differentiate through `{op}`: it has no vector-Jacobian product (build the layer in its unfused form)")]
+    NoGradient { op: String },
+    /// A gradient was asked with respect to a view (permuted, broadcast, padded or sliced).
+    #[error("gradient target {index} is a view of a tensor; differentiate with respect to the tensor itself")]
+    GradientOfView { index: usize },
+    /// A cotangent whose rank differs from the output it weights.
+    #[error("cotangent {index} has {cotangent} axes, its output has {output}")]
+    CotangentRank {
+        index: usize,
+        output: usize,
+        cotangent: usize,
+    },
+    /// A gradient handed to an optimizer holds NaN or an infinity.
+    #[error("gradient of `{name}` holds a non-finite value ({value}) at flat index {index}")]
+    NonFiniteGradient {
+        name: String,
+        index: usize,
+        value: f64,
+    },
+    /// The graph has a cycle, so it has no reverse order to differentiate in.
+    #[error("the graph has a cycle through node {node}")]
+    CyclicGraph { node: usize },
     /// A tensor was asked for that the last run did not produce.
     #[error("output `{name}` has no value: run the session first")]
     NoOutput { name: String },

@@ -9,10 +9,13 @@
 //! - [`ops`]: graph operators for point clouds (neighbours, gather, scatter, fused edge kernels).
 //! - [`layers`]: equivariant layers generic over fibers.
 //! - [`module`]: networks as structs of layers (`#[derive(Module)]`), typed forward, compile, run.
+//! - [`autodiff`]: reverse-mode gradients of luminal graphs, emitted as graph ops.
+//! - [`train`]: optimizers (SGD, Adam, AdamW as PyTorch), clipping, schedules.
 
 // Generated code of `#[fiber]` names `::se3::...`; inside this crate that is this crate.
 extern crate self as se3;
 
+pub mod autodiff;
 pub mod basis;
 pub mod device;
 pub mod error;
@@ -24,6 +27,7 @@ pub mod ops;
 pub mod so3;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod train;
 
 pub use device::{Device, Location};
 pub use error::Error;

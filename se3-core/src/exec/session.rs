@@ -362,6 +362,18 @@ impl Session {
             .collect()
     }
 
+    /// The graph tensor of the input or weight `name` (its declared shape), e.g. to ask for
+    /// gradients with respect to it ([`autodiff`](crate::autodiff)).
+    ///
+    /// # Errors
+    /// `UnknownName` if the graph has no input or weight `name`.
+    pub fn tensor(&mut self, name: &str) -> Result<GraphTensor<()>, Error> {
+        let i = self.slot_index(name)?;
+        let (id, dims) = (self.slots[i].id, self.slots[i].dims.clone());
+        let graph: *mut Graph = &mut *self.graph;
+        Ok(GraphTensor::from_id(id, ShapeTracker::new(&dims), graph))
+    }
+
     fn slot_index(&self, name: &str) -> Result<usize, Error> {
         self.slots
             .iter()

@@ -73,6 +73,11 @@ pub(crate) fn logical_dims(st: &ShapeTracker) -> Vec<Expression> {
         .collect()
 }
 
+/// Logical sizes of a view (public: for callers that declare inputs shaped like a tensor).
+pub fn logical_dims_of(st: &ShapeTracker) -> Vec<Expression> {
+    logical_dims(st)
+}
+
 /// An edge that carries only sizes: a view of `carrier` whose axes are all fake with the given
 /// sizes, so an operator learns run-time sizes (resolved dynamic dimensions) without reading data.
 pub(crate) fn size_view(sizes: &[Expression]) -> ShapeTracker {

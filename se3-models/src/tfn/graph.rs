@@ -12,8 +12,8 @@ use luminal::prelude::*;
 use se3_core::exec::{InputKind, Session};
 use se3_core::fiber::{DegreeSpec, FiberSpec};
 use se3_core::layers::{
-    ConvLayer, ConvOptions, EdgeBasis, EdgeGraph, FeatureTensors, NormActivation, NormLayer,
-    NormScale, ParamSource, Pool,
+    ConvLayer, ConvOptions, ConvPath, EdgeBasis, EdgeGraph, FeatureTensors, NormActivation,
+    NormLayer, NormScale, ParamSource, Pool,
 };
 
 use super::TfnStackConfig;
@@ -172,6 +172,58 @@ impl TfnGraph {
 }
 
 /// A compiled TFN graph, run on [`ModelInputs`].
+impl TfnGraph {
+    /// The stack compiled with its gradients: besides the outputs `out.<l>`, cotangent inputs
+    /// `cot.<l>` (same shapes) and outputs `grad.<weight>` and `grad.x.0`, the gradients of
+    /// `L = Σ_l <out.l, cot.l>` with respect to every weight (PyTorch key names) and the input
+    /// features. The convolutions take the unfused GEMM path ([`ConvPath::Gemm`]): the fused
+    /// radial edge kernels have no backward yet.
+    ///
+    /// # Errors
+    /// As [`TfnGraph::compile`], and `NoGradient` if a layer has no backward.
+    pub fn compile_with_gradients(&self) -> Result<TfnSession, Error> {
+        let mut s = Session::new();
+        let coords = s.input::<(Dyn<'n'>, Const<3>)>("coords", InputKind::Coordinates);
+        let mut x = FeatureTensors::input(&mut s, "x", &self.fibers[0]);
+        let x_in = x.tensors()[0].no_shape();
+        let edges = EdgeGraph::input(&mut s, "edges", coords).grouped('k');
+        let basis = EdgeBasis::new(&mut s, "", &edges, self.max_degree)?;
+        for (i, conv) in self.convs.iter().enumerate() {
+            let conv = conv.clone().with_path(ConvPath::Gemm);
+            x = conv.build(&mut s, &format!("convs.{i}."), &x, &edges, &basis)?;
+            if let Some(norm) = self.norms.get(i) {
+                x = norm.build(&mut s, &format!("norms.{i}."), &x)?;
+            }
+        }
+        x.output(&mut s, "out");
+        let last = &self.fibers[self.fibers.len() - 1];
+        let mut pairs = Vec::new();
+        for (d, t) in last.degrees().iter().zip(x.tensors()) {
+            let c = s.input_with_shape::<()>(
+                &format!("cot.{}", d.l),
+                InputKind::Values,
+                &se3_core::ops::logical_dims_of(&t.shape),
+            );
+            pairs.push((t.no_shape(), c));
+        }
+        let names: Vec<String> = s.weights().into_iter().map(|(n, _)| n).collect();
+        let mut wrt = vec![x_in];
+        for n in &names {
+            wrt.push(s.tensor(n)?);
+        }
+        let grads = se3_core::autodiff::gradients(&pairs, &wrt)?;
+        s.output("grad.x.0", grads[0]);
+        for (n, g) in names.iter().zip(&grads[1..]) {
+            s.output(&format!("grad.{n}"), *g);
+        }
+        s.compile();
+        Ok(TfnSession {
+            s,
+            fibers: self.fibers.clone(),
+        })
+    }
+}
+
 #[derive(Debug)]
 pub struct TfnSession {
     s: Session,
@@ -184,10 +236,76 @@ impl TfnSession {
         &self.s
     }
 
+    /// The session, mutably (e.g. to set updated weights during training).
+    pub fn session_mut(&mut self) -> &mut Session {
+        &mut self.s
+    }
+
     /// Forward pass; outputs `type<l>` of shape `(b, n, c, 2l + 1)`, as [`super::TfnStack`].
     ///
     /// # Errors
     /// Input validation errors; `InputShape` if feats are not `(b, n, d0)` floats.
+    /// The gradients of `L = Σ_l <out.l, cotangent.type<l>>` (a session from
+    /// [`TfnGraph::compile_with_gradients`]): `param.<key>` for every weight and
+    /// `input.feats` (`[b, n, channels]`), as float64 tensors.
+    ///
+    /// # Errors
+    /// As [`TfnSession::forward`]; `MissingKey` if `cotangents` lacks `cotangent.type<l>`.
+    pub fn gradients(
+        &mut self,
+        inp: &ModelInputs,
+        cotangents: &StateDict,
+    ) -> Result<StateDict, Error> {
+        Ok(self.forward_and_gradients(inp, cotangents)?.1)
+    }
+
+    /// The outputs (as [`TfnSession::forward`]) and the gradients (as
+    /// [`TfnSession::gradients`]) of one run.
+    ///
+    /// # Errors
+    /// As [`TfnSession::gradients`].
+    pub fn forward_and_gradients(
+        &mut self,
+        inp: &ModelInputs,
+        cotangents: &StateDict,
+    ) -> Result<(StateDict, StateDict), Error> {
+        let (b, n) = (inp.batch(), inp.nodes());
+        let last = self.fibers[self.fibers.len() - 1].clone();
+        for d in last.degrees() {
+            let key = format!("cotangent.type{}", d.l);
+            let c = cotangents.get(&key).ok_or_else(|| Error::MissingKey {
+                key: key.clone(),
+                expected: vec![b, n, d.channels, d.width()],
+            })?;
+            let data: Vec<f32> = c.data.iter().map(|&v| v as f32).collect();
+            self.s.set(
+                &format!("cot.{}", d.l),
+                data,
+                &[b * n, d.channels, d.width()],
+            )?;
+        }
+        let outputs = self.forward(inp)?;
+        let mut sd = StateDict::new();
+        for (name, shape) in self.s.weights() {
+            let g = self.s.get(&format!("grad.{name}"))?;
+            let shape: Vec<usize> = shape.iter().map(|d| d.unwrap_or(0)).collect();
+            sd.insert(
+                format!("param.{name}"),
+                Tensor::new(shape, g.data.iter().map(|&v| f64::from(v)).collect())?,
+            );
+        }
+        let d0 = self.fibers[0].degrees()[0].channels;
+        let gx = self.s.get("grad.x.0")?;
+        sd.insert(
+            "input.feats".to_string(),
+            Tensor::new(
+                vec![b, n, d0],
+                gx.data.iter().map(|&v| f64::from(v)).collect(),
+            )?,
+        );
+        Ok((outputs, sd))
+    }
+
     pub fn forward(&mut self, inp: &ModelInputs) -> Result<StateDict, Error> {
         inp.validate()?;
         let d0 = self.fibers[0].degrees()[0].channels;

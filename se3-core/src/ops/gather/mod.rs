@@ -2,6 +2,7 @@
 //! out of range). Its adjoint is [`scatter_add`](crate::ops::scatter_add()) with the same
 //! indices.
 
+pub(crate) mod backward;
 mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;

@@ -6,6 +6,7 @@
 //! Adjoint (for the training issue): the LayerNorm and GELU derivatives per row; the unfused
 //! graph of `layers::graph` (`layer_norm`, `gelu`) is the reference it is tested against.
 
+pub(crate) mod backward;
 mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;

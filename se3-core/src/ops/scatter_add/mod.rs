@@ -2,6 +2,7 @@
 //! index `-1` are skipped and destinations without edges get zeros. Summation order is the
 //! edge order (deterministic). Its adjoint is [`gather`](crate::ops::gather()).
 
+pub(crate) mod backward;
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;

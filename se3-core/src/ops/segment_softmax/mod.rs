@@ -5,6 +5,7 @@
 //!
 //! Adjoint: `dx = y * (g - gather(scatter_add(g * y, seg), seg))`.
 
+pub(crate) mod backward;
 mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;

@@ -1,0 +1,234 @@
+//! Reverse-mode automatic differentiation of luminal graphs: [`gradients`] emits the backward
+//! graph as more graph ops, so one compiled graph computes outputs and gradients together,
+//! on every input size, for as many steps as it runs.
+//!
+//! Given outputs `o_k` with cotangents `c_k` (tensors of the same logical shapes), the pass
+//! computes `∂L/∂w` for `L = Σ_k <o_k, c_k>` and every tensor `w` asked for. It visits the
+//! nodes between the `w` and the `o_k` in reverse topological order; each node's gradient is
+//! the sum of what its consumers send back. A consumer reads its input through a view (a
+//! luminal `ShapeTracker`: permute, broadcast, pad, slice, reshape), so every contribution is
+//! first taken through the operator's vector-Jacobian product (in the view's logical shape:
+//! [`primitives`] for luminal's primitives, `ops/<op>/backward.rs` for ours) and then through
+//! the adjoint of the view ([`view`]: permute back, sum broadcast axes, undo pad and slice).
+//! Gradients are row-major buffers of their node's element count.
+//!
+//! Differentiable: luminal's primitives (add, mul, sum/max reduce, exp2, log2, sin, sqrt,
+//! recip, contiguous; mod and less-than carry no gradient), and the ops gather, scatter-add
+//! and segment softmax (so relative positions and distances, built from gather and
+//! primitives, too), and the fused row kernel layer norm + GELU; indices (neighbour lists, top-k) are constants of the backward pass.
+//! A fused op without a backward gives [`Error::NoGradient`]: build that layer unfused.
+//!
+//! ```
+//! use luminal::prelude::*;
+//! use se3_core::autodiff;
+//! use se3_core::exec::{InputKind, Session};
+//! let mut s = Session::new();
+//! let x = s.input::<(Dyn<'n'>, Const<3>)>("x", InputKind::Values);
+//! let loss = (x * x).sum_reduce::<R0, _>(); // L = |x|², dL/dx = 2x
+//! let g = autodiff::grad(loss.no_shape(), &[x.no_shape()])?;
+//! s.output("dx", g[0]);
+//! s.set("x", vec![1.0, 2.0, 3.0], &[1, 3])?;
+//! s.run()?;
+//! assert_eq!(s.get("dx")?.data, vec![2.0, 4.0, 6.0]);
+//! # Ok::<(), se3_core::Error>(())
+//! ```
+
+pub(crate) mod emit;
+mod forces;
+pub(crate) mod primitives;
+mod view;
+
+#[cfg(test)]
+mod check;
+#[cfg(test)]
+mod tests;
+
+use luminal::op::Operator;
+use luminal::prelude::petgraph::{self, visit::EdgeRef, Direction};
+use luminal::prelude::*;
+use rustc_hash::{FxHashMap, FxHashSet};
+
+pub use emit::Tensor;
+use emit::{add, dims, filled, is_plain, plain, zeros};
+pub use forces::forces;
+use primitives::{InputGrad, Primitive};
+
+use crate::ops::{gather, layer_norm_gelu, scatter_add, segment_softmax};
+use crate::Error;
+
+/// The backward rule of an operator.
+#[derive(Debug, Clone, Copy)]
+enum Rule {
+    Primitive(Primitive),
+    Gather,
+    ScatterAdd,
+    SegmentSoftmax,
+    LayerNormGelu { eps: f32 },
+}
+
+fn rule(o: &dyn Operator) -> Option<Rule> {
+    if let Some(p) = primitives::classify(o) {
+        return Some(Rule::Primitive(p));
+    }
+    let a = o.as_any();
+    if a.is::<gather::GatherRows>() {
+        Some(Rule::Gather)
+    } else if a.is::<scatter_add::ScatterAdd>() {
+        Some(Rule::ScatterAdd)
+    } else if a.is::<segment_softmax::SegmentSoftmax>() {
+        Some(Rule::SegmentSoftmax)
+    } else {
+        a.downcast_ref::<layer_norm_gelu::LayerNormGelu>()
+            .map(|op| Rule::LayerNormGelu { eps: op.eps })
+    }
+}
+
+/// The gradient of `L = sum of the elements of loss` with respect to each of `wrt`
+/// ([`gradients`] with a cotangent of ones).
+///
+/// # Errors
+/// As [`gradients`].
+pub fn grad(loss: Tensor, wrt: &[Tensor]) -> Result<Vec<Tensor>, Error> {
+    let ones = filled(loss.graph_ref, 1.0, &dims(&loss));
+    gradients(&[(loss, ones)], wrt)
+}
+
+/// The gradients `∂L/∂w` of `L = Σ_k <outputs_k, cotangents_k>` with respect to each `w` of
+/// `wrt`, emitted as graph ops; each has the logical shape of its `w` (zeros where `L` does
+/// not depend on `w`). Retrieve them as session outputs.
+///
+/// # Errors
+/// `GradientOfView` if a `w` is a view rather than a node's own tensor, `CotangentRank` if a
+/// cotangent's rank differs from its output's, `NoGradient` if the path from a `w` to an
+/// output crosses an operator without a vector-Jacobian product.
+pub fn gradients(cotangents: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<Tensor>, Error> {
+    let Some(gref) = wrt.first().map(|w| w.graph_ref) else {
+        return Ok(vec![]);
+    };
+    for (index, w) in wrt.iter().enumerate() {
+        if !is_plain(&w.shape) {
+            return Err(Error::GradientOfView { index });
+        }
+    }
+    for (index, (o, c)) in cotangents.iter().enumerate() {
+        if o.shape.len() != c.shape.len() {
+            return Err(Error::CotangentRank {
+                index,
+                output: o.shape.len(),
+                cotangent: c.shape.len(),
+            });
+        }
+    }
+    // SAFETY: every tensor handed in points at the live graph being built.
+    let graph = unsafe { &*gref };
+    let live = live_nodes(
+        graph,
+        cotangents.iter().map(|(o, _)| o.id),
+        wrt.iter().map(|w| w.id),
+    );
+    let order = petgraph::algo::toposort(&graph.graph, None)
+        .map_err(|c| Error::CyclicGraph {
+            node: c.node_id().index(),
+        })?
+        .into_iter()
+        .filter(|n| live.contains(n))
+        .collect::<Vec<_>>();
+    let mut grads: FxHashMap<NodeIndex, Tensor> = FxHashMap::default();
+    for (o, c) in cotangents {
+        if live.contains(&o.id) {
+            accumulate(&mut grads, o.id, view::unview(*c, &o.shape));
+        }
+    }
+    for &y in order.iter().rev() {
+        let Some(g) = grads.get(&y).copied() else {
+            continue;
+        };
+        // SAFETY: as above; the reference is dropped before ops are added.
+        let (sources, op_rule, op_name) = {
+            let graph = unsafe { &*gref };
+            let node = &graph.graph[y];
+            (
+                graph.get_sources(y),
+                rule(node.as_ref()),
+                format!("{node:?}"),
+            )
+        };
+        let wanted: Vec<bool> = sources.iter().map(|(s, ..)| live.contains(s)).collect();
+        if !wanted.iter().any(|&w| w) {
+            continue;
+        }
+        if sources.iter().any(|(_, out, _)| *out != 0) {
+            return Err(Error::NoGradient { op: op_name });
+        }
+        let inputs: Vec<Tensor> = sources
+            .iter()
+            .map(|&(s, _, st)| GraphTensor::from_id(s, st, gref))
+            .collect();
+        let as_views = |v: Vec<Option<Tensor>>| v.into_iter().map(|d| d.map(InputGrad::View));
+        let input_grads: Vec<Option<InputGrad>> = match op_rule {
+            Some(Rule::Primitive(p)) => primitives::vjp(p, y, &inputs, g, &wanted)?,
+            Some(Rule::Gather) => as_views(gather::backward::vjp(&inputs, g.id, &wanted)).collect(),
+            Some(Rule::ScatterAdd) => {
+                as_views(scatter_add::backward::vjp(&inputs, g.id, &wanted)).collect()
+            }
+            Some(Rule::SegmentSoftmax) => {
+                as_views(segment_softmax::backward::vjp(&inputs, y, g.id, &wanted)).collect()
+            }
+            Some(Rule::LayerNormGelu { eps }) => {
+                as_views(layer_norm_gelu::backward::vjp(&inputs, eps, g.id, &wanted)).collect()
+            }
+            None => return Err(Error::NoGradient { op: op_name }),
+        };
+        for ((&(s, _, st), w), d) in sources.iter().zip(&wanted).zip(input_grads) {
+            match (*w, d) {
+                (true, Some(InputGrad::View(d))) => accumulate(&mut grads, s, view::unview(d, &st)),
+                (true, Some(InputGrad::Buffer(d))) => accumulate(&mut grads, s, d),
+                _ => {}
+            }
+        }
+    }
+    Ok(wrt
+        .iter()
+        .map(|w| match grads.get(&w.id) {
+            Some(g) => plain(g.id, &dims(w), gref),
+            None => zeros(gref, &dims(w)),
+        })
+        .collect())
+}
+
+/// Adds `d`, a row-major gradient of `node`'s buffer, to what `node` has received so far.
+fn accumulate(grads: &mut FxHashMap<NodeIndex, Tensor>, node: NodeIndex, d: Tensor) {
+    let total = match grads.get(&node) {
+        Some(prev) => add(*prev, plain(d.id, &dims(prev), d.graph_ref)),
+        None => d,
+    };
+    grads.insert(node, total);
+}
+
+/// Nodes on a path from one of `sources` to one of `sinks` (both ends included).
+fn live_nodes(
+    graph: &Graph,
+    sinks: impl Iterator<Item = NodeIndex>,
+    sources: impl Iterator<Item = NodeIndex>,
+) -> FxHashSet<NodeIndex> {
+    let walk = |start: Vec<NodeIndex>, dir: Direction, within: Option<&FxHashSet<NodeIndex>>| {
+        let mut seen = FxHashSet::default();
+        let mut stack = start;
+        while let Some(n) = stack.pop() {
+            if within.is_some_and(|w| !w.contains(&n)) || !seen.insert(n) {
+                continue;
+            }
+            for e in graph.graph.edges_directed(n, dir) {
+                if e.weight().as_data().is_some() {
+                    stack.push(match dir {
+                        Direction::Incoming => e.source(),
+                        Direction::Outgoing => e.target(),
+                    });
+                }
+            }
+        }
+        seen
+    };
+    let upstream = walk(sinks.collect(), Direction::Incoming, None);
+    walk(sources.collect(), Direction::Outgoing, Some(&upstream))
+}
