@@ -95,4 +95,14 @@ pub enum Error {
     /// ([`crate::se3_transformer::typed`]) does not have (`CompiledSe3Transformer` runs it).
     #[error("option `{option}` is not available in the typed SE(3)-Transformer assembly; use CompiledSe3Transformer")]
     NotTyped { option: &'static str },
+    /// A config size above the bound of [`crate::limits`] (checked before anything is allocated).
+    #[error("config field `{field}` is {found}, above the limit {limit} se3 accepts")]
+    TooLarge {
+        field: &'static str,
+        limit: usize,
+        found: usize,
+    },
+    /// A text file (config, sign table) longer than [`crate::limits::MAX_TEXT_FILE_BYTES`].
+    #[error("file `{path}` is longer than {limit} bytes, more than a config or sign table can be")]
+    FileTooLarge { path: String, limit: u64 },
 }

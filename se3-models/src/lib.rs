@@ -1,6 +1,7 @@
 //! The se3 model zoo.
 //!
 //! * [`checkpoint`]: PyTorch state dicts as safetensors (load, save, key checks).
+//! * [`limits`]: bounds on the sizes a config may declare (untrusted files).
 //! * [`inputs`]: model inputs named as in the reference `inputs.safetensors`.
 //! * [`se3_transformer`]: se3-transformer-pytorch 0.9's `SE3Transformer` config and float64 oracle.
 //! * [`tfn`]: a Tensor Field Network stack of ConvSE3 + NormSE3.
@@ -13,6 +14,7 @@ extern crate se3_core as se3;
 pub mod checkpoint;
 pub mod error;
 pub mod inputs;
+pub mod limits;
 pub mod model_file;
 pub mod se3_transformer;
 pub mod tfn;
