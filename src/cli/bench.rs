@@ -17,6 +17,16 @@ pub enum BenchTarget {
         #[arg(long, hide = true)]
         case: Option<String>,
     },
+    /// Neighbour graphs (kNN, radius) and the SE(3)-Transformer at 10^3 ... 10^5 points: time and
+    /// peak memory, each case in its own process.
+    Scale {
+        /// Skip sizes above this many points.
+        #[arg(long, default_value_t = 100_000)]
+        max_points: usize,
+        /// Run only this case (`kind:points`), in this process (used by the child processes).
+        #[arg(long, hide = true)]
+        case: Option<String>,
+    },
 }
 
 /// Runs one benchmark and prints its table.
@@ -26,5 +36,8 @@ pub fn run(target: BenchTarget) -> Result<(), super::CliError> {
         BenchTarget::Engine => super::bench_engine::run(),
         BenchTarget::Layers => super::bench_layers::run(),
         BenchTarget::Se3Transformer { case } => super::bench_se3t::run(case.as_deref()),
+        BenchTarget::Scale { max_points, case } => {
+            super::bench_scale::run(case.as_deref(), max_points)
+        }
     }
 }
