@@ -8,7 +8,8 @@
 //! - `radius`: up to 32 neighbours within radius 1.5 at the same density (about 14 expected);
 //! - `se3t`: one forward of the compiled SE(3)-Transformer of `se3 bench se3-transformer` (dim 32,
 //!   heads 4, dim_head 16, depth 2, 2 degrees, 16 neighbours, batch 1, random weights), after one
-//!   warm-up forward at the same size.
+//!   warm-up forward at the same size, next to its memory estimate made before the forward
+//!   (`CompiledSe3Transformer::estimate_memory`, what `se3 infer --estimate` prints).
 //!
 //! The SE(3)-Transformer's neighbour selection is the library's (every pair ranked, O(n^2) time,
 //! O(n) memory a row); its per-edge tensors grow with n * 16. The largest cloud that fits a memory
@@ -34,6 +35,8 @@ struct Measured {
     seconds: f64,
     peak_mib: f64,
     edges: usize,
+    /// The SE(3)-Transformer's estimate made before the forward (`se3 infer --estimate`).
+    estimate_mib: Option<f64>,
 }
 
 /// Runs every case up to `max_points` in a child process and prints the table; `case` runs one
@@ -47,8 +50,8 @@ pub fn run(case: Option<&str>, max_points: usize) -> Result<(), super::CliError>
     }
     let exe = std::env::current_exe()?;
     println!(
-        "{:<8} {:>9} {:>10} {:>12} {:>10}",
-        "case", "points", "time (s)", "peak MiB", "edges"
+        "{:<8} {:>9} {:>10} {:>12} {:>14} {:>10}",
+        "case", "points", "time (s)", "peak MiB", "estimate MiB", "edges"
     );
     let mut se3t: Vec<(usize, f64)> = Vec::new();
     for kind in ["knn", "radius", "se3t"] {
@@ -67,8 +70,11 @@ pub fn run(case: Option<&str>, max_points: usize) -> Result<(), super::CliError>
                 continue;
             }
             let m = parse(&String::from_utf8_lossy(&out.stdout))?;
+            let estimate = m
+                .estimate_mib
+                .map_or_else(|| "-".to_string(), |e| format!("{e:.1}"));
             println!(
-                "{kind:<8} {n:>9} {:>10.3} {:>12.1} {:>10}",
+                "{kind:<8} {n:>9} {:>10.3} {:>12.1} {estimate:>14} {:>10}",
                 m.seconds, m.peak_mib, m.edges
             );
             if kind == "se3t" {
@@ -101,6 +107,7 @@ fn parse(text: &str) -> Result<Measured, super::CliError> {
         seconds: field("seconds")?,
         peak_mib: field("peak_mib")?,
         edges: field("edges")? as usize,
+        estimate_mib: field("estimate_mib").ok(),
     })
 }
 
@@ -157,6 +164,8 @@ fn se3t(n: usize, r: &mut StdRng) -> Result<(f64, usize), super::CliError> {
     let inputs = random_inputs(n, 32, r)?;
     let fwd = Se3TransformerForward::from_literals(&serde_json::json!({"return_type": 0}))?;
     let mut model = CompiledSe3Transformer::from_state_dict(&cfg, sd)?;
+    let estimate = model.estimate_memory(1, n)?;
+    println!("estimate_mib {}", estimate.total(1) as f64 / 1048576.0);
     model.forward(&inputs, &fwd)?;
     let t = Instant::now();
     model.forward(&inputs, &fwd)?;
