@@ -6,3 +6,6 @@ mod math;
 
 #[path = "errors/layers.rs"]
 mod layers;
+
+#[path = "errors/untrusted_files.rs"]
+mod untrusted_files;

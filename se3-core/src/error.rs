@@ -210,6 +210,11 @@ pub enum Error {
         index: usize,
         value: f32,
     },
+    /// A safetensors tensor name that se3 does not accept: empty, longer than
+    /// [`crate::exec::safetensors::MAX_TENSOR_NAME_BYTES`], or holding a control character (a
+    /// name is printed in one-line errors, so it may not break the line). `name` is escaped.
+    #[error("tensor name `{name}` is not accepted: {problem}")]
+    InvalidTensorName { name: String, problem: &'static str },
     /// The bytes are not a valid safetensors file.
     #[error("not a valid safetensors file: {reason}")]
     InvalidSafetensors { reason: String },

@@ -142,7 +142,9 @@ impl StateDict {
     /// Loads every tensor of a safetensors file.
     ///
     /// # Errors
-    /// `Io` if the file cannot be read, `Safetensors` if it is not a safetensors file, `WrongDtype` for a
+    /// `Io` if the file cannot be read, `Safetensors` if it is not a safetensors file (the crate
+    /// checks every shape and offset against the file length before a tensor is read),
+    /// `Core(InvalidTensorName)` for an empty, overlong or control-character name, `WrongDtype` for a
     /// tensor that is not f16/bf16/f32/f64.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
@@ -165,6 +167,9 @@ impl StateDict {
             path: "<memory>".into(),
             source,
         })?;
+        for name in st.names() {
+            se3_core::exec::safetensors::check_tensor_name(name)?;
+        }
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
             let data = view_to_f64(&name, &view)?;

@@ -108,4 +108,14 @@ pub enum Error {
     /// A safetensors file that is not an se3 physics data set of the supported format version.
     #[error("`{path}` is not an se3 physics data set: metadata `format` is {found:?}, expected \"se3-physics-v1\"")]
     DatasetFormat { path: String, found: Option<String> },
+    /// A config size above the bound of [`crate::limits`] (checked before anything is allocated).
+    #[error("config field `{field}` is {found}, above the limit {limit} se3 accepts")]
+    TooLarge {
+        field: &'static str,
+        limit: usize,
+        found: usize,
+    },
+    /// A text file (config, sign table) longer than [`crate::limits::MAX_TEXT_FILE_BYTES`].
+    #[error("file `{path}` is longer than {limit} bytes, more than a config or sign table can be")]
+    FileTooLarge { path: String, limit: u64 },
 }

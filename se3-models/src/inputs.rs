@@ -127,10 +127,26 @@ impl ModelInputs {
     ) -> Result<Self, Error> {
         let path = path.as_ref();
         let bytes = read_file(path)?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|source| Error::Safetensors {
-            path: path.display().to_string(),
+        Self::from_bytes(&bytes, names, &path.display().to_string())
+    }
+
+    /// [`ModelInputs::load`] on the bytes of a safetensors file (`origin` names it in errors).
+    ///
+    /// # Errors
+    /// As [`ModelInputs::load`], plus `Core(InvalidTensorName)` for an empty, overlong or
+    /// control-character tensor name.
+    pub fn from_bytes(
+        bytes: &[u8],
+        names: &BTreeMap<String, TensorName>,
+        origin: &str,
+    ) -> Result<Self, Error> {
+        let st = SafeTensors::deserialize(bytes).map_err(|source| Error::Safetensors {
+            path: origin.to_string(),
             source,
         })?;
+        for name in st.names() {
+            se3_core::exec::safetensors::check_tensor_name(name)?;
+        }
         let name_of = |param: &str| -> Option<TensorName> {
             match names.get(param) {
                 Some(n) => Some(n.clone()),

@@ -2,6 +2,7 @@
 //!
 //! * [`checkpoint`]: PyTorch state dicts as safetensors (load, save, key checks).
 //! * [`egnn`]: egnn-pytorch 0.2.8's `EGNN` layer and `EGNN_Network`, compiled graphs.
+//! * [`limits`]: bounds on the sizes a config may declare (untrusted files).
 //! * [`inputs`]: model inputs named as in the reference `inputs.safetensors`.
 //! * [`physics`]: simulators, data sets, batching and metrics for learning physics.
 //! * [`se3_transformer`]: se3-transformer-pytorch 0.9's `SE3Transformer` config and float64 oracle.
@@ -17,6 +18,7 @@ pub mod checkpoint;
 pub mod egnn;
 pub mod error;
 pub mod inputs;
+pub mod limits;
 pub mod model_file;
 pub mod physics;
 pub mod se3_transformer;

@@ -88,15 +88,21 @@ impl ModelFile {
     /// Reads and parses a `config.json`.
     ///
     /// # Errors
-    /// `Io` if unreadable, `ConfigParse` if not a model file.
+    /// `Io` if unreadable, `FileTooLarge` past [`crate::limits::MAX_TEXT_FILE_BYTES`], `ConfigParse`
+    /// if not a model file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        serde_json::from_str(&python_json_to_strict(&text)).map_err(|source| Error::ConfigParse {
-            path: path.display().to_string(),
+        let text = crate::limits::read_text_file(path)?;
+        Self::from_json(&text, &path.display().to_string())
+    }
+
+    /// Parses the text of a `config.json` (`origin` names it in errors).
+    ///
+    /// # Errors
+    /// `ConfigParse` if the text is not a model file.
+    pub fn from_json(text: &str, origin: &str) -> Result<Self, Error> {
+        serde_json::from_str(&python_json_to_strict(text)).map_err(|source| Error::ConfigParse {
+            path: origin.to_string(),
             source,
         })
     }
@@ -185,6 +191,8 @@ pub(crate) fn parse_fiber_dict(
             expected: "degree keys that are non-negative integers",
             found: k.clone(),
         })?;
+        crate::limits::at_most(field, l, crate::limits::MAX_DEGREE)?;
+        crate::limits::at_most(field, c, crate::limits::MAX_CHANNELS)?;
         if c == 0 {
             return Err(Error::InvalidConfig {
                 field,

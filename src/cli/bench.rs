@@ -34,6 +34,15 @@ pub enum BenchTarget {
         /// Path of `bench_pytorch.py` (default: `../shared/reference/` beside the repository).
         #[arg(long)]
         script: Option<std::path::PathBuf>,
+    /// Neighbour graphs (kNN, radius) and the SE(3)-Transformer at 10^3 ... 10^5 points: time and
+    /// peak memory, each case in its own process.
+    Scale {
+        /// Skip sizes above this many points.
+        #[arg(long, default_value_t = 100_000)]
+        max_points: usize,
+        /// Run only this case (`kind:points`), in this process (used by the child processes).
+        #[arg(long, hide = true)]
+        case: Option<String>,
     },
 }
 
@@ -51,5 +60,8 @@ pub fn run(target: BenchTarget) -> Result<(), super::CliError> {
             python,
             script,
         } => super::bench_zoo::run(case.as_deref(), only.as_deref(), python, script),
+        BenchTarget::Scale { max_points, case } => {
+            super::bench_scale::run(case.as_deref(), max_points)
+        }
     }
 }

@@ -266,7 +266,7 @@ pub(super) fn cpu_seconds() -> Option<f64> {
 }
 
 /// Peak resident set of this process (VmHWM), MiB.
-pub(super) fn peak_mib() -> Result<f64, super::CliError> {
+pub fn peak_mib() -> Result<f64, super::CliError> {
     status_mib("VmHWM:")
 }
 

@@ -42,8 +42,12 @@ pub struct InferArgs {
     #[arg(long)]
     pub inputs: PathBuf,
     /// Where to write the outputs (safetensors).
+    #[arg(long, required_unless_present = "estimate")]
+    pub output: Option<PathBuf>,
+    /// Print a memory estimate of the forward (from the model's fibers and the inputs' sizes,
+    /// before anything of the forward is allocated) and exit without running it.
     #[arg(long)]
-    pub output: PathBuf,
+    pub estimate: bool,
     /// Storage dtype of the outputs.
     #[arg(long, value_enum, default_value_t = OutputDtype::F32)]
     pub dtype: OutputDtype,
@@ -117,6 +121,10 @@ pub fn run(args: &InferArgs) -> Result<(), super::CliError> {
         model.set_qj_signs(s)?;
     }
     model.set_sparse_sampling_seed(args.sparse_seed);
+    if args.estimate {
+        return print_estimate(model, signs.as_ref(), &file, &weights, &inputs);
+    }
+    let output = args.output.as_ref().ok_or("--output is required")?;
     let outputs = match args.engine {
         Engine::Graph => {
             match CompiledModel::from_model(model.clone(), signs.as_ref(), &file, &weights) {
@@ -136,10 +144,50 @@ pub fn run(args: &InferArgs) -> Result<(), super::CliError> {
         OutputDtype::F32 => SaveDtype::F32,
         OutputDtype::F64 => SaveDtype::F64,
     };
-    outputs.save(&args.output, dtype)?;
+    outputs.save(output, dtype)?;
     for (name, t) in outputs.iter() {
         println!("{name}: shape {:?}", t.shape);
     }
-    println!("wrote {}", args.output.display());
+    println!("wrote {}", output.display());
+    Ok(())
+}
+
+/// `--estimate`: the compiled SE(3)-Transformer's memory estimate for the inputs' batch and
+/// cloud size ([`CompiledSe3Transformer::estimate_memory`]), one line per part.
+fn print_estimate(
+    model: Model,
+    signs: Option<&QjSigns>,
+    file: &ModelFile,
+    weights: &se3_models::checkpoint::StateDict,
+    inputs: &ModelInputs,
+) -> Result<(), super::CliError> {
+    let (b, n) = (inputs.batch(), inputs.nodes());
+    let CompiledModel::Se3Transformer(mut m, _) =
+        CompiledModel::from_model(model, signs, file, weights)?
+    else {
+        return Err("--estimate is available for the SE(3)-Transformer only".into());
+    };
+    let e = m.estimate_memory(b, n)?;
+    let mib = |bytes: usize| bytes as f64 / 1048576.0;
+    println!(
+        "estimate for batch {b}, {n} nodes, {} neighbours per node:",
+        e.neighbours
+    );
+    println!(
+        "  weights (f32 graph + f64 host): {:.1} MiB",
+        mib(e.weights)
+    );
+    println!(
+        "  host edge data per cloud:       {:.1} MiB",
+        mib(e.host_graph)
+    );
+    println!(
+        "  graph peak of one cloud:        {:.1} MiB",
+        mib(e.graph_peak)
+    );
+    println!(
+        "  total (plus the program):       {:.1} MiB",
+        mib(e.total(b))
+    );
     Ok(())
 }

@@ -13,6 +13,52 @@ use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use super::Session;
 use crate::Error;
 
+/// Longest tensor name accepted (bytes); PyTorch keys are well under 200.
+pub const MAX_TENSOR_NAME_BYTES: usize = 1024;
+
+/// Checks a tensor name read from a file: non-empty, at most [`MAX_TENSOR_NAME_BYTES`] bytes, no
+/// control characters. Names are only ever keys (matched against a model's names, printed in
+/// errors), never paths: a name like `../x` is an ordinary, unknown key.
+///
+/// # Errors
+/// `InvalidTensorName` with the name escaped (and cut to 64 characters).
+pub fn check_tensor_name(name: &str) -> Result<(), Error> {
+    let problem = if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > MAX_TENSOR_NAME_BYTES {
+        Some("it is longer than 1024 bytes")
+    } else if name.chars().any(char::is_control) {
+        Some("it holds a control character")
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(Error::InvalidTensorName {
+            name: name.chars().take(64).flat_map(char::escape_debug).collect(),
+            problem,
+        }),
+    }
+}
+
+/// Parses a safetensors buffer and checks every tensor name ([`check_tensor_name`]).
+///
+/// The safetensors crate checks the header against the buffer before any tensor is read: the
+/// header length (at most 100 MB and inside the buffer), each tensor's offsets (contiguous, in
+/// order, ending exactly at the end of the buffer) and its byte length against the
+/// overflow-checked product of its shape times the dtype size. So every tensor read afterwards is
+/// backed by bytes of the file.
+///
+/// # Errors
+/// `InvalidSafetensors`, `InvalidTensorName`.
+pub fn parse_safetensors(bytes: &[u8]) -> Result<SafeTensors<'_>, Error> {
+    let st = SafeTensors::deserialize(bytes).map_err(invalid)?;
+    for name in st.names() {
+        check_tensor_name(name)?;
+    }
+    Ok(st)
+}
+
 /// What a load did: the weights set, and the file's keys that no weight used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadReport {
@@ -72,9 +118,9 @@ pub fn tensor_to_f32(key: &str, view: &TensorView<'_>) -> Result<F32Tensor, Erro
 /// Reads every tensor of a safetensors buffer as f32, sorted by name.
 ///
 /// # Errors
-/// `InvalidSafetensors`, `UnsupportedDtype`.
+/// `InvalidSafetensors`, `InvalidTensorName`, `UnsupportedDtype`.
 pub fn read_safetensors(bytes: &[u8]) -> Result<Vec<(String, F32Tensor)>, Error> {
-    let st = SafeTensors::deserialize(bytes).map_err(invalid)?;
+    let st = parse_safetensors(bytes)?;
     let mut names: Vec<String> = st.names().into_iter().cloned().collect();
     names.sort();
     names
@@ -109,10 +155,11 @@ impl Session {
     /// Sets every weight of the session from a safetensors buffer (see the module rules).
     ///
     /// # Errors
-    /// `InvalidSafetensors`, `MissingKey`, `WrongShape`, `UnsupportedDtype`, `NonFiniteWeight`
+    /// `InvalidSafetensors`, `InvalidTensorName`, `MissingKey`, `WrongShape`, `UnsupportedDtype`,
+    /// `NonFiniteWeight`
     /// — each naming the key.
     pub fn load_safetensors_bytes(&mut self, bytes: &[u8]) -> Result<LoadReport, Error> {
-        let st = SafeTensors::deserialize(bytes).map_err(invalid)?;
+        let st = parse_safetensors(bytes)?;
         let mut loaded = Vec::new();
         for (name, dims) in self.weights() {
             let view = st.tensor(&name).map_err(|_| Error::MissingKey {
@@ -158,10 +205,10 @@ impl Session {
     /// that are not inputs.
     ///
     /// # Errors
-    /// `InvalidSafetensors`, `UnsupportedDtype`, `MissingInput` (an input absent from the
+    /// `InvalidSafetensors`, `InvalidTensorName`, `UnsupportedDtype`, `MissingInput` (an input absent from the
     /// file), and the errors of [`Session::set`].
     pub fn set_inputs_safetensors_bytes(&mut self, bytes: &[u8]) -> Result<Vec<String>, Error> {
-        let st = SafeTensors::deserialize(bytes).map_err(invalid)?;
+        let st = parse_safetensors(bytes)?;
         let names = self.input_names();
         for name in &names {
             let view = st

@@ -168,6 +168,47 @@ impl Schedule {
         }
     }
 
+    /// The most bytes of inputs and intermediates alive at once when this schedule runs on
+    /// `graph` at its current dimension sizes, from the shapes alone (nothing is run or
+    /// allocated): the count of [`execute`] (everything alive before a node plus its outputs; an
+    /// output dies after its last consumer unless kept), with each output sized as in
+    /// [`Schedule::new`] (its largest outgoing view).
+    pub(crate) fn simulated_peak(&self, graph: &Graph) -> usize {
+        let g = &graph.graph;
+        let mut stack = Vec::new();
+        let mut size: FxHashMap<(NodeIndex, u8), usize> = FxHashMap::default();
+        let mut consumers: FxHashMap<(NodeIndex, u8), usize> = FxHashMap::default();
+        for e in g.edge_references() {
+            if let Some((_, out, st)) = e.weight().as_data() {
+                let b =
+                    physical_elems(&st, &graph.dyn_map, &mut stack) * std::mem::size_of::<f32>();
+                let s = size.entry((e.source(), out)).or_insert(0);
+                *s = (*s).max(b);
+                *consumers.entry((e.source(), out)).or_insert(0) += 1;
+            }
+        }
+        let mut made_by: FxHashMap<NodeIndex, usize> = FxHashMap::default();
+        for ((n, _), b) in &size {
+            *made_by.entry(*n).or_insert(0) += b;
+        }
+        let produced: FxHashSet<NodeIndex> = self.steps.iter().map(|(n, _)| *n).collect();
+        let (mut live, mut peak) = (0usize, 0usize);
+        for (n, srcs) in &self.steps {
+            let made = made_by.get(n).copied().unwrap_or(0);
+            peak = peak.max(live + made);
+            live += made;
+            for (id, _) in srcs {
+                if let Some(c) = consumers.get_mut(id) {
+                    *c = c.saturating_sub(1);
+                    if *c == 0 && produced.contains(&id.0) && !graph.no_delete.contains(&id.0) {
+                        live = live.saturating_sub(size.get(id).copied().unwrap_or(0));
+                    }
+                }
+            }
+        }
+        peak
+    }
+
     /// Whether this schedule was made for the current dimension sizes of `graph`.
     pub(crate) fn fits(&self, graph: &Graph) -> bool {
         self.dims == sorted_dims(&graph.dyn_map)

@@ -336,6 +336,54 @@ impl Session {
         self.luminal_order = on;
     }
 
+    /// An estimate, made before any input is set, of the most bytes of inputs and intermediates
+    /// a run at the dimension sizes `dims` holds at once: the memory-aware schedule of such a run
+    /// is made and walked with every tensor's size from its shape; nothing is run or allocated
+    /// but the schedule. Dimensions set with [`Session::set_dim`] and derived ones
+    /// ([`Session::derive_dim`]) are added as a run adds them. Compiles the session if needed.
+    /// On a session that has run, inputs still held from that run are not counted.
+    ///
+    /// # Errors
+    /// `UnsetDim` for a derived dimension whose symbols are not given.
+    pub fn estimate_peak_bytes(&mut self, dims: &[(char, usize)]) -> Result<usize, Error> {
+        if !self.compiled {
+            self.compile();
+        }
+        let mut known: FxHashMap<char, usize> = self.fixed_dims.clone();
+        known.extend(dims.iter().copied());
+        for (c, e) in &self.derived_dims {
+            let v = e.exec(&known).ok_or(Error::UnsetDim { dim: *c })?;
+            known.insert(*c, v);
+        }
+        let saved = std::mem::replace(&mut self.graph.dyn_map, known);
+        let peak = Schedule::new(&self.graph).simulated_peak(&self.graph);
+        self.graph.dyn_map = saved;
+        Ok(peak)
+    }
+
+    /// [`Session::estimate_peak_bytes`] with the dimensions read from the shapes the named
+    /// inputs would have (as a run reads them), plus `dims`.
+    ///
+    /// # Errors
+    /// `UnknownName` for a name that is not an input, `UnsetDim` as
+    /// [`Session::estimate_peak_bytes`].
+    pub fn estimate_peak_bytes_for(
+        &mut self,
+        shapes: &[(&str, Vec<usize>)],
+        dims: &[(char, usize)],
+    ) -> Result<usize, Error> {
+        let mut all: Vec<(char, usize)> = dims.to_vec();
+        for (name, shape) in shapes {
+            let slot = &self.slots[self.slot_index(name)?];
+            for (d, &size) in slot.dims.iter().zip(shape) {
+                if let [c] = d.to_symbols()[..] {
+                    all.push((c, size));
+                }
+            }
+        }
+        self.estimate_peak_bytes(&all)
+    }
+
     /// Memory figures of the last run: resident weights, the peak of inputs and intermediates
     /// alive at once, the pool's free bytes at that peak (zero in luminal's order, which is not
     /// measured).

@@ -59,7 +59,8 @@ impl QjSigns {
     ///
     /// # Errors
     /// `ConfigParse` if the text is not such a table, `InvalidConfig` (field `sign`) for a sign other
-    /// than 1 or -1.
+    /// than 1 or -1 (field `J`) for a J outside |d_in - d_out|..=d_in + d_out, `TooLarge` for a
+    /// degree above [`crate::limits::MAX_DEGREE`].
     pub fn from_json(text: &str, origin: &str) -> Result<Self, Error> {
         let f: SignFile = serde_json::from_str(text).map_err(|source| Error::ConfigParse {
             path: origin.to_string(),
@@ -78,6 +79,15 @@ impl QjSigns {
                     })
                 }
             };
+            crate::limits::at_most("d_in", r.d_in, crate::limits::MAX_DEGREE)?;
+            crate::limits::at_most("d_out", r.d_out, crate::limits::MAX_DEGREE)?;
+            if r.j < r.d_in.abs_diff(r.d_out) || r.j > r.d_in + r.d_out {
+                return Err(Error::InvalidConfig {
+                    field: "J",
+                    expected: "|d_in - d_out| <= J <= d_in + d_out",
+                    found: format!("J {} with d_in {} and d_out {}", r.j, r.d_in, r.d_out),
+                });
+            }
             signs.insert((r.j, r.d_in, r.d_out), s);
         }
         Ok(Self { signs })
@@ -86,13 +96,11 @@ impl QjSigns {
     /// Reads a sign table file.
     ///
     /// # Errors
-    /// `Io`, plus the errors of [`QjSigns::from_json`].
+    /// `Io`, `FileTooLarge` past [`crate::limits::MAX_TEXT_FILE_BYTES`], plus the errors of
+    /// [`QjSigns::from_json`].
     pub fn load(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = crate::limits::read_text_file(path)?;
         Self::from_json(&text, &path.display().to_string())
     }
 }

@@ -437,8 +437,10 @@ impl Se3TransformerConfig {
     /// Validates the config and derives its fibers.
     ///
     /// # Errors
-    /// `InvalidConfig` naming the first offending field.
+    /// `TooLarge` for a size above the bounds of [`crate::limits`] (checked first, before anything
+    /// is derived), `InvalidConfig` naming the first offending field.
     pub fn shape(&self) -> Result<Se3TransformerShape, Error> {
+        self.check_sizes()?;
         if self.dim == 0 {
             return Err(invalid("dim", "a positive dimension", 0));
         }
@@ -652,6 +654,54 @@ impl Se3TransformerConfig {
             edge_dim,
             output_degrees,
         })
+    }
+}
+
+impl Se3TransformerConfig {
+    /// Every size field against the bounds of [`crate::limits`], before any fiber is derived.
+    fn check_sizes(&self) -> Result<(), Error> {
+        use crate::limits::{
+            at_most, at_most_opt, MAX_ADJ_DEGREES, MAX_CHANNELS, MAX_DEGREE, MAX_DEPTH,
+            MAX_EMBEDDING_ROWS, MAX_FOURIER_FEATURES,
+        };
+        at_most("dim", self.dim, MAX_CHANNELS)?;
+        at_most("heads", self.heads, MAX_CHANNELS)?;
+        at_most("dim_head", self.dim_head, MAX_CHANNELS)?;
+        at_most(
+            "heads * dim_head",
+            self.heads.saturating_mul(self.dim_head),
+            MAX_CHANNELS,
+        )?;
+        at_most("depth", self.depth, MAX_DEPTH)?;
+        at_most("num_conv_layers", self.num_conv_layers, MAX_DEPTH)?;
+        at_most("input_degrees", self.input_degrees, MAX_DEGREE + 1)?;
+        at_most_opt("num_degrees", self.num_degrees, MAX_DEGREE + 1)?;
+        at_most_opt("output_degrees", self.output_degrees, MAX_DEGREE + 1)?;
+        at_most_opt("num_tokens", self.num_tokens, MAX_EMBEDDING_ROWS)?;
+        at_most_opt("num_positions", self.num_positions, MAX_EMBEDDING_ROWS)?;
+        at_most_opt("num_edge_tokens", self.num_edge_tokens, MAX_EMBEDDING_ROWS)?;
+        at_most_opt("edge_dim", self.edge_dim, MAX_CHANNELS)?;
+        at_most("adj_dim", self.adj_dim, MAX_CHANNELS)?;
+        at_most_opt("num_adj_degrees", self.num_adj_degrees, MAX_ADJ_DEGREES)?;
+        at_most(
+            "rel_dist_num_fourier_features",
+            self.rel_dist_num_fourier_features,
+            MAX_FOURIER_FEATURES,
+        )?;
+        at_most_opt("global_feats_dim", self.global_feats_dim, MAX_CHANNELS)?;
+        at_most("egnn_hidden_dim", self.egnn_hidden_dim, MAX_CHANNELS)?;
+        for (field, spec) in [("dim_in", &self.dim_in), ("dim_out", &self.dim_out)] {
+            match spec {
+                Some(DimSpec::One(c)) => at_most(field, *c, MAX_CHANNELS)?,
+                Some(DimSpec::PerDegree(v)) => {
+                    for &c in v.iter().take(MAX_DEGREE + 1) {
+                        at_most(field, c, MAX_CHANNELS)?;
+                    }
+                }
+                None => {}
+            }
+        }
+        Ok(())
     }
 }
 

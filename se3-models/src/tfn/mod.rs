@@ -69,7 +69,8 @@ impl TfnStackConfig {
     /// The fibers as (degree, channels) lists.
     ///
     /// # Errors
-    /// `InvalidConfig` for fewer than two fibers, an input fiber that is not type-0 only, or bad entries.
+    /// `InvalidConfig` for fewer than two fibers, an input fiber that is not type-0 only, or bad entries;
+    /// `TooLarge` for more fibers, degrees or channels than [`crate::limits`] allows.
     pub fn fiber_dims(&self) -> Result<Vec<FiberDims>, Error> {
         if self.fibers.len() < 2 {
             return Err(Error::InvalidConfig {
@@ -78,6 +79,7 @@ impl TfnStackConfig {
                 found: format!("{} fibers", self.fibers.len()),
             });
         }
+        crate::limits::at_most("fibers", self.fibers.len(), crate::limits::MAX_DEPTH + 1)?;
         let f: Vec<FiberDims> = self
             .fibers
             .iter()

@@ -77,6 +77,27 @@ fn flat_input(s: &mut Session, name: &str, slot: usize) -> Result<GraphTensor<(D
     )
 }
 
+/// What [`CompiledSe3Transformer::estimate_memory`] expects one forward to hold, bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// The weights: float32 in the graph and the host model's float64 copy.
+    pub weights: usize,
+    /// The host's per-edge data of one cloud (clouds of a batch are prepared together, so this
+    /// counts once per batch element in [`MemoryEstimate::total`]).
+    pub host_graph: usize,
+    /// The most graph inputs and intermediates alive at once in the run of one cloud.
+    pub graph_peak: usize,
+    /// Neighbours per node assumed.
+    pub neighbours: usize,
+}
+
+impl MemoryEstimate {
+    /// Weights, the host data of `batch` clouds and one graph run's peak.
+    pub fn total(&self, batch: usize) -> usize {
+        self.weights + self.host_graph * batch + self.graph_peak
+    }
+}
+
 /// The SE(3)-Transformer as one compiled luminal graph (module doc).
 pub struct CompiledSe3Transformer {
     /// The host part (embeddings, neighbour selection, basis table, output assembly); `None` only
@@ -381,6 +402,99 @@ impl CompiledSe3Transformer {
     pub fn instrument(&mut self) {
         self.session
             .compile_with(se3_core::exec::profile::Instrument);
+    }
+
+    /// An estimate of the memory of one forward on `batch` clouds of `nodes` nodes, made before
+    /// anything of the forward is allocated: the graph's schedule at those sizes walked with
+    /// every tensor's size from its shape ([`Session::estimate_peak_bytes_for`]), the host's
+    /// per-edge data of one cloud (neighbour indices, relative positions, distances, edge
+    /// features, the float64 kernel basis) and the weights. Neighbours per node are
+    /// `min(num_neighbors + max_sparse_neighbors, nodes - 1)` (bonds counted at their cap, or all
+    /// other nodes without one).
+    ///
+    /// # Errors
+    /// `EmptyGraph` below 2 nodes; `NotCompiled` with `differentiable_coors` (its geometry
+    /// inputs are not sized here); session errors.
+    pub fn estimate_memory(&mut self, batch: usize, nodes: usize) -> Result<MemoryEstimate, Error> {
+        if nodes < 2 || batch == 0 {
+            return Err(Error::EmptyGraph { batch, nodes });
+        }
+        if self.coors.is_some() {
+            return Err(Error::NotCompiled {
+                option: "a memory estimate with differentiable_coors",
+            });
+        }
+        let model = self.host()?;
+        let cfg = &model.cfg;
+        let others = nodes - 1;
+        let sparse = if cfg.attend_sparse_neighbors {
+            cfg.max_sparse_neighbors.unwrap_or(others)
+        } else {
+            0
+        };
+        let k = cfg
+            .num_neighbors
+            .unwrap_or(others)
+            .min(others)
+            .saturating_add(sparse)
+            .min(others)
+            .max(1);
+        let edges = nodes * k;
+        let edge_dim = model.shape.edge_dim;
+        let weights: usize = Se3Transformer::expected_keys(cfg)?
+            .iter()
+            .map(|(_, shape)| shape.iter().product::<usize>())
+            .sum();
+        let mut basis_per_edge = 0;
+        let mut shapes: Vec<(String, Vec<usize>)> = vec![
+            ("valid".into(), vec![nodes, k]),
+            ("radial_in".into(), vec![edges * self.radial_width]),
+        ];
+        for &(d_in, d_out) in &self.pairs {
+            let width = (2 * d_out + 1) * (2 * d_in + 1) * (2 * d_in.min(d_out) + 1);
+            basis_per_edge += width;
+            shapes.push((format!("basis.{d_in}.{d_out}"), vec![edges * width]));
+        }
+        for &(l, c) in &self.in_degrees {
+            shapes.push((format!("x.{l}"), vec![nodes * c * (2 * l + 1)]));
+        }
+        if let Some(g) = self.global_dim {
+            shapes.push(("global".into(), vec![g]));
+        }
+        if self.egnn {
+            shapes.push(("egnn_dist".into(), vec![edges]));
+            if edge_dim > 0 {
+                shapes.push(("egnn_edge".into(), vec![edges * edge_dim]));
+            }
+        }
+        if model.rotary.is_some() {
+            for (name, rows) in [
+                ("rot_node_cos", nodes),
+                ("rot_node_sin", nodes),
+                ("rot_edge_cos", edges),
+                ("rot_edge_sin", edges),
+            ] {
+                shapes.push((name.into(), vec![rows * self.dim_head]));
+            }
+        }
+        let named: Vec<(&str, Vec<usize>)> = shapes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        let mut dims = vec![('n', nodes), ('k', k)];
+        if self.global_dim.is_some() {
+            dims.push(('g', 1));
+        }
+        let graph_peak = self.session.estimate_peak_bytes_for(&named, &dims)?;
+        // per edge on the host: index (8) + valid (1) + relative position (24) + distance (8),
+        // edge features and basis in f64
+        let host_per_edge = 41 + 8 * (edge_dim + basis_per_edge);
+        Ok(MemoryEstimate {
+            weights: weights * (4 + 8),
+            host_graph: edges * host_per_edge,
+            graph_peak,
+            neighbours: k,
+        })
     }
 
     /// Memory figures of the last graph run (resident weights, peak intermediates; se3-core

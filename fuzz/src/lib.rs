@@ -1,0 +1,147 @@
+//! The bodies of the fuzz targets, one function a target, shared by the libFuzzer binaries
+//! (`fuzz_targets/*.rs`) and by the regression test of the main suite (`tests/fuzz_regressions.rs`,
+//! which runs every seed and every saved crash through them). Each must return for any bytes —
+//! with a value or a typed error inside — never panic, hang or allocate beyond the input's size.
+
+use std::collections::BTreeMap;
+
+use se3_models::checkpoint::StateDict;
+use se3_models::inputs::ModelInputs;
+use se3_models::model_file::{ModelFile, TensorName};
+use se3_models::se3_transformer::basis::{QjSigns, Se3tBasis};
+use se3_models::se3_transformer::{Se3TransformerConfig, Se3TransformerForward};
+use se3_models::tfn::TfnStackConfig;
+use se3_models::zoo::{CompiledModel, Model};
+
+/// A one-conv TFN stack (degree 0 to degrees 0 and 1): the key list a fuzzed checkpoint is
+/// checked against.
+const TINY_TFN: &str = r#"{"class": "TFNStack", "library": {"name": "se3-transformer-pytorch"},
+    "constructor_kwargs": {"fibers": [{"0": 1}, {"0": 1, "1": 1}]}}"#;
+
+/// Checkpoint bytes: the float64 state-dict reader of se3-models, the f32 reader of se3-core, and
+/// the key and shape check of a small model against what was read. Returns whether the bytes
+/// were a readable state dict.
+pub fn safetensors_weights(data: &[u8]) -> bool {
+    let _ = se3_core::exec::read_safetensors(data);
+    let Ok(sd) = StateDict::from_bytes(data) else {
+        return false;
+    };
+    if let Ok(file) = ModelFile::from_json(TINY_TFN, "config") {
+        let _ = Model::from_parts(&file, &sd);
+    }
+    true
+}
+
+/// Model-input bytes (`inputs.safetensors`): read under the parameter names, under the names of a
+/// reference config, and with per-degree features, each time validated. Returns whether any
+/// reading succeeded.
+pub fn safetensors_inputs(data: &[u8]) -> bool {
+    let plain = ModelInputs::from_bytes(data, &BTreeMap::new(), "inputs").is_ok();
+    let mut names = BTreeMap::new();
+    for param in ["feats", "coors", "mask", "adj_mat", "edges"] {
+        names.insert(param.to_string(), TensorName::One(param.to_string()));
+    }
+    let named = ModelInputs::from_bytes(data, &names, "inputs").is_ok();
+    let mut per_degree = BTreeMap::new();
+    per_degree.insert("0".to_string(), "feats_type0".to_string());
+    per_degree.insert("1".to_string(), "feats_type1".to_string());
+    names.insert("feats".to_string(), TensorName::PerDegree(per_degree));
+    let degrees = ModelInputs::from_bytes(data, &names, "inputs").is_ok();
+    plain || named || degrees
+}
+
+/// `config.json` text: parsed as a model file and built against an empty checkpoint (which must
+/// stop at a typed config or missing-key error), and parsed directly as the constructor kwargs of
+/// every model kind and as forward literals. Returns whether the text was a model file.
+pub fn config_json(data: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return false;
+    };
+    let file = ModelFile::from_json(text, "config");
+    if let Ok(file) = &file {
+        let _ = Model::from_parts(file, &StateDict::new());
+    }
+    let strict = se3_models::model_file::python_json_to_strict(text);
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&strict) {
+        let _ = Se3TransformerConfig::from_kwargs(&v);
+        let _ = TfnStackConfig::from_kwargs(&v);
+        let _ = Se3TransformerForward::from_literals(&v);
+    }
+    file.is_ok()
+}
+
+/// Q_J sign tables (`--qj-signs`): parsed, then applied to the kernel basis of degree 2. Returns
+/// whether the table was read.
+pub fn qj_signs(data: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return false;
+    };
+    let Ok(signs) = QjSigns::from_json(text, "signs") else {
+        return false;
+    };
+    let _ = Se3tBasis::with_signs(2, &signs);
+    true
+}
+
+/// The next section of `data`, preceded by its length (u32 little-endian).
+fn section<'a>(data: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let (len, rest) = data.split_first_chunk::<4>()?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if rest.len() < len {
+        return None;
+    }
+    let (s, rest) = rest.split_at(len);
+    *data = rest;
+    Some(s)
+}
+
+/// How far [`infer`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum InferReach {
+    /// The bytes are not three length-prefixed sections.
+    Sections,
+    /// A file was refused (config, checkpoint, inputs) or the model did not build.
+    Refused,
+    /// The float64 oracle ran and refused the inputs.
+    ForwardError,
+    /// The oracle gave outputs.
+    Outputs,
+}
+
+/// `se3 infer` end to end from bytes: config text, checkpoint and inputs, each a length-prefixed
+/// section, then the steps of `src/cli/infer.rs` (parse, load, validate, build, run the float64
+/// oracle; with the last byte odd, also compile and run the float32 graph).
+pub fn infer(data: &[u8]) -> InferReach {
+    let compile = data.last().is_some_and(|b| b % 2 == 1);
+    let mut rest = data;
+    let (Some(config), Some(weights), Some(inputs)) =
+        (section(&mut rest), section(&mut rest), section(&mut rest))
+    else {
+        return InferReach::Sections;
+    };
+    let Ok(text) = std::str::from_utf8(config) else {
+        return InferReach::Refused;
+    };
+    let Ok(file) = ModelFile::from_json(text, "config") else {
+        return InferReach::Refused;
+    };
+    let Ok(weights) = StateDict::from_bytes(weights) else {
+        return InferReach::Refused;
+    };
+    let Ok(inputs) = ModelInputs::from_bytes(inputs, &file.forward_kwargs.tensors, "inputs") else {
+        return InferReach::Refused;
+    };
+    let Ok(model) = Model::from_parts(&file, &weights) else {
+        return InferReach::Refused;
+    };
+    let reach = match model.forward(&inputs) {
+        Ok(_) => InferReach::Outputs,
+        Err(_) => InferReach::ForwardError,
+    };
+    if compile {
+        if let Ok(mut compiled) = CompiledModel::from_model(model, None, &file, &weights) {
+            let _ = compiled.forward(&inputs);
+        }
+    }
+    reach
+}

@@ -1,0 +1,173 @@
+//! `se3 bench scale`: time and peak memory of neighbour graphs and of the SE(3)-Transformer on
+//! large clouds (10^3 ... 10^5 points).
+//!
+//! Cases, each in a child process of this binary (`--case <kind>:<points>`) so its peak resident
+//! set (VmHWM) is its own:
+//! - `knn`: the 16 nearest neighbours of every point (se3-core `ops::neighbors`, exact, grid
+//!   search), points uniform at unit density (a cube of side n^(1/3));
+//! - `radius`: up to 32 neighbours within radius 1.5 at the same density (about 14 expected);
+//! - `se3t`: one forward of the compiled SE(3)-Transformer of `se3 bench se3-transformer` (dim 32,
+//!   heads 4, dim_head 16, depth 2, 2 degrees, 16 neighbours, batch 1, random weights), after one
+//!   warm-up forward at the same size, next to its memory estimate made before the forward
+//!   (`CompiledSe3Transformer::estimate_memory`, what `se3 infer --estimate` prints).
+//!
+//! The SE(3)-Transformer's neighbour selection is the library's (every pair ranked, O(n^2) time,
+//! O(n) memory a row); its per-edge tensors grow with n * 16. The largest cloud that fits a memory
+//! budget is extrapolated from the two largest measured SE(3)-Transformer sizes, peak = a + b n,
+//! and printed as such.
+
+use std::process::Command;
+use std::time::Instant;
+
+use luminal::prelude::*;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use se3_core::exec::{InputKind, Session};
+use se3_core::ops;
+use se3_models::se3_transformer::{CompiledSe3Transformer, Se3TransformerForward};
+
+use super::bench_se3t::{bench_config, random_inputs, random_weights};
+
+/// Memory budget of the "largest cloud that fits" line, GiB (the machine's memory).
+const BUDGET_GIB: f64 = 24.0;
+
+/// What one case measured.
+struct Measured {
+    seconds: f64,
+    peak_mib: f64,
+    edges: usize,
+    /// The SE(3)-Transformer's estimate made before the forward (`se3 infer --estimate`).
+    estimate_mib: Option<f64>,
+}
+
+/// Runs every case up to `max_points` in a child process and prints the table; `case` runs one
+/// case (`kind:points`) in this process.
+pub fn run(case: Option<&str>, max_points: usize) -> Result<(), super::CliError> {
+    if let Some(c) = case {
+        let (kind, n) = c
+            .split_once(':')
+            .ok_or_else(|| format!("case `{c}` is not kind:points"))?;
+        return run_case(kind, n.parse()?);
+    }
+    let exe = std::env::current_exe()?;
+    println!(
+        "{:<8} {:>9} {:>10} {:>12} {:>14} {:>10}",
+        "case", "points", "time (s)", "peak MiB", "estimate MiB", "edges"
+    );
+    let mut se3t: Vec<(usize, f64)> = Vec::new();
+    for kind in ["knn", "radius", "se3t"] {
+        for n in [1_000usize, 10_000, 100_000] {
+            if n > max_points {
+                continue;
+            }
+            let out = Command::new(&exe)
+                .args(["bench", "scale", "--case", &format!("{kind}:{n}")])
+                .output()?;
+            if !out.status.success() {
+                println!(
+                    "{kind:<8} {n:>9} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                continue;
+            }
+            let m = parse(&String::from_utf8_lossy(&out.stdout))?;
+            let estimate = m
+                .estimate_mib
+                .map_or_else(|| "-".to_string(), |e| format!("{e:.1}"));
+            println!(
+                "{kind:<8} {n:>9} {:>10.3} {:>12.1} {estimate:>14} {:>10}",
+                m.seconds, m.peak_mib, m.edges
+            );
+            if kind == "se3t" {
+                se3t.push((n, m.peak_mib));
+            }
+        }
+    }
+    if let [.., (n1, p1), (n2, p2)] = se3t[..] {
+        let slope = (p2 - p1) / (n2 - n1) as f64;
+        let fits = (BUDGET_GIB * 1024.0 - (p2 - slope * n2 as f64)) / slope.max(1e-9);
+        println!(
+            "se3t memory: {:.2} KiB per point from {n1} to {n2} points (16 neighbours); \
+             extrapolated largest cloud in {BUDGET_GIB} GiB: about {:.2e} points",
+            slope * 1024.0,
+            fits
+        );
+    }
+    Ok(())
+}
+
+fn parse(text: &str) -> Result<Measured, super::CliError> {
+    let field = |name: &str| -> Result<f64, super::CliError> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .ok_or_else(|| format!("child printed no `{name}`"))?;
+        Ok(line[name.len()..].trim().parse()?)
+    };
+    Ok(Measured {
+        seconds: field("seconds")?,
+        peak_mib: field("peak_mib")?,
+        edges: field("edges")? as usize,
+        estimate_mib: field("estimate_mib").ok(),
+    })
+}
+
+/// Points uniform in a cube of side n^(1/3) (unit density).
+fn cloud(n: usize, r: &mut StdRng) -> Vec<f32> {
+    let side = (n as f64).cbrt() as f32;
+    (0..n * 3).map(|_| r.gen_range(0.0..side)).collect()
+}
+
+fn run_case(kind: &str, n: usize) -> Result<(), super::CliError> {
+    let mut r = StdRng::seed_from_u64(0);
+    let (seconds, edges) = match kind {
+        "knn" => neighbours::<16>(n, None, &mut r)?,
+        "radius" => neighbours::<32>(n, Some(1.5), &mut r)?,
+        "se3t" => se3t(n, &mut r)?,
+        other => return Err(format!("unknown case kind `{other}`").into()),
+    };
+    println!("seconds {seconds}");
+    println!("edges {edges}");
+    println!("peak_mib {}", super::bench_se3t::peak_mib()?);
+    Ok(())
+}
+
+/// One timed run of the neighbour op (after a warm-up); returns seconds and valid edges.
+fn neighbours<const K: usize>(
+    n: usize,
+    radius: Option<f32>,
+    r: &mut StdRng,
+) -> Result<(f64, usize), super::CliError> {
+    let x = cloud(n, r);
+    let mut s = Session::new();
+    let c = s.input::<(Dyn<'n'>, Const<3>)>("x", InputKind::Coordinates);
+    let spec = ops::NeighborSpec {
+        radius,
+        exclude_self: true,
+    };
+    let nb = ops::neighbors::<_, K>(c, None, spec);
+    s.output("valid", nb.valid);
+    s.compile();
+    s.set("x", x.clone(), &[n, 3])?;
+    s.run()?;
+    s.set("x", x, &[n, 3])?;
+    let t = Instant::now();
+    s.run()?;
+    let seconds = t.elapsed().as_secs_f64();
+    let edges = s.get("valid")?.data.iter().filter(|&&v| v > 0.5).count();
+    Ok((seconds, edges))
+}
+
+/// One timed forward of the benchmark SE(3)-Transformer (after a warm-up).
+fn se3t(n: usize, r: &mut StdRng) -> Result<(f64, usize), super::CliError> {
+    let cfg = bench_config(2)?;
+    let sd = random_weights(&cfg, r)?;
+    let inputs = random_inputs(n, 32, r)?;
+    let fwd = Se3TransformerForward::from_literals(&serde_json::json!({"return_type": 0}))?;
+    let mut model = CompiledSe3Transformer::from_state_dict(&cfg, sd)?;
+    let estimate = model.estimate_memory(1, n)?;
+    println!("estimate_mib {}", estimate.total(1) as f64 / 1048576.0);
+    model.forward(&inputs, &fwd)?;
+    let t = Instant::now();
+    model.forward(&inputs, &fwd)?;
+    Ok((t.elapsed().as_secs_f64(), n * 16))
+}
