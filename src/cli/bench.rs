@@ -11,11 +11,22 @@ pub enum BenchTarget {
     Engine,
     /// The graph layers: Conv (0:32, 1:16, 2:8) on 512 nodes x 16 neighbours.
     Layers,
-    /// The SE(3)-Transformer at the sizes of the PyTorch baseline: time, peak memory, ratios.
+    /// The SE(3)-Transformer at the sizes of the PyTorch baseline: time, peak memory, and
+    /// ratios to PyTorch measured in the same session (with `--python` or `SE3_REFENV`).
     Se3Transformer {
         /// Run only this case, in this process (used by the benchmark's child processes).
         #[arg(long, hide = true)]
         case: Option<String>,
+        /// Python of the reference environment, to measure PyTorch in this session (default:
+        /// env `SE3_REFENV`, the python or the venv directory).
+        #[arg(long)]
+        python: Option<std::path::PathBuf>,
+        /// Directory of `bench_pytorch.py` (default: `shared/reference` beside the repo).
+        #[arg(long)]
+        reference_dir: Option<std::path::PathBuf>,
+        /// Only these cases (comma-separated, e.g. `se3t_deg2_n128,se3t_deg3_n128`).
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -25,6 +36,15 @@ pub fn run(target: BenchTarget) -> Result<(), super::CliError> {
         BenchTarget::Math => super::bench_math::run(),
         BenchTarget::Engine => super::bench_engine::run(),
         BenchTarget::Layers => super::bench_layers::run(),
-        BenchTarget::Se3Transformer { case } => super::bench_se3t::run(case.as_deref()),
+        BenchTarget::Se3Transformer {
+            case,
+            python,
+            reference_dir,
+            only,
+        } => super::bench_se3t::run(
+            case.as_deref(),
+            &super::bench_pytorch::TorchSource::from_args(python, reference_dir),
+            only.as_deref(),
+        ),
     }
 }

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_engine;
 pub mod bench_layers;
 pub mod bench_math;
+pub mod bench_pytorch;
 pub mod bench_se3t;
 pub mod infer;
 pub mod zoo;
