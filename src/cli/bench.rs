@@ -13,11 +13,22 @@ pub enum BenchTarget {
     Layers,
     /// The EGNN_Network of egnn-pytorch at the sizes of the PyTorch baseline (512 nodes).
     Egnn,
-    /// The SE(3)-Transformer at the sizes of the PyTorch baseline: time, peak memory, ratios.
+    /// The SE(3)-Transformer at the sizes of the PyTorch baseline: time, peak memory, and
+    /// ratios to PyTorch measured in the same session (with `--python` or `SE3_REFENV`).
     Se3Transformer {
         /// Run only this case, in this process (used by the benchmark's child processes).
         #[arg(long, hide = true)]
         case: Option<String>,
+        /// Python of the reference environment, to measure PyTorch in this session (default:
+        /// env `SE3_REFENV`, the python or the venv directory).
+        #[arg(long)]
+        python: Option<std::path::PathBuf>,
+        /// Directory of `bench_pytorch.py` (default: `shared/reference` beside the repo).
+        #[arg(long)]
+        reference_dir: Option<std::path::PathBuf>,
+        /// Only these cases (comma-separated, e.g. `se3t_deg2_n128,se3t_deg3_n128`).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// The model zoo at the sizes of `bench_pytorch.py`, next to PyTorch run in the same session.
     Zoo {
@@ -34,6 +45,7 @@ pub enum BenchTarget {
         /// Path of `bench_pytorch.py` (default: `../shared/reference/` beside the repository).
         #[arg(long)]
         script: Option<std::path::PathBuf>,
+    },
     /// Neighbour graphs (kNN, radius) and the SE(3)-Transformer at 10^3 ... 10^5 points: time and
     /// peak memory, each case in its own process.
     Scale {
@@ -52,8 +64,17 @@ pub fn run(target: BenchTarget) -> Result<(), super::CliError> {
         BenchTarget::Math => super::bench_math::run(),
         BenchTarget::Engine => super::bench_engine::run(),
         BenchTarget::Layers => super::bench_layers::run(),
+        BenchTarget::Se3Transformer {
+            case,
+            python,
+            reference_dir,
+            only,
+        } => super::bench_se3t::run(
+            case.as_deref(),
+            &super::bench_pytorch::TorchSource::from_args(python, reference_dir),
+            only.as_deref(),
+        ),
         BenchTarget::Egnn => super::bench_egnn::run(),
-        BenchTarget::Se3Transformer { case } => super::bench_se3t::run(case.as_deref()),
         BenchTarget::Zoo {
             case,
             only,

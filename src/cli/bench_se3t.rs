@@ -1,7 +1,10 @@
 //! `se3 bench se3-transformer`: forward time and peak memory of the compiled SE(3)-Transformer
 //! ([`CompiledSe3Transformer`]: float32 luminal graph, reassociated contraction) at the sizes of the
 //! PyTorch baseline (BASELINE.md: dim 32, heads 4, dim_head 16, depth 2, 16 neighbours, batch 1,
-//! random weights and inputs), next to se3-transformer-pytorch's figures as ratios.
+//! random weights and inputs), next to se3-transformer-pytorch's figures as ratios, measured in
+//! the same session by `bench_pytorch.py` (`super::bench_pytorch`; none without a python).
+//! It also gives the GFLOP/s of the fused contraction kernels (flops counted from their shapes,
+//! [`contraction_flops`]) next to `matrixmultiply::sgemm`'s on a large square in the same process.
 //!
 //! Each case runs in a child process of this binary (`--case <name>`), so its peak resident set
 //! (VmHWM of /proc/self/status) is its own: reported after building + compiling the graph and after
@@ -19,6 +22,8 @@
 use std::process::Command;
 use std::time::Instant;
 
+use super::bench_pytorch::{TorchSource, HOW_TO_GET_TORCH};
+
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use se3_models::checkpoint::{StateDict, Tensor};
@@ -27,13 +32,11 @@ use se3_models::se3_transformer::{
     CompiledSe3Transformer, Se3Transformer, Se3TransformerConfig, Se3TransformerForward,
 };
 
-/// A benchmark size and its PyTorch figures (BASELINE.md).
+/// A benchmark size (PyTorch's figures are measured in the same session: [`TorchSource`]).
 struct Case {
     name: &'static str,
     num_degrees: usize,
     nodes: usize,
-    torch_s: f64,
-    torch_mib: f64,
 }
 
 const CASES: &[Case] = &[
@@ -41,22 +44,16 @@ const CASES: &[Case] = &[
         name: "se3t_deg2_n128",
         num_degrees: 2,
         nodes: 128,
-        torch_s: 1.7440,
-        torch_mib: 1054.3,
     },
     Case {
         name: "se3t_deg2_n512",
         num_degrees: 2,
         nodes: 512,
-        torch_s: 10.8999,
-        torch_mib: 1376.3,
     },
     Case {
         name: "se3t_deg3_n128",
         num_degrees: 3,
         nodes: 128,
-        torch_s: 22.6198,
-        torch_mib: 1376.3,
     },
 ];
 
@@ -78,10 +75,21 @@ struct Measured {
     intermediates_mib: f64,
     pooled_mib: f64,
     stages: Vec<(String, f64)>,
+    /// Fused contraction kernels of the instrumented forward: kind, flops, seconds.
+    kernels: Vec<(String, f64, f64)>,
+    /// `matrixmultiply::sgemm` on a large square in the same child, GFLOP/s.
+    sgemm_gflops: f64,
 }
 
-/// Runs every case in a child process and prints the table; `case` runs one case in this process.
-pub fn run(case: Option<&str>) -> Result<(), super::CliError> {
+/// Runs every case in a child process and prints the table, with PyTorch from `torch` (each
+/// case right after ours, in the same session; no PyTorch column without a python) and only the
+/// cases named in `only` (comma-separated; all when `None`); `case` runs one case in this
+/// process.
+pub fn run(
+    case: Option<&str>,
+    torch: &TorchSource,
+    only: Option<&str>,
+) -> Result<(), super::CliError> {
     if let Some(name) = case {
         let c = CASES
             .iter()
@@ -89,14 +97,29 @@ pub fn run(case: Option<&str>) -> Result<(), super::CliError> {
             .ok_or_else(|| format!("unknown case `{name}`"))?;
         return run_case(c);
     }
+    let cases: Vec<&Case> = match only {
+        None => CASES.iter().collect(),
+        Some(list) => list
+            .split(',')
+            .map(|n| {
+                CASES
+                    .iter()
+                    .find(|c| c.name == n.trim())
+                    .ok_or_else(|| format!("unknown case `{n}`"))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    if torch.python.is_some() {
+        torch.script()?;
+    }
     let exe = std::env::current_exe()?;
-    let bar = ProgressBar::new(CASES.len() as u64);
+    let bar = ProgressBar::new(cases.len() as u64);
     bar.set_style(ProgressStyle::with_template(
         "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
     )?);
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     let mut rows = Vec::new();
-    for c in CASES {
+    for c in cases {
         bar.set_message(c.name);
         let out = Command::new(&exe)
             .args(["bench", "se3-transformer", "--case", c.name])
@@ -109,13 +132,26 @@ pub fn run(case: Option<&str>) -> Result<(), super::CliError> {
             )
             .into());
         }
-        rows.push((c, parse(&String::from_utf8_lossy(&out.stdout))?));
+        let m = parse(&String::from_utf8_lossy(&out.stdout))?;
+        bar.set_message(format!("{} (PyTorch)", c.name));
+        let t = torch.measure(c.name)?;
+        rows.push((c, m, t));
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let torch_info = rows
+        .iter()
+        .find_map(|r| r.2.as_ref())
+        .map(|t| {
+            format!(
+                "PyTorch measured in this session: torch {}, {} threads, median of {}",
+                t.torch, t.threads, t.reps
+            )
+        })
+        .unwrap_or_else(|| "no PyTorch figures".to_string());
     println!(
         "SE3Transformer dim 32, heads 4, dim_head 16, depth 2, 16 neighbours, batch 1, return_type 0 \
-         (PyTorch: BASELINE.md, torch 2 threads)"
+         ({torch_info}; se3 median of {REPS})"
     );
     println!(
         "{:<16} {:>10} {:>16} {:>9} {:>11} {:>9} {:>12} {:>11} {:>9}",
@@ -129,20 +165,28 @@ pub fn run(case: Option<&str>) -> Result<(), super::CliError> {
         "torch MiB",
         "mem frac"
     );
-    for (c, m) in &rows {
-        println!(
-            "{:<16} {:>10.4} {:>7.3}-{:<8.3} {:>9.3} {:>11.4} {:>8.1}x {:>12.1} {:>11.1} {:>9.3}",
-            c.name,
-            m.median_s,
-            m.min_s,
-            m.max_s,
-            m.cpu_s,
-            c.torch_s,
-            c.torch_s / m.median_s,
-            m.peak_mib,
-            c.torch_mib,
-            m.peak_mib / c.torch_mib
+    for (c, m, t) in &rows {
+        let ours = format!(
+            "{:<16} {:>10.4} {:>7.3}-{:<8.3} {:>9.3}",
+            c.name, m.median_s, m.min_s, m.max_s, m.cpu_s
         );
+        match t {
+            Some(t) => println!(
+                "{ours} {:>11.4} {:>8.1}x {:>12.1} {:>11.1} {:>9.3}",
+                t.median_s,
+                t.median_s / m.median_s,
+                m.peak_mib,
+                t.peak_mib,
+                m.peak_mib / t.peak_mib
+            ),
+            None => println!(
+                "{ours} {:>11} {:>9} {:>12.1} {:>11} {:>9}",
+                "-", "-", m.peak_mib, "-", "-"
+            ),
+        }
+    }
+    if rows.iter().all(|r| r.2.is_none()) {
+        println!("{HOW_TO_GET_TORCH}");
     }
     println!(
         "\nwhere the memory goes (MiB): build peak = while loading + compiling (weights once in \
@@ -155,7 +199,7 @@ pub fn run(case: Option<&str>) -> Result<(), super::CliError> {
         "  {:<16} {:>10} {:>11} {:>9} {:>13} {:>7} {:>10}",
         "case", "build peak", "after build", "weights", "intermediates", "pooled", "peak"
     );
-    for (c, m) in &rows {
+    for (c, m, _) in &rows {
         println!(
             "  {:<16} {:>10.1} {:>11.1} {:>9.1} {:>13.1} {:>7.1} {:>10.1}",
             c.name,
@@ -168,7 +212,7 @@ pub fn run(case: Option<&str>) -> Result<(), super::CliError> {
         );
     }
     println!("\nwhere the time goes (one instrumented forward, seconds):");
-    for (c, m) in &rows {
+    for (c, m, _) in &rows {
         let total: f64 = m.stages.iter().map(|s| s.1).sum();
         let parts: Vec<String> = m
             .stages
@@ -178,10 +222,34 @@ pub fn run(case: Option<&str>) -> Result<(), super::CliError> {
         println!("  {:<16} {}", c.name, parts.join(", "));
     }
     println!(
+        "\nfused contraction kernels (one instrumented forward; flops counted from shapes, a \
+         multiply-add = 2) next to matrixmultiply::sgemm {SGEMM_SIZE}^3 in the same process:"
+    );
+    for (c, m, _) in &rows {
+        let parts: Vec<String> = m
+            .kernels
+            .iter()
+            .map(|(k, f, t)| {
+                let g = f / t.max(1e-12) / 1e9;
+                format!(
+                    "{k} {:.2} GFLOP in {t:.4} s = {g:.1} GFLOP/s ({:.0}% of sgemm)",
+                    f / 1e9,
+                    100.0 * g / m.sgemm_gflops.max(1e-12)
+                )
+            })
+            .collect();
+        println!(
+            "  {:<16} sgemm {:.1} GFLOP/s; {}",
+            c.name,
+            m.sgemm_gflops,
+            parts.join("; ")
+        );
+    }
+    println!(
         "cpu (s): CPU time (all threads) per forward; on a loaded machine the wall time of a \
          forward is at least cpu / threads"
     );
-    println!("targets: speedup >= 10x, mem frac <= 0.2");
+    println!("targets: speedup >= 20x, mem frac <= 0.1");
     Ok(())
 }
 
@@ -207,6 +275,12 @@ fn parse(text: &str) -> Result<Measured, super::CliError> {
             (Some("mem_weights_mib"), Some(v)) => m.weights_mib = v.parse()?,
             (Some("mem_intermediates_mib"), Some(v)) => m.intermediates_mib = v.parse()?,
             (Some("mem_pooled_mib"), Some(v)) => m.pooled_mib = v.parse()?,
+            (Some("sgemm_gflops"), Some(v)) => m.sgemm_gflops = v.parse()?,
+            (Some("kernel"), Some(k)) => {
+                let flops = it.next().ok_or("kernel line without flops")?.parse()?;
+                let secs = it.next().ok_or("kernel line without seconds")?.parse()?;
+                m.kernels.push((k.to_string(), flops, secs));
+            }
             (Some("stage"), Some(k)) => {
                 let v = it.next().ok_or("stage line without value")?.parse()?;
                 m.stages.push((k.to_string(), v));
@@ -253,6 +327,92 @@ fn stages(
         ),
         ("attention+node-ops", total - radial - contract),
     ]
+}
+
+/// Side of the square `sgemm` that measures the machine's GEMM rate.
+pub const SGEMM_SIZE: usize = 1024;
+
+/// GFLOP/s of `matrixmultiply::sgemm` on `SGEMM_SIZE` squares (its own threads: the physical
+/// cores, or `MATMUL_NUM_THREADS`), the best of 3 after a warm-up.
+pub fn sgemm_gflops() -> f64 {
+    let n = SGEMM_SIZE;
+    let a: Vec<f32> = (0..n * n).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
+    let b: Vec<f32> = (0..n * n).map(|i| ((i % 13) as f32 - 6.0) / 6.0).collect();
+    let mut c = vec![0.0f32; n * n];
+    let mut best = f64::INFINITY;
+    for rep in 0..4 {
+        let t = Instant::now();
+        // SAFETY: a, b, c are n x n row-major buffers of this length.
+        unsafe {
+            matrixmultiply::sgemm(
+                n,
+                n,
+                n,
+                1.0,
+                a.as_ptr(),
+                n as isize,
+                1,
+                b.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+        std::hint::black_box(&c);
+        if rep > 0 {
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+    }
+    2.0 * (n * n * n) as f64 / best / 1e9
+}
+
+/// Floating-point operations (a multiply-add = 2) of one call of a fused contraction kernel,
+/// from its input shapes; `None` for other operators or unexpected shapes.
+///
+/// - `RadialHidden` (`x [e, n_in]`, `w0 [P, n_in, hd]`): the two layers' GEMMs,
+///   `2 P e hd (n_in + hd)` (LayerNorm and GELU not counted).
+/// - `EdgeContract` (`x [n, c_in, mi]`, `basis [e, mo, mi, nf]`, `w [cf hd, H cnt]`,
+///   `b [cf, H cnt]`, one input per head): `Kx` `2 e mo nf c_in mi`, plus per head
+///   `2 mo cf (hd + 1) (e + n cnt)` (the products with the hidden values or the query-folded
+///   weights, the last layer and its bias), plus `2 e hd` per head for the logits' final dots
+///   (logits when the per-head input is `q [n, cnt, mo]`, sums for `a [n, k]`).
+/// - `RadialEdgeConv` (`x [M, c_in mi]`, `basis [e, mi, nf mo]`, `h [e, hd]`): its `Kx` and
+///   per-edge sums `2 e nf mo c_in (mi + hd)` (the per-node last layer needs `mo`, which the
+///   shapes do not give, and is not counted).
+pub fn contraction_flops(r: &se3_core::exec::profile::Record) -> Option<f64> {
+    let s = &r.shapes;
+    let dim = |i: usize, j: usize| s.get(i).and_then(|d| d.get(j)).map(|&v| v as f64);
+    match r.kind.as_str() {
+        "RadialHidden" => {
+            let (e, n_in) = (dim(0, 0)?, dim(0, 1)?);
+            let (p, hd) = (dim(1, 0)?, dim(1, 2)?);
+            Some(2.0 * p * e * hd * (n_in + hd))
+        }
+        "EdgeContract" => {
+            let (n, c_in, mi) = (dim(0, 0)?, dim(0, 1)?, dim(0, 2)?);
+            let (e, mo, nf) = (dim(2, 0)?, dim(2, 1)?, dim(2, 3)?);
+            let (whd, cols) = (dim(4, 0)?, dim(4, 1)?);
+            let cf = dim(5, 0)?;
+            let heads = s.len().checked_sub(6).filter(|&h| h > 0)? as f64;
+            let hd = whd / cf.max(1.0);
+            let cnt = cols / heads;
+            let logits = s.get(6).is_some_and(|q| q.len() == 3);
+            let kx = 2.0 * e * mo * nf * c_in * mi;
+            let per_head = 2.0 * mo * cf * (hd + 1.0) * (e + n * cnt)
+                + if logits { 2.0 * e * hd } else { 0.0 };
+            Some(kx + heads * per_head)
+        }
+        "RadialEdgeConv" => {
+            let (cmi, e, mi, nfmo) = (dim(0, 1)?, dim(1, 0)?, dim(1, 1)?, dim(1, 2)?);
+            let hd = dim(2, 1)?;
+            let c_in = cmi / mi.max(1.0);
+            Some(2.0 * e * nfmo * c_in * (mi + hd))
+        }
+        _ => None,
+    }
 }
 
 /// CPU time (user + system, all threads) of this process so far, seconds (clock ticks of
@@ -379,6 +539,15 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
     se3_core::exec::profile::reset();
     model.forward(&inputs, &fwd)?;
     let recs = se3_core::exec::profile::records();
+    for kind in ["EdgeContract", "RadialHidden", "RadialEdgeConv"] {
+        let of_kind: Vec<_> = recs.iter().filter(|r| r.kind == kind).collect();
+        if !of_kind.is_empty() {
+            let flops: f64 = of_kind.iter().filter_map(|r| contraction_flops(r)).sum();
+            let secs: f64 = of_kind.iter().map(|r| r.seconds).sum();
+            println!("kernel {kind} {flops} {secs}");
+        }
+    }
+    println!("sgemm_gflops {}", sgemm_gflops());
     for (stage, t) in stages(&recs, model.last_timings()) {
         println!("stage {stage} {t}");
     }

@@ -6,6 +6,7 @@ pub mod bench_engine;
 pub mod bench_layers;
 pub mod bench_math;
 pub mod bench_scale;
+pub mod bench_pytorch;
 pub mod bench_se3t;
 pub mod bench_zoo;
 pub mod data;
