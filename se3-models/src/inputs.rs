@@ -145,7 +145,8 @@ impl ModelInputs {
                 _ => None,
             }
         };
-        let feats = match name_of("feats") {
+        // equiformer-pytorch names the node features `inputs`.
+        let feats = match name_of("feats").or_else(|| names.get("inputs").cloned()) {
             Some(TensorName::PerDegree(map)) => {
                 let mut out = BTreeMap::new();
                 for (deg, tname) in map {

@@ -11,6 +11,7 @@
 extern crate se3_core as se3;
 
 pub mod checkpoint;
+pub mod equiformer;
 pub mod error;
 pub mod inputs;
 pub mod model_file;

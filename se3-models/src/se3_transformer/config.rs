@@ -204,7 +204,7 @@ pub struct Se3TransformerConfig {
 /// Numbers as Python writes them: `float('inf')` in the library's defaults comes out of `json.dump` as
 /// `Infinity` (turned into the string `"Infinity"` by [`crate::model_file::python_json_to_strict`]),
 /// and counts may be written as integral floats (`8.0`).
-mod py_num {
+pub(crate) mod py_num {
     use serde::de::Error as _;
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -230,7 +230,7 @@ mod py_num {
     }
 
     /// A count, or infinity (`None`): null, `Infinity`, `"inf"`, an integer or an integral float.
-    pub(super) fn count_or_inf<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    pub(crate) fn count_or_inf<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
         let Some(v) = Option::<Num>::deserialize(d)? else {
             return Ok(None);
         };
@@ -250,12 +250,12 @@ mod py_num {
     }
 
     /// A float, `Infinity`/`"inf"` included.
-    pub(super) fn float<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    pub(crate) fn float<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         to_f64(Num::deserialize(d)?)
     }
 
     /// An optional float, `Infinity`/`"inf"` included.
-    pub(super) fn opt_float<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    pub(crate) fn opt_float<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
         Option::<Num>::deserialize(d)?.map(to_f64).transpose()
     }
 
