@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use crate::checkpoint::StateDict;
+use crate::equiformer::{CompiledEquiformer, Equiformer, EquiformerConfig, EquiformerForward};
 use crate::inputs::ModelInputs;
 use crate::model_file::ModelFile;
 use crate::se3_transformer::basis::QjSigns;
@@ -21,6 +22,8 @@ pub enum Model {
     Se3Transformer(Box<Se3Transformer>, Se3TransformerForward),
     /// ConvSE3 + NormSE3 stack.
     TfnStack(Box<TfnStack>),
+    /// equiformer-pytorch `Equiformer` (runs as its compiled graph; there is no oracle).
+    Equiformer(Box<Equiformer>, EquiformerForward),
 }
 
 impl Model {
@@ -42,10 +45,17 @@ impl Model {
             Ok(Self::TfnStack(Box::new(TfnStack::from_state_dict(
                 &cfg, weights,
             )?)))
+        } else if file.is_equiformer() {
+            let cfg = EquiformerConfig::from_kwargs(&file.constructor_kwargs)?;
+            let fwd = EquiformerForward::from_literals(&file.forward_kwargs.literals)?;
+            Ok(Self::Equiformer(
+                Box::new(Equiformer::from_state_dict(&cfg, weights)?),
+                fwd,
+            ))
         } else {
             Err(Error::InvalidConfig {
                 field: "class",
-                expected: "SE3Transformer or TFNStack",
+                expected: "SE3Transformer, TFNStack or Equiformer",
                 found: file.class.clone(),
             })
         }
@@ -72,6 +82,8 @@ impl Model {
         match self {
             Self::Se3Transformer(m, _) => m.set_qj_signs(signs),
             Self::TfnStack(m) => m.set_qj_signs(signs),
+            // Equiformer's z-basis comes from its checkpoint (`basis:(i,o)` buffers).
+            Self::Equiformer(..) => Ok(()),
         }
     }
 
@@ -92,6 +104,9 @@ impl Model {
         match self {
             Self::Se3Transformer(m, fwd) => m.forward(inputs, fwd),
             Self::TfnStack(m) => m.forward(inputs),
+            Self::Equiformer(m, fwd) => {
+                CompiledEquiformer::new((**m).clone(), *fwd).forward(inputs)
+            }
         }
     }
 }
@@ -117,6 +132,8 @@ pub enum CompiledModel {
     Se3Transformer(Box<CompiledSe3Transformer>, Se3TransformerForward),
     /// The ConvSE3 + NormSE3 stack as a graph session.
     TfnStack(Box<TfnSession>),
+    /// Equiformer with its graph.
+    Equiformer(Box<CompiledEquiformer>),
 }
 
 impl CompiledModel {
@@ -134,6 +151,9 @@ impl CompiledModel {
                 let cfg = TfnStackConfig::from_kwargs(&file.constructor_kwargs)?;
                 let graph = TfnGraph::from_state_dict(&cfg, weights)?;
                 Ok(Self::TfnStack(Box::new(graph.compile()?)))
+            }
+            Model::Equiformer(m, fwd) => {
+                Ok(Self::Equiformer(Box::new(CompiledEquiformer::new(*m, fwd))))
             }
         }
     }
@@ -161,6 +181,9 @@ impl CompiledModel {
                 })
             }
             Model::TfnStack(_) => Self::from_parts(file, weights),
+            Model::Equiformer(m, fwd) => {
+                Ok(Self::Equiformer(Box::new(CompiledEquiformer::new(*m, fwd))))
+            }
         }
     }
 
@@ -172,6 +195,7 @@ impl CompiledModel {
         match self {
             Self::Se3Transformer(m, fwd) => m.forward(inputs, fwd),
             Self::TfnStack(s) => s.forward(inputs),
+            Self::Equiformer(m) => m.forward(inputs),
         }
     }
 }

@@ -15,6 +15,9 @@ use se3_models::inputs::{ModelInputs, NodeFeats};
 use se3_models::model_file::ModelFile;
 use se3_models::zoo::{CompiledModel, Model};
 
+/// The libraries whose reference models the zoo runs.
+const ZOO_LIBRARIES: &[&str] = &["se3-transformer-pytorch", "equiformer-pytorch"];
+
 /// Where the built-in checkpoints and inputs live.
 fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/models")
@@ -145,7 +148,7 @@ pub fn models(rng: &mut StdRng) -> Result<(), super::CliError> {
     for name in names {
         let dir = models_dir().join(&name);
         let file = ModelFile::load(dir.join("config.json"))?;
-        if file.library.name != "se3-transformer-pytorch" {
+        if !ZOO_LIBRARIES.contains(&file.library.name.as_str()) {
             skipped.push(name);
             continue;
         }

@@ -5,8 +5,8 @@ use luminal::prelude::{symbolic::Expression, *};
 
 use super::equiformer_radial::EquiformerRadial;
 use super::graph::{
-    add_views, bmm, bmm_shared, constant, dims, expand_at, is_plain, permute,
-    reshape, retype, FeatureTensors, ParamSource, X,
+    add_views, bmm, bmm_shared, constant, dims, expand_at, is_plain, permute, reshape, retype,
+    FeatureTensors, ParamSource, X,
 };
 use super::linear::{LinearLayer, LinearLayout};
 use crate::exec::{IndexBound, InputKind, Session};
@@ -438,13 +438,12 @@ impl DepthwiseTensorProductLayer {
                     .ok_or(Error::Empty {
                         what: "self-interaction of an unpooled depthwise tensor product",
                     })?;
-                let own: GraphTensor<(X, X, X)> = reshape(retype::<_, (X, X, X)>(o), &[n, 1.into(), cm]);
+                let own: GraphTensor<(X, X, X)> =
+                    reshape(retype::<_, (X, X, X)>(o), &[n, 1.into(), cm]);
                 let nb: GraphTensor<(X, X, X)> = reshape(t3, &[n, k, cm]);
                 let slots = concat_axis1(&[own, nb]);
-                let y: GraphTensor<(X, X, X)> = reshape(
-                    slots,
-                    &[n * (k + 1), d.channels.into(), d.width().into()],
-                );
+                let y: GraphTensor<(X, X, X)> =
+                    reshape(slots, &[n * (k + 1), d.channels.into(), d.width().into()]);
                 out.push(retype(y));
             }
         }

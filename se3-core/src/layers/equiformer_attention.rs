@@ -3,10 +3,13 @@
 
 use luminal::prelude::{symbolic::Expression, *};
 
-use super::depthwise_tp::{AlignedEdges, DepthwiseTensorProductLayer, DtpOptions};
 use super::depthwise_tp::concat_axis1;
+use super::depthwise_tp::{AlignedEdges, DepthwiseTensorProductLayer, DtpOptions};
 use super::gate::channel_slice;
-use super::graph::{constant, dims, expand_at, mm, reshape, retype, transpose, FeatureTensors, Param, ParamSource, X};
+use super::graph::{
+    constant, dims, expand_at, mm, reshape, retype, transpose, FeatureTensors, Param, ParamSource,
+    X,
+};
 use super::linear::{LinearLayer, LinearLayout};
 use super::rms_norm::RmsNormLayer;
 use super::silu_gate::SiluGateLayer;
@@ -106,7 +109,10 @@ impl EquiformerAttentionLayer {
         opts: &EquiformerAttentionOptions,
     ) -> Result<Self, Error> {
         let nd = fiber.degrees().len();
-        for (what, v) in [("heads per degree", &opts.heads), ("dim_head per degree", &opts.dim_head)] {
+        for (what, v) in [
+            ("heads per degree", &opts.heads),
+            ("dim_head per degree", &opts.dim_head),
+        ] {
             if v.len() != nd {
                 return Err(Error::LengthMismatch {
                     what,
@@ -115,7 +121,12 @@ impl EquiformerAttentionLayer {
                 });
             }
         }
-        let hidden: Vec<usize> = opts.heads.iter().zip(&opts.dim_head).map(|(h, d)| h * d).collect();
+        let hidden: Vec<usize> = opts
+            .heads
+            .iter()
+            .zip(&opts.dim_head)
+            .map(|(h, d)| h * d)
+            .collect();
         let kv_base = if opts.single_headed_kv {
             opts.dim_head.clone()
         } else {
@@ -149,7 +160,11 @@ impl EquiformerAttentionLayer {
         } else {
             let type0 = kv_base[0];
             let htypes: usize = kv_base[1..].iter().sum();
-            let attn_hidden: Vec<usize> = opts.heads.iter().map(|h| h * opts.attn_hidden_mult).collect();
+            let attn_hidden: Vec<usize> = opts
+                .heads
+                .iter()
+                .map(|h| h * opts.attn_hidden_mult)
+                .collect();
             let mut inter = kv_base.clone();
             inter[0] = attn_hidden.iter().sum::<usize>() + type0 + htypes;
             let mut gate_in = kv_base.clone();
@@ -166,7 +181,11 @@ impl EquiformerAttentionLayer {
                 .zip(&opts.heads)
                 .enumerate()
                 .map(|(l, (&a, &h))| {
-                    Param::load(src, format!("{prefix}to_attn_logits.{l}.1.weight"), vec![h, a])
+                    Param::load(
+                        src,
+                        format!("{prefix}to_attn_logits.{l}.1.weight"),
+                        vec![h, a],
+                    )
                 })
                 .collect::<Result<_, Error>>()?;
             let value_gate = SiluGateLayer::new(&fiber_of(&gate_in)?)?;
@@ -191,7 +210,11 @@ impl EquiformerAttentionLayer {
             let c0 = fiber.channels(0).unwrap_or(0);
             let h: usize = opts.heads.iter().sum();
             Some((
-                Param::load(src, format!("{prefix}attn_head_gates.1.weight"), vec![h, c0])?,
+                Param::load(
+                    src,
+                    format!("{prefix}attn_head_gates.1.weight"),
+                    vec![h, c0],
+                )?,
                 Param::load(src, format!("{prefix}attn_head_gates.1.bias"), vec![h])?,
             ))
         } else {
@@ -240,7 +263,8 @@ impl EquiformerAttentionLayer {
         let x0: GraphTensor<(X, X)> = reshape(retype::<_, (X, X, X)>(x0), &[ne, c0]);
         let gates = match &self.head_gates {
             Some((w, b)) => {
-                let wt: GraphTensor<(X, X)> = w.declare(s, &format!("{prefix}attn_head_gates.1."))?;
+                let wt: GraphTensor<(X, X)> =
+                    w.declare(s, &format!("{prefix}attn_head_gates.1."))?;
                 let bt: GraphTensor<(X,)> = b.declare(s, &format!("{prefix}attn_head_gates.1."))?;
                 let g = mm(x0, transpose(wt)) + expand_at::<_, (X, X)>(bt, 0, ne);
                 Some(g.sigmoid())
@@ -305,7 +329,8 @@ impl EquiformerAttentionLayer {
                 to_values,
                 attn_hidden,
             } => {
-                let inter = to_attn_and_v.build(s, &format!("{prefix}to_attn_and_v."), &xn, edges)?;
+                let inter =
+                    to_attn_and_v.build(s, &format!("{prefix}to_attn_and_v."), &xn, edges)?;
                 let t0: GraphTensor<(X, X, X)> = retype(inter.tensors()[0]);
                 let total = dims(t0)[1].to_usize().unwrap_or(0);
                 let a_total: usize = attn_hidden.iter().sum();
@@ -342,7 +367,13 @@ impl EquiformerAttentionLayer {
                 }
             }
         }
-        let hidden: Vec<usize> = self.opts.heads.iter().zip(&self.opts.dim_head).map(|(h, d)| h * d).collect();
+        let hidden: Vec<usize> = self
+            .opts
+            .heads
+            .iter()
+            .zip(&self.opts.dim_head)
+            .map(|(h, d)| h * d)
+            .collect();
         let hf = FeatureTensors::from_parts(fiber_of(&hidden)?, outs);
         self.to_out.build(s, &format!("{prefix}to_out."), &hf)
     }

@@ -116,8 +116,11 @@ impl EquiformerFeedForwardLayer {
         } else {
             xn
         };
-        let h = self.project_in.build(s, &format!("{prefix}project_in."), &xn)?;
+        let h = self
+            .project_in
+            .build(s, &format!("{prefix}project_in."), &xn)?;
         let h = self.gate.build(&h)?;
-        self.project_out.build(s, &format!("{prefix}project_out."), &h)
+        self.project_out
+            .build(s, &format!("{prefix}project_out."), &h)
     }
 }

@@ -57,7 +57,13 @@ impl RmsNormLayer {
     ) -> Result<FeatureTensors<R>, Error> {
         x.expect_fiber(&self.fiber, "rms norm input")?;
         let mut out = Vec::new();
-        for ((d, t), p) in self.fiber.degrees().iter().zip(x.tensors()).zip(&self.scales) {
+        for ((d, t), p) in self
+            .fiber
+            .degrees()
+            .iter()
+            .zip(x.tensors())
+            .zip(&self.scales)
+        {
             let sh = dims(*t);
             let t3: GraphTensor<(X, X, X)> = GraphTensor::from_id(t.id, t.shape, t.graph_ref);
             let sq: GraphTensor<(X,)> = (t3 * t3)

@@ -24,12 +24,12 @@ pub mod neighbors;
 use luminal::prelude::*;
 use se3_core::exec::{IndexBound, InputKind, Session};
 use se3_core::fiber::{DegreeSpec, FiberSpec};
+use se3_core::layers::depthwise_tp::concat_axis1;
 use se3_core::layers::{
     AlignedEdges, DepthwiseTensorProductLayer, DtpOptions, EquiformerAttentionLayer,
     EquiformerAttentionOptions, EquiformerFeedForwardLayer, FeatureTensors, LinearLayer,
     LinearLayout, Param, ParamSource, RmsNormLayer, ZBasis,
 };
-use se3_core::layers::depthwise_tp::concat_axis1;
 use se3_core::ops::gather;
 
 pub use config::{EquiformerConfig, EquiformerShape, PerDegree};
@@ -332,7 +332,9 @@ impl Equiformer {
                 x = a
                     .build(&mut s, &format!("layers.blocks.{i}.0."), &x, &edges)?
                     .residual(&x);
-                x = f.build(&mut s, &format!("layers.blocks.{i}.1."), &x)?.residual(&x);
+                x = f
+                    .build(&mut s, &format!("layers.blocks.{i}.1."), &x)?
+                    .residual(&x);
             }
         }
         let mut x = self.norm.build(&mut s, "norm.", &x)?;
@@ -353,7 +355,11 @@ fn retype<S: Shape, D: Shape>(t: GraphTensor<S>) -> GraphTensor<D> {
 
 fn reshape3(t: GraphTensor<(X, X)>, a: usize, b: usize, c: usize) -> GraphTensor<(X, X, X)> {
     let t = t.contiguous();
-    GraphTensor::from_id(t.id, ShapeTracker::new(&[a.into(), b.into(), c.into()]), t.graph_ref)
+    GraphTensor::from_id(
+        t.id,
+        ShapeTracker::new(&[a.into(), b.into(), c.into()]),
+        t.graph_ref,
+    )
 }
 
 /// An [`Equiformer`] with its compiled graph (rebuilt when the node or slot count changes).
@@ -419,7 +425,11 @@ impl CompiledEquiformer {
                     found: vec![b, n],
                 });
             }
-            s.set("positions", (0..rows).map(|r| (r % n) as f32).collect(), &[rows])?;
+            s.set(
+                "positions",
+                (0..rows).map(|r| (r % n) as f32).collect(),
+                &[rows],
+            )?;
         }
         let e = rows * host.k;
         s.set("edges.src", host.src, &[e])?;

@@ -224,7 +224,9 @@ impl HostEdges {
                     let Some(t) = cfg.num_edge_tokens else {
                         return Err(Error::InputShape {
                             name: "edges",
-                            expected: format!("({b}, {n}, {n}, edge_dim) floats (no num_edge_tokens)"),
+                            expected: format!(
+                                "({b}, {n}, {n}, edge_dim) floats (no num_edge_tokens)"
+                            ),
                             found: shape.clone(),
                         });
                     };
