@@ -117,23 +117,39 @@ impl Equiformer {
     /// # Errors
     /// Config errors, `Core(MissingKey | WrongShape | NonFiniteWeight)`, `UnexpectedKey`.
     pub fn from_state_dict(cfg: &EquiformerConfig, sd: &StateDict) -> Result<Self, Error> {
-        let shape = cfg.shape()?;
         let mut src = StateDictSource::new(sd);
-        let table = |src: &mut StateDictSource, key: &str, rows: Option<usize>, w: usize| {
+        let m = Self::load(cfg, &mut src)?;
+        src.finish()?;
+        Ok(m)
+    }
+
+    /// Every state-dict key the config needs, with its shape (buffers `basis:(i,o)` included).
+    ///
+    /// # Errors
+    /// Config errors.
+    pub fn expected_keys(cfg: &EquiformerConfig) -> Result<Vec<(String, Vec<usize>)>, Error> {
+        let mut rec = KeyList::default();
+        Self::load(cfg, &mut rec)?;
+        Ok(rec.keys)
+    }
+
+    fn load(cfg: &EquiformerConfig, src: &mut dyn ParamSource) -> Result<Self, Error> {
+        let shape = cfg.shape()?;
+        let table = |src: &mut dyn ParamSource, key: &str, rows: Option<usize>, w: usize| {
             rows.map(|r| Param::load(src, key.to_string(), vec![r, w]))
                 .transpose()
         };
         let d0 = shape.dim_in[0];
-        let token_emb = table(&mut src, "token_emb.weight", cfg.num_tokens, d0)?;
-        let pos_emb = table(&mut src, "pos_emb.weight", cfg.num_positions, d0)?;
+        let token_emb = table(src, "token_emb.weight", cfg.num_tokens, d0)?;
+        let pos_emb = table(src, "pos_emb.weight", cfg.num_positions, d0)?;
         let edge_emb = table(
-            &mut src,
+            src,
             "edge_emb.weight",
             cfg.num_edge_tokens,
             cfg.edge_dim.unwrap_or(0),
         )?;
         let adj_emb = table(
-            &mut src,
+            src,
             "adj_emb.weight",
             cfg.has_adj_embedding()
                 .then(|| cfg.num_adj_degrees_embed.unwrap_or(0) + 1),
@@ -141,7 +157,7 @@ impl Equiformer {
         )?;
         let fiber = fiber_of(&shape.dim)?;
         let tp_in = DepthwiseTensorProductLayer::load(
-            &mut src,
+            src,
             "tp_in.",
             &fiber_of(&shape.dim_in)?,
             &fiber,
@@ -166,13 +182,13 @@ impl Equiformer {
         let mut blocks = Vec::new();
         for i in 0..cfg.depth {
             let a = EquiformerAttentionLayer::load(
-                &mut src,
+                src,
                 &format!("layers.blocks.{i}.0."),
                 &fiber,
                 &attn_opts,
             )?;
             let f = EquiformerFeedForwardLayer::load(
-                &mut src,
+                src,
                 &format!("layers.blocks.{i}.1."),
                 &fiber,
                 &fiber,
@@ -180,12 +196,12 @@ impl Equiformer {
             )?;
             blocks.push((a, f));
         }
-        let norm = RmsNormLayer::load(&mut src, "norm.", &fiber)?;
+        let norm = RmsNormLayer::load(src, "norm.", &fiber)?;
         let ones = fiber_of(&vec![1; shape.dim.len()])?;
         let out = match (cfg.reduce_dim_out, cfg.linear_out) {
             (false, _) => None,
             (true, true) => Some(OutProjection::Linear(LinearLayer::load(
-                &mut src,
+                src,
                 "ff_out.",
                 &fiber,
                 &ones,
@@ -193,7 +209,7 @@ impl Equiformer {
                 false,
             )?)),
             (true, false) => Some(OutProjection::FeedForward(
-                EquiformerFeedForwardLayer::load(&mut src, "ff_out.", &fiber, &ones, false)?,
+                EquiformerFeedForwardLayer::load(src, "ff_out.", &fiber, &ones, false)?,
             )),
         };
         let mut zbasis = Vec::new();
@@ -209,7 +225,6 @@ impl Equiformer {
                 });
             }
         }
-        src.finish()?;
         Ok(Equiformer {
             cfg: cfg.clone(),
             shape,
@@ -360,6 +375,19 @@ fn reshape3(t: GraphTensor<(X, X)>, a: usize, b: usize, c: usize) -> GraphTensor
         ShapeTracker::new(&[a.into(), b.into(), c.into()]),
         t.graph_ref,
     )
+}
+
+/// A [`ParamSource`] that lists the keys asked for (values zero).
+#[derive(Debug, Default)]
+struct KeyList {
+    keys: Vec<(String, Vec<usize>)>,
+}
+
+impl ParamSource for KeyList {
+    fn get(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, se3_core::Error> {
+        self.keys.push((key.to_string(), shape.to_vec()));
+        Ok(vec![0.0; shape.iter().product()])
+    }
 }
 
 /// An [`Equiformer`] with its compiled graph (rebuilt when the node or slot count changes).
