@@ -183,13 +183,13 @@ impl Equiformer {
         for i in 0..cfg.depth {
             let a = EquiformerAttentionLayer::load(
                 src,
-                &format!("layers.blocks.{i}.0."),
+                &block_prefix(cfg.reversible, i, 0),
                 &fiber,
                 &attn_opts,
             )?;
             let f = EquiformerFeedForwardLayer::load(
                 src,
-                &format!("layers.blocks.{i}.1."),
+                &block_prefix(cfg.reversible, i, 1),
                 &fiber,
                 &fiber,
                 cfg.ff_include_htype_norms,
@@ -209,7 +209,7 @@ impl Equiformer {
                 false,
             )?)),
             (true, false) => Some(OutProjection::FeedForward(
-                EquiformerFeedForwardLayer::load(src, "ff_out.", &fiber, &ones, false)?,
+                EquiformerFeedForwardLayer::load(src, "ff_out.", &fiber, &ones, true)?,
             )),
         };
         let mut zbasis = Vec::new();
@@ -327,10 +327,10 @@ impl Equiformer {
             let (mut x1, mut x2) = (x.clone(), x);
             for (i, (a, f)) in self.blocks.iter().enumerate() {
                 let y1 = a
-                    .build(&mut s, &format!("layers.blocks.{i}.0."), &x2, &edges)?
+                    .build(&mut s, &block_prefix(true, i, 0), &x2, &edges)?
                     .residual(&x1);
                 let y2 = f
-                    .build(&mut s, &format!("layers.blocks.{i}.1."), &y1)?
+                    .build(&mut s, &block_prefix(true, i, 1), &y1)?
                     .residual(&x2);
                 x1 = y1;
                 x2 = y2;
@@ -345,10 +345,10 @@ impl Equiformer {
         } else {
             for (i, (a, f)) in self.blocks.iter().enumerate() {
                 x = a
-                    .build(&mut s, &format!("layers.blocks.{i}.0."), &x, &edges)?
+                    .build(&mut s, &block_prefix(false, i, 0), &x, &edges)?
                     .residual(&x);
                 x = f
-                    .build(&mut s, &format!("layers.blocks.{i}.1."), &x)?
+                    .build(&mut s, &block_prefix(false, i, 1), &x)?
                     .residual(&x);
             }
         }
@@ -361,6 +361,16 @@ impl Equiformer {
         x.output(&mut s, "out");
         s.compile();
         Ok(s)
+    }
+}
+
+/// Checkpoint prefix of block `i`'s attention (`part` 0) or feed-forward (`part` 1): the
+/// library wraps them as `f.net` / `g.net` in a reversible sequence.
+fn block_prefix(reversible: bool, i: usize, part: usize) -> String {
+    match (reversible, part) {
+        (false, p) => format!("layers.blocks.{i}.{p}."),
+        (true, 0) => format!("layers.blocks.{i}.f.net."),
+        (true, _) => format!("layers.blocks.{i}.g.net."),
     }
 }
 
