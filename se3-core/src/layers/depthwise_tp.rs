@@ -40,8 +40,11 @@ pub struct AlignedEdges {
     mean: GraphTensor<(X,)>,
     dist: GraphTensor<(X, X)>,
     radial_in: GraphTensor<(X, X)>,
-    kernels: Vec<((usize, usize), GraphTensor<(X, X, X)>)>,
+    kernels: Vec<PairKernel>,
 }
+
+/// The kernel `K^(li,lo)` of a degree pair on every edge, `(E, 2li+1, 2lo+1)`.
+type PairKernel = ((usize, usize), GraphTensor<(X, X, X)>);
 
 /// The z-basis `B` of a degree pair `(d_in, d_out)` with `min > 0`: `(2d+1, 2d+1)` row-major
 /// (rows: order m, columns: frequency f), as `equiformer_pytorch.basis.get_basis`.
@@ -428,7 +431,7 @@ impl DepthwiseTensorProductLayer {
                 let mut y: GraphTensor<(X, X, X)> =
                     reshape(pooled, &[n, d.channels.into(), d.width().into()]);
                 if let Some(o) = si.as_ref().and_then(|si| si.degree(d.l)) {
-                    y = y + retype::<_, (X, X, X)>(o);
+                    y += retype::<_, (X, X, X)>(o);
                 }
                 out.push(retype(y));
             } else {

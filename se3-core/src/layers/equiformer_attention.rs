@@ -403,7 +403,7 @@ impl EquiformerAttentionLayer {
             ]);
             let gh: GraphTensor<(X, X)> = GraphTensor::from_id(g.id, sh, g.graph_ref).contiguous();
             let g3: GraphTensor<(X, X, X)> = expand_at(gh, 2, dm);
-            out = out * g3;
+            out *= g3;
         }
         Ok(retype(reshape::<_, (X, X, X)>(
             out,
@@ -412,11 +412,11 @@ impl EquiformerAttentionLayer {
     }
 }
 
+/// A `(N, slots, heads, width)` tensor.
+type Slots4 = GraphTensor<(X, X, X, X)>;
+
 /// The two halves `[0, w)` and `[w, 2w)` of the last axis.
-fn halves(
-    t: GraphTensor<(X, X, X, X)>,
-    w: usize,
-) -> (GraphTensor<(X, X, X, X)>, GraphTensor<(X, X, X, X)>) {
+fn halves(t: GraphTensor<(X, X, X, X)>, w: usize) -> (Slots4, Slots4) {
     let d = dims(t);
     let part = |a: usize, b: usize| {
         let mut sh = t.shape;

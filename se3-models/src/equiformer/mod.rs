@@ -92,7 +92,7 @@ fn fiber_of(ch: &[usize]) -> Result<FiberSpec, Error> {
 #[derive(Debug, Clone)]
 enum OutProjection {
     Linear(LinearLayer),
-    FeedForward(EquiformerFeedForwardLayer),
+    FeedForward(Box<EquiformerFeedForwardLayer>),
 }
 
 /// `Equiformer` with loaded weights: config, layers and embedding tables.
@@ -208,9 +208,9 @@ impl Equiformer {
                 LinearLayout::Se3TransformerPytorch,
                 false,
             )?)),
-            (true, false) => Some(OutProjection::FeedForward(
+            (true, false) => Some(OutProjection::FeedForward(Box::new(
                 EquiformerFeedForwardLayer::load(src, "ff_out.", &fiber, &ones, true)?,
-            )),
+            ))),
         };
         let mut zbasis = Vec::new();
         let lmax = shape.dim.len() - 1;
@@ -281,7 +281,7 @@ impl Equiformer {
         if let Some(p) = &self.pos_emb {
             let ids = index(&mut s, "positions", n, p.shape[0]);
             let tab: GraphTensor<(X, X)> = p.declare(&mut s, "")?;
-            x0 = x0 + gather(tab, ids);
+            x0 += gather(tab, ids);
         }
         let x0: GraphTensor<(X, X, X)> = reshape3(x0, n, d0, 1);
         let mut degrees = vec![retype(x0)];
