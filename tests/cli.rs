@@ -97,6 +97,12 @@ fn infer_reproduces_tfn_stack_outputs() -> TestResult {
     infer_matches_reference("tfn_stack")
 }
 
+#[test]
+fn infer_reproduces_equiformer_outputs() -> TestResult {
+    infer_matches_reference("equi_tokens_edges_sparse")?;
+    infer_matches_reference("equi_mlp")
+}
+
 fn assert_one_line_failure(run: &std::process::Output, needle: &str) {
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success(), "expected failure, got success");
