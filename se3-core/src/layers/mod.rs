@@ -23,6 +23,9 @@
 //! | [`pool_nodes`]            | [`MeanPool<F>`], [`MaxPool<F>`] | node readout, mean (any degree) / max (invariant degree 0, type-checked) |
 //! | [`conv_grouped`] ([`PairEdges`]) | -        | reassociated ConvSE3 sums / logits on grouped edges |
 //! | [`RadialBank`]            | -                    | the hidden layers of many [`RadialMlp`]s on one edge input |
+//! | [`DepthwiseTensorProductLayer`] ([`AlignedEdges`], [`EquiformerRadial`]) | - | equiformer's DTP on edge-aligned frames, pooled or per neighbour slot |
+//! | [`EquiformerAttentionLayer`], [`EquiformerFeedForwardLayer`] | - | equiformer's L2-distance / MLP attention and feed-forward blocks |
+//! | [`RmsNormLayer`], [`SiluGateLayer`] | -          | equiformer's RMS norm of per-channel norms, its SiLU / sigmoid gate |
 //!
 //! The typed forms of fiber-preserving layers take any `X: FeedsGraph<F>` (only
 //! `GraphFeatures<F, _>` qualifies), so a wrong fiber is a compile error that names the rule
