@@ -87,7 +87,8 @@ impl HostEdges {
     ///
     /// # Errors
     /// `MissingInput` (`adj_mat` for sparse neighbours or bond-distance labels, `edges` when
-    /// the config has edge features), `UnexpectedInput` (`edges` without `edge_dim`),
+    /// the config has edge features), `UnexpectedInput` (`edges` without `edge_dim`;
+    /// `neighbor_mask`, `global_feats`: `Equiformer.forward` has no such parameter),
     /// `InputShape`, `IndexOutOfRange` (tokens), `NoNeighbors`, `EmptyGraph` (one node),
     /// `InvalidConfig` (`max_sparse_neighbors` below the bonds of a node: the library then
     /// samples at random).
@@ -106,6 +107,16 @@ impl HostEdges {
         }
         if cfg.has_edges() && inp.edges.is_none() {
             return Err(Error::MissingInput { name: "edges" });
+        }
+        if inp.neighbor_mask.is_some() {
+            return Err(Error::UnexpectedInput {
+                name: "neighbor_mask",
+            });
+        }
+        if inp.global_feats.is_some() {
+            return Err(Error::UnexpectedInput {
+                name: "global_feats",
+            });
         }
         if !cfg.has_edges() && inp.edges.is_some() {
             return Err(Error::UnexpectedInput { name: "edges" });
