@@ -220,7 +220,8 @@ const TOL: f64 = 1e-4;
 #[test]
 fn l2_attention_is_rotation_translation_and_permutation_equivariant() -> Result<(), Error> {
     let kw = json!({"dim": [8, 4, 2], "num_degrees": 3, "heads": 2, "dim_head": [4, 2, 2],
-        "depth": 2, "num_neighbors": 4, "radial_hidden_dim": 8, "reduce_dim_out": true});
+        "depth": 2, "num_neighbors": 4, "radial_hidden_dim": 8, "reduce_dim_out": true,
+        "num_linear_attn_heads": 1, "linear_attn_dim_head": 3});
     assert!(equivariance(kw.clone(), true, false)? < TOL);
     assert!(equivariance(kw, false, true)? < TOL);
     Ok(())
@@ -231,7 +232,7 @@ fn mlp_attention_reversible_ff_out_is_equivariant() -> Result<(), Error> {
     let kw = json!({"dim": [8, 4], "num_degrees": 2, "heads": [2, 1], "dim_head": 4,
         "depth": 2, "num_neighbors": 5, "radial_hidden_dim": 8, "l2_dist_attention": false,
         "reversible": true, "reduce_dim_out": true, "linear_out": false,
-        "single_headed_kv": true, "attn_hidden_dim_mult": 2});
+        "single_headed_kv": true, "attn_hidden_dim_mult": 2, "num_linear_attn_heads": 2});
     assert!(equivariance(kw.clone(), true, false)? < TOL);
     assert!(equivariance(kw, false, true)? < TOL);
     Ok(())

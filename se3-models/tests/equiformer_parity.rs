@@ -74,8 +74,11 @@ fn configs_the_library_rejects_or_se3_does_not_run_are_typed_errors() {
         ("dim", edited(|k| k["dim"] = serde_json::json!([4, 4]))),
         ("attend_self", edited(|k| k["attend_self"] = false.into())),
         (
-            "num_linear_attn_heads",
-            edited(|k| k["num_linear_attn_heads"] = 2.into()),
+            "linear_attn_dim_head",
+            edited(|k| {
+                k["num_linear_attn_heads"] = 2.into();
+                k["linear_attn_dim_head"] = 0.into();
+            }),
         ),
         ("edge_dim", edited(|k| k["num_edge_tokens"] = 3.into())),
         (

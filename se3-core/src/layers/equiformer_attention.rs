@@ -13,6 +13,7 @@ use super::graph::{
 use super::linear::{LinearLayer, LinearLayout};
 use super::rms_norm::RmsNormLayer;
 use super::silu_gate::SiluGateLayer;
+use super::taylor_linear_attention::{NodeBatch, TaylorLinearAttentionLayer};
 use crate::exec::Session;
 use crate::fiber::{DegreeSpec, FiberSpec};
 use crate::Error;
@@ -43,6 +44,11 @@ pub struct EquiformerAttentionOptions {
     pub attn_hidden_mult: usize,
     /// MLP attention: negative slope of the LeakyReLU before the logits.
     pub leaky_slope: f32,
+    /// Degree-0 linear-attention heads ([`TaylorLinearAttentionLayer`], value-gated for L2
+    /// attention), appended to the degree-0 head outputs before `to_out`.
+    pub linear_heads: usize,
+    /// Channels per linear-attention head.
+    pub linear_dim_head: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +90,7 @@ pub struct EquiformerAttentionLayer {
     prenorm: RmsNormLayer,
     scores: Scores,
     head_gates: Option<(Param, Param)>,
+    linear: Option<TaylorLinearAttentionLayer>,
     to_out: LinearLayer,
 }
 
@@ -220,10 +227,24 @@ impl EquiformerAttentionLayer {
         } else {
             None
         };
+        let linear = if opts.linear_heads > 0 {
+            Some(TaylorLinearAttentionLayer::load(
+                src,
+                &format!("{prefix}linear_attn."),
+                fiber.channels(0).unwrap_or(0),
+                opts.linear_heads,
+                opts.linear_dim_head,
+                opts.l2_distance,
+            )?)
+        } else {
+            None
+        };
+        let mut out_in = hidden.clone();
+        out_in[0] += linear.as_ref().map_or(0, |l| l.width());
         let to_out = LinearLayer::load(
             src,
             &format!("{prefix}to_out."),
-            &fiber_of(&hidden)?,
+            &fiber_of(&out_in)?,
             fiber,
             LinearLayout::Se3TransformerPytorch,
             false,
@@ -234,6 +255,7 @@ impl EquiformerAttentionLayer {
             prenorm,
             scores,
             head_gates,
+            linear,
             to_out,
         })
     }
@@ -248,6 +270,7 @@ impl EquiformerAttentionLayer {
         prefix: &str,
         x: &FeatureTensors<R>,
         edges: &AlignedEdges,
+        nodes: Option<&NodeBatch>,
     ) -> Result<FeatureTensors<R>, Error> {
         let xn = self.prenorm.build(s, &format!("{prefix}prenorm."), x)?;
         let (n, k) = (edges.nodes(), edges.k());
@@ -367,13 +390,23 @@ impl EquiformerAttentionLayer {
                 }
             }
         }
-        let hidden: Vec<usize> = self
+        let mut hidden: Vec<usize> = self
             .opts
             .heads
             .iter()
             .zip(&self.opts.dim_head)
             .map(|(h, d)| h * d)
             .collect();
+        if let Some(lin) = &self.linear {
+            let nodes = nodes.ok_or(Error::Empty {
+                what: "node batch of an attention block with linear-attention heads",
+            })?;
+            let la = lin.build(s, &format!("{prefix}linear_attn."), x0, nodes)?;
+            let la: GraphTensor<(X, X, X)> = reshape(la, &[ne, lin.width().into(), 1.into()]);
+            let o0: GraphTensor<(X, X, X)> = retype(outs[0]);
+            outs[0] = retype(concat_axis1(&[o0, la]));
+            hidden[0] += lin.width();
+        }
         let hf = FeatureTensors::from_parts(fiber_of(&hidden)?, outs);
         self.to_out.build(s, &format!("{prefix}to_out."), &hf)
     }

@@ -26,6 +26,7 @@
 //! | [`DepthwiseTensorProductLayer`] ([`AlignedEdges`], [`EquiformerRadial`]) | - | equiformer's DTP on edge-aligned frames, pooled or per neighbour slot |
 //! | [`EquiformerAttentionLayer`], [`EquiformerFeedForwardLayer`] | - | equiformer's L2-distance / MLP attention and feed-forward blocks |
 //! | [`RmsNormLayer`], [`SiluGateLayer`] | -          | equiformer's RMS norm of per-channel norms, its SiLU / sigmoid gate |
+//! | [`TaylorLinearAttentionLayer`] ([`NodeBatch`]) | - | degree-0 Taylor-kernel linear attention over all nodes of a batch element |
 //!
 //! The typed forms of fiber-preserving layers take any `X: FeedsGraph<F>` (only
 //! `GraphFeatures<F, _>` qualifies), so a wrong fiber is a compile error that names the rule
@@ -86,6 +87,7 @@ pub mod pool;
 pub mod radial;
 pub mod rms_norm;
 pub mod silu_gate;
+pub mod taylor_linear_attention;
 pub mod tensor_product;
 
 pub use activation::{Activation, Relu, ScalarActivation, Sigmoid, Silu, Tanh};
@@ -109,6 +111,7 @@ pub use pool::{pool_nodes, MaxPool, MeanPool, NodePool};
 pub use radial::{RadialBank, RadialMlp, RADIAL_HIDDEN};
 pub use rms_norm::RmsNormLayer;
 pub use silu_gate::SiluGateLayer;
+pub use taylor_linear_attention::{NodeBatch, TaylorLinearAttentionLayer};
 pub use tensor_product::{Path, PathSpec, ProductMode, TensorProduct, TensorProductLayer};
 
 use crate::fiber::{Features, Fiber, Follows};

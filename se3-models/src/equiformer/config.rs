@@ -270,8 +270,7 @@ impl EquiformerConfig {
     /// `InvalidConfig` for: tuples of the wrong length or zero sizes, `num_degrees` or
     /// `input_degrees` of 0, `num_edge_tokens` without `edge_dim`, `num_adj_degrees_embed`
     /// of 0, `attend_self = false` (the library's attention then calls a missing
-    /// self-interaction), `num_linear_attn_heads > 0` (Taylor-series linear attention is not
-    /// built in se3), `depth` of 0 is allowed.
+    /// self-interaction). `depth` of 0 is allowed.
     pub fn shape(&self) -> Result<EquiformerShape, Error> {
         let bad = |field, expected: &'static str, found: String| {
             Err(Error::InvalidConfig {
@@ -321,11 +320,11 @@ impl EquiformerConfig {
                 "false".into(),
             );
         }
-        if self.num_linear_attn_heads > 0 {
+        if self.num_linear_attn_heads > 0 && self.linear_attn_dim_head == 0 {
             return bad(
-                "num_linear_attn_heads",
-                "0 (Taylor-series linear attention heads are not built in se3)",
-                self.num_linear_attn_heads.to_string(),
+                "linear_attn_dim_head",
+                "a positive width when num_linear_attn_heads > 0",
+                "0".into(),
             );
         }
         if self.radial_hidden_dim == 0 || self.attn_hidden_dim_mult == 0 {

@@ -28,7 +28,7 @@ use se3_core::layers::depthwise_tp::concat_axis1;
 use se3_core::layers::{
     AlignedEdges, DepthwiseTensorProductLayer, DtpOptions, EquiformerAttentionLayer,
     EquiformerAttentionOptions, EquiformerFeedForwardLayer, FeatureTensors, LinearLayer,
-    LinearLayout, Param, ParamSource, RmsNormLayer, ZBasis,
+    LinearLayout, NodeBatch, Param, ParamSource, RmsNormLayer, ZBasis,
 };
 use se3_core::ops::gather;
 
@@ -178,6 +178,8 @@ impl Equiformer {
             radial_hidden: cfg.radial_hidden_dim,
             attn_hidden_mult: cfg.attn_hidden_dim_mult,
             leaky_slope: cfg.attn_leakyrelu_slope as f32,
+            linear_heads: cfg.num_linear_attn_heads,
+            linear_dim_head: cfg.linear_attn_dim_head,
         };
         let mut blocks = Vec::new();
         for i in 0..cfg.depth {
@@ -245,18 +247,20 @@ impl Equiformer {
         &self.cfg
     }
 
-    /// Builds and compiles the graph for `nodes` rows (`b n`) with `k` slots each.
+    /// Builds and compiles the graph for `batch` elements of `nodes_per` nodes (`N = b n` rows)
+    /// with `k` slots each.
     ///
     /// Inputs: `x.<l>` (`(N, c, 2l+1)`) or `tokens (N,)`, `positions (N,)` (with
     /// `num_positions`), the [`AlignedEdges`] inputs `edges.*`, `edges.tokens (E,)` or
-    /// `edges.features (E, edge_dim)`, `edges.adj (E,)`. Outputs `out.<l>`.
+    /// `edges.features (E, edge_dim)`, `edges.adj (E,)`, `node_mask (N,)` (with linear-attention
+    /// heads). Outputs `out.<l>`.
     ///
     /// # Errors
     /// Layer build errors (none for a model built by [`Equiformer::from_state_dict`]).
-    pub fn compile(&self, nodes: usize, k: usize) -> Result<Session, Error> {
+    pub fn compile(&self, batch: usize, nodes_per: usize, k: usize) -> Result<Session, Error> {
         let mut s = Session::new();
         let lmax = self.shape.dim.len() - 1;
-        let n = nodes;
+        let n = batch * nodes_per;
         let e = n * k;
         let index = |s: &mut Session, name: &str, rows: usize, bound: usize| {
             s.input_with_shape::<(X,)>(
@@ -322,12 +326,18 @@ impl Equiformer {
             };
             edges = edges.with_edge_features(f);
         }
+        let node_batch = (self.cfg.num_linear_attn_heads > 0).then(|| NodeBatch {
+            batch,
+            nodes: nodes_per,
+            mask: s.input_with_shape::<(X,)>("node_mask", InputKind::Mask, &[n.into()]),
+        });
+        let nb = node_batch.as_ref();
         let mut x = self.tp_in.build(&mut s, "tp_in.", &x, &edges)?;
         if self.cfg.reversible {
             let (mut x1, mut x2) = (x.clone(), x);
             for (i, (a, f)) in self.blocks.iter().enumerate() {
                 let y1 = a
-                    .build(&mut s, &block_prefix(true, i, 0), &x2, &edges)?
+                    .build(&mut s, &block_prefix(true, i, 0), &x2, &edges, nb)?
                     .residual(&x1);
                 let y2 = f
                     .build(&mut s, &block_prefix(true, i, 1), &y1)?
@@ -345,7 +355,7 @@ impl Equiformer {
         } else {
             for (i, (a, f)) in self.blocks.iter().enumerate() {
                 x = a
-                    .build(&mut s, &block_prefix(false, i, 0), &x, &edges)?
+                    .build(&mut s, &block_prefix(false, i, 0), &x, &edges, nb)?
                     .residual(&x);
                 x = f
                     .build(&mut s, &block_prefix(false, i, 1), &x)?
@@ -404,7 +414,7 @@ impl ParamSource for KeyList {
 pub struct CompiledEquiformer {
     model: Equiformer,
     fwd: EquiformerForward,
-    cache: Option<((usize, usize), Session)>,
+    cache: Option<((usize, usize, usize), Session)>,
 }
 
 impl std::fmt::Debug for CompiledEquiformer {
@@ -443,9 +453,9 @@ impl CompiledEquiformer {
         let rows = b * n;
         let lmax = m.shape.dim.len() - 1;
         let host = HostEdges::select(&m.cfg, inp, lmax)?;
-        let key = (rows, host.k);
+        let key = (b, n, host.k);
         if self.cache.as_ref().is_none_or(|(k, _)| *k != key) {
-            let s = m.compile(rows, host.k)?;
+            let s = m.compile(b, n, host.k)?;
             self.cache = Some((key, s));
         }
         let Some((_, s)) = self.cache.as_mut() else {
@@ -455,6 +465,19 @@ impl CompiledEquiformer {
         };
         s.set_dim('n', rows);
         set_node_inputs(s, m, inp)?;
+        if m.cfg.num_linear_attn_heads > 0 {
+            let mask = (0..rows)
+                .map(|r| {
+                    let keep = inp.node_mask(r / n).is_none_or(|mk| mk[r % n]);
+                    if keep {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            s.set("node_mask", mask, &[rows])?;
+        }
         if let Some(p) = &m.pos_emb {
             if n > p.shape[0] {
                 return Err(Error::InputShape {

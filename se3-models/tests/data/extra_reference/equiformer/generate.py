@@ -8,7 +8,8 @@
 # before the forward passes and stored as F16, buffers F32), inputs.safetensors, outputs.safetensors
 # (`type0_f64`, `type1_f64`, `type0_f32`, `type1_f32`). A config torch rejects (constructor or forward)
 # gets `torch_error.txt` instead of outputs: se3 must reject it with a typed error.
-# Not drawn: num_linear_attn_heads > 0 (not built in se3), adj_dim > 0 with num_adj_degrees_embed
+# Seeds >= 1000 also draw `num_linear_attn_heads` (and `linear_attn_dim_head`).
+# Not drawn: adj_dim > 0 with num_adj_degrees_embed
 # (crashes in the library; se3 builds the documented behaviour), max_sparse_neighbors below the bonds
 # (random bond sampling).
 import json, os, random, sys
@@ -156,6 +157,13 @@ def run(seed):
     name = f"eq_{seed}"
     r = random.Random(seed)
     kw, o = draw_config(r)
+    if seed >= 1000 and random.Random(-seed).random() < 0.6:
+        # second series: also Taylor-series linear-attention heads (own RNG, so the first series
+        # keeps its configs)
+        r2 = random.Random(-seed - 1)
+        kw["num_linear_attn_heads"] = r2.randint(1, 2)
+        if r2.random() < 0.5:
+            kw["linear_attn_dim_head"] = r2.randint(1, 4)
     lits = {"return_pooled": True} if o["pooled"] else {}
     d = os.path.join(OUT, name)
     torch.manual_seed(seed)
