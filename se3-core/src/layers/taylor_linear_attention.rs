@@ -137,7 +137,7 @@ impl TaylorLinearAttentionLayer {
             let wg: GraphTensor<(X, X)> = g.declare(s, prefix)?;
             let gate = mm(x, transpose(wg)).sigmoid();
             let g4: GraphTensor<(X, X, X)> = reshape(gate, &[ex(b), ex(n), ex(h)]);
-            out4 = out4 * expand_at::<_, (X, X, X, X)>(g4, 3, d);
+            out4 *= expand_at::<_, (X, X, X, X)>(g4, 3, d);
         }
         Ok(reshape(out4, &[ex(b * n), ex(h * d)]))
     }
