@@ -17,6 +17,15 @@ pub enum BenchTarget {
         #[arg(long, hide = true)]
         case: Option<String>,
     },
+    /// Equiformer (deg 2 and 3, 512 nodes) as bench_pytorch.py: time, peak memory, ratios.
+    Equiformer {
+        /// Run only this case, in this process (used by the benchmark's child processes).
+        #[arg(long, hide = true)]
+        case: Option<String>,
+        /// PyTorch figures from bench_pytorch.py in the same session: `case=seconds:MiB,...`.
+        #[arg(long)]
+        torch: Option<String>,
+    },
 }
 
 /// Runs one benchmark and prints its table.
@@ -26,5 +35,8 @@ pub fn run(target: BenchTarget) -> Result<(), super::CliError> {
         BenchTarget::Engine => super::bench_engine::run(),
         BenchTarget::Layers => super::bench_layers::run(),
         BenchTarget::Se3Transformer { case } => super::bench_se3t::run(case.as_deref()),
+        BenchTarget::Equiformer { case, torch } => {
+            super::bench_equiformer::run(case.as_deref(), torch.as_deref())
+        }
     }
 }

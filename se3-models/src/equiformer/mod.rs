@@ -415,6 +415,8 @@ pub struct CompiledEquiformer {
     model: Equiformer,
     fwd: EquiformerForward,
     cache: Option<((usize, usize, usize), Session)>,
+    instrumented: bool,
+    timings: Vec<(&'static str, f64)>,
 }
 
 impl std::fmt::Debug for CompiledEquiformer {
@@ -433,7 +435,35 @@ impl CompiledEquiformer {
             model,
             fwd,
             cache: None,
+            instrumented: false,
+            timings: Vec::new(),
         }
+    }
+
+    /// Wraps every operator of the compiled graph in a timer ([`se3_core::exec::profile`]), now
+    /// and whenever the graph is recompiled, so later forwards record per-operator timings
+    /// (benchmarks only: it adds a clock read per op).
+    pub fn instrument(&mut self) {
+        self.instrumented = true;
+        if let Some((_, s)) = self.cache.as_mut() {
+            s.compile_with(se3_core::exec::profile::Instrument);
+        }
+    }
+
+    /// Memory figures of the last graph run (resident weights, peak intermediates; se3-core
+    /// [`MemoryStats`](se3_core::exec::MemoryStats)); all zero before the first forward.
+    pub fn memory_stats(&self) -> se3_core::exec::MemoryStats {
+        self.cache
+            .as_ref()
+            .map(|(_, s)| s.memory_stats())
+            .unwrap_or_default()
+    }
+
+    /// Wall time of the stages of the last forward, seconds: `host:neighbours` (validation and
+    /// neighbour selection with edge frames), `host:inputs` (setting the graph inputs) and
+    /// `graph` (the graph run).
+    pub fn last_timings(&self) -> &[(&'static str, f64)] {
+        &self.timings
     }
 
     /// The model.
@@ -447,17 +477,23 @@ impl CompiledEquiformer {
     /// Input validation and neighbour-selection errors ([`HostEdges::select`]); `InputShape`
     /// for features of the wrong kind or width; `IndexOutOfRange` for tokens.
     pub fn forward(&mut self, inp: &ModelInputs) -> Result<StateDict, Error> {
+        let t0 = std::time::Instant::now();
         inp.validate()?;
         let m = &self.model;
         let (b, n) = (inp.batch(), inp.nodes());
         let rows = b * n;
         let lmax = m.shape.dim.len() - 1;
         let host = HostEdges::select(&m.cfg, inp, lmax)?;
+        let t_select = t0.elapsed().as_secs_f64();
         let key = (b, n, host.k);
         if self.cache.as_ref().is_none_or(|(k, _)| *k != key) {
-            let s = m.compile(b, n, host.k)?;
+            let mut s = m.compile(b, n, host.k)?;
+            if self.instrumented {
+                s.compile_with(se3_core::exec::profile::Instrument);
+            }
             self.cache = Some((key, s));
         }
+        let t1 = std::time::Instant::now();
         let Some((_, s)) = self.cache.as_mut() else {
             return Err(Error::NotCompiled {
                 option: "equiformer graph",
@@ -511,7 +547,14 @@ impl CompiledEquiformer {
         if let Some(a) = host.adj_labels {
             s.set("edges.adj", a, &[e])?;
         }
+        let t_inputs = t1.elapsed().as_secs_f64();
+        let t2 = std::time::Instant::now();
         s.run()?;
+        self.timings = vec![
+            ("host:neighbours", t_select),
+            ("host:inputs", t_inputs),
+            ("graph", t2.elapsed().as_secs_f64()),
+        ];
         let mut sd = StateDict::new();
         for l in 0..=lmax.min(1) {
             let o = s.get(&format!("out.{l}"))?;
