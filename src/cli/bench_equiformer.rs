@@ -75,7 +75,9 @@ pub fn random_weights(
             let m = z.nrows();
             (0..m * m).map(|i| z[(i / m, i % m)]).collect()
         } else if key.contains("transforms") || key.ends_with("gamma") {
-            (0..len).map(|_| 1.0 + 0.2 * rng.gen_range(-1.0..1.0)).collect()
+            (0..len)
+                .map(|_| 1.0 + 0.2 * rng.gen_range(-1.0..1.0))
+                .collect()
         } else {
             let b = 1.0 / (shape.last().copied().unwrap_or(1).max(1) as f64).sqrt();
             (0..len).map(|_| rng.gen_range(-b..b)).collect()
@@ -143,7 +145,11 @@ pub fn run(case: Option<&str>, torch: Option<&str>) -> Result<(), super::CliErro
         let value = |key: &str| -> Vec<f64> {
             text.lines()
                 .find_map(|l| l.strip_prefix(key).map(str::to_string))
-                .map(|v| v.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+                .map(|v| {
+                    v.split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let (time, cpu, peak) = (value("time "), value("cpu_s "), value("peak_mib "));
@@ -172,10 +178,16 @@ pub fn run(case: Option<&str>, torch: Option<&str>) -> Result<(), super::CliErro
             .filter_map(|l| l.strip_prefix("stage "))
             .map(str::to_string)
             .collect();
-        profiles.push((c.name, stages));
+        let memory = text
+            .lines()
+            .find_map(|l| l.strip_prefix("memory "))
+            .unwrap_or("")
+            .to_string();
+        profiles.push((c.name, memory, stages));
     }
-    println!("\nwhere the time goes (one instrumented forward, seconds):");
-    for (name, stages) in profiles {
+    println!("\nwhere the memory (graph, MiB) and time (one instrumented forward, s) go:");
+    for (name, memory, stages) in profiles {
+        println!("  {name}: {memory}");
         println!("  {name}: {}", stages.join(", "));
     }
     println!("targets: speedup >= 3x, mem frac <= 0.2");
@@ -210,6 +222,14 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
         times[times.len() - 1]
     );
     println!("peak_mib {}", peak_mib()?);
+    let mem = model.memory_stats();
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "memory weights {:.1} intermediates {:.1} pooled {:.1}",
+        mib(mem.resident),
+        mib(mem.peak_intermediates),
+        mib(mem.pooled_at_peak)
+    );
     // one more forward with every operator timed: seconds by operator kind and host stage
     model.instrument();
     se3_core::exec::profile::reset();
