@@ -7,7 +7,8 @@
 //! Each case runs in a child process of this binary (`--case <name>`), so its peak resident set
 //! (VmHWM) is its own; the child runs one warm-up, the median of 3 forwards (and their CPU time)
 //! and one more forward with every operator timed (`se3_core::exec::profile`), printed by operator
-//! kind next to the host stages (neighbour selection with edge frames, setting the inputs).
+//! kind next to the host stages (neighbour selection with edge frames, setting the inputs);
+//! with `SE3_PROFILE=1` the child (`--case`) also lists the heaviest operators by input shape.
 //! PyTorch is not run here: give its figures (`bench_pytorch.py` run in the same session) with
 //! `--torch case=seconds:MiB,...` to get the ratios.
 
@@ -234,9 +235,24 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
     model.instrument();
     se3_core::exec::profile::reset();
     model.forward(&inputs)?;
+    let recs = se3_core::exec::profile::records();
     let mut kinds: BTreeMap<String, f64> = BTreeMap::new();
-    for r in se3_core::exec::profile::records() {
+    let mut by_shape: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    for r in &recs {
         *kinds.entry(r.kind.to_string()).or_default() += r.seconds;
+        let e = by_shape
+            .entry(format!("{} {:?}", r.kind, r.shapes))
+            .or_default();
+        e.0 += r.seconds;
+        e.1 += 1;
+    }
+    if std::env::var_os("SE3_PROFILE").is_some() {
+        // the heaviest operators with their input shapes, on stderr
+        let mut heavy: Vec<_> = by_shape.into_iter().collect();
+        heavy.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+        for (k, (t, n)) in heavy.iter().take(25) {
+            eprintln!("{t:.4} {n:4} {k}");
+        }
     }
     let mut kinds: Vec<(String, f64)> = kinds.into_iter().collect();
     kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
