@@ -105,6 +105,12 @@ fn infer_reproduces_the_vn_transformer_references() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn infer_reproduces_equiformer_outputs() -> TestResult {
+    infer_matches_reference("equi_tokens_edges_sparse")?;
+    infer_matches_reference("equi_mlp")
+}
+
 fn assert_one_line_failure(run: &std::process::Output, needle: &str) {
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success(), "expected failure, got success");

@@ -163,7 +163,8 @@ impl ModelInputs {
         };
         let (cn, cv) = single("coors").ok_or(Error::MissingInput { name: "coors" })?;
         let coors = float(&cn, &cv)?;
-        let feats = match name_of("feats") {
+        // equiformer-pytorch names the node features `inputs`.
+        let feats = match name_of("feats").or_else(|| names.get("inputs").cloned()) {
             Some(TensorName::PerDegree(map)) => {
                 let mut out = BTreeMap::new();
                 for (deg, tname) in map {

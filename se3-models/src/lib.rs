@@ -16,6 +16,7 @@ extern crate se3_core as se3;
 
 pub mod checkpoint;
 pub mod egnn;
+pub mod equiformer;
 pub mod error;
 pub mod inputs;
 pub mod limits;

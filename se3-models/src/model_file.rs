@@ -117,6 +117,11 @@ impl ModelFile {
         self.class.ends_with("VNTransformer")
     }
 
+    /// Whether the constructor was equiformer-pytorch's `Equiformer`.
+    pub fn is_equiformer(&self) -> bool {
+        self.class.ends_with(".Equiformer") || self.class == "Equiformer"
+    }
+
     /// Whether the model is the TFN stack of ConvSE3 + NormSE3.
     pub fn is_tfn_stack(&self) -> bool {
         self.class.starts_with("TFNStack")

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use crate::checkpoint::StateDict;
 use crate::egnn::{CompiledEgnn, Egnn};
+use crate::equiformer::{CompiledEquiformer, Equiformer, EquiformerConfig, EquiformerForward};
 use crate::inputs::ModelInputs;
 use crate::model_file::ModelFile;
 use crate::se3_transformer::basis::QjSigns;
@@ -27,6 +28,8 @@ pub enum Model {
     Egnn(Box<Egnn>),
     /// VN-transformer `VNTransformer` (runs as a compiled float32 graph; there is no oracle).
     VnTransformer(Box<VnTransformer>),
+    /// equiformer-pytorch `Equiformer` (runs as its compiled graph; there is no oracle).
+    Equiformer(Box<Equiformer>, EquiformerForward),
 }
 
 impl Model {
@@ -55,10 +58,17 @@ impl Model {
             Ok(Self::VnTransformer(Box::new(
                 VnTransformer::from_state_dict(&cfg, weights)?,
             )))
+        } else if file.is_equiformer() {
+            let cfg = EquiformerConfig::from_kwargs(&file.constructor_kwargs)?;
+            let fwd = EquiformerForward::from_literals(&file.forward_kwargs.literals)?;
+            Ok(Self::Equiformer(
+                Box::new(Equiformer::from_state_dict(&cfg, weights)?),
+                fwd,
+            ))
         } else {
             Err(Error::InvalidConfig {
                 field: "class",
-                expected: "SE3Transformer, TFNStack, EGNN, EGNN_Network or VNTransformer",
+                expected: "SE3Transformer, TFNStack, EGNN, EGNN_Network, VNTransformer or Equiformer",
                 found: file.class.clone(),
             })
         }
@@ -87,6 +97,12 @@ impl Model {
             Self::TfnStack(m) => m.set_qj_signs(signs),
             Self::Egnn(_) => Ok(()),
             Self::VnTransformer(_) => Ok(()),
+            // Equiformer's z-basis comes from its checkpoint (`basis:(i,o)` buffers).
+            Self::Equiformer(..) => Ok(()),
+        } else {
+            Err(Error::InvalidConfig {
+                field: "class",
+                expected: "SE3Transformer, TFNStack, EGNN, EGNN_Network, VNTransformer or Equiformer",
         }
     }
 
@@ -109,6 +125,9 @@ impl Model {
             Self::TfnStack(m) => m.forward(inputs),
             Self::Egnn(m) => m.forward(inputs),
             Self::VnTransformer(m) => m.forward(inputs),
+            Self::Equiformer(m, fwd) => {
+                CompiledEquiformer::new((**m).clone(), *fwd).forward(inputs)
+            }
         }
     }
 }
@@ -138,6 +157,8 @@ pub enum CompiledModel {
     Egnn(Box<CompiledEgnn>),
     /// The VN-Transformer with its graphs.
     VnTransformer(Box<VnSession>),
+    /// Equiformer with its graph.
+    Equiformer(Box<CompiledEquiformer>),
 }
 
 impl CompiledModel {
@@ -158,6 +179,9 @@ impl CompiledModel {
             }
             Model::Egnn(m) => Ok(Self::Egnn(Box::new(CompiledEgnn::new(*m)))),
             Model::VnTransformer(m) => Ok(Self::VnTransformer(Box::new(m.compile()))),
+            Model::Equiformer(m, fwd) => {
+                Ok(Self::Equiformer(Box::new(CompiledEquiformer::new(*m, fwd))))
+            }
         }
     }
 
@@ -186,6 +210,9 @@ impl CompiledModel {
             Model::TfnStack(_) => Self::from_parts(file, weights),
             Model::Egnn(m) => Ok(Self::Egnn(Box::new(CompiledEgnn::new(*m)))),
             Model::VnTransformer(m) => Ok(Self::VnTransformer(Box::new(m.compile()))),
+            Model::Equiformer(m, fwd) => {
+                Ok(Self::Equiformer(Box::new(CompiledEquiformer::new(*m, fwd))))
+            }
         }
     }
 
@@ -199,6 +226,7 @@ impl CompiledModel {
             Self::TfnStack(s) => s.forward(inputs),
             Self::Egnn(m) => m.forward(inputs),
             Self::VnTransformer(s) => s.forward(inputs),
+            Self::Equiformer(m) => m.forward(inputs),
         }
     }
 }

@@ -56,6 +56,15 @@ pub enum BenchTarget {
         #[arg(long, hide = true)]
         case: Option<String>,
     },
+    /// Equiformer (deg 2 and 3, 512 nodes) as bench_pytorch.py: time, peak memory, ratios.
+    Equiformer {
+        /// Run only this case, in this process (used by the benchmark's child processes).
+        #[arg(long, hide = true)]
+        case: Option<String>,
+        /// PyTorch figures from bench_pytorch.py in the same session: `case=seconds:MiB,...`.
+        #[arg(long)]
+        torch: Option<String>,
+    },
 }
 
 /// Runs one benchmark and prints its table.
@@ -83,6 +92,9 @@ pub fn run(target: BenchTarget) -> Result<(), super::CliError> {
         } => super::bench_zoo::run(case.as_deref(), only.as_deref(), python, script),
         BenchTarget::Scale { max_points, case } => {
             super::bench_scale::run(case.as_deref(), max_points)
+        }
+        BenchTarget::Equiformer { case, torch } => {
+            super::bench_equiformer::run(case.as_deref(), torch.as_deref())
         }
     }
 }

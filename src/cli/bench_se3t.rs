@@ -417,7 +417,7 @@ pub fn contraction_flops(r: &se3_core::exec::profile::Record) -> Option<f64> {
 
 /// CPU time (user + system, all threads) of this process so far, seconds (clock ticks of
 /// /proc/self/stat, 100 Hz).
-pub(super) fn cpu_seconds() -> Option<f64> {
+pub(crate) fn cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -426,12 +426,12 @@ pub(super) fn cpu_seconds() -> Option<f64> {
 }
 
 /// Peak resident set of this process (VmHWM), MiB.
-pub fn peak_mib() -> Result<f64, super::CliError> {
+pub(crate) fn peak_mib() -> Result<f64, super::CliError> {
     status_mib("VmHWM:")
 }
 
 /// A memory figure of /proc/self/status (`VmHWM:` peak, `VmRSS:` now), MiB.
-pub(super) fn status_mib(field: &str) -> Result<f64, super::CliError> {
+pub(crate) fn status_mib(field: &str) -> Result<f64, super::CliError> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let line = status
         .lines()

@@ -27,7 +27,12 @@ use se3_models::se3_transformer::basis::QjSigns;
 use se3_models::zoo::{CompiledModel, Model};
 
 /// The libraries whose models `se3 infer` runs.
-const SUPPORTED_LIBRARIES: &[&str] = &["se3-transformer-pytorch", "egnn-pytorch", "VN-transformer"];
+const SUPPORTED_LIBRARIES: &[&str] = &[
+    "se3-transformer-pytorch",
+    "egnn-pytorch",
+    "VN-transformer",
+    "equiformer-pytorch",
+];
 
 /// Arguments of `se3 infer`.
 #[derive(Args, Debug, Clone)]

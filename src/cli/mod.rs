@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_egnn;
 pub mod bench_engine;
+pub mod bench_equiformer;
 pub mod bench_layers;
 pub mod bench_math;
 pub mod bench_scale;

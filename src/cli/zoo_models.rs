@@ -15,6 +15,14 @@ use se3_models::inputs::{ModelInputs, NodeFeats};
 use se3_models::model_file::ModelFile;
 use se3_models::zoo::{CompiledModel, Model};
 
+/// The libraries whose reference models the zoo runs.
+const ZOO_LIBRARIES: &[&str] = &[
+    "se3-transformer-pytorch",
+    "egnn-pytorch",
+    "VN-transformer",
+    "equiformer-pytorch",
+];
+
 /// Where the built-in checkpoints and inputs live.
 fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/models")
@@ -158,7 +166,7 @@ pub fn models(rng: &mut StdRng) -> Result<(), super::CliError> {
     for name in names {
         let dir = models_dir().join(&name);
         let file = ModelFile::load(dir.join("config.json"))?;
-        if !["se3-transformer-pytorch", "egnn-pytorch", "VN-transformer"].contains(&file.library.name.as_str()) {
+        if !ZOO_LIBRARIES.contains(&file.library.name.as_str()) {
             skipped.push(name);
             continue;
         }

@@ -24,6 +24,10 @@
 //! | [`conv_grouped`] ([`PairEdges`]) | -        | reassociated ConvSE3 sums / logits on grouped edges |
 //! | [`RadialBank`]            | -                    | the hidden layers of many [`RadialMlp`]s on one edge input |
 //! | [`VnLinear`], [`VnRelu`], [`VnLayerNorm`], [`VnAttention`], [`VnFeedForward`], [`VnInvariant`] | - | vector-neuron features `[b, n, components, channels]` ([`vector_neuron`]) |
+//! | [`DepthwiseTensorProductLayer`] ([`AlignedEdges`], [`EquiformerRadial`]) | - | equiformer's DTP on edge-aligned frames, pooled or per neighbour slot |
+//! | [`EquiformerAttentionLayer`], [`EquiformerFeedForwardLayer`] | - | equiformer's L2-distance / MLP attention and feed-forward blocks |
+//! | [`RmsNormLayer`], [`SiluGateLayer`] | -          | equiformer's RMS norm of per-channel norms, its SiLU / sigmoid gate |
+//! | [`TaylorLinearAttentionLayer`] ([`NodeBatch`]) | - | degree-0 Taylor-kernel linear attention over all nodes of a batch element |
 //!
 //! The typed forms of fiber-preserving layers take any `X: FeedsGraph<F>` (only
 //! `GraphFeatures<F, _>` qualifies), so a wrong fiber is a compile error that names the rule
@@ -73,6 +77,11 @@ pub mod conv_grouped;
 pub mod dense;
 pub mod edges;
 pub mod egnn;
+pub mod depthwise_tp;
+pub mod edges;
+pub mod equiformer_attention;
+pub mod equiformer_feedforward;
+pub mod equiformer_radial;
 pub mod gate;
 pub mod global_attention;
 pub mod graph;
@@ -81,6 +90,9 @@ pub mod linear;
 pub mod norm;
 pub mod pool;
 pub mod radial;
+pub mod rms_norm;
+pub mod silu_gate;
+pub mod taylor_linear_attention;
 pub mod tensor_product;
 pub mod vector_neuron;
 
@@ -94,6 +106,11 @@ pub use conv_grouped::PairEdges;
 pub use dense::DenseLinear;
 pub use edges::{EdgeBasis, EdgeGraph};
 pub use egnn::{EdgeFeature, EgnnLayer, EgnnNeighborhood, EgnnOptions, EgnnOutput, MessagePool};
+pub use depthwise_tp::{AlignedEdges, DepthwiseTensorProductLayer, DtpOptions, ZBasis};
+pub use edges::{EdgeBasis, EdgeGraph};
+pub use equiformer_attention::{EquiformerAttentionLayer, EquiformerAttentionOptions};
+pub use equiformer_feedforward::EquiformerFeedForwardLayer;
+pub use equiformer_radial::EquiformerRadial;
 pub use gate::{Gate, GateLayer};
 pub use global_attention::{GlobalLinearAttention, GlobalSizes};
 pub use graph::{FeatureTensors, GraphFeatures, Param, ParamSource};
@@ -102,6 +119,9 @@ pub use linear::{Linear, LinearLayer, LinearLayout};
 pub use norm::{Norm, NormActivation, NormLayer, NormScale};
 pub use pool::{pool_nodes, MaxPool, MeanPool, NodePool};
 pub use radial::{RadialBank, RadialMlp, RADIAL_HIDDEN};
+pub use rms_norm::RmsNormLayer;
+pub use silu_gate::SiluGateLayer;
+pub use taylor_linear_attention::{NodeBatch, TaylorLinearAttentionLayer};
 pub use tensor_product::{Path, PathSpec, ProductMode, TensorProduct, TensorProductLayer};
 pub use vector_neuron::{
     VnAttention, VnAttentionKind, VnFeedForward, VnInvariant, VnLayerNorm, VnLinear, VnRelu,

@@ -1,0 +1,115 @@
+//! Equiformer's radial network: per-edge channel-mixing weights from invariant edge features.
+
+use luminal::prelude::*;
+
+use super::graph::{dims, expand_at, layer_norm, mm, transpose, Param, ParamSource, X};
+use crate::exec::Session;
+use crate::Error;
+
+/// equiformer-pytorch's `Radial(..).rp`: on edge features `f (E, F)` (edge embeddings, then the
+/// distance),
+///
+/// `R = W_3 LN(silu(W_2 LN(silu(W_1 f + b_1)) + b_2)) + b_3`, reshaped `(E, c_out, c_in)`
+///
+/// with torch `LayerNorm` (eps 1e-5, affine `gamma`, buffer `beta`). Keys `<prefix>rp.0.*`,
+/// `rp.2.{gamma,beta}`, `rp.3.*`, `rp.5.*`, `rp.6.*`; linear weights `(out, in)`.
+#[derive(Debug, Clone)]
+pub struct EquiformerRadial {
+    c_in: usize,
+    c_out: usize,
+    params: Vec<Param>,
+}
+
+const KEYS: [&str; 10] = [
+    "rp.0.weight",
+    "rp.0.bias",
+    "rp.2.gamma",
+    "rp.2.beta",
+    "rp.3.weight",
+    "rp.3.bias",
+    "rp.5.gamma",
+    "rp.5.beta",
+    "rp.6.weight",
+    "rp.6.bias",
+];
+
+impl EquiformerRadial {
+    /// Loads the network under `prefix` for `edge_features` inputs, `hidden` units and
+    /// `c_out x c_in` outputs.
+    ///
+    /// # Errors
+    /// `MissingKey`, `WrongShape`, `NonFiniteWeight` from `src`.
+    pub fn load(
+        src: &mut dyn ParamSource,
+        prefix: &str,
+        edge_features: usize,
+        hidden: usize,
+        c_in: usize,
+        c_out: usize,
+    ) -> Result<Self, Error> {
+        let shapes: [Vec<usize>; 10] = [
+            vec![hidden, edge_features],
+            vec![hidden],
+            vec![hidden],
+            vec![hidden],
+            vec![hidden, hidden],
+            vec![hidden],
+            vec![hidden],
+            vec![hidden],
+            vec![c_out * c_in, hidden],
+            vec![c_out * c_in],
+        ];
+        let params = KEYS
+            .iter()
+            .zip(shapes)
+            .map(|(k, sh)| {
+                let p = Param::load(src, format!("{prefix}{k}"), sh)?;
+                Ok(Param {
+                    key: (*k).to_string(),
+                    ..p
+                })
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(EquiformerRadial {
+            c_in,
+            c_out,
+            params,
+        })
+    }
+
+    /// The weights `(E, c_out, c_in)` on edge features `f (E, F)`.
+    ///
+    /// # Errors
+    /// Those of `Session::set_weight` (none for a loaded network).
+    pub fn build(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        f: GraphTensor<(X, X)>,
+    ) -> Result<GraphTensor<(X, X, X)>, Error> {
+        let mut w2 = Vec::new();
+        let mut w1 = Vec::new();
+        for p in &self.params {
+            if p.shape.len() == 2 {
+                w2.push(p.declare::<(X, X)>(s, prefix)?);
+            } else {
+                w1.push(p.declare::<(X,)>(s, prefix)?);
+            }
+        }
+        let rows = dims(f)[0];
+        let linear = |x: GraphTensor<(X, X)>, w: GraphTensor<(X, X)>, b: GraphTensor<(X,)>| {
+            let y = mm(x, transpose(w));
+            y + expand_at::<_, (X, X)>(b, 0, rows)
+        };
+        let silu = |x: GraphTensor<(X, X)>| x * x.sigmoid();
+        let h = silu(linear(f, w2[0], w1[0]));
+        let h = layer_norm(h, w1[1], w1[2], 1e-5);
+        let h = silu(linear(h, w2[1], w1[3]));
+        let h = layer_norm(h, w1[4], w1[5], 1e-5);
+        let r = linear(h, w2[2], w1[6]);
+        Ok(super::graph::reshape(
+            r,
+            &[rows, self.c_out.into(), self.c_in.into()],
+        ))
+    }
+}
