@@ -137,3 +137,12 @@ inline float __int_as_float(unsigned int bits) {
     return f;
 }
 inline float __int_as_float(int bits) { return __int_as_float((unsigned int)bits); }
+inline unsigned int __float_as_uint(float f) {
+    unsigned int bits;
+    std::memcpy(&bits, &f, sizeof bits);
+    return bits;
+}
+// Round-to-nearest arithmetic that the compiler may not fuse (host floats round each op).
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }

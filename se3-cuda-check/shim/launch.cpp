@@ -10,6 +10,7 @@
 #include "ops/layer_norm_gelu/layer_norm_gelu.cu"
 #include "ops/top_k/top_k.cu"
 #include "ops/edge_conv/edge_conv.cu"
+#include "ops/neighbors/knn.cu"
 #include "exec/cuda/view_copy.cu"
 #include "exec/cuda/reduce.cu"
 #include "exec/cuda/elementwise.cu"
@@ -77,3 +78,7 @@ SHIM_LAUNCH(edge_conv_sorted,
               const unsigned* order, float* out, unsigned m, unsigned ci, unsigned co,
               unsigned n, int diagonal),
             (x, w, src, start, order, out, m, ci, co, n, diagonal))
+SHIM_LAUNCH(knn_rows,
+            P(const float* coords, const float* mask, const float* batch, float* dists,
+              float* out, unsigned n, unsigned k, float r2, int exclude_self),
+            (coords, mask, batch, dists, out, n, k, r2, exclude_self))

@@ -134,6 +134,19 @@ mod ffi {
             n: c_uint,
             diagonal: c_int,
         );
+        pub fn shim_knn_rows(
+            g: c_uint,
+            b: c_uint,
+            coords: *const f32,
+            mask: *const f32,
+            batch: *const f32,
+            dists: *mut f32,
+            out: *mut f32,
+            n: c_uint,
+            k: c_uint,
+            r2: f32,
+            exclude_self: c_int,
+        );
         pub fn shim_view_copy(
             g: c_uint,
             b: c_uint,
@@ -529,6 +542,42 @@ pub fn edge_conv(
             u(co),
             u(n),
             i32::from(diagonal),
+        )
+    };
+    out
+}
+
+/// `knn_rows`: `(n, k)` neighbour indices of `coords (n, 3)` (`-1` where missing), squared
+/// radius `r2` (`f32::INFINITY` for none), optional `mask` and `batch (n,)`.
+pub fn knn(
+    l: Launch,
+    coords: &[f32],
+    mask: Option<&[f32]>,
+    batch: Option<&[f32]>,
+    k: usize,
+    r2: f32,
+    exclude_self: bool,
+) -> Vec<f32> {
+    assert!(coords.len().is_multiple_of(3));
+    let n = coords.len() / 3;
+    for v in [mask, batch].into_iter().flatten() {
+        assert_eq!(v.len(), n);
+    }
+    let (mut dists, mut out) = (vec![0.0; n * k], vec![f32::NAN; n * k]);
+    // SAFETY: reads coords[..3 n], mask/batch[..n]; writes dists/out[..n k].
+    unsafe {
+        ffi::shim_knn_rows(
+            l.grid,
+            l.block,
+            coords.as_ptr(),
+            mask.map_or(std::ptr::null(), |m| m.as_ptr()),
+            batch.map_or(std::ptr::null(), |m| m.as_ptr()),
+            dists.as_mut_ptr(),
+            out.as_mut_ptr(),
+            u(n),
+            u(k),
+            r2,
+            i32::from(exclude_self),
         )
     };
     out

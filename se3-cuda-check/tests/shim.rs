@@ -432,3 +432,66 @@ fn edge_conv_matrix_and_diagonal_match_cpu() -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[test]
+fn knn_matches_cpu_with_masks_batches_radius_and_ties() -> Result<(), Error> {
+    const K: usize = 7;
+    let mut r = rng();
+    // above 384 points per cloud the CPU kernel searches a grid, below it compares every pair
+    for (round, n) in [r.gen_range(20..200), r.gen_range(400..700)]
+        .into_iter()
+        .enumerate()
+    {
+        // half the coordinates on a coarse grid: exact ties and duplicate points
+        let x: Vec<f32> = (0..n * 3)
+            .map(|i| {
+                if (i / 3) % 2 == 0 {
+                    r.gen_range(-3..4) as f32
+                } else {
+                    r.gen_range(-3.0f32..3.0)
+                }
+            })
+            .collect();
+        let mask: Vec<f32> = (0..n).map(|_| f32::from(r.gen_bool(0.85))).collect();
+        let batch: Vec<f32> = (0..n).map(|i| (3 * i / n) as f32).collect();
+        let radius = (round == 1).then(|| r.gen_range(1.0f32..3.0));
+        for (batched, exclude_self) in [(false, true), (true, false), (true, true)] {
+            let spec = se3_core::ops::NeighborSpec {
+                radius,
+                exclude_self,
+            };
+            let mut s = Session::new();
+            let c = s.input::<(Dyn<'n'>, Const<3>)>("x", InputKind::Coordinates);
+            let m = s.input::<(Dyn<'n'>,)>("m", InputKind::Mask);
+            let b = batched.then(|| s.input::<(Dyn<'n'>,)>("b", InputKind::Values));
+            let nb = se3_core::ops::neighbors_in_batches::<_, K>(c, Some(m), b, spec);
+            s.output("idx", nb.idx);
+            s.set("x", x.clone(), &[n, 3])?;
+            s.set("m", mask.clone(), &[n])?;
+            if batched {
+                s.set("b", batch.clone(), &[n])?;
+            }
+            s.run()?;
+            let want = s.get("idx")?.data;
+            let r2 = radius.map_or(f32::INFINITY, |r| r * r);
+            for l in LAUNCHES {
+                let got = shim::knn(
+                    l,
+                    &x,
+                    Some(&mask),
+                    batched.then_some(batch.as_slice()),
+                    K,
+                    r2,
+                    exclude_self,
+                );
+                let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+                println!(
+                    "knn_rows {l:?} n={n} radius={radius:?} batched={batched} \
+                     exclude_self={exclude_self}: {differ} slots differ"
+                );
+                assert_eq!(got, want);
+            }
+        }
+    }
+    Ok(())
+}

@@ -69,6 +69,11 @@ pub const SOURCES: &[KernelSource] = &[
         kernels: &[("edge_conv_sorted", Hot::Yes)],
     },
     KernelSource {
+        file: "ops/neighbors/knn.cu",
+        source: include_str!("../ops/neighbors/knn.cu"),
+        kernels: &[("knn_rows", Hot::No)],
+    },
+    KernelSource {
         file: "exec/cuda/view_copy.cu",
         source: include_str!("cuda/view_copy.cu"),
         kernels: &[("view_copy", Hot::Yes)],

@@ -46,6 +46,7 @@ pub const LOWERINGS: &[Lowering] = &[
     crate::ops::layer_norm_gelu::cuda::lower,
     crate::ops::top_k::cuda::lower,
     crate::ops::edge_conv::cuda::lower,
+    crate::ops::neighbors::cuda::lower,
     super::primitives::lower_matmul,
     super::primitives::lower_reduce,
     super::primitives::lower_elementwise,

@@ -11,6 +11,8 @@
 //! - radius: a neighbour needs `|x_i - x_j| <= radius`.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 pub use cpu::{EdgeCenters, IndexValid, Knn};
 use luminal::prelude::*;
