@@ -146,3 +146,7 @@ inline unsigned int __float_as_uint(float f) {
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
+// A barrier over the calling thread's warp.
+inline void __syncwarp(unsigned int = 0xffffffffu) {
+    cuda_shim::state->warps[cuda_shim::linear_tid >> 5]->arrive_and_wait();
+}

@@ -11,6 +11,7 @@
 #include "ops/top_k/top_k.cu"
 #include "ops/edge_conv/edge_conv.cu"
 #include "ops/neighbors/knn.cu"
+#include "ops/radial_hidden/radial_hidden.cu"
 #include "exec/cuda/view_copy.cu"
 #include "exec/cuda/reduce.cu"
 #include "exec/cuda/elementwise.cu"
@@ -82,3 +83,9 @@ SHIM_LAUNCH(knn_rows,
             P(const float* coords, const float* mask, const float* batch, float* dists,
               float* out, unsigned n, unsigned k, float r2, int exclude_self),
             (coords, mask, batch, dists, out, n, k, r2, exclude_self))
+SHIM_LAUNCH(radial_hidden_rows,
+            P(const float* x, const float* w0, const float* b0, const float* g1,
+              const float* be1, const float* w3, const float* b3, const float* g4,
+              const float* be4, float* hidden1, float* out, unsigned np, unsigned e,
+              unsigned n_in, unsigned h, float eps),
+            (x, w0, b0, g1, be1, w3, b3, g4, be4, hidden1, out, np, e, n_in, h, eps))

@@ -147,6 +147,26 @@ mod ffi {
             r2: f32,
             exclude_self: c_int,
         );
+        pub fn shim_radial_hidden_rows(
+            g: c_uint,
+            b: c_uint,
+            x: *const f32,
+            w0: *const f32,
+            b0: *const f32,
+            g1: *const f32,
+            be1: *const f32,
+            w3: *const f32,
+            b3: *const f32,
+            g4: *const f32,
+            be4: *const f32,
+            hidden1: *mut f32,
+            out: *mut f32,
+            np: c_uint,
+            e: c_uint,
+            n_in: c_uint,
+            h: c_uint,
+            eps: f32,
+        );
         pub fn shim_view_copy(
             g: c_uint,
             b: c_uint,
@@ -578,6 +598,65 @@ pub fn knn(
             u(k),
             r2,
             i32::from(exclude_self),
+        )
+    };
+    out
+}
+
+/// The weights of `np` radial networks' hidden layers (see `se3_core::ops::radial_hidden`):
+/// `w0 (np, n_in, h)`, `w3 (np, h, h)` (input x output), `b0, g1, be1, b3, g4, be4 (np, h)`.
+#[derive(Debug, Clone)]
+pub struct RadialWeights {
+    pub w0: Vec<f32>,
+    pub b0: Vec<f32>,
+    pub g1: Vec<f32>,
+    pub be1: Vec<f32>,
+    pub w3: Vec<f32>,
+    pub b3: Vec<f32>,
+    pub g4: Vec<f32>,
+    pub be4: Vec<f32>,
+}
+
+/// `radial_hidden_rows`: `(np, e, h)` hidden activations of `x (e, n_in)`.
+pub fn radial_hidden(
+    l: Launch,
+    x: &[f32],
+    w: &RadialWeights,
+    np: usize,
+    n_in: usize,
+    h: usize,
+    eps: f32,
+) -> Vec<f32> {
+    assert!(n_in > 0 && x.len().is_multiple_of(n_in));
+    assert_eq!(l.block % 32, 0, "radial_hidden_rows runs a warp per row");
+    let e = x.len() / n_in;
+    assert_eq!(w.w0.len(), np * n_in * h);
+    assert_eq!(w.w3.len(), np * h * h);
+    for v in [&w.b0, &w.g1, &w.be1, &w.b3, &w.g4, &w.be4] {
+        assert_eq!(v.len(), np * h);
+    }
+    let (mut hidden1, mut out) = (vec![f32::NAN; np * e * h], vec![f32::NAN; np * e * h]);
+    // SAFETY: reads the lengths checked above; writes hidden1/out[..np e h].
+    unsafe {
+        ffi::shim_radial_hidden_rows(
+            l.grid,
+            l.block,
+            x.as_ptr(),
+            w.w0.as_ptr(),
+            w.b0.as_ptr(),
+            w.g1.as_ptr(),
+            w.be1.as_ptr(),
+            w.w3.as_ptr(),
+            w.b3.as_ptr(),
+            w.g4.as_ptr(),
+            w.be4.as_ptr(),
+            hidden1.as_mut_ptr(),
+            out.as_mut_ptr(),
+            u(np),
+            u(e),
+            u(n_in),
+            u(h),
+            eps,
         )
     };
     out

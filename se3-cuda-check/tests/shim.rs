@@ -495,3 +495,83 @@ fn knn_matches_cpu_with_masks_batches_radius_and_ties() -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[test]
+fn radial_hidden_matches_cpu() -> Result<(), Error> {
+    use se3_core::layers::graph::X;
+    let mut r = rng();
+    // edges not a multiple of the CPU's edge block; units above and not a multiple of the
+    // warp width, so lanes own unequal numbers of units
+    let (np, e, n_in, h) = (
+        r.gen_range(1..4),
+        r.gen_range(70..160),
+        r.gen_range(1..5),
+        r.gen_range(33..70),
+    );
+    let mut vec_p = || rand_vec(&mut r, np * h);
+    let (b0, g1, be1, b3, g4, be4) = (vec_p(), vec_p(), vec_p(), vec_p(), vec_p(), vec_p());
+    let w = shim::RadialWeights {
+        w0: rand_vec(&mut r, np * n_in * h),
+        b0,
+        g1,
+        be1,
+        w3: rand_vec(&mut r, np * h * h),
+        b3,
+        g4,
+        be4,
+    };
+    let x = rand_vec(&mut r, e * n_in);
+    let mut s = Session::new();
+    let dims = |d: &[usize]| d.iter().map(|&v| Expression::from(v)).collect::<Vec<_>>();
+    let t3 = |s: &mut Session, name: &str, d: &[usize]| {
+        s.input_with_shape::<(X, X, X)>(name, InputKind::Values, &dims(d))
+    };
+    let (w0t, w3t) = (
+        t3(&mut s, "w0", &[np, n_in, h]),
+        t3(&mut s, "w3", &[np, h, h]),
+    );
+    let t2 = |s: &mut Session, name: &str| {
+        s.input_with_shape::<(X, X)>(name, InputKind::Values, &dims(&[np, h]))
+    };
+    let weights = se3_core::ops::RadialHiddenWeights {
+        w0: w0t,
+        b0: t2(&mut s, "b0"),
+        g1: t2(&mut s, "g1"),
+        be1: t2(&mut s, "be1"),
+        w3: w3t,
+        b3: t2(&mut s, "b3"),
+        g4: t2(&mut s, "g4"),
+        be4: t2(&mut s, "be4"),
+    };
+    let xt = s.input_with_shape::<(X, X)>("x", InputKind::Values, &dims(&[e, n_in]));
+    s.output("h", se3_core::ops::radial_hidden(xt, &weights, 1e-5));
+    s.set("x", x.clone(), &[e, n_in])?;
+    s.set("w0", w.w0.clone(), &[np, n_in, h])?;
+    s.set("w3", w.w3.clone(), &[np, h, h])?;
+    for (name, v) in [
+        ("b0", &w.b0),
+        ("g1", &w.g1),
+        ("be1", &w.be1),
+        ("b3", &w.b3),
+        ("g4", &w.g4),
+        ("be4", &w.be4),
+    ] {
+        s.set(name, v.clone(), &[np, h])?;
+    }
+    s.run()?;
+    let want = s.get("h")?.data;
+    for l in [
+        Launch { grid: 3, block: 64 },
+        Launch {
+            grid: 2,
+            block: 160,
+        },
+    ] {
+        let err = max_err(&shim::radial_hidden(l, &x, &w, np, n_in, h, 1e-5), &want);
+        println!(
+            "radial_hidden_rows {l:?} (np {np}, e {e}, n_in {n_in}, h {h}): max error {err:e}"
+        );
+        assert!(err < 1e-4, "radial_hidden error {err}");
+    }
+    Ok(())
+}

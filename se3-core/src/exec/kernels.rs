@@ -74,6 +74,11 @@ pub const SOURCES: &[KernelSource] = &[
         kernels: &[("knn_rows", Hot::No)],
     },
     KernelSource {
+        file: "ops/radial_hidden/radial_hidden.cu",
+        source: include_str!("../ops/radial_hidden/radial_hidden.cu"),
+        kernels: &[("radial_hidden_rows", Hot::Yes)],
+    },
+    KernelSource {
         file: "exec/cuda/view_copy.cu",
         source: include_str!("cuda/view_copy.cu"),
         kernels: &[("view_copy", Hot::Yes)],

@@ -47,6 +47,7 @@ pub const LOWERINGS: &[Lowering] = &[
     crate::ops::top_k::cuda::lower,
     crate::ops::edge_conv::cuda::lower,
     crate::ops::neighbors::cuda::lower,
+    crate::ops::radial_hidden::cuda::lower,
     super::primitives::lower_matmul,
     super::primitives::lower_reduce,
     super::primitives::lower_elementwise,
