@@ -12,6 +12,7 @@
 #include "ops/edge_conv/edge_conv.cu"
 #include "ops/neighbors/knn.cu"
 #include "ops/radial_hidden/radial_hidden.cu"
+#include "ops/edge_contract/edge_contract.cu"
 #include "exec/cuda/view_copy.cu"
 #include "exec/cuda/reduce.cu"
 #include "exec/cuda/elementwise.cu"
@@ -89,3 +90,9 @@ SHIM_LAUNCH(radial_hidden_rows,
               const float* be4, float* hidden1, float* out, unsigned np, unsigned e,
               unsigned n_in, unsigned h, float eps),
             (x, w0, b0, g1, be1, w3, b3, g4, be4, hidden1, out, np, e, n_in, h, eps))
+SHIM_LAUNCH(edge_contract_sum_nodes,
+            P(const float* x, const float* nbr, const float* basis, const float* hid,
+              const float* a, const float* w, const float* b, float* out, unsigned n,
+              unsigned k, unsigned c_in, unsigned mi, unsigned mo, unsigned nf, unsigned hd,
+              unsigned cols, unsigned c0, unsigned cnt),
+            (x, nbr, basis, hid, a, w, b, out, n, k, c_in, mi, mo, nf, hd, cols, c0, cnt))

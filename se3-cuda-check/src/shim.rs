@@ -167,6 +167,28 @@ mod ffi {
             h: c_uint,
             eps: f32,
         );
+        pub fn shim_edge_contract_sum_nodes(
+            g: c_uint,
+            b: c_uint,
+            x: *const f32,
+            nbr: *const f32,
+            basis: *const f32,
+            hid: *const f32,
+            a: *const f32,
+            w: *const f32,
+            bias: *const f32,
+            out: *mut f32,
+            n: c_uint,
+            k: c_uint,
+            c_in: c_uint,
+            mi: c_uint,
+            mo: c_uint,
+            nf: c_uint,
+            hd: c_uint,
+            cols: c_uint,
+            c0: c_uint,
+            cnt: c_uint,
+        );
         pub fn shim_view_copy(
             g: c_uint,
             b: c_uint,
@@ -659,5 +681,80 @@ pub fn radial_hidden(
             eps,
         )
     };
+    out
+}
+
+/// Sizes of an edge contraction: `n` nodes with `k` edges each, `x (n, c_in, mi)`,
+/// `basis (n k, mo, mi, nf)`, `hidden (n k, hd)`, `w (nf c_in hd, cols)`, `b (nf c_in, cols)`.
+#[derive(Debug, Clone, Copy)]
+pub struct ContractSizes {
+    pub n: usize,
+    pub k: usize,
+    pub c_in: usize,
+    pub mi: usize,
+    pub mo: usize,
+    pub nf: usize,
+    pub hd: usize,
+    pub cols: usize,
+}
+
+/// The inputs of an edge contraction (shapes in [`ContractSizes`]; `a` holds one `(n, k)`
+/// weight array per head).
+#[derive(Debug, Clone)]
+pub struct ContractInputs {
+    pub x: Vec<f32>,
+    pub nbr: Vec<f32>,
+    pub basis: Vec<f32>,
+    pub hidden: Vec<f32>,
+    pub w: Vec<f32>,
+    pub b: Vec<f32>,
+    pub a: Vec<Vec<f32>>,
+}
+
+/// `edge_contract_sum_nodes`, one launch per head (as the CUDA backend): `(n, cols, mo)`,
+/// head `t` writing columns `t cnt .. (t + 1) cnt`, `cnt = cols / heads`.
+pub fn edge_contract_sum(l: Launch, s: ContractSizes, d: &ContractInputs) -> Vec<f32> {
+    let (e, cf) = (s.n * s.k, s.nf * s.c_in);
+    assert_eq!(d.x.len(), s.n * s.c_in * s.mi);
+    assert_eq!(d.nbr.len(), e);
+    assert_eq!(d.basis.len(), e * s.mo * s.mi * s.nf);
+    assert_eq!(d.hidden.len(), e * s.hd);
+    assert_eq!(d.w.len(), cf * s.hd * s.cols);
+    assert_eq!(d.b.len(), cf * s.cols);
+    assert!(!d.a.is_empty() && s.cols.is_multiple_of(d.a.len()));
+    assert!(
+        s.mo * s.k <= 2048 && s.mo * s.hd <= 4096,
+        "shared memory bounds"
+    );
+    let cnt = s.cols / d.a.len();
+    let mut out = vec![0.0; s.n * s.cols * s.mo];
+    for (hh, a) in d.a.iter().enumerate() {
+        assert_eq!(a.len(), e);
+        // SAFETY: reads the lengths checked above; writes out[..n cols mo].
+        unsafe {
+            ffi::shim_edge_contract_sum_nodes(
+                l.grid,
+                l.block,
+                d.x.as_ptr(),
+                d.nbr.as_ptr(),
+                d.basis.as_ptr(),
+                d.hidden.as_ptr(),
+                a.as_ptr(),
+                d.w.as_ptr(),
+                d.b.as_ptr(),
+                out.as_mut_ptr(),
+                u(s.n),
+                u(s.k),
+                u(s.c_in),
+                u(s.mi),
+                u(s.mo),
+                u(s.nf),
+                u(s.hd),
+                u(s.cols),
+                u(hh * cnt),
+                u(cnt),
+            )
+        };
+    }
     out
 }

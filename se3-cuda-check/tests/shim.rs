@@ -575,3 +575,93 @@ fn radial_hidden_matches_cpu() -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[test]
+fn edge_contract_sum_matches_cpu_with_heads_and_missing_neighbours() -> Result<(), Error> {
+    use se3_core::layers::graph::X;
+    let mut r = rng();
+    // second round: hidden width 128 (the models'), d_out >= 1 and many (f, c) rows, so the
+    // kernel works through several chunks of rows per node
+    for chunked in [false, true] {
+        let (d_in, d_out) = (r.gen_range(0..3), r.gen_range(usize::from(chunked)..3));
+        let (n, k, heads) = (r.gen_range(5..40), r.gen_range(1..9), r.gen_range(1..4));
+        let (c_in, cnt) = (
+            if chunked {
+                r.gen_range(11..16)
+            } else {
+                r.gen_range(1..6)
+            },
+            r.gen_range(1..7),
+        );
+        let hd = if chunked { 128 } else { r.gen_range(1..20) };
+        let (mi, mo, nf) = (2 * d_in + 1, 2 * d_out + 1, 2 * d_in.min(d_out) + 1);
+        let sz = shim::ContractSizes {
+            n,
+            k,
+            c_in,
+            mi,
+            mo,
+            nf,
+            hd,
+            cols: heads * cnt,
+        };
+        let (e, cf) = (n * k, nf * c_in);
+        let d = shim::ContractInputs {
+            x: rand_vec(&mut r, n * c_in * mi),
+            nbr: rand_idx(&mut r, e, n),
+            basis: rand_vec(&mut r, e * mo * mi * nf),
+            hidden: rand_vec(&mut r, e * hd),
+            w: rand_vec(&mut r, cf * hd * sz.cols),
+            b: rand_vec(&mut r, cf * sz.cols),
+            a: (0..heads).map(|_| rand_vec(&mut r, e)).collect(),
+        };
+        let mut s = Session::new();
+        let ex = |v: &[usize]| v.iter().map(|&t| Expression::from(t)).collect::<Vec<_>>();
+        let xt = s.input_with_shape::<(X, X, X)>("x", InputKind::Values, &ex(&[n, c_in, mi]));
+        let nt = s.input_with_shape::<(X,)>("nbr", InputKind::Values, &ex(&[e]));
+        let bt =
+            s.input_with_shape::<(X, X, X, X)>("basis", InputKind::Values, &ex(&[e, mo, mi, nf]));
+        let ht = s.input_with_shape::<(X, X)>("h", InputKind::Values, &ex(&[e, hd]));
+        let wt = s.input_with_shape::<(X, X)>("w", InputKind::Values, &ex(&[cf * hd, sz.cols]));
+        let bb = s.input_with_shape::<(X, X)>("b", InputKind::Values, &ex(&[cf, sz.cols]));
+        let at: Vec<GraphTensor<(X, X)>> = (0..heads)
+            .map(|t| s.input_with_shape(&format!("a{t}"), InputKind::Values, &ex(&[n, k])))
+            .collect();
+        s.output(
+            "y",
+            se3_core::ops::edge_contract_sum_heads(xt, nt, bt, ht, &at, wt, bb),
+        );
+        s.set("x", d.x.clone(), &[n, c_in, mi])?;
+        s.set("nbr", d.nbr.clone(), &[e])?;
+        s.set("basis", d.basis.clone(), &[e, mo, mi, nf])?;
+        s.set("h", d.hidden.clone(), &[e, hd])?;
+        s.set("w", d.w.clone(), &[cf * hd, sz.cols])?;
+        s.set("b", d.b.clone(), &[cf, sz.cols])?;
+        for (t, a) in d.a.iter().enumerate() {
+            s.set(&format!("a{t}"), a.clone(), &[n, k])?;
+        }
+        s.run()?;
+        let want = s.get("y")?.data;
+        // sums of k cf hd products: errors relative to the output's largest magnitude
+        let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        for l in LAUNCHES {
+            let got = shim::edge_contract_sum(l, sz, &d);
+            assert_eq!(got.len(), want.len());
+            let abs = got
+                .iter()
+                .zip(&want)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            println!(
+                "edge_contract_sum_nodes {l:?} ({sz:?}, heads {heads}): max abs error {abs:e}, \
+             relative to the largest output {:e}",
+                abs / scale
+            );
+            assert!(
+                abs / scale < 1e-5,
+                "edge_contract_sum error {}",
+                abs / scale
+            );
+        }
+    }
+    Ok(())
+}

@@ -79,6 +79,11 @@ pub const SOURCES: &[KernelSource] = &[
         kernels: &[("radial_hidden_rows", Hot::Yes)],
     },
     KernelSource {
+        file: "ops/edge_contract/edge_contract.cu",
+        source: include_str!("../ops/edge_contract/edge_contract.cu"),
+        kernels: &[("edge_contract_sum_nodes", Hot::Yes)],
+    },
+    KernelSource {
         file: "exec/cuda/view_copy.cu",
         source: include_str!("cuda/view_copy.cu"),
         kernels: &[("view_copy", Hot::Yes)],
