@@ -13,6 +13,7 @@
 #include "ops/neighbors/knn.cu"
 #include "ops/radial_hidden/radial_hidden.cu"
 #include "ops/edge_contract/edge_contract.cu"
+#include "ops/edge_conv/radial_edge_conv.cu"
 #include "exec/cuda/view_copy.cu"
 #include "exec/cuda/reduce.cu"
 #include "exec/cuda/elementwise.cu"
@@ -96,3 +97,10 @@ SHIM_LAUNCH(edge_contract_sum_nodes,
               unsigned k, unsigned c_in, unsigned mi, unsigned mo, unsigned nf, unsigned hd,
               unsigned cols, unsigned c0, unsigned cnt),
             (x, nbr, basis, hid, a, w, b, out, n, k, c_in, mi, mo, nf, hd, cols, c0, cnt))
+SHIM_LAUNCH(radial_edge_conv_sorted,
+            P(const float* x, const float* basis, const float* hid, const float* weight,
+              const float* bias, const float* w, const float* src, const unsigned* start,
+              const unsigned* order, float* out, unsigned m, unsigned n, unsigned ci,
+              unsigned di, unsigned nf, unsigned mo, unsigned co, unsigned hd),
+            (x, basis, hid, weight, bias, w, src, start, order, out, m, n, ci, di, nf, mo, co,
+             hd))

@@ -189,6 +189,28 @@ mod ffi {
             c0: c_uint,
             cnt: c_uint,
         );
+        pub fn shim_radial_edge_conv_sorted(
+            g: c_uint,
+            b: c_uint,
+            x: *const f32,
+            basis: *const f32,
+            hid: *const f32,
+            weight: *const f32,
+            bias: *const f32,
+            w: *const f32,
+            src: *const f32,
+            start: *const c_uint,
+            order: *const c_uint,
+            out: *mut f32,
+            m: c_uint,
+            n: c_uint,
+            ci: c_uint,
+            di: c_uint,
+            nf: c_uint,
+            mo: c_uint,
+            co: c_uint,
+            hd: c_uint,
+        );
         pub fn shim_view_copy(
             g: c_uint,
             b: c_uint,
@@ -756,5 +778,74 @@ pub fn edge_contract_sum(l: Launch, s: ContractSizes, d: &ContractInputs) -> Vec
             )
         };
     }
+    out
+}
+
+/// Sizes of one degree pair of `radial_edge_conv`: `x (m, c_in di)`, `basis (e, di, nf mo)`,
+/// `hidden (e, hd)`, `weight (c_out c_in nf, hd)`, `bias (c_out c_in nf,)`, output
+/// `(n, c_out mo)`.
+#[derive(Debug, Clone, Copy)]
+pub struct RadialConvSizes {
+    pub m: usize,
+    pub n: usize,
+    pub c_in: usize,
+    pub di: usize,
+    pub nf: usize,
+    pub mo: usize,
+    pub c_out: usize,
+    pub hd: usize,
+}
+
+/// The inputs of `radial_edge_conv` (shapes in [`RadialConvSizes`]; `w`, `src`, `dst (e,)`).
+#[derive(Debug, Clone)]
+pub struct RadialConvInputs {
+    pub x: Vec<f32>,
+    pub basis: Vec<f32>,
+    pub hidden: Vec<f32>,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub w: Vec<f32>,
+    pub src: Vec<f32>,
+    pub dst: Vec<f32>,
+}
+
+/// `radial_edge_conv_sorted` over the destination buckets of `dst`: `(n, c_out mo)`.
+pub fn radial_edge_conv(l: Launch, s: RadialConvSizes, d: &RadialConvInputs) -> Vec<f32> {
+    let e = d.src.len();
+    let rows = s.c_out * s.c_in * s.nf;
+    assert_eq!(d.x.len(), s.m * s.c_in * s.di);
+    assert_eq!(d.basis.len(), e * s.di * s.nf * s.mo);
+    assert_eq!(d.hidden.len(), e * s.hd);
+    assert_eq!(d.weight.len(), rows * s.hd);
+    assert_eq!(d.bias.len(), rows);
+    assert!(d.w.len() == e && d.dst.len() == e);
+    assert!(s.mo * s.hd <= 4096, "shared memory bound");
+    let (start, order) = buckets(l, &d.dst, s.n);
+    let mut out = vec![f32::NAN; s.n * s.c_out * s.mo];
+    // SAFETY: reads the lengths checked above (bucket ids below e); writes out[..n c_out mo].
+    unsafe {
+        ffi::shim_radial_edge_conv_sorted(
+            l.grid,
+            l.block,
+            d.x.as_ptr(),
+            d.basis.as_ptr(),
+            d.hidden.as_ptr(),
+            d.weight.as_ptr(),
+            d.bias.as_ptr(),
+            d.w.as_ptr(),
+            d.src.as_ptr(),
+            start.as_ptr(),
+            order.as_ptr(),
+            out.as_mut_ptr(),
+            u(s.m),
+            u(s.n),
+            u(s.c_in),
+            u(s.di),
+            u(s.nf),
+            u(s.mo),
+            u(s.c_out),
+            u(s.hd),
+        )
+    };
     out
 }

@@ -665,3 +665,109 @@ fn edge_contract_sum_matches_cpu_with_heads_and_missing_neighbours() -> Result<(
     }
     Ok(())
 }
+
+#[test]
+fn radial_edge_conv_matches_cpu_with_missing_edges_and_zero_weights() -> Result<(), Error> {
+    use se3_core::layers::graph::X;
+    use se3_core::ops::{PairShape, RadialMode};
+    let mut r = rng();
+    // second round: hidden width 128 and many (c, f) columns, several chunks per node
+    for chunked in [false, true] {
+        let (d_in, d_out) = (r.gen_range(0..3), r.gen_range(usize::from(chunked)..3));
+        let sh = PairShape {
+            c_in: if chunked {
+                r.gen_range(11..16)
+            } else {
+                r.gen_range(1..5)
+            },
+            d_in,
+            nf: 2 * d_in.min(d_out) + 1,
+            c_out: r.gen_range(1..6),
+            d_out,
+        };
+        let (n, m, e) = (r.gen_range(4..30), r.gen_range(3..30), r.gen_range(40..200));
+        let hd = if chunked { 128 } else { r.gen_range(1..20) };
+        let sz = shim::RadialConvSizes {
+            m,
+            n,
+            c_in: sh.c_in,
+            di: sh.di(),
+            nf: sh.nf,
+            mo: sh.mo(),
+            c_out: sh.c_out,
+            hd,
+        };
+        let rows = sh.c_out * sh.cf();
+        // a tenth of the pooling weights exactly 0 (those edges are skipped)
+        let w: Vec<f32> = (0..e)
+            .map(|_| {
+                if r.gen_bool(0.1) {
+                    0.0
+                } else {
+                    r.gen_range(-2.0f32..2.0)
+                }
+            })
+            .collect();
+        let d = shim::RadialConvInputs {
+            x: rand_vec(&mut r, m * sh.c_in * sh.di()),
+            basis: rand_vec(&mut r, e * sh.di() * sh.nf * sh.mo()),
+            hidden: rand_vec(&mut r, e * hd),
+            weight: rand_vec(&mut r, rows * hd),
+            bias: rand_vec(&mut r, rows),
+            w,
+            src: rand_idx(&mut r, e, m),
+            dst: rand_idx(&mut r, e, n),
+        };
+        let mut s = Session::new();
+        s.set_dim('n', n);
+        let ex = |v: &[usize]| v.iter().map(|&t| Expression::from(t)).collect::<Vec<_>>();
+        let shapes: [(&str, &Vec<f32>, Vec<usize>); 8] = [
+            ("x", &d.x, vec![m, sh.c_in * sh.di()]),
+            ("basis", &d.basis, vec![e, sh.di(), sh.nf * sh.mo()]),
+            ("h", &d.hidden, vec![e, hd]),
+            ("wl", &d.weight, vec![rows, hd]),
+            ("bl", &d.bias, vec![rows]),
+            ("w", &d.w, vec![e]),
+            ("src", &d.src, vec![e]),
+            ("dst", &d.dst, vec![e]),
+        ];
+        let xt = s.input_with_shape::<(X, X)>("x", InputKind::Values, &ex(&shapes[0].2));
+        let bt = s.input_with_shape::<(X, X, X)>("basis", InputKind::Values, &ex(&shapes[1].2));
+        let ht = s.input_with_shape::<(X, X)>("h", InputKind::Values, &ex(&shapes[2].2));
+        let wl = s.input_with_shape::<(X, X)>("wl", InputKind::Values, &ex(&shapes[3].2));
+        let bl = s.input_with_shape::<(X,)>("bl", InputKind::Values, &ex(&shapes[4].2));
+        let [pw, st, dt] = ["w", "src", "dst"]
+            .map(|name| s.input_with_shape::<(X,)>(name, InputKind::Values, &ex(&[e])));
+        for (name, mode) in [("re", RadialMode::Reassociated), ("di", RadialMode::Direct)] {
+            s.output(
+                name,
+                se3_core::ops::radial_edge_conv::<Dyn<'n'>, X, X>(
+                    sh, mode, xt, bt, ht, wl, bl, pw, st, dt,
+                ),
+            );
+        }
+        for (name, data, dims) in &shapes {
+            s.set(name, (*data).clone(), dims)?;
+        }
+        s.run()?;
+        let (want_re, want_di) = (s.get("re")?.data, s.get("di")?.data);
+        let scale = want_re.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        for l in LAUNCHES {
+            let got = shim::radial_edge_conv(l, sz, &d);
+            assert_eq!(got.len(), want_re.len());
+            let abs = |want: &[f32]| {
+                got.iter()
+                    .zip(want)
+                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()))
+                    / scale
+            };
+            let (er, ed) = (abs(&want_re), abs(&want_di));
+            println!(
+                "radial_edge_conv_sorted {l:?} ({sz:?}, e {e}): max error relative to the \
+                 largest output: {er:e} (CPU reassociated), {ed:e} (CPU direct)"
+            );
+            assert!(er < 1e-5 && ed < 1e-5, "radial_edge_conv error {er} {ed}");
+        }
+    }
+    Ok(())
+}

@@ -84,6 +84,11 @@ pub const SOURCES: &[KernelSource] = &[
         kernels: &[("edge_contract_sum_nodes", Hot::Yes)],
     },
     KernelSource {
+        file: "ops/edge_conv/radial_edge_conv.cu",
+        source: include_str!("../ops/edge_conv/radial_edge_conv.cu"),
+        kernels: &[("radial_edge_conv_sorted", Hot::Yes)],
+    },
+    KernelSource {
         file: "exec/cuda/view_copy.cu",
         source: include_str!("cuda/view_copy.cu"),
         kernels: &[("view_copy", Hot::Yes)],

@@ -49,6 +49,7 @@ pub const LOWERINGS: &[Lowering] = &[
     crate::ops::neighbors::cuda::lower,
     crate::ops::radial_hidden::cuda::lower,
     crate::ops::edge_contract::cuda::lower,
+    crate::ops::edge_conv::radial_cuda::lower,
     super::primitives::lower_matmul,
     super::primitives::lower_reduce,
     super::primitives::lower_elementwise,
