@@ -104,3 +104,9 @@ SHIM_LAUNCH(radial_edge_conv_sorted,
               unsigned di, unsigned nf, unsigned mo, unsigned co, unsigned hd),
             (x, basis, hid, weight, bias, w, src, start, order, out, m, n, ci, di, nf, mo, co,
              hd))
+SHIM_LAUNCH(edge_contract_logits_nodes,
+            P(const float* x, const float* nbr, const float* basis, const float* hid,
+              const float* q, const float* w, const float* b, float* out, unsigned n,
+              unsigned k, unsigned c_in, unsigned mi, unsigned mo, unsigned nf, unsigned hd,
+              unsigned cols, unsigned c0, unsigned cnt, unsigned head),
+            (x, nbr, basis, hid, q, w, b, out, n, k, c_in, mi, mo, nf, hd, cols, c0, cnt, head))

@@ -211,6 +211,29 @@ mod ffi {
             co: c_uint,
             hd: c_uint,
         );
+        pub fn shim_edge_contract_logits_nodes(
+            g: c_uint,
+            b: c_uint,
+            x: *const f32,
+            nbr: *const f32,
+            basis: *const f32,
+            hid: *const f32,
+            q: *const f32,
+            w: *const f32,
+            bias: *const f32,
+            out: *mut f32,
+            n: c_uint,
+            k: c_uint,
+            c_in: c_uint,
+            mi: c_uint,
+            mo: c_uint,
+            nf: c_uint,
+            hd: c_uint,
+            cols: c_uint,
+            c0: c_uint,
+            cnt: c_uint,
+            head: c_uint,
+        );
         pub fn shim_view_copy(
             g: c_uint,
             b: c_uint,
@@ -847,5 +870,59 @@ pub fn radial_edge_conv(l: Launch, s: RadialConvSizes, d: &RadialConvInputs) -> 
             u(s.hd),
         )
     };
+    out
+}
+
+/// `edge_contract_logits_nodes`, one launch per head: `(heads, n, k)`, with `q[t] (n, cnt, mo)`
+/// the query of head `t` (`cnt = cols / heads`); `d.a` is not read.
+pub fn edge_contract_logits(
+    l: Launch,
+    s: ContractSizes,
+    d: &ContractInputs,
+    q: &[Vec<f32>],
+) -> Vec<f32> {
+    let (e, cf) = (s.n * s.k, s.nf * s.c_in);
+    assert_eq!(d.x.len(), s.n * s.c_in * s.mi);
+    assert_eq!(d.nbr.len(), e);
+    assert_eq!(d.basis.len(), e * s.mo * s.mi * s.nf);
+    assert_eq!(d.hidden.len(), e * s.hd);
+    assert_eq!(d.w.len(), cf * s.hd * s.cols);
+    assert_eq!(d.b.len(), cf * s.cols);
+    assert!(!q.is_empty() && s.cols.is_multiple_of(q.len()));
+    assert!(
+        s.mo * s.k <= 2048 && s.mo * s.hd <= 2048 && s.k * s.hd <= 4096 && s.k <= 256,
+        "shared memory bounds"
+    );
+    let cnt = s.cols / q.len();
+    let mut out = vec![f32::NAN; q.len() * e];
+    for (hh, qh) in q.iter().enumerate() {
+        assert_eq!(qh.len(), s.n * cnt * s.mo);
+        // SAFETY: reads the lengths checked above; writes out[hh n k..(hh + 1) n k].
+        unsafe {
+            ffi::shim_edge_contract_logits_nodes(
+                l.grid,
+                l.block,
+                d.x.as_ptr(),
+                d.nbr.as_ptr(),
+                d.basis.as_ptr(),
+                d.hidden.as_ptr(),
+                qh.as_ptr(),
+                d.w.as_ptr(),
+                d.b.as_ptr(),
+                out.as_mut_ptr(),
+                u(s.n),
+                u(s.k),
+                u(s.c_in),
+                u(s.mi),
+                u(s.mo),
+                u(s.nf),
+                u(s.hd),
+                u(s.cols),
+                u(hh * cnt),
+                u(cnt),
+                u(hh),
+            )
+        };
+    }
     out
 }

@@ -577,7 +577,7 @@ fn radial_hidden_matches_cpu() -> Result<(), Error> {
 }
 
 #[test]
-fn edge_contract_sum_matches_cpu_with_heads_and_missing_neighbours() -> Result<(), Error> {
+fn edge_contract_sum_and_logits_match_cpu_with_heads_and_missing_neighbours() -> Result<(), Error> {
     use se3_core::layers::graph::X;
     let mut r = rng();
     // second round: hidden width 128 (the models'), d_out >= 1 and many (f, c) rows, so the
@@ -631,6 +631,17 @@ fn edge_contract_sum_matches_cpu_with_heads_and_missing_neighbours() -> Result<(
             "y",
             se3_core::ops::edge_contract_sum_heads(xt, nt, bt, ht, &at, wt, bb),
         );
+        let qs: Vec<Vec<f32>> = (0..heads).map(|_| rand_vec(&mut r, n * cnt * mo)).collect();
+        let qt: Vec<GraphTensor<(X, X, X)>> = (0..heads)
+            .map(|t| s.input_with_shape(&format!("q{t}"), InputKind::Values, &ex(&[n, cnt, mo])))
+            .collect();
+        s.output(
+            "l",
+            se3_core::ops::edge_contract_logits_heads(xt, nt, bt, ht, &qt, wt, bb, k),
+        );
+        for (t, q) in qs.iter().enumerate() {
+            s.set(&format!("q{t}"), q.clone(), &[n, cnt, mo])?;
+        }
         s.set("x", d.x.clone(), &[n, c_in, mi])?;
         s.set("nbr", d.nbr.clone(), &[e])?;
         s.set("basis", d.basis.clone(), &[e, mo, mi, nf])?;
@@ -659,6 +670,26 @@ fn edge_contract_sum_matches_cpu_with_heads_and_missing_neighbours() -> Result<(
             assert!(
                 abs / scale < 1e-5,
                 "edge_contract_sum error {}",
+                abs / scale
+            );
+        }
+        let want = s.get("l")?.data;
+        let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        for l in LAUNCHES {
+            let got = shim::edge_contract_logits(l, sz, &d, &qs);
+            assert_eq!(got.len(), want.len());
+            let abs = got
+                .iter()
+                .zip(&want)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            println!(
+                "edge_contract_logits_nodes {l:?}: max abs error {abs:e}, relative to the \
+                 largest logit {:e}",
+                abs / scale
+            );
+            assert!(
+                abs / scale < 1e-5,
+                "edge_contract_logits error {}",
                 abs / scale
             );
         }

@@ -81,7 +81,10 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource {
         file: "ops/edge_contract/edge_contract.cu",
         source: include_str!("../ops/edge_contract/edge_contract.cu"),
-        kernels: &[("edge_contract_sum_nodes", Hot::Yes)],
+        kernels: &[
+            ("edge_contract_sum_nodes", Hot::Yes),
+            ("edge_contract_logits_nodes", Hot::Yes),
+        ],
     },
     KernelSource {
         file: "ops/edge_conv/radial_edge_conv.cu",
