@@ -14,6 +14,7 @@
 #include "ops/radial_hidden/radial_hidden.cu"
 #include "ops/edge_contract/edge_contract.cu"
 #include "ops/edge_conv/radial_edge_conv.cu"
+#include "ops/adjacency/adjacency.cu"
 #include "exec/cuda/view_copy.cu"
 #include "exec/cuda/reduce.cu"
 #include "exec/cuda/elementwise.cu"
@@ -110,3 +111,8 @@ SHIM_LAUNCH(edge_contract_logits_nodes,
               unsigned k, unsigned c_in, unsigned mi, unsigned mo, unsigned nf, unsigned hd,
               unsigned cols, unsigned c0, unsigned cnt, unsigned head),
             (x, nbr, basis, hid, q, w, b, out, n, k, c_in, mi, mo, nf, hd, cols, c0, cnt, head))
+SHIM_LAUNCH(adjacency_init,
+            P(const float* adj, float* reach, float* out, unsigned long long total),
+            (adj, reach, out, total))
+SHIM_LAUNCH(adjacency_step, P(const float* reach, float* next, float* out, unsigned n, float d),
+            (reach, next, out, n, d))

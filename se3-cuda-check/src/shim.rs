@@ -234,6 +234,23 @@ mod ffi {
             cnt: c_uint,
             head: c_uint,
         );
+        pub fn shim_adjacency_init(
+            g: c_uint,
+            b: c_uint,
+            adj: *const f32,
+            reach: *mut f32,
+            out: *mut f32,
+            total: c_ulonglong,
+        );
+        pub fn shim_adjacency_step(
+            g: c_uint,
+            b: c_uint,
+            reach: *const f32,
+            next: *mut f32,
+            out: *mut f32,
+            n: c_uint,
+            d: f32,
+        );
         pub fn shim_view_copy(
             g: c_uint,
             b: c_uint,
@@ -923,6 +940,44 @@ pub fn edge_contract_logits(
                 u(hh),
             )
         };
+    }
+    out
+}
+
+/// `adjacency_init` then one `adjacency_step` per degree `2..=degrees` (as the CUDA backend):
+/// the degree indices of `adj (n, n)`.
+pub fn adjacency_degrees(l: Launch, adj: &[f32], n: usize, degrees: usize) -> Vec<f32> {
+    assert_eq!(adj.len(), n * n);
+    let (mut reach, mut next, mut out) = (
+        vec![f32::NAN; n * n],
+        vec![f32::NAN; n * n],
+        vec![f32::NAN; n * n],
+    );
+    // SAFETY: every buffer holds n * n floats.
+    unsafe {
+        ffi::shim_adjacency_init(
+            l.grid,
+            l.block,
+            adj.as_ptr(),
+            reach.as_mut_ptr(),
+            out.as_mut_ptr(),
+            (n * n) as u64,
+        )
+    };
+    for d in 2..=degrees {
+        // SAFETY: as above.
+        unsafe {
+            ffi::shim_adjacency_step(
+                l.grid,
+                l.block,
+                reach.as_ptr(),
+                next.as_mut_ptr(),
+                out.as_mut_ptr(),
+                u(n),
+                d as f32,
+            )
+        };
+        std::mem::swap(&mut reach, &mut next);
     }
     out
 }

@@ -802,3 +802,33 @@ fn radial_edge_conv_matches_cpu_with_missing_edges_and_zero_weights() -> Result<
     }
     Ok(())
 }
+
+#[test]
+fn adjacency_degrees_match_cpu() -> Result<(), Error> {
+    let mut r = rng();
+    let n = r.gen_range(20..70);
+    // a sparse symmetric bond pattern with isolated nodes
+    let mut adj = vec![0.0f32; n * n];
+    for i in 0..n {
+        for j in 0..i {
+            if r.gen_bool(0.06) {
+                adj[i * n + j] = 1.0;
+                adj[j * n + i] = 1.0;
+            }
+        }
+    }
+    let degrees = r.gen_range(2..5);
+    let mut s = Session::new();
+    let a = s.input::<(Dyn<'n'>, Dyn<'n'>)>("a", InputKind::Values);
+    s.output("y", se3_core::ops::adjacency_degrees(a, degrees));
+    s.set("a", adj.clone(), &[n, n])?;
+    s.run()?;
+    let want = s.get("y")?.data;
+    for l in LAUNCHES {
+        let got = shim::adjacency_degrees(l, &adj, n, degrees);
+        let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        println!("adjacency {l:?} n={n} degrees={degrees}: {differ} entries differ");
+        assert_eq!(got, want);
+    }
+    Ok(())
+}

@@ -92,6 +92,11 @@ pub const SOURCES: &[KernelSource] = &[
         kernels: &[("radial_edge_conv_sorted", Hot::Yes)],
     },
     KernelSource {
+        file: "ops/adjacency/adjacency.cu",
+        source: include_str!("../ops/adjacency/adjacency.cu"),
+        kernels: &[("adjacency_init", Hot::No), ("adjacency_step", Hot::No)],
+    },
+    KernelSource {
         file: "exec/cuda/view_copy.cu",
         source: include_str!("cuda/view_copy.cu"),
         kernels: &[("view_copy", Hot::Yes)],

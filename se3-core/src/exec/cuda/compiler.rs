@@ -50,6 +50,7 @@ pub const LOWERINGS: &[Lowering] = &[
     crate::ops::radial_hidden::cuda::lower,
     crate::ops::edge_contract::cuda::lower,
     crate::ops::edge_conv::radial_cuda::lower,
+    crate::ops::adjacency::cuda::lower,
     super::primitives::lower_matmul,
     super::primitives::lower_reduce,
     super::primitives::lower_elementwise,
