@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use luminal::prelude::*;
+use luminal::prelude::{symbolic::Expression, *};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use se3_core::exec::{IndexBound, InputKind, Session};
@@ -103,6 +103,63 @@ fn cases(r: &mut StdRng) -> Vec<(&'static str, Build, Inputs, usize)> {
                 s.output("y", se3_core::ops::top_k::<_, _, 16>(x, None, false).idx);
             },
             vec![("x", vals(r, 2000 * 2000), vec![2000, 2000])],
+            0,
+        ),
+        (
+            "neighbors (k 16, masked)",
+            |s| {
+                let x = s.input::<(Dyn<'n'>, Const<3>)>("x", InputKind::Coordinates);
+                let m = s.input::<(Dyn<'n'>,)>("m", InputKind::Mask);
+                let nb = se3_core::ops::neighbors::<_, 16>(
+                    x,
+                    Some(m),
+                    se3_core::ops::NeighborSpec::default(),
+                );
+                s.output("y", nb.idx);
+            },
+            vec![
+                ("x", vals(r, 6000 * 3), vec![6000, 3]),
+                (
+                    "m",
+                    (0..6000).map(|_| f32::from(r.gen_bool(0.9))).collect(),
+                    vec![6000],
+                ),
+            ],
+            0,
+        ),
+        (
+            "radial_hidden (4 networks, 32 units)",
+            |s| {
+                use se3_core::layers::graph::X;
+                let (np, e, hd) = (4usize, 100_000usize, 32usize);
+                let ex = |v: &[usize]| v.iter().map(|&t| Expression::from(t)).collect::<Vec<_>>();
+                let v = |s: &mut Session, name: &str| {
+                    s.input_with_shape::<(X, X)>(name, InputKind::Values, &ex(&[np, hd]))
+                };
+                let w = se3_core::ops::RadialHiddenWeights {
+                    w0: s.input_with_shape("w0", InputKind::Values, &ex(&[np, 1, hd])),
+                    b0: v(s, "b0"),
+                    g1: v(s, "g1"),
+                    be1: v(s, "be1"),
+                    w3: s.input_with_shape("w3", InputKind::Values, &ex(&[np, hd, hd])),
+                    b3: v(s, "b3"),
+                    g4: v(s, "g4"),
+                    be4: v(s, "be4"),
+                };
+                let x = s.input_with_shape::<(X, X)>("x", InputKind::Values, &ex(&[e, 1]));
+                s.output("y", se3_core::ops::radial_hidden(x, &w, 1e-5));
+            },
+            {
+                let (np, e, hd) = (4, 100_000, 32);
+                let mut v: Inputs = ["b0", "g1", "be1", "b3", "g4", "be4"]
+                    .into_iter()
+                    .map(|name| (name, vals(r, np * hd), vec![np, hd]))
+                    .collect();
+                v.push(("w0", vals(r, np * hd), vec![np, 1, hd]));
+                v.push(("w3", vals(r, np * hd * hd), vec![np, hd, hd]));
+                v.push(("x", vals(r, e), vec![e, 1]));
+                v
+            },
             0,
         ),
         (

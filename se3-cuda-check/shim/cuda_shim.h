@@ -137,3 +137,16 @@ inline float __int_as_float(unsigned int bits) {
     return f;
 }
 inline float __int_as_float(int bits) { return __int_as_float((unsigned int)bits); }
+inline unsigned int __float_as_uint(float f) {
+    unsigned int bits;
+    std::memcpy(&bits, &f, sizeof bits);
+    return bits;
+}
+// Round-to-nearest arithmetic that the compiler may not fuse (host floats round each op).
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+// A barrier over the calling thread's warp.
+inline void __syncwarp(unsigned int = 0xffffffffu) {
+    cuda_shim::state->warps[cuda_shim::linear_tid >> 5]->arrive_and_wait();
+}

@@ -10,6 +10,11 @@
 #include "ops/layer_norm_gelu/layer_norm_gelu.cu"
 #include "ops/top_k/top_k.cu"
 #include "ops/edge_conv/edge_conv.cu"
+#include "ops/neighbors/knn.cu"
+#include "ops/radial_hidden/radial_hidden.cu"
+#include "ops/edge_contract/edge_contract.cu"
+#include "ops/edge_conv/radial_edge_conv.cu"
+#include "ops/adjacency/adjacency.cu"
 #include "exec/cuda/view_copy.cu"
 #include "exec/cuda/reduce.cu"
 #include "exec/cuda/elementwise.cu"
@@ -77,3 +82,37 @@ SHIM_LAUNCH(edge_conv_sorted,
               const unsigned* order, float* out, unsigned m, unsigned ci, unsigned co,
               unsigned n, int diagonal),
             (x, w, src, start, order, out, m, ci, co, n, diagonal))
+SHIM_LAUNCH(knn_rows,
+            P(const float* coords, const float* mask, const float* batch, float* dists,
+              float* out, unsigned n, unsigned k, float r2, int exclude_self),
+            (coords, mask, batch, dists, out, n, k, r2, exclude_self))
+SHIM_LAUNCH(radial_hidden_rows,
+            P(const float* x, const float* w0, const float* b0, const float* g1,
+              const float* be1, const float* w3, const float* b3, const float* g4,
+              const float* be4, float* hidden1, float* out, unsigned np, unsigned e,
+              unsigned n_in, unsigned h, float eps),
+            (x, w0, b0, g1, be1, w3, b3, g4, be4, hidden1, out, np, e, n_in, h, eps))
+SHIM_LAUNCH(edge_contract_sum_nodes,
+            P(const float* x, const float* nbr, const float* basis, const float* hid,
+              const float* a, const float* w, const float* b, float* out, unsigned n,
+              unsigned k, unsigned c_in, unsigned mi, unsigned mo, unsigned nf, unsigned hd,
+              unsigned cols, unsigned c0, unsigned cnt),
+            (x, nbr, basis, hid, a, w, b, out, n, k, c_in, mi, mo, nf, hd, cols, c0, cnt))
+SHIM_LAUNCH(radial_edge_conv_sorted,
+            P(const float* x, const float* basis, const float* hid, const float* weight,
+              const float* bias, const float* w, const float* src, const unsigned* start,
+              const unsigned* order, float* out, unsigned m, unsigned n, unsigned ci,
+              unsigned di, unsigned nf, unsigned mo, unsigned co, unsigned hd),
+            (x, basis, hid, weight, bias, w, src, start, order, out, m, n, ci, di, nf, mo, co,
+             hd))
+SHIM_LAUNCH(edge_contract_logits_nodes,
+            P(const float* x, const float* nbr, const float* basis, const float* hid,
+              const float* q, const float* w, const float* b, float* out, unsigned n,
+              unsigned k, unsigned c_in, unsigned mi, unsigned mo, unsigned nf, unsigned hd,
+              unsigned cols, unsigned c0, unsigned cnt, unsigned head),
+            (x, nbr, basis, hid, q, w, b, out, n, k, c_in, mi, mo, nf, hd, cols, c0, cnt, head))
+SHIM_LAUNCH(adjacency_init,
+            P(const float* adj, float* reach, float* out, unsigned long long total),
+            (adj, reach, out, total))
+SHIM_LAUNCH(adjacency_step, P(const float* reach, float* next, float* out, unsigned n, float d),
+            (reach, next, out, n, d))

@@ -134,6 +134,123 @@ mod ffi {
             n: c_uint,
             diagonal: c_int,
         );
+        pub fn shim_knn_rows(
+            g: c_uint,
+            b: c_uint,
+            coords: *const f32,
+            mask: *const f32,
+            batch: *const f32,
+            dists: *mut f32,
+            out: *mut f32,
+            n: c_uint,
+            k: c_uint,
+            r2: f32,
+            exclude_self: c_int,
+        );
+        pub fn shim_radial_hidden_rows(
+            g: c_uint,
+            b: c_uint,
+            x: *const f32,
+            w0: *const f32,
+            b0: *const f32,
+            g1: *const f32,
+            be1: *const f32,
+            w3: *const f32,
+            b3: *const f32,
+            g4: *const f32,
+            be4: *const f32,
+            hidden1: *mut f32,
+            out: *mut f32,
+            np: c_uint,
+            e: c_uint,
+            n_in: c_uint,
+            h: c_uint,
+            eps: f32,
+        );
+        pub fn shim_edge_contract_sum_nodes(
+            g: c_uint,
+            b: c_uint,
+            x: *const f32,
+            nbr: *const f32,
+            basis: *const f32,
+            hid: *const f32,
+            a: *const f32,
+            w: *const f32,
+            bias: *const f32,
+            out: *mut f32,
+            n: c_uint,
+            k: c_uint,
+            c_in: c_uint,
+            mi: c_uint,
+            mo: c_uint,
+            nf: c_uint,
+            hd: c_uint,
+            cols: c_uint,
+            c0: c_uint,
+            cnt: c_uint,
+        );
+        pub fn shim_radial_edge_conv_sorted(
+            g: c_uint,
+            b: c_uint,
+            x: *const f32,
+            basis: *const f32,
+            hid: *const f32,
+            weight: *const f32,
+            bias: *const f32,
+            w: *const f32,
+            src: *const f32,
+            start: *const c_uint,
+            order: *const c_uint,
+            out: *mut f32,
+            m: c_uint,
+            n: c_uint,
+            ci: c_uint,
+            di: c_uint,
+            nf: c_uint,
+            mo: c_uint,
+            co: c_uint,
+            hd: c_uint,
+        );
+        pub fn shim_edge_contract_logits_nodes(
+            g: c_uint,
+            b: c_uint,
+            x: *const f32,
+            nbr: *const f32,
+            basis: *const f32,
+            hid: *const f32,
+            q: *const f32,
+            w: *const f32,
+            bias: *const f32,
+            out: *mut f32,
+            n: c_uint,
+            k: c_uint,
+            c_in: c_uint,
+            mi: c_uint,
+            mo: c_uint,
+            nf: c_uint,
+            hd: c_uint,
+            cols: c_uint,
+            c0: c_uint,
+            cnt: c_uint,
+            head: c_uint,
+        );
+        pub fn shim_adjacency_init(
+            g: c_uint,
+            b: c_uint,
+            adj: *const f32,
+            reach: *mut f32,
+            out: *mut f32,
+            total: c_ulonglong,
+        );
+        pub fn shim_adjacency_step(
+            g: c_uint,
+            b: c_uint,
+            reach: *const f32,
+            next: *mut f32,
+            out: *mut f32,
+            n: c_uint,
+            d: f32,
+        );
         pub fn shim_view_copy(
             g: c_uint,
             b: c_uint,
@@ -531,5 +648,336 @@ pub fn edge_conv(
             i32::from(diagonal),
         )
     };
+    out
+}
+
+/// `knn_rows`: `(n, k)` neighbour indices of `coords (n, 3)` (`-1` where missing), squared
+/// radius `r2` (`f32::INFINITY` for none), optional `mask` and `batch (n,)`.
+pub fn knn(
+    l: Launch,
+    coords: &[f32],
+    mask: Option<&[f32]>,
+    batch: Option<&[f32]>,
+    k: usize,
+    r2: f32,
+    exclude_self: bool,
+) -> Vec<f32> {
+    assert!(coords.len().is_multiple_of(3));
+    let n = coords.len() / 3;
+    for v in [mask, batch].into_iter().flatten() {
+        assert_eq!(v.len(), n);
+    }
+    let (mut dists, mut out) = (vec![0.0; n * k], vec![f32::NAN; n * k]);
+    // SAFETY: reads coords[..3 n], mask/batch[..n]; writes dists/out[..n k].
+    unsafe {
+        ffi::shim_knn_rows(
+            l.grid,
+            l.block,
+            coords.as_ptr(),
+            mask.map_or(std::ptr::null(), |m| m.as_ptr()),
+            batch.map_or(std::ptr::null(), |m| m.as_ptr()),
+            dists.as_mut_ptr(),
+            out.as_mut_ptr(),
+            u(n),
+            u(k),
+            r2,
+            i32::from(exclude_self),
+        )
+    };
+    out
+}
+
+/// The weights of `np` radial networks' hidden layers (see `se3_core::ops::radial_hidden`):
+/// `w0 (np, n_in, h)`, `w3 (np, h, h)` (input x output), `b0, g1, be1, b3, g4, be4 (np, h)`.
+#[derive(Debug, Clone)]
+pub struct RadialWeights {
+    pub w0: Vec<f32>,
+    pub b0: Vec<f32>,
+    pub g1: Vec<f32>,
+    pub be1: Vec<f32>,
+    pub w3: Vec<f32>,
+    pub b3: Vec<f32>,
+    pub g4: Vec<f32>,
+    pub be4: Vec<f32>,
+}
+
+/// `radial_hidden_rows`: `(np, e, h)` hidden activations of `x (e, n_in)`.
+pub fn radial_hidden(
+    l: Launch,
+    x: &[f32],
+    w: &RadialWeights,
+    np: usize,
+    n_in: usize,
+    h: usize,
+    eps: f32,
+) -> Vec<f32> {
+    assert!(n_in > 0 && x.len().is_multiple_of(n_in));
+    assert_eq!(l.block % 32, 0, "radial_hidden_rows runs a warp per row");
+    let e = x.len() / n_in;
+    assert_eq!(w.w0.len(), np * n_in * h);
+    assert_eq!(w.w3.len(), np * h * h);
+    for v in [&w.b0, &w.g1, &w.be1, &w.b3, &w.g4, &w.be4] {
+        assert_eq!(v.len(), np * h);
+    }
+    let (mut hidden1, mut out) = (vec![f32::NAN; np * e * h], vec![f32::NAN; np * e * h]);
+    // SAFETY: reads the lengths checked above; writes hidden1/out[..np e h].
+    unsafe {
+        ffi::shim_radial_hidden_rows(
+            l.grid,
+            l.block,
+            x.as_ptr(),
+            w.w0.as_ptr(),
+            w.b0.as_ptr(),
+            w.g1.as_ptr(),
+            w.be1.as_ptr(),
+            w.w3.as_ptr(),
+            w.b3.as_ptr(),
+            w.g4.as_ptr(),
+            w.be4.as_ptr(),
+            hidden1.as_mut_ptr(),
+            out.as_mut_ptr(),
+            u(np),
+            u(e),
+            u(n_in),
+            u(h),
+            eps,
+        )
+    };
+    out
+}
+
+/// Sizes of an edge contraction: `n` nodes with `k` edges each, `x (n, c_in, mi)`,
+/// `basis (n k, mo, mi, nf)`, `hidden (n k, hd)`, `w (nf c_in hd, cols)`, `b (nf c_in, cols)`.
+#[derive(Debug, Clone, Copy)]
+pub struct ContractSizes {
+    pub n: usize,
+    pub k: usize,
+    pub c_in: usize,
+    pub mi: usize,
+    pub mo: usize,
+    pub nf: usize,
+    pub hd: usize,
+    pub cols: usize,
+}
+
+/// The inputs of an edge contraction (shapes in [`ContractSizes`]; `a` holds one `(n, k)`
+/// weight array per head).
+#[derive(Debug, Clone)]
+pub struct ContractInputs {
+    pub x: Vec<f32>,
+    pub nbr: Vec<f32>,
+    pub basis: Vec<f32>,
+    pub hidden: Vec<f32>,
+    pub w: Vec<f32>,
+    pub b: Vec<f32>,
+    pub a: Vec<Vec<f32>>,
+}
+
+/// `edge_contract_sum_nodes`, one launch per head (as the CUDA backend): `(n, cols, mo)`,
+/// head `t` writing columns `t cnt .. (t + 1) cnt`, `cnt = cols / heads`.
+pub fn edge_contract_sum(l: Launch, s: ContractSizes, d: &ContractInputs) -> Vec<f32> {
+    let (e, cf) = (s.n * s.k, s.nf * s.c_in);
+    assert_eq!(d.x.len(), s.n * s.c_in * s.mi);
+    assert_eq!(d.nbr.len(), e);
+    assert_eq!(d.basis.len(), e * s.mo * s.mi * s.nf);
+    assert_eq!(d.hidden.len(), e * s.hd);
+    assert_eq!(d.w.len(), cf * s.hd * s.cols);
+    assert_eq!(d.b.len(), cf * s.cols);
+    assert!(!d.a.is_empty() && s.cols.is_multiple_of(d.a.len()));
+    assert!(
+        s.mo * s.k <= 2048 && s.mo * s.hd <= 4096,
+        "shared memory bounds"
+    );
+    let cnt = s.cols / d.a.len();
+    let mut out = vec![0.0; s.n * s.cols * s.mo];
+    for (hh, a) in d.a.iter().enumerate() {
+        assert_eq!(a.len(), e);
+        // SAFETY: reads the lengths checked above; writes out[..n cols mo].
+        unsafe {
+            ffi::shim_edge_contract_sum_nodes(
+                l.grid,
+                l.block,
+                d.x.as_ptr(),
+                d.nbr.as_ptr(),
+                d.basis.as_ptr(),
+                d.hidden.as_ptr(),
+                a.as_ptr(),
+                d.w.as_ptr(),
+                d.b.as_ptr(),
+                out.as_mut_ptr(),
+                u(s.n),
+                u(s.k),
+                u(s.c_in),
+                u(s.mi),
+                u(s.mo),
+                u(s.nf),
+                u(s.hd),
+                u(s.cols),
+                u(hh * cnt),
+                u(cnt),
+            )
+        };
+    }
+    out
+}
+
+/// Sizes of one degree pair of `radial_edge_conv`: `x (m, c_in di)`, `basis (e, di, nf mo)`,
+/// `hidden (e, hd)`, `weight (c_out c_in nf, hd)`, `bias (c_out c_in nf,)`, output
+/// `(n, c_out mo)`.
+#[derive(Debug, Clone, Copy)]
+pub struct RadialConvSizes {
+    pub m: usize,
+    pub n: usize,
+    pub c_in: usize,
+    pub di: usize,
+    pub nf: usize,
+    pub mo: usize,
+    pub c_out: usize,
+    pub hd: usize,
+}
+
+/// The inputs of `radial_edge_conv` (shapes in [`RadialConvSizes`]; `w`, `src`, `dst (e,)`).
+#[derive(Debug, Clone)]
+pub struct RadialConvInputs {
+    pub x: Vec<f32>,
+    pub basis: Vec<f32>,
+    pub hidden: Vec<f32>,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub w: Vec<f32>,
+    pub src: Vec<f32>,
+    pub dst: Vec<f32>,
+}
+
+/// `radial_edge_conv_sorted` over the destination buckets of `dst`: `(n, c_out mo)`.
+pub fn radial_edge_conv(l: Launch, s: RadialConvSizes, d: &RadialConvInputs) -> Vec<f32> {
+    let e = d.src.len();
+    let rows = s.c_out * s.c_in * s.nf;
+    assert_eq!(d.x.len(), s.m * s.c_in * s.di);
+    assert_eq!(d.basis.len(), e * s.di * s.nf * s.mo);
+    assert_eq!(d.hidden.len(), e * s.hd);
+    assert_eq!(d.weight.len(), rows * s.hd);
+    assert_eq!(d.bias.len(), rows);
+    assert!(d.w.len() == e && d.dst.len() == e);
+    assert!(s.mo * s.hd <= 4096, "shared memory bound");
+    let (start, order) = buckets(l, &d.dst, s.n);
+    let mut out = vec![f32::NAN; s.n * s.c_out * s.mo];
+    // SAFETY: reads the lengths checked above (bucket ids below e); writes out[..n c_out mo].
+    unsafe {
+        ffi::shim_radial_edge_conv_sorted(
+            l.grid,
+            l.block,
+            d.x.as_ptr(),
+            d.basis.as_ptr(),
+            d.hidden.as_ptr(),
+            d.weight.as_ptr(),
+            d.bias.as_ptr(),
+            d.w.as_ptr(),
+            d.src.as_ptr(),
+            start.as_ptr(),
+            order.as_ptr(),
+            out.as_mut_ptr(),
+            u(s.m),
+            u(s.n),
+            u(s.c_in),
+            u(s.di),
+            u(s.nf),
+            u(s.mo),
+            u(s.c_out),
+            u(s.hd),
+        )
+    };
+    out
+}
+
+/// `edge_contract_logits_nodes`, one launch per head: `(heads, n, k)`, with `q[t] (n, cnt, mo)`
+/// the query of head `t` (`cnt = cols / heads`); `d.a` is not read.
+pub fn edge_contract_logits(
+    l: Launch,
+    s: ContractSizes,
+    d: &ContractInputs,
+    q: &[Vec<f32>],
+) -> Vec<f32> {
+    let (e, cf) = (s.n * s.k, s.nf * s.c_in);
+    assert_eq!(d.x.len(), s.n * s.c_in * s.mi);
+    assert_eq!(d.nbr.len(), e);
+    assert_eq!(d.basis.len(), e * s.mo * s.mi * s.nf);
+    assert_eq!(d.hidden.len(), e * s.hd);
+    assert_eq!(d.w.len(), cf * s.hd * s.cols);
+    assert_eq!(d.b.len(), cf * s.cols);
+    assert!(!q.is_empty() && s.cols.is_multiple_of(q.len()));
+    assert!(
+        s.mo * s.k <= 2048 && s.mo * s.hd <= 2048 && s.k * s.hd <= 4096 && s.k <= 256,
+        "shared memory bounds"
+    );
+    let cnt = s.cols / q.len();
+    let mut out = vec![f32::NAN; q.len() * e];
+    for (hh, qh) in q.iter().enumerate() {
+        assert_eq!(qh.len(), s.n * cnt * s.mo);
+        // SAFETY: reads the lengths checked above; writes out[hh n k..(hh + 1) n k].
+        unsafe {
+            ffi::shim_edge_contract_logits_nodes(
+                l.grid,
+                l.block,
+                d.x.as_ptr(),
+                d.nbr.as_ptr(),
+                d.basis.as_ptr(),
+                d.hidden.as_ptr(),
+                qh.as_ptr(),
+                d.w.as_ptr(),
+                d.b.as_ptr(),
+                out.as_mut_ptr(),
+                u(s.n),
+                u(s.k),
+                u(s.c_in),
+                u(s.mi),
+                u(s.mo),
+                u(s.nf),
+                u(s.hd),
+                u(s.cols),
+                u(hh * cnt),
+                u(cnt),
+                u(hh),
+            )
+        };
+    }
+    out
+}
+
+/// `adjacency_init` then one `adjacency_step` per degree `2..=degrees` (as the CUDA backend):
+/// the degree indices of `adj (n, n)`.
+pub fn adjacency_degrees(l: Launch, adj: &[f32], n: usize, degrees: usize) -> Vec<f32> {
+    assert_eq!(adj.len(), n * n);
+    let (mut reach, mut next, mut out) = (
+        vec![f32::NAN; n * n],
+        vec![f32::NAN; n * n],
+        vec![f32::NAN; n * n],
+    );
+    // SAFETY: every buffer holds n * n floats.
+    unsafe {
+        ffi::shim_adjacency_init(
+            l.grid,
+            l.block,
+            adj.as_ptr(),
+            reach.as_mut_ptr(),
+            out.as_mut_ptr(),
+            (n * n) as u64,
+        )
+    };
+    for d in 2..=degrees {
+        // SAFETY: as above.
+        unsafe {
+            ffi::shim_adjacency_step(
+                l.grid,
+                l.block,
+                reach.as_ptr(),
+                next.as_mut_ptr(),
+                out.as_mut_ptr(),
+                u(n),
+                d as f32,
+            )
+        };
+        std::mem::swap(&mut reach, &mut next);
+    }
     out
 }

@@ -432,3 +432,403 @@ fn edge_conv_matrix_and_diagonal_match_cpu() -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[test]
+fn knn_matches_cpu_with_masks_batches_radius_and_ties() -> Result<(), Error> {
+    const K: usize = 7;
+    let mut r = rng();
+    // above 384 points per cloud the CPU kernel searches a grid, below it compares every pair
+    for (round, n) in [r.gen_range(20..200), r.gen_range(400..700)]
+        .into_iter()
+        .enumerate()
+    {
+        // half the coordinates on a coarse grid: exact ties and duplicate points
+        let x: Vec<f32> = (0..n * 3)
+            .map(|i| {
+                if (i / 3) % 2 == 0 {
+                    r.gen_range(-3..4) as f32
+                } else {
+                    r.gen_range(-3.0f32..3.0)
+                }
+            })
+            .collect();
+        let mask: Vec<f32> = (0..n).map(|_| f32::from(r.gen_bool(0.85))).collect();
+        let batch: Vec<f32> = (0..n).map(|i| (3 * i / n) as f32).collect();
+        let radius = (round == 1).then(|| r.gen_range(1.0f32..3.0));
+        for (batched, exclude_self) in [(false, true), (true, false), (true, true)] {
+            let spec = se3_core::ops::NeighborSpec {
+                radius,
+                exclude_self,
+            };
+            let mut s = Session::new();
+            let c = s.input::<(Dyn<'n'>, Const<3>)>("x", InputKind::Coordinates);
+            let m = s.input::<(Dyn<'n'>,)>("m", InputKind::Mask);
+            let b = batched.then(|| s.input::<(Dyn<'n'>,)>("b", InputKind::Values));
+            let nb = se3_core::ops::neighbors_in_batches::<_, K>(c, Some(m), b, spec);
+            s.output("idx", nb.idx);
+            s.set("x", x.clone(), &[n, 3])?;
+            s.set("m", mask.clone(), &[n])?;
+            if batched {
+                s.set("b", batch.clone(), &[n])?;
+            }
+            s.run()?;
+            let want = s.get("idx")?.data;
+            let r2 = radius.map_or(f32::INFINITY, |r| r * r);
+            for l in LAUNCHES {
+                let got = shim::knn(
+                    l,
+                    &x,
+                    Some(&mask),
+                    batched.then_some(batch.as_slice()),
+                    K,
+                    r2,
+                    exclude_self,
+                );
+                let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+                println!(
+                    "knn_rows {l:?} n={n} radius={radius:?} batched={batched} \
+                     exclude_self={exclude_self}: {differ} slots differ"
+                );
+                assert_eq!(got, want);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn radial_hidden_matches_cpu() -> Result<(), Error> {
+    use se3_core::layers::graph::X;
+    let mut r = rng();
+    // edges not a multiple of the CPU's edge block; units above and not a multiple of the
+    // warp width, so lanes own unequal numbers of units
+    let (np, e, n_in, h) = (
+        r.gen_range(1..4),
+        r.gen_range(70..160),
+        r.gen_range(1..5),
+        r.gen_range(33..70),
+    );
+    let mut vec_p = || rand_vec(&mut r, np * h);
+    let (b0, g1, be1, b3, g4, be4) = (vec_p(), vec_p(), vec_p(), vec_p(), vec_p(), vec_p());
+    let w = shim::RadialWeights {
+        w0: rand_vec(&mut r, np * n_in * h),
+        b0,
+        g1,
+        be1,
+        w3: rand_vec(&mut r, np * h * h),
+        b3,
+        g4,
+        be4,
+    };
+    let x = rand_vec(&mut r, e * n_in);
+    let mut s = Session::new();
+    let dims = |d: &[usize]| d.iter().map(|&v| Expression::from(v)).collect::<Vec<_>>();
+    let t3 = |s: &mut Session, name: &str, d: &[usize]| {
+        s.input_with_shape::<(X, X, X)>(name, InputKind::Values, &dims(d))
+    };
+    let (w0t, w3t) = (
+        t3(&mut s, "w0", &[np, n_in, h]),
+        t3(&mut s, "w3", &[np, h, h]),
+    );
+    let t2 = |s: &mut Session, name: &str| {
+        s.input_with_shape::<(X, X)>(name, InputKind::Values, &dims(&[np, h]))
+    };
+    let weights = se3_core::ops::RadialHiddenWeights {
+        w0: w0t,
+        b0: t2(&mut s, "b0"),
+        g1: t2(&mut s, "g1"),
+        be1: t2(&mut s, "be1"),
+        w3: w3t,
+        b3: t2(&mut s, "b3"),
+        g4: t2(&mut s, "g4"),
+        be4: t2(&mut s, "be4"),
+    };
+    let xt = s.input_with_shape::<(X, X)>("x", InputKind::Values, &dims(&[e, n_in]));
+    s.output("h", se3_core::ops::radial_hidden(xt, &weights, 1e-5));
+    s.set("x", x.clone(), &[e, n_in])?;
+    s.set("w0", w.w0.clone(), &[np, n_in, h])?;
+    s.set("w3", w.w3.clone(), &[np, h, h])?;
+    for (name, v) in [
+        ("b0", &w.b0),
+        ("g1", &w.g1),
+        ("be1", &w.be1),
+        ("b3", &w.b3),
+        ("g4", &w.g4),
+        ("be4", &w.be4),
+    ] {
+        s.set(name, v.clone(), &[np, h])?;
+    }
+    s.run()?;
+    let want = s.get("h")?.data;
+    for l in [
+        Launch { grid: 3, block: 64 },
+        Launch {
+            grid: 2,
+            block: 160,
+        },
+    ] {
+        let err = max_err(&shim::radial_hidden(l, &x, &w, np, n_in, h, 1e-5), &want);
+        println!(
+            "radial_hidden_rows {l:?} (np {np}, e {e}, n_in {n_in}, h {h}): max error {err:e}"
+        );
+        assert!(err < 1e-4, "radial_hidden error {err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn edge_contract_sum_and_logits_match_cpu_with_heads_and_missing_neighbours() -> Result<(), Error> {
+    use se3_core::layers::graph::X;
+    let mut r = rng();
+    // second round: hidden width 128 (the models'), d_out >= 1 and many (f, c) rows, so the
+    // kernel works through several chunks of rows per node
+    for chunked in [false, true] {
+        let (d_in, d_out) = (r.gen_range(0..3), r.gen_range(usize::from(chunked)..3));
+        let (n, k, heads) = (r.gen_range(5..40), r.gen_range(1..9), r.gen_range(1..4));
+        let (c_in, cnt) = (
+            if chunked {
+                r.gen_range(11..16)
+            } else {
+                r.gen_range(1..6)
+            },
+            r.gen_range(1..7),
+        );
+        let hd = if chunked { 128 } else { r.gen_range(1..20) };
+        let (mi, mo, nf) = (2 * d_in + 1, 2 * d_out + 1, 2 * d_in.min(d_out) + 1);
+        let sz = shim::ContractSizes {
+            n,
+            k,
+            c_in,
+            mi,
+            mo,
+            nf,
+            hd,
+            cols: heads * cnt,
+        };
+        let (e, cf) = (n * k, nf * c_in);
+        let d = shim::ContractInputs {
+            x: rand_vec(&mut r, n * c_in * mi),
+            nbr: rand_idx(&mut r, e, n),
+            basis: rand_vec(&mut r, e * mo * mi * nf),
+            hidden: rand_vec(&mut r, e * hd),
+            w: rand_vec(&mut r, cf * hd * sz.cols),
+            b: rand_vec(&mut r, cf * sz.cols),
+            a: (0..heads).map(|_| rand_vec(&mut r, e)).collect(),
+        };
+        let mut s = Session::new();
+        let ex = |v: &[usize]| v.iter().map(|&t| Expression::from(t)).collect::<Vec<_>>();
+        let xt = s.input_with_shape::<(X, X, X)>("x", InputKind::Values, &ex(&[n, c_in, mi]));
+        let nt = s.input_with_shape::<(X,)>("nbr", InputKind::Values, &ex(&[e]));
+        let bt =
+            s.input_with_shape::<(X, X, X, X)>("basis", InputKind::Values, &ex(&[e, mo, mi, nf]));
+        let ht = s.input_with_shape::<(X, X)>("h", InputKind::Values, &ex(&[e, hd]));
+        let wt = s.input_with_shape::<(X, X)>("w", InputKind::Values, &ex(&[cf * hd, sz.cols]));
+        let bb = s.input_with_shape::<(X, X)>("b", InputKind::Values, &ex(&[cf, sz.cols]));
+        let at: Vec<GraphTensor<(X, X)>> = (0..heads)
+            .map(|t| s.input_with_shape(&format!("a{t}"), InputKind::Values, &ex(&[n, k])))
+            .collect();
+        s.output(
+            "y",
+            se3_core::ops::edge_contract_sum_heads(xt, nt, bt, ht, &at, wt, bb),
+        );
+        let qs: Vec<Vec<f32>> = (0..heads).map(|_| rand_vec(&mut r, n * cnt * mo)).collect();
+        let qt: Vec<GraphTensor<(X, X, X)>> = (0..heads)
+            .map(|t| s.input_with_shape(&format!("q{t}"), InputKind::Values, &ex(&[n, cnt, mo])))
+            .collect();
+        s.output(
+            "l",
+            se3_core::ops::edge_contract_logits_heads(xt, nt, bt, ht, &qt, wt, bb, k),
+        );
+        for (t, q) in qs.iter().enumerate() {
+            s.set(&format!("q{t}"), q.clone(), &[n, cnt, mo])?;
+        }
+        s.set("x", d.x.clone(), &[n, c_in, mi])?;
+        s.set("nbr", d.nbr.clone(), &[e])?;
+        s.set("basis", d.basis.clone(), &[e, mo, mi, nf])?;
+        s.set("h", d.hidden.clone(), &[e, hd])?;
+        s.set("w", d.w.clone(), &[cf * hd, sz.cols])?;
+        s.set("b", d.b.clone(), &[cf, sz.cols])?;
+        for (t, a) in d.a.iter().enumerate() {
+            s.set(&format!("a{t}"), a.clone(), &[n, k])?;
+        }
+        s.run()?;
+        let want = s.get("y")?.data;
+        // sums of k cf hd products: errors relative to the output's largest magnitude
+        let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        for l in LAUNCHES {
+            let got = shim::edge_contract_sum(l, sz, &d);
+            assert_eq!(got.len(), want.len());
+            let abs = got
+                .iter()
+                .zip(&want)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            println!(
+                "edge_contract_sum_nodes {l:?} ({sz:?}, heads {heads}): max abs error {abs:e}, \
+             relative to the largest output {:e}",
+                abs / scale
+            );
+            assert!(
+                abs / scale < 1e-5,
+                "edge_contract_sum error {}",
+                abs / scale
+            );
+        }
+        let want = s.get("l")?.data;
+        let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        for l in LAUNCHES {
+            let got = shim::edge_contract_logits(l, sz, &d, &qs);
+            assert_eq!(got.len(), want.len());
+            let abs = got
+                .iter()
+                .zip(&want)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            println!(
+                "edge_contract_logits_nodes {l:?}: max abs error {abs:e}, relative to the \
+                 largest logit {:e}",
+                abs / scale
+            );
+            assert!(
+                abs / scale < 1e-5,
+                "edge_contract_logits error {}",
+                abs / scale
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn radial_edge_conv_matches_cpu_with_missing_edges_and_zero_weights() -> Result<(), Error> {
+    use se3_core::layers::graph::X;
+    use se3_core::ops::{PairShape, RadialMode};
+    let mut r = rng();
+    // second round: hidden width 128 and many (c, f) columns, several chunks per node
+    for chunked in [false, true] {
+        let (d_in, d_out) = (r.gen_range(0..3), r.gen_range(usize::from(chunked)..3));
+        let sh = PairShape {
+            c_in: if chunked {
+                r.gen_range(11..16)
+            } else {
+                r.gen_range(1..5)
+            },
+            d_in,
+            nf: 2 * d_in.min(d_out) + 1,
+            c_out: r.gen_range(1..6),
+            d_out,
+        };
+        let (n, m, e) = (r.gen_range(4..30), r.gen_range(3..30), r.gen_range(40..200));
+        let hd = if chunked { 128 } else { r.gen_range(1..20) };
+        let sz = shim::RadialConvSizes {
+            m,
+            n,
+            c_in: sh.c_in,
+            di: sh.di(),
+            nf: sh.nf,
+            mo: sh.mo(),
+            c_out: sh.c_out,
+            hd,
+        };
+        let rows = sh.c_out * sh.cf();
+        // a tenth of the pooling weights exactly 0 (those edges are skipped)
+        let w: Vec<f32> = (0..e)
+            .map(|_| {
+                if r.gen_bool(0.1) {
+                    0.0
+                } else {
+                    r.gen_range(-2.0f32..2.0)
+                }
+            })
+            .collect();
+        let d = shim::RadialConvInputs {
+            x: rand_vec(&mut r, m * sh.c_in * sh.di()),
+            basis: rand_vec(&mut r, e * sh.di() * sh.nf * sh.mo()),
+            hidden: rand_vec(&mut r, e * hd),
+            weight: rand_vec(&mut r, rows * hd),
+            bias: rand_vec(&mut r, rows),
+            w,
+            src: rand_idx(&mut r, e, m),
+            dst: rand_idx(&mut r, e, n),
+        };
+        let mut s = Session::new();
+        s.set_dim('n', n);
+        let ex = |v: &[usize]| v.iter().map(|&t| Expression::from(t)).collect::<Vec<_>>();
+        let shapes: [(&str, &Vec<f32>, Vec<usize>); 8] = [
+            ("x", &d.x, vec![m, sh.c_in * sh.di()]),
+            ("basis", &d.basis, vec![e, sh.di(), sh.nf * sh.mo()]),
+            ("h", &d.hidden, vec![e, hd]),
+            ("wl", &d.weight, vec![rows, hd]),
+            ("bl", &d.bias, vec![rows]),
+            ("w", &d.w, vec![e]),
+            ("src", &d.src, vec![e]),
+            ("dst", &d.dst, vec![e]),
+        ];
+        let xt = s.input_with_shape::<(X, X)>("x", InputKind::Values, &ex(&shapes[0].2));
+        let bt = s.input_with_shape::<(X, X, X)>("basis", InputKind::Values, &ex(&shapes[1].2));
+        let ht = s.input_with_shape::<(X, X)>("h", InputKind::Values, &ex(&shapes[2].2));
+        let wl = s.input_with_shape::<(X, X)>("wl", InputKind::Values, &ex(&shapes[3].2));
+        let bl = s.input_with_shape::<(X,)>("bl", InputKind::Values, &ex(&shapes[4].2));
+        let [pw, st, dt] = ["w", "src", "dst"]
+            .map(|name| s.input_with_shape::<(X,)>(name, InputKind::Values, &ex(&[e])));
+        for (name, mode) in [("re", RadialMode::Reassociated), ("di", RadialMode::Direct)] {
+            s.output(
+                name,
+                se3_core::ops::radial_edge_conv::<Dyn<'n'>, X, X>(
+                    sh, mode, xt, bt, ht, wl, bl, pw, st, dt,
+                ),
+            );
+        }
+        for (name, data, dims) in &shapes {
+            s.set(name, (*data).clone(), dims)?;
+        }
+        s.run()?;
+        let (want_re, want_di) = (s.get("re")?.data, s.get("di")?.data);
+        let scale = want_re.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        for l in LAUNCHES {
+            let got = shim::radial_edge_conv(l, sz, &d);
+            assert_eq!(got.len(), want_re.len());
+            let abs = |want: &[f32]| {
+                got.iter()
+                    .zip(want)
+                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()))
+                    / scale
+            };
+            let (er, ed) = (abs(&want_re), abs(&want_di));
+            println!(
+                "radial_edge_conv_sorted {l:?} ({sz:?}, e {e}): max error relative to the \
+                 largest output: {er:e} (CPU reassociated), {ed:e} (CPU direct)"
+            );
+            assert!(er < 1e-5 && ed < 1e-5, "radial_edge_conv error {er} {ed}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn adjacency_degrees_match_cpu() -> Result<(), Error> {
+    let mut r = rng();
+    let n = r.gen_range(20..70);
+    // a sparse symmetric bond pattern with isolated nodes
+    let mut adj = vec![0.0f32; n * n];
+    for i in 0..n {
+        for j in 0..i {
+            if r.gen_bool(0.06) {
+                adj[i * n + j] = 1.0;
+                adj[j * n + i] = 1.0;
+            }
+        }
+    }
+    let degrees = r.gen_range(2..5);
+    let mut s = Session::new();
+    let a = s.input::<(Dyn<'n'>, Dyn<'n'>)>("a", InputKind::Values);
+    s.output("y", se3_core::ops::adjacency_degrees(a, degrees));
+    s.set("a", adj.clone(), &[n, n])?;
+    s.run()?;
+    let want = s.get("y")?.data;
+    for l in LAUNCHES {
+        let got = shim::adjacency_degrees(l, &adj, n, degrees);
+        let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        println!("adjacency {l:?} n={n} degrees={degrees}: {differ} entries differ");
+        assert_eq!(got, want);
+    }
+    Ok(())
+}

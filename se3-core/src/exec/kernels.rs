@@ -69,6 +69,34 @@ pub const SOURCES: &[KernelSource] = &[
         kernels: &[("edge_conv_sorted", Hot::Yes)],
     },
     KernelSource {
+        file: "ops/neighbors/knn.cu",
+        source: include_str!("../ops/neighbors/knn.cu"),
+        kernels: &[("knn_rows", Hot::No)],
+    },
+    KernelSource {
+        file: "ops/radial_hidden/radial_hidden.cu",
+        source: include_str!("../ops/radial_hidden/radial_hidden.cu"),
+        kernels: &[("radial_hidden_rows", Hot::Yes)],
+    },
+    KernelSource {
+        file: "ops/edge_contract/edge_contract.cu",
+        source: include_str!("../ops/edge_contract/edge_contract.cu"),
+        kernels: &[
+            ("edge_contract_sum_nodes", Hot::Yes),
+            ("edge_contract_logits_nodes", Hot::Yes),
+        ],
+    },
+    KernelSource {
+        file: "ops/edge_conv/radial_edge_conv.cu",
+        source: include_str!("../ops/edge_conv/radial_edge_conv.cu"),
+        kernels: &[("radial_edge_conv_sorted", Hot::Yes)],
+    },
+    KernelSource {
+        file: "ops/adjacency/adjacency.cu",
+        source: include_str!("../ops/adjacency/adjacency.cu"),
+        kernels: &[("adjacency_init", Hot::No), ("adjacency_step", Hot::No)],
+    },
+    KernelSource {
         file: "exec/cuda/view_copy.cu",
         source: include_str!("cuda/view_copy.cu"),
         kernels: &[("view_copy", Hot::Yes)],

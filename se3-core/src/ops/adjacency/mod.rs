@@ -7,6 +7,8 @@
 //! neighbour; this op reproduces that convention exactly.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 pub use cpu::AdjacencyDegrees;
 use luminal::prelude::*;

@@ -28,6 +28,8 @@
 //! same block structure.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 pub use cpu::{ContractKind, EdgeContract};
 use luminal::prelude::*;

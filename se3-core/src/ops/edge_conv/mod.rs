@@ -23,6 +23,8 @@ mod cpu;
 pub(crate) mod cuda;
 mod pass;
 mod radial;
+#[cfg(feature = "cuda")]
+pub(crate) mod radial_cuda;
 
 pub use cpu::EdgeConv;
 use luminal::prelude::*;

@@ -13,6 +13,8 @@
 mod cpu;
 #[cfg(test)]
 mod properties;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 pub use cpu::{EdgeCenters, IndexValid, Knn};
 use luminal::prelude::*;

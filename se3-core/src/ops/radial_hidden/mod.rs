@@ -12,6 +12,8 @@
 //! graph) is the reference it is tested against.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 pub use cpu::RadialHidden;
 use luminal::prelude::*;
