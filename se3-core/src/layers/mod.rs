@@ -91,7 +91,9 @@ pub use conv::{Conv, ConvLayer, ConvOptions, ConvPath, Pool};
 pub use conv_grouped::PairEdges;
 pub use dense::DenseLinear;
 pub use edges::{EdgeBasis, EdgeGraph};
-pub use egnn::{EdgeFeature, EgnnLayer, EgnnNeighborhood, EgnnOptions, EgnnOutput, MessagePool};
+pub use egnn::{
+    EdgeFeature, EgnnLayer, EgnnNeighborhood, EgnnOptions, EgnnOutput, EgnnPath, MessagePool,
+};
 pub use gate::{Gate, GateLayer};
 pub use global_attention::{GlobalLinearAttention, GlobalSizes};
 pub use graph::{FeatureTensors, GraphFeatures, Param, ParamSource};

@@ -23,7 +23,7 @@ pub struct LayerNormGelu {
 /// ln 2 / 2`, `e^r` by its degree-6 Taylor polynomial (relative error < 2e-7), `2^n` from the
 /// exponent bits; 0 below `-87`.
 #[inline(always)]
-fn exp_neg(x: f32) -> f32 {
+pub(crate) fn exp_neg(x: f32) -> f32 {
     let x = x.max(-87.0);
     // round(x / ln 2) by the 1.5 * 2^23 trick (no call, exact for |n| < 2^22)
     let magic = 12_582_912.0f32;

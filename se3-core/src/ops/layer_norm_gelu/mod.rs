@@ -8,8 +8,8 @@
 
 mod cpu;
 
-pub(crate) use cpu::layer_norm_gelu_rows;
 pub use cpu::LayerNormGelu;
+pub(crate) use cpu::{exp_neg, layer_norm_gelu_rows};
 use luminal::prelude::*;
 
 use super::logical_dims;
