@@ -81,6 +81,35 @@ fn axpy(y: &mut [f32], a: f32, w: &[f32]) {
     }
 }
 
+/// `y = bias + sum_q x[q] w[q]` (rows `w[q]` of width `y.len()`); for the common widths the
+/// accumulator is a fixed-size array the compiler keeps in registers.
+#[inline(always)]
+fn affine_rows(y: &mut [f32], bias: &[f32], x: &[f32], w: &[f32]) {
+    #[inline(always)]
+    fn fixed<const W: usize>(y: &mut [f32], bias: &[f32], x: &[f32], w: &[f32]) {
+        let mut acc = [0.0f32; W];
+        acc.copy_from_slice(&bias[..W]);
+        for (a, row) in x.iter().zip(w.chunks_exact(W)) {
+            for (s, v) in acc.iter_mut().zip(row) {
+                *s += a * v;
+            }
+        }
+        y[..W].copy_from_slice(&acc);
+    }
+    match y.len() {
+        8 => fixed::<8>(y, bias, x, w),
+        16 => fixed::<16>(y, bias, x, w),
+        32 => fixed::<32>(y, bias, x, w),
+        64 => fixed::<64>(y, bias, x, w),
+        width => {
+            y.copy_from_slice(bias);
+            for (a, row) in x.iter().zip(w.chunks_exact(width.max(1))) {
+                axpy(y, *a, row);
+            }
+        }
+    }
+}
+
 /// Per-call inputs of the kernel, row-major.
 struct Inputs<'a> {
     hi: &'a [f32],
@@ -136,10 +165,7 @@ fn nodes_impl(kern: &EgnnEdgeKernel, inp: &Inputs, first: usize, out: &mut [f32]
             }
             axpy(&mut pre, d, &kern.phi_t[2 * f * h..(2 * f + 1) * h]);
             silu_in_place(&mut pre);
-            m.copy_from_slice(&kern.edge_out_bias);
-            for (a, w) in pre.iter().zip(kern.edge_out_t.chunks_exact(m_dim.max(1))) {
-                axpy(&mut m, *a, w);
-            }
+            affine_rows(&mut m, &kern.edge_out_bias, &pre, &kern.edge_out_t);
             silu_in_place(&mut m);
             if let Some((wg, bg)) = &kern.gate {
                 let g = sigmoid(bg + m.iter().zip(wg).map(|(a, b)| a * b).sum::<f32>());
@@ -152,10 +178,7 @@ fn nodes_impl(kern: &EgnnEdgeKernel, inp: &Inputs, first: usize, out: &mut [f32]
                 axpy(&mut o[..m_dim], valid, &m);
             }
             if let Some(cw) = &kern.coors {
-                c.copy_from_slice(&cw.hidden_bias);
-                for (v, row) in m.iter().zip(cw.hidden_t.chunks_exact(four_m.max(1))) {
-                    axpy(&mut c, *v, row);
-                }
+                affine_rows(&mut c, &cw.hidden_bias, &m, &cw.hidden_t);
                 silu_in_place(&mut c);
                 let mut w = cw.out_bias;
                 for (a, b) in c.iter().zip(&cw.out) {
