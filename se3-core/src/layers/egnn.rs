@@ -26,12 +26,12 @@
 //! The concatenations are never formed: `W1 [a, b, ..]` is computed as `W1_a a + W1_b b + ..`
 //! with the column blocks of `W1`, and the node terms `W1_a h_i`, `W1_b h_j` once per node.
 
-use luminal::prelude::*;
+use luminal::prelude::{symbolic::Expression, *};
 
 use super::dense::DenseLinear;
 use super::graph::{dims, expand_at, layer_norm, reshape, Param, ParamSource, X};
 use crate::exec::Session;
-use crate::ops::gather;
+use crate::ops::{egnn_edge, gather, EgnnCoorsWeights, EgnnEdgeInputs, EgnnEdgeKernel};
 use crate::Error;
 
 /// How `EgnnLayer` pools the messages of a node (`m_pool_method`).
@@ -41,6 +41,17 @@ pub enum MessagePool {
     Sum,
     /// Mean over valid edges (0 for a node without any).
     Mean,
+}
+
+/// How [`EgnnLayer`] computes its edge stage; both give the same values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EgnnPath {
+    /// One fused operator ([`egnn_edge`](crate::ops::egnn_edge())): per node, in cache, no
+    /// per-edge tensors of the whole graph.
+    #[default]
+    Fused,
+    /// Plain graph operations on `[rows * k, width]` edge tensors (the reference).
+    Unfused,
 }
 
 /// The constructor options of egnn-pytorch's `EGNN` that shape the layer.
@@ -122,6 +133,7 @@ pub struct EgnnLayer {
     node_out: Option<DenseLinear>,
     coors_in: Option<DenseLinear>,
     coors_out: Option<DenseLinear>,
+    path: EgnnPath,
 }
 
 /// The features and coordinates an [`EgnnLayer`] returns, `[rows, dim]` and `[rows, 3]`.
@@ -212,7 +224,19 @@ impl EgnnLayer {
             node_out,
             coors_in,
             coors_out,
+            path: EgnnPath::default(),
         })
+    }
+
+    /// The layer computing its edge stage by `path`.
+    pub fn with_path(mut self, path: EgnnPath) -> Self {
+        self.path = path;
+        self
+    }
+
+    /// How the layer computes its edge stage.
+    pub fn path(&self) -> EgnnPath {
+        self.path
     }
 
     /// The options the layer was loaded with.
@@ -264,6 +288,107 @@ impl EgnnLayer {
         })
     }
 
+    /// The per-edge term of the edge features in the first edge layer, `sum_f W1_f e_f`
+    /// `[rows * k, H]`, or `None` without edge features.
+    ///
+    /// # Errors
+    /// `ShapeMismatch` if the edge features are not `edge_dim` wide.
+    fn edge_feature_term(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        nb: &EgnnNeighborhood,
+    ) -> Result<Option<GraphTensor<(X, X)>>, Error> {
+        let o = &self.options;
+        let first = 2 * o.dim + o.distance_width();
+        let mut at = first;
+        let mut acc: Option<GraphTensor<(X, X)>> = None;
+        for feature in &nb.edge_features {
+            let term = match *feature {
+                EdgeFeature::Dense(t) => {
+                    let w = dims(t)[1].to_usize().unwrap_or(0);
+                    let block = self.edge_in.columns(at, at + w)?;
+                    at += w;
+                    block.build(s, prefix, t)?
+                }
+                EdgeFeature::Embedded { table, ids } => {
+                    let w = dims(table)[1].to_usize().unwrap_or(0);
+                    let block = self.edge_in.columns(at, at + w)?;
+                    at += w;
+                    let projected = block.build(s, prefix, table)?;
+                    gather::<X, X, X>(projected, ids)
+                }
+            };
+            acc = Some(match acc {
+                Some(a) => a + term,
+                None => term,
+            });
+        }
+        if at != first + o.edge_dim {
+            return Err(Error::ShapeMismatch {
+                what: format!("edge features of `{prefix}`"),
+                expected: vec![o.edge_dim],
+                found: vec![at - first],
+            });
+        }
+        Ok(acc)
+    }
+
+    /// The weights of the fused edge stage ([`EgnnEdgeKernel`]), transposed to `(in, out)`.
+    ///
+    /// # Errors
+    /// `ShapeMismatch` if a weight block is outside its layer (not for a loaded layer).
+    fn edge_kernel(&self, edge_term: bool) -> Result<EgnnEdgeKernel, Error> {
+        let o = &self.options;
+        let transposed = |layer: &DenseLinear| -> Vec<f32> {
+            let (out, input) = (layer.output(), layer.input());
+            (0..input)
+                .flat_map(|i| (0..out).map(move |r| (r, i)))
+                .map(|(r, i)| layer.weight.data[r * input + i])
+                .collect()
+        };
+        let bias = |layer: &DenseLinear| -> Vec<f32> {
+            layer
+                .bias
+                .as_ref()
+                .map_or_else(|| vec![0.0; layer.output()], |b| b.data.clone())
+        };
+        let phi = self
+            .edge_in
+            .columns(2 * o.dim, 2 * o.dim + o.distance_width())?;
+        let coors = match (&self.coors_in, &self.coors_out) {
+            (Some(c_in), Some(c_out)) => Some(EgnnCoorsWeights {
+                hidden_t: transposed(c_in),
+                hidden_bias: bias(c_in),
+                out: c_out.weight.data.clone(),
+                out_bias: bias(c_out).first().copied().unwrap_or(0.0),
+            }),
+            _ => None,
+        };
+        Ok(EgnnEdgeKernel {
+            hidden: self.edge_in.output(),
+            m_dim: o.m_dim,
+            fourier_features: o.fourier_features,
+            phi_t: transposed(&phi),
+            edge_out_t: transposed(&self.edge_out),
+            edge_out_bias: bias(&self.edge_out),
+            gate: self.edge_gate.as_ref().map(|g| {
+                (
+                    g.weight.data.clone(),
+                    bias(g).first().copied().unwrap_or(0.0),
+                )
+            }),
+            coors,
+            coors_scale: self
+                .coors_scale
+                .as_ref()
+                .and_then(|p| p.data.first().copied()),
+            clamp: o.coor_weights_clamp,
+            pool_messages: self.node_in.is_some(),
+            edge_term,
+        })
+    }
+
     /// Builds the layer on `feats` `[rows, dim]` and `coors` `[rows, 3]` with the
     /// neighbourhoods `nb`; weights become session weights `<prefix><key>`.
     ///
@@ -284,7 +409,7 @@ impl EgnnLayer {
         // Edge tensors are built as [rows, k, width] (a node term is a broadcast view, a
         // per-edge term a free reshape) and flattened to [rows * k, width] once summed.
         let node_term = |t: GraphTensor<(X, X)>| -> GraphTensor<(X, X, X)> { expand_at(t, 1, k) };
-        let edge_term = |t: GraphTensor<(X, X)>| -> GraphTensor<(X, X, X)> {
+        let edge_term_of = |t: GraphTensor<(X, X)>| -> GraphTensor<(X, X, X)> {
             let w = dims(t)[1];
             reshape(t, &[rows, k.into(), w])
         };
@@ -298,88 +423,95 @@ impl EgnnLayer {
             t3.sum_reduce::<(X, X), Axis<1>>()
         };
 
-        // Geometry of every edge.
-        let x_j: GraphTensor<(X, X)> = gather(coors, nb.src);
-        let rel = flat(node_term(coors) - edge_term(x_j));
-        let d: GraphTensor<(X,)> = (rel * rel).sum_reduce::<(X,), Axis<1>>();
-
-        // Edge MLP input layer, block by block.
-        let (d_w, e_w) = (o.distance_width(), o.edge_dim);
-        let first = 2 * dim + d_w;
-        let mut at = first;
-        let w_i = self.edge_in.columns(0, dim)?;
-        let w_i = DenseLinear {
-            weight: w_i.weight,
+        let valid: GraphTensor<(X,)> = reshape(nb.valid, &[edges]);
+        // W1 [h_i, h_j, ..] + b1: the node terms once per node.
+        let h_i = DenseLinear {
+            weight: self.edge_in.columns(0, dim)?.weight,
             bias: self.edge_in.bias.clone(),
-        };
-        let h_i = w_i.build(s, prefix, feats)?;
+        }
+        .build(s, prefix, feats)?;
         let h_j = self
             .edge_in
             .columns(dim, 2 * dim)?
             .build(s, prefix, feats)?;
-        let phi = self.distance_features(d);
-        let mut pre = node_term(h_i)
-            + edge_term(gather::<X, X, X>(h_j, nb.src))
-            + edge_term(self.narrow_product(s, prefix, &self.edge_in, 2 * dim, &phi)?);
-        for feature in &nb.edge_features {
-            let term = match *feature {
-                EdgeFeature::Dense(t) => {
-                    let w = dims(t)[1].to_usize().unwrap_or(0);
-                    let block = self.edge_in.columns(at, at + w)?;
-                    at += w;
-                    block.build(s, prefix, t)?
-                }
-                EdgeFeature::Embedded { table, ids } => {
-                    let w = dims(table)[1].to_usize().unwrap_or(0);
-                    let block = self.edge_in.columns(at, at + w)?;
-                    at += w;
-                    let projected = block.build(s, prefix, table)?;
-                    gather::<X, X, X>(projected, ids)
-                }
-            };
-            pre += edge_term(term);
-        }
-        if at != first + e_w {
-            return Err(Error::ShapeMismatch {
-                what: format!("edge features of `{prefix}`"),
-                expected: vec![e_w],
-                found: vec![at - first],
-            });
-        }
-        let hidden = flat(pre).swish();
-        let mut m = self.edge_out.build(s, prefix, hidden)?.swish();
-        if let Some(gate) = &self.edge_gate {
-            let g = gate.build(s, prefix, m)?.sigmoid();
-            m *= expand_at::<_, (X, X)>(reshape::<_, (X,)>(g, &[edges]), 1, o.m_dim);
-        }
-        let valid: GraphTensor<(X,)> = reshape(nb.valid, &[edges]);
+        let edge_term = self.edge_feature_term(s, prefix, nb)?;
 
-        let coors_new = match (&self.coors_in, &self.coors_out) {
-            (Some(c_in), Some(c_out)) => {
-                let hidden = c_in.build(s, prefix, m)?.swish();
-                let w = c_out.build(s, prefix, hidden)?;
-                let mut w: GraphTensor<(X,)> = reshape::<_, (X,)>(w, &[edges]) * valid;
-                if let Some(c) = o.coor_weights_clamp {
-                    w = w.max_f32(-c).min_f32(c);
-                }
-                let dir = match &self.coors_scale {
-                    Some(scale) => {
-                        let sc: GraphTensor<(X,)> = scale.declare(s, prefix)?;
-                        let sc: GraphTensor<(X,)> =
-                            reshape(expand_at::<_, (X, X)>(sc, 0, edges), &[edges]);
-                        let inv = d.sqrt().max_f32(1e-8).recip() * sc;
-                        rel * expand_at::<_, (X, X)>(inv, 1, 3)
-                    }
-                    None => rel,
-                };
-                coors + per_node(dir * expand_at::<_, (X, X)>(w, 1, 3))
+        // Pooled messages (before the mean) and coordinate shifts.
+        let (pooled, shift) = match self.path {
+            EgnnPath::Fused => {
+                let out = egnn_edge(
+                    EgnnEdgeInputs {
+                        dst_term: h_i,
+                        src_term: h_j,
+                        coors,
+                        src: nb.src,
+                        valid: nb.valid,
+                    },
+                    edge_term,
+                    self.edge_kernel(edge_term.is_some())?,
+                );
+                let m = Expression::from(o.m_dim);
+                (
+                    out.slice((.., ..m)).contiguous(),
+                    out.slice((.., m..m + 3)).contiguous(),
+                )
             }
-            _ => coors,
+            EgnnPath::Unfused => {
+                // Geometry of every edge.
+                let x_j: GraphTensor<(X, X)> = gather(coors, nb.src);
+                let rel = flat(node_term(coors) - edge_term_of(x_j));
+                let d: GraphTensor<(X,)> = (rel * rel).sum_reduce::<(X,), Axis<1>>();
+                let phi = self.distance_features(d);
+                let mut pre = node_term(h_i)
+                    + edge_term_of(gather::<X, X, X>(h_j, nb.src))
+                    + edge_term_of(self.narrow_product(s, prefix, &self.edge_in, 2 * dim, &phi)?);
+                if let Some(t) = edge_term {
+                    pre += edge_term_of(t);
+                }
+                let hidden = flat(pre).swish();
+                let mut m = self.edge_out.build(s, prefix, hidden)?.swish();
+                if let Some(gate) = &self.edge_gate {
+                    let g = gate.build(s, prefix, m)?.sigmoid();
+                    m *= expand_at::<_, (X, X)>(reshape::<_, (X,)>(g, &[edges]), 1, o.m_dim);
+                }
+                let shift = match (&self.coors_in, &self.coors_out) {
+                    (Some(c_in), Some(c_out)) => {
+                        let hidden = c_in.build(s, prefix, m)?.swish();
+                        let w = c_out.build(s, prefix, hidden)?;
+                        let mut w: GraphTensor<(X,)> = reshape::<_, (X,)>(w, &[edges]) * valid;
+                        if let Some(c) = o.coor_weights_clamp {
+                            w = w.max_f32(-c).min_f32(c);
+                        }
+                        let dir = match &self.coors_scale {
+                            Some(scale) => {
+                                let sc: GraphTensor<(X,)> = scale.declare(s, prefix)?;
+                                let sc: GraphTensor<(X,)> =
+                                    reshape(expand_at::<_, (X, X)>(sc, 0, edges), &[edges]);
+                                let inv = d.sqrt().max_f32(1e-8).recip() * sc;
+                                rel * expand_at::<_, (X, X)>(inv, 1, 3)
+                            }
+                            None => rel,
+                        };
+                        per_node(dir * expand_at::<_, (X, X)>(w, 1, 3))
+                    }
+                    _ => coors * 0.0,
+                };
+                (
+                    per_node(m * expand_at::<_, (X, X)>(valid, 1, o.m_dim)),
+                    shift,
+                )
+            }
+        };
+
+        let coors_new = if self.coors_in.is_some() {
+            coors + shift
+        } else {
+            coors
         };
 
         let feats_new = match (&self.node_in, &self.node_out) {
             (Some(n_in), Some(n_out)) => {
-                let mut pooled = per_node(m * expand_at::<_, (X, X)>(valid, 1, o.m_dim));
+                let mut pooled = pooled;
                 if o.m_pool == MessagePool::Mean {
                     let count: GraphTensor<(X,)> = nb.valid.sum_reduce::<(X,), Axis<1>>();
                     let inv = count.max_f32(1e-8).recip();

@@ -2,6 +2,8 @@
 //! with its documentation and tests, `cpu.rs` the luminal `Operator` (a `cuda.rs` joins it
 //! when the CUDA backend lands).
 //!
+//! - [`egnn_edge()`]: the fused edge stage of an EGNN layer (edge MLP, gate, coordinate
+//!   weights, pooled sums per node in cache).
 //! - [`gather()`]: rows of a table by index (`(N, C)`, `(E,)` → `(E, C)`).
 //! - [`scatter_add()`]: segment sum of rows into destinations (`(E, C)`, `(E,)` → `(N, C)`).
 //! - [`segment_softmax()`]: softmax over the edges that share a destination.
@@ -34,6 +36,7 @@ use luminal::prelude::{symbolic::Expression, *};
 pub mod adjacency;
 pub mod edge_contract;
 pub mod edge_conv;
+pub mod egnn_edge;
 pub mod gather;
 pub mod head_attention;
 pub mod layer_norm_gelu;
@@ -53,6 +56,7 @@ pub use edge_conv::{
     edge_conv, edge_conv_diag, edge_conv_diag_unfused, edge_conv_unfused, radial_edge_conv,
     radial_edge_conv_unfused, PairShape, RadialMode,
 };
+pub use egnn_edge::{egnn_edge, EgnnCoorsWeights, EgnnEdgeInputs, EgnnEdgeKernel};
 pub use gather::{gather, gather3};
 pub use head_attention::{head_attention, HeadLogits};
 pub use layer_norm_gelu::layer_norm_gelu;
