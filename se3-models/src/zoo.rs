@@ -68,7 +68,8 @@ impl Model {
         } else {
             Err(Error::InvalidConfig {
                 field: "class",
-                expected: "SE3Transformer, TFNStack, EGNN, EGNN_Network, VNTransformer or Equiformer",
+                expected:
+                    "SE3Transformer, TFNStack, EGNN, EGNN_Network, VNTransformer or Equiformer",
                 found: file.class.clone(),
             })
         }
@@ -99,10 +100,6 @@ impl Model {
             Self::VnTransformer(_) => Ok(()),
             // Equiformer's z-basis comes from its checkpoint (`basis:(i,o)` buffers).
             Self::Equiformer(..) => Ok(()),
-        } else {
-            Err(Error::InvalidConfig {
-                field: "class",
-                expected: "SE3Transformer, TFNStack, EGNN, EGNN_Network, VNTransformer or Equiformer",
         }
     }
 

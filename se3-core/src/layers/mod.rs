@@ -103,11 +103,11 @@ pub use attention::{
 pub use conv::{Conv, ConvLayer, ConvOptions, ConvPath, Pool};
 pub use conv_grouped::PairEdges;
 pub use dense::DenseLinear;
+pub use depthwise_tp::{AlignedEdges, DepthwiseTensorProductLayer, DtpOptions, ZBasis};
 pub use edges::{EdgeBasis, EdgeGraph};
 pub use egnn::{
     EdgeFeature, EgnnLayer, EgnnNeighborhood, EgnnOptions, EgnnOutput, EgnnPath, MessagePool,
 };
-pub use depthwise_tp::{AlignedEdges, DepthwiseTensorProductLayer, DtpOptions, ZBasis};
 pub use equiformer_attention::{EquiformerAttentionLayer, EquiformerAttentionOptions};
 pub use equiformer_feedforward::EquiformerFeedForwardLayer;
 pub use equiformer_radial::EquiformerRadial;

@@ -11,10 +11,10 @@
 //! - radius: a neighbour needs `|x_i - x_j| <= radius`.
 
 mod cpu;
-#[cfg(test)]
-mod properties;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+#[cfg(test)]
+mod properties;
 
 pub use cpu::{EdgeCenters, IndexValid, Knn};
 use luminal::prelude::*;
