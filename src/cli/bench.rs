@@ -11,8 +11,6 @@ pub enum BenchTarget {
     Engine,
     /// The graph layers: Conv (0:32, 1:16, 2:8) on 512 nodes x 16 neighbours.
     Layers,
-    /// The EGNN_Network of egnn-pytorch at the sizes of the PyTorch baseline (512 nodes).
-    Egnn,
     /// The SE(3)-Transformer at the sizes of the PyTorch baseline: time, peak memory, and
     /// ratios to PyTorch measured in the same session (with `--python` or `SE3_REFENV`).
     Se3Transformer {
@@ -83,7 +81,6 @@ pub fn run(target: BenchTarget) -> Result<(), super::CliError> {
             &super::bench_pytorch::TorchSource::from_args(python, reference_dir),
             only.as_deref(),
         ),
-        BenchTarget::Egnn => super::bench_egnn::run(),
         BenchTarget::Zoo {
             case,
             only,

@@ -24,6 +24,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use rand::{rngs::StdRng, SeedableRng};
+use se3_models::egnn::{CompiledEgnn, Egnn, EgnnKind, EgnnNetworkConfig};
+use se3_models::equiformer::{CompiledEquiformer, Equiformer, EquiformerForward};
 use se3_models::vn_transformer::{VnTransformer, VnTransformerConfig};
 
 use super::bench_se3t::{cpu_seconds, peak_mib, random_inputs, uniform_weights};
@@ -43,14 +45,89 @@ struct ZooCase {
 }
 
 /// The cases, in table order.
-// Equiformer (equiformer_deg2_n512, equiformer_deg3_n512) and EGNN (egnn_network_n512,
-// egnn_network_dense_n512) join here, each with its build function below.
-const CASES: &[ZooCase] = &[ZooCase {
-    name: "vn_transformer_n512",
-    config:
-        "VNTransformer dim 32, depth 2, heads 4, dim_head 16, dim_feat 8, n 512, full attention",
-    build: vn_transformer_n512,
-}];
+const CASES: &[ZooCase] = &[
+    ZooCase {
+        name: "equiformer_deg2_n512",
+        config: "Equiformer dim (32, 16), heads 4, dim_head 16, depth 2, 16 neighbours, n 512",
+        build: equiformer_deg2_n512,
+    },
+    ZooCase {
+        name: "equiformer_deg3_n512",
+        config: "Equiformer dim (32, 16, 8), heads 4, dim_head 16, depth 2, 16 neighbours, n 512",
+        build: equiformer_deg3_n512,
+    },
+    ZooCase {
+        name: "egnn_network_n512",
+        config: "EGNN_Network dim 32, depth 2, m_dim 16, 16 nearest neighbours, n 512",
+        build: egnn_network_n512,
+    },
+    ZooCase {
+        name: "egnn_network_dense_n512",
+        config: "EGNN_Network dim 32, depth 2, m_dim 16, all pairs, n 512",
+        build: egnn_network_dense_n512,
+    },
+    ZooCase {
+        name: "vn_transformer_n512",
+        config:
+            "VNTransformer dim 32, depth 2, heads 4, dim_head 16, dim_feat 8, n 512, full attention",
+        build: vn_transformer_n512,
+    },
+];
+
+/// Equiformer as `bench_pytorch.py` at `num_degrees` (2 or 3): `Equiformer(dim, num_degrees,
+/// heads=4, dim_head=16, depth=2, num_neighbors=16, reduce_dim_out=False)`, features
+/// `(1, 512, 32)`, coordinates `(1, 512, 3)`, all-true mask.
+fn equiformer_n512(num_degrees: usize) -> Result<Forward, CliError> {
+    let mut rng = StdRng::seed_from_u64(0);
+    let cfg = super::bench_equiformer::bench_config(num_degrees)?;
+    let sd = super::bench_equiformer::random_weights(&cfg, &mut rng)?;
+    let inputs = random_inputs(512, 32, &mut rng)?;
+    let fwd = EquiformerForward::from_literals(&serde_json::json!({}))?;
+    let mut model = CompiledEquiformer::new(Equiformer::from_state_dict(&cfg, &sd)?, fwd);
+    drop(sd);
+    if std::env::var_os("SE3_PROFILE").is_some() {
+        model.instrument();
+    }
+    Ok(Box::new(move || {
+        model.forward(&inputs)?;
+        Ok(())
+    }))
+}
+
+fn equiformer_deg2_n512() -> Result<Forward, CliError> {
+    equiformer_n512(2)
+}
+
+fn equiformer_deg3_n512() -> Result<Forward, CliError> {
+    equiformer_n512(3)
+}
+
+/// EGNN_Network as `bench_pytorch.py`: `EGNN_Network(dim=32, depth=2, m_dim=16,
+/// num_nearest_neighbors=k)` (k = 0: all pairs), features `(1, 512, 32)`, coordinates
+/// `(1, 512, 3)`, no mask.
+fn egnn_network_n512_k(neighbours: usize) -> Result<Forward, CliError> {
+    let mut rng = StdRng::seed_from_u64(0);
+    let kwargs = serde_json::json!({
+        "depth": 2, "dim": 32, "m_dim": 16, "num_nearest_neighbors": neighbours
+    });
+    let kind = EgnnKind::Network(EgnnNetworkConfig::from_kwargs(&kwargs)?);
+    let mut model = CompiledEgnn::new(Egnn::random(kind, &mut rng)?);
+    model.set_profiling(std::env::var_os("SE3_PROFILE").is_some());
+    let mut inputs = random_inputs(512, 32, &mut rng)?;
+    inputs.mask = None;
+    Ok(Box::new(move || {
+        model.forward(&inputs)?;
+        Ok(())
+    }))
+}
+
+fn egnn_network_n512() -> Result<Forward, CliError> {
+    egnn_network_n512_k(16)
+}
+
+fn egnn_network_dense_n512() -> Result<Forward, CliError> {
+    egnn_network_n512_k(0)
+}
 
 /// VN-Transformer as `bench_pytorch.py`: `VNTransformer(dim=32, depth=2, dim_head=16, heads=4,
 /// dim_feat=8)`, coordinates `(1, 512, 3)` and features `(1, 512, 8)`, no mask.
@@ -266,9 +343,15 @@ fn parse_child(text: &str) -> Result<Measured, CliError> {
 /// Runs `python script --only case` and reads its JSON line (`median_s`, `min_s`, `max_s`,
 /// `peak_rss_mib`).
 fn run_pytorch(python: &Path, script: &Path, case: &str) -> Result<Measured, CliError> {
+    // bench_pytorch.py runs the all-pairs EGNN only together with the 16-neighbour one.
+    let only = if case == "egnn_network_dense_n512" {
+        "egnn_network_n512,egnn_network_dense_n512".to_string()
+    } else {
+        case.to_string()
+    };
     let out = Command::new(python)
         .arg(script)
-        .args(["--only", case])
+        .args(["--only", &only])
         .output()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     if !out.status.success() {
@@ -283,8 +366,13 @@ fn run_pytorch(python: &Path, script: &Path, case: &str) -> Result<Measured, Cli
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text
         .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
+        .filter(|l| l.trim_start().starts_with('{'))
+        .find(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("case").and_then(|c| c.as_str()).map(|c| c == case))
+                .unwrap_or(false)
+        })
         .ok_or_else(|| format!("bench_pytorch.py printed no JSON line for {case}"))?;
     let v: serde_json::Value = serde_json::from_str(line)?;
     let num = |k: &str| -> Result<f64, CliError> {

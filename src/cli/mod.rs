@@ -1,7 +1,6 @@
 //! Subcommands of the `se3` program, one file each.
 
 pub mod bench;
-pub mod bench_egnn;
 pub mod bench_engine;
 pub mod bench_equiformer;
 pub mod bench_layers;
