@@ -226,6 +226,14 @@ mod equivariance {
             .collect()
     }
 
+    /// Tolerance of the float32 equivariance checks on random weights and clouds. The
+    /// VN-Transformer is badly conditioned in float32 on some draws (layer norms of small vector
+    /// norms, softmax over nearly equal logits): over 70 fresh draws the relative error was
+    /// about 1e-5 typically with a tail to 4e-3, and torch's own float32 run deviates from its
+    /// float64 run by 1e-4 to 1e-3 on such configs (the generator skips those). A broken
+    /// rotation, translation or permutation rule gives errors of order 1.
+    const EQUIVARIANCE_TOL: f64 = 2e-2;
+
     /// Checks `f(x q^T + t) = f(x) q^T + t_out` on the coordinates output (`t_out` = `t` if
     /// translation-equivariant, 0 if invariant) and invariance of the features.
     fn check(
@@ -247,7 +255,7 @@ mod equivariance {
         let e_f = rel_error(&feats.data, &get(&plain, "feats")?.data);
         println!("{what}: coors {e_c:.2e}, feats {e_f:.2e}");
         assert!(
-            e_c < 1e-4 && e_f < 1e-4,
+            e_c < EQUIVARIANCE_TOL && e_f < EQUIVARIANCE_TOL,
             "seed {seed} {what}: {e_c:.2e} / {e_f:.2e}"
         );
         Ok(())
@@ -336,7 +344,7 @@ mod equivariance {
                 let want = permute(&get(&plain, k)?.data, w);
                 let e = rel_error(&get(&got, k)?.data, &want);
                 println!("{options} {k}: permutation {e:.2e}");
-                assert!(e < 1e-4, "seed {seed} {options} {k}: {e:.2e}");
+                assert!(e < EQUIVARIANCE_TOL, "seed {seed} {options} {k}: {e:.2e}");
             }
         }
         Ok(())
