@@ -40,9 +40,9 @@ pub enum BenchTarget {
         /// PyTorch column; default: env `SE3_REFENV` (venv dir or python), else no PyTorch column.
         #[arg(long)]
         python: Option<std::path::PathBuf>,
-        /// Path of `bench_pytorch.py` (default: `../shared/reference/` beside the repository).
+        /// Directory of `bench_pytorch.py` (default: `shared/reference` beside the repo).
         #[arg(long)]
-        script: Option<std::path::PathBuf>,
+        reference_dir: Option<std::path::PathBuf>,
     },
     /// Neighbour graphs (kNN, radius) and the SE(3)-Transformer at 10^3 ... 10^5 points: time and
     /// peak memory, each case in its own process.
@@ -85,8 +85,12 @@ pub fn run(target: BenchTarget) -> Result<(), super::CliError> {
             case,
             only,
             python,
-            script,
-        } => super::bench_zoo::run(case.as_deref(), only.as_deref(), python, script),
+            reference_dir,
+        } => super::bench_zoo::run(
+            case.as_deref(),
+            only.as_deref(),
+            &super::bench_pytorch::TorchSource::from_args(python, reference_dir),
+        ),
         BenchTarget::Scale { max_points, case } => {
             super::bench_scale::run(case.as_deref(), max_points)
         }

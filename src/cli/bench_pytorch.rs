@@ -89,9 +89,15 @@ impl TorchSource {
             return Ok(None);
         };
         let script = self.script()?;
+        // the script runs its all-pairs EGNN case only together with the 16-neighbour one
+        let only = if case == "egnn_network_dense_n512" {
+            "egnn_network_n512,egnn_network_dense_n512"
+        } else {
+            case
+        };
         let out = Command::new(python)
             .arg(&script)
-            .args(["--only", case])
+            .args(["--only", only])
             .output()
             .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
         if !out.status.success() {

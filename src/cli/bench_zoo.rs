@@ -19,7 +19,6 @@
 //! function that builds the model and returns one forward as a closure. Another model needs
 //! only its function and its entry.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -28,6 +27,7 @@ use se3_models::egnn::{CompiledEgnn, Egnn, EgnnKind, EgnnNetworkConfig};
 use se3_models::equiformer::{CompiledEquiformer, Equiformer, EquiformerForward};
 use se3_models::vn_transformer::{VnTransformer, VnTransformerConfig};
 
+use super::bench_pytorch::TorchSource;
 use super::bench_se3t::{cpu_seconds, peak_mib, random_inputs, uniform_weights};
 use super::CliError;
 
@@ -165,12 +165,7 @@ struct Measured {
 /// Runs every case (or those of `only`) in child processes and prints the Markdown table;
 /// `case` runs one case in this process. `python` (else `SE3_REFENV`) gives the PyTorch column,
 /// `script` the path of `bench_pytorch.py` (default: `../shared/reference/` beside the repo).
-pub fn run(
-    case: Option<&str>,
-    only: Option<&str>,
-    python: Option<PathBuf>,
-    script: Option<PathBuf>,
-) -> Result<(), CliError> {
+pub fn run(case: Option<&str>, only: Option<&str>, torch: &TorchSource) -> Result<(), CliError> {
     if let Some(name) = case {
         return run_case(find(name)?);
     }
@@ -178,26 +173,12 @@ pub fn run(
         Some(list) => list.split(',').map(find).collect::<Result<_, _>>()?,
         None => CASES.iter().collect(),
     };
-    let python = python.or_else(|| std::env::var_os("SE3_REFENV").map(PathBuf::from));
-    let python = python.map(|p| {
-        if p.is_dir() {
-            p.join("bin").join("python")
-        } else {
-            p
-        }
-    });
-    let script = script.unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/bench_pytorch.py")
-    });
-    if let Some(py) = &python {
-        if !script.is_file() {
-            return Err(format!(
-                "no {} (give --script PATH to bench_pytorch.py)",
-                script.display()
-            )
-            .into());
-        }
-        eprintln!("PyTorch column: {} {}", py.display(), script.display());
+    if let Some(py) = &torch.python {
+        eprintln!(
+            "PyTorch column: {} {}",
+            py.display(),
+            torch.script()?.display()
+        );
     }
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
@@ -215,17 +196,20 @@ pub fn run(
             .into());
         }
         let ours = parse_child(&String::from_utf8_lossy(&out.stdout))?;
-        let torch = match &python {
-            Some(py) => {
-                eprintln!("PyTorch {} ...", c.name);
-                Some(run_pytorch(py, &script, c.name)?)
-            }
-            None => None,
-        };
-        rows.push((c, ours, torch));
+        if torch.python.is_some() {
+            eprintln!("PyTorch {} ...", c.name);
+        }
+        let theirs = torch.measure(c.name)?.map(|f| Measured {
+            median_s: f.median_s,
+            min_s: f.min_s,
+            max_s: f.max_s,
+            peak_mib: f.peak_mib,
+            cpu_s: f64::NAN,
+        });
+        rows.push((c, ours, theirs));
     }
     print_table(&rows);
-    if python.is_none() {
+    if torch.python.is_none() {
         println!(
             "\nno PyTorch column: build the reference environment with \
              `../shared/reference/setup_refenv.sh` and run `se3 bench zoo --python \
@@ -338,53 +322,4 @@ fn parse_child(text: &str) -> Result<Measured, CliError> {
         return Err(format!("case output without time/peak lines: `{text}`").into());
     }
     Ok(m)
-}
-
-/// Runs `python script --only case` and reads its JSON line (`median_s`, `min_s`, `max_s`,
-/// `peak_rss_mib`).
-fn run_pytorch(python: &Path, script: &Path, case: &str) -> Result<Measured, CliError> {
-    // bench_pytorch.py runs the all-pairs EGNN only together with the 16-neighbour one.
-    let only = if case == "egnn_network_dense_n512" {
-        "egnn_network_n512,egnn_network_dense_n512".to_string()
-    } else {
-        case.to_string()
-    };
-    let out = Command::new(python)
-        .arg(script)
-        .args(["--only", &only])
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} {} --only {case} failed: {}",
-            python.display(),
-            script.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-        .into());
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .filter(|l| l.trim_start().starts_with('{'))
-        .find(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v.get("case").and_then(|c| c.as_str()).map(|c| c == case))
-                .unwrap_or(false)
-        })
-        .ok_or_else(|| format!("bench_pytorch.py printed no JSON line for {case}"))?;
-    let v: serde_json::Value = serde_json::from_str(line)?;
-    let num = |k: &str| -> Result<f64, CliError> {
-        v.get(k)
-            .and_then(serde_json::Value::as_f64)
-            .ok_or_else(|| format!("bench_pytorch.py output without `{k}`: {line}").into())
-    };
-    Ok(Measured {
-        median_s: num("median_s")?,
-        min_s: num("min_s")?,
-        max_s: num("max_s")?,
-        peak_mib: num("peak_rss_mib")?,
-        cpu_s: f64::NAN,
-    })
 }
