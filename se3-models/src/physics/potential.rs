@@ -147,8 +147,11 @@ mod tests {
                     let um = energy_and_forces(&potential, &minus, &charges).0;
                     let numeric = -(up - um) / (2.0 * h);
                     let scale = forces[i].norm().max(1e-3);
+                    // rounding of the two energies, amplified by 1/(2h): large when a close
+                    // pair makes the total energy large (LJ's r^-12)
+                    let rounding = 8.0 * f64::EPSILON * (up.abs() + um.abs()) / (2.0 * h);
                     assert!(
-                        (numeric - forces[i][a]).abs() / scale < 1e-5,
+                        (numeric - forces[i][a]).abs() < 1e-5 * scale + rounding,
                         "seed {seed}, {potential:?}: particle {i} axis {a}: numeric {numeric}, analytic {}",
                         forces[i][a]
                     );
