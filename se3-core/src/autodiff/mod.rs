@@ -15,7 +15,8 @@
 //! Differentiable: luminal's primitives (add, mul, sum/max reduce, exp2, log2, sin, sqrt,
 //! recip, contiguous; mod and less-than carry no gradient), and the ops gather, scatter-add
 //! and segment softmax (so relative positions and distances, built from gather and
-//! primitives, too), and the fused row kernel layer norm + GELU; indices (neighbour lists, top-k) are constants of the backward pass.
+//! primitives, too), the fused row kernel layer norm + GELU and the fused multi-head
+//! attention `head_attention`; indices (neighbour lists, top-k) are constants of the backward pass.
 //! A fused op without a backward gives [`Error::NoGradient`]: build that layer unfused.
 //!
 //! ```
@@ -39,7 +40,7 @@ pub(crate) mod primitives;
 mod view;
 
 #[cfg(test)]
-mod check;
+pub(crate) mod check;
 #[cfg(test)]
 mod tests;
 
@@ -53,7 +54,7 @@ use emit::{add, dims, filled, is_plain, plain, zeros};
 pub use forces::forces;
 use primitives::{InputGrad, Primitive};
 
-use crate::ops::{gather, layer_norm_gelu, scatter_add, segment_softmax};
+use crate::ops::{gather, head_attention, layer_norm_gelu, scatter_add, segment_softmax};
 use crate::Error;
 
 /// The backward rule of an operator.
@@ -64,6 +65,7 @@ enum Rule {
     ScatterAdd,
     SegmentSoftmax,
     LayerNormGelu { eps: f32 },
+    HeadAttention(head_attention::HeadAttention),
 }
 
 fn rule(o: &dyn Operator) -> Option<Rule> {
@@ -77,6 +79,8 @@ fn rule(o: &dyn Operator) -> Option<Rule> {
         Some(Rule::ScatterAdd)
     } else if a.is::<segment_softmax::SegmentSoftmax>() {
         Some(Rule::SegmentSoftmax)
+    } else if let Some(op) = a.downcast_ref::<head_attention::HeadAttention>() {
+        Some(Rule::HeadAttention(*op))
     } else {
         a.downcast_ref::<layer_norm_gelu::LayerNormGelu>()
             .map(|op| Rule::LayerNormGelu { eps: op.eps })
@@ -176,6 +180,9 @@ pub fn gradients(cotangents: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<
             }
             Some(Rule::LayerNormGelu { eps }) => {
                 as_views(layer_norm_gelu::backward::vjp(&inputs, eps, g.id, &wanted)).collect()
+            }
+            Some(Rule::HeadAttention(op)) => {
+                as_views(head_attention::backward::vjp(&inputs, op, g.id, &wanted)).collect()
             }
             None => return Err(Error::NoGradient { op: op_name }),
         };

@@ -15,11 +15,11 @@ use crate::exec::view::{buffer, View};
 use crate::ops::layer_norm_gelu::exp_neg;
 
 /// Query rows per task.
-const ROWS: usize = 64;
+pub(super) const ROWS: usize = 64;
 
 /// Multi-head softmax attention over all key nodes on channel-last inputs: `q`, `k`, `v`
 /// `(b, n, c, heads * dh)`, key mask `(b, n)` (non-zero = attend); output `(b, n, c, heads * dh)`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HeadAttention {
     /// Number of heads `H` (the last axis is `H * dh`, head-major).
     pub heads: usize,
@@ -32,7 +32,7 @@ pub struct HeadAttention {
 }
 
 /// `x (b, n, c, H * dh)` as `(b, H, n, c * dh)`: each head's vectors contiguous per node.
-fn pack_heads(x: &[f32], n: usize, c: usize, heads: usize, dh: usize) -> Vec<f32> {
+pub(super) fn pack_heads(x: &[f32], n: usize, c: usize, heads: usize, dh: usize) -> Vec<f32> {
     let w = heads * dh;
     let mut out = vec![0.0f32; x.len()];
     out.par_chunks_mut(n * c * dh)
@@ -91,7 +91,7 @@ fn softmax_rows_avx2(logits: &mut [f32], n: usize, keep: &[bool]) {
     softmax_rows_impl(logits, n, keep);
 }
 
-fn softmax_rows(logits: &mut [f32], n: usize, keep: &[bool]) {
+pub(super) fn softmax_rows(logits: &mut [f32], n: usize, keep: &[bool]) {
     match simd::isa() {
         // SAFETY: `simd::isa()` detected these features on this CPU.
         #[cfg(target_arch = "x86_64")]
@@ -105,7 +105,7 @@ fn softmax_rows(logits: &mut [f32], n: usize, keep: &[bool]) {
 
 /// `c (m, n) = alpha a (m, k) b (k, n)` with row/column strides.
 #[allow(clippy::too_many_arguments)]
-fn gemm(
+pub(super) fn gemm(
     (m, k, n): (usize, usize, usize),
     alpha: f32,
     a: &[f32],

@@ -13,12 +13,17 @@
 //! `-finfo.max` fill of VN-transformer's own attention), or zero outputs with
 //! `zero_if_all_masked` (torch's `scaled_dot_product_attention`).
 //!
-//! Adjoint (for the training issue): `dV = A^T dO`, `dA = dO V^T`,
+//! Adjoint ([`backward`]): `dV = A^T dO`, `dA = dO V^T`,
 //! `dL = A * (dA - rowsum(A * dA))`, `dQ = s dL K`, `dK = s dL^T Q` (plus the `-2 q`, `-2 k`
-//! terms of the L2 logits), recomputing `A` per block as the forward does.
+//! terms of the L2 logits), fused: recomputing `A` per block as the forward does.
 
+pub(crate) mod backward;
+mod backward_cpu;
+#[cfg(test)]
+mod backward_tests;
 mod cpu;
 
+pub use backward_cpu::{AttentionInput, HeadAttentionGrad};
 pub use cpu::HeadAttention;
 use luminal::prelude::*;
 
