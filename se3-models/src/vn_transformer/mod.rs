@@ -17,6 +17,7 @@
 //! `encoder.layers.<i>.{0 attention, 1 norm, 2 feed-forward, 3 norm}.*`, `vn_proj_out.{0,1}.*`.
 
 pub mod config;
+mod gradients;
 
 use luminal::prelude::{symbolic::Expression, *};
 use se3_core::exec::{IndexBound, InputKind, Session};
@@ -168,14 +169,22 @@ impl VnTransformer {
     }
 
     /// The graph for features of `kind`: inputs `coors` `(b, n, 3)`, `mask` `(b, n)`, and
-    /// `feats` `(b, n, F)` or `tokens` `(b n)`; output `x` `(b, n, 3 + F)` or
-    /// `(b, n, 3 + F, dim)`.
-    fn graph(&self, kind: FeatKind, instrumented: bool) -> Result<Session, Error> {
+    /// `feats` `(b, n, F)` or `tokens` `(b n)`; output `x` `(b, n, 3 + F, c)` (`c` = 1 with
+    /// `reduce_dim_out`, else `dim`). With `with_gradients`, also the input `cot.x` (shape of
+    /// `x`) and the outputs `grad.<weight>`, `grad.input.coors` and (float features)
+    /// `grad.input.feats`: the gradients of `L = <x, cot.x>`.
+    fn graph(
+        &self,
+        kind: FeatKind,
+        instrumented: bool,
+        with_gradients: bool,
+    ) -> Result<Session, Error> {
         let mut s = Session::new();
         let (b, n): (Expression, Expression) = ('b'.into(), 'n'.into());
         let coors: GraphTensor<(X, X, X)> =
             s.input_with_shape("coors", InputKind::Coordinates, &[b, n, 3.into()]);
         let mask: GraphTensor<(X, X)> = s.input_with_shape("mask", InputKind::Mask, &[b, n]);
+        let coors_in = coors.no_shape();
         let translate = self.cfg.translation_equivariance || self.cfg.translation_invariant;
         let (coors, mean) = if translate {
             let mean: GraphTensor<(X,)> = coors.mean_reduce::<(X,), Axes2<0, 1>>();
@@ -212,6 +221,10 @@ impl VnTransformer {
                 ))
             }
         };
+        let feats_in = match kind {
+            FeatKind::Dense(_) => feats.map(|f| f.no_shape()),
+            _ => None,
+        };
         let feat_width = match kind {
             FeatKind::Absent => 0,
             FeatKind::Dense(f) => f,
@@ -246,6 +259,9 @@ impl VnTransformer {
             x += p4;
         }
         s.output("x", x);
+        if with_gradients {
+            gradients::add_gradients(&mut s, x, feat_width, coors_in, feats_in)?;
+        }
         if instrumented {
             s.compile_with((
                 se3_core::exec::CpuCompiler::default(),
@@ -263,6 +279,8 @@ impl VnTransformer {
             model: self,
             graphs: Vec::new(),
             instrumented: false,
+            with_gradients: false,
+            overrides: Vec::new(),
         }
     }
 
@@ -275,12 +293,28 @@ impl VnTransformer {
     }
 }
 
+/// The graph a forward call runs and the sizes of its inputs.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    /// Index into `VnSession::graphs`.
+    graph: usize,
+    kind: FeatKind,
+    batch: usize,
+    nodes: usize,
+    /// `F`, the width of the features (0 without).
+    feat_width: usize,
+}
+
 /// A [`VnTransformer`] with its compiled graphs, run on [`ModelInputs`].
 #[derive(Debug)]
 pub struct VnSession {
     model: VnTransformer,
     graphs: Vec<(FeatKind, Session)>,
     instrumented: bool,
+    /// Graphs also compute gradients ([`VnTransformer::compile_with_gradients`]).
+    with_gradients: bool,
+    /// Parameters set since loading (name, shape, value), applied to graphs compiled later.
+    overrides: Vec<(String, Vec<usize>, Vec<f32>)>,
 }
 
 impl VnSession {
@@ -304,6 +338,17 @@ impl VnSession {
     /// embedding width `dim` is not `dim_feat`); `UnexpectedInput` for token features without
     /// `num_tokens`; `IndexOutOfRange` for a token outside the embedding.
     pub fn forward(&mut self, inp: &ModelInputs) -> Result<StateDict, Error> {
+        let bound = self.bind(inp)?;
+        if self.with_gradients {
+            self.zero_cotangents(&bound)?;
+        }
+        self.graphs[bound.graph].1.run()?;
+        self.read_outputs(&bound)
+    }
+
+    /// Validates `inp`, compiles the graph for its kind of features on first use and sets
+    /// its inputs.
+    fn bind(&mut self, inp: &ModelInputs) -> Result<Bound, Error> {
         inp.validate()?;
         let cfg = self.model.cfg.clone();
         let (b, n) = (inp.batch(), inp.nodes());
@@ -364,8 +409,11 @@ impl VnSession {
         let pos = match self.graphs.iter().position(|(k, _)| *k == kind) {
             Some(p) => p,
             None => {
-                self.graphs
-                    .push((kind, self.model.graph(kind, self.instrumented)?));
+                let mut g = self
+                    .model
+                    .graph(kind, self.instrumented, self.with_gradients)?;
+                gradients::apply_overrides(&mut g, &self.overrides)?;
+                self.graphs.push((kind, g));
                 self.graphs.len() - 1
             }
         };
@@ -388,8 +436,20 @@ impl VnSession {
             }
             _ => 0,
         };
-        s.run()?;
-        let x = s.get("x")?;
+        Ok(Bound {
+            graph: pos,
+            kind,
+            batch: b,
+            nodes: n,
+            feat_width: fw,
+        })
+    }
+
+    /// The named outputs of the last run of `bound`'s graph.
+    fn read_outputs(&self, bound: &Bound) -> Result<StateDict, Error> {
+        let cfg = &self.model.cfg;
+        let (b, n, fw, kind) = (bound.batch, bound.nodes, bound.feat_width, bound.kind);
+        let x = self.graphs[bound.graph].1.get("x")?;
         let k = 3 + fw;
         let c = if cfg.reduce_dim_out { 1 } else { cfg.dim };
         // x is [b, n, k, c]; outputs are (b, n, [c,] components)
