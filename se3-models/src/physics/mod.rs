@@ -8,6 +8,8 @@
 //! * [`dataset`]: samples, splits and the `se3-physics-v1` safetensors format.
 //! * [`batch`]: concatenated graph batches with graph ids, and padded batches with masks.
 //! * [`metrics`]: position MSE, energy/force MAE, equivariance error of a model.
+//! * [`learned_potential`]: an invariant energy model trained on energies and forces.
+//! * [`potential_training`]: training a learned potential, its test errors, MD with it.
 //! * [`md`]: molecular dynamics with any force field, reporting energy drift.
 //! * [`baselines`]: gradient-free reference predictors (constant velocity).
 //! * [`random`]: seeded normal variates and uniform rotations.
@@ -17,9 +19,11 @@ pub mod batch;
 pub mod dataset;
 pub mod dynamics;
 pub mod integrator;
+pub mod learned_potential;
 pub mod lj_clusters;
 pub mod md;
 pub mod metrics;
 pub mod nbody;
 pub mod potential;
+pub mod potential_training;
 pub mod random;
