@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! cargo run --release --example lj_potential -- [--epochs 40] [--seed 0] [--data FILE] [--out DIR]
+//!     [--radial K] [--hidden H] [--lr LR] [--md-steps 5000]
 //! ```
 //! Writes `<out>/lj_potential.csv` (per epoch), `lj_potential.svg` (loss and validation force
 //! error per epoch), `lj_potential_md.csv` (energies of the MD runs) and `lj_potential.md` (the
@@ -18,9 +19,10 @@ use std::path::PathBuf;
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
 use se3_models::physics::dataset::DatasetFile;
+use se3_models::physics::integrator::ParticleState;
+use se3_models::physics::learned_potential::PotentialConfig;
 use se3_models::physics::lj_clusters::{LjClusterConfig, LJ};
 use se3_models::physics::md::{run_md, MdReport};
-use se3_models::physics::integrator::ParticleState;
 use se3_models::physics::potential::energy_and_forces;
 use se3_models::physics::potential_training::{
     evaluate, md_with_potential, train_potential, EpochRecord, PotentialTraining,
@@ -34,6 +36,9 @@ struct Args {
     data: Option<PathBuf>,
     out: PathBuf,
     md_steps: usize,
+    radial: usize,
+    hidden: usize,
+    lr: f64,
 }
 
 fn args() -> Result<Args, Failure> {
@@ -43,6 +48,9 @@ fn args() -> Result<Args, Failure> {
         data: None,
         out: PathBuf::from("target/lj_potential"),
         md_steps: 5000,
+        radial: PotentialConfig::default().radial,
+        hidden: PotentialConfig::default().hidden,
+        lr: PotentialTraining::default().lr,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -53,6 +61,9 @@ fn args() -> Result<Args, Failure> {
             "--data" => a.data = Some(PathBuf::from(value()?)),
             "--out" => a.out = PathBuf::from(value()?),
             "--md-steps" => a.md_steps = value()?.parse()?,
+            "--radial" => a.radial = value()?.parse()?,
+            "--hidden" => a.hidden = value()?.parse()?,
+            "--lr" => a.lr = value()?.parse()?,
             other => return Err(format!("unknown argument `{other}`").into()),
         }
     }
@@ -65,7 +76,10 @@ fn plot(path: &PathBuf, log: &[EpochRecord]) -> Result<(), Failure> {
     let (left, right) = root.split_horizontally(450);
     let epochs = log.len() as f64;
     let series = [
-        ("train loss", log.iter().map(|r| r.train_loss).collect::<Vec<_>>()),
+        (
+            "train loss",
+            log.iter().map(|r| r.train_loss).collect::<Vec<_>>(),
+        ),
         (
             "val force MAE",
             log.iter().map(|r| r.val.force_mae).collect::<Vec<_>>(),
@@ -108,7 +122,13 @@ fn main() -> Result<(), Failure> {
         }
     };
     let cfg = PotentialTraining {
+        model: PotentialConfig {
+            radial: a.radial,
+            hidden: a.hidden,
+            ..PotentialConfig::default()
+        },
         epochs: a.epochs,
+        lr: a.lr,
         seed: a.seed,
         ..PotentialTraining::default()
     };
@@ -130,10 +150,15 @@ fn main() -> Result<(), Failure> {
             bar.set_message(format!("loss {loss:.4}"));
         },
         |r| {
-            bar.println(format!(
+            let line = format!(
                 "epoch {:3}: loss {:.4e}  val energy MAE/atom {:.4e}  val force MAE {:.4e}",
                 r.epoch, r.train_loss, r.val.energy_mae_per_atom, r.val.force_mae
-            ));
+            );
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
             let _ = writeln!(
                 csv,
                 "{},{},{},{},{},{},{},{}",
@@ -163,8 +188,7 @@ fn main() -> Result<(), Failure> {
     let md_start = std::time::Instant::now();
     let learned = md_with_potential(&mut model, start_sample, dt, a.md_steps, every)?;
     let md_seconds = md_start.elapsed().as_secs_f64();
-    let mut exact_field =
-        |x: &[nalgebra::Vector3<f64>]| Ok(energy_and_forces(&LJ, x, &[]));
+    let mut exact_field = |x: &[nalgebra::Vector3<f64>]| Ok(energy_and_forces(&LJ, x, &[]));
     let exact: MdReport = run_md(
         &mut exact_field,
         ParticleState {

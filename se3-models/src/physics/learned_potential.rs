@@ -37,6 +37,9 @@ type E = Dyn<'e'>;
 type G = Dyn<'g'>;
 type X = Dyn<'-'>;
 
+/// The energy of a cluster and the forces on its atoms.
+pub type EnergyAndForces = (f64, Vec<Vector3<f64>>);
+
 /// Sizes and loss weights of a [`LearnedPotential`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct PotentialConfig {
@@ -135,7 +138,11 @@ fn index(bound: char) -> InputKind {
 }
 
 /// `t` broadcast along a new axis `axis` of `size`.
-fn expand_at<S: Shape, D: Shape>(t: GraphTensor<S>, axis: usize, size: Expression) -> GraphTensor<D> {
+fn expand_at<S: Shape, D: Shape>(
+    t: GraphTensor<S>,
+    axis: usize,
+    size: Expression,
+) -> GraphTensor<D> {
     let mut sh = t.shape;
     sh.expand(axis, size);
     GraphTensor::from_id(t.id, sh, t.graph_ref)
@@ -177,12 +184,12 @@ fn build(s: &mut Session, cfg: &PotentialConfig) -> Result<Built, Error> {
     let d = distances(relative_positions(coords, dst, src));
     let spacing = (cfg.cutoff - cfg.r_min) / (k - 1) as f64;
     let gamma = (0.5 / (spacing * spacing)) as f32;
-    let de = expand_at::<_, (E, X)>(d, 1, k.into()) - expand_at::<_, (E, X)>(centers, 0, 'e'.into());
+    let de =
+        expand_at::<_, (E, X)>(d, 1, k.into()) - expand_at::<_, (E, X)>(centers, 0, 'e'.into());
     let gauss = (de * de * (-gamma)).exp();
     let rc = s.graph().constant(cfg.cutoff as f32).expand::<(E,), _>();
     let inside = d.less_than(rc);
-    let envelope =
-        ((d * (std::f32::consts::PI / cfg.cutoff as f32)).cos() + 1.0) * 0.5 * inside;
+    let envelope = ((d * (std::f32::consts::PI / cfg.cutoff as f32)).cos() + 1.0) * 0.5 * inside;
     let per_edge = gauss * expand_at::<_, (E, X)>(envelope, 1, k.into()) * 0.125;
     let descriptors: GraphTensor<(N, X)> = scatter_add(per_edge, dst);
     let h1 = silu(dense(s, "mlp.0", descriptors, (k, h)));
@@ -255,8 +262,16 @@ impl LearnedPotential {
             .collect();
         let constants = vec![
             ("centers".to_string(), vec![cfg.radial], centers),
-            ("energy_shift".to_string(), vec![1], vec![energy_shift as f32]),
-            ("energy_scale".to_string(), vec![1], vec![energy_scale as f32]),
+            (
+                "energy_shift".to_string(),
+                vec![1],
+                vec![energy_shift as f32],
+            ),
+            (
+                "energy_scale".to_string(),
+                vec![1],
+                vec![energy_scale as f32],
+            ),
         ];
         let mut predict = Session::new();
         let built = build(&mut predict, &cfg)?;
@@ -299,8 +314,7 @@ impl LearnedPotential {
         let energy_mse = (de * de).sum_reduce::<(), _>() * inv_graphs;
         let df = built.forces - f_ref;
         let force_mse = (df * df).sum_reduce::<(), _>() * inv_components;
-        let loss =
-            energy_mse * cfg.energy_weight as f32 + force_mse * cfg.force_weight as f32;
+        let loss = energy_mse * cfg.energy_weight as f32 + force_mse * cfg.force_weight as f32;
         s.output("energy_mse", energy_mse);
         s.output("force_mse", force_mse);
         s.output("loss", loss);
@@ -358,8 +372,16 @@ impl LearnedPotential {
         let (n, e, g) = (batch.nodes(), edges.len(), batch.graphs());
         let feed = vec![
             ("coords", batch.positions.clone(), vec![n, 3]),
-            ("src", edges.iter().map(|&(a, _)| a as f32).collect(), vec![e]),
-            ("dst", edges.iter().map(|&(_, b)| b as f32).collect(), vec![e]),
+            (
+                "src",
+                edges.iter().map(|&(a, _)| a as f32).collect(),
+                vec![e],
+            ),
+            (
+                "dst",
+                edges.iter().map(|&(_, b)| b as f32).collect(),
+                vec![e],
+            ),
             (
                 "graph",
                 batch.graph_ids.iter().map(|&k| k as f32).collect(),
@@ -381,7 +403,7 @@ impl LearnedPotential {
     ///
     /// # Errors
     /// `EmptyGraph` for no samples or an empty cluster; session errors.
-    pub fn predict(&mut self, samples: &[&Sample]) -> Result<Vec<(f64, Vec<Vector3<f64>>)>, Error> {
+    pub fn predict(&mut self, samples: &[&Sample]) -> Result<Vec<EnergyAndForces>, Error> {
         let batch = Self::batch(samples)?;
         let (feed, g) = Self::feed(&batch);
         Self::set_feed(&mut self.predict, &feed, g)?;
@@ -449,7 +471,11 @@ impl LearnedPotential {
         Self::set_feed(&mut self.train, &feed, g)?;
         self.train.run()?;
         let scalar = |s: &Session, name: &str| -> Result<f64, Error> {
-            Ok(s.get(name)?.data.first().copied().map_or(f64::NAN, f64::from))
+            Ok(s.get(name)?
+                .data
+                .first()
+                .copied()
+                .map_or(f64::NAN, f64::from))
         };
         let loss = StepLoss {
             loss: scalar(&self.train, "loss")?,
