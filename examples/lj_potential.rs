@@ -6,7 +6,7 @@
 //! the energy drift.
 //!
 //! ```text
-//! cargo run --release --example lj_potential -- [--epochs 40] [--seed 0] [--data FILE] [--out DIR]
+//! cargo run --release --example lj_potential -- [--epochs 80] [--seed 0] [--data FILE] [--out DIR]
 //!     [--radial K] [--hidden H] [--lr LR] [--md-steps 5000]
 //! ```
 //! Writes `<out>/lj_potential.csv` (per epoch), `lj_potential.svg` (loss and validation force
@@ -43,7 +43,7 @@ struct Args {
 
 fn args() -> Result<Args, Failure> {
     let mut a = Args {
-        epochs: 40,
+        epochs: 80,
         seed: 0,
         data: None,
         out: PathBuf::from("target/lj_potential"),

@@ -60,10 +60,10 @@ pub struct PotentialConfig {
 impl Default for PotentialConfig {
     fn default() -> Self {
         PotentialConfig {
-            radial: 16,
+            radial: 32,
             r_min: 0.8,
             cutoff: 3.0,
-            hidden: 32,
+            hidden: 64,
             energy_weight: 1.0,
             force_weight: 1.0,
         }
