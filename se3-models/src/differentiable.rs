@@ -20,6 +20,7 @@ use crate::inputs::ModelInputs;
 use crate::model_file::ModelFile;
 use crate::tfn::graph::TfnGraph;
 use crate::tfn::TfnStackConfig;
+use crate::vn_transformer::{VnTransformer, VnTransformerConfig};
 use crate::Error;
 
 /// The scalar a differentiable model's graph differentiates.
@@ -313,6 +314,11 @@ pub fn differentiable_from_files(
         let cfg = TfnStackConfig::from_kwargs(&file.constructor_kwargs)?;
         let graph = TfnGraph::from_state_dict(&cfg, weights)?;
         return Ok(Box::new(graph.compile_differentiable(weights, objective)?));
+    }
+    if file.is_vn_transformer() {
+        let cfg = VnTransformerConfig::from_kwargs(&file.constructor_kwargs)?;
+        let model = VnTransformer::from_state_dict(&cfg, weights)?;
+        return Ok(Box::new(model.compile_differentiable(weights, objective)?));
     }
     Err(Error::NotCompiled {
         option: "gradients of this model kind",

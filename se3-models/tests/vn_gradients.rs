@@ -1,35 +1,30 @@
-//! VN-Transformer gradients: se3's backward pass (float32, fused attention backward) against
-//! PyTorch autograd in float64 for every `vn_*` reference (`gradients.safetensors`), and three
-//! Adam steps of `vn_feat_eps0` against `torch.optim.Adam` (`training.safetensors`).
+//! VN-Transformer gradients through `differentiable_from_files`: se3's backward pass (float32,
+//! fused attention backward) against PyTorch autograd in float64 for every `vn_*` reference
+//! (`gradients.safetensors`), and three Adam steps of `vn_feat_eps0` on the in-graph mean
+//! squared error against `torch.optim.Adam` (`training.safetensors`).
 //! Errors are per tensor: the largest absolute difference over the tensor's largest magnitude.
 
 mod common;
 use common::*;
 
 use se3_models::checkpoint::{StateDict, Tensor};
+use se3_models::differentiable::{differentiable_from_files, Differentiable, Objective};
 use se3_models::inputs::ModelInputs;
 use se3_models::model_file::ModelFile;
-use se3_models::vn_transformer::{VnSession, VnTransformer, VnTransformerConfig};
 use se3_models::Error;
 
 struct Loaded {
-    session: VnSession,
-    weights: StateDict,
+    model: Box<dyn Differentiable>,
     inputs: ModelInputs,
 }
 
-fn load(name: &str) -> Result<Loaded, Error> {
+fn load(name: &str, objective: Objective) -> Result<Loaded, Error> {
     let d = dir(name);
     let file = ModelFile::load(d.join("config.json"))?;
-    let cfg = VnTransformerConfig::from_kwargs(&file.constructor_kwargs)?;
     let weights = StateDict::load(d.join("weights.safetensors"))?;
     let inputs = ModelInputs::load(d.join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
-    let session = VnTransformer::from_state_dict(&cfg, &weights)?.compile_with_gradients();
-    Ok(Loaded {
-        session,
-        weights,
-        inputs,
-    })
+    let model = differentiable_from_files(&file, &weights, objective)?;
+    Ok(Loaded { model, inputs })
 }
 
 /// Gradient parity of the reference `name`, per stored tensor, relative to the tensor's
@@ -41,10 +36,10 @@ fn load(name: &str) -> Result<Loaded, Error> {
 /// bias under dot attention: shifting every key by one vector leaves the softmax unchanged)
 /// must be zero to float32 rounding: at most 1e-6 of the model's largest gradient.
 fn gradient_parity(name: &str) -> Result<(), Error> {
-    let mut m = load(name)?;
+    let mut m = load(name, Objective::Cotangents)?;
     let reference = StateDict::load(dir(name).join("gradients.safetensors"))?;
     let torch_f32 = StateDict::load(dir(name).join("gradients_f32.safetensors"))?;
-    let got = m.session.gradients(&m.inputs, &reference)?;
+    let got = m.model.gradients(&m.inputs, &reference)?.grads;
     let stored: Vec<(&str, &Tensor)> = reference
         .iter()
         .filter(|(k, _)| k.starts_with("param.") || k.starts_with("input."))
@@ -125,47 +120,29 @@ fn vn_l2dist_transl_gradients_match_torch_autograd() -> Result<(), Error> {
     gradient_parity("vn_l2dist_transl")
 }
 
-/// `Σ_out mean((out - target.out)²)` and its cotangents `2 (out - target) / len`.
-fn mse(out: &StateDict, reference: &StateDict) -> Result<(f64, StateDict), Error> {
-    let mut loss = 0.0;
-    let mut cot = StateDict::new();
-    for (k, t) in reference.iter() {
-        let Some(name) = k.strip_prefix("target.") else {
-            continue;
-        };
-        let o = out.get(name).ok_or(Error::MissingKey {
-            key: name.to_string(),
-            expected: t.shape.clone(),
-        })?;
-        let n = t.data.len() as f64;
-        let diff: Vec<f64> = o.data.iter().zip(&t.data).map(|(a, b)| a - b).collect();
-        loss += diff.iter().map(|d| d * d).sum::<f64>() / n;
-        cot.insert(
-            format!("cotangent.{name}"),
-            Tensor::new(t.shape.clone(), diff.iter().map(|d| 2.0 * d / n).collect())?,
-        );
-    }
-    Ok((loss, cot))
-}
-
 #[test]
 fn vn_feat_eps0_adam_steps_follow_torch_training() -> Result<(), Error> {
     use se3_core::train::{Adam, Optimizer, Param};
-    let mut m = load("vn_feat_eps0")?;
+    let mut m = load("vn_feat_eps0", Objective::MeanSquaredError)?;
     let reference = StateDict::load(dir("vn_feat_eps0").join("training.safetensors"))?;
-    // the trained parameters: those torch stores after its steps (`ln.beta` is a buffer)
-    let mut names: Vec<(String, Vec<usize>)> = Vec::new();
-    let mut values: Vec<Vec<f32>> = Vec::new();
-    for (k, t) in reference.iter() {
-        if let Some(n) = k.strip_prefix("param.") {
-            let w = m.weights.get(n).ok_or(Error::MissingKey {
-                key: n.to_string(),
-                expected: t.shape.clone(),
-            })?;
-            names.push((n.to_string(), w.shape.clone()));
-            values.push(w.data.iter().map(|&v| v as f32).collect());
-        }
-    }
+    // the trained parameters are torch's `named_parameters()` (`ln.beta` is a buffer)
+    let names: Vec<String> = m
+        .model
+        .parameters()
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    let mut values: Vec<Vec<f32>> = m
+        .model
+        .parameters()
+        .iter()
+        .map(|p| p.value.clone())
+        .collect();
+    let stored = reference
+        .iter()
+        .filter(|(k, _)| k.starts_with("param."))
+        .count();
+    assert_eq!(names.len(), stored, "parameters {names:?}");
     let want_loss = reference
         .get("loss")
         .map(|t| t.data.clone())
@@ -179,16 +156,15 @@ fn vn_feat_eps0_adam_steps_follow_torch_training() -> Result<(), Error> {
         .map(|v| vec![f64::INFINITY; v.len()])
         .collect();
     for step in 0..=3 {
-        let out = m.session.forward(&m.inputs)?;
-        let (loss, cot) = mse(&out, &reference)?;
-        losses.push(loss);
+        let run = m.model.gradients(&m.inputs, &reference)?;
+        losses.push(run.loss);
         if step == 3 {
             break;
         }
-        let grads = m.session.gradients(&m.inputs, &cot)?;
+        let grads = run.grads;
         let gs: Vec<Vec<f32>> = names
             .iter()
-            .map(|(n, _)| {
+            .map(|n| {
                 grads
                     .get(&format!("param.{n}"))
                     .map(|t| t.data.iter().map(|&v| v as f32).collect())
@@ -204,15 +180,15 @@ fn vn_feat_eps0_adam_steps_follow_torch_training() -> Result<(), Error> {
             .iter()
             .zip(values.iter_mut())
             .zip(&gs)
-            .map(|(((n, _), v), g)| Param {
+            .map(|((n, v), g)| Param {
                 name: n,
                 value: v,
                 grad: g,
             })
             .collect();
         adam.step(&mut params)?;
-        for ((n, _), v) in names.iter().zip(&values) {
-            m.session.set_parameter(n, v.clone())?;
+        for (n, v) in names.iter().zip(&values) {
+            m.model.set_parameter(n, v.clone())?;
         }
     }
     let loss_err = losses
@@ -232,7 +208,7 @@ fn vn_feat_eps0_adam_steps_follow_torch_training() -> Result<(), Error> {
     // Such elements are held to one step (lr); the others to 1e-4 of their tensor's scale.
     let lr = 1e-2;
     let (mut worst, mut worst_sensitive, mut sensitive) = ((0.0f64, String::new()), 0.0f64, 0);
-    for (((n, _), v), mins) in names.iter().zip(&values).zip(&min_grad) {
+    for ((n, v), mins) in names.iter().zip(&values).zip(&min_grad) {
         let want = reference
             .get(&format!("param.{n}"))
             .ok_or(Error::MissingKey {

@@ -1,15 +1,17 @@
 //! Gradients of the VN-Transformer: the compiled graph with its backward pass
 //! (`se3_core::autodiff`), giving `∂L/∂w` for every checkpoint parameter (`param.<key>`) and
-//! `∂L/∂coors`, `∂L/∂feats` (`input.<name>`) of `L = Σ_out <out, cotangent.out>`, the loss of
-//! `gradients.safetensors` (tests/reference/GRADIENTS.md). Every op of the model has a
-//! vector-Jacobian product, the fused attention included (`ops::head_attention::backward`).
+//! `∂L/∂coors`, `∂L/∂feats` (`input.<name>`) of an [`Objective`]: `L = Σ_out <out,
+//! cotangent.out>` (the loss of `gradients.safetensors`, tests/reference/GRADIENTS.md) or the
+//! in-graph `Σ_out mean((out − target.out)²)`. Every op of the model has a vector-Jacobian
+//! product, the fused attention included (`ops::head_attention::backward`).
 
 use luminal::prelude::{symbolic::Expression, *};
-use se3_core::exec::{InputKind, Session};
+use se3_core::exec::Session;
 use se3_core::layers::VnTensor;
 
-use super::{Bound, VnSession, VnTransformer};
+use super::{Bound, FeatKind, VnSession, VnTransformer};
 use crate::checkpoint::{StateDict, Tensor};
+use crate::differentiable::{Differentiable, Gradients, Objective, ObjectiveGraph, Parameters};
 use crate::inputs::ModelInputs;
 use crate::Error;
 
@@ -38,22 +40,19 @@ pub(super) fn named_outputs(x: VnTensor, feat_width: usize) -> Vec<(String, Grap
         .collect()
 }
 
-/// Adds, per named output `<out>` of `x` ([`named_outputs`]), the cotangent input `cot.<out>`
-/// (its graph shape `(b, n, c, w)`), and the outputs `grad.<weight>`, `grad.input.coors` and,
-/// with float features, `grad.input.feats`: the gradients of `L = Σ_out <out, cot.out>`.
+/// Attaches `objective` to the named outputs of `x` ([`named_outputs`]; its inputs
+/// `objective.<out>` in the graph shape `(b, n, c, w)`) and adds the outputs `grad.<weight>`,
+/// `grad.input.coors` and, with float features, `grad.input.feats`: the gradients of its loss.
 pub(super) fn add_gradients(
     s: &mut Session,
     x: VnTensor,
     feat_width: usize,
     coors: GraphTensor<()>,
     feats: Option<GraphTensor<()>>,
-) -> Result<(), Error> {
-    let mut pairs = Vec::new();
-    for (name, out) in named_outputs(x, feat_width) {
-        let dims = se3_core::ops::logical_dims_of(&out.shape);
-        let cot = s.input_with_shape::<()>(&format!("cot.{name}"), InputKind::Values, &dims);
-        pairs.push((out, cot));
-    }
+    objective: Objective,
+) -> Result<ObjectiveGraph, Error> {
+    let outputs = named_outputs(x, feat_width);
+    let (graph, pairs) = ObjectiveGraph::attach(s, objective, &outputs);
     let names: Vec<String> = s.weights().into_iter().map(|(n, _)| n).collect();
     let mut wrt = vec![coors];
     wrt.extend(feats);
@@ -71,18 +70,7 @@ pub(super) fn add_gradients(
     for (n, g) in names.iter().zip(&grads[skip..]) {
         s.output(&format!("grad.{n}"), *g);
     }
-    Ok(())
-}
-
-impl VnTransformer {
-    /// Compiles the model with its backward pass: [`VnSession::forward_and_gradients`] gives
-    /// the outputs and the gradients of one run (graphs are built per kind of features on
-    /// first use, as [`VnTransformer::compile`]).
-    pub fn compile_with_gradients(self) -> VnSession {
-        let mut s = self.compile();
-        s.with_gradients = true;
-        s
-    }
+    Ok(graph)
 }
 
 /// Sets each `(name, shape, value)` of `overrides` as a weight of `s` (those `s` declares).
@@ -100,6 +88,100 @@ pub(super) fn apply_overrides(
         }
     }
     Ok(())
+}
+
+impl VnTransformer {
+    /// Compiles the model with its backward pass for the objective `L = Σ_out <out,
+    /// cotangent.out>`: [`VnSession::forward_and_gradients`] gives the outputs and the
+    /// gradients of one run (graphs are built per kind of features on first use, as
+    /// [`VnTransformer::compile`]).
+    pub fn compile_with_gradients(self) -> VnSession {
+        self.compile_for(Objective::Cotangents)
+    }
+
+    /// Compiles the model with its backward pass for `objective`.
+    pub fn compile_for(self, objective: Objective) -> VnSession {
+        let mut s = self.compile();
+        s.with_gradients = true;
+        s.objective = objective;
+        s
+    }
+
+    /// The model compiled with gradients for `objective`, with its parameters' values from
+    /// `checkpoint` kept beside the graphs: the [`Differentiable`] form.
+    ///
+    /// # Errors
+    /// Graph build errors; `WrongShape` for a checkpoint that disagrees with the graph.
+    pub fn compile_differentiable(
+        self,
+        checkpoint: &StateDict,
+        objective: Objective,
+    ) -> Result<VnDifferentiable, Error> {
+        // the graph of the config's own kind of features declares every parameter it uses
+        let kind = if self.cfg.num_tokens.is_some() {
+            FeatKind::Tokens
+        } else if self.cfg.feat_width() > 0 {
+            FeatKind::Dense(self.cfg.feat_width())
+        } else {
+            FeatKind::Absent
+        };
+        let (store, _) = self.graph(kind, false, None)?;
+        // `ln.beta` is a buffer of the library (zeros, not trained): not a parameter
+        let mut trainable = StateDict::new();
+        for (k, t) in checkpoint.iter() {
+            if !k.ends_with("ln.beta") {
+                trainable.insert(k.to_string(), t.clone());
+            }
+        }
+        let params = Parameters::from_session(&store, &trainable)?;
+        Ok(VnDifferentiable {
+            session: self.compile_for(objective),
+            store,
+            params,
+        })
+    }
+}
+
+/// The VN-Transformer compiled with gradients and its trainable parameters: the library's
+/// `named_parameters()` (with L2 attention `to_k` is tied to `to_q`, so only `to_q.*`; the
+/// layer norms' `ln.beta` are buffers).
+#[derive(Debug)]
+pub struct VnDifferentiable {
+    session: VnSession,
+    /// A forward graph holding the parameters' values as the [`Parameters`] store.
+    store: Session,
+    params: Parameters,
+}
+
+impl VnDifferentiable {
+    /// The compiled session.
+    pub fn session(&self) -> &VnSession {
+        &self.session
+    }
+}
+
+impl Differentiable for VnDifferentiable {
+    fn objective(&self) -> Objective {
+        self.session.objective
+    }
+
+    fn parameters(&self) -> &Parameters {
+        &self.params
+    }
+
+    fn set_parameter(&mut self, name: &str, value: Vec<f32>) -> Result<(), Error> {
+        self.params.set(&mut self.store, name, value.clone())?;
+        self.session.set_parameter(name, value)
+    }
+
+    fn gradients(&mut self, inputs: &ModelInputs, given: &StateDict) -> Result<Gradients, Error> {
+        let (outputs, grads, loss) = self.session.run_objective(inputs, given)?;
+        Ok(Gradients {
+            outputs,
+            loss,
+            grads,
+        })
+    }
 }
 
 impl VnSession {
@@ -126,7 +208,7 @@ impl VnSession {
             });
         }
         let entry = (name.to_string(), shape, value);
-        for (_, g) in &mut self.graphs {
+        for (_, g, _) in &mut self.graphs {
             apply_overrides(g, std::slice::from_ref(&entry))?;
         }
         self.overrides.retain(|(k, ..)| k != name);
@@ -134,30 +216,46 @@ impl VnSession {
         Ok(())
     }
 
-    /// The outputs (as [`VnSession::forward`]) and the gradients of
-    /// `L = Σ_out <out, cotangent.out>`: `param.<key>` for every checkpoint key (zeros for a
-    /// key the config does not use, e.g. `to_k` tied to `to_q` with L2 attention),
-    /// `input.coors` `(b, n, 3)` and, with float features, `input.feats` `(b, n, F)`.
-    /// `cotangents` holds `cotangent.<out>` of each output's shape (`gradients.safetensors`).
-    /// A session from [`VnTransformer::compile`] recompiles its graphs with gradients.
+    /// The outputs (as [`VnSession::forward`]) and the gradients of the session's objective
+    /// (`L = Σ_out <out, cotangent.out>` for [`VnTransformer::compile_with_gradients`]):
+    /// `param.<key>` for every checkpoint key (zeros for a key the config does not use, e.g.
+    /// `to_k` tied to `to_q` with L2 attention), `input.coors` `(b, n, 3)` and, with float
+    /// features, `input.feats` `(b, n, F)`. `given` holds the objective's `cotangent.<out>`
+    /// (or `target.<out>`) of each output's shape (`gradients.safetensors`). A session from
+    /// [`VnTransformer::compile`] recompiles its graphs with gradients.
     ///
     /// # Errors
-    /// As [`VnSession::forward`]; `MissingKey` or `WrongShape` for a missing or misshapen cotangent.
+    /// As [`VnSession::forward`]; `MissingKey` or `WrongShape` for a missing or misshapen
+    /// cotangent.
     pub fn forward_and_gradients(
         &mut self,
         inp: &ModelInputs,
-        cotangents: &StateDict,
+        given: &StateDict,
     ) -> Result<(StateDict, StateDict), Error> {
+        let (outputs, grads, _) = self.run_objective(inp, given)?;
+        Ok((outputs, grads))
+    }
+
+    /// Outputs, gradients and loss of one run (see [`VnSession::forward_and_gradients`]).
+    fn run_objective(
+        &mut self,
+        inp: &ModelInputs,
+        given: &StateDict,
+    ) -> Result<(StateDict, StateDict, f64), Error> {
         if !self.with_gradients {
             // graphs compiled for the forward alone are rebuilt with their backward pass
             self.with_gradients = true;
             self.graphs.clear();
         }
         let bound = self.bind(inp)?;
-        self.set_cotangents(&bound, cotangents)?;
+        self.set_given(&bound, given)?;
         self.graphs[bound.graph].1.run()?;
         let outputs = self.read_outputs(&bound)?;
-        let s = &self.graphs[bound.graph].1;
+        let (_, s, objective) = &self.graphs[bound.graph];
+        let loss = match objective {
+            Some(o) => o.loss(s)?,
+            None => 0.0,
+        };
         let to_f64 = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
         let mut grads = StateDict::new();
         let declared: Vec<String> = s.weights().into_iter().map(|(n, _)| n).collect();
@@ -172,23 +270,19 @@ impl VnSession {
         let (b, n) = (bound.batch, bound.nodes);
         let gc = s.get("grad.input.coors")?;
         grads.insert("input.coors", Tensor::new(vec![b, n, 3], to_f64(&gc.data))?);
-        if let super::FeatKind::Dense(f) = bound.kind {
+        if let FeatKind::Dense(f) = bound.kind {
             let gf = s.get("grad.input.feats")?;
             grads.insert("input.feats", Tensor::new(vec![b, n, f], to_f64(&gf.data))?);
         }
-        Ok((outputs, grads))
+        Ok((outputs, grads, loss))
     }
 
     /// The gradients of [`VnSession::forward_and_gradients`] alone.
     ///
     /// # Errors
     /// As [`VnSession::forward_and_gradients`].
-    pub fn gradients(
-        &mut self,
-        inp: &ModelInputs,
-        cotangents: &StateDict,
-    ) -> Result<StateDict, Error> {
-        Ok(self.forward_and_gradients(inp, cotangents)?.1)
+    pub fn gradients(&mut self, inp: &ModelInputs, given: &StateDict) -> Result<StateDict, Error> {
+        Ok(self.forward_and_gradients(inp, given)?.1)
     }
 
     /// Channels of the graph output `x` (1 with `reduce_dim_out`, else `dim`).
@@ -203,40 +297,43 @@ impl VnSession {
     /// The output names of `bound`'s graph with their widths.
     fn output_widths(bound: &Bound) -> Vec<(&'static str, usize)> {
         match bound.kind {
-            super::FeatKind::Absent => vec![("out", 3)],
+            FeatKind::Absent => vec![("out", 3)],
             _ => vec![("coors", 3), ("feats", bound.feat_width)],
         }
     }
 
-    /// Sets the inputs `cot.<out>` of `bound`'s graph to zeros (a forward run of a graph
-    /// with gradients).
+    /// Sets the objective's inputs of `bound`'s graph to zeros (a forward run of a graph with
+    /// gradients).
     pub(super) fn zero_cotangents(&mut self, bound: &Bound) -> Result<(), Error> {
         let (b, n, c) = (bound.batch, bound.nodes, self.channels_out());
+        let mse = self.objective == Objective::MeanSquaredError;
         let s = &mut self.graphs[bound.graph].1;
         for (name, w) in Self::output_widths(bound) {
-            s.set(
-                &format!("cot.{name}"),
-                vec![0.0; b * n * c * w],
-                &[b, n, c, w],
-            )?;
+            let len = b * n * c * w;
+            s.set(&format!("objective.{name}"), vec![0.0; len], &[b, n, c, w])?;
+            if mse {
+                s.set(&format!("objective.weight.{name}"), vec![0.0], &[])?;
+            }
         }
         Ok(())
     }
 
-    /// Sets the inputs `cot.<out>` of `bound`'s graph from `cotangent.<out>` (`(b, n, [c,] w)`).
-    fn set_cotangents(&mut self, bound: &Bound, cotangents: &StateDict) -> Result<(), Error> {
+    /// Sets the objective's inputs of `bound`'s graph from `given` (`cotangent.<out>` or
+    /// `target.<out>`, `(b, n, [c,] w)`).
+    fn set_given(&mut self, bound: &Bound, given: &StateDict) -> Result<(), Error> {
         let (b, n) = (bound.batch, bound.nodes);
         let c = self.channels_out();
         let reduced = self.model.cfg.reduce_dim_out;
-        let s = &mut self.graphs[bound.graph].1;
+        let prefix = self.objective.given_prefix();
+        let (_, s, objective) = &mut self.graphs[bound.graph];
         for (name, w) in Self::output_widths(bound) {
             let expected = if reduced {
                 vec![b, n, w]
             } else {
                 vec![b, n, c, w]
             };
-            let key = format!("cotangent.{name}");
-            let t = cotangents.get(&key).ok_or_else(|| Error::MissingKey {
+            let key = format!("{prefix}{name}");
+            let t = given.get(&key).ok_or_else(|| Error::MissingKey {
                 key: key.clone(),
                 expected: expected.clone(),
             })?;
@@ -247,9 +344,14 @@ impl VnSession {
                     found: t.shape.clone(),
                 });
             }
-            let data = t.data.iter().map(|&v| v as f32).collect();
-            s.set(&format!("cot.{name}"), data, &[b, n, c, w])?;
         }
-        Ok(())
+        let widths = Self::output_widths(bound);
+        match objective {
+            Some(o) => o.set_inputs(s, given, |name| {
+                let w = widths.iter().find(|(k, _)| *k == name).map_or(0, |x| x.1);
+                vec![b, n, c, w]
+            }),
+            None => Ok(()),
+        }
     }
 }

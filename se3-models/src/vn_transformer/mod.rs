@@ -19,6 +19,8 @@
 pub mod config;
 mod gradients;
 
+pub use gradients::VnDifferentiable;
+
 use luminal::prelude::{symbolic::Expression, *};
 use se3_core::exec::{IndexBound, InputKind, Session};
 use se3_core::layers::vector_neuron::lift_points;
@@ -30,6 +32,7 @@ use se3_core::layers::{
 pub use config::VnTransformerConfig;
 
 use crate::checkpoint::{StateDict, Tensor};
+use crate::differentiable::{Objective, ObjectiveGraph};
 use crate::inputs::{ModelInputs, NodeFeats};
 use crate::tfn::graph::StateDictSource;
 use crate::Error;
@@ -170,15 +173,15 @@ impl VnTransformer {
 
     /// The graph for features of `kind`: inputs `coors` `(b, n, 3)`, `mask` `(b, n)`, and
     /// `feats` `(b, n, F)` or `tokens` `(b n)`; output `x` `(b, n, 3 + F, c)` (`c` = 1 with
-    /// `reduce_dim_out`, else `dim`). With `with_gradients`, also the input `cot.x` (shape of
-    /// `x`) and the outputs `grad.<weight>`, `grad.input.coors` and (float features)
-    /// `grad.input.feats`: the gradients of `L = <x, cot.x>`.
+    /// `reduce_dim_out`, else `dim`). With an `objective`, also its inputs, the output `loss`
+    /// and the outputs `grad.<weight>`, `grad.input.coors` and (float features)
+    /// `grad.input.feats` (`gradients::add_gradients`).
     fn graph(
         &self,
         kind: FeatKind,
         instrumented: bool,
-        with_gradients: bool,
-    ) -> Result<Session, Error> {
+        objective: Option<Objective>,
+    ) -> Result<(Session, Option<ObjectiveGraph>), Error> {
         let mut s = Session::new();
         let (b, n): (Expression, Expression) = ('b'.into(), 'n'.into());
         let coors: GraphTensor<(X, X, X)> =
@@ -259,9 +262,12 @@ impl VnTransformer {
             x += p4;
         }
         s.output("x", x);
-        if with_gradients {
-            gradients::add_gradients(&mut s, x, feat_width, coors_in, feats_in)?;
-        }
+        let objective = match objective {
+            Some(o) => Some(gradients::add_gradients(
+                &mut s, x, feat_width, coors_in, feats_in, o,
+            )?),
+            None => None,
+        };
         if instrumented {
             s.compile_with((
                 se3_core::exec::CpuCompiler::default(),
@@ -270,7 +276,7 @@ impl VnTransformer {
         } else {
             s.compile();
         }
-        Ok(s)
+        Ok((s, objective))
     }
 
     /// Compiles the model for repeated runs (graphs are built per kind of features on first use).
@@ -280,6 +286,7 @@ impl VnTransformer {
             graphs: Vec::new(),
             instrumented: false,
             with_gradients: false,
+            objective: Objective::Cotangents,
             overrides: Vec::new(),
         }
     }
@@ -309,10 +316,13 @@ struct Bound {
 #[derive(Debug)]
 pub struct VnSession {
     model: VnTransformer,
-    graphs: Vec<(FeatKind, Session)>,
+    /// Compiled graphs per kind of features, with their objective when they have gradients.
+    graphs: Vec<(FeatKind, Session, Option<ObjectiveGraph>)>,
     instrumented: bool,
     /// Graphs also compute gradients ([`VnTransformer::compile_with_gradients`]).
     with_gradients: bool,
+    /// The objective of graphs with gradients.
+    objective: Objective,
     /// Parameters set since loading (name, shape, value), applied to graphs compiled later.
     overrides: Vec<(String, Vec<usize>, Vec<f32>)>,
 }
@@ -406,14 +416,13 @@ impl VnSession {
                 })
             }
         };
-        let pos = match self.graphs.iter().position(|(k, _)| *k == kind) {
+        let pos = match self.graphs.iter().position(|(k, ..)| *k == kind) {
             Some(p) => p,
             None => {
-                let mut g = self
-                    .model
-                    .graph(kind, self.instrumented, self.with_gradients)?;
+                let objective = self.with_gradients.then_some(self.objective);
+                let (mut g, o) = self.model.graph(kind, self.instrumented, objective)?;
                 gradients::apply_overrides(&mut g, &self.overrides)?;
-                self.graphs.push((kind, g));
+                self.graphs.push((kind, g, o));
                 self.graphs.len() - 1
             }
         };
