@@ -88,8 +88,8 @@ fn learned_forces_are_the_energy_gradient_and_equivariant() -> Result<(), Error>
     // Richardson-extrapolated (the h² terms cancel), h = 1e-2
     let h = 1e-2;
     let mut worst = 0.0f64;
-    for atom in 0..s.len() {
-        for c in 0..3 {
+    for (atom, f) in f0.iter().enumerate() {
+        for (c, &want) in f.iter().enumerate() {
             let shifted = |d: f64| {
                 let mut m = s.clone();
                 m.positions[atom][c] += d;
@@ -101,7 +101,7 @@ fn learned_forces_are_the_energy_gradient_and_equivariant() -> Result<(), Error>
                 Ok(-(up - down) / (2.0 * h))
             };
             let fd = (4.0 * central(h / 2.0)? - central(h)?) / 3.0;
-            worst = worst.max((fd - f0[atom][c]).abs() / scale);
+            worst = worst.max((fd - want).abs() / scale);
         }
     }
     println!("seed {seed}: forces vs finite differences of the energy {worst:.2e}");
