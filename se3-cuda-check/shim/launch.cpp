@@ -15,6 +15,7 @@
 #include "ops/edge_contract/edge_contract.cu"
 #include "ops/edge_conv/radial_edge_conv.cu"
 #include "ops/adjacency/adjacency.cu"
+#include "ops/egnn_edge/egnn_edge.cu"
 #include "exec/cuda/view_copy.cu"
 #include "exec/cuda/reduce.cu"
 #include "exec/cuda/elementwise.cu"
@@ -116,3 +117,14 @@ SHIM_LAUNCH(adjacency_init,
             (adj, reach, out, total))
 SHIM_LAUNCH(adjacency_step, P(const float* reach, float* next, float* out, unsigned n, float d),
             (reach, next, out, n, d))
+SHIM_LAUNCH(egnn_edge_nodes,
+            P(const float* hi, const float* hj, const float* coors, const float* src,
+              const float* valid, const float* edge_term, const float* phi_t,
+              const float* edge_out_t, const float* edge_out_bias, const float* gate_w,
+              const float* coors_hidden_t, const float* coors_hidden_bias,
+              const float* coors_out, const float* scalars, float* out, unsigned rows,
+              unsigned k, unsigned h, unsigned m_dim, unsigned f, unsigned four_m,
+              unsigned flags),
+            (hi, hj, coors, src, valid, edge_term, phi_t, edge_out_t, edge_out_bias, gate_w,
+             coors_hidden_t, coors_hidden_bias, coors_out, scalars, out, rows, k, h, m_dim, f,
+             four_m, flags))

@@ -251,6 +251,32 @@ mod ffi {
             n: c_uint,
             d: f32,
         );
+        pub fn shim_egnn_edge_nodes(
+            g: c_uint,
+            b: c_uint,
+            hi: *const f32,
+            hj: *const f32,
+            coors: *const f32,
+            src: *const f32,
+            valid: *const f32,
+            edge_term: *const f32,
+            phi_t: *const f32,
+            edge_out_t: *const f32,
+            edge_out_bias: *const f32,
+            gate_w: *const f32,
+            coors_hidden_t: *const f32,
+            coors_hidden_bias: *const f32,
+            coors_out: *const f32,
+            scalars: *const f32,
+            out: *mut f32,
+            rows: c_uint,
+            k: c_uint,
+            h: c_uint,
+            m_dim: c_uint,
+            f: c_uint,
+            four_m: c_uint,
+            flags: c_uint,
+        );
         pub fn shim_view_copy(
             g: c_uint,
             b: c_uint,
@@ -979,5 +1005,77 @@ pub fn adjacency_degrees(l: Launch, adj: &[f32], n: usize, degrees: usize) -> Ve
         };
         std::mem::swap(&mut reach, &mut next);
     }
+    out
+}
+
+/// The per-call inputs of `egnn_edge_nodes`: `rows` nodes with `k` edges each.
+#[derive(Debug, Clone, Copy)]
+pub struct EgnnInputs<'a> {
+    /// `a = W1_i h + b1`, `(rows, H)`.
+    pub hi: &'a [f32],
+    /// `b = W1_j h`, `(rows, H)`.
+    pub hj: &'a [f32],
+    /// `(rows, 3)`.
+    pub coors: &'a [f32],
+    /// `(rows k,)`.
+    pub src: &'a [f32],
+    /// `(rows, k)`.
+    pub valid: &'a [f32],
+    /// `(rows k, H)` when the kernel has an edge term.
+    pub edge_term: Option<&'a [f32]>,
+}
+
+/// `egnn_edge_nodes`: `(rows, M + 3)` pooled messages and coordinate shifts.
+pub fn egnn_edge(
+    l: Launch,
+    kernel: &se3_core::ops::egnn_edge::EgnnEdgeKernel,
+    d: &EgnnInputs,
+    k: usize,
+) -> Vec<f32> {
+    use se3_core::ops::egnn_edge::device_args::EgnnDeviceArgs;
+    let rows = d.coors.len() / 3;
+    let h = kernel.hidden;
+    assert!(l.block.is_multiple_of(32) && l.block <= 1024);
+    assert!(EgnnDeviceArgs::fits(kernel));
+    assert_eq!((d.hi.len(), d.hj.len()), (rows * h, rows * h));
+    assert_eq!((d.src.len(), d.valid.len()), (rows * k, rows * k));
+    assert_eq!(kernel.phi_t.len(), (2 * kernel.fourier_features + 1) * h);
+    assert_eq!(kernel.edge_out_t.len(), h * kernel.m_dim);
+    assert_eq!(kernel.edge_term, d.edge_term.is_some());
+    if let Some(t) = d.edge_term {
+        assert_eq!(t.len(), rows * k * h);
+    }
+    let a = EgnnDeviceArgs::new(kernel);
+    let mut out = vec![f32::NAN; rows * (kernel.m_dim + 3)];
+    // SAFETY: inputs checked above against (rows, k, H, M, F); weights of the kernel's own
+    // shapes; out (rows, M + 3).
+    unsafe {
+        ffi::shim_egnn_edge_nodes(
+            l.grid,
+            l.block,
+            d.hi.as_ptr(),
+            d.hj.as_ptr(),
+            d.coors.as_ptr(),
+            d.src.as_ptr(),
+            d.valid.as_ptr(),
+            d.edge_term.unwrap_or(d.valid).as_ptr(),
+            kernel.phi_t.as_ptr(),
+            kernel.edge_out_t.as_ptr(),
+            kernel.edge_out_bias.as_ptr(),
+            a.gate_w.as_ptr(),
+            a.coors_hidden_t.as_ptr(),
+            a.coors_hidden_bias.as_ptr(),
+            a.coors_out.as_ptr(),
+            a.scalars.as_ptr(),
+            out.as_mut_ptr(),
+            u(rows),
+            u(k),
+            u(h),
+            u(kernel.m_dim),
+            u(kernel.fourier_features),
+            u(a.four_m),
+            a.flags,
+        )
+    };
     out
 }

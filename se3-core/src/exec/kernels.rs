@@ -97,6 +97,11 @@ pub const SOURCES: &[KernelSource] = &[
         kernels: &[("adjacency_init", Hot::No), ("adjacency_step", Hot::No)],
     },
     KernelSource {
+        file: "ops/egnn_edge/egnn_edge.cu",
+        source: include_str!("../ops/egnn_edge/egnn_edge.cu"),
+        kernels: &[("egnn_edge_nodes", Hot::Yes)],
+    },
+    KernelSource {
         file: "exec/cuda/view_copy.cu",
         source: include_str!("cuda/view_copy.cu"),
         kernels: &[("view_copy", Hot::Yes)],
