@@ -16,6 +16,7 @@
 #include "ops/edge_conv/radial_edge_conv.cu"
 #include "ops/adjacency/adjacency.cu"
 #include "ops/egnn_edge/egnn_edge.cu"
+#include "ops/edge_basis/edge_basis.cu"
 #include "exec/cuda/view_copy.cu"
 #include "exec/cuda/reduce.cu"
 #include "exec/cuda/elementwise.cu"
@@ -128,3 +129,12 @@ SHIM_LAUNCH(egnn_edge_nodes,
             (hi, hj, coors, src, valid, edge_term, phi_t, edge_out_t, edge_out_bias, gate_w,
              coors_hidden_t, coors_hidden_bias, coors_out, scalars, out, rows, k, h, m_dim, f,
              four_m, flags))
+SHIM_LAUNCH(spherical_harmonics_rows,
+            P(const float* rel, const unsigned* col_start, const unsigned* powers,
+              const float* coefs, float* out, unsigned e, unsigned cols),
+            (rel, col_start, powers, coefs, out, e, cols))
+SHIM_LAUNCH(kernel_basis_rows,
+            P(const float* rel, const float* dist, const unsigned* col_start,
+              const unsigned* powers, const float* coefs, float* out, unsigned e,
+              unsigned cols),
+            (rel, dist, col_start, powers, coefs, out, e, cols))

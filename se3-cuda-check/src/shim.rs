@@ -277,6 +277,29 @@ mod ffi {
             four_m: c_uint,
             flags: c_uint,
         );
+        pub fn shim_spherical_harmonics_rows(
+            g: c_uint,
+            b: c_uint,
+            rel: *const f32,
+            col_start: *const c_uint,
+            powers: *const c_uint,
+            coefs: *const f32,
+            out: *mut f32,
+            e: c_uint,
+            cols: c_uint,
+        );
+        pub fn shim_kernel_basis_rows(
+            g: c_uint,
+            b: c_uint,
+            rel: *const f32,
+            dist: *const f32,
+            col_start: *const c_uint,
+            powers: *const c_uint,
+            coefs: *const f32,
+            out: *mut f32,
+            e: c_uint,
+            cols: c_uint,
+        );
         pub fn shim_view_copy(
             g: c_uint,
             b: c_uint,
@@ -1075,6 +1098,68 @@ pub fn egnn_edge(
             u(kernel.fourier_features),
             u(a.four_m),
             a.flags,
+        )
+    };
+    out
+}
+
+fn check_table(t: &se3_core::ops::edge_basis::PolynomialTable) {
+    assert_eq!(t.col_start.len(), t.cols + 1);
+    assert_eq!(t.powers.len(), t.coefs.len());
+    assert!(t.col_start.windows(2).all(|w| w[0] <= w[1]));
+    assert_eq!(t.col_start[t.cols] as usize, t.powers.len());
+}
+
+/// `spherical_harmonics_rows`: `(E, cols)` of the table at the directions of `rel (E, 3)`.
+pub fn spherical_harmonics(
+    l: Launch,
+    rel: &[f32],
+    t: &se3_core::ops::edge_basis::PolynomialTable,
+) -> Vec<f32> {
+    check_table(t);
+    let e = rel.len() / 3;
+    let mut out = vec![f32::NAN; e * t.cols];
+    // SAFETY: rel (e, 3); the table checked above; out (e, cols).
+    unsafe {
+        ffi::shim_spherical_harmonics_rows(
+            l.grid,
+            l.block,
+            rel.as_ptr(),
+            t.col_start.as_ptr(),
+            t.powers.as_ptr(),
+            t.coefs.as_ptr(),
+            out.as_mut_ptr(),
+            u(e),
+            u(t.cols),
+        )
+    };
+    out
+}
+
+/// `kernel_basis_rows`: `(E, cols)` of the table at `rel (E, 3)` with lengths `dist (E,)`.
+pub fn kernel_basis(
+    l: Launch,
+    rel: &[f32],
+    dist: &[f32],
+    t: &se3_core::ops::edge_basis::PolynomialTable,
+) -> Vec<f32> {
+    check_table(t);
+    let e = dist.len();
+    assert_eq!(rel.len(), 3 * e);
+    let mut out = vec![f32::NAN; e * t.cols];
+    // SAFETY: rel (e, 3), dist (e,); the table checked above; out (e, cols).
+    unsafe {
+        ffi::shim_kernel_basis_rows(
+            l.grid,
+            l.block,
+            rel.as_ptr(),
+            dist.as_ptr(),
+            t.col_start.as_ptr(),
+            t.powers.as_ptr(),
+            t.coefs.as_ptr(),
+            out.as_mut_ptr(),
+            u(e),
+            u(t.cols),
         )
     };
     out

@@ -981,6 +981,98 @@ fn egnn_edge_matches_cpu_with_missing_neighbours_and_every_option() -> Result<()
     Ok(())
 }
 
+#[test]
+fn spherical_harmonics_and_kernel_basis_match_cpu_including_zero_length_edges() -> Result<(), Error>
+{
+    use se3_core::layers::EdgeBasis;
+    use se3_core::ops::edge_basis::PolynomialTable;
+    use se3_core::so3::spherical_harmonics::{spherical_harmonics, Convention, Normalization};
+    let mut r = rng();
+    let e = r.gen_range(200..500);
+    let mut rel = rand_vec(&mut r, e * 3);
+    // zero-length edges (coincident points) take the direction (0, 1, 0)
+    for k in 0..e {
+        if r.gen_bool(0.05) {
+            rel[k * 3..k * 3 + 3].fill(0.0);
+        }
+    }
+    // harmonics against the host's float64 harmonics, both conventions
+    let lmax = r.gen_range(1..5);
+    for (convention, normalization) in [
+        (Convention::E3nn, Normalization::Component),
+        (Convention::Se3TransformerPytorch, Normalization::Integral),
+    ] {
+        let table = PolynomialTable::spherical_harmonics(lmax, convention, normalization)?;
+        let mut want = Vec::with_capacity(e * table.cols);
+        for k in 0..e {
+            let v = nalgebra::Vector3::from_iterator(
+                rel[k * 3..k * 3 + 3].iter().map(|&x| f64::from(x)),
+            );
+            let v = if v.norm() == 0.0 {
+                nalgebra::Vector3::y()
+            } else {
+                v
+            };
+            for l in 0..=lmax {
+                want.extend(
+                    spherical_harmonics(l, &v, convention, normalization)?
+                        .iter()
+                        .map(|&y| y as f32),
+                );
+            }
+        }
+        for l in LAUNCHES {
+            let err = max_err(&shim::spherical_harmonics(l, &rel, &table), &want);
+            println!(
+                "spherical_harmonics_rows {l:?} lmax {lmax} {convention:?}: max error {err:e}"
+            );
+            record("spherical_harmonics_rows", err);
+            assert!(err < 1e-5, "spherical harmonics error {err}");
+        }
+    }
+    // the kernel basis against the graph of EdgeBasis::from_geometry on the CPU backend
+    let max_degree = r.gen_range(1..4);
+    let flips = [(1, 1, 1), (2, 1, 2), (1, 2, 2)];
+    let mut s = Session::new();
+    let rt = s.input::<(Dyn<'e'>, Const<3>)>("rel", InputKind::Values);
+    let dist = se3_core::ops::distances(rt);
+    let basis = EdgeBasis::from_geometry(&mut s, "", rt, dist, max_degree, &flips)?;
+    s.output("dist", dist);
+    for d_in in 0..=max_degree {
+        for d_out in 0..=max_degree {
+            s.output(&format!("b{d_in}.{d_out}"), basis.block(d_in, d_out)?);
+        }
+    }
+    s.set("rel", rel.clone(), &[e, 3])?;
+    s.run()?;
+    let d = s.get("dist")?.data;
+    let table = PolynomialTable::kernel_basis(max_degree, &flips)?;
+    for l in LAUNCHES {
+        let got = shim::kernel_basis(l, &rel, &d, &table);
+        let mut block = 0;
+        let mut err = 0.0f32;
+        for d_in in 0..=max_degree {
+            for d_out in 0..=max_degree {
+                let want = s.get(&format!("b{d_in}.{d_out}"))?.data;
+                let (c0, c1) = (table.block_start[block], table.block_start[block + 1]);
+                let mine: Vec<f32> = (0..e)
+                    .flat_map(|k| {
+                        got[k * table.cols + c0..k * table.cols + c1]
+                            .iter()
+                            .copied()
+                    })
+                    .collect();
+                err = err.max(max_err(&mine, &want));
+                block += 1;
+            }
+        }
+        println!("kernel_basis_rows {l:?} max degree {max_degree}: max error {err:e}");
+        record("kernel_basis_rows", err);
+        assert!(err < 1e-5, "kernel basis error {err}");
+    }
+    Ok(())
+}
+
 type Case = fn() -> Result<(), Error>;
 
 /// Every case above, by name.
@@ -1019,6 +1111,10 @@ const CASES: &[(&str, Case)] = &[
     (
         "egnn_edge",
         egnn_edge_matches_cpu_with_missing_neighbours_and_every_option,
+    ),
+    (
+        "edge_basis",
+        spherical_harmonics_and_kernel_basis_match_cpu_including_zero_length_edges,
     ),
 ];
 

@@ -102,6 +102,14 @@ pub const SOURCES: &[KernelSource] = &[
         kernels: &[("egnn_edge_nodes", Hot::Yes)],
     },
     KernelSource {
+        file: "ops/edge_basis/edge_basis.cu",
+        source: include_str!("../ops/edge_basis/edge_basis.cu"),
+        kernels: &[
+            ("spherical_harmonics_rows", Hot::Yes),
+            ("kernel_basis_rows", Hot::Yes),
+        ],
+    },
+    KernelSource {
         file: "exec/cuda/view_copy.cu",
         source: include_str!("cuda/view_copy.cu"),
         kernels: &[("view_copy", Hot::Yes)],
