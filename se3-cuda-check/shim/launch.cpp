@@ -17,6 +17,7 @@
 #include "ops/adjacency/adjacency.cu"
 #include "ops/egnn_edge/egnn_edge.cu"
 #include "ops/edge_basis/edge_basis.cu"
+#include "ops/head_attention/head_attention.cu"
 #include "exec/cuda/view_copy.cu"
 #include "exec/cuda/reduce.cu"
 #include "exec/cuda/elementwise.cu"
@@ -138,3 +139,8 @@ SHIM_LAUNCH(kernel_basis_rows,
               const unsigned* powers, const float* coefs, float* out, unsigned e,
               unsigned cols),
             (rel, dist, col_start, powers, coefs, out, e, cols))
+SHIM_LAUNCH(head_attention_rows,
+            P(const float* q, const float* k, const float* v, const float* mask, float* out,
+              unsigned b, unsigned n, unsigned c, unsigned heads, unsigned dh, float alpha,
+              int mode, int zero_if_all_masked),
+            (q, k, v, mask, out, b, n, c, heads, dh, alpha, mode, zero_if_all_masked))

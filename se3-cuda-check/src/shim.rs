@@ -300,6 +300,23 @@ mod ffi {
             e: c_uint,
             cols: c_uint,
         );
+        pub fn shim_head_attention_rows(
+            g: c_uint,
+            b: c_uint,
+            q: *const f32,
+            k: *const f32,
+            v: *const f32,
+            mask: *const f32,
+            out: *mut f32,
+            batch: c_uint,
+            n: c_uint,
+            c: c_uint,
+            heads: c_uint,
+            dh: c_uint,
+            alpha: f32,
+            mode: c_int,
+            zero_if_all_masked: c_int,
+        );
         pub fn shim_view_copy(
             g: c_uint,
             b: c_uint,
@@ -1160,6 +1177,49 @@ pub fn kernel_basis(
             out.as_mut_ptr(),
             u(e),
             u(t.cols),
+        )
+    };
+    out
+}
+
+/// `head_attention_rows` for an [`HeadAttention`](se3_core::ops::head_attention::HeadAttention)
+/// op: `q`, `k`, `v` `(b, n, c, heads dh)`, `mask (b, n)`; output as `q`.
+#[allow(clippy::too_many_arguments)]
+pub fn head_attention(
+    l: Launch,
+    op: &se3_core::ops::head_attention::HeadAttention,
+    (q, k, v, mask): (&[f32], &[f32], &[f32], &[f32]),
+    (b, n, c, dh): (usize, usize, usize, usize),
+) -> Vec<f32> {
+    use se3_core::ops::head_attention::HeadLogits;
+    let heads = op.heads.max(1);
+    let total = b * n * c * heads * dh;
+    assert_eq!((q.len(), k.len(), v.len()), (total, total, total));
+    assert_eq!(mask.len(), b * n);
+    assert!(l.block.is_multiple_of(32) && l.block <= 256 && c * dh <= 2048);
+    let (alpha, mode) = match op.logits {
+        HeadLogits::Dot => (op.scale, 0),
+        HeadLogits::L2Distance => (2.0 * op.scale, 1),
+    };
+    let mut out = vec![f32::NAN; total];
+    // SAFETY: q, k, v, out (b, n, c, heads dh) and mask (b, n), checked above.
+    unsafe {
+        ffi::shim_head_attention_rows(
+            l.grid,
+            l.block,
+            q.as_ptr(),
+            k.as_ptr(),
+            v.as_ptr(),
+            mask.as_ptr(),
+            out.as_mut_ptr(),
+            u(b),
+            u(n),
+            u(c),
+            u(heads),
+            u(dh),
+            alpha,
+            mode,
+            i32::from(op.zero_if_all_masked),
         )
     };
     out

@@ -1073,6 +1073,76 @@ fn spherical_harmonics_and_kernel_basis_match_cpu_including_zero_length_edges() 
     Ok(())
 }
 
+#[test]
+fn head_attention_matches_cpu_with_masked_and_fully_masked_batches() -> Result<(), Error> {
+    use se3_core::layers::graph::X;
+    use se3_core::ops::head_attention::{head_attention, HeadAttention, HeadLogits};
+    let mut r = rng();
+    for case in 0..4 {
+        // (the shim runs each block's barriers as OS threads: sizes kept small)
+        let (b, n, c) = (r.gen_range(1..3), r.gen_range(1..70), r.gen_range(1..4));
+        let (heads, dh) = (r.gen_range(1..4), r.gen_range(1..9));
+        let op = HeadAttention {
+            heads,
+            scale: r.gen_range(0.1..0.6),
+            logits: if case % 2 == 0 {
+                HeadLogits::Dot
+            } else {
+                HeadLogits::L2Distance
+            },
+            zero_if_all_masked: case >= 2,
+        };
+        let total = b * n * c * heads * dh;
+        let (q, k, v) = (
+            rand_vec(&mut r, total),
+            rand_vec(&mut r, total),
+            rand_vec(&mut r, total),
+        );
+        // batch element 0 fully masked in half the cases, the rest partly
+        let mask: Vec<f32> = (0..b * n)
+            .map(|i| f32::from(!(case % 2 == 1 && i < n) && r.gen_bool(0.7)))
+            .collect();
+        let mut s = Session::new();
+        let ex = |d: &[usize]| d.iter().map(|&v| Expression::from(v)).collect::<Vec<_>>();
+        let dims = [b, n, c, heads * dh];
+        let qt = s.input_with_shape::<(X, X, X, X)>("q", InputKind::Values, &ex(&dims));
+        let kt = s.input_with_shape::<(X, X, X, X)>("k", InputKind::Values, &ex(&dims));
+        let vt = s.input_with_shape::<(X, X, X, X)>("v", InputKind::Values, &ex(&dims));
+        let mt = s.input_with_shape::<(X, X)>("m", InputKind::Mask, &ex(&[b, n]));
+        s.output(
+            "y",
+            head_attention(
+                qt,
+                kt,
+                vt,
+                mt,
+                heads,
+                op.scale,
+                op.logits,
+                op.zero_if_all_masked,
+            ),
+        );
+        s.set("q", q.clone(), &dims)?;
+        s.set("k", k.clone(), &dims)?;
+        s.set("v", v.clone(), &dims)?;
+        s.set("m", mask.clone(), &[b, n])?;
+        s.run()?;
+        let want = s.get("y")?.data;
+        for l in [Launch { grid: 3, block: 32 }, Launch { grid: 2, block: 64 }] {
+            let got = shim::head_attention(l, &op, (&q, &k, &v, &mask), (b, n, c, dh));
+            let err = max_err(&got, &want);
+            println!(
+                "head_attention_rows {l:?} case {case} (b {b}, n {n}, c {c}, heads {heads}, \
+                 dh {dh}, {:?}): max error {err:e}",
+                op.logits
+            );
+            record("head_attention_rows", err);
+            assert!(err < 1e-5, "head attention error {err}");
+        }
+    }
+    Ok(())
+}
+
 type Case = fn() -> Result<(), Error>;
 
 /// Every case above, by name.
@@ -1115,6 +1185,10 @@ const CASES: &[(&str, Case)] = &[
     (
         "edge_basis",
         spherical_harmonics_and_kernel_basis_match_cpu_including_zero_length_edges,
+    ),
+    (
+        "head_attention",
+        head_attention_matches_cpu_with_masked_and_fully_masked_batches,
     ),
 ];
 

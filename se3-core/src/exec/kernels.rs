@@ -110,6 +110,11 @@ pub const SOURCES: &[KernelSource] = &[
         ],
     },
     KernelSource {
+        file: "ops/head_attention/head_attention.cu",
+        source: include_str!("../ops/head_attention/head_attention.cu"),
+        kernels: &[("head_attention_rows", Hot::Yes)],
+    },
+    KernelSource {
         file: "exec/cuda/view_copy.cu",
         source: include_str!("cuda/view_copy.cu"),
         kernels: &[("view_copy", Hot::Yes)],

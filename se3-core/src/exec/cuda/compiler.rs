@@ -52,6 +52,7 @@ pub const LOWERINGS: &[Lowering] = &[
     crate::ops::edge_conv::radial_cuda::lower,
     crate::ops::adjacency::cuda::lower,
     crate::ops::egnn_edge::cuda::lower,
+    crate::ops::head_attention::cuda::lower,
     super::primitives::lower_matmul,
     super::primitives::lower_reduce,
     super::primitives::lower_elementwise,

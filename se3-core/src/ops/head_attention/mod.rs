@@ -18,6 +18,8 @@
 //! terms of the L2 logits), recomputing `A` per block as the forward does.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 pub use cpu::HeadAttention;
 use luminal::prelude::*;
