@@ -18,6 +18,8 @@
 #include "ops/egnn_edge/egnn_edge.cu"
 #include "ops/edge_basis/edge_basis.cu"
 #include "ops/head_attention/head_attention.cu"
+#include "ops/neighbors/index_rows.cu"
+#include "ops/top_k/take_along_rows.cu"
 #include "exec/cuda/view_copy.cu"
 #include "exec/cuda/reduce.cu"
 #include "exec/cuda/elementwise.cu"
@@ -144,3 +146,12 @@ SHIM_LAUNCH(head_attention_rows,
               unsigned b, unsigned n, unsigned c, unsigned heads, unsigned dh, float alpha,
               int mode, int zero_if_all_masked),
             (q, k, v, mask, out, b, n, c, heads, dh, alpha, mode, zero_if_all_masked))
+SHIM_LAUNCH(index_valid, P(const float* idx, float* out, unsigned long long total),
+            (idx, out, total))
+SHIM_LAUNCH(edge_centers,
+            P(const float* idx, float* out, unsigned long long total, unsigned k),
+            (idx, out, total, k))
+SHIM_LAUNCH(take_along_rows,
+            P(const float* values, const float* idx, float* out, unsigned n, unsigned m,
+              unsigned k),
+            (values, idx, out, n, m, k))

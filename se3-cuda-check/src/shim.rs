@@ -317,6 +317,31 @@ mod ffi {
             mode: c_int,
             zero_if_all_masked: c_int,
         );
+        pub fn shim_index_valid(
+            g: c_uint,
+            b: c_uint,
+            idx: *const f32,
+            out: *mut f32,
+            total: c_ulonglong,
+        );
+        pub fn shim_edge_centers(
+            g: c_uint,
+            b: c_uint,
+            idx: *const f32,
+            out: *mut f32,
+            total: c_ulonglong,
+            k: c_uint,
+        );
+        pub fn shim_take_along_rows(
+            g: c_uint,
+            b: c_uint,
+            values: *const f32,
+            idx: *const f32,
+            out: *mut f32,
+            n: c_uint,
+            m: c_uint,
+            k: c_uint,
+        );
         pub fn shim_view_copy(
             g: c_uint,
             b: c_uint,
@@ -1220,6 +1245,61 @@ pub fn head_attention(
             alpha,
             mode,
             i32::from(op.zero_if_all_masked),
+        )
+    };
+    out
+}
+
+/// `index_valid` over `idx`.
+pub fn index_valid(l: Launch, idx: &[f32]) -> Vec<f32> {
+    let mut out = vec![f32::NAN; idx.len()];
+    // SAFETY: idx and out hold idx.len() elements.
+    unsafe {
+        ffi::shim_index_valid(
+            l.grid,
+            l.block,
+            idx.as_ptr(),
+            out.as_mut_ptr(),
+            idx.len() as u64,
+        )
+    };
+    out
+}
+
+/// `edge_centers` of `idx (N, k)`.
+pub fn edge_centers(l: Launch, idx: &[f32], k: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; idx.len()];
+    // SAFETY: idx and out hold idx.len() elements.
+    unsafe {
+        ffi::shim_edge_centers(
+            l.grid,
+            l.block,
+            idx.as_ptr(),
+            out.as_mut_ptr(),
+            idx.len() as u64,
+            u(k),
+        )
+    };
+    out
+}
+
+/// `take_along_rows`: `out (n, k)` from `values (n, m)` at `idx (n, k)`.
+pub fn take_along_rows(l: Launch, values: &[f32], idx: &[f32], m: usize, k: usize) -> Vec<f32> {
+    assert!(m > 0 && k > 0 && values.len().is_multiple_of(m));
+    let n = values.len() / m;
+    assert_eq!(idx.len(), n * k);
+    let mut out = vec![f32::NAN; n * k];
+    // SAFETY: values (n, m), idx and out (n, k), checked above.
+    unsafe {
+        ffi::shim_take_along_rows(
+            l.grid,
+            l.block,
+            values.as_ptr(),
+            idx.as_ptr(),
+            out.as_mut_ptr(),
+            u(n),
+            u(m),
+            u(k),
         )
     };
     out

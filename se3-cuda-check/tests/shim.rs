@@ -1143,6 +1143,61 @@ fn head_attention_matches_cpu_with_masked_and_fully_masked_batches() -> Result<(
     Ok(())
 }
 
+#[test]
+fn index_rows_and_take_along_rows_match_cpu() -> Result<(), Error> {
+    const K: usize = 6;
+    let mut r = rng();
+    // neighbour lists with missing slots (masked points, a radius): their validity and centres
+    let n = r.gen_range(10..120);
+    let x = rand_vec(&mut r, n * 3);
+    let mask: Vec<f32> = (0..n).map(|_| f32::from(r.gen_bool(0.7))).collect();
+    let mut s = Session::new();
+    s.derive_dim('e', Expression::from('n') * K);
+    let c = s.input::<(Dyn<'n'>, Const<3>)>("x", InputKind::Coordinates);
+    let m = s.input::<(Dyn<'n'>,)>("m", InputKind::Mask);
+    let spec = se3_core::ops::NeighborSpec {
+        radius: Some(1.5),
+        exclude_self: true,
+    };
+    let nb = se3_core::ops::neighbors_in_batches::<_, K>(c, Some(m), None, spec);
+    s.output("idx", nb.idx);
+    s.output("valid", nb.valid);
+    s.output("dst", nb.edges::<Dyn<'e'>>().dst);
+    s.set("x", x.clone(), &[n, 3])?;
+    s.set("m", mask.clone(), &[n])?;
+    s.run()?;
+    let idx = s.get("idx")?.data;
+    let (want_valid, want_dst) = (s.get("valid")?.data, s.get("dst")?.data);
+    assert!(idx.contains(&-1.0), "no missing neighbour drawn");
+    // values gathered along rows at indices with -1
+    let (rows, cols, k) = (r.gen_range(5..60), r.gen_range(1..20), r.gen_range(1..9));
+    let values = rand_vec(&mut r, rows * cols);
+    let at: Vec<f32> = (0..rows * k)
+        .map(|_| r.gen_range(-1..cols as i64) as f32)
+        .collect();
+    let mut s = Session::new();
+    let vt = s.input::<(Dyn<'r'>, Dyn<'c'>)>("v", InputKind::Values);
+    let it = s.input::<(Dyn<'r'>, Dyn<'k'>)>("i", InputKind::Values);
+    s.output("t", se3_core::ops::take_along_rows(vt, it));
+    s.set("v", values.clone(), &[rows, cols])?;
+    s.set("i", at.clone(), &[rows, k])?;
+    s.run()?;
+    let want_take = s.get("t")?.data;
+    for l in LAUNCHES {
+        let ev = max_err(&shim::index_valid(l, &idx), &want_valid);
+        let ec = max_err(&shim::edge_centers(l, &idx, K), &want_dst);
+        let et = max_err(&shim::take_along_rows(l, &values, &at, cols, k), &want_take);
+        println!(
+            "index_valid / edge_centers / take_along_rows {l:?}: max error {ev:e} / {ec:e} / {et:e}"
+        );
+        record("index_valid", ev);
+        record("edge_centers", ec);
+        record("take_along_rows", et);
+        assert_eq!((ev, ec, et), (0.0, 0.0, 0.0));
+    }
+    Ok(())
+}
+
 type Case = fn() -> Result<(), Error>;
 
 /// Every case above, by name.
@@ -1190,6 +1245,7 @@ const CASES: &[(&str, Case)] = &[
         "head_attention",
         head_attention_matches_cpu_with_masked_and_fully_masked_batches,
     ),
+    ("index_rows", index_rows_and_take_along_rows_match_cpu),
 ];
 
 #[test]

@@ -115,6 +115,16 @@ pub const SOURCES: &[KernelSource] = &[
         kernels: &[("head_attention_rows", Hot::Yes)],
     },
     KernelSource {
+        file: "ops/neighbors/index_rows.cu",
+        source: include_str!("../ops/neighbors/index_rows.cu"),
+        kernels: &[("index_valid", Hot::No), ("edge_centers", Hot::No)],
+    },
+    KernelSource {
+        file: "ops/top_k/take_along_rows.cu",
+        source: include_str!("../ops/top_k/take_along_rows.cu"),
+        kernels: &[("take_along_rows", Hot::No)],
+    },
+    KernelSource {
         file: "exec/cuda/view_copy.cu",
         source: include_str!("cuda/view_copy.cu"),
         kernels: &[("view_copy", Hot::Yes)],

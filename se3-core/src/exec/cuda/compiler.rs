@@ -53,6 +53,8 @@ pub const LOWERINGS: &[Lowering] = &[
     crate::ops::adjacency::cuda::lower,
     crate::ops::egnn_edge::cuda::lower,
     crate::ops::head_attention::cuda::lower,
+    crate::ops::neighbors::cuda::lower_index_rows,
+    crate::ops::top_k::cuda::lower_take_along_rows,
     super::primitives::lower_matmul,
     super::primitives::lower_reduce,
     super::primitives::lower_elementwise,
