@@ -263,6 +263,7 @@ impl VnTransformer {
             model: self,
             graphs: Vec::new(),
             instrumented: false,
+            device: se3_core::Device::Cpu,
         }
     }
 
@@ -281,12 +282,27 @@ pub struct VnSession {
     model: VnTransformer,
     graphs: Vec<(FeatKind, Session)>,
     instrumented: bool,
+    /// Where the graphs run.
+    device: se3_core::Device,
 }
 
 impl VnSession {
     /// The model.
     pub fn model(&self) -> &VnTransformer {
         &self.model
+    }
+
+    /// Runs this model's graphs on `device` from now on (graphs compiled already move with
+    /// their weights; later ones are built there), see [`Session::set_device`].
+    ///
+    /// # Errors
+    /// `CudaNotCompiled`, `CudaUnavailable`, or `InvalidOp` to move a graph off its device.
+    pub fn set_device(&mut self, device: se3_core::Device) -> Result<(), Error> {
+        for (_, s) in &mut self.graphs {
+            s.set_device(device)?;
+        }
+        self.device = device;
+        Ok(())
     }
 
     /// Times every operator of the graphs compiled from now on (`se3_core::exec::profile`);
@@ -364,8 +380,9 @@ impl VnSession {
         let pos = match self.graphs.iter().position(|(k, _)| *k == kind) {
             Some(p) => p,
             None => {
-                self.graphs
-                    .push((kind, self.model.graph(kind, self.instrumented)?));
+                let mut s = self.model.graph(kind, self.instrumented)?;
+                s.set_device(self.device)?;
+                self.graphs.push((kind, s));
                 self.graphs.len() - 1
             }
         };
