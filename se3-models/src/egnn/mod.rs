@@ -315,6 +315,7 @@ impl CompiledEgnn {
     /// # Errors
     /// `CudaNotCompiled`, `CudaUnavailable`, or `InvalidOp` to move a graph off its device.
     pub fn set_device(&mut self, device: se3_core::Device) -> Result<(), Error> {
+        device.check()?;
         for s in self
             .embed
             .values_mut()

@@ -449,6 +449,7 @@ impl CompiledEquiformer {
     /// # Errors
     /// `CudaNotCompiled`, `CudaUnavailable`, or `InvalidOp` to move a graph off its device.
     pub fn set_device(&mut self, device: se3_core::Device) -> Result<(), Error> {
+        device.check()?;
         if let Some((_, s)) = self.cache.as_mut() {
             s.set_device(device)?;
         }

@@ -298,6 +298,7 @@ impl VnSession {
     /// # Errors
     /// `CudaNotCompiled`, `CudaUnavailable`, or `InvalidOp` to move a graph off its device.
     pub fn set_device(&mut self, device: se3_core::Device) -> Result<(), Error> {
+        device.check()?;
         for (_, s) in &mut self.graphs {
             s.set_device(device)?;
         }
