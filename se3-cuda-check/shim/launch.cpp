@@ -15,6 +15,11 @@
 #include "ops/edge_contract/edge_contract.cu"
 #include "ops/edge_conv/radial_edge_conv.cu"
 #include "ops/adjacency/adjacency.cu"
+#include "ops/egnn_edge/egnn_edge.cu"
+#include "ops/edge_basis/edge_basis.cu"
+#include "ops/head_attention/head_attention.cu"
+#include "ops/neighbors/index_rows.cu"
+#include "ops/top_k/take_along_rows.cu"
 #include "exec/cuda/view_copy.cu"
 #include "exec/cuda/reduce.cu"
 #include "exec/cuda/elementwise.cu"
@@ -116,3 +121,37 @@ SHIM_LAUNCH(adjacency_init,
             (adj, reach, out, total))
 SHIM_LAUNCH(adjacency_step, P(const float* reach, float* next, float* out, unsigned n, float d),
             (reach, next, out, n, d))
+SHIM_LAUNCH(egnn_edge_nodes,
+            P(const float* hi, const float* hj, const float* coors, const float* src,
+              const float* valid, const float* edge_term, const float* phi_t,
+              const float* edge_out_t, const float* edge_out_bias, const float* gate_w,
+              const float* coors_hidden_t, const float* coors_hidden_bias,
+              const float* coors_out, const float* scalars, float* out, unsigned rows,
+              unsigned k, unsigned h, unsigned m_dim, unsigned f, unsigned four_m,
+              unsigned flags),
+            (hi, hj, coors, src, valid, edge_term, phi_t, edge_out_t, edge_out_bias, gate_w,
+             coors_hidden_t, coors_hidden_bias, coors_out, scalars, out, rows, k, h, m_dim, f,
+             four_m, flags))
+SHIM_LAUNCH(spherical_harmonics_rows,
+            P(const float* rel, const unsigned* col_start, const unsigned* powers,
+              const float* coefs, float* out, unsigned e, unsigned cols),
+            (rel, col_start, powers, coefs, out, e, cols))
+SHIM_LAUNCH(kernel_basis_rows,
+            P(const float* rel, const float* dist, const unsigned* col_start,
+              const unsigned* powers, const float* coefs, float* out, unsigned e,
+              unsigned cols),
+            (rel, dist, col_start, powers, coefs, out, e, cols))
+SHIM_LAUNCH(head_attention_rows,
+            P(const float* q, const float* k, const float* v, const float* mask, float* out,
+              unsigned b, unsigned n, unsigned c, unsigned heads, unsigned dh, float alpha,
+              int mode, int zero_if_all_masked),
+            (q, k, v, mask, out, b, n, c, heads, dh, alpha, mode, zero_if_all_masked))
+SHIM_LAUNCH(index_valid, P(const float* idx, float* out, unsigned long long total),
+            (idx, out, total))
+SHIM_LAUNCH(edge_centers,
+            P(const float* idx, float* out, unsigned long long total, unsigned k),
+            (idx, out, total, k))
+SHIM_LAUNCH(take_along_rows,
+            P(const float* values, const float* idx, float* out, unsigned n, unsigned m,
+              unsigned k),
+            (values, idx, out, n, m, k))

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
-use se3_core::exec::kernels::KernelSource;
+use se3_core::exec::kernels::{Hot, KernelSource, SOURCES};
 
 /// The two tools, found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +117,68 @@ pub fn assemble(
         return Err(log);
     }
     Ok(parse_ptxas(&log))
+}
+
+/// One kernel of one architecture in the compile check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledKernel {
+    /// `80` or `90`.
+    pub sm: &'static str,
+    /// Whether a spill here fails the check.
+    pub hot: Hot,
+    pub report: KernelReport,
+}
+
+/// What compiling every kernel gave: ptxas's report of each listed kernel, and every problem
+/// (a source that does not compile or assemble, a listed kernel missing from the PTX, a spill
+/// in a hot kernel).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompileSummary {
+    pub kernels: Vec<CompiledKernel>,
+    pub failures: Vec<String>,
+}
+
+/// Every source of [`SOURCES`] through NVRTC and ptxas for sm_80 and sm_90.
+pub fn compile_every_kernel(tools: &Tools) -> CompileSummary {
+    let mut out = CompileSummary::default();
+    for sm in ["80", "90"] {
+        for src in SOURCES {
+            let tag = src.file.replace(['/', '.'], "_");
+            let ptx = match to_ptx(src, sm) {
+                Ok(p) => p,
+                Err(log) => {
+                    out.failures
+                        .push(format!("{} does not compile for sm_{sm}: {log}", src.file));
+                    continue;
+                }
+            };
+            let reports = match assemble(tools, &ptx, sm, &tag) {
+                Ok(r) => r,
+                Err(log) => {
+                    out.failures
+                        .push(format!("ptxas fails on {} for sm_{sm}: {log}", src.file));
+                    continue;
+                }
+            };
+            for (kernel, hot) in src.kernels {
+                let Some(r) = reports.iter().find(|r| r.name == *kernel) else {
+                    out.failures
+                        .push(format!("{kernel} missing from the PTX of {}", src.file));
+                    continue;
+                };
+                if *hot == Hot::Yes && (r.spill_store_bytes > 0 || r.spill_load_bytes > 0) {
+                    out.failures
+                        .push(format!("hot kernel {kernel} spills registers on sm_{sm}"));
+                }
+                out.kernels.push(CompiledKernel {
+                    sm,
+                    hot: *hot,
+                    report: r.clone(),
+                });
+            }
+        }
+    }
+    out
 }
 
 fn number_before(line: &str, word: &str) -> Option<u32> {

@@ -251,6 +251,97 @@ mod ffi {
             n: c_uint,
             d: f32,
         );
+        pub fn shim_egnn_edge_nodes(
+            g: c_uint,
+            b: c_uint,
+            hi: *const f32,
+            hj: *const f32,
+            coors: *const f32,
+            src: *const f32,
+            valid: *const f32,
+            edge_term: *const f32,
+            phi_t: *const f32,
+            edge_out_t: *const f32,
+            edge_out_bias: *const f32,
+            gate_w: *const f32,
+            coors_hidden_t: *const f32,
+            coors_hidden_bias: *const f32,
+            coors_out: *const f32,
+            scalars: *const f32,
+            out: *mut f32,
+            rows: c_uint,
+            k: c_uint,
+            h: c_uint,
+            m_dim: c_uint,
+            f: c_uint,
+            four_m: c_uint,
+            flags: c_uint,
+        );
+        pub fn shim_spherical_harmonics_rows(
+            g: c_uint,
+            b: c_uint,
+            rel: *const f32,
+            col_start: *const c_uint,
+            powers: *const c_uint,
+            coefs: *const f32,
+            out: *mut f32,
+            e: c_uint,
+            cols: c_uint,
+        );
+        pub fn shim_kernel_basis_rows(
+            g: c_uint,
+            b: c_uint,
+            rel: *const f32,
+            dist: *const f32,
+            col_start: *const c_uint,
+            powers: *const c_uint,
+            coefs: *const f32,
+            out: *mut f32,
+            e: c_uint,
+            cols: c_uint,
+        );
+        pub fn shim_head_attention_rows(
+            g: c_uint,
+            b: c_uint,
+            q: *const f32,
+            k: *const f32,
+            v: *const f32,
+            mask: *const f32,
+            out: *mut f32,
+            batch: c_uint,
+            n: c_uint,
+            c: c_uint,
+            heads: c_uint,
+            dh: c_uint,
+            alpha: f32,
+            mode: c_int,
+            zero_if_all_masked: c_int,
+        );
+        pub fn shim_index_valid(
+            g: c_uint,
+            b: c_uint,
+            idx: *const f32,
+            out: *mut f32,
+            total: c_ulonglong,
+        );
+        pub fn shim_edge_centers(
+            g: c_uint,
+            b: c_uint,
+            idx: *const f32,
+            out: *mut f32,
+            total: c_ulonglong,
+            k: c_uint,
+        );
+        pub fn shim_take_along_rows(
+            g: c_uint,
+            b: c_uint,
+            values: *const f32,
+            idx: *const f32,
+            out: *mut f32,
+            n: c_uint,
+            m: c_uint,
+            k: c_uint,
+        );
         pub fn shim_view_copy(
             g: c_uint,
             b: c_uint,
@@ -979,5 +1070,237 @@ pub fn adjacency_degrees(l: Launch, adj: &[f32], n: usize, degrees: usize) -> Ve
         };
         std::mem::swap(&mut reach, &mut next);
     }
+    out
+}
+
+/// The per-call inputs of `egnn_edge_nodes`: `rows` nodes with `k` edges each.
+#[derive(Debug, Clone, Copy)]
+pub struct EgnnInputs<'a> {
+    /// `a = W1_i h + b1`, `(rows, H)`.
+    pub hi: &'a [f32],
+    /// `b = W1_j h`, `(rows, H)`.
+    pub hj: &'a [f32],
+    /// `(rows, 3)`.
+    pub coors: &'a [f32],
+    /// `(rows k,)`.
+    pub src: &'a [f32],
+    /// `(rows, k)`.
+    pub valid: &'a [f32],
+    /// `(rows k, H)` when the kernel has an edge term.
+    pub edge_term: Option<&'a [f32]>,
+}
+
+/// `egnn_edge_nodes`: `(rows, M + 3)` pooled messages and coordinate shifts.
+pub fn egnn_edge(
+    l: Launch,
+    kernel: &se3_core::ops::egnn_edge::EgnnEdgeKernel,
+    d: &EgnnInputs,
+    k: usize,
+) -> Vec<f32> {
+    use se3_core::ops::egnn_edge::device_args::EgnnDeviceArgs;
+    let rows = d.coors.len() / 3;
+    let h = kernel.hidden;
+    assert!(l.block.is_multiple_of(32) && l.block <= 1024);
+    assert!(EgnnDeviceArgs::fits(kernel));
+    assert_eq!((d.hi.len(), d.hj.len()), (rows * h, rows * h));
+    assert_eq!((d.src.len(), d.valid.len()), (rows * k, rows * k));
+    assert_eq!(kernel.phi_t.len(), (2 * kernel.fourier_features + 1) * h);
+    assert_eq!(kernel.edge_out_t.len(), h * kernel.m_dim);
+    assert_eq!(kernel.edge_term, d.edge_term.is_some());
+    if let Some(t) = d.edge_term {
+        assert_eq!(t.len(), rows * k * h);
+    }
+    let a = EgnnDeviceArgs::new(kernel);
+    let mut out = vec![f32::NAN; rows * (kernel.m_dim + 3)];
+    // SAFETY: inputs checked above against (rows, k, H, M, F); weights of the kernel's own
+    // shapes; out (rows, M + 3).
+    unsafe {
+        ffi::shim_egnn_edge_nodes(
+            l.grid,
+            l.block,
+            d.hi.as_ptr(),
+            d.hj.as_ptr(),
+            d.coors.as_ptr(),
+            d.src.as_ptr(),
+            d.valid.as_ptr(),
+            d.edge_term.unwrap_or(d.valid).as_ptr(),
+            kernel.phi_t.as_ptr(),
+            kernel.edge_out_t.as_ptr(),
+            kernel.edge_out_bias.as_ptr(),
+            a.gate_w.as_ptr(),
+            a.coors_hidden_t.as_ptr(),
+            a.coors_hidden_bias.as_ptr(),
+            a.coors_out.as_ptr(),
+            a.scalars.as_ptr(),
+            out.as_mut_ptr(),
+            u(rows),
+            u(k),
+            u(h),
+            u(kernel.m_dim),
+            u(kernel.fourier_features),
+            u(a.four_m),
+            a.flags,
+        )
+    };
+    out
+}
+
+fn check_table(t: &se3_core::ops::edge_basis::PolynomialTable) {
+    assert_eq!(t.col_start.len(), t.cols + 1);
+    assert_eq!(t.powers.len(), t.coefs.len());
+    assert!(t.col_start.windows(2).all(|w| w[0] <= w[1]));
+    assert_eq!(t.col_start[t.cols] as usize, t.powers.len());
+}
+
+/// `spherical_harmonics_rows`: `(E, cols)` of the table at the directions of `rel (E, 3)`.
+pub fn spherical_harmonics(
+    l: Launch,
+    rel: &[f32],
+    t: &se3_core::ops::edge_basis::PolynomialTable,
+) -> Vec<f32> {
+    check_table(t);
+    let e = rel.len() / 3;
+    let mut out = vec![f32::NAN; e * t.cols];
+    // SAFETY: rel (e, 3); the table checked above; out (e, cols).
+    unsafe {
+        ffi::shim_spherical_harmonics_rows(
+            l.grid,
+            l.block,
+            rel.as_ptr(),
+            t.col_start.as_ptr(),
+            t.powers.as_ptr(),
+            t.coefs.as_ptr(),
+            out.as_mut_ptr(),
+            u(e),
+            u(t.cols),
+        )
+    };
+    out
+}
+
+/// `kernel_basis_rows`: `(E, cols)` of the table at `rel (E, 3)` with lengths `dist (E,)`.
+pub fn kernel_basis(
+    l: Launch,
+    rel: &[f32],
+    dist: &[f32],
+    t: &se3_core::ops::edge_basis::PolynomialTable,
+) -> Vec<f32> {
+    check_table(t);
+    let e = dist.len();
+    assert_eq!(rel.len(), 3 * e);
+    let mut out = vec![f32::NAN; e * t.cols];
+    // SAFETY: rel (e, 3), dist (e,); the table checked above; out (e, cols).
+    unsafe {
+        ffi::shim_kernel_basis_rows(
+            l.grid,
+            l.block,
+            rel.as_ptr(),
+            dist.as_ptr(),
+            t.col_start.as_ptr(),
+            t.powers.as_ptr(),
+            t.coefs.as_ptr(),
+            out.as_mut_ptr(),
+            u(e),
+            u(t.cols),
+        )
+    };
+    out
+}
+
+/// `head_attention_rows` for an [`HeadAttention`](se3_core::ops::head_attention::HeadAttention)
+/// op: `q`, `k`, `v` `(b, n, c, heads dh)`, `mask (b, n)`; output as `q`.
+#[allow(clippy::too_many_arguments)]
+pub fn head_attention(
+    l: Launch,
+    op: &se3_core::ops::head_attention::HeadAttention,
+    (q, k, v, mask): (&[f32], &[f32], &[f32], &[f32]),
+    (b, n, c, dh): (usize, usize, usize, usize),
+) -> Vec<f32> {
+    use se3_core::ops::head_attention::HeadLogits;
+    let heads = op.heads.max(1);
+    let total = b * n * c * heads * dh;
+    assert_eq!((q.len(), k.len(), v.len()), (total, total, total));
+    assert_eq!(mask.len(), b * n);
+    assert!(l.block.is_multiple_of(32) && l.block <= 256 && c * dh <= 2048);
+    let (alpha, mode) = match op.logits {
+        HeadLogits::Dot => (op.scale, 0),
+        HeadLogits::L2Distance => (2.0 * op.scale, 1),
+    };
+    let mut out = vec![f32::NAN; total];
+    // SAFETY: q, k, v, out (b, n, c, heads dh) and mask (b, n), checked above.
+    unsafe {
+        ffi::shim_head_attention_rows(
+            l.grid,
+            l.block,
+            q.as_ptr(),
+            k.as_ptr(),
+            v.as_ptr(),
+            mask.as_ptr(),
+            out.as_mut_ptr(),
+            u(b),
+            u(n),
+            u(c),
+            u(heads),
+            u(dh),
+            alpha,
+            mode,
+            i32::from(op.zero_if_all_masked),
+        )
+    };
+    out
+}
+
+/// `index_valid` over `idx`.
+pub fn index_valid(l: Launch, idx: &[f32]) -> Vec<f32> {
+    let mut out = vec![f32::NAN; idx.len()];
+    // SAFETY: idx and out hold idx.len() elements.
+    unsafe {
+        ffi::shim_index_valid(
+            l.grid,
+            l.block,
+            idx.as_ptr(),
+            out.as_mut_ptr(),
+            idx.len() as u64,
+        )
+    };
+    out
+}
+
+/// `edge_centers` of `idx (N, k)`.
+pub fn edge_centers(l: Launch, idx: &[f32], k: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; idx.len()];
+    // SAFETY: idx and out hold idx.len() elements.
+    unsafe {
+        ffi::shim_edge_centers(
+            l.grid,
+            l.block,
+            idx.as_ptr(),
+            out.as_mut_ptr(),
+            idx.len() as u64,
+            u(k),
+        )
+    };
+    out
+}
+
+/// `take_along_rows`: `out (n, k)` from `values (n, m)` at `idx (n, k)`.
+pub fn take_along_rows(l: Launch, values: &[f32], idx: &[f32], m: usize, k: usize) -> Vec<f32> {
+    assert!(m > 0 && k > 0 && values.len().is_multiple_of(m));
+    let n = values.len() / m;
+    assert_eq!(idx.len(), n * k);
+    let mut out = vec![f32::NAN; n * k];
+    // SAFETY: values (n, m), idx and out (n, k), checked above.
+    unsafe {
+        ffi::shim_take_along_rows(
+            l.grid,
+            l.block,
+            values.as_ptr(),
+            idx.as_ptr(),
+            out.as_mut_ptr(),
+            u(n),
+            u(m),
+            u(k),
+        )
+    };
     out
 }

@@ -2,6 +2,17 @@
 //! with se3's CPU backend (a `Session` running the same op) on fresh random inputs: sizes that
 //! are not multiples of the block size, small grids (the grid-stride loops wrap), empty
 //! segments, masked (-1) indices and duplicate indices. Each test prints its largest error.
+//!
+//! `kernel_report_registers_spills_and_shim_errors` runs every case again and compiles every
+//! kernel with NVRTC + ptxas for sm_80 and sm_90, then prints one table: per kernel its
+//! registers, stack and spills on each architecture and the largest CPU-shim error; it fails
+//! on a compile error, a spill in a hot kernel, or a listed kernel that no case executed.
+//! Without the compilers (`scripts/install-cuda-compilers` not run) it prints the errors with
+//! a skip note for the compile columns, unless `SE3_REQUIRE_CUDA_COMPILERS` is set (CI), where
+//! their absence fails.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 use luminal::prelude::{symbolic::Expression, *};
 use rand::rngs::StdRng;
@@ -19,6 +30,23 @@ const LAUNCHES: [Launch; 2] = [
         block: 160,
     },
 ];
+
+thread_local! {
+    /// The largest error per kernel of the cases run on this thread, while a report collects.
+    static RECORDED: RefCell<Option<BTreeMap<&'static str, f32>>> = const { RefCell::new(None) };
+}
+
+/// Notes `err` as an error of `kernel` (kept if it is the largest so far, NaN always).
+fn record(kernel: &'static str, err: f32) {
+    RECORDED.with(|r| {
+        if let Some(m) = r.borrow_mut().as_mut() {
+            let e = m.entry(kernel).or_insert(0.0);
+            if err.is_nan() || err > *e {
+                *e = err;
+            }
+        }
+    });
+}
 
 fn rng() -> StdRng {
     StdRng::seed_from_u64(rand::thread_rng().gen())
@@ -83,6 +111,7 @@ fn gather_rows_matches_cpu() -> Result<(), Error> {
     for l in LAUNCHES {
         let err = max_err(&shim::gather_rows(l, &table, &idx, c), &want);
         println!("gather_rows {l:?}: max error {err:e}");
+        record("gather_rows", err);
         assert_eq!(err, 0.0);
     }
     Ok(())
@@ -110,6 +139,8 @@ fn scatter_add_atomic_and_deterministic_match_cpu() -> Result<(), Error> {
         let det = max_err(&shim::scatter_add_sorted(l, &src, &idx, n, c), &want);
         let atomic = max_err(&shim::scatter_add_atomic(l, &src, &idx, n, c), &want);
         println!("scatter_add {l:?}: deterministic max error {det:e}, atomic {atomic:e}");
+        record("scatter_add_sorted", det);
+        record("scatter_add_atomic", atomic);
         // the deterministic mode sums in edge order, as the CPU kernel: bit for bit
         assert_eq!(det, 0.0);
         assert!(atomic < 1e-5, "atomic scatter-add error {atomic}");
@@ -118,7 +149,7 @@ fn scatter_add_atomic_and_deterministic_match_cpu() -> Result<(), Error> {
 }
 
 #[test]
-fn buckets_are_stable_counting_sort_with_empty_segments() {
+fn buckets_are_stable_counting_sort_with_empty_segments() -> Result<(), Error> {
     let mut r = rng();
     let (n, e) = (r.gen_range(5..60), r.gen_range(200..500));
     let idx = rand_idx(&mut r, e, n);
@@ -132,12 +163,21 @@ fn buckets_are_stable_counting_sort_with_empty_segments() {
         want_start[d + 1] = want_start[d] + into.len() as u32;
         want_order.extend(into);
     }
+    let differ = |a: &[u32], b: &[u32]| {
+        (a.len().abs_diff(b.len()) + a.iter().zip(b).filter(|(x, y)| x != y).count()) as f32
+    };
+    // the four bucket kernels run together: their error is the number of wrong entries
+    let wrong = differ(&start, &want_start) + differ(&order, &want_order);
+    for k in ["bucket_count", "bucket_scan", "bucket_fill", "bucket_sort"] {
+        record(k, wrong);
+    }
     assert_eq!(start, want_start);
     assert_eq!(order, want_order);
     assert!(
         (0..n).any(|d| start[d] == start[d + 1]),
         "no empty segment drawn"
     );
+    Ok(())
 }
 
 #[test]
@@ -160,6 +200,7 @@ fn segment_softmax_matches_cpu() -> Result<(), Error> {
     for l in LAUNCHES {
         let err = max_err(&shim::segment_softmax(l, &x, &seg, n, h), &want);
         println!("segment_softmax_sorted {l:?}: max error {err:e}");
+        record("segment_softmax_sorted", err);
         assert!(err < 1e-6, "segment softmax error {err}");
     }
     Ok(())
@@ -187,6 +228,7 @@ fn relative_positions_match_cpu() -> Result<(), Error> {
         let (rel, dist) = shim::relative_positions(l, &coords, &a, &b);
         let (e1, e2) = (max_err(&rel, &want_rel), max_err(&dist, &want_dist));
         println!("relative_positions {l:?}: max error rel {e1:e}, dist {e2:e}");
+        record("relative_positions", e1.max(e2));
         assert_eq!(e1, 0.0);
         assert!(e2 < 1e-6, "distance error {e2}");
     }
@@ -224,6 +266,7 @@ fn layer_norm_gelu_matches_cpu() -> Result<(), Error> {
     ] {
         let err = max_err(&shim::layer_norm_gelu(l, &x, &b, &g, &be, 1e-5), &want);
         println!("layer_norm_gelu_rows {l:?}: max error {err:e}");
+        record("layer_norm_gelu_rows", err);
         assert!(err < 1e-5, "layer_norm_gelu error {err}");
     }
     Ok(())
@@ -260,6 +303,7 @@ fn top_k_matches_cpu_with_masks_nan_and_ties() -> Result<(), Error> {
                 "top_k_rows {l:?} largest={largest}: max error {:e}",
                 max_err(&got, &want)
             );
+            record("top_k_rows", max_err(&got, &want));
             assert_eq!(got, want);
         }
     }
@@ -282,6 +326,8 @@ fn reductions_match_cpu() -> Result<(), Error> {
         let es = max_err(&shim::reduce(l, &x, a, b, c, false), &want_sum);
         let em = max_err(&shim::reduce(l, &x, a, b, c, true), &want_max);
         println!("reduce_sum/reduce_max {l:?}: max error {es:e} / {em:e}");
+        record("reduce_sum", es);
+        record("reduce_max", em);
         assert!(es < 1e-5, "sum error {es}");
         assert_eq!(em, 0.0);
     }
@@ -324,6 +370,7 @@ fn view_copy_reads_permuted_sliced_padded_and_expanded_views_as_cpu() -> Result<
         for l in LAUNCHES {
             let err = max_err(&shim::view_copy(l, &x, &desc), &want);
             println!("view_copy {name} {l:?}: max error {err:e}");
+            record("view_copy", err);
             assert_eq!(err, 0.0);
         }
     }
@@ -368,6 +415,7 @@ fn elementwise_program_matches_cpu_chain() -> Result<(), Error> {
         let lt = shim::elementwise(l, &dev, 12, &[&x, &y, &seven], n);
         let (ef, el) = (max_err(&f, &want_f), max_err(&lt, &want_lt));
         println!("elementwise_program {l:?}: max error {ef:e} (chain), {el:e} (less-than)");
+        record("elementwise_program", ef.max(el));
         assert!(ef < 1e-5, "elementwise chain error {ef}");
         assert_eq!(el, 0.0);
     }
@@ -427,6 +475,7 @@ fn edge_conv_matrix_and_diagonal_match_cpu() -> Result<(), Error> {
             &want_diag,
         );
         println!("edge_conv_sorted {l:?}: max error matrix {em:e}, diagonal {ed:e}");
+        record("edge_conv_sorted", em.max(ed));
         assert!(em < 1e-5, "edge_conv error {em}");
         assert_eq!(ed, 0.0);
     }
@@ -489,6 +538,7 @@ fn knn_matches_cpu_with_masks_batches_radius_and_ties() -> Result<(), Error> {
                     "knn_rows {l:?} n={n} radius={radius:?} batched={batched} \
                      exclude_self={exclude_self}: {differ} slots differ"
                 );
+                record("knn_rows", max_err(&got, &want));
                 assert_eq!(got, want);
             }
         }
@@ -571,6 +621,7 @@ fn radial_hidden_matches_cpu() -> Result<(), Error> {
         println!(
             "radial_hidden_rows {l:?} (np {np}, e {e}, n_in {n_in}, h {h}): max error {err:e}"
         );
+        record("radial_hidden_rows", err);
         assert!(err < 1e-4, "radial_hidden error {err}");
     }
     Ok(())
@@ -667,6 +718,7 @@ fn edge_contract_sum_and_logits_match_cpu_with_heads_and_missing_neighbours() ->
              relative to the largest output {:e}",
                 abs / scale
             );
+            record("edge_contract_sum_nodes", abs / scale);
             assert!(
                 abs / scale < 1e-5,
                 "edge_contract_sum error {}",
@@ -687,6 +739,7 @@ fn edge_contract_sum_and_logits_match_cpu_with_heads_and_missing_neighbours() ->
                  largest logit {:e}",
                 abs / scale
             );
+            record("edge_contract_logits_nodes", abs / scale);
             assert!(
                 abs / scale < 1e-5,
                 "edge_contract_logits error {}",
@@ -797,6 +850,7 @@ fn radial_edge_conv_matches_cpu_with_missing_edges_and_zero_weights() -> Result<
                 "radial_edge_conv_sorted {l:?} ({sz:?}, e {e}): max error relative to the \
                  largest output: {er:e} (CPU reassociated), {ed:e} (CPU direct)"
             );
+            record("radial_edge_conv_sorted", er);
             assert!(er < 1e-5 && ed < 1e-5, "radial_edge_conv error {er} {ed}");
         }
     }
@@ -828,7 +882,451 @@ fn adjacency_degrees_match_cpu() -> Result<(), Error> {
         let got = shim::adjacency_degrees(l, &adj, n, degrees);
         let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
         println!("adjacency {l:?} n={n} degrees={degrees}: {differ} entries differ");
+        record("adjacency_init", max_err(&got, &want));
+        record("adjacency_step", max_err(&got, &want));
         assert_eq!(got, want);
     }
+    Ok(())
+}
+
+#[test]
+fn egnn_edge_matches_cpu_with_missing_neighbours_and_every_option() -> Result<(), Error> {
+    use se3_core::layers::graph::X;
+    use se3_core::ops::egnn_edge::{egnn_edge, EgnnCoorsWeights, EgnnEdgeInputs, EgnnEdgeKernel};
+    let mut r = rng();
+    for case in 0..4 {
+        let (h, m_dim, f) = (r.gen_range(1..70), r.gen_range(1..20), r.gen_range(0..3));
+        let (rows, k) = (r.gen_range(1..25), r.gen_range(1..9));
+        let small = |r: &mut StdRng, n: usize| -> Vec<f32> {
+            (0..n).map(|_| r.gen_range(-0.6f32..0.6)).collect()
+        };
+        let kernel = EgnnEdgeKernel {
+            hidden: h,
+            m_dim,
+            fourier_features: f,
+            phi_t: small(&mut r, (2 * f + 1) * h),
+            edge_out_t: small(&mut r, h * m_dim),
+            edge_out_bias: small(&mut r, m_dim),
+            gate: (case % 2 == 0).then(|| (small(&mut r, m_dim), r.gen_range(-0.5..0.5))),
+            coors: (case != 1).then(|| EgnnCoorsWeights {
+                hidden_t: small(&mut r, m_dim * 4 * m_dim),
+                hidden_bias: small(&mut r, 4 * m_dim),
+                out: small(&mut r, 4 * m_dim),
+                out_bias: r.gen_range(-0.5..0.5),
+            }),
+            coors_scale: (case >= 2).then(|| r.gen_range(0.1..2.0)),
+            clamp: (case == 3).then(|| r.gen_range(0.05..1.0)),
+            pool_messages: case != 2,
+            edge_term: case == 3,
+        };
+        let (hi, hj) = (small(&mut r, rows * h), small(&mut r, rows * h));
+        let coors = rand_vec(&mut r, rows * 3);
+        // -1 neighbours (and out-of-range ones) read zeros; some edges invalid
+        let src: Vec<f32> = (0..rows * k)
+            .map(|_| {
+                if r.gen_bool(0.2) {
+                    -1.0
+                } else {
+                    r.gen_range(0..rows) as f32
+                }
+            })
+            .collect();
+        let valid: Vec<f32> = (0..rows * k).map(|_| f32::from(r.gen_bool(0.8))).collect();
+        let term = kernel.edge_term.then(|| small(&mut r, rows * k * h));
+        let mut s = Session::new();
+        let ex = |d: &[usize]| d.iter().map(|&v| Expression::from(v)).collect::<Vec<_>>();
+        let inp = |s: &mut Session, name: &str, d: &[usize]| {
+            s.input_with_shape::<(X, X)>(name, InputKind::Values, &ex(d))
+        };
+        let inputs = EgnnEdgeInputs {
+            dst_term: inp(&mut s, "hi", &[rows, h]),
+            src_term: inp(&mut s, "hj", &[rows, h]),
+            coors: inp(&mut s, "x", &[rows, 3]),
+            src: s.input_with_shape::<(X,)>("src", InputKind::Values, &ex(&[rows * k])),
+            valid: inp(&mut s, "valid", &[rows, k]),
+        };
+        let term_t = kernel
+            .edge_term
+            .then(|| inp(&mut s, "term", &[rows * k, h]));
+        s.output("y", egnn_edge(inputs, term_t, kernel.clone()));
+        s.set("hi", hi.clone(), &[rows, h])?;
+        s.set("hj", hj.clone(), &[rows, h])?;
+        s.set("x", coors.clone(), &[rows, 3])?;
+        s.set("src", src.clone(), &[rows * k])?;
+        s.set("valid", valid.clone(), &[rows, k])?;
+        if let Some(t) = &term {
+            s.set("term", t.clone(), &[rows * k, h])?;
+        }
+        s.run()?;
+        let want = s.get("y")?.data;
+        let d = shim::EgnnInputs {
+            hi: &hi,
+            hj: &hj,
+            coors: &coors,
+            src: &src,
+            valid: &valid,
+            edge_term: term.as_deref(),
+        };
+        for l in [Launch { grid: 2, block: 64 }, Launch { grid: 3, block: 96 }] {
+            let err = max_err(&shim::egnn_edge(l, &kernel, &d, k), &want);
+            println!(
+                "egnn_edge_nodes {l:?} case {case} (rows {rows}, k {k}, H {h}, M {m_dim}, F {f}): \
+                 max error {err:e}"
+            );
+            record("egnn_edge_nodes", err);
+            // two MLPs and k-edge sums in another order, the CPU's exp a polynomial
+            assert!(err < 5e-5, "egnn_edge error {err}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn spherical_harmonics_and_kernel_basis_match_cpu_including_zero_length_edges() -> Result<(), Error>
+{
+    use se3_core::layers::EdgeBasis;
+    use se3_core::ops::edge_basis::PolynomialTable;
+    use se3_core::so3::spherical_harmonics::{spherical_harmonics, Convention, Normalization};
+    let mut r = rng();
+    let e = r.gen_range(200..500);
+    let mut rel = rand_vec(&mut r, e * 3);
+    // zero-length edges (coincident points) take the direction (0, 1, 0)
+    for k in 0..e {
+        if r.gen_bool(0.05) {
+            rel[k * 3..k * 3 + 3].fill(0.0);
+        }
+    }
+    // harmonics against the host's float64 harmonics, both conventions
+    let lmax = r.gen_range(1..5);
+    for (convention, normalization) in [
+        (Convention::E3nn, Normalization::Component),
+        (Convention::Se3TransformerPytorch, Normalization::Integral),
+    ] {
+        let table = PolynomialTable::spherical_harmonics(lmax, convention, normalization)?;
+        let mut want = Vec::with_capacity(e * table.cols);
+        for k in 0..e {
+            let v = nalgebra::Vector3::from_iterator(
+                rel[k * 3..k * 3 + 3].iter().map(|&x| f64::from(x)),
+            );
+            let v = if v.norm() == 0.0 {
+                nalgebra::Vector3::y()
+            } else {
+                v
+            };
+            for l in 0..=lmax {
+                want.extend(
+                    spherical_harmonics(l, &v, convention, normalization)?
+                        .iter()
+                        .map(|&y| y as f32),
+                );
+            }
+        }
+        for l in LAUNCHES {
+            let err = max_err(&shim::spherical_harmonics(l, &rel, &table), &want);
+            println!(
+                "spherical_harmonics_rows {l:?} lmax {lmax} {convention:?}: max error {err:e}"
+            );
+            record("spherical_harmonics_rows", err);
+            assert!(err < 1e-5, "spherical harmonics error {err}");
+        }
+    }
+    // the kernel basis against the graph of EdgeBasis::from_geometry on the CPU backend
+    let max_degree = r.gen_range(1..4);
+    let flips = [(1, 1, 1), (2, 1, 2), (1, 2, 2)];
+    let mut s = Session::new();
+    let rt = s.input::<(Dyn<'e'>, Const<3>)>("rel", InputKind::Values);
+    let dist = se3_core::ops::distances(rt);
+    let basis = EdgeBasis::from_geometry(&mut s, "", rt, dist, max_degree, &flips)?;
+    s.output("dist", dist);
+    for d_in in 0..=max_degree {
+        for d_out in 0..=max_degree {
+            s.output(&format!("b{d_in}.{d_out}"), basis.block(d_in, d_out)?);
+        }
+    }
+    s.set("rel", rel.clone(), &[e, 3])?;
+    s.run()?;
+    let d = s.get("dist")?.data;
+    let table = PolynomialTable::kernel_basis(max_degree, &flips)?;
+    for l in LAUNCHES {
+        let got = shim::kernel_basis(l, &rel, &d, &table);
+        let mut block = 0;
+        let mut err = 0.0f32;
+        for d_in in 0..=max_degree {
+            for d_out in 0..=max_degree {
+                let want = s.get(&format!("b{d_in}.{d_out}"))?.data;
+                let (c0, c1) = (table.block_start[block], table.block_start[block + 1]);
+                let mine: Vec<f32> = (0..e)
+                    .flat_map(|k| {
+                        got[k * table.cols + c0..k * table.cols + c1]
+                            .iter()
+                            .copied()
+                    })
+                    .collect();
+                err = err.max(max_err(&mine, &want));
+                block += 1;
+            }
+        }
+        println!("kernel_basis_rows {l:?} max degree {max_degree}: max error {err:e}");
+        record("kernel_basis_rows", err);
+        assert!(err < 1e-5, "kernel basis error {err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn head_attention_matches_cpu_with_masked_and_fully_masked_batches() -> Result<(), Error> {
+    use se3_core::layers::graph::X;
+    use se3_core::ops::head_attention::{head_attention, HeadAttention, HeadLogits};
+    let mut r = rng();
+    for case in 0..4 {
+        // (the shim runs each block's barriers as OS threads: sizes kept small)
+        let (b, n, c) = (r.gen_range(1..3), r.gen_range(1..40), r.gen_range(1..4));
+        let (heads, dh) = (r.gen_range(1..4), r.gen_range(1..9));
+        let op = HeadAttention {
+            heads,
+            scale: r.gen_range(0.1..0.6),
+            logits: if case % 2 == 0 {
+                HeadLogits::Dot
+            } else {
+                HeadLogits::L2Distance
+            },
+            zero_if_all_masked: case >= 2,
+        };
+        let total = b * n * c * heads * dh;
+        let (q, k, v) = (
+            rand_vec(&mut r, total),
+            rand_vec(&mut r, total),
+            rand_vec(&mut r, total),
+        );
+        // batch element 0 fully masked in half the cases, the rest partly
+        let mask: Vec<f32> = (0..b * n)
+            .map(|i| f32::from(!(case % 2 == 1 && i < n) && r.gen_bool(0.7)))
+            .collect();
+        let mut s = Session::new();
+        let ex = |d: &[usize]| d.iter().map(|&v| Expression::from(v)).collect::<Vec<_>>();
+        let dims = [b, n, c, heads * dh];
+        let qt = s.input_with_shape::<(X, X, X, X)>("q", InputKind::Values, &ex(&dims));
+        let kt = s.input_with_shape::<(X, X, X, X)>("k", InputKind::Values, &ex(&dims));
+        let vt = s.input_with_shape::<(X, X, X, X)>("v", InputKind::Values, &ex(&dims));
+        let mt = s.input_with_shape::<(X, X)>("m", InputKind::Mask, &ex(&[b, n]));
+        s.output(
+            "y",
+            head_attention(
+                qt,
+                kt,
+                vt,
+                mt,
+                heads,
+                op.scale,
+                op.logits,
+                op.zero_if_all_masked,
+            ),
+        );
+        s.set("q", q.clone(), &dims)?;
+        s.set("k", k.clone(), &dims)?;
+        s.set("v", v.clone(), &dims)?;
+        s.set("m", mask.clone(), &[b, n])?;
+        s.run()?;
+        let want = s.get("y")?.data;
+        for l in [Launch { grid: 3, block: 32 }, Launch { grid: 2, block: 64 }] {
+            let got = shim::head_attention(l, &op, (&q, &k, &v, &mask), (b, n, c, dh));
+            let err = max_err(&got, &want);
+            println!(
+                "head_attention_rows {l:?} case {case} (b {b}, n {n}, c {c}, heads {heads}, \
+                 dh {dh}, {:?}): max error {err:e}",
+                op.logits
+            );
+            record("head_attention_rows", err);
+            assert!(err < 1e-5, "head attention error {err}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn index_rows_and_take_along_rows_match_cpu() -> Result<(), Error> {
+    const K: usize = 6;
+    let mut r = rng();
+    // neighbour lists with missing slots (masked points, a radius): their validity and centres
+    let n = r.gen_range(10..120);
+    let x = rand_vec(&mut r, n * 3);
+    let mask: Vec<f32> = (0..n).map(|_| f32::from(r.gen_bool(0.7))).collect();
+    let mut s = Session::new();
+    s.derive_dim('e', Expression::from('n') * K);
+    let c = s.input::<(Dyn<'n'>, Const<3>)>("x", InputKind::Coordinates);
+    let m = s.input::<(Dyn<'n'>,)>("m", InputKind::Mask);
+    let spec = se3_core::ops::NeighborSpec {
+        radius: Some(1.5),
+        exclude_self: true,
+    };
+    let nb = se3_core::ops::neighbors_in_batches::<_, K>(c, Some(m), None, spec);
+    s.output("idx", nb.idx);
+    s.output("valid", nb.valid);
+    s.output("dst", nb.edges::<Dyn<'e'>>().dst);
+    s.set("x", x.clone(), &[n, 3])?;
+    s.set("m", mask.clone(), &[n])?;
+    s.run()?;
+    let idx = s.get("idx")?.data;
+    let (want_valid, want_dst) = (s.get("valid")?.data, s.get("dst")?.data);
+    assert!(idx.contains(&-1.0), "no missing neighbour drawn");
+    // values gathered along rows at indices with -1
+    let (rows, cols, k) = (r.gen_range(5..60), r.gen_range(1..20), r.gen_range(1..9));
+    let values = rand_vec(&mut r, rows * cols);
+    let at: Vec<f32> = (0..rows * k)
+        .map(|_| r.gen_range(-1..cols as i64) as f32)
+        .collect();
+    let mut s = Session::new();
+    let vt = s.input::<(Dyn<'r'>, Dyn<'c'>)>("v", InputKind::Values);
+    let it = s.input::<(Dyn<'r'>, Dyn<'k'>)>("i", InputKind::Values);
+    s.output("t", se3_core::ops::take_along_rows(vt, it));
+    s.set("v", values.clone(), &[rows, cols])?;
+    s.set("i", at.clone(), &[rows, k])?;
+    s.run()?;
+    let want_take = s.get("t")?.data;
+    for l in LAUNCHES {
+        let ev = max_err(&shim::index_valid(l, &idx), &want_valid);
+        let ec = max_err(&shim::edge_centers(l, &idx, K), &want_dst);
+        let et = max_err(&shim::take_along_rows(l, &values, &at, cols, k), &want_take);
+        println!(
+            "index_valid / edge_centers / take_along_rows {l:?}: max error {ev:e} / {ec:e} / {et:e}"
+        );
+        record("index_valid", ev);
+        record("edge_centers", ec);
+        record("take_along_rows", et);
+        assert_eq!((ev, ec, et), (0.0, 0.0, 0.0));
+    }
+    Ok(())
+}
+
+type Case = fn() -> Result<(), Error>;
+
+/// Every case above, by name.
+const CASES: &[(&str, Case)] = &[
+    ("gather", gather_rows_matches_cpu),
+    (
+        "scatter_add",
+        scatter_add_atomic_and_deterministic_match_cpu,
+    ),
+    (
+        "buckets",
+        buckets_are_stable_counting_sort_with_empty_segments,
+    ),
+    ("segment_softmax", segment_softmax_matches_cpu),
+    ("relative_positions", relative_positions_match_cpu),
+    ("layer_norm_gelu", layer_norm_gelu_matches_cpu),
+    ("top_k", top_k_matches_cpu_with_masks_nan_and_ties),
+    ("reductions", reductions_match_cpu),
+    (
+        "view_copy",
+        view_copy_reads_permuted_sliced_padded_and_expanded_views_as_cpu,
+    ),
+    ("elementwise", elementwise_program_matches_cpu_chain),
+    ("edge_conv", edge_conv_matrix_and_diagonal_match_cpu),
+    ("knn", knn_matches_cpu_with_masks_batches_radius_and_ties),
+    ("radial_hidden", radial_hidden_matches_cpu),
+    (
+        "edge_contract",
+        edge_contract_sum_and_logits_match_cpu_with_heads_and_missing_neighbours,
+    ),
+    (
+        "radial_edge_conv",
+        radial_edge_conv_matches_cpu_with_missing_edges_and_zero_weights,
+    ),
+    ("adjacency", adjacency_degrees_match_cpu),
+    (
+        "egnn_edge",
+        egnn_edge_matches_cpu_with_missing_neighbours_and_every_option,
+    ),
+    (
+        "edge_basis",
+        spherical_harmonics_and_kernel_basis_match_cpu_including_zero_length_edges,
+    ),
+    (
+        "head_attention",
+        head_attention_matches_cpu_with_masked_and_fully_masked_batches,
+    ),
+    ("index_rows", index_rows_and_take_along_rows_match_cpu),
+];
+
+#[test]
+fn kernel_report_registers_spills_and_shim_errors() -> Result<(), Error> {
+    use se3_core::exec::kernels::{Hot, SOURCES};
+    use se3_cuda_check::compile::{compile_every_kernel, find_tools, preload_nvrtc, tools_dir};
+
+    RECORDED.with(|r| *r.borrow_mut() = Some(BTreeMap::new()));
+    for (name, case) in CASES {
+        println!("== case {name}");
+        case()?;
+    }
+    let errors = RECORDED.with(|r| r.borrow_mut().take()).unwrap_or_default();
+    let dir = tools_dir();
+    let compiled = match find_tools(&dir) {
+        Some(tools) => {
+            if let Err(e) = preload_nvrtc(&tools) {
+                panic!("cannot load {}: {e}", tools.nvrtc.display());
+            }
+            Some(compile_every_kernel(&tools))
+        }
+        None => {
+            assert!(
+                std::env::var_os("SE3_REQUIRE_CUDA_COMPILERS").is_none(),
+                "SE3_REQUIRE_CUDA_COMPILERS is set but NVRTC and ptxas are not in {} \
+                 (run scripts/install-cuda-compilers)",
+                dir.display()
+            );
+            println!(
+                "skip compile columns: NVRTC and ptxas not found in {} \
+                 (run scripts/install-cuda-compilers)",
+                dir.display()
+            );
+            None
+        }
+    };
+    let mut failures = compiled
+        .as_ref()
+        .map(|c| c.failures.clone())
+        .unwrap_or_default();
+    println!(
+        "{:<28} {:>4} {:>9} {:>9} {:>13} {:>13} {:>12}",
+        "kernel", "hot", "regs 80", "regs 90", "spills 80", "spills 90", "shim error"
+    );
+    for src in SOURCES {
+        for (kernel, hot) in src.kernels {
+            let col = |sm: &str| {
+                let r = compiled.as_ref().and_then(|c| {
+                    c.kernels
+                        .iter()
+                        .find(|k| k.sm == sm && k.report.name == *kernel)
+                });
+                match r {
+                    Some(k) => (
+                        k.report.registers.to_string(),
+                        format!(
+                            "{}/{}",
+                            k.report.spill_store_bytes, k.report.spill_load_bytes
+                        ),
+                    ),
+                    None => ("-".to_string(), "-".to_string()),
+                }
+            };
+            let ((r80, s80), (r90, s90)) = (col("80"), col("90"));
+            let err = errors.get(kernel);
+            println!(
+                "{:<28} {:>4} {:>9} {:>9} {:>13} {:>13} {:>12}",
+                kernel,
+                if *hot == Hot::Yes { "yes" } else { "no" },
+                r80,
+                r90,
+                s80,
+                s90,
+                err.map_or("not run".to_string(), |e| format!("{e:.2e}"))
+            );
+            if err.is_none() {
+                failures.push(format!("no shim case executes {kernel}"));
+            }
+        }
+    }
+    println!("(spills: store/load bytes; shim error: max |shim - cpu| / max(1, |cpu|) or the case's own measure)");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }

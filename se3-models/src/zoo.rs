@@ -213,6 +213,22 @@ impl CompiledModel {
         }
     }
 
+    /// Runs the model's graphs on `device` from now on: compiled graphs move with their
+    /// weights (uploaded once, kept on the device), graphs built later are built there.
+    ///
+    /// # Errors
+    /// `CudaNotCompiled` (no `cuda` feature), `CudaUnavailable` (driver, NVRTC, cuBLAS or
+    /// device missing), `InvalidOp` to move a graph off its device.
+    pub fn set_device(&mut self, device: se3_core::Device) -> Result<(), Error> {
+        match self {
+            Self::Se3Transformer(m, _) => m.set_device(device),
+            Self::TfnStack(s) => Ok(s.session_mut().set_device(device)?),
+            Self::Egnn(m) => m.set_device(device),
+            Self::VnTransformer(s) => s.set_device(device),
+            Self::Equiformer(m) => m.set_device(device),
+        }
+    }
+
     /// Runs the graph; outputs are named as the reference outputs without `_f64`/`_f32`.
     ///
     /// # Errors

@@ -97,6 +97,34 @@ pub const SOURCES: &[KernelSource] = &[
         kernels: &[("adjacency_init", Hot::No), ("adjacency_step", Hot::No)],
     },
     KernelSource {
+        file: "ops/egnn_edge/egnn_edge.cu",
+        source: include_str!("../ops/egnn_edge/egnn_edge.cu"),
+        kernels: &[("egnn_edge_nodes", Hot::Yes)],
+    },
+    KernelSource {
+        file: "ops/edge_basis/edge_basis.cu",
+        source: include_str!("../ops/edge_basis/edge_basis.cu"),
+        kernels: &[
+            ("spherical_harmonics_rows", Hot::Yes),
+            ("kernel_basis_rows", Hot::Yes),
+        ],
+    },
+    KernelSource {
+        file: "ops/head_attention/head_attention.cu",
+        source: include_str!("../ops/head_attention/head_attention.cu"),
+        kernels: &[("head_attention_rows", Hot::Yes)],
+    },
+    KernelSource {
+        file: "ops/neighbors/index_rows.cu",
+        source: include_str!("../ops/neighbors/index_rows.cu"),
+        kernels: &[("index_valid", Hot::No), ("edge_centers", Hot::No)],
+    },
+    KernelSource {
+        file: "ops/top_k/take_along_rows.cu",
+        source: include_str!("../ops/top_k/take_along_rows.cu"),
+        kernels: &[("take_along_rows", Hot::No)],
+    },
+    KernelSource {
         file: "exec/cuda/view_copy.cu",
         source: include_str!("cuda/view_copy.cu"),
         kernels: &[("view_copy", Hot::Yes)],

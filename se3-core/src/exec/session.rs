@@ -120,6 +120,10 @@ pub struct Session {
     /// The opened device of a CUDA session.
     #[cfg(feature = "cuda")]
     cuda: Option<std::sync::Arc<super::cuda::CudaBackend>>,
+    /// Advanced by every [`Session::set_weight`]: a CUDA session's device copies of its
+    /// weights are made once and reused until it changes.
+    #[cfg(feature = "cuda")]
+    weights_epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Session {
@@ -174,6 +178,8 @@ impl Session {
             device: crate::Device::Cpu,
             #[cfg(feature = "cuda")]
             cuda: None,
+            #[cfg(feature = "cuda")]
+            weights_epoch: Default::default(),
         }
     }
 
@@ -192,6 +198,54 @@ impl Session {
             s.cuda = Some(super::cuda::CudaBackend::open(ordinal)?);
         }
         Ok(s)
+    }
+
+    /// Moves this session's kernels to `device` (from the CPU; a no-op for its own device):
+    /// a compiled graph gets the device backend's pass now, an uncompiled one at its first
+    /// run. On a CUDA device the weights are uploaded by the next run and stay there (later
+    /// runs upload only the per-run inputs) until [`Session::set_weight`] changes them.
+    ///
+    /// # Errors
+    /// `CudaNotCompiled` (without the `cuda` feature), `CudaUnavailable` (driver library,
+    /// NVRTC library, cuBLAS library or device missing), `InvalidOp` to leave a device.
+    pub fn set_device(&mut self, device: crate::Device) -> Result<(), Error> {
+        if device == self.device {
+            return Ok(());
+        }
+        device.check()?;
+        if self.device != crate::Device::Cpu {
+            return Err(Error::InvalidOp {
+                op: "Session::set_device",
+                problem: "a session on a device cannot move again; build a new session",
+            });
+        }
+        #[cfg(feature = "cuda")]
+        if let crate::Device::Cuda { ordinal } = device {
+            let backend = super::cuda::CudaBackend::open(ordinal)?;
+            self.cuda = Some(backend.clone());
+            self.device = device;
+            if self.compiled {
+                // the CPU passes have run: the CUDA pass alone moves the compiled graph
+                let pass = self.cuda_pass(backend);
+                self.compile_with(pass);
+            }
+        }
+        Ok(())
+    }
+
+    /// The CUDA pass of this session: its weights resident on the device.
+    #[cfg(feature = "cuda")]
+    fn cuda_pass(
+        &self,
+        backend: std::sync::Arc<super::cuda::CudaBackend>,
+    ) -> super::cuda::CudaCompiler {
+        let resident: Vec<NodeIndex> = self
+            .slots
+            .iter()
+            .filter(|s| s.resident)
+            .map(|s| s.id)
+            .collect();
+        super::cuda::CudaCompiler::new(backend).with_resident(resident, self.weights_epoch.clone())
     }
 
     /// The device this session's kernels run on.
@@ -303,7 +357,7 @@ impl Session {
     pub fn compile(&mut self) {
         #[cfg(feature = "cuda")]
         if let Some(backend) = &self.cuda {
-            let pass = super::cuda::CudaCompiler::new(backend.clone());
+            let pass = self.cuda_pass(backend.clone());
             self.compile_with((<CpuCompiler>::default(), pass));
             return;
         }
@@ -533,6 +587,9 @@ impl Session {
         let id = slot.id;
         self.graph.set_tensor(id, 0, Tensor::new(data));
         self.slots[i].loaded = true;
+        #[cfg(feature = "cuda")]
+        self.weights_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(())
     }
 

@@ -320,7 +320,7 @@ impl EdgeBasis {
 }
 
 /// The constant `(p^3, mi nf mo)` matrix from monomials to the pair's basis block.
-fn basis_table(
+pub(crate) fn basis_table(
     d_in: usize,
     d_out: usize,
     p: usize,

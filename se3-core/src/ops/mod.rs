@@ -34,6 +34,7 @@
 use luminal::prelude::{symbolic::Expression, *};
 
 pub mod adjacency;
+pub mod edge_basis;
 pub mod edge_contract;
 pub mod edge_conv;
 pub mod egnn_edge;

@@ -296,6 +296,8 @@ pub struct CompiledEgnn {
     profile: bool,
     embed: HashMap<(usize, usize, bool), Session>,
     layers: HashMap<Layout, Vec<Session>>,
+    /// Where the graphs run.
+    device: se3_core::Device,
 }
 
 impl std::fmt::Debug for CompiledEgnn {
@@ -307,6 +309,24 @@ impl std::fmt::Debug for CompiledEgnn {
 }
 
 impl CompiledEgnn {
+    /// Runs this model's graphs on `device` from now on (graphs compiled already move with
+    /// their weights; later ones are built there), see [`Session::set_device`].
+    ///
+    /// # Errors
+    /// `CudaNotCompiled`, `CudaUnavailable`, or `InvalidOp` to move a graph off its device.
+    pub fn set_device(&mut self, device: se3_core::Device) -> Result<(), Error> {
+        device.check()?;
+        for s in self
+            .embed
+            .values_mut()
+            .chain(self.layers.values_mut().flatten())
+        {
+            s.set_device(device)?;
+        }
+        self.device = device;
+        Ok(())
+    }
+
     /// Wraps `model`; graphs are compiled on first use of each input layout.
     pub fn new(model: Egnn) -> Self {
         CompiledEgnn {
@@ -314,6 +334,7 @@ impl CompiledEgnn {
             profile: false,
             embed: HashMap::new(),
             layers: HashMap::new(),
+            device: se3_core::Device::Cpu,
         }
     }
 
@@ -541,6 +562,7 @@ impl CompiledEgnn {
                 x += se3_core::ops::gather(t, ids);
             }
             s.output("feats", x);
+            s.set_device(self.device)?;
             self.embed.insert(key, s);
         }
         let s = self.embed.get_mut(&key).ok_or(Error::NotCompiled {
@@ -700,7 +722,10 @@ impl CompiledEgnn {
                 adj_labels: p.adj_labels.is_some(),
             };
             if !self.layers.contains_key(&layout) {
-                let built = self.build_layers(&layout)?;
+                let mut built = self.build_layers(&layout)?;
+                for s in &mut built {
+                    s.set_device(self.device)?;
+                }
                 self.layers.insert(layout, built);
             }
             let sessions = self.layers.get_mut(&layout).ok_or(Error::NotCompiled {

@@ -416,6 +416,8 @@ pub struct CompiledEquiformer {
     fwd: EquiformerForward,
     cache: Option<((usize, usize, usize), Session)>,
     instrumented: bool,
+    /// Where the graph runs.
+    device: se3_core::Device,
     timings: Vec<(&'static str, f64)>,
 }
 
@@ -436,8 +438,23 @@ impl CompiledEquiformer {
             fwd,
             cache: None,
             instrumented: false,
+            device: se3_core::Device::Cpu,
             timings: Vec::new(),
         }
+    }
+
+    /// Runs this model's graphs on `device` from now on (graphs compiled already move with
+    /// their weights; later ones are built there), see [`Session::set_device`].
+    ///
+    /// # Errors
+    /// `CudaNotCompiled`, `CudaUnavailable`, or `InvalidOp` to move a graph off its device.
+    pub fn set_device(&mut self, device: se3_core::Device) -> Result<(), Error> {
+        device.check()?;
+        if let Some((_, s)) = self.cache.as_mut() {
+            s.set_device(device)?;
+        }
+        self.device = device;
+        Ok(())
     }
 
     /// Wraps every operator of the compiled graph in a timer ([`se3_core::exec::profile`]), now
@@ -488,6 +505,7 @@ impl CompiledEquiformer {
         let key = (b, n, host.k);
         if self.cache.as_ref().is_none_or(|(k, _)| *k != key) {
             let mut s = m.compile(b, n, host.k)?;
+            s.set_device(self.device)?;
             if self.instrumented {
                 s.compile_with(se3_core::exec::profile::Instrument);
             }

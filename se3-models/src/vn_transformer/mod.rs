@@ -288,6 +288,7 @@ impl VnTransformer {
             with_gradients: false,
             objective: Objective::Cotangents,
             overrides: Vec::new(),
+            device: se3_core::Device::Cpu,
         }
     }
 
@@ -325,12 +326,28 @@ pub struct VnSession {
     objective: Objective,
     /// Parameters set since loading (name, shape, value), applied to graphs compiled later.
     overrides: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// Where the graphs run.
+    device: se3_core::Device,
 }
 
 impl VnSession {
     /// The model.
     pub fn model(&self) -> &VnTransformer {
         &self.model
+    }
+
+    /// Runs this model's graphs on `device` from now on (graphs compiled already move with
+    /// their weights; later ones are built there), see [`Session::set_device`].
+    ///
+    /// # Errors
+    /// `CudaNotCompiled`, `CudaUnavailable`, or `InvalidOp` to move a graph off its device.
+    pub fn set_device(&mut self, device: se3_core::Device) -> Result<(), Error> {
+        device.check()?;
+        for (_, s, _) in &mut self.graphs {
+            s.set_device(device)?;
+        }
+        self.device = device;
+        Ok(())
     }
 
     /// Times every operator of the graphs compiled from now on (`se3_core::exec::profile`);
@@ -422,6 +439,7 @@ impl VnSession {
                 let objective = self.with_gradients.then_some(self.objective);
                 let (mut g, o) = self.model.graph(kind, self.instrumented, objective)?;
                 gradients::apply_overrides(&mut g, &self.overrides)?;
+                g.set_device(self.device)?;
                 self.graphs.push((kind, g, o));
                 self.graphs.len() - 1
             }

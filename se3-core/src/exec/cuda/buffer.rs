@@ -1,18 +1,25 @@
 //! [`CudaBuffer`]: f32 data in the memory of one CUDA device, as luminal tensor data.
 
+use std::sync::Arc;
+
 use cudarc::driver::CudaSlice;
 
 /// A device buffer of f32 inside a luminal `Tensor` ([`Location::Cuda`](crate::Location)).
+/// Kernels only read their inputs, so a clone shares the device memory (resident weights are
+/// handed to every run this way, never copied).
 #[derive(Clone)]
 pub struct CudaBuffer {
-    slice: CudaSlice<f32>,
+    slice: Arc<CudaSlice<f32>>,
     ordinal: usize,
 }
 
 impl CudaBuffer {
     /// Wraps a device slice of device `ordinal`.
     pub fn new(slice: CudaSlice<f32>, ordinal: usize) -> CudaBuffer {
-        CudaBuffer { slice, ordinal }
+        CudaBuffer {
+            slice: Arc::new(slice),
+            ordinal,
+        }
     }
 
     /// The device slice.

@@ -7,9 +7,12 @@
 //!    ([`ToDevice`] or [`ToHost`], one per producer output and direction); edges that read no
 //!    data (size carriers: all axes fake) need none. Running the pass again (a recompile after
 //!    adding nodes) adds nothing twice: copies count as writing on their target side.
+//!    A copy of a resident weight (listed with [`CudaCompiler::with_resident`]) uploads once
+//!    and hands the same device buffer to every later run until the weights change.
 //! 3. Retrieved device results get a [`ToHost`] that takes over their id, so
 //!    `Session::get` reads host memory.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use luminal::op::Operator;
@@ -20,9 +23,9 @@ use luminal::prelude::{
     },
     *,
 };
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::{BackendRef, CudaBackend, ToDevice, ToHost};
+use super::{BackendRef, CudaBackend, Resident, ToDevice, ToHost};
 use crate::device::{expected_location, reads_no_data};
 pub use crate::ops::scatter_add::cuda::ScatterMode;
 use crate::Location;
@@ -51,6 +54,10 @@ pub const LOWERINGS: &[Lowering] = &[
     crate::ops::edge_contract::cuda::lower,
     crate::ops::edge_conv::radial_cuda::lower,
     crate::ops::adjacency::cuda::lower,
+    crate::ops::egnn_edge::cuda::lower,
+    crate::ops::head_attention::cuda::lower,
+    crate::ops::neighbors::cuda::lower_index_rows,
+    crate::ops::top_k::cuda::lower_take_along_rows,
     super::primitives::lower_matmul,
     super::primitives::lower_reduce,
     super::primitives::lower_elementwise,
@@ -62,6 +69,10 @@ pub const LOWERINGS: &[Lowering] = &[
 pub struct CudaCompiler {
     backend: BackendRef,
     scatter: ScatterMode,
+    /// Host nodes holding resident weights: their uploads are cached across runs.
+    resident: FxHashSet<NodeIndex>,
+    /// The weight epoch those caches follow.
+    epoch: Arc<AtomicU64>,
 }
 
 impl CudaCompiler {
@@ -70,7 +81,21 @@ impl CudaCompiler {
         CudaCompiler {
             backend: BackendRef(backend),
             scatter: ScatterMode::Deterministic,
+            resident: FxHashSet::default(),
+            epoch: Arc::default(),
         }
+    }
+
+    /// The same pass with the weights `nodes` uploaded once and kept on the device until
+    /// `epoch` changes ([`Resident`]).
+    pub fn with_resident(
+        mut self,
+        nodes: impl IntoIterator<Item = NodeIndex>,
+        epoch: Arc<AtomicU64>,
+    ) -> CudaCompiler {
+        self.resident = nodes.into_iter().collect();
+        self.epoch = epoch;
+        self
     }
 
     /// The same pass with scatter-adds summing in `mode` (deterministic by default).
@@ -137,7 +162,14 @@ impl Compiler for CudaCompiler {
             let copy = *copies.entry((src, output, to)).or_insert_with(|| {
                 let b = self.backend.clone();
                 let c = if to {
-                    graph.add_op(ToDevice { backend: b })
+                    let resident = self
+                        .resident
+                        .contains(&src)
+                        .then(|| Resident::new(self.epoch.clone()));
+                    graph.add_op(ToDevice {
+                        backend: b,
+                        resident,
+                    })
                 } else {
                     graph.add_op(ToHost { backend: b })
                 };

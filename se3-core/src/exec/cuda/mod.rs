@@ -29,7 +29,7 @@ pub use backend::{probe, CudaBackend};
 pub use buffer::CudaBuffer;
 pub use compiler::{CudaCompiler, LowerCtx, Lowering, ScatterMode, LOWERINGS};
 pub use primitives::{CudaElementwise, CudaMatMul, CudaReduce, ViewCopy};
-pub use transfer::{ToDevice, ToHost};
+pub use transfer::{Resident, ToDevice, ToHost};
 
 use std::sync::Arc;
 

@@ -24,6 +24,9 @@
 //! gate, accumulated into `a_i`, `b_j` (a scatter over `src`), `x_i`, `x_j` and the weights.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
+pub mod device_args;
 
 pub use cpu::{EgnnCoorsWeights, EgnnEdgeKernel};
 use luminal::prelude::*;

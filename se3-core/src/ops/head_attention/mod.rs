@@ -22,6 +22,8 @@ mod backward_cpu;
 #[cfg(test)]
 mod backward_tests;
 mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 pub use backward_cpu::{AttentionInput, HeadAttentionGrad};
 pub use cpu::HeadAttention;

@@ -74,3 +74,53 @@ pub(crate) fn lower(op: &dyn Operator, cx: &LowerCtx) -> Option<Box<dyn Operator
         }) as Box<dyn Operator>
     })
 }
+
+/// [`IndexValid`](super::IndexValid) (`index_valid`) or [`EdgeCenters`](super::EdgeCenters)
+/// (`edge_centers`, `k` slots a node) on a CUDA device (`index_rows.cu`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CudaIndexRows {
+    pub backend: BackendRef,
+    /// `None`: `index_valid`; `Some(k)`: `edge_centers`.
+    pub centers_of: Option<usize>,
+}
+
+impl CudaIndexRows {
+    fn run(&self, inp: Vec<(InputTensor, ShapeTracker)>) -> Result<Vec<Tensor>, Error> {
+        let b = &self.backend.0;
+        let total = View::new(&inp[0].1, &Default::default()).n;
+        let idx = dense(b, &inp[0].0, &inp[0].1)?;
+        let mut out = b.zeros(total)?;
+        if total > 0 {
+            let total64 = total as u64;
+            let name = match self.centers_of {
+                None => "index_valid",
+                Some(_) => "edge_centers",
+            };
+            let f = b.function(name)?;
+            let k32 = u32_of(self.centers_of.unwrap_or(1))?;
+            let mut lb = b.stream().launch_builder(&f);
+            lb.arg(idx.slice()).arg(&mut out).arg(&total64);
+            if self.centers_of.is_some() {
+                lb.arg(&k32);
+            }
+            // SAFETY: idx and out hold `total` elements.
+            call_err("cuLaunchKernel", unsafe { lb.launch(launch_for(total)) })?;
+        }
+        Ok(vec![Tensor::new(CudaBuffer::new(out, b.ordinal()))])
+    }
+}
+cuda_operator!(CudaIndexRows);
+
+/// Lowers [`IndexValid`](super::IndexValid) and [`EdgeCenters`](super::EdgeCenters).
+pub(crate) fn lower_index_rows(op: &dyn Operator, cx: &LowerCtx) -> Option<Box<dyn Operator>> {
+    let any = op.as_any();
+    let centers_of = if any.is::<super::IndexValid>() {
+        None
+    } else {
+        Some(any.downcast_ref::<super::EdgeCenters>()?.k)
+    };
+    Some(Box::new(CudaIndexRows {
+        backend: cx.backend.clone(),
+        centers_of,
+    }))
+}

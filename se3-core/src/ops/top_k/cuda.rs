@@ -66,3 +66,45 @@ pub(crate) fn lower(op: &dyn Operator, cx: &LowerCtx) -> Option<Box<dyn Operator
         }) as Box<dyn Operator>
     })
 }
+
+/// [`TakeAlongRows`](super::TakeAlongRows) on a CUDA device (`take_along_rows.cu`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CudaTakeAlongRows {
+    pub backend: BackendRef,
+}
+
+impl CudaTakeAlongRows {
+    fn run(&self, inp: Vec<(InputTensor, ShapeTracker)>) -> Result<Vec<Tensor>, Error> {
+        let b = &self.backend.0;
+        let empty = Default::default();
+        let (vv, iv) = (View::new(&inp[0].1, &empty), View::new(&inp[1].1, &empty));
+        let (n, m, k) = (iv.axes[0].len, vv.axes[1].len, iv.axes[1].len);
+        let values = dense(b, &inp[0].0, &inp[0].1)?;
+        let idx = dense(b, &inp[1].0, &inp[1].1)?;
+        let mut out = b.zeros(n * k)?;
+        if n * k > 0 {
+            let f = b.function("take_along_rows")?;
+            let (n32, m32, k32) = (u32_of(n)?, u32_of(m)?, u32_of(k)?);
+            let mut lb = b.stream().launch_builder(&f);
+            lb.arg(values.slice())
+                .arg(idx.slice())
+                .arg(&mut out)
+                .arg(&n32)
+                .arg(&m32)
+                .arg(&k32);
+            // SAFETY: values (n, m), idx and out (n, k).
+            call_err("cuLaunchKernel", unsafe { lb.launch(launch_for(n * k)) })?;
+        }
+        Ok(vec![Tensor::new(CudaBuffer::new(out, b.ordinal()))])
+    }
+}
+cuda_operator!(CudaTakeAlongRows);
+
+/// Lowers [`TakeAlongRows`](super::TakeAlongRows).
+pub(crate) fn lower_take_along_rows(op: &dyn Operator, cx: &LowerCtx) -> Option<Box<dyn Operator>> {
+    op.as_any().is::<super::TakeAlongRows>().then(|| {
+        Box::new(CudaTakeAlongRows {
+            backend: cx.backend.clone(),
+        }) as Box<dyn Operator>
+    })
+}

@@ -158,6 +158,15 @@ impl CompiledSe3Transformer {
         Ok(compiled)
     }
 
+    /// Runs the graph on `device` from now on, its weights uploaded once and kept there (see
+    /// [`Session::set_device`]).
+    ///
+    /// # Errors
+    /// `CudaNotCompiled`, `CudaUnavailable`, or `InvalidOp` to move the graph off its device.
+    pub fn set_device(&mut self, device: se3_core::Device) -> Result<(), Error> {
+        Ok(self.session.set_device(device)?)
+    }
+
     /// Loads a state dict with PyTorch key names (moving its tensors, [`Se3Transformer::
     /// from_state_dict_owned`]) and compiles it ([`CompiledSe3Transformer::from_model`]): the
     /// weights are never held twice in float64.

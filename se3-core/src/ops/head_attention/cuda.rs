@@ -1,0 +1,92 @@
+//! CUDA kernel of [`head_attention`](super::head_attention) (`head_attention.cu`): a block per
+//! (batch, head, query) row, keys folded in chunks with an online softmax.
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use luminal::op::{InputTensor, Operator};
+use luminal::prelude::*;
+
+use super::{HeadAttention, HeadLogits};
+use crate::exec::cuda::{call_err, cuda_operator, dense, u32_of, BackendRef, CudaBuffer, LowerCtx};
+use crate::exec::view::View;
+use crate::Error;
+
+/// Threads per block.
+const THREADS: u32 = 128;
+/// The largest head vector `c dh` the kernel holds in shared memory (`HEAD_MAX_D`).
+const MAX_D: usize = 2048;
+
+/// [`HeadAttention`] on a CUDA device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CudaHeadAttention {
+    pub backend: BackendRef,
+    pub op: HeadAttention,
+}
+
+impl CudaHeadAttention {
+    fn run(&self, inp: Vec<(InputTensor, ShapeTracker)>) -> Result<Vec<Tensor>, Error> {
+        let b = &self.backend.0;
+        let shape = View::new(&inp[0].1, &Default::default()).shape();
+        let [bs, n, c, w] = shape[..] else {
+            return Err(Error::InvalidOp {
+                op: "head_attention",
+                problem: "q must have four axes (b, n, c, heads dh)",
+            });
+        };
+        let heads = self.op.heads.max(1);
+        let dh = w / heads;
+        if c * dh > MAX_D {
+            return Err(Error::InvalidOp {
+                op: "head_attention",
+                problem: "a head vector c dh above 2048 does not fit the CUDA kernel",
+            });
+        }
+        let total = bs * n * c * w;
+        let mut out = b.zeros(total)?;
+        let rows = bs * heads * n;
+        if total > 0 {
+            let read = |i: usize| dense(b, &inp[i].0, &inp[i].1);
+            let (q, k, v, mask) = (read(0)?, read(1)?, read(2)?, read(3)?);
+            let (alpha, mode) = match self.op.logits {
+                HeadLogits::Dot => (self.op.scale, 0i32),
+                HeadLogits::L2Distance => (2.0 * self.op.scale, 1i32),
+            };
+            let zero = i32::from(self.op.zero_if_all_masked);
+            let sizes = [
+                u32_of(bs)?,
+                u32_of(n)?,
+                u32_of(c)?,
+                u32_of(heads)?,
+                u32_of(dh)?,
+            ];
+            let f = b.function("head_attention_rows")?;
+            let mut lb = b.stream().launch_builder(&f);
+            lb.arg(q.slice())
+                .arg(k.slice())
+                .arg(v.slice())
+                .arg(mask.slice())
+                .arg(&mut out);
+            for s in &sizes {
+                lb.arg(s);
+            }
+            lb.arg(&alpha).arg(&mode).arg(&zero);
+            let cfg = LaunchConfig {
+                grid_dim: (u32_of(rows.clamp(1, 65_535))?, 1, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: q, k, v, out (b, n, c, heads dh) and mask (b, n), dense; c dh checked.
+            call_err("cuLaunchKernel", unsafe { lb.launch(cfg) })?;
+        }
+        Ok(vec![Tensor::new(CudaBuffer::new(out, b.ordinal()))])
+    }
+}
+cuda_operator!(CudaHeadAttention);
+
+/// Lowers [`HeadAttention`].
+pub(crate) fn lower(op: &dyn Operator, cx: &LowerCtx) -> Option<Box<dyn Operator>> {
+    let a = op.as_any().downcast_ref::<HeadAttention>()?;
+    Some(Box::new(CudaHeadAttention {
+        backend: cx.backend.clone(),
+        op: a.clone(),
+    }))
+}
