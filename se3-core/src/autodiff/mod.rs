@@ -13,8 +13,8 @@
 //! Gradients are row-major buffers of their node's element count.
 //!
 //! Differentiable: luminal's primitives (add, mul, sum/max reduce, exp2, log2, sin, sqrt,
-//! recip, contiguous; mod and less-than carry no gradient), and the ops gather, scatter-add
-//! and segment softmax (so relative positions and distances, built from gather and
+//! recip, contiguous; mod and less-than carry no gradient), and the ops gather, scatter-add,
+//! segment softmax and gradient scaling (so relative positions and distances, built from gather and
 //! primitives, too), and the fused row kernel layer norm + GELU; indices (neighbour lists, top-k) are constants of the backward pass.
 //! A fused op without a backward gives [`Error::NoGradient`]: build that layer unfused.
 //!
@@ -53,7 +53,7 @@ use emit::{add, dims, filled, is_plain, plain, zeros};
 pub use forces::forces;
 use primitives::{InputGrad, Primitive};
 
-use crate::ops::{gather, layer_norm_gelu, scatter_add, segment_softmax};
+use crate::ops::{gather, grad_scale, layer_norm_gelu, scatter_add, segment_softmax};
 use crate::Error;
 
 /// The backward rule of an operator.
@@ -64,6 +64,7 @@ enum Rule {
     ScatterAdd,
     SegmentSoftmax,
     LayerNormGelu { eps: f32 },
+    GradScale { frac: f32 },
 }
 
 fn rule(o: &dyn Operator) -> Option<Rule> {
@@ -77,6 +78,8 @@ fn rule(o: &dyn Operator) -> Option<Rule> {
         Some(Rule::ScatterAdd)
     } else if a.is::<segment_softmax::SegmentSoftmax>() {
         Some(Rule::SegmentSoftmax)
+    } else if let Some(op) = a.downcast_ref::<grad_scale::GradScale>() {
+        Some(Rule::GradScale { frac: op.frac })
     } else {
         a.downcast_ref::<layer_norm_gelu::LayerNormGelu>()
             .map(|op| Rule::LayerNormGelu { eps: op.eps })
@@ -176,6 +179,9 @@ pub fn gradients(cotangents: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<
             }
             Some(Rule::LayerNormGelu { eps }) => {
                 as_views(layer_norm_gelu::backward::vjp(&inputs, eps, g.id, &wanted)).collect()
+            }
+            Some(Rule::GradScale { frac }) => {
+                as_views(grad_scale::backward::vjp(&inputs, frac, g.id, &wanted)).collect()
             }
             None => return Err(Error::NoGradient { op: op_name }),
         };
