@@ -30,13 +30,13 @@ use se3_core::layers::{
     EquiformerAttentionOptions, EquiformerFeedForwardLayer, FeatureTensors, LinearLayer,
     LinearLayout, NodeBatch, Param, ParamSource, RmsNormLayer, ZBasis,
 };
-use se3_core::ops::gather;
+use se3_core::ops::{gather, grad_scale};
 
 pub use config::{EquiformerConfig, EquiformerShape, PerDegree};
 pub use neighbors::HostEdges;
 
 use crate::checkpoint::{StateDict, Tensor};
-use crate::inputs::{ModelInputs, NodeFeats};
+use crate::inputs::{EdgeInput, ModelInputs, NodeFeats};
 use crate::tfn::graph::StateDictSource;
 use crate::Error;
 
@@ -259,6 +259,82 @@ impl Equiformer {
     /// Layer build errors (none for a model built by [`Equiformer::from_state_dict`]).
     pub fn compile(&self, batch: usize, nodes_per: usize, k: usize) -> Result<Session, Error> {
         let mut s = Session::new();
+        self.build(&mut s, batch, nodes_per, k, None)?;
+        s.compile();
+        Ok(s)
+    }
+
+    /// As [`Equiformer::compile`], with the gradients of `L = Σ_l <out.l, cot.l>`: cotangent
+    /// inputs `cot.<l>` (shaped as `out.<l>`), outputs `grad.<key>` for every parameter
+    /// (PyTorch key names, [`Equiformer::parameter_keys`]) and `grad.<input>` for every float
+    /// input: `x.<l>`, `edges.features`, and `edges.dist`, `edges.frame.<l>` (from which
+    /// [`CompiledEquiformer::forward_and_gradients`] takes the coordinates' gradient).
+    ///
+    /// As the library, the gradient through the embedded type-0 input features (token and
+    /// positional embeddings, `x.0`) is scaled by `embedding_grad_frac`
+    /// ([`se3_core::ops::grad_scale`]): the stored PyTorch gradients are scaled the same way.
+    ///
+    /// # Errors
+    /// As [`Equiformer::compile`]; `NoGradient` if an operator on the path has no backward.
+    pub fn compile_with_gradients(
+        &self,
+        batch: usize,
+        nodes_per: usize,
+        k: usize,
+    ) -> Result<Session, Error> {
+        let mut s = Session::new();
+        let frac = self.cfg.embedding_grad_frac as f32;
+        let (out, inputs) = self.build(&mut s, batch, nodes_per, k, Some(frac))?;
+        let mut pairs = Vec::new();
+        for (d, t) in out.spec().degrees().iter().zip(out.tensors()) {
+            let c = s.input_with_shape::<()>(
+                &format!("cot.{}", d.l),
+                InputKind::Values,
+                &se3_core::ops::logical_dims_of(&t.shape),
+            );
+            pairs.push((t.no_shape(), c));
+        }
+        let keys = self.parameter_keys()?;
+        let mut wrt: Vec<GraphTensor<()>> = inputs.iter().map(|(_, t)| *t).collect();
+        for (key, _) in &keys {
+            wrt.push(s.tensor(key)?);
+        }
+        let grads = se3_core::autodiff::gradients(&pairs, &wrt)?;
+        let names = inputs
+            .iter()
+            .map(|(n, _)| n.clone())
+            .chain(keys.into_iter().map(|(k, _)| k));
+        for (name, g) in names.zip(grads) {
+            s.output(&format!("grad.{name}"), g);
+        }
+        s.compile();
+        Ok(s)
+    }
+
+    /// The trainable parameters (`named_parameters()` of the library: every checkpoint key
+    /// but the `basis:` buffers) with their shapes.
+    ///
+    /// # Errors
+    /// Config errors.
+    pub fn parameter_keys(&self) -> Result<Vec<(String, Vec<usize>)>, Error> {
+        Ok(Self::expected_keys(&self.cfg)?
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("basis:"))
+            .collect())
+    }
+
+    /// Declares the inputs and builds the forward graph into `s` (outputs `out.<l>`); with
+    /// `grad_frac`, the embedded type-0 features pass through a gradient-scaling op. Returns
+    /// the output features and the float inputs (name, tensor) one can differentiate.
+    fn build(
+        &self,
+        s: &mut Session,
+        batch: usize,
+        nodes_per: usize,
+        k: usize,
+        grad_frac: Option<f32>,
+    ) -> Result<(FeatureTensors, Vec<(String, GraphTensor<()>)>), Error> {
+        let mut float_inputs: Vec<(String, GraphTensor<()>)> = Vec::new();
         let lmax = self.shape.dim.len() - 1;
         let n = batch * nodes_per;
         let e = n * k;
@@ -276,46 +352,68 @@ impl Equiformer {
         let d0 = self.shape.dim_in[0];
         let mut x0: GraphTensor<(X, X)> = match &self.token_emb {
             Some(t) => {
-                let ids = index(&mut s, "tokens", n, t.shape[0]);
-                let tab: GraphTensor<(X, X)> = t.declare(&mut s, "")?;
+                let ids = index(s, "tokens", n, t.shape[0]);
+                let tab: GraphTensor<(X, X)> = t.declare(s, "")?;
                 gather(tab, ids)
             }
-            None => s.input_with_shape::<(X, X)>("x.0", InputKind::Values, &[n.into(), d0.into()]),
+            None => {
+                let x =
+                    s.input_with_shape::<(X, X)>("x.0", InputKind::Values, &[n.into(), d0.into()]);
+                float_inputs.push(("x.0".to_string(), x.no_shape()));
+                x
+            }
         };
         if let Some(p) = &self.pos_emb {
-            let ids = index(&mut s, "positions", n, p.shape[0]);
-            let tab: GraphTensor<(X, X)> = p.declare(&mut s, "")?;
+            let ids = index(s, "positions", n, p.shape[0]);
+            let tab: GraphTensor<(X, X)> = p.declare(s, "")?;
             x0 += gather(tab, ids);
+        }
+        if let Some(frac) = grad_frac {
+            x0 = grad_scale(x0, frac);
         }
         let x0: GraphTensor<(X, X, X)> = reshape3(x0, n, d0, 1);
         let mut degrees = vec![retype(x0)];
         for d in in_fiber.degrees().iter().skip(1) {
-            degrees.push(s.input_with_shape::<(Dyn<'n'>, X, X)>(
-                &format!("x.{}", d.l),
+            let name = format!("x.{}", d.l);
+            let x = s.input_with_shape::<(Dyn<'n'>, X, X)>(
+                &name,
                 InputKind::Values,
                 &[n.into(), d.channels.into(), d.width().into()],
-            ));
+            );
+            float_inputs.push((name, x.no_shape()));
+            degrees.push(x);
         }
         let x: FeatureTensors = FeatureTensors::new(in_fiber, degrees)?;
-        let mut edges = AlignedEdges::input(&mut s, "edges", n, k, lmax, &self.zbasis)?;
+        let mut edges = AlignedEdges::input(s, "edges", n, k, lmax, &self.zbasis)?;
+        if grad_frac.is_some() {
+            float_inputs.push(("edges.dist".to_string(), s.tensor("edges.dist")?));
+            for l in 1..=lmax {
+                let name = format!("edges.frame.{l}");
+                float_inputs.push((name.clone(), s.tensor(&name)?));
+            }
+        }
         let mut feats: Vec<GraphTensor<(X, X)>> = Vec::new();
         if self.cfg.has_edges() {
             match &self.edge_emb {
                 Some(t) => {
-                    let ids = index(&mut s, "edges.tokens", e, t.shape[0]);
-                    let tab: GraphTensor<(X, X)> = t.declare(&mut s, "")?;
+                    let ids = index(s, "edges.tokens", e, t.shape[0]);
+                    let tab: GraphTensor<(X, X)> = t.declare(s, "")?;
                     feats.push(gather(tab, ids));
                 }
-                None => feats.push(s.input_with_shape::<(X, X)>(
-                    "edges.features",
-                    InputKind::Values,
-                    &[e.into(), self.cfg.edge_dim.unwrap_or(0).into()],
-                )),
+                None => {
+                    let f = s.input_with_shape::<(X, X)>(
+                        "edges.features",
+                        InputKind::Values,
+                        &[e.into(), self.cfg.edge_dim.unwrap_or(0).into()],
+                    );
+                    float_inputs.push(("edges.features".to_string(), f.no_shape()));
+                    feats.push(f);
+                }
             }
         }
         if let Some(t) = &self.adj_emb {
-            let ids = index(&mut s, "edges.adj", e, t.shape[0]);
-            let tab: GraphTensor<(X, X)> = t.declare(&mut s, "")?;
+            let ids = index(s, "edges.adj", e, t.shape[0]);
+            let tab: GraphTensor<(X, X)> = t.declare(s, "")?;
             feats.push(gather(tab, ids));
         }
         if !feats.is_empty() {
@@ -332,16 +430,14 @@ impl Equiformer {
             mask: s.input_with_shape::<(X,)>("node_mask", InputKind::Mask, &[n.into()]),
         });
         let nb = node_batch.as_ref();
-        let mut x = self.tp_in.build(&mut s, "tp_in.", &x, &edges)?;
+        let mut x = self.tp_in.build(s, "tp_in.", &x, &edges)?;
         if self.cfg.reversible {
             let (mut x1, mut x2) = (x.clone(), x);
             for (i, (a, f)) in self.blocks.iter().enumerate() {
                 let y1 = a
-                    .build(&mut s, &block_prefix(true, i, 0), &x2, &edges, nb)?
+                    .build(s, &block_prefix(true, i, 0), &x2, &edges, nb)?
                     .residual(&x1);
-                let y2 = f
-                    .build(&mut s, &block_prefix(true, i, 1), &y1)?
-                    .residual(&x2);
+                let y2 = f.build(s, &block_prefix(true, i, 1), &y1)?.residual(&x2);
                 x1 = y1;
                 x2 = y2;
             }
@@ -355,22 +451,19 @@ impl Equiformer {
         } else {
             for (i, (a, f)) in self.blocks.iter().enumerate() {
                 x = a
-                    .build(&mut s, &block_prefix(false, i, 0), &x, &edges, nb)?
+                    .build(s, &block_prefix(false, i, 0), &x, &edges, nb)?
                     .residual(&x);
-                x = f
-                    .build(&mut s, &block_prefix(false, i, 1), &x)?
-                    .residual(&x);
+                x = f.build(s, &block_prefix(false, i, 1), &x)?.residual(&x);
             }
         }
-        let mut x = self.norm.build(&mut s, "norm.", &x)?;
+        let mut x = self.norm.build(s, "norm.", &x)?;
         match &self.out {
-            Some(OutProjection::Linear(l)) => x = l.build(&mut s, "ff_out.", &x)?,
-            Some(OutProjection::FeedForward(f)) => x = f.build(&mut s, "ff_out.", &x)?,
+            Some(OutProjection::Linear(l)) => x = l.build(s, "ff_out.", &x)?,
+            Some(OutProjection::FeedForward(f)) => x = f.build(s, "ff_out.", &x)?,
             None => {}
         }
-        x.output(&mut s, "out");
-        s.compile();
-        Ok(s)
+        x.output(s, "out");
+        Ok((x, float_inputs))
     }
 }
 
@@ -415,6 +508,7 @@ pub struct CompiledEquiformer {
     model: Equiformer,
     fwd: EquiformerForward,
     cache: Option<((usize, usize, usize), Session)>,
+    gradients: bool,
     instrumented: bool,
     timings: Vec<(&'static str, f64)>,
 }
@@ -435,6 +529,7 @@ impl CompiledEquiformer {
             model,
             fwd,
             cache: None,
+            gradients: false,
             instrumented: false,
             timings: Vec::new(),
         }
@@ -477,6 +572,57 @@ impl CompiledEquiformer {
     /// Input validation and neighbour-selection errors ([`HostEdges::select`]); `InputShape`
     /// for features of the wrong kind or width; `IndexOutOfRange` for tokens.
     pub fn forward(&mut self, inp: &ModelInputs) -> Result<StateDict, Error> {
+        Ok(self.run(inp, None)?.0)
+    }
+
+    /// Compiles the graph with gradients ([`Equiformer::compile_with_gradients`]) from now
+    /// on, for [`CompiledEquiformer::forward_and_gradients`].
+    pub fn with_gradients(mut self) -> Self {
+        if !self.gradients {
+            self.gradients = true;
+            self.cache = None;
+        }
+        self
+    }
+
+    /// The outputs (as [`CompiledEquiformer::forward`]) and the gradients of
+    /// `L = Σ_out <out, cotangent.out>` (`cotangents` holds `cotangent.type<l>`, shaped as the
+    /// outputs; a missing one counts as zero): `param.<key>` for every parameter (PyTorch key
+    /// names), `input.feats` (dense type-0 features; `input.feats.<l>` for a dict of degrees),
+    /// `input.edges` (continuous edge features, `(b, n, n, edge_dim)`, zero for pairs that are
+    /// no edge) and `input.coors`, float64 tensors.
+    ///
+    /// As the library, the gradient through the embedded type-0 features (`input.feats`,
+    /// `token_emb`, `pos_emb`) is `embedding_grad_frac` times the derivative. `input.coors`
+    /// is the true derivative (the library detaches it): through the distances in the graph,
+    /// and through the edge frames by [`neighbors::frame_gradients`]; the neighbour choice is
+    /// piecewise constant.
+    ///
+    /// # Errors
+    /// As [`CompiledEquiformer::forward`]; `InputShape` for a cotangent of the wrong size;
+    /// `NoGradient` if the model was not made [`CompiledEquiformer::with_gradients`].
+    pub fn forward_and_gradients(
+        &mut self,
+        inp: &ModelInputs,
+        cotangents: &StateDict,
+    ) -> Result<(StateDict, StateDict), Error> {
+        if !self.gradients {
+            return Err(Error::Core(se3_core::Error::NoGradient {
+                op: "CompiledEquiformer without with_gradients()".to_string(),
+            }));
+        }
+        let (out, grads) = self.run(inp, Some(cotangents))?;
+        let grads = grads.ok_or(Error::NotCompiled {
+            option: "equiformer gradients",
+        })?;
+        Ok((out, grads))
+    }
+
+    fn run(
+        &mut self,
+        inp: &ModelInputs,
+        cotangents: Option<&StateDict>,
+    ) -> Result<(StateDict, Option<StateDict>), Error> {
         let t0 = std::time::Instant::now();
         inp.validate()?;
         let m = &self.model;
@@ -487,7 +633,11 @@ impl CompiledEquiformer {
         let t_select = t0.elapsed().as_secs_f64();
         let key = (b, n, host.k);
         if self.cache.as_ref().is_none_or(|(k, _)| *k != key) {
-            let mut s = m.compile(b, n, host.k)?;
+            let mut s = if self.gradients {
+                m.compile_with_gradients(b, n, host.k)?
+            } else {
+                m.compile(b, n, host.k)?
+            };
             if self.instrumented {
                 s.compile_with(se3_core::exec::profile::Instrument);
             }
@@ -529,6 +679,7 @@ impl CompiledEquiformer {
             )?;
         }
         let e = rows * host.k;
+        let geometry = cotangents.map(|_| (host.src.clone(), host.dst.clone(), host.rels.clone()));
         s.set("edges.src", host.src, &[e])?;
         s.set("edges.dst", host.dst, &[e])?;
         s.set("edges.mask", host.mask, &[e])?;
@@ -546,6 +697,9 @@ impl CompiledEquiformer {
         }
         if let Some(a) = host.adj_labels {
             s.set("edges.adj", a, &[e])?;
+        }
+        if let Some(cot) = cotangents {
+            set_cotangents(s, m, &self.fwd, inp, cot)?;
         }
         let t_inputs = t1.elapsed().as_secs_f64();
         let t2 = std::time::Instant::now();
@@ -575,8 +729,148 @@ impl CompiledEquiformer {
             }
             sd.insert(format!("type{l}"), Tensor::new(shape, data)?);
         }
-        Ok(sd)
+        let grads = match geometry {
+            Some((src, dst, rels)) => Some(read_gradients(s, m, inp, &src, &dst, &rels)?),
+            None => None,
+        };
+        Ok((sd, grads))
     }
+}
+
+/// Sets `cot.<l>` for every output degree: the cotangent of `type<l>` (zero if absent or for
+/// degrees above 1, which the model does not return), spread over the nodes with the masked
+/// mean's weights when the outputs are pooled.
+fn set_cotangents(
+    s: &mut Session,
+    m: &Equiformer,
+    fwd: &EquiformerForward,
+    inp: &ModelInputs,
+    cot: &StateDict,
+) -> Result<(), Error> {
+    let (b, n) = (inp.batch(), inp.nodes());
+    let rows = b * n;
+    let out_ch = if m.cfg.reduce_dim_out {
+        vec![1; m.shape.dim.len()]
+    } else {
+        m.shape.dim.clone()
+    };
+    for (l, &c) in out_ch.iter().enumerate() {
+        let w = 2 * l + 1;
+        let per_node = c * w;
+        let mut data = vec![0.0f32; rows * per_node];
+        if let Some(t) = cot.get(&format!("cotangent.type{l}")).filter(|_| l <= 1) {
+            let want = if fwd.return_pooled { b } else { rows } * per_node;
+            if t.data.len() != want {
+                return Err(Error::InputShape {
+                    name: "cotangent",
+                    expected: format!("cotangent.type{l} with {want} elements"),
+                    found: t.shape.clone(),
+                });
+            }
+            if fwd.return_pooled {
+                for bi in 0..b {
+                    let mask = inp.node_mask(bi);
+                    let count = (0..n).filter(|&i| mask.is_none_or(|mk| mk[i])).count();
+                    for i in (0..n).filter(|&i| mask.is_none_or(|mk| mk[i])) {
+                        for q in 0..per_node {
+                            data[(bi * n + i) * per_node + q] =
+                                (t.data[bi * per_node + q] / count as f64) as f32;
+                        }
+                    }
+                }
+            } else {
+                data = t.data.iter().map(|&v| v as f32).collect();
+            }
+        }
+        s.set(&format!("cot.{l}"), data, &[rows, c, w])?;
+    }
+    Ok(())
+}
+
+fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
+
+/// The gradients of a run of the gradient graph, in the library's names and shapes.
+fn read_gradients(
+    s: &Session,
+    m: &Equiformer,
+    inp: &ModelInputs,
+    src: &[f32],
+    dst: &[f32],
+    rels: &[[f64; 3]],
+) -> Result<StateDict, Error> {
+    let (b, n) = (inp.batch(), inp.nodes());
+    let mut sd = StateDict::new();
+    for (key, shape) in m.parameter_keys()? {
+        let g = s.get(&format!("grad.{key}"))?;
+        sd.insert(format!("param.{key}"), Tensor::new(shape, to_f64(&g.data))?);
+    }
+    match &inp.feats {
+        NodeFeats::Dense(t) => {
+            let g = s.get("grad.x.0")?;
+            sd.insert(
+                "input.feats".to_string(),
+                Tensor::new(t.shape.clone(), to_f64(&g.data))?,
+            );
+        }
+        NodeFeats::Degrees(map) => {
+            for (l, t) in map {
+                let g = s.get(&format!("grad.x.{l}"))?;
+                sd.insert(
+                    format!("input.feats.{l}"),
+                    Tensor::new(t.shape.clone(), to_f64(&g.data))?,
+                );
+            }
+        }
+        NodeFeats::Tokens { .. } => {}
+    }
+    let edge_of = |e: usize| {
+        let (row, j) = (dst[e] as usize, src[e] as usize % n.max(1));
+        (row / n.max(1), row % n.max(1), j)
+    };
+    if let (Some(EdgeInput::Dense(t)), None) = (&inp.edges, &m.edge_emb) {
+        if m.cfg.has_edges() {
+            let g = s.get("grad.edges.features")?;
+            let w = t.shape.get(3).copied().unwrap_or(0);
+            let mut d = vec![0.0f64; b * n * n * w];
+            for e in 0..src.len() {
+                let (bi, i, j) = edge_of(e);
+                for c in 0..w {
+                    d[((bi * n + i) * n + j) * w + c] += f64::from(g.data[e * w + c]);
+                }
+            }
+            sd.insert("input.edges".to_string(), Tensor::new(t.shape.clone(), d)?);
+        }
+    }
+    let lmax = m.shape.dim.len() - 1;
+    let g_dist = s.get("grad.edges.dist")?.data;
+    let mut g_frames = Vec::new();
+    for l in 1..=lmax {
+        g_frames.push(s.get(&format!("grad.edges.frame.{l}"))?.data);
+    }
+    let mut d_rel = neighbors::frame_gradients(rels, lmax, &g_frames)?;
+    for (e, (r, d)) in rels.iter().zip(d_rel.iter_mut()).enumerate() {
+        let nr = (r[0] * r[0] + r[1] * r[1] + r[2] * r[2]).sqrt();
+        if nr > 0.0 {
+            for c in 0..3 {
+                d[c] += f64::from(g_dist[e]) * r[c] / nr;
+            }
+        }
+    }
+    let mut coors = vec![0.0f64; b * n * 3];
+    for (e, d) in d_rel.iter().enumerate() {
+        let (bi, i, j) = edge_of(e);
+        for c in 0..3 {
+            coors[(bi * n + i) * 3 + c] += d[c];
+            coors[(bi * n + j) * 3 + c] -= d[c];
+        }
+    }
+    sd.insert(
+        "input.coors".to_string(),
+        Tensor::new(vec![b, n, 3], coors)?,
+    );
+    Ok(sd)
 }
 
 /// Masked mean over the nodes (`masked_mean(t, mask, dim = 1)`: 0 if no node is unmasked).
