@@ -312,14 +312,15 @@ impl Equiformer {
     }
 
     /// The trainable parameters (`named_parameters()` of the library: every checkpoint key
-    /// but the `basis:` buffers) with their shapes.
+    /// but the buffers, `basis:(i,o)` and the radial networks' LayerNorm `beta`, which the
+    /// library registers as a constant zero buffer) with their shapes.
     ///
     /// # Errors
     /// Config errors.
     pub fn parameter_keys(&self) -> Result<Vec<(String, Vec<usize>)>, Error> {
         Ok(Self::expected_keys(&self.cfg)?
             .into_iter()
-            .filter(|(k, _)| !k.starts_with("basis:"))
+            .filter(|(k, _)| !k.starts_with("basis:") && !k.ends_with(".beta"))
             .collect())
     }
 
@@ -508,6 +509,9 @@ pub struct CompiledEquiformer {
     model: Equiformer,
     fwd: EquiformerForward,
     cache: Option<((usize, usize, usize), Session)>,
+    /// Parameter values set after loading ([`CompiledEquiformer::set_parameter`]), applied
+    /// to every graph compiled later.
+    updated: std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)>,
     gradients: bool,
     instrumented: bool,
     timings: Vec<(&'static str, f64)>,
@@ -529,6 +533,7 @@ impl CompiledEquiformer {
             model,
             fwd,
             cache: None,
+            updated: std::collections::BTreeMap::new(),
             gradients: false,
             instrumented: false,
             timings: Vec::new(),
@@ -618,6 +623,33 @@ impl CompiledEquiformer {
         Ok((out, grads))
     }
 
+    /// Replaces the value of parameter `key` (PyTorch key name, its shape) in the compiled
+    /// graph and in every graph compiled later (e.g. after an optimizer step).
+    ///
+    /// # Errors
+    /// `UnknownName` for a key that is not a parameter, `InputShape` for a wrong shape.
+    pub fn set_parameter(&mut self, key: &str, data: Vec<f32>) -> Result<(), Error> {
+        let keys = self.model.parameter_keys()?;
+        let Some((_, shape)) = keys.iter().find(|(k, _)| k == key) else {
+            return Err(Error::Core(se3_core::Error::UnknownName {
+                role: "parameter",
+                name: key.to_string(),
+            }));
+        };
+        if data.len() != shape.iter().product::<usize>() {
+            return Err(Error::InputShape {
+                name: "parameter",
+                expected: format!("{key}: {shape:?}"),
+                found: vec![data.len()],
+            });
+        }
+        if let Some((_, s)) = self.cache.as_mut() {
+            s.set_weight(key, data.clone(), shape)?;
+        }
+        self.updated.insert(key.to_string(), (shape.clone(), data));
+        Ok(())
+    }
+
     fn run(
         &mut self,
         inp: &ModelInputs,
@@ -638,6 +670,9 @@ impl CompiledEquiformer {
             } else {
                 m.compile(b, n, host.k)?
             };
+            for (key, (shape, data)) in &self.updated {
+                s.set_weight(key, data.clone(), shape)?;
+            }
             if self.instrumented {
                 s.compile_with(se3_core::exec::profile::Instrument);
             }
@@ -698,8 +733,11 @@ impl CompiledEquiformer {
         if let Some(a) = host.adj_labels {
             s.set("edges.adj", a, &[e])?;
         }
-        if let Some(cot) = cotangents {
-            set_cotangents(s, m, &self.fwd, inp, cot)?;
+        match cotangents {
+            Some(cot) => set_cotangents(s, m, &self.fwd, inp, cot)?,
+            // a forward pass of the gradient graph: zero cotangents
+            None if self.gradients => set_cotangents(s, m, &self.fwd, inp, &StateDict::new())?,
+            None => {}
         }
         let t_inputs = t1.elapsed().as_secs_f64();
         let t2 = std::time::Instant::now();
