@@ -303,3 +303,53 @@ fn coordinate_gradients_match_finite_differences() -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// Gradient parity on random configurations (`tests/data/extra_reference/equiformer/`,
+/// `generate.py` stores torch's float64 gradients for a seeded cotangent beside the forward
+/// reference); `SE3_EQUI_EXTRA_DIR=<folder of case folders>` runs another set.
+#[test]
+fn random_equiformer_configs_gradients_match_torch() -> Result<(), Error> {
+    let root = match std::env::var("SE3_EQUI_EXTRA_DIR") {
+        Ok(d) => std::path::PathBuf::from(d),
+        Err(_) => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/extra_reference/equiformer/cases"),
+    };
+    let mut cases: Vec<std::path::PathBuf> = std::fs::read_dir(&root)
+        .map_err(|e| Error::Io {
+            path: root.display().to_string(),
+            source: e,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("gradients.safetensors").exists())
+        .collect();
+    cases.sort();
+    assert!(
+        cases.len() >= 3,
+        "only {} cases with gradients",
+        cases.len()
+    );
+    let mut failures = Vec::new();
+    for d in &cases {
+        let name = d
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match gradient_parity(d) {
+            Ok((worst, at, checked)) => {
+                println!("{name}: {checked} gradients, worst relative error {worst:.3e} ({at})");
+                if worst >= 1e-4 || checked == 0 {
+                    failures.push(format!("{name}: {worst:.3e} at {at}"));
+                }
+            }
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}

@@ -294,7 +294,15 @@ impl Equiformer {
             );
             pairs.push((t.no_shape(), c));
         }
-        let keys = self.parameter_keys()?;
+        // parameters the graph does not read (e.g. the radial network of a degree pair whose
+        // kernel is skipped because it is zero) have no `grad.<key>` output: their gradient is 0
+        let declared: std::collections::BTreeSet<String> =
+            s.weights().into_iter().map(|(n, _)| n).collect();
+        let keys: Vec<(String, Vec<usize>)> = self
+            .parameter_keys()?
+            .into_iter()
+            .filter(|(k, _)| declared.contains(k))
+            .collect();
         let mut wrt: Vec<GraphTensor<()>> = inputs.iter().map(|(_, t)| *t).collect();
         for (key, _) in &keys {
             wrt.push(s.tensor(key)?);
@@ -644,7 +652,7 @@ impl CompiledEquiformer {
             });
         }
         if let Some((_, s)) = self.cache.as_mut() {
-            s.set_weight(key, data.clone(), shape)?;
+            set_if_read(s, key, &data, shape)?;
         }
         self.updated.insert(key.to_string(), (shape.clone(), data));
         Ok(())
@@ -671,7 +679,7 @@ impl CompiledEquiformer {
                 m.compile(b, n, host.k)?
             };
             for (key, (shape, data)) in &self.updated {
-                s.set_weight(key, data.clone(), shape)?;
+                set_if_read(&mut s, key, data, shape)?;
             }
             if self.instrumented {
                 s.compile_with(se3_core::exec::profile::Instrument);
@@ -775,6 +783,14 @@ impl CompiledEquiformer {
     }
 }
 
+/// Sets weight `key` if the graph reads it (a parameter of a skipped kernel is not declared).
+fn set_if_read(s: &mut Session, key: &str, data: &[f32], shape: &[usize]) -> Result<(), Error> {
+    if s.weights().iter().any(|(n, _)| n == key) {
+        s.set_weight(key, data.to_vec(), shape)?;
+    }
+    Ok(())
+}
+
 /// Sets `cot.<l>` for every output degree: the cotangent of `type<l>` (zero if absent or for
 /// degrees above 1, which the model does not return), spread over the nodes with the masked
 /// mean's weights when the outputs are pooled.
@@ -840,9 +856,15 @@ fn read_gradients(
 ) -> Result<StateDict, Error> {
     let (b, n) = (inp.batch(), inp.nodes());
     let mut sd = StateDict::new();
+    let declared: std::collections::BTreeSet<String> =
+        s.weights().into_iter().map(|(n, _)| n).collect();
     for (key, shape) in m.parameter_keys()? {
-        let g = s.get(&format!("grad.{key}"))?;
-        sd.insert(format!("param.{key}"), Tensor::new(shape, to_f64(&g.data))?);
+        let data = if declared.contains(&key) {
+            to_f64(&s.get(&format!("grad.{key}"))?.data)
+        } else {
+            vec![0.0; shape.iter().product()]
+        };
+        sd.insert(format!("param.{key}"), Tensor::new(shape, data)?);
     }
     match &inp.feats {
         NodeFeats::Dense(t) => {
