@@ -108,47 +108,27 @@ fn equi_tokens_edges_sparse_gradients_match_torch_autograd() -> Result<(), Error
     check_reference("equi_tokens_edges_sparse")
 }
 
-/// `Σ_out mean((out - target.out)²)` and its cotangents `2 (out - target) / len`.
-fn mse(out: &StateDict, targets: &StateDict) -> Result<(f64, StateDict), Error> {
-    let mut loss = 0.0;
-    let mut cot = StateDict::new();
-    for (k, t) in targets.iter() {
-        let Some(name) = k.strip_prefix("target.") else {
-            continue;
-        };
-        let o = out.get(name).ok_or(Error::MissingKey {
-            key: name.to_string(),
-            expected: t.shape.clone(),
-        })?;
-        let n = t.data.len() as f64;
-        let diff: Vec<f64> = o.data.iter().zip(&t.data).map(|(a, b)| a - b).collect();
-        loss += diff.iter().map(|d| d * d).sum::<f64>() / n;
-        let c = diff.iter().map(|d| 2.0 * d / n).collect();
-        cot.insert(
-            format!("cotangent.{name}"),
-            Tensor::new(t.shape.clone(), c)?,
-        );
-    }
-    Ok((loss, cot))
-}
-
-/// Three steps of se3's Adam (lr 1e-2) on the gradients of the compiled graph against
-/// `torch.optim.Adam` on equiformer-pytorch in float64: the losses before each step and after
-/// the last, and every parameter after the third step.
+/// Three steps of se3's Adam (lr 1e-2) through the [`Differentiable`] interface (dispatch
+/// from the files, mean-squared-error objective) against `torch.optim.Adam` on
+/// equiformer-pytorch in float64: the losses before each step and after the last, and every
+/// parameter after the third step.
 fn adam_follows_torch(name: &str) -> Result<(), Error> {
     use se3_core::train::{Adam, Optimizer, Param};
+    use se3_models::differentiable::{differentiable_from_files, Objective};
     let d = dir(name);
-    let mut m = load_from(&d)?;
+    let file = ModelFile::load(d.join("config.json"))?;
+    let weights = StateDict::load(d.join("weights.safetensors"))?;
+    let inputs = ModelInputs::load(d.join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
     let reference = StateDict::load(d.join("training.safetensors"))?;
-    let keys = m.model.model().parameter_keys()?;
-    let mut values: Vec<Vec<f32>> = Vec::new();
-    for (k, shape) in &keys {
-        let t = m.weights.get(k).ok_or(Error::MissingKey {
-            key: k.clone(),
-            expected: shape.clone(),
-        })?;
-        values.push(t.data.iter().map(|&v| v as f32).collect());
-    }
+    let mut model = differentiable_from_files(&file, &weights, Objective::MeanSquaredError)?;
+    let keys: Vec<String> = model.parameters().iter().map(|p| p.name.clone()).collect();
+    let mut values: Vec<Vec<f32>> = model.parameters().iter().map(|p| p.value.clone()).collect();
+    // every parameter torch trains, and nothing else (no buffers)
+    let torch_params = reference
+        .iter()
+        .filter(|(k, _)| k.starts_with("param."))
+        .count();
+    assert_eq!(keys.len(), torch_params, "{name}: parameter count");
     let want_loss = reference
         .get("loss")
         .map(|t| t.data.clone())
@@ -156,34 +136,35 @@ fn adam_follows_torch(name: &str) -> Result<(), Error> {
     let mut adam = Adam::new(1e-2);
     let mut losses = vec![];
     for step in 0..=3 {
-        let out = m.model.forward(&m.inputs)?;
-        let (loss, cot) = mse(&out, &reference)?;
-        losses.push(loss);
+        let run = model.gradients(&inputs, &reference)?;
+        losses.push(run.loss);
         if step == 3 {
             break;
         }
-        let (_, grads) = m.model.forward_and_gradients(&m.inputs, &cot)?;
         let mut gs: Vec<Vec<f32>> = Vec::new();
-        for (k, shape) in &keys {
-            let g = grads.get(&format!("param.{k}")).ok_or(Error::MissingKey {
-                key: format!("param.{k}"),
-                expected: shape.clone(),
-            })?;
+        for k in &keys {
+            let g = run
+                .grads
+                .get(&format!("param.{k}"))
+                .ok_or(Error::MissingKey {
+                    key: format!("param.{k}"),
+                    expected: vec![],
+                })?;
             gs.push(g.data.iter().map(|&v| v as f32).collect());
         }
         let mut params: Vec<Param<'_>> = keys
             .iter()
             .zip(values.iter_mut())
             .zip(&gs)
-            .map(|(((k, _), v), g)| Param {
+            .map(|((k, v), g)| Param {
                 name: k,
                 value: v,
                 grad: g,
             })
             .collect();
         adam.step(&mut params)?;
-        for ((k, _), v) in keys.iter().zip(&values) {
-            m.model.set_parameter(k, v.clone())?;
+        for (k, v) in keys.iter().zip(&values) {
+            model.set_parameter(k, v.clone())?;
         }
     }
     let loss_err = losses
@@ -193,7 +174,7 @@ fn adam_follows_torch(name: &str) -> Result<(), Error> {
         .fold(0.0, f64::max);
     println!("{name} Adam: losses {losses:?} (torch {want_loss:?}), worst relative {loss_err:.3e}");
     let mut worst = (0.0f64, String::new());
-    for ((k, _), v) in keys.iter().zip(&values) {
+    for (k, v) in keys.iter().zip(&values) {
         let want = reference
             .get(&format!("param.{k}"))
             .ok_or(Error::MissingKey {

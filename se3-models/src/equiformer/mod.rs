@@ -19,6 +19,7 @@
 //! concatenated after the edge embedding, before the distance.
 
 pub mod config;
+pub mod differentiable;
 pub mod neighbors;
 
 use luminal::prelude::*;
@@ -33,6 +34,7 @@ use se3_core::layers::{
 use se3_core::ops::{gather, grad_scale};
 
 pub use config::{EquiformerConfig, EquiformerShape, PerDegree};
+pub use differentiable::DifferentiableEquiformer;
 pub use neighbors::HostEdges;
 
 use crate::checkpoint::{StateDict, Tensor};
