@@ -9,7 +9,7 @@ mod common;
 use common::*;
 
 use rand::Rng;
-use se3_models::checkpoint::{StateDict, Tensor};
+use se3_models::checkpoint::StateDict;
 use se3_models::equiformer::{CompiledEquiformer, Equiformer, EquiformerConfig, EquiformerForward};
 use se3_models::inputs::ModelInputs;
 use se3_models::model_file::ModelFile;
@@ -18,7 +18,6 @@ use se3_models::Error;
 /// A reference model compiled with gradients, its inputs and its stored tensors.
 struct Loaded {
     model: CompiledEquiformer,
-    weights: StateDict,
     inputs: ModelInputs,
 }
 
@@ -30,11 +29,7 @@ fn load_from(d: &std::path::Path) -> Result<Loaded, Error> {
     let model =
         CompiledEquiformer::new(Equiformer::from_state_dict(&cfg, &weights)?, fwd).with_gradients();
     let inputs = ModelInputs::load(d.join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
-    Ok(Loaded {
-        model,
-        weights,
-        inputs,
-    })
+    Ok(Loaded { model, inputs })
 }
 
 /// Compares every stored `param.*` / `input.*` gradient of the folder `d`; returns the worst

@@ -344,8 +344,8 @@ impl Equiformer {
         nodes_per: usize,
         k: usize,
         grad_frac: Option<f32>,
-    ) -> Result<(FeatureTensors, Vec<(String, GraphTensor<()>)>), Error> {
-        let mut float_inputs: Vec<(String, GraphTensor<()>)> = Vec::new();
+    ) -> Result<(FeatureTensors, FloatInputs), Error> {
+        let mut float_inputs: FloatInputs = Vec::new();
         let lmax = self.shape.dim.len() - 1;
         let n = batch * nodes_per;
         let e = n * k;
@@ -477,6 +477,9 @@ impl Equiformer {
         Ok((x, float_inputs))
     }
 }
+
+/// The float inputs of a graph one can differentiate: graph input name and tensor.
+type FloatInputs = Vec<(String, GraphTensor<()>)>;
 
 /// Checkpoint prefix of block `i`'s attention (`part` 0) or feed-forward (`part` 1): the
 /// library wraps them as `f.net` / `g.net` in a reversible sequence.
