@@ -35,9 +35,21 @@ fn load_from(d: &std::path::Path) -> Result<Loaded, Error> {
 /// Compares every stored `param.*` / `input.*` gradient of the folder `d`; returns the worst
 /// relative error, where, and how many tensors were compared.
 pub fn gradient_parity(d: &std::path::Path) -> Result<(f64, String, usize), Error> {
+    let (_, reference, got) = gradient_run(d)?;
+    compare(&reference, &got)
+}
+
+/// The model of folder `d` run with the stored cotangents: the model, the reference and se3's
+/// gradients.
+fn gradient_run(d: &std::path::Path) -> Result<(Loaded, StateDict, StateDict), Error> {
     let mut m = load_from(d)?;
     let reference = StateDict::load(d.join("gradients.safetensors"))?;
     let (_, got) = m.model.forward_and_gradients(&m.inputs, &reference)?;
+    Ok((m, reference, got))
+}
+
+/// The worst relative error over the stored `param.*` / `input.*` tensors, where, and how many.
+fn compare(reference: &StateDict, got: &StateDict) -> Result<(f64, String, usize), Error> {
     let mut worst = (0.0f64, String::new());
     let mut checked = 0;
     for (k, want) in reference.iter() {
@@ -80,12 +92,15 @@ pub fn gradient_parity(d: &std::path::Path) -> Result<(f64, String, usize), Erro
     Ok((worst.0, worst.1, checked))
 }
 
+/// Gradient parity of reference `name`, then its coordinates' gradient against finite
+/// differences ([`coordinates_match_finite_differences`]).
 fn check_reference(name: &str) -> Result<(), Error> {
-    let (worst, at, checked) = gradient_parity(&dir(name))?;
+    let (mut m, reference, got) = gradient_run(&dir(name))?;
+    let (worst, at, checked) = compare(&reference, &got)?;
     println!("{name}: {checked} gradients, worst relative error {worst:.3e} ({at})");
     assert!(checked > 10, "{name}: only {checked} gradients compared");
     assert!(worst < 1e-4, "{name}: gradient off by {worst:.3e} at {at}");
-    Ok(())
+    coordinates_match_finite_differences(name, &mut m, &reference, &got)
 }
 
 #[test]
@@ -217,66 +232,67 @@ fn equi_mlp_adam_steps_follow_torch_training() -> Result<(), Error> {
 
 /// The coordinates' gradient (through the edge distances and frames; the library detaches
 /// it, so it is not stored) against central differences of the float32 graph's loss along
-/// fresh random directions, on the reference models' weights and inputs.
-#[test]
-fn coordinate_gradients_match_finite_differences() -> Result<(), Error> {
+/// three fresh random directions.
+fn coordinates_match_finite_differences(
+    name: &str,
+    m: &mut Loaded,
+    reference: &StateDict,
+    grads: &StateDict,
+) -> Result<(), Error> {
     let mut r = rng(rand::random());
-    for name in ["equi_l2dist", "equi_mlp", "equi_tokens_edges_sparse"] {
-        let mut m = load_from(&dir(name))?;
-        let reference = StateDict::load(dir(name).join("gradients.safetensors"))?;
-        let (_, grads) = m.model.forward_and_gradients(&m.inputs, &reference)?;
-        let g = grads.get("input.coors").ok_or(Error::MissingKey {
-            key: "input.coors".into(),
-            expected: m.inputs.coors.shape.clone(),
-        })?;
-        let loss = |model: &mut CompiledEquiformer, inp: &ModelInputs| -> Result<f64, Error> {
-            let out = model.forward(inp)?;
-            let mut l = 0.0;
-            for (k, c) in reference.iter() {
-                if let Some(o) = k.strip_prefix("cotangent.").and_then(|n| out.get(n)) {
-                    l += o.data.iter().zip(&c.data).map(|(a, b)| a * b).sum::<f64>();
-                }
+    let g = grads.get("input.coors").ok_or(Error::MissingKey {
+        key: "input.coors".into(),
+        expected: m.inputs.coors.shape.clone(),
+    })?;
+    let loss = |model: &mut CompiledEquiformer, inp: &ModelInputs| -> Result<f64, Error> {
+        let out = model.forward(inp)?;
+        let mut l = 0.0;
+        for (k, c) in reference.iter() {
+            if let Some(o) = k.strip_prefix("cotangent.").and_then(|n| out.get(n)) {
+                l += o.data.iter().zip(&c.data).map(|(a, b)| a * b).sum::<f64>();
             }
-            Ok(l)
-        };
-        let mut checked = 0;
-        for _ in 0..8 {
-            if checked == 3 {
-                break;
-            }
-            let dirn: Vec<f64> = (0..g.data.len()).map(|_| r.gen_range(-1.0..1.0)).collect();
-            let analytic: f64 = g.data.iter().zip(&dirn).map(|(a, b)| a * b).sum();
-            let mut fd_at = |h: f64| -> Result<f64, Error> {
-                let mut at = |sign: f64| -> Result<f64, Error> {
-                    let mut inp = m.inputs.clone();
-                    for (x, d) in inp.coors.data.iter_mut().zip(&dirn) {
-                        *x += sign * h * d;
-                    }
-                    loss(&mut m.model, &inp)
-                };
-                Ok((at(1.0)? - at(-1.0)?) / (2.0 * h))
-            };
-            // h small against the distance gaps that decide the neighbours, large against
-            // float32 rounding; a step that changes the neighbour choice makes the loss jump
-            // (the two steps disagree): that direction is skipped
-            let (fd, fd_half) = (fd_at(5e-4)?, fd_at(2.5e-4)?);
-            if (fd - fd_half).abs() > 0.05 * fd.abs().max(1.0) {
-                println!("{name}: neighbour choice changed along a direction ({fd} vs {fd_half}), skipped");
-                continue;
-            }
-            let err = (fd - analytic).abs() / analytic.abs().max(1.0);
-            println!("{name}: d L / d coors along a random direction: {analytic:.6} vs finite differences {fd:.6} (relative {err:.2e})");
-            assert!(
-                err < 1e-2,
-                "{name}: coordinate gradient {analytic} vs finite differences {fd}"
-            );
-            checked += 1;
         }
-        assert_eq!(
-            checked, 3,
-            "{name}: too many directions changed the neighbours"
+        Ok(l)
+    };
+    let mut checked = 0;
+    for _ in 0..8 {
+        if checked == 3 {
+            break;
+        }
+        let dirn: Vec<f64> = (0..g.data.len()).map(|_| r.gen_range(-1.0..1.0)).collect();
+        let analytic: f64 = g.data.iter().zip(&dirn).map(|(a, b)| a * b).sum();
+        let mut fd_at = |h: f64| -> Result<f64, Error> {
+            let mut at = |sign: f64| -> Result<f64, Error> {
+                let mut inp = m.inputs.clone();
+                for (x, d) in inp.coors.data.iter_mut().zip(&dirn) {
+                    *x += sign * h * d;
+                }
+                loss(&mut m.model, &inp)
+            };
+            Ok((at(1.0)? - at(-1.0)?) / (2.0 * h))
+        };
+        // h small against the distance gaps that decide the neighbours, large against
+        // float32 rounding; a step that changes the neighbour choice makes the loss jump
+        // (the two steps disagree): that direction is skipped
+        let (fd, fd_half) = (fd_at(5e-4)?, fd_at(2.5e-4)?);
+        if (fd - fd_half).abs() > 0.05 * fd.abs().max(1.0) {
+            println!(
+                "{name}: neighbour choice changed along a direction ({fd} vs {fd_half}), skipped"
+            );
+            continue;
+        }
+        let err = (fd - analytic).abs() / analytic.abs().max(1.0);
+        println!("{name}: d L / d coors along a random direction: {analytic:.6} vs finite differences {fd:.6} (relative {err:.2e})");
+        assert!(
+            err < 1e-2,
+            "{name}: coordinate gradient {analytic} vs finite differences {fd}"
         );
+        checked += 1;
     }
+    assert_eq!(
+        checked, 3,
+        "{name}: too many directions changed the neighbours"
+    );
     Ok(())
 }
 

@@ -12,6 +12,13 @@
 //! Neighbours, edge frames and edge labels are chosen on the host ([`HostEdges`]); the graph
 //! is compiled once per node count and slot count and reused.
 //!
+//! Gradients: [`Equiformer::compile_with_gradients`] adds the backward pass (every operator of
+//! the equiformer layers is a luminal primitive, gather or [`se3_core::ops::grad_scale`]; no
+//! fused radial or edge kernel is used, so no unfused switch is needed);
+//! [`CompiledEquiformer::forward_and_gradients`] returns `param.<key>` and `input.<name>`
+//! gradients, with the coordinates' gradient chained on the host through the edge distances
+//! and frames; [`DifferentiableEquiformer`] puts it behind [`crate::differentiable`].
+//!
 //! `num_adj_degrees_embed` with `adj_dim > 0` crashes in the library (the embedding is
 //! counted in the radial input width but never concatenated). se3 builds what it documents
 //! (and what se3-transformer-pytorch does): the bond-distance label of each pair (0 unbonded,
