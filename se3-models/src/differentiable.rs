@@ -320,6 +320,15 @@ pub fn differentiable_from_files(
         let model = VnTransformer::from_state_dict(&cfg, weights)?;
         return Ok(Box::new(model.compile_differentiable(weights, objective)?));
     }
+    if file.is_equiformer() {
+        let cfg = crate::equiformer::EquiformerConfig::from_kwargs(&file.constructor_kwargs)?;
+        let fwd =
+            crate::equiformer::EquiformerForward::from_literals(&file.forward_kwargs.literals)?;
+        let model = crate::equiformer::Equiformer::from_state_dict(&cfg, weights)?;
+        return Ok(Box::new(crate::equiformer::DifferentiableEquiformer::new(
+            model, fwd, weights, objective,
+        )?));
+    }
     Err(Error::NotCompiled {
         option: "gradients of this model kind",
     })

@@ -13,10 +13,11 @@
 //! Gradients are row-major buffers of their node's element count.
 //!
 //! Differentiable: luminal's primitives (add, mul, sum/max reduce, exp2, log2, sin, sqrt,
-//! recip, contiguous; mod and less-than carry no gradient), and the ops gather, scatter-add
-//! and segment softmax (so relative positions and distances, built from gather and
-//! primitives, too), the fused row kernel layer norm + GELU and the fused multi-head
-//! attention `head_attention`; indices (neighbour lists, top-k) are constants of the backward pass.
+//! recip, contiguous; mod and less-than carry no gradient), and the ops gather, scatter-add,
+//! segment softmax and gradient scaling (so relative positions and distances, built from gather
+//! and primitives, too), the fused row kernel layer norm + GELU and the fused multi-head
+//! attention `head_attention`; indices (neighbour lists, top-k) are constants of the backward
+//! pass.
 //! A fused op without a backward gives [`Error::NoGradient`]: build that layer unfused.
 //!
 //! ```
@@ -56,7 +57,9 @@ pub use forces::forces;
 pub use loss::{add_losses, pairing, squared_error};
 use primitives::{InputGrad, Primitive};
 
-use crate::ops::{gather, head_attention, layer_norm_gelu, scatter_add, segment_softmax};
+use crate::ops::{
+    gather, grad_scale, head_attention, layer_norm_gelu, scatter_add, segment_softmax,
+};
 use crate::Error;
 
 /// The backward rule of an operator.
@@ -68,6 +71,7 @@ enum Rule {
     SegmentSoftmax,
     LayerNormGelu { eps: f32 },
     HeadAttention(head_attention::HeadAttention),
+    GradScale { frac: f32 },
 }
 
 fn rule(o: &dyn Operator) -> Option<Rule> {
@@ -83,6 +87,8 @@ fn rule(o: &dyn Operator) -> Option<Rule> {
         Some(Rule::SegmentSoftmax)
     } else if let Some(op) = a.downcast_ref::<head_attention::HeadAttention>() {
         Some(Rule::HeadAttention(*op))
+    } else if let Some(op) = a.downcast_ref::<grad_scale::GradScale>() {
+        Some(Rule::GradScale { frac: op.frac })
     } else {
         a.downcast_ref::<layer_norm_gelu::LayerNormGelu>()
             .map(|op| Rule::LayerNormGelu { eps: op.eps })
@@ -185,6 +191,9 @@ pub fn gradients(cotangents: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<
             }
             Some(Rule::HeadAttention(op)) => {
                 as_views(head_attention::backward::vjp(&inputs, op, g.id, &wanted)).collect()
+            }
+            Some(Rule::GradScale { frac }) => {
+                as_views(grad_scale::backward::vjp(&inputs, frac, g.id, &wanted)).collect()
             }
             None => return Err(Error::NoGradient { op: op_name }),
         };

@@ -188,11 +188,16 @@ impl EquiformerAttentionLayer {
                 .zip(&opts.heads)
                 .enumerate()
                 .map(|(l, (&a, &h))| {
-                    Param::load(
+                    let p = Param::load(
                         src,
                         format!("{prefix}to_attn_logits.{l}.1.weight"),
                         vec![h, a],
-                    )
+                    )?;
+                    // declared under `<prefix>to_attn_logits.<l>.1.`: the checkpoint key
+                    Ok(Param {
+                        key: "weight".to_string(),
+                        ..p
+                    })
                 })
                 .collect::<Result<_, Error>>()?;
             let value_gate = SiluGateLayer::new(&fiber_of(&gate_in)?)?;
@@ -216,13 +221,24 @@ impl EquiformerAttentionLayer {
         let head_gates = if opts.gate_heads {
             let c0 = fiber.channels(0).unwrap_or(0);
             let h: usize = opts.heads.iter().sum();
+            // declared under `<prefix>attn_head_gates.1.`: the checkpoint keys
+            let short = |p: Param, key: &str| Param {
+                key: key.to_string(),
+                ..p
+            };
             Some((
-                Param::load(
-                    src,
-                    format!("{prefix}attn_head_gates.1.weight"),
-                    vec![h, c0],
-                )?,
-                Param::load(src, format!("{prefix}attn_head_gates.1.bias"), vec![h])?,
+                short(
+                    Param::load(
+                        src,
+                        format!("{prefix}attn_head_gates.1.weight"),
+                        vec![h, c0],
+                    )?,
+                    "weight",
+                ),
+                short(
+                    Param::load(src, format!("{prefix}attn_head_gates.1.bias"), vec![h])?,
+                    "bias",
+                ),
             ))
         } else {
             None

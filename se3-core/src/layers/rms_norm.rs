@@ -13,7 +13,9 @@ use crate::Error;
 /// `rms_l[r] = sqrt(sum_{c, m} x_l[r, c, m]^2 / C_l)` (the RMS over the `C_l` channels of the
 /// per-channel norms `|x_l[r, c, :]|`).
 ///
-/// Equivariant: it scales every channel by an invariant. Keys `<prefix>transforms.<i>` of shape
+/// Equivariant: it scales every channel by an invariant. On a row that is exactly zero the
+/// output is zero and no gradient flows back (not the `1 / 1e-12` derivative of the clamp; see
+/// `build`). Keys `<prefix>transforms.<i>` of shape
 /// `(C_l, 1)`, `i` the position of degree `l` in the fiber.
 #[derive(Debug, Clone)]
 pub struct RmsNormLayer {
@@ -70,7 +72,13 @@ impl RmsNormLayer {
                 .sum_reduce::<(X, X), Axis<2>>()
                 .sum_reduce::<(X,), Axis<1>>();
             let rms = (sq * (1.0 / d.channels as f32)).sqrt().max_f32(1e-12);
-            let inv: GraphTensor<(X, X)> = expand_at(rms.recip(), 1, sh[1]);
+            // `1 / max(rms, eps)`, and 0 on an all-zero row (whose output is 0 either way):
+            // the derivative there would be `1 / eps`, which stacked norms of a zero row (the
+            // degree >= 1 features of a masked node) compound past float32's range, while
+            // every path from such a row to a parameter or input meets a zero factor (`-sq <
+            // sq` is `sq > 0` for `sq >= 0`)
+            let nonzero = (sq * -1.0).less_than(sq);
+            let inv: GraphTensor<(X, X)> = expand_at(rms.recip() * nonzero, 1, sh[1]);
             let inv: GraphTensor<(X, X, X)> = expand_at(inv, 2, sh[2]);
             let w: GraphTensor<(X, X)> = p.declare(s, prefix)?;
             let w: GraphTensor<(X,)> = reshape(w, &[sh[1]]);

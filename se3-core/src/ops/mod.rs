@@ -5,6 +5,7 @@
 //! - [`egnn_edge()`]: the fused edge stage of an EGNN layer (edge MLP, gate, coordinate
 //!   weights, pooled sums per node in cache).
 //! - [`gather()`]: rows of a table by index (`(N, C)`, `(E,)` → `(E, C)`).
+//! - [`grad_scale()`]: identity forward, gradient scaled by a fraction backward.
 //! - [`scatter_add()`]: segment sum of rows into destinations (`(E, C)`, `(E,)` → `(N, C)`).
 //! - [`segment_softmax()`]: softmax over the edges that share a destination.
 //! - [`relative_positions()`], [`distances()`]: per-edge geometry.
@@ -39,6 +40,7 @@ pub mod edge_contract;
 pub mod edge_conv;
 pub mod egnn_edge;
 pub mod gather;
+pub mod grad_scale;
 pub mod head_attention;
 pub mod layer_norm_gelu;
 pub mod neighbors;
@@ -59,6 +61,7 @@ pub use edge_conv::{
 };
 pub use egnn_edge::{egnn_edge, EgnnCoorsWeights, EgnnEdgeInputs, EgnnEdgeKernel};
 pub use gather::{gather, gather3};
+pub use grad_scale::grad_scale;
 pub use head_attention::{head_attention, HeadLogits};
 pub use layer_norm_gelu::layer_norm_gelu;
 pub use neighbors::{neighbors, neighbors_in_batches, Edges, NeighborSpec, Neighbors};

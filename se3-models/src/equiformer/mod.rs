@@ -12,6 +12,13 @@
 //! Neighbours, edge frames and edge labels are chosen on the host ([`HostEdges`]); the graph
 //! is compiled once per node count and slot count and reused.
 //!
+//! Gradients: [`Equiformer::compile_with_gradients`] adds the backward pass (every operator of
+//! the equiformer layers is a luminal primitive, gather or [`se3_core::ops::grad_scale`]; no
+//! fused radial or edge kernel is used, so no unfused switch is needed);
+//! [`CompiledEquiformer::forward_and_gradients`] returns `param.<key>` and `input.<name>`
+//! gradients, with the coordinates' gradient chained on the host through the edge distances
+//! and frames; [`DifferentiableEquiformer`] puts it behind [`crate::differentiable`].
+//!
 //! `num_adj_degrees_embed` with `adj_dim > 0` crashes in the library (the embedding is
 //! counted in the radial input width but never concatenated). se3 builds what it documents
 //! (and what se3-transformer-pytorch does): the bond-distance label of each pair (0 unbonded,
@@ -19,6 +26,7 @@
 //! concatenated after the edge embedding, before the distance.
 
 pub mod config;
+pub mod differentiable;
 pub mod neighbors;
 
 use luminal::prelude::*;
@@ -30,13 +38,14 @@ use se3_core::layers::{
     EquiformerAttentionOptions, EquiformerFeedForwardLayer, FeatureTensors, LinearLayer,
     LinearLayout, NodeBatch, Param, ParamSource, RmsNormLayer, ZBasis,
 };
-use se3_core::ops::gather;
+use se3_core::ops::{gather, grad_scale};
 
 pub use config::{EquiformerConfig, EquiformerShape, PerDegree};
+pub use differentiable::DifferentiableEquiformer;
 pub use neighbors::HostEdges;
 
 use crate::checkpoint::{StateDict, Tensor};
-use crate::inputs::{ModelInputs, NodeFeats};
+use crate::inputs::{EdgeInput, ModelInputs, NodeFeats};
 use crate::tfn::graph::StateDictSource;
 use crate::Error;
 
@@ -259,6 +268,91 @@ impl Equiformer {
     /// Layer build errors (none for a model built by [`Equiformer::from_state_dict`]).
     pub fn compile(&self, batch: usize, nodes_per: usize, k: usize) -> Result<Session, Error> {
         let mut s = Session::new();
+        self.build(&mut s, batch, nodes_per, k, None)?;
+        s.compile();
+        Ok(s)
+    }
+
+    /// As [`Equiformer::compile`], with the gradients of `L = Σ_l <out.l, cot.l>`: cotangent
+    /// inputs `cot.<l>` (shaped as `out.<l>`), outputs `grad.<key>` for every parameter
+    /// (PyTorch key names, [`Equiformer::parameter_keys`]) and `grad.<input>` for every float
+    /// input: `x.<l>`, `edges.features`, and `edges.dist`, `edges.frame.<l>` (from which
+    /// [`CompiledEquiformer::forward_and_gradients`] takes the coordinates' gradient).
+    ///
+    /// As the library, the gradient through the embedded type-0 input features (token and
+    /// positional embeddings, `x.0`) is scaled by `embedding_grad_frac`
+    /// ([`se3_core::ops::grad_scale`]): the stored PyTorch gradients are scaled the same way.
+    ///
+    /// # Errors
+    /// As [`Equiformer::compile`]; `NoGradient` if an operator on the path has no backward.
+    pub fn compile_with_gradients(
+        &self,
+        batch: usize,
+        nodes_per: usize,
+        k: usize,
+    ) -> Result<Session, Error> {
+        let mut s = Session::new();
+        let frac = self.cfg.embedding_grad_frac as f32;
+        let (out, inputs) = self.build(&mut s, batch, nodes_per, k, Some(frac))?;
+        let mut pairs = Vec::new();
+        for (d, t) in out.spec().degrees().iter().zip(out.tensors()) {
+            let c = s.input_with_shape::<()>(
+                &format!("cot.{}", d.l),
+                InputKind::Values,
+                &se3_core::ops::logical_dims_of(&t.shape),
+            );
+            pairs.push((t.no_shape(), c));
+        }
+        // parameters the graph does not read (e.g. the radial network of a degree pair whose
+        // kernel is skipped because it is zero) have no `grad.<key>` output: their gradient is 0
+        let declared: std::collections::BTreeSet<String> =
+            s.weights().into_iter().map(|(n, _)| n).collect();
+        let keys: Vec<(String, Vec<usize>)> = self
+            .parameter_keys()?
+            .into_iter()
+            .filter(|(k, _)| declared.contains(k))
+            .collect();
+        let mut wrt: Vec<GraphTensor<()>> = inputs.iter().map(|(_, t)| *t).collect();
+        for (key, _) in &keys {
+            wrt.push(s.tensor(key)?);
+        }
+        let grads = se3_core::autodiff::gradients(&pairs, &wrt)?;
+        let names = inputs
+            .iter()
+            .map(|(n, _)| n.clone())
+            .chain(keys.into_iter().map(|(k, _)| k));
+        for (name, g) in names.zip(grads) {
+            s.output(&format!("grad.{name}"), g);
+        }
+        s.compile();
+        Ok(s)
+    }
+
+    /// The trainable parameters (`named_parameters()` of the library: every checkpoint key
+    /// but the buffers, `basis:(i,o)` and the radial networks' LayerNorm `beta`, which the
+    /// library registers as a constant zero buffer) with their shapes.
+    ///
+    /// # Errors
+    /// Config errors.
+    pub fn parameter_keys(&self) -> Result<Vec<(String, Vec<usize>)>, Error> {
+        Ok(Self::expected_keys(&self.cfg)?
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("basis:") && !k.ends_with(".beta"))
+            .collect())
+    }
+
+    /// Declares the inputs and builds the forward graph into `s` (outputs `out.<l>`); with
+    /// `grad_frac`, the embedded type-0 features pass through a gradient-scaling op. Returns
+    /// the output features and the float inputs (name, tensor) one can differentiate.
+    fn build(
+        &self,
+        s: &mut Session,
+        batch: usize,
+        nodes_per: usize,
+        k: usize,
+        grad_frac: Option<f32>,
+    ) -> Result<(FeatureTensors, FloatInputs), Error> {
+        let mut float_inputs: FloatInputs = Vec::new();
         let lmax = self.shape.dim.len() - 1;
         let n = batch * nodes_per;
         let e = n * k;
@@ -276,46 +370,68 @@ impl Equiformer {
         let d0 = self.shape.dim_in[0];
         let mut x0: GraphTensor<(X, X)> = match &self.token_emb {
             Some(t) => {
-                let ids = index(&mut s, "tokens", n, t.shape[0]);
-                let tab: GraphTensor<(X, X)> = t.declare(&mut s, "")?;
+                let ids = index(s, "tokens", n, t.shape[0]);
+                let tab: GraphTensor<(X, X)> = t.declare(s, "")?;
                 gather(tab, ids)
             }
-            None => s.input_with_shape::<(X, X)>("x.0", InputKind::Values, &[n.into(), d0.into()]),
+            None => {
+                let x =
+                    s.input_with_shape::<(X, X)>("x.0", InputKind::Values, &[n.into(), d0.into()]);
+                float_inputs.push(("x.0".to_string(), x.no_shape()));
+                x
+            }
         };
         if let Some(p) = &self.pos_emb {
-            let ids = index(&mut s, "positions", n, p.shape[0]);
-            let tab: GraphTensor<(X, X)> = p.declare(&mut s, "")?;
+            let ids = index(s, "positions", n, p.shape[0]);
+            let tab: GraphTensor<(X, X)> = p.declare(s, "")?;
             x0 += gather(tab, ids);
+        }
+        if let Some(frac) = grad_frac {
+            x0 = grad_scale(x0, frac);
         }
         let x0: GraphTensor<(X, X, X)> = reshape3(x0, n, d0, 1);
         let mut degrees = vec![retype(x0)];
         for d in in_fiber.degrees().iter().skip(1) {
-            degrees.push(s.input_with_shape::<(Dyn<'n'>, X, X)>(
-                &format!("x.{}", d.l),
+            let name = format!("x.{}", d.l);
+            let x = s.input_with_shape::<(Dyn<'n'>, X, X)>(
+                &name,
                 InputKind::Values,
                 &[n.into(), d.channels.into(), d.width().into()],
-            ));
+            );
+            float_inputs.push((name, x.no_shape()));
+            degrees.push(x);
         }
         let x: FeatureTensors = FeatureTensors::new(in_fiber, degrees)?;
-        let mut edges = AlignedEdges::input(&mut s, "edges", n, k, lmax, &self.zbasis)?;
+        let mut edges = AlignedEdges::input(s, "edges", n, k, lmax, &self.zbasis)?;
+        if grad_frac.is_some() {
+            float_inputs.push(("edges.dist".to_string(), s.tensor("edges.dist")?));
+            for l in 1..=lmax {
+                let name = format!("edges.frame.{l}");
+                float_inputs.push((name.clone(), s.tensor(&name)?));
+            }
+        }
         let mut feats: Vec<GraphTensor<(X, X)>> = Vec::new();
         if self.cfg.has_edges() {
             match &self.edge_emb {
                 Some(t) => {
-                    let ids = index(&mut s, "edges.tokens", e, t.shape[0]);
-                    let tab: GraphTensor<(X, X)> = t.declare(&mut s, "")?;
+                    let ids = index(s, "edges.tokens", e, t.shape[0]);
+                    let tab: GraphTensor<(X, X)> = t.declare(s, "")?;
                     feats.push(gather(tab, ids));
                 }
-                None => feats.push(s.input_with_shape::<(X, X)>(
-                    "edges.features",
-                    InputKind::Values,
-                    &[e.into(), self.cfg.edge_dim.unwrap_or(0).into()],
-                )),
+                None => {
+                    let f = s.input_with_shape::<(X, X)>(
+                        "edges.features",
+                        InputKind::Values,
+                        &[e.into(), self.cfg.edge_dim.unwrap_or(0).into()],
+                    );
+                    float_inputs.push(("edges.features".to_string(), f.no_shape()));
+                    feats.push(f);
+                }
             }
         }
         if let Some(t) = &self.adj_emb {
-            let ids = index(&mut s, "edges.adj", e, t.shape[0]);
-            let tab: GraphTensor<(X, X)> = t.declare(&mut s, "")?;
+            let ids = index(s, "edges.adj", e, t.shape[0]);
+            let tab: GraphTensor<(X, X)> = t.declare(s, "")?;
             feats.push(gather(tab, ids));
         }
         if !feats.is_empty() {
@@ -332,16 +448,14 @@ impl Equiformer {
             mask: s.input_with_shape::<(X,)>("node_mask", InputKind::Mask, &[n.into()]),
         });
         let nb = node_batch.as_ref();
-        let mut x = self.tp_in.build(&mut s, "tp_in.", &x, &edges)?;
+        let mut x = self.tp_in.build(s, "tp_in.", &x, &edges)?;
         if self.cfg.reversible {
             let (mut x1, mut x2) = (x.clone(), x);
             for (i, (a, f)) in self.blocks.iter().enumerate() {
                 let y1 = a
-                    .build(&mut s, &block_prefix(true, i, 0), &x2, &edges, nb)?
+                    .build(s, &block_prefix(true, i, 0), &x2, &edges, nb)?
                     .residual(&x1);
-                let y2 = f
-                    .build(&mut s, &block_prefix(true, i, 1), &y1)?
-                    .residual(&x2);
+                let y2 = f.build(s, &block_prefix(true, i, 1), &y1)?.residual(&x2);
                 x1 = y1;
                 x2 = y2;
             }
@@ -355,24 +469,24 @@ impl Equiformer {
         } else {
             for (i, (a, f)) in self.blocks.iter().enumerate() {
                 x = a
-                    .build(&mut s, &block_prefix(false, i, 0), &x, &edges, nb)?
+                    .build(s, &block_prefix(false, i, 0), &x, &edges, nb)?
                     .residual(&x);
-                x = f
-                    .build(&mut s, &block_prefix(false, i, 1), &x)?
-                    .residual(&x);
+                x = f.build(s, &block_prefix(false, i, 1), &x)?.residual(&x);
             }
         }
-        let mut x = self.norm.build(&mut s, "norm.", &x)?;
+        let mut x = self.norm.build(s, "norm.", &x)?;
         match &self.out {
-            Some(OutProjection::Linear(l)) => x = l.build(&mut s, "ff_out.", &x)?,
-            Some(OutProjection::FeedForward(f)) => x = f.build(&mut s, "ff_out.", &x)?,
+            Some(OutProjection::Linear(l)) => x = l.build(s, "ff_out.", &x)?,
+            Some(OutProjection::FeedForward(f)) => x = f.build(s, "ff_out.", &x)?,
             None => {}
         }
-        x.output(&mut s, "out");
-        s.compile();
-        Ok(s)
+        x.output(s, "out");
+        Ok((x, float_inputs))
     }
 }
+
+/// The float inputs of a graph one can differentiate: graph input name and tensor.
+type FloatInputs = Vec<(String, GraphTensor<()>)>;
 
 /// Checkpoint prefix of block `i`'s attention (`part` 0) or feed-forward (`part` 1): the
 /// library wraps them as `f.net` / `g.net` in a reversible sequence.
@@ -415,6 +529,10 @@ pub struct CompiledEquiformer {
     model: Equiformer,
     fwd: EquiformerForward,
     cache: Option<((usize, usize, usize), Session)>,
+    /// Parameter values set after loading ([`CompiledEquiformer::set_parameter`]), applied
+    /// to every graph compiled later.
+    updated: std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    gradients: bool,
     instrumented: bool,
     /// Where the graph runs.
     device: se3_core::Device,
@@ -437,6 +555,8 @@ impl CompiledEquiformer {
             model,
             fwd,
             cache: None,
+            updated: std::collections::BTreeMap::new(),
+            gradients: false,
             instrumented: false,
             device: se3_core::Device::Cpu,
             timings: Vec::new(),
@@ -494,6 +614,84 @@ impl CompiledEquiformer {
     /// Input validation and neighbour-selection errors ([`HostEdges::select`]); `InputShape`
     /// for features of the wrong kind or width; `IndexOutOfRange` for tokens.
     pub fn forward(&mut self, inp: &ModelInputs) -> Result<StateDict, Error> {
+        Ok(self.run(inp, None)?.0)
+    }
+
+    /// Compiles the graph with gradients ([`Equiformer::compile_with_gradients`]) from now
+    /// on, for [`CompiledEquiformer::forward_and_gradients`].
+    pub fn with_gradients(mut self) -> Self {
+        if !self.gradients {
+            self.gradients = true;
+            self.cache = None;
+        }
+        self
+    }
+
+    /// The outputs (as [`CompiledEquiformer::forward`]) and the gradients of
+    /// `L = Σ_out <out, cotangent.out>` (`cotangents` holds `cotangent.type<l>`, shaped as the
+    /// outputs; a missing one counts as zero): `param.<key>` for every parameter (PyTorch key
+    /// names), `input.feats` (dense type-0 features; `input.feats.<l>` for a dict of degrees),
+    /// `input.edges` (continuous edge features, `(b, n, n, edge_dim)`, zero for pairs that are
+    /// no edge) and `input.coors`, float64 tensors.
+    ///
+    /// As the library, the gradient through the embedded type-0 features (`input.feats`,
+    /// `token_emb`, `pos_emb`) is `embedding_grad_frac` times the derivative. `input.coors`
+    /// is the true derivative (the library detaches it): through the distances in the graph,
+    /// and through the edge frames by [`neighbors::frame_gradients`]; the neighbour choice is
+    /// piecewise constant.
+    ///
+    /// # Errors
+    /// As [`CompiledEquiformer::forward`]; `InputShape` for a cotangent of the wrong size;
+    /// `NoGradient` if the model was not made [`CompiledEquiformer::with_gradients`].
+    pub fn forward_and_gradients(
+        &mut self,
+        inp: &ModelInputs,
+        cotangents: &StateDict,
+    ) -> Result<(StateDict, StateDict), Error> {
+        if !self.gradients {
+            return Err(Error::Core(se3_core::Error::NoGradient {
+                op: "CompiledEquiformer without with_gradients()".to_string(),
+            }));
+        }
+        let (out, grads) = self.run(inp, Some(cotangents))?;
+        let grads = grads.ok_or(Error::NotCompiled {
+            option: "equiformer gradients",
+        })?;
+        Ok((out, grads))
+    }
+
+    /// Replaces the value of parameter `key` (PyTorch key name, its shape) in the compiled
+    /// graph and in every graph compiled later (e.g. after an optimizer step).
+    ///
+    /// # Errors
+    /// `UnknownName` for a key that is not a parameter, `InputShape` for a wrong shape.
+    pub fn set_parameter(&mut self, key: &str, data: Vec<f32>) -> Result<(), Error> {
+        let keys = self.model.parameter_keys()?;
+        let Some((_, shape)) = keys.iter().find(|(k, _)| k == key) else {
+            return Err(Error::Core(se3_core::Error::UnknownName {
+                role: "parameter",
+                name: key.to_string(),
+            }));
+        };
+        if data.len() != shape.iter().product::<usize>() {
+            return Err(Error::InputShape {
+                name: "parameter",
+                expected: format!("{key}: {shape:?}"),
+                found: vec![data.len()],
+            });
+        }
+        if let Some((_, s)) = self.cache.as_mut() {
+            set_if_read(s, key, &data, shape)?;
+        }
+        self.updated.insert(key.to_string(), (shape.clone(), data));
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        inp: &ModelInputs,
+        cotangents: Option<&StateDict>,
+    ) -> Result<(StateDict, Option<StateDict>), Error> {
         let t0 = std::time::Instant::now();
         inp.validate()?;
         let m = &self.model;
@@ -504,8 +702,15 @@ impl CompiledEquiformer {
         let t_select = t0.elapsed().as_secs_f64();
         let key = (b, n, host.k);
         if self.cache.as_ref().is_none_or(|(k, _)| *k != key) {
-            let mut s = m.compile(b, n, host.k)?;
+            let mut s = if self.gradients {
+                m.compile_with_gradients(b, n, host.k)?
+            } else {
+                m.compile(b, n, host.k)?
+            };
             s.set_device(self.device)?;
+            for (key, (shape, data)) in &self.updated {
+                set_if_read(&mut s, key, data, shape)?;
+            }
             if self.instrumented {
                 s.compile_with(se3_core::exec::profile::Instrument);
             }
@@ -547,6 +752,7 @@ impl CompiledEquiformer {
             )?;
         }
         let e = rows * host.k;
+        let geometry = cotangents.map(|_| (host.src.clone(), host.dst.clone(), host.rels.clone()));
         s.set("edges.src", host.src, &[e])?;
         s.set("edges.dst", host.dst, &[e])?;
         s.set("edges.mask", host.mask, &[e])?;
@@ -564,6 +770,12 @@ impl CompiledEquiformer {
         }
         if let Some(a) = host.adj_labels {
             s.set("edges.adj", a, &[e])?;
+        }
+        match cotangents {
+            Some(cot) => set_cotangents(s, m, &self.fwd, inp, cot)?,
+            // a forward pass of the gradient graph: zero cotangents
+            None if self.gradients => set_cotangents(s, m, &self.fwd, inp, &StateDict::new())?,
+            None => {}
         }
         let t_inputs = t1.elapsed().as_secs_f64();
         let t2 = std::time::Instant::now();
@@ -593,8 +805,162 @@ impl CompiledEquiformer {
             }
             sd.insert(format!("type{l}"), Tensor::new(shape, data)?);
         }
-        Ok(sd)
+        let grads = match geometry {
+            Some((src, dst, rels)) => Some(read_gradients(s, m, inp, &src, &dst, &rels)?),
+            None => None,
+        };
+        Ok((sd, grads))
     }
+}
+
+/// Sets weight `key` if the graph reads it (a parameter of a skipped kernel is not declared).
+fn set_if_read(s: &mut Session, key: &str, data: &[f32], shape: &[usize]) -> Result<(), Error> {
+    if s.weights().iter().any(|(n, _)| n == key) {
+        s.set_weight(key, data.to_vec(), shape)?;
+    }
+    Ok(())
+}
+
+/// Sets `cot.<l>` for every output degree: the cotangent of `type<l>` (zero if absent or for
+/// degrees above 1, which the model does not return), spread over the nodes with the masked
+/// mean's weights when the outputs are pooled.
+fn set_cotangents(
+    s: &mut Session,
+    m: &Equiformer,
+    fwd: &EquiformerForward,
+    inp: &ModelInputs,
+    cot: &StateDict,
+) -> Result<(), Error> {
+    let (b, n) = (inp.batch(), inp.nodes());
+    let rows = b * n;
+    let out_ch = if m.cfg.reduce_dim_out {
+        vec![1; m.shape.dim.len()]
+    } else {
+        m.shape.dim.clone()
+    };
+    for (l, &c) in out_ch.iter().enumerate() {
+        let w = 2 * l + 1;
+        let per_node = c * w;
+        let mut data = vec![0.0f32; rows * per_node];
+        if let Some(t) = cot.get(&format!("cotangent.type{l}")).filter(|_| l <= 1) {
+            let want = if fwd.return_pooled { b } else { rows } * per_node;
+            if t.data.len() != want {
+                return Err(Error::InputShape {
+                    name: "cotangent",
+                    expected: format!("cotangent.type{l} with {want} elements"),
+                    found: t.shape.clone(),
+                });
+            }
+            if fwd.return_pooled {
+                for bi in 0..b {
+                    let mask = inp.node_mask(bi);
+                    let count = (0..n).filter(|&i| mask.is_none_or(|mk| mk[i])).count();
+                    for i in (0..n).filter(|&i| mask.is_none_or(|mk| mk[i])) {
+                        for q in 0..per_node {
+                            data[(bi * n + i) * per_node + q] =
+                                (t.data[bi * per_node + q] / count as f64) as f32;
+                        }
+                    }
+                }
+            } else {
+                data = t.data.iter().map(|&v| v as f32).collect();
+            }
+        }
+        s.set(&format!("cot.{l}"), data, &[rows, c, w])?;
+    }
+    Ok(())
+}
+
+fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
+
+/// The gradients of a run of the gradient graph, in the library's names and shapes.
+fn read_gradients(
+    s: &Session,
+    m: &Equiformer,
+    inp: &ModelInputs,
+    src: &[f32],
+    dst: &[f32],
+    rels: &[[f64; 3]],
+) -> Result<StateDict, Error> {
+    let (b, n) = (inp.batch(), inp.nodes());
+    let mut sd = StateDict::new();
+    let declared: std::collections::BTreeSet<String> =
+        s.weights().into_iter().map(|(n, _)| n).collect();
+    for (key, shape) in m.parameter_keys()? {
+        let data = if declared.contains(&key) {
+            to_f64(&s.get(&format!("grad.{key}"))?.data)
+        } else {
+            vec![0.0; shape.iter().product()]
+        };
+        sd.insert(format!("param.{key}"), Tensor::new(shape, data)?);
+    }
+    match &inp.feats {
+        NodeFeats::Dense(t) => {
+            let g = s.get("grad.x.0")?;
+            sd.insert(
+                "input.feats".to_string(),
+                Tensor::new(t.shape.clone(), to_f64(&g.data))?,
+            );
+        }
+        NodeFeats::Degrees(map) => {
+            for (l, t) in map {
+                let g = s.get(&format!("grad.x.{l}"))?;
+                sd.insert(
+                    format!("input.feats.{l}"),
+                    Tensor::new(t.shape.clone(), to_f64(&g.data))?,
+                );
+            }
+        }
+        NodeFeats::Tokens { .. } => {}
+    }
+    let edge_of = |e: usize| {
+        let (row, j) = (dst[e] as usize, src[e] as usize % n.max(1));
+        (row / n.max(1), row % n.max(1), j)
+    };
+    if let (Some(EdgeInput::Dense(t)), None) = (&inp.edges, &m.edge_emb) {
+        if m.cfg.has_edges() {
+            let g = s.get("grad.edges.features")?;
+            let w = t.shape.get(3).copied().unwrap_or(0);
+            let mut d = vec![0.0f64; b * n * n * w];
+            for e in 0..src.len() {
+                let (bi, i, j) = edge_of(e);
+                for c in 0..w {
+                    d[((bi * n + i) * n + j) * w + c] += f64::from(g.data[e * w + c]);
+                }
+            }
+            sd.insert("input.edges".to_string(), Tensor::new(t.shape.clone(), d)?);
+        }
+    }
+    let lmax = m.shape.dim.len() - 1;
+    let g_dist = s.get("grad.edges.dist")?.data;
+    let mut g_frames = Vec::new();
+    for l in 1..=lmax {
+        g_frames.push(s.get(&format!("grad.edges.frame.{l}"))?.data);
+    }
+    let mut d_rel = neighbors::frame_gradients(rels, lmax, &g_frames)?;
+    for (e, (r, d)) in rels.iter().zip(d_rel.iter_mut()).enumerate() {
+        let nr = (r[0] * r[0] + r[1] * r[1] + r[2] * r[2]).sqrt();
+        if nr > 0.0 {
+            for c in 0..3 {
+                d[c] += f64::from(g_dist[e]) * r[c] / nr;
+            }
+        }
+    }
+    let mut coors = vec![0.0f64; b * n * 3];
+    for (e, d) in d_rel.iter().enumerate() {
+        let (bi, i, j) = edge_of(e);
+        for c in 0..3 {
+            coors[(bi * n + i) * 3 + c] += d[c];
+            coors[(bi * n + j) * 3 + c] -= d[c];
+        }
+    }
+    sd.insert(
+        "input.coors".to_string(),
+        Tensor::new(vec![b, n, 3], coors)?,
+    );
+    Ok(sd)
 }
 
 /// Masked mean over the nodes (`masked_mean(t, mask, dim = 1)`: 0 if no node is unmasked).

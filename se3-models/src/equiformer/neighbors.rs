@@ -34,6 +34,8 @@ pub struct HostEdges {
     pub dist: Vec<f32>,
     /// `D^l` of the edge frame for `l = 1..=L`, `(E, 2l+1, 2l+1)` row-major each.
     pub frames: Vec<Vec<f32>>,
+    /// The relative position `x_i - x_j` of every edge (float64, from the coordinates).
+    pub rels: Vec<[f64; 3]>,
     /// Edge token per edge (`num_edge_tokens`).
     pub edge_tokens: Option<Vec<f32>>,
     /// Edge features per edge, `(E, edge_dim)` (continuous `edges`).
@@ -225,6 +227,7 @@ impl HostEdges {
             mean,
             dist,
             frames,
+            rels,
             edge_tokens: None,
             edge_features: None,
             adj_labels: None,
@@ -338,4 +341,67 @@ fn edge_frames(rels: &[[f64; 3]], max_degree: usize) -> Result<Vec<Vec<f32>>, Er
         }
     }
     Ok(frames)
+}
+
+/// The gradient with respect to each edge's relative position `r = x_i - x_j` of
+/// `Σ_l <G^l_e, D^l(r)>`, given `grads[l - 1]`, the gradients `G^l` of the frames `D^l`
+/// (`(E, 2l+1, 2l+1)` row-major, as [`HostEdges::frames`]).
+///
+/// The frame `D^l(R(r))` is a smooth function of `r` away from `r ∝ -(0, 1, 0)`; its
+/// derivative is taken by central differences in float64 along each axis
+/// (`h = 1e-5 |r|`, error about `1e-10` relative, far below the float32 gradients it
+/// multiplies). Edges with `r = 0` have no direction and get zero.
+///
+/// # Errors
+/// As [`equiformer_edge_wigner_d_batch`].
+pub fn frame_gradients(
+    rels: &[[f64; 3]],
+    max_degree: usize,
+    grads: &[Vec<f32>],
+) -> Result<Vec<[f64; 3]>, Error> {
+    let mut out = vec![[0.0f64; 3]; rels.len()];
+    if max_degree == 0 || rels.is_empty() {
+        return Ok(out);
+    }
+    let per_edge: usize = (0..=max_degree).map(|l| (2 * l + 1) * (2 * l + 1)).sum();
+    let norms: Vec<f64> = rels
+        .iter()
+        .map(|r| (r[0] * r[0] + r[1] * r[1] + r[2] * r[2]).sqrt())
+        .collect();
+    let y = [0.0, 1.0, 0.0];
+    for axis in 0..3 {
+        let moved = |sign: f64| -> Vec<[f64; 3]> {
+            rels.iter()
+                .zip(&norms)
+                .map(|(r, &nr)| {
+                    if nr == 0.0 {
+                        return y;
+                    }
+                    let mut p = *r;
+                    p[axis] += sign * 1e-5 * nr;
+                    p
+                })
+                .collect()
+        };
+        let up = equiformer_edge_wigner_d_batch(max_degree, &moved(1.0))?;
+        let down = equiformer_edge_wigner_d_batch(max_degree, &moved(-1.0))?;
+        for (e, o) in out.iter_mut().enumerate() {
+            if norms[e] == 0.0 {
+                continue;
+            }
+            let base = e * per_edge;
+            let mut at = 1;
+            let mut acc = 0.0;
+            for (l, g) in (1..=max_degree).zip(grads) {
+                let mm = (2 * l + 1) * (2 * l + 1);
+                for q in 0..mm {
+                    let d = up[base + at + q] - down[base + at + q];
+                    acc += f64::from(g[e * mm + q]) * d;
+                }
+                at += mm;
+            }
+            o[axis] = acc / (2e-5 * norms[e]);
+        }
+    }
+    Ok(out)
 }

@@ -9,6 +9,11 @@
 # (`type0_f64`, `type1_f64`, `type0_f32`, `type1_f32`). A config torch rejects (constructor or forward)
 # gets `torch_error.txt` instead of outputs: se3 must reject it with a typed error.
 # Seeds >= 1000 also draw `num_linear_attn_heads` (and `linear_attn_dim_head`).
+# gradients.safetensors (as ../shared/reference/GRADIENTS.md): torch autograd in float64 of
+# `L = sum_o <o, cotangent.o>` for seeded cotangents `cotangent.type<l>`: `param.<key>` for every
+# parameter (zeros where none flows), `input.feats` (float features; `input.feats.<l>` for a dict of
+# degrees) and `input.edges` (continuous edges); the coordinates' gradient is not stored (the library
+# detaches it); none for `reversible` (the library's reversible backward fails in eval mode). Scaled by `embedding_grad_frac` through the embedding, as the library trains.
 # Not drawn: adj_dim > 0 with num_adj_degrees_embed
 # (crashes in the library; se3 builds the documented behaviour), max_sparse_neighbors below the bonds
 # (random bond sampling).
@@ -153,6 +158,42 @@ def write(d, name, kw, lits, names, sd=None, inp=None, outs=None, err=None):
             fh.write(f"{type(err).__name__}: {err}\n")
 
 
+def gradients(m, feats, inp, lits, outs, seed):
+    g = torch.Generator().manual_seed(seed + 2)
+    cot = {k[:-4]: torch.randn(v.shape, generator=g, dtype=torch.float64)
+           for k, v in outs.items() if k.endswith("_f64")}
+    leaves = {}
+    if isinstance(feats, dict):
+        f = {}
+        for l, t in feats.items():
+            f[l] = t.double().clone().requires_grad_(True)
+            leaves[f"input.feats.{l}"] = f[l]
+    elif feats.is_floating_point():
+        f = feats.double().clone().requires_grad_(True)
+        leaves["input.feats"] = f
+    else:
+        f = feats.clone()
+    rest = {}
+    for k, v in inp.items():
+        if k not in ("coors", "mask", "adj_mat", "edges"):
+            continue
+        v = v.double() if v.is_floating_point() else v
+        if k == "edges" and v.is_floating_point():
+            v = v.clone().requires_grad_(True)
+            leaves["input.edges"] = v
+        rest[k] = v
+    m.zero_grad()
+    ret = m(dict(f) if isinstance(f, dict) else f, **rest, **lits)
+    loss = sum((getattr(ret, k) * c).sum() for k, c in cot.items())
+    loss.backward()
+    res = {f"cotangent.{k}": c for k, c in cot.items()}
+    for k, p in m.named_parameters():
+        res[f"param.{k}"] = (p.grad if p.grad is not None else torch.zeros_like(p)).detach().clone()
+    for k, t in leaves.items():
+        res[k] = (t.grad if t.grad is not None else torch.zeros_like(t)).detach().clone()
+    return {k: v.contiguous() for k, v in res.items()}
+
+
 def run(seed):
     name = f"eq_{seed}"
     r = random.Random(seed)
@@ -205,6 +246,9 @@ def run(seed):
         if ret.type1 is not None:
             outs["type1" + suf] = ret.type1
     write(d, name, kw, lits, names, sd, inp, outs)
+    if not kw.get("reversible"):
+        # the library's reversible backward fails in eval mode (its saved RNG state is None)
+        save_file(gradients(m.double(), feats, inp, lits, outs, seed), os.path.join(d, "gradients.safetensors"))
     size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
     return f"{name}: {size // 1024} KiB {kw}"
 
