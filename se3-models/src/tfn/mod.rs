@@ -9,6 +9,7 @@
 #[cfg(test)]
 mod attention_parity;
 pub mod graph;
+pub mod trainable;
 
 use std::collections::BTreeMap;
 
