@@ -3,6 +3,7 @@
 //! optimizer step of [`se3_core::train`] each, validation loss and equivariance error per
 //! epoch) and checkpoints that resume exactly ([`checkpoint`]). `se3 train` drives it.
 
+pub mod build;
 pub mod checkpoint;
 pub mod dataset;
 pub mod init;

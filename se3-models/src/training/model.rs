@@ -94,3 +94,33 @@ pub fn mse_and_cotangents(
     }
     Ok((loss, cot))
 }
+
+impl<M: TrainableModel + ?Sized> TrainableModel for Box<M> {
+    fn outputs(&mut self, inputs: &ModelInputs) -> Result<StateDict, Error> {
+        (**self).outputs(inputs)
+    }
+
+    fn loss_and_gradients(
+        &mut self,
+        inputs: &ModelInputs,
+        targets: &StateDict,
+    ) -> Result<LossAndGradients, Error> {
+        (**self).loss_and_gradients(inputs, targets)
+    }
+
+    fn parameters(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        (**self).parameters()
+    }
+
+    fn set_parameter(&mut self, key: &str, values: &[f32]) -> Result<(), Error> {
+        (**self).set_parameter(key, values)
+    }
+
+    fn feature_dim(&self) -> usize {
+        (**self).feature_dim()
+    }
+
+    fn output_layout(&self) -> BTreeMap<String, (Vec<usize>, OutputTransform)> {
+        (**self).output_layout()
+    }
+}
