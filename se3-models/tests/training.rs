@@ -2,18 +2,15 @@
 //! stopped-and-resumed training equals uninterrupted training, and bad input gives typed errors
 //! that name the step and the tensor without touching the parameters or a checkpoint.
 
-use std::collections::BTreeMap;
-
 use se3_core::train::LrSchedule;
 use se3_models::checkpoint::{StateDict, Tensor};
 use se3_models::inputs::ModelInputs;
-use se3_models::tfn::trainable::TrainableTfn;
-use se3_models::tfn::{TfnStack, TfnStackConfig};
+use se3_models::model_file::ModelFile;
+use se3_models::training::build::trainable_from_parts;
 use se3_models::training::dataset::weighted_neighbours;
-use se3_models::training::init::fresh_weights;
 use se3_models::training::{
-    LossAndGradients, OptimizerKind, OutputTransform, TrainOptions, TrainableModel, Trainer,
-    TrainingCheckpoint, TrainingSet,
+    DifferentiableModel, LossAndGradients, OptimizerKind, OutputTransform, TrainOptions,
+    TrainableModel, Trainer, TrainingCheckpoint, TrainingSet,
 };
 use se3_models::Error;
 
@@ -36,10 +33,13 @@ fn config() -> serde_json::Value {
     })
 }
 
-fn model(seed: u64) -> Result<TrainableTfn, Error> {
-    let cfg = TfnStackConfig::from_kwargs(&config()["constructor_kwargs"])?;
-    let sd = fresh_weights(&TfnStack::expected_keys(&cfg)?, seed)?;
-    TrainableTfn::new(&cfg, &sd)
+fn file(config: &serde_json::Value) -> Result<ModelFile, Error> {
+    ModelFile::from_json(&config.to_string(), "test config")
+}
+
+/// The model of [`config`] with fresh weights drawn from `seed`.
+fn model(seed: u64) -> Result<DifferentiableModel, Error> {
+    trainable_from_parts(&file(&config())?, None, seed)
 }
 
 fn options(epochs: usize, seed: u64) -> TrainOptions {
@@ -116,8 +116,8 @@ fn resumed_training_equals_uninterrupted_training() -> Result<(), Error> {
         drop(first);
         // a new process would rebuild the model from the checkpoint's files
         let ck = TrainingCheckpoint::load(&dir)?;
-        let cfg = TfnStackConfig::from_kwargs(&ck.config["constructor_kwargs"])?;
-        let mut resumed = Trainer::new(TrainableTfn::new(&cfg, &ck.weights)?, opts.clone());
+        let m = trainable_from_parts(&file(&ck.config)?, Some(&ck.weights), 0)?;
+        let mut resumed = Trainer::new(m, opts.clone());
         ck.restore(&mut resumed)?;
         assert_eq!(resumed.progress.epochs_done, 2);
         resumed.train(&data, &mut |_| {}, &mut |_| Ok(()))?;
@@ -158,16 +158,13 @@ fn resumed_training_equals_uninterrupted_training() -> Result<(), Error> {
 
 /// A model whose gradient of one tensor turns NaN from step `at` on.
 struct Poisoned {
-    inner: TrainableTfn,
+    inner: DifferentiableModel,
     at: usize,
     calls: usize,
     key: String,
 }
 
 impl TrainableModel for Poisoned {
-    fn outputs(&mut self, inputs: &ModelInputs) -> Result<StateDict, Error> {
-        self.inner.outputs(inputs)
-    }
     fn loss_and_gradients(
         &mut self,
         inputs: &ModelInputs,
@@ -191,11 +188,8 @@ impl TrainableModel for Poisoned {
     fn set_parameter(&mut self, key: &str, values: &[f32]) -> Result<(), Error> {
         self.inner.set_parameter(key, values)
     }
-    fn feature_dim(&self) -> usize {
-        self.inner.feature_dim()
-    }
-    fn output_layout(&self) -> BTreeMap<String, (Vec<usize>, OutputTransform)> {
-        self.inner.output_layout()
+    fn output_transform(&self, name: &str) -> Option<OutputTransform> {
+        self.inner.output_transform(name)
     }
 }
 
@@ -205,10 +199,11 @@ fn nan_gradient_names_step_and_tensor_and_keeps_the_checkpoint() -> Result<(), E
     let data = weighted_neighbours(seed, 8, 0, 5)?;
     let inner = model(seed)?;
     let key = inner.parameters()[2].0.clone();
-    // 2 steps an epoch: epoch 1 is clean and checkpointed, step 3 (epoch 2) fails
+    // 2 steps an epoch: epoch 1 is clean and checkpointed, step 3 (epoch 2) fails; the
+    // first call is the data check's probe
     let poisoned = Poisoned {
         inner,
-        at: 3,
+        at: 4,
         calls: 0,
         key: key.clone(),
     };
@@ -287,7 +282,7 @@ fn nan_loss_empty_batch_and_bad_shapes_are_typed_errors() -> Result<(), Error> {
     // features with 2 channels for a model that takes 1; a target of the wrong width
     let mut wide = good.clone();
     wide.train.feats = Tensor::new(vec![4, 5, 2], vec![0.5; 40])?;
-    let t = Trainer::new(model(seed)?, options(1, seed));
+    let mut t = Trainer::new(model(seed)?, options(1, seed));
     match t.check_data(&wide) {
         Err(Error::DatasetShape { tensor, found, .. }) => {
             assert_eq!((tensor.as_str(), found), ("train.feats", vec![4, 5, 2]));
@@ -316,6 +311,16 @@ fn nan_loss_empty_batch_and_bad_shapes_are_typed_errors() -> Result<(), Error> {
     bad.save(&path)?;
     match TrainingSet::load(&path) {
         Err(Error::DatasetShape { tensor, .. }) => assert_eq!(tensor, "train.feats"),
+        other => panic!("expected DatasetShape, got {other:?}"),
+    }
+    let mut bad_val = weighted_neighbours(seed, 4, 2, 5)?;
+    if let Some(v) = bad_val.val.as_mut() {
+        v.targets
+            .insert("type1".into(), Tensor::new(vec![2, 5, 1, 5], vec![0.0; 50])?);
+    }
+    bad_val.save(&path)?;
+    match TrainingSet::load(&path) {
+        Err(Error::DatasetShape { tensor, .. }) => assert_eq!(tensor, "val.target.type1"),
         other => panic!("expected DatasetShape, got {other:?}"),
     }
     good.save(&path)?;

@@ -2,15 +2,15 @@
 //! file, with respect to every parameter (`param.<key>`, PyTorch key names) and float input
 //! (`input.<name>`), written as safetensors (float32 or float64): the same names as the
 //! reference `gradients.safetensors`, so gradients can be checked against any PyTorch run.
+//! Every model of `se3_models::differentiable::differentiable_from_files` is supported.
 
 use std::path::PathBuf;
 
 use clap::Args;
 use se3_models::checkpoint::{SaveDtype, StateDict};
+use se3_models::differentiable::{differentiable_from_files, Objective};
 use se3_models::inputs::ModelInputs;
 use se3_models::model_file::ModelFile;
-use se3_models::tfn::graph::TfnGraph;
-use se3_models::tfn::TfnStackConfig;
 
 use super::infer::OutputDtype;
 
@@ -43,16 +43,8 @@ pub fn run(args: &GradArgs) -> Result<(), super::CliError> {
     let weights = StateDict::load(&args.weights)?;
     let inputs = ModelInputs::load(&args.inputs, &file.forward_kwargs.tensors)?;
     let cotangents = StateDict::load(&args.cotangent)?;
-    if !file.is_tfn_stack() {
-        return Err(format!(
-            "`se3 grad` differentiates the TFN stack so far; `{}` ({}) has no gradient yet",
-            file.class, file.library.name
-        )
-        .into());
-    }
-    let cfg = TfnStackConfig::from_kwargs(&file.constructor_kwargs)?;
-    let mut session = TfnGraph::from_state_dict(&cfg, &weights)?.compile_with_gradients()?;
-    let grads = session.gradients(&inputs, &cotangents)?;
+    let mut model = differentiable_from_files(&file, &weights, Objective::Cotangents)?;
+    let grads = model.gradients(&inputs, &cotangents)?.grads;
     let dtype = match args.dtype {
         OutputDtype::F32 => SaveDtype::F32,
         OutputDtype::F64 => SaveDtype::F64,

@@ -14,6 +14,7 @@ use se3_models::checkpoint::StateDict;
 use se3_models::model_file::{python_json_to_strict, ModelFile};
 use se3_models::training::build::trainable_from_parts;
 use se3_models::training::{
+    TrainableModel,
     EpochRecord, OptimizerKind, TrainOptions, Trainer, TrainingCheckpoint, TrainingSet,
 };
 

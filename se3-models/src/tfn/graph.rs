@@ -310,11 +310,6 @@ impl TfnSession {
         &self.s
     }
 
-    /// The fibers from input to output.
-    pub fn fibers(&self) -> &[FiberSpec] {
-        &self.fibers
-    }
-
     /// The session, mutably (e.g. to set updated weights during training).
     pub fn session_mut(&mut self) -> &mut Session {
         &mut self.s

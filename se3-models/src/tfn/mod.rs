@@ -9,7 +9,6 @@
 #[cfg(test)]
 mod attention_parity;
 pub mod graph;
-pub mod trainable;
 
 use std::collections::BTreeMap;
 

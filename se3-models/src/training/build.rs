@@ -1,41 +1,40 @@
-//! The trainable model of a config file: which model families `se3 train` can optimise.
+//! The trainable model of a config file, through the dispatch of
+//! [`crate::differentiable::differentiable_from_files`] (every model family with gradients).
 
 use super::init::fresh_weights;
-use super::model::TrainableModel;
+use super::model::DifferentiableModel;
 use crate::checkpoint::StateDict;
+use crate::differentiable::{differentiable_from_files, Objective};
 use crate::model_file::ModelFile;
-use crate::tfn::trainable::TrainableTfn;
 use crate::tfn::{TfnStack, TfnStackConfig};
 use crate::Error;
 
-/// The model families se3 can train, as named in errors.
-pub const TRAINABLE: &str = "the TFN stack (ConvSE3 + NormSE3)";
-
-/// The trainable model of `file` with weights `weights`, or fresh weights (seeded, see
-/// [`fresh_weights`]) without them.
+/// The trainable model of `file` with weights `weights`, or, without them, fresh weights
+/// (seeded, see [`fresh_weights`]) for a model whose parameter keys are known from its
+/// config (the TFN stack).
 ///
 /// # Errors
-/// `InvalidConfig` for a model family that cannot be trained yet; config and weight errors.
+/// `NotCompiled` for a model family without gradients yet; `MissingInput` for fresh weights
+/// of another family; config and weight errors.
 pub fn trainable_from_parts(
     file: &ModelFile,
     weights: Option<&StateDict>,
     seed: u64,
-) -> Result<Box<dyn TrainableModel>, Error> {
-    if file.is_tfn_stack() {
-        let cfg = TfnStackConfig::from_kwargs(&file.constructor_kwargs)?;
-        let fresh;
-        let sd = match weights {
-            Some(w) => w,
-            None => {
-                fresh = fresh_weights(&TfnStack::expected_keys(&cfg)?, seed)?;
-                &fresh
-            }
-        };
-        return Ok(Box::new(TrainableTfn::new(&cfg, sd)?));
-    }
-    Err(Error::InvalidConfig {
-        field: "class",
-        expected: TRAINABLE,
-        found: format!("{} ({})", file.class, file.library.name),
-    })
+) -> Result<DifferentiableModel, Error> {
+    let fresh;
+    let sd = match weights {
+        Some(w) => w,
+        None if file.is_tfn_stack() => {
+            let cfg = TfnStackConfig::from_kwargs(&file.constructor_kwargs)?;
+            fresh = fresh_weights(&TfnStack::expected_keys(&cfg)?, seed)?;
+            &fresh
+        }
+        None => {
+            return Err(Error::MissingInput {
+                name: "--weights (fresh weights are drawn for the TFN stack only)",
+            })
+        }
+    };
+    let inner = differentiable_from_files(file, sd, Objective::MeanSquaredError)?;
+    DifferentiableModel::new(inner, file)
 }

@@ -188,64 +188,6 @@ impl Split {
         Ok(())
     }
 
-    /// Checks the split against a model: `feature_dim` input channels and, per output, the
-    /// shape after the batch axis (`[n, channels, 2l + 1]` for a degree output; `None` for a
-    /// node axis of any size, given as 0).
-    ///
-    /// # Errors
-    /// `DatasetShape` naming the first tensor that disagrees; `MissingKey` for an output
-    /// without a target.
-    pub fn check_model(
-        &self,
-        name: &str,
-        feature_dim: usize,
-        outputs: &BTreeMap<String, Vec<usize>>,
-    ) -> Result<(), Error> {
-        let (s, n) = (self.len(), self.nodes());
-        if self.feature_dim() != feature_dim {
-            return Err(shape_error(
-                &format!("{name}.feats"),
-                format!("[{s}, {n}, {feature_dim}] (the model's input channels)"),
-                &self.feats.shape,
-            ));
-        }
-        for (out, per_sample) in outputs {
-            let key = format!("{name}.target.{out}");
-            let t = self.targets.get(out).ok_or(Error::MissingKey {
-                key: key.clone(),
-                expected: [s].iter().chain(per_sample).copied().collect(),
-            })?;
-            let matches = t.shape.len() == per_sample.len() + 1
-                && t.shape[1..]
-                    .iter()
-                    .zip(per_sample)
-                    .all(|(&f, &e)| e == 0 || f == e);
-            if !matches {
-                let want: Vec<String> = per_sample
-                    .iter()
-                    .map(|&d| if d == 0 { n.to_string() } else { d.to_string() })
-                    .collect();
-                return Err(shape_error(
-                    &key,
-                    format!("[{s}, {}] (the model's output `{out}`)", want.join(", ")),
-                    &t.shape,
-                ));
-            }
-        }
-        if let Some(extra) = self.targets.keys().find(|k| !outputs.contains_key(*k)) {
-            let t = &self.targets[extra];
-            return Err(shape_error(
-                &format!("{name}.target.{extra}"),
-                format!(
-                    "no such tensor: the model's outputs are {:?}",
-                    outputs.keys().collect::<Vec<_>>()
-                ),
-                &t.shape,
-            ));
-        }
-        Ok(())
-    }
-
     /// The samples `rows` as one batch.
     ///
     /// # Errors
@@ -332,6 +274,35 @@ impl TrainingSet {
             expected: vec![0, 0, 3],
         })?;
         let val = Split::from_dict(dict, "val")?;
+        if let Some(v) = &val {
+            let per_sample = |t: &Tensor| t.shape[2..].to_vec();
+            let mut pairs = vec![("feats", &train.feats, &v.feats)];
+            for (k, t) in &train.targets {
+                let key = format!("target.{k}");
+                let u = v.targets.get(k).ok_or(Error::MissingKey {
+                    key: format!("val.{key}"),
+                    expected: t.shape.clone(),
+                })?;
+                pairs.push((k.as_str(), t, u));
+            }
+            for (k, t, u) in pairs {
+                if per_sample(t) != per_sample(u) {
+                    let name = if k == "feats" { k.to_string() } else { format!("target.{k}") };
+                    return Err(shape_error(
+                        &format!("val.{name}"),
+                        format!("[samples, nodes, {}] as in train.{name}", per_sample(t).iter().map(usize::to_string).collect::<Vec<_>>().join(", ")),
+                        &u.shape,
+                    ));
+                }
+            }
+            if let Some(k) = v.targets.keys().find(|k| !train.targets.contains_key(*k)) {
+                return Err(shape_error(
+                    &format!("val.target.{k}"),
+                    "no such tensor: train has no target of that name".into(),
+                    &v.targets[k].shape,
+                ));
+            }
+        }
         if let Some((k, t)) = dict.iter().next() {
             return Err(Error::UnexpectedKey {
                 key: k.to_string(),
@@ -361,22 +332,6 @@ impl TrainingSet {
             "val" => self.val.as_ref(),
             _ => None,
         }
-    }
-
-    /// Checks every split against a model (see [`Split::check_model`]).
-    ///
-    /// # Errors
-    /// As [`Split::check_model`].
-    pub fn check_model(
-        &self,
-        feature_dim: usize,
-        outputs: &BTreeMap<String, Vec<usize>>,
-    ) -> Result<(), Error> {
-        self.train.check_model("train", feature_dim, outputs)?;
-        if let Some(v) = &self.val {
-            v.check_model("val", feature_dim, outputs)?;
-        }
-        Ok(())
     }
 }
 

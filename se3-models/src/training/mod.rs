@@ -12,5 +12,5 @@ pub mod trainer;
 
 pub use checkpoint::TrainingCheckpoint;
 pub use dataset::{Batch, Split, TrainingSet};
-pub use model::{LossAndGradients, OutputTransform, TrainableModel};
+pub use model::{DifferentiableModel, LossAndGradients, OutputTransform, TrainableModel};
 pub use trainer::{EpochRecord, OptimizerKind, StepReport, TrainOptions, TrainProgress, Trainer};

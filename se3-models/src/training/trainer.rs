@@ -11,10 +11,9 @@ use rand::{Rng, SeedableRng};
 use se3_core::train::{clip_grad_norm, Adam, AdamW, LrSchedule, Optimizer, Param, Sgd};
 use serde::{Deserialize, Serialize};
 
-use super::dataset::{Split, TrainingSet};
+use super::dataset::{Batch, Split, TrainingSet};
 use super::model::{OutputTransform, TrainableModel};
 use crate::checkpoint::{StateDict, Tensor};
-use crate::inputs::ModelInputs;
 use crate::Error;
 
 /// Which optimizer updates the parameters.
@@ -193,6 +192,10 @@ fn random_rotation(rng: &mut impl Rng) -> Rotation3<f64> {
     UnitQuaternion::from_quaternion(q).to_rotation_matrix()
 }
 
+fn dims(d: &[usize]) -> String {
+    d.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+}
+
 /// Applies `f -> f M^T` to every row of length `M.ncols()` of `t`, plus `shift` per row.
 fn transform_rows(t: &Tensor, m: &nalgebra::DMatrix<f64>, shift: Option<&[f64; 3]>) -> Tensor {
     let w = m.ncols();
@@ -246,18 +249,69 @@ impl<M: TrainableModel> Trainer<M> {
         Ok(())
     }
 
-    /// `DatasetShape`/`MissingKey` if the data set's shapes disagree with the model.
+    /// Checks the data set against the model by running it on the first training sample
+    /// (no parameter changes): an error about the inputs or targets is reported as the data
+    /// set tensor it comes from.
     ///
     /// # Errors
-    /// As above.
-    pub fn check_data(&self, data: &TrainingSet) -> Result<(), Error> {
-        let outputs = self
-            .model
-            .output_layout()
-            .into_iter()
-            .map(|(k, (shape, _))| (k, shape))
-            .collect();
-        data.check_model(self.model.feature_dim(), &outputs)
+    /// `DatasetShape` naming `train.feats` / `train.coors` / `train.target.<out>` (its shape and
+    /// what the model expects), `MissingKey` `train.target.<out>` for an output without a
+    /// target; other model errors as they are.
+    pub fn check_data(&mut self, data: &TrainingSet) -> Result<(), Error> {
+        let probe = data.train.batch(&[0])?;
+        let found = |t: &str| -> Vec<usize> {
+            match t {
+                "feats" => data.train.feats.shape.clone(),
+                "coors" => data.train.coors.shape.clone(),
+                other => data
+                    .train
+                    .targets
+                    .get(other.trim_start_matches("target."))
+                    .map(|t| t.shape.clone())
+                    .unwrap_or_default(),
+            }
+        };
+        let run = self.model.loss_and_gradients(&probe.inputs, &probe.targets);
+        let outputs = match run {
+            Ok(e) => e.outputs,
+            Err(Error::InputShape { name, expected, .. }) => {
+                return Err(Error::DatasetShape {
+                    tensor: format!("train.{name}"),
+                    expected: format!("{expected} per batch of the model"),
+                    found: found(name),
+                })
+            }
+            Err(Error::MissingKey { key, expected }) if key.starts_with("target.") => {
+                return Err(Error::MissingKey {
+                    key: format!("train.{key}"),
+                    expected,
+                })
+            }
+            Err(Error::WrongShape { key, expected, .. }) if key.starts_with("target.") => {
+                return Err(Error::DatasetShape {
+                    expected: format!("[samples, {}] (the model's output)", dims(&expected[1..])),
+                    found: found(&key),
+                    tensor: format!("train.{key}"),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(extra) = data
+            .train
+            .targets
+            .keys()
+            .find(|k| outputs.get(k.as_str()).is_none())
+        {
+            return Err(Error::DatasetShape {
+                tensor: format!("train.target.{extra}"),
+                expected: format!(
+                    "no such tensor: the model's outputs are {:?}",
+                    outputs.keys().collect::<Vec<_>>()
+                ),
+                found: found(extra),
+            });
+        }
+        Ok(())
     }
 
     /// One epoch: shuffled batches of the `train` split, one step each, then the validation
@@ -304,7 +358,7 @@ impl<M: TrainableModel> Trainer<M> {
         let check = data.val.as_ref().filter(|v| !v.is_empty()).unwrap_or(&data.train);
         let rows: Vec<usize> = (0..check.len().min(batch_size)).collect();
         let mut rng = self.rng(epoch, 1);
-        let equivariance_error = self.equivariance_error(&check.batch(&rows)?.inputs, &mut rng)?;
+        let equivariance_error = self.equivariance_error(&check.batch(&rows)?, &mut rng)?;
         let record = EpochRecord {
             epoch: epoch + 1,
             steps: self.progress.steps_done,
@@ -394,8 +448,10 @@ impl<M: TrainableModel> Trainer<M> {
         let (mut sum, mut n) = (0.0, 0usize);
         for rows in all.chunks(self.options.batch_size.max(1)) {
             let batch = split.batch(rows)?;
-            let out = self.model.outputs(&batch.inputs)?;
-            let (loss, _) = super::model::mse_and_cotangents(&out, &batch.targets)?;
+            let loss = self
+                .model
+                .loss_and_gradients(&batch.inputs, &batch.targets)?
+                .loss;
             sum += loss * rows.len() as f64;
             n += rows.len();
         }
@@ -406,11 +462,8 @@ impl<M: TrainableModel> Trainer<M> {
     ///
     /// # Errors
     /// Model errors; `Core` for a degree without a Wigner matrix.
-    pub fn equivariance_error(
-        &mut self,
-        inputs: &ModelInputs,
-        rng: &mut impl Rng,
-    ) -> Result<f64, Error> {
+    pub fn equivariance_error(&mut self, batch: &Batch, rng: &mut impl Rng) -> Result<f64, Error> {
+        let inputs = &batch.inputs;
         let rot = random_rotation(rng);
         let shift = [
             rng.gen_range(-1.0..1.0),
@@ -421,12 +474,17 @@ impl<M: TrainableModel> Trainer<M> {
         let r = nalgebra::DMatrix::from_iterator(3, 3, m.iter().copied());
         let mut moved = inputs.clone();
         moved.coors = transform_rows(&inputs.coors, &r, Some(&shift));
-        let base = self.model.outputs(inputs)?;
-        let after = self.model.outputs(&moved)?;
-        let layout = self.model.output_layout();
+        let base = self
+            .model
+            .loss_and_gradients(inputs, &batch.targets)?
+            .outputs;
+        let after = self
+            .model
+            .loss_and_gradients(&moved, &batch.targets)?
+            .outputs;
         let mut worst = 0.0f64;
         for (name, t) in base.iter() {
-            let want = match layout.get(name).map(|(_, tr)| *tr) {
+            let want = match self.model.output_transform(name) {
                 Some(OutputTransform::Degree(0)) | None => t.clone(),
                 Some(OutputTransform::Degree(l)) => {
                     let d = se3_core::so3::wigner_d(l, &rot)?;
