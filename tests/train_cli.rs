@@ -16,7 +16,9 @@ fn scratch(name: &str) -> Result<PathBuf, Box<dyn std::error::Error>> {
 }
 
 fn se3(args: &[&std::ffi::OsStr]) -> Result<Output, Box<dyn std::error::Error>> {
-    let out = Command::new(env!("CARGO_BIN_EXE_se3")).args(args).output()?;
+    let out = Command::new(env!("CARGO_BIN_EXE_se3"))
+        .args(args)
+        .output()?;
     if !out.status.success() {
         return Err(format!(
             "se3 {:?} failed: {}",
@@ -138,13 +140,18 @@ fn train_writes_log_curves_checkpoint_and_resumes_exactly() -> TestResult {
     assert!(log.starts_with("epoch,steps,lr,train_loss,val_loss,equivariance_error"));
     for svg in ["loss.svg", "equivariance.svg"] {
         let text = std::fs::read_to_string(stopped.join(svg))?;
-        assert!(text.starts_with("<svg") && text.contains("polyline"), "{svg}");
+        assert!(
+            text.starts_with("<svg") && text.contains("polyline"),
+            "{svg}"
+        );
     }
     let a = StateDict::load(straight.join("checkpoint/weights.safetensors"))?;
     let b = StateDict::load(stopped.join("checkpoint/weights.safetensors"))?;
     assert_eq!(a.len(), b.len());
     for (k, t) in a.iter() {
-        let u = b.get(k).ok_or_else(|| format!("`{k}` missing after resume"))?;
+        let u = b
+            .get(k)
+            .ok_or_else(|| format!("`{k}` missing after resume"))?;
         assert_eq!(t.data, u.data, "{k}: resumed weights differ");
     }
     let opt = StateDict::load(stopped.join("checkpoint/optimizer.safetensors"))?;

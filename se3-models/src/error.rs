@@ -124,7 +124,11 @@ pub enum Error {
     },
     /// The loss of a training step is NaN or infinite; no parameter was updated.
     #[error("training step {step} (epoch {epoch}): loss is {value} (non-finite); parameters left unchanged")]
-    NonFiniteLoss { epoch: usize, step: usize, value: f64 },
+    NonFiniteLoss {
+        epoch: usize,
+        step: usize,
+        value: f64,
+    },
     /// A gradient of a training step holds NaN or an infinity; no parameter was updated.
     #[error("training step {step} (epoch {epoch}): gradient `{tensor}` holds {value} at flat index {index}; parameters left unchanged")]
     NonFiniteGradient {

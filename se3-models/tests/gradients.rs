@@ -125,7 +125,10 @@ fn tfn_stack_adam_steps_follow_torch_training() -> Result<(), Error> {
     let mut adam = Adam::new(1e-2);
     let mut losses = vec![];
     // per element: the smallest |gradient| over the three steps
-    let mut min_grad: Vec<Vec<f32>> = values.iter().map(|v| vec![f32::INFINITY; v.len()]).collect();
+    let mut min_grad: Vec<Vec<f32>> = values
+        .iter()
+        .map(|v| vec![f32::INFINITY; v.len()])
+        .collect();
     // outputs first (zero cotangents), then the gradients of the loss at those outputs
     let mut zero = StateDict::new();
     for (k, t) in reference.iter() {
@@ -206,7 +209,11 @@ fn tfn_stack_adam_steps_follow_torch_training() -> Result<(), Error> {
                 key: format!("param.{n}"),
                 expected: vec![v.len()],
             })?;
-        let scale = want.data.iter().fold(0.0f64, |a, b| a.max(b.abs())).max(1e-30);
+        let scale = want
+            .data
+            .iter()
+            .fold(0.0f64, |a, b| a.max(b.abs()))
+            .max(1e-30);
         for (i, ((&x, &y), &g)) in v.iter().zip(&want.data).zip(m).enumerate() {
             let e = (f64::from(x) - y).abs() / scale;
             let slot = if g < SENSITIVE {

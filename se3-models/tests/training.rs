@@ -110,7 +110,13 @@ fn resumed_training_equals_uninterrupted_training() -> Result<(), Error> {
         let mut straight = Trainer::new(model(seed)?, opts.clone());
         straight.train(&data, &mut |_| {}, &mut |_| Ok(()))?;
 
-        let mut first = Trainer::new(model(seed)?, TrainOptions { epochs: 2, ..opts.clone() });
+        let mut first = Trainer::new(
+            model(seed)?,
+            TrainOptions {
+                epochs: 2,
+                ..opts.clone()
+            },
+        );
         first.train(&data, &mut |_| {}, &mut |_| Ok(()))?;
         TrainingCheckpoint::of(&first, &config())?.save(&dir)?;
         drop(first);
@@ -216,7 +222,11 @@ fn nan_gradient_names_step_and_tensor_and_keeps_the_checkpoint() -> Result<(), E
     });
     match r {
         Err(Error::NonFiniteGradient {
-            epoch, step, tensor, index, ..
+            epoch,
+            step,
+            tensor,
+            index,
+            ..
         }) => {
             assert_eq!((epoch, step, index), (2, 3, 1));
             assert_eq!(tensor, format!("param.{key}"));
@@ -237,11 +247,19 @@ fn nan_gradient_names_step_and_tensor_and_keeps_the_checkpoint() -> Result<(), E
     let ck = TrainingCheckpoint::load(&dir)?;
     assert_eq!(ck.progress.epochs_done, 1);
     for (k, _, v) in &before {
-        let saved = ck.weights.get(k).map(|t| t.data.clone()).unwrap_or_default();
+        let saved = ck
+            .weights
+            .get(k)
+            .map(|t| t.data.clone())
+            .unwrap_or_default();
         let want: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
         assert_eq!(saved, want, "{k}: checkpoint changed");
     }
-    assert_eq!(t.model.parameters(), before, "a failing step changed parameters");
+    assert_eq!(
+        t.model.parameters(),
+        before,
+        "a failing step changed parameters"
+    );
     std::fs::remove_dir_all(&dir).map_err(|source| Error::Io {
         path: dir.display().to_string(),
         source,
@@ -290,10 +308,10 @@ fn nan_loss_empty_batch_and_bad_shapes_are_typed_errors() -> Result<(), Error> {
         other => panic!("expected DatasetShape, got {other:?}"),
     }
     let mut narrow = good.clone();
-    narrow
-        .train
-        .targets
-        .insert("type1".into(), Tensor::new(vec![4, 5, 2, 3], vec![0.0; 120])?);
+    narrow.train.targets.insert(
+        "type1".into(),
+        Tensor::new(vec![4, 5, 2, 3], vec![0.0; 120])?,
+    );
     match t.check_data(&narrow) {
         Err(Error::DatasetShape { tensor, .. }) => assert_eq!(tensor, "train.target.type1"),
         other => panic!("expected DatasetShape, got {other:?}"),
@@ -315,8 +333,10 @@ fn nan_loss_empty_batch_and_bad_shapes_are_typed_errors() -> Result<(), Error> {
     }
     let mut bad_val = weighted_neighbours(seed, 4, 2, 5)?;
     if let Some(v) = bad_val.val.as_mut() {
-        v.targets
-            .insert("type1".into(), Tensor::new(vec![2, 5, 1, 5], vec![0.0; 50])?);
+        v.targets.insert(
+            "type1".into(),
+            Tensor::new(vec![2, 5, 1, 5], vec![0.0; 50])?,
+        );
     }
     bad_val.save(&path)?;
     match TrainingSet::load(&path) {

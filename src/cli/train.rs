@@ -14,8 +14,8 @@ use se3_models::checkpoint::StateDict;
 use se3_models::model_file::{python_json_to_strict, ModelFile};
 use se3_models::training::build::trainable_from_parts;
 use se3_models::training::{
-    TrainableModel,
-    EpochRecord, OptimizerKind, TrainOptions, Trainer, TrainingCheckpoint, TrainingSet,
+    EpochRecord, OptimizerKind, TrainOptions, TrainableModel, Trainer, TrainingCheckpoint,
+    TrainingSet,
 };
 
 /// Which optimizer.
@@ -206,9 +206,15 @@ pub fn run(args: &TrainArgs) -> Result<(), super::CliError> {
     }
     trainer.check_data(&data)?;
     let steps_per_epoch = data.train.len().div_ceil(trainer.options.batch_size.max(1));
-    let left = trainer.options.epochs.saturating_sub(trainer.progress.epochs_done);
+    let left = trainer
+        .options
+        .epochs
+        .saturating_sub(trainer.progress.epochs_done);
     if left == 0 {
-        println!("nothing to do: {} epochs already done", trainer.progress.epochs_done);
+        println!(
+            "nothing to do: {} epochs already done",
+            trainer.progress.epochs_done
+        );
         return Ok(());
     }
     println!(

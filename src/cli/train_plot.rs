@@ -9,7 +9,12 @@ use se3_models::training::EpochRecord;
 /// One named curve: (epoch, value) points, positive values only (log scale).
 type Curve<'a> = (&'a str, Vec<(f64, f64)>, RGBColor);
 
-fn draw(path: &Path, title: &str, y_label: &str, curves: &[Curve<'_>]) -> Result<(), super::CliError> {
+fn draw(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    curves: &[Curve<'_>],
+) -> Result<(), super::CliError> {
     let points: Vec<&(f64, f64)> = curves.iter().flat_map(|c| c.1.iter()).collect();
     if points.is_empty() {
         return Ok(());
@@ -56,7 +61,10 @@ pub fn write_curves(dir: &Path, history: &[EpochRecord]) -> Result<(), super::Cl
     let positive = |f: &dyn Fn(&EpochRecord) -> Option<f64>| -> Vec<(f64, f64)> {
         history
             .iter()
-            .filter_map(|r| f(r).filter(|v| *v > 0.0 && v.is_finite()).map(|v| (r.epoch as f64, v)))
+            .filter_map(|r| {
+                f(r).filter(|v| *v > 0.0 && v.is_finite())
+                    .map(|v| (r.epoch as f64, v))
+            })
             .collect()
     };
     draw(

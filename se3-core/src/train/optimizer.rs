@@ -155,7 +155,8 @@ impl Optimizer for Sgd {
     fn state(&self) -> OptimizerState {
         let mut st = OptimizerState::new("sgd");
         for (name, b) in &self.buffers {
-            st.buffers.insert(format!("momentum_buffer.{name}"), b.clone());
+            st.buffers
+                .insert(format!("momentum_buffer.{name}"), b.clone());
         }
         st
     }

@@ -180,7 +180,11 @@ impl Split {
         {
             if let Some(index) = t.data.iter().position(|v| !v.is_finite()) {
                 return Err(Error::NonFinite {
-                    name: if k == "coors" { "coors" } else { "data set tensor" },
+                    name: if k == "coors" {
+                        "coors"
+                    } else {
+                        "data set tensor"
+                    },
                     index,
                 });
             }
@@ -287,10 +291,21 @@ impl TrainingSet {
             }
             for (k, t, u) in pairs {
                 if per_sample(t) != per_sample(u) {
-                    let name = if k == "feats" { k.to_string() } else { format!("target.{k}") };
+                    let name = if k == "feats" {
+                        k.to_string()
+                    } else {
+                        format!("target.{k}")
+                    };
                     return Err(shape_error(
                         &format!("val.{name}"),
-                        format!("[samples, nodes, {}] as in train.{name}", per_sample(t).iter().map(usize::to_string).collect::<Vec<_>>().join(", ")),
+                        format!(
+                            "[samples, nodes, {}] as in train.{name}",
+                            per_sample(t)
+                                .iter()
+                                .map(usize::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
                         &u.shape,
                     ));
                 }
@@ -392,8 +407,14 @@ pub fn weighted_neighbours(
             }
         }
         let mut targets = BTreeMap::new();
-        targets.insert("type0".to_string(), Tensor::new(vec![samples, n, 1, 1], t0)?);
-        targets.insert("type1".to_string(), Tensor::new(vec![samples, n, 1, 3], t1)?);
+        targets.insert(
+            "type0".to_string(),
+            Tensor::new(vec![samples, n, 1, 1], t0)?,
+        );
+        targets.insert(
+            "type1".to_string(),
+            Tensor::new(vec![samples, n, 1, 3], t1)?,
+        );
         Ok(Split {
             coors: Tensor::new(vec![samples, n, 3], coors)?,
             feats: Tensor::new(vec![samples, n, 1], feats)?,

@@ -193,7 +193,10 @@ fn random_rotation(rng: &mut impl Rng) -> Rotation3<f64> {
 }
 
 fn dims(d: &[usize]) -> String {
-    d.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+    d.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Applies `f -> f M^T` to every row of length `M.ncols()` of `t`, plus `shift` per row.
@@ -355,7 +358,11 @@ impl<M: TrainableModel> Trainer<M> {
             Some(v) if !v.is_empty() => Some(self.loss_on(v)?),
             _ => None,
         };
-        let check = data.val.as_ref().filter(|v| !v.is_empty()).unwrap_or(&data.train);
+        let check = data
+            .val
+            .as_ref()
+            .filter(|v| !v.is_empty())
+            .unwrap_or(&data.train);
         let rows: Vec<usize> = (0..check.len().min(batch_size)).collect();
         let mut rng = self.rng(epoch, 1);
         let equivariance_error = self.equivariance_error(&check.batch(&rows)?, &mut rng)?;
@@ -406,8 +413,7 @@ impl<M: TrainableModel> Trainer<M> {
                 key: name.clone(),
                 expected: shape.clone(),
             })?;
-            if let Some((index, &value)) = g.data.iter().enumerate().find(|(_, v)| !v.is_finite())
-            {
+            if let Some((index, &value)) = g.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
                 return Err(Error::NonFiniteGradient {
                     epoch,
                     step,
@@ -520,7 +526,10 @@ impl<M: TrainableModel> Trainer<M> {
                     index,
                 });
             }
-            sd.insert(key, Tensor::new(shape, v.iter().map(|&x| f64::from(x)).collect())?);
+            sd.insert(
+                key,
+                Tensor::new(shape, v.iter().map(|&x| f64::from(x)).collect())?,
+            );
         }
         Ok(sd)
     }
