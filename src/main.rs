@@ -24,6 +24,10 @@ enum Command {
     },
     /// Run a model from its config + weights on an inputs file and write its outputs.
     Infer(cli::infer::InferArgs),
+    /// Gradients of Σ_out <out, cotangent.out> for every parameter and float input.
+    Grad(cli::grad::GradArgs),
+    /// Train a model on a data set file (progress bar, log, curves, checkpoints, --resume).
+    Train(cli::train::TrainArgs),
     /// Print what this build and machine offer (CPU kernels, CUDA libraries and devices).
     Doctor,
     /// Generate a physics data set (safetensors): nbody, dynamics or lj.
@@ -42,6 +46,8 @@ fn main() -> std::process::ExitCode {
         Command::Bench { what } => cli::bench::run(what),
         Command::Infer(args) => cli::infer::run(&args),
         Command::Doctor => cli::doctor::run(),
+        Command::Grad(args) => cli::grad::run(&args),
+        Command::Train(args) => cli::train::run(&args),
         Command::Data { what } => cli::data::run(what),
     };
     match result {

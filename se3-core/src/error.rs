@@ -184,6 +184,12 @@ pub enum Error {
         index: usize,
         value: f64,
     },
+    /// Optimizer state saved by one optimizer was loaded into another.
+    #[error("optimizer state was saved by `{found}`, cannot load it into `{expected}`")]
+    OptimizerStateMismatch {
+        expected: &'static str,
+        found: String,
+    },
     /// The graph has a cycle, so it has no reverse order to differentiate in.
     #[error("the graph has a cycle through node {node}")]
     CyclicGraph { node: usize },

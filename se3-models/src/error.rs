@@ -108,6 +108,36 @@ pub enum Error {
     /// A safetensors file that is not an se3 physics data set of the supported format version.
     #[error("`{path}` is not an se3 physics data set: metadata `format` is {found:?}, expected \"se3-physics-v1\"")]
     DatasetFormat { path: String, found: Option<String> },
+    /// A training data set tensor whose shape disagrees with the set or with the model.
+    #[error("data set tensor `{tensor}` has shape {found:?}, expected {expected}")]
+    DatasetShape {
+        tensor: String,
+        expected: String,
+        found: Vec<usize>,
+    },
+    /// A training step was given no samples (or only padding nodes).
+    #[error("training step {step} (epoch {epoch}): batch `{split}` is empty (no sample with a real node)")]
+    EmptyBatch {
+        epoch: usize,
+        step: usize,
+        split: &'static str,
+    },
+    /// The loss of a training step is NaN or infinite; no parameter was updated.
+    #[error("training step {step} (epoch {epoch}): loss is {value} (non-finite); parameters left unchanged")]
+    NonFiniteLoss {
+        epoch: usize,
+        step: usize,
+        value: f64,
+    },
+    /// A gradient of a training step holds NaN or an infinity; no parameter was updated.
+    #[error("training step {step} (epoch {epoch}): gradient `{tensor}` holds {value} at flat index {index}; parameters left unchanged")]
+    NonFiniteGradient {
+        epoch: usize,
+        step: usize,
+        tensor: String,
+        index: usize,
+        value: f64,
+    },
     /// A config size above the bound of [`crate::limits`] (checked before anything is allocated).
     #[error("config field `{field}` is {found}, above the limit {limit} se3 accepts")]
     TooLarge {

@@ -25,6 +25,7 @@ pub mod model_file;
 pub mod physics;
 pub mod se3_transformer;
 pub mod tfn;
+pub mod training;
 pub mod vn_transformer;
 pub mod zoo;
 

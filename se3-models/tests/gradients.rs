@@ -124,6 +124,11 @@ fn tfn_stack_adam_steps_follow_torch_training() -> Result<(), Error> {
         .unwrap_or_default();
     let mut adam = Adam::new(1e-2);
     let mut losses = vec![];
+    // per element: the smallest |gradient| over the three steps
+    let mut min_grad: Vec<Vec<f32>> = values
+        .iter()
+        .map(|v| vec![f32::INFINITY; v.len()])
+        .collect();
     // outputs first (zero cotangents), then the gradients of the loss at those outputs
     let mut zero = StateDict::new();
     for (k, t) in reference.iter() {
@@ -151,6 +156,11 @@ fn tfn_stack_adam_steps_follow_torch_training() -> Result<(), Error> {
                     .unwrap_or_default()
             })
             .collect();
+        for (m, g) in min_grad.iter_mut().zip(&gs) {
+            for (a, b) in m.iter_mut().zip(g) {
+                *a = a.min(b.abs());
+            }
+        }
         let mut params: Vec<Param<'_>> = names
             .iter()
             .zip(values.iter_mut())
@@ -176,33 +186,62 @@ fn tfn_stack_adam_steps_follow_torch_training() -> Result<(), Error> {
     );
     assert_eq!(want_loss.len(), 4);
     assert!(loss_err < 1e-4, "losses {losses:?} vs torch {want_loss:?}");
+    // Adam's update is `lr m̂ / (sqrt(v̂) + eps)`: its sensitivity to the gradient is about
+    // `lr / max(|g|, eps)`, so elements with small gradients turn float32 rounding of the
+    // gradient into parameter differences. Measured with float64 finite differences of the
+    // oracle at our iterates: the worst element, convs.1.kernel_unary.(0,2).rp.net.6.weight[2338],
+    // has a first-step gradient of -6.26e-10 (below eps; ours -3.91e-10, an error of 1.7e-8 of
+    // the tensor's largest gradient), so torch steps it by -5.9e-4 and we by -3.8e-4: 1.8e-3 of
+    // the tensor's scale after three steps; its later gradients agree to 2e-6, and so do the
+    // other worst elements' wherever |g| is not tiny. No formula differs: the first step's
+    // differences then shift every later gradient a little, and the error of an element falls
+    // with its smallest |g| (worst 4e-4 for |g| >= 1e-7, 2.5e-4 for >= 1e-5, 1.1e-5 for
+    // >= 1e-3). So: well-conditioned elements (|g| >= 1e-3 at every step) within 1e-4, every
+    // element within 5e-3.
+    const SENSITIVE: f32 = 1e-3;
     let mut worst = (0.0f64, String::new());
-    for ((n, _), v) in names.iter().zip(&values) {
+    let mut worst_sensitive = (0.0f64, String::new());
+    let mut sensitive = 0usize;
+    for (((n, _), v), m) in names.iter().zip(&values).zip(&min_grad) {
         let want = reference
             .get(&format!("param.{n}"))
             .ok_or(Error::MissingKey {
                 key: format!("param.{n}"),
                 expected: vec![v.len()],
             })?;
-        let got: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
-        let (e, i) = rel_error_at(&got, &want.data);
-        if e > worst.0 {
-            worst = (e, format!("{n}[{i}]"));
+        let scale = want
+            .data
+            .iter()
+            .fold(0.0f64, |a, b| a.max(b.abs()))
+            .max(1e-30);
+        for (i, ((&x, &y), &g)) in v.iter().zip(&want.data).zip(m).enumerate() {
+            let e = (f64::from(x) - y).abs() / scale;
+            let slot = if g < SENSITIVE {
+                sensitive += 1;
+                &mut worst_sensitive
+            } else {
+                &mut worst
+            };
+            if e > slot.0 {
+                *slot = (e, format!("{n}[{i}] (min |g| {g:.1e})"));
+            }
         }
     }
     println!(
-        "tfn_stack Adam: parameters after 3 steps, worst relative error {:.3e} ({})",
-        worst.0, worst.1
+        "tfn_stack Adam: parameters after 3 steps, worst relative error {:.3e} ({}) where |g| >= {SENSITIVE:e} at every step; {sensitive} elements with a smaller |g|, worst {:.3e} ({})",
+        worst.0, worst.1, worst_sensitive.0, worst_sensitive.1
     );
-    // Adam's first steps move each element by about lr sign(g): elements whose gradient is
-    // near float32 noise (|g| ~ 1e-8, the scale of eps) step differently than torch's float64
-    // run, so the parameters agree to ~2e-3 of each tensor's scale while the losses agree to
-    // 1e-6 (the 1e-4 target for parameters is not met yet).
     assert!(
-        worst.0 < 5e-3,
+        worst.0 < 1e-4,
         "parameters off by {:.3e} at {}",
         worst.0,
         worst.1
+    );
+    assert!(
+        worst_sensitive.0 < 5e-3,
+        "parameters with small gradients off by {:.3e} at {}",
+        worst_sensitive.0,
+        worst_sensitive.1
     );
     Ok(())
 }

@@ -21,6 +21,29 @@ pub enum DataTarget {
     Dynamics(DataArgs),
     /// Lennard-Jones clusters of 10-38 atoms at T = 0.1, 0.2, 0.3 with energies and forces.
     Lj(DataArgs),
+    /// A small `se3 train` set: charged points, targets the charge-weighted mean distance
+    /// (type0) and offset (type1) to the other points.
+    Neighbours(NeighboursArgs),
+}
+
+/// Options of the `se3 train` toy set.
+#[derive(Args, Clone, Debug)]
+pub struct NeighboursArgs {
+    /// Random seed; the same seed gives the same file.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output safetensors file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Training samples.
+    #[arg(long, default_value_t = 64)]
+    pub train: usize,
+    /// Validation samples.
+    #[arg(long, default_value_t = 16)]
+    pub val: usize,
+    /// Points per sample.
+    #[arg(long, default_value_t = 8)]
+    pub nodes: usize,
 }
 
 /// Options shared by every data set.
@@ -131,6 +154,20 @@ pub fn run(target: DataTarget) -> Result<(), super::CliError> {
             file.save(&args.out)?;
             summary(&file, &args);
             print_baselines(&file, config.block_steps as f64 * config.dt)?;
+        }
+        DataTarget::Neighbours(args) => {
+            let set = se3_models::training::dataset::weighted_neighbours(
+                args.seed, args.train, args.val, args.nodes,
+            )?;
+            set.save(&args.out)?;
+            println!(
+                "wrote {} (weighted neighbours, seed {}): {} train, {} val samples of {} points",
+                args.out.display(),
+                args.seed,
+                args.train,
+                args.val,
+                args.nodes
+            );
         }
         DataTarget::Lj(args) => {
             let mut config = LjClusterConfig::default();

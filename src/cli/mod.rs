@@ -11,7 +11,10 @@ pub mod bench_se3t;
 pub mod bench_zoo;
 pub mod data;
 pub mod doctor;
+pub mod grad;
 pub mod infer;
+pub mod train;
+pub mod train_plot;
 pub mod zoo;
 pub mod zoo_models;
 

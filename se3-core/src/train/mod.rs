@@ -9,6 +9,7 @@
 mod clip;
 mod optimizer;
 mod schedule;
+mod state;
 
 #[cfg(test)]
 mod tests;
@@ -16,3 +17,4 @@ mod tests;
 pub use clip::clip_grad_norm;
 pub use optimizer::{Adam, AdamW, Optimizer, Param, Sgd};
 pub use schedule::LrSchedule;
+pub use state::OptimizerState;

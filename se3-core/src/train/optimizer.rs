@@ -3,6 +3,7 @@
 
 use rustc_hash::FxHashMap;
 
+use super::OptimizerState;
 use crate::Error;
 
 /// A named parameter and its gradient, both row-major and of the same length.
@@ -27,6 +28,27 @@ pub trait Optimizer {
     fn set_lr(&mut self, lr: f64);
     /// Leaves every parameter whose name starts with `prefix` unchanged from now on.
     fn freeze(&mut self, prefix: &str);
+    /// The per-parameter state (moments, momentum buffers, step counts) as float64 buffers.
+    fn state(&self) -> OptimizerState;
+    /// Replaces the per-parameter state with `state` (from [`Optimizer::state`] of the same
+    /// kind of optimizer), so that the next step continues exactly where it left off.
+    ///
+    /// # Errors
+    /// `OptimizerStateMismatch` if `state` comes from another optimizer; `LengthMismatch` if a
+    /// parameter's buffers differ in length (e.g. a step count that is not one number).
+    fn load_state(&mut self, state: &OptimizerState) -> Result<(), Error>;
+}
+
+/// `LengthMismatch` unless a stored buffer has the parameter's length.
+fn check_state_len(what: &'static str, expected: usize, found: usize) -> Result<(), Error> {
+    if expected != found {
+        return Err(Error::LengthMismatch {
+            what,
+            expected,
+            found,
+        });
+    }
+    Ok(())
 }
 
 /// Checks every gradient before any parameter changes; true if `name` is frozen.
@@ -96,6 +118,7 @@ impl Optimizer for Sgd {
                 .buffers
                 .entry(p.name.to_string())
                 .or_insert_with(|| vec![0.0; p.value.len()]);
+            check_state_len("momentum buffer of a parameter", p.value.len(), buf.len())?;
             for ((v, &g), b) in p.value.iter_mut().zip(p.grad).zip(buf.iter_mut()) {
                 let x = f64::from(*v);
                 let mut d = f64::from(g) + self.weight_decay * x;
@@ -127,6 +150,25 @@ impl Optimizer for Sgd {
 
     fn freeze(&mut self, prefix: &str) {
         self.frozen.push(prefix.to_string());
+    }
+
+    fn state(&self) -> OptimizerState {
+        let mut st = OptimizerState::new("sgd");
+        for (name, b) in &self.buffers {
+            st.buffers
+                .insert(format!("momentum_buffer.{name}"), b.clone());
+        }
+        st
+    }
+
+    fn load_state(&mut self, state: &OptimizerState) -> Result<(), Error> {
+        state.expect_kind("sgd")?;
+        self.buffers = state
+            .params_with("momentum_buffer")
+            .into_iter()
+            .filter_map(|p| state.buffer("momentum_buffer", &p).map(|b| (p, b.clone())))
+            .collect();
+        Ok(())
     }
 }
 
@@ -176,6 +218,8 @@ impl AdamCore {
                     v: vec![0.0; n],
                     t: 0,
                 });
+            check_state_len("Adam moments of a parameter", n, s.m.len())?;
+            check_state_len("Adam moments of a parameter", n, s.v.len())?;
             s.t += 1;
             let c1 = 1.0 - b1.powi(s.t);
             let c2 = 1.0 - b2.powi(s.t);
@@ -198,8 +242,46 @@ impl AdamCore {
     }
 }
 
+impl AdamCore {
+    fn state(&self, kind: &str) -> OptimizerState {
+        let mut st = OptimizerState::new(kind);
+        for (name, m) in &self.state {
+            st.buffers.insert(format!("exp_avg.{name}"), m.m.clone());
+            st.buffers.insert(format!("exp_avg_sq.{name}"), m.v.clone());
+            st.buffers
+                .insert(format!("step.{name}"), vec![f64::from(m.t)]);
+        }
+        st
+    }
+
+    fn load_state(&mut self, state: &OptimizerState, kind: &'static str) -> Result<(), Error> {
+        state.expect_kind(kind)?;
+        let mut moments = FxHashMap::default();
+        for name in state.params_with("step") {
+            let t = state.buffer("step", &name).map_or(&[][..], |b| &b[..]);
+            check_state_len("Adam step count of a parameter", 1, t.len())?;
+            let m = state.buffer("exp_avg", &name).cloned().unwrap_or_default();
+            let v = state
+                .buffer("exp_avg_sq", &name)
+                .cloned()
+                .unwrap_or_default();
+            check_state_len("Adam moments of a parameter", m.len(), v.len())?;
+            moments.insert(
+                name,
+                Moments {
+                    m,
+                    v,
+                    t: t[0] as i32,
+                },
+            );
+        }
+        self.state = moments;
+        Ok(())
+    }
+}
+
 macro_rules! adam_like {
-    ($name:ident, $decoupled:expr, $doc:literal) => {
+    ($name:ident, $decoupled:expr, $kind:literal, $doc:literal) => {
         #[doc = $doc]
         #[derive(Debug, Clone)]
         pub struct $name(AdamCore);
@@ -245,6 +327,14 @@ macro_rules! adam_like {
             fn freeze(&mut self, prefix: &str) {
                 self.0.frozen.push(prefix.to_string());
             }
+
+            fn state(&self) -> OptimizerState {
+                self.0.state($kind)
+            }
+
+            fn load_state(&mut self, state: &OptimizerState) -> Result<(), Error> {
+                self.0.load_state(state, $kind)
+            }
         }
     };
 }
@@ -252,12 +342,14 @@ macro_rules! adam_like {
 adam_like!(
     Adam,
     false,
+    "adam",
     "Adam as `torch.optim.Adam`: `g = grad + weight_decay p`, `m = β1 m + (1 - β1) g`, \
      `v = β2 v + (1 - β2) g²`, `p -= lr / (1 - β1^t) m / (sqrt(v) / sqrt(1 - β2^t) + eps)`."
 );
 adam_like!(
     AdamW,
     true,
+    "adamw",
     "AdamW as `torch.optim.AdamW`: decoupled weight decay `p *= 1 - lr weight_decay`, then \
      the [`Adam`] update without weight decay in the gradient."
 );

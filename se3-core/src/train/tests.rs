@@ -196,3 +196,65 @@ fn frozen_prefixes_stay_and_bad_gradients_are_typed_errors() {
         })
     ));
 }
+
+/// Runs `steps` updates of two parameters from gradients that depend on the step.
+fn run_steps(opt: &mut dyn Optimizer, a: &mut [f32], b: &mut [f32], from: usize, to: usize) {
+    for t in from..to {
+        let ga: Vec<f32> = (0..a.len())
+            .map(|i| ((t * 7 + i * 3) as f32).sin() * 0.3 + a[i] * 0.1)
+            .collect();
+        let gb: Vec<f32> = (0..b.len())
+            .map(|i| ((t * 5 + i) as f32).cos() * 0.2 - b[i] * 0.05)
+            .collect();
+        let mut params = [
+            Param {
+                name: "a",
+                value: a,
+                grad: &ga,
+            },
+            Param {
+                name: "b",
+                value: b,
+                grad: &gb,
+            },
+        ];
+        let stepped = opt.step(&mut params);
+        assert!(stepped.is_ok(), "step {t}: {stepped:?}");
+    }
+}
+
+#[test]
+fn optimizer_state_round_trip_resumes_bitwise() -> Result<(), Error> {
+    let make: [fn() -> Box<dyn Optimizer>; 3] = [
+        || Box::new(Adam::new(1e-2)),
+        || Box::new(AdamW::new(1e-2).weight_decay(0.1)),
+        || {
+            let mut s = Sgd::new(1e-2);
+            s.momentum = 0.9;
+            s.nesterov = true;
+            Box::new(s)
+        },
+    ];
+    for new in make {
+        let (a0, b0) = (vec![0.5f32, -1.0, 2.0], vec![0.25f32; 5]);
+        let (mut a, mut b) = (a0.clone(), b0.clone());
+        let mut straight = new();
+        run_steps(straight.as_mut(), &mut a, &mut b, 0, 10);
+        let (mut a2, mut b2) = (a0, b0);
+        let mut first = new();
+        run_steps(first.as_mut(), &mut a2, &mut b2, 0, 4);
+        let saved = first.state();
+        let mut second = new();
+        second.load_state(&saved)?;
+        assert_eq!(second.state(), saved, "state reloads as saved");
+        run_steps(second.as_mut(), &mut a2, &mut b2, 4, 10);
+        assert_eq!(a, a2, "{}: resumed parameters differ", saved.kind);
+        assert_eq!(b, b2, "{}: resumed parameters differ", saved.kind);
+    }
+    let adam_state = Adam::new(1e-2).state();
+    assert!(matches!(
+        Sgd::new(1.0).load_state(&adam_state),
+        Err(Error::OptimizerStateMismatch { .. })
+    ));
+    Ok(())
+}
