@@ -15,7 +15,10 @@
 //! Differentiable: luminal's primitives (add, mul, sum/max reduce, exp2, log2, sin, sqrt,
 //! recip, contiguous; mod and less-than carry no gradient), and the ops gather, scatter-add
 //! and segment softmax (so relative positions and distances, built from gather and
-//! primitives, too), and the fused row kernel layer norm + GELU; indices (neighbour lists, top-k) are constants of the backward pass.
+//! primitives, too), the fused row kernel layer norm + GELU, and the fused radial and edge
+//! kernels (`radial_hidden`, `edge_contract` sum and logits, `edge_conv`, `radial_edge_conv`,
+//! each with a fused backward in its folder's `backward.rs`); indices (neighbour lists,
+//! top-k) are constants of the backward pass.
 //! A fused op without a backward gives [`Error::NoGradient`]: build that layer unfused.
 //!
 //! ```
@@ -41,6 +44,8 @@ mod view;
 #[cfg(test)]
 mod check;
 #[cfg(test)]
+mod fused_tests;
+#[cfg(test)]
 mod tests;
 
 use luminal::op::Operator;
@@ -53,7 +58,9 @@ use emit::{add, dims, filled, is_plain, plain, zeros};
 pub use forces::forces;
 use primitives::{InputGrad, Primitive};
 
-use crate::ops::{gather, layer_norm_gelu, scatter_add, segment_softmax};
+use crate::ops::{
+    edge_contract, edge_conv, gather, layer_norm_gelu, radial_hidden, scatter_add, segment_softmax,
+};
 use crate::Error;
 
 /// The backward rule of an operator.
@@ -64,6 +71,10 @@ enum Rule {
     ScatterAdd,
     SegmentSoftmax,
     LayerNormGelu { eps: f32 },
+    RadialHidden { eps: f32 },
+    EdgeContract { kind: edge_contract::ContractKind, hidden: usize },
+    EdgeConv { diagonal: bool },
+    RadialEdgeConv(edge_conv::PairShape),
 }
 
 fn rule(o: &dyn Operator) -> Option<Rule> {
@@ -77,9 +88,22 @@ fn rule(o: &dyn Operator) -> Option<Rule> {
         Some(Rule::ScatterAdd)
     } else if a.is::<segment_softmax::SegmentSoftmax>() {
         Some(Rule::SegmentSoftmax)
+    } else if let Some(op) = a.downcast_ref::<layer_norm_gelu::LayerNormGelu>() {
+        Some(Rule::LayerNormGelu { eps: op.eps })
+    } else if let Some(op) = a.downcast_ref::<radial_hidden::RadialHidden>() {
+        Some(Rule::RadialHidden { eps: op.eps })
+    } else if let Some(op) = a.downcast_ref::<edge_contract::EdgeContract>() {
+        Some(Rule::EdgeContract {
+            kind: op.kind,
+            hidden: op.hidden,
+        })
+    } else if let Some(op) = a.downcast_ref::<edge_conv::EdgeConv>() {
+        Some(Rule::EdgeConv {
+            diagonal: op.diagonal,
+        })
     } else {
-        a.downcast_ref::<layer_norm_gelu::LayerNormGelu>()
-            .map(|op| Rule::LayerNormGelu { eps: op.eps })
+        a.downcast_ref::<edge_conv::RadialEdgeConv>()
+            .map(|op| Rule::RadialEdgeConv(op.shape))
     }
 }
 
@@ -177,6 +201,21 @@ pub fn gradients(cotangents: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<
             Some(Rule::LayerNormGelu { eps }) => {
                 as_views(layer_norm_gelu::backward::vjp(&inputs, eps, g.id, &wanted)).collect()
             }
+            Some(Rule::RadialHidden { eps }) => {
+                as_views(radial_hidden::backward::vjp(&inputs, eps, g.id, &wanted)?).collect()
+            }
+            Some(Rule::EdgeContract { kind, hidden }) => as_views(edge_contract::backward::vjp(
+                &inputs, kind, hidden, g.id, &wanted,
+            ))
+            .collect(),
+            Some(Rule::EdgeConv { diagonal }) => as_views(edge_conv::backward::edge_conv_vjp(
+                &inputs, diagonal, g.id, &wanted,
+            ))
+            .collect(),
+            Some(Rule::RadialEdgeConv(shape)) => as_views(
+                edge_conv::backward::radial_edge_conv_vjp(&inputs, shape, g.id, &wanted),
+            )
+            .collect(),
             None => return Err(Error::NoGradient { op: op_name }),
         };
         for ((&(s, _, st), w), d) in sources.iter().zip(&wanted).zip(input_grads) {

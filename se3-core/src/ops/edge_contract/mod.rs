@@ -27,6 +27,7 @@
 //! variant is the same with `g_i` replaced by `dl_ik q_i`. All are edge contractions of the
 //! same block structure.
 
+pub(crate) mod backward;
 mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;

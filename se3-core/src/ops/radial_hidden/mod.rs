@@ -11,6 +11,7 @@
 //! and two GEMMs with the transposed weights; [`radial_hidden_unfused`] (the luminal primitive
 //! graph) is the reference it is tested against.
 
+pub(crate) mod backward;
 mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
