@@ -157,7 +157,12 @@ fn edge_conv_matrix_and_diagonal_match_finite_differences() -> Result<(), Error>
 fn radial_edge_conv_matches_finite_differences_in_every_mode() -> Result<(), Error> {
     let mut r = rng();
     // (c_in, d_in, nf, c_out, d_out): a dropped frequency (nf below 2 min + 1) in the last
-    for sh in [(2, 1, 3, 2, 1), (1, 0, 1, 3, 2), (2, 2, 1, 1, 0), (2, 1, 2, 2, 2)] {
+    for sh in [
+        (2, 1, 3, 2, 1),
+        (1, 0, 1, 3, 2),
+        (2, 2, 1, 1, 0),
+        (2, 1, 2, 2, 2),
+    ] {
         let sh = PairShape {
             c_in: sh.0,
             d_in: sh.1,
@@ -165,12 +170,19 @@ fn radial_edge_conv_matches_finite_differences_in_every_mode() -> Result<(), Err
             c_out: sh.3,
             d_out: sh.4,
         };
-        let mode = [RadialMode::Auto, RadialMode::Reassociated, RadialMode::Direct]
-            [r.gen_range(0..3)];
+        let mode = [
+            RadialMode::Auto,
+            RadialMode::Reassociated,
+            RadialMode::Direct,
+        ][r.gen_range(0..3)];
         let (n, e, hd) = (r.gen_range(2..6), r.gen_range(1..12), r.gen_range(1..6));
         let (di, mo, rows) = (sh.di(), sh.mo(), sh.c_out * sh.cf());
         let inputs: Vec<Input> = vec![
-            ("x", rand_vec(&mut r, n * sh.c_in * di), vec![n, sh.c_in * di]),
+            (
+                "x",
+                rand_vec(&mut r, n * sh.c_in * di),
+                vec![n, sh.c_in * di],
+            ),
             (
                 "basis",
                 rand_vec(&mut r, e * di * sh.nf * mo),
@@ -257,11 +269,7 @@ fn edge_contract_sum_and_logits_match_finite_differences() -> Result<(), Error> 
         let build = |s: &mut Session| -> Built {
             let x = values(s, "x", &['n'.into(), c_in.into(), mi.into()]);
             let nbr = indices(s, "nbr", 'e', 'n');
-            let basis = values(
-                s,
-                "basis",
-                &['e'.into(), mo.into(), mi.into(), nf.into()],
-            );
+            let basis = values(s, "basis", &['e'.into(), mo.into(), mi.into(), nf.into()]);
             let h = values(s, "h", &['e'.into(), hd.into()]);
             let w = values(s, "w", &[(cf * hd).into(), all.into()]);
             let b = values(s, "b", &[cf.into(), all.into()]);
@@ -270,7 +278,8 @@ fn edge_contract_sum_and_logits_match_finite_differences() -> Result<(), Error> 
                 a.push(values(s, an, &['n'.into(), k.into()]));
                 q.push(values(s, qn, &['n'.into(), cnt.into(), mo.into()]));
             }
-            let sum = crate::ops::edge_contract_sum_heads(x, nbr, basis, h, &a, retype(w), retype(b));
+            let sum =
+                crate::ops::edge_contract_sum_heads(x, nbr, basis, h, &a, retype(w), retype(b));
             let logits = crate::ops::edge_contract_logits_heads(
                 x,
                 nbr,

@@ -60,6 +60,7 @@ use primitives::{InputGrad, Primitive};
 
 use crate::ops::{
     edge_contract, edge_conv, gather, layer_norm_gelu, radial_hidden, scatter_add, segment_softmax,
+    stack,
 };
 use crate::Error;
 
@@ -70,11 +71,21 @@ enum Rule {
     Gather,
     ScatterAdd,
     SegmentSoftmax,
-    LayerNormGelu { eps: f32 },
-    RadialHidden { eps: f32 },
-    EdgeContract { kind: edge_contract::ContractKind, hidden: usize },
-    EdgeConv { diagonal: bool },
+    LayerNormGelu {
+        eps: f32,
+    },
+    RadialHidden {
+        eps: f32,
+    },
+    EdgeContract {
+        kind: edge_contract::ContractKind,
+        hidden: usize,
+    },
+    EdgeConv {
+        diagonal: bool,
+    },
     RadialEdgeConv(edge_conv::PairShape),
+    Stack,
 }
 
 fn rule(o: &dyn Operator) -> Option<Rule> {
@@ -90,6 +101,8 @@ fn rule(o: &dyn Operator) -> Option<Rule> {
         Some(Rule::SegmentSoftmax)
     } else if let Some(op) = a.downcast_ref::<layer_norm_gelu::LayerNormGelu>() {
         Some(Rule::LayerNormGelu { eps: op.eps })
+    } else if a.is::<stack::Stack>() {
+        Some(Rule::Stack)
     } else if let Some(op) = a.downcast_ref::<radial_hidden::RadialHidden>() {
         Some(Rule::RadialHidden { eps: op.eps })
     } else if let Some(op) = a.downcast_ref::<edge_contract::EdgeContract>() {
@@ -216,6 +229,7 @@ pub fn gradients(cotangents: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<
                 edge_conv::backward::radial_edge_conv_vjp(&inputs, shape, g.id, &wanted),
             )
             .collect(),
+            Some(Rule::Stack) => as_views(stack::backward::vjp(&inputs, g.id, &wanted)).collect(),
             None => return Err(Error::NoGradient { op: op_name }),
         };
         for ((&(s, _, st), w), d) in sources.iter().zip(&wanted).zip(input_grads) {

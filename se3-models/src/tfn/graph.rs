@@ -12,7 +12,7 @@ use luminal::prelude::*;
 use se3_core::exec::{InputKind, Session};
 use se3_core::fiber::{DegreeSpec, FiberSpec};
 use se3_core::layers::{
-    ConvLayer, ConvOptions, ConvPath, EdgeBasis, EdgeGraph, FeatureTensors, NormActivation,
+    ConvLayer, ConvOptions, EdgeBasis, EdgeGraph, FeatureTensors, NormActivation,
     NormLayer, NormScale, ParamSource, Pool,
 };
 
@@ -176,8 +176,8 @@ impl TfnGraph {
     /// The stack compiled with its gradients: besides the outputs `out.<l>`, cotangent inputs
     /// `cot.<l>` (same shapes) and outputs `grad.<weight>` and `grad.x.0`, the gradients of
     /// `L = Σ_l <out.l, cot.l>` with respect to every weight (PyTorch key names) and the input
-    /// features. The convolutions take the unfused GEMM path ([`ConvPath::Gemm`]): the fused
-    /// radial edge kernels have no backward yet.
+    /// features. The convolutions take their default fused path ([`ConvPath::Fused`]: the
+    /// fused radial bank and radial edge kernels, whose backward passes are fused as well).
     ///
     /// # Errors
     /// As [`TfnGraph::compile`], and `NoGradient` if a layer has no backward.
@@ -189,7 +189,6 @@ impl TfnGraph {
         let edges = EdgeGraph::input(&mut s, "edges", coords).grouped('k');
         let basis = EdgeBasis::new(&mut s, "", &edges, self.max_degree)?;
         for (i, conv) in self.convs.iter().enumerate() {
-            let conv = conv.clone().with_path(ConvPath::Gemm);
             x = conv.build(&mut s, &format!("convs.{i}."), &x, &edges, &basis)?;
             if let Some(norm) = self.norms.get(i) {
                 x = norm.build(&mut s, &format!("norms.{i}."), &x)?;

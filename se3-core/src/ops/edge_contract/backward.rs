@@ -52,10 +52,7 @@ impl Operator for EdgeOwner {
 /// Columns `c0 .. c0 + cnt` of a plain matrix `m` (a view).
 fn columns(m: Tensor, c0: usize, cnt: usize) -> Tensor {
     let mut st = m.shape;
-    st.slice(&[
-        (0.into(), i32::MAX.into()),
-        (c0.into(), (c0 + cnt).into()),
-    ]);
+    st.slice(&[(0.into(), i32::MAX.into()), (c0.into(), (c0 + cnt).into())]);
     GraphTensor::from_id(m.id, st, m.graph_ref)
 }
 
@@ -122,7 +119,10 @@ pub(crate) fn vjp(
     let need_basis_t = wanted[0] || wanted[3] || wanted[4] || wanted[5];
     let basis_t: Option<T3> = need_basis_t.then(|| {
         let b4: T4 = retype(basis);
-        reshape(permute(b4, &[0, 1, 3, 2]), &[e, mo.into(), (nf * mi).into()])
+        reshape(
+            permute(b4, &[0, 1, 3, 2]),
+            &[e, mo.into(), (nf * mi).into()],
+        )
     });
     let xj: T3 = {
         let id = x
@@ -176,18 +176,28 @@ pub(crate) fn vjp(
                     retype(bt),
                     k,
                 )),
-                ContractKind::Logits => {
-                    retype(edge_contract_sum(x, nbr, basis, h, gt, retype(wt), retype(bt)))
-                }
+                ContractKind::Logits => retype(edge_contract_sum(
+                    x,
+                    nbr,
+                    basis,
+                    h,
+                    gt,
+                    retype(wt),
+                    retype(bt),
+                )),
             });
         }
         // the last layer's rows (o, (f, c)) for each h: [cnt cf, hd]
         let w4: T4 = reshape(wt, &[nf.into(), ci.into(), hd.into(), cnt.into()]);
         let w_rows: T2 = reshape(permute(w4, &[3, 0, 1, 2]), &[(cnt * cf).into(), hd.into()]);
         if let (true, Some(kt), Some(owner)) = (wanted[0], basis_t, owner) {
-            let wt_t: T2 = reshape(permute(w4, &[1, 3, 0, 2]), &[(ci * cnt * nf).into(), hd.into()]);
+            let wt_t: T2 = reshape(
+                permute(w4, &[1, 3, 0, 2]),
+                &[(ci * cnt * nf).into(), hd.into()],
+            );
             let b3: T3 = reshape(bt, &[nf.into(), ci.into(), cnt.into()]);
-            let bt_t: GraphTensor<(X,)> = reshape(permute(b3, &[1, 2, 0]), &[(ci * cnt * nf).into()]);
+            let bt_t: GraphTensor<(X,)> =
+                reshape(permute(b3, &[1, 2, 0]), &[(ci * cnt * nf).into()]);
             let x_rows: T2 = reshape(rows, &[n, (cnt * mo).into()]);
             let ew: GraphTensor<(X,)> = reshape(weights, &[e]);
             let shape = PairShape {
@@ -241,7 +251,10 @@ pub(crate) fn vjp(
         if wanted[2] {
             // dKx_e = G_e^T R_e, R_e = W h_e + b: [e, mo, cf]
             let b_rows: GraphTensor<(X,)> = reshape(transpose(retype(bt)), &[(cnt * cf).into()]);
-            let r = add(retype(mm(h2, transpose(w_rows))), expand(retype(b_rows), 0, e));
+            let r = add(
+                retype(mm(h2, transpose(w_rows))),
+                expand(retype(b_rows), 0, e),
+            );
             let r: T3 = reshape(r, &[e, cnt.into(), cf.into()]);
             let dkx = bmm(permute(gg, &[0, 2, 1]), r);
             let dkx: T3 = reshape(dkx, &[e, (mo * nf).into(), ci.into()]);
@@ -272,9 +285,6 @@ fn pad_columns(m: Tensor, c0: usize, cols: usize) -> Tensor {
         return m;
     }
     let mut st = m.shape;
-    st.pad(&[
-        (0.into(), 0.into()),
-        (c0.into(), (cols - c0 - cnt).into()),
-    ]);
+    st.pad(&[(0.into(), 0.into()), (c0.into(), (cols - c0 - cnt).into())]);
     copy(GraphTensor::from_id(m.id, st, m.graph_ref))
 }

@@ -95,7 +95,8 @@ pub(crate) fn radial_edge_conv_vjp(
     g_id: NodeIndex,
     wanted: &[bool],
 ) -> Vec<Option<Tensor>> {
-    let [x, basis, h, weight, bias, w, src, dst, size] = [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|i| inputs[i]);
+    let [x, basis, h, weight, bias, w, src, dst, size] =
+        [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|i| inputs[i]);
     debug_assert_eq!(inputs.len(), 9, "RadialEdgeConv has nine inputs");
     let gref = x.graph_ref;
     let (ci, di, nf, mo, co, cf) = (
@@ -113,11 +114,12 @@ pub(crate) fn radial_edge_conv_vjp(
     let d_x = wanted[0].then(|| {
         // the same fused kernel, pooling into the sources: input channels o (orders p), output
         // channels c (orders q)
-        let kb: GraphTensor<(X, X, X, X)> =
-            reshape(basis, &[e, di.into(), nf.into(), mo.into()]);
-        let kt: T3 = reshape(permute(kb, &[0, 3, 2, 1]), &[e, mo.into(), (nf * di).into()]);
-        let w4: GraphTensor<(X, X, X, X)> =
-            reshape(weight, &[co.into(), ci.into(), nf.into(), hd]);
+        let kb: GraphTensor<(X, X, X, X)> = reshape(basis, &[e, di.into(), nf.into(), mo.into()]);
+        let kt: T3 = reshape(
+            permute(kb, &[0, 3, 2, 1]),
+            &[e, mo.into(), (nf * di).into()],
+        );
+        let w4: GraphTensor<(X, X, X, X)> = reshape(weight, &[co.into(), ci.into(), nf.into(), hd]);
         let wt: T2 = reshape(permute(w4, &[1, 0, 2, 3]), &[(ci * co * nf).into(), hd]);
         let b3: T3 = reshape(bias, &[co.into(), ci.into(), nf.into()]);
         let bt: GraphTensor<(X,)> = reshape(permute(b3, &[1, 0, 2]), &[(ci * co * nf).into()]);
