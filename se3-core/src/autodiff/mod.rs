@@ -44,6 +44,8 @@ mod view;
 #[cfg(test)]
 mod check;
 #[cfg(test)]
+mod conv_tests;
+#[cfg(test)]
 mod fused_tests;
 #[cfg(test)]
 mod tests;
@@ -59,8 +61,8 @@ pub use forces::forces;
 use primitives::{InputGrad, Primitive};
 
 use crate::ops::{
-    edge_contract, edge_conv, gather, layer_norm_gelu, radial_hidden, scatter_add, segment_softmax,
-    stack,
+    adjacency, edge_contract, edge_conv, gather, layer_norm_gelu, neighbors, radial_hidden,
+    scatter_add, segment_softmax, stack, top_k,
 };
 use crate::Error;
 
@@ -86,6 +88,9 @@ enum Rule {
     },
     RadialEdgeConv(edge_conv::PairShape),
     Stack,
+    /// An operator whose output is indices or a validity mask (neighbour search, top-k,
+    /// adjacency): piecewise constant, no gradient to its inputs.
+    Indices,
 }
 
 fn rule(o: &dyn Operator) -> Option<Rule> {
@@ -101,6 +106,13 @@ fn rule(o: &dyn Operator) -> Option<Rule> {
         Some(Rule::SegmentSoftmax)
     } else if let Some(op) = a.downcast_ref::<layer_norm_gelu::LayerNormGelu>() {
         Some(Rule::LayerNormGelu { eps: op.eps })
+    } else if a.is::<neighbors::Knn>()
+        || a.is::<neighbors::IndexValid>()
+        || a.is::<neighbors::EdgeCenters>()
+        || a.is::<top_k::TopK>()
+        || a.is::<adjacency::AdjacencyDegrees>()
+    {
+        Some(Rule::Indices)
     } else if a.is::<stack::Stack>() {
         Some(Rule::Stack)
     } else if let Some(op) = a.downcast_ref::<radial_hidden::RadialHidden>() {
@@ -229,6 +241,7 @@ pub fn gradients(cotangents: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<
                 edge_conv::backward::radial_edge_conv_vjp(&inputs, shape, g.id, &wanted),
             )
             .collect(),
+            Some(Rule::Indices) => vec![None; inputs.len()],
             Some(Rule::Stack) => as_views(stack::backward::vjp(&inputs, g.id, &wanted)).collect(),
             None => return Err(Error::NoGradient { op: op_name }),
         };

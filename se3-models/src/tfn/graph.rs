@@ -12,8 +12,8 @@ use luminal::prelude::*;
 use se3_core::exec::{InputKind, Session};
 use se3_core::fiber::{DegreeSpec, FiberSpec};
 use se3_core::layers::{
-    ConvLayer, ConvOptions, EdgeBasis, EdgeGraph, FeatureTensors, NormActivation,
-    NormLayer, NormScale, ParamSource, Pool,
+    ConvLayer, ConvOptions, EdgeBasis, EdgeGraph, FeatureTensors, NormActivation, NormLayer,
+    NormScale, ParamSource, Pool,
 };
 
 use super::TfnStackConfig;
