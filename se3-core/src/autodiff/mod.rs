@@ -38,6 +38,7 @@
 
 pub(crate) mod emit;
 mod forces;
+mod loss;
 pub(crate) mod primitives;
 mod view;
 
@@ -58,6 +59,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 pub use emit::Tensor;
 use emit::{add, dims, filled, is_plain, plain, zeros};
 pub use forces::forces;
+pub use loss::{add_losses, pairing, squared_error};
 use primitives::{InputGrad, Primitive};
 
 use crate::ops::{
