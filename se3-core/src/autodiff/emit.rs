@@ -99,6 +99,17 @@ pub(crate) fn copy(a: Tensor) -> Tensor {
     plain(id, &d, a.graph_ref)
 }
 
+/// A row-major copy of the view `a` whose logical sizes are known to be `dims` (always a new
+/// node; the sizes are not derived from the view's expressions).
+pub(crate) fn copy_as(a: Tensor, dims: &[Expression]) -> Tensor {
+    let id = a
+        .graph()
+        .add_op(op::Contiguous)
+        .input(a.id, 0, a.shape)
+        .finish();
+    plain(id, dims, a.graph_ref)
+}
+
 /// Sum over logical axis `axis` (removed), as a row-major buffer.
 ///
 /// se3's compiled reduction writes its result where the input's view minus `axis` reads it

@@ -15,9 +15,10 @@
 //! Differentiable: luminal's primitives (add, mul, sum/max reduce, exp2, log2, sin, sqrt,
 //! recip, contiguous; mod and less-than carry no gradient), and the ops gather, scatter-add,
 //! segment softmax and gradient scaling (so relative positions and distances, built from gather
-//! and primitives, too), the fused row kernel layer norm + GELU and the fused multi-head
-//! attention `head_attention`; indices (neighbour lists, top-k) are constants of the backward
-//! pass.
+//! and primitives, too), the fused row kernel layer norm + GELU, the fused multi-head attention
+//! `head_attention`, and the fused radial and edge kernels (`radial_hidden`, `edge_contract` sum
+//! and logits, `edge_conv`, `radial_edge_conv`), each with a fused backward in its folder's
+//! `backward.rs`; indices (neighbour lists, top-k) are constants of the backward pass.
 //! A fused op without a backward gives [`Error::NoGradient`]: build that layer unfused.
 //!
 //! ```
@@ -44,6 +45,10 @@ mod view;
 #[cfg(test)]
 pub(crate) mod check;
 #[cfg(test)]
+mod conv_tests;
+#[cfg(test)]
+mod fused_tests;
+#[cfg(test)]
 mod tests;
 
 use luminal::op::Operator;
@@ -58,7 +63,8 @@ pub use loss::{add_losses, pairing, squared_error};
 use primitives::{InputGrad, Primitive};
 
 use crate::ops::{
-    gather, grad_scale, head_attention, layer_norm_gelu, scatter_add, segment_softmax,
+    adjacency, edge_contract, edge_conv, gather, grad_scale, head_attention, layer_norm_gelu,
+    neighbors, radial_hidden, scatter_add, segment_softmax, stack, top_k,
 };
 use crate::Error;
 
@@ -69,9 +75,28 @@ enum Rule {
     Gather,
     ScatterAdd,
     SegmentSoftmax,
-    LayerNormGelu { eps: f32 },
     HeadAttention(head_attention::HeadAttention),
-    GradScale { frac: f32 },
+    GradScale {
+        frac: f32,
+    },
+    LayerNormGelu {
+        eps: f32,
+    },
+    RadialHidden {
+        eps: f32,
+    },
+    EdgeContract {
+        kind: edge_contract::ContractKind,
+        hidden: usize,
+    },
+    EdgeConv {
+        diagonal: bool,
+    },
+    RadialEdgeConv(edge_conv::PairShape),
+    Stack,
+    /// An operator whose output is indices or a validity mask (neighbour search, top-k,
+    /// adjacency): piecewise constant, no gradient to its inputs.
+    Indices,
 }
 
 fn rule(o: &dyn Operator) -> Option<Rule> {
@@ -89,9 +114,31 @@ fn rule(o: &dyn Operator) -> Option<Rule> {
         Some(Rule::HeadAttention(*op))
     } else if let Some(op) = a.downcast_ref::<grad_scale::GradScale>() {
         Some(Rule::GradScale { frac: op.frac })
+    } else if let Some(op) = a.downcast_ref::<layer_norm_gelu::LayerNormGelu>() {
+        Some(Rule::LayerNormGelu { eps: op.eps })
+    } else if a.is::<neighbors::Knn>()
+        || a.is::<neighbors::IndexValid>()
+        || a.is::<neighbors::EdgeCenters>()
+        || a.is::<top_k::TopK>()
+        || a.is::<adjacency::AdjacencyDegrees>()
+    {
+        Some(Rule::Indices)
+    } else if a.is::<stack::Stack>() {
+        Some(Rule::Stack)
+    } else if let Some(op) = a.downcast_ref::<radial_hidden::RadialHidden>() {
+        Some(Rule::RadialHidden { eps: op.eps })
+    } else if let Some(op) = a.downcast_ref::<edge_contract::EdgeContract>() {
+        Some(Rule::EdgeContract {
+            kind: op.kind,
+            hidden: op.hidden,
+        })
+    } else if let Some(op) = a.downcast_ref::<edge_conv::EdgeConv>() {
+        Some(Rule::EdgeConv {
+            diagonal: op.diagonal,
+        })
     } else {
-        a.downcast_ref::<layer_norm_gelu::LayerNormGelu>()
-            .map(|op| Rule::LayerNormGelu { eps: op.eps })
+        a.downcast_ref::<edge_conv::RadialEdgeConv>()
+            .map(|op| Rule::RadialEdgeConv(op.shape))
     }
 }
 
@@ -195,6 +242,23 @@ pub fn gradients(cotangents: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<
             Some(Rule::GradScale { frac }) => {
                 as_views(grad_scale::backward::vjp(&inputs, frac, g.id, &wanted)).collect()
             }
+            Some(Rule::RadialHidden { eps }) => {
+                as_views(radial_hidden::backward::vjp(&inputs, eps, g.id, &wanted)?).collect()
+            }
+            Some(Rule::EdgeContract { kind, hidden }) => as_views(edge_contract::backward::vjp(
+                &inputs, kind, hidden, g.id, &wanted,
+            ))
+            .collect(),
+            Some(Rule::EdgeConv { diagonal }) => as_views(edge_conv::backward::edge_conv_vjp(
+                &inputs, diagonal, g.id, &wanted,
+            ))
+            .collect(),
+            Some(Rule::RadialEdgeConv(shape)) => as_views(
+                edge_conv::backward::radial_edge_conv_vjp(&inputs, shape, g.id, &wanted),
+            )
+            .collect(),
+            Some(Rule::Indices) => vec![None; inputs.len()],
+            Some(Rule::Stack) => as_views(stack::backward::vjp(&inputs, g.id, &wanted)).collect(),
             None => return Err(Error::NoGradient { op: op_name }),
         };
         for ((&(s, _, st), w), d) in sources.iter().zip(&wanted).zip(input_grads) {

@@ -11,7 +11,7 @@
 
 use luminal::prelude::{symbolic::Expression, *};
 
-use super::emit::{contiguous, copy, dims, sum_axis, Tensor};
+use super::emit::{contiguous, copy_as, dims, sum_axis, Tensor};
 
 fn is_zero(e: &Expression) -> bool {
     e.to_usize() == Some(0)
@@ -47,6 +47,10 @@ pub(crate) fn unview(grad: Tensor, st: &ShapeTracker) -> Tensor {
             continue;
         }
         cur = contiguous(cur);
+        // the buffer's size along `d` is `st.dims[d]`: set it rather than derive it from the
+        // pad and slice expressions (their nesting can overflow luminal's 20-term expressions)
+        let mut out_dims = dims(&cur);
+        out_dims[axis] = st.dims[d];
         let rank = cur.shape.len();
         let full = st.dims[d] + p0 + p1;
         let mut pads = vec![(Expression::from(0), Expression::from(0)); rank];
@@ -56,7 +60,7 @@ pub(crate) fn unview(grad: Tensor, st: &ShapeTracker) -> Tensor {
         slices[axis] = (p0, p0 + st.dims[d]);
         cur.shape.slice(&slices);
         // materialise before the next axis: luminal cannot pad a sliced view
-        cur = copy(cur);
+        cur = copy_as(cur, &out_dims);
     }
     let d = dims(&cur);
     let out = contiguous(cur);

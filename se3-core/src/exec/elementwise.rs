@@ -359,6 +359,15 @@ pub(crate) fn replace_node<T: ToIdsMut, O: Operator + 'static>(
     new
 }
 
+/// Whether every input view of an elementwise node has the same rank. A node whose inputs
+/// disagree (a malformed graph: one operand broadcast along an extra axis) runs on its own,
+/// where each input is read through its view up to the output's length; fused, its
+/// buffer-length assumptions would not hold. (Seen in the backward graph of `layer_norm_gelu`
+/// when only its input's gradient is taken; the source of the extra axis is not found yet.)
+fn same_rank(srcs: &[(NodeIndex, u8, ShapeTracker)]) -> bool {
+    srcs.windows(2).all(|w| w[0].2.len() == w[1].2.len())
+}
+
 /// Compiler pass: every elementwise primitive becomes a [`FusedElementwise`]; then producers
 /// are folded into their consumer while the connecting edges are plain, the producer has no
 /// other consumer and is not kept/retrieved. Float constants read through all-fake views
@@ -484,6 +493,9 @@ impl Compiler for ElementwiseFusion {
                     continue;
                 }
                 let srcs = sources(graph, consumer);
+                if !same_rank(&srcs) {
+                    continue;
+                }
                 let candidate = srcs.iter().map(|s| s.0).find(|&p| {
                     if p == consumer || graph.no_delete.contains(&p) {
                         return false;
@@ -495,7 +507,7 @@ impl Compiler for ElementwiseFusion {
                     else {
                         return false;
                     };
-                    if pop.raw {
+                    if pop.raw || !same_rank(&sources(graph, p)) {
                         return false;
                     }
                     let mut outs = graph.graph.edges_directed(p, Direction::Outgoing);

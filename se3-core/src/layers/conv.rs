@@ -703,16 +703,16 @@ impl ConvLayer {
             // activations a view of it
             ConvPath::Fused => {
                 let mut bank: Option<RadialBank> = None;
-                let nets: Vec<&RadialMlp> = self.pairs.iter().map(|p| &p.radial).collect();
+                // each pair's hidden layers under its checkpoint keys, stacked in the graph
+                let nets: Vec<(String, &RadialMlp)> = self
+                    .pairs
+                    .iter()
+                    .map(|p| (format!("{}rp.", p.key(prefix)), &p.radial))
+                    .collect();
                 self.pooled_pairs(s, x, edges, basis, |c, s, i, p, xl, input| {
                     let b = match bank {
                         Some(b) => b,
-                        None => *bank.insert(RadialBank::build(
-                            s,
-                            &format!("{prefix}radial."),
-                            &nets,
-                            input,
-                        )?),
+                        None => *bank.insert(RadialBank::build_declared(s, &nets, input)?),
                     };
                     c.pair_pooled_fused(s, prefix, p, xl, edges, basis, b.hidden(i)?, w)
                 })?

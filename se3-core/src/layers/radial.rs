@@ -8,7 +8,7 @@ use super::graph::{
     add_views, constant, dims, expand_at, mm, reshape, transpose, Param, ParamSource, E, X,
 };
 use crate::exec::Session;
-use crate::ops::{layer_norm_gelu, radial_hidden, RadialHiddenWeights};
+use crate::ops::{layer_norm_gelu, radial_hidden, stack, RadialHiddenWeights};
 use crate::Error;
 
 /// Hidden width of se3-transformer-pytorch's radial network.
@@ -290,6 +290,63 @@ impl RadialBank {
         Ok(RadialBank {
             all: radial_hidden(input, &w, 1e-5),
             count: np,
+        })
+    }
+
+    /// As [`RadialBank::build`], with each network's hidden-layer weights declared under its
+    /// own checkpoint keys (`<prefix>net.0.weight` .. `<prefix>net.4.bias` for each
+    /// `(prefix, net)` of `nets`) and stacked in the graph by
+    /// [`ops::stack`](crate::ops::stack()) (torch's `(out, in)` matrices read transposed): the
+    /// same values, and gradients reach every network's weights under their own keys.
+    ///
+    /// # Errors
+    /// As [`RadialBank::build`].
+    pub fn build_declared(
+        s: &mut Session,
+        nets: &[(String, &RadialMlp)],
+        input: GraphTensor<(E, X)>,
+    ) -> Result<Self, Error> {
+        let n_in = nets
+            .first()
+            .ok_or(Error::Empty {
+                what: "radial bank",
+            })?
+            .1
+            .n_in;
+        if let Some((_, bad)) = nets.iter().find(|(_, r)| r.n_in != n_in) {
+            return Err(Error::LengthMismatch {
+                what: "radial network input width (shared by a bank)",
+                expected: n_in,
+                found: bad.n_in,
+            });
+        }
+        let (mut w0, mut w3) = (Vec::new(), Vec::new());
+        let mut rows: [Vec<GraphTensor<(X,)>>; 6] = Default::default();
+        for (prefix, r) in nets {
+            w0.push(transpose(r.params[0].declare(s, prefix)?));
+            w3.push(transpose(r.params[4].declare(s, prefix)?));
+            for (row, idx) in rows.iter_mut().zip([1, 2, 3, 5, 6, 7]) {
+                row.push(r.params[idx].declare(s, prefix)?);
+            }
+        }
+        let empty = Error::Empty {
+            what: "radial bank",
+        };
+        let stack3 = |t: &[GraphTensor<(X, X)>]| stack::<_, (X, X, X)>(t).ok_or(empty.clone());
+        let stack2 = |t: &[GraphTensor<(X,)>]| stack::<_, (X, X)>(t).ok_or(empty.clone());
+        let w = RadialHiddenWeights {
+            w0: stack3(&w0)?,
+            b0: stack2(&rows[0])?,
+            g1: stack2(&rows[1])?,
+            be1: stack2(&rows[2])?,
+            w3: stack3(&w3)?,
+            b3: stack2(&rows[3])?,
+            g4: stack2(&rows[4])?,
+            be4: stack2(&rows[5])?,
+        };
+        Ok(RadialBank {
+            all: radial_hidden(input, &w, 1e-5),
+            count: nets.len(),
         })
     }
 

@@ -17,6 +17,7 @@
 //! - [`edge_contract_sum()`], [`edge_contract_logits()`]: the fused, reassociated ConvSE3
 //!   contraction on edges grouped by node (neighbour sums and query logits without per-edge
 //!   radial weights or whole-graph intermediates).
+//! - [`stack()`]: tensors of one shape stacked along a new first axis (stacked weights).
 //! - [`radial_hidden()`]: the hidden layers (Linear, LayerNorm, GELU twice) of many radial
 //!   networks on one edge input, per edge block in cache.
 //! - [`edge_conv()`]: the fused edge kernel (gather · per-edge weights → scatter-add) and the
@@ -48,6 +49,7 @@ pub mod radial_hidden;
 pub mod relative_positions;
 pub mod scatter_add;
 pub mod segment_softmax;
+pub mod stack;
 pub mod top_k;
 
 pub use adjacency::adjacency_degrees;
@@ -69,6 +71,7 @@ pub use radial_hidden::{radial_hidden, radial_hidden_unfused, RadialHiddenWeight
 pub use relative_positions::{distances, relative_positions};
 pub use scatter_add::{scatter_add, scatter_add3};
 pub use segment_softmax::segment_softmax;
+pub use stack::stack;
 pub use top_k::{take_along_rows, top_k, Selected};
 
 /// Logical sizes of a view, as luminal's index expression reads them.

@@ -12,8 +12,8 @@ use luminal::prelude::*;
 use se3_core::exec::{InputKind, Session};
 use se3_core::fiber::{DegreeSpec, FiberSpec};
 use se3_core::layers::{
-    ConvLayer, ConvOptions, ConvPath, EdgeBasis, EdgeGraph, FeatureTensors, NormActivation,
-    NormLayer, NormScale, ParamSource, Pool,
+    ConvLayer, ConvOptions, EdgeBasis, EdgeGraph, FeatureTensors, NormActivation, NormLayer,
+    NormScale, ParamSource, Pool,
 };
 
 use super::TfnStackConfig;
@@ -187,9 +187,9 @@ impl TfnGraph {
     }
 
     /// The stack compiled with its gradients for `objective` (see [`ObjectiveGraph`]): the
-    /// outputs `out.<l>`, `loss`, and `grad.<weight>`, `grad.x.0`. The convolutions take the
-    /// unfused GEMM path ([`ConvPath::Gemm`]): the fused radial edge kernels have no backward
-    /// yet.
+    /// outputs `out.<l>`, `loss`, and `grad.<weight>`, `grad.x.0`. The convolutions take their
+    /// default fused path (`ConvPath::Fused`: the fused radial bank and radial edge kernels,
+    /// whose backward passes are fused as well).
     ///
     /// # Errors
     /// As [`TfnGraph::compile`], and `NoGradient` if a layer has no backward.
@@ -201,7 +201,6 @@ impl TfnGraph {
         let edges = EdgeGraph::input(&mut s, "edges", coords).grouped('k');
         let basis = EdgeBasis::new(&mut s, "", &edges, self.max_degree)?;
         for (i, conv) in self.convs.iter().enumerate() {
-            let conv = conv.clone().with_path(ConvPath::Gemm);
             x = conv.build(&mut s, &format!("convs.{i}."), &x, &edges, &basis)?;
             if let Some(norm) = self.norms.get(i) {
                 x = norm.build(&mut s, &format!("norms.{i}."), &x)?;

@@ -20,13 +20,14 @@
 //! (`gather3`, broadcast products, sums and batched matrix products), the reference the fused
 //! op is tested against.
 //!
-//! Adjoint (for the training issue): with `g` the output gradient, `dW = sum_i A_i^T g_i` (sum
+//! Adjoint (as built in `backward.rs`, where the kinds' adjoint pairing is used): with `g` the output gradient, `dW = sum_i A_i^T g_i` (sum
 //! variant; per node an outer product with the already-formed `A_i`), `dh_e = a_e W^T (g_i Kx_e)`
 //! and `dKx_e = a_e R_e^T g_i`, then `dx` is a `scatter_add` over `nbr` of `K_e^T dKx_e` and
 //! `dK_e` the outer product with `x_j` (so through coordinates via the basis); the logits
 //! variant is the same with `g_i` replaced by `dl_ik q_i`. All are edge contractions of the
 //! same block structure.
 
+pub(crate) mod backward;
 mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;

@@ -18,6 +18,7 @@
 //! destination node in cache ([`RadialEdgeConv`]); [`radial_edge_conv_unfused`] is the same
 //! computation from plain graph operations (per-edge radial weights and messages).
 
+pub(crate) mod backward;
 mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;

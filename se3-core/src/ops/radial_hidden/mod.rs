@@ -7,10 +7,12 @@
 //! `[e, P, hidden]` tensors. The last layer is left to the consumer
 //! ([`edge_contract`](super::edge_contract) reassociates it).
 //!
-//! Adjoint (for the training issue): per network and edge, the LayerNorm and GELU derivatives
-//! and two GEMMs with the transposed weights; [`radial_hidden_unfused`] (the luminal primitive
-//! graph) is the reference it is tested against.
+//! Adjoint (`backward.rs`): per network, the hidden layers recomputed with the fused row kernel
+//! and differentiated (LayerNorm and GELU derivatives, two GEMMs with the transposed weights);
+//! checked against finite differences, and [`radial_hidden_unfused`] (the luminal primitive
+//! graph) is the reference the forward is tested against.
 
+pub(crate) mod backward;
 mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;

@@ -1,0 +1,290 @@
+//! Vector-Jacobian product of [`EdgeContract`](super::EdgeContract) (sum and logits, any number
+//! of heads), emitted as graph ops.
+//!
+//! Both kinds are `Σ_e <G_e, m_e>` in their cotangent, with the per-edge cotangent of the message
+//! `G_e[o, p] = a_e g_i[o, p]` (sum: `g` the output gradient, `a` the pooling or attention
+//! weights) or `G_e[o, p] = dl_e q_i[o, p]` (logits), per head. So the two kinds are each
+//! other's adjoints in their per-head input, and both are computed by the fused kernel:
+//! `da = edge_contract_logits(q := g)`, `dq = edge_contract_sum(a := dl)`. The node features'
+//! gradient `dx_j[c, q] = Σ_{e: nbr e = j} Σ_{p, f} K_e[p, q, f] Σ_o R_e[o, (f, c)] G_e[o, p]` is
+//! the fused [`RadialEdgeConv`] kernel with the roles of input and output swapped (input rows
+//! `g_i` or `q_i`, edge weights `a` or `dl`, pooling into the neighbours `nbr`, basis and last
+//! layer transposed), so the per-edge radial weights are not formed for it. The last layer
+//! gets, per head, `dR_e[o, (f, c)] = Σ_p G_e[o, p] Kx_e[p, (f, c)]` (`c_out c_in nf` values
+//! per edge): `dW[(f, c, h), o] = Σ_e dR_e[o, (f, c)] h_e[h]`, `db = Σ_e dR_e`,
+//! `dh_e = Σ dR_e W`. The basis (coordinates) gets `dK_e[p, q, f] = Σ_c dKx_e[p, (f, c)]
+//! x_j[c, q]` with `dKx_e = G_e^T R_e`, the one place where `R_e` is formed per edge.
+
+use luminal::op::{InputTensor, Operator};
+use luminal::prelude::{symbolic::Expression, *};
+
+use super::{edge_contract_logits, edge_contract_sum, ContractKind};
+use crate::autodiff::emit::{add, contiguous, copy, dims, expand, mul, plain, sum_axis, Tensor};
+use crate::exec::view::View;
+use crate::layers::graph::{bmm, mm, permute, reshape, retype, transpose, X};
+use crate::ops::edge_conv::backward::flat;
+use crate::ops::edge_conv::{PairShape, RadialEdgeConv, RadialMode};
+use crate::ops::gather::GatherRows;
+use crate::ops::size_view;
+
+type T2 = GraphTensor<(X, X)>;
+type T3 = GraphTensor<(X, X, X)>;
+type T4 = GraphTensor<(X, X, X, X)>;
+
+/// The node of each edge of edges grouped by node: input a size carrier `[n, k]`, output
+/// `[n k]` with `i` at edges `i k .. (i + 1) k`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeOwner;
+
+impl Operator for EdgeOwner {
+    fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<luminal::prelude::Tensor> {
+        let empty = Default::default();
+        let v = View::new(&inp[0].1, &empty);
+        let (n, k) = (v.axes[0].len, v.axes[1].len);
+        let mut out = crate::exec::pool::take(n * k);
+        for (i, row) in out.chunks_mut(k.max(1)).enumerate() {
+            row.fill(i as f32);
+        }
+        crate::exec::pool::finish(inp, out)
+    }
+}
+
+/// Columns `c0 .. c0 + cnt` of a plain matrix `m` (a view).
+fn columns(m: Tensor, c0: usize, cnt: usize) -> Tensor {
+    let mut st = m.shape;
+    st.slice(&[(0.into(), i32::MAX.into()), (c0.into(), (c0 + cnt).into())]);
+    GraphTensor::from_id(m.id, st, m.graph_ref)
+}
+
+/// Entry `t` of the first axis of a plain tensor, copied, as a plain tensor of `rest`.
+fn entry(m: Tensor, t: usize, rest: &[Expression]) -> Tensor {
+    let mut st = m.shape;
+    let mut b = vec![(Expression::from(0), Expression::from(i32::MAX)); st.len()];
+    b[0] = (t.into(), (t + 1).into());
+    st.slice(&b);
+    let c = copy(GraphTensor::from_id(m.id, st, m.graph_ref));
+    plain(c.id, rest, m.graph_ref)
+}
+
+/// Gradients of the views `[x, nbr, basis, h, w, b, a_0 | q_0, ...]` of an
+/// `EdgeContract { kind, hidden }` node from its gradient buffer `g_id` (module doc).
+pub(crate) fn vjp(
+    inputs: &[Tensor],
+    kind: ContractKind,
+    hidden: usize,
+    g_id: NodeIndex,
+    wanted: &[bool],
+) -> Vec<Option<Tensor>> {
+    let (x, nbr, basis, h, w, b) = (
+        inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], inputs[5],
+    );
+    let gref = x.graph_ref;
+    let heads = inputs.len().saturating_sub(6).max(1);
+    let (xd, bd) = (dims(&x), dims(&basis));
+    let fixed = |e: &Expression| e.to_usize().unwrap_or(0);
+    let cols = fixed(&dims(&w)[1]);
+    let (n, e) = (xd[0], bd[0]);
+    let k = match kind {
+        ContractKind::Sum => dims(&inputs[6])[1],
+        ContractKind::Logits => bd[0] / xd[0],
+    };
+    let (ci, mi, mo, nf) = (fixed(&xd[1]), fixed(&xd[2]), fixed(&bd[1]), fixed(&bd[3]));
+    let (hd, cnt) = (hidden, cols / heads);
+    let cf = ci * nf;
+    let wc = contiguous(w);
+    let bc = contiguous(b);
+    let h2: T2 = reshape(h, &[e, hd.into()]);
+    // the output gradient per head: g_t [n, cnt, mo] (sum) or dl_t [n, k] (logits)
+    let g = match kind {
+        ContractKind::Sum => plain(g_id, &[n, cols.into(), mo.into()], gref),
+        ContractKind::Logits => plain(g_id, &[heads.into(), n, k], gref),
+    };
+    let g_of = |t: usize| -> Tensor {
+        match kind {
+            ContractKind::Sum => {
+                // channels t cnt .. (t + 1) cnt of the middle axis: [n, cnt, mo]
+                let mut st = g.shape;
+                st.slice(&[
+                    (0.into(), i32::MAX.into()),
+                    ((t * cnt).into(), ((t + 1) * cnt).into()),
+                    (0.into(), i32::MAX.into()),
+                ]);
+                let c = copy(GraphTensor::from_id(g.id, st, gref));
+                plain(c.id, &[n, cnt.into(), mo.into()], gref)
+            }
+            ContractKind::Logits => entry(g, t, &[n, k]),
+        }
+    };
+    // transposed basis [e, mo, nf mi] (also Kx's left factor [e, mo nf, mi])
+    let need_basis_t = wanted[0] || wanted[3] || wanted[4] || wanted[5];
+    let basis_t: Option<T3> = need_basis_t.then(|| {
+        let b4: T4 = retype(basis);
+        reshape(
+            permute(b4, &[0, 1, 3, 2]),
+            &[e, mo.into(), (nf * mi).into()],
+        )
+    });
+    let xj: T3 = {
+        let id = x
+            .graph()
+            .add_op(GatherRows)
+            .input(x.id, 0, x.shape)
+            .input(nbr.id, 0, nbr.shape)
+            .finish();
+        GraphTensor::from_id(id, ShapeTracker::new(&[e, ci.into(), mi.into()]), gref)
+    };
+    let need_dr = wanted[3] || wanted[4] || wanted[5];
+    let kx: Option<T3> = basis_t.filter(|_| need_dr).map(|bt| {
+        let bt: T3 = reshape(bt, &[e, (mo * nf).into(), mi.into()]);
+        reshape(bmm(bt, permute(xj, &[0, 2, 1])), &[e, mo.into(), cf.into()])
+    });
+    let owner = wanted[0].then(|| {
+        let id = x
+            .graph()
+            .add_op(EdgeOwner)
+            .input(nbr.id, 0, size_view(&[n, k]))
+            .finish();
+        plain(id, &[e], gref)
+    });
+    let (mut d_x, mut d_basis, mut d_h) = (None::<Tensor>, None::<Tensor>, None::<Tensor>);
+    let (mut d_w, mut d_b) = (None::<Tensor>, None::<Tensor>);
+    let mut d_heads = vec![None; heads];
+    let acc = |sum: &mut Option<Tensor>, t: Tensor| {
+        *sum = Some(match *sum {
+            Some(s) => add(s, t),
+            None => t,
+        });
+    };
+    for t in 0..heads {
+        let per_head = inputs[6 + t];
+        let (wt, bt) = (columns(wc, t * cnt, cnt), columns(bc, t * cnt, cnt));
+        let gt = g_of(t);
+        // rows whose outer product with the edge weights is the per-edge cotangent G_e
+        let (rows, weights): (Tensor, Tensor) = match kind {
+            ContractKind::Sum => (gt, per_head),
+            ContractKind::Logits => (per_head, gt),
+        };
+        if wanted[6 + t] {
+            d_heads[t] = Some(match kind {
+                ContractKind::Sum => retype(edge_contract_logits(
+                    x,
+                    nbr,
+                    basis,
+                    h,
+                    gt,
+                    retype(wt),
+                    retype(bt),
+                    k,
+                )),
+                ContractKind::Logits => retype(edge_contract_sum(
+                    x,
+                    nbr,
+                    basis,
+                    h,
+                    gt,
+                    retype(wt),
+                    retype(bt),
+                )),
+            });
+        }
+        // the last layer's rows (o, (f, c)) for each h: [cnt cf, hd]
+        let w4: T4 = reshape(wt, &[nf.into(), ci.into(), hd.into(), cnt.into()]);
+        let w_rows: T2 = reshape(permute(w4, &[3, 0, 1, 2]), &[(cnt * cf).into(), hd.into()]);
+        if let (true, Some(kt), Some(owner)) = (wanted[0], basis_t, owner) {
+            let wt_t: T2 = reshape(
+                permute(w4, &[1, 3, 0, 2]),
+                &[(ci * cnt * nf).into(), hd.into()],
+            );
+            let b3: T3 = reshape(bt, &[nf.into(), ci.into(), cnt.into()]);
+            let bt_t: GraphTensor<(X,)> =
+                reshape(permute(b3, &[1, 2, 0]), &[(ci * cnt * nf).into()]);
+            let x_rows: T2 = reshape(rows, &[n, (cnt * mo).into()]);
+            let ew: GraphTensor<(X,)> = reshape(weights, &[e]);
+            let shape = PairShape {
+                c_in: cnt,
+                d_in: (mo - 1) / 2,
+                nf,
+                c_out: ci,
+                d_out: (mi - 1) / 2,
+            };
+            let id = x
+                .graph()
+                .add_op(RadialEdgeConv {
+                    shape,
+                    mode: RadialMode::Auto,
+                })
+                .input(x_rows.id, 0, x_rows.shape)
+                .input(kt.id, 0, kt.shape)
+                .input(h2.id, 0, h2.shape)
+                .input(wt_t.id, 0, wt_t.shape)
+                .input(bt_t.id, 0, bt_t.shape)
+                .input(ew.id, 0, ew.shape)
+                .input(owner.id, 0, owner.shape)
+                .input(nbr.id, 0, nbr.shape)
+                .input(nbr.id, 0, size_view(&[n]))
+                .finish();
+            acc(&mut d_x, plain(id, &[n, (ci * mi).into()], gref));
+        }
+        if !(need_dr || wanted[2]) {
+            continue;
+        }
+        // G_e [e, cnt, mo]
+        let r4 = expand(rows, 1, k);
+        let w4e = expand(expand(weights, 2, cnt.into()), 3, mo.into());
+        let gg: T3 = reshape(mul(r4, w4e), &[e, cnt.into(), mo.into()]);
+        if let Some(kx) = kx {
+            let dr: T2 = reshape(bmm(gg, kx), &[e, (cnt * cf).into()]);
+            if wanted[4] {
+                let z: T3 = reshape(mm(transpose(dr), h2), &[cnt.into(), cf.into(), hd.into()]);
+                let dw: T2 = reshape(permute(z, &[1, 2, 0]), &[(cf * hd).into(), cnt.into()]);
+                acc(&mut d_w, pad_columns(retype(dw), t * cnt, cols));
+            }
+            if wanted[5] {
+                let db: T2 = reshape(sum_axis(retype(dr), 0), &[cnt.into(), cf.into()]);
+                let db: T2 = reshape(transpose(db), &[cf.into(), cnt.into()]);
+                acc(&mut d_b, pad_columns(retype(db), t * cnt, cols));
+            }
+            if wanted[3] {
+                acc(&mut d_h, retype(mm(dr, w_rows)));
+            }
+        }
+        if wanted[2] {
+            // dKx_e = G_e^T R_e, R_e = W h_e + b: [e, mo, cf]
+            let b_rows: GraphTensor<(X,)> = reshape(transpose(retype(bt)), &[(cnt * cf).into()]);
+            let r = add(
+                retype(mm(h2, transpose(w_rows))),
+                expand(retype(b_rows), 0, e),
+            );
+            let r: T3 = reshape(r, &[e, cnt.into(), cf.into()]);
+            let dkx = bmm(permute(gg, &[0, 2, 1]), r);
+            let dkx: T3 = reshape(dkx, &[e, (mo * nf).into(), ci.into()]);
+            let db4: T4 = reshape(bmm(dkx, xj), &[e, mo.into(), nf.into(), mi.into()]);
+            acc(&mut d_basis, retype(permute(db4, &[0, 1, 3, 2])));
+        }
+    }
+    let as_view = |t: Option<Tensor>, like: Tensor| t.map(|t| flat(t, &dims(&like)));
+    let mut out = vec![
+        as_view(d_x, x),
+        None,
+        as_view(d_basis, basis),
+        as_view(d_h, h),
+        as_view(d_w, w),
+        as_view(d_b, b),
+    ];
+    for (t, d) in d_heads.into_iter().enumerate() {
+        out.push(as_view(d, inputs[6 + t]));
+    }
+    out
+}
+
+/// A plain `[rows, cnt]` matrix placed at columns `c0 .. c0 + cnt` of `[rows, cols]` (zeros
+/// elsewhere), as a padded view.
+fn pad_columns(m: Tensor, c0: usize, cols: usize) -> Tensor {
+    let cnt = dims(&m)[1].to_usize().unwrap_or(0);
+    if c0 == 0 && cnt == cols {
+        return m;
+    }
+    let mut st = m.shape;
+    st.pad(&[(0.into(), 0.into()), (c0.into(), (cols - c0 - cnt).into())]);
+    copy(GraphTensor::from_id(m.id, st, m.graph_ref))
+}
