@@ -71,7 +71,10 @@ impl<T: Copy> NeighborLists<T> {
     /// The neighbours of point `i`: `(index, squared distance)` in order.
     pub fn row(&self, i: usize) -> impl Iterator<Item = (usize, T)> + '_ {
         let r = i * self.k..i * self.k + self.count[i];
-        self.idx[r.clone()].iter().copied().zip(self.dist2[r].iter().copied())
+        self.idx[r.clone()]
+            .iter()
+            .copied()
+            .zip(self.dist2[r].iter().copied())
     }
 }
 

@@ -14,9 +14,9 @@
 //! - radius: a neighbour needs `|x_i - x_j| <= radius`.
 
 mod cpu;
-pub mod grid;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+pub mod grid;
 #[cfg(test)]
 mod properties;
 
