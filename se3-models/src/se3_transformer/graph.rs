@@ -342,9 +342,8 @@ pub fn edge_graph(
     for (p, &i) in rows.iter().enumerate() {
         // renumbered neighbours; slots leaving `rows` take distinct stand-ins not otherwise in the
         // row (the graph's kernels expect a row without repeated neighbours)
-        for s in 0..k {
-            let j = sel.nbr[i * k + s];
-            row_nbr[s] = match local.get(j) {
+        for (slot, &j) in row_nbr.iter_mut().zip(&sel.nbr[i * k..(i + 1) * k]) {
+            *slot = match local.get(j) {
                 None => j,
                 Some(&q) => q,
             };
@@ -359,14 +358,14 @@ pub fn edge_graph(
                 stand_in += 1;
             }
         }
-        for s in 0..k {
+        for (s, &local_j) in row_nbr.iter().enumerate() {
             let j = sel.nbr[i * k + s];
             let r = [
                 inp.coors[i][0] - inp.coors[j][0],
                 inp.coors[i][1] - inp.coors[j][1],
                 inp.coors[i][2] - inp.coors[j][2],
             ];
-            g.nbr.push(row_nbr[s]);
+            g.nbr.push(local_j);
             g.valid.push(sel.valid[i * k + s]);
             g.rel.push(r);
             g.dist

@@ -205,7 +205,7 @@ pub fn nearest_neighbors<T: Real>(pts: &[[T; 3]], spec: &SearchSpec<'_, T>) -> N
     if k == 0 || n == 0 {
         return lists;
     }
-    let on = |j: usize| spec.mask.map_or(true, |m| m[j]);
+    let on = |j: usize| spec.mask.is_none_or(|m| m[j]);
     // Points are searched within their batch item only: one candidate list (and grid) each.
     let mut group_of = vec![0usize; n];
     let mut groups: Vec<Vec<usize>> = Vec::new();

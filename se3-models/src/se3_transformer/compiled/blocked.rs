@@ -19,7 +19,7 @@
 //!
 //! [`select_neighbors`]: crate::se3_transformer::graph::select_neighbors
 
-use crate::inputs::ModelInputs;
+use crate::inputs::{ModelInputs, NodeFeats};
 use crate::se3_transformer::features::{Block, Feats};
 use crate::se3_transformer::graph::Selection;
 use crate::se3_transformer::reference::{Prepared, Se3Transformer, Trunk};
@@ -243,8 +243,8 @@ impl CompiledSe3Transformer {
     /// The memory of [`CompiledSe3Transformer::forward_blocked`] on `inp`, before any block runs:
     /// the neighbour selection is made (O(n k)) to size the largest block with its
     /// neighbourhood, whose run is estimated as [`CompiledSe3Transformer::estimate_memory`] of a
-    /// cloud of that many nodes; the whole-cloud host data (selection, points, node features in
-    /// and out, float64) is added to `host_graph`.
+    /// cloud of that many nodes; the whole-cloud host data (the inputs, the selection and the
+    /// search's lists, points, node features in and out, float64) is added to `host_graph`.
     ///
     /// # Errors
     /// Those of [`CompiledSe3Transformer::forward_blocked`]'s selection and of
@@ -272,11 +272,21 @@ impl CompiledSe3Transformer {
             }
             let feats: usize = item.x0.values().map(|b| b.data.len()).sum();
             let k = item.sel.k;
-            // selection (index 8 + valid 1 a slot), points, features in, outputs, Morton order
-            node_bytes += n * k * 9 + n * 24 + 8 * feats + n * 16;
+            // selection (index 8 + valid 1 a slot), the grid search's lists while selecting
+            // (k + 1 indices and distances, 16 bytes each), points, features in, Morton order
+            node_bytes += n * k * 9 + n * (k + 1) * 16 + n * 24 + 8 * feats + n * 16;
         }
+        // the stitched outputs and their assembled copy, float64
         let out_width: usize = self.out_degrees.iter().map(|&(l, c)| c * (2 * l + 1)).sum();
-        node_bytes += 8 * n * out_width * selected.items.len();
+        node_bytes += 2 * 8 * n * out_width * selected.items.len();
+        // the inputs themselves (float64 features and coordinates, one byte a mask entry)
+        let feats_in = match &inp.feats {
+            NodeFeats::Dense(t) => t.data.len(),
+            NodeFeats::Tokens { ids, .. } => ids.len(),
+            NodeFeats::Degrees(d) => d.values().map(|t| t.data.len()).sum(),
+        };
+        node_bytes +=
+            8 * (feats_in + inp.coors.data.len()) + inp.mask.as_ref().map_or(0, |m| m.data.len());
         drop(selected);
         let mut e = self.estimate_memory(1, stats.max_nodes.max(2))?;
         e.host_graph += node_bytes;
