@@ -108,9 +108,36 @@ pub enum InferReach {
     Outputs,
 }
 
+/// Models built from (config text, checkpoint bytes) by earlier executions of [`infer`], most
+/// recent last: the build is a deterministic function of those bytes, so an input that repeats
+/// them (most inputs of a run: the fuzzer mutates the inputs section as often as the others)
+/// reuses the built model and its compiled graph instead of building and compiling again.
+/// Bounded to [`MODEL_CACHE_ENTRIES`] models.
+struct ModelCache {
+    entries: Vec<CachedModel>,
+}
+
+struct CachedModel {
+    config: Vec<u8>,
+    weights: Vec<u8>,
+    model: Model,
+    /// The compiled graph once an execution asked for it (`Err` if it did not build).
+    compiled: Option<Result<CompiledModel, ()>>,
+}
+
+/// Models [`infer`] keeps (tiny models: a few kilobytes to a few megabytes each).
+const MODEL_CACHE_ENTRIES: usize = 8;
+
+thread_local! {
+    static MODELS: std::cell::RefCell<ModelCache> =
+        const { std::cell::RefCell::new(ModelCache { entries: Vec::new() }) };
+}
+
 /// `se3 infer` end to end from bytes: config text, checkpoint and inputs, each a length-prefixed
 /// section, then the steps of `src/cli/infer.rs` (parse, load, validate, build, run the float64
-/// oracle; with the last byte odd, also compile and run the float32 graph).
+/// oracle; with the last byte odd, also compile and run the float32 graph). A model built from
+/// the same config and checkpoint bytes before is reused with its compiled graph ([`ModelCache`]);
+/// parsing and reading the inputs run every time.
 pub fn infer(data: &[u8]) -> InferReach {
     let compile = data.last().is_some_and(|b| b % 2 == 1);
     let mut rest = data;
@@ -119,27 +146,88 @@ pub fn infer(data: &[u8]) -> InferReach {
     else {
         return InferReach::Sections;
     };
-    let Ok(text) = std::str::from_utf8(config) else {
-        return InferReach::Refused;
-    };
-    let Ok(file) = ModelFile::from_json(text, "config") else {
-        return InferReach::Refused;
-    };
-    let Ok(weights) = StateDict::from_bytes(weights) else {
-        return InferReach::Refused;
-    };
+    MODELS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let hit = cache
+            .entries
+            .iter()
+            .position(|e| e.config == config && e.weights == weights);
+        let (file, mut entry) = match hit {
+            Some(p) => {
+                let entry = cache.entries.remove(p);
+                // the text parsed before; parse again for the inputs' names (cheap)
+                let Ok(file) = std::str::from_utf8(config)
+                    .map_err(|_| ())
+                    .and_then(|t| ModelFile::from_json(t, "config").map_err(|_| ()))
+                else {
+                    return InferReach::Refused;
+                };
+                (file, entry)
+            }
+            None => {
+                let Ok(text) = std::str::from_utf8(config) else {
+                    return InferReach::Refused;
+                };
+                let Ok(file) = ModelFile::from_json(text, "config") else {
+                    return InferReach::Refused;
+                };
+                let Ok(sd) = StateDict::from_bytes(weights) else {
+                    return InferReach::Refused;
+                };
+                // inputs are read before the build, as `se3 infer` does (and read again below)
+                if ModelInputs::from_bytes(inputs, &file.forward_kwargs.tensors, "inputs").is_err()
+                {
+                    return InferReach::Refused;
+                }
+                let Ok(model) = Model::from_parts(&file, &sd) else {
+                    return InferReach::Refused;
+                };
+                (
+                    file,
+                    CachedModel {
+                        config: config.to_vec(),
+                        weights: weights.to_vec(),
+                        model,
+                        compiled: None,
+                    },
+                )
+            }
+        };
+        let reach = run_cached(&file, weights, inputs, compile, &mut entry);
+        if cache.entries.len() >= MODEL_CACHE_ENTRIES {
+            cache.entries.remove(0);
+        }
+        cache.entries.push(entry);
+        reach
+    })
+}
+
+/// The inputs section read under the config's names, the oracle forward, and with `compile` the
+/// compiled graph's forward (compiled on first use).
+fn run_cached(
+    file: &ModelFile,
+    weights: &[u8],
+    inputs: &[u8],
+    compile: bool,
+    entry: &mut CachedModel,
+) -> InferReach {
     let Ok(inputs) = ModelInputs::from_bytes(inputs, &file.forward_kwargs.tensors, "inputs") else {
         return InferReach::Refused;
     };
-    let Ok(model) = Model::from_parts(&file, &weights) else {
-        return InferReach::Refused;
-    };
-    let reach = match model.forward(&inputs) {
+    let reach = match entry.model.forward(&inputs) {
         Ok(_) => InferReach::Outputs,
         Err(_) => InferReach::ForwardError,
     };
     if compile {
-        if let Ok(mut compiled) = CompiledModel::from_model(model, None, &file, &weights) {
+        if entry.compiled.is_none() {
+            let built = StateDict::from_bytes(weights)
+                .map_err(|_| ())
+                .and_then(|sd| {
+                    CompiledModel::from_model(entry.model.clone(), None, file, &sd).map_err(|_| ())
+                });
+            entry.compiled = Some(built);
+        }
+        if let Some(Ok(compiled)) = &mut entry.compiled {
             let _ = compiled.forward(&inputs);
         }
     }

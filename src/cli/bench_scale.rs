@@ -6,15 +6,18 @@
 //! - `knn`: the 16 nearest neighbours of every point (se3-core `ops::neighbors`, exact, grid
 //!   search), points uniform at unit density (a cube of side n^(1/3));
 //! - `radius`: up to 32 neighbours within radius 1.5 at the same density (about 14 expected);
-//! - `se3t`: one forward of the compiled SE(3)-Transformer of `se3 bench se3-transformer` (dim 32,
-//!   heads 4, dim_head 16, depth 2, 2 degrees, 16 neighbours, batch 1, random weights), after one
-//!   warm-up forward at the same size, next to its memory estimate made before the forward
-//!   (`CompiledSe3Transformer::estimate_memory`, what `se3 infer --estimate` prints).
+//! - `se3t`: one blocked forward (`CompiledSe3Transformer::forward_blocked`, blocks of
+//!   [`BLOCK_NODES`] centres with their neighbourhoods) of the compiled SE(3)-Transformer of
+//!   `se3 bench se3-transformer` (dim 32, heads 4, dim_head 16, depth 2, 2 degrees, 16
+//!   neighbours, batch 1, random weights) on the same unit-density cloud, after a warm-up forward
+//!   on 2,000 points, next to its memory estimate made before the forward
+//!   (`CompiledSe3Transformer::estimate_blocked_memory`, what `se3 infer --estimate
+//!   --block-nodes` prints).
 //!
-//! The SE(3)-Transformer's neighbour selection is the library's (every pair ranked, O(n^2) time,
-//! O(n) memory a row); its per-edge tensors grow with n * 16. The largest cloud that fits a memory
-//! budget is extrapolated from the two largest measured SE(3)-Transformer sizes, peak = a + b n,
-//! and printed as such.
+//! The SE(3)-Transformer's neighbours are selected by the grid search (about O(n k)); per-edge
+//! data exists for one block at a time, so its peak is the largest block's run plus O(n) node
+//! data. The largest cloud that fits a memory budget is extrapolated from the two largest measured
+//! SE(3)-Transformer sizes, peak = a + b n, and printed as such.
 
 use std::process::Command;
 use std::time::Instant;
@@ -30,6 +33,9 @@ use super::bench_se3t::{bench_config, random_inputs, random_weights};
 /// Memory budget of the "largest cloud that fits" line, GiB (the machine's memory).
 const BUDGET_GIB: f64 = 24.0;
 
+/// Centre nodes per block of the SE(3)-Transformer's blocked forward.
+pub const BLOCK_NODES: usize = 8192;
+
 /// What one case measured.
 struct Measured {
     seconds: f64,
@@ -37,6 +43,8 @@ struct Measured {
     edges: usize,
     /// The SE(3)-Transformer's estimate made before the forward (`se3 infer --estimate`).
     estimate_mib: Option<f64>,
+    /// Most nodes of one block run (centres and neighbourhood), SE(3)-Transformer only.
+    block_nodes: Option<usize>,
 }
 
 /// Runs every case up to `max_points` in a child process and prints the table; `case` runs one
@@ -50,8 +58,8 @@ pub fn run(case: Option<&str>, max_points: usize) -> Result<(), super::CliError>
     }
     let exe = std::env::current_exe()?;
     println!(
-        "{:<8} {:>9} {:>10} {:>12} {:>14} {:>10}",
-        "case", "points", "time (s)", "peak MiB", "estimate MiB", "edges"
+        "{:<8} {:>9} {:>10} {:>12} {:>14} {:>10} {:>12}",
+        "case", "points", "time (s)", "peak MiB", "estimate MiB", "edges", "block nodes"
     );
     let mut se3t: Vec<(usize, f64)> = Vec::new();
     for kind in ["knn", "radius", "se3t"] {
@@ -73,8 +81,11 @@ pub fn run(case: Option<&str>, max_points: usize) -> Result<(), super::CliError>
             let estimate = m
                 .estimate_mib
                 .map_or_else(|| "-".to_string(), |e| format!("{e:.1}"));
+            let block = m
+                .block_nodes
+                .map_or_else(|| "-".to_string(), |b| b.to_string());
             println!(
-                "{kind:<8} {n:>9} {:>10.3} {:>12.1} {estimate:>14} {:>10}",
+                "{kind:<8} {n:>9} {:>10.3} {:>12.1} {estimate:>14} {:>10} {block:>12}",
                 m.seconds, m.peak_mib, m.edges
             );
             if kind == "se3t" {
@@ -86,8 +97,9 @@ pub fn run(case: Option<&str>, max_points: usize) -> Result<(), super::CliError>
         let slope = (p2 - p1) / (n2 - n1) as f64;
         let fits = (BUDGET_GIB * 1024.0 - (p2 - slope * n2 as f64)) / slope.max(1e-9);
         println!(
-            "se3t memory: {:.2} KiB per point from {n1} to {n2} points (16 neighbours); \
-             extrapolated largest cloud in {BUDGET_GIB} GiB: about {:.2e} points",
+            "se3t memory (blocked, {BLOCK_NODES} centres a block): {:.2} KiB per point from {n1} \
+             to {n2} points (16 neighbours); extrapolated largest cloud in {BUDGET_GIB} GiB: about \
+             {:.2e} points (a linear fit of the two measured peaks, not a measurement)",
             slope * 1024.0,
             fits
         );
@@ -108,6 +120,7 @@ fn parse(text: &str) -> Result<Measured, super::CliError> {
         peak_mib: field("peak_mib")?,
         edges: field("edges")? as usize,
         estimate_mib: field("estimate_mib").ok(),
+        block_nodes: field("block_nodes").ok().map(|b| b as usize),
     })
 }
 
@@ -157,17 +170,32 @@ fn neighbours<const K: usize>(
     Ok((seconds, edges))
 }
 
-/// One timed forward of the benchmark SE(3)-Transformer (after a warm-up).
+/// Model inputs on [`cloud`]: features N(0,1)-like of width `dim`, no mask.
+fn cloud_inputs(
+    n: usize,
+    dim: usize,
+    r: &mut StdRng,
+) -> Result<se3_models::inputs::ModelInputs, super::CliError> {
+    let mut inputs = random_inputs(n, dim, r)?;
+    inputs.coors.data = cloud(n, r).into_iter().map(f64::from).collect();
+    Ok(inputs)
+}
+
+/// One timed blocked forward of the benchmark SE(3)-Transformer (after a warm-up on 2,000
+/// points), with the estimate of `se3 infer --estimate --block-nodes` printed first.
 fn se3t(n: usize, r: &mut StdRng) -> Result<(f64, usize), super::CliError> {
     let cfg = bench_config(2)?;
     let sd = random_weights(&cfg, r)?;
-    let inputs = random_inputs(n, 32, r)?;
     let fwd = Se3TransformerForward::from_literals(&serde_json::json!({"return_type": 0}))?;
     let mut model = CompiledSe3Transformer::from_state_dict(&cfg, sd)?;
-    let estimate = model.estimate_memory(1, n)?;
+    let warm = cloud_inputs(n.min(2000), 32, r)?;
+    model.forward_blocked(&warm, &fwd, BLOCK_NODES)?;
+    drop(warm);
+    let inputs = cloud_inputs(n, 32, r)?;
+    let (estimate, plan) = model.estimate_blocked_memory(&inputs, BLOCK_NODES)?;
     println!("estimate_mib {}", estimate.total(1) as f64 / 1048576.0);
-    model.forward(&inputs, &fwd)?;
+    println!("block_nodes {}", plan.max_nodes);
     let t = Instant::now();
-    model.forward(&inputs, &fwd)?;
+    model.forward_blocked(&inputs, &fwd, BLOCK_NODES)?;
     Ok((t.elapsed().as_secs_f64(), n * 16))
 }

@@ -68,6 +68,11 @@ pub struct InferArgs {
     /// library draws them at random; without subsampling the seed has no effect).
     #[arg(long, default_value_t = 0)]
     pub sparse_seed: u64,
+    /// SE(3)-Transformer on large clouds: run the graph on blocks of this many centre nodes with
+    /// their neighbourhoods (`CompiledSe3Transformer::forward_blocked`: the same outputs, per-edge
+    /// memory of one block at a time); with `--estimate`, estimate that run.
+    #[arg(long)]
+    pub block_nodes: Option<usize>,
 }
 
 /// Which implementation runs an SE(3)-Transformer.
@@ -127,12 +132,26 @@ pub fn run(args: &InferArgs) -> Result<(), super::CliError> {
     }
     model.set_sparse_sampling_seed(args.sparse_seed);
     if args.estimate {
-        return print_estimate(model, signs.as_ref(), &file, &weights, &inputs);
+        return print_estimate(
+            model,
+            signs.as_ref(),
+            &file,
+            &weights,
+            &inputs,
+            args.block_nodes,
+        );
     }
     let output = args.output.as_ref().ok_or("--output is required")?;
     let outputs = match args.engine {
         Engine::Graph => {
             match CompiledModel::from_model(model.clone(), signs.as_ref(), &file, &weights) {
+                Ok(CompiledModel::Se3Transformer(mut m, fwd)) if args.block_nodes.is_some() => {
+                    let block = args.block_nodes.unwrap_or(1);
+                    m.forward_blocked(&inputs, &fwd, block)?.0
+                }
+                Ok(_) if args.block_nodes.is_some() => {
+                    return Err("--block-nodes is available for the SE(3)-Transformer only".into())
+                }
                 Ok(mut compiled) => compiled.forward(&inputs)?,
                 Err(se3_models::Error::NotCompiled { option }) => {
                     eprintln!(
@@ -158,13 +177,15 @@ pub fn run(args: &InferArgs) -> Result<(), super::CliError> {
 }
 
 /// `--estimate`: the compiled SE(3)-Transformer's memory estimate for the inputs' batch and
-/// cloud size ([`CompiledSe3Transformer::estimate_memory`]), one line per part.
+/// cloud size ([`CompiledSe3Transformer::estimate_memory`]; with `--block-nodes` of the blocked
+/// forward, `estimate_blocked_memory`), one line per part.
 fn print_estimate(
     model: Model,
     signs: Option<&QjSigns>,
     file: &ModelFile,
     weights: &se3_models::checkpoint::StateDict,
     inputs: &ModelInputs,
+    block_nodes: Option<usize>,
 ) -> Result<(), super::CliError> {
     let (b, n) = (inputs.batch(), inputs.nodes());
     let CompiledModel::Se3Transformer(mut m, _) =
@@ -172,7 +193,18 @@ fn print_estimate(
     else {
         return Err("--estimate is available for the SE(3)-Transformer only".into());
     };
-    let e = m.estimate_memory(b, n)?;
+    let (e, host_copies) = match block_nodes {
+        Some(block) => {
+            let (e, plan) = m.estimate_blocked_memory(inputs, block)?;
+            println!(
+                "blocked forward: {} blocks of {block} centres, at most {} nodes a block run",
+                plan.blocks, plan.max_nodes
+            );
+            // the host data of every batch element is in `host_graph` already
+            (e, 1)
+        }
+        None => (m.estimate_memory(b, n)?, b),
+    };
     let mib = |bytes: usize| bytes as f64 / 1048576.0;
     println!(
         "estimate for batch {b}, {n} nodes, {} neighbours per node:",
@@ -192,7 +224,7 @@ fn print_estimate(
     );
     println!(
         "  total (plus the program):       {:.1} MiB",
-        mib(e.total(b))
+        mib(e.total(host_copies))
     );
     Ok(())
 }

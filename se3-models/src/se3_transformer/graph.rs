@@ -145,25 +145,22 @@ pub fn sparse_selection(
     }
 }
 
-/// Builds the graph of one batch element.
-///
-/// Self is excluded; pairs are ranked by distance with neighbor_mask-excluded and causal (j > i) pairs
-/// at `f64::MAX` and bonded pairs at 0; the `k = min(min(num_neighbors, n-1) + num_sparse, n-1)`
-/// smallest are kept (ties picked as PyTorch's CPU `topk` picks them, see `torch_topk`), valid if
-/// the modified distance is within the radius (0 when num_neighbors = 0) and both nodes are unmasked.
-///
-/// # Errors
-/// `Core(NonFinite)` if a relative position is not finite (inputs are validated before).
-pub fn build_graph(
-    p: &SelectionParams,
-    inp: &PairInputs<'_>,
-    sparse_adj: Option<&[bool]>,
-    num_sparse: usize,
-    adj_labels: Option<(&[i64], &[f64], usize)>,
-    edge_dim_in: usize,
-    table: &Se3tBasis,
-) -> Result<Graph, Error> {
-    let n = inp.coors.len();
+/// The selected neighbours of every node of one batch element: row `i` holds `k` neighbours
+/// (`nbr[i * k + s]`, ranked as [`build_graph`] documents) and whether each counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    /// Nodes.
+    pub n: usize,
+    /// Neighbours per node.
+    pub k: usize,
+    /// Neighbour node index, `n * k`.
+    pub nbr: Vec<usize>,
+    /// Within radius and both nodes unmasked, `n * k`.
+    pub valid: Vec<bool>,
+}
+
+/// Neighbours per node and the validity radius of [`select_neighbors`].
+fn selection_size(p: &SelectionParams, n: usize, num_sparse: usize) -> (usize, f64) {
     let neighbors = p
         .num_neighbors
         .unwrap_or(usize::MAX)
@@ -174,16 +171,156 @@ pub fn build_graph(
     } else {
         p.valid_radius
     };
-    let adj_dim = adj_labels.map_or(0, |(_, _, d)| d);
-    let edge_dim = edge_dim_in + adj_dim;
-    let mut g = Graph {
+    (k, radius)
+}
+
+/// The `k` nearest other nodes of every node by float64 distance, in ascending order, exactly as
+/// the dense selection picks them (ranking every pair, ties as PyTorch's `topk`) when no pair is
+/// modified (no neighbor_mask, bonds or causality): a cell-grid search (se3-core
+/// [`nearest_neighbors`](se3_core::ops::neighbors::nearest_neighbors), about O(n k) time) finds
+/// the `k + 1` nearest; where two of them share a distance (after the square root the dense path
+/// ranks by) the order PyTorch picks is not the index order, and that row is ranked densely.
+fn nearest_plain(coors: &[[f64; 3]], k: usize) -> Vec<usize> {
+    use se3_core::ops::neighbors::{nearest_neighbors, SearchSpec};
+    let n = coors.len();
+    let spec = SearchSpec {
+        k: k + 1,
+        radius2: f64::INFINITY,
+        exclude_self: true,
+        mask: None,
+        batch: None,
+    };
+    let lists = nearest_neighbors(coors, &spec);
+    let mut nbr = Vec::with_capacity(n * k);
+    for i in 0..n {
+        let row: Vec<(usize, f64)> = lists.row(i).map(|(j, d2)| (j, d2.sqrt())).collect();
+        let tied = row.windows(2).any(|w| w[0].1 == w[1].1);
+        if tied {
+            let md: Vec<f64> = (0..n)
+                .filter(|&j| j != i)
+                .map(|j| {
+                    let r = [
+                        coors[i][0] - coors[j][0],
+                        coors[i][1] - coors[j][1],
+                        coors[i][2] - coors[j][2],
+                    ];
+                    (r[0] * r[0] + r[1] * r[1] + r[2] * r[2]).sqrt()
+                })
+                .collect();
+            nbr.extend(
+                topk_smallest(&md, k)
+                    .into_iter()
+                    .map(|p| if p < i { p } else { p + 1 }),
+            );
+        } else {
+            nbr.extend(row.iter().take(k).map(|&(j, _)| j));
+        }
+    }
+    nbr
+}
+
+/// Selects the neighbours of one batch element (the ranking of [`build_graph`]); without
+/// neighbor_mask, bonds or causality by the grid search of `nearest_plain` (same result, about
+/// O(n k)), else by ranking every pair.
+pub fn select_neighbors(
+    p: &SelectionParams,
+    inp: &PairInputs<'_>,
+    sparse_adj: Option<&[bool]>,
+    num_sparse: usize,
+) -> Selection {
+    let n = inp.coors.len();
+    let (k, radius) = selection_size(p, n, num_sparse);
+    let dist = |i: usize, j: usize| {
+        let r = [
+            inp.coors[i][0] - inp.coors[j][0],
+            inp.coors[i][1] - inp.coors[j][1],
+            inp.coors[i][2] - inp.coors[j][2],
+        ];
+        (r[0] * r[0] + r[1] * r[1] + r[2] * r[2]).sqrt()
+    };
+    let plain = inp.neighbor_mask.is_none() && sparse_adj.is_none() && !p.causal;
+    let mut sel = Selection {
         n,
         k,
         nbr: Vec::with_capacity(n * k),
         valid: Vec::with_capacity(n * k),
-        rel: Vec::with_capacity(n * k),
-        dist: Vec::with_capacity(n * k),
-        edge_feat: Vec::with_capacity(n * k * edge_dim),
+    };
+    if plain {
+        sel.nbr = nearest_plain(inp.coors, k);
+    } else {
+        for i in 0..n {
+            let mut cand: Vec<(f64, usize)> = Vec::with_capacity(n);
+            for j in (0..n).filter(|&j| j != i) {
+                let mut md = dist(i, j);
+                if let Some(nm) = inp.neighbor_mask {
+                    if !nm[i * n + j] {
+                        md = f64::MAX;
+                    }
+                }
+                if let Some(sa) = sparse_adj {
+                    if sa[i * n + j] {
+                        md = 0.0;
+                    }
+                }
+                if p.causal && j > i {
+                    md = f64::MAX;
+                }
+                cand.push((md, j));
+            }
+            let md_row: Vec<f64> = cand.iter().map(|c| c.0).collect();
+            sel.nbr
+                .extend(topk_smallest(&md_row, k).into_iter().map(|p| cand[p].1));
+        }
+    }
+    // validity reads the modified distance of the ranking
+    for (e, &j) in sel.nbr.iter().enumerate() {
+        let i = e / k.max(1);
+        let mut md = dist(i, j);
+        if inp.neighbor_mask.is_some_and(|nm| !nm[i * n + j]) {
+            md = f64::MAX;
+        }
+        if sparse_adj.is_some_and(|sa| sa[i * n + j]) {
+            md = 0.0;
+        }
+        if p.causal && j > i {
+            md = f64::MAX;
+        }
+        let masked = inp.mask.is_some_and(|m| !(m[i] && m[j]));
+        sel.valid.push(md <= radius && !masked);
+    }
+    sel
+}
+
+/// The per-edge data of the rows `rows` (global node ids, in the order of the returned graph's
+/// nodes) of a selection: relative positions, distances, edge features and the kernel basis from
+/// the global coordinates and pair inputs; neighbour indices renumbered to positions in `rows`,
+/// a neighbour outside `rows` replaced by a stand-in node of `rows` not otherwise in the row
+/// (its geometry and validity kept: the caller must not need that centre's result, see
+/// `CompiledSe3Transformer::forward_blocked`).
+/// With `rows = 0..n` this is the whole graph.
+///
+/// # Errors
+/// `Core(NonFinite)` if a relative position is not finite (inputs are validated before).
+pub fn edge_graph(
+    sel: &Selection,
+    inp: &PairInputs<'_>,
+    rows: &[usize],
+    adj_labels: Option<(&[i64], &[f64], usize)>,
+    edge_dim_in: usize,
+    table: &Se3tBasis,
+) -> Result<Graph, Error> {
+    let (n, k) = (sel.n, sel.k);
+    let adj_dim = adj_labels.map_or(0, |(_, _, d)| d);
+    let edge_dim = edge_dim_in + adj_dim;
+    let e = rows.len() * k;
+    let mut g = Graph {
+        n: rows.len(),
+        k,
+        nbr: Vec::with_capacity(e),
+        valid: Vec::with_capacity(e),
+        rel: Vec::with_capacity(e),
+        dist: Vec::with_capacity(e),
+        edge_feat: Vec::with_capacity(e * edge_dim),
         edge_dim,
         basis: KernelBasisValues {
             max_degree: table.max_degree(),
@@ -193,38 +330,46 @@ pub fn build_graph(
         max_degree: table.max_degree(),
         contraction: Contraction::Direct,
     };
-    for i in 0..n {
-        let mut cand: Vec<(f64, usize, f64, [f64; 3])> = Vec::with_capacity(n);
-        for j in (0..n).filter(|&j| j != i) {
+    let whole = rows.len() == n && rows.iter().enumerate().all(|(p, &i)| p == i);
+    let mut local = Vec::new();
+    if !whole {
+        local = vec![usize::MAX; n];
+        for (p, &i) in rows.iter().enumerate() {
+            local[i] = p;
+        }
+    }
+    let mut row_nbr = vec![0usize; k];
+    for (p, &i) in rows.iter().enumerate() {
+        // renumbered neighbours; slots leaving `rows` take distinct stand-ins not otherwise in the
+        // row (the graph's kernels expect a row without repeated neighbours)
+        for (slot, &j) in row_nbr.iter_mut().zip(&sel.nbr[i * k..(i + 1) * k]) {
+            *slot = match local.get(j) {
+                None => j,
+                Some(&q) => q,
+            };
+        }
+        let mut stand_in = 0;
+        for s in 0..k {
+            if row_nbr[s] == usize::MAX {
+                while stand_in == p || row_nbr.contains(&stand_in) {
+                    stand_in += 1;
+                }
+                row_nbr[s] = stand_in;
+                stand_in += 1;
+            }
+        }
+        for (s, &local_j) in row_nbr.iter().enumerate() {
+            let j = sel.nbr[i * k + s];
             let r = [
                 inp.coors[i][0] - inp.coors[j][0],
                 inp.coors[i][1] - inp.coors[j][1],
                 inp.coors[i][2] - inp.coors[j][2],
             ];
-            let d = (r[0] * r[0] + r[1] * r[1] + r[2] * r[2]).sqrt();
-            let mut md = d;
-            if let Some(nm) = inp.neighbor_mask {
-                if !nm[i * n + j] {
-                    md = f64::MAX;
-                }
-            }
-            if let Some(sa) = sparse_adj {
-                if sa[i * n + j] {
-                    md = 0.0;
-                }
-            }
-            if p.causal && j > i {
-                md = f64::MAX;
-            }
-            cand.push((md, j, d, r));
-        }
-        let md_row: Vec<f64> = cand.iter().map(|c| c.0).collect();
-        for &(md, j, d, r) in topk_smallest(&md_row, k).into_iter().map(|p| &cand[p]) {
-            let masked = inp.mask.is_some_and(|m| !(m[i] && m[j]));
-            g.nbr.push(j);
-            g.valid.push(md <= radius && !masked);
+            g.nbr.push(local_j);
+            g.valid.push(sel.valid[i * k + s]);
             g.rel.push(r);
-            g.dist.push(d);
+            g.dist
+                .push((r[0] * r[0] + r[1] * r[1] + r[2] * r[2]).sqrt());
             if let Some(ef) = inp.edge_feat {
                 g.edge_feat.extend_from_slice(
                     &ef[(i * n + j) * edge_dim_in..(i * n + j + 1) * edge_dim_in],
@@ -239,6 +384,31 @@ pub fn build_graph(
     }
     g.basis = table.compute(&g.rel)?;
     Ok(g)
+}
+
+/// Builds the graph of one batch element.
+///
+/// Self is excluded; pairs are ranked by distance with neighbor_mask-excluded and causal (j > i) pairs
+/// at `f64::MAX` and bonded pairs at 0; the `k = min(min(num_neighbors, n-1) + num_sparse, n-1)`
+/// smallest are kept (ties picked as PyTorch's CPU `topk` picks them, see `torch_topk`), valid if
+/// the modified distance is within the radius (0 when num_neighbors = 0) and both nodes are unmasked.
+/// Plain selections (no neighbor_mask, bonds or causality) find the same neighbours by a grid
+/// search ([`select_neighbors`]).
+///
+/// # Errors
+/// `Core(NonFinite)` if a relative position is not finite (inputs are validated before).
+pub fn build_graph(
+    p: &SelectionParams,
+    inp: &PairInputs<'_>,
+    sparse_adj: Option<&[bool]>,
+    num_sparse: usize,
+    adj_labels: Option<(&[i64], &[f64], usize)>,
+    edge_dim_in: usize,
+    table: &Se3tBasis,
+) -> Result<Graph, Error> {
+    let sel = select_neighbors(p, inp, sparse_adj, num_sparse);
+    let rows: Vec<usize> = (0..sel.n).collect();
+    edge_graph(&sel, inp, &rows, adj_labels, edge_dim_in, table)
 }
 
 impl Graph {

@@ -14,7 +14,7 @@ use crate::se3_transformer::conv::{ConvOpts, ConvSe3};
 use crate::se3_transformer::egnn::EgnnNetwork;
 use crate::se3_transformer::features::{Block, Feats, LinearSe3, Mat};
 use crate::se3_transformer::graph::{
-    adjacency_degrees, build_graph, sparse_selection, PairInputs, SelectionParams,
+    adjacency_degrees, edge_graph, select_neighbors, sparse_selection, PairInputs, SelectionParams,
 };
 use crate::se3_transformer::norm::NormSe3;
 use crate::se3_transformer::reassociated::Contraction;
@@ -52,6 +52,22 @@ pub struct Se3Transformer {
 }
 
 /// One batch element ready for the layers (see [`Se3Transformer::prepare`]).
+/// One batch element before its per-edge data: node features, global features, the neighbour
+/// selection, the points and the adjacency labels.
+pub(crate) struct Selected {
+    pub x0: Feats,
+    pub global: Option<Block>,
+    pub sel: crate::se3_transformer::graph::Selection,
+    pub pts: Vec<[f64; 3]>,
+    pub labels: Option<Vec<i64>>,
+}
+
+/// [`Selected`] of every batch element and the pair edge features of all of them.
+pub(crate) struct SelectedInputs {
+    pub items: Vec<Selected>,
+    pub edges: Option<(Vec<f64>, usize)>,
+}
+
 pub(crate) struct Prepared {
     /// Embedded node features of `conv_in`'s input fiber.
     pub x0: Feats,
@@ -302,19 +318,17 @@ impl Se3Transformer {
         self.assemble(per_batch, inp, fwd, b, n)
     }
 
-    /// Everything of a forward pass before the layers, per batch element: the embedded node
-    /// features, the neighbourhood graph (selection, edge features, kernel basis) and the global
-    /// features (what a compiled graph of the layers takes as input).
+    /// Validated inputs, node features and the neighbour selection of every batch element
+    /// (no per-edge data yet: [`Se3Transformer::edge_graph_of`] makes it for any rows).
     ///
     /// # Errors
     /// As [`Se3Transformer::forward`].
-    pub(crate) fn prepare(&self, inp: &ModelInputs) -> Result<Vec<Prepared>, Error> {
+    pub(crate) fn select(&self, inp: &ModelInputs) -> Result<SelectedInputs, Error> {
         inp.validate()?;
         let cfg = &self.cfg;
         let (b, n) = (inp.batch(), inp.nodes());
         let feats = self.node_feats(inp)?;
         let edges = self.pair_edges(inp)?;
-        let edge_dim_in = edges.as_ref().map_or(0, |e| e.1);
         // adjacency per batch element
         let need_adj = cfg.num_adj_degrees.is_some() || cfg.attend_sparse_neighbors;
         let adjs: Option<Vec<Vec<bool>>> = match (&inp.adj_mat, need_adj) {
@@ -386,7 +400,7 @@ impl Se3Transformer {
         if cfg.num_neighbors == Some(0) && num_sparse == 0 {
             return Err(Error::NoNeighbors);
         }
-        let mut items: Vec<Prepared> = Vec::with_capacity(b);
+        let mut items: Vec<Selected> = Vec::with_capacity(b);
         for (bi, x0) in feats.into_iter().enumerate() {
             let pts = inp.points(bi);
             let nm = inp
@@ -403,25 +417,12 @@ impl Se3Transformer {
                 neighbor_mask: nm,
                 edge_feat: ef,
             };
-            let adj_lab = match (&labels[bi], &self.adj_emb) {
-                (Some(l), Some(e)) => Some((l.as_slice(), e.data.as_slice(), e.cols)),
-                _ => None,
-            };
             let sparse = if cfg.attend_sparse_neighbors {
                 Some(sparse_adjs[bi].as_slice())
             } else {
                 None
             };
-            let mut g = build_graph(
-                &sel,
-                &pin,
-                sparse,
-                num_sparse,
-                adj_lab,
-                edge_dim_in,
-                &self.table,
-            )?;
-            g.contraction = self.contraction;
+            let sel = select_neighbors(&sel, &pin, sparse, num_sparse);
             let global = match (global_dim, &inp.global_feats) {
                 (Some(m), Some(t)) => {
                     let d = t.shape[2];
@@ -433,13 +434,73 @@ impl Se3Transformer {
                 }
                 _ => None,
             };
-            items.push(Prepared {
+            items.push(Selected {
                 x0,
-                graph: g,
                 global,
+                sel,
+                pts,
+                labels: labels[bi].take(),
             });
         }
-        Ok(items)
+        Ok(SelectedInputs { items, edges })
+    }
+
+    /// The per-edge data of batch element `bi` for the nodes `rows` (global ids, in the order of
+    /// the graph's nodes; all nodes: the whole graph), [`edge_graph`].
+    ///
+    /// # Errors
+    /// Those of [`edge_graph`].
+    pub(crate) fn edge_graph_of(
+        &self,
+        s: &SelectedInputs,
+        bi: usize,
+        rows: &[usize],
+    ) -> Result<crate::se3_transformer::graph::Graph, Error> {
+        let item = &s.items[bi];
+        let n = item.sel.n;
+        let ef = s
+            .edges
+            .as_ref()
+            .map(|(d, e)| &d[bi * n * n * e..(bi + 1) * n * n * e]);
+        let pin = PairInputs {
+            coors: &item.pts,
+            mask: None,
+            adj: None,
+            neighbor_mask: None,
+            edge_feat: ef,
+        };
+        let adj_lab = match (&item.labels, &self.adj_emb) {
+            (Some(l), Some(e)) => Some((l.as_slice(), e.data.as_slice(), e.cols)),
+            _ => None,
+        };
+        let edge_dim_in = s.edges.as_ref().map_or(0, |e| e.1);
+        let mut g = edge_graph(&item.sel, &pin, rows, adj_lab, edge_dim_in, &self.table)?;
+        g.contraction = self.contraction;
+        Ok(g)
+    }
+
+    /// Everything of a forward pass before the layers, per batch element: the embedded node
+    /// features, the neighbourhood graph (selection, edge features, kernel basis) and the global
+    /// features (what a compiled graph of the layers takes as input).
+    ///
+    /// # Errors
+    /// As [`Se3Transformer::forward`].
+    pub(crate) fn prepare(&self, inp: &ModelInputs) -> Result<Vec<Prepared>, Error> {
+        let s = self.select(inp)?;
+        let mut graphs = Vec::with_capacity(s.items.len());
+        for (bi, item) in s.items.iter().enumerate() {
+            let rows: Vec<usize> = (0..item.sel.n).collect();
+            graphs.push(self.edge_graph_of(&s, bi, &rows)?);
+        }
+        Ok(s.items
+            .into_iter()
+            .zip(graphs)
+            .map(|(item, graph)| Prepared {
+                x0: item.x0,
+                graph,
+                global: item.global,
+            })
+            .collect())
     }
 
     fn forward_graph(

@@ -2,7 +2,10 @@
 //! by squared Euclidean distance (optionally only within a radius), with masks.
 //!
 //! Rules (each has a test, because neighbour selection bugs are silent):
-//! - exact: every pair is compared (O(N²)), in f32 with the same formula for every pair;
+//! - exact: the result is that of comparing every pair, in f32 with the same formula for every
+//!   pair; the search itself buckets points in a cell grid above a few hundred points (about
+//!   O(N K) on clouds of even density, [`grid`]), also usable on the host in f64
+//!   ([`nearest_neighbors`]);
 //! - order: increasing distance, ties broken by increasing index (deterministic);
 //! - `exclude_self`: `i` is never its own neighbour (a duplicate point at distance 0 still is);
 //! - masked points (mask 0) are neither centres (their row is all `-1`) nor neighbours;
@@ -13,10 +16,12 @@
 mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+pub mod grid;
 #[cfg(test)]
 mod properties;
 
 pub use cpu::{EdgeCenters, IndexValid, Knn};
+pub use grid::{nearest_neighbors, NeighborLists, SearchSpec};
 use luminal::prelude::*;
 
 use super::logical_dims;

@@ -125,3 +125,62 @@ proptest! {
         check(c, k, exclude_self, batched, r)?;
     }
 }
+
+/// The float64 search (hosts that select in double precision) against a float64 brute force:
+/// the same rules, distances in f64.
+fn check_f64(
+    (x, mask, batch, scale): (Vec<f32>, Vec<bool>, Vec<f32>, f32),
+    k: usize,
+    exclude_self: bool,
+    radius: Option<f32>,
+) -> Result<(), TestCaseError> {
+    use super::grid::{nearest_neighbors, SearchSpec};
+    // an irrational stretch keeps the lattice's ties (equal distances stay equal after scaling
+    // every coordinate alike) while leaving the float32 grid
+    let pts: Vec<[f64; 3]> = x
+        .chunks_exact(3)
+        .map(|p| [0, 1, 2].map(|a| f64::from(p[a]) * std::f64::consts::SQRT_2))
+        .collect();
+    let bits: Vec<u32> = batch.iter().map(|b| b.to_bits()).collect();
+    let r2 = radius.map_or(f64::INFINITY, |r| {
+        let r = f64::from(r) * std::f64::consts::SQRT_2;
+        r * r
+    });
+    let spec = SearchSpec {
+        k,
+        radius2: r2,
+        exclude_self,
+        mask: Some(&mask),
+        batch: Some(&bits),
+    };
+    let got = nearest_neighbors(&pts, &spec);
+    let n = pts.len();
+    for i in 0..n {
+        let mut c: Vec<(f64, usize)> = (0..n)
+            .filter(|&j| mask[i] && mask[j] && bits[i] == bits[j] && !(exclude_self && i == j))
+            .map(|j| {
+                let d: Vec<f64> = (0..3).map(|a| pts[j][a] - pts[i][a]).collect();
+                (d[0] * d[0] + d[1] * d[1] + d[2] * d[2], j)
+            })
+            .filter(|&(d, _)| d <= r2)
+            .collect();
+        c.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        c.truncate(k);
+        let row: Vec<(f64, usize)> = got.row(i).map(|(j, d)| (d, j)).collect();
+        prop_assert_eq!(row, c, "point {} scale {} radius {:?}", i, scale, radius);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    #[test]
+    fn float64_grid_search_matches_brute_force_with_ties_masks_and_batches(
+        (c, r) in cloud(900, 1200).prop_flat_map(|c| { let s = c.3; (Just(c), radius(s)) }),
+        k in 1..17usize,
+        exclude_self in any::<bool>(),
+    ) {
+        check_f64(c, k, exclude_self, r)?;
+    }
+}

@@ -32,6 +32,7 @@
 //! [`Error::NotCompiled`] stays for options added to the oracle later.
 
 mod attention;
+mod blocked;
 mod conv;
 mod coors;
 mod ctx;
@@ -45,6 +46,7 @@ use luminal::prelude::{symbolic::Expression, *};
 use se3_core::exec::{IndexBound, InputKind, Session};
 
 use self::attention::{attention, RotaryInputs};
+pub use self::blocked::BlockStats;
 use self::conv::conv_pooled;
 use self::ctx::{pair_key, radial_mlp, Ctx, GFeats, RadialNets};
 use self::egnn::egnn_layer;
