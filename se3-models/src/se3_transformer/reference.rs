@@ -59,6 +59,9 @@ pub(crate) struct Prepared {
     pub graph: crate::se3_transformer::graph::Graph,
     /// Global features (`m` rows of `global_feats_dim`), if the config has them.
     pub global: Option<Block>,
+    /// Bond-distance labels `n x n` (`num_adj_degrees`), which pick the adjacency embedding rows
+    /// of the edge features.
+    pub adj_labels: Option<Vec<i64>>,
 }
 
 fn shape_err(name: &'static str, expected: String, found: &[usize]) -> Error {
@@ -437,6 +440,7 @@ impl Se3Transformer {
                 x0,
                 graph: g,
                 global,
+                adj_labels: labels[bi].clone(),
             });
         }
         Ok(items)
