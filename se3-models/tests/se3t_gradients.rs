@@ -122,3 +122,134 @@ fn se3t_gradients_match_torch_autograd_edge_options_and_egnn() -> Result<(), Err
         "se3t_egnn",
     ])
 }
+
+/// `Σ_out mean((out - target.out)²)` and its cotangents `2 (out - target) / len`.
+fn mse(out: &StateDict, targets: &StateDict) -> Result<(f64, StateDict), Error> {
+    let mut loss = 0.0;
+    let mut cot = StateDict::new();
+    for (k, t) in targets.iter() {
+        let Some(name) = k.strip_prefix("target.") else {
+            continue;
+        };
+        let o = out.get(name).ok_or(Error::MissingKey {
+            key: name.to_string(),
+            expected: t.shape.clone(),
+        })?;
+        let n = t.data.len() as f64;
+        let diff: Vec<f64> = o.data.iter().zip(&t.data).map(|(a, b)| a - b).collect();
+        loss += diff.iter().map(|d| d * d).sum::<f64>() / n;
+        cot.insert(
+            format!("cotangent.{name}"),
+            se3_models::checkpoint::Tensor::new(
+                t.shape.clone(),
+                diff.iter().map(|d| 2.0 * d / n).collect(),
+            )?,
+        );
+    }
+    Ok((loss, cot))
+}
+
+/// Three steps of se3-core's Adam (lr 1e-2) on the reference's MSE loss: the losses before
+/// each step and after the last, and the parameters after the third step, against torch's
+/// float64 run (`training.safetensors`). Returns the worst loss and parameter errors.
+fn adam_trajectory(name: &str) -> Result<(f64, f64, String), Error> {
+    use se3_core::train::{Adam, Optimizer, Param};
+    let l = load_se3t(name)?;
+    let reference = StateDict::load(dir(name).join("training.safetensors"))?;
+    let mut m = TrainableSe3Transformer::new(&l.cfg, &l.weights, GraphForm::Unfused)?;
+    let params = m.parameters();
+    let mut values: Vec<Vec<f32>> = Vec::new();
+    for (k, _) in &params {
+        values.push(m.parameter(k)?.iter().map(|&v| v as f32).collect());
+    }
+    let want_loss = reference
+        .get("loss")
+        .map(|t| t.data.clone())
+        .unwrap_or_default();
+    let mut adam = Adam::new(1e-2);
+    let mut losses = vec![];
+    let mut zero = StateDict::new();
+    for (k, t) in reference.iter() {
+        if let Some(out) = k.strip_prefix("target.") {
+            zero.insert(
+                format!("cotangent.{out}"),
+                se3_models::checkpoint::Tensor::new(t.shape.clone(), vec![0.0; t.data.len()])?,
+            );
+        }
+    }
+    for step in 0..=3 {
+        let (out, _) = m.forward_and_gradients(&l.inputs, &l.fwd, &zero)?;
+        let (loss, cot) = mse(&out, &reference)?;
+        losses.push(loss);
+        if step == 3 {
+            break;
+        }
+        let (_, grads) = m.forward_and_gradients(&l.inputs, &l.fwd, &cot)?;
+        let gs: Vec<Vec<f32>> = params
+            .iter()
+            .map(|(k, _)| {
+                grads
+                    .get(&format!("param.{k}"))
+                    .map(|t| t.data.iter().map(|&v| v as f32).collect())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let mut ps: Vec<Param<'_>> = params
+            .iter()
+            .zip(values.iter_mut())
+            .zip(&gs)
+            .map(|(((k, _), v), g)| Param {
+                name: k,
+                value: v,
+                grad: g,
+            })
+            .collect();
+        adam.step(&mut ps)?;
+        for ((k, _), v) in params.iter().zip(&values) {
+            let v64: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
+            m.set_parameter(k, &v64)?;
+        }
+    }
+    assert_eq!(want_loss.len(), 4, "{name}: stored losses");
+    let loss_err = losses
+        .iter()
+        .zip(&want_loss)
+        .map(|(a, b)| (a - b).abs() / b.abs())
+        .fold(0.0, f64::max);
+    println!("{name} Adam: losses {losses:?} (torch {want_loss:?})");
+    let mut worst = (0.0f64, String::new());
+    for ((k, _), v) in params.iter().zip(&values) {
+        let want = reference
+            .get(&format!("param.{k}"))
+            .ok_or(Error::MissingKey {
+                key: format!("param.{k}"),
+                expected: vec![v.len()],
+            })?;
+        let got: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
+        let (e, i) = rel_error_at(&got, &want.data);
+        if e > worst.0 {
+            worst = (e, format!("{k}[{i}] got {} want {}", got[i], want.data[i]));
+        }
+    }
+    Ok((loss_err, worst.0, worst.1))
+}
+
+#[test]
+fn se3t_adam_steps_follow_torch_training() -> Result<(), Error> {
+    for name in ["se3t_basic", "se3t_input_degrees2", "se3t_egnn"] {
+        let (loss_err, param_err, at) = adam_trajectory(name)?;
+        println!(
+            "{name} Adam: worst loss error {loss_err:.3e}, parameters after 3 steps {param_err:.3e} ({at})"
+        );
+        assert!(loss_err < 1e-4, "{name}: losses off by {loss_err:.3e}");
+        // Likely cause (not traced element by element): Adam's first steps move an element by
+        // about lr sign(g) once |g| >> eps (1e-8), so elements whose gradient of the MSE loss is ~1e-8 (float32 noise of a gradient
+        // accurate to ~1e-6 of its tensor's scale) step differently than in torch's float64
+        // run. These are not structural zeros: torch moves every one of the 580160 parameter
+        // elements of se3t_basic in its 3 steps (none is left at its initial value). So the
+        // parameters agree to a few 1e-3 of each tensor's scale while the losses agree to
+        // ~1e-6; the 1e-4 for parameters would need float64 gradients.
+        assert!(param_err < 1e-2, "{name}: parameters off by {param_err:.3e} at {at}");
+    }
+    Ok(())
+}
