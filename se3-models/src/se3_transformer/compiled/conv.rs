@@ -7,9 +7,9 @@ use se3_core::layers::conv_grouped::{self, PairEdges as CorePairEdges};
 use se3_core::layers::RadialMlp;
 
 use super::ctx::{Ctx, GFeats};
-use super::{unfused, GraphForm};
 use super::node::{linear, residual};
 use super::tensor::{reshape, T2, T3};
+use super::{unfused, GraphForm};
 use crate::se3_transformer::conv::{ConvSe3, Pair};
 use crate::Error;
 

@@ -15,8 +15,8 @@ use se3_core::exec::Session;
 use se3_core::layers::{RadialBank, RadialMlp};
 
 use super::attention::RotaryInputs;
-use super::GraphForm;
 use super::tensor::{reshape, retype, T2, T3, T4};
+use super::GraphForm;
 use crate::se3_transformer::conv::Pair;
 use crate::se3_transformer::radial::{RadialFunc, RADIAL_HIDDEN};
 use crate::Error;

@@ -314,10 +314,13 @@ impl TrainableSe3Transformer {
     }
 
     fn param_index(&self, key: &str) -> Result<usize, Error> {
-        self.index.get(key).copied().ok_or_else(|| Error::MissingKey {
-            key: key.to_string(),
-            expected: vec![],
-        })
+        self.index
+            .get(key)
+            .copied()
+            .ok_or_else(|| Error::MissingKey {
+                key: key.to_string(),
+                expected: vec![],
+            })
     }
 
     /// Sets parameter `key` (row-major `values`) in the graph (every constant it feeds) or on
@@ -394,8 +397,11 @@ impl TrainableSe3Transformer {
         let (b, n) = (inp.batch(), inp.nodes());
         let items = self.compiled.host()?.prepare(inp)?;
         let mut per_batch = Vec::with_capacity(b);
-        let mut feed_grads: Vec<Vec<f64>> =
-            self.feeds.iter().map(|f| vec![0.0; f.values.len()]).collect();
+        let mut feed_grads: Vec<Vec<f64>> = self
+            .feeds
+            .iter()
+            .map(|f| vec![0.0; f.values.len()])
+            .collect();
         let mut input_grads: Vec<BTreeMap<String, Vec<f32>>> = Vec::with_capacity(b);
         for (bi, item) in items.iter().enumerate() {
             for &(l, c) in &self.out_degrees {
@@ -419,7 +425,11 @@ impl TrainableSe3Transformer {
             input_grads.push(ig);
         }
         let outputs = self.compiled.host()?.assemble(per_batch, inp, fwd, b, n)?;
-        let mut grads: Vec<Vec<f64>> = self.params.iter().map(|p| vec![0.0; p.value.len()]).collect();
+        let mut grads: Vec<Vec<f64>> = self
+            .params
+            .iter()
+            .map(|p| vec![0.0; p.value.len()])
+            .collect();
         for (f, g) in self.feeds.iter().zip(&feed_grads) {
             for (src, &v) in f.from.iter().zip(g) {
                 if let Some((p, e)) = *src {
