@@ -8,7 +8,7 @@ mod common;
 use common::*;
 
 use se3_models::checkpoint::StateDict;
-use se3_models::se3_transformer::{GraphForm, TrainableSe3Transformer};
+use se3_models::se3_transformer::{GraphForm, Objective, TrainableSe3Transformer};
 use se3_models::Error;
 
 /// Float32 gradients against float64 autograd, relative to each tensor's largest magnitude.
@@ -155,14 +155,20 @@ fn mse(out: &StateDict, targets: &StateDict) -> Result<(f64, StateDict), Error> 
     Ok((loss, cot))
 }
 
-/// Three steps of se3-core's Adam (lr 1e-2) on the reference's MSE loss: the losses before
+/// Three steps of se3-core's Adam (lr 1e-2) on the reference's MSE loss (its cotangents
+/// formed in the graph, [`Objective::MeanSquaredError`]; the loss from the outputs on the host): the losses before
 /// each step and after the last, and the parameters after the third step, against torch's
 /// float64 run (`training.safetensors`). Returns the worst loss and parameter errors.
 fn adam_trajectory(name: &str) -> Result<(f64, f64, String), Error> {
     use se3_core::train::{Adam, Optimizer, Param};
     let l = load_se3t(name)?;
     let reference = StateDict::load(dir(name).join("training.safetensors"))?;
-    let mut m = TrainableSe3Transformer::new(&l.cfg, &l.weights, GraphForm::Unfused)?;
+    let mut m = TrainableSe3Transformer::with_objective(
+        &l.cfg,
+        &l.weights,
+        GraphForm::Unfused,
+        Objective::MeanSquaredError,
+    )?;
     let params = m.parameters();
     let mut values: Vec<Vec<f32>> = Vec::new();
     for (k, _) in &params {
@@ -174,23 +180,14 @@ fn adam_trajectory(name: &str) -> Result<(f64, f64, String), Error> {
         .unwrap_or_default();
     let mut adam = Adam::new(1e-2);
     let mut losses = vec![];
-    let mut zero = StateDict::new();
-    for (k, t) in reference.iter() {
-        if let Some(out) = k.strip_prefix("target.") {
-            zero.insert(
-                format!("cotangent.{out}"),
-                se3_models::checkpoint::Tensor::new(t.shape.clone(), vec![0.0; t.data.len()])?,
-            );
-        }
-    }
     for step in 0..=3 {
-        let (out, _) = m.forward_and_gradients(&l.inputs, &l.fwd, &zero)?;
-        let (loss, cot) = mse(&out, &reference)?;
+        // one run: outputs and the gradients of the in-graph MSE against `target.*`
+        let (out, grads) = m.forward_and_gradients(&l.inputs, &l.fwd, &reference)?;
+        let (loss, _) = mse(&out, &reference)?;
         losses.push(loss);
         if step == 3 {
             break;
         }
-        let (_, grads) = m.forward_and_gradients(&l.inputs, &l.fwd, &cot)?;
         let gs: Vec<Vec<f32>> = params
             .iter()
             .map(|(k, _)| {

@@ -41,7 +41,7 @@ mod tensor;
 mod training;
 mod unfused;
 
-pub use training::TrainableSe3Transformer;
+pub use training::{Objective, TrainableSe3Transformer};
 
 use std::collections::BTreeMap;
 

@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 
-use luminal::prelude::{GraphTensor, ShapeTracker};
+use luminal::prelude::{Dyn, GraphTensor, ShapeTracker};
 use se3_core::exec::InputKind;
 
 use super::{convert_radials, strip_layers, CompiledSe3Transformer, GraphForm};
@@ -79,6 +79,19 @@ pub struct TrainableSe3Transformer {
     grad_inputs: Vec<String>,
     /// Output degrees and channels of the graph.
     out_degrees: Vec<(usize, usize)>,
+    objective: Objective,
+}
+
+/// What seeds the backward pass of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Objective {
+    /// Given cotangents of the outputs: the gradients of `L = Σ_out <out, cotangent.out>`.
+    #[default]
+    Cotangents,
+    /// `L = Σ_out mean((out - target.out)²)` with the cotangents `2 (out - target) / len`
+    /// formed in the graph from the run's outputs, so one run gives outputs and gradients
+    /// (outputs per node only: not with `return_pooled`).
+    MeanSquaredError,
 }
 
 impl std::fmt::Debug for TrainableSe3Transformer {
@@ -122,6 +135,19 @@ impl TrainableSe3Transformer {
     /// `Core(NoGradient)` if the graph crosses an op without a backward pass (fused ops before
     /// their backward is merged: use [`GraphForm::Unfused`]).
     pub fn new(cfg: &Se3TransformerConfig, sd: &StateDict, form: GraphForm) -> Result<Self, Error> {
+        Self::with_objective(cfg, sd, form, Objective::Cotangents)
+    }
+
+    /// As [`TrainableSe3Transformer::new`], with the backward pass seeded by `objective`.
+    ///
+    /// # Errors
+    /// As [`TrainableSe3Transformer::new`].
+    pub fn with_objective(
+        cfg: &Se3TransformerConfig,
+        sd: &StateDict,
+        form: GraphForm,
+        objective: Objective,
+    ) -> Result<Self, Error> {
         let keys = Se3Transformer::expected_keys(cfg)?;
         let mut params = Vec::new();
         let mut tagged = StateDict::new();
@@ -239,11 +265,21 @@ impl TrainableSe3Transformer {
         let s = &mut compiled.session;
         let mut pairs = Vec::new();
         for &(l, t) in &outs {
-            let c = s.input_with_shape::<()>(
-                &format!("cot.{l}"),
-                InputKind::Values,
-                &se3_core::ops::logical_dims_of(&t.shape),
-            );
+            let dims = se3_core::ops::logical_dims_of(&t.shape);
+            let c = match objective {
+                Objective::Cotangents => {
+                    s.input_with_shape::<()>(&format!("cot.{l}"), InputKind::Values, &dims)
+                }
+                Objective::MeanSquaredError => {
+                    // (out - target) * w, w = 2 / len on every element (set per run)
+                    type T3 = GraphTensor<(Dyn<'-'>, Dyn<'-'>, Dyn<'-'>)>;
+                    let target: T3 =
+                        s.input_with_shape(&format!("target.{l}"), InputKind::Values, &dims);
+                    let w: T3 = s.input_with_shape(&format!("mse_w.{l}"), InputKind::Values, &dims);
+                    let out = T3::from_id(t.id, t.shape, t.graph_ref);
+                    ((out - target) * w).no_shape()
+                }
+            };
             pairs.push((t, c));
         }
         let mut grad_inputs: Vec<String> = compiled
@@ -293,6 +329,7 @@ impl TrainableSe3Transformer {
             readers,
             grad_inputs,
             out_degrees,
+            objective,
         })
     }
 
@@ -380,7 +417,8 @@ impl TrainableSe3Transformer {
     }
 
     /// The outputs (named as [`Se3Transformer::forward`]'s) and the gradients of
-    /// `L = Σ_out <out, cotangents["cotangent.<out>"]>`: `param.<key>` for every parameter and
+    /// `L = Σ_out <out, cotangents["cotangent.<out>"]>` (with [`Objective::MeanSquaredError`]:
+    /// of `Σ_out mean((out - cotangents["target.<out>"])²)`): `param.<key>` for every parameter and
     /// `input.<name>` for the float inputs (`feats`, or `feats_type<l>` for per-degree
     /// features; `edges` for float edge features; `global_feats`; `coors` with
     /// `differentiable_coors`).
@@ -405,10 +443,21 @@ impl TrainableSe3Transformer {
         let mut input_grads: Vec<BTreeMap<String, Vec<f32>>> = Vec::with_capacity(b);
         for (bi, item) in items.iter().enumerate() {
             for &(l, c) in &self.out_degrees {
-                let cot = self.graph_cotangent(inp, fwd, cotangents, bi, l, c)?;
-                self.compiled
-                    .session
-                    .set(&format!("cot.{l}"), cot, &[n, c, 2 * l + 1])?;
+                let shape = [n, c, 2 * l + 1];
+                match self.objective {
+                    Objective::Cotangents => {
+                        let cot = self.graph_cotangent(inp, fwd, cotangents, bi, l, c)?;
+                        self.compiled
+                            .session
+                            .set(&format!("cot.{l}"), cot, &shape)?;
+                    }
+                    Objective::MeanSquaredError => {
+                        let (target, w) = self.graph_target(inp, fwd, cotangents, bi, l, c)?;
+                        let s = &mut self.compiled.session;
+                        s.set(&format!("target.{l}"), target, &shape)?;
+                        s.set(&format!("mse_w.{l}"), w, &shape)?;
+                    }
+                }
             }
             per_batch.push(self.compiled.run_one(item, &inp.points(bi))?);
             let s = &self.compiled.session;
@@ -445,6 +494,61 @@ impl TrainableSe3Transformer {
         Ok((outputs, sd))
     }
 
+    /// The target of graph output `out.<l>` of batch element `bi` and the weight `2 / len` of
+    /// its elements (0 for a degree not returned) for [`Objective::MeanSquaredError`].
+    fn graph_target(
+        &self,
+        inp: &ModelInputs,
+        fwd: &Se3TransformerForward,
+        targets: &StateDict,
+        bi: usize,
+        l: usize,
+        c: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>), Error> {
+        let (b, n) = (inp.batch(), inp.nodes());
+        let per = n * c * (2 * l + 1);
+        let Some(name) = self.output_name(fwd, l)? else {
+            return Ok((vec![0.0; per], vec![0.0; per]));
+        };
+        if fwd.return_pooled {
+            return Err(Error::NotCompiled {
+                option: "an in-graph MSE objective with return_pooled",
+            });
+        }
+        let key = format!("target.{name}");
+        let t = targets.get(&key).ok_or_else(|| Error::MissingKey {
+            key: key.clone(),
+            expected: vec![b * per],
+        })?;
+        if t.data.len() != b * per {
+            return Err(Error::WrongShape {
+                key,
+                expected: vec![b * per],
+                found: t.shape.clone(),
+            });
+        }
+        let target = t.data[bi * per..(bi + 1) * per]
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        Ok((target, vec![(2.0 / (b * per) as f64) as f32; per]))
+    }
+
+    /// The name of the output that holds degree `l` (`out` or `type<l>`; `None` if the
+    /// forward does not return it).
+    fn output_name(&self, fwd: &Se3TransformerForward, l: usize) -> Result<Option<String>, Error> {
+        let host = self.compiled.host()?;
+        let mut return_type = fwd.return_type;
+        if host.shape.output_degrees == Some(1) {
+            return_type = Some(0);
+        }
+        Ok(match return_type {
+            Some(r) if r == l => Some("out".to_string()),
+            Some(_) => None,
+            None => Some(format!("type{l}")),
+        })
+    }
+
     /// The cotangent of graph output `out.<l>` (`[n, c, 2l + 1]`) of batch element `bi`: the
     /// adjoint of the output assembly (return type, pooling over unmasked nodes).
     fn graph_cotangent(
@@ -458,15 +562,8 @@ impl TrainableSe3Transformer {
     ) -> Result<Vec<f32>, Error> {
         let n = inp.nodes();
         let m = 2 * l + 1;
-        let host = self.compiled.host()?;
-        let mut return_type = fwd.return_type;
-        if host.shape.output_degrees == Some(1) {
-            return_type = Some(0);
-        }
-        let name = match return_type {
-            Some(r) if r == l => "out".to_string(),
-            Some(_) => return Ok(vec![0.0; n * c * m]),
-            None => format!("type{l}"),
+        let Some(name) = self.output_name(fwd, l)? else {
+            return Ok(vec![0.0; n * c * m]);
         };
         let key = format!("cotangent.{name}");
         let b = inp.batch();
