@@ -160,9 +160,19 @@ impl CompiledSe3Transformer {
     /// # Errors
     /// As [`CompiledSe3Transformer::new`].
     pub fn from_model(model: Se3Transformer) -> Result<Self, Error> {
+        Self::from_model_in(model, GraphForm::Fused)
+    }
+
+    /// As [`CompiledSe3Transformer::from_model`], the radial networks and edge contractions in
+    /// `form` ([`GraphForm::Unfused`]: the forward of the training graph).
+    ///
+    /// # Errors
+    /// As [`CompiledSe3Transformer::new`].
+    pub fn from_model_in(model: Se3Transformer, form: GraphForm) -> Result<Self, Error> {
         let mut host = model;
         let nets = convert_radials(&mut host)?;
-        let mut compiled = Self::build(&host, nets)?;
+        let (mut compiled, _) = Self::build_graph(&host, nets, form)?;
+        compiled.session.compile();
         strip_layers(&mut host);
         compiled.model = Some(host);
         Ok(compiled)
@@ -179,12 +189,6 @@ impl CompiledSe3Transformer {
         sd: StateDict,
     ) -> Result<Self, Error> {
         Self::from_model(Se3Transformer::from_state_dict_owned(cfg, sd)?)
-    }
-
-    fn build(model: &Se3Transformer, nets: RadialNets) -> Result<Self, Error> {
-        let (mut compiled, _) = Self::build_graph(model, nets, GraphForm::Fused)?;
-        compiled.session.compile();
-        Ok(compiled)
     }
 
     /// The graph of `model`'s layers in `form`, not compiled yet, and its outputs by degree

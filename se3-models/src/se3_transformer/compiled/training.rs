@@ -80,6 +80,7 @@ pub struct TrainableSe3Transformer {
     /// Output degrees and channels of the graph.
     out_degrees: Vec<(usize, usize)>,
     objective: Objective,
+    timings: Vec<(&'static str, f64)>,
 }
 
 /// What seeds the backward pass of a run.
@@ -330,6 +331,7 @@ impl TrainableSe3Transformer {
             grad_inputs,
             out_degrees,
             objective,
+            timings: Vec::new(),
         })
     }
 
@@ -411,6 +413,12 @@ impl TrainableSe3Transformer {
         Ok(())
     }
 
+    /// Wall time of the stages of the last [`TrainableSe3Transformer::forward_and_gradients`],
+    /// seconds.
+    pub fn last_timings(&self) -> &[(&'static str, f64)] {
+        &self.timings
+    }
+
     /// The compiled model (e.g. for its session's memory figures).
     pub fn compiled(&self) -> &CompiledSe3Transformer {
         &self.compiled
@@ -433,7 +441,10 @@ impl TrainableSe3Transformer {
         cotangents: &StateDict,
     ) -> Result<(StateDict, StateDict), Error> {
         let (b, n) = (inp.batch(), inp.nodes());
+        let t0 = std::time::Instant::now();
         let items = self.compiled.host()?.prepare(inp)?;
+        let t1 = std::time::Instant::now();
+        let mut graph_s = 0.0;
         let mut per_batch = Vec::with_capacity(b);
         let mut feed_grads: Vec<Vec<f64>> = self
             .feeds
@@ -459,7 +470,9 @@ impl TrainableSe3Transformer {
                     }
                 }
             }
+            let tg = std::time::Instant::now();
             per_batch.push(self.compiled.run_one(item, &inp.points(bi))?);
+            graph_s += tg.elapsed().as_secs_f64();
             let s = &self.compiled.session;
             for (f, acc) in self.feeds.iter().zip(feed_grads.iter_mut()) {
                 let g = s.get(&format!("grad.{}", f.name))?;
@@ -491,6 +504,12 @@ impl TrainableSe3Transformer {
         for (p, g) in self.params.iter().zip(grads) {
             sd.insert(format!("param.{}", p.key), Tensor::new(p.shape.clone(), g)?);
         }
+        let total = t1.elapsed().as_secs_f64();
+        self.timings = vec![
+            ("host: neighbours + basis", (t1 - t0).as_secs_f64()),
+            ("graph: forward + backward", graph_s),
+            ("host: outputs + gradients", total - graph_s),
+        ];
         Ok((outputs, sd))
     }
 
