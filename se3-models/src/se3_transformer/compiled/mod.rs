@@ -81,6 +81,9 @@ fn flat_input(s: &mut Session, name: &str, slot: usize) -> Result<GraphTensor<(D
     )
 }
 
+/// The graph's outputs by degree, `out.<l>` as `[n, c, 2l + 1]`.
+pub(crate) type GraphOutputs = Vec<(usize, GraphTensor<()>)>;
+
 /// The form the compiled graph takes of the radial networks and the edge contractions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GraphForm {
@@ -197,7 +200,7 @@ impl CompiledSe3Transformer {
         model: &Se3Transformer,
         nets: RadialNets,
         form: GraphForm,
-    ) -> Result<(Self, Vec<(usize, GraphTensor<()>)>), Error> {
+    ) -> Result<(Self, GraphOutputs), Error> {
         let cfg = &model.cfg;
         let shape = &model.shape;
         let mut s = Session::new();

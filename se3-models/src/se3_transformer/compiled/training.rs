@@ -224,20 +224,14 @@ impl TrainableSe3Transformer {
                 } else {
                     None
                 };
-                match src {
-                    Some((pi, ei)) => {
-                        if f32_of(params[pi as usize].value[ei as usize]) != v {
-                            return Err(Error::NotCompiled {
-                                option: "gradients of a layer that transforms its weights",
-                            });
-                        }
-                    }
-                    None if t.to_bits() != v.to_bits() => {
-                        return Err(Error::NotCompiled {
-                            option: "gradients of a layer that transforms its weights",
-                        });
-                    }
-                    None => {}
+                let holds = match src {
+                    Some((pi, ei)) => f32_of(params[pi as usize].value[ei as usize]) == v,
+                    None => t.to_bits() == v.to_bits(),
+                };
+                if !holds {
+                    return Err(Error::NotCompiled {
+                        option: "gradients of a layer that transforms its weights",
+                    });
                 }
                 from.push(src);
             }
