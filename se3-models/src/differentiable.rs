@@ -126,6 +126,35 @@ impl Parameters {
         Ok(Self { list })
     }
 
+    /// Parameters kept by a model that feeds them to its graph itself.
+    pub fn from_list(list: Vec<Parameter>) -> Self {
+        Self { list }
+    }
+
+    /// Sets parameter `name` to `value` here only (for a model that feeds its graph itself).
+    ///
+    /// # Errors
+    /// `MissingKey` for an unknown name, `WrongShape` for a value of another length.
+    pub fn set_host(&mut self, name: &str, value: Vec<f32>) -> Result<(), Error> {
+        let p = self
+            .list
+            .iter_mut()
+            .find(|p| p.name == name)
+            .ok_or_else(|| Error::MissingKey {
+                key: name.to_string(),
+                expected: vec![],
+            })?;
+        if value.len() != p.value.len() {
+            return Err(Error::WrongShape {
+                key: name.to_string(),
+                expected: p.shape.clone(),
+                found: vec![value.len()],
+            });
+        }
+        p.value = value;
+        Ok(())
+    }
+
     /// The parameters in order.
     pub fn iter(&self) -> impl Iterator<Item = &Parameter> {
         self.list.iter()
@@ -300,6 +329,41 @@ impl ObjectiveGraph {
     }
 }
 
+/// The objective's value from a run's `outputs` and what it was `given` (`cotangent.<out>` or
+/// `target.<out>` for every output), for models that seed their backward pass on the host.
+///
+/// # Errors
+/// `MissingKey` for an output without its given tensor, `WrongShape` for another length.
+pub fn host_loss(
+    objective: Objective,
+    outputs: &StateDict,
+    given: &StateDict,
+) -> Result<f64, Error> {
+    let mut loss = 0.0;
+    for (name, out) in outputs.iter() {
+        let key = format!("{}{name}", objective.given_prefix());
+        let g = given.get(&key).ok_or_else(|| Error::MissingKey {
+            key: key.clone(),
+            expected: out.shape.clone(),
+        })?;
+        if g.data.len() != out.data.len() {
+            return Err(Error::WrongShape {
+                key,
+                expected: out.shape.clone(),
+                found: g.shape.clone(),
+            });
+        }
+        let pairs = out.data.iter().zip(&g.data);
+        loss += match objective {
+            Objective::Cotangents => pairs.map(|(o, c)| o * c).sum::<f64>(),
+            Objective::MeanSquaredError => {
+                pairs.map(|(o, t)| (o - t) * (o - t)).sum::<f64>() / out.data.len().max(1) as f64
+            }
+        };
+    }
+    Ok(loss)
+}
+
 /// Compiles the model described by `file` from `weights` with gradients for `objective`.
 /// One arm per model family.
 ///
@@ -314,6 +378,18 @@ pub fn differentiable_from_files(
         let cfg = TfnStackConfig::from_kwargs(&file.constructor_kwargs)?;
         let graph = TfnGraph::from_state_dict(&cfg, weights)?;
         return Ok(Box::new(graph.compile_differentiable(weights, objective)?));
+    }
+    if file.is_se3_transformer() {
+        let cfg =
+            crate::se3_transformer::Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
+        let fwd = crate::se3_transformer::Se3TransformerForward::from_literals(
+            &file.forward_kwargs.literals,
+        )?;
+        return Ok(Box::new(
+            crate::se3_transformer::compiled::DifferentiableSe3Transformer::new(
+                &cfg, fwd, weights, objective,
+            )?,
+        ));
     }
     if file.is_vn_transformer() {
         let cfg = VnTransformerConfig::from_kwargs(&file.constructor_kwargs)?;

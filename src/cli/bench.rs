@@ -44,6 +44,22 @@ pub enum BenchTarget {
         #[arg(long)]
         reference_dir: Option<std::path::PathBuf>,
     },
+    /// One training step (forward, MSE loss, backward, Adam) of the SE(3)-Transformer at the
+    /// sizes of `bench_pytorch_train.py`, next to PyTorch's step measured in the same session.
+    Train {
+        /// Run only this case, in this process (used by the benchmark's child processes).
+        #[arg(long, hide = true)]
+        case: Option<String>,
+        /// Python of the reference environment (default: env `SE3_REFENV`).
+        #[arg(long)]
+        python: Option<std::path::PathBuf>,
+        /// Directory of `bench_pytorch_train.py` (default: `shared/reference` beside the repo).
+        #[arg(long)]
+        reference_dir: Option<std::path::PathBuf>,
+        /// Only these cases (comma-separated, e.g. `se3t_deg2_n128`).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Neighbour graphs (kNN, radius) and the SE(3)-Transformer at 10^3 ... 10^5 points: time and
     /// peak memory, each case in its own process.
     Scale {
@@ -90,6 +106,16 @@ pub fn run(target: BenchTarget) -> Result<(), super::CliError> {
             case.as_deref(),
             only.as_deref(),
             &super::bench_pytorch::TorchSource::from_args(python, reference_dir),
+        ),
+        BenchTarget::Train {
+            case,
+            python,
+            reference_dir,
+            only,
+        } => super::bench_train::run(
+            case.as_deref(),
+            &super::bench_pytorch::TorchSource::from_args(python, reference_dir),
+            only.as_deref(),
         ),
         BenchTarget::Scale { max_points, case } => {
             super::bench_scale::run(case.as_deref(), max_points)

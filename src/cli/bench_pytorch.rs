@@ -18,6 +18,8 @@ pub const HOW_TO_GET_TORCH: &str = "PyTorch column: pass --python /path/to/refen
 
 /// The name of the reference benchmark script.
 pub const SCRIPT: &str = "bench_pytorch.py";
+/// The reference's training-step benchmark (one forward, loss, backward and Adam step).
+pub const TRAIN_SCRIPT: &str = "bench_pytorch_train.py";
 
 /// PyTorch's figures for one case, measured in this session.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +83,26 @@ impl TorchSource {
             return Err(format!("no {SCRIPT} in {}", dir.display()).into());
         }
         Ok(script)
+    }
+
+    /// Runs `case` of [`TRAIN_SCRIPT`] (beside [`SCRIPT`]) in PyTorch: one training step
+    /// (`None` without a python).
+    pub fn measure_train(&self, case: &str) -> Result<Option<TorchFigures>, super::CliError> {
+        let Some(python) = &self.python else {
+            return Ok(None);
+        };
+        let script = self.script()?.with_file_name(TRAIN_SCRIPT);
+        let out = Command::new(python)
+            .arg(&script)
+            .args(["--only", case])
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last = err.lines().last().unwrap_or("").trim();
+            return Err(format!("{TRAIN_SCRIPT} --only {case} failed: {last}").into());
+        }
+        parse_torch_output(&String::from_utf8_lossy(&out.stdout), case).map(Some)
     }
 
     /// Runs `case` in PyTorch (`None` without a python).

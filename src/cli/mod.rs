@@ -8,6 +8,7 @@ pub mod bench_math;
 pub mod bench_pytorch;
 pub mod bench_scale;
 pub mod bench_se3t;
+pub mod bench_train;
 pub mod bench_zoo;
 pub mod data;
 pub mod doctor;

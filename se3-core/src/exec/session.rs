@@ -455,6 +455,30 @@ impl Session {
             .collect()
     }
 
+    /// The row-major values a weight was last set to ([`Session::set_weight`]).
+    ///
+    /// # Errors
+    /// `UnknownName` if there is no weight `name`, `MissingInput` if it has no value yet.
+    pub fn weight_values(&self, name: &str) -> Result<Vec<f32>, Error> {
+        let i = self.slot_index(name)?;
+        let missing = || Error::MissingInput {
+            name: name.to_string(),
+        };
+        let slot = &self.slots[i];
+        if !slot.resident {
+            return Err(Error::UnknownName {
+                role: "weight",
+                name: name.to_string(),
+            });
+        }
+        let t = self.graph.get_tensor_ref(slot.id, 0).ok_or_else(missing)?;
+        t.data
+            .as_any()
+            .downcast_ref::<Vec<f32>>()
+            .cloned()
+            .ok_or_else(missing)
+    }
+
     /// Names of the per-run inputs, in declaration order.
     pub fn input_names(&self) -> Vec<String> {
         self.slots

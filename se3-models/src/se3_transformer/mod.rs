@@ -17,7 +17,9 @@ pub(crate) mod rotary;
 pub(crate) mod torch_topk;
 pub mod typed;
 
-pub use compiled::{BlockStats, CompiledSe3Transformer, MemoryEstimate};
+pub use compiled::{
+    BlockStats, CompiledSe3Transformer, GraphForm, MemoryEstimate, TrainableSe3Transformer,
+};
 pub use config::{DimSpec, Se3TransformerConfig, Se3TransformerForward, Se3TransformerShape};
 pub use reassociated::Contraction;
 pub use reference::Se3Transformer;

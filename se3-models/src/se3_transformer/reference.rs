@@ -75,6 +75,9 @@ pub(crate) struct Prepared {
     pub graph: crate::se3_transformer::graph::Graph,
     /// Global features (`m` rows of `global_feats_dim`), if the config has them.
     pub global: Option<Block>,
+    /// Bond-distance labels `n x n` (`num_adj_degrees`), which pick the adjacency embedding rows
+    /// of the edge features.
+    pub adj_labels: Option<Vec<i64>>,
 }
 
 fn shape_err(name: &'static str, expected: String, found: &[usize]) -> Error {
@@ -499,6 +502,7 @@ impl Se3Transformer {
                 x0: item.x0,
                 graph,
                 global: item.global,
+                adj_labels: item.labels,
             })
             .collect())
     }

@@ -9,6 +9,7 @@ use se3_core::layers::RadialMlp;
 use super::ctx::{Ctx, GFeats};
 use super::node::{linear, residual};
 use super::tensor::{reshape, T2, T3};
+use super::{unfused, GraphForm};
 use crate::se3_transformer::conv::{ConvSe3, Pair};
 use crate::Error;
 
@@ -18,6 +19,18 @@ pub(crate) struct PairEdges<'p> {
     pub(crate) pair: &'p Pair,
     edges: CorePairEdges,
     radial: std::rc::Rc<RadialMlp>,
+}
+
+impl PairEdges<'_> {
+    /// The se3-core pair edges (`h`, `Kx`).
+    pub(crate) fn edges(&self) -> &CorePairEdges {
+        &self.edges
+    }
+
+    /// The pair's radial network (float32).
+    pub(crate) fn radial(&self) -> &RadialMlp {
+        &self.radial
+    }
 }
 
 /// Per-edge degree-0 messages of a pair with output degree 0 for output channels
@@ -78,6 +91,9 @@ pub(crate) fn weighted_sum(
     c0: usize,
     cnt: usize,
 ) -> Result<T3, Error> {
+    if ctx.form == GraphForm::Unfused {
+        return unfused::weighted_sum(ctx, pe, a, c0, cnt);
+    }
     let prefix = ctx.prefix();
     Ok(conv_grouped::weighted_sum(
         ctx.s, &prefix, &pe.radial, &pe.edges, a, c0, cnt,
@@ -94,6 +110,9 @@ pub(crate) fn weighted_sum_heads(
     c0s: &[usize],
     cnt: usize,
 ) -> Result<T3, Error> {
+    if ctx.form == GraphForm::Unfused {
+        return unfused::weighted_sum_heads(ctx, pe, a, c0s, cnt);
+    }
     let prefix = ctx.prefix();
     Ok(conv_grouped::weighted_sum_heads(
         ctx.s, &prefix, &pe.radial, &pe.edges, a, c0s, cnt,
@@ -110,6 +129,9 @@ pub(crate) fn query_logits_heads(
     c0s: &[usize],
     cnt: usize,
 ) -> Result<T3, Error> {
+    if ctx.form == GraphForm::Unfused {
+        return unfused::query_logits_heads(ctx, pe, q, c0s, cnt);
+    }
     let prefix = ctx.prefix();
     Ok(conv_grouped::query_logits_heads(
         ctx.s, &prefix, &pe.radial, &pe.edges, q, c0s, cnt,

@@ -16,6 +16,7 @@ use se3_core::layers::{RadialBank, RadialMlp};
 
 use super::attention::RotaryInputs;
 use super::tensor::{reshape, retype, T2, T3, T4};
+use super::GraphForm;
 use crate::se3_transformer::conv::Pair;
 use crate::se3_transformer::radial::{RadialFunc, RADIAL_HIDDEN};
 use crate::Error;
@@ -50,6 +51,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) nets: RadialNets,
     /// Rotary embedding inputs (degree-0 attention), if the model has them.
     pub rotary: Option<RotaryInputs>,
+    /// Fused kernels or primitive forms for the radial networks and edge contractions.
+    pub form: GraphForm,
 }
 
 /// The radial networks of the degree pairs of the model up to their last layer, evaluated
@@ -126,6 +129,7 @@ impl<'a> Ctx<'a> {
             bank: ModelRadials::default(),
             nets: RadialNets::new(),
             rotary: None,
+            form: GraphForm::Fused,
         }
     }
 
@@ -152,6 +156,9 @@ impl<'a> Ctx<'a> {
     /// # Errors
     /// Weight errors of the session; `MissingInput` if a group's input widths differ.
     pub(crate) fn radial_hidden(&mut self, p: &Pair) -> Result<T3, Error> {
+        if self.form == GraphForm::Unfused {
+            return self.radial_hidden_alone(p);
+        }
         if let Some(&(gi, pi)) = self.bank.index.get(&pair_key(p)) {
             if self.bank.banks.get(gi).is_some_and(Option::is_none) {
                 let group = self.bank.groups[gi].clone();
@@ -175,6 +182,12 @@ impl<'a> Ctx<'a> {
             ]);
             return Ok(GraphTensor::from_id(all.id, st, all.graph_ref));
         }
+        self.radial_hidden_alone(p)
+    }
+
+    /// The radial hidden activations of pair `p` evaluated for `p` alone
+    /// ([`RadialMlp::build_hidden`]: GEMMs and the LayerNorm + GELU row op), `[1, e, 128]`.
+    fn radial_hidden_alone(&mut self, p: &Pair) -> Result<T3, Error> {
         let net = self.radial_net(p)?;
         let prefix = self.prefix();
         let (h, _, _) = net.build_hidden(self.s, &prefix, retype(self.radial_in))?;

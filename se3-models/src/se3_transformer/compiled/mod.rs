@@ -36,9 +36,15 @@ mod blocked;
 mod conv;
 mod coors;
 mod ctx;
+mod differentiable;
 mod egnn;
 mod node;
 mod tensor;
+mod training;
+mod unfused;
+
+pub use differentiable::DifferentiableSe3Transformer;
+pub use training::TrainableSe3Transformer;
 
 use std::collections::BTreeMap;
 
@@ -77,6 +83,22 @@ fn flat_input(s: &mut Session, name: &str, slot: usize) -> Result<GraphTensor<(D
         24 => 'Y', 25 => 'Z', 26 => 'a', 27 => 'b', 28 => 'c', 29 => 'd', 30 => 'f', 31 => 'h',
         32 => 'i', 33 => 'j', 34 => 'l', 35 => 'm', 36 => 'o', 37 => 'p', 38 => 'q', 39 => 'r'),
     )
+}
+
+/// The graph's outputs by degree, `out.<l>` as `[n, c, 2l + 1]`.
+pub(crate) type GraphOutputs = Vec<(usize, GraphTensor<()>)>;
+
+/// The form the compiled graph takes of the radial networks and the edge contractions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GraphForm {
+    /// Fused kernels (`radial_hidden` over a layer's pairs, `edge_contract`), reassociated:
+    /// per-edge radial weights are never formed. The inference form.
+    #[default]
+    Fused,
+    /// Primitive forms (per-pair radial networks, per-edge messages; `compiled/unfused.rs`),
+    /// every op with a vector-Jacobian product: the training form until the fused kernels have
+    /// backward passes.
+    Unfused,
 }
 
 /// What [`CompiledSe3Transformer::estimate_memory`] expects one forward to hold, bytes.
@@ -145,17 +167,20 @@ impl CompiledSe3Transformer {
     /// # Errors
     /// As [`CompiledSe3Transformer::new`].
     pub fn from_model(model: Se3Transformer) -> Result<Self, Error> {
+        Self::from_model_in(model, GraphForm::Fused)
+    }
+
+    /// As [`CompiledSe3Transformer::from_model`], the radial networks and edge contractions in
+    /// `form` ([`GraphForm::Unfused`]: the forward of the training graph).
+    ///
+    /// # Errors
+    /// As [`CompiledSe3Transformer::new`].
+    pub fn from_model_in(model: Se3Transformer, form: GraphForm) -> Result<Self, Error> {
         let mut host = model;
         let nets = convert_radials(&mut host)?;
-        let mut compiled = Self::build(&host, nets)?;
-        host.conv_in.pairs.clear();
-        host.conv_in.self_interact = None;
-        host.convs.clear();
-        host.trunk = Trunk::Sequential(Vec::new());
-        if let Some(c) = &mut host.conv_out {
-            c.pairs.clear();
-            c.self_interact = None;
-        }
+        let (mut compiled, _) = Self::build_graph(&host, nets, form)?;
+        compiled.session.compile();
+        strip_layers(&mut host);
         compiled.model = Some(host);
         Ok(compiled)
     }
@@ -182,7 +207,13 @@ impl CompiledSe3Transformer {
         Self::from_model(Se3Transformer::from_state_dict_owned(cfg, sd)?)
     }
 
-    fn build(model: &Se3Transformer, nets: RadialNets) -> Result<Self, Error> {
+    /// The graph of `model`'s layers in `form`, not compiled yet, and its outputs by degree
+    /// (`out.<l>`, `[n, c, 2l + 1]`).
+    pub(crate) fn build_graph(
+        model: &Se3Transformer,
+        nets: RadialNets,
+        form: GraphForm,
+    ) -> Result<(Self, GraphOutputs), Error> {
         let cfg = &model.cfg;
         let shape = &model.shape;
         let mut s = Session::new();
@@ -326,6 +357,7 @@ impl CompiledSe3Transformer {
         let mut ctx = Ctx::new(&mut s, nbr, valid, pool_w, radial_in, basis, global);
         ctx.rotary = rotary;
         ctx.nets = nets;
+        ctx.form = form;
         for group in model_pair_groups(model) {
             ctx.radial_bank(&group);
         }
@@ -384,15 +416,16 @@ impl CompiledSe3Transformer {
         }
         drop(ctx);
         let mut out_degrees = Vec::new();
+        let mut out_tensors = Vec::new();
         for (&l, &t) in &x {
             let d = tensor::dims(t);
             let c = d[1].to_usize().unwrap_or(0);
             let flat: T3 = reshape(t.contiguous(), &d);
             s.output(&format!("out.{l}"), flat);
             out_degrees.push((l, c));
+            out_tensors.push((l, flat.no_shape()));
         }
-        s.compile();
-        Ok(Self {
+        let compiled = Self {
             model: None,
             session: s,
             in_degrees,
@@ -405,7 +438,8 @@ impl CompiledSe3Transformer {
             egnn: matches!(model.trunk, Trunk::Egnn(_)),
             coors: geometry.as_ref().map(coors::InGraphGeometry::inputs),
             timings: Vec::new(),
-        })
+        };
+        Ok((compiled, out_tensors))
     }
 
     /// Wraps every operator of the compiled graph in a timer ([`se3_core::exec::profile`]), so
@@ -675,6 +709,19 @@ impl CompiledSe3Transformer {
             );
         }
         Ok(out)
+    }
+}
+
+/// Drops the layers of a host model whose graph is built (only embeddings, neighbour selection
+/// and the basis table stay on the host).
+fn strip_layers(host: &mut Se3Transformer) {
+    host.conv_in.pairs.clear();
+    host.conv_in.self_interact = None;
+    host.convs.clear();
+    host.trunk = Trunk::Sequential(Vec::new());
+    if let Some(c) = &mut host.conv_out {
+        c.pairs.clear();
+        c.self_interact = None;
     }
 }
 

@@ -1,0 +1,732 @@
+//! The SE(3)-Transformer compiled with its gradients: one graph gives the outputs and the
+//! gradients of `L = Σ_out <out, cotangent.out>` with respect to every parameter (PyTorch key
+//! names, `param.<key>`) and every float input (`input.<name>`), for training with se3-core's
+//! optimizers.
+//!
+//! The compiled layers hold their weights as session constants cut from the PyTorch parameters
+//! (transposed, split per head, re-ordered for the contraction kernels; a parameter may feed
+//! several constants). Which parameter element each constant element holds is found by building
+//! the graph once from a state dict whose every parameter element holds its own index (exact
+//! in float32 below 2^24) and reading the constants back; the build from the real weights is then
+//! checked against that map element by element (every constant element is a parameter element
+//! or the same constant in both builds), so a layer that transforms a weight rather than copying
+//! it is an error, not a silently wrong gradient. `∂L/∂param` is the sum of the gradients of the
+//! constant elements it feeds.
+//!
+//! Embeddings (`token_emb`, `pos_emb`, `edge_emb`, `adj_emb`) run on the host; their gradients
+//! are taken on the host from the gradients of the graph's inputs (node features, radial input),
+//! as are those of the float inputs (`feats`, `edges`, `global_feats`, and with
+//! `differentiable_coors` the `coors`, through the in-graph kernel basis).
+
+use crate::differentiable::Objective;
+use std::collections::BTreeMap;
+
+use luminal::prelude::{Dyn, GraphTensor, ShapeTracker};
+use se3_core::exec::InputKind;
+
+use super::{convert_radials, strip_layers, CompiledSe3Transformer, GraphForm};
+use crate::checkpoint::{StateDict, Tensor};
+use crate::inputs::{EdgeInput, ModelInputs, NodeFeats};
+use crate::se3_transformer::reference::Prepared;
+use crate::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
+use crate::Error;
+
+/// First tag value: parameter element `g` is tagged `TAG_BASE + g` in the mapping build.
+const TAG_BASE: f64 = 4_194_304.0; // 2^22
+/// Tags stay exact integers in float32 below 2^24.
+const TAG_LIMIT: usize = 16_777_216 - 4_194_304;
+
+/// Parameters that live on the host (embeddings), not in the graph.
+const HOST_PARAMS: [&str; 4] = [
+    "token_emb.weight",
+    "pos_emb.weight",
+    "edge_emb.weight",
+    "adj_emb.weight",
+];
+
+/// Whether a state-dict key is a buffer (not a parameter of `named_parameters()`).
+fn is_buffer(key: &str) -> bool {
+    key.ends_with("inv_freq")
+}
+
+/// One PyTorch parameter and its current value.
+#[derive(Debug, Clone)]
+struct Parameter {
+    key: String,
+    shape: Vec<usize>,
+    value: Vec<f64>,
+}
+
+/// A session constant fed (in part) from parameters.
+#[derive(Debug, Clone)]
+struct Feed {
+    name: String,
+    shape: Vec<usize>,
+    /// Current values.
+    values: Vec<f32>,
+    /// Per element: `(parameter, element)` it holds, or `None` for a constant.
+    from: Vec<Option<(u32, u32)>>,
+}
+
+/// The SE(3)-Transformer with its gradients (module doc).
+pub struct TrainableSe3Transformer {
+    compiled: CompiledSe3Transformer,
+    params: Vec<Parameter>,
+    index: BTreeMap<String, usize>,
+    feeds: Vec<Feed>,
+    /// Feeds that read each parameter.
+    readers: Vec<Vec<usize>>,
+    /// Graph inputs with a gradient output `grad.<name>`.
+    grad_inputs: Vec<String>,
+    /// Output degrees and channels of the graph.
+    out_degrees: Vec<(usize, usize)>,
+    objective: Objective,
+    timings: Vec<(&'static str, f64)>,
+}
+
+impl std::fmt::Debug for TrainableSe3Transformer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainableSe3Transformer")
+            .field("parameters", &self.params.len())
+            .field("feeds", &self.feeds.len())
+            .finish()
+    }
+}
+
+/// A shape of the declared rank for a weight of `len` elements: the fixed axes as declared,
+/// the first dynamic one taking the rest, the others 1 (`Session::set_weight` checks only fixed
+/// axes, rank and length).
+fn set_shape(dims: &[Option<usize>], len: usize) -> Vec<usize> {
+    let fixed: usize = dims.iter().flatten().product();
+    let mut first = true;
+    dims.iter()
+        .map(|d| match d {
+            Some(v) => *v,
+            None if first => {
+                first = false;
+                len / fixed.max(1)
+            }
+            None => 1,
+        })
+        .collect()
+}
+
+fn f32_of(v: f64) -> f32 {
+    v as f32
+}
+
+impl TrainableSe3Transformer {
+    /// Builds and compiles the model of `cfg` with weights `sd` (PyTorch key names) and its
+    /// gradients, the radial networks and edge contractions in `form`.
+    ///
+    /// # Errors
+    /// Those of [`Se3Transformer::from_state_dict`]; `NotCompiled` for more than 12.5M
+    /// parameter elements or a layer that transforms a weight rather than copying it;
+    /// `Core(NoGradient)` if the graph crosses an op without a backward pass (fused ops before
+    /// their backward is merged: use [`GraphForm::Unfused`]).
+    pub fn new(cfg: &Se3TransformerConfig, sd: &StateDict, form: GraphForm) -> Result<Self, Error> {
+        Self::with_objective(cfg, sd, form, Objective::Cotangents)
+    }
+
+    /// As [`TrainableSe3Transformer::new`], with the backward pass seeded by `objective`.
+    ///
+    /// # Errors
+    /// As [`TrainableSe3Transformer::new`].
+    pub fn with_objective(
+        cfg: &Se3TransformerConfig,
+        sd: &StateDict,
+        form: GraphForm,
+        objective: Objective,
+    ) -> Result<Self, Error> {
+        let keys = Se3Transformer::expected_keys(cfg)?;
+        let mut params = Vec::new();
+        let mut tagged = StateDict::new();
+        let mut next = 0usize;
+        for (key, shape) in &keys {
+            let t = sd.get(key).ok_or_else(|| Error::MissingKey {
+                key: key.clone(),
+                expected: shape.clone(),
+            })?;
+            if is_buffer(key) {
+                tagged.insert(key.clone(), t.clone());
+                continue;
+            }
+            if HOST_PARAMS.contains(&key.as_str()) {
+                tagged.insert(key.clone(), t.clone());
+            } else {
+                let len = t.data.len();
+                if next + len > TAG_LIMIT {
+                    return Err(Error::NotCompiled {
+                        option: "gradients of more than 12.5M parameter elements",
+                    });
+                }
+                let tags = (0..len).map(|i| TAG_BASE + (next + i) as f64).collect();
+                tagged.insert(key.clone(), Tensor::new(t.shape.clone(), tags)?);
+                next += len;
+            }
+            params.push(Parameter {
+                key: key.clone(),
+                shape: t.shape.clone(),
+                value: t.data.clone(),
+            });
+        }
+        // graph elements by tag: parameter index and offset of each graph parameter's tags
+        let mut starts = Vec::new();
+        let mut at = 0usize;
+        for (pi, p) in params.iter().enumerate() {
+            if !HOST_PARAMS.contains(&p.key.as_str()) {
+                starts.push((at, pi));
+                at += p.value.len();
+            }
+        }
+        let locate = |tag: usize| -> Option<(u32, u32)> {
+            let pos = starts.partition_point(|&(s, _)| s <= tag).checked_sub(1)?;
+            let (s, pi) = starts[pos];
+            Some((pi as u32, (tag - s) as u32))
+        };
+
+        let mut tag_model = Se3Transformer::from_state_dict(cfg, &tagged)?;
+        let tag_nets = convert_radials(&mut tag_model)?;
+        let (tag_graph, _) = CompiledSe3Transformer::build_graph(&tag_model, tag_nets, form)?;
+        drop(tag_model);
+
+        let mut host = Se3Transformer::from_state_dict(cfg, sd)?;
+        let nets = convert_radials(&mut host)?;
+        let (mut compiled, outs) = CompiledSe3Transformer::build_graph(&host, nets, form)?;
+        strip_layers(&mut host);
+        compiled.model = Some(host);
+
+        let mut feeds = Vec::new();
+        for (name, dims) in compiled.session.weights() {
+            let tags = tag_graph.session.weight_values(&name)?;
+            let values = compiled.session.weight_values(&name)?;
+            if tags.len() != values.len() {
+                return Err(Error::NotCompiled {
+                    option: "a weight whose size depends on its values",
+                });
+            }
+            let mut from = Vec::with_capacity(tags.len());
+            for (&t, &v) in tags.iter().zip(&values) {
+                let tv = f64::from(t);
+                let src = if tv >= TAG_BASE && tv.fract() == 0.0 {
+                    locate((tv - TAG_BASE) as usize)
+                } else {
+                    None
+                };
+                let holds = match src {
+                    Some((pi, ei)) => f32_of(params[pi as usize].value[ei as usize]) == v,
+                    None => t.to_bits() == v.to_bits(),
+                };
+                if !holds {
+                    return Err(Error::NotCompiled {
+                        option: "gradients of a layer that transforms its weights",
+                    });
+                }
+                from.push(src);
+            }
+            if from.iter().any(Option::is_some) {
+                let shape = set_shape(&dims, values.len());
+                feeds.push(Feed {
+                    name,
+                    shape,
+                    values,
+                    from,
+                });
+            }
+        }
+        drop(tag_graph);
+        let mut readers = vec![Vec::new(); params.len()];
+        for (fi, f) in feeds.iter().enumerate() {
+            let mut seen: Vec<u32> = f.from.iter().flatten().map(|&(p, _)| p).collect();
+            seen.sort_unstable();
+            seen.dedup();
+            for p in seen {
+                readers[p as usize].push(fi);
+            }
+        }
+
+        // cotangents of the outputs and the gradients
+        let s = &mut compiled.session;
+        let mut pairs = Vec::new();
+        for &(l, t) in &outs {
+            let dims = se3_core::ops::logical_dims_of(&t.shape);
+            let c = match objective {
+                Objective::Cotangents => {
+                    s.input_with_shape::<()>(&format!("cot.{l}"), InputKind::Values, &dims)
+                }
+                Objective::MeanSquaredError => {
+                    // (out - target) * w, w = 2 / len on every element (set per run)
+                    type T3 = GraphTensor<(Dyn<'-'>, Dyn<'-'>, Dyn<'-'>)>;
+                    let target: T3 =
+                        s.input_with_shape(&format!("target.{l}"), InputKind::Values, &dims);
+                    let w: T3 = s.input_with_shape(&format!("mse_w.{l}"), InputKind::Values, &dims);
+                    let out = T3::from_id(t.id, t.shape, t.graph_ref);
+                    ((out - target) * w).no_shape()
+                }
+            };
+            pairs.push((t, c));
+        }
+        let mut grad_inputs: Vec<String> = compiled
+            .in_degrees
+            .iter()
+            .map(|&(l, _)| format!("x.{l}"))
+            .collect();
+        let edge_dim = compiled.model.as_ref().map_or(0, |m| m.shape.edge_dim);
+        if compiled.coors.is_some() {
+            grad_inputs.push(super::coors::COORS_INPUT.to_string());
+            if edge_dim > 0 {
+                grad_inputs.push(super::coors::EDGE_INPUT.to_string());
+            }
+        } else if edge_dim > 0 {
+            grad_inputs.push("radial_in".to_string());
+        }
+        if compiled.global_dim.is_some() {
+            grad_inputs.push("global".to_string());
+        }
+        let mut wrt = Vec::new();
+        for n in &grad_inputs {
+            wrt.push(s.tensor(n)?);
+        }
+        for f in &feeds {
+            // the whole buffer, whatever the declared (possibly dynamic) axes
+            let t = s.tensor(&f.name)?;
+            let flat = ShapeTracker::new(&[f.values.len().into()]);
+            wrt.push(GraphTensor::from_id(t.id, flat, t.graph_ref));
+        }
+        let grads = se3_core::autodiff::gradients(&pairs, &wrt)?;
+        let names = grad_inputs.iter().chain(feeds.iter().map(|f| &f.name));
+        for (n, g) in names.zip(&grads) {
+            s.output(&format!("grad.{n}"), *g);
+        }
+        s.compile();
+        let out_degrees = compiled.out_degrees.clone();
+        let index = params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.key.clone(), i))
+            .collect();
+        Ok(TrainableSe3Transformer {
+            compiled,
+            params,
+            index,
+            feeds,
+            readers,
+            grad_inputs,
+            out_degrees,
+            objective,
+            timings: Vec::new(),
+        })
+    }
+
+    /// The parameters (PyTorch key names, `named_parameters()` order) and their shapes.
+    pub fn parameters(&self) -> Vec<(String, Vec<usize>)> {
+        self.params
+            .iter()
+            .map(|p| (p.key.clone(), p.shape.clone()))
+            .collect()
+    }
+
+    /// The current value of parameter `key`, row-major.
+    ///
+    /// # Errors
+    /// `MissingKey` for a key that is not a parameter.
+    pub fn parameter(&self, key: &str) -> Result<&[f64], Error> {
+        let i = self.param_index(key)?;
+        Ok(&self.params[i].value)
+    }
+
+    fn param_index(&self, key: &str) -> Result<usize, Error> {
+        self.index
+            .get(key)
+            .copied()
+            .ok_or_else(|| Error::MissingKey {
+                key: key.to_string(),
+                expected: vec![],
+            })
+    }
+
+    /// Sets parameter `key` (row-major `values`) in the graph (every constant it feeds) or on
+    /// the host (embeddings).
+    ///
+    /// # Errors
+    /// `MissingKey` for a key that is not a parameter, `WrongShape` for a wrong length,
+    /// `NonFinite` for NaN or infinite values; session errors.
+    pub fn set_parameter(&mut self, key: &str, values: &[f64]) -> Result<(), Error> {
+        let pi = self.param_index(key)?;
+        let p = &self.params[pi];
+        if values.len() != p.value.len() {
+            return Err(Error::WrongShape {
+                key: key.to_string(),
+                expected: p.shape.clone(),
+                found: vec![values.len()],
+            });
+        }
+        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                name: "parameter values",
+                index,
+            });
+        }
+        self.params[pi].value = values.to_vec();
+        if let Some(host) = self.compiled.model.as_mut() {
+            let mat = match key {
+                "token_emb.weight" => host.token_emb.as_mut(),
+                "pos_emb.weight" => host.pos_emb.as_mut(),
+                "edge_emb.weight" => host.edge_emb.as_mut(),
+                "adj_emb.weight" => host.adj_emb.as_mut(),
+                _ => None,
+            };
+            if let Some(m) = mat {
+                m.data = values.to_vec();
+            }
+        }
+        for &fi in &self.readers[pi] {
+            let f = &mut self.feeds[fi];
+            for (v, src) in f.values.iter_mut().zip(&f.from) {
+                if let Some((q, e)) = *src {
+                    if q as usize == pi {
+                        *v = f32_of(values[e as usize]);
+                    }
+                }
+            }
+            self.compiled
+                .session
+                .set_weight(&f.name, f.values.clone(), &f.shape)?;
+        }
+        Ok(())
+    }
+
+    /// Wall time of the stages of the last [`TrainableSe3Transformer::forward_and_gradients`],
+    /// seconds.
+    pub fn last_timings(&self) -> &[(&'static str, f64)] {
+        &self.timings
+    }
+
+    /// The compiled model (e.g. for its session's memory figures).
+    pub fn compiled(&self) -> &CompiledSe3Transformer {
+        &self.compiled
+    }
+
+    /// The outputs (named as [`Se3Transformer::forward`]'s) and the gradients of
+    /// `L = Σ_out <out, cotangents["cotangent.<out>"]>` (with [`Objective::MeanSquaredError`]:
+    /// of `Σ_out mean((out - cotangents["target.<out>"])²)`): `param.<key>` for every parameter and
+    /// `input.<name>` for the float inputs (`feats`, or `feats_type<l>` for per-degree
+    /// features; `edges` for float edge features; `global_feats`; `coors` with
+    /// `differentiable_coors`).
+    ///
+    /// # Errors
+    /// Input errors of [`Se3Transformer::forward`]; `MissingKey` for an output without a
+    /// cotangent; `WrongShape` for a cotangent of the wrong size.
+    pub fn forward_and_gradients(
+        &mut self,
+        inp: &ModelInputs,
+        fwd: &Se3TransformerForward,
+        cotangents: &StateDict,
+    ) -> Result<(StateDict, StateDict), Error> {
+        let (b, n) = (inp.batch(), inp.nodes());
+        let t0 = std::time::Instant::now();
+        let items = self.compiled.host()?.prepare(inp)?;
+        let t1 = std::time::Instant::now();
+        let mut graph_s = 0.0;
+        let mut per_batch = Vec::with_capacity(b);
+        let mut feed_grads: Vec<Vec<f64>> = self
+            .feeds
+            .iter()
+            .map(|f| vec![0.0; f.values.len()])
+            .collect();
+        let mut input_grads: Vec<BTreeMap<String, Vec<f32>>> = Vec::with_capacity(b);
+        for (bi, item) in items.iter().enumerate() {
+            for &(l, c) in &self.out_degrees {
+                let shape = [n, c, 2 * l + 1];
+                match self.objective {
+                    Objective::Cotangents => {
+                        let cot = self.graph_cotangent(inp, fwd, cotangents, bi, l, c)?;
+                        self.compiled
+                            .session
+                            .set(&format!("cot.{l}"), cot, &shape)?;
+                    }
+                    Objective::MeanSquaredError => {
+                        let (target, w) = self.graph_target(inp, fwd, cotangents, bi, l, c)?;
+                        let s = &mut self.compiled.session;
+                        s.set(&format!("target.{l}"), target, &shape)?;
+                        s.set(&format!("mse_w.{l}"), w, &shape)?;
+                    }
+                }
+            }
+            let tg = std::time::Instant::now();
+            per_batch.push(self.compiled.run_one(item, &inp.points(bi))?);
+            graph_s += tg.elapsed().as_secs_f64();
+            let s = &self.compiled.session;
+            for (f, acc) in self.feeds.iter().zip(feed_grads.iter_mut()) {
+                let g = s.get(&format!("grad.{}", f.name))?;
+                acc.iter_mut()
+                    .zip(&g.data)
+                    .for_each(|(a, &v)| *a += f64::from(v));
+            }
+            let mut ig = BTreeMap::new();
+            for name in &self.grad_inputs {
+                ig.insert(name.clone(), s.get(&format!("grad.{name}"))?.data);
+            }
+            input_grads.push(ig);
+        }
+        let outputs = self.compiled.host()?.assemble(per_batch, inp, fwd, b, n)?;
+        let mut grads: Vec<Vec<f64>> = self
+            .params
+            .iter()
+            .map(|p| vec![0.0; p.value.len()])
+            .collect();
+        for (f, g) in self.feeds.iter().zip(&feed_grads) {
+            for (src, &v) in f.from.iter().zip(g) {
+                if let Some((p, e)) = *src {
+                    grads[p as usize][e as usize] += v;
+                }
+            }
+        }
+        let mut sd = StateDict::new();
+        self.host_gradients(inp, &items, &input_grads, &mut grads, &mut sd)?;
+        for (p, g) in self.params.iter().zip(grads) {
+            sd.insert(format!("param.{}", p.key), Tensor::new(p.shape.clone(), g)?);
+        }
+        let total = t1.elapsed().as_secs_f64();
+        self.timings = vec![
+            ("host: neighbours + basis", (t1 - t0).as_secs_f64()),
+            ("graph: forward + backward", graph_s),
+            ("host: outputs + gradients", total - graph_s),
+        ];
+        Ok((outputs, sd))
+    }
+
+    /// The target of graph output `out.<l>` of batch element `bi` and the weight `2 / len` of
+    /// its elements (0 for a degree not returned) for [`Objective::MeanSquaredError`].
+    fn graph_target(
+        &self,
+        inp: &ModelInputs,
+        fwd: &Se3TransformerForward,
+        targets: &StateDict,
+        bi: usize,
+        l: usize,
+        c: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>), Error> {
+        let (b, n) = (inp.batch(), inp.nodes());
+        let per = n * c * (2 * l + 1);
+        let Some(name) = self.output_name(fwd, l)? else {
+            return Ok((vec![0.0; per], vec![0.0; per]));
+        };
+        if fwd.return_pooled {
+            return Err(Error::NotCompiled {
+                option: "an in-graph MSE objective with return_pooled",
+            });
+        }
+        let key = format!("target.{name}");
+        let t = targets.get(&key).ok_or_else(|| Error::MissingKey {
+            key: key.clone(),
+            expected: vec![b * per],
+        })?;
+        if t.data.len() != b * per {
+            return Err(Error::WrongShape {
+                key,
+                expected: vec![b * per],
+                found: t.shape.clone(),
+            });
+        }
+        let target = t.data[bi * per..(bi + 1) * per]
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        Ok((target, vec![(2.0 / (b * per) as f64) as f32; per]))
+    }
+
+    /// The name of the output that holds degree `l` (`out` or `type<l>`; `None` if the
+    /// forward does not return it).
+    fn output_name(&self, fwd: &Se3TransformerForward, l: usize) -> Result<Option<String>, Error> {
+        let host = self.compiled.host()?;
+        let mut return_type = fwd.return_type;
+        if host.shape.output_degrees == Some(1) {
+            return_type = Some(0);
+        }
+        Ok(match return_type {
+            Some(r) if r == l => Some("out".to_string()),
+            Some(_) => None,
+            None => Some(format!("type{l}")),
+        })
+    }
+
+    /// The cotangent of graph output `out.<l>` (`[n, c, 2l + 1]`) of batch element `bi`: the
+    /// adjoint of the output assembly (return type, pooling over unmasked nodes).
+    fn graph_cotangent(
+        &self,
+        inp: &ModelInputs,
+        fwd: &Se3TransformerForward,
+        cotangents: &StateDict,
+        bi: usize,
+        l: usize,
+        c: usize,
+    ) -> Result<Vec<f32>, Error> {
+        let n = inp.nodes();
+        let m = 2 * l + 1;
+        let Some(name) = self.output_name(fwd, l)? else {
+            return Ok(vec![0.0; n * c * m]);
+        };
+        let key = format!("cotangent.{name}");
+        let b = inp.batch();
+        let per = if fwd.return_pooled { c * m } else { n * c * m };
+        let t = cotangents.get(&key).ok_or_else(|| Error::MissingKey {
+            key: key.clone(),
+            expected: vec![b * per],
+        })?;
+        if t.data.len() != b * per {
+            return Err(Error::WrongShape {
+                key,
+                expected: vec![b * per],
+                found: t.shape.clone(),
+            });
+        }
+        let slice = &t.data[bi * per..(bi + 1) * per];
+        if !fwd.return_pooled {
+            return Ok(slice.iter().map(|&v| v as f32).collect());
+        }
+        let mask = inp.node_mask(bi);
+        let valid = |i: usize| mask.is_none_or(|mk| mk[i]);
+        let cnt = (0..n).filter(|&i| valid(i)).count().max(1);
+        let mut out = vec![0.0f32; n * c * m];
+        for i in (0..n).filter(|&i| valid(i)) {
+            for (o, &v) in out[i * c * m..(i + 1) * c * m].iter_mut().zip(slice) {
+                *o = (v / cnt as f64) as f32;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Gradients of the host-side parameters (embeddings) and of the float inputs from the
+    /// gradients of the graph's inputs.
+    fn host_gradients(
+        &self,
+        inp: &ModelInputs,
+        items: &[Prepared],
+        input_grads: &[BTreeMap<String, Vec<f32>>],
+        grads: &mut [Vec<f64>],
+        sd: &mut StateDict,
+    ) -> Result<(), Error> {
+        let host = self.compiled.host()?;
+        let (b, n) = (inp.batch(), inp.nodes());
+        let get = |bi: usize, name: &str| -> Result<&Vec<f32>, Error> {
+            input_grads[bi].get(name).ok_or(Error::MissingInput {
+                name: "gradient of a graph input",
+            })
+        };
+        let pidx = |key: &str| self.index.get(key).copied();
+        // node features
+        let d0 = host.shape.fiber_in[0].1;
+        match &inp.feats {
+            NodeFeats::Degrees(map) => {
+                for &(l, _) in &self.compiled.in_degrees {
+                    let shape = map.get(&l).map(|t| t.shape.clone()).unwrap_or_default();
+                    let mut all = Vec::new();
+                    for bi in 0..b {
+                        all.extend(get(bi, &format!("x.{l}"))?.iter().map(|&v| f64::from(v)));
+                    }
+                    sd.insert(format!("input.feats_type{l}"), Tensor::new(shape, all)?);
+                }
+            }
+            NodeFeats::Dense(_) | NodeFeats::Tokens { .. } => {
+                let mut all = Vec::with_capacity(b * n * d0);
+                for bi in 0..b {
+                    all.extend(get(bi, "x.0")?.iter().map(|&v| f64::from(v)));
+                }
+                if let (Some(pe), Some(pi)) = (&host.pos_emb, pidx("pos_emb.weight")) {
+                    for bi in 0..b {
+                        for i in 0..n {
+                            for c in 0..d0 {
+                                let at = if pe.cols == 1 { i } else { i * pe.cols + c };
+                                grads[pi][at] += all[(bi * n + i) * d0 + c];
+                            }
+                        }
+                    }
+                }
+                match &inp.feats {
+                    NodeFeats::Tokens { ids, .. } => {
+                        if let Some(pi) = pidx("token_emb.weight") {
+                            for (r, &t) in ids.iter().enumerate() {
+                                let t = t as usize;
+                                for c in 0..d0 {
+                                    grads[pi][t * d0 + c] += all[r * d0 + c];
+                                }
+                            }
+                        }
+                    }
+                    _ => sd.insert("input.feats", Tensor::new(vec![b, n, d0], all)?),
+                }
+            }
+        }
+        // edge features: the radial input's edge columns, or the in-graph edge input
+        let edge_dim = host.shape.edge_dim;
+        if edge_dim > 0 {
+            let in_graph = self.compiled.coors.is_some();
+            let (name, width) = if in_graph {
+                (super::coors::EDGE_INPUT, edge_dim)
+            } else {
+                ("radial_in", self.compiled.radial_width)
+            };
+            let off = width - edge_dim;
+            let adj_dim = host.adj_emb.as_ref().map_or(0, |m| m.cols);
+            let edge_in = edge_dim - adj_dim;
+            let mut dense = match &inp.edges {
+                Some(EdgeInput::Dense(t)) => Some((t.shape.clone(), vec![0.0; t.data.len()])),
+                _ => None,
+            };
+            for (bi, item) in items.iter().enumerate() {
+                let g = get(bi, name)?;
+                let gr = &item.graph;
+                for e in 0..gr.n * gr.k {
+                    let (i, j) = (e / gr.k, gr.nbr[e]);
+                    let row = &g[e * width + off..(e + 1) * width];
+                    let pair = (bi * n + i) * n + j;
+                    match (&inp.edges, &mut dense) {
+                        (Some(EdgeInput::Tokens { ids, .. }), _) => {
+                            if let Some(pi) = pidx("edge_emb.weight") {
+                                let t = ids[pair] as usize;
+                                for c in 0..edge_in {
+                                    grads[pi][t * edge_in + c] += f64::from(row[c]);
+                                }
+                            }
+                        }
+                        (_, Some((_, d))) => {
+                            for c in 0..edge_in {
+                                d[pair * edge_in + c] += f64::from(row[c]);
+                            }
+                        }
+                        _ => {}
+                    }
+                    if let (Some(labels), Some(pi)) = (&item.adj_labels, pidx("adj_emb.weight")) {
+                        let t = labels[i * n + j] as usize;
+                        for c in 0..adj_dim {
+                            grads[pi][t * adj_dim + c] += f64::from(row[edge_in + c]);
+                        }
+                    }
+                }
+            }
+            if let Some((shape, d)) = dense {
+                sd.insert("input.edges", Tensor::new(shape, d)?);
+            }
+        }
+        if let Some(gt) = &inp.global_feats {
+            let mut all = Vec::with_capacity(gt.data.len());
+            for bi in 0..b {
+                all.extend(get(bi, "global")?.iter().map(|&v| f64::from(v)));
+            }
+            sd.insert("input.global_feats", Tensor::new(gt.shape.clone(), all)?);
+        }
+        if self.compiled.coors.is_some() {
+            let mut all = Vec::with_capacity(b * n * 3);
+            for bi in 0..b {
+                all.extend(
+                    get(bi, super::coors::COORS_INPUT)?
+                        .iter()
+                        .map(|&v| f64::from(v)),
+                );
+            }
+            sd.insert("input.coors", Tensor::new(vec![b, n, 3], all)?);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,277 @@
+//! `se3 bench train`: one training step of the SE(3)-Transformer (forward, the loss
+//! `Σ_out mean(out²)`, backward, Adam lr 1e-3) at the sizes of `bench_pytorch_train.py` (dim 32,
+//! heads 4, dim_head 16, depth 2, 16 neighbours, degrees 2 and 3, batch 1, return_type 0), next
+//! to se3-transformer-pytorch's step measured in the same session by that script.
+//!
+//! se3's step is [`TrainableSe3Transformer`] with the in-graph MSE objective
+//! ([`Objective::MeanSquaredError`], targets zero): one graph run gives the outputs and every
+//! gradient; then se3-core's Adam updates float32 copies of the parameters and
+//! [`TrainableSe3Transformer::set_parameter`] writes them back into the graph's constants. The
+//! training graph takes the primitive form of the edge contractions ([`GraphForm::Unfused`])
+//! until the fused kernels have backward passes.
+//!
+//! Each case runs in a child process (`--case <name>`), so its peak resident set (VmHWM) is its
+//! own; it first times the forward alone on a graph of the same form (so the step's graph time
+//! splits into forward and backward), then builds the training graph and times a warm-up and the
+//! median of 3 steps, with the stages: host preparation (neighbours, basis), the graph run
+//! (forward + backward), host gradient assembly, and Adam + writing the weights back.
+//!
+//! Known cost of the unfused form: a matrix product is a broadcast multiply summed over an
+//! axis, and its vector-Jacobian product (se3-core `autodiff`) materialises the broadcast
+//! product `[M, N, K]` before summing; for the per-edge last radial layer at deg 2, n 128 that
+//! is `e x 128 x (channels c_in nf)` ≈ 4e8 floats per head and degree pair, so a step takes
+//! minutes and GBs (first run: not finished in 15 min on a loaded machine, 2.7 GB resident).
+//! A GEMM-shaped backward for products (or the fused kernels' own backward) removes it.
+
+use std::process::Command;
+use std::time::Instant;
+
+use rand::{rngs::StdRng, SeedableRng};
+use se3_core::train::{Adam, Optimizer, Param};
+use se3_models::checkpoint::{StateDict, Tensor};
+use se3_models::differentiable::Objective;
+use se3_models::se3_transformer::{
+    CompiledSe3Transformer, GraphForm, Se3Transformer, Se3TransformerForward,
+    TrainableSe3Transformer,
+};
+
+use super::bench_pytorch::{TorchSource, HOW_TO_GET_TORCH};
+use super::bench_se3t::{bench_config, peak_mib, random_inputs, random_weights, status_mib};
+
+/// The cases of `bench_pytorch_train.py`: name, degrees, nodes.
+const CASES: &[(&str, usize, usize)] = &[
+    ("se3t_deg2_n128", 2, 128),
+    ("se3t_deg2_n512", 2, 512),
+    ("se3t_deg3_n128", 3, 128),
+];
+
+/// Timed steps after the warm-up.
+const REPS: usize = 3;
+
+/// Runs every case in a child process and prints the table next to PyTorch's step.
+pub fn run(
+    case: Option<&str>,
+    torch: &TorchSource,
+    only: Option<&str>,
+) -> Result<(), super::CliError> {
+    if let Some(name) = case {
+        let c = CASES
+            .iter()
+            .find(|c| c.0 == name)
+            .ok_or_else(|| format!("unknown case `{name}`"))?;
+        return run_case(c.1, c.2);
+    }
+    let cases: Vec<&(&str, usize, usize)> = match only {
+        None => CASES.iter().collect(),
+        Some(list) => list
+            .split(',')
+            .map(|n| {
+                CASES
+                    .iter()
+                    .find(|c| c.0 == n.trim())
+                    .ok_or_else(|| format!("unknown case `{n}`"))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let exe = std::env::current_exe()?;
+    let mut rows = Vec::new();
+    for c in cases {
+        eprintln!("{} ...", c.0);
+        let out = Command::new(&exe)
+            .args(["bench", "train", "--case", c.0])
+            .output()?;
+        if !out.status.success() {
+            return Err(format!(
+                "case {} failed: {}",
+                c.0,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+            .into());
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("{} (PyTorch) ...", c.0);
+        let t = torch.measure_train(c.0)?;
+        rows.push((c.0, text, t));
+    }
+    println!(
+        "SE3Transformer training step (forward, sum of mean(out^2), backward, Adam): dim 32, \
+         heads 4, dim_head 16, depth 2, 16 neighbours, batch 1, return_type 0; se3 median of \
+         {REPS} steps, graph form Unfused"
+    );
+    println!(
+        "{:<16} {:>10} {:>11} {:>9} {:>12} {:>11} {:>9}",
+        "case", "se3 (s)", "torch (s)", "speedup", "se3 peak MiB", "torch MiB", "mem frac"
+    );
+    for (name, text, t) in &rows {
+        let step = field(text, "step_s")?;
+        let peak = field(text, "peak_mib")?;
+        match t {
+            Some(t) => println!(
+                "{name:<16} {step:>10.4} {:>11.4} {:>8.2}x {peak:>12.1} {:>11.1} {:>9.3}",
+                t.median_s,
+                t.median_s / step,
+                t.peak_mib,
+                peak / t.peak_mib
+            ),
+            None => println!(
+                "{name:<16} {step:>10.4} {:>11} {:>9} {peak:>12.1} {:>11} {:>9}",
+                "-", "-", "-", "-"
+            ),
+        }
+    }
+    if rows.iter().all(|r| r.2.is_none()) {
+        println!("{HOW_TO_GET_TORCH}");
+    }
+    println!("\nwhere the time of a step goes (seconds; forward = the same graph form without its backward):");
+    for (name, text, _) in &rows {
+        let lines: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("stage "))
+            .map(str::to_string)
+            .collect();
+        println!("  {name:<16} {}", lines.join(", "));
+    }
+    println!("\nmemory (MiB): peak = VmHWM of the case's process; graph = resident weights + most intermediates alive at once in a step:");
+    for (name, text, _) in &rows {
+        println!(
+            "  {name:<16} peak {:.1}, after build {:.1}, graph weights {:.1}, intermediates {:.1}",
+            field(text, "peak_mib")?,
+            field(text, "build_rss_mib")?,
+            field(text, "weights_mib")?,
+            field(text, "intermediates_mib")?
+        );
+    }
+    println!("targets: speedup >= 10x, mem frac <= 0.2");
+    Ok(())
+}
+
+/// The number after `key` on a line of a child's output.
+fn field(text: &str, key: &str) -> Result<f64, super::CliError> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).map(str::trim))
+        .ok_or_else(|| format!("the case printed no `{key}`"))?
+        .parse::<f64>()
+        .map_err(|e| format!("`{key}`: {e}").into())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn run_case(num_degrees: usize, nodes: usize) -> Result<(), super::CliError> {
+    let mut rng = StdRng::seed_from_u64(0);
+    let cfg = bench_config(num_degrees)?;
+    let sd = random_weights(&cfg, &mut rng)?;
+    let inputs = random_inputs(nodes, 32, &mut rng)?;
+    let fwd = Se3TransformerForward::from_literals(&serde_json::json!({"return_type": 0}))?;
+    // the forward alone, in the training graph's form
+    let mut targets = StateDict::new();
+    let forward_s = {
+        let model = Se3Transformer::from_state_dict(&cfg, &sd)?;
+        let mut f = CompiledSe3Transformer::from_model_in(model, GraphForm::Unfused)?;
+        // targets zero: the loss of bench_pytorch_train.py
+        for (k, t) in f.forward(&inputs, &fwd)?.iter() {
+            let len = t.data.len();
+            targets.insert(
+                format!("target.{k}"),
+                Tensor::new(t.shape.clone(), vec![0.0; len])?,
+            );
+        }
+        let mut times = Vec::new();
+        for _ in 0..REPS {
+            let t = Instant::now();
+            f.forward(&inputs, &fwd)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        let graph: f64 = f
+            .last_timings()
+            .iter()
+            .filter(|t| t.0 == "graph")
+            .map(|t| t.1)
+            .sum();
+        (median(times), graph)
+    };
+    let mut m = TrainableSe3Transformer::with_objective(
+        &cfg,
+        &sd,
+        GraphForm::Unfused,
+        Objective::MeanSquaredError,
+    )?;
+    println!("build_rss_mib {}", status_mib("VmRSS:")?);
+    let params = m.parameters();
+    let mut values: Vec<Vec<f32>> = Vec::new();
+    for (k, _) in &params {
+        values.push(m.parameter(k)?.iter().map(|&v| v as f32).collect());
+    }
+    let mut adam = Adam::new(1e-3);
+    let mut steps = Vec::new();
+    let mut stages: Vec<Vec<(&'static str, f64)>> = Vec::new();
+    for rep in 0..=REPS {
+        let t = Instant::now();
+        let (_, grads) = m.forward_and_gradients(&inputs, &fwd, &targets)?;
+        let ta = Instant::now();
+        let gs: Vec<Vec<f32>> = params
+            .iter()
+            .map(|(k, _)| {
+                grads
+                    .get(&format!("param.{k}"))
+                    .map(|t| t.data.iter().map(|&v| v as f32).collect())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let mut ps: Vec<Param<'_>> = params
+            .iter()
+            .zip(values.iter_mut())
+            .zip(&gs)
+            .map(|(((k, _), v), g)| Param {
+                name: k,
+                value: v,
+                grad: g,
+            })
+            .collect();
+        adam.step(&mut ps)?;
+        for ((k, _), v) in params.iter().zip(&values) {
+            let v64: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
+            m.set_parameter(k, &v64)?;
+        }
+        let adam_s = ta.elapsed().as_secs_f64();
+        if rep > 0 {
+            steps.push(t.elapsed().as_secs_f64());
+            let mut st = m.last_timings().to_vec();
+            st.push(("adam + weights back", adam_s));
+            stages.push(st);
+        }
+    }
+    println!("step_s {}", median(steps));
+    let stage_median = |name: &str| {
+        median(
+            stages
+                .iter()
+                .map(|s| s.iter().filter(|t| t.0 == name).map(|t| t.1).sum())
+                .collect(),
+        )
+    };
+    let graph = stage_median("graph: forward + backward");
+    println!(
+        "stage host neighbours+basis {:.4}",
+        stage_median("host: neighbours + basis")
+    );
+    println!("stage graph forward {:.4}", forward_s.1);
+    println!("stage graph backward {:.4}", (graph - forward_s.1).max(0.0));
+    println!(
+        "stage host outputs+gradients {:.4}",
+        stage_median("host: outputs + gradients")
+    );
+    println!(
+        "stage adam+weights-back {:.4}",
+        stage_median("adam + weights back")
+    );
+    println!("stage (forward alone, whole) {:.4}", forward_s.0);
+    let mem = m.compiled().memory_stats();
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    println!("weights_mib {}", mib(mem.resident));
+    println!("intermediates_mib {}", mib(mem.peak_intermediates));
+    println!("peak_mib {}", peak_mib()?);
+    Ok(())
+}
