@@ -216,6 +216,8 @@ impl CompiledSe3Transformer {
                     x0: gather_rows(&item.x0, &rows),
                     graph: self.host()?.edge_graph_of(&selected, bi, &rows)?,
                     global: item.global.clone(),
+                    // the labels pick embedding rows on the host for training only
+                    adj_labels: None,
                 };
                 let y = self.run_one(&prepared, &[])?;
                 drop(prepared);
