@@ -36,6 +36,9 @@ fn gradient_parity(name: &str) -> Result<(), Error> {
         })?;
         assert_eq!(g.shape, want.shape, "{name} {k}: shape");
         let (e, i) = rel_error_at(&g.data, &want.data);
+        if e > 1e-4 {
+            println!("{name}: {k} relative error {e:.3e}");
+        }
         if e > worst.0 {
             worst = (
                 e,

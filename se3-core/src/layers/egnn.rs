@@ -487,7 +487,12 @@ impl EgnnLayer {
                                 let sc: GraphTensor<(X,)> = scale.declare(s, prefix)?;
                                 let sc: GraphTensor<(X,)> =
                                     reshape(expand_at::<_, (X, X)>(sc, 0, edges), &[edges]);
-                                let inv = d.sqrt().max_f32(1e-8).recip() * sc;
+                                // [d > 0]: a self edge (r = 0) has no direction; its unit
+                                // vector's derivative (1e8 at the clamp) would cancel between
+                                // x_i and x_j only in exact arithmetic, so it is zeroed (the
+                                // forward value, 0, is unchanged).
+                                let apart = (d * -1.0).less_than(d);
+                                let inv = d.sqrt().max_f32(1e-8).recip() * apart * sc;
                                 rel * expand_at::<_, (X, X)>(inv, 1, 3)
                             }
                             None => rel,

@@ -55,49 +55,64 @@ pub(super) fn add_gradients(
     Ok(())
 }
 
-/// The parameter and column range a session weight is made of: `key[a..b]` is columns
-/// `a..b` of `key`; a plain name is the whole parameter.
-fn weight_source(name: &str) -> (&str, Option<(usize, usize)>) {
+/// Which part of a parameter a session weight is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Block {
+    /// All of it.
+    Whole,
+    /// Columns `a..b` (`key[a..b]`, [`se3_core::layers::DenseLinear::columns`]).
+    Columns(usize, usize),
+    /// Rows from `a` on, as many as the weight has (`key[a..]`, the keys and values of a
+    /// joint `to_kv` projection).
+    Rows(usize),
+}
+
+/// The parameter key and block of session weight `name`.
+fn weight_source(name: &str) -> (&str, Block) {
     let parsed = name.strip_suffix(']').and_then(|rest| {
         let (key, range) = rest.rsplit_once('[')?;
         let (a, b) = range.split_once("..")?;
-        Some((key, (a.parse().ok()?, b.parse().ok()?)))
+        let a = a.parse().ok()?;
+        Some(match b {
+            "" => (key, Block::Rows(a)),
+            b => (key, Block::Columns(a, b.parse().ok()?)),
+        })
     });
-    match parsed {
-        Some((key, range)) => (key, Some(range)),
-        None => (name, None),
-    }
+    parsed.unwrap_or((name, Block::Whole))
 }
 
 /// Parameters by key: shape and values.
-type Params = [(String, Vec<usize>, Vec<f32>)];
+pub(crate) type Params = [(String, Vec<usize>, Vec<f32>)];
 
-/// The values of session weight `name` from `params`, or `None` if it is no parameter's
-/// (a constant table).
-fn weight_values(params: &Params, name: &str) -> Option<Vec<f32>> {
-    let (key, range) = weight_source(name);
+/// The element indices (row-major in the parameter) of a block of `len` elements.
+fn block_indices(shape: &[usize], block: Block, len: usize) -> Option<Vec<usize>> {
+    let cols = shape.get(1).copied().unwrap_or(1).max(1);
+    let total: usize = shape.iter().product();
+    let idx: Vec<usize> = match block {
+        Block::Whole => (0..len).collect(),
+        Block::Columns(a, b) if a <= b && b <= cols => (0..total / cols)
+            .flat_map(|r| (a..b).map(move |c| r * cols + c))
+            .collect(),
+        Block::Rows(a) => (a * cols..a * cols + len).collect(),
+        Block::Columns(..) => return None,
+    };
+    (idx.len() == len && idx.iter().all(|&i| i < total)).then_some(idx)
+}
+
+/// The values of session weight `name` (`len` elements) from `params`, or `None` if it is no
+/// parameter's (a constant table).
+fn weight_values(params: &Params, name: &str, len: usize) -> Option<Vec<f32>> {
+    let (key, block) = weight_source(name);
     let (_, shape, data) = params.iter().find(|(k, ..)| k == key)?;
-    match range {
-        None => Some(data.clone()),
-        Some((a, b)) => {
-            let cols = *shape.get(1)?;
-            if b > cols || a > b {
-                return None;
-            }
-            Some(
-                data.chunks_exact(cols)
-                    .flat_map(|row| row[a..b].iter().copied())
-                    .collect(),
-            )
-        }
-    }
+    let idx = block_indices(shape, block, len)?;
+    Some(idx.iter().map(|&i| data[i]).collect())
 }
 
 /// Sets every weight of `s` that comes from a parameter to the parameter's current values.
-fn push_params(s: &mut Session, params: &Params) -> Result<(), Error> {
+pub(crate) fn push_params(s: &mut Session, params: &Params) -> Result<(), Error> {
     for (name, shape) in s.weights() {
-        if let Some(v) = weight_values(params, &name) {
-            let shape: Vec<usize> = shape.iter().map(|d| d.unwrap_or(0)).collect();
+        let shape: Vec<usize> = shape.iter().map(|d| d.unwrap_or(0)).collect();
+        if let Some(v) = weight_values(params, &name, shape.iter().product()) {
             s.set_weight(&name, v, &shape)?;
         }
     }
@@ -106,24 +121,27 @@ fn push_params(s: &mut Session, params: &Params) -> Result<(), Error> {
 
 /// Adds the gradient `g` of session weight `name` into the gradients `acc` of the parameters.
 fn accumulate_weight(acc: &mut [(String, Vec<usize>, Vec<f64>)], name: &str, g: &[f32]) {
-    let (key, range) = weight_source(name);
+    let (key, block) = weight_source(name);
     let Some((_, shape, total)) = acc.iter_mut().find(|(k, ..)| k == key) else {
         return;
     };
-    match range {
-        None => {
-            for (t, v) in total.iter_mut().zip(g) {
-                *t += f64::from(*v);
-            }
+    if let Some(idx) = block_indices(shape, block, g.len()) {
+        for (i, v) in idx.into_iter().zip(g) {
+            total[i] += f64::from(*v);
         }
-        Some((a, b)) => {
-            let cols = shape.get(1).copied().unwrap_or(1).max(1);
-            let w = b - a;
-            for (row, grow) in total.chunks_exact_mut(cols).zip(g.chunks_exact(w.max(1))) {
-                for (t, v) in row[a..b].iter_mut().zip(grow) {
-                    *t += f64::from(*v);
-                }
-            }
+    }
+}
+
+/// Adds the gradient `g` of session weight `name` into `grads`, the gradients of `params`
+/// (same order).
+pub(crate) fn accumulate_into(params: &Params, grads: &mut [Vec<f64>], name: &str, g: &[f32]) {
+    let (key, block) = weight_source(name);
+    let Some(p) = params.iter().position(|(k, ..)| k == key) else {
+        return;
+    };
+    if let Some(idx) = block_indices(&params[p].1, block, g.len()) {
+        for (i, v) in idx.into_iter().zip(g) {
+            grads[p][i] += f64::from(*v);
         }
     }
 }

@@ -8,6 +8,7 @@
 //! * [`dataset`]: samples, splits and the `se3-physics-v1` safetensors format.
 //! * [`batch`]: concatenated graph batches with graph ids, and padded batches with masks.
 //! * [`metrics`]: position MSE, energy/force MAE, equivariance error of a model.
+//! * [`egnn_nbody`]: se3's EGNN for the N-body benchmark, trained with gradients and Adam.
 //! * [`md`]: molecular dynamics with any force field, reporting energy drift.
 //! * [`baselines`]: gradient-free reference predictors (constant velocity).
 //! * [`random`]: seeded normal variates and uniform rotations.
@@ -16,6 +17,7 @@ pub mod baselines;
 pub mod batch;
 pub mod dataset;
 pub mod dynamics;
+pub mod egnn_nbody;
 pub mod integrator;
 pub mod lj_clusters;
 pub mod md;
