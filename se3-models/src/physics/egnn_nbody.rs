@@ -21,6 +21,7 @@ use luminal::prelude::*;
 use rand::Rng;
 use se3_core::exec::{F32Tensor, IndexBound, InputKind, Session};
 use se3_core::layers::graph::X;
+use se3_core::layers::activation::saturating_swish;
 use se3_core::layers::{
     DenseLinear, EdgeFeature, EgnnLayer, EgnnNeighborhood, EgnnOptions, EgnnPath, MessagePool,
 };
@@ -267,7 +268,7 @@ impl NBodyEgnn {
                 EgnnLayer::load(&mut src_map, &prefix, &opts)?.with_path(EgnnPath::Unfused);
             let v1 = DenseLinear::load(&mut src_map, &format!("{prefix}vel_mlp.0."), h, h, true)?;
             let v2 = DenseLinear::load(&mut src_map, &format!("{prefix}vel_mlp.2."), h, 1, true)?;
-            let hidden = v1.build(&mut s, "", feats)?.swish();
+            let hidden = saturating_swish(v1.build(&mut s, "", feats)?);
             let scale = v2.build(&mut s, "", hidden)?;
             let nb = EgnnNeighborhood {
                 k,
@@ -453,5 +454,66 @@ impl NBodyEgnn {
             crate::egnn::gradients::push_params(s, params)?;
         }
         Ok(loss)
+    }
+}
+
+impl NBodyEgnn {
+    /// Relative equivariance error on `samples` under one random rotation (or reflection, with
+    /// probability ½) and translation: `|P(g x) - g P(x)| / |P(x) - c|` over the batch (Frobenius
+    /// norms, `c` each graph's input centroid).
+    ///
+    /// # Errors
+    /// As [`NBodyEgnn::predict`].
+    pub fn equivariance_error(
+        &mut self,
+        samples: &[&Sample],
+        rng: &mut impl Rng,
+    ) -> Result<f64, Error> {
+        let rot = super::random::uniform_rotation(rng);
+        let mut m = *rot.matrix();
+        if rng.gen_bool(0.5) {
+            m = -m;
+        }
+        let t = super::random::normal_vector(rng, 1.0);
+        let moved: Vec<Sample> = samples
+            .iter()
+            .map(|s| {
+                let points = |v: &[nalgebra::Vector3<f64>]| v.iter().map(|x| m * x + t).collect();
+                Sample {
+                    positions: points(&s.positions),
+                    velocities: s.velocities.iter().map(|v| m * v).collect(),
+                    target_positions: points(&s.target_positions),
+                    ..(*s).clone()
+                }
+            })
+            .collect();
+        let plain = self.predict(samples)?;
+        let refs: Vec<&Sample> = moved.iter().collect();
+        let turned = self.predict(&refs)?;
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for (g, s) in samples.iter().enumerate() {
+            let n = s.len();
+            let c = s
+                .positions
+                .iter()
+                .fold(nalgebra::Vector3::zeros(), |a, x| a + x)
+                / n as f64;
+            for i in 0..n {
+                let at = (g * n + i) * 3;
+                let p = nalgebra::Vector3::new(
+                    f64::from(plain[at]),
+                    f64::from(plain[at + 1]),
+                    f64::from(plain[at + 2]),
+                );
+                let q = nalgebra::Vector3::new(
+                    f64::from(turned[at]),
+                    f64::from(turned[at + 1]),
+                    f64::from(turned[at + 2]),
+                );
+                num += (q - (m * p + t)).norm_squared();
+                den += (p - c).norm_squared();
+            }
+        }
+        Ok(num.sqrt() / den.sqrt().max(1e-12))
     }
 }

@@ -11,6 +11,7 @@
 //! * [`egnn_nbody`]: se3's EGNN for the N-body benchmark, trained with gradients and Adam.
 //! * [`md`]: molecular dynamics with any force field, reporting energy drift.
 //! * [`baselines`]: gradient-free reference predictors (constant velocity).
+//! * [`report`]: CSV-ready metrics and SVG line charts of training curves.
 //! * [`random`]: seeded normal variates and uniform rotations.
 
 pub mod baselines;
@@ -25,3 +26,4 @@ pub mod metrics;
 pub mod nbody;
 pub mod potential;
 pub mod random;
+pub mod report;
