@@ -292,7 +292,12 @@ impl NBodyEgnn {
         }
         s.output("pred", coors);
         if grad {
-            let c = s.input_with_shape::<()>("cot", InputKind::Values, &[rows.into(), 3.into()]);
+            // L = mean((pred - target)²): the cotangent 2 (pred - target) / len is formed in
+            // the graph from the prediction (it is not on a path to the parameters).
+            let target =
+                s.input_with_shape::<(X, X)>("target", InputKind::Values, &[rows.into(), 3.into()]);
+            let c = ((coors - target) * (2.0 / (rows * 3) as f32)).no_shape();
+            s.output("sq_err", (coors - target) * (coors - target));
             let names: Vec<String> = s.weights().into_iter().map(|(n, _)| n).collect();
             let mut wrt = Vec::new();
             for n in &names {
@@ -406,19 +411,11 @@ impl NBodyEgnn {
             });
         }
         let len = d.target.len() as f64;
-        // The cotangent of the MSE needs the prediction: forward graph first.
-        let pred = self.predict(samples)?;
-        let diff: Vec<f64> = pred
-            .iter()
-            .zip(&d.target)
-            .map(|(a, b)| f64::from(a - b))
-            .collect();
-        let loss = diff.iter().map(|v| v * v).sum::<f64>() / len;
-        let cot: Vec<f32> = diff.iter().map(|v| (2.0 * v / len) as f32).collect();
         let s = self.session(d.graphs, d.nodes, true)?;
         Self::feed(s, &d)?;
-        s.set("cot", cot, &[d.target.len() / 3, 3])?;
+        s.set("target", d.target.clone(), &[d.target.len() / 3, 3])?;
         s.run()?;
+        let loss = s.get("sq_err")?.data.iter().map(|&v| f64::from(v)).sum::<f64>() / len;
         let mut grads: Vec<Vec<f64>> = self
             .params
             .iter()
