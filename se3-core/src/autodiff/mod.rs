@@ -15,7 +15,8 @@
 //! Differentiable: luminal's primitives (add, mul, sum/max reduce, exp2, log2, sin, sqrt,
 //! recip, contiguous; mod and less-than carry no gradient), and the ops gather, scatter-add
 //! and segment softmax (so relative positions and distances, built from gather and
-//! primitives, too), and the fused row kernel layer norm + GELU; indices (neighbour lists, top-k) are constants of the backward pass.
+//! primitives, too), the fused row kernel layer norm + GELU, and the fused EGNN edge stage
+//! (with respect to its tensor inputs; its weights are constants of the operator); indices (neighbour lists, top-k) are constants of the backward pass.
 //! A fused op without a backward gives [`Error::NoGradient`]: build that layer unfused.
 //!
 //! ```
@@ -53,17 +54,18 @@ use emit::{add, dims, filled, is_plain, plain, zeros};
 pub use forces::forces;
 use primitives::{InputGrad, Primitive};
 
-use crate::ops::{gather, layer_norm_gelu, scatter_add, segment_softmax};
+use crate::ops::{egnn_edge, gather, layer_norm_gelu, scatter_add, segment_softmax};
 use crate::Error;
 
 /// The backward rule of an operator.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Rule {
     Primitive(Primitive),
     Gather,
     ScatterAdd,
     SegmentSoftmax,
     LayerNormGelu { eps: f32 },
+    EgnnEdge(Box<egnn_edge::EgnnEdgeKernel>),
 }
 
 fn rule(o: &dyn Operator) -> Option<Rule> {
@@ -77,6 +79,8 @@ fn rule(o: &dyn Operator) -> Option<Rule> {
         Some(Rule::ScatterAdd)
     } else if a.is::<segment_softmax::SegmentSoftmax>() {
         Some(Rule::SegmentSoftmax)
+    } else if let Some(k) = a.downcast_ref::<egnn_edge::EgnnEdgeKernel>() {
+        Some(Rule::EgnnEdge(Box::new(k.clone())))
     } else {
         a.downcast_ref::<layer_norm_gelu::LayerNormGelu>()
             .map(|op| Rule::LayerNormGelu { eps: op.eps })
@@ -176,6 +180,9 @@ pub fn gradients(cotangents: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<
             }
             Some(Rule::LayerNormGelu { eps }) => {
                 as_views(layer_norm_gelu::backward::vjp(&inputs, eps, g.id, &wanted)).collect()
+            }
+            Some(Rule::EgnnEdge(kernel)) => {
+                as_views(egnn_edge::backward::vjp(&kernel, &inputs, g.id, &wanted)).collect()
             }
             None => return Err(Error::NoGradient { op: op_name }),
         };

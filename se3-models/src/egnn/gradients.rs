@@ -243,12 +243,27 @@ impl CompiledEgnn {
         inputs: &ModelInputs,
         cotangents: &StateDict,
     ) -> Result<(StateDict, StateDict), Error> {
+        self.forward_and_gradients_with(inputs, |_| Ok(cotangents.clone()))
+    }
+
+    /// As [`CompiledEgnn::forward_and_gradients`], with the cotangents computed from the
+    /// outputs by `cotangents_of` between the forward and the backward sweep (e.g. those of a
+    /// loss of the outputs).
+    ///
+    /// # Errors
+    /// As [`CompiledEgnn::forward_and_gradients`], and those of `cotangents_of`.
+    pub fn forward_and_gradients_with(
+        &mut self,
+        inputs: &ModelInputs,
+        cotangents_of: impl FnOnce(&StateDict) -> Result<StateDict, Error>,
+    ) -> Result<(StateDict, StateDict), Error> {
         self.refresh()?;
         let p = self.prepare(inputs)?;
         let (b, n) = (p.batch, p.nodes);
         let dim = self.model.layer_config().dim;
         let mut tape = Vec::new();
         let outputs = self.run(&p, Some(&mut tape))?;
+        let cotangents = &cotangents_of(&outputs)?;
         let cot = |name: &'static str, width: usize| -> Result<Vec<f32>, Error> {
             match cotangents.get(&format!("cotangent.{name}")) {
                 Some(t) if t.shape == [b, n, width] => Ok(to_f32(t)),
