@@ -15,6 +15,7 @@
 extern crate se3_core as se3;
 
 pub mod checkpoint;
+pub mod differentiable;
 pub mod egnn;
 pub mod equiformer;
 pub mod error;

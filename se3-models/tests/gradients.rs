@@ -206,3 +206,63 @@ fn tfn_stack_adam_steps_follow_torch_training() -> Result<(), Error> {
     );
     Ok(())
 }
+
+/// The `Differentiable` form with the in-graph mean squared error: its loss is torch's first
+/// loss of `training.safetensors`, and its gradients are those of the cotangent form handed
+/// the host-computed MSE cotangents `2 (out − target) / len`.
+#[test]
+fn tfn_stack_in_graph_mse_matches_the_cotangent_form() -> Result<(), Error> {
+    use se3_models::differentiable::{differentiable_from_files, Objective};
+    let d = dir("tfn_stack");
+    let file = ModelFile::load(d.join("config.json"))?;
+    let sd = StateDict::load(d.join("weights.safetensors"))?;
+    let inputs = ModelInputs::load(d.join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
+    let reference = StateDict::load(d.join("training.safetensors"))?;
+    let mut mse_model = differentiable_from_files(&file, &sd, Objective::MeanSquaredError)?;
+    let mut cot_model = differentiable_from_files(&file, &sd, Objective::Cotangents)?;
+    assert!(mse_model.parameters().len() > 10);
+    let run = mse_model.gradients(&inputs, &reference)?;
+    let (host_loss, cot) = mse(&run.outputs, &reference)?;
+    let want_loss = reference.get("loss").map_or(f64::NAN, |t| t.data[0]);
+    let loss_err = (run.loss - want_loss).abs() / want_loss.abs();
+    let host_err = (run.loss - host_loss).abs() / host_loss.abs();
+    let by_cot = cot_model.gradients(&inputs, &cot)?;
+    let mut worst = 0.0f64;
+    for (k, g) in by_cot.grads.iter() {
+        let h = run.grads.get(k).ok_or(Error::MissingKey {
+            key: k.to_string(),
+            expected: g.shape.clone(),
+        })?;
+        worst = worst.max(rel_error_at(&h.data, &g.data).0);
+    }
+    println!(
+        "tfn_stack in-graph MSE: loss {:.9} (torch {want_loss:.9}, rel {loss_err:.2e}; host {host_err:.2e}); gradients vs cotangent form {worst:.2e}",
+        run.loss
+    );
+    assert!(loss_err < 1e-5, "loss {} vs torch {want_loss}", run.loss);
+    assert!(
+        host_err < 1e-5,
+        "in-graph loss {} vs host {host_loss}",
+        run.loss
+    );
+    assert!(
+        worst < 1e-5,
+        "MSE gradients differ from the cotangent form: {worst:.2e}"
+    );
+    // setting a parameter changes the next run
+    let first = mse_model
+        .parameters()
+        .iter()
+        .next()
+        .map(|p| (p.name.clone(), p.value.clone()));
+    if let Some((name, value)) = first {
+        mse_model.set_parameter(&name, value.iter().map(|v| v * 1.5 + 0.1).collect())?;
+        let again = mse_model.gradients(&inputs, &reference)?;
+        assert!(
+            (again.loss - run.loss).abs() > 1e-9 * run.loss.abs(),
+            "parameter change had no effect"
+        );
+        assert!(mse_model.set_parameter(&name, vec![0.0]).is_err());
+    }
+    Ok(())
+}

@@ -36,6 +36,7 @@
 
 pub(crate) mod emit;
 mod forces;
+mod loss;
 pub(crate) mod primitives;
 mod view;
 
@@ -52,6 +53,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 pub use emit::Tensor;
 use emit::{add, dims, filled, is_plain, plain, zeros};
 pub use forces::forces;
+pub use loss::{add_losses, pairing, squared_error};
 use primitives::{InputGrad, Primitive};
 
 use crate::ops::{egnn_edge, gather, layer_norm_gelu, scatter_add, segment_softmax};

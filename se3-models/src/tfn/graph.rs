@@ -18,6 +18,7 @@ use se3_core::layers::{
 
 use super::TfnStackConfig;
 use crate::checkpoint::{StateDict, Tensor};
+use crate::differentiable::{Differentiable, Gradients, Objective, ObjectiveGraph, Parameters};
 use crate::inputs::ModelInputs;
 use crate::Error;
 
@@ -167,21 +168,32 @@ impl TfnGraph {
         Ok(TfnSession {
             s,
             fibers: self.fibers.clone(),
+            objective: None,
         })
     }
 }
 
 /// A compiled TFN graph, run on [`ModelInputs`].
 impl TfnGraph {
-    /// The stack compiled with its gradients: besides the outputs `out.<l>`, cotangent inputs
-    /// `cot.<l>` (same shapes) and outputs `grad.<weight>` and `grad.x.0`, the gradients of
-    /// `L = Σ_l <out.l, cot.l>` with respect to every weight (PyTorch key names) and the input
-    /// features. The convolutions take the unfused GEMM path ([`ConvPath::Gemm`]): the fused
-    /// radial edge kernels have no backward yet.
+    /// The stack compiled with its gradients for the objective `L = Σ_l <out.l, cot.l>`:
+    /// besides the outputs `out.<l>`, the gradients `grad.<weight>` and `grad.x.0` with
+    /// respect to every weight (PyTorch key names) and the input features
+    /// ([`TfnGraph::compile_for`] with [`Objective::Cotangents`]).
+    ///
+    /// # Errors
+    /// As [`TfnGraph::compile_for`].
+    pub fn compile_with_gradients(&self) -> Result<TfnSession, Error> {
+        self.compile_for(Objective::Cotangents)
+    }
+
+    /// The stack compiled with its gradients for `objective` (see [`ObjectiveGraph`]): the
+    /// outputs `out.<l>`, `loss`, and `grad.<weight>`, `grad.x.0`. The convolutions take the
+    /// unfused GEMM path ([`ConvPath::Gemm`]): the fused radial edge kernels have no backward
+    /// yet.
     ///
     /// # Errors
     /// As [`TfnGraph::compile`], and `NoGradient` if a layer has no backward.
-    pub fn compile_with_gradients(&self) -> Result<TfnSession, Error> {
+    pub fn compile_for(&self, objective: Objective) -> Result<TfnSession, Error> {
         let mut s = Session::new();
         let coords = s.input::<(Dyn<'n'>, Const<3>)>("coords", InputKind::Coordinates);
         let mut x = FeatureTensors::input(&mut s, "x", &self.fibers[0]);
@@ -197,15 +209,13 @@ impl TfnGraph {
         }
         x.output(&mut s, "out");
         let last = &self.fibers[self.fibers.len() - 1];
-        let mut pairs = Vec::new();
-        for (d, t) in last.degrees().iter().zip(x.tensors()) {
-            let c = s.input_with_shape::<()>(
-                &format!("cot.{}", d.l),
-                InputKind::Values,
-                &se3_core::ops::logical_dims_of(&t.shape),
-            );
-            pairs.push((t.no_shape(), c));
-        }
+        let outputs: Vec<(String, GraphTensor<()>)> = last
+            .degrees()
+            .iter()
+            .zip(x.tensors())
+            .map(|(d, t)| (format!("type{}", d.l), t.no_shape()))
+            .collect();
+        let (objective, pairs) = ObjectiveGraph::attach(&mut s, objective, &outputs);
         let names: Vec<String> = s.weights().into_iter().map(|(n, _)| n).collect();
         let mut wrt = vec![x_in];
         for n in &names {
@@ -220,6 +230,68 @@ impl TfnGraph {
         Ok(TfnSession {
             s,
             fibers: self.fibers.clone(),
+            objective: Some(objective),
+        })
+    }
+
+    /// The stack compiled with its gradients for `objective`, with its parameters' values from
+    /// `checkpoint` kept beside the graph: the [`Differentiable`] form `se3 grad` and
+    /// `se3 train` run.
+    ///
+    /// # Errors
+    /// As [`TfnGraph::compile_for`]; `WrongShape` for a checkpoint that disagrees with the
+    /// graph.
+    pub fn compile_differentiable(
+        &self,
+        checkpoint: &StateDict,
+        objective: Objective,
+    ) -> Result<TfnDifferentiable, Error> {
+        let session = self.compile_for(objective)?;
+        let params = Parameters::from_session(&session.s, checkpoint)?;
+        Ok(TfnDifferentiable { session, params })
+    }
+}
+
+/// The TFN stack compiled with gradients and its trainable parameters.
+#[derive(Debug)]
+pub struct TfnDifferentiable {
+    session: TfnSession,
+    params: Parameters,
+}
+
+impl TfnDifferentiable {
+    /// The compiled session.
+    pub fn session(&self) -> &TfnSession {
+        &self.session
+    }
+}
+
+impl Differentiable for TfnDifferentiable {
+    fn objective(&self) -> Objective {
+        self.session
+            .objective
+            .as_ref()
+            .map_or(Objective::Cotangents, ObjectiveGraph::objective)
+    }
+
+    fn parameters(&self) -> &Parameters {
+        &self.params
+    }
+
+    fn set_parameter(&mut self, name: &str, value: Vec<f32>) -> Result<(), Error> {
+        self.params.set(&mut self.session.s, name, value)
+    }
+
+    fn gradients(&mut self, inputs: &ModelInputs, given: &StateDict) -> Result<Gradients, Error> {
+        let (outputs, grads) = self.session.forward_and_gradients(inputs, given)?;
+        let loss = match &self.session.objective {
+            Some(o) => o.loss(&self.session.s)?,
+            None => 0.0,
+        };
+        Ok(Gradients {
+            outputs,
+            loss,
+            grads,
         })
     }
 }
@@ -228,6 +300,8 @@ impl TfnGraph {
 pub struct TfnSession {
     s: Session,
     fibers: Vec<FiberSpec>,
+    /// The objective's inputs and loss, for a session compiled with gradients.
+    objective: Option<ObjectiveGraph>,
 }
 
 impl TfnSession {
@@ -271,19 +345,15 @@ impl TfnSession {
     ) -> Result<(StateDict, StateDict), Error> {
         let (b, n) = (inp.batch(), inp.nodes());
         let last = self.fibers[self.fibers.len() - 1].clone();
-        for d in last.degrees() {
-            let key = format!("cotangent.type{}", d.l);
-            let c = cotangents.get(&key).ok_or_else(|| Error::MissingKey {
-                key: key.clone(),
-                expected: vec![b, n, d.channels, d.width()],
-            })?;
-            let data: Vec<f32> = c.data.iter().map(|&v| v as f32).collect();
-            self.s.set(
-                &format!("cot.{}", d.l),
-                data,
-                &[b * n, d.channels, d.width()],
-            )?;
-        }
+        let objective = self.objective.as_ref().ok_or(Error::NotCompiled {
+            option: "gradients of a TFN session compiled without them",
+        })?;
+        objective.set_inputs(&mut self.s, cotangents, |name| {
+            last.degrees()
+                .iter()
+                .find(|d| format!("type{}", d.l) == name)
+                .map_or(vec![], |d| vec![b * n, d.channels, d.width()])
+        })?;
         let outputs = self.forward(inp)?;
         let mut sd = StateDict::new();
         for (name, shape) in self.s.weights() {
