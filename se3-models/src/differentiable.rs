@@ -125,6 +125,37 @@ impl Parameters {
         Ok(Self { list })
     }
 
+    /// Parameters kept by a model whose graphs hold them in their own layout (e.g. split into
+    /// column blocks over several graphs); the model updates its graphs and then
+    /// [`Parameters::set_host`].
+    pub fn from_list(list: Vec<Parameter>) -> Self {
+        Self { list }
+    }
+
+    /// Sets parameter `name` to `value` here only (see [`Parameters::from_list`]).
+    ///
+    /// # Errors
+    /// `MissingKey` for an unknown name, `WrongShape` for a value of another length.
+    pub fn set_host(&mut self, name: &str, value: Vec<f32>) -> Result<(), Error> {
+        let p = self
+            .list
+            .iter_mut()
+            .find(|p| p.name == name)
+            .ok_or_else(|| Error::MissingKey {
+                key: name.to_string(),
+                expected: vec![],
+            })?;
+        if value.len() != p.value.len() {
+            return Err(Error::WrongShape {
+                key: name.to_string(),
+                expected: p.shape.clone(),
+                found: vec![value.len()],
+            });
+        }
+        p.value = value;
+        Ok(())
+    }
+
     /// The parameters in order.
     pub fn iter(&self) -> impl Iterator<Item = &Parameter> {
         self.list.iter()
@@ -313,6 +344,12 @@ pub fn differentiable_from_files(
         let cfg = TfnStackConfig::from_kwargs(&file.constructor_kwargs)?;
         let graph = TfnGraph::from_state_dict(&cfg, weights)?;
         return Ok(Box::new(graph.compile_differentiable(weights, objective)?));
+    }
+    if crate::egnn::Egnn::handles(file) {
+        let model = crate::egnn::Egnn::from_parts(file, weights)?;
+        return Ok(Box::new(crate::egnn::DifferentiableEgnn::new(
+            model, objective,
+        )));
     }
     Err(Error::NotCompiled {
         option: "gradients of this model kind",

@@ -14,6 +14,7 @@
 //! invariant, and `coors` (b, n, 3), E(3)-equivariant (rotation, reflection, translation).
 
 pub mod config;
+pub mod differentiable;
 pub mod gradients;
 pub mod selection;
 
@@ -26,6 +27,7 @@ use se3_core::layers::{
 };
 
 pub use config::{EgnnConfig, EgnnNetworkConfig, KeyShape, NetworkKwargs};
+pub use differentiable::DifferentiableEgnn;
 use selection::{Selection, SelectionRule};
 
 use crate::checkpoint::{StateDict, Tensor};
