@@ -26,6 +26,9 @@ use se3_models::physics::report::{line_chart_svg, Series};
 
 type Failure = Box<dyn std::error::Error>;
 
+/// One evaluated epoch: epoch, train/val/test MSE, equivariance error, training seconds.
+type Row = (usize, f64, f64, f64, f64, f64);
+
 struct Args {
     epochs: usize,
     seed: u64,
@@ -73,7 +76,9 @@ fn parse() -> Result<Args, Failure> {
 
 fn dataset(a: &Args) -> Result<DatasetFile, Failure> {
     let (tr, va, te) = a.sizes;
-    let path = a.out.join(format!("nbody-{}-{tr}-{va}-{te}.safetensors", a.seed));
+    let path = a
+        .out
+        .join(format!("nbody-{}-{tr}-{va}-{te}.safetensors", a.seed));
     if path.exists() {
         return Ok(DatasetFile::load(&path)?);
     }
@@ -89,7 +94,10 @@ fn dataset(a: &Args) -> Result<DatasetFile, Failure> {
     )?);
     let (file, redraws) = cfg.generate(a.seed, || bar.inc(1))?;
     bar.finish();
-    println!("{redraws} trajectories redrawn (energy drift); saved {}", path.display());
+    println!(
+        "{redraws} trajectories redrawn (energy drift); saved {}",
+        path.display()
+    );
     file.save(&path)?;
     Ok(file)
 }
@@ -123,7 +131,7 @@ fn main() -> Result<(), Failure> {
     bar.set_style(ProgressStyle::with_template(
         "{bar:40} epoch {msg} {pos}/{len} steps ({per_sec}) [{elapsed_precise}<{eta_precise}]",
     )?);
-    let mut rows: Vec<(usize, f64, f64, f64, f64, f64)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     let mut order: Vec<usize> = (0..train.len()).collect();
     for epoch in 1..=a.epochs {
         let start = Instant::now();
@@ -158,7 +166,7 @@ fn main() -> Result<(), Failure> {
             )
         });
         rows.push((epoch, train_mse, val_mse, test_mse, equi, seconds));
-        let curve = |f: fn(&(usize, f64, f64, f64, f64, f64)) -> f64| -> Vec<(f64, f64)> {
+        let curve = |f: fn(&Row) -> f64| -> Vec<(f64, f64)> {
             rows.iter().map(|r| (r.0 as f64, f(r))).collect()
         };
         let svg = line_chart_svg(

@@ -17,7 +17,10 @@ fn load(name: &str) -> Result<(CompiledEgnn, ModelInputs), Error> {
     let file = ModelFile::load(d.join("config.json"))?;
     let weights = StateDict::load(d.join("weights.safetensors"))?;
     let inputs = ModelInputs::load(d.join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
-    Ok((CompiledEgnn::new(Egnn::from_parts(&file, &weights)?), inputs))
+    Ok((
+        CompiledEgnn::new(Egnn::from_parts(&file, &weights)?),
+        inputs,
+    ))
 }
 
 fn gradient_parity(name: &str) -> Result<(), Error> {
@@ -97,7 +100,10 @@ fn mse(out: &StateDict, reference: &StateDict) -> Result<(f64, StateDict), Error
         let diff: Vec<f64> = o.data.iter().zip(&t.data).map(|(a, b)| a - b).collect();
         loss += diff.iter().map(|d| d * d).sum::<f64>() / n;
         let c = diff.iter().map(|d| 2.0 * d / n).collect();
-        cot.insert(format!("cotangent.{name}"), Tensor::new(t.shape.clone(), c)?);
+        cot.insert(
+            format!("cotangent.{name}"),
+            Tensor::new(t.shape.clone(), c)?,
+        );
     }
     Ok((loss, cot))
 }
@@ -253,7 +259,10 @@ fn egnn_net_edges_differentiable_matches_torch() -> Result<(), Error> {
     );
     assert!(worst < 1e-4, "gradients off by {worst:.2e}");
     assert!(loss_err < 1e-5, "MSE loss {} vs torch {want_loss}", m.loss);
-    assert!(mse_vs_cot < 1e-6, "MSE gradients vs cotangent form {mse_vs_cot:.2e}");
+    assert!(
+        mse_vs_cot < 1e-6,
+        "MSE gradients vs cotangent form {mse_vs_cot:.2e}"
+    );
     let first = by_mse
         .parameters()
         .iter()

@@ -503,7 +503,13 @@ fn forces_are_minus_the_energy_gradient_and_equivariant() -> Result<(), Error> {
 
 /// A random fused EGNN edge kernel: hidden `h`, messages `m`, `f` Fourier features, every
 /// option drawn.
-fn random_egnn_kernel(r: &mut StdRng, h: usize, m: usize, f: usize, edge_term: bool) -> crate::ops::EgnnEdgeKernel {
+fn random_egnn_kernel(
+    r: &mut StdRng,
+    h: usize,
+    m: usize,
+    f: usize,
+    edge_term: bool,
+) -> crate::ops::EgnnEdgeKernel {
     let mut v = |n: usize, a: f32| -> Vec<f32> { (0..n).map(|_| r.gen_range(-a..a)).collect() };
     let phi_t = v((2 * f + 1) * h, 0.5);
     let edge_out_t = v(h * m, 1.0 / (h as f32).sqrt());
@@ -564,8 +570,7 @@ fn egnn_edge_matches_finite_differences() -> Result<(), Error> {
             let b = s.input_with_shape::<(X, X)>("b", InputKind::Values, &dims(&[rows, h]));
             let x = s.input_with_shape::<(X, X)>("x", InputKind::Values, &dims(&[rows, 3]));
             let src = s.input_with_shape::<(X,)>("src", InputKind::Values, &dims(&[rows * k]));
-            let valid =
-                s.input_with_shape::<(X, X)>("valid", InputKind::Values, &dims(&[rows, k]));
+            let valid = s.input_with_shape::<(X, X)>("valid", InputKind::Values, &dims(&[rows, k]));
             let t = with_t.then(|| {
                 s.input_with_shape::<(X, X)>("t", InputKind::Values, &dims(&[rows * k, h]))
             });
@@ -580,7 +585,11 @@ fn egnn_edge_matches_finite_differences() -> Result<(), Error> {
                 t,
                 kernel.clone(),
             );
-            let mut wrt = vec![("a", a.no_shape()), ("b", b.no_shape()), ("x", x.no_shape())];
+            let mut wrt = vec![
+                ("a", a.no_shape()),
+                ("b", b.no_shape()),
+                ("x", x.no_shape()),
+            ];
             if let Some(t) = t {
                 wrt.push(("t", t.no_shape()));
             }

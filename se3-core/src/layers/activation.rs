@@ -141,6 +141,22 @@ where
     }
 }
 
+/// Below this argument [`saturating_sigmoid`] holds its value (`sigmoid(-80) ≈ 1.8e-35`).
+pub const SIGMOID_FLOOR: f32 = -80.0;
+
+/// `sigmoid(x) = 1 / (1 + e^-x)` with the argument floored at [`SIGMOID_FLOOR`], so that
+/// `e^-x` stays finite in float32: the value changes by less than 2e-35, and the backward
+/// pass never forms `0 · ∞` (luminal's `sigmoid` overflows `e^-x` to `∞` below `x ≈ -88`,
+/// whose derivative `g · e^-x` is then NaN even where `g = 0`).
+pub fn saturating_sigmoid<S: Shape>(x: GraphTensor<S>) -> GraphTensor<S> {
+    ((x.max_f32(SIGMOID_FLOOR) * -1.0).exp() + 1.0).recip()
+}
+
+/// SiLU `x · sigmoid(x)` through [`saturating_sigmoid`] (finite gradients for any finite `x`).
+pub fn saturating_swish<S: Shape>(x: GraphTensor<S>) -> GraphTensor<S> {
+    x * saturating_sigmoid(x)
+}
+
 #[cfg(test)]
 mod tests {
     use rand::Rng;
@@ -188,20 +204,4 @@ mod tests {
         one(Tanh, &x, seed)?;
         Ok(())
     }
-}
-
-/// Below this argument [`saturating_sigmoid`] holds its value (`sigmoid(-80) ≈ 1.8e-35`).
-pub const SIGMOID_FLOOR: f32 = -80.0;
-
-/// `sigmoid(x) = 1 / (1 + e^-x)` with the argument floored at [`SIGMOID_FLOOR`], so that
-/// `e^-x` stays finite in float32: the value changes by less than 2e-35, and the backward
-/// pass never forms `0 · ∞` (luminal's `sigmoid` overflows `e^-x` to `∞` below `x ≈ -88`,
-/// whose derivative `g · e^-x` is then NaN even where `g = 0`).
-pub fn saturating_sigmoid<S: Shape>(x: GraphTensor<S>) -> GraphTensor<S> {
-    ((x.max_f32(SIGMOID_FLOOR) * -1.0).exp() + 1.0).recip()
-}
-
-/// SiLU `x · sigmoid(x)` through [`saturating_sigmoid`] (finite gradients for any finite `x`).
-pub fn saturating_swish<S: Shape>(x: GraphTensor<S>) -> GraphTensor<S> {
-    x * saturating_sigmoid(x)
 }

@@ -22,8 +22,7 @@ use std::collections::HashMap;
 
 use se3_core::exec::{IndexBound, InputKind, Session};
 use se3_core::layers::{
-    EdgeFeature, EgnnLayer, EgnnNeighborhood, EgnnPath, GlobalLinearAttention, GlobalSizes,
-    Param,
+    EdgeFeature, EgnnLayer, EgnnNeighborhood, EgnnPath, GlobalLinearAttention, GlobalSizes, Param,
 };
 
 pub use config::{EgnnConfig, EgnnNetworkConfig, KeyShape, NetworkKwargs};
@@ -716,12 +715,15 @@ impl CompiledEgnn {
 
     /// The forward pass on prepared inputs; with `tape`, records every layer's inputs and
     /// neighbourhoods for the backward pass.
-    fn run(&mut self, p: &Prepared, mut tape: Option<&mut Vec<LayerTape>>) -> Result<StateDict, Error> {
-        let p = p;
+    fn run(
+        &mut self,
+        p: &Prepared,
+        mut tape: Option<&mut Vec<LayerTape>>,
+    ) -> Result<StateDict, Error> {
         let (b, n) = (p.batch, p.nodes);
         let dim = self.model.layer_config().dim;
         let rule = self.rule();
-        let mut feats = self.embed(&p)?;
+        let mut feats = self.embed(p)?;
         let mut coors: Vec<[f64; 3]> = p.coors.clone();
         let mut tokens: Option<Vec<f32>> = self
             .model

@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use luminal::prelude::*;
 use rand::Rng;
 use se3_core::exec::{F32Tensor, IndexBound, InputKind, Session};
-use se3_core::layers::graph::X;
 use se3_core::layers::activation::saturating_swish;
+use se3_core::layers::graph::X;
 use se3_core::layers::{
     DenseLinear, EdgeFeature, EgnnLayer, EgnnNeighborhood, EgnnOptions, EgnnPath, MessagePool,
 };
@@ -140,8 +140,11 @@ fn batch_data(samples: &[&Sample]) -> Result<BatchData, Error> {
             }
         }
         if s.target_positions.len() == n {
-            d.target
-                .extend(s.target_positions.iter().flat_map(|x| x.iter().map(|&v| v as f32)));
+            d.target.extend(
+                s.target_positions
+                    .iter()
+                    .flat_map(|x| x.iter().map(|&v| v as f32)),
+            );
         }
     }
     Ok(d)
@@ -241,13 +244,9 @@ impl NBodyEgnn {
         let mut s = Session::new();
         let node_in =
             s.input_with_shape::<(X, X)>("node_in", InputKind::Values, &[rows.into(), 2.into()]);
-        let mut coors = s.input_with_shape::<(X, X)>(
-            "coors",
-            InputKind::Values,
-            &[rows.into(), 3.into()],
-        );
-        let vel =
-            s.input_with_shape::<(X, X)>("vel", InputKind::Values, &[rows.into(), 3.into()]);
+        let mut coors =
+            s.input_with_shape::<(X, X)>("coors", InputKind::Values, &[rows.into(), 3.into()]);
+        let vel = s.input_with_shape::<(X, X)>("vel", InputKind::Values, &[rows.into(), 3.into()]);
         let edge_q =
             s.input_with_shape::<(X, X)>("edge_q", InputKind::Values, &[edges.into(), 1.into()]);
         let src = s.input_with_shape::<(X,)>(
@@ -258,14 +257,14 @@ impl NBodyEgnn {
             },
             &[edges.into()],
         );
-        let valid = s.input_with_shape::<(X, X)>("valid", InputKind::Mask, &[rows.into(), k.into()]);
+        let valid =
+            s.input_with_shape::<(X, X)>("valid", InputKind::Mask, &[rows.into(), k.into()]);
         let embed = DenseLinear::load(&mut src_map, "embed.", 2, h, true)?;
         let mut feats = embed.build(&mut s, "", node_in)?;
         let opts = options(h);
         for l in 0..self.config.layers {
             let prefix = format!("layers.{l}.");
-            let layer =
-                EgnnLayer::load(&mut src_map, &prefix, &opts)?.with_path(EgnnPath::Unfused);
+            let layer = EgnnLayer::load(&mut src_map, &prefix, &opts)?.with_path(EgnnPath::Unfused);
             let v1 = DenseLinear::load(&mut src_map, &format!("{prefix}vel_mlp.0."), h, h, true)?;
             let v2 = DenseLinear::load(&mut src_map, &format!("{prefix}vel_mlp.2."), h, 1, true)?;
             let hidden = saturating_swish(v1.build(&mut s, "", feats)?);
@@ -415,7 +414,13 @@ impl NBodyEgnn {
         Self::feed(s, &d)?;
         s.set("target", d.target.clone(), &[d.target.len() / 3, 3])?;
         s.run()?;
-        let loss = s.get("sq_err")?.data.iter().map(|&v| f64::from(v)).sum::<f64>() / len;
+        let loss = s
+            .get("sq_err")?
+            .data
+            .iter()
+            .map(|&v| f64::from(v))
+            .sum::<f64>()
+            / len;
         let mut grads: Vec<Vec<f64>> = self
             .params
             .iter()

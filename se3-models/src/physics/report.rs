@@ -141,7 +141,11 @@ mod tests {
         let points: usize = svg
             .lines()
             .filter(|l| l.starts_with("<polyline"))
-            .map(|l| l.split("points=\"").nth(1).map_or(0, |p| p.split(' ').count()))
+            .map(|l| {
+                l.split("points=\"")
+                    .nth(1)
+                    .map_or(0, |p| p.split(' ').count())
+            })
             .sum();
         assert_eq!(points, 4);
         assert!(svg.contains(">1e-2<") && svg.contains(">1e0<"));

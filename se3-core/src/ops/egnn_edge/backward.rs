@@ -110,13 +110,17 @@ fn node_backward(
         let mut sc = 1.0f32;
         for q in 0..f {
             let (sn, cs) = (d * sc).sin_cos();
-            for p in 0..h {
-                pre[p] += sn * kern.phi_t[q * h + p] + cs * kern.phi_t[(f + q) * h + p];
+            let (ws, wc) = (
+                &kern.phi_t[q * h..(q + 1) * h],
+                &kern.phi_t[(f + q) * h..(f + q + 1) * h],
+            );
+            for ((p, a), b) in pre.iter_mut().zip(ws).zip(wc) {
+                *p += sn * a + cs * b;
             }
             sc *= 0.5;
         }
-        for p in 0..h {
-            pre[p] += d * kern.phi_t[2 * f * h + p];
+        for (p, w) in pre.iter_mut().zip(&kern.phi_t[2 * f * h..(2 * f + 1) * h]) {
+            *p += d * w;
         }
         for (o, &u) in hid.iter_mut().zip(&pre) {
             *o = u * sigmoid(u);
@@ -150,7 +154,11 @@ fn node_backward(
             let inside = kern.clamp.is_none_or(|c| (-c..=c).contains(&w1));
             let (factor, iota) = match kern.coors_scale {
                 Some(s) => {
-                    let iota = if d > 0.0 { 1.0 / d.sqrt().max(1e-8) } else { 0.0 };
+                    let iota = if d > 0.0 {
+                        1.0 / d.sqrt().max(1e-8)
+                    } else {
+                        0.0
+                    };
                     (s * iota, iota)
                 }
                 None => (1.0, 0.0),
@@ -196,15 +204,17 @@ fn node_backward(
         let mut sc = 1.0f32;
         for q in 0..f {
             let (sn, cs) = (d * sc).sin_cos();
-            for p in 0..h {
-                d_d += dh[p]
-                    * sc
-                    * (cs * kern.phi_t[q * h + p] - sn * kern.phi_t[(f + q) * h + p]);
+            let (ws, wc) = (
+                &kern.phi_t[q * h..(q + 1) * h],
+                &kern.phi_t[(f + q) * h..(f + q + 1) * h],
+            );
+            for ((g, a), b) in dh.iter().zip(ws).zip(wc) {
+                d_d += g * sc * (cs * a - sn * b);
             }
             sc *= 0.5;
         }
-        for p in 0..h {
-            d_d += dh[p] * kern.phi_t[2 * f * h + p];
+        for (g, w) in dh.iter().zip(&kern.phi_t[2 * f * h..(2 * f + 1) * h]) {
+            d_d += g * w;
         }
         for a in 0..3 {
             d_rel[a] += 2.0 * d_d * rel[a];

@@ -187,8 +187,14 @@ mod tests {
         let coors = input(&mut s, "coors");
         let valid = input(&mut s, "valid");
         // cotangents of the outputs the layer computes (not of an input passed through)
-        let c_f = layer.options().update_feats.then(|| input(&mut s, "cot_feats"));
-        let c_x = layer.options().update_coors.then(|| input(&mut s, "cot_coors"));
+        let c_f = layer
+            .options()
+            .update_feats
+            .then(|| input(&mut s, "cot_feats"));
+        let c_x = layer
+            .options()
+            .update_coors
+            .then(|| input(&mut s, "cot_coors"));
         let edges = (layer.options().edge_dim > 0).then(|| input(&mut s, "edges"));
         let src_len = data["src"].1[0];
         let src = s.input_with_shape::<(X,)>("src", InputKind::Values, &[src_len.into()]);
@@ -273,7 +279,10 @@ mod tests {
                     ),
                 );
             }
-            data.insert("cot_feats", (v(rows * o.dim, 1.0, &mut r), vec![rows, o.dim]));
+            data.insert(
+                "cot_feats",
+                (v(rows * o.dim, 1.0, &mut r), vec![rows, o.dim]),
+            );
             data.insert("cot_coors", (v(rows * 3, 1.0, &mut r), vec![rows, 3]));
             let g_fused = layer_gradients(&layer, EgnnPath::Fused, &data, k)?;
             let g_unfused = layer_gradients(&layer, EgnnPath::Unfused, &data, k)?;
