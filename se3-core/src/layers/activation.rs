@@ -204,4 +204,51 @@ mod tests {
         one(Tanh, &x, seed)?;
         Ok(())
     }
+
+    #[test]
+    fn saturating_swish_has_finite_gradients_where_luminal_swish_gives_nan(
+    ) -> Result<(), crate::Error> {
+        let (mut r, seed) = rng();
+        // moderate arguments (same values as SiLU) and far negative ones (e^-x overflows)
+        let mut xs: Vec<f32> = (0..16).map(|_| r.gen_range(-20.0f32..20.0)).collect();
+        xs.extend((0..8).map(|_| r.gen_range(-400.0f32..-90.0)));
+        let n = xs.len();
+        let run = |saturating: bool| -> Result<(Vec<f32>, Vec<f32>), crate::Error> {
+            let mut s = Session::new();
+            let x = s.input_with_shape::<(X,)>("x", crate::exec::InputKind::Values, &[n.into()]);
+            let y = if saturating {
+                saturating_swish(x)
+            } else {
+                x.swish()
+            };
+            let g = crate::autodiff::grad(y.no_shape(), &[x.no_shape()])?;
+            s.output("y", y);
+            s.output("g", g[0]);
+            s.set("x", xs.clone(), &[n])?;
+            s.run()?;
+            Ok((s.get("y")?.data, s.get("g")?.data))
+        };
+        let (y, g) = run(true)?;
+        let (_, g_plain) = run(false)?;
+        for (i, &x) in xs.iter().enumerate() {
+            let sig = 1.0 / (1.0 + (-f64::from(x)).exp());
+            let (want_y, want_g) = (f64::from(x) * sig, sig * (1.0 + f64::from(x) * (1.0 - sig)));
+            assert!(
+                (f64::from(y[i]) - want_y).abs() < 1e-5 * (1.0 + want_y.abs()),
+                "seed {seed}: swish({x}) = {} want {want_y}",
+                y[i]
+            );
+            assert!(
+                (f64::from(g[i]) - want_g).abs() < 1e-5,
+                "seed {seed}: swish'({x}) = {} want {want_g}",
+                g[i]
+            );
+        }
+        // the reason for the floor: luminal's sigmoid gives 0 * inf there
+        assert!(
+            g_plain[16..].iter().any(|v| v.is_nan()),
+            "seed {seed}: {g_plain:?}"
+        );
+        Ok(())
+    }
 }
