@@ -405,6 +405,12 @@ pub fn differentiable_from_files(
             model, fwd, weights, objective,
         )?));
     }
+    if crate::egnn::Egnn::handles(file) {
+        let model = crate::egnn::Egnn::from_parts(file, weights)?;
+        return Ok(Box::new(crate::egnn::DifferentiableEgnn::new(
+            model, objective,
+        )));
+    }
     Err(Error::NotCompiled {
         option: "gradients of this model kind",
     })

@@ -16,9 +16,11 @@
 //! recip, contiguous; mod and less-than carry no gradient), and the ops gather, scatter-add,
 //! segment softmax and gradient scaling (so relative positions and distances, built from gather
 //! and primitives, too), the fused row kernel layer norm + GELU, the fused multi-head attention
-//! `head_attention`, and the fused radial and edge kernels (`radial_hidden`, `edge_contract` sum
-//! and logits, `edge_conv`, `radial_edge_conv`), each with a fused backward in its folder's
-//! `backward.rs`; indices (neighbour lists, top-k) are constants of the backward pass.
+//! `head_attention`, the fused radial and edge kernels (`radial_hidden`, `edge_contract` sum
+//! and logits, `edge_conv`, `radial_edge_conv`) and the fused EGNN edge stage (with respect to
+//! its tensor inputs; its weights are constants of the operator), each with a fused backward in
+//! its folder's `backward.rs`; indices (neighbour lists, top-k) are constants of the backward
+//! pass.
 //! A fused op without a backward gives [`Error::NoGradient`]: build that layer unfused.
 //!
 //! ```
@@ -63,13 +65,13 @@ pub use loss::{add_losses, pairing, squared_error};
 use primitives::{InputGrad, Primitive};
 
 use crate::ops::{
-    adjacency, edge_contract, edge_conv, gather, grad_scale, head_attention, layer_norm_gelu,
+    adjacency, edge_contract, edge_conv, egnn_edge, gather, grad_scale, head_attention, layer_norm_gelu,
     neighbors, radial_hidden, scatter_add, segment_softmax, stack, top_k,
 };
 use crate::Error;
 
 /// The backward rule of an operator.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Rule {
     Primitive(Primitive),
     Gather,
@@ -97,6 +99,7 @@ enum Rule {
     /// An operator whose output is indices or a validity mask (neighbour search, top-k,
     /// adjacency): piecewise constant, no gradient to its inputs.
     Indices,
+    EgnnEdge(Box<egnn_edge::EgnnEdgeKernel>),
 }
 
 fn rule(o: &dyn Operator) -> Option<Rule> {
@@ -136,6 +139,8 @@ fn rule(o: &dyn Operator) -> Option<Rule> {
         Some(Rule::EdgeConv {
             diagonal: op.diagonal,
         })
+    } else if let Some(k) = a.downcast_ref::<egnn_edge::EgnnEdgeKernel>() {
+        Some(Rule::EgnnEdge(Box::new(k.clone())))
     } else {
         a.downcast_ref::<edge_conv::RadialEdgeConv>()
             .map(|op| Rule::RadialEdgeConv(op.shape))
@@ -259,6 +264,9 @@ pub fn gradients(cotangents: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<
             .collect(),
             Some(Rule::Indices) => vec![None; inputs.len()],
             Some(Rule::Stack) => as_views(stack::backward::vjp(&inputs, g.id, &wanted)).collect(),
+            Some(Rule::EgnnEdge(kernel)) => {
+                as_views(egnn_edge::backward::vjp(&kernel, &inputs, g.id, &wanted)).collect()
+            }
             None => return Err(Error::NoGradient { op: op_name }),
         };
         for ((&(s, _, st), w), d) in sources.iter().zip(&wanted).zip(input_grads) {

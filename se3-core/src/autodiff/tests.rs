@@ -500,3 +500,105 @@ fn forces_are_minus_the_energy_gradient_and_equivariant() -> Result<(), Error> {
     );
     Ok(())
 }
+
+/// A random fused EGNN edge kernel: hidden `h`, messages `m`, `f` Fourier features, every
+/// option drawn.
+fn random_egnn_kernel(
+    r: &mut StdRng,
+    h: usize,
+    m: usize,
+    f: usize,
+    edge_term: bool,
+) -> crate::ops::EgnnEdgeKernel {
+    let mut v = |n: usize, a: f32| -> Vec<f32> { (0..n).map(|_| r.gen_range(-a..a)).collect() };
+    let phi_t = v((2 * f + 1) * h, 0.5);
+    let edge_out_t = v(h * m, 1.0 / (h as f32).sqrt());
+    let edge_out_bias = v(m, 0.1);
+    let gate = (v(m, 1.0), 0.1);
+    let coors = crate::ops::EgnnCoorsWeights {
+        hidden_t: v(m * 4 * m, 1.0 / (m as f32).sqrt()),
+        hidden_bias: v(4 * m, 0.1),
+        out: v(4 * m, 1.0 / (2.0 * m as f32).sqrt()),
+        out_bias: 0.05,
+    };
+    let pick = r.gen_range(0..4u32);
+    crate::ops::EgnnEdgeKernel {
+        hidden: h,
+        m_dim: m,
+        fourier_features: f,
+        phi_t,
+        edge_out_t,
+        edge_out_bias,
+        gate: (pick & 1 == 1).then_some(gate),
+        coors: Some(coors),
+        coors_scale: (pick & 2 == 2).then_some(0.7),
+        // a clamp far from the weights (a kink inside the differences' span is not smooth)
+        clamp: (pick == 3).then_some(50.0),
+        pool_messages: true,
+        edge_term,
+    }
+}
+
+#[test]
+fn egnn_edge_matches_finite_differences() -> Result<(), Error> {
+    use crate::layers::graph::X;
+    let mut r = rng();
+    for case in 0..3 {
+        let (rows, k) = (r.gen_range(2..7), r.gen_range(1..5));
+        let (h, m, f) = (r.gen_range(2..7), r.gen_range(1..5), r.gen_range(0..3));
+        let with_t = case != 1;
+        let kernel = random_egnn_kernel(&mut r, h, m, f, with_t);
+        let src: Vec<f32> = (0..rows * k)
+            .map(|_| r.gen_range(-1..rows as i64) as f32)
+            .collect();
+        let valid: Vec<f32> = (0..rows * k)
+            .map(|_| if r.gen_bool(0.85) { 1.0 } else { 0.0 })
+            .collect();
+        let mut inputs: Vec<Input> = vec![
+            ("a", rand_vec(&mut r, rows * h), vec![rows, h]),
+            ("b", rand_vec(&mut r, rows * h), vec![rows, h]),
+            ("x", separated(&mut r, rows * 3), vec![rows, 3]),
+            ("src", src, vec![rows * k]),
+            ("valid", valid, vec![rows, k]),
+        ];
+        if with_t {
+            inputs.push(("t", rand_vec(&mut r, rows * k * h), vec![rows * k, h]));
+        }
+        let build = |s: &mut Session| -> Built {
+            let dims = |d: &[usize]| d.iter().map(|&v| Expression::from(v)).collect::<Vec<_>>();
+            let a = s.input_with_shape::<(X, X)>("a", InputKind::Values, &dims(&[rows, h]));
+            let b = s.input_with_shape::<(X, X)>("b", InputKind::Values, &dims(&[rows, h]));
+            let x = s.input_with_shape::<(X, X)>("x", InputKind::Values, &dims(&[rows, 3]));
+            let src = s.input_with_shape::<(X,)>("src", InputKind::Values, &dims(&[rows * k]));
+            let valid = s.input_with_shape::<(X, X)>("valid", InputKind::Values, &dims(&[rows, k]));
+            let t = with_t.then(|| {
+                s.input_with_shape::<(X, X)>("t", InputKind::Values, &dims(&[rows * k, h]))
+            });
+            let out = crate::ops::egnn_edge(
+                crate::ops::EgnnEdgeInputs {
+                    dst_term: a,
+                    src_term: b,
+                    coors: x,
+                    src,
+                    valid,
+                },
+                t,
+                kernel.clone(),
+            );
+            let mut wrt = vec![
+                ("a", a.no_shape()),
+                ("b", b.no_shape()),
+                ("x", x.no_shape()),
+            ];
+            if let Some(t) = t {
+                wrt.push(("t", t.no_shape()));
+            }
+            (wrt, vec![out.no_shape()])
+        };
+        assert_close(
+            &check_gradients(build, &inputs, H, 48, &mut r)?,
+            &format!("egnn_edge case {case} (h {h}, m {m}, f {f})"),
+        );
+    }
+    Ok(())
+}

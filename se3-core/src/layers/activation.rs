@@ -141,6 +141,22 @@ where
     }
 }
 
+/// Below this argument [`saturating_sigmoid`] holds its value (`sigmoid(-80) ≈ 1.8e-35`).
+pub const SIGMOID_FLOOR: f32 = -80.0;
+
+/// `sigmoid(x) = 1 / (1 + e^-x)` with the argument floored at [`SIGMOID_FLOOR`], so that
+/// `e^-x` stays finite in float32: the value changes by less than 2e-35, and the backward
+/// pass never forms `0 · ∞` (luminal's `sigmoid` overflows `e^-x` to `∞` below `x ≈ -88`,
+/// whose derivative `g · e^-x` is then NaN even where `g = 0`).
+pub fn saturating_sigmoid<S: Shape>(x: GraphTensor<S>) -> GraphTensor<S> {
+    ((x.max_f32(SIGMOID_FLOOR) * -1.0).exp() + 1.0).recip()
+}
+
+/// SiLU `x · sigmoid(x)` through [`saturating_sigmoid`] (finite gradients for any finite `x`).
+pub fn saturating_swish<S: Shape>(x: GraphTensor<S>) -> GraphTensor<S> {
+    x * saturating_sigmoid(x)
+}
+
 #[cfg(test)]
 mod tests {
     use rand::Rng;
@@ -186,6 +202,53 @@ mod tests {
         one(Silu, &x, seed)?;
         one(Sigmoid, &x, seed)?;
         one(Tanh, &x, seed)?;
+        Ok(())
+    }
+
+    #[test]
+    fn saturating_swish_has_finite_gradients_where_luminal_swish_gives_nan(
+    ) -> Result<(), crate::Error> {
+        let (mut r, seed) = rng();
+        // moderate arguments (same values as SiLU) and far negative ones (e^-x overflows)
+        let mut xs: Vec<f32> = (0..16).map(|_| r.gen_range(-20.0f32..20.0)).collect();
+        xs.extend((0..8).map(|_| r.gen_range(-400.0f32..-90.0)));
+        let n = xs.len();
+        let run = |saturating: bool| -> Result<(Vec<f32>, Vec<f32>), crate::Error> {
+            let mut s = Session::new();
+            let x = s.input_with_shape::<(X,)>("x", crate::exec::InputKind::Values, &[n.into()]);
+            let y = if saturating {
+                saturating_swish(x)
+            } else {
+                x.swish()
+            };
+            let g = crate::autodiff::grad(y.no_shape(), &[x.no_shape()])?;
+            s.output("y", y);
+            s.output("g", g[0]);
+            s.set("x", xs.clone(), &[n])?;
+            s.run()?;
+            Ok((s.get("y")?.data, s.get("g")?.data))
+        };
+        let (y, g) = run(true)?;
+        let (_, g_plain) = run(false)?;
+        for (i, &x) in xs.iter().enumerate() {
+            let sig = 1.0 / (1.0 + (-f64::from(x)).exp());
+            let (want_y, want_g) = (f64::from(x) * sig, sig * (1.0 + f64::from(x) * (1.0 - sig)));
+            assert!(
+                (f64::from(y[i]) - want_y).abs() < 1e-5 * (1.0 + want_y.abs()),
+                "seed {seed}: swish({x}) = {} want {want_y}",
+                y[i]
+            );
+            assert!(
+                (f64::from(g[i]) - want_g).abs() < 1e-5,
+                "seed {seed}: swish'({x}) = {} want {want_g}",
+                g[i]
+            );
+        }
+        // the reason for the floor: luminal's sigmoid gives 0 * inf there
+        assert!(
+            g_plain[16..].iter().any(|v| v.is_nan()),
+            "seed {seed}: {g_plain:?}"
+        );
         Ok(())
     }
 }

@@ -28,6 +28,7 @@
 
 use luminal::prelude::{symbolic::Expression, *};
 
+use super::activation::{saturating_sigmoid, saturating_swish};
 use super::dense::DenseLinear;
 use super::graph::{dims, expand_at, layer_norm, reshape, Param, ParamSource, X};
 use crate::exec::Session;
@@ -468,15 +469,15 @@ impl EgnnLayer {
                 if let Some(t) = edge_term {
                     pre += edge_term_of(t);
                 }
-                let hidden = flat(pre).swish();
-                let mut m = self.edge_out.build(s, prefix, hidden)?.swish();
+                let hidden = saturating_swish(flat(pre));
+                let mut m = saturating_swish(self.edge_out.build(s, prefix, hidden)?);
                 if let Some(gate) = &self.edge_gate {
-                    let g = gate.build(s, prefix, m)?.sigmoid();
+                    let g = saturating_sigmoid(gate.build(s, prefix, m)?);
                     m *= expand_at::<_, (X, X)>(reshape::<_, (X,)>(g, &[edges]), 1, o.m_dim);
                 }
                 let shift = match (&self.coors_in, &self.coors_out) {
                     (Some(c_in), Some(c_out)) => {
-                        let hidden = c_in.build(s, prefix, m)?.swish();
+                        let hidden = saturating_swish(c_in.build(s, prefix, m)?);
                         let w = c_out.build(s, prefix, hidden)?;
                         let mut w: GraphTensor<(X,)> = reshape::<_, (X,)>(w, &[edges]) * valid;
                         if let Some(c) = o.coor_weights_clamp {
@@ -487,7 +488,12 @@ impl EgnnLayer {
                                 let sc: GraphTensor<(X,)> = scale.declare(s, prefix)?;
                                 let sc: GraphTensor<(X,)> =
                                     reshape(expand_at::<_, (X, X)>(sc, 0, edges), &[edges]);
-                                let inv = d.sqrt().max_f32(1e-8).recip() * sc;
+                                // [d > 0]: a self edge (r = 0) has no direction; its unit
+                                // vector's derivative (1e8 at the clamp) would cancel between
+                                // x_i and x_j only in exact arithmetic, so it is zeroed (the
+                                // forward value, 0, is unchanged).
+                                let apart = (d * -1.0).less_than(d);
+                                let inv = d.sqrt().max_f32(1e-8).recip() * apart * sc;
                                 rel * expand_at::<_, (X, X)>(inv, 1, 3)
                             }
                             None => rel,
@@ -531,7 +537,7 @@ impl EgnnLayer {
                 }
                 .build(s, prefix, normed)?;
                 let b = n_in.columns(dim, dim + o.m_dim)?.build(s, prefix, pooled)?;
-                n_out.build(s, prefix, (a + b).swish())? + feats
+                n_out.build(s, prefix, saturating_swish(a + b))? + feats
             }
             _ => feats,
         };

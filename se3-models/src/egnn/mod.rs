@@ -14,16 +14,19 @@
 //! invariant, and `coors` (b, n, 3), E(3)-equivariant (rotation, reflection, translation).
 
 pub mod config;
+pub mod differentiable;
+pub mod gradients;
 pub mod selection;
 
 use std::collections::HashMap;
 
 use se3_core::exec::{IndexBound, InputKind, Session};
 use se3_core::layers::{
-    EdgeFeature, EgnnLayer, EgnnNeighborhood, GlobalLinearAttention, GlobalSizes, Param,
+    EdgeFeature, EgnnLayer, EgnnNeighborhood, EgnnPath, GlobalLinearAttention, GlobalSizes, Param,
 };
 
 pub use config::{EgnnConfig, EgnnNetworkConfig, KeyShape, NetworkKwargs};
+pub use differentiable::DifferentiableEgnn;
 use selection::{Selection, SelectionRule};
 
 use crate::checkpoint::{StateDict, Tensor};
@@ -56,6 +59,8 @@ pub struct Egnn {
     pos_emb: Option<Param>,
     edge_emb: Option<Param>,
     adj_emb: Option<Param>,
+    /// Every parameter (state-dict key, shape, float32 values), in checkpoint order.
+    params: Vec<(String, Vec<usize>, Vec<f32>)>,
 }
 
 /// What the graphs of one input layout are built for.
@@ -128,6 +133,13 @@ impl Egnn {
             pos_emb: None,
             edge_emb: None,
             adj_emb: None,
+            params: weights
+                .iter()
+                .map(|(k, t)| {
+                    let data = t.data.iter().map(|&v| v as f32).collect();
+                    (k.to_string(), t.shape.clone(), data)
+                })
+                .collect(),
         };
         match &kind {
             EgnnKind::Layer(cfg) => {
@@ -298,6 +310,13 @@ pub struct CompiledEgnn {
     layers: HashMap<Layout, Vec<Session>>,
     /// Where the graphs run.
     device: se3_core::Device,
+    /// How the layer graphs compute their edge stage (`Unfused` for training: its weights are
+    /// session weights that can be set, and it has a backward).
+    path: EgnnPath,
+    /// The layer graphs with their gradients ([`gradients`]), one set per input layout.
+    grad_layers: HashMap<Layout, Vec<Session>>,
+    /// Parameters were set since the graphs last saw them.
+    stale: bool,
 }
 
 impl std::fmt::Debug for CompiledEgnn {
@@ -335,6 +354,9 @@ impl CompiledEgnn {
             embed: HashMap::new(),
             layers: HashMap::new(),
             device: se3_core::Device::Cpu,
+            path: EgnnPath::Fused,
+            grad_layers: HashMap::new(),
+            stale: false,
         }
     }
 
@@ -584,23 +606,32 @@ impl CompiledEgnn {
         Ok(s.take("feats")?.data)
     }
 
-    fn build_layers(&self, l: &Layout) -> Result<Vec<Session>, Error> {
+    /// The layer graphs of layout `l`; with `grad`, each also takes cotangents `cot.feats`,
+    /// `cot.coors` (and `cot.tokens` after global attention) and returns the gradients of
+    /// `L = <feats', cot.feats> + <coors', cot.coors> (+ <tokens', cot.tokens>)` with respect
+    /// to its inputs (`grad.feats`, `grad.coors`, `grad.tokens`, `grad.edges`) and its session
+    /// weights (`grad.<weight>`), on the unfused edge stage.
+    fn build_layers(&self, l: &Layout, grad: bool) -> Result<Vec<Session>, Error> {
         let (b, n, k) = (l.batch, l.nodes, l.k);
         let (rows, edges) = (b * n, b * n * k);
         let dim = self.model.layer_config().dim;
+        let path = if grad { EgnnPath::Unfused } else { self.path };
         let mut out = Vec::with_capacity(self.model.layers.len());
         for (layer, global) in self.model.layers.iter().zip(&self.model.globals) {
+            let layer = layer.clone().with_path(path);
             let mut s = Session::new();
             let mut feats = s.input_with_shape::<(X, X)>(
                 "feats",
                 InputKind::Values,
                 &[rows.into(), dim.into()],
             );
+            let mut wrt_inputs: Vec<(&str, GraphTensor<()>)> = vec![("feats", feats.no_shape())];
             let coors = s.input_with_shape::<(X, X)>(
                 "coors",
                 InputKind::Coordinates,
                 &[rows.into(), 3.into()],
             );
+            wrt_inputs.push(("coors", coors.no_shape()));
             let src = s.input_with_shape::<(X,)>(
                 "src",
                 InputKind::Indices {
@@ -612,12 +643,15 @@ impl CompiledEgnn {
             let valid =
                 s.input_with_shape::<(X, X)>("valid", InputKind::Mask, &[rows.into(), k.into()]);
             let mut edge_features = Vec::new();
+            let mut outputs: Vec<(&str, GraphTensor<(X, X)>)> = Vec::new();
             if let Some(w) = l.dense_edges {
-                edge_features.push(EdgeFeature::Dense(s.input_with_shape::<(X, X)>(
+                let e = s.input_with_shape::<(X, X)>(
                     "edges",
                     InputKind::Values,
                     &[edges.into(), w.into()],
-                )));
+                );
+                wrt_inputs.push(("edges", e.no_shape()));
+                edge_features.push(EdgeFeature::Dense(e));
             }
             for (on, table, name) in [
                 (l.edge_tokens, &self.model.edge_emb, "edge_ids"),
@@ -655,9 +689,11 @@ impl CompiledEgnn {
                     nodes: n,
                     tokens,
                 };
+                wrt_inputs.push(("tokens", q.no_shape()));
                 let (x, q) = g.build(&mut s, "", sizes, feats, q, mask)?;
                 feats = x;
                 s.output("tokens", q);
+                outputs.push(("tokens", q));
             }
             let nb = EgnnNeighborhood {
                 k,
@@ -668,6 +704,11 @@ impl CompiledEgnn {
             let o = layer.build(&mut s, "", feats, coors, &nb)?;
             s.output("feats", o.feats);
             s.output("coors", o.coors);
+            outputs.push(("feats", o.feats));
+            outputs.push(("coors", o.coors));
+            if grad {
+                gradients::add_gradients(&mut s, &outputs, &wrt_inputs)?;
+            }
             if self.profile {
                 s.compile_with((
                     se3_core::exec::CpuCompiler::default(),
@@ -689,11 +730,22 @@ impl CompiledEgnn {
     /// `NoNeighbors` when no node has a neighbour, messages are mean-pooled and there is no mask
     /// (PyTorch returns NaN features); session errors.
     pub fn forward(&mut self, inputs: &ModelInputs) -> Result<StateDict, Error> {
+        self.refresh()?;
         let p = self.prepare(inputs)?;
+        self.run(&p, None)
+    }
+
+    /// The forward pass on prepared inputs; with `tape`, records every layer's inputs and
+    /// neighbourhoods for the backward pass.
+    fn run(
+        &mut self,
+        p: &Prepared,
+        mut tape: Option<&mut Vec<LayerTape>>,
+    ) -> Result<StateDict, Error> {
         let (b, n) = (p.batch, p.nodes);
         let dim = self.model.layer_config().dim;
         let rule = self.rule();
-        let mut feats = self.embed(&p)?;
+        let mut feats = self.embed(p)?;
         let mut coors: Vec<[f64; 3]> = p.coors.clone();
         let mut tokens: Option<Vec<f32>> = self
             .model
@@ -722,7 +774,7 @@ impl CompiledEgnn {
                 adj_labels: p.adj_labels.is_some(),
             };
             if !self.layers.contains_key(&layout) {
-                let mut built = self.build_layers(&layout)?;
+                let mut built = self.build_layers(&layout, false)?;
                 for s in &mut built {
                     s.set_device(self.device)?;
                 }
@@ -732,7 +784,7 @@ impl CompiledEgnn {
                 option: "EGNN layer graph",
             })?;
             let s = &mut sessions[li];
-            feed_layer(s, &p, &sel, &feats, &coors, dim)?;
+            feed_layer(s, p, &sel, &feats, &coors, dim)?;
             if let (Some(t), true) = (&tokens, self.model.globals[li].is_some()) {
                 s.set("tokens", t.clone(), &[t.len() / dim, dim])?;
                 if let Some(m) = &p.mask {
@@ -744,16 +796,28 @@ impl CompiledEgnn {
                 }
             }
             s.run()?;
-            if self.model.globals[li].is_some() {
-                tokens = Some(s.take("tokens")?.data);
-            }
-            feats = s.take("feats")?.data;
+            let tokens_in = if self.model.globals[li].is_some() {
+                tokens.replace(s.take("tokens")?.data)
+            } else {
+                None
+            };
+            let feats_in = std::mem::replace(&mut feats, s.take("feats")?.data);
+            let coors_in = coors.clone();
             coors = s
                 .take("coors")?
                 .data
                 .chunks_exact(3)
                 .map(|c| [f64::from(c[0]), f64::from(c[1]), f64::from(c[2])])
                 .collect();
+            if let Some(t) = tape.as_deref_mut() {
+                t.push(LayerTape {
+                    layout,
+                    selection: sel,
+                    feats: feats_in,
+                    coors: coors_in,
+                    tokens: tokens_in,
+                });
+            }
         }
         let mut out = StateDict::new();
         out.insert(
@@ -769,6 +833,16 @@ impl CompiledEgnn {
         );
         Ok(out)
     }
+}
+
+/// What the backward pass needs of one layer's forward run: its layout, neighbourhoods and
+/// inputs.
+struct LayerTape {
+    layout: Layout,
+    selection: Selection,
+    feats: Vec<f32>,
+    coors: Vec<[f64; 3]>,
+    tokens: Option<Vec<f32>>,
 }
 
 /// Sets one layer graph's inputs from the selection.

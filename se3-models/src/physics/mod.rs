@@ -10,14 +10,17 @@
 //! * [`metrics`]: position MSE, energy/force MAE, equivariance error of a model.
 //! * [`learned_potential`]: an invariant energy model trained on energies and forces.
 //! * [`potential_training`]: training a learned potential, its test errors, MD with it.
+//! * [`egnn_nbody`]: se3's EGNN for the N-body benchmark, trained with gradients and Adam.
 //! * [`md`]: molecular dynamics with any force field, reporting energy drift.
 //! * [`baselines`]: gradient-free reference predictors (constant velocity).
+//! * [`report`]: CSV-ready metrics and SVG line charts of training curves.
 //! * [`random`]: seeded normal variates and uniform rotations.
 
 pub mod baselines;
 pub mod batch;
 pub mod dataset;
 pub mod dynamics;
+pub mod egnn_nbody;
 pub mod integrator;
 pub mod learned_potential;
 pub mod lj_clusters;
@@ -27,3 +30,4 @@ pub mod nbody;
 pub mod potential;
 pub mod potential_training;
 pub mod random;
+pub mod report;

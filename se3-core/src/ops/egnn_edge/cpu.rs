@@ -55,7 +55,7 @@ pub struct EgnnCoorsWeights {
 
 /// `sigmoid(x)` without a library call: `t = e^-|x|`, `1 / (1 + t)` or `t / (1 + t)`.
 #[inline(always)]
-fn sigmoid(x: f32) -> f32 {
+pub(super) fn sigmoid(x: f32) -> f32 {
     let t = exp_neg(-x.abs());
     let s = 1.0 / (1.0 + t);
     if x >= 0.0 {
@@ -84,7 +84,7 @@ fn axpy(y: &mut [f32], a: f32, w: &[f32]) {
 /// `y = bias + sum_q x[q] w[q]` (rows `w[q]` of width `y.len()`); for the common widths the
 /// accumulator is a fixed-size array the compiler keeps in registers.
 #[inline(always)]
-fn affine_rows(y: &mut [f32], bias: &[f32], x: &[f32], w: &[f32]) {
+pub(super) fn affine_rows(y: &mut [f32], bias: &[f32], x: &[f32], w: &[f32]) {
     #[inline(always)]
     fn fixed<const W: usize>(y: &mut [f32], bias: &[f32], x: &[f32], w: &[f32]) {
         let mut acc = [0.0f32; W];

@@ -20,9 +20,11 @@
 //! The unfused graph of [`EgnnLayer`](crate::layers::EgnnLayer) (its `EgnnPath::Unfused`) is
 //! the reference it is tested against.
 //!
-//! Adjoint (for the training issue): per edge, the chain rule through the two MLPs and the
-//! gate, accumulated into `a_i`, `b_j` (a scatter over `src`), `x_i`, `x_j` and the weights.
+//! Adjoint ([`backward`]): per edge, the chain rule through the two MLPs and the gate,
+//! accumulated into `a_i`, `b_j` (a scatter over `src`), `x_i`, `x_j` and the edge term; the
+//! weights, part of the operator, get theirs from the unfused layer.
 
+pub(crate) mod backward;
 mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
@@ -162,10 +164,69 @@ mod tests {
         s.output("feats_out", out.feats);
         s.output("coors_out", out.coors);
         for (name, (values, shape)) in data {
-            s.set(name, values.clone(), shape)?;
+            if !name.starts_with("cot_") {
+                s.set(name, values.clone(), shape)?;
+            }
         }
         s.run()?;
         Ok((s.get("feats_out")?.data, s.get("coors_out")?.data))
+    }
+
+    /// Gradients of `<feats', c_f> + <coors', c_x>` with respect to `feats`, `coors` and (if
+    /// any) `edges`, through the layer by `path`.
+    fn layer_gradients(
+        layer: &EgnnLayer,
+        path: EgnnPath,
+        data: &HashMap<&str, (Vec<f32>, Vec<usize>)>,
+        k: usize,
+    ) -> Result<Vec<Vec<f32>>, Error> {
+        let layer = layer.clone().with_path(path);
+        let mut s = Session::new();
+        let input = |s: &mut Session, name: &str| {
+            let shape: Vec<_> = data[name].1.iter().map(|&d| d.into()).collect();
+            s.input_with_shape::<(X, X)>(name, InputKind::Values, &shape)
+        };
+        let feats = input(&mut s, "feats");
+        let coors = input(&mut s, "coors");
+        let valid = input(&mut s, "valid");
+        // cotangents of the outputs the layer computes (not of an input passed through)
+        let c_f = layer
+            .options()
+            .update_feats
+            .then(|| input(&mut s, "cot_feats"));
+        let c_x = layer
+            .options()
+            .update_coors
+            .then(|| input(&mut s, "cot_coors"));
+        let edges = (layer.options().edge_dim > 0).then(|| input(&mut s, "edges"));
+        let src_len = data["src"].1[0];
+        let src = s.input_with_shape::<(X,)>("src", InputKind::Values, &[src_len.into()]);
+        let nb = EgnnNeighborhood {
+            k,
+            src,
+            valid,
+            edge_features: edges.map(EdgeFeature::Dense).into_iter().collect(),
+        };
+        let out = layer.build(&mut s, "layer.", feats, coors, &nb)?;
+        let mut wrt = vec![feats.no_shape(), coors.no_shape()];
+        wrt.extend(edges.map(|e| e.no_shape()));
+        let mut pairs = Vec::new();
+        pairs.extend(c_f.map(|c| (out.feats.no_shape(), c.no_shape())));
+        pairs.extend(c_x.map(|c| (out.coors.no_shape(), c.no_shape())));
+        let gs = crate::autodiff::gradients(&pairs, &wrt)?;
+        for (i, g) in gs.iter().enumerate() {
+            s.output(&format!("g{i}"), *g);
+        }
+        let names = s.input_names();
+        for (name, (values, shape)) in data {
+            if names.iter().any(|n| n == name) {
+                s.set(name, values.clone(), shape)?;
+            }
+        }
+        s.run()?;
+        (0..gs.len())
+            .map(|i| s.get(&format!("g{i}")).map(|o| o.data))
+            .collect()
     }
 
     #[test]
@@ -219,6 +280,26 @@ mod tests {
                         v(rows * k * o.edge_dim, 1.0, &mut r),
                         vec![rows * k, o.edge_dim],
                     ),
+                );
+            }
+            data.insert(
+                "cot_feats",
+                (v(rows * o.dim, 1.0, &mut r), vec![rows, o.dim]),
+            );
+            data.insert("cot_coors", (v(rows * 3, 1.0, &mut r), vec![rows, 3]));
+            let g_fused = layer_gradients(&layer, EgnnPath::Fused, &data, k)?;
+            let g_unfused = layer_gradients(&layer, EgnnPath::Unfused, &data, k)?;
+            for (which, (f, u)) in g_fused.iter().zip(&g_unfused).enumerate() {
+                let scale = u.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                let worst = f
+                    .iter()
+                    .zip(u)
+                    .map(|(a, b)| (a - b).abs() / scale)
+                    .fold(0.0f32, f32::max);
+                println!("case {case}: gradient {which} fused vs unfused {worst:.2e}");
+                assert!(
+                    worst < 1e-4,
+                    "gradient {which} (feats, coors, edges): fused vs unfused {worst:.3e}, case {case} {o:?}"
                 );
             }
             let fused = run_layer(&layer, EgnnPath::Fused, &data, k)?;
