@@ -65,8 +65,8 @@ pub use loss::{add_losses, pairing, squared_error};
 use primitives::{InputGrad, Primitive};
 
 use crate::ops::{
-    adjacency, edge_contract, edge_conv, egnn_edge, gather, grad_scale, head_attention, layer_norm_gelu,
-    neighbors, radial_hidden, scatter_add, segment_softmax, stack, top_k,
+    adjacency, edge_contract, edge_conv, egnn_edge, gather, grad_scale, head_attention,
+    layer_norm_gelu, neighbors, radial_hidden, scatter_add, segment_softmax, stack, top_k,
 };
 use crate::Error;
 
