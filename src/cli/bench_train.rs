@@ -7,8 +7,8 @@
 //! ([`Objective::MeanSquaredError`], targets zero): one graph run gives the outputs and every
 //! gradient; then se3-core's Adam updates float32 copies of the parameters and
 //! [`TrainableSe3Transformer::set_parameter`] writes them back into the graph's constants. The
-//! training graph takes the primitive form of the edge contractions ([`GraphForm::Unfused`])
-//! until the fused kernels have backward passes.
+//! training graph takes the fused radial networks and edge contractions ([`GraphForm::Fused`]),
+//! whose backward passes are fused too (`ops/<op>/backward.rs`).
 //!
 //! Each case runs in a child process (`--case <name>`), so its peak resident set (VmHWM) is its
 //! own; it first times the forward alone on a graph of the same form (so the step's graph time
@@ -16,7 +16,7 @@
 //! median of 3 steps, with the stages: host preparation (neighbours, basis), the graph run
 //! (forward + backward), host gradient assembly, and Adam + writing the weights back.
 //!
-//! Known cost of the unfused form: a matrix product is a broadcast multiply summed over an
+//! Known cost of the unfused form (`GraphForm::Unfused`, not benchmarked): a matrix product is a broadcast multiply summed over an
 //! axis, and its vector-Jacobian product (se3-core `autodiff`) materialises the broadcast
 //! product `[M, N, K]` before summing; for the per-edge last radial layer at deg 2, n 128 that
 //! is `e x 128 x (channels c_in nf)` ≈ 4e8 floats per head and degree pair, so a step takes
@@ -96,7 +96,7 @@ pub fn run(
     println!(
         "SE3Transformer training step (forward, sum of mean(out^2), backward, Adam): dim 32, \
          heads 4, dim_head 16, depth 2, 16 neighbours, batch 1, return_type 0; se3 median of \
-         {REPS} steps, graph form Unfused"
+         {REPS} steps, graph form Fused"
     );
     println!(
         "{:<16} {:>10} {:>11} {:>9} {:>12} {:>11} {:>9}",
@@ -169,7 +169,7 @@ fn run_case(num_degrees: usize, nodes: usize) -> Result<(), super::CliError> {
     let mut targets = StateDict::new();
     let forward_s = {
         let model = Se3Transformer::from_state_dict(&cfg, &sd)?;
-        let mut f = CompiledSe3Transformer::from_model_in(model, GraphForm::Unfused)?;
+        let mut f = CompiledSe3Transformer::from_model_in(model, GraphForm::Fused)?;
         // targets zero: the loss of bench_pytorch_train.py
         for (k, t) in f.forward(&inputs, &fwd)?.iter() {
             let len = t.data.len();
@@ -195,7 +195,7 @@ fn run_case(num_degrees: usize, nodes: usize) -> Result<(), super::CliError> {
     let mut m = TrainableSe3Transformer::with_objective(
         &cfg,
         &sd,
-        GraphForm::Unfused,
+        GraphForm::Fused,
         Objective::MeanSquaredError,
     )?;
     println!("build_rss_mib {}", status_mib("VmRSS:")?);
