@@ -87,6 +87,6 @@ pub(crate) fn lower(op: &dyn Operator, cx: &LowerCtx) -> Option<Box<dyn Operator
     let a = op.as_any().downcast_ref::<HeadAttention>()?;
     Some(Box::new(CudaHeadAttention {
         backend: cx.backend.clone(),
-        op: a.clone(),
+        op: *a,
     }))
 }
