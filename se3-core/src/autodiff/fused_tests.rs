@@ -119,7 +119,7 @@ fn radial_hidden_matches_finite_differences() -> Result<(), Error> {
     let mut best: Vec<Worst> = Vec::new();
     for h in [H, H_RADIAL, H_RADIAL / 3.0] {
         let mut same = r.clone();
-        let worst = check_gradients(&build, &inputs, h, 24, &mut same)?;
+        let worst = check_gradients(build, &inputs, h, 24, &mut same)?;
         if best.is_empty() {
             best = worst;
         } else {
