@@ -282,10 +282,13 @@ fn coordinates_match_finite_differences(
             continue;
         }
         let err = (fd - analytic).abs() / analytic.abs().max(1.0);
-        println!("{name}: d L / d coors along a random direction: {analytic:.6} vs finite differences {fd:.6} (relative {err:.2e})");
+        // the float32 forward's rounding, divided by h, is the differences' own noise: the two
+        // steps' disagreement measures it (one draw reached 1.5e-2 here against 1e-2)
+        let noise = 2.0 * (fd - fd_half).abs() / analytic.abs().max(1.0);
+        println!("{name}: d L / d coors along a random direction: {analytic:.6} vs finite differences {fd:.6} (relative {err:.2e}, noise {noise:.2e})");
         assert!(
-            err < 1e-2,
-            "{name}: coordinate gradient {analytic} vs finite differences {fd}"
+            err < 1e-2 + noise,
+            "{name}: coordinate gradient {analytic} vs finite differences {fd} (h/2: {fd_half})"
         );
         checked += 1;
     }
