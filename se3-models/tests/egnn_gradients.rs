@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 
-use se3_models::checkpoint::{StateDict, Tensor};
+use se3_models::checkpoint::StateDict;
 use se3_models::egnn::{CompiledEgnn, Egnn};
 use se3_models::inputs::ModelInputs;
 use se3_models::model_file::ModelFile;
@@ -82,30 +82,6 @@ fn egnn_net_adj_global_gradients_match_torch() -> Result<(), Error> {
 #[test]
 fn egnn_net_edges_gradients_match_torch() -> Result<(), Error> {
     gradient_parity("egnn_net_edges")
-}
-
-/// `Σ_out mean((out - target.out)²)` and its cotangents `2 (out - target) / len`.
-fn mse(out: &StateDict, reference: &StateDict) -> Result<(f64, StateDict), Error> {
-    let mut loss = 0.0;
-    let mut cot = StateDict::new();
-    for (k, t) in reference.iter() {
-        let Some(name) = k.strip_prefix("target.") else {
-            continue;
-        };
-        let o = out.get(name).ok_or(Error::MissingKey {
-            key: name.to_string(),
-            expected: t.shape.clone(),
-        })?;
-        let n = t.data.len() as f64;
-        let diff: Vec<f64> = o.data.iter().zip(&t.data).map(|(a, b)| a - b).collect();
-        loss += diff.iter().map(|d| d * d).sum::<f64>() / n;
-        let c = diff.iter().map(|d| 2.0 * d / n).collect();
-        cot.insert(
-            format!("cotangent.{name}"),
-            Tensor::new(t.shape.clone(), c)?,
-        );
-    }
-    Ok((loss, cot))
 }
 
 /// Three steps of Adam (lr 1e-2) on the MSE to torch's targets: the losses before each step

@@ -58,40 +58,6 @@ fn tfn_stack_gradients_match_torch_autograd() -> Result<(), Error> {
     Ok(())
 }
 
-/// `Σ_out mean((out - target.out)²)` and its cotangents `2 (out - target) / len`.
-fn mse(out: &StateDict, targets: &StateDict) -> Result<(f64, StateDict), Error> {
-    let mut loss = 0.0;
-    let mut cot = StateDict::new();
-    for (k, t) in targets.iter() {
-        let Some(name) = k.strip_prefix("target.") else {
-            continue;
-        };
-        let o = out.get(name).ok_or(Error::MissingKey {
-            key: name.to_string(),
-            expected: t.shape.clone(),
-        })?;
-        let n = t.data.len() as f64;
-        loss += o
-            .data
-            .iter()
-            .zip(&t.data)
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum::<f64>()
-            / n;
-        let c = o
-            .data
-            .iter()
-            .zip(&t.data)
-            .map(|(a, b)| 2.0 * (a - b) / n)
-            .collect();
-        cot.insert(
-            format!("cotangent.{name}"),
-            se3_models::checkpoint::Tensor::new(t.shape.clone(), c)?,
-        );
-    }
-    Ok((loss, cot))
-}
-
 #[test]
 fn tfn_stack_adam_steps_follow_torch_training() -> Result<(), Error> {
     use se3_core::train::{Adam, Optimizer, Param};

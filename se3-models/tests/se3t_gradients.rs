@@ -130,32 +130,6 @@ fn se3t_gradients_match_torch_autograd_edge_options_and_egnn() -> Result<(), Err
     ])
 }
 
-/// `Σ_out mean((out - target.out)²)` and its cotangents `2 (out - target) / len`.
-fn mse(out: &StateDict, targets: &StateDict) -> Result<(f64, StateDict), Error> {
-    let mut loss = 0.0;
-    let mut cot = StateDict::new();
-    for (k, t) in targets.iter() {
-        let Some(name) = k.strip_prefix("target.") else {
-            continue;
-        };
-        let o = out.get(name).ok_or(Error::MissingKey {
-            key: name.to_string(),
-            expected: t.shape.clone(),
-        })?;
-        let n = t.data.len() as f64;
-        let diff: Vec<f64> = o.data.iter().zip(&t.data).map(|(a, b)| a - b).collect();
-        loss += diff.iter().map(|d| d * d).sum::<f64>() / n;
-        cot.insert(
-            format!("cotangent.{name}"),
-            se3_models::checkpoint::Tensor::new(
-                t.shape.clone(),
-                diff.iter().map(|d| 2.0 * d / n).collect(),
-            )?,
-        );
-    }
-    Ok((loss, cot))
-}
-
 /// Three steps of se3-core's Adam (lr 1e-2) on the reference's MSE loss (its cotangents
 /// formed in the graph, [`Objective::MeanSquaredError`]; the loss from the outputs on the host): the losses before
 /// each step and after the last, and the parameters after the third step, against torch's
