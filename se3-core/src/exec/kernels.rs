@@ -112,7 +112,18 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource {
         file: "ops/head_attention/head_attention.cu",
         source: include_str!("../ops/head_attention/head_attention.cu"),
-        kernels: &[("head_attention_rows", Hot::Yes)],
+        kernels: &[
+            ("head_attention_rows", Hot::Yes),
+            ("head_attention_rows_wide", Hot::Yes),
+        ],
+    },
+    KernelSource {
+        file: "ops/head_attention/head_attention_grad.cu",
+        source: include_str!("../ops/head_attention/head_attention_grad.cu"),
+        kernels: &[
+            ("head_attention_grad_stats", Hot::Yes),
+            ("head_attention_grad_rows", Hot::Yes),
+        ],
     },
     KernelSource {
         file: "ops/neighbors/index_rows.cu",
@@ -123,6 +134,21 @@ pub const SOURCES: &[KernelSource] = &[
         file: "ops/top_k/take_along_rows.cu",
         source: include_str!("../ops/top_k/take_along_rows.cu"),
         kernels: &[("take_along_rows", Hot::No)],
+    },
+    KernelSource {
+        file: "ops/stack/stack.cu",
+        source: include_str!("../ops/stack/stack.cu"),
+        kernels: &[("stack_slot", Hot::No)],
+    },
+    KernelSource {
+        file: "ops/grad_scale/grad_scale.cu",
+        source: include_str!("../ops/grad_scale/grad_scale.cu"),
+        kernels: &[("grad_scale_forward", Hot::Yes)],
+    },
+    KernelSource {
+        file: "ops/edge_contract/edge_owner.cu",
+        source: include_str!("../ops/edge_contract/edge_owner.cu"),
+        kernels: &[("edge_owner", Hot::No)],
     },
     KernelSource {
         file: "exec/cuda/view_copy.cu",

@@ -28,6 +28,8 @@
 //! same block structure.
 
 pub(crate) mod backward;
+#[cfg(feature = "cuda")]
+pub(crate) mod backward_cuda;
 mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;

@@ -9,6 +9,8 @@
 
 pub(crate) mod backward;
 mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 pub use cpu::GradScale;
 use luminal::prelude::*;

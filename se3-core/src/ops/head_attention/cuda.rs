@@ -1,5 +1,6 @@
 //! CUDA kernel of [`head_attention`](super::head_attention) (`head_attention.cu`): a block per
-//! (batch, head, query) row, keys folded in chunks with an online softmax.
+//! (batch, head, query) row, keys folded in chunks with an online softmax; head vectors above
+//! [`MAX_D`] values go to the kernel's wide variant.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use luminal::op::{InputTensor, Operator};
@@ -12,8 +13,19 @@ use crate::Error;
 
 /// Threads per block.
 const THREADS: u32 = 128;
-/// The largest head vector `c dh` the kernel holds in shared memory (`HEAD_MAX_D`).
-const MAX_D: usize = 2048;
+/// The largest head vector `c dh` `head_attention_rows` holds in shared memory (`HEAD_MAX_D`).
+pub const MAX_D: usize = 2048;
+
+/// The kernel for head vectors of `d = c dh` values: `head_attention_rows` (query and running
+/// output in shared memory) up to [`MAX_D`], `head_attention_rows_wide` (both in global
+/// memory, any size) above.
+pub fn kernel_for(d: usize) -> &'static str {
+    if d <= MAX_D {
+        "head_attention_rows"
+    } else {
+        "head_attention_rows_wide"
+    }
+}
 
 /// [`HeadAttention`] on a CUDA device.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,12 +46,6 @@ impl CudaHeadAttention {
         };
         let heads = self.op.heads.max(1);
         let dh = w / heads;
-        if c * dh > MAX_D {
-            return Err(Error::InvalidOp {
-                op: "head_attention",
-                problem: "a head vector c dh above 2048 does not fit the CUDA kernel",
-            });
-        }
         let total = bs * n * c * w;
         let mut out = b.zeros(total)?;
         let rows = bs * heads * n;
@@ -58,7 +64,7 @@ impl CudaHeadAttention {
                 u32_of(heads)?,
                 u32_of(dh)?,
             ];
-            let f = b.function("head_attention_rows")?;
+            let f = b.function(kernel_for(c * dh))?;
             let mut lb = b.stream().launch_builder(&f);
             lb.arg(q.slice())
                 .arg(k.slice())
@@ -74,7 +80,7 @@ impl CudaHeadAttention {
                 block_dim: (THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
-            // SAFETY: q, k, v, out (b, n, c, heads dh) and mask (b, n), dense; c dh checked.
+            // SAFETY: q, k, v, out (b, n, c, heads dh) and mask (b, n), dense; the kernel fits c dh.
             call_err("cuLaunchKernel", unsafe { lb.launch(cfg) })?;
         }
         Ok(vec![Tensor::new(CudaBuffer::new(out, b.ordinal()))])

@@ -8,7 +8,9 @@
 // One block per (batch, head, query) row, grid-stride; keys in chunks of blockDim: each thread
 // forms one key's logit, then the chunk is folded into the row's running max, sum and output
 // (the online softmax), the output held in shared memory. The host checks d <= HEAD_MAX_D
-// and blockDim <= HEAD_MAX_THREADS.
+// and blockDim <= HEAD_MAX_THREADS; a wider head vector goes to `head_attention_rows_wide`,
+// the same computation with the query read from global memory and the running output kept
+// in the block's own output row (no other block touches it), so any d fits.
 
 #define HEAD_MAX_D 2048u
 #define HEAD_MAX_THREADS 256u
@@ -129,6 +131,96 @@ extern "C" __global__ void head_attention_rows(
         const float inv = 1.0f / sum;
         for (unsigned int t = tid; t < d; t += nt) {
             o[(t / dh) * w + t % dh] = s_acc[t] * inv;
+        }
+        __syncthreads();
+    }
+}
+
+// `head_attention_rows` for any head vector size d: the query row is read from global memory
+// and the running (unnormalised) output accumulates in the output row itself, each thread
+// owning the elements t = tid, tid + blockDim, ... of it. The host checks only
+// blockDim <= HEAD_MAX_THREADS.
+extern "C" __global__ void head_attention_rows_wide(
+    const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+    const float* __restrict__ mask, float* __restrict__ out, unsigned int b, unsigned int n,
+    unsigned int c, unsigned int heads, unsigned int dh, float alpha, int mode,
+    int zero_if_all_masked) {
+    __shared__ float s_w[HEAD_MAX_THREADS];
+    __shared__ float s_red[32];
+    const unsigned int d = c * dh, w = heads * dh;
+    const unsigned int tid = threadIdx.x, nt = blockDim.x;
+    if (nt > HEAD_MAX_THREADS) {
+        return;
+    }
+    const unsigned long long rows = (unsigned long long)b * heads * n;
+    for (unsigned long long r = blockIdx.x; r < rows; r += gridDim.x) {
+        const unsigned int i = (unsigned int)(r % n);
+        const unsigned int h = (unsigned int)((r / n) % heads);
+        const unsigned int bi = (unsigned int)(r / ((unsigned long long)n * heads));
+        const unsigned long long base = (unsigned long long)bi * n * c * w + h * dh;
+        float keep_count = 0.0f;
+        for (unsigned int j = tid; j < n; j += nt) {
+            keep_count += mask[(unsigned long long)bi * n + j] != 0.0f ? 1.0f : 0.0f;
+        }
+        const bool any = head_block_reduce(keep_count, s_red, false) > 0.0f;
+        const float* qi = q + base + (unsigned long long)i * c * w;
+        float* o = out + base + (unsigned long long)i * c * w;
+        float qq_part = 0.0f;
+        for (unsigned int t = tid; t < d; t += nt) {
+            const float x = qi[(t / dh) * w + t % dh];
+            o[(t / dh) * w + t % dh] = 0.0f;
+            qq_part += x * x;
+        }
+        if (!any && zero_if_all_masked) {
+            __syncthreads();
+            continue;
+        }
+        const float qq = head_block_reduce(qq_part, s_red, false);
+        float m = HEAD_NEG_INF, sum = 0.0f;
+        for (unsigned int j0 = 0; j0 < n; j0 += nt) {
+            const unsigned int j = j0 + tid;
+            float logit = HEAD_NEG_INF;
+            if (j < n && (!any || mask[(unsigned long long)bi * n + j] != 0.0f)) {
+                if (!any) {
+                    logit = 0.0f;
+                } else {
+                    const float* kj = k + base + (unsigned long long)j * c * w;
+                    float dot = 0.0f, kk = 0.0f;
+                    for (unsigned int t = 0; t < d; ++t) {
+                        const unsigned int off = (t / dh) * w + t % dh;
+                        const float x = kj[off];
+                        dot += qi[off] * x;
+                        kk += x * x;
+                    }
+                    logit = alpha * dot;
+                    if (mode == 1) {
+                        logit -= qq + kk;
+                    }
+                }
+            }
+            const float mx = fmaxf(m, head_block_reduce(logit, s_red, true));
+            if (mx == HEAD_NEG_INF) {
+                continue;
+            }
+            const float wgt = logit == HEAD_NEG_INF ? 0.0f : expf(logit - mx);
+            const float factor = m == HEAD_NEG_INF ? 0.0f : expf(m - mx);
+            s_w[tid] = wgt;
+            sum = sum * factor + head_block_reduce(wgt, s_red, false);
+            const unsigned int chunk = n - j0 < nt ? n - j0 : nt;
+            for (unsigned int t = tid; t < d; t += nt) {
+                const unsigned long long off = (t / dh) * w + t % dh;
+                float a = o[off] * factor;
+                for (unsigned int jj = 0; jj < chunk; ++jj) {
+                    a += s_w[jj] * v[base + off + (unsigned long long)(j0 + jj) * c * w];
+                }
+                o[off] = a;
+            }
+            m = mx;
+            __syncthreads();
+        }
+        const float inv = 1.0f / sum;
+        for (unsigned int t = tid; t < d; t += nt) {
+            o[(t / dh) * w + t % dh] *= inv;
         }
         __syncthreads();
     }

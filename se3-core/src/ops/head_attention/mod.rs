@@ -19,6 +19,8 @@
 
 pub(crate) mod backward;
 mod backward_cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod backward_cuda;
 #[cfg(test)]
 mod backward_tests;
 mod cpu;

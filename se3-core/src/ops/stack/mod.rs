@@ -6,6 +6,8 @@
 
 pub(crate) mod backward;
 mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 pub use cpu::Stack;
 use luminal::prelude::*;
