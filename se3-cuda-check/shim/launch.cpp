@@ -20,6 +20,11 @@
 #include "ops/head_attention/head_attention.cu"
 #include "ops/neighbors/index_rows.cu"
 #include "ops/top_k/take_along_rows.cu"
+#include "ops/stack/stack.cu"
+#include "ops/grad_scale/grad_scale.cu"
+#include "ops/edge_contract/edge_owner.cu"
+#include "ops/head_attention/head_attention_grad.cu"
+#include "ops/egnn_edge/egnn_edge_backward.cu"
 #include "exec/cuda/view_copy.cu"
 #include "exec/cuda/reduce.cu"
 #include "exec/cuda/elementwise.cu"
@@ -155,3 +160,37 @@ SHIM_LAUNCH(take_along_rows,
             P(const float* values, const float* idx, float* out, unsigned n, unsigned m,
               unsigned k),
             (values, idx, out, n, m, k))
+SHIM_LAUNCH(head_attention_rows_wide,
+            P(const float* q, const float* k, const float* v, const float* mask, float* out,
+              unsigned b, unsigned n, unsigned c, unsigned heads, unsigned dh, float alpha,
+              int mode, int zero_if_all_masked),
+            (q, k, v, mask, out, b, n, c, heads, dh, alpha, mode, zero_if_all_masked))
+SHIM_LAUNCH(stack_slot,
+            P(const float* src, float* out, unsigned long long len, unsigned long long offset),
+            (src, out, len, offset))
+SHIM_LAUNCH(grad_scale_forward, P(const float* x, float* out, unsigned long long total),
+            (x, out, total))
+SHIM_LAUNCH(edge_owner, P(float* out, unsigned long long total, unsigned k), (out, total, k))
+SHIM_LAUNCH(head_attention_grad_stats,
+            P(const float* q, const float* k, const float* v, const float* mask,
+              const float* g, float* stats, unsigned b, unsigned n, unsigned c,
+              unsigned heads, unsigned dh, float alpha, int mode, int with_r),
+            (q, k, v, mask, g, stats, b, n, c, heads, dh, alpha, mode, with_r))
+SHIM_LAUNCH(head_attention_grad_rows,
+            P(const float* q, const float* k, const float* v, const float* mask,
+              const float* g, const float* stats, float* out, unsigned b, unsigned n,
+              unsigned c, unsigned heads, unsigned dh, float alpha, int mode,
+              int zero_if_all_masked, int wrt),
+            (q, k, v, mask, g, stats, out, b, n, c, heads, dh, alpha, mode,
+             zero_if_all_masked, wrt))
+SHIM_LAUNCH(egnn_edge_backward_nodes,
+            P(const float* hi, const float* hj, const float* coors, const float* src,
+              const float* valid, const float* edge_term, const float* grad,
+              const float* phi_t, const float* edge_out_t, const float* edge_out_bias,
+              const float* gate_w, const float* coors_hidden_t,
+              const float* coors_hidden_bias, const float* coors_out,
+              const float* scalars, float* out, unsigned rows, unsigned k, unsigned h,
+              unsigned m_dim, unsigned f, unsigned four_m, unsigned flags),
+            (hi, hj, coors, src, valid, edge_term, grad, phi_t, edge_out_t, edge_out_bias,
+             gate_w, coors_hidden_t, coors_hidden_bias, coors_out, scalars, out, rows, k, h,
+             m_dim, f, four_m, flags))

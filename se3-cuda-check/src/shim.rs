@@ -317,6 +317,104 @@ mod ffi {
             mode: c_int,
             zero_if_all_masked: c_int,
         );
+        pub fn shim_head_attention_rows_wide(
+            g: c_uint,
+            b: c_uint,
+            q: *const f32,
+            k: *const f32,
+            v: *const f32,
+            mask: *const f32,
+            out: *mut f32,
+            batch: c_uint,
+            n: c_uint,
+            c: c_uint,
+            heads: c_uint,
+            dh: c_uint,
+            alpha: f32,
+            mode: c_int,
+            zero_if_all_masked: c_int,
+        );
+        pub fn shim_stack_slot(
+            g: c_uint,
+            b: c_uint,
+            src: *const f32,
+            out: *mut f32,
+            len: c_ulonglong,
+            offset: c_ulonglong,
+        );
+        pub fn shim_grad_scale_forward(
+            g: c_uint,
+            b: c_uint,
+            x: *const f32,
+            out: *mut f32,
+            total: c_ulonglong,
+        );
+        pub fn shim_edge_owner(g: c_uint, b: c_uint, out: *mut f32, total: c_ulonglong, k: c_uint);
+        pub fn shim_head_attention_grad_stats(
+            g: c_uint,
+            b: c_uint,
+            q: *const f32,
+            k: *const f32,
+            v: *const f32,
+            mask: *const f32,
+            grad: *const f32,
+            stats: *mut f32,
+            batch: c_uint,
+            n: c_uint,
+            c: c_uint,
+            heads: c_uint,
+            dh: c_uint,
+            alpha: f32,
+            mode: c_int,
+            with_r: c_int,
+        );
+        pub fn shim_head_attention_grad_rows(
+            g: c_uint,
+            b: c_uint,
+            q: *const f32,
+            k: *const f32,
+            v: *const f32,
+            mask: *const f32,
+            grad: *const f32,
+            stats: *const f32,
+            out: *mut f32,
+            batch: c_uint,
+            n: c_uint,
+            c: c_uint,
+            heads: c_uint,
+            dh: c_uint,
+            alpha: f32,
+            mode: c_int,
+            zero_if_all_masked: c_int,
+            wrt: c_int,
+        );
+        pub fn shim_egnn_edge_backward_nodes(
+            g: c_uint,
+            b: c_uint,
+            hi: *const f32,
+            hj: *const f32,
+            coors: *const f32,
+            src: *const f32,
+            valid: *const f32,
+            edge_term: *const f32,
+            grad: *const f32,
+            phi_t: *const f32,
+            edge_out_t: *const f32,
+            edge_out_bias: *const f32,
+            gate_w: *const f32,
+            coors_hidden_t: *const f32,
+            coors_hidden_bias: *const f32,
+            coors_out: *const f32,
+            scalars: *const f32,
+            out: *mut f32,
+            rows: c_uint,
+            k: c_uint,
+            h: c_uint,
+            m_dim: c_uint,
+            f: c_uint,
+            four_m: c_uint,
+            flags: c_uint,
+        );
         pub fn shim_index_valid(
             g: c_uint,
             b: c_uint,
@@ -1207,7 +1305,11 @@ pub fn kernel_basis(
     out
 }
 
-/// `head_attention_rows` for an [`HeadAttention`](se3_core::ops::head_attention::HeadAttention)
+/// The largest head vector `head_attention_rows` holds in shared memory (`HEAD_MAX_D`);
+/// above it the CUDA backend launches `head_attention_rows_wide`.
+pub const HEAD_MAX_D: usize = 2048;
+
+/// `head_attention_rows` (or `head_attention_rows_wide` above [`HEAD_MAX_D`]) for an [`HeadAttention`](se3_core::ops::head_attention::HeadAttention)
 /// op: `q`, `k`, `v` `(b, n, c, heads dh)`, `mask (b, n)`; output as `q`.
 #[allow(clippy::too_many_arguments)]
 pub fn head_attention(
@@ -1221,15 +1323,21 @@ pub fn head_attention(
     let total = b * n * c * heads * dh;
     assert_eq!((q.len(), k.len(), v.len()), (total, total, total));
     assert_eq!(mask.len(), b * n);
-    assert!(l.block.is_multiple_of(32) && l.block <= 256 && c * dh <= 2048);
+    assert!(l.block.is_multiple_of(32) && l.block <= 256);
     let (alpha, mode) = match op.logits {
         HeadLogits::Dot => (op.scale, 0),
         HeadLogits::L2Distance => (2.0 * op.scale, 1),
     };
     let mut out = vec![f32::NAN; total];
+    // the kernel the CUDA backend picks for this head vector size
+    let launch = if c * dh <= HEAD_MAX_D {
+        ffi::shim_head_attention_rows
+    } else {
+        ffi::shim_head_attention_rows_wide
+    };
     // SAFETY: q, k, v, out (b, n, c, heads dh) and mask (b, n), checked above.
     unsafe {
-        ffi::shim_head_attention_rows(
+        launch(
             l.grid,
             l.block,
             q.as_ptr(),
@@ -1300,6 +1408,175 @@ pub fn take_along_rows(l: Launch, values: &[f32], idx: &[f32], m: usize, k: usiz
             u(n),
             u(m),
             u(k),
+        )
+    };
+    out
+}
+
+/// `stack_slot` once per part: the parts (of one length) one after the other.
+pub fn stack(l: Launch, parts: &[&[f32]]) -> Vec<f32> {
+    let len = parts.first().map_or(0, |p| p.len());
+    assert!(parts.iter().all(|p| p.len() == len));
+    let mut out = vec![f32::NAN; len * parts.len()];
+    for (p, part) in parts.iter().enumerate() {
+        // SAFETY: part holds len values, out parts.len() len.
+        unsafe {
+            ffi::shim_stack_slot(
+                l.grid,
+                l.block,
+                part.as_ptr(),
+                out.as_mut_ptr(),
+                len as u64,
+                (p * len) as u64,
+            )
+        };
+    }
+    out
+}
+
+/// `grad_scale_forward` over `x`.
+pub fn grad_scale_forward(l: Launch, x: &[f32]) -> Vec<f32> {
+    let mut out = vec![f32::NAN; x.len()];
+    // SAFETY: x and out hold x.len() values.
+    unsafe {
+        ffi::shim_grad_scale_forward(l.grid, l.block, x.as_ptr(), out.as_mut_ptr(), x.len() as u64)
+    };
+    out
+}
+
+/// `edge_owner` of `n` nodes with `k` edges each.
+pub fn edge_owner(l: Launch, n: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; n * k];
+    // SAFETY: out holds n k values.
+    unsafe { ffi::shim_edge_owner(l.grid, l.block, out.as_mut_ptr(), (n * k) as u64, u(k)) };
+    out
+}
+
+/// `head_attention_grad_stats` then `head_attention_grad_rows`: the gradient of the input
+/// `wrt` of a [`HeadAttention`](se3_core::ops::head_attention::HeadAttention) op given the
+/// output gradient `g` (all `(b, n, c, heads dh)`, `mask (b, n)`).
+pub fn head_attention_grad(
+    l: Launch,
+    op: &se3_core::ops::head_attention::HeadAttention,
+    wrt: se3_core::ops::head_attention::AttentionInput,
+    (q, k, v, mask, g): (&[f32], &[f32], &[f32], &[f32], &[f32]),
+    (b, n, c, dh): (usize, usize, usize, usize),
+) -> Vec<f32> {
+    use se3_core::ops::head_attention::{AttentionInput, HeadLogits};
+    let heads = op.heads.max(1);
+    let total = b * n * c * heads * dh;
+    assert_eq!((q.len(), k.len(), v.len(), g.len()), (total, total, total, total));
+    assert_eq!(mask.len(), b * n);
+    assert!(l.block.is_multiple_of(32) && l.block <= 256);
+    let (alpha, mode) = match op.logits {
+        HeadLogits::Dot => (op.scale, 0),
+        HeadLogits::L2Distance => (2.0 * op.scale, 1),
+    };
+    let code = match wrt {
+        AttentionInput::Query => 0,
+        AttentionInput::Key => 1,
+        AttentionInput::Value => 2,
+    };
+    let mut stats = vec![f32::NAN; b * heads * n * 3];
+    let mut out = vec![f32::NAN; total];
+    // SAFETY: q, k, v, g, out (b, n, c, heads dh), mask (b, n), stats (b heads n, 3), checked.
+    unsafe {
+        ffi::shim_head_attention_grad_stats(
+            l.grid,
+            l.block,
+            q.as_ptr(),
+            k.as_ptr(),
+            v.as_ptr(),
+            mask.as_ptr(),
+            g.as_ptr(),
+            stats.as_mut_ptr(),
+            u(b),
+            u(n),
+            u(c),
+            u(heads),
+            u(dh),
+            alpha,
+            mode,
+            i32::from(code != 2),
+        );
+        ffi::shim_head_attention_grad_rows(
+            l.grid,
+            l.block,
+            q.as_ptr(),
+            k.as_ptr(),
+            v.as_ptr(),
+            mask.as_ptr(),
+            g.as_ptr(),
+            stats.as_ptr(),
+            out.as_mut_ptr(),
+            u(b),
+            u(n),
+            u(c),
+            u(heads),
+            u(dh),
+            alpha,
+            mode,
+            i32::from(op.zero_if_all_masked),
+            code,
+        );
+    }
+    out
+}
+
+/// `egnn_edge_backward_nodes`: `(rows k + rows, H + 3)`, per edge `[d pre, d r]` then per
+/// node `[d a, d x]`, given the output gradient `grad (rows, M + 3)`.
+pub fn egnn_edge_backward(
+    l: Launch,
+    kernel: &se3_core::ops::egnn_edge::EgnnEdgeKernel,
+    d: &EgnnInputs,
+    grad: &[f32],
+    k: usize,
+) -> Vec<f32> {
+    use se3_core::ops::egnn_edge::device_args::EgnnDeviceArgs;
+    let rows = d.coors.len() / 3;
+    let h = kernel.hidden;
+    assert!(l.block.is_multiple_of(32) && l.block <= 1024);
+    assert!(EgnnDeviceArgs::fits_backward(kernel));
+    assert_eq!((d.hi.len(), d.hj.len()), (rows * h, rows * h));
+    assert_eq!((d.src.len(), d.valid.len()), (rows * k, rows * k));
+    assert_eq!(grad.len(), rows * (kernel.m_dim + 3));
+    assert_eq!(kernel.phi_t.len(), (2 * kernel.fourier_features + 1) * h);
+    assert_eq!(kernel.edge_out_t.len(), h * kernel.m_dim);
+    assert_eq!(kernel.edge_term, d.edge_term.is_some());
+    if let Some(t) = d.edge_term {
+        assert_eq!(t.len(), rows * k * h);
+    }
+    let a = EgnnDeviceArgs::new(kernel);
+    let mut out = vec![f32::NAN; (rows * k + rows) * (h + 3)];
+    // SAFETY: inputs checked above against (rows, k, H, M, F); weights of the kernel's own
+    // shapes; out (rows k + rows, H + 3).
+    unsafe {
+        ffi::shim_egnn_edge_backward_nodes(
+            l.grid,
+            l.block,
+            d.hi.as_ptr(),
+            d.hj.as_ptr(),
+            d.coors.as_ptr(),
+            d.src.as_ptr(),
+            d.valid.as_ptr(),
+            d.edge_term.unwrap_or(d.valid).as_ptr(),
+            grad.as_ptr(),
+            kernel.phi_t.as_ptr(),
+            kernel.edge_out_t.as_ptr(),
+            kernel.edge_out_bias.as_ptr(),
+            a.gate_w.as_ptr(),
+            a.coors_hidden_t.as_ptr(),
+            a.coors_hidden_bias.as_ptr(),
+            a.coors_out.as_ptr(),
+            a.scalars.as_ptr(),
+            out.as_mut_ptr(),
+            u(rows),
+            u(k),
+            u(h),
+            u(kernel.m_dim),
+            u(kernel.fourier_features),
+            u(a.four_m),
+            a.flags,
         )
     };
     out

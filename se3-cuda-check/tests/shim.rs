@@ -1198,6 +1198,359 @@ fn index_rows_and_take_along_rows_match_cpu() -> Result<(), Error> {
     Ok(())
 }
 
+#[test]
+fn stack_grad_scale_and_edge_owner_match_cpu() -> Result<(), Error> {
+    use se3_core::layers::graph::X;
+    use se3_core::ops::edge_contract::EdgeOwner;
+    let mut r = rng();
+    // p transposed (a, b) matrices: the kernels read each dense view (made by view_copy)
+    let (p, a, b) = (r.gen_range(1..6), r.gen_range(1..40), r.gen_range(1..40));
+    let (n, k) = (r.gen_range(0..90), r.gen_range(1..13));
+    let mut s = Session::new();
+    let mut parts = vec![];
+    let mut dense = vec![];
+    for i in 0..p {
+        let d = rand_vec(&mut r, a * b);
+        let t = s.input_with_shape::<(X, X)>(
+            &format!("t{i}"),
+            InputKind::Values,
+            &[a.into(), b.into()],
+        );
+        s.set(&format!("t{i}"), d.clone(), &[a, b])?;
+        parts.push(t.permute::<(X, X), _>());
+        dense.push((0..b * a).map(|j| d[(j % a) * b + j / a]).collect::<Vec<f32>>());
+    }
+    let stacked: GraphTensor<(X, X, X)> =
+        se3_core::ops::stack(&parts).ok_or(Error::Empty { what: "parts" })?;
+    s.output("stack", stacked);
+    s.output("scaled", se3_core::ops::grad_scale(parts[0], 0.3));
+    let carrier = s.input_with_shape::<(X, X)>("nk", InputKind::Values, &[n.into(), k.into()]);
+    s.set("nk", vec![0.0; n * k], &[n, k])?;
+    let owner = carrier
+        .graph()
+        .add_op(EdgeOwner)
+        .input(carrier.id, 0, carrier.shape)
+        .finish();
+    s.output(
+        "owner",
+        GraphTensor::<(X,)>::from_id(owner, ShapeTracker::new(&[Expression::from(n * k)]), carrier.graph_ref),
+    );
+    s.run()?;
+    let (want_stack, want_scaled, want_owner) = (
+        s.get("stack")?.data,
+        s.get("scaled")?.data,
+        s.get("owner")?.data,
+    );
+    let views: Vec<&[f32]> = dense.iter().map(|d| d.as_slice()).collect();
+    for l in LAUNCHES {
+        let es = max_err(&shim::stack(l, &views), &want_stack);
+        let eg = max_err(&shim::grad_scale_forward(l, &dense[0]), &want_scaled);
+        let eo = max_err(&shim::edge_owner(l, n, k), &want_owner);
+        println!(
+            "stack_slot / grad_scale_forward / edge_owner {l:?} (p {p}, {a}x{b}; n {n}, k {k}): \
+             max error {es:e} / {eg:e} / {eo:e}"
+        );
+        record("stack_slot", es);
+        record("grad_scale_forward", eg);
+        record("edge_owner", eo);
+        assert_eq!((es, eg, eo), (0.0, 0.0, 0.0));
+    }
+    Ok(())
+}
+
+/// Sizes and options of one attention case.
+struct AttentionCase {
+    op: se3_core::ops::head_attention::HeadAttention,
+    sizes: (usize, usize, usize, usize),
+    /// Batch element 0 has every key masked.
+    fully_masked: bool,
+}
+
+/// The forward output and the gradients of q, k, v for the output gradient `g`, from the CPU
+/// backend (the fused forward and its fused backward through `autodiff`).
+#[allow(clippy::type_complexity)]
+fn attention_cpu(
+    case: &AttentionCase,
+    (q, k, v, mask, g): (&[f32], &[f32], &[f32], &[f32], &[f32]),
+) -> Result<(Vec<f32>, [Vec<f32>; 3]), Error> {
+    use se3_core::layers::graph::X;
+    use se3_core::ops::head_attention::head_attention;
+    let (b, n, c, dh) = case.sizes;
+    let op = &case.op;
+    let dims = [b, n, c, op.heads * dh];
+    let ex = |d: &[usize]| d.iter().map(|&v| Expression::from(v)).collect::<Vec<_>>();
+    let mut s = Session::new();
+    let qt = s.input_with_shape::<(X, X, X, X)>("q", InputKind::Values, &ex(&dims));
+    let kt = s.input_with_shape::<(X, X, X, X)>("k", InputKind::Values, &ex(&dims));
+    let vt = s.input_with_shape::<(X, X, X, X)>("v", InputKind::Values, &ex(&dims));
+    let mt = s.input_with_shape::<(X, X)>("m", InputKind::Mask, &ex(&[b, n]));
+    let gt = s.input_with_shape::<(X, X, X, X)>("g", InputKind::Values, &ex(&dims));
+    let y = head_attention(
+        qt,
+        kt,
+        vt,
+        mt,
+        op.heads,
+        op.scale,
+        op.logits,
+        op.zero_if_all_masked,
+    );
+    s.output("y", y);
+    let loss = (y * gt).sum_reduce::<(), Axes4<0, 1, 2, 3>>();
+    let grads = se3_core::autodiff::grad(
+        loss.no_shape(),
+        &[qt.no_shape(), kt.no_shape(), vt.no_shape()],
+    )?;
+    for (name, t) in ["dq", "dk", "dv"].iter().zip(&grads) {
+        s.output(name, *t);
+    }
+    s.compile();
+    for (name, data) in [("q", q), ("k", k), ("v", v), ("g", g)] {
+        s.set(name, data.to_vec(), &dims)?;
+    }
+    s.set("m", mask.to_vec(), &[b, n])?;
+    s.run()?;
+    Ok((
+        s.get("y")?.data,
+        [s.get("dq")?.data, s.get("dk")?.data, s.get("dv")?.data],
+    ))
+}
+
+#[test]
+fn head_attention_backward_matches_cpu_with_masks_and_a_wide_head() -> Result<(), Error> {
+    use se3_core::ops::head_attention::{AttentionInput, HeadAttention, HeadLogits};
+    let mut r = rng();
+    let mut cases = vec![];
+    for case in 0..4 {
+        let (b, n, c) = (r.gen_range(1..3), r.gen_range(1..40), r.gen_range(1..4));
+        let (heads, dh) = (r.gen_range(1..4), r.gen_range(1..9));
+        cases.push(AttentionCase {
+            op: HeadAttention {
+                heads,
+                scale: r.gen_range(0.1..0.6),
+                logits: if case % 2 == 0 {
+                    HeadLogits::Dot
+                } else {
+                    HeadLogits::L2Distance
+                },
+                zero_if_all_masked: case >= 2,
+            },
+            sizes: (b, n, c, dh),
+            fully_masked: case % 2 == 1,
+        });
+    }
+    // a head vector c dh above the shared-memory bound: the wide forward kernel
+    let dh = r.gen_range(shim::HEAD_MAX_D / 3 + 1..shim::HEAD_MAX_D / 2);
+    cases.push(AttentionCase {
+        op: HeadAttention {
+            heads: 2,
+            scale: 0.02,
+            logits: HeadLogits::Dot,
+            zero_if_all_masked: false,
+        },
+        sizes: (2, r.gen_range(2..9), 3, dh),
+        fully_masked: true,
+    });
+    for (ci, case) in cases.iter().enumerate() {
+        let (b, n, c, dh) = case.sizes;
+        let total = b * n * c * case.op.heads * dh;
+        // the wide case's logits stay O(1) with small entries
+        let amp = if c * dh > shim::HEAD_MAX_D { 0.1 } else { 1.0 };
+        let draw = |r: &mut StdRng| -> Vec<f32> {
+            rand_vec(r, total).iter().map(|x| x * amp).collect()
+        };
+        let (q, k, v) = (draw(&mut r), draw(&mut r), draw(&mut r));
+        let g = rand_vec(&mut r, total);
+        let mask: Vec<f32> = (0..b * n)
+            .map(|i| f32::from(!(case.fully_masked && i < n) && r.gen_bool(0.7)))
+            .collect();
+        let inputs = (&q[..], &k[..], &v[..], &mask[..], &g[..]);
+        let (want_y, want) = attention_cpu(case, inputs)?;
+        for l in [Launch { grid: 3, block: 32 }, Launch { grid: 2, block: 64 }] {
+            let y = shim::head_attention(l, &case.op, (&q, &k, &v, &mask), case.sizes);
+            let ey = max_err(&y, &want_y);
+            let wide = c * dh > shim::HEAD_MAX_D;
+            record(
+                if wide {
+                    "head_attention_rows_wide"
+                } else {
+                    "head_attention_rows"
+                },
+                ey,
+            );
+            assert!(ey < 1e-5, "forward error {ey} (case {ci})");
+            let mut errs = [0.0f32; 3];
+            for (w, wrt) in [
+                AttentionInput::Query,
+                AttentionInput::Key,
+                AttentionInput::Value,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let got = shim::head_attention_grad(l, &case.op, wrt, inputs, case.sizes);
+                errs[w] = max_err(&got, &want[w]);
+            }
+            let e = errs.iter().fold(0.0f32, |m, &x| m.max(x));
+            println!(
+                "head_attention_grad {l:?} case {ci} (b {b}, n {n}, c {c}, heads {}, dh {dh}, \
+                 {:?}, zero {}): max error q/k/v {:e} / {:e} / {:e}, forward {ey:e}",
+                case.op.heads, case.op.logits, case.op.zero_if_all_masked, errs[0], errs[1], errs[2]
+            );
+            record("head_attention_grad_stats", e);
+            record("head_attention_grad_rows", e);
+            // sums of n products of n-term softmaxes in another order; the CPU's exp a polynomial
+            assert!(e < 5e-5, "head attention gradient error {e} (case {ci})");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn egnn_edge_backward_matches_cpu_with_missing_neighbours_and_every_option() -> Result<(), Error> {
+    use se3_core::layers::graph::X;
+    use se3_core::ops::egnn_edge::{egnn_edge, EgnnCoorsWeights, EgnnEdgeInputs, EgnnEdgeKernel};
+    let mut r = rng();
+    for case in 0..4 {
+        let (h, m_dim, f) = (r.gen_range(1..70), r.gen_range(1..20), r.gen_range(0..3));
+        let (rows, k) = (r.gen_range(1..25), r.gen_range(1..9));
+        let small = |r: &mut StdRng, n: usize| -> Vec<f32> {
+            (0..n).map(|_| r.gen_range(-0.6f32..0.6)).collect()
+        };
+        let kernel = EgnnEdgeKernel {
+            hidden: h,
+            m_dim,
+            fourier_features: f,
+            phi_t: small(&mut r, (2 * f + 1) * h),
+            edge_out_t: small(&mut r, h * m_dim),
+            edge_out_bias: small(&mut r, m_dim),
+            gate: (case % 2 == 0).then(|| (small(&mut r, m_dim), r.gen_range(-0.5..0.5))),
+            coors: (case != 1).then(|| EgnnCoorsWeights {
+                hidden_t: small(&mut r, m_dim * 4 * m_dim),
+                hidden_bias: small(&mut r, 4 * m_dim),
+                out: small(&mut r, 4 * m_dim),
+                out_bias: r.gen_range(-0.5..0.5),
+            }),
+            coors_scale: (case >= 2).then(|| r.gen_range(0.1..2.0)),
+            clamp: (case == 3).then(|| r.gen_range(0.05..1.0)),
+            pool_messages: case != 2,
+            edge_term: case == 3,
+        };
+        let (hi, hj) = (small(&mut r, rows * h), small(&mut r, rows * h));
+        let coors = rand_vec(&mut r, rows * 3);
+        // -1 neighbours, self edges (r = 0), duplicates; some edges invalid
+        let src: Vec<f32> = (0..rows * k)
+            .map(|e| {
+                if r.gen_bool(0.2) {
+                    -1.0
+                } else if r.gen_bool(0.1) {
+                    (e / k) as f32
+                } else {
+                    r.gen_range(0..rows) as f32
+                }
+            })
+            .collect();
+        let valid: Vec<f32> = (0..rows * k).map(|_| f32::from(r.gen_bool(0.8))).collect();
+        let term = kernel.edge_term.then(|| small(&mut r, rows * k * h));
+        let cot = rand_vec(&mut r, rows * (m_dim + 3));
+        let mut s = Session::new();
+        let ex = |d: &[usize]| d.iter().map(|&v| Expression::from(v)).collect::<Vec<_>>();
+        let inp = |s: &mut Session, name: &str, d: &[usize]| {
+            s.input_with_shape::<(X, X)>(name, InputKind::Values, &ex(d))
+        };
+        let inputs = EgnnEdgeInputs {
+            dst_term: inp(&mut s, "hi", &[rows, h]),
+            src_term: inp(&mut s, "hj", &[rows, h]),
+            coors: inp(&mut s, "x", &[rows, 3]),
+            src: s.input_with_shape::<(X,)>("src", InputKind::Values, &ex(&[rows * k])),
+            valid: inp(&mut s, "valid", &[rows, k]),
+        };
+        let (a_t, b_t, x_t) = (inputs.dst_term, inputs.src_term, inputs.coors);
+        let term_t = kernel
+            .edge_term
+            .then(|| inp(&mut s, "term", &[rows * k, h]));
+        let c_t = inp(&mut s, "cot", &[rows, m_dim + 3]);
+        let y = egnn_edge(inputs, term_t, kernel.clone());
+        let loss = (y * c_t).sum_reduce::<(), Axes2<0, 1>>();
+        let mut wrt = vec![a_t.no_shape(), b_t.no_shape(), x_t.no_shape()];
+        if let Some(t) = term_t {
+            wrt.push(t.no_shape());
+        }
+        let grads = se3_core::autodiff::grad(loss.no_shape(), &wrt)?;
+        for (name, g) in ["da", "db", "dx", "dt"].iter().zip(&grads) {
+            s.output(name, *g);
+        }
+        s.compile();
+        s.set("hi", hi.clone(), &[rows, h])?;
+        s.set("hj", hj.clone(), &[rows, h])?;
+        s.set("x", coors.clone(), &[rows, 3])?;
+        s.set("src", src.clone(), &[rows * k])?;
+        s.set("valid", valid.clone(), &[rows, k])?;
+        s.set("cot", cot.clone(), &[rows, m_dim + 3])?;
+        if let Some(t) = &term {
+            s.set("term", t.clone(), &[rows * k, h])?;
+        }
+        s.run()?;
+        let (want_a, want_b, want_x) = (s.get("da")?.data, s.get("db")?.data, s.get("dx")?.data);
+        let want_t = if kernel.edge_term {
+            s.get("dt")?.data
+        } else {
+            vec![]
+        };
+        let d = shim::EgnnInputs {
+            hi: &hi,
+            hj: &hj,
+            coors: &coors,
+            src: &src,
+            valid: &valid,
+            edge_term: term.as_deref(),
+        };
+        for l in [Launch { grid: 2, block: 64 }, Launch { grid: 3, block: 96 }] {
+            let out = shim::egnn_edge_backward(l, &kernel, &d, &cot, k);
+            // the graph's composition of the kernel's rows: node rows, and the edge rows
+            // scattered to their neighbours (the `scatter_add` ops of the backward)
+            let w = h + 3;
+            let (edges, nodes) = out.split_at(rows * k * w);
+            let (mut da, mut db, mut dx) = (
+                vec![0.0f32; rows * h],
+                vec![0.0f32; rows * h],
+                vec![0.0f32; rows * 3],
+            );
+            for i in 0..rows {
+                da[i * h..(i + 1) * h].copy_from_slice(&nodes[i * w..i * w + h]);
+                dx[i * 3..(i + 1) * 3].copy_from_slice(&nodes[i * w + h..(i + 1) * w]);
+            }
+            let mut dt = vec![0.0f32; rows * k * h];
+            for (e, row) in edges.chunks(w).enumerate() {
+                dt[e * h..(e + 1) * h].copy_from_slice(&row[..h]);
+                let j = src[e];
+                if j >= 0.0 && (j as usize) < rows {
+                    let j = j as usize;
+                    for (o, v) in db[j * h..(j + 1) * h].iter_mut().zip(&row[..h]) {
+                        *o += v;
+                    }
+                    for (o, v) in dx[j * 3..(j + 1) * 3].iter_mut().zip(&row[h..]) {
+                        *o -= v;
+                    }
+                }
+            }
+            let mut err = max_err(&da, &want_a)
+                .max(max_err(&db, &want_b))
+                .max(max_err(&dx, &want_x));
+            if kernel.edge_term {
+                err = err.max(max_err(&dt, &want_t));
+            }
+            println!(
+                "egnn_edge_backward_nodes {l:?} case {case} (rows {rows}, k {k}, H {h}, M {m_dim}, \
+                 F {f}): max error {err:e}"
+            );
+            record("egnn_edge_backward_nodes", err);
+            assert!(err < 1e-4, "egnn_edge backward error {err}");
+        }
+    }
+    Ok(())
+}
+
 type Case = fn() -> Result<(), Error>;
 
 /// Every case above, by name.
@@ -1246,6 +1599,15 @@ const CASES: &[(&str, Case)] = &[
         head_attention_matches_cpu_with_masked_and_fully_masked_batches,
     ),
     ("index_rows", index_rows_and_take_along_rows_match_cpu),
+    ("stack_grad_scale_edge_owner", stack_grad_scale_and_edge_owner_match_cpu),
+    (
+        "head_attention_backward",
+        head_attention_backward_matches_cpu_with_masks_and_a_wide_head,
+    ),
+    (
+        "egnn_edge_backward",
+        egnn_edge_backward_matches_cpu_with_missing_neighbours_and_every_option,
+    ),
 ];
 
 #[test]

@@ -102,6 +102,11 @@ pub const SOURCES: &[KernelSource] = &[
         kernels: &[("egnn_edge_nodes", Hot::Yes)],
     },
     KernelSource {
+        file: "ops/egnn_edge/egnn_edge_backward.cu",
+        source: include_str!("../ops/egnn_edge/egnn_edge_backward.cu"),
+        kernels: &[("egnn_edge_backward_nodes", Hot::Yes)],
+    },
+    KernelSource {
         file: "ops/edge_basis/edge_basis.cu",
         source: include_str!("../ops/edge_basis/edge_basis.cu"),
         kernels: &[

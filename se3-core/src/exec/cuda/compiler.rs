@@ -62,6 +62,7 @@ pub const LOWERINGS: &[Lowering] = &[
     crate::ops::grad_scale::cuda::lower,
     crate::ops::edge_contract::backward_cuda::lower,
     crate::ops::head_attention::backward_cuda::lower,
+    crate::ops::egnn_edge::backward_cuda::lower,
     super::primitives::lower_matmul,
     super::primitives::lower_reduce,
     super::primitives::lower_elementwise,

@@ -34,6 +34,7 @@ mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 
+pub use backward::EdgeOwner;
 pub use cpu::{ContractKind, EdgeContract};
 use luminal::prelude::*;
 

@@ -23,6 +23,12 @@ pub const MAX_HIDDEN: usize = 2048;
 /// The largest `4 M` (and `M`) the kernel holds in shared memory (`EGNN_MAX_COORS`).
 pub const MAX_COORS: usize = 2048;
 
+/// The largest hidden width `H` of the backward kernel (`EGNN_BWD_MAX_HIDDEN`).
+pub const BACKWARD_MAX_HIDDEN: usize = 1024;
+/// The largest message width `M` of the backward kernel (`EGNN_BWD_MAX_MSG`; its `4 M` bound
+/// is [`MAX_COORS`]).
+pub const BACKWARD_MAX_MSG: usize = 512;
+
 /// `egnn_edge_nodes`'s weight arguments (absent parts as one zero so no buffer is empty).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EgnnDeviceArgs {
@@ -87,6 +93,15 @@ impl EgnnDeviceArgs {
             coors_out,
             four_m,
         }
+    }
+
+    /// Whether the backward kernel's shared memory (`egnn_edge_backward.cu`) holds
+    /// `kernel`'s rows (else its backward stays on the host).
+    pub fn fits_backward(kernel: &EgnnEdgeKernel) -> bool {
+        let four_m = kernel.coors.as_ref().map_or(0, |c| c.out.len());
+        kernel.hidden <= BACKWARD_MAX_HIDDEN
+            && kernel.m_dim <= BACKWARD_MAX_MSG
+            && four_m <= MAX_COORS
     }
 
     /// Whether the kernel's shared memory holds `kernel`'s rows (else it stays on the host).

@@ -25,6 +25,8 @@
 //! weights, part of the operator, get theirs from the unfused layer.
 
 pub(crate) mod backward;
+#[cfg(feature = "cuda")]
+pub(crate) mod backward_cuda;
 mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
