@@ -1439,7 +1439,13 @@ pub fn grad_scale_forward(l: Launch, x: &[f32]) -> Vec<f32> {
     let mut out = vec![f32::NAN; x.len()];
     // SAFETY: x and out hold x.len() values.
     unsafe {
-        ffi::shim_grad_scale_forward(l.grid, l.block, x.as_ptr(), out.as_mut_ptr(), x.len() as u64)
+        ffi::shim_grad_scale_forward(
+            l.grid,
+            l.block,
+            x.as_ptr(),
+            out.as_mut_ptr(),
+            x.len() as u64,
+        )
     };
     out
 }
@@ -1465,7 +1471,10 @@ pub fn head_attention_grad(
     use se3_core::ops::head_attention::{AttentionInput, HeadLogits};
     let heads = op.heads.max(1);
     let total = b * n * c * heads * dh;
-    assert_eq!((q.len(), k.len(), v.len(), g.len()), (total, total, total, total));
+    assert_eq!(
+        (q.len(), k.len(), v.len(), g.len()),
+        (total, total, total, total)
+    );
     assert_eq!(mask.len(), b * n);
     assert!(l.block.is_multiple_of(32) && l.block <= 256);
     let (alpha, mode) = match op.logits {

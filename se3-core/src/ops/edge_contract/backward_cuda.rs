@@ -6,7 +6,9 @@ use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
 
 use super::backward::EdgeOwner;
-use crate::exec::cuda::{call_err, cuda_operator, launch_for, u32_of, BackendRef, CudaBuffer, LowerCtx};
+use crate::exec::cuda::{
+    call_err, cuda_operator, launch_for, u32_of, BackendRef, CudaBuffer, LowerCtx,
+};
 use crate::exec::view::View;
 use crate::Error;
 

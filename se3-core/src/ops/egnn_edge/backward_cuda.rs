@@ -90,11 +90,7 @@ impl CudaEgnnEdgeBackward {
             let w = self.weights()?;
             let read = |i: usize| dense(b, &inp[i].0, &inp[i].1);
             let (hi, hj, coors, src, valid) = (read(0)?, read(1)?, read(2)?, read(3)?, read(4)?);
-            let term = if kern.edge_term {
-                Some(read(5)?)
-            } else {
-                None
-            };
+            let term = if kern.edge_term { Some(read(5)?) } else { None };
             let grad = read(if kern.edge_term { 6 } else { 5 })?;
             let f = b.function("egnn_edge_backward_nodes")?;
             let sizes = [

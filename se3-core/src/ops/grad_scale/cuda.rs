@@ -7,7 +7,9 @@ use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
 
 use super::GradScale;
-use crate::exec::cuda::{call_err, cuda_operator, dense, launch_for, BackendRef, CudaBuffer, LowerCtx};
+use crate::exec::cuda::{
+    call_err, cuda_operator, dense, launch_for, BackendRef, CudaBuffer, LowerCtx,
+};
 use crate::exec::view::View;
 use crate::Error;
 

@@ -6,7 +6,9 @@ use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
 
 use super::Stack;
-use crate::exec::cuda::{call_err, cuda_operator, dense, launch_for, BackendRef, CudaBuffer, LowerCtx};
+use crate::exec::cuda::{
+    call_err, cuda_operator, dense, launch_for, BackendRef, CudaBuffer, LowerCtx,
+};
 use crate::exec::view::View;
 use crate::Error;
 
