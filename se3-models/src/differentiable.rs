@@ -75,6 +75,27 @@ pub trait Differentiable {
     /// Input validation errors; `MissingKey` / `WrongShape` for a missing or misshapen
     /// cotangent or target.
     fn gradients(&mut self, inputs: &ModelInputs, given: &StateDict) -> Result<Gradients, Error>;
+
+    /// Runs the model's graphs on `device` from now on ([`Session::set_device`]): the
+    /// parameters are uploaded by the next run and stay on the device until
+    /// [`set_parameter`](Self::set_parameter) changes them. A failed call leaves the model on
+    /// the host, usable. The default (a model without a device path) accepts only the CPU.
+    ///
+    /// # Errors
+    /// `CudaNotCompiled` (built without the `cuda` feature), `CudaUnavailable` (driver library,
+    /// NVRTC library, cuBLAS library or device missing), `InvalidOp` to move a graph off its
+    /// device or for a model without a device path.
+    fn set_device(&mut self, device: se3_core::Device) -> Result<(), Error> {
+        device.check()?;
+        match device {
+            se3_core::Device::Cpu => Ok(()),
+            _ => Err(se3_core::Error::InvalidOp {
+                op: "Differentiable::set_device",
+                problem: "this model's gradient graphs have no device path",
+            }
+            .into()),
+        }
+    }
 }
 
 /// One trainable parameter: its PyTorch key, shape and current value.
@@ -414,4 +435,50 @@ pub fn differentiable_from_files(
     Err(Error::NotCompiled {
         option: "gradients of this model kind",
     })
+}
+
+#[cfg(test)]
+mod device_tests {
+    use std::path::PathBuf;
+
+    use se3_core::exec::Session;
+    use se3_core::Device;
+
+    use super::{differentiable_from_files, Objective};
+    use crate::checkpoint::StateDict;
+    use crate::model_file::ModelFile;
+    use crate::Error;
+
+    /// One model of every family: asking for CUDA device 0 gives the typed error of what this
+    /// build and machine lack (no device here: `CudaNotCompiled` without the feature,
+    /// `CudaUnavailable` with it), or succeeds where the device opens; the CPU is accepted.
+    #[test]
+    fn every_family_asks_for_a_device_with_a_typed_error_or_moves_there() -> Result<(), Error> {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/models");
+        let opens = Session::on(Device::CUDA0).is_ok();
+        for name in [
+            "tfn_stack",
+            "se3t_basic",
+            "vn_feat_eps0",
+            "equi_mlp",
+            "egnn_layer_feats_only",
+        ] {
+            let dir = root.join(name);
+            let file = ModelFile::load(dir.join("config.json"))?;
+            let weights = StateDict::load(dir.join("weights.safetensors"))?;
+            let mut d = differentiable_from_files(&file, &weights, Objective::MeanSquaredError)?;
+            d.set_device(Device::Cpu)?;
+            match d.set_device(Device::CUDA0) {
+                Err(Error::Core(se3_core::Error::CudaNotCompiled)) => {
+                    assert!(!cfg!(feature = "cuda"), "{name}: CUDA is compiled in")
+                }
+                Err(Error::Core(se3_core::Error::CudaUnavailable { missing })) => {
+                    assert!(cfg!(feature = "cuda") && !opens, "{name}: {missing:?}")
+                }
+                Ok(()) => assert!(opens, "{name} moved to a device that does not open"),
+                Err(e) => panic!("{name}: unexpected error {e}"),
+            }
+        }
+        Ok(())
+    }
 }

@@ -57,6 +57,10 @@ impl Differentiable for DifferentiableEgnn {
         self.params.set_host(name, value)
     }
 
+    fn set_device(&mut self, device: se3_core::Device) -> Result<(), Error> {
+        self.model.set_device(device)
+    }
+
     fn gradients(&mut self, inputs: &ModelInputs, given: &StateDict) -> Result<Gradients, Error> {
         let objective = self.objective;
         let mut loss = 0.0f64;

@@ -281,6 +281,10 @@ impl Differentiable for TfnDifferentiable {
         self.params.set(&mut self.session.s, name, value)
     }
 
+    fn set_device(&mut self, device: se3_core::Device) -> Result<(), Error> {
+        Ok(self.session.s.set_device(device)?)
+    }
+
     fn gradients(&mut self, inputs: &ModelInputs, given: &StateDict) -> Result<Gradients, Error> {
         let (outputs, grads) = self.session.forward_and_gradients(inputs, given)?;
         let loss = match &self.session.objective {

@@ -174,6 +174,10 @@ impl Differentiable for VnDifferentiable {
         self.session.set_parameter(name, value)
     }
 
+    fn set_device(&mut self, device: se3_core::Device) -> Result<(), Error> {
+        self.session.set_device(device)
+    }
+
     fn gradients(&mut self, inputs: &ModelInputs, given: &StateDict) -> Result<Gradients, Error> {
         let (outputs, grads, loss) = self.session.run_objective(inputs, given)?;
         Ok(Gradients {

@@ -78,4 +78,8 @@ impl Differentiable for DifferentiableSe3Transformer {
             grads,
         })
     }
+
+    fn set_device(&mut self, device: se3_core::Device) -> Result<(), Error> {
+        self.model.set_device(device)
+    }
 }

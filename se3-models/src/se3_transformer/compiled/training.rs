@@ -345,6 +345,15 @@ impl TrainableSe3Transformer {
             })
     }
 
+    /// Runs the training graph on `device` from now on, its weights uploaded once and again
+    /// after [`set_parameter`](Self::set_parameter) ([`CompiledSe3Transformer::set_device`]).
+    ///
+    /// # Errors
+    /// `CudaNotCompiled`, `CudaUnavailable`, or `InvalidOp` to move the graph off its device.
+    pub fn set_device(&mut self, device: se3_core::Device) -> Result<(), Error> {
+        self.compiled.set_device(device)
+    }
+
     /// Sets parameter `key` (row-major `values`) in the graph (every constant it feeds) or on
     /// the host (embeddings).
     ///
