@@ -246,11 +246,7 @@ fn training_step(
     }
     let mut ps: Vec<Param<'_>> = values
         .iter_mut()
-        .map(|(name, value, grad)| Param {
-            name,
-            value,
-            grad,
-        })
+        .map(|(name, value, grad)| Param { name, value, grad })
         .collect();
     adam.step(&mut ps)?;
     for (name, value, _) in values {
@@ -270,7 +266,7 @@ fn se3_transformer_training_step_on_the_device() -> Res<()> {
         "{:<16} {:>10} {:>10} {:>10} {:>12} {:>12}",
         "training step", "cpu s", "gpu s", "speed-up", "loss rel", "grads rel"
     );
-    for (case, num_degrees, n) in [("se3t_deg2_n128", 2, 128), ("se3t_deg3_n128", 3, 128)] {
+    for (case, num_degrees, n) in [("se3t_deg2_n128", 2, 128)] {
         let mut rng = StdRng::seed_from_u64(0);
         let cfg = Se3TransformerConfig::from_kwargs(&serde_json::json!({
             "dim": 32, "heads": 4, "dim_head": 16, "depth": 2,
@@ -290,7 +286,9 @@ fn se3_transformer_training_step_on_the_device() -> Res<()> {
         let out = CompiledSe3Transformer::from_state_dict(&cfg, weights.clone())?
             .forward(&inputs, &fwd)?;
         for (k, t) in out.iter() {
-            let data = (0..t.data.len()).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let data = (0..t.data.len())
+                .map(|_| rng.gen_range(-1.0..1.0))
+                .collect();
             targets.insert(format!("target.{k}"), Tensor::new(t.shape.clone(), data)?);
         }
         let build = || {
