@@ -258,7 +258,7 @@ fn training_step(
 #[test]
 fn se3_transformer_training_step_on_the_device() -> Res<()> {
     use se3_models::differentiable::{Differentiable, Objective};
-    use se3_models::se3_transformer::DifferentiableSe3Transformer;
+    use se3_models::se3_transformer::compiled::DifferentiableSe3Transformer;
     if !device_or_skip() {
         return Ok(());
     }

@@ -1458,6 +1458,9 @@ pub fn edge_owner(l: Launch, n: usize, k: usize) -> Vec<f32> {
     out
 }
 
+/// `q`, `k`, `v`, `mask` and the output gradient `g` of an attention backward.
+pub type AttentionGradInputs<'a> = (&'a [f32], &'a [f32], &'a [f32], &'a [f32], &'a [f32]);
+
 /// `head_attention_grad_stats` then `head_attention_grad_rows`: the gradient of the input
 /// `wrt` of a [`HeadAttention`](se3_core::ops::head_attention::HeadAttention) op given the
 /// output gradient `g` (all `(b, n, c, heads dh)`, `mask (b, n)`).
@@ -1465,7 +1468,7 @@ pub fn head_attention_grad(
     l: Launch,
     op: &se3_core::ops::head_attention::HeadAttention,
     wrt: se3_core::ops::head_attention::AttentionInput,
-    (q, k, v, mask, g): (&[f32], &[f32], &[f32], &[f32], &[f32]),
+    (q, k, v, mask, g): AttentionGradInputs<'_>,
     (b, n, c, dh): (usize, usize, usize, usize),
 ) -> Vec<f32> {
     use se3_core::ops::head_attention::{AttentionInput, HeadLogits};
