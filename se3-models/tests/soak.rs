@@ -187,11 +187,7 @@ fn adam_step(
     let mut params: Vec<Param<'_>> = values
         .iter_mut()
         .zip(&grads)
-        .map(|((name, value), grad)| Param {
-            name,
-            value,
-            grad,
-        })
+        .map(|((name, value), grad)| Param { name, value, grad })
         .collect();
     adam.step(&mut params)?;
     set_values(model, &values)?;
@@ -205,8 +201,8 @@ fn a_thousand_training_steps_keep_memory_flat_and_results_identical() -> TestRes
     let mut r = rand::rngs::StdRng::seed_from_u64(seed);
     let cfg = config()?;
     let sd = weights(&cfg, &mut r)?;
-    let mut model =
-        TfnGraph::from_state_dict(&cfg, &sd)?.compile_differentiable(&sd, Objective::MeanSquaredError)?;
+    let mut model = TfnGraph::from_state_dict(&cfg, &sd)?
+        .compile_differentiable(&sd, Objective::MeanSquaredError)?;
     let model: &mut dyn Differentiable = &mut model;
     let initial = parameter_values(model);
     let (probe, probe_targets) = (cloud(&mut r, 2, 9), targets(&mut r, 2, 9)?);
@@ -228,13 +224,14 @@ fn a_thousand_training_steps_keep_memory_flat_and_results_identical() -> TestRes
         Ok(())
     };
     let mut adam = Adam::new(1e-3);
-    let mut random_step = |model: &mut dyn Differentiable| -> Result<f64, Box<dyn std::error::Error>> {
-        let (b, n) = (r.gen_range(1..=2), r.gen_range(2..=10));
-        let (inputs, given) = (cloud(&mut r, b, n), targets(&mut r, b, n)?);
-        let run = model.gradients(&inputs, &given)?;
-        assert!(run.loss.is_finite(), "loss {} (SE3_SEED={seed})", run.loss);
-        adam_step(model, &mut adam, &run)
-    };
+    let mut random_step =
+        |model: &mut dyn Differentiable| -> Result<f64, Box<dyn std::error::Error>> {
+            let (b, n) = (r.gen_range(1..=2), r.gen_range(2..=10));
+            let (inputs, given) = (cloud(&mut r, b, n), targets(&mut r, b, n)?);
+            let run = model.gradients(&inputs, &given)?;
+            assert!(run.loss.is_finite(), "loss {} (SE3_SEED={seed})", run.loss);
+            adam_step(model, &mut adam, &run)
+        };
     for _ in 0..100 {
         random_step(model)?;
     }
