@@ -179,6 +179,21 @@ impl CompiledSe3Transformer {
         fwd: &Se3TransformerForward,
         block_nodes: usize,
     ) -> Result<(crate::checkpoint::StateDict, BlockStats), Error> {
+        self.forward_blocked_with_progress(inp, fwd, block_nodes, &mut |_| {})
+    }
+
+    /// [`CompiledSe3Transformer::forward_blocked`], calling `after_block` with the statistics so
+    /// far after each block has run (for progress reports of long runs).
+    ///
+    /// # Errors
+    /// As [`CompiledSe3Transformer::forward_blocked`].
+    pub fn forward_blocked_with_progress(
+        &mut self,
+        inp: &ModelInputs,
+        fwd: &Se3TransformerForward,
+        block_nodes: usize,
+        after_block: &mut dyn FnMut(&BlockStats),
+    ) -> Result<(crate::checkpoint::StateDict, BlockStats), Error> {
         self.check_blockable(block_nodes)?;
         let (b, n) = (inp.batch(), inp.nodes());
         let t0 = std::time::Instant::now();
@@ -228,6 +243,7 @@ impl CompiledSe3Transformer {
                         blk.data[i * w..(i + 1) * w].copy_from_slice(&got.data[p * w..(p + 1) * w]);
                     }
                 }
+                after_block(&stats);
             }
             per_batch.push(out);
         }
