@@ -19,10 +19,13 @@ use se3_models::zoo::{CompiledModel, Model};
 const TINY_TFN: &str = r#"{"class": "TFNStack", "library": {"name": "se3-transformer-pytorch"},
     "constructor_kwargs": {"fibers": [{"0": 1}, {"0": 1, "1": 1}]}}"#;
 
+/// Checkpoint keys with their shapes, as `StateDict::check_keys` takes them.
+type KeyShapes = Vec<(String, Vec<usize>)>;
+
 /// The keys and shapes [`TINY_TFN`] needs, computed once per process (`None` if the constant
 /// config did not build, which `tests/fuzz_regressions.rs` rules out).
 fn tiny_tfn_keys() -> Option<&'static [(String, Vec<usize>)]> {
-    static KEYS: OnceLock<Option<Vec<(String, Vec<usize>)>>> = OnceLock::new();
+    static KEYS: OnceLock<Option<KeyShapes>> = OnceLock::new();
     KEYS.get_or_init(|| {
         let file = ModelFile::from_json(TINY_TFN, "config").ok()?;
         let cfg = TfnStackConfig::from_kwargs(&file.constructor_kwargs).ok()?;

@@ -58,7 +58,7 @@ fn model(r: &mut impl Rng) -> Result<TfnSession, Error> {
 /// Random weights near a working point: gains and scales about 1, the rest about 0.
 fn weights(cfg: &TfnStackConfig, r: &mut impl Rng) -> Result<StateDict, Error> {
     let mut sd = StateDict::new();
-    for (k, shape) in TfnStack::expected_keys(&cfg)? {
+    for (k, shape) in TfnStack::expected_keys(cfg)? {
         let n: usize = shape.iter().product();
         let centre = if shape.len() == 1 && (k.ends_with("weight") || k.ends_with("scale")) {
             1.0
@@ -208,7 +208,7 @@ fn a_thousand_training_steps_keep_memory_flat_and_results_identical() -> TestRes
     let (probe, probe_targets) = (cloud(&mut r, 2, 9), targets(&mut r, 2, 9)?);
     let reference = model.gradients(&probe, &probe_targets)?;
     assert!(reference.loss.is_finite() && reference.loss > 0.0);
-    let mut check_probe = |model: &mut dyn Differentiable, when: usize| -> TestResult {
+    let check_probe = |model: &mut dyn Differentiable, when: usize| -> TestResult {
         let trained = parameter_values(model);
         set_values(model, &initial)?;
         let again = model.gradients(&probe, &probe_targets)?;
