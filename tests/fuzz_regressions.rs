@@ -50,6 +50,50 @@ fn weights_seeds_are_read_and_crashes_return() -> TestResult {
     seeds_pass_and_crashes_return("safetensors_weights", fuzz_bodies::safetensors_weights)
 }
 
+/// The weights target checks a checkpoint against the tiny TFN's key and shape table instead of
+/// building the model: on every seed and saved crash, and on the tiny TFN's checkpoint with a key
+/// removed, a shape changed and a key added, the table accepts exactly what the build accepts.
+#[test]
+fn weights_key_table_agrees_with_the_model_build() -> TestResult {
+    let mut dicts = Vec::new();
+    for kind in ["seeds", "regressions"] {
+        for (_, data) in files(kind, "safetensors_weights")? {
+            if let Ok(sd) = se3::models::checkpoint::StateDict::from_bytes(&data) {
+                dicts.push(sd);
+            }
+        }
+    }
+    let full = dicts
+        .iter()
+        .find(|sd| fuzz_bodies::tiny_tfn_builds_from(sd))
+        .cloned()
+        .ok_or("no seed checkpoint builds the tiny TFN")?;
+    let keys: Vec<String> = full.keys().map(str::to_string).collect();
+    for key in &keys {
+        let mut missing = full.clone();
+        missing.remove(key);
+        dicts.push(missing);
+        let mut reshaped = full.clone();
+        let shape = full.get(key).ok_or("key vanished")?.shape.clone();
+        let mut wider = shape.clone();
+        wider.push(1);
+        reshaped.insert(key.clone(), se3::models::checkpoint::Tensor::zeros(&wider));
+        dicts.push(reshaped);
+    }
+    let mut extra = full.clone();
+    extra.insert("extra.weight", se3::models::checkpoint::Tensor::zeros(&[1]));
+    dicts.push(extra);
+    dicts.push(full);
+    let mut accepted = 0;
+    for sd in &dicts {
+        let build = fuzz_bodies::tiny_tfn_builds_from(sd);
+        assert_eq!(fuzz_bodies::tiny_tfn_table_accepts(sd), build);
+        accepted += usize::from(build);
+    }
+    assert!(accepted >= 2 && accepted < dicts.len());
+    Ok(())
+}
+
 #[test]
 fn inputs_seeds_are_read_and_crashes_return() -> TestResult {
     seeds_pass_and_crashes_return("safetensors_inputs", fuzz_bodies::safetensors_inputs)

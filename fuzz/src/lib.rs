@@ -4,13 +4,14 @@
 //! with a value or a typed error inside — never panic, hang or allocate beyond the input's size.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use se3_models::checkpoint::StateDict;
 use se3_models::inputs::ModelInputs;
 use se3_models::model_file::{ModelFile, TensorName};
 use se3_models::se3_transformer::basis::{QjSigns, Se3tBasis};
 use se3_models::se3_transformer::{Se3TransformerConfig, Se3TransformerForward};
-use se3_models::tfn::TfnStackConfig;
+use se3_models::tfn::{TfnStack, TfnStackConfig};
 use se3_models::zoo::{CompiledModel, Model};
 
 /// A one-conv TFN stack (degree 0 to degrees 0 and 1): the key list a fuzzed checkpoint is
@@ -18,17 +19,45 @@ use se3_models::zoo::{CompiledModel, Model};
 const TINY_TFN: &str = r#"{"class": "TFNStack", "library": {"name": "se3-transformer-pytorch"},
     "constructor_kwargs": {"fibers": [{"0": 1}, {"0": 1, "1": 1}]}}"#;
 
+/// Checkpoint keys with their shapes, as `StateDict::check_keys` takes them.
+type KeyShapes = Vec<(String, Vec<usize>)>;
+
+/// The keys and shapes [`TINY_TFN`] needs, computed once per process (`None` if the constant
+/// config did not build, which `tests/fuzz_regressions.rs` rules out).
+fn tiny_tfn_keys() -> Option<&'static [(String, Vec<usize>)]> {
+    static KEYS: OnceLock<Option<KeyShapes>> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let file = ModelFile::from_json(TINY_TFN, "config").ok()?;
+        let cfg = TfnStackConfig::from_kwargs(&file.constructor_kwargs).ok()?;
+        TfnStack::expected_keys(&cfg).ok()
+    })
+    .as_deref()
+}
+
+/// Whether `sd` has exactly the keys and shapes of [`TINY_TFN`], by the table of
+/// [`tiny_tfn_keys`] (what the fuzz target checks on every execution).
+pub fn tiny_tfn_table_accepts(sd: &StateDict) -> bool {
+    tiny_tfn_keys().is_some_and(|keys| sd.check_keys(keys).is_ok())
+}
+
+/// Whether [`TINY_TFN`] builds from `sd` (the full build the table check stands for; the
+/// regression test asserts both agree on every seed and saved crash).
+pub fn tiny_tfn_builds_from(sd: &StateDict) -> bool {
+    ModelFile::from_json(TINY_TFN, "config").is_ok_and(|file| Model::from_parts(&file, sd).is_ok())
+}
+
 /// Checkpoint bytes: the float64 state-dict reader of se3-models, the f32 reader of se3-core, and
-/// the key and shape check of a small model against what was read. Returns whether the bytes
-/// were a readable state dict.
+/// the key and shape check of a small model against what was read. The model's key and shape
+/// table is built once ([`tiny_tfn_keys`]): building the model per execution (its kernel bases)
+/// took most of the time, and the build reads no tensor values, only keys and shapes, which the
+/// table check compares in the same way (`StateDict::check_keys`: missing, wrong shape,
+/// unexpected). Returns whether the bytes were a readable state dict.
 pub fn safetensors_weights(data: &[u8]) -> bool {
     let _ = se3_core::exec::read_safetensors(data);
     let Ok(sd) = StateDict::from_bytes(data) else {
         return false;
     };
-    if let Ok(file) = ModelFile::from_json(TINY_TFN, "config") {
-        let _ = Model::from_parts(&file, &sd);
-    }
+    std::hint::black_box(tiny_tfn_table_accepts(&sd));
     true
 }
 

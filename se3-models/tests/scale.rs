@@ -84,17 +84,32 @@ fn cloud(r: &mut impl Rng, n: usize, dim: usize) -> ModelInputs {
 fn blocked_forward_gives_the_outputs_of_the_unblocked_forward() -> Result<(), Error> {
     let seed = se3_core::testing::seed();
     let mut r = rng(seed);
-    for kwargs in [
-        // conv_in, a conv layer, two attention blocks, conv_out: five hops
-        serde_json::json!({"dim": 8, "heads": 2, "dim_head": 4, "depth": 2, "num_degrees": 2,
-            "num_neighbors": 6, "num_conv_layers": 1}),
-        serde_json::json!({"dim": 8, "depth": 1, "num_degrees": 2, "num_neighbors": 5,
-            "use_egnn": true, "output_degrees": 2, "reduce_dim_out": true}),
+    // (kwargs, message-passing layers); blocks take exactly that many hops, no margin
+    for (kwargs, hops) in [
+        // conv_in, a conv layer, two attention blocks, conv_out
+        (
+            serde_json::json!({"dim": 8, "heads": 2, "dim_head": 4, "depth": 2,
+                "num_degrees": 2, "num_neighbors": 6, "num_conv_layers": 1}),
+            5,
+        ),
+        // conv_in, two conv layers, three attention blocks, conv_out
+        (
+            serde_json::json!({"dim": 8, "heads": 2, "dim_head": 4, "depth": 3,
+                "num_degrees": 2, "num_neighbors": 4, "num_conv_layers": 2}),
+            7,
+        ),
+        // conv_in, one EGNN block (no conv_out: with use_egnn the library drops output_degrees)
+        (
+            serde_json::json!({"dim": 8, "depth": 1, "num_degrees": 2, "num_neighbors": 5,
+                "use_egnn": true, "output_degrees": 2, "reduce_dim_out": true}),
+            2,
+        ),
     ] {
         let cfg = Se3TransformerConfig::from_kwargs(&kwargs)?;
         let fwd = Se3TransformerForward::default();
         let mut model =
             CompiledSe3Transformer::from_state_dict(&cfg, random_weights(&cfg, &mut r)?)?;
+        assert_eq!(model.message_hops(), hops, "{kwargs}");
         let n = 1500;
         let inputs = cloud(&mut r, n, 8);
         let want = model.forward(&inputs, &fwd)?;
@@ -119,6 +134,10 @@ fn blocked_forward_gives_the_outputs_of_the_unblocked_forward() -> Result<(), Er
                 .iter()
                 .zip(&w.data)
                 .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            eprintln!(
+                "{hops} hops, {name}: blocked vs unblocked {:.2e} of the output scale, {stats:?}",
+                err / scale
+            );
             assert!(
                 err / scale < 1e-5,
                 "{name}: blocked differs by {err:.3e} (scale {scale:.3e}, {kwargs}, SE3_SEED={seed})"

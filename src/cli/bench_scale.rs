@@ -196,6 +196,17 @@ fn se3t(n: usize, r: &mut StdRng) -> Result<(f64, usize), super::CliError> {
     println!("estimate_mib {}", estimate.total(1) as f64 / 1048576.0);
     println!("block_nodes {}", plan.max_nodes);
     let t = Instant::now();
-    model.forward_blocked(&inputs, &fwd, BLOCK_NODES)?;
+    // progress on stderr (the parent reads stdout): a run too long to finish still says how far
+    // it got, with its time and peak so far
+    let mut report = |s: &se3_models::se3_transformer::BlockStats| {
+        eprintln!(
+            "block {} done: {} nodes run so far, {:.1} s, peak {:.0} MiB",
+            s.blocks,
+            s.total_nodes,
+            t.elapsed().as_secs_f64(),
+            super::bench_se3t::peak_mib().unwrap_or(f64::NAN)
+        );
+    };
+    model.forward_blocked_with_progress(&inputs, &fwd, BLOCK_NODES, &mut report)?;
     Ok((t.elapsed().as_secs_f64(), n * 16))
 }

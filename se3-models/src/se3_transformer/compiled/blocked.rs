@@ -9,8 +9,10 @@
 //! its neighbour list of the whole cloud; slots that leave `H` (only from nodes `L` hops out,
 //! whose features are needed at the input layer only) read stand-in nodes. By induction, the
 //! features of a node `d` hops out are exact up to layer `L - d`, so the centres' outputs equal
-//! those of the unblocked forward (up to float32 summation order of the graph's kernels; but see
-//! `HALO_MARGIN`: two hops more are run).
+//! those of the unblocked forward (up to float32 summation order of the graph's kernels).
+//! `L` is counted on the full model when the graph is built: the host model kept beside the
+//! compiled graph has its layers stripped (conv stack and trunk emptied), so counting on it gave 2
+//! (conv_in and conv_out) whatever the depth, which is why blocks once needed "two hops more".
 //!
 //! The neighbour selection of the whole cloud (about O(n k), [`select_neighbors`]) and the node
 //! features are held for all nodes; per-edge data (geometry, kernel basis, radial activations)
@@ -28,15 +30,6 @@ use crate::Error;
 
 use super::{CompiledSe3Transformer, MemoryEstimate};
 
-/// Hops of neighbourhood beyond [`Se3Transformer::message_hops`]. By the argument of the module
-/// doc `L` hops suffice, and perturbing the features or coordinates of nodes beyond `L` hops
-/// leaves a node's output bit-identical; yet the compiled graph run on exactly `L` hops, with
-/// the outermost nodes' slots renumbered, gave outputs off by up to 1e-2 (relative to the
-/// largest output), 2e-4 with one more hop and below 1e-5 with two (tests/scale.rs). The cause was
-/// not found; two extra hops are run, and the test checks the blocked outputs against the
-/// unblocked ones.
-const HALO_MARGIN: usize = 2;
-
 /// What a blocked forward ran: blocks, and the largest block with its neighbourhood.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BlockStats {
@@ -50,7 +43,8 @@ pub struct BlockStats {
 
 impl Se3Transformer {
     /// Layers that pass messages along edges (each widens the set of nodes an output depends on
-    /// by one hop): conv_in, the conv stack, each attention or EGNN block, conv_out.
+    /// by one hop): conv_in, the conv stack, each attention or EGNN block, conv_out. Counted on
+    /// the full model (a compiled model's host copy has its layers stripped).
     pub fn message_hops(&self) -> usize {
         let trunk = match &self.trunk {
             Trunk::Sequential(b) | Trunk::Reversible(b) => b.len(),
@@ -148,6 +142,12 @@ fn gather_rows(x: &Feats, rows: &[usize]) -> Feats {
 }
 
 impl CompiledSe3Transformer {
+    /// [`Se3Transformer::message_hops`] of the model this graph was built from: the hops of
+    /// neighbourhood a block of [`CompiledSe3Transformer::forward_blocked`] takes.
+    pub fn message_hops(&self) -> usize {
+        self.message_hops
+    }
+
     fn check_blockable(&self, block_nodes: usize) -> Result<(), Error> {
         if block_nodes == 0 {
             return Err(Error::EmptyGraph { batch: 1, nodes: 0 });
@@ -179,12 +179,27 @@ impl CompiledSe3Transformer {
         fwd: &Se3TransformerForward,
         block_nodes: usize,
     ) -> Result<(crate::checkpoint::StateDict, BlockStats), Error> {
+        self.forward_blocked_with_progress(inp, fwd, block_nodes, &mut |_| {})
+    }
+
+    /// [`CompiledSe3Transformer::forward_blocked`], calling `after_block` with the statistics so
+    /// far after each block has run (for progress reports of long runs).
+    ///
+    /// # Errors
+    /// As [`CompiledSe3Transformer::forward_blocked`].
+    pub fn forward_blocked_with_progress(
+        &mut self,
+        inp: &ModelInputs,
+        fwd: &Se3TransformerForward,
+        block_nodes: usize,
+        after_block: &mut dyn FnMut(&BlockStats),
+    ) -> Result<(crate::checkpoint::StateDict, BlockStats), Error> {
         self.check_blockable(block_nodes)?;
         let (b, n) = (inp.batch(), inp.nodes());
         let t0 = std::time::Instant::now();
         let (selected, hops) = {
             let host = self.host()?;
-            (host.select(inp)?, host.message_hops() + HALO_MARGIN)
+            (host.select(inp)?, self.message_hops)
         };
         let t1 = std::time::Instant::now();
         let mut stats = BlockStats::default();
@@ -228,6 +243,7 @@ impl CompiledSe3Transformer {
                         blk.data[i * w..(i + 1) * w].copy_from_slice(&got.data[p * w..(p + 1) * w]);
                     }
                 }
+                after_block(&stats);
             }
             per_batch.push(out);
         }
@@ -260,7 +276,7 @@ impl CompiledSe3Transformer {
         let n = inp.nodes();
         let (selected, hops) = {
             let host = self.host()?;
-            (host.select(inp)?, host.message_hops() + HALO_MARGIN)
+            (host.select(inp)?, self.message_hops)
         };
         let mut stats = BlockStats::default();
         let mut mark = vec![false; n];

@@ -138,6 +138,9 @@ pub struct CompiledSe3Transformer {
     egnn: bool,
     /// `differentiable_coors`: geometry built in the graph from `coors` (`coors.rs`).
     coors: Option<coors::CoorsInputs>,
+    /// [`Se3Transformer::message_hops`] of the model the graph was built from, counted before
+    /// its layers were stripped from the host (`blocked.rs`).
+    message_hops: usize,
     timings: Vec<(&'static str, f64)>,
 }
 
@@ -437,6 +440,7 @@ impl CompiledSe3Transformer {
             dim_head: cfg.dim_head,
             egnn: matches!(model.trunk, Trunk::Egnn(_)),
             coors: geometry.as_ref().map(coors::InGraphGeometry::inputs),
+            message_hops: model.message_hops(),
             timings: Vec::new(),
         };
         Ok((compiled, out_tensors))
