@@ -122,79 +122,179 @@ struct Inputs<'a> {
     k: usize,
 }
 
+/// Edges of one node processed together: the two MLPs of a block run as small GEMMs whose
+/// weight rows are loaded once for all its edges, with one independent accumulator an edge.
+const EDGE_BLOCK: usize = 8;
+
+/// `y[b][c] = bias[c] + sum_q x[q][b] w[q][c]` for the `B` rows of a block: `x` is the block's
+/// input transposed (`(Q, B)`, one input channel of every edge contiguous), `w` is `(Q, C)`
+/// row-major, `y` `(B, C)` row-major. Each output adds its products in increasing `q`, starting
+/// from the bias, exactly as [`affine_rows`] does for one row (same values, same rounding).
+#[inline(always)]
+fn block_affine<const B: usize>(y: &mut [f32], bias: &[f32], x_t: &[f32], w: &[f32]) {
+    let width = bias.len();
+    let mut c0 = 0;
+    while c0 + 16 <= width {
+        block_columns::<B, 16>(y, bias, x_t, w, c0);
+        c0 += 16;
+    }
+    while c0 + 8 <= width {
+        block_columns::<B, 8>(y, bias, x_t, w, c0);
+        c0 += 8;
+    }
+    while c0 < width {
+        block_columns::<B, 1>(y, bias, x_t, w, c0);
+        c0 += 1;
+    }
+}
+
+/// Columns `c0..c0 + C` of [`block_affine`]: `B x C` accumulators kept in registers.
+#[inline(always)]
+fn block_columns<const B: usize, const C: usize>(
+    y: &mut [f32],
+    bias: &[f32],
+    x_t: &[f32],
+    w: &[f32],
+    c0: usize,
+) {
+    let width = bias.len();
+    let mut acc = [[0.0f32; C]; B];
+    for a in acc.iter_mut() {
+        a.copy_from_slice(&bias[c0..c0 + C]);
+    }
+    for (row, xq) in w.chunks_exact(width).zip(x_t.chunks_exact(B)) {
+        let row = &row[c0..c0 + C];
+        for (a, &x) in acc.iter_mut().zip(xq) {
+            for (s, v) in a.iter_mut().zip(row) {
+                *s += x * v;
+            }
+        }
+    }
+    for (a, yb) in acc.iter().zip(y.chunks_exact_mut(width)) {
+        yb[c0..c0 + C].copy_from_slice(a);
+    }
+}
+
 /// Nodes `first..first + out.len() / (M + 3)`: their pooled messages and coordinate shifts.
+///
+/// Every edge's values are computed with the operations, in the order, of the per-edge formula
+/// (module doc): blocking only interleaves independent edges, so the results do not depend on
+/// [`EDGE_BLOCK`]; the sums over a node's edges run in edge order.
 #[inline(always)]
 fn nodes_impl(kern: &EgnnEdgeKernel, inp: &Inputs, first: usize, out: &mut [f32]) {
+    const B: usize = EDGE_BLOCK;
     let (h, m_dim, f) = (kern.hidden, kern.m_dim, kern.fourier_features);
     let width = m_dim + 3;
-    let mut pre = vec![0.0f32; h];
-    let mut m = vec![0.0f32; m_dim];
     let four_m = kern.coors.as_ref().map_or(0, |c| c.out.len());
-    let mut c = vec![0.0f32; four_m];
+    let mut pre = vec![0.0f32; h];
+    // transposed block inputs (channel, edge) and row-major block outputs (edge, channel)
+    let mut pre_t = vec![0.0f32; h * B];
+    let mut m = vec![0.0f32; B * m_dim];
+    let mut m_t = vec![0.0f32; m_dim * B];
+    let mut c = vec![0.0f32; B * four_m];
+    let mut rel = [[0.0f32; 3]; B];
+    let mut dist = [0.0f32; B];
     for (r, o) in out.chunks_mut(width).enumerate() {
         let i = first + r;
         o.fill(0.0);
         let xi = &inp.coors[i * 3..i * 3 + 3];
         let hi = &inp.hi[i * h..(i + 1) * h];
-        for e in 0..inp.k {
-            let edge = i * inp.k + e;
-            let jf = inp.src[edge];
-            let j = (jf >= 0.0 && (jf as usize) < inp.rows).then_some(jf as usize);
-            let xj = j.map_or([0.0; 3], |j| {
-                [inp.coors[j * 3], inp.coors[j * 3 + 1], inp.coors[j * 3 + 2]]
-            });
-            let rel = [xi[0] - xj[0], xi[1] - xj[1], xi[2] - xj[2]];
-            let d = rel[0] * rel[0] + rel[1] * rel[1] + rel[2] * rel[2];
-            pre.copy_from_slice(hi);
-            if let Some(j) = j {
-                for (p, v) in pre.iter_mut().zip(&inp.hj[j * h..(j + 1) * h]) {
-                    *p += v;
+        let mut e0 = 0;
+        while e0 < inp.k {
+            let nb = B.min(inp.k - e0);
+            for b in 0..B {
+                if b >= nb {
+                    // padding edges of the last block: finite inputs, results unused
+                    for q in 0..h {
+                        pre_t[q * B + b] = 0.0;
+                    }
+                    continue;
+                }
+                let edge = i * inp.k + e0 + b;
+                let jf = inp.src[edge];
+                let j = (jf >= 0.0 && (jf as usize) < inp.rows).then_some(jf as usize);
+                let xj = j.map_or([0.0; 3], |j| {
+                    [inp.coors[j * 3], inp.coors[j * 3 + 1], inp.coors[j * 3 + 2]]
+                });
+                let rl = [xi[0] - xj[0], xi[1] - xj[1], xi[2] - xj[2]];
+                let d = rl[0] * rl[0] + rl[1] * rl[1] + rl[2] * rl[2];
+                (rel[b], dist[b]) = (rl, d);
+                pre.copy_from_slice(hi);
+                if let Some(j) = j {
+                    for (p, v) in pre.iter_mut().zip(&inp.hj[j * h..(j + 1) * h]) {
+                        *p += v;
+                    }
+                }
+                if let Some(t) = inp.edge_term {
+                    for (p, v) in pre.iter_mut().zip(&t[edge * h..(edge + 1) * h]) {
+                        *p += v;
+                    }
+                }
+                let mut scale = 1.0f32;
+                for q in 0..f {
+                    let (sn, cs) = (d * scale).sin_cos();
+                    axpy(&mut pre, sn, &kern.phi_t[q * h..(q + 1) * h]);
+                    axpy(&mut pre, cs, &kern.phi_t[(f + q) * h..(f + q + 1) * h]);
+                    scale *= 0.5;
+                }
+                axpy(&mut pre, d, &kern.phi_t[2 * f * h..(2 * f + 1) * h]);
+                for (q, &p) in pre.iter().enumerate() {
+                    pre_t[q * B + b] = p;
                 }
             }
-            if let Some(t) = inp.edge_term {
-                for (p, v) in pre.iter_mut().zip(&t[edge * h..(edge + 1) * h]) {
-                    *p += v;
-                }
-            }
-            let mut scale = 1.0f32;
-            for q in 0..f {
-                let (sn, cs) = (d * scale).sin_cos();
-                axpy(&mut pre, sn, &kern.phi_t[q * h..(q + 1) * h]);
-                axpy(&mut pre, cs, &kern.phi_t[(f + q) * h..(f + q + 1) * h]);
-                scale *= 0.5;
-            }
-            axpy(&mut pre, d, &kern.phi_t[2 * f * h..(2 * f + 1) * h]);
-            silu_in_place(&mut pre);
-            affine_rows(&mut m, &kern.edge_out_bias, &pre, &kern.edge_out_t);
+            silu_in_place(&mut pre_t);
+            block_affine::<B>(&mut m, &kern.edge_out_bias, &pre_t, &kern.edge_out_t);
             silu_in_place(&mut m);
             if let Some((wg, bg)) = &kern.gate {
-                let g = sigmoid(bg + m.iter().zip(wg).map(|(a, b)| a * b).sum::<f32>());
-                for v in m.iter_mut() {
-                    *v *= g;
+                let mut s = [0.0f32; B];
+                for (q, &wq) in wg.iter().enumerate() {
+                    for (b, sb) in s.iter_mut().enumerate() {
+                        *sb += m[b * m_dim + q] * wq;
+                    }
+                }
+                for (b, mb) in m.chunks_exact_mut(m_dim.max(1)).enumerate() {
+                    let g = sigmoid(bg + s[b]);
+                    for v in mb.iter_mut() {
+                        *v *= g;
+                    }
                 }
             }
-            let valid = inp.valid[edge];
-            if kern.pool_messages {
-                axpy(&mut o[..m_dim], valid, &m);
-            }
+            let mut wsum = [0.0f32; B];
             if let Some(cw) = &kern.coors {
-                affine_rows(&mut c, &cw.hidden_bias, &m, &cw.hidden_t);
+                for (b, mb) in m.chunks_exact(m_dim.max(1)).enumerate() {
+                    for (q, &v) in mb.iter().enumerate() {
+                        m_t[q * B + b] = v;
+                    }
+                }
+                block_affine::<B>(&mut c, &cw.hidden_bias, &m_t, &cw.hidden_t);
                 silu_in_place(&mut c);
-                let mut w = cw.out_bias;
-                for (a, b) in c.iter().zip(&cw.out) {
-                    w += a * b;
-                }
-                w *= valid;
-                if let Some(cl) = kern.clamp {
-                    w = w.max(-cl).min(cl);
-                }
-                if let Some(sc) = kern.coors_scale {
-                    w *= sc / d.sqrt().max(1e-8);
-                }
-                for a in 0..3 {
-                    o[m_dim + a] += w * rel[a];
+                wsum = [cw.out_bias; B];
+                for (q, &wq) in cw.out.iter().enumerate() {
+                    for (b, ws) in wsum.iter_mut().enumerate() {
+                        *ws += c[b * four_m + q] * wq;
+                    }
                 }
             }
+            for b in 0..nb {
+                let edge = i * inp.k + e0 + b;
+                let valid = inp.valid[edge];
+                if kern.pool_messages {
+                    axpy(&mut o[..m_dim], valid, &m[b * m_dim..(b + 1) * m_dim]);
+                }
+                if kern.coors.is_some() {
+                    let mut w = wsum[b] * valid;
+                    if let Some(cl) = kern.clamp {
+                        w = w.max(-cl).min(cl);
+                    }
+                    if let Some(sc) = kern.coors_scale {
+                        w *= sc / dist[b].sqrt().max(1e-8);
+                    }
+                    for a in 0..3 {
+                        o[m_dim + a] += w * rel[b][a];
+                    }
+                }
+            }
+            e0 += nb;
         }
     }
 }
