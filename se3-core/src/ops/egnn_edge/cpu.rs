@@ -1,13 +1,14 @@
 //! CPU kernel of [`egnn_edge`](super::egnn_edge): per destination node, in cache, its `k`
-//! edges one after another (gather, edge MLP, gate, coordinate weight, sums), parallel over
-//! blocks of nodes. The per-edge loops run over contiguous weight rows, so they vectorise;
-//! the kernel is compiled for AVX-512 / AVX2 + FMA as well as the baseline, picked at run time.
+//! edges in blocks of [`EDGE_BLOCK`] (gather, edge MLP, gate, coordinate weight, sums),
+//! parallel over blocks of nodes. The two MLPs of a block are small GEMMs with one register
+//! accumulator per edge and weight vector; the kernel is compiled for AVX-512 / AVX2 + FMA as
+//! well as the baseline, picked at run time.
 
 use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
 use rayon::prelude::*;
 
-use crate::exec::simd::{self, Isa};
+use crate::exec::simd::{self, Isa, Simd};
 use crate::exec::view::{buffer, View};
 use crate::ops::layer_norm_gelu::exp_neg;
 
@@ -126,71 +127,59 @@ struct Inputs<'a> {
 /// weight rows are loaded once for all its edges, with one independent accumulator an edge.
 const EDGE_BLOCK: usize = 8;
 
-/// `y[b][c] = bias[c] + sum_q x[q][b] w[q][c]` for the `B` rows of a block: `x` is the block's
-/// input transposed (`(Q, B)`, one input channel of every edge contiguous), `w` is `(Q, C)`
-/// row-major, `y` `(B, C)` row-major. Each output adds its products in increasing `q`, starting
-/// from the bias, exactly as [`affine_rows`] does for one row (same values, same rounding).
+/// `y[b][c] = bias[c] + sum_q x[b][q] w[q][c]` for the `B` rows of a block: `x` `(B, Q)`,
+/// `w` `(Q, C)` and `y` `(B, C)` row-major. Each output adds its products in increasing `q`,
+/// starting from the bias, by fused multiply-adds (as the CUDA kernel's contracted
+/// `acc += x * w`); columns past the last full vector add rounded products.
 #[inline(always)]
-fn block_affine<const B: usize>(y: &mut [f32], bias: &[f32], x_t: &[f32], w: &[f32]) {
+fn block_affine<S: Simd, const B: usize>(y: &mut [f32], bias: &[f32], x: &[f32], w: &[f32]) {
     let width = bias.len();
+    if width == 0 {
+        return;
+    }
+    let nq = w.len() / width;
+    let xr: [&[f32]; B] = std::array::from_fn(|b| &x[b * nq..(b + 1) * nq]);
     let mut c0 = 0;
-    while c0 + 16 <= width {
-        block_columns::<B, 16>(y, bias, x_t, w, c0);
-        c0 += 16;
-    }
-    while c0 + 8 <= width {
-        block_columns::<B, 8>(y, bias, x_t, w, c0);
-        c0 += 8;
-    }
-    while c0 < width {
-        block_columns::<B, 1>(y, bias, x_t, w, c0);
-        c0 += 1;
-    }
-}
-
-/// Columns `c0..c0 + C` of [`block_affine`]: `B x C` accumulators kept in registers.
-#[inline(always)]
-fn block_columns<const B: usize, const C: usize>(
-    y: &mut [f32],
-    bias: &[f32],
-    x_t: &[f32],
-    w: &[f32],
-    c0: usize,
-) {
-    let width = bias.len();
-    let mut acc = [[0.0f32; C]; B];
-    for a in acc.iter_mut() {
-        a.copy_from_slice(&bias[c0..c0 + C]);
-    }
-    for (row, xq) in w.chunks_exact(width).zip(x_t.chunks_exact(B)) {
-        let row = &row[c0..c0 + C];
-        for (a, &x) in acc.iter_mut().zip(xq) {
-            for (s, v) in a.iter_mut().zip(row) {
-                *s += x * v;
+    while c0 + S::W <= width {
+        let mut acc = [S::load(bias, c0); B];
+        for (q, row) in w.chunks_exact(width).enumerate() {
+            let wv = S::load(row, c0);
+            for (a, xb) in acc.iter_mut().zip(&xr) {
+                *a = S::fmadd(S::splat(xb[q]), wv, *a);
             }
         }
+        for (b, a) in acc.iter().enumerate() {
+            S::store(*a, y, b * width + c0);
+        }
+        c0 += S::W;
     }
-    for (a, yb) in acc.iter().zip(y.chunks_exact_mut(width)) {
-        yb[c0..c0 + C].copy_from_slice(a);
+    for c in c0..width {
+        let mut acc = [bias[c]; B];
+        for (q, row) in w.chunks_exact(width).enumerate() {
+            for (a, xb) in acc.iter_mut().zip(&xr) {
+                *a += xb[q] * row[c];
+            }
+        }
+        for (b, a) in acc.iter().enumerate() {
+            y[b * width + c] = *a;
+        }
     }
 }
 
 /// Nodes `first..first + out.len() / (M + 3)`: their pooled messages and coordinate shifts.
 ///
-/// Every edge's values are computed with the operations, in the order, of the per-edge formula
-/// (module doc): blocking only interleaves independent edges, so the results do not depend on
+/// Every edge's values are computed by the per-edge formula (module doc of `egnn_edge`):
+/// blocking only interleaves independent edges, so the results do not depend on
 /// [`EDGE_BLOCK`]; the sums over a node's edges run in edge order.
 #[inline(always)]
-fn nodes_impl(kern: &EgnnEdgeKernel, inp: &Inputs, first: usize, out: &mut [f32]) {
+fn nodes_impl<S: Simd>(kern: &EgnnEdgeKernel, inp: &Inputs, first: usize, out: &mut [f32]) {
     const B: usize = EDGE_BLOCK;
     let (h, m_dim, f) = (kern.hidden, kern.m_dim, kern.fourier_features);
     let width = m_dim + 3;
     let four_m = kern.coors.as_ref().map_or(0, |c| c.out.len());
-    let mut pre = vec![0.0f32; h];
-    // transposed block inputs (channel, edge) and row-major block outputs (edge, channel)
-    let mut pre_t = vec![0.0f32; h * B];
+    // block inputs and outputs, one row an edge
+    let mut pre = vec![0.0f32; B * h];
     let mut m = vec![0.0f32; B * m_dim];
-    let mut m_t = vec![0.0f32; m_dim * B];
     let mut c = vec![0.0f32; B * four_m];
     let mut rel = [[0.0f32; 3]; B];
     let mut dist = [0.0f32; B];
@@ -202,12 +191,10 @@ fn nodes_impl(kern: &EgnnEdgeKernel, inp: &Inputs, first: usize, out: &mut [f32]
         let mut e0 = 0;
         while e0 < inp.k {
             let nb = B.min(inp.k - e0);
-            for b in 0..B {
+            for (b, pre) in pre.chunks_exact_mut(h.max(1)).enumerate() {
                 if b >= nb {
                     // padding edges of the last block: finite inputs, results unused
-                    for q in 0..h {
-                        pre_t[q * B + b] = 0.0;
-                    }
+                    pre.fill(0.0);
                     continue;
                 }
                 let edge = i * inp.k + e0 + b;
@@ -233,17 +220,14 @@ fn nodes_impl(kern: &EgnnEdgeKernel, inp: &Inputs, first: usize, out: &mut [f32]
                 let mut scale = 1.0f32;
                 for q in 0..f {
                     let (sn, cs) = (d * scale).sin_cos();
-                    axpy(&mut pre, sn, &kern.phi_t[q * h..(q + 1) * h]);
-                    axpy(&mut pre, cs, &kern.phi_t[(f + q) * h..(f + q + 1) * h]);
+                    axpy(pre, sn, &kern.phi_t[q * h..(q + 1) * h]);
+                    axpy(pre, cs, &kern.phi_t[(f + q) * h..(f + q + 1) * h]);
                     scale *= 0.5;
                 }
-                axpy(&mut pre, d, &kern.phi_t[2 * f * h..(2 * f + 1) * h]);
-                for (q, &p) in pre.iter().enumerate() {
-                    pre_t[q * B + b] = p;
-                }
+                axpy(pre, d, &kern.phi_t[2 * f * h..(2 * f + 1) * h]);
             }
-            silu_in_place(&mut pre_t);
-            block_affine::<B>(&mut m, &kern.edge_out_bias, &pre_t, &kern.edge_out_t);
+            silu_in_place(&mut pre);
+            block_affine::<S, B>(&mut m, &kern.edge_out_bias, &pre, &kern.edge_out_t);
             silu_in_place(&mut m);
             if let Some((wg, bg)) = &kern.gate {
                 let mut s = [0.0f32; B];
@@ -261,12 +245,7 @@ fn nodes_impl(kern: &EgnnEdgeKernel, inp: &Inputs, first: usize, out: &mut [f32]
             }
             let mut wsum = [0.0f32; B];
             if let Some(cw) = &kern.coors {
-                for (b, mb) in m.chunks_exact(m_dim.max(1)).enumerate() {
-                    for (q, &v) in mb.iter().enumerate() {
-                        m_t[q * B + b] = v;
-                    }
-                }
-                block_affine::<B>(&mut c, &cw.hidden_bias, &m_t, &cw.hidden_t);
+                block_affine::<S, B>(&mut c, &cw.hidden_bias, &m, &cw.hidden_t);
                 silu_in_place(&mut c);
                 wsum = [cw.out_bias; B];
                 for (q, &wq) in cw.out.iter().enumerate() {
@@ -302,13 +281,13 @@ fn nodes_impl(kern: &EgnnEdgeKernel, inp: &Inputs, first: usize, out: &mut [f32]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 fn nodes_avx512(kern: &EgnnEdgeKernel, inp: &Inputs, first: usize, out: &mut [f32]) {
-    nodes_impl(kern, inp, first, out);
+    nodes_impl::<simd::x86::Avx512>(kern, inp, first, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn nodes_avx2(kern: &EgnnEdgeKernel, inp: &Inputs, first: usize, out: &mut [f32]) {
-    nodes_impl(kern, inp, first, out);
+    nodes_impl::<simd::x86::Avx2>(kern, inp, first, out);
 }
 
 /// Nodes per parallel task.
@@ -351,7 +330,7 @@ impl Operator for EgnnEdgeKernel {
                     // SAFETY: as above.
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx2 => unsafe { nodes_avx2(kern, &inputs, first, o) },
-                    Isa::Plain => nodes_impl(kern, &inputs, first, o),
+                    Isa::Plain => nodes_impl::<simd::Plain>(kern, &inputs, first, o),
                 }
             });
         crate::exec::pool::finish(inp, out)
