@@ -236,22 +236,31 @@ pub(crate) fn topk_smallest(values: &[f64], k: usize) -> Vec<usize> {
 
 /// The positions of the `k` (`1..=len`) smallest values in ascending order, if that order
 /// is unique: the `k` values are distinct and every other value is larger than the largest of
-/// them; else `None` (ties decide, or a NaN is present). One pass keeping a sorted list of the
-/// `k` best so far, then one pass counting the values not above the `k`-th.
+/// them; else `None` (ties decide, or a NaN is present). One pass keeps the candidates below
+/// a threshold (cut back to the best `k` by a selection whenever `4 k` gather, the threshold
+/// becoming the largest kept), then the candidates are sorted and one pass counts the values
+/// not above the `k`-th. A value dropped on the way is at least a kept one, so when the check
+/// passes the result is exact.
 fn distinct_smallest(values: &[f64], k: usize) -> Option<Vec<usize>> {
-    let mut best: Vec<(f64, usize)> = Vec::with_capacity(k + 1);
+    let by_value = |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0);
+    let mut cand: Vec<(f64, usize)> = Vec::with_capacity(4 * k + 1);
+    let mut thr = f64::INFINITY;
     for (j, &v) in values.iter().enumerate() {
-        if best.len() == k && best.last().is_none_or(|l| v >= l.0) {
-            continue;
+        if v < thr || cand.len() < k {
+            cand.push((v, j));
+            if cand.len() >= 4 * k {
+                cand.select_nth_unstable_by(k - 1, by_value);
+                cand.truncate(k);
+                thr = cand.iter().fold(f64::NEG_INFINITY, |m, e| m.max(e.0));
+            }
         }
-        let at = best.partition_point(|e| e.0 <= v);
-        best.insert(at, (v, j));
-        best.truncate(k);
     }
-    let kth = best.last()?.0;
-    let increasing = best.windows(2).all(|w| w[0].0 < w[1].0);
+    cand.sort_unstable_by(by_value);
+    cand.truncate(k);
+    let kth = cand.last()?.0;
+    let increasing = cand.windows(2).all(|w| w[0].0 < w[1].0);
     let not_above = values.iter().filter(|&&v| v <= kth || v.is_nan()).count();
-    (increasing && not_above == k).then(|| best.iter().map(|e| e.1).collect())
+    (increasing && not_above == k).then(|| cand.iter().map(|e| e.1).collect())
 }
 
 #[cfg(test)]
