@@ -211,11 +211,18 @@ fn std_sort(a: &mut [Elem], first: usize, last: usize) {
 
 /// Positions (into `values`) of the `k` smallest values, in the order PyTorch's CPU
 /// `topk(k, largest = False)` returns them, ties included. `values` must not contain NaN.
+///
+/// When the `k` smallest values are distinct and none of the others equals the largest of
+/// them, every algorithm returns them in ascending order; they are then found in one pass
+/// ([`distinct_smallest`]), and only rows with ties run the emulation of libstdc++.
 pub(crate) fn topk_smallest(values: &[f64], k: usize) -> Vec<usize> {
     let n = values.len();
     let k = k.min(n);
     if k == 0 {
         return Vec::new();
+    }
+    if let Some(picked) = distinct_smallest(values, k) {
+        return picked;
     }
     let mut q: Vec<Elem> = values.iter().copied().zip(0..).collect();
     if k * 64 <= n {
@@ -227,9 +234,72 @@ pub(crate) fn topk_smallest(values: &[f64], k: usize) -> Vec<usize> {
     q[..k].iter().map(|e| e.1).collect()
 }
 
+/// The positions of the `k` (`1..=len`) smallest values in ascending order, if that order
+/// is unique: the `k` values are distinct and every other value is larger than the largest of
+/// them; else `None` (ties decide, or a NaN is present). One pass keeps the candidates below
+/// a threshold (cut back to the best `k` by a selection whenever `4 k` gather, the threshold
+/// becoming the largest kept), then the candidates are sorted and one pass counts the values
+/// not above the `k`-th. A value dropped on the way is at least a kept one, so when the check
+/// passes the result is exact.
+fn distinct_smallest(values: &[f64], k: usize) -> Option<Vec<usize>> {
+    let by_value = |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0);
+    let mut cand: Vec<(f64, usize)> = Vec::with_capacity(4 * k + 1);
+    let mut thr = f64::INFINITY;
+    for (j, &v) in values.iter().enumerate() {
+        if v < thr || cand.len() < k {
+            cand.push((v, j));
+            if cand.len() >= 4 * k {
+                cand.select_nth_unstable_by(k - 1, by_value);
+                cand.truncate(k);
+                thr = cand.iter().fold(f64::NEG_INFINITY, |m, e| m.max(e.0));
+            }
+        }
+    }
+    cand.sort_unstable_by(by_value);
+    cand.truncate(k);
+    let kth = cand.last()?.0;
+    let increasing = cand.windows(2).all(|w| w[0].0 < w[1].0);
+    let not_above = values.iter().filter(|&&v| v <= kth || v.is_nan()).count();
+    (increasing && not_above == k).then(|| cand.iter().map(|e| e.1).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::topk_smallest;
+
+    #[test]
+    fn one_pass_selection_agrees_with_the_emulation() {
+        use rand::Rng;
+        let (mut r, _seed) = se3_core::testing::rng();
+        for _ in 0..2000 {
+            let n = r.gen_range(1..300);
+            let k = r.gen_range(1..=n);
+            // a few distinct levels (ties) or continuous values
+            let levels = r.gen_range(0..6);
+            let values: Vec<f64> = (0..n)
+                .map(|_| {
+                    if levels > 0 && r.gen_bool(0.5) {
+                        f64::from(r.gen_range(0..levels))
+                    } else {
+                        r.gen_range(-1.0..10.0)
+                    }
+                })
+                .collect();
+            let mut q: Vec<(f64, usize)> = values.iter().copied().zip(0..).collect();
+            let want = if k * 64 <= n {
+                super::partial_sort(&mut q, 0, k, n);
+                q[..k].iter().map(|e| e.1).collect::<Vec<_>>()
+            } else {
+                super::introselect(&mut q, 0, k - 1, n, 2 * super::lg(n));
+                super::std_sort(&mut q, 0, k - 1);
+                q[..k].iter().map(|e| e.1).collect()
+            };
+            assert_eq!(topk_smallest(&values, k), want, "k {k} of {values:?}");
+            if let Some(fast) = super::distinct_smallest(&values, k) {
+                assert_eq!(fast, want, "one-pass selection, k {k} of {values:?}");
+            }
+        }
+    }
 
     #[test]
     fn ties_are_picked_as_torch_does() {

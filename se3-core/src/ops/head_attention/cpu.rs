@@ -15,7 +15,7 @@ use crate::exec::view::{buffer, View};
 use crate::ops::layer_norm_gelu::exp_neg;
 
 /// Query rows per task.
-pub(super) const ROWS: usize = 64;
+pub(super) const ROWS: usize = 128;
 
 /// Multi-head softmax attention over all key nodes on channel-last inputs: `q`, `k`, `v`
 /// `(b, n, c, heads * dh)`, key mask `(b, n)` (non-zero = attend); output `(b, n, c, heads * dh)`.
@@ -50,28 +50,48 @@ pub(super) fn pack_heads(x: &[f32], n: usize, c: usize, heads: usize, dh: usize)
     out
 }
 
+/// Partial results kept per lane by the softmax reductions, so that they vectorise.
+const LANES: usize = 16;
+
 /// Row-wise softmax of `logits (rows, n)` in place over the keys with `keep[j]`, the others
-/// getting weight 0.
+/// getting weight 0. The row maximum and the sum of the exponentials are reduced in
+/// [`LANES`] interleaved partial results (the maximum is exact in any order; the sum is
+/// that of `LANES` strided partial sums, then of those).
 #[inline(always)]
 fn softmax_rows_impl(logits: &mut [f32], n: usize, keep: &[bool]) {
     for row in logits.chunks_mut(n) {
-        let mut mx = f32::NEG_INFINITY;
         for (v, &k) in row.iter_mut().zip(keep) {
             if !k {
                 *v = f32::NEG_INFINITY;
             }
-            mx = mx.max(*v);
         }
-        let mut sum = 0.0f32;
+        let mut lanes = [f32::NEG_INFINITY; LANES];
+        let mut chunks = row.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (m, &v) in lanes.iter_mut().zip(c) {
+                *m = m.max(v);
+            }
+        }
+        let mx = chunks
+            .remainder()
+            .iter()
+            .chain(&lanes)
+            .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         for v in row.iter_mut() {
-            let e = if *v == f32::NEG_INFINITY {
+            *v = if *v == f32::NEG_INFINITY {
                 0.0
             } else {
                 exp_neg(*v - mx)
             };
-            *v = e;
-            sum += e;
         }
+        let mut lanes = [0.0f32; LANES];
+        let mut chunks = row.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (s, &v) in lanes.iter_mut().zip(c) {
+                *s += v;
+            }
+        }
+        let sum: f32 = lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
         let inv = 1.0 / sum;
         for v in row.iter_mut() {
             *v *= inv;

@@ -27,13 +27,17 @@ pub(crate) fn exp_neg(x: f32) -> f32 {
     let x = x.max(-87.0);
     // round(x / ln 2) by the 1.5 * 2^23 trick (no call, exact for |n| < 2^22)
     let magic = 12_582_912.0f32;
-    let n = (x * std::f32::consts::LOG2_E + magic) - magic;
+    let shifted = x * std::f32::consts::LOG2_E + magic;
+    let n = shifted - magic;
+    // n as an integer from the low mantissa bits of `shifted` (integer ops only, so the whole
+    // function vectorises; a float-to-int cast would be done lane by lane)
+    let n_int = (shifted.to_bits() as i32).wrapping_sub(magic.to_bits() as i32);
     let r = (x - n * 0.693_145_75) - n * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    p * f32::from_bits((n_int.wrapping_add(127) as u32) << 23)
 }
 
 /// Exact GELU `x Phi(x)`, erf by Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7), the
