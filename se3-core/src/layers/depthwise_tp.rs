@@ -11,7 +11,7 @@ use super::graph::{
 use super::linear::{LinearLayer, LinearLayout};
 use crate::exec::{IndexBound, InputKind, Session};
 use crate::fiber::FiberSpec;
-use crate::ops::{edge_contract_sum, gather3};
+use crate::ops::gather3;
 use crate::Error;
 
 /// The edges of an equiformer graph: every node row `i` has exactly `k` neighbour slots
@@ -282,9 +282,7 @@ struct PairPath {
 /// `msg_lo[e] = concat_li R^(li,lo)_e (x_li[e] K^(li,lo)_e)`, `x_li[e] = W^xj x_j + W^xi x_i`,
 /// where output degree `lo`'s channels are split over the input degrees (`ceil` groups first,
 /// as `split_num_into_groups`) and `R` is an [`EquiformerRadial`] `(c_part, c_in)`;
-/// then `to_out` (per-degree linear). Pooled: `out = mean_j mask_ij msg + self_interact(x)`,
-/// with the mean taken before the radial network's last layer (`ops::edge_contract_sum`, so
-/// no per-edge weights `R_e` are formed);
+/// then `to_out` (per-degree linear). Pooled: `out = mean_j mask_ij msg + self_interact(x)`;
 /// otherwise the slots of node `i` are `[self_interact(x)_i, msg_(i, j_1), ..]` (rows
 /// `i (k + 1) + slot`). Keys as the library: `to_xi.`, `to_xj.`, `kernel_unary.(li,lo).rp.*`,
 /// `self_interact.`, `to_out.`.
@@ -400,11 +398,7 @@ impl DepthwiseTensorProductLayer {
         let xi = self.to_xi.build(s, &format!("{prefix}to_xi."), x)?;
         let xj = self.to_xj.build(s, &format!("{prefix}to_xj."), x)?;
         let mut per_in = Vec::new();
-        // per-edge inputs only for per-slot outputs (the pooled form contracts node rows)
         for (a, b) in xi.tensors().iter().zip(xj.tensors()) {
-            if self.opts.pool {
-                break;
-            }
             let a3: GraphTensor<(X, X, X)> = retype(*a);
             let b3: GraphTensor<(X, X, X)> = retype(*b);
             let nb: GraphTensor<(X, X, X)> = gather3(b3, edges.src);
@@ -412,7 +406,6 @@ impl DepthwiseTensorProductLayer {
             per_in.push(nb + own);
         }
         let e = Expression::from(edges.nodes * edges.k);
-        let (n, k) = (Expression::from(edges.nodes), Expression::from(edges.k));
         let mut msgs = Vec::new();
         for dout in self.fiber_out.degrees() {
             let mut parts = Vec::new();
@@ -428,25 +421,12 @@ impl DepthwiseTensorProductLayer {
                     .iter()
                     .position(|d| d.l == p.li)
                     .unwrap_or(0);
-                let rp = format!("{prefix}kernel_unary.({},{}).", p.li, p.lo);
-                if self.opts.pool {
-                    // mean over the neighbours reassociated (ops::edge_contract_sum): per node
-                    // `A_i = sum_j a_ij (x K)_ij (x) h_ij`, then the last layer as one GEMM; the
-                    // input `W^xj x_j + W^xi x_i` splits into a neighbour and an own part
-                    let (h, w, b) = radial.contraction_parts(s, &rp, edges.radial_in)?;
-                    let kd = dims(kern);
-                    let basis: GraphTensor<(X, X, X, X)> =
-                        reshape(permute(kern, &[0, 2, 1]), &[e, kd[2], kd[1], 1.into()]);
-                    let a: GraphTensor<(X, X)> = reshape(edges.mean, &[n, k]);
-                    let xj3: GraphTensor<(X, X, X)> = retype(xj.tensors()[li_pos]);
-                    let xi3: GraphTensor<(X, X, X)> = retype(xi.tensors()[li_pos]);
-                    let nb = edge_contract_sum(xj3, edges.src, basis, h, a, w, b);
-                    let own = edge_contract_sum(xi3, edges.dst, basis, h, a, w, b);
-                    parts.push(nb + own);
-                } else {
-                    let r = radial.build(s, &rp, edges.radial_in)?;
-                    parts.push(radial_kernel_product(r, per_in[li_pos], kern));
-                }
+                let r = radial.build(
+                    s,
+                    &format!("{prefix}kernel_unary.({},{}).", p.li, p.lo),
+                    edges.radial_in,
+                )?;
+                parts.push(radial_kernel_product(r, per_in[li_pos], kern));
             }
             let msg: GraphTensor<(X, X, X)> = concat_axis1(&parts);
             msgs.push(retype(msg));
@@ -457,13 +437,18 @@ impl DepthwiseTensorProductLayer {
             Some(l) => Some(l.build(s, &format!("{prefix}self_interact."), x)?),
             None => None,
         };
+        let (n, k) = (Expression::from(edges.nodes), Expression::from(edges.k));
         let mut out = Vec::new();
         for (d, t) in self.fiber_out.degrees().iter().zip(msgs.tensors()) {
             let t3: GraphTensor<(X, X, X)> = retype(*t);
             let cm = Expression::from(d.channels * d.width());
             if self.opts.pool {
-                // already pooled per node
-                let mut y = t3;
+                let w: GraphTensor<(X, X)> = expand_at(edges.mean, 1, cm);
+                let flat: GraphTensor<(X, X)> = reshape(t3, &[e, cm]);
+                let grouped: GraphTensor<(X, X, X)> = reshape(flat * w, &[n, k, cm]);
+                let pooled: GraphTensor<(X, X)> = grouped.sum_reduce::<(X, X), Axis<1>>();
+                let mut y: GraphTensor<(X, X, X)> =
+                    reshape(pooled, &[n, d.channels.into(), d.width().into()]);
                 if let Some(o) = si.as_ref().and_then(|si| si.degree(d.l)) {
                     y += retype::<_, (X, X, X)>(o);
                 }

@@ -1,11 +1,9 @@
 //! Equiformer's radial network: per-edge channel-mixing weights from invariant edge features.
 
-use luminal::prelude::{symbolic::Expression, *};
+use luminal::prelude::*;
 
 use super::depthwise_tp::concat_axis1;
-use super::graph::{
-    constant, dims, expand_at, layer_norm, mm, permute, reshape, transpose, Param, ParamSource, X,
-};
+use super::graph::{constant, dims, expand_at, layer_norm, mm, transpose, Param, ParamSource, X};
 use crate::exec::Session;
 use crate::Error;
 
@@ -91,59 +89,6 @@ impl EquiformerRadial {
         prefix: &str,
         f: GraphTensor<(X, X)>,
     ) -> Result<GraphTensor<(X, X, X)>, Error> {
-        let (h, w3, b3) = self.hidden(s, prefix, f)?;
-        let rows = dims(f)[0];
-        // Last layer with its bias folded into the product: `[h, 1] [W_3, b_3]^T` (one GEMM; a
-        // separate bias add over the `(E, c_out c_in)` result costs about as much as the GEMM).
-        let one: GraphTensor<(X,)> = constant(s, &format!("{prefix}rp.one"), vec![1.0], &[1])?;
-        let ones: GraphTensor<(X, X)> = expand_at(one, 0, rows);
-        let h1 = concat_axis1(&[h, ones]);
-        let b3: GraphTensor<(X, X)> = expand_at(b3, 1, 1);
-        let w3b = concat_axis1(&[w3, b3]);
-        let r = mm(h1, transpose(w3b));
-        Ok(reshape(r, &[rows, self.c_out.into(), self.c_in.into()]))
-    }
-
-    /// The hidden activations `h (E, hidden)` on edge features `f (E, F)` and the last layer
-    /// in the layout of `ops::edge_contract_sum`: `W [(c, k), o] = W_3[(o, c), k]`
-    /// (`(c_in hidden, c_out)`) and `b [c, o] = b_3[(o, c)]` (`(c_in, c_out)`), so that
-    /// `R_e[o, c] = sum_k W[(c, k), o] h_e[k] + b[c, o]` is never formed.
-    ///
-    /// # Errors
-    /// Those of `Session::set_weight` (none for a loaded network).
-    #[allow(clippy::type_complexity)]
-    pub fn contraction_parts(
-        &self,
-        s: &mut Session,
-        prefix: &str,
-        f: GraphTensor<(X, X)>,
-    ) -> Result<
-        (
-            GraphTensor<(X, X)>,
-            GraphTensor<(X, X)>,
-            GraphTensor<(X, X)>,
-        ),
-        Error,
-    > {
-        let (h, w3, b3) = self.hidden(s, prefix, f)?;
-        let hidden = dims(h)[1];
-        let (co, ci) = (Expression::from(self.c_out), Expression::from(self.c_in));
-        let w: GraphTensor<(X, X, X)> = reshape(w3, &[co, ci, hidden]);
-        let w: GraphTensor<(X, X)> = reshape(permute(w, &[1, 2, 0]), &[ci * hidden, co]);
-        let b: GraphTensor<(X, X)> = reshape(b3, &[co, ci]);
-        let b: GraphTensor<(X, X)> = reshape(transpose(b), &[ci, co]);
-        Ok((h, w, b))
-    }
-
-    /// The two hidden layers on `f` and the last layer's weight `(c_out c_in, hidden)` and
-    /// bias `(c_out c_in,)`.
-    #[allow(clippy::type_complexity)]
-    fn hidden(
-        &self,
-        s: &mut Session,
-        prefix: &str,
-        f: GraphTensor<(X, X)>,
-    ) -> Result<(GraphTensor<(X, X)>, GraphTensor<(X, X)>, GraphTensor<(X,)>), Error> {
         let mut w2 = Vec::new();
         let mut w1 = Vec::new();
         for p in &self.params {
@@ -163,6 +108,17 @@ impl EquiformerRadial {
         let h = layer_norm(h, w1[1], w1[2], 1e-5);
         let h = silu(linear(h, w2[1], w1[3]));
         let h = layer_norm(h, w1[4], w1[5], 1e-5);
-        Ok((h, w2[2], w1[6]))
+        // Last layer with its bias folded into the product: `[h, 1] [W_3, b_3]^T` (one GEMM; a
+        // separate bias add over the `(E, c_out c_in)` result costs about as much as the GEMM).
+        let one: GraphTensor<(X,)> = constant(s, &format!("{prefix}rp.one"), vec![1.0], &[1])?;
+        let ones: GraphTensor<(X, X)> = expand_at(one, 0, rows);
+        let h1 = concat_axis1(&[h, ones]);
+        let b3: GraphTensor<(X, X)> = expand_at(w1[6], 1, 1);
+        let w3b = concat_axis1(&[w2[2], b3]);
+        let r = mm(h1, transpose(w3b));
+        Ok(super::graph::reshape(
+            r,
+            &[rows, self.c_out.into(), self.c_in.into()],
+        ))
     }
 }

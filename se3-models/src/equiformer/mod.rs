@@ -13,9 +13,8 @@
 //! is compiled once per node count and slot count and reused.
 //!
 //! Gradients: [`Equiformer::compile_with_gradients`] adds the backward pass (every operator of
-//! the equiformer layers is a luminal primitive, gather, [`se3_core::ops::grad_scale`] or the
-//! pooled depthwise tensor product's [`se3_core::ops::edge_contract_sum`], whose
-//! vector-Jacobian product is in `se3_core::autodiff`, so no unfused switch is needed);
+//! the equiformer layers is a luminal primitive, gather or [`se3_core::ops::grad_scale`]; no
+//! fused radial or edge kernel is used, so no unfused switch is needed);
 //! [`CompiledEquiformer::forward_and_gradients`] returns `param.<key>` and `input.<name>`
 //! gradients, with the coordinates' gradient chained on the host through the edge distances
 //! and frames; [`DifferentiableEquiformer`] puts it behind [`crate::differentiable`].
