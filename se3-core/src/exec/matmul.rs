@@ -105,7 +105,8 @@ impl Operator for MatMul {
             outer -= 1;
         }
         let outer_shape = &batch_shape[..outer];
-        let gemm = |bi: usize, c: &mut [f32]| {
+        // buffer offsets of batch `bi`'s first A row and first B column
+        let offsets = |bi: usize| {
             let mut idx = vec![0usize; r - 3];
             let mut rem = bi;
             for d in (0..outer).rev() {
@@ -118,6 +119,36 @@ impl Operator for MatMul {
             let ob = base_offset(&vb.axes[..r - 3], &idx)
                 + bn.offset * bn.stride as i64
                 + bk.offset * bk.stride as i64;
+            (oa, ob)
+        };
+        let outer_batches: usize = outer_shape.iter().product();
+        let work = batches * m * n * k;
+        let strided = !(am.fake || ak.fake || bn.fake || bk.fake);
+        if outer_batches > 1 && rows * n * k <= SMALL_GEMM && strided {
+            // many tiny products (per-edge kernels): direct loops, no packing
+            let direct = |bi: usize, c: &mut [f32]| {
+                let (oa, ob) = offsets(bi);
+                small_product(
+                    (a, oa as usize, row_stride, ak.stride),
+                    (b, ob as usize, bn.stride, bk.stride),
+                    k,
+                    n,
+                    c,
+                );
+            };
+            if work >= PAR_FLOPS {
+                out.par_chunks_mut(rows * n)
+                    .enumerate()
+                    .for_each(|(bi, c)| direct(bi, c));
+            } else {
+                for (bi, c) in out.chunks_mut(rows * n).enumerate() {
+                    direct(bi, c);
+                }
+            }
+            return super::pool::finish(inp, out);
+        }
+        let gemm = |bi: usize, c: &mut [f32]| {
+            let (oa, ob) = offsets(bi);
             let rows_here = c.len() / n;
             // SAFETY: `fast` checked that every element the views address lies inside the
             // buffers; the folded rows step through A with the stride of the merged axes.
@@ -140,8 +171,6 @@ impl Operator for MatMul {
                 );
             }
         };
-        let outer_batches: usize = outer_shape.iter().product();
-        let work = batches * m * n * k;
         if outer_batches > 1 && work >= PAR_FLOPS {
             out.par_chunks_mut(rows * n)
                 .enumerate()
@@ -153,6 +182,41 @@ impl Operator for MatMul {
             }
         }
         super::pool::finish(inp, out)
+    }
+}
+
+/// Multiply-adds of one product of a batch at or below which it runs as direct loops
+/// ([`small_product`]): packing operands for `sgemm` costs more than such a product.
+const SMALL_GEMM: usize = 1 << 13;
+
+/// `C (rows x n) = A (rows x k) B^T` for one small product, `A[i, kk] = a[oa + i rsa + kk csa]`,
+/// `B[j, kk] = b[ob + j rsb + kk csb]` (positions checked in bounds by the caller's views):
+/// contiguous dot products when both `k` axes have stride 1, else row updates over `k`.
+fn small_product(
+    (a, oa, rsa, csa): (&[f32], usize, usize, usize),
+    (b, ob, rsb, csb): (&[f32], usize, usize, usize),
+    k: usize,
+    n: usize,
+    c: &mut [f32],
+) {
+    for (i, row) in c.chunks_mut(n).enumerate() {
+        let ra = oa + i * rsa;
+        if csa == 1 && csb == 1 {
+            let xa = &a[ra..ra + k];
+            for (j, v) in row.iter_mut().enumerate() {
+                let rb = ob + j * rsb;
+                *v = dot8(xa, &b[rb..rb + k]);
+            }
+        } else {
+            row.fill(0.0);
+            for kk in 0..k {
+                let x = a[ra + kk * csa];
+                let rb = ob + kk * csb;
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v += x * b[rb + j * rsb];
+                }
+            }
+        }
     }
 }
 

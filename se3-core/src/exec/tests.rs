@@ -323,6 +323,68 @@ fn batched_matmul_runs_on_gemm_and_matches_plain_rust() -> Result<(), Error> {
 }
 
 #[test]
+fn many_tiny_batched_products_match_plain_rust_in_both_layouts() -> Result<(), Error> {
+    // per-edge kernels: many batches of products small enough for the direct loops, with the
+    // second operand row-major (strided `k`) and transposed (contiguous `k`)
+    let mut r = rng();
+    let (bs, m, k, n) = (
+        r.gen_range(2..60),
+        r.gen_range(1..12),
+        r.gen_range(1..40),
+        r.gen_range(1..5),
+    );
+    let (a, b) = (rand_vec(&mut r, bs * m * k), rand_vec(&mut r, bs * k * n));
+    let mut bt = vec![0.0; bs * k * n];
+    for z in 0..bs {
+        for i in 0..k {
+            for j in 0..n {
+                bt[(z * n + j) * k + i] = b[(z * k + i) * n + j];
+            }
+        }
+    }
+    let build = |s: &mut Session| {
+        let a = s.input::<(Dyn<'z'>, Dyn<'m'>, Dyn<'k'>)>("a", InputKind::Values);
+        let b = s.input::<(Dyn<'z'>, Dyn<'k'>, Dyn<'n'>)>("b", InputKind::Values);
+        let bt = s.input::<(Dyn<'z'>, Dyn<'n'>, Dyn<'k'>)>("bt", InputKind::Values);
+        s.output("ab", a.matmul(b));
+        s.output(
+            "abt",
+            a.matmul(bt.permute::<(Dyn<'z'>, Dyn<'k'>, Dyn<'n'>), _>()),
+        );
+    };
+    let mut ab = vec![];
+    for z in 0..bs {
+        ab.extend(naive_matmul(
+            &a[z * m * k..(z + 1) * m * k],
+            &b[z * k * n..(z + 1) * k * n],
+            m,
+            k,
+            n,
+        ));
+    }
+    let (x, y, s) = run_both(
+        build,
+        &[
+            ("a", a, vec![bs, m, k]),
+            ("b", b, vec![bs, k, n]),
+            ("bt", bt, vec![bs, n, k]),
+        ],
+        &["ab", "abt"],
+    )?;
+    check(&x, &y, &[ab.clone(), ab]);
+    assert_eq!(
+        s.op_names()
+            .iter()
+            .filter(|o| o.as_str() == "MatMul")
+            .count(),
+        2,
+        "{:?}",
+        s.op_names()
+    );
+    Ok(())
+}
+
+#[test]
 fn softmax_and_layer_norm_match_plain_graph() -> Result<(), Error> {
     let mut r = rng();
     let n = r.gen_range(1..50);

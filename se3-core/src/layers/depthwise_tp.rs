@@ -235,6 +235,26 @@ pub fn concat_axis1<S: Shape>(parts: &[GraphTensor<S>]) -> GraphTensor<S> {
     acc.unwrap_or(parts[0])
 }
 
+/// The message `R_e x_e K_e` of one degree pair on every edge (`R (E, c_out, c_in)`,
+/// `x (E, c_in, 2li+1)`, `K (E, 2li+1, 2lo+1)`), associated in the cheaper order by
+/// multiply-adds: `R (x K)` costs `c_in mi mo + c_out c_in mo` per edge, `(R x) K` costs
+/// `c_out c_in mi + c_out mi mo` (cheaper when `li < lo`: a degree-0 input meets the channel
+/// mixing before it is spread over the output orders).
+fn radial_kernel_product(
+    r: GraphTensor<(X, X, X)>,
+    x: GraphTensor<(X, X, X)>,
+    kern: GraphTensor<(X, X, X)>,
+) -> GraphTensor<(X, X, X)> {
+    let (dr, dk) = (dims(r), dims(kern));
+    let size = |e: Expression| e.to_usize().unwrap_or(1);
+    let (co, ci, mi, mo) = (size(dr[1]), size(dr[2]), size(dk[1]), size(dk[2]));
+    if co * ci * mi + co * mi * mo < ci * mi * mo + co * ci * mo {
+        bmm(bmm(r, x), kern)
+    } else {
+        bmm(r, bmm(x, kern))
+    }
+}
+
 /// Options of a [`DepthwiseTensorProductLayer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DtpOptions {
@@ -401,13 +421,12 @@ impl DepthwiseTensorProductLayer {
                     .iter()
                     .position(|d| d.l == p.li)
                     .unwrap_or(0);
-                let y = bmm(per_in[li_pos], kern);
                 let r = radial.build(
                     s,
                     &format!("{prefix}kernel_unary.({},{}).", p.li, p.lo),
                     edges.radial_in,
                 )?;
-                parts.push(bmm(r, y));
+                parts.push(radial_kernel_product(r, per_in[li_pos], kern));
             }
             let msg: GraphTensor<(X, X, X)> = concat_axis1(&parts);
             msgs.push(retype(msg));

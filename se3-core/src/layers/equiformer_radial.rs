@@ -2,7 +2,8 @@
 
 use luminal::prelude::*;
 
-use super::graph::{dims, expand_at, layer_norm, mm, transpose, Param, ParamSource, X};
+use super::depthwise_tp::concat_axis1;
+use super::graph::{constant, dims, expand_at, layer_norm, mm, transpose, Param, ParamSource, X};
 use crate::exec::Session;
 use crate::Error;
 
@@ -10,6 +11,7 @@ use crate::Error;
 /// distance),
 ///
 /// `R = W_3 LN(silu(W_2 LN(silu(W_1 f + b_1)) + b_2)) + b_3`, reshaped `(E, c_out, c_in)`
+/// (the last layer computed as one product `[h, 1] [W_3, b_3]^T`)
 ///
 /// with torch `LayerNorm` (eps 1e-5, affine `gamma`, buffer `beta`). Keys `<prefix>rp.0.*`,
 /// `rp.2.{gamma,beta}`, `rp.3.*`, `rp.5.*`, `rp.6.*`; linear weights `(out, in)`.
@@ -106,7 +108,14 @@ impl EquiformerRadial {
         let h = layer_norm(h, w1[1], w1[2], 1e-5);
         let h = silu(linear(h, w2[1], w1[3]));
         let h = layer_norm(h, w1[4], w1[5], 1e-5);
-        let r = linear(h, w2[2], w1[6]);
+        // Last layer with its bias folded into the product: `[h, 1] [W_3, b_3]^T` (one GEMM; a
+        // separate bias add over the `(E, c_out c_in)` result costs about as much as the GEMM).
+        let one: GraphTensor<(X,)> = constant(s, &format!("{prefix}rp.one"), vec![1.0], &[1])?;
+        let ones: GraphTensor<(X, X)> = expand_at(one, 0, rows);
+        let h1 = concat_axis1(&[h, ones]);
+        let b3: GraphTensor<(X, X)> = expand_at(w1[6], 1, 1);
+        let w3b = concat_axis1(&[w2[2], b3]);
+        let r = mm(h1, transpose(w3b));
         Ok(super::graph::reshape(
             r,
             &[rows, self.c_out.into(), self.c_in.into()],
