@@ -9,6 +9,13 @@
 //! d_k = SE3T_k(coordinates x^k; type-0 input 1, type-1 input v)      (one channel each)
 //! ```
 //!
+//! Each SE3T_k: conv_in, `depth` attention blocks (keys tied to the values, all pairs of the
+//! 10 particles and the particle itself as neighbours) and conv_out to one channel of degrees 0
+//! and 1, every radial network 128 wide (the library's size).
+//!
+//! ```text
+//! ```
+//!
 //! Every block builds its neighbour graph (all pairs), relative positions, distances and kernel
 //! basis from its own input coordinates x^k. Each block is translation invariant and rotation
 //! equivariant (`d_k(R x + t, R v) = R d_k(x, v)`), so the prediction moves as `R x̂ + t`.
@@ -133,6 +140,7 @@ impl IterativeConfig {
             "output_degrees": 2,
             "dim_in": [1, 1],
             "dim_out": [1, 1],
+            "tie_key_values": true,
             "differentiable_coors": variant == IterativeVariant::ThroughBasis,
         });
         Se3TransformerConfig::from_kwargs(&kwargs)
