@@ -112,7 +112,12 @@ fn read_csv(path: &Path) -> Result<Vec<Row>, Failure> {
     Ok(rows)
 }
 
-fn report(out: &Path, baseline: f64, a: &Args, params: &[(IterativeVariant, usize)]) -> Result<(), Failure> {
+fn report(
+    out: &Path,
+    baseline: f64,
+    a: &Args,
+    params: &[(IterativeVariant, usize)],
+) -> Result<(), Failure> {
     let colours = ["#1f77b4", "#d62728", "#2ca02c"];
     let mut series = Vec::new();
     let mut table = format!(

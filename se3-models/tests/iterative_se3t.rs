@@ -79,7 +79,10 @@ fn iterative_prediction_moves_with_rotations_and_translations() -> Result<(), Er
             .zip(&sample.positions)
             .map(|(p, x)| (p - x).norm())
             .sum();
-        assert!(shift > 1e-3, "seed {seed}: the blocks did not move the particles");
+        assert!(
+            shift > 1e-3,
+            "seed {seed}: the blocks did not move the particles"
+        );
         assert!(
             e < TOL_EQUIV,
             "seed {seed}: relative equivariance error {e:.3e}"

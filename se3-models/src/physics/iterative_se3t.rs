@@ -9,8 +9,8 @@
 //! d_k = SE3T_k(coordinates x^k; type-0 input 1, type-1 input v)      (one channel each)
 //! ```
 //!
-//! Each SE3T_k: conv_in, `depth` attention blocks (keys tied to the values, all pairs of the
-//! 10 particles and the particle itself as neighbours) and conv_out to one channel of degrees 0
+//! Each SE3T_k: conv_in, `depth` attention blocks (all other particles and the particle itself
+//! as neighbours) and conv_out to one channel of degrees 0
 //! and 1, every radial network 128 wide (the library's size).
 //!
 //! ```text
@@ -40,8 +40,7 @@ use super::dataset::Sample;
 use crate::checkpoint::{StateDict, Tensor};
 use crate::inputs::{ModelInputs, NodeFeats};
 use crate::se3_transformer::{
-    GraphForm, Se3Transformer, Se3TransformerConfig, Se3TransformerForward,
-    TrainableSe3Transformer,
+    GraphForm, Se3Transformer, Se3TransformerConfig, Se3TransformerForward, TrainableSe3Transformer,
 };
 use crate::training::init::fresh_weights;
 use crate::Error;
@@ -140,7 +139,6 @@ impl IterativeConfig {
             "output_degrees": 2,
             "dim_in": [1, 1],
             "dim_out": [1, 1],
-            "tie_key_values": true,
             "differentiable_coors": variant == IterativeVariant::ThroughBasis,
         });
         Se3TransformerConfig::from_kwargs(&kwargs)
