@@ -153,6 +153,13 @@ impl IterativeConfig {
     }
 }
 
+/// Parameter gradients per block: (key, gradient) in each block's parameter order.
+pub type BlockGradients = Vec<Vec<(String, Vec<f64>)>>;
+
+/// What one block's run gives: displacement, coordinate gradient (with the basis term), the
+/// gradients by name.
+type BlockRun = (Vec<f64>, Option<Vec<f64>>, StateDict);
+
 /// One block: its compiled graph with gradients and its parameters as float32 for Adam.
 struct Block {
     net: TrainableSe3Transformer,
@@ -328,7 +335,7 @@ impl IterativeSe3Transformer {
         batch: &DynamicsBatch,
         coors: &[f64],
         cot: &[f64],
-    ) -> Result<(Vec<f64>, Option<Vec<f64>>, StateDict), Error> {
+    ) -> Result<BlockRun, Error> {
         let (b, n) = (batch.graphs, batch.nodes);
         let mut feats = std::collections::BTreeMap::new();
         feats.insert(0, Tensor::new(vec![b, n, 1, 1], vec![1.0; b * n])?);
@@ -400,11 +407,10 @@ impl IterativeSe3Transformer {
     ///
     /// # Errors
     /// `InvalidParameter` if the batch has no targets; those of the blocks' graphs.
-    #[allow(clippy::type_complexity)]
     pub fn loss_and_gradients(
         &mut self,
         batch: &DynamicsBatch,
-    ) -> Result<(f64, Vec<f64>, Vec<Vec<(String, Vec<f64>)>>), Error> {
+    ) -> Result<(f64, Vec<f64>, BlockGradients), Error> {
         if batch.targets.len() != batch.positions.len() {
             return Err(Error::InvalidParameter {
                 name: "batch",
