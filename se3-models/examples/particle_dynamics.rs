@@ -124,8 +124,8 @@ fn report(
 ) -> Result<(), Failure> {
     let colours = ["#1f77b4", "#d62728", "#2ca02c"];
     let mut series = Vec::new();
-    let mut table = format!(
-        "| model | parameters | epochs | s/epoch | train MSE | test MSE | best test MSE | test / constant velocity |\n|---|---|---|---|---|---|---|---|\n"
+    let mut table = String::from(
+        "| model | parameters | epochs | s/epoch (training) | train loss (epoch mean) | train MSE (after) | test MSE (after) | best test MSE | test / constant velocity |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for (k, v) in IterativeVariant::ALL.into_iter().enumerate() {
         let path = out.join(format!("{}.csv", v.name()));
@@ -152,9 +152,10 @@ fn report(
             .map_or("".to_string(), |(_, c)| c.to_string());
         let _ = writeln!(
             table,
-            "| {} | {count} | {} | {per_epoch:.0} | {:.3e} | {:.3e} | {best:.3e} | {:.2} |",
+            "| {} | {count} | {} | {per_epoch:.0} | {:.3e} | {:.3e} | {:.3e} | {best:.3e} | {:.2} |",
             v.name(),
             last.0,
+            last.1,
             last.2,
             last.3,
             last.3 / baseline
@@ -162,7 +163,7 @@ fn report(
     }
     let _ = writeln!(
         table,
-        "| constant velocity x + 0.1 v (no training) | 0 | | | | {baseline:.3e} | | 1.00 |"
+        "| constant velocity x + 0.1 v (no training) | 0 | | | | | {baseline:.3e} | | 1.00 |"
     );
     let _ = writeln!(
         table,
