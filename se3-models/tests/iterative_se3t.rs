@@ -120,6 +120,7 @@ fn coordinate_gradient_through_the_bases_matches_finite_differences() -> Result<
     let fd = (loss_at(1.0)? - loss_at(-1.0)?) / (2.0 * h);
     let scale = dot.abs().max(fd.abs()).max(1e-6);
     let err = (dot - fd).abs() / scale;
+    println!("directional derivative {dot:.6e}, finite differences {fd:.6e}, rel {err:.3e}");
     assert!(
         err < 2e-2,
         "seed {seed}: directional derivative {dot:.6e} against finite differences {fd:.6e} (rel {err:.3e})"
@@ -155,6 +156,7 @@ fn a_few_adam_steps_lower_the_training_loss() -> Result<(), Error> {
         model.train_step(&batch)?;
     }
     let last = model.mse(&samples, 4)?;
+    println!("loss {first:.4e} -> {last:.4e}");
     assert!(
         last < 0.5 * first,
         "seed {seed}: loss {first:.4e} -> {last:.4e} after 7 Adam steps"
