@@ -15,7 +15,8 @@ use se3_models::Error;
 /// Relative equivariance error allowed in float32.
 const TOL_EQUIV: f64 = 1e-4;
 
-/// Two blocks of one attention block, 4 channels: small enough to build in seconds.
+/// Two blocks of one attention block, 4 channels: small enough to build in seconds; output
+/// scale 1 so the blocks' displacements dominate the inertial term.
 fn tiny() -> IterativeConfig {
     IterativeConfig {
         blocks: 2,
@@ -24,6 +25,8 @@ fn tiny() -> IterativeConfig {
         dim_head: 4,
         depth: 1,
         num_degrees: 2,
+        horizon: 0.1,
+        displacement_scale: 1.0,
     }
 }
 
