@@ -10,6 +10,7 @@
 //! * [`metrics`]: position MSE, energy/force MAE, equivariance error of a model.
 //! * [`learned_potential`]: an invariant energy model trained on energies and forces.
 //! * [`potential_training`]: training a learned potential, its test errors, MD with it.
+//! * [`iterative_se3t`]: the iterative SE(3)-Transformer for particle dynamics, with Adam.
 //! * [`egnn_nbody`]: se3's EGNN for the N-body benchmark, trained with gradients and Adam.
 //! * [`md`]: molecular dynamics with any force field, reporting energy drift.
 //! * [`baselines`]: gradient-free reference predictors (constant velocity).
@@ -22,6 +23,7 @@ pub mod dataset;
 pub mod dynamics;
 pub mod egnn_nbody;
 pub mod integrator;
+pub mod iterative_se3t;
 pub mod learned_potential;
 pub mod lj_clusters;
 pub mod md;

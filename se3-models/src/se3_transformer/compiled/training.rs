@@ -405,6 +405,60 @@ impl TrainableSe3Transformer {
         Ok(())
     }
 
+    /// Sets several parameters at once (as [`TrainableSe3Transformer::set_parameter`] for each
+    /// `(key, values)`), writing every constant they feed once.
+    ///
+    /// # Errors
+    /// As [`TrainableSe3Transformer::set_parameter`]; nothing is changed if any pair is invalid.
+    pub fn set_parameters(&mut self, updates: &[(&str, &[f64])]) -> Result<(), Error> {
+        let mut indices = Vec::with_capacity(updates.len());
+        for &(key, values) in updates {
+            let pi = self.param_index(key)?;
+            let p = &self.params[pi];
+            if values.len() != p.value.len() {
+                return Err(Error::WrongShape {
+                    key: key.to_string(),
+                    expected: p.shape.clone(),
+                    found: vec![values.len()],
+                });
+            }
+            if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    name: "parameter values",
+                    index,
+                });
+            }
+            if HOST_PARAMS.contains(&key) {
+                // embeddings live on the host: the one-by-one path updates them
+                self.set_parameter(key, values)?;
+                continue;
+            }
+            indices.push((pi, values));
+        }
+        let mut touched = vec![false; self.feeds.len()];
+        for &(pi, values) in &indices {
+            self.params[pi].value = values.to_vec();
+            for &fi in &self.readers[pi] {
+                touched[fi] = true;
+            }
+        }
+        for (fi, t) in touched.iter().enumerate() {
+            if !t {
+                continue;
+            }
+            let f = &mut self.feeds[fi];
+            for (v, src) in f.values.iter_mut().zip(&f.from) {
+                if let Some((q, e)) = *src {
+                    *v = f32_of(self.params[q as usize].value[e as usize]);
+                }
+            }
+            self.compiled
+                .session
+                .set_weight(&f.name, f.values.clone(), &f.shape)?;
+        }
+        Ok(())
+    }
+
     /// Wall time of the stages of the last [`TrainableSe3Transformer::forward_and_gradients`],
     /// seconds.
     pub fn last_timings(&self) -> &[(&'static str, f64)] {
