@@ -16,23 +16,31 @@
 //! primitive route.
 
 use luminal::op;
-use luminal::prelude::*;
+use luminal::prelude::{symbolic::Expression, *};
+
+use crate::ops::logical_dims;
 
 use super::emit::{dims, expand, mul, sum_axis, Tensor};
 use super::view::unview;
 
-/// The Mul node behind a `SumReduce` input read plainly, with its two operand views, or
-/// `None` if the reduction's input is something else.
+/// The Mul node behind a `SumReduce` input read plainly with the product's own shape
+/// (`input_dims`, not a reshape of it), with its two operand views, or `None` if the
+/// reduction's input is something else.
 pub(crate) fn product_operands(
     graph: &Graph,
     reduce_input: NodeIndex,
+    input_dims: &[Expression],
 ) -> Option<[(NodeIndex, ShapeTracker); 2]> {
     let node = graph.graph.node_weight(reduce_input)?;
     if !node.as_any().is::<op::Mul>() {
         return None;
     }
     let src = graph.get_sources(reduce_input);
-    if src.len() != 2 || src.iter().any(|s| s.1 != 0) {
+    if src.len() != 2
+        || src
+            .iter()
+            .any(|s| s.1 != 0 || logical_dims(&s.2) != input_dims)
+    {
         return None;
     }
     Some([(src[0].0, src[0].2), (src[1].0, src[1].2)])

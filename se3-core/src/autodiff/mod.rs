@@ -234,7 +234,7 @@ pub fn gradients(cotangents: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<
             (&op_rule, &sources[..])
         {
             // SAFETY: as above.
-            let operands = contraction::product_operands(unsafe { &*gref }, *x);
+            let operands = contraction::product_operands(unsafe { &*gref }, *x, &dims(&inputs[0]));
             let asked = wrt.iter().any(|w| w.id == *x);
             if let (true, false, Some(ops)) = (is_plain(st), asked, operands) {
                 let mut kept = dims(&inputs[0]);
