@@ -210,9 +210,11 @@ fn adam_follows_torch(name: &str) -> Result<(), Error> {
     // second, so an element whose gradient is small against its tensor's largest (float32
     // error ~5e-6 of that) can step slightly differently from torch's float64 run: measured
     // 4.8e-5 (equi_mlp) and 1.2e-4 (equi_l2dist, one element of a radial network's last
-    // layer); the 1e-4 is met but for that element, hence the bound.
+    // layer); the 1e-4 is met but for that element, hence the bound. Since the
+    // backward of matrix products runs as GEMMs (another float32 summation order), equi_mlp
+    // measured 2.7e-4, again one element of a radial network's last layer.
     assert!(
-        worst.0 < 2.5e-4,
+        worst.0 < 5e-4,
         "{name}: parameters off by {:.3e} at {}",
         worst.0,
         worst.1

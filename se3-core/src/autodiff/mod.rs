@@ -46,6 +46,7 @@ mod view;
 
 #[cfg(test)]
 pub(crate) mod check;
+mod contraction;
 #[cfg(test)]
 mod conv_tests;
 #[cfg(test)]
@@ -228,6 +229,27 @@ pub fn gradients(cotangents: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<
             .iter()
             .map(|&(s, _, st)| GraphTensor::from_id(s, st, gref))
             .collect();
+        // a contraction: the product's operands get their gradients directly, as products
+        if let (Some(Rule::Primitive(Primitive::SumReduce(axis))), [(x, 0, st)]) =
+            (&op_rule, &sources[..])
+        {
+            // SAFETY: as above.
+            let operands = contraction::product_operands(unsafe { &*gref }, *x, &dims(&inputs[0]));
+            let asked = wrt.iter().any(|w| w.id == *x);
+            if let (true, false, Some(ops)) = (is_plain(st), asked, operands) {
+                let mut kept = dims(&inputs[0]);
+                kept.remove(*axis);
+                let g = plain(g.id, &kept, gref);
+                for k in 0..2 {
+                    if live.contains(&ops[k].0) {
+                        let other = GraphTensor::from_id(ops[1 - k].0, ops[1 - k].1, gref);
+                        let d = contraction::operand_gradient(g, *axis, ops[k], other);
+                        accumulate(&mut grads, ops[k].0, d);
+                    }
+                }
+                continue;
+            }
+        }
         let as_views = |v: Vec<Option<Tensor>>| v.into_iter().map(|d| d.map(InputGrad::View));
         let input_grads: Vec<Option<InputGrad>> = match op_rule {
             Some(Rule::Primitive(p)) => primitives::vjp(p, y, &inputs, g, &wanted)?,

@@ -218,6 +218,12 @@ impl NBodyEgnn {
         self
     }
 
+    /// Sets Adam's learning rate for the next steps (e.g. from an
+    /// [`LrSchedule`](se3_core::train::LrSchedule)); the moments are kept.
+    pub fn set_learning_rate(&mut self, lr: f64) {
+        self.adam.set_lr(lr);
+    }
+
     /// The parameters.
     pub fn parameters(&self) -> &ParamMap {
         &self.params

@@ -12,6 +12,7 @@
 //! * [`potential_training`]: training a learned potential, its test errors, MD with it.
 //! * [`iterative_se3t`]: the iterative SE(3)-Transformer for particle dynamics, with Adam.
 //! * [`egnn_nbody`]: se3's EGNN for the N-body benchmark, trained with gradients and Adam.
+//! * [`nbody_benchmark`]: the N-body benchmark run with that EGNN: loop, CSV, SVG, table.
 //! * [`md`]: molecular dynamics with any force field, reporting energy drift.
 //! * [`baselines`]: gradient-free reference predictors (constant velocity).
 //! * [`report`]: CSV-ready metrics and SVG line charts of training curves.
@@ -29,6 +30,7 @@ pub mod lj_clusters;
 pub mod md;
 pub mod metrics;
 pub mod nbody;
+pub mod nbody_benchmark;
 pub mod potential;
 pub mod potential_training;
 pub mod random;
