@@ -228,6 +228,27 @@ pub fn gradients(cotangents: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<
             .iter()
             .map(|&(s, _, st)| GraphTensor::from_id(s, st, gref))
             .collect();
+        if let Some(Rule::Primitive(Primitive::SumReduce(axis))) = op_rule {
+            if let Some(product) = product_of(gref, &inputs, &grads) {
+                // a matrix product in luminal's form: the factors' gradients are products too
+                // SAFETY: as above; the reference is dropped before ops are added.
+                let sources = unsafe { &*gref }.get_sources(product);
+                let factors: Vec<Tensor> = sources
+                    .iter()
+                    .map(|&(s, _, st)| GraphTensor::from_id(s, st, gref))
+                    .collect();
+                let mut reduced = dims(&inputs[0]);
+                reduced.remove(axis);
+                let g = plain(g.id, &reduced, gref);
+                for (i, &(s, _, _)) in sources.iter().enumerate() {
+                    if live.contains(&s) {
+                        let (d, st) = primitives::product_factor_vjp(axis, g, &factors, i);
+                        accumulate(&mut grads, s, view::unview(d, &st));
+                    }
+                }
+                continue;
+            }
+        }
         let as_views = |v: Vec<Option<Tensor>>| v.into_iter().map(|d| d.map(InputGrad::View));
         let input_grads: Vec<Option<InputGrad>> = match op_rule {
             Some(Rule::Primitive(p)) => primitives::vjp(p, y, &inputs, g, &wanted)?,
@@ -284,6 +305,32 @@ pub fn gradients(cotangents: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<
             None => zeros(gref, &dims(w)),
         })
         .collect())
+}
+
+/// The `Mul` node that `inputs` (a `SumReduce`'s one input) reads plain, if that product has
+/// no other consumer and no gradient of its own (not an output), so the reduction and the
+/// product can be differentiated together ([`primitives::product_factor_vjp`]).
+fn product_of(
+    gref: *mut Graph,
+    inputs: &[Tensor],
+    grads: &FxHashMap<NodeIndex, Tensor>,
+) -> Option<NodeIndex> {
+    let [x] = inputs else { return None };
+    if !is_plain(&x.shape) || grads.contains_key(&x.id) {
+        return None;
+    }
+    // SAFETY: `gref` points at the live graph being differentiated; no ops are added here.
+    let graph = unsafe { &*gref };
+    let node = graph.graph.node_weight(x.id)?;
+    if !node.as_any().is::<luminal::op::Mul>() {
+        return None;
+    }
+    let consumers = graph
+        .graph
+        .edges_directed(x.id, Direction::Outgoing)
+        .filter(|e| e.weight().as_data().is_some())
+        .count();
+    (consumers == 1 && graph.get_sources(x.id).len() == 2).then_some(x.id)
 }
 
 /// Adds `d`, a row-major gradient of `node`'s buffer, to what `node` has received so far.

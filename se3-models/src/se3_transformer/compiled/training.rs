@@ -402,6 +402,12 @@ impl TrainableSe3Transformer {
         &self.timings
     }
 
+    /// Wraps every operator of the training graph in a timer ([`se3_core::exec::profile`]), so
+    /// later steps record per-operator timings (benchmarks only).
+    pub fn instrument(&mut self) {
+        self.compiled.instrument();
+    }
+
     /// The compiled model (e.g. for its session's memory figures).
     pub fn compiled(&self) -> &CompiledSe3Transformer {
         &self.compiled
