@@ -169,12 +169,12 @@ pub(crate) fn vjp(
 /// `y` (shape `D` without `k`), with the view to undo for the factor's buffer.
 ///
 /// The factor's gradient is `Σ_F (g ⊗ 1_k) ⊙ other` over the axes `F` the factor's view
-/// broadcasts. With one such axis `j` that is a matrix product itself: the operands are
-/// permuted to `[.., m, k, j]` (`m` an axis the other factor broadcasts) and summed over the
-/// last axis, luminal's matmul pattern again, so the compiler runs it as a GEMM and the
-/// `[.., m, k, j]` product is never formed. Returned with the factor's view minus `j` (its
-/// broadcast is summed here). Any other case multiplies without summing and returns the
-/// factor's view, whose adjoint sums the broadcast axes.
+/// broadcasts. Summed over one such axis `j` (the longest) that is a matrix product itself:
+/// the operands are permuted to `[.., m, k, j]` (`m` an axis the other factor broadcasts) and
+/// summed over the last axis, luminal's matmul pattern again, so the compiler runs it as a GEMM
+/// and the `[.., m, k, j]` product is never formed. Returned with the factor's view minus `j`
+/// (its adjoint sums the other broadcast axes of `F`, on the GEMM's smaller result). Without
+/// such an axis the product is returned unsummed with the factor's view.
 pub(crate) fn product_factor_vjp(
     k: usize,
     g: Tensor,
@@ -186,11 +186,18 @@ pub(crate) fn product_factor_vjp(
     let r = d.len();
     let fake = |t: &Tensor, a: usize| t.shape.fake[t.shape.indexes[a]];
     let spread = expand(g, k, d[k]);
-    let broadcast: Vec<usize> = (0..r).filter(|&a| fake(&x, a)).collect();
-    let j = match broadcast[..] {
-        [j] if j != k && !fake(&other, j) => j,
-        _ => return (mul(spread, other), x.shape),
+    // the broadcast axis summed in the GEMM: the longest (a run-time size counts as longest);
+    // any other broadcast axis stays in the product and the view's adjoint sums it
+    let extent = |a: usize| d[a].to_usize().unwrap_or(usize::MAX);
+    let Some(j) = (0..r)
+        .filter(|&a| a != k && fake(&x, a) && !fake(&other, a))
+        .max_by_key(|&a| extent(a))
+    else {
+        return (mul(spread, other), x.shape);
     };
+    if fake(&x, k) {
+        return (mul(spread, other), x.shape);
+    }
     let m = (0..r).find(|&a| a != j && a != k && fake(&other, a));
     let mut order: Vec<usize> = (0..r).filter(|&a| a != j && a != k && Some(a) != m).collect();
     order.extend(m);
