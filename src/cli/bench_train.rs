@@ -6,7 +6,8 @@
 //! se3's step is [`TrainableSe3Transformer`] with the in-graph MSE objective
 //! ([`Objective::MeanSquaredError`], targets zero): one graph run gives the outputs and every
 //! gradient; then se3-core's Adam updates float32 copies of the parameters and
-//! [`TrainableSe3Transformer::set_parameter`] writes them back into the graph's constants. The
+//! [`TrainableSe3Transformer::set_parameters`] writes them back into the graph's constants (each
+//! constant once). The
 //! training graph takes the fused radial networks and edge contractions ([`GraphForm::Fused`]),
 //! whose backward passes are fused too (`ops/<op>/backward.rs`).
 //!
@@ -231,10 +232,16 @@ fn run_case(num_degrees: usize, nodes: usize) -> Result<(), super::CliError> {
             })
             .collect();
         adam.step(&mut ps)?;
-        for ((k, _), v) in params.iter().zip(&values) {
-            let v64: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
-            m.set_parameter(k, &v64)?;
-        }
+        let v64: Vec<Vec<f64>> = values
+            .iter()
+            .map(|v| v.iter().map(|&x| f64::from(x)).collect())
+            .collect();
+        let updates: Vec<(&str, &[f64])> = params
+            .iter()
+            .zip(&v64)
+            .map(|((k, _), v)| (k.as_str(), v.as_slice()))
+            .collect();
+        m.set_parameters(&updates)?;
         let adam_s = ta.elapsed().as_secs_f64();
         if rep > 0 {
             steps.push(t.elapsed().as_secs_f64());

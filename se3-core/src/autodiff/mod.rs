@@ -64,6 +64,7 @@ pub use forces::forces;
 pub use loss::{add_losses, pairing, squared_error};
 use primitives::{InputGrad, Primitive};
 
+use crate::ops::logical_dims;
 use crate::ops::{
     adjacency, edge_contract, edge_conv, egnn_edge, gather, grad_scale, head_attention,
     layer_norm_gelu, neighbors, radial_hidden, scatter_add, segment_softmax, stack, top_k,
@@ -330,7 +331,10 @@ fn product_of(
         .edges_directed(x.id, Direction::Outgoing)
         .filter(|e| e.weight().as_data().is_some())
         .count();
-    (consumers == 1 && graph.get_sources(x.id).len() == 2).then_some(x.id)
+    // the reduction must read the product in the product's own shape (not reshaped)
+    let sources = graph.get_sources(x.id);
+    let same_shape = sources.iter().all(|(_, _, st)| logical_dims(st) == dims(x));
+    (consumers == 1 && sources.len() == 2 && same_shape).then_some(x.id)
 }
 
 /// Adds `d`, a row-major gradient of `node`'s buffer, to what `node` has received so far.

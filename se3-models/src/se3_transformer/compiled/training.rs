@@ -352,6 +352,40 @@ impl TrainableSe3Transformer {
     /// `MissingKey` for a key that is not a parameter, `WrongShape` for a wrong length,
     /// `NonFinite` for NaN or infinite values; session errors.
     pub fn set_parameter(&mut self, key: &str, values: &[f64]) -> Result<(), Error> {
+        self.set_parameters(&[(key, values)])
+    }
+
+    /// Sets several parameters (as [`TrainableSe3Transformer::set_parameter`]), writing each
+    /// graph constant they feed once: the form for an optimizer step, where a constant cut from
+    /// several parameters would otherwise be rewritten once per parameter.
+    ///
+    /// # Errors
+    /// As [`TrainableSe3Transformer::set_parameter`]; the values before the failing key are set.
+    pub fn set_parameters(&mut self, updates: &[(&str, &[f64])]) -> Result<(), Error> {
+        let mut touched = vec![false; self.feeds.len()];
+        for (key, values) in updates {
+            let pi = self.update_parameter(key, values)?;
+            for &fi in &self.readers[pi] {
+                touched[fi] = true;
+            }
+        }
+        for (fi, _) in touched.iter().enumerate().filter(|t| *t.1) {
+            let f = &mut self.feeds[fi];
+            for (v, src) in f.values.iter_mut().zip(&f.from) {
+                if let Some((q, e)) = *src {
+                    *v = f32_of(self.params[q as usize].value[e as usize]);
+                }
+            }
+            self.compiled
+                .session
+                .set_weight(&f.name, f.values.clone(), &f.shape)?;
+        }
+        Ok(())
+    }
+
+    /// Checks and stores the value of parameter `key` (and the host copy of an embedding);
+    /// returns its index. The graph constants are written by the caller.
+    fn update_parameter(&mut self, key: &str, values: &[f64]) -> Result<usize, Error> {
         let pi = self.param_index(key)?;
         let p = &self.params[pi];
         if values.len() != p.value.len() {
@@ -380,20 +414,7 @@ impl TrainableSe3Transformer {
                 m.data = values.to_vec();
             }
         }
-        for &fi in &self.readers[pi] {
-            let f = &mut self.feeds[fi];
-            for (v, src) in f.values.iter_mut().zip(&f.from) {
-                if let Some((q, e)) = *src {
-                    if q as usize == pi {
-                        *v = f32_of(values[e as usize]);
-                    }
-                }
-            }
-            self.compiled
-                .session
-                .set_weight(&f.name, f.values.clone(), &f.shape)?;
-        }
-        Ok(())
+        Ok(pi)
     }
 
     /// Wall time of the stages of the last [`TrainableSe3Transformer::forward_and_gradients`],
