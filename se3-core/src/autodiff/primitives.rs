@@ -199,7 +199,9 @@ pub(crate) fn product_factor_vjp(
         return (mul(spread, other), x.shape);
     }
     let m = (0..r).find(|&a| a != j && a != k && fake(&other, a));
-    let mut order: Vec<usize> = (0..r).filter(|&a| a != j && a != k && Some(a) != m).collect();
+    let mut order: Vec<usize> = (0..r)
+        .filter(|&a| a != j && a != k && Some(a) != m)
+        .collect();
     order.extend(m);
     order.extend([k, j]);
     let (mut p1, mut p2) = (spread, other);
