@@ -6,7 +6,8 @@
 //! se3's step is [`TrainableSe3Transformer`] with the in-graph MSE objective
 //! ([`Objective::MeanSquaredError`], targets zero): one graph run gives the outputs and every
 //! gradient; then se3-core's Adam updates float32 copies of the parameters and
-//! [`TrainableSe3Transformer::set_parameter`] writes them back into the graph's constants. The
+//! [`TrainableSe3Transformer::set_parameters`] writes them back into the graph's constants (each
+//! constant once). The
 //! training graph takes the fused radial networks and edge contractions ([`GraphForm::Fused`]),
 //! whose backward passes are fused too (`ops/<op>/backward.rs`).
 //!
@@ -231,10 +232,16 @@ fn run_case(num_degrees: usize, nodes: usize) -> Result<(), super::CliError> {
             })
             .collect();
         adam.step(&mut ps)?;
-        for ((k, _), v) in params.iter().zip(&values) {
-            let v64: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
-            m.set_parameter(k, &v64)?;
-        }
+        let v64: Vec<Vec<f64>> = values
+            .iter()
+            .map(|v| v.iter().map(|&x| f64::from(x)).collect())
+            .collect();
+        let updates: Vec<(&str, &[f64])> = params
+            .iter()
+            .zip(&v64)
+            .map(|((k, _), v)| (k.as_str(), v.as_slice()))
+            .collect();
+        m.set_parameters(&updates)?;
         let adam_s = ta.elapsed().as_secs_f64();
         if rep > 0 {
             steps.push(t.elapsed().as_secs_f64());
@@ -244,6 +251,9 @@ fn run_case(num_degrees: usize, nodes: usize) -> Result<(), super::CliError> {
         }
     }
     println!("step_s {}", median(steps));
+    if std::env::var_os("SE3_PROFILE").is_some() {
+        print_profile(&mut m, &inputs, &fwd, &targets)?;
+    }
     let stage_median = |name: &str| {
         median(
             stages
@@ -273,5 +283,40 @@ fn run_case(num_degrees: usize, nodes: usize) -> Result<(), super::CliError> {
     println!("weights_mib {}", mib(mem.resident));
     println!("intermediates_mib {}", mib(mem.peak_intermediates));
     println!("peak_mib {}", peak_mib()?);
+    Ok(())
+}
+
+/// One more step with every operator of the training graph timed: the heaviest operator kinds
+/// and (kind, input shapes) groups, on stderr (`SE3_PROFILE`).
+fn print_profile(
+    m: &mut TrainableSe3Transformer,
+    inputs: &se3_models::inputs::ModelInputs,
+    fwd: &Se3TransformerForward,
+    targets: &StateDict,
+) -> Result<(), super::CliError> {
+    m.instrument();
+    se3_core::exec::profile::reset();
+    m.forward_and_gradients(inputs, fwd, targets)?;
+    let recs = se3_core::exec::profile::records();
+    let total: f64 = recs.iter().map(|r| r.seconds).sum();
+    eprintln!("profile: {} operator calls, {total:.4} s", recs.len());
+    for (k, t, c) in se3_core::exec::profile::by_kind(&recs).iter().take(25) {
+        eprintln!("{t:.4} {c:5} {k}");
+    }
+    let mut shapes: Vec<(String, f64, usize)> = Vec::new();
+    for r in &recs {
+        let key = format!("{} {:?}", r.kind, r.shapes);
+        match shapes.iter_mut().find(|a| a.0 == key) {
+            Some(a) => {
+                a.1 += r.seconds;
+                a.2 += 1;
+            }
+            None => shapes.push((key, r.seconds, 1)),
+        }
+    }
+    shapes.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (k, t, c) in shapes.iter().take(40) {
+        eprintln!("{t:.4} {c:4} {k}");
+    }
     Ok(())
 }

@@ -46,7 +46,6 @@ mod view;
 
 #[cfg(test)]
 pub(crate) mod check;
-mod contraction;
 #[cfg(test)]
 mod conv_tests;
 #[cfg(test)]
@@ -65,6 +64,7 @@ pub use forces::forces;
 pub use loss::{add_losses, pairing, squared_error};
 use primitives::{InputGrad, Primitive};
 
+use crate::ops::logical_dims;
 use crate::ops::{
     adjacency, edge_contract, edge_conv, egnn_edge, gather, grad_scale, head_attention,
     layer_norm_gelu, neighbors, radial_hidden, scatter_add, segment_softmax, stack, top_k,
@@ -229,22 +229,22 @@ pub fn gradients(cotangents: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<
             .iter()
             .map(|&(s, _, st)| GraphTensor::from_id(s, st, gref))
             .collect();
-        // a contraction: the product's operands get their gradients directly, as products
-        if let (Some(Rule::Primitive(Primitive::SumReduce(axis))), [(x, 0, st)]) =
-            (&op_rule, &sources[..])
-        {
-            // SAFETY: as above.
-            let operands = contraction::product_operands(unsafe { &*gref }, *x, &dims(&inputs[0]));
-            let asked = wrt.iter().any(|w| w.id == *x);
-            if let (true, false, Some(ops)) = (is_plain(st), asked, operands) {
-                let mut kept = dims(&inputs[0]);
-                kept.remove(*axis);
-                let g = plain(g.id, &kept, gref);
-                for k in 0..2 {
-                    if live.contains(&ops[k].0) {
-                        let other = GraphTensor::from_id(ops[1 - k].0, ops[1 - k].1, gref);
-                        let d = contraction::operand_gradient(g, *axis, ops[k], other);
-                        accumulate(&mut grads, ops[k].0, d);
+        if let Some(Rule::Primitive(Primitive::SumReduce(axis))) = op_rule {
+            if let Some(product) = product_of(gref, &inputs, &grads) {
+                // a matrix product in luminal's form: the factors' gradients are products too
+                // SAFETY: as above; the reference is dropped before ops are added.
+                let sources = unsafe { &*gref }.get_sources(product);
+                let factors: Vec<Tensor> = sources
+                    .iter()
+                    .map(|&(s, _, st)| GraphTensor::from_id(s, st, gref))
+                    .collect();
+                let mut reduced = dims(&inputs[0]);
+                reduced.remove(axis);
+                let g = plain(g.id, &reduced, gref);
+                for (i, &(s, _, _)) in sources.iter().enumerate() {
+                    if live.contains(&s) {
+                        let (d, st) = primitives::product_factor_vjp(axis, g, &factors, i);
+                        accumulate(&mut grads, s, view::unview(d, &st));
                     }
                 }
                 continue;
@@ -306,6 +306,35 @@ pub fn gradients(cotangents: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<
             None => zeros(gref, &dims(w)),
         })
         .collect())
+}
+
+/// The `Mul` node that `inputs` (a `SumReduce`'s one input) reads plain, if that product has
+/// no other consumer and no gradient of its own (not an output), so the reduction and the
+/// product can be differentiated together ([`primitives::product_factor_vjp`]).
+fn product_of(
+    gref: *mut Graph,
+    inputs: &[Tensor],
+    grads: &FxHashMap<NodeIndex, Tensor>,
+) -> Option<NodeIndex> {
+    let [x] = inputs else { return None };
+    if !is_plain(&x.shape) || grads.contains_key(&x.id) {
+        return None;
+    }
+    // SAFETY: `gref` points at the live graph being differentiated; no ops are added here.
+    let graph = unsafe { &*gref };
+    let node = graph.graph.node_weight(x.id)?;
+    if !node.as_any().is::<luminal::op::Mul>() {
+        return None;
+    }
+    let consumers = graph
+        .graph
+        .edges_directed(x.id, Direction::Outgoing)
+        .filter(|e| e.weight().as_data().is_some())
+        .count();
+    // the reduction must read the product in the product's own shape (not reshaped)
+    let sources = graph.get_sources(x.id);
+    let same_shape = sources.iter().all(|(_, _, st)| logical_dims(st) == dims(x));
+    (consumers == 1 && sources.len() == 2 && same_shape).then_some(x.id)
 }
 
 /// Adds `d`, a row-major gradient of `node`'s buffer, to what `node` has received so far.

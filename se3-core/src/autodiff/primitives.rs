@@ -11,14 +11,20 @@
 //!   `sqrt x`: `g / (2 y)` (0 where `y = 0`); `1 / x`: `-g y²`; `contiguous`: `g`;
 //! - `sum_i x` over an axis: `g` broadcast back along it; `max_i x`: `g` broadcast back, times
 //!   `[x = y]` (every tied maximum receives `g`; PyTorch's `amax` splits it among ties);
-//! - `x mod y`, `x < y`: piecewise constant, no gradient.
+//! - `x mod y`, `x < y`: piecewise constant, no gradient;
+//! - a product summed over an axis (luminal's matrix product, `Σ_k a ⊙ b`) whose product has
+//!   no other reader is differentiated as one: each factor's gradient is again a product summed
+//!   over the axis the factor broadcasts, in the matmul pattern, so it runs as a GEMM
+//!   ([`product_factor_vjp`]) instead of forming the broadcast product.
 
 use luminal::op::{self, Operator};
 use luminal::prelude::*;
 
 use crate::Error;
 
-use super::emit::{add, binary, dims, expand, filled, mul, plain, scale, shift, unary, Tensor};
+use super::emit::{
+    add, binary, dims, expand, filled, mul, plain, scale, shift, sum_axis, unary, Tensor,
+};
 
 /// Which primitive a node is, with its axis for reductions.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -156,4 +162,58 @@ pub(crate) fn vjp(
         }
         _ => vec![None; inputs.len()],
     })
+}
+
+/// The gradient of factor `i` of `y = Σ_k (a ⊙ b)` (a `Mul` of two views of logical shape `D`
+/// summed over axis `k`: luminal's form of a matrix product) from `g`, the plain gradient of
+/// `y` (shape `D` without `k`), with the view to undo for the factor's buffer.
+///
+/// The factor's gradient is `Σ_F (g ⊗ 1_k) ⊙ other` over the axes `F` the factor's view
+/// broadcasts. Summed over one such axis `j` (the longest) that is a matrix product itself:
+/// the operands are permuted to `[.., m, k, j]` (`m` an axis the other factor broadcasts) and
+/// summed over the last axis, luminal's matmul pattern again, so the compiler runs it as a GEMM
+/// and the `[.., m, k, j]` product is never formed. Returned with the factor's view minus `j`
+/// (its adjoint sums the other broadcast axes of `F`, on the GEMM's smaller result). Without
+/// such an axis the product is returned unsummed with the factor's view.
+pub(crate) fn product_factor_vjp(
+    k: usize,
+    g: Tensor,
+    factors: &[Tensor],
+    i: usize,
+) -> (Tensor, ShapeTracker) {
+    let (x, other) = (factors[i], factors[1 - i]);
+    let d = dims(&x);
+    let r = d.len();
+    let fake = |t: &Tensor, a: usize| t.shape.fake[t.shape.indexes[a]];
+    let spread = expand(g, k, d[k]);
+    // the broadcast axis summed in the GEMM: the longest (a run-time size counts as longest);
+    // any other broadcast axis stays in the product and the view's adjoint sums it
+    let extent = |a: usize| d[a].to_usize().unwrap_or(usize::MAX);
+    let Some(j) = (0..r)
+        .filter(|&a| a != k && fake(&x, a) && !fake(&other, a))
+        .max_by_key(|&a| extent(a))
+    else {
+        return (mul(spread, other), x.shape);
+    };
+    if fake(&x, k) {
+        return (mul(spread, other), x.shape);
+    }
+    let m = (0..r).find(|&a| a != j && a != k && fake(&other, a));
+    let mut order: Vec<usize> = (0..r)
+        .filter(|&a| a != j && a != k && Some(a) != m)
+        .collect();
+    order.extend(m);
+    order.extend([k, j]);
+    let (mut p1, mut p2) = (spread, other);
+    p1.shape.permute(&order);
+    p2.shape.permute(&order);
+    let mut sum = sum_axis(mul(p1, p2), r - 1);
+    // back to the factor's logical order (all axes but j, ascending)
+    let kept = &order[..r - 1];
+    let mut back: Vec<usize> = (0..r - 1).collect();
+    back.sort_by_key(|&p| kept[p]);
+    sum.shape.permute(&back);
+    let mut view = x.shape;
+    view.remove_dim(j);
+    (sum, view)
 }

@@ -127,6 +127,69 @@ fn reductions_broadcasts_permutes_and_matmul_match_finite_differences() -> Resul
 }
 
 #[test]
+fn products_differentiated_as_gemms_match_finite_differences() -> Result<(), Error> {
+    // the product rule (`primitives::product_factor_vjp`): a batched product whose weight is
+    // broadcast over two axes (batch and rows), a batched product of two per-batch factors,
+    // and a product over one element (an outer product per batch entry)
+    let mut r = rng();
+    let (b, m, k, n) = (
+        r.gen_range(1..5),
+        r.gen_range(1..5),
+        r.gen_range(2..5),
+        r.gen_range(1..5),
+    );
+    let inputs: Vec<Input> = vec![
+        ("a", rand_vec(&mut r, b * m * k), vec![b, m, k]),
+        ("w", rand_vec(&mut r, k * n), vec![k, n]),
+        ("c", rand_vec(&mut r, b * k * n), vec![b, k, n]),
+        ("u", rand_vec(&mut r, b * m), vec![b, m, 1]),
+        ("v", rand_vec(&mut r, b * n), vec![b, 1, n]),
+    ];
+    let build = |s: &mut Session| -> Built {
+        use crate::layers::graph::{expand_at, permute, retype, X};
+        type B = Dyn<'b'>;
+        type M = Dyn<'m'>;
+        type K = Dyn<'k'>;
+        type N = Dyn<'n'>;
+        let a: GraphTensor<(X, X, X)> = retype(s.input::<(B, M, K)>("a", InputKind::Values));
+        let w: GraphTensor<(X, X)> = retype(s.input::<(K, N)>("w", InputKind::Values));
+        let c: GraphTensor<(X, X, X)> = retype(s.input::<(B, K, N)>("c", InputKind::Values));
+        // a static one-element axis: `bmm` takes its outer-product form
+        let u: GraphTensor<(X, X, X)> = retype(s.input::<(B, M, Const<1>)>("u", InputKind::Values));
+        let v: GraphTensor<(X, X, X)> = retype(s.input::<(B, Const<1>, N)>("v", InputKind::Values));
+        // a [b, m, n(fake), k] * w^T [b(fake), m(fake), n, k], summed over k
+        let (da, dw) = (
+            crate::ops::logical_dims(&a.shape),
+            crate::ops::logical_dims(&w.shape),
+        );
+        let a4: GraphTensor<(X, X, X, X)> = expand_at(a, 2, dw[1]);
+        let w3: GraphTensor<(X, X, X)> = expand_at(permute(w, &[1, 0]), 0, da[0]);
+        let w4: GraphTensor<(X, X, X, X)> = expand_at(w3, 1, da[1]);
+        let shared = (a4 * w4).sum_reduce::<(X, X, X), Axis<3>>();
+        let batched = crate::layers::graph::bmm(a, c);
+        let outer = crate::layers::graph::bmm(u, v);
+        let outs = vec![
+            (shared * shared).no_shape(),
+            (batched * batched).no_shape(),
+            (outer * batched).no_shape(),
+        ];
+        let wrt = vec![
+            ("a", a.no_shape()),
+            ("w", w.no_shape()),
+            ("c", c.no_shape()),
+            ("u", u.no_shape()),
+            ("v", v.no_shape()),
+        ];
+        (wrt, outs)
+    };
+    assert_close(
+        &check_gradients(build, &inputs, H, 64, &mut r)?,
+        "products as GEMMs",
+    );
+    Ok(())
+}
+
+#[test]
 fn slices_pads_reshapes_and_concat_match_finite_differences() -> Result<(), Error> {
     let mut r = rng();
     let (n, c) = (r.gen_range(3..7), r.gen_range(2..5));

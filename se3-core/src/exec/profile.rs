@@ -157,11 +157,29 @@ impl Compiler for Instrument {
     fn compile<T: ToIdsMut>(&self, graph: &mut Graph, _remap: T) {
         ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
         let nodes: Vec<NodeIndex> = graph.graph.node_indices().collect();
+        // `SE3_PROFILE_SOURCES`: each kind also names its inputs' kinds and views (which
+        // axes broadcast), to tell apart operators of the same kind and shapes
+        let sources = std::env::var_os("SE3_PROFILE_SOURCES").is_some();
         for id in nodes {
+            let from = if sources {
+                let srcs: Vec<String> = graph
+                    .get_sources(id)
+                    .iter()
+                    .map(|(s, _, st)| {
+                        let fake: String = (0..st.len())
+                            .map(|a| if st.fake[st.indexes[a]] { 'b' } else { '.' })
+                            .collect();
+                        format!("{}:{fake}", kind_of(graph.graph[*s].as_ref()))
+                    })
+                    .collect();
+                format!("<-({})", srcs.join(","))
+            } else {
+                String::new()
+            };
             if let Some(w) = graph.graph.node_weight_mut(id) {
                 let inner: Box<dyn Operator> =
                     std::mem::replace(w, Box::new(luminal::op::Print(String::new())));
-                let kind = kind_of(inner.as_ref());
+                let kind = kind_of(inner.as_ref()) + &from;
                 *w = Box::new(Timed { inner, kind });
             }
         }

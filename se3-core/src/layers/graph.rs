@@ -368,6 +368,19 @@ pub(crate) fn retype<S: Shape, D: Shape>(t: GraphTensor<S>) -> GraphTensor<D> {
 pub(crate) fn bmm(a: GraphTensor<(X, X, X)>, b: GraphTensor<(X, X, X)>) -> GraphTensor<(X, X, X)> {
     let (da, db) = (dims(a), dims(b));
     let n = db[2];
+    let whole = |t: &GraphTensor<(X, X, X)>| !t.shape.is_sliced() && !t.shape.is_padded();
+    if da[2].to_usize() == Some(1) && whole(&a) && whole(&b) {
+        // an outer product per batch entry: [b, m, n(fake)] * [b, m(fake), n] (a sum over one
+        // element is folded away before the GEMM pass could see the product)
+        let mut sa = a.shape;
+        sa.remove_dim(2);
+        sa.expand(2, n);
+        let mut sb = b.shape;
+        sb.remove_dim(1);
+        sb.expand(1, da[1]);
+        return GraphTensor::from_id(a.id, sa, a.graph_ref)
+            * GraphTensor::from_id(b.id, sb, b.graph_ref);
+    }
     // [b, m, n(fake), k] * [b, m(fake), n, k], summed over k.
     let a4: GraphTensor<(X, X, X, X)> = expand_at(a, 2, n);
     let bt = permute(b, &[0, 2, 1]);

@@ -361,6 +361,40 @@ impl TrainableSe3Transformer {
     /// `MissingKey` for a key that is not a parameter, `WrongShape` for a wrong length,
     /// `NonFinite` for NaN or infinite values; session errors.
     pub fn set_parameter(&mut self, key: &str, values: &[f64]) -> Result<(), Error> {
+        self.set_parameters(&[(key, values)])
+    }
+
+    /// Sets several parameters (as [`TrainableSe3Transformer::set_parameter`]), writing each
+    /// graph constant they feed once: the form for an optimizer step, where a constant cut from
+    /// several parameters would otherwise be rewritten once per parameter.
+    ///
+    /// # Errors
+    /// As [`TrainableSe3Transformer::set_parameter`]; the values before the failing key are set.
+    pub fn set_parameters(&mut self, updates: &[(&str, &[f64])]) -> Result<(), Error> {
+        let mut touched = vec![false; self.feeds.len()];
+        for (key, values) in updates {
+            let pi = self.update_parameter(key, values)?;
+            for &fi in &self.readers[pi] {
+                touched[fi] = true;
+            }
+        }
+        for (fi, _) in touched.iter().enumerate().filter(|t| *t.1) {
+            let f = &mut self.feeds[fi];
+            for (v, src) in f.values.iter_mut().zip(&f.from) {
+                if let Some((q, e)) = *src {
+                    *v = f32_of(self.params[q as usize].value[e as usize]);
+                }
+            }
+            self.compiled
+                .session
+                .set_weight(&f.name, f.values.clone(), &f.shape)?;
+        }
+        Ok(())
+    }
+
+    /// Checks and stores the value of parameter `key` (and the host copy of an embedding);
+    /// returns its index. The graph constants are written by the caller.
+    fn update_parameter(&mut self, key: &str, values: &[f64]) -> Result<usize, Error> {
         let pi = self.param_index(key)?;
         let p = &self.params[pi];
         if values.len() != p.value.len() {
@@ -389,80 +423,19 @@ impl TrainableSe3Transformer {
                 m.data = values.to_vec();
             }
         }
-        for &fi in &self.readers[pi] {
-            let f = &mut self.feeds[fi];
-            for (v, src) in f.values.iter_mut().zip(&f.from) {
-                if let Some((q, e)) = *src {
-                    if q as usize == pi {
-                        *v = f32_of(values[e as usize]);
-                    }
-                }
-            }
-            self.compiled
-                .session
-                .set_weight(&f.name, f.values.clone(), &f.shape)?;
-        }
-        Ok(())
-    }
-
-    /// Sets several parameters at once (as [`TrainableSe3Transformer::set_parameter`] for each
-    /// `(key, values)`), writing every constant they feed once.
-    ///
-    /// # Errors
-    /// As [`TrainableSe3Transformer::set_parameter`]; nothing is changed if any pair is invalid.
-    pub fn set_parameters(&mut self, updates: &[(&str, &[f64])]) -> Result<(), Error> {
-        let mut indices = Vec::with_capacity(updates.len());
-        for &(key, values) in updates {
-            let pi = self.param_index(key)?;
-            let p = &self.params[pi];
-            if values.len() != p.value.len() {
-                return Err(Error::WrongShape {
-                    key: key.to_string(),
-                    expected: p.shape.clone(),
-                    found: vec![values.len()],
-                });
-            }
-            if let Some(index) = values.iter().position(|v| !v.is_finite()) {
-                return Err(Error::NonFinite {
-                    name: "parameter values",
-                    index,
-                });
-            }
-            if HOST_PARAMS.contains(&key) {
-                // embeddings live on the host: the one-by-one path updates them
-                self.set_parameter(key, values)?;
-                continue;
-            }
-            indices.push((pi, values));
-        }
-        let mut touched = vec![false; self.feeds.len()];
-        for &(pi, values) in &indices {
-            self.params[pi].value = values.to_vec();
-            for &fi in &self.readers[pi] {
-                touched[fi] = true;
-            }
-        }
-        for (fi, t) in touched.iter().enumerate() {
-            if !t {
-                continue;
-            }
-            let f = &mut self.feeds[fi];
-            for (v, src) in f.values.iter_mut().zip(&f.from) {
-                if let Some((q, e)) = *src {
-                    *v = f32_of(self.params[q as usize].value[e as usize]);
-                }
-            }
-            self.compiled
-                .session
-                .set_weight(&f.name, f.values.clone(), &f.shape)?;
-        }
-        Ok(())
+        Ok(pi)
     }
 
     /// Wall time of the stages of the last [`TrainableSe3Transformer::forward_and_gradients`],
     /// seconds.
     pub fn last_timings(&self) -> &[(&'static str, f64)] {
         &self.timings
+    }
+
+    /// Wraps every operator of the training graph in a timer ([`se3_core::exec::profile`]), so
+    /// later steps record per-operator timings (benchmarks only).
+    pub fn instrument(&mut self) {
+        self.compiled.instrument();
     }
 
     /// The compiled model (e.g. for its session's memory figures).
