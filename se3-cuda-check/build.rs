@@ -32,7 +32,7 @@ fn cu_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         let p = e.path();
         if p.is_dir() {
             out.extend(cu_files(&p));
-        } else if p.extension().is_some_and(|x| x == "cu") {
+        } else if p.extension().is_some_and(|x| x == "cu" || x == "cuh") {
             out.push(p);
         }
     }

@@ -3,6 +3,8 @@
 // the kernel's arguments. Tests only (see se3-cuda-check/src/shim.rs).
 #include "cuda_shim.h"
 
+#include "exec/cuda/prelude.cuh"
+
 #include "ops/gather/gather.cu"
 #include "ops/scatter_add/scatter_add.cu"
 #include "ops/segment_softmax/segment_softmax.cu"

@@ -85,7 +85,7 @@ pub fn to_ptx(src: &KernelSource, sm: &'static str) -> Result<String, String> {
         name: Some(src.file.to_string()),
         ..Default::default()
     };
-    compile_ptx_with_opts(src.source, opts)
+    compile_ptx_with_opts(src.program(), opts)
         .map(|p| p.to_src())
         .map_err(|e| format!("{e:?}"))
 }

@@ -8,11 +8,22 @@
 pub struct KernelSource {
     /// Path below `se3-core/src/`.
     pub file: &'static str,
-    /// The CUDA C++ source (no includes: NVRTC compiles it alone).
+    /// The CUDA C++ source (no includes: NVRTC compiles it alone, after [`PRELUDE`]).
     pub source: &'static str,
     /// Its kernels, with whether each is hot (runs per edge or per element of a model's
     /// forward pass), where a register spill fails the compile test.
     pub kernels: &'static [(&'static str, Hot)],
+}
+
+/// The device functions every source may use (`exec/cuda/prelude.cuh`: warp and block
+/// reductions, sigmoid, SiLU', GELU), compiled in front of each source.
+pub const PRELUDE: &str = include_str!("cuda/prelude.cuh");
+
+impl KernelSource {
+    /// The text NVRTC compiles: [`PRELUDE`], then the source.
+    pub fn program(&self) -> String {
+        format!("{PRELUDE}\n// ---- {}\n{}", self.file, self.source)
+    }
 }
 
 /// Whether a kernel runs in the inner loop of a model (a register spill there is a failure).
@@ -299,6 +310,11 @@ mod tests {
             assert!(
                 !s.source.contains("#include"),
                 "{} includes a header",
+                s.file
+            );
+            assert!(
+                !s.source.contains("__forceinline__ float se3_"),
+                "{} redefines a prelude function",
                 s.file
             );
         }

@@ -135,7 +135,7 @@ impl CudaBackend {
                 };
                 let ptx = call(
                     "nvrtcCompileProgram",
-                    compile_ptx_with_opts(src.source, opts),
+                    compile_ptx_with_opts(src.program(), opts),
                 )?;
                 let m = call("cuModuleLoadData", self.ctx.load_module(ptx))?;
                 modules.insert(src.file, m.clone());

@@ -1,5 +1,7 @@
-//! CUDA kernel of [`egnn_edge`](super::egnn_edge) (`egnn_edge.cu`): a block per destination
-//! node. The layer's weights are uploaded on the first run and stay on the device.
+//! CUDA kernels of [`egnn_edge`](super::egnn_edge) (`egnn_edge.cu`) and of its backward
+//! (`egnn_edge_backward.cu`, lowered in [`backward_cuda`](super::backward_cuda)): a block per
+//! destination node. Both take the layer's weights in the same argument order, uploaded on the
+//! first run and kept on the device; [`EgnnOnDevice`] holds them and launches either kernel.
 
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +18,7 @@ use crate::Error;
 /// Threads per block (a node's edges share one block).
 const THREADS: u32 = 128;
 
-/// The weights on the device, in the kernel's argument order.
+/// The weights on the device, in the kernels' argument order.
 struct DeviceWeights {
     phi_t: CudaBuffer,
     edge_out_t: CudaBuffer,
@@ -28,38 +30,31 @@ struct DeviceWeights {
     scalars: CudaBuffer,
 }
 
-/// [`EgnnEdgeKernel`] on a CUDA device.
+/// One EGNN edge stage on a device: its kernel description, the kernels' weight arguments and
+/// the weights once uploaded (shared by the clones luminal makes of an operator).
 #[derive(Clone)]
-pub struct CudaEgnnEdge {
-    pub backend: BackendRef,
+pub(super) struct EgnnOnDevice {
     pub kernel: EgnnEdgeKernel,
     args: EgnnDeviceArgs,
     resident: Arc<Mutex<Option<Arc<DeviceWeights>>>>,
 }
 
-impl PartialEq for CudaEgnnEdge {
-    fn eq(&self, other: &Self) -> bool {
-        self.backend == other.backend && self.kernel == other.kernel
+impl EgnnOnDevice {
+    pub fn new(kernel: EgnnEdgeKernel) -> EgnnOnDevice {
+        let args = EgnnDeviceArgs::new(&kernel);
+        EgnnOnDevice {
+            kernel,
+            args,
+            resident: Arc::new(Mutex::new(None)),
+        }
     }
-}
 
-impl std::fmt::Debug for CudaEgnnEdge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CudaEgnnEdge")
-            .field("backend", &self.backend)
-            .field("hidden", &self.kernel.hidden)
-            .field("m_dim", &self.kernel.m_dim)
-            .finish()
-    }
-}
-
-impl CudaEgnnEdge {
-    fn weights(&self) -> Result<Arc<DeviceWeights>, Error> {
+    fn weights(&self, backend: &BackendRef) -> Result<Arc<DeviceWeights>, Error> {
         let mut slot = self.resident.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(w) = slot.as_ref() {
             return Ok(w.clone());
         }
-        let b = &self.backend.0;
+        let b = &backend.0;
         let (k, a) = (&self.kernel, &self.args);
         let w = Arc::new(DeviceWeights {
             phi_t: b.upload(&k.phi_t)?,
@@ -75,31 +70,38 @@ impl CudaEgnnEdge {
         Ok(w)
     }
 
-    fn run(&self, inp: Vec<(InputTensor, ShapeTracker)>) -> Result<Vec<Tensor>, Error> {
-        let b = &self.backend.0;
+    /// Runs `function` on the stage's inputs `(h_i, h_j, coors, src, valid[, term])`, then
+    /// `extra` (the backward's output gradient) if given, the weights, an output of
+    /// `out_len(rows, k)` zeros and the sizes; a block per row (destination node).
+    pub fn launch(
+        &self,
+        backend: &BackendRef,
+        function: &str,
+        inp: &[(InputTensor, ShapeTracker)],
+        extra: Option<usize>,
+        out_len: impl Fn(usize, usize) -> usize,
+    ) -> Result<Vec<Tensor>, Error> {
+        let b = &backend.0;
+        let kern = &self.kernel;
         let vshape = View::new(&inp[4].1, &Default::default()).shape();
         let (rows, k) = (
             vshape.first().copied().unwrap_or(0),
             vshape.get(1).copied().unwrap_or(0),
         );
-        let width = self.kernel.m_dim + 3;
-        let mut out = b.zeros(rows * width)?;
+        let mut out = b.zeros(out_len(rows, k))?;
         if rows > 0 {
-            let w = self.weights()?;
+            let w = self.weights(backend)?;
             let read = |i: usize| dense(b, &inp[i].0, &inp[i].1);
             let (hi, hj, coors, src, valid) = (read(0)?, read(1)?, read(2)?, read(3)?, read(4)?);
-            let term = if self.kernel.edge_term {
-                Some(read(5)?)
-            } else {
-                None
-            };
-            let f = b.function("egnn_edge_nodes")?;
+            let term = if kern.edge_term { Some(read(5)?) } else { None };
+            let extra = extra.map(read).transpose()?;
+            let f = b.function(function)?;
             let sizes = [
                 u32_of(rows)?,
                 u32_of(k)?,
-                u32_of(self.kernel.hidden)?,
-                u32_of(self.kernel.m_dim)?,
-                u32_of(self.kernel.fourier_features)?,
+                u32_of(kern.hidden)?,
+                u32_of(kern.m_dim)?,
+                u32_of(kern.fourier_features)?,
                 u32_of(self.args.four_m)?,
                 self.args.flags,
             ];
@@ -109,9 +111,12 @@ impl CudaEgnnEdge {
                 .arg(coors.slice())
                 .arg(src.slice())
                 .arg(valid.slice())
-                // without an edge term the kernel never reads this argument
-                .arg(term.as_ref().map_or(valid.slice(), |t| t.slice()))
-                .arg(w.phi_t.slice())
+                // without an edge term the kernels never read this argument
+                .arg(term.as_ref().map_or(valid.slice(), |t| t.slice()));
+            if let Some(g) = extra.as_ref() {
+                lb.arg(g.slice());
+            }
+            lb.arg(w.phi_t.slice())
                 .arg(w.edge_out_t.slice())
                 .arg(w.edge_out_bias.slice())
                 .arg(w.gate_w.slice())
@@ -129,10 +134,44 @@ impl CudaEgnnEdge {
                 shared_mem_bytes: 0,
             };
             // SAFETY: every buffer holds what the kernel reads for (rows, k, H, M, F, 4M), as
-            // the CPU kernel's inputs; out (rows, M + 3).
+            // the CPU kernels' inputs (the backward's gradient (rows, M + 3)); out holds
+            // out_len(rows, k) elements, what the kernel writes.
             call_err("cuLaunchKernel", unsafe { lb.launch(cfg) })?;
         }
         Ok(vec![Tensor::new(CudaBuffer::new(out, b.ordinal()))])
+    }
+}
+
+/// [`EgnnEdgeKernel`] on a CUDA device.
+#[derive(Clone)]
+pub struct CudaEgnnEdge {
+    pub backend: BackendRef,
+    device: EgnnOnDevice,
+}
+
+impl PartialEq for CudaEgnnEdge {
+    fn eq(&self, other: &Self) -> bool {
+        self.backend == other.backend && self.device.kernel == other.device.kernel
+    }
+}
+
+impl std::fmt::Debug for CudaEgnnEdge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaEgnnEdge")
+            .field("backend", &self.backend)
+            .field("hidden", &self.device.kernel.hidden)
+            .field("m_dim", &self.device.kernel.m_dim)
+            .finish()
+    }
+}
+
+impl CudaEgnnEdge {
+    fn run(&self, inp: Vec<(InputTensor, ShapeTracker)>) -> Result<Vec<Tensor>, Error> {
+        let width = self.device.kernel.m_dim + 3;
+        self.device
+            .launch(&self.backend, "egnn_edge_nodes", &inp, None, |rows, _| {
+                rows * width
+            })
     }
 }
 cuda_operator!(CudaEgnnEdge);
@@ -143,9 +182,7 @@ pub(crate) fn lower(op: &dyn Operator, cx: &LowerCtx) -> Option<Box<dyn Operator
     EgnnDeviceArgs::fits(k).then(|| {
         Box::new(CudaEgnnEdge {
             backend: cx.backend.clone(),
-            kernel: k.clone(),
-            args: EgnnDeviceArgs::new(k),
-            resident: Arc::new(Mutex::new(None)),
+            device: EgnnOnDevice::new(k.clone()),
         }) as Box<dyn Operator>
     })
 }

@@ -16,26 +16,6 @@
 #define EGNN_MAX_HIDDEN 2048u
 #define EGNN_MAX_COORS 2048u
 
-__device__ __forceinline__ float egnn_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
-
-// Sum of `v` over the block (every thread gets it); `red` holds one slot a warp.
-__device__ __forceinline__ float egnn_block_sum(float v, float* red) {
-    for (int off = 16; off > 0; off >>= 1) {
-        v += __shfl_xor_sync(0xffffffffu, v, off);
-    }
-    const unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) {
-        red[warp] = v;
-    }
-    __syncthreads();
-    float s = 0.0f;
-    for (unsigned int w = 0; w < (blockDim.x + 31u) >> 5; ++w) {
-        s += red[w];
-    }
-    return s;
-}
-
 extern "C" __global__ void egnn_edge_nodes(
     const float* __restrict__ hi, const float* __restrict__ hj, const float* __restrict__ coors,
     const float* __restrict__ src, const float* __restrict__ valid,
@@ -100,7 +80,7 @@ extern "C" __global__ void egnn_edge_nodes(
                     scale *= 0.5f;
                 }
                 p += d * phi_t[2 * f * h + t];
-                s_pre[t] = p * egnn_sigmoid(p);
+                s_pre[t] = p * se3_sigmoid(p);
             }
             __syncthreads();
             // second layer (messages)
@@ -110,14 +90,14 @@ extern "C" __global__ void egnn_edge_nodes(
                 for (unsigned int q = 0; q < h; ++q) {
                     v += s_pre[q] * edge_out_t[q * m_dim + t];
                 }
-                v = v * egnn_sigmoid(v);
+                v = v * se3_sigmoid(v);
                 s_m[t] = v;
                 if (flags & 1u) {
                     gate_part += v * gate_w[t];
                 }
             }
             if (flags & 1u) {
-                const float g = egnn_sigmoid(gate_b + egnn_block_sum(gate_part, s_red));
+                const float g = se3_sigmoid(gate_b + se3_block_sum(gate_part, s_red));
                 for (unsigned int t = tid; t < m_dim; t += nt) {
                     s_m[t] *= g;
                 }
@@ -136,10 +116,10 @@ extern "C" __global__ void egnn_edge_nodes(
                     for (unsigned int q = 0; q < m_dim; ++q) {
                         c += s_m[q] * coors_hidden_t[q * four_m + t];
                     }
-                    c = c * egnn_sigmoid(c);
+                    c = c * se3_sigmoid(c);
                     part += c * coors_out[t];
                 }
-                float w = (coors_b + egnn_block_sum(part, s_red)) * v_e;
+                float w = (coors_b + se3_block_sum(part, s_red)) * v_e;
                 if (flags & 8u) {
                     w = fminf(fmaxf(w, -clamp), clamp);
                 }

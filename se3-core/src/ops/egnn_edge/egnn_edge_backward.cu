@@ -14,32 +14,6 @@
 #define EGNN_BWD_MAX_MSG 512u
 #define EGNN_BWD_MAX_COORS 2048u
 
-__device__ __forceinline__ float egnn_bwd_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
-
-// SiLU'(u) = s (1 + u (1 - s)), s = sigmoid(u).
-__device__ __forceinline__ float egnn_bwd_silu_grad(float u) {
-    const float s = egnn_bwd_sigmoid(u);
-    return s * (1.0f + u * (1.0f - s));
-}
-
-// Sum of `v` over the block (every thread gets it); `red` holds one slot a warp.
-__device__ __forceinline__ float egnn_bwd_block_sum(float v, float* red) {
-    for (int off = 16; off > 0; off >>= 1) {
-        v += __shfl_xor_sync(0xffffffffu, v, off);
-    }
-    const unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) {
-        red[warp] = v;
-    }
-    __syncthreads();
-    float s = 0.0f;
-    for (unsigned int w = 0; w < (blockDim.x + 31u) >> 5; ++w) {
-        s += red[w];
-    }
-    return s;
-}
-
 extern "C" __global__ void egnn_edge_backward_nodes(
     const float* __restrict__ hi, const float* __restrict__ hj, const float* __restrict__ coors,
     const float* __restrict__ src, const float* __restrict__ valid,
@@ -111,7 +85,7 @@ extern "C" __global__ void egnn_edge_backward_nodes(
                 }
                 p += d * phi_t[2 * f * h + t];
                 s_pre[t] = p;
-                s_hid[t] = p * egnn_bwd_sigmoid(p);
+                s_hid[t] = p * se3_sigmoid(p);
             }
             __syncthreads();
             // forward: second layer and gate
@@ -121,7 +95,7 @@ extern "C" __global__ void egnn_edge_backward_nodes(
                 for (unsigned int q = 0; q < h; ++q) {
                     z += s_hid[q] * edge_out_t[q * m_dim + t];
                 }
-                const float m0 = z * egnn_bwd_sigmoid(z);
+                const float m0 = z * se3_sigmoid(z);
                 s_z[t] = z;
                 s_m0[t] = m0;
                 if (flags & 1u) {
@@ -129,7 +103,7 @@ extern "C" __global__ void egnn_edge_backward_nodes(
                 }
             }
             const float gamma =
-                (flags & 1u) ? egnn_bwd_sigmoid(gate_b + egnn_bwd_block_sum(gate_part, s_red))
+                (flags & 1u) ? se3_sigmoid(gate_b + se3_block_sum(gate_part, s_red))
                              : 1.0f;
             const float v_e = valid[edge];
             for (unsigned int t = tid; t < m_dim; t += nt) {
@@ -147,9 +121,9 @@ extern "C" __global__ void egnn_edge_backward_nodes(
                         c += gamma * s_m0[q] * coors_hidden_t[q * four_m + t];
                     }
                     s_c[t] = c;
-                    part += c * egnn_bwd_sigmoid(c) * coors_out[t];
+                    part += c * se3_sigmoid(c) * coors_out[t];
                 }
-                const float w0 = coors_b + egnn_bwd_block_sum(part, s_red);
+                const float w0 = coors_b + se3_block_sum(part, s_red);
                 const float w1 = w0 * v_e;
                 const float w2 = (flags & 8u) ? fminf(fmaxf(w1, -clamp), clamp) : w1;
                 const bool inside = !(flags & 8u) || (w1 >= -clamp && w1 <= clamp);
@@ -168,7 +142,7 @@ extern "C" __global__ void egnn_edge_backward_nodes(
                 }
                 const float d_w0 = inside ? d_w * factor * v_e : 0.0f;
                 for (unsigned int t = tid; t < four_m; t += nt) {
-                    s_c[t] = d_w0 * coors_out[t] * egnn_bwd_silu_grad(s_c[t]);
+                    s_c[t] = d_w0 * coors_out[t] * se3_silu_grad(s_c[t]);
                 }
                 __syncthreads();
                 // d m += W3^T d c (coors_hidden_t is (M, 4M))
@@ -188,11 +162,11 @@ extern "C" __global__ void egnn_edge_backward_nodes(
                 for (unsigned int t = tid; t < m_dim; t += nt) {
                     part += s_dm[t] * s_m0[t];
                 }
-                du = egnn_bwd_block_sum(part, s_red) * gamma * (1.0f - gamma);
+                du = se3_block_sum(part, s_red) * gamma * (1.0f - gamma);
             }
             for (unsigned int t = tid; t < m_dim; t += nt) {
                 const float dz = (flags & 1u) ? gamma * s_dm[t] + du * gate_w[t] : s_dm[t];
-                s_z[t] = dz * egnn_bwd_silu_grad(s_z[t]);
+                s_z[t] = dz * se3_silu_grad(s_z[t]);
             }
             __syncthreads();
             // d pre = (W2^T d z) SiLU'(pre) (edge_out_t is (H, M)); d d through phi(d)
@@ -202,7 +176,7 @@ extern "C" __global__ void egnn_edge_backward_nodes(
                 for (unsigned int t = 0; t < m_dim; ++t) {
                     acc += edge_out_t[p * m_dim + t] * s_z[t];
                 }
-                const float dh = acc * egnn_bwd_silu_grad(s_pre[p]);
+                const float dh = acc * se3_silu_grad(s_pre[p]);
                 float scale = 1.0f;
                 for (unsigned int q = 0; q < f; ++q) {
                     const float arg = d * scale;
@@ -214,7 +188,7 @@ extern "C" __global__ void egnn_edge_backward_nodes(
                 eo[p] = dh;
                 node[p] += dh;
             }
-            d_d += egnn_bwd_block_sum(dd_part, s_red);
+            d_d += se3_block_sum(dd_part, s_red);
             if (tid == 0) {
                 for (unsigned int a = 0; a < 3; ++a) {
                     const float dr = d_rel[a] + 2.0f * d_d * rel[a];

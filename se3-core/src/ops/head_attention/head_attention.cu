@@ -14,37 +14,6 @@
 
 #define HEAD_MAX_D 2048u
 #define HEAD_MAX_THREADS 256u
-#define HEAD_NEG_INF (__int_as_float(0xff800000u))
-
-__device__ __forceinline__ float head_warp_sum(float v) {
-    for (int off = 16; off > 0; off >>= 1) {
-        v += __shfl_xor_sync(0xffffffffu, v, off);
-    }
-    return v;
-}
-
-__device__ __forceinline__ float head_warp_max(float v) {
-    for (int off = 16; off > 0; off >>= 1) {
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
-    }
-    return v;
-}
-
-// Sum (or max) of `v` over the block, returned to every thread; `red` one slot a warp.
-__device__ __forceinline__ float head_block_reduce(float v, float* red, bool max) {
-    v = max ? head_warp_max(v) : head_warp_sum(v);
-    const unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) {
-        red[warp] = v;
-    }
-    __syncthreads();
-    float r = max ? HEAD_NEG_INF : 0.0f;
-    for (unsigned int w = 0; w < (blockDim.x + 31u) >> 5; ++w) {
-        r = max ? fmaxf(r, red[w]) : r + red[w];
-    }
-    return r;
-}
 
 extern "C" __global__ void head_attention_rows(
     const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
@@ -71,7 +40,7 @@ extern "C" __global__ void head_attention_rows(
         for (unsigned int j = tid; j < n; j += nt) {
             keep_count += mask[(unsigned long long)bi * n + j] != 0.0f ? 1.0f : 0.0f;
         }
-        const bool any = head_block_reduce(keep_count, s_red, false) > 0.0f;
+        const bool any = se3_block_reduce(keep_count, s_red, false) > 0.0f;
         float* o = out + base + (unsigned long long)i * c * w;
         if (!any && zero_if_all_masked) {
             for (unsigned int t = tid; t < d; t += nt) {
@@ -86,11 +55,11 @@ extern "C" __global__ void head_attention_rows(
             s_acc[t] = 0.0f;
             qq_part += x * x;
         }
-        const float qq = head_block_reduce(qq_part, s_red, false);
-        float m = HEAD_NEG_INF, sum = 0.0f;
+        const float qq = se3_block_reduce(qq_part, s_red, false);
+        float m = SE3_NEG_INF, sum = 0.0f;
         for (unsigned int j0 = 0; j0 < n; j0 += nt) {
             const unsigned int j = j0 + tid;
-            float logit = HEAD_NEG_INF;
+            float logit = SE3_NEG_INF;
             if (j < n && (!any || mask[(unsigned long long)bi * n + j] != 0.0f)) {
                 if (!any) {
                     logit = 0.0f;
@@ -108,14 +77,14 @@ extern "C" __global__ void head_attention_rows(
                     }
                 }
             }
-            const float mx = fmaxf(m, head_block_reduce(logit, s_red, true));
-            if (mx == HEAD_NEG_INF) {
+            const float mx = fmaxf(m, se3_block_reduce(logit, s_red, true));
+            if (mx == SE3_NEG_INF) {
                 continue;  // no kept key so far: nothing to fold (uniform across the block)
             }
-            const float wgt = logit == HEAD_NEG_INF ? 0.0f : expf(logit - mx);
-            const float factor = m == HEAD_NEG_INF ? 0.0f : expf(m - mx);
+            const float wgt = logit == SE3_NEG_INF ? 0.0f : expf(logit - mx);
+            const float factor = m == SE3_NEG_INF ? 0.0f : expf(m - mx);
             s_w[tid] = wgt;
-            sum = sum * factor + head_block_reduce(wgt, s_red, false);
+            sum = sum * factor + se3_block_reduce(wgt, s_red, false);
             const unsigned int chunk = n - j0 < nt ? n - j0 : nt;
             for (unsigned int t = tid; t < d; t += nt) {
                 float a = s_acc[t] * factor;
@@ -162,7 +131,7 @@ extern "C" __global__ void head_attention_rows_wide(
         for (unsigned int j = tid; j < n; j += nt) {
             keep_count += mask[(unsigned long long)bi * n + j] != 0.0f ? 1.0f : 0.0f;
         }
-        const bool any = head_block_reduce(keep_count, s_red, false) > 0.0f;
+        const bool any = se3_block_reduce(keep_count, s_red, false) > 0.0f;
         const float* qi = q + base + (unsigned long long)i * c * w;
         float* o = out + base + (unsigned long long)i * c * w;
         float qq_part = 0.0f;
@@ -175,11 +144,11 @@ extern "C" __global__ void head_attention_rows_wide(
             __syncthreads();
             continue;
         }
-        const float qq = head_block_reduce(qq_part, s_red, false);
-        float m = HEAD_NEG_INF, sum = 0.0f;
+        const float qq = se3_block_reduce(qq_part, s_red, false);
+        float m = SE3_NEG_INF, sum = 0.0f;
         for (unsigned int j0 = 0; j0 < n; j0 += nt) {
             const unsigned int j = j0 + tid;
-            float logit = HEAD_NEG_INF;
+            float logit = SE3_NEG_INF;
             if (j < n && (!any || mask[(unsigned long long)bi * n + j] != 0.0f)) {
                 if (!any) {
                     logit = 0.0f;
@@ -198,14 +167,14 @@ extern "C" __global__ void head_attention_rows_wide(
                     }
                 }
             }
-            const float mx = fmaxf(m, head_block_reduce(logit, s_red, true));
-            if (mx == HEAD_NEG_INF) {
+            const float mx = fmaxf(m, se3_block_reduce(logit, s_red, true));
+            if (mx == SE3_NEG_INF) {
                 continue;
             }
-            const float wgt = logit == HEAD_NEG_INF ? 0.0f : expf(logit - mx);
-            const float factor = m == HEAD_NEG_INF ? 0.0f : expf(m - mx);
+            const float wgt = logit == SE3_NEG_INF ? 0.0f : expf(logit - mx);
+            const float factor = m == SE3_NEG_INF ? 0.0f : expf(m - mx);
             s_w[tid] = wgt;
-            sum = sum * factor + head_block_reduce(wgt, s_red, false);
+            sum = sum * factor + se3_block_reduce(wgt, s_red, false);
             const unsigned int chunk = n - j0 < nt ? n - j0 : nt;
             for (unsigned int t = tid; t < d; t += nt) {
                 const unsigned long long off = (t / dh) * w + t % dh;

@@ -21,37 +21,6 @@
 // blockDim <= HAG_MAX_THREADS.
 
 #define HAG_MAX_THREADS 256u
-#define HAG_NEG_INF (__int_as_float(0xff800000u))
-
-__device__ __forceinline__ float hag_warp_sum(float v) {
-    for (int off = 16; off > 0; off >>= 1) {
-        v += __shfl_xor_sync(0xffffffffu, v, off);
-    }
-    return v;
-}
-
-__device__ __forceinline__ float hag_warp_max(float v) {
-    for (int off = 16; off > 0; off >>= 1) {
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
-    }
-    return v;
-}
-
-// Sum (or max) of `v` over the block, returned to every thread; `red` one slot a warp.
-__device__ __forceinline__ float hag_block_reduce(float v, float* red, bool max) {
-    v = max ? hag_warp_max(v) : hag_warp_sum(v);
-    const unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) {
-        red[warp] = v;
-    }
-    __syncthreads();
-    float r = max ? HAG_NEG_INF : 0.0f;
-    for (unsigned int w = 0; w < (blockDim.x + 31u) >> 5; ++w) {
-        r = max ? fmaxf(r, red[w]) : r + red[w];
-    }
-    return r;
-}
 
 // <a, b> and |b|^2 over the head vectors at a and b (element t at (t / dh) w + t % dh).
 __device__ __forceinline__ float hag_dot(const float* a, const float* b, unsigned int d,
@@ -74,7 +43,7 @@ __device__ __forceinline__ bool hag_any_kept(const float* mask, unsigned int bi,
     for (unsigned int j = threadIdx.x; j < n; j += blockDim.x) {
         count += mask[(unsigned long long)bi * n + j] != 0.0f ? 1.0f : 0.0f;
     }
-    return hag_block_reduce(count, red, false) > 0.0f;
+    return se3_block_reduce(count, red, false) > 0.0f;
 }
 
 // |x|^2 of the head vector at x over the block (every thread gets it).
@@ -85,7 +54,7 @@ __device__ __forceinline__ float hag_norm2(const float* x, unsigned int d, unsig
         const float v = x[(t / dh) * w + t % dh];
         part += v * v;
     }
-    return hag_block_reduce(part, red, false);
+    return se3_block_reduce(part, red, false);
 }
 
 extern "C" __global__ void head_attention_grad_stats(
@@ -109,10 +78,10 @@ extern "C" __global__ void head_attention_grad_stats(
         const float* qi = q + base + (unsigned long long)i * c * w;
         const float* gi = g + base + (unsigned long long)i * c * w;
         const float qq = hag_norm2(qi, d, dh, w, s_red);
-        float m = HAG_NEG_INF, sum = 0.0f, racc = 0.0f;
+        float m = SE3_NEG_INF, sum = 0.0f, racc = 0.0f;
         for (unsigned int j0 = 0; j0 < n && any; j0 += nt) {
             const unsigned int j = j0 + tid;
-            float logit = HAG_NEG_INF, da = 0.0f;
+            float logit = SE3_NEG_INF, da = 0.0f;
             if (j < n && mask[(unsigned long long)bi * n + j] != 0.0f) {
                 const unsigned long long at = base + (unsigned long long)j * c * w;
                 float kk = 0.0f, vv = 0.0f;
@@ -124,14 +93,14 @@ extern "C" __global__ void head_attention_grad_stats(
                     da = hag_dot(gi, v + at, d, dh, w, &vv);
                 }
             }
-            const float mx = fmaxf(m, hag_block_reduce(logit, s_red, true));
-            if (mx == HAG_NEG_INF) {
+            const float mx = fmaxf(m, se3_block_reduce(logit, s_red, true));
+            if (mx == SE3_NEG_INF) {
                 continue;  // no kept key so far (uniform across the block)
             }
-            const float wgt = logit == HAG_NEG_INF ? 0.0f : expf(logit - mx);
-            const float factor = m == HAG_NEG_INF ? 0.0f : expf(m - mx);
-            sum = sum * factor + hag_block_reduce(wgt, s_red, false);
-            racc = racc * factor + hag_block_reduce(wgt * da, s_red, false);
+            const float wgt = logit == SE3_NEG_INF ? 0.0f : expf(logit - mx);
+            const float factor = m == SE3_NEG_INF ? 0.0f : expf(m - mx);
+            sum = sum * factor + se3_block_reduce(wgt, s_red, false);
+            racc = racc * factor + se3_block_reduce(wgt * da, s_red, false);
             m = mx;
         }
         if (tid == 0) {
@@ -241,7 +210,7 @@ extern "C" __global__ void head_attention_grad_rows(
             }
         }
         if (mode == 1 && wrt != 2) {
-            const float t2 = -2.0f * hag_block_reduce(dl_sum, s_red, false);
+            const float t2 = -2.0f * se3_block_reduce(dl_sum, s_red, false);
             const float* own = (wrt == 0 ? q : k) + at_x;
             for (unsigned int t = tid; t < d; t += nt) {
                 const unsigned long long off = (t / dh) * w + t % dh;

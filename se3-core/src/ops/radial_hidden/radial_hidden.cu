@@ -9,24 +9,6 @@
 // written to the `hidden1` scratch [P, E, H] so every lane can read all of it in the second
 // layer (after a __syncwarp).
 
-__device__ __forceinline__ float radial_warp_sum(float v) {
-    for (int off = 16; off > 0; off >>= 1) {
-        v += __shfl_xor_sync(0xffffffffu, v, off);
-    }
-    return v;
-}
-
-__device__ __forceinline__ float radial_gelu(float x) {
-    const float a = fabsf(x);
-    const float z = a * 0.70710678118654752f;
-    const float t = 1.0f / (1.0f + 0.3275911f * z);
-    const float poly =
-        ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t +
-         0.254829592f) * t;
-    const float erf = 1.0f - poly * expf(-(z * z));
-    return 0.5f * (x + a * erf);
-}
-
 // In place over the lane's units of `row` (width h): v <- gelu(LN(v) * gamma + beta).
 __device__ __forceinline__ void radial_ln_gelu(float* row, const float* gamma,
                                                const float* beta, unsigned int h,
@@ -36,15 +18,15 @@ __device__ __forceinline__ void radial_ln_gelu(float* row, const float* gamma,
     for (unsigned int k = lane; k < h; k += 32) {
         s += row[k];
     }
-    const float mean = radial_warp_sum(s) * inv_h;
+    const float mean = se3_warp_sum(s) * inv_h;
     float q = 0.0f;
     for (unsigned int k = lane; k < h; k += 32) {
         const float c = row[k] - mean;
         q += c * c;
     }
-    const float inv = 1.0f / sqrtf(radial_warp_sum(q) * inv_h + eps);
+    const float inv = 1.0f / sqrtf(se3_warp_sum(q) * inv_h + eps);
     for (unsigned int k = lane; k < h; k += 32) {
-        row[k] = radial_gelu((row[k] - mean) * inv * gamma[k] + beta[k]);
+        row[k] = se3_gelu((row[k] - mean) * inv * gamma[k] + beta[k]);
     }
 }
 
