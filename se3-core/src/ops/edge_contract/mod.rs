@@ -30,6 +30,8 @@
 pub(crate) mod backward;
 #[cfg(feature = "cuda")]
 pub(crate) mod backward_cuda;
+#[cfg(test)]
+mod backward_tests;
 mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;

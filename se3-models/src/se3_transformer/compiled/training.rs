@@ -6,9 +6,9 @@
 //! The compiled layers hold their weights as session constants cut from the PyTorch parameters
 //! (transposed, split per head, re-ordered for the contraction kernels; a parameter may feed
 //! several constants). Which parameter element each constant element holds is found by building
-//! the graph once from a state dict whose every parameter element holds its own index (exact
-//! in float32 below 2^24) and reading the constants back; the build from the real weights is then
-//! checked against that map element by element (every constant element is a parameter element
+//! the graph once from a state dict whose every parameter element holds its own tag (a distinct
+//! float32 bit pattern, so up to about 319M elements) and reading the constants back; the build
+//! from the real weights is then checked against that map element by element (every constant element is a parameter element
 //! or the same constant in both builds), so a layer that transforms a weight rather than copying
 //! it is an error, not a silently wrong gradient. `∂L/∂param` is the sum of the gradients of the
 //! constant elements it feeds.
@@ -31,10 +31,25 @@ use crate::se3_transformer::reference::Prepared;
 use crate::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
 use crate::Error;
 
-/// First tag value: parameter element `g` is tagged `TAG_BASE + g` in the mapping build.
-const TAG_BASE: f64 = 4_194_304.0; // 2^22
-/// Tags stay exact integers in float32 below 2^24.
-const TAG_LIMIT: usize = 16_777_216 - 4_194_304;
+/// The float32 bit pattern of the first tag, 2^22: parameter element `g` is tagged with the
+/// float32 whose bit pattern is `TAG_BASE_BITS + g` in the mapping build. Consecutive bit
+/// patterns are distinct float32 values, and a copy keeps them exactly.
+const TAG_BASE_BITS: u32 = 0x4A80_0000;
+/// The tags stay below 2^60 (exponent 59), far from overflow in any arithmetic a layer might do
+/// on its weights while building: 38 binades of 2^23 values, about 319M parameter elements.
+const TAG_LIMIT: usize = (0x5D80_0000u32 - TAG_BASE_BITS) as usize;
+
+/// The tag of parameter element `g` (`g < TAG_LIMIT`).
+fn tag_of(g: usize) -> f32 {
+    f32::from_bits(TAG_BASE_BITS + g as u32)
+}
+
+/// The parameter element a constant element `t` of the mapping build holds, if it is a tag.
+fn element_of_tag(t: f32) -> Option<usize> {
+    let bits = t.to_bits();
+    (bits >= TAG_BASE_BITS && (bits - TAG_BASE_BITS) < TAG_LIMIT as u32)
+        .then(|| (bits - TAG_BASE_BITS) as usize)
+}
 
 /// Parameters that live on the host (embeddings), not in the graph.
 const HOST_PARAMS: [&str; 4] = [
@@ -120,7 +135,7 @@ impl TrainableSe3Transformer {
     /// gradients, the radial networks and edge contractions in `form`.
     ///
     /// # Errors
-    /// Those of [`Se3Transformer::from_state_dict`]; `NotCompiled` for more than 12.5M
+    /// Those of [`Se3Transformer::from_state_dict`]; `NotCompiled` for more than 319M
     /// parameter elements or a layer that transforms a weight rather than copying it;
     /// `Core(NoGradient)` if the graph crosses an op without a backward pass (fused ops before
     /// their backward is merged: use [`GraphForm::Unfused`]).
@@ -157,10 +172,10 @@ impl TrainableSe3Transformer {
                 let len = t.data.len();
                 if next + len > TAG_LIMIT {
                     return Err(Error::NotCompiled {
-                        option: "gradients of more than 12.5M parameter elements",
+                        option: "gradients of more than 319M parameter elements",
                     });
                 }
-                let tags = (0..len).map(|i| TAG_BASE + (next + i) as f64).collect();
+                let tags = (0..len).map(|i| f64::from(tag_of(next + i))).collect();
                 tagged.insert(key.clone(), Tensor::new(t.shape.clone(), tags)?);
                 next += len;
             }
@@ -207,12 +222,7 @@ impl TrainableSe3Transformer {
             }
             let mut from = Vec::with_capacity(tags.len());
             for (&t, &v) in tags.iter().zip(&values) {
-                let tv = f64::from(t);
-                let src = if tv >= TAG_BASE && tv.fract() == 0.0 {
-                    locate((tv - TAG_BASE) as usize)
-                } else {
-                    None
-                };
+                let src = element_of_tag(t).filter(|&g| g < next).and_then(locate);
                 let holds = match src {
                     Some((pi, ei)) => f32_of(params[pi as usize].value[ei as usize]) == v,
                     None => t.to_bits() == v.to_bits(),
@@ -764,5 +774,28 @@ impl TrainableSe3Transformer {
             sd.insert("input.coors", Tensor::new(vec![b, n, 3], all)?);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{element_of_tag, tag_of, TAG_LIMIT};
+    use rand::Rng;
+
+    /// Tags round-trip through float64 (the state dict) and back for random elements across
+    /// the whole range, past the 2^24 elements an integer tag would allow, and a value that is
+    /// not a tag (negative, small, or past the range) maps to none.
+    #[test]
+    fn parameter_tags_round_trip_beyond_float32_integers() {
+        let (mut r, seed) = se3_core::testing::rng();
+        let mut elems: Vec<usize> = (0..1000).map(|_| r.gen_range(0..TAG_LIMIT)).collect();
+        elems.extend([0, 16_777_216, 25_000_000, TAG_LIMIT - 1]);
+        for g in elems {
+            let t = f64::from(tag_of(g)) as f32;
+            assert_eq!(element_of_tag(t), Some(g), "element {g} (seed {seed})");
+        }
+        for v in [-1.0f32, 0.5, 1.0e3, 2.0e18, f32::INFINITY] {
+            assert_eq!(element_of_tag(v), None, "value {v}");
+        }
     }
 }
