@@ -61,7 +61,8 @@ pub struct EpochRow {
     pub train_mse: f64,
     pub val_mse: f64,
     pub test_mse: f64,
-    /// Relative equivariance error (rotation or reflection and translation).
+    /// Relative equivariance error (a rotation, for E(3) models or a reflection, and a
+    /// translation).
     pub equivariance: f64,
     /// Wall seconds of the epoch's training steps.
     pub seconds: f64,
