@@ -5,6 +5,7 @@ use rand::SeedableRng;
 use se3_models::physics::dataset::Sample;
 use se3_models::physics::egnn_nbody::{NBodyEgnn, NBodyEgnnConfig};
 use se3_models::physics::nbody::NBodyConfig;
+use se3_models::physics::nbody_model::NBodyModel;
 use se3_models::Error;
 
 #[test]
@@ -63,18 +64,19 @@ fn nbody_benchmark_run_logs_every_evaluated_epoch() -> Result<(), Error> {
     let opts = NBodyRunOptions {
         epochs: 3,
         seed,
-        model: NBodyEgnnConfig {
-            hidden: 8,
-            layers: 2,
-        },
         lr: 1e-3,
         cosine_to: Some(0.1),
         batch: 6,
         eval_every: 2,
     };
     let (mut steps, mut evals) = (0, 0);
+    let config = NBodyEgnnConfig {
+        hidden: 8,
+        layers: 2,
+    };
     let run = train_nbody_egnn(
         &file,
+        config,
         &opts,
         |_, _| steps += 1,
         |_| {

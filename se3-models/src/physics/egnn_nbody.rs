@@ -28,6 +28,7 @@ use se3_core::layers::{
 use se3_core::train::{Adam, Optimizer, Param};
 
 use super::dataset::Sample;
+use super::nbody_model::NBodyModel;
 use crate::Error;
 
 /// Size of [`NBodyEgnn`].
@@ -375,37 +376,11 @@ impl NBodyEgnn {
         Ok(s.take("pred")?.data)
     }
 
-    /// Position MSE of `samples` (mean over graphs, nodes and axes), in batches of `batch`.
-    ///
-    /// # Errors
-    /// As [`NBodyEgnn::predict`]; `InvalidParameter` for samples without targets.
-    pub fn mse(&mut self, samples: &[Sample], batch: usize) -> Result<f64, Error> {
-        let (mut sum, mut count) = (0.0f64, 0usize);
-        for chunk in samples.chunks(batch.max(1)) {
-            let refs: Vec<&Sample> = chunk.iter().collect();
-            let d = batch_data(&refs)?;
-            if d.target.len() != d.coors.len() {
-                return Err(Error::InvalidParameter {
-                    name: "sample",
-                    expected: "target positions",
-                    found: "none".into(),
-                });
-            }
-            let p = self.predict(&refs)?;
-            sum += p
-                .iter()
-                .zip(&d.target)
-                .map(|(a, b)| f64::from(a - b).powi(2))
-                .sum::<f64>();
-            count += p.len();
-        }
-        Ok(sum / count.max(1) as f64)
-    }
-
     /// One Adam step on the position MSE of `samples`; returns the loss before the step.
     ///
     /// # Errors
-    /// As [`NBodyEgnn::mse`]; `Core(NonFinite...)` from the optimizer for a NaN gradient.
+    /// As [`NBodyEgnn::predict`], `InvalidParameter` for samples without targets;
+    /// `Core(NonFinite...)` from the optimizer for a NaN gradient.
     pub fn train_step(&mut self, samples: &[&Sample]) -> Result<f64, Error> {
         let d = batch_data(samples)?;
         if d.target.len() != d.coors.len() {
@@ -465,63 +440,31 @@ impl NBodyEgnn {
     }
 }
 
-impl NBodyEgnn {
-    /// Relative equivariance error on `samples` under one random rotation (or reflection, with
-    /// probability ½) and translation: `|P(g x) - g P(x)| / |P(x) - c|` over the batch (Frobenius
-    /// norms, `c` each graph's input centroid).
-    ///
-    /// # Errors
-    /// As [`NBodyEgnn::predict`].
-    pub fn equivariance_error(
-        &mut self,
-        samples: &[&Sample],
-        rng: &mut impl Rng,
-    ) -> Result<f64, Error> {
-        let rot = super::random::uniform_rotation(rng);
-        let mut m = *rot.matrix();
-        if rng.gen_bool(0.5) {
-            m = -m;
-        }
-        let t = super::random::normal_vector(rng, 1.0);
-        let moved: Vec<Sample> = samples
-            .iter()
-            .map(|s| {
-                let points = |v: &[nalgebra::Vector3<f64>]| v.iter().map(|x| m * x + t).collect();
-                Sample {
-                    positions: points(&s.positions),
-                    velocities: s.velocities.iter().map(|v| m * v).collect(),
-                    target_positions: points(&s.target_positions),
-                    ..(*s).clone()
-                }
-            })
-            .collect();
-        let plain = self.predict(samples)?;
-        let refs: Vec<&Sample> = moved.iter().collect();
-        let turned = self.predict(&refs)?;
-        let (mut num, mut den) = (0.0f64, 0.0f64);
-        for (g, s) in samples.iter().enumerate() {
-            let n = s.len();
-            let c = s
-                .positions
-                .iter()
-                .fold(nalgebra::Vector3::zeros(), |a, x| a + x)
-                / n as f64;
-            for i in 0..n {
-                let at = (g * n + i) * 3;
-                let p = nalgebra::Vector3::new(
-                    f64::from(plain[at]),
-                    f64::from(plain[at + 1]),
-                    f64::from(plain[at + 2]),
-                );
-                let q = nalgebra::Vector3::new(
-                    f64::from(turned[at]),
-                    f64::from(turned[at + 1]),
-                    f64::from(turned[at + 2]),
-                );
-                num += (q - (m * p + t)).norm_squared();
-                den += (p - c).norm_squared();
-            }
-        }
-        Ok(num.sqrt() / den.sqrt().max(1e-12))
+impl NBodyModel for NBodyEgnn {
+    fn label(&self) -> String {
+        format!(
+            "se3 EGNN ({} layers, {} hidden)",
+            self.config.layers, self.config.hidden
+        )
+    }
+
+    fn published_test_mse(&self) -> Option<(&'static str, f64)> {
+        Some(("EGNN", 0.0071))
+    }
+
+    fn reflection_equivariant(&self) -> bool {
+        true
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.adam.set_lr(lr);
+    }
+
+    fn train_step(&mut self, samples: &[&Sample]) -> Result<f64, Error> {
+        NBodyEgnn::train_step(self, samples)
+    }
+
+    fn predict_positions(&mut self, samples: &[&Sample]) -> Result<Vec<f64>, Error> {
+        Ok(self.predict(samples)?.into_iter().map(f64::from).collect())
     }
 }

@@ -12,7 +12,9 @@
 //! * [`potential_training`]: training a learned potential, its test errors, MD with it.
 //! * [`iterative_se3t`]: the iterative SE(3)-Transformer for particle dynamics, with Adam.
 //! * [`egnn_nbody`]: se3's EGNN for the N-body benchmark, trained with gradients and Adam.
-//! * [`nbody_benchmark`]: the N-body benchmark run with that EGNN: loop, CSV, SVG, table.
+//! * [`se3_nbody`]: se3's TFN and SE(3)-Transformer for the N-body benchmark, with Adam.
+//! * [`nbody_model`]: what a model offers to the N-body loop (step, prediction, metrics).
+//! * [`nbody_benchmark`]: the N-body benchmark run of any such model: loop, CSV, SVG, table.
 //! * [`md`]: molecular dynamics with any force field, reporting energy drift.
 //! * [`baselines`]: gradient-free reference predictors (constant velocity).
 //! * [`report`]: CSV-ready metrics and SVG line charts of training curves.
@@ -31,7 +33,9 @@ pub mod md;
 pub mod metrics;
 pub mod nbody;
 pub mod nbody_benchmark;
+pub mod nbody_model;
 pub mod potential;
 pub mod potential_training;
 pub mod random;
 pub mod report;
+pub mod se3_nbody;

@@ -1,10 +1,11 @@
-//! The charged N-body benchmark run (EGNN paper protocol) with se3's EGNN: the training loop
-//! behind `examples/nbody_egnn.rs`, and its outputs (CSV log, SVG curves, Markdown table).
+//! The charged N-body benchmark run (EGNN paper protocol): one training loop for every
+//! [`NBodyModel`] (se3's EGNN, TFN and SE(3)-Transformer), behind `examples/nbody.rs`, and its
+//! outputs (CSV log, SVG curves, Markdown table).
 //!
 //! Each epoch shuffles the training split (seeded), takes one Adam step per batch on the
 //! position MSE, and every `eval_every` epochs (and the last) records the train MSE (mean of
 //! the epoch's step losses, weighted by batch size), the validation and test MSE, the relative
-//! equivariance error of [`NBodyEgnn::equivariance_error`] on one validation batch, and the
+//! equivariance error of [`NBodyModel::equivariance_error`] on one validation batch, and the
 //! training seconds of the epoch. The reported result is the test MSE at the epoch of lowest
 //! validation MSE. With a cosine schedule the learning rate of epoch `e` (from 1) is
 //! `lr_min + (lr - lr_min)(1 + cos(π (e - 1) / epochs)) / 2`, `lr_min = cosine_to · lr`.
@@ -12,11 +13,12 @@
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use se3_core::train::LrSchedule;
 
 use super::dataset::{DatasetFile, Sample};
 use super::egnn_nbody::{NBodyEgnn, NBodyEgnnConfig};
+use super::nbody_model::NBodyModel;
 use super::report::{line_chart_svg, Series};
 use crate::Error;
 
@@ -27,8 +29,6 @@ pub struct NBodyRunOptions {
     pub epochs: usize,
     /// Seed of the weights, the shuffling and the equivariance probes.
     pub seed: u64,
-    /// The model's size.
-    pub model: NBodyEgnnConfig,
     /// Adam's (base) learning rate.
     pub lr: f64,
     /// Cosine decay of the learning rate over the epochs down to this fraction of `lr`
@@ -41,12 +41,11 @@ pub struct NBodyRunOptions {
 }
 
 impl Default for NBodyRunOptions {
-    /// The paper's settings: 4 layers of 64, Adam lr 5e-4, batch 100, constant rate.
+    /// The paper's settings: Adam lr 5e-4, batch 100, constant rate.
     fn default() -> Self {
         NBodyRunOptions {
             epochs: 100,
             seed: 1,
-            model: NBodyEgnnConfig::default(),
             lr: 5e-4,
             cosine_to: None,
             batch: 100,
@@ -62,15 +61,20 @@ pub struct EpochRow {
     pub train_mse: f64,
     pub val_mse: f64,
     pub test_mse: f64,
-    /// Relative equivariance error (rotation or reflection and translation).
+    /// Relative equivariance error (a rotation, for E(3) models or a reflection, and a
+    /// translation).
     pub equivariance: f64,
     /// Wall seconds of the epoch's training steps.
     pub seconds: f64,
 }
 
-/// The evaluated epochs of a run.
+/// The evaluated epochs of a run, with the model's name and published number.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NBodyRun {
+    /// [`NBodyModel::label`] of the trained model.
+    pub model: String,
+    /// [`NBodyModel::published_test_mse`] of its kind.
+    pub published: Option<(&'static str, f64)>,
     pub rows: Vec<EpochRow>,
 }
 
@@ -132,7 +136,8 @@ impl NBodyRun {
     }
 
     /// The result table (Markdown): the row at the best validation epoch, the largest
-    /// equivariance error and the mean training seconds per epoch, beside the paper's number.
+    /// equivariance error and the mean training seconds per epoch, beside the paper's number
+    /// for the model's kind.
     pub fn markdown(&self, opts: &NBodyRunOptions) -> String {
         let head = "| model | epochs | best val epoch | train MSE | val MSE | test MSE | max equivariance error | s / epoch (train) |\n\
                     |---|---|---|---|---|---|---|---|\n";
@@ -146,9 +151,8 @@ impl NBodyRun {
             let mean_time = self.rows.iter().map(|r| r.seconds).sum::<f64>() / n;
             let max_equi = self.rows.iter().map(|r| r.equivariance).fold(0.0, f64::max);
             s.push_str(&format!(
-                "| se3 EGNN ({} layers, {} hidden, Adam lr {}, {schedule}, batch {}, seed {}) | {} | {} | {:.5} | {:.5} | {:.5} | {:.1e} | {:.2} |\n",
-                opts.model.layers,
-                opts.model.hidden,
+                "| {} (Adam lr {}, {schedule}, batch {}, seed {}) | {} | {} | {:.5} | {:.5} | {:.5} | {:.1e} | {:.2} |\n",
+                self.model,
                 opts.lr,
                 opts.batch,
                 opts.seed,
@@ -161,7 +165,11 @@ impl NBodyRun {
                 mean_time
             ));
         }
-        s.push_str("| EGNN paper (published) | | | | | 0.0071 | | |\n");
+        if let Some((name, mse)) = self.published {
+            s.push_str(&format!(
+                "| {name}, EGNN paper (published) | | | | | {mse} | | |\n"
+            ));
+        }
         s
     }
 }
@@ -176,15 +184,35 @@ fn split<'a>(data: &'a DatasetFile, name: &'static str) -> Result<&'a [Sample], 
         })
 }
 
-/// Trains a fresh [`NBodyEgnn`] on `data`'s train split with `opts`; `on_step(epoch, loss)`
-/// after every step, `on_eval(run so far)` after every evaluation.
+/// Trains a fresh [`NBodyEgnn`] of size `config` on `data`'s train split with `opts` (weights,
+/// shuffling and probes from one generator seeded by `opts.seed`), as [`train_nbody`].
+///
+/// # Errors
+/// As [`train_nbody`].
+pub fn train_nbody_egnn(
+    data: &DatasetFile,
+    config: NBodyEgnnConfig,
+    opts: &NBodyRunOptions,
+    on_step: impl FnMut(usize, f64),
+    on_eval: impl FnMut(&NBodyRun) -> Result<(), Error>,
+) -> Result<NBodyRun, Error> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+    let mut model = NBodyEgnn::new(config, &mut rng).with_learning_rate(opts.lr);
+    train_nbody(&mut model, data, opts, &mut rng, on_step, on_eval)
+}
+
+/// Trains `model` on `data`'s train split with `opts` (module doc), shuffling and drawing the
+/// equivariance probes from `rng`; `on_step(epoch, loss)` after every step, `on_eval(run so
+/// far)` after every evaluation.
 ///
 /// # Errors
 /// `InvalidParameter` for a data set without its splits or with samples the model cannot take
 /// (no velocities, charges or targets; empty splits); the model's session and optimizer errors.
-pub fn train_nbody_egnn(
+pub fn train_nbody<M: NBodyModel>(
+    model: &mut M,
     data: &DatasetFile,
     opts: &NBodyRunOptions,
+    rng: &mut impl Rng,
     mut on_step: impl FnMut(usize, f64),
     mut on_eval: impl FnMut(&NBodyRun) -> Result<(), Error>,
 ) -> Result<NBodyRun, Error> {
@@ -201,20 +229,24 @@ pub fn train_nbody_egnn(
         });
     }
     let batch = opts.batch.max(1);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
-    let mut model = NBodyEgnn::new(opts.model, &mut rng).with_learning_rate(opts.lr);
-    let mut run = NBodyRun::default();
+    let mut run = NBodyRun {
+        model: model.label(),
+        published: model.published_test_mse(),
+        rows: Vec::new(),
+    };
     let mut order: Vec<usize> = (0..train.len()).collect();
     for epoch in 1..=opts.epochs {
-        if let Some(frac) = opts.cosine_to {
-            let schedule = LrSchedule::Cosine {
+        let lr = match opts.cosine_to {
+            Some(frac) => LrSchedule::Cosine {
                 t_max: opts.epochs,
                 eta_min: opts.lr * frac,
-            };
-            model.set_learning_rate(schedule.lr(opts.lr, epoch - 1));
-        }
+            }
+            .lr(opts.lr, epoch - 1),
+            None => opts.lr,
+        };
+        model.set_learning_rate(lr);
         let start = Instant::now();
-        order.shuffle(&mut rng);
+        order.shuffle(rng);
         let (mut sum, mut count) = (0.0, 0usize);
         for chunk in order.chunks(batch) {
             let samples: Vec<&Sample> = chunk.iter().map(|&i| &train[i]).collect();
@@ -233,7 +265,7 @@ pub fn train_nbody_egnn(
             train_mse: sum / count.max(1) as f64,
             val_mse: model.mse(val, batch)?,
             test_mse: model.mse(test, batch)?,
-            equivariance: model.equivariance_error(&probe, &mut rng)?,
+            equivariance: model.equivariance_error(&probe, rng)?,
             seconds,
         });
         on_eval(&run)?;
