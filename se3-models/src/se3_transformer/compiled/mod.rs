@@ -38,6 +38,7 @@ mod coors;
 mod ctx;
 mod differentiable;
 mod egnn;
+mod merged_batch;
 mod node;
 mod tensor;
 mod training;
@@ -573,8 +574,8 @@ impl CompiledSe3Transformer {
         let items = self.host()?.prepare(inp)?;
         let t1 = std::time::Instant::now();
         let mut per_batch = Vec::with_capacity(b);
-        for (bi, item) in items.iter().enumerate() {
-            per_batch.push(self.run_one(item, &inp.points(bi))?);
+        for group in merged_batch::run_groups(&items, n, self.mergeable()) {
+            per_batch.extend(self.run_group(&items, &group, inp)?);
         }
         let t2 = std::time::Instant::now();
         self.timings = vec![
@@ -582,6 +583,33 @@ impl CompiledSe3Transformer {
             ("graph", (t2 - t1).as_secs_f64()),
         ];
         self.host()?.assemble(per_batch, inp, fwd, b, n)
+    }
+
+    /// Whether clouds of a batch may share a graph run (`merged_batch.rs`): no global
+    /// features, rotary embeddings or EGNN trunk.
+    fn mergeable(&self) -> bool {
+        self.global_dim.is_none()
+            && !self.egnn
+            && self.model.as_ref().is_some_and(|m| m.rotary.is_none())
+    }
+
+    /// Runs the clouds of `group` (one run, merged if more than one): their outputs.
+    fn run_group(
+        &mut self,
+        items: &[Prepared],
+        group: &merged_batch::RunGroup,
+        inp: &ModelInputs,
+    ) -> Result<Vec<crate::se3_transformer::features::Feats>, Error> {
+        let range = group.items.clone();
+        if range.len() == 1 {
+            return Ok(vec![self.run_one(&items[range.start], &inp.points(range.start))?]);
+        }
+        let part = &items[range.clone()];
+        let merged = merged_batch::merge(part);
+        let points: Vec<[f64; 3]> = range.clone().flat_map(|bi| inp.points(bi)).collect();
+        let out = self.run_one(&merged, &points)?;
+        let nodes: Vec<usize> = part.iter().map(|i| i.graph.n).collect();
+        Ok(merged_batch::split_feats(out, &nodes))
     }
 
     fn host(&self) -> Result<&Se3Transformer, Error> {
