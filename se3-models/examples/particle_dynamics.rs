@@ -222,7 +222,10 @@ fn report(
                 .map(|r| (r.epoch as f64, r.equivariance_max))
                 .collect(),
         });
-        let best = rows.iter().map(|r| r.test_mse).fold(f64::INFINITY, f64::min);
+        let best = rows
+            .iter()
+            .map(|r| r.test_mse)
+            .fold(f64::INFINITY, f64::min);
         let worst_equiv = rows.iter().map(|r| r.equivariance_max).fold(0.0, f64::max);
         let epochs = rows.len() as f64;
         let per_epoch = rows.iter().map(|r| r.seconds).sum::<f64>() / epochs;

@@ -522,7 +522,8 @@ impl IterativeSe3Transformer {
         for k in (0..self.blocks.len()).rev() {
             let scale = self.config.displacement_scale;
             let cot: Vec<f64> = g.iter().map(|v| scale * v).collect();
-            let (_, coor_grad, grads) = self.run_block(k, batch, &traj.coordinates[k], Some(&cot))?;
+            let (_, coor_grad, grads) =
+                self.run_block(k, batch, &traj.coordinates[k], Some(&cot))?;
             if self.variant == IterativeVariant::ThroughBasis {
                 let cg = coor_grad.ok_or(Error::MissingKey {
                     key: "input.coors".into(),

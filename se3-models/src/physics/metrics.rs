@@ -268,7 +268,11 @@ pub fn batched_equivariance_error<R: Rng + ?Sized>(
         .map(|(s, (r, t))| transform_sample(s, r, t))
         .collect();
     let moved = predict(&moved_samples)?;
-    check_lengths("predictions of the moved samples", moved.len(), samples.len())?;
+    check_lengths(
+        "predictions of the moved samples",
+        moved.len(),
+        samples.len(),
+    )?;
     let (mut sum, mut max) = (0.0, 0.0f64);
     for (((s, (r, t)), p), q) in samples.iter().zip(&motions).zip(plain).zip(&moved) {
         let e = equivariance_error_between(p, q, s, r, t)?;

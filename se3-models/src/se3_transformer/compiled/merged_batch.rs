@@ -80,9 +80,7 @@ pub(crate) fn merge(items: &[Prepared]) -> Prepared {
         })
         .unwrap_or_default();
     let n: usize = items.iter().map(|i| i.graph.n).sum();
-    let blocks = items
-        .first()
-        .map_or(0, |i| i.graph.basis.blocks.len());
+    let blocks = items.first().map_or(0, |i| i.graph.basis.blocks.len());
     let mut graph = Graph {
         n,
         k,

@@ -602,7 +602,9 @@ impl CompiledSe3Transformer {
     ) -> Result<Vec<crate::se3_transformer::features::Feats>, Error> {
         let range = group.items.clone();
         if range.len() == 1 {
-            return Ok(vec![self.run_one(&items[range.start], &inp.points(range.start))?]);
+            return Ok(vec![
+                self.run_one(&items[range.start], &inp.points(range.start))?
+            ]);
         }
         let part = &items[range.clone()];
         let merged = merged_batch::merge(part);

@@ -368,7 +368,10 @@ impl TrainableSe3Transformer {
     fn build_forward_graph(&self) -> Result<CompiledSe3Transformer, Error> {
         let mut sd = self.buffers.clone();
         for p in &self.params {
-            sd.insert(p.key.clone(), Tensor::new(p.shape.clone(), p.value.clone())?);
+            sd.insert(
+                p.key.clone(),
+                Tensor::new(p.shape.clone(), p.value.clone())?,
+            );
         }
         let model = Se3Transformer::from_state_dict(&self.cfg, &sd)?;
         let graph = CompiledSe3Transformer::from_model_in(model, self.form)?;
