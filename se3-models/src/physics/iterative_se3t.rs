@@ -13,8 +13,11 @@
 //! as neighbours) and conv_out to one channel of degrees 0
 //! and 1, every radial network 128 wide (the library's size).
 //!
-//! ```text
-//! ```
+//! Cost: the forward pass runs each block's forward-only graph
+//! ([`TrainableSe3Transformer::forward`]); the backward pass runs each block's training graph
+//! once more with its cotangent. A batch's clouds share each graph run (one run of `B n` nodes,
+//! not `B` runs of `n`). What remains is the training graph's arithmetic, most of it the
+//! backward of the radial networks' 128-wide hidden layers (see the README's profile).
 //!
 //! `T` is the horizon of the inertial term ([`IterativeConfig::horizon`]; 0 leaves it out, then
 //! the blocks learn the whole motion) and `s` a fixed scale of the blocks' output

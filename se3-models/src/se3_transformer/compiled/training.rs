@@ -13,6 +13,12 @@
 //! it is an error, not a silently wrong gradient. `∂L/∂param` is the sum of the gradients of the
 //! constant elements it feeds.
 //!
+//! The clouds of a batch share one graph run where the model allows it (`merged_batch.rs`),
+//! so a batch of small clouds costs one forward and backward, not one per cloud.
+//! [`TrainableSe3Transformer::forward`] runs a second, forward-only graph of the same layers
+//! (built on first use, its weights written with every parameter update) for predictions that
+//! need no gradient.
+//!
 //! Embeddings (`token_emb`, `pos_emb`, `edge_emb`, `adj_emb`) run on the host; their gradients
 //! are taken on the host from the gradients of the graph's inputs (node features, radial input),
 //! as are those of the float inputs (`feats`, `edges`, `global_feats`, and with
