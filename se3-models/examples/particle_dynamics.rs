@@ -236,7 +236,7 @@ fn report(
             .map_or("".to_string(), |(_, c)| c.to_string());
         let _ = writeln!(
             table,
-            "| {} | {count} | {} | {per_epoch:.0} | {eval_epoch:.0} | {:.3e} | {:.3e} | {:.3e} | {best:.3e} | {:.2} | {worst_equiv:.1e} |",
+            "| {} | {count} | {} | {per_epoch:.0} | {eval_epoch:.0} | {:.3e} | {:.3e} | {:.3e} | {best:.3e} | {:.4} | {worst_equiv:.1e} |",
             v.name(),
             last.epoch,
             last.train_loss,
@@ -251,8 +251,8 @@ fn report(
     );
     let _ = writeln!(
         table,
-        "\nLoss: position MSE (1/3n) Σ_i |x̂_i − y_i|², averaged over samples. Seed {}, batch {}, Adam lr {}. Equivariance: relative error of the predictions under a fresh random rotation and translation (float32), largest over the evaluated test samples and epochs.",
-        a.seed, a.batch, a.lr
+        "\nLoss: position MSE (1/3n) Σ_i |x̂_i − y_i|², averaged over samples. Seed {}, batch {}, Adam lr {}; all variants at {common} epochs. Train MSE after each epoch on the first {} training samples. Equivariance: relative error of the predictions under a fresh random rotation and translation per sample (float32) on the first {} test samples, largest over them and the epochs.",
+        a.seed, a.batch, a.lr, if a.train_eval == usize::MAX { "all".to_string() } else { a.train_eval.to_string() }, a.equivariance
     );
     std::fs::write(
         out.join("particle_dynamics.svg"),
