@@ -7,16 +7,23 @@
 //! ```text
 //! cargo run --release -p se3-models --example particle_dynamics -- [--epochs N] [--seed S]
 //!     [--train N] [--test N] [--batch B] [--lr LR] [--variant NAME]... [--out DIR]
-//!     [--minutes M] [--train-eval N] [--report]
+//!     [--minutes M] [--until HH:MM] [--train-eval N] [--equivariance N] [--eval-batch B]
+//!     [--report]
 //! ```
 //!
 //! Trains on the first `--train` samples of the train split and evaluates on the first `--test`
-//! of the test split (every sample by default). Writes `DIR/<variant>.csv` (epoch, train loss
-//! (mean over the epoch's steps), train MSE (on the first `--train-eval` training samples) and
-//! test MSE after the epoch, seconds); then, from
-//! every variant's CSV in `DIR`, `DIR/particle_dynamics.svg` (the curves) and
-//! `DIR/particle_dynamics.md` (the table). `--report` only writes the SVG and table;
-//! `--minutes` stops a variant after the epoch that passes that wall time.
+//! of the test split (every sample by default). Writes `DIR/particle_dynamics_<variant>.csv`
+//! (per epoch: train loss (mean over the epoch's steps), train MSE (on the first `--train-eval`
+//! training samples) and test MSE after the epoch, the mean and largest relative equivariance
+//! error of the predictions on the first `--equivariance` test samples, each under a fresh
+//! random rotation and translation, the seconds of the epoch's training steps and of its
+//! evaluation); then, from every variant's CSV in `DIR`, `DIR/particle_dynamics.svg` (the MSE
+//! curves), `DIR/particle_dynamics_equivariance.svg` and `DIR/particle_dynamics.md` (the
+//! table). `--report` only writes the SVGs and table; `--minutes` stops a variant after the
+//! epoch that passes that wall time, `--until` (UTC) before an epoch that would end after
+//! that time at the mean epoch time so far. The table and plots compare the variants at the
+//! same number of epochs, the fewest any variant's CSV has (a variant run further keeps its
+//! later epochs in its CSV).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -28,6 +35,7 @@ use se3_models::physics::dynamics::DynamicsConfig;
 use se3_models::physics::iterative_se3t::{
     IterativeConfig, IterativeSe3Transformer, IterativeVariant,
 };
+use se3_models::physics::metrics::{batched_equivariance_error, mean_position_mse};
 use se3_models::physics::report::{line_chart_svg, Series};
 use se3_models::se3_transformer::Se3Transformer;
 
@@ -39,12 +47,15 @@ struct Args {
     train: Option<usize>,
     test: Option<usize>,
     batch: usize,
+    eval_batch: usize,
     lr: f64,
     variants: Vec<IterativeVariant>,
     out: PathBuf,
     minutes: f64,
+    until: Option<u64>,
     report: bool,
     train_eval: usize,
+    equivariance: usize,
 }
 
 fn args() -> Result<Args, Failure> {
@@ -54,12 +65,15 @@ fn args() -> Result<Args, Failure> {
         train: None,
         test: None,
         batch: 10,
+        eval_batch: 50,
         lr: 3e-3,
         variants: Vec::new(),
         out: PathBuf::from("target/particle_dynamics"),
         minutes: f64::INFINITY,
+        until: None,
         report: false,
         train_eval: usize::MAX,
+        equivariance: 100,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -70,11 +84,14 @@ fn args() -> Result<Args, Failure> {
             "--train" => a.train = Some(value()?.parse()?),
             "--test" => a.test = Some(value()?.parse()?),
             "--batch" => a.batch = value()?.parse()?,
+            "--eval-batch" => a.eval_batch = value()?.parse()?,
             "--lr" => a.lr = value()?.parse()?,
             "--out" => a.out = PathBuf::from(value()?),
             "--minutes" => a.minutes = value()?.parse()?,
             "--report" => a.report = true,
+            "--until" => a.until = Some(utc_deadline(&value()?)?),
             "--train-eval" => a.train_eval = value()?.parse()?,
+            "--equivariance" => a.equivariance = value()?.parse()?,
             "--variant" => {
                 let name = value()?;
                 let v = IterativeVariant::ALL
@@ -92,26 +109,65 @@ fn args() -> Result<Args, Failure> {
     Ok(a)
 }
 
-const HEADER: &str = "epoch,train_loss,train_mse,test_mse,seconds";
+/// The next time `HH:MM` UTC (today, or tomorrow if passed), seconds since the Unix epoch.
+fn utc_deadline(hh_mm: &str) -> Result<u64, Failure> {
+    let (h, m) = hh_mm.split_once(':').ok_or("--until takes HH:MM")?;
+    let (h, m): (u64, u64) = (h.parse()?, m.parse()?);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let day = now - now % 86_400;
+    let mut at = day + h * 3600 + m * 60;
+    if at <= now {
+        at += 86_400;
+    }
+    Ok(at)
+}
 
-/// One CSV row: epoch, train loss, train MSE, test MSE, seconds.
-type Row = (usize, f64, f64, f64, f64);
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+const HEADER: &str =
+    "epoch,train_loss,train_mse,test_mse,equivariance_mean,equivariance_max,seconds,eval_seconds";
+
+/// One CSV row (the columns of [`HEADER`]).
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    epoch: usize,
+    train_loss: f64,
+    train_mse: f64,
+    test_mse: f64,
+    equivariance_mean: f64,
+    equivariance_max: f64,
+    seconds: f64,
+    eval_seconds: f64,
+}
+
+fn csv_path(out: &Path, v: IterativeVariant) -> PathBuf {
+    out.join(format!("particle_dynamics_{}.csv", v.name()))
+}
 
 fn read_csv(path: &Path) -> Result<Vec<Row>, Failure> {
     let text = std::fs::read_to_string(path)?;
     let mut rows = Vec::new();
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
-        if f.len() != 5 {
+        if f.len() != 8 {
             return Err(format!("{}: bad row `{line}`", path.display()).into());
         }
-        rows.push((
-            f[0].parse()?,
-            f[1].parse()?,
-            f[2].parse()?,
-            f[3].parse()?,
-            f[4].parse()?,
-        ));
+        rows.push(Row {
+            epoch: f[0].parse()?,
+            train_loss: f[1].parse()?,
+            train_mse: f[2].parse()?,
+            test_mse: f[3].parse()?,
+            equivariance_mean: f[4].parse()?,
+            equivariance_max: f[5].parse()?,
+            seconds: f[6].parse()?,
+            eval_seconds: f[7].parse()?,
+        });
     }
     Ok(rows)
 }
@@ -124,51 +180,79 @@ fn report(
 ) -> Result<(), Failure> {
     let colours = ["#1f77b4", "#d62728", "#2ca02c"];
     let mut series = Vec::new();
+    let mut equiv_series = Vec::new();
     let mut table = String::from(
-        "| model | parameters | epochs | s/epoch (training) | train loss (epoch mean) | train MSE (after) | test MSE (after) | best test MSE | test / constant velocity |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| model | parameters | epochs | s/epoch (training) | s/epoch (evaluation) | train loss (epoch mean) | train MSE (after) | test MSE (after) | best test MSE | test / constant velocity | max equivariance error |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    for (k, v) in IterativeVariant::ALL.into_iter().enumerate() {
-        let path = out.join(format!("{}.csv", v.name()));
-        if !path.exists() {
-            continue;
+    let mut all = Vec::new();
+    for v in IterativeVariant::ALL {
+        let path = csv_path(out, v);
+        if path.exists() {
+            all.push((v, read_csv(&path)?));
         }
-        let rows = read_csv(&path)?;
+    }
+    // equal epochs: the fewest any variant has
+    let common = all.iter().map(|(_, r)| r.len()).min().unwrap_or(0);
+    for (k, (v, rows)) in all.into_iter().enumerate() {
+        let rows = &rows[..common];
         let Some(last) = rows.last() else { continue };
         series.push(Series {
             name: format!("{} train", v.name()),
             colour: colours[k],
-            points: rows.iter().map(|r| (r.0 as f64, r.2)).collect(),
+            points: rows.iter().map(|r| (r.epoch as f64, r.train_mse)).collect(),
         });
         series.push(Series {
             name: format!("{} test", v.name()),
             colour: colours[k],
-            points: rows.iter().map(|r| (r.0 as f64, r.3)).collect(),
+            points: rows.iter().map(|r| (r.epoch as f64, r.test_mse)).collect(),
         });
-        let best = rows.iter().map(|r| r.3).fold(f64::INFINITY, f64::min);
-        let per_epoch = rows.iter().map(|r| r.4).sum::<f64>() / rows.len() as f64;
+        equiv_series.push(Series {
+            name: format!("{} mean", v.name()),
+            colour: colours[k],
+            points: rows
+                .iter()
+                .map(|r| (r.epoch as f64, r.equivariance_mean))
+                .collect(),
+        });
+        equiv_series.push(Series {
+            name: format!("{} max", v.name()),
+            colour: colours[k],
+            points: rows
+                .iter()
+                .map(|r| (r.epoch as f64, r.equivariance_max))
+                .collect(),
+        });
+        let best = rows
+            .iter()
+            .map(|r| r.test_mse)
+            .fold(f64::INFINITY, f64::min);
+        let worst_equiv = rows.iter().map(|r| r.equivariance_max).fold(0.0, f64::max);
+        let epochs = rows.len() as f64;
+        let per_epoch = rows.iter().map(|r| r.seconds).sum::<f64>() / epochs;
+        let eval_epoch = rows.iter().map(|r| r.eval_seconds).sum::<f64>() / epochs;
         let count = params
             .iter()
             .find(|(p, _)| *p == v)
             .map_or("".to_string(), |(_, c)| c.to_string());
         let _ = writeln!(
             table,
-            "| {} | {count} | {} | {per_epoch:.0} | {:.3e} | {:.3e} | {:.3e} | {best:.3e} | {:.2} |",
+            "| {} | {count} | {} | {per_epoch:.0} | {eval_epoch:.0} | {:.3e} | {:.3e} | {:.3e} | {best:.3e} | {:.4} | {worst_equiv:.1e} |",
             v.name(),
-            last.0,
-            last.1,
-            last.2,
-            last.3,
-            last.3 / baseline
+            last.epoch,
+            last.train_loss,
+            last.train_mse,
+            last.test_mse,
+            last.test_mse / baseline
         );
     }
     let _ = writeln!(
         table,
-        "| constant velocity x + 0.1 v (no training) | 0 | | | | | {baseline:.3e} | | 1.00 |"
+        "| constant velocity x + 0.1 v (no training) | 0 | | | | | | {baseline:.3e} | | 1.00 | |"
     );
     let _ = writeln!(
         table,
-        "\nLoss: position MSE (1/3n) Σ_i |x̂_i − y_i|², averaged over samples. Seed {}, batch {}, Adam lr {}.",
-        a.seed, a.batch, a.lr
+        "\nLoss: position MSE (1/3n) Σ_i |x̂_i − y_i|², averaged over samples. Seed {}, batch {}, Adam lr {}; all variants at {common} epochs. Train MSE after each epoch on the first {} training samples. Equivariance: relative error of the predictions under a fresh random rotation and translation per sample (float32) on the first {} test samples, largest over them and the epochs.",
+        a.seed, a.batch, a.lr, if a.train_eval == usize::MAX { "all".to_string() } else { a.train_eval.to_string() }, a.equivariance
     );
     std::fs::write(
         out.join("particle_dynamics.svg"),
@@ -177,6 +261,15 @@ fn report(
             "epoch",
             "position MSE",
             &series,
+        ),
+    )?;
+    std::fs::write(
+        out.join("particle_dynamics_equivariance.svg"),
+        line_chart_svg(
+            "equivariance error of the predictions (float32)",
+            "epoch",
+            "relative error",
+            &equiv_series,
         ),
     )?;
     std::fs::write(out.join("particle_dynamics.md"), &table)?;
@@ -216,22 +309,51 @@ fn main() -> Result<(), Failure> {
                 test.len()
             );
             let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
+            let mut motion_rng = rand::rngs::StdRng::seed_from_u64(a.seed.wrapping_add(1));
             let mut csv = format!("{HEADER}\n");
             let start = Instant::now();
+            let train_eval = &train[..a.train_eval.min(train.len())];
+            let mut epoch_seconds = Vec::new();
+            let equiv_samples = &test[..a.equivariance.min(test.len())];
             for epoch in 1..=a.epochs {
+                if let (Some(until), false) = (a.until, epoch_seconds.is_empty()) {
+                    let mean = epoch_seconds.iter().sum::<f64>() / epoch_seconds.len() as f64;
+                    if unix_now() + mean > until as f64 {
+                        eprintln!("{}: stopped after {} epochs (--until)", v.name(), epoch - 1);
+                        break;
+                    }
+                }
                 let t = Instant::now();
                 let loss = model.train_epoch(train, a.batch, &mut rng)?;
                 let seconds = t.elapsed().as_secs_f64();
-                // the train MSE after the epoch on a fixed subset (`--train-eval`), to save time
-                let train_mse = model.mse(&train[..a.train_eval.min(train.len())], a.batch)?;
-                let test_mse = model.mse(test, a.batch)?;
+                let t = Instant::now();
+                let train_mse = model.mse(train_eval, a.eval_batch)?;
+                let test_pred = model.predict_samples(test, a.eval_batch)?;
+                let test_mse = mean_position_mse(&test_pred, test)?;
+                // each sample under its own fresh rotation and translation ~ N(0, 4 I)
+                let (equiv_mean, equiv_max) = if equiv_samples.is_empty() {
+                    (f64::NAN, f64::NAN)
+                } else {
+                    batched_equivariance_error(
+                        &mut |s| model.predict_samples(s, a.eval_batch),
+                        equiv_samples,
+                        &test_pred[..equiv_samples.len()],
+                        2.0,
+                        &mut motion_rng,
+                    )?
+                };
+                let eval_seconds = t.elapsed().as_secs_f64();
+                epoch_seconds.push(seconds + eval_seconds);
                 eprintln!(
-                    "{} epoch {epoch}: loss {loss:.4e} train {train_mse:.4e} test {test_mse:.4e} ({:.2}x constant velocity) {seconds:.0} s",
+                    "{} epoch {epoch}: loss {loss:.4e} train {train_mse:.4e} test {test_mse:.4e} ({:.3}x constant velocity) equivariance {equiv_mean:.1e} (max {equiv_max:.1e}) {seconds:.0} s + eval {eval_seconds:.0} s",
                     v.name(),
                     test_mse / baseline
                 );
-                let _ = writeln!(csv, "{epoch},{loss},{train_mse},{test_mse},{seconds}");
-                std::fs::write(a.out.join(format!("{}.csv", v.name())), &csv)?;
+                let _ = writeln!(
+                    csv,
+                    "{epoch},{loss},{train_mse},{test_mse},{equiv_mean},{equiv_max},{seconds},{eval_seconds}"
+                );
+                std::fs::write(csv_path(&a.out, v), &csv)?;
                 if start.elapsed().as_secs_f64() > 60.0 * a.minutes {
                     eprintln!("{}: stopped after {epoch} epochs (--minutes)", v.name());
                     break;

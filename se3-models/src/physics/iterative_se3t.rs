@@ -13,8 +13,11 @@
 //! as neighbours) and conv_out to one channel of degrees 0
 //! and 1, every radial network 128 wide (the library's size).
 //!
-//! ```text
-//! ```
+//! Cost: the forward pass runs each block's forward-only graph
+//! ([`TrainableSe3Transformer::forward`]); the backward pass runs each block's training graph
+//! once more with its cotangent. A batch's clouds share each graph run (one run of `B n` nodes,
+//! not `B` runs of `n`). What remains is the training graph's arithmetic, most of it the
+//! backward of the radial networks' 128-wide hidden layers (see the README's profile).
 //!
 //! `T` is the horizon of the inertial term ([`IterativeConfig::horizon`]; 0 leaves it out, then
 //! the blocks learn the whole motion) and `s` a fixed scale of the blocks' output
@@ -42,6 +45,7 @@ use rand::Rng;
 use se3_core::train::{Adam, Optimizer, Param};
 
 use super::dataset::Sample;
+use super::metrics::{mean_position_mse, Prediction};
 use crate::checkpoint::{StateDict, Tensor};
 use crate::inputs::{ModelInputs, NodeFeats};
 use crate::se3_transformer::{
@@ -195,12 +199,35 @@ impl Trajectory {
     }
 }
 
+/// Wall time of the stages of the last training step ([`IterativeSe3Transformer::train_step`]),
+/// seconds. `forward` and `backward` are the two passes over the blocks; `host_graph`,
+/// `graph_run` and `host_gradients` split the block runs of both passes (neighbours and kernel
+/// basis on the host, the compiled graph, reading back and assembling the gradients).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepTimings {
+    /// The forward pass x^0 -> x^K.
+    pub forward: f64,
+    /// The backward pass (every block run again with its cotangent).
+    pub backward: f64,
+    /// Host work before the graph runs (neighbour graph, inputs), both passes.
+    pub host_graph: f64,
+    /// Graph runs, both passes.
+    pub graph_run: f64,
+    /// Reading the outputs and gradients back and assembling them, both passes.
+    pub host_gradients: f64,
+    /// The Adam update.
+    pub adam: f64,
+    /// Writing the new weights into the graphs.
+    pub write_back: f64,
+}
+
 /// The iterative SE(3)-Transformer (module doc) with its Adam state.
 pub struct IterativeSe3Transformer {
     variant: IterativeVariant,
     config: IterativeConfig,
     blocks: Vec<Block>,
     adam: Adam,
+    timings: StepTimings,
 }
 
 impl std::fmt::Debug for IterativeSe3Transformer {
@@ -307,6 +334,7 @@ impl IterativeSe3Transformer {
             config,
             blocks,
             adam: Adam::new(lr),
+            timings: StepTimings::default(),
         })
     }
 
@@ -334,21 +362,49 @@ impl IterativeSe3Transformer {
         self.blocks.get(k).map(|b| b.values.as_slice())
     }
 
+    /// Wraps every operator of the blocks' training graphs in a timer
+    /// ([`se3_core::exec::profile`]), so later steps record per-operator timings (benchmarks
+    /// only).
+    pub fn instrument(&mut self) {
+        for block in &mut self.blocks {
+            block.net.instrument();
+        }
+    }
+
+    /// Wall time of the stages of the last training step.
+    pub fn last_step_timings(&self) -> StepTimings {
+        self.timings
+    }
+
+    /// Adds the stage times of the last run of a block to the step's timings.
+    fn record_block_timings(&mut self, k: usize) {
+        let Some(block) = self.blocks.get(k) else {
+            return;
+        };
+        for &(stage, s) in block.net.last_timings() {
+            match stage {
+                "host: neighbours + basis" => self.timings.host_graph += s,
+                "graph: forward + backward" | "graph: forward" => self.timings.graph_run += s,
+                _ => self.timings.host_gradients += s,
+            }
+        }
+    }
+
     /// Sets the Adam learning rate.
     pub fn set_learning_rate(&mut self, lr: f64) {
         self.adam.set_lr(lr);
     }
 
-    /// Runs block `k` on coordinates `coors` (`[B, n, 3]`) with cotangent `cot` on its
-    /// displacement: the displacement, the gradient of `<d_k, cot>` with respect to the
-    /// coordinates (with [`IterativeVariant::ThroughBasis`], else `None`) and the parameter
-    /// gradients `param.<key>`.
+    /// Runs block `k` on coordinates `coors` (`[B, n, 3]`): the displacement and, with a
+    /// cotangent `cot` on it, the gradient of `<d_k, cot>` with respect to the coordinates
+    /// (with [`IterativeVariant::ThroughBasis`], else `None`) and the parameter gradients
+    /// `param.<key>`. Without a cotangent only the block's forward-only graph runs.
     fn run_block(
         &mut self,
         k: usize,
         batch: &DynamicsBatch,
         coors: &[f64],
-        cot: &[f64],
+        cot: Option<&[f64]>,
     ) -> Result<BlockRun, Error> {
         let (b, n) = (batch.graphs, batch.nodes);
         let mut feats = std::collections::BTreeMap::new();
@@ -363,20 +419,28 @@ impl IterativeSe3Transformer {
             neighbor_mask: None,
             global_feats: None,
         };
-        let mut cotangents = StateDict::new();
-        cotangents.insert(
-            "cotangent.out".to_string(),
-            Tensor::new(vec![b, n, 3], cot.to_vec())?,
-        );
         let block = self.blocks.get_mut(k).ok_or(Error::InvalidParameter {
             name: "block",
             expected: "an index below the number of blocks",
             found: k.to_string(),
         })?;
-        let (outputs, grads) =
-            block
-                .net
-                .forward_and_gradients(&inputs, &forward_options(), &cotangents)?;
+        let (outputs, grads) = match cot {
+            Some(cot) => {
+                let mut cotangents = StateDict::new();
+                cotangents.insert(
+                    "cotangent.out".to_string(),
+                    Tensor::new(vec![b, n, 3], cot.to_vec())?,
+                );
+                block
+                    .net
+                    .forward_and_gradients(&inputs, &forward_options(), &cotangents)?
+            }
+            None => (
+                block.net.forward(&inputs, &forward_options())?,
+                StateDict::new(),
+            ),
+        };
+        self.record_block_timings(k);
         let out = outputs.get("out").ok_or(Error::MissingKey {
             key: "out".into(),
             expected: vec![b, n, 3],
@@ -392,16 +456,16 @@ impl IterativeSe3Transformer {
         Ok((out.data.clone(), coor_grad, grads))
     }
 
-    /// The forward pass: x^0 = x, x^{k+1} = x^k + d_k(x^k, v).
+    /// The forward pass: x^0 = x, x^{k+1} = x^k + (T/K) v + s d_k(x^k, v), on the blocks'
+    /// forward-only graphs.
     ///
     /// # Errors
     /// Those of the blocks' graphs (input shapes, non-finite values).
     pub fn forward(&mut self, batch: &DynamicsBatch) -> Result<Trajectory, Error> {
-        let zeros = vec![0.0; batch.positions.len()];
         let mut coordinates = vec![batch.positions.clone()];
         for k in 0..self.blocks.len() {
             let x = coordinates[k].clone();
-            let (d, _, _) = self.run_block(k, batch, &x, &zeros)?;
+            let (d, _, _) = self.run_block(k, batch, &x, None)?;
             let stages = self.blocks.len() as f64;
             let (step, scale) = (self.config.horizon / stages, self.config.displacement_scale);
             coordinates.push(
@@ -440,7 +504,10 @@ impl IterativeSe3Transformer {
                 found: format!("{} target values", batch.targets.len()),
             });
         }
+        let t_forward = std::time::Instant::now();
         let traj = self.forward(batch)?;
+        self.timings.forward += t_forward.elapsed().as_secs_f64();
+        let t_backward = std::time::Instant::now();
         let count = batch.targets.len() as f64;
         let pred = traj.prediction();
         let loss = pred
@@ -458,7 +525,8 @@ impl IterativeSe3Transformer {
         for k in (0..self.blocks.len()).rev() {
             let scale = self.config.displacement_scale;
             let cot: Vec<f64> = g.iter().map(|v| scale * v).collect();
-            let (_, coor_grad, grads) = self.run_block(k, batch, &traj.coordinates[k], &cot)?;
+            let (_, coor_grad, grads) =
+                self.run_block(k, batch, &traj.coordinates[k], Some(&cot))?;
             if self.variant == IterativeVariant::ThroughBasis {
                 let cg = coor_grad.ok_or(Error::MissingKey {
                     key: "input.coors".into(),
@@ -475,6 +543,7 @@ impl IterativeSe3Transformer {
                 per_block[k].push((key.clone(), t.data.clone()));
             }
         }
+        self.timings.backward += t_backward.elapsed().as_secs_f64();
         Ok((loss, g, per_block))
     }
 
@@ -484,7 +553,9 @@ impl IterativeSe3Transformer {
     /// As [`IterativeSe3Transformer::loss_and_gradients`]; the optimizer's (non-finite
     /// gradients); session errors setting the new weights.
     pub fn train_step(&mut self, batch: &DynamicsBatch) -> Result<f64, Error> {
+        self.timings = StepTimings::default();
         let (loss, _, grads) = self.loss_and_gradients(batch)?;
+        let t_adam = std::time::Instant::now();
         let names: Vec<Vec<String>> = self
             .blocks
             .iter()
@@ -517,6 +588,8 @@ impl IterativeSe3Transformer {
             }
             self.adam.step(&mut params)?;
         }
+        self.timings.adam = t_adam.elapsed().as_secs_f64();
+        let t_write = std::time::Instant::now();
         for block in &mut self.blocks {
             let wide: Vec<Vec<f64>> = block
                 .values
@@ -531,38 +604,46 @@ impl IterativeSe3Transformer {
                 .collect();
             block.net.set_parameters(&updates)?;
         }
+        self.timings.write_back = t_write.elapsed().as_secs_f64();
         Ok(loss)
     }
 
-    /// Mean position MSE over `samples` in batches of `batch_size` (samples weighted equally).
+    /// The predictions of `samples` (all of one size) in batches of `batch_size`, one
+    /// [`Prediction`] (positions) per sample.
     ///
     /// # Errors
-    /// As [`IterativeSe3Transformer::forward`]; `InvalidParameter` for samples without targets.
-    pub fn mse(&mut self, samples: &[Sample], batch_size: usize) -> Result<f64, Error> {
-        let mut sum = 0.0;
-        let mut count = 0usize;
+    /// As [`IterativeSe3Transformer::forward`]; those of [`DynamicsBatch::new`].
+    pub fn predict_samples(
+        &mut self,
+        samples: &[Sample],
+        batch_size: usize,
+    ) -> Result<Vec<Prediction>, Error> {
+        let mut out = Vec::with_capacity(samples.len());
         for chunk in samples.chunks(batch_size.max(1)) {
             let refs: Vec<&Sample> = chunk.iter().collect();
             let batch = DynamicsBatch::new(&refs)?;
-            if batch.targets.len() != batch.positions.len() {
-                return Err(Error::InvalidParameter {
-                    name: "samples",
-                    expected: "target positions",
-                    found: "samples without targets".into(),
+            let flat = self.predict(&batch)?;
+            for cloud in flat.chunks_exact(3 * batch.nodes) {
+                out.push(Prediction {
+                    positions: cloud
+                        .chunks_exact(3)
+                        .map(|c| Vector3::new(c[0], c[1], c[2]))
+                        .collect(),
+                    ..Prediction::default()
                 });
             }
-            let pred = self.predict(&batch)?;
-            sum += pred
-                .iter()
-                .zip(&batch.targets)
-                .map(|(p, y)| (p - y) * (p - y))
-                .sum::<f64>();
-            count += pred.len();
         }
-        if count == 0 {
-            return Err(Error::EmptyGraph { batch: 0, nodes: 0 });
-        }
-        Ok(sum / count as f64)
+        Ok(out)
+    }
+
+    /// Mean position MSE over `samples` in batches of `batch_size`
+    /// ([`mean_position_mse`]).
+    ///
+    /// # Errors
+    /// As [`IterativeSe3Transformer::predict_samples`] and [`mean_position_mse`].
+    pub fn mse(&mut self, samples: &[Sample], batch_size: usize) -> Result<f64, Error> {
+        let predicted = self.predict_samples(samples, batch_size)?;
+        mean_position_mse(&predicted, samples)
     }
 
     /// One epoch of Adam steps over `samples` shuffled by `rng`, in batches of `batch_size`;

@@ -115,6 +115,22 @@ pub fn equivariance_error(
 ) -> Result<f64, Error> {
     let plain = model(sample)?;
     let moved = model(&transform_sample(sample, rotation, translation))?;
+    equivariance_error_between(&plain, &moved, sample, rotation, translation)
+}
+
+/// [`equivariance_error`] from the two predictions already made: `plain` of `sample` and
+/// `moved` of [`transform_sample`]`(sample, rotation, translation)` (e.g. both from batched
+/// runs).
+///
+/// # Errors
+/// `InputShape` if the two predictions differ in which parts or lengths.
+pub fn equivariance_error_between(
+    plain: &Prediction,
+    moved: &Prediction,
+    sample: &Sample,
+    rotation: &Rotation3<f64>,
+    translation: &Vector3<f64>,
+) -> Result<f64, Error> {
     check_lengths(
         "positions of the moved input",
         moved.positions.len(),
@@ -188,6 +204,78 @@ pub fn mean_equivariance_error<R: Rng + ?Sized>(
         let r = uniform_rotation(rng);
         let t = normal_vector(rng, translation_std);
         let e = equivariance_error(model, s, &r, &t)?;
+        sum += e;
+        max = max.max(e);
+    }
+    Ok((sum / samples.len() as f64, max))
+}
+
+/// Position MSE of `predicted` against the targets of `samples` (one prediction per sample),
+/// averaged over all nodes and coordinates of all samples.
+///
+/// # Errors
+/// `InputShape` if the counts of predictions, samples or their nodes differ; `EmptyGraph`
+/// for no nodes.
+pub fn mean_position_mse(predicted: &[Prediction], samples: &[Sample]) -> Result<f64, Error> {
+    check_lengths("predictions", predicted.len(), samples.len())?;
+    let (mut sum, mut count) = (0.0, 0usize);
+    for (p, s) in predicted.iter().zip(samples) {
+        check_lengths(
+            "predicted positions",
+            p.positions.len(),
+            s.target_positions.len(),
+        )?;
+        sum += p
+            .positions
+            .iter()
+            .zip(&s.target_positions)
+            .map(|(a, b)| (a - b).norm_squared())
+            .sum::<f64>();
+        count += 3 * p.positions.len();
+    }
+    if count == 0 {
+        return Err(Error::EmptyGraph { batch: 0, nodes: 0 });
+    }
+    Ok(sum / count as f64)
+}
+
+/// Mean and largest [`equivariance_error`] of batched predictions: every sample under its own
+/// uniform random rotation and a translation ~ N(0, translation_std² I) drawn from `rng`, the
+/// moved samples predicted together by `predict` (one [`Prediction`] per sample) and compared
+/// with `plain`, the predictions of `samples` already made.
+///
+/// # Errors
+/// `EmptyGraph` for no samples; `InputShape` if `plain` or the predictions of the moved
+/// samples do not have one entry per sample; those of `predict`.
+pub fn batched_equivariance_error<R: Rng + ?Sized>(
+    predict: &mut impl FnMut(&[Sample]) -> Result<Vec<Prediction>, Error>,
+    samples: &[Sample],
+    plain: &[Prediction],
+    translation_std: f64,
+    rng: &mut R,
+) -> Result<(f64, f64), Error> {
+    if samples.is_empty() {
+        return Err(Error::EmptyGraph { batch: 0, nodes: 0 });
+    }
+    check_lengths("predictions of the samples", plain.len(), samples.len())?;
+    let motions: Vec<_> = samples
+        .iter()
+        .map(|_| (uniform_rotation(rng), normal_vector(rng, translation_std)))
+        .collect();
+    let moved_samples: Vec<Sample> = samples
+        .iter()
+        .zip(&motions)
+        .map(|(s, (r, t))| transform_sample(s, r, t))
+        .collect();
+    let moved = predict(&moved_samples)?;
+    check_lengths(
+        "predictions of the moved samples",
+        moved.len(),
+        samples.len(),
+    )?;
+    let (mut sum, mut max) = (0.0, 0.0f64);
+    for (((s, (r, t)), p), q) in samples.iter().zip(&motions).zip(plain).zip(&moved) {
+        let e = equivariance_error_between(p, q, s, r, t)?;
         sum += e;
         max = max.max(e);
     }

@@ -38,6 +38,7 @@ mod coors;
 mod ctx;
 mod differentiable;
 mod egnn;
+mod merged_batch;
 mod node;
 mod tensor;
 mod training;
@@ -109,7 +110,9 @@ pub struct MemoryEstimate {
     /// The host's per-edge data of one cloud (clouds of a batch are prepared together, so this
     /// counts once per batch element in [`MemoryEstimate::total`]).
     pub host_graph: usize,
-    /// The most graph inputs and intermediates alive at once in the run of one cloud.
+    /// The most graph inputs and intermediates alive at once in one graph run: of one cloud, or
+    /// of as many clouds of the batch as share a run (`merged_batch.rs`, up to 32,768 edges;
+    /// their merged host data, a copy of at most that many edges, is not counted).
     pub graph_peak: usize,
     /// Neighbours per node assumed.
     pub neighbours: usize,
@@ -457,7 +460,8 @@ impl CompiledSe3Transformer {
     /// anything of the forward is allocated: the graph's schedule at those sizes walked with
     /// every tensor's size from its shape ([`Session::estimate_peak_bytes_for`]), the host's
     /// per-edge data of one cloud (neighbour indices, relative positions, distances, edge
-    /// features, the float64 kernel basis) and the weights. Neighbours per node are
+    /// features, the float64 kernel basis) and the weights. The graph's peak is that of one
+    /// run, which holds several clouds of a batch when they merge (`merged_batch.rs`). Neighbours per node are
     /// `min(num_neighbors + max_sparse_neighbors, nodes - 1)` (bonds counted at their cap, or all
     /// other nodes without one).
     ///
@@ -489,6 +493,14 @@ impl CompiledSe3Transformer {
             .min(others)
             .max(1);
         let edges = nodes * k;
+        // clouds of a batch share a run up to the merge limit (`merged_batch.rs`)
+        let per_run = if self.mergeable() {
+            (merged_batch::MERGE_EDGE_LIMIT / edges).clamp(1, batch)
+        } else {
+            1
+        };
+        let run_nodes = nodes * per_run;
+        let run_edges = edges * per_run;
         let edge_dim = model.shape.edge_dim;
         let weights: usize = Se3Transformer::expected_keys(cfg)?
             .iter()
@@ -496,32 +508,32 @@ impl CompiledSe3Transformer {
             .sum();
         let mut basis_per_edge = 0;
         let mut shapes: Vec<(String, Vec<usize>)> = vec![
-            ("valid".into(), vec![nodes, k]),
-            ("radial_in".into(), vec![edges * self.radial_width]),
+            ("valid".into(), vec![run_nodes, k]),
+            ("radial_in".into(), vec![run_edges * self.radial_width]),
         ];
         for &(d_in, d_out) in &self.pairs {
             let width = (2 * d_out + 1) * (2 * d_in + 1) * (2 * d_in.min(d_out) + 1);
             basis_per_edge += width;
-            shapes.push((format!("basis.{d_in}.{d_out}"), vec![edges * width]));
+            shapes.push((format!("basis.{d_in}.{d_out}"), vec![run_edges * width]));
         }
         for &(l, c) in &self.in_degrees {
-            shapes.push((format!("x.{l}"), vec![nodes * c * (2 * l + 1)]));
+            shapes.push((format!("x.{l}"), vec![run_nodes * c * (2 * l + 1)]));
         }
         if let Some(g) = self.global_dim {
             shapes.push(("global".into(), vec![g]));
         }
         if self.egnn {
-            shapes.push(("egnn_dist".into(), vec![edges]));
+            shapes.push(("egnn_dist".into(), vec![run_edges]));
             if edge_dim > 0 {
-                shapes.push(("egnn_edge".into(), vec![edges * edge_dim]));
+                shapes.push(("egnn_edge".into(), vec![run_edges * edge_dim]));
             }
         }
         if model.rotary.is_some() {
             for (name, rows) in [
-                ("rot_node_cos", nodes),
-                ("rot_node_sin", nodes),
-                ("rot_edge_cos", edges),
-                ("rot_edge_sin", edges),
+                ("rot_node_cos", run_nodes),
+                ("rot_node_sin", run_nodes),
+                ("rot_edge_cos", run_edges),
+                ("rot_edge_sin", run_edges),
             ] {
                 shapes.push((name.into(), vec![rows * self.dim_head]));
             }
@@ -530,7 +542,7 @@ impl CompiledSe3Transformer {
             .iter()
             .map(|(k, v)| (k.as_str(), v.clone()))
             .collect();
-        let mut dims = vec![('n', nodes), ('k', k)];
+        let mut dims = vec![('n', run_nodes), ('k', k)];
         if self.global_dim.is_some() {
             dims.push(('g', 1));
         }
@@ -573,8 +585,8 @@ impl CompiledSe3Transformer {
         let items = self.host()?.prepare(inp)?;
         let t1 = std::time::Instant::now();
         let mut per_batch = Vec::with_capacity(b);
-        for (bi, item) in items.iter().enumerate() {
-            per_batch.push(self.run_one(item, &inp.points(bi))?);
+        for group in merged_batch::run_groups(&items, n, self.mergeable()) {
+            per_batch.extend(self.run_group(&items, &group, inp)?);
         }
         let t2 = std::time::Instant::now();
         self.timings = vec![
@@ -582,6 +594,35 @@ impl CompiledSe3Transformer {
             ("graph", (t2 - t1).as_secs_f64()),
         ];
         self.host()?.assemble(per_batch, inp, fwd, b, n)
+    }
+
+    /// Whether clouds of a batch may share a graph run (`merged_batch.rs`): no global
+    /// features, rotary embeddings or EGNN trunk.
+    fn mergeable(&self) -> bool {
+        self.global_dim.is_none()
+            && !self.egnn
+            && self.model.as_ref().is_some_and(|m| m.rotary.is_none())
+    }
+
+    /// Runs the clouds of `group` (one run, merged if more than one): their outputs.
+    fn run_group(
+        &mut self,
+        items: &[Prepared],
+        group: &merged_batch::RunGroup,
+        inp: &ModelInputs,
+    ) -> Result<Vec<crate::se3_transformer::features::Feats>, Error> {
+        let range = group.items.clone();
+        if range.len() == 1 {
+            return Ok(vec![
+                self.run_one(&items[range.start], &inp.points(range.start))?
+            ]);
+        }
+        let part = &items[range.clone()];
+        let merged = merged_batch::merge(part);
+        let points: Vec<[f64; 3]> = range.clone().flat_map(|bi| inp.points(bi)).collect();
+        let out = self.run_one(&merged, &points)?;
+        let nodes: Vec<usize> = part.iter().map(|i| i.graph.n).collect();
+        Ok(merged_batch::split_feats(out, &nodes))
     }
 
     fn host(&self) -> Result<&Se3Transformer, Error> {

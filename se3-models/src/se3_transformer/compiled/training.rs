@@ -13,6 +13,12 @@
 //! it is an error, not a silently wrong gradient. `∂L/∂param` is the sum of the gradients of the
 //! constant elements it feeds.
 //!
+//! The clouds of a batch share one graph run where the model allows it (`merged_batch.rs`),
+//! so a batch of small clouds costs one forward and backward, not one per cloud.
+//! [`TrainableSe3Transformer::forward`] runs a second, forward-only graph of the same layers
+//! (built on first use, its weights written with every parameter update) for predictions that
+//! need no gradient.
+//!
 //! Embeddings (`token_emb`, `pos_emb`, `edge_emb`, `adj_emb`) run on the host; their gradients
 //! are taken on the host from the gradients of the graph's inputs (node features, radial input),
 //! as are those of the float inputs (`feats`, `edges`, `global_feats`, and with
@@ -97,6 +103,13 @@ pub struct TrainableSe3Transformer {
     out_degrees: Vec<(usize, usize)>,
     objective: Objective,
     timings: Vec<(&'static str, f64)>,
+    /// The config, the form and the buffers, to build the forward-only graph.
+    cfg: Se3TransformerConfig,
+    form: GraphForm,
+    buffers: StateDict,
+    /// The forward-only graph ([`TrainableSe3Transformer::forward`]), built on first use and
+    /// written with every parameter update after that.
+    forward_graph: Option<CompiledSe3Transformer>,
 }
 
 impl std::fmt::Debug for TrainableSe3Transformer {
@@ -156,6 +169,7 @@ impl TrainableSe3Transformer {
         let keys = Se3Transformer::expected_keys(cfg)?;
         let mut params = Vec::new();
         let mut tagged = StateDict::new();
+        let mut buffers = StateDict::new();
         let mut next = 0usize;
         for (key, shape) in &keys {
             let t = sd.get(key).ok_or_else(|| Error::MissingKey {
@@ -164,6 +178,7 @@ impl TrainableSe3Transformer {
             })?;
             if is_buffer(key) {
                 tagged.insert(key.clone(), t.clone());
+                buffers.insert(key.clone(), t.clone());
                 continue;
             }
             if HOST_PARAMS.contains(&key.as_str()) {
@@ -325,7 +340,74 @@ impl TrainableSe3Transformer {
             out_degrees,
             objective,
             timings: Vec::new(),
+            cfg: cfg.clone(),
+            form,
+            buffers,
+            forward_graph: None,
         })
+    }
+
+    /// The outputs only (named as [`Se3Transformer::forward`]'s), from a forward-only graph of
+    /// the same layers: no backward pass is run, so a prediction costs a fraction of
+    /// [`TrainableSe3Transformer::forward_and_gradients`]. The graph is built and compiled on the
+    /// first call from the current parameters, and every later parameter update writes it too.
+    ///
+    /// # Errors
+    /// Input errors of [`Se3Transformer::forward`]; those of the graph build
+    /// ([`CompiledSe3Transformer::from_model_in`]); `NotCompiled` if the forward graph's
+    /// weights are not those of the training graph.
+    pub fn forward(
+        &mut self,
+        inp: &ModelInputs,
+        fwd: &Se3TransformerForward,
+    ) -> Result<StateDict, Error> {
+        if self.forward_graph.is_none() {
+            self.forward_graph = Some(self.build_forward_graph()?);
+        }
+        let graph = self.forward_graph.as_mut().ok_or(Error::NotCompiled {
+            option: "a forward graph whose build did not finish",
+        })?;
+        let out = graph.forward(inp, fwd)?;
+        self.timings = graph
+            .last_timings()
+            .iter()
+            .map(|&(stage, s)| match stage {
+                "graph" => ("graph: forward", s),
+                _ => ("host: neighbours + basis", s),
+            })
+            .collect();
+        Ok(out)
+    }
+
+    /// The forward-only graph of the current parameters; checks that it holds every weight
+    /// the training graph feeds from parameters, with the same number of elements.
+    fn build_forward_graph(&self) -> Result<CompiledSe3Transformer, Error> {
+        let mut sd = self.buffers.clone();
+        for p in &self.params {
+            sd.insert(
+                p.key.clone(),
+                Tensor::new(p.shape.clone(), p.value.clone())?,
+            );
+        }
+        let model = Se3Transformer::from_state_dict(&self.cfg, &sd)?;
+        let graph = CompiledSe3Transformer::from_model_in(model, self.form)?;
+        let weights: BTreeMap<String, usize> = graph
+            .session
+            .weights()
+            .into_iter()
+            .map(|(name, _)| {
+                let len = graph.session.weight_values(&name).map_or(0, |v| v.len());
+                (name, len)
+            })
+            .collect();
+        for f in &self.feeds {
+            if weights.get(&f.name) != Some(&f.values.len()) {
+                return Err(Error::NotCompiled {
+                    option: "a forward graph whose weights differ from the training graph's",
+                });
+            }
+        }
+        Ok(graph)
     }
 
     /// The parameters (PyTorch key names, `named_parameters()` order) and their shapes.
@@ -398,6 +480,11 @@ impl TrainableSe3Transformer {
             self.compiled
                 .session
                 .set_weight(&f.name, f.values.clone(), &f.shape)?;
+            if let Some(graph) = self.forward_graph.as_mut() {
+                graph
+                    .session
+                    .set_weight(&f.name, f.values.clone(), &f.shape)?;
+            }
         }
         Ok(())
     }
@@ -421,7 +508,11 @@ impl TrainableSe3Transformer {
             });
         }
         self.params[pi].value = values.to_vec();
-        if let Some(host) = self.compiled.model.as_mut() {
+        let hosts = [
+            self.compiled.model.as_mut(),
+            self.forward_graph.as_mut().and_then(|g| g.model.as_mut()),
+        ];
+        for host in hosts.into_iter().flatten() {
             let mat = match key {
                 "token_emb.weight" => host.token_emb.as_mut(),
                 "pos_emb.weight" => host.pos_emb.as_mut(),
@@ -481,18 +572,29 @@ impl TrainableSe3Transformer {
             .map(|f| vec![0.0; f.values.len()])
             .collect();
         let mut input_grads: Vec<BTreeMap<String, Vec<f32>>> = Vec::with_capacity(b);
-        for (bi, item) in items.iter().enumerate() {
+        let groups = super::merged_batch::run_groups(&items, n, self.compiled.mergeable());
+        for group in &groups {
+            let range = group.items.clone();
+            let clouds = range.len();
             for &(l, c) in &self.out_degrees {
-                let shape = [n, c, 2 * l + 1];
+                let shape = [clouds * n, c, 2 * l + 1];
                 match self.objective {
                     Objective::Cotangents => {
-                        let cot = self.graph_cotangent(inp, fwd, cotangents, bi, l, c)?;
+                        let mut cot = Vec::new();
+                        for bi in range.clone() {
+                            cot.extend(self.graph_cotangent(inp, fwd, cotangents, bi, l, c)?);
+                        }
                         self.compiled
                             .session
                             .set(&format!("cot.{l}"), cot, &shape)?;
                     }
                     Objective::MeanSquaredError => {
-                        let (target, w) = self.graph_target(inp, fwd, cotangents, bi, l, c)?;
+                        let (mut target, mut w) = (Vec::new(), Vec::new());
+                        for bi in range.clone() {
+                            let (t, wt) = self.graph_target(inp, fwd, cotangents, bi, l, c)?;
+                            target.extend(t);
+                            w.extend(wt);
+                        }
                         let s = &mut self.compiled.session;
                         s.set(&format!("target.{l}"), target, &shape)?;
                         s.set(&format!("mse_w.{l}"), w, &shape)?;
@@ -500,7 +602,7 @@ impl TrainableSe3Transformer {
                 }
             }
             let tg = std::time::Instant::now();
-            per_batch.push(self.compiled.run_one(item, &inp.points(bi))?);
+            per_batch.extend(self.compiled.run_group(&items, group, inp)?);
             graph_s += tg.elapsed().as_secs_f64();
             let s = &self.compiled.session;
             for (f, acc) in self.feeds.iter().zip(feed_grads.iter_mut()) {
@@ -509,11 +611,16 @@ impl TrainableSe3Transformer {
                     .zip(&g.data)
                     .for_each(|(a, &v)| *a += f64::from(v));
             }
-            let mut ig = BTreeMap::new();
+            // the clouds of a merged run are of one size: every input's gradient splits evenly
+            let mut per_cloud = vec![BTreeMap::new(); clouds];
             for name in &self.grad_inputs {
-                ig.insert(name.clone(), s.get(&format!("grad.{name}"))?.data);
+                let data = s.get(&format!("grad.{name}"))?.data;
+                let part = data.len() / clouds;
+                for (i, ig) in per_cloud.iter_mut().enumerate() {
+                    ig.insert(name.clone(), data[i * part..(i + 1) * part].to_vec());
+                }
             }
-            input_grads.push(ig);
+            input_grads.extend(per_cloud);
         }
         let outputs = self.compiled.host()?.assemble(per_batch, inp, fwd, b, n)?;
         let mut grads: Vec<Vec<f64>> = self
