@@ -275,7 +275,14 @@ fn radial_kernel_product(
 /// tables `2 nodes mi c_in k c_out` (one for the neighbour half `W^xj x`, one for the own half
 /// `W^xi x`) plus `2 edges k c_out mi` on the edges, against `edges (k c_out c_in + c_out c_in
 /// mi)` for `R_e` and `R_e x_e`.
-fn tables_are_cheaper(nodes: usize, edges: usize, k: usize, co: usize, ci: usize, mi: usize) -> bool {
+fn tables_are_cheaper(
+    nodes: usize,
+    edges: usize,
+    k: usize,
+    co: usize,
+    ci: usize,
+    mi: usize,
+) -> bool {
     let tables = 2 * nodes * mi * ci * k * co + 2 * edges * k * co * mi;
     let per_edge = edges * (k * co * ci + co * ci * mi);
     tables < per_edge
@@ -283,8 +290,8 @@ fn tables_are_cheaper(nodes: usize, edges: usize, k: usize, co: usize, ci: usize
 
 /// `sum_c R_e[o, c] x_e[c, m]` for `x_e = b_(src e) + a_(dst e)` (`a`, `b`: node features
 /// `(n, c_in, mi)`) without forming `R_e = [h_e, 1] [W_3, b_3]^T`: per-node tables
-/// `T_j[m, k, o] = sum_c [W_3, b_3][(o, c), k] x_j[c, m]` (one GEMM over all nodes) contracted
-/// with each edge's `[h_e, 1]` (`ops::table_contract`); `(E, c_out, mi)`.
+/// `T_j[m, k, o] = sum_c [W_3, b_3][(o, c), k] x_j[c, m]` contracted with each edge's
+/// `[h_e, 1]` (`ops::table_contract`, which forms each table in cache); `(E, c_out, mi)`.
 fn radial_times_features(
     h1: GraphTensor<(X, X)>,
     w3b: GraphTensor<(X, X)>,
@@ -296,8 +303,7 @@ fn radial_times_features(
     let k = dims(h1)[1];
     let w: GraphTensor<(X, X, X)> = reshape(w3b, &[co.into(), ci.into(), k]);
     let wc: GraphTensor<(X, X)> = reshape(permute(w, &[1, 2, 0]), &[ci.into(), k * co]);
-    let table = |x: GraphTensor<(X, X, X)>| bmm_shared(permute(x, &[0, 2, 1]), wc);
-    table_contract(h1, &[(table(b), edges.src), (table(a), edges.dst)]).ok_or(Error::Empty {
+    table_contract(h1, wc, &[(b, edges.src), (a, edges.dst)]).ok_or(Error::Empty {
         what: "node tables of a depthwise tensor product",
     })
 }

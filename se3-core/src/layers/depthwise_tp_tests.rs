@@ -47,13 +47,8 @@ fn node_tables_match_per_edge_radial_weights() -> Result<(), Error> {
         edge_dim: 0,
         radial_hidden: 8,
     };
-    let layer = DepthwiseTensorProductLayer::load(
-        &mut RandomWeights(rng()),
-        "dtp.",
-        &fin,
-        &fout,
-        opts,
-    )?;
+    let layer =
+        DepthwiseTensorProductLayer::load(&mut RandomWeights(rng()), "dtp.", &fin, &fout, opts)?;
     let zbasis = vec![ZBasis {
         d_in: 1,
         d_out: 1,
@@ -109,4 +104,3 @@ fn node_tables_match_per_edge_radial_weights() -> Result<(), Error> {
     }
     Ok(())
 }
-
