@@ -8,7 +8,7 @@ use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
 use rayon::prelude::*;
 
-use crate::exec::simd::{self, Isa};
+use crate::exec::simd::{self, Isa, Plain, Simd};
 use crate::exec::view::{buffer, View};
 
 /// `out[e, f, g] = sum_r sum_k h[e, k] sum_c x_r[idx_r[e], c, g] W[c, k F + f]`; inputs `h`,
@@ -19,12 +19,8 @@ pub struct TableContract {
     pub k: usize,
 }
 
-/// Output columns accumulated in registers at once (edge contraction).
-const LANES: usize = 32;
-
-/// Table columns per register block, and orders `g` per block (table formation).
-const TABLE_LANES: usize = 16;
-const TABLE_ORDERS: usize = 4;
+/// Vectors accumulated in registers at once (edge contraction).
+const EDGE_VECTORS: usize = 4;
 
 /// Sizes of one contraction: `K`, `F`, `G`, `C`.
 #[derive(Debug, Clone, Copy)]
@@ -35,44 +31,59 @@ struct Sizes {
     c: usize,
 }
 
+/// Orders `g0..g0 + GB` of one node's table, columns `col..col + 2W`:
+/// `table[g][col..] = sum_c x[c G + g] w[c][col..]`.
+#[inline(always)]
+fn table_block<S: Simd, const GB: usize>(
+    x: &[f32],
+    w: &[f32],
+    sz: Sizes,
+    (g0, col): (usize, usize),
+    table: &mut [f32],
+) {
+    let kf = sz.k * sz.f;
+    let mut acc = [[S::zero(); 2]; GB];
+    for ci in 0..sz.c {
+        let w0 = S::load(w, ci * kf + col);
+        let w1 = S::load(w, ci * kf + col + S::W);
+        for (gg, a) in acc.iter_mut().enumerate() {
+            let xv = S::splat(x[ci * sz.g + g0 + gg]);
+            a[0] = S::fmadd(xv, w0, a[0]);
+            a[1] = S::fmadd(xv, w1, a[1]);
+        }
+    }
+    for (gg, a) in acc.iter().enumerate() {
+        let at = (g0 + gg) * kf + col;
+        S::store(a[0], table, at);
+        S::store(a[1], table, at + S::W);
+    }
+}
+
 /// `table[g][kf] = sum_c x[c G + g] w[c][kf]` (`x`: one node's `[C, G]` features).
 #[inline(always)]
-fn table_impl(x: &[f32], w: &[f32], sz: Sizes, table: &mut [f32]) {
-    let Sizes { k, f, g, c } = sz;
-    let kf = k * f;
+fn table_impl<S: Simd>(x: &[f32], w: &[f32], sz: Sizes, table: &mut [f32]) {
+    let kf = sz.k * sz.f;
+    let wide = kf - kf % (2 * S::W);
     let mut g0 = 0;
-    while g0 < g {
-        let gb = TABLE_ORDERS.min(g - g0);
-        let mut col = 0;
-        while col < kf {
-            let w_cols = TABLE_LANES.min(kf - col);
-            let mut acc = [[0.0f32; TABLE_LANES]; TABLE_ORDERS];
-            if w_cols == TABLE_LANES {
-                for ci in 0..c {
-                    let wr = &w[ci * kf + col..ci * kf + col + TABLE_LANES];
-                    for (gg, a) in acc.iter_mut().enumerate().take(gb) {
-                        let xv = x[ci * g + g0 + gg];
-                        for (s, &v) in a.iter_mut().zip(wr) {
-                            *s += xv * v;
-                        }
-                    }
-                }
-            } else {
-                for ci in 0..c {
-                    let wr = &w[ci * kf + col..ci * kf + col + w_cols];
-                    for (gg, a) in acc.iter_mut().enumerate().take(gb) {
-                        let xv = x[ci * g + g0 + gg];
-                        for (s, &v) in a.iter_mut().zip(wr) {
-                            *s += xv * v;
-                        }
-                    }
+    while g0 < sz.g {
+        let gb = 4.min(sz.g - g0);
+        for col in (0..wide).step_by(2 * S::W) {
+            match gb {
+                1 => table_block::<S, 1>(x, w, sz, (g0, col), table),
+                2 => table_block::<S, 2>(x, w, sz, (g0, col), table),
+                3 => table_block::<S, 3>(x, w, sz, (g0, col), table),
+                _ => table_block::<S, 4>(x, w, sz, (g0, col), table),
+            }
+        }
+        for gg in g0..g0 + gb {
+            let t = &mut table[gg * kf + wide..(gg + 1) * kf];
+            t.fill(0.0);
+            for ci in 0..sz.c {
+                let xv = x[ci * sz.g + gg];
+                for (s, &v) in t.iter_mut().zip(&w[ci * kf + wide..(ci + 1) * kf]) {
+                    *s += xv * v;
                 }
             }
-            for (gg, a) in acc.iter().enumerate().take(gb) {
-                let at = (g0 + gg) * kf + col;
-                table[at..at + w_cols].copy_from_slice(&a[..w_cols]);
-            }
-            col += w_cols;
         }
         g0 += gb;
     }
@@ -80,39 +91,49 @@ fn table_impl(x: &[f32], w: &[f32], sz: Sizes, table: &mut [f32]) {
 
 /// `row[g F + f] = sum_k h[k] table[g K F + k F + f]` for one edge.
 #[inline(always)]
-fn edge_impl(h: &[f32], table: &[f32], sz: Sizes, row: &mut [f32]) {
+fn edge_impl<S: Simd>(h: &[f32], table: &[f32], sz: Sizes, row: &mut [f32]) {
     let Sizes { k, f, g, .. } = sz;
+    let block = EDGE_VECTORS * S::W;
     for gi in 0..g {
         let tab = &table[gi * k * f..(gi + 1) * k * f];
         let out = &mut row[gi * f..(gi + 1) * f];
         let mut f0 = 0;
-        while f0 < f {
-            let w = LANES.min(f - f0);
-            let mut acc = [0.0f32; LANES];
-            if w == LANES {
-                for (kk, &hk) in h.iter().enumerate() {
-                    let t = &tab[kk * f + f0..kk * f + f0 + LANES];
-                    for (a, &v) in acc.iter_mut().zip(t) {
-                        *a += hk * v;
-                    }
-                }
-            } else {
-                for (kk, &hk) in h.iter().enumerate() {
-                    let t = &tab[kk * f + f0..kk * f + f0 + w];
-                    for (a, &v) in acc.iter_mut().zip(t) {
-                        *a += hk * v;
-                    }
+        while f0 + block <= f {
+            let mut acc = [S::zero(); EDGE_VECTORS];
+            for (kk, &hk) in h.iter().enumerate() {
+                let hv = S::splat(hk);
+                for (q, a) in acc.iter_mut().enumerate() {
+                    *a = S::fmadd(hv, S::load(tab, kk * f + f0 + q * S::W), *a);
                 }
             }
-            out[f0..f0 + w].copy_from_slice(&acc[..w]);
-            f0 += w;
+            for (q, a) in acc.iter().enumerate() {
+                S::store(*a, out, f0 + q * S::W);
+            }
+            f0 += block;
+        }
+        while f0 + S::W <= f {
+            let mut acc = S::zero();
+            for (kk, &hk) in h.iter().enumerate() {
+                acc = S::fmadd(S::splat(hk), S::load(tab, kk * f + f0), acc);
+            }
+            S::store(acc, out, f0);
+            f0 += S::W;
+        }
+        if f0 < f {
+            let o = &mut out[f0..];
+            o.fill(0.0);
+            for (kk, &hk) in h.iter().enumerate() {
+                for (a, &v) in o.iter_mut().zip(&tab[kk * f + f0..(kk + 1) * f]) {
+                    *a += hk * v;
+                }
+            }
         }
     }
 }
 
 /// One node: its table from `x` (`[C, G]`), then the rows (`[G, F]` each) of its edges `edges`.
 #[inline(always)]
-fn node_impl(
+fn node_impl<S: Simd>(
     x: &[f32],
     w: &[f32],
     h: &[f32],
@@ -121,10 +142,10 @@ fn node_impl(
     table: &mut [f32],
     rows: &mut [f32],
 ) {
-    table_impl(x, w, sz, table);
+    table_impl::<S>(x, w, sz, table);
     let gf = sz.g * sz.f;
     for (&e, row) in edges.iter().zip(rows.chunks_mut(gf)) {
-        edge_impl(&h[e * sz.k..(e + 1) * sz.k], table, sz, row);
+        edge_impl::<S>(&h[e * sz.k..(e + 1) * sz.k], table, sz, row);
     }
 }
 
@@ -139,7 +160,7 @@ fn node_avx512(
     table: &mut [f32],
     rows: &mut [f32],
 ) {
-    node_impl(x, w, h, edges, sz, table, rows);
+    node_impl::<simd::x86::Avx512>(x, w, h, edges, sz, table, rows);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -153,7 +174,7 @@ fn node_avx2(
     table: &mut [f32],
     rows: &mut [f32],
 ) {
-    node_impl(x, w, h, edges, sz, table, rows);
+    node_impl::<simd::x86::Avx2>(x, w, h, edges, sz, table, rows);
 }
 
 fn node(
@@ -172,7 +193,7 @@ fn node(
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { node_avx2(x, w, h, edges, sz, table, rows) },
-        Isa::Plain => node_impl(x, w, h, edges, sz, table, rows),
+        Isa::Plain => node_impl::<Plain>(x, w, h, edges, sz, table, rows),
     }
 }
 
