@@ -49,6 +49,9 @@ pub struct AlignedEdges {
     per_node_tables: bool,
 }
 
+/// Node features of one input degree: `(W^xi x, W^xj x)`, each `(n, c_in, 2li+1)`.
+type NodeHalves = (GraphTensor<(X, X, X)>, GraphTensor<(X, X, X)>);
+
 /// The kernel `K^(li,lo)` of a degree pair on every edge, `(E, 2li+1, 2lo+1)`.
 type PairKernel = ((usize, usize), GraphTensor<(X, X, X)>);
 
@@ -460,7 +463,7 @@ impl DepthwiseTensorProductLayer {
         let xj = self.to_xj.build(s, &format!("{prefix}to_xj."), x)?;
         // per input degree: node features (own half, neighbour half) and, once needed, the
         // per-edge sum `x_e = W^xj x_(src e) + W^xi x_(dst e)`
-        let halves: Vec<(GraphTensor<(X, X, X)>, GraphTensor<(X, X, X)>)> = xi
+        let halves: Vec<NodeHalves> = xi
             .tensors()
             .iter()
             .zip(xj.tensors())

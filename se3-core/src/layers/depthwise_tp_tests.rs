@@ -96,8 +96,7 @@ fn node_tables_match_per_edge_radial_weights() -> Result<(), Error> {
         s.run()?;
         outs.push([s.get("y.0")?, s.get("y.1")?]);
     }
-    for l in 0..2 {
-        let (a, b) = (&outs[0][l], &outs[1][l]);
+    for (l, (a, b)) in outs[0].iter().zip(&outs[1]).enumerate() {
         assert_eq!(a.shape, b.shape);
         let err = rel_err(&a.data, &b.data);
         assert!(err < 1e-5, "degree {l}: relative error {err}");

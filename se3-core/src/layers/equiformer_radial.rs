@@ -22,6 +22,10 @@ pub struct EquiformerRadial {
     params: Vec<Param>,
 }
 
+/// The last layer's input `[h, 1] (E, hidden + 1)` and weights `[W_3, b_3] (c_out c_in,
+/// hidden + 1)` ([`EquiformerRadial::hidden`]).
+pub type LastLayer = (GraphTensor<(X, X)>, GraphTensor<(X, X)>);
+
 const KEYS: [&str; 10] = [
     "rp.0.weight",
     "rp.0.bias",
@@ -107,7 +111,7 @@ impl EquiformerRadial {
         s: &mut Session,
         prefix: &str,
         f: GraphTensor<(X, X)>,
-    ) -> Result<(GraphTensor<(X, X)>, GraphTensor<(X, X)>), Error> {
+    ) -> Result<LastLayer, Error> {
         let mut w2 = Vec::new();
         let mut w1 = Vec::new();
         for p in &self.params {

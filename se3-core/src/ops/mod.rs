@@ -75,7 +75,7 @@ pub use relative_positions::{distances, relative_positions};
 pub use scatter_add::{scatter_add, scatter_add3};
 pub use segment_softmax::segment_softmax;
 pub use stack::stack;
-pub use table_contract::{table_contract, table_contract_unfused};
+pub use table_contract::{table_contract, table_contract_unfused, IndexedNodes};
 pub use top_k::{take_along_rows, top_k, Selected};
 
 /// Logical sizes of a view, as luminal's index expression reads them.

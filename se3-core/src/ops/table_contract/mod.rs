@@ -28,6 +28,9 @@ use luminal::prelude::{symbolic::Expression, *};
 use super::logical_dims;
 use crate::layers::graph::X;
 
+/// Node features `x [N, C, G]` with the node `idx [E]` each edge reads.
+pub type IndexedNodes = (GraphTensor<(X, X, X)>, GraphTensor<(X,)>);
+
 /// `out [E, F, G]` of the module doc from `h [E, K]`, `w [C, K F]` and `(x [N, C, G], idx [E])`
 /// pairs (all `x` of one `C` and `G`).
 ///
@@ -37,7 +40,7 @@ use crate::layers::graph::X;
 pub fn table_contract(
     h: GraphTensor<(X, X)>,
     w: GraphTensor<(X, X)>,
-    nodes: &[(GraphTensor<(X, X, X)>, GraphTensor<(X,)>)],
+    nodes: &[IndexedNodes],
 ) -> Option<GraphTensor<(X, X, X)>> {
     let (x0, _) = nodes.first()?;
     let (hd, wd, xd) = (
@@ -69,7 +72,7 @@ pub fn table_contract(
 pub fn table_contract_unfused(
     h: GraphTensor<(X, X)>,
     w: GraphTensor<(X, X)>,
-    nodes: &[(GraphTensor<(X, X, X)>, GraphTensor<(X,)>)],
+    nodes: &[IndexedNodes],
 ) -> Option<GraphTensor<(X, X, X)>> {
     use crate::layers::graph::{bmm, bmm_shared, expand_at, permute, reshape};
     let hd = logical_dims(&h.shape);
