@@ -22,6 +22,10 @@ pub struct EquiformerRadial {
     params: Vec<Param>,
 }
 
+/// The last layer's input `[h, 1] (E, hidden + 1)` and weights `[W_3, b_3] (c_out c_in,
+/// hidden + 1)` ([`EquiformerRadial::hidden`]).
+pub type LastLayer = (GraphTensor<(X, X)>, GraphTensor<(X, X)>);
+
 const KEYS: [&str; 10] = [
     "rp.0.weight",
     "rp.0.bias",
@@ -79,16 +83,35 @@ impl EquiformerRadial {
         })
     }
 
-    /// The weights `(E, c_out, c_in)` on edge features `f (E, F)`.
+    /// Input channels `c_in` of the weights it forms.
+    pub fn c_in(&self) -> usize {
+        self.c_in
+    }
+
+    /// Output channels `c_out` of the weights it forms.
+    pub fn c_out(&self) -> usize {
+        self.c_out
+    }
+
+    /// Width `hidden + 1` of [`EquiformerRadial::hidden`]'s rows.
+    pub fn hidden_width(&self) -> usize {
+        self.params.first().map_or(0, |p| p.shape[0]) + 1
+    }
+
+    /// The last layer's input and weights: `([h, 1] (E, hidden + 1), [W_3, b_3] (c_out c_in,
+    /// hidden + 1))` with `h = LN(silu(W_2 LN(silu(W_1 f + b_1)) + b_2))` on edge features
+    /// `f (E, F)`; rows of `[W_3, b_3]` ordered `(o, c)`. So `R = [h, 1] [W_3, b_3]^T`, and a
+    /// caller may contract `[W_3, b_3]` with node features before the edges
+    /// (`ops::table_contract`).
     ///
     /// # Errors
     /// Those of `Session::set_weight` (none for a loaded network).
-    pub fn build(
+    pub fn hidden(
         &self,
         s: &mut Session,
         prefix: &str,
         f: GraphTensor<(X, X)>,
-    ) -> Result<GraphTensor<(X, X, X)>, Error> {
+    ) -> Result<LastLayer, Error> {
         let mut w2 = Vec::new();
         let mut w1 = Vec::new();
         for p in &self.params {
@@ -108,13 +131,27 @@ impl EquiformerRadial {
         let h = layer_norm(h, w1[1], w1[2], 1e-5);
         let h = silu(linear(h, w2[1], w1[3]));
         let h = layer_norm(h, w1[4], w1[5], 1e-5);
-        // Last layer with its bias folded into the product: `[h, 1] [W_3, b_3]^T` (one GEMM; a
-        // separate bias add over the `(E, c_out c_in)` result costs about as much as the GEMM).
+        // The bias folded into the product (a separate bias add over the `(E, c_out c_in)`
+        // result costs about as much as the GEMM).
         let one: GraphTensor<(X,)> = constant(s, &format!("{prefix}rp.one"), vec![1.0], &[1])?;
         let ones: GraphTensor<(X, X)> = expand_at(one, 0, rows);
         let h1 = concat_axis1(&[h, ones]);
         let b3: GraphTensor<(X, X)> = expand_at(w1[6], 1, 1);
-        let w3b = concat_axis1(&[w2[2], b3]);
+        Ok((h1, concat_axis1(&[w2[2], b3])))
+    }
+
+    /// The weights `(E, c_out, c_in)` on edge features `f (E, F)`.
+    ///
+    /// # Errors
+    /// Those of `Session::set_weight` (none for a loaded network).
+    pub fn build(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        f: GraphTensor<(X, X)>,
+    ) -> Result<GraphTensor<(X, X, X)>, Error> {
+        let (h1, w3b) = self.hidden(s, prefix, f)?;
+        let rows = dims(f)[0];
         let r = mm(h1, transpose(w3b));
         Ok(super::graph::reshape(
             r,

@@ -17,6 +17,8 @@
 //! - [`edge_contract_sum()`], [`edge_contract_logits()`]: the fused, reassociated ConvSE3
 //!   contraction on edges grouped by node (neighbour sums and query logits without per-edge
 //!   radial weights or whole-graph intermediates).
+//! - [`table_contract()`]: per-edge products `h_e T_(idx[e])` against per-node tables (a
+//!   radial network's last layer applied after the channel mixing, no per-edge weights).
 //! - [`stack()`]: tensors of one shape stacked along a new first axis (stacked weights).
 //! - [`radial_hidden()`]: the hidden layers (Linear, LayerNorm, GELU twice) of many radial
 //!   networks on one edge input, per edge block in cache.
@@ -50,6 +52,7 @@ pub mod relative_positions;
 pub mod scatter_add;
 pub mod segment_softmax;
 pub mod stack;
+pub mod table_contract;
 pub mod top_k;
 
 pub use adjacency::adjacency_degrees;
@@ -72,6 +75,7 @@ pub use relative_positions::{distances, relative_positions};
 pub use scatter_add::{scatter_add, scatter_add3};
 pub use segment_softmax::segment_softmax;
 pub use stack::stack;
+pub use table_contract::{table_contract, table_contract_unfused, IndexedNodes};
 pub use top_k::{take_along_rows, top_k, Selected};
 
 /// Logical sizes of a view, as luminal's index expression reads them.

@@ -13,8 +13,9 @@
 //! is compiled once per node count and slot count and reused.
 //!
 //! Gradients: [`Equiformer::compile_with_gradients`] adds the backward pass (every operator of
-//! the equiformer layers is a luminal primitive, gather or [`se3_core::ops::grad_scale`]; no
-//! fused radial or edge kernel is used, so no unfused switch is needed);
+//! the equiformer layers is a luminal primitive, gather or [`se3_core::ops::grad_scale`]: the
+//! gradient graph's edges are made `with_per_edge_radial_weights`, so the depthwise tensor
+//! products form `R_e` instead of using `ops::table_contract`, which has no backward);
 //! [`CompiledEquiformer::forward_and_gradients`] returns `param.<key>` and `input.<name>`
 //! gradients, with the coordinates' gradient chained on the host through the edge distances
 //! and frames; [`DifferentiableEquiformer`] puts it behind [`crate::differentiable`].
@@ -404,6 +405,9 @@ impl Equiformer {
         let x: FeatureTensors = FeatureTensors::new(in_fiber, degrees)?;
         let mut edges = AlignedEdges::input(s, "edges", n, k, lmax, &self.zbasis)?;
         if grad_frac.is_some() {
+            // the node-table form of the radial networks (`ops::table_contract`) has no
+            // gradient: a differentiated graph forms the per-edge weights
+            edges = edges.with_per_edge_radial_weights();
             float_inputs.push(("edges.dist".to_string(), s.tensor("edges.dist")?));
             for l in 1..=lmax {
                 let name = format!("edges.frame.{l}");
