@@ -9,8 +9,8 @@
 //! cargo run --release --example lj_potential -- [--epochs 80] [--seed 0] [--data FILE] [--out DIR]
 //!     [--radial K] [--hidden H] [--lr LR] [--md-steps 5000]
 //! ```
-//! Writes `<out>/lj_potential.csv` (per epoch), `lj_potential.svg` (loss and validation force
-//! error per epoch), `lj_potential_md.csv` (energies of the MD runs) and `lj_potential.md` (the
+//! Writes `<out>/lj_potential.csv` (per epoch), `lj_potential.svg` (loss, validation force
+//! error and equivariance error per epoch), `lj_potential_md.csv` (energies of the MD runs) and `lj_potential.md` (the
 //! table); `--out` defaults to `target/lj_potential`.
 
 use std::fmt::Write as _;
@@ -71,9 +71,10 @@ fn args() -> Result<Args, Failure> {
 }
 
 fn plot(path: &PathBuf, log: &[EpochRecord]) -> Result<(), Failure> {
-    let root = SVGBackend::new(path, (900, 400)).into_drawing_area();
+    let root = SVGBackend::new(path, (1350, 400)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(450);
+    let (left, rest) = root.split_horizontally(450);
+    let (middle, right) = rest.split_horizontally(450);
     let epochs = log.len() as f64;
     let series = [
         (
@@ -84,8 +85,14 @@ fn plot(path: &PathBuf, log: &[EpochRecord]) -> Result<(), Failure> {
             "val force MAE",
             log.iter().map(|r| r.val.force_mae).collect::<Vec<_>>(),
         ),
+        (
+            "equivariance error (largest, val)",
+            log.iter()
+                .map(|r| r.val_equivariance_max)
+                .collect::<Vec<_>>(),
+        ),
     ];
-    for (area, (name, ys)) in [left, right].iter().zip(series) {
+    for (area, (name, ys)) in [left, middle, right].iter().zip(series) {
         let lo = ys.iter().cloned().fold(f64::INFINITY, f64::min).max(1e-9);
         let hi = ys.iter().cloned().fold(0.0, f64::max).max(lo * 1.01);
         let mut chart = ChartBuilder::on(area)
@@ -139,7 +146,7 @@ fn main() -> Result<(), Failure> {
         "train {bar:30} {pos}/{len} steps {per_sec} ({eta}) {msg}",
     )?);
     let mut csv = String::from(
-        "epoch,lr,train_loss,train_energy_mse,train_force_mse,val_energy_mae_per_atom,val_force_mae,seconds\n",
+        "epoch,lr,train_loss,train_energy_mse,train_force_mse,val_energy_mae_per_atom,val_force_mae,val_equivariance_mean,val_equivariance_max,seconds\n",
     );
     let start = std::time::Instant::now();
     let (mut model, log) = train_potential(
@@ -151,8 +158,8 @@ fn main() -> Result<(), Failure> {
         },
         |r| {
             let line = format!(
-                "epoch {:3}: loss {:.4e}  val energy MAE/atom {:.4e}  val force MAE {:.4e}",
-                r.epoch, r.train_loss, r.val.energy_mae_per_atom, r.val.force_mae
+                "epoch {:3}: loss {:.4e}  val energy MAE/atom {:.4e}  val force MAE {:.4e}  equivariance {:.1e}",
+                r.epoch, r.train_loss, r.val.energy_mae_per_atom, r.val.force_mae, r.val_equivariance_max
             );
             if bar.is_hidden() {
                 eprintln!("{line}");
@@ -161,7 +168,7 @@ fn main() -> Result<(), Failure> {
             }
             let _ = writeln!(
                 csv,
-                "{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{}",
                 r.epoch,
                 r.lr,
                 r.train_loss,
@@ -169,6 +176,8 @@ fn main() -> Result<(), Failure> {
                 r.train_force_mse,
                 r.val.energy_mae_per_atom,
                 r.val.force_mae,
+                r.val_equivariance_mean,
+                r.val_equivariance_max,
                 r.seconds
             );
         },

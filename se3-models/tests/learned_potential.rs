@@ -179,6 +179,21 @@ fn tiny_potential_trains_and_runs_md() -> Result<(), Error> {
     let (first, last) = (log[0].train_loss, log[log.len() - 1].train_loss);
     println!("seed {seed}: training loss {first:.4e} -> {last:.4e}");
     assert!(last < 0.5 * first, "loss did not fall: {first} -> {last}");
+    let worst = log
+        .iter()
+        .map(|r| r.val_equivariance_max)
+        .fold(0.0, f64::max);
+    println!("seed {seed}: largest per-epoch equivariance error {worst:.1e}");
+    for r in &log {
+        // the per-epoch metric: energy and forces of rotated, translated clusters
+        assert!(
+            r.val_equivariance_max < 1e-4 && r.val_equivariance_mean <= r.val_equivariance_max,
+            "seed {seed}: epoch {} equivariance error {} (mean {})",
+            r.epoch,
+            r.val_equivariance_max,
+            r.val_equivariance_mean
+        );
+    }
     let test = &data.split("test").expect("test split").samples;
     let errors = evaluate(&mut model, test, 4)?;
     println!("seed {seed}: test errors {errors:?}");

@@ -12,7 +12,11 @@ use super::dataset::{DatasetFile, Sample};
 use super::integrator::ParticleState;
 use super::learned_potential::{energy_normalization, LearnedPotential, PotentialConfig};
 use super::md::{run_md, MdReport};
+use super::metrics::{mean_equivariance_error, Prediction};
 use crate::Error;
+
+/// Validation clusters the per-epoch equivariance metric moves (the first ones of `val`).
+const EQUIVARIANCE_CLUSTERS: usize = 8;
 
 /// How a potential is trained.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -65,7 +69,38 @@ pub struct EpochRecord {
     pub train_force_mse: f64,
     /// Errors on the validation split after the epoch.
     pub val: PotentialErrors,
+    /// Mean and largest relative equivariance error of the energy and forces on the first
+    /// validation clusters, each under a fresh random rotation and translation
+    /// ([`mean_equivariance_error`]: |E(Rx + t) − E(x)| / |E(x)| and
+    /// |F(Rx + t) − R F(x)| / |F(x)|, the larger of the two).
+    pub val_equivariance_mean: f64,
+    pub val_equivariance_max: f64,
     pub seconds: f64,
+}
+
+/// [`mean_equivariance_error`] of `model`'s energy and forces on `samples`, with rotations and
+/// translations (std 1) drawn from `rng`.
+///
+/// # Errors
+/// Model errors; `EmptyGraph` for no samples.
+pub fn potential_equivariance_error(
+    model: &mut LearnedPotential,
+    samples: &[Sample],
+    rng: &mut StdRng,
+) -> Result<(f64, f64), Error> {
+    let mut predict = |s: &Sample| -> Result<Prediction, Error> {
+        let (energy, forces) = model
+            .predict(&[s])?
+            .into_iter()
+            .next()
+            .ok_or(Error::EmptyGraph { batch: 1, nodes: 0 })?;
+        Ok(Prediction {
+            positions: Vec::new(),
+            vectors: forces,
+            energy: Some(energy),
+        })
+    };
+    mean_equivariance_error(&mut predict, samples, 1.0, rng)
 }
 
 /// The errors of `model` on `samples` (which need energies and forces), in batches of
@@ -193,6 +228,10 @@ pub fn train_potential(
             on_batch(step, l.loss);
         }
         let b = batches.len().max(1) as f64;
+        // its own generator, so the metric does not change the training's draws
+        let mut probe_rng = StdRng::seed_from_u64(cfg.seed ^ (0x5EED_0000 + epoch as u64));
+        let probe = &val.samples[..val.samples.len().min(EQUIVARIANCE_CLUSTERS)];
+        let (eq_mean, eq_max) = potential_equivariance_error(&mut model, probe, &mut probe_rng)?;
         let record = EpochRecord {
             epoch,
             lr,
@@ -200,6 +239,8 @@ pub fn train_potential(
             train_energy_mse: e_mse / b,
             train_force_mse: f_mse / b,
             val: evaluate(&mut model, &val.samples, cfg.batch_size)?,
+            val_equivariance_mean: eq_mean,
+            val_equivariance_max: eq_max,
             seconds: start.elapsed().as_secs_f64(),
         };
         on_epoch(&record);
