@@ -29,6 +29,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use se3_models::physics::baselines::Baseline;
 use se3_models::physics::dynamics::DynamicsConfig;
@@ -277,6 +278,15 @@ fn report(
     Ok(())
 }
 
+/// A line above the progress bar, or on stderr when the bar is hidden (stderr not a terminal).
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 fn main() -> Result<(), Failure> {
     let a = args()?;
     std::fs::create_dir_all(&a.out)?;
@@ -315,16 +325,28 @@ fn main() -> Result<(), Failure> {
             let train_eval = &train[..a.train_eval.min(train.len())];
             let mut epoch_seconds = Vec::new();
             let equiv_samples = &test[..a.equivariance.min(test.len())];
+            let steps_per_epoch = train.len().div_ceil(a.batch.max(1));
+            let bar = ProgressBar::new((a.epochs * steps_per_epoch) as u64);
+            bar.set_style(ProgressStyle::with_template(&format!(
+                "{} {{bar:30}} {{pos}}/{{len}} steps ({{eta}}) {{msg}}",
+                v.name()
+            ))?);
             for epoch in 1..=a.epochs {
                 if let (Some(until), false) = (a.until, epoch_seconds.is_empty()) {
                     let mean = epoch_seconds.iter().sum::<f64>() / epoch_seconds.len() as f64;
                     if unix_now() + mean > until as f64 {
-                        eprintln!("{}: stopped after {} epochs (--until)", v.name(), epoch - 1);
+                        say(
+                            &bar,
+                            format!("{}: stopped after {} epochs (--until)", v.name(), epoch - 1),
+                        );
                         break;
                     }
                 }
                 let t = Instant::now();
-                let loss = model.train_epoch(train, a.batch, &mut rng)?;
+                let loss = model.train_epoch_reporting(train, a.batch, &mut rng, |_, l| {
+                    bar.inc(1);
+                    bar.set_message(format!("epoch {epoch} loss {l:.3e}"));
+                })?;
                 let seconds = t.elapsed().as_secs_f64();
                 let t = Instant::now();
                 let train_mse = model.mse(train_eval, a.eval_batch)?;
@@ -344,21 +366,25 @@ fn main() -> Result<(), Failure> {
                 };
                 let eval_seconds = t.elapsed().as_secs_f64();
                 epoch_seconds.push(seconds + eval_seconds);
-                eprintln!(
+                say(&bar, format!(
                     "{} epoch {epoch}: loss {loss:.4e} train {train_mse:.4e} test {test_mse:.4e} ({:.3}x constant velocity) equivariance {equiv_mean:.1e} (max {equiv_max:.1e}) {seconds:.0} s + eval {eval_seconds:.0} s",
                     v.name(),
                     test_mse / baseline
-                );
+                ));
                 let _ = writeln!(
                     csv,
                     "{epoch},{loss},{train_mse},{test_mse},{equiv_mean},{equiv_max},{seconds},{eval_seconds}"
                 );
                 std::fs::write(csv_path(&a.out, v), &csv)?;
                 if start.elapsed().as_secs_f64() > 60.0 * a.minutes {
-                    eprintln!("{}: stopped after {epoch} epochs (--minutes)", v.name());
+                    say(
+                        &bar,
+                        format!("{}: stopped after {epoch} epochs (--minutes)", v.name()),
+                    );
                     break;
                 }
             }
+            bar.finish_and_clear();
         }
     }
     report(&a.out, baseline, &a, &params)?;

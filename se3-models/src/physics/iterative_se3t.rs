@@ -657,6 +657,21 @@ impl IterativeSe3Transformer {
         batch_size: usize,
         rng: &mut impl Rng,
     ) -> Result<f64, Error> {
+        self.train_epoch_reporting(samples, batch_size, rng, |_, _| {})
+    }
+
+    /// [`train_epoch`](Self::train_epoch), calling `on_step(step, loss)` after each Adam step
+    /// (steps counted from 1 within the epoch), e.g. for a progress bar.
+    ///
+    /// # Errors
+    /// As [`train_epoch`](Self::train_epoch).
+    pub fn train_epoch_reporting(
+        &mut self,
+        samples: &[Sample],
+        batch_size: usize,
+        rng: &mut impl Rng,
+        mut on_step: impl FnMut(usize, f64),
+    ) -> Result<f64, Error> {
         let mut order: Vec<usize> = (0..samples.len()).collect();
         order.shuffle(rng);
         let mut sum = 0.0;
@@ -664,8 +679,10 @@ impl IterativeSe3Transformer {
         for rows in order.chunks(batch_size.max(1)) {
             let refs: Vec<&Sample> = rows.iter().map(|&i| &samples[i]).collect();
             let batch = DynamicsBatch::new(&refs)?;
-            sum += self.train_step(&batch)?;
+            let loss = self.train_step(&batch)?;
+            sum += loss;
             steps += 1;
+            on_step(steps, loss);
         }
         if steps == 0 {
             return Err(Error::EmptyGraph { batch: 0, nodes: 0 });
