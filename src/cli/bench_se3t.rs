@@ -553,18 +553,7 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
     }
     if std::env::var_os("SE3_PROFILE").is_some() {
         // the heaviest operators with their input shapes, on stderr
-        let mut shapes: Vec<(String, f64, usize)> = Vec::new();
-        for r in &recs {
-            let key = format!("{} {:?}", r.kind, r.shapes);
-            match shapes.iter_mut().find(|a| a.0 == key) {
-                Some(a) => {
-                    a.1 += r.seconds;
-                    a.2 += 1;
-                }
-                None => shapes.push((key, r.seconds, 1)),
-            }
-        }
-        shapes.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let shapes = se3_core::exec::profile::by_kind_and_shapes(&recs);
         for (k, t, c) in shapes.iter().take(30) {
             eprintln!("{t:.4} {c:4} {k}");
         }

@@ -78,16 +78,28 @@ pub fn records() -> Vec<Record> {
     RECORDS.lock().map(|r| r.clone()).unwrap_or_default()
 }
 
-/// Total seconds per kind, largest first.
+/// Total seconds and calls per kind, largest first.
 pub fn by_kind(records: &[Record]) -> Vec<(String, f64, usize)> {
+    totals(records, |r| r.kind.clone())
+}
+
+/// Total seconds and calls per kind and input shapes (`"<kind> <shapes>"`), largest first:
+/// which calls of a kind are the heavy ones.
+pub fn by_kind_and_shapes(records: &[Record]) -> Vec<(String, f64, usize)> {
+    totals(records, |r| format!("{} {:?}", r.kind, r.shapes))
+}
+
+/// `(key, seconds, calls)` summed over the records of each key, largest first.
+fn totals(records: &[Record], key: impl Fn(&Record) -> String) -> Vec<(String, f64, usize)> {
     let mut acc: Vec<(String, f64, usize)> = Vec::new();
     for r in records {
-        match acc.iter_mut().find(|a| a.0 == r.kind) {
+        let k = key(r);
+        match acc.iter_mut().find(|a| a.0 == k) {
             Some(a) => {
                 a.1 += r.seconds;
                 a.2 += 1;
             }
-            None => acc.push((r.kind.clone(), r.seconds, 1)),
+            None => acc.push((k, r.seconds, 1)),
         }
     }
     acc.sort_by(|a, b| b.1.total_cmp(&a.1));

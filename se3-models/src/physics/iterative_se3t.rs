@@ -591,18 +591,7 @@ impl IterativeSe3Transformer {
         self.timings.adam = t_adam.elapsed().as_secs_f64();
         let t_write = std::time::Instant::now();
         for block in &mut self.blocks {
-            let wide: Vec<Vec<f64>> = block
-                .values
-                .iter()
-                .map(|(_, v)| v.iter().map(|&x| f64::from(x)).collect())
-                .collect();
-            let updates: Vec<(&str, &[f64])> = block
-                .values
-                .iter()
-                .zip(&wide)
-                .map(|((key, _), v)| (key.as_str(), v.as_slice()))
-                .collect();
-            block.net.set_parameters(&updates)?;
+            block.net.set_parameters_f32(&block.values)?;
         }
         self.timings.write_back = t_write.elapsed().as_secs_f64();
         Ok(loss)

@@ -380,18 +380,7 @@ impl NBodySe3Net {
                 .collect();
             self.adam.step(&mut params)?;
         }
-        let wide: Vec<Vec<f64>> = self
-            .values
-            .iter()
-            .map(|(_, v)| v.iter().map(|&x| f64::from(x)).collect())
-            .collect();
-        let updates: Vec<(&str, &[f64])> = self
-            .values
-            .iter()
-            .zip(&wide)
-            .map(|((key, _), v)| (key.as_str(), v.as_slice()))
-            .collect();
-        self.net.set_parameters(&updates)?;
+        self.net.set_parameters_f32(&self.values)?;
         Ok(loss)
     }
 }

@@ -456,6 +456,23 @@ impl TrainableSe3Transformer {
         self.set_parameters(&[(key, values)])
     }
 
+    /// [`TrainableSe3Transformer::set_parameters`] from float32 values (an optimizer's state).
+    ///
+    /// # Errors
+    /// As [`TrainableSe3Transformer::set_parameters`].
+    pub fn set_parameters_f32(&mut self, values: &[(String, Vec<f32>)]) -> Result<(), Error> {
+        let wide: Vec<Vec<f64>> = values
+            .iter()
+            .map(|(_, v)| v.iter().map(|&x| f64::from(x)).collect())
+            .collect();
+        let updates: Vec<(&str, &[f64])> = values
+            .iter()
+            .zip(&wide)
+            .map(|((key, _), v)| (key.as_str(), v.as_slice()))
+            .collect();
+        self.set_parameters(&updates)
+    }
+
     /// Sets several parameters (as [`TrainableSe3Transformer::set_parameter`]), writing each
     /// graph constant they feed once: the form for an optimizer step, where a constant cut from
     /// several parameters would otherwise be rewritten once per parameter.
