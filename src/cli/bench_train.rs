@@ -199,11 +199,13 @@ fn run_case(num_degrees: usize, nodes: usize) -> Result<(), super::CliError> {
         GraphForm::Fused,
         Objective::MeanSquaredError,
     )?;
+    // the model holds the weights from here on
+    drop(sd);
     println!("build_rss_mib {}", status_mib("VmRSS:")?);
     let params = m.parameters();
-    let mut values: Vec<Vec<f32>> = Vec::new();
+    let mut values: Vec<(String, Vec<f32>)> = Vec::new();
     for (k, _) in &params {
-        values.push(m.parameter(k)?.iter().map(|&v| v as f32).collect());
+        values.push((k.clone(), m.parameter(k)?.iter().map(|&v| v as f32).collect()));
     }
     let mut adam = Adam::new(1e-3);
     let mut steps = Vec::new();
@@ -221,27 +223,20 @@ fn run_case(num_degrees: usize, nodes: usize) -> Result<(), super::CliError> {
                     .unwrap_or_default()
             })
             .collect();
-        let mut ps: Vec<Param<'_>> = params
-            .iter()
-            .zip(values.iter_mut())
+        drop(grads);
+        let mut ps: Vec<Param<'_>> = values
+            .iter_mut()
             .zip(&gs)
-            .map(|(((k, _), v), g)| Param {
+            .map(|((k, v), g)| Param {
                 name: k,
                 value: v,
                 grad: g,
             })
             .collect();
         adam.step(&mut ps)?;
-        let v64: Vec<Vec<f64>> = values
-            .iter()
-            .map(|v| v.iter().map(|&x| f64::from(x)).collect())
-            .collect();
-        let updates: Vec<(&str, &[f64])> = params
-            .iter()
-            .zip(&v64)
-            .map(|((k, _), v)| (k.as_str(), v.as_slice()))
-            .collect();
-        m.set_parameters(&updates)?;
+        drop(ps);
+        drop(gs);
+        m.set_parameters_f32(&values)?;
         let adam_s = ta.elapsed().as_secs_f64();
         if rep > 0 {
             steps.push(t.elapsed().as_secs_f64());

@@ -172,10 +172,13 @@ impl Optimizer for Sgd {
     }
 }
 
+/// Adam's moments of one parameter, stored in the parameters' precision (float32, as
+/// `torch.optim.Adam` keeps `exp_avg` / `exp_avg_sq` in the parameter's dtype); each update is
+/// computed in float64 and rounded once.
 #[derive(Debug, Clone)]
 struct Moments {
-    m: Vec<f64>,
-    v: Vec<f64>,
+    m: Vec<f32>,
+    v: Vec<f32>,
     t: i32,
 }
 
@@ -232,10 +235,12 @@ impl AdamCore {
                 } else {
                     g += self.weight_decay * w;
                 }
-                *m = b1 * *m + (1.0 - b1) * g;
-                *v = b2 * *v + (1.0 - b2) * g * g;
-                let denom = v.sqrt() / c2.sqrt() + self.eps;
-                *x = (w - step_size * *m / denom) as f32;
+                let m1 = b1 * f64::from(*m) + (1.0 - b1) * g;
+                let v1 = b2 * f64::from(*v) + (1.0 - b2) * g * g;
+                *m = m1 as f32;
+                *v = v1 as f32;
+                let denom = v1.sqrt() / c2.sqrt() + self.eps;
+                *x = (w - step_size * m1 / denom) as f32;
             }
         }
         Ok(())
@@ -246,8 +251,9 @@ impl AdamCore {
     fn state(&self, kind: &str) -> OptimizerState {
         let mut st = OptimizerState::new(kind);
         for (name, m) in &self.state {
-            st.buffers.insert(format!("exp_avg.{name}"), m.m.clone());
-            st.buffers.insert(format!("exp_avg_sq.{name}"), m.v.clone());
+            let wide = |b: &[f32]| b.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+            st.buffers.insert(format!("exp_avg.{name}"), wide(&m.m));
+            st.buffers.insert(format!("exp_avg_sq.{name}"), wide(&m.v));
             st.buffers
                 .insert(format!("step.{name}"), vec![f64::from(m.t)]);
         }
@@ -260,11 +266,12 @@ impl AdamCore {
         for name in state.params_with("step") {
             let t = state.buffer("step", &name).map_or(&[][..], |b| &b[..]);
             check_state_len("Adam step count of a parameter", 1, t.len())?;
-            let m = state.buffer("exp_avg", &name).cloned().unwrap_or_default();
-            let v = state
-                .buffer("exp_avg_sq", &name)
-                .cloned()
-                .unwrap_or_default();
+            let narrow = |b: Option<&Vec<f64>>| -> Vec<f32> {
+                b.map(|b| b.iter().map(|&x| x as f32).collect())
+                    .unwrap_or_default()
+            };
+            let m = narrow(state.buffer("exp_avg", &name));
+            let v = narrow(state.buffer("exp_avg_sq", &name));
             check_state_len("Adam moments of a parameter", m.len(), v.len())?;
             moments.insert(
                 name,

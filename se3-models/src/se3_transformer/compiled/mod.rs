@@ -40,6 +40,7 @@ mod differentiable;
 mod egnn;
 mod merged_batch;
 mod node;
+mod param_runs;
 mod tensor;
 mod training;
 mod unfused;

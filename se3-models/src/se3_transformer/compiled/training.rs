@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use luminal::prelude::{Dyn, GraphTensor, ShapeTracker};
 use se3_core::exec::InputKind;
 
+use super::param_runs::ParamRuns;
 use super::{convert_radials, strip_layers, CompiledSe3Transformer, GraphForm};
 use crate::checkpoint::{StateDict, Tensor};
 use crate::inputs::{EdgeInput, ModelInputs, NodeFeats};
@@ -78,15 +79,15 @@ struct Parameter {
     value: Vec<f64>,
 }
 
-/// A session constant fed (in part) from parameters.
+/// A session constant fed (in part) from parameters; its values live in the session only.
 #[derive(Debug, Clone)]
 struct Feed {
     name: String,
     shape: Vec<usize>,
-    /// Current values.
-    values: Vec<f32>,
-    /// Per element: `(parameter, element)` it holds, or `None` for a constant.
-    from: Vec<Option<(u32, u32)>>,
+    /// Elements.
+    len: usize,
+    /// The parameter elements it holds; the others are constants.
+    runs: ParamRuns,
 }
 
 /// The SE(3)-Transformer with its gradients (module doc).
@@ -235,8 +236,8 @@ impl TrainableSe3Transformer {
                     option: "a weight whose size depends on its values",
                 });
             }
-            let mut from = Vec::with_capacity(tags.len());
-            for (&t, &v) in tags.iter().zip(&values) {
+            let mut runs = ParamRuns::default();
+            for (at, (&t, &v)) in tags.iter().zip(&values).enumerate() {
                 let src = element_of_tag(t).filter(|&g| g < next).and_then(locate);
                 let holds = match src {
                     Some((pi, ei)) => f32_of(params[pi as usize].value[ei as usize]) == v,
@@ -247,25 +248,24 @@ impl TrainableSe3Transformer {
                         option: "gradients of a layer that transforms its weights",
                     });
                 }
-                from.push(src);
+                if let Some((pi, ei)) = src {
+                    runs.push(at, pi, ei as usize);
+                }
             }
-            if from.iter().any(Option::is_some) {
+            if !runs.is_empty() {
                 let shape = set_shape(&dims, values.len());
                 feeds.push(Feed {
                     name,
                     shape,
-                    values,
-                    from,
+                    len: values.len(),
+                    runs,
                 });
             }
         }
         drop(tag_graph);
         let mut readers = vec![Vec::new(); params.len()];
         for (fi, f) in feeds.iter().enumerate() {
-            let mut seen: Vec<u32> = f.from.iter().flatten().map(|&(p, _)| p).collect();
-            seen.sort_unstable();
-            seen.dedup();
-            for p in seen {
+            for p in f.runs.params() {
                 readers[p as usize].push(fi);
             }
         }
@@ -315,7 +315,7 @@ impl TrainableSe3Transformer {
         for f in &feeds {
             // the whole buffer, whatever the declared (possibly dynamic) axes
             let t = s.tensor(&f.name)?;
-            let flat = ShapeTracker::new(&[f.values.len().into()]);
+            let flat = ShapeTracker::new(&[f.len.into()]);
             wrt.push(GraphTensor::from_id(t.id, flat, t.graph_ref));
         }
         let grads = se3_core::autodiff::gradients(&pairs, &wrt)?;
@@ -401,7 +401,7 @@ impl TrainableSe3Transformer {
             })
             .collect();
         for f in &self.feeds {
-            if weights.get(&f.name) != Some(&f.values.len()) {
+            if weights.get(&f.name) != Some(&f.len) {
                 return Err(Error::NotCompiled {
                     option: "a forward graph whose weights differ from the training graph's",
                 });
@@ -461,16 +461,16 @@ impl TrainableSe3Transformer {
     /// # Errors
     /// As [`TrainableSe3Transformer::set_parameters`].
     pub fn set_parameters_f32(&mut self, values: &[(String, Vec<f32>)]) -> Result<(), Error> {
-        let wide: Vec<Vec<f64>> = values
-            .iter()
-            .map(|(_, v)| v.iter().map(|&x| f64::from(x)).collect())
-            .collect();
-        let updates: Vec<(&str, &[f64])> = values
-            .iter()
-            .zip(&wide)
-            .map(|((key, _), v)| (key.as_str(), v.as_slice()))
-            .collect();
-        self.set_parameters(&updates)
+        let mut touched = vec![false; self.feeds.len()];
+        for (key, v) in values {
+            // one parameter widened at a time
+            let wide: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
+            let pi = self.update_parameter(key, &wide)?;
+            for &fi in &self.readers[pi] {
+                touched[fi] = true;
+            }
+        }
+        self.write_feeds(&touched)
     }
 
     /// Sets several parameters (as [`TrainableSe3Transformer::set_parameter`]), writing each
@@ -487,21 +487,27 @@ impl TrainableSe3Transformer {
                 touched[fi] = true;
             }
         }
+        self.write_feeds(&touched)
+    }
+
+    /// Writes the graph constants marked in `touched` from the current parameters (in the
+    /// training graph and the forward graph).
+    fn write_feeds(&mut self, touched: &[bool]) -> Result<(), Error> {
         for (fi, _) in touched.iter().enumerate().filter(|t| *t.1) {
-            let f = &mut self.feeds[fi];
-            for (v, src) in f.values.iter_mut().zip(&f.from) {
-                if let Some((q, e)) = *src {
-                    *v = f32_of(self.params[q as usize].value[e as usize]);
-                }
-            }
-            self.compiled
-                .session
-                .set_weight(&f.name, f.values.clone(), &f.shape)?;
+            let f = &self.feeds[fi];
+            // the constants of the feed are read back from the session (no host copy is kept)
+            let mut values = self.compiled.session.weight_values(&f.name)?;
+            let params = &self.params;
+            f.runs
+                .write(&mut values, |p, e| f32_of(params[p].value[e]));
             if let Some(graph) = self.forward_graph.as_mut() {
                 graph
                     .session
-                    .set_weight(&f.name, f.values.clone(), &f.shape)?;
+                    .set_weight(&f.name, values.clone(), &f.shape)?;
             }
+            self.compiled
+                .session
+                .set_weight(&f.name, values, &f.shape)?;
         }
         Ok(())
     }
@@ -524,7 +530,7 @@ impl TrainableSe3Transformer {
                 index,
             });
         }
-        self.params[pi].value = values.to_vec();
+        self.params[pi].value.copy_from_slice(values);
         let hosts = [
             self.compiled.model.as_mut(),
             self.forward_graph.as_mut().and_then(|g| g.model.as_mut()),
@@ -583,11 +589,8 @@ impl TrainableSe3Transformer {
         let t1 = std::time::Instant::now();
         let mut graph_s = 0.0;
         let mut per_batch = Vec::with_capacity(b);
-        let mut feed_grads: Vec<Vec<f64>> = self
-            .feeds
-            .iter()
-            .map(|f| vec![0.0; f.values.len()])
-            .collect();
+        // allocated after the first graph run, so they are not alive at its peak
+        let mut grads: Vec<Vec<f64>> = Vec::new();
         let mut input_grads: Vec<BTreeMap<String, Vec<f32>>> = Vec::with_capacity(b);
         let groups = super::merged_batch::run_groups(&items, n, self.compiled.mergeable());
         for group in &groups {
@@ -622,11 +625,17 @@ impl TrainableSe3Transformer {
             per_batch.extend(self.compiled.run_group(&items, group, inp)?);
             graph_s += tg.elapsed().as_secs_f64();
             let s = &self.compiled.session;
-            for (f, acc) in self.feeds.iter().zip(feed_grads.iter_mut()) {
+            if grads.is_empty() {
+                grads = self.params.iter().map(|p| vec![0.0; p.value.len()]).collect();
+            }
+            for f in &self.feeds {
                 let g = s.get(&format!("grad.{}", f.name))?;
-                acc.iter_mut()
-                    .zip(&g.data)
-                    .for_each(|(a, &v)| *a += f64::from(v));
+                if g.data.len() != f.len {
+                    return Err(Error::NotCompiled {
+                        option: "a parameter gradient of another size than its constant",
+                    });
+                }
+                f.runs.accumulate(&g.data, &mut grads);
             }
             // the clouds of a merged run are of one size: every input's gradient splits evenly
             let mut per_cloud = vec![BTreeMap::new(); clouds];
@@ -640,17 +649,8 @@ impl TrainableSe3Transformer {
             input_grads.extend(per_cloud);
         }
         let outputs = self.compiled.host()?.assemble(per_batch, inp, fwd, b, n)?;
-        let mut grads: Vec<Vec<f64>> = self
-            .params
-            .iter()
-            .map(|p| vec![0.0; p.value.len()])
-            .collect();
-        for (f, g) in self.feeds.iter().zip(&feed_grads) {
-            for (src, &v) in f.from.iter().zip(g) {
-                if let Some((p, e)) = *src {
-                    grads[p as usize][e as usize] += v;
-                }
-            }
+        if grads.is_empty() {
+            grads = self.params.iter().map(|p| vec![0.0; p.value.len()]).collect();
         }
         let mut sd = StateDict::new();
         self.host_gradients(inp, &items, &input_grads, &mut grads, &mut sd)?;
