@@ -2,14 +2,19 @@
 //! [`edge_contract_logits`](super::edge_contract_logits): rayon-parallel over blocks of
 //! destination nodes; per block, `Kx` of its edges, the per-node products with the radial
 //! hidden values and the last-layer GEMM run on thread-local scratch that stays in cache.
-//! Inner products use `matrixmultiply::sgemm` on strided slices of that scratch (no copies of
-//! the weights).
+//! Inner products are register-tiled AVX-512 kernels on that scratch, without packing:
+//! [`gemm_rows`] (broadcast form) for the products with the radial hidden values and the query
+//! fold, [`gemm_nt`] (dot products along the inner dimension) for the last radial layer, whose
+//! output is only `cnt` channels wide. Both read the last layer's weights transposed,
+//! `W^T [H cnt, nf c_in hidden]`, formed once per call, so that each head's rows are
+//! contiguous streams.
 
 use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
 use rayon::prelude::*;
 
-use crate::exec::matmul::{gemm_rows, gemm_single as gemm};
+use crate::exec::gemm_nt::gemm_nt;
+use crate::exec::matmul::gemm_rows;
 #[cfg(target_arch = "x86_64")]
 use crate::exec::simd::{self, Isa};
 use crate::exec::view::{buffer, dot8, View};
@@ -149,8 +154,11 @@ struct Data<'a> {
     nbr: &'a [f32],
     basis: &'a [f32],
     h: &'a [f32],
-    w: &'a [f32],
     b: &'a [f32],
+    /// `W^T [H cnt, nf c_in hidden]`.
+    wt: &'a [f32],
+    /// `b^T [H cnt, nf c_in]`.
+    bt: &'a [f32],
     per_head: Vec<&'a [f32]>,
 }
 
@@ -176,18 +184,23 @@ fn kx_block<'s>(s: &Sizes, d: &Data, i0: usize, nb: usize, buf: &'s mut Vec<f32>
 }
 
 /// Input channels `c f` per chunk: the per-chunk scratch `[nb mo, chunk, hidden]` stays near
-/// 256 KiB, so the products of a chunk and its rows of `W` run in cache.
+/// 384 KiB (in L2), so the products of a chunk and its rows of `W` run in cache; a multiple of
+/// 4 when it can be, so that `mo chunk` rows fill whole 4-row register tiles.
 fn cf_chunk(s: &Sizes, nb: usize) -> usize {
-    (65_536 / (nb * s.mo * s.hd).max(1)).clamp(1, s.cf().max(1))
+    let c = 98_304 / (nb * s.mo * s.hd).max(1);
+    let c = if c >= 4 { c / 4 * 4 } else { c };
+    c.clamp(1, s.cf().max(1))
 }
 
 /// Weighted sums of one block of nodes `i0..i0 + nb` for every head: `out` is
 /// `[nb, H cnt, mo]`. Reassociated and chunked over `(f, c)`: per chunk and head,
-/// `acc[(b, p), (cf, hd)] = sum_kk a kx[kk][p, cf] h[kk][hd]` then `y_h += acc W_h[chunk]`
-/// (and the bias term likewise), so neither `acc` of the block nor `W` leaves the cache.
+/// `acc[(b, p), (cf, hd)] = sum_kk a kx[kk][p, cf] h[kk][hd]` (one product per node over all
+/// `p`) then `y_h += acc W_h[chunk]` (and the bias term likewise), so neither `acc` of the
+/// block nor `W` leaves the cache.
 fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mut Scratch) {
     let (k, hd, mo, cf, cnt, cols) = (s.k, s.hd, s.mo, s.cf(), s.cnt, s.cols());
     let fw = s.width();
+    let kw = cf * hd;
     let Scratch {
         kx: kxb,
         big,
@@ -197,8 +210,8 @@ fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mu
     let kx = kx_block(s, d, i0, nb, kxb);
     let cfc = cf_chunk(s, nb);
     let accc = grow(big, nb * mo * cfc * hd);
-    let scratch = grow(small, cfc * k + nb * mo * cfc);
-    let (akx, bsc) = scratch.split_at_mut(cfc * k);
+    let scratch = grow(small, mo * cfc * k + nb * mo * cfc);
+    let (akx, bsc) = scratch.split_at_mut(mo * cfc * k);
     let y = grow(rows, s.heads * nb * mo * cnt);
     y.fill(0.0);
     let mut cf0 = 0;
@@ -210,11 +223,11 @@ fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mu
                 let a = &a_all[i * k..(i + 1) * k];
                 let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
                 let h = &d.h[i * k * hd..(i + 1) * k * hd];
+                // akx[(p, r), kk] = a_kk kx[kk, (p, cf0 + r)]; bsc[(b, p), r] = its sums over kk
                 for p in 0..mo {
                     let col0 = p * cf + cf0;
                     let row = (bi * mo + p) * cc;
-                    // akx[r, kk] = a_kk kx[kk, (p, cf0 + r)]; bsc = its sums over kk
-                    for (r, (ar, t)) in akx
+                    for (r, (ar, t)) in akx[p * cc * k..(p + 1) * cc * k]
                         .chunks_mut(k)
                         .zip(bsc[row..row + cc].iter_mut())
                         .enumerate()
@@ -226,30 +239,30 @@ fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mu
                         }
                         *t = sum;
                     }
-                    gemm_rows(
-                        cc,
-                        k,
-                        hd,
-                        akx,
-                        k,
-                        h,
-                        hd,
-                        &mut accc[row * hd..(row + cc) * hd],
-                        hd,
-                        0.0,
-                    );
                 }
+                gemm_rows(
+                    mo * cc,
+                    k,
+                    hd,
+                    akx,
+                    k,
+                    h,
+                    hd,
+                    &mut accc[bi * mo * cc * hd..(bi + 1) * mo * cc * hd],
+                    hd,
+                    0.0,
+                );
             }
             let c0 = hh * cnt;
             let yh = &mut y[hh * nb * mo * cnt..(hh + 1) * nb * mo * cnt];
-            gemm_rows(
+            gemm_nt(
                 nb * mo,
-                cc * hd,
                 cnt,
+                cc * hd,
                 &accc[..nb * mo * cc * hd],
                 cc * hd,
-                &d.w[cf0 * hd * cols + c0..],
-                cols,
+                &d.wt[c0 * kw + cf0 * hd..],
+                kw,
                 yh,
                 cnt,
                 1.0,
@@ -287,8 +300,9 @@ fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mu
 /// rows of `W` (`[(b, p), (cf, hd)]`), then `g[b][kk] += kx[kk][p, chunk] folded[(b, p)]`;
 /// finally `l = g . h + bias`.
 fn logits_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mut Scratch) {
-    let (k, hd, mo, cf, cnt, cols) = (s.k, s.hd, s.mo, s.cf(), s.cnt, s.cols());
+    let (k, hd, mo, cf, cnt) = (s.k, s.hd, s.mo, s.cf(), s.cnt);
     let fw = s.width();
+    let kw = cf * hd;
     let heads = s.heads;
     let Scratch {
         kx: kxb,
@@ -326,26 +340,28 @@ fn logits_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: 
             let c0 = hh * cnt;
             let qh = &qr[hh * nb * mo * cnt..(hh + 1) * nb * mo * cnt];
             // folded[(b, p), (r, hd)] = sum_o q[(b, p), o] w[((cf0 + r), hd), o]
-            gemm(
+            gemm_rows(
                 nb * mo,
                 cnt,
                 cc * hd,
                 qh,
-                (cnt, 1),
-                &d.w[cf0 * hd * cols + c0..],
-                (1, cols),
+                cnt,
+                &d.wt[c0 * kw + cf0 * hd..],
+                kw,
                 foldc,
+                cc * hd,
                 0.0,
             );
-            gemm(
+            gemm_rows(
                 nb * mo,
                 cnt,
                 cc,
                 qh,
-                (cnt, 1),
-                &d.b[cf0 * cols + c0..],
-                (1, cols),
+                cnt,
+                &d.bt[c0 * cf + cf0..],
+                cf,
                 fbc,
+                cc,
                 0.0,
             );
             for bi in 0..nb {
@@ -389,6 +405,39 @@ fn logits_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: 
     }
 }
 
+/// Columns of a `[rows, cols]` weight view's shape (0 for another rank).
+fn cols_of(shape: &[usize]) -> usize {
+    if shape.len() == 2 {
+        shape[1]
+    } else {
+        0
+    }
+}
+
+/// `m [rows, cols]` (row-major) transposed to `[cols, rows]`, in parallel over groups of
+/// `group` output rows (each task reads one stretch of every input row).
+fn transposed(m: &[f32], cols: usize, group: usize) -> Vec<f32> {
+    let mut t = crate::exec::pool::take(m.len());
+    if cols == 0 || m.is_empty() {
+        return t;
+    }
+    let rows = m.len() / cols;
+    if rows == 0 {
+        return t;
+    }
+    t.par_chunks_mut(group * rows)
+        .enumerate()
+        .for_each(|(g, dst)| {
+            let c0 = g * group;
+            for (l, src) in m.chunks_exact(cols).enumerate() {
+                for (o, &v) in src[c0..c0 + dst.len() / rows].iter().enumerate() {
+                    dst[o * rows + l] = v;
+                }
+            }
+        });
+    t
+}
+
 impl Operator for EdgeContract {
     fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
         let empty = Default::default();
@@ -425,13 +474,17 @@ impl Operator for EdgeContract {
                 }
             }
         }
+        // W [cf hd, cols] and b [cf, cols] transposed, each head's rows contiguous
+        let wt = transposed(&mats[4], cols_of(&ws), 16);
+        let bt = transposed(&mats[5], cols_of(&ws), 16);
         let d = Data {
             x: &xt,
             nbr: &mats[1],
             basis: &mats[2],
             h: &mats[3],
-            w: &mats[4],
             b: &mats[5],
+            wt: &wt,
+            bt: &bt,
             per_head: mats[6..].iter().map(|m| m.as_ref()).collect(),
         };
         let nb = block_nodes(&s);
@@ -489,6 +542,8 @@ impl Operator for EdgeContract {
             }
         };
         drop(d);
+        crate::exec::pool::give(wt);
+        crate::exec::pool::give(bt);
         drop(xt);
         drop(mats);
         crate::exec::pool::finish(inp, out)

@@ -1,13 +1,14 @@
 //! CPU kernel of [`radial_hidden`](super::radial_hidden): one rayon task per network and
 //! block of [`EDGE_BLOCK`] edges, whose two layers run in cache (first layer as a rank-`n_in`
-//! update, second as a single-threaded GEMM), each followed by LayerNorm + GELU in place (the
+//! update, second as an unpacked register-tiled GEMM, `gemm_rows`, whose
+//! `W3` of 64 KiB stays in L1/L2 over the block), each followed by LayerNorm + GELU in place (the
 //! row kernel of [`layer_norm_gelu`](crate::ops::layer_norm_gelu())).
 
 use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
 use rayon::prelude::*;
 
-use crate::exec::matmul::gemm_single;
+use crate::exec::matmul::gemm_rows;
 use crate::exec::view::{buffer, View};
 use crate::ops::layer_norm_gelu::layer_norm_gelu_rows;
 
@@ -71,7 +72,7 @@ impl Operator for RadialHidden {
                     }
                     layer_norm_gelu_rows(z, &b0[r.clone()], &g1[r.clone()], &be1[r.clone()], eps);
                     let w3 = &w3[p * hd * hd..(p + 1) * hd * hd];
-                    gemm_single(eb, hd, hd, z, (hd, 1), w3, (hd, 1), dst, 0.0);
+                    gemm_rows(eb, hd, hd, z, hd, w3, hd, dst, hd, 0.0);
                     layer_norm_gelu_rows(dst, &b3[r.clone()], &g4[r.clone()], &be4[r], eps);
                 });
         }
