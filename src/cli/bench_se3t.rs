@@ -57,8 +57,18 @@ const CASES: &[Case] = &[
     },
 ];
 
-/// Timed forwards after the warm-up.
+/// Timed forwards after the warm-up (env `SE3_BENCH_REPS` overrides it for a case run alone,
+/// `--case`, e.g. to compare CPU seconds of two builds on a loaded machine).
 const REPS: usize = 3;
+
+/// [`REPS`], or `SE3_BENCH_REPS` when set to a positive number.
+fn reps() -> usize {
+    std::env::var("SE3_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(REPS)
+}
 
 /// What a child reports for one case.
 #[derive(Debug, Default)]
@@ -519,13 +529,14 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
     model.forward(&inputs, &fwd)?;
     let mut times = Vec::new();
     let cpu0 = cpu_seconds();
-    for _ in 0..REPS {
+    let reps = reps();
+    for _ in 0..reps {
         let t = Instant::now();
         model.forward(&inputs, &fwd)?;
         times.push(t.elapsed().as_secs_f64());
     }
     if let (Some(a), Some(b)) = (cpu0, cpu_seconds()) {
-        println!("cpu_s {}", (b - a) / REPS as f64);
+        println!("cpu_s {}", (b - a) / reps as f64);
     }
     times.sort_by(f64::total_cmp);
     println!(

@@ -67,24 +67,30 @@ mod nt_avx512 {
         beta: f32,
     ) {
         let mut acc = [[_mm512_setzero_ps(); O]; R];
+        let full = k / 16 * 16;
         let mut l = 0;
-        while l < k {
-            let mask: __mmask16 = if k - l >= 16 {
-                0xffff
-            } else {
-                ((1u32 << (k - l)) - 1) as __mmask16
-            };
+        while l < full {
             let mut bv = [_mm512_setzero_ps(); O];
             for o in 0..O {
-                bv[o] = _mm512_maskz_loadu_ps(mask, b.add(o * ldb + l));
+                bv[o] = _mm512_loadu_ps(b.add(o * ldb + l));
             }
             for r in 0..R {
-                let av = _mm512_maskz_loadu_ps(mask, a.add(r * lda + l));
+                let av = _mm512_loadu_ps(a.add(r * lda + l));
                 for o in 0..O {
                     acc[r][o] = _mm512_fmadd_ps(av, bv[o], acc[r][o]);
                 }
             }
             l += 16;
+        }
+        if l < k {
+            let mask = ((1u32 << (k - l)) - 1) as __mmask16;
+            for r in 0..R {
+                let av = _mm512_maskz_loadu_ps(mask, a.add(r * lda + l));
+                for o in 0..O {
+                    let bv = _mm512_maskz_loadu_ps(mask, b.add(o * ldb + l));
+                    acc[r][o] = _mm512_fmadd_ps(av, bv, acc[r][o]);
+                }
+            }
         }
         for r in 0..R {
             for o in 0..O {

@@ -135,6 +135,8 @@ fn kx_node(s: &Sizes, i: usize, xt: &[f32], nbr: &[f32], basis: &[f32], kx: &mut
 #[derive(Default)]
 struct Scratch {
     kx: Vec<f32>,
+    /// `Kx` of one chunk of `(f, c)`, `[nb, k, (p, chunk)]`.
+    kxa: Vec<f32>,
     big: Vec<f32>,
     small: Vec<f32>,
     rows: Vec<f32>,
@@ -159,6 +161,7 @@ struct Data<'a> {
     wt: &'a [f32],
     /// `b^T [H cnt, nf c_in]`.
     bt: &'a [f32],
+    nt: bool,
     per_head: Vec<&'a [f32]>,
 }
 
@@ -206,6 +209,7 @@ fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mu
         big,
         small,
         rows,
+        ..
     } = sc;
     let kx = kx_block(s, d, i0, nb, kxb);
     let cfc = cf_chunk(s, nb);
@@ -255,18 +259,33 @@ fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mu
             }
             let c0 = hh * cnt;
             let yh = &mut y[hh * nb * mo * cnt..(hh + 1) * nb * mo * cnt];
-            gemm_nt(
-                nb * mo,
-                cnt,
-                cc * hd,
-                &accc[..nb * mo * cc * hd],
-                cc * hd,
-                &d.wt[c0 * kw + cf0 * hd..],
-                kw,
-                yh,
-                cnt,
-                1.0,
-            );
+            if d.nt {
+                gemm_nt(
+                    nb * mo,
+                    cnt,
+                    cc * hd,
+                    &accc[..nb * mo * cc * hd],
+                    cc * hd,
+                    &d.wt[c0 * kw + cf0 * hd..],
+                    kw,
+                    yh,
+                    cnt,
+                    1.0,
+                );
+            } else {
+                gemm_rows(
+                    nb * mo,
+                    cc * hd,
+                    cnt,
+                    &accc[..nb * mo * cc * hd],
+                    cc * hd,
+                    &d.wt[(hh * kw + cf0 * hd) * cnt..],
+                    cnt,
+                    yh,
+                    cnt,
+                    1.0,
+                );
+            }
             gemm_rows(
                 nb * mo,
                 cc,
@@ -306,12 +325,14 @@ fn logits_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: 
     let heads = s.heads;
     let Scratch {
         kx: kxb,
+        kxa,
         big,
         small,
         rows,
     } = sc;
     let kx = kx_block(s, d, i0, nb, kxb);
     let cfc = cf_chunk(s, nb);
+    let kxa = grow(kxa, nb * k * mo * cfc);
     let foldc = grow(big, nb * mo * cfc * hd);
     let buf = grow(
         rows,
@@ -336,6 +357,19 @@ fn logits_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: 
     let mut cf0 = 0;
     while cf0 < cf {
         let cc = cfc.min(cf - cf0);
+        let kw_c = mo * cc;
+        // kxa[b][kk, (p, r)] = kx[b][kk, (p, cf0 + r)]: the chunk's columns of every p side by
+        // side, so that one product per node runs over all of them
+        for bi in 0..nb {
+            for kk in 0..k {
+                let src = &kx[(bi * k + kk) * fw..(bi * k + kk + 1) * fw];
+                let dst = &mut kxa[(bi * k + kk) * kw_c..(bi * k + kk + 1) * kw_c];
+                for p in 0..mo {
+                    dst[p * cc..(p + 1) * cc]
+                        .copy_from_slice(&src[p * cf + cf0..p * cf + cf0 + cc]);
+                }
+            }
+        }
         for hh in 0..heads {
             let c0 = hh * cnt;
             let qh = &qr[hh * nb * mo * cnt..(hh + 1) * nb * mo * cnt];
@@ -365,28 +399,25 @@ fn logits_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: 
                 0.0,
             );
             for bi in 0..nb {
-                let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
+                let ka = &kxa[bi * k * kw_c..(bi + 1) * k * kw_c];
                 let gb = &mut g[(hh * nb + bi) * k * hd..(hh * nb + bi + 1) * k * hd];
                 let blb = &mut bl[(hh * nb + bi) * k..(hh * nb + bi + 1) * k];
-                for p in 0..mo {
-                    let col0 = p * cf + cf0;
-                    let row = (bi * mo + p) * cc;
-                    gemm_rows(
-                        k,
-                        cc,
-                        hd,
-                        &kxn[col0..],
-                        fw,
-                        &foldc[row * hd..(row + cc) * hd],
-                        hd,
-                        gb,
-                        hd,
-                        1.0,
-                    );
-                    let fb = &fbc[row..row + cc];
-                    for (kk, t) in blb.iter_mut().enumerate() {
-                        *t += dot8(&kxn[kk * fw + col0..kk * fw + col0 + cc], fb);
-                    }
+                // the rows (b, p, r) of folded are contiguous over (p, r)
+                gemm_rows(
+                    k,
+                    kw_c,
+                    hd,
+                    ka,
+                    kw_c,
+                    &foldc[bi * kw_c * hd..(bi + 1) * kw_c * hd],
+                    hd,
+                    gb,
+                    hd,
+                    1.0,
+                );
+                let fb = &fbc[bi * kw_c..(bi + 1) * kw_c];
+                for (kk, t) in blb.iter_mut().enumerate() {
+                    *t += dot8(&ka[kk * kw_c..(kk + 1) * kw_c], fb);
                 }
             }
         }
@@ -414,6 +445,27 @@ fn cols_of(shape: &[usize]) -> usize {
     }
 }
 
+/// `m [rows, cols]` (row-major) as `[cols / cnt, rows, cnt]`: each block of `cnt` columns
+/// contiguous.
+fn head_blocks(m: &[f32], cols: usize, cnt: usize) -> Vec<f32> {
+    let mut t = crate::exec::pool::take(m.len());
+    if cols == 0 || cnt == 0 || m.is_empty() {
+        return t;
+    }
+    let rows = m.len() / cols;
+    if rows == 0 {
+        return t;
+    }
+    t.par_chunks_mut(rows * cnt)
+        .enumerate()
+        .for_each(|(h, dst)| {
+            for (src, d) in m.chunks_exact(cols).zip(dst.chunks_exact_mut(cnt)) {
+                d.copy_from_slice(&src[h * cnt..(h + 1) * cnt]);
+            }
+        });
+    t
+}
+
 /// `m [rows, cols]` (row-major) transposed to `[cols, rows]`, in parallel over groups of
 /// `group` output rows (each task reads one stretch of every input row).
 fn transposed(m: &[f32], cols: usize, group: usize) -> Vec<f32> {
@@ -428,11 +480,19 @@ fn transposed(m: &[f32], cols: usize, group: usize) -> Vec<f32> {
     t.par_chunks_mut(group * rows)
         .enumerate()
         .for_each(|(g, dst)| {
-            let c0 = g * group;
-            for (l, src) in m.chunks_exact(cols).enumerate() {
-                for (o, &v) in src[c0..c0 + dst.len() / rows].iter().enumerate() {
-                    dst[o * rows + l] = v;
+            let (c0, cw) = (g * group, dst.len() / rows);
+            // tiles of 16 input rows, each output row written 16 contiguous values at a time
+            // (rows whose stride is a multiple of 4 KiB would otherwise evict each other)
+            let mut l0 = 0;
+            while l0 < rows {
+                let lw = 16.min(rows - l0);
+                for o in 0..cw {
+                    let out = &mut dst[o * rows + l0..o * rows + l0 + lw];
+                    for (dl, v) in out.iter_mut().enumerate() {
+                        *v = m[(l0 + dl) * cols + c0 + o];
+                    }
                 }
+                l0 += lw;
             }
         });
     t
@@ -475,8 +535,15 @@ impl Operator for EdgeContract {
             }
         }
         // W [cf hd, cols] and b [cf, cols] transposed, each head's rows contiguous
-        let wt = transposed(&mats[4], cols_of(&ws), 16);
-        let bt = transposed(&mats[5], cols_of(&ws), 16);
+        let nt = std::env::var_os("SE3_SUM_NT").is_some();
+        let (wt, bt) = match self.kind {
+            ContractKind::Sum if !nt => (head_blocks(&mats[4], cols_of(&ws), cnt), Vec::new()),
+            ContractKind::Sum => (transposed(&mats[4], cols_of(&ws), 16), Vec::new()),
+            ContractKind::Logits => (
+                transposed(&mats[4], cols_of(&ws), 16),
+                transposed(&mats[5], cols_of(&ws), 16),
+            ),
+        };
         let d = Data {
             x: &xt,
             nbr: &mats[1],
@@ -485,6 +552,7 @@ impl Operator for EdgeContract {
             b: &mats[5],
             wt: &wt,
             bt: &bt,
+            nt,
             per_head: mats[6..].iter().map(|m| m.as_ref()).collect(),
         };
         let nb = block_nodes(&s);
