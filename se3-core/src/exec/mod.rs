@@ -21,7 +21,6 @@ mod compiler;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod elementwise;
-pub(crate) mod gemm_nt;
 pub mod kernels;
 #[cfg(test)]
 mod luminal_regressions;

@@ -3,17 +3,19 @@
 //! destination nodes; per block, `Kx` of its edges, the per-node products with the radial
 //! hidden values and the last-layer GEMM run on thread-local scratch that stays in cache.
 //! Inner products are register-tiled AVX-512 kernels on that scratch, without packing:
-//! [`gemm_rows`] (broadcast form) for the products with the radial hidden values and the query
-//! fold, [`gemm_nt`] (dot products along the inner dimension) for the last radial layer, whose
-//! output is only `cnt` channels wide. Both read the last layer's weights transposed,
-//! `W^T [H cnt, nf c_in hidden]`, formed once per call, so that each head's rows are
-//! contiguous streams.
+//! [`gemm_rows`] (broadcast form) for the products with the radial hidden values, the query
+//! fold and the last radial layer. The last layer's weights are rearranged once per call so
+//! that each head's part is one contiguous stream: `W_h [nf c_in hidden, cnt]` per head for the
+//! sums, `W^T [H cnt, nf c_in hidden]` for the query fold of the logits. The block scratch and
+//! the rearranged weights are thread-local buffers kept across calls (no fresh pages, no
+//! zero-filling per call).
 
 use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
 use rayon::prelude::*;
 
-use crate::exec::gemm_nt::gemm_nt;
+use std::cell::RefCell;
+
 use crate::exec::matmul::gemm_rows;
 #[cfg(target_arch = "x86_64")]
 use crate::exec::simd::{self, Isa};
@@ -157,11 +159,10 @@ struct Data<'a> {
     basis: &'a [f32],
     h: &'a [f32],
     b: &'a [f32],
-    /// `W^T [H cnt, nf c_in hidden]`.
+    /// Sums: `W` per head, `[H, nf c_in hidden, cnt]`; logits: `W^T [H cnt, nf c_in hidden]`.
     wt: &'a [f32],
-    /// `b^T [H cnt, nf c_in]`.
+    /// Logits: `b^T [H cnt, nf c_in]` (empty for sums).
     bt: &'a [f32],
-    nt: bool,
     per_head: Vec<&'a [f32]>,
 }
 
@@ -259,33 +260,19 @@ fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mu
             }
             let c0 = hh * cnt;
             let yh = &mut y[hh * nb * mo * cnt..(hh + 1) * nb * mo * cnt];
-            if d.nt {
-                gemm_nt(
-                    nb * mo,
-                    cnt,
-                    cc * hd,
-                    &accc[..nb * mo * cc * hd],
-                    cc * hd,
-                    &d.wt[c0 * kw + cf0 * hd..],
-                    kw,
-                    yh,
-                    cnt,
-                    1.0,
-                );
-            } else {
-                gemm_rows(
-                    nb * mo,
-                    cc * hd,
-                    cnt,
-                    &accc[..nb * mo * cc * hd],
-                    cc * hd,
-                    &d.wt[(hh * kw + cf0 * hd) * cnt..],
-                    cnt,
-                    yh,
-                    cnt,
-                    1.0,
-                );
-            }
+            // W_h's rows of the chunk, contiguous [cc hd, cnt]
+            gemm_rows(
+                nb * mo,
+                cc * hd,
+                cnt,
+                &accc[..nb * mo * cc * hd],
+                cc * hd,
+                &d.wt[(hh * kw + cf0 * hd) * cnt..],
+                cnt,
+                yh,
+                cnt,
+                1.0,
+            );
             gemm_rows(
                 nb * mo,
                 cc,
@@ -445,16 +432,31 @@ fn cols_of(shape: &[usize]) -> usize {
     }
 }
 
-/// `m [rows, cols]` (row-major) as `[cols / cnt, rows, cnt]`: each block of `cnt` columns
-/// contiguous.
-fn head_blocks(m: &[f32], cols: usize, cnt: usize) -> Vec<f32> {
-    let mut t = crate::exec::pool::take(m.len());
+thread_local! {
+    /// Block scratch of the threads that run blocks, kept across calls.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    /// The calling thread's rearranged `W` and `b`, kept across calls.
+    static WEIGHTS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `f` on this thread's kept [`Scratch`] (a fresh one if it is in use further up the stack).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|c| match c.try_borrow_mut() {
+        Ok(mut sc) => f(&mut sc),
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+/// `m [rows, cols]` (row-major) as `[cols / cnt, rows, cnt]` into `t`: each block of `cnt`
+/// columns contiguous.
+fn head_blocks(m: &[f32], cols: usize, cnt: usize, t: &mut Vec<f32>) {
+    t.resize(m.len(), 0.0);
     if cols == 0 || cnt == 0 || m.is_empty() {
-        return t;
+        return;
     }
     let rows = m.len() / cols;
     if rows == 0 {
-        return t;
+        return;
     }
     t.par_chunks_mut(rows * cnt)
         .enumerate()
@@ -463,19 +465,18 @@ fn head_blocks(m: &[f32], cols: usize, cnt: usize) -> Vec<f32> {
                 d.copy_from_slice(&src[h * cnt..(h + 1) * cnt]);
             }
         });
-    t
 }
 
-/// `m [rows, cols]` (row-major) transposed to `[cols, rows]`, in parallel over groups of
+/// `m [rows, cols]` (row-major) transposed to `[cols, rows]` into `t`, in parallel over groups of
 /// `group` output rows (each task reads one stretch of every input row).
-fn transposed(m: &[f32], cols: usize, group: usize) -> Vec<f32> {
-    let mut t = crate::exec::pool::take(m.len());
+fn transposed(m: &[f32], cols: usize, group: usize, t: &mut Vec<f32>) {
+    t.resize(m.len(), 0.0);
     if cols == 0 || m.is_empty() {
-        return t;
+        return;
     }
     let rows = m.len() / cols;
     if rows == 0 {
-        return t;
+        return;
     }
     t.par_chunks_mut(group * rows)
         .enumerate()
@@ -495,7 +496,6 @@ fn transposed(m: &[f32], cols: usize, group: usize) -> Vec<f32> {
                 l0 += lw;
             }
         });
-    t
 }
 
 impl Operator for EdgeContract {
@@ -535,24 +535,29 @@ impl Operator for EdgeContract {
             }
         }
         // W [cf hd, cols] and b [cf, cols] transposed, each head's rows contiguous
-        let nt = std::env::var_os("SE3_SUM_NT").is_some();
-        let (wt, bt) = match self.kind {
-            ContractKind::Sum if !nt => (head_blocks(&mats[4], cols_of(&ws), cnt), Vec::new()),
-            ContractKind::Sum => (transposed(&mats[4], cols_of(&ws), 16), Vec::new()),
-            ContractKind::Logits => (
-                transposed(&mats[4], cols_of(&ws), 16),
-                transposed(&mats[5], cols_of(&ws), 16),
-            ),
-        };
+        let mut own = (Vec::new(), Vec::new());
+        let mut kept =
+            WEIGHTS.with(|c| c.try_borrow_mut().ok().map(|mut v| std::mem::take(&mut *v)));
+        let (wt, bt) = kept.as_mut().unwrap_or(&mut own);
+        let cols = cols_of(&ws);
+        match self.kind {
+            ContractKind::Sum => {
+                head_blocks(&mats[4], cols, cnt, wt);
+                bt.clear();
+            }
+            ContractKind::Logits => {
+                transposed(&mats[4], cols, 16, wt);
+                transposed(&mats[5], cols, 16, bt);
+            }
+        }
         let d = Data {
             x: &xt,
             nbr: &mats[1],
             basis: &mats[2],
             h: &mats[3],
             b: &mats[5],
-            wt: &wt,
-            bt: &bt,
-            nt,
+            wt,
+            bt,
             per_head: mats[6..].iter().map(|m| m.as_ref()).collect(),
         };
         let nb = block_nodes(&s);
@@ -562,19 +567,20 @@ impl Operator for EdgeContract {
                 let per_node = s.cols() * mo;
                 let mut out = crate::exec::pool::take(n * per_node);
                 if per_node > 0 && k > 0 {
-                    out.par_chunks_mut(nb * per_node).enumerate().for_each_init(
-                        Scratch::default,
-                        |sc, (blk, o)| {
+                    out.par_chunks_mut(nb * per_node)
+                        .enumerate()
+                        .for_each(|(blk, o)| {
                             let t0 = crate::exec::profile::enabled().then(std::time::Instant::now);
-                            sum_block(&s, &d, blk * nb, o.len() / per_node, o, sc);
+                            with_scratch(|sc| {
+                                sum_block(&s, &d, blk * nb, o.len() / per_node, o, sc)
+                            });
                             if let Some(t0) = t0 {
                                 crate::exec::profile::detail(
                                     "edge_contract.all",
                                     t0.elapsed().as_secs_f64(),
                                 );
                             }
-                        },
-                    );
+                        });
                 }
                 out
             }
@@ -583,12 +589,12 @@ impl Operator for EdgeContract {
                 if k > 0 && cnt > 0 {
                     let parts: Vec<Vec<f32>> = (0..blocks)
                         .into_par_iter()
-                        .map_init(Scratch::default, |sc, blk| {
+                        .map(|blk| {
                             let i0 = blk * nb;
                             let m = nb.min(n - i0);
                             let mut o = vec![0.0; heads * m * k];
                             let t0 = crate::exec::profile::enabled().then(std::time::Instant::now);
-                            logits_block(&s, &d, i0, m, &mut o, sc);
+                            with_scratch(|sc| logits_block(&s, &d, i0, m, &mut o, sc));
                             if let Some(t0) = t0 {
                                 crate::exec::profile::detail(
                                     "edge_contract.all",
@@ -610,8 +616,13 @@ impl Operator for EdgeContract {
             }
         };
         drop(d);
-        crate::exec::pool::give(wt);
-        crate::exec::pool::give(bt);
+        if let Some(v) = kept {
+            WEIGHTS.with(|c| {
+                if let Ok(mut slot) = c.try_borrow_mut() {
+                    *slot = v;
+                }
+            });
+        }
         drop(xt);
         drop(mats);
         crate::exec::pool::finish(inp, out)
