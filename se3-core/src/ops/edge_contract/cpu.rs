@@ -159,7 +159,8 @@ struct Data<'a> {
     basis: &'a [f32],
     h: &'a [f32],
     b: &'a [f32],
-    /// Sums: `W` per head, `[H, nf c_in hidden, cnt]`; logits: `W^T [H cnt, nf c_in hidden]`.
+    /// Sums: `W` per head, `[H, nf c_in hidden, cnt]`; logits: `W^T [H cnt, nf c_in hidden]`
+    /// with rows [`WT_PAD`] apart beyond their length.
     wt: &'a [f32],
     /// Logits: `b^T [H cnt, nf c_in]` (empty for sums).
     bt: &'a [f32],
@@ -309,6 +310,7 @@ fn logits_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: 
     let (k, hd, mo, cf, cnt) = (s.k, s.hd, s.mo, s.cf(), s.cnt);
     let fw = s.width();
     let kw = cf * hd;
+    let kws = kw + WT_PAD;
     let heads = s.heads;
     let Scratch {
         kx: kxb,
@@ -367,8 +369,8 @@ fn logits_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: 
                 cc * hd,
                 qh,
                 cnt,
-                &d.wt[c0 * kw + cf0 * hd..],
-                kw,
+                &d.wt[c0 * kws + cf0 * hd..],
+                kws,
                 foldc,
                 cc * hd,
                 0.0,
@@ -432,6 +434,11 @@ fn cols_of(shape: &[usize]) -> usize {
     }
 }
 
+/// Padding (floats) after each row of `W^T`: rows whose stride is a multiple of 4 KiB (e.g.
+/// `nf c_in hidden = 96 x 128`) would share one set of the L1 cache, so the 16 rows that one
+/// register tile reads would evict each other.
+const WT_PAD: usize = 16;
+
 thread_local! {
     /// Block scratch of the threads that run blocks, kept across calls.
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
@@ -467,28 +474,26 @@ fn head_blocks(m: &[f32], cols: usize, cnt: usize, t: &mut Vec<f32>) {
         });
 }
 
-/// `m [rows, cols]` (row-major) transposed to `[cols, rows]` into `t`, in parallel over groups of
+/// `m [rows, cols]` (row-major) transposed to `[cols, rows + pad]` into `t`, in parallel over groups of
 /// `group` output rows (each task reads one stretch of every input row).
-fn transposed(m: &[f32], cols: usize, group: usize, t: &mut Vec<f32>) {
-    t.resize(m.len(), 0.0);
-    if cols == 0 || m.is_empty() {
-        return;
-    }
-    let rows = m.len() / cols;
+fn transposed(m: &[f32], cols: usize, group: usize, pad: usize, t: &mut Vec<f32>) {
+    let rows = m.len().checked_div(cols).unwrap_or(0);
+    let ld = rows + pad;
+    t.resize(cols * ld, 0.0);
     if rows == 0 {
         return;
     }
-    t.par_chunks_mut(group * rows)
+    t.par_chunks_mut(group * ld)
         .enumerate()
         .for_each(|(g, dst)| {
-            let (c0, cw) = (g * group, dst.len() / rows);
+            let (c0, cw) = (g * group, dst.len() / ld);
             // tiles of 16 input rows, each output row written 16 contiguous values at a time
             // (rows whose stride is a multiple of 4 KiB would otherwise evict each other)
             let mut l0 = 0;
             while l0 < rows {
                 let lw = 16.min(rows - l0);
                 for o in 0..cw {
-                    let out = &mut dst[o * rows + l0..o * rows + l0 + lw];
+                    let out = &mut dst[o * ld + l0..o * ld + l0 + lw];
                     for (dl, v) in out.iter_mut().enumerate() {
                         *v = m[(l0 + dl) * cols + c0 + o];
                     }
@@ -546,8 +551,8 @@ impl Operator for EdgeContract {
                 bt.clear();
             }
             ContractKind::Logits => {
-                transposed(&mats[4], cols, 16, wt);
-                transposed(&mats[5], cols, 16, bt);
+                transposed(&mats[4], cols, 16, WT_PAD, wt);
+                transposed(&mats[5], cols, 16, 0, bt);
             }
         }
         let d = Data {
