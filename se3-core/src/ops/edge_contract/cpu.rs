@@ -199,62 +199,71 @@ fn cf_chunk(s: &Sizes, nb: usize) -> usize {
 
 /// Weighted sums of one block of nodes `i0..i0 + nb` for every head: `out` is
 /// `[nb, H cnt, mo]`. Reassociated and chunked over `(f, c)`: per chunk and head,
-/// `acc[(b, p), (cf, hd)] = sum_kk a kx[kk][p, cf] h[kk][hd]` (one product per node over all
-/// `p`) then `y_h += acc W_h[chunk]` (and the bias term likewise), so neither `acc` of the
-/// block nor `W` leaves the cache.
+/// `acc[(b, p), (cf, hd)] = sum_kk kx[kk][p, cf] (a_kk h[kk][hd])` (one product per node over
+/// all `p`, from `Kx` of the chunk transposed once for all heads) then `y_h += acc W_h[chunk]`
+/// (and the bias term likewise), so neither `acc` of the block nor `W` leaves the cache.
 fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mut Scratch) {
     let (k, hd, mo, cf, cnt, cols) = (s.k, s.hd, s.mo, s.cf(), s.cnt, s.cols());
     let fw = s.width();
     let kw = cf * hd;
     let Scratch {
         kx: kxb,
+        kxa,
         big,
         small,
         rows,
-        ..
     } = sc;
     let kx = kx_block(s, d, i0, nb, kxb);
     let cfc = cf_chunk(s, nb);
+    let kxt = grow(kxa, nb * mo * cfc * k);
     let accc = grow(big, nb * mo * cfc * hd);
-    let scratch = grow(small, mo * cfc * k + nb * mo * cfc);
-    let (akx, bsc) = scratch.split_at_mut(mo * cfc * k);
+    let scratch = grow(small, k * hd + nb * mo * cfc);
+    let (ah, bsc) = scratch.split_at_mut(k * hd);
     let y = grow(rows, s.heads * nb * mo * cnt);
     y.fill(0.0);
     let mut cf0 = 0;
     while cf0 < cf {
         let cc = cfc.min(cf - cf0);
+        let rows_b = mo * cc;
+        // kxt[b][(p, r), kk] = kx[b][kk, (p, cf0 + r)], for every head
+        for bi in 0..nb {
+            let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
+            let kt = &mut kxt[bi * rows_b * k..(bi + 1) * rows_b * k];
+            for (kk, src) in kxn.chunks_exact(fw).enumerate() {
+                for p in 0..mo {
+                    for (r, &v) in src[p * cf + cf0..p * cf + cf0 + cc].iter().enumerate() {
+                        kt[(p * cc + r) * k + kk] = v;
+                    }
+                }
+            }
+        }
         for (hh, a_all) in d.per_head.iter().enumerate() {
             for bi in 0..nb {
                 let i = i0 + bi;
                 let a = &a_all[i * k..(i + 1) * k];
-                let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
                 let h = &d.h[i * k * hd..(i + 1) * k * hd];
-                // akx[(p, r), kk] = a_kk kx[kk, (p, cf0 + r)]; bsc[(b, p), r] = its sums over kk
-                for p in 0..mo {
-                    let col0 = p * cf + cf0;
-                    let row = (bi * mo + p) * cc;
-                    for (r, (ar, t)) in akx[p * cc * k..(p + 1) * cc * k]
-                        .chunks_mut(k)
-                        .zip(bsc[row..row + cc].iter_mut())
-                        .enumerate()
-                    {
-                        let mut sum = 0.0;
-                        for (kk, (o, &av)) in ar.iter_mut().zip(a).enumerate() {
-                            *o = av * kxn[kk * fw + col0 + r];
-                            sum += *o;
-                        }
-                        *t = sum;
+                let kt = &kxt[bi * rows_b * k..(bi + 1) * rows_b * k];
+                // ah[kk, hd] = a_kk h[kk, hd]; bsc[(b, p), r] = sum_kk a_kk kx[kk, (p, cf0 + r)]
+                for ((dst, src), &av) in ah.chunks_exact_mut(hd).zip(h.chunks_exact(hd)).zip(a) {
+                    for (o, &v) in dst.iter_mut().zip(src) {
+                        *o = av * v;
                     }
                 }
+                for (t, row) in bsc[bi * rows_b..(bi + 1) * rows_b]
+                    .iter_mut()
+                    .zip(kt.chunks_exact(k))
+                {
+                    *t = dot8(row, a);
+                }
                 gemm_rows(
-                    mo * cc,
+                    rows_b,
                     k,
                     hd,
-                    akx,
+                    kt,
                     k,
-                    h,
+                    ah,
                     hd,
-                    &mut accc[bi * mo * cc * hd..(bi + 1) * mo * cc * hd],
+                    &mut accc[bi * rows_b * hd..(bi + 1) * rows_b * hd],
                     hd,
                     0.0,
                 );
