@@ -164,7 +164,7 @@ pub fn run(
          ({torch_info}; se3 median of {REPS})"
     );
     println!(
-        "{:<16} {:>10} {:>16} {:>9} {:>11} {:>9} {:>12} {:>11} {:>9}",
+        "{:<16} {:>10} {:>16} {:>9} {:>11} {:>9} {:>12} {:>11} {:>9} {:>16} {:>16} {:>9}",
         "case",
         "se3 (s)",
         "se3 min-max",
@@ -173,16 +173,36 @@ pub fn run(
         "speedup",
         "se3 peak MiB",
         "torch MiB",
-        "mem frac"
+        "mem frac",
+        "contract GF/s",
+        "radial GF/s",
+        "sgemm"
     );
     for (c, m, t) in &rows {
+        // the kernels' rates and their share of sgemm's, measured in the case's own process
+        let rate = |kind: &str| -> String {
+            m.kernels
+                .iter()
+                .find(|k| k.0 == kind)
+                .map(|(_, f, s)| {
+                    let g = f / s.max(1e-12) / 1e9;
+                    format!("{g:.0} ({:.0}%)", 100.0 * g / m.sgemm_gflops.max(1e-12))
+                })
+                .unwrap_or_else(|| "-".to_string())
+        };
+        let kernels = format!(
+            " {:>16} {:>16} {:>9.0}",
+            rate("EdgeContract"),
+            rate("RadialHidden"),
+            m.sgemm_gflops
+        );
         let ours = format!(
             "{:<16} {:>10.4} {:>7.3}-{:<8.3} {:>9.3}",
             c.name, m.median_s, m.min_s, m.max_s, m.cpu_s
         );
         match t {
             Some(t) => println!(
-                "{ours} {:>11.4} {:>8.1}x {:>12.1} {:>11.1} {:>9.3}",
+                "{ours} {:>11.4} {:>8.1}x {:>12.1} {:>11.1} {:>9.3}{kernels}",
                 t.median_s,
                 t.median_s / m.median_s,
                 m.peak_mib,
@@ -190,7 +210,7 @@ pub fn run(
                 m.peak_mib / t.peak_mib
             ),
             None => println!(
-                "{ours} {:>11} {:>9} {:>12.1} {:>11} {:>9}",
+                "{ours} {:>11} {:>9} {:>12.1} {:>11} {:>9}{kernels}",
                 "-", "-", m.peak_mib, "-", "-"
             ),
         }
@@ -257,7 +277,10 @@ pub fn run(
     }
     println!(
         "cpu (s): CPU time (all threads) per forward; on a loaded machine the wall time of a \
-         forward is at least cpu / threads"
+         forward is at least cpu / threads. contract / radial GF/s: the fused edge contractions \
+         (EdgeContract) and radial hidden layers (RadialHidden) in one instrumented forward, with \
+         their share of sgemm (GFLOP/s of matrixmultiply::sgemm {SGEMM_SIZE}^3, all cores, in \
+         the same process)"
     );
     println!("targets: speedup >= 20x, mem frac <= 0.1");
     Ok(())
