@@ -477,6 +477,9 @@ fn head_blocks(m: &[f32], cols: usize, cnt: usize, t: &mut Vec<f32>) {
     t.par_chunks_mut(rows * cnt)
         .enumerate()
         .for_each(|(h, dst)| {
+            if (h + 1) * cnt > cols {
+                return;
+            }
             for (src, d) in m.chunks_exact(cols).zip(dst.chunks_exact_mut(cnt)) {
                 d.copy_from_slice(&src[h * cnt..(h + 1) * cnt]);
             }
