@@ -57,8 +57,18 @@ const CASES: &[Case] = &[
     },
 ];
 
-/// Timed forwards after the warm-up.
+/// Timed forwards after the warm-up (env `SE3_BENCH_REPS` overrides it for a case run alone,
+/// `--case`, e.g. to compare CPU seconds of two builds on a loaded machine).
 const REPS: usize = 3;
+
+/// [`REPS`], or `SE3_BENCH_REPS` when set to a positive number.
+fn reps() -> usize {
+    std::env::var("SE3_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(REPS)
+}
 
 /// What a child reports for one case.
 #[derive(Debug, Default)]
@@ -154,7 +164,7 @@ pub fn run(
          ({torch_info}; se3 median of {REPS})"
     );
     println!(
-        "{:<16} {:>10} {:>16} {:>9} {:>11} {:>9} {:>12} {:>11} {:>9}",
+        "{:<16} {:>10} {:>16} {:>9} {:>11} {:>9} {:>12} {:>11} {:>9} {:>16} {:>16} {:>9}",
         "case",
         "se3 (s)",
         "se3 min-max",
@@ -163,16 +173,36 @@ pub fn run(
         "speedup",
         "se3 peak MiB",
         "torch MiB",
-        "mem frac"
+        "mem frac",
+        "contract GF/s",
+        "radial GF/s",
+        "sgemm"
     );
     for (c, m, t) in &rows {
+        // the kernels' rates and their share of sgemm's, measured in the case's own process
+        let rate = |kind: &str| -> String {
+            m.kernels
+                .iter()
+                .find(|k| k.0 == kind)
+                .map(|(_, f, s)| {
+                    let g = f / s.max(1e-12) / 1e9;
+                    format!("{g:.0} ({:.0}%)", 100.0 * g / m.sgemm_gflops.max(1e-12))
+                })
+                .unwrap_or_else(|| "-".to_string())
+        };
+        let kernels = format!(
+            " {:>16} {:>16} {:>9.0}",
+            rate("EdgeContract"),
+            rate("RadialHidden"),
+            m.sgemm_gflops
+        );
         let ours = format!(
             "{:<16} {:>10.4} {:>7.3}-{:<8.3} {:>9.3}",
             c.name, m.median_s, m.min_s, m.max_s, m.cpu_s
         );
         match t {
             Some(t) => println!(
-                "{ours} {:>11.4} {:>8.1}x {:>12.1} {:>11.1} {:>9.3}",
+                "{ours} {:>11.4} {:>8.1}x {:>12.1} {:>11.1} {:>9.3}{kernels}",
                 t.median_s,
                 t.median_s / m.median_s,
                 m.peak_mib,
@@ -180,7 +210,7 @@ pub fn run(
                 m.peak_mib / t.peak_mib
             ),
             None => println!(
-                "{ours} {:>11} {:>9} {:>12.1} {:>11} {:>9}",
+                "{ours} {:>11} {:>9} {:>12.1} {:>11} {:>9}{kernels}",
                 "-", "-", m.peak_mib, "-", "-"
             ),
         }
@@ -247,7 +277,10 @@ pub fn run(
     }
     println!(
         "cpu (s): CPU time (all threads) per forward; on a loaded machine the wall time of a \
-         forward is at least cpu / threads"
+         forward is at least cpu / threads. contract / radial GF/s: the fused edge contractions \
+         (EdgeContract) and radial hidden layers (RadialHidden) in one instrumented forward, with \
+         their share of sgemm (GFLOP/s of matrixmultiply::sgemm {SGEMM_SIZE}^3, all cores, in \
+         the same process)"
     );
     println!("targets: speedup >= 20x, mem frac <= 0.1");
     Ok(())
@@ -519,13 +552,14 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
     model.forward(&inputs, &fwd)?;
     let mut times = Vec::new();
     let cpu0 = cpu_seconds();
-    for _ in 0..REPS {
+    let reps = reps();
+    for _ in 0..reps {
         let t = Instant::now();
         model.forward(&inputs, &fwd)?;
         times.push(t.elapsed().as_secs_f64());
     }
     if let (Some(a), Some(b)) = (cpu0, cpu_seconds()) {
-        println!("cpu_s {}", (b - a) / REPS as f64);
+        println!("cpu_s {}", (b - a) / reps as f64);
     }
     times.sort_by(f64::total_cmp);
     println!(

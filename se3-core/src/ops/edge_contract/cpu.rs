@@ -2,14 +2,21 @@
 //! [`edge_contract_logits`](super::edge_contract_logits): rayon-parallel over blocks of
 //! destination nodes; per block, `Kx` of its edges, the per-node products with the radial
 //! hidden values and the last-layer GEMM run on thread-local scratch that stays in cache.
-//! Inner products use `matrixmultiply::sgemm` on strided slices of that scratch (no copies of
-//! the weights).
+//! Inner products are register-tiled AVX-512 kernels on that scratch, without packing:
+//! [`gemm_rows`] (broadcast form) for the products with the radial hidden values, the query
+//! fold and the last radial layer. The last layer's weights are rearranged once per call so
+//! that each head's part is one contiguous stream: `W_h [nf c_in hidden, cnt]` per head for the
+//! sums, `W^T [H cnt, nf c_in hidden]` for the query fold of the logits. The block scratch and
+//! the rearranged weights are thread-local buffers kept across calls (no fresh pages, no
+//! zero-filling per call).
 
 use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
 use rayon::prelude::*;
 
-use crate::exec::matmul::{gemm_rows, gemm_single as gemm};
+use std::cell::RefCell;
+
+use crate::exec::matmul::gemm_rows;
 #[cfg(target_arch = "x86_64")]
 use crate::exec::simd::{self, Isa};
 use crate::exec::view::{buffer, dot8, View};
@@ -130,6 +137,8 @@ fn kx_node(s: &Sizes, i: usize, xt: &[f32], nbr: &[f32], basis: &[f32], kx: &mut
 #[derive(Default)]
 struct Scratch {
     kx: Vec<f32>,
+    /// `Kx` of one chunk of `(f, c)`, `[nb, k, (p, chunk)]`.
+    kxa: Vec<f32>,
     big: Vec<f32>,
     small: Vec<f32>,
     rows: Vec<f32>,
@@ -149,8 +158,12 @@ struct Data<'a> {
     nbr: &'a [f32],
     basis: &'a [f32],
     h: &'a [f32],
-    w: &'a [f32],
     b: &'a [f32],
+    /// Sums: `W` per head, `[H, nf c_in hidden, cnt]`; logits: `W^T [H cnt, nf c_in hidden]`
+    /// with rows [`WT_PAD`] apart beyond their length.
+    wt: &'a [f32],
+    /// Logits: `b^T [H cnt, nf c_in]` (empty for sums).
+    bt: &'a [f32],
     per_head: Vec<&'a [f32]>,
 }
 
@@ -176,80 +189,96 @@ fn kx_block<'s>(s: &Sizes, d: &Data, i0: usize, nb: usize, buf: &'s mut Vec<f32>
 }
 
 /// Input channels `c f` per chunk: the per-chunk scratch `[nb mo, chunk, hidden]` stays near
-/// 256 KiB, so the products of a chunk and its rows of `W` run in cache.
+/// 384 KiB (in L2), so the products of a chunk and its rows of `W` run in cache; a multiple of
+/// 4 when it can be, so that `mo chunk` rows fill whole 4-row register tiles.
 fn cf_chunk(s: &Sizes, nb: usize) -> usize {
-    (65_536 / (nb * s.mo * s.hd).max(1)).clamp(1, s.cf().max(1))
+    let c = 98_304 / (nb * s.mo * s.hd).max(1);
+    let c = if c >= 4 { c / 4 * 4 } else { c };
+    c.clamp(1, s.cf().max(1))
 }
 
 /// Weighted sums of one block of nodes `i0..i0 + nb` for every head: `out` is
 /// `[nb, H cnt, mo]`. Reassociated and chunked over `(f, c)`: per chunk and head,
-/// `acc[(b, p), (cf, hd)] = sum_kk a kx[kk][p, cf] h[kk][hd]` then `y_h += acc W_h[chunk]`
+/// `acc[(b, p), (cf, hd)] = sum_kk kx[kk][p, cf] (a_kk h[kk][hd])` (one product per node over
+/// all `p`, from `Kx` of the chunk transposed once for all heads) then `y_h += acc W_h[chunk]`
 /// (and the bias term likewise), so neither `acc` of the block nor `W` leaves the cache.
 fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mut Scratch) {
     let (k, hd, mo, cf, cnt, cols) = (s.k, s.hd, s.mo, s.cf(), s.cnt, s.cols());
     let fw = s.width();
+    let kw = cf * hd;
     let Scratch {
         kx: kxb,
+        kxa,
         big,
         small,
         rows,
     } = sc;
     let kx = kx_block(s, d, i0, nb, kxb);
     let cfc = cf_chunk(s, nb);
+    let kxt = grow(kxa, nb * mo * cfc * k);
     let accc = grow(big, nb * mo * cfc * hd);
-    let scratch = grow(small, cfc * k + nb * mo * cfc);
-    let (akx, bsc) = scratch.split_at_mut(cfc * k);
+    let scratch = grow(small, k * hd + nb * mo * cfc);
+    let (ah, bsc) = scratch.split_at_mut(k * hd);
     let y = grow(rows, s.heads * nb * mo * cnt);
     y.fill(0.0);
     let mut cf0 = 0;
     while cf0 < cf {
         let cc = cfc.min(cf - cf0);
+        let rows_b = mo * cc;
+        // kxt[b][(p, r), kk] = kx[b][kk, (p, cf0 + r)], for every head
+        for bi in 0..nb {
+            let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
+            let kt = &mut kxt[bi * rows_b * k..(bi + 1) * rows_b * k];
+            for (kk, src) in kxn.chunks_exact(fw).enumerate() {
+                for p in 0..mo {
+                    for (r, &v) in src[p * cf + cf0..p * cf + cf0 + cc].iter().enumerate() {
+                        kt[(p * cc + r) * k + kk] = v;
+                    }
+                }
+            }
+        }
         for (hh, a_all) in d.per_head.iter().enumerate() {
             for bi in 0..nb {
                 let i = i0 + bi;
                 let a = &a_all[i * k..(i + 1) * k];
-                let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
                 let h = &d.h[i * k * hd..(i + 1) * k * hd];
-                for p in 0..mo {
-                    let col0 = p * cf + cf0;
-                    let row = (bi * mo + p) * cc;
-                    // akx[r, kk] = a_kk kx[kk, (p, cf0 + r)]; bsc = its sums over kk
-                    for (r, (ar, t)) in akx
-                        .chunks_mut(k)
-                        .zip(bsc[row..row + cc].iter_mut())
-                        .enumerate()
-                    {
-                        let mut sum = 0.0;
-                        for (kk, (o, &av)) in ar.iter_mut().zip(a).enumerate() {
-                            *o = av * kxn[kk * fw + col0 + r];
-                            sum += *o;
-                        }
-                        *t = sum;
+                let kt = &kxt[bi * rows_b * k..(bi + 1) * rows_b * k];
+                // ah[kk, hd] = a_kk h[kk, hd]; bsc[(b, p), r] = sum_kk a_kk kx[kk, (p, cf0 + r)]
+                for ((dst, src), &av) in ah.chunks_exact_mut(hd).zip(h.chunks_exact(hd)).zip(a) {
+                    for (o, &v) in dst.iter_mut().zip(src) {
+                        *o = av * v;
                     }
-                    gemm_rows(
-                        cc,
-                        k,
-                        hd,
-                        akx,
-                        k,
-                        h,
-                        hd,
-                        &mut accc[row * hd..(row + cc) * hd],
-                        hd,
-                        0.0,
-                    );
                 }
+                for (t, row) in bsc[bi * rows_b..(bi + 1) * rows_b]
+                    .iter_mut()
+                    .zip(kt.chunks_exact(k))
+                {
+                    *t = dot8(row, a);
+                }
+                gemm_rows(
+                    rows_b,
+                    k,
+                    hd,
+                    kt,
+                    k,
+                    ah,
+                    hd,
+                    &mut accc[bi * rows_b * hd..(bi + 1) * rows_b * hd],
+                    hd,
+                    0.0,
+                );
             }
             let c0 = hh * cnt;
             let yh = &mut y[hh * nb * mo * cnt..(hh + 1) * nb * mo * cnt];
+            // W_h's rows of the chunk, contiguous [cc hd, cnt]
             gemm_rows(
                 nb * mo,
                 cc * hd,
                 cnt,
                 &accc[..nb * mo * cc * hd],
                 cc * hd,
-                &d.w[cf0 * hd * cols + c0..],
-                cols,
+                &d.wt[(hh * kw + cf0 * hd) * cnt..],
+                cnt,
                 yh,
                 cnt,
                 1.0,
@@ -287,17 +316,21 @@ fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mu
 /// rows of `W` (`[(b, p), (cf, hd)]`), then `g[b][kk] += kx[kk][p, chunk] folded[(b, p)]`;
 /// finally `l = g . h + bias`.
 fn logits_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mut Scratch) {
-    let (k, hd, mo, cf, cnt, cols) = (s.k, s.hd, s.mo, s.cf(), s.cnt, s.cols());
+    let (k, hd, mo, cf, cnt) = (s.k, s.hd, s.mo, s.cf(), s.cnt);
     let fw = s.width();
+    let kw = cf * hd;
+    let kws = kw + WT_PAD;
     let heads = s.heads;
     let Scratch {
         kx: kxb,
+        kxa,
         big,
         small,
         rows,
     } = sc;
     let kx = kx_block(s, d, i0, nb, kxb);
     let cfc = cf_chunk(s, nb);
+    let kxa = grow(kxa, nb * k * mo * cfc);
     let foldc = grow(big, nb * mo * cfc * hd);
     let buf = grow(
         rows,
@@ -322,55 +355,67 @@ fn logits_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: 
     let mut cf0 = 0;
     while cf0 < cf {
         let cc = cfc.min(cf - cf0);
+        let kw_c = mo * cc;
+        // kxa[b][kk, (p, r)] = kx[b][kk, (p, cf0 + r)]: the chunk's columns of every p side by
+        // side, so that one product per node runs over all of them
+        for bi in 0..nb {
+            for kk in 0..k {
+                let src = &kx[(bi * k + kk) * fw..(bi * k + kk + 1) * fw];
+                let dst = &mut kxa[(bi * k + kk) * kw_c..(bi * k + kk + 1) * kw_c];
+                for p in 0..mo {
+                    dst[p * cc..(p + 1) * cc]
+                        .copy_from_slice(&src[p * cf + cf0..p * cf + cf0 + cc]);
+                }
+            }
+        }
         for hh in 0..heads {
             let c0 = hh * cnt;
             let qh = &qr[hh * nb * mo * cnt..(hh + 1) * nb * mo * cnt];
             // folded[(b, p), (r, hd)] = sum_o q[(b, p), o] w[((cf0 + r), hd), o]
-            gemm(
+            gemm_rows(
                 nb * mo,
                 cnt,
                 cc * hd,
                 qh,
-                (cnt, 1),
-                &d.w[cf0 * hd * cols + c0..],
-                (1, cols),
+                cnt,
+                &d.wt[c0 * kws + cf0 * hd..],
+                kws,
                 foldc,
+                cc * hd,
                 0.0,
             );
-            gemm(
+            gemm_rows(
                 nb * mo,
                 cnt,
                 cc,
                 qh,
-                (cnt, 1),
-                &d.b[cf0 * cols + c0..],
-                (1, cols),
+                cnt,
+                &d.bt[c0 * cf + cf0..],
+                cf,
                 fbc,
+                cc,
                 0.0,
             );
             for bi in 0..nb {
-                let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
+                let ka = &kxa[bi * k * kw_c..(bi + 1) * k * kw_c];
                 let gb = &mut g[(hh * nb + bi) * k * hd..(hh * nb + bi + 1) * k * hd];
                 let blb = &mut bl[(hh * nb + bi) * k..(hh * nb + bi + 1) * k];
-                for p in 0..mo {
-                    let col0 = p * cf + cf0;
-                    let row = (bi * mo + p) * cc;
-                    gemm_rows(
-                        k,
-                        cc,
-                        hd,
-                        &kxn[col0..],
-                        fw,
-                        &foldc[row * hd..(row + cc) * hd],
-                        hd,
-                        gb,
-                        hd,
-                        1.0,
-                    );
-                    let fb = &fbc[row..row + cc];
-                    for (kk, t) in blb.iter_mut().enumerate() {
-                        *t += dot8(&kxn[kk * fw + col0..kk * fw + col0 + cc], fb);
-                    }
+                // the rows (b, p, r) of folded are contiguous over (p, r)
+                gemm_rows(
+                    k,
+                    kw_c,
+                    hd,
+                    ka,
+                    kw_c,
+                    &foldc[bi * kw_c * hd..(bi + 1) * kw_c * hd],
+                    hd,
+                    gb,
+                    hd,
+                    1.0,
+                );
+                let fb = &fbc[bi * kw_c..(bi + 1) * kw_c];
+                for (kk, t) in blb.iter_mut().enumerate() {
+                    *t += dot8(&ka[kk * kw_c..(kk + 1) * kw_c], fb);
                 }
             }
         }
@@ -387,6 +432,87 @@ fn logits_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: 
             }
         }
     }
+}
+
+/// Columns of a `[rows, cols]` weight view's shape (0 for another rank).
+fn cols_of(shape: &[usize]) -> usize {
+    if shape.len() == 2 {
+        shape[1]
+    } else {
+        0
+    }
+}
+
+/// Padding (floats) after each row of `W^T`: rows whose stride is a multiple of 4 KiB (e.g.
+/// `nf c_in hidden = 96 x 128`) would share one set of the L1 cache, so the 16 rows that one
+/// register tile reads would evict each other.
+const WT_PAD: usize = 16;
+
+thread_local! {
+    /// Block scratch of the threads that run blocks, kept across calls.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    /// The calling thread's rearranged `W` and `b`, kept across calls.
+    static WEIGHTS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `f` on this thread's kept [`Scratch`] (a fresh one if it is in use further up the stack).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|c| match c.try_borrow_mut() {
+        Ok(mut sc) => f(&mut sc),
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+/// `m [rows, cols]` (row-major) as `[cols / cnt, rows, cnt]` into `t`: each block of `cnt`
+/// columns contiguous.
+fn head_blocks(m: &[f32], cols: usize, cnt: usize, t: &mut Vec<f32>) {
+    t.resize(m.len(), 0.0);
+    if cols == 0 || cnt == 0 || m.is_empty() {
+        return;
+    }
+    let rows = m.len() / cols;
+    if rows == 0 {
+        return;
+    }
+    t.par_chunks_mut(rows * cnt)
+        .enumerate()
+        .for_each(|(h, dst)| {
+            if (h + 1) * cnt > cols {
+                return;
+            }
+            for (src, d) in m.chunks_exact(cols).zip(dst.chunks_exact_mut(cnt)) {
+                d.copy_from_slice(&src[h * cnt..(h + 1) * cnt]);
+            }
+        });
+}
+
+/// `m [rows, cols]` (row-major) transposed to `[cols, rows + pad]` into `t`, in parallel over groups of
+/// `group` output rows (each task reads one stretch of every input row).
+fn transposed(m: &[f32], cols: usize, group: usize, pad: usize, t: &mut Vec<f32>) {
+    let rows = m.len().checked_div(cols).unwrap_or(0);
+    let ld = rows + pad;
+    t.resize(cols * ld, 0.0);
+    if rows == 0 {
+        return;
+    }
+    t.par_chunks_mut(group * ld)
+        .enumerate()
+        .for_each(|(g, dst)| {
+            let (c0, cw) = (g * group, dst.len() / ld);
+            // tiles of 16 input rows, each output row written 16 contiguous values at a time
+            // (rows whose stride is a multiple of 4 KiB would otherwise evict each other)
+            let mut l0 = 0;
+            while l0 < rows {
+                let lw = 16.min(rows - l0);
+                for o in 0..cw {
+                    let out = &mut dst[o * ld + l0..o * ld + l0 + lw];
+                    for (dl, v) in out.iter_mut().enumerate() {
+                        *v = m[(l0 + dl) * cols + c0 + o];
+                    }
+                }
+                l0 += lw;
+            }
+        });
 }
 
 impl Operator for EdgeContract {
@@ -425,13 +551,30 @@ impl Operator for EdgeContract {
                 }
             }
         }
+        // W [cf hd, cols] and b [cf, cols] transposed, each head's rows contiguous
+        let mut own = (Vec::new(), Vec::new());
+        let mut kept =
+            WEIGHTS.with(|c| c.try_borrow_mut().ok().map(|mut v| std::mem::take(&mut *v)));
+        let (wt, bt) = kept.as_mut().unwrap_or(&mut own);
+        let cols = cols_of(&ws);
+        match self.kind {
+            ContractKind::Sum => {
+                head_blocks(&mats[4], cols, cnt, wt);
+                bt.clear();
+            }
+            ContractKind::Logits => {
+                transposed(&mats[4], cols, 16, WT_PAD, wt);
+                transposed(&mats[5], cols, 16, 0, bt);
+            }
+        }
         let d = Data {
             x: &xt,
             nbr: &mats[1],
             basis: &mats[2],
             h: &mats[3],
-            w: &mats[4],
             b: &mats[5],
+            wt,
+            bt,
             per_head: mats[6..].iter().map(|m| m.as_ref()).collect(),
         };
         let nb = block_nodes(&s);
@@ -441,19 +584,20 @@ impl Operator for EdgeContract {
                 let per_node = s.cols() * mo;
                 let mut out = crate::exec::pool::take(n * per_node);
                 if per_node > 0 && k > 0 {
-                    out.par_chunks_mut(nb * per_node).enumerate().for_each_init(
-                        Scratch::default,
-                        |sc, (blk, o)| {
+                    out.par_chunks_mut(nb * per_node)
+                        .enumerate()
+                        .for_each(|(blk, o)| {
                             let t0 = crate::exec::profile::enabled().then(std::time::Instant::now);
-                            sum_block(&s, &d, blk * nb, o.len() / per_node, o, sc);
+                            with_scratch(|sc| {
+                                sum_block(&s, &d, blk * nb, o.len() / per_node, o, sc)
+                            });
                             if let Some(t0) = t0 {
                                 crate::exec::profile::detail(
                                     "edge_contract.all",
                                     t0.elapsed().as_secs_f64(),
                                 );
                             }
-                        },
-                    );
+                        });
                 }
                 out
             }
@@ -462,12 +606,12 @@ impl Operator for EdgeContract {
                 if k > 0 && cnt > 0 {
                     let parts: Vec<Vec<f32>> = (0..blocks)
                         .into_par_iter()
-                        .map_init(Scratch::default, |sc, blk| {
+                        .map(|blk| {
                             let i0 = blk * nb;
                             let m = nb.min(n - i0);
                             let mut o = vec![0.0; heads * m * k];
                             let t0 = crate::exec::profile::enabled().then(std::time::Instant::now);
-                            logits_block(&s, &d, i0, m, &mut o, sc);
+                            with_scratch(|sc| logits_block(&s, &d, i0, m, &mut o, sc));
                             if let Some(t0) = t0 {
                                 crate::exec::profile::detail(
                                     "edge_contract.all",
@@ -489,6 +633,13 @@ impl Operator for EdgeContract {
             }
         };
         drop(d);
+        if let Some(v) = kept {
+            WEIGHTS.with(|c| {
+                if let Ok(mut slot) = c.try_borrow_mut() {
+                    *slot = v;
+                }
+            });
+        }
         drop(xt);
         drop(mats);
         crate::exec::pool::finish(inp, out)

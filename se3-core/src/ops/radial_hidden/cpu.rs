@@ -1,15 +1,19 @@
 //! CPU kernel of [`radial_hidden`](super::radial_hidden): one rayon task per network and
 //! block of [`EDGE_BLOCK`] edges, whose two layers run in cache (first layer as a rank-`n_in`
-//! update, second as a single-threaded GEMM), each followed by LayerNorm + GELU in place (the
+//! update, second as an unpacked register-tiled GEMM, `gemm_rows`, whose
+//! `W3` of 64 KiB stays in L1/L2 over the block), each followed by LayerNorm + GELU in place (the
 //! row kernel of [`layer_norm_gelu`](crate::ops::layer_norm_gelu())).
 
 use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
 use rayon::prelude::*;
 
-use crate::exec::matmul::gemm_single;
+use crate::exec::matmul::gemm_rows;
 use crate::exec::view::{buffer, View};
 use crate::ops::layer_norm_gelu::layer_norm_gelu_rows;
+
+/// Padding (floats) after each row of the copy of `W3` the products read.
+const W3_PAD: usize = 16;
 
 /// Edges per block.
 pub(crate) const EDGE_BLOCK: usize = 64;
@@ -43,6 +47,14 @@ impl Operator for RadialHidden {
             );
             // one task per network and block of edges (load balance over the cores for any
             // number of networks)
+            // W3 with rows `hd + W3_PAD` apart: rows 512 bytes apart (hd = 128) would fill only
+            // a quarter of the L1 cache's sets, so a tile's columns of W3 would not stay in it
+            let ldw = hd + W3_PAD;
+            let mut w3p = vec![0.0f32; np * hd * ldw];
+            for (dst, src) in w3p.chunks_exact_mut(ldw).zip(w3.chunks_exact(hd)) {
+                dst[..hd].copy_from_slice(src);
+            }
+            let w3 = &w3p;
             let tasks: Vec<(usize, usize, &mut [f32])> = out
                 .chunks_mut(e * hd)
                 .enumerate()
@@ -70,8 +82,8 @@ impl Operator for RadialHidden {
                         }
                     }
                     layer_norm_gelu_rows(z, &b0[r.clone()], &g1[r.clone()], &be1[r.clone()], eps);
-                    let w3 = &w3[p * hd * hd..(p + 1) * hd * hd];
-                    gemm_single(eb, hd, hd, z, (hd, 1), w3, (hd, 1), dst, 0.0);
+                    let w3 = &w3[p * hd * ldw..(p + 1) * hd * ldw];
+                    gemm_rows(eb, hd, hd, z, hd, w3, ldw, dst, hd, 0.0);
                     layer_norm_gelu_rows(dst, &b3[r.clone()], &g4[r.clone()], &be4[r], eps);
                 });
         }
