@@ -236,31 +236,47 @@ pub(crate) fn topk_smallest(values: &[f64], k: usize) -> Vec<usize> {
 
 /// The positions of the `k` (`1..=len`) smallest values in ascending order, if that order
 /// is unique: the `k` values are distinct and every other value is larger than the largest of
-/// them; else `None` (ties decide, or a NaN is present). One pass keeps the candidates below
-/// a threshold (cut back to the best `k` by a selection whenever `4 k` gather, the threshold
-/// becoming the largest kept), then the candidates are sorted and one pass counts the values
-/// not above the `k`-th. A value dropped on the way is at least a kept one, so when the check
-/// passes the result is exact.
+/// them; else `None` (ties decide, or a NaN is present).
+///
+/// The largest of the minima of `k` disjoint groups of values bounds the `k`-th smallest from
+/// above (those minima are `k` values not above it), so one pass keeps the candidates not
+/// above that bound (every value not above the `k`-th among them), which are then ordered
+/// (past `8 k` of them, the `k` smallest are selected first) and counted. The passes over all
+/// values are branch-free and vectorise.
 fn distinct_smallest(values: &[f64], k: usize) -> Option<Vec<usize>> {
+    if values.iter().any(|v| v.is_nan()) {
+        return None;
+    }
+    let group = values.len() / k.max(1);
+    if k == 0 || group == 0 {
+        return None;
+    }
+    let bound = values
+        .chunks_exact(group)
+        .take(k)
+        .map(|g| g.iter().fold(f64::INFINITY, |m, &v| m.min(v)))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let mut cand: Vec<(f64, usize)> = values
+        .iter()
+        .enumerate()
+        .filter(|(_, &v)| v <= bound)
+        .map(|(j, &v)| (v, j))
+        .collect();
     let by_value = |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0);
-    let mut cand: Vec<(f64, usize)> = Vec::with_capacity(4 * k + 1);
-    let mut thr = f64::INFINITY;
-    for (j, &v) in values.iter().enumerate() {
-        if v < thr || cand.len() < k {
-            cand.push((v, j));
-            if cand.len() >= 4 * k {
-                cand.select_nth_unstable_by(k - 1, by_value);
-                cand.truncate(k);
-                thr = cand.iter().fold(f64::NEG_INFINITY, |m, e| m.max(e.0));
-            }
-        }
+    if cand.len() > 8 * k {
+        cand.select_nth_unstable_by(k - 1, by_value);
+        let kth = cand[k - 1].0;
+        // the values equal to the k-th decide the count below; keep them with the k smallest
+        let mut kept: Vec<(f64, usize)> = cand[..k].to_vec();
+        kept.extend(cand[k..].iter().filter(|e| e.0 <= kth));
+        cand = kept;
     }
     cand.sort_unstable_by(by_value);
-    cand.truncate(k);
-    let kth = cand.last()?.0;
-    let increasing = cand.windows(2).all(|w| w[0].0 < w[1].0);
-    let not_above = values.iter().filter(|&&v| v <= kth || v.is_nan()).count();
-    (increasing && not_above == k).then(|| cand.iter().map(|e| e.1).collect())
+    let kth = cand.get(k - 1)?.0;
+    let increasing = cand[..k].windows(2).all(|w| w[0].0 < w[1].0);
+    // every value not above the k-th is not above the bound: a candidate
+    let not_above = cand.iter().filter(|e| e.0 <= kth).count();
+    (increasing && not_above == k).then(|| cand[..k].iter().map(|e| e.1).collect())
 }
 
 #[cfg(test)]

@@ -77,11 +77,17 @@ pub fn lift_points(
 /// `y[.., o] = sum_i w[o, i] x[.., i]` over the channel (last) axis of `x`, `w` declared as the
 /// session weight `<prefix><key of w>`.
 fn mix_channels(s: &mut Session, prefix: &str, w: &Param, x: VnTensor) -> Result<VnTensor, Error> {
-    let d = dims(x);
     let wt: GraphTensor<(X, X)> = w.declare(s, prefix)?;
+    Ok(mix_by(wt, x))
+}
+
+/// `y[.., o] = sum_i w[o, i] x[.., i]` for a graph matrix `w` `(out, in)`.
+fn mix_by(w: GraphTensor<(X, X)>, x: VnTensor) -> VnTensor {
+    let d = dims(x);
+    let out = dims(w)[0];
     let flat: GraphTensor<(X, X)> = reshape(x, &[d[0] * d[1] * d[2], d[3]]);
-    let y = mm(flat, transpose(wt));
-    Ok(reshape(y, &[d[0], d[1], d[2], w.shape[0].into()]))
+    let y = mm(flat, transpose(w));
+    reshape(y, &[d[0], d[1], d[2], out])
 }
 
 /// `|x|` over the component axis: `[b, n, k, c] -> [b, n, c]`.

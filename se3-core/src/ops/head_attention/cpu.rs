@@ -31,10 +31,11 @@ pub struct HeadAttention {
     pub zero_if_all_masked: bool,
 }
 
-/// `x (b, n, c, H * dh)` as `(b, H, n, c * dh)`: each head's vectors contiguous per node.
+/// `x (b, n, c, H * dh)` as `(b, H, n, c * dh)`: each head's vectors contiguous per node (a
+/// buffer of the operator pool: hand it back with `pool::give` when done).
 pub(super) fn pack_heads(x: &[f32], n: usize, c: usize, heads: usize, dh: usize) -> Vec<f32> {
     let w = heads * dh;
-    let mut out = vec![0.0f32; x.len()];
+    let mut out = crate::exec::pool::take(x.len());
     out.par_chunks_mut(n * c * dh)
         .enumerate()
         .for_each(|(g, dst)| {
@@ -206,8 +207,10 @@ impl Operator for HeadAttention {
                 }
                 let all = vec![true; n];
                 let keys = if any { keys } else { &all[..] };
-                let mut logits = vec![0.0f32; rows * n];
-                let mut o = vec![0.0f32; rows * d];
+                // scratch from the pool: fresh buffers of this size fault their pages in
+                // again on every call
+                let mut logits = crate::exec::pool::take(rows * n);
+                let mut o = crate::exec::pool::take(rows * d);
                 for h in 0..heads {
                     let g = (bi * heads + h) * n;
                     let (qg, kg, vg) = (
@@ -253,7 +256,12 @@ impl Operator for HeadAttention {
                         }
                     }
                 }
+                crate::exec::pool::give(logits);
+                crate::exec::pool::give(o);
             });
+        for packed in [q, k, v] {
+            crate::exec::pool::give(packed);
+        }
         crate::exec::pool::finish(inp, out)
     }
 }
