@@ -111,6 +111,9 @@ impl SelectionRule {
             pairs: vec![(0, 0, 0); b * n * k],
             valid: vec![false; b * n * k],
         };
+        // coordinates by axis, so that a row of squared distances vectorises
+        let axis = |a: usize| coors.iter().map(|c| c[a]).collect::<Vec<f64>>();
+        let (xs, ys, zs) = (axis(0), axis(1), axis(2));
         sel.pairs
             .par_chunks_mut(k)
             .zip(sel.valid.par_chunks_mut(k))
@@ -120,9 +123,10 @@ impl SelectionRule {
                 |rank, (row, (pairs, valid))| {
                     let (bi, i) = (row / n, row % n);
                     let xi = coors[bi * n + i];
-                    let block = &coors[bi * n..(bi + 1) * n];
-                    for (r, xj) in rank.iter_mut().zip(block) {
-                        let d = [xi[0] - xj[0], xi[1] - xj[1], xi[2] - xj[2]];
+                    let block = bi * n..(bi + 1) * n;
+                    let (bx, by, bz) = (&xs[block.clone()], &ys[block.clone()], &zs[block]);
+                    for (((r, x), y), z) in rank.iter_mut().zip(bx).zip(by).zip(bz) {
+                        let d = [xi[0] - x, xi[1] - y, xi[2] - z];
                         *r = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
                     }
                     if mask.is_some() {

@@ -234,44 +234,46 @@ pub(crate) fn topk_smallest(values: &[f64], k: usize) -> Vec<usize> {
     q[..k].iter().map(|e| e.1).collect()
 }
 
+/// Groups of the bound of [`distinct_smallest`]: value `j` belongs to group `j % GROUPS`.
+const GROUPS: usize = 64;
+
 /// The positions of the `k` (`1..=len`) smallest values in ascending order, if that order
 /// is unique: the `k` values are distinct and every other value is larger than the largest of
 /// them; else `None` (ties decide, or a NaN is present).
 ///
-/// The largest of the minima of `k` disjoint groups of values bounds the `k`-th smallest from
-/// above (those minima are `k` values not above it), so one pass keeps the candidates not
-/// above that bound (every value not above the `k`-th among them), which are then ordered
-/// (past `8 k` of them, the `k` smallest are selected first) and counted. The passes over all
-/// values are branch-free and vectorise.
+/// The minima of disjoint groups of the values are values, so the `k`-th smallest of the
+/// minima of [`GROUPS`] groups (value `j` in group `j % GROUPS`) bounds the `k`-th smallest
+/// value from above. One pass (vectorised: a running minimum per group) gives the bound, a
+/// second keeps the candidates not above it (every value not above the `k`-th among them,
+/// about `k` + a few for points in space), which are then ordered and counted.
 fn distinct_smallest(values: &[f64], k: usize) -> Option<Vec<usize>> {
-    if values.iter().any(|v| v.is_nan()) {
+    if k == 0 || k > values.len() || values.iter().filter(|v| v.is_nan()).count() > 0 {
         return None;
     }
-    let group = values.len() / k.max(1);
-    if k == 0 || group == 0 {
-        return None;
+    let bound = if k <= GROUPS {
+        let mut minima = [f64::INFINITY; GROUPS];
+        let mut rows = values.chunks_exact(GROUPS);
+        for row in &mut rows {
+            for (m, &v) in minima.iter_mut().zip(row) {
+                *m = if v < *m { v } else { *m };
+            }
+        }
+        for (m, &v) in minima.iter_mut().zip(rows.remainder()) {
+            *m = if v < *m { v } else { *m };
+        }
+        // groups left empty (fewer values than groups) keep +inf and rank last
+        let (_, kth, _) = minima.select_nth_unstable_by(k - 1, |a, b| a.total_cmp(b));
+        *kth
+    } else {
+        f64::INFINITY
+    };
+    let mut cand: Vec<(f64, usize)> = Vec::with_capacity(2 * k);
+    for (j, &v) in values.iter().enumerate() {
+        if v <= bound {
+            cand.push((v, j));
+        }
     }
-    let bound = values
-        .chunks_exact(group)
-        .take(k)
-        .map(|g| g.iter().fold(f64::INFINITY, |m, &v| m.min(v)))
-        .fold(f64::NEG_INFINITY, f64::max);
-    let mut cand: Vec<(f64, usize)> = values
-        .iter()
-        .enumerate()
-        .filter(|(_, &v)| v <= bound)
-        .map(|(j, &v)| (v, j))
-        .collect();
-    let by_value = |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0);
-    if cand.len() > 8 * k {
-        cand.select_nth_unstable_by(k - 1, by_value);
-        let kth = cand[k - 1].0;
-        // the values equal to the k-th decide the count below; keep them with the k smallest
-        let mut kept: Vec<(f64, usize)> = cand[..k].to_vec();
-        kept.extend(cand[k..].iter().filter(|e| e.0 <= kth));
-        cand = kept;
-    }
-    cand.sort_unstable_by(by_value);
+    cand.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
     let kth = cand.get(k - 1)?.0;
     let increasing = cand[..k].windows(2).all(|w| w[0].0 < w[1].0);
     // every value not above the k-th is not above the bound: a candidate
