@@ -11,6 +11,8 @@
 //! its rank is at most `valid_radius`; **without a mask every kept edge is valid** (the library
 //! applies the radius through the mask only).
 
+use rayon::prelude::*;
+
 use crate::se3_transformer::torch_topk::topk_smallest;
 use crate::Error;
 
@@ -103,38 +105,55 @@ impl SelectionRule {
                 pairs,
             });
         }
+        // Rows are independent: each node ranks its candidates and keeps its `k` in parallel.
         let mut sel = Selection {
             k,
-            pairs: Vec::with_capacity(b * n * k),
-            valid: Vec::with_capacity(b * n * k),
+            pairs: vec![(0, 0, 0); b * n * k],
+            valid: vec![false; b * n * k],
         };
-        let mut rank = vec![0.0f64; n];
-        for bi in 0..b {
-            for i in 0..n {
-                let xi = coors[bi * n + i];
-                for (j, r) in rank.iter_mut().enumerate() {
-                    let xj = coors[bi * n + j];
-                    let d = [xi[0] - xj[0], xi[1] - xj[1], xi[2] - xj[2]];
-                    *r = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
-                    if mask.is_some() && !(m(bi, i) && m(bi, j)) {
-                        *r = 1e5;
+        // coordinates by axis, so that a row of squared distances vectorises
+        let axis = |a: usize| coors.iter().map(|c| c[a]).collect::<Vec<f64>>();
+        let (xs, ys, zs) = (axis(0), axis(1), axis(2));
+        sel.pairs
+            .par_chunks_mut(k)
+            .zip(sel.valid.par_chunks_mut(k))
+            .enumerate()
+            .for_each_init(
+                || vec![0.0f64; n],
+                |rank, (row, (pairs, valid))| {
+                    let (bi, i) = (row / n, row % n);
+                    let xi = coors[bi * n + i];
+                    let block = bi * n..(bi + 1) * n;
+                    let (bx, by, bz) = (&xs[block.clone()], &ys[block.clone()], &zs[block]);
+                    for (((r, x), y), z) in rank.iter_mut().zip(bx).zip(by).zip(bz) {
+                        let d = [xi[0] - x, xi[1] - y, xi[2] - z];
+                        *r = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
                     }
-                }
-                if let Some(a) = adj {
-                    rank[i] = -1.0;
-                    for (j, r) in rank.iter_mut().enumerate() {
-                        if j != i && a[(bi * n + i) * n + j] {
-                            *r = 0.0;
+                    if mask.is_some() {
+                        for (j, r) in rank.iter_mut().enumerate() {
+                            if !(m(bi, i) && m(bi, j)) {
+                                *r = 1e5;
+                            }
                         }
                     }
-                }
-                for j in topk_smallest(&rank, k) {
-                    sel.pairs.push((bi, i, j));
-                    sel.valid
-                        .push(mask.is_none() || (m(bi, i) && m(bi, j) && rank[j] <= radius));
-                }
-            }
-        }
+                    if let Some(a) = adj {
+                        rank[i] = -1.0;
+                        for (j, r) in rank.iter_mut().enumerate() {
+                            if j != i && a[(bi * n + i) * n + j] {
+                                *r = 0.0;
+                            }
+                        }
+                    }
+                    for ((p, v), j) in pairs
+                        .iter_mut()
+                        .zip(valid.iter_mut())
+                        .zip(topk_smallest(rank, k))
+                    {
+                        *p = (bi, i, j);
+                        *v = mask.is_none() || (m(bi, i) && m(bi, j) && rank[j] <= radius);
+                    }
+                },
+            );
         Ok(sel)
     }
 }

@@ -234,33 +234,51 @@ pub(crate) fn topk_smallest(values: &[f64], k: usize) -> Vec<usize> {
     q[..k].iter().map(|e| e.1).collect()
 }
 
+/// Groups of the bound of [`distinct_smallest`]: value `j` belongs to group `j % GROUPS`.
+const GROUPS: usize = 64;
+
 /// The positions of the `k` (`1..=len`) smallest values in ascending order, if that order
 /// is unique: the `k` values are distinct and every other value is larger than the largest of
-/// them; else `None` (ties decide, or a NaN is present). One pass keeps the candidates below
-/// a threshold (cut back to the best `k` by a selection whenever `4 k` gather, the threshold
-/// becoming the largest kept), then the candidates are sorted and one pass counts the values
-/// not above the `k`-th. A value dropped on the way is at least a kept one, so when the check
-/// passes the result is exact.
+/// them; else `None` (ties decide, or a NaN is present).
+///
+/// The minima of disjoint groups of the values are values, so the `k`-th smallest of the
+/// minima of [`GROUPS`] groups (value `j` in group `j % GROUPS`) bounds the `k`-th smallest
+/// value from above. One pass (vectorised: a running minimum per group) gives the bound, a
+/// second keeps the candidates not above it (every value not above the `k`-th among them,
+/// about `k` + a few for points in space), which are then ordered and counted.
 fn distinct_smallest(values: &[f64], k: usize) -> Option<Vec<usize>> {
-    let by_value = |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0);
-    let mut cand: Vec<(f64, usize)> = Vec::with_capacity(4 * k + 1);
-    let mut thr = f64::INFINITY;
-    for (j, &v) in values.iter().enumerate() {
-        if v < thr || cand.len() < k {
-            cand.push((v, j));
-            if cand.len() >= 4 * k {
-                cand.select_nth_unstable_by(k - 1, by_value);
-                cand.truncate(k);
-                thr = cand.iter().fold(f64::NEG_INFINITY, |m, e| m.max(e.0));
+    if k == 0 || k > values.len() || values.iter().filter(|v| v.is_nan()).count() > 0 {
+        return None;
+    }
+    let bound = if k <= GROUPS {
+        let mut minima = [f64::INFINITY; GROUPS];
+        let mut rows = values.chunks_exact(GROUPS);
+        for row in &mut rows {
+            for (m, &v) in minima.iter_mut().zip(row) {
+                *m = if v < *m { v } else { *m };
             }
         }
+        for (m, &v) in minima.iter_mut().zip(rows.remainder()) {
+            *m = if v < *m { v } else { *m };
+        }
+        // groups left empty (fewer values than groups) keep +inf and rank last
+        let (_, kth, _) = minima.select_nth_unstable_by(k - 1, |a, b| a.total_cmp(b));
+        *kth
+    } else {
+        f64::INFINITY
+    };
+    let mut cand: Vec<(f64, usize)> = Vec::with_capacity(2 * k);
+    for (j, &v) in values.iter().enumerate() {
+        if v <= bound {
+            cand.push((v, j));
+        }
     }
-    cand.sort_unstable_by(by_value);
-    cand.truncate(k);
-    let kth = cand.last()?.0;
-    let increasing = cand.windows(2).all(|w| w[0].0 < w[1].0);
-    let not_above = values.iter().filter(|&&v| v <= kth || v.is_nan()).count();
-    (increasing && not_above == k).then(|| cand.iter().map(|e| e.1).collect())
+    cand.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    let kth = cand.get(k - 1)?.0;
+    let increasing = cand[..k].windows(2).all(|w| w[0].0 < w[1].0);
+    // every value not above the k-th is not above the bound: a candidate
+    let not_above = cand.iter().filter(|e| e.0 <= kth).count();
+    (increasing && not_above == k).then(|| cand[..k].iter().map(|e| e.1).collect())
 }
 
 #[cfg(test)]

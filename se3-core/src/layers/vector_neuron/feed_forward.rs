@@ -7,6 +7,8 @@ use crate::Error;
 
 /// VN feed-forward (VN-transformer 0.1.0 `VNFeedForward`): `VnLinear(dim -> dim * mult)`,
 /// [`VnRelu`], `VnLinear(dim * mult -> dim)`; keys `0.*`, `1.W|U`, `2.*` (an `nn.Sequential`).
+/// Without a bias the first map is folded into the ReLU's mixes ([`VnRelu::build_after_mix`]:
+/// `(W L) x` instead of `W (L x)`, a quarter of the multiply-adds at `mult = 4`).
 /// Equivariant as its parts.
 #[derive(Debug, Clone)]
 pub struct VnFeedForward {
@@ -39,8 +41,14 @@ impl VnFeedForward {
     /// # Errors
     /// Those of the parts.
     pub fn build(&self, s: &mut Session, prefix: &str, x: VnTensor) -> Result<VnTensor, Error> {
-        let h = self.lin_in.build(s, &format!("{prefix}0."), x)?;
-        let h = self.relu.build(s, &format!("{prefix}1."), h)?;
+        // Without a bias the first linear map folds into the ReLU's two mixes.
+        let h = match self.lin_in.declare_bias_free(s, &format!("{prefix}0."))? {
+            Some(l) => self.relu.build_after_mix(s, &format!("{prefix}1."), l, x)?,
+            None => {
+                let h = self.lin_in.build(s, &format!("{prefix}0."), x)?;
+                self.relu.build(s, &format!("{prefix}1."), h)?
+            }
+        };
         self.lin_out.build(s, &format!("{prefix}2."), h)
     }
 }

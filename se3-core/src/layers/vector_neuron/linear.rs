@@ -82,6 +82,22 @@ impl VnLinear {
         Self::new(weight, bias, bias_epsilon)
     }
 
+    /// The weight when the layer is a pure channel mix (no bias), declared in `s` as
+    /// `<prefix>weight`, for a following layer to fold it into its own mixes.
+    ///
+    /// # Errors
+    /// Those of declaring the weight.
+    pub(super) fn declare_bias_free(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+    ) -> Result<Option<GraphTensor<(X, X)>>, Error> {
+        match self.bias {
+            Some(_) => Ok(None),
+            None => self.weight.declare(s, prefix).map(Some),
+        }
+    }
+
     /// Output channels.
     pub fn dim_out(&self) -> usize {
         self.weight.shape[0]

@@ -77,11 +77,27 @@ pub fn lift_points(
 /// `y[.., o] = sum_i w[o, i] x[.., i]` over the channel (last) axis of `x`, `w` declared as the
 /// session weight `<prefix><key of w>`.
 fn mix_channels(s: &mut Session, prefix: &str, w: &Param, x: VnTensor) -> Result<VnTensor, Error> {
-    let d = dims(x);
     let wt: GraphTensor<(X, X)> = w.declare(s, prefix)?;
-    let flat: GraphTensor<(X, X)> = reshape(x, &[d[0] * d[1] * d[2], d[3]]);
-    let y = mm(flat, transpose(wt));
-    Ok(reshape(y, &[d[0], d[1], d[2], w.shape[0].into()]))
+    Ok(mix_by(wt, x))
+}
+
+/// `y[.., o] = sum_i w[o, i] x[.., i]` for a graph matrix `w` `(out, in)`; with one input
+/// channel, the broadcast product `x[..] w[o, 0]` (as a matrix product its unit inner axis
+/// would be walked element by element).
+fn mix_by(w: GraphTensor<(X, X)>, x: VnTensor) -> VnTensor {
+    let d = dims(x);
+    let out = dims(w)[0];
+    let rows = d[0] * d[1] * d[2];
+    if d[3].to_usize() == Some(1) {
+        let xs: GraphTensor<(X,)> = reshape(x, &[rows]);
+        let ws: GraphTensor<(X,)> = reshape(w, &[out]);
+        let y: GraphTensor<(X, X)> =
+            expand_at::<_, (X, X)>(xs, 1, out) * expand_at::<_, (X, X)>(ws, 0, rows);
+        return reshape(y, &[d[0], d[1], d[2], out]);
+    }
+    let flat: GraphTensor<(X, X)> = reshape(x, &[rows, d[3]]);
+    let y = mm(flat, transpose(w));
+    reshape(y, &[d[0], d[1], d[2], out])
 }
 
 /// `|x|` over the component axis: `[b, n, k, c] -> [b, n, c]`.

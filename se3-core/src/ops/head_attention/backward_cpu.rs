@@ -260,6 +260,9 @@ impl Operator for HeadAttentionGrad {
                 op.head_gradient(&head, n, d)
             })
             .collect();
+        for packed in [q, k, v, g] {
+            crate::exec::pool::give(packed);
+        }
         let mut out = crate::exec::pool::take(b * n * c * w);
         for (bh, packed) in grads.iter().enumerate() {
             let (bi, h) = (bh / heads, bh % heads);

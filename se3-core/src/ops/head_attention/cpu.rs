@@ -1,9 +1,11 @@
 //! CPU kernel of [`head_attention`](super::head_attention): per batch element the heads are
-//! packed into contiguous `(n, c * dh)` matrices once, then each task takes a block of query
-//! rows of one batch element and, head by head, forms the logits block with one GEMM, the
-//! softmax in place (exp without library calls, vectorised on AVX2 / AVX-512), and the output
-//! block with a second GEMM, written straight into the channel-last output. The `n x n`
-//! attention matrix never exists whole: a block of [`ROWS`] rows at a time per task.
+//! packed into contiguous `(n, c * dh)` matrices once, then for each block of query rows and
+//! head, the logits block is formed with one GEMM, the softmax taken in place (exp without
+//! library calls, vectorised on AVX2 / AVX-512; rows in parallel), and the output block with a
+//! second GEMM, written straight into the channel-last output. The GEMMs run one after the
+//! other, each threaded by `matrixmultiply` (tasks of ours calling a threaded GEMM at once
+//! would make its threads wait for each other). The `n x n` attention matrix never exists
+//! whole: a block holds at most [`BLOCK_LOGITS`] logits (all 512 rows at n = 512).
 
 use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
@@ -14,8 +16,23 @@ use crate::exec::simd::{self, Isa};
 use crate::exec::view::{buffer, View};
 use crate::ops::layer_norm_gelu::exp_neg;
 
-/// Query rows per task.
+/// Query rows per task of the backward pass.
 pub(super) const ROWS: usize = 128;
+
+/// Logits a forward block holds at most (1 MiB of f32).
+const BLOCK_LOGITS: usize = 1 << 18;
+
+/// Rows of a softmax task.
+const SOFTMAX_ROWS: usize = 16;
+
+/// Query rows of a forward block over `n` keys: all of them when the `(rows, n)` logits fit in
+/// [`BLOCK_LOGITS`], else a multiple of 64 (the GEMM's row panel) that fits, at least 64.
+fn query_block(n: usize) -> usize {
+    if n * n <= BLOCK_LOGITS {
+        return n.max(1);
+    }
+    ((BLOCK_LOGITS / n.max(1)) / 64 * 64).clamp(64, n.max(64))
+}
 
 /// Multi-head softmax attention over all key nodes on channel-last inputs: `q`, `k`, `v`
 /// `(b, n, c, heads * dh)`, key mask `(b, n)` (non-zero = attend); output `(b, n, c, heads * dh)`.
@@ -31,10 +48,11 @@ pub struct HeadAttention {
     pub zero_if_all_masked: bool,
 }
 
-/// `x (b, n, c, H * dh)` as `(b, H, n, c * dh)`: each head's vectors contiguous per node.
+/// `x (b, n, c, H * dh)` as `(b, H, n, c * dh)`: each head's vectors contiguous per node (a
+/// buffer of the operator pool: hand it back with `pool::give` when done).
 pub(super) fn pack_heads(x: &[f32], n: usize, c: usize, heads: usize, dh: usize) -> Vec<f32> {
     let w = heads * dh;
-    let mut out = vec![0.0f32; x.len()];
+    let mut out = crate::exec::pool::take(x.len());
     out.par_chunks_mut(n * c * dh)
         .enumerate()
         .for_each(|(g, dst)| {
@@ -185,29 +203,27 @@ impl Operator for HeadAttention {
             HeadLogits::Dot => self.scale,
             HeadLogits::L2Distance => 2.0 * self.scale,
         };
-        let zero_if_all_masked = self.zero_if_all_masked;
         let mut out = crate::exec::pool::take(b * n * c * w);
-        out.par_chunks_mut((n * c * w).max(1))
-            .enumerate()
-            .flat_map(|(bi, batch)| {
-                batch
-                    .par_chunks_mut((ROWS * c * w).max(1))
-                    .enumerate()
-                    .map(move |(blk, dst)| (bi, blk, dst))
-            })
-            .for_each(|(bi, blk, dst)| {
-                let i0 = blk * ROWS;
+        // Blocks of query rows, head by head: the GEMMs run one at a time, threaded by
+        // `matrixmultiply` itself (so its threads never wait behind tasks of ours, and each
+        // head's keys and values are packed once a block), the softmax rows in parallel.
+        let block = query_block(n);
+        let mut logits = crate::exec::pool::take(block * n);
+        let mut o = crate::exec::pool::take(block * d);
+        let all = vec![true; n];
+        for (bi, batch) in out.chunks_mut((n * c * w).max(1)).enumerate() {
+            let keys = &keep[bi * n..(bi + 1) * n];
+            let any = keys.iter().any(|&k| k);
+            if !any && self.zero_if_all_masked {
+                batch.fill(0.0);
+                continue;
+            }
+            let keys = if any { keys } else { &all[..] };
+            for (blk, dst) in batch.chunks_mut((block * c * w).max(1)).enumerate() {
+                let i0 = blk * block;
                 let rows = dst.len() / (c * w);
-                let keys = &keep[bi * n..(bi + 1) * n];
-                let any = keys.iter().any(|&k| k);
-                if !any && zero_if_all_masked {
-                    dst.fill(0.0);
-                    return;
-                }
-                let all = vec![true; n];
-                let keys = if any { keys } else { &all[..] };
-                let mut logits = vec![0.0f32; rows * n];
-                let mut o = vec![0.0f32; rows * d];
+                let logits = &mut logits[..rows * n];
+                let o = &mut o[..rows * d];
                 for h in 0..heads {
                     let g = (bi * heads + h) * n;
                     let (qg, kg, vg) = (
@@ -222,28 +238,34 @@ impl Operator for HeadAttention {
                         (d as isize, 1),
                         kg,
                         (1, d as isize),
-                        &mut logits,
+                        logits,
                     );
-                    if !any {
-                        // every key masked: equal logits, uniform weights
-                        logits.fill(0.0);
-                    } else if let HeadLogits::L2Distance = self.logits {
-                        for (r, row) in logits.chunks_mut(n).enumerate() {
-                            let qi = qq[g + i0 + r];
-                            for (x, kj) in row.iter_mut().zip(&kk[g..g + n]) {
-                                *x -= qi + kj;
+                    let (qq, kk, l2) = (&qq, &kk, self.logits == HeadLogits::L2Distance);
+                    logits
+                        .par_chunks_mut(n * SOFTMAX_ROWS)
+                        .enumerate()
+                        .for_each(|(t, part)| {
+                            if !any {
+                                // every key masked: equal logits, uniform weights
+                                part.fill(0.0);
+                            } else if l2 {
+                                for (r, row) in part.chunks_mut(n).enumerate() {
+                                    let qi = qq[g + i0 + t * SOFTMAX_ROWS + r];
+                                    for (x, kj) in row.iter_mut().zip(&kk[g..g + n]) {
+                                        *x -= qi + kj;
+                                    }
+                                }
                             }
-                        }
-                    }
-                    softmax_rows(&mut logits, n, keys);
+                            softmax_rows(part, n, keys);
+                        });
                     gemm(
                         (rows, n, d),
                         1.0,
-                        &logits,
+                        logits,
                         (n as isize, 1),
                         vg,
                         (d as isize, 1),
-                        &mut o,
+                        o,
                     );
                     for r in 0..rows {
                         for cc in 0..c {
@@ -253,7 +275,13 @@ impl Operator for HeadAttention {
                         }
                     }
                 }
-            });
+            }
+        }
+        crate::exec::pool::give(logits);
+        crate::exec::pool::give(o);
+        for packed in [q, k, v] {
+            crate::exec::pool::give(packed);
+        }
         crate::exec::pool::finish(inp, out)
     }
 }

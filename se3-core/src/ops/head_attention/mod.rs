@@ -149,14 +149,17 @@ mod tests {
     #[test]
     fn fused_attention_matches_the_formula_in_float64() -> Result<(), Error> {
         let mut r = rng();
-        for (logits, zero) in [
-            (HeadLogits::Dot, false),
-            (HeadLogits::Dot, true),
-            (HeadLogits::L2Distance, false),
+        for (logits, zero, nodes) in [
+            (HeadLogits::Dot, false, 65..150),
+            (HeadLogits::Dot, true, 65..150),
+            (HeadLogits::L2Distance, false, 65..150),
+            (HeadLogits::Dot, false, 513..600),
+            (HeadLogits::L2Distance, false, 513..600),
         ] {
-            // n above the kernel's row block, not a multiple of it; one batch element with
-            // random masked keys, one with every key masked
-            let (b, n, c, heads, dh) = (3, r.gen_range(65..150), r.gen_range(1..6), 2, 3);
+            // n above the backward's row block, not a multiple of it, and above 512 (forward
+            // blocks of query rows); one batch element with random masked keys, one with every
+            // key masked
+            let (b, n, c, heads, dh) = (3, r.gen_range(nodes), r.gen_range(1..6), 2, 3);
             let w = heads * dh;
             let scale = 1.0 / ((c * dh) as f32).sqrt();
             let mut s = Session::new();
