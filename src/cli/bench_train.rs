@@ -205,7 +205,10 @@ fn run_case(num_degrees: usize, nodes: usize) -> Result<(), super::CliError> {
     let params = m.parameters();
     let mut values: Vec<(String, Vec<f32>)> = Vec::new();
     for (k, _) in &params {
-        values.push((k.clone(), m.parameter(k)?.iter().map(|&v| v as f32).collect()));
+        values.push((
+            k.clone(),
+            m.parameter(k)?.iter().map(|&v| v as f32).collect(),
+        ));
     }
     let mut adam = Adam::new(1e-3);
     let mut steps = Vec::new();

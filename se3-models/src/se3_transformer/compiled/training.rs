@@ -498,8 +498,7 @@ impl TrainableSe3Transformer {
             // the constants of the feed are read back from the session (no host copy is kept)
             let mut values = self.compiled.session.weight_values(&f.name)?;
             let params = &self.params;
-            f.runs
-                .write(&mut values, |p, e| f32_of(params[p].value[e]));
+            f.runs.write(&mut values, |p, e| f32_of(params[p].value[e]));
             if let Some(graph) = self.forward_graph.as_mut() {
                 graph
                     .session
@@ -626,7 +625,11 @@ impl TrainableSe3Transformer {
             graph_s += tg.elapsed().as_secs_f64();
             let s = &self.compiled.session;
             if grads.is_empty() {
-                grads = self.params.iter().map(|p| vec![0.0; p.value.len()]).collect();
+                grads = self
+                    .params
+                    .iter()
+                    .map(|p| vec![0.0; p.value.len()])
+                    .collect();
             }
             for f in &self.feeds {
                 let g = s.get(&format!("grad.{}", f.name))?;
@@ -650,7 +653,11 @@ impl TrainableSe3Transformer {
         }
         let outputs = self.compiled.host()?.assemble(per_batch, inp, fwd, b, n)?;
         if grads.is_empty() {
-            grads = self.params.iter().map(|p| vec![0.0; p.value.len()]).collect();
+            grads = self
+                .params
+                .iter()
+                .map(|p| vec![0.0; p.value.len()])
+                .collect();
         }
         let mut sd = StateDict::new();
         self.host_gradients(inp, &items, &input_grads, &mut grads, &mut sd)?;
