@@ -589,7 +589,7 @@ impl TrainableSe3Transformer {
         let mut graph_s = 0.0;
         let mut per_batch = Vec::with_capacity(b);
         // allocated after the first graph run, so they are not alive at its peak
-        let mut grads: Vec<Vec<f64>> = Vec::new();
+        let mut grads: Option<Vec<Vec<f64>>> = None;
         let mut input_grads: Vec<BTreeMap<String, Vec<f32>>> = Vec::with_capacity(b);
         let groups = super::merged_batch::run_groups(&items, n, self.compiled.mergeable());
         for group in &groups {
@@ -624,13 +624,7 @@ impl TrainableSe3Transformer {
             per_batch.extend(self.compiled.run_group(&items, group, inp)?);
             graph_s += tg.elapsed().as_secs_f64();
             let s = &self.compiled.session;
-            if grads.is_empty() {
-                grads = self
-                    .params
-                    .iter()
-                    .map(|p| vec![0.0; p.value.len()])
-                    .collect();
-            }
+            let acc = grads.get_or_insert_with(|| self.zero_gradients());
             for f in &self.feeds {
                 let g = s.get(&format!("grad.{}", f.name))?;
                 if g.data.len() != f.len {
@@ -638,7 +632,7 @@ impl TrainableSe3Transformer {
                         option: "a parameter gradient of another size than its constant",
                     });
                 }
-                f.runs.accumulate(&g.data, &mut grads);
+                f.runs.accumulate(&g.data, acc);
             }
             // the clouds of a merged run are of one size: every input's gradient splits evenly
             let mut per_cloud = vec![BTreeMap::new(); clouds];
@@ -652,13 +646,7 @@ impl TrainableSe3Transformer {
             input_grads.extend(per_cloud);
         }
         let outputs = self.compiled.host()?.assemble(per_batch, inp, fwd, b, n)?;
-        if grads.is_empty() {
-            grads = self
-                .params
-                .iter()
-                .map(|p| vec![0.0; p.value.len()])
-                .collect();
-        }
+        let mut grads = grads.unwrap_or_else(|| self.zero_gradients());
         let mut sd = StateDict::new();
         self.host_gradients(inp, &items, &input_grads, &mut grads, &mut sd)?;
         for (p, g) in self.params.iter().zip(grads) {
@@ -671,6 +659,14 @@ impl TrainableSe3Transformer {
             ("host: outputs + gradients", total - graph_s),
         ];
         Ok((outputs, sd))
+    }
+
+    /// One zero gradient buffer per parameter.
+    fn zero_gradients(&self) -> Vec<Vec<f64>> {
+        self.params
+            .iter()
+            .map(|p| vec![0.0; p.value.len()])
+            .collect()
     }
 
     /// The target of graph output `out.<l>` of batch element `bi` and the weight `2 / len` of
