@@ -263,6 +263,10 @@ fn coordinates_match_finite_differences(
         }
         let dirn: Vec<f64> = (0..g.data.len()).map(|_| r.gen_range(-1.0..1.0)).collect();
         let analytic: f64 = g.data.iter().zip(&dirn).map(|(a, b)| a * b).sum();
+        // the size of the terms, `Σ |∂L/∂x_i d_i|`: the scale of the directional derivative
+        // that the float32 differences' rounding noise does not shrink with (relative to
+        // `|<∇L, d>|` alone, a direction whose terms nearly cancel looked like a 2.7% error)
+        let terms: f64 = g.data.iter().zip(&dirn).map(|(a, b)| (a * b).abs()).sum();
         let mut fd_at = |h: f64| -> Result<f64, Error> {
             let mut at = |sign: f64| -> Result<f64, Error> {
                 let mut inp = m.inputs.clone();
@@ -275,22 +279,22 @@ fn coordinates_match_finite_differences(
         };
         // h small against the distance gaps that decide the neighbours, large against
         // float32 rounding; a step that changes the neighbour choice makes the loss jump
-        // (the two steps disagree): that direction is skipped
-        let (fd, fd_half) = (fd_at(5e-4)?, fd_at(2.5e-4)?);
-        if (fd - fd_half).abs() > 0.05 * fd.abs().max(1.0) {
+        // (the two steps disagree by far more than the rounding): that direction is skipped
+        let (fd, fd_half) = (fd_at(1e-3)?, fd_at(5e-4)?);
+        if (fd - fd_half).abs() > 1e-2 * terms.max(1e-30) {
             println!(
                 "{name}: neighbour choice changed along a direction ({fd} vs {fd_half}), skipped"
             );
             continue;
         }
-        let err = (fd - analytic).abs() / analytic.abs().max(1.0);
+        let err = (fd - analytic).abs() / terms.max(1e-30);
         // the float32 forward's rounding, divided by h, is the differences' own noise: the two
-        // steps' disagreement measures it (one draw reached 1.5e-2 here against 1e-2)
-        let noise = 2.0 * (fd - fd_half).abs() / analytic.abs().max(1.0);
-        println!("{name}: d L / d coors along a random direction: {analytic:.6} vs finite differences {fd:.6} (relative {err:.2e}, noise {noise:.2e})");
+        // steps' disagreement measures it
+        let noise = 2.0 * (fd - fd_half).abs() / terms.max(1e-30);
+        println!("{name}: d L / d coors along a random direction: {analytic:.6} vs finite differences {fd:.6} (relative to the terms' size {terms:.3}: {err:.2e}, noise {noise:.2e})");
         assert!(
-            err < 1e-2 + noise,
-            "{name}: coordinate gradient {analytic} vs finite differences {fd} (h/2: {fd_half})"
+            err < 2e-3 + noise,
+            "{name}: coordinate gradient {analytic} vs finite differences {fd} (h/2: {fd_half}), terms {terms}"
         );
         checked += 1;
     }
