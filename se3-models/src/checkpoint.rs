@@ -70,33 +70,11 @@ fn dtype_name(d: Dtype) -> String {
 
 /// Reads any float safetensors view into f64 values.
 pub(crate) fn view_to_f64(key: &str, view: &TensorView<'_>) -> Result<Vec<f64>, Error> {
-    let bytes = view.data();
-    let out = match view.dtype() {
-        Dtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect(),
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
-            .collect(),
-        other => {
-            return Err(Error::WrongDtype {
-                key: key.to_string(),
-                expected: "a float dtype (F16, BF16, F32, F64)",
-                found: dtype_name(other),
-            })
-        }
-    };
-    Ok(out)
+    se3_core::exec::safetensors::float_values(view, |v| v).ok_or_else(|| Error::WrongDtype {
+        key: key.to_string(),
+        expected: "a float dtype (F16, BF16, F32, F64)",
+        found: dtype_name(view.dtype()),
+    })
 }
 
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, Error> {
@@ -403,8 +381,10 @@ impl WeightSource for Loader<'_> {
     }
 }
 
-/// Records the keys and shapes a model asks for and hands out zeros.
-#[derive(Default)]
+/// Records the keys and shapes a model asks for and hands out zeros: a model's key list
+/// (`expected_keys`), for the float64 loaders ([`WeightSource`]) and the graph layers
+/// ([`se3_core::layers::ParamSource`]) alike.
+#[derive(Debug, Default)]
 pub(crate) struct KeyRecorder {
     pub(crate) keys: Vec<(String, Vec<usize>)>,
 }
@@ -413,6 +393,66 @@ impl WeightSource for KeyRecorder {
     fn take(&mut self, key: &str, shape: &[usize]) -> Result<Tensor, Error> {
         self.keys.push((key.to_string(), shape.to_vec()));
         Ok(Tensor::zeros(shape))
+    }
+}
+
+impl se3_core::layers::ParamSource for KeyRecorder {
+    fn get(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, se3_core::Error> {
+        self.keys.push((key.to_string(), shape.to_vec()));
+        Ok(vec![0.0; shape.iter().product()])
+    }
+}
+
+/// A [`ParamSource`] over a [`StateDict`] (values rounded to f32) that remembers the keys it
+/// handed out, so that unused keys can be reported.
+#[derive(Debug)]
+pub struct StateDictSource<'a> {
+    dict: &'a StateDict,
+    used: std::collections::BTreeSet<String>,
+}
+
+impl<'a> StateDictSource<'a> {
+    /// A source reading `dict`.
+    pub fn new(dict: &'a StateDict) -> Self {
+        StateDictSource {
+            dict,
+            used: std::collections::BTreeSet::new(),
+        }
+    }
+
+    /// `UnexpectedKey` for the first key of the dict that was never read.
+    ///
+    /// # Errors
+    /// As above.
+    pub fn finish(self) -> Result<(), Error> {
+        if let Some((k, t)) = self.dict.iter().find(|(k, _)| !self.used.contains(*k)) {
+            return Err(Error::UnexpectedKey {
+                key: k.to_string(),
+                shape: t.shape.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl se3_core::layers::ParamSource for StateDictSource<'_> {
+    fn get(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, se3_core::Error> {
+        let t = self
+            .dict
+            .get(key)
+            .ok_or_else(|| se3_core::Error::MissingKey {
+                key: key.to_string(),
+                expected: shape.to_vec(),
+            })?;
+        if t.shape != shape {
+            return Err(se3_core::Error::WrongShape {
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found: t.shape.clone(),
+            });
+        }
+        self.used.insert(key.to_string());
+        Ok(t.data.iter().map(|&v| v as f32).collect())
     }
 }
 

@@ -79,36 +79,45 @@ fn invalid(e: safetensors::SafeTensorError) -> Error {
     }
 }
 
-/// Converts one safetensors tensor to f32.
+/// The values of a float tensor (little-endian f64, f32, f16 or bf16), each widened exactly
+/// to f64 and passed through `to`; `None` for any other dtype. The one decoder of stored
+/// floats: [`tensor_to_f32`] here, and the float64 state dicts of `se3-models`.
+pub fn float_values<T>(view: &TensorView<'_>, to: impl Fn(f64) -> T) -> Option<Vec<T>> {
+    let bytes = view.data();
+    Some(match view.dtype() {
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|b| {
+                to(f64::from_le_bytes([
+                    b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+                ]))
+            })
+            .collect(),
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| to(f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| to(half::f16::from_le_bytes([b[0], b[1]]).to_f64()))
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| to(half::bf16::from_le_bytes([b[0], b[1]]).to_f64()))
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// Converts one safetensors tensor to f32 (f64 rounds to nearest).
 ///
 /// # Errors
 /// `UnsupportedDtype` for dtypes other than f32, f16, bf16, f64.
 pub fn tensor_to_f32(key: &str, view: &TensorView<'_>) -> Result<F32Tensor, Error> {
-    let bytes = view.data();
-    let data: Vec<f32> = match view.dtype() {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        other => {
-            return Err(Error::UnsupportedDtype {
-                key: key.to_string(),
-                dtype: format!("{other:?}"),
-            })
-        }
-    };
+    let data = float_values(view, |v| v as f32).ok_or_else(|| Error::UnsupportedDtype {
+        key: key.to_string(),
+        dtype: format!("{:?}", view.dtype()),
+    })?;
     Ok(F32Tensor {
         shape: view.shape().to_vec(),
         data,

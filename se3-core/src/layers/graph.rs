@@ -33,6 +33,14 @@ pub type X = Dyn<'-'>;
 pub type N = Dyn<'n'>;
 /// The edge axis.
 pub type E = Dyn<'e'>;
+/// `[a]`, every size carried by the shape tracker.
+pub type T1 = GraphTensor<(X,)>;
+/// `[a, b]`.
+pub type T2 = GraphTensor<(X, X)>;
+/// `[a, b, c]`.
+pub type T3 = GraphTensor<(X, X, X)>;
+/// `[a, b, c, d]`.
+pub type T4 = GraphTensor<(X, X, X, X)>;
 /// One degree of features on rows `R`: `[rows, channels, 2l + 1]`.
 pub type DegreeGraphTensor<R = N> = GraphTensor<(R, X, X)>;
 
@@ -311,15 +319,12 @@ pub(crate) fn constant<S: Shape>(
 }
 
 /// Logical sizes of `t`.
-pub(crate) fn dims<S: Shape>(t: GraphTensor<S>) -> Vec<Expression> {
+pub fn dims<S: Shape>(t: GraphTensor<S>) -> Vec<Expression> {
     logical_dims(&t.shape)
 }
 
 /// `t` reshaped (row-major) to `shape`, copied first if its view is not contiguous.
-pub(crate) fn reshape<S: Shape, D: Shape>(
-    t: GraphTensor<S>,
-    shape: &[Expression],
-) -> GraphTensor<D> {
+pub fn reshape<S: Shape, D: Shape>(t: GraphTensor<S>, shape: &[Expression]) -> GraphTensor<D> {
     let t = if is_plain(&t.shape) {
         t
     } else {
@@ -330,13 +335,13 @@ pub(crate) fn reshape<S: Shape, D: Shape>(
 
 /// Whether a view reads its buffer row-major as is (no permutation, slice, padding or
 /// broadcast axis).
-pub(crate) fn is_plain(st: &ShapeTracker) -> bool {
+pub fn is_plain(st: &ShapeTracker) -> bool {
     st.is_contiguous() && !st.is_sliced() && !st.is_padded() && !st.fake.iter().any(|f| *f)
 }
 
 /// `a + b` with the output shape taken from `a`'s logical sizes (luminal's `+` takes the
 /// unpadded sizes of a padded operand).
-pub(crate) fn add_views<S: Shape>(a: GraphTensor<S>, b: GraphTensor<S>) -> GraphTensor<S> {
+pub fn add_views<S: Shape>(a: GraphTensor<S>, b: GraphTensor<S>) -> GraphTensor<S> {
     let out = ShapeTracker::new(&dims(a));
     let id = a
         .graph()
@@ -348,7 +353,7 @@ pub(crate) fn add_views<S: Shape>(a: GraphTensor<S>, b: GraphTensor<S>) -> Graph
 }
 
 /// `t` broadcast along a new axis `axis` of `size`.
-pub(crate) fn expand_at<S: Shape, D: Shape>(
+pub fn expand_at<S: Shape, D: Shape>(
     t: GraphTensor<S>,
     axis: usize,
     size: impl Into<Expression>,
@@ -359,13 +364,13 @@ pub(crate) fn expand_at<S: Shape, D: Shape>(
 }
 
 /// Changes only the type of `t` (same view).
-pub(crate) fn retype<S: Shape, D: Shape>(t: GraphTensor<S>) -> GraphTensor<D> {
+pub fn retype<S: Shape, D: Shape>(t: GraphTensor<S>) -> GraphTensor<D> {
     GraphTensor::from_id(t.id, t.shape, t.graph_ref)
 }
 
 /// Batched matrix product `[b, m, k] x [b, k, n] -> [b, m, n]`; `b` may be a broadcast
 /// (expanded) axis of either side. Lowered to the GEMM of `CpuCompiler`.
-pub(crate) fn bmm(a: GraphTensor<(X, X, X)>, b: GraphTensor<(X, X, X)>) -> GraphTensor<(X, X, X)> {
+pub fn bmm(a: GraphTensor<(X, X, X)>, b: GraphTensor<(X, X, X)>) -> GraphTensor<(X, X, X)> {
     let (da, db) = (dims(a), dims(b));
     let n = db[2];
     let whole = |t: &GraphTensor<(X, X, X)>| !t.shape.is_sliced() && !t.shape.is_padded();
@@ -391,17 +396,14 @@ pub(crate) fn bmm(a: GraphTensor<(X, X, X)>, b: GraphTensor<(X, X, X)>) -> Graph
 /// `[b, m, k] x [k, n] -> [b, m, n]` for a weight matrix shared by the batch, computed as one
 /// GEMM over `b m` rows (a batch of `b` tiny GEMMs against a broadcast weight spends most of its
 /// time packing).
-pub(crate) fn bmm_shared(
-    a: GraphTensor<(X, X, X)>,
-    w: GraphTensor<(X, X)>,
-) -> GraphTensor<(X, X, X)> {
+pub fn bmm_shared(a: GraphTensor<(X, X, X)>, w: GraphTensor<(X, X)>) -> GraphTensor<(X, X, X)> {
     let (da, dw) = (dims(a), dims(w));
     let flat: GraphTensor<(X, X)> = reshape(a, &[da[0] * da[1], da[2]]);
     reshape(mm(flat, w), &[da[0], da[1], dw[1]])
 }
 
 /// Matrix product `[m, k] x [k, n] -> [m, n]` (either side may be a permuted view).
-pub(crate) fn mm(a: GraphTensor<(X, X)>, b: GraphTensor<(X, X)>) -> GraphTensor<(X, X)> {
+pub fn mm(a: GraphTensor<(X, X)>, b: GraphTensor<(X, X)>) -> GraphTensor<(X, X)> {
     let (da, db) = (dims(a), dims(b));
     let a3: GraphTensor<(X, X, X)> = expand_at(a, 1, db[1]);
     let mut bs = b.shape;
@@ -412,23 +414,48 @@ pub(crate) fn mm(a: GraphTensor<(X, X)>, b: GraphTensor<(X, X)>) -> GraphTensor<
 }
 
 /// A transposed view of a matrix.
-pub(crate) fn transpose(t: GraphTensor<(X, X)>) -> GraphTensor<(X, X)> {
+pub fn transpose(t: GraphTensor<(X, X)>) -> GraphTensor<(X, X)> {
     let mut s = t.shape;
     s.permute(&[1, 0]);
     GraphTensor::from_id(t.id, s, t.graph_ref)
 }
 
 /// A view of `t` with its axes permuted (`perm[i]` is the source axis of axis `i`).
-pub(crate) fn permute<S: Shape>(t: GraphTensor<S>, perm: &[usize]) -> GraphTensor<S> {
+pub fn permute<S: Shape>(t: GraphTensor<S>, perm: &[usize]) -> GraphTensor<S> {
     let mut s = t.shape;
     s.permute(perm);
     GraphTensor::from_id(t.id, s, t.graph_ref)
 }
 
+/// Sum over axis `axis` (an index known only at run time; the typed `sum_reduce` needs it as a
+/// type).
+pub fn sum_axis<S: Shape, D: Shape>(t: GraphTensor<S>, axis: usize) -> GraphTensor<D> {
+    let mut st = t.shape;
+    let id = t
+        .graph()
+        .add_op(luminal::op::SumReduce(axis))
+        .input(t.id, 0, st)
+        .finish();
+    st.remove_dim(axis);
+    GraphTensor::from_id(id, st, t.graph_ref)
+}
+
+/// Maximum over axis `axis` (as [`sum_axis`]).
+pub fn max_axis<S: Shape, D: Shape>(t: GraphTensor<S>, axis: usize) -> GraphTensor<D> {
+    let mut st = t.shape;
+    let id = t
+        .graph()
+        .add_op(luminal::op::MaxReduce(axis))
+        .input(t.id, 0, st)
+        .finish();
+    st.remove_dim(axis);
+    GraphTensor::from_id(id, st, t.graph_ref)
+}
+
 /// Exact (erf) GELU, `x Phi(x) = (x + |x| erf(|x| / sqrt 2)) / 2`, with erf from Abramowitz &
 /// Stegun 7.1.26 (absolute error below 1.5e-7, so relative error of GELU below 2e-7).
 /// Matches `torch.nn.GELU()` to float32 precision; finite for every finite input.
-pub(crate) fn gelu<S: Shape>(x: GraphTensor<S>) -> GraphTensor<S> {
+pub fn gelu<S: Shape>(x: GraphTensor<S>) -> GraphTensor<S> {
     let a = x.abs();
     let z = a * std::f32::consts::FRAC_1_SQRT_2;
     let t = (z * 0.327_591_1 + 1.0).recip();
@@ -442,17 +469,19 @@ pub(crate) fn gelu<S: Shape>(x: GraphTensor<S>) -> GraphTensor<S> {
 
 /// `torch.nn.LayerNorm` over the last axis of `[rows, width]` (biased variance, `eps`),
 /// followed by the affine `gamma`, `beta` (`[width]`). The unfused reference of
-/// `ops::layer_norm_gelu`. The width must be a number (not a dynamic dimension).
-#[cfg_attr(not(test), allow(dead_code))]
-pub(crate) fn layer_norm(
+/// `ops::layer_norm_gelu`. The width must be a number (the input's last axis or `gamma`'s
+/// length), not a dynamic dimension.
+pub fn layer_norm(
     x: GraphTensor<(X, X)>,
     gamma: GraphTensor<(X,)>,
     beta: GraphTensor<(X,)>,
     eps: f32,
 ) -> GraphTensor<(X, X)> {
     let d = dims(x);
-    debug_assert!(d[1].to_usize().is_some(), "layer_norm width must be fixed");
-    let w = d[1].to_usize().unwrap_or(1) as f32;
+    // the width as a number: the input's last axis, else the affine weights' length
+    let width = d[1].to_usize().or_else(|| dims(gamma)[0].to_usize());
+    debug_assert!(width.is_some(), "layer_norm width must be fixed");
+    let w = width.unwrap_or(1) as f32;
     let mean: GraphTensor<(X,)> = x.sum_reduce::<(X,), Axis<1>>() * (1.0 / w);
     let centered = x - expand_at::<_, (X, X)>(mean, 1, d[1]);
     let var: GraphTensor<(X,)> = (centered * centered).sum_reduce::<(X,), Axis<1>>() * (1.0 / w);

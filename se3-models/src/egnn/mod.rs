@@ -29,11 +29,11 @@ pub use config::{EgnnConfig, EgnnNetworkConfig, KeyShape, NetworkKwargs};
 pub use differentiable::DifferentiableEgnn;
 use selection::{Selection, SelectionRule};
 
+use crate::checkpoint::StateDictSource;
 use crate::checkpoint::{StateDict, Tensor};
 use crate::inputs::{BoolTensor, EdgeInput, ModelInputs, NodeFeats};
 use crate::model_file::ModelFile;
 use crate::se3_transformer::graph::adjacency_degrees;
-use crate::tfn::graph::StateDictSource;
 use crate::Error;
 
 use luminal::prelude::*;

@@ -45,10 +45,11 @@ pub use config::{EquiformerConfig, EquiformerShape, PerDegree};
 pub use differentiable::DifferentiableEquiformer;
 pub use neighbors::HostEdges;
 
+use crate::checkpoint::{KeyRecorder, StateDictSource};
 use crate::checkpoint::{StateDict, Tensor};
 use crate::inputs::{EdgeInput, ModelInputs, NodeFeats};
-use crate::tfn::graph::StateDictSource;
 use crate::Error;
+use se3_core::layers::graph::{reshape, retype};
 
 type X = Dyn<'-'>;
 
@@ -138,7 +139,7 @@ impl Equiformer {
     /// # Errors
     /// Config errors.
     pub fn expected_keys(cfg: &EquiformerConfig) -> Result<Vec<(String, Vec<usize>)>, Error> {
-        let mut rec = KeyList::default();
+        let mut rec = KeyRecorder::default();
         Self::load(cfg, &mut rec)?;
         Ok(rec.keys)
     }
@@ -390,7 +391,7 @@ impl Equiformer {
         if let Some(frac) = grad_frac {
             x0 = grad_scale(x0, frac);
         }
-        let x0: GraphTensor<(X, X, X)> = reshape3(x0, n, d0, 1);
+        let x0: GraphTensor<(X, X, X)> = reshape(x0, &[n.into(), d0.into(), 1.into()]);
         let mut degrees = vec![retype(x0)];
         for d in in_fiber.degrees().iter().skip(1) {
             let name = format!("x.{}", d.l);
@@ -499,32 +500,6 @@ fn block_prefix(reversible: bool, i: usize, part: usize) -> String {
         (false, p) => format!("layers.blocks.{i}.{p}."),
         (true, 0) => format!("layers.blocks.{i}.f.net."),
         (true, _) => format!("layers.blocks.{i}.g.net."),
-    }
-}
-
-fn retype<S: Shape, D: Shape>(t: GraphTensor<S>) -> GraphTensor<D> {
-    GraphTensor::from_id(t.id, t.shape, t.graph_ref)
-}
-
-fn reshape3(t: GraphTensor<(X, X)>, a: usize, b: usize, c: usize) -> GraphTensor<(X, X, X)> {
-    let t = t.contiguous();
-    GraphTensor::from_id(
-        t.id,
-        ShapeTracker::new(&[a.into(), b.into(), c.into()]),
-        t.graph_ref,
-    )
-}
-
-/// A [`ParamSource`] that lists the keys asked for (values zero).
-#[derive(Debug, Default)]
-struct KeyList {
-    keys: Vec<(String, Vec<usize>)>,
-}
-
-impl ParamSource for KeyList {
-    fn get(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, se3_core::Error> {
-        self.keys.push((key.to_string(), shape.to_vec()));
-        Ok(vec![0.0; shape.iter().product()])
     }
 }
 

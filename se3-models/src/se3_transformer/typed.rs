@@ -48,8 +48,8 @@ use se3_core::layers::{
 };
 
 use crate::checkpoint::StateDict;
+use crate::checkpoint::StateDictSource;
 use crate::se3_transformer::config::Se3TransformerConfig;
-use crate::tfn::graph::StateDictSource;
 use crate::Error;
 
 mod module;

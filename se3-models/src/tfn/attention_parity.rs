@@ -9,7 +9,7 @@ use se3_core::layers::{
     AttentionBlockLayer as AttentionBlock, AttentionOptions, EdgeBasis, EdgeGraph, FeatureTensors,
 };
 
-use super::graph::StateDictSource;
+use crate::checkpoint::StateDictSource;
 use crate::checkpoint::{KeyRecorder, Loader, StateDict, WeightSource};
 use crate::se3_transformer::attention::{AttentionBlock as OracleBlock, AttnOpts};
 use crate::se3_transformer::basis::Se3tBasis;

@@ -6,74 +6,19 @@
 //! the host: for node `i`, every `j != i` of the same element in ascending order, missing
 //! (`-1`) unless both are unmasked; so one compiled graph serves every batch and node count.
 
-use std::collections::BTreeSet;
-
 use luminal::prelude::*;
 use se3_core::exec::{InputKind, Session};
 use se3_core::fiber::{DegreeSpec, FiberSpec};
 use se3_core::layers::{
     ConvLayer, ConvOptions, EdgeBasis, EdgeGraph, FeatureTensors, NormActivation, NormLayer,
-    NormScale, ParamSource, Pool,
+    NormScale, Pool,
 };
 
 use super::TfnStackConfig;
-use crate::checkpoint::{StateDict, Tensor};
+use crate::checkpoint::{StateDict, StateDictSource, Tensor};
 use crate::differentiable::{Differentiable, Gradients, Objective, ObjectiveGraph, Parameters};
 use crate::inputs::ModelInputs;
 use crate::Error;
-
-/// A [`ParamSource`] over a [`StateDict`] (values rounded to f32) that remembers the keys it
-/// handed out, so that unused keys can be reported.
-#[derive(Debug)]
-pub struct StateDictSource<'a> {
-    dict: &'a StateDict,
-    used: BTreeSet<String>,
-}
-
-impl<'a> StateDictSource<'a> {
-    /// A source reading `dict`.
-    pub fn new(dict: &'a StateDict) -> Self {
-        StateDictSource {
-            dict,
-            used: BTreeSet::new(),
-        }
-    }
-
-    /// `UnexpectedKey` for the first key of the dict that was never read.
-    ///
-    /// # Errors
-    /// As above.
-    pub fn finish(self) -> Result<(), Error> {
-        if let Some((k, t)) = self.dict.iter().find(|(k, _)| !self.used.contains(*k)) {
-            return Err(Error::UnexpectedKey {
-                key: k.to_string(),
-                shape: t.shape.clone(),
-            });
-        }
-        Ok(())
-    }
-}
-
-impl ParamSource for StateDictSource<'_> {
-    fn get(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, se3_core::Error> {
-        let t = self
-            .dict
-            .get(key)
-            .ok_or_else(|| se3_core::Error::MissingKey {
-                key: key.to_string(),
-                expected: shape.to_vec(),
-            })?;
-        if t.shape != shape {
-            return Err(se3_core::Error::WrongShape {
-                key: key.to_string(),
-                expected: shape.to_vec(),
-                found: t.shape.clone(),
-            });
-        }
-        self.used.insert(key.to_string());
-        Ok(t.data.iter().map(|&v| v as f32).collect())
-    }
-}
 
 /// The TFN stack as graph layers (float32).
 #[derive(Debug, Clone)]

@@ -31,11 +31,12 @@ use se3_core::layers::{
 
 pub use config::VnTransformerConfig;
 
+use crate::checkpoint::{KeyRecorder, StateDictSource};
 use crate::checkpoint::{StateDict, Tensor};
 use crate::differentiable::{Objective, ObjectiveGraph};
 use crate::inputs::{ModelInputs, NodeFeats};
-use crate::tfn::graph::StateDictSource;
 use crate::Error;
+use se3_core::layers::graph::expand_at;
 
 type X = Dyn<'-'>;
 
@@ -59,19 +60,6 @@ enum FeatKind {
     Tokens,
 }
 
-/// A [`ParamSource`] that records the keys asked for and answers zeros of their shape.
-#[derive(Default)]
-struct KeyRecorder {
-    keys: Vec<(String, Vec<usize>)>,
-}
-
-impl ParamSource for KeyRecorder {
-    fn get(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, se3_core::Error> {
-        self.keys.push((key.to_string(), shape.to_vec()));
-        Ok(vec![0.0; shape.iter().product()])
-    }
-}
-
 /// A loaded `VNTransformer`: its config and layers.
 #[derive(Debug, Clone)]
 pub struct VnTransformer {
@@ -80,16 +68,6 @@ pub struct VnTransformer {
     proj_in: VnLinear,
     layers: Vec<EncoderLayer>,
     proj_out: Option<(VnLayerNorm, VnLinear)>,
-}
-
-fn expand_axis<S: Shape, D: Shape>(
-    t: GraphTensor<S>,
-    axis: usize,
-    size: Expression,
-) -> GraphTensor<D> {
-    let mut sh = t.shape;
-    sh.expand(axis, size);
-    GraphTensor::from_id(t.id, sh, t.graph_ref)
 }
 
 impl VnTransformer {
@@ -191,8 +169,8 @@ impl VnTransformer {
         let translate = self.cfg.translation_equivariance || self.cfg.translation_invariant;
         let (coors, mean) = if translate {
             let mean: GraphTensor<(X,)> = coors.mean_reduce::<(X,), Axes2<0, 1>>();
-            let m2: GraphTensor<(X, X)> = expand_axis(mean, 0, n);
-            let m3: GraphTensor<(X, X, X)> = expand_axis(m2, 0, b);
+            let m2: GraphTensor<(X, X)> = expand_at(mean, 0, n);
+            let m3: GraphTensor<(X, X, X)> = expand_at(m2, 0, b);
             (coors - m3, Some(mean))
         } else {
             (coors, None)
@@ -256,9 +234,9 @@ impl VnTransformer {
             let padded: GraphTensor<(X,)> = mean
                 .contiguous()
                 .pad::<(X,), Expression, Expression>(&[(0.into(), feat_width.into())]);
-            let p2: GraphTensor<(X, X)> = expand_axis(padded.contiguous(), 1, c.into());
-            let p3: GraphTensor<(X, X, X)> = expand_axis(p2, 0, n);
-            let p4: VnTensor = expand_axis(p3, 0, b);
+            let p2: GraphTensor<(X, X)> = expand_at(padded.contiguous(), 1, c);
+            let p3: GraphTensor<(X, X, X)> = expand_at(p2, 0, n);
+            let p4: VnTensor = expand_at(p3, 0, b);
             x += p4;
         }
         s.output("x", x);

@@ -9,12 +9,12 @@ use luminal::prelude::{symbolic::Expression, *};
 use super::conv::{direct_message, pair_edges, query_logits_heads, weighted_sum_heads};
 use super::ctx::{Ctx, GFeats};
 use super::node::{columns, linear, linear_rows};
-use super::tensor::{
-    bmm, dims, expand_at, max_axis, mm, permute, reshape, retype, sum_axis, T1, T2, T3, X,
-};
 use crate::se3_transformer::attention::{AttentionSe3, KeyProj};
 use crate::se3_transformer::conv::ConvSe3;
 use crate::Error;
+use se3_core::layers::graph::{
+    bmm, dims, expand_at, max_axis, mm, permute, reshape, retype, sum_axis, T1, T2, T3, X,
+};
 
 /// Rotary embeddings as graph inputs: per channel of a head, `cos` and `sin` of the angle
 /// (1 and 0 past the rotated channels) for queries and self keys (`[n, dh]`, position `i`, distance

@@ -8,10 +8,10 @@ use se3_core::layers::RadialMlp;
 
 use super::ctx::{Ctx, GFeats};
 use super::node::{linear, residual};
-use super::tensor::{reshape, T2, T3};
 use super::{unfused, GraphForm};
 use crate::se3_transformer::conv::{ConvSe3, Pair};
 use crate::Error;
+use se3_core::layers::graph::{reshape, T2, T3};
 
 /// One degree pair of a ConvSE3 up to the radial network's last layer: the se3-core
 /// [`PairEdges`] (`h`, `Kx`) and the pair's radial network as an se3-core [`RadialMlp`].

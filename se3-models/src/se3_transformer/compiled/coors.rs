@@ -26,10 +26,10 @@ use se3_core::layers::EdgeBasis;
 use se3_core::ops::{distances, gather};
 
 use super::flat_input;
-use super::tensor::{expand_at, permute, reshape, retype, T2, T4};
 use crate::se3_transformer::basis::Se3tBasis;
 use crate::se3_transformer::graph::Graph;
 use crate::Error;
+use se3_core::layers::graph::{expand_at, permute, reshape, retype, T2, T4};
 
 /// Name of the coordinates input, `[n, 3]`.
 pub(crate) const COORS_INPUT: &str = "coors";

@@ -15,11 +15,11 @@ use se3_core::exec::Session;
 use se3_core::layers::{RadialBank, RadialMlp};
 
 use super::attention::RotaryInputs;
-use super::tensor::{reshape, retype, T2, T3, T4};
 use super::GraphForm;
 use crate::se3_transformer::conv::Pair;
 use crate::se3_transformer::radial::{RadialFunc, RADIAL_HIDDEN};
 use crate::Error;
+use se3_core::layers::graph::{reshape, retype, T2, T3, T4};
 
 /// Node features on the graph, degree -> `[n, c, 2l + 1]`.
 pub(crate) type GFeats = BTreeMap<usize, T3>;

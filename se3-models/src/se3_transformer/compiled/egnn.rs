@@ -4,10 +4,10 @@ use luminal::prelude::*;
 
 use super::ctx::{Ctx, GFeats};
 use super::node::{dense, silu};
-use super::tensor::{
+use crate::Error;
+use se3_core::layers::graph::{
     dims, expand_at, layer_norm, mm, reshape, retype, sum_axis, T1, T2, T3, T4, X,
 };
-use crate::Error;
 
 /// One EGNN layer of `SE3Transformer(use_egnn = True)` (as the oracle's `EgnnLayer`): edge MLP on
 /// `[x_i, x_j, |h_i - h_j| per channel, |r_ij|, edge features]` over the self slot and the `k`
@@ -81,7 +81,7 @@ pub(crate) fn egnn_layer(
     // node update
     let gamma: T1 = ctx.constant(&layer.node_norm.w, &[d0])?;
     let beta: T1 = ctx.constant(&layer.node_norm.b, &[d0])?;
-    let normed = layer_norm(nodes, gamma, beta, d0);
+    let normed = layer_norm(nodes, gamma, beta, 1e-5);
     let h = dense(ctx, &layer.node0, normed, Some((0, d0)), true)?
         + dense(ctx, &layer.node0, m_i, Some((d0, hidden)), false)?;
     let new_nodes = dense(ctx, &layer.node2, silu(h), None, true)? + nodes;

@@ -41,7 +41,6 @@ mod egnn;
 mod merged_batch;
 mod node;
 mod param_runs;
-mod tensor;
 mod training;
 mod unfused;
 
@@ -59,13 +58,13 @@ use self::conv::conv_pooled;
 use self::ctx::{pair_key, radial_mlp, Ctx, GFeats, RadialNets};
 use self::egnn::egnn_layer;
 use self::node::{linear, norm, residual};
-use self::tensor::{reshape, T2, T3, T4};
 use crate::checkpoint::StateDict;
 use crate::inputs::ModelInputs;
 use crate::se3_transformer::conv::radial_input;
 use crate::se3_transformer::reference::{Prepared, Trunk};
 use crate::se3_transformer::{Se3Transformer, Se3TransformerForward};
 use crate::Error;
+use se3_core::layers::graph::{reshape, T2, T3, T4};
 
 /// A flat per-run input typed by one of a fixed set of dynamic dimensions (the session checks
 /// dimension names across inputs, so each flat input gets its own).
@@ -425,7 +424,7 @@ impl CompiledSe3Transformer {
         let mut out_degrees = Vec::new();
         let mut out_tensors = Vec::new();
         for (&l, &t) in &x {
-            let d = tensor::dims(t);
+            let d = se3_core::layers::graph::dims(t);
             let c = d[1].to_usize().unwrap_or(0);
             let flat: T3 = reshape(t.contiguous(), &d);
             s.output(&format!("out.{l}"), flat);

@@ -6,10 +6,10 @@ use se3_core::fiber::{DegreeSpec, FiberSpec};
 use se3_core::layers::{FeatureTensors, LinearLayer, NormActivation, NormLayer, NormScale};
 
 use super::ctx::{Ctx, GFeats};
-use super::tensor::{dims, expand_at, mm, T1, T2, T3, X};
 use crate::se3_transformer::features::{LinearSe3, Mat};
 use crate::se3_transformer::norm::{NormParam, NormSe3};
 use crate::Error;
+use se3_core::layers::graph::{dims, expand_at, mm, T1, T2, T3, X};
 
 /// Columns `cols` of a row-major `[rows, cols_total]` matrix.
 pub(crate) fn columns(m: &Mat, start: usize, count: usize) -> Vec<f64> {

@@ -14,9 +14,11 @@ use luminal::prelude::{symbolic::Expression, *};
 
 use super::conv::PairEdges;
 use super::ctx::Ctx;
-use super::tensor::{bmm, dims, expand_at, mm, permute, reshape, sum_axis, T1, T2, T3, X};
 use crate::se3_transformer::radial::RADIAL_HIDDEN;
 use crate::Error;
+use se3_core::layers::graph::{
+    bmm, dims, expand_at, mm, permute, reshape, sum_axis, T1, T2, T3, X,
+};
 
 /// Per-edge messages of the pair for output channels `c0 .. c0 + cnt`: `[e, cnt, 2 d_out + 1]`.
 ///
