@@ -284,7 +284,11 @@ fn random_egnn_configs_gradients_match_torch() -> Result<(), Error> {
         .filter(|p| p.join("gradients.safetensors").exists())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 5, "only {} cases with gradients", cases.len());
+    assert!(
+        cases.len() >= 5,
+        "only {} cases with gradients",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for d in &cases {
         let name = d

@@ -446,7 +446,11 @@ fn generated_configs_gradients_match_torch_autograd() -> Result<(), Error> {
         );
     }
     cases.sort();
-    assert!(cases.len() >= 5, "only {} cases with gradients", cases.len());
+    assert!(
+        cases.len() >= 5,
+        "only {} cases with gradients",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for d in &cases {
         let name = d

@@ -102,9 +102,7 @@ fn gradient_parity_at(d: &std::path::Path, name: &str) -> Result<(Vec<String>, u
             );
         }
         if e >= 1e-4_f64.max(2.0 * e_torch) {
-            violations.push(format!(
-                "{k} off by {e:.3e} (torch float32: {e_torch:.3e})"
-            ));
+            violations.push(format!("{k} off by {e:.3e} (torch float32: {e_torch:.3e})"));
         }
     }
     println!(
@@ -274,7 +272,11 @@ fn random_vn_configs_gradients_match_torch() -> Result<(), Error> {
         .filter(|p| p.join("gradients.safetensors").exists())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 5, "only {} cases with gradients", cases.len());
+    assert!(
+        cases.len() >= 5,
+        "only {} cases with gradients",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for d in &cases {
         let name = d
