@@ -369,13 +369,19 @@ fn se3t_reversible_gradients_match_finite_differences() -> Result<(), Error> {
 /// With `differentiable_coors` the graph builds the kernel basis from the coordinates, so
 /// `input.coors` is the true derivative (torch's library detaches the basis and stores none):
 /// checked against central differences of the float64 oracle, whose basis follows the
-/// coordinates, on reference configs with fresh random cotangents and directions.
+/// coordinates, on reference configs with fresh random cotangents and directions (with the EGNN
+/// trunk the distances of its edge MLPs follow the coordinates too).
 #[test]
 fn se3t_coordinate_gradient_through_the_in_graph_basis_matches_finite_differences(
 ) -> Result<(), Error> {
     let seed = se3_core::testing::seed();
     let mut r = rng(seed);
-    for name in ["se3t_basic", "se3t_fourier_edges", "se3t_deg4_radius"] {
+    for name in [
+        "se3t_egnn",
+        "se3t_basic",
+        "se3t_fourier_edges",
+        "se3t_deg4_radius",
+    ] {
         let mut l = load_se3t(name)?;
         let mut kwargs = l.file.constructor_kwargs.clone();
         kwargs["differentiable_coors"] = serde_json::Value::Bool(true);

@@ -307,9 +307,16 @@ impl CompiledSe3Transformer {
             x.insert(l, x3);
         }
         let egnn_in = if matches!(model.trunk, Trunk::Egnn(_)) {
-            let t = flat_input(&mut s, "egnn_dist", slot)?;
-            slot += 1;
-            let dist: T2 = reshape(t, &[e, 1.into()]);
+            // with the geometry in the graph, the distances follow the coordinates (their
+            // gradient reaches `coors`); otherwise an input
+            let dist: T2 = match &geometry {
+                Some(geo) => geo.dist,
+                None => {
+                    let t = flat_input(&mut s, "egnn_dist", slot)?;
+                    slot += 1;
+                    reshape(t, &[e, 1.into()])
+                }
+            };
             let edge_feat = if shape.edge_dim > 0 {
                 let t = flat_input(&mut s, EGNN_EDGE_INPUT, slot)?;
                 slot += 1;
@@ -691,11 +698,13 @@ impl CompiledSe3Transformer {
             s.set("global", f32v(&gb.data), &[gb.data.len()])?;
         }
         if self.egnn {
-            s.set(
-                "egnn_dist",
-                g.dist.iter().map(|&d| d as f32).collect(),
-                &[n * k],
-            )?;
+            if self.coors.is_none() {
+                s.set(
+                    "egnn_dist",
+                    g.dist.iter().map(|&d| d as f32).collect(),
+                    &[n * k],
+                )?;
+            }
             if g.edge_dim > 0 {
                 s.set(EGNN_EDGE_INPUT, f32v(&g.edge_feat), &[g.edge_feat.len()])?;
             }
