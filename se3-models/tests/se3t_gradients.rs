@@ -19,15 +19,15 @@ const TOL_GRAD: f64 = 1e-4;
 
 /// Compares every stored `param.*` / `input.*` of `name`; returns the worst error and where.
 fn gradient_parity(name: &str) -> Result<(f64, String, usize), Error> {
-    gradient_parity_at(&dir(name))
+    gradient_parity_at(&dir(name), GraphForm::Unfused)
 }
 
-/// [`gradient_parity`] of the model folder `d`.
-fn gradient_parity_at(d: &std::path::Path) -> Result<(f64, String, usize), Error> {
+/// [`gradient_parity`] of the model folder `d`, the graph in `form`.
+fn gradient_parity_at(d: &std::path::Path, form: GraphForm) -> Result<(f64, String, usize), Error> {
     let name = d.display();
     let l = load_se3t_from(d)?;
     let reference = StateDict::load(d.join("gradients.safetensors"))?;
-    let mut m = TrainableSe3Transformer::new(&l.cfg, &l.weights, GraphForm::Unfused)?;
+    let mut m = TrainableSe3Transformer::new(&l.cfg, &l.weights, form)?;
     let (_, got) = m.forward_and_gradients(&l.inputs, &l.fwd, &reference)?;
     let names = input_names(&l.file);
     let mut worst = (0.0f64, String::new());
@@ -427,7 +427,8 @@ fn se3t_coordinate_gradient_through_the_in_graph_basis_matches_finite_difference
 /// `tests/data/extra_reference/general` (and the `u_*` folders beside it) with a
 /// `gradients.safetensors` (`generate_general.py --gradients`: torch float64 autograd from the
 /// folder's weights and inputs with the reference Q_J, which se3 ships, so no sign table here;
-/// stored rounded to float32), through the same trainable graph as the references above.
+/// stored rounded to float32), through the same trainable graph as the references above (the
+/// unfused form) and the fused form that the `Differentiable` dispatch runs.
 /// `SE3_EXTRA_GRAD_DIR=<folder of config folders>` runs another set.
 #[test]
 fn generated_configs_gradients_match_torch_autograd() -> Result<(), Error> {
@@ -463,14 +464,20 @@ fn generated_configs_gradients_match_torch_autograd() -> Result<(), Error> {
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        match gradient_parity_at(d) {
-            Ok((e, at, checked)) => {
-                println!("{name}: {checked} gradients, worst relative error {e:.3e} ({at})");
-                if e >= TOL_GRAD || checked < 10 {
-                    failures.push(format!("{name}: {e:.3e} at {at} ({checked} tensors)"));
+        for form in [GraphForm::Unfused, GraphForm::Fused] {
+            match gradient_parity_at(d, form) {
+                Ok((e, at, checked)) => {
+                    println!(
+                        "{name} ({form:?}): {checked} gradients, worst relative error {e:.3e} ({at})"
+                    );
+                    if e >= TOL_GRAD || checked < 10 {
+                        failures.push(format!(
+                            "{name} ({form:?}): {e:.3e} at {at} ({checked} tensors)"
+                        ));
+                    }
                 }
+                Err(e) => failures.push(format!("{name} ({form:?}): {e}")),
             }
-            Err(e) => failures.push(format!("{name}: {e}")),
         }
     }
     assert!(
