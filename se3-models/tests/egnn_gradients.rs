@@ -1,6 +1,7 @@
 //! EGNN gradient parity: se3's backward pass (float32) against egnn-pytorch 0.2.8 autograd in
 //! float64 (`gradients.safetensors`: `L = Σ_out <out, cotangent.out>`), for every `egnn_*`
-//! reference; and three Adam steps against torch's trajectories (`training.safetensors`).
+//! reference and every random configuration of `tests/data/extra_reference/egnn` that stores
+//! gradients; and three Adam steps against torch's trajectories (`training.safetensors`).
 //! Errors are per tensor: the largest absolute difference over the tensor's largest magnitude.
 
 mod common;
@@ -27,6 +28,21 @@ fn gradient_parity(name: &str) -> Result<(), Error> {
     let (mut model, inputs) = load(name)?;
     let reference = StateDict::load(dir(name).join("gradients.safetensors"))?;
     let (_, got) = model.forward_and_gradients(&inputs, &reference)?;
+    let (worst, at, checked) = compare(name, &reference, &got)?;
+    println!("{name}: {checked} gradients, worst relative error {worst:.3e} ({at})");
+    assert!(checked >= 5, "{name}: only {checked} gradients compared");
+    assert!(worst < 1e-4, "{name}: gradient off by {worst:.3e} at {at}");
+    Ok(())
+}
+
+/// Every stored `param.*` / `input.*` of `reference` against se3's `got`, relative to the
+/// tensor's largest magnitude: the worst error, where, and how many tensors were compared.
+/// Tensors above 1e-4 are printed.
+fn compare(
+    name: &str,
+    reference: &StateDict,
+    got: &StateDict,
+) -> Result<(f64, String, usize), Error> {
     let mut worst = (0.0f64, String::new());
     let mut checked = 0;
     for (k, want) in reference.iter() {
@@ -42,7 +58,7 @@ fn gradient_parity(name: &str) -> Result<(), Error> {
         if e > 1e-4 {
             println!("{name}: {k} relative error {e:.3e}");
         }
-        if e > worst.0 {
+        if e > worst.0 || checked == 0 {
             worst = (
                 e,
                 format!("{k}[{i}] got {} want {}", g.data[i], want.data[i]),
@@ -50,18 +66,7 @@ fn gradient_parity(name: &str) -> Result<(), Error> {
         }
         checked += 1;
     }
-    println!(
-        "{name}: {checked} gradients, worst relative error {:.3e} ({})",
-        worst.0, worst.1
-    );
-    assert!(checked >= 5, "{name}: only {checked} gradients compared");
-    assert!(
-        worst.0 < 1e-4,
-        "{name}: gradient off by {:.3e} at {}",
-        worst.0,
-        worst.1
-    );
-    Ok(())
+    Ok((worst.0, worst.1, checked))
 }
 
 #[test]
@@ -253,5 +258,69 @@ fn egnn_net_edges_differentiable_matches_torch() -> Result<(), Error> {
         );
         assert!(by_mse.set_parameter(&name, vec![0.0]).is_err());
     }
+    Ok(())
+}
+
+/// Gradient parity on configurations outside tests/reference: every case folder of
+/// `tests/data/extra_reference/egnn` with a `gradients.safetensors` (written by
+/// `generate_general.py --gradients`: random `EGNN` / `EGNN_Network` configs and the corner
+/// cases), run through the [`Differentiable`](se3_models::differentiable::Differentiable)
+/// dispatch with the stored cotangents; every stored gradient within 1e-4 of torch float64.
+/// `SE3_EGNN_GRAD_CASES=<folder of case folders>` runs another set.
+#[test]
+fn random_egnn_configs_gradients_match_torch() -> Result<(), Error> {
+    use se3_models::differentiable::{differentiable_from_files, Objective};
+    let root = match std::env::var("SE3_EGNN_GRAD_CASES") {
+        Ok(d) => std::path::PathBuf::from(d),
+        Err(_) => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/extra_reference/egnn"),
+    };
+    let mut cases: Vec<std::path::PathBuf> = std::fs::read_dir(&root)
+        .map_err(|e| Error::Io {
+            path: root.display().to_string(),
+            source: e,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("gradients.safetensors").exists())
+        .collect();
+    cases.sort();
+    assert!(
+        cases.len() >= 5,
+        "only {} cases with gradients",
+        cases.len()
+    );
+    let mut failures = Vec::new();
+    for d in &cases {
+        let name = d
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let run = || -> Result<(f64, String, usize), Error> {
+            let file = ModelFile::load(d.join("config.json"))?;
+            let weights = StateDict::load(d.join("weights.safetensors"))?;
+            let inputs =
+                ModelInputs::load(d.join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
+            let reference = StateDict::load(d.join("gradients.safetensors"))?;
+            let mut model = differentiable_from_files(&file, &weights, Objective::Cotangents)?;
+            let got = model.gradients(&inputs, &reference)?.grads;
+            compare(&name, &reference, &got)
+        };
+        match run() {
+            Ok((worst, at, checked)) => {
+                println!("{name}: {checked} gradients, worst relative error {worst:.3e} ({at})");
+                if worst >= 1e-4 || checked < 3 {
+                    failures.push(format!("{name}: {worst:.3e} at {at} ({checked} tensors)"));
+                }
+            }
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
     Ok(())
 }

@@ -13,16 +13,10 @@ use se3_models::tfn::graph::TfnGraph;
 use se3_models::tfn::TfnStackConfig;
 use se3_models::Error;
 
-#[test]
-fn tfn_stack_gradients_match_torch_autograd() -> Result<(), Error> {
-    let d = dir("tfn_stack");
-    let file = ModelFile::load(d.join("config.json"))?;
-    let cfg = TfnStackConfig::from_kwargs(&file.constructor_kwargs)?;
-    let sd = StateDict::load(d.join("weights.safetensors"))?;
-    let inputs = ModelInputs::load(d.join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
-    let reference = StateDict::load(d.join("gradients.safetensors"))?;
-    let mut s = TfnGraph::from_state_dict(&cfg, &sd)?.compile_with_gradients()?;
-    let got = s.gradients(&inputs, &reference)?;
+/// Every stored `param.*` / `input.*` of `reference` against se3's `got`, each relative to the
+/// tensor's largest magnitude (as the forward parity tests): the worst error, where, and how
+/// many tensors were compared.
+fn compare(reference: &StateDict, got: &StateDict) -> Result<(f64, String, usize), Error> {
     let mut worst = (0.0f64, String::new());
     let mut checked = 0;
     for (k, want) in reference.iter() {
@@ -34,9 +28,8 @@ fn tfn_stack_gradients_match_torch_autograd() -> Result<(), Error> {
             expected: want.shape.clone(),
         })?;
         assert_eq!(g.data.len(), want.data.len(), "{k}: size");
-        // relative to the tensor's largest magnitude, as the forward parity tests
         let (e, i) = rel_error_at(&g.data, &want.data);
-        if e > worst.0 {
+        if e > worst.0 || checked == 0 {
             worst = (
                 e,
                 format!("{k}[{i}] got {} want {}", g.data[i], want.data[i]),
@@ -44,17 +37,23 @@ fn tfn_stack_gradients_match_torch_autograd() -> Result<(), Error> {
         }
         checked += 1;
     }
-    println!(
-        "tfn_stack: {checked} gradients, worst relative error {:.3e} ({})",
-        worst.0, worst.1
-    );
+    Ok((worst.0, worst.1, checked))
+}
+
+#[test]
+fn tfn_stack_gradients_match_torch_autograd() -> Result<(), Error> {
+    let d = dir("tfn_stack");
+    let file = ModelFile::load(d.join("config.json"))?;
+    let cfg = TfnStackConfig::from_kwargs(&file.constructor_kwargs)?;
+    let sd = StateDict::load(d.join("weights.safetensors"))?;
+    let inputs = ModelInputs::load(d.join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
+    let reference = StateDict::load(d.join("gradients.safetensors"))?;
+    let mut s = TfnGraph::from_state_dict(&cfg, &sd)?.compile_with_gradients()?;
+    let got = s.gradients(&inputs, &reference)?;
+    let (worst, at, checked) = compare(&reference, &got)?;
+    println!("tfn_stack: {checked} gradients, worst relative error {worst:.3e} ({at})");
     assert!(checked > 10, "only {checked} gradients compared");
-    assert!(
-        worst.0 < 1e-4,
-        "tfn_stack gradient off: {:.3e} at {}",
-        worst.0,
-        worst.1
-    );
+    assert!(worst < 1e-4, "tfn_stack gradient off: {worst:.3e} at {at}");
     Ok(())
 }
 
@@ -331,5 +330,68 @@ fn every_family_through_the_dispatch_matches_torch_autograd() -> Result<(), Erro
         assert!(checked > 3, "{name}: only {checked} gradients");
         assert!(worst.0 < bound, "{name}: {:.2e} at {}", worst.0, worst.1);
     }
+    Ok(())
+}
+
+/// Gradient parity of TFN stacks outside tests/reference: every case of
+/// `tests/data/extra_reference/tfn/cases` (`generate.py`: random fibers of degrees 0-1, with and
+/// without self-interaction, masked nodes; torch float64 gradients stored as float32) through
+/// the [`Differentiable`](se3_models::differentiable::Differentiable) dispatch; every stored
+/// gradient within 1e-4. `SE3_TFN_GRAD_CASES=<folder of case folders>` runs another set.
+#[test]
+fn random_tfn_stacks_gradients_match_torch_autograd() -> Result<(), Error> {
+    use se3_models::differentiable::{differentiable_from_files, Objective};
+    let root = match std::env::var("SE3_TFN_GRAD_CASES") {
+        Ok(d) => std::path::PathBuf::from(d),
+        Err(_) => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/extra_reference/tfn/cases"),
+    };
+    let mut cases: Vec<std::path::PathBuf> = std::fs::read_dir(&root)
+        .map_err(|e| Error::Io {
+            path: root.display().to_string(),
+            source: e,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("gradients.safetensors").exists())
+        .collect();
+    cases.sort();
+    assert!(
+        cases.len() >= 2,
+        "only {} cases with gradients",
+        cases.len()
+    );
+    let mut failures = Vec::new();
+    for d in &cases {
+        let name = d
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let run = || -> Result<(f64, String, usize), Error> {
+            let file = ModelFile::load(d.join("config.json"))?;
+            let sd = StateDict::load(d.join("weights.safetensors"))?;
+            let inputs =
+                ModelInputs::load(d.join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
+            let reference = StateDict::load(d.join("gradients.safetensors"))?;
+            let mut model = differentiable_from_files(&file, &sd, Objective::Cotangents)?;
+            let got = model.gradients(&inputs, &reference)?.grads;
+            compare(&reference, &got)
+        };
+        match run() {
+            Ok((worst, at, checked)) => {
+                println!("{name}: {checked} gradients, worst relative error {worst:.3e} ({at})");
+                if worst >= 1e-4 || checked < 5 {
+                    failures.push(format!("{name}: {worst:.3e} at {at} ({checked} tensors)"));
+                }
+            }
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
     Ok(())
 }

@@ -2,7 +2,9 @@
 //! autograd in float64 (`gradients.safetensors`, loss `L = Σ_out <out, cotangent.out>`), per
 //! tensor max|diff| / max|want|, for every `se3t_*` reference that stores gradients; finite
 //! differences where none are stored (the reversible trunk) and for the coordinate gradient
-//! through the in-graph kernel basis (`differentiable_coors`).
+//! through the in-graph kernel basis (`differentiable_coors`); and the same comparison on
+//! configurations outside tests/reference (`tests/data/extra_reference`, folders with
+//! `gradients.safetensors` from `generate_general.py --gradients`).
 
 mod common;
 use common::*;
@@ -17,9 +19,15 @@ const TOL_GRAD: f64 = 1e-4;
 
 /// Compares every stored `param.*` / `input.*` of `name`; returns the worst error and where.
 fn gradient_parity(name: &str) -> Result<(f64, String, usize), Error> {
-    let l = load_se3t(name)?;
-    let reference = StateDict::load(dir(name).join("gradients.safetensors"))?;
-    let mut m = TrainableSe3Transformer::new(&l.cfg, &l.weights, GraphForm::Unfused)?;
+    gradient_parity_at(&dir(name), GraphForm::Unfused)
+}
+
+/// [`gradient_parity`] of the model folder `d`, the graph in `form`.
+fn gradient_parity_at(d: &std::path::Path, form: GraphForm) -> Result<(f64, String, usize), Error> {
+    let name = d.display();
+    let l = load_se3t_from(d)?;
+    let reference = StateDict::load(d.join("gradients.safetensors"))?;
+    let mut m = TrainableSe3Transformer::new(&l.cfg, &l.weights, form)?;
     let (_, got) = m.forward_and_gradients(&l.inputs, &l.fwd, &reference)?;
     let names = input_names(&l.file);
     let mut worst = (0.0f64, String::new());
@@ -361,13 +369,19 @@ fn se3t_reversible_gradients_match_finite_differences() -> Result<(), Error> {
 /// With `differentiable_coors` the graph builds the kernel basis from the coordinates, so
 /// `input.coors` is the true derivative (torch's library detaches the basis and stores none):
 /// checked against central differences of the float64 oracle, whose basis follows the
-/// coordinates, on reference configs with fresh random cotangents and directions.
+/// coordinates, on reference configs with fresh random cotangents and directions (with the EGNN
+/// trunk the distances of its edge MLPs follow the coordinates too).
 #[test]
 fn se3t_coordinate_gradient_through_the_in_graph_basis_matches_finite_differences(
 ) -> Result<(), Error> {
     let seed = se3_core::testing::seed();
     let mut r = rng(seed);
-    for name in ["se3t_basic", "se3t_fourier_edges", "se3t_deg4_radius"] {
+    for name in [
+        "se3t_egnn",
+        "se3t_basic",
+        "se3t_fourier_edges",
+        "se3t_deg4_radius",
+    ] {
         let mut l = load_se3t(name)?;
         let mut kwargs = l.file.constructor_kwargs.clone();
         kwargs["differentiable_coors"] = serde_json::Value::Bool(true);
@@ -406,5 +420,72 @@ fn se3t_coordinate_gradient_through_the_in_graph_basis_matches_finite_difference
             "seed {seed} {name}: coordinate gradient off by {e:.3e}"
         );
     }
+    Ok(())
+}
+
+/// Gradient parity on configurations outside tests/reference: every folder of
+/// `tests/data/extra_reference/general` (and the `u_*` folders beside it) with a
+/// `gradients.safetensors` (`generate_general.py --gradients`: torch float64 autograd from the
+/// folder's weights and inputs with the reference Q_J, which se3 ships, so no sign table here;
+/// stored rounded to float32), through the same trainable graph as the references above (the
+/// unfused form) and the fused form that the `Differentiable` dispatch runs.
+/// `SE3_EXTRA_GRAD_DIR=<folder of config folders>` runs another set.
+#[test]
+fn generated_configs_gradients_match_torch_autograd() -> Result<(), Error> {
+    let roots = match std::env::var("SE3_EXTRA_GRAD_DIR") {
+        Ok(d) => vec![std::path::PathBuf::from(d)],
+        Err(_) => {
+            let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/extra_reference");
+            vec![root.join("general"), root]
+        }
+    };
+    let mut cases = Vec::new();
+    for root in &roots {
+        let entries = std::fs::read_dir(root).map_err(|e| Error::Io {
+            path: root.display().to_string(),
+            source: e,
+        })?;
+        cases.extend(
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join("gradients.safetensors").exists()),
+        );
+    }
+    cases.sort();
+    assert!(
+        cases.len() >= 5,
+        "only {} cases with gradients",
+        cases.len()
+    );
+    let mut failures = Vec::new();
+    for d in &cases {
+        let name = d
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for form in [GraphForm::Unfused, GraphForm::Fused] {
+            match gradient_parity_at(d, form) {
+                Ok((e, at, checked)) => {
+                    println!(
+                        "{name} ({form:?}): {checked} gradients, worst relative error {e:.3e} ({at})"
+                    );
+                    if e >= TOL_GRAD || checked < 10 {
+                        failures.push(format!(
+                            "{name} ({form:?}): {e:.3e} at {at} ({checked} tensors)"
+                        ));
+                    }
+                }
+                Err(e) => failures.push(format!("{name} ({form:?}): {e}")),
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases off:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
     Ok(())
 }

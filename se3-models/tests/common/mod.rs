@@ -42,14 +42,16 @@ pub struct Loaded {
 }
 
 pub fn load_se3t(name: &str) -> Result<Loaded, Error> {
-    let file = ModelFile::load(dir(name).join("config.json"))?;
+    load_se3t_from(&dir(name))
+}
+
+/// [`load_se3t`] of a model folder anywhere (config, weights and inputs files).
+pub fn load_se3t_from(d: &std::path::Path) -> Result<Loaded, Error> {
+    let file = ModelFile::load(d.join("config.json"))?;
     let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
     let fwd = Se3TransformerForward::from_literals(&file.forward_kwargs.literals)?;
-    let weights = StateDict::load(dir(name).join("weights.safetensors"))?;
-    let inputs = ModelInputs::load(
-        dir(name).join("inputs.safetensors"),
-        &file.forward_kwargs.tensors,
-    )?;
+    let weights = StateDict::load(d.join("weights.safetensors"))?;
+    let inputs = ModelInputs::load(d.join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
     Ok(Loaded {
         file,
         cfg,

@@ -40,6 +40,8 @@ pub(crate) const EDGE_INPUT: &str = "radial_edge";
 pub(crate) struct InGraphGeometry {
     /// Radial network input per edge, `[e, n_in]`.
     pub radial_in: T2,
+    /// Edge length `|x_i - x_j|` per edge, `[e, 1]` (the EGNN trunk's distance input).
+    pub dist: T2,
     /// Basis per degree pair, `[e, 2 d_out + 1, 2 d_in + 1, nf]`.
     basis: BTreeMap<(usize, usize), T4>,
     /// Width of the edge features input (0: none declared).
@@ -77,6 +79,7 @@ impl InGraphGeometry {
             None
         };
         let radial_in = retype(radial_features(s, dist, edge_feat, fourier)?);
+        let dist_column: T2 = reshape(dist, &[e, 1.into()]);
         let max_degree = table.max_degree();
         let eb = EdgeBasis::from_geometry(s, "coors.", rel, dist, max_degree, &table.sign_flips())?;
         let mut basis = BTreeMap::new();
@@ -93,6 +96,7 @@ impl InGraphGeometry {
         }
         Ok(Self {
             radial_in,
+            dist: dist_column,
             basis,
             edge_dim,
         })

@@ -57,6 +57,10 @@ pub use self::blocked::BlockStats;
 use self::conv::conv_pooled;
 use self::ctx::{pair_key, radial_mlp, Ctx, GFeats, RadialNets};
 use self::egnn::egnn_layer;
+
+/// The graph input of the EGNN trunk's edge features (`[edges, edge_dim]`, the rows of the
+/// radial input's edge columns), read by every EGNN layer's edge MLP.
+const EGNN_EDGE_INPUT: &str = "egnn_edge";
 use self::node::{linear, norm, residual};
 use crate::checkpoint::StateDict;
 use crate::inputs::ModelInputs;
@@ -302,11 +306,18 @@ impl CompiledSe3Transformer {
             x.insert(l, x3);
         }
         let egnn_in = if matches!(model.trunk, Trunk::Egnn(_)) {
-            let t = flat_input(&mut s, "egnn_dist", slot)?;
-            slot += 1;
-            let dist: T2 = reshape(t, &[e, 1.into()]);
+            // with the geometry in the graph, the distances follow the coordinates (their
+            // gradient reaches `coors`); otherwise an input
+            let dist: T2 = match &geometry {
+                Some(geo) => geo.dist,
+                None => {
+                    let t = flat_input(&mut s, "egnn_dist", slot)?;
+                    slot += 1;
+                    reshape(t, &[e, 1.into()])
+                }
+            };
             let edge_feat = if shape.edge_dim > 0 {
-                let t = flat_input(&mut s, "egnn_edge", slot)?;
+                let t = flat_input(&mut s, EGNN_EDGE_INPUT, slot)?;
                 slot += 1;
                 Some(reshape::<_, (Dyn<'-'>, Dyn<'-'>)>(
                     t,
@@ -525,7 +536,7 @@ impl CompiledSe3Transformer {
         if self.egnn {
             shapes.push(("egnn_dist".into(), vec![run_edges]));
             if edge_dim > 0 {
-                shapes.push(("egnn_edge".into(), vec![run_edges * edge_dim]));
+                shapes.push((EGNN_EDGE_INPUT.into(), vec![run_edges * edge_dim]));
             }
         }
         if model.rotary.is_some() {
@@ -686,13 +697,15 @@ impl CompiledSe3Transformer {
             s.set("global", f32v(&gb.data), &[gb.data.len()])?;
         }
         if self.egnn {
-            s.set(
-                "egnn_dist",
-                g.dist.iter().map(|&d| d as f32).collect(),
-                &[n * k],
-            )?;
+            if self.coors.is_none() {
+                s.set(
+                    "egnn_dist",
+                    g.dist.iter().map(|&d| d as f32).collect(),
+                    &[n * k],
+                )?;
+            }
             if g.edge_dim > 0 {
-                s.set("egnn_edge", f32v(&g.edge_feat), &[g.edge_feat.len()])?;
+                s.set(EGNN_EDGE_INPUT, f32v(&g.edge_feat), &[g.edge_feat.len()])?;
             }
         }
         if let Some(rot) = &host_rotary {

@@ -31,7 +31,7 @@ use luminal::prelude::{Dyn, GraphTensor, ShapeTracker};
 use se3_core::exec::InputKind;
 
 use super::param_runs::ParamRuns;
-use super::{convert_radials, strip_layers, CompiledSe3Transformer, GraphForm};
+use super::{convert_radials, strip_layers, CompiledSe3Transformer, GraphForm, EGNN_EDGE_INPUT};
 use crate::checkpoint::{StateDict, Tensor};
 use crate::inputs::{EdgeInput, ModelInputs, NodeFeats};
 use crate::se3_transformer::reference::Prepared;
@@ -304,6 +304,10 @@ impl TrainableSe3Transformer {
             }
         } else if edge_dim > 0 {
             grad_inputs.push("radial_in".to_string());
+        }
+        if compiled.egnn && edge_dim > 0 {
+            // the EGNN trunk's edge MLPs read the edge features from an input of their own
+            grad_inputs.push(EGNN_EDGE_INPUT.to_string());
         }
         if compiled.global_dim.is_some() {
             grad_inputs.push("global".to_string());
@@ -800,6 +804,17 @@ impl TrainableSe3Transformer {
                     }
                     sd.insert(format!("input.feats_type{l}"), Tensor::new(shape, all)?);
                 }
+                // a degree passed but not read (`dim_in` shorter than `input_degrees`) does
+                // not reach the outputs: its gradient is zero
+                for (l, t) in map {
+                    if !self.compiled.in_degrees.iter().any(|&(d, _)| d == *l) {
+                        let zeros = vec![0.0; t.data.len()];
+                        sd.insert(
+                            format!("input.feats_type{l}"),
+                            Tensor::new(t.shape.clone(), zeros)?,
+                        );
+                    }
+                }
             }
             NodeFeats::Dense(_) | NodeFeats::Tokens { .. } => {
                 let mut all = Vec::with_capacity(b * n * d0);
@@ -840,14 +855,23 @@ impl TrainableSe3Transformer {
             } else {
                 ("radial_in", self.compiled.radial_width)
             };
-            let off = width - edge_dim;
+            // the edge columns of each row of every input that reads the edge features:
+            // (input, row width, first edge column)
+            let mut sources = vec![(name, width, width - edge_dim)];
+            if self.compiled.egnn {
+                sources.push((EGNN_EDGE_INPUT, edge_dim, 0));
+            }
             let adj_dim = host.adj_emb.as_ref().map_or(0, |m| m.cols);
             let edge_in = edge_dim - adj_dim;
             let mut dense = match &inp.edges {
                 Some(EdgeInput::Dense(t)) => Some((t.shape.clone(), vec![0.0; t.data.len()])),
                 _ => None,
             };
-            for (bi, item) in items.iter().enumerate() {
+            for ((bi, item), &(name, width, off)) in items
+                .iter()
+                .enumerate()
+                .flat_map(|it| sources.iter().map(move |src| (it, src)))
+            {
                 let g = get(bi, name)?;
                 let gr = &item.graph;
                 for e in 0..gr.n * gr.k {

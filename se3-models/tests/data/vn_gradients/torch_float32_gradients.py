@@ -6,10 +6,13 @@ stored weights and inputs, L = sum over outputs o of sum(o * cotangent.o) with t
 gradients.safetensors, autograd; writes gradients_f32.safetensors beside it (param.<key> and
 input.<name>, the float32 values stored as float64). Deterministic (no random draws).
 
-Run: /tmp/se3-refenv/bin/python se3-models/tests/data/vn_gradients/torch_float32_gradients.py
+Run: /tmp/se3-refenv/bin/python se3-models/tests/data/vn_gradients/torch_float32_gradients.py [FOLDER ...]
+With folders given (e.g. the random cases of extra_reference/vn_transformer/cases that carry a
+gradients.safetensors from `generate.py --gradients`), those instead of the vn_* references.
 """
 import json
 import pathlib
+import sys
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -17,7 +20,9 @@ from VN_transformer import VNTransformer
 
 ROOT = pathlib.Path(__file__).resolve().parents[4] / "tests" / "reference" / "models"
 
-for folder in sorted(ROOT.glob("vn_*")):
+FOLDERS = [pathlib.Path(a) for a in sys.argv[1:]] or sorted(ROOT.glob("vn_*"))
+
+for folder in FOLDERS:
     cfg = json.loads((folder / "config.json").read_text())
     reference = load_file(folder / "gradients.safetensors")
     model = VNTransformer(**cfg["constructor_kwargs"]).float().eval()

@@ -4,6 +4,14 @@
 #
 #   /tmp/se3-refenv/bin/python generate_general.py OUT_DIR COUNT [SEED]
 #   /tmp/se3-refenv/bin/python generate_general.py OUT_DIR fixed      (the hand-picked corner cases)
+#   ... [--gradients] [--only=I,J,...]
+#
+# --gradients also writes gradients.safetensors beside each accepted case (the layout of
+# /work/shared/reference/GRADIENTS.md): torch autograd in float64 of L = sum_o <o, cotangent.o> over
+# the outputs feats and coors, the cotangents `cotangent.<o>` drawn N(0, 1) from seed + 2 (case seed
+# as below), `param.<key>` for every named parameter (zeros where a parameter does not reach the
+# outputs) and `input.<name>` for the float inputs (feats unless tokens, coors, dense edges; the
+# library detaches nothing). --only=I,J,... runs only those case numbers (or fixed names).
 #
 # Case i uses seed SEED * 100003 + i (Python `random` for the config, torch for values), so a rerun
 # writes the same files. Weights: the library's init, then every Linear weight redrawn as
@@ -18,10 +26,14 @@ from torch import nn
 from safetensors.torch import save_file
 from egnn_pytorch import EGNN, EGNN_Network
 
-OUT = sys.argv[1]
-FIXED_ONLY = sys.argv[2] == "fixed"
-COUNT = 0 if FIXED_ONLY else int(sys.argv[2])
-SEED = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+FLAGS = [a for a in sys.argv[1:] if a.startswith("--")]
+ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
+OUT = ARGS[0]
+FIXED_ONLY = ARGS[1] == "fixed"
+COUNT = 0 if FIXED_ONLY else int(ARGS[1])
+SEED = int(ARGS[2]) if len(ARGS) > 2 else 0
+GRADIENTS = "--gradients" in FLAGS
+ONLY = [x for f in FLAGS if f.startswith("--only=") for x in f[len("--only="):].split(",")]
 
 # Corner cases: (network, kwargs, inputs). `adj="none"`: no bond at all (k = 0 neighbours);
 # `mask="last_graph"`: every node of the last graph masked (uniform global attention);
@@ -192,13 +204,40 @@ def run_case(i, fixed=None):
         return name, "rejected (forward)"
     save_file({"feats_f64": feats.contiguous(), "coors_f64": coors.contiguous()},
               os.path.join(d, "outputs.safetensors"))
+    if GRADIENTS:
+        # the library adds position embeddings to `feats` in place: fresh arguments
+        args = {k: (v.double() if v.is_floating_point() else v) for k, v in inputs.items()}
+        grads = gradients(model, args, {"feats": feats, "coors": coors}, SEED * 100003 + i)
+        save_file(grads, os.path.join(d, "gradients.safetensors"))
+        return name, f"ok, {len(grads)} gradient tensors"
     return name, "ok"
+
+
+def gradients(model, args, outs, seed):
+    """torch float64 autograd of sum_o <o, cotangent.o> (see --gradients above)."""
+    g = torch.Generator().manual_seed(seed + 2)
+    cot = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in outs.items()}
+    leaves = {k: v.clone().requires_grad_(True) for k, v in args.items() if v.is_floating_point()}
+    model.zero_grad()
+    with torch.enable_grad():
+        # clones: the library adds to `feats` in place, which a leaf does not allow
+        feats, coors = model(**{**args, **{k: t.clone() for k, t in leaves.items()}})
+        loss = (feats * cot["feats"]).sum() + (coors * cot["coors"]).sum()
+        loss.backward()
+    res = {f"cotangent.{k}": c for k, c in cot.items()}
+    for k, p in model.named_parameters():
+        res[f"param.{k}"] = (p.grad if p.grad is not None else torch.zeros_like(p)).detach().clone()
+    for k, t in leaves.items():
+        res[f"input.{k}"] = (t.grad if t.grad is not None else torch.zeros_like(t)).detach().clone()
+    return {k: v.contiguous() for k, v in res.items()}
 
 
 if __name__ == "__main__":
     torch.set_grad_enabled(False)
     if FIXED_ONLY:
         for i, name in enumerate(FIXED):
-            print(*run_case(i, name))
+            if not ONLY or name in ONLY:
+                print(*run_case(i, name))
     for i in range(COUNT):
-        print(*run_case(i))
+        if not ONLY or str(i) in ONLY:
+            print(*run_case(i))

@@ -1,7 +1,7 @@
 # Dev-only: random VN-transformer 0.1.0 `VNTransformer` configs for the generality check of se3's
 # VN-Transformer (se3-models/tests/vn_transformer.rs).
 #
-#   /tmp/se3-refenv/bin/python generate.py OUT_DIR [COUNT] [SEED]
+#   /tmp/se3-refenv/bin/python generate.py OUT_DIR [COUNT] [SEED] [--gradients]
 #
 # Draws COUNT configs (default 40) from a generator seeded with SEED (default 0): every constructor
 # option (dim, depth 0-3, heads, dim_head, dim_feat, num_tokens with token features, bias_epsilon
@@ -16,6 +16,13 @@
 # that are skipped (printed), so a 1e-4 bound tests se3 and not float32's conditioning. config.json
 # records the final figure as `torch_f32_vs_f64_max_rel`.
 #
+# --gradients also writes gradients.safetensors beside each case (the layout of
+# /work/shared/reference/GRADIENTS.md): torch autograd in float64 of L = sum_o <o, cotangent.o>, the
+# cotangents `cotangent.<o>` drawn N(0, 1) from seed SEED * 100003 + i + 2, `param.<key>` for every
+# named parameter (zeros where one does not reach the outputs), `input.coors` and `input.feats`
+# (dense features). The float32 bar of se3-models/tests/vn_gradients.rs also needs torch's own
+# float32 gradients: run ../../vn_gradients/torch_float32_gradients.py on the case folders.
+#
 # OUT_DIR/rejected.json lists configs the library refuses (its constructor or forward raises),
 # with the error; se3 must refuse them with a typed error.
 import json, os, random, sys
@@ -24,9 +31,11 @@ from safetensors.torch import save_file
 import VN_transformer
 from VN_transformer import VNTransformer
 
-OUT = sys.argv[1]
-COUNT = int(sys.argv[2]) if len(sys.argv) > 2 else 40
-SEED = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
+GRADIENTS = "--gradients" in sys.argv[1:]
+OUT = ARGS[0]
+COUNT = int(ARGS[1]) if len(ARGS) > 1 else 40
+SEED = int(ARGS[2]) if len(ARGS) > 2 else 0
 
 
 def draw_config(r):
@@ -141,6 +150,26 @@ def write_case(d, name, kw, inp, model, outs64, outs32, torch_f32_err):
     save_file(o, os.path.join(d, "outputs.safetensors"))
 
 
+def gradients(model, inp, outs64, seed):
+    """torch float64 autograd of sum_o <o, cotangent.o> (see --gradients above)."""
+    m = model.double()
+    g = torch.Generator().manual_seed(seed + 2)
+    cot = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in outs64.items()}
+    leaves = {k: v.double().clone().requires_grad_(True) for k, v in inp.items() if v.is_floating_point()}
+    kw = {k: leaves.get(k, v) for k, v in inp.items() if k != "coors"}
+    m.zero_grad()
+    with torch.enable_grad():
+        out = m(leaves["coors"], **kw)
+        outs = dict(zip(outs64, out if isinstance(out, tuple) else (out,)))
+        sum((outs[k] * c).sum() for k, c in cot.items()).backward()
+    res = {f"cotangent.{k}": c for k, c in cot.items()}
+    for k, p in m.named_parameters():
+        res[f"param.{k}"] = (p.grad if p.grad is not None else torch.zeros_like(p)).detach().clone()
+    for k, t in leaves.items():
+        res[f"input.{k}"] = t.grad.detach().clone()
+    return {k: v.contiguous() for k, v in res.items()}
+
+
 REJECTED = [
     dict(dim=8, depth=1, l2_dist_attn=True, flash_attn=True),
     dict(dim=8, depth=1, translation_equivariance=True, translation_invariant=True),
@@ -182,6 +211,9 @@ def main():
             continue
         model = model.float()
         write_case(os.path.join(OUT, name), name, kw, inp, model, outs64, outs32, err)
+        if GRADIENTS:
+            save_file(gradients(model, inp, outs64, SEED * 100003 + i),
+                      os.path.join(OUT, name, "gradients.safetensors"))
         made += 1
     rejected = []
     for kw in REJECTED:
