@@ -547,10 +547,12 @@ fn gather_edge_features(f: &[f64], src: &[f32], dst: &[f32], n: usize, d: usize)
 }
 
 /// se3-transformer-pytorch's neighbour selection on `batch` stacked clouds, as the edge inputs
-/// of a typed graph: for node `i`, the other nodes `j` of its cloud ranked by distance (ties by
-/// index), the first `min(k, n - 1)` kept, valid if `|x_i - x_j| <= valid_radius` and both are
-/// unmasked. Edge `i k + kk` has `dst = i`, `src = j`; invalid and padding edges are `-1`.
-/// Returns `(src, dst)`.
+/// of a typed graph: the selection of the compiled model and the oracle
+/// ([`select_neighbors`](crate::se3_transformer::graph::select_neighbors): for node `i`, the
+/// other nodes `j` of its cloud ranked by distance, ties as PyTorch's `topk`, the first
+/// `min(k, n - 1)` kept, valid if `|x_i - x_j| <= valid_radius` and both are unmasked). Edge
+/// `i k + kk` has `dst = i`, `src = j`; invalid and padding edges are `-1`. Returns
+/// `(src, dst)`.
 pub fn knn_edges(
     coords: &[[f64; 3]],
     batch: usize,
@@ -558,26 +560,33 @@ pub fn knn_edges(
     k: usize,
     valid_radius: f64,
 ) -> (Vec<f32>, Vec<f32>) {
+    use crate::se3_transformer::graph::{select_neighbors, PairInputs, SelectionParams};
     let rows = coords.len();
     let n = rows.checked_div(batch).unwrap_or(0);
     let (mut src, mut dst) = (vec![-1.0; rows * k], vec![-1.0; rows * k]);
-    let unmasked = |i: usize| mask.is_none_or(|m| m[i]);
+    let params = SelectionParams {
+        num_neighbors: Some(k),
+        valid_radius,
+        causal: false,
+        attend_sparse: false,
+        max_sparse_neighbors: None,
+        num_adj_degrees: None,
+    };
     for bi in 0..batch {
         let base = bi * n;
-        for i in base..base + n {
-            let mut cand: Vec<(f64, usize)> = (base..base + n)
-                .filter(|&j| j != i)
-                .map(|j| {
-                    let d2: f64 = (0..3).map(|a| (coords[i][a] - coords[j][a]).powi(2)).sum();
-                    (d2.sqrt(), j)
-                })
-                .collect();
-            cand.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-            for (kk, &(d, j)) in cand.iter().take(k).enumerate() {
-                if d <= valid_radius && unmasked(i) && unmasked(j) {
-                    src[i * k + kk] = j as f32;
-                    dst[i * k + kk] = i as f32;
-                }
+        let inputs = PairInputs {
+            coors: &coords[base..base + n],
+            mask: mask.map(|m| &m[base..base + n]),
+            adj: None,
+            neighbor_mask: None,
+            edge_feat: None,
+        };
+        let sel = select_neighbors(&params, &inputs, None, 0);
+        for (e, (&j, &valid)) in sel.nbr.iter().zip(&sel.valid).enumerate() {
+            let (i, kk) = (e / sel.k.max(1), e % sel.k.max(1));
+            if valid {
+                src[(base + i) * k + kk] = (base + j) as f32;
+                dst[(base + i) * k + kk] = (base + i) as f32;
             }
         }
     }
