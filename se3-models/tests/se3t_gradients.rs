@@ -142,7 +142,20 @@ fn se3t_gradients_match_torch_autograd_edge_options_and_egnn() -> Result<(), Err
 /// formed in the graph, [`Objective::MeanSquaredError`]; the loss from the outputs on the host): the losses before
 /// each step and after the last, and the parameters after the third step, against torch's
 /// float64 run (`training.safetensors`). Returns the worst loss and parameter errors.
-fn adam_trajectory(name: &str) -> Result<(f64, f64, String), Error> {
+/// Smallest `|g|` an element had over the steps at or above which it counts as well
+/// conditioned (`tfn_stack`'s Adam test in `gradients.rs` explains the split).
+const SENSITIVE: f32 = 1e-3;
+
+/// What [`adam_trajectory`] measured: the worst loss error, and the worst parameter errors
+/// of the elements whose `|g|` stayed at or above [`SENSITIVE`] and of the others (error,
+/// where, how many such elements).
+struct AdamErrors {
+    loss: f64,
+    conditioned: (f64, String),
+    small_gradient: (f64, String, usize),
+}
+
+fn adam_trajectory(name: &str) -> Result<AdamErrors, Error> {
     use se3_core::train::{Adam, Optimizer, Param};
     let l = load_se3t(name)?;
     let reference = StateDict::load(dir(name).join("training.safetensors"))?;
@@ -163,6 +176,7 @@ fn adam_trajectory(name: &str) -> Result<(f64, f64, String), Error> {
         .unwrap_or_default();
     let mut adam = Adam::new(1e-2);
     let mut losses = vec![];
+    let mut min_grad: Vec<Vec<f32>> = values.iter().map(|v| vec![f32::MAX; v.len()]).collect();
     for step in 0..=3 {
         // one run: outputs and the gradients of the in-graph MSE against `target.*`
         let (out, grads) = m.forward_and_gradients(&l.inputs, &l.fwd, &reference)?;
@@ -180,6 +194,11 @@ fn adam_trajectory(name: &str) -> Result<(f64, f64, String), Error> {
                     .unwrap_or_default()
             })
             .collect();
+        for (m, g) in min_grad.iter_mut().zip(&gs) {
+            for (a, b) in m.iter_mut().zip(g) {
+                *a = a.min(b.abs());
+            }
+        }
         let mut ps: Vec<Param<'_>> = params
             .iter()
             .zip(values.iter_mut())
@@ -203,41 +222,67 @@ fn adam_trajectory(name: &str) -> Result<(f64, f64, String), Error> {
         .map(|(a, b)| (a - b).abs() / b.abs())
         .fold(0.0, f64::max);
     println!("{name} Adam: losses {losses:?} (torch {want_loss:?})");
-    let mut worst = (0.0f64, String::new());
-    for ((k, _), v) in params.iter().zip(&values) {
+    let mut conditioned = (0.0f64, String::new());
+    let mut small_gradient = (0.0f64, String::new(), 0usize);
+    for (((k, _), v), mg) in params.iter().zip(&values).zip(&min_grad) {
         let want = reference
             .get(&format!("param.{k}"))
             .ok_or(Error::MissingKey {
                 key: format!("param.{k}"),
                 expected: vec![v.len()],
             })?;
-        let got: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
-        let (e, i) = rel_error_at(&got, &want.data);
-        if e > worst.0 {
-            worst = (e, format!("{k}[{i}] got {} want {}", got[i], want.data[i]));
+        // per tensor, relative to its largest value
+        let scale = want
+            .data
+            .iter()
+            .fold(0.0f64, |a, b| a.max(b.abs()))
+            .max(1e-30);
+        for (i, ((&x, &y), &g)) in v.iter().zip(&want.data).zip(mg).enumerate() {
+            let e = (f64::from(x) - y).abs() / scale;
+            let at = || format!("{k}[{i}] got {x} want {y} (min |g| {g:.1e})");
+            if g < SENSITIVE {
+                small_gradient.2 += 1;
+                if e > small_gradient.0 {
+                    small_gradient = (e, at(), small_gradient.2);
+                }
+            } else if e > conditioned.0 {
+                conditioned = (e, at());
+            }
         }
     }
-    Ok((loss_err, worst.0, worst.1))
+    Ok(AdamErrors {
+        loss: loss_err,
+        conditioned,
+        small_gradient,
+    })
 }
 
+/// The losses within 1e-4 and the parameters after three steps within 1e-4 where the
+/// gradient stayed at or above [`SENSITIVE`]: Adam's update `lr m̂ / (sqrt(v̂) + eps)` is
+/// about `lr sign(g)` once `|g| >> eps` (1e-8), so an element whose gradient is near eps
+/// turns float32 rounding of its gradient (~1e-7 of its tensor's largest) into a step of a
+/// different size than torch's float64 run (the element-by-element account is in
+/// `gradients.rs`'s `tfn_stack` test); those elements are held to 1e-2.
 #[test]
 fn se3t_adam_steps_follow_torch_training() -> Result<(), Error> {
     for name in ["se3t_basic", "se3t_input_degrees2", "se3t_egnn"] {
-        let (loss_err, param_err, at) = adam_trajectory(name)?;
+        let e = adam_trajectory(name)?;
         println!(
-            "{name} Adam: worst loss error {loss_err:.3e}, parameters after 3 steps {param_err:.3e} ({at})"
+            "{name} Adam: worst loss error {:.3e}; parameters after 3 steps {:.3e} ({}) where |g| >= {SENSITIVE:e} at every step; {} elements with a smaller |g|, worst {:.3e} ({})",
+            e.loss, e.conditioned.0, e.conditioned.1, e.small_gradient.2, e.small_gradient.0, e.small_gradient.1
         );
-        assert!(loss_err < 1e-4, "{name}: losses off by {loss_err:.3e}");
-        // Likely cause (not traced element by element): Adam's first steps move an element by
-        // about lr sign(g) once |g| >> eps (1e-8), so elements whose gradient of the MSE loss is ~1e-8 (float32 noise of a gradient
-        // accurate to ~1e-6 of its tensor's scale) step differently than in torch's float64
-        // run. These are not structural zeros: torch moves every one of the 580160 parameter
-        // elements of se3t_basic in its 3 steps (none is left at its initial value). So the
-        // parameters agree to a few 1e-3 of each tensor's scale while the losses agree to
-        // ~1e-6; the 1e-4 for parameters would need float64 gradients.
+        assert!(e.loss < 1e-4, "{name}: losses off by {:.3e}", e.loss);
         assert!(
-            param_err < 1e-2,
-            "{name}: parameters off by {param_err:.3e} at {at}"
+            e.conditioned.0 < 1e-4,
+            "{name}: parameters off by {:.3e} at {}",
+            e.conditioned.0,
+            e.conditioned.1
+        );
+        assert!(
+            e.small_gradient.0 < 1e-2,
+            "{name}: parameters with small gradients off by {:.3e} at {}",
+            e.small_gradient.0,
+            e.small_gradient.1
         );
     }
     Ok(())
