@@ -67,7 +67,11 @@ pub(crate) trait Simd: Copy {
     /// `a b + c`.
     fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     fn add(a: Self::V, b: Self::V) -> Self::V;
+    fn mul(a: Self::V, b: Self::V) -> Self::V;
     fn sum(v: Self::V) -> f32;
+    /// `1 / x` for `x` in `[1, 2]` (no division instruction: the hardware estimate and one
+    /// Newton step `r (2 - x r)`, relative error below `1e-6`; exact on [`Plain`]).
+    fn recip(x: Self::V) -> Self::V;
 }
 
 /// Portable fallback: 8 lanes as an array (vectorised by the compiler for the baseline ISA).
@@ -102,8 +106,16 @@ impl Simd for Plain {
         std::array::from_fn(|k| a[k] + b[k])
     }
     #[inline(always)]
+    fn mul(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|k| a[k] * b[k])
+    }
+    #[inline(always)]
     fn sum(v: [f32; 8]) -> f32 {
         v.iter().sum()
+    }
+    #[inline(always)]
+    fn recip(x: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|k| 1.0 / x[k])
     }
 }
 
@@ -151,10 +163,23 @@ pub(crate) mod x86 {
             unsafe { _mm256_add_ps(a, b) }
         }
         #[inline(always)]
+        fn mul(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_mul_ps(a, b) }
+        }
+        #[inline(always)]
         fn sum(v: __m256) -> f32 {
             let mut t = [0.0f32; 8];
             unsafe { _mm256_storeu_ps(t.as_mut_ptr(), v) };
             t.iter().sum()
+        }
+        #[inline(always)]
+        fn recip(x: __m256) -> __m256 {
+            // estimate (relative error < 1.5 2^-12), one Newton step: error ~ its square
+            unsafe {
+                let r = _mm256_rcp_ps(x);
+                let e = _mm256_fnmadd_ps(x, r, _mm256_set1_ps(1.0));
+                _mm256_fmadd_ps(r, e, r)
+            }
         }
     }
 
@@ -192,8 +217,21 @@ pub(crate) mod x86 {
             unsafe { _mm512_add_ps(a, b) }
         }
         #[inline(always)]
+        fn mul(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_mul_ps(a, b) }
+        }
+        #[inline(always)]
         fn sum(v: __m512) -> f32 {
             unsafe { _mm512_reduce_add_ps(v) }
+        }
+        #[inline(always)]
+        fn recip(x: __m512) -> __m512 {
+            // estimate (relative error < 2^-14), one Newton step: error ~ its square
+            unsafe {
+                let r = _mm512_rcp14_ps(x);
+                let e = _mm512_fnmadd_ps(x, r, _mm512_set1_ps(1.0));
+                _mm512_fmadd_ps(r, e, r)
+            }
         }
     }
 }

@@ -66,13 +66,35 @@ pub(super) fn sigmoid(x: f32) -> f32 {
     }
 }
 
-/// `v <- v sigmoid(v)` (SiLU) over a row, as a pass of its own so that it vectorises.
+/// `v <- v sigmoid(v)` (SiLU) over a row, as a pass of its own so that it vectorises: in
+/// groups of [`SILU_GROUP`] values, `t = e^-|x|`, then `x / (1 + t)` or `x t / (1 + t)` by
+/// the sign of `x`, the reciprocal by [`Simd::recip`] (a vector division costs as much as the
+/// rest of the pass); the values past the last group as [`sigmoid`].
 #[inline(always)]
-fn silu_in_place(v: &mut [f32]) {
-    for x in v.iter_mut() {
+fn silu_in_place<S: Simd>(v: &mut [f32]) {
+    let mut groups = v.chunks_exact_mut(SILU_GROUP);
+    for g in &mut groups {
+        let mut num = [0.0f32; SILU_GROUP];
+        let mut den = [0.0f32; SILU_GROUP];
+        for ((n, d), &x) in num.iter_mut().zip(den.iter_mut()).zip(g.iter()) {
+            let t = exp_neg(-x.abs());
+            *d = 1.0 + t;
+            *n = if x >= 0.0 { x } else { x * t };
+        }
+        let mut at = 0;
+        while at + S::W <= SILU_GROUP {
+            let y = S::mul(S::load(&num, at), S::recip(S::load(&den, at)));
+            S::store(y, g, at);
+            at += S::W;
+        }
+    }
+    for x in groups.into_remainder() {
         *x *= sigmoid(*x);
     }
 }
+
+/// Values a [`silu_in_place`] group: a multiple of every [`Simd::W`].
+const SILU_GROUP: usize = 16;
 
 /// `y += a * w` over a row.
 #[inline(always)]
@@ -138,14 +160,22 @@ fn block_affine<S: Simd, const B: usize>(y: &mut [f32], bias: &[f32], x: &[f32],
         return;
     }
     let nq = w.len() / width;
+    assert!(
+        x.len() >= B * nq,
+        "block_affine: {} inputs for {B} x {nq}",
+        x.len()
+    );
     let xr: [&[f32]; B] = std::array::from_fn(|b| &x[b * nq..(b + 1) * nq]);
     let mut c0 = 0;
     while c0 + S::W <= width {
         let mut acc = [S::load(bias, c0); B];
-        for (q, row) in w.chunks_exact(width).enumerate() {
-            let wv = S::load(row, c0);
-            for (a, xb) in acc.iter_mut().zip(&xr) {
-                *a = S::fmadd(S::splat(xb[q]), wv, *a);
+        for q in 0..nq {
+            let wv = S::load(w, q * width + c0);
+            for (b, a) in acc.iter_mut().enumerate() {
+                // SAFETY: b < B and q < nq, so b nq + q < B nq <= x.len() (asserted above);
+                // unchecked because the eight bounds checks a step outnumbered the products
+                let xq = unsafe { *x.get_unchecked(b * nq + q) };
+                *a = S::fmadd(S::splat(xq), wv, *a);
             }
         }
         for (b, a) in acc.iter().enumerate() {
@@ -226,9 +256,9 @@ fn nodes_impl<S: Simd>(kern: &EgnnEdgeKernel, inp: &Inputs, first: usize, out: &
                 }
                 axpy(pre, d, &kern.phi_t[2 * f * h..(2 * f + 1) * h]);
             }
-            silu_in_place(&mut pre);
+            silu_in_place::<S>(&mut pre);
             block_affine::<S, B>(&mut m, &kern.edge_out_bias, &pre, &kern.edge_out_t);
-            silu_in_place(&mut m);
+            silu_in_place::<S>(&mut m);
             if let Some((wg, bg)) = &kern.gate {
                 let mut s = [0.0f32; B];
                 for (q, &wq) in wg.iter().enumerate() {
@@ -246,7 +276,7 @@ fn nodes_impl<S: Simd>(kern: &EgnnEdgeKernel, inp: &Inputs, first: usize, out: &
             let mut wsum = [0.0f32; B];
             if let Some(cw) = &kern.coors {
                 block_affine::<S, B>(&mut c, &cw.hidden_bias, &m, &cw.hidden_t);
-                silu_in_place(&mut c);
+                silu_in_place::<S>(&mut c);
                 wsum = [cw.out_bias; B];
                 for (q, &wq) in cw.out.iter().enumerate() {
                     for (b, ws) in wsum.iter_mut().enumerate() {
