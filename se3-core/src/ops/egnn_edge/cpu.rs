@@ -66,35 +66,32 @@ pub(super) fn sigmoid(x: f32) -> f32 {
     }
 }
 
-/// `v <- v sigmoid(v)` (SiLU) over a row, as a pass of its own so that it vectorises: in
-/// groups of [`SILU_GROUP`] values, `t = e^-|x|`, then `x / (1 + t)` or `x t / (1 + t)` by
-/// the sign of `x`, the reciprocal by [`Simd::recip`] (a vector division costs as much as the
-/// rest of the pass); the values past the last group as [`sigmoid`].
+/// `v <- v sigmoid(v)` (SiLU) over a row, a vector at a time by [`Simd::silu`] (no vector
+/// division); the values past the last full vector as [`sigmoid`].
 #[inline(always)]
 fn silu_in_place<S: Simd>(v: &mut [f32]) {
-    let mut groups = v.chunks_exact_mut(SILU_GROUP);
-    for g in &mut groups {
-        let mut num = [0.0f32; SILU_GROUP];
-        let mut den = [0.0f32; SILU_GROUP];
-        for ((n, d), &x) in num.iter_mut().zip(den.iter_mut()).zip(g.iter()) {
-            let t = exp_neg(-x.abs());
-            *d = 1.0 + t;
-            *n = if x >= 0.0 { x } else { x * t };
-        }
-        let mut at = 0;
-        while at + S::W <= SILU_GROUP {
-            let y = S::mul(S::load(&num, at), S::recip(S::load(&den, at)));
-            S::store(y, g, at);
-            at += S::W;
-        }
+    let mut vectors = v.chunks_exact_mut(S::W);
+    for g in &mut vectors {
+        S::store(S::silu(S::load(g, 0)), g, 0);
     }
-    for x in groups.into_remainder() {
+    for x in vectors.into_remainder() {
         *x *= sigmoid(*x);
     }
 }
 
-/// Values a [`silu_in_place`] group: a multiple of every [`Simd::W`].
-const SILU_GROUP: usize = 16;
+/// `sum_q x[q] w[q]` over two rows of equal length, a vector at a time.
+#[inline(always)]
+fn dot<S: Simd>(x: &[f32], w: &[f32]) -> f32 {
+    let n = x.len().min(w.len());
+    let mut acc = S::zero();
+    let mut at = 0;
+    while at + S::W <= n {
+        acc = S::fmadd(S::load(x, at), S::load(w, at), acc);
+        at += S::W;
+    }
+    let tail: f32 = x[at..n].iter().zip(&w[at..n]).map(|(a, b)| a * b).sum();
+    S::sum(acc) + tail
+}
 
 /// `y += a * w` over a row.
 #[inline(always)]
@@ -236,10 +233,19 @@ fn nodes_impl<S: Simd>(kern: &EgnnEdgeKernel, inp: &Inputs, first: usize, out: &
                 let rl = [xi[0] - xj[0], xi[1] - xj[1], xi[2] - xj[2]];
                 let d = rl[0] * rl[0] + rl[1] * rl[1] + rl[2] * rl[2];
                 (rel[b], dist[b]) = (rl, d);
-                pre.copy_from_slice(hi);
-                if let Some(j) = j {
-                    for (p, v) in pre.iter_mut().zip(&inp.hj[j * h..(j + 1) * h]) {
-                        *p += v;
+                // a_i + b_j + d w_d in one pass, then the other terms
+                let wd = &kern.phi_t[2 * f * h..(2 * f + 1) * h];
+                match j {
+                    Some(j) => {
+                        let hj = &inp.hj[j * h..(j + 1) * h];
+                        for (((p, a), b), w) in pre.iter_mut().zip(hi).zip(hj).zip(wd) {
+                            *p = a + b + d * w;
+                        }
+                    }
+                    None => {
+                        for ((p, a), w) in pre.iter_mut().zip(hi).zip(wd) {
+                            *p = a + d * w;
+                        }
                     }
                 }
                 if let Some(t) = inp.edge_term {
@@ -254,7 +260,6 @@ fn nodes_impl<S: Simd>(kern: &EgnnEdgeKernel, inp: &Inputs, first: usize, out: &
                     axpy(pre, cs, &kern.phi_t[(f + q) * h..(f + q + 1) * h]);
                     scale *= 0.5;
                 }
-                axpy(pre, d, &kern.phi_t[2 * f * h..(2 * f + 1) * h]);
             }
             silu_in_place::<S>(&mut pre);
             block_affine::<S, B>(&mut m, &kern.edge_out_bias, &pre, &kern.edge_out_t);
@@ -277,11 +282,8 @@ fn nodes_impl<S: Simd>(kern: &EgnnEdgeKernel, inp: &Inputs, first: usize, out: &
             if let Some(cw) = &kern.coors {
                 block_affine::<S, B>(&mut c, &cw.hidden_bias, &m, &cw.hidden_t);
                 silu_in_place::<S>(&mut c);
-                wsum = [cw.out_bias; B];
-                for (q, &wq) in cw.out.iter().enumerate() {
-                    for (b, ws) in wsum.iter_mut().enumerate() {
-                        *ws += c[b * four_m + q] * wq;
-                    }
+                for (ws, cb) in wsum.iter_mut().zip(c.chunks_exact(four_m.max(1))) {
+                    *ws = cw.out_bias + dot::<S>(cb, &cw.out);
                 }
             }
             for b in 0..nb {
