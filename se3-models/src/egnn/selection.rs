@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use crate::se3_transformer::torch_topk::topk_smallest;
+use crate::se3_transformer::torch_topk::topk_smallest_into;
 use crate::Error;
 
 /// How one layer selects neighbours.
@@ -119,8 +119,8 @@ impl SelectionRule {
             .zip(sel.valid.par_chunks_mut(k))
             .enumerate()
             .for_each_init(
-                || vec![0.0f64; n],
-                |rank, (row, (pairs, valid))| {
+                || (vec![0.0f64; n], Vec::new(), Vec::with_capacity(k)),
+                |(rank, scratch, picked), (row, (pairs, valid))| {
                     let (bi, i) = (row / n, row % n);
                     let xi = coors[bi * n + i];
                     let block = bi * n..(bi + 1) * n;
@@ -144,11 +144,8 @@ impl SelectionRule {
                             }
                         }
                     }
-                    for ((p, v), j) in pairs
-                        .iter_mut()
-                        .zip(valid.iter_mut())
-                        .zip(topk_smallest(rank, k))
-                    {
+                    topk_smallest_into(rank, k, scratch, picked);
+                    for ((p, v), &j) in pairs.iter_mut().zip(valid.iter_mut()).zip(picked.iter()) {
                         *p = (bi, i, j);
                         *v = mask.is_none() || (m(bi, i) && m(bi, j) && rank[j] <= radius);
                     }
