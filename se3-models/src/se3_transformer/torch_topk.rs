@@ -222,7 +222,9 @@ pub(crate) fn topk_smallest(values: &[f64], k: usize) -> Vec<usize> {
 }
 
 /// [`topk_smallest`] into `picked` (cleared first), with `scratch` for the candidates: no
-/// allocation once both have grown to size (for callers that rank many rows).
+/// allocation once both have grown to size (for callers that rank many rows). Inlined, so
+/// that a caller compiled for a wider instruction set scans with it.
+#[inline(always)]
 pub(crate) fn topk_smallest_into(
     values: &[f64],
     k: usize,
@@ -272,6 +274,7 @@ fn distinct_smallest(values: &[f64], k: usize) -> Option<Vec<usize>> {
 /// value from above. One pass (vectorised: a running minimum per group) gives the bound, a
 /// second keeps the candidates not above it (every value not above the `k`-th among them,
 /// about `k` + a few for points in space), which are then ordered and counted.
+#[inline(always)]
 fn distinct_smallest_into(values: &[f64], k: usize, cand: &mut Vec<Elem>) -> bool {
     // (a reduction without an early exit, so that it vectorises)
     if k == 0 || k > values.len() || values.iter().fold(false, |a, v| a | v.is_nan()) {
