@@ -491,7 +491,8 @@ impl DepthwiseTensorProductLayer {
                 let (n, ne, kh) = (edges.nodes, edges.nodes * edges.k, radial.hidden_width());
                 let (a, b) = halves[li_pos];
                 if edges.per_node_tables && tables_are_cheaper(n, ne, kh, co, ci, mi) {
-                    let (h1, w3b) = radial.hidden(s, &key, edges.radial_in)?;
+                    // node tables are the inference form: the fused hidden layers too
+                    let (h1, w3b) = radial.hidden_inference(s, &key, edges.radial_in)?;
                     let rx = radial_times_features(h1, w3b, (co, ci), a, b, edges)?;
                     parts.push(bmm(rx, kern));
                 } else {
@@ -500,7 +501,11 @@ impl DepthwiseTensorProductLayer {
                         let own: GraphTensor<(X, X, X)> = gather3(a, edges.dst);
                         nb + own
                     });
-                    let r = radial.build(s, &key, edges.radial_in)?;
+                    let r = if edges.per_node_tables {
+                        radial.build_inference(s, &key, edges.radial_in)?
+                    } else {
+                        radial.build(s, &key, edges.radial_in)?
+                    };
                     parts.push(radial_kernel_product(r, x_e, kern));
                 }
             }
