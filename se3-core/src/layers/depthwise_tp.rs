@@ -32,7 +32,8 @@ use crate::Error;
 /// `P`, pad and rotate back (`D out`), as equiformer-pytorch's `DTP`.
 ///
 /// The layers on these edges may contract radial networks' last layers with node features
-/// first (`ops::table_contract`, see [`DepthwiseTensorProductLayer`]); that op has no
+/// first (`ops::table_contract`, see [`DepthwiseTensorProductLayer`]) and run the radial
+/// networks' hidden layers as fused row kernels (`ops::silu_layer_norm`); those ops have no
 /// gradient, so a graph that is differentiated uses
 /// [`AlignedEdges::with_per_edge_radial_weights`].
 #[derive(Debug, Clone)]
@@ -150,7 +151,8 @@ impl AlignedEdges {
     }
 
     /// Makes the layers on these edges form every radial network's per-edge weights `R_e`
-    /// (luminal primitives only, differentiable) instead of contracting node tables.
+    /// (luminal primitives only, differentiable) instead of contracting node tables, with the
+    /// unfused hidden layers.
     pub fn with_per_edge_radial_weights(mut self) -> Self {
         self.per_node_tables = false;
         self
