@@ -5,7 +5,8 @@
 //! Each case runs in a child process of this binary (`--case <name>`), so its peak resident set
 //! (VmHWM of /proc/self/status) is its own. The child builds the model from random weights
 //! (U(-1/sqrt(fan_in), 1/sqrt(fan_in))) and random inputs, runs one warm-up forward and reports
-//! the median, min and max of [`REPS`] timed forwards and its CPU time per forward;
+//! the median, min and max of [`REPS`] timed forwards (`SE3_BENCH_REPS` with `--case` for more)
+//! and its CPU time per forward;
 //! `SE3_PROFILE=1` (with `--case`) also lists the heaviest operators of an instrumented forward.
 //!
 //! The PyTorch column comes from running `bench_pytorch.py --only <case>` with the python of the
@@ -264,15 +265,21 @@ fn print_table(rows: &[(&ZooCase, Measured, Option<Measured>)]) {
 fn run_case(c: &ZooCase) -> Result<(), CliError> {
     let mut forward = (c.build)()?;
     forward()?;
+    // `SE3_BENCH_REPS` times more forwards (for profilers and steadier medians)
+    let reps = std::env::var("SE3_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(REPS);
     let cpu0 = cpu_seconds();
-    let mut times = Vec::with_capacity(REPS);
-    for _ in 0..REPS {
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
         let t = Instant::now();
         forward()?;
         times.push(t.elapsed().as_secs_f64());
     }
     if let (Some(a), Some(b)) = (cpu0, cpu_seconds()) {
-        println!("cpu_s {}", (b - a) / REPS as f64);
+        println!("cpu_s {}", (b - a) / reps as f64);
     }
     times.sort_by(f64::total_cmp);
     println!(

@@ -175,6 +175,24 @@ impl Operator for MatMul {
             out.par_chunks_mut(rows * n)
                 .enumerate()
                 .for_each(|(bi, c)| gemm(bi, c));
+        } else if work < SINGLE_THREAD_WORK && strided {
+            // small products on this thread: waking matrixmultiply's threads for a product
+            // of a few tens of microseconds costs about as much as it saves
+            for (bi, c) in out.chunks_mut(rows * n).enumerate() {
+                let (oa, ob) = offsets(bi);
+                let rows_here = c.len() / n;
+                gemm_single(
+                    rows_here,
+                    k,
+                    n,
+                    &a[oa as usize..],
+                    (row_stride, ak.stride),
+                    &b[ob as usize..],
+                    (bk.stride, bn.stride),
+                    c,
+                    0.0,
+                );
+            }
         } else {
             // one GEMM (matrixmultiply threads it when large) or small ones in a row
             for (bi, c) in out.chunks_mut(rows * n).enumerate() {
@@ -184,6 +202,10 @@ impl Operator for MatMul {
         super::pool::finish(inp, out)
     }
 }
+
+/// Multiply-adds of a whole product below which it runs on the calling thread
+/// ([`gemm_single`]), whatever matrixmultiply's threading heuristic would pick.
+const SINGLE_THREAD_WORK: usize = 1 << 21;
 
 /// Multiply-adds of one product of a batch at or below which it runs as direct loops
 /// ([`small_product`]): packing operands for `sgemm` costs more than such a product.

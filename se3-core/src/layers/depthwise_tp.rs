@@ -32,7 +32,8 @@ use crate::Error;
 /// `P`, pad and rotate back (`D out`), as equiformer-pytorch's `DTP`.
 ///
 /// The layers on these edges may contract radial networks' last layers with node features
-/// first (`ops::table_contract`, see [`DepthwiseTensorProductLayer`]); that op has no
+/// first (`ops::table_contract`, see [`DepthwiseTensorProductLayer`]) and run the radial
+/// networks' hidden layers as fused row kernels (`ops::silu_layer_norm`); those ops have no
 /// gradient, so a graph that is differentiated uses
 /// [`AlignedEdges::with_per_edge_radial_weights`].
 #[derive(Debug, Clone)]
@@ -150,7 +151,8 @@ impl AlignedEdges {
     }
 
     /// Makes the layers on these edges form every radial network's per-edge weights `R_e`
-    /// (luminal primitives only, differentiable) instead of contracting node tables.
+    /// (luminal primitives only, differentiable) instead of contracting node tables, with the
+    /// unfused hidden layers.
     pub fn with_per_edge_radial_weights(mut self) -> Self {
         self.per_node_tables = false;
         self
@@ -491,7 +493,8 @@ impl DepthwiseTensorProductLayer {
                 let (n, ne, kh) = (edges.nodes, edges.nodes * edges.k, radial.hidden_width());
                 let (a, b) = halves[li_pos];
                 if edges.per_node_tables && tables_are_cheaper(n, ne, kh, co, ci, mi) {
-                    let (h1, w3b) = radial.hidden(s, &key, edges.radial_in)?;
+                    // node tables are the inference form: the fused hidden layers too
+                    let (h1, w3b) = radial.hidden_inference(s, &key, edges.radial_in)?;
                     let rx = radial_times_features(h1, w3b, (co, ci), a, b, edges)?;
                     parts.push(bmm(rx, kern));
                 } else {
@@ -500,7 +503,11 @@ impl DepthwiseTensorProductLayer {
                         let own: GraphTensor<(X, X, X)> = gather3(a, edges.dst);
                         nb + own
                     });
-                    let r = radial.build(s, &key, edges.radial_in)?;
+                    let r = if edges.per_node_tables {
+                        radial.build_inference(s, &key, edges.radial_in)?
+                    } else {
+                        radial.build(s, &key, edges.radial_in)?
+                    };
                     parts.push(radial_kernel_product(r, x_e, kern));
                 }
             }

@@ -5,6 +5,7 @@ use luminal::prelude::*;
 use super::depthwise_tp::concat_axis1;
 use super::graph::{constant, dims, expand_at, layer_norm, mm, transpose, Param, ParamSource, X};
 use crate::exec::Session;
+use crate::ops::{linear_silu_layer_norm, silu_layer_norm};
 use crate::Error;
 
 /// equiformer-pytorch's `Radial(..).rp`: on edge features `f (E, F)` (edge embeddings, then the
@@ -25,6 +26,10 @@ pub struct EquiformerRadial {
 /// The last layer's input `[h, 1] (E, hidden + 1)` and weights `[W_3, b_3] (c_out c_in,
 /// hidden + 1)` ([`EquiformerRadial::hidden`]).
 pub type LastLayer = (GraphTensor<(X, X)>, GraphTensor<(X, X)>);
+
+/// Edge-feature widths up to which the inference form computes the first layer in its row
+/// kernel ([`linear_silu_layer_norm`]) instead of a matrix product.
+const NARROW_INPUTS: usize = 8;
 
 const KEYS: [&str; 10] = [
     "rp.0.weight",
@@ -112,6 +117,31 @@ impl EquiformerRadial {
         prefix: &str,
         f: GraphTensor<(X, X)>,
     ) -> Result<LastLayer, Error> {
+        self.hidden_with(s, prefix, f, false)
+    }
+
+    /// [`EquiformerRadial::hidden`] for inference: each hidden layer's bias, SiLU and
+    /// LayerNorm as one row kernel ([`silu_layer_norm`](crate::ops::silu_layer_norm()), no
+    /// gradient).
+    ///
+    /// # Errors
+    /// As [`EquiformerRadial::hidden`].
+    pub fn hidden_inference(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        f: GraphTensor<(X, X)>,
+    ) -> Result<LastLayer, Error> {
+        self.hidden_with(s, prefix, f, true)
+    }
+
+    fn hidden_with(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        f: GraphTensor<(X, X)>,
+        fused: bool,
+    ) -> Result<LastLayer, Error> {
         let mut w2 = Vec::new();
         let mut w1 = Vec::new();
         for p in &self.params {
@@ -127,10 +157,21 @@ impl EquiformerRadial {
             y + expand_at::<_, (X, X)>(b, 0, rows)
         };
         let silu = |x: GraphTensor<(X, X)>| x * x.sigmoid();
-        let h = silu(linear(f, w2[0], w1[0]));
-        let h = layer_norm(h, w1[1], w1[2], 1e-5);
-        let h = silu(linear(h, w2[1], w1[3]));
-        let h = layer_norm(h, w1[4], w1[5], 1e-5);
+        let h = if fused {
+            // a first layer of a few inputs (the distance, edge features) row by row
+            let narrow = dims(f)[1].to_usize().is_some_and(|n| n <= NARROW_INPUTS);
+            let h = if narrow {
+                linear_silu_layer_norm(f, transpose(w2[0]), w1[0], w1[1], w1[2], 1e-5)
+            } else {
+                silu_layer_norm(mm(f, transpose(w2[0])), w1[0], w1[1], w1[2], 1e-5)
+            };
+            silu_layer_norm(mm(h, transpose(w2[1])), w1[3], w1[4], w1[5], 1e-5)
+        } else {
+            let h = silu(linear(f, w2[0], w1[0]));
+            let h = layer_norm(h, w1[1], w1[2], 1e-5);
+            let h = silu(linear(h, w2[1], w1[3]));
+            layer_norm(h, w1[4], w1[5], 1e-5)
+        };
         // The bias folded into the product (a separate bias add over the `(E, c_out c_in)`
         // result costs about as much as the GEMM).
         let one: GraphTensor<(X,)> = constant(s, &format!("{prefix}rp.one"), vec![1.0], &[1])?;
@@ -150,7 +191,31 @@ impl EquiformerRadial {
         prefix: &str,
         f: GraphTensor<(X, X)>,
     ) -> Result<GraphTensor<(X, X, X)>, Error> {
-        let (h1, w3b) = self.hidden(s, prefix, f)?;
+        self.build_with(s, prefix, f, false)
+    }
+
+    /// [`EquiformerRadial::build`] on the inference form of the hidden layers
+    /// ([`EquiformerRadial::hidden_inference`], no gradient).
+    ///
+    /// # Errors
+    /// As [`EquiformerRadial::build`].
+    pub fn build_inference(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        f: GraphTensor<(X, X)>,
+    ) -> Result<GraphTensor<(X, X, X)>, Error> {
+        self.build_with(s, prefix, f, true)
+    }
+
+    fn build_with(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        f: GraphTensor<(X, X)>,
+        fused: bool,
+    ) -> Result<GraphTensor<(X, X, X)>, Error> {
+        let (h1, w3b) = self.hidden_with(s, prefix, f, fused)?;
         let rows = dims(f)[0];
         let r = mm(h1, transpose(w3b));
         Ok(super::graph::reshape(

@@ -14,6 +14,8 @@
 //! - [`adjacency_degrees()`]: N-th degree neighbours of a sparse adjacency.
 //! - [`head_attention()`]: multi-head softmax attention over all pairs, per block of query rows.
 //! - [`layer_norm_gelu()`]: bias + LayerNorm + exact GELU per row in one pass (radial networks).
+//! - [`silu_layer_norm()`]: bias + SiLU + LayerNorm per row in one pass (Equiformer's radial
+//!   networks, inference).
 //! - [`edge_contract_sum()`], [`edge_contract_logits()`]: the fused, reassociated ConvSE3
 //!   contraction on edges grouped by node (neighbour sums and query logits without per-edge
 //!   radial weights or whole-graph intermediates).
@@ -51,6 +53,7 @@ pub mod radial_hidden;
 pub mod relative_positions;
 pub mod scatter_add;
 pub mod segment_softmax;
+pub mod silu_layer_norm;
 pub mod stack;
 pub mod table_contract;
 pub mod top_k;
@@ -74,6 +77,7 @@ pub use radial_hidden::{radial_hidden, radial_hidden_unfused, RadialHiddenWeight
 pub use relative_positions::{distances, relative_positions};
 pub use scatter_add::{scatter_add, scatter_add3};
 pub use segment_softmax::segment_softmax;
+pub use silu_layer_norm::{linear_silu_layer_norm, silu_layer_norm};
 pub use stack::stack;
 pub use table_contract::{table_contract, table_contract_unfused, IndexedNodes};
 pub use top_k::{take_along_rows, top_k, Selected};

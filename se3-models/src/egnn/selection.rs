@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use crate::se3_transformer::torch_topk::topk_smallest;
+use crate::se3_transformer::torch_topk::topk_smallest_into;
 use crate::Error;
 
 /// How one layer selects neighbours.
@@ -119,16 +119,13 @@ impl SelectionRule {
             .zip(sel.valid.par_chunks_mut(k))
             .enumerate()
             .for_each_init(
-                || vec![0.0f64; n],
-                |rank, (row, (pairs, valid))| {
+                || (vec![0.0f64; n], Vec::new(), Vec::with_capacity(k)),
+                |(rank, scratch, picked), (row, (pairs, valid))| {
                     let (bi, i) = (row / n, row % n);
                     let xi = coors[bi * n + i];
                     let block = bi * n..(bi + 1) * n;
                     let (bx, by, bz) = (&xs[block.clone()], &ys[block.clone()], &zs[block]);
-                    for (((r, x), y), z) in rank.iter_mut().zip(bx).zip(by).zip(bz) {
-                        let d = [xi[0] - x, xi[1] - y, xi[2] - z];
-                        *r = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
-                    }
+                    squared_distances(xi, (bx, by, bz), rank);
                     if mask.is_some() {
                         for (j, r) in rank.iter_mut().enumerate() {
                             if !(m(bi, i) && m(bi, j)) {
@@ -144,11 +141,8 @@ impl SelectionRule {
                             }
                         }
                     }
-                    for ((p, v), j) in pairs
-                        .iter_mut()
-                        .zip(valid.iter_mut())
-                        .zip(topk_smallest(rank, k))
-                    {
+                    smallest(rank, k, scratch, picked);
+                    for ((p, v), &j) in pairs.iter_mut().zip(valid.iter_mut()).zip(picked.iter()) {
                         *p = (bi, i, j);
                         *v = mask.is_none() || (m(bi, i) && m(bi, j) && rank[j] <= radius);
                     }
@@ -156,6 +150,58 @@ impl SelectionRule {
             );
         Ok(sel)
     }
+}
+
+/// Whether this CPU runs the AVX2 copies of the row loops (detected once).
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX2.get_or_init(|| std::is_x86_feature_detected!("avx2"))
+}
+
+/// `rank[j] = |x_i - x_j|^2` for the points `(xs[j], ys[j], zs[j])` of one batch entry (the
+/// same additions and products, in the same order, on every instruction set).
+#[inline(always)]
+fn squared_distances_impl(xi: [f64; 3], (xs, ys, zs): (&[f64], &[f64], &[f64]), rank: &mut [f64]) {
+    for (((r, x), y), z) in rank.iter_mut().zip(xs).zip(ys).zip(zs) {
+        let d = [xi[0] - x, xi[1] - y, xi[2] - z];
+        *r = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn squared_distances_avx2(xi: [f64; 3], axes: (&[f64], &[f64], &[f64]), rank: &mut [f64]) {
+    squared_distances_impl(xi, axes, rank);
+}
+
+/// [`squared_distances_impl`], on 4 lanes where the CPU has AVX2 (the crate's baseline has 2).
+fn squared_distances(xi: [f64; 3], axes: (&[f64], &[f64], &[f64]), rank: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: `has_avx2` detected the feature on this CPU.
+        unsafe { squared_distances_avx2(xi, axes, rank) };
+        return;
+    }
+    squared_distances_impl(xi, axes, rank);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn smallest_avx2(rank: &[f64], k: usize, scratch: &mut Vec<(f64, usize)>, picked: &mut Vec<usize>) {
+    topk_smallest_into(rank, k, scratch, picked);
+}
+
+/// [`topk_smallest_into`] (comparisons only: the same picks on every instruction set), its
+/// scans on 4 lanes where the CPU has AVX2.
+fn smallest(rank: &[f64], k: usize, scratch: &mut Vec<(f64, usize)>, picked: &mut Vec<usize>) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: `has_avx2` detected the feature on this CPU.
+        unsafe { smallest_avx2(rank, k, scratch, picked) };
+        return;
+    }
+    topk_smallest_into(rank, k, scratch, picked);
 }
 
 #[cfg(test)]

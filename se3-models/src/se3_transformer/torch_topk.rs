@@ -216,13 +216,30 @@ fn std_sort(a: &mut [Elem], first: usize, last: usize) {
 /// them, every algorithm returns them in ascending order; they are then found in one pass
 /// ([`distinct_smallest`]), and only rows with ties run the emulation of libstdc++.
 pub(crate) fn topk_smallest(values: &[f64], k: usize) -> Vec<usize> {
+    let mut picked = Vec::new();
+    topk_smallest_into(values, k, &mut Vec::new(), &mut picked);
+    picked
+}
+
+/// [`topk_smallest`] into `picked` (cleared first), with `scratch` for the candidates: no
+/// allocation once both have grown to size (for callers that rank many rows). Inlined, so
+/// that a caller compiled for a wider instruction set scans with it.
+#[inline(always)]
+pub(crate) fn topk_smallest_into(
+    values: &[f64],
+    k: usize,
+    scratch: &mut Vec<Elem>,
+    picked: &mut Vec<usize>,
+) {
+    picked.clear();
     let n = values.len();
     let k = k.min(n);
     if k == 0 {
-        return Vec::new();
+        return;
     }
-    if let Some(picked) = distinct_smallest(values, k) {
-        return picked;
+    if distinct_smallest_into(values, k, scratch) {
+        picked.extend(scratch[..k].iter().map(|e| e.1));
+        return;
     }
     let mut q: Vec<Elem> = values.iter().copied().zip(0..).collect();
     if k * 64 <= n {
@@ -231,24 +248,37 @@ pub(crate) fn topk_smallest(values: &[f64], k: usize) -> Vec<usize> {
         introselect(&mut q, 0, k - 1, n, 2 * lg(n));
         std_sort(&mut q, 0, k - 1);
     }
-    q[..k].iter().map(|e| e.1).collect()
+    picked.extend(q[..k].iter().map(|e| e.1));
 }
 
 /// Groups of the bound of [`distinct_smallest`]: value `j` belongs to group `j % GROUPS`.
 const GROUPS: usize = 64;
 
+/// Candidates at most this many are ordered by insertion (no calls, no recursion).
+const INSERTION_SORT_MAX: usize = 64;
+
 /// The positions of the `k` (`1..=len`) smallest values in ascending order, if that order
 /// is unique: the `k` values are distinct and every other value is larger than the largest of
 /// them; else `None` (ties decide, or a NaN is present).
+#[cfg(test)]
+fn distinct_smallest(values: &[f64], k: usize) -> Option<Vec<usize>> {
+    let mut cand = Vec::new();
+    distinct_smallest_into(values, k, &mut cand).then(|| cand[..k].iter().map(|e| e.1).collect())
+}
+
+/// [`distinct_smallest`] with the candidates in `cand`: true if the order is unique, and then
+/// `cand[..k]` holds the `k` smallest `(value, position)` in ascending order.
 ///
 /// The minima of disjoint groups of the values are values, so the `k`-th smallest of the
 /// minima of [`GROUPS`] groups (value `j` in group `j % GROUPS`) bounds the `k`-th smallest
 /// value from above. One pass (vectorised: a running minimum per group) gives the bound, a
 /// second keeps the candidates not above it (every value not above the `k`-th among them,
 /// about `k` + a few for points in space), which are then ordered and counted.
-fn distinct_smallest(values: &[f64], k: usize) -> Option<Vec<usize>> {
-    if k == 0 || k > values.len() || values.iter().filter(|v| v.is_nan()).count() > 0 {
-        return None;
+#[inline(always)]
+fn distinct_smallest_into(values: &[f64], k: usize, cand: &mut Vec<Elem>) -> bool {
+    // (a reduction without an early exit, so that it vectorises)
+    if k == 0 || k > values.len() || values.iter().fold(false, |a, v| a | v.is_nan()) {
+        return false;
     }
     let bound = if k <= GROUPS {
         let mut minima = [f64::INFINITY; GROUPS];
@@ -261,24 +291,46 @@ fn distinct_smallest(values: &[f64], k: usize) -> Option<Vec<usize>> {
         for (m, &v) in minima.iter_mut().zip(rows.remainder()) {
             *m = if v < *m { v } else { *m };
         }
-        // groups left empty (fewer values than groups) keep +inf and rank last
         let (_, kth, _) = minima.select_nth_unstable_by(k - 1, |a, b| a.total_cmp(b));
         *kth
     } else {
         f64::INFINITY
     };
-    let mut cand: Vec<(f64, usize)> = Vec::with_capacity(2 * k);
-    for (j, &v) in values.iter().enumerate() {
-        if v <= bound {
-            cand.push((v, j));
+    // branch-free filter: every value is written at the end, which advances when kept (the
+    // buffer only grows, so a reused one is not written twice)
+    if cand.len() <= values.len() {
+        cand.resize(values.len() + 1, (0.0, 0));
+    }
+    // blocks of 8 values without a candidate (most of them) are passed by one vector test
+    let mut kept = 0;
+    for (b, block) in values.chunks(8).enumerate() {
+        if block.iter().fold(false, |a, &v| a | (v <= bound)) {
+            for (i, &v) in block.iter().enumerate() {
+                cand[kept] = (v, 8 * b + i);
+                kept += usize::from(v <= bound);
+            }
         }
     }
-    cand.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
-    let kth = cand.get(k - 1)?.0;
+    let cand = &mut cand[..kept];
+    if kept <= INSERTION_SORT_MAX {
+        for i in 1..kept {
+            let e = cand[i];
+            let mut hole = i;
+            while hole > 0 && e.0 < cand[hole - 1].0 {
+                cand[hole] = cand[hole - 1];
+                hole -= 1;
+            }
+            cand[hole] = e;
+        }
+    } else {
+        cand.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    let Some(kth) = cand.get(k - 1).map(|e| e.0) else {
+        return false;
+    };
     let increasing = cand[..k].windows(2).all(|w| w[0].0 < w[1].0);
-    // every value not above the k-th is not above the bound: a candidate
     let not_above = cand.iter().filter(|e| e.0 <= kth).count();
-    (increasing && not_above == k).then(|| cand[..k].iter().map(|e| e.1).collect())
+    increasing && not_above == k
 }
 
 #[cfg(test)]

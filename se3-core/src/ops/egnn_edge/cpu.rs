@@ -66,12 +66,31 @@ pub(super) fn sigmoid(x: f32) -> f32 {
     }
 }
 
-/// `v <- v sigmoid(v)` (SiLU) over a row, as a pass of its own so that it vectorises.
+/// `v <- v sigmoid(v)` (SiLU) over a row, a vector at a time by [`Simd::silu`] (no vector
+/// division); the values past the last full vector as [`sigmoid`].
 #[inline(always)]
-fn silu_in_place(v: &mut [f32]) {
-    for x in v.iter_mut() {
+fn silu_in_place<S: Simd>(v: &mut [f32]) {
+    let mut vectors = v.chunks_exact_mut(S::W);
+    for g in &mut vectors {
+        S::store(S::silu(S::load(g, 0)), g, 0);
+    }
+    for x in vectors.into_remainder() {
         *x *= sigmoid(*x);
     }
+}
+
+/// `sum_q x[q] w[q]` over two rows of equal length, a vector at a time.
+#[inline(always)]
+fn dot<S: Simd>(x: &[f32], w: &[f32]) -> f32 {
+    let n = x.len().min(w.len());
+    let mut acc = S::zero();
+    let mut at = 0;
+    while at + S::W <= n {
+        acc = S::fmadd(S::load(x, at), S::load(w, at), acc);
+        at += S::W;
+    }
+    let tail: f32 = x[at..n].iter().zip(&w[at..n]).map(|(a, b)| a * b).sum();
+    S::sum(acc) + tail
 }
 
 /// `y += a * w` over a row.
@@ -138,14 +157,22 @@ fn block_affine<S: Simd, const B: usize>(y: &mut [f32], bias: &[f32], x: &[f32],
         return;
     }
     let nq = w.len() / width;
+    assert!(
+        x.len() >= B * nq,
+        "block_affine: {} inputs for {B} x {nq}",
+        x.len()
+    );
     let xr: [&[f32]; B] = std::array::from_fn(|b| &x[b * nq..(b + 1) * nq]);
     let mut c0 = 0;
     while c0 + S::W <= width {
         let mut acc = [S::load(bias, c0); B];
-        for (q, row) in w.chunks_exact(width).enumerate() {
-            let wv = S::load(row, c0);
-            for (a, xb) in acc.iter_mut().zip(&xr) {
-                *a = S::fmadd(S::splat(xb[q]), wv, *a);
+        for q in 0..nq {
+            let wv = S::load(w, q * width + c0);
+            for (b, a) in acc.iter_mut().enumerate() {
+                // SAFETY: b < B and q < nq, so b nq + q < B nq <= x.len() (asserted above);
+                // unchecked because the eight bounds checks a step outnumbered the products
+                let xq = unsafe { *x.get_unchecked(b * nq + q) };
+                *a = S::fmadd(S::splat(xq), wv, *a);
             }
         }
         for (b, a) in acc.iter().enumerate() {
@@ -206,10 +233,19 @@ fn nodes_impl<S: Simd>(kern: &EgnnEdgeKernel, inp: &Inputs, first: usize, out: &
                 let rl = [xi[0] - xj[0], xi[1] - xj[1], xi[2] - xj[2]];
                 let d = rl[0] * rl[0] + rl[1] * rl[1] + rl[2] * rl[2];
                 (rel[b], dist[b]) = (rl, d);
-                pre.copy_from_slice(hi);
-                if let Some(j) = j {
-                    for (p, v) in pre.iter_mut().zip(&inp.hj[j * h..(j + 1) * h]) {
-                        *p += v;
+                // a_i + b_j + d w_d in one pass, then the other terms
+                let wd = &kern.phi_t[2 * f * h..(2 * f + 1) * h];
+                match j {
+                    Some(j) => {
+                        let hj = &inp.hj[j * h..(j + 1) * h];
+                        for (((p, a), b), w) in pre.iter_mut().zip(hi).zip(hj).zip(wd) {
+                            *p = a + b + d * w;
+                        }
+                    }
+                    None => {
+                        for ((p, a), w) in pre.iter_mut().zip(hi).zip(wd) {
+                            *p = a + d * w;
+                        }
                     }
                 }
                 if let Some(t) = inp.edge_term {
@@ -224,11 +260,10 @@ fn nodes_impl<S: Simd>(kern: &EgnnEdgeKernel, inp: &Inputs, first: usize, out: &
                     axpy(pre, cs, &kern.phi_t[(f + q) * h..(f + q + 1) * h]);
                     scale *= 0.5;
                 }
-                axpy(pre, d, &kern.phi_t[2 * f * h..(2 * f + 1) * h]);
             }
-            silu_in_place(&mut pre);
+            silu_in_place::<S>(&mut pre);
             block_affine::<S, B>(&mut m, &kern.edge_out_bias, &pre, &kern.edge_out_t);
-            silu_in_place(&mut m);
+            silu_in_place::<S>(&mut m);
             if let Some((wg, bg)) = &kern.gate {
                 let mut s = [0.0f32; B];
                 for (q, &wq) in wg.iter().enumerate() {
@@ -246,12 +281,9 @@ fn nodes_impl<S: Simd>(kern: &EgnnEdgeKernel, inp: &Inputs, first: usize, out: &
             let mut wsum = [0.0f32; B];
             if let Some(cw) = &kern.coors {
                 block_affine::<S, B>(&mut c, &cw.hidden_bias, &m, &cw.hidden_t);
-                silu_in_place(&mut c);
-                wsum = [cw.out_bias; B];
-                for (q, &wq) in cw.out.iter().enumerate() {
-                    for (b, ws) in wsum.iter_mut().enumerate() {
-                        *ws += c[b * four_m + q] * wq;
-                    }
+                silu_in_place::<S>(&mut c);
+                for (ws, cb) in wsum.iter_mut().zip(c.chunks_exact(four_m.max(1))) {
+                    *ws = cw.out_bias + dot::<S>(cb, &cw.out);
                 }
             }
             for b in 0..nb {
