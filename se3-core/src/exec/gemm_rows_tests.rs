@@ -179,20 +179,11 @@ fn gemm_rows_agrees_with_sgemm_at_kernel_shapes() {
                 }
             }));
         }
-        let mut t_old = f64::INFINITY;
-        for _ in 0..5 {
-            let mut c = c0.clone();
-            t_old = t_old.min(best_of(1, || {
-                for _ in 0..inner {
-                    unsafe { super::rows_avx512_old::gemm(m, k, n, &a, lda, &b, ldb, &mut c, ldc, beta) };
-                }
-            }));
-        }
         let rate = |t: f64| flops * inner as f64 / t / 1e9;
         println!(
-            "gemm_rows {name:<20} {m:>4} x {k:>4} x {n:>4}: {:>6.1} GFLOP/s, sgemm {:>6.1} GFLOP/s OLD {:>6.1}",
+            "gemm_rows {name:<20} {m:>4} x {k:>4} x {n:>4}: {:>6.1} GFLOP/s, sgemm {:>6.1} GFLOP/s",
             rate(t_ours),
-            rate(t_sgemm), rate(t_old)
+            rate(t_sgemm)
         );
     }
 }
