@@ -113,6 +113,9 @@ fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// Name, `m`, `k`, `n`, `lda`, `ldb`, `ldc`, `beta` of one product.
+type KernelShape = (&'static str, usize, usize, usize, usize, usize, usize, f32);
+
 #[test]
 fn gemm_rows_agrees_with_sgemm_at_kernel_shapes() {
     let seed = crate::testing::seed();
@@ -120,7 +123,7 @@ fn gemm_rows_agrees_with_sgemm_at_kernel_shapes() {
     // (name, m, k, n, lda, ldb, ldc, beta) of `se3 bench se3-transformer --case se3t_deg2_n128`:
     // radial_hidden's second layer; edge_contract's products of Kx with the radial hidden
     // values, the last layer, the query fold and its product with Kx; and a larger square
-    let shapes: &[(&str, usize, usize, usize, usize, usize, usize, f32)] = &[
+    let shapes: &[KernelShape] = &[
         ("radial_hidden W3", 64, 128, 128, 128, 144, 128, 0.0),
         ("contract Kx h", 48, 16, 128, 16, 128, 128, 0.0),
         ("contract last layer", 48, 2048, 16, 2048, 16, 16, 1.0),
