@@ -74,7 +74,8 @@ fn gemm_rows_matches_plain_loop() {
     for n in 1..=200 {
         shapes.push((rng.gen_range(1..=20), rng.gen_range(1..=24), n));
     }
-    // long k (past the k blocks), tall m
+    // long k (past the k blocks of every panel width: 64 + 16, 48, 32 columns), tall m
+    shapes.extend([(13, 600, 80), (7, 300, 48), (9, 300, 32), (1, 1100, 16)]);
     for _ in 0..12 {
         let m = rng.gen_range(1..=80);
         shapes.push((m, rng.gen_range(100..=700), rng.gen_range(1..=160)));
