@@ -523,7 +523,7 @@ mod rows_avx512 {
     }
 
     /// See [`super::gemm_rows`]. Column panels of 64 columns (6 x 4 tiles), the rest in one
-    /// panel of 48 (8 x 3), 32 (12 x 2) or 16 (12 x 1).
+    /// panel of 48 (8 x 3), 32 (12 x 2) or 16 (16 x 1).
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn gemm(
