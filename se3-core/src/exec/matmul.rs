@@ -434,10 +434,19 @@ pub(crate) fn gemm_rows(
 
 #[cfg(target_arch = "x86_64")]
 mod rows_avx512 {
+    //! Register tiles of `MR` rows x `NV` vectors of 16 columns: per step `l` of `k`, `NV`
+    //! loads of `B`'s row `l`, one broadcast of `A[i, l]` per row, `MR NV` FMAs into
+    //! accumulators that stay in the 32 zmm registers (at most 24 of them, leaving room for the
+    //! `B` vectors). `k` runs in blocks whose `B` panel (`kc` rows x `NV` vectors) stays in L1
+    //! over all row tiles; the first block applies `beta`, the next ones add.
     use std::arch::x86_64::*;
 
-    /// One tile: rows `MR`, `NV` vectors of 16 columns (`masks` for the partial last one).
-    /// Index loops over the const sizes keep the tile in registers.
+    /// Bytes of `B`'s column panel that one `k` block may hold (L1 is 48 KiB).
+    const PANEL_BYTES: usize = 32 * 1024;
+
+    /// One tile: rows `MR`, `NV` vectors of 16 columns (`masks` for the partial last one);
+    /// `C = A B + beta C` with `C` not read when `beta = 0`. Index loops over the const sizes
+    /// keep the tile in registers.
     #[inline(always)]
     #[allow(clippy::needless_range_loop)]
     #[allow(clippy::too_many_arguments)]
@@ -453,12 +462,13 @@ mod rows_avx512 {
         masks: [__mmask16; NV],
     ) {
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        let mut brow = b;
         for l in 0..k {
-            let brow = b.add(l * ldb);
             let mut bv = [_mm512_setzero_ps(); NV];
             for v in 0..NV {
                 bv[v] = _mm512_maskz_loadu_ps(masks[v], brow.add(16 * v));
             }
+            brow = brow.add(ldb);
             for r in 0..MR {
                 let av = _mm512_set1_ps(*a.add(r * lda + l));
                 for v in 0..NV {
@@ -479,6 +489,8 @@ mod rows_avx512 {
         }
     }
 
+    /// All rows of one column panel: tiles of `MR` rows, the last `m mod MR` rows in tiles of
+    /// at most 4; `k` in blocks of [`PANEL_BYTES`].
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn rows<const MR: usize, const NV: usize>(
@@ -493,34 +505,34 @@ mod rows_avx512 {
         beta: f32,
         masks: [__mmask16; NV],
     ) {
-        let mut i = 0;
-        while i + MR <= m {
-            tile::<MR, NV>(
-                k,
-                a.add(i * lda),
-                lda,
-                b,
-                ldb,
-                c.add(i * ldc),
-                ldc,
-                beta,
-                masks,
-            );
-            i += MR;
-        }
-        while i < m {
-            tile::<1, NV>(
-                k,
-                a.add(i * lda),
-                lda,
-                b,
-                ldb,
-                c.add(i * ldc),
-                ldc,
-                beta,
-                masks,
-            );
-            i += 1;
+        let kc = (PANEL_BYTES / (64 * NV)).max(1);
+        let (mut k0, mut beta) = (0, beta);
+        loop {
+            let kb = kc.min(k - k0);
+            let (ak, bk) = (a.add(k0), b.add(k0 * ldb));
+            let at = |i: usize| (ak.add(i * lda), c.add(i * ldc));
+            let mut i = 0;
+            while i + MR <= m {
+                let (ai, ci) = at(i);
+                tile::<MR, NV>(kb, ai, lda, bk, ldb, ci, ldc, beta, masks);
+                i += MR;
+            }
+            while i < m {
+                let (ai, ci) = at(i);
+                let r = (m - i).min(4);
+                match r {
+                    4 => tile::<4, NV>(kb, ai, lda, bk, ldb, ci, ldc, beta, masks),
+                    3 => tile::<3, NV>(kb, ai, lda, bk, ldb, ci, ldc, beta, masks),
+                    2 => tile::<2, NV>(kb, ai, lda, bk, ldb, ci, ldc, beta, masks),
+                    _ => tile::<1, NV>(kb, ai, lda, bk, ldb, ci, ldc, beta, masks),
+                }
+                i += r;
+            }
+            k0 += kb;
+            beta = 1.0;
+            if k0 >= k {
+                break;
+            }
         }
     }
 
@@ -532,7 +544,8 @@ mod rows_avx512 {
         }
     }
 
-    /// See [`super::gemm_rows`].
+    /// See [`super::gemm_rows`]. Column panels of 64 columns (6 x 4 tiles), the rest in one
+    /// panel of 48 (8 x 3), 32 (12 x 2) or 16 (16 x 1).
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn gemm(
@@ -554,10 +567,10 @@ mod rows_avx512 {
             let (bj, cj) = (b.add(j), c.add(j));
             let m1 = |v: usize| mask(rem.saturating_sub(16 * v));
             match rem.div_ceil(16) {
-                1 => rows::<8, 1>(m, k, a, lda, bj, ldb, cj, ldc, beta, [m1(0)]),
-                2 => rows::<6, 2>(m, k, a, lda, bj, ldb, cj, ldc, beta, [m1(0), m1(1)]),
-                3 => rows::<4, 3>(m, k, a, lda, bj, ldb, cj, ldc, beta, [m1(0), m1(1), m1(2)]),
-                _ => rows::<4, 4>(
+                1 => rows::<16, 1>(m, k, a, lda, bj, ldb, cj, ldc, beta, [m1(0)]),
+                2 => rows::<12, 2>(m, k, a, lda, bj, ldb, cj, ldc, beta, [m1(0), m1(1)]),
+                3 => rows::<8, 3>(m, k, a, lda, bj, ldb, cj, ldc, beta, [m1(0), m1(1), m1(2)]),
+                _ => rows::<6, 4>(
                     m,
                     k,
                     a,
@@ -574,3 +587,7 @@ mod rows_avx512 {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "gemm_rows_tests.rs"]
+mod gemm_rows_tests;
