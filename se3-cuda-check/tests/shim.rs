@@ -273,6 +273,68 @@ fn layer_norm_gelu_matches_cpu() -> Result<(), Error> {
 }
 
 #[test]
+fn silu_layer_norm_both_forms_match_cpu_across_widths() -> Result<(), Error> {
+    let mut r = rng();
+    // widths below, at and above one warp's 32 lanes and two warps' 64
+    let widths = [
+        r.gen_range(1..32),
+        32,
+        r.gen_range(33..64),
+        64,
+        r.gen_range(65..200),
+    ];
+    for w in widths {
+        let (rows, n_in) = (r.gen_range(20..90), r.gen_range(1..=8));
+        // arguments up to 12 in size: SiLU saturates both ways
+        let x: Vec<f32> = (0..rows * w).map(|_| r.gen_range(-12.0..12.0)).collect();
+        let (f, wt) = (rand_vec(&mut r, rows * n_in), rand_vec(&mut r, n_in * w));
+        let (b, g, be) = (
+            rand_vec(&mut r, w),
+            rand_vec(&mut r, w),
+            rand_vec(&mut r, w),
+        );
+        let mut s = Session::new();
+        let xt = s.input::<(Dyn<'r'>, Dyn<'w'>)>("x", InputKind::Values);
+        let ft = s.input::<(Dyn<'r'>, Dyn<'f'>)>("f", InputKind::Values);
+        let wtt = s.input::<(Dyn<'f'>, Dyn<'w'>)>("wt", InputKind::Values);
+        let bt = s.input::<(Dyn<'w'>,)>("b", InputKind::Values);
+        let gt = s.input::<(Dyn<'w'>,)>("g", InputKind::Values);
+        let et = s.input::<(Dyn<'w'>,)>("e", InputKind::Values);
+        s.output("y", se3_core::ops::silu_layer_norm(xt, bt, gt, et, 1e-5));
+        s.output(
+            "y_linear",
+            se3_core::ops::linear_silu_layer_norm(ft, wtt, bt, gt, et, 1e-5),
+        );
+        s.set("x", x.clone(), &[rows, w])?;
+        s.set("f", f.clone(), &[rows, n_in])?;
+        s.set("wt", wt.clone(), &[n_in, w])?;
+        s.set("b", b.clone(), &[w])?;
+        s.set("g", g.clone(), &[w])?;
+        s.set("e", be.clone(), &[w])?;
+        s.run()?;
+        let (want, want_linear) = (s.get("y")?.data, s.get("y_linear")?.data);
+        for l in LAUNCHES {
+            let e1 = max_err(
+                &shim::silu_layer_norm(l, &x, None, &b, &g, &be, 1e-5),
+                &want,
+            );
+            let e2 = max_err(
+                &shim::silu_layer_norm(l, &f, Some((&wt, n_in)), &b, &g, &be, 1e-5),
+                &want_linear,
+            );
+            println!(
+                "silu_layer_norm_rows {l:?} (rows {rows}, width {w}, inputs {n_in}): \
+                 max error {e1:e}, first-layer form {e2:e}"
+            );
+            record("silu_layer_norm_rows", e1.max(e2));
+            assert!(e1 < 1e-5, "silu_layer_norm error {e1} (width {w})");
+            assert!(e2 < 1e-5, "linear_silu_layer_norm error {e2} (width {w})");
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn top_k_matches_cpu_with_masks_nan_and_ties() -> Result<(), Error> {
     const K: usize = 5;
     let mut r = rng();
@@ -1581,6 +1643,10 @@ const CASES: &[(&str, Case)] = &[
     ("segment_softmax", segment_softmax_matches_cpu),
     ("relative_positions", relative_positions_match_cpu),
     ("layer_norm_gelu", layer_norm_gelu_matches_cpu),
+    (
+        "silu_layer_norm",
+        silu_layer_norm_both_forms_match_cpu_across_widths,
+    ),
     ("top_k", top_k_matches_cpu_with_masks_nan_and_ties),
     ("reductions", reductions_match_cpu),
     (
