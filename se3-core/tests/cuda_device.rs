@@ -97,6 +97,45 @@ fn cases(r: &mut StdRng) -> Vec<(&'static str, Build, Inputs, usize)> {
             0,
         ),
         (
+            "silu_layer_norm",
+            |s| {
+                let x = s.input::<(Dyn<'r'>, Dyn<'w'>)>("x", InputKind::Values);
+                let b = s.input::<(Dyn<'w'>,)>("b", InputKind::Values);
+                let g = s.input::<(Dyn<'w'>,)>("g", InputKind::Values);
+                let be = s.input::<(Dyn<'w'>,)>("be", InputKind::Values);
+                s.output("y", se3_core::ops::silu_layer_norm(x, b, g, be, 1e-5));
+            },
+            vec![
+                ("x", vals(r, e * c), vec![e, c]),
+                ("b", vals(r, c), vec![c]),
+                ("g", vals(r, c), vec![c]),
+                ("be", vals(r, c), vec![c]),
+            ],
+            0,
+        ),
+        (
+            "linear_silu_layer_norm (1 input)",
+            |s| {
+                let f = s.input::<(Dyn<'r'>, Dyn<'f'>)>("f", InputKind::Values);
+                let w = s.input::<(Dyn<'f'>, Dyn<'w'>)>("w", InputKind::Values);
+                let b = s.input::<(Dyn<'w'>,)>("b", InputKind::Values);
+                let g = s.input::<(Dyn<'w'>,)>("g", InputKind::Values);
+                let be = s.input::<(Dyn<'w'>,)>("be", InputKind::Values);
+                s.output(
+                    "y",
+                    se3_core::ops::linear_silu_layer_norm(f, w, b, g, be, 1e-5),
+                );
+            },
+            vec![
+                ("f", vals(r, e), vec![e, 1]),
+                ("w", vals(r, c), vec![1, c]),
+                ("b", vals(r, c), vec![c]),
+                ("g", vals(r, c), vec![c]),
+                ("be", vals(r, c), vec![c]),
+            ],
+            0,
+        ),
+        (
             "top_k",
             |s| {
                 let x = s.input::<(Dyn<'a'>, Dyn<'m'>)>("x", InputKind::Values);

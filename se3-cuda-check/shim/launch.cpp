@@ -10,6 +10,7 @@
 #include "ops/segment_softmax/segment_softmax.cu"
 #include "ops/relative_positions/relative_positions.cu"
 #include "ops/layer_norm_gelu/layer_norm_gelu.cu"
+#include "ops/silu_layer_norm/silu_layer_norm.cu"
 #include "ops/top_k/top_k.cu"
 #include "ops/edge_conv/edge_conv.cu"
 #include "ops/neighbors/knn.cu"
@@ -71,6 +72,11 @@ SHIM_LAUNCH(layer_norm_gelu_rows,
             P(const float* x, const float* bias, const float* gamma, const float* beta,
               float* out, unsigned rows, unsigned w, float eps),
             (x, bias, gamma, beta, out, rows, w, eps))
+SHIM_LAUNCH(silu_layer_norm_rows,
+            P(const float* x, const float* w, const float* bias, const float* gamma,
+              const float* beta, float* out, unsigned rows, unsigned width, unsigned n_in,
+              float eps),
+            (x, w, bias, gamma, beta, out, rows, width, n_in, eps))
 SHIM_LAUNCH(top_k_rows,
             P(const float* scores, const float* mask, float* keys, float* out, unsigned n,
               unsigned m, unsigned k, int largest),

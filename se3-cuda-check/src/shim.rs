@@ -107,6 +107,20 @@ mod ffi {
             w: c_uint,
             eps: f32,
         );
+        pub fn shim_silu_layer_norm_rows(
+            g: c_uint,
+            b: c_uint,
+            x: *const f32,
+            w: *const f32,
+            bias: *const f32,
+            gamma: *const f32,
+            beta: *const f32,
+            out: *mut f32,
+            rows: c_uint,
+            width: c_uint,
+            n_in: c_uint,
+            eps: f32,
+        );
         pub fn shim_top_k_rows(
             g: c_uint,
             b: c_uint,
@@ -672,6 +686,49 @@ pub fn layer_norm_gelu(
             out.as_mut_ptr(),
             u(x.len() / w),
             u(w),
+            eps,
+        )
+    };
+    out
+}
+
+/// `silu_layer_norm_rows` over rows of width `bias.len()`: with `linear = Some((w, n_in))`
+/// `x` is `f (R, n_in)` and the rows are `f w` (`w (n_in, W)`), else `x` is `(R, W)`.
+pub fn silu_layer_norm(
+    l: Launch,
+    x: &[f32],
+    linear: Option<(&[f32], usize)>,
+    bias: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) -> Vec<f32> {
+    let width = bias.len();
+    assert!(width > 0 && gamma.len() == width && beta.len() == width);
+    assert_eq!(l.block % 32, 0, "silu_layer_norm_rows runs a warp per row");
+    let (w, n_in) = linear.unwrap_or((x, 0));
+    let row_len = if n_in > 0 { n_in } else { width };
+    assert!(x.len().is_multiple_of(row_len));
+    if n_in > 0 {
+        assert_eq!(w.len(), n_in * width);
+    }
+    let rows = x.len() / row_len;
+    let mut out = vec![f32::NAN; rows * width];
+    // SAFETY: reads x[..rows row_len], w[..n_in width] (when n_in > 0) and the vectors
+    // [..width]; writes out[..rows width].
+    unsafe {
+        ffi::shim_silu_layer_norm_rows(
+            l.grid,
+            l.block,
+            x.as_ptr(),
+            w.as_ptr(),
+            bias.as_ptr(),
+            gamma.as_ptr(),
+            beta.as_ptr(),
+            out.as_mut_ptr(),
+            u(rows),
+            u(width),
+            u(n_in),
             eps,
         )
     };

@@ -272,6 +272,109 @@ fn layer_norm_gelu_matches_cpu() -> Result<(), Error> {
     Ok(())
 }
 
+/// [`max_err`] of LayerNorm rows of width `w`, each row's error divided by
+/// `max(1, 0.1 / sqrt(var + eps))`, `var` the float64 variance of `silu(z)` over the row of
+/// pre-activations `z`: a row whose activations are nearly equal (std below 0.1) amplifies
+/// float32 rounding by `1 / std`, so it is held to a proportionally looser bound.
+fn layer_norm_err(got: &[f32], want: &[f32], z: &[f64], w: usize, eps: f64) -> f32 {
+    assert_eq!(z.len(), want.len(), "lengths differ");
+    got.chunks(w)
+        .zip(want.chunks(w))
+        .zip(z.chunks(w))
+        .map(|((g, wa), zr)| {
+            let h: Vec<f64> = zr.iter().map(|z| z / (1.0 + (-z).exp())).collect();
+            let mean = h.iter().sum::<f64>() / w as f64;
+            let var = h.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / w as f64;
+            let scale = (0.1 / (var + eps).sqrt()).max(1.0) as f32;
+            max_err(g, wa) / scale
+        })
+        .fold(
+            0.0,
+            |m: f32, e| if e.is_nan() { f32::INFINITY } else { m.max(e) },
+        )
+}
+
+#[test]
+fn silu_layer_norm_both_forms_match_cpu_across_widths() -> Result<(), Error> {
+    let mut r = rng();
+    // widths below, at and above one warp's 32 lanes and two warps' 64
+    let widths = [
+        r.gen_range(1..32),
+        32,
+        r.gen_range(33..64),
+        64,
+        r.gen_range(65..200),
+    ];
+    for w in widths {
+        let (rows, n_in) = (r.gen_range(20..90), r.gen_range(1..=8));
+        // arguments up to 12 in size: SiLU saturates both ways
+        let x: Vec<f32> = (0..rows * w).map(|_| r.gen_range(-12.0..12.0)).collect();
+        let (f, wt) = (rand_vec(&mut r, rows * n_in), rand_vec(&mut r, n_in * w));
+        let (b, g, be) = (
+            rand_vec(&mut r, w),
+            rand_vec(&mut r, w),
+            rand_vec(&mut r, w),
+        );
+        let mut s = Session::new();
+        let xt = s.input::<(Dyn<'r'>, Dyn<'w'>)>("x", InputKind::Values);
+        let ft = s.input::<(Dyn<'r'>, Dyn<'f'>)>("f", InputKind::Values);
+        let wtt = s.input::<(Dyn<'f'>, Dyn<'w'>)>("wt", InputKind::Values);
+        let bt = s.input::<(Dyn<'w'>,)>("b", InputKind::Values);
+        let gt = s.input::<(Dyn<'w'>,)>("g", InputKind::Values);
+        let et = s.input::<(Dyn<'w'>,)>("e", InputKind::Values);
+        s.output("y", se3_core::ops::silu_layer_norm(xt, bt, gt, et, 1e-5));
+        s.output(
+            "y_linear",
+            se3_core::ops::linear_silu_layer_norm(ft, wtt, bt, gt, et, 1e-5),
+        );
+        s.set("x", x.clone(), &[rows, w])?;
+        s.set("f", f.clone(), &[rows, n_in])?;
+        s.set("wt", wt.clone(), &[n_in, w])?;
+        s.set("b", b.clone(), &[w])?;
+        s.set("g", g.clone(), &[w])?;
+        s.set("e", be.clone(), &[w])?;
+        s.run()?;
+        let (want, want_linear) = (s.get("y")?.data, s.get("y_linear")?.data);
+        // the pre-activations in float64, for each row's conditioning
+        let z: Vec<f64> = (0..rows * w)
+            .map(|i| f64::from(x[i]) + f64::from(b[i % w]))
+            .collect();
+        let z_linear: Vec<f64> = (0..rows * w)
+            .map(|i| {
+                let (row, k) = (i / w, i % w);
+                (0..n_in)
+                    .map(|q| f64::from(f[row * n_in + q]) * f64::from(wt[q * w + k]))
+                    .sum::<f64>()
+                    + f64::from(b[k])
+            })
+            .collect();
+        for l in LAUNCHES {
+            let e1 = layer_norm_err(
+                &shim::silu_layer_norm(l, &x, None, &b, &g, &be, 1e-5),
+                &want,
+                &z,
+                w,
+                1e-5,
+            );
+            let e2 = layer_norm_err(
+                &shim::silu_layer_norm(l, &f, Some((&wt, n_in)), &b, &g, &be, 1e-5),
+                &want_linear,
+                &z_linear,
+                w,
+                1e-5,
+            );
+            println!(
+                "silu_layer_norm_rows {l:?} (rows {rows}, width {w}, inputs {n_in}): \
+                 max error {e1:e}, first-layer form {e2:e}"
+            );
+            record("silu_layer_norm_rows", e1.max(e2));
+            assert!(e1 < 1e-5, "silu_layer_norm error {e1} (width {w})");
+            assert!(e2 < 1e-5, "linear_silu_layer_norm error {e2} (width {w})");
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn top_k_matches_cpu_with_masks_nan_and_ties() -> Result<(), Error> {
     const K: usize = 5;
@@ -1581,6 +1684,10 @@ const CASES: &[(&str, Case)] = &[
     ("segment_softmax", segment_softmax_matches_cpu),
     ("relative_positions", relative_positions_match_cpu),
     ("layer_norm_gelu", layer_norm_gelu_matches_cpu),
+    (
+        "silu_layer_norm",
+        silu_layer_norm_both_forms_match_cpu_across_widths,
+    ),
     ("top_k", top_k_matches_cpu_with_masks_nan_and_ties),
     ("reductions", reductions_match_cpu),
     (

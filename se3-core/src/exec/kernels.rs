@@ -70,6 +70,11 @@ pub const SOURCES: &[KernelSource] = &[
         kernels: &[("layer_norm_gelu_rows", Hot::Yes)],
     },
     KernelSource {
+        file: "ops/silu_layer_norm/silu_layer_norm.cu",
+        source: include_str!("../ops/silu_layer_norm/silu_layer_norm.cu"),
+        kernels: &[("silu_layer_norm_rows", Hot::Yes)],
+    },
+    KernelSource {
         file: "ops/top_k/top_k.cu",
         source: include_str!("../ops/top_k/top_k.cu"),
         kernels: &[("top_k_rows", Hot::No)],

@@ -5,9 +5,12 @@
 //!
 //! Inference only: it has no adjoint, so a graph that is differentiated builds the unfused
 //! form (`layers::graph`'s `layer_norm` on `x * sigmoid(x)`), which is the reference it is
-//! tested against; and no CUDA kernel (on a CUDA session it runs on the host between copies).
+//! tested against. Kernels: `cpu.rs`, and `cuda.rs` with `silu_layer_norm.cu` (both forms, a
+//! warp per row; checked against the CPU kernel through the CPU shim of `se3-cuda-check`).
 
 mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 pub use cpu::SiluLayerNorm;
 use luminal::prelude::*;
