@@ -18,7 +18,7 @@ use se3_models::checkpoint::{StateDict, Tensor};
 use se3_models::inputs::{BoolTensor, ModelInputs, NodeFeats};
 use se3_models::model_file::ModelFile;
 use se3_models::se3_transformer::{
-    CompiledSe3Transformer, Se3Transformer, Se3TransformerConfig, Se3TransformerForward,
+    Se3Transformer, Se3TransformerConfig, Se3TransformerForward, Se3TransformerOracle,
 };
 use se3_models::zoo::CompiledModel;
 
@@ -188,7 +188,7 @@ fn se3_transformer_forward_at_the_benchmark_sizes_on_the_device() -> Res<()> {
             "num_degrees": num_degrees, "num_neighbors": 16
         }))?;
         let mut weights = StateDict::new();
-        for (key, shape) in Se3Transformer::expected_keys(&cfg)? {
+        for (key, shape) in Se3TransformerOracle::expected_keys(&cfg)? {
             let b = 1.0 / (shape.last().copied().unwrap_or(1).max(1) as f64).sqrt();
             let data = (0..shape.iter().product())
                 .map(|_| rng.gen_range(-b..b))
@@ -197,12 +197,12 @@ fn se3_transformer_forward_at_the_benchmark_sizes_on_the_device() -> Res<()> {
         }
         let inputs = bench_inputs(n, 32, &mut rng)?;
         let fwd = Se3TransformerForward::from_literals(&serde_json::json!({"return_type": 0}))?;
-        let mut cpu = CompiledSe3Transformer::from_state_dict(&cfg, weights.clone())?;
-        let mut gpu = CompiledSe3Transformer::from_state_dict(&cfg, weights)?;
+        let mut cpu = Se3Transformer::from_state_dict(&cfg, weights.clone())?;
+        let mut gpu = Se3Transformer::from_state_dict(&cfg, weights)?;
         gpu.set_device(Device::CUDA0)?;
         let want = cpu.forward(&inputs, &fwd)?;
         let mut got = gpu.forward(&inputs, &fwd)?;
-        let median = |m: &mut CompiledSe3Transformer, out: &mut StateDict| -> Res<f64> {
+        let median = |m: &mut Se3Transformer, out: &mut StateDict| -> Res<f64> {
             let mut t = Vec::new();
             for _ in 0..3 {
                 let s = Instant::now();
@@ -273,7 +273,7 @@ fn se3_transformer_training_step_on_the_device() -> Res<()> {
             "num_degrees": num_degrees, "num_neighbors": 16
         }))?;
         let mut weights = StateDict::new();
-        for (key, shape) in Se3Transformer::expected_keys(&cfg)? {
+        for (key, shape) in Se3TransformerOracle::expected_keys(&cfg)? {
             let b = 1.0 / (shape.last().copied().unwrap_or(1).max(1) as f64).sqrt();
             let data = (0..shape.iter().product())
                 .map(|_| rng.gen_range(-b..b))
@@ -283,8 +283,7 @@ fn se3_transformer_training_step_on_the_device() -> Res<()> {
         let inputs = bench_inputs(n, 32, &mut rng)?;
         let fwd = Se3TransformerForward::from_literals(&serde_json::json!({"return_type": 0}))?;
         let mut targets = StateDict::new();
-        let out = CompiledSe3Transformer::from_state_dict(&cfg, weights.clone())?
-            .forward(&inputs, &fwd)?;
+        let out = Se3Transformer::from_state_dict(&cfg, weights.clone())?.forward(&inputs, &fwd)?;
         for (k, t) in out.iter() {
             let data = (0..t.data.len())
                 .map(|_| rng.gen_range(-1.0..1.0))

@@ -92,8 +92,8 @@ pub enum Error {
     #[error("option `{option}` is not compiled to a graph yet")]
     NotCompiled { option: &'static str },
     /// A config option that the typed SE(3)-Transformer assembly
-    /// ([`crate::se3_transformer::typed`]) does not have (`CompiledSe3Transformer` runs it).
-    #[error("option `{option}` is not available in the typed SE(3)-Transformer assembly; use CompiledSe3Transformer")]
+    /// ([`crate::se3_transformer::typed`]) does not have (`Se3Transformer` runs it).
+    #[error("option `{option}` is not available in the typed SE(3)-Transformer assembly; use Se3Transformer")]
     NotTyped { option: &'static str },
     /// A physics simulator, data set or batching parameter out of range.
     #[error("parameter `{name}` is invalid: expected {expected}, found {found}")]

@@ -10,7 +10,7 @@ use crate::inputs::ModelInputs;
 use crate::model_file::ModelFile;
 use crate::se3_transformer::basis::QjSigns;
 use crate::se3_transformer::{
-    CompiledSe3Transformer, Se3Transformer, Se3TransformerConfig, Se3TransformerForward,
+    Se3Transformer, Se3TransformerConfig, Se3TransformerForward, Se3TransformerOracle,
 };
 use crate::tfn::graph::{TfnGraph, TfnSession};
 use crate::tfn::{TfnStack, TfnStackConfig};
@@ -21,7 +21,7 @@ use crate::Error;
 #[derive(Debug, Clone)]
 pub enum Model {
     /// se3-transformer-pytorch `SE3Transformer`.
-    Se3Transformer(Box<Se3Transformer>, Se3TransformerForward),
+    Se3Transformer(Box<Se3TransformerOracle>, Se3TransformerForward),
     /// ConvSE3 + NormSE3 stack.
     TfnStack(Box<TfnStack>),
     /// egnn-pytorch `EGNN` or `EGNN_Network` (runs its compiled graphs; no float64 oracle).
@@ -45,7 +45,7 @@ impl Model {
             let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
             let fwd = Se3TransformerForward::from_literals(&file.forward_kwargs.literals)?;
             Ok(Self::Se3Transformer(
-                Box::new(Se3Transformer::from_state_dict(&cfg, weights)?),
+                Box::new(Se3TransformerOracle::from_state_dict(&cfg, weights)?),
                 fwd,
             ))
         } else if file.is_tfn_stack() {
@@ -104,7 +104,7 @@ impl Model {
     }
 
     /// Seeds the bond subsampling of an SE(3)-Transformer whose nodes have more bonds than
-    /// `max_sparse_neighbors` (see [`Se3Transformer::set_sparse_sampling_seed`]); no effect on other
+    /// `max_sparse_neighbors` (see [`Se3TransformerOracle::set_sparse_sampling_seed`]); no effect on other
     /// models.
     pub fn set_sparse_sampling_seed(&mut self, seed: u64) {
         if let Self::Se3Transformer(m, _) = self {
@@ -147,7 +147,7 @@ pub fn infer(
 /// A zoo model compiled to a luminal graph (float32): what `se3 infer` and the zoo run by default.
 pub enum CompiledModel {
     /// The SE(3)-Transformer graph with its forward literals.
-    Se3Transformer(Box<CompiledSe3Transformer>, Se3TransformerForward),
+    Se3Transformer(Box<Se3Transformer>, Se3TransformerForward),
     /// The ConvSE3 + NormSE3 stack as a graph session.
     TfnStack(Box<TfnSession>),
     /// egnn-pytorch `EGNN` / `EGNN_Network` graphs.
@@ -166,7 +166,7 @@ impl CompiledModel {
     pub fn from_parts(file: &ModelFile, weights: &StateDict) -> Result<Self, Error> {
         match Model::from_parts(file, weights)? {
             Model::Se3Transformer(m, fwd) => Ok(Self::Se3Transformer(
-                Box::new(CompiledSe3Transformer::from_model(*m)?),
+                Box::new(Se3Transformer::from_model(*m)?),
                 fwd,
             )),
             Model::TfnStack(_) => {
@@ -196,7 +196,7 @@ impl CompiledModel {
     ) -> Result<Self, Error> {
         match model {
             Model::Se3Transformer(m, fwd) => Ok(Self::Se3Transformer(
-                Box::new(CompiledSe3Transformer::from_model(*m)?),
+                Box::new(Se3Transformer::from_model(*m)?),
                 fwd,
             )),
             Model::TfnStack(_) if signs.is_some_and(|s| *s != QjSigns::reference()) => {

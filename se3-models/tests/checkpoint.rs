@@ -8,7 +8,7 @@ use common::*;
 use se3_models::checkpoint::{SaveDtype, StateDict, Tensor};
 use se3_models::inputs::{BoolTensor, ModelInputs, NodeFeats};
 use se3_models::model_file::ModelFile;
-use se3_models::se3_transformer::{Se3Transformer, Se3TransformerConfig};
+use se3_models::se3_transformer::{Se3TransformerConfig, Se3TransformerOracle};
 use se3_models::tfn::{TfnStack, TfnStackConfig};
 use se3_models::Error;
 
@@ -21,7 +21,7 @@ fn expected_keys_equal_every_reference_state_dict() -> Result<(), Error> {
         let expected = if file.is_tfn_stack() {
             TfnStack::expected_keys(&TfnStackConfig::from_kwargs(&file.constructor_kwargs)?)?
         } else {
-            Se3Transformer::expected_keys(&Se3TransformerConfig::from_kwargs(
+            Se3TransformerOracle::expected_keys(&Se3TransformerConfig::from_kwargs(
                 &file.constructor_kwargs,
             )?)?
         };
@@ -49,7 +49,7 @@ fn missing_key_is_reported_with_expected_shape() -> Result<(), Error> {
     let mut sd = l.weights.clone();
     let key = "conv_in.self_interact.weights.0";
     sd.remove(key);
-    let err = Se3Transformer::from_state_dict(&l.cfg, &sd).err();
+    let err = Se3TransformerOracle::from_state_dict(&l.cfg, &sd).err();
     assert!(
         matches!(&err, Some(Error::MissingKey { key: k, expected }) if k == key && expected == &vec![8, 8]),
         "{err:?}"
@@ -62,7 +62,7 @@ fn wrong_shape_is_reported() -> Result<(), Error> {
     let l = load_se3t("se3t_basic")?;
     let mut sd = l.weights.clone();
     sd.insert("net.blocks.0.0.attn.to_q.weights.1", Tensor::zeros(&[8, 7]));
-    let err = Se3Transformer::from_state_dict(&l.cfg, &sd).err();
+    let err = Se3TransformerOracle::from_state_dict(&l.cfg, &sd).err();
     assert!(
         matches!(&err, Some(Error::WrongShape { expected, found, .. }) if expected == &vec![8, 8] && found == &vec![8, 7]),
         "{err:?}"
@@ -75,7 +75,7 @@ fn unexpected_key_is_reported() -> Result<(), Error> {
     let l = load_se3t("se3t_basic")?;
     let mut sd = l.weights.clone();
     sd.insert("net.blocks.9.0.attn.to_q.weights.0", Tensor::zeros(&[8, 8]));
-    let err = Se3Transformer::from_state_dict(&l.cfg, &sd).err();
+    let err = Se3TransformerOracle::from_state_dict(&l.cfg, &sd).err();
     assert!(
         matches!(&err, Some(Error::UnexpectedKey { key, .. }) if key.starts_with("net.blocks.9")),
         "{err:?}"
@@ -119,12 +119,13 @@ fn checkpoint_round_trip_gives_identical_outputs() -> Result<(), Error> {
         back, l.weights,
         "float32 weights must survive a float32 round trip exactly"
     );
-    let a = Se3Transformer::from_state_dict(&l.cfg, &l.weights)?.forward(&l.inputs, &l.fwd)?;
-    let b = Se3Transformer::from_state_dict(&l.cfg, &back)?.forward(&l.inputs, &l.fwd)?;
+    let a =
+        Se3TransformerOracle::from_state_dict(&l.cfg, &l.weights)?.forward(&l.inputs, &l.fwd)?;
+    let b = Se3TransformerOracle::from_state_dict(&l.cfg, &back)?.forward(&l.inputs, &l.fwd)?;
     assert_eq!(a, b);
     // half precision loads too (values rounded)
     let half = StateDict::from_bytes(&l.weights.to_bytes(SaveDtype::F16)?)?;
-    Se3Transformer::from_state_dict(&l.cfg, &half)?;
+    Se3TransformerOracle::from_state_dict(&l.cfg, &half)?;
     Ok(())
 }
 
@@ -196,7 +197,7 @@ fn impossible_configs_name_their_field() {
 fn degree_above_the_basis_is_a_typed_error() -> Result<(), Error> {
     // harmonics up to 2 * max_degree must exist in se3-core (L_MAX = 16)
     let cfg = Se3TransformerConfig::from_kwargs(&serde_json::json!({"dim": 4, "num_degrees": 10}))?;
-    let err = Se3Transformer::expected_keys(&cfg).err();
+    let err = Se3TransformerOracle::expected_keys(&cfg).err();
     assert!(
         matches!(
             err,
@@ -209,7 +210,7 @@ fn degree_above_the_basis_is_a_typed_error() -> Result<(), Error> {
 
 fn forward_err(inputs: &ModelInputs) -> Result<Option<Error>, Error> {
     let l = load_se3t("se3t_basic")?;
-    let m = Se3Transformer::from_state_dict(&l.cfg, &l.weights)?;
+    let m = Se3TransformerOracle::from_state_dict(&l.cfg, &l.weights)?;
     Ok(m.forward(inputs, &l.fwd).err())
 }
 
@@ -272,7 +273,7 @@ fn bad_inputs_give_typed_errors() -> Result<(), Error> {
     );
 
     let edge_model = load_se3t("se3t_edge_tokens")?;
-    let m = Se3Transformer::from_state_dict(&edge_model.cfg, &edge_model.weights)?;
+    let m = Se3TransformerOracle::from_state_dict(&edge_model.cfg, &edge_model.weights)?;
     let mut no_edges = edge_model.inputs.clone();
     no_edges.edges = None;
     let err = m.forward(&no_edges, &edge_model.fwd).err();

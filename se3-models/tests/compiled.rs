@@ -8,7 +8,7 @@ use se3_models::checkpoint::StateDict;
 use se3_models::inputs::ModelInputs;
 use se3_models::model_file::ModelFile;
 use se3_models::se3_transformer::{
-    CompiledSe3Transformer, Se3Transformer, Se3TransformerConfig, Se3TransformerForward,
+    Se3Transformer, Se3TransformerConfig, Se3TransformerForward, Se3TransformerOracle,
 };
 use se3_models::Error;
 
@@ -22,8 +22,8 @@ fn run_compiled(name: &str) -> Result<Option<f64>, Error> {
     let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
     let fwd = Se3TransformerForward::from_literals(&file.forward_kwargs.literals)?;
     let sd = StateDict::load(dir(name).join("weights.safetensors"))?;
-    let model = Se3Transformer::from_state_dict(&cfg, &sd)?;
-    let mut compiled = match CompiledSe3Transformer::new(&model) {
+    let model = Se3TransformerOracle::from_state_dict(&cfg, &sd)?;
+    let mut compiled = match Se3Transformer::new(&model) {
         Err(Error::NotCompiled { option }) => {
             println!("{name}: not compiled ({option})");
             return Ok(None);

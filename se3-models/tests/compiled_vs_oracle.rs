@@ -10,7 +10,7 @@ use rand::Rng;
 use se3_models::checkpoint::{StateDict, Tensor};
 use se3_models::inputs::{BoolTensor, ModelInputs, NodeFeats};
 use se3_models::se3_transformer::{
-    CompiledSe3Transformer, Se3Transformer, Se3TransformerConfig, Se3TransformerForward,
+    Se3Transformer, Se3TransformerConfig, Se3TransformerForward, Se3TransformerOracle,
 };
 use se3_models::Error;
 
@@ -161,8 +161,8 @@ fn compiled_matches_oracle_on_unseen_configs_at_two_sizes() -> Result<(), Error>
         let cfg = Se3TransformerConfig::from_kwargs(&kwargs)?;
         let fwd = Se3TransformerForward::from_literals(&literals)?;
         let weights = random_weights(&cfg, &mut r)?;
-        let oracle = Se3Transformer::from_state_dict(&cfg, &weights)?;
-        let mut compiled = CompiledSe3Transformer::new(&oracle)?;
+        let oracle = Se3TransformerOracle::from_state_dict(&cfg, &weights)?;
+        let mut compiled = Se3Transformer::new(&oracle)?;
         for n in [7, 11] {
             let inp = inputs_for(&cfg, &mut r, 2, n)?;
             let want = oracle.forward(&inp, &fwd)?;
@@ -204,7 +204,7 @@ fn compiled_is_equivariant_on_every_option_group() -> Result<(), Error> {
         let fwd = Se3TransformerForward::from_literals(&literals)?;
         let weights = random_weights(&cfg, &mut r)?;
         let mut compiled =
-            CompiledSe3Transformer::new(&Se3Transformer::from_state_dict(&cfg, &weights)?)?;
+            Se3Transformer::new(&Se3TransformerOracle::from_state_dict(&cfg, &weights)?)?;
         let inp = inputs_for(&cfg, &mut r, 2, 10)?;
         let rot = random_rotation(&mut r);
         let shift = [
@@ -266,7 +266,7 @@ fn compiled_rejects_bad_input_with_typed_errors() -> Result<(), Error> {
     let fwd = Se3TransformerForward::from_literals(&serde_json::json!({}))?;
     let weights = random_weights(&cfg, &mut r)?;
     let mut compiled =
-        CompiledSe3Transformer::new(&Se3Transformer::from_state_dict(&cfg, &weights)?)?;
+        Se3Transformer::new(&Se3TransformerOracle::from_state_dict(&cfg, &weights)?)?;
     let good = inputs_for(&cfg, &mut r, 1, 6)?;
     let mut nan = good.clone();
     nan.coors.data[4] = f64::NAN;

@@ -11,7 +11,7 @@ use rand::Rng;
 use se3_core::basis::qj_sign;
 use se3_models::checkpoint::{StateDict, Tensor};
 use se3_models::se3_transformer::basis::QjSigns;
-use se3_models::se3_transformer::{CompiledSe3Transformer, Se3Transformer, Se3TransformerConfig};
+use se3_models::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerOracle};
 use se3_models::Error;
 
 /// In-graph geometry against the host basis (both float32 graphs), relative to the largest output
@@ -52,7 +52,7 @@ fn check_reference(name: &str) -> Result<(), Error> {
         }
         let cfg = Se3TransformerConfig::from_kwargs(&kwargs)?;
         assert_eq!(cfg.differentiable_coors, on, "{name}: kwarg parsed");
-        let net = CompiledSe3Transformer::new(&Se3Transformer::from_state_dict(&cfg, &l.weights)?)?;
+        let net = Se3Transformer::new(&Se3TransformerOracle::from_state_dict(&cfg, &l.weights)?)?;
         assert_eq!(net.basis_in_graph(), on, "{name}: graph path taken");
         models.push(net);
     }
@@ -94,8 +94,8 @@ fn in_graph_basis_model_is_equivariant_under_random_motions() -> Result<(), Erro
     let l = load_se3t(name)?;
     let mut cfg = l.cfg.clone();
     cfg.differentiable_coors = true;
-    let model = Se3Transformer::from_state_dict(&cfg, &l.weights)?;
-    let mut net = CompiledSe3Transformer::new(&model)?;
+    let model = Se3TransformerOracle::from_state_dict(&cfg, &l.weights)?;
+    let mut net = Se3Transformer::new(&model)?;
     let mut inp = l.inputs.clone();
     let shape = inp.coors.shape.clone();
     let len = inp.coors.data.len();
@@ -146,9 +146,9 @@ fn in_graph_and_host_basis_agree_with_a_custom_qj_sign_table() -> Result<(), Err
     for on in [true, false] {
         let mut cfg = l.cfg.clone();
         cfg.differentiable_coors = on;
-        let mut model = Se3Transformer::from_state_dict(&cfg, &l.weights)?;
+        let mut model = Se3TransformerOracle::from_state_dict(&cfg, &l.weights)?;
         model.set_qj_signs(&signs)?;
-        outs.push(CompiledSe3Transformer::new(&model)?.forward(&l.inputs, &l.fwd)?);
+        outs.push(Se3Transformer::new(&model)?.forward(&l.inputs, &l.fwd)?);
     }
     let paths = worst_diff(name, &outs[0], &outs[1])?;
     let want = StateDict::load(dir(name).join("outputs.safetensors"))?;

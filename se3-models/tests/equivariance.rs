@@ -9,7 +9,9 @@ use rand::Rng;
 use se3_models::checkpoint::{StateDict, Tensor};
 use se3_models::inputs::{BoolTensor, ModelInputs, NodeFeats};
 use se3_models::model_file::ModelFile;
-use se3_models::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
+use se3_models::se3_transformer::{
+    Se3TransformerConfig, Se3TransformerForward, Se3TransformerOracle,
+};
 use se3_models::tfn::{TfnStack, TfnStackConfig};
 use se3_models::Error;
 
@@ -86,7 +88,7 @@ fn se3t_case(
     inputs: &ModelInputs,
     r: &mut impl Rng,
 ) -> Result<(), Error> {
-    let model = Se3Transformer::from_state_dict(cfg, weights)?;
+    let model = Se3TransformerOracle::from_state_dict(cfg, weights)?;
     let rot = random_rotation(r);
     let shift = [
         r.gen_range(-3.0..3.0),

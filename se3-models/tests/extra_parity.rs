@@ -15,8 +15,7 @@ use se3_models::inputs::ModelInputs;
 use se3_models::model_file::ModelFile;
 use se3_models::se3_transformer::basis::QjSigns;
 use se3_models::se3_transformer::{
-    CompiledSe3Transformer, Contraction, Se3Transformer, Se3TransformerConfig,
-    Se3TransformerForward,
+    Contraction, Se3Transformer, Se3TransformerConfig, Se3TransformerForward, Se3TransformerOracle,
 };
 use se3_models::Error;
 
@@ -63,12 +62,12 @@ fn run_rejected(d: &Path, signs: &QjSigns) -> Result<String, String> {
     let oracle = (|| -> Result<StateDict, Error> {
         let fwd = Se3TransformerForward::from_literals(&file.forward_kwargs.literals)?;
         let sd = StateDict::load(d.join("weights.safetensors"))?;
-        let mut model = Se3Transformer::from_state_dict(&cfg, &sd)?;
+        let mut model = Se3TransformerOracle::from_state_dict(&cfg, &sd)?;
         model.set_qj_signs(signs)?;
         let inputs = ModelInputs::load(d.join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
         let out = model.forward(&inputs, &fwd);
         if out.is_ok() {
-            let mut compiled = CompiledSe3Transformer::new(&model)?;
+            let mut compiled = Se3Transformer::new(&model)?;
             compiled.forward(&inputs, &fwd)?;
         }
         out
@@ -89,9 +88,9 @@ fn run(d: &Path, signs: &QjSigns) -> Result<String, String> {
     let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs).map_err(e)?;
     let fwd = Se3TransformerForward::from_literals(&file.forward_kwargs.literals).map_err(e)?;
     let sd = StateDict::load(d.join("weights.safetensors")).map_err(e)?;
-    sd.check_keys(&Se3Transformer::expected_keys(&cfg).map_err(e)?)
+    sd.check_keys(&Se3TransformerOracle::expected_keys(&cfg).map_err(e)?)
         .map_err(e)?;
-    let mut model = Se3Transformer::from_state_dict(&cfg, &sd).map_err(e)?;
+    let mut model = Se3TransformerOracle::from_state_dict(&cfg, &sd).map_err(e)?;
     model.set_qj_signs(signs).map_err(e)?;
     let inputs =
         ModelInputs::load(d.join("inputs.safetensors"), &file.forward_kwargs.tensors).map_err(e)?;
@@ -102,7 +101,7 @@ fn run(d: &Path, signs: &QjSigns) -> Result<String, String> {
     model.set_contraction(Contraction::Reassociated);
     let ra = worst(&model.forward(&inputs, &fwd).map_err(e)?, &want, "_f64")?;
     model.set_contraction(Contraction::Direct);
-    let mut compiled = CompiledSe3Transformer::new(&model).map_err(e)?;
+    let mut compiled = Se3Transformer::new(&model).map_err(e)?;
     let c = worst(&compiled.forward(&inputs, &fwd).map_err(e)?, &want, "_f64")?;
     let line =
         format!("oracle {o64:.2e} (vs f32 {o32:.2e}), reassociated {ra:.2e}, compiled {c:.2e}");
@@ -196,8 +195,10 @@ fn combinations_the_library_rejects_are_typed_errors() -> Result<(), Error> {
     let file = ModelFile::load(d.join("config.json"))?;
     let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
     let fwd = Se3TransformerForward::from_literals(&file.forward_kwargs.literals)?;
-    let model =
-        Se3Transformer::from_state_dict(&cfg, &StateDict::load(d.join("weights.safetensors"))?)?;
+    let model = Se3TransformerOracle::from_state_dict(
+        &cfg,
+        &StateDict::load(d.join("weights.safetensors"))?,
+    )?;
     let mut inputs = ModelInputs::load(d.join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
     model.forward(&inputs, &fwd)?;
     if let Some(a) = &mut inputs.adj_mat {
@@ -212,7 +213,7 @@ fn combinations_the_library_rejects_are_typed_errors() -> Result<(), Error> {
         model.forward(&inputs, &fwd),
         Err(Error::NoNeighbors)
     ));
-    let mut compiled = CompiledSe3Transformer::new(&model)?;
+    let mut compiled = Se3Transformer::new(&model)?;
     assert!(matches!(
         compiled.forward(&inputs, &fwd),
         Err(Error::NoNeighbors)

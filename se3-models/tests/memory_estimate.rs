@@ -8,9 +8,7 @@ use common::*;
 use rand::Rng;
 use se3_models::checkpoint::Tensor;
 use se3_models::inputs::{BoolTensor, ModelInputs, NodeFeats};
-use se3_models::se3_transformer::{
-    CompiledSe3Transformer, Se3TransformerConfig, Se3TransformerForward,
-};
+use se3_models::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
 use se3_models::Error;
 
 #[test]
@@ -22,7 +20,7 @@ fn the_estimate_made_before_a_forward_is_within_a_fifth_of_the_measured_graph_pe
         "dim": 8, "heads": 2, "dim_head": 4, "depth": 1, "num_degrees": 2, "num_neighbors": 8
     }))?;
     let fwd = Se3TransformerForward::default();
-    let mut model = CompiledSe3Transformer::from_state_dict(&cfg, random_weights(&cfg, &mut r)?)?;
+    let mut model = Se3Transformer::from_state_dict(&cfg, random_weights(&cfg, &mut r)?)?;
     // a batch of three small clouds runs as one merged graph, which the estimate must size
     for (b, n) in [(1usize, 40usize), (1, 300), (3, 40)] {
         let estimate = model.estimate_memory(b, n)?;

@@ -62,14 +62,14 @@ fn tfn_stack_matches_reference() -> Result<(), Error> {
 
 fn run_se3t(name: &str) -> Result<(f64, f64), Error> {
     use se3_models::se3_transformer::{
-        Se3Transformer, Se3TransformerConfig, Se3TransformerForward,
+        Se3TransformerConfig, Se3TransformerForward, Se3TransformerOracle,
     };
     let file = ModelFile::load(dir(name).join("config.json"))?;
     let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
     let fwd = Se3TransformerForward::from_literals(&file.forward_kwargs.literals)?;
     let sd = StateDict::load(dir(name).join("weights.safetensors"))?;
-    sd.check_keys(&Se3Transformer::expected_keys(&cfg)?)?;
-    let mut model = Se3Transformer::from_state_dict(&cfg, &sd)?;
+    sd.check_keys(&Se3TransformerOracle::expected_keys(&cfg)?)?;
+    let mut model = Se3TransformerOracle::from_state_dict(&cfg, &sd)?;
     let inputs = ModelInputs::load(
         dir(name).join("inputs.safetensors"),
         &file.forward_kwargs.tensors,

@@ -9,9 +9,7 @@ use rand::Rng;
 use se3_models::checkpoint::Tensor;
 use se3_models::inputs::{BoolTensor, ModelInputs, NodeFeats};
 use se3_models::se3_transformer::graph::{select_neighbors, PairInputs, SelectionParams};
-use se3_models::se3_transformer::{
-    CompiledSe3Transformer, Se3TransformerConfig, Se3TransformerForward,
-};
+use se3_models::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
 use se3_models::Error;
 
 #[test]
@@ -107,8 +105,7 @@ fn blocked_forward_gives_the_outputs_of_the_unblocked_forward() -> Result<(), Er
     ] {
         let cfg = Se3TransformerConfig::from_kwargs(&kwargs)?;
         let fwd = Se3TransformerForward::default();
-        let mut model =
-            CompiledSe3Transformer::from_state_dict(&cfg, random_weights(&cfg, &mut r)?)?;
+        let mut model = Se3Transformer::from_state_dict(&cfg, random_weights(&cfg, &mut r)?)?;
         assert_eq!(model.message_hops(), hops, "{kwargs}");
         let n = 1500;
         let inputs = cloud(&mut r, n, 8);

@@ -296,7 +296,7 @@ fn oracle_loss(
     inputs: &se3_models::inputs::ModelInputs,
     cot: &StateDict,
 ) -> Result<f64, Error> {
-    let out = se3_models::se3_transformer::Se3Transformer::from_state_dict(cfg, sd)?
+    let out = se3_models::se3_transformer::Se3TransformerOracle::from_state_dict(cfg, sd)?
         .forward(inputs, fwd)?;
     let mut l = 0.0;
     for (k, t) in out.iter() {
@@ -313,8 +313,9 @@ fn oracle_loss(
 
 /// Random cotangents of the shapes of the oracle's outputs.
 fn random_cotangents(l: &Loaded, r: &mut impl rand::Rng) -> Result<StateDict, Error> {
-    let out = se3_models::se3_transformer::Se3Transformer::from_state_dict(&l.cfg, &l.weights)?
-        .forward(&l.inputs, &l.fwd)?;
+    let out =
+        se3_models::se3_transformer::Se3TransformerOracle::from_state_dict(&l.cfg, &l.weights)?
+            .forward(&l.inputs, &l.fwd)?;
     let mut cot = StateDict::new();
     for (k, t) in out.iter() {
         cot.insert(format!("cotangent.{k}"), dense(r, t.shape.clone()));

@@ -1,5 +1,5 @@
 //! `se3 bench se3-transformer`: forward time and peak memory of the compiled SE(3)-Transformer
-//! ([`CompiledSe3Transformer`]: float32 luminal graph, reassociated contraction) at the sizes of the
+//! ([`Se3Transformer`]: float32 luminal graph, reassociated contraction) at the sizes of the
 //! PyTorch baseline (BASELINE.md: dim 32, heads 4, dim_head 16, depth 2, 16 neighbours, batch 1,
 //! random weights and inputs), next to se3-transformer-pytorch's figures as ratios, measured in
 //! the same session by `bench_pytorch.py` (`super::bench_pytorch`; none without a python).
@@ -11,7 +11,7 @@
 //! the forwards, with where it goes (resident after the build, graph weights, the most
 //! intermediates alive at once in a forward, idle pooled buffers: se3-core `exec::MemoryStats`).
 //! The weights are moved from the state dict into the model and converted to float32 as the graph
-//! is built ([`CompiledSe3Transformer::from_state_dict`]); the `se3` program (so the child too)
+//! is built ([`Se3Transformer::from_state_dict`]); the `se3` program (so the child too)
 //! pins glibc's mmap threshold (`exec::pool::pin_mmap_threshold`) so freed large buffers leave
 //! the resident set.
 //! The child runs one warm-up and then the median of 3 forwards (and their CPU time), and times
@@ -28,9 +28,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use se3_models::checkpoint::{StateDict, Tensor};
 use se3_models::inputs::{BoolTensor, ModelInputs, NodeFeats};
-use se3_models::se3_transformer::{
-    CompiledSe3Transformer, Se3Transformer, Se3TransformerConfig, Se3TransformerForward,
-};
+use se3_models::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
 
 /// A benchmark size (PyTorch's figures are measured in the same session: [`TorchSource`]).
 struct Case {
@@ -558,7 +556,7 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
     let sd = random_weights(&cfg, &mut rng)?;
     let inputs = random_inputs(c.nodes, 32, &mut rng)?;
     let fwd = Se3TransformerForward::from_literals(&serde_json::json!({"return_type": 0}))?;
-    let mut model = CompiledSe3Transformer::from_state_dict(&cfg, sd)?;
+    let mut model = Se3Transformer::from_state_dict(&cfg, sd)?;
     let build_peak = peak_mib()?;
     println!("build_peak_mib {build_peak}");
     println!("build_rss_mib {}", status_mib("VmRSS:")?);

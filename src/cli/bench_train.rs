@@ -32,8 +32,7 @@ use se3_core::train::{Adam, Optimizer, Param};
 use se3_models::checkpoint::{StateDict, Tensor};
 use se3_models::differentiable::Objective;
 use se3_models::se3_transformer::{
-    CompiledSe3Transformer, GraphForm, Se3Transformer, Se3TransformerForward,
-    TrainableSe3Transformer,
+    GraphForm, Se3Transformer, Se3TransformerForward, Se3TransformerOracle, TrainableSe3Transformer,
 };
 
 use super::bench_pytorch::{TorchSource, HOW_TO_GET_TORCH};
@@ -169,8 +168,8 @@ fn run_case(num_degrees: usize, nodes: usize) -> Result<(), super::CliError> {
     // the forward alone, in the training graph's form
     let mut targets = StateDict::new();
     let forward_s = {
-        let model = Se3Transformer::from_state_dict(&cfg, &sd)?;
-        let mut f = CompiledSe3Transformer::from_model_in(model, GraphForm::Fused)?;
+        let model = Se3TransformerOracle::from_state_dict(&cfg, &sd)?;
+        let mut f = Se3Transformer::from_model_in(model, GraphForm::Fused)?;
         // targets zero: the loss of bench_pytorch_train.py
         for (k, t) in f.forward(&inputs, &fwd)?.iter() {
             let len = t.data.len();

@@ -69,7 +69,7 @@ pub struct InferArgs {
     #[arg(long, default_value_t = 0)]
     pub sparse_seed: u64,
     /// SE(3)-Transformer on large clouds: run the graph on blocks of this many centre nodes with
-    /// their neighbourhoods (`CompiledSe3Transformer::forward_blocked`: the same outputs, per-edge
+    /// their neighbourhoods (`Se3Transformer::forward_blocked`: the same outputs, per-edge
     /// memory of one block at a time); with `--estimate`, estimate that run.
     #[arg(long)]
     pub block_nodes: Option<usize>,
@@ -177,7 +177,7 @@ pub fn run(args: &InferArgs) -> Result<(), super::CliError> {
 }
 
 /// `--estimate`: the compiled SE(3)-Transformer's memory estimate for the inputs' batch and
-/// cloud size ([`CompiledSe3Transformer::estimate_memory`]; with `--block-nodes` of the blocked
+/// cloud size ([`Se3Transformer::estimate_memory`]; with `--block-nodes` of the blocked
 /// forward, `estimate_blocked_memory`), one line per part.
 fn print_estimate(
     model: Model,

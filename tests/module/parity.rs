@@ -67,13 +67,13 @@ struct Trunk {
 /// se3-transformer-pytorch's `SE3Transformer` without its options: `conv_in`, the blocks of
 /// `net`, `conv_out`.
 #[derive(Module)]
-struct Se3Transformer {
+struct Se3TransformerOracle {
     conv_in: Conv<Atoms, Hidden>,
     net: Trunk,
     conv_out: Conv<Hidden, Readout>,
 }
 
-impl Se3Transformer {
+impl Se3TransformerOracle {
     /// The architecture of `options` with fresh weights.
     fn with_options(o: &TypedOptions, rng: &mut impl rand::Rng) -> Result<Self> {
         let attention = AttentionOptions {
@@ -91,7 +91,7 @@ impl Se3Transformer {
                 ))
             })
             .collect::<Result<_>>()?;
-        Ok(Se3Transformer {
+        Ok(Se3TransformerOracle {
             conv_in: Conv::new(ConvOptions::default(), rng)?,
             net: Trunk { blocks },
             conv_out: Conv::new(ConvOptions::default(), rng)?,
@@ -99,7 +99,7 @@ impl Se3Transformer {
     }
 }
 
-impl Forward for Se3Transformer {
+impl Forward for Se3TransformerOracle {
     type In = Atoms;
     type Out = Readout;
     fn forward(&self, g: &mut GraphCtx, x: GraphFeatures<Atoms>) -> Result<GraphFeatures<Readout>> {
@@ -170,7 +170,7 @@ fn se3_transformer_module_loads_the_reference_by_field_names_and_reproduces_it()
     let file = ModelFile::load(dir.join("config.json"))?;
     let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
     let options = TypedOptions::from_config::<Atoms, Hidden, Readout>(&cfg)?;
-    let mut model = Se3Transformer::with_options(&options, &mut rand::thread_rng())?;
+    let mut model = Se3TransformerOracle::with_options(&options, &mut rand::thread_rng())?;
     model.load(dir.join("weights.safetensors"))?;
     let layers: Vec<String> = model.layers().into_iter().map(|e| e.path).collect();
     assert_eq!(

@@ -296,7 +296,7 @@ pub fn select_neighbors(
 /// the global coordinates and pair inputs; neighbour indices renumbered to positions in `rows`,
 /// a neighbour outside `rows` replaced by a stand-in node of `rows` not otherwise in the row
 /// (its geometry and validity kept: the caller must not need that centre's result, see
-/// `CompiledSe3Transformer::forward_blocked`).
+/// `Se3Transformer::forward_blocked`).
 /// With `rows = 0..n` this is the whole graph.
 ///
 /// # Errors

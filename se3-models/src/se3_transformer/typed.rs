@@ -30,11 +30,11 @@
 //! `attend_self`). The neighbour lists are computed on the host and fed to the graph with the
 //! coordinates; the kernel basis is built in the graph from the coordinates. Batches run as
 //! one graph of `b n` stacked nodes. Options outside this set (atom or edge tokens, global
-//! features, EGNN, ...) are [`Error::NotTyped`]; [`CompiledSe3Transformer`] runs them.
+//! features, EGNN, ...) are [`Error::NotTyped`]; [`Se3Transformer`] runs them.
 //! Continuous edge features (`edge_dim`) and Fourier-encoded distances feed every radial
 //! network ([`TypedSession::forward_with_edges`]).
 //!
-//! [`CompiledSe3Transformer`]: crate::se3_transformer::CompiledSe3Transformer
+//! [`Se3Transformer`]: crate::se3_transformer::Se3Transformer
 
 use std::marker::PhantomData;
 
@@ -605,7 +605,7 @@ mod tests {
     use crate::checkpoint::Tensor;
     use crate::inputs::{BoolTensor, EdgeInput, ModelInputs, NodeFeats};
     use crate::model_file::ModelFile;
-    use crate::se3_transformer::{CompiledSe3Transformer, Se3Transformer, Se3TransformerForward};
+    use crate::se3_transformer::{Se3Transformer, Se3TransformerForward, Se3TransformerOracle};
 
     #[fiber(0:8)]
     struct Atoms;
@@ -798,7 +798,7 @@ mod tests {
 
     /// A config the reference folders do not have (degree 2 hidden, type-1 output, gated
     /// pre-norms, depth 2, a radius that cuts edges), random weights, random masked
-    /// clouds: the typed assembly gives the outputs of `CompiledSe3Transformer`.
+    /// clouds: the typed assembly gives the outputs of `Se3Transformer`.
     #[test]
     fn typed_assembly_equals_the_compiled_model_on_random_clouds() -> Result<(), Error> {
         let (mut r, seed) = rng();
@@ -808,12 +808,11 @@ mod tests {
             "norm_gated_scale": true, "attend_self": true
         });
         let cfg = Se3TransformerConfig::from_kwargs(&kwargs)?;
-        let sd = StateDict::random_near_one(Se3Transformer::expected_keys(&cfg)?, &mut r)?;
+        let sd = StateDict::random_near_one(Se3TransformerOracle::expected_keys(&cfg)?, &mut r)?;
         let options = TypedOptions::from_config::<Scalars, Wide, Vectors>(&cfg)?;
         let mut typed =
             TypedSe3Transformer::<Scalars, Wide, Vectors>::load(&sd, options)?.compile()?;
-        let mut compiled =
-            CompiledSe3Transformer::new(&Se3Transformer::from_state_dict(&cfg, &sd)?)?;
+        let mut compiled = Se3Transformer::new(&Se3TransformerOracle::from_state_dict(&cfg, &sd)?)?;
         let (b, n) = (2, r.gen_range(7..14));
         let coords: Vec<[f64; 3]> = (0..b * n)
             .map(|_| {

@@ -10,7 +10,9 @@ pub use se3_core::testing::{rel_error, rel_error_at};
 use se3_models::checkpoint::{StateDict, Tensor};
 use se3_models::inputs::{BoolTensor, EdgeInput, ModelInputs};
 use se3_models::model_file::ModelFile;
-use se3_models::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
+use se3_models::se3_transformer::{
+    Se3TransformerConfig, Se3TransformerForward, Se3TransformerOracle,
+};
 use se3_models::Error;
 
 pub fn dir(name: &str) -> PathBuf {
@@ -69,7 +71,7 @@ pub fn rng(seed: u64) -> rand::rngs::StdRng {
 /// around 1 for `.weight` of rank 1.
 pub fn random_weights(cfg: &Se3TransformerConfig, r: &mut impl Rng) -> Result<StateDict, Error> {
     let mut sd = StateDict::new();
-    for (k, shape) in Se3Transformer::expected_keys(cfg)? {
+    for (k, shape) in Se3TransformerOracle::expected_keys(cfg)? {
         let fan = (*shape.last().unwrap_or(&1)).max(1) as f64;
         let n: usize = shape.iter().product();
         let data: Vec<f64> = if k.ends_with("inv_freq") {

@@ -2,7 +2,7 @@
 //! centre nodes with their neighbourhoods, and the centres' outputs are stitched together.
 //!
 //! A model with `L` message-passing layers (conv_in, the conv stack, one per attention or EGNN
-//! block, conv_out; [`Se3Transformer::message_hops`]) gives node `i` an output that depends only
+//! block, conv_out; [`Se3TransformerOracle::message_hops`]) gives node `i` an output that depends only
 //! on the nodes within `L` hops of `i` along the selected neighbour lists. So for a block `C` of
 //! centres the graph is run on `H` = `C` and every node within `L` hops of it (all selected slots
 //! followed, valid or not, so every value a needed node reads is real), each node of `H` keeping
@@ -24,11 +24,11 @@
 use crate::inputs::{ModelInputs, NodeFeats};
 use crate::se3_transformer::features::{Block, Feats};
 use crate::se3_transformer::graph::Selection;
-use crate::se3_transformer::reference::{Prepared, Se3Transformer, Trunk};
+use crate::se3_transformer::oracle::{Prepared, Se3TransformerOracle, Trunk};
 use crate::se3_transformer::Se3TransformerForward;
 use crate::Error;
 
-use super::{CompiledSe3Transformer, MemoryEstimate};
+use super::{MemoryEstimate, Se3Transformer};
 
 /// What a blocked forward ran: blocks, and the largest block with its neighbourhood.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,7 +41,7 @@ pub struct BlockStats {
     pub total_nodes: usize,
 }
 
-impl Se3Transformer {
+impl Se3TransformerOracle {
     /// Layers that pass messages along edges (each widens the set of nodes an output depends on
     /// by one hop): conv_in, the conv stack, each attention or EGNN block, conv_out. Counted on
     /// the full model (a compiled model's host copy has its layers stripped).
@@ -141,9 +141,9 @@ fn gather_rows(x: &Feats, rows: &[usize]) -> Feats {
         .collect()
 }
 
-impl CompiledSe3Transformer {
-    /// [`Se3Transformer::message_hops`] of the model this graph was built from: the hops of
-    /// neighbourhood a block of [`CompiledSe3Transformer::forward_blocked`] takes.
+impl Se3Transformer {
+    /// [`Se3TransformerOracle::message_hops`] of the model this graph was built from: the hops of
+    /// neighbourhood a block of [`Se3Transformer::forward_blocked`] takes.
     pub fn message_hops(&self) -> usize {
         self.message_hops
     }
@@ -166,12 +166,12 @@ impl CompiledSe3Transformer {
         Ok(())
     }
 
-    /// [`CompiledSe3Transformer::forward`] with the graph run on blocks of about `block_nodes`
+    /// [`Se3Transformer::forward`] with the graph run on blocks of about `block_nodes`
     /// centre nodes and their neighbourhoods (module doc): the same outputs, with per-edge memory
     /// bounded by the largest block's neighbourhood instead of the whole cloud.
     ///
     /// # Errors
-    /// Those of [`CompiledSe3Transformer::forward`]; `NotCompiled` with differentiable_coors or
+    /// Those of [`Se3Transformer::forward`]; `NotCompiled` with differentiable_coors or
     /// rotary embeddings; `EmptyGraph` for `block_nodes = 0`.
     pub fn forward_blocked(
         &mut self,
@@ -182,11 +182,11 @@ impl CompiledSe3Transformer {
         self.forward_blocked_with_progress(inp, fwd, block_nodes, &mut |_| {})
     }
 
-    /// [`CompiledSe3Transformer::forward_blocked`], calling `after_block` with the statistics so
+    /// [`Se3Transformer::forward_blocked`], calling `after_block` with the statistics so
     /// far after each block has run (for progress reports of long runs).
     ///
     /// # Errors
-    /// As [`CompiledSe3Transformer::forward_blocked`].
+    /// As [`Se3Transformer::forward_blocked`].
     pub fn forward_blocked_with_progress(
         &mut self,
         inp: &ModelInputs,
@@ -258,15 +258,15 @@ impl CompiledSe3Transformer {
         Ok((self.host()?.assemble(per_batch, inp, fwd, b, n)?, stats))
     }
 
-    /// The memory of [`CompiledSe3Transformer::forward_blocked`] on `inp`, before any block runs:
+    /// The memory of [`Se3Transformer::forward_blocked`] on `inp`, before any block runs:
     /// the neighbour selection is made (O(n k)) to size the largest block with its
-    /// neighbourhood, whose run is estimated as [`CompiledSe3Transformer::estimate_memory`] of a
+    /// neighbourhood, whose run is estimated as [`Se3Transformer::estimate_memory`] of a
     /// cloud of that many nodes; the whole-cloud host data (the inputs, the selection and the
     /// search's lists, points, node features in and out, float64) is added to `host_graph`.
     ///
     /// # Errors
-    /// Those of [`CompiledSe3Transformer::forward_blocked`]'s selection and of
-    /// [`CompiledSe3Transformer::estimate_memory`].
+    /// Those of [`Se3Transformer::forward_blocked`]'s selection and of
+    /// [`Se3Transformer::estimate_memory`].
     pub fn estimate_blocked_memory(
         &mut self,
         inp: &ModelInputs,

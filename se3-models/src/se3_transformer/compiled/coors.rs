@@ -123,7 +123,7 @@ impl InGraphGeometry {
     }
 }
 
-impl super::CompiledSe3Transformer {
+impl super::Se3Transformer {
     /// Whether the graph builds the geometry (relative positions, radial input, kernel basis)
     /// from the coordinates itself (`differentiable_coors = true`) rather than reading it from
     /// host inputs.

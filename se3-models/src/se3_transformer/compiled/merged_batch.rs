@@ -19,7 +19,7 @@ use se3_core::basis::KernelBasisValues;
 
 use crate::se3_transformer::features::{Block, Feats};
 use crate::se3_transformer::graph::Graph;
-use crate::se3_transformer::reference::Prepared;
+use crate::se3_transformer::oracle::Prepared;
 
 /// Most edges (nodes times neighbours) of clouds merged into one run.
 pub(crate) const MERGE_EDGE_LIMIT: usize = 1 << 15;

@@ -1,5 +1,5 @@
 //! The SE(3)-Transformer compiled to one luminal graph: the layers of
-//! [`Se3Transformer`] (conv_in, conv/norm stacks, the
+//! [`Se3TransformerOracle`] (conv_in, conv/norm stacks, the
 //! attention + feed-forward trunk, sequential or reversible, conv_out, final norm, linear_out) as
 //! graph operations in float32, built once per config and run on any number of nodes.
 //!
@@ -65,8 +65,8 @@ use self::node::{linear, norm, residual};
 use crate::checkpoint::StateDict;
 use crate::inputs::ModelInputs;
 use crate::se3_transformer::conv::radial_input;
-use crate::se3_transformer::reference::{Prepared, Trunk};
-use crate::se3_transformer::{Se3Transformer, Se3TransformerForward};
+use crate::se3_transformer::oracle::{Prepared, Trunk};
+use crate::se3_transformer::{Se3TransformerForward, Se3TransformerOracle};
 use crate::Error;
 use se3_core::layers::graph::{reshape, T2, T3, T4};
 
@@ -106,7 +106,7 @@ pub enum GraphForm {
     Unfused,
 }
 
-/// What [`CompiledSe3Transformer::estimate_memory`] expects one forward to hold, bytes.
+/// What [`Se3Transformer::estimate_memory`] expects one forward to hold, bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryEstimate {
     /// The weights: float32 in the graph and the host model's float64 copy.
@@ -130,10 +130,10 @@ impl MemoryEstimate {
 }
 
 /// The SE(3)-Transformer as one compiled luminal graph (module doc).
-pub struct CompiledSe3Transformer {
+pub struct Se3Transformer {
     /// The host part (embeddings, neighbour selection, basis table, output assembly); `None` only
     /// while building.
-    model: Option<Se3Transformer>,
+    model: Option<Se3TransformerOracle>,
     session: Session,
     in_degrees: Vec<(usize, usize)>,
     pairs: Vec<(usize, usize)>,
@@ -145,47 +145,47 @@ pub struct CompiledSe3Transformer {
     egnn: bool,
     /// `differentiable_coors`: geometry built in the graph from `coors` (`coors.rs`).
     coors: Option<coors::CoorsInputs>,
-    /// [`Se3Transformer::message_hops`] of the model the graph was built from, counted before
+    /// [`Se3TransformerOracle::message_hops`] of the model the graph was built from, counted before
     /// its layers were stripped from the host (`blocked.rs`).
     message_hops: usize,
     timings: Vec<(&'static str, f64)>,
 }
 
-impl std::fmt::Debug for CompiledSe3Transformer {
+impl std::fmt::Debug for Se3Transformer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompiledSe3Transformer")
+        f.debug_struct("Se3Transformer")
             .field("session", &self.session)
             .finish()
     }
 }
 
-impl CompiledSe3Transformer {
+impl Se3Transformer {
     /// Builds and compiles the graph of `model`'s layers (weights rounded to float32).
     ///
     /// # Errors
     /// `NotCompiled` for rotary embeddings or the EGNN trunk; weight errors of the session.
-    pub fn new(model: &Se3Transformer) -> Result<Self, Error> {
+    pub fn new(model: &Se3TransformerOracle) -> Result<Self, Error> {
         Self::from_model(model.clone())
     }
 
-    /// As [`CompiledSe3Transformer::new`], taking the model: its float64 layer weights are dropped
+    /// As [`Se3Transformer::new`], taking the model: its float64 layer weights are dropped
     /// as they go into the graph, so the weights are held about once (the radial networks' last
     /// layers, the bulk, are converted to float32 first and their float64 copies dropped; each
     /// float32 copy is dropped once its layer is built; only embeddings and the basis table stay
     /// on the host).
     ///
     /// # Errors
-    /// As [`CompiledSe3Transformer::new`].
-    pub fn from_model(model: Se3Transformer) -> Result<Self, Error> {
+    /// As [`Se3Transformer::new`].
+    pub fn from_model(model: Se3TransformerOracle) -> Result<Self, Error> {
         Self::from_model_in(model, GraphForm::Fused)
     }
 
-    /// As [`CompiledSe3Transformer::from_model`], the radial networks and edge contractions in
+    /// As [`Se3Transformer::from_model`], the radial networks and edge contractions in
     /// `form` ([`GraphForm::Unfused`]: the forward of the training graph).
     ///
     /// # Errors
-    /// As [`CompiledSe3Transformer::new`].
-    pub fn from_model_in(model: Se3Transformer, form: GraphForm) -> Result<Self, Error> {
+    /// As [`Se3Transformer::new`].
+    pub fn from_model_in(model: Se3TransformerOracle, form: GraphForm) -> Result<Self, Error> {
         let mut host = model;
         let nets = convert_radials(&mut host)?;
         let (mut compiled, _) = Self::build_graph(&host, nets, form)?;
@@ -204,23 +204,34 @@ impl CompiledSe3Transformer {
         Ok(self.session.set_device(device)?)
     }
 
-    /// Loads a state dict with PyTorch key names (moving its tensors, [`Se3Transformer::
-    /// from_state_dict_owned`]) and compiles it ([`CompiledSe3Transformer::from_model`]): the
+    /// Loads a state dict with PyTorch key names (moving its tensors, [`Se3TransformerOracle::
+    /// from_state_dict_owned`]) and compiles it ([`Se3Transformer::from_model`]): the
     /// weights are never held twice in float64.
     ///
     /// # Errors
-    /// Those of [`Se3Transformer::from_state_dict`] and [`CompiledSe3Transformer::new`].
+    /// Those of [`Se3TransformerOracle::from_state_dict`] and [`Se3Transformer::new`].
     pub fn from_state_dict(
         cfg: &crate::se3_transformer::Se3TransformerConfig,
         sd: StateDict,
     ) -> Result<Self, Error> {
-        Self::from_model(Se3Transformer::from_state_dict_owned(cfg, sd)?)
+        Self::from_model(Se3TransformerOracle::from_state_dict_owned(cfg, sd)?)
+    }
+
+    /// Every state-dict key (PyTorch name) a checkpoint of `cfg` holds, with its shape, in module
+    /// order ([`Se3TransformerOracle::expected_keys`]: the checkpoint is parsed in one place).
+    ///
+    /// # Errors
+    /// Config errors (`InvalidConfig`, `Core(DegreeTooHigh)`).
+    pub fn expected_keys(
+        cfg: &crate::se3_transformer::Se3TransformerConfig,
+    ) -> Result<Vec<(String, Vec<usize>)>, Error> {
+        Se3TransformerOracle::expected_keys(cfg)
     }
 
     /// The graph of `model`'s layers in `form`, not compiled yet, and its outputs by degree
     /// (`out.<l>`, `[n, c, 2l + 1]`).
     pub(crate) fn build_graph(
-        model: &Se3Transformer,
+        model: &Se3TransformerOracle,
         nets: RadialNets,
         form: GraphForm,
     ) -> Result<(Self, GraphOutputs), Error> {
@@ -513,7 +524,7 @@ impl CompiledSe3Transformer {
         let run_nodes = nodes * per_run;
         let run_edges = edges * per_run;
         let edge_dim = model.shape.edge_dim;
-        let weights: usize = Se3Transformer::expected_keys(cfg)?
+        let weights: usize = Se3TransformerOracle::expected_keys(cfg)?
             .iter()
             .map(|(_, shape)| shape.iter().product::<usize>())
             .sum();
@@ -582,10 +593,10 @@ impl CompiledSe3Transformer {
     }
 
     /// Runs the model on `inp`: neighbour selection and basis as the oracle, the layers on the
-    /// graph; outputs named as [`Se3Transformer::forward`]'s.
+    /// graph; outputs named as [`Se3TransformerOracle::forward`]'s.
     ///
     /// # Errors
-    /// The input errors of [`Se3Transformer::forward`]; session errors.
+    /// The input errors of [`Se3TransformerOracle::forward`]; session errors.
     pub fn forward(
         &mut self,
         inp: &ModelInputs,
@@ -636,7 +647,7 @@ impl CompiledSe3Transformer {
         Ok(merged_batch::split_feats(out, &nodes))
     }
 
-    fn host(&self) -> Result<&Se3Transformer, Error> {
+    fn host(&self) -> Result<&Se3TransformerOracle, Error> {
         self.model.as_ref().ok_or(Error::NotCompiled {
             option: "a model whose build did not finish",
         })
@@ -772,7 +783,7 @@ impl CompiledSe3Transformer {
 
 /// Drops the layers of a host model whose graph is built (only embeddings, neighbour selection
 /// and the basis table stay on the host).
-fn strip_layers(host: &mut Se3Transformer) {
+fn strip_layers(host: &mut Se3TransformerOracle) {
     host.conv_in.pairs.clear();
     host.conv_in.self_interact = None;
     host.convs.clear();
@@ -786,7 +797,9 @@ fn strip_layers(host: &mut Se3Transformer) {
 /// The ConvSE3 degree pairs of the model by layer (conv_in, each conv of the stack, the keys and
 /// values of each attention block, conv_out), in module order: one radial bank each, so only the
 /// hidden activations of the layer being run are alive.
-fn model_pair_groups(model: &Se3Transformer) -> Vec<Vec<&crate::se3_transformer::conv::Pair>> {
+fn model_pair_groups(
+    model: &Se3TransformerOracle,
+) -> Vec<Vec<&crate::se3_transformer::conv::Pair>> {
     use crate::se3_transformer::attention::KeyProj;
     let mut groups = vec![model.conv_in.pairs.iter().collect::<Vec<_>>()];
     groups.extend(model.convs.iter().map(|(c, _)| c.pairs.iter().collect()));
@@ -840,7 +853,7 @@ fn release_attention(ctx: &mut Ctx<'_>, a: &crate::se3_transformer::attention::A
 ///
 /// # Errors
 /// `WrongShape` for a malformed network (none in a loaded model).
-fn convert_radials(model: &mut Se3Transformer) -> Result<RadialNets, Error> {
+fn convert_radials(model: &mut Se3TransformerOracle) -> Result<RadialNets, Error> {
     use crate::se3_transformer::attention::KeyProj;
     let mut nets = RadialNets::new();
     let mut convs: Vec<&mut crate::se3_transformer::conv::ConvSe3> = vec![&mut model.conv_in];
@@ -929,9 +942,9 @@ mod tests {
         // tied keys/values read the same converted radial networks twice
         for name in ["se3t_basic", "se3t_tie_kv", "se3t_reversible"] {
             let (cfg, fwd, sd, inputs) = load(name)?;
-            let copied = Se3Transformer::from_state_dict(&cfg, &sd)?;
-            let want = CompiledSe3Transformer::new(&copied)?.forward(&inputs, &fwd)?;
-            let got = CompiledSe3Transformer::from_state_dict(&cfg, sd)?.forward(&inputs, &fwd)?;
+            let copied = Se3TransformerOracle::from_state_dict(&cfg, &sd)?;
+            let want = Se3Transformer::new(&copied)?.forward(&inputs, &fwd)?;
+            let got = Se3Transformer::from_state_dict(&cfg, sd)?.forward(&inputs, &fwd)?;
             assert_eq!(got, want, "{name}");
         }
         Ok(())
@@ -941,7 +954,7 @@ mod tests {
     fn moving_loader_names_an_unexpected_key() -> Result<(), Error> {
         let (cfg, _, mut sd, _) = load("se3t_basic")?;
         sd.insert("not.a.weight", Tensor::new(vec![2], vec![1.0, 2.0])?);
-        match CompiledSe3Transformer::from_state_dict(&cfg, sd) {
+        match Se3Transformer::from_state_dict(&cfg, sd) {
             Err(Error::UnexpectedKey { key, shape }) => {
                 assert_eq!((key.as_str(), shape), ("not.a.weight", vec![2]));
                 Ok(())

@@ -31,11 +31,11 @@ use luminal::prelude::{Dyn, GraphTensor, ShapeTracker};
 use se3_core::exec::InputKind;
 
 use super::param_runs::ParamRuns;
-use super::{convert_radials, strip_layers, CompiledSe3Transformer, GraphForm, EGNN_EDGE_INPUT};
+use super::{convert_radials, strip_layers, GraphForm, Se3Transformer, EGNN_EDGE_INPUT};
 use crate::checkpoint::{StateDict, Tensor};
 use crate::inputs::{EdgeInput, ModelInputs, NodeFeats};
-use crate::se3_transformer::reference::Prepared;
-use crate::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
+use crate::se3_transformer::oracle::Prepared;
+use crate::se3_transformer::{Se3TransformerConfig, Se3TransformerForward, Se3TransformerOracle};
 use crate::Error;
 
 /// The float32 bit pattern of the first tag, 2^22: parameter element `g` is tagged with the
@@ -92,7 +92,7 @@ struct Feed {
 
 /// The SE(3)-Transformer with its gradients (module doc).
 pub struct TrainableSe3Transformer {
-    compiled: CompiledSe3Transformer,
+    compiled: Se3Transformer,
     params: Vec<Parameter>,
     index: BTreeMap<String, usize>,
     feeds: Vec<Feed>,
@@ -110,7 +110,7 @@ pub struct TrainableSe3Transformer {
     buffers: StateDict,
     /// The forward-only graph ([`TrainableSe3Transformer::forward`]), built on first use and
     /// written with every parameter update after that.
-    forward_graph: Option<CompiledSe3Transformer>,
+    forward_graph: Option<Se3Transformer>,
 }
 
 impl std::fmt::Debug for TrainableSe3Transformer {
@@ -149,7 +149,7 @@ impl TrainableSe3Transformer {
     /// gradients, the radial networks and edge contractions in `form`.
     ///
     /// # Errors
-    /// Those of [`Se3Transformer::from_state_dict`]; `NotCompiled` for more than 319M
+    /// Those of [`Se3TransformerOracle::from_state_dict`]; `NotCompiled` for more than 319M
     /// parameter elements or a layer that transforms a weight rather than copying it;
     /// `Core(NoGradient)` if the graph crosses an op without a backward pass (fused ops before
     /// their backward is merged: use [`GraphForm::Unfused`]).
@@ -167,7 +167,7 @@ impl TrainableSe3Transformer {
         form: GraphForm,
         objective: Objective,
     ) -> Result<Self, Error> {
-        let keys = Se3Transformer::expected_keys(cfg)?;
+        let keys = Se3TransformerOracle::expected_keys(cfg)?;
         let mut params = Vec::new();
         let mut tagged = StateDict::new();
         let mut buffers = StateDict::new();
@@ -216,14 +216,14 @@ impl TrainableSe3Transformer {
             Some((pi as u32, (tag - s) as u32))
         };
 
-        let mut tag_model = Se3Transformer::from_state_dict(cfg, &tagged)?;
+        let mut tag_model = Se3TransformerOracle::from_state_dict(cfg, &tagged)?;
         let tag_nets = convert_radials(&mut tag_model)?;
-        let (tag_graph, _) = CompiledSe3Transformer::build_graph(&tag_model, tag_nets, form)?;
+        let (tag_graph, _) = Se3Transformer::build_graph(&tag_model, tag_nets, form)?;
         drop(tag_model);
 
-        let mut host = Se3Transformer::from_state_dict(cfg, sd)?;
+        let mut host = Se3TransformerOracle::from_state_dict(cfg, sd)?;
         let nets = convert_radials(&mut host)?;
-        let (mut compiled, outs) = CompiledSe3Transformer::build_graph(&host, nets, form)?;
+        let (mut compiled, outs) = Se3Transformer::build_graph(&host, nets, form)?;
         strip_layers(&mut host);
         compiled.model = Some(host);
 
@@ -351,14 +351,14 @@ impl TrainableSe3Transformer {
         })
     }
 
-    /// The outputs only (named as [`Se3Transformer::forward`]'s), from a forward-only graph of
+    /// The outputs only (named as [`Se3TransformerOracle::forward`]'s), from a forward-only graph of
     /// the same layers: no backward pass is run, so a prediction costs a fraction of
     /// [`TrainableSe3Transformer::forward_and_gradients`]. The graph is built and compiled on the
     /// first call from the current parameters, and every later parameter update writes it too.
     ///
     /// # Errors
-    /// Input errors of [`Se3Transformer::forward`]; those of the graph build
-    /// ([`CompiledSe3Transformer::from_model_in`]); `NotCompiled` if the forward graph's
+    /// Input errors of [`Se3TransformerOracle::forward`]; those of the graph build
+    /// ([`Se3Transformer::from_model_in`]); `NotCompiled` if the forward graph's
     /// weights are not those of the training graph.
     pub fn forward(
         &mut self,
@@ -385,7 +385,7 @@ impl TrainableSe3Transformer {
 
     /// The forward-only graph of the current parameters; checks that it holds every weight
     /// the training graph feeds from parameters, with the same number of elements.
-    fn build_forward_graph(&self) -> Result<CompiledSe3Transformer, Error> {
+    fn build_forward_graph(&self) -> Result<Se3Transformer, Error> {
         let mut sd = self.buffers.clone();
         for p in &self.params {
             sd.insert(
@@ -393,8 +393,8 @@ impl TrainableSe3Transformer {
                 Tensor::new(p.shape.clone(), p.value.clone())?,
             );
         }
-        let model = Se3Transformer::from_state_dict(&self.cfg, &sd)?;
-        let graph = CompiledSe3Transformer::from_model_in(model, self.form)?;
+        let model = Se3TransformerOracle::from_state_dict(&self.cfg, &sd)?;
+        let graph = Se3Transformer::from_model_in(model, self.form)?;
         let weights: BTreeMap<String, usize> = graph
             .session
             .weights()
@@ -442,7 +442,7 @@ impl TrainableSe3Transformer {
     }
 
     /// Runs the training graph on `device` from now on, its weights uploaded once and again
-    /// after [`set_parameter`](Self::set_parameter) ([`CompiledSe3Transformer::set_device`]).
+    /// after [`set_parameter`](Self::set_parameter) ([`Se3Transformer::set_device`]).
     ///
     /// # Errors
     /// `CudaNotCompiled`, `CudaUnavailable`, or `InvalidOp` to move the graph off its device.
@@ -566,11 +566,11 @@ impl TrainableSe3Transformer {
     }
 
     /// The compiled model (e.g. for its session's memory figures).
-    pub fn compiled(&self) -> &CompiledSe3Transformer {
+    pub fn compiled(&self) -> &Se3Transformer {
         &self.compiled
     }
 
-    /// The outputs (named as [`Se3Transformer::forward`]'s) and the gradients of
+    /// The outputs (named as [`Se3TransformerOracle::forward`]'s) and the gradients of
     /// `L = Σ_out <out, cotangents["cotangent.<out>"]>` (with [`Objective::MeanSquaredError`]:
     /// of `Σ_out mean((out - cotangents["target.<out>"])²)`): `param.<key>` for every parameter and
     /// `input.<name>` for the float inputs (`feats`, or `feats_type<l>` for per-degree
@@ -578,7 +578,7 @@ impl TrainableSe3Transformer {
     /// `differentiable_coors`).
     ///
     /// # Errors
-    /// Input errors of [`Se3Transformer::forward`]; `MissingKey` for an output without a
+    /// Input errors of [`Se3TransformerOracle::forward`]; `MissingKey` for an output without a
     /// cotangent; `WrongShape` for a cotangent of the wrong size.
     pub fn forward_and_gradients(
         &mut self,

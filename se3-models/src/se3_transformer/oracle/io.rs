@@ -4,14 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use super::{embed, shape_err, Se3Transformer};
+use super::{embed, shape_err, Se3TransformerOracle};
 use crate::checkpoint::{StateDict, Tensor};
 use crate::inputs::{EdgeInput, ModelInputs, NodeFeats};
 use crate::se3_transformer::config::Se3TransformerForward;
 use crate::se3_transformer::features::{Block, Feats};
 use crate::Error;
 
-impl Se3Transformer {
+impl Se3TransformerOracle {
     pub(super) fn node_feats(&self, inp: &ModelInputs) -> Result<Vec<Feats>, Error> {
         let (b, n) = (inp.batch(), inp.nodes());
         let fin = &self.shape.fiber_in;

@@ -1,7 +1,10 @@
-//! The float64 reference forward pass ("oracle") of se3-transformer-pytorch 0.9's `SE3Transformer`.
+//! The float64 reference forward pass ("oracle") of se3-transformer-pytorch 0.9's `SE3Transformer`:
+//! test support, not the model (that is [`Se3Transformer`](super::Se3Transformer), the compiled
+//! graph).
 //!
-//! Plain Rust, one graph at a time, written for clarity and exactness rather than speed; later graph
-//! implementations are tested against it. Semantics follow tests/reference/CONVENTIONS.md section 2.
+//! Plain Rust, one graph at a time, written for clarity and exactness rather than speed; the graph
+//! is tested against it, and builds from it (checkpoint parsing, per-batch neighbour selection and
+//! kernel basis). Semantics follow tests/reference/CONVENTIONS.md section 2.
 
 use crate::checkpoint::{KeyRecorder, Loader, StateDict, WeightSource};
 use crate::inputs::ModelInputs;
@@ -30,9 +33,9 @@ pub(crate) enum Trunk {
     Egnn(EgnnNetwork),
 }
 
-/// An `SE3Transformer` with loaded weights.
+/// An `SE3Transformer` with loaded float64 weights: the oracle (module doc).
 #[derive(Debug, Clone)]
-pub struct Se3Transformer {
+pub struct Se3TransformerOracle {
     pub(crate) cfg: Se3TransformerConfig,
     pub(crate) shape: Se3TransformerShape,
     pub(crate) token_emb: Option<Mat>,
@@ -51,7 +54,7 @@ pub struct Se3Transformer {
     pub(crate) contraction: Contraction,
 }
 
-/// One batch element ready for the layers (see [`Se3Transformer::prepare`]).
+/// One batch element ready for the layers (see [`Se3TransformerOracle::prepare`]).
 /// One batch element before its per-edge data: node features, global features, the neighbour
 /// selection, the points and the adjacency labels.
 pub(crate) struct Selected {
@@ -105,7 +108,7 @@ fn embed(name: &'static str, table: &Mat, ids: &[i64]) -> Result<Vec<f64>, Error
     Ok(out)
 }
 
-impl Se3Transformer {
+impl Se3TransformerOracle {
     fn build(cfg: &Se3TransformerConfig, src: &mut dyn WeightSource) -> Result<Self, Error> {
         let shape = cfg.shape()?;
         let table = Se3tBasis::new(shape.max_degree)?;
@@ -263,11 +266,11 @@ impl Se3Transformer {
         Ok(m)
     }
 
-    /// As [`Se3Transformer::from_state_dict`], moving the tensors out of `sd` instead of copying
+    /// As [`Se3TransformerOracle::from_state_dict`], moving the tensors out of `sd` instead of copying
     /// them, so the weights are held once while the model is built (for large models).
     ///
     /// # Errors
-    /// As [`Se3Transformer::from_state_dict`].
+    /// As [`Se3TransformerOracle::from_state_dict`].
     pub fn from_state_dict_owned(cfg: &Se3TransformerConfig, sd: StateDict) -> Result<Self, Error> {
         let mut loader = Loader::owned(sd);
         let m = Self::build(cfg, &mut loader)?;
@@ -322,10 +325,10 @@ impl Se3Transformer {
     }
 
     /// Validated inputs, node features and the neighbour selection of every batch element
-    /// (no per-edge data yet: [`Se3Transformer::edge_graph_of`] makes it for any rows).
+    /// (no per-edge data yet: [`Se3TransformerOracle::edge_graph_of`] makes it for any rows).
     ///
     /// # Errors
-    /// As [`Se3Transformer::forward`].
+    /// As [`Se3TransformerOracle::forward`].
     pub(crate) fn select(&self, inp: &ModelInputs) -> Result<SelectedInputs, Error> {
         inp.validate()?;
         let cfg = &self.cfg;
@@ -487,7 +490,7 @@ impl Se3Transformer {
     /// features (what a compiled graph of the layers takes as input).
     ///
     /// # Errors
-    /// As [`Se3Transformer::forward`].
+    /// As [`Se3TransformerOracle::forward`].
     pub(crate) fn prepare(&self, inp: &ModelInputs) -> Result<Vec<Prepared>, Error> {
         let s = self.select(inp)?;
         let mut graphs = Vec::with_capacity(s.items.len());
