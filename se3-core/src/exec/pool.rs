@@ -6,7 +6,9 @@
 //! once. Our operators now take their output from [`take`] and hand the inputs they own (the
 //! ones luminal passes as `InputTensor::Owned`: this operator was the last consumer) back with
 //! [`recycle`]. A taken buffer is always zero-filled and exactly `n` long, so kernels see the
-//! same thing as before.
+//! same thing as before. The contiguous copies kernels gather of strided or broadcast inputs
+//! (`View::materialize`) come from the pool too and go back to it when dropped (the Equiformer at
+//! degrees 0-2, 512 nodes: peak resident set 140 -> 120 MiB).
 //!
 //! Bounds: only buffers of at least [`MIN_ELEMS`] elements are pooled (malloc serves small ones
 //! well), a buffer is reused only for a request of at least half its capacity (no large buffer

@@ -86,6 +86,7 @@ impl Operator for Reduce {
         }
         let mut out = super::pool::take(out_view.physical_len());
         out_view.scatter(&logical, &mut out);
+        drop(x);
         super::pool::finish(inp, out)
     }
 }

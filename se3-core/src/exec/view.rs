@@ -265,7 +265,7 @@ impl View {
     /// The logical elements as a slice of `src` when the view reads one contiguous row-major
     /// range of it (plain views, and slices along the outer axes such as one network of a
     /// stacked `[P, e, hidden]` tensor), else a contiguous copy.
-    pub fn borrow_or_copy<'a>(&self, src: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+    pub fn borrow_or_copy<'a>(&self, src: &'a [f32]) -> Materialized<'a> {
         let mut expect = 1usize;
         let mut ok = true;
         let mut base = 0i64;
@@ -284,18 +284,18 @@ impl View {
                 .ok()
                 .and_then(|b| src.get(b..b + self.n))
             {
-                return std::borrow::Cow::Borrowed(s);
+                return Materialized::Borrowed(s);
             }
         }
         self.materialize(src)
     }
 
     /// The logical elements as a contiguous buffer (borrowed when the view is plain).
-    pub fn materialize<'a>(&self, src: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+    pub fn materialize<'a>(&self, src: &'a [f32]) -> Materialized<'a> {
         if self.plain && src.len() == self.n {
-            return std::borrow::Cow::Borrowed(src);
+            return Materialized::Borrowed(src);
         }
-        let mut out = vec![0.0; self.n];
+        let mut out = super::pool::take(self.n);
         if self.n >= PAR_MIN {
             use rayon::prelude::*;
             out.par_chunks_mut(BLOCK)
@@ -304,7 +304,46 @@ impl View {
         } else {
             self.gather(src, 0, &mut out);
         }
-        std::borrow::Cow::Owned(out)
+        Materialized::Owned(out)
+    }
+}
+
+/// A view's elements as one contiguous slice ([`View::materialize`]): the source itself when the
+/// view is plain, else a gathered copy in a pooled buffer ([`super::pool`]) that goes back to the
+/// pool when dropped, so gathers of the same sizes run after run reuse resident pages instead of
+/// faulting in fresh ones.
+pub enum Materialized<'a> {
+    /// The source buffer (the view was plain).
+    Borrowed(&'a [f32]),
+    /// The gathered copy.
+    Owned(Vec<f32>),
+}
+
+impl std::ops::Deref for Materialized<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            Self::Borrowed(s) => s,
+            Self::Owned(v) => v,
+        }
+    }
+}
+
+impl Materialized<'_> {
+    /// The elements as an owned buffer (the gathered copy itself, or a copy of the source).
+    pub fn into_owned(mut self) -> Vec<f32> {
+        match &mut self {
+            Self::Borrowed(s) => s.to_vec(),
+            Self::Owned(v) => std::mem::take(v),
+        }
+    }
+}
+
+impl Drop for Materialized<'_> {
+    fn drop(&mut self) {
+        if let Self::Owned(v) = self {
+            super::pool::give(std::mem::take(v));
+        }
     }
 }
 

@@ -519,7 +519,7 @@ impl Operator for EdgeContract {
     fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
         let empty = Default::default();
         let views: Vec<View> = inp.iter().map(|(_, st)| View::new(st, &empty)).collect();
-        let mats: Vec<std::borrow::Cow<[f32]>> = inp
+        let mats: Vec<crate::exec::view::Materialized> = inp
             .iter()
             .zip(&views)
             .map(|((t, _), v)| v.borrow_or_copy(buffer(t)))

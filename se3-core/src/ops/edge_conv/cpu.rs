@@ -31,6 +31,7 @@ impl Operator for EdgeConv {
         let b = cpu_buckets(&dst, n);
         let mut out = crate::exec::pool::take(n * co);
         if co == 0 {
+            drop((x, w, src, dst));
             return crate::exec::pool::finish(inp, out);
         }
         let diagonal = self.diagonal;
@@ -60,6 +61,7 @@ impl Operator for EdgeConv {
         } else {
             out.chunks_mut(co).enumerate().for_each(row);
         }
+        drop((x, w, src, dst));
         crate::exec::pool::finish(inp, out)
     }
 }

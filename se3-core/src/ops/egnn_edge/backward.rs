@@ -263,6 +263,7 @@ impl Operator for EgnnEdgeBackward {
             .zip(nodes.par_chunks_mut(width))
             .enumerate()
             .for_each(|(i, (e, n))| node_backward(kern, &inputs, i, e, n));
+        drop((hi, hj, coors, src, valid, edge_term, grad));
         crate::exec::pool::finish(inp, out)
     }
 }

@@ -365,6 +365,7 @@ impl Operator for EgnnEdgeKernel {
                     Isa::Plain => nodes_impl::<simd::Plain>(kern, &inputs, first, o),
                 }
             });
+        drop((hi, hj, coors, src, valid, edge_term));
         crate::exec::pool::finish(inp, out)
     }
 }

@@ -41,6 +41,7 @@ impl Operator for GatherRows {
         let idx = iv.materialize(buffer(&inp[1].0));
         let mut out = crate::exec::pool::take(iv.n * c);
         gather_rows(&table, n, c, &idx, &mut out);
+        drop((table, idx));
         crate::exec::pool::finish(inp, out)
     }
 }

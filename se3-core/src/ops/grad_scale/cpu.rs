@@ -19,6 +19,7 @@ impl Operator for GradScale {
         let src = v.materialize(buffer(&inp[0].0));
         let mut out = crate::exec::pool::take(v.n);
         out.copy_from_slice(&src);
+        drop(src);
         crate::exec::pool::finish(inp, out)
     }
 }

@@ -274,6 +274,7 @@ impl Operator for HeadAttentionGrad {
                 }
             }
         }
+        drop(mask);
         crate::exec::pool::finish(inp, out)
     }
 }

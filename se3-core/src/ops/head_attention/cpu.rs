@@ -282,6 +282,7 @@ impl Operator for HeadAttention {
         for packed in [q, k, v] {
             crate::exec::pool::give(packed);
         }
+        drop(mask);
         crate::exec::pool::finish(inp, out)
     }
 }

@@ -148,6 +148,7 @@ impl Operator for LayerNormGelu {
                 o.copy_from_slice(xr);
                 layer_norm_gelu_rows(o, &bias, &gamma, &beta, eps);
             });
+        drop(x);
         crate::exec::pool::finish(inp, out)
     }
 }

@@ -31,7 +31,7 @@ impl Operator for RadialHidden {
     fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
         let empty = Default::default();
         let views: Vec<View> = inp.iter().map(|(_, st)| View::new(st, &empty)).collect();
-        let m: Vec<std::borrow::Cow<[f32]>> = inp
+        let m: Vec<crate::exec::view::Materialized> = inp
             .iter()
             .zip(&views)
             .map(|((t, _), v)| v.materialize(buffer(t)))

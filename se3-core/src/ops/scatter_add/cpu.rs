@@ -96,6 +96,7 @@ impl Operator for ScatterAdd {
         let idx = iv.materialize(buffer(&inp[1].0));
         let mut out = crate::exec::pool::take(n * c);
         scatter_rows(&src, c, &idx, &mut out);
+        drop((src, idx));
         crate::exec::pool::finish(inp, out)
     }
 }

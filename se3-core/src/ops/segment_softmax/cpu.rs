@@ -47,6 +47,7 @@ impl Operator for SegmentSoftmax {
         for (p, v) in parts.into_iter().flatten() {
             out[p] = v;
         }
+        drop((x, seg));
         crate::exec::pool::finish(inp, out)
     }
 }

@@ -135,6 +135,7 @@ impl Operator for SiluLayerNorm {
                     Isa::Plain => rows_impl::<simd::Plain>(o, &bias, &gamma, &beta, eps),
                 }
             });
+        drop(x);
         crate::exec::pool::finish(inp, out)
     }
 }

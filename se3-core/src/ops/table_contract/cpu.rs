@@ -290,6 +290,7 @@ impl Operator for TableContract {
             let idx = View::new(ist, &empty).materialize(buffer(i));
             contract_into(&h, &w, &xs, n, &idx, sz, &mut out);
         }
+        drop((h, w));
         crate::exec::pool::finish(inp, out)
     }
 }
