@@ -300,11 +300,180 @@ impl StateDict {
     }
 }
 
-/// Where a model being built takes its parameters from: a checkpoint, or a recorder of the keys and
-/// shapes the model needs.
-pub(crate) trait WeightSource {
+/// Where a model being built takes its float64 parameters from: a state dict in memory
+/// ([`StateDict`] through the crate's loader), a safetensors file read one tensor at a time
+/// ([`SafetensorsFile`]), a generator of your own, or a recorder of the keys and shapes the
+/// model needs.
+pub trait WeightSource {
     /// The tensor `key`, which must have `shape`.
+    ///
+    /// # Errors
+    /// `MissingKey` when the source has no `key`, `WrongShape` when its shape differs; read errors.
     fn take(&mut self, key: &str, shape: &[usize]) -> Result<Tensor, Error>;
+
+    /// Whether the model being built only hosts a compiled float32 graph: layers whose weights go
+    /// to the graph may then keep a float32 copy instead of the float64 one as soon as they are
+    /// read, so the checkpoint's bulk is never held in float64 (default `false`: a float64 model).
+    fn graph_host(&self) -> bool {
+        false
+    }
+}
+
+/// A safetensors file read one tensor at a time: the header is parsed when the file is opened,
+/// each tensor's bytes are read from the file when the model asks for it (f16, bf16, f32 or f64,
+/// widened to f64), so building a model never holds the whole checkpoint. [`SafetensorsFile::
+/// finish`] reports a key the model did not take.
+#[derive(Debug)]
+pub struct SafetensorsFile {
+    path: String,
+    file: std::fs::File,
+    /// Offset of the data section (after the 8-byte length and the header).
+    data_start: u64,
+    entries: BTreeMap<String, safetensors::tensor::TensorInfo>,
+    used: std::collections::BTreeSet<String>,
+    graph_host: bool,
+}
+
+impl SafetensorsFile {
+    /// Opens `path` and parses its header.
+    ///
+    /// # Errors
+    /// `Io` if the file cannot be read; `Safetensors` for a header that is not a safetensors
+    /// header (`HeaderTooSmall`, `HeaderTooLarge`, `InvalidHeader`, `InvalidHeaderDeserialization`)
+    /// or a tensor whose offsets do not match its dtype and shape or leave the file
+    /// (`InvalidOffset`); `Core(InvalidTensorName)` for an empty, overlong or control-character
+    /// name.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        use std::io::Read;
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        let io = |source| Error::Io {
+            path: shown.clone(),
+            source,
+        };
+        let bad = |source| Error::Safetensors {
+            path: shown.clone(),
+            source,
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let mut len = [0u8; 8];
+        if file_len < 8 {
+            return Err(bad(safetensors::SafeTensorError::HeaderTooSmall));
+        }
+        file.read_exact(&mut len).map_err(io)?;
+        let n = u64::from_le_bytes(len);
+        // the crate's own bound on headers (100 MB)
+        if n > 100_000_000 || n + 8 > file_len {
+            return Err(bad(safetensors::SafeTensorError::HeaderTooLarge));
+        }
+        let mut header = vec![0u8; n as usize];
+        file.read_exact(&mut header).map_err(io)?;
+        let text = std::str::from_utf8(&header)
+            .map_err(|_| bad(safetensors::SafeTensorError::InvalidHeader))?;
+        let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(text)
+            .map_err(|_| bad(safetensors::SafeTensorError::InvalidHeaderDeserialization))?;
+        let data_len = file_len - 8 - n;
+        let mut entries = BTreeMap::new();
+        for (name, value) in map {
+            if name == "__metadata__" {
+                continue;
+            }
+            se3_core::exec::safetensors::check_tensor_name(&name)?;
+            let info: safetensors::tensor::TensorInfo = serde_json::from_value(value)
+                .map_err(|_| bad(safetensors::SafeTensorError::InvalidHeaderDeserialization))?;
+            let (start, end) = info.data_offsets;
+            let bytes = info
+                .shape
+                .iter()
+                .try_fold(info.dtype.size(), |a, &d| a.checked_mul(d));
+            if start > end || end as u64 > data_len || bytes != Some(end - start) {
+                return Err(bad(safetensors::SafeTensorError::InvalidOffset(name)));
+            }
+            entries.insert(name, info);
+        }
+        Ok(Self {
+            path: shown,
+            file,
+            data_start: 8 + n,
+            entries,
+            used: Default::default(),
+            graph_host: false,
+        })
+    }
+
+    /// As [`SafetensorsFile::open`], for a model that only hosts a compiled graph
+    /// ([`WeightSource::graph_host`]).
+    ///
+    /// # Errors
+    /// As [`SafetensorsFile::open`].
+    pub fn open_for_graph(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let mut f = Self::open(path)?;
+        f.graph_host = true;
+        Ok(f)
+    }
+
+    /// The names of the file's tensors.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// `UnexpectedKey` for the first tensor of the file the model never took.
+    ///
+    /// # Errors
+    /// As said.
+    pub fn finish(&self) -> Result<(), Error> {
+        match self.entries.iter().find(|(k, _)| !self.used.contains(*k)) {
+            Some((k, info)) => Err(Error::UnexpectedKey {
+                key: k.clone(),
+                shape: info.shape.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl WeightSource for SafetensorsFile {
+    fn take(&mut self, key: &str, shape: &[usize]) -> Result<Tensor, Error> {
+        use std::io::{Read, Seek, SeekFrom};
+        let info = self.entries.get(key).ok_or_else(|| Error::MissingKey {
+            key: key.to_string(),
+            expected: shape.to_vec(),
+        })?;
+        if info.shape != shape {
+            return Err(Error::WrongShape {
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found: info.shape.clone(),
+            });
+        }
+        let io = |source| Error::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let (start, end) = info.data_offsets;
+        let mut bytes = vec![0u8; end - start];
+        self.file
+            .seek(SeekFrom::Start(self.data_start + start as u64))
+            .map_err(io)?;
+        self.file.read_exact(&mut bytes).map_err(io)?;
+        let view = TensorView::new(info.dtype, info.shape.clone(), &bytes).map_err(|source| {
+            Error::Safetensors {
+                path: self.path.clone(),
+                source,
+            }
+        })?;
+        let data = view_to_f64(key, &view)?;
+        self.used.insert(key.to_string());
+        Ok(Tensor {
+            shape: info.shape.clone(),
+            data,
+        })
+    }
+
+    fn graph_host(&self) -> bool {
+        self.graph_host
+    }
 }
 
 /// Reads parameters from a state dict, remembering which keys were used: a borrowed dict hands out
@@ -313,6 +482,8 @@ pub(crate) trait WeightSource {
 pub(crate) struct Loader<'a> {
     dict: Dict<'a>,
     used: std::collections::BTreeSet<String>,
+    /// [`WeightSource::graph_host`].
+    pub(crate) graph_host: bool,
 }
 
 enum Dict<'a> {
@@ -325,6 +496,7 @@ impl<'a> Loader<'a> {
         Self {
             dict: Dict::Borrowed(dict),
             used: Default::default(),
+            graph_host: false,
         }
     }
 
@@ -333,6 +505,7 @@ impl<'a> Loader<'a> {
         Loader {
             dict: Dict::Owned(dict),
             used: Default::default(),
+            graph_host: false,
         }
     }
 
@@ -378,6 +551,10 @@ impl WeightSource for Loader<'_> {
             key: key.to_string(),
             expected: shape.to_vec(),
         })
+    }
+
+    fn graph_host(&self) -> bool {
+        self.graph_host
     }
 }
 

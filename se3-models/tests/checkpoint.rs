@@ -299,3 +299,86 @@ fn bad_inputs_give_typed_errors() -> Result<(), Error> {
     );
     Ok(())
 }
+
+/// A safetensors file read one tensor at a time reports what the state-dict loader reports: a
+/// missing key with its expected shape, a wrong shape, a key the model has no place for, a
+/// non-float tensor, and a file that is not safetensors; each as its typed error.
+#[test]
+fn streamed_checkpoint_errors_are_typed() -> Result<(), Error> {
+    use se3_models::se3_transformer::Se3Transformer;
+    let l = load_se3t("se3t_basic")?;
+    let tmp = std::env::temp_dir().join(format!("se3-streamed-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|source| Error::Io {
+        path: tmp.display().to_string(),
+        source,
+    })?;
+    let save = |sd: &StateDict, file: &str| -> Result<std::path::PathBuf, Error> {
+        let p = tmp.join(file);
+        sd.save(&p, SaveDtype::F32)?;
+        Ok(p)
+    };
+    let key = "conv_in.self_interact.weights.0";
+
+    let mut sd = l.weights.clone();
+    sd.remove(key);
+    let err = Se3Transformer::from_safetensors(&l.cfg, save(&sd, "missing.safetensors")?).err();
+    assert!(
+        matches!(&err, Some(Error::MissingKey { key: k, expected }) if k == key && expected == &vec![8, 8]),
+        "{err:?}"
+    );
+
+    let mut sd = l.weights.clone();
+    sd.insert(key, Tensor::new(vec![8, 9], vec![0.5; 72])?);
+    let err = Se3Transformer::from_safetensors(&l.cfg, save(&sd, "shape.safetensors")?).err();
+    assert!(
+        matches!(&err, Some(Error::WrongShape { key: k, expected, found }) if k == key && expected == &vec![8, 8] && found == &vec![8, 9]),
+        "{err:?}"
+    );
+
+    let mut sd = l.weights.clone();
+    sd.insert("conv_in.extra", Tensor::new(vec![2], vec![1.0, 2.0])?);
+    let err = Se3Transformer::from_safetensors(&l.cfg, save(&sd, "extra.safetensors")?).err();
+    assert!(
+        matches!(&err, Some(Error::UnexpectedKey { key: k, shape }) if k == "conv_in.extra" && shape == &vec![2]),
+        "{err:?}"
+    );
+
+    // an integer tensor where a weight belongs
+    let mut header = serde_json::json!({});
+    header[key] = serde_json::json!({"dtype": "I32", "shape": [8, 8], "data_offsets": [0, 256]});
+    let text = header.to_string();
+    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(text.as_bytes());
+    bytes.extend(std::iter::repeat_n(0u8, 256));
+    let p = tmp.join("int.safetensors");
+    std::fs::write(&p, &bytes).map_err(|source| Error::Io {
+        path: p.display().to_string(),
+        source,
+    })?;
+    let mut f = se3_models::checkpoint::SafetensorsFile::open(&p)?;
+    let err = se3_models::checkpoint::WeightSource::take(&mut f, key, &[8, 8]).err();
+    assert!(
+        matches!(&err, Some(Error::WrongDtype { key: k, .. }) if k == key),
+        "{err:?}"
+    );
+
+    // offsets past the end of the file, a truncated header, and no file at all
+    let mut short = bytes.clone();
+    short.truncate(bytes.len() - 8);
+    std::fs::write(&p, &short).map_err(|source| Error::Io {
+        path: p.display().to_string(),
+        source,
+    })?;
+    let err = se3_models::checkpoint::SafetensorsFile::open(&p).err();
+    assert!(matches!(&err, Some(Error::Safetensors { .. })), "{err:?}");
+    std::fs::write(&p, &bytes[..12]).map_err(|source| Error::Io {
+        path: p.display().to_string(),
+        source,
+    })?;
+    let err = se3_models::checkpoint::SafetensorsFile::open(&p).err();
+    assert!(matches!(&err, Some(Error::Safetensors { .. })), "{err:?}");
+    let err = se3_models::checkpoint::SafetensorsFile::open(tmp.join("absent.safetensors")).err();
+    assert!(matches!(&err, Some(Error::Io { .. })), "{err:?}");
+    std::fs::remove_dir_all(&tmp).ok();
+    Ok(())
+}

@@ -26,7 +26,7 @@ use super::bench_pytorch::{TorchSource, HOW_TO_GET_TORCH};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use se3_models::checkpoint::{StateDict, Tensor};
+use se3_models::checkpoint::{StateDict, Tensor, WeightSource};
 use se3_models::inputs::{BoolTensor, ModelInputs, NodeFeats};
 use se3_models::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
 
@@ -550,13 +550,34 @@ pub fn random_inputs(
     })
 }
 
+/// The weights of [`random_weights`] drawn as the model asks for them (same values, same order):
+/// a checkpoint that is never held whole, read as a graph host
+/// ([`WeightSource::graph_host`]), as [`Se3Transformer::from_safetensors`] reads a file.
+struct RandomWeights<'r> {
+    rng: &'r mut StdRng,
+}
+
+impl WeightSource for RandomWeights<'_> {
+    fn take(&mut self, _key: &str, shape: &[usize]) -> Result<Tensor, se3_models::Error> {
+        let fan = shape.last().copied().unwrap_or(1).max(1) as f64;
+        let b = 1.0 / fan.sqrt();
+        let len = shape.iter().product();
+        let data = (0..len).map(|_| self.rng.gen_range(-b..b)).collect();
+        Tensor::new(shape.to_vec(), data)
+    }
+
+    fn graph_host(&self) -> bool {
+        true
+    }
+}
+
 fn run_case(c: &Case) -> Result<(), super::CliError> {
     let mut rng = StdRng::seed_from_u64(0);
     let cfg = bench_config(c.num_degrees)?;
-    let sd = random_weights(&cfg, &mut rng)?;
+    // weights drawn while the model is built (PyTorch too never holds them in float64)
+    let mut model = Se3Transformer::from_source(&cfg, &mut RandomWeights { rng: &mut rng })?;
     let inputs = random_inputs(c.nodes, 32, &mut rng)?;
     let fwd = Se3TransformerForward::from_literals(&serde_json::json!({"return_type": 0}))?;
-    let mut model = Se3Transformer::from_state_dict(&cfg, sd)?;
     let build_peak = peak_mib()?;
     println!("build_peak_mib {build_peak}");
     println!("build_rss_mib {}", status_mib("VmRSS:")?);

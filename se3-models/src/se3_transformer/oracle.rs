@@ -278,6 +278,33 @@ impl Se3TransformerOracle {
         Ok(m)
     }
 
+    /// The host of a compiled graph from a state dict it moves the tensors out of: as
+    /// [`Se3TransformerOracle::from_state_dict_owned`], the radial networks' last layers
+    /// kept in float32 only ([`WeightSource::graph_host`]); its own forward is not usable.
+    pub(crate) fn graph_host_from_state_dict(
+        cfg: &Se3TransformerConfig,
+        sd: StateDict,
+    ) -> Result<Self, Error> {
+        let mut loader = Loader::owned(sd);
+        loader.graph_host = true;
+        let m = Self::build(cfg, &mut loader)?;
+        loader.finish()?;
+        Ok(m)
+    }
+
+    /// The model from any weight source (keys and shapes as [`Se3TransformerOracle::
+    /// expected_keys`]); whether every key of the source was used is the source's to check. With
+    /// a source that is a [`WeightSource::graph_host`], the model only hosts a compiled graph.
+    ///
+    /// # Errors
+    /// The source's errors (`MissingKey`, `WrongShape`, read errors), config errors.
+    pub fn from_source(
+        cfg: &Se3TransformerConfig,
+        src: &mut dyn WeightSource,
+    ) -> Result<Self, Error> {
+        Self::build(cfg, src)
+    }
+
     /// Replaces the Q_J sign table (default [`QjSigns::reference`]) by the one of the LAPACK build the
     /// weights were trained with.
     ///

@@ -86,6 +86,10 @@ pub(crate) struct RadialFunc {
     pub(crate) l3: Dense,
     pub(crate) n4: LayerNorm,
     pub(crate) l6: Dense,
+    /// The last layer's weight and bias rounded to float32, in place of `l6`'s float64 values
+    /// (left empty), when the model was loaded to host a compiled graph
+    /// ([`WeightSource::graph_host`]): the bulk of the checkpoint is never held in float64.
+    pub(crate) l6_f32: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl RadialFunc {
@@ -95,17 +99,31 @@ impl RadialFunc {
         n_in: usize,
         n_out: usize,
     ) -> Result<Self, Error> {
+        let l0 = Dense::load(src, &format!("{prefix}.net.0"), n_in, RADIAL_HIDDEN)?;
+        let n1 = LayerNorm::load(src, &format!("{prefix}.net.1"), RADIAL_HIDDEN)?;
+        let l3 = Dense::load(
+            src,
+            &format!("{prefix}.net.3"),
+            RADIAL_HIDDEN,
+            RADIAL_HIDDEN,
+        )?;
+        let n4 = LayerNorm::load(src, &format!("{prefix}.net.4"), RADIAL_HIDDEN)?;
+        let mut l6 = Dense::load(src, &format!("{prefix}.net.6"), RADIAL_HIDDEN, n_out)?;
+        let l6_f32 = src.graph_host().then(|| {
+            let w = std::mem::take(&mut l6.w);
+            let b = std::mem::take(&mut l6.b);
+            (
+                w.iter().map(|&v| v as f32).collect(),
+                b.iter().map(|&v| v as f32).collect(),
+            )
+        });
         Ok(Self {
-            l0: Dense::load(src, &format!("{prefix}.net.0"), n_in, RADIAL_HIDDEN)?,
-            n1: LayerNorm::load(src, &format!("{prefix}.net.1"), RADIAL_HIDDEN)?,
-            l3: Dense::load(
-                src,
-                &format!("{prefix}.net.3"),
-                RADIAL_HIDDEN,
-                RADIAL_HIDDEN,
-            )?,
-            n4: LayerNorm::load(src, &format!("{prefix}.net.4"), RADIAL_HIDDEN)?,
-            l6: Dense::load(src, &format!("{prefix}.net.6"), RADIAL_HIDDEN, n_out)?,
+            l0,
+            n1,
+            l3,
+            n4,
+            l6,
+            l6_f32,
         })
     }
 

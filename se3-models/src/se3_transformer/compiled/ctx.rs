@@ -92,7 +92,10 @@ fn radial_mlp_hidden(r: &RadialFunc) -> Result<RadialMlp, Error> {
 
 fn radial_mlp_values(r: &RadialFunc, with_last: bool) -> Result<RadialMlp, Error> {
     let (n_out, w6, b6) = if with_last {
-        (r.l6.n_out, f32s(&r.l6.w), f32s(&r.l6.b))
+        match &r.l6_f32 {
+            Some((w, b)) => (r.l6.n_out, w.clone(), b.clone()),
+            None => (r.l6.n_out, f32s(&r.l6.w), f32s(&r.l6.b)),
+        }
     } else {
         (0, Vec::new(), Vec::new())
     };
