@@ -306,6 +306,12 @@ pub(crate) fn attention(
             });
         }
         out.insert(l, result.ok_or(Error::MissingInput { name: "heads" })?);
+        // degree l of the keys and values is built: its radial networks are held by the session
+        drop((vpes, kpes));
+        ctx.release_out_degree(&att.to_v.pairs, l);
+        if let Some(c) = key_conv {
+            ctx.release_out_degree(&c.pairs, l);
+        }
     }
     Ok(out)
 }

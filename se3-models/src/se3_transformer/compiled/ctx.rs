@@ -230,6 +230,15 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// [`Ctx::release`] of the pairs of `pairs` into output degree `l` (an attention block's keys
+    /// or values once that degree is built), so the converted networks and the session's copies
+    /// of their weights coexist for one degree at a time.
+    pub(crate) fn release_out_degree(&mut self, pairs: &[Pair], l: usize) {
+        for p in pairs.iter().filter(|p| p.d_out == l) {
+            self.nets.remove(&pair_key(p));
+        }
+    }
+
     /// A fresh weight-name prefix `u<i>.` for an se3-core layer built on the session.
     pub(crate) fn prefix(&mut self) -> String {
         let p = format!("u{}.", self.next);

@@ -220,7 +220,7 @@ impl Se3Transformer {
     /// Loads a safetensors checkpoint with PyTorch key names one tensor at a time
     /// ([`SafetensorsFile`]) and compiles it: the radial networks' last layers, the bulk of the
     /// weights, go to float32 as they are read, so neither the file nor the weights in float64
-    /// are ever held whole (the benchmark at 3 degrees, its weights drawn as they are read: build peak 173 -> 160 MiB).
+    /// are ever held whole (the benchmark at 3 degrees, its weights drawn as they are read: build peak 173 -> 141 MiB).
     ///
     /// # Errors
     /// As [`SafetensorsFile::open`] and [`WeightSource::take`] (`MissingKey`, `WrongShape`,
