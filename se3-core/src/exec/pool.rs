@@ -16,7 +16,8 @@
 //! oldest buffers are freed. The session's executor lowers that bound as it runs
 //! ([`set_budget`]): to the headroom below the most bytes a run has held alive (its high water)
 //! minus what is alive now, plus a small slack ([`SLACK_BYTES`]), so idle pooled bytes raise the
-//! peak resident memory by at most that slack above the high water.
+//! peak resident memory by at most that slack above the high water. Between runs the pool keeps
+//! at most the slack (the session lowers the budget to it when a run ends).
 //! The pool and its budget are process-wide: sessions running at once on several threads share
 //! them (which only costs reuse, never correctness).
 
