@@ -54,11 +54,48 @@ pub fn tiny_tfn_builds_from(sd: &StateDict) -> bool {
 /// unexpected). Returns whether the bytes were a readable state dict.
 pub fn safetensors_weights(data: &[u8]) -> bool {
     let _ = se3_core::exec::read_safetensors(data);
-    let Ok(sd) = StateDict::from_bytes(data) else {
+    let whole = StateDict::from_bytes(data);
+    streamed_agrees(data, whole.as_ref().ok());
+    let Ok(sd) = whole else {
         return false;
     };
     std::hint::black_box(tiny_tfn_table_accepts(&sd));
     true
+}
+
+/// The same bytes as a file read one tensor at a time (`SafetensorsFile`): every tensor it hands
+/// out is, bit for bit, the one the whole-buffer reader gave (`whole`, when that read succeeded).
+fn streamed_agrees(data: &[u8], whole: Option<&StateDict>) {
+    use se3_models::checkpoint::{SafetensorsFile, WeightSource};
+    let path = std::env::temp_dir().join(format!(
+        "se3-fuzz-streamed-{}-{:?}.safetensors",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    if std::fs::write(&path, data).is_err() {
+        return;
+    }
+    if let Ok(mut file) = SafetensorsFile::open(&path) {
+        let keys: Vec<(String, Vec<usize>)> = file
+            .keys()
+            .map(|k| (k.to_string(), file.shape(k).unwrap_or_default().to_vec()))
+            .collect();
+        for (key, shape) in keys {
+            let streamed = file.take(&key, &shape);
+            if let (Ok(t), Some(sd)) = (&streamed, whole) {
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let same = sd
+                    .get(&key)
+                    .is_some_and(|w| w.shape == t.shape && bits(&w.data) == bits(&t.data));
+                assert!(
+                    same,
+                    "streamed tensor {key} differs from the whole-buffer read"
+                );
+            }
+        }
+        let _ = file.finish();
+    }
+    let _ = std::fs::remove_file(&path);
 }
 
 /// Model-input bytes (`inputs.safetensors`): read under the parameter names, under the names of a

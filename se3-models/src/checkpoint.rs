@@ -364,8 +364,11 @@ impl SafetensorsFile {
         file.read_exact(&mut len).map_err(io)?;
         let n = u64::from_le_bytes(len);
         // the crate's own bound on headers (100 MB)
-        if n > 100_000_000 || n + 8 > file_len {
+        if n > 100_000_000 {
             return Err(bad(safetensors::SafeTensorError::HeaderTooLarge));
+        }
+        if n + 8 > file_len {
+            return Err(bad(safetensors::SafeTensorError::InvalidHeaderLength));
         }
         let mut header = vec![0u8; n as usize];
         file.read_exact(&mut header).map_err(io)?;
@@ -416,6 +419,11 @@ impl SafetensorsFile {
     /// The names of the file's tensors.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)
+    }
+
+    /// The stored shape of tensor `key`.
+    pub fn shape(&self, key: &str) -> Option<&[usize]> {
+        self.entries.get(key).map(|i| i.shape.as_slice())
     }
 
     /// `UnexpectedKey` for the first tensor of the file the model never took.
