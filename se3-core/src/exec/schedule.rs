@@ -30,7 +30,7 @@ use crate::Error;
 /// it is read through (an index: a `ShapeTracker` is 5 KiB).
 type Sources = Vec<((NodeIndex, u8), EdgeIndex)>;
 
-/// Memory figures of one run, bytes of f32 buffers.
+/// Memory figures of one run, bytes of f32 tensor data.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemoryStats {
     /// Kept tensors at the start of the run (resident weights).
@@ -53,11 +53,14 @@ pub(crate) struct Schedule {
 }
 
 /// Bytes of an f32 buffer (other tensor types count 0).
+/// Bytes of a tensor's f32 data (its length, not its buffer's capacity: a buffer reused from the
+/// pool may be up to twice as long as the tensor, which the pool's figures account for, so the
+/// order's figures do not depend on what earlier runs left in the pool).
 fn tensor_bytes(t: &Tensor) -> usize {
     t.data
         .as_any()
         .downcast_ref::<Vec<f32>>()
-        .map_or(0, |v| v.capacity() * std::mem::size_of::<f32>())
+        .map_or(0, |v| v.len() * std::mem::size_of::<f32>())
 }
 
 /// Physical elements of a view at the dimension sizes `dims` (fake, i.e. expanded, axes excluded).

@@ -719,8 +719,11 @@ fn pooled_buffers_never_alias_live_data_across_repeated_runs() -> Result<(), Err
         for o in ["out", "mid"] {
             let (a, b) = (fast.get(o)?, plain.get(o)?);
             assert_eq!(a.shape, b.shape);
+            // a buffer handed out while still live would change values by their own size;
+            // evaluation order alone (fused chains, row sums over up to 200 columns, exp2 and
+            // products of them over 12 steps) reaches ~1e-4 of the largest value
             let e = rel_err(&a.data, &b.data);
-            assert!(e < 1e-5, "{o}: compiled vs plain graph rel err {e}");
+            assert!(e < 1e-3, "{o}: compiled vs plain graph rel err {e}");
         }
     }
     Ok(())
