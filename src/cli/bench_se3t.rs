@@ -219,8 +219,8 @@ pub fn run(
         println!("{HOW_TO_GET_TORCH}");
     }
     println!(
-        "\nwhere the memory goes (MiB): build peak = while loading + compiling (weights once in \
-         f64 while moved in); after build = resident before any forward (f32 weights, compiled \
+        "\nwhere the memory goes (MiB): build peak = while loading + compiling (weights drawn as \
+         the model reads them, radial last layers kept in f32 only); after build = resident before any forward (f32 weights, compiled \
          graph, host model, program); weights = resident graph weights; intermediates = most \
          tensors alive at once in a forward (memory-aware order); pooled = idle pooled buffers \
          then; forward peak = the forwards' own peak resident set; peak = the larger of the two"
