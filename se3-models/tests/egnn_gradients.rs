@@ -270,25 +270,7 @@ fn egnn_net_edges_differentiable_matches_torch() -> Result<(), Error> {
 #[test]
 fn random_egnn_configs_gradients_match_torch() -> Result<(), Error> {
     use se3_models::differentiable::{differentiable_from_files, Objective};
-    let root = match std::env::var("SE3_EGNN_GRAD_CASES") {
-        Ok(d) => std::path::PathBuf::from(d),
-        Err(_) => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/extra_reference/egnn"),
-    };
-    let mut cases: Vec<std::path::PathBuf> = std::fs::read_dir(&root)
-        .map_err(|e| Error::Io {
-            path: root.display().to_string(),
-            source: e,
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("gradients.safetensors").exists())
-        .collect();
-    cases.sort();
-    assert!(
-        cases.len() >= 5,
-        "only {} cases with gradients",
-        cases.len()
-    );
+    let cases = gradient_case_dirs("SE3_EGNN_GRAD_CASES", "tests/data/extra_reference/egnn", 5)?;
     let mut failures = Vec::new();
     for d in &cases {
         let name = d

@@ -333,25 +333,11 @@ fn coordinates_match_finite_differences(
 /// reference); `SE3_EQUI_EXTRA_DIR=<folder of case folders>` runs another set.
 #[test]
 fn random_equiformer_configs_gradients_match_torch() -> Result<(), Error> {
-    let root = match std::env::var("SE3_EQUI_EXTRA_DIR") {
-        Ok(d) => std::path::PathBuf::from(d),
-        Err(_) => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/extra_reference/equiformer/cases"),
-    };
-    let mut cases: Vec<std::path::PathBuf> = std::fs::read_dir(&root)
-        .map_err(|e| Error::Io {
-            path: root.display().to_string(),
-            source: e,
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("gradients.safetensors").exists())
-        .collect();
-    cases.sort();
-    assert!(
-        cases.len() >= 3,
-        "only {} cases with gradients",
-        cases.len()
-    );
+    let cases = gradient_case_dirs(
+        "SE3_EQUI_EXTRA_DIR",
+        "tests/data/extra_reference/equiformer/cases",
+        3,
+    )?;
     let mut failures = Vec::new();
     for d in &cases {
         let name = d

@@ -258,25 +258,11 @@ fn vn_feat_eps0_adam_steps_follow_torch_training() -> Result<(), Error> {
 /// [`gradient_parity`]. `SE3_VN_GRAD_CASES=<folder of case folders>` runs another set.
 #[test]
 fn random_vn_configs_gradients_match_torch() -> Result<(), Error> {
-    let root = match std::env::var("SE3_VN_GRAD_CASES") {
-        Ok(d) => std::path::PathBuf::from(d),
-        Err(_) => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/extra_reference/vn_transformer/cases"),
-    };
-    let mut cases: Vec<std::path::PathBuf> = std::fs::read_dir(&root)
-        .map_err(|e| Error::Io {
-            path: root.display().to_string(),
-            source: e,
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("gradients.safetensors").exists())
-        .collect();
-    cases.sort();
-    assert!(
-        cases.len() >= 5,
-        "only {} cases with gradients",
-        cases.len()
-    );
+    let cases = gradient_case_dirs(
+        "SE3_VN_GRAD_CASES",
+        "tests/data/extra_reference/vn_transformer/cases",
+        5,
+    )?;
     let mut failures = Vec::new();
     for d in &cases {
         let name = d

@@ -183,3 +183,28 @@ pub fn mse(out: &StateDict, targets: &StateDict) -> Result<(f64, StateDict), Err
     }
     Ok((loss, cot))
 }
+
+/// The case folders of a random-configuration gradient sweep: the subfolders of `$env` (when
+/// set) or of `default` (relative to this crate) that hold a `gradients.safetensors`, sorted;
+/// asserts there are at least `min` of them, so a sweep never passes by finding nothing.
+pub fn gradient_case_dirs(env: &str, default: &str, min: usize) -> Result<Vec<PathBuf>, Error> {
+    let root = match std::env::var(env) {
+        Ok(d) => PathBuf::from(d),
+        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(default),
+    };
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+        .map_err(|e| Error::Io {
+            path: root.display().to_string(),
+            source: e,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("gradients.safetensors").exists())
+        .collect();
+    cases.sort();
+    assert!(
+        cases.len() >= min,
+        "only {} cases with gradients",
+        cases.len()
+    );
+    Ok(cases)
+}
