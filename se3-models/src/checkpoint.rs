@@ -300,6 +300,30 @@ impl StateDict {
     }
 }
 
+/// The entry `found` for tensor `key` if its shape (`shape_of`) is `expected`: `MissingKey` when
+/// the source has none, `WrongShape` when its stored shape differs (the checks every
+/// [`WeightSource`] makes).
+fn check_entry<T>(
+    key: &str,
+    expected: &[usize],
+    found: Option<T>,
+    shape_of: impl Fn(&T) -> &[usize],
+) -> Result<T, Error> {
+    let entry = found.ok_or_else(|| Error::MissingKey {
+        key: key.to_string(),
+        expected: expected.to_vec(),
+    })?;
+    let stored = shape_of(&entry);
+    if stored != expected {
+        return Err(Error::WrongShape {
+            key: key.to_string(),
+            expected: expected.to_vec(),
+            found: stored.to_vec(),
+        });
+    }
+    Ok(entry)
+}
+
 /// Where a model being built takes its float64 parameters from: a state dict in memory
 /// ([`StateDict`] through the crate's loader), a safetensors file read one tensor at a time
 /// ([`SafetensorsFile`]), a generator of your own, or a recorder of the keys and shapes the
@@ -444,17 +468,7 @@ impl SafetensorsFile {
 impl WeightSource for SafetensorsFile {
     fn take(&mut self, key: &str, shape: &[usize]) -> Result<Tensor, Error> {
         use std::io::{Read, Seek, SeekFrom};
-        let info = self.entries.get(key).ok_or_else(|| Error::MissingKey {
-            key: key.to_string(),
-            expected: shape.to_vec(),
-        })?;
-        if info.shape != shape {
-            return Err(Error::WrongShape {
-                key: key.to_string(),
-                expected: shape.to_vec(),
-                found: info.shape.clone(),
-            });
-        }
+        let info = check_entry(key, shape, self.entries.get(key), |i| &i.shape)?;
         let io = |source| Error::Io {
             path: self.path.clone(),
             source,
@@ -539,17 +553,7 @@ impl WeightSource for Loader<'_> {
             Dict::Borrowed(d) => *d,
             Dict::Owned(d) => d,
         };
-        let t = dict.get(key).ok_or_else(|| Error::MissingKey {
-            key: key.to_string(),
-            expected: shape.to_vec(),
-        })?;
-        if t.shape != shape {
-            return Err(Error::WrongShape {
-                key: key.to_string(),
-                expected: shape.to_vec(),
-                found: t.shape.clone(),
-            });
-        }
+        check_entry(key, shape, dict.get(key), |t| &t.shape)?;
         self.used.insert(key.to_string());
         match &mut self.dict {
             Dict::Borrowed(d) => d.get(key).cloned(),

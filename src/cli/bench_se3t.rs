@@ -513,13 +513,18 @@ pub fn uniform_weights(
 ) -> Result<StateDict, super::CliError> {
     let mut sd = StateDict::new();
     for (key, shape) in keys {
-        let fan = shape.last().copied().unwrap_or(1).max(1) as f64;
-        let b = 1.0 / fan.sqrt();
-        let len = shape.iter().product();
-        let data = (0..len).map(|_| rng.gen_range(-b..b)).collect();
-        sd.insert(key, Tensor::new(shape, data)?);
+        sd.insert(key, uniform_tensor(&shape, rng)?);
     }
     Ok(sd)
+}
+
+/// One tensor of `shape`, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in its last axis.
+fn uniform_tensor(shape: &[usize], rng: &mut StdRng) -> Result<Tensor, se3_models::Error> {
+    let fan = shape.last().copied().unwrap_or(1).max(1) as f64;
+    let b = 1.0 / fan.sqrt();
+    let len = shape.iter().product();
+    let data = (0..len).map(|_| rng.gen_range(-b..b)).collect();
+    Tensor::new(shape.to_vec(), data)
 }
 
 /// Random inputs as the PyTorch benchmark draws them: feats N(0,1)-like, coordinates 3 x N(0,1)-like.
@@ -559,11 +564,7 @@ struct RandomWeights<'r> {
 
 impl WeightSource for RandomWeights<'_> {
     fn take(&mut self, _key: &str, shape: &[usize]) -> Result<Tensor, se3_models::Error> {
-        let fan = shape.last().copied().unwrap_or(1).max(1) as f64;
-        let b = 1.0 / fan.sqrt();
-        let len = shape.iter().product();
-        let data = (0..len).map(|_| self.rng.gen_range(-b..b)).collect();
-        Tensor::new(shape.to_vec(), data)
+        uniform_tensor(shape, self.rng)
     }
 
     fn graph_host(&self) -> bool {
