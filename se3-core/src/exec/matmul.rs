@@ -229,6 +229,16 @@ fn small_product(
                 let rb = ob + j * rsb;
                 *v = dot8(xa, &b[rb..rb + k]);
             }
+        } else if rsb == 1 {
+            // rows of B contiguous: axpy updates over whole slices (vectorised)
+            row.fill(0.0);
+            for kk in 0..k {
+                let x = a[ra + kk * csa];
+                let rb = ob + kk * csb;
+                for (v, &y) in row.iter_mut().zip(&b[rb..rb + n]) {
+                    *v += x * y;
+                }
+            }
         } else {
             row.fill(0.0);
             for kk in 0..k {
