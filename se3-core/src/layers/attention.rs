@@ -9,11 +9,12 @@ use rand::Rng;
 use super::conv::{ConvLayer, ConvOptions, Pool};
 use super::edges::{EdgeBasis, EdgeGraph};
 use super::graph::{
-    add_views, dims, expand_at, reshape, retype, FeatureTensors, GraphFeatures, Param, ParamSource,
-    E, N, X,
+    dims, expand_at, permute, reshape, retype, FeatureTensors, GraphFeatures, Param, ParamSource,
+    E, N, T1, T2, X,
 };
 use super::linear::{LinearLayer, LinearLayout};
 use super::norm::{NormActivation, NormLayer, NormScale};
+use super::slot_softmax::{slot_softmax, SlotLogits};
 use crate::exec::Session;
 use crate::fiber::{DegreeSpec, FeedsGraph, Fiber, FiberSpec};
 use crate::ops::gather3;
@@ -52,7 +53,8 @@ impl Default for AttentionOptions {
 ///   unpooled convolutions `to_k`, `to_v` ([`ConvLayer::messages`]); with `attend_self`, the
 ///   node's own `to_self_k(x_i)`, `to_self_v(x_i)` join its candidates;
 /// - logits `a_e = sum_{c in head, m} q_i[c, m] k_e[c, m] / sqrt(dim_head)` (invariant: an
-///   inner product of two degree-l features), softmax over the node's valid candidates;
+///   inner product of two degree-l features), softmax over the node's valid candidates
+///   ([`slot_softmax`], shared with the compiled model);
 /// - `out_i = to_out(sum_e a_e v_e)` (`to_out` only if `heads > 1` or the fiber's channels
 ///   differ from `dim_head`, as the library).
 ///
@@ -220,50 +222,44 @@ impl AttentionLayer {
             let prod: GraphTensor<(X, X, X, X)> =
                 reshape(qe * ke, &[n, k, h.into(), (dh * m).into()]);
             let logits: GraphTensor<(X, X, X)> = prod.sum_reduce::<(X, X, X), Axis<3>>() * scale;
+            // one softmax per (head, node) row over its neighbours (and its self key)
+            let rows = Expression::from(h) * n;
+            let per_row =
+                |t: GraphTensor<(X, X, X)>| -> T2 { reshape(permute(t, &[2, 0, 1]), &[rows, k]) };
             let vmask: GraphTensor<(X, X, X)> = expand_at(valid, 2, h);
-            let logits = logits + (vmask + (-1.0)) * 1e30;
-            let mut all = logits;
-            if let Some((sk, _)) = &selfkv {
-                let qs: GraphTensor<(X, X, X)> = retype(qn);
-                let ks: GraphTensor<(X, X, X)> = retype(sk.tensors()[i]);
-                let ps: GraphTensor<(X, X, X)> = reshape(qs * ks, &[n, h.into(), (dh * m).into()]);
-                let ls: GraphTensor<(X, X, X)> =
-                    expand_at(ps.sum_reduce::<(X, X), Axis<2>>() * scale, 1, 1);
-                // candidates [self, neighbours]: (N, 1 + k, h)
-                let a: GraphTensor<(X, X, X)> =
-                    ls.contiguous().pad::<(X, X, X), Expression, Expression>(&[
-                        (0.into(), 0.into()),
-                        (0.into(), k),
-                        (0.into(), 0.into()),
-                    ]);
-                let b: GraphTensor<(X, X, X)> = logits
-                    .contiguous()
-                    .pad::<(X, X, X), Expression, Expression>(&[
-                        (0.into(), 0.into()),
-                        (1.into(), 0.into()),
-                        (0.into(), 0.into()),
-                    ]);
-                all = add_views(a, b);
-            }
-            let kk = dims(all)[1];
-            let mx: GraphTensor<(X, X)> = all.max_reduce::<(X, X), Axis<1>>();
-            let ex = (all - expand_at::<_, (X, X, X)>(mx, 1, kk)).exp();
-            let den: GraphTensor<(X, X)> = ex.sum_reduce::<(X, X), Axis<1>>();
-            let att = ex * expand_at::<_, (X, X, X)>(den.recip(), 1, kk);
-            // weighted values of the neighbours
-            let (att_self, att_nb) = if selfkv.is_some() {
-                (Some(slice1(att, 0, 1.into())), slice1(att, 1, kk))
-            } else {
-                (None, att)
+            let self_logits: Vec<T1> = match &selfkv {
+                Some((sk, _)) => {
+                    let qs: GraphTensor<(X, X, X)> = retype(qn);
+                    let ks: GraphTensor<(X, X, X)> = retype(sk.tensors()[i]);
+                    let ps: GraphTensor<(X, X, X)> =
+                        reshape(qs * ks, &[n, h.into(), (dh * m).into()]);
+                    let ls: T2 = ps.sum_reduce::<(X, X), Axis<2>>() * scale;
+                    vec![reshape(permute(ls, &[1, 0]), &[rows])]
+                }
+                None => Vec::new(),
             };
+            let w = slot_softmax(SlotLogits {
+                neighbours: per_row(logits),
+                valid: Some(per_row(vmask)),
+                singles: &self_logits,
+                shared: None,
+            });
+            // back to (N, k, h) and (N, h)
+            let att_nb: GraphTensor<(X, X, X)> = permute(
+                reshape::<_, (X, X, X)>(w.neighbours, &[h.into(), n, k]),
+                &[1, 2, 0],
+            );
+            let att_self: Option<T2> = w
+                .singles
+                .first()
+                .map(|&a| permute(reshape::<_, (X, X)>(a, &[h.into(), n]), &[1, 0]));
             let ve: GraphTensor<(X, X, X, X)> =
                 reshape(values.tensors()[i], &[n, k, h.into(), (dh * m).into()]);
             let w4: GraphTensor<(X, X, X, X)> = expand_at(att_nb, 3, dh * m);
             let mut o: GraphTensor<(X, X, X)> = (ve * w4).sum_reduce::<(X, X, X), Axis<1>>();
-            if let (Some(a0), Some((_, sv))) = (att_self, &selfkv) {
+            if let (Some(a2), Some((_, sv))) = (att_self, &selfkv) {
                 let vs: GraphTensor<(X, X, X)> =
                     reshape(sv.tensors()[i], &[n, h.into(), (dh * m).into()]);
-                let a2: GraphTensor<(X, X)> = reshape(a0, &[n, h.into()]);
                 o += vs * expand_at::<_, (X, X, X)>(a2, 2, dh * m);
             }
             out.push(retype(reshape::<_, (X, X, X)>(
@@ -278,14 +274,6 @@ impl AttentionLayer {
             None => Ok(y),
         }
     }
-}
-
-/// Rows `start..end` of axis 1, contiguous.
-fn slice1(t: GraphTensor<(X, X, X)>, start: usize, end: Expression) -> GraphTensor<(X, X, X)> {
-    let d = dims(t);
-    let mut sh = t.shape;
-    sh.slice(&[(0.into(), d[0]), (start.into(), end), (0.into(), d[2])]);
-    GraphTensor::<(X, X, X)>::from_id(t.id, sh, t.graph_ref).contiguous()
 }
 
 /// `AttentionBlockSE3`: `x + Attention(NormSE3(x))` (keys `prenorm.*`, `attn.*`).

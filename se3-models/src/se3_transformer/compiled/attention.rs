@@ -1,6 +1,7 @@
 //! AttentionSE3 / OneHeadedKVAttentionSE3 on the graph: per degree and head, logits of the
 //! neighbours (conv keys with the query folded in, or gathered linear keys), of the self key, the
-//! null key and the global keys; one softmax over all slots; values reassociated. Rotary
+//! null key and the global keys; one softmax over all slots (se3-core's [`slot_softmax`]);
+//! values reassociated. Rotary
 //! embeddings (degree 0) rotate keys and values per edge, so that degree forms its messages per
 //! edge.
 
@@ -13,8 +14,9 @@ use crate::se3_transformer::attention::{AttentionSe3, KeyProj};
 use crate::se3_transformer::conv::ConvSe3;
 use crate::Error;
 use se3_core::layers::graph::{
-    bmm, dims, expand_at, max_axis, mm, permute, reshape, retype, sum_axis, T1, T2, T3, X,
+    bmm, expand_at, mm, permute, reshape, retype, sum_axis, T1, T2, T3, X,
 };
+use se3_core::layers::{slot_softmax, SlotLogits};
 
 /// Rotary embeddings as graph inputs: per channel of a head, `cos` and `sin` of the angle
 /// (1 and 0 past the rotated channels) for queries and self keys (`[n, dh]`, position `i`, distance
@@ -155,10 +157,9 @@ pub(crate) fn attention(
                 }
             }
             let nl = nl.ok_or(Error::MissingInput { name: "keys" })? * scale;
-            let z = nl * ctx.valid + (ctx.valid + (-1.0)) * f32::MAX;
-            // pre slots: (logits [n, s], values [s, dh, m] or per node [n, dh, m])
-            let mut mx: T1 = max_axis(z, 1);
-            let mut singles: Vec<(T1, T3)> = Vec::new();
+            // single slots (null / self: logits [n], values [n, dh, m]) and global slots
+            // (logits [n, g], values [g, dh])
+            let (mut single_logits, mut single_values): (Vec<T1>, Vec<T3>) = (vec![], vec![]);
             let mut global: Option<(T2, T2)> = None;
             if let (Some((gk, gv)), 0, Some(gf)) = (&att.global_kv, l, ctx.global) {
                 let wk = gk.weights.get(&0).ok_or(Error::MissingInput {
@@ -173,7 +174,6 @@ pub(crate) fn attention(
                 let vals = mm(gf, wvt);
                 let qf: T2 = reshape(q, &[n, dh.into()]);
                 let gl = mm(qf, permute(keys, &[1, 0])) * scale; // [n, g]
-                mx = mx.max(max_axis(gl, 1));
                 global = Some((gl, vals));
             }
             if o.use_null_kv {
@@ -188,9 +188,8 @@ pub(crate) fn attention(
                 let nvt: T2 = ctx.constant(&nv[kc * m..(kc + dh) * m], &[dh, m])?;
                 let nk3: T3 = expand_at(nkt, 0, n);
                 let nv3: T3 = expand_at(nvt, 0, n);
-                let lg = inner(q, nk3) * scale;
-                mx = mx.max(lg);
-                singles.push((lg, nv3));
+                single_logits.push(inner(q, nk3) * scale);
+                single_values.push(nv3);
             }
             if let Some((sk, sv)) = &att.self_kv {
                 let skl = *linear(ctx, sk, x, Some((kc, dh)))?
@@ -215,33 +214,19 @@ pub(crate) fn attention(
                     }
                     None => (skl, svl),
                 };
-                let lg = inner(q, skl) * scale;
-                mx = mx.max(lg);
-                singles.push((lg, svl));
+                single_logits.push(inner(q, skl) * scale);
+                single_values.push(svl);
             }
-            let ex = (z - expand_at::<_, (X, X)>(mx, 1, k)).exp();
-            let mut tot: T1 = sum_axis(ex, 1);
-            let singles: Vec<(T1, T3)> = singles
-                .iter()
-                .map(|&(lg, v)| ((lg - mx).exp(), v))
-                .collect();
-            for (e1, _) in &singles {
-                tot += *e1;
-            }
-            let global = global.map(|(gl, vals)| {
-                let g = dims(gl)[1];
-                ((gl - expand_at::<_, (X, X)>(mx, 1, g)).exp(), vals)
+            let w = slot_softmax(SlotLogits {
+                neighbours: nl,
+                valid: Some(ctx.valid),
+                singles: &single_logits,
+                shared: global.map(|g| g.0),
             });
-            if let Some((ge, _)) = &global {
-                tot += sum_axis::<_, (X,)>(*ge, 1);
-            }
-            let inv = tot.recip();
-            let a = ex * expand_at::<_, (X, X)>(inv, 1, k);
             heads.push(HeadWeights {
-                a,
-                inv,
-                singles,
-                global,
+                a: w.neighbours,
+                singles: w.singles.into_iter().zip(single_values).collect(),
+                global: w.shared.zip(global.map(|g| g.1)),
             });
         }
         // values of every head: one fused kernel per degree pair (rotary: per edge, per head)
@@ -279,14 +264,11 @@ pub(crate) fn attention(
                 oh = Some(slice_channels(v, hh * dh, dh, n, m));
             }
             let mut oh = oh.ok_or(Error::MissingInput { name: "values" })?;
-            for (e1, v) in hw.singles {
-                let w = e1 * hw.inv;
+            for (w, v) in hw.singles {
                 let w3: T3 = expand_at(expand_at::<_, (X, X)>(w, 1, dh), 2, m);
                 oh += w3 * v;
             }
-            if let Some((ge, vals)) = hw.global {
-                let g = dims(ge)[1];
-                let w = ge * expand_at::<_, (X, X)>(hw.inv, 1, g);
+            if let Some((w, vals)) = hw.global {
                 let gsum = mm(w, vals); // [n, dh]
                 oh += reshape::<_, (X, X, X)>(gsum, &[n, dh.into(), 1.into()]);
             }
@@ -316,12 +298,10 @@ pub(crate) fn attention(
     Ok(out)
 }
 
-/// What the value sum of one head needs: attention weights over the neighbours (`[n, k]`), the
-/// softmax normaliser `1 / sum`, and the single (null / self) and global slots' exponentials
-/// with their values.
+/// What the value sum of one head needs: the attention weights of the neighbours (`[n, k]`),
+/// and of the single (null / self) and global slots with their values ([`slot_softmax`]).
 struct HeadWeights {
     a: T2,
-    inv: T1,
     singles: Vec<(T1, T3)>,
     global: Option<(T2, T2)>,
 }
