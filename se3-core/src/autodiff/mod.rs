@@ -45,6 +45,8 @@ pub(crate) mod primitives;
 mod view;
 
 #[cfg(test)]
+mod attention_tests;
+#[cfg(test)]
 pub(crate) mod check;
 #[cfg(test)]
 mod conv_tests;

@@ -6,11 +6,12 @@ use std::marker::PhantomData;
 use luminal::prelude::{symbolic::Expression, *};
 use rand::Rng;
 
-use super::conv::{ConvLayer, ConvOptions, Pool};
+use super::conv::{ConvLayer, ConvOptions, ConvPath, Pool};
+use super::conv_grouped;
 use super::edges::{EdgeBasis, EdgeGraph};
 use super::graph::{
     dims, expand_at, permute, reshape, retype, FeatureTensors, GraphFeatures, Param, ParamSource,
-    E, N, T1, T2, X,
+    E, N, T1, T2, T3, X,
 };
 use super::linear::{LinearLayer, LinearLayout};
 use super::norm::{NormActivation, NormLayer, NormScale};
@@ -176,6 +177,20 @@ impl AttentionLayer {
         &self.fiber
     }
 
+    /// How the key and value convolutions are contracted ([`ConvPath`]): [`ConvPath::Fused`]
+    /// (default) and [`ConvPath::Grouped`] take logits and weighted values reassociated around
+    /// the radial networks' last layers on the fused edge contractions (the query folded into
+    /// the keys' last layer, [`conv_grouped::query_logits_heads_with`]; the attention weights
+    /// into the values', [`conv_grouped::weighted_sum_heads_with`]; the compiled model's
+    /// algorithm); the others form per-edge keys and values ([`ConvLayer::messages`]), as do
+    /// E(3) fibers whose pairs keep only some kernel frequencies. All give the same values up to
+    /// rounding.
+    pub fn with_path(mut self, path: ConvPath) -> Self {
+        self.to_k = self.to_k.with_path(path);
+        self.to_v = self.to_v.with_path(path);
+        self
+    }
+
     /// Adds the attention to `s`.
     ///
     /// # Errors
@@ -197,12 +212,6 @@ impl AttentionLayer {
         let (h, dh) = (self.options.heads, self.options.dim_head);
         let scale = 1.0 / (dh as f32).sqrt();
         let q = self.to_q.build(s, &format!("{prefix}to_q."), x)?;
-        let keys = self
-            .to_k
-            .messages(s, &format!("{prefix}to_k."), x, edges, basis)?;
-        let values = self
-            .to_v
-            .messages(s, &format!("{prefix}to_v."), x, edges, basis)?;
         let selfkv = match &self.self_kv {
             Some((sk, sv)) => Some((
                 sk.build(s, &format!("{prefix}to_self_k."), x)?,
@@ -211,22 +220,39 @@ impl AttentionLayer {
             None => None,
         };
         let n = dims(x.tensors()[0])[0];
-        let valid: GraphTensor<(X, X)> = reshape(edges.valid, &[n, k]);
+        let valid: T2 = reshape(edges.valid, &[n, k]);
+        let rows = Expression::from(h) * n;
+        // the reassociated contractions of the compiled model where the kernels take the
+        // pairs (all frequencies kept), else per-edge keys and values
+        let reassociate = matches!(self.to_k.path(), ConvPath::Fused | ConvPath::Grouped);
+        let grouped = if reassociate {
+            self.to_k
+                .grouped_pairs(s, &format!("{prefix}to_k."), x, edges, basis, k)?
+        } else {
+            None
+        };
+        let (kp, vp) = match grouped {
+            Some(kp) => (
+                Some(kp),
+                self.to_v
+                    .grouped_pairs(s, &format!("{prefix}to_v."), x, edges, basis, k)?,
+            ),
+            None => (None, None),
+        };
+        let per_edge = match (&kp, &vp) {
+            (Some(_), Some(_)) => None,
+            _ => Some((
+                self.to_k
+                    .messages(s, &format!("{prefix}to_k."), x, edges, basis)?,
+                self.to_v
+                    .messages(s, &format!("{prefix}to_v."), x, edges, basis)?,
+            )),
+        };
         let mut out = Vec::new();
         for (i, d) in self.fiber.degrees().iter().enumerate() {
-            let m = d.width();
+            let (l, m) = (d.l, d.width());
             let qn: GraphTensor<(N, X, X)> = q.tensors()[i];
-            let qe: GraphTensor<(X, X, X)> = retype(gather3::<N, X, X, E>(qn, edges.dst));
-            let ke: GraphTensor<(X, X, X)> = retype(keys.tensors()[i]);
-            // logits (N, k, h)
-            let prod: GraphTensor<(X, X, X, X)> =
-                reshape(qe * ke, &[n, k, h.into(), (dh * m).into()]);
-            let logits: GraphTensor<(X, X, X)> = prod.sum_reduce::<(X, X, X), Axis<3>>() * scale;
-            // one softmax per (head, node) row over its neighbours (and its self key)
-            let rows = Expression::from(h) * n;
-            let per_row =
-                |t: GraphTensor<(X, X, X)>| -> T2 { reshape(permute(t, &[2, 0, 1]), &[rows, k]) };
-            let vmask: GraphTensor<(X, X, X)> = expand_at(valid, 2, h);
+            // the node's own slot: (N h) logits
             let self_logits: Vec<T1> = match &selfkv {
                 Some((sk, _)) => {
                     let qs: GraphTensor<(X, X, X)> = retype(qn);
@@ -238,34 +264,66 @@ impl AttentionLayer {
                 }
                 None => Vec::new(),
             };
-            let w = slot_softmax(SlotLogits {
-                neighbours: per_row(logits),
-                valid: Some(per_row(vmask)),
-                singles: &self_logits,
-                shared: None,
-            });
-            // back to (N, k, h) and (N, h)
-            let att_nb: GraphTensor<(X, X, X)> = permute(
-                reshape::<_, (X, X, X)>(w.neighbours, &[h.into(), n, k]),
-                &[1, 2, 0],
-            );
-            let att_self: Option<T2> = w
-                .singles
-                .first()
-                .map(|&a| permute(reshape::<_, (X, X)>(a, &[h.into(), n]), &[1, 0]));
-            let ve: GraphTensor<(X, X, X, X)> =
-                reshape(values.tensors()[i], &[n, k, h.into(), (dh * m).into()]);
-            let w4: GraphTensor<(X, X, X, X)> = expand_at(att_nb, 3, dh * m);
-            let mut o: GraphTensor<(X, X, X)> = (ve * w4).sum_reduce::<(X, X, X), Axis<1>>();
-            if let (Some(a2), Some((_, sv))) = (att_self, &selfkv) {
-                let vs: GraphTensor<(X, X, X)> =
-                    reshape(sv.tensors()[i], &[n, h.into(), (dh * m).into()]);
-                o += vs * expand_at::<_, (X, X, X)>(a2, 2, dh * m);
-            }
-            out.push(retype(reshape::<_, (X, X, X)>(
-                o,
-                &[n, (h * dh).into(), m.into()],
-            )));
+            // one softmax per (head, node) row over its neighbours (and its self key); the
+            // weighted values (N, h, dh m)
+            let mut o: GraphTensor<(X, X, X)> = match (&kp, &vp, &per_edge) {
+                (Some(kp), Some(vp), _) => {
+                    let qs: Vec<T3> = (0..h)
+                        .map(|t| channels(retype(qn), t * dh, dh, n, m))
+                        .collect();
+                    let mut lg: Option<T3> = None;
+                    for gp in kp.iter().filter(|g| g.d_out == l) {
+                        let t = conv_grouped::query_logits_heads_with(&gp.edges, &qs, gp.w, gp.b);
+                        lg = Some(lg.map_or(t, |a| a + t));
+                    }
+                    let lg = lg.ok_or(no_pair("keys"))? * scale;
+                    let vmask: T3 = expand_at(valid, 0, h);
+                    let w = slot_softmax(SlotLogits {
+                        neighbours: reshape(lg, &[rows, k]),
+                        valid: Some(reshape(vmask, &[rows, k])),
+                        singles: &self_logits,
+                        shared: None,
+                    });
+                    let a: Vec<T2> = (0..h).map(|t| head_rows(w.neighbours, t, n, k)).collect();
+                    let mut o: Option<T3> = None;
+                    for gp in vp.iter().filter(|g| g.d_out == l) {
+                        let y = conv_grouped::weighted_sum_heads_with(&gp.edges, &a, gp.w, gp.b);
+                        o = Some(o.map_or(y, |acc| acc + y));
+                    }
+                    let o = o.ok_or(no_pair("values"))?;
+                    let o: T3 = reshape(o, &[n, h.into(), (dh * m).into()]);
+                    self_value(o, &w.singles, &selfkv, i, n, h, dh * m)
+                }
+                (_, _, Some((keys, values))) => {
+                    let qe: GraphTensor<(X, X, X)> = retype(gather3::<N, X, X, E>(qn, edges.dst));
+                    let ke: GraphTensor<(X, X, X)> = retype(keys.tensors()[i]);
+                    // logits (N, k, h)
+                    let prod: GraphTensor<(X, X, X, X)> =
+                        reshape(qe * ke, &[n, k, h.into(), (dh * m).into()]);
+                    let logits: T3 = prod.sum_reduce::<(X, X, X), Axis<3>>() * scale;
+                    let per_row = |t: T3| -> T2 { reshape(permute(t, &[2, 0, 1]), &[rows, k]) };
+                    let vmask: T3 = expand_at(valid, 2, h);
+                    let w = slot_softmax(SlotLogits {
+                        neighbours: per_row(logits),
+                        valid: Some(per_row(vmask)),
+                        singles: &self_logits,
+                        shared: None,
+                    });
+                    // back to (N, k, h)
+                    let att_nb: T3 = permute(
+                        reshape::<_, (X, X, X)>(w.neighbours, &[h.into(), n, k]),
+                        &[1, 2, 0],
+                    );
+                    let ve: GraphTensor<(X, X, X, X)> =
+                        reshape(values.tensors()[i], &[n, k, h.into(), (dh * m).into()]);
+                    let w4: GraphTensor<(X, X, X, X)> = expand_at(att_nb, 3, dh * m);
+                    let o: T3 = (ve * w4).sum_reduce::<(X, X, X), Axis<1>>();
+                    self_value(o, &w.singles, &selfkv, i, n, h, dh * m)
+                }
+                _ => return Err(no_pair("keys")),
+            };
+            o = reshape(o, &[n, (h * dh).into(), m.into()]);
+            out.push(retype(o));
         }
         let hidden = hidden_fiber(&self.fiber, h * dh)?;
         let y = FeatureTensors::from_parts(hidden, out);
@@ -274,6 +332,63 @@ impl AttentionLayer {
             None => Ok(y),
         }
     }
+}
+
+/// `o + w_self v_self` per (node, head) for the self slot's weights `singles[0]` (`[(h N)]`,
+/// head-major) and values (`to_self_v`, degree entry `i`); `o` as is without a self slot.
+#[allow(clippy::too_many_arguments)]
+fn self_value(
+    o: T3,
+    singles: &[T1],
+    selfkv: &Option<(FeatureTensors<N>, FeatureTensors<N>)>,
+    i: usize,
+    n: Expression,
+    h: usize,
+    width: usize,
+) -> T3 {
+    match (singles.first(), selfkv) {
+        (Some(&a), Some((_, sv))) => {
+            let a2: T2 = permute(reshape::<_, (X, X)>(a, &[h.into(), n]), &[1, 0]);
+            let vs: T3 = reshape(sv.tensors()[i], &[n, h.into(), width.into()]);
+            o + vs * expand_at::<_, (X, X, X)>(a2, 2, width)
+        }
+        _ => o,
+    }
+}
+
+/// A degree of the attention's fiber that its key or value convolution does not reach.
+fn no_pair(what: &'static str) -> Error {
+    Error::InvalidOp {
+        op: "attention",
+        problem: match what {
+            "keys" => "a degree of the fiber has no key convolution pair",
+            _ => "a degree of the fiber has no value convolution pair",
+        },
+    }
+}
+
+/// Channels `c0 .. c0 + cnt` of `[n, C, m]`, contiguous.
+fn channels(t: T3, c0: usize, cnt: usize, n: Expression, m: usize) -> T3 {
+    let mut st = t.shape;
+    st.slice(&[
+        (0.into(), n),
+        (c0.into(), (c0 + cnt).into()),
+        (0.into(), m.into()),
+    ]);
+    reshape(
+        GraphTensor::<(X, X, X)>::from_id(t.id, st, t.graph_ref),
+        &[n, cnt.into(), m.into()],
+    )
+}
+
+/// Rows `t n .. (t + 1) n` of a head-major `[(h n), k]`, contiguous.
+fn head_rows(t: T2, head: usize, n: Expression, k: Expression) -> T2 {
+    let mut st = t.shape;
+    st.slice(&[(n * head, n * (head + 1)), (0.into(), k)]);
+    reshape(
+        GraphTensor::<(X, X)>::from_id(t.id, st, t.graph_ref),
+        &[n, k],
+    )
 }
 
 /// `AttentionBlockSE3`: `x + Attention(NormSE3(x))` (keys `prenorm.*`, `attn.*`).

@@ -198,6 +198,19 @@ fn all_frequencies(p: &PairKernel, full: usize) -> Result<RadialMlp, Error> {
     RadialMlp::from_values(n_in, rows, values)
 }
 
+/// One degree pair of a convolution on grouped edges ([`ConvLayer::grouped_pairs`]).
+#[derive(Debug, Clone, Copy)]
+pub struct GroupedPair {
+    /// Output degree.
+    pub d_out: usize,
+    /// `h` and `Kx` of the pair.
+    pub edges: PairEdges,
+    /// The radial network's last layer, `[(f, c) 128, c_out]`.
+    pub w: GraphTensor<(X, X)>,
+    /// Its bias, `[(f, c), c_out]`.
+    pub b: GraphTensor<(X, X)>,
+}
+
 /// The degree pairs of a convolution with their kept frequencies (pairs without any dropped).
 ///
 /// # Errors
@@ -661,6 +674,80 @@ impl ConvLayer {
         };
         let a: GraphTensor<(X, X)> = reshape(w, &[n, k]);
         conv_grouped::weighted_sum(s, &format!("{key}grouped."), radial, &pe, a, 0, p.c_out)
+    }
+
+    /// Every degree pair on edges grouped by node (`k` per node) up to its radial network's last
+    /// layer, for the reassociated contractions of [`conv_grouped`] (attention keys and values):
+    /// the pair's [`PairEdges`] and its last layer as graph views of the session weights in the
+    /// fused kernels' order, `w [(f, c) 128, c_out]` and `b [(f, c), c_out]` (trainable: the
+    /// weights' gradients flow through the views). `None` if some pair keeps only part of its
+    /// kernel frequencies (E(3)), which those kernels do not take.
+    ///
+    /// # Errors
+    /// As [`ConvLayer::messages`].
+    pub fn grouped_pairs(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        x: &FeatureTensors<N>,
+        edges: &EdgeGraph,
+        basis: &EdgeBasis,
+        k: Expression,
+    ) -> Result<Option<Vec<GroupedPair>>, Error> {
+        if self
+            .pairs
+            .iter()
+            .any(|p| p.nf() != 2 * p.d_in.min(p.d_out) + 1)
+        {
+            return Ok(None);
+        }
+        self.check_input(x, basis)?;
+        self.check_edge_dim(edges)?;
+        let input = edges.radial_input(s, self.options.fourier)?;
+        let e = dims(edges.dist)[0];
+        let mut out = Vec::with_capacity(self.pairs.len());
+        for p in &self.pairs {
+            let xl = self.input_degree(x, p.d_in)?;
+            let n = dims(xl)[0];
+            let (h, w, b) = p
+                .radial
+                .build_hidden(s, &format!("{}rp.", p.key(prefix)), input)?;
+            let (di, mo, nf) = (2 * p.d_in + 1, 2 * p.d_out + 1, p.nf());
+            // [e, q, (f, p)] -> [e, p, q, f], the layout PairEdges reads
+            let b4: GraphTensor<(X, X, X, X)> = reshape(
+                basis.block(p.d_in, p.d_out)?,
+                &[e, di.into(), nf.into(), mo.into()],
+            );
+            let kb = permute(b4, &[0, 3, 1, 2]);
+            let pe = PairEdges::new(p.d_in, p.d_out, retype(xl), edges.src, kb, retype(h), n, k);
+            // the network's rows (o, c, f) -> [(f, c, h), o] and [(f, c), o]
+            let w4: GraphTensor<(X, X, X, X)> = reshape(
+                w,
+                &[
+                    p.c_out.into(),
+                    p.c_in.into(),
+                    nf.into(),
+                    RADIAL_HIDDEN.into(),
+                ],
+            );
+            let w = reshape(
+                permute(w4, &[2, 1, 3, 0]),
+                &[(nf * p.c_in * RADIAL_HIDDEN).into(), p.c_out.into()],
+            );
+            let b3: GraphTensor<(X, X, X)> =
+                reshape(b, &[p.c_out.into(), p.c_in.into(), nf.into()]);
+            let b = reshape(
+                permute(b3, &[2, 1, 0]),
+                &[(nf * p.c_in).into(), p.c_out.into()],
+            );
+            out.push(GroupedPair {
+                d_out: p.d_out,
+                edges: pe,
+                w,
+                b,
+            });
+        }
+        Ok(Some(out))
     }
 
     fn check_edge_dim(&self, edges: &EdgeGraph) -> Result<(), Error> {

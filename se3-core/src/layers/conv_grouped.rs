@@ -309,6 +309,29 @@ pub fn query_logits_heads(
     ))
 }
 
+/// [`weighted_sum_heads`] with the last layer given as graph tensors in the fused kernels'
+/// order (`w [(f, c) 128, H cnt]`, `b [(f, c), H cnt]`, head `t` at columns `t cnt ..`), e.g.
+/// trainable views of session weights ([`crate::layers::ConvLayer::grouped_pairs`]).
+pub fn weighted_sum_heads_with(
+    pe: &PairEdges,
+    a: &[GraphTensor<(X, X)>],
+    w: GraphTensor<(X, X)>,
+    b: GraphTensor<(X, X)>,
+) -> GraphTensor<(X, X, X)> {
+    edge_contract_sum_heads(pe.x, pe.nbr, pe.basis, pe.h_view, a, w, b)
+}
+
+/// [`query_logits_heads`] with the last layer given as graph tensors (as
+/// [`weighted_sum_heads_with`]): `[H, n, k]`.
+pub fn query_logits_heads_with(
+    pe: &PairEdges,
+    q: &[GraphTensor<(X, X, X)>],
+    w: GraphTensor<(X, X)>,
+    b: GraphTensor<(X, X)>,
+) -> GraphTensor<(X, X, X)> {
+    edge_contract_logits_heads(pe.x, pe.nbr, pe.basis, pe.h_view, q, w, b, pe.k)
+}
+
 /// Per-edge messages of a pair with output degree 0, formed directly (radial weights per edge),
 /// for output channels `c0..c0 + cnt`: `[n k, cnt]`.
 ///

@@ -1,0 +1,133 @@
+//! Gradients of [`AttentionLayer`] through its reassociated contractions (the fused edge
+//! contractions with the query folded into the keys' last radial layer and the attention
+//! weights into the values') against its per-edge form ([`ConvPath::Gemm`]: keys and values
+//! formed per edge), the same derivative: coordinates, input features and every weight.
+
+use luminal::prelude::{symbolic::Expression, *};
+use rand::{rngs::StdRng, Rng};
+
+use super::gradients;
+use crate::exec::{InputKind, Session};
+use crate::fiber::FiberSpec;
+use crate::layers::FeatureTensors;
+use crate::layers::{AttentionLayer, AttentionOptions, ConvPath, EdgeBasis, EdgeGraph};
+use crate::ops::{neighbors, NeighborSpec};
+use crate::testing::{rel_error, rng};
+use crate::Error;
+
+type N = Dyn<'n'>;
+
+/// Every gradient of the attention (with and without a self slot) in both forms, on a cloud
+/// with masked nodes (missing neighbours).
+#[test]
+fn reassociated_attention_gradients_match_the_per_edge_form() -> Result<(), Error> {
+    const K: usize = 4;
+    let (mut r, seed) = rng();
+    let fiber: FiberSpec = "0:3, 1:2, 2:1".parse()?;
+    for attend_self in [false, true] {
+        let opts = AttentionOptions {
+            heads: r.gen_range(1..4),
+            dim_head: r.gen_range(1..4),
+            attend_self,
+            ..AttentionOptions::default()
+        };
+        let layer = AttentionLayer::new(&fiber, opts, &mut r)?;
+        let n = r.gen_range(6..11);
+        let mask: Vec<f32> = (0..n).map(|i| f32::from(u8::from(i % 4 != 2))).collect();
+        let draw_seed: u64 = r.gen();
+        let mut results: Vec<Vec<(String, Vec<f64>)>> = Vec::new();
+        for path in [ConvPath::Gemm, ConvPath::Fused] {
+            let mut s = Session::new();
+            let coords = s.input::<(N, Const<3>)>("coords", InputKind::Coordinates);
+            let m = s.input::<(N,)>("mask", InputKind::Mask);
+            let x = FeatureTensors::input(&mut s, "x", &fiber);
+            let nb = neighbors::<_, K>(coords, Some(m), NeighborSpec::default());
+            s.derive_dim('e', Expression::from('n') * K);
+            let edges = EdgeGraph::from_neighbors(coords, &nb, None);
+            let basis = EdgeBasis::new(&mut s, "", &edges, 2)?;
+            let y = layer
+                .clone()
+                .with_path(path)
+                .build(&mut s, "a.", &x, &edges, &basis)?;
+            let mut pairs = Vec::new();
+            for (d, t) in y.spec().degrees().iter().zip(y.tensors()) {
+                let shape: Vec<Expression> = vec!['n'.into(), d.channels.into(), d.width().into()];
+                let c =
+                    s.input_with_shape::<()>(&format!("cot.{}", d.l), InputKind::Values, &shape);
+                pairs.push((t.no_shape(), c));
+            }
+            let mut names = vec!["coords".to_string()];
+            let mut wrt = vec![coords.no_shape()];
+            for (d, t) in fiber.degrees().iter().zip(x.tensors()) {
+                names.push(format!("x.{}", d.l));
+                wrt.push(t.no_shape());
+            }
+            // the layer's weights (not the kernel basis' constants)
+            for (name, _) in s.weights() {
+                if !name.starts_with("a.") {
+                    continue;
+                }
+                wrt.push(s.tensor(&name)?);
+                names.push(name);
+            }
+            let grads = gradients(&pairs, &wrt)?;
+            for (name, g) in names.iter().zip(&grads) {
+                s.output(&format!("grad.{name}"), *g);
+            }
+            let mut draw = <StdRng as rand::SeedableRng>::seed_from_u64(draw_seed);
+            let pts: Vec<f32> = (0..n * 3).map(|_| draw.gen_range(-2.0..2.0)).collect();
+            s.set("coords", pts, &[n, 3])?;
+            s.set("mask", mask.clone(), &[n])?;
+            for d in fiber.degrees() {
+                let v = (0..n * d.dim())
+                    .map(|_| draw.gen_range(-1.0..1.0))
+                    .collect();
+                s.set(&format!("x.{}", d.l), v, &[n, d.channels, d.width()])?;
+            }
+            for d in y.spec().degrees() {
+                let v = (0..n * d.dim())
+                    .map(|_| draw.gen_range(-1.0..1.0))
+                    .collect();
+                s.set(&format!("cot.{}", d.l), v, &[n, d.channels, d.width()])?;
+            }
+            s.run()?;
+            let mut got = Vec::new();
+            for name in names {
+                let g = s.get(&format!("grad.{name}"))?;
+                got.push((name, g.data.iter().map(|&v| f64::from(v)).collect()));
+            }
+            results.push(got);
+        }
+        let (per_edge, fused) = (&results[0], &results[1]);
+        assert_eq!(
+            per_edge.len(),
+            fused.len(),
+            "seed {seed}: different weights"
+        );
+        let mut worst = (0.0f64, String::new());
+        for ((name, want), (name_f, got)) in per_edge.iter().zip(fused) {
+            assert_eq!(name, name_f, "seed {seed}: weights in another order");
+            assert!(
+                want.iter().any(|v| v.abs() > 1e-7) || name.contains("net.0"),
+                "seed {seed}: zero gradient of {name}"
+            );
+            let err = rel_error(got, want);
+            if err > worst.0 {
+                worst = (err, name.clone());
+            }
+        }
+        println!(
+            "attention (self {attend_self}, {} gradients): worst relative error {:.2e} ({})",
+            fused.len(),
+            worst.0,
+            worst.1
+        );
+        assert!(
+            worst.0 < 1e-4,
+            "seed {seed}: gradient of {} off by {:.3e} (self {attend_self})",
+            worst.1,
+            worst.0
+        );
+    }
+    Ok(())
+}
