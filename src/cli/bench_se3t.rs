@@ -18,6 +18,8 @@
 //! one more forward per operator (`se3_core::exec::profile`) to say where the time goes: host
 //! preparation (neighbours, kernel basis), radial networks, gathers + `Kx`, the fused
 //! contractions, attention and node operations. `SE3_PROFILE=1` also lists the heaviest operators.
+//! Last, the child times the same model assembled from se3-core's typed layers
+//! ([`TypedSe3Transformer`], same weights and inputs), printed as a ratio to the compiled model.
 
 use std::process::Command;
 use std::time::Instant;
@@ -26,9 +28,14 @@ use super::bench_pytorch::{TorchSource, HOW_TO_GET_TORCH};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{rngs::StdRng, Rng, SeedableRng};
+use se3_core::fiber::Features;
+use se3_core::fiber::Fiber;
+use se3_macros::fiber;
 use se3_models::checkpoint::{StateDict, Tensor, WeightSource};
 use se3_models::inputs::{BoolTensor, ModelInputs, NodeFeats};
-use se3_models::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
+use se3_models::se3_transformer::{
+    Se3Transformer, Se3TransformerConfig, Se3TransformerForward, TypedOptions, TypedSe3Transformer,
+};
 
 /// A benchmark size (PyTorch's figures are measured in the same session: [`TorchSource`]).
 struct Case {
@@ -89,6 +96,9 @@ struct Measured {
     kernels: Vec<(String, f64, f64)>,
     /// `matrixmultiply::sgemm` on a large square in the same child, GFLOP/s.
     sgemm_gflops: f64,
+    /// Median forward of the same model assembled from se3-core's typed layers
+    /// ([`TypedSe3Transformer`]), same weights and inputs, timed after everything else.
+    typed_s: Option<f64>,
 }
 
 /// Runs every case in a child process and prints the table, with PyTorch from `torch` (each
@@ -285,6 +295,20 @@ pub fn run(
         );
     }
     println!(
+        "\nthe same model assembled from se3-core's typed layers (TypedSe3Transformer: \
+         conv, norm, attention and feed-forward layers of se3_core::layers, same weights and \
+         inputs; median of the same number of forwards):"
+    );
+    for (c, m, _) in &rows {
+        if let Some(t) = m.typed_s {
+            println!(
+                "  {:<16} {t:.4} s = {:.2}x the compiled model's time",
+                c.name,
+                t / m.median_s.max(1e-12)
+            );
+        }
+    }
+    println!(
         "cpu (s): CPU time (all threads) per forward; on a loaded machine the wall time of a \
          forward is at least cpu / threads. contract / radial GF/s: the fused edge contractions \
          (EdgeContract) and radial hidden layers (RadialHidden) in one instrumented forward, with \
@@ -319,6 +343,7 @@ fn parse(text: &str) -> Result<Measured, super::CliError> {
             (Some("mem_intermediates_mib"), Some(v)) => m.intermediates_mib = v.parse()?,
             (Some("mem_pooled_mib"), Some(v)) => m.pooled_mib = v.parse()?,
             (Some("sgemm_gflops"), Some(v)) => m.sgemm_gflops = v.parse()?,
+            (Some("typed_time"), Some(v)) => m.typed_s = Some(v.parse()?),
             (Some("kernel"), Some(k)) => {
                 let flops = it.next().ok_or("kernel line without flops")?.parse()?;
                 let secs = it.next().ok_or("kernel line without seconds")?.parse()?;
@@ -637,5 +662,56 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
         println!("forward_peak_mib {forward_peak}");
     }
     println!("peak_mib {}", forward_peak.max(build_peak));
+    // the same model assembled from se3-core's layers, after the peaks above were taken
+    drop(model);
+    let sd = random_weights(&cfg, &mut StdRng::seed_from_u64(0))?;
+    let typed = match c.num_degrees {
+        2 => time_typed::<Feats32, Degrees01, Feats32>(&cfg, &sd, &inputs)?,
+        3 => time_typed::<Feats32, Degrees012, Feats32>(&cfg, &sd, &inputs)?,
+        _ => return Ok(()),
+    };
+    println!("typed_time {typed}");
     Ok(())
+}
+
+#[fiber(0:32)]
+struct Feats32;
+
+#[fiber(0:32, 1:32)]
+struct Degrees01;
+
+#[fiber(0:32, 1:32, 2:32)]
+struct Degrees012;
+
+/// Median of [`reps`] forwards (after one warm-up) of the benchmark model assembled from
+/// se3-core's typed layers ([`TypedSe3Transformer`]) with the weights `sd` on `inputs`.
+fn time_typed<In: Fiber, Hidden: Fiber, Out: Fiber>(
+    cfg: &Se3TransformerConfig,
+    sd: &StateDict,
+    inputs: &ModelInputs,
+) -> Result<f64, super::CliError> {
+    let options = TypedOptions::from_config::<In, Hidden, Out>(cfg)?;
+    let mut session = TypedSe3Transformer::<In, Hidden, Out>::load(sd, options)?.compile()?;
+    let coords: Vec<[f64; 3]> = inputs
+        .coors
+        .data
+        .chunks(3)
+        .map(|p| [p[0], p[1], p[2]])
+        .collect();
+    let NodeFeats::Dense(feats) = &inputs.feats else {
+        return Err("the benchmark's features are dense".into());
+    };
+    let width = feats.data.len() / coords.len().max(1);
+    let x = Features::<In>::from_fn(coords.len(), |_, node, c, _| {
+        feats.data[node * width + c] as f32
+    });
+    session.forward(&coords, 1, None, &x)?;
+    let mut times = Vec::new();
+    for _ in 0..reps() {
+        let t = Instant::now();
+        session.forward(&coords, 1, None, &x)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
