@@ -105,8 +105,10 @@ fn reassociated_attention_gradients_match_the_per_edge_form() -> Result<(), Erro
             "seed {seed}: different weights"
         );
         let mut worst = (0.0f64, String::new());
-        for ((name, want), (name_f, got)) in per_edge.iter().zip(fused) {
-            assert_eq!(name, name_f, "seed {seed}: weights in another order");
+        for (name, want) in per_edge {
+            let Some((_, got)) = fused.iter().find(|(n, _)| n == name) else {
+                panic!("seed {seed}: the reassociated form has no gradient of {name}");
+            };
             assert!(
                 want.iter().any(|v| v.abs() > 1e-7) || name.contains("net.0"),
                 "seed {seed}: zero gradient of {name}"

@@ -705,13 +705,19 @@ impl ConvLayer {
         self.check_edge_dim(edges)?;
         let input = edges.radial_input(s, self.options.fourier)?;
         let e = dims(edges.dist)[0];
+        // the hidden layers of every pair in one fused op, under each pair's checkpoint keys
+        let nets: Vec<(String, &RadialMlp)> = self
+            .pairs
+            .iter()
+            .map(|p| (format!("{}rp.", p.key(prefix)), &p.radial))
+            .collect();
+        let bank = RadialBank::build_declared(s, &nets, input)?;
         let mut out = Vec::with_capacity(self.pairs.len());
-        for p in &self.pairs {
+        for (i, p) in self.pairs.iter().enumerate() {
             let xl = self.input_degree(x, p.d_in)?;
             let n = dims(xl)[0];
-            let (h, w, b) = p
-                .radial
-                .build_hidden(s, &format!("{}rp.", p.key(prefix)), input)?;
+            let h = bank.hidden(i)?;
+            let (w, b) = p.radial.declare_last_layer(s, &nets[i].0)?;
             let (di, mo, nf) = (2 * p.d_in + 1, 2 * p.d_out + 1, p.nf());
             // [e, q, (f, p)] -> [e, p, q, f], the layout PairEdges reads
             let b4: GraphTensor<(X, X, X, X)> = reshape(
