@@ -713,5 +713,21 @@ fn time_typed<In: Fiber, Hidden: Fiber, Out: Fiber>(
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
+    if std::env::var_os("SE3_PROFILE").is_some() {
+        // the typed assembly's heaviest operators, on stderr
+        session
+            .session()
+            .compile_with(se3_core::exec::profile::Instrument);
+        se3_core::exec::profile::reset();
+        session.forward(&coords, 1, None, &x)?;
+        let recs = se3_core::exec::profile::records();
+        eprintln!("typed assembly:");
+        for (k, t, c) in se3_core::exec::profile::by_kind_and_shapes(&recs)
+            .iter()
+            .take(30)
+        {
+            eprintln!("{t:.4} {c:4} {k}");
+        }
+    }
     Ok(times[times.len() / 2])
 }
