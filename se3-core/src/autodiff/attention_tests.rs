@@ -6,13 +6,14 @@
 use luminal::prelude::{symbolic::Expression, *};
 use rand::{rngs::StdRng, Rng};
 
+use super::check::{worst_by_name, NamedGradients};
 use super::gradients;
 use crate::exec::{InputKind, Session};
 use crate::fiber::FiberSpec;
 use crate::layers::FeatureTensors;
 use crate::layers::{AttentionLayer, AttentionOptions, ConvPath, EdgeBasis, EdgeGraph};
 use crate::ops::{neighbors, NeighborSpec};
-use crate::testing::{rel_error, rng};
+use crate::testing::rng;
 use crate::Error;
 
 type N = Dyn<'n'>;
@@ -35,7 +36,7 @@ fn reassociated_attention_gradients_match_the_per_edge_form() -> Result<(), Erro
         let n = r.gen_range(6..11);
         let mask: Vec<f32> = (0..n).map(|i| f32::from(u8::from(i % 4 != 2))).collect();
         let draw_seed: u64 = r.gen();
-        let mut results: Vec<Vec<(String, Vec<f64>)>> = Vec::new();
+        let mut results: Vec<NamedGradients> = Vec::new();
         for path in [ConvPath::Gemm, ConvPath::Fused] {
             let mut s = Session::new();
             let coords = s.input::<(N, Const<3>)>("coords", InputKind::Coordinates);
@@ -104,20 +105,15 @@ fn reassociated_attention_gradients_match_the_per_edge_form() -> Result<(), Erro
             fused.len(),
             "seed {seed}: different weights"
         );
-        let mut worst = (0.0f64, String::new());
         for (name, want) in per_edge {
-            let Some((_, got)) = fused.iter().find(|(n, _)| n == name) else {
-                panic!("seed {seed}: the reassociated form has no gradient of {name}");
-            };
             assert!(
                 want.iter().any(|v| v.abs() > 1e-7) || name.contains("net.0"),
                 "seed {seed}: zero gradient of {name}"
             );
-            let err = rel_error(got, want);
-            if err > worst.0 {
-                worst = (err, name.clone());
-            }
         }
+        let worst = worst_by_name(per_edge, fused).unwrap_or_else(|name| {
+            panic!("seed {seed}: the per-edge form has no gradient of {name}")
+        });
         println!(
             "attention (self {attend_self}, {} gradients): worst relative error {:.2e} ({})",
             fused.len(),

@@ -129,3 +129,26 @@ pub(crate) fn check_gradients(
     }
     Ok(worst)
 }
+
+/// Gradients by name.
+pub(crate) type NamedGradients = Vec<(String, Vec<f64>)>;
+
+/// The worst relative error of each gradient of `got` against the gradient of the same name in
+/// `reference`, with its name; `Err(name)` for a name `reference` lacks.
+pub(crate) fn worst_by_name(
+    reference: &[(String, Vec<f64>)],
+    got: &[(String, Vec<f64>)],
+) -> Result<(f64, String), String> {
+    let mut worst = (0.0f64, String::new());
+    for (name, g) in got {
+        let (_, want) = reference
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| name.clone())?;
+        let err = crate::testing::rel_error(g, want);
+        if err > worst.0 {
+            worst = (err, name.clone());
+        }
+    }
+    Ok(worst)
+}

@@ -5,13 +5,13 @@
 use luminal::prelude::{symbolic::Expression, *};
 use rand::{rngs::StdRng, Rng};
 
-use super::check::{check_gradients, Built, Input};
+use super::check::{check_gradients, worst_by_name, Built, Input, NamedGradients};
 use super::{gradients, Tensor};
 use crate::exec::{InputKind, Session};
 use crate::fiber::FiberSpec;
 use crate::layers::{ConvLayer, ConvOptions, ConvPath, EdgeBasis, EdgeGraph, FeatureTensors, Pool};
 use crate::ops::{neighbors, NeighborSpec};
-use crate::testing::{rel_error, rng};
+use crate::testing::rng;
 use crate::Error;
 
 type N = Dyn<'n'>;
@@ -93,7 +93,7 @@ fn fused_and_grouped_conv_gradients_match_the_unfused_gemm_path() -> Result<(), 
     ];
     let n = r.gen_range(6..12);
     let mask: Vec<f32> = (0..n).map(|i| f32::from(u8::from(i % 4 != 1))).collect();
-    let mut results: Vec<Vec<(String, Vec<f64>)>> = Vec::new();
+    let mut results: Vec<NamedGradients> = Vec::new();
     for path in paths {
         let mut s = Session::new();
         let (coords, x, edges, basis) = cloud::<K>(&mut s, &fin, true)?;
@@ -150,16 +150,9 @@ fn fused_and_grouped_conv_gradients_match_the_unfused_gemm_path() -> Result<(), 
         "seed {seed}: zero coordinate gradient"
     );
     for (path, got) in paths.iter().zip(&results).skip(1) {
-        let mut worst = (0.0f64, String::new());
-        for (name, g) in got {
-            let Some((_, want)) = reference.iter().find(|(n, _)| n == name) else {
-                panic!("seed {seed}: {path:?} has gradient {name} the GEMM path lacks");
-            };
-            let err = rel_error(g, want);
-            if err > worst.0 {
-                worst = (err, name.clone());
-            }
-        }
+        let worst = worst_by_name(reference, got).unwrap_or_else(|name| {
+            panic!("seed {seed}: {path:?} has gradient {name} the GEMM path lacks")
+        });
         println!(
             "{path:?} vs Gemm ({} gradients, {pool:?}): worst relative error {:.2e} ({})",
             got.len(),

@@ -10,8 +10,8 @@ use super::conv::{ConvLayer, ConvOptions, ConvPath, Pool};
 use super::conv_grouped;
 use super::edges::{EdgeBasis, EdgeGraph};
 use super::graph::{
-    dims, expand_at, permute, reshape, retype, FeatureTensors, GraphFeatures, Param, ParamSource,
-    E, N, T1, T2, T3, X,
+    channel_slice, dims, expand_at, permute, reshape, retype, FeatureTensors, GraphFeatures, Param,
+    ParamSource, E, N, T1, T2, T3, X,
 };
 use super::linear::{LinearLayer, LinearLayout};
 use super::norm::{NormActivation, NormLayer, NormScale};
@@ -269,7 +269,7 @@ impl AttentionLayer {
             let mut o: GraphTensor<(X, X, X)> = match (&kp, &vp, &per_edge) {
                 (Some(kp), Some(vp), _) => {
                     let qs: Vec<T3> = (0..h)
-                        .map(|t| channels(retype(qn), t * dh, dh, n, m))
+                        .map(|t| channel_slice(retype(qn), t * dh, (t + 1) * dh))
                         .collect();
                     let mut lg: Option<T3> = None;
                     for gp in kp.iter().filter(|g| g.d_out == l) {
@@ -365,20 +365,6 @@ fn no_pair(what: &'static str) -> Error {
             _ => "a degree of the fiber has no value convolution pair",
         },
     }
-}
-
-/// Channels `c0 .. c0 + cnt` of `[n, C, m]`, contiguous.
-fn channels(t: T3, c0: usize, cnt: usize, n: Expression, m: usize) -> T3 {
-    let mut st = t.shape;
-    st.slice(&[
-        (0.into(), n),
-        (c0.into(), (c0 + cnt).into()),
-        (0.into(), m.into()),
-    ]);
-    reshape(
-        GraphTensor::<(X, X, X)>::from_id(t.id, st, t.graph_ref),
-        &[n, cnt.into(), m.into()],
-    )
 }
 
 /// Rows `t n .. (t + 1) n` of a head-major `[(h n), k]`, contiguous.

@@ -5,7 +5,7 @@ use luminal::prelude::{symbolic::Expression, *};
 
 use super::depthwise_tp::concat_axis1;
 use super::depthwise_tp::{AlignedEdges, DepthwiseTensorProductLayer, DtpOptions};
-use super::gate::channel_slice;
+use super::graph::channel_slice;
 use super::graph::{
     constant, dims, expand_at, mm, reshape, retype, transpose, FeatureTensors, Param, ParamSource,
     X,

@@ -2,28 +2,14 @@
 
 use std::marker::PhantomData;
 
-use luminal::prelude::{symbolic::Expression, *};
+use luminal::prelude::*;
 
-use super::graph::{dims, expand_at, reshape, retype, FeatureTensors, GraphFeatures, X};
+use super::graph::{
+    channel_slice, dims, expand_at, reshape, retype, FeatureTensors, GraphFeatures, X,
+};
 use crate::exec::Session;
 use crate::fiber::{DegreeSpec, DegreeTable, FeedsGraph, Fiber, FiberSpec, GateFibers, MAX_DEGREE};
 use crate::Error;
-
-/// Channels `start..end` of axis 1 of `t`, as a contiguous tensor.
-pub(crate) fn channel_slice(
-    t: GraphTensor<(X, X, X)>,
-    start: usize,
-    end: usize,
-) -> GraphTensor<(X, X, X)> {
-    let d = dims(t);
-    let mut sh = t.shape;
-    sh.slice(&[
-        (Expression::from(0), d[0]),
-        (Expression::from(start), Expression::from(end)),
-        (Expression::from(0), d[2]),
-    ]);
-    GraphTensor::<(X, X, X)>::from_id(t.id, sh, t.graph_ref).contiguous()
-}
 
 /// e3nn's `Gate`: the degree-0 channels of the input are `[scalars, gates]`; the output has
 /// `silu(scalars)` as degree 0 and every channel of each degree `l > 0` multiplied by

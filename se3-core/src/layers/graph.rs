@@ -413,6 +413,22 @@ pub fn mm(a: GraphTensor<(X, X)>, b: GraphTensor<(X, X)>) -> GraphTensor<(X, X)>
     (a3 * b3).sum_reduce::<(X, X), Axis<2>>()
 }
 
+/// Channels `start..end` of axis 1 of `t`, as a contiguous tensor.
+pub fn channel_slice(
+    t: GraphTensor<(X, X, X)>,
+    start: usize,
+    end: usize,
+) -> GraphTensor<(X, X, X)> {
+    let d = dims(t);
+    let mut sh = t.shape;
+    sh.slice(&[
+        (Expression::from(0), d[0]),
+        (Expression::from(start), Expression::from(end)),
+        (Expression::from(0), d[2]),
+    ]);
+    GraphTensor::<(X, X, X)>::from_id(t.id, sh, t.graph_ref).contiguous()
+}
+
 /// A transposed view of a matrix.
 pub fn transpose(t: GraphTensor<(X, X)>) -> GraphTensor<(X, X)> {
     let mut s = t.shape;

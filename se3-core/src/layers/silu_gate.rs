@@ -2,7 +2,7 @@
 
 use luminal::prelude::*;
 
-use super::gate::channel_slice;
+use super::graph::channel_slice;
 use super::graph::{dims, expand_at, retype, FeatureTensors, X};
 use crate::fiber::{DegreeSpec, FiberSpec};
 use crate::Error;

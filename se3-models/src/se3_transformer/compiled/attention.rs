@@ -14,7 +14,7 @@ use crate::se3_transformer::attention::{AttentionSe3, KeyProj};
 use crate::se3_transformer::conv::ConvSe3;
 use crate::Error;
 use se3_core::layers::graph::{
-    bmm, expand_at, mm, permute, reshape, retype, sum_axis, T1, T2, T3, X,
+    bmm, channel_slice, expand_at, mm, permute, reshape, retype, sum_axis, T1, T2, T3, X,
 };
 use se3_core::layers::{slot_softmax, SlotLogits};
 
@@ -261,7 +261,7 @@ pub(crate) fn attention(
                 let a3: T3 = reshape(a, &[n, 1.into(), k]);
                 oh = Some(reshape(bmm(a3, v3), &[n, dh.into(), 1.into()]));
             } else if let Some(v) = values_all {
-                oh = Some(slice_channels(v, hh * dh, dh, n, m));
+                oh = Some(channel_slice(v, hh * dh, (hh + 1) * dh));
             }
             let mut oh = oh.ok_or(Error::MissingInput { name: "values" })?;
             for (w, v) in hw.singles {
@@ -313,19 +313,5 @@ fn slice_rows(all: T3, t: usize, n: Expression, k: Expression) -> T2 {
     reshape(
         GraphTensor::<(X, X, X)>::from_id(all.id, st, all.graph_ref),
         &[n, k],
-    )
-}
-
-/// Channels `c0 .. c0 + cnt` of `[n, C, m]` as a contiguous `[n, cnt, m]`.
-fn slice_channels(all: T3, c0: usize, cnt: usize, n: Expression, m: usize) -> T3 {
-    let mut st = all.shape;
-    st.slice(&[
-        (0.into(), n),
-        (c0.into(), (c0 + cnt).into()),
-        (0.into(), m.into()),
-    ]);
-    reshape(
-        GraphTensor::<(X, X, X)>::from_id(all.id, st, all.graph_ref),
-        &[n, cnt.into(), m.into()],
     )
 }
