@@ -123,6 +123,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         reversible: false,
         edge_dim: 0,
         fourier: None,
+        tie_key_values: false,
     };
     let model = match std::env::args().nth(1) {
         Some(dir) => {

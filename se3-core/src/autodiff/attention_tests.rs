@@ -1,7 +1,8 @@
 //! Gradients of [`AttentionLayer`] through its reassociated contractions (the fused edge
 //! contractions with the query folded into the keys' last radial layer and the attention
 //! weights into the values') against its per-edge form ([`ConvPath::Gemm`]: keys and values
-//! formed per edge), the same derivative: coordinates, input features and every weight.
+//! formed per edge), the same derivative: coordinates, input features and every weight, with
+//! separate or tied keys and values.
 
 use luminal::prelude::{symbolic::Expression, *};
 use rand::{rngs::StdRng, Rng};
@@ -30,6 +31,7 @@ fn reassociated_attention_gradients_match_the_per_edge_form() -> Result<(), Erro
             heads: r.gen_range(1..4),
             dim_head: r.gen_range(1..4),
             attend_self,
+            tie_key_values: r.gen_bool(0.5),
             ..AttentionOptions::default()
         };
         let layer = AttentionLayer::new(&fiber, opts, &mut r)?;
@@ -115,7 +117,8 @@ fn reassociated_attention_gradients_match_the_per_edge_form() -> Result<(), Erro
             panic!("seed {seed}: the per-edge form has no gradient of {name}")
         });
         println!(
-            "attention (self {attend_self}, {} gradients): worst relative error {:.2e} ({})",
+            "attention (self {attend_self}, tied {}, {} gradients): worst relative error {:.2e} ({})",
+            opts.tie_key_values,
             fused.len(),
             worst.0,
             worst.1

@@ -34,6 +34,9 @@ pub struct AttentionOptions {
     pub edge_dim: usize,
     /// Fourier features of the distance for the radial networks.
     pub fourier: Option<usize>,
+    /// Keys are the values (se3-transformer-pytorch's `tie_key_values`): one convolution
+    /// `to_v` gives both, and there are no `to_k` weights.
+    pub tie_key_values: bool,
 }
 
 impl Default for AttentionOptions {
@@ -44,6 +47,7 @@ impl Default for AttentionOptions {
             attend_self: true,
             edge_dim: 0,
             fourier: None,
+            tie_key_values: false,
         }
     }
 }
@@ -70,7 +74,8 @@ pub struct AttentionLayer {
     fiber: FiberSpec,
     options: AttentionOptions,
     to_q: LinearLayer,
-    to_k: ConvLayer,
+    /// `None` with `tie_key_values` (the keys are `to_v`'s messages).
+    to_k: Option<ConvLayer>,
     to_v: ConvLayer,
     self_kv: Option<(LinearLayer, LinearLayer)>,
     to_out: Option<LinearLayer>,
@@ -111,7 +116,11 @@ impl AttentionLayer {
             fiber: fiber.clone(),
             options,
             to_q: LinearLayer::new(fiber, &hidden, false, rng)?,
-            to_k: ConvLayer::new(fiber, &hidden, conv, rng)?,
+            to_k: if options.tie_key_values {
+                None
+            } else {
+                Some(ConvLayer::new(fiber, &hidden, conv, rng)?)
+            },
             to_v: ConvLayer::new(fiber, &hidden, conv, rng)?,
             self_kv: if options.attend_self {
                 Some((
@@ -155,7 +164,17 @@ impl AttentionLayer {
             options,
             to_q: lin(src, "to_q", fiber, &hidden)?,
             to_v: ConvLayer::load(src, &format!("{prefix}to_v."), fiber, &hidden, conv)?,
-            to_k: ConvLayer::load(src, &format!("{prefix}to_k."), fiber, &hidden, conv)?,
+            to_k: if options.tie_key_values {
+                None
+            } else {
+                Some(ConvLayer::load(
+                    src,
+                    &format!("{prefix}to_k."),
+                    fiber,
+                    &hidden,
+                    conv,
+                )?)
+            },
             self_kv: if options.attend_self {
                 Some((
                     lin(src, "to_self_k", fiber, &hidden)?,
@@ -186,7 +205,7 @@ impl AttentionLayer {
     /// E(3) fibers whose pairs keep only some kernel frequencies. All give the same values up to
     /// rounding.
     pub fn with_path(mut self, path: ConvPath) -> Self {
-        self.to_k = self.to_k.with_path(path);
+        self.to_k = self.to_k.map(|c| c.with_path(path));
         self.to_v = self.to_v.with_path(path);
         self
     }
@@ -224,14 +243,20 @@ impl AttentionLayer {
         let rows = Expression::from(h) * n;
         // the reassociated contractions of the compiled model where the kernels take the
         // pairs (all frequencies kept), else per-edge keys and values
-        let reassociate = matches!(self.to_k.path(), ConvPath::Fused | ConvPath::Grouped);
+        // the keys' convolution: `to_k`, or `to_v` itself with tied keys and values
+        let (key_conv, key_prefix) = match &self.to_k {
+            Some(c) => (c, format!("{prefix}to_k.")),
+            None => (&self.to_v, format!("{prefix}to_v.")),
+        };
+        let tied = self.to_k.is_none();
+        let reassociate = matches!(self.to_v.path(), ConvPath::Fused | ConvPath::Grouped);
         let grouped = if reassociate {
-            self.to_k
-                .grouped_pairs(s, &format!("{prefix}to_k."), x, edges, basis, k)?
+            key_conv.grouped_pairs(s, &key_prefix, x, edges, basis, k)?
         } else {
             None
         };
         let (kp, vp) = match grouped {
+            Some(kp) if tied => (Some(kp.clone()), Some(kp)),
             Some(kp) => (
                 Some(kp),
                 self.to_v
@@ -241,12 +266,17 @@ impl AttentionLayer {
         };
         let per_edge = match (&kp, &vp) {
             (Some(_), Some(_)) => None,
-            _ => Some((
-                self.to_k
-                    .messages(s, &format!("{prefix}to_k."), x, edges, basis)?,
-                self.to_v
-                    .messages(s, &format!("{prefix}to_v."), x, edges, basis)?,
-            )),
+            _ => {
+                let values = self
+                    .to_v
+                    .messages(s, &format!("{prefix}to_v."), x, edges, basis)?;
+                let keys = if tied {
+                    values.clone()
+                } else {
+                    key_conv.messages(s, &key_prefix, x, edges, basis)?
+                };
+                Some((keys, values))
+            }
         };
         let mut out = Vec::new();
         for (i, d) in self.fiber.degrees().iter().enumerate() {
@@ -758,7 +788,9 @@ impl AttentionLayer {
     /// `to_self_k.*`, `to_self_v.*`, `to_out.*` (those the layer has).
     pub fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param)) {
         self.to_q.visit_params(&format!("{prefix}to_q."), f);
-        self.to_k.visit_params(&format!("{prefix}to_k."), f);
+        if let Some(k) = &self.to_k {
+            k.visit_params(&format!("{prefix}to_k."), f);
+        }
         self.to_v.visit_params(&format!("{prefix}to_v."), f);
         if let Some((k, v)) = &self.self_kv {
             k.visit_params(&format!("{prefix}to_self_k."), f);
@@ -779,7 +811,9 @@ impl AttentionLayer {
         f: &mut dyn FnMut(&str, &mut Param) -> Result<(), Error>,
     ) -> Result<(), Error> {
         self.to_q.visit_params_mut(&format!("{prefix}to_q."), f)?;
-        self.to_k.visit_params_mut(&format!("{prefix}to_k."), f)?;
+        if let Some(k) = &mut self.to_k {
+            k.visit_params_mut(&format!("{prefix}to_k."), f)?;
+        }
         self.to_v.visit_params_mut(&format!("{prefix}to_v."), f)?;
         if let Some((k, v)) = &mut self.self_kv {
             k.visit_params_mut(&format!("{prefix}to_self_k."), f)?;

@@ -88,6 +88,8 @@ pub struct TypedOptions {
     /// `fourier_encode_dist` with `rel_dist_num_fourier_features`: the distance also enters
     /// the radial networks as `sin(d / 2^k)`, `cos(d / 2^k)`, `k < K`.
     pub fourier: Option<usize>,
+    /// `tie_key_values`: the attention's keys are its values (no `to_k` weights).
+    pub tie_key_values: bool,
 }
 
 impl TypedOptions {
@@ -96,7 +98,7 @@ impl TypedOptions {
     /// # Errors
     /// `NotTyped` naming the first option the typed assembly does not have (tokens, edges,
     /// sparse neighbours, global features, causal, rotary, null key/values,
-    /// key/value variants, EGNN, output reduction, infinite `num_neighbors`);
+    /// linear or one-headed keys, EGNN, output reduction, infinite `num_neighbors`);
     /// `Core(FiberMismatch)` if a fiber differs from the config's.
     pub fn from_config<In: Fiber, Hidden: Fiber, Out: Fiber>(
         cfg: &Se3TransformerConfig,
@@ -114,7 +116,6 @@ impl TypedOptions {
             ("use_null_kv", cfg.use_null_kv),
             ("linear_proj_keys", cfg.linear_proj_keys),
             ("one_headed_key_values", cfg.one_headed_key_values),
-            ("tie_key_values", cfg.tie_key_values),
             ("use_egnn", cfg.use_egnn),
             ("reduce_dim_out", cfg.reduce_dim_out),
         ];
@@ -150,6 +151,7 @@ impl TypedOptions {
             fourier: cfg
                 .fourier_encode_dist
                 .then_some(cfg.rel_dist_num_fourier_features),
+            tie_key_values: cfg.tie_key_values,
         })
     }
 
@@ -180,6 +182,7 @@ impl TypedOptions {
             attend_self: self.attend_self,
             edge_dim: self.edge_dim,
             fourier: self.fourier,
+            tie_key_values: self.tie_key_values,
         }
     }
 
@@ -758,7 +761,7 @@ mod tests {
     struct Small;
 
     #[test]
-    fn typed_assembly_matches_the_references_with_vector_inputs_convs_norm_out_edges_reversible(
+    fn typed_assembly_matches_the_references_with_vector_inputs_convs_norm_out_edges_reversible_tied_kv(
     ) -> Result<(), Error> {
         // input_degrees 2: feats of degrees 0 and 1 in, type0 and type1 out
         let (err, ..) =
@@ -776,6 +779,9 @@ mod tests {
         // reversible trunk (two streams, output norm switched on)
         let (err, ..) = reference_parity::<Atoms, Hidden, Hidden>("se3t_reversible")?;
         assert!(err < TOL_F32, "typed se3t_reversible off by {err:.2e}");
+        // tied keys and values: the value convolution gives the keys too (no to_k weights)
+        let (err, ..) = reference_parity::<Atoms, Hidden, Hidden>("se3t_tie_kv")?;
+        assert!(err < TOL_F32, "typed se3t_tie_kv off by {err:.2e}");
         Ok(())
     }
 
@@ -866,6 +872,7 @@ mod tests {
             reversible: false,
             edge_dim: 0,
             fourier: None,
+            tie_key_values: false,
         };
         let mut run =
             TypedSe3Transformer::<Atoms, Hidden, Readout>::new(options, &mut r)?.compile()?;
