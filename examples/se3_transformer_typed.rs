@@ -124,6 +124,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         edge_dim: 0,
         fourier: None,
         tie_key_values: false,
+        one_headed_key_values: false,
     };
     let model = match std::env::args().nth(1) {
         Some(dir) => {

@@ -83,6 +83,7 @@ impl Se3TransformerOracle {
             edge_dim: 0,
             fourier: None,
             tie_key_values: false,
+            one_headed_key_values: false,
         };
         let blocks = (0..o.depth)
             .map(|_| {

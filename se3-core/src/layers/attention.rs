@@ -37,6 +37,10 @@ pub struct AttentionOptions {
     /// Keys are the values (se3-transformer-pytorch's `tie_key_values`): one convolution
     /// `to_v` gives both, and there are no `to_k` weights.
     pub tie_key_values: bool,
+    /// One key/value head shared by every query head (se3-transformer-pytorch's
+    /// `one_headed_key_values`): `to_k`, `to_v`, `to_self_k`, `to_self_v` give `dim_head`
+    /// channels per degree.
+    pub one_headed_key_values: bool,
 }
 
 impl Default for AttentionOptions {
@@ -48,6 +52,7 @@ impl Default for AttentionOptions {
             edge_dim: 0,
             fourier: None,
             tie_key_values: false,
+            one_headed_key_values: false,
         }
     }
 }
@@ -91,6 +96,13 @@ fn hidden_fiber(fiber: &FiberSpec, c: usize) -> Result<FiberSpec, Error> {
     )
 }
 
+/// The keys' and values' fiber: `heads * dim_head` channels per degree, `dim_head` with one
+/// key/value head.
+fn kv_fiber(fiber: &FiberSpec, o: &AttentionOptions) -> Result<FiberSpec, Error> {
+    let heads = if o.one_headed_key_values { 1 } else { o.heads };
+    hidden_fiber(fiber, heads * o.dim_head)
+}
+
 fn projects_out(fiber: &FiberSpec, o: &AttentionOptions) -> bool {
     !(o.heads == 1 && fiber.degrees().iter().all(|d| d.channels == o.dim_head))
 }
@@ -106,6 +118,7 @@ impl AttentionLayer {
         rng: &mut impl Rng,
     ) -> Result<Self, Error> {
         let hidden = hidden_fiber(fiber, options.heads * options.dim_head)?;
+        let kv = kv_fiber(fiber, &options)?;
         let conv = ConvOptions {
             edge_dim: options.edge_dim,
             fourier: options.fourier,
@@ -119,13 +132,13 @@ impl AttentionLayer {
             to_k: if options.tie_key_values {
                 None
             } else {
-                Some(ConvLayer::new(fiber, &hidden, conv, rng)?)
+                Some(ConvLayer::new(fiber, &kv, conv, rng)?)
             },
-            to_v: ConvLayer::new(fiber, &hidden, conv, rng)?,
+            to_v: ConvLayer::new(fiber, &kv, conv, rng)?,
             self_kv: if options.attend_self {
                 Some((
-                    LinearLayer::new(fiber, &hidden, false, rng)?,
-                    LinearLayer::new(fiber, &hidden, false, rng)?,
+                    LinearLayer::new(fiber, &kv, false, rng)?,
+                    LinearLayer::new(fiber, &kv, false, rng)?,
                 ))
             } else {
                 None
@@ -149,6 +162,7 @@ impl AttentionLayer {
         options: AttentionOptions,
     ) -> Result<Self, Error> {
         let hidden = hidden_fiber(fiber, options.heads * options.dim_head)?;
+        let kv = kv_fiber(fiber, &options)?;
         let conv = ConvOptions {
             edge_dim: options.edge_dim,
             fourier: options.fourier,
@@ -163,7 +177,7 @@ impl AttentionLayer {
             fiber: fiber.clone(),
             options,
             to_q: lin(src, "to_q", fiber, &hidden)?,
-            to_v: ConvLayer::load(src, &format!("{prefix}to_v."), fiber, &hidden, conv)?,
+            to_v: ConvLayer::load(src, &format!("{prefix}to_v."), fiber, &kv, conv)?,
             to_k: if options.tie_key_values {
                 None
             } else {
@@ -171,14 +185,14 @@ impl AttentionLayer {
                     src,
                     &format!("{prefix}to_k."),
                     fiber,
-                    &hidden,
+                    &kv,
                     conv,
                 )?)
             },
             self_kv: if options.attend_self {
                 Some((
-                    lin(src, "to_self_k", fiber, &hidden)?,
-                    lin(src, "to_self_v", fiber, &hidden)?,
+                    lin(src, "to_self_k", fiber, &kv)?,
+                    lin(src, "to_self_v", fiber, &kv)?,
                 ))
             } else {
                 None
@@ -286,7 +300,7 @@ impl AttentionLayer {
             let self_logits: Vec<T1> = match &selfkv {
                 Some((sk, _)) => {
                     let qs: GraphTensor<(X, X, X)> = retype(qn);
-                    let ks: GraphTensor<(X, X, X)> = retype(sk.tensors()[i]);
+                    let ks = self.every_head(retype(sk.tensors()[i]));
                     let ps: GraphTensor<(X, X, X)> =
                         reshape(qs * ks, &[n, h.into(), (dh * m).into()]);
                     let ls: T2 = ps.sum_reduce::<(X, X), Axis<2>>() * scale;
@@ -294,6 +308,9 @@ impl AttentionLayer {
                 }
                 None => Vec::new(),
             };
+            let self_values: Option<T3> = selfkv
+                .as_ref()
+                .map(|(_, sv)| self.every_head(retype(sv.tensors()[i])));
             // one softmax per (head, node) row over its neighbours (and its self key); the
             // weighted values (N, h, dh m)
             let mut o: GraphTensor<(X, X, X)> = match (&kp, &vp, &per_edge) {
@@ -303,7 +320,8 @@ impl AttentionLayer {
                         .collect();
                     let mut lg: Option<T3> = None;
                     for gp in kp.iter().filter(|g| g.d_out == l) {
-                        let t = conv_grouped::query_logits_heads_with(&gp.edges, &qs, gp.w, gp.b);
+                        let (w, b) = (self.every_head_cols(gp.w), self.every_head_cols(gp.b));
+                        let t = conv_grouped::query_logits_heads_with(&gp.edges, &qs, w, b);
                         lg = Some(lg.map_or(t, |a| a + t));
                     }
                     let lg = lg.ok_or(no_pair("keys"))? * scale;
@@ -317,16 +335,17 @@ impl AttentionLayer {
                     let a: Vec<T2> = (0..h).map(|t| head_rows(w.neighbours, t, n, k)).collect();
                     let mut o: Option<T3> = None;
                     for gp in vp.iter().filter(|g| g.d_out == l) {
-                        let y = conv_grouped::weighted_sum_heads_with(&gp.edges, &a, gp.w, gp.b);
+                        let (w, b) = (self.every_head_cols(gp.w), self.every_head_cols(gp.b));
+                        let y = conv_grouped::weighted_sum_heads_with(&gp.edges, &a, w, b);
                         o = Some(o.map_or(y, |acc| acc + y));
                     }
                     let o = o.ok_or(no_pair("values"))?;
                     let o: T3 = reshape(o, &[n, h.into(), (dh * m).into()]);
-                    self_value(o, &w.singles, &selfkv, i, n, h, dh * m)
+                    self_value(o, &w.singles, self_values, n, h, dh * m)
                 }
                 (_, _, Some((keys, values))) => {
                     let qe: GraphTensor<(X, X, X)> = retype(gather3::<N, X, X, E>(qn, edges.dst));
-                    let ke: GraphTensor<(X, X, X)> = retype(keys.tensors()[i]);
+                    let ke = self.every_head(retype(keys.tensors()[i]));
                     // logits (N, k, h)
                     let prod: GraphTensor<(X, X, X, X)> =
                         reshape(qe * ke, &[n, k, h.into(), (dh * m).into()]);
@@ -344,11 +363,13 @@ impl AttentionLayer {
                         reshape::<_, (X, X, X)>(w.neighbours, &[h.into(), n, k]),
                         &[1, 2, 0],
                     );
-                    let ve: GraphTensor<(X, X, X, X)> =
-                        reshape(values.tensors()[i], &[n, k, h.into(), (dh * m).into()]);
+                    let ve: GraphTensor<(X, X, X, X)> = reshape(
+                        self.every_head(retype(values.tensors()[i])),
+                        &[n, k, h.into(), (dh * m).into()],
+                    );
                     let w4: GraphTensor<(X, X, X, X)> = expand_at(att_nb, 3, dh * m);
                     let o: T3 = (ve * w4).sum_reduce::<(X, X, X), Axis<1>>();
-                    self_value(o, &w.singles, &selfkv, i, n, h, dh * m)
+                    self_value(o, &w.singles, self_values, n, h, dh * m)
                 }
                 _ => return Err(no_pair("keys")),
             };
@@ -364,22 +385,48 @@ impl AttentionLayer {
     }
 }
 
+impl AttentionLayer {
+    /// A key or value tensor `[rows, C, m]` with every query head's channels: as it is, or
+    /// with one key/value head its `dim_head` channels repeated for each head
+    /// (`[rows, heads dim_head, m]`, head `t` at channels `t dim_head ..`).
+    fn every_head(&self, t: T3) -> T3 {
+        let heads = self.options.heads;
+        if !self.options.one_headed_key_values || heads == 1 {
+            return t;
+        }
+        let d = dims(t);
+        let t4: GraphTensor<(X, X, X, X)> = expand_at(t, 1, heads);
+        reshape(t4, &[d[0], d[1] * heads, d[2]])
+    }
+
+    /// The columns (output channels) of a radial last layer `[rows, C]` for every query head,
+    /// as [`AttentionLayer::every_head`].
+    fn every_head_cols(&self, w: T2) -> T2 {
+        let heads = self.options.heads;
+        if !self.options.one_headed_key_values || heads == 1 {
+            return w;
+        }
+        let d = dims(w);
+        let w3: T3 = expand_at(w, 1, heads);
+        reshape(w3, &[d[0], d[1] * heads])
+    }
+}
+
 /// `o + w_self v_self` per (node, head) for the self slot's weights `singles[0]` (`[(h N)]`,
-/// head-major) and values (`to_self_v`, degree entry `i`); `o` as is without a self slot.
-#[allow(clippy::too_many_arguments)]
+/// head-major) and values (`to_self_v` of the degree, every head's channels); `o` as is
+/// without a self slot.
 fn self_value(
     o: T3,
     singles: &[T1],
-    selfkv: &Option<(FeatureTensors<N>, FeatureTensors<N>)>,
-    i: usize,
+    self_values: Option<T3>,
     n: Expression,
     h: usize,
     width: usize,
 ) -> T3 {
-    match (singles.first(), selfkv) {
-        (Some(&a), Some((_, sv))) => {
+    match (singles.first(), self_values) {
+        (Some(&a), Some(sv)) => {
             let a2: T2 = permute(reshape::<_, (X, X)>(a, &[h.into(), n]), &[1, 0]);
-            let vs: T3 = reshape(sv.tensors()[i], &[n, h.into(), width.into()]);
+            let vs: T3 = reshape(sv, &[n, h.into(), width.into()]);
             o + vs * expand_at::<_, (X, X, X)>(a2, 2, width)
         }
         _ => o,

@@ -90,6 +90,8 @@ pub struct TypedOptions {
     pub fourier: Option<usize>,
     /// `tie_key_values`: the attention's keys are its values (no `to_k` weights).
     pub tie_key_values: bool,
+    /// `one_headed_key_values`: one key/value head (`dim_head` channels) for every query head.
+    pub one_headed_key_values: bool,
 }
 
 impl TypedOptions {
@@ -98,7 +100,7 @@ impl TypedOptions {
     /// # Errors
     /// `NotTyped` naming the first option the typed assembly does not have (tokens, edges,
     /// sparse neighbours, global features, causal, rotary, null key/values,
-    /// linear or one-headed keys, EGNN, output reduction, infinite `num_neighbors`);
+    /// linear keys, EGNN, output reduction, infinite `num_neighbors`);
     /// `Core(FiberMismatch)` if a fiber differs from the config's.
     pub fn from_config<In: Fiber, Hidden: Fiber, Out: Fiber>(
         cfg: &Se3TransformerConfig,
@@ -115,7 +117,6 @@ impl TypedOptions {
             ("rotary_rel_dist", cfg.rotary_rel_dist),
             ("use_null_kv", cfg.use_null_kv),
             ("linear_proj_keys", cfg.linear_proj_keys),
-            ("one_headed_key_values", cfg.one_headed_key_values),
             ("use_egnn", cfg.use_egnn),
             ("reduce_dim_out", cfg.reduce_dim_out),
         ];
@@ -152,6 +153,7 @@ impl TypedOptions {
                 .fourier_encode_dist
                 .then_some(cfg.rel_dist_num_fourier_features),
             tie_key_values: cfg.tie_key_values,
+            one_headed_key_values: cfg.one_headed_key_values,
         })
     }
 
@@ -183,6 +185,7 @@ impl TypedOptions {
             edge_dim: self.edge_dim,
             fourier: self.fourier,
             tie_key_values: self.tie_key_values,
+            one_headed_key_values: self.one_headed_key_values,
         }
     }
 
@@ -761,7 +764,7 @@ mod tests {
     struct Small;
 
     #[test]
-    fn typed_assembly_matches_the_references_with_vector_inputs_convs_norm_out_edges_reversible_tied_kv(
+    fn typed_assembly_matches_the_references_with_vector_inputs_convs_norm_out_edges_reversible_kv_variants(
     ) -> Result<(), Error> {
         // input_degrees 2: feats of degrees 0 and 1 in, type0 and type1 out
         let (err, ..) =
@@ -782,6 +785,9 @@ mod tests {
         // tied keys and values: the value convolution gives the keys too (no to_k weights)
         let (err, ..) = reference_parity::<Atoms, Hidden, Hidden>("se3t_tie_kv")?;
         assert!(err < TOL_F32, "typed se3t_tie_kv off by {err:.2e}");
+        // one key/value head shared by the query heads
+        let (err, ..) = reference_parity::<Atoms, Hidden, Readout>("se3t_one_headed_kv")?;
+        assert!(err < TOL_F32, "typed se3t_one_headed_kv off by {err:.2e}");
         Ok(())
     }
 
@@ -873,6 +879,7 @@ mod tests {
             edge_dim: 0,
             fourier: None,
             tie_key_values: false,
+            one_headed_key_values: false,
         };
         let mut run =
             TypedSe3Transformer::<Atoms, Hidden, Readout>::new(options, &mut r)?.compile()?;
