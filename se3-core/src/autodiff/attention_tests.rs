@@ -4,20 +4,17 @@
 //! formed per edge), the same derivative: coordinates, input features and every weight, with
 //! separate or tied keys and values, one key/value head or one per query head.
 
-use luminal::prelude::{symbolic::Expression, *};
+use luminal::prelude::symbolic::Expression;
 use rand::{rngs::StdRng, Rng};
 
 use super::check::{worst_by_name, NamedGradients};
+use super::conv_tests::{cloud, read_gradients, set_cloud};
 use super::gradients;
 use crate::exec::{InputKind, Session};
 use crate::fiber::FiberSpec;
-use crate::layers::FeatureTensors;
-use crate::layers::{AttentionLayer, AttentionOptions, ConvPath, EdgeBasis, EdgeGraph};
-use crate::ops::{neighbors, NeighborSpec};
+use crate::layers::{AttentionLayer, AttentionOptions, ConvPath};
 use crate::testing::rng;
 use crate::Error;
-
-type N = Dyn<'n'>;
 
 /// Every gradient of the attention (with and without a self slot) in both forms, on a cloud
 /// with masked nodes (missing neighbours).
@@ -42,13 +39,7 @@ fn reassociated_attention_gradients_match_the_per_edge_form() -> Result<(), Erro
         let mut results: Vec<NamedGradients> = Vec::new();
         for path in [ConvPath::Gemm, ConvPath::Fused] {
             let mut s = Session::new();
-            let coords = s.input::<(N, Const<3>)>("coords", InputKind::Coordinates);
-            let m = s.input::<(N,)>("mask", InputKind::Mask);
-            let x = FeatureTensors::input(&mut s, "x", &fiber);
-            let nb = neighbors::<_, K>(coords, Some(m), NeighborSpec::default());
-            s.derive_dim('e', Expression::from('n') * K);
-            let edges = EdgeGraph::from_neighbors(coords, &nb, None);
-            let basis = EdgeBasis::new(&mut s, "", &edges, 2)?;
+            let (coords, x, edges, basis) = cloud::<K>(&mut s, &fiber, true)?;
             let y = layer
                 .clone()
                 .with_path(path)
@@ -61,7 +52,7 @@ fn reassociated_attention_gradients_match_the_per_edge_form() -> Result<(), Erro
                 pairs.push((t.no_shape(), c));
             }
             let mut names = vec!["coords".to_string()];
-            let mut wrt = vec![coords.no_shape()];
+            let mut wrt = vec![coords];
             for (d, t) in fiber.degrees().iter().zip(x.tensors()) {
                 names.push(format!("x.{}", d.l));
                 wrt.push(t.no_shape());
@@ -79,15 +70,7 @@ fn reassociated_attention_gradients_match_the_per_edge_form() -> Result<(), Erro
                 s.output(&format!("grad.{name}"), *g);
             }
             let mut draw = <StdRng as rand::SeedableRng>::seed_from_u64(draw_seed);
-            let pts: Vec<f32> = (0..n * 3).map(|_| draw.gen_range(-2.0..2.0)).collect();
-            s.set("coords", pts, &[n, 3])?;
-            s.set("mask", mask.clone(), &[n])?;
-            for d in fiber.degrees() {
-                let v = (0..n * d.dim())
-                    .map(|_| draw.gen_range(-1.0..1.0))
-                    .collect();
-                s.set(&format!("x.{}", d.l), v, &[n, d.channels, d.width()])?;
-            }
+            set_cloud(&mut s, &mut draw, &fiber, n, &mask)?;
             for d in y.spec().degrees() {
                 let v = (0..n * d.dim())
                     .map(|_| draw.gen_range(-1.0..1.0))
@@ -95,12 +78,7 @@ fn reassociated_attention_gradients_match_the_per_edge_form() -> Result<(), Erro
                 s.set(&format!("cot.{}", d.l), v, &[n, d.channels, d.width()])?;
             }
             s.run()?;
-            let mut got = Vec::new();
-            for name in names {
-                let g = s.get(&format!("grad.{name}"))?;
-                got.push((name, g.data.iter().map(|&v| f64::from(v)).collect()));
-            }
-            results.push(got);
+            results.push(read_gradients(&s, names)?);
         }
         let (per_edge, fused) = (&results[0], &results[1]);
         assert_eq!(

@@ -17,7 +17,7 @@ use crate::Error;
 type N = Dyn<'n'>;
 
 /// `n` points on a jittered grid (pairwise distances at least ~0.9), flattened `[n, 3]`.
-fn separated_points(r: &mut StdRng, n: usize) -> Vec<f32> {
+pub(super) fn separated_points(r: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n)
         .flat_map(|i| {
             let base = [
@@ -32,7 +32,7 @@ fn separated_points(r: &mut StdRng, n: usize) -> Vec<f32> {
 
 /// Coordinates, mask, features of `fin`, the `K`-neighbour edges (grouped by node, or not)
 /// and the kernel basis up to degree 2.
-fn cloud<const K: usize>(
+pub(super) fn cloud<const K: usize>(
     s: &mut Session,
     fin: &FiberSpec,
     grouped: bool,
@@ -50,7 +50,7 @@ fn cloud<const K: usize>(
     Ok((coords.no_shape(), x, edges, basis))
 }
 
-fn set_cloud(
+pub(super) fn set_cloud(
     s: &mut Session,
     r: &mut StdRng,
     fin: &FiberSpec,
@@ -135,12 +135,7 @@ fn fused_and_grouped_conv_gradients_match_the_unfused_gemm_path() -> Result<(), 
             s.set(&format!("cot.{}", d.l), v, &[n, d.channels, d.width()])?;
         }
         s.run()?;
-        let mut got = Vec::new();
-        for name in names {
-            let g = s.get(&format!("grad.{name}"))?;
-            got.push((name, g.data.iter().map(|&v| f64::from(v)).collect()));
-        }
-        results.push(got);
+        results.push(read_gradients(&s, names)?);
     }
     let reference = &results[0];
     assert!(
@@ -223,4 +218,14 @@ fn conv_stack_coordinate_gradient_through_the_kernel_basis_matches_finite_differ
         );
     }
     Ok(())
+}
+
+/// The graph outputs `grad.<name>` of a run, by name, in f64.
+pub(super) fn read_gradients(s: &Session, names: Vec<String>) -> Result<NamedGradients, Error> {
+    let mut got = Vec::with_capacity(names.len());
+    for name in names {
+        let g = s.get(&format!("grad.{name}"))?;
+        got.push((name, g.data.iter().map(|&v| f64::from(v)).collect()));
+    }
+    Ok(got)
 }

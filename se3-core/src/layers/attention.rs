@@ -255,9 +255,9 @@ impl AttentionLayer {
         let n = dims(x.tensors()[0])[0];
         let valid: T2 = reshape(edges.valid, &[n, k]);
         let rows = Expression::from(h) * n;
-        // the reassociated contractions of the compiled model where the kernels take the
-        // pairs (all frequencies kept), else per-edge keys and values
-        // the keys' convolution: `to_k`, or `to_v` itself with tied keys and values
+        // the keys' convolution: `to_k`, or `to_v` itself with tied keys and values; the
+        // reassociated contractions of the compiled model where the kernels take the pairs
+        // (all frequencies kept), else per-edge keys and values
         let (key_conv, key_prefix) = match &self.to_k {
             Some(c) => (c, format!("{prefix}to_k.")),
             None => (&self.to_v, format!("{prefix}to_v.")),

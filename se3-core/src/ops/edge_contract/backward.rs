@@ -153,12 +153,7 @@ pub(crate) fn vjp(
     let (mut d_x, mut d_basis, mut d_h) = (None::<Tensor>, None::<Tensor>, None::<Tensor>);
     let (mut d_w, mut d_b) = (None::<Tensor>, None::<Tensor>);
     let mut d_heads = vec![None; heads];
-    let acc = |sum: &mut Option<Tensor>, t: Tensor| {
-        *sum = Some(match *sum {
-            Some(s) => add(s, t),
-            None => t,
-        });
-    };
+    let acc = accumulate;
     for t in 0..heads {
         let per_head = inputs[6 + t];
         let (wt, bt) = (columns(wc, t * cnt, cnt), columns(bc, t * cnt, cnt));
@@ -325,6 +320,14 @@ pub(crate) fn vjp(
     out
 }
 
+/// `sum += t` on an optional sum (the first term starts it).
+fn accumulate(sum: &mut Option<Tensor>, t: Tensor) {
+    *sum = Some(match *sum {
+        Some(s) => add(s, t),
+        None => t,
+    });
+}
+
 /// A plain `[rows, cnt]` matrix placed at columns `c0 .. c0 + cnt` of `[rows, cols]` (zeros
 /// elsewhere), as a padded view.
 fn pad_columns(m: Tensor, c0: usize, cols: usize) -> Tensor {
@@ -390,12 +393,7 @@ fn per_edge_last_layer(
     wanted: &[bool],
     acc: &mut [&mut Option<Tensor>; 4],
 ) {
-    let add_to = |sum: &mut Option<Tensor>, t: Tensor| {
-        *sum = Some(match *sum {
-            Some(s) => add(s, t),
-            None => t,
-        });
-    };
+    let add_to = accumulate;
     let (e, cnt, cf, hd, mo) = (d.e, d.cnt, d.cf, d.hd, d.mo);
     let w4: T4 = reshape(v.wt, &[d.nf.into(), d.ci.into(), hd.into(), cnt.into()]);
     let w_rows: T2 = reshape(permute(w4, &[3, 0, 1, 2]), &[(cnt * cf).into(), hd.into()]);
