@@ -87,6 +87,7 @@ fn run(
         None,
         options.num_neighbors,
         options.valid_radius,
+        options.causal,
     );
     let e = src.len();
     s.set(
@@ -125,6 +126,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fourier: None,
         tie_key_values: false,
         one_headed_key_values: false,
+        use_null_kv: false,
+        linear_proj_keys: false,
+        causal: false,
     };
     let model = match std::env::args().nth(1) {
         Some(dir) => {

@@ -82,8 +82,7 @@ impl Se3TransformerOracle {
             attend_self: o.attend_self,
             edge_dim: 0,
             fourier: None,
-            tie_key_values: false,
-            one_headed_key_values: false,
+            ..AttentionOptions::default()
         };
         let blocks = (0..o.depth)
             .map(|_| {

@@ -2,7 +2,8 @@
 //! contractions with the query folded into the keys' last radial layer and the attention
 //! weights into the values') against its per-edge form ([`ConvPath::Gemm`]: keys and values
 //! formed per edge), the same derivative: coordinates, input features and every weight, with
-//! separate or tied keys and values, one key/value head or one per query head.
+//! separate, tied or linear keys, one key/value head or one per query head, with and without
+//! null keys and values.
 
 use luminal::prelude::symbolic::Expression;
 use rand::{rngs::StdRng, Rng};
@@ -24,12 +25,15 @@ fn reassociated_attention_gradients_match_the_per_edge_form() -> Result<(), Erro
     let (mut r, seed) = rng();
     let fiber: FiberSpec = "0:3, 1:2, 2:1".parse()?;
     for attend_self in [false, true] {
+        let linear_proj_keys = r.gen_bool(0.3);
         let opts = AttentionOptions {
             heads: r.gen_range(2..4),
             dim_head: r.gen_range(1..4),
             attend_self,
-            tie_key_values: r.gen_bool(0.5),
+            tie_key_values: !linear_proj_keys && r.gen_bool(0.5),
             one_headed_key_values: r.gen_bool(0.5),
+            use_null_kv: r.gen_bool(0.5),
+            linear_proj_keys,
             ..AttentionOptions::default()
         };
         let layer = AttentionLayer::new(&fiber, opts, &mut r)?;
@@ -96,9 +100,11 @@ fn reassociated_attention_gradients_match_the_per_edge_form() -> Result<(), Erro
             panic!("seed {seed}: the per-edge form has no gradient of {name}")
         });
         println!(
-            "attention (self {attend_self}, tied {}, one-headed {}, {} gradients): worst relative error {:.2e} ({})",
+            "attention (self {attend_self}, tied {}, one-headed {}, null {}, linear keys {}, {} gradients): worst relative error {:.2e} ({})",
             opts.tie_key_values,
             opts.one_headed_key_values,
+            opts.use_null_kv,
+            opts.linear_proj_keys,
             fused.len(),
             worst.0,
             worst.1

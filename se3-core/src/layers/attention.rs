@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use luminal::prelude::{symbolic::Expression, *};
 use rand::Rng;
 
-use super::conv::{ConvLayer, ConvOptions, ConvPath, Pool};
+use super::conv::{ConvLayer, ConvOptions, ConvPath, GroupedPair, Pool};
 use super::conv_grouped;
 use super::edges::{EdgeBasis, EdgeGraph};
 use super::graph::{
@@ -41,6 +41,14 @@ pub struct AttentionOptions {
     /// `one_headed_key_values`): `to_k`, `to_v`, `to_self_k`, `to_self_v` give `dim_head`
     /// channels per degree.
     pub one_headed_key_values: bool,
+    /// A learned null key and value per degree (`null_keys.<l>`, `null_values.<l>`, shape
+    /// `(heads, dim_head, 2l + 1)`, `(dim_head, 2l + 1)` with one key/value head) that every
+    /// node attends to besides its neighbours (se3-transformer-pytorch's `use_null_kv`).
+    pub use_null_kv: bool,
+    /// Keys are a linear map of the neighbour's features, `k_e = to_k(x_src)` (a
+    /// [`LinearLayer`], se3-transformer-pytorch's `linear_proj_keys`), instead of a
+    /// convolution over the edge; not with `tie_key_values` (the library rejects the pair).
+    pub linear_proj_keys: bool,
 }
 
 impl Default for AttentionOptions {
@@ -53,15 +61,30 @@ impl Default for AttentionOptions {
             fourier: None,
             tie_key_values: false,
             one_headed_key_values: false,
+            use_null_kv: false,
+            linear_proj_keys: false,
         }
     }
+}
+
+/// Where an attention layer's keys come from.
+#[derive(Debug, Clone)]
+enum KeyProjection {
+    /// `to_k`: an unpooled convolution, a key per edge.
+    Conv(ConvLayer),
+    /// `tie_key_values`: the value convolution's messages.
+    Values,
+    /// `linear_proj_keys`: `to_k` a linear map of the neighbour's features.
+    Linear(LinearLayer),
 }
 
 /// Equivariant multi-head attention over each node's neighbourhood, per degree `l`:
 ///
 /// - queries `q_i = to_q(x_i)` (a [`LinearLayer`]), keys `k_e` and values `v_e` per edge from
-///   unpooled convolutions `to_k`, `to_v` ([`ConvLayer::messages`]); with `attend_self`, the
-///   node's own `to_self_k(x_i)`, `to_self_v(x_i)` join its candidates;
+///   unpooled convolutions `to_k`, `to_v` ([`ConvLayer::messages`]; keys tied to the values, or
+///   a linear map of the neighbour's features with `linear_proj_keys`); with `attend_self`,
+///   the node's own `to_self_k(x_i)`, `to_self_v(x_i)` join its candidates, with
+///   `use_null_kv` a learned null key and value;
 /// - logits `a_e = sum_{c in head, m} q_i[c, m] k_e[c, m] / sqrt(dim_head)` (invariant: an
 ///   inner product of two degree-l features), softmax over the node's valid candidates
 ///   ([`slot_softmax`], shared with the compiled model);
@@ -69,20 +92,22 @@ impl Default for AttentionOptions {
 ///   differ from `dim_head`, as the library).
 ///
 /// Keys as se3-transformer-pytorch (`to_q.weights.<l>`, `to_k.kernel_unary...`,
-/// `to_v.kernel_unary...`, `to_self_k.weights.<l>`, `to_out.weights.<l>`). The edges must be
-/// grouped by destination ([`EdgeGraph::per_node`], e.g. [`EdgeGraph::from_neighbors`]);
-/// missing edges take no part (a node with no valid candidate gets 0 before `to_out`, where
-/// se3-transformer-pytorch averages the values of its masked neighbours uniformly; with
-/// `attend_self` every node has a valid candidate and both agree).
+/// `to_v.kernel_unary...`, `to_self_k.weights.<l>`, `null_keys.<l>`, `to_out.weights.<l>`).
+/// The edges must be grouped by destination ([`EdgeGraph::per_node`], e.g.
+/// [`EdgeGraph::from_neighbors`]); missing edges take no part (a node with no valid candidate
+/// gets 0 before `to_out`, where se3-transformer-pytorch averages the values of its masked
+/// neighbours uniformly; with `attend_self` or `use_null_kv` every node has a valid candidate
+/// and both agree).
 #[derive(Debug, Clone)]
 pub struct AttentionLayer {
     fiber: FiberSpec,
     options: AttentionOptions,
     to_q: LinearLayer,
-    /// `None` with `tie_key_values` (the keys are `to_v`'s messages).
-    to_k: Option<ConvLayer>,
+    to_k: KeyProjection,
     to_v: ConvLayer,
     self_kv: Option<(LinearLayer, LinearLayer)>,
+    /// Per degree of the fiber, in its order: `(null_keys.<l>, null_values.<l>)`.
+    null_kv: Vec<(Param, Param)>,
     to_out: Option<LinearLayer>,
 }
 
@@ -103,20 +128,44 @@ fn kv_fiber(fiber: &FiberSpec, o: &AttentionOptions) -> Result<FiberSpec, Error>
     hidden_fiber(fiber, heads * o.dim_head)
 }
 
+/// `InvalidParameter` for options the library rejects together.
+fn check_options(o: &AttentionOptions) -> Result<(), Error> {
+    if o.linear_proj_keys && o.tie_key_values {
+        return Err(Error::InvalidParameter {
+            what: "tie_key_values with linear_proj_keys",
+            expected: "false (linear keys cannot be the values)",
+            found: 1.0,
+        });
+    }
+    Ok(())
+}
+
 fn projects_out(fiber: &FiberSpec, o: &AttentionOptions) -> bool {
     !(o.heads == 1 && fiber.degrees().iter().all(|d| d.channels == o.dim_head))
 }
 
+/// The checkpoint shape of a null key or value of degree `l`: `(heads, dim_head, 2l + 1)`,
+/// `(dim_head, 2l + 1)` with one key/value head.
+fn null_shape(l: usize, o: &AttentionOptions) -> Vec<usize> {
+    if o.one_headed_key_values {
+        vec![o.dim_head, 2 * l + 1]
+    } else {
+        vec![o.heads, o.dim_head, 2 * l + 1]
+    }
+}
+
 impl AttentionLayer {
-    /// A layer with fresh weights.
+    /// A layer with fresh weights (null keys and values uniform in `[-1, 1]`).
     ///
     /// # Errors
-    /// `ZeroChannels` for `heads * dim_head = 0`.
+    /// `ZeroChannels` for `heads * dim_head = 0`; `InvalidParameter` for
+    /// `linear_proj_keys` with `tie_key_values`.
     pub fn new(
         fiber: &FiberSpec,
         options: AttentionOptions,
         rng: &mut impl Rng,
     ) -> Result<Self, Error> {
+        check_options(&options)?;
         let hidden = hidden_fiber(fiber, options.heads * options.dim_head)?;
         let kv = kv_fiber(fiber, &options)?;
         let conv = ConvOptions {
@@ -129,10 +178,12 @@ impl AttentionLayer {
             fiber: fiber.clone(),
             options,
             to_q: LinearLayer::new(fiber, &hidden, false, rng)?,
-            to_k: if options.tie_key_values {
-                None
+            to_k: if options.linear_proj_keys {
+                KeyProjection::Linear(LinearLayer::new(fiber, &kv, false, rng)?)
+            } else if options.tie_key_values {
+                KeyProjection::Values
             } else {
-                Some(ConvLayer::new(fiber, &kv, conv, rng)?)
+                KeyProjection::Conv(ConvLayer::new(fiber, &kv, conv, rng)?)
             },
             to_v: ConvLayer::new(fiber, &kv, conv, rng)?,
             self_kv: if options.attend_self {
@@ -142,6 +193,21 @@ impl AttentionLayer {
                 ))
             } else {
                 None
+            },
+            null_kv: if options.use_null_kv {
+                fiber
+                    .degrees()
+                    .iter()
+                    .map(|d| {
+                        let shape = null_shape(d.l, &options);
+                        (
+                            Param::uniform(format!("null_keys.{}", d.l), shape.clone(), 1.0, rng),
+                            Param::uniform(format!("null_values.{}", d.l), shape, 1.0, rng),
+                        )
+                    })
+                    .collect()
+            } else {
+                Vec::new()
             },
             to_out: if projects_out(fiber, &options) {
                 Some(LinearLayer::new(&hidden, fiber, false, rng)?)
@@ -154,13 +220,15 @@ impl AttentionLayer {
     /// Loads an `AttentionSE3` checkpoint under `prefix` (e.g. `"net.0.0.attn."`).
     ///
     /// # Errors
-    /// `MissingKey`, `WrongShape`, `NonFiniteWeight`.
+    /// `MissingKey`, `WrongShape`, `NonFiniteWeight`; `InvalidParameter` as
+    /// [`AttentionLayer::new`].
     pub fn load(
         src: &mut dyn ParamSource,
         prefix: &str,
         fiber: &FiberSpec,
         options: AttentionOptions,
     ) -> Result<Self, Error> {
+        check_options(&options)?;
         let hidden = hidden_fiber(fiber, options.heads * options.dim_head)?;
         let kv = kv_fiber(fiber, &options)?;
         let conv = ConvOptions {
@@ -173,22 +241,42 @@ impl AttentionLayer {
         let lin = |src: &mut dyn ParamSource, name: &str, a: &FiberSpec, b: &FiberSpec| {
             LinearLayer::load(src, &format!("{prefix}{name}."), a, b, se3t, false)
         };
+        let relative = |p: Param, key: String| Param { key, ..p };
+        let to_q = lin(src, "to_q", fiber, &hidden)?;
+        let to_v = ConvLayer::load(src, &format!("{prefix}to_v."), fiber, &kv, conv)?;
+        let to_k = if options.linear_proj_keys {
+            KeyProjection::Linear(lin(src, "to_k", fiber, &kv)?)
+        } else if options.tie_key_values {
+            KeyProjection::Values
+        } else {
+            KeyProjection::Conv(ConvLayer::load(
+                src,
+                &format!("{prefix}to_k."),
+                fiber,
+                &kv,
+                conv,
+            )?)
+        };
+        let mut null_kv = Vec::new();
+        if options.use_null_kv {
+            for d in fiber.degrees() {
+                let shape = null_shape(d.l, &options);
+                let (nk, nv) = (format!("null_keys.{}", d.l), format!("null_values.{}", d.l));
+                null_kv.push((
+                    relative(
+                        Param::load(src, format!("{prefix}{nk}"), shape.clone())?,
+                        nk,
+                    ),
+                    relative(Param::load(src, format!("{prefix}{nv}"), shape)?, nv),
+                ));
+            }
+        }
         Ok(AttentionLayer {
             fiber: fiber.clone(),
             options,
-            to_q: lin(src, "to_q", fiber, &hidden)?,
-            to_v: ConvLayer::load(src, &format!("{prefix}to_v."), fiber, &kv, conv)?,
-            to_k: if options.tie_key_values {
-                None
-            } else {
-                Some(ConvLayer::load(
-                    src,
-                    &format!("{prefix}to_k."),
-                    fiber,
-                    &kv,
-                    conv,
-                )?)
-            },
+            to_q,
+            to_v,
+            to_k,
             self_kv: if options.attend_self {
                 Some((
                     lin(src, "to_self_k", fiber, &kv)?,
@@ -197,6 +285,7 @@ impl AttentionLayer {
             } else {
                 None
             },
+            null_kv,
             to_out: if projects_out(fiber, &options) {
                 Some(lin(src, "to_out", &hidden, fiber)?)
             } else {
@@ -216,10 +305,12 @@ impl AttentionLayer {
     /// the keys' last layer, [`conv_grouped::query_logits_heads_with`]; the attention weights
     /// into the values', [`conv_grouped::weighted_sum_heads_with`]; the compiled model's
     /// algorithm); the others form per-edge keys and values ([`ConvLayer::messages`]), as do
-    /// E(3) fibers whose pairs keep only some kernel frequencies. All give the same values up to
-    /// rounding.
+    /// E(3) fibers whose pairs keep only some kernel frequencies. Linear keys are gathered per
+    /// edge in every form. All give the same values up to rounding.
     pub fn with_path(mut self, path: ConvPath) -> Self {
-        self.to_k = self.to_k.map(|c| c.with_path(path));
+        if let KeyProjection::Conv(c) = self.to_k {
+            self.to_k = KeyProjection::Conv(c.with_path(path));
+        }
         self.to_v = self.to_v.with_path(path);
         self
     }
@@ -255,66 +346,59 @@ impl AttentionLayer {
         let n = dims(x.tensors()[0])[0];
         let valid: T2 = reshape(edges.valid, &[n, k]);
         let rows = Expression::from(h) * n;
-        // the keys' convolution: `to_k`, or `to_v` itself with tied keys and values; the
-        // reassociated contractions of the compiled model where the kernels take the pairs
-        // (all frequencies kept), else per-edge keys and values
-        let (key_conv, key_prefix) = match &self.to_k {
-            Some(c) => (c, format!("{prefix}to_k.")),
-            None => (&self.to_v, format!("{prefix}to_v.")),
-        };
-        let tied = self.to_k.is_none();
+        // values: reassociated on the fused contractions where the kernels take the pairs (all
+        // frequencies kept), else per edge; keys likewise, or gathered linear keys
+        let (vprefix, kprefix) = (format!("{prefix}to_v."), format!("{prefix}to_k."));
         let reassociate = matches!(self.to_v.path(), ConvPath::Fused | ConvPath::Grouped);
-        let grouped = if reassociate {
-            key_conv.grouped_pairs(s, &key_prefix, x, edges, basis, k)?
+        let vp = if reassociate {
+            self.to_v.grouped_pairs(s, &vprefix, x, edges, basis, k)?
         } else {
             None
         };
-        let (kp, vp) = match grouped {
-            Some(kp) if tied => (Some(kp.clone()), Some(kp)),
-            Some(kp) => (
-                Some(kp),
-                self.to_v
-                    .grouped_pairs(s, &format!("{prefix}to_v."), x, edges, basis, k)?,
-            ),
-            None => (None, None),
+        let values = match vp {
+            Some(_) => None,
+            None => Some(self.to_v.messages(s, &vprefix, x, edges, basis)?),
         };
-        let per_edge = match (&kp, &vp) {
-            (Some(_), Some(_)) => None,
-            _ => {
-                let values = self
-                    .to_v
-                    .messages(s, &format!("{prefix}to_v."), x, edges, basis)?;
-                let keys = if tied {
-                    values.clone()
+        let keys = match (&self.to_k, &vp, &values) {
+            (KeyProjection::Linear(lin), ..) => Keys::Nodes(lin.build(s, &kprefix, x)?),
+            (KeyProjection::Values, Some(vp), _) => Keys::Grouped(vp.clone()),
+            (KeyProjection::Values, _, Some(v)) => Keys::PerEdge(v.clone()),
+            (KeyProjection::Values, None, None) => return Err(no_pair("values")),
+            (KeyProjection::Conv(c), ..) => {
+                let grouped = if vp.is_some() {
+                    c.grouped_pairs(s, &kprefix, x, edges, basis, k)?
                 } else {
-                    key_conv.messages(s, &key_prefix, x, edges, basis)?
+                    None
                 };
-                Some((keys, values))
+                match grouped {
+                    Some(kp) => Keys::Grouped(kp),
+                    None => Keys::PerEdge(c.messages(s, &kprefix, x, edges, basis)?),
+                }
             }
         };
         let mut out = Vec::new();
         for (i, d) in self.fiber.degrees().iter().enumerate() {
             let (l, m) = (d.l, d.width());
+            let width = dh * m;
             let qn: GraphTensor<(N, X, X)> = q.tensors()[i];
-            // the node's own slot: (N h) logits
-            let self_logits: Vec<T1> = match &selfkv {
-                Some((sk, _)) => {
-                    let qs: GraphTensor<(X, X, X)> = retype(qn);
-                    let ks = self.every_head(retype(sk.tensors()[i]));
-                    let ps: GraphTensor<(X, X, X)> =
-                        reshape(qs * ks, &[n, h.into(), (dh * m).into()]);
-                    let ls: T2 = ps.sum_reduce::<(X, X), Axis<2>>() * scale;
-                    vec![reshape(permute(ls, &[1, 0]), &[rows])]
-                }
-                None => Vec::new(),
-            };
-            let self_values: Option<T3> = selfkv
-                .as_ref()
-                .map(|(_, sv)| self.every_head(retype(sv.tensors()[i])));
-            // one softmax per (head, node) row over its neighbours (and its self key); the
-            // weighted values (N, h, dh m)
-            let mut o: GraphTensor<(X, X, X)> = match (&kp, &vp, &per_edge) {
-                (Some(kp), Some(vp), _) => {
+            // one softmax per (head, node) row over its neighbours, its null key and its self key
+            let mut singles: Vec<(T1, T3)> = Vec::new();
+            if let Some((nk, nv)) = self.null_kv.get(i) {
+                let (nk, nv) = (
+                    self.null_rows(s, prefix, nk, n)?,
+                    self.null_rows(s, prefix, nv, n)?,
+                );
+                singles.push((slot_logits(qn, nk, n, h, width) * scale, nv));
+            }
+            if let Some((sk, sv)) = &selfkv {
+                let ks = self.every_head(retype(sk.tensors()[i]));
+                let vs = self.every_head(retype(sv.tensors()[i]));
+                singles.push((slot_logits(qn, ks, n, h, width) * scale, vs));
+            }
+            let single_logits: Vec<T1> = singles.iter().map(|(a, _)| *a).collect();
+            // neighbour logits, head-major rows [(h N), k]
+            let logits: T2 = match &keys {
+                Keys::Grouped(kp) => {
                     let qs: Vec<T3> = (0..h)
                         .map(|t| channel_slice(retype(qn), t * dh, (t + 1) * dh))
                         .collect();
@@ -324,14 +408,29 @@ impl AttentionLayer {
                         let t = conv_grouped::query_logits_heads_with(&gp.edges, &qs, w, b);
                         lg = Some(lg.map_or(t, |a| a + t));
                     }
-                    let lg = lg.ok_or(no_pair("keys"))? * scale;
-                    let vmask: T3 = expand_at(valid, 0, h);
-                    let w = slot_softmax(SlotLogits {
-                        neighbours: reshape(lg, &[rows, k]),
-                        valid: Some(reshape(vmask, &[rows, k])),
-                        singles: &self_logits,
-                        shared: None,
-                    });
+                    reshape(lg.ok_or(no_pair("keys"))?, &[rows, k])
+                }
+                Keys::PerEdge(keys) => {
+                    let ke = self.every_head(retype(keys.tensors()[i]));
+                    edge_logits(qn, ke, edges, n, k, h, width)
+                }
+                Keys::Nodes(keys) => {
+                    let kn: GraphTensor<(N, X, X)> =
+                        retype(self.every_head(retype(keys.tensors()[i])));
+                    let ke: T3 = retype(gather3::<N, X, X, E>(kn, edges.src));
+                    edge_logits(qn, ke, edges, n, k, h, width)
+                }
+            } * scale;
+            let vmask: T3 = expand_at(valid, 0, h);
+            let w = slot_softmax(SlotLogits {
+                neighbours: logits,
+                valid: Some(reshape(vmask, &[rows, k])),
+                singles: &single_logits,
+                shared: None,
+            });
+            // the weighted values (N, h, dh m)
+            let mut o: T3 = match (&vp, &values) {
+                (Some(vp), _) => {
                     let a: Vec<T2> = (0..h).map(|t| head_rows(w.neighbours, t, n, k)).collect();
                     let mut o: Option<T3> = None;
                     for gp in vp.iter().filter(|g| g.d_out == l) {
@@ -339,41 +438,27 @@ impl AttentionLayer {
                         let y = conv_grouped::weighted_sum_heads_with(&gp.edges, &a, w, b);
                         o = Some(o.map_or(y, |acc| acc + y));
                     }
-                    let o = o.ok_or(no_pair("values"))?;
-                    let o: T3 = reshape(o, &[n, h.into(), (dh * m).into()]);
-                    self_value(o, &w.singles, self_values, n, h, dh * m)
+                    reshape(o.ok_or(no_pair("values"))?, &[n, h.into(), width.into()])
                 }
-                (_, _, Some((keys, values))) => {
-                    let qe: GraphTensor<(X, X, X)> = retype(gather3::<N, X, X, E>(qn, edges.dst));
-                    let ke = self.every_head(retype(keys.tensors()[i]));
-                    // logits (N, k, h)
-                    let prod: GraphTensor<(X, X, X, X)> =
-                        reshape(qe * ke, &[n, k, h.into(), (dh * m).into()]);
-                    let logits: T3 = prod.sum_reduce::<(X, X, X), Axis<3>>() * scale;
-                    let per_row = |t: T3| -> T2 { reshape(permute(t, &[2, 0, 1]), &[rows, k]) };
-                    let vmask: T3 = expand_at(valid, 2, h);
-                    let w = slot_softmax(SlotLogits {
-                        neighbours: per_row(logits),
-                        valid: Some(per_row(vmask)),
-                        singles: &self_logits,
-                        shared: None,
-                    });
-                    // back to (N, k, h)
+                (None, Some(values)) => {
+                    // weights back to (N, k, h)
                     let att_nb: T3 = permute(
                         reshape::<_, (X, X, X)>(w.neighbours, &[h.into(), n, k]),
                         &[1, 2, 0],
                     );
                     let ve: GraphTensor<(X, X, X, X)> = reshape(
                         self.every_head(retype(values.tensors()[i])),
-                        &[n, k, h.into(), (dh * m).into()],
+                        &[n, k, h.into(), width.into()],
                     );
-                    let w4: GraphTensor<(X, X, X, X)> = expand_at(att_nb, 3, dh * m);
-                    let o: T3 = (ve * w4).sum_reduce::<(X, X, X), Axis<1>>();
-                    self_value(o, &w.singles, self_values, n, h, dh * m)
+                    let w4: GraphTensor<(X, X, X, X)> = expand_at(att_nb, 3, width);
+                    (ve * w4).sum_reduce::<(X, X, X), Axis<1>>()
                 }
-                _ => return Err(no_pair("keys")),
+                (None, None) => return Err(no_pair("values")),
             };
-            o = reshape(o, &[n, (h * dh).into(), m.into()]);
+            for (&a, (_, v)) in w.singles.iter().zip(&singles) {
+                o = add_slot_values(o, a, *v, n, h, width);
+            }
+            let o: T3 = reshape(o, &[n, (h * dh).into(), m.into()]);
             out.push(retype(o));
         }
         let hidden = hidden_fiber(&self.fiber, h * dh)?;
@@ -383,6 +468,50 @@ impl AttentionLayer {
             None => Ok(y),
         }
     }
+}
+
+/// An attention layer's keys in the form the build takes them.
+enum Keys {
+    /// Each degree pair's edges and the key convolution's last layer (reassociated logits).
+    Grouped(Vec<GroupedPair>),
+    /// A key per edge (`[E, C, m]` per degree).
+    PerEdge(FeatureTensors<E>),
+    /// A key per node (`[N, C, m]` per degree), gathered at each edge's source.
+    Nodes(FeatureTensors<N>),
+}
+
+/// Logits `[(h N), k]` (head-major rows, unscaled) of the queries `qn [N, h dh, m]` against
+/// per-edge keys `ke [N k, h dh, m]` (every head's channels).
+fn edge_logits(
+    qn: GraphTensor<(N, X, X)>,
+    ke: T3,
+    edges: &EdgeGraph,
+    n: Expression,
+    k: Expression,
+    h: usize,
+    width: usize,
+) -> T2 {
+    let qe: T3 = retype(gather3::<N, X, X, E>(qn, edges.dst));
+    let prod: GraphTensor<(X, X, X, X)> = reshape(qe * ke, &[n, k, h.into(), width.into()]);
+    let logits: T3 = prod.sum_reduce::<(X, X, X), Axis<3>>();
+    reshape(permute(logits, &[2, 0, 1]), &[Expression::from(h) * n, k])
+}
+
+/// Logits `[(h N)]` (head-major, unscaled) of the queries `qn [N, h dh, m]` against one key
+/// per node `key [N, h dh, m]` (the self or null slot).
+fn slot_logits(qn: GraphTensor<(N, X, X)>, key: T3, n: Expression, h: usize, width: usize) -> T1 {
+    let qs: T3 = retype(qn);
+    let ps: T3 = reshape(qs * key, &[n, h.into(), width.into()]);
+    let ls: T2 = ps.sum_reduce::<(X, X), Axis<2>>();
+    reshape(permute(ls, &[1, 0]), &[Expression::from(h) * n])
+}
+
+/// `o + a v` per (node, head) for a single slot's weights `a` (`[(h N)]`, head-major) and
+/// values `v` (`[N, h dh, m]`, every head's channels); `o` is `[N, h, dh m]`.
+fn add_slot_values(o: T3, a: T1, v: T3, n: Expression, h: usize, width: usize) -> T3 {
+    let a2: T2 = permute(reshape::<_, (X, X)>(a, &[h.into(), n]), &[1, 0]);
+    let vs: T3 = reshape(v, &[n, h.into(), width.into()]);
+    o + vs * expand_at::<_, (X, X, X)>(a2, 2, width)
 }
 
 impl AttentionLayer {
@@ -399,6 +528,30 @@ impl AttentionLayer {
         reshape(t4, &[d[0], d[1] * heads, d[2]])
     }
 
+    /// A null key or value of one degree (`[heads, dim_head, m]` or `[dim_head, m]`) as the
+    /// session weight `<prefix><key>`, every query head's channels on each of `n` rows
+    /// (`[n, heads dim_head, m]`, a broadcast view).
+    fn null_rows(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        p: &Param,
+        n: Expression,
+    ) -> Result<T3, Error> {
+        let m = p.shape.last().copied().unwrap_or(1);
+        let kv: usize = p.shape.iter().product::<usize>() / m.max(1);
+        let t: T3 = if p.shape.len() == 3 {
+            let t: T3 = p.declare(s, prefix)?;
+            reshape(t, &[1.into(), kv.into(), m.into()])
+        } else {
+            let t: T2 = p.declare(s, prefix)?;
+            reshape(t, &[1.into(), kv.into(), m.into()])
+        };
+        let width = self.options.heads * self.options.dim_head;
+        let row: T2 = reshape(self.every_head(t), &[width.into(), m.into()]);
+        Ok(expand_at(row, 0, n))
+    }
+
     /// The columns (output channels) of a radial last layer `[rows, C]` for every query head,
     /// as [`AttentionLayer::every_head`].
     fn every_head_cols(&self, w: T2) -> T2 {
@@ -409,27 +562,6 @@ impl AttentionLayer {
         let d = dims(w);
         let w3: T3 = expand_at(w, 1, heads);
         reshape(w3, &[d[0], d[1] * heads])
-    }
-}
-
-/// `o + w_self v_self` per (node, head) for the self slot's weights `singles[0]` (`[(h N)]`,
-/// head-major) and values (`to_self_v` of the degree, every head's channels); `o` as is
-/// without a self slot.
-fn self_value(
-    o: T3,
-    singles: &[T1],
-    self_values: Option<T3>,
-    n: Expression,
-    h: usize,
-    width: usize,
-) -> T3 {
-    match (singles.first(), self_values) {
-        (Some(&a), Some(sv)) => {
-            let a2: T2 = permute(reshape::<_, (X, X)>(a, &[h.into(), n]), &[1, 0]);
-            let vs: T3 = reshape(sv, &[n, h.into(), width.into()]);
-            o + vs * expand_at::<_, (X, X, X)>(a2, 2, width)
-        }
-        _ => o,
     }
 }
 
@@ -835,13 +967,19 @@ impl AttentionLayer {
     /// `to_self_k.*`, `to_self_v.*`, `to_out.*` (those the layer has).
     pub fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param)) {
         self.to_q.visit_params(&format!("{prefix}to_q."), f);
-        if let Some(k) = &self.to_k {
-            k.visit_params(&format!("{prefix}to_k."), f);
+        match &self.to_k {
+            KeyProjection::Conv(k) => k.visit_params(&format!("{prefix}to_k."), f),
+            KeyProjection::Linear(k) => k.visit_params(&format!("{prefix}to_k."), f),
+            KeyProjection::Values => {}
         }
         self.to_v.visit_params(&format!("{prefix}to_v."), f);
         if let Some((k, v)) = &self.self_kv {
             k.visit_params(&format!("{prefix}to_self_k."), f);
             v.visit_params(&format!("{prefix}to_self_v."), f);
+        }
+        for (k, v) in &self.null_kv {
+            f(&format!("{prefix}{}", k.key), k);
+            f(&format!("{prefix}{}", v.key), v);
         }
         if let Some(o) = &self.to_out {
             o.visit_params(&format!("{prefix}to_out."), f);
@@ -858,13 +996,19 @@ impl AttentionLayer {
         f: &mut dyn FnMut(&str, &mut Param) -> Result<(), Error>,
     ) -> Result<(), Error> {
         self.to_q.visit_params_mut(&format!("{prefix}to_q."), f)?;
-        if let Some(k) = &mut self.to_k {
-            k.visit_params_mut(&format!("{prefix}to_k."), f)?;
+        match &mut self.to_k {
+            KeyProjection::Conv(k) => k.visit_params_mut(&format!("{prefix}to_k."), f)?,
+            KeyProjection::Linear(k) => k.visit_params_mut(&format!("{prefix}to_k."), f)?,
+            KeyProjection::Values => {}
         }
         self.to_v.visit_params_mut(&format!("{prefix}to_v."), f)?;
         if let Some((k, v)) = &mut self.self_kv {
             k.visit_params_mut(&format!("{prefix}to_self_k."), f)?;
             v.visit_params_mut(&format!("{prefix}to_self_v."), f)?;
+        }
+        for (k, v) in &mut self.null_kv {
+            f(&format!("{prefix}{}", k.key), k)?;
+            f(&format!("{prefix}{}", v.key), v)?;
         }
         if let Some(o) = &mut self.to_out {
             o.visit_params_mut(&format!("{prefix}to_out."), f)?;

@@ -92,6 +92,13 @@ pub struct TypedOptions {
     pub tie_key_values: bool,
     /// `one_headed_key_values`: one key/value head (`dim_head` channels) for every query head.
     pub one_headed_key_values: bool,
+    /// `use_null_kv`: a learned null key and value per degree in every attention.
+    pub use_null_kv: bool,
+    /// `linear_proj_keys`: keys are a linear map of the neighbour's features.
+    pub linear_proj_keys: bool,
+    /// `causal`: node `i` takes its neighbours among the nodes `j < i` of its cloud (the
+    /// library requires `attend_self` with it).
+    pub causal: bool,
 }
 
 impl TypedOptions {
@@ -99,8 +106,8 @@ impl TypedOptions {
     ///
     /// # Errors
     /// `NotTyped` naming the first option the typed assembly does not have (tokens, edges,
-    /// sparse neighbours, global features, causal, rotary, null key/values,
-    /// linear keys, EGNN, output reduction, infinite `num_neighbors`);
+    /// sparse neighbours, global features, rotary, EGNN, output reduction, infinite
+    /// `num_neighbors`);
     /// `Core(FiberMismatch)` if a fiber differs from the config's.
     pub fn from_config<In: Fiber, Hidden: Fiber, Out: Fiber>(
         cfg: &Se3TransformerConfig,
@@ -112,11 +119,8 @@ impl TypedOptions {
             ("attend_sparse_neighbors", cfg.attend_sparse_neighbors),
             ("num_adj_degrees", cfg.num_adj_degrees.is_some()),
             ("global_feats_dim", cfg.global_feats_dim.is_some()),
-            ("causal", cfg.causal),
             ("rotary_position", cfg.rotary_position),
             ("rotary_rel_dist", cfg.rotary_rel_dist),
-            ("use_null_kv", cfg.use_null_kv),
-            ("linear_proj_keys", cfg.linear_proj_keys),
             ("use_egnn", cfg.use_egnn),
             ("reduce_dim_out", cfg.reduce_dim_out),
         ];
@@ -154,6 +158,9 @@ impl TypedOptions {
                 .then_some(cfg.rel_dist_num_fourier_features),
             tie_key_values: cfg.tie_key_values,
             one_headed_key_values: cfg.one_headed_key_values,
+            use_null_kv: cfg.use_null_kv,
+            linear_proj_keys: cfg.linear_proj_keys,
+            causal: cfg.causal,
         })
     }
 
@@ -186,6 +193,8 @@ impl TypedOptions {
             fourier: self.fourier,
             tie_key_values: self.tie_key_values,
             one_headed_key_values: self.one_headed_key_values,
+            use_null_kv: self.use_null_kv,
+            linear_proj_keys: self.linear_proj_keys,
         }
     }
 
@@ -387,6 +396,7 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             session: s,
             num_neighbors: self.options.num_neighbors,
             valid_radius: self.options.valid_radius,
+            causal: self.options.causal,
             edge_dim: self.options.edge_dim,
             fibers: PhantomData,
         })
@@ -417,6 +427,7 @@ pub struct TypedSession<In: Fiber, Out: Fiber> {
     session: Session,
     num_neighbors: usize,
     valid_radius: f64,
+    causal: bool,
     edge_dim: usize,
     fibers: PhantomData<fn(In) -> Out>,
 }
@@ -480,7 +491,14 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
                 index,
             });
         }
-        let (src, dst) = knn_edges(coords, batch, mask, self.num_neighbors, self.valid_radius);
+        let (src, dst) = knn_edges(
+            coords,
+            batch,
+            mask,
+            self.num_neighbors,
+            self.valid_radius,
+            self.causal,
+        );
         let features = match (edge_features, self.edge_dim) {
             (None, 0) => None,
             (Some(_), 0) => return Err(Error::UnexpectedInput { name: "edges" }),
@@ -556,7 +574,8 @@ fn gather_edge_features(f: &[f64], src: &[f32], dst: &[f32], n: usize, d: usize)
 /// of a typed graph: the selection of the compiled model and the oracle
 /// ([`select_neighbors`](crate::se3_transformer::graph::select_neighbors): for node `i`, the
 /// other nodes `j` of its cloud ranked by distance, ties as PyTorch's `topk`, the first
-/// `min(k, n - 1)` kept, valid if `|x_i - x_j| <= valid_radius` and both are unmasked). Edge
+/// `min(k, n - 1)` kept, valid if `|x_i - x_j| <= valid_radius` and both are unmasked; with
+/// `causal` only `j < i` are valid, ranked after the others as the library's masked pairs). Edge
 /// `i k + kk` has `dst = i`, `src = j`; invalid and padding edges are `-1`. Returns
 /// `(src, dst)`.
 pub fn knn_edges(
@@ -565,6 +584,7 @@ pub fn knn_edges(
     mask: Option<&[bool]>,
     k: usize,
     valid_radius: f64,
+    causal: bool,
 ) -> (Vec<f32>, Vec<f32>) {
     use crate::se3_transformer::graph::{select_neighbors, PairInputs, SelectionParams};
     let rows = coords.len();
@@ -573,7 +593,7 @@ pub fn knn_edges(
     let params = SelectionParams {
         num_neighbors: Some(k),
         valid_radius,
-        causal: false,
+        causal,
         attend_sparse: false,
         max_sparse_neighbors: None,
         num_adj_degrees: None,
@@ -764,7 +784,7 @@ mod tests {
     struct Small;
 
     #[test]
-    fn typed_assembly_matches_the_references_with_vector_inputs_convs_norm_out_edges_reversible_kv_variants(
+    fn typed_assembly_matches_the_references_with_vector_inputs_convs_norm_out_edges_reversible_kv_variants_causal(
     ) -> Result<(), Error> {
         // input_degrees 2: feats of degrees 0 and 1 in, type0 and type1 out
         let (err, ..) =
@@ -788,6 +808,15 @@ mod tests {
         // one key/value head shared by the query heads
         let (err, ..) = reference_parity::<Atoms, Hidden, Readout>("se3t_one_headed_kv")?;
         assert!(err < TOL_F32, "typed se3t_one_headed_kv off by {err:.2e}");
+        // keys a linear map of the neighbour's features
+        let (err, ..) = reference_parity::<Atoms, Hidden, Hidden>("se3t_linear_proj_keys")?;
+        assert!(
+            err < TOL_F32,
+            "typed se3t_linear_proj_keys off by {err:.2e}"
+        );
+        // causal neighbour selection (node i sees j < i)
+        let (err, ..) = reference_parity::<Atoms, Hidden, Readout>("se3t_causal")?;
+        assert!(err < TOL_F32, "typed se3t_causal off by {err:.2e}");
         Ok(())
     }
 
@@ -809,16 +838,23 @@ mod tests {
     }
 
     /// A config the reference folders do not have (degree 2 hidden, type-1 output, gated
-    /// pre-norms, depth 2, a radius that cuts edges), random weights, random masked
+    /// pre-norms, depth 2, a radius that cuts edges; null key/values, linear or tied keys, one
+    /// key/value head and causal selection drawn at random), random weights, random masked
     /// clouds: the typed assembly gives the outputs of `Se3Transformer`.
     #[test]
     fn typed_assembly_equals_the_compiled_model_on_random_clouds() -> Result<(), Error> {
         let (mut r, seed) = rng();
+        // the library takes tied keys only from a convolution
+        let linear_keys = r.gen_bool(0.5);
         let kwargs = serde_json::json!({
             "dim": 6, "heads": 2, "dim_head": 3, "depth": 2, "num_degrees": 3,
             "output_degrees": 2, "num_neighbors": 5, "valid_radius": 2.5,
-            "norm_gated_scale": true, "attend_self": true
+            "norm_gated_scale": true, "attend_self": true,
+            "use_null_kv": r.gen_bool(0.5), "linear_proj_keys": linear_keys,
+            "tie_key_values": !linear_keys && r.gen_bool(0.5),
+            "one_headed_key_values": r.gen_bool(0.5), "causal": r.gen_bool(0.5)
         });
+        println!("seed {seed}: {kwargs}");
         let cfg = Se3TransformerConfig::from_kwargs(&kwargs)?;
         let sd = StateDict::random_near_one(Se3TransformerOracle::expected_keys(&cfg)?, &mut r)?;
         let options = TypedOptions::from_config::<Scalars, Wide, Vectors>(&cfg)?;
@@ -880,6 +916,9 @@ mod tests {
             fourier: None,
             tie_key_values: false,
             one_headed_key_values: false,
+            use_null_kv: false,
+            linear_proj_keys: false,
+            causal: false,
         };
         let mut run =
             TypedSe3Transformer::<Atoms, Hidden, Readout>::new(options, &mut r)?.compile()?;
