@@ -129,6 +129,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         use_null_kv: false,
         linear_proj_keys: false,
         causal: false,
+        global_feats_dim: None,
     };
     let model = match std::env::args().nth(1) {
         Some(dir) => {

@@ -3,7 +3,7 @@
 //! weights into the values') against its per-edge form ([`ConvPath::Gemm`]: keys and values
 //! formed per edge), the same derivative: coordinates, input features and every weight, with
 //! separate, tied or linear keys, one key/value head or one per query head, with and without
-//! null keys and values.
+//! null keys and values and global tokens (whose gradient is compared too).
 
 use luminal::prelude::symbolic::Expression;
 use rand::{rngs::StdRng, Rng};
@@ -34,8 +34,10 @@ fn reassociated_attention_gradients_match_the_per_edge_form() -> Result<(), Erro
             one_headed_key_values: r.gen_bool(0.5),
             use_null_kv: r.gen_bool(0.5),
             linear_proj_keys,
+            global_feats_dim: r.gen_bool(0.5).then(|| r.gen_range(1..4)),
             ..AttentionOptions::default()
         };
+        let tokens = r.gen_range(1..3);
         let layer = AttentionLayer::new(&fiber, opts, &mut r)?;
         let n = r.gen_range(6..11);
         let mask: Vec<f32> = (0..n).map(|i| f32::from(u8::from(i % 4 != 2))).collect();
@@ -43,7 +45,14 @@ fn reassociated_attention_gradients_match_the_per_edge_form() -> Result<(), Erro
         let mut results: Vec<NamedGradients> = Vec::new();
         for path in [ConvPath::Gemm, ConvPath::Fused] {
             let mut s = Session::new();
-            let (coords, x, edges, basis) = cloud::<K>(&mut s, &fiber, true)?;
+            let (coords, x, mut edges, basis) = cloud::<K>(&mut s, &fiber, true)?;
+            if let Some(width) = opts.global_feats_dim {
+                edges.global_features = Some(s.input_with_shape(
+                    "global",
+                    InputKind::Values,
+                    &['n'.into(), tokens.into(), width.into()],
+                ));
+            }
             let y = layer
                 .clone()
                 .with_path(path)
@@ -57,6 +66,10 @@ fn reassociated_attention_gradients_match_the_per_edge_form() -> Result<(), Erro
             }
             let mut names = vec!["coords".to_string()];
             let mut wrt = vec![coords];
+            if let Some(g) = edges.global_features {
+                names.push("global".into());
+                wrt.push(g.no_shape());
+            }
             for (d, t) in fiber.degrees().iter().zip(x.tensors()) {
                 names.push(format!("x.{}", d.l));
                 wrt.push(t.no_shape());
@@ -75,6 +88,12 @@ fn reassociated_attention_gradients_match_the_per_edge_form() -> Result<(), Erro
             }
             let mut draw = <StdRng as rand::SeedableRng>::seed_from_u64(draw_seed);
             set_cloud(&mut s, &mut draw, &fiber, n, &mask)?;
+            if let Some(width) = opts.global_feats_dim {
+                let v = (0..n * tokens * width)
+                    .map(|_| draw.gen_range(-1.0..1.0))
+                    .collect();
+                s.set("global", v, &[n, tokens, width])?;
+            }
             for d in y.spec().degrees() {
                 let v = (0..n * d.dim())
                     .map(|_| draw.gen_range(-1.0..1.0))
@@ -100,11 +119,12 @@ fn reassociated_attention_gradients_match_the_per_edge_form() -> Result<(), Erro
             panic!("seed {seed}: the per-edge form has no gradient of {name}")
         });
         println!(
-            "attention (self {attend_self}, tied {}, one-headed {}, null {}, linear keys {}, {} gradients): worst relative error {:.2e} ({})",
+            "attention (self {attend_self}, tied {}, one-headed {}, null {}, linear keys {}, global {:?}, {} gradients): worst relative error {:.2e} ({})",
             opts.tie_key_values,
             opts.one_headed_key_values,
             opts.use_null_kv,
             opts.linear_proj_keys,
+            opts.global_feats_dim,
             fused.len(),
             worst.0,
             worst.1

@@ -11,7 +11,7 @@ use super::conv_grouped;
 use super::edges::{EdgeBasis, EdgeGraph};
 use super::graph::{
     channel_slice, dims, expand_at, permute, reshape, retype, FeatureTensors, GraphFeatures, Param,
-    ParamSource, E, N, T1, T2, T3, X,
+    ParamSource, E, N, T1, T2, T3, T4, X,
 };
 use super::linear::{LinearLayer, LinearLayout};
 use super::norm::{NormActivation, NormLayer, NormScale};
@@ -49,6 +49,10 @@ pub struct AttentionOptions {
     /// [`LinearLayer`], se3-transformer-pytorch's `linear_proj_keys`), instead of a
     /// convolution over the edge; not with `tie_key_values` (the library rejects the pair).
     pub linear_proj_keys: bool,
+    /// Width of global tokens (se3-transformer-pytorch's `global_feats_dim`): degree 0 also
+    /// attends to keys and values `to_global_k(g)`, `to_global_v(g)` of its cloud's tokens
+    /// ([`EdgeGraph::global_features`]).
+    pub global_feats_dim: Option<usize>,
 }
 
 impl Default for AttentionOptions {
@@ -63,6 +67,7 @@ impl Default for AttentionOptions {
             one_headed_key_values: false,
             use_null_kv: false,
             linear_proj_keys: false,
+            global_feats_dim: None,
         }
     }
 }
@@ -108,7 +113,22 @@ pub struct AttentionLayer {
     self_kv: Option<(LinearLayer, LinearLayer)>,
     /// Per degree of the fiber, in its order: `(null_keys.<l>, null_values.<l>)`.
     null_kv: Vec<(Param, Param)>,
+    /// `(to_global_k, to_global_v)` from the global tokens to degree 0 of the keys and values.
+    to_global: Option<(LinearLayer, LinearLayer)>,
     to_out: Option<LinearLayer>,
+}
+
+/// The fibers of the global keys' and values' maps: `0:global_feats_dim` to degree 0 of the
+/// keys' fiber (`None` without global tokens or without degree 0).
+fn global_fibers(
+    kv: &FiberSpec,
+    o: &AttentionOptions,
+) -> Result<Option<(FiberSpec, FiberSpec)>, Error> {
+    let (Some(g), Some(d0)) = (o.global_feats_dim, kv.degrees().iter().find(|d| d.l == 0)) else {
+        return Ok(None);
+    };
+    let one = |c: usize| FiberSpec::new(vec![DegreeSpec::new(0, c, d0.parity)]);
+    Ok(Some((one(g)?, one(d0.channels)?)))
 }
 
 fn hidden_fiber(fiber: &FiberSpec, c: usize) -> Result<FiberSpec, Error> {
@@ -209,6 +229,13 @@ impl AttentionLayer {
             } else {
                 Vec::new()
             },
+            to_global: match global_fibers(&kv, &options)? {
+                Some((gin, gout)) => Some((
+                    LinearLayer::new(&gin, &gout, false, rng)?,
+                    LinearLayer::new(&gin, &gout, false, rng)?,
+                )),
+                None => None,
+            },
             to_out: if projects_out(fiber, &options) {
                 Some(LinearLayer::new(&hidden, fiber, false, rng)?)
             } else {
@@ -286,6 +313,13 @@ impl AttentionLayer {
                 None
             },
             null_kv,
+            to_global: match global_fibers(&kv, &options)? {
+                Some((gin, gout)) => Some((
+                    lin(src, "to_global_k", &gin, &gout)?,
+                    lin(src, "to_global_v", &gin, &gout)?,
+                )),
+                None => None,
+            },
             to_out: if projects_out(fiber, &options) {
                 Some(lin(src, "to_out", &hidden, fiber)?)
             } else {
@@ -396,6 +430,11 @@ impl AttentionLayer {
                 singles.push((slot_logits(qn, ks, n, h, width) * scale, vs));
             }
             let single_logits: Vec<T1> = singles.iter().map(|(a, _)| *a).collect();
+            // degree 0: the cloud's global tokens, logits [(h N), g] and values [N, g, h, dh]
+            let global = match (&self.to_global, l) {
+                (Some(maps), 0) => Some(self.global_slots(s, prefix, maps, qn, edges, n)?),
+                _ => None,
+            };
             // neighbour logits, head-major rows [(h N), k]
             let logits: T2 = match &keys {
                 Keys::Grouped(kp) => {
@@ -426,7 +465,7 @@ impl AttentionLayer {
                 neighbours: logits,
                 valid: Some(reshape(vmask, &[rows, k])),
                 singles: &single_logits,
-                shared: None,
+                shared: global.map(|g| g.0 * scale),
             });
             // the weighted values (N, h, dh m)
             let mut o: T3 = match (&vp, &values) {
@@ -457,6 +496,13 @@ impl AttentionLayer {
             };
             for (&a, (_, v)) in w.singles.iter().zip(&singles) {
                 o = add_slot_values(o, a, *v, n, h, width);
+            }
+            if let (Some(a), Some((_, v))) = (w.shared, global) {
+                // [(h N), g] -> [N, g, h, dh] times the values, summed over the tokens
+                let g = dims(a)[1];
+                let a3: T3 = permute(reshape::<_, (X, X, X)>(a, &[h.into(), n, g]), &[1, 2, 0]);
+                let a4: GraphTensor<(X, X, X, X)> = expand_at(a3, 3, dh);
+                o += (a4 * v).sum_reduce::<(X, X, X), Axis<1>>();
             }
             let o: T3 = reshape(o, &[n, (h * dh).into(), m.into()]);
             out.push(retype(o));
@@ -526,6 +572,46 @@ impl AttentionLayer {
         let d = dims(t);
         let t4: GraphTensor<(X, X, X, X)> = expand_at(t, 1, heads);
         reshape(t4, &[d[0], d[1] * heads, d[2]])
+    }
+
+    /// The global slots of degree 0: logits `[(h N), g]` (unscaled, head-major rows) of the
+    /// queries `qn [N, h dh, 1]` against `to_global_k` of each node's cloud tokens
+    /// ([`EdgeGraph::global_features`], `[N, g, global_feats_dim]`), and the values
+    /// `to_global_v` as `[N, g, h, dh]` (every head's channels).
+    fn global_slots(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        (to_k, to_v): &(LinearLayer, LinearLayer),
+        qn: GraphTensor<(N, X, X)>,
+        edges: &EdgeGraph,
+        n: Expression,
+    ) -> Result<(T2, T4), Error> {
+        let gf = edges.global_features.ok_or_else(|| Error::MissingInput {
+            name:
+                "global tokens (EdgeGraph::global_features) for an attention with global_feats_dim"
+                    .into(),
+        })?;
+        let (h, dh) = (self.options.heads, self.options.dim_head);
+        let d = dims(gf);
+        let (g, width) = (d[1], d[2]);
+        let tokens = FeatureTensors::<X>::from_parts(
+            to_k.fiber_in().clone(),
+            vec![reshape(gf, &[n * g, width, 1.into()])],
+        );
+        let per_token = |t: &FeatureTensors<X>| -> GraphTensor<(X, X, X, X)> {
+            reshape(
+                self.every_head(t.tensors()[0]),
+                &[n, g, h.into(), dh.into()],
+            )
+        };
+        let keys = per_token(&to_k.build(s, &format!("{prefix}to_global_k."), &tokens)?);
+        let values = per_token(&to_v.build(s, &format!("{prefix}to_global_v."), &tokens)?);
+        let q3: T3 = reshape(qn, &[n, h.into(), dh.into()]);
+        let q4: GraphTensor<(X, X, X, X)> = expand_at(q3, 1, g);
+        let logits: T3 = (q4 * keys).sum_reduce::<(X, X, X), Axis<3>>();
+        let rows = Expression::from(h) * n;
+        Ok((reshape(permute(logits, &[2, 0, 1]), &[rows, g]), values))
     }
 
     /// A null key or value of one degree (`[heads, dim_head, m]` or `[dim_head, m]`) as the
@@ -981,6 +1067,10 @@ impl AttentionLayer {
             f(&format!("{prefix}{}", k.key), k);
             f(&format!("{prefix}{}", v.key), v);
         }
+        if let Some((k, v)) = &self.to_global {
+            k.visit_params(&format!("{prefix}to_global_k."), f);
+            v.visit_params(&format!("{prefix}to_global_v."), f);
+        }
         if let Some(o) = &self.to_out {
             o.visit_params(&format!("{prefix}to_out."), f);
         }
@@ -1009,6 +1099,10 @@ impl AttentionLayer {
         for (k, v) in &mut self.null_kv {
             f(&format!("{prefix}{}", k.key), k)?;
             f(&format!("{prefix}{}", v.key), v)?;
+        }
+        if let Some((k, v)) = &mut self.to_global {
+            k.visit_params_mut(&format!("{prefix}to_global_k."), f)?;
+            v.visit_params_mut(&format!("{prefix}to_global_v."), f)?;
         }
         if let Some(o) = &mut self.to_out {
             o.visit_params_mut(&format!("{prefix}to_out."), f)?;

@@ -30,6 +30,10 @@ pub struct EdgeGraph {
     /// `dst = i` or is missing (the layout of [`crate::ops::Neighbors::edges`]). Needed by
     /// [`super::ConvPath::Grouped`] (see [`super::ConvLayer::build`]).
     pub per_node: Option<Expression>,
+    /// Global tokens the attention layers attend to besides each node's neighbours
+    /// (se3-transformer-pytorch's `global_feats`): for each node the `g` tokens of its cloud,
+    /// `[N, g, global_feats_dim]`. `None` for graphs without them.
+    pub global_features: Option<GraphTensor<(N, X, X)>>,
 }
 
 /// A tensor of the shape of `t` filled with `v`.
@@ -64,6 +68,7 @@ impl EdgeGraph {
             dist,
             edge_features,
             per_node: None,
+            global_features: None,
         }
     }
 

@@ -29,4 +29,4 @@ pub use compiled::{
 pub use config::{DimSpec, Se3TransformerConfig, Se3TransformerForward, Se3TransformerShape};
 pub use oracle::Se3TransformerOracle;
 pub use reassociated::Contraction;
-pub use typed::{knn_edges, TypedOptions, TypedSe3Transformer, TypedSession};
+pub use typed::{knn_edges, CloudInputs, TypedOptions, TypedSe3Transformer, TypedSession};

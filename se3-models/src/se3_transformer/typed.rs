@@ -99,6 +99,9 @@ pub struct TypedOptions {
     /// `causal`: node `i` takes its neighbours among the nodes `j < i` of its cloud (the
     /// library requires `attend_self` with it).
     pub causal: bool,
+    /// `global_feats_dim`: width of the global tokens `(batch, g, global_feats_dim)` that
+    /// degree 0 of every attention attends to ([`TypedSession::forward_with`]).
+    pub global_feats_dim: Option<usize>,
 }
 
 impl TypedOptions {
@@ -106,8 +109,7 @@ impl TypedOptions {
     ///
     /// # Errors
     /// `NotTyped` naming the first option the typed assembly does not have (tokens, edges,
-    /// sparse neighbours, global features, rotary, EGNN, output reduction, infinite
-    /// `num_neighbors`);
+    /// sparse neighbours, rotary, EGNN, output reduction, infinite `num_neighbors`);
     /// `Core(FiberMismatch)` if a fiber differs from the config's.
     pub fn from_config<In: Fiber, Hidden: Fiber, Out: Fiber>(
         cfg: &Se3TransformerConfig,
@@ -118,7 +120,6 @@ impl TypedOptions {
             ("num_edge_tokens", cfg.num_edge_tokens.is_some()),
             ("attend_sparse_neighbors", cfg.attend_sparse_neighbors),
             ("num_adj_degrees", cfg.num_adj_degrees.is_some()),
-            ("global_feats_dim", cfg.global_feats_dim.is_some()),
             ("rotary_position", cfg.rotary_position),
             ("rotary_rel_dist", cfg.rotary_rel_dist),
             ("use_egnn", cfg.use_egnn),
@@ -161,6 +162,7 @@ impl TypedOptions {
             use_null_kv: cfg.use_null_kv,
             linear_proj_keys: cfg.linear_proj_keys,
             causal: cfg.causal,
+            global_feats_dim: cfg.global_feats_dim,
         })
     }
 
@@ -195,6 +197,7 @@ impl TypedOptions {
             one_headed_key_values: self.one_headed_key_values,
             use_null_kv: self.use_null_kv,
             linear_proj_keys: self.linear_proj_keys,
+            global_feats_dim: self.global_feats_dim,
         }
     }
 
@@ -389,6 +392,13 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
                 &['e'.into(), self.options.edge_dim.into()],
             ));
         }
+        if let Some(width) = self.options.global_feats_dim {
+            edges.global_features = Some(s.input_with_shape::<(Dyn<'n'>, Dyn<'-'>, Dyn<'-'>)>(
+                "global",
+                InputKind::Values,
+                &['n'.into(), 'g'.into(), width.into()],
+            ));
+        }
         let basis = EdgeBasis::new(&mut s, "", &edges, Self::max_degree())?;
         self.build(&mut s, &x, &edges, &basis)?.output(&mut s, "y");
         s.compile();
@@ -398,6 +408,7 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             valid_radius: self.options.valid_radius,
             causal: self.options.causal,
             edge_dim: self.options.edge_dim,
+            global_feats_dim: self.options.global_feats_dim,
             fibers: PhantomData,
         })
     }
@@ -429,6 +440,7 @@ pub struct TypedSession<In: Fiber, Out: Fiber> {
     valid_radius: f64,
     causal: bool,
     edge_dim: usize,
+    global_feats_dim: Option<usize>,
     fibers: PhantomData<fn(In) -> Out>,
 }
 
@@ -457,11 +469,7 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
     /// of each cloud, `(batch, n, n, edge_dim)` row-major (the library's `edges` input).
     ///
     /// # Errors
-    /// `EmptyGraph` for no nodes or fewer than 2 per cloud, `InputShape` if the row counts do
-    /// not agree or are not a multiple of `batch` or the edge features are not
-    /// `batch n n edge_dim` values, `MissingInput` / `UnexpectedInput` for edge features the
-    /// model needs / does not take, `NonFinite` for NaN or infinite coordinates or edge
-    /// features; errors of the session.
+    /// As [`TypedSession::forward_with`].
     pub fn forward_with_edges(
         &mut self,
         coords: &[[f64; 3]],
@@ -470,6 +478,31 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
         x: &Features<In>,
         edge_features: Option<&[f64]>,
     ) -> Result<Features<Out>, Error> {
+        let extra = CloudInputs {
+            edges: edge_features,
+            global: None,
+        };
+        self.forward_with(coords, batch, mask, x, extra)
+    }
+
+    /// As [`TypedSession::forward`], with the optional inputs of [`CloudInputs`].
+    ///
+    /// # Errors
+    /// `EmptyGraph` for no nodes or fewer than 2 per cloud, `InputShape` if the row counts do
+    /// not agree or are not a multiple of `batch`, the edge features are not
+    /// `batch n n edge_dim` values or the global tokens not `batch g global_feats_dim` (`g >=
+    /// 1`), `MissingInput` / `UnexpectedInput` for edge features or global tokens the model
+    /// needs / does not take, `NonFinite` for NaN or infinite coordinates, edge features or
+    /// global tokens; errors of the session.
+    pub fn forward_with(
+        &mut self,
+        coords: &[[f64; 3]],
+        batch: usize,
+        mask: Option<&[bool]>,
+        x: &Features<In>,
+        extra: CloudInputs<'_>,
+    ) -> Result<Features<Out>, Error> {
+        let edge_features = extra.edges;
         let rows = coords.len();
         if batch == 0 || rows == 0 || rows / batch < 2 {
             return Err(Error::EmptyGraph {
@@ -521,7 +554,25 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
                 Some(gather_edge_features(f, &src, &dst, n, ed))
             }
         };
+        let global = match (extra.global, self.global_feats_dim) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(Error::UnexpectedInput {
+                    name: "global_feats",
+                })
+            }
+            (None, Some(_)) => {
+                return Err(Error::MissingInput {
+                    name: "global_feats",
+                })
+            }
+            (Some(g), Some(width)) => Some(global_rows(g, batch, rows, width)?),
+        };
         let s = &mut self.session;
+        if let Some((tokens, values)) = global {
+            let width = values.len() / (rows * tokens);
+            s.set("global", values, &[rows, tokens, width])?;
+        }
         if let Some(fe) = features {
             let rows_e = fe.len() / self.edge_dim;
             s.set("edges.features", fe, &[rows_e, self.edge_dim])?;
@@ -547,6 +598,47 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
             .collect::<Result<_, Error>>()?;
         Ok(Features::from_blocks(blocks)?)
     }
+}
+
+/// Optional inputs of a typed forward besides coordinates, mask and node features.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CloudInputs<'a> {
+    /// Continuous edge features of every ordered pair of each cloud, `(batch, n, n,
+    /// edge_dim)` row-major (the library's `edges`), for a model with `edge_dim > 0`.
+    pub edges: Option<&'a [f64]>,
+    /// Global tokens of each cloud, `(batch, g, global_feats_dim)` row-major (the library's
+    /// `global_feats`), for a model with `global_feats_dim`.
+    pub global: Option<&'a [f64]>,
+}
+
+/// The global tokens `(batch, g, width)` repeated for every node of their cloud: `g` and
+/// `[rows, g, width]` as f32.
+fn global_rows(
+    g: &[f64],
+    batch: usize,
+    rows: usize,
+    width: usize,
+) -> Result<(usize, Vec<f32>), Error> {
+    let per_cloud = g.len() / batch;
+    if g.is_empty() || !g.len().is_multiple_of(batch) || !per_cloud.is_multiple_of(width) {
+        return Err(Error::InputShape {
+            name: "global_feats",
+            expected: format!("({batch}, g, {width}) with g >= 1"),
+            found: vec![g.len()],
+        });
+    }
+    if let Some(index) = g.iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFinite {
+            name: "global_feats",
+            index,
+        });
+    }
+    let n = rows / batch;
+    let out = (0..rows)
+        .flat_map(|i| g[(i / n) * per_cloud..(i / n + 1) * per_cloud].iter())
+        .map(|&v| v as f32)
+        .collect();
+    Ok((per_cloud / width, out))
 }
 
 /// The features `(b, n, n, d)` of each valid edge `src -> dst` (global row indices), zeros
@@ -709,7 +801,11 @@ mod tests {
             Some(EdgeInput::Tokens { .. }) => return Err(Error::UnexpectedInput { name: "edges" }),
             None => None,
         };
-        let y = run.forward_with_edges(&coords, b, mask.as_deref(), &x, edges)?;
+        let extra = CloudInputs {
+            edges,
+            global: inputs.global_feats.as_ref().map(|t| t.data.as_slice()),
+        };
+        let y = run.forward_with(&coords, b, mask.as_deref(), &x, extra)?;
         let want = StateDict::load(dir.join("outputs.safetensors"))?;
         let single = Out::degrees().len() == 1;
         let mut worst = 0.0f64;
@@ -784,7 +880,7 @@ mod tests {
     struct Small;
 
     #[test]
-    fn typed_assembly_matches_the_references_with_vector_inputs_convs_norm_out_edges_reversible_kv_variants_causal(
+    fn typed_assembly_matches_the_references_with_vector_inputs_convs_norm_out_edges_reversible_kv_variants_causal_global(
     ) -> Result<(), Error> {
         // input_degrees 2: feats of degrees 0 and 1 in, type0 and type1 out
         let (err, ..) =
@@ -814,6 +910,9 @@ mod tests {
             err < TOL_F32,
             "typed se3t_linear_proj_keys off by {err:.2e}"
         );
+        // global tokens attended by degree 0
+        let (err, ..) = reference_parity::<Atoms, Hidden, Readout>("se3t_global_feats")?;
+        assert!(err < TOL_F32, "typed se3t_global_feats off by {err:.2e}");
         // causal neighbour selection (node i sees j < i)
         let (err, ..) = reference_parity::<Atoms, Hidden, Readout>("se3t_causal")?;
         assert!(err < TOL_F32, "typed se3t_causal off by {err:.2e}");
@@ -839,20 +938,22 @@ mod tests {
 
     /// A config the reference folders do not have (degree 2 hidden, type-1 output, gated
     /// pre-norms, depth 2, a radius that cuts edges; null key/values, linear or tied keys, one
-    /// key/value head and causal selection drawn at random), random weights, random masked
+    /// key/value head, causal selection and global tokens drawn at random), random weights, random masked
     /// clouds: the typed assembly gives the outputs of `Se3Transformer`.
     #[test]
     fn typed_assembly_equals_the_compiled_model_on_random_clouds() -> Result<(), Error> {
         let (mut r, seed) = rng();
         // the library takes tied keys only from a convolution
         let linear_keys = r.gen_bool(0.5);
+        let global_width = r.gen_bool(0.5).then(|| r.gen_range(1..4));
         let kwargs = serde_json::json!({
             "dim": 6, "heads": 2, "dim_head": 3, "depth": 2, "num_degrees": 3,
             "output_degrees": 2, "num_neighbors": 5, "valid_radius": 2.5,
             "norm_gated_scale": true, "attend_self": true,
             "use_null_kv": r.gen_bool(0.5), "linear_proj_keys": linear_keys,
             "tie_key_values": !linear_keys && r.gen_bool(0.5),
-            "one_headed_key_values": r.gen_bool(0.5), "causal": r.gen_bool(0.5)
+            "one_headed_key_values": r.gen_bool(0.5), "causal": r.gen_bool(0.5),
+            "global_feats_dim": global_width
         });
         println!("seed {seed}: {kwargs}");
         let cfg = Se3TransformerConfig::from_kwargs(&kwargs)?;
@@ -870,6 +971,14 @@ mod tests {
             .collect();
         let mask: Vec<bool> = (0..b * n).map(|i| i % n < 2 || r.gen_bool(0.8)).collect();
         let feats: Vec<f64> = (0..b * n * 6).map(|_| r.gen_range(-1.0..1.0)).collect();
+        let global = match global_width {
+            Some(w) => {
+                let g = r.gen_range(1..4);
+                let v = (0..b * g * w).map(|_| r.gen_range(-1.0..1.0)).collect();
+                Some(Tensor::new(vec![b, g, w], v)?)
+            }
+            None => None,
+        };
         let inputs = ModelInputs {
             feats: NodeFeats::Dense(Tensor::new(vec![b, n, 6], feats.clone())?),
             coors: Tensor::new(vec![b, n, 3], coords.iter().flatten().copied().collect())?,
@@ -880,11 +989,15 @@ mod tests {
             adj_mat: None,
             edges: None,
             neighbor_mask: None,
-            global_feats: None,
+            global_feats: global.clone(),
         };
         let want = compiled.forward(&inputs, &Se3TransformerForward::default())?;
         let x = Features::<Scalars>::from_fn(b * n, |_, node, c, _| feats[node * 6 + c] as f32);
-        let y = typed.forward(&coords, b, Some(&mask), &x)?;
+        let extra = CloudInputs {
+            edges: None,
+            global: global.as_ref().map(|t| t.data.as_slice()),
+        };
+        let y = typed.forward_with(&coords, b, Some(&mask), &x, extra)?;
         for (d, block) in Vectors::degrees().into_iter().zip(y.blocks()) {
             let key = format!("type{}", d.l);
             let w = want
@@ -919,6 +1032,7 @@ mod tests {
             use_null_kv: false,
             linear_proj_keys: false,
             causal: false,
+            global_feats_dim: None,
         };
         let mut run =
             TypedSe3Transformer::<Atoms, Hidden, Readout>::new(options, &mut r)?.compile()?;
