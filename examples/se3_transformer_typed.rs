@@ -130,6 +130,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         linear_proj_keys: false,
         causal: false,
         global_feats_dim: None,
+        num_positions: None,
+        rotary_position: false,
+        rotary_rel_dist: false,
     };
     let model = match std::env::args().nth(1) {
         Some(dir) => {

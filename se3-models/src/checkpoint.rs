@@ -624,8 +624,18 @@ impl<'a> StateDictSource<'a> {
     }
 }
 
-impl se3_core::layers::ParamSource for StateDictSource<'_> {
-    fn get(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, se3_core::Error> {
+impl StateDictSource<'_> {
+    /// The values of `key` at full precision (buffers such as rotary frequencies that are
+    /// not f32 parameters), marked as read.
+    ///
+    /// # Errors
+    /// `MissingKey`, `WrongShape`.
+    pub fn take_f64(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f64>, se3_core::Error> {
+        let t = self.checked(key, shape)?;
+        Ok(t.data.clone())
+    }
+
+    fn checked(&mut self, key: &str, shape: &[usize]) -> Result<&'_ Tensor, se3_core::Error> {
         let t = self
             .dict
             .get(key)
@@ -641,6 +651,13 @@ impl se3_core::layers::ParamSource for StateDictSource<'_> {
             });
         }
         self.used.insert(key.to_string());
+        Ok(t)
+    }
+}
+
+impl se3_core::layers::ParamSource for StateDictSource<'_> {
+    fn get(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, se3_core::Error> {
+        let t = self.checked(key, shape)?;
         Ok(t.data.iter().map(|&v| v as f32).collect())
     }
 }

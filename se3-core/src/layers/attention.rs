@@ -89,7 +89,9 @@ enum KeyProjection {
 ///   unpooled convolutions `to_k`, `to_v` ([`ConvLayer::messages`]; keys tied to the values, or
 ///   a linear map of the neighbour's features with `linear_proj_keys`); with `attend_self`,
 ///   the node's own `to_self_k(x_i)`, `to_self_v(x_i)` join its candidates, with
-///   `use_null_kv` a learned null key and value;
+///   `use_null_kv` a learned null key and value, with `global_feats_dim` (degree 0) the
+///   keys and values of the cloud's global tokens; with [`EdgeGraph::rotary`] degree-0
+///   queries, self and neighbour keys and values are rotated ([`super::rotary`]);
 /// - logits `a_e = sum_{c in head, m} q_i[c, m] k_e[c, m] / sqrt(dim_head)` (invariant: an
 ///   inner product of two degree-l features), softmax over the node's valid candidates
 ///   ([`slot_softmax`], shared with the compiled model);
@@ -383,7 +385,10 @@ impl AttentionLayer {
         // values: reassociated on the fused contractions where the kernels take the pairs (all
         // frequencies kept), else per edge; keys likewise, or gathered linear keys
         let (vprefix, kprefix) = (format!("{prefix}to_v."), format!("{prefix}to_k."));
-        let reassociate = matches!(self.to_v.path(), ConvPath::Fused | ConvPath::Grouped);
+        // rotary embeddings rotate degree-0 keys and values per edge, which the reassociated
+        // sums cannot carry: with them every degree takes the per-edge form
+        let reassociate = matches!(self.to_v.path(), ConvPath::Fused | ConvPath::Grouped)
+            && edges.rotary.is_none();
         let vp = if reassociate {
             self.to_v.grouped_pairs(s, &vprefix, x, edges, basis, k)?
         } else {
@@ -414,7 +419,18 @@ impl AttentionLayer {
         for (i, d) in self.fiber.degrees().iter().enumerate() {
             let (l, m) = (d.l, d.width());
             let width = dh * m;
-            let qn: GraphTensor<(N, X, X)> = q.tensors()[i];
+            // rotary embeddings turn degree 0 (node angles for queries and self slots, edge
+            // angles for neighbour keys and values)
+            let rot = if l == 0 { edges.rotary } else { None };
+            let at_nodes = |t: T3| match rot {
+                Some(r) => r.rotate(t, r.node_cos, r.node_sin, h),
+                None => t,
+            };
+            let at_edges = |t: T3| match rot {
+                Some(r) => r.rotate(t, r.edge_cos, r.edge_sin, h),
+                None => t,
+            };
+            let qn: GraphTensor<(N, X, X)> = retype(at_nodes(retype(q.tensors()[i])));
             // one softmax per (head, node) row over its neighbours, its null key and its self key
             let mut singles: Vec<(T1, T3)> = Vec::new();
             if let Some((nk, nv)) = self.null_kv.get(i) {
@@ -425,8 +441,8 @@ impl AttentionLayer {
                 singles.push((slot_logits(qn, nk, n, h, width) * scale, nv));
             }
             if let Some((sk, sv)) = &selfkv {
-                let ks = self.every_head(retype(sk.tensors()[i]));
-                let vs = self.every_head(retype(sv.tensors()[i]));
+                let ks = at_nodes(self.every_head(retype(sk.tensors()[i])));
+                let vs = at_nodes(self.every_head(retype(sv.tensors()[i])));
                 singles.push((slot_logits(qn, ks, n, h, width) * scale, vs));
             }
             let single_logits: Vec<T1> = singles.iter().map(|(a, _)| *a).collect();
@@ -450,13 +466,13 @@ impl AttentionLayer {
                     reshape(lg.ok_or(no_pair("keys"))?, &[rows, k])
                 }
                 Keys::PerEdge(keys) => {
-                    let ke = self.every_head(retype(keys.tensors()[i]));
+                    let ke = at_edges(self.every_head(retype(keys.tensors()[i])));
                     edge_logits(qn, ke, edges, n, k, h, width)
                 }
                 Keys::Nodes(keys) => {
                     let kn: GraphTensor<(N, X, X)> =
                         retype(self.every_head(retype(keys.tensors()[i])));
-                    let ke: T3 = retype(gather3::<N, X, X, E>(kn, edges.src));
+                    let ke: T3 = at_edges(retype(gather3::<N, X, X, E>(kn, edges.src)));
                     edge_logits(qn, ke, edges, n, k, h, width)
                 }
             } * scale;
@@ -486,7 +502,7 @@ impl AttentionLayer {
                         &[1, 2, 0],
                     );
                     let ve: GraphTensor<(X, X, X, X)> = reshape(
-                        self.every_head(retype(values.tensors()[i])),
+                        at_edges(self.every_head(retype(values.tensors()[i]))),
                         &[n, k, h.into(), width.into()],
                     );
                     let w4: GraphTensor<(X, X, X, X)> = expand_at(att_nb, 3, width);

@@ -34,6 +34,8 @@ pub struct EdgeGraph {
     /// (se3-transformer-pytorch's `global_feats`): for each node the `g` tokens of its cloud,
     /// `[N, g, global_feats_dim]`. `None` for graphs without them.
     pub global_features: Option<GraphTensor<(N, X, X)>>,
+    /// Rotary angles of degree-0 attention ([`super::RotaryAngles`]); `None`: no rotation.
+    pub rotary: Option<super::RotaryAngles>,
 }
 
 /// A tensor of the shape of `t` filled with `v`.
@@ -69,6 +71,7 @@ impl EdgeGraph {
             edge_features,
             per_node: None,
             global_features: None,
+            rotary: None,
         }
     }
 

@@ -23,6 +23,7 @@
 //! | [`pool_nodes`]            | [`MeanPool<F>`], [`MaxPool<F>`] | node readout, mean (any degree) / max (invariant degree 0, type-checked) |
 //! | [`conv_grouped`] ([`PairEdges`]) | -        | reassociated ConvSE3 sums / logits on grouped edges |
 //! | [`slot_softmax()`] ([`SlotLogits`]) | -     | SE(3)-Transformer attention's softmax over neighbour, single (self / null) and shared (global) slots |
+//! | [`RotaryEmbedding`], [`RotaryAngles`] | -     | rotary position / distance embeddings of degree-0 attention (on [`EdgeGraph::rotary`]) |
 //! | [`RadialBank`]            | -                    | the hidden layers of many [`RadialMlp`]s on one edge input |
 //! | [`VnLinear`], [`VnRelu`], [`VnLayerNorm`], [`VnAttention`], [`VnFeedForward`], [`VnInvariant`] | - | vector-neuron features `[b, n, components, channels]` ([`vector_neuron`]) |
 //! | [`DepthwiseTensorProductLayer`] ([`AlignedEdges`], [`EquiformerRadial`]) | - | equiformer's DTP on edge-aligned frames, pooled or per neighbour slot |
@@ -91,6 +92,7 @@ pub mod norm;
 pub mod pool;
 pub mod radial;
 pub mod rms_norm;
+pub mod rotary;
 pub mod silu_gate;
 pub mod slot_softmax;
 pub mod taylor_linear_attention;
@@ -122,6 +124,7 @@ pub use norm::{Norm, NormActivation, NormLayer, NormScale};
 pub use pool::{pool_nodes, MaxPool, MeanPool, NodePool};
 pub use radial::{RadialBank, RadialMlp, RADIAL_HIDDEN};
 pub use rms_norm::RmsNormLayer;
+pub use rotary::{RotaryAngles, RotaryEmbedding};
 pub use silu_gate::SiluGateLayer;
 pub use slot_softmax::{slot_softmax, SlotLogits, SlotWeights};
 pub use taylor_linear_attention::{NodeBatch, TaylorLinearAttentionLayer};

@@ -11,8 +11,8 @@ use crate::se3_transformer::norm::NormSe3;
 use crate::se3_transformer::reassociated::{
     query_message_logits, weighted_message_sum, Contraction,
 };
-use crate::se3_transformer::rotary::Rotary;
 use crate::Error;
+use se3_core::layers::RotaryEmbedding;
 
 #[derive(Debug, Clone)]
 pub(crate) enum KeyProj {
@@ -162,7 +162,7 @@ impl AttentionSe3 {
         x: &Feats,
         g: &Graph,
         global: Option<&Block>,
-        rotary: Option<&Rotary>,
+        rotary: Option<&RotaryEmbedding>,
     ) -> Result<Feats, Error> {
         if g.contraction == Contraction::Reassociated && rotary.is_none() {
             return self.apply_reassociated(x, g, global);
@@ -230,9 +230,9 @@ impl AttentionSe3 {
                 let mut qi = qb.row(i).to_vec();
                 if let (Some(rot), 0) = (rotary, l) {
                     // m = 1: channel c of head hh sits at hh * dh + c
-                    let fq = rot.freqs(i, 0.0);
+                    let fq = rot.angles(i, 0.0);
                     for hh in 0..h {
-                        Rotary::apply(&fq, &mut qi[hh * dh..(hh + 1) * dh]);
+                        RotaryEmbedding::apply(&fq, &mut qi[hh * dh..(hh + 1) * dh]);
                     }
                     for (si, slot) in slots.iter_mut().enumerate() {
                         let (pos, dist) = if self.self_kv.is_some() {
@@ -244,11 +244,11 @@ impl AttentionSe3 {
                         } else {
                             (g.nbr[i * k + si], g.dist[i * k + si])
                         };
-                        let fk = rot.freqs(pos, dist);
+                        let fk = rot.angles(pos, dist);
                         let heads_kv = if self.o.one_headed_kv { 1 } else { h };
                         for hh in 0..heads_kv {
-                            Rotary::apply(&fk, &mut slot.0[hh * dh..(hh + 1) * dh]);
-                            Rotary::apply(&fk, &mut slot.1[hh * dh..(hh + 1) * dh]);
+                            RotaryEmbedding::apply(&fk, &mut slot.0[hh * dh..(hh + 1) * dh]);
+                            RotaryEmbedding::apply(&fk, &mut slot.1[hh * dh..(hh + 1) * dh]);
                         }
                     }
                 }
@@ -503,7 +503,7 @@ impl AttentionBlock {
         x: &Feats,
         g: &Graph,
         global: Option<&Block>,
-        rotary: Option<&Rotary>,
+        rotary: Option<&RotaryEmbedding>,
     ) -> Result<Feats, Error> {
         let y = self
             .attn

@@ -19,7 +19,6 @@ pub(crate) mod norm;
 pub mod oracle;
 pub(crate) mod radial;
 pub mod reassociated;
-pub(crate) mod rotary;
 pub(crate) mod torch_topk;
 pub mod typed;
 

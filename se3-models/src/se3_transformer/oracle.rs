@@ -21,8 +21,8 @@ use crate::se3_transformer::graph::{
 };
 use crate::se3_transformer::norm::NormSe3;
 use crate::se3_transformer::reassociated::Contraction;
-use crate::se3_transformer::rotary::Rotary;
 use crate::Error;
+use se3_core::layers::RotaryEmbedding;
 
 mod io;
 
@@ -42,7 +42,7 @@ pub struct Se3TransformerOracle {
     pub(crate) pos_emb: Option<Mat>,
     pub(crate) edge_emb: Option<Mat>,
     pub(crate) adj_emb: Option<Mat>,
-    pub(crate) rotary: Option<Rotary>,
+    pub(crate) rotary: Option<RotaryEmbedding>,
     pub(crate) conv_in: ConvSe3,
     pub(crate) convs: Vec<(ConvSe3, NormSe3)>,
     pub(crate) trunk: Trunk,
@@ -124,7 +124,7 @@ impl Se3TransformerOracle {
         let rotary = if cfg.rotary_position || cfg.rotary_rel_dist {
             let num = usize::from(cfg.rotary_position) + usize::from(cfg.rotary_rel_dist);
             let d = cfg.dim_head / num;
-            Some(Rotary {
+            Some(RotaryEmbedding {
                 inv_freq: src.take("rotary_pos_emb.inv_freq", &[d.div_ceil(2)])?.data,
                 position: cfg.rotary_position,
                 rel_dist: cfg.rotary_rel_dist,

@@ -40,11 +40,14 @@ use std::marker::PhantomData;
 
 use luminal::prelude::*;
 use rand::Rng;
+use se3_core::exec::IndexBound;
 use se3_core::exec::{InputKind, Session};
 use se3_core::fiber::{DegreeTensor, Features, Fiber, FiberSpec};
+use se3_core::layers::graph::{expand_at, X};
 use se3_core::layers::{
     AttentionBlock, AttentionOptions, Conv, ConvOptions, EdgeBasis, EdgeGraph, FeatureTensors,
-    FeedForwardBlock, GraphFeatures, Norm, NormActivation, NormScale, Pool,
+    FeedForwardBlock, GraphFeatures, Norm, NormActivation, NormScale, Param, Pool, RotaryAngles,
+    RotaryEmbedding,
 };
 
 use crate::checkpoint::StateDict;
@@ -102,26 +105,44 @@ pub struct TypedOptions {
     /// `global_feats_dim`: width of the global tokens `(batch, g, global_feats_dim)` that
     /// degree 0 of every attention attends to ([`TypedSession::forward_with`]).
     pub global_feats_dim: Option<usize>,
+    /// `num_positions`: a learned embedding of each node's index in its cloud
+    /// (`pos_emb.weight`, `[num_positions, c]` with `c` the input's degree-0 channels or 1)
+    /// added to the degree-0 input; clouds have at most `num_positions` nodes.
+    pub num_positions: Option<usize>,
+    /// `rotary_position`: degree-0 attention rotated by node indices
+    /// ([`se3_core::layers::rotary`]).
+    pub rotary_position: bool,
+    /// `rotary_rel_dist`: degree-0 attention rotated by `100 |r_ij|`.
+    pub rotary_rel_dist: bool,
 }
 
 impl TypedOptions {
+    /// The rotary embeddings' frequencies of fresh weights, if any.
+    fn fresh_rotary(&self) -> Result<Option<RotaryEmbedding>, Error> {
+        if !(self.rotary_position || self.rotary_rel_dist) {
+            return Ok(None);
+        }
+        Ok(Some(RotaryEmbedding::new(
+            self.dim_head,
+            self.rotary_position,
+            self.rotary_rel_dist,
+        )?))
+    }
+
     /// The options of `cfg`, after checking that `In`, `Hidden`, `Out` are its fibers.
     ///
     /// # Errors
     /// `NotTyped` naming the first option the typed assembly does not have (tokens, edges,
-    /// sparse neighbours, rotary, EGNN, output reduction, infinite `num_neighbors`);
+    /// sparse neighbours, EGNN, output reduction, infinite `num_neighbors`);
     /// `Core(FiberMismatch)` if a fiber differs from the config's.
     pub fn from_config<In: Fiber, Hidden: Fiber, Out: Fiber>(
         cfg: &Se3TransformerConfig,
     ) -> Result<Self, Error> {
         let unsupported = [
             ("num_tokens", cfg.num_tokens.is_some()),
-            ("num_positions", cfg.num_positions.is_some()),
             ("num_edge_tokens", cfg.num_edge_tokens.is_some()),
             ("attend_sparse_neighbors", cfg.attend_sparse_neighbors),
             ("num_adj_degrees", cfg.num_adj_degrees.is_some()),
-            ("rotary_position", cfg.rotary_position),
-            ("rotary_rel_dist", cfg.rotary_rel_dist),
             ("use_egnn", cfg.use_egnn),
             ("reduce_dim_out", cfg.reduce_dim_out),
         ];
@@ -163,6 +184,9 @@ impl TypedOptions {
             linear_proj_keys: cfg.linear_proj_keys,
             causal: cfg.causal,
             global_feats_dim: cfg.global_feats_dim,
+            num_positions: cfg.num_positions,
+            rotary_position: cfg.rotary_position,
+            rotary_rel_dist: cfg.rotary_rel_dist,
         })
     }
 
@@ -230,6 +254,10 @@ pub struct TypedSe3Transformer<In: Fiber, Hidden: Fiber, Out: Fiber> {
     pub conv_out: Conv<Hidden, Out>,
     /// `norm` (keys `norm.*`), present with `norm_out`.
     pub norm: Option<Norm<Out>>,
+    /// `pos_emb.weight` (`[num_positions, c]`), present with `num_positions`.
+    pub pos_emb: Option<Param>,
+    /// `rotary_pos_emb.inv_freq`, present with rotary embeddings.
+    pub rotary: Option<RotaryEmbedding>,
     options: TypedOptions,
 }
 
@@ -264,6 +292,15 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             norm: options
                 .norm_out
                 .then(|| Norm::new(options.norm_scale(), NormActivation::Identity)),
+            pos_emb: options.num_positions.map(|p| {
+                Param::uniform(
+                    "pos_emb.weight".into(),
+                    vec![p, position_width::<In>()],
+                    1.0,
+                    rng,
+                )
+            }),
+            rotary: options.fresh_rotary()?,
             options,
         })
     }
@@ -308,6 +345,35 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
         } else {
             None
         };
+        let pos_emb = match options.num_positions {
+            Some(p) => {
+                let c = sd
+                    .get("pos_emb.weight")
+                    .map_or(0, |t| t.shape[1..].iter().product());
+                let width = if c == 1 { 1 } else { position_width::<In>() };
+                Some(Param::load(
+                    &mut src,
+                    "pos_emb.weight".into(),
+                    vec![p, width],
+                )?)
+            }
+            None => None,
+        };
+        let rotary = match options.fresh_rotary()? {
+            Some(fresh) => {
+                let n = RotaryEmbedding::frequencies(
+                    options.dim_head,
+                    options.rotary_position,
+                    options.rotary_rel_dist,
+                );
+                let stored = src.take_f64("rotary_pos_emb.inv_freq", &[n])?;
+                Some(RotaryEmbedding {
+                    inv_freq: stored,
+                    ..fresh
+                })
+            }
+            None => None,
+        };
         src.finish()?;
         Ok(TypedSe3Transformer {
             conv_in,
@@ -315,6 +381,8 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             blocks,
             conv_out,
             norm,
+            pos_emb,
+            rotary,
             options,
         })
     }
@@ -329,6 +397,42 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
         In::max_degree()
             .max(Hidden::max_degree())
             .max(Out::max_degree())
+    }
+
+    /// `x` with the position embedding `table` (`[num_positions, c]`) of input `positions`
+    /// (each node's index in its cloud) added to degree 0 (a width-1 table to every channel).
+    fn embed_positions(
+        &self,
+        s: &mut Session,
+        table: &Param,
+        x: &GraphFeatures<In>,
+    ) -> Result<GraphFeatures<In>, Error> {
+        let rows = table.shape[0];
+        let kind = InputKind::Indices {
+            bound: IndexBound::Fixed(rows),
+            allow_missing: false,
+        };
+        let positions = s.input::<(Dyn<'n'>,)>("positions", kind);
+        let t: GraphTensor<(X, X)> = table.declare(s, "")?;
+        let mut tensors = x.untyped().tensors().to_vec();
+        for (d, t0) in In::degrees().into_iter().zip(tensors.iter_mut()) {
+            if d.l != 0 {
+                continue;
+            }
+            let rows_of: GraphTensor<(Dyn<'n'>, X)> = se3_core::ops::gather(t, positions);
+            let add: GraphTensor<(Dyn<'n'>, X)> = if table.shape[1] == 1 {
+                let one: GraphTensor<(Dyn<'n'>,)> =
+                    se3_core::layers::graph::reshape(rows_of, &['n'.into()]);
+                expand_at(one, 1, d.channels)
+            } else {
+                rows_of
+            };
+            *t0 += expand_at::<_, (Dyn<'n'>, X, X)>(add, 2, 1);
+        }
+        Ok(GraphFeatures::new(FeatureTensors::new(
+            In::spec(),
+            tensors,
+        )?)?)
     }
 
     /// Adds the layers to `s` on node features `x`, over `edges` (grouped by destination,
@@ -399,6 +503,14 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
                 &['n'.into(), 'g'.into(), width.into()],
             ));
         }
+        if let Some(rot) = &self.rotary {
+            let dh = self.options.dim_head;
+            edges.rotary = Some(RotaryAngles::input(&mut s, "rotary", dh, rot.rotated(dh))?);
+        }
+        let x = match &self.pos_emb {
+            Some(table) => self.embed_positions(&mut s, table, &x)?,
+            None => x,
+        };
         let basis = EdgeBasis::new(&mut s, "", &edges, Self::max_degree())?;
         self.build(&mut s, &x, &edges, &basis)?.output(&mut s, "y");
         s.compile();
@@ -409,9 +521,20 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             causal: self.options.causal,
             edge_dim: self.options.edge_dim,
             global_feats_dim: self.options.global_feats_dim,
+            num_positions: self.pos_emb.as_ref().map(|t| t.shape[0]),
+            rotary: self.rotary.clone(),
+            dim_head: self.options.dim_head,
             fibers: PhantomData,
         })
     }
+}
+
+/// The channels of the position embedding: the input's degree-0 channels (0 without degree 0).
+fn position_width<In: Fiber>() -> usize {
+    In::degrees()
+        .into_iter()
+        .find(|d| d.l == 0)
+        .map_or(0, |d| d.channels)
 }
 
 /// `(a + b) / 2`, degree by degree.
@@ -441,6 +564,9 @@ pub struct TypedSession<In: Fiber, Out: Fiber> {
     causal: bool,
     edge_dim: usize,
     global_feats_dim: Option<usize>,
+    num_positions: Option<usize>,
+    rotary: Option<RotaryEmbedding>,
+    dim_head: usize,
     fibers: PhantomData<fn(In) -> Out>,
 }
 
@@ -568,7 +694,39 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
             }
             (Some(g), Some(width)) => Some(global_rows(g, batch, rows, width)?),
         };
+        let n = rows / batch;
+        if let Some(p) = self.num_positions {
+            if n > p {
+                return Err(Error::InputShape {
+                    name: "coords",
+                    expected: format!("at most {p} nodes a cloud (num_positions)"),
+                    found: vec![batch, n],
+                });
+            }
+        }
         let s = &mut self.session;
+        if self.num_positions.is_some() {
+            let positions = (0..rows).map(|i| (i % n) as f32).collect();
+            s.set("positions", positions, &[rows])?;
+        }
+        if let Some(rot) = &self.rotary {
+            let dh = self.dim_head;
+            let (nc, ns) = rot.cos_sin(dh, (0..rows).map(|i| (i % n, 0.0)));
+            let edge = |(&j, &i): (&f32, &f32)| -> (usize, f64) {
+                if j < 0.0 || i < 0.0 {
+                    return (0, 0.0);
+                }
+                let (a, b) = (coords[i as usize], coords[j as usize]);
+                let d2: f64 = (0..3).map(|c| (a[c] - b[c]) * (a[c] - b[c])).sum();
+                (j as usize % n, d2.sqrt())
+            };
+            let (ec, es) = rot.cos_sin(dh, src.iter().zip(&dst).map(edge));
+            let e = src.len();
+            s.set("rotary.node_cos", nc, &[rows, dh])?;
+            s.set("rotary.node_sin", ns, &[rows, dh])?;
+            s.set("rotary.edge_cos", ec, &[e, dh])?;
+            s.set("rotary.edge_sin", es, &[e, dh])?;
+        }
         if let Some((tokens, values)) = global {
             let width = values.len() / (rows * tokens);
             s.set("global", values, &[rows, tokens, width])?;
@@ -880,7 +1038,7 @@ mod tests {
     struct Small;
 
     #[test]
-    fn typed_assembly_matches_the_references_with_vector_inputs_convs_norm_out_edges_reversible_kv_variants_causal_global(
+    fn typed_assembly_matches_the_references_with_vector_inputs_convs_norm_out_edges_reversible_kv_variants_causal_global_rotary(
     ) -> Result<(), Error> {
         // input_degrees 2: feats of degrees 0 and 1 in, type0 and type1 out
         let (err, ..) =
@@ -913,6 +1071,9 @@ mod tests {
         // global tokens attended by degree 0
         let (err, ..) = reference_parity::<Atoms, Hidden, Readout>("se3t_global_feats")?;
         assert!(err < TOL_F32, "typed se3t_global_feats off by {err:.2e}");
+        // rotary position and distance embeddings, null keys and values, a position embedding
+        let (err, ..) = reference_parity::<Atoms, Hidden, Readout>("se3t_rotary_nullkv")?;
+        assert!(err < TOL_F32, "typed se3t_rotary_nullkv off by {err:.2e}");
         // causal neighbour selection (node i sees j < i)
         let (err, ..) = reference_parity::<Atoms, Hidden, Readout>("se3t_causal")?;
         assert!(err < TOL_F32, "typed se3t_causal off by {err:.2e}");
@@ -938,7 +1099,8 @@ mod tests {
 
     /// A config the reference folders do not have (degree 2 hidden, type-1 output, gated
     /// pre-norms, depth 2, a radius that cuts edges; null key/values, linear or tied keys, one
-    /// key/value head, causal selection and global tokens drawn at random), random weights, random masked
+    /// key/value head, causal selection, global tokens, rotary embeddings and a position embedding
+    /// drawn at random), random weights, random masked
     /// clouds: the typed assembly gives the outputs of `Se3Transformer`.
     #[test]
     fn typed_assembly_equals_the_compiled_model_on_random_clouds() -> Result<(), Error> {
@@ -946,14 +1108,22 @@ mod tests {
         // the library takes tied keys only from a convolution
         let linear_keys = r.gen_bool(0.5);
         let global_width = r.gen_bool(0.5).then(|| r.gen_range(1..4));
+        let rotary = match r.gen_range(0..4) {
+            0 => (true, false),
+            1 => (false, true),
+            2 => (true, true),
+            _ => (false, false),
+        };
         let kwargs = serde_json::json!({
-            "dim": 6, "heads": 2, "dim_head": 3, "depth": 2, "num_degrees": 3,
+            "dim": 6, "heads": 2, "dim_head": 4, "depth": 2, "num_degrees": 3,
             "output_degrees": 2, "num_neighbors": 5, "valid_radius": 2.5,
             "norm_gated_scale": true, "attend_self": true,
             "use_null_kv": r.gen_bool(0.5), "linear_proj_keys": linear_keys,
             "tie_key_values": !linear_keys && r.gen_bool(0.5),
             "one_headed_key_values": r.gen_bool(0.5), "causal": r.gen_bool(0.5),
-            "global_feats_dim": global_width
+            "global_feats_dim": global_width,
+            "rotary_position": rotary.0, "rotary_rel_dist": rotary.1,
+            "num_positions": r.gen_bool(0.5).then_some(16)
         });
         println!("seed {seed}: {kwargs}");
         let cfg = Se3TransformerConfig::from_kwargs(&kwargs)?;
@@ -1033,6 +1203,9 @@ mod tests {
             linear_proj_keys: false,
             causal: false,
             global_feats_dim: None,
+            num_positions: None,
+            rotary_position: false,
+            rotary_rel_dist: false,
         };
         let mut run =
             TypedSe3Transformer::<Atoms, Hidden, Readout>::new(options, &mut r)?.compile()?;

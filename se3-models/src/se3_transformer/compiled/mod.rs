@@ -57,6 +57,7 @@ pub use self::blocked::BlockStats;
 use self::conv::conv_pooled;
 use self::ctx::{pair_key, radial_mlp, Ctx, GFeats, RadialNets};
 use self::egnn::egnn_layer;
+use se3_core::layers::RotaryEmbedding;
 
 /// The graph input of the EGNN trunk's edge features (`[edges, edge_dim]`, the rows of the
 /// radial input's edge columns), read by every EGNN layer's edge MLP.
@@ -391,19 +392,7 @@ impl Se3Transformer {
                     let rows = if name.starts_with("rot_node") { n } else { e };
                     inputs.push(reshape::<_, (Dyn<'-'>, Dyn<'-'>)>(t, &[rows, dh.into()]));
                 }
-                let rot_len = (2
-                    * rot.inv_freq.len()
-                    * (usize::from(rot.position) + usize::from(rot.rel_dist)))
-                .min(dh);
-                let half_len = rot_len / 2;
-                let mut pm = vec![0.0f32; dh * dh];
-                for i in 0..rot_len {
-                    if i < half_len {
-                        pm[(2 * i + 1) * dh + i] = -1.0;
-                    } else {
-                        pm[2 * (i - half_len) * dh + i] = 1.0;
-                    }
-                }
+                let pm = RotaryEmbedding::half_matrix(dh, rot.rotated(dh));
                 let mut half = s.weight::<(Dyn<'-'>, Dyn<'-'>)>("rot_half");
                 half.shape = ShapeTracker::new(&[dh.into(), dh.into()]);
                 s.set_weight("rot_half", pm, &[dh, dh])?;
@@ -756,32 +745,8 @@ impl Se3Transformer {
         }
         if let Some(rot) = &host_rotary {
             let dh = self.dim_head;
-            let fill = |pos: usize, dist: f64, cos: &mut Vec<f32>, sin: &mut Vec<f32>| {
-                let f = rot.freqs(pos, dist);
-                for c in 0..dh {
-                    match f.get(c) {
-                        Some(&a) => {
-                            cos.push(a.cos() as f32);
-                            sin.push(a.sin() as f32);
-                        }
-                        None => {
-                            cos.push(1.0);
-                            sin.push(0.0);
-                        }
-                    }
-                }
-            };
-            let (mut nc, mut ns) = (Vec::with_capacity(n * dh), Vec::with_capacity(n * dh));
-            for i in 0..n {
-                fill(i, 0.0, &mut nc, &mut ns);
-            }
-            let (mut ec, mut es) = (
-                Vec::with_capacity(n * k * dh),
-                Vec::with_capacity(n * k * dh),
-            );
-            for e in 0..n * k {
-                fill(g.nbr[e], g.dist[e], &mut ec, &mut es);
-            }
+            let (nc, ns) = rot.cos_sin(dh, (0..n).map(|i| (i, 0.0)));
+            let (ec, es) = rot.cos_sin(dh, (0..n * k).map(|e| (g.nbr[e], g.dist[e])));
             for (name, v) in [
                 ("rot_node_cos", nc),
                 ("rot_node_sin", ns),

@@ -84,6 +84,14 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> Forward for TypedSe3Transformer<In, H
         g: &mut GraphCtx<'_>,
         x: GraphFeatures<In>,
     ) -> Result<GraphFeatures<Out>, se3_core::Error> {
+        if self.pos_emb.is_some() || self.rotary.is_some() {
+            // their inputs (node indices, rotary angles) are fed by TypedSession
+            return Err(se3_core::Error::InvalidParameter {
+                what: "num_positions or rotary embeddings in Module::forward",
+                expected: "off (TypedSe3Transformer::compile runs them)",
+                found: 1.0,
+            });
+        }
         let mut h = self.conv_in.apply(g, &x)?;
         for (norm, conv) in &self.convs {
             h = norm.apply(g, &h)?;
