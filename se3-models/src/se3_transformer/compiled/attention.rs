@@ -16,24 +16,14 @@ use crate::Error;
 use se3_core::layers::graph::{
     bmm, channel_slice, expand_at, mm, permute, reshape, retype, sum_axis, T1, T2, T3, X,
 };
-use se3_core::layers::{slot_softmax, SlotLogits};
+use se3_core::layers::{slot_softmax, RotaryAngles, SlotLogits};
 
-/// Rotary embeddings as graph inputs: per channel of a head, `cos` and `sin` of the angle
-/// (1 and 0 past the rotated channels) for queries and self keys (`[n, dh]`, position `i`, distance
-/// 0) and for neighbour keys and values (`[e, dh]`, position `j`, distance `|r_ij|`); `half` maps
-/// `t` to the library's `rotate_half(t)` (`[dh, dh]`, zero past the rotated channels).
-#[derive(Clone, Copy)]
-pub(crate) struct RotaryInputs {
-    pub node_cos: T2,
-    pub node_sin: T2,
-    pub edge_cos: T2,
-    pub edge_sin: T2,
-    pub half: T2,
-}
-
-/// `t cos + rotate_half(t) sin` on rows of `[rows, dh]`.
-pub(crate) fn rotate(t: T2, cos: T2, sin: T2, half: T2) -> T2 {
-    t * cos + mm(t, half) * sin
+/// `t cos + rotate_half(t) sin` on rows of one head `[rows, dh]` (se3-core's
+/// [`RotaryAngles::rotate`] with one head).
+fn rotate(r: &RotaryAngles, t: T2, cos: T2, sin: T2) -> T2 {
+    let d = se3_core::layers::graph::dims(t);
+    let t3: T3 = reshape(t, &[d[0], d[1], 1.into()]);
+    reshape(r.rotate(t3, cos, sin, 1), &[d[0], d[1]])
 }
 
 /// `sum_{o,p} a[n, o, p] b[n, o, p]`: `[n]`.
@@ -81,7 +71,7 @@ pub(crate) fn attention(
                 Some(r) => {
                     let qf: T2 = reshape(q, &[n, dh.into()]);
                     reshape(
-                        rotate(qf, r.node_cos, r.node_sin, r.half),
+                        rotate(&r, qf, r.node_cos, r.node_sin),
                         &[n, dh.into(), 1.into()],
                     )
                 }
@@ -137,7 +127,7 @@ pub(crate) fn attention(
                             acc.ok_or(Error::MissingInput { name: "keys" })?
                         }
                     };
-                    let kr = rotate(keys, r.edge_cos, r.edge_sin, r.half);
+                    let kr = rotate(&r, keys, r.edge_cos, r.edge_sin);
                     let k3: T3 = reshape(kr, &[n, k, dh.into()]);
                     let qf: T2 = reshape(q, &[n, dh.into()]);
                     nl = Some(sum_axis(k3 * expand_at::<_, (X, X, X)>(qf, 1, k), 2));
@@ -206,7 +196,7 @@ pub(crate) fn attention(
                         let f = |t: T3| -> T3 {
                             let t2: T2 = reshape(t, &[n, dh.into()]);
                             reshape(
-                                rotate(t2, r.node_cos, r.node_sin, r.half),
+                                rotate(&r, t2, r.node_cos, r.node_sin),
                                 &[n, dh.into(), 1.into()],
                             )
                         };
@@ -256,7 +246,7 @@ pub(crate) fn attention(
                     });
                 }
                 let vals = acc.ok_or(Error::MissingInput { name: "values" })?;
-                let vr = rotate(vals, r.edge_cos, r.edge_sin, r.half);
+                let vr = rotate(&r, vals, r.edge_cos, r.edge_sin);
                 let v3: T3 = reshape(vr, &[n, k, dh.into()]);
                 let a3: T3 = reshape(a, &[n, 1.into(), k]);
                 oh = Some(reshape(bmm(a3, v3), &[n, dh.into(), 1.into()]));

@@ -14,12 +14,12 @@ use se3_core::exec::Session;
 
 use se3_core::layers::{RadialBank, RadialMlp};
 
-use super::attention::RotaryInputs;
 use super::GraphForm;
 use crate::se3_transformer::conv::Pair;
 use crate::se3_transformer::radial::{RadialFunc, RADIAL_HIDDEN};
 use crate::Error;
 use se3_core::layers::graph::{reshape, retype, T2, T3, T4};
+use se3_core::layers::RotaryAngles;
 
 /// Node features on the graph, degree -> `[n, c, 2l + 1]`.
 pub(crate) type GFeats = BTreeMap<usize, T3>;
@@ -50,7 +50,7 @@ pub(crate) struct Ctx<'a> {
     /// last layers are then dropped), until their layer is built ([`Ctx::release`]).
     pub(crate) nets: RadialNets,
     /// Rotary embedding inputs (degree-0 attention), if the model has them.
-    pub rotary: Option<RotaryInputs>,
+    pub rotary: Option<RotaryAngles>,
     /// Fused kernels or primitive forms for the radial networks and edge contractions.
     pub form: GraphForm,
 }

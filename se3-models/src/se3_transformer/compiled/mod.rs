@@ -52,11 +52,12 @@ use std::collections::BTreeMap;
 use luminal::prelude::{symbolic::Expression, *};
 use se3_core::exec::{IndexBound, InputKind, Session};
 
-use self::attention::{attention, RotaryInputs};
+use self::attention::attention;
 pub use self::blocked::BlockStats;
 use self::conv::conv_pooled;
 use self::ctx::{pair_key, radial_mlp, Ctx, GFeats, RadialNets};
 use self::egnn::egnn_layer;
+use se3_core::layers::RotaryAngles;
 use se3_core::layers::RotaryEmbedding;
 
 /// The graph input of the EGNN trunk's edge features (`[edges, edge_dim]`, the rows of the
@@ -396,7 +397,7 @@ impl Se3Transformer {
                 let mut half = s.weight::<(Dyn<'-'>, Dyn<'-'>)>("rot_half");
                 half.shape = ShapeTracker::new(&[dh.into(), dh.into()]);
                 s.set_weight("rot_half", pm, &[dh, dh])?;
-                Some(RotaryInputs {
+                Some(RotaryAngles {
                     node_cos: inputs[0],
                     node_sin: inputs[1],
                     edge_cos: inputs[2],
