@@ -53,6 +53,7 @@ use se3_core::layers::{
 use crate::checkpoint::StateDict;
 use crate::checkpoint::StateDictSource;
 use crate::se3_transformer::config::Se3TransformerConfig;
+use crate::se3_transformer::graph::{select_neighbors, PairInputs, SelectionParams};
 use crate::Error;
 
 mod module;
@@ -606,7 +607,7 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
     ) -> Result<Features<Out>, Error> {
         let extra = CloudInputs {
             edges: edge_features,
-            global: None,
+            ..CloudInputs::default()
         };
         self.forward_with(coords, batch, mask, x, extra)
     }
@@ -629,6 +630,16 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
         extra: CloudInputs<'_>,
     ) -> Result<Features<Out>, Error> {
         let edge_features = extra.edges;
+        let rows_n = coords.len().checked_div(batch).unwrap_or(0);
+        if let Some(m) = extra.neighbor_mask {
+            if m.len() != coords.len() * rows_n {
+                return Err(Error::InputShape {
+                    name: "neighbor_mask",
+                    expected: format!("({batch}, {rows_n}, {rows_n})"),
+                    found: vec![m.len()],
+                });
+            }
+        }
         let rows = coords.len();
         if batch == 0 || rows == 0 || rows / batch < 2 {
             return Err(Error::EmptyGraph {
@@ -650,14 +661,7 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
                 index,
             });
         }
-        let (src, dst) = knn_edges(
-            coords,
-            batch,
-            mask,
-            self.num_neighbors,
-            self.valid_radius,
-            self.causal,
-        );
+        let (src, dst) = select_edges(coords, batch, mask, extra.neighbor_mask, &self.selection());
         let features = match (edge_features, self.edge_dim) {
             (None, 0) => None,
             (Some(_), 0) => return Err(Error::UnexpectedInput { name: "edges" }),
@@ -758,6 +762,20 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
     }
 }
 
+impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
+    /// The neighbour selection's parameters.
+    fn selection(&self) -> SelectionParams {
+        SelectionParams {
+            num_neighbors: Some(self.num_neighbors),
+            valid_radius: self.valid_radius,
+            causal: self.causal,
+            attend_sparse: false,
+            max_sparse_neighbors: None,
+            num_adj_degrees: None,
+        }
+    }
+}
+
 /// Optional inputs of a typed forward besides coordinates, mask and node features.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CloudInputs<'a> {
@@ -767,6 +785,10 @@ pub struct CloudInputs<'a> {
     /// Global tokens of each cloud, `(batch, g, global_feats_dim)` row-major (the library's
     /// `global_feats`), for a model with `global_feats_dim`.
     pub global: Option<&'a [f64]>,
+    /// Which ordered pairs of each cloud may be neighbours, `(batch, n, n)` row-major (the
+    /// library's `neighbor_mask`): excluded pairs rank after every allowed one and are not
+    /// valid.
+    pub neighbor_mask: Option<&'a [bool]>,
 }
 
 /// The global tokens `(batch, g, width)` repeated for every node of their cloud: `g` and
@@ -836,10 +858,6 @@ pub fn knn_edges(
     valid_radius: f64,
     causal: bool,
 ) -> (Vec<f32>, Vec<f32>) {
-    use crate::se3_transformer::graph::{select_neighbors, PairInputs, SelectionParams};
-    let rows = coords.len();
-    let n = rows.checked_div(batch).unwrap_or(0);
-    let (mut src, mut dst) = (vec![-1.0; rows * k], vec![-1.0; rows * k]);
     let params = SelectionParams {
         num_neighbors: Some(k),
         valid_radius,
@@ -848,13 +866,29 @@ pub fn knn_edges(
         max_sparse_neighbors: None,
         num_adj_degrees: None,
     };
+    select_edges(coords, batch, mask, None, &params)
+}
+
+/// [`knn_edges`] with the selection's parameters and each cloud's `neighbor_mask` (`(batch, n,
+/// n)`, checked by the caller).
+fn select_edges(
+    coords: &[[f64; 3]],
+    batch: usize,
+    mask: Option<&[bool]>,
+    neighbor_mask: Option<&[bool]>,
+    params: &SelectionParams,
+) -> (Vec<f32>, Vec<f32>) {
+    let k = params.num_neighbors.unwrap_or(0);
+    let rows = coords.len();
+    let n = rows.checked_div(batch).unwrap_or(0);
+    let (mut src, mut dst) = (vec![-1.0; rows * k], vec![-1.0; rows * k]);
     for bi in 0..batch {
         let base = bi * n;
         let inputs = PairInputs {
             coors: &coords[base..base + n],
             mask: mask.map(|m| &m[base..base + n]),
             adj: None,
-            neighbor_mask: None,
+            neighbor_mask: neighbor_mask.map(|m| &m[base * n..(base + n) * n]),
             edge_feat: None,
         };
         let sel = select_neighbors(&params, &inputs, None, 0);
@@ -962,6 +996,7 @@ mod tests {
         let extra = CloudInputs {
             edges,
             global: inputs.global_feats.as_ref().map(|t| t.data.as_slice()),
+            neighbor_mask: inputs.neighbor_mask.as_ref().map(|t| t.data.as_slice()),
         };
         let y = run.forward_with(&coords, b, mask.as_deref(), &x, extra)?;
         let want = StateDict::load(dir.join("outputs.safetensors"))?;
@@ -1034,11 +1069,17 @@ mod tests {
 
     #[fiber(0:8, 1:8)]
     struct ScalarsVectors;
+    #[fiber(0:4)]
+    struct Atoms4;
+    #[fiber(0:4, 1:4, 2:4, 3:4)]
+    struct Degrees4;
+    #[fiber(0:4, 1:4)]
+    struct Out4;
     #[fiber(0:4, 1:2)]
     struct Small;
 
     #[test]
-    fn typed_assembly_matches_the_references_with_vector_inputs_convs_norm_out_edges_reversible_kv_variants_causal_global_rotary(
+    fn typed_assembly_matches_the_references_with_vector_inputs_convs_norm_out_edges_reversible_kv_variants_causal_global_rotary_masks(
     ) -> Result<(), Error> {
         // input_degrees 2: feats of degrees 0 and 1 in, type0 and type1 out
         let (err, ..) =
@@ -1071,6 +1112,12 @@ mod tests {
         // global tokens attended by degree 0
         let (err, ..) = reference_parity::<Atoms, Hidden, Readout>("se3t_global_feats")?;
         assert!(err < TOL_F32, "typed se3t_global_feats off by {err:.2e}");
+        // pairs excluded by a neighbour mask
+        let (err, ..) = reference_parity::<Atoms, Hidden, Readout>("se3t_neighbor_mask")?;
+        assert!(err < TOL_F32, "typed se3t_neighbor_mask off by {err:.2e}");
+        // four degrees, tied keys and values, a radius that cuts edges
+        let (err, ..) = reference_parity::<Atoms4, Degrees4, Out4>("se3t_deg4_radius")?;
+        assert!(err < TOL_F32, "typed se3t_deg4_radius off by {err:.2e}");
         // rotary position and distance embeddings, null keys and values, a position embedding
         let (err, ..) = reference_parity::<Atoms, Hidden, Readout>("se3t_rotary_nullkv")?;
         assert!(err < TOL_F32, "typed se3t_rotary_nullkv off by {err:.2e}");
@@ -1164,8 +1211,8 @@ mod tests {
         let want = compiled.forward(&inputs, &Se3TransformerForward::default())?;
         let x = Features::<Scalars>::from_fn(b * n, |_, node, c, _| feats[node * 6 + c] as f32);
         let extra = CloudInputs {
-            edges: None,
             global: global.as_ref().map(|t| t.data.as_slice()),
+            ..CloudInputs::default()
         };
         let y = typed.forward_with(&coords, b, Some(&mask), &x, extra)?;
         for (d, block) in Vectors::degrees().into_iter().zip(y.blocks()) {
