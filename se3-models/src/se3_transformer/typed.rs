@@ -891,7 +891,7 @@ fn select_edges(
             neighbor_mask: neighbor_mask.map(|m| &m[base * n..(base + n) * n]),
             edge_feat: None,
         };
-        let sel = select_neighbors(&params, &inputs, None, 0);
+        let sel = select_neighbors(params, &inputs, None, 0);
         for (e, (&j, &valid)) in sel.nbr.iter().zip(&sel.valid).enumerate() {
             let (i, kk) = (e / sel.k.max(1), e % sel.k.max(1));
             if valid {
