@@ -41,6 +41,19 @@ fn contiguous_run(inner: Axis, q0: usize, count: usize, base: i64) -> Option<(us
         .map(|p| (p, count))
 }
 
+/// The buffer positions `(first, last)` of `count >= 1` elements of a strided innermost axis
+/// from logical index `q0`, if they are all inside its valid (unpadded) range.
+fn strided_run(inner: Axis, q0: usize, count: usize, base: i64) -> Option<(usize, usize)> {
+    let (q0, q1) = (q0 as i64, (q0 + count) as i64);
+    if count == 0 || inner.stride == 0 || q0 < inner.lo || q1 > inner.hi {
+        return None;
+    }
+    let s = inner.stride as i64;
+    let first = usize::try_from(base + (q0 + inner.offset) * s).ok()?;
+    let last = usize::try_from(base + (q1 - 1 + inner.offset) * s).ok()?;
+    Some((first, last))
+}
+
 /// A resolved strided view of a buffer.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct View {
@@ -188,6 +201,13 @@ impl View {
             {
                 // a unit-stride run fully inside the view and the buffer: one copy
                 dst.copy_from_slice(row);
+            } else if let Some(run) = strided_run(inner, idx[rank - 1], count, base)
+                .and_then(|(p, last)| src.get(p..=last))
+            {
+                // a strided run fully inside the view and the buffer: no per-element checks
+                for (d, v) in dst.iter_mut().zip(run.iter().step_by(inner.stride)) {
+                    *d = *v;
+                }
             } else {
                 let s = inner.stride as i64;
                 for (j, d) in dst.iter_mut().enumerate() {
@@ -296,6 +316,10 @@ impl View {
             return Materialized::Borrowed(src);
         }
         let mut out = super::pool::take(self.n);
+        if let Some(t) = self.transposed_blocks(src.len()) {
+            t.copy(src, &mut out, self.n >= PAR_MIN);
+            return Materialized::Owned(out);
+        }
         if self.n >= PAR_MIN {
             use rayon::prelude::*;
             out.par_chunks_mut(BLOCK)
@@ -305,6 +329,88 @@ impl View {
             self.gather(src, 0, &mut out);
         }
         Materialized::Owned(out)
+    }
+}
+
+impl View {
+    /// The view as a batch of 2-d transposes, if it is one: every axis real, unpadded and
+    /// unsliced, the last two of lengths `a`, `b` with strides 1 and `s > 1` (the logical
+    /// `[.., a, b]` reads the buffer's `[.., b, a]` blocks, e.g. a permuted weight), and every
+    /// position inside a buffer of `len` elements.
+    fn transposed_blocks(&self, len: usize) -> Option<Transposes> {
+        let rank = self.axes.len();
+        if rank < 2 || self.n == 0 {
+            return None;
+        }
+        if self
+            .axes
+            .iter()
+            .any(|x| x.fake || x.offset != 0 || !x.always_valid())
+        {
+            return None;
+        }
+        let (a, b) = (self.axes[rank - 2], self.axes[rank - 1]);
+        if a.stride != 1 || b.stride <= 1 || a.len < 4 || b.len < 4 {
+            return None;
+        }
+        let outer = self.axes[..rank - 2].to_vec();
+        let last: usize = self.axes.iter().map(|x| (x.len - 1) * x.stride).sum();
+        (last < len).then_some(Transposes {
+            outer,
+            rows: a.len,
+            cols: b.len,
+            stride: b.stride,
+        })
+    }
+}
+
+/// A batch of 2-d transposes ([`View::transposed_blocks`]): for each index of the `outer`
+/// axes, `out[i, j] = src[base + i + j stride]`, `i < rows`, `j < cols`.
+struct Transposes {
+    outer: Vec<Axis>,
+    rows: usize,
+    cols: usize,
+    stride: usize,
+}
+
+impl Transposes {
+    /// Tile edge: a tile's reads are `TILE` runs of `TILE` consecutive elements.
+    const TILE: usize = 8;
+
+    fn copy(&self, src: &[f32], out: &mut [f32], parallel: bool) {
+        let block = self.rows * self.cols;
+        let one = |(o, dst): (usize, &mut [f32])| {
+            let mut rem = o;
+            let mut base = 0usize;
+            for x in self.outer.iter().rev() {
+                base += (rem % x.len) * x.stride;
+                rem /= x.len;
+            }
+            self.block(src, base, dst);
+        };
+        if parallel {
+            use rayon::prelude::*;
+            out.par_chunks_mut(block).enumerate().for_each(one);
+        } else {
+            out.chunks_mut(block).enumerate().for_each(one);
+        }
+    }
+
+    /// One `[rows, cols]` block from `src[base..]` (positions checked by the caller).
+    fn block(&self, src: &[f32], base: usize, dst: &mut [f32]) {
+        let t = Self::TILE;
+        for j0 in (0..self.cols).step_by(t) {
+            let j1 = (j0 + t).min(self.cols);
+            for i0 in (0..self.rows).step_by(t) {
+                let i1 = (i0 + t).min(self.rows);
+                for j in j0..j1 {
+                    let from = &src[base + j * self.stride + i0..base + j * self.stride + i1];
+                    for (i, v) in (i0..i1).zip(from) {
+                        dst[i * self.cols + j] = *v;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -398,4 +504,63 @@ pub(crate) fn dot8(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::rng;
+    use rand::Rng;
+
+    /// Permuted views whose last two axes are a transpose take the tiled copy
+    /// ([`View::transposed_blocks`]); it must give the element-by-element reading of
+    /// [`View::gather`], on random sizes and permutations, sequential and parallel.
+    #[test]
+    fn transposed_blocks_match_the_elementwise_gather() {
+        let (mut r, seed) = rng();
+        for case in 0..12 {
+            let rank = r.gen_range(2..5);
+            let big = case % 4 == 3;
+            let dims: Vec<usize> = (0..rank)
+                .map(|_| r.gen_range(if big { 4..40 } else { 1..20 }))
+                .collect();
+            let mut perm: Vec<usize> = (0..rank).collect();
+            for i in (1..rank).rev() {
+                perm.swap(i, r.gen_range(0..=i));
+            }
+            let mut st = ShapeTracker::new(
+                &dims
+                    .iter()
+                    .map(|&d| Expression::from(d))
+                    .collect::<Vec<_>>(),
+            );
+            st.permute(&perm);
+            let n: usize = dims.iter().product();
+            let src: Vec<f32> = (0..n).map(|_| r.gen_range(-1.0..1.0)).collect();
+            let view = View::new(&st, &FxHashMap::default());
+            let mut want = vec![0.0; n];
+            view.gather(&src, 0, &mut want);
+            let got = view.materialize(&src);
+            assert_eq!(
+                &got[..],
+                &want[..],
+                "seed {seed}: dims {dims:?} permutation {perm:?} (tiled: {})",
+                view.transposed_blocks(src.len()).is_some()
+            );
+        }
+        // the radial last layer's rearrangement, [c_out, c, f, 128] -> [f, c, 128, c_out]
+        let dims = [64usize, 32, 3, 128];
+        let mut st = ShapeTracker::new(&dims.map(Expression::from));
+        st.permute(&[2, 1, 3, 0]);
+        let n: usize = dims.iter().product();
+        let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let view = View::new(&st, &FxHashMap::default());
+        assert!(
+            view.transposed_blocks(n).is_some(),
+            "not taken as transposes"
+        );
+        let mut want = vec![0.0; n];
+        view.gather(&src, 0, &mut want);
+        assert_eq!(&view.materialize(&src)[..], &want[..]);
+    }
 }
