@@ -1,8 +1,9 @@
 //! CPU kernel of [`table_contract`](super::table_contract()): for each `(x, idx)` pair the
 //! edges are taken in order of their node (counting sort); nodes run in parallel, each forms
-//! its table `T_j = x_j^T W` (`[G, K F]`) in thread-local scratch and contracts it with the
-//! hidden units of its edges (results accumulated in registers over `k`), then the rows are
-//! added into the output (transposed to `[F, G]`).
+//! its table `T_j = x_j^T W` (`[G, K, F]`, rows padded to whole vectors) in thread-local
+//! scratch and contracts it with the hidden units of its edges as a small GEMM (register
+//! blocks of 4 edges by 3 vectors, accumulated over `k`), then the rows are added into the
+//! output (transposed to `[F, G]`).
 
 use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
@@ -19,60 +20,92 @@ pub struct TableContract {
     pub k: usize,
 }
 
-/// Vectors accumulated in registers at once (edge contraction).
-const EDGE_VECTORS: usize = 4;
+/// Edges of one node contracted at once (rows of the edge product's register block).
+const EDGE_BLOCK: usize = 4;
+/// Vectors of table columns contracted at once (columns of the register block).
+const COLUMN_VECTORS: usize = 3;
+/// The tables' rows are padded to a multiple of this many columns (a multiple of every
+/// vector width), so the edge product runs on whole vectors.
+const PAD: usize = 16;
 
-/// Sizes of one contraction: `K`, `F`, `G`, `C`.
+/// Sizes of one contraction: `K`, `F`, `G`, `C`, and `F` padded to [`PAD`] (`fp`), the
+/// tables' row width.
 #[derive(Debug, Clone, Copy)]
 struct Sizes {
     k: usize,
     f: usize,
+    fp: usize,
     g: usize,
     c: usize,
 }
 
-/// Orders `g0..g0 + GB` of one node's table, columns `col..col + 2W`:
-/// `table[g][col..] = sum_c x[c G + g] w[c][col..]`.
+/// Orders `g0..g0 + GB` of one node's table, columns `col..col + VB W`:
+/// `table[g][col..] = sum_c x[c G + g] w[c][col..]` (`GB VB` accumulators).
 #[inline(always)]
-fn table_block<S: Simd, const GB: usize>(
+fn table_block<S: Simd, const GB: usize, const VB: usize>(
     x: &[f32],
     w: &[f32],
     sz: Sizes,
     (g0, col): (usize, usize),
     table: &mut [f32],
 ) {
-    let kf = sz.k * sz.f;
-    let mut acc = [[S::zero(); 2]; GB];
+    let kf = sz.k * sz.fp;
+    let mut acc = [[S::zero(); VB]; GB];
     for ci in 0..sz.c {
-        let w0 = S::load(w, ci * kf + col);
-        let w1 = S::load(w, ci * kf + col + S::W);
+        let mut wv = [S::zero(); VB];
+        for (q, v) in wv.iter_mut().enumerate() {
+            *v = S::load(w, ci * kf + col + q * S::W);
+        }
         for (gg, a) in acc.iter_mut().enumerate() {
             let xv = S::splat(x[ci * sz.g + g0 + gg]);
-            a[0] = S::fmadd(xv, w0, a[0]);
-            a[1] = S::fmadd(xv, w1, a[1]);
+            for (q, v) in a.iter_mut().enumerate() {
+                *v = S::fmadd(xv, wv[q], *v);
+            }
         }
     }
     for (gg, a) in acc.iter().enumerate() {
-        let at = (g0 + gg) * kf + col;
-        S::store(a[0], table, at);
-        S::store(a[1], table, at + S::W);
+        for (q, v) in a.iter().enumerate() {
+            S::store(*v, table, (g0 + gg) * kf + col + q * S::W);
+        }
     }
 }
 
-/// `table[g][kf] = sum_c x[c G + g] w[c][kf]` (`x`: one node's `[C, G]` features).
+/// `table[g][kf] = sum_c x[c G + g] w[c][kf]` (`x`: one node's `[C, G]` features; `w` with
+/// rows padded to `K fp`): blocks of up to 4 orders by enough vectors for 8 or more
+/// independent accumulators, then single vectors, then a scalar tail.
 #[inline(always)]
 fn table_impl<S: Simd>(x: &[f32], w: &[f32], sz: Sizes, table: &mut [f32]) {
-    let kf = sz.k * sz.f;
-    let wide = kf - kf % (2 * S::W);
+    let kf = sz.k * sz.fp;
+    let vectors = kf / S::W;
+    let wide = vectors * S::W;
     let mut g0 = 0;
     while g0 < sz.g {
         let gb = 4.min(sz.g - g0);
-        for col in (0..wide).step_by(2 * S::W) {
-            match gb {
-                1 => table_block::<S, 1>(x, w, sz, (g0, col), table),
-                2 => table_block::<S, 2>(x, w, sz, (g0, col), table),
-                3 => table_block::<S, 3>(x, w, sz, (g0, col), table),
-                _ => table_block::<S, 4>(x, w, sz, (g0, col), table),
+        let vb = match gb {
+            1 => 8,
+            2 => 4,
+            3 => 3,
+            _ => 2,
+        };
+        let mut v0 = 0;
+        while v0 < vectors {
+            let at = (g0, v0 * S::W);
+            if v0 + vb <= vectors {
+                match gb {
+                    1 => table_block::<S, 1, 8>(x, w, sz, at, table),
+                    2 => table_block::<S, 2, 4>(x, w, sz, at, table),
+                    3 => table_block::<S, 3, 3>(x, w, sz, at, table),
+                    _ => table_block::<S, 4, 2>(x, w, sz, at, table),
+                }
+                v0 += vb;
+            } else {
+                match gb {
+                    1 => table_block::<S, 1, 1>(x, w, sz, at, table),
+                    2 => table_block::<S, 2, 1>(x, w, sz, at, table),
+                    3 => table_block::<S, 3, 1>(x, w, sz, at, table),
+                    _ => table_block::<S, 4, 1>(x, w, sz, at, table),
+                }
+                v0 += 1;
             }
         }
         for gg in g0..g0 + gb {
@@ -89,44 +122,81 @@ fn table_impl<S: Simd>(x: &[f32], w: &[f32], sz: Sizes, table: &mut [f32]) {
     }
 }
 
-/// `row[g F + f] = sum_k h[k] table[g K F + k F + f]` for one edge.
+/// `rows[i][g F + f] = sum_k h[e_i, k] table[g K fp + k fp + f]` for `EB` edges `e_i` and
+/// the `VB` vectors of columns from `col`: one register block (`EB VB` accumulators, each
+/// table vector loaded once per `k` for all the edges).
 #[inline(always)]
-fn edge_impl<S: Simd>(h: &[f32], table: &[f32], sz: Sizes, row: &mut [f32]) {
-    let Sizes { k, f, g, .. } = sz;
-    let block = EDGE_VECTORS * S::W;
-    for gi in 0..g {
-        let tab = &table[gi * k * f..(gi + 1) * k * f];
-        let out = &mut row[gi * f..(gi + 1) * f];
-        let mut f0 = 0;
-        while f0 + block <= f {
-            let mut acc = [S::zero(); EDGE_VECTORS];
-            for (kk, &hk) in h.iter().enumerate() {
-                let hv = S::splat(hk);
-                for (q, a) in acc.iter_mut().enumerate() {
-                    *a = S::fmadd(hv, S::load(tab, kk * f + f0 + q * S::W), *a);
-                }
-            }
-            for (q, a) in acc.iter().enumerate() {
-                S::store(*a, out, f0 + q * S::W);
-            }
-            f0 += block;
+fn edge_block<S: Simd, const EB: usize, const VB: usize>(
+    h: &[f32],
+    edges: &[usize],
+    tab: &[f32],
+    sz: Sizes,
+    (gi, col): (usize, usize),
+    rows: &mut [f32],
+) {
+    let (k, f, fp) = (sz.k, sz.f, sz.fp);
+    let mut acc = [[S::zero(); VB]; EB];
+    for kk in 0..k {
+        let mut t = [S::zero(); VB];
+        for (q, v) in t.iter_mut().enumerate() {
+            *v = S::load(tab, kk * fp + col + q * S::W);
         }
-        while f0 + S::W <= f {
-            let mut acc = S::zero();
-            for (kk, &hk) in h.iter().enumerate() {
-                acc = S::fmadd(S::splat(hk), S::load(tab, kk * f + f0), acc);
+        for (i, a) in acc.iter_mut().enumerate() {
+            let hv = S::splat(h[edges[i] * k + kk]);
+            for (q, v) in a.iter_mut().enumerate() {
+                *v = S::fmadd(hv, t[q], *v);
             }
-            S::store(acc, out, f0);
-            f0 += S::W;
         }
-        if f0 < f {
-            let o = &mut out[f0..];
-            o.fill(0.0);
-            for (kk, &hk) in h.iter().enumerate() {
-                for (a, &v) in o.iter_mut().zip(&tab[kk * f + f0..(kk + 1) * f]) {
-                    *a += hk * v;
+    }
+    let gf = sz.g * f;
+    let width = (f - col).min(VB * S::W);
+    let mut lane = [0.0f32; 64];
+    for (i, a) in acc.iter().enumerate() {
+        for (q, v) in a.iter().enumerate() {
+            S::store(*v, &mut lane, q * S::W);
+        }
+        let at = i * gf + gi * f + col;
+        rows[at..at + width].copy_from_slice(&lane[..width]);
+    }
+}
+
+/// The rows (`[G, F]` each) of a node's edges from its table (`[G, K, fp]`): blocks of up to
+/// [`EDGE_BLOCK`] edges by [`COLUMN_VECTORS`] vectors.
+#[inline(always)]
+fn edges_impl<S: Simd>(h: &[f32], edges: &[usize], table: &[f32], sz: Sizes, rows: &mut [f32]) {
+    let gf = sz.g * sz.f;
+    let vectors = sz.fp / S::W;
+    for gi in 0..sz.g {
+        let tab = &table[gi * sz.k * sz.fp..(gi + 1) * sz.k * sz.fp];
+        let mut e0 = 0;
+        while e0 < edges.len() {
+            let eb = EDGE_BLOCK.min(edges.len() - e0);
+            let block = &edges[e0..e0 + eb];
+            let out = &mut rows[e0 * gf..(e0 + eb) * gf];
+            let mut v0 = 0;
+            while v0 < vectors {
+                let vb = COLUMN_VECTORS.min(vectors - v0);
+                let col = v0 * S::W;
+                if col < sz.f {
+                    let at = (gi, col);
+                    match (eb, vb) {
+                        (4, 3) => edge_block::<S, 4, 3>(h, block, tab, sz, at, out),
+                        (4, 2) => edge_block::<S, 4, 2>(h, block, tab, sz, at, out),
+                        (4, _) => edge_block::<S, 4, 1>(h, block, tab, sz, at, out),
+                        (3, 3) => edge_block::<S, 3, 3>(h, block, tab, sz, at, out),
+                        (3, 2) => edge_block::<S, 3, 2>(h, block, tab, sz, at, out),
+                        (3, _) => edge_block::<S, 3, 1>(h, block, tab, sz, at, out),
+                        (2, 3) => edge_block::<S, 2, 3>(h, block, tab, sz, at, out),
+                        (2, 2) => edge_block::<S, 2, 2>(h, block, tab, sz, at, out),
+                        (2, _) => edge_block::<S, 2, 1>(h, block, tab, sz, at, out),
+                        (_, 3) => edge_block::<S, 1, 3>(h, block, tab, sz, at, out),
+                        (_, 2) => edge_block::<S, 1, 2>(h, block, tab, sz, at, out),
+                        _ => edge_block::<S, 1, 1>(h, block, tab, sz, at, out),
+                    }
                 }
+                v0 += vb;
             }
+            e0 += eb;
         }
     }
 }
@@ -143,10 +213,7 @@ fn node_impl<S: Simd>(
     rows: &mut [f32],
 ) {
     table_impl::<S>(x, w, sz, table);
-    let gf = sz.g * sz.f;
-    for (&e, row) in edges.iter().zip(rows.chunks_mut(gf)) {
-        edge_impl::<S>(&h[e * sz.k..(e + 1) * sz.k], table, sz, row);
-    }
+    edges_impl::<S>(h, edges, table, sz, rows);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -247,7 +314,7 @@ fn contract_into(
         rest = tail;
     }
     chunks.into_par_iter().for_each_init(
-        || vec![0.0f32; sz.g * sz.k * sz.f],
+        || vec![0.0f32; sz.g * sz.k * sz.fp],
         |table, (j, r)| {
             let edges = &order[start[j]..start[j + 1]];
             node(&x[j * cg..(j + 1) * cg], w, h, edges, sz, table, r);
@@ -276,9 +343,20 @@ impl Operator for TableContract {
         let g = inp.get(2).map_or(0, |(_, st)| {
             View::new(st, &empty).axes.get(2).map_or(0, |a| a.len)
         });
-        let sz = Sizes { k, f, g, c };
+        let fp = f.div_ceil(PAD) * PAD;
+        let sz = Sizes { k, f, fp, g, c };
         let h = hv.materialize(buffer(&inp[0].0));
-        let w = wv.materialize(buffer(&inp[1].0));
+        // `W [C, K F]` with each `k`'s `F` columns padded with zeros to `fp`
+        let mut w = crate::exec::pool::take(c * k * fp);
+        w.fill(0.0);
+        if !w.is_empty() {
+            let src = wv.materialize(buffer(&inp[1].0));
+            for (row, from) in w.chunks_mut(k * fp).zip(src.chunks(k * f.max(1))) {
+                for (dst, part) in row.chunks_mut(fp).zip(from.chunks(f.max(1))) {
+                    dst[..part.len()].copy_from_slice(part);
+                }
+            }
+        }
         let mut out = crate::exec::pool::take(e * f * g);
         out.fill(0.0);
         for pair in inp[2..].chunks(2) {
@@ -290,7 +368,8 @@ impl Operator for TableContract {
             let idx = View::new(ist, &empty).materialize(buffer(i));
             contract_into(&h, &w, &xs, n, &idx, sz, &mut out);
         }
-        drop((h, w));
+        drop(h);
+        crate::exec::pool::give(w);
         crate::exec::pool::finish(inp, out)
     }
 }
