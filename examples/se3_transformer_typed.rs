@@ -133,6 +133,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         num_positions: None,
         rotary_position: false,
         rotary_rel_dist: false,
+        num_tokens: None,
     };
     let model = match std::env::args().nth(1) {
         Some(dir) => {

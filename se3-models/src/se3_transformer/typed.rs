@@ -115,6 +115,9 @@ pub struct TypedOptions {
     pub rotary_position: bool,
     /// `rotary_rel_dist`: degree-0 attention rotated by `100 |r_ij|`.
     pub rotary_rel_dist: bool,
+    /// `num_tokens`: nodes are token ids embedded by `token_emb.weight` into the degree-0
+    /// input (`In` is degree 0 only; [`TypedSession::forward_tokens`]).
+    pub num_tokens: Option<usize>,
 }
 
 impl TypedOptions {
@@ -140,7 +143,6 @@ impl TypedOptions {
         cfg: &Se3TransformerConfig,
     ) -> Result<Self, Error> {
         let unsupported = [
-            ("num_tokens", cfg.num_tokens.is_some()),
             ("num_edge_tokens", cfg.num_edge_tokens.is_some()),
             ("attend_sparse_neighbors", cfg.attend_sparse_neighbors),
             ("num_adj_degrees", cfg.num_adj_degrees.is_some()),
@@ -159,6 +161,11 @@ impl TypedOptions {
             Ok(text.join(", ").parse()?)
         };
         In::check_spec(&spec(&shape.fiber_in)?)?;
+        if cfg.num_tokens.is_some() && In::degrees().into_iter().any(|d| d.l != 0) {
+            return Err(Error::NotTyped {
+                option: "num_tokens with an input fiber beyond degree 0",
+            });
+        }
         Hidden::check_spec(&spec(&shape.fiber_hidden)?)?;
         let out = shape.fiber_out.as_deref().ok_or(Error::NotTyped {
             option: "output_degrees = None",
@@ -188,6 +195,7 @@ impl TypedOptions {
             num_positions: cfg.num_positions,
             rotary_position: cfg.rotary_position,
             rotary_rel_dist: cfg.rotary_rel_dist,
+            num_tokens: cfg.num_tokens,
         })
     }
 
@@ -257,6 +265,9 @@ pub struct TypedSe3Transformer<In: Fiber, Hidden: Fiber, Out: Fiber> {
     pub norm: Option<Norm<Out>>,
     /// `pos_emb.weight` (`[num_positions, c]`), present with `num_positions`.
     pub pos_emb: Option<Param>,
+    /// `token_emb.weight` (`[num_tokens, c]`, `c` the input's degree-0 channels), present with
+    /// `num_tokens`.
+    pub token_emb: Option<Param>,
     /// `rotary_pos_emb.inv_freq`, present with rotary embeddings.
     pub rotary: Option<RotaryEmbedding>,
     options: TypedOptions,
@@ -302,6 +313,14 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
                 )
             }),
             rotary: options.fresh_rotary()?,
+            token_emb: options.num_tokens.map(|t| {
+                Param::uniform(
+                    "token_emb.weight".into(),
+                    vec![t, position_width::<In>()],
+                    1.0,
+                    rng,
+                )
+            }),
             options,
         })
     }
@@ -346,6 +365,14 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
         } else {
             None
         };
+        let token_emb = match options.num_tokens {
+            Some(t) => Some(Param::load(
+                &mut src,
+                "token_emb.weight".into(),
+                vec![t, position_width::<In>()],
+            )?),
+            None => None,
+        };
         let pos_emb = match options.num_positions {
             Some(p) => {
                 let c = sd
@@ -384,6 +411,7 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             norm,
             pos_emb,
             rotary,
+            token_emb,
             options,
         })
     }
@@ -398,6 +426,26 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
         In::max_degree()
             .max(Hidden::max_degree())
             .max(Out::max_degree())
+    }
+
+    /// The degree-0 input `token_emb[tokens]` (`[N, c, 1]`) of input `tokens` (one id per
+    /// node); `In` is degree 0 only ([`TypedOptions::from_config`] checks it).
+    fn embed_tokens(&self, s: &mut Session, table: &Param) -> Result<GraphFeatures<In>, Error> {
+        let kind = InputKind::Indices {
+            bound: IndexBound::Fixed(table.shape[0]),
+            allow_missing: false,
+        };
+        let tokens = s.input::<(Dyn<'n'>,)>("tokens", kind);
+        let t: GraphTensor<(X, X)> = table.declare(s, "")?;
+        let rows: GraphTensor<(Dyn<'n'>, X)> = se3_core::ops::gather(t, tokens);
+        let x0 = expand_at::<_, (Dyn<'n'>, X, X)>(rows, 2, 1);
+        Ok(GraphFeatures::new(FeatureTensors::new(
+            In::spec(),
+            vec![se3_core::layers::graph::reshape(
+                x0,
+                &['n'.into(), table.shape[1].into(), 1.into()],
+            )],
+        )?)?)
     }
 
     /// `x` with the position embedding `table` (`[num_positions, c]`) of input `positions`
@@ -487,7 +535,10 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
     pub fn compile(&self) -> Result<TypedSession<In, Out>, Error> {
         let mut s = Session::new();
         let coords = s.input::<(Dyn<'n'>, Const<3>)>("coords", InputKind::Coordinates);
-        let x = GraphFeatures::<In>::input(&mut s, "x");
+        let x = match &self.token_emb {
+            Some(table) => self.embed_tokens(&mut s, table)?,
+            None => GraphFeatures::<In>::input(&mut s, "x"),
+        };
         let mut edges =
             EdgeGraph::input(&mut s, "edges", coords).grouped(self.options.num_neighbors);
         if self.options.edge_dim > 0 {
@@ -523,6 +574,7 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             edge_dim: self.options.edge_dim,
             global_feats_dim: self.options.global_feats_dim,
             num_positions: self.pos_emb.as_ref().map(|t| t.shape[0]),
+            num_tokens: self.token_emb.as_ref().map(|t| t.shape[0]),
             rotary: self.rotary.clone(),
             dim_head: self.options.dim_head,
             fibers: PhantomData,
@@ -566,6 +618,7 @@ pub struct TypedSession<In: Fiber, Out: Fiber> {
     edge_dim: usize,
     global_feats_dim: Option<usize>,
     num_positions: Option<usize>,
+    num_tokens: Option<usize>,
     rotary: Option<RotaryEmbedding>,
     dim_head: usize,
     fibers: PhantomData<fn(In) -> Out>,
@@ -629,6 +682,44 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
         x: &Features<In>,
         extra: CloudInputs<'_>,
     ) -> Result<Features<Out>, Error> {
+        if self.num_tokens.is_some() {
+            return Err(Error::MissingInput {
+                name: "tokens (the model embeds atom tokens: TypedSession::forward_tokens)",
+            });
+        }
+        self.run(coords, batch, mask, NodeInput::Features(x), extra)
+    }
+
+    /// As [`TypedSession::forward_with`] for a model with `num_tokens`: the nodes are token
+    /// ids (`batch * n`, each in `0..num_tokens`), embedded by `token_emb.weight` into the
+    /// degree-0 input.
+    ///
+    /// # Errors
+    /// `UnexpectedInput` for a model without tokens, `InputShape` for a token count other than
+    /// the node count, `Core(BadIndex)` for an id out of range; as
+    /// [`TypedSession::forward_with`].
+    pub fn forward_tokens(
+        &mut self,
+        coords: &[[f64; 3]],
+        batch: usize,
+        mask: Option<&[bool]>,
+        tokens: &[i64],
+        extra: CloudInputs<'_>,
+    ) -> Result<Features<Out>, Error> {
+        if self.num_tokens.is_none() {
+            return Err(Error::UnexpectedInput { name: "tokens" });
+        }
+        self.run(coords, batch, mask, NodeInput::Tokens(tokens), extra)
+    }
+
+    fn run(
+        &mut self,
+        coords: &[[f64; 3]],
+        batch: usize,
+        mask: Option<&[bool]>,
+        x: NodeInput<'_, In>,
+        extra: CloudInputs<'_>,
+    ) -> Result<Features<Out>, Error> {
         let edge_features = extra.edges;
         let rows_n = coords.len().checked_div(batch).unwrap_or(0);
         if let Some(m) = extra.neighbor_mask {
@@ -647,12 +738,15 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
                 nodes: rows.checked_div(batch).unwrap_or(0),
             });
         }
-        if !rows.is_multiple_of(batch) || x.nodes() != rows || mask.is_some_and(|m| m.len() != rows)
-        {
+        let nodes = match x {
+            NodeInput::Features(x) => x.nodes(),
+            NodeInput::Tokens(t) => t.len(),
+        };
+        if !rows.is_multiple_of(batch) || nodes != rows || mask.is_some_and(|m| m.len() != rows) {
             return Err(Error::InputShape {
                 name: "coords / x / mask",
                 expected: format!("{batch} clouds of equal size, one row per node in each"),
-                found: vec![rows, x.nodes(), mask.map_or(rows, <[bool]>::len)],
+                found: vec![rows, nodes, mask.map_or(rows, <[bool]>::len)],
             });
         }
         if let Some(index) = coords.iter().flatten().position(|v| !v.is_finite()) {
@@ -744,8 +838,15 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
         let e = src.len();
         s.set("edges.src", src, &[e])?;
         s.set("edges.dst", dst, &[e])?;
-        for (d, b) in In::degrees().into_iter().zip(x.blocks()) {
-            s.set(&format!("x.{}", d.l), b.data().to_vec(), &b.shape())?;
+        match x {
+            NodeInput::Features(x) => {
+                for (d, b) in In::degrees().into_iter().zip(x.blocks()) {
+                    s.set(&format!("x.{}", d.l), b.data().to_vec(), &b.shape())?;
+                }
+            }
+            NodeInput::Tokens(t) => {
+                s.set("tokens", t.iter().map(|&v| v as f32).collect(), &[rows])?;
+            }
         }
         s.run()?;
         let blocks = Out::degrees()
@@ -774,6 +875,13 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
             num_adj_degrees: None,
         }
     }
+}
+
+/// The nodes of a typed forward: features, or token ids the model embeds.
+#[derive(Clone, Copy)]
+enum NodeInput<'a, In: Fiber> {
+    Features(&'a Features<In>),
+    Tokens(&'a [i64]),
 }
 
 /// Optional inputs of a typed forward besides coordinates, mask and node features.
@@ -964,6 +1072,7 @@ mod tests {
         let inputs =
             ModelInputs::load(dir.join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
         let (b, n) = (inputs.batch(), inputs.nodes());
+        let mut tokens = None;
         let x = match &inputs.feats {
             NodeFeats::Dense(t) => {
                 let c = t.shape[2];
@@ -983,7 +1092,10 @@ mod tests {
                 }
                 x
             }
-            NodeFeats::Tokens { .. } => return Err(Error::UnexpectedInput { name: "feats" }),
+            NodeFeats::Tokens { ids, .. } => {
+                tokens = Some(ids.clone());
+                Features::<In>::zeros(b * n)
+            }
         };
         let coords: Vec<[f64; 3]> = (0..b).flat_map(|bi| inputs.points(bi)).collect();
         let mask = inputs.mask.as_ref().map(|m| m.data.clone());
@@ -998,7 +1110,10 @@ mod tests {
             global: inputs.global_feats.as_ref().map(|t| t.data.as_slice()),
             neighbor_mask: inputs.neighbor_mask.as_ref().map(|t| t.data.as_slice()),
         };
-        let y = run.forward_with(&coords, b, mask.as_deref(), &x, extra)?;
+        let y = match &tokens {
+            Some(t) => run.forward_tokens(&coords, b, mask.as_deref(), t, extra)?,
+            None => run.forward_with(&coords, b, mask.as_deref(), &x, extra)?,
+        };
         let want = StateDict::load(dir.join("outputs.safetensors"))?;
         let single = Out::degrees().len() == 1;
         let mut worst = 0.0f64;
@@ -1079,7 +1194,7 @@ mod tests {
     struct Small;
 
     #[test]
-    fn typed_assembly_matches_the_references_with_vector_inputs_convs_norm_out_edges_reversible_kv_variants_causal_global_rotary_masks(
+    fn typed_assembly_matches_the_references_with_vector_inputs_convs_norm_out_edges_reversible_kv_variants_causal_global_rotary_masks_tokens(
     ) -> Result<(), Error> {
         // input_degrees 2: feats of degrees 0 and 1 in, type0 and type1 out
         let (err, ..) =
@@ -1112,6 +1227,9 @@ mod tests {
         // global tokens attended by degree 0
         let (err, ..) = reference_parity::<Atoms, Hidden, Readout>("se3t_global_feats")?;
         assert!(err < TOL_F32, "typed se3t_global_feats off by {err:.2e}");
+        // atom tokens embedded into the degree-0 input, two output degrees
+        let (err, ..) = reference_parity::<Atoms, Hidden, Hidden>("se3t_tokens_out2")?;
+        assert!(err < TOL_F32, "typed se3t_tokens_out2 off by {err:.2e}");
         // pairs excluded by a neighbour mask
         let (err, ..) = reference_parity::<Atoms, Hidden, Readout>("se3t_neighbor_mask")?;
         assert!(err < TOL_F32, "typed se3t_neighbor_mask off by {err:.2e}");
@@ -1253,6 +1371,7 @@ mod tests {
             num_positions: None,
             rotary_position: false,
             rotary_rel_dist: false,
+            num_tokens: None,
         };
         let mut run =
             TypedSe3Transformer::<Atoms, Hidden, Readout>::new(options, &mut r)?.compile()?;
@@ -1287,6 +1406,38 @@ mod tests {
         assert!(matches!(
             run.forward_with_edges(&pts(8), 1, None, &x, Some(&[0.0; 64])),
             Err(Error::UnexpectedInput { name: "edges" })
+        ));
+        assert!(matches!(
+            run.forward_tokens(&pts(8), 1, None, &[0; 8], CloudInputs::default()),
+            Err(Error::UnexpectedInput { name: "tokens" })
+        ));
+        // a model of atom tokens: ids in range, one per node, and no feature input
+        let tokens = TypedOptions {
+            num_tokens: Some(3),
+            ..options
+        };
+        let mut run_t =
+            TypedSe3Transformer::<Atoms, Hidden, Readout>::new(tokens, &mut r)?.compile()?;
+        let y = run_t.forward_tokens(
+            &pts(8),
+            1,
+            None,
+            &[0, 1, 2, 0, 1, 2, 0, 1],
+            CloudInputs::default(),
+        )?;
+        assert!(y.blocks()[0].data().iter().all(|v| v.is_finite()));
+        let bad = [0, 1, 2, 3, 1, 2, 0, 1];
+        assert!(matches!(
+            run_t.forward_tokens(&pts(8), 1, None, &bad, CloudInputs::default()),
+            Err(Error::Core(se3_core::Error::BadIndex { name, .. })) if name == "tokens"
+        ));
+        assert!(matches!(
+            run_t.forward_tokens(&pts(8), 1, None, &[0; 7], CloudInputs::default()),
+            Err(Error::InputShape { .. })
+        ));
+        assert!(matches!(
+            run_t.forward(&pts(8), 1, None, &x),
+            Err(Error::MissingInput { .. })
         ));
         // a cloud with fewer nodes than num_neighbors and all but one node masked: finite
         let y = run.forward(&pts(3), 1, Some(&[true, false, false]), &Features::zeros(3))?;
