@@ -134,6 +134,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rotary_position: false,
         rotary_rel_dist: false,
         num_tokens: None,
+        num_edge_tokens: None,
     };
     let model = match std::env::args().nth(1) {
         Some(dir) => {

@@ -118,6 +118,10 @@ pub struct TypedOptions {
     /// `num_tokens`: nodes are token ids embedded by `token_emb.weight` into the degree-0
     /// input (`In` is degree 0 only; [`TypedSession::forward_tokens`]).
     pub num_tokens: Option<usize>,
+    /// `num_edge_tokens`: the edge features are token ids of every ordered pair
+    /// ([`CloudInputs::edge_tokens`]) embedded by `edge_emb.weight` (`[num_edge_tokens,
+    /// edge_dim]`) in the graph.
+    pub num_edge_tokens: Option<usize>,
 }
 
 impl TypedOptions {
@@ -143,7 +147,6 @@ impl TypedOptions {
         cfg: &Se3TransformerConfig,
     ) -> Result<Self, Error> {
         let unsupported = [
-            ("num_edge_tokens", cfg.num_edge_tokens.is_some()),
             ("attend_sparse_neighbors", cfg.attend_sparse_neighbors),
             ("num_adj_degrees", cfg.num_adj_degrees.is_some()),
             ("use_egnn", cfg.use_egnn),
@@ -196,6 +199,7 @@ impl TypedOptions {
             rotary_position: cfg.rotary_position,
             rotary_rel_dist: cfg.rotary_rel_dist,
             num_tokens: cfg.num_tokens,
+            num_edge_tokens: cfg.num_edge_tokens,
         })
     }
 
@@ -268,6 +272,8 @@ pub struct TypedSe3Transformer<In: Fiber, Hidden: Fiber, Out: Fiber> {
     /// `token_emb.weight` (`[num_tokens, c]`, `c` the input's degree-0 channels), present with
     /// `num_tokens`.
     pub token_emb: Option<Param>,
+    /// `edge_emb.weight` (`[num_edge_tokens, edge_dim]`), present with `num_edge_tokens`.
+    pub edge_emb: Option<Param>,
     /// `rotary_pos_emb.inv_freq`, present with rotary embeddings.
     pub rotary: Option<RotaryEmbedding>,
     options: TypedOptions,
@@ -313,6 +319,14 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
                 )
             }),
             rotary: options.fresh_rotary()?,
+            edge_emb: options.num_edge_tokens.map(|t| {
+                Param::uniform(
+                    "edge_emb.weight".into(),
+                    vec![t, options.edge_dim],
+                    1.0,
+                    rng,
+                )
+            }),
             token_emb: options.num_tokens.map(|t| {
                 Param::uniform(
                     "token_emb.weight".into(),
@@ -373,6 +387,14 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             )?),
             None => None,
         };
+        let edge_emb = match options.num_edge_tokens {
+            Some(t) => Some(Param::load(
+                &mut src,
+                "edge_emb.weight".into(),
+                vec![t, options.edge_dim],
+            )?),
+            None => None,
+        };
         let pos_emb = match options.num_positions {
             Some(p) => {
                 let c = sd
@@ -412,6 +434,7 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             pos_emb,
             rotary,
             token_emb,
+            edge_emb,
             options,
         })
     }
@@ -541,7 +564,15 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
         };
         let mut edges =
             EdgeGraph::input(&mut s, "edges", coords).grouped(self.options.num_neighbors);
-        if self.options.edge_dim > 0 {
+        if let Some(table) = &self.edge_emb {
+            let kind = InputKind::Indices {
+                bound: IndexBound::Fixed(table.shape[0]),
+                allow_missing: true,
+            };
+            let ids = s.input::<(Dyn<'e'>,)>("edges.tokens", kind);
+            let t: GraphTensor<(X, X)> = table.declare(&mut s, "")?;
+            edges.edge_features = Some(se3_core::ops::gather(t, ids));
+        } else if self.options.edge_dim > 0 {
             edges.edge_features = Some(s.input_with_shape::<(Dyn<'e'>, Dyn<'-'>)>(
                 "edges.features",
                 InputKind::Values,
@@ -575,6 +606,7 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             global_feats_dim: self.options.global_feats_dim,
             num_positions: self.pos_emb.as_ref().map(|t| t.shape[0]),
             num_tokens: self.token_emb.as_ref().map(|t| t.shape[0]),
+            edge_tokens: self.edge_emb.is_some(),
             rotary: self.rotary.clone(),
             dim_head: self.options.dim_head,
             fibers: PhantomData,
@@ -619,6 +651,7 @@ pub struct TypedSession<In: Fiber, Out: Fiber> {
     global_feats_dim: Option<usize>,
     num_positions: Option<usize>,
     num_tokens: Option<usize>,
+    edge_tokens: bool,
     rotary: Option<RotaryEmbedding>,
     dim_head: usize,
     fibers: PhantomData<fn(In) -> Out>,
@@ -756,7 +789,43 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
             });
         }
         let (src, dst) = select_edges(coords, batch, mask, extra.neighbor_mask, &self.selection());
-        let features = match (edge_features, self.edge_dim) {
+        if self.edge_tokens && edge_features.is_some() {
+            return Err(Error::UnexpectedInput {
+                name: "edges (the model embeds edge tokens: CloudInputs::edge_tokens)",
+            });
+        }
+        let edge_ids = match (extra.edge_tokens, self.edge_tokens) {
+            (None, false) => None,
+            (Some(_), false) => {
+                return Err(Error::UnexpectedInput {
+                    name: "edge_tokens",
+                })
+            }
+            (None, true) => {
+                return Err(Error::MissingInput {
+                    name: "edge_tokens",
+                })
+            }
+            (Some(t), true) => {
+                let n = rows / batch;
+                if t.len() != rows * n {
+                    return Err(Error::InputShape {
+                        name: "edge_tokens",
+                        expected: format!("({batch}, {n}, {n})"),
+                        found: vec![t.len()],
+                    });
+                }
+                let ids: Vec<f64> = t.iter().map(|&v| v as f64).collect();
+                Some(gather_edge_features(&ids, &src, &dst, n, 1))
+            }
+        };
+        let edge_features = if self.edge_tokens {
+            None
+        } else {
+            edge_features
+        };
+        let dim_in = if self.edge_tokens { 0 } else { self.edge_dim };
+        let features = match (edge_features, dim_in) {
             (None, 0) => None,
             (Some(_), 0) => return Err(Error::UnexpectedInput { name: "edges" }),
             (None, _) => return Err(Error::MissingInput { name: "edges" }),
@@ -833,6 +902,16 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
             let rows_e = fe.len() / self.edge_dim;
             s.set("edges.features", fe, &[rows_e, self.edge_dim])?;
         }
+        if let Some(mut ids) = edge_ids {
+            // missing edges read no embedding row
+            for (id, &d) in ids.iter_mut().zip(&dst) {
+                if d < 0.0 {
+                    *id = -1.0;
+                }
+            }
+            let e = ids.len();
+            s.set("edges.tokens", ids, &[e])?;
+        }
         let flat: Vec<f32> = coords.iter().flatten().map(|&v| v as f32).collect();
         s.set("coords", flat, &[rows, 3])?;
         let e = src.len();
@@ -897,6 +976,9 @@ pub struct CloudInputs<'a> {
     /// library's `neighbor_mask`): excluded pairs rank after every allowed one and are not
     /// valid.
     pub neighbor_mask: Option<&'a [bool]>,
+    /// Edge token ids of every ordered pair of each cloud, `(batch, n, n)` row-major (the
+    /// library's `edges` as int64 tokens), for a model with `num_edge_tokens`.
+    pub edge_tokens: Option<&'a [i64]>,
 }
 
 /// The global tokens `(batch, g, width)` repeated for every node of their cloud: `g` and
@@ -1100,15 +1182,16 @@ mod tests {
         let coords: Vec<[f64; 3]> = (0..b).flat_map(|bi| inputs.points(bi)).collect();
         let mask = inputs.mask.as_ref().map(|m| m.data.clone());
         let mut run = model.compile()?;
-        let edges = match &inputs.edges {
-            Some(EdgeInput::Dense(t)) => Some(t.data.as_slice()),
-            Some(EdgeInput::Tokens { .. }) => return Err(Error::UnexpectedInput { name: "edges" }),
-            None => None,
+        let (edges, edge_tokens) = match &inputs.edges {
+            Some(EdgeInput::Dense(t)) => (Some(t.data.as_slice()), None),
+            Some(EdgeInput::Tokens { ids, .. }) => (None, Some(ids.as_slice())),
+            None => (None, None),
         };
         let extra = CloudInputs {
             edges,
             global: inputs.global_feats.as_ref().map(|t| t.data.as_slice()),
             neighbor_mask: inputs.neighbor_mask.as_ref().map(|t| t.data.as_slice()),
+            edge_tokens,
         };
         let y = match &tokens {
             Some(t) => run.forward_tokens(&coords, b, mask.as_deref(), t, extra)?,
@@ -1227,6 +1310,9 @@ mod tests {
         // global tokens attended by degree 0
         let (err, ..) = reference_parity::<Atoms, Hidden, Readout>("se3t_global_feats")?;
         assert!(err < TOL_F32, "typed se3t_global_feats off by {err:.2e}");
+        // edge tokens embedded into the radial networks' edge features
+        let (err, ..) = reference_parity::<Atoms, Hidden, Readout>("se3t_edge_tokens")?;
+        assert!(err < TOL_F32, "typed se3t_edge_tokens off by {err:.2e}");
         // atom tokens embedded into the degree-0 input, two output degrees
         let (err, ..) = reference_parity::<Atoms, Hidden, Hidden>("se3t_tokens_out2")?;
         assert!(err < TOL_F32, "typed se3t_tokens_out2 off by {err:.2e}");
@@ -1372,6 +1458,7 @@ mod tests {
             rotary_position: false,
             rotary_rel_dist: false,
             num_tokens: None,
+            num_edge_tokens: None,
         };
         let mut run =
             TypedSe3Transformer::<Atoms, Hidden, Readout>::new(options, &mut r)?.compile()?;
@@ -1438,6 +1525,56 @@ mod tests {
         assert!(matches!(
             run_t.forward(&pts(8), 1, None, &x),
             Err(Error::MissingInput { .. })
+        ));
+        // edge tokens: required by a model that embeds them, refused by one that does not
+        assert!(matches!(
+            run.forward_with(
+                &pts(8),
+                1,
+                None,
+                &x,
+                CloudInputs {
+                    edge_tokens: Some(&[0; 64]),
+                    ..CloudInputs::default()
+                }
+            ),
+            Err(Error::UnexpectedInput {
+                name: "edge_tokens"
+            })
+        ));
+        let edge_tokens = TypedOptions {
+            num_edge_tokens: Some(2),
+            edge_dim: 3,
+            ..options
+        };
+        let mut run_e =
+            TypedSe3Transformer::<Atoms, Hidden, Readout>::new(edge_tokens, &mut r)?.compile()?;
+        assert!(matches!(
+            run_e.forward(&pts(8), 1, None, &x),
+            Err(Error::MissingInput {
+                name: "edge_tokens"
+            })
+        ));
+        let ids: Vec<i64> = (0..64).map(|i| i % 2).collect();
+        let with_ids = CloudInputs {
+            edge_tokens: Some(&ids),
+            ..CloudInputs::default()
+        };
+        let y = run_e.forward_with(&pts(8), 1, None, &x, with_ids)?;
+        assert!(y.blocks()[0].data().iter().all(|v| v.is_finite()));
+        let bad: Vec<i64> = (0..64).map(|i| i % 3).collect();
+        assert!(matches!(
+            run_e.forward_with(
+                &pts(8),
+                1,
+                None,
+                &x,
+                CloudInputs {
+                    edge_tokens: Some(&bad),
+                    ..CloudInputs::default()
+                }
+            ),
+            Err(Error::Core(se3_core::Error::BadIndex { .. }))
         ));
         // a cloud with fewer nodes than num_neighbors and all but one node masked: finite
         let y = run.forward(&pts(3), 1, Some(&[true, false, false]), &Features::zeros(3))?;
