@@ -562,8 +562,8 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             Some(table) => self.embed_tokens(&mut s, table)?,
             None => GraphFeatures::<In>::input(&mut s, "x"),
         };
-        let mut edges =
-            EdgeGraph::input(&mut s, "edges", coords).grouped(self.options.num_neighbors);
+        // `k` neighbour slots per node, set each run (sparse neighbours add to it)
+        let mut edges = EdgeGraph::input(&mut s, "edges", coords).grouped('k');
         if let Some(table) = &self.edge_emb {
             let kind = InputKind::Indices {
                 bound: IndexBound::Fixed(table.shape[0]),
@@ -915,6 +915,7 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
         let flat: Vec<f32> = coords.iter().flatten().map(|&v| v as f32).collect();
         s.set("coords", flat, &[rows, 3])?;
         let e = src.len();
+        s.set_dim('k', e / rows);
         s.set("edges.src", src, &[e])?;
         s.set("edges.dst", dst, &[e])?;
         match x {
