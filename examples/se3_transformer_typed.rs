@@ -135,6 +135,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rotary_rel_dist: false,
         num_tokens: None,
         num_edge_tokens: None,
+        attend_sparse_neighbors: false,
+        max_sparse_neighbors: None,
+        num_adj_degrees: None,
+        adj_dim: 0,
     };
     let model = match std::env::args().nth(1) {
         Some(dir) => {

@@ -53,7 +53,9 @@ use se3_core::layers::{
 use crate::checkpoint::StateDict;
 use crate::checkpoint::StateDictSource;
 use crate::se3_transformer::config::Se3TransformerConfig;
-use crate::se3_transformer::graph::{select_neighbors, PairInputs, SelectionParams};
+use crate::se3_transformer::graph::{
+    adjacency_degrees, select_neighbors, sparse_selection, PairInputs, SelectionParams,
+};
 use crate::Error;
 
 mod module;
@@ -122,9 +124,42 @@ pub struct TypedOptions {
     /// ([`CloudInputs::edge_tokens`]) embedded by `edge_emb.weight` (`[num_edge_tokens,
     /// edge_dim]`) in the graph.
     pub num_edge_tokens: Option<usize>,
+    /// `attend_sparse_neighbors`: bonded pairs ([`CloudInputs::adjacency`]) are ranked first
+    /// and every node gets as many more slots as the most bonded node has bonds (capped by
+    /// `max_sparse_neighbors`).
+    pub attend_sparse_neighbors: bool,
+    /// `max_sparse_neighbors` (`None`: every bond; a cap keeps a random subset of a node's
+    /// bonds, with the library's distribution and this crate's draws).
+    pub max_sparse_neighbors: Option<usize>,
+    /// `num_adj_degrees`: pairs are labelled by bond distance `1..=num_adj_degrees` (0
+    /// otherwise) and, with `adj_dim > 0`, the label's embedding `adj_emb.weight`
+    /// (`[num_adj_degrees + 1, adj_dim]`) joins the edge features (`edge_dim` counts it).
+    pub num_adj_degrees: Option<usize>,
+    /// `adj_dim`: width of the bond-distance embedding.
+    pub adj_dim: usize,
 }
 
 impl TypedOptions {
+    /// The width of the bond-distance embedding among the edge features (0 without).
+    fn adjacency_width(&self) -> usize {
+        if self.num_adj_degrees.is_some() {
+            self.adj_dim
+        } else {
+            0
+        }
+    }
+
+    /// The width of the edge features given as input (continuous or tokens), without the
+    /// bond-distance embedding.
+    fn edge_input_width(&self) -> usize {
+        self.edge_dim.saturating_sub(self.adjacency_width())
+    }
+
+    /// Whether the selection reads an adjacency matrix.
+    fn takes_adjacency(&self) -> bool {
+        self.attend_sparse_neighbors || self.num_adj_degrees.is_some()
+    }
+
     /// The rotary embeddings' frequencies of fresh weights, if any.
     fn fresh_rotary(&self) -> Result<Option<RotaryEmbedding>, Error> {
         if !(self.rotary_position || self.rotary_rel_dist) {
@@ -147,8 +182,6 @@ impl TypedOptions {
         cfg: &Se3TransformerConfig,
     ) -> Result<Self, Error> {
         let unsupported = [
-            ("attend_sparse_neighbors", cfg.attend_sparse_neighbors),
-            ("num_adj_degrees", cfg.num_adj_degrees.is_some()),
             ("use_egnn", cfg.use_egnn),
             ("reduce_dim_out", cfg.reduce_dim_out),
         ];
@@ -200,6 +233,10 @@ impl TypedOptions {
             rotary_rel_dist: cfg.rotary_rel_dist,
             num_tokens: cfg.num_tokens,
             num_edge_tokens: cfg.num_edge_tokens,
+            attend_sparse_neighbors: cfg.attend_sparse_neighbors,
+            max_sparse_neighbors: cfg.max_sparse_neighbors,
+            num_adj_degrees: cfg.num_adj_degrees,
+            adj_dim: cfg.adj_dim,
         })
     }
 
@@ -274,6 +311,9 @@ pub struct TypedSe3Transformer<In: Fiber, Hidden: Fiber, Out: Fiber> {
     pub token_emb: Option<Param>,
     /// `edge_emb.weight` (`[num_edge_tokens, edge_dim]`), present with `num_edge_tokens`.
     pub edge_emb: Option<Param>,
+    /// `adj_emb.weight` (`[num_adj_degrees + 1, adj_dim]`), present with `num_adj_degrees`
+    /// and `adj_dim > 0`.
+    pub adj_emb: Option<Param>,
     /// `rotary_pos_emb.inv_freq`, present with rotary embeddings.
     pub rotary: Option<RotaryEmbedding>,
     options: TypedOptions,
@@ -322,11 +362,20 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             edge_emb: options.num_edge_tokens.map(|t| {
                 Param::uniform(
                     "edge_emb.weight".into(),
-                    vec![t, options.edge_dim],
+                    vec![t, options.edge_input_width()],
                     1.0,
                     rng,
                 )
             }),
+            adj_emb: match (options.num_adj_degrees, options.adjacency_width()) {
+                (Some(d), w) if w > 0 => Some(Param::uniform(
+                    "adj_emb.weight".into(),
+                    vec![d + 1, w],
+                    1.0,
+                    rng,
+                )),
+                _ => None,
+            },
             token_emb: options.num_tokens.map(|t| {
                 Param::uniform(
                     "token_emb.weight".into(),
@@ -391,9 +440,17 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             Some(t) => Some(Param::load(
                 &mut src,
                 "edge_emb.weight".into(),
-                vec![t, options.edge_dim],
+                vec![t, options.edge_input_width()],
             )?),
             None => None,
+        };
+        let adj_emb = match (options.num_adj_degrees, options.adjacency_width()) {
+            (Some(d), w) if w > 0 => Some(Param::load(
+                &mut src,
+                "adj_emb.weight".into(),
+                vec![d + 1, w],
+            )?),
+            _ => None,
         };
         let pos_emb = match options.num_positions {
             Some(p) => {
@@ -435,6 +492,7 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             rotary,
             token_emb,
             edge_emb,
+            adj_emb,
             options,
         })
     }
@@ -564,21 +622,26 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
         };
         // `k` neighbour slots per node, set each run (sparse neighbours add to it)
         let mut edges = EdgeGraph::input(&mut s, "edges", coords).grouped('k');
+        // the radial networks' edge features: the input's (continuous or embedded tokens),
+        // then the embedding of the pair's bond distance
+        let mut parts: Vec<GraphTensor<(Dyn<'e'>, X)>> = Vec::new();
         if let Some(table) = &self.edge_emb {
-            let kind = InputKind::Indices {
-                bound: IndexBound::Fixed(table.shape[0]),
-                allow_missing: true,
-            };
-            let ids = s.input::<(Dyn<'e'>,)>("edges.tokens", kind);
-            let t: GraphTensor<(X, X)> = table.declare(&mut s, "")?;
-            edges.edge_features = Some(se3_core::ops::gather(t, ids));
-        } else if self.options.edge_dim > 0 {
-            edges.edge_features = Some(s.input_with_shape::<(Dyn<'e'>, Dyn<'-'>)>(
+            parts.push(embedded(&mut s, "edges.tokens", table)?);
+        } else if self.options.edge_input_width() > 0 {
+            parts.push(s.input_with_shape::<(Dyn<'e'>, Dyn<'-'>)>(
                 "edges.features",
                 InputKind::Values,
-                &['e'.into(), self.options.edge_dim.into()],
+                &['e'.into(), self.options.edge_input_width().into()],
             ));
         }
+        if let Some(table) = &self.adj_emb {
+            parts.push(embedded(&mut s, "edges.adjacency", table)?);
+        }
+        edges.edge_features = match parts.len() {
+            0 => None,
+            1 => Some(parts[0]),
+            _ => Some(se3_core::layers::depthwise_tp::concat_axis1(&parts)),
+        };
         if let Some(width) = self.options.global_feats_dim {
             edges.global_features = Some(s.input_with_shape::<(Dyn<'n'>, Dyn<'-'>, Dyn<'-'>)>(
                 "global",
@@ -602,16 +665,38 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             num_neighbors: self.options.num_neighbors,
             valid_radius: self.options.valid_radius,
             causal: self.options.causal,
-            edge_dim: self.options.edge_dim,
             global_feats_dim: self.options.global_feats_dim,
             num_positions: self.pos_emb.as_ref().map(|t| t.shape[0]),
             num_tokens: self.token_emb.as_ref().map(|t| t.shape[0]),
             edge_tokens: self.edge_emb.is_some(),
+            adjacency: Adjacency {
+                used: self.options.takes_adjacency(),
+                attend_sparse: self.options.attend_sparse_neighbors,
+                max_sparse: self.options.max_sparse_neighbors,
+                degrees: self.options.num_adj_degrees,
+                embedded: self.adj_emb.is_some(),
+            },
+            edge_input: self.options.edge_input_width(),
             rotary: self.rotary.clone(),
             dim_head: self.options.dim_head,
             fibers: PhantomData,
         })
     }
+}
+
+/// Rows of `table` at the ids of edge input `name` (`[e]`, `-1` for no row: zeros).
+fn embedded(
+    s: &mut Session,
+    name: &str,
+    table: &Param,
+) -> Result<GraphTensor<(Dyn<'e'>, X)>, Error> {
+    let kind = InputKind::Indices {
+        bound: IndexBound::Fixed(table.shape[0]),
+        allow_missing: true,
+    };
+    let ids = s.input::<(Dyn<'e'>,)>(name, kind);
+    let t: GraphTensor<(X, X)> = table.declare(s, "")?;
+    Ok(se3_core::ops::gather(t, ids))
 }
 
 /// The channels of the position embedding: the input's degree-0 channels (0 without degree 0).
@@ -647,11 +732,12 @@ pub struct TypedSession<In: Fiber, Out: Fiber> {
     num_neighbors: usize,
     valid_radius: f64,
     causal: bool,
-    edge_dim: usize,
     global_feats_dim: Option<usize>,
     num_positions: Option<usize>,
     num_tokens: Option<usize>,
     edge_tokens: bool,
+    adjacency: Adjacency,
+    edge_input: usize,
     rotary: Option<RotaryEmbedding>,
     dim_head: usize,
     fibers: PhantomData<fn(In) -> Out>,
@@ -788,7 +874,34 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
                 index,
             });
         }
-        let (src, dst) = select_edges(coords, batch, mask, extra.neighbor_mask, &self.selection());
+        let n = rows / batch;
+        let bonds = match (extra.adjacency, self.adjacency.used) {
+            (None, false) => None,
+            (Some(_), false) => return Err(Error::UnexpectedInput { name: "adj_mat" }),
+            (None, true) => return Err(Error::MissingInput { name: "adj_mat" }),
+            (Some(a), true) => {
+                if a.len() != rows * n && a.len() != n * n {
+                    return Err(Error::InputShape {
+                        name: "adj_mat",
+                        expected: format!("({batch}, {n}, {n}) or ({n}, {n})"),
+                        found: vec![a.len()],
+                    });
+                }
+                Some(self.adjacency.bonds(a, batch, n))
+            }
+        };
+        let sparse = bonds
+            .as_ref()
+            .filter(|_| self.adjacency.attend_sparse)
+            .map(|b| (b.sparse.as_slice(), b.num_sparse));
+        let (src, dst) = select_edges(
+            coords,
+            batch,
+            mask,
+            extra.neighbor_mask,
+            &self.selection(),
+            sparse,
+        );
         if self.edge_tokens && edge_features.is_some() {
             return Err(Error::UnexpectedInput {
                 name: "edges (the model embeds edge tokens: CloudInputs::edge_tokens)",
@@ -824,7 +937,7 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
         } else {
             edge_features
         };
-        let dim_in = if self.edge_tokens { 0 } else { self.edge_dim };
+        let dim_in = if self.edge_tokens { 0 } else { self.edge_input };
         let features = match (edge_features, dim_in) {
             (None, 0) => None,
             (Some(_), 0) => return Err(Error::UnexpectedInput { name: "edges" }),
@@ -899,8 +1012,23 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
             s.set("global", values, &[rows, tokens, width])?;
         }
         if let Some(fe) = features {
-            let rows_e = fe.len() / self.edge_dim;
-            s.set("edges.features", fe, &[rows_e, self.edge_dim])?;
+            let rows_e = fe.len() / self.edge_input;
+            s.set("edges.features", fe, &[rows_e, self.edge_input])?;
+        }
+        if let (Some(b), true) = (&bonds, self.adjacency.embedded) {
+            let labels: Vec<f32> = src
+                .iter()
+                .zip(&dst)
+                .map(|(&j, &i)| {
+                    if j < 0.0 || i < 0.0 {
+                        return -1.0;
+                    }
+                    let (i, j) = (i as usize, j as usize);
+                    b.labels[i / n][(i % n) * n + j % n] as f32
+                })
+                .collect();
+            let e = labels.len();
+            s.set("edges.adjacency", labels, &[e])?;
         }
         if let Some(mut ids) = edge_ids {
             // missing edges read no embedding row
@@ -957,6 +1085,59 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
     }
 }
 
+/// What the neighbour selection and the edge features take from an adjacency matrix.
+#[derive(Debug, Clone, Copy)]
+struct Adjacency {
+    /// The model reads `adj_mat`.
+    used: bool,
+    /// `attend_sparse_neighbors`.
+    attend_sparse: bool,
+    /// `max_sparse_neighbors`.
+    max_sparse: Option<usize>,
+    /// `num_adj_degrees`.
+    degrees: Option<usize>,
+    /// The bond-distance labels are embedded into the edge features.
+    embedded: bool,
+}
+
+/// Per cloud: bond-distance labels (`n n`), the bonded pairs the sparse selection ranks
+/// first, and the number of extra slots.
+struct Bonds {
+    labels: Vec<Vec<i64>>,
+    sparse: Vec<Vec<bool>>,
+    num_sparse: usize,
+}
+
+impl Adjacency {
+    /// The library's use of `adj_mat` (`(batch, n, n)`): with `num_adj_degrees` the labels and
+    /// the adjacency of the last power ([`adjacency_degrees`]); with sparse attention the
+    /// bonds every node ranks first ([`sparse_selection`]).
+    fn bonds(&self, adj: &[bool], batch: usize, n: usize) -> Bonds {
+        let (mut labels, mut current) = (Vec::new(), Vec::new());
+        for bi in 0..batch {
+            // one matrix for every cloud, or one each
+            let at = if adj.len() == n * n { 0 } else { bi * n * n };
+            let a = &adj[at..at + n * n];
+            let (lab, cur) = match self.degrees {
+                Some(d) => adjacency_degrees(a, n, d),
+                None => (vec![0; n * n], a.to_vec()),
+            };
+            labels.push(lab);
+            current.push(cur);
+        }
+        let (num_sparse, sparse) = if self.attend_sparse {
+            sparse_selection(&current, n, self.max_sparse, 0)
+        } else {
+            (0, current)
+        };
+        Bonds {
+            labels,
+            sparse,
+            num_sparse,
+        }
+    }
+}
+
 /// The nodes of a typed forward: features, or token ids the model embeds.
 #[derive(Clone, Copy)]
 enum NodeInput<'a, In: Fiber> {
@@ -980,6 +1161,10 @@ pub struct CloudInputs<'a> {
     /// Edge token ids of every ordered pair of each cloud, `(batch, n, n)` row-major (the
     /// library's `edges` as int64 tokens), for a model with `num_edge_tokens`.
     pub edge_tokens: Option<&'a [i64]>,
+    /// Bonds of every ordered pair of each cloud, `(batch, n, n)` row-major, or `(n, n)` for
+    /// every cloud (the library's `adj_mat`), for a model with `attend_sparse_neighbors` or
+    /// `num_adj_degrees`.
+    pub adjacency: Option<&'a [bool]>,
 }
 
 /// The global tokens `(batch, g, width)` repeated for every node of their cloud: `g` and
@@ -1057,7 +1242,7 @@ pub fn knn_edges(
         max_sparse_neighbors: None,
         num_adj_degrees: None,
     };
-    select_edges(coords, batch, mask, None, &params)
+    select_edges(coords, batch, mask, None, &params, None)
 }
 
 /// [`knn_edges`] with the selection's parameters and each cloud's `neighbor_mask` (`(batch, n,
@@ -1068,8 +1253,10 @@ fn select_edges(
     mask: Option<&[bool]>,
     neighbor_mask: Option<&[bool]>,
     params: &SelectionParams,
+    sparse: Option<(&[Vec<bool>], usize)>,
 ) -> (Vec<f32>, Vec<f32>) {
-    let k = params.num_neighbors.unwrap_or(0);
+    let num_sparse = sparse.map_or(0, |s| s.1);
+    let k = params.num_neighbors.unwrap_or(0) + num_sparse;
     let rows = coords.len();
     let n = rows.checked_div(batch).unwrap_or(0);
     let (mut src, mut dst) = (vec![-1.0; rows * k], vec![-1.0; rows * k]);
@@ -1082,7 +1269,8 @@ fn select_edges(
             neighbor_mask: neighbor_mask.map(|m| &m[base * n..(base + n) * n]),
             edge_feat: None,
         };
-        let sel = select_neighbors(params, &inputs, None, 0);
+        let bonded = sparse.and_then(|(m, _)| m.get(bi)).map(Vec::as_slice);
+        let sel = select_neighbors(params, &inputs, bonded, num_sparse);
         for (e, (&j, &valid)) in sel.nbr.iter().zip(&sel.valid).enumerate() {
             let (i, kk) = (e / sel.k.max(1), e % sel.k.max(1));
             if valid {
@@ -1193,6 +1381,7 @@ mod tests {
             global: inputs.global_feats.as_ref().map(|t| t.data.as_slice()),
             neighbor_mask: inputs.neighbor_mask.as_ref().map(|t| t.data.as_slice()),
             edge_tokens,
+            adjacency: inputs.adj_mat.as_ref().map(|t| t.data.as_slice()),
         };
         let y = match &tokens {
             Some(t) => run.forward_tokens(&coords, b, mask.as_deref(), t, extra)?,
@@ -1278,7 +1467,7 @@ mod tests {
     struct Small;
 
     #[test]
-    fn typed_assembly_matches_the_references_with_vector_inputs_convs_norm_out_edges_reversible_kv_variants_causal_global_rotary_masks_tokens(
+    fn typed_assembly_matches_the_references_with_vector_inputs_convs_norm_out_edges_reversible_kv_variants_causal_global_rotary_masks_tokens_bonds(
     ) -> Result<(), Error> {
         // input_degrees 2: feats of degrees 0 and 1 in, type0 and type1 out
         let (err, ..) =
@@ -1311,6 +1500,9 @@ mod tests {
         // global tokens attended by degree 0
         let (err, ..) = reference_parity::<Atoms, Hidden, Readout>("se3t_global_feats")?;
         assert!(err < TOL_F32, "typed se3t_global_feats off by {err:.2e}");
+        // bonded neighbours ranked first, bond distances embedded into the edge features
+        let (err, ..) = reference_parity::<Atoms, Hidden, Readout>("se3t_sparse_adj")?;
+        assert!(err < TOL_F32, "typed se3t_sparse_adj off by {err:.2e}");
         // edge tokens embedded into the radial networks' edge features
         let (err, ..) = reference_parity::<Atoms, Hidden, Readout>("se3t_edge_tokens")?;
         assert!(err < TOL_F32, "typed se3t_edge_tokens off by {err:.2e}");
@@ -1351,8 +1543,8 @@ mod tests {
 
     /// A config the reference folders do not have (degree 2 hidden, type-1 output, gated
     /// pre-norms, depth 2, a radius that cuts edges; null key/values, linear or tied keys, one
-    /// key/value head, causal selection, global tokens, rotary embeddings and a position embedding
-    /// drawn at random), random weights, random masked
+    /// key/value head, causal selection, global tokens, rotary embeddings, a position embedding,
+    /// sparse (bonded) neighbours and bond-distance embeddings drawn at random), random weights, random masked
     /// clouds: the typed assembly gives the outputs of `Se3Transformer`.
     #[test]
     fn typed_assembly_equals_the_compiled_model_on_random_clouds() -> Result<(), Error> {
@@ -1360,6 +1552,8 @@ mod tests {
         // the library takes tied keys only from a convolution
         let linear_keys = r.gen_bool(0.5);
         let global_width = r.gen_bool(0.5).then(|| r.gen_range(1..4));
+        let sparse = r.gen_bool(0.4);
+        let adj_degrees = r.gen_bool(0.4).then(|| r.gen_range(1..4));
         let rotary = match r.gen_range(0..4) {
             0 => (true, false),
             1 => (false, true),
@@ -1375,7 +1569,9 @@ mod tests {
             "one_headed_key_values": r.gen_bool(0.5), "causal": r.gen_bool(0.5),
             "global_feats_dim": global_width,
             "rotary_position": rotary.0, "rotary_rel_dist": rotary.1,
-            "num_positions": r.gen_bool(0.5).then_some(16)
+            "num_positions": r.gen_bool(0.5).then_some(16),
+            "attend_sparse_neighbors": sparse, "num_adj_degrees": adj_degrees,
+            "adj_dim": if adj_degrees.is_some() { 2 } else { 0 }
         });
         println!("seed {seed}: {kwargs}");
         let cfg = Se3TransformerConfig::from_kwargs(&kwargs)?;
@@ -1392,6 +1588,18 @@ mod tests {
             })
             .collect();
         let mask: Vec<bool> = (0..b * n).map(|i| i % n < 2 || r.gen_bool(0.8)).collect();
+        // symmetric random bonds per cloud
+        let mut bonds = vec![false; b * n * n];
+        for bi in 0..b {
+            for i in 0..n {
+                for j in 0..i {
+                    let on = r.gen_bool(0.2);
+                    bonds[(bi * n + i) * n + j] = on;
+                    bonds[(bi * n + j) * n + i] = on;
+                }
+            }
+        }
+        let takes_adj = sparse || adj_degrees.is_some();
         let feats: Vec<f64> = (0..b * n * 6).map(|_| r.gen_range(-1.0..1.0)).collect();
         let global = match global_width {
             Some(w) => {
@@ -1408,7 +1616,10 @@ mod tests {
                 shape: vec![b, n],
                 data: mask.clone(),
             }),
-            adj_mat: None,
+            adj_mat: takes_adj.then(|| BoolTensor {
+                shape: vec![b, n, n],
+                data: bonds.clone(),
+            }),
             edges: None,
             neighbor_mask: None,
             global_feats: global.clone(),
@@ -1417,6 +1628,7 @@ mod tests {
         let x = Features::<Scalars>::from_fn(b * n, |_, node, c, _| feats[node * 6 + c] as f32);
         let extra = CloudInputs {
             global: global.as_ref().map(|t| t.data.as_slice()),
+            adjacency: takes_adj.then_some(bonds.as_slice()),
             ..CloudInputs::default()
         };
         let y = typed.forward_with(&coords, b, Some(&mask), &x, extra)?;
@@ -1460,6 +1672,10 @@ mod tests {
             rotary_rel_dist: false,
             num_tokens: None,
             num_edge_tokens: None,
+            attend_sparse_neighbors: false,
+            max_sparse_neighbors: None,
+            num_adj_degrees: None,
+            adj_dim: 0,
         };
         let mut run =
             TypedSe3Transformer::<Atoms, Hidden, Readout>::new(options, &mut r)?.compile()?;
