@@ -81,14 +81,12 @@ fn run(
     x: &Features<Atoms>,
 ) -> Result<Vec<Vec<f64>>, Box<dyn std::error::Error>> {
     let rows = coords.len();
-    let (src, dst) = knn_edges(
-        coords,
-        batch,
-        None,
-        options.num_neighbors,
-        options.valid_radius,
-        options.causal,
-    );
+    // all pairs (num_neighbors = None): every other node of the cloud
+    let k = options
+        .num_neighbors
+        .unwrap_or((coords.len() / batch.max(1)).saturating_sub(1));
+    let (src, dst) = knn_edges(coords, batch, None, k, options.valid_radius, options.causal);
+    s.set_dim('k', k);
     let e = src.len();
     s.set(
         "coords",
@@ -117,7 +115,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         dim_head: 4,
         attend_self: true,
         norm_gated_scale: false,
-        num_neighbors: 6,
+        num_neighbors: Some(6),
         valid_radius: 1e5,
         num_conv_layers: 0,
         norm_out: false,
@@ -158,7 +156,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut s = Session::new();
     let coords_in = s.input::<(Dyn<'n'>, Const<3>)>("coords", InputKind::Coordinates);
     let x_in = GraphFeatures::<Atoms>::input(&mut s, "x");
-    let edges = EdgeGraph::input(&mut s, "edges", coords_in).grouped(options.num_neighbors);
+    // `k` neighbour slots per node, set with the edges each run
+    let edges = EdgeGraph::input(&mut s, "edges", coords_in).grouped('k');
     let basis = EdgeBasis::new(&mut s, "", &edges, Hidden::max_degree())?;
     let y = assemble(&mut s, &x_in, &edges, &basis, &model)?;
     y.output(&mut s, "y");

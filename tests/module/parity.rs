@@ -186,7 +186,11 @@ fn se3_transformer_module_loads_the_reference_by_field_names_and_reproduces_it()
         ]
     );
     let (cloud, x) = reference_inputs("se3t_basic")?;
-    let mut net = model.compile(Neighbors::knn(options.num_neighbors))?;
+    let mut net = model.compile(Neighbors::knn(
+        options
+            .num_neighbors
+            .ok_or("se3t_basic sets num_neighbors")?,
+    ))?;
     compare("se3t_basic", &net.forward(&cloud, &x)?, &["out_f64"])?;
     Ok(())
 }
@@ -211,7 +215,14 @@ fn typed_se3_transformer_is_a_module_with_the_checkpoint_names() -> TestResult {
     }
     let (cloud, x) = reference_inputs("se3t_basic")?;
     // the inherent `compile()` (TypedSession) comes first; the module's is `Module::compile`
-    let mut net = Module::compile(&model, Neighbors::knn(options.num_neighbors))?;
+    let mut net = Module::compile(
+        &model,
+        Neighbors::knn(
+            options
+                .num_neighbors
+                .ok_or("se3t_basic sets num_neighbors")?,
+        ),
+    )?;
     compare("se3t_basic", &net.forward(&cloud, &x)?, &["out_f64"])?;
     Ok(())
 }

@@ -74,9 +74,9 @@ pub struct TypedOptions {
     pub attend_self: bool,
     /// `norm_gated_scale` of the blocks' pre-norms.
     pub norm_gated_scale: bool,
-    /// Nearest neighbours per node (the graph fixes this number; clouds with fewer other
-    /// nodes get missing edges).
-    pub num_neighbors: usize,
+    /// Nearest neighbours per node (clouds with fewer other nodes get missing edges);
+    /// `None`: every other node of the cloud (the library's default, infinity).
+    pub num_neighbors: Option<usize>,
     /// Neighbours farther than this are not valid.
     pub valid_radius: f64,
     /// `num_conv_layers`: (NormSE3, ConvSE3) pairs on the hidden fiber after `conv_in`.
@@ -188,9 +188,6 @@ impl TypedOptions {
         if let Some((option, _)) = unsupported.iter().find(|(_, on)| *on) {
             return Err(Error::NotTyped { option });
         }
-        let num_neighbors = cfg.num_neighbors.ok_or(Error::NotTyped {
-            option: "num_neighbors = infinity",
-        })?;
         let shape = cfg.shape()?;
         let spec = |dims: &[(usize, usize)]| -> Result<FiberSpec, Error> {
             let text: Vec<String> = dims.iter().map(|(l, c)| format!("{l}:{c}")).collect();
@@ -213,7 +210,7 @@ impl TypedOptions {
             dim_head: cfg.dim_head,
             attend_self: cfg.attend_self,
             norm_gated_scale: cfg.norm_gated_scale,
-            num_neighbors,
+            num_neighbors: cfg.num_neighbors,
             valid_radius: cfg.valid_radius,
             num_conv_layers: cfg.num_conv_layers,
             norm_out: cfg.norm_out || cfg.reversible,
@@ -729,7 +726,7 @@ fn mean_of<F: Fiber>(
 #[derive(Debug)]
 pub struct TypedSession<In: Fiber, Out: Fiber> {
     session: Session,
-    num_neighbors: usize,
+    num_neighbors: Option<usize>,
     valid_radius: f64,
     causal: bool,
     global_feats_dim: Option<usize>,
@@ -1075,7 +1072,7 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
     /// The neighbour selection's parameters.
     fn selection(&self) -> SelectionParams {
         SelectionParams {
-            num_neighbors: Some(self.num_neighbors),
+            num_neighbors: self.num_neighbors,
             valid_radius: self.valid_radius,
             causal: self.causal,
             attend_sparse: false,
@@ -1256,9 +1253,13 @@ fn select_edges(
     sparse: Option<(&[Vec<bool>], usize)>,
 ) -> (Vec<f32>, Vec<f32>) {
     let num_sparse = sparse.map_or(0, |s| s.1);
-    let k = params.num_neighbors.unwrap_or(0) + num_sparse;
     let rows = coords.len();
     let n = rows.checked_div(batch).unwrap_or(0);
+    // slots per node: the neighbours and the bonded extras, or every other node
+    let k = match params.num_neighbors {
+        Some(k) => k + num_sparse,
+        None => n.saturating_sub(1),
+    };
     let (mut src, mut dst) = (vec![-1.0; rows * k], vec![-1.0; rows * k]);
     for bi in 0..batch {
         let base = bi * n;
@@ -1544,7 +1545,7 @@ mod tests {
     /// A config the reference folders do not have (degree 2 hidden, type-1 output, gated
     /// pre-norms, depth 2, a radius that cuts edges; null key/values, linear or tied keys, one
     /// key/value head, causal selection, global tokens, rotary embeddings, a position embedding,
-    /// sparse (bonded) neighbours and bond-distance embeddings drawn at random), random weights, random masked
+    /// sparse (bonded) neighbours, bond-distance embeddings and all-pairs neighbours drawn at random), random weights, random masked
     /// clouds: the typed assembly gives the outputs of `Se3Transformer`.
     #[test]
     fn typed_assembly_equals_the_compiled_model_on_random_clouds() -> Result<(), Error> {
@@ -1553,6 +1554,8 @@ mod tests {
         let linear_keys = r.gen_bool(0.5);
         let global_width = r.gen_bool(0.5).then(|| r.gen_range(1..4));
         let sparse = r.gen_bool(0.4);
+        // all pairs (the library's default) now and then
+        let neighbours = (!r.gen_bool(0.25)).then_some(5);
         let adj_degrees = r.gen_bool(0.4).then(|| r.gen_range(1..4));
         let rotary = match r.gen_range(0..4) {
             0 => (true, false),
@@ -1562,7 +1565,7 @@ mod tests {
         };
         let kwargs = serde_json::json!({
             "dim": 6, "heads": 2, "dim_head": 4, "depth": 2, "num_degrees": 3,
-            "output_degrees": 2, "num_neighbors": 5, "valid_radius": 2.5,
+            "output_degrees": 2, "num_neighbors": neighbours, "valid_radius": 2.5,
             "norm_gated_scale": true, "attend_self": true,
             "use_null_kv": r.gen_bool(0.5), "linear_proj_keys": linear_keys,
             "tie_key_values": !linear_keys && r.gen_bool(0.5),
@@ -1654,7 +1657,7 @@ mod tests {
             dim_head: 2,
             attend_self: true,
             norm_gated_scale: false,
-            num_neighbors: 3,
+            num_neighbors: Some(3),
             valid_radius: 10.0,
             num_conv_layers: 1,
             norm_out: true,
