@@ -109,34 +109,14 @@ fn run(
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rng = StdRng::seed_from_u64(7);
+    // the library's defaults but for the sizes (`TypedOptions` has every option of
+    // se3-transformer-pytorch's constructor that the typed assembly runs)
     let options = TypedOptions {
         depth: 2,
         heads: 2,
         dim_head: 4,
-        attend_self: true,
-        norm_gated_scale: false,
         num_neighbors: Some(6),
-        valid_radius: 1e5,
-        num_conv_layers: 0,
-        norm_out: false,
-        reversible: false,
-        edge_dim: 0,
-        fourier: None,
-        tie_key_values: false,
-        one_headed_key_values: false,
-        use_null_kv: false,
-        linear_proj_keys: false,
-        causal: false,
-        global_feats_dim: None,
-        num_positions: None,
-        rotary_position: false,
-        rotary_rel_dist: false,
-        num_tokens: None,
-        num_edge_tokens: None,
-        attend_sparse_neighbors: false,
-        max_sparse_neighbors: None,
-        num_adj_degrees: None,
-        adj_dim: 0,
+        ..TypedOptions::default()
     };
     let model = match std::env::args().nth(1) {
         Some(dir) => {

@@ -139,6 +139,43 @@ pub struct TypedOptions {
     pub adj_dim: usize,
 }
 
+impl Default for TypedOptions {
+    /// se3-transformer-pytorch's defaults of its optional arguments (`heads = 8`, `dim_head =
+    /// 24`, `attend_self`, `num_neighbors = infinity`, `valid_radius = 1e5`, every other
+    /// option off) with `depth = 1`.
+    fn default() -> Self {
+        TypedOptions {
+            depth: 1,
+            heads: 8,
+            dim_head: 24,
+            attend_self: true,
+            norm_gated_scale: false,
+            num_neighbors: None,
+            valid_radius: 1e5,
+            num_conv_layers: 0,
+            norm_out: false,
+            reversible: false,
+            edge_dim: 0,
+            fourier: None,
+            tie_key_values: false,
+            one_headed_key_values: false,
+            use_null_kv: false,
+            linear_proj_keys: false,
+            causal: false,
+            global_feats_dim: None,
+            num_positions: None,
+            rotary_position: false,
+            rotary_rel_dist: false,
+            num_tokens: None,
+            num_edge_tokens: None,
+            attend_sparse_neighbors: false,
+            max_sparse_neighbors: None,
+            num_adj_degrees: None,
+            adj_dim: 0,
+        }
+    }
+}
+
 impl TypedOptions {
     /// The width of the bond-distance embedding among the edge features (0 without).
     fn adjacency_width(&self) -> usize {
@@ -1655,30 +1692,11 @@ mod tests {
             depth: 1,
             heads: 1,
             dim_head: 2,
-            attend_self: true,
-            norm_gated_scale: false,
             num_neighbors: Some(3),
             valid_radius: 10.0,
             num_conv_layers: 1,
             norm_out: true,
-            reversible: false,
-            edge_dim: 0,
-            fourier: None,
-            tie_key_values: false,
-            one_headed_key_values: false,
-            use_null_kv: false,
-            linear_proj_keys: false,
-            causal: false,
-            global_feats_dim: None,
-            num_positions: None,
-            rotary_position: false,
-            rotary_rel_dist: false,
-            num_tokens: None,
-            num_edge_tokens: None,
-            attend_sparse_neighbors: false,
-            max_sparse_neighbors: None,
-            num_adj_degrees: None,
-            adj_dim: 0,
+            ..TypedOptions::default()
         };
         let mut run =
             TypedSe3Transformer::<Atoms, Hidden, Readout>::new(options, &mut r)?.compile()?;
