@@ -498,78 +498,6 @@ impl WeightSource for SafetensorsFile {
     }
 }
 
-/// Reads parameters from a state dict, remembering which keys were used: a borrowed dict hands out
-/// copies, an owned one ([`Loader::owned`]) moves its tensors out (no second copy of the weights
-/// while a model is built).
-pub(crate) struct Loader<'a> {
-    dict: Dict<'a>,
-    used: std::collections::BTreeSet<String>,
-    /// [`WeightSource::graph_host`].
-    pub(crate) graph_host: bool,
-}
-
-enum Dict<'a> {
-    Borrowed(&'a StateDict),
-    Owned(StateDict),
-}
-
-impl<'a> Loader<'a> {
-    pub(crate) fn new(dict: &'a StateDict) -> Self {
-        Self {
-            dict: Dict::Borrowed(dict),
-            used: Default::default(),
-            graph_host: false,
-        }
-    }
-
-    /// A loader that moves the tensors out of `dict` (each key can be taken once).
-    pub(crate) fn owned(dict: StateDict) -> Loader<'static> {
-        Loader {
-            dict: Dict::Owned(dict),
-            used: Default::default(),
-            graph_host: false,
-        }
-    }
-
-    /// `UnexpectedKey` for the first key of the dict that was never taken.
-    pub(crate) fn finish(self) -> Result<(), Error> {
-        let dict = match &self.dict {
-            Dict::Borrowed(d) => *d,
-            Dict::Owned(d) => d,
-        };
-        if let Some((k, t)) = dict.iter().find(|(k, _)| !self.used.contains(*k)) {
-            return Err(Error::UnexpectedKey {
-                key: k.to_string(),
-                shape: t.shape.clone(),
-            });
-        }
-        Ok(())
-    }
-}
-
-impl WeightSource for Loader<'_> {
-    fn take(&mut self, key: &str, shape: &[usize]) -> Result<Tensor, Error> {
-        let dict = match &self.dict {
-            Dict::Borrowed(d) => *d,
-            Dict::Owned(d) => d,
-        };
-        check_entry(key, shape, dict.get(key), |t| &t.shape)?;
-        self.used.insert(key.to_string());
-        match &mut self.dict {
-            Dict::Borrowed(d) => d.get(key).cloned(),
-            Dict::Owned(d) => d.remove(key),
-        }
-        .ok_or_else(|| Error::MissingKey {
-            key: key.to_string(),
-            expected: shape.to_vec(),
-        })
-    }
-
-    fn graph_host(&self) -> bool {
-        self.graph_host
-    }
-}
-
 /// Records the keys and shapes a model asks for and hands out zeros: a model's key list
 /// (`expected_keys`), for the float64 loaders ([`WeightSource`]) and the graph layers
 /// ([`se3_core::layers::ParamSource`]) alike.
@@ -592,20 +520,49 @@ impl se3_core::layers::ParamSource for KeyRecorder {
     }
 }
 
-/// A [`ParamSource`] over a [`StateDict`] (values rounded to f32) that remembers the keys it
-/// handed out, so that unused keys can be reported.
+/// Reads the parameters of a model from a state dict, remembering which keys were read so that
+/// unused keys can be reported ([`StateDictSource::finish`]): float64 tensors for the
+/// checkpoint parser of the float64 oracle ([`WeightSource`]), float32 values for se3-core's
+/// layers ([`ParamSource`](se3_core::layers::ParamSource)). A borrowed dict hands out copies;
+/// an owned one ([`StateDictSource::owned`]) moves its tensors out, so a model being built
+/// never holds a second copy of the weights.
 #[derive(Debug)]
 pub struct StateDictSource<'a> {
-    dict: &'a StateDict,
+    dict: Dict<'a>,
     used: std::collections::BTreeSet<String>,
+    /// [`WeightSource::graph_host`].
+    pub(crate) graph_host: bool,
+}
+
+#[derive(Debug)]
+enum Dict<'a> {
+    Borrowed(&'a StateDict),
+    Owned(StateDict),
 }
 
 impl<'a> StateDictSource<'a> {
     /// A source reading `dict`.
     pub fn new(dict: &'a StateDict) -> Self {
         StateDictSource {
-            dict,
+            dict: Dict::Borrowed(dict),
             used: std::collections::BTreeSet::new(),
+            graph_host: false,
+        }
+    }
+
+    /// A source that moves the tensors out of `dict` (each key can be read once).
+    pub fn owned(dict: StateDict) -> StateDictSource<'static> {
+        StateDictSource {
+            dict: Dict::Owned(dict),
+            used: std::collections::BTreeSet::new(),
+            graph_host: false,
+        }
+    }
+
+    fn dict(&self) -> &StateDict {
+        match &self.dict {
+            Dict::Borrowed(d) => d,
+            Dict::Owned(d) => d,
         }
     }
 
@@ -614,7 +571,7 @@ impl<'a> StateDictSource<'a> {
     /// # Errors
     /// As above.
     pub fn finish(self) -> Result<(), Error> {
-        if let Some((k, t)) = self.dict.iter().find(|(k, _)| !self.used.contains(*k)) {
+        if let Some((k, t)) = self.dict().iter().find(|(k, _)| !self.used.contains(*k)) {
             return Err(Error::UnexpectedKey {
                 key: k.to_string(),
                 shape: t.shape.clone(),
@@ -622,43 +579,74 @@ impl<'a> StateDictSource<'a> {
         }
         Ok(())
     }
-}
 
-impl StateDictSource<'_> {
     /// The values of `key` at full precision (buffers such as rotary frequencies that are
     /// not f32 parameters), marked as read.
     ///
     /// # Errors
     /// `MissingKey`, `WrongShape`.
     pub fn take_f64(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f64>, se3_core::Error> {
-        let t = self.checked(key, shape)?;
-        Ok(t.data.clone())
+        Ok(self.read(key, shape)?.data)
     }
 
-    fn checked(&mut self, key: &str, shape: &[usize]) -> Result<&'_ Tensor, se3_core::Error> {
-        let t = self
-            .dict
-            .get(key)
-            .ok_or_else(|| se3_core::Error::MissingKey {
+    /// Tensor `key` of `shape` (moved out of an owned dict), marked as read.
+    fn read(&mut self, key: &str, shape: &[usize]) -> Result<Tensor, se3_core::Error> {
+        let stored = self.dict().get(key).map(|t| t.shape.clone());
+        match stored {
+            None => Err(se3_core::Error::MissingKey {
                 key: key.to_string(),
                 expected: shape.to_vec(),
-            })?;
-        if t.shape != shape {
-            return Err(se3_core::Error::WrongShape {
+            }),
+            Some(found) if found != shape => Err(se3_core::Error::WrongShape {
                 key: key.to_string(),
                 expected: shape.to_vec(),
-                found: t.shape.clone(),
-            });
+                found,
+            }),
+            Some(_) => {
+                self.used.insert(key.to_string());
+                match &mut self.dict {
+                    Dict::Borrowed(d) => d.get(key).cloned(),
+                    Dict::Owned(d) => d.remove(key),
+                }
+                .ok_or_else(|| se3_core::Error::MissingKey {
+                    key: key.to_string(),
+                    expected: shape.to_vec(),
+                })
+            }
         }
-        self.used.insert(key.to_string());
-        Ok(t)
+    }
+}
+
+impl WeightSource for StateDictSource<'_> {
+    fn take(&mut self, key: &str, shape: &[usize]) -> Result<Tensor, Error> {
+        self.read(key, shape).map_err(|e| match e {
+            se3_core::Error::MissingKey { key, expected } => Error::MissingKey { key, expected },
+            se3_core::Error::WrongShape {
+                key,
+                expected,
+                found,
+            } => Error::WrongShape {
+                key,
+                expected,
+                found,
+            },
+            other => Error::Core(other),
+        })
+    }
+
+    fn graph_host(&self) -> bool {
+        self.graph_host
     }
 }
 
 impl se3_core::layers::ParamSource for StateDictSource<'_> {
     fn get(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, se3_core::Error> {
-        let t = self.checked(key, shape)?;
-        Ok(t.data.iter().map(|&v| v as f32).collect())
+        Ok(self
+            .read(key, shape)?
+            .data
+            .iter()
+            .map(|&v| v as f32)
+            .collect())
     }
 }
 

@@ -6,7 +6,7 @@
 //! is tested against it, and builds from it (checkpoint parsing, per-batch neighbour selection and
 //! kernel basis). Semantics follow tests/reference/CONVENTIONS.md section 2.
 
-use crate::checkpoint::{KeyRecorder, Loader, StateDict, WeightSource};
+use crate::checkpoint::{KeyRecorder, StateDict, StateDictSource, WeightSource};
 use crate::inputs::ModelInputs;
 use crate::se3_transformer::attention::{AttentionBlock, AttnOpts, FeedForwardBlock};
 use crate::se3_transformer::basis::{QjSigns, Se3tBasis};
@@ -260,7 +260,7 @@ impl Se3TransformerOracle {
     /// # Errors
     /// `MissingKey` / `WrongShape` (naming key and expected shape), `UnexpectedKey`, config errors.
     pub fn from_state_dict(cfg: &Se3TransformerConfig, sd: &StateDict) -> Result<Self, Error> {
-        let mut loader = Loader::new(sd);
+        let mut loader = StateDictSource::new(sd);
         let m = Self::build(cfg, &mut loader)?;
         loader.finish()?;
         Ok(m)
@@ -272,7 +272,7 @@ impl Se3TransformerOracle {
     /// # Errors
     /// As [`Se3TransformerOracle::from_state_dict`].
     pub fn from_state_dict_owned(cfg: &Se3TransformerConfig, sd: StateDict) -> Result<Self, Error> {
-        let mut loader = Loader::owned(sd);
+        let mut loader = StateDictSource::owned(sd);
         let m = Self::build(cfg, &mut loader)?;
         loader.finish()?;
         Ok(m)
@@ -285,7 +285,7 @@ impl Se3TransformerOracle {
         cfg: &Se3TransformerConfig,
         sd: StateDict,
     ) -> Result<Self, Error> {
-        let mut loader = Loader::owned(sd);
+        let mut loader = StateDictSource::owned(sd);
         loader.graph_host = true;
         let m = Self::build(cfg, &mut loader)?;
         loader.finish()?;

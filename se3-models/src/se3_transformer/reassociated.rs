@@ -196,7 +196,7 @@ pub(crate) fn query_message_logits(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::{KeyRecorder, Loader, StateDict, Tensor, WeightSource};
+    use crate::checkpoint::{KeyRecorder, StateDict, StateDictSource, Tensor, WeightSource};
     use crate::se3_transformer::basis::Se3tBasis;
     use crate::se3_transformer::conv::ConvOpts;
     use crate::se3_transformer::graph::{build_graph, PairInputs, SelectionParams};
@@ -223,7 +223,7 @@ mod tests {
                 .collect();
             sd.insert(key, Tensor::new(shape, data)?);
         }
-        let mut loader = Loader::new(&sd);
+        let mut loader = StateDictSource::new(&sd);
         let conv = ConvSe3::load(&mut loader as &mut dyn WeightSource, "c", &fin, &fout, opts)?;
         let n = 7;
         let coors: Vec<[f64; 3]> = (0..n)

@@ -9,8 +9,7 @@ use se3_core::layers::{
     AttentionBlockLayer as AttentionBlock, AttentionOptions, EdgeBasis, EdgeGraph, FeatureTensors,
 };
 
-use crate::checkpoint::StateDictSource;
-use crate::checkpoint::{KeyRecorder, Loader, StateDict, WeightSource};
+use crate::checkpoint::{KeyRecorder, StateDict, StateDictSource, WeightSource};
 use crate::se3_transformer::attention::{AttentionBlock as OracleBlock, AttnOpts};
 use crate::se3_transformer::basis::Se3tBasis;
 use crate::se3_transformer::conv::ConvOpts;
@@ -55,7 +54,7 @@ fn graph_attention_block_matches_the_oracle() -> Result<(), Error> {
         let mut rec = KeyRecorder::default();
         OracleBlock::load(&mut rec as &mut dyn WeightSource, "blk", &dims, oo, false)?;
         let sd = StateDict::random_near_one(rec.keys, &mut r)?;
-        let oracle = OracleBlock::load(&mut Loader::new(&sd), "blk", &dims, oo, false)?;
+        let oracle = OracleBlock::load(&mut StateDictSource::new(&sd), "blk", &dims, oo, false)?;
         let opts = AttentionOptions {
             heads,
             dim_head,

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{KeyRecorder, Loader, StateDict, Tensor, WeightSource};
+use crate::checkpoint::{KeyRecorder, StateDict, StateDictSource, Tensor, WeightSource};
 use crate::inputs::ModelInputs;
 use crate::model_file::{check_known_keys, parse_fiber_dict};
 use crate::se3_transformer::basis::{QjSigns, Se3tBasis};
@@ -168,7 +168,7 @@ impl TfnStack {
     /// # Errors
     /// `MissingKey`, `WrongShape`, `UnexpectedKey`, config errors.
     pub fn from_state_dict(cfg: &TfnStackConfig, sd: &StateDict) -> Result<Self, Error> {
-        let mut loader = Loader::new(sd);
+        let mut loader = StateDictSource::new(sd);
         let m = Self::build(cfg, &mut loader)?;
         loader.finish()?;
         Ok(m)
