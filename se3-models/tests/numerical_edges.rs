@@ -150,6 +150,33 @@ fn moved(inp: &ModelInputs, rot: &Matrix3<f64>, shift: [f64; 3]) -> ModelInputs 
     out
 }
 
+/// The largest `|x| / d` of a draw: coordinate magnitude (after `shift`) over the shortest
+/// distance between two distinct points of a cloud.
+fn conditioning(inp: &ModelInputs, shift: [f64; 3]) -> f64 {
+    let (b, n) = (inp.batch(), inp.nodes());
+    let c = &inp.coors.data;
+    let p = |bi: usize, i: usize| -> [f64; 3] {
+        let o = (bi * n + i) * 3;
+        [c[o] + shift[0], c[o + 1] + shift[1], c[o + 2] + shift[2]]
+    };
+    let mut worst = 0.0f64;
+    for bi in 0..b {
+        let extent = (0..n)
+            .map(|i| p(bi, i).iter().map(|v| v * v).sum::<f64>().sqrt())
+            .fold(0.0, f64::max);
+        for i in 0..n {
+            for j in 0..i {
+                let (a, q) = (p(bi, i), p(bi, j));
+                let d = (0..3).map(|k| (a[k] - q[k]).powi(2)).sum::<f64>().sqrt();
+                if d > 0.0 {
+                    worst = worst.max(extent / d);
+                }
+            }
+        }
+    }
+    worst
+}
+
 fn assert_finite(what: &str, outputs: &StateDict) {
     for (k, t) in outputs.iter() {
         if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
@@ -217,7 +244,12 @@ fn outputs_stay_finite_and_equivariant_from_scale_1e_minus6_to_1e6_and_on_flat_c
             let shift = [0, 1, 2].map(|_| r.gen_range(-2.0..2.0) * s);
             let base = subject.run(&inp)?;
             let turned = subject.run(&moved(&inp, &rot, shift))?;
-            for (e, tol) in [(0, TOL_ORACLE), (1, TOL_GRAPH)] {
+            // float32 coordinates carry errors of about eps |x|, which turn the direction of an
+            // edge of length d by eps |x| / d: a draw with two points much closer than the
+            // cloud's extent is that much less well conditioned in float32
+            let graph_tol =
+                TOL_GRAPH.max(8.0 * f64::from(f32::EPSILON) * conditioning(&inp, shift));
+            for (e, tol) in [(0, TOL_ORACLE), (1, graph_tol)] {
                 let what = format!(
                     "{} {} {kind:?} (SE3_SEED={seed})",
                     subject.name,
