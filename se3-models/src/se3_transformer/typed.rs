@@ -696,23 +696,8 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
         s.compile();
         Ok(TypedSession {
             session: s,
-            num_neighbors: self.options.num_neighbors,
-            valid_radius: self.options.valid_radius,
-            causal: self.options.causal,
-            global_feats_dim: self.options.global_feats_dim,
-            num_positions: self.pos_emb.as_ref().map(|t| t.shape[0]),
-            num_tokens: self.token_emb.as_ref().map(|t| t.shape[0]),
-            edge_tokens: self.edge_emb.is_some(),
-            adjacency: Adjacency {
-                used: self.options.takes_adjacency(),
-                attend_sparse: self.options.attend_sparse_neighbors,
-                max_sparse: self.options.max_sparse_neighbors,
-                degrees: self.options.num_adj_degrees,
-                embedded: self.adj_emb.is_some(),
-            },
-            edge_input: self.options.edge_input_width(),
+            options: self.options,
             rotary: self.rotary.clone(),
-            dim_head: self.options.dim_head,
             fibers: PhantomData,
         })
     }
@@ -763,17 +748,10 @@ fn mean_of<F: Fiber>(
 #[derive(Debug)]
 pub struct TypedSession<In: Fiber, Out: Fiber> {
     session: Session,
-    num_neighbors: Option<usize>,
-    valid_radius: f64,
-    causal: bool,
-    global_feats_dim: Option<usize>,
-    num_positions: Option<usize>,
-    num_tokens: Option<usize>,
-    edge_tokens: bool,
-    adjacency: Adjacency,
-    edge_input: usize,
+    /// The model's options (what the host feeds: selection, embeddings' inputs).
+    options: TypedOptions,
+    /// The model's rotary frequencies (the host computes the angles).
     rotary: Option<RotaryEmbedding>,
-    dim_head: usize,
     fibers: PhantomData<fn(In) -> Out>,
 }
 
@@ -835,7 +813,7 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
         x: &Features<In>,
         extra: CloudInputs<'_>,
     ) -> Result<Features<Out>, Error> {
-        if self.num_tokens.is_some() {
+        if self.options.num_tokens.is_some() {
             return Err(Error::MissingInput {
                 name: "tokens (the model embeds atom tokens: TypedSession::forward_tokens)",
             });
@@ -859,7 +837,7 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
         tokens: &[i64],
         extra: CloudInputs<'_>,
     ) -> Result<Features<Out>, Error> {
-        if self.num_tokens.is_none() {
+        if self.options.num_tokens.is_none() {
             return Err(Error::UnexpectedInput { name: "tokens" });
         }
         self.run(coords, batch, mask, NodeInput::Tokens(tokens), extra)
@@ -873,17 +851,6 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
         x: NodeInput<'_, In>,
         extra: CloudInputs<'_>,
     ) -> Result<Features<Out>, Error> {
-        let edge_features = extra.edges;
-        let rows_n = coords.len().checked_div(batch).unwrap_or(0);
-        if let Some(m) = extra.neighbor_mask {
-            if m.len() != coords.len() * rows_n {
-                return Err(Error::InputShape {
-                    name: "neighbor_mask",
-                    expected: format!("({batch}, {rows_n}, {rows_n})"),
-                    found: vec![m.len()],
-                });
-            }
-        }
         let rows = coords.len();
         if batch == 0 || rows == 0 || rows / batch < 2 {
             return Err(Error::EmptyGraph {
@@ -902,31 +869,82 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
                 found: vec![rows, nodes, mask.map_or(rows, <[bool]>::len)],
             });
         }
+        let n = rows / batch;
         if let Some(index) = coords.iter().flatten().position(|v| !v.is_finite()) {
             return Err(Error::NonFinite {
                 name: "coords",
                 index,
             });
         }
-        let n = rows / batch;
-        let bonds = match (extra.adjacency, self.adjacency.used) {
-            (None, false) => None,
-            (Some(_), false) => return Err(Error::UnexpectedInput { name: "adj_mat" }),
-            (None, true) => return Err(Error::MissingInput { name: "adj_mat" }),
-            (Some(a), true) => {
-                if a.len() != rows * n && a.len() != n * n {
-                    return Err(Error::InputShape {
-                        name: "adj_mat",
-                        expected: format!("({batch}, {n}, {n}) or ({n}, {n})"),
-                        found: vec![a.len()],
-                    });
-                }
-                Some(self.adjacency.bonds(a, batch, n))
+        if let Some(m) = extra.neighbor_mask {
+            if m.len() != rows * n {
+                return Err(Error::InputShape {
+                    name: "neighbor_mask",
+                    expected: format!("({batch}, {n}, {n})"),
+                    found: vec![m.len()],
+                });
             }
+        }
+        if let Some(p) = self.options.num_positions {
+            if n > p {
+                return Err(Error::InputShape {
+                    name: "coords",
+                    expected: format!("at most {p} nodes a cloud (num_positions)"),
+                    found: vec![batch, n],
+                });
+            }
+        }
+        let bonds = match expected(extra.adjacency, self.options.takes_adjacency(), "adj_mat")? {
+            Some(a) if a.len() != rows * n && a.len() != n * n => {
+                return Err(Error::InputShape {
+                    name: "adj_mat",
+                    expected: format!("({batch}, {n}, {n}) or ({n}, {n})"),
+                    found: vec![a.len()],
+                })
+            }
+            Some(a) => Some(self.options.bonds(a, batch, n)),
+            None => None,
+        };
+        let token_model = self.options.num_edge_tokens.is_some();
+        let edge_tokens = expected(extra.edge_tokens, token_model, "edge_tokens")?;
+        if let Some(t) = edge_tokens {
+            if t.len() != rows * n {
+                return Err(Error::InputShape {
+                    name: "edge_tokens",
+                    expected: format!("({batch}, {n}, {n})"),
+                    found: vec![t.len()],
+                });
+            }
+        }
+        let ed = self.options.edge_input_width();
+        let edge_features = expected(extra.edges, ed > 0 && !token_model, "edges")?;
+        if let Some(f) = edge_features {
+            if f.len() != rows * n * ed {
+                return Err(Error::InputShape {
+                    name: "edges",
+                    expected: format!("({batch}, {n}, {n}, {ed})"),
+                    found: vec![f.len()],
+                });
+            }
+            if let Some(index) = f.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    name: "edges",
+                    index,
+                });
+            }
+        }
+        let given = expected(
+            extra.global,
+            self.options.global_feats_dim.is_some(),
+            "global_feats",
+        )?;
+        let global = match (given, self.options.global_feats_dim) {
+            (Some(g), Some(width)) => Some(global_rows(g, batch, rows, width)?),
+            _ => None,
         };
         let sparse = bonds
             .as_ref()
-            .filter(|_| self.adjacency.attend_sparse)
+            .filter(|_| self.options.attend_sparse_neighbors)
             .map(|b| (b.sparse.as_slice(), b.num_sparse));
         let (src, dst) = select_edges(
             coords,
@@ -936,95 +954,13 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
             &self.selection(),
             sparse,
         );
-        if self.edge_tokens && edge_features.is_some() {
-            return Err(Error::UnexpectedInput {
-                name: "edges (the model embeds edge tokens: CloudInputs::edge_tokens)",
-            });
-        }
-        let edge_ids = match (extra.edge_tokens, self.edge_tokens) {
-            (None, false) => None,
-            (Some(_), false) => {
-                return Err(Error::UnexpectedInput {
-                    name: "edge_tokens",
-                })
-            }
-            (None, true) => {
-                return Err(Error::MissingInput {
-                    name: "edge_tokens",
-                })
-            }
-            (Some(t), true) => {
-                let n = rows / batch;
-                if t.len() != rows * n {
-                    return Err(Error::InputShape {
-                        name: "edge_tokens",
-                        expected: format!("({batch}, {n}, {n})"),
-                        found: vec![t.len()],
-                    });
-                }
-                let ids: Vec<f64> = t.iter().map(|&v| v as f64).collect();
-                Some(gather_edge_features(&ids, &src, &dst, n, 1))
-            }
-        };
-        let edge_features = if self.edge_tokens {
-            None
-        } else {
-            edge_features
-        };
-        let dim_in = if self.edge_tokens { 0 } else { self.edge_input };
-        let features = match (edge_features, dim_in) {
-            (None, 0) => None,
-            (Some(_), 0) => return Err(Error::UnexpectedInput { name: "edges" }),
-            (None, _) => return Err(Error::MissingInput { name: "edges" }),
-            (Some(f), ed) => {
-                let n = rows / batch;
-                if f.len() != rows * n * ed {
-                    return Err(Error::InputShape {
-                        name: "edges",
-                        expected: format!("({batch}, {n}, {n}, {ed})"),
-                        found: vec![f.len()],
-                    });
-                }
-                if let Some(index) = f.iter().position(|v| !v.is_finite()) {
-                    return Err(Error::NonFinite {
-                        name: "edges",
-                        index,
-                    });
-                }
-                Some(gather_edge_features(f, &src, &dst, n, ed))
-            }
-        };
-        let global = match (extra.global, self.global_feats_dim) {
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(Error::UnexpectedInput {
-                    name: "global_feats",
-                })
-            }
-            (None, Some(_)) => {
-                return Err(Error::MissingInput {
-                    name: "global_feats",
-                })
-            }
-            (Some(g), Some(width)) => Some(global_rows(g, batch, rows, width)?),
-        };
-        let n = rows / batch;
-        if let Some(p) = self.num_positions {
-            if n > p {
-                return Err(Error::InputShape {
-                    name: "coords",
-                    expected: format!("at most {p} nodes a cloud (num_positions)"),
-                    found: vec![batch, n],
-                });
-            }
-        }
         let s = &mut self.session;
-        if self.num_positions.is_some() {
+        if self.options.num_positions.is_some() {
             let positions = (0..rows).map(|i| (i % n) as f32).collect();
             s.set("positions", positions, &[rows])?;
         }
         if let Some(rot) = &self.rotary {
-            let dh = self.dim_head;
+            let dh = self.options.dim_head;
             let (nc, ns) = rot.cos_sin(dh, (0..rows).map(|i| (i % n, 0.0)));
             let edge = |(&j, &i): (&f32, &f32)| -> (usize, f64) {
                 if j < 0.0 || i < 0.0 {
@@ -1045,38 +981,24 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
             let width = values.len() / (rows * tokens);
             s.set("global", values, &[rows, tokens, width])?;
         }
-        if let Some(fe) = features {
-            let rows_e = fe.len() / self.edge_input;
-            s.set("edges.features", fe, &[rows_e, self.edge_input])?;
+        let e = src.len();
+        if let Some(f) = edge_features {
+            s.set(
+                "edges.features",
+                gather_edge_features(f, &src, &dst, n, ed),
+                &[e, ed],
+            )?;
         }
-        if let (Some(b), true) = (&bonds, self.adjacency.embedded) {
-            let labels: Vec<f32> = src
-                .iter()
-                .zip(&dst)
-                .map(|(&j, &i)| {
-                    if j < 0.0 || i < 0.0 {
-                        return -1.0;
-                    }
-                    let (i, j) = (i as usize, j as usize);
-                    b.labels[i / n][(i % n) * n + j % n] as f32
-                })
-                .collect();
-            let e = labels.len();
+        if let (Some(b), true) = (&bonds, self.options.adjacency_width() > 0) {
+            let labels = pair_ids(&src, &dst, n, |c, i, j| b.labels[c][i * n + j]);
             s.set("edges.adjacency", labels, &[e])?;
         }
-        if let Some(mut ids) = edge_ids {
-            // missing edges read no embedding row
-            for (id, &d) in ids.iter_mut().zip(&dst) {
-                if d < 0.0 {
-                    *id = -1.0;
-                }
-            }
-            let e = ids.len();
+        if let Some(t) = edge_tokens {
+            let ids = pair_ids(&src, &dst, n, |c, i, j| t[(c * n + i) * n + j]);
             s.set("edges.tokens", ids, &[e])?;
         }
         let flat: Vec<f32> = coords.iter().flatten().map(|&v| v as f32).collect();
         s.set("coords", flat, &[rows, 3])?;
-        let e = src.len();
         s.set_dim('k', e / rows);
         s.set("edges.src", src, &[e])?;
         s.set("edges.dst", dst, &[e])?;
@@ -1109,29 +1031,14 @@ impl<In: Fiber, Out: Fiber> TypedSession<In, Out> {
     /// The neighbour selection's parameters.
     fn selection(&self) -> SelectionParams {
         SelectionParams {
-            num_neighbors: self.num_neighbors,
-            valid_radius: self.valid_radius,
-            causal: self.causal,
+            num_neighbors: self.options.num_neighbors,
+            valid_radius: self.options.valid_radius,
+            causal: self.options.causal,
             attend_sparse: false,
             max_sparse_neighbors: None,
             num_adj_degrees: None,
         }
     }
-}
-
-/// What the neighbour selection and the edge features take from an adjacency matrix.
-#[derive(Debug, Clone, Copy)]
-struct Adjacency {
-    /// The model reads `adj_mat`.
-    used: bool,
-    /// `attend_sparse_neighbors`.
-    attend_sparse: bool,
-    /// `max_sparse_neighbors`.
-    max_sparse: Option<usize>,
-    /// `num_adj_degrees`.
-    degrees: Option<usize>,
-    /// The bond-distance labels are embedded into the edge features.
-    embedded: bool,
 }
 
 /// Per cloud: bond-distance labels (`n n`), the bonded pairs the sparse selection ranks
@@ -1142,25 +1049,26 @@ struct Bonds {
     num_sparse: usize,
 }
 
-impl Adjacency {
-    /// The library's use of `adj_mat` (`(batch, n, n)`): with `num_adj_degrees` the labels and
-    /// the adjacency of the last power ([`adjacency_degrees`]); with sparse attention the
-    /// bonds every node ranks first ([`sparse_selection`]).
+impl TypedOptions {
+    /// The library's use of `adj_mat` (`(batch, n, n)` or one `(n, n)`): with
+    /// `num_adj_degrees` the labels and the adjacency of the last power
+    /// ([`adjacency_degrees`]); with sparse attention the bonds every node ranks first
+    /// ([`sparse_selection`]).
     fn bonds(&self, adj: &[bool], batch: usize, n: usize) -> Bonds {
         let (mut labels, mut current) = (Vec::new(), Vec::new());
         for bi in 0..batch {
             // one matrix for every cloud, or one each
             let at = if adj.len() == n * n { 0 } else { bi * n * n };
             let a = &adj[at..at + n * n];
-            let (lab, cur) = match self.degrees {
+            let (lab, cur) = match self.num_adj_degrees {
                 Some(d) => adjacency_degrees(a, n, d),
                 None => (vec![0; n * n], a.to_vec()),
             };
             labels.push(lab);
             current.push(cur);
         }
-        let (num_sparse, sparse) = if self.attend_sparse {
-            sparse_selection(&current, n, self.max_sparse, 0)
+        let (num_sparse, sparse) = if self.attend_sparse_neighbors {
+            sparse_selection(&current, n, self.max_sparse_neighbors, 0)
         } else {
             (0, current)
         };
@@ -1229,6 +1137,37 @@ fn global_rows(
         .map(|&v| v as f32)
         .collect();
     Ok((per_cloud / width, out))
+}
+
+/// `given` if the model takes the input (`needed`), `MissingInput` / `UnexpectedInput` naming
+/// it otherwise.
+fn expected<T>(given: Option<T>, needed: bool, name: &'static str) -> Result<Option<T>, Error> {
+    match (given, needed) {
+        (Some(_), false) => Err(Error::UnexpectedInput { name }),
+        (None, true) => Err(Error::MissingInput { name }),
+        (given, _) => Ok(given),
+    }
+}
+
+/// The id `id(cloud, i, j)` of each valid edge `src -> dst` (global row indices, clouds of `n`
+/// nodes; `i` the destination's and `j` the source's index in its cloud), `-1` (no embedding
+/// row) for missing edges.
+fn pair_ids(
+    src: &[f32],
+    dst: &[f32],
+    n: usize,
+    id: impl Fn(usize, usize, usize) -> i64,
+) -> Vec<f32> {
+    src.iter()
+        .zip(dst)
+        .map(|(&j, &i)| {
+            if j < 0.0 || i < 0.0 {
+                return -1.0;
+            }
+            let (i, j) = (i as usize, j as usize);
+            id(i / n, i % n, j % n) as f32
+        })
+        .collect()
 }
 
 /// The features `(b, n, n, d)` of each valid edge `src -> dst` (global row indices), zeros
