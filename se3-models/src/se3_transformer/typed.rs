@@ -546,13 +546,7 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
     /// The degree-0 input `token_emb[tokens]` (`[N, c, 1]`) of input `tokens` (one id per
     /// node); `In` is degree 0 only ([`TypedOptions::from_config`] checks it).
     fn embed_tokens(&self, s: &mut Session, table: &Param) -> Result<GraphFeatures<In>, Error> {
-        let kind = InputKind::Indices {
-            bound: IndexBound::Fixed(table.shape[0]),
-            allow_missing: false,
-        };
-        let tokens = s.input::<(Dyn<'n'>,)>("tokens", kind);
-        let t: GraphTensor<(X, X)> = table.declare(s, "")?;
-        let rows: GraphTensor<(Dyn<'n'>, X)> = se3_core::ops::gather(t, tokens);
+        let rows: GraphTensor<(Dyn<'n'>, X)> = embedded(s, "tokens", table, false)?;
         let x0 = expand_at::<_, (Dyn<'n'>, X, X)>(rows, 2, 1);
         Ok(GraphFeatures::new(FeatureTensors::new(
             In::spec(),
@@ -571,19 +565,12 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
         table: &Param,
         x: &GraphFeatures<In>,
     ) -> Result<GraphFeatures<In>, Error> {
-        let rows = table.shape[0];
-        let kind = InputKind::Indices {
-            bound: IndexBound::Fixed(rows),
-            allow_missing: false,
-        };
-        let positions = s.input::<(Dyn<'n'>,)>("positions", kind);
-        let t: GraphTensor<(X, X)> = table.declare(s, "")?;
+        let rows_of: GraphTensor<(Dyn<'n'>, X)> = embedded(s, "positions", table, false)?;
         let mut tensors = x.untyped().tensors().to_vec();
         for (d, t0) in In::degrees().into_iter().zip(tensors.iter_mut()) {
             if d.l != 0 {
                 continue;
             }
-            let rows_of: GraphTensor<(Dyn<'n'>, X)> = se3_core::ops::gather(t, positions);
             let add: GraphTensor<(Dyn<'n'>, X)> = if table.shape[1] == 1 {
                 let one: GraphTensor<(Dyn<'n'>,)> =
                     se3_core::layers::graph::reshape(rows_of, &['n'.into()]);
@@ -660,7 +647,7 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
         // then the embedding of the pair's bond distance
         let mut parts: Vec<GraphTensor<(Dyn<'e'>, X)>> = Vec::new();
         if let Some(table) = &self.edge_emb {
-            parts.push(embedded(&mut s, "edges.tokens", table)?);
+            parts.push(embedded(&mut s, "edges.tokens", table, true)?);
         } else if self.options.edge_input_width() > 0 {
             parts.push(s.input_with_shape::<(Dyn<'e'>, Dyn<'-'>)>(
                 "edges.features",
@@ -669,7 +656,7 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
             ));
         }
         if let Some(table) = &self.adj_emb {
-            parts.push(embedded(&mut s, "edges.adjacency", table)?);
+            parts.push(embedded(&mut s, "edges.adjacency", table, true)?);
         }
         edges.edge_features = match parts.len() {
             0 => None,
@@ -703,17 +690,19 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> TypedSe3Transformer<In, Hidden, Out> 
     }
 }
 
-/// Rows of `table` at the ids of edge input `name` (`[e]`, `-1` for no row: zeros).
-fn embedded(
+/// Rows of `table` at the ids of input `name` (`[D]`; with `allow_missing`, `-1` for no row:
+/// zeros), the table a session weight named as its key.
+fn embedded<D: Dimension>(
     s: &mut Session,
     name: &str,
     table: &Param,
-) -> Result<GraphTensor<(Dyn<'e'>, X)>, Error> {
+    allow_missing: bool,
+) -> Result<GraphTensor<(D, X)>, Error> {
     let kind = InputKind::Indices {
         bound: IndexBound::Fixed(table.shape[0]),
-        allow_missing: true,
+        allow_missing,
     };
-    let ids = s.input::<(Dyn<'e'>,)>(name, kind);
+    let ids = s.input::<(D,)>(name, kind);
     let t: GraphTensor<(X, X)> = table.declare(s, "")?;
     Ok(se3_core::ops::gather(t, ids))
 }
