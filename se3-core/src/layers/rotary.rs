@@ -19,6 +19,14 @@ use super::graph::{constant, dims, expand_at, mm, reshape, T2, T3};
 use crate::exec::{InputKind, Session};
 use crate::Error;
 
+/// `d = dim_head / (position + rel_dist)`, the channels each rotary part is sized for (0 without
+/// parts).
+fn part_width(dim_head: usize, position: bool, rel_dist: bool) -> usize {
+    dim_head
+        .checked_div(usize::from(position) + usize::from(rel_dist))
+        .unwrap_or(0)
+}
+
 /// The frequencies of the rotary embeddings of a model (`rotary_pos_emb.inv_freq`) and
 /// which parts they rotate by (module doc).
 #[derive(Debug, Clone, PartialEq)]
@@ -38,8 +46,7 @@ impl RotaryEmbedding {
     /// # Errors
     /// `InvalidParameter` if neither part is on or `d` is 0.
     pub fn new(dim_head: usize, position: bool, rel_dist: bool) -> Result<Self, Error> {
-        let parts = usize::from(position) + usize::from(rel_dist);
-        let d = dim_head.checked_div(parts).unwrap_or(0);
+        let d = part_width(dim_head, position, rel_dist);
         if d == 0 {
             return Err(Error::InvalidParameter {
                 what: "rotary embedding channels per part (dim_head / number of rotaries)",
@@ -60,8 +67,7 @@ impl RotaryEmbedding {
     /// The number of `inv_freq` entries of heads of `dim_head` channels (the checkpoint shape
     /// of `rotary_pos_emb.inv_freq`).
     pub fn frequencies(dim_head: usize, position: bool, rel_dist: bool) -> usize {
-        let parts = usize::from(position) + usize::from(rel_dist);
-        dim_head.checked_div(parts).unwrap_or(0).div_ceil(2)
+        part_width(dim_head, position, rel_dist).div_ceil(2)
     }
 
     /// The angles of a key or query at node index `pos` and edge length `dist` (module doc).

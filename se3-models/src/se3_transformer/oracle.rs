@@ -122,10 +122,13 @@ impl Se3TransformerOracle {
             None => None,
         };
         let rotary = if cfg.rotary_position || cfg.rotary_rel_dist {
-            let num = usize::from(cfg.rotary_position) + usize::from(cfg.rotary_rel_dist);
-            let d = cfg.dim_head / num;
+            let f = RotaryEmbedding::frequencies(
+                cfg.dim_head,
+                cfg.rotary_position,
+                cfg.rotary_rel_dist,
+            );
             Some(RotaryEmbedding {
-                inv_freq: src.take("rotary_pos_emb.inv_freq", &[d.div_ceil(2)])?.data,
+                inv_freq: src.take("rotary_pos_emb.inv_freq", &[f])?.data,
                 position: cfg.rotary_position,
                 rel_dist: cfg.rotary_rel_dist,
             })
