@@ -589,10 +589,9 @@ impl<'a> StateDictSource<'a> {
         Ok(self.read(key, shape)?.data)
     }
 
-    /// Tensor `key` of `shape` (moved out of an owned dict), marked as read.
-    fn read(&mut self, key: &str, shape: &[usize]) -> Result<Tensor, se3_core::Error> {
-        let stored = self.dict().get(key).map(|t| t.shape.clone());
-        match stored {
+    /// `MissingKey` / `WrongShape` unless the dict holds `key` with `shape`; marks it read.
+    fn check(&mut self, key: &str, shape: &[usize]) -> Result<(), se3_core::Error> {
+        match self.dict().get(key).map(|t| t.shape.as_slice()) {
             None => Err(se3_core::Error::MissingKey {
                 key: key.to_string(),
                 expected: shape.to_vec(),
@@ -600,20 +599,27 @@ impl<'a> StateDictSource<'a> {
             Some(found) if found != shape => Err(se3_core::Error::WrongShape {
                 key: key.to_string(),
                 expected: shape.to_vec(),
-                found,
+                found: found.to_vec(),
             }),
             Some(_) => {
                 self.used.insert(key.to_string());
-                match &mut self.dict {
-                    Dict::Borrowed(d) => d.get(key).cloned(),
-                    Dict::Owned(d) => d.remove(key),
-                }
-                .ok_or_else(|| se3_core::Error::MissingKey {
-                    key: key.to_string(),
-                    expected: shape.to_vec(),
-                })
+                Ok(())
             }
         }
+    }
+
+    /// Tensor `key` of `shape` (moved out of an owned dict, copied from a borrowed one), marked
+    /// as read.
+    fn read(&mut self, key: &str, shape: &[usize]) -> Result<Tensor, se3_core::Error> {
+        self.check(key, shape)?;
+        match &mut self.dict {
+            Dict::Borrowed(d) => d.get(key).cloned(),
+            Dict::Owned(d) => d.remove(key),
+        }
+        .ok_or_else(|| se3_core::Error::MissingKey {
+            key: key.to_string(),
+            expected: shape.to_vec(),
+        })
     }
 }
 
@@ -641,12 +647,19 @@ impl WeightSource for StateDictSource<'_> {
 
 impl se3_core::layers::ParamSource for StateDictSource<'_> {
     fn get(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, se3_core::Error> {
-        Ok(self
-            .read(key, shape)?
-            .data
-            .iter()
-            .map(|&v| v as f32)
-            .collect())
+        let f32s = |t: &Tensor| -> Vec<f32> { t.data.iter().map(|&v| v as f32).collect() };
+        if let Dict::Borrowed(d) = self.dict {
+            // a borrowed dict is read in place (no float64 copy on the way)
+            self.check(key, shape)?;
+            return d
+                .get(key)
+                .map(f32s)
+                .ok_or_else(|| se3_core::Error::MissingKey {
+                    key: key.to_string(),
+                    expected: shape.to_vec(),
+                });
+        }
+        Ok(f32s(&self.read(key, shape)?))
     }
 }
 
