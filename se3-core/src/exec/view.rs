@@ -41,19 +41,6 @@ fn contiguous_run(inner: Axis, q0: usize, count: usize, base: i64) -> Option<(us
         .map(|p| (p, count))
 }
 
-/// The buffer positions `(first, last)` of `count >= 1` elements of a strided innermost axis
-/// from logical index `q0`, if they are all inside its valid (unpadded) range.
-fn strided_run(inner: Axis, q0: usize, count: usize, base: i64) -> Option<(usize, usize)> {
-    let (q0, q1) = (q0 as i64, (q0 + count) as i64);
-    if count == 0 || inner.stride == 0 || q0 < inner.lo || q1 > inner.hi {
-        return None;
-    }
-    let s = inner.stride as i64;
-    let first = usize::try_from(base + (q0 + inner.offset) * s).ok()?;
-    let last = usize::try_from(base + (q1 - 1 + inner.offset) * s).ok()?;
-    Some((first, last))
-}
-
 /// A resolved strided view of a buffer.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct View {
@@ -201,13 +188,6 @@ impl View {
             {
                 // a unit-stride run fully inside the view and the buffer: one copy
                 dst.copy_from_slice(row);
-            } else if let Some(run) = strided_run(inner, idx[rank - 1], count, base)
-                .and_then(|(p, last)| src.get(p..=last))
-            {
-                // a strided run fully inside the view and the buffer: no per-element checks
-                for (d, v) in dst.iter_mut().zip(run.iter().step_by(inner.stride)) {
-                    *d = *v;
-                }
             } else {
                 let s = inner.stride as i64;
                 for (j, d) in dst.iter_mut().enumerate() {
