@@ -192,6 +192,24 @@ impl TypedOptions {
         self.edge_dim.saturating_sub(self.adjacency_width())
     }
 
+    /// The first option whose inputs only [`TypedSession`] feeds (embedding ids, rotary
+    /// angles, its own neighbour selection), so that a graph built elsewhere
+    /// (`Module::forward` on a `GraphCtx`) would not honour it.
+    pub(crate) fn session_only(&self) -> Option<&'static str> {
+        [
+            ("num_tokens", self.num_tokens.is_some()),
+            ("num_positions", self.num_positions.is_some()),
+            ("num_edge_tokens", self.num_edge_tokens.is_some()),
+            ("rotary_position", self.rotary_position),
+            ("rotary_rel_dist", self.rotary_rel_dist),
+            ("causal", self.causal),
+            ("attend_sparse_neighbors", self.attend_sparse_neighbors),
+            ("num_adj_degrees", self.num_adj_degrees.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(name, on)| on.then_some(name))
+    }
+
     /// Whether the selection reads an adjacency matrix.
     fn takes_adjacency(&self) -> bool {
         self.attend_sparse_neighbors || self.num_adj_degrees.is_some()
@@ -1741,6 +1759,16 @@ mod tests {
                 }
             ),
             Err(Error::Core(se3_core::Error::BadIndex { .. }))
+        ));
+        // the module path (a graph of its own) refuses what only the typed session feeds
+        let causal = TypedOptions {
+            causal: true,
+            ..options
+        };
+        let model = TypedSe3Transformer::<Atoms, Hidden, Readout>::new(causal, &mut r)?;
+        assert!(matches!(
+            se3_core::module::Module::compile(&model, se3_core::module::Neighbors::knn(3)),
+            Err(se3_core::Error::InvalidParameter { what: "causal", .. })
         ));
         // a cloud with fewer nodes than num_neighbors and all but one node masked: finite
         let y = run.forward(&pts(3), 1, Some(&[true, false, false]), &Features::zeros(3))?;

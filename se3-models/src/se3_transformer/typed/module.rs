@@ -84,11 +84,11 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> Forward for TypedSe3Transformer<In, H
         g: &mut GraphCtx<'_>,
         x: GraphFeatures<In>,
     ) -> Result<GraphFeatures<Out>, se3_core::Error> {
-        if self.pos_emb.is_some() || self.rotary.is_some() {
-            // their inputs (node indices, rotary angles) are fed by TypedSession
+        if let Some(option) = self.options().session_only() {
+            // their inputs (ids, angles, selections) are fed by TypedSession
             return Err(se3_core::Error::InvalidParameter {
-                what: "num_positions or rotary embeddings in Module::forward",
-                expected: "off (TypedSe3Transformer::compile runs them)",
+                what: option,
+                expected: "off in Module::forward (TypedSe3Transformer::compile runs it)",
                 found: 1.0,
             });
         }
