@@ -21,7 +21,7 @@ use se3::layers::{AttentionBlock, Conv, EdgeBasis, EdgeGraph, FeedForwardBlock, 
 use se3::models::checkpoint::StateDict;
 use se3::models::model_file::ModelFile;
 use se3::models::se3_transformer::{
-    knn_edges, Se3TransformerConfig, TypedOptions, TypedSe3Transformer,
+    knn_edges, Se3TransformerConfig, Se3TransformerOptions, TypedSe3Transformer,
 };
 use se3::prelude::*;
 use se3::so3::wigner_d;
@@ -53,19 +53,24 @@ fn assemble(
         // the two-stream reversible trunk is written out in `TypedSe3Transformer::build`
         return model.build(s, x, edges, basis);
     }
-    let conv_in: &Conv<Atoms, Hidden> = &model.conv_in;
+    // the layers as typed se3-core layers: `build` takes only features of their input fiber
+    let conv_in: Conv<Atoms, Hidden> = model.conv_in()?;
     let mut h: GraphFeatures<Hidden> = conv_in.build(s, "conv_in.", x, edges, basis)?;
-    for (i, (norm, conv)) in model.convs.iter().enumerate() {
+    for (i, (norm, conv)) in model.convs()?.iter().enumerate() {
         h = norm.build(s, &format!("convs.{i}.1."), &h)?;
         h = conv.build(s, &format!("convs.{i}.0."), &h, edges, basis)?;
     }
-    let blocks: &[(AttentionBlock<Hidden>, FeedForwardBlock<Hidden>)] = &model.blocks;
+    let blocks: Vec<(AttentionBlock<Hidden>, FeedForwardBlock<Hidden>)> = model.blocks()?;
     for (i, (attention, feed_forward)) in blocks.iter().enumerate() {
         h = attention.build(s, &format!("net.blocks.{i}.0."), &h, edges, basis)?;
         h = feed_forward.build(s, &format!("net.blocks.{i}.1."), &h)?;
     }
-    let y = model.conv_out.build(s, "conv_out.", &h, edges, basis)?;
-    Ok(match &model.norm {
+    let conv_out: Conv<Hidden, Readout> =
+        model.conv_out()?.ok_or(se3::models::Error::NotTyped {
+            option: "output_degrees = None",
+        })?;
+    let y = conv_out.build(s, "conv_out.", &h, edges, basis)?;
+    Ok(match model.norm()? {
         Some(norm) => norm.build(s, "norm.", &y)?,
         None => y,
     })
@@ -75,7 +80,7 @@ fn assemble(
 /// (computed on the host) and the input features in; one `Vec` per output degree out.
 fn run(
     s: &mut Session,
-    options: &TypedOptions,
+    options: &Se3TransformerOptions,
     coords: &[[f64; 3]],
     batch: usize,
     x: &Features<Atoms>,
@@ -109,21 +114,21 @@ fn run(
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rng = StdRng::seed_from_u64(7);
-    // the library's defaults but for the sizes (`TypedOptions` has every option of
+    // the library's defaults but for the sizes (`Se3TransformerOptions` has every option of
     // se3-transformer-pytorch's constructor that the typed assembly runs)
-    let options = TypedOptions {
+    let options = Se3TransformerOptions {
         depth: 2,
         heads: 2,
         dim_head: 4,
         num_neighbors: Some(6),
-        ..TypedOptions::default()
+        ..Se3TransformerOptions::default()
     };
     let model = match std::env::args().nth(1) {
         Some(dir) => {
             let dir = std::path::PathBuf::from(dir);
             let file = ModelFile::load(dir.join("config.json"))?;
             let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
-            let options = TypedOptions::from_config::<Atoms, Hidden, Readout>(&cfg)?;
+            let options = TypedSe3Transformer::<Atoms, Hidden, Readout>::options_of(&cfg)?;
             let sd = StateDict::load(dir.join("weights.safetensors"))?;
             println!("loaded {}", dir.display());
             TypedSe3Transformer::<Atoms, Hidden, Readout>::load(&sd, options)?

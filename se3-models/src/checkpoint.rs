@@ -566,6 +566,11 @@ impl<'a> StateDictSource<'a> {
         }
     }
 
+    /// The shape of `key` in the dict, if it holds it (not marked as read).
+    pub fn shape_of(&self, key: &str) -> Option<Vec<usize>> {
+        self.dict().get(key).map(|t| t.shape.clone())
+    }
+
     /// `UnexpectedKey` for the first key of the dict that was never read.
     ///
     /// # Errors

@@ -34,7 +34,7 @@ use se3_macros::fiber;
 use se3_models::checkpoint::{StateDict, Tensor, WeightSource};
 use se3_models::inputs::{BoolTensor, ModelInputs, NodeFeats};
 use se3_models::se3_transformer::{
-    Se3Transformer, Se3TransformerConfig, Se3TransformerForward, TypedOptions, TypedSe3Transformer,
+    Se3Transformer, Se3TransformerConfig, Se3TransformerForward, TypedSe3Transformer,
 };
 
 /// A benchmark size (PyTorch's figures are measured in the same session: [`TorchSource`]).
@@ -690,7 +690,7 @@ fn time_typed<In: Fiber, Hidden: Fiber, Out: Fiber>(
     sd: &StateDict,
     inputs: &ModelInputs,
 ) -> Result<f64, super::CliError> {
-    let options = TypedOptions::from_config::<In, Hidden, Out>(cfg)?;
+    let options = TypedSe3Transformer::<In, Hidden, Out>::options_of(cfg)?;
     let mut session = TypedSe3Transformer::<In, Hidden, Out>::load(sd, options)?.compile()?;
     let coords: Vec<[f64; 3]> = inputs
         .coors

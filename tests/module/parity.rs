@@ -4,7 +4,9 @@
 
 use se3::layers::{AttentionOptions, ConvOptions};
 use se3::models::model_file::ModelFile;
-use se3::models::se3_transformer::{Se3TransformerConfig, TypedOptions};
+use se3::models::se3_transformer::{
+    Se3TransformerConfig, Se3TransformerOptions, TypedSe3Transformer,
+};
 use se3::prelude::*;
 use se3::testing::check_close;
 
@@ -75,7 +77,7 @@ struct Se3TransformerOracle {
 
 impl Se3TransformerOracle {
     /// The architecture of `options` with fresh weights.
-    fn with_options(o: &TypedOptions, rng: &mut impl rand::Rng) -> Result<Self> {
+    fn with_options(o: &Se3TransformerOptions, rng: &mut impl rand::Rng) -> Result<Self> {
         let attention = AttentionOptions {
             heads: o.heads,
             dim_head: o.dim_head,
@@ -170,7 +172,7 @@ fn se3_transformer_module_loads_the_reference_by_field_names_and_reproduces_it()
     let dir = reference_path("models/se3t_basic");
     let file = ModelFile::load(dir.join("config.json"))?;
     let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
-    let options = TypedOptions::from_config::<Atoms, Hidden, Readout>(&cfg)?;
+    let options = TypedSe3Transformer::<Atoms, Hidden, Readout>::options_of(&cfg)?;
     let mut model = Se3TransformerOracle::with_options(&options, &mut rand::thread_rng())?;
     model.load(dir.join("weights.safetensors"))?;
     let layers: Vec<String> = model.layers().into_iter().map(|e| e.path).collect();
@@ -202,7 +204,7 @@ fn typed_se3_transformer_is_a_module_with_the_checkpoint_names() -> TestResult {
     let dir = reference_path("models/se3t_basic");
     let file = ModelFile::load(dir.join("config.json"))?;
     let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
-    let options = TypedOptions::from_config::<Atoms, Hidden, Readout>(&cfg)?;
+    let options = TypedSe3Transformer::<Atoms, Hidden, Readout>::options_of(&cfg)?;
     let sd = StateDict::load(dir.join("weights.safetensors"))?;
     let model = TypedSe3Transformer::<Atoms, Hidden, Readout>::load(&sd, options)?;
     // every parameter of the module is the checkpoint's tensor of that name

@@ -986,6 +986,18 @@ impl<F: Fiber> AttentionBlock<F> {
         &self.layer
     }
 
+    /// The typed view of a run-time layer.
+    ///
+    /// # Errors
+    /// `FiberMismatch` if the layer's fiber is not `F`.
+    pub fn from_layer(layer: AttentionBlockLayer) -> Result<Self, Error> {
+        F::check_spec(layer.fiber())?;
+        Ok(Self {
+            layer,
+            fiber: PhantomData,
+        })
+    }
+
     /// Adds the block to a graph (see [`AttentionBlockLayer::build`]).
     ///
     /// # Errors
@@ -1043,6 +1055,18 @@ impl<F: Fiber> FeedForwardBlock<F> {
     /// The run-time layer.
     pub fn layer(&self) -> &FeedForwardBlockLayer {
         &self.layer
+    }
+
+    /// The typed view of a run-time layer.
+    ///
+    /// # Errors
+    /// `FiberMismatch` if the layer's fiber is not `F`.
+    pub fn from_layer(layer: FeedForwardBlockLayer) -> Result<Self, Error> {
+        F::check_spec(layer.fiber())?;
+        Ok(Self {
+            layer,
+            fiber: PhantomData,
+        })
     }
 
     /// Adds the block to a graph (see [`FeedForwardBlockLayer::build`]).

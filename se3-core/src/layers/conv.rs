@@ -902,6 +902,19 @@ impl<In: Fiber, Out: Fiber> Conv<In, Out> {
         &self.layer
     }
 
+    /// The typed view of a run-time layer.
+    ///
+    /// # Errors
+    /// `FiberMismatch` if the layer's fibers are not `In` and `Out`.
+    pub fn from_layer(layer: ConvLayer) -> Result<Self, Error> {
+        In::check_spec(layer.fiber_in())?;
+        Out::check_spec(layer.fiber_out())?;
+        Ok(Conv {
+            layer,
+            fibers: PhantomData,
+        })
+    }
+
     /// Adds the convolution to a graph (see [`ConvLayer::build`]).
     ///
     /// # Errors

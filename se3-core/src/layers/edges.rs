@@ -105,14 +105,15 @@ impl EdgeGraph {
     }
 
     /// Per-edge weights of a mean over each destination's valid edges: `1 / count(dst)`
-    /// (0 for missing edges). A node without valid edges gets no contribution (its mean is 0).
+    /// (0 for missing and invalid edges). A node without valid edges gets no contribution (its mean is 0).
     pub fn mean_weights(&self) -> GraphTensor<(E,)> {
         let e = dims(self.valid)[0];
         let v2: GraphTensor<(E, X)> = reshape(self.valid, &[e, 1.into()]);
         let cnt: GraphTensor<(N, X)> = scatter_add::<N, X, E>(v2, self.dst);
         let inv = cnt.max(full_like(cnt, 1.0)).recip();
         let w: GraphTensor<(E, X)> = gather(inv, self.dst);
-        reshape(w, &[e])
+        // an invalid edge may still have a destination (the EGNN trunk keeps them)
+        reshape::<_, (E,)>(w, &[e]) * self.valid
     }
 
     /// The radial network's input per edge: `[|r|, edge features]`, or with `fourier = Some(K)`

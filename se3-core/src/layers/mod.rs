@@ -83,6 +83,7 @@ pub mod egnn;
 pub mod equiformer_attention;
 pub mod equiformer_feedforward;
 pub mod equiformer_radial;
+pub mod fiber_egnn;
 pub mod gate;
 pub mod global_attention;
 pub mod graph;
@@ -115,6 +116,7 @@ pub use egnn::{
 pub use equiformer_attention::{EquiformerAttentionLayer, EquiformerAttentionOptions};
 pub use equiformer_feedforward::EquiformerFeedForwardLayer;
 pub use equiformer_radial::EquiformerRadial;
+pub use fiber_egnn::{FiberEgnnLayer, FiberEgnnOptions};
 pub use gate::{Gate, GateLayer};
 pub use global_attention::{GlobalLinearAttention, GlobalSizes};
 pub use graph::{FeatureTensors, GraphFeatures, Param, ParamSource};

@@ -247,6 +247,18 @@ impl<F: Fiber> Norm<F> {
         &self.layer
     }
 
+    /// The typed view of a run-time layer.
+    ///
+    /// # Errors
+    /// `FiberMismatch` if the layer's fiber is not `F`.
+    pub fn from_layer(layer: NormLayer) -> Result<Self, Error> {
+        F::check_spec(layer.fiber())?;
+        Ok(Self {
+            layer,
+            fiber: PhantomData,
+        })
+    }
+
     /// Adds the layer to a graph.
     ///
     /// # Errors

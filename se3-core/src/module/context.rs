@@ -53,8 +53,9 @@ impl<'s> GraphCtx<'s> {
     }
 
     /// The weight prefix of `layer` (`"conv1."`): its field path in the compiled tree, or
-    /// `"<kind>"` for a layer outside it; a prefix used before gets `@<n>`.
-    pub(crate) fn prefix_of<T>(&mut self, layer: &T, kind: &'static str) -> String {
+    /// `"<kind>"` for a layer outside it; a prefix used before gets `@<n>`. `kind` is the one
+    /// its [`super::LayerEntry`] was listed under.
+    pub fn prefix_of<T>(&mut self, layer: &T, kind: &'static str) -> String {
         let address = layer as *const T as usize;
         let path = self
             .paths
@@ -64,13 +65,15 @@ impl<'s> GraphCtx<'s> {
         let n = self.used.entry(path.clone()).or_insert(0);
         *n += 1;
         match *n {
+            // the root of the tree (a model compiled on its own) has no prefix
+            1 if path.is_empty() => String::new(),
             1 => format!("{path}."),
             k => format!("{path}@{k}."),
         }
     }
 
     /// The session, the edges and the basis, for a layer's `build`.
-    pub(crate) fn parts(&mut self) -> (&mut Session, &EdgeGraph, &EdgeBasis) {
+    pub fn parts(&mut self) -> (&mut Session, &EdgeGraph, &EdgeBasis) {
         (self.session, &self.edges, &self.basis)
     }
 

@@ -66,6 +66,26 @@ pub struct LayerEntry {
     pub(crate) address: usize,
 }
 
+impl LayerEntry {
+    /// The entry of `layer` at weight prefix `prefix` (`"conv1."` gives the path `conv1`), for
+    /// a [`Module::visit_layers`] written by hand (a composite model over run-time layers).
+    pub fn new<T: ?Sized>(
+        layer: &T,
+        prefix: &str,
+        kind: &'static str,
+        fiber_in: FiberSpec,
+        fiber_out: FiberSpec,
+    ) -> Self {
+        LayerEntry {
+            path: prefix.strip_suffix('.').unwrap_or(prefix).to_string(),
+            kind,
+            fiber_in,
+            fiber_out,
+            address: (layer as *const T).cast::<()>() as usize,
+        }
+    }
+}
+
 /// A tree of layers with named parameters (implemented by `#[derive(Module)]`, by every
 /// typed layer, and by `Vec`, arrays, `Option` and `Box` of modules).
 #[diagnostic::on_unimplemented(

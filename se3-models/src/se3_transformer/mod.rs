@@ -15,6 +15,7 @@ pub(crate) mod conv;
 pub(crate) mod egnn;
 pub mod features;
 pub mod graph;
+pub mod net;
 pub(crate) mod norm;
 pub mod oracle;
 pub(crate) mod radial;
@@ -26,6 +27,10 @@ pub use compiled::{
     BlockStats, GraphForm, MemoryEstimate, Se3Transformer, TrainableSe3Transformer,
 };
 pub use config::{DimSpec, Se3TransformerConfig, Se3TransformerForward, Se3TransformerShape};
+pub use net::{
+    knn_edges, CloudInputs, EgnnTrunk, NetFibers, NetSession, Se3TransformerNet,
+    Se3TransformerOptions,
+};
 pub use oracle::Se3TransformerOracle;
 pub use reassociated::Contraction;
-pub use typed::{knn_edges, CloudInputs, TypedOptions, TypedSe3Transformer, TypedSession};
+pub use typed::{TypedSe3Transformer, TypedSession};
