@@ -406,9 +406,10 @@ pub fn differentiable_from_files(
         let fwd = crate::se3_transformer::Se3TransformerForward::from_literals(
             &file.forward_kwargs.literals,
         )?;
+        let net = crate::se3_transformer::Se3TransformerNet::from_config(&cfg, weights)?;
         return Ok(Box::new(
-            crate::se3_transformer::compiled::DifferentiableSe3Transformer::new(
-                &cfg, fwd, weights, objective,
+            crate::se3_transformer::net::DifferentiableSe3Transformer::new(
+                &net, fwd, weights, objective,
             )?,
         ));
     }

@@ -43,6 +43,10 @@ use crate::se3_transformer::graph::{
 };
 use crate::Error;
 
+mod differentiable;
+
+pub use differentiable::DifferentiableSe3Transformer;
+
 /// The options of an SE(3)-Transformer besides its fibers (se3-transformer-pytorch kwargs of
 /// the same names).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -636,6 +640,11 @@ impl Se3TransformerNet {
             .map_or(&self.fibers.output, LinearLayer::fiber_out)
     }
 
+    /// Whether the library returns the type-0 output alone (`output_degrees = 1`).
+    pub fn returns_scalar(&self) -> bool {
+        self.options.conv_out && max_degree(&self.fibers.output) == 0
+    }
+
     /// The highest degree of the kernel basis the layers need.
     pub fn max_degree(&self) -> usize {
         let f = &self.fibers;
@@ -982,15 +991,7 @@ impl Se3TransformerNet {
         let y = self.build(&mut s, "", &x, &edges, &basis)?;
         y.output(&mut s, "y");
         s.compile();
-        Ok(NetSession {
-            session: s,
-            options: self.options,
-            rotary: self.rotary.clone(),
-            input: self.fibers.input.clone(),
-            output: self.output_fiber().clone(),
-            sparse_seed: 0,
-            scalar_output: self.options.conv_out && max_degree(&self.fibers.output) == 0,
-        })
+        Ok(NetSession::from_session(s, self))
     }
 }
 
@@ -1080,6 +1081,20 @@ pub(crate) enum NodeInput<'a> {
 }
 
 impl NetSession {
+    /// A session of `net`'s graph built on `session` (the inputs of
+    /// [`Se3TransformerNet::declare_inputs`]).
+    pub(crate) fn from_session(session: Session, net: &Se3TransformerNet) -> Self {
+        NetSession {
+            session,
+            options: net.options,
+            rotary: net.rotary.clone(),
+            input: net.fibers.input.clone(),
+            output: net.output_fiber().clone(),
+            sparse_seed: 0,
+            scalar_output: net.returns_scalar(),
+        }
+    }
+
     /// The session (inputs and outputs named as in [`Se3TransformerNet::compile`]).
     pub fn session(&mut self) -> &mut Session {
         &mut self.session
@@ -1270,6 +1285,33 @@ impl NetSession {
         extra: CloudInputs<'_>,
     ) -> Result<Vec<DegreeTensor>, Error> {
         let rows = coords.len();
+        self.set_inputs(coords, batch, mask, x, extra)?;
+        let s = &mut self.session;
+        s.run()?;
+        self.output
+            .degrees()
+            .iter()
+            .map(|d| {
+                let y = s.get(&format!("y.{}", d.l))?;
+                Ok(DegreeTensor::from_vec(
+                    [rows, d.channels, d.width()],
+                    y.data,
+                )?)
+            })
+            .collect()
+    }
+
+    /// Checks a forward's inputs and sets them on the session (neighbour selection, rotary
+    /// angles and per-edge inputs computed here); returns the edges `(src, dst)`.
+    pub(crate) fn set_inputs(
+        &mut self,
+        coords: &[[f64; 3]],
+        batch: usize,
+        mask: Option<&[bool]>,
+        x: NodeInput<'_>,
+        extra: CloudInputs<'_>,
+    ) -> Result<(Vec<f32>, Vec<f32>), Error> {
+        let rows = coords.len();
         if batch == 0 || rows == 0 || rows / batch < 2 {
             return Err(Error::EmptyGraph {
                 batch,
@@ -1419,8 +1461,8 @@ impl NetSession {
         let flat: Vec<f32> = coords.iter().flatten().map(|&v| v as f32).collect();
         s.set("coords", flat, &[rows, 3])?;
         s.set_dim('k', e / rows);
-        s.set("edges.src", src, &[e])?;
-        s.set("edges.dst", dst, &[e])?;
+        s.set("edges.src", src.clone(), &[e])?;
+        s.set("edges.dst", dst.clone(), &[e])?;
         if let Some(valid) = valid {
             s.set("edges.valid", valid, &[e])?;
         }
@@ -1434,18 +1476,7 @@ impl NetSession {
                 s.set("tokens", t.iter().map(|&v| v as f32).collect(), &[rows])?;
             }
         }
-        s.run()?;
-        self.output
-            .degrees()
-            .iter()
-            .map(|d| {
-                let y = s.get(&format!("y.{}", d.l))?;
-                Ok(DegreeTensor::from_vec(
-                    [rows, d.channels, d.width()],
-                    y.data,
-                )?)
-            })
-            .collect()
+        Ok((src, dst))
     }
 
     /// The neighbour selection's parameters.
