@@ -1,4 +1,5 @@
-//! SE(3)-Transformer gradients: the compiled graph's backward pass (float32) against PyTorch
+//! SE(3)-Transformer gradients: the backward pass of its graph (`Se3TransformerNet` with
+//! `se3_core::autodiff`, what `se3 grad` and `se3 train` run; float32) against PyTorch
 //! autograd in float64 (`gradients.safetensors`, loss `L = Σ_out <out, cotangent.out>`), per
 //! tensor max|diff| / max|want|, for every `se3t_*` reference that stores gradients; finite
 //! differences where none are stored (the reversible trunk) and for the coordinate gradient
@@ -10,8 +11,10 @@ mod common;
 use common::*;
 
 use se3_models::checkpoint::StateDict;
+use se3_models::differentiable::Differentiable;
 use se3_models::differentiable::Objective;
-use se3_models::se3_transformer::{GraphForm, TrainableSe3Transformer};
+use se3_models::se3_transformer::net::DifferentiableSe3Transformer;
+use se3_models::se3_transformer::Se3TransformerNet;
 use se3_models::Error;
 
 /// Float32 gradients against float64 autograd, relative to each tensor's largest magnitude.
@@ -19,16 +22,23 @@ const TOL_GRAD: f64 = 1e-4;
 
 /// Compares every stored `param.*` / `input.*` of `name`; returns the worst error and where.
 fn gradient_parity(name: &str) -> Result<(f64, String, usize), Error> {
-    gradient_parity_at(&dir(name), GraphForm::Unfused)
+    gradient_parity_at(&dir(name))
+}
+
+/// The model of `l` compiled with gradients for `objective`.
+fn differentiable(l: &Loaded, objective: Objective) -> Result<DifferentiableSe3Transformer, Error> {
+    let net = Se3TransformerNet::from_config(&l.cfg, &l.weights)?;
+    DifferentiableSe3Transformer::new(&net, l.fwd.clone(), &l.weights, objective)
 }
 
 /// [`gradient_parity`] of the model folder `d`, the graph in `form`.
-fn gradient_parity_at(d: &std::path::Path, form: GraphForm) -> Result<(f64, String, usize), Error> {
+fn gradient_parity_at(d: &std::path::Path) -> Result<(f64, String, usize), Error> {
     let name = d.display();
     let l = load_se3t_from(d)?;
     let reference = StateDict::load(d.join("gradients.safetensors"))?;
-    let mut m = TrainableSe3Transformer::new(&l.cfg, &l.weights, form)?;
-    let (_, got) = m.forward_and_gradients(&l.inputs, &l.fwd, &reference)?;
+    let got = differentiable(&l, Objective::Cotangents)?
+        .gradients(&l.inputs, &reference)?
+        .grads;
     let names = input_names(&l.file);
     let mut worst = (0.0f64, String::new());
     let mut checked = 0;
@@ -159,17 +169,13 @@ fn adam_trajectory(name: &str) -> Result<AdamErrors, Error> {
     use se3_core::train::{Adam, Optimizer, Param};
     let l = load_se3t(name)?;
     let reference = StateDict::load(dir(name).join("training.safetensors"))?;
-    let mut m = TrainableSe3Transformer::with_objective(
-        &l.cfg,
-        &l.weights,
-        GraphForm::Unfused,
-        Objective::MeanSquaredError,
-    )?;
-    let params = m.parameters();
-    let mut values: Vec<Vec<f32>> = Vec::new();
-    for (k, _) in &params {
-        values.push(m.parameter(k)?.iter().map(|&v| v as f32).collect());
-    }
+    let mut m = differentiable(&l, Objective::MeanSquaredError)?;
+    let params: Vec<(String, Vec<usize>)> = m
+        .parameters()
+        .iter()
+        .map(|p| (p.name.clone(), p.shape.clone()))
+        .collect();
+    let mut values: Vec<Vec<f32>> = m.parameters().iter().map(|p| p.value.clone()).collect();
     let want_loss = reference
         .get("loss")
         .map(|t| t.data.clone())
@@ -179,7 +185,8 @@ fn adam_trajectory(name: &str) -> Result<AdamErrors, Error> {
     let mut min_grad: Vec<Vec<f32>> = values.iter().map(|v| vec![f32::MAX; v.len()]).collect();
     for step in 0..=3 {
         // one run: outputs and the gradients of the in-graph MSE against `target.*`
-        let (out, grads) = m.forward_and_gradients(&l.inputs, &l.fwd, &reference)?;
+        let run = m.gradients(&l.inputs, &reference)?;
+        let (out, grads) = (run.outputs, run.grads);
         let (loss, _) = mse(&out, &reference)?;
         losses.push(loss);
         if step == 3 {
@@ -211,8 +218,7 @@ fn adam_trajectory(name: &str) -> Result<AdamErrors, Error> {
             .collect();
         adam.step(&mut ps)?;
         for ((k, _), v) in params.iter().zip(&values) {
-            let v64: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
-            m.set_parameter(k, &v64)?;
+            m.set_parameter(k, v.clone())?;
         }
     }
     assert_eq!(want_loss.len(), 4, "{name}: stored losses");
@@ -338,13 +344,13 @@ fn se3t_reversible_gradients_match_finite_differences() -> Result<(), Error> {
     let mut r = rng(seed);
     let l = load_se3t("se3t_reversible")?;
     let cot = random_cotangents(&l, &mut r)?;
-    let mut m = TrainableSe3Transformer::new(&l.cfg, &l.weights, GraphForm::Unfused)?;
-    let (_, grads) = m.forward_and_gradients(&l.inputs, &l.fwd, &cot)?;
+    let mut m = differentiable(&l, Objective::Cotangents)?;
+    let grads = m.gradients(&l.inputs, &cot)?.grads;
     let h = 1e-5;
     // every parameter along one random direction
     let (mut plus, mut minus) = (l.weights.clone(), l.weights.clone());
     let (mut dot, mut terms) = (0.0, 0.0);
-    for (k, _) in m.parameters() {
+    for k in m.parameters().iter().map(|p| p.name.clone()) {
         let w = l.weights.get(&k).ok_or(Error::MissingKey {
             key: k.clone(),
             expected: vec![],
@@ -433,8 +439,9 @@ fn se3t_coordinate_gradient_through_the_in_graph_basis_matches_finite_difference
         kwargs["differentiable_coors"] = serde_json::Value::Bool(true);
         l.cfg = se3_models::se3_transformer::Se3TransformerConfig::from_kwargs(&kwargs)?;
         let cot = random_cotangents(&l, &mut r)?;
-        let mut m = TrainableSe3Transformer::new(&l.cfg, &l.weights, GraphForm::Unfused)?;
-        let (_, grads) = m.forward_and_gradients(&l.inputs, &l.fwd, &cot)?;
+        let grads = differentiable(&l, Objective::Cotangents)?
+            .gradients(&l.inputs, &cot)?
+            .grads;
         let gc = grads.get("input.coors").ok_or(Error::MissingKey {
             key: "input.coors".into(),
             expected: l.inputs.coors.shape.clone(),
@@ -473,8 +480,7 @@ fn se3t_coordinate_gradient_through_the_in_graph_basis_matches_finite_difference
 /// `tests/data/extra_reference/general` (and the `u_*` folders beside it) with a
 /// `gradients.safetensors` (`generate_general.py --gradients`: torch float64 autograd from the
 /// folder's weights and inputs with the reference Q_J, which se3 ships, so no sign table here;
-/// stored rounded to float32), through the same trainable graph as the references above (the
-/// unfused form) and the fused form that the `Differentiable` dispatch runs.
+/// stored rounded to float32), through the same graph as the references above.
 /// `SE3_EXTRA_GRAD_DIR=<folder of config folders>` runs another set.
 #[test]
 fn generated_configs_gradients_match_torch_autograd() -> Result<(), Error> {
@@ -510,20 +516,14 @@ fn generated_configs_gradients_match_torch_autograd() -> Result<(), Error> {
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        for form in [GraphForm::Unfused, GraphForm::Fused] {
-            match gradient_parity_at(d, form) {
-                Ok((e, at, checked)) => {
-                    println!(
-                        "{name} ({form:?}): {checked} gradients, worst relative error {e:.3e} ({at})"
-                    );
-                    if e >= TOL_GRAD || checked < 10 {
-                        failures.push(format!(
-                            "{name} ({form:?}): {e:.3e} at {at} ({checked} tensors)"
-                        ));
-                    }
+        match gradient_parity_at(d) {
+            Ok((e, at, checked)) => {
+                println!("{name}: {checked} gradients, worst relative error {e:.3e} ({at})");
+                if e >= TOL_GRAD || checked < 10 {
+                    failures.push(format!("{name}: {e:.3e} at {at} ({checked} tensors)"));
                 }
-                Err(e) => failures.push(format!("{name} ({form:?}): {e}")),
             }
+            Err(e) => failures.push(format!("{name}: {e}")),
         }
     }
     assert!(

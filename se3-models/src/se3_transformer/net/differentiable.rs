@@ -257,7 +257,10 @@ impl Differentiable for DifferentiableSe3Transformer {
         for p in self.params.iter() {
             let g = s.get(&format!("grad.{}", p.name))?.data;
             let wide = g.iter().map(|&v| f64::from(v)).collect();
-            grads.insert(format!("param.{}", p.name), Tensor::new(p.shape.clone(), wide)?);
+            grads.insert(
+                format!("param.{}", p.name),
+                Tensor::new(p.shape.clone(), wide)?,
+            );
         }
         for name in &self.inputs {
             let g = s.get(&format!("grad.input.{name}"))?.data;
@@ -304,6 +307,15 @@ impl Differentiable for DifferentiableSe3Transformer {
                 }
             };
             grads.insert(format!("input.{key}"), Tensor::new(shape, data)?);
+        }
+        // degrees given beyond the input fiber do not reach the outputs
+        if let NodeFeats::Degrees(map) = &inputs.feats {
+            for (l, t) in map {
+                let key = format!("input.feats_type{l}");
+                if grads.get(&key).is_none() {
+                    grads.insert(key, Tensor::zeros(&t.shape));
+                }
+            }
         }
         Ok(Gradients {
             outputs,
