@@ -407,9 +407,16 @@ pub fn differentiable_from_files(
             &file.forward_kwargs.literals,
         )?;
         let net = crate::se3_transformer::Se3TransformerNet::from_config(&cfg, weights)?;
+        // `se3 grad` (cotangents) gives every float input's gradient; training needs none of
+        // the coordinates'
+        let coordinates = objective == Objective::Cotangents;
         return Ok(Box::new(
             crate::se3_transformer::net::DifferentiableSe3Transformer::new(
-                &net, fwd, weights, objective,
+                &net,
+                fwd,
+                weights,
+                objective,
+                coordinates,
             )?,
         ));
     }

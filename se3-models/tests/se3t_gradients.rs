@@ -28,7 +28,7 @@ fn gradient_parity(name: &str) -> Result<(f64, String, usize), Error> {
 /// The model of `l` compiled with gradients for `objective`.
 fn differentiable(l: &Loaded, objective: Objective) -> Result<DifferentiableSe3Transformer, Error> {
     let net = Se3TransformerNet::from_config(&l.cfg, &l.weights)?;
-    DifferentiableSe3Transformer::new(&net, l.fwd.clone(), &l.weights, objective)
+    DifferentiableSe3Transformer::new(&net, l.fwd.clone(), &l.weights, objective, true)
 }
 
 /// [`gradient_parity`] of the model folder `d`, the graph in `form`.

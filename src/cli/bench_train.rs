@@ -3,26 +3,17 @@
 //! heads 4, dim_head 16, depth 2, 16 neighbours, degrees 2 and 3, batch 1, return_type 0), next
 //! to se3-transformer-pytorch's step measured in the same session by that script.
 //!
-//! se3's step is [`TrainableSe3Transformer`] with the in-graph MSE objective
+//! se3's step is [`DifferentiableSe3Transformer`] (the model's se3-core layers with their
+//! backward passes, `se3_core::autodiff`) with the in-graph MSE objective
 //! ([`Objective::MeanSquaredError`], targets zero): one graph run gives the outputs and every
 //! gradient; then se3-core's Adam updates float32 copies of the parameters and
-//! [`TrainableSe3Transformer::set_parameters`] writes them back into the graph's constants (each
-//! constant once). The
-//! training graph takes the fused radial networks and edge contractions ([`GraphForm::Fused`]),
-//! whose backward passes are fused too (`ops/<op>/backward.rs`).
+//! [`Differentiable::set_parameter`] writes them back into the graph's weights.
 //!
 //! Each case runs in a child process (`--case <name>`), so its peak resident set (VmHWM) is its
 //! own; it first times the forward alone on a graph of the same form (so the step's graph time
 //! splits into forward and backward), then builds the training graph and times a warm-up and the
 //! median of 3 steps, with the stages: host preparation (neighbours, basis), the graph run
 //! (forward + backward), host gradient assembly, and Adam + writing the weights back.
-//!
-//! Known cost of the unfused form (`GraphForm::Unfused`, not benchmarked): a matrix product is a broadcast multiply summed over an
-//! axis, and its vector-Jacobian product (se3-core `autodiff`) materialises the broadcast
-//! product `[M, N, K]` before summing; for the per-edge last radial layer at deg 2, n 128 that
-//! is `e x 128 x (channels c_in nf)` ≈ 4e8 floats per head and degree pair, so a step takes
-//! minutes and GBs (first run: not finished in 15 min on a loaded machine, 2.7 GB resident).
-//! A GEMM-shaped backward for products (or the fused kernels' own backward) removes it.
 
 use std::process::Command;
 use std::time::Instant;
@@ -30,10 +21,9 @@ use std::time::Instant;
 use rand::{rngs::StdRng, SeedableRng};
 use se3_core::train::{Adam, Optimizer, Param};
 use se3_models::checkpoint::{StateDict, Tensor};
-use se3_models::differentiable::Objective;
-use se3_models::se3_transformer::{
-    GraphForm, Se3Transformer, Se3TransformerForward, Se3TransformerOracle, TrainableSe3Transformer,
-};
+use se3_models::differentiable::{Differentiable, Objective};
+use se3_models::se3_transformer::net::DifferentiableSe3Transformer;
+use se3_models::se3_transformer::{Se3TransformerForward, Se3TransformerNet};
 
 use super::bench_pytorch::{TorchSource, HOW_TO_GET_TORCH};
 use super::bench_se3t::{bench_config, peak_mib, random_inputs, random_weights, status_mib};
@@ -96,7 +86,7 @@ pub fn run(
     println!(
         "SE3Transformer training step (forward, sum of mean(out^2), backward, Adam): dim 32, \
          heads 4, dim_head 16, depth 2, 16 neighbours, batch 1, return_type 0; se3 median of \
-         {REPS} steps, graph form Fused"
+         {REPS} steps"
     );
     println!(
         "{:<16} {:>10} {:>11} {:>9} {:>12} {:>11} {:>9}",
@@ -165,13 +155,13 @@ fn run_case(num_degrees: usize, nodes: usize) -> Result<(), super::CliError> {
     let sd = random_weights(&cfg, &mut rng)?;
     let inputs = random_inputs(nodes, 32, &mut rng)?;
     let fwd = Se3TransformerForward::from_literals(&serde_json::json!({"return_type": 0}))?;
-    // the forward alone, in the training graph's form
+    let net = Se3TransformerNet::from_config(&cfg, &sd)?;
+    // the forward alone (the same layers without the backward)
     let mut targets = StateDict::new();
     let forward_s = {
-        let model = Se3TransformerOracle::from_state_dict(&cfg, &sd)?;
-        let mut f = Se3Transformer::from_model_in(model, GraphForm::Fused)?;
+        let mut f = net.compile()?;
         // targets zero: the loss of bench_pytorch_train.py
-        for (k, t) in f.forward(&inputs, &fwd)?.iter() {
+        for (k, t) in f.forward_inputs(&inputs, &fwd)?.iter() {
             let len = t.data.len();
             targets.insert(
                 format!("target.{k}"),
@@ -181,42 +171,30 @@ fn run_case(num_degrees: usize, nodes: usize) -> Result<(), super::CliError> {
         let mut times = Vec::new();
         for _ in 0..REPS {
             let t = Instant::now();
-            f.forward(&inputs, &fwd)?;
+            f.forward_inputs(&inputs, &fwd)?;
             times.push(t.elapsed().as_secs_f64());
         }
-        let graph: f64 = f
-            .last_timings()
-            .iter()
-            .filter(|t| t.0 == "graph")
-            .map(|t| t.1)
-            .sum();
-        (median(times), graph)
+        median(times)
     };
-    let mut m = TrainableSe3Transformer::with_objective(
-        &cfg,
-        &sd,
-        GraphForm::Fused,
-        Objective::MeanSquaredError,
-    )?;
+    let mut m =
+        DifferentiableSe3Transformer::new(&net, fwd, &sd, Objective::MeanSquaredError, false)?;
     // the model holds the weights from here on
     drop(sd);
+    drop(net);
     println!("build_rss_mib {}", status_mib("VmRSS:")?);
-    let params = m.parameters();
-    let mut values: Vec<(String, Vec<f32>)> = Vec::new();
-    for (k, _) in &params {
-        values.push((
-            k.clone(),
-            m.parameter(k)?.iter().map(|&v| v as f32).collect(),
-        ));
-    }
+    let mut values: Vec<(String, Vec<f32>)> = m
+        .parameters()
+        .iter()
+        .map(|p| (p.name.clone(), p.value.clone()))
+        .collect();
     let mut adam = Adam::new(1e-3);
     let mut steps = Vec::new();
     let mut stages: Vec<Vec<(&'static str, f64)>> = Vec::new();
     for rep in 0..=REPS {
         let t = Instant::now();
-        let (_, grads) = m.forward_and_gradients(&inputs, &fwd, &targets)?;
+        let grads = m.gradients(&inputs, &targets)?.grads;
         let ta = Instant::now();
-        let gs: Vec<Vec<f32>> = params
+        let gs: Vec<Vec<f32>> = values
             .iter()
             .map(|(k, _)| {
                 grads
@@ -238,7 +216,9 @@ fn run_case(num_degrees: usize, nodes: usize) -> Result<(), super::CliError> {
         adam.step(&mut ps)?;
         drop(ps);
         drop(gs);
-        m.set_parameters_f32(&values)?;
+        for (k, v) in &values {
+            m.set_parameter(k, v.clone())?;
+        }
         let adam_s = ta.elapsed().as_secs_f64();
         if rep > 0 {
             steps.push(t.elapsed().as_secs_f64());
@@ -249,7 +229,7 @@ fn run_case(num_degrees: usize, nodes: usize) -> Result<(), super::CliError> {
     }
     println!("step_s {}", median(steps));
     if std::env::var_os("SE3_PROFILE").is_some() {
-        print_profile(&mut m, &inputs, &fwd, &targets)?;
+        print_profile(&mut m, &inputs, &targets)?;
     }
     let stage_median = |name: &str| {
         median(
@@ -261,11 +241,11 @@ fn run_case(num_degrees: usize, nodes: usize) -> Result<(), super::CliError> {
     };
     let graph = stage_median("graph: forward + backward");
     println!(
-        "stage host neighbours+basis {:.4}",
-        stage_median("host: neighbours + basis")
+        "stage host neighbours+inputs {:.4}",
+        stage_median("host: neighbours + inputs")
     );
-    println!("stage graph forward {:.4}", forward_s.1);
-    println!("stage graph backward {:.4}", (graph - forward_s.1).max(0.0));
+    println!("stage graph+host forward alone {:.4}", forward_s);
+    println!("stage graph forward+backward {:.4}", graph);
     println!(
         "stage host outputs+gradients {:.4}",
         stage_median("host: outputs + gradients")
@@ -274,8 +254,7 @@ fn run_case(num_degrees: usize, nodes: usize) -> Result<(), super::CliError> {
         "stage adam+weights-back {:.4}",
         stage_median("adam + weights back")
     );
-    println!("stage (forward alone, whole) {:.4}", forward_s.0);
-    let mem = m.compiled().memory_stats();
+    let mem = m.session().memory_stats();
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
     println!("weights_mib {}", mib(mem.resident));
     println!("intermediates_mib {}", mib(mem.peak_intermediates));
@@ -286,14 +265,13 @@ fn run_case(num_degrees: usize, nodes: usize) -> Result<(), super::CliError> {
 /// One more step with every operator of the training graph timed: the heaviest operator kinds
 /// and (kind, input shapes) groups, on stderr (`SE3_PROFILE`).
 fn print_profile(
-    m: &mut TrainableSe3Transformer,
+    m: &mut DifferentiableSe3Transformer,
     inputs: &se3_models::inputs::ModelInputs,
-    fwd: &Se3TransformerForward,
     targets: &StateDict,
 ) -> Result<(), super::CliError> {
     m.instrument();
     se3_core::exec::profile::reset();
-    m.forward_and_gradients(inputs, fwd, targets)?;
+    m.gradients(inputs, targets)?;
     let recs = se3_core::exec::profile::records();
     let total: f64 = recs.iter().map(|r| r.seconds).sum();
     eprintln!("profile: {} operator calls, {total:.4} s", recs.len());

@@ -37,11 +37,16 @@ pub struct DifferentiableSe3Transformer {
     /// The graph inputs whose gradients are outputs `grad.input.<name>`.
     inputs: Vec<String>,
     reduce: bool,
+    /// Wall time of the stages of the last run, seconds.
+    timings: Vec<(&'static str, f64)>,
 }
 
 impl DifferentiableSe3Transformer {
     /// Compiles `net` with the forward literals `fwd` and gradients for `objective`; the
-    /// trainable parameters are the session weights named as keys of `checkpoint`.
+    /// trainable parameters are the session weights named as keys of `checkpoint`. With
+    /// `coordinate_gradients` the graph also gives `input.coors` (its backward through the
+    /// kernel basis costs about a sixth more time and half again the intermediates of a
+    /// training step, so training leaves it out).
     ///
     /// # Errors
     /// Graph build errors; `WrongShape` for a checkpoint that disagrees with the graph;
@@ -51,6 +56,7 @@ impl DifferentiableSe3Transformer {
         fwd: Se3TransformerForward,
         checkpoint: &StateDict,
         objective: Objective,
+        coordinate_gradients: bool,
     ) -> Result<Self, Error> {
         let mut s = Session::new();
         let (x, edges, basis) = net.declare_inputs(&mut s)?;
@@ -112,7 +118,10 @@ impl DifferentiableSe3Transformer {
         let (objective, pairs) = ObjectiveGraph::attach(&mut s, objective, &graph_outputs);
         let params = Parameters::from_session(&s, checkpoint)?;
         // float inputs with gradients
-        let mut inputs = vec!["coords".to_string()];
+        let mut inputs = Vec::new();
+        if coordinate_gradients {
+            inputs.push("coords".to_string());
+        }
         if net.token_emb.is_none() {
             inputs.extend(
                 net.fibers()
@@ -152,7 +161,28 @@ impl DifferentiableSe3Transformer {
             params,
             inputs,
             reduce: net.options().reduce_dim_out,
+            timings: Vec::new(),
         })
+    }
+
+    /// The session (e.g. its memory figures).
+    pub fn session(&mut self) -> &mut Session {
+        self.run.session()
+    }
+
+    /// Wall time of the stages of the last [`Differentiable::gradients`]: host inputs
+    /// (neighbour selection, per-edge inputs), the graph (forward and backward), host outputs
+    /// and gradients, seconds.
+    pub fn last_timings(&self) -> &[(&'static str, f64)] {
+        &self.timings
+    }
+
+    /// Wraps every operator of the graph in a timer ([`se3_core::exec::profile`]), so later
+    /// runs record per-operator timings (benchmarks only).
+    pub fn instrument(&mut self) {
+        self.run
+            .session()
+            .compile_with(se3_core::exec::profile::Instrument);
     }
 }
 
@@ -202,6 +232,7 @@ impl Differentiable for DifferentiableSe3Transformer {
                 NodeInput::Features(&blocks)
             }
         };
+        let t0 = std::time::Instant::now();
         let (src, dst) = self.run.set_inputs(&coords, b, mask, nodes, extra)?;
         let pooled = self.fwd.return_pooled;
         let s = self.run.session();
@@ -235,7 +266,9 @@ impl Differentiable for DifferentiableSe3Transformer {
                 .find(|(n, _)| n == name)
                 .map_or_else(Vec::new, |(_, sh)| sh.clone())
         })?;
+        let t1 = std::time::Instant::now();
         s.run()?;
+        let t2 = std::time::Instant::now();
         let loss = self.objective.loss(s)?;
         let mut outputs = StateDict::new();
         for o in &self.outputs {
@@ -308,6 +341,11 @@ impl Differentiable for DifferentiableSe3Transformer {
             };
             grads.insert(format!("input.{key}"), Tensor::new(shape, data)?);
         }
+        self.timings = vec![
+            ("host: neighbours + inputs", (t1 - t0).as_secs_f64()),
+            ("graph: forward + backward", (t2 - t1).as_secs_f64()),
+            ("host: outputs + gradients", t2.elapsed().as_secs_f64()),
+        ];
         // degrees given beyond the input fiber do not reach the outputs
         if let NodeFeats::Degrees(map) = &inputs.feats {
             for (l, t) in map {
