@@ -10,7 +10,8 @@ use crate::inputs::ModelInputs;
 use crate::model_file::ModelFile;
 use crate::se3_transformer::basis::QjSigns;
 use crate::se3_transformer::{
-    Se3Transformer, Se3TransformerConfig, Se3TransformerForward, Se3TransformerOracle,
+    NetSession, Se3TransformerConfig, Se3TransformerForward, Se3TransformerNet,
+    Se3TransformerOracle,
 };
 use crate::tfn::graph::{TfnGraph, TfnSession};
 use crate::tfn::{TfnStack, TfnStackConfig};
@@ -146,8 +147,9 @@ pub fn infer(
 
 /// A zoo model compiled to a luminal graph (float32): what `se3 infer` and the zoo run by default.
 pub enum CompiledModel {
-    /// The SE(3)-Transformer graph with its forward literals.
-    Se3Transformer(Box<Se3Transformer>, Se3TransformerForward),
+    /// The SE(3)-Transformer (its se3-core layers, [`Se3TransformerNet`]) with its forward
+    /// literals.
+    Se3Transformer(Box<NetSession>, Se3TransformerForward),
     /// The ConvSE3 + NormSE3 stack as a graph session.
     TfnStack(Box<TfnSession>),
     /// egnn-pytorch `EGNN` / `EGNN_Network` graphs.
@@ -165,10 +167,7 @@ impl CompiledModel {
     /// As [`Model::from_parts`]; `NotCompiled` for an option the graph does not compile yet.
     pub fn from_parts(file: &ModelFile, weights: &StateDict) -> Result<Self, Error> {
         match Model::from_parts(file, weights)? {
-            Model::Se3Transformer(m, fwd) => Ok(Self::Se3Transformer(
-                Box::new(Se3Transformer::from_model(*m)?),
-                fwd,
-            )),
+            Model::Se3Transformer(_, fwd) => Self::se3_transformer(file, weights, fwd),
             Model::TfnStack(_) => {
                 let cfg = TfnStackConfig::from_kwargs(&file.constructor_kwargs)?;
                 let graph = TfnGraph::from_state_dict(&cfg, weights)?;
@@ -195,10 +194,20 @@ impl CompiledModel {
         weights: &StateDict,
     ) -> Result<Self, Error> {
         match model {
-            Model::Se3Transformer(m, fwd) => Ok(Self::Se3Transformer(
-                Box::new(Se3Transformer::from_model(*m)?),
-                fwd,
-            )),
+            Model::Se3Transformer(..) if signs.is_some_and(|s| *s != QjSigns::reference()) => {
+                Err(Error::NotCompiled {
+                    option:
+                        "a Q_J sign table other than the reference one (SE(3)-Transformer graph)",
+                })
+            }
+            Model::Se3Transformer(m, fwd) => {
+                let seed = m.sparse_seed;
+                let mut c = Self::se3_transformer(file, weights, fwd)?;
+                if let Self::Se3Transformer(s, _) = &mut c {
+                    s.set_sparse_sampling_seed(seed);
+                }
+                Ok(c)
+            }
             Model::TfnStack(_) if signs.is_some_and(|s| *s != QjSigns::reference()) => {
                 Err(Error::NotCompiled {
                     option: "a Q_J sign table other than the reference one (TFN stack graph)",
@@ -213,6 +222,17 @@ impl CompiledModel {
         }
     }
 
+    /// The SE(3)-Transformer of `file`'s config with `weights`, compiled.
+    fn se3_transformer(
+        file: &ModelFile,
+        weights: &StateDict,
+        fwd: Se3TransformerForward,
+    ) -> Result<Self, Error> {
+        let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
+        let net = Se3TransformerNet::from_config(&cfg, weights)?;
+        Ok(Self::Se3Transformer(Box::new(net.compile()?), fwd))
+    }
+
     /// Runs the model's graphs on `device` from now on: compiled graphs move with their
     /// weights (uploaded once, kept on the device), graphs built later are built there.
     ///
@@ -221,7 +241,7 @@ impl CompiledModel {
     /// device missing), `InvalidOp` to move a graph off its device.
     pub fn set_device(&mut self, device: se3_core::Device) -> Result<(), Error> {
         match self {
-            Self::Se3Transformer(m, _) => m.set_device(device),
+            Self::Se3Transformer(m, _) => Ok(m.session().set_device(device)?),
             Self::TfnStack(s) => Ok(s.session_mut().set_device(device)?),
             Self::Egnn(m) => m.set_device(device),
             Self::VnTransformer(s) => s.set_device(device),
@@ -235,7 +255,7 @@ impl CompiledModel {
     /// Input validation errors.
     pub fn forward(&mut self, inputs: &ModelInputs) -> Result<StateDict, Error> {
         match self {
-            Self::Se3Transformer(m, fwd) => m.forward(inputs, fwd),
+            Self::Se3Transformer(m, fwd) => m.forward_inputs(inputs, fwd),
             Self::TfnStack(s) => s.forward(inputs),
             Self::Egnn(m) => m.forward(inputs),
             Self::VnTransformer(s) => s.forward(inputs),

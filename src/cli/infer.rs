@@ -24,6 +24,7 @@ use se3_models::checkpoint::SaveDtype;
 use se3_models::inputs::ModelInputs;
 use se3_models::model_file::ModelFile;
 use se3_models::se3_transformer::basis::QjSigns;
+use se3_models::se3_transformer::Se3Transformer;
 use se3_models::zoo::{CompiledModel, Model};
 
 /// The libraries whose models `se3 infer` runs.
@@ -132,34 +133,34 @@ pub fn run(args: &InferArgs) -> Result<(), super::CliError> {
     }
     model.set_sparse_sampling_seed(args.sparse_seed);
     if args.estimate {
-        return print_estimate(
-            model,
-            signs.as_ref(),
-            &file,
-            &weights,
-            &inputs,
-            args.block_nodes,
-        );
+        return print_estimate(model, &inputs, args.block_nodes);
     }
     let output = args.output.as_ref().ok_or("--output is required")?;
     let outputs = match args.engine {
         Engine::Graph => {
-            match CompiledModel::from_model(model.clone(), signs.as_ref(), &file, &weights) {
-                Ok(CompiledModel::Se3Transformer(mut m, fwd)) if args.block_nodes.is_some() => {
-                    let block = args.block_nodes.unwrap_or(1);
-                    m.forward_blocked(&inputs, &fwd, block)?.0
+            match (args.block_nodes, &model) {
+                // the blocked forward (bounded memory on large clouds) runs on the
+                // SE(3)-Transformer's block graph
+                (Some(block), Model::Se3Transformer(m, fwd)) => {
+                    let mut blocked = Se3Transformer::from_model((**m).clone())?;
+                    blocked.forward_blocked(&inputs, fwd, block)?.0
                 }
-                Ok(_) if args.block_nodes.is_some() => {
+                (Some(_), _) => {
                     return Err("--block-nodes is available for the SE(3)-Transformer only".into())
                 }
-                Ok(mut compiled) => compiled.forward(&inputs)?,
-                Err(se3_models::Error::NotCompiled { option }) => {
-                    eprintln!(
-                        "note: option `{option}` is not compiled yet; running the float64 oracle"
-                    );
-                    model.forward(&inputs)?
+                (None, _) => {
+                    match CompiledModel::from_model(model.clone(), signs.as_ref(), &file, &weights)
+                    {
+                        Ok(mut compiled) => compiled.forward(&inputs)?,
+                        Err(se3_models::Error::NotCompiled { option }) => {
+                            eprintln!(
+                            "note: option `{option}` is not compiled yet; running the float64 oracle"
+                        );
+                            model.forward(&inputs)?
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
-                Err(e) => return Err(e.into()),
             }
         }
         Engine::Oracle => model.forward(&inputs)?,
@@ -181,18 +182,14 @@ pub fn run(args: &InferArgs) -> Result<(), super::CliError> {
 /// forward, `estimate_blocked_memory`), one line per part.
 fn print_estimate(
     model: Model,
-    signs: Option<&QjSigns>,
-    file: &ModelFile,
-    weights: &se3_models::checkpoint::StateDict,
     inputs: &ModelInputs,
     block_nodes: Option<usize>,
 ) -> Result<(), super::CliError> {
     let (b, n) = (inputs.batch(), inputs.nodes());
-    let CompiledModel::Se3Transformer(mut m, _) =
-        CompiledModel::from_model(model, signs, file, weights)?
-    else {
+    let Model::Se3Transformer(m, _) = model else {
         return Err("--estimate is available for the SE(3)-Transformer only".into());
     };
+    let mut m = Se3Transformer::from_model(*m)?;
     let (e, host_copies) = match block_nodes {
         Some(block) => {
             let (e, plan) = m.estimate_blocked_memory(inputs, block)?;
