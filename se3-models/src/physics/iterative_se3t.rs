@@ -1,7 +1,7 @@
 //! The iterative SE(3)-Transformer for particle dynamics (Fuchs et al. 2021), trained by
 //! reverse-mode gradients and Adam.
 //!
-//! K blocks, each a full SE(3)-Transformer ([`TrainableSe3Transformer`]) with a type-1 output
+//! K blocks, each a full SE(3)-Transformer ([`DifferentiableSe3Transformer`]) with a type-1 output
 //! of one channel read as a displacement:
 //!
 //! ```text
@@ -14,7 +14,7 @@
 //! and 1, every radial network 128 wide (the library's size).
 //!
 //! Cost: the forward pass runs each block's forward-only graph
-//! ([`TrainableSe3Transformer::forward`]); the backward pass runs each block's training graph
+//! ([`DifferentiableSe3Transformer::forward`]); the backward pass runs each block's training graph
 //! once more with its cotangent. A batch's clouds share each graph run (one run of `B n` nodes,
 //! not `B` runs of `n`). What remains is the training graph's arithmetic, most of it the
 //! backward of the radial networks' 128-wide hidden layers (see the README's profile).
@@ -47,9 +47,11 @@ use se3_core::train::{Adam, Optimizer, Param};
 use super::dataset::Sample;
 use super::metrics::{mean_position_mse, Prediction};
 use crate::checkpoint::{StateDict, Tensor};
+use crate::differentiable::{Differentiable, Objective};
 use crate::inputs::{ModelInputs, NodeFeats};
+use crate::se3_transformer::net::DifferentiableSe3Transformer;
 use crate::se3_transformer::{
-    GraphForm, Se3Transformer, Se3TransformerConfig, Se3TransformerForward, TrainableSe3Transformer,
+    Se3TransformerConfig, Se3TransformerForward, Se3TransformerNet, Se3TransformerOracle,
 };
 use crate::training::init::fresh_weights;
 use crate::Error;
@@ -180,7 +182,7 @@ type BlockRun = (Vec<f64>, Option<Vec<f64>>, StateDict);
 
 /// One block: its compiled graph with gradients and its parameters as float32 for Adam.
 struct Block {
-    net: TrainableSe3Transformer,
+    net: DifferentiableSe3Transformer,
     /// (key, values) in the net's parameter order.
     values: Vec<(String, Vec<f32>)>,
 }
@@ -309,7 +311,7 @@ impl IterativeSe3Transformer {
     /// `seed`, one stream per block) and Adam at learning rate `lr`.
     ///
     /// # Errors
-    /// Those of [`IterativeConfig::block_config`] and [`TrainableSe3Transformer::new`].
+    /// Those of [`IterativeConfig::block_config`] and [`DifferentiableSe3Transformer::new`].
     pub fn new(
         variant: IterativeVariant,
         config: IterativeConfig,
@@ -317,16 +319,22 @@ impl IterativeSe3Transformer {
         lr: f64,
     ) -> Result<Self, Error> {
         let cfg = config.block_config(variant)?;
-        let keys = Se3Transformer::expected_keys(&cfg)?;
+        let keys = Se3TransformerOracle::expected_keys(&cfg)?;
         let mut blocks = Vec::new();
         for k in 0..config.stages(variant) {
             let sd = fresh_weights(&keys, seed.wrapping_mul(1000).wrapping_add(k as u64))?;
-            let net = TrainableSe3Transformer::new(&cfg, &sd, GraphForm::Fused)?;
-            let mut values = Vec::new();
-            for (key, _) in net.parameters() {
-                let v = net.parameter(&key)?.iter().map(|&x| x as f32).collect();
-                values.push((key, v));
-            }
+            let net = DifferentiableSe3Transformer::new(
+                &Se3TransformerNet::from_config(&cfg, &sd)?,
+                forward_options(),
+                &sd,
+                Objective::Cotangents,
+                variant == IterativeVariant::ThroughBasis,
+            )?;
+            let values = net
+                .parameters()
+                .iter()
+                .map(|p| (p.name.clone(), p.value.clone()))
+                .collect();
             blocks.push(Block { net, values });
         }
         Ok(IterativeSe3Transformer {
@@ -383,7 +391,7 @@ impl IterativeSe3Transformer {
         };
         for &(stage, s) in block.net.last_timings() {
             match stage {
-                "host: neighbours + basis" => self.timings.host_graph += s,
+                "host: neighbours + inputs" => self.timings.host_graph += s,
                 "graph: forward + backward" | "graph: forward" => self.timings.graph_run += s,
                 _ => self.timings.host_gradients += s,
             }
@@ -431,14 +439,10 @@ impl IterativeSe3Transformer {
                     "cotangent.out".to_string(),
                     Tensor::new(vec![b, n, 3], cot.to_vec())?,
                 );
-                block
-                    .net
-                    .forward_and_gradients(&inputs, &forward_options(), &cotangents)?
+                let run = block.net.gradients(&inputs, &cotangents)?;
+                (run.outputs, run.grads)
             }
-            None => (
-                block.net.forward(&inputs, &forward_options())?,
-                StateDict::new(),
-            ),
+            None => (block.net.forward(&inputs)?, StateDict::new()),
         };
         self.record_block_timings(k);
         let out = outputs.get("out").ok_or(Error::MissingKey {
@@ -591,7 +595,9 @@ impl IterativeSe3Transformer {
         self.timings.adam = t_adam.elapsed().as_secs_f64();
         let t_write = std::time::Instant::now();
         for block in &mut self.blocks {
-            block.net.set_parameters_f32(&block.values)?;
+            for (key, value) in &block.values {
+                block.net.set_parameter(key, value.clone())?;
+            }
         }
         self.timings.write_back = t_write.elapsed().as_secs_f64();
         Ok(loss)

@@ -1,5 +1,5 @@
 //! se3's Tensor Field Network and SE(3)-Transformer for the charged N-body benchmark (the EGNN
-//! paper's protocol), both one [`TrainableSe3Transformer`] trained by reverse-mode gradients and
+//! paper's protocol), both one [`DifferentiableSe3Transformer`] trained by reverse-mode gradients and
 //! Adam.
 //!
 //! Every graph is fully connected (5 particles: each node sees the 4 others). Inputs, as in the
@@ -35,10 +35,11 @@ use se3_core::train::{Adam, Optimizer, Param};
 use super::dataset::Sample;
 use super::nbody_model::NBodyModel;
 use crate::checkpoint::{StateDict, Tensor};
-use crate::differentiable::Objective;
+use crate::differentiable::{Differentiable, Objective};
 use crate::inputs::{EdgeInput, ModelInputs, NodeFeats};
+use crate::se3_transformer::net::DifferentiableSe3Transformer;
 use crate::se3_transformer::{
-    GraphForm, Se3Transformer, Se3TransformerConfig, Se3TransformerForward, TrainableSe3Transformer,
+    Se3TransformerConfig, Se3TransformerForward, Se3TransformerNet, Se3TransformerOracle,
 };
 use crate::training::init::fresh_weights;
 use crate::Error;
@@ -151,7 +152,7 @@ impl NBodySe3Config {
 /// The N-body TFN or SE(3)-Transformer (module doc) with its Adam state.
 pub struct NBodySe3Net {
     config: NBodySe3Config,
-    net: TrainableSe3Transformer,
+    net: DifferentiableSe3Transformer,
     /// (key, float32 values) in the net's parameter order.
     values: Vec<(String, Vec<f32>)>,
     adam: Adam,
@@ -244,22 +245,23 @@ impl NBodySe3Net {
     /// at learning rate `lr`.
     ///
     /// # Errors
-    /// Those of [`NBodySe3Config::network_config`] and [`TrainableSe3Transformer::new`].
+    /// Those of [`NBodySe3Config::network_config`] and [`DifferentiableSe3Transformer::new`].
     pub fn new(config: NBodySe3Config, seed: u64, lr: f64) -> Result<Self, Error> {
         let cfg = config.network_config()?;
-        let keys = Se3Transformer::expected_keys(&cfg)?;
+        let keys = Se3TransformerOracle::expected_keys(&cfg)?;
         let sd = fresh_weights(&keys, seed)?;
-        let net = TrainableSe3Transformer::with_objective(
-            &cfg,
+        let net = DifferentiableSe3Transformer::new(
+            &Se3TransformerNet::from_config(&cfg, &sd)?,
+            forward_options(),
             &sd,
-            GraphForm::Fused,
             Objective::MeanSquaredError,
+            false,
         )?;
-        let mut values = Vec::new();
-        for (key, _) in net.parameters() {
-            let v = net.parameter(&key)?.iter().map(|&x| x as f32).collect();
-            values.push((key, v));
-        }
+        let values = net
+            .parameters()
+            .iter()
+            .map(|p| (p.name.clone(), p.value.clone()))
+            .collect();
         Ok(NBodySe3Net {
             config,
             net,
@@ -292,9 +294,8 @@ impl NBodySe3Net {
             "target.out".to_string(),
             Tensor::new(shape.clone(), target)?,
         );
-        let (outputs, grads) =
-            self.net
-                .forward_and_gradients(&batch.inputs, &forward_options(), &targets)?;
+        let run = self.net.gradients(&batch.inputs, &targets)?;
+        let (outputs, grads) = (run.outputs, run.grads);
         let out = outputs.get("out").ok_or(Error::MissingKey {
             key: "out".into(),
             expected: shape.clone(),
@@ -380,7 +381,9 @@ impl NBodySe3Net {
                 .collect();
             self.adam.step(&mut params)?;
         }
-        self.net.set_parameters_f32(&self.values)?;
+        for (key, value) in &self.values {
+            self.net.set_parameter(key, value.clone())?;
+        }
         Ok(loss)
     }
 }

@@ -39,6 +39,11 @@ pub struct DifferentiableSe3Transformer {
     reduce: bool,
     /// Wall time of the stages of the last run, seconds.
     timings: Vec<(&'static str, f64)>,
+    /// The model, for the forward-only graph built on first use.
+    net: Se3TransformerNet,
+    /// The forward-only graph ([`DifferentiableSe3Transformer::forward`]), its weights kept
+    /// equal to the parameters.
+    forward_run: Option<NetSession>,
 }
 
 impl DifferentiableSe3Transformer {
@@ -162,7 +167,32 @@ impl DifferentiableSe3Transformer {
             inputs,
             reduce: net.options().reduce_dim_out,
             timings: Vec::new(),
+            net: net.clone(),
+            forward_run: None,
         })
+    }
+
+    /// The outputs alone (named and shaped as the library returns them), on a forward-only
+    /// graph of the same layers with the current parameters (built on first use).
+    ///
+    /// # Errors
+    /// As [`NetSession::forward_inputs`].
+    pub fn forward(&mut self, inputs: &ModelInputs) -> Result<StateDict, Error> {
+        let run = match &mut self.forward_run {
+            Some(run) => run,
+            slot => {
+                let mut run = self.net.compile()?;
+                for p in self.params.iter() {
+                    run.session()
+                        .set_weight(&p.name, p.value.clone(), &p.shape)?;
+                }
+                slot.insert(run)
+            }
+        };
+        let t = std::time::Instant::now();
+        let out = run.forward_inputs(inputs, &self.fwd)?;
+        self.timings = vec![("graph: forward", t.elapsed().as_secs_f64())];
+        Ok(out)
     }
 
     /// The session (e.g. its memory figures).
@@ -196,6 +226,14 @@ impl Differentiable for DifferentiableSe3Transformer {
     }
 
     fn set_parameter(&mut self, name: &str, value: Vec<f32>) -> Result<(), Error> {
+        if let Some(run) = &mut self.forward_run {
+            let shape = self
+                .params
+                .get(name)
+                .map(|p| p.shape.clone())
+                .unwrap_or_default();
+            run.session().set_weight(name, value.clone(), &shape)?;
+        }
         self.params.set(self.run.session(), name, value)
     }
 
