@@ -1,4 +1,4 @@
-//! The memory estimate of the compiled SE(3)-Transformer (`estimate_memory`, printed by
+//! The memory estimate of the SE(3)-Transformer (`estimate_memory`, printed by
 //! `se3 infer --estimate`), made before a forward, against what the forward then measures: the
 //! graph's peak of inputs and intermediates alive at once (se3-core `MemoryStats`).
 
@@ -8,7 +8,7 @@ use common::*;
 use rand::Rng;
 use se3_models::checkpoint::Tensor;
 use se3_models::inputs::{BoolTensor, ModelInputs, NodeFeats};
-use se3_models::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
+use se3_models::se3_transformer::{Se3TransformerConfig, Se3TransformerForward, Se3TransformerNet};
 use se3_models::Error;
 
 #[test]
@@ -20,8 +20,9 @@ fn the_estimate_made_before_a_forward_is_within_a_fifth_of_the_measured_graph_pe
         "dim": 8, "heads": 2, "dim_head": 4, "depth": 1, "num_degrees": 2, "num_neighbors": 8
     }))?;
     let fwd = Se3TransformerForward::default();
-    let mut model = Se3Transformer::from_state_dict(&cfg, random_weights(&cfg, &mut r)?)?;
-    // a batch of three small clouds runs as one merged graph, which the estimate must size
+    let mut model =
+        Se3TransformerNet::from_config(&cfg, &random_weights(&cfg, &mut r)?)?.compile()?;
+    // a batch of three small clouds runs as one graph, which the estimate must size
     for (b, n) in [(1usize, 40usize), (1, 300), (3, 40)] {
         let estimate = model.estimate_memory(b, n)?;
         assert_eq!(estimate.neighbours, 8);
@@ -40,8 +41,8 @@ fn the_estimate_made_before_a_forward_is_within_a_fifth_of_the_measured_graph_pe
             neighbor_mask: None,
             global_feats: None,
         };
-        model.forward(&inputs, &fwd)?;
-        let measured = model.memory_stats().peak_intermediates as f64;
+        model.forward_inputs(&inputs, &fwd)?;
+        let measured = model.session().memory_stats().peak_intermediates as f64;
         let ratio = estimate.graph_peak as f64 / measured;
         assert!(
             (0.8..=1.25).contains(&ratio),

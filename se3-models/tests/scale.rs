@@ -9,7 +9,7 @@ use rand::Rng;
 use se3_models::checkpoint::Tensor;
 use se3_models::inputs::{BoolTensor, ModelInputs, NodeFeats};
 use se3_models::se3_transformer::graph::{select_neighbors, PairInputs, SelectionParams};
-use se3_models::se3_transformer::{Se3Transformer, Se3TransformerConfig, Se3TransformerForward};
+use se3_models::se3_transformer::{Se3TransformerConfig, Se3TransformerForward, Se3TransformerNet};
 use se3_models::Error;
 
 #[test]
@@ -102,14 +102,22 @@ fn blocked_forward_gives_the_outputs_of_the_unblocked_forward() -> Result<(), Er
                 "use_egnn": true, "output_degrees": 2, "reduce_dim_out": true}),
             2,
         ),
+        // rotary angles and a position embedding read each node's place in the whole cloud
+        (
+            serde_json::json!({"dim": 8, "heads": 2, "dim_head": 4, "depth": 1,
+                "num_degrees": 2, "num_neighbors": 5, "rotary_position": true,
+                "rotary_rel_dist": true, "num_positions": 1500}),
+            3,
+        ),
     ] {
         let cfg = Se3TransformerConfig::from_kwargs(&kwargs)?;
         let fwd = Se3TransformerForward::default();
-        let mut model = Se3Transformer::from_state_dict(&cfg, random_weights(&cfg, &mut r)?)?;
+        let mut model =
+            Se3TransformerNet::from_config(&cfg, &random_weights(&cfg, &mut r)?)?.compile()?;
         assert_eq!(model.message_hops(), hops, "{kwargs}");
         let n = 1500;
         let inputs = cloud(&mut r, n, 8);
-        let want = model.forward(&inputs, &fwd)?;
+        let want = model.forward_inputs(&inputs, &fwd)?;
         let (got, stats) = model.forward_blocked(&inputs, &fwd, 150)?;
         assert_eq!(stats.blocks, 10);
         assert!(

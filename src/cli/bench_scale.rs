@@ -6,12 +6,12 @@
 //! - `knn`: the 16 nearest neighbours of every point (se3-core `ops::neighbors`, exact, grid
 //!   search), points uniform at unit density (a cube of side n^(1/3));
 //! - `radius`: up to 32 neighbours within radius 1.5 at the same density (about 14 expected);
-//! - `se3t`: one blocked forward (`Se3Transformer::forward_blocked`, blocks of
-//!   [`BLOCK_NODES`] centres with their neighbourhoods) of the compiled SE(3)-Transformer of
+//! - `se3t`: one blocked forward (`NetSession::forward_blocked`, blocks of
+//!   [`BLOCK_NODES`] centres with their neighbourhoods) of the SE(3)-Transformer of
 //!   `se3 bench se3-transformer` (dim 32, heads 4, dim_head 16, depth 2, 2 degrees, 16
 //!   neighbours, batch 1, random weights) on the same unit-density cloud, after a warm-up forward
 //!   on 2,000 points, next to its memory estimate made before the forward
-//!   (`Se3Transformer::estimate_blocked_memory`, what `se3 infer --estimate
+//!   (`NetSession::estimate_blocked_memory`, what `se3 infer --estimate
 //!   --block-nodes` prints).
 //!
 //! The SE(3)-Transformer's neighbours are selected by the grid search (about O(n k)); per-edge
@@ -26,7 +26,7 @@ use luminal::prelude::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use se3_core::exec::{InputKind, Session};
 use se3_core::ops;
-use se3_models::se3_transformer::{Se3Transformer, Se3TransformerForward};
+use se3_models::se3_transformer::{Se3TransformerForward, Se3TransformerNet};
 
 use super::bench_se3t::{bench_config, random_inputs, random_weights};
 
@@ -187,7 +187,8 @@ fn se3t(n: usize, r: &mut StdRng) -> Result<(f64, usize), super::CliError> {
     let cfg = bench_config(2)?;
     let sd = random_weights(&cfg, r)?;
     let fwd = Se3TransformerForward::from_literals(&serde_json::json!({"return_type": 0}))?;
-    let mut model = Se3Transformer::from_state_dict(&cfg, sd)?;
+    let mut model = Se3TransformerNet::from_config(&cfg, &sd)?.compile()?;
+    drop(sd);
     let warm = cloud_inputs(n.min(2000), 32, r)?;
     model.forward_blocked(&warm, &fwd, BLOCK_NODES)?;
     drop(warm);

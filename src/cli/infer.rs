@@ -24,7 +24,6 @@ use se3_models::checkpoint::SaveDtype;
 use se3_models::inputs::ModelInputs;
 use se3_models::model_file::ModelFile;
 use se3_models::se3_transformer::basis::QjSigns;
-use se3_models::se3_transformer::Se3Transformer;
 use se3_models::zoo::{CompiledModel, Model};
 
 /// The libraries whose models `se3 infer` runs.
@@ -70,7 +69,7 @@ pub struct InferArgs {
     #[arg(long, default_value_t = 0)]
     pub sparse_seed: u64,
     /// SE(3)-Transformer on large clouds: run the graph on blocks of this many centre nodes with
-    /// their neighbourhoods (`Se3Transformer::forward_blocked`: the same outputs, per-edge
+    /// their neighbourhoods (`NetSession::forward_blocked`: the same outputs, per-edge
     /// memory of one block at a time); with `--estimate`, estimate that run.
     #[arg(long)]
     pub block_nodes: Option<usize>,
@@ -133,22 +132,33 @@ pub fn run(args: &InferArgs) -> Result<(), super::CliError> {
     }
     model.set_sparse_sampling_seed(args.sparse_seed);
     if args.estimate {
-        return print_estimate(model, &inputs, args.block_nodes);
+        return print_estimate(
+            model,
+            signs.as_ref(),
+            &file,
+            &weights,
+            &inputs,
+            args.block_nodes,
+        );
     }
     let output = args.output.as_ref().ok_or("--output is required")?;
     let outputs = match args.engine {
         Engine::Graph => {
-            match (args.block_nodes, &model) {
-                // the blocked forward (bounded memory on large clouds) runs on the
-                // SE(3)-Transformer's block graph
-                (Some(block), Model::Se3Transformer(m, fwd)) => {
-                    let mut blocked = Se3Transformer::from_model((**m).clone())?;
-                    blocked.forward_blocked(&inputs, fwd, block)?.0
+            match args.block_nodes {
+                // the blocked forward: bounded memory on large clouds
+                Some(block) => {
+                    match CompiledModel::from_model(model, signs.as_ref(), &file, &weights)? {
+                        CompiledModel::Se3Transformer(mut m, fwd) => {
+                            m.forward_blocked(&inputs, &fwd, block)?.0
+                        }
+                        _ => {
+                            return Err(
+                                "--block-nodes is available for the SE(3)-Transformer only".into()
+                            )
+                        }
+                    }
                 }
-                (Some(_), _) => {
-                    return Err("--block-nodes is available for the SE(3)-Transformer only".into())
-                }
-                (None, _) => {
+                None => {
                     match CompiledModel::from_model(model.clone(), signs.as_ref(), &file, &weights)
                     {
                         Ok(mut compiled) => compiled.forward(&inputs)?,
@@ -177,19 +187,23 @@ pub fn run(args: &InferArgs) -> Result<(), super::CliError> {
     Ok(())
 }
 
-/// `--estimate`: the compiled SE(3)-Transformer's memory estimate for the inputs' batch and
-/// cloud size ([`Se3Transformer::estimate_memory`]; with `--block-nodes` of the blocked
+/// `--estimate`: the SE(3)-Transformer's memory estimate for the inputs' batch and
+/// cloud size (`NetSession::estimate_memory`; with `--block-nodes` of the blocked
 /// forward, `estimate_blocked_memory`), one line per part.
 fn print_estimate(
     model: Model,
+    signs: Option<&QjSigns>,
+    file: &ModelFile,
+    weights: &se3_models::checkpoint::StateDict,
     inputs: &ModelInputs,
     block_nodes: Option<usize>,
 ) -> Result<(), super::CliError> {
     let (b, n) = (inputs.batch(), inputs.nodes());
-    let Model::Se3Transformer(m, _) = model else {
+    let CompiledModel::Se3Transformer(mut m, _) =
+        CompiledModel::from_model(model, signs, file, weights)?
+    else {
         return Err("--estimate is available for the SE(3)-Transformer only".into());
     };
-    let mut m = Se3Transformer::from_model(*m)?;
     let (e, host_copies) = match block_nodes {
         Some(block) => {
             let (e, plan) = m.estimate_blocked_memory(inputs, block)?;
@@ -208,7 +222,7 @@ fn print_estimate(
         e.neighbours
     );
     println!(
-        "  weights (f32 graph + f64 host): {:.1} MiB",
+        "  weights (f32 graph):            {:.1} MiB",
         mib(e.weights)
     );
     println!(

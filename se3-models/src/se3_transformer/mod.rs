@@ -23,13 +23,11 @@ pub mod reassociated;
 pub(crate) mod torch_topk;
 pub mod typed;
 
-pub use compiled::{
-    BlockStats, GraphForm, MemoryEstimate, Se3Transformer, TrainableSe3Transformer,
-};
+pub use compiled::{GraphForm, Se3Transformer, TrainableSe3Transformer};
 pub use config::{DimSpec, Se3TransformerConfig, Se3TransformerForward, Se3TransformerShape};
 pub use net::{
-    knn_edges, CloudInputs, EgnnTrunk, NetFibers, NetSession, Se3TransformerNet,
-    Se3TransformerOptions,
+    knn_edges, BlockStats, CloudInputs, EgnnTrunk, MemoryEstimate, NetFibers, NetSession,
+    Se3TransformerNet, Se3TransformerOptions,
 };
 pub use oracle::Se3TransformerOracle;
 pub use reassociated::Contraction;

@@ -43,8 +43,10 @@ use crate::se3_transformer::graph::{
 };
 use crate::Error;
 
+mod blocked;
 mod differentiable;
 
+pub use blocked::{BlockStats, MemoryEstimate};
 pub use differentiable::DifferentiableSe3Transformer;
 
 /// The options of an SE(3)-Transformer besides its fibers (se3-transformer-pytorch kwargs of
@@ -640,6 +642,16 @@ impl Se3TransformerNet {
             .map_or(&self.fibers.output, LinearLayer::fiber_out)
     }
 
+    /// Layers that pass messages along edges: conv_in, the conv stack, each attention or EGNN
+    /// block, conv_out (each widens the set of nodes an output depends on by one hop).
+    pub fn message_hops(&self) -> usize {
+        let trunk = match &self.trunk {
+            Trunk::Attention(blocks) => blocks.len(),
+            Trunk::Egnn(layers) => layers.len(),
+        };
+        1 + self.convs.len() + trunk + usize::from(self.conv_out.is_some())
+    }
+
     /// Whether the library returns the type-0 output alone (`output_degrees = 1`).
     pub fn returns_scalar(&self) -> bool {
         self.options.conv_out && max_degree(&self.fibers.output) == 0
@@ -1070,6 +1082,28 @@ pub struct NetSession {
     sparse_seed: u64,
     /// `output_degrees = 1`: the library returns the type-0 output alone.
     scalar_output: bool,
+    /// [`NetSession::message_hops`].
+    hops: usize,
+}
+
+/// A batch's inputs checked and every node's neighbours selected, in global row ids (clouds
+/// of `n` nodes stacked): what [`NetSession::feed`] sets for all rows or a block of them.
+pub(crate) struct Prepared<'a> {
+    coords: &'a [[f64; 3]],
+    rows: usize,
+    n: usize,
+    x: NodeInput<'a>,
+    bonds: Option<Bonds>,
+    edge_tokens: Option<&'a [i64]>,
+    edge_features: Option<&'a [f64]>,
+    global: Option<(usize, Vec<f32>)>,
+    /// Slots per node.
+    k: usize,
+    /// Edge `i k + kk` of node `i`: source and destination (`-1` for none).
+    src: Vec<f32>,
+    dst: Vec<f32>,
+    /// With the EGNN trunk: every selected neighbour keeps its edge, flagged here.
+    valid: Option<Vec<f32>>,
 }
 
 /// The nodes of a forward: features (one block per degree of the input fiber), or token ids
@@ -1092,6 +1126,7 @@ impl NetSession {
             output: net.output_fiber().clone(),
             sparse_seed: 0,
             scalar_output: net.returns_scalar(),
+            hops: net.message_hops(),
         }
     }
 
@@ -1311,6 +1346,21 @@ impl NetSession {
         x: NodeInput<'_>,
         extra: CloudInputs<'_>,
     ) -> Result<(Vec<f32>, Vec<f32>), Error> {
+        let prepared = self.prepare(coords, batch, mask, x, extra)?;
+        let all: Vec<usize> = (0..prepared.rows).collect();
+        self.feed(&prepared, &all)?;
+        Ok((prepared.src, prepared.dst))
+    }
+
+    /// Checks a forward's inputs and selects every node's neighbours (global row ids).
+    pub(crate) fn prepare<'a>(
+        &self,
+        coords: &'a [[f64; 3]],
+        batch: usize,
+        mask: Option<&[bool]>,
+        x: NodeInput<'a>,
+        extra: CloudInputs<'a>,
+    ) -> Result<Prepared<'a>, Error> {
         let rows = coords.len();
         if batch == 0 || rows == 0 || rows / batch < 2 {
             return Err(Error::EmptyGraph {
@@ -1415,68 +1465,127 @@ impl NetSession {
             sparse,
             self.options.egnn.is_some(),
         );
+        Ok(Prepared {
+            coords,
+            rows,
+            n,
+            x,
+            bonds,
+            edge_tokens,
+            edge_features,
+            global,
+            k: src.len() / rows,
+            src,
+            dst,
+            valid,
+        })
+    }
+
+    /// Sets the session's inputs for the nodes `rows` of `p` (global row ids; every row, or a
+    /// block and its neighbourhood): their features and coordinates, and their edges with the
+    /// sources renumbered among `rows` (a source outside them is a missing edge).
+    pub(crate) fn feed(&mut self, p: &Prepared<'_>, rows: &[usize]) -> Result<(), Error> {
+        let (n, k) = (p.n, p.k);
+        let mut local = vec![usize::MAX; p.rows];
+        for (r, &g) in rows.iter().enumerate() {
+            local[g] = r;
+        }
+        // the block's edges in global ids (-1: missing or leaving the block), and local ids
+        let e = rows.len() * k;
+        let (mut src, mut dst) = (vec![-1.0f32; e], vec![-1.0f32; e]);
+        let (mut lsrc, mut ldst) = (vec![-1.0f32; e], vec![-1.0f32; e]);
+        let mut valid = p.valid.as_ref().map(|_| vec![0.0f32; e]);
+        for (r, &g) in rows.iter().enumerate() {
+            for kk in 0..k {
+                let (q, at) = (g * k + kk, r * k + kk);
+                let (j, i) = (p.src[q], p.dst[q]);
+                if j < 0.0 || i < 0.0 || local[j as usize] == usize::MAX {
+                    continue;
+                }
+                (src[at], dst[at]) = (j, i);
+                (lsrc[at], ldst[at]) = (local[j as usize] as f32, r as f32);
+                if let (Some(v), Some(pv)) = (&mut valid, &p.valid) {
+                    v[at] = pv[q];
+                }
+            }
+        }
+        let m = rows.len();
         let s = &mut self.session;
         if self.options.num_positions.is_some() {
-            let positions = (0..rows).map(|i| (i % n) as f32).collect();
-            s.set("positions", positions, &[rows])?;
+            let positions = rows.iter().map(|&g| (g % n) as f32).collect();
+            s.set("positions", positions, &[m])?;
         }
         if let Some(rot) = &self.rotary {
             let dh = self.options.dim_head;
-            let (nc, ns) = rot.cos_sin(dh, (0..rows).map(|i| (i % n, 0.0)));
+            let (nc, ns) = rot.cos_sin(dh, rows.iter().map(|&g| (g % n, 0.0)));
             let edge = |(&j, &i): (&f32, &f32)| -> (usize, f64) {
                 if j < 0.0 || i < 0.0 {
                     return (0, 0.0);
                 }
-                let (a, b) = (coords[i as usize], coords[j as usize]);
+                let (a, b) = (p.coords[i as usize], p.coords[j as usize]);
                 let d2: f64 = (0..3).map(|c| (a[c] - b[c]) * (a[c] - b[c])).sum();
                 (j as usize % n, d2.sqrt())
             };
             let (ec, es) = rot.cos_sin(dh, src.iter().zip(&dst).map(edge));
-            let e = src.len();
-            s.set("rotary.node_cos", nc, &[rows, dh])?;
-            s.set("rotary.node_sin", ns, &[rows, dh])?;
+            s.set("rotary.node_cos", nc, &[m, dh])?;
+            s.set("rotary.node_sin", ns, &[m, dh])?;
             s.set("rotary.edge_cos", ec, &[e, dh])?;
             s.set("rotary.edge_sin", es, &[e, dh])?;
         }
-        if let Some((tokens, values)) = global {
-            let width = values.len() / (rows * tokens);
-            s.set("global", values, &[rows, tokens, width])?;
+        if let Some((tokens, values)) = &p.global {
+            let width = values.len() / (p.rows * tokens);
+            let per_row = tokens * width;
+            let block: Vec<f32> = rows
+                .iter()
+                .flat_map(|&g| values[g * per_row..(g + 1) * per_row].iter().copied())
+                .collect();
+            s.set("global", block, &[m, *tokens, width])?;
         }
-        let e = src.len();
-        if let Some(f) = edge_features {
+        if let Some(f) = p.edge_features {
+            let ed = self.options.edge_input_width();
             s.set(
                 "edges.features",
                 gather_edge_features(f, &src, &dst, n, ed),
                 &[e, ed],
             )?;
         }
-        if let (Some(b), true) = (&bonds, self.options.adjacency_width() > 0) {
+        if let (Some(b), true) = (&p.bonds, self.options.adjacency_width() > 0) {
             let labels = pair_ids(&src, &dst, n, |c, i, j| b.labels[c][i * n + j]);
             s.set("edges.adjacency", labels, &[e])?;
         }
-        if let Some(t) = edge_tokens {
+        if let Some(t) = p.edge_tokens {
             let ids = pair_ids(&src, &dst, n, |c, i, j| t[(c * n + i) * n + j]);
             s.set("edges.tokens", ids, &[e])?;
         }
-        let flat: Vec<f32> = coords.iter().flatten().map(|&v| v as f32).collect();
-        s.set("coords", flat, &[rows, 3])?;
-        s.set_dim('k', e / rows);
-        s.set("edges.src", src.clone(), &[e])?;
-        s.set("edges.dst", dst.clone(), &[e])?;
+        let flat: Vec<f32> = rows
+            .iter()
+            .flat_map(|&g| p.coords[g])
+            .map(|v| v as f32)
+            .collect();
+        s.set("coords", flat, &[m, 3])?;
+        s.set_dim('k', k);
+        s.set("edges.src", lsrc, &[e])?;
+        s.set("edges.dst", ldst, &[e])?;
         if let Some(valid) = valid {
             s.set("edges.valid", valid, &[e])?;
         }
-        match x {
+        match p.x {
             NodeInput::Features(x) => {
                 for (d, b) in self.input.degrees().iter().zip(x) {
-                    s.set(&format!("x.{}", d.l), b.data().to_vec(), &b.shape())?;
+                    let w = d.channels * d.width();
+                    let data: Vec<f32> = rows
+                        .iter()
+                        .flat_map(|&g| b.data()[g * w..(g + 1) * w].iter().copied())
+                        .collect();
+                    s.set(&format!("x.{}", d.l), data, &[m, d.channels, d.width()])?;
                 }
             }
             NodeInput::Tokens(t) => {
-                s.set("tokens", t.iter().map(|&v| v as f32).collect(), &[rows])?;
+                let ids = rows.iter().map(|&g| t[g] as f32).collect();
+                s.set("tokens", ids, &[m])?;
             }
         }
-        Ok((src, dst))
+        Ok(())
     }
 
     /// The neighbour selection's parameters.
