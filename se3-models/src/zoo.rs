@@ -230,7 +230,7 @@ impl CompiledModel {
     ) -> Result<Self, Error> {
         let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
         let net = Se3TransformerNet::from_config(&cfg, weights)?;
-        Ok(Self::Se3Transformer(Box::new(net.compile()?), fwd))
+        Ok(Self::Se3Transformer(Box::new(net.into_session()?), fwd))
     }
 
     /// Runs the model's graphs on `device` from now on: compiled graphs move with their

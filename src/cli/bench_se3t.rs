@@ -1,5 +1,5 @@
-//! `se3 bench se3-transformer`: forward time and peak memory of the compiled SE(3)-Transformer
-//! ([`Se3Transformer`]: float32 luminal graph, reassociated contraction) at the sizes of the
+//! `se3 bench se3-transformer`: forward time and peak memory of the SE(3)-Transformer
+//! ([`Se3TransformerNet`]: se3-core's layers as one float32 luminal graph) at the sizes of the
 //! PyTorch baseline (BASELINE.md: dim 32, heads 4, dim_head 16, depth 2, 16 neighbours, batch 1,
 //! random weights and inputs), next to se3-transformer-pytorch's figures as ratios, measured in
 //! the same session by `bench_pytorch.py` (`super::bench_pytorch`; none without a python).
@@ -10,16 +10,14 @@
 //! (VmHWM of /proc/self/status) is its own: reported after building + compiling the graph and after
 //! the forwards, with where it goes (resident after the build, graph weights, the most
 //! intermediates alive at once in a forward, idle pooled buffers: se3-core `exec::MemoryStats`).
-//! The weights are moved from the state dict into the model and converted to float32 as the graph
-//! is built ([`Se3Transformer::from_state_dict`]); the `se3` program (so the child too)
+//! The weights are drawn as the layers ask for them and moved into the graph
+//! ([`Se3TransformerNet::into_session`]); the `se3` program (so the child too)
 //! pins glibc's mmap threshold (`exec::pool::pin_mmap_threshold`) so freed large buffers leave
 //! the resident set.
 //! The child runs one warm-up and then the median of 3 forwards (and their CPU time), and times
 //! one more forward per operator (`se3_core::exec::profile`) to say where the time goes: host
 //! preparation (neighbours, kernel basis), radial networks, gathers + `Kx`, the fused
 //! contractions, attention and node operations. `SE3_PROFILE=1` also lists the heaviest operators.
-//! Last, the child times the same model assembled from se3-core's typed layers
-//! ([`TypedSe3Transformer`], same weights and inputs), printed as a ratio to the compiled model.
 
 use std::process::Command;
 use std::time::Instant;
@@ -28,13 +26,12 @@ use super::bench_pytorch::{TorchSource, HOW_TO_GET_TORCH};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use se3_core::fiber::Features;
-use se3_core::fiber::Fiber;
-use se3_macros::fiber;
-use se3_models::checkpoint::{StateDict, Tensor, WeightSource};
+use se3_models::checkpoint::{StateDict, Tensor};
 use se3_models::inputs::{BoolTensor, ModelInputs, NodeFeats};
+use se3_models::se3_transformer::net::NetSource;
 use se3_models::se3_transformer::{
-    Se3Transformer, Se3TransformerConfig, Se3TransformerForward, TypedSe3Transformer,
+    Se3TransformerConfig, Se3TransformerForward, Se3TransformerNet, Se3TransformerOptions,
+    Se3TransformerOracle,
 };
 
 /// A benchmark size (PyTorch's figures are measured in the same session: [`TorchSource`]).
@@ -96,9 +93,6 @@ struct Measured {
     kernels: Vec<(String, f64, f64)>,
     /// `matrixmultiply::sgemm` on a large square in the same child, GFLOP/s.
     sgemm_gflops: f64,
-    /// Median forward of the same model assembled from se3-core's typed layers
-    /// ([`TypedSe3Transformer`]), same weights and inputs, timed after everything else.
-    typed_s: Option<f64>,
 }
 
 /// Runs every case in a child process and prints the table, with PyTorch from `torch` (each
@@ -295,20 +289,6 @@ pub fn run(
         );
     }
     println!(
-        "\nthe same model assembled from se3-core's typed layers (TypedSe3Transformer: \
-         conv, norm, attention and feed-forward layers of se3_core::layers, same weights and \
-         inputs; median of the same number of forwards):"
-    );
-    for (c, m, _) in &rows {
-        if let Some(t) = m.typed_s {
-            println!(
-                "  {:<16} {t:.4} s = {:.2}x the compiled model's time",
-                c.name,
-                t / m.median_s.max(1e-12)
-            );
-        }
-    }
-    println!(
         "cpu (s): CPU time (all threads) per forward; on a loaded machine the wall time of a \
          forward is at least cpu / threads. contract / radial GF/s: the fused edge contractions \
          (EdgeContract) and radial hidden layers (RadialHidden) in one instrumented forward, with \
@@ -343,7 +323,6 @@ fn parse(text: &str) -> Result<Measured, super::CliError> {
             (Some("mem_intermediates_mib"), Some(v)) => m.intermediates_mib = v.parse()?,
             (Some("mem_pooled_mib"), Some(v)) => m.pooled_mib = v.parse()?,
             (Some("sgemm_gflops"), Some(v)) => m.sgemm_gflops = v.parse()?,
-            (Some("typed_time"), Some(v)) => m.typed_s = Some(v.parse()?),
             (Some("kernel"), Some(k)) => {
                 let flops = it.next().ok_or("kernel line without flops")?.parse()?;
                 let secs = it.next().ok_or("kernel line without seconds")?.parse()?;
@@ -528,7 +507,7 @@ pub fn random_weights(
     cfg: &Se3TransformerConfig,
     rng: &mut StdRng,
 ) -> Result<StateDict, super::CliError> {
-    uniform_weights(Se3Transformer::expected_keys(cfg)?, rng)
+    uniform_weights(Se3TransformerOracle::expected_keys(cfg)?, rng)
 }
 
 /// A state dict with `keys`, each entry U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in its last axis.
@@ -580,28 +559,53 @@ pub fn random_inputs(
     })
 }
 
-/// The weights of [`random_weights`] drawn as the model asks for them (same values, same order):
-/// a checkpoint that is never held whole, read as a graph host
-/// ([`WeightSource::graph_host`]), as [`Se3Transformer::from_safetensors`] reads a file.
+/// Weights drawn as the layers ask for them (each entry as [`uniform_weights`] draws it): a
+/// checkpoint that is never held whole.
 struct RandomWeights<'r> {
     rng: &'r mut StdRng,
 }
 
-impl WeightSource for RandomWeights<'_> {
-    fn take(&mut self, _key: &str, shape: &[usize]) -> Result<Tensor, se3_models::Error> {
-        uniform_tensor(shape, self.rng)
+impl se3_core::layers::ParamSource for RandomWeights<'_> {
+    fn get(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, se3_core::Error> {
+        let t = uniform_tensor(shape, self.rng).map_err(|_| se3_core::Error::WrongShape {
+            key: key.to_string(),
+            expected: shape.to_vec(),
+            found: shape.to_vec(),
+        })?;
+        Ok(t.data.iter().map(|&v| v as f32).collect())
+    }
+}
+
+impl NetSource for RandomWeights<'_> {
+    fn shape_of(&self, _key: &str) -> Option<Vec<usize>> {
+        None
     }
 
-    fn graph_host(&self) -> bool {
-        true
+    fn take_f64(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f64>, se3_core::Error> {
+        if key.ends_with("inv_freq") {
+            // the library's frequencies, not random values
+            let d = 2 * shape.iter().product::<usize>();
+            return Ok((0..d / 2)
+                .map(|i| 1.0 / 10000f64.powf((2 * i) as f64 / d as f64))
+                .collect());
+        }
+        Ok(uniform_tensor(shape, self.rng)
+            .map_err(|_| se3_core::Error::MissingKey {
+                key: key.to_string(),
+                expected: shape.to_vec(),
+            })?
+            .data)
     }
 }
 
 fn run_case(c: &Case) -> Result<(), super::CliError> {
     let mut rng = StdRng::seed_from_u64(0);
     let cfg = bench_config(c.num_degrees)?;
-    // weights drawn while the model is built (PyTorch too never holds them in float64)
-    let mut model = Se3Transformer::from_source(&cfg, &mut RandomWeights { rng: &mut rng })?;
+    // weights drawn as the layers ask for them and moved into the graph (PyTorch too never
+    // holds them in float64)
+    let (options, fibers) = Se3TransformerOptions::from_config(&cfg)?;
+    let net = Se3TransformerNet::load_from(&mut RandomWeights { rng: &mut rng }, fibers, options)?;
+    let mut model = net.into_session()?;
     let inputs = random_inputs(c.nodes, 32, &mut rng)?;
     let fwd = Se3TransformerForward::from_literals(&serde_json::json!({"return_type": 0}))?;
     let build_peak = peak_mib()?;
@@ -609,13 +613,13 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
     println!("build_rss_mib {}", status_mib("VmRSS:")?);
     // the forwards' own peak: VmHWM restarts from the resident set (Linux `clear_refs` 5)
     let forward_peak_measurable = std::fs::write("/proc/self/clear_refs", "5").is_ok();
-    model.forward(&inputs, &fwd)?;
+    model.forward_inputs(&inputs, &fwd)?;
     let mut times = Vec::new();
     let cpu0 = cpu_seconds();
     let reps = reps();
     for _ in 0..reps {
         let t = Instant::now();
-        model.forward(&inputs, &fwd)?;
+        model.forward_inputs(&inputs, &fwd)?;
         times.push(t.elapsed().as_secs_f64());
     }
     if let (Some(a), Some(b)) = (cpu0, cpu_seconds()) {
@@ -629,9 +633,13 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
         times[times.len() - 1]
     );
     // one more forward with every operator timed: the stages
-    model.instrument();
+    model
+        .session()
+        .compile_with(se3_core::exec::profile::Instrument);
     se3_core::exec::profile::reset();
-    model.forward(&inputs, &fwd)?;
+    let t = Instant::now();
+    model.forward_inputs(&inputs, &fwd)?;
+    let whole = t.elapsed().as_secs_f64();
     let recs = se3_core::exec::profile::records();
     for kind in ["EdgeContract", "RadialHidden", "RadialEdgeConv"] {
         let of_kind: Vec<_> = recs.iter().filter(|r| r.kind == kind).collect();
@@ -642,7 +650,10 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
         }
     }
     println!("sgemm_gflops {}", sgemm_gflops());
-    for (stage, t) in stages(&recs, model.last_timings()) {
+    // the host's share: what the instrumented forward spent outside the graph's operators
+    let graph: f64 = recs.iter().map(|r| r.seconds).sum();
+    let host = [("host", (whole - graph).max(0.0))];
+    for (stage, t) in stages(&recs, &host) {
         println!("stage {stage} {t}");
     }
     if std::env::var_os("SE3_PROFILE").is_some() {
@@ -652,7 +663,7 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
             eprintln!("{t:.4} {c:4} {k}");
         }
     }
-    let mem = model.memory_stats();
+    let mem = model.session().memory_stats();
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
     println!("mem_weights_mib {}", mib(mem.resident));
     println!("mem_intermediates_mib {}", mib(mem.peak_intermediates));
@@ -662,72 +673,5 @@ fn run_case(c: &Case) -> Result<(), super::CliError> {
         println!("forward_peak_mib {forward_peak}");
     }
     println!("peak_mib {}", forward_peak.max(build_peak));
-    // the same model assembled from se3-core's layers, after the peaks above were taken
-    drop(model);
-    let sd = random_weights(&cfg, &mut StdRng::seed_from_u64(0))?;
-    let typed = match c.num_degrees {
-        2 => time_typed::<Feats32, Degrees01, Feats32>(&cfg, &sd, &inputs)?,
-        3 => time_typed::<Feats32, Degrees012, Feats32>(&cfg, &sd, &inputs)?,
-        _ => return Ok(()),
-    };
-    println!("typed_time {typed}");
     Ok(())
-}
-
-#[fiber(0:32)]
-struct Feats32;
-
-#[fiber(0:32, 1:32)]
-struct Degrees01;
-
-#[fiber(0:32, 1:32, 2:32)]
-struct Degrees012;
-
-/// Median of [`reps`] forwards (after one warm-up) of the benchmark model assembled from
-/// se3-core's typed layers ([`TypedSe3Transformer`]) with the weights `sd` on `inputs`.
-fn time_typed<In: Fiber, Hidden: Fiber, Out: Fiber>(
-    cfg: &Se3TransformerConfig,
-    sd: &StateDict,
-    inputs: &ModelInputs,
-) -> Result<f64, super::CliError> {
-    let options = TypedSe3Transformer::<In, Hidden, Out>::options_of(cfg)?;
-    let mut session = TypedSe3Transformer::<In, Hidden, Out>::load(sd, options)?.compile()?;
-    let coords: Vec<[f64; 3]> = inputs
-        .coors
-        .data
-        .chunks(3)
-        .map(|p| [p[0], p[1], p[2]])
-        .collect();
-    let NodeFeats::Dense(feats) = &inputs.feats else {
-        return Err("the benchmark's features are dense".into());
-    };
-    let width = feats.data.len() / coords.len().max(1);
-    let x = Features::<In>::from_fn(coords.len(), |_, node, c, _| {
-        feats.data[node * width + c] as f32
-    });
-    session.forward(&coords, 1, None, &x)?;
-    let mut times = Vec::new();
-    for _ in 0..reps() {
-        let t = Instant::now();
-        session.forward(&coords, 1, None, &x)?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    if std::env::var_os("SE3_PROFILE").is_some() {
-        // the typed assembly's heaviest operators, on stderr
-        session
-            .session()
-            .compile_with(se3_core::exec::profile::Instrument);
-        se3_core::exec::profile::reset();
-        session.forward(&coords, 1, None, &x)?;
-        let recs = se3_core::exec::profile::records();
-        eprintln!("typed assembly:");
-        for (k, t, c) in se3_core::exec::profile::by_kind_and_shapes(&recs)
-            .iter()
-            .take(30)
-        {
-            eprintln!("{t:.4} {c:4} {k}");
-        }
-    }
-    Ok(times[times.len() / 2])
 }

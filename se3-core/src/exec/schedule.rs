@@ -8,7 +8,9 @@
 //! first any that releases at least as many bytes as it allocates (it is the last consumer of
 //! inputs at least as large as its outputs), else the node built first (lowest node index: the
 //! order in which the layers built the graph, i.e. the model's program order, which a compiler
-//! pass keeps roughly since a fused node reuses the index of a node it replaced). A purely greedy
+//! pass keeps roughly since a fused node reuses the index of a node it replaced). A node computed
+//! from resident weights alone (a weight's permuted copy) runs only when no other node is ready,
+//! so it is made just before it is needed instead of at the start with every other such copy. A purely greedy
 //! `freed - allocated` order was tried and is worse (it starts cheap-looking branches of later
 //! layers early). Sizes are the physical element counts of the node's outgoing views at the
 //! current dynamic dimensions, so a schedule is made per set of dimension sizes.
@@ -119,6 +121,23 @@ impl Schedule {
         for ((n, _), b) in &size {
             *alloc.entry(*n).or_insert(0) += b;
         }
+        // nodes computed from resident weights alone (a weight's permuted copy, say): ready
+        // from the start, they run only when nothing else is, so that they are made just
+        // before their consumer rather than all at once at the start of the run
+        let mut weight_only: FxHashSet<NodeIndex> = FxHashSet::default();
+        if let Ok(order) = luminal::prelude::petgraph::algo::toposort(&*g, None) {
+            for n in order {
+                let srcs = &sources[&n];
+                let from_weights = !present(n)
+                    && !srcs.is_empty()
+                    && srcs.iter().all(|((m, _), _)| {
+                        (present(*m) && graph.no_delete.contains(m)) || weight_only.contains(m)
+                    });
+                if from_weights {
+                    weight_only.insert(n);
+                }
+            }
+        }
         let mut ready: Vec<NodeIndex> = g
             .node_indices()
             .filter(|&n| !present(n) && waiting.get(&n) == Some(&0))
@@ -127,7 +146,7 @@ impl Schedule {
         let mut counted: FxHashSet<(NodeIndex, u8)> = FxHashSet::default();
         while !ready.is_empty() {
             let mut best = 0;
-            let mut best_key = (false, 0);
+            let mut best_key = (false, false, 0);
             for (i, &n) in ready.iter().enumerate() {
                 counted.clear();
                 let mut freed = 0usize;
@@ -142,7 +161,11 @@ impl Schedule {
                     }
                 }
                 let made = alloc.get(&n).copied().unwrap_or(0);
-                let key = (freed > 0 && freed >= made, usize::MAX - n.index());
+                let key = (
+                    !weight_only.contains(&n),
+                    freed > 0 && freed >= made,
+                    usize::MAX - n.index(),
+                );
                 if key > best_key {
                     best_key = key;
                     best = i;

@@ -34,7 +34,8 @@
 //! # Ok::<(), se3_core::Error>(())
 //! ```
 
-use luminal::op::Operator;
+use luminal::op::{InputTensor, Operator};
+use luminal::prelude::petgraph::visit::EdgeRef;
 use luminal::prelude::{symbolic::Expression, *};
 use rustc_hash::FxHashMap;
 
@@ -78,6 +79,10 @@ struct Slot {
     resident: bool,
     pending: Option<(Vec<f32>, Vec<usize>)>,
     loaded: bool,
+    /// A weight stored in the layout of the one copy the graph made of it every run
+    /// ([`Session::compile`]): the copying operator and the view it read the weight through,
+    /// applied to the values on [`Session::set_weight`].
+    layout: Option<(Box<dyn Operator>, ShapeTracker)>,
 }
 
 #[derive(Debug)]
@@ -279,6 +284,7 @@ impl Session {
             resident,
             pending: None,
             loaded: false,
+            layout: None,
         });
         t
     }
@@ -362,6 +368,52 @@ impl Session {
             return;
         }
         self.compile_with(<CpuCompiler>::default());
+        self.fold_weight_layouts();
+    }
+
+    /// Stores every weight whose only reader is a [`Materialize`](super::primitives::Materialize)
+    /// of a fixed-size view (a permuted or sliced copy of it the graph would make on every
+    /// run, such as a radial network's last layer rearranged for a contraction kernel) in that
+    /// copy's layout, and removes the copy: [`Session::set_weight`] takes the values in the
+    /// declared layout and applies the view once. A weight read elsewhere too (a training
+    /// graph's backward) is left as it is.
+    fn fold_weight_layouts(&mut self) {
+        let g = &mut self.graph.graph;
+        for slot in self.slots.iter_mut().filter(|s| s.resident) {
+            let w = slot.id;
+            let readers: Vec<(NodeIndex, ShapeTracker)> = g
+                .edges_directed(w, petgraph::Direction::Outgoing)
+                .filter_map(|e| e.weight().as_data().map(|(_, _, st)| (e.target(), st)))
+                .collect();
+            let [(copy, view)] = readers[..] else {
+                continue;
+            };
+            let is_copy = g
+                .node_weight(copy)
+                .is_some_and(|op| op.as_any().is::<super::primitives::Materialize>());
+            let fixed = view.shape().iter().all(|d| d.to_usize().is_some())
+                && view.dims.iter().all(|d| d.to_usize().is_some());
+            if !is_copy || !fixed || self.ids.contains(&copy) {
+                continue;
+            }
+            let consumers: Vec<(NodeIndex, Dependency)> = g
+                .edges_directed(copy, petgraph::Direction::Outgoing)
+                .map(|e| (e.target(), *e.weight()))
+                .collect();
+            for (target, dep) in consumers {
+                g.add_edge(w, target, dep);
+            }
+            let Some(mut op) = g.remove_node(copy) else {
+                continue;
+            };
+            if let Some(t) = self.graph.tensors.remove(&(w, 0)) {
+                let out = op.process(vec![(InputTensor::Owned(t), view)]);
+                if let Some(t) = out.into_iter().next() {
+                    self.graph.tensors.insert((w, 0), t);
+                }
+            }
+            slot.layout = Some((op, view));
+        }
     }
 
     /// Keeps luminal's primitive interpreter (no passes): the reference that tests compare
@@ -606,10 +658,26 @@ impl Session {
     /// As [`Session::set`]; weights must not have dynamic axes left unknown.
     pub fn set_weight(&mut self, name: &str, data: Vec<f32>, shape: &[usize]) -> Result<(), Error> {
         let i = self.slot_index(name)?;
-        let slot = &self.slots[i];
+        let slot = &mut self.slots[i];
         Self::check_shape(slot, &data, shape)?;
         let id = slot.id;
-        self.graph.set_tensor(id, 0, Tensor::new(data));
+        let mut t = Tensor::new(data);
+        if let Some((op, view)) = &mut slot.layout {
+            // stored in the layout of the copy the graph read it through
+            if let Some(out) = op
+                .process(vec![(InputTensor::Owned(t), *view)])
+                .into_iter()
+                .next()
+            {
+                t = out;
+            } else {
+                return Err(Error::InvalidOp {
+                    op: "set_weight",
+                    problem: "a folded weight layout gave no values",
+                });
+            }
+        }
+        self.graph.set_tensor(id, 0, t);
         self.slots[i].loaded = true;
         #[cfg(feature = "cuda")]
         self.weights_epoch

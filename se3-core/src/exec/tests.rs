@@ -763,3 +763,52 @@ fn matmul_folds_broadcast_weight_batches_and_keeps_strided_ones_apart() -> Resul
     check(&x, &y, &[whole, cut]);
     Ok(())
 }
+
+/// A weight read only through a permuted copy is stored in the copy's layout when the session
+/// compiles (the copy leaves the graph): values set before and after compiling, in the declared
+/// layout, give the products of the permuted weight; a weight read twice keeps its layout.
+#[test]
+fn weights_read_through_one_permuted_copy_are_stored_in_its_layout() -> Result<(), Error> {
+    let mut r = rng();
+    let mut s = Session::new();
+    let x = s.input::<(Dyn<'n'>, Const<4>)>("x", InputKind::Values);
+    // declared [3, 4], read transposed ([4, 3]) through a copy
+    let w = s.weight::<(Const<3>, Const<4>)>("w");
+    let wt: GraphTensor<(Const<4>, Const<3>)> = w.permute::<_, Axes2<1, 0>>().contiguous();
+    // a second weight read twice (the copy and a plain sum) is not folded
+    let v = s.weight::<(Const<3>, Const<4>)>("v");
+    let vt: GraphTensor<(Const<4>, Const<3>)> = v.permute::<_, Axes2<1, 0>>().contiguous();
+    s.output("y", x.matmul(wt) + x.matmul(vt));
+    s.output("vs", v.sum_reduce::<(Const<3>,), _>());
+    let first = rand_vec(&mut r, 12);
+    s.set_weight("w", first.clone(), &[3, 4])?;
+    let vv = rand_vec(&mut r, 12);
+    s.set_weight("v", vv.clone(), &[3, 4])?;
+    s.compile();
+    // `v`'s copy stays (`v` has another reader); `w`'s is gone
+    let copies = s
+        .op_names()
+        .iter()
+        .filter(|o| o.starts_with("Materialize"))
+        .count();
+    assert_eq!(copies, 1, "{:?}", s.op_names());
+    let transpose = |m: &[f32]| -> Vec<f32> {
+        (0..4)
+            .flat_map(|i| (0..3).map(move |j| m[j * 4 + i]))
+            .collect()
+    };
+    for wv in [first, rand_vec(&mut r, 12)] {
+        s.set_weight("w", wv.clone(), &[3, 4])?;
+        let n = r.gen_range(1..9);
+        let xv = rand_vec(&mut r, n * 4);
+        s.set("x", xv.clone(), &[n, 4])?;
+        s.run()?;
+        let a = naive_matmul(&xv, &transpose(&wv), n, 4, 3);
+        let b = naive_matmul(&xv, &transpose(&vv), n, 4, 3);
+        let want: Vec<f32> = a.iter().zip(&b).map(|(p, q)| p + q).collect();
+        assert!(rel_err(&s.get("y")?.data, &want) < 1e-5);
+        let vs: Vec<f32> = (0..3).map(|j| vv[j * 4..j * 4 + 4].iter().sum()).collect();
+        assert!(rel_err(&s.get("vs")?.data, &vs) < 1e-5);
+    }
+    Ok(())
+}

@@ -314,7 +314,11 @@ pub(crate) fn constant<S: Shape>(
 ) -> Result<GraphTensor<S>, Error> {
     let dims: Vec<Expression> = shape.iter().map(|&d| d.into()).collect();
     let t = s.weight_with_shape::<S>(name, &dims);
-    s.set_weight(name, data, shape)?;
+    // a parameter whose values were moved out is declared without them (set later; a run
+    // without them is `MissingInput`)
+    if !data.is_empty() || shape.iter().product::<usize>() == 0 {
+        s.set_weight(name, data, shape)?;
+    }
     Ok(t)
 }
 

@@ -399,10 +399,34 @@ pub struct Se3TransformerNet {
     options: Se3TransformerOptions,
 }
 
+/// Where a model's checkpoint parameters come from: se3-core's [`ParamSource`] (float32 values
+/// by key and shape) with the shape of a key (to tell the library's width-1 position table)
+/// and float64 buffers (rotary frequencies).
+pub trait NetSource: se3_core::layers::ParamSource {
+    /// The shape of `key`, if the source has it.
+    fn shape_of(&self, key: &str) -> Option<Vec<usize>>;
+
+    /// The float64 values of buffer `key` of `shape`.
+    ///
+    /// # Errors
+    /// `MissingKey`, `WrongShape`.
+    fn take_f64(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f64>, se3_core::Error>;
+}
+
+impl NetSource for StateDictSource<'_> {
+    fn shape_of(&self, key: &str) -> Option<Vec<usize>> {
+        StateDictSource::shape_of(self, key)
+    }
+
+    fn take_f64(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f64>, se3_core::Error> {
+        StateDictSource::take_f64(self, key, shape)
+    }
+}
+
 /// The layers' parameters: fresh ones, or a checkpoint's.
-enum Weights<'a, 'd, R> {
+enum Weights<'a, R> {
     Fresh(&'a mut R),
-    Load(&'a mut StateDictSource<'d>),
+    Load(&'a mut dyn NetSource),
 }
 
 impl Se3TransformerNet {
@@ -430,9 +454,23 @@ impl Se3TransformerNet {
         options: Se3TransformerOptions,
     ) -> Result<Self, Error> {
         let mut src = StateDictSource::new(sd);
-        let net = Self::assemble::<rand::rngs::StdRng>(fibers, options, Weights::Load(&mut src))?;
+        let net = Self::load_from(&mut src, fibers, options)?;
         src.finish()?;
         Ok(net)
+    }
+
+    /// Loads the parameters from `src` (a checkpoint read as it is needed, or weights drawn as
+    /// they are asked for); unlike [`Se3TransformerNet::load`] it does not check that every
+    /// tensor of the source was read.
+    ///
+    /// # Errors
+    /// As [`Se3TransformerNet::load`] but `UnexpectedKey`.
+    pub fn load_from(
+        src: &mut dyn NetSource,
+        fibers: NetFibers,
+        options: Se3TransformerOptions,
+    ) -> Result<Self, Error> {
+        Self::assemble::<rand::rngs::StdRng>(fibers, options, Weights::Load(src))
     }
 
     /// The model of a `config.json`'s constructor kwargs with the weights `sd`.
@@ -447,28 +485,28 @@ impl Se3TransformerNet {
     fn assemble<R: Rng>(
         fibers: NetFibers,
         options: Se3TransformerOptions,
-        mut w: Weights<'_, '_, R>,
+        mut w: Weights<'_, R>,
     ) -> Result<Self, Error> {
         let (fin, hidden, fout) = (&fibers.input, &fibers.hidden, &fibers.output);
-        let conv = |w: &mut Weights<'_, '_, R>, prefix: &str, a: &FiberSpec, b: &FiberSpec| {
+        let conv = |w: &mut Weights<'_, R>, prefix: &str, a: &FiberSpec, b: &FiberSpec| {
             Ok::<_, Error>(match w {
                 Weights::Fresh(rng) => ConvLayer::new(a, b, options.conv(), *rng)?,
                 Weights::Load(src) => ConvLayer::load(*src, prefix, a, b, options.conv())?,
             })
         };
-        let norm = |w: &mut Weights<'_, '_, R>, prefix: &str, f: &FiberSpec, act| {
+        let norm = |w: &mut Weights<'_, R>, prefix: &str, f: &FiberSpec, act| {
             Ok::<_, Error>(match w {
                 Weights::Fresh(_) => NormLayer::new(f, options.norm_scale(), act),
                 Weights::Load(src) => NormLayer::load(*src, prefix, f, options.norm_scale(), act)?,
             })
         };
-        let feed_forward = |w: &mut Weights<'_, '_, R>, prefix: &str, gated: bool| {
+        let feed_forward = |w: &mut Weights<'_, R>, prefix: &str, gated: bool| {
             Ok::<_, Error>(match w {
                 Weights::Fresh(rng) => FeedForwardBlockLayer::new(hidden, gated, *rng)?,
                 Weights::Load(src) => FeedForwardBlockLayer::load(*src, prefix, hidden, gated)?,
             })
         };
-        let table = |w: &mut Weights<'_, '_, R>, key: &str, shape: Vec<usize>| {
+        let table = |w: &mut Weights<'_, R>, key: &str, shape: Vec<usize>| {
             Ok::<_, Error>(match w {
                 Weights::Fresh(rng) => Param::uniform(key.into(), shape, 1.0, *rng),
                 Weights::Load(src) => Param::load(*src, key.into(), shape)?,
@@ -1004,6 +1042,33 @@ impl Se3TransformerNet {
         y.output(&mut s, "y");
         s.compile();
         Ok(NetSession::from_session(s, self))
+    }
+
+    /// [`Se3TransformerNet::compile`], moving the weights into the session instead of copying
+    /// them (the model is consumed), so that building holds them once.
+    ///
+    /// # Errors
+    /// As [`Se3TransformerNet::compile`].
+    pub fn into_session(mut self) -> Result<NetSession, Error> {
+        let mut taken: Vec<(String, Vec<f32>, Vec<usize>)> = Vec::new();
+        self.visit_params_mut("", &mut |name, p| {
+            // the layer declares an empty parameter without a value; it is set below
+            taken.push((
+                name.to_string(),
+                std::mem::take(&mut p.data),
+                p.shape.clone(),
+            ));
+            Ok(())
+        })?;
+        let mut s = Session::new();
+        let (x, edges, basis) = self.declare_inputs(&mut s)?;
+        let y = self.build(&mut s, "", &x, &edges, &basis)?;
+        y.output(&mut s, "y");
+        for (name, data, shape) in taken {
+            s.set_weight(&name, data, &shape)?;
+        }
+        s.compile();
+        Ok(NetSession::from_session(s, &self))
     }
 }
 
@@ -1884,7 +1949,8 @@ mod tests {
         let net = Se3TransformerNet::from_config(&cfg, &sd)?;
         let inputs =
             ModelInputs::load(dir.join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
-        let got = net.compile()?.forward_inputs(&inputs, &fwd)?;
+        // the weights moved into the session, as the zoo builds it
+        let got = net.into_session()?.forward_inputs(&inputs, &fwd)?;
         let want = StateDict::load(dir.join("outputs.safetensors"))?;
         let want_keys: Vec<&str> = want.keys().filter_map(|k| k.strip_suffix("_f64")).collect();
         let got_keys: Vec<&str> = got.keys().collect();
