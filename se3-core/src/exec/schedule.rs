@@ -125,7 +125,7 @@ impl Schedule {
         // from the start, they run only when nothing else is, so that they are made just
         // before their consumer rather than all at once at the start of the run
         let mut weight_only: FxHashSet<NodeIndex> = FxHashSet::default();
-        if let Ok(order) = luminal::prelude::petgraph::algo::toposort(&*g, None) {
+        if let Ok(order) = luminal::prelude::petgraph::algo::toposort(g, None) {
             for n in order {
                 let srcs = &sources[&n];
                 let from_weights = !present(n)
