@@ -18,7 +18,8 @@ use se3_models::checkpoint::{StateDict, Tensor};
 use se3_models::inputs::{BoolTensor, ModelInputs, NodeFeats};
 use se3_models::model_file::ModelFile;
 use se3_models::se3_transformer::{
-    Se3Transformer, Se3TransformerConfig, Se3TransformerForward, Se3TransformerOracle,
+    NetSession, Se3TransformerConfig, Se3TransformerForward, Se3TransformerNet,
+    Se3TransformerOracle,
 };
 use se3_models::zoo::CompiledModel;
 
@@ -197,16 +198,16 @@ fn se3_transformer_forward_at_the_benchmark_sizes_on_the_device() -> Res<()> {
         }
         let inputs = bench_inputs(n, 32, &mut rng)?;
         let fwd = Se3TransformerForward::from_literals(&serde_json::json!({"return_type": 0}))?;
-        let mut cpu = Se3Transformer::from_state_dict(&cfg, weights.clone())?;
-        let mut gpu = Se3Transformer::from_state_dict(&cfg, weights)?;
-        gpu.set_device(Device::CUDA0)?;
-        let want = cpu.forward(&inputs, &fwd)?;
-        let mut got = gpu.forward(&inputs, &fwd)?;
-        let median = |m: &mut Se3Transformer, out: &mut StateDict| -> Res<f64> {
+        let mut cpu = Se3TransformerNet::from_config(&cfg, &weights)?.into_session()?;
+        let mut gpu = Se3TransformerNet::from_config(&cfg, &weights)?.into_session()?;
+        gpu.session().set_device(Device::CUDA0)?;
+        let want = cpu.forward_inputs(&inputs, &fwd)?;
+        let mut got = gpu.forward_inputs(&inputs, &fwd)?;
+        let median = |m: &mut NetSession, out: &mut StateDict| -> Res<f64> {
             let mut t = Vec::new();
             for _ in 0..3 {
                 let s = Instant::now();
-                *out = m.forward(&inputs, &fwd)?;
+                *out = m.forward_inputs(&inputs, &fwd)?;
                 t.push(s.elapsed().as_secs_f64());
             }
             t.sort_by(f64::total_cmp);
@@ -258,7 +259,7 @@ fn training_step(
 #[test]
 fn se3_transformer_training_step_on_the_device() -> Res<()> {
     use se3_models::differentiable::{Differentiable, Objective};
-    use se3_models::se3_transformer::compiled::DifferentiableSe3Transformer;
+    use se3_models::se3_transformer::net::DifferentiableSe3Transformer;
     if !device_or_skip() {
         return Ok(());
     }
@@ -283,19 +284,23 @@ fn se3_transformer_training_step_on_the_device() -> Res<()> {
         let inputs = bench_inputs(n, 32, &mut rng)?;
         let fwd = Se3TransformerForward::from_literals(&serde_json::json!({"return_type": 0}))?;
         let mut targets = StateDict::new();
-        let out = Se3Transformer::from_state_dict(&cfg, weights.clone())?.forward(&inputs, &fwd)?;
+        let out = Se3TransformerNet::from_config(&cfg, &weights)?
+            .into_session()?
+            .forward_inputs(&inputs, &fwd)?;
         for (k, t) in out.iter() {
             let data = (0..t.data.len())
                 .map(|_| rng.gen_range(-1.0..1.0))
                 .collect();
             targets.insert(format!("target.{k}"), Tensor::new(t.shape.clone(), data)?);
         }
+        let net = Se3TransformerNet::from_config(&cfg, &weights)?;
         let build = || {
             DifferentiableSe3Transformer::new(
-                &cfg,
+                &net,
                 fwd.clone(),
                 &weights,
                 Objective::MeanSquaredError,
+                false,
             )
         };
         let (mut cpu, mut gpu) = (build()?, build()?);

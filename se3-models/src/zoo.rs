@@ -194,19 +194,15 @@ impl CompiledModel {
         weights: &StateDict,
     ) -> Result<Self, Error> {
         match model {
-            Model::Se3Transformer(..) if signs.is_some_and(|s| *s != QjSigns::reference()) => {
-                Err(Error::NotCompiled {
-                    option:
-                        "a Q_J sign table other than the reference one (SE(3)-Transformer graph)",
-                })
-            }
             Model::Se3Transformer(m, fwd) => {
-                let seed = m.sparse_seed;
-                let mut c = Self::se3_transformer(file, weights, fwd)?;
-                if let Self::Se3Transformer(s, _) = &mut c {
-                    s.set_sparse_sampling_seed(seed);
+                let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
+                let mut net = Se3TransformerNet::from_config(&cfg, weights)?;
+                if let Some(signs) = signs {
+                    net.set_qj_signs(signs)?;
                 }
-                Ok(c)
+                let mut session = net.into_session()?;
+                session.set_sparse_sampling_seed(m.sparse_seed);
+                Ok(Self::Se3Transformer(Box::new(session), fwd))
             }
             Model::TfnStack(_) if signs.is_some_and(|s| *s != QjSigns::reference()) => {
                 Err(Error::NotCompiled {

@@ -1,4 +1,4 @@
-//! The compiled (luminal graph, float32) SE(3)-Transformer on configurations that are not among the
+//! The SE(3)-Transformer's graph (se3-core layers, float32) on configurations that are not among the
 //! reference folders: against the float64 oracle on random weights and inputs (one compiled graph
 //! run at two node counts), rotation + translation equivariance (type-0 invariant, type-1 rotates
 //! as `f -> f R^T`), and bad input giving typed errors. Fresh seed per run (`SE3_SEED` replays).
@@ -10,7 +10,7 @@ use rand::Rng;
 use se3_models::checkpoint::{StateDict, Tensor};
 use se3_models::inputs::{BoolTensor, ModelInputs, NodeFeats};
 use se3_models::se3_transformer::{
-    Se3Transformer, Se3TransformerConfig, Se3TransformerForward, Se3TransformerOracle,
+    Se3TransformerConfig, Se3TransformerForward, Se3TransformerOracle,
 };
 use se3_models::Error;
 
@@ -162,11 +162,11 @@ fn compiled_matches_oracle_on_unseen_configs_at_two_sizes() -> Result<(), Error>
         let fwd = Se3TransformerForward::from_literals(&literals)?;
         let weights = random_weights(&cfg, &mut r)?;
         let oracle = Se3TransformerOracle::from_state_dict(&cfg, &weights)?;
-        let mut compiled = Se3Transformer::new(&oracle)?;
+        let mut compiled = net_session(&cfg, &weights)?;
         for n in [7, 11] {
             let inp = inputs_for(&cfg, &mut r, 2, n)?;
             let want = oracle.forward(&inp, &fwd)?;
-            let got = compiled.forward(&inp, &fwd)?;
+            let got = compiled.forward_inputs(&inp, &fwd)?;
             let e = worst_diff(what, &got, &want)?;
             println!("{what}, n = {n}: compiled vs oracle max rel err {e:.3e}");
             let tol = if cfg.use_egnn {
@@ -203,8 +203,7 @@ fn compiled_is_equivariant_on_every_option_group() -> Result<(), Error> {
         let cfg = Se3TransformerConfig::from_kwargs(&kwargs)?;
         let fwd = Se3TransformerForward::from_literals(&literals)?;
         let weights = random_weights(&cfg, &mut r)?;
-        let mut compiled =
-            Se3Transformer::new(&Se3TransformerOracle::from_state_dict(&cfg, &weights)?)?;
+        let mut compiled = net_session(&cfg, &weights)?;
         let inp = inputs_for(&cfg, &mut r, 2, 10)?;
         let rot = random_rotation(&mut r);
         let shift = [
@@ -222,8 +221,8 @@ fn compiled_is_equivariant_on_every_option_group() -> Result<(), Error> {
                 }
             }
         }
-        let base = compiled.forward(&inp, &fwd)?;
-        let after = compiled.forward(&moved, &fwd)?;
+        let base = compiled.forward_inputs(&inp, &fwd)?;
+        let after = compiled.forward_inputs(&moved, &fwd)?;
         let out_degree = if cfg.output_degrees == Some(1) {
             0
         } else {
@@ -265,19 +264,18 @@ fn compiled_rejects_bad_input_with_typed_errors() -> Result<(), Error> {
         "dim_head": 4, "depth": 1, "num_degrees": 2, "num_neighbors": 3}))?;
     let fwd = Se3TransformerForward::from_literals(&serde_json::json!({}))?;
     let weights = random_weights(&cfg, &mut r)?;
-    let mut compiled =
-        Se3Transformer::new(&Se3TransformerOracle::from_state_dict(&cfg, &weights)?)?;
+    let mut compiled = net_session(&cfg, &weights)?;
     let good = inputs_for(&cfg, &mut r, 1, 6)?;
     let mut nan = good.clone();
     nan.coors.data[4] = f64::NAN;
     assert!(matches!(
-        compiled.forward(&nan, &fwd),
+        compiled.forward_inputs(&nan, &fwd),
         Err(Error::NonFinite { .. })
     ));
     let mut wrong = good.clone();
     wrong.feats = NodeFeats::Dense(dense(&mut r, vec![1, 6, 5]));
     assert!(matches!(
-        compiled.forward(&wrong, &fwd),
+        compiled.forward_inputs(&wrong, &fwd),
         Err(Error::InputShape { .. })
     ));
     let mut lonely = good.clone();
@@ -285,10 +283,10 @@ fn compiled_rejects_bad_input_with_typed_errors() -> Result<(), Error> {
     lonely.feats = NodeFeats::Dense(dense(&mut r, vec![1, 1, 4]));
     lonely.mask = None;
     assert!(matches!(
-        compiled.forward(&lonely, &fwd),
+        compiled.forward_inputs(&lonely, &fwd),
         Err(Error::EmptyGraph { .. })
     ));
     // still usable after errors
-    compiled.forward(&good, &fwd)?;
+    compiled.forward_inputs(&good, &fwd)?;
     Ok(())
 }

@@ -37,6 +37,7 @@ use se3_core::module::LayerEntry;
 
 use crate::checkpoint::{StateDict, StateDictSource, Tensor};
 use crate::inputs::{EdgeInput, ModelInputs, NodeFeats};
+use crate::se3_transformer::basis::{QjSigns, Se3tBasis};
 use crate::se3_transformer::config::{Se3TransformerConfig, Se3TransformerForward};
 use crate::se3_transformer::graph::{
     adjacency_degrees, select_neighbors, sparse_selection, PairInputs, SelectionParams,
@@ -397,6 +398,9 @@ pub struct Se3TransformerNet {
     pub rotary: Option<RotaryEmbedding>,
     fibers: NetFibers,
     options: Se3TransformerOptions,
+    /// The `(J, d_in, d_out)` whose Q_J sign the kernel basis flips relative to se3-core's
+    /// ([`Se3TransformerNet::set_qj_signs`]).
+    sign_flips: Vec<(usize, usize, usize)>,
 }
 
 /// Where a model's checkpoint parameters come from: se3-core's [`ParamSource`] (float32 values
@@ -660,7 +664,18 @@ impl Se3TransformerNet {
             rotary,
             fibers,
             options,
+            sign_flips: Vec::new(),
         })
+    }
+
+    /// Builds the kernel basis with the Q_J signs of `signs` (another LAPACK build's, see
+    /// [`QjSigns`]) instead of the reference data's.
+    ///
+    /// # Errors
+    /// `Core(DegreeTooHigh)` beyond se3-core's harmonics.
+    pub fn set_qj_signs(&mut self, signs: &QjSigns) -> Result<(), Error> {
+        self.sign_flips = Se3tBasis::with_signs(self.max_degree(), signs)?.sign_flips();
+        Ok(())
     }
 
     /// The options.
@@ -970,7 +985,7 @@ impl Se3TransformerNet {
 
     /// The graph's inputs, embeddings and edges on `s`: inputs `coords (N, 3)`, `x.<l>`
     /// (`[N, c, 2l + 1]`; `tokens` with `num_tokens`), `edges.src`, `edges.dst` (`N k`, `-1`
-    /// for missing edges; with the EGNN trunk also `edges.valid`), and the optional inputs of
+    /// for missing edges), `edges.valid` (1 or 0: every selected neighbour is an edge), and the optional inputs of
     /// the options (`edges.features`, `edges.tokens`, `edges.adjacency`, `global`, `positions`,
     /// `rotary.*`); returns the node features, the edges and their kernel basis.
     ///
@@ -987,10 +1002,10 @@ impl Se3TransformerNet {
         };
         // `k` neighbour slots per node, set each run (sparse neighbours add to it)
         let mut edges = EdgeGraph::input(s, "edges", coords).grouped('k');
-        if self.options.egnn.is_some() {
-            // the EGNN trunk reads every selected neighbour, valid or not, as the library
-            edges.valid = s.input::<(Dyn<'e'>,)>("edges.valid", InputKind::Values);
-        }
+        // every selected neighbour is an edge, valid or not, as the library reads them: the
+        // EGNN trunk moves higher degrees along all of them, and attention over a node whose
+        // neighbours are all invalid averages them uniformly
+        edges.valid = s.input::<(Dyn<'e'>,)>("edges.valid", InputKind::Values);
         // the radial networks' edge features: the input's (continuous or embedded tokens),
         // then the embedding of the pair's bond distance
         let mut parts: Vec<GraphTensor<(Dyn<'e'>, X)>> = Vec::new();
@@ -1026,7 +1041,14 @@ impl Se3TransformerNet {
             Some(table) => self.embed_positions(s, table, &x)?,
             None => x,
         };
-        let basis = EdgeBasis::new(s, "", &edges, self.max_degree())?;
+        let basis = EdgeBasis::from_geometry(
+            s,
+            "",
+            edges.rel,
+            edges.dist,
+            self.max_degree(),
+            &self.sign_flips,
+        )?;
         Ok((x, edges, basis))
     }
 
@@ -1528,7 +1550,7 @@ impl NetSession {
             extra.neighbor_mask,
             &self.selection(),
             sparse,
-            self.options.egnn.is_some(),
+            true,
         );
         Ok(Prepared {
             coords,

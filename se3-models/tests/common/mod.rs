@@ -208,3 +208,11 @@ pub fn gradient_case_dirs(env: &str, default: &str, min: usize) -> Result<Vec<Pa
     );
     Ok(cases)
 }
+
+/// The SE(3)-Transformer of `cfg` with `weights`, compiled (its se3-core layers as one graph).
+pub fn net_session(
+    cfg: &Se3TransformerConfig,
+    weights: &StateDict,
+) -> Result<se3_models::se3_transformer::NetSession, Error> {
+    se3_models::se3_transformer::Se3TransformerNet::from_config(cfg, weights)?.into_session()
+}
