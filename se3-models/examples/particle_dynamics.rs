@@ -38,7 +38,7 @@ use se3_models::physics::iterative_se3t::{
 };
 use se3_models::physics::metrics::{batched_equivariance_error, mean_position_mse};
 use se3_models::physics::report::{line_chart_svg, Series};
-use se3_models::se3_transformer::Se3Transformer;
+use se3_models::se3_transformer::Se3TransformerNet;
 
 type Failure = Box<dyn std::error::Error>;
 
@@ -304,7 +304,7 @@ fn main() -> Result<(), Failure> {
     let config = IterativeConfig::default();
     let mut params = Vec::new();
     for v in IterativeVariant::ALL {
-        let keys = Se3Transformer::expected_keys(&config.block_config(v)?)?;
+        let keys = Se3TransformerNet::expected_keys(&config.block_config(v)?)?;
         let per_block: usize = keys.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
         params.push((v, per_block * config.stages(v)));
     }

@@ -334,13 +334,6 @@ pub trait WeightSource {
     /// # Errors
     /// `MissingKey` when the source has no `key`, `WrongShape` when its shape differs; read errors.
     fn take(&mut self, key: &str, shape: &[usize]) -> Result<Tensor, Error>;
-
-    /// Whether the model being built only hosts a compiled float32 graph: layers whose weights go
-    /// to the graph may then keep a float32 copy instead of the float64 one as soon as they are
-    /// read, so the checkpoint's bulk is never held in float64 (default `false`: a float64 model).
-    fn graph_host(&self) -> bool {
-        false
-    }
 }
 
 /// A safetensors file read one tensor at a time: the header is parsed when the file is opened,
@@ -355,7 +348,6 @@ pub struct SafetensorsFile {
     data_start: u64,
     entries: BTreeMap<String, safetensors::tensor::TensorInfo>,
     used: std::collections::BTreeSet<String>,
-    graph_host: bool,
 }
 
 impl SafetensorsFile {
@@ -425,19 +417,7 @@ impl SafetensorsFile {
             data_start: 8 + n,
             entries,
             used: Default::default(),
-            graph_host: false,
         })
-    }
-
-    /// As [`SafetensorsFile::open`], for a model that only hosts a compiled graph
-    /// ([`WeightSource::graph_host`]).
-    ///
-    /// # Errors
-    /// As [`SafetensorsFile::open`].
-    pub fn open_for_graph(path: impl AsRef<Path>) -> Result<Self, Error> {
-        let mut f = Self::open(path)?;
-        f.graph_host = true;
-        Ok(f)
     }
 
     /// The names of the file's tensors.
@@ -492,9 +472,60 @@ impl WeightSource for SafetensorsFile {
             data,
         })
     }
+}
 
-    fn graph_host(&self) -> bool {
-        self.graph_host
+/// The core error of a failed read of `key`: missing keys and wrong shapes as themselves,
+/// dtypes as `UnsupportedDtype`, anything else (I/O, a broken file) as `InvalidSafetensors`.
+fn core_error(e: Error) -> se3_core::Error {
+    match e {
+        Error::MissingKey { key, expected } => se3_core::Error::MissingKey { key, expected },
+        Error::WrongShape {
+            key,
+            expected,
+            found,
+        } => se3_core::Error::WrongShape {
+            key,
+            expected,
+            found,
+        },
+        Error::WrongDtype { key, found, .. } => {
+            se3_core::Error::UnsupportedDtype { key, dtype: found }
+        }
+        Error::Core(c) => c,
+        other => se3_core::Error::InvalidSafetensors {
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// se3-core's layers read a streamed file one tensor at a time, as float32.
+impl se3_core::layers::ParamSource for SafetensorsFile {
+    fn get(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>, se3_core::Error> {
+        let t = WeightSource::take(self, key, shape).map_err(core_error)?;
+        Ok(t.data.iter().map(|&v| v as f32).collect())
+    }
+}
+
+impl crate::se3_transformer::net::NetSource for SafetensorsFile {
+    fn shape_of(&self, key: &str) -> Option<Vec<usize>> {
+        self.shape(key).map(<[usize]>::to_vec)
+    }
+
+    fn take_f64(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f64>, se3_core::Error> {
+        Ok(WeightSource::take(self, key, shape)
+            .map_err(core_error)?
+            .data)
+    }
+}
+
+impl crate::se3_transformer::net::NetSource for KeyRecorder {
+    fn shape_of(&self, _key: &str) -> Option<Vec<usize>> {
+        None
+    }
+
+    fn take_f64(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f64>, se3_core::Error> {
+        self.keys.push((key.to_string(), shape.to_vec()));
+        Ok(vec![0.0; shape.iter().product()])
     }
 }
 
@@ -530,8 +561,6 @@ impl se3_core::layers::ParamSource for KeyRecorder {
 pub struct StateDictSource<'a> {
     dict: Dict<'a>,
     used: std::collections::BTreeSet<String>,
-    /// [`WeightSource::graph_host`].
-    pub(crate) graph_host: bool,
 }
 
 #[derive(Debug)]
@@ -546,7 +575,6 @@ impl<'a> StateDictSource<'a> {
         StateDictSource {
             dict: Dict::Borrowed(dict),
             used: std::collections::BTreeSet::new(),
-            graph_host: false,
         }
     }
 
@@ -555,7 +583,6 @@ impl<'a> StateDictSource<'a> {
         StateDictSource {
             dict: Dict::Owned(dict),
             used: std::collections::BTreeSet::new(),
-            graph_host: false,
         }
     }
 
@@ -643,10 +670,6 @@ impl WeightSource for StateDictSource<'_> {
             },
             other => Error::Core(other),
         })
-    }
-
-    fn graph_host(&self) -> bool {
-        self.graph_host
     }
 }
 

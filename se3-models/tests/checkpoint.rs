@@ -305,7 +305,7 @@ fn bad_inputs_give_typed_errors() -> Result<(), Error> {
 /// non-float tensor, and a file that is not safetensors; each as its typed error.
 #[test]
 fn streamed_checkpoint_errors_are_typed() -> Result<(), Error> {
-    use se3_models::se3_transformer::Se3Transformer;
+    use se3_models::se3_transformer::Se3TransformerNet;
     let l = load_se3t("se3t_basic")?;
     let tmp = std::env::temp_dir().join(format!("se3-streamed-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|source| Error::Io {
@@ -321,23 +321,23 @@ fn streamed_checkpoint_errors_are_typed() -> Result<(), Error> {
 
     let mut sd = l.weights.clone();
     sd.remove(key);
-    let err = Se3Transformer::from_safetensors(&l.cfg, save(&sd, "missing.safetensors")?).err();
+    let err = Se3TransformerNet::from_safetensors(&l.cfg, save(&sd, "missing.safetensors")?).err();
     assert!(
-        matches!(&err, Some(Error::MissingKey { key: k, expected }) if k == key && expected == &vec![8, 8]),
+        matches!(&err, Some(Error::Core(se3_core::Error::MissingKey { key: k, expected })) if k == key && expected == &vec![8, 8]),
         "{err:?}"
     );
 
     let mut sd = l.weights.clone();
     sd.insert(key, Tensor::new(vec![8, 9], vec![0.5; 72])?);
-    let err = Se3Transformer::from_safetensors(&l.cfg, save(&sd, "shape.safetensors")?).err();
+    let err = Se3TransformerNet::from_safetensors(&l.cfg, save(&sd, "shape.safetensors")?).err();
     assert!(
-        matches!(&err, Some(Error::WrongShape { key: k, expected, found }) if k == key && expected == &vec![8, 8] && found == &vec![8, 9]),
+        matches!(&err, Some(Error::Core(se3_core::Error::WrongShape { key: k, expected, found })) if k == key && expected == &vec![8, 8] && found == &vec![8, 9]),
         "{err:?}"
     );
 
     let mut sd = l.weights.clone();
     sd.insert("conv_in.extra", Tensor::new(vec![2], vec![1.0, 2.0])?);
-    let err = Se3Transformer::from_safetensors(&l.cfg, save(&sd, "extra.safetensors")?).err();
+    let err = Se3TransformerNet::from_safetensors(&l.cfg, save(&sd, "extra.safetensors")?).err();
     assert!(
         matches!(&err, Some(Error::UnexpectedKey { key: k, shape }) if k == "conv_in.extra" && shape == &vec![2]),
         "{err:?}"

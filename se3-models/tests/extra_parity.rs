@@ -15,7 +15,8 @@ use se3_models::inputs::ModelInputs;
 use se3_models::model_file::ModelFile;
 use se3_models::se3_transformer::basis::QjSigns;
 use se3_models::se3_transformer::{
-    Contraction, Se3Transformer, Se3TransformerConfig, Se3TransformerForward, Se3TransformerOracle,
+    Contraction, Se3TransformerConfig, Se3TransformerForward, Se3TransformerNet,
+    Se3TransformerOracle,
 };
 use se3_models::Error;
 
@@ -67,8 +68,9 @@ fn run_rejected(d: &Path, signs: &QjSigns) -> Result<String, String> {
         let inputs = ModelInputs::load(d.join("inputs.safetensors"), &file.forward_kwargs.tensors)?;
         let out = model.forward(&inputs, &fwd);
         if out.is_ok() {
-            let mut compiled = Se3Transformer::new(&model)?;
-            compiled.forward(&inputs, &fwd)?;
+            let mut net = Se3TransformerNet::from_config(&cfg, &sd)?;
+            net.set_qj_signs(signs)?;
+            net.into_session()?.forward_inputs(&inputs, &fwd)?;
         }
         out
     })();
@@ -101,8 +103,14 @@ fn run(d: &Path, signs: &QjSigns) -> Result<String, String> {
     model.set_contraction(Contraction::Reassociated);
     let ra = worst(&model.forward(&inputs, &fwd).map_err(e)?, &want, "_f64")?;
     model.set_contraction(Contraction::Direct);
-    let mut compiled = Se3Transformer::new(&model).map_err(e)?;
-    let c = worst(&compiled.forward(&inputs, &fwd).map_err(e)?, &want, "_f64")?;
+    let mut net = Se3TransformerNet::from_config(&cfg, &sd).map_err(e)?;
+    net.set_qj_signs(signs).map_err(e)?;
+    let mut compiled = net.into_session().map_err(e)?;
+    let c = worst(
+        &compiled.forward_inputs(&inputs, &fwd).map_err(e)?,
+        &want,
+        "_f64",
+    )?;
     let line =
         format!("oracle {o64:.2e} (vs f32 {o32:.2e}), reassociated {ra:.2e}, compiled {c:.2e}");
     if o64 > TOL_F64 || ra > TOL_F64 || o32 > TOL_F32 || c > TOL_F32 {
@@ -213,9 +221,9 @@ fn combinations_the_library_rejects_are_typed_errors() -> Result<(), Error> {
         model.forward(&inputs, &fwd),
         Err(Error::NoNeighbors)
     ));
-    let mut compiled = Se3Transformer::new(&model)?;
+    let mut compiled = net_session(&cfg, &StateDict::load(d.join("weights.safetensors"))?)?;
     assert!(matches!(
-        compiled.forward(&inputs, &fwd),
+        compiled.forward_inputs(&inputs, &fwd),
         Err(Error::NoNeighbors)
     ));
     Ok(())

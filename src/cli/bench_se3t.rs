@@ -31,7 +31,6 @@ use se3_models::inputs::{BoolTensor, ModelInputs, NodeFeats};
 use se3_models::se3_transformer::net::NetSource;
 use se3_models::se3_transformer::{
     Se3TransformerConfig, Se3TransformerForward, Se3TransformerNet, Se3TransformerOptions,
-    Se3TransformerOracle,
 };
 
 /// A benchmark size (PyTorch's figures are measured in the same session: [`TorchSource`]).
@@ -507,7 +506,7 @@ pub fn random_weights(
     cfg: &Se3TransformerConfig,
     rng: &mut StdRng,
 ) -> Result<StateDict, super::CliError> {
-    uniform_weights(Se3TransformerOracle::expected_keys(cfg)?, rng)
+    uniform_weights(Se3TransformerNet::expected_keys(cfg)?, rng)
 }
 
 /// A state dict with `keys`, each entry U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in its last axis.

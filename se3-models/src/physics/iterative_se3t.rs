@@ -50,9 +50,7 @@ use crate::checkpoint::{StateDict, Tensor};
 use crate::differentiable::{Differentiable, Objective};
 use crate::inputs::{ModelInputs, NodeFeats};
 use crate::se3_transformer::net::DifferentiableSe3Transformer;
-use crate::se3_transformer::{
-    Se3TransformerConfig, Se3TransformerForward, Se3TransformerNet, Se3TransformerOracle,
-};
+use crate::se3_transformer::{Se3TransformerConfig, Se3TransformerForward, Se3TransformerNet};
 use crate::training::init::fresh_weights;
 use crate::Error;
 
@@ -319,7 +317,7 @@ impl IterativeSe3Transformer {
         lr: f64,
     ) -> Result<Self, Error> {
         let cfg = config.block_config(variant)?;
-        let keys = Se3TransformerOracle::expected_keys(&cfg)?;
+        let keys = Se3TransformerNet::expected_keys(&cfg)?;
         let mut blocks = Vec::new();
         for k in 0..config.stages(variant) {
             let sd = fresh_weights(&keys, seed.wrapping_mul(1000).wrapping_add(k as u64))?;

@@ -38,9 +38,7 @@ use crate::checkpoint::{StateDict, Tensor};
 use crate::differentiable::{Differentiable, Objective};
 use crate::inputs::{EdgeInput, ModelInputs, NodeFeats};
 use crate::se3_transformer::net::DifferentiableSe3Transformer;
-use crate::se3_transformer::{
-    Se3TransformerConfig, Se3TransformerForward, Se3TransformerNet, Se3TransformerOracle,
-};
+use crate::se3_transformer::{Se3TransformerConfig, Se3TransformerForward, Se3TransformerNet};
 use crate::training::init::fresh_weights;
 use crate::Error;
 
@@ -248,7 +246,7 @@ impl NBodySe3Net {
     /// Those of [`NBodySe3Config::network_config`] and [`DifferentiableSe3Transformer::new`].
     pub fn new(config: NBodySe3Config, seed: u64, lr: f64) -> Result<Self, Error> {
         let cfg = config.network_config()?;
-        let keys = Se3TransformerOracle::expected_keys(&cfg)?;
+        let keys = Se3TransformerNet::expected_keys(&cfg)?;
         let sd = fresh_weights(&keys, seed)?;
         let net = DifferentiableSe3Transformer::new(
             &Se3TransformerNet::from_config(&cfg, &sd)?,

@@ -9,7 +9,6 @@
 
 pub(crate) mod attention;
 pub mod basis;
-pub mod compiled;
 pub mod config;
 pub(crate) mod conv;
 pub(crate) mod egnn;
@@ -23,7 +22,6 @@ pub mod reassociated;
 pub(crate) mod torch_topk;
 pub mod typed;
 
-pub use compiled::{GraphForm, Se3Transformer, TrainableSe3Transformer};
 pub use config::{DimSpec, Se3TransformerConfig, Se3TransformerForward, Se3TransformerShape};
 pub use net::{
     knn_edges, BlockStats, CloudInputs, EgnnTrunk, MemoryEstimate, NetFibers, NetSession,

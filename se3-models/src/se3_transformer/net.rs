@@ -218,7 +218,9 @@ impl Se3TransformerOptions {
 
     /// The rotary embeddings' frequencies of fresh weights, if any.
     pub(crate) fn fresh_rotary(&self) -> Result<Option<RotaryEmbedding>, Error> {
-        if !(self.rotary_position || self.rotary_rel_dist) {
+        if !(self.rotary_position || self.rotary_rel_dist) || self.rotary_frequencies() == 0 {
+            // with no channel to rotate (`dim_head` below the number of rotaries) the library's
+            // rotation is the identity
             return Ok(None);
         }
         Ok(Some(RotaryEmbedding::new(
@@ -226,6 +228,14 @@ impl Se3TransformerOptions {
             self.rotary_position,
             self.rotary_rel_dist,
         )?))
+    }
+
+    /// The rotary frequencies (`rotary_pos_emb.inv_freq`'s length; 0 without rotary).
+    fn rotary_frequencies(&self) -> usize {
+        if !(self.rotary_position || self.rotary_rel_dist) {
+            return 0;
+        }
+        RotaryEmbedding::frequencies(self.dim_head, self.rotary_position, self.rotary_rel_dist)
     }
 
     /// The options and fibers of `cfg`.
@@ -463,6 +473,34 @@ impl Se3TransformerNet {
         Ok(net)
     }
 
+    /// The model of `cfg` with the weights of the safetensors file at `path`, read one tensor at
+    /// a time (the file is never held whole, nor in float64).
+    ///
+    /// # Errors
+    /// Those of opening the file; as [`Se3TransformerNet::load`].
+    pub fn from_safetensors(
+        cfg: &Se3TransformerConfig,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<Self, Error> {
+        let (options, fibers) = Se3TransformerOptions::from_config(cfg)?;
+        let mut file = crate::checkpoint::SafetensorsFile::open(path)?;
+        let net = Self::load_from(&mut file, fibers, options)?;
+        file.finish()?;
+        Ok(net)
+    }
+
+    /// Every checkpoint key of `cfg`'s model with its shape, in the order the layers read
+    /// them (what a state dict must hold).
+    ///
+    /// # Errors
+    /// The config's validation errors.
+    pub fn expected_keys(cfg: &Se3TransformerConfig) -> Result<Vec<(String, Vec<usize>)>, Error> {
+        let (options, fibers) = Se3TransformerOptions::from_config(cfg)?;
+        let mut keys = crate::checkpoint::KeyRecorder::default();
+        Self::load_from(&mut keys, fibers, options)?;
+        Ok(keys.keys)
+    }
+
     /// Loads the parameters from `src` (a checkpoint read as it is needed, or weights drawn as
     /// they are asked for); unlike [`Se3TransformerNet::load`] it does not check that every
     /// tensor of the source was read.
@@ -647,6 +685,11 @@ impl Se3TransformerNet {
                     inv_freq: stored,
                     ..fresh
                 })
+            }
+            (None, Weights::Load(src)) if options.rotary_position || options.rotary_rel_dist => {
+                // the checkpoint's empty buffer
+                src.take_f64("rotary_pos_emb.inv_freq", &[0])?;
+                None
             }
             (fresh, _) => fresh,
         };
@@ -1086,8 +1129,13 @@ impl Se3TransformerNet {
         let (x, edges, basis) = self.declare_inputs(&mut s)?;
         let y = self.build(&mut s, "", &x, &edges, &basis)?;
         y.output(&mut s, "y");
+        let declared: std::collections::HashSet<String> =
+            s.weights().into_iter().map(|(name, _)| name).collect();
         for (name, data, shape) in taken {
-            s.set_weight(&name, data, &shape)?;
+            // a layer may leave an empty parameter out (an EGNN without higher degrees)
+            if declared.contains(&name) {
+                s.set_weight(&name, data, &shape)?;
+            }
         }
         s.compile();
         Ok(NetSession::from_session(s, &self))
@@ -1552,6 +1600,10 @@ impl NetSession {
             sparse,
             true,
         );
+        if src.iter().all(|&j| j < 0.0) {
+            // no node has a neighbour slot (the library's attention fails on an empty axis)
+            return Err(Error::NoNeighbors);
+        }
         Ok(Prepared {
             coords,
             rows,

@@ -71,18 +71,6 @@ pub(crate) struct SelectedInputs {
     pub edges: Option<(Vec<f64>, usize)>,
 }
 
-pub(crate) struct Prepared {
-    /// Embedded node features of `conv_in`'s input fiber.
-    pub x0: Feats,
-    /// Neighbourhood graph with edge features and kernel basis.
-    pub graph: crate::se3_transformer::graph::Graph,
-    /// Global features (`m` rows of `global_feats_dim`), if the config has them.
-    pub global: Option<Block>,
-    /// Bond-distance labels `n x n` (`num_adj_degrees`), which pick the adjacency embedding rows
-    /// of the edge features.
-    pub adj_labels: Option<Vec<i64>>,
-}
-
 fn shape_err(name: &'static str, expected: String, found: &[usize]) -> Error {
     Error::InputShape {
         name,
@@ -281,23 +269,8 @@ impl Se3TransformerOracle {
         Ok(m)
     }
 
-    /// The host of a compiled graph from a state dict it moves the tensors out of: as
-    /// [`Se3TransformerOracle::from_state_dict_owned`], the radial networks' last layers
-    /// kept in float32 only ([`WeightSource::graph_host`]); its own forward is not usable.
-    pub(crate) fn graph_host_from_state_dict(
-        cfg: &Se3TransformerConfig,
-        sd: StateDict,
-    ) -> Result<Self, Error> {
-        let mut loader = StateDictSource::owned(sd);
-        loader.graph_host = true;
-        let m = Self::build(cfg, &mut loader)?;
-        loader.finish()?;
-        Ok(m)
-    }
-
     /// The model from any weight source (keys and shapes as [`Se3TransformerOracle::
-    /// expected_keys`]); whether every key of the source was used is the source's to check. With
-    /// a source that is a [`WeightSource::graph_host`], the model only hosts a compiled graph.
+    /// expected_keys`]); whether every key of the source was used is the source's to check.
     ///
     /// # Errors
     /// The source's errors (`MissingKey`, `WrongShape`, read errors), config errors.
@@ -348,8 +321,11 @@ impl Se3TransformerOracle {
     ) -> Result<StateDict, Error> {
         let (b, n) = (inp.batch(), inp.nodes());
         let mut per_batch: Vec<Feats> = Vec::with_capacity(b);
-        for item in self.prepare(inp)? {
-            per_batch.push(self.forward_graph(item.x0, &item.graph, item.global.as_ref())?);
+        let selected = self.select(inp)?;
+        for (bi, item) in selected.items.iter().enumerate() {
+            let rows: Vec<usize> = (0..item.sel.n).collect();
+            let graph = self.edge_graph_of(&selected, bi, &rows)?;
+            per_batch.push(self.forward_graph(item.x0.clone(), &graph, item.global.as_ref())?);
         }
         self.assemble(per_batch, inp, fwd, b, n)
     }
@@ -513,31 +489,6 @@ impl Se3TransformerOracle {
         let mut g = edge_graph(&item.sel, &pin, rows, adj_lab, edge_dim_in, &self.table)?;
         g.contraction = self.contraction;
         Ok(g)
-    }
-
-    /// Everything of a forward pass before the layers, per batch element: the embedded node
-    /// features, the neighbourhood graph (selection, edge features, kernel basis) and the global
-    /// features (what a compiled graph of the layers takes as input).
-    ///
-    /// # Errors
-    /// As [`Se3TransformerOracle::forward`].
-    pub(crate) fn prepare(&self, inp: &ModelInputs) -> Result<Vec<Prepared>, Error> {
-        let s = self.select(inp)?;
-        let mut graphs = Vec::with_capacity(s.items.len());
-        for (bi, item) in s.items.iter().enumerate() {
-            let rows: Vec<usize> = (0..item.sel.n).collect();
-            graphs.push(self.edge_graph_of(&s, bi, &rows)?);
-        }
-        Ok(s.items
-            .into_iter()
-            .zip(graphs)
-            .map(|(item, graph)| Prepared {
-                x0: item.x0,
-                graph,
-                global: item.global,
-                adj_labels: item.labels,
-            })
-            .collect())
     }
 
     fn forward_graph(

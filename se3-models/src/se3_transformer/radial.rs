@@ -86,10 +86,6 @@ pub(crate) struct RadialFunc {
     pub(crate) l3: Dense,
     pub(crate) n4: LayerNorm,
     pub(crate) l6: Dense,
-    /// The last layer's weight and bias rounded to float32, in place of `l6`'s float64 values
-    /// (left empty), when the model was loaded to host a compiled graph
-    /// ([`WeightSource::graph_host`]): the bulk of the checkpoint is never held in float64.
-    pub(crate) l6_f32: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl RadialFunc {
@@ -108,23 +104,8 @@ impl RadialFunc {
             RADIAL_HIDDEN,
         )?;
         let n4 = LayerNorm::load(src, &format!("{prefix}.net.4"), RADIAL_HIDDEN)?;
-        let mut l6 = Dense::load(src, &format!("{prefix}.net.6"), RADIAL_HIDDEN, n_out)?;
-        let l6_f32 = src.graph_host().then(|| {
-            let w = std::mem::take(&mut l6.w);
-            let b = std::mem::take(&mut l6.b);
-            (
-                w.iter().map(|&v| v as f32).collect(),
-                b.iter().map(|&v| v as f32).collect(),
-            )
-        });
-        Ok(Self {
-            l0,
-            n1,
-            l3,
-            n4,
-            l6,
-            l6_f32,
-        })
+        let l6 = Dense::load(src, &format!("{prefix}.net.6"), RADIAL_HIDDEN, n_out)?;
+        Ok(Self { l0, n1, l3, n4, l6 })
     }
 
     /// The last hidden activation (after the second GELU), 128 values.

@@ -216,3 +216,25 @@ pub fn net_session(
 ) -> Result<se3_models::se3_transformer::NetSession, Error> {
     se3_models::se3_transformer::Se3TransformerNet::from_config(cfg, weights)?.into_session()
 }
+
+/// Every SE(3)-Transformer reference folder.
+pub const SE3T_REFERENCES: [&str; 18] = [
+    "se3t_basic",
+    "se3t_causal",
+    "se3t_convs_gated_pooled",
+    "se3t_deg4_radius",
+    "se3t_edge_tokens",
+    "se3t_egnn",
+    "se3t_fourier_edges",
+    "se3t_global_feats",
+    "se3t_input_degrees2",
+    "se3t_linear_proj_keys",
+    "se3t_neighbor_mask",
+    "se3t_one_headed_kv",
+    "se3t_reversible",
+    "se3t_rotary_nullkv",
+    "se3t_sparse_adj",
+    "se3t_tie_kv",
+    "se3t_tokens_out2",
+    "se3t_type1_reduce",
+];
