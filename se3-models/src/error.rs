@@ -91,9 +91,9 @@ pub enum Error {
     /// oracle runs it).
     #[error("option `{option}` is not compiled to a graph yet")]
     NotCompiled { option: &'static str },
-    /// A config option that the typed SE(3)-Transformer assembly
-    /// ([`crate::se3_transformer::typed`]) does not have (`Se3Transformer` runs it).
-    #[error("option `{option}` is not available in the typed SE(3)-Transformer assembly; use Se3Transformer")]
+    /// A config option whose outputs the fiber types of the typed SE(3)-Transformer
+    /// ([`crate::se3_transformer::typed`]) cannot carry (`Se3TransformerNet` runs it).
+    #[error("option `{option}` is not available with typed fibers; use Se3TransformerNet")]
     NotTyped { option: &'static str },
     /// A physics simulator, data set or batching parameter out of range.
     #[error("parameter `{name}` is invalid: expected {expected}, found {found}")]

@@ -101,10 +101,10 @@ enum KeyProjection {
 /// Keys as se3-transformer-pytorch (`to_q.weights.<l>`, `to_k.kernel_unary...`,
 /// `to_v.kernel_unary...`, `to_self_k.weights.<l>`, `null_keys.<l>`, `to_out.weights.<l>`).
 /// The edges must be grouped by destination ([`EdgeGraph::per_node`], e.g.
-/// [`EdgeGraph::from_neighbors`]); missing edges take no part (a node with no valid candidate
-/// gets 0 before `to_out`, where se3-transformer-pytorch averages the values of its masked
-/// neighbours uniformly; with `attend_self` or `use_null_kv` every node has a valid candidate
-/// and both agree).
+/// [`EdgeGraph::from_neighbors`]); missing edges take no part, invalid ones (`valid = 0`)
+/// none either unless a node has no valid candidate at all, which then averages its invalid
+/// neighbours uniformly as se3-transformer-pytorch does (so feed the selected but invalid
+/// neighbours as edges with `valid = 0` for the library's semantics).
 #[derive(Debug, Clone)]
 pub struct AttentionLayer {
     fiber: FiberSpec,

@@ -1,11 +1,17 @@
 //! se3-transformer-pytorch 0.9's `SE3Transformer`.
 //!
-//! [`Se3Transformer`] is the model: its layers compiled to one float32 luminal graph
-//! (`compiled/`), loaded from a PyTorch state dict, with gradients ([`TrainableSe3Transformer`]).
-//! [`Se3TransformerOracle`] (`oracle.rs` and the float64 layer files beside it) is the plain
-//! float64 forward pass the graph is checked against; it also parses the checkpoint and prepares
-//! each batch element's neighbour selection and kernel basis, which the graph takes as inputs.
-//! [`TypedSe3Transformer`] assembles the same network from the typed se3-core layers.
+//! [`Se3TransformerNet`] (`net.rs`) is the model, assembled once from se3-core's layers
+//! (`ConvLayer`, `AttentionBlockLayer`, `FeedForwardBlockLayer`, `NormLayer`,
+//! `FiberEgnnLayer`, `LinearLayer`) with its config ([`Se3TransformerConfig`]) and checkpoint key
+//! names: one float32 luminal graph for the forward ([`NetSession`], also blocked for large clouds
+//! and with memory estimates), the same graph with its backward pass for `se3 grad` and
+//! training (`net/differentiable.rs`). [`TypedSe3Transformer`] is that model with its fibers as
+//! `#[fiber]` types. Neighbour selection (`graph.rs`) runs on the host.
+//!
+//! [`Se3TransformerOracle`] (`oracle.rs` and the float64 layer files beside it: `attention.rs`,
+//! `conv.rs`, `radial.rs`, `norm.rs`, `egnn.rs`, `basis.rs`, `features.rs`, `reassociated.rs`)
+//! is the plain float64 forward pass the graph is checked against in tests (and `se3 infer
+//! --engine oracle`); it is not used to build or run the model.
 
 pub(crate) mod attention;
 pub mod basis;
