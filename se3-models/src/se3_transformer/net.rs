@@ -1358,28 +1358,12 @@ impl NetSession {
         fwd: &Se3TransformerForward,
     ) -> Result<StateDict, Error> {
         let (b, n) = (inputs.batch(), inputs.nodes());
-        let coords: Vec<[f64; 3]> = (0..b).flat_map(|bi| inputs.points(bi)).collect();
-        let mask = inputs.mask.as_ref().map(|m| m.data.as_slice());
-        let (edges, edge_tokens) = match &inputs.edges {
-            Some(EdgeInput::Dense(t)) => (Some(t.data.as_slice()), None),
-            Some(EdgeInput::Tokens { ids, .. }) => (None, Some(ids.as_slice())),
-            None => (None, None),
+        let flat = FlatInputs::of(inputs, &self.input)?;
+        let y = match flat.tokens {
+            Some(ids) => self.forward_tokens(&flat.coords, b, flat.mask, ids, flat.extra)?,
+            None => self.forward(&flat.coords, b, flat.mask, &flat.blocks, flat.extra)?,
         };
-        let extra = CloudInputs {
-            edges,
-            global: inputs.global_feats.as_ref().map(|t| t.data.as_slice()),
-            neighbor_mask: inputs.neighbor_mask.as_ref().map(|t| t.data.as_slice()),
-            edge_tokens,
-            adjacency: inputs.adj_mat.as_ref().map(|t| t.data.as_slice()),
-        };
-        let y = match &inputs.feats {
-            NodeFeats::Tokens { ids, .. } => self.forward_tokens(&coords, b, mask, ids, extra)?,
-            feats => {
-                let x = input_blocks(feats, &self.input, b * n)?;
-                self.forward(&coords, b, mask, &x, extra)?
-            }
-        };
-        self.outputs(y, mask, fwd, b, n)
+        self.outputs(y, flat.mask, fwd, b, n)
     }
 
     /// The library's outputs of blocks `y`: pooled over each cloud's unmasked nodes with
@@ -1740,6 +1724,52 @@ impl NetSession {
     }
 }
 
+/// The inputs of a reference `inputs.safetensors` as a forward takes them: stacked
+/// coordinates, mask, the optional inputs, and the node features (blocks per degree of the
+/// input fiber) or token ids.
+pub(crate) struct FlatInputs<'a> {
+    pub(crate) coords: Vec<[f64; 3]>,
+    pub(crate) mask: Option<&'a [bool]>,
+    pub(crate) extra: CloudInputs<'a>,
+    pub(crate) blocks: Vec<DegreeTensor>,
+    pub(crate) tokens: Option<&'a [i64]>,
+}
+
+impl<'a> FlatInputs<'a> {
+    /// `inputs` for a model whose input fiber is `fiber`.
+    ///
+    /// # Errors
+    /// As [`input_blocks`].
+    pub(crate) fn of(inputs: &'a ModelInputs, fiber: &FiberSpec) -> Result<Self, Error> {
+        let (b, n) = (inputs.batch(), inputs.nodes());
+        let (blocks, tokens) = match &inputs.feats {
+            NodeFeats::Tokens { ids, .. } => (Vec::new(), Some(ids.as_slice())),
+            feats => (input_blocks(feats, fiber, b * n)?, None),
+        };
+        Ok(FlatInputs {
+            coords: (0..b).flat_map(|bi| inputs.points(bi)).collect(),
+            mask: inputs.mask.as_ref().map(|m| m.data.as_slice()),
+            extra: CloudInputs::of(inputs),
+            blocks,
+            tokens,
+        })
+    }
+
+    /// The nodes as a forward reads them, after checking that the model takes tokens exactly
+    /// when the inputs are tokens.
+    ///
+    /// # Errors
+    /// `UnexpectedInput` / `MissingInput` naming `tokens`.
+    pub(crate) fn nodes(&self, options: &Se3TransformerOptions) -> Result<NodeInput<'_>, Error> {
+        match (self.tokens, options.num_tokens.is_some()) {
+            (Some(t), true) => Ok(NodeInput::Tokens(t)),
+            (None, false) => Ok(NodeInput::Features(&self.blocks)),
+            (Some(_), false) => Err(Error::UnexpectedInput { name: "tokens" }),
+            (None, true) => Err(Error::MissingInput { name: "tokens" }),
+        }
+    }
+}
+
 /// The node features of a reference input (`feats (b, n, c)` as degree 0, or one tensor per
 /// degree) as one block per degree of `fiber`, `rows = b n`.
 fn input_blocks(
@@ -1837,6 +1867,25 @@ pub struct CloudInputs<'a> {
     /// every cloud (the library's `adj_mat`), for a model with `attend_sparse_neighbors` or
     /// `num_adj_degrees`.
     pub adjacency: Option<&'a [bool]>,
+}
+
+impl<'a> CloudInputs<'a> {
+    /// The optional inputs of a reference `inputs.safetensors` (`edges` as values or tokens,
+    /// `global_feats`, `neighbor_mask`, `adj_mat`).
+    pub fn of(inputs: &'a ModelInputs) -> Self {
+        let (edges, edge_tokens) = match &inputs.edges {
+            Some(EdgeInput::Dense(t)) => (Some(t.data.as_slice()), None),
+            Some(EdgeInput::Tokens { ids, .. }) => (None, Some(ids.as_slice())),
+            None => (None, None),
+        };
+        CloudInputs {
+            edges,
+            global: inputs.global_feats.as_ref().map(|t| t.data.as_slice()),
+            neighbor_mask: inputs.neighbor_mask.as_ref().map(|t| t.data.as_slice()),
+            edge_tokens,
+            adjacency: inputs.adj_mat.as_ref().map(|t| t.data.as_slice()),
+        }
+    }
 }
 
 /// The global tokens `(batch, g, width)` repeated for every node of their cloud: `g` and

@@ -354,7 +354,7 @@ mod tests {
 
     use super::*;
     use crate::checkpoint::Tensor;
-    use crate::inputs::{BoolTensor, EdgeInput, ModelInputs, NodeFeats};
+    use crate::inputs::{BoolTensor, ModelInputs, NodeFeats};
     use crate::model_file::ModelFile;
     use crate::se3_transformer::{Se3TransformerForward, Se3TransformerOracle};
 
@@ -433,18 +433,7 @@ mod tests {
         let coords: Vec<[f64; 3]> = (0..b).flat_map(|bi| inputs.points(bi)).collect();
         let mask = inputs.mask.as_ref().map(|m| m.data.clone());
         let mut run = model.compile()?;
-        let (edges, edge_tokens) = match &inputs.edges {
-            Some(EdgeInput::Dense(t)) => (Some(t.data.as_slice()), None),
-            Some(EdgeInput::Tokens { ids, .. }) => (None, Some(ids.as_slice())),
-            None => (None, None),
-        };
-        let extra = CloudInputs {
-            edges,
-            global: inputs.global_feats.as_ref().map(|t| t.data.as_slice()),
-            neighbor_mask: inputs.neighbor_mask.as_ref().map(|t| t.data.as_slice()),
-            edge_tokens,
-            adjacency: inputs.adj_mat.as_ref().map(|t| t.data.as_slice()),
-        };
+        let extra = CloudInputs::of(&inputs);
         let y = match &tokens {
             Some(t) => run.forward_tokens(&coords, b, mask.as_deref(), t, extra)?,
             None => run.forward_with(&coords, b, mask.as_deref(), &x, extra)?,

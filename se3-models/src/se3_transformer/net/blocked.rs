@@ -17,10 +17,10 @@
 
 use se3_core::fiber::DegreeTensor;
 
-use super::{input_blocks, NetSession, NodeInput, Prepared};
+use super::{FlatInputs, NetSession, Prepared};
 use crate::checkpoint::StateDict;
-use crate::inputs::{EdgeInput, ModelInputs, NodeFeats};
-use crate::se3_transformer::{CloudInputs, Se3TransformerForward};
+use crate::inputs::ModelInputs;
+use crate::se3_transformer::Se3TransformerForward;
 use crate::Error;
 
 /// What a blocked forward ran: blocks, and the largest block with its neighbourhood.
@@ -126,47 +126,11 @@ fn with_neighbourhood(
     rows
 }
 
-/// The inputs of a reference `inputs.safetensors` as a forward takes them: stacked
-/// coordinates, mask, the optional inputs, and the node features (blocks per degree) or tokens.
-struct FlatInputs<'a> {
-    coords: Vec<[f64; 3]>,
-    mask: Option<&'a [bool]>,
-    extra: CloudInputs<'a>,
-    blocks: Vec<DegreeTensor>,
-    tokens: Option<&'a [i64]>,
-}
-
 impl NetSession {
     /// Layers that pass messages along edges (each widens the set of nodes an output depends
     /// on by one hop): conv_in, the conv stack, each attention or EGNN block, conv_out.
     pub fn message_hops(&self) -> usize {
         self.hops
-    }
-
-    fn flat_inputs<'a>(&self, inputs: &'a ModelInputs) -> Result<FlatInputs<'a>, Error> {
-        let (b, n) = (inputs.batch(), inputs.nodes());
-        let (edges, edge_tokens) = match &inputs.edges {
-            Some(EdgeInput::Dense(t)) => (Some(t.data.as_slice()), None),
-            Some(EdgeInput::Tokens { ids, .. }) => (None, Some(ids.as_slice())),
-            None => (None, None),
-        };
-        let (blocks, tokens) = match &inputs.feats {
-            NodeFeats::Tokens { ids, .. } => (Vec::new(), Some(ids.as_slice())),
-            feats => (input_blocks(feats, &self.input, b * n)?, None),
-        };
-        Ok(FlatInputs {
-            coords: (0..b).flat_map(|bi| inputs.points(bi)).collect(),
-            mask: inputs.mask.as_ref().map(|m| m.data.as_slice()),
-            extra: CloudInputs {
-                edges,
-                global: inputs.global_feats.as_ref().map(|t| t.data.as_slice()),
-                neighbor_mask: inputs.neighbor_mask.as_ref().map(|t| t.data.as_slice()),
-                edge_tokens,
-                adjacency: inputs.adj_mat.as_ref().map(|t| t.data.as_slice()),
-            },
-            blocks,
-            tokens,
-        })
     }
 
     /// [`NetSession::forward_inputs`] with the graph run on blocks of `block_nodes` centre
@@ -200,17 +164,8 @@ impl NetSession {
             return Err(Error::EmptyGraph { batch: 1, nodes: 0 });
         }
         let (b, n) = (inputs.batch(), inputs.nodes());
-        let flat = self.flat_inputs(inputs)?;
-        let x = match flat.tokens {
-            Some(t) => NodeInput::Tokens(t),
-            None => NodeInput::Features(&flat.blocks),
-        };
-        if self.options.num_tokens.is_some() != flat.tokens.is_some() {
-            return Err(match flat.tokens {
-                Some(_) => Error::UnexpectedInput { name: "tokens" },
-                None => Error::MissingInput { name: "tokens" },
-            });
-        }
+        let flat = FlatInputs::of(inputs, &self.input)?;
+        let x = flat.nodes(&self.options)?;
         let prepared = self.prepare(&flat.coords, b, flat.mask, x, flat.extra)?;
         let rows = b * n;
         let degrees = self.output.degrees().to_vec();
@@ -325,11 +280,8 @@ impl NetSession {
             return Err(Error::EmptyGraph { batch: 1, nodes: 0 });
         }
         let (b, n) = (inputs.batch(), inputs.nodes());
-        let flat = self.flat_inputs(inputs)?;
-        let x = match flat.tokens {
-            Some(t) => NodeInput::Tokens(t),
-            None => NodeInput::Features(&flat.blocks),
-        };
+        let flat = FlatInputs::of(inputs, &self.input)?;
+        let x = flat.nodes(&self.options)?;
         let prepared = self.prepare(&flat.coords, b, flat.mask, x, flat.extra)?;
         let rows = b * n;
         let mut stats = BlockStats::default();

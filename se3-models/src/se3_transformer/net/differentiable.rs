@@ -10,11 +10,11 @@ use luminal::prelude::*;
 use se3_core::exec::{IndexBound, InputKind, Session};
 use se3_core::layers::graph::{expand_at, reshape, X};
 
-use super::{input_blocks, NetSession, NodeInput, Se3TransformerNet};
+use super::{FlatInputs, NetSession, Se3TransformerNet};
 use crate::checkpoint::{StateDict, Tensor};
 use crate::differentiable::{Differentiable, Gradients, Objective, ObjectiveGraph, Parameters};
 use crate::inputs::{EdgeInput, ModelInputs, NodeFeats};
-use crate::se3_transformer::{CloudInputs, Se3TransformerForward};
+use crate::se3_transformer::Se3TransformerForward;
 use crate::Error;
 
 /// One output of the library: its name, degree and whether it is pooled.
@@ -240,38 +240,13 @@ impl Differentiable for DifferentiableSe3Transformer {
     fn gradients(&mut self, inputs: &ModelInputs, given: &StateDict) -> Result<Gradients, Error> {
         let (b, n) = (inputs.batch(), inputs.nodes());
         let rows = b * n;
-        let coords: Vec<[f64; 3]> = (0..b).flat_map(|bi| inputs.points(bi)).collect();
-        let mask = inputs.mask.as_ref().map(|m| m.data.as_slice());
-        let (edge_values, edge_tokens) = match &inputs.edges {
-            Some(EdgeInput::Dense(t)) => (Some(t.data.as_slice()), None),
-            Some(EdgeInput::Tokens { ids, .. }) => (None, Some(ids.as_slice())),
-            None => (None, None),
-        };
-        let extra = CloudInputs {
-            edges: edge_values,
-            global: inputs.global_feats.as_ref().map(|t| t.data.as_slice()),
-            neighbor_mask: inputs.neighbor_mask.as_ref().map(|t| t.data.as_slice()),
-            edge_tokens,
-            adjacency: inputs.adj_mat.as_ref().map(|t| t.data.as_slice()),
-        };
-        let blocks;
-        let nodes = match &inputs.feats {
-            NodeFeats::Tokens { ids, .. } => {
-                if self.run.options.num_tokens.is_none() {
-                    return Err(Error::UnexpectedInput { name: "tokens" });
-                }
-                NodeInput::Tokens(ids)
-            }
-            feats => {
-                if self.run.options.num_tokens.is_some() {
-                    return Err(Error::MissingInput { name: "tokens" });
-                }
-                blocks = input_blocks(feats, &self.run.input, rows)?;
-                NodeInput::Features(&blocks)
-            }
-        };
+        let flat = FlatInputs::of(inputs, &self.run.input)?;
+        let mask = flat.mask;
+        let nodes = flat.nodes(&self.run.options)?;
         let t0 = std::time::Instant::now();
-        let (src, dst) = self.run.set_inputs(&coords, b, mask, nodes, extra)?;
+        let (src, dst) = self
+            .run
+            .set_inputs(&flat.coords, b, mask, nodes, flat.extra)?;
         let pooled = self.fwd.return_pooled;
         let s = self.run.session();
         if pooled {
