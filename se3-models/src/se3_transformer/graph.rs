@@ -4,7 +4,7 @@
 use se3_core::basis::KernelBasisValues;
 
 use crate::se3_transformer::basis::Se3tBasis;
-use crate::se3_transformer::reassociated::Contraction;
+use crate::se3_transformer::oracle::reassociated::Contraction;
 use crate::se3_transformer::torch_topk::topk_smallest;
 use crate::Error;
 

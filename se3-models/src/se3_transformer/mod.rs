@@ -8,23 +8,17 @@
 //! training (`net/differentiable.rs`). [`TypedSe3Transformer`] is that model with its fibers as
 //! `#[fiber]` types. Neighbour selection (`graph.rs`) runs on the host.
 //!
-//! [`Se3TransformerOracle`] (`oracle.rs` and the float64 layer files beside it: `attention.rs`,
-//! `conv.rs`, `radial.rs`, `norm.rs`, `egnn.rs`, `basis.rs`, `features.rs`, `reassociated.rs`)
-//! is the plain float64 forward pass the graph is checked against in tests (and `se3 infer
-//! --engine oracle`); it is not used to build or run the model.
+//! [`Se3TransformerOracle`] (`oracle/`: the plain float64 forward pass and its float64 layers,
+//! `attention.rs`, `conv.rs`, `radial.rs`, `norm.rs`, `egnn.rs`, `features.rs`,
+//! `reassociated.rs`; the TFN stack's float64 path shares the conv, norm and radial layers) is
+//! what the graph is checked against in tests (and `se3 infer --engine oracle`); it is not used
+//! to build or run the model.
 
-pub(crate) mod attention;
 pub mod basis;
 pub mod config;
-pub(crate) mod conv;
-pub(crate) mod egnn;
-pub mod features;
 pub mod graph;
 pub mod net;
-pub(crate) mod norm;
 pub mod oracle;
-pub(crate) mod radial;
-pub mod reassociated;
 pub(crate) mod torch_topk;
 pub mod typed;
 
@@ -33,6 +27,6 @@ pub use net::{
     knn_edges, BlockStats, CloudInputs, EgnnTrunk, MemoryEstimate, NetFibers, NetSession,
     Se3TransformerNet, Se3TransformerOptions,
 };
+pub use oracle::reassociated::Contraction;
 pub use oracle::Se3TransformerOracle;
-pub use reassociated::Contraction;
 pub use typed::{TypedSe3Transformer, TypedSession};

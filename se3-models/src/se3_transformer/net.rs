@@ -413,9 +413,9 @@ pub struct Se3TransformerNet {
     sign_flips: Vec<(usize, usize, usize)>,
 }
 
-/// Where a model's checkpoint parameters come from: se3-core's [`ParamSource`] (float32 values
-/// by key and shape) with the shape of a key (to tell the library's width-1 position table)
-/// and float64 buffers (rotary frequencies).
+/// Where a model's checkpoint parameters come from: se3-core's
+/// [`se3_core::layers::ParamSource`] (float32 values by key and shape) with the shape of a key
+/// (to tell the library's width-1 position table) and float64 buffers (rotary frequencies).
 pub trait NetSource: se3_core::layers::ParamSource {
     /// The shape of `key`, if the source has it.
     fn shape_of(&self, key: &str) -> Option<Vec<usize>>;
@@ -1972,7 +1972,7 @@ fn gather_edge_features(f: &[f64], src: &[f32], dst: &[f32], n: usize, d: usize)
 
 /// se3-transformer-pytorch's neighbour selection on `batch` stacked clouds, as the edge inputs
 /// of a typed graph: the selection of the compiled model and the oracle
-/// ([`select_neighbors`](crate::se3_transformer::graph::select_neighbors): for node `i`, the
+/// ([`select_neighbors`]: for node `i`, the
 /// other nodes `j` of its cloud ranked by distance, ties as PyTorch's `topk`, the first
 /// `min(k, n - 1)` kept, valid if `|x_i - x_j| <= valid_radius` and both are unmasked; with
 /// `causal` only `j < i` are valid, ranked after the others as the library's masked pairs). Edge

@@ -10,11 +10,11 @@ use se3_core::layers::{
 };
 
 use crate::checkpoint::{KeyRecorder, StateDict, StateDictSource, WeightSource};
-use crate::se3_transformer::attention::{AttentionBlock as OracleBlock, AttnOpts};
 use crate::se3_transformer::basis::Se3tBasis;
-use crate::se3_transformer::conv::ConvOpts;
-use crate::se3_transformer::features::{Block, Feats};
 use crate::se3_transformer::graph::{build_graph, PairInputs, SelectionParams};
+use crate::se3_transformer::oracle::attention::{AttentionBlock as OracleBlock, AttnOpts};
+use crate::se3_transformer::oracle::conv::ConvOpts;
+use crate::se3_transformer::oracle::features::{Block, Feats};
 use crate::Error;
 
 const K: usize = 5;

@@ -19,10 +19,10 @@ use crate::inputs::ModelInputs;
 use crate::model_file::{check_known_keys, parse_fiber_dict};
 use crate::se3_transformer::basis::{QjSigns, Se3tBasis};
 use crate::se3_transformer::config::FiberDims;
-use crate::se3_transformer::conv::{ConvOpts, ConvSe3};
-use crate::se3_transformer::features::{Block, Feats};
 use crate::se3_transformer::graph::{build_graph, PairInputs, SelectionParams};
-use crate::se3_transformer::norm::NormSe3;
+use crate::se3_transformer::oracle::conv::{ConvOpts, ConvSe3};
+use crate::se3_transformer::oracle::features::{Block, Feats};
+use crate::se3_transformer::oracle::norm::NormSe3;
 use crate::Error;
 
 fn d_true() -> bool {

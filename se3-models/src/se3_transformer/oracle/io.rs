@@ -8,7 +8,7 @@ use super::{embed, shape_err, Se3TransformerOracle};
 use crate::checkpoint::{StateDict, Tensor};
 use crate::inputs::{EdgeInput, ModelInputs, NodeFeats};
 use crate::se3_transformer::config::Se3TransformerForward;
-use crate::se3_transformer::features::{Block, Feats};
+use crate::se3_transformer::oracle::features::{Block, Feats};
 use crate::Error;
 
 impl Se3TransformerOracle {

@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 
 use crate::checkpoint::WeightSource;
 use crate::se3_transformer::config::FiberDims;
-use crate::se3_transformer::conv::{ConvOpts, ConvSe3};
-use crate::se3_transformer::features::{residual, Block, Feats, LinearSe3};
 use crate::se3_transformer::graph::Graph;
-use crate::se3_transformer::norm::NormSe3;
-use crate::se3_transformer::reassociated::{
+use crate::se3_transformer::oracle::conv::{ConvOpts, ConvSe3};
+use crate::se3_transformer::oracle::features::{residual, Block, Feats, LinearSe3};
+use crate::se3_transformer::oracle::norm::NormSe3;
+use crate::se3_transformer::oracle::reassociated::{
     query_message_logits, weighted_message_sum, Contraction,
 };
 use crate::Error;

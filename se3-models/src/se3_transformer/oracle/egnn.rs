@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 
 use crate::checkpoint::WeightSource;
-use crate::se3_transformer::attention::FeedForwardBlock;
 use crate::se3_transformer::config::FiberDims;
-use crate::se3_transformer::features::{Block, Feats};
 use crate::se3_transformer::graph::Graph;
-use crate::se3_transformer::radial::{Dense, LayerNorm};
+use crate::se3_transformer::oracle::attention::FeedForwardBlock;
+use crate::se3_transformer::oracle::features::{Block, Feats};
+use crate::se3_transformer::oracle::radial::{Dense, LayerNorm};
 use crate::Error;
 
 fn silu(x: f64) -> f64 {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::checkpoint::WeightSource;
 use crate::se3_transformer::config::FiberDims;
-use crate::se3_transformer::features::{Block, Feats, Mat};
+use crate::se3_transformer::oracle::features::{Block, Feats, Mat};
 use crate::Error;
 
 /// Exact (erf) GELU, as `torch.nn.GELU()`.

@@ -2,10 +2,10 @@
 
 use crate::checkpoint::WeightSource;
 use crate::se3_transformer::config::FiberDims;
-use crate::se3_transformer::features::{residual, Block, Feats, LinearSe3};
 use crate::se3_transformer::graph::Graph;
-use crate::se3_transformer::radial::RadialFunc;
-use crate::se3_transformer::reassociated::{weighted_message_sum, Contraction};
+use crate::se3_transformer::oracle::features::{residual, Block, Feats, LinearSe3};
+use crate::se3_transformer::oracle::radial::RadialFunc;
+use crate::se3_transformer::oracle::reassociated::{weighted_message_sum, Contraction};
 use crate::Error;
 
 /// Radial-network input for one edge: `[|r|, edge features]`, or with Fourier encoding

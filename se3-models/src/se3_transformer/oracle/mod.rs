@@ -1,30 +1,36 @@
 //! The float64 reference forward pass ("oracle") of se3-transformer-pytorch 0.9's `SE3Transformer`:
-//! test support, not the model (that is [`Se3Transformer`](super::Se3Transformer), the compiled
-//! graph).
+//! test support, not the model (that is [`Se3TransformerNet`](super::Se3TransformerNet), one
+//! graph of se3-core's layers).
 //!
 //! Plain Rust, one graph at a time, written for clarity and exactness rather than speed; the graph
-//! is tested against it, and builds from it (checkpoint parsing, per-batch neighbour selection and
-//! kernel basis). Semantics follow tests/reference/CONVENTIONS.md section 2.
+//! is tested against it. Semantics follow tests/reference/CONVENTIONS.md section 2.
 
 use crate::checkpoint::{KeyRecorder, StateDict, StateDictSource, WeightSource};
 use crate::inputs::ModelInputs;
-use crate::se3_transformer::attention::{AttentionBlock, AttnOpts, FeedForwardBlock};
 use crate::se3_transformer::basis::{QjSigns, Se3tBasis};
 use crate::se3_transformer::config::{
     Se3TransformerConfig, Se3TransformerForward, Se3TransformerShape,
 };
-use crate::se3_transformer::conv::{ConvOpts, ConvSe3};
-use crate::se3_transformer::egnn::EgnnNetwork;
-use crate::se3_transformer::features::{Block, Feats, LinearSe3, Mat};
 use crate::se3_transformer::graph::{
     adjacency_degrees, edge_graph, select_neighbors, sparse_selection, PairInputs, SelectionParams,
 };
-use crate::se3_transformer::norm::NormSe3;
-use crate::se3_transformer::reassociated::Contraction;
+use crate::se3_transformer::oracle::attention::{AttentionBlock, AttnOpts, FeedForwardBlock};
+use crate::se3_transformer::oracle::conv::{ConvOpts, ConvSe3};
+use crate::se3_transformer::oracle::egnn::EgnnNetwork;
+use crate::se3_transformer::oracle::features::{Block, Feats, LinearSe3, Mat};
+use crate::se3_transformer::oracle::norm::NormSe3;
+use crate::se3_transformer::oracle::reassociated::Contraction;
 use crate::Error;
 use se3_core::layers::RotaryEmbedding;
 
+pub(crate) mod attention;
+pub(crate) mod conv;
+pub(crate) mod egnn;
+pub mod features;
 mod io;
+pub(crate) mod norm;
+pub(crate) mod radial;
+pub mod reassociated;
 
 #[derive(Debug, Clone)]
 pub(crate) enum Trunk {

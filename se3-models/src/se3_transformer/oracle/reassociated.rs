@@ -28,9 +28,9 @@ pub enum Contraction {
     Reassociated,
 }
 
-use crate::se3_transformer::conv::{basis_times_features, radial_input, ConvSe3};
-use crate::se3_transformer::features::{Block, Feats};
 use crate::se3_transformer::graph::Graph;
+use crate::se3_transformer::oracle::conv::{basis_times_features, radial_input, ConvSe3};
+use crate::se3_transformer::oracle::features::{Block, Feats};
 use crate::Error;
 
 fn missing() -> Error {
@@ -198,8 +198,8 @@ mod tests {
     use super::*;
     use crate::checkpoint::{KeyRecorder, StateDict, StateDictSource, Tensor, WeightSource};
     use crate::se3_transformer::basis::Se3tBasis;
-    use crate::se3_transformer::conv::ConvOpts;
     use crate::se3_transformer::graph::{build_graph, PairInputs, SelectionParams};
+    use crate::se3_transformer::oracle::conv::ConvOpts;
     use rand::{Rng, SeedableRng};
 
     fn setup(seed: u64) -> Result<(ConvSe3, Feats, Graph, rand::rngs::StdRng), Error> {

@@ -1,7 +1,7 @@
 //! The radial network of se3-transformer-pytorch's PairwiseConv (RadialFunc).
 
 use crate::checkpoint::WeightSource;
-use crate::se3_transformer::norm::gelu;
+use crate::se3_transformer::oracle::norm::gelu;
 use crate::Error;
 
 /// `y = W x + b`, keys `<prefix>.weight` (out, in) and `<prefix>.bias` (out).
