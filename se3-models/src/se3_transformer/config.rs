@@ -113,8 +113,11 @@ pub struct Se3TransformerConfig {
     /// Learned null key/value slot per degree.
     #[serde(default)]
     pub use_null_kv: bool,
-    /// Gradients through the basis only; no effect on forward values. The compiled graph then
-    /// builds relative positions, radial input and kernel basis from `coors` itself.
+    /// Gradients through the basis only; no effect on forward values. [`Se3TransformerNet`]
+    /// builds relative positions, radial input and kernel basis from the coordinates in its
+    /// graph whatever this says, so its coordinate gradients are the true derivative.
+    ///
+    /// [`Se3TransformerNet`]: crate::se3_transformer::Se3TransformerNet
     #[serde(default)]
     pub differentiable_coors: bool,
     /// Fourier-encode the distance before the radial networks.

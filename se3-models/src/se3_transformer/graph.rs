@@ -295,8 +295,8 @@ pub fn select_neighbors(
 /// nodes) of a selection: relative positions, distances, edge features and the kernel basis from
 /// the global coordinates and pair inputs; neighbour indices renumbered to positions in `rows`,
 /// a neighbour outside `rows` replaced by a stand-in node of `rows` not otherwise in the row
-/// (its geometry and validity kept: the caller must not need that centre's result, see
-/// `Se3Transformer::forward_blocked`).
+/// (its geometry and validity kept: the caller must not need that centre's result). The float64
+/// oracle's per-edge data.
 /// With `rows = 0..n` this is the whole graph.
 ///
 /// # Errors

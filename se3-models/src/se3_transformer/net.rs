@@ -1971,7 +1971,7 @@ fn gather_edge_features(f: &[f64], src: &[f32], dst: &[f32], n: usize, d: usize)
 }
 
 /// se3-transformer-pytorch's neighbour selection on `batch` stacked clouds, as the edge inputs
-/// of a typed graph: the selection of the compiled model and the oracle
+/// of a graph: the selection of [`Se3TransformerNet`] and the oracle
 /// ([`select_neighbors`]: for node `i`, the
 /// other nodes `j` of its cloud ranked by distance, ties as PyTorch's `topk`, the first
 /// `min(k, n - 1)` kept, valid if `|x_i - x_j| <= valid_radius` and both are unmasked; with
