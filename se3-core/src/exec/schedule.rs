@@ -121,15 +121,16 @@ impl Schedule {
         for ((n, _), b) in &size {
             *alloc.entry(*n).or_insert(0) += b;
         }
-        // nodes computed from resident weights alone (a weight's permuted copy, say): ready
-        // from the start, they run only when nothing else is, so that they are made just
-        // before their consumer rather than all at once at the start of the run
+        // nodes computed from resident weights and constants alone (a weight's permuted copy,
+        // say): ready from the start, they run only when nothing else is, the one whose
+        // consumer waits for it alone first, so that each is made just before its consumer
+        // rather than all at once at the start of the run
         let mut weight_only: FxHashSet<NodeIndex> = FxHashSet::default();
         if let Ok(order) = luminal::prelude::petgraph::algo::toposort(g, None) {
             for n in order {
                 let srcs = &sources[&n];
+                // a node without inputs that is not present (not an input slot) is a constant
                 let from_weights = !present(n)
-                    && !srcs.is_empty()
                     && srcs.iter().all(|((m, _), _)| {
                         (present(*m) && graph.no_delete.contains(m)) || weight_only.contains(m)
                     });
@@ -146,7 +147,7 @@ impl Schedule {
         let mut counted: FxHashSet<(NodeIndex, u8)> = FxHashSet::default();
         while !ready.is_empty() {
             let mut best = 0;
-            let mut best_key = (false, false, 0);
+            let mut best_key = (false, false, false, 0);
             for (i, &n) in ready.iter().enumerate() {
                 counted.clear();
                 let mut freed = 0usize;
@@ -161,8 +162,17 @@ impl Schedule {
                     }
                 }
                 let made = alloc.get(&n).copied().unwrap_or(0);
+                let from_weights = weight_only.contains(&n);
+                // of the nodes made from weights, first one whose consumer waits for it alone
+                let unblocks = from_weights
+                    && g.edges_directed(n, Direction::Outgoing).any(|e| {
+                        let m = e.target();
+                        let from_n = g.edges_connecting(n, m).count();
+                        waiting.get(&m) == Some(&from_n)
+                    });
                 let key = (
-                    !weight_only.contains(&n),
+                    !from_weights,
+                    unblocks,
                     freed > 0 && freed >= made,
                     usize::MAX - n.index(),
                 );

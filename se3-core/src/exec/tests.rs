@@ -812,3 +812,43 @@ fn weights_read_through_one_permuted_copy_are_stored_in_its_layout() -> Result<(
     }
     Ok(())
 }
+
+/// Nodes computed from weights alone (here copies of weights that are also read elsewhere, so
+/// they stay in the graph) run just before their consumer: the copies of a chain of layers are
+/// never alive together.
+#[test]
+fn weight_only_copies_are_made_just_before_they_are_read() -> Result<(), Error> {
+    const W: usize = 64;
+    const LAYERS: usize = 4;
+    let mut r = rng();
+    let mut s = Session::new();
+    let x = s.input::<(Dyn<'n'>, Const<W>)>("x", InputKind::Values);
+    // a scaled, permuted copy per layer, declared before the layers (lower node indices than
+    // the chain that reads them), and a second reader so each weight keeps its layout
+    let mut copies = Vec::new();
+    for i in 0..LAYERS {
+        let w = s.weight::<(Const<W>, Const<W>)>(&format!("w{i}"));
+        let wt: GraphTensor<(Const<W>, Const<W>)> =
+            (w.permute::<_, Axes2<1, 0>>() * 0.5).contiguous();
+        copies.push(wt);
+        s.output(&format!("sum{i}"), w.sum_reduce::<(Const<W>,), Axis<1>>());
+    }
+    let mut h = x;
+    for wt in copies {
+        h = h.matmul(wt).relu();
+    }
+    s.output("y", h);
+    s.compile();
+    for i in 0..LAYERS {
+        s.set_weight(&format!("w{i}"), rand_vec(&mut r, W * W), &[W, W])?;
+    }
+    s.set("x", rand_vec(&mut r, W), &[1, W])?;
+    s.run()?;
+    let copy = W * W * std::mem::size_of::<f32>();
+    let peak = s.memory_stats().peak_intermediates;
+    assert!(
+        peak < 2 * copy,
+        "peak {peak} bytes: more than one weight copy ({copy} bytes) alive at once"
+    );
+    Ok(())
+}

@@ -170,7 +170,7 @@ fn pair_block(
 /// # Errors
 /// None for a consistent pair (those of [`RadialMlp::from_values`]).
 fn all_frequencies(p: &PairKernel, full: usize) -> Result<RadialMlp, Error> {
-    let (lw, lb) = p.radial.last_layer();
+    let (lw, lb) = p.radial.last_layer()?;
     let hd = RADIAL_HIDDEN;
     let (nf, n_in) = (p.nf(), p.radial.n_in());
     let rows = p.c_out * p.c_in * full;

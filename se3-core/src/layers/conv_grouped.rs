@@ -131,8 +131,8 @@ fn last_layer(
     nf: usize,
     c0: usize,
     cnt: usize,
-) -> (Vec<f32>, Vec<f32>) {
-    let (lw, lb) = radial.last_layer();
+) -> Result<(Vec<f32>, Vec<f32>), Error> {
+    let (lw, lb) = radial.last_layer()?;
     let hd = RADIAL_HIDDEN;
     let c_in = cf / nf.max(1);
     let mut w = vec![0.0; cf * hd * cnt];
@@ -148,7 +148,7 @@ fn last_layer(
             b[j * cnt + o] = lb[row];
         }
     }
-    (w, b)
+    Ok((w, b))
 }
 
 /// `sum_j a_ij m_ij` for output channels `c0..c0 + cnt` of the pair, reassociated: `A_i = sum_j
@@ -167,7 +167,7 @@ pub fn weighted_sum(
     cnt: usize,
 ) -> Result<GraphTensor<(X, X, X)>, Error> {
     let cf = pe.c_in * pe.nf();
-    let (w, b) = last_layer(radial, cf, pe.nf(), c0, cnt);
+    let (w, b) = last_layer(radial, cf, pe.nf(), c0, cnt)?;
     let wt: GraphTensor<(X, X)> =
         constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, cnt])?;
     let bt: GraphTensor<(X, X)> = constant(s, &format!("{prefix}b"), b, &[cf, cnt])?;
@@ -191,7 +191,7 @@ pub fn query_logits(
     cnt: usize,
 ) -> Result<GraphTensor<(X, X)>, Error> {
     let cf = pe.c_in * pe.nf();
-    let (w, b) = last_layer(radial, cf, pe.nf(), c0, cnt);
+    let (w, b) = last_layer(radial, cf, pe.nf(), c0, cnt)?;
     let wt: GraphTensor<(X, X)> =
         constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, cnt])?;
     let bt: GraphTensor<(X, X)> = constant(s, &format!("{prefix}b"), b, &[cf, cnt])?;
@@ -208,14 +208,14 @@ fn last_layer_heads(
     nf: usize,
     c0s: &[usize],
     cnt: usize,
-) -> (Vec<f32>, Vec<f32>) {
+) -> Result<(Vec<f32>, Vec<f32>), Error> {
     let heads = c0s.len();
     let all = heads * cnt;
     let hd = RADIAL_HIDDEN;
     let mut w = vec![0.0; cf * hd * all];
     let mut b = vec![0.0; cf * all];
     for (t, &c0) in c0s.iter().enumerate() {
-        let (wt, bt) = last_layer(radial, cf, nf, c0, cnt);
+        let (wt, bt) = last_layer(radial, cf, nf, c0, cnt)?;
         for r in 0..cf * hd {
             w[r * all + t * cnt..r * all + (t + 1) * cnt]
                 .copy_from_slice(&wt[r * cnt..(r + 1) * cnt]);
@@ -225,7 +225,7 @@ fn last_layer_heads(
                 .copy_from_slice(&bt[r * cnt..(r + 1) * cnt]);
         }
     }
-    (w, b)
+    Ok((w, b))
 }
 
 /// The last layer of `radial` for the heads' output channels (`c0s[t] .. c0s[t] + cnt` for
@@ -245,7 +245,7 @@ fn head_weights(
 ) -> Result<(GraphTensor<(X, X)>, GraphTensor<(X, X)>), Error> {
     let cf = pe.c_in * pe.nf();
     let all = c0s.len() * cnt;
-    let (w, b) = last_layer_heads(radial, cf, pe.nf(), c0s, cnt);
+    let (w, b) = last_layer_heads(radial, cf, pe.nf(), c0s, cnt)?;
     Ok((
         constant(s, &format!("{prefix}w"), w, &[cf * RADIAL_HIDDEN, all])?,
         constant(s, &format!("{prefix}b"), b, &[cf, all])?,
@@ -353,7 +353,7 @@ pub fn direct_message(
     }
     let e = pe.n * pe.k;
     let cf = pe.width(); // d_out = 0: one basis function, one output component
-    let (lw, lb) = radial.last_layer();
+    let (lw, lb) = radial.last_layer()?;
     let hd = RADIAL_HIDDEN;
     let mut w = vec![0.0; hd * cnt * cf];
     let mut b = vec![0.0; cnt * cf];

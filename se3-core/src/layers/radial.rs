@@ -126,9 +126,22 @@ impl RadialMlp {
         })
     }
 
-    /// The last layer's weight `(n_out, 128)` and bias `(n_out,)`, row-major.
-    pub fn last_layer(&self) -> (&[f32], &[f32]) {
-        (&self.params[8].data, &self.params[9].data)
+    /// The last layer's weight `(n_out, 128)` and bias `(n_out,)`, row-major, for graph forms
+    /// that rearrange them on the host.
+    ///
+    /// # Errors
+    /// `MissingInput` naming the parameter if its values are not here (moved into a session,
+    /// e.g. by `Se3TransformerNet::into_session`).
+    pub fn last_layer(&self) -> Result<(&[f32], &[f32]), Error> {
+        let (w, b) = (&self.params[8], &self.params[9]);
+        for p in [w, b] {
+            if p.data.len() != p.shape.iter().product::<usize>() {
+                return Err(Error::MissingInput {
+                    name: format!("{} (its values were moved out of the layer)", p.key),
+                });
+            }
+        }
+        Ok((&w.data, &b.data))
     }
 
     /// The last layer's weight `(n_out, 128)` and bias `(n_out,)` as graph tensors (weights

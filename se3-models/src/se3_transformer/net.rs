@@ -1499,12 +1499,7 @@ impl NetSession {
             });
         }
         let n = rows / batch;
-        if let Some(index) = coords.iter().flatten().position(|v| !v.is_finite()) {
-            return Err(Error::NonFinite {
-                name: "coords",
-                index,
-            });
-        }
+        all_finite("coords", coords.iter().flatten())?;
         if let Some(m) = extra.neighbor_mask {
             if m.len() != rows * n {
                 return Err(Error::InputShape {
@@ -1555,12 +1550,7 @@ impl NetSession {
                     found: vec![f.len()],
                 });
             }
-            if let Some(index) = f.iter().position(|v| !v.is_finite()) {
-                return Err(Error::NonFinite {
-                    name: "edges",
-                    index,
-                });
-            }
+            all_finite("edges", f)?;
         }
         let given = expected(
             extra.global,
@@ -1904,18 +1894,24 @@ fn global_rows(
             found: vec![g.len()],
         });
     }
-    if let Some(index) = g.iter().position(|v| !v.is_finite()) {
-        return Err(Error::NonFinite {
-            name: "global_feats",
-            index,
-        });
-    }
+    all_finite("global_feats", g)?;
     let n = rows / batch;
     let out = (0..rows)
         .flat_map(|i| g[(i / n) * per_cloud..(i / n + 1) * per_cloud].iter())
         .map(|&v| v as f32)
         .collect();
     Ok((per_cloud / width, out))
+}
+
+/// `NonFinite` naming input `name` at the first NaN or infinite value.
+fn all_finite<'a>(
+    name: &'static str,
+    values: impl IntoIterator<Item = &'a f64>,
+) -> Result<(), Error> {
+    match values.into_iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(Error::NonFinite { name, index }),
+        None => Ok(()),
+    }
 }
 
 /// `given` if the model takes the input (`needed`), `MissingInput` / `UnexpectedInput` naming
@@ -2091,6 +2087,30 @@ mod tests {
         }
         println!("{name}: max rel err {worst:.2e}");
         Ok(worst)
+    }
+
+    /// A graph form that rearranges weights on the host (`ConvPath::Grouped`) meets weights
+    /// already moved into the session: a typed error naming the parameter, not a panic.
+    #[test]
+    fn moved_weights_read_on_the_host_are_a_typed_error() -> Result<(), Error> {
+        let dir = reference("se3t_basic");
+        let file = ModelFile::load(dir.join("config.json"))?;
+        let cfg = Se3TransformerConfig::from_kwargs(&file.constructor_kwargs)?;
+        let sd = StateDict::load(dir.join("weights.safetensors"))?;
+        let mut net = Se3TransformerNet::from_config(&cfg, &sd)?;
+        net.conv_in = net
+            .conv_in
+            .clone()
+            .with_path(se3_core::layers::ConvPath::Grouped);
+        // with the values in place the grouped form builds
+        net.compile()?;
+        match net.into_session() {
+            Err(Error::Core(se3_core::Error::MissingInput { name })) => {
+                assert!(name.contains("conv_in") || name.contains("net.6"), "{name}");
+            }
+            other => panic!("expected MissingInput, got {:?}", other.map(|_| ())),
+        }
+        Ok(())
     }
 
     /// Every SE(3)-Transformer reference (all options, the EGNN trunk and the reduced output

@@ -126,6 +126,33 @@ fn with_neighbourhood(
     rows
 }
 
+/// What [`for_each_block`] does with a block: `(centres, block, statistics so far)`.
+type BlockRun<'a> = dyn FnMut(&[usize], &[usize], &BlockStats) -> Result<(), Error> + 'a;
+
+/// Calls `run(centres, block, stats so far)` for every block of `block_nodes` centres of each of
+/// the `b` clouds of `n` nodes (runs of their Morton order), `block` the centres followed by their
+/// `hops`-hop neighbourhood along the edges of `p`; returns the statistics of all blocks.
+fn for_each_block(
+    p: &Prepared<'_>,
+    coords: &[[f64; 3]],
+    (b, n, block_nodes, hops): (usize, usize, usize, usize),
+    run: &mut BlockRun<'_>,
+) -> Result<BlockStats, Error> {
+    let mut stats = BlockStats::default();
+    let mut mark = vec![false; b * n];
+    for bi in 0..b {
+        let order = morton_order(&coords[bi * n..(bi + 1) * n], bi * n);
+        for centres in order.chunks(block_nodes) {
+            let block = with_neighbourhood(p, centres, hops, &mut mark);
+            stats.blocks += 1;
+            stats.max_nodes = stats.max_nodes.max(block.len());
+            stats.total_nodes += block.len();
+            run(centres, &block, &stats)?;
+        }
+    }
+    Ok(stats)
+}
+
 impl NetSession {
     /// Layers that pass messages along edges (each widens the set of nodes an output depends
     /// on by one hop): conv_in, the conv stack, each attention or EGNN block, conv_out.
@@ -173,17 +200,12 @@ impl NetSession {
             .iter()
             .map(|d| vec![0.0; rows * d.channels * d.width()])
             .collect();
-        let mut stats = BlockStats::default();
-        let mut mark = vec![false; rows];
-        let hops = self.hops;
-        for bi in 0..b {
-            let order = morton_order(&flat.coords[bi * n..(bi + 1) * n], bi * n);
-            for centres in order.chunks(block_nodes) {
-                let block = with_neighbourhood(&prepared, centres, hops, &mut mark);
-                stats.blocks += 1;
-                stats.max_nodes = stats.max_nodes.max(block.len());
-                stats.total_nodes += block.len();
-                self.feed(&prepared, &block)?;
+        let stats = for_each_block(
+            &prepared,
+            &flat.coords,
+            (b, n, block_nodes, self.hops),
+            &mut |centres, block, stats| {
+                self.feed(&prepared, block)?;
                 self.session.run()?;
                 for (d, o) in degrees.iter().zip(&mut out) {
                     let y = self.session.get(&format!("y.{}", d.l))?.data;
@@ -192,9 +214,10 @@ impl NetSession {
                         o[i * w..(i + 1) * w].copy_from_slice(&y[q * w..(q + 1) * w]);
                     }
                 }
-                after_block(&stats);
-            }
-        }
+                after_block(stats);
+                Ok(())
+            },
+        )?;
         let y = degrees
             .iter()
             .zip(out)
@@ -284,17 +307,12 @@ impl NetSession {
         let x = flat.nodes(&self.options)?;
         let prepared = self.prepare(&flat.coords, b, flat.mask, x, flat.extra)?;
         let rows = b * n;
-        let mut stats = BlockStats::default();
-        let mut mark = vec![false; rows];
-        for bi in 0..b {
-            let order = morton_order(&flat.coords[bi * n..(bi + 1) * n], bi * n);
-            for centres in order.chunks(block_nodes) {
-                let block = with_neighbourhood(&prepared, centres, self.hops, &mut mark);
-                stats.blocks += 1;
-                stats.max_nodes = stats.max_nodes.max(block.len());
-                stats.total_nodes += block.len();
-            }
-        }
+        let stats = for_each_block(
+            &prepared,
+            &flat.coords,
+            (b, n, block_nodes, self.hops),
+            &mut |_, _, _| Ok(()),
+        )?;
         let k = prepared.k;
         let feats: usize = flat.blocks.iter().map(|t| t.data().len()).sum();
         let out_width: usize = self

@@ -64,10 +64,10 @@ impl<In: Fiber, Hidden: Fiber, Out: Fiber> Forward for TypedSe3Transformer<In, H
             .build(s, &prefix, x.untyped(), edges, basis)
             .map_err(|e| match e {
                 crate::Error::Core(c) => c,
-                other => se3_core::Error::InvalidParameter {
-                    what: "SE(3)-Transformer graph",
-                    expected: "a graph the layers build",
-                    found: f64::from(u8::from(matches!(other, crate::Error::NotTyped { .. }))),
+                // the layers' errors are se3-core's; nothing else reaches here
+                _ => se3_core::Error::InvalidOp {
+                    op: "Se3TransformerNet::build",
+                    problem: "an error outside se3-core's layers",
                 },
             })?;
         GraphFeatures::new(y)
