@@ -30,10 +30,11 @@ use luminal::prelude::{ShapeTracker, Tensor};
 pub(crate) const MIN_ELEMS: usize = 16 * 1024;
 /// Most bytes the pool keeps.
 pub(crate) const CAP_BYTES: usize = 96 << 20;
-/// Bytes the pool may keep above the headroom of [`set_budget`]: 16 MiB of idle buffers buy most
-/// of the reuse (the SE(3)-Transformer at 128 nodes: 85% of requested bytes served from the pool
-/// instead of 58% without slack, 40% fewer page faults) for at most 16 MiB above the high water.
-pub(crate) const SLACK_BYTES: usize = 16 << 20;
+/// Bytes the pool may keep above the headroom of [`set_budget`]: 4 MiB of idle buffers buy the
+/// reuse that matters (the SE(3)-Transformer at 2 degrees, 512 nodes: the same forward time as
+/// with 16 MiB, 74.6 instead of 84 MiB peak resident memory; with 1 MiB about 5% slower from
+/// page faults).
+pub(crate) const SLACK_BYTES: usize = 4 << 20;
 
 struct Pool {
     /// Free buffers, oldest first.

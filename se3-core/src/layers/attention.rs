@@ -389,10 +389,28 @@ impl AttentionLayer {
         // sums cannot carry: with them every degree takes the per-edge form
         let reassociate = matches!(self.to_v.path(), ConvPath::Fused | ConvPath::Grouped)
             && edges.rotary.is_none();
-        let vp = if reassociate {
-            self.to_v.grouped_pairs(s, &vprefix, x, edges, basis, k)?
-        } else {
-            None
+        // keys and values by convolution: their radial networks in one bank per output degree
+        let joint = match (&self.to_k, reassociate) {
+            (KeyProjection::Conv(c), true) => ConvLayer::grouped_pairs_of(
+                &[(&self.to_v, vprefix.as_str()), (c, kprefix.as_str())],
+                s,
+                x,
+                edges,
+                basis,
+                k,
+            )?,
+            _ => None,
+        };
+        let (vp, joint_keys) = match joint {
+            Some(mut both) if both.len() == 2 => {
+                let kp = both.pop();
+                (both.pop(), kp)
+            }
+            _ if reassociate => (
+                self.to_v.grouped_pairs(s, &vprefix, x, edges, basis, k)?,
+                None,
+            ),
+            _ => (None, None),
         };
         let values = match vp {
             Some(_) => None,
@@ -404,10 +422,10 @@ impl AttentionLayer {
             (KeyProjection::Values, _, Some(v)) => Keys::PerEdge(v.clone()),
             (KeyProjection::Values, None, None) => return Err(no_pair("values")),
             (KeyProjection::Conv(c), ..) => {
-                let grouped = if vp.is_some() {
-                    c.grouped_pairs(s, &kprefix, x, edges, basis, k)?
-                } else {
-                    None
+                let grouped = match joint_keys {
+                    Some(kp) => Some(kp),
+                    None if vp.is_some() => c.grouped_pairs(s, &kprefix, x, edges, basis, k)?,
+                    None => None,
                 };
                 match grouped {
                     Some(kp) => Keys::Grouped(kp),

@@ -694,66 +694,132 @@ impl ConvLayer {
         basis: &EdgeBasis,
         k: Expression,
     ) -> Result<Option<Vec<GroupedPair>>, Error> {
-        if self
-            .pairs
-            .iter()
-            .any(|p| p.nf() != 2 * p.d_in.min(p.d_out) + 1)
-        {
+        Ok(
+            Self::grouped_pairs_of(&[(self, prefix)], s, x, edges, basis, k)?
+                .and_then(|mut all| all.pop()),
+        )
+    }
+
+    /// [`ConvLayer::grouped_pairs`] of several convolutions on the same input (an attention
+    /// block's keys and values), one list per convolution. The radial networks' hidden layers
+    /// run in one [`RadialBank`] per output degree (and radial input) over all the
+    /// convolutions: the contractions of one output degree (keys and values alike) read only
+    /// their bank, so at most one degree's hidden activations need to be alive at a time
+    /// (`P_d E 128` floats instead of every pair's).
+    ///
+    /// # Errors
+    /// As [`ConvLayer::grouped_pairs`].
+    pub fn grouped_pairs_of(
+        convs: &[(&ConvLayer, &str)],
+        s: &mut Session,
+        x: &FeatureTensors<N>,
+        edges: &EdgeGraph,
+        basis: &EdgeBasis,
+        k: Expression,
+    ) -> Result<Option<Vec<Vec<GroupedPair>>>, Error> {
+        let partial = |c: &ConvLayer| {
+            c.pairs
+                .iter()
+                .any(|p| p.nf() != 2 * p.d_in.min(p.d_out) + 1)
+        };
+        if convs.iter().any(|(c, _)| partial(c)) {
             return Ok(None);
         }
-        self.check_input(x, basis)?;
-        self.check_edge_dim(edges)?;
-        let input = edges.radial_input(s, self.options.fourier)?;
-        let e = dims(edges.dist)[0];
-        // the hidden layers of every pair in one fused op, under each pair's checkpoint keys
-        let nets: Vec<(String, &RadialMlp)> = self
-            .pairs
-            .iter()
-            .map(|p| (format!("{}rp.", p.key(prefix)), &p.radial))
-            .collect();
-        let bank = RadialBank::build_declared(s, &nets, input)?;
-        let mut out = Vec::with_capacity(self.pairs.len());
-        for (i, p) in self.pairs.iter().enumerate() {
-            let xl = self.input_degree(x, p.d_in)?;
-            let n = dims(xl)[0];
-            let h = bank.hidden(i)?;
-            let (w, b) = p.radial.declare_last_layer(s, &nets[i].0)?;
-            let (di, mo, nf) = (2 * p.d_in + 1, 2 * p.d_out + 1, p.nf());
-            // [e, q, (f, p)] -> [e, p, q, f], the layout PairEdges reads
-            let b4: GraphTensor<(X, X, X, X)> = reshape(
-                basis.block(p.d_in, p.d_out)?,
-                &[e, di.into(), nf.into(), mo.into()],
-            );
-            let kb = permute(b4, &[0, 3, 1, 2]);
-            let pe = PairEdges::new(p.d_in, p.d_out, retype(xl), edges.src, kb, retype(h), n, k);
-            // the network's rows (o, c, f) -> [(f, c, h), o] and [(f, c), o]
-            let w4: GraphTensor<(X, X, X, X)> = reshape(
-                w,
-                &[
-                    p.c_out.into(),
-                    p.c_in.into(),
-                    nf.into(),
-                    RADIAL_HIDDEN.into(),
-                ],
-            );
-            let w = reshape(
-                permute(w4, &[2, 1, 3, 0]),
-                &[(nf * p.c_in * RADIAL_HIDDEN).into(), p.c_out.into()],
-            );
-            let b3: GraphTensor<(X, X, X)> =
-                reshape(b, &[p.c_out.into(), p.c_in.into(), nf.into()]);
-            let b = reshape(
-                permute(b3, &[2, 1, 0]),
-                &[(nf * p.c_in).into(), p.c_out.into()],
-            );
-            out.push(GroupedPair {
-                d_out: p.d_out,
-                edges: pe,
-                w,
-                b,
-            });
+        for (c, _) in convs {
+            c.check_input(x, basis)?;
+            c.check_edge_dim(edges)?;
         }
-        Ok(Some(out))
+        // banks keyed by (radial input, output degree); each pair's place in its bank
+        struct Group<'a> {
+            fourier: Option<usize>,
+            d_out: usize,
+            nets: Vec<(String, &'a RadialMlp)>,
+            bank: Option<RadialBank>,
+        }
+        let mut groups: Vec<Group> = Vec::new();
+        let mut place: Vec<Vec<(usize, usize)>> = Vec::with_capacity(convs.len());
+        for (c, prefix) in convs {
+            let mut places = Vec::with_capacity(c.pairs.len());
+            for p in &c.pairs {
+                let fourier = c.options.fourier;
+                let g = match groups
+                    .iter()
+                    .position(|g| g.fourier == fourier && g.d_out == p.d_out)
+                {
+                    Some(g) => g,
+                    None => {
+                        groups.push(Group {
+                            fourier,
+                            d_out: p.d_out,
+                            nets: Vec::new(),
+                            bank: None,
+                        });
+                        groups.len() - 1
+                    }
+                };
+                places.push((g, groups[g].nets.len()));
+                groups[g]
+                    .nets
+                    .push((format!("{}rp.", p.key(prefix)), &p.radial));
+            }
+            place.push(places);
+        }
+        for g in &mut groups {
+            let input = edges.radial_input(s, g.fourier)?;
+            g.bank = Some(RadialBank::build_declared(s, &g.nets, input)?);
+        }
+        let e = dims(edges.dist)[0];
+        let mut all = Vec::with_capacity(convs.len());
+        for ((c, _), places) in convs.iter().zip(&place) {
+            let mut out = Vec::with_capacity(c.pairs.len());
+            for (p, &(g, i)) in c.pairs.iter().zip(places) {
+                let group = &groups[g];
+                let bank = group.bank.ok_or(Error::Empty {
+                    what: "radial bank",
+                })?;
+                let xl = c.input_degree(x, p.d_in)?;
+                let n = dims(xl)[0];
+                let h = bank.hidden(i)?;
+                let (w, b) = p.radial.declare_last_layer(s, &group.nets[i].0)?;
+                let (di, mo, nf) = (2 * p.d_in + 1, 2 * p.d_out + 1, p.nf());
+                // [e, q, (f, p)] -> [e, p, q, f], the layout PairEdges reads
+                let b4: GraphTensor<(X, X, X, X)> = reshape(
+                    basis.block(p.d_in, p.d_out)?,
+                    &[e, di.into(), nf.into(), mo.into()],
+                );
+                let kb = permute(b4, &[0, 3, 1, 2]);
+                let pe =
+                    PairEdges::new(p.d_in, p.d_out, retype(xl), edges.src, kb, retype(h), n, k);
+                // the network's rows (o, c, f) -> [(f, c, h), o] and [(f, c), o]
+                let w4: GraphTensor<(X, X, X, X)> = reshape(
+                    w,
+                    &[
+                        p.c_out.into(),
+                        p.c_in.into(),
+                        nf.into(),
+                        RADIAL_HIDDEN.into(),
+                    ],
+                );
+                let w = reshape(
+                    permute(w4, &[2, 1, 3, 0]),
+                    &[(nf * p.c_in * RADIAL_HIDDEN).into(), p.c_out.into()],
+                );
+                let b3: GraphTensor<(X, X, X)> =
+                    reshape(b, &[p.c_out.into(), p.c_in.into(), nf.into()]);
+                let b = reshape(
+                    permute(b3, &[2, 1, 0]),
+                    &[(nf * p.c_in).into(), p.c_out.into()],
+                );
+                out.push(GroupedPair {
+                    d_out: p.d_out,
+                    edges: pe,
+                    w,
+                    b,
+                });
+            }
+            all.push(out);
+        }
+        Ok(Some(all))
     }
 
     fn check_edge_dim(&self, edges: &EdgeGraph) -> Result<(), Error> {
