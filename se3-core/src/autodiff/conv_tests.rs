@@ -88,6 +88,7 @@ fn fused_and_grouped_conv_gradients_match_the_unfused_gemm_path() -> Result<(), 
     let paths = [
         ConvPath::Gemm,
         ConvPath::Fused,
+        ConvPath::Contracted,
         ConvPath::Grouped,
         ConvPath::EdgeConv,
     ];

@@ -227,8 +227,15 @@ impl Schedule {
         for ((n, _), b) in &size {
             *made_by.entry(*n).or_insert(0) += b;
         }
-        let produced: FxHashSet<NodeIndex> = self.steps.iter().map(|(n, _)| *n).collect();
-        let (mut live, mut peak) = (0usize, 0usize);
+        // what the run holds and frees: the nodes it makes and the inputs set before it
+        let mut produced: FxHashSet<NodeIndex> = self.steps.iter().map(|(n, _)| *n).collect();
+        let mut live = 0usize;
+        for (n, _) in graph.tensors.keys() {
+            if !graph.no_delete.contains(n) && produced.insert(*n) {
+                live += made_by.get(n).copied().unwrap_or(0);
+            }
+        }
+        let mut peak = live;
         for (n, srcs) in &self.steps {
             let made = made_by.get(n).copied().unwrap_or(0);
             peak = peak.max(live + made);

@@ -387,8 +387,10 @@ impl AttentionLayer {
         let (vprefix, kprefix) = (format!("{prefix}to_v."), format!("{prefix}to_k."));
         // rotary embeddings rotate degree-0 keys and values per edge, which the reassociated
         // sums cannot carry: with them every degree takes the per-edge form
-        let reassociate = matches!(self.to_v.path(), ConvPath::Fused | ConvPath::Grouped)
-            && edges.rotary.is_none();
+        let reassociate = matches!(
+            self.to_v.path(),
+            ConvPath::Fused | ConvPath::Contracted | ConvPath::Grouped
+        ) && edges.rotary.is_none();
         // keys and values by convolution: their radial networks in one bank per output degree
         let joint = match (&self.to_k, reassociate) {
             (KeyProjection::Conv(c), true) => ConvLayer::grouped_pairs_of(

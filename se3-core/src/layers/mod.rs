@@ -49,7 +49,7 @@
 //! or edges (`Dyn<'e'>`); missing edges are `-1` in `src`/`dst` and contribute nothing.
 //!
 //! # Convolution paths and E(3)
-//! [`ConvLayer::build`] computes the pooled sums of every degree pair by one of four paths
+//! [`ConvLayer::build`] computes the pooled sums of every degree pair by one of five paths
 //! ([`ConvPath`], chosen with [`ConvLayer::with_path`]; all give the same values up to rounding
 //! and are tested against each other). The default, [`ConvPath::Fused`], is the engine's fused
 //! radial edge op [`crate::ops::radial_edge_conv()`]: from the radial networks' hidden
@@ -59,6 +59,9 @@
 //! the per-edge radial weights `(E, c_out c_in nf)` (the largest tensor of the other paths) are
 //! never formed. It is the default because it is the fastest on CPU (`se3 bench layers` prints
 //! all four and where the time goes) and takes any edge layout. The others:
+//! [`ConvPath::Contracted`], on edges grouped by node the attention values' fused edge
+//! contraction with the pooling weights as the attention (the SE(3)-Transformer's inference
+//! graphs; its backward is slower than the fused op's);
 //! [`ConvPath::Grouped`], the reassociated contraction the compiled SE(3)-Transformer uses
 //! ([`conv_grouped::weighted_sum`], graph GEMMs, edges grouped by node);
 //! [`ConvPath::Gemm`], per-edge messages from batched GEMMs, scatter-added; and

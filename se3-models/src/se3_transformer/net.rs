@@ -29,7 +29,7 @@ use se3_core::exec::{InputKind, Session};
 use se3_core::fiber::{DegreeTensor, FiberSpec};
 use se3_core::layers::graph::{expand_at, X};
 use se3_core::layers::{
-    AttentionBlockLayer, AttentionOptions, ConvLayer, ConvOptions, EdgeBasis, EdgeGraph,
+    AttentionBlockLayer, AttentionOptions, ConvLayer, ConvOptions, ConvPath, EdgeBasis, EdgeGraph,
     FeatureTensors, FeedForwardBlockLayer, FiberEgnnLayer, FiberEgnnOptions, LinearLayer,
     LinearLayout, NormActivation, NormLayer, NormScale, Param, Pool, RotaryAngles, RotaryEmbedding,
 };
@@ -920,7 +920,10 @@ impl Se3TransformerNet {
 
     /// Adds the layers to `s` on node features `x` (the input fiber), over `edges` (grouped by
     /// destination) with their kernel `basis`, weights named `<prefix><checkpoint key>`;
-    /// returns the output fiber's features ([`Se3TransformerNet::output_fiber`]).
+    /// returns the output fiber's features ([`Se3TransformerNet::output_fiber`]). The
+    /// convolutions on the default path run contracted ([`ConvPath::Contracted`], the fastest
+    /// forward); a graph to differentiate is built by
+    /// [`Se3TransformerNet::build_for_gradients`].
     ///
     /// # Errors
     /// Those of the layers' `build` (`InvalidOp` for ungrouped edges, `FiberMismatch` for
@@ -933,12 +936,46 @@ impl Se3TransformerNet {
         edges: &EdgeGraph,
         basis: &EdgeBasis,
     ) -> Result<FeatureTensors, Error> {
-        let mut h = self
-            .conv_in
-            .build(s, &format!("{prefix}conv_in."), x, edges, basis)?;
-        for (i, (norm, conv)) in self.convs.iter().enumerate() {
+        self.build_with(s, prefix, x, edges, basis, ConvPath::Contracted)
+    }
+
+    /// [`Se3TransformerNet::build`] for a graph that is differentiated: the convolutions keep
+    /// the fused radial edge op ([`ConvPath::Fused`]), whose backward is the faster.
+    ///
+    /// # Errors
+    /// As [`Se3TransformerNet::build`].
+    pub fn build_for_gradients(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        x: &FeatureTensors,
+        edges: &EdgeGraph,
+        basis: &EdgeBasis,
+    ) -> Result<FeatureTensors, Error> {
+        self.build_with(s, prefix, x, edges, basis, ConvPath::Fused)
+    }
+
+    /// The layers, convolutions on the default path computed by `conv_path`.
+    fn build_with(
+        &self,
+        s: &mut Session,
+        prefix: &str,
+        x: &FeatureTensors,
+        edges: &EdgeGraph,
+        basis: &EdgeBasis,
+        conv_path: ConvPath,
+    ) -> Result<FeatureTensors, Error> {
+        let conv = |c: &ConvLayer, s: &mut Session, prefix: &str, h: &FeatureTensors| {
+            let path = match c.path() {
+                ConvPath::Fused => conv_path,
+                other => other,
+            };
+            c.build_with_path(s, prefix, h, edges, basis, path)
+        };
+        let mut h = conv(&self.conv_in, s, &format!("{prefix}conv_in."), x)?;
+        for (i, (norm, c)) in self.convs.iter().enumerate() {
             h = norm.build(s, &format!("{prefix}convs.{i}.1."), &h)?;
-            h = conv.build(s, &format!("{prefix}convs.{i}.0."), &h, edges, basis)?;
+            h = conv(c, s, &format!("{prefix}convs.{i}.0."), &h)?;
         }
         h = match &self.trunk {
             Trunk::Attention(blocks) if self.options.reversible => {
@@ -974,8 +1011,8 @@ impl Se3TransformerNet {
                 h
             }
         };
-        if let Some(conv) = &self.conv_out {
-            h = conv.build(s, &format!("{prefix}conv_out."), &h, edges, basis)?;
+        if let Some(c) = &self.conv_out {
+            h = conv(c, s, &format!("{prefix}conv_out."), &h)?;
         }
         if let Some(norm) = &self.norm {
             h = norm.build(s, &format!("{prefix}norm."), &h)?;

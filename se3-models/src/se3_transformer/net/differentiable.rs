@@ -65,7 +65,7 @@ impl DifferentiableSe3Transformer {
     ) -> Result<Self, Error> {
         let mut s = Session::new();
         let (x, edges, basis) = net.declare_inputs(&mut s)?;
-        let y = net.build(&mut s, "", &x, &edges, &basis)?;
+        let y = net.build_for_gradients(&mut s, "", &x, &edges, &basis)?;
         let fiber = net.output_fiber().clone();
         let return_type = if net.returns_scalar() {
             Some(0)
