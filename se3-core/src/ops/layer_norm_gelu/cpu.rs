@@ -19,39 +19,60 @@ pub struct LayerNormGelu {
     pub eps: f32,
 }
 
+/// `a b + c`, fused (one rounding) where the instruction set has FMA (`F`), else two
+/// operations (a software `fma` call would not vectorise).
+#[inline(always)]
+fn mad<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if F {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// `e^x` for `x <= 0` without a library call (vectorisable): `x = n ln 2 + r`, `|r| <=
 /// ln 2 / 2`, `e^r` by its degree-6 Taylor polynomial (relative error < 2e-7), `2^n` from the
 /// exponent bits; 0 below `-87`.
 #[inline(always)]
 pub(crate) fn exp_neg(x: f32) -> f32 {
+    exp_neg_with::<false>(x)
+}
+
+/// [`exp_neg`] with its multiply-adds fused when `F`.
+#[inline(always)]
+fn exp_neg_with<const F: bool>(x: f32) -> f32 {
     let x = x.max(-87.0);
     // round(x / ln 2) by the 1.5 * 2^23 trick (no call, exact for |n| < 2^22)
     let magic = 12_582_912.0f32;
-    let shifted = x * std::f32::consts::LOG2_E + magic;
+    let shifted = mad::<F>(x, std::f32::consts::LOG2_E, magic);
     let n = shifted - magic;
     // n as an integer from the low mantissa bits of `shifted` (integer ops only, so the whole
     // function vectorises; a float-to-int cast would be done lane by lane)
     let n_int = (shifted.to_bits() as i32).wrapping_sub(magic.to_bits() as i32);
-    let r = (x - n * 0.693_145_75) - n * 1.428_606_8e-6;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let r = mad::<F>(-n, 1.428_606_8e-6, mad::<F>(-n, 0.693_145_75, x));
+    // Horner from the highest coefficient: 1/720, 1/120, 1/24, 1/6, 1/2, 1, 1
+    let mut p = 1.0 / 720.0;
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = mad::<F>(p, r, c);
+    }
     p * f32::from_bits((n_int.wrapping_add(127) as u32) << 23)
 }
 
 /// Exact GELU `x Phi(x)`, erf by Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7), the
-/// formula the unfused graph uses, so both give the same values.
+/// formula the unfused graph uses, so both give the same values (to rounding: with `F` the
+/// multiply-adds are fused).
 #[inline(always)]
-fn gelu(x: f32) -> f32 {
+fn gelu<const F: bool>(x: f32) -> f32 {
     let a = x.abs();
     let z = a * std::f32::consts::FRAC_1_SQRT_2;
-    let t = 1.0 / (1.0 + 0.327_591_1 * z);
-    let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_74) * t
-        + 0.254_829_6)
-        * t;
-    let erf = 1.0 - poly * exp_neg(-(z * z));
-    0.5 * (x + a * erf)
+    let t = 1.0 / mad::<F>(0.327_591_1, z, 1.0);
+    let mut poly = 1.061_405_4;
+    for c in [-1.453_152_1, 1.421_413_8, -0.284_496_74, 0.254_829_6] {
+        poly = mad::<F>(poly, t, c);
+    }
+    let poly = poly * t;
+    let erf = mad::<F>(-poly, exp_neg_with::<F>(-(z * z)), 1.0);
+    0.5 * mad::<F>(a, erf, x)
 }
 
 /// `sum_k f(x[k])` in 16 independent lanes (vectorisable), then across the lanes.
@@ -70,7 +91,7 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 
 /// Rows of width `bias.len()` in place: `v <- gelu(LayerNorm(v + bias) * gamma + beta)`.
 #[inline(always)]
-fn rows_impl(rows: &mut [f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+fn rows_impl<const F: bool>(rows: &mut [f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
     let w = bias.len().max(1);
     let inv_w = 1.0 / w as f32;
     for v in rows.chunks_mut(w) {
@@ -84,7 +105,7 @@ fn rows_impl(rows: &mut [f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f
         });
         let inv = 1.0 / (var * inv_w + eps).sqrt();
         for ((x, g), be) in v.iter_mut().zip(gamma).zip(beta) {
-            *x = gelu((*x - mean) * inv * g + be);
+            *x = gelu::<F>(mad::<F>((*x - mean) * inv, *g, *be));
         }
     }
 }
@@ -92,13 +113,13 @@ fn rows_impl(rows: &mut [f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 fn rows_avx512(rows: &mut [f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
-    rows_impl(rows, bias, gamma, beta, eps);
+    rows_impl::<true>(rows, bias, gamma, beta, eps);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn rows_avx2(rows: &mut [f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
-    rows_impl(rows, bias, gamma, beta, eps);
+    rows_impl::<true>(rows, bias, gamma, beta, eps);
 }
 
 /// The row kernel of radial networks, shared by [`layer_norm_gelu`](super::layer_norm_gelu)
@@ -120,7 +141,7 @@ pub(crate) fn layer_norm_gelu_rows(
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { rows_avx2(rows, bias, gamma, beta, eps) },
-        Isa::Plain => rows_impl(rows, bias, gamma, beta, eps),
+        Isa::Plain => rows_impl::<false>(rows, bias, gamma, beta, eps),
     }
 }
 
