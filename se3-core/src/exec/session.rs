@@ -79,10 +79,10 @@ struct Slot {
     resident: bool,
     pending: Option<(Vec<f32>, Vec<usize>)>,
     loaded: bool,
-    /// A weight stored in the layout of the one copy the graph made of it every run
-    /// ([`Session::compile`]): the copying operator and the view it read the weight through,
-    /// applied to the values on [`Session::set_weight`].
-    layout: Option<(Box<dyn Operator>, ShapeTracker)>,
+    /// A weight stored in the layout of the copies the graph made of it every run
+    /// ([`Session::compile`]): each copying operator and the view it read the weight through,
+    /// in order, applied to the values on [`Session::set_weight`].
+    layout: Vec<(Box<dyn Operator>, ShapeTracker)>,
 }
 
 #[derive(Debug)]
@@ -284,7 +284,7 @@ impl Session {
             resident,
             pending: None,
             loaded: false,
-            layout: None,
+            layout: Vec::new(),
         });
         t
     }
@@ -367,8 +367,13 @@ impl Session {
             self.compile_with((<CpuCompiler>::default(), pass));
             return;
         }
-        self.compile_with(<CpuCompiler>::default());
-        self.fold_weight_layouts();
+        self.compile_with((
+            <CpuCompiler>::default(),
+            crate::ops::edge_contract::ArrangeContractionWeights,
+        ));
+        // a weight read through a chain of copies (a rearrangement, then the kernel's order)
+        // folds one copy at a time
+        while self.fold_weight_layouts() {}
     }
 
     /// Stores every weight whose only reader is a [`Materialize`](super::primitives::Materialize)
@@ -376,8 +381,9 @@ impl Session {
     /// run, such as a radial network's last layer rearranged for a contraction kernel) in that
     /// copy's layout, and removes the copy: [`Session::set_weight`] takes the values in the
     /// declared layout and applies the view once. A weight read elsewhere too (a training
-    /// graph's backward) is left as it is.
-    fn fold_weight_layouts(&mut self) {
+    /// graph's backward) is left as it is. Returns whether a copy was folded.
+    fn fold_weight_layouts(&mut self) -> bool {
+        let mut folded = false;
         let g = &mut self.graph.graph;
         for slot in self.slots.iter_mut().filter(|s| s.resident) {
             let w = slot.id;
@@ -412,8 +418,10 @@ impl Session {
                     self.graph.tensors.insert((w, 0), t);
                 }
             }
-            slot.layout = Some((op, view));
+            slot.layout.push((op, view));
+            folded = true;
         }
+        folded
     }
 
     /// Keeps luminal's primitive interpreter (no passes): the reference that tests compare
@@ -677,8 +685,8 @@ impl Session {
         Self::check_shape(slot, &data, shape)?;
         let id = slot.id;
         let mut t = Tensor::new(data);
-        if let Some((op, view)) = &mut slot.layout {
-            // stored in the layout of the copy the graph read it through
+        for (op, view) in &mut slot.layout {
+            // stored in the layout of the copies the graph read it through
             if let Some(out) = op
                 .process(vec![(InputTensor::Owned(t), *view)])
                 .into_iter()

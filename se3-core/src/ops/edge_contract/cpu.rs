@@ -446,7 +446,7 @@ fn cols_of(shape: &[usize]) -> usize {
 /// Padding (floats) after each row of `W^T`: rows whose stride is a multiple of 4 KiB (e.g.
 /// `nf c_in hidden = 96 x 128`) would share one set of the L1 cache, so the 16 rows that one
 /// register tile reads would evict each other.
-const WT_PAD: usize = 16;
+pub(crate) const WT_PAD: usize = 16;
 
 thread_local! {
     /// Block scratch of the threads that run blocks, kept across calls.
@@ -515,8 +515,40 @@ fn transposed(m: &[f32], cols: usize, group: usize, pad: usize, t: &mut Vec<f32>
         });
 }
 
+/// [`EdgeContract`] with its last layer stored in the kernel's order (inputs as
+/// [`EdgeContract`]'s but `w` and, for logits, `b`): sums `W [H, nf c_in hidden, cnt]` (each
+/// head's columns contiguous), logits `W^T [H cnt, nf c_in hidden + WT_PAD]` (rows padded by
+/// [`WT_PAD`] zeros) and `b^T [H cnt, nf c_in]`. An inference session swaps it in where the
+/// last layer is a weight read by nothing else ([`super::arrange`]), and stores the weights
+/// in that order once, instead of every call rearranging them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArrangedEdgeContract {
+    /// Sum or logits.
+    pub kind: ContractKind,
+    /// Width of the radial hidden layer.
+    pub hidden: usize,
+}
+
 impl Operator for EdgeContract {
     fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        contract(self.kind, self.hidden, false, inp)
+    }
+}
+
+impl Operator for ArrangedEdgeContract {
+    fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        contract(self.kind, self.hidden, true, inp)
+    }
+}
+
+/// The kernel of [`EdgeContract`] (`arranged`: of [`ArrangedEdgeContract`]).
+fn contract(
+    kind: ContractKind,
+    hidden: usize,
+    arranged: bool,
+    inp: Vec<(InputTensor, ShapeTracker)>,
+) -> Vec<Tensor> {
+    {
         let empty = Default::default();
         let views: Vec<View> = inp.iter().map(|(_, st)| View::new(st, &empty)).collect();
         let mats: Vec<crate::exec::view::Materialized> = inp
@@ -530,7 +562,12 @@ impl Operator for EdgeContract {
         let (mo, nf) = (bs[1], bs[3]);
         let k = e.checked_div(n).unwrap_or(0);
         let heads = mats.len().saturating_sub(6).max(1);
-        let cnt = ws.get(1).copied().unwrap_or(0) / heads;
+        let cnt = match (arranged, kind, ws.len()) {
+            (false, _, _) => ws.get(1).copied().unwrap_or(0) / heads,
+            (true, ContractKind::Sum, 3) => ws[2],
+            (true, ContractKind::Logits, 2) => ws[0] / heads,
+            _ => 0,
+        };
         let s = Sizes {
             n,
             k,
@@ -538,7 +575,7 @@ impl Operator for EdgeContract {
             mi,
             mo,
             nf,
-            hd: self.hidden,
+            hd: hidden,
             cnt,
             heads,
         };
@@ -557,16 +594,23 @@ impl Operator for EdgeContract {
             WEIGHTS.with(|c| c.try_borrow_mut().ok().map(|mut v| std::mem::take(&mut *v)));
         let (wt, bt) = kept.as_mut().unwrap_or(&mut own);
         let cols = cols_of(&ws);
-        match self.kind {
-            ContractKind::Sum => {
-                head_blocks(&mats[4], cols, cnt, wt);
-                bt.clear();
-            }
-            ContractKind::Logits => {
-                transposed(&mats[4], cols, 16, WT_PAD, wt);
-                transposed(&mats[5], cols, 16, 0, bt);
+        if !arranged {
+            match kind {
+                ContractKind::Sum => {
+                    head_blocks(&mats[4], cols, cnt, wt);
+                    bt.clear();
+                }
+                ContractKind::Logits => {
+                    transposed(&mats[4], cols, 16, WT_PAD, wt);
+                    transposed(&mats[5], cols, 16, 0, bt);
+                }
             }
         }
+        let (wt, bt): (&[f32], &[f32]) = match (arranged, kind) {
+            (false, _) => (wt, bt),
+            (true, ContractKind::Sum) => (&mats[4], &[]),
+            (true, ContractKind::Logits) => (&mats[4], &mats[5]),
+        };
         let d = Data {
             x: &xt,
             nbr: &mats[1],
@@ -579,7 +623,7 @@ impl Operator for EdgeContract {
         };
         let nb = block_nodes(&s);
         let blocks = n.div_ceil(nb);
-        let out = match self.kind {
+        let out = match kind {
             ContractKind::Sum => {
                 let per_node = s.cols() * mo;
                 let mut out = crate::exec::pool::take(n * per_node);

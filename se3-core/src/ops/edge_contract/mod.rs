@@ -27,6 +27,7 @@
 //! variant is the same with `g_i` replaced by `dl_ik q_i`. All are edge contractions of the
 //! same block structure.
 
+pub(crate) mod arrange;
 pub(crate) mod backward;
 #[cfg(feature = "cuda")]
 pub(crate) mod backward_cuda;
@@ -36,8 +37,9 @@ mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 
+pub use arrange::ArrangeContractionWeights;
 pub use backward::EdgeOwner;
-pub use cpu::{ContractKind, EdgeContract};
+pub use cpu::{ArrangedEdgeContract, ContractKind, EdgeContract};
 use luminal::prelude::*;
 
 use super::logical_dims;
