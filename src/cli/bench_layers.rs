@@ -140,6 +140,7 @@ pub fn run() -> Result<()> {
         .collect();
     let paths = [
         ConvPath::Fused,
+        ConvPath::Contracted,
         ConvPath::Grouped,
         ConvPath::Gemm,
         ConvPath::EdgeConv,
@@ -188,7 +189,9 @@ pub fn run() -> Result<()> {
             t[t.len() / 2]
         })
         .collect();
-    let [basis, hidden, radial_out, messages, fused, grouped, gemm, edge_conv] = times[..] else {
+    let [basis, hidden, radial_out, messages, fused, contracted, grouped, gemm, edge_conv] =
+        times[..]
+    else {
         return Ok(());
     };
     let base = std::env::var("SE3_CONVSE3_MS")
@@ -205,6 +208,10 @@ pub fn run() -> Result<()> {
     row("  + radial networks, per-edge outputs", radial_out);
     row("per-edge messages (Gemm path, before pooling)", messages);
     row("full Conv, ConvPath::Fused (default)", fused);
+    row(
+        "full Conv, ConvPath::Contracted (grouped edge contraction)",
+        contracted,
+    );
     row(
         "full Conv, ConvPath::Grouped (conv_grouped::weighted_sum)",
         grouped,

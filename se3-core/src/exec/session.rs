@@ -374,6 +374,8 @@ impl Session {
         // a weight read through a chain of copies (a rearrangement, then the kernel's order)
         // folds one copy at a time
         while self.fold_weight_layouts() {}
+        // the folds hand the weights' previous buffers to the operator pool: not for keeping
+        super::pool::set_budget(0);
     }
 
     /// Stores every weight whose only reader is a [`Materialize`](super::primitives::Materialize)
@@ -699,6 +701,10 @@ impl Session {
                     problem: "a folded weight layout gave no values",
                 });
             }
+        }
+        if !self.slots[i].layout.is_empty() {
+            // the buffers of the layouts' inputs went to the operator pool: not for keeping
+            super::pool::set_budget(0);
         }
         self.graph.set_tensor(id, 0, t);
         self.slots[i].loaded = true;
