@@ -374,8 +374,6 @@ impl Session {
         // a weight read through a chain of copies (a rearrangement, then the kernel's order)
         // folds one copy at a time
         while self.fold_weight_layouts() {}
-        // the folds hand the weights' previous buffers to the operator pool: not for keeping
-        super::pool::set_budget(0);
     }
 
     /// Stores every weight whose only reader is a [`Materialize`](super::primitives::Materialize)
@@ -419,6 +417,9 @@ impl Session {
                 if let Some(t) = out.into_iter().next() {
                     self.graph.tensors.insert((w, 0), t);
                 }
+                // the previous buffer went to the operator pool: freed now, so that folding
+                // holds at most one weight twice
+                super::pool::set_budget(0);
             }
             slot.layout.push((op, view));
             folded = true;
