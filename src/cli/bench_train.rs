@@ -182,11 +182,7 @@ fn run_case(num_degrees: usize, nodes: usize) -> Result<(), super::CliError> {
     drop(sd);
     drop(net);
     println!("build_rss_mib {}", status_mib("VmRSS:")?);
-    let mut values: Vec<(String, Vec<f32>)> = m
-        .parameters()
-        .iter()
-        .map(|p| (p.name.clone(), p.value.clone()))
-        .collect();
+    let names: Vec<String> = m.parameters().iter().map(|p| p.name.clone()).collect();
     let mut adam = Adam::new(1e-3);
     let mut steps = Vec::new();
     let mut stages: Vec<Vec<(&'static str, f64)>> = Vec::new();
@@ -194,31 +190,27 @@ fn run_case(num_degrees: usize, nodes: usize) -> Result<(), super::CliError> {
         let t = Instant::now();
         let grads = m.gradients(&inputs, &targets)?.grads;
         let ta = Instant::now();
-        let gs: Vec<Vec<f32>> = values
-            .iter()
-            .map(|(k, _)| {
-                grads
-                    .get(&format!("param.{k}"))
-                    .map(|t| t.data.iter().map(|&v| v as f32).collect())
-                    .unwrap_or_default()
-            })
-            .collect();
-        drop(grads);
-        let mut ps: Vec<Param<'_>> = values
-            .iter_mut()
-            .zip(&gs)
-            .map(|((k, v), g)| Param {
+        // Adam parameter by parameter (its moments are per parameter: the same update as one
+        // call on all of them), each value updated in a copy moved back into the model, so the
+        // step holds no second copy of every parameter or gradient (torch updates in place)
+        for k in &names {
+            let g: Vec<f32> = grads
+                .get(&format!("param.{k}"))
+                .map(|t| t.data.iter().map(|&v| v as f32).collect())
+                .unwrap_or_default();
+            let mut v = m
+                .parameters()
+                .get(k)
+                .map(|p| p.value.clone())
+                .unwrap_or_default();
+            adam.step(&mut [Param {
                 name: k,
-                value: v,
-                grad: g,
-            })
-            .collect();
-        adam.step(&mut ps)?;
-        drop(ps);
-        drop(gs);
-        for (k, v) in &values {
-            m.set_parameter(k, v.clone())?;
+                value: &mut v,
+                grad: &g,
+            }])?;
+            m.set_parameter(k, v)?;
         }
+        drop(grads);
         let adam_s = ta.elapsed().as_secs_f64();
         if rep > 0 {
             steps.push(t.elapsed().as_secs_f64());
