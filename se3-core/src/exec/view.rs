@@ -41,6 +41,23 @@ fn contiguous_run(inner: Axis, q0: usize, count: usize, base: i64) -> Option<(us
         .map(|p| (p, count))
 }
 
+/// For `count` elements of a unit-stride innermost axis from logical index `q0`: the part
+/// inside its valid range, as `(first, end)` within the run and the buffer position of
+/// `first` (`(0, 0, 0)` if none is valid; `None` for another stride).
+fn valid_part(inner: Axis, q0: usize, count: usize, base: i64) -> Option<(usize, usize, usize)> {
+    if inner.stride != 1 {
+        return None;
+    }
+    let (q0, q1) = (q0 as i64, (q0 + count) as i64);
+    let (a, b) = (q0.max(inner.lo), q1.min(inner.hi));
+    if a >= b {
+        // nothing valid: all zeros
+        return Some((0, 0, 0));
+    }
+    let p = usize::try_from(base + a + inner.offset).ok()?;
+    Some(((a - q0) as usize, (b - q0) as usize, p))
+}
+
 /// A resolved strided view of a buffer.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct View {
@@ -145,24 +162,58 @@ impl View {
             out[m..].fill(0.0);
             return;
         }
-        let rank = self.axes.len();
-        if rank == 0 {
+        if self.axes.is_empty() {
             out.fill(src.first().copied().unwrap_or(0.0));
             return;
         }
+        // inner axes that tile a unit-stride run merge into one axis (e.g. `[e, c, 3]` padded
+        // along `c`: rows of `3 c` instead of 3), so rows are copied in long pieces
+        let mut ax = [Axis {
+            len: 0,
+            stride: 0,
+            offset: 0,
+            lo: 0,
+            hi: 0,
+            fake: false,
+        }; 8];
+        let mut rank = self.axes.len().min(8);
+        ax[..rank].copy_from_slice(&self.axes[..rank]);
+        while rank >= 2 {
+            let (outer, inner) = (ax[rank - 2], ax[rank - 1]);
+            let full = !inner.fake
+                && inner.stride == 1
+                && inner.offset == 0
+                && inner.lo <= 0
+                && inner.hi >= inner.len as i64;
+            if !full || outer.fake || outer.stride != inner.len || inner.len == 0 {
+                break;
+            }
+            let l = inner.len as i64;
+            let clamp = |v: i64| v.clamp(0, outer.len as i64) * l;
+            ax[rank - 2] = Axis {
+                len: outer.len * inner.len,
+                stride: 1,
+                offset: outer.offset * l,
+                lo: clamp(outer.lo),
+                hi: clamp(outer.hi),
+                fake: false,
+            };
+            rank -= 1;
+        }
+        let axes = &ax[..rank];
         let mut idx = [0usize; 8];
         let mut rem = start;
         for k in (0..rank).rev() {
-            let len = self.axes[k].len.max(1);
+            let len = axes[k].len.max(1);
             idx[k] = rem % len;
             rem /= len;
         }
-        let inner = self.axes[rank - 1];
+        let inner = axes[rank - 1];
         let mut pos = 0;
         while pos < out.len() {
             let mut base: i64 = 0;
             let mut valid = true;
-            for (k, a) in self.axes[..rank - 1].iter().enumerate() {
+            for (k, a) in axes[..rank - 1].iter().enumerate() {
                 if a.fake {
                     continue;
                 }
@@ -188,6 +239,13 @@ impl View {
             {
                 // a unit-stride run fully inside the view and the buffer: one copy
                 dst.copy_from_slice(row);
+            } else if let Some((a, b, row)) = valid_part(inner, idx[rank - 1], count, base)
+                .and_then(|(a, b, p)| src.get(p..p + (b - a)).map(|r| (a, b, r)))
+            {
+                // a unit-stride run partly padded: zeros, one copy, zeros
+                dst[..a].fill(0.0);
+                dst[a..b].copy_from_slice(row);
+                dst[b..].fill(0.0);
             } else {
                 let s = inner.stride as i64;
                 for (j, d) in dst.iter_mut().enumerate() {
@@ -207,7 +265,7 @@ impl View {
             pos += count;
             idx[rank - 1] += count;
             let mut k = rank - 1;
-            while idx[k] >= self.axes[k].len && k > 0 {
+            while idx[k] >= axes[k].len && k > 0 {
                 idx[k] = 0;
                 k -= 1;
                 idx[k] += 1;
@@ -542,5 +600,77 @@ mod tests {
         let mut want = vec![0.0; n];
         view.gather(&src, 0, &mut want);
         assert_eq!(&view.materialize(&src)[..], &want[..]);
+    }
+
+    /// [`View::gather`] on random views (permuted, sliced, padded, expanded axes; inner axes
+    /// that merge into long rows and padded rows that are copied in one piece) from random
+    /// starts, against luminal's own index and validity expressions element by element.
+    #[test]
+    fn gather_reads_what_the_shape_tracker_says() {
+        let (mut r, seed) = rng();
+        for case in 0..200 {
+            let rank = r.gen_range(1..5);
+            let dims: Vec<usize> = (0..rank).map(|_| r.gen_range(1..7)).collect();
+            let mut st = ShapeTracker::new(
+                &dims
+                    .iter()
+                    .map(|&d| Expression::from(d))
+                    .collect::<Vec<_>>(),
+            );
+            if r.gen_bool(0.3) {
+                let mut perm: Vec<usize> = (0..rank).collect();
+                for i in (1..rank).rev() {
+                    perm.swap(i, r.gen_range(0..=i));
+                }
+                st.permute(&perm);
+            }
+            // pad (zeros around) or slice some axes, never both on one axis
+            let logical: Vec<usize> = st
+                .shape()
+                .iter()
+                .map(|d| d.to_usize().unwrap_or(1))
+                .collect();
+            let mut pads = vec![(Expression::from(0), Expression::from(0)); rank];
+            let mut slices = vec![(Expression::from(0), Expression::from(i32::MAX)); rank];
+            for k in 0..rank {
+                match r.gen_range(0..4) {
+                    0 => pads[k] = (r.gen_range(0..3).into(), r.gen_range(0..4).into()),
+                    1 if logical[k] > 1 => {
+                        let a = r.gen_range(0..logical[k] - 1);
+                        slices[k] = (a.into(), r.gen_range(a + 1..=logical[k]).into());
+                    }
+                    _ => {}
+                }
+            }
+            st.slice(&slices);
+            st.pad(&pads);
+            if r.gen_bool(0.25) {
+                let axis = r.gen_range(0..=rank);
+                st.expand(axis, r.gen_range(1..4).into());
+            }
+            let n_src: usize = dims.iter().product();
+            let src: Vec<f32> = (0..n_src).map(|i| i as f32 + 1.0).collect();
+            let view = View::new(&st, &FxHashMap::default());
+            let (index, valid) = (st.index_expression(), st.valid_expression());
+            let want: Vec<f32> = (0..view.n)
+                .map(|i| {
+                    if valid.exec_single_var(i) != 0 {
+                        src.get(index.exec_single_var(i)).copied().unwrap_or(0.0)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let start = r.gen_range(0..view.n.max(1));
+            let len = r.gen_range(0..=view.n - start);
+            let mut got = vec![f32::NAN; len];
+            view.gather(&src, start, &mut got);
+            assert_eq!(
+                got,
+                want[start..start + len],
+                "seed {seed}, case {case}: dims {dims:?}, view {st:?}, elements {start}..{}",
+                start + len
+            );
+        }
     }
 }
