@@ -15,7 +15,7 @@
 //! pinned for a small tensor), and the pool never holds more than [`CAP_BYTES`]; beyond that the
 //! oldest buffers are freed. The session's executor lowers that bound as it runs
 //! ([`set_budget`]): to the headroom below the most bytes a run has held alive (its high water)
-//! minus what is alive now, plus a small slack ([`SLACK_BYTES`]), so idle pooled bytes raise the
+//! minus what is alive now, plus a slack (half the high water, 4-32 MiB: [`set_slack_for`]), so idle pooled bytes raise the
 //! peak resident memory by at most that slack above the high water. Between runs the pool keeps
 //! at most the slack (the session lowers the budget to it when a run ends).
 //! The pool and its budget are process-wide: sessions running at once on several threads share
@@ -30,11 +30,26 @@ use luminal::prelude::{ShapeTracker, Tensor};
 pub(crate) const MIN_ELEMS: usize = 16 * 1024;
 /// Most bytes the pool keeps.
 pub(crate) const CAP_BYTES: usize = 96 << 20;
-/// Bytes the pool may keep above the headroom of [`set_budget`]: 4 MiB of idle buffers buy the
-/// reuse that matters (the SE(3)-Transformer at 2 degrees, 512 nodes: the same forward time as
-/// with 16 MiB, 74.6 instead of 84 MiB peak resident memory; with 1 MiB about 5% slower from
-/// page faults).
+/// Least bytes the pool may keep above the headroom of [`set_budget`] ([`set_slack_for`]): 4 MiB
+/// of idle buffers buy the reuse that matters for small graphs (the SE(3)-Transformer at 2
+/// degrees, 512 nodes: the same forward time as with 16 MiB, 74.6 instead of 84 MiB peak
+/// resident memory; with 1 MiB about 5% slower from page faults).
 pub(crate) const SLACK_BYTES: usize = 4 << 20;
+/// Most bytes of slack: graphs with large intermediates of many sizes fault in pages when
+/// their buffers cannot be reused (the Equiformer at degrees 0-1, 512 nodes: 0.26-0.31 s with
+/// 4 MiB of slack, 0.22-0.23 s with 32, peak 67 -> 93 MiB).
+pub(crate) const MAX_SLACK_BYTES: usize = 32 << 20;
+
+/// The slack of [`set_budget`], in bytes ([`set_slack_for`]).
+static SLACK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(SLACK_BYTES);
+
+/// Sets the slack to half the most bytes a graph's runs have held alive (`high_water`), within
+/// [`SLACK_BYTES`] and [`MAX_SLACK_BYTES`]: idle buffers raise the peak by a bounded fraction of
+/// the graph's own.
+pub(crate) fn set_slack_for(high_water: usize) {
+    let slack = (high_water / 2).clamp(SLACK_BYTES, MAX_SLACK_BYTES);
+    SLACK.store(slack, std::sync::atomic::Ordering::Relaxed);
+}
 
 struct Pool {
     /// Free buffers, oldest first.
@@ -95,10 +110,10 @@ fn trim(pool: &mut Pool) {
 }
 
 /// Sets the bytes the pool may keep idle (at most [`CAP_BYTES`]): the headroom between what is in
-/// use now and the most that was ever in use, plus [`SLACK_BYTES`]. Taking a buffer lowers it by the buffer's size (the
+/// use now and the most that was ever in use, plus the slack ([`set_slack_for`]). Taking a buffer lowers it by the buffer's size (the
 /// buffer is now in use), giving one back raises it by as much.
 pub(crate) fn set_budget(bytes: usize) {
-    let bytes = bytes + SLACK_BYTES;
+    let bytes = bytes + SLACK.load(std::sync::atomic::Ordering::Relaxed);
     if let Ok(mut pool) = POOL.lock() {
         pool.budget = bytes.min(CAP_BYTES);
         trim(&mut pool);

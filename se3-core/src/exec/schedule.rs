@@ -293,6 +293,7 @@ pub(crate) fn execute(
         }
     }
     let mut stack = Vec::new();
+    super::pool::set_slack_for(*high_water);
     let trace = std::env::var_os("SE3_MEM_TRACE").is_some();
     let mut peak_trace = String::new();
     for (node, src_ids) in &schedule.steps {

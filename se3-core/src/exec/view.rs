@@ -388,7 +388,9 @@ impl View {
             return None;
         }
         let (a, b) = (self.axes[rank - 2], self.axes[rank - 1]);
-        if a.stride != 1 || b.stride <= 1 || a.len < 4 || b.len < 4 {
+        // (small sides too: `[e, c, 3]` read from `[e, 3, c]` element by element in `gather`
+        // would take a row per 3 values)
+        if a.stride != 1 || b.stride <= 1 || a.len < 2 || b.len < 2 {
             return None;
         }
         let outer = self.axes[..rank - 2].to_vec();
@@ -428,7 +430,11 @@ impl Transposes {
         };
         if parallel {
             use rayon::prelude::*;
-            out.par_chunks_mut(block).enumerate().for_each(one);
+            // tasks of at least 16 Ki elements (small blocks would each be a task)
+            out.par_chunks_mut(block)
+                .enumerate()
+                .with_min_len((1 << 14) / block.max(1))
+                .for_each(one);
         } else {
             out.chunks_mut(block).enumerate().for_each(one);
         }
@@ -436,6 +442,17 @@ impl Transposes {
 
     /// One `[rows, cols]` block from `src[base..]` (positions checked by the caller).
     fn block(&self, src: &[f32], base: usize, dst: &mut [f32]) {
+        if self.rows < Self::TILE {
+            // a few long rows (`[3, c]` from `[c, 3]`): each written in one pass, its reads
+            // strided through a block that stays in cache
+            let block = &src[base..base + self.rows + (self.cols - 1) * self.stride];
+            for (i, row) in dst.chunks_exact_mut(self.cols).enumerate() {
+                for (j, d) in row.iter_mut().enumerate() {
+                    *d = block[i + j * self.stride];
+                }
+            }
+            return;
+        }
         let t = Self::TILE;
         for j0 in (0..self.cols).step_by(t) {
             let j1 = (j0 + t).min(self.cols);
