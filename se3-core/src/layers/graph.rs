@@ -329,7 +329,7 @@ pub fn dims<S: Shape>(t: GraphTensor<S>) -> Vec<Expression> {
 
 /// `t` reshaped (row-major) to `shape`, copied first if its view is not contiguous.
 pub fn reshape<S: Shape, D: Shape>(t: GraphTensor<S>, shape: &[Expression]) -> GraphTensor<D> {
-    let t = if reads_in_order(&t.shape) {
+    let t = if is_plain(&t.shape) {
         t
     } else {
         t.contiguous()
@@ -341,29 +341,6 @@ pub fn reshape<S: Shape, D: Shape>(t: GraphTensor<S>, shape: &[Expression]) -> G
 /// broadcast axis).
 pub fn is_plain(st: &ShapeTracker) -> bool {
     st.is_contiguous() && !st.is_sliced() && !st.is_padded() && !st.fake.iter().any(|f| *f)
-}
-
-/// Whether a view reads its whole buffer in row-major order: [`is_plain`], or permuted only in
-/// where its axes of size 1 go (e.g. `[n, c, 1]` viewed as `[n, 1, c]`, a degree-0 feature
-/// block on its way through a per-order product), which moves no element.
-pub fn reads_in_order(st: &ShapeTracker) -> bool {
-    if is_plain(st) {
-        return true;
-    }
-    if st.is_sliced() || st.is_padded() || st.fake.iter().any(|f| *f) {
-        return false;
-    }
-    let mut last = None;
-    for &i in st.indexes.iter() {
-        if st.dims[i].to_usize() == Some(1) {
-            continue;
-        }
-        if last.is_some_and(|l| i < l) {
-            return false;
-        }
-        last = Some(i);
-    }
-    true
 }
 
 /// `a + b` with the output shape taken from `a`'s logical sizes (luminal's `+` takes the
