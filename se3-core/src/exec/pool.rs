@@ -15,7 +15,7 @@
 //! pinned for a small tensor), and the pool never holds more than [`CAP_BYTES`]; beyond that the
 //! oldest buffers are freed. The session's executor lowers that bound as it runs
 //! ([`set_budget`]): to the headroom below the most bytes a run has held alive (its high water)
-//! minus what is alive now, plus a slack (half the high water, 4-32 MiB: [`set_slack_for`]), so idle pooled bytes raise the
+//! minus what is alive now, plus a slack (from the high water, 4-32 MiB: [`set_slack_for`]), so idle pooled bytes raise the
 //! peak resident memory by at most that slack above the high water. Between runs the pool keeps
 //! at most the slack (the session lowers the budget to it when a run ends).
 //! The pool and its budget are process-wide: sessions running at once on several threads share
@@ -43,11 +43,18 @@ pub(crate) const MAX_SLACK_BYTES: usize = 32 << 20;
 /// The slack of [`set_budget`], in bytes ([`set_slack_for`]).
 static SLACK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(SLACK_BYTES);
 
-/// Sets the slack to half the most bytes a graph's runs have held alive (`high_water`), within
-/// [`SLACK_BYTES`] and [`MAX_SLACK_BYTES`]: idle buffers raise the peak by a bounded fraction of
-/// the graph's own.
+/// Sets the slack from the most bytes a graph's runs have held alive (`high_water`, `h`): half
+/// of it up to `h = 64 MiB` (where it reaches [`MAX_SLACK_BYTES`]), then falling as `1 / h`
+/// (graphs that large, such as training steps, reuse their own headroom below the high water;
+/// a fixed slack would only add to their peak), never below [`SLACK_BYTES`].
 pub(crate) fn set_slack_for(high_water: usize) {
-    let slack = (high_water / 2).clamp(SLACK_BYTES, MAX_SLACK_BYTES);
+    let knee = 2 * MAX_SLACK_BYTES;
+    let slack = if high_water <= knee {
+        high_water / 2
+    } else {
+        MAX_SLACK_BYTES / (high_water / knee).max(1)
+    }
+    .clamp(SLACK_BYTES, MAX_SLACK_BYTES);
     SLACK.store(slack, std::sync::atomic::Ordering::Relaxed);
 }
 
