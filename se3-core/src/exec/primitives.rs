@@ -95,6 +95,14 @@ impl Operator for Reduce {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Materialize;
 
+/// Whether a view's sizes are all numbers (no dynamic dimension): a [`Materialize`] of a
+/// weight through such a view makes the same copy every run, which a session folds into the
+/// weight's stored layout (`Session::fold_weight_layouts`).
+pub(crate) fn is_fixed_size(st: &ShapeTracker) -> bool {
+    st.shape().iter().all(|d| d.to_usize().is_some())
+        && st.dims.iter().all(|d| d.to_usize().is_some())
+}
+
 impl Operator for Materialize {
     fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
         let view = View::new(&inp[0].1, &Default::default());

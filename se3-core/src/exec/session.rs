@@ -397,8 +397,7 @@ impl Session {
             let is_copy = g
                 .node_weight(copy)
                 .is_some_and(|op| op.as_any().is::<super::primitives::Materialize>());
-            let fixed = view.shape().iter().all(|d| d.to_usize().is_some())
-                && view.dims.iter().all(|d| d.to_usize().is_some());
+            let fixed = super::primitives::is_fixed_size(&view);
             if !is_copy || !fixed || self.ids.contains(&copy) {
                 continue;
             }

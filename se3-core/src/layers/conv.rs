@@ -63,7 +63,8 @@ pub enum ConvPath {
     /// gathered source rows and the radial network's last layer per destination node in cache,
     /// reassociated (`A_n = sum_e w_e Kx_e (x) h_e`, then the last layer once per node) or,
     /// for nodes with few edges, per edge; per-edge radial weights are never materialised.
-    /// Any edge layout. The fastest on CPU (`se3 bench layers`).
+    /// Any edge layout, and the fastest backward on CPU (`se3 bench layers`; on grouped
+    /// edges [`ConvPath::Contracted`]'s forward is faster).
     #[default]
     Fused,
     /// The reassociated contraction of the compiled SE(3)-Transformer on edges grouped by node
@@ -743,7 +744,6 @@ impl ConvLayer {
             fourier: Option<usize>,
             d_out: usize,
             nets: Vec<(String, &'a RadialMlp)>,
-            bank: Option<RadialBank>,
         }
         let mut groups: Vec<Group> = Vec::new();
         let mut place: Vec<Vec<(usize, usize)>> = Vec::with_capacity(convs.len());
@@ -761,7 +761,6 @@ impl ConvLayer {
                             fourier,
                             d_out: p.d_out,
                             nets: Vec::new(),
-                            bank: None,
                         });
                         groups.len() - 1
                     }
@@ -773,19 +772,19 @@ impl ConvLayer {
             }
             place.push(places);
         }
-        for g in &mut groups {
-            let input = edges.radial_input(s, g.fourier)?;
-            g.bank = Some(RadialBank::build_declared(s, &g.nets, input)?);
-        }
+        let banks = groups
+            .iter()
+            .map(|g| {
+                let input = edges.radial_input(s, g.fourier)?;
+                RadialBank::build_declared(s, &g.nets, input)
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
         let e = dims(edges.dist)[0];
         let mut all = Vec::with_capacity(convs.len());
         for ((c, _), places) in convs.iter().zip(&place) {
             let mut out = Vec::with_capacity(c.pairs.len());
             for (p, &(g, i)) in c.pairs.iter().zip(places) {
-                let group = &groups[g];
-                let bank = group.bank.ok_or(Error::Empty {
-                    what: "radial bank",
-                })?;
+                let (group, bank) = (&groups[g], banks[g]);
                 let xl = c.input_degree(x, p.d_in)?;
                 let n = dims(xl)[0];
                 let h = bank.hidden(i)?;
@@ -890,11 +889,8 @@ impl ConvLayer {
                 .map(|pairs| (pairs, k)),
             _ => None,
         };
-        let pooled = match path {
-            ConvPath::Contracted if grouped.is_some() => {
-                let (pairs, k) = grouped.ok_or(Error::Empty {
-                    what: "grouped convolution pairs",
-                })?;
+        let pooled = match (path, grouped) {
+            (_, Some((pairs, k))) => {
                 let n = dims(x.tensors()[0])[0];
                 let a: GraphTensor<(X, X)> = reshape(w, &[n, k]);
                 let mut out: Vec<Option<GraphTensor<(X, X, X)>>> =
@@ -907,7 +903,7 @@ impl ConvLayer {
             }
             // the hidden layers of every pair in one fused op (RadialBank), each pair's
             // activations a view of it
-            ConvPath::Fused | ConvPath::Contracted => {
+            (ConvPath::Fused | ConvPath::Contracted, None) => {
                 let mut bank: Option<RadialBank> = None;
                 // each pair's hidden layers under its checkpoint keys, stacked in the graph
                 let nets: Vec<(String, &RadialMlp)> = self
@@ -923,12 +919,12 @@ impl ConvLayer {
                     c.pair_pooled_fused(s, prefix, p, xl, edges, basis, b.hidden(i)?, w)
                 })?
             }
-            ConvPath::EdgeConv => {
+            (ConvPath::EdgeConv, None) => {
                 self.pooled_pairs(s, x, edges, basis, |c, s, _, p, xl, input| {
                     c.pair_pooled_edge_conv(s, prefix, p, xl, edges, basis, input, w)
                 })?
             }
-            ConvPath::Grouped => {
+            (ConvPath::Grouped, None) => {
                 let k = edges.per_node.ok_or(Error::InvalidOp {
                     op: "convolution (ConvPath::Grouped)",
                     problem:
@@ -938,7 +934,7 @@ impl ConvLayer {
                     c.pair_pooled_grouped(s, prefix, p, xl, edges, basis, input, w, k)
                 })?
             }
-            ConvPath::Gemm => {
+            (ConvPath::Gemm, None) => {
                 let msgs = self.messages(s, prefix, x, edges, basis)?;
                 let mut pooled = Vec::new();
                 for (t, d) in msgs.tensors().iter().zip(self.fiber_out.degrees()) {

@@ -57,8 +57,8 @@
 //! last layer per destination node in cache (`A_n = sum_e w_e Kx_e (x) h_e`, then the last layer
 //! once per node; per edge for nodes with few edges), parallel over nodes without atomics, so
 //! the per-edge radial weights `(E, c_out c_in nf)` (the largest tensor of the other paths) are
-//! never formed. It is the default because it is the fastest on CPU (`se3 bench layers` prints
-//! all four and where the time goes) and takes any edge layout. The others:
+//! never formed. It is the default because it takes any edge layout and has the fastest
+//! backward on CPU (`se3 bench layers` prints all five and where the time goes). The others:
 //! [`ConvPath::Contracted`], on edges grouped by node the attention values' fused edge
 //! contraction with the pooling weights as the attention (the SE(3)-Transformer's inference
 //! graphs; its backward is slower than the fused op's);

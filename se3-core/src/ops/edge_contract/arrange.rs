@@ -10,7 +10,7 @@ use luminal::prelude::{petgraph::Direction, symbolic::Expression, *};
 
 use super::cpu::{ArrangedEdgeContract, ContractKind, EdgeContract, WT_PAD};
 use crate::exec::elementwise::{replace_node, sources};
-use crate::exec::primitives::Materialize;
+use crate::exec::primitives::{is_fixed_size, Materialize};
 
 /// Compiler pass swapping [`ArrangedEdgeContract`] in (module doc).
 #[derive(Debug, Default)]
@@ -30,9 +30,7 @@ fn weight_through_copies(graph: &Graph, n: NodeIndex) -> bool {
             return graph.no_delete.contains(&n);
         }
         let single = g.edges_directed(n, Direction::Outgoing).count() == 1;
-        let fixed = srcs.len() == 1
-            && srcs[0].2.shape().iter().all(|d| d.to_usize().is_some())
-            && srcs[0].2.dims.iter().all(|d| d.to_usize().is_some());
+        let fixed = srcs.len() == 1 && is_fixed_size(&srcs[0].2);
         if !op.as_any().is::<Materialize>() || !single || !fixed || graph.no_delete.contains(&n) {
             return false;
         }

@@ -548,144 +548,144 @@ fn contract(
     arranged: bool,
     inp: Vec<(InputTensor, ShapeTracker)>,
 ) -> Vec<Tensor> {
-    {
-        let empty = Default::default();
-        let views: Vec<View> = inp.iter().map(|(_, st)| View::new(st, &empty)).collect();
-        let mats: Vec<crate::exec::view::Materialized> = inp
-            .iter()
-            .zip(&views)
-            .map(|((t, _), v)| v.borrow_or_copy(buffer(t)))
-            .collect();
-        let (xs, bs, ws) = (views[0].shape(), views[2].shape(), views[4].shape());
-        let (n, c_in, mi) = (xs[0], xs[1], xs[2]);
-        let e = bs[0];
-        let (mo, nf) = (bs[1], bs[3]);
-        let k = e.checked_div(n).unwrap_or(0);
-        let heads = mats.len().saturating_sub(6).max(1);
-        let cnt = match (arranged, kind, ws.len()) {
-            (false, _, _) => ws.get(1).copied().unwrap_or(0) / heads,
-            (true, ContractKind::Sum, 3) => ws[2],
-            (true, ContractKind::Logits, 2) => ws[0] / heads,
-            _ => 0,
-        };
-        let s = Sizes {
-            n,
-            k,
-            c_in,
-            mi,
-            mo,
-            nf,
-            hd: hidden,
-            cnt,
-            heads,
-        };
-        // node features transposed to [n, mi, c_in]
-        let mut xt = vec![0.0; n * mi * c_in];
-        for (src, dst) in mats[0].chunks(c_in * mi).zip(xt.chunks_mut(c_in * mi)) {
-            for c in 0..c_in {
-                for q in 0..mi {
-                    dst[q * c_in + c] = src[c * mi + q];
-                }
+    let empty = Default::default();
+    let views: Vec<View> = inp.iter().map(|(_, st)| View::new(st, &empty)).collect();
+    let mats: Vec<crate::exec::view::Materialized> = inp
+        .iter()
+        .zip(&views)
+        .map(|((t, _), v)| v.borrow_or_copy(buffer(t)))
+        .collect();
+    let (xs, bs, ws) = (views[0].shape(), views[2].shape(), views[4].shape());
+    let (n, c_in, mi) = (xs[0], xs[1], xs[2]);
+    let e = bs[0];
+    let (mo, nf) = (bs[1], bs[3]);
+    let k = e.checked_div(n).unwrap_or(0);
+    let heads = mats.len().saturating_sub(6).max(1);
+    let cnt = match (arranged, kind, ws.len()) {
+        (false, _, _) => ws.get(1).copied().unwrap_or(0) / heads,
+        (true, ContractKind::Sum, 3) => ws[2],
+        (true, ContractKind::Logits, 2) => ws[0] / heads,
+        _ => 0,
+    };
+    let s = Sizes {
+        n,
+        k,
+        c_in,
+        mi,
+        mo,
+        nf,
+        hd: hidden,
+        cnt,
+        heads,
+    };
+    // node features transposed to [n, mi, c_in]
+    let mut xt = vec![0.0; n * mi * c_in];
+    for (src, dst) in mats[0].chunks(c_in * mi).zip(xt.chunks_mut(c_in * mi)) {
+        for c in 0..c_in {
+            for q in 0..mi {
+                dst[q * c_in + c] = src[c * mi + q];
             }
         }
-        // W [cf hd, cols] and b [cf, cols] transposed, each head's rows contiguous
-        let mut own = (Vec::new(), Vec::new());
-        let mut kept =
-            WEIGHTS.with(|c| c.try_borrow_mut().ok().map(|mut v| std::mem::take(&mut *v)));
-        let (wt, bt) = kept.as_mut().unwrap_or(&mut own);
-        let cols = cols_of(&ws);
-        if !arranged {
-            match kind {
-                ContractKind::Sum => {
-                    head_blocks(&mats[4], cols, cnt, wt);
-                    bt.clear();
-                }
-                ContractKind::Logits => {
-                    transposed(&mats[4], cols, 16, WT_PAD, wt);
-                    transposed(&mats[5], cols, 16, 0, bt);
-                }
-            }
-        }
-        let (wt, bt): (&[f32], &[f32]) = match (arranged, kind) {
-            (false, _) => (wt, bt),
-            (true, ContractKind::Sum) => (&mats[4], &[]),
-            (true, ContractKind::Logits) => (&mats[4], &mats[5]),
-        };
-        let d = Data {
-            x: &xt,
-            nbr: &mats[1],
-            basis: &mats[2],
-            h: &mats[3],
-            b: &mats[5],
-            wt,
-            bt,
-            per_head: mats[6..].iter().map(|m| m.as_ref()).collect(),
-        };
-        let nb = block_nodes(&s);
-        let blocks = n.div_ceil(nb);
-        let out = match kind {
+    }
+    // W [cf hd, cols] and b [cf, cols] transposed, each head's rows contiguous (stored so
+    // already when arranged)
+    let mut own = (Vec::new(), Vec::new());
+    let mut kept = if arranged {
+        None
+    } else {
+        WEIGHTS.with(|c| c.try_borrow_mut().ok().map(|mut v| std::mem::take(&mut *v)))
+    };
+    let (wt, bt) = kept.as_mut().unwrap_or(&mut own);
+    let cols = cols_of(&ws);
+    if !arranged {
+        match kind {
             ContractKind::Sum => {
-                let per_node = s.cols() * mo;
-                let mut out = crate::exec::pool::take(n * per_node);
-                if per_node > 0 && k > 0 {
-                    out.par_chunks_mut(nb * per_node)
-                        .enumerate()
-                        .for_each(|(blk, o)| {
-                            let t0 = crate::exec::profile::enabled().then(std::time::Instant::now);
-                            with_scratch(|sc| {
-                                sum_block(&s, &d, blk * nb, o.len() / per_node, o, sc)
-                            });
-                            if let Some(t0) = t0 {
-                                crate::exec::profile::detail(
-                                    "edge_contract.all",
-                                    t0.elapsed().as_secs_f64(),
-                                );
-                            }
-                        });
-                }
-                out
+                head_blocks(&mats[4], cols, cnt, wt);
+                bt.clear();
             }
             ContractKind::Logits => {
-                let mut out = crate::exec::pool::take(heads * n * k);
-                if k > 0 && cnt > 0 {
-                    let parts: Vec<Vec<f32>> = (0..blocks)
-                        .into_par_iter()
-                        .map(|blk| {
-                            let i0 = blk * nb;
-                            let m = nb.min(n - i0);
-                            let mut o = vec![0.0; heads * m * k];
-                            let t0 = crate::exec::profile::enabled().then(std::time::Instant::now);
-                            with_scratch(|sc| logits_block(&s, &d, i0, m, &mut o, sc));
-                            if let Some(t0) = t0 {
-                                crate::exec::profile::detail(
-                                    "edge_contract.all",
-                                    t0.elapsed().as_secs_f64(),
-                                );
-                            }
-                            o
-                        })
-                        .collect();
-                    for (blk, part) in parts.iter().enumerate() {
-                        let (i0, m) = (blk * nb, nb.min(n - blk * nb));
-                        for hh in 0..heads {
-                            out[(hh * n + i0) * k..(hh * n + i0 + m) * k]
-                                .copy_from_slice(&part[hh * m * k..(hh + 1) * m * k]);
+                transposed(&mats[4], cols, 16, WT_PAD, wt);
+                transposed(&mats[5], cols, 16, 0, bt);
+            }
+        }
+    }
+    let (wt, bt): (&[f32], &[f32]) = match (arranged, kind) {
+        (false, _) => (wt, bt),
+        (true, ContractKind::Sum) => (&mats[4], &[]),
+        (true, ContractKind::Logits) => (&mats[4], &mats[5]),
+    };
+    let d = Data {
+        x: &xt,
+        nbr: &mats[1],
+        basis: &mats[2],
+        h: &mats[3],
+        b: &mats[5],
+        wt,
+        bt,
+        per_head: mats[6..].iter().map(|m| m.as_ref()).collect(),
+    };
+    let nb = block_nodes(&s);
+    let blocks = n.div_ceil(nb);
+    let out = match kind {
+        ContractKind::Sum => {
+            let per_node = s.cols() * mo;
+            let mut out = crate::exec::pool::take(n * per_node);
+            if per_node > 0 && k > 0 {
+                out.par_chunks_mut(nb * per_node)
+                    .enumerate()
+                    .for_each(|(blk, o)| {
+                        let t0 = crate::exec::profile::enabled().then(std::time::Instant::now);
+                        with_scratch(|sc| sum_block(&s, &d, blk * nb, o.len() / per_node, o, sc));
+                        if let Some(t0) = t0 {
+                            crate::exec::profile::detail(
+                                "edge_contract.all",
+                                t0.elapsed().as_secs_f64(),
+                            );
                         }
+                    });
+            }
+            out
+        }
+        ContractKind::Logits => {
+            let mut out = crate::exec::pool::take(heads * n * k);
+            if k > 0 && cnt > 0 {
+                let parts: Vec<Vec<f32>> = (0..blocks)
+                    .into_par_iter()
+                    .map(|blk| {
+                        let i0 = blk * nb;
+                        let m = nb.min(n - i0);
+                        let mut o = vec![0.0; heads * m * k];
+                        let t0 = crate::exec::profile::enabled().then(std::time::Instant::now);
+                        with_scratch(|sc| logits_block(&s, &d, i0, m, &mut o, sc));
+                        if let Some(t0) = t0 {
+                            crate::exec::profile::detail(
+                                "edge_contract.all",
+                                t0.elapsed().as_secs_f64(),
+                            );
+                        }
+                        o
+                    })
+                    .collect();
+                for (blk, part) in parts.iter().enumerate() {
+                    let (i0, m) = (blk * nb, nb.min(n - blk * nb));
+                    for hh in 0..heads {
+                        out[(hh * n + i0) * k..(hh * n + i0 + m) * k]
+                            .copy_from_slice(&part[hh * m * k..(hh + 1) * m * k]);
                     }
                 }
-                out
             }
-        };
-        drop(d);
-        if let Some(v) = kept {
-            WEIGHTS.with(|c| {
-                if let Ok(mut slot) = c.try_borrow_mut() {
-                    *slot = v;
-                }
-            });
+            out
         }
-        drop(xt);
-        drop(mats);
-        crate::exec::pool::finish(inp, out)
+    };
+    drop(d);
+    if let Some(v) = kept {
+        WEIGHTS.with(|c| {
+            if let Ok(mut slot) = c.try_borrow_mut() {
+                *slot = v;
+            }
+        });
     }
+    drop(xt);
+    drop(mats);
+    crate::exec::pool::finish(inp, out)
 }
