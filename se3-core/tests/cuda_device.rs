@@ -114,6 +114,31 @@ fn cases(r: &mut StdRng) -> Vec<(&'static str, Build, Inputs, usize)> {
             0,
         ),
         (
+            "layer_norm_gelu_grad",
+            |s| {
+                let x = s.input::<(Dyn<'r'>, Dyn<'w'>)>("x", InputKind::Values);
+                let b = s.input::<(Dyn<'w'>,)>("b", InputKind::Values);
+                let g = s.input::<(Dyn<'w'>,)>("g", InputKind::Values);
+                let be = s.input::<(Dyn<'w'>,)>("be", InputKind::Values);
+                let c = s.input::<(Dyn<'r'>, Dyn<'w'>)>("c", InputKind::Values);
+                let y = se3_core::ops::layer_norm_gelu(x, b, g, be, 1e-5);
+                // the input's gradient through the fused LayerNorm + GELU gradient node
+                if let Ok(d) =
+                    se3_core::autodiff::gradients(&[(y.no_shape(), c.no_shape())], &[x.no_shape()])
+                {
+                    s.output("y", d[0]);
+                }
+            },
+            vec![
+                ("x", vals(r, e * c), vec![e, c]),
+                ("b", vals(r, c), vec![c]),
+                ("g", vals(r, c), vec![c]),
+                ("be", vals(r, c), vec![c]),
+                ("c", vals(r, e * c), vec![e, c]),
+            ],
+            0,
+        ),
+        (
             "linear_silu_layer_norm (1 input)",
             |s| {
                 let f = s.input::<(Dyn<'r'>, Dyn<'f'>)>("f", InputKind::Values);

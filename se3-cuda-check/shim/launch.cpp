@@ -10,6 +10,7 @@
 #include "ops/segment_softmax/segment_softmax.cu"
 #include "ops/relative_positions/relative_positions.cu"
 #include "ops/layer_norm_gelu/layer_norm_gelu.cu"
+#include "ops/layer_norm_gelu/layer_norm_gelu_grad.cu"
 #include "ops/silu_layer_norm/silu_layer_norm.cu"
 #include "ops/top_k/top_k.cu"
 #include "ops/edge_conv/edge_conv.cu"
@@ -72,6 +73,10 @@ SHIM_LAUNCH(layer_norm_gelu_rows,
             P(const float* x, const float* bias, const float* gamma, const float* beta,
               float* out, unsigned rows, unsigned w, float eps),
             (x, bias, gamma, beta, out, rows, w, eps))
+SHIM_LAUNCH(layer_norm_gelu_grad_rows,
+            P(const float* x, const float* bias, const float* gamma, const float* beta,
+              const float* g, float* out, unsigned rows, unsigned w, float eps),
+            (x, bias, gamma, beta, g, out, rows, w, eps))
 SHIM_LAUNCH(silu_layer_norm_rows,
             P(const float* x, const float* w, const float* bias, const float* gamma,
               const float* beta, float* out, unsigned rows, unsigned width, unsigned n_in,

@@ -107,6 +107,19 @@ mod ffi {
             w: c_uint,
             eps: f32,
         );
+        pub fn shim_layer_norm_gelu_grad_rows(
+            g: c_uint,
+            b: c_uint,
+            x: *const f32,
+            bias: *const f32,
+            gamma: *const f32,
+            beta: *const f32,
+            grad: *const f32,
+            out: *mut f32,
+            rows: c_uint,
+            w: c_uint,
+            eps: f32,
+        );
         pub fn shim_silu_layer_norm_rows(
             g: c_uint,
             b: c_uint,
@@ -659,6 +672,48 @@ pub fn relative_positions(
         )
     };
     (rel, dist)
+}
+
+/// `layer_norm_gelu_grad_rows` over rows of width `bias.len()`: `(R + 3, W)`, the input's
+/// gradient then the column sums of the bias', gamma's and beta's (zeroed before the launch,
+/// as the device op does; the gradient rows start as NaN, so a row not written shows).
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_gelu_grad(
+    l: Launch,
+    x: &[f32],
+    bias: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    g: &[f32],
+    eps: f32,
+) -> Vec<f32> {
+    let w = bias.len();
+    assert!(w > 0 && x.len().is_multiple_of(w) && gamma.len() == w && beta.len() == w);
+    assert_eq!(g.len(), x.len(), "gradient and input lengths differ");
+    assert_eq!(
+        l.block % 32,
+        0,
+        "layer_norm_gelu_grad_rows runs a warp per row"
+    );
+    let mut out = vec![f32::NAN; x.len()];
+    out.extend(std::iter::repeat_n(0.0, 3 * w));
+    // SAFETY: rows x w elements of x and g read, (rows + 3) x w of out written.
+    unsafe {
+        ffi::shim_layer_norm_gelu_grad_rows(
+            l.grid,
+            l.block,
+            x.as_ptr(),
+            bias.as_ptr(),
+            gamma.as_ptr(),
+            beta.as_ptr(),
+            g.as_ptr(),
+            out.as_mut_ptr(),
+            u(x.len() / w),
+            u(w),
+            eps,
+        )
+    };
+    out
 }
 
 /// `layer_norm_gelu_rows` over rows of width `bias.len()`.

@@ -272,6 +272,67 @@ fn layer_norm_gelu_matches_cpu() -> Result<(), Error> {
     Ok(())
 }
 
+#[test]
+fn layer_norm_gelu_grad_matches_cpu() -> Result<(), Error> {
+    use se3_core::layers::graph::X;
+    use se3_core::ops::layer_norm_gelu::LayerNormGeluGrad;
+    let mut r = rng();
+    // widths below, at and above one warp's 32 lanes
+    for w in [r.gen_range(8..32), 32, r.gen_range(33..150)] {
+        let rows = r.gen_range(20..90);
+        let x = rand_vec(&mut r, rows * w);
+        let g = rand_vec(&mut r, rows * w);
+        let (b, ga, be) = (
+            rand_vec(&mut r, w),
+            rand_vec(&mut r, w),
+            rand_vec(&mut r, w),
+        );
+        let mut s = Session::new();
+        let wd = [Expression::from(w)];
+        let xt = s.input_with_shape::<(X, X)>("x", InputKind::Values, &['r'.into(), w.into()]);
+        let gt = s.input_with_shape::<(X, X)>("g", InputKind::Values, &['r'.into(), w.into()]);
+        let vt: Vec<GraphTensor<(X,)>> = ["b", "ga", "be"]
+            .iter()
+            .map(|n| s.input_with_shape::<(X,)>(n, InputKind::Values, &wd))
+            .collect();
+        let id = xt
+            .graph()
+            .add_op(LayerNormGeluGrad { eps: 1e-5 })
+            .input(xt.id, 0, xt.shape)
+            .input(vt[0].id, 0, vt[0].shape)
+            .input(vt[1].id, 0, vt[1].shape)
+            .input(vt[2].id, 0, vt[2].shape)
+            .input(gt.id, 0, gt.shape)
+            .finish();
+        s.output(
+            "d",
+            GraphTensor::<(X, X)>::from_id(
+                id,
+                ShapeTracker::new(&[Expression::from('r') + 3, w.into()]),
+                xt.graph_ref,
+            ),
+        );
+        s.set("x", x.clone(), &[rows, w])?;
+        s.set("g", g.clone(), &[rows, w])?;
+        s.set("b", b.clone(), &[w])?;
+        s.set("ga", ga.clone(), &[w])?;
+        s.set("be", be.clone(), &[w])?;
+        s.run()?;
+        let want = s.get("d")?.data;
+        for l in [Launch { grid: 2, block: 64 }, Launch { grid: 3, block: 96 }] {
+            let got = shim::layer_norm_gelu_grad(l, &x, &b, &ga, &be, &g, 1e-5);
+            // rows of the input's gradient, then the column sums over all rows (their scale)
+            let (gx, gs) = got.split_at(rows * w);
+            let (wx, ws) = want.split_at(rows * w);
+            let err = max_err(gx, wx).max(max_err(gs, ws));
+            println!("layer_norm_gelu_grad_rows w {w} {l:?}: max error {err:e}");
+            record("layer_norm_gelu_grad_rows", err);
+            assert!(err < 1e-4, "layer_norm_gelu_grad error {err} (w {w})");
+        }
+    }
+    Ok(())
+}
+
 /// [`max_err`] of LayerNorm rows of width `w`, each row's error divided by
 /// `max(1, 0.1 / sqrt(var + eps))`, `var` the float64 variance of `silu(z)` over the row of
 /// pre-activations `z`: a row whose activations are nearly equal (std below 0.1) amplifies
@@ -1697,6 +1758,7 @@ const CASES: &[(&str, Case)] = &[
     ("segment_softmax", segment_softmax_matches_cpu),
     ("relative_positions", relative_positions_match_cpu),
     ("layer_norm_gelu", layer_norm_gelu_matches_cpu),
+    ("layer_norm_gelu_grad", layer_norm_gelu_grad_matches_cpu),
     (
         "silu_layer_norm",
         silu_layer_norm_both_forms_match_cpu_across_widths,

@@ -87,6 +87,9 @@ enum Rule {
     LayerNormGelu {
         eps: f32,
     },
+    LayerNormGeluGrad {
+        eps: f32,
+    },
     RadialHidden {
         eps: f32,
     },
@@ -122,6 +125,8 @@ fn rule(o: &dyn Operator) -> Option<Rule> {
         Some(Rule::GradScale { frac: op.frac })
     } else if let Some(op) = a.downcast_ref::<layer_norm_gelu::LayerNormGelu>() {
         Some(Rule::LayerNormGelu { eps: op.eps })
+    } else if let Some(op) = a.downcast_ref::<layer_norm_gelu::LayerNormGeluGrad>() {
+        Some(Rule::LayerNormGeluGrad { eps: op.eps })
     } else if a.is::<neighbors::Knn>()
         || a.is::<neighbors::IndexValid>()
         || a.is::<neighbors::EdgeCenters>()
@@ -265,6 +270,10 @@ pub fn gradients(cotangents: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<
             Some(Rule::LayerNormGelu { eps }) => {
                 as_views(layer_norm_gelu::backward::vjp(&inputs, eps, g.id, &wanted)).collect()
             }
+            Some(Rule::LayerNormGeluGrad { eps }) => as_views(layer_norm_gelu::backward::grad_vjp(
+                &inputs, eps, g.id, &wanted,
+            )?)
+            .collect(),
             Some(Rule::HeadAttention(op)) => {
                 as_views(head_attention::backward::vjp(&inputs, op, g.id, &wanted)).collect()
             }

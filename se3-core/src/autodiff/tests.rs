@@ -564,6 +564,39 @@ fn forces_are_minus_the_energy_gradient_and_equivariant() -> Result<(), Error> {
     Ok(())
 }
 
+#[test]
+fn forces_through_layer_norm_gelu_have_second_derivatives() -> Result<(), Error> {
+    // the forces' graph holds the fused LayerNorm + GELU gradient node; differentiating the
+    // forces again (as training on forces does) runs that node's own vector-Jacobian product
+    let (mut r, _) = crate::testing::rng();
+    let n = r.gen_range(2..6);
+    let (c, nb) = all_pairs(n);
+    let e = c.len();
+    let params: Vec<Vec<f32>> = (0..3).map(|_| rand_vec(&mut r, 4)).collect();
+    let pts: Vec<f32> = crate::testing::random_vectors(&mut r, n, 1.0)
+        .iter()
+        .flat_map(|p| p.iter().map(|&q| q as f32))
+        .collect();
+    let inputs: Vec<Input> = vec![
+        ("x", pts, vec![n, 3]),
+        ("c", c, vec![e]),
+        ("nb", nb, vec![e]),
+    ];
+    let build = move |s: &mut Session| -> Built {
+        let (energy, x) = pair_energy(s);
+        for (k, name) in ["a", "b", "w"].iter().enumerate() {
+            let _ = s.set_weight(name, params[k].clone(), &[4]);
+        }
+        let f = super::forces(energy, x).expect("the pair energy has forces");
+        (vec![("x", x)], vec![f])
+    };
+    assert_close(
+        &check_gradients(build, &inputs, 1e-3, 64, &mut r)?,
+        "forces",
+    );
+    Ok(())
+}
+
 /// A random fused EGNN edge kernel: hidden `h`, messages `m`, `f` Fourier features, every
 /// option drawn.
 fn random_egnn_kernel(

@@ -70,6 +70,11 @@ pub const SOURCES: &[KernelSource] = &[
         kernels: &[("layer_norm_gelu_rows", Hot::Yes)],
     },
     KernelSource {
+        file: "ops/layer_norm_gelu/layer_norm_gelu_grad.cu",
+        source: include_str!("../ops/layer_norm_gelu/layer_norm_gelu_grad.cu"),
+        kernels: &[("layer_norm_gelu_grad_rows", Hot::Yes)],
+    },
+    KernelSource {
         file: "ops/silu_layer_norm/silu_layer_norm.cu",
         source: include_str!("../ops/silu_layer_norm/silu_layer_norm.cu"),
         kernels: &[("silu_layer_norm_rows", Hot::Yes)],

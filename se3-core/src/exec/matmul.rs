@@ -214,7 +214,52 @@ const SMALL_GEMM: usize = 1 << 13;
 /// `C (rows x n) = A (rows x k) B^T` for one small product, `A[i, kk] = a[oa + i rsa + kk csa]`,
 /// `B[j, kk] = b[ob + j rsb + kk csb]` (positions checked in bounds by the caller's views):
 /// contiguous dot products when both `k` axes have stride 1, else row updates over `k`.
+/// Compiled for the best instruction set of the CPU ([`super::simd::isa`]): the row updates
+/// vectorise over `n`.
 fn small_product(
+    a: (&[f32], usize, usize, usize),
+    b: (&[f32], usize, usize, usize),
+    k: usize,
+    n: usize,
+    c: &mut [f32],
+) {
+    match super::simd::isa() {
+        // SAFETY: `simd::isa()` detected these features on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        super::simd::Isa::Avx512 => unsafe { small_product_avx512(a, b, k, n, c) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        super::simd::Isa::Avx2 => unsafe { small_product_avx2(a, b, k, n, c) },
+        _ => small_product_impl(a, b, k, n, c),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+fn small_product_avx512(
+    a: (&[f32], usize, usize, usize),
+    b: (&[f32], usize, usize, usize),
+    k: usize,
+    n: usize,
+    c: &mut [f32],
+) {
+    small_product_impl(a, b, k, n, c);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn small_product_avx2(
+    a: (&[f32], usize, usize, usize),
+    b: (&[f32], usize, usize, usize),
+    k: usize,
+    n: usize,
+    c: &mut [f32],
+) {
+    small_product_impl(a, b, k, n, c);
+}
+
+#[inline(always)]
+fn small_product_impl(
     (a, oa, rsa, csa): (&[f32], usize, usize, usize),
     (b, ob, rsb, csb): (&[f32], usize, usize, usize),
     k: usize,

@@ -176,8 +176,22 @@ impl View {
             hi: 0,
             fake: false,
         }; 8];
-        let mut rank = self.axes.len().min(8);
-        ax[..rank].copy_from_slice(&self.axes[..rank]);
+        // axes of length 1 whose one index is inside the view add a constant to every
+        // position: folded into `const_off`, so that e.g. `[e, c, 1]` copies rows of `c`, not
+        // runs of 1
+        let mut rank = 0;
+        let mut const_off: i64 = 0;
+        let last = self.axes.len().min(8) - 1;
+        for (k, a) in self.axes.iter().take(8).enumerate() {
+            if a.len == 1 && a.lo <= 0 && a.hi >= 1 && (k < last || rank > 0) {
+                if !a.fake {
+                    const_off += a.offset * a.stride as i64;
+                }
+                continue;
+            }
+            ax[rank] = *a;
+            rank += 1;
+        }
         while rank >= 2 {
             let (outer, inner) = (ax[rank - 2], ax[rank - 1]);
             let full = !inner.fake
@@ -211,7 +225,7 @@ impl View {
         let inner = axes[rank - 1];
         let mut pos = 0;
         while pos < out.len() {
-            let mut base: i64 = 0;
+            let mut base: i64 = const_off;
             let mut valid = true;
             for (k, a) in axes[..rank - 1].iter().enumerate() {
                 if a.fake {

@@ -47,6 +47,7 @@ pub const LOWERINGS: &[Lowering] = &[
     crate::ops::scatter_add::cuda::lower,
     crate::ops::segment_softmax::cuda::lower,
     crate::ops::layer_norm_gelu::cuda::lower,
+    crate::ops::layer_norm_gelu::backward_cuda::lower,
     crate::ops::silu_layer_norm::cuda::lower,
     crate::ops::top_k::cuda::lower,
     crate::ops::edge_conv::cuda::lower,

@@ -61,6 +61,19 @@ __device__ __forceinline__ float se3_gelu(float x) {
     return 0.5f * (x + a * erf);
 }
 
+// GELU'(x) = Phi(x) + x phi(x), erf by Abramowitz & Stegun 7.1.26 (the CPU kernel's formula):
+// e = exp(-x^2 / 2) gives erf(|x| / sqrt 2) = 1 - poly(t) e and phi(x) = e / sqrt(2 pi).
+__device__ __forceinline__ float se3_gelu_derivative(float x) {
+    const float z = fabsf(x) * 0.70710678118654752f;
+    const float t = 1.0f / (1.0f + 0.3275911f * z);
+    const float poly =
+        ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t +
+         0.254829592f) * t;
+    const float e = expf(-(z * z));
+    const float erf = 1.0f - poly * e;
+    return 0.5f + 0.5f * copysignf(erf, x) + x * 0.39894228040143268f * e;
+}
+
 // Sum of `v` over the block; every thread gets it (`red` as in `se3_block_reduce`).
 __device__ __forceinline__ float se3_block_sum(float v, float* red) {
     return se3_block_reduce(v, red, false);

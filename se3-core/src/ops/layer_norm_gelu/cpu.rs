@@ -22,7 +22,7 @@ pub struct LayerNormGelu {
 /// `a b + c`, fused (one rounding) where the instruction set has FMA (`F`), else two
 /// operations (a software `fma` call would not vectorise).
 #[inline(always)]
-fn mad<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(super) fn mad<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
     if F {
         a.mul_add(b, c)
     } else {
@@ -40,7 +40,7 @@ pub(crate) fn exp_neg(x: f32) -> f32 {
 
 /// [`exp_neg`] with its multiply-adds fused when `F`.
 #[inline(always)]
-fn exp_neg_with<const F: bool>(x: f32) -> f32 {
+pub(super) fn exp_neg_with<const F: bool>(x: f32) -> f32 {
     let x = x.max(-87.0);
     // round(x / ln 2) by the 1.5 * 2^23 trick (no call, exact for |n| < 2^22)
     let magic = 12_582_912.0f32;
@@ -75,9 +75,27 @@ fn gelu<const F: bool>(x: f32) -> f32 {
     0.5 * mad::<F>(a, erf, x)
 }
 
+/// `GELU'(x) = Phi(x) + x phi(x)` (`phi` the normal density), with the erf of [`gelu`]:
+/// `e = exp(-x^2 / 2)` serves both `erf(|x| / sqrt 2) = 1 - poly(t) e` and `phi(x) = e /
+/// sqrt(2 pi)`.
+#[inline(always)]
+pub(super) fn gelu_derivative<const F: bool>(x: f32) -> f32 {
+    let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / mad::<F>(0.327_591_1, z, 1.0);
+    let mut poly = 1.061_405_4;
+    for c in [-1.453_152_1, 1.421_413_8, -0.284_496_74, 0.254_829_6] {
+        poly = mad::<F>(poly, t, c);
+    }
+    let poly = poly * t;
+    let e = exp_neg_with::<F>(-(z * z));
+    let erf = mad::<F>(-poly, e, 1.0);
+    let cdf = mad::<F>(0.5, erf.copysign(x), 0.5);
+    mad::<F>(x * 0.398_942_3, e, cdf)
+}
+
 /// `sum_k f(x[k])` in 16 independent lanes (vectorisable), then across the lanes.
 #[inline(always)]
-fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+pub(super) fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0.0f32; 16];
     let cx = x.chunks_exact(16);
     let rx = cx.remainder();
@@ -146,7 +164,7 @@ pub(crate) fn layer_norm_gelu_rows(
 }
 
 /// Rows per parallel task.
-const ROWS_PER_TASK: usize = 64;
+pub(super) const ROWS_PER_TASK: usize = 64;
 
 impl Operator for LayerNormGelu {
     fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {

@@ -3,14 +3,19 @@
 //! LayerNorm epsilon `eps`: the bias of a linear layer, its LayerNorm and activation in one
 //! pass instead of a chain of broadcasts, reductions and elementwise passes.
 //!
-//! Adjoint (for the training issue): the LayerNorm and GELU derivatives per row; the unfused
-//! graph of `layers::graph` (`layer_norm`, `gelu`) is the reference it is tested against.
+//! Adjoint: [`LayerNormGeluGrad`], the LayerNorm and GELU derivatives per row in one pass
+//! (`backward.rs`); the unfused graph of `layers::graph` (`layer_norm`, `gelu`) is the reference
+//! the forward is tested against.
 
 pub(crate) mod backward;
+mod backward_cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod backward_cuda;
 mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 
+pub use backward_cpu::LayerNormGeluGrad;
 pub use cpu::LayerNormGelu;
 pub(crate) use cpu::{exp_neg, layer_norm_gelu_rows};
 use luminal::prelude::*;
