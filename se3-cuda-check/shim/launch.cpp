@@ -17,6 +17,7 @@
 #include "ops/neighbors/knn.cu"
 #include "ops/radial_hidden/radial_hidden.cu"
 #include "ops/edge_contract/edge_contract.cu"
+#include "ops/edge_contract/edge_contract_grad.cu"
 #include "ops/edge_conv/radial_edge_conv.cu"
 #include "ops/adjacency/adjacency.cu"
 #include "ops/egnn_edge/egnn_edge.cu"
@@ -134,6 +135,18 @@ SHIM_LAUNCH(edge_contract_logits_nodes,
               unsigned k, unsigned c_in, unsigned mi, unsigned mo, unsigned nf, unsigned hd,
               unsigned cols, unsigned c0, unsigned cnt, unsigned head),
             (x, nbr, basis, hid, q, w, b, out, n, k, c_in, mi, mo, nf, hd, cols, c0, cnt, head))
+SHIM_LAUNCH(edge_contract_hidden_grad_nodes,
+            P(const float* x, const float* nbr, const float* basis, const float* rows,
+              const float* u, const float* w, float* out, unsigned n, unsigned k, unsigned c_in,
+              unsigned mi, unsigned mo, unsigned nf, unsigned hd, unsigned cols, unsigned c0,
+              unsigned cnt),
+            (x, nbr, basis, rows, u, w, out, n, k, c_in, mi, mo, nf, hd, cols, c0, cnt))
+SHIM_LAUNCH(edge_contract_weight_grad_nodes,
+            P(const float* x, const float* nbr, const float* basis, const float* hid,
+              const float* rows, const float* u, float* out, unsigned n, unsigned k,
+              unsigned c_in, unsigned mi, unsigned mo, unsigned nf, unsigned hd, unsigned cols,
+              unsigned c0, unsigned cnt),
+            (x, nbr, basis, hid, rows, u, out, n, k, c_in, mi, mo, nf, hd, cols, c0, cnt))
 SHIM_LAUNCH(adjacency_init,
             P(const float* adj, float* reach, float* out, unsigned long long total),
             (adj, reach, out, total))

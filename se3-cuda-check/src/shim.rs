@@ -261,6 +261,48 @@ mod ffi {
             cnt: c_uint,
             head: c_uint,
         );
+        pub fn shim_edge_contract_hidden_grad_nodes(
+            g: c_uint,
+            b: c_uint,
+            x: *const f32,
+            nbr: *const f32,
+            basis: *const f32,
+            rows: *const f32,
+            u: *const f32,
+            w: *const f32,
+            out: *mut f32,
+            n: c_uint,
+            k: c_uint,
+            c_in: c_uint,
+            mi: c_uint,
+            mo: c_uint,
+            nf: c_uint,
+            hd: c_uint,
+            cols: c_uint,
+            c0: c_uint,
+            cnt: c_uint,
+        );
+        pub fn shim_edge_contract_weight_grad_nodes(
+            g: c_uint,
+            b: c_uint,
+            x: *const f32,
+            nbr: *const f32,
+            basis: *const f32,
+            hid: *const f32,
+            rows: *const f32,
+            u: *const f32,
+            out: *mut f32,
+            n: c_uint,
+            k: c_uint,
+            c_in: c_uint,
+            mi: c_uint,
+            mo: c_uint,
+            nf: c_uint,
+            hd: c_uint,
+            cols: c_uint,
+            c0: c_uint,
+            cnt: c_uint,
+        );
         pub fn shim_adjacency_init(
             g: c_uint,
             b: c_uint,
@@ -1117,6 +1159,105 @@ pub fn edge_contract_sum(l: Launch, s: ContractSizes, d: &ContractInputs) -> Vec
                 u(hh * cnt),
                 u(cnt),
             )
+        };
+    }
+    out
+}
+
+/// The last layer's gradients of `edge_contract` (`edge_contract_grad.cu`), every head's launch
+/// in turn: `hidden` gives `(n k, hd)` (`edge_contract_hidden_grad_nodes`), else `(cf hd + cf,
+/// cols)` (`edge_contract_weight_grad_nodes`: dW then db). `rows[t]` is head `t`'s `(n, cnt,
+/// mo)`, `d.a[t]` its edge weights `(n k,)`.
+pub fn edge_contract_grad(
+    l: Launch,
+    s: ContractSizes,
+    d: &ContractInputs,
+    rows: &[Vec<f32>],
+    hidden: bool,
+) -> Vec<f32> {
+    let (e, cf) = (s.n * s.k, s.nf * s.c_in);
+    assert_eq!(d.x.len(), s.n * s.c_in * s.mi);
+    assert_eq!(d.nbr.len(), e);
+    assert_eq!(d.basis.len(), e * s.mo * s.mi * s.nf);
+    assert_eq!(d.hidden.len(), e * s.hd);
+    assert_eq!(d.w.len(), cf * s.hd * s.cols);
+    assert!(!d.a.is_empty() && d.a.len() == rows.len() && s.cols.is_multiple_of(d.a.len()));
+    assert!(
+        s.mo * s.k <= 2048 && s.mo * s.hd <= 4096 && s.k * s.hd <= 4096,
+        "shared memory bounds"
+    );
+    let cnt = s.cols / d.a.len();
+    let mut out = vec![
+        0.0;
+        if hidden {
+            e * s.hd
+        } else {
+            (cf * s.hd + cf) * s.cols
+        }
+    ];
+    for (hh, (a, r)) in d.a.iter().zip(rows).enumerate() {
+        assert_eq!(a.len(), e);
+        assert_eq!(r.len(), s.n * cnt * s.mo);
+        let dims = [
+            s.n,
+            s.k,
+            s.c_in,
+            s.mi,
+            s.mo,
+            s.nf,
+            s.hd,
+            s.cols,
+            hh * cnt,
+            cnt,
+        ]
+        .map(u);
+        // SAFETY: reads the lengths checked above; writes `out`'s length.
+        unsafe {
+            if hidden {
+                ffi::shim_edge_contract_hidden_grad_nodes(
+                    l.grid,
+                    l.block,
+                    d.x.as_ptr(),
+                    d.nbr.as_ptr(),
+                    d.basis.as_ptr(),
+                    r.as_ptr(),
+                    a.as_ptr(),
+                    d.w.as_ptr(),
+                    out.as_mut_ptr(),
+                    dims[0],
+                    dims[1],
+                    dims[2],
+                    dims[3],
+                    dims[4],
+                    dims[5],
+                    dims[6],
+                    dims[7],
+                    dims[8],
+                    dims[9],
+                )
+            } else {
+                ffi::shim_edge_contract_weight_grad_nodes(
+                    l.grid,
+                    l.block,
+                    d.x.as_ptr(),
+                    d.nbr.as_ptr(),
+                    d.basis.as_ptr(),
+                    d.hidden.as_ptr(),
+                    r.as_ptr(),
+                    a.as_ptr(),
+                    out.as_mut_ptr(),
+                    dims[0],
+                    dims[1],
+                    dims[2],
+                    dims[3],
+                    dims[4],
+                    dims[5],
+                    dims[6],
+                    dims[7],
+                    dims[8],
+                    dims[9],
+                )
+            }
         };
     }
     out

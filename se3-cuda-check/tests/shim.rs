@@ -915,6 +915,134 @@ fn edge_contract_sum_and_logits_match_cpu_with_heads_and_missing_neighbours() ->
 }
 
 #[test]
+fn edge_contract_grad_matches_cpu_with_heads_and_missing_neighbours() -> Result<(), Error> {
+    use se3_core::layers::graph::X;
+    use se3_core::ops::edge_contract::{EdgeContractGrad, LastLayerGrad};
+    let mut r = rng();
+    // second round: hidden width 128 and many (f, c) rows, several chunks per node
+    for chunked in [false, true] {
+        let (d_in, d_out) = (r.gen_range(0..3), r.gen_range(usize::from(chunked)..3));
+        let (n, k, heads) = (r.gen_range(5..40), r.gen_range(1..9), r.gen_range(1..4));
+        let c_in = if chunked {
+            r.gen_range(11..16)
+        } else {
+            r.gen_range(1..6)
+        };
+        let cnt = r.gen_range(1..7);
+        let hd = if chunked { 128 } else { r.gen_range(1..20) };
+        let (mi, mo, nf) = (2 * d_in + 1, 2 * d_out + 1, 2 * d_in.min(d_out) + 1);
+        let sz = shim::ContractSizes {
+            n,
+            k,
+            c_in,
+            mi,
+            mo,
+            nf,
+            hd,
+            cols: heads * cnt,
+        };
+        let (e, cf) = (n * k, nf * c_in);
+        let d = shim::ContractInputs {
+            x: rand_vec(&mut r, n * c_in * mi),
+            nbr: rand_idx(&mut r, e, n),
+            basis: rand_vec(&mut r, e * mo * mi * nf),
+            hidden: rand_vec(&mut r, e * hd),
+            w: rand_vec(&mut r, cf * hd * sz.cols),
+            b: rand_vec(&mut r, cf * sz.cols),
+            a: (0..heads).map(|_| rand_vec(&mut r, e)).collect(),
+        };
+        let rows: Vec<Vec<f32>> = (0..heads).map(|_| rand_vec(&mut r, n * cnt * mo)).collect();
+        for (wrt, hidden) in [
+            (LastLayerGrad::Hidden, true),
+            (LastLayerGrad::Weights, false),
+        ] {
+            let mut s = Session::new();
+            let ex = |v: &[usize]| v.iter().map(|&t| Expression::from(t)).collect::<Vec<_>>();
+            let xt = s.input_with_shape::<(X, X, X)>("x", InputKind::Values, &ex(&[n, c_in, mi]));
+            let mut ids = vec![xt.id];
+            let mut shapes = vec![xt.shape];
+            for (name, dims) in [
+                ("nbr", vec![e]),
+                ("basis", vec![e, mo, mi, nf]),
+                ("h", vec![e, hd]),
+                ("w", vec![cf * hd, sz.cols]),
+                ("b", vec![cf, sz.cols]),
+            ] {
+                let t = s.input_with_shape::<()>(name, InputKind::Values, &ex(&dims));
+                ids.push(t.id);
+                shapes.push(t.shape);
+            }
+            for t in 0..heads {
+                let rt = s.input_with_shape::<()>(
+                    &format!("r{t}"),
+                    InputKind::Values,
+                    &ex(&[n, cnt, mo]),
+                );
+                ids.push(rt.id);
+                shapes.push(rt.shape);
+            }
+            for t in 0..heads {
+                let ut =
+                    s.input_with_shape::<()>(&format!("u{t}"), InputKind::Values, &ex(&[n, k]));
+                ids.push(ut.id);
+                shapes.push(ut.shape);
+            }
+            let mut op = xt.graph().add_op(EdgeContractGrad { wrt, hidden: hd });
+            for (id, st) in ids.iter().zip(&shapes) {
+                op = op.input(*id, 0, *st);
+            }
+            let out_dims = if hidden {
+                vec![e, hd]
+            } else {
+                vec![cf * hd + cf, sz.cols]
+            };
+            s.output(
+                "g",
+                GraphTensor::<(X, X)>::from_id(
+                    op.finish(),
+                    ShapeTracker::new(&ex(&out_dims)),
+                    xt.graph_ref,
+                ),
+            );
+            s.set("x", d.x.clone(), &[n, c_in, mi])?;
+            s.set("nbr", d.nbr.clone(), &[e])?;
+            s.set("basis", d.basis.clone(), &[e, mo, mi, nf])?;
+            s.set("h", d.hidden.clone(), &[e, hd])?;
+            s.set("w", d.w.clone(), &[cf * hd, sz.cols])?;
+            s.set("b", d.b.clone(), &[cf, sz.cols])?;
+            for (t, (rt, ut)) in rows.iter().zip(&d.a).enumerate() {
+                s.set(&format!("r{t}"), rt.clone(), &[n, cnt, mo])?;
+                s.set(&format!("u{t}"), ut.clone(), &[n, k])?;
+            }
+            s.run()?;
+            let want = s.get("g")?.data;
+            let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let kernel = if hidden {
+                "edge_contract_hidden_grad_nodes"
+            } else {
+                "edge_contract_weight_grad_nodes"
+            };
+            for l in LAUNCHES {
+                let got = shim::edge_contract_grad(l, sz, &d, &rows, hidden);
+                assert_eq!(got.len(), want.len());
+                let abs = got
+                    .iter()
+                    .zip(&want)
+                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                println!(
+                    "{kernel} {l:?} ({sz:?}, heads {heads}): max abs error {abs:e}, relative to \
+                     the largest output {:e}",
+                    abs / scale
+                );
+                record(kernel, abs / scale);
+                assert!(abs / scale < 1e-5, "{kernel} error {}", abs / scale);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn radial_edge_conv_matches_cpu_with_missing_edges_and_zero_weights() -> Result<(), Error> {
     use se3_core::layers::graph::X;
     use se3_core::ops::{PairShape, RadialMode};
@@ -1776,6 +1904,10 @@ const CASES: &[(&str, Case)] = &[
     (
         "edge_contract",
         edge_contract_sum_and_logits_match_cpu_with_heads_and_missing_neighbours,
+    ),
+    (
+        "edge_contract_grad",
+        edge_contract_grad_matches_cpu_with_heads_and_missing_neighbours,
     ),
     (
         "radial_edge_conv",

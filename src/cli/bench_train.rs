@@ -274,5 +274,8 @@ fn print_profile(
     for (k, t, c) in shapes.iter().take(40) {
         eprintln!("{t:.4} {c:4} {k}");
     }
+    for (name, t) in se3_core::exec::profile::details() {
+        eprintln!("detail {name} {t:.4}");
+    }
     Ok(())
 }

@@ -108,6 +108,14 @@ pub const SOURCES: &[KernelSource] = &[
         ],
     },
     KernelSource {
+        file: "ops/edge_contract/edge_contract_grad.cu",
+        source: include_str!("../ops/edge_contract/edge_contract_grad.cu"),
+        kernels: &[
+            ("edge_contract_hidden_grad_nodes", Hot::Yes),
+            ("edge_contract_weight_grad_nodes", Hot::Yes),
+        ],
+    },
+    KernelSource {
         file: "ops/edge_conv/radial_edge_conv.cu",
         source: include_str!("../ops/edge_conv/radial_edge_conv.cu"),
         kernels: &[("radial_edge_conv_sorted", Hot::Yes)],

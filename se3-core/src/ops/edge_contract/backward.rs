@@ -22,6 +22,7 @@
 use luminal::op::{InputTensor, Operator};
 use luminal::prelude::{symbolic::Expression, *};
 
+use super::backward_cpu::{EdgeContractGrad, LastLayerGrad};
 use super::{edge_contract_logits, edge_contract_sum, ContractKind};
 use crate::autodiff::emit::{add, contiguous, copy, dims, expand, mul, plain, sum_axis, Tensor};
 use crate::exec::view::View;
@@ -119,6 +120,55 @@ pub(crate) fn vjp(
             ContractKind::Logits => entry(g, t, &[n, k]),
         }
     };
+    // each head's output gradient, read by several of its gradients
+    let gts: Vec<Tensor> = (0..heads).map(g_of).collect();
+    // the last layer's and the hidden values' gradients: fused nodes over all heads, per node
+    // as the forward ([`EdgeContractGrad`])
+    let last_layer = |wrt: LastLayerGrad, out: &[Expression]| -> Tensor {
+        let mut op = x
+            .graph()
+            .add_op(EdgeContractGrad { wrt, hidden })
+            .input(x.id, 0, x.shape)
+            .input(nbr.id, 0, nbr.shape)
+            .input(basis.id, 0, basis.shape)
+            .input(h.id, 0, h.shape)
+            .input(w.id, 0, w.shape)
+            .input(b.id, 0, b.shape);
+        let (rows, weights): (Vec<Tensor>, Vec<Tensor>) = match kind {
+            ContractKind::Sum => (gts.clone(), inputs[6..6 + heads].to_vec()),
+            ContractKind::Logits => (inputs[6..6 + heads].to_vec(), gts.clone()),
+        };
+        for t in rows.iter().chain(&weights) {
+            op = op.input(t.id, 0, t.shape);
+        }
+        plain(op.finish(), out, gref)
+    };
+    let (mut d_h, mut d_w, mut d_b) = (None::<Tensor>, None::<Tensor>, None::<Tensor>);
+    if wanted[3] {
+        d_h = Some(last_layer(LastLayerGrad::Hidden, &[e, hd.into()]));
+    }
+    if wanted[4] || wanted[5] {
+        let wb = last_layer(
+            LastLayerGrad::Weights,
+            &[(cf * hd + cf).into(), cols.into()],
+        );
+        let part = |r0: usize, len: usize| {
+            let mut st = wb.shape;
+            st.slice(&[(r0.into(), (r0 + len).into()), (0.into(), i32::MAX.into())]);
+            let c = copy(GraphTensor::from_id(wb.id, st, gref));
+            plain(c.id, &[len.into(), cols.into()], gref)
+        };
+        d_w = wanted[4].then(|| part(0, cf * hd));
+        d_b = wanted[5].then(|| part(cf * hd, cf));
+    }
+    // what is left for the per-head loop: the node features, the per-head inputs and the
+    // basis (whose last-layer part keeps its per-node or per-edge form)
+    let rest: Vec<bool> = wanted
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| w && !(3..=5).contains(&i))
+        .collect();
+    let wanted = &rest[..];
     // transposed basis [e, mo, nf mi] (also Kx's left factor [e, mo nf, mi])
     let need_basis_t = wanted[0] || wanted[3] || wanted[4] || wanted[5];
     let basis_t: Option<T3> = need_basis_t.then(|| {
@@ -150,14 +200,13 @@ pub(crate) fn vjp(
             .finish();
         plain(id, &[e], gref)
     });
-    let (mut d_x, mut d_basis, mut d_h) = (None::<Tensor>, None::<Tensor>, None::<Tensor>);
-    let (mut d_w, mut d_b) = (None::<Tensor>, None::<Tensor>);
+    let (mut d_x, mut d_basis) = (None::<Tensor>, None::<Tensor>);
     let mut d_heads = vec![None; heads];
     let acc = accumulate;
     for t in 0..heads {
         let per_head = inputs[6 + t];
         let (wt, bt) = (columns(wc, t * cnt, cnt), columns(bc, t * cnt, cnt));
-        let gt = g_of(t);
+        let gt = gts[t];
         // rows whose outer product with the edge weights is the per-edge cotangent G_e
         let (rows, weights): (Tensor, Tensor) = match kind {
             ContractKind::Sum => (gt, per_head),

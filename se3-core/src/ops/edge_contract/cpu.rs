@@ -165,6 +165,32 @@ struct Data<'a> {
     /// Logits: `b^T [H cnt, nf c_in]` (empty for sums).
     bt: &'a [f32],
     per_head: Vec<&'a [f32]>,
+    /// The gradient jobs' per-head edge weights `u_h [n, k]` (empty otherwise).
+    edge_weights: Vec<&'a [f32]>,
+}
+
+/// What one call of [`contract`] computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Job {
+    /// [`ContractKind::Sum`].
+    Sum,
+    /// [`ContractKind::Logits`].
+    Logits,
+    /// The radial hidden values' gradient of the last layer (`super::backward_cpu`):
+    /// `dh_e = sum_h u_h,e Kx_e . (W_h r_h,i)`, `[e, hidden]`.
+    HiddenGrad,
+    /// The last layer's gradients: `dW_h = sum_i A_i^T r_h,i` and `db_h = sum_i S_i^T r_h,i`
+    /// (`A_i`, `S_i` of the sums with weights `u_h`), `[nf c_in hidden + nf c_in, cols]`.
+    WeightGrad,
+}
+
+impl From<ContractKind> for Job {
+    fn from(k: ContractKind) -> Job {
+        match k {
+            ContractKind::Sum => Job::Sum,
+            ContractKind::Logits => Job::Logits,
+        }
+    }
 }
 
 /// `Kx` of the nodes `i0..i0 + nb`, `[nb, k, F]`.
@@ -311,11 +337,146 @@ fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mu
     }
 }
 
+/// Padding (floats) after each row of the weight gradient's `acc`.
+const ACC_PAD: usize = 16;
+
+/// The last layer's gradients from the nodes `i0..i0 + nb`, added to `dwt`, `[cols, cf hidden +
+/// cf]` (`dW^T` then `db^T`, [`Job::WeightGrad`]). Chunked over `(f, c)` as [`sum_block`]: per
+/// chunk and head, `acc[(b, p), (r, hd)]` and `S[(b, p), r]` as the sums form them with the
+/// weights `u_h`, then `dW_h^T[:, chunk] += r_h^T acc` and `db_h^T[:, chunk] += r_h^T S` (`r_h^T
+/// [o, (b, p)]` the block's rows), so `A_i` of the graph and the per-edge `dR_e` never exist.
+fn weight_grad_block(
+    s: &Sizes,
+    d: &Data,
+    (i0, nb): (usize, usize),
+    dwt: &mut [f32],
+    sc: &mut Scratch,
+) {
+    let (k, hd, mo, cf, cnt) = (s.k, s.hd, s.mo, s.cf(), s.cnt);
+    let fw = s.width();
+    let ld = cf * hd + cf;
+    let Scratch {
+        kx: kxb,
+        kxa,
+        big,
+        small,
+        rows,
+    } = sc;
+    let kx = kx_block(s, d, i0, nb, kxb);
+    let cfc = cf_chunk(s, nb);
+    let kxt = grow(kxa, nb * mo * cfc * k);
+    // acc's rows `(b, p)` padded: rows a multiple of 4 KiB apart (e.g. 16 x 128 floats) would
+    // share one set of the L1 cache, and the product with the rows reads 48 of them at once
+    let lda = cfc * hd + ACC_PAD;
+    let accc = grow(big, nb * mo * lda);
+    let scratch = grow(small, k * hd + nb * mo * cfc);
+    let (ah, bsc) = scratch.split_at_mut(k * hd);
+    // rt[h][o, (b, p)] = r_h[i0 + b][o, p]
+    let nbm = nb * mo;
+    let rt = grow(rows, s.heads * cnt * nbm);
+    for (hh, r_all) in d.per_head.iter().enumerate() {
+        for bi in 0..nb {
+            let r = &r_all[(i0 + bi) * cnt * mo..(i0 + bi + 1) * cnt * mo];
+            for o in 0..cnt {
+                let dst = (hh * cnt + o) * nbm + bi * mo;
+                rt[dst..dst + mo].copy_from_slice(&r[o * mo..(o + 1) * mo]);
+            }
+        }
+    }
+    let mut cf0 = 0;
+    while cf0 < cf {
+        let cc = cfc.min(cf - cf0);
+        let rows_b = mo * cc;
+        // kxt[b][(p, r), kk] = kx[b][kk, (p, cf0 + r)], for every head
+        for bi in 0..nb {
+            let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
+            let kt = &mut kxt[bi * rows_b * k..(bi + 1) * rows_b * k];
+            for (kk, src) in kxn.chunks_exact(fw).enumerate() {
+                for p in 0..mo {
+                    for (r, &v) in src[p * cf + cf0..p * cf + cf0 + cc].iter().enumerate() {
+                        kt[(p * cc + r) * k + kk] = v;
+                    }
+                }
+            }
+        }
+        for (hh, u_all) in d.edge_weights.iter().enumerate() {
+            for bi in 0..nb {
+                let i = i0 + bi;
+                let u = &u_all[i * k..(i + 1) * k];
+                let h = &d.h[i * k * hd..(i + 1) * k * hd];
+                let kt = &kxt[bi * rows_b * k..(bi + 1) * rows_b * k];
+                for ((dst, src), &uv) in ah.chunks_exact_mut(hd).zip(h.chunks_exact(hd)).zip(u) {
+                    for (o, &v) in dst.iter_mut().zip(src) {
+                        *o = uv * v;
+                    }
+                }
+                for (t, row) in bsc[bi * rows_b..(bi + 1) * rows_b]
+                    .iter_mut()
+                    .zip(kt.chunks_exact(k))
+                {
+                    *t = dot8(row, u);
+                }
+                for p in 0..mo {
+                    let row = (bi * mo + p) * lda;
+                    gemm_rows(
+                        cc,
+                        k,
+                        hd,
+                        &kt[p * cc * k..],
+                        k,
+                        ah,
+                        hd,
+                        &mut accc[row..row + cc * hd],
+                        hd,
+                        0.0,
+                    );
+                }
+            }
+            let rh = &rt[hh * cnt * nbm..(hh + 1) * cnt * nbm];
+            let c0 = hh * cnt;
+            gemm_rows(
+                cnt,
+                nbm,
+                cc * hd,
+                rh,
+                nbm,
+                &accc[..(nbm - 1) * lda + cc * hd],
+                lda,
+                &mut dwt[c0 * ld + cf0 * hd..],
+                ld,
+                1.0,
+            );
+            gemm_rows(
+                cnt,
+                nbm,
+                cc,
+                rh,
+                nbm,
+                &bsc[..nbm * cc],
+                cc,
+                &mut dwt[c0 * ld + cf * hd + cf0..],
+                ld,
+                1.0,
+            );
+        }
+        cf0 += cc;
+    }
+}
+
 /// Logits of one block of nodes `i0..i0 + nb` for every head: `out` is `[H, nb, k]`. Chunked
 /// over `(f, c)` like [`sum_block`]: per chunk and head the query is folded into the chunk's
 /// rows of `W` (`[(b, p), (cf, hd)]`), then `g[b][kk] += kx[kk][p, chunk] folded[(b, p)]`;
 /// finally `l = g . h + bias`.
-fn logits_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mut Scratch) {
+/// With `hidden_grad`, `out` is `[nb k, hidden]` instead: `sum_h u_h,e g_h,e` (the gradient
+/// of the radial hidden values, [`Job::HiddenGrad`], with the rows `r_h` as the queries).
+fn logits_block(
+    s: &Sizes,
+    d: &Data,
+    (i0, nb): (usize, usize),
+    out: &mut [f32],
+    sc: &mut Scratch,
+    hidden_grad: bool,
+) {
     let (k, hd, mo, cf, cnt) = (s.k, s.hd, s.mo, s.cf(), s.cnt);
     let fw = s.width();
     let kw = cf * hd;
@@ -420,6 +581,22 @@ fn logits_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: 
             }
         }
         cf0 += cc;
+    }
+    if hidden_grad {
+        out.fill(0.0);
+        for (hh, u) in d.edge_weights.iter().enumerate() {
+            for bi in 0..nb {
+                for kk in 0..k {
+                    let uv = u[(i0 + bi) * k + kk];
+                    let gi = ((hh * nb + bi) * k + kk) * hd;
+                    let o = &mut out[(bi * k + kk) * hd..(bi * k + kk + 1) * hd];
+                    for (o, &gv) in o.iter_mut().zip(&g[gi..gi + hd]) {
+                        *o += uv * gv;
+                    }
+                }
+            }
+        }
+        return;
     }
     for hh in 0..heads {
         for bi in 0..nb {
@@ -531,19 +708,22 @@ pub struct ArrangedEdgeContract {
 
 impl Operator for EdgeContract {
     fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
-        contract(self.kind, self.hidden, false, inp)
+        contract(self.kind.into(), self.hidden, false, inp)
     }
 }
 
 impl Operator for ArrangedEdgeContract {
     fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
-        contract(self.kind, self.hidden, true, inp)
+        contract(self.kind.into(), self.hidden, true, inp)
     }
 }
 
-/// The kernel of [`EdgeContract`] (`arranged`: of [`ArrangedEdgeContract`]).
-fn contract(
-    kind: ContractKind,
+/// The kernel of [`EdgeContract`] (`arranged`: of [`ArrangedEdgeContract`]) and of the last
+/// layer's gradients ([`Job::HiddenGrad`], [`Job::WeightGrad`]: inputs `x, nbr, basis, h, w, b`,
+/// then the rows `r_0 .. r_{H-1}` (`[n, cnt, mo]`) and the edge weights `u_0 .. u_{H-1}`
+/// (`[n, k]`)).
+pub(super) fn contract(
+    job: Job,
     hidden: usize,
     arranged: bool,
     inp: Vec<(InputTensor, ShapeTracker)>,
@@ -560,11 +740,17 @@ fn contract(
     let e = bs[0];
     let (mo, nf) = (bs[1], bs[3]);
     let k = e.checked_div(n).unwrap_or(0);
-    let heads = mats.len().saturating_sub(6).max(1);
-    let cnt = match (arranged, kind, ws.len()) {
+    let grad = matches!(job, Job::HiddenGrad | Job::WeightGrad);
+    let heads = if grad {
+        mats.len().saturating_sub(6) / 2
+    } else {
+        mats.len().saturating_sub(6)
+    }
+    .max(1);
+    let cnt = match (arranged, job, ws.len()) {
         (false, _, _) => ws.get(1).copied().unwrap_or(0) / heads,
-        (true, ContractKind::Sum, 3) => ws[2],
-        (true, ContractKind::Logits, 2) => ws[0] / heads,
+        (true, Job::Sum, 3) => ws[2],
+        (true, Job::Logits, 2) => ws[0] / heads,
         _ => 0,
     };
     let s = Sizes {
@@ -598,21 +784,30 @@ fn contract(
     let (wt, bt) = kept.as_mut().unwrap_or(&mut own);
     let cols = cols_of(&ws);
     if !arranged {
-        match kind {
-            ContractKind::Sum => {
+        match job {
+            Job::Sum => {
                 head_blocks(&mats[4], cols, cnt, wt);
                 bt.clear();
             }
-            ContractKind::Logits => {
+            Job::Logits | Job::HiddenGrad => {
                 transposed(&mats[4], cols, 16, WT_PAD, wt);
                 transposed(&mats[5], cols, 16, 0, bt);
             }
+            Job::WeightGrad => {
+                wt.clear();
+                bt.clear();
+            }
         }
     }
-    let (wt, bt): (&[f32], &[f32]) = match (arranged, kind) {
-        (false, _) => (wt, bt),
-        (true, ContractKind::Sum) => (&mats[4], &[]),
-        (true, ContractKind::Logits) => (&mats[4], &mats[5]),
+    let (wt, bt): (&[f32], &[f32]) = match (arranged, job) {
+        (true, Job::Sum) => (&mats[4], &[]),
+        (true, Job::Logits) => (&mats[4], &mats[5]),
+        _ => (wt, bt),
+    };
+    let (rows_of_heads, edge_weights) = if grad {
+        (&mats[6..6 + heads], &mats[6 + heads..])
+    } else {
+        (&mats[6..], &mats[..0])
     };
     let d = Data {
         x: &xt,
@@ -622,12 +817,13 @@ fn contract(
         b: &mats[5],
         wt,
         bt,
-        per_head: mats[6..].iter().map(|m| m.as_ref()).collect(),
+        per_head: rows_of_heads.iter().map(|m| m.as_ref()).collect(),
+        edge_weights: edge_weights.iter().map(|m| m.as_ref()).collect(),
     };
     let nb = block_nodes(&s);
     let blocks = n.div_ceil(nb);
-    let out = match kind {
-        ContractKind::Sum => {
+    let out = match job {
+        Job::Sum => {
             let per_node = s.cols() * mo;
             let mut out = crate::exec::pool::take(n * per_node);
             if per_node > 0 && k > 0 {
@@ -646,7 +842,72 @@ fn contract(
             }
             out
         }
-        ContractKind::Logits => {
+        Job::HiddenGrad => {
+            let t0 = crate::exec::profile::enabled().then(std::time::Instant::now);
+            let per_node = k * hidden;
+            let mut out = crate::exec::pool::take(n * per_node);
+            if per_node > 0 && cnt > 0 {
+                out.par_chunks_mut(nb * per_node)
+                    .enumerate()
+                    .for_each(|(blk, o)| {
+                        let m = o.len() / per_node;
+                        with_scratch(|sc| logits_block(&s, &d, (blk * nb, m), o, sc, true));
+                    });
+            } else {
+                out.fill(0.0);
+            }
+            if let Some(t0) = t0 {
+                crate::exec::profile::detail(
+                    "edge_contract.hidden_grad",
+                    t0.elapsed().as_secs_f64(),
+                );
+            }
+            out
+        }
+        Job::WeightGrad => {
+            let t0 = crate::exec::profile::enabled().then(std::time::Instant::now);
+            let (cf, cols) = (s.cf(), s.cols());
+            let ld = cf * hidden + cf;
+            // per group of node blocks its own dW^T and db^T, added in group order (the same
+            // result on every run of one machine)
+            let groups = blocks.min(rayon::current_num_threads()).max(1);
+            let parts: Vec<Vec<f32>> = (0..groups)
+                .into_par_iter()
+                .map(|g| {
+                    // pooled: buffers of megabytes freed every call would be unmapped (and
+                    // their pages faulted in again) each time
+                    let mut dwt = crate::exec::pool::take(cols * ld);
+                    dwt.fill(0.0);
+                    if k > 0 && cnt > 0 {
+                        for blk in g * blocks / groups..(g + 1) * blocks / groups {
+                            let i0 = blk * nb;
+                            let m = nb.min(n - i0);
+                            with_scratch(|sc| weight_grad_block(&s, &d, (i0, m), &mut dwt, sc));
+                        }
+                    }
+                    dwt
+                })
+                .collect();
+            let mut parts = parts.into_iter();
+            let mut sum = parts.next().unwrap_or_default();
+            for part in parts {
+                for (a, b) in sum.iter_mut().zip(&part) {
+                    *a += b;
+                }
+                crate::exec::pool::give(part);
+            }
+            let mut out = crate::exec::pool::take(ld * cols);
+            transposed(&sum, ld, 16, 0, &mut out);
+            crate::exec::pool::give(sum);
+            if let Some(t0) = t0 {
+                crate::exec::profile::detail(
+                    "edge_contract.weight_grad",
+                    t0.elapsed().as_secs_f64(),
+                );
+            }
+            out
+        }
+        Job::Logits => {
             let mut out = crate::exec::pool::take(heads * n * k);
             if k > 0 && cnt > 0 {
                 let parts: Vec<Vec<f32>> = (0..blocks)
@@ -656,7 +917,7 @@ fn contract(
                         let m = nb.min(n - i0);
                         let mut o = vec![0.0; heads * m * k];
                         let t0 = crate::exec::profile::enabled().then(std::time::Instant::now);
-                        with_scratch(|sc| logits_block(&s, &d, i0, m, &mut o, sc));
+                        with_scratch(|sc| logits_block(&s, &d, (i0, m), &mut o, sc, false));
                         if let Some(t0) = t0 {
                             crate::exec::profile::detail(
                                 "edge_contract.all",

@@ -29,6 +29,7 @@
 
 pub(crate) mod arrange;
 pub(crate) mod backward;
+mod backward_cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod backward_cuda;
 #[cfg(test)]
@@ -39,6 +40,7 @@ pub(crate) mod cuda;
 
 pub use arrange::ArrangeContractionWeights;
 pub use backward::EdgeOwner;
+pub use backward_cpu::{EdgeContractGrad, LastLayerGrad};
 pub use cpu::{ArrangedEdgeContract, ContractKind, EdgeContract};
 use luminal::prelude::*;
 
