@@ -518,7 +518,30 @@ mod rows_avx512 {
     ) {
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         let mut brow = b;
-        for l in 0..k {
+        // four steps of `l` per pass: each row's values of A are one address apart, so the
+        // row addresses are formed once per four steps (a chain of MR address increments per
+        // MR NV FMAs would otherwise pace the loop)
+        let mut l = 0;
+        while l + 4 <= k {
+            let mut bq = [[_mm512_setzero_ps(); NV]; 4];
+            for (u, bu) in bq.iter_mut().enumerate() {
+                for v in 0..NV {
+                    bu[v] = _mm512_maskz_loadu_ps(masks[v], brow.add(u * ldb + 16 * v));
+                }
+            }
+            brow = brow.add(4 * ldb);
+            for r in 0..MR {
+                let ar = a.add(r * lda + l);
+                for (u, bu) in bq.iter().enumerate() {
+                    let au = _mm512_set1_ps(*ar.add(u));
+                    for v in 0..NV {
+                        acc[r][v] = _mm512_fmadd_ps(au, bu[v], acc[r][v]);
+                    }
+                }
+            }
+            l += 4;
+        }
+        while l < k {
             let mut bv = [_mm512_setzero_ps(); NV];
             for v in 0..NV {
                 bv[v] = _mm512_maskz_loadu_ps(masks[v], brow.add(16 * v));
@@ -530,6 +553,7 @@ mod rows_avx512 {
                     acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
                 }
             }
+            l += 1;
         }
         for r in 0..MR {
             for v in 0..NV {
