@@ -9,15 +9,15 @@
 //! gradient `dx_j[c, q] = Σ_{e: nbr e = j} Σ_{p, f} K_e[p, q, f] Σ_o R_e[o, (f, c)] G_e[o, p]` is
 //! the fused [`RadialEdgeConv`] kernel with the roles of input and output swapped (input rows
 //! `g_i` or `q_i`, edge weights `a` or `dl`, pooling into the neighbours `nbr`, basis and last
-//! layer transposed), so the per-edge radial weights are not formed for it. The last layer
-//! (and through it `h` and the basis) gets its gradient in one of two forms ([`reassociate`]):
-//! per node, with `G_e = u_e r_i` and `Gw_i[(p, f, c), h] = Σ_o W[(f, c, h), o] r_i[o, p]`,
-//! `dh_e = u_e Kx_e · Gw_i`, `dW = Σ_i r_i (Σ_{e of i} u_e Kx_e ⊗ h_e)`, `db = Σ_i r_i Σ_e u_e
-//! Kx_e`, `dKx_e = u_e (h_e · Gw_i + r_i^T b)` (per-node GEMMs of the forward's size), or per
-//! edge, through `dR_e[o, (f, c)] = Σ_p G_e[o, p] Kx_e[p, (f, c)]` (`c_out c_in nf` values per
-//! edge): `dW[(f, c, h), o] = Σ_e dR_e[o, (f, c)] h_e[h]`, `db = Σ_e dR_e`, `dh_e = Σ dR_e W`,
-//! and `dKx_e = G_e^T R_e` with `R_e` formed per edge. The basis (coordinates) gets
-//! `dK_e[p, q, f] = Σ_c dKx_e[p, (f, c)] x_j[c, q]`.
+//! layer transposed), so the per-edge radial weights are not formed for it. The last layer's
+//! weights and the hidden values get their gradients from the fused [`EdgeContractGrad`] nodes
+//! (one per kind over all heads), per node as the forward: with `G_e = u_e r_i` and
+//! `Gw_i[(p, f, c), h] = Σ_o W[(f, c, h), o] r_i[o, p]`, `dh_e = u_e Kx_e · Gw_i`,
+//! `dW = Σ_i r_i (Σ_{e of i} u_e Kx_e ⊗ h_e)`, `db = Σ_i r_i Σ_e u_e Kx_e` (`backward_cpu.rs`);
+//! no per-edge `dR_e [c_out, c_in nf]` is formed. The basis (coordinates) gets
+//! `dK_e[p, q, f] = Σ_c dKx_e[p, (f, c)] x_j[c, q]` from `dKx_e = u_e (h_e · Gw_i + r_i^T b)`,
+//! formed per node as graph ops for degree-0 outputs ([`reassociate`]) and as `G_e^T R_e` with
+//! `R_e` per edge otherwise (only models with coordinate gradients through the basis ask for it).
 
 use luminal::op::{InputTensor, Operator};
 use luminal::prelude::{symbolic::Expression, *};

@@ -20,12 +20,13 @@
 //! (`gather3`, broadcast products, sums and batched matrix products), the reference the fused
 //! op is tested against.
 //!
-//! Adjoint (as built in `backward.rs`, where the kinds' adjoint pairing is used): with `g` the output gradient, `dW = sum_i A_i^T g_i` (sum
-//! variant; per node an outer product with the already-formed `A_i`), `dh_e = a_e W^T (g_i Kx_e)`
-//! and `dKx_e = a_e R_e^T g_i`, then `dx` is a `scatter_add` over `nbr` of `K_e^T dKx_e` and
-//! `dK_e` the outer product with `x_j` (so through coordinates via the basis); the logits
-//! variant is the same with `g_i` replaced by `dl_ik q_i`. All are edge contractions of the
-//! same block structure.
+//! Adjoint (`backward.rs`, where the kinds' adjoint pairing is used): with `g` the output
+//! gradient, `da = edge_contract_logits(q := g)` and `dq = edge_contract_sum(a := dl)`; the last
+//! layer's `dW = sum_i A_i^T g_i`, `db` and `dh_e = a_e Kx_e . (W g_i)` by the fused
+//! [`EdgeContractGrad`] nodes (the forward's block kernel, per node); `dx` is a fused
+//! radial convolution into the neighbours (`K_e^T dKx_e` pooled over `nbr`) and `dK_e` the
+//! outer product of `dKx_e` with `x_j` (so through coordinates via the basis); the logits
+//! variant is the same with `g_i` replaced by `dl_ik q_i`.
 
 pub(crate) mod arrange;
 pub(crate) mod backward;
