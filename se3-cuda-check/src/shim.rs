@@ -261,15 +261,17 @@ mod ffi {
             cnt: c_uint,
             head: c_uint,
         );
-        pub fn shim_edge_contract_hidden_grad_nodes(
+        pub fn shim_edge_contract_edge_grad_nodes(
             g: c_uint,
             b: c_uint,
             x: *const f32,
             nbr: *const f32,
             basis: *const f32,
+            hid: *const f32,
             rows: *const f32,
             u: *const f32,
             w: *const f32,
+            bias: *const f32,
             out: *mut f32,
             n: c_uint,
             k: c_uint,
@@ -281,6 +283,8 @@ mod ffi {
             cols: c_uint,
             c0: c_uint,
             cnt: c_uint,
+            want_h: c_uint,
+            want_kx: c_uint,
         );
         pub fn shim_edge_contract_weight_grad_nodes(
             g: c_uint,
@@ -1165,7 +1169,8 @@ pub fn edge_contract_sum(l: Launch, s: ContractSizes, d: &ContractInputs) -> Vec
 }
 
 /// The last layer's gradients of `edge_contract` (`edge_contract_grad.cu`), every head's launch
-/// in turn: `hidden` gives `(n k, hd)` (`edge_contract_hidden_grad_nodes`), else `(cf hd + cf,
+/// in turn: `edges = Some((hidden, message))` gives the per-edge gradients `(n k, width)`
+/// (`edge_contract_edge_grad_nodes`: `dh` then `dKx`), `None` the weights' `(cf hd + cf,
 /// cols)` (`edge_contract_weight_grad_nodes`: dW then db). `rows[t]` is head `t`'s `(n, cnt,
 /// mo)`, `d.a[t]` its edge weights `(n k,)`.
 pub fn edge_contract_grad(
@@ -1173,7 +1178,7 @@ pub fn edge_contract_grad(
     s: ContractSizes,
     d: &ContractInputs,
     rows: &[Vec<f32>],
-    hidden: bool,
+    edges: Option<(bool, bool)>,
 ) -> Vec<f32> {
     let (e, cf) = (s.n * s.k, s.nf * s.c_in);
     assert_eq!(d.x.len(), s.n * s.c_in * s.mi);
@@ -1187,14 +1192,11 @@ pub fn edge_contract_grad(
         "shared memory bounds"
     );
     let cnt = s.cols / d.a.len();
-    let mut out = vec![
-        0.0;
-        if hidden {
-            e * s.hd
-        } else {
-            (cf * s.hd + cf) * s.cols
-        }
-    ];
+    let len = match edges {
+        Some((h, m)) => e * (if h { s.hd } else { 0 } + if m { s.mo * cf } else { 0 }),
+        None => (cf * s.hd + cf) * s.cols,
+    };
+    let mut out = vec![0.0; len];
     for (hh, (a, r)) in d.a.iter().zip(rows).enumerate() {
         assert_eq!(a.len(), e);
         assert_eq!(r.len(), s.n * cnt * s.mo);
@@ -1213,16 +1215,18 @@ pub fn edge_contract_grad(
         .map(u);
         // SAFETY: reads the lengths checked above; writes `out`'s length.
         unsafe {
-            if hidden {
-                ffi::shim_edge_contract_hidden_grad_nodes(
+            if let Some((h, m)) = edges {
+                ffi::shim_edge_contract_edge_grad_nodes(
                     l.grid,
                     l.block,
                     d.x.as_ptr(),
                     d.nbr.as_ptr(),
                     d.basis.as_ptr(),
+                    d.hidden.as_ptr(),
                     r.as_ptr(),
                     a.as_ptr(),
                     d.w.as_ptr(),
+                    d.b.as_ptr(),
                     out.as_mut_ptr(),
                     dims[0],
                     dims[1],
@@ -1234,6 +1238,8 @@ pub fn edge_contract_grad(
                     dims[7],
                     dims[8],
                     dims[9],
+                    u32::from(h),
+                    u32::from(m),
                 )
             } else {
                 ffi::shim_edge_contract_weight_grad_nodes(

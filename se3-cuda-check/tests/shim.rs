@@ -952,10 +952,13 @@ fn edge_contract_grad_matches_cpu_with_heads_and_missing_neighbours() -> Result<
             a: (0..heads).map(|_| rand_vec(&mut r, e)).collect(),
         };
         let rows: Vec<Vec<f32>> = (0..heads).map(|_| rand_vec(&mut r, n * cnt * mo)).collect();
-        for (wrt, hidden) in [
-            (LastLayerGrad::Hidden, true),
-            (LastLayerGrad::Weights, false),
-        ] {
+        let cases = [(true, true), (false, true), (true, false)].map(|(hidden, message)| {
+            (
+                LastLayerGrad::Edges { hidden, message },
+                Some((hidden, message)),
+            )
+        });
+        for (wrt, edges) in cases.into_iter().chain([(LastLayerGrad::Weights, None)]) {
             let mut s = Session::new();
             let ex = |v: &[usize]| v.iter().map(|&t| Expression::from(t)).collect::<Vec<_>>();
             let xt = s.input_with_shape::<(X, X, X)>("x", InputKind::Values, &ex(&[n, c_in, mi]));
@@ -991,10 +994,9 @@ fn edge_contract_grad_matches_cpu_with_heads_and_missing_neighbours() -> Result<
             for (id, st) in ids.iter().zip(&shapes) {
                 op = op.input(*id, 0, *st);
             }
-            let out_dims = if hidden {
-                vec![e, hd]
-            } else {
-                vec![cf * hd + cf, sz.cols]
+            let out_dims = match edges {
+                Some((h, m)) => vec![e, if h { hd } else { 0 } + if m { mo * cf } else { 0 }],
+                None => vec![cf * hd + cf, sz.cols],
             };
             s.output(
                 "g",
@@ -1017,13 +1019,13 @@ fn edge_contract_grad_matches_cpu_with_heads_and_missing_neighbours() -> Result<
             s.run()?;
             let want = s.get("g")?.data;
             let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-            let kernel = if hidden {
-                "edge_contract_hidden_grad_nodes"
+            let kernel = if edges.is_some() {
+                "edge_contract_edge_grad_nodes"
             } else {
                 "edge_contract_weight_grad_nodes"
             };
             for l in LAUNCHES {
-                let got = shim::edge_contract_grad(l, sz, &d, &rows, hidden);
+                let got = shim::edge_contract_grad(l, sz, &d, &rows, edges);
                 assert_eq!(got.len(), want.len());
                 let abs = got
                     .iter()

@@ -111,7 +111,7 @@ pub const SOURCES: &[KernelSource] = &[
         file: "ops/edge_contract/edge_contract_grad.cu",
         source: include_str!("../ops/edge_contract/edge_contract_grad.cu"),
         kernels: &[
-            ("edge_contract_hidden_grad_nodes", Hot::Yes),
+            ("edge_contract_edge_grad_nodes", Hot::Yes),
             ("edge_contract_weight_grad_nodes", Hot::Yes),
         ],
     },

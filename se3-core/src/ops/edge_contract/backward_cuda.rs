@@ -64,10 +64,11 @@ pub struct CudaEdgeContractGrad {
 }
 
 /// Shared-memory capacities of `edge_contract_grad.cu` (floats): `mo k`, `mo hidden`,
-/// `k hidden`.
+/// `k hidden`, `mo`.
 const GRAD_KX: usize = 2048;
 const GRAD_ACC: usize = 4096;
 const GRAD_G: usize = 4096;
+const GRAD_FB: usize = 512;
 
 impl CudaEdgeContractGrad {
     fn run(&self, inp: Vec<(InputTensor, ShapeTracker)>) -> Result<Vec<Tensor>, Error> {
@@ -83,27 +84,39 @@ impl CudaEdgeContractGrad {
         let cols = ws.get(1).copied().unwrap_or(0);
         let cnt = cols.checked_div(heads).unwrap_or(0);
         let (hd, cf) = (self.op.hidden, nf * c_in);
-        let hidden = self.op.wrt == LastLayerGrad::Hidden;
-        if mo * k > GRAD_KX || mo * hd > GRAD_ACC || (hidden && k * hd > GRAD_G) {
+        // the per-edge job's flags and row width (None: the weights' job)
+        let edges = match self.op.wrt {
+            LastLayerGrad::Edges { hidden, message } => Some((
+                u32::from(hidden),
+                u32::from(message),
+                if hidden { hd } else { 0 } + if message { mo * cf } else { 0 },
+            )),
+            LastLayerGrad::Weights => None,
+        };
+        if mo * k > GRAD_KX
+            || mo * hd > GRAD_ACC
+            || mo > GRAD_FB
+            || (edges.is_some() && k * hd > GRAD_G)
+        {
             return Err(Error::InvalidOp {
                 op: "edge_contract gradient (cuda)",
                 problem: "the per-node sizes exceed the kernel's shared memory: (2 d_out + 1) k \
-                          <= 2048, (2 d_out + 1) hidden <= 4096 and k hidden <= 4096",
+                          <= 2048, (2 d_out + 1) hidden <= 4096, k hidden <= 4096 and 2 d_out + \
+                          1 <= 512",
             });
         }
         let args = inp
             .iter()
             .map(|(t, st)| dense(b, t, st))
             .collect::<Result<Vec<_>, Error>>()?;
-        let len = if hidden {
-            e * hd
-        } else {
-            (cf * hd + cf) * cols
+        let len = match edges {
+            Some((_, _, width)) => e * width,
+            None => (cf * hd + cf) * cols,
         };
         let mut out = b.zeros(len)?;
         if len > 0 && k > 0 && cf > 0 && cnt > 0 {
-            let f = b.function(if hidden {
-                "edge_contract_hidden_grad_nodes"
+            let f = b.function(if edges.is_some() {
+                "edge_contract_edge_grad_nodes"
             } else {
                 "edge_contract_weight_grad_nodes"
             })?;
@@ -124,19 +137,21 @@ impl CudaEdgeContractGrad {
                 lb.arg(args[0].slice())
                     .arg(args[1].slice())
                     .arg(args[2].slice());
-                if hidden {
-                    lb.arg(rows.slice()).arg(u.slice()).arg(args[4].slice());
-                } else {
-                    lb.arg(args[3].slice()).arg(rows.slice()).arg(u.slice());
+                lb.arg(args[3].slice()).arg(rows.slice()).arg(u.slice());
+                if edges.is_some() {
+                    lb.arg(args[4].slice()).arg(args[5].slice());
                 }
                 lb.arg(&mut out);
                 for d in &dims {
                     lb.arg(d);
                 }
                 lb.arg(&c0).arg(&cnt32);
+                if let Some((want_h, want_kx, _)) = &edges {
+                    lb.arg(want_h).arg(want_kx);
+                }
                 // SAFETY: x (n, c_in, mi), nbr (n k,), basis (n k, mo, mi, nf), hid (n k, hd),
-                // rows (n, cnt, mo), u (n, k), w (nf c_in hd, cols), out (n k, hd) or
-                // (cf hd + cf, cols); the shared-memory bounds were checked above.
+                // rows (n, cnt, mo), u (n, k), w (nf c_in hd, cols), b (nf c_in, cols), out
+                // (n k, width) or (cf hd + cf, cols); the shared-memory bounds were checked above.
                 call_err("cuLaunchKernel", unsafe { lb.launch(cfg) })?;
             }
         }

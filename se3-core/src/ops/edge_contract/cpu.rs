@@ -142,6 +142,9 @@ struct Scratch {
     big: Vec<f32>,
     small: Vec<f32>,
     rows: Vec<f32>,
+    /// The edge gradients' `h^T` of each node of the block and one product `[(p, r), k]`.
+    ht: Vec<f32>,
+    tmp: Vec<f32>,
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -176,9 +179,16 @@ pub(super) enum Job {
     Sum,
     /// [`ContractKind::Logits`].
     Logits,
-    /// The radial hidden values' gradient of the last layer (`super::backward_cpu`):
-    /// `dh_e = sum_h u_h,e Kx_e . (W_h r_h,i)`, `[e, hidden]`.
-    HiddenGrad,
+    /// Per-edge gradients (`super::backward_cpu`), `[e, width]`: with `hidden`, the radial
+    /// hidden values' `dh_e = sum_h u_h,e Kx_e . (W_h r_h,i)` (`hidden` columns); with `kx`,
+    /// the messages' `dKx_e[p, fc] = sum_h u_h,e (h_e . (W_h r_h,i)[p, fc, :] + (b_h r_h,i)[p,
+    /// fc])` (`mo nf c_in` columns, after those of `dh`).
+    EdgeGrad {
+        /// Whether `dh` is computed.
+        hidden: bool,
+        /// Whether `dKx` is computed.
+        kx: bool,
+    },
     /// The last layer's gradients: `dW_h = sum_i A_i^T r_h,i` and `db_h = sum_i S_i^T r_h,i`
     /// (`A_i`, `S_i` of the sums with weights `u_h`), `[nf c_in hidden + nf c_in, cols]`.
     WeightGrad,
@@ -238,6 +248,7 @@ fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mu
         big,
         small,
         rows,
+        ..
     } = sc;
     let kx = kx_block(s, d, i0, nb, kxb);
     let cfc = cf_chunk(s, nb);
@@ -361,6 +372,7 @@ fn weight_grad_block(
         big,
         small,
         rows,
+        ..
     } = sc;
     let kx = kx_block(s, d, i0, nb, kxb);
     let cfc = cf_chunk(s, nb);
@@ -467,15 +479,16 @@ fn weight_grad_block(
 /// over `(f, c)` like [`sum_block`]: per chunk and head the query is folded into the chunk's
 /// rows of `W` (`[(b, p), (cf, hd)]`), then `g[b][kk] += kx[kk][p, chunk] folded[(b, p)]`;
 /// finally `l = g . h + bias`.
-/// With `hidden_grad`, `out` is `[nb k, hidden]` instead: `sum_h u_h,e g_h,e` (the gradient
-/// of the radial hidden values, [`Job::HiddenGrad`], with the rows `r_h` as the queries).
+/// With `grad = Some((hidden, kx))`, `out` is `[nb k, width]` instead, the per-edge gradients
+/// of [`Job::EdgeGrad`] with the rows `r_h` as the queries: `sum_h u_h,e g_h,e` (the radial
+/// hidden values') and `sum_h u_h,e (h_e . folded + folded bias)` (the messages').
 fn logits_block(
     s: &Sizes,
     d: &Data,
     (i0, nb): (usize, usize),
     out: &mut [f32],
     sc: &mut Scratch,
-    hidden_grad: bool,
+    grad: Option<(bool, bool)>,
 ) {
     let (k, hd, mo, cf, cnt) = (s.k, s.hd, s.mo, s.cf(), s.cnt);
     let fw = s.width();
@@ -488,11 +501,32 @@ fn logits_block(
         big,
         small,
         rows,
+        ht,
+        tmp,
     } = sc;
     let kx = kx_block(s, d, i0, nb, kxb);
     let cfc = cf_chunk(s, nb);
     let kxa = grow(kxa, nb * k * mo * cfc);
     let foldc = grow(big, nb * mo * cfc * hd);
+    let (want_h, want_kx) = grad.unwrap_or((false, false));
+    let width = if want_h { hd } else { 0 } + if want_kx { mo * cf } else { 0 };
+    if grad.is_some() {
+        out.fill(0.0);
+    }
+    // h^T [hd, k] of each node, for the messages' gradient
+    let ht = grow(ht, if want_kx { nb * hd * k } else { 0 });
+    if want_kx {
+        for bi in 0..nb {
+            let h = &d.h[(i0 + bi) * k * hd..(i0 + bi + 1) * k * hd];
+            let t = &mut ht[bi * hd * k..(bi + 1) * hd * k];
+            for (kk, row) in h.chunks_exact(hd).enumerate() {
+                for (j, &v) in row.iter().enumerate() {
+                    t[j * k + kk] = v;
+                }
+            }
+        }
+    }
+    let tmp = grow(tmp, if want_kx { mo * cfc * k } else { 0 });
     let buf = grow(
         rows,
         heads * nb * mo * cnt + heads * nb * k * hd + heads * nb * k,
@@ -578,20 +612,48 @@ fn logits_block(
                 for (kk, t) in blb.iter_mut().enumerate() {
                     *t += dot8(&ka[kk * kw_c..(kk + 1) * kw_c], fb);
                 }
+                if want_kx {
+                    // tmp[(p, r), kk] = folded[(b, p, r), :] . h[kk, :]; then the messages'
+                    // gradient of the chunk's columns, scaled by the edge weights
+                    gemm_rows(
+                        kw_c,
+                        hd,
+                        k,
+                        &foldc[bi * kw_c * hd..(bi + 1) * kw_c * hd],
+                        hd,
+                        &ht[bi * hd * k..(bi + 1) * hd * k],
+                        k,
+                        tmp,
+                        k,
+                        0.0,
+                    );
+                    let u = &d.edge_weights[hh][(i0 + bi) * k..(i0 + bi + 1) * k];
+                    let off = if want_h { hd } else { 0 };
+                    for p in 0..mo {
+                        for r in 0..cc {
+                            let (pr, fbv) = (p * cc + r, fb[p * cc + r]);
+                            let col = off + p * cf + cf0 + r;
+                            for (kk, &uv) in u.iter().enumerate() {
+                                out[(bi * k + kk) * width + col] += uv * (tmp[pr * k + kk] + fbv);
+                            }
+                        }
+                    }
+                }
             }
         }
         cf0 += cc;
     }
-    if hidden_grad {
-        out.fill(0.0);
-        for (hh, u) in d.edge_weights.iter().enumerate() {
-            for bi in 0..nb {
-                for kk in 0..k {
-                    let uv = u[(i0 + bi) * k + kk];
-                    let gi = ((hh * nb + bi) * k + kk) * hd;
-                    let o = &mut out[(bi * k + kk) * hd..(bi * k + kk + 1) * hd];
-                    for (o, &gv) in o.iter_mut().zip(&g[gi..gi + hd]) {
-                        *o += uv * gv;
+    if grad.is_some() {
+        if want_h {
+            for (hh, u) in d.edge_weights.iter().enumerate() {
+                for bi in 0..nb {
+                    for kk in 0..k {
+                        let uv = u[(i0 + bi) * k + kk];
+                        let gi = ((hh * nb + bi) * k + kk) * hd;
+                        let o = &mut out[(bi * k + kk) * width..(bi * k + kk) * width + hd];
+                        for (o, &gv) in o.iter_mut().zip(&g[gi..gi + hd]) {
+                            *o += uv * gv;
+                        }
                     }
                 }
             }
@@ -719,7 +781,7 @@ impl Operator for ArrangedEdgeContract {
 }
 
 /// The kernel of [`EdgeContract`] (`arranged`: of [`ArrangedEdgeContract`]) and of the last
-/// layer's gradients ([`Job::HiddenGrad`], [`Job::WeightGrad`]: inputs `x, nbr, basis, h, w, b`,
+/// layer's gradients ([`Job::EdgeGrad`], [`Job::WeightGrad`]: inputs `x, nbr, basis, h, w, b`,
 /// then the rows `r_0 .. r_{H-1}` (`[n, cnt, mo]`) and the edge weights `u_0 .. u_{H-1}`
 /// (`[n, k]`)).
 pub(super) fn contract(
@@ -740,7 +802,7 @@ pub(super) fn contract(
     let e = bs[0];
     let (mo, nf) = (bs[1], bs[3]);
     let k = e.checked_div(n).unwrap_or(0);
-    let grad = matches!(job, Job::HiddenGrad | Job::WeightGrad);
+    let grad = matches!(job, Job::EdgeGrad { .. } | Job::WeightGrad);
     let heads = if grad {
         mats.len().saturating_sub(6) / 2
     } else {
@@ -789,7 +851,7 @@ pub(super) fn contract(
                 head_blocks(&mats[4], cols, cnt, wt);
                 bt.clear();
             }
-            Job::Logits | Job::HiddenGrad => {
+            Job::Logits | Job::EdgeGrad { .. } => {
                 transposed(&mats[4], cols, 16, WT_PAD, wt);
                 transposed(&mats[5], cols, 16, 0, bt);
             }
@@ -842,25 +904,25 @@ pub(super) fn contract(
             }
             out
         }
-        Job::HiddenGrad => {
+        Job::EdgeGrad { hidden: want_h, kx } => {
             let t0 = crate::exec::profile::enabled().then(std::time::Instant::now);
-            let per_node = k * hidden;
+            let width = if want_h { hidden } else { 0 } + if kx { mo * s.cf() } else { 0 };
+            let per_node = k * width;
             let mut out = crate::exec::pool::take(n * per_node);
             if per_node > 0 && cnt > 0 {
                 out.par_chunks_mut(nb * per_node)
                     .enumerate()
                     .for_each(|(blk, o)| {
                         let m = o.len() / per_node;
-                        with_scratch(|sc| logits_block(&s, &d, (blk * nb, m), o, sc, true));
+                        with_scratch(|sc| {
+                            logits_block(&s, &d, (blk * nb, m), o, sc, Some((want_h, kx)))
+                        });
                     });
             } else {
                 out.fill(0.0);
             }
             if let Some(t0) = t0 {
-                crate::exec::profile::detail(
-                    "edge_contract.hidden_grad",
-                    t0.elapsed().as_secs_f64(),
-                );
+                crate::exec::profile::detail("edge_contract.edge_grad", t0.elapsed().as_secs_f64());
             }
             out
         }
@@ -917,7 +979,7 @@ pub(super) fn contract(
                         let m = nb.min(n - i0);
                         let mut o = vec![0.0; heads * m * k];
                         let t0 = crate::exec::profile::enabled().then(std::time::Instant::now);
-                        with_scratch(|sc| logits_block(&s, &d, (i0, m), &mut o, sc, false));
+                        with_scratch(|sc| logits_block(&s, &d, (i0, m), &mut o, sc, None));
                         if let Some(t0) = t0 {
                             crate::exec::profile::detail(
                                 "edge_contract.all",

@@ -4,21 +4,25 @@
 // r [n, cnt, mo] (the output's gradient for sums, the queries for logits) and the edge weights
 // u [n, k] (the pooling / attention weights for sums, the logits' gradient for logits):
 //
-// edge_contract_hidden_grad_nodes: out [n k, hidden] += u_e g_e with
-//   g_e[h] = sum_{p, fc} Kx_e[p, fc] F_i[p, fc, h],  F_i[p, fc, h] = sum_o r_i[o, p] W[(fc, h), c0 + o]
-// (the logits kernel with the queries r, its last step scaled by u instead of dotted with h_e);
-// the caller zeroes out, and the heads' launches add in turn.
+// edge_contract_edge_grad_nodes: out [n k, width], per edge the radial hidden values' gradient
+// (with want_h, columns 0 .. hidden) then the message's (with want_kx, mo cf columns):
+//   out[e, h] += u_e g_e[h],  g_e[h] = sum_{p, fc} Kx_e[p, fc] F_i[p, fc, h],
+//   out[e, off + p cf + fc] += u_e (sum_h h_e[h] F_i[p, fc, h] + B_i[p, fc]),
+//   F_i[p, fc, h] = sum_o r_i[o, p] W[(fc, h), c0 + o],  B_i[p, fc] = sum_o r_i[o, p] b[fc, c0 + o]
+// (the logits kernel with the queries r); the caller zeroes out, and the heads' launches add in
+// turn.
 //
 // edge_contract_weight_grad_nodes: out [cf hidden + cf, cols] (dW then db, zeroed by the caller)
 //   dW[(fc, h), c0 + o] += sum_p A_i[p, fc, h] r_i[o, p],  A_i[p, fc, h] = sum_kk u_ik Kx_ik[p, fc] h_ik[h]
 //   db[fc, c0 + o]      += sum_p S_i[p, fc] r_i[o, p],     S_i[p, fc] = sum_kk u_ik Kx_ik[p, fc]
 // added atomically (every node adds to every entry of its head's columns).
 //
-// The host checks mo k <= 2048, mo hidden <= 4096, k hidden <= 4096 (hidden) as the forward's.
+// The host checks mo k <= 2048, mo hidden <= 4096, k hidden <= 4096 and mo <= 512.
 
 #define EDGE_GRAD_KX 2048u
 #define EDGE_GRAD_ACC 4096u
 #define EDGE_GRAD_G 4096u
+#define EDGE_GRAD_FB 512u
 
 // s_kx[(p, r), kk] = scale_e Kx_e[p, cf0 + r] for node i's edges (scale = u when given).
 __device__ __forceinline__ void edge_grad_kx(const float* __restrict__ x,
@@ -60,24 +64,31 @@ __device__ __forceinline__ unsigned int edge_grad_chunk(unsigned int cf, unsigne
     if (hd > 0 && EDGE_GRAD_ACC / (mo * hd) < cc) {
         cc = EDGE_GRAD_ACC / (mo * hd);
     }
+    if (EDGE_GRAD_FB / mo < cc) {
+        cc = EDGE_GRAD_FB / mo;
+    }
     return cc > cf ? cf : cc;
 }
 
-extern "C" __global__ void edge_contract_hidden_grad_nodes(
+extern "C" __global__ void edge_contract_edge_grad_nodes(
     const float* __restrict__ x, const float* __restrict__ nbr, const float* __restrict__ basis,
-    const float* __restrict__ rows, const float* __restrict__ u, const float* __restrict__ w,
-    float* __restrict__ out, unsigned int n, unsigned int k, unsigned int c_in, unsigned int mi,
-    unsigned int mo, unsigned int nf, unsigned int hd, unsigned int cols, unsigned int c0,
-    unsigned int cnt) {
+    const float* __restrict__ hid, const float* __restrict__ rows, const float* __restrict__ u,
+    const float* __restrict__ w, const float* __restrict__ b, float* __restrict__ out,
+    unsigned int n, unsigned int k, unsigned int c_in, unsigned int mi, unsigned int mo,
+    unsigned int nf, unsigned int hd, unsigned int cols, unsigned int c0, unsigned int cnt,
+    unsigned int want_h, unsigned int want_kx) {
     __shared__ float s_kx[EDGE_GRAD_KX];
     __shared__ float s_fold[EDGE_GRAD_ACC];
     __shared__ float s_g[EDGE_GRAD_G];
+    __shared__ float s_fb[EDGE_GRAD_FB];
     const unsigned int cf = nf * c_in;
     if (k == 0 || mo == 0 || cf == 0 || mo * k > EDGE_GRAD_KX || mo * hd > EDGE_GRAD_ACC ||
-        k * hd > EDGE_GRAD_G) {
+        k * hd > EDGE_GRAD_G || mo > EDGE_GRAD_FB) {
         return;
     }
     const unsigned int cc = edge_grad_chunk(cf, mo, k, hd);
+    const unsigned int width = (want_h ? hd : 0u) + (want_kx ? mo * cf : 0u);
+    const unsigned int off = want_h ? hd : 0u;
     const unsigned int tid = threadIdx.x, nt = blockDim.x;
     for (unsigned int i = blockIdx.x; i < n; i += gridDim.x) {
         for (unsigned int t = tid; t < k * hd; t += nt) {
@@ -98,20 +109,48 @@ extern "C" __global__ void edge_contract_hidden_grad_nodes(
                 }
                 s_fold[t] = v;
             }
-            __syncthreads();
-            for (unsigned int t = tid; t < k * hd; t += nt) {
-                const unsigned int kk = t / hd, h = t - kk * hd;
+            // s_fb[(p, r)] = sum_o r_i[o, p] b[cf0 + r, c0 + o]
+            for (unsigned int t = tid; t < mo * m; t += nt) {
+                const unsigned int p = t / m, r = t - p * m;
+                const float* br = b + (unsigned long long)(cf0 + r) * cols + c0;
                 float v = 0.0f;
-                for (unsigned int pr = 0; pr < mo * m; ++pr) {
-                    v += s_kx[pr * k + kk] * s_fold[pr * hd + h];
+                for (unsigned int o = 0; o < cnt; ++o) {
+                    v += ri[o * mo + p] * br[o];
                 }
-                s_g[t] += v;
+                s_fb[t] = v;
+            }
+            __syncthreads();
+            if (want_h) {
+                for (unsigned int t = tid; t < k * hd; t += nt) {
+                    const unsigned int kk = t / hd, h = t - kk * hd;
+                    float v = 0.0f;
+                    for (unsigned int pr = 0; pr < mo * m; ++pr) {
+                        v += s_kx[pr * k + kk] * s_fold[pr * hd + h];
+                    }
+                    s_g[t] += v;
+                }
+            }
+            if (want_kx) {
+                // the chunk's columns of the message's gradient, one (edge, p, r) a thread
+                for (unsigned int t = tid; t < k * mo * m; t += nt) {
+                    const unsigned int kk = t / (mo * m), pr = t - kk * (mo * m);
+                    const unsigned int p = pr / m, r = pr - p * m;
+                    const unsigned long long e = (unsigned long long)i * k + kk;
+                    const float* he = hid + e * hd;
+                    float v = s_fb[pr];
+                    for (unsigned int h = 0; h < hd; ++h) {
+                        v += he[h] * s_fold[pr * hd + h];
+                    }
+                    out[e * width + off + p * cf + cf0 + r] += u[e] * v;
+                }
             }
             __syncthreads();
         }
-        for (unsigned int t = tid; t < k * hd; t += nt) {
-            const unsigned long long e = (unsigned long long)i * k + t / hd;
-            out[e * hd + t % hd] += u[e] * s_g[t];
+        if (want_h) {
+            for (unsigned int t = tid; t < k * hd; t += nt) {
+                const unsigned long long e = (unsigned long long)i * k + t / hd;
+                out[e * width + t % hd] += u[e] * s_g[t];
+            }
         }
         __syncthreads();
     }
