@@ -233,6 +233,41 @@ fn cf_chunk(s: &Sizes, nb: usize) -> usize {
     c.clamp(1, s.cf().max(1))
 }
 
+/// `kxt[b][(p, r), kk] = kx[b][kk, (p, c0 + r)]` for the block's `nb` nodes and the chunk
+/// `(c0, cc)` of `(f, c)` columns: each row of the chunk contiguous over the neighbours.
+fn chunk_transposed(s: &Sizes, kx: &[f32], nb: usize, (c0, cc): (usize, usize), kxt: &mut [f32]) {
+    let (k, mo, cf, fw) = (s.k, s.mo, s.cf(), s.width());
+    let rows = mo * cc;
+    for bi in 0..nb {
+        let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
+        let kt = &mut kxt[bi * rows * k..(bi + 1) * rows * k];
+        for (kk, src) in kxn.chunks_exact(fw).enumerate() {
+            for p in 0..mo {
+                for (r, &v) in src[p * cf + c0..p * cf + c0 + cc].iter().enumerate() {
+                    kt[(p * cc + r) * k + kk] = v;
+                }
+            }
+        }
+    }
+}
+
+/// One node's weighted factors of the sums: `ah[kk, :] = w_kk h[kk, :]` and `bsc[(p, r)] =
+/// sum_kk w_kk kt[(p, r), kk]` (`kt` the node's rows of [`chunk_transposed`]).
+fn weighted(h: &[f32], w: &[f32], kt: &[f32], ah: &mut [f32], bsc: &mut [f32]) {
+    if w.is_empty() {
+        return;
+    }
+    let hd = ah.len() / w.len();
+    for ((dst, src), &wv) in ah.chunks_exact_mut(hd).zip(h.chunks_exact(hd)).zip(w) {
+        for (o, &v) in dst.iter_mut().zip(src) {
+            *o = wv * v;
+        }
+    }
+    for (t, row) in bsc.iter_mut().zip(kt.chunks_exact(w.len())) {
+        *t = dot8(row, w);
+    }
+}
+
 /// Weighted sums of one block of nodes `i0..i0 + nb` for every head: `out` is
 /// `[nb, H cnt, mo]`. Reassociated and chunked over `(f, c)`: per chunk and head,
 /// `acc[(b, p), (cf, hd)] = sum_kk kx[kk][p, cf] (a_kk h[kk][hd])` (one product per node over
@@ -240,7 +275,6 @@ fn cf_chunk(s: &Sizes, nb: usize) -> usize {
 /// (and the bias term likewise), so neither `acc` of the block nor `W` leaves the cache.
 fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mut Scratch) {
     let (k, hd, mo, cf, cnt, cols) = (s.k, s.hd, s.mo, s.cf(), s.cnt, s.cols());
-    let fw = s.width();
     let kw = cf * hd;
     let Scratch {
         kx: kxb,
@@ -262,36 +296,14 @@ fn sum_block(s: &Sizes, d: &Data, i0: usize, nb: usize, out: &mut [f32], sc: &mu
     while cf0 < cf {
         let cc = cfc.min(cf - cf0);
         let rows_b = mo * cc;
-        // kxt[b][(p, r), kk] = kx[b][kk, (p, cf0 + r)], for every head
-        for bi in 0..nb {
-            let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
-            let kt = &mut kxt[bi * rows_b * k..(bi + 1) * rows_b * k];
-            for (kk, src) in kxn.chunks_exact(fw).enumerate() {
-                for p in 0..mo {
-                    for (r, &v) in src[p * cf + cf0..p * cf + cf0 + cc].iter().enumerate() {
-                        kt[(p * cc + r) * k + kk] = v;
-                    }
-                }
-            }
-        }
+        chunk_transposed(s, kx, nb, (cf0, cc), kxt);
         for (hh, a_all) in d.per_head.iter().enumerate() {
             for bi in 0..nb {
                 let i = i0 + bi;
                 let a = &a_all[i * k..(i + 1) * k];
                 let h = &d.h[i * k * hd..(i + 1) * k * hd];
                 let kt = &kxt[bi * rows_b * k..(bi + 1) * rows_b * k];
-                // ah[kk, hd] = a_kk h[kk, hd]; bsc[(b, p), r] = sum_kk a_kk kx[kk, (p, cf0 + r)]
-                for ((dst, src), &av) in ah.chunks_exact_mut(hd).zip(h.chunks_exact(hd)).zip(a) {
-                    for (o, &v) in dst.iter_mut().zip(src) {
-                        *o = av * v;
-                    }
-                }
-                for (t, row) in bsc[bi * rows_b..(bi + 1) * rows_b]
-                    .iter_mut()
-                    .zip(kt.chunks_exact(k))
-                {
-                    *t = dot8(row, a);
-                }
+                weighted(h, a, kt, ah, &mut bsc[bi * rows_b..(bi + 1) * rows_b]);
                 gemm_rows(
                     rows_b,
                     k,
@@ -364,7 +376,6 @@ fn weight_grad_block(
     sc: &mut Scratch,
 ) {
     let (k, hd, mo, cf, cnt) = (s.k, s.hd, s.mo, s.cf(), s.cnt);
-    let fw = s.width();
     let ld = cf * hd + cf;
     let Scratch {
         kx: kxb,
@@ -399,35 +410,14 @@ fn weight_grad_block(
     while cf0 < cf {
         let cc = cfc.min(cf - cf0);
         let rows_b = mo * cc;
-        // kxt[b][(p, r), kk] = kx[b][kk, (p, cf0 + r)], for every head
-        for bi in 0..nb {
-            let kxn = &kx[bi * k * fw..(bi + 1) * k * fw];
-            let kt = &mut kxt[bi * rows_b * k..(bi + 1) * rows_b * k];
-            for (kk, src) in kxn.chunks_exact(fw).enumerate() {
-                for p in 0..mo {
-                    for (r, &v) in src[p * cf + cf0..p * cf + cf0 + cc].iter().enumerate() {
-                        kt[(p * cc + r) * k + kk] = v;
-                    }
-                }
-            }
-        }
+        chunk_transposed(s, kx, nb, (cf0, cc), kxt);
         for (hh, u_all) in d.edge_weights.iter().enumerate() {
             for bi in 0..nb {
                 let i = i0 + bi;
                 let u = &u_all[i * k..(i + 1) * k];
                 let h = &d.h[i * k * hd..(i + 1) * k * hd];
                 let kt = &kxt[bi * rows_b * k..(bi + 1) * rows_b * k];
-                for ((dst, src), &uv) in ah.chunks_exact_mut(hd).zip(h.chunks_exact(hd)).zip(u) {
-                    for (o, &v) in dst.iter_mut().zip(src) {
-                        *o = uv * v;
-                    }
-                }
-                for (t, row) in bsc[bi * rows_b..(bi + 1) * rows_b]
-                    .iter_mut()
-                    .zip(kt.chunks_exact(k))
-                {
-                    *t = dot8(row, u);
-                }
+                weighted(h, u, kt, ah, &mut bsc[bi * rows_b..(bi + 1) * rows_b]);
                 for p in 0..mo {
                     let row = (bi * mo + p) * lda;
                     gemm_rows(
@@ -629,12 +619,13 @@ fn logits_block(
                     );
                     let u = &d.edge_weights[hh][(i0 + bi) * k..(i0 + bi + 1) * k];
                     let off = if want_h { hd } else { 0 };
-                    for p in 0..mo {
-                        for r in 0..cc {
-                            let (pr, fbv) = (p * cc + r, fb[p * cc + r]);
-                            let col = off + p * cf + cf0 + r;
-                            for (kk, &uv) in u.iter().enumerate() {
-                                out[(bi * k + kk) * width + col] += uv * (tmp[pr * k + kk] + fbv);
+                    for (kk, &uv) in u.iter().enumerate() {
+                        let row = (bi * k + kk) * width + off + cf0;
+                        for p in 0..mo {
+                            let dst = &mut out[row + p * cf..row + p * cf + cc];
+                            for (r, o) in dst.iter_mut().enumerate() {
+                                let pr = p * cc + r;
+                                *o += uv * (tmp[pr * k + kk] + fb[pr]);
                             }
                         }
                     }
