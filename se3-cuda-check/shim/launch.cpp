@@ -17,7 +17,6 @@
 #include "ops/neighbors/knn.cu"
 #include "ops/radial_hidden/radial_hidden.cu"
 #include "ops/edge_contract/edge_contract.cu"
-#include "ops/edge_contract/edge_contract_grad.cu"
 #include "ops/edge_conv/radial_edge_conv.cu"
 #include "ops/adjacency/adjacency.cu"
 #include "ops/egnn_edge/egnn_edge.cu"

@@ -1168,11 +1168,11 @@ pub fn edge_contract_sum(l: Launch, s: ContractSizes, d: &ContractInputs) -> Vec
     out
 }
 
-/// The last layer's gradients of `edge_contract` (`edge_contract_grad.cu`), every head's launch
-/// in turn: `edges = Some((hidden, message))` gives the per-edge gradients `(n k, width)`
-/// (`edge_contract_edge_grad_nodes`: `dh` then `dKx`), `None` the weights' `(cf hd + cf,
-/// cols)` (`edge_contract_weight_grad_nodes`: dW then db). `rows[t]` is head `t`'s `(n, cnt,
-/// mo)`, `d.a[t]` its edge weights `(n k,)`.
+/// The last layer's gradients of `edge_contract` (its gradient kernels in `edge_contract.cu`),
+/// every head's launch in turn: `edges = Some((hidden, message))` gives the per-edge gradients
+/// `(n k, width)` (`edge_contract_edge_grad_nodes`: `dh` then `dKx`), `None` the weights' `(cf
+/// hd + cf, cols)` (`edge_contract_weight_grad_nodes`: dW then db). `rows[t]` is head `t`'s `(n,
+/// cnt, mo)`, `d.a[t]` its edge weights `(n k,)`.
 pub fn edge_contract_grad(
     l: Launch,
     s: ContractSizes,

@@ -105,12 +105,6 @@ pub const SOURCES: &[KernelSource] = &[
         kernels: &[
             ("edge_contract_sum_nodes", Hot::Yes),
             ("edge_contract_logits_nodes", Hot::Yes),
-        ],
-    },
-    KernelSource {
-        file: "ops/edge_contract/edge_contract_grad.cu",
-        source: include_str!("../ops/edge_contract/edge_contract_grad.cu"),
-        kernels: &[
             ("edge_contract_edge_grad_nodes", Hot::Yes),
             ("edge_contract_weight_grad_nodes", Hot::Yes),
         ],

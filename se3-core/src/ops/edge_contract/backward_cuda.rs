@@ -1,6 +1,6 @@
 //! CUDA kernels of the backward of [`edge_contract`](super): [`EdgeOwner`] (`edge_owner.cu`,
 //! one thread per edge) and the last layer's gradients, [`CudaEdgeContractGrad`]
-//! (`edge_contract_grad.cu`).
+//! (the gradient kernels of `edge_contract.cu`).
 
 use cudarc::driver::PushKernelArg;
 use luminal::op::{InputTensor, Operator};
@@ -55,16 +55,16 @@ pub(crate) fn lower(op: &dyn Operator, cx: &LowerCtx) -> Option<Box<dyn Operator
     })
 }
 
-/// [`EdgeContractGrad`](super::EdgeContractGrad) on a CUDA device (`edge_contract_grad.cu`):
-/// one launch per head, a block per node.
+/// [`EdgeContractGrad`](super::EdgeContractGrad) on a CUDA device (the gradient kernels of
+/// `edge_contract.cu`): one launch per head, a block per node.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CudaEdgeContractGrad {
     pub backend: BackendRef,
     pub op: super::EdgeContractGrad,
 }
 
-/// Shared-memory capacities of `edge_contract_grad.cu` (floats): `mo k`, `mo hidden`,
-/// `k hidden`, `mo`.
+/// Shared-memory capacities of the gradient kernels of `edge_contract.cu` (floats): `mo k`,
+/// `mo hidden`, `k hidden`, `mo`.
 const GRAD_KX: usize = 2048;
 const GRAD_ACC: usize = 4096;
 const GRAD_G: usize = 4096;

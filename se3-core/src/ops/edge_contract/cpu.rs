@@ -585,22 +585,27 @@ fn logits_block(
                 let ka = &kxa[bi * k * kw_c..(bi + 1) * k * kw_c];
                 let gb = &mut g[(hh * nb + bi) * k * hd..(hh * nb + bi + 1) * k * hd];
                 let blb = &mut bl[(hh * nb + bi) * k..(hh * nb + bi + 1) * k];
-                // the rows (b, p, r) of folded are contiguous over (p, r)
-                gemm_rows(
-                    k,
-                    kw_c,
-                    hd,
-                    ka,
-                    kw_c,
-                    &foldc[bi * kw_c * hd..(bi + 1) * kw_c * hd],
-                    hd,
-                    gb,
-                    hd,
-                    1.0,
-                );
+                // the rows (b, p, r) of folded are contiguous over (p, r); g is read by the
+                // logits and the hidden values' gradient, the bias logits by the logits only
+                if grad.is_none() || want_h {
+                    gemm_rows(
+                        k,
+                        kw_c,
+                        hd,
+                        ka,
+                        kw_c,
+                        &foldc[bi * kw_c * hd..(bi + 1) * kw_c * hd],
+                        hd,
+                        gb,
+                        hd,
+                        1.0,
+                    );
+                }
                 let fb = &fbc[bi * kw_c..(bi + 1) * kw_c];
-                for (kk, t) in blb.iter_mut().enumerate() {
-                    *t += dot8(&ka[kk * kw_c..(kk + 1) * kw_c], fb);
+                if grad.is_none() {
+                    for (kk, t) in blb.iter_mut().enumerate() {
+                        *t += dot8(&ka[kk * kw_c..(kk + 1) * kw_c], fb);
+                    }
                 }
                 if want_kx {
                     // tmp[(p, r), kk] = folded[(b, p, r), :] . h[kk, :]; then the messages'
