@@ -26,7 +26,6 @@
 #include "ops/top_k/take_along_rows.cu"
 #include "ops/stack/stack.cu"
 #include "ops/grad_scale/grad_scale.cu"
-#include "ops/edge_contract/edge_owner.cu"
 #include "ops/head_attention/head_attention_grad.cu"
 #include "ops/egnn_edge/egnn_edge_backward.cu"
 #include "exec/cuda/view_copy.cu"
@@ -197,7 +196,6 @@ SHIM_LAUNCH(stack_slot,
             (src, out, len, offset))
 SHIM_LAUNCH(grad_scale_forward, P(const float* x, float* out, unsigned long long total),
             (x, out, total))
-SHIM_LAUNCH(edge_owner, P(float* out, unsigned long long total, unsigned k), (out, total, k))
 SHIM_LAUNCH(head_attention_grad_stats,
             P(const float* q, const float* k, const float* v, const float* mask,
               const float* g, float* stats, unsigned b, unsigned n, unsigned c,

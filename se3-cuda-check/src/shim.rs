@@ -422,7 +422,6 @@ mod ffi {
             out: *mut f32,
             total: c_ulonglong,
         );
-        pub fn shim_edge_owner(g: c_uint, b: c_uint, out: *mut f32, total: c_ulonglong, k: c_uint);
         pub fn shim_head_attention_grad_stats(
             g: c_uint,
             b: c_uint,
@@ -1706,14 +1705,6 @@ pub fn grad_scale_forward(l: Launch, x: &[f32]) -> Vec<f32> {
             x.len() as u64,
         )
     };
-    out
-}
-
-/// `edge_owner` of `n` nodes with `k` edges each.
-pub fn edge_owner(l: Launch, n: usize, k: usize) -> Vec<f32> {
-    let mut out = vec![f32::NAN; n * k];
-    // SAFETY: out holds n k values.
-    unsafe { ffi::shim_edge_owner(l.grid, l.block, out.as_mut_ptr(), (n * k) as u64, u(k)) };
     out
 }
 

@@ -174,11 +174,6 @@ pub const SOURCES: &[KernelSource] = &[
         kernels: &[("grad_scale_forward", Hot::Yes)],
     },
     KernelSource {
-        file: "ops/edge_contract/edge_owner.cu",
-        source: include_str!("../ops/edge_contract/edge_owner.cu"),
-        kernels: &[("edge_owner", Hot::No)],
-    },
-    KernelSource {
         file: "exec/cuda/view_copy.cu",
         source: include_str!("cuda/view_copy.cu"),
         kernels: &[("view_copy", Hot::Yes)],

@@ -63,7 +63,6 @@ pub const LOWERINGS: &[Lowering] = &[
     crate::ops::stack::cuda::lower,
     crate::ops::grad_scale::cuda::lower,
     crate::ops::edge_contract::backward_cuda::lower,
-    crate::ops::edge_contract::backward_cuda::lower_grad,
     crate::ops::head_attention::backward_cuda::lower,
     crate::ops::egnn_edge::backward_cuda::lower,
     super::primitives::lower_matmul,

@@ -16,13 +16,11 @@
 //!
 //! No per-edge radial weights `R_e` or their gradient `dR_e` are formed.
 
-use luminal::op::{InputTensor, Operator};
 use luminal::prelude::{symbolic::Expression, *};
 
 use super::backward_cpu::{EdgeContractGrad, LastLayerGrad};
 use super::{edge_contract_logits, edge_contract_sum, ContractKind};
 use crate::autodiff::emit::{contiguous, copy, dims, plain, Tensor};
-use crate::exec::view::View;
 use crate::layers::graph::{bmm, permute, reshape, retype, X};
 use crate::ops::edge_conv::backward::flat;
 use crate::ops::gather::GatherRows;
@@ -32,24 +30,6 @@ use crate::ops::size_view;
 type T2 = GraphTensor<(X, X)>;
 type T3 = GraphTensor<(X, X, X)>;
 type T4 = GraphTensor<(X, X, X, X)>;
-
-/// The node of each edge of edges grouped by node: input a size carrier `[n, k]`, output
-/// `[n k]` with `i` at edges `i k .. (i + 1) k`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EdgeOwner;
-
-impl Operator for EdgeOwner {
-    fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<luminal::prelude::Tensor> {
-        let empty = Default::default();
-        let v = View::new(&inp[0].1, &empty);
-        let (n, k) = (v.axes[0].len, v.axes[1].len);
-        let mut out = crate::exec::pool::take(n * k);
-        for (i, row) in out.chunks_mut(k.max(1)).enumerate() {
-            row.fill(i as f32);
-        }
-        crate::exec::pool::finish(inp, out)
-    }
-}
 
 /// Columns `c0 .. c0 + cnt` of a plain matrix `m` (a view).
 fn columns(m: Tensor, c0: usize, cnt: usize) -> Tensor {

@@ -40,7 +40,6 @@ mod cpu;
 pub(crate) mod cuda;
 
 pub use arrange::ArrangeContractionWeights;
-pub use backward::EdgeOwner;
 pub use backward_cpu::{EdgeContractGrad, LastLayerGrad};
 pub use cpu::{ArrangedEdgeContract, ContractKind, EdgeContract};
 use luminal::prelude::*;
